@@ -1,0 +1,21 @@
+"""functx: JAX-level composable function transforms for PyTorch, with a fusion compiler.
+
+    import functx
+    per_sample_grads = functx.jit(functx.vmap(functx.grad(loss), in_axes=(None, 0, 0)))
+"""
+from .core import Graph, TensorType, FunctxError, ConcretizationError
+from .transforms import (grad, value_and_grad, vjp, jvp, linearize, linear_transpose, jacfwd, jacrev,
+                         hessian, vmap, register_pytree_node, tree_flatten, tree_unflatten, tree_map)
+from .compile import jit, make_graph, explain, to_python_source
+from .frontend import TracerTensor
+from .api_extras import psum, pmean, pmax, all_gather, axis_index, stop_gradient, functional_call
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "grad", "value_and_grad", "vjp", "jvp", "linearize", "linear_transpose", "jacfwd", "jacrev",
+    "hessian", "vmap", "jit", "make_graph", "explain", "psum", "pmean", "pmax", "all_gather",
+    "axis_index", "stop_gradient", "functional_call", "register_pytree_node", "tree_flatten",
+    "tree_unflatten", "tree_map", "to_python_source", "Graph", "TensorType", "FunctxError",
+    "ConcretizationError", "TracerTensor",
+]

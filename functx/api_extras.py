@@ -1,0 +1,50 @@
+"""User-facing wrappers over primitives that have no torch spelling: collectives over a
+named vmap axis, stop_gradient, and functional_call for nn.Modules."""
+from __future__ import annotations
+
+import torch
+
+from .core.trace import type_of
+from .frontend import unwrap, wrap
+from . import prims as P
+
+
+def _apply(fn, x):
+    return wrap(fn(unwrap(x)))
+
+
+def psum(x, axis_name):
+    """Sum of x over the vmap axis named axis_name (every batch element gets the total)."""
+    return _apply(lambda v: P.psum(v, axis_name), x)
+
+
+def pmean(x, axis_name):
+    """Mean of x over the named vmap axis."""
+    def mean(v):
+        total = P.psum(v, axis_name)
+        count = P.psum(P.full((), 1.0, type_of(v).dtype, type_of(v).device), axis_name)
+        return P.div(total, P.broadcast_to(count, type_of(total).shape))
+    return _apply(mean, x)
+
+
+def pmax(x, axis_name):
+    """Max of x over the named vmap axis."""
+    return _apply(lambda v: P.pmax(v, axis_name), x)
+
+
+def all_gather(x, axis_name):
+    """Stack x from every element of the named vmap axis along a new leading dim."""
+    return _apply(lambda v: P.all_gather(v, axis_name), x)
+
+
+def axis_index(axis_name, device=None):
+    """The index of the current element along the named vmap axis."""
+    return wrap(P.axis_index(axis_name, device))
+
+
+def stop_gradient(x):
+    """x, with zero derivative under every transform."""
+    return _apply(P.stop_gradient, x)
+
+
+functional_call = torch.func.functional_call

@@ -1,0 +1,166 @@
+"""The functx IR: variables, literals, equations and graphs, with a printer and a checker.
+
+A Graph is a closed, first-order program in A-normal form:
+
+    graph(t0: f32[8,16], t1: f32[16]) consts(c0: f32[16,16]):
+      t2 = mul(t0, t0)  # f32[8,16]
+      return (t2,)
+
+Variables are typed (TensorType). Literals are Python scalars; they are the only
+operands an elementwise primitive broadcasts implicitly.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from .types import TensorType
+
+_var_ids = itertools.count()
+
+
+class Var:
+    __slots__ = ("type", "id")
+
+    def __init__(self, type: TensorType):
+        self.type = type
+        self.id = next(_var_ids)
+
+    def __repr__(self) -> str:
+        return f"Var({self.id}: {self.type})"
+
+
+class Literal:
+    """A Python scalar operand (int, float, bool)."""
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+Atom = Var | Literal
+
+
+class Eqn:
+    __slots__ = ("prim", "inputs", "outputs", "params")
+
+    def __init__(self, prim, inputs: list, outputs: list, params: dict):
+        self.prim = prim
+        self.inputs = inputs
+        self.outputs = outputs
+        self.params = params
+
+    def __repr__(self) -> str:
+        return f"Eqn({self.prim.name}, {self.inputs} -> {self.outputs})"
+
+
+class Graph:
+    """invars: inputs; constvars bound to consts (tensors, or tracers of an outer trace)."""
+
+    def __init__(self, invars, constvars, consts, eqns, outvars):
+        self.invars = list(invars)
+        self.constvars = list(constvars)
+        self.consts = list(consts)
+        self.eqns = list(eqns)
+        self.outvars = list(outvars)
+        self.in_tree = None    # pytree structure of the inputs when built by make_graph
+        self.out_tree = None
+
+    @property
+    def in_types(self):
+        return [v.type for v in self.invars]
+
+    @property
+    def out_types(self):
+        return [atom_type(a) for a in self.outvars]
+
+    def __str__(self) -> str:
+        return GraphPrinter().format(self)
+
+    __repr__ = __str__
+
+    def check(self) -> None:
+        check_graph(self)
+
+
+def atom_type(atom):
+    return atom.type if isinstance(atom, Var) else None
+
+
+def format_param(value: Any) -> str:
+    import torch
+    if isinstance(value, torch.dtype):
+        from .dtypes import short_name
+        return short_name(value)
+    if isinstance(value, torch.device):
+        return str(value)
+    if callable(value) and hasattr(value, "__name__"):
+        return value.__name__
+    return repr(value)
+
+
+class GraphPrinter:
+    """Names variables t0, t1, ... (consts c0, c1, ...) in order of appearance."""
+
+    def __init__(self):
+        self.names: dict[Var, str] = {}
+
+    def name(self, atom) -> str:
+        if isinstance(atom, Literal):
+            return repr(atom.value)
+        if atom not in self.names:
+            self.names[atom] = f"t{len(self.names)}"
+        return self.names[atom]
+
+    def format(self, graph: Graph, indent: str = "") -> str:
+        for i, v in enumerate(graph.constvars):
+            self.names[v] = f"c{i}"
+        ins = ", ".join(f"{self.name(v)}: {v.type}" for v in graph.invars)
+        head = f"{indent}graph({ins})"
+        if graph.constvars:
+            head += " consts(" + ", ".join(f"{self.names[v]}: {v.type}" for v in graph.constvars) + ")"
+        lines = [head + ":"]
+        for eqn in graph.eqns:
+            lines.append(indent + "  " + self.format_eqn(eqn))
+        outs = ", ".join(self.name(a) for a in graph.outvars)
+        lines.append(f"{indent}  return ({outs}{',' if len(graph.outvars) == 1 else ''})")
+        return "\n".join(lines)
+
+    def format_eqn(self, eqn: Eqn) -> str:
+        args = [self.name(a) for a in eqn.inputs]
+        args += [f"{k}={format_param(v)}" for k, v in eqn.params.items() if not k.startswith("_")]
+        outs = ", ".join(self.name(v) for v in eqn.outputs)
+        types = ", ".join(str(v.type) for v in eqn.outputs)
+        return f"{outs} = {eqn.prim.name}({', '.join(args)})  # {types}"
+
+
+class GraphTypeError(TypeError):
+    pass
+
+
+def check_graph(graph: Graph) -> None:
+    """Re-derive every type with the primitives' abstract eval; raise on any mismatch."""
+    defined = set(graph.invars) | set(graph.constvars)
+    for i, eqn in enumerate(graph.eqns):
+        in_types = []
+        for a in eqn.inputs:
+            if isinstance(a, Var):
+                if a not in defined:
+                    raise GraphTypeError(f"eqn {i} ({eqn.prim.name}) uses undefined {a}")
+                in_types.append(a.type)
+            else:
+                in_types.append(a.value)
+        out = eqn.prim.abstract_eval(*in_types, **eqn.params)
+        out = list(out) if eqn.prim.multiple_results else [out]
+        if len(out) != len(eqn.outputs):
+            raise GraphTypeError(f"eqn {i} ({eqn.prim.name}): {len(out)} outputs, graph has {len(eqn.outputs)}")
+        for t, v in zip(out, eqn.outputs):
+            if t != v.type:
+                raise GraphTypeError(f"eqn {i} ({eqn.prim.name}): derived {t}, graph says {v.type}")
+            defined.add(v)
+    for a in graph.outvars:
+        if isinstance(a, Var) and a not in defined:
+            raise GraphTypeError(f"output {a} is undefined")

@@ -1,0 +1,231 @@
+"""Traces and tracers (JAX's stackless design).
+
+The current trace lives in thread-local state. `bind(prim, args, params)` hands the
+primitive to the current trace's `process_primitive`. A trace treats values that are
+not its own tracers (tensors, Python scalars, tracers of enclosing traces) as
+constants, and evaluates a rule's own operations on its parent trace. Transforming a
+graph is evaluating it under another trace (`eval_graph`), so functions and graphs
+share one mechanism.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from .errors import ConcretizationError, user_frame_summary
+from .ir import Eqn, Graph, Literal, Var
+from .types import TensorType
+
+
+class Trace:
+    parent: "Trace | None" = None
+
+    def process_primitive(self, prim, args, params):
+        raise NotImplementedError
+
+
+class EvalTrace(Trace):
+    """The bottom trace: runs each primitive's eager torch implementation."""
+
+    def process_primitive(self, prim, args, params):
+        return prim.impl(*args, **params)
+
+    def __repr__(self):
+        return "EvalTrace"
+
+
+EVAL_TRACE = EvalTrace()
+
+
+class _State(threading.local):
+    trace: Trace = EVAL_TRACE
+
+
+_state = _State()
+
+
+def current_trace() -> Trace:
+    return _state.trace
+
+
+class set_current_trace:
+    __slots__ = ("trace", "prev")
+
+    def __init__(self, trace: Trace):
+        self.trace = trace
+
+    def __enter__(self):
+        self.prev = _state.trace
+        _state.trace = self.trace
+        return self.trace
+
+    def __exit__(self, *exc):
+        _state.trace = self.prev
+
+
+def bind(prim, args, params):
+    return _state.trace.process_primitive(prim, args, params)
+
+
+class Tracer:
+    """A value of some trace. `aval` is its logical (per-example) type."""
+    __slots__ = ("_trace",)
+
+    @property
+    def aval(self) -> TensorType:
+        raise NotImplementedError
+
+    def concrete(self) -> torch.Tensor:
+        """The concrete value behind this tracer, for Python control flow."""
+        raise ConcretizationError(
+            f"This value is abstract ({self.aval}) inside {self._trace!r}, but Python needs a "
+            f"concrete value here:\n{user_frame_summary()}"
+        )
+
+
+def type_of(x) -> TensorType | None:
+    """Abstract type of a lax-level value (Tracer or Tensor); None for Python scalars."""
+    if isinstance(x, Tracer):
+        return x.aval
+    if isinstance(x, torch.Tensor):
+        return TensorType(tuple(x.shape), x.dtype, x.device)
+    return None
+
+
+def concrete(x):
+    if isinstance(x, Tracer):
+        return x.concrete()
+    return x
+
+
+class Zero:
+    """A symbolic zero tangent or cotangent: no work is done for it."""
+    __slots__ = ("aval",)
+
+    def __init__(self, aval: TensorType):
+        self.aval = aval
+
+    def __repr__(self):
+        return f"Zero({self.aval})"
+
+
+class UndefinedPrimal:
+    """Marks a linear input of an equation during transposition."""
+    __slots__ = ("aval",)
+
+    def __init__(self, aval: TensorType):
+        self.aval = aval
+
+    def __repr__(self):
+        return f"UndefinedPrimal({self.aval})"
+
+
+# ---------------------------------------------------------------- graph building
+
+class GraphTracer(Tracer):
+    __slots__ = ("var",)
+
+    def __init__(self, trace, var: Var):
+        self._trace = trace
+        self.var = var
+
+    @property
+    def aval(self):
+        return self.var.type
+
+    def concrete(self):
+        raise ConcretizationError(
+            "A traced value's contents were needed by Python (bool(), int(), .item(), if/while "
+            f"on a tensor) while tracing a graph, where values are abstract ({self.aval}):\n"
+            f"{user_frame_summary()}\n"
+            "Under functx.jit the function is traced once per input signature, so Python control "
+            "flow cannot depend on tensor values. Options: select values with torch.where; "
+            "make the argument static with static_argnums; or use structured control flow, "
+            "functx.cond / functx.while_loop (planned: not available yet). Outside jit, "
+            "the transforms run eagerly and this code works."
+        )
+
+    def __repr__(self):
+        return f"GraphTracer({self.aval})"
+
+
+class GraphTrace(Trace):
+    """Records primitives into a Graph.
+
+    stage_all=True stages every primitive (make_graph, jit). stage_all=False stages only
+    primitives that touch this trace's tracers and evaluates the rest on the parent: that
+    is partial evaluation, used by linearize to record the tangent (linear) program while
+    primal values are computed as usual.
+    """
+
+    def __init__(self, parent: Trace, stage_all: bool = True):
+        self.parent = parent
+        self.stage_all = stage_all
+        self.eqns: list[Eqn] = []
+        self.constvars: list[Var] = []
+        self.consts: list = []
+        self._const_index: dict[int, Var] = {}
+
+    def __repr__(self):
+        return "GraphTrace" if self.stage_all else "PartialEvalTrace"
+
+    def new_arg(self, type: TensorType) -> GraphTracer:
+        return GraphTracer(self, Var(type))
+
+    def atom(self, x):
+        if isinstance(x, GraphTracer) and x._trace is self:
+            return x.var
+        if isinstance(x, (bool, int, float, complex)):
+            return Literal(x)
+        var = self._const_index.get(id(x))
+        if var is None:
+            t = type_of(x)
+            if t is None:
+                raise TypeError(f"cannot use {type(x).__name__} as a tensor operand")
+            var = Var(t)
+            self._const_index[id(x)] = var
+            self.constvars.append(var)
+            self.consts.append(x)
+        return var
+
+    def process_primitive(self, prim, args, params):
+        if not self.stage_all and not any(isinstance(a, GraphTracer) and a._trace is self for a in args):
+            with set_current_trace(self.parent):
+                return prim.bind(*args, **params)
+        atoms = [self.atom(a) for a in args]
+        in_types = [a.type if isinstance(a, Var) else a.value for a in atoms]
+        out_types = prim.abstract_eval(*in_types, **params)
+        if prim.multiple_results:
+            outs = [Var(t) for t in out_types]
+            self.eqns.append(Eqn(prim, atoms, outs, params))
+            return [GraphTracer(self, v) for v in outs]
+        out = Var(out_types)
+        self.eqns.append(Eqn(prim, atoms, [out], params))
+        return GraphTracer(self, out)
+
+    def to_graph(self, in_tracers, outs) -> Graph:
+        invars = [t.var for t in in_tracers]
+        outvars = [self.atom(o) for o in outs]
+        return Graph(invars, self.constvars, self.consts, self.eqns, outvars)
+
+
+def eval_graph(graph: Graph, consts, args) -> list:
+    """Evaluate a graph at the current trace (so under any transform)."""
+    env: dict[Var, object] = {}
+    for v, c in zip(graph.constvars, consts):
+        env[v] = c
+    for v, a in zip(graph.invars, args):
+        env[v] = a
+
+    def read(a):
+        return a.value if isinstance(a, Literal) else env[a]
+
+    for eqn in graph.eqns:
+        out = eqn.prim.bind(*[read(a) for a in eqn.inputs], **eqn.params)
+        if eqn.prim.multiple_results:
+            for v, o in zip(eqn.outputs, out):
+                env[v] = o
+        else:
+            env[eqn.outputs[0]] = out
+    return [read(a) for a in graph.outvars]

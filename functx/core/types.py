@@ -1,0 +1,51 @@
+"""The abstract value of a tensor: shape, dtype, device. Every Var and Tracer has one."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .dtypes import short_name
+
+
+@dataclass(frozen=True, slots=True)
+class TensorType:
+    shape: tuple
+    dtype: torch.dtype
+    device: torch.device
+
+    @staticmethod
+    def of(x: torch.Tensor) -> "TensorType":
+        return TensorType(tuple(x.shape), x.dtype, x.device)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def with_shape(self, shape) -> "TensorType":
+        return TensorType(tuple(shape), self.dtype, self.device)
+
+    def with_dtype(self, dtype) -> "TensorType":
+        return TensorType(self.shape, dtype, self.device)
+
+    def __str__(self) -> str:
+        return f"{short_name(self.dtype)}[{','.join(map(str, self.shape))}]"
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def scalar_type_of(value, device=None) -> torch.dtype:
+    """The dtype a Python scalar gets when it stands alone (torch's defaults)."""
+    if isinstance(value, bool):
+        return torch.bool
+    if isinstance(value, int):
+        return torch.int64
+    if isinstance(value, complex):
+        return torch.complex64
+    return torch.get_default_dtype()

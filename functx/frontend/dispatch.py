@@ -1,0 +1,159 @@
+"""ATen op -> primitives: the order in which an op is handled.
+
+1. special ops that need the wrappers themselves (copy_, item, ...);
+2. our lowering table (frontend/aten.py); view ops there also record aliasing;
+3. in-place ops: the functional variant, then a functionalized write;
+4. PyTorch's decomposition table (torch._decomp), then CompositeImplicit decomposition;
+5. the opaque fallback (frontend/fallback.py), which explain() reports.
+"""
+from __future__ import annotations
+
+import torch
+from torch._decomp import decomposition_table
+
+from ..core.errors import FunctxError
+from ..core.trace import concrete, type_of
+from .. import prims as P
+from .tensor import TracerTensor, assign, unwrap, unwrap_tree, value_of
+
+aten = torch.ops.aten
+
+LOWERINGS: dict = {}
+SPECIAL: dict = {}
+
+
+def wrap_result(x):
+    """Every tensor a dispatched op returns is a TracerTensor, so later in-place
+    writes into it are tracked, even when its value is a constant."""
+    if isinstance(x, (list, tuple)):
+        return type(x)(wrap_result(v) for v in x)
+    if x is None or isinstance(x, (bool, int, float, complex, torch.dtype, torch.device)):
+        return x
+    if isinstance(x, TracerTensor):
+        return x
+    return TracerTensor(x)
+
+
+def dispatch(func, args, kwargs):
+    special = SPECIAL.get(func)
+    if special is not None:
+        return special(*args, **kwargs)
+    lowering = LOWERINGS.get(func)
+    if lowering is not None:
+        if func.is_view:
+            return _make_view(func, lowering, args, kwargs)
+        return wrap_result(lowering(*unwrap_tree(args), **unwrap_tree(kwargs)))
+    schema = func._schema
+    if _is_inplace(func, schema):
+        return _inplace(func, args, kwargs)
+    if any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments if a.kwarg_only):
+        raise FunctxError(f"functx: {func} writes into an out= argument; call the functional form instead")
+    decomp = decomposition_table.get(func)
+    if decomp is not None:
+        out = decomp(*args, **kwargs)
+        if out is not NotImplemented:
+            return out
+    out = func.decompose(*args, **kwargs)
+    if out is not NotImplemented:
+        return out
+    from .fallback import opaque_fallback
+    return opaque_fallback(func, args, kwargs)
+
+
+# ---------------------------------------------------------------- views
+
+def _make_view(func, lowering, args, kwargs):
+    base = args[0]
+    rest = unwrap_tree(args[1:])
+    out = lowering(value_of(base), *rest, **kwargs)
+    root = base._root if base._root is not None else base
+    chain = list(base._chain or ())
+    if isinstance(out, (list, tuple)):
+        return [_view_wrapper(o, root, chain + [(func, rest, kwargs, i)]) for i, o in enumerate(out)]
+    return _view_wrapper(out, root, chain + [(func, rest, kwargs, None)])
+
+
+def _view_wrapper(value, root, chain):
+    w = TracerTensor(value)
+    w._root, w._chain, w._seen = root, chain, root._version_
+    return w
+
+
+def apply_view_chain(value, chain):
+    for func, args, kwargs, index in chain:
+        value = LOWERINGS[func](value, *args, **kwargs)
+        if index is not None:
+            value = value[index]
+    return value
+
+
+def scatter_into_view(root_value, root, chain, new_value):
+    """The root's value with the view's elements replaced by new_value.
+
+    The view's element positions come from replaying the view chain on an iota of the
+    root (concrete, at trace time), so every view op is handled the same way.
+    """
+    t = type_of(root_value)
+    positions = torch.arange(t.numel, device=t.device).reshape(t.shape)
+    for func, args, kwargs, index in chain:
+        positions = func(positions, *args, **kwargs)
+        if index is not None:
+            positions = positions[index]
+    flat = P.reshape(root_value, (t.numel,))
+    updates = P.reshape(new_value, (positions.numel(),))
+    out = P.scatter(flat, positions.reshape(-1).contiguous(), updates, 0)
+    return P.reshape(out, t.shape)
+
+
+# ---------------------------------------------------------------- in-place ops
+
+def _is_inplace(func, schema) -> bool:
+    if not schema.arguments:
+        return False
+    a0 = schema.arguments[0]
+    return (a0.alias_info is not None and a0.alias_info.is_write
+            and func.overloadpacket.__name__.endswith("_"))
+
+
+_FUNCTIONAL_CACHE: dict = {}
+
+
+def functional_variant(func):
+    if func not in _FUNCTIONAL_CACHE:
+        name = func.overloadpacket.__name__[:-1]
+        packet = getattr(aten, name, None)
+        _FUNCTIONAL_CACHE[func] = getattr(packet, func._overloadname, None) if packet is not None else None
+    return _FUNCTIONAL_CACHE[func]
+
+
+def _inplace(func, args, kwargs):
+    target = args[0]
+    functional = functional_variant(func)
+    if functional is None:
+        raise FunctxError(f"functx: in-place op {func} has no functional variant to functionalize")
+    result = dispatch(functional, args, kwargs)
+    write(target, unwrap(result))
+    return target
+
+
+def write(target, value):
+    """copy_ semantics: value is converted and broadcast to target's dtype and shape."""
+    t = type_of(unwrap(target)) if isinstance(target, TracerTensor) else type_of(target)
+    if isinstance(value, (bool, int, float)):
+        value = P.full(t.shape, value, t.dtype, t.device)
+    value = P.broadcast_to(P.convert(value, t.dtype), t.shape)
+    assign(target, value)
+
+
+def _copy_(target, src, non_blocking=False):
+    write(target, unwrap(src))
+    return target
+
+
+def _item(x):
+    return concrete(unwrap(x)).item()
+
+
+SPECIAL[aten.copy_.default] = _copy_
+SPECIAL[aten._local_scalar_dense.default] = _item
+SPECIAL[aten.equal.default] = lambda a, b: bool(torch.equal(concrete(unwrap(a)), concrete(unwrap(b))))

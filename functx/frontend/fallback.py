@@ -1,0 +1,76 @@
+"""The opaque fallback: an ATen op with no mapping and no decomposition runs as itself,
+and transforms reach it through torch.func (prims/opaque.py). Every use is recorded so
+that functx.explain can report it.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from ..core.errors import FunctxError
+from ..core.types import TensorType
+from ..prims.opaque import OpaqueFunction, opaque
+from .tensor import TracerTensor, unwrap
+
+_recorders: list = []
+
+
+class record_fallbacks:
+    """Context manager collecting the names of ATen ops that hit the fallback."""
+
+    def __enter__(self):
+        self.ops: list[str] = []
+        _recorders.append(self.ops)
+        return self.ops
+
+    def __exit__(self, *exc):
+        _recorders.remove(self.ops)
+
+
+_FUNCTIONS: dict = {}
+
+
+def opaque_fallback(func, args, kwargs):
+    flat, spec = tree_flatten((args, kwargs))
+    positions = [i for i, a in enumerate(flat) if isinstance(a, torch.Tensor)]
+    values = [unwrap(flat[i]) for i in positions]
+    statics = [None if i in set(positions) else a for i, a in enumerate(flat)]
+    out_types, single = _output_types(func, flat, positions, spec)
+    name = str(func)
+    for ops in _recorders:
+        if name not in ops:
+            ops.append(name)
+
+    def fn(*tensors):
+        leaves = list(statics)
+        for i, t in zip(positions, tensors):
+            leaves[i] = t
+        a, k = tree_unflatten(leaves, spec)
+        out = func(*a, **k)
+        return (out,) if single else tuple(out)
+
+    outs = opaque(OpaqueFunction(fn, name), values, out_types)
+    outs = [TracerTensor(o) if not isinstance(o, TracerTensor) else o for o in outs]
+    return outs[0] if single else tuple(outs)
+
+
+def _output_types(func, flat, positions, spec):
+    device = next((flat[i].device for i in positions), torch.device("cpu"))
+    meta = list(flat)
+    for i in positions:
+        meta[i] = torch.empty(flat[i].shape, dtype=flat[i].dtype, device="meta")
+    a, k = tree_unflatten(meta, spec)
+    try:
+        out = func(*a, **k)
+    except Exception:
+        cpu = list(flat)
+        for i in positions:
+            cpu[i] = torch.zeros(flat[i].shape, dtype=flat[i].dtype)
+        a, k = tree_unflatten(cpu, spec)
+        out = func(*a, **k)
+    single = isinstance(out, torch.Tensor)
+    outs = [out] if single else list(out)
+    if not all(isinstance(o, torch.Tensor) for o in outs):
+        raise FunctxError(f"functx: {func} has no mapping to primitives, and its outputs are not "
+                          "all tensors, so it can't run through the opaque fallback")
+    return [TensorType(tuple(o.shape), o.dtype, device) for o in outs], single

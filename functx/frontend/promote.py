@@ -1,0 +1,78 @@
+"""Type promotion and broadcasting for the front end (primitives do neither)."""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND as KIND, elementwise_dtypes
+
+from ..core.trace import type_of
+from .. import prims as P
+
+SCALARS = (bool, int, float, complex)
+
+
+@functools.lru_cache(maxsize=4096)
+def _promoted(key, kind):
+    examples = []
+    for k in key:
+        if isinstance(k, tuple):
+            dtype, is_0d = k
+            examples.append(torch.empty(() if is_0d else (1,), dtype=dtype, device="meta"))
+        else:
+            examples.append({bool: True, int: 1, float: 1.0, complex: 1j}[k])
+    return elementwise_dtypes(*examples, type_promotion_kind=kind)[1]
+
+
+def result_type(*args, kind=KIND.DEFAULT):
+    key = []
+    for a in args:
+        if isinstance(a, SCALARS):
+            key.append(type(a))
+        else:
+            t = type_of(a)
+            key.append((t.dtype, t.ndim == 0))
+    return _promoted(tuple(key), kind)
+
+
+def broadcast_shapes(*args):
+    shapes = [type_of(a).shape for a in args if not isinstance(a, SCALARS)]
+    return tuple(torch.broadcast_shapes(*shapes)) if shapes else ()
+
+
+def cast_scalar(x, dtype):
+    if dtype.is_floating_point:
+        return float(x)
+    if dtype.is_complex:
+        return complex(x)
+    if dtype is torch.bool:
+        return bool(x)
+    return int(x)
+
+
+def prepare(args, dtype, shape):
+    """Convert every operand to dtype and broadcast tensors to shape."""
+    out = []
+    for a in args:
+        if isinstance(a, SCALARS):
+            out.append(cast_scalar(a, dtype))
+        else:
+            out.append(P.broadcast_to(P.convert(a, dtype), shape))
+    if all(isinstance(a, SCALARS) for a in out):
+        out[0] = P.full(shape, out[0], dtype, torch.device("cpu"))
+    return out
+
+
+def elementwise(fn, *args, kind=KIND.DEFAULT, compute_dtype=None):
+    dtype = compute_dtype or result_type(*args, kind=kind)
+    if kind is KIND.ALWAYS_BOOL:
+        dtype = result_type(*args, kind=KIND.DEFAULT)
+    return fn(*prepare(args, dtype, broadcast_shapes(*args)))
+
+
+def float_dtype_of(x):
+    """The dtype a float-valued unary op computes in (ints promote to the default float)."""
+    t = type_of(x)
+    if t.dtype.is_floating_point or t.dtype.is_complex:
+        return t.dtype
+    return torch.get_default_dtype()

@@ -1,0 +1,100 @@
+"""TracerTensor: the torch.Tensor that user code sees while functx traces it.
+
+It is a wrapper subclass with the real shape, dtype and device of the value it stands
+for, and `__torch_dispatch__` maps each ATen op onto primitives (frontend/aten.py), then
+PyTorch's decomposition tables, then the opaque fallback (frontend/fallback.py).
+
+In-place ops and views are functionalized here: a view remembers its root and the chain
+of view ops that produced it; writing into a view scatters the new values into the root
+and bumps the root's version; other views of that root recompute lazily when read.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils._pytree import tree_map
+
+from ..core.errors import FunctxError
+from ..core.trace import Tracer, concrete, type_of
+
+
+class TracerTensor(torch.Tensor):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        # A pass-through: its presence makes has_torch_function() true, which keeps
+        # nn modules off fused inference fast paths (_transformer_encoder_layer_fwd,
+        # _native_multi_head_attention) that have no derivative formulas.
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+    @staticmethod
+    def __new__(cls, value):
+        t = type_of(value)
+        r = torch.Tensor._make_wrapper_subclass(cls, t.shape, dtype=t.dtype, device=t.device,
+                                                requires_grad=False)
+        r._value = value
+        r._root = None          # root TracerTensor when this is a view
+        r._chain = None         # view ops from the root: [(func, args, kwargs, output_index)]
+        r._seen = 0             # root version this view's value was computed at
+        r._version_ = 0         # bumped on each write (roots only)
+        return r
+
+    def __repr__(self, *, tensor_contents=None):
+        return f"TracerTensor({type_of(self._value)}, {type(self._value).__name__})"
+
+    def __format__(self, spec):
+        return repr(self)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        from .dispatch import dispatch
+        return dispatch(func, args, kwargs or {})
+
+
+def value_of(w: TracerTensor):
+    """The current lax value of a wrapper (recomputing a stale view)."""
+    root = w._root
+    if root is not None and w._seen != root._version_:
+        from .dispatch import apply_view_chain
+        w._value = apply_view_chain(value_of(root), w._chain)
+        w._seen = root._version_
+    return w._value
+
+
+def unwrap(x):
+    if isinstance(x, TracerTensor):
+        return value_of(x)
+    return x
+
+
+def wrap(x):
+    if isinstance(x, Tracer):
+        return TracerTensor(x)
+    return x
+
+
+def unwrap_tree(tree):
+    return tree_map(unwrap, tree)
+
+
+def wrap_tree(tree):
+    return tree_map(wrap, tree)
+
+
+def assign(w, new_value) -> None:
+    """Functionalized write of a whole value into wrapper `w` (same shape and dtype)."""
+    if not isinstance(w, TracerTensor):
+        raise FunctxError(
+            "An in-place operation writes a traced value into a plain tensor that was created "
+            "inside the transformed function (for example with torch.zeros(...)). functx cannot "
+            "track that tensor. Create it from a traced input instead (x.new_zeros(...), "
+            "torch.zeros_like(x)), or build the result out of place (torch.stack, torch.cat, "
+            "torch.where).")
+    root = w._root
+    if root is None:
+        w._value = new_value
+        w._version_ += 1
+        return
+    from .dispatch import scatter_into_view
+    assign(root, scatter_into_view(value_of(root), root, w._chain, new_value))
+    w._value = new_value
+    w._seen = root._version_

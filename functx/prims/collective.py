@@ -1,0 +1,100 @@
+"""Collectives over a named vmap axis: psum, pmax, all_gather, axis_index.
+
+The BatchTrace whose axis_name matches handles them (transforms/batching.py calls
+`collective_batch`); any other trace treats them as ordinary primitives. A collective
+that reaches no matching vmap raises UnboundAxisError.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core import Primitive, UnboundAxisError, Zero, bind
+from ..core.trace import type_of
+from . import elementwise as ew
+from . import reduce as red
+from .util import bdim_to_front, moveaxis
+
+
+def _unbound(name):
+    def fail(*args, axis_name, **params):
+        raise UnboundAxisError(
+            f"{name}: no enclosing functx.vmap has axis_name={axis_name!r}. Pass axis_name="
+            f"{axis_name!r} to the vmap whose axis this collective reduces over.")
+    return fail
+
+
+def _collective(name, multiple_results=False):
+    p = Primitive(name, multiple_results=multiple_results)
+    p.collective = True
+    p.impl = _unbound(name)
+    p.abstract_eval = _unbound(name)
+    return p
+
+
+psum_p = _collective("psum")
+pmax_p = _collective("pmax")
+all_gather_p = _collective("all_gather")
+axis_index_p = _collective("axis_index")
+
+
+def psum(x, axis_name):
+    return bind(psum_p, (x,), {"axis_name": axis_name})
+
+
+def pmax(x, axis_name):
+    return bind(pmax_p, (x,), {"axis_name": axis_name})
+
+
+def all_gather(x, axis_name):
+    return bind(all_gather_p, (x,), {"axis_name": axis_name})
+
+
+def axis_index(axis_name, device=None):
+    return bind(axis_index_p, (), {"axis_name": axis_name, "device": torch.device(device or "cpu")})
+
+
+psum_p.jvp = lambda primals, tangents, *, axis_name: (psum(primals[0], axis_name),
+                                                     psum(tangents[0], axis_name))
+psum_p.transpose = lambda ct, x, *, axis_name: [psum(ct, axis_name)]
+all_gather_p.jvp = lambda primals, tangents, *, axis_name: (all_gather(primals[0], axis_name),
+                                                           all_gather(tangents[0], axis_name))
+
+
+def _pmax_jvp(primals, tangents, *, axis_name):
+    (x,), (t,) = primals, tangents
+    out = pmax(x, axis_name)
+    mask = ew.convert(ew.eq(x, out), type_of(x).dtype)
+    return out, ew.div(psum(ew.mul(t, mask), axis_name), psum(mask, axis_name))
+
+
+pmax_p.jvp = _pmax_jvp
+
+
+def collective_batch(prim, axis, args, dims, params):
+    """The rule at the vmap that owns params['axis_name']: reduce over its batch dim."""
+    size = axis.size
+    if prim is axis_index_p:
+        return ew.iota((size,), 0, torch.int64, params["device"]), 0
+    (x,), (d,) = args, dims
+    if prim is psum_p:
+        return (ew.mul(x, size) if d is None else red.reduce_sum(x, (d,))), None
+    if prim is pmax_p:
+        return (x if d is None else red.reduce_max(x, (d,))), None
+    if prim is all_gather_p:
+        return bdim_to_front(x, d, size), None
+    raise NotImplementedError(prim.name)
+
+
+def foreign_collective_batch(prim, axis, args, dims, params):
+    """At a vmap with another axis name the collective acts on each example independently."""
+    if prim is axis_index_p:
+        return prim.bind(**params), None
+    (x,), (d,) = args, dims
+    out = prim.bind(x, **params)
+    if prim is all_gather_p:
+        return out, d + 1
+    return out, d
+
+
+for _p in (psum_p, pmax_p, all_gather_p, axis_index_p):
+    _p.batch = None   # handled by BatchTrace through collective_batch / foreign_collective_batch

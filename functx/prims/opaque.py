@@ -1,0 +1,126 @@
+"""The opaque primitive: any pure torch function, with rules from torch.func.
+
+The front end turns an ATen op that has no mapping and no decomposition into `opaque`,
+so user code never fails for coverage; `functx.explain` lists each one. Its jvp, transpose
+and batch rules are torch.func.jvp / vjp / vmap of that one function, so opaque ops compose
+with every transform, to any depth.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core import EXTERN, Primitive, TensorType, Zero, bind
+from ..core.trace import UndefinedPrimal, type_of
+
+
+class OpaqueFunction:
+    """fn(*tensors) -> tuple of tensors, with a readable name."""
+    __slots__ = ("fn", "name")
+
+    def __init__(self, fn, name):
+        self.fn = fn
+        self.name = name
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __repr__(self):
+        return self.name
+
+    __name__ = property(lambda self: self.name)
+
+
+opaque_p = Primitive("opaque", multiple_results=True)
+opaque_p.kind = EXTERN
+
+
+def _opaque_type(*types, fn, out_types, linear_argnums):
+    return list(out_types)
+
+
+def _opaque_impl(*args, fn, out_types, linear_argnums):
+    return list(fn(*args))
+
+
+def opaque(fn: OpaqueFunction, args, out_types, linear_argnums=()):
+    return bind(opaque_p, tuple(args), {"fn": fn, "out_types": tuple(out_types),
+                                        "linear_argnums": tuple(linear_argnums)})
+
+
+def _opaque_jvp(primals, tangents, *, fn, out_types, linear_argnums):
+    outs = opaque(fn, primals, out_types, linear_argnums)
+    nz = [i for i, t in enumerate(tangents) if not isinstance(t, Zero)
+          and type_of(primals[i]).dtype.is_floating_point]
+    float_outs = [i for i, t in enumerate(out_types) if t.dtype.is_floating_point or t.dtype.is_complex]
+    if not nz or not float_outs:
+        return outs, [Zero(t) for t in out_types]
+    n = len(primals)
+
+    def jvp_fn(*args):
+        prim, tans = list(args[:n]), args[n:]
+
+        def restricted(*xs):
+            full = list(prim)
+            for i, x in zip(nz, xs):
+                full[i] = x
+            return tuple(fn(*full))
+        _, t_out = torch.func.jvp(restricted, tuple(prim[i] for i in nz), tuple(tans))
+        return tuple(t_out[i] for i in float_outs)
+
+    jfn = OpaqueFunction(jvp_fn, f"jvp({fn.name})")
+    t_types = [out_types[i] for i in float_outs]
+    t_vals = opaque(jfn, list(primals) + [tangents[i] for i in nz], t_types,
+                    tuple(range(n, n + len(nz))))
+    result = [Zero(t) for t in out_types]
+    for i, v in zip(float_outs, t_vals):
+        result[i] = v
+    return outs, result
+
+
+def _opaque_transpose(cts, *args, fn, out_types, linear_argnums):
+    lin = [i for i in linear_argnums if isinstance(args[i], UndefinedPrimal)]
+    if any(isinstance(a, UndefinedPrimal) for i, a in enumerate(args) if i not in linear_argnums):
+        raise ValueError(f"opaque op {fn.name} is not linear in the requested inputs")
+    fixed = [a for a in args if not isinstance(a, UndefinedPrimal)]
+    cts = [ct if not isinstance(ct, Zero) else _zeros(ct.aval) for ct in cts]
+    lin_types = [args[i].aval for i in lin]
+    n_fixed = len(fixed)
+
+    def transpose_fn(*xs):
+        fixed_vals, ct_vals = xs[:n_fixed], xs[n_fixed:]
+
+        def linear_part(*lin_vals):
+            full, it_f, it_l = [], iter(fixed_vals), iter(lin_vals)
+            for a in args:
+                full.append(next(it_l) if isinstance(a, UndefinedPrimal) else next(it_f))
+            return tuple(fn(*full))
+        zeros = tuple(torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in lin_types)
+        _, pullback = torch.func.vjp(linear_part, *zeros)
+        return pullback(tuple(ct_vals))
+
+    tfn = OpaqueFunction(transpose_fn, f"transpose({fn.name})")
+    outs = opaque(tfn, fixed + cts, lin_types, tuple(range(n_fixed, n_fixed + len(cts))))
+    result, it = [], iter(outs)
+    for a in args:
+        result.append(next(it) if isinstance(a, UndefinedPrimal) else None)
+    return result
+
+
+def _zeros(t):
+    from . import elementwise as ew
+    return ew.full(t.shape, 0, t.dtype, t.device)
+
+
+def _opaque_batch(axis, args, dims, *, fn, out_types, linear_argnums):
+    in_dims = tuple(dims)
+    bfn = OpaqueFunction(lambda *xs: tuple(torch.func.vmap(fn, in_dims=in_dims, out_dims=0)(*xs)),
+                         f"vmap({fn.name})")
+    b_types = [TensorType((axis.size,) + t.shape, t.dtype, t.device) for t in out_types]
+    return opaque(bfn, args, b_types, linear_argnums), [0] * len(out_types)
+
+
+opaque_p.abstract_eval = _opaque_type
+opaque_p.impl = _opaque_impl
+opaque_p.jvp = _opaque_jvp
+opaque_p.transpose = _opaque_transpose
+opaque_p.batch = _opaque_batch

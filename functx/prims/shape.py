@@ -1,0 +1,348 @@
+"""Shape primitives: broadcast_in_dim, reshape, transpose, slice, pad, concatenate, rev.
+
+All are linear; each has a transpose rule. Static shapes only: every size and index is a
+Python int parameter.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..core import VIEW, EXTERN, Primitive, bind
+from ..core.trace import UndefinedPrimal, type_of
+from .util import bdim_to_front, moveaxis
+
+
+def _linear_jvp(p):
+    def jvp(primals, tangents, **params):
+        return p.bind(*primals, **params), p.bind(*tangents, **params)
+    return jvp
+
+
+# ---------------------------------------------------------------- broadcast_in_dim
+
+broadcast_in_dim_p = Primitive("broadcast_in_dim")
+broadcast_in_dim_p.kind = VIEW
+
+
+def _broadcast_in_dim_type(t, *, shape, broadcast_dimensions):
+    if len(broadcast_dimensions) != t.ndim:
+        raise TypeError(f"broadcast_in_dim: operand rank {t.ndim} != len(broadcast_dimensions) "
+                        f"{len(broadcast_dimensions)}")
+    if any(b <= a for a, b in zip(broadcast_dimensions, broadcast_dimensions[1:])):
+        raise TypeError(f"broadcast_in_dim: broadcast_dimensions {broadcast_dimensions} must increase")
+    for i, d in enumerate(broadcast_dimensions):
+        if t.shape[i] not in (1, shape[d]):
+            raise TypeError(f"broadcast_in_dim: operand dim {i} of size {t.shape[i]} can't broadcast "
+                            f"to size {shape[d]}")
+    return t.with_shape(shape)
+
+
+def _broadcast_in_dim_impl(x, *, shape, broadcast_dimensions):
+    view = [1] * len(shape)
+    for i, d in enumerate(broadcast_dimensions):
+        view[d] = x.shape[i]
+    return x.reshape(view).expand(shape)
+
+
+def _broadcast_in_dim_transpose(ct, x, *, shape, broadcast_dimensions):
+    from . import reduce
+    in_shape = x.aval.shape
+    new_dims = [d for d in range(len(shape)) if d not in broadcast_dimensions]
+    expanded = [d for i, d in enumerate(broadcast_dimensions) if in_shape[i] == 1 and shape[d] != 1]
+    summed = reduce.reduce_sum(ct, tuple(sorted(new_dims + expanded)))
+    return [reshape(summed, in_shape)]
+
+
+def _broadcast_in_dim_batch(axis, args, dims, *, shape, broadcast_dimensions):
+    (x,), (d,) = args, dims
+    x = moveaxis(x, d, 0)
+    return broadcast_in_dim(x, (axis.size,) + tuple(shape),
+                            (0,) + tuple(b + 1 for b in broadcast_dimensions)), 0
+
+
+broadcast_in_dim_p.abstract_eval = _broadcast_in_dim_type
+broadcast_in_dim_p.impl = _broadcast_in_dim_impl
+broadcast_in_dim_p.jvp = _linear_jvp(broadcast_in_dim_p)
+broadcast_in_dim_p.transpose = _broadcast_in_dim_transpose
+broadcast_in_dim_p.batch = _broadcast_in_dim_batch
+
+
+def broadcast_in_dim(x, shape, broadcast_dimensions):
+    shape = tuple(shape)
+    if type_of(x).shape == shape and tuple(broadcast_dimensions) == tuple(range(len(shape))):
+        return x
+    return bind(broadcast_in_dim_p, (x,), {"shape": shape, "broadcast_dimensions": tuple(broadcast_dimensions)})
+
+
+def broadcast_to(x, shape):
+    """numpy-style broadcast (trailing dims aligned)."""
+    t = type_of(x)
+    shape = tuple(shape)
+    if t.shape == shape:
+        return x
+    lead = len(shape) - t.ndim
+    return broadcast_in_dim(x, shape, tuple(range(lead, len(shape))))
+
+
+# ---------------------------------------------------------------- reshape
+
+reshape_p = Primitive("reshape")
+reshape_p.kind = VIEW
+
+
+def _reshape_type(t, *, shape):
+    import math
+    if math.prod(shape) != t.numel:
+        raise TypeError(f"reshape: can't reshape {t} to {list(shape)}")
+    return t.with_shape(shape)
+
+
+reshape_p.abstract_eval = _reshape_type
+reshape_p.impl = lambda x, *, shape: x.reshape(shape)
+reshape_p.emit = lambda srcs, p: f"{srcs[0]}.reshape({p['shape']!r})"
+reshape_p.jvp = _linear_jvp(reshape_p)
+reshape_p.transpose = lambda ct, x, *, shape: [reshape(ct, x.aval.shape)]
+reshape_p.batch = lambda axis, args, dims, *, shape: (
+    reshape(moveaxis(args[0], dims[0], 0), (axis.size,) + tuple(shape)), 0)
+
+
+def reshape(x, shape):
+    shape = tuple(shape)
+    if type_of(x).shape == shape:
+        return x
+    return bind(reshape_p, (x,), {"shape": shape})
+
+
+# ---------------------------------------------------------------- transpose (permute)
+
+transpose_p = Primitive("transpose")
+transpose_p.kind = VIEW
+
+
+def _transpose_type(t, *, permutation):
+    if sorted(permutation) != list(range(t.ndim)):
+        raise TypeError(f"transpose: {permutation} is not a permutation of {t.ndim} dims")
+    return t.with_shape(tuple(t.shape[p] for p in permutation))
+
+
+def _inverse_permutation(perm):
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return tuple(inv)
+
+
+transpose_p.abstract_eval = _transpose_type
+transpose_p.impl = lambda x, *, permutation: x.permute(permutation)
+transpose_p.emit = lambda srcs, p: f"{srcs[0]}.permute({p['permutation']!r})"
+transpose_p.jvp = _linear_jvp(transpose_p)
+transpose_p.transpose = lambda ct, x, *, permutation: [transpose(ct, _inverse_permutation(permutation))]
+transpose_p.batch = lambda axis, args, dims, *, permutation: (
+    transpose(args[0], (dims[0],) + tuple(p + (p >= dims[0]) for p in permutation)), 0)
+
+
+def transpose(x, permutation):
+    permutation = tuple(permutation)
+    if permutation == tuple(range(len(permutation))):
+        return x
+    return bind(transpose_p, (x,), {"permutation": permutation})
+
+
+# ---------------------------------------------------------------- slice
+
+slice_p = Primitive("slice")
+slice_p.kind = VIEW
+
+
+def _slice_type(t, *, start, limit, strides):
+    shape = []
+    for d, (s, l, st) in enumerate(zip(start, limit, strides)):
+        if not (0 <= s <= l <= t.shape[d]) or st < 1:
+            raise TypeError(f"slice: bad bounds start={start} limit={limit} strides={strides} for {t}")
+        shape.append(max(0, -(-(l - s) // st)))
+    return t.with_shape(shape)
+
+
+def _slice_impl(x, *, start, limit, strides):
+    return x[tuple(slice(s, l, st) for s, l, st in zip(start, limit, strides))]
+
+
+def _slice_emit(srcs, p):
+    idx = ", ".join(f"{s}:{l}" + (f":{st}" if st != 1 else "") for s, l, st in
+                    zip(p["start"], p["limit"], p["strides"]))
+    return f"{srcs[0]}[{idx}]"
+
+
+def _slice_transpose(ct, x, *, start, limit, strides):
+    in_shape = x.aval.shape
+    ct_shape = type_of(ct).shape
+    config = []
+    for s, n, size, st in zip(start, ct_shape, in_shape, strides):
+        real_limit = s + (0 if n == 0 else 1 + (n - 1) * st)
+        config.append((s, size - real_limit, st - 1))
+    return [pad(ct, tuple(config), 0)]
+
+
+def _slice_batch(axis, args, dims, *, start, limit, strides):
+    (x,), (d,) = args, dims
+    size = type_of(x).shape[d]
+    return slice_(x, start[:d] + (0,) + start[d:], limit[:d] + (size,) + limit[d:],
+                  strides[:d] + (1,) + strides[d:]), d
+
+
+slice_p.abstract_eval = _slice_type
+slice_p.impl = _slice_impl
+slice_p.emit = _slice_emit
+slice_p.jvp = _linear_jvp(slice_p)
+slice_p.transpose = _slice_transpose
+slice_p.batch = _slice_batch
+
+
+def slice_(x, start, limit, strides=None):
+    t = type_of(x)
+    start, limit = tuple(start), tuple(limit)
+    strides = tuple(strides) if strides is not None else (1,) * t.ndim
+    if start == (0,) * t.ndim and limit == t.shape and strides == (1,) * t.ndim:
+        return x
+    return bind(slice_p, (x,), {"start": start, "limit": limit, "strides": strides})
+
+
+def slice_in_dim(x, start, limit, stride=1, axis=0):
+    t = type_of(x)
+    starts = [0] * t.ndim
+    limits = list(t.shape)
+    strides = [1] * t.ndim
+    starts[axis], limits[axis], strides[axis] = start, limit, stride
+    return slice_(x, starts, limits, strides)
+
+
+# ---------------------------------------------------------------- pad (lo, hi, interior; negative crops)
+
+pad_p = Primitive("pad")
+pad_p.kind = EXTERN
+
+
+def _pad_type(t, *, config, value):
+    shape = []
+    for size, (lo, hi, interior) in zip(t.shape, config):
+        if interior < 0:
+            raise TypeError("pad: interior padding must be >= 0")
+        n = lo + hi + size + max(0, size - 1) * interior
+        if n < 0:
+            raise TypeError(f"pad: negative output size for {t} with {config}")
+        shape.append(n)
+    return t.with_shape(shape)
+
+
+def _pad_impl(x, *, config, value):
+    lo, hi, interior = zip(*config) if config else ((), (), ())
+    if any(interior):
+        dilated = [s + max(0, s - 1) * i for s, i in zip(x.shape, interior)]
+        out = x.new_full(dilated, value)
+        out[tuple(slice(None, None, i + 1) for i in interior)] = x
+        x = out
+    if any(l < 0 or h < 0 for l, h in zip(lo, hi)):
+        x = x[tuple(slice(max(-l, 0), x.shape[k] - max(-h, 0)) for k, (l, h) in enumerate(zip(lo, hi)))]
+    if any(l > 0 or h > 0 for l, h in zip(lo, hi)):
+        flat = []
+        for l, h in reversed(list(zip(lo, hi))):
+            flat += [max(l, 0), max(h, 0)]
+        if x.dtype == torch.bool:
+            return F.pad(x.to(torch.uint8), flat, value=int(value)).to(torch.bool)
+        x = F.pad(x, flat, value=value)
+    return x
+
+
+def _pad_transpose(ct, x, *, config, value):
+    unpad = tuple((-lo, -hi, 0) for lo, hi, _ in config)
+    unpadded = pad(ct, unpad, 0)
+    t = type_of(unpadded)
+    return [slice_(unpadded, (0,) * t.ndim, t.shape, tuple(i + 1 for _, _, i in config))]
+
+
+def _pad_batch(axis, args, dims, *, config, value):
+    (x,), (d,) = args, dims
+    return pad(x, config[:d] + ((0, 0, 0),) + config[d:], value), d
+
+
+pad_p.abstract_eval = _pad_type
+pad_p.impl = _pad_impl
+pad_p.jvp = lambda primals, tangents, *, config, value: (pad(primals[0], config, value),
+                                                         pad(tangents[0], config, 0))
+pad_p.transpose = _pad_transpose
+pad_p.batch = _pad_batch
+
+
+def pad(x, config, value=0):
+    config = tuple(tuple(c) for c in config)
+    if all(c == (0, 0, 0) for c in config):
+        return x
+    return bind(pad_p, (x,), {"config": config, "value": value})
+
+
+# ---------------------------------------------------------------- concatenate
+
+concatenate_p = Primitive("concatenate")
+concatenate_p.kind = EXTERN
+
+
+def _concatenate_type(*ts, axis):
+    t0 = ts[0]
+    for t in ts[1:]:
+        if t.ndim != t0.ndim or t.dtype != t0.dtype or any(
+                a != b for i, (a, b) in enumerate(zip(t.shape, t0.shape)) if i != axis):
+            raise TypeError(f"concatenate: incompatible operands {ts} along axis {axis}")
+    shape = list(t0.shape)
+    shape[axis] = sum(t.shape[axis] for t in ts)
+    return t0.with_shape(shape)
+
+
+def _concatenate_transpose(ct, *xs, axis):
+    outs, offset = [], 0
+    for x in xs:
+        n = x.aval.shape[axis] if isinstance(x, UndefinedPrimal) else type_of(x).shape[axis]
+        outs.append(slice_in_dim(ct, offset, offset + n, 1, axis) if isinstance(x, UndefinedPrimal) else None)
+        offset += n
+    return outs
+
+
+def _concatenate_jvp(primals, tangents, *, axis):
+    from .util import instantiate
+    return concatenate(primals, axis), concatenate([instantiate(t) for t in tangents], axis)
+
+
+concatenate_p.abstract_eval = _concatenate_type
+concatenate_p.impl = lambda *xs, axis: torch.cat(xs, axis)
+concatenate_p.emit = lambda srcs, p: f"torch.cat([{', '.join(srcs)}], {p['axis']})"
+concatenate_p.jvp = _concatenate_jvp
+concatenate_p.transpose = _concatenate_transpose
+concatenate_p.batch = lambda axis, args, dims, **p: (
+    concatenate([bdim_to_front(a, d, axis.size) for a, d in zip(args, dims)], p["axis"] + 1), 0)
+
+
+def concatenate(xs, axis):
+    xs = list(xs)
+    if len(xs) == 1:
+        return xs[0]
+    return bind(concatenate_p, tuple(xs), {"axis": axis})
+
+
+# ---------------------------------------------------------------- rev (flip)
+
+rev_p = Primitive("rev")
+rev_p.kind = VIEW
+rev_p.abstract_eval = lambda t, *, dims: t
+rev_p.impl = lambda x, *, dims: torch.flip(x, dims)
+rev_p.emit = lambda srcs, p: f"torch.flip({srcs[0]}, {p['dims']!r})"
+rev_p.jvp = _linear_jvp(rev_p)
+rev_p.transpose = lambda ct, x, *, dims: [rev(ct, dims)]
+rev_p.batch = lambda axis, args, dims_, *, dims: (
+    rev(args[0], tuple(d + (d >= dims_[0]) for d in dims)), dims_[0])
+
+
+def rev(x, dims):
+    dims = tuple(dims)
+    if not dims:
+        return x
+    return bind(rev_p, (x,), {"dims": dims})

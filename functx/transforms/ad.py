@@ -1,0 +1,108 @@
+"""Reverse mode as linearize + transpose (JAX's design).
+
+linearize runs the function under a JVPTrace whose tangents live in a partial-evaluation
+GraphTrace: primal operations run as usual (eagerly, or on the enclosing trace), and only
+the tangent operations are recorded, into a linear graph whose constants are the
+residuals. vjp transposes that graph with `backward_pass`, which only needs transpose
+rules for linear primitives.
+"""
+from __future__ import annotations
+
+from ..core import GraphTrace, Literal, MissingRuleError, UndefinedPrimal, Var, Zero, current_trace, \
+    set_current_trace
+from ..core.trace import eval_graph, type_of
+from .. import prims as P
+from .jvp import JVPTrace, JVPTracer
+
+
+def differentiable(x) -> bool:
+    t = type_of(x)
+    return t is not None and (t.dtype.is_floating_point or t.dtype.is_complex)
+
+
+def linearize_flat(fun, primals):
+    """fun: list of lax values -> list of lax values.
+    Returns (primal outputs, linear graph, tangent-output mask). The graph maps the
+    tangents of the differentiable inputs to the non-zero output tangents."""
+    pe = GraphTrace(current_trace(), stage_all=False)
+    jt = JVPTrace(pe)
+    tangent_in, args = [], []
+    for p in primals:
+        if differentiable(p):
+            t = pe.new_arg(type_of(p))
+            tangent_in.append(t)
+            args.append(JVPTracer(jt, p, t))
+        else:
+            args.append(p)
+    with set_current_trace(jt):
+        outs = fun(args)
+    pairs = [jt.pair(o) for o in outs]
+    primal_out = [p for p, _ in pairs]
+    nonzero = [not isinstance(t, Zero) for _, t in pairs]
+    graph = pe.to_graph(tangent_in, [t for _, t in pairs if not isinstance(t, Zero)])
+    return primal_out, graph, nonzero
+
+
+def backward_pass(graph, consts, cts):
+    """Transpose a linear graph: cotangents of its outputs -> cotangents of its inputs."""
+    env = dict(zip(graph.constvars, consts))
+    linear = set(graph.invars)
+    for eqn in graph.eqns:
+        linear.update(eqn.outputs)
+    ct_env: dict = {}
+
+    def add_ct(v, ct):
+        if isinstance(ct, Zero) or ct is None:
+            return
+        ct_env[v] = P.add(ct_env[v], ct) if v in ct_env else ct
+
+    for v, ct in zip(graph.outvars, cts):
+        if isinstance(v, Var) and v in linear:
+            add_ct(v, ct)
+    for eqn in reversed(graph.eqns):
+        cts_out = [ct_env.pop(v, None) for v in eqn.outputs]
+        if all(c is None for c in cts_out):
+            continue
+        if eqn.prim.transpose is None:
+            raise MissingRuleError(f"functx: primitive '{eqn.prim.name}' has no transpose rule, so reverse "
+                                   "mode can't pass through it")
+        args = [a.value if isinstance(a, Literal) else UndefinedPrimal(a.type) if a in linear else env[a]
+                for a in eqn.inputs]
+        if eqn.prim.multiple_results:
+            ct = [c if c is not None else Zero(v.type) for c, v in zip(cts_out, eqn.outputs)]
+        else:
+            ct = cts_out[0]
+        cts_in = eqn.prim.transpose(ct, *args, **eqn.params)
+        for a, c in zip(eqn.inputs, cts_in):
+            if c is not None and isinstance(a, Var) and a in linear:
+                add_ct(a, c)
+    return [ct_env.get(v, Zero(v.type)) for v in graph.invars]
+
+
+def linear_forward(graph, tangents):
+    return eval_graph(graph, graph.consts, tangents)
+
+
+def vjp_flat(fun, primals):
+    """Returns (primal outputs, pullback: output cotangents -> input cotangents), flat."""
+    primal_out, graph, nonzero = linearize_flat(fun, primals)
+    diff = [differentiable(p) for p in primals]
+
+    def pullback(cts):
+        cts_nz = [ct for ct, nz in zip(cts, nonzero) if nz]
+        in_cts = iter(backward_pass(graph, graph.consts, cts_nz))
+        out = []
+        for p, d in zip(primals, diff):
+            out.append(next(in_cts) if d else Zero(type_of(p)))
+        return out
+
+    return primal_out, pullback, graph
+
+
+def jvp_flat(fun, primals, tangents):
+    jt = JVPTrace(current_trace())
+    args = [JVPTracer(jt, p, t) if not isinstance(t, Zero) else p for p, t in zip(primals, tangents)]
+    with set_current_trace(jt):
+        outs = fun(args)
+    pairs = [jt.pair(o) for o in outs]
+    return [p for p, _ in pairs], [t for _, t in pairs]

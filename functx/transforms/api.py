@@ -1,0 +1,485 @@
+"""The public transforms, JAX's names and signatures (torch.func's in_dims/out_dims too).
+
+Every function argument and output may be a pytree of tensors. User functions run on
+TracerTensors; these wrappers are the boundary between user code and the traces.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from ..core import FunctxError, Zero, current_trace, set_current_trace
+from ..core.trace import Tracer, type_of
+from ..frontend import TracerTensor, unwrap, wrap
+from .. import prims as P
+from .ad import differentiable, jvp_flat, linear_forward, linearize_flat, vjp_flat, backward_pass
+from .batching import AxisData, BatchTrace, BatchTracer
+from .jvp import JVPTrace, JVPTracer
+from .tree import broadcast_prefix, tree_flatten, tree_unflatten
+
+_TENSOR_LEAF = (torch.Tensor, Tracer)
+
+
+# ---------------------------------------------------------------- argument handling
+
+def _check_tensor_leaves(leaves, what, treedef):
+    for i, leaf in enumerate(leaves):
+        if not isinstance(leaf, _TENSOR_LEAF):
+            paths = treedef.paths() if hasattr(treedef, "paths") else None
+            where = f" at {paths[i]}" if paths else ""
+            raise TypeError(f"{what}: expected tensors, but leaf {i}{where} is a "
+                            f"{type(leaf).__name__} ({leaf!r:.60})")
+
+
+def _flatten_tensors(tree, what):
+    leaves, treedef = tree_flatten(tree)
+    _check_tensor_leaves(leaves, what, treedef)
+    return [unwrap(l) for l in leaves], treedef
+
+
+class _OutStore:
+    tree = None
+    aux = None
+
+
+def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None):
+    """f over a pytree -> function over flat lax values; the output tree goes into store."""
+    def fun(flat_in):
+        args = tree_unflatten(in_tree, [wrap(x) for x in flat_in])
+        out = f(*args)
+        if has_aux:
+            if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise TypeError(f"{what}: with has_aux=True, f must return a pair (output, aux); got "
+                                f"{type(out).__name__}")
+            out, aux = out
+            store.aux = aux
+        leaves, tree = tree_flatten(out)
+        _check_tensor_leaves(leaves, f"{what}: output of f", tree)
+        store.tree = tree
+        return [unwrap(l) for l in leaves]
+    return fun
+
+
+def _strip_aux(aux, trace):
+    """aux leaves leave the transform as primal values (no tangents/batching of this level)."""
+    def strip(x):
+        x = unwrap(x) if isinstance(x, TracerTensor) else x
+        if isinstance(x, JVPTracer) and x._trace is trace:
+            x = x.primal
+        return wrap(x)
+    leaves, tree = tree_flatten(aux)
+    return tree_unflatten(tree, [strip(l) for l in leaves])
+
+
+def _argnums_tuple(argnums, nargs, what):
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    for a in nums:
+        if not isinstance(a, int) or not -nargs <= a < nargs:
+            raise ValueError(f"{what}: argnums={argnums!r} is out of range for {nargs} positional arguments")
+    return tuple(a % nargs for a in nums)
+
+
+def _zeros_for(t):
+    return P.full(t.shape, 0, t.dtype, t.device)
+
+
+def _instantiate(x):
+    return _zeros_for(x.aval) if isinstance(x, Zero) else x
+
+
+# ---------------------------------------------------------------- jvp / linearize / vjp
+
+def jvp(f, primals, tangents, has_aux=False):
+    """(f(*primals), J f(primals) @ tangents). primals and tangents are tuples of pytrees."""
+    if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
+        raise TypeError("functx.jvp: primals and tangents must be tuples (or lists) of arguments, "
+                        f"got {type(primals).__name__} and {type(tangents).__name__}")
+    p_flat, p_tree = _flatten_tensors(tuple(primals), "functx.jvp: primals")
+    t_flat, t_tree = _flatten_tensors(tuple(tangents), "functx.jvp: tangents")
+    if p_tree != t_tree:
+        raise ValueError(f"functx.jvp: tangents must have the same structure as primals: {p_tree} vs {t_tree}")
+    tangents_in = []
+    for i, (p, t) in enumerate(zip(p_flat, t_flat)):
+        pt, tt = type_of(p), type_of(t)
+        if pt.shape != tt.shape:
+            raise ValueError(f"functx.jvp: tangent {i} has shape {tuple(tt.shape)}, its primal has "
+                             f"{tuple(pt.shape)}")
+        if differentiable(p) and tt.dtype != pt.dtype:
+            raise ValueError(f"functx.jvp: tangent {i} has dtype {tt.dtype}, its primal has {pt.dtype}")
+        tangents_in.append(t if differentiable(p) else Zero(pt))
+    store = _OutStore()
+    jt = JVPTrace(current_trace())
+    args = [JVPTracer(jt, p, t) if not isinstance(t, Zero) else p for p, t in zip(p_flat, tangents_in)]
+    with set_current_trace(jt):
+        outs = _flat_fun(f, p_tree, store, "functx.jvp", has_aux)(args)
+    pairs = [jt.pair(o) for o in outs]
+    out_p = tree_unflatten(store.tree, [wrap(p) for p, _ in pairs])
+    out_t = tree_unflatten(store.tree, [wrap(_instantiate(t)) for _, t in pairs])
+    if has_aux:
+        return out_p, out_t, _strip_aux(store.aux, jt)
+    return out_p, out_t
+
+
+def linearize(f, *primals, has_aux=False):
+    """(f(*primals), f_jvp) where f_jvp(*tangents) evaluates the linear map (JAX's linearize)."""
+    p_flat, p_tree = _flatten_tensors(primals, "functx.linearize: primals")
+    store = _OutStore()
+    out, graph, nonzero = linearize_flat(_flat_fun(f, p_tree, store, "functx.linearize", has_aux), p_flat)
+    diff = [differentiable(p) for p in p_flat]
+    out_types = [type_of(o) for o in out]
+
+    def f_jvp(*tangents):
+        t_flat, t_tree = _flatten_tensors(tangents, "functx.linearize: tangents")
+        if t_tree != p_tree:
+            raise ValueError(f"functx.linearize: tangents must match the primals' structure {p_tree}")
+        lin = linear_forward(graph, [t for t, d in zip(t_flat, diff) if d])
+        it = iter(lin)
+        res = [next(it) if nz else _zeros_for(t) for nz, t in zip(nonzero, out_types)]
+        return tree_unflatten(store.tree, [wrap(r) for r in res])
+
+    out_tree = tree_unflatten(store.tree, [wrap(o) for o in out])
+    if has_aux:
+        return out_tree, f_jvp, store.aux
+    return out_tree, f_jvp
+
+
+def vjp(f, *primals, has_aux=False):
+    """(f(*primals), vjp_fn) where vjp_fn(cotangents) returns a tuple, one entry per primal."""
+    p_flat, p_tree = _flatten_tensors(primals, "functx.vjp: primals")
+    store = _OutStore()
+    out, pullback, _ = vjp_flat(_flat_fun(f, p_tree, store, "functx.vjp", has_aux), p_flat)
+    out_types = [type_of(o) for o in out]
+    out_tree = store.tree
+
+    def vjp_fn(cotangents):
+        ct_flat, ct_tree = _flatten_tensors(cotangents, "functx.vjp: cotangents")
+        if ct_tree != out_tree:
+            raise ValueError(f"functx.vjp: cotangents must have the structure of f's output {out_tree}, "
+                             f"got {ct_tree}")
+        for i, (c, t) in enumerate(zip(ct_flat, out_types)):
+            if type_of(c).shape != t.shape:
+                raise ValueError(f"functx.vjp: cotangent {i} has shape {tuple(type_of(c).shape)}, the "
+                                 f"output has {tuple(t.shape)}")
+        in_cts = pullback([P.convert(c, t.dtype) for c, t in zip(ct_flat, out_types)])
+        in_cts = [wrap(_instantiate(c)) for c in in_cts]
+        return tuple(tree_unflatten(p_tree, in_cts))
+
+    outs = tree_unflatten(out_tree, [wrap(o) for o in out])
+    if has_aux:
+        return outs, vjp_fn, store.aux
+    return outs, vjp_fn
+
+
+def linear_transpose(f, *primals):
+    """The transpose of a linear f, evaluated at example primals for shapes (JAX's linear_transpose)."""
+    p_flat, p_tree = _flatten_tensors(primals, "functx.linear_transpose: primals")
+    store = _OutStore()
+    # f is linear, so its linearization at zero is f itself.
+    zeros = [_zeros_for(type_of(p)) for p in p_flat]
+    out, graph, nonzero = linearize_flat(_flat_fun(f, p_tree, store, "functx.linear_transpose"), zeros)
+    out_tree = store.tree
+
+    def transpose_fn(cotangents):
+        ct_flat, _ = _flatten_tensors(cotangents, "functx.linear_transpose: cotangents")
+        cts = backward_pass(graph, graph.consts, [c for c, nz in zip(ct_flat, nonzero) if nz])
+        it = iter(cts)
+        res = [wrap(_instantiate(next(it))) if differentiable(p) else wrap(_zeros_for(type_of(p))) for p in p_flat]
+        return tuple(tree_unflatten(p_tree, res))
+    return transpose_fn
+
+
+# ---------------------------------------------------------------- grad
+
+def value_and_grad(f, argnums=0, has_aux=False):
+    """(f(*args), ∂f/∂args[argnums]) for scalar-valued f; the value is (out, aux) with has_aux."""
+    @functools.wraps(f)
+    def value_and_grad_f(*args, **kwargs):
+        nums = _argnums_tuple(argnums, len(args), "functx.grad")
+        diff_args = tuple(args[i] for i in nums)
+
+        def g(*diff):
+            full = list(args)
+            for i, d in zip(nums, diff):
+                full[i] = d
+            return f(*full, **kwargs)
+
+        d_flat, d_tree = _flatten_tensors(diff_args, "functx.grad: differentiated arguments")
+        for i, x in enumerate(d_flat):
+            if not differentiable(x):
+                raise TypeError(f"functx.grad: differentiated argument leaf {i} has dtype {type_of(x).dtype}; "
+                                "grad needs floating-point inputs (use argnums to skip integer arguments)")
+        store = _OutStore()
+        out, pullback, _ = vjp_flat(_flat_fun(g, d_tree, store, "functx.grad", has_aux), d_flat)
+        if len(out) != 1 or type_of(out[0]).shape != ():
+            shapes = [tuple(type_of(o).shape) for o in out]
+            raise TypeError(f"functx.grad: f must return a scalar (0-dim) tensor; got outputs with shapes "
+                            f"{shapes}. Use functx.vjp or functx.jacrev for non-scalar outputs.")
+        t = type_of(out[0])
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"functx.grad: f must return a floating-point scalar; got {t.dtype}")
+        cts = pullback([P.full((), 1.0, t.dtype, t.device)])
+        grads = tree_unflatten(d_tree, [wrap(_instantiate(c)) for c in cts])
+        grads = grads[0] if isinstance(argnums, int) else tuple(grads)
+        value = wrap(out[0])
+        if has_aux:
+            return (value, store.aux), grads
+        return value, grads
+    return value_and_grad_f
+
+
+def grad(f, argnums=0, has_aux=False):
+    """∂f/∂args[argnums] for scalar-valued f (with has_aux: (grad, aux))."""
+    vg = value_and_grad(f, argnums, has_aux)
+
+    @functools.wraps(f)
+    def grad_f(*args, **kwargs):
+        value, g = vg(*args, **kwargs)
+        return (g, value[1]) if has_aux else g
+    return grad_f
+
+
+# ---------------------------------------------------------------- vmap
+
+_RANDOMNESS = ("error", "different", "same")
+
+
+def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=None,
+         randomness="error", *, in_dims=None, out_dims=None):
+    """Vectorize f over a batch axis. in_axes/out_axes are ints, None, or pytree prefixes of the
+    arguments/outputs. Keyword arguments are batched along axis 0 (as in JAX)."""
+    if in_dims is not None:
+        in_axes = in_dims
+    if out_dims is not None:
+        out_axes = out_dims
+    if randomness not in _RANDOMNESS:
+        raise ValueError(f"functx.vmap: randomness must be one of {_RANDOMNESS}, got {randomness!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"functx.vmap: chunk_size must be a positive int, got {chunk_size!r}")
+    if isinstance(in_axes, list):
+        in_axes = tuple(in_axes)
+    _check_axes_spec(in_axes, "in_axes")
+    _check_axes_spec(out_axes, "out_axes")
+
+    @functools.wraps(f)
+    def vmapped(*args, **kwargs):
+        if isinstance(in_axes, tuple) and len(in_axes) != len(args):
+            raise ValueError(f"functx.vmap: in_axes is a tuple of length {len(in_axes)}, but f got "
+                             f"{len(args)} positional arguments")
+        leaves, treedef = tree_flatten((args, kwargs))
+        axes = broadcast_prefix((in_axes, 0), (args, kwargs), "functx.vmap: in_axes")
+        size = _batch_size(leaves, axes, axis_size, treedef)
+        if chunk_size is not None and chunk_size < size:
+            return _chunked(f, leaves, axes, treedef, size)
+        return _vmap_call(f, leaves, axes, treedef, size)
+
+    def _vmap_call(fn, leaves, axes, treedef, size):
+        trace = BatchTrace(current_trace(), AxisData(size, axis_name, randomness))
+        vals = []
+        for leaf, ax in zip(leaves, axes):
+            if ax is None:
+                vals.append(leaf)
+            else:
+                v = unwrap(leaf)
+                vals.append(wrap(BatchTracer(trace, v, ax % type_of(v).ndim)))
+        args, kwargs = tree_unflatten(treedef, vals)
+        with set_current_trace(trace):
+            out = fn(*args, **kwargs)
+        out_leaves, out_tree = tree_flatten(out)
+        _check_tensor_leaves(out_leaves, "functx.vmap: output of f", out_tree)
+        oaxes = broadcast_prefix(out_axes, out, "functx.vmap: out_axes")
+        results = []
+        for leaf, oax in zip(out_leaves, oaxes):
+            v = unwrap(leaf)
+            val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)
+            if oax is None:
+                if bdim is not None:
+                    raise ValueError("functx.vmap: out_axes=None for an output that depends on the batched "
+                                     "inputs; only unbatched outputs can have out_axes=None")
+                results.append(wrap(val))
+                continue
+            val = P.bdim_to_front(val, bdim, size)
+            nd = type_of(val).ndim
+            results.append(wrap(P.moveaxis(val, 0, oax % nd)))
+        return tree_unflatten(out_tree, results)
+
+    def _chunked(fn, leaves, axes, treedef, size):
+        outs = []
+        for start in range(0, size, chunk_size):
+            stop = min(start + chunk_size, size)
+            part = [leaf if ax is None else leaf.narrow(ax, start, stop - start) for leaf, ax in zip(leaves, axes)]
+            outs.append(_vmap_call(fn, part, axes, treedef, stop - start))
+        first_leaves, tree = tree_flatten(outs[0])
+        oaxes = broadcast_prefix(out_axes, outs[0], "functx.vmap: out_axes")
+        per_leaf = [tree_flatten(o)[0] for o in outs]
+        merged = []
+        for i, oax in enumerate(oaxes):
+            if oax is None:
+                merged.append(first_leaves[i])
+            else:
+                merged.append(torch.cat([pl[i] for pl in per_leaf], dim=oax))
+        return tree_unflatten(tree, merged)
+
+    return vmapped
+
+
+def _check_axes_spec(spec, name):
+    leaves, _ = tree_flatten(spec) if not isinstance(spec, (int, type(None))) else ([spec], None)
+    for leaf in leaves:
+        if not (leaf is None or (isinstance(leaf, int) and not isinstance(leaf, bool))):
+            raise TypeError(f"functx.vmap: {name} must be an int, None, or a pytree of those; got {spec!r}")
+
+
+def _batch_size(leaves, axes, axis_size, treedef):
+    sizes = []
+    for i, (leaf, ax) in enumerate(zip(leaves, axes)):
+        if ax is None:
+            continue
+        if not isinstance(leaf, (torch.Tensor, Tracer)):
+            raise TypeError(f"functx.vmap: in_axes maps argument leaf {i}, which is a {type(leaf).__name__}, "
+                            "not a tensor; give it in_axes None")
+        nd = leaf.dim() if isinstance(leaf, torch.Tensor) else type_of(leaf).ndim
+        if not -nd <= ax < nd or nd == 0:
+            raise ValueError(f"functx.vmap: in_axes={ax} is out of range for argument leaf {i} of shape "
+                             f"{tuple(leaf.shape)}")
+        sizes.append((i, leaf.shape[ax], ax))
+    if not sizes:
+        if axis_size is None:
+            raise ValueError("functx.vmap: no argument is mapped (all in_axes are None); pass axis_size")
+        return axis_size
+    distinct = {s for _, s, _ in sizes}
+    if len(distinct) > 1:
+        detail = ", ".join(f"leaf {i} has size {s} along axis {ax}" for i, s, ax in sizes)
+        raise ValueError(f"functx.vmap: mapped arguments have different batch sizes: {detail}")
+    size = distinct.pop()
+    if axis_size is not None and axis_size != size:
+        raise ValueError(f"functx.vmap: axis_size={axis_size} but the mapped arguments have size {size}")
+    return size
+
+
+# ---------------------------------------------------------------- Jacobians
+
+def _basis(types, dtype_of, n_total):
+    """For each leaf type, a block of the identity shaped (N, *leaf.shape)."""
+    blocks, offset = [], 0
+    for t in types:
+        n = t.numel
+        eye = torch.zeros(n_total, n, dtype=dtype_of(t), device=t.device)
+        eye[offset:offset + n] = torch.eye(n, dtype=dtype_of(t), device=t.device)
+        blocks.append(eye.reshape((n_total,) + t.shape))
+        offset += n
+    return blocks
+
+
+def _split_jacobian(jac_leaf, out_shape, in_types, leading_is_in):
+    """Split a (N, *out_shape) (or (*out, N)) batch into one block per input leaf."""
+    parts, offset = [], 0
+    for t in in_types:
+        n = t.numel
+        if leading_is_in:
+            block = jac_leaf.narrow(0, offset, n).reshape(t.shape + out_shape)
+            k = len(t.shape)
+            perm = list(range(k, k + len(out_shape))) + list(range(k))
+            block = block.permute(perm)
+        else:
+            block = jac_leaf.narrow(jac_leaf.dim() - 1, offset, n).reshape(out_shape + t.shape)
+        parts.append(block)
+        offset += n
+    return parts
+
+
+def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
+    """Jacobian by forward mode: vmap of jvp over the input basis."""
+    @functools.wraps(f)
+    def jac_f(*args, **kwargs):
+        nums = _argnums_tuple(argnums, len(args), "functx.jacfwd")
+        diff = tuple(args[i] for i in nums)
+        d_flat, d_tree = _flatten_tensors(diff, "functx.jacfwd: differentiated arguments")
+        types = [type_of(x) for x in d_flat]
+        n_total = sum(t.numel for t in types)
+
+        def g(*ds):
+            full = list(args)
+            for i, d in zip(nums, ds):
+                full[i] = d
+            return f(*full, **kwargs)
+
+        def push(*basis_leaves):
+            tangents = tree_unflatten(d_tree, list(basis_leaves))
+            res = jvp(g, tuple(tangents_primals), tuple(tangents), has_aux=has_aux)
+            return (res[1], res[2]) if has_aux else res[1]
+
+        tangents_primals = tree_unflatten(d_tree, [wrap(x) for x in d_flat])
+        basis = _basis(types, lambda t: t.dtype, n_total)
+        out_p = None
+        if has_aux:
+            jac_tree, aux = vmap(push, chunk_size=chunk_size, randomness=randomness,
+                                 out_axes=(0, None))(*basis)
+        else:
+            jac_tree = vmap(push, chunk_size=chunk_size, randomness=randomness)(*basis)
+        jac = _assemble(jac_tree, d_tree, types, leading_is_in=True, single=isinstance(argnums, int))
+        return (jac, aux) if has_aux else jac
+    return jac_f
+
+
+def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
+    """Jacobian by reverse mode: vmap of the pullback over the output basis."""
+    @functools.wraps(f)
+    def jac_f(*args, **kwargs):
+        nums = _argnums_tuple(argnums, len(args), "functx.jacrev")
+        diff = tuple(args[i] for i in nums)
+
+        def g(*ds):
+            full = list(args)
+            for i, d in zip(nums, ds):
+                full[i] = d
+            return f(*full, **kwargs)
+
+        res = vjp(g, *diff, has_aux=has_aux)
+        out, vjp_fn = res[0], res[1]
+        o_flat, o_tree = tree_flatten(out)
+        o_types = [type_of(unwrap(o)) for o in o_flat]
+        n_out = sum(t.numel for t in o_types)
+        basis = _basis(o_types, lambda t: t.dtype, n_out)
+
+        def pull(*ct_leaves):
+            return vjp_fn(tree_unflatten(o_tree, list(ct_leaves)))
+
+        cts = vmap(pull, chunk_size=chunk_size)(*basis)     # tuple over diff args, leading N_out
+        d_flat, d_tree = tree_flatten(tuple(diff))
+        in_types = [type_of(unwrap(x)) for x in d_flat]
+        ct_leaves, _ = tree_flatten(cts)
+        # per input leaf: (N_out, *in_shape) -> split N_out per output leaf -> (*out_shape, *in_shape)
+        per_out = [[None] * len(ct_leaves) for _ in o_types]
+        for j, leaf in enumerate(ct_leaves):
+            offset = 0
+            for i, t in enumerate(o_types):
+                n = t.numel
+                per_out[i][j] = leaf.narrow(0, offset, n).reshape(t.shape + in_types[j].shape)
+                offset += n
+        single = isinstance(argnums, int)
+        jac_leaves = []
+        for i in range(len(o_types)):
+            tree = tree_unflatten(d_tree, per_out[i])
+            jac_leaves.append(tree[0] if single else tuple(tree))
+        jac = tree_unflatten(o_tree, jac_leaves)
+        return (jac, res[2]) if has_aux else jac
+    return jac_f
+
+
+def _assemble(jac_tree, d_tree, in_types, leading_is_in, single):
+    """jac_tree: the output tree, each leaf (N_in, *out_shape) -> out tree of in trees."""
+    leaves, o_tree = tree_flatten(jac_tree)
+    out = []
+    for leaf in leaves:
+        out_shape = tuple(leaf.shape[1:])
+        parts = _split_jacobian(leaf, out_shape, in_types, leading_is_in)
+        tree = tree_unflatten(d_tree, parts)
+        out.append(tree[0] if single else tuple(tree))
+    return tree_unflatten(o_tree, out)
+
+
+def hessian(f, argnums=0, has_aux=False):
+    """jacfwd(jacrev(f)): the Hessian of scalar f."""
+    return jacfwd(jacrev(f, argnums, has_aux=has_aux), argnums, has_aux=has_aux)
