@@ -28,9 +28,9 @@ def user_frame_summary() -> str:
     torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
     for frame in reversed(traceback.extract_stack()):
         fname = os.path.abspath(frame.filename)
-        if fname.startswith(_PKG_DIR + os.sep + "functx") or fname.startswith(torch_dir):
+        if fname.startswith(_PKG_DIR + os.sep) or fname.startswith(torch_dir + os.sep):
             continue
-        if "importlib" in fname or fname.startswith("<"):
+        if "importlib" in fname or frame.filename.startswith("<frozen"):
             continue
         return f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}\n    {frame.line}'
     return "  (no user frame found)"

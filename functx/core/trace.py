@@ -29,7 +29,14 @@ class EvalTrace(Trace):
     """The bottom trace: runs each primitive's eager torch implementation."""
 
     def process_primitive(self, prim, args, params):
-        return prim.impl(*args, **params)
+        try:
+            return prim.impl(*args, **params)
+        except Exception:
+            # Checked only on failure, so the eager path pays nothing for it.
+            leaked = next((a for a in args if isinstance(a, Tracer)), None)
+            if leaked is not None:
+                raise_leaked(leaked)
+            raise
 
     def __repr__(self):
         return "EvalTrace"
@@ -66,6 +73,24 @@ class set_current_trace:
 
 def bind(prim, args, params):
     return _state.trace.process_primitive(prim, args, params)
+
+
+def raise_leaked(tracer):
+    from .errors import FunctxError
+    raise FunctxError(
+        f"functx: a traced value ({tracer.aval}) from {tracer._trace!r} was used after its transform "
+        f"finished (a leaked tracer), here:\n{user_frame_summary()}\nThis happens when a function "
+        "stores a value computed inside grad/vmap/jit in a global, a list or an object attribute and "
+        "uses it later. Return it from the transformed function instead.")
+
+
+def is_ancestor(trace, of) -> bool:
+    t = of
+    while t is not None:
+        if t is trace:
+            return True
+        t = t.parent
+    return False
 
 
 class Tracer:
@@ -180,6 +205,8 @@ class GraphTrace(Trace):
             return Literal(x)
         var = self._const_index.get(id(x))
         if var is None:
+            if isinstance(x, Tracer) and not is_ancestor(x._trace, self.parent):
+                raise_leaked(x)
             t = type_of(x)
             if t is None:
                 raise TypeError(f"cannot use {type(x).__name__} as a tensor operand")
