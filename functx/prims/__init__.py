@@ -7,5 +7,6 @@ from .reduce import reduce_sum, reduce_max, reduce_min, reduce_prod, argmax, arg
 from .linalg import dot_general, matmul  # noqa: F401
 from .indexing import take, scatter_add, scatter, take_along_axis, scatter_add_along, sort  # noqa: F401
 from .collective import psum, pmax, all_gather, axis_index  # noqa: F401
+from .random import random, random_p  # noqa: F401  (P.random is the function, like P.add)
 from .opaque import OpaqueFunction, opaque  # noqa: F401
 from .util import instantiate, moveaxis, bdim_to_front  # noqa: F401
