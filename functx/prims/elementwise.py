@@ -172,9 +172,27 @@ sub_p = _define("sub", torch.sub, 2, torch_name="torch.sub", triton="({0} - {1})
 mul_p = _define("mul", torch.mul, 2, torch_name="torch.mul", triton="({0} * {1})")
 div_p = _define("div", torch.div, 2, torch_name="torch.div", triton="({0} / {1})")
 pow_p = _define("pow", torch.pow, 2, torch_name="torch.pow", triton="libdevice.pow({0}, {1})")
-max_p = _define("max", torch.maximum, 2, torch_name="torch.maximum", triton="tl.maximum({0}, {1})")
-min_p = _define("min", torch.minimum, 2, torch_name="torch.minimum", triton="tl.minimum({0}, {1})")
-atan2_p = _define("atan2", torch.atan2, 2, torch_name="torch.atan2", triton="libdevice.atan2({0}, {1})")
+def _scalar_operands(torch_fn, scalar_fn=None):
+    """torch.maximum/minimum/atan2 take tensors only: a Python scalar operand (an IR literal)
+    becomes a 0-dim tensor of the other operand's dtype; scalar_fn(x, s) handles x op s
+    directly (clamp for max/min) when the scalar is on the right."""
+    def impl(x, y):
+        if is_scalar(y):
+            if scalar_fn is not None:
+                return scalar_fn(x, y)
+            y = torch.scalar_tensor(y, dtype=x.dtype, device=x.device)
+        elif is_scalar(x):
+            x = torch.scalar_tensor(x, dtype=y.dtype, device=y.device)
+        return torch_fn(x, y)
+    return impl
+
+
+max_p = _define("max", _scalar_operands(torch.maximum, torch.clamp_min), 2, torch_name="torch.maximum",
+                triton="tl.maximum({0}, {1})")
+min_p = _define("min", _scalar_operands(torch.minimum, torch.clamp_max), 2, torch_name="torch.minimum",
+                triton="tl.minimum({0}, {1})")
+atan2_p = _define("atan2", _scalar_operands(torch.atan2), 2, torch_name="torch.atan2",
+                  triton="libdevice.atan2({0}, {1})")
 rem_p = _define("rem", torch.fmod, 2, torch_name="torch.fmod", triton="libdevice.fmod({0}, {1})")
 # Integer division rounding toward zero / -inf (torch's rounding_mode), no derivative.
 idiv_p = _define("idiv", lambda x, y, *, mode: torch.div(x, y, rounding_mode=mode), 2)
