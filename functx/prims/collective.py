@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from ..core import Primitive, UnboundAxisError, Zero, bind
+from ..core import Primitive, TensorType, UnboundAxisError, Zero, bind
 from ..core.trace import type_of
 from . import elementwise as ew
 from . import reduce as red
+from .indexing import take
 from .util import bdim_to_front, moveaxis
 
 
@@ -27,14 +28,43 @@ def _collective(name, multiple_results=False):
     p = Primitive(name, multiple_results=multiple_results)
     p.collective = True
     p.impl = _unbound(name)
-    p.abstract_eval = _unbound(name)
     return p
+
+
+def axis_size(name, axis_name):
+    """The size of the enclosing vmap axis called axis_name (found on the trace chain).
+
+    Abstract evaluation needs it when a collective is staged into a graph inside that vmap
+    (linearize records tangent collectives; make_graph under vmap), like JAX's axis env."""
+    from ..core.trace import current_trace
+    trace = current_trace()
+    while trace is not None:
+        axis = getattr(trace, "axis", None)
+        if axis is not None and getattr(axis, "name", None) == axis_name:
+            return axis.size
+        trace = trace.parent
+    _unbound(name)(axis_name=axis_name)
 
 
 psum_p = _collective("psum")
 pmax_p = _collective("pmax")
 all_gather_p = _collective("all_gather")
 axis_index_p = _collective("axis_index")
+
+
+def _same_type_collective(name):
+    def abstract_eval(t, *, axis_name):
+        axis_size(name, axis_name)
+        return t
+    return abstract_eval
+
+
+psum_p.abstract_eval = _same_type_collective("psum")
+pmax_p.abstract_eval = _same_type_collective("pmax")
+all_gather_p.abstract_eval = lambda t, *, axis_name: t.with_shape(
+    (axis_size("all_gather", axis_name),) + tuple(t.shape))
+axis_index_p.abstract_eval = lambda *, axis_name, device: (
+    axis_size("axis_index", axis_name), TensorType((), torch.int64, device))[1]
 
 
 def psum(x, axis_name):
@@ -70,6 +100,16 @@ def _pmax_jvp(primals, tangents, *, axis_name):
 pmax_p.jvp = _pmax_jvp
 
 
+def _all_gather_transpose(ct, x, *, axis_name):
+    # y_i = stack_j x_j for every i, so ct_x_j = sum_i ct_i[j]: psum, then this element's row.
+    total = psum(ct, axis_name)
+    t = type_of(ct)
+    return [take(total, axis_index(axis_name, t.device), 0)]
+
+
+all_gather_p.transpose = _all_gather_transpose
+
+
 def collective_batch(prim, axis, args, dims, params):
     """The rule at the vmap that owns params['axis_name']: reduce over its batch dim."""
     size = axis.size
@@ -91,7 +131,7 @@ def foreign_collective_batch(prim, axis, args, dims, params):
         return prim.bind(**params), None
     (x,), (d,) = args, dims
     out = prim.bind(x, **params)
-    if prim is all_gather_p:
+    if prim is all_gather_p and d is not None:
         return out, d + 1
     return out, d
 

@@ -1,0 +1,16 @@
+"""Shared test configuration: hypothesis profiles.
+
+HYPOTHESIS_PROFILE=ci (default) keeps the property tests small and fast;
+HYPOTHESIS_PROFILE=dev runs many more examples for local bug hunting.
+"""
+import os
+
+from hypothesis import HealthCheck, settings
+
+_COMMON = dict(deadline=None, derandomize=False, print_blob=True,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.filter_too_much,
+                                       HealthCheck.differing_executors])
+settings.register_profile("ci", max_examples=6, **_COMMON)
+settings.register_profile("dev", max_examples=60, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
