@@ -909,3 +909,76 @@ def _prims_amax(x, dims, output_dtype=None):
 @register(prims_ns.amin.default)
 def _prims_amin(x, dims, output_dtype=None):
     return P.reduce_min(x, tuple(sorted(d % max(_t(x).ndim, 1) for d in dims)))
+
+
+# ---------------------------------------------------------------- convolution
+
+def _expand_param(p, n):
+    p = [p] if isinstance(p, int) else list(p)
+    return tuple(p * n if len(p) == 1 else p)
+
+
+@register(aten.convolution.default, aten._convolution.deprecated, aten._convolution.default)
+def _convolution(x, w, bias, stride, padding, dilation, transposed, output_padding, groups, *unused):
+    nsp = _t(w).ndim - 2
+    dtype = result_type(x, w)
+    x, w = P.convert(x, dtype), P.convert(w, dtype)
+    unbatched = _t(x).ndim == nsp + 1
+    if unbatched:
+        x = P.reshape(x, (1,) + _t(x).shape)
+    out = P.conv(x, w, _expand_param(stride, nsp), _expand_param(padding, nsp),
+                 _expand_param(dilation, nsp), transposed, _expand_param(output_padding, nsp), groups)
+    if bias is not None:
+        ot = _t(out)
+        out = P.add(out, P.broadcast_in_dim(P.convert(bias, dtype), ot.shape, (1,)))
+    return P.reshape(out, _t(out).shape[1:]) if unbatched else out
+
+
+# ---------------------------------------------------------------- as_strided
+# A traced value has no storage: it is read as its contiguous layout (what the wrapper's
+# strides report). On a view, torch reads the root's storage, so the view is taken from
+# the root. Positions are static, so this is a slice when contiguous, else a gather
+# (whose transpose, scatter_add, accumulates where windows overlap).
+
+def _as_strided_value(x, size, stride, storage_offset=0):
+    t = _t(x)
+    size, stride, off = tuple(size), tuple(stride), storage_offset or 0
+    n = math.prod(size)
+    flat = P.reshape(x, (t.numel,))
+    expect, acc = [], 1
+    for s in reversed(size):
+        expect.insert(0, acc)
+        acc *= s
+    if all(st == e or sz == 1 for sz, st, e in zip(size, stride, expect)):
+        return P.reshape(P.slice_in_dim(flat, off, off + n, 1, 0), size)
+    positions = torch.zeros((), dtype=torch.int64)
+    for k, (sz, st) in enumerate(zip(size, stride)):
+        shape = [1] * len(size)
+        shape[k] = sz
+        positions = positions + torch.arange(sz).reshape(shape) * st
+    positions = (positions + off).expand(size).contiguous().to(t.device)
+    if n and int(positions.max()) >= t.numel:
+        raise FunctxError(f"functx: aten.as_strided: size {list(size)}, stride {list(stride)}, offset {off} "
+                          f"reads past the end of a tensor of {t.numel} elements")
+    return P.take(flat, positions, 0)
+
+
+LOWERINGS[aten.as_strided.default] = _as_strided_value
+
+
+def _as_strided(x, size, stride, storage_offset=None):
+    from .dispatch import _view_wrapper
+    from .tensor import TracerTensor, value_of
+    if not isinstance(x, TracerTensor):
+        return torch.as_strided(x, size, stride, storage_offset)
+    root = x._root if x._root is not None else x
+    chain = [(aten.as_strided.default, (tuple(size), tuple(stride), storage_offset), {}, None)]
+    return _view_wrapper(_as_strided_value(value_of(root), size, stride, storage_offset), root, chain)
+
+
+def _register_special():
+    from .dispatch import SPECIAL
+    SPECIAL[aten.as_strided.default] = _as_strided
+
+
+_register_special()

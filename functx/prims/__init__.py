@@ -9,4 +9,5 @@ from .indexing import take, scatter_add, scatter, take_along_axis, scatter_add_a
 from .collective import psum, pmax, all_gather, axis_index  # noqa: F401
 from .random import random, random_p  # noqa: F401  (P.random is the function, like P.add)
 from .opaque import OpaqueFunction, opaque  # noqa: F401
+from .conv import conv, conv_p  # noqa: F401  (P.conv is the function)
 from .util import instantiate, moveaxis, bdim_to_front  # noqa: F401

@@ -1,0 +1,202 @@
+"""conv: torch's `aten.convolution` (without bias) as one bilinear primitive.
+
+    conv(x, w, stride, padding, dilation, transposed, output_padding, groups)
+    x: (N, C, *spatial); w: (O, C/groups, *k), or (C, O/groups, *k) when transposed.
+
+Every rule is written with conv itself, so grad-of-grad, hessians and vmap-of-grad stay
+native (PyTorch's convolution_backward math):
+  * input cotangent: a transposed conv of the cotangent (or a plain conv, for a transposed
+    conv), with output_padding recovering the rows the forward stride skipped;
+  * weight cotangent: a conv of the input with the cotangent, batch folded into channels
+    (stride and dilation swap roles), one group per conv group, cropped to the kernel;
+  * batching: a vmapped input folds into N, a vmapped weight into the output channels
+    (and groups), both at once into groups (torch.func's conv batch rule).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core import EXTERN, Primitive, Zero, bind
+from ..core.trace import UndefinedPrimal, type_of
+from . import shape as sh
+from .util import moveaxis
+
+conv_p = Primitive("conv")
+conv_p.kind = EXTERN
+
+
+def _out_size(n, k, s, p, d, transposed, op):
+    if transposed:
+        return (n - 1) * s - 2 * p + d * (k - 1) + 1 + op
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _conv_type(xt, wt, *, stride, padding, dilation, transposed, output_padding, groups):
+    nsp = len(stride)
+    if xt.ndim != nsp + 2 or wt.ndim != nsp + 2:
+        raise TypeError(f"conv: expected input and weight of rank {nsp + 2}, got {xt} and {wt}")
+    if xt.dtype != wt.dtype:
+        raise TypeError(f"conv: dtypes differ: {xt.dtype} vs {wt.dtype}")
+    c = xt.shape[1]
+    if transposed:
+        if wt.shape[0] != c or c % groups:
+            raise TypeError(f"conv (transposed): input {xt} and weight {wt} with groups={groups} "
+                            "don't match: weight must be (C_in, C_out/groups, *kernel)")
+        out_c = wt.shape[1] * groups
+    else:
+        if wt.shape[1] * groups != c or wt.shape[0] % groups:
+            raise TypeError(f"conv: input {xt} and weight {wt} with groups={groups} don't match: "
+                            "weight must be (C_out, C_in/groups, *kernel)")
+        out_c = wt.shape[0]
+    spatial = tuple(_out_size(n, k, s, p, d, transposed, op) for n, k, s, p, d, op in
+                    zip(xt.shape[2:], wt.shape[2:], stride, padding, dilation, output_padding))
+    if any(n < 0 for n in spatial):
+        raise TypeError(f"conv: kernel {wt.shape[2:]} (dilation {dilation}) is larger than the "
+                        f"padded input {xt.shape[2:]} (padding {padding})")
+    return xt.with_shape((xt.shape[0], out_c) + spatial)
+
+
+def _conv_impl(x, w, *, stride, padding, dilation, transposed, output_padding, groups):
+    return torch.convolution(x, w, None, stride, padding, dilation, transposed, output_padding, groups)
+
+
+def _conv_emit(srcs, p):
+    return (f"torch.convolution({srcs[0]}, {srcs[1]}, None, {list(p['stride'])}, {list(p['padding'])}, "
+            f"{list(p['dilation'])}, {p['transposed']}, {list(p['output_padding'])}, {p['groups']})")
+
+
+def conv(x, w, stride, padding, dilation, transposed=False, output_padding=None, groups=1):
+    n = len(stride)
+    output_padding = tuple(output_padding) if output_padding is not None else (0,) * n
+    return bind(conv_p, (x, w), {"stride": tuple(stride), "padding": tuple(padding),
+                                 "dilation": tuple(dilation), "transposed": bool(transposed),
+                                 "output_padding": output_padding, "groups": int(groups)})
+
+
+def _crop_spatial(y, sizes):
+    t = type_of(y)
+    if t.shape[2:] == tuple(sizes):
+        return y
+    return sh.slice_(y, (0,) * t.ndim, t.shape[:2] + tuple(sizes))
+
+
+def _plain_weight_grad(inp, cot, kernel, stride, padding, dilation, groups):
+    """d/dw of conv(inp, w) against cotangent cot, as a conv: (O, C/g, *kernel).
+
+    grad[o, c, k] = sum_{n, i} cot[n, o, i] * inp[n, c, i*s + k*d - p]: a conv over the
+    spatial dims with inp as input (channels <- batch), cot as weight, stride d, dilation s.
+    """
+    it, ct = type_of(inp), type_of(cot)
+    n, c = it.shape[:2]
+    o = ct.shape[1]
+    g = groups
+    nsp = it.ndim - 2
+    sp = tuple(range(3, 3 + nsp))
+    # inp (N, g, C/g, S) -> (C/g, g*N, S); cot (N, g, O/g, S') -> (g*O/g, N, S')
+    a = sh.reshape(inp, (n, g, c // g) + it.shape[2:])
+    a = sh.reshape(sh.transpose(a, (2, 1, 0) + sp), (c // g, g * n) + it.shape[2:])
+    b = sh.reshape(cot, (n, g, o // g) + ct.shape[2:])
+    b = sh.reshape(sh.transpose(b, (1, 2, 0) + sp), (o, n) + ct.shape[2:])
+    r = conv(a, b, dilation, padding, stride, False, None, g)      # (C/g, O, K')
+    r = _crop_spatial(r, kernel)
+    return sh.transpose(r, (1, 0) + tuple(range(2, 2 + nsp)))
+
+
+def _conv_transpose_rule(ct, x, w, *, stride, padding, dilation, transposed, output_padding, groups):
+    if isinstance(x, UndefinedPrimal) and isinstance(w, UndefinedPrimal):
+        raise ValueError("conv is not linear in both operands at once")
+    if isinstance(ct, Zero):
+        return [None, None]
+    xt = x.aval if isinstance(x, UndefinedPrimal) else type_of(x)
+    wt = w.aval if isinstance(w, UndefinedPrimal) else type_of(w)
+    kernel = wt.shape[2:]
+    if isinstance(x, UndefinedPrimal):
+        if transposed:
+            gx = conv(ct, w, stride, padding, dilation, False, None, groups)
+            return [_crop_spatial(gx, xt.shape[2:]), None]
+        # rows of x the forward stride never reached come back through output_padding
+        cts = type_of(ct).shape[2:]
+        op = tuple(n - _out_size(m, k, s, p, d, True, 0) for n, m, k, s, p, d in
+                   zip(xt.shape[2:], cts, kernel, stride, padding, dilation))
+        if all(0 <= o < max(s, d) for o, s, d in zip(op, stride, dilation)):
+            return [conv(ct, w, stride, padding, dilation, True, op, groups), None]
+        gx = conv(ct, w, stride, padding, dilation, True, None, groups)
+        return [_pad_spatial_to(gx, xt.shape[2:]), None]
+    if transposed:
+        return [None, _plain_weight_grad(ct, x, kernel, stride, padding, dilation, groups)]
+    return [None, _plain_weight_grad(x, ct, kernel, stride, padding, dilation, groups)]
+
+
+def _pad_spatial_to(y, sizes):
+    t = type_of(y)
+    cfg = ((0, 0, 0), (0, 0, 0)) + tuple((0, n - m, 0) for n, m in zip(sizes, t.shape[2:]))
+    return sh.pad(y, cfg, 0)
+
+
+def _conv_jvp(primals, tangents, **params):
+    x, w = primals
+    tx, tw = tangents
+    out = conv_p.bind(x, w, **params)
+    terms = []
+    if not isinstance(tx, Zero):
+        terms.append(conv_p.bind(tx, w, **params))
+    if not isinstance(tw, Zero):
+        terms.append(conv_p.bind(x, tw, **params))
+    if not terms:
+        return out, Zero(type_of(out))
+    from . import elementwise as ew
+    return out, terms[0] if len(terms) == 1 else ew.add(*terms)
+
+
+def _conv_batch(axis, args, dims, *, stride, padding, dilation, transposed, output_padding, groups):
+    (x, w), (dx, dw) = args, dims
+    b = axis.size
+    p = dict(stride=stride, padding=padding, dilation=dilation, transposed=transposed,
+             output_padding=output_padding)
+    if dw is None:                                   # fold the batch into N
+        x = moveaxis(x, dx, 0)
+        xt = type_of(x)
+        y = conv_p.bind(sh.reshape(x, (b * xt.shape[1],) + xt.shape[2:]), w, groups=groups, **p)
+        yt = type_of(y)
+        return sh.reshape(y, (b, xt.shape[1]) + yt.shape[1:]), 0
+    w = moveaxis(w, dw, 0)
+    wt = type_of(w)
+    nsp = wt.ndim - 3
+    k = wt.shape[3:]
+    g = groups
+    if dx is None:                                   # fold the batch into output channels
+        if transposed:
+            # (B, g*Cg, Og, K) -> (g, Cg, B, Og, K) -> (g*Cg, B*Og, K)
+            cg, og = wt.shape[1] // g, wt.shape[2]
+            w2 = sh.reshape(w, (b, g, cg, og) + k)
+            w2 = sh.reshape(sh.transpose(w2, (1, 2, 0, 3) + tuple(range(4, 4 + nsp))),
+                            (g * cg, b * og) + k)
+        else:
+            # (B, g*Og, Cg, K) -> (g, B, Og, Cg, K) -> (g*B*Og, Cg, K)
+            og, cg = wt.shape[1] // g, wt.shape[2]
+            w2 = sh.reshape(w, (b, g, og, cg) + k)
+            w2 = sh.reshape(sh.transpose(w2, (1, 0, 2, 3) + tuple(range(4, 4 + nsp))),
+                            (g * b * og, cg) + k)
+        y = conv_p.bind(x, w2, groups=g, **p)        # (N, g*B*Og, S')
+        yt = type_of(y)
+        n, s = yt.shape[0], yt.shape[2:]
+        y = sh.reshape(y, (n, g, b, og) + s)
+        y = sh.transpose(y, (0, 2, 1, 3) + tuple(range(4, 4 + len(s))))
+        return sh.reshape(y, (n, b, g * og) + s), 1
+    # both batched: the batch becomes B*groups groups
+    x = moveaxis(x, dx, 0)
+    xt = type_of(x)
+    n, c = xt.shape[1], xt.shape[2]
+    x2 = sh.reshape(sh.transpose(x, (1, 0) + tuple(range(2, xt.ndim))), (n, b * c) + xt.shape[3:])
+    w2 = sh.reshape(w, (b * wt.shape[1],) + wt.shape[2:])
+    y = conv_p.bind(x2, w2, groups=b * g, **p)       # (N, B*O, S')
+    yt = type_of(y)
+    return sh.reshape(y, (n, b, yt.shape[1] // b) + yt.shape[2:]), 1
+
+
+conv_p.abstract_eval = _conv_type
+conv_p.impl = _conv_impl
+conv_p.emit = _conv_emit
+conv_p.jvp = _conv_jvp
+conv_p.transpose = _conv_transpose_rule
+conv_p.batch = _conv_batch
