@@ -80,12 +80,13 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph"):
         full[i] = s
     with record_fallbacks() as fallbacks, set_current_trace(trace):
         out = f(*full, **kw)
-    out_leaves, out_tree = tree_flatten(out)
-    for i, leaf in enumerate(out_leaves):
-        if not isinstance(leaf, (torch.Tensor, Tracer)):
-            raise TypeError(f"{what}: output leaf {i} of f is a {type(leaf).__name__}, not a tensor; "
-                            "return tensors (or close over non-tensor values)")
-    graph = trace.to_graph(tracers, [unwrap(l) for l in out_leaves])
+        out_leaves, out_tree = tree_flatten(out)
+        for i, leaf in enumerate(out_leaves):
+            if not isinstance(leaf, (torch.Tensor, Tracer)):
+                raise TypeError(f"{what}: output leaf {i} of f is a {type(leaf).__name__}, not a tensor; "
+                                "return tensors (or close over non-tensor values)")
+        out_vals = [unwrap(l) for l in out_leaves]   # inside the trace: a stale view recomputes here
+    graph = trace.to_graph(tracers, out_vals)
     graph.in_tree, graph.out_tree = treedef, out_tree
     return graph, list(fallbacks)
 

@@ -122,7 +122,12 @@ def functional_variant(func):
     if func not in _FUNCTIONAL_CACHE:
         name = func.overloadpacket.__name__[:-1]
         packet = getattr(aten, name, None)
-        _FUNCTIONAL_CACHE[func] = getattr(packet, func._overloadname, None) if packet is not None else None
+        found = getattr(packet, func._overloadname, None) if packet is not None else None
+        if found is None and packet is not None:     # transpose_.default <-> transpose.int
+            names = [a.name for a in func._schema.arguments]
+            found = next((getattr(packet, o) for o in packet.overloads()
+                          if [a.name for a in getattr(packet, o)._schema.arguments] == names), None)
+        _FUNCTIONAL_CACHE[func] = found
     return _FUNCTIONAL_CACHE[func]
 
 
@@ -131,8 +136,25 @@ def _inplace(func, args, kwargs):
     functional = functional_variant(func)
     if functional is None:
         raise FunctxError(f"functx: in-place op {func} has no functional variant to functionalize")
+    if torch.Tag.inplace_view in func.tags:
+        return _inplace_view(func, functional, args, kwargs)
     result = dispatch(functional, args, kwargs)
     write(target, unwrap(result))
+    return target
+
+
+def _inplace_view(func, functional, args, kwargs):
+    """squeeze_, unsqueeze_, transpose_, t_, ...: they change the target's shape, not its
+    values. The wrapper's own sizes/strides are updated by running the op on it with
+    dispatch off (as torch's FunctionalTensor does); its value becomes the view's."""
+    target = args[0]
+    view = dispatch(functional, args, kwargs)
+    with torch.utils._mode_utils.no_dispatch():
+        func(*args, **kwargs)
+    if target._root is None:
+        target._value = value_of(view)     # a root stays a root, with the new shape
+    else:
+        target._value, target._chain, target._seen = view._value, view._chain, view._seen
     return target
 
 

@@ -286,12 +286,12 @@ def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=No
         args, kwargs = tree_unflatten(treedef, vals)
         with set_current_trace(trace):
             out = fn(*args, **kwargs)
-        out_leaves, out_tree = tree_flatten(out)
-        _check_tensor_leaves(out_leaves, "functx.vmap: output of f", out_tree)
+            out_leaves, out_tree = tree_flatten(out)
+            _check_tensor_leaves(out_leaves, "functx.vmap: output of f", out_tree)
+            out_vals = [unwrap(l) for l in out_leaves]   # inside the trace: a stale view recomputes here
         oaxes = broadcast_prefix(out_axes, out, "functx.vmap: out_axes")
         results = []
-        for leaf, oax in zip(out_leaves, oaxes):
-            v = unwrap(leaf)
+        for v, oax in zip(out_vals, oaxes):
             val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)
             if oax is None:
                 if bdim is not None:
