@@ -193,6 +193,35 @@ min_p = _define("min", _scalar_operands(torch.minimum, torch.clamp_max), 2, torc
                 triton="tl.minimum({0}, {1})")
 atan2_p = _define("atan2", _scalar_operands(torch.atan2), 2, torch_name="torch.atan2",
                   triton="libdevice.atan2({0}, {1})")
+
+
+def _is_literal_src(src: str) -> bool:
+    """Whether an emitted operand is a Python literal (an IR Literal) rather than a name."""
+    import ast
+    try:
+        ast.literal_eval(src)
+        return True
+    except (ValueError, SyntaxError):
+        return src.lstrip("-").startswith("math.")
+
+
+def _scalar_operands_emit(torch_name, scalar_name=None):
+    """The emitted-source twin of _scalar_operands (generated code gets literals inline)."""
+    def emit(srcs, params):
+        x, y = srcs
+        if _is_literal_src(y):
+            if scalar_name is not None:
+                return f"{scalar_name}({x}, {y})"
+            return f"{torch_name}({x}, torch.scalar_tensor({y}, dtype={x}.dtype, device={x}.device))"
+        if _is_literal_src(x):
+            return f"{torch_name}(torch.scalar_tensor({x}, dtype={y}.dtype, device={y}.device), {y})"
+        return f"{torch_name}({x}, {y})"
+    return emit
+
+
+max_p.emit = _scalar_operands_emit("torch.maximum", "torch.clamp_min")
+min_p.emit = _scalar_operands_emit("torch.minimum", "torch.clamp_max")
+atan2_p.emit = _scalar_operands_emit("torch.atan2")
 rem_p = _define("rem", torch.fmod, 2, torch_name="torch.fmod", triton="libdevice.fmod({0}, {1})")
 # Integer division rounding toward zero / -inf (torch's rounding_mode), no derivative.
 idiv_p = _define("idiv", lambda x, y, *, mode: torch.div(x, y, rounding_mode=mode), 2)
@@ -272,8 +301,8 @@ def _pow_jvp(primals, tangents):
             terms.append(mul(tx, dx))
     if not isinstance(ty, Zero):
         # d/dy x^y = x^y log x, taken as 0 where x == 0 (the limit for y > 0).
-        x_is_zero = eq(x, 0.0)
-        logx = log(where(x_is_zero, 1.0, x)) if not is_scalar(x) else math.log(x) if x > 0 else 0.0
+        logx = (log(where(eq(x, 0.0), 1.0, x)) if not is_scalar(x)
+                else math.log(x) if x > 0 else 0.0)
         terms.append(mul(ty, mul(out, logx)))
     if not terms:
         return out, Zero(type_of(out))
@@ -477,11 +506,18 @@ def stop_gradient(x):
 
 # ---------------------------------------------------------------- constants
 
+def _value_src(value) -> str:
+    """Source for a Python scalar; inf and nan have no literal spelling."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"float({str(value)!r})"
+    return repr(value)
+
+
 full_p = Primitive("full")
 full_p.kind = POINTWISE
 full_p.abstract_eval = lambda *, shape, value, dtype, device: TensorType(tuple(shape), dtype, device)
 full_p.impl = lambda *, shape, value, dtype, device: torch.full(shape, value, dtype=dtype, device=device)
-full_p.emit = lambda srcs, p: (f"torch.full({p['shape']!r}, {p['value']!r}, dtype={p['dtype']}, "
+full_p.emit = lambda srcs, p: (f"torch.full({p['shape']!r}, {_value_src(p['value'])}, dtype={p['dtype']}, "
                                f"device={str(p['device'])!r})")
 full_p.triton = "{value!r}"
 
