@@ -204,12 +204,10 @@ def _remainder(x, y):
     # Python-style modulo: x - floor(x / y) * y.
     dtype = result_type(x, y)
     x, y = prepare((x, y), dtype, broadcast_shapes(x, y))
-    if dtype.is_floating_point:
-        r = P.rem(x, y)
-        fix = P.bitwise_and(P.ne(r, 0.0), P.ne(P.lt(r, 0.0), P.lt(y, 0.0)))
-        return P.where(fix, P.add(r, y), r)
+    zero = 0.0 if dtype.is_floating_point else 0
     r = P.rem(x, y)
-    fix = P.bitwise_and(P.ne(r, 0), P.ne(P.lt(r, 0), P.lt(y, 0)))
+    y_neg = y < zero if isinstance(y, SCALARS) else P.lt(y, zero)   # a scalar divisor stays a literal
+    fix = P.bitwise_and(P.ne(r, zero), P.ne(P.lt(r, zero), y_neg))
     return P.where(fix, P.add(r, y), r)
 
 
