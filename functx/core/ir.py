@@ -107,12 +107,14 @@ class GraphPrinter:
 
     def __init__(self):
         self.names: dict[Var, str] = {}
+        self.count = 0
 
     def name(self, atom) -> str:
         if isinstance(atom, Literal):
             return repr(atom.value)
         if atom not in self.names:
-            self.names[atom] = f"t{len(self.names)}"
+            self.names[atom] = f"t{self.count}"
+            self.count += 1
         return self.names[atom]
 
     def format(self, graph: Graph, indent: str = "") -> str:
@@ -141,9 +143,40 @@ class GraphTypeError(TypeError):
     pass
 
 
+def _value_type(x):
+    """The TensorType of a constant (a tensor, or a tracer of an outer trace); None otherwise."""
+    t = getattr(x, "aval", None)
+    if t is not None:
+        return t
+    if hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "device"):
+        return TensorType(tuple(x.shape), x.dtype, x.device)
+    return None
+
+
 def check_graph(graph: Graph) -> None:
-    """Re-derive every type with the primitives' abstract eval; raise on any mismatch."""
-    defined = set(graph.invars) | set(graph.constvars)
+    """Re-derive every type with the primitives' abstract eval; raise on any mismatch.
+
+    Also checks that the graph is well formed: every variable is defined once (SSA) before
+    it is used, and each constant matches its constvar's type."""
+    if len(graph.consts) != len(graph.constvars):
+        raise GraphTypeError(f"{len(graph.constvars)} constvars but {len(graph.consts)} consts")
+    for v, c in zip(graph.constvars, graph.consts):
+        t = _value_type(c)
+        if t is not None and t != v.type:
+            raise GraphTypeError(f"const {v} is bound to a value of type {t}")
+    defined: set = set()
+
+    def define(v, where):
+        if not isinstance(v, Var):
+            raise GraphTypeError(f"{where} must be a Var, got {v!r}")
+        if v in defined:
+            raise GraphTypeError(f"{where} redefines {v} (each variable is defined once)")
+        defined.add(v)
+
+    for v in graph.invars:
+        define(v, "input")
+    for v in graph.constvars:
+        define(v, "constvar")
     for i, eqn in enumerate(graph.eqns):
         in_types = []
         for a in eqn.inputs:
@@ -151,16 +184,21 @@ def check_graph(graph: Graph) -> None:
                 if a not in defined:
                     raise GraphTypeError(f"eqn {i} ({eqn.prim.name}) uses undefined {a}")
                 in_types.append(a.type)
-            else:
+            elif isinstance(a, Literal):
                 in_types.append(a.value)
-        out = eqn.prim.abstract_eval(*in_types, **eqn.params)
+            else:
+                raise GraphTypeError(f"eqn {i} ({eqn.prim.name}): operand {a!r} is neither a Var nor a Literal")
+        try:
+            out = eqn.prim.abstract_eval(*in_types, **eqn.params)
+        except Exception as e:
+            raise GraphTypeError(f"eqn {i} ({eqn.prim.name}): {type(e).__name__}: {e}") from e
         out = list(out) if eqn.prim.multiple_results else [out]
         if len(out) != len(eqn.outputs):
             raise GraphTypeError(f"eqn {i} ({eqn.prim.name}): {len(out)} outputs, graph has {len(eqn.outputs)}")
         for t, v in zip(out, eqn.outputs):
             if t != v.type:
                 raise GraphTypeError(f"eqn {i} ({eqn.prim.name}): derived {t}, graph says {v.type}")
-            defined.add(v)
+            define(v, f"eqn {i} ({eqn.prim.name})")
     for a in graph.outvars:
         if isinstance(a, Var) and a not in defined:
             raise GraphTypeError(f"output {a} is undefined")
