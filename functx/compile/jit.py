@@ -13,7 +13,9 @@ import torch
 
 from ..core import EVAL_TRACE, GraphTrace, current_trace, set_current_trace
 from ..core.trace import Tracer, type_of
+from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor, record_fallbacks, unwrap, wrap
+from ..frontend.random_mode import intercept_random
 from ..transforms.tree import tree_flatten, tree_unflatten
 from . import passes
 from .eager import EagerCompiled
@@ -46,18 +48,40 @@ def _triton_available() -> bool:
         return False
 
 
-def _split_static(args, static_argnums, what):
-    nums = tuple(a % len(args) if args else a for a in static_argnums)
+def _normalize_argnums(static_argnums, what):
+    """static_argnums as a tuple of ints (an int is one position)."""
+    nums = (static_argnums,) if isinstance(static_argnums, int) else static_argnums
+    try:
+        nums = tuple(nums)
+    except TypeError:
+        raise TypeError(f"{what}: static_argnums must be an int or a sequence of ints, got "
+                        f"{type(static_argnums).__name__}") from None
     for a in nums:
-        if not 0 <= a < len(args):
-            raise ValueError(f"{what}: static_argnums {static_argnums} out of range for {len(args)} arguments")
+        if not isinstance(a, int) or isinstance(a, bool):
+            raise TypeError(f"{what}: static_argnums must be an int or a sequence of ints, got "
+                            f"{static_argnums!r}")
+    return nums
+
+
+def _split_static(args, static_argnums, what):
+    for a in static_argnums:
+        if not -len(args) <= a < len(args):
+            raise ValueError(f"{what}: static_argnums={static_argnums!r} refers to argument {a}, but "
+                             f"f was called with {len(args)} positional arguments")
+    nums = tuple(a % len(args) for a in static_argnums)
     dynamic = tuple(None if i in nums else a for i, a in enumerate(args))
     static = tuple(args[i] for i in nums)
     for i, s in zip(nums, static):
+        if isinstance(s, (torch.Tensor, Tracer)):
+            raise TypeError(f"{what}: static argument {i} is a tensor; static arguments are compared by "
+                            "value as part of the cache key, so they must be hashable Python values. "
+                            "Pass tensors as ordinary (traced) arguments.")
         try:
             hash(s)
         except TypeError:
-            raise TypeError(f"{what}: static argument {i} ({type(s).__name__}) must be hashable") from None
+            raise TypeError(f"{what}: static argument {i} is a {type(s).__name__}, which is not hashable; "
+                            "static arguments are part of the cache key. Pass a hashable value "
+                            "(e.g. a tuple instead of a list), or make it a traced argument.") from None
     return dynamic, static, nums
 
 
@@ -78,13 +102,17 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph"):
     full = list(dyn)
     for i, s in zip(nums, static):
         full[i] = s
-    with record_fallbacks() as fallbacks, set_current_trace(trace):
+    # intercept_random: torch.randn(shape) etc. are staged as random primitives, not baked in
+    with record_fallbacks() as fallbacks, set_current_trace(trace), intercept_random():
         out = f(*full, **kw)
         out_leaves, out_tree = tree_flatten(out)
         for i, leaf in enumerate(out_leaves):
             if not isinstance(leaf, (torch.Tensor, Tracer)):
-                raise TypeError(f"{what}: output leaf {i} of f is a {type(leaf).__name__}, not a tensor; "
-                                "return tensors (or close over non-tensor values)")
+                paths = out_tree.paths() if hasattr(out_tree, "paths") else None
+                where = f" (at {paths[i]})" if paths else ""
+                raise TypeError(f"{what}: output leaf {i}{where} of f is a {type(leaf).__name__} "
+                                f"({leaf!r:.40}), not a tensor; return tensors (or close over "
+                                "non-tensor values)")
         out_vals = [unwrap(l) for l in out_leaves]   # inside the trace: a stale view recomputes here
     graph = trace.to_graph(tracers, out_vals)
     graph.in_tree, graph.out_tree = treedef, out_tree
@@ -93,7 +121,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph"):
 
 def make_graph(f, static_argnums=()):
     """make_graph(f)(*args) -> the Graph of f at these arguments; str(graph) prints it."""
-    static_argnums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
+    static_argnums = _normalize_argnums(static_argnums, "functx.make_graph")
 
     @functools.wraps(f)
     def graph_of(*args, **kwargs):
@@ -108,24 +136,48 @@ def optimize(graph):
 
 
 class _Entry:
-    __slots__ = ("compiled", "out_tree", "fallbacks", "graph")
+    __slots__ = ("compiled", "out_tree", "fallbacks", "graph", "call", "unflatten")
 
     def __init__(self, compiled, out_tree, fallbacks, graph):
         self.compiled, self.out_tree, self.fallbacks, self.graph = compiled, out_tree, fallbacks, graph
+        # The hot path: the backend's plain callable (the generated function itself on the
+        # eager backend) and the cheapest way to rebuild the output structure.
+        self.call = getattr(compiled, "call", compiled)
+        if out_tree.is_leaf():
+            self.unflatten = _first
+        else:
+            self.unflatten = functools.partial(tree_unflatten, out_tree)
+
+
+def _first(outs):
+    return outs[0]
+
+
+# Exact types that take the fast path (TracerTensor and other subclasses do not).
+_PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
 
 
 class JitFunction:
-    """A jitted function. `.cache_size()` counts traced signatures; `.lower(*args)` gives the entry."""
+    """A jitted function. `.cache_size()` counts traced signatures; `.lower(*args)` gives the entry.
+
+    Calls with positional plain tensors only (the common case) take a fast path: the key is
+    the tuple of (shape, dtype, device) per argument, checked first against the last call's
+    key. Everything else goes through the general key (pytree structure + per-leaf
+    signature + static values)."""
 
     def __init__(self, f, static_argnums=(), backend=None):
         self.f = f
-        self.static_argnums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
+        self.static_argnums = _normalize_argnums(static_argnums, "functx.jit")
         self.backend = backend
         self._cache: dict = {}
+        self._fast: dict = {}          # flat-tensor key -> entry (same entries as _cache)
+        self._last_key = None
+        self._last_entry = None
         self.trace_count = 0
         functools.update_wrapper(self, f)
 
     def _key(self, args, kwargs):
+        """(key, tensor leaves, all leaves); key is None when a TracerTensor is among them."""
         nums = self.static_argnums
         if nums:
             dynamic, static, _ = _split_static(args, nums, "functx.jit")
@@ -136,6 +188,8 @@ class JitFunction:
         tensors = []
         for leaf in leaves:
             if isinstance(leaf, torch.Tensor):
+                if isinstance(leaf, TracerTensor):
+                    return None, None, leaves
                 sig.append((leaf.shape, leaf.dtype, leaf.device))
                 tensors.append(leaf)
             else:
@@ -148,8 +202,7 @@ class JitFunction:
                             "cache key); mark them static or pass tensors") from None
         return key, tensors, leaves
 
-    def lower(self, *args, **kwargs):
-        key, tensors, leaves = self._key(args, kwargs)
+    def _entry(self, key, args, kwargs, leaves):
         entry = self._cache.get(key)
         if entry is None:
             graph, fallbacks = trace_graph(self.f, args, kwargs, self.static_argnums, "functx.jit")
@@ -158,14 +211,39 @@ class JitFunction:
             compiled = resolve_backend(self.backend, leaves)(graph)
             entry = _Entry(compiled, graph.out_tree, fallbacks, graph)
             self._cache[key] = entry
-        return entry, tensors
+        return entry
+
+    def lower(self, *args, **kwargs):
+        key, tensors, leaves = self._key(args, kwargs)
+        if key is None:
+            raise TypeError("functx.jit: lower() needs concrete tensors, not traced values")
+        return self._entry(key, args, kwargs, leaves), tensors
 
     def __call__(self, *args, **kwargs):
-        if current_trace() is not EVAL_TRACE or _has_tracer(args, kwargs):
+        if _trace_state.trace is not EVAL_TRACE:
             return self.f(*args, **kwargs)
-        entry, tensors = self.lower(*args, **kwargs)
-        outs = entry.compiled(*tensors)
-        return tree_unflatten(entry.out_tree, list(outs))
+        if not kwargs and not self.static_argnums:
+            sig = []
+            for a in args:
+                if type(a) not in _PLAIN_TENSORS:
+                    break
+                sig.append((a.shape, a.dtype, a.device))
+            else:
+                key = tuple(sig)
+                if key == self._last_key:
+                    entry = self._last_entry
+                else:
+                    entry = self._fast.get(key)
+                    if entry is None:
+                        gkey, _, leaves = self._key(args, kwargs)
+                        entry = self._fast[key] = self._entry(gkey, args, kwargs, leaves)
+                    self._last_key, self._last_entry = key, entry
+                return entry.unflatten(entry.call(*args))
+        key, tensors, leaves = self._key(args, kwargs)
+        if key is None:       # traced arguments: inline into the enclosing transform
+            return self.f(*args, **kwargs)
+        entry = self._entry(key, args, kwargs, leaves)
+        return entry.unflatten(entry.call(*tensors))
 
     def cache_size(self) -> int:
         return len(self._cache)
@@ -210,7 +288,7 @@ class Explanation:
 
 def explain(f, backend=None, static_argnums=()):
     """explain(f)(*args): the graph jit would compile, the fallbacks, the kernels."""
-    static_argnums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
+    static_argnums = _normalize_argnums(static_argnums, "functx.explain")
     inner = f.f if isinstance(f, JitFunction) else f
 
     @functools.wraps(inner)
