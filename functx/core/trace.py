@@ -161,8 +161,9 @@ class GraphTracer(Tracer):
 
     def concrete(self):
         raise ConcretizationError(
-            "A traced value's contents were needed by Python (bool(), int(), .item(), if/while "
-            f"on a tensor) while tracing a graph, where values are abstract ({self.aval}):\n"
+            "A traced value's contents were needed by Python (bool(), int(), float(), .item(), "
+            ".tolist(), .numpy(), if/while on a tensor) while tracing a graph, where values are "
+            f"abstract ({self.aval}):\n"
             f"{user_frame_summary()}\n"
             "Under functx.jit the function is traced once per input signature, so Python control "
             "flow cannot depend on tensor values. Options: select values with torch.where; "

@@ -44,6 +44,14 @@ class TracerTensor(torch.Tensor):
     def __format__(self, spec):
         return repr(self)
 
+    # torch refuses these for tensor subclasses; they need the concrete value, which exists
+    # in eager transforms and raises ConcretizationError under jit.
+    def tolist(self):
+        return concrete(value_of(self)).tolist()
+
+    def numpy(self, *, force=False):
+        return concrete(value_of(self)).numpy(force=force)
+
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         from .dispatch import dispatch
