@@ -767,8 +767,7 @@ def _linear_index(x, indices):
     expanded = []
     for i, ix in enumerate(full):
         if ix is not None and _t(ix).dtype in (torch.bool, torch.uint8):
-            from ..core.trace import concrete
-            nz = torch.nonzero(concrete(ix))
+            nz = torch.nonzero(_concrete_mask(ix))
             expanded += [nz[:, k] for k in range(nz.shape[1])]
         else:
             expanded.append(ix)
@@ -801,9 +800,41 @@ def _index(x, indices):
     return out
 
 
+def _concrete_mask(mask):
+    from ..core.errors import ConcretizationError, user_frame_summary
+    from ..core.trace import concrete
+    try:
+        return concrete(mask)
+    except ConcretizationError:
+        raise ConcretizationError(
+            f"Indexing with a boolean mask ({_t(mask)}) selects a number of elements that depends "
+            f"on the mask's values, so the result has no static shape to trace:\n{user_frame_summary()}\n"
+            "Under functx.jit values are abstract. Use torch.where(mask, x, other) or "
+            "x.masked_fill(mask, value) instead of x[mask]; assigning a single value, "
+            "x[mask] = v, is supported.") from None
+
+
+def _mask_put(x, mask, values, accumulate):
+    """x[mask] = v / x[mask] += v with a boolean mask over x's leading dims and one value:
+    a select, so it traces without the mask's values."""
+    t, m = _t(x), _t(mask)
+    if m.shape != t.shape[:m.ndim] or isinstance(values, SCALARS) or _t(values).numel != 1:
+        return None
+    mask = P.broadcast_in_dim(_as_bool(mask), t.shape, tuple(range(m.ndim)))
+    v = P.broadcast_to(P.convert(P.reshape(values, ()), t.dtype), t.shape)
+    if accumulate:
+        v = P.add(x, v) if t.dtype is not torch.bool else P.bitwise_or(x, v)
+    return P.where(mask, v, x)
+
+
 @register(aten.index_put.default)
 def _index_put(x, indices, values, accumulate=False):
     t = _t(x)
+    live = [ix for ix in indices if ix is not None]
+    if (len(indices) == 1 and live and _t(live[0]).dtype in (torch.bool, torch.uint8)):
+        out = _mask_put(x, live[0], values, accumulate)
+        if out is not None:
+            return out
     y, lin, dims, adjacent, rest, idx_shape = _linear_index(x, indices)
     # values broadcast against the indexing result (in its natural layout).
     if adjacent and dims[0] > 0:
