@@ -317,8 +317,9 @@ concatenate_p.impl = lambda *xs, axis: torch.cat(xs, axis)
 concatenate_p.emit = lambda srcs, p: f"torch.cat([{', '.join(srcs)}], {p['axis']})"
 concatenate_p.jvp = _concatenate_jvp
 concatenate_p.transpose = _concatenate_transpose
-concatenate_p.batch = lambda axis, args, dims, **p: (
-    concatenate([bdim_to_front(a, d, axis.size) for a, d in zip(args, dims)], p["axis"] + 1), 0)
+# (the AxisData argument is not called `axis`: that is concatenate's own parameter)
+concatenate_p.batch = lambda axis_data, args, dims, *, axis: (
+    concatenate([bdim_to_front(a, d, axis_data.size) for a, d in zip(args, dims)], axis + 1), 0)
 
 
 def concatenate(xs, axis):
