@@ -85,17 +85,21 @@ def _split_static(args, static_argnums, what):
     return dynamic, static, nums
 
 
-def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph"):
-    """Trace f at abstract versions of the tensor leaves of args/kwargs -> (graph, fallbacks)."""
+def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mutations=False):
+    """Trace f at abstract versions of the tensor leaves of args/kwargs -> (graph, fallbacks).
+
+    mutations=True: the final values of inputs that f writes in place are extra outputs, and
+    graph.mutated_inputs lists their positions among the tensor leaves (jit copies them back)."""
     dynamic, static, nums = _split_static(args, static_argnums, what)
     leaves, treedef = tree_flatten((dynamic, kwargs))
     trace = GraphTrace(current_trace(), stage_all=True)
-    tracers, vals = [], []
+    tracers, vals, in_wrappers = [], [], []
     for leaf in leaves:
         if isinstance(leaf, (torch.Tensor, Tracer)):
             t = trace.new_arg(type_of(unwrap(leaf)))
             tracers.append(t)
             vals.append(wrap(t))
+            in_wrappers.append(vals[-1])
         else:
             vals.append(leaf)
     dyn, kw = tree_unflatten(treedef, vals)
@@ -114,8 +118,12 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph"):
                                 f"({leaf!r:.40}), not a tensor; return tensors (or close over "
                                 "non-tensor values)")
         out_vals = [unwrap(l) for l in out_leaves]   # inside the trace: a stale view recomputes here
+        mutated = [k for k, w in enumerate(in_wrappers)
+                   if mutations and isinstance(w, TracerTensor) and w._version_]
+        out_vals += [unwrap(in_wrappers[k]) for k in mutated]
     graph = trace.to_graph(tracers, out_vals)
     graph.in_tree, graph.out_tree = treedef, out_tree
+    graph.mutated_inputs = tuple(mutated)
     return graph, list(fallbacks)
 
 
@@ -147,6 +155,22 @@ class _Entry:
             self.unflatten = _first
         else:
             self.unflatten = functools.partial(tree_unflatten, out_tree)
+        mutated = getattr(graph, "mutated_inputs", ())
+        if mutated:
+            self.call = _writing_back(self.call, mutated)
+
+
+def _writing_back(call, mutated):
+    """f wrote into some of its inputs: the graph returns their new values last; copy them
+    into the caller's tensors, as running f eagerly would have."""
+    n = len(mutated)
+
+    def call_and_write_back(*tensors):
+        outs = call(*tensors)
+        for k, value in zip(mutated, outs[-n:]):
+            tensors[k].copy_(value)
+        return outs[:-n]
+    return call_and_write_back
 
 
 def _first(outs):
@@ -205,9 +229,12 @@ class JitFunction:
     def _entry(self, key, args, kwargs, leaves):
         entry = self._cache.get(key)
         if entry is None:
-            graph, fallbacks = trace_graph(self.f, args, kwargs, self.static_argnums, "functx.jit")
+            graph, fallbacks = trace_graph(self.f, args, kwargs, self.static_argnums, "functx.jit",
+                                           mutations=True)
             self.trace_count += 1
+            mutated = graph.mutated_inputs
             graph = optimize(graph)
+            graph.mutated_inputs = mutated
             compiled = resolve_backend(self.backend, leaves)(graph)
             entry = _Entry(compiled, graph.out_tree, fallbacks, graph)
             self._cache[key] = entry
