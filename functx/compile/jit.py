@@ -12,6 +12,7 @@ import functools
 import torch
 
 from ..core import EVAL_TRACE, GraphTrace, current_trace, set_current_trace
+from ..core.errors import user_facing
 from ..core.trace import Tracer, type_of
 from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor, record_fallbacks, unwrap, wrap
@@ -133,7 +134,8 @@ def make_graph(f, static_argnums=()):
 
     @functools.wraps(f)
     def graph_of(*args, **kwargs):
-        graph, fallbacks = trace_graph(f, args, kwargs, static_argnums)
+        with user_facing():
+            graph, fallbacks = trace_graph(f, args, kwargs, static_argnums)
         graph.fallbacks = fallbacks
         return graph
     return graph_of
@@ -229,8 +231,9 @@ class JitFunction:
     def _entry(self, key, args, kwargs, leaves):
         entry = self._cache.get(key)
         if entry is None:
-            graph, fallbacks = trace_graph(self.f, args, kwargs, self.static_argnums, "functx.jit",
-                                           mutations=True)
+            with user_facing():
+                graph, fallbacks = trace_graph(self.f, args, kwargs, self.static_argnums, "functx.jit",
+                                               mutations=True)
             self.trace_count += 1
             mutated = graph.mutated_inputs
             graph = optimize(graph)
@@ -320,7 +323,8 @@ def explain(f, backend=None, static_argnums=()):
 
     @functools.wraps(inner)
     def explained(*args, **kwargs):
-        graph, fallbacks = trace_graph(inner, args, kwargs, static_argnums, "functx.explain")
+        with user_facing():
+            graph, fallbacks = trace_graph(inner, args, kwargs, static_argnums, "functx.explain")
         graph = optimize(graph)
         leaves, _ = tree_flatten((args, kwargs))
         compiled = resolve_backend(backend, leaves)(graph)

@@ -34,3 +34,42 @@ def user_frame_summary() -> str:
             continue
         return f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}\n    {frame.line}'
     return "  (no user frame found)"
+
+
+def _is_internal(filename: str) -> bool:
+    import torch
+    if filename.startswith("<functx"):
+        return True
+    fname = os.path.abspath(filename)
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    return fname.startswith(_PKG_DIR + os.sep) or fname.startswith(torch_dir + os.sep)
+
+
+def filter_traceback(tb):
+    """tb without functx's (and torch's) own frames, so a user-facing error shows the user's
+    calls and lines only. FUNCTX_TRACEBACK_FILTERING=off keeps every frame."""
+    import types
+    if os.environ.get("FUNCTX_TRACEBACK_FILTERING", "on").lower() in ("off", "0", "false", "no"):
+        return tb
+    kept = []
+    while tb is not None:
+        if not _is_internal(tb.tb_frame.f_code.co_filename):
+            kept.append(tb)
+        tb = tb.tb_next
+    out = None
+    for t in reversed(kept):
+        out = types.TracebackType(out, t.tb_frame, t.tb_lasti, t.tb_lineno)
+    return out
+
+
+class user_facing:
+    """Context manager at an API boundary: a FunctxError leaving it carries a traceback
+    without functx's internal frames (the message already names the user's line)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if exc is not None and isinstance(exc, FunctxError):
+            exc.__traceback__ = filter_traceback(tb)     # re-raised as it is, frames trimmed
+        return False
