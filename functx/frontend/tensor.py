@@ -29,6 +29,8 @@ class TracerTensor(torch.Tensor):
     @staticmethod
     def __new__(cls, value):
         t = type_of(value)
+        if t.dtype.is_complex:
+            _unsupported_dtype(t)
         r = torch.Tensor._make_wrapper_subclass(cls, t.shape, dtype=t.dtype, device=t.device,
                                                 requires_grad=False)
         r._value = value
@@ -56,6 +58,15 @@ class TracerTensor(torch.Tensor):
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         from .dispatch import dispatch
         return dispatch(func, args, kwargs or {})
+
+
+def _unsupported_dtype(t):
+    from ..core.errors import user_frame_summary
+    raise FunctxError(
+        f"functx does not support complex tensors yet: a traced value of type {t} was created "
+        f"here:\n{user_frame_summary()}\nfunctx's primitives and derivative rules are real-valued "
+        "(complex results would be silently wrong). Keep real and imaginary parts as separate real "
+        "tensors inside the transformed function (torch.view_as_real on inputs, outside it).")
 
 
 def value_of(w: TracerTensor):
