@@ -1,7 +1,50 @@
-"""Graph passes. Each takes a Graph and returns a new Graph; none mutates its input."""
+"""Graph passes. Each takes a Graph and returns a new Graph; none mutates its input.
+
+    dce                 drop equations whose outputs are unused (effects are kept)
+    cse                 one equation per (primitive, operands, params); never effectful ones
+    fold_constants      pointwise and view equations of constants become `full`
+    simplify            x*1, x+0, x-0, x/1, neg(neg x), x*0 on integers, convert chains
+    fold_views          identity views vanish; broadcast/reshape/transpose chains compose
+
+`run_passes(graph, trace=True)` returns the graph and, per pass, its printed result (empty
+when the pass changed nothing); explain shows that trace. Rewrites replace a variable by
+another of exactly the same type, so graphs stay valid (`graph.check()`).
+"""
 from __future__ import annotations
 
-from ..core import Graph, Var
+import math
+
+import torch
+
+from ..core import Eqn, Graph, Literal, Var
+from ..core.primitive import REGISTRY
+
+
+def _rebuild(graph, eqns, outvars=None, constvars=None, consts=None):
+    out = Graph(graph.invars, graph.constvars if constvars is None else constvars,
+                graph.consts if consts is None else consts, eqns,
+                graph.outvars if outvars is None else outvars)
+    out.in_tree, out.out_tree = graph.in_tree, graph.out_tree
+    return out
+
+
+class _Subst:
+    """Variable replacement map applied to operands as equations are rewritten in order."""
+
+    def __init__(self):
+        self.map: dict = {}
+
+    def __call__(self, atom):
+        while isinstance(atom, Var) and atom in self.map:
+            atom = self.map[atom]
+        return atom
+
+    def eqn(self, e):
+        ins = [self(a) for a in e.inputs]
+        return e if all(a is b for a, b in zip(ins, e.inputs)) else Eqn(e.prim, ins, e.outputs, e.params)
+
+    def finish(self, graph, eqns):
+        return _rebuild(graph, eqns, [self(a) for a in graph.outvars])
 
 
 def dce(graph: Graph) -> Graph:
@@ -14,6 +57,235 @@ def dce(graph: Graph) -> Graph:
             live.update(a for a in eqn.inputs if isinstance(a, Var))
     kept.reverse()
     used = [(v, c) for v, c in zip(graph.constvars, graph.consts) if v in live]
-    out = Graph(graph.invars, [v for v, _ in used], [c for _, c in used], kept, graph.outvars)
-    out.in_tree, out.out_tree = graph.in_tree, graph.out_tree
-    return out
+    return _rebuild(graph, kept, constvars=[v for v, _ in used], consts=[c for _, c in used])
+
+
+def _param_key(params):
+    items = []
+    for k, v in sorted(params.items()):
+        try:
+            hash(v)
+            items.append((k, v))
+        except TypeError:
+            items.append((k, id(v)))
+    return tuple(items)
+
+
+def _atom_key(a):
+    return ("lit", type(a.value), a.value) if isinstance(a, Literal) else ("var", id(a))
+
+
+def cse(graph: Graph) -> Graph:
+    """Common-subexpression elimination (effectful primitives, e.g. random, are never merged)."""
+    sub, seen, eqns = _Subst(), {}, []
+    for e in graph.eqns:
+        e = sub.eqn(e)
+        if e.prim.effectful:
+            eqns.append(e)
+            continue
+        key = (e.prim.name, tuple(_atom_key(a) for a in e.inputs), _param_key(e.params))
+        prev = seen.get(key)
+        if prev is not None and all(a.type == b.type for a, b in zip(prev.outputs, e.outputs)):
+            for a, b in zip(e.outputs, prev.outputs):
+                sub.map[a] = b
+            continue
+        seen[key] = e
+        eqns.append(e)
+    return sub.finish(graph, eqns)
+
+
+# ---------------------------------------------------------------- constants
+
+def _full_value(atom, defs):
+    """The scalar a var is filled with, if it is a `full` (possibly through views)."""
+    if isinstance(atom, Literal):
+        return atom.value
+    e = defs.get(atom)
+    while e is not None and e.prim.name in ("broadcast_in_dim", "reshape", "transpose", "rev", "slice"):
+        e = defs.get(e.inputs[0]) if isinstance(e.inputs[0], Var) else None
+    if e is not None and e.prim.name == "full":
+        return e.params["value"]
+    return None
+
+
+def _full_eqn(out: Var, value):
+    t = out.type
+    return Eqn(REGISTRY["full"], [], [out], {"shape": tuple(t.shape), "value": value, "dtype": t.dtype,
+                                             "device": t.device})
+
+
+def fold_constants(graph: Graph) -> Graph:
+    """A pointwise or view equation whose operands are all constants becomes a `full`."""
+    defs, eqns = {}, []
+    for e in graph.eqns:
+        folded = None
+        if not e.prim.effectful and len(e.outputs) == 1 and e.inputs and \
+                e.prim.kind in ("pointwise", "view") and e.prim.name != "iota":
+            values = [_full_value(a, defs) for a in e.inputs]
+            if all(v is not None for v in values):
+                folded = _evaluate_scalar(e, values)
+        if folded is not None:
+            e = _full_eqn(e.outputs[0], folded)
+        for v in e.outputs:
+            defs[v] = e
+        eqns.append(e)
+    return _rebuild(graph, eqns)
+
+
+def _evaluate_scalar(e, values):
+    out = e.outputs[0].type
+    if e.prim.kind == "view":
+        return values[0]
+    try:
+        dtypes = [a.type.dtype if isinstance(a, Var) else None for a in e.inputs]
+        ref = next((d for d in dtypes if d is not None), out.dtype)
+        args = [torch.tensor(v, dtype=d or ref) for v, d in zip(values, dtypes)]
+        res = e.prim.impl(*args, **e.params)
+    except Exception:
+        return None
+    if not isinstance(res, torch.Tensor) or res.numel() != 1:
+        return None
+    return res.to(out.dtype).item()
+
+
+# ---------------------------------------------------------------- algebra
+
+def _is(value, target) -> bool:
+    return value is not None and not isinstance(value, bool) and value == target
+
+
+def simplify(graph: Graph) -> Graph:
+    """Algebraic identities that are exact in floating point, plus x*0 on integers."""
+    sub, defs, eqns = _Subst(), {}, []
+    for e in graph.eqns:
+        e = sub.eqn(e)
+        repl = _simplify_eqn(e, defs)
+        if isinstance(repl, Var):
+            sub.map[e.outputs[0]] = repl
+            continue
+        if isinstance(repl, Eqn):
+            e = repl
+        for v in e.outputs:
+            defs[v] = e
+        eqns.append(e)
+    return sub.finish(graph, eqns)
+
+
+def _same_type(a, out):
+    return isinstance(a, Var) and a.type == out.type
+
+
+def _simplify_eqn(e, defs):
+    name, out = e.prim.name, e.outputs[0] if e.outputs else None
+    if name in ("add", "sub", "mul", "div"):
+        x, y = e.inputs
+        vx, vy = _full_value(x, defs), _full_value(y, defs)
+        if name == "add" and _is(vy, 0) and _same_type(x, out):
+            return x
+        if name == "add" and _is(vx, 0) and _same_type(y, out):
+            return y
+        if name == "sub" and _is(vy, 0) and _same_type(x, out):
+            return x
+        if name in ("mul", "div") and _is(vy, 1) and _same_type(x, out):
+            return x
+        if name == "mul" and _is(vx, 1) and _same_type(y, out):
+            return y
+        if name == "mul" and not out.type.dtype.is_floating_point and not out.type.dtype.is_complex \
+                and (_is(vx, 0) or _is(vy, 0)):
+            return _full_eqn(out, 0)           # only integers: 0 * inf is nan for floats
+    if name == "neg":
+        d = defs.get(e.inputs[0])
+        if d is not None and d.prim.name == "neg" and _same_type(d.inputs[0], out):
+            return d.inputs[0]
+    if name == "convert_element_type":
+        x = e.inputs[0]
+        if _same_type(x, out):
+            return x
+        d = defs.get(x)
+        if d is not None and d.prim.name == "convert_element_type" and isinstance(d.inputs[0], Var):
+            src = d.inputs[0]
+            if _lossless(src.type.dtype, x.type.dtype):   # a widening step changes nothing
+                if src.type.dtype == out.type.dtype:
+                    return src
+                return Eqn(e.prim, [src], e.outputs, e.params)
+    return None
+
+
+def _lossless(src, mid) -> bool:
+    """Does converting src -> mid keep every value exactly?"""
+    if src == mid or src == torch.bool:
+        return True
+    if mid == torch.bool or mid.is_complex or src.is_complex:
+        return False
+    if src.is_floating_point:
+        if not mid.is_floating_point:
+            return False
+        s, m = torch.finfo(src), torch.finfo(mid)
+        return m.bits >= s.bits and m.eps <= s.eps and m.max >= s.max
+    if mid.is_floating_point:   # integers convert exactly while they fit the significand
+        significand = {torch.float16: 11, torch.bfloat16: 8, torch.float32: 24, torch.float64: 53}[mid]
+        return torch.iinfo(src).bits <= significand
+    si, mi = torch.iinfo(src), torch.iinfo(mid)
+    return mi.min <= si.min and mi.max >= si.max
+
+
+# ---------------------------------------------------------------- views
+
+def fold_views(graph: Graph) -> Graph:
+    """Identity views vanish; broadcast∘broadcast, reshape∘reshape, transpose∘transpose compose."""
+    sub, defs, eqns = _Subst(), {}, []
+    for e in graph.eqns:
+        e = sub.eqn(e)
+        repl = _fold_view(e, defs)
+        if isinstance(repl, Var):
+            sub.map[e.outputs[0]] = repl
+            continue
+        if isinstance(repl, Eqn):
+            e = repl
+        for v in e.outputs:
+            defs[v] = e
+        eqns.append(e)
+    return sub.finish(graph, eqns)
+
+
+def _fold_view(e, defs):
+    name = e.prim.name
+    if e.prim.kind != "view" or not isinstance(e.inputs[0], Var):
+        return None
+    x, out, p = e.inputs[0], e.outputs[0], e.params
+    if _same_type(x, out) and (name in ("reshape", "slice") or
+                               (name == "transpose" and p["permutation"] == tuple(range(out.type.ndim))) or
+                               (name == "broadcast_in_dim" and p["broadcast_dimensions"] == tuple(range(out.type.ndim)))):
+        return x
+    d = defs.get(x)
+    if d is None or not isinstance(d.inputs[0], Var):
+        return None
+    inner = d.inputs[0]
+    if name == "reshape" and d.prim.name == "reshape":
+        return inner if _same_type(inner, out) else Eqn(e.prim, [inner], e.outputs, p)
+    if name == "transpose" and d.prim.name == "transpose":
+        perm = tuple(d.params["permutation"][i] for i in p["permutation"])
+        return inner if perm == tuple(range(len(perm))) else Eqn(e.prim, [inner], e.outputs, {"permutation": perm})
+    if name == "broadcast_in_dim" and d.prim.name == "broadcast_in_dim":
+        dims = tuple(p["broadcast_dimensions"][i] for i in d.params["broadcast_dimensions"])
+        return Eqn(e.prim, [inner], e.outputs, {"shape": p["shape"], "broadcast_dimensions": dims})
+    return None
+
+
+# ---------------------------------------------------------------- pipeline
+
+PIPELINE = [("dce", dce), ("fold_views", fold_views), ("fold_constants", fold_constants),
+            ("simplify", simplify), ("cse", cse), ("dce", dce)]
+
+
+def run_passes(graph: Graph, passes=None, trace: bool = False):
+    """Run the pipeline; with trace=True also return [(pass name, printed graph or '')]."""
+    steps = []
+    prev = str(graph) if trace else None
+    for name, fn in (PIPELINE if passes is None else passes):
+        graph = fn(graph)
+        if trace:
+            text = str(graph)
+            steps.append((name, "" if text == prev else text))
+            prev = text
+    return (graph, steps) if trace else graph
