@@ -50,14 +50,34 @@ def dispatch(func, args, kwargs):
         raise FunctxError(f"functx: {func} writes into an out= argument; call the functional form instead")
     decomp = decomposition_table.get(func)
     if decomp is not None:
-        out = decomp(*args, **kwargs)
+        out = _decompose(decomp, args, kwargs)
         if out is not NotImplemented:
             return out
-    out = func.decompose(*args, **kwargs)
+    out = _decompose(func.decompose, args, kwargs)
     if out is not NotImplemented:
         return out
+    if func.namespace == "prims" and _decomposing[0]:
+        raise _UnmappedPrim(func)
     from .fallback import opaque_fallback
     return opaque_fallback(func, args, kwargs)
+
+
+class _UnmappedPrim(Exception):
+    """A decomposition reached a torch.ops.prims op with no lowering. prims ops have no
+    derivative formulas, so the op being decomposed runs through the fallback instead."""
+
+
+_decomposing = [0]
+
+
+def _decompose(decomp, args, kwargs):
+    _decomposing[0] += 1
+    try:
+        return decomp(*args, **kwargs)
+    except _UnmappedPrim:
+        return NotImplemented
+    finally:
+        _decomposing[0] -= 1
 
 
 # ---------------------------------------------------------------- views
