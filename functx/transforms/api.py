@@ -13,6 +13,7 @@ import torch
 from ..core import FunctxError, Zero, current_trace, set_current_trace
 from ..core.trace import Tracer, type_of
 from ..frontend import TracerTensor, unwrap, wrap
+from ..frontend.random_mode import intercept_random
 from .. import prims as P
 from .ad import differentiable, jvp_flat, linear_forward, linearize_flat, vjp_flat, backward_pass
 from .batching import AxisData, BatchTrace, BatchTracer
@@ -48,7 +49,8 @@ def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None):
     """f over a pytree -> function over flat lax values; the output tree goes into store."""
     def fun(flat_in):
         args = tree_unflatten(in_tree, [wrap(x) for x in flat_in])
-        out = f(*args)
+        with intercept_random():    # torch.randn(shape) etc. become random primitives here
+            out = f(*args)
         if has_aux:
             if not (isinstance(out, (tuple, list)) and len(out) == 2):
                 raise TypeError(f"{what}: with has_aux=True, f must return a pair (output, aux); got "
@@ -284,7 +286,7 @@ def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=No
                 v = unwrap(leaf)
                 vals.append(wrap(BatchTracer(trace, v, ax % type_of(v).ndim)))
         args, kwargs = tree_unflatten(treedef, vals)
-        with set_current_trace(trace):
+        with set_current_trace(trace), intercept_random():    # random factories follow `randomness`
             out = fn(*args, **kwargs)
             out_leaves, out_tree = tree_flatten(out)
             _check_tensor_leaves(out_leaves, "functx.vmap: output of f", out_tree)

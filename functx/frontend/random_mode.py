@@ -1,0 +1,216 @@
+"""Random ops without traced arguments (torch.randn(shape), torch.rand, torch.randint,
+torch.normal(0., 1., size), torch.randperm, x_plain.normal_(), ...) under functx transforms.
+
+Such ops never reach TracerTensor.__torch_dispatch__, so without help they would run as
+plain torch: baked into a jit graph as constants (the same numbers every call) and invisible
+to vmap's `randomness`. While a transform or jit trace runs the user's function, the
+transforms enter `intercept_random()`, a TorchDispatchMode that sends every ATen op tagged
+`nondeterministic_seeded` with no TracerTensor argument to the effectful `random` primitive
+(prims/random.py), at whatever trace is current. Everything else passes straight through:
+one dict lookup per op.
+
+Only user code runs under the mode: functx's own work happens inside the handler of the op
+that triggered it, where PyTorch has popped the mode, so a primitive's impl (torch.randn in
+random_p's impl) is never intercepted again.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+from torch.utils._pytree import tree_flatten
+
+from ..core.errors import FunctxError
+from ..core.trace import GraphTrace, Tracer, current_trace
+from .. import prims as P
+from .dispatch import dispatch
+from .tensor import TracerTensor
+
+aten = torch.ops.aten
+
+_SEEDED: dict = {}          # OpOverload -> bool, filled lazily
+
+
+def _is_seeded(func) -> bool:
+    s = _SEEDED.get(func)
+    if s is None:
+        s = _SEEDED[func] = torch.Tag.nondeterministic_seeded in func.tags
+    return s
+
+
+def _device(device):
+    return torch.device(device) if device is not None else torch.get_default_device()
+
+
+def _float(dtype):
+    return dtype if dtype is not None else torch.get_default_dtype()
+
+
+def _sample(dist, size, dtype, device, args=()):
+    return P.random(tuple(size), dtype, _device(device), dist, args)
+
+
+# Factories and functional ops on constant tensors, by overload. Each gets the op's
+# arguments and returns a lax value. (Ops with a `generator` go through the generic path.)
+def _randn(size, dtype=None, layout=None, device=None, pin_memory=None):
+    return _sample("normal", size, _float(dtype), device)
+
+
+def _rand(size, dtype=None, layout=None, device=None, pin_memory=None):
+    return _sample("uniform", size, _float(dtype), device)
+
+
+def _randint(high, size, dtype=None, layout=None, device=None, pin_memory=None):
+    return _sample("randint", size, dtype or torch.int64, device, (0, int(high)))
+
+
+def _randint_low(low, high, size, dtype=None, layout=None, device=None, pin_memory=None):
+    return _sample("randint", size, dtype or torch.int64, device, (int(low), int(high)))
+
+
+def _randperm(n, dtype=None, layout=None, device=None, pin_memory=None):
+    return _sample("randperm", (n,), dtype or torch.int64, device, (int(n),))
+
+
+def _normal_ff(mean, std, size, generator=None, dtype=None, layout=None, device=None, pin_memory=None):
+    z = _sample("normal", size, _float(dtype), device)
+    return P.add(P.mul(z, float(std)), float(mean))
+
+
+FACTORIES = {
+    aten.randn.default: _randn,
+    aten.rand.default: _rand,
+    aten.randint.default: _randint,
+    aten.randint.low: _randint_low,
+    aten.randperm.default: _randperm,
+    aten.normal.float_float: _normal_ff,
+}
+
+
+def _generic(func, args, kwargs):
+    """Any other single-output seeded op: an opaque sampler, run afresh on every call."""
+    out_type = _output_type(func, args, kwargs)
+    if out_type is None:
+        return None
+    shape, dtype, device = out_type
+    fn = _Sampler(lambda: func(*args, **kwargs), str(func))
+    return P.random(shape, dtype, device, "call", (fn, len(shape)))
+
+
+class _Sampler:
+    """fn() -> one fresh sample; named for graph printing."""
+    __slots__ = ("fn", "name")
+
+    def __init__(self, fn, name):
+        self.fn, self.name = fn, name
+
+    def __call__(self):
+        return self.fn()
+
+    @property
+    def __name__(self):
+        return self.name
+
+    def __repr__(self):
+        return self.name
+
+
+def _output_type(func, args, kwargs):
+    """(shape, dtype, device) of the op's single tensor output, from a meta-device run (so no
+    random numbers are consumed), or None when it has several outputs."""
+    leaves, _ = tree_flatten((args, kwargs))
+    device = next((l.device for l in leaves if isinstance(l, torch.Tensor)), None)
+    device = _device(kwargs.get("device", device))
+    to_meta = lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x
+    meta_kwargs = {k: None if k == "generator" else to_meta(v) for k, v in kwargs.items()}
+    if "device" in kwargs:
+        meta_kwargs["device"] = "meta"
+    try:
+        out = func(*[to_meta(a) for a in args], **meta_kwargs)
+    except Exception:
+        return None
+    if not isinstance(out, torch.Tensor):
+        return None
+    return tuple(out.shape), out.dtype, device
+
+
+def _inplace(func, args, kwargs):
+    """x.normal_() etc. on a plain tensor x: sample x's replacement, then write it back."""
+    target, rest = args[0], args[1:]
+    fn = _Sampler(lambda: func(torch.empty_like(target), *rest, **kwargs), str(func))
+    value = P.random(tuple(target.shape), target.dtype, target.device, "call", (fn, target.dim()))
+    if isinstance(value, Tracer):
+        raise FunctxError(
+            f"functx: {func} writes random values into a plain tensor created inside the transformed "
+            "function, but under this transform (jit, or vmap with randomness='different') the values "
+            "are traced and can't be stored in a plain tensor. Use a random factory instead "
+            "(torch.randn(shape), torch.rand(shape), torch.randint(...)), or make the tensor from a "
+            "traced input (torch.randn_like(x), x.new_empty(shape).normal_()).")
+    target.copy_(value)
+    return target
+
+
+def _route(func, args, kwargs):
+    from .dispatch import LOWERINGS
+    from .tensor import wrap
+    if kwargs.get("generator") is None:
+        lowering = FACTORIES.get(func) or LOWERINGS.get(func)
+        if lowering is not None:
+            return wrap(lowering(*args, **kwargs))
+    schema = func._schema
+    if schema.arguments and schema.arguments[0].alias_info is not None \
+            and schema.arguments[0].alias_info.is_write and isinstance(args[0], torch.Tensor):
+        return _inplace(func, args, kwargs)
+    out = _generic(func, args, kwargs)
+    if out is not None:
+        return wrap(out)
+    # Several outputs (fused rnn/attention kernels with dropout; these usually arrive decomposed).
+    # Eagerly, running torch is right; staged or batched, its numbers would be frozen or shared.
+    if _staged_or_batched():
+        raise FunctxError(
+            f"functx: random op {func} (several outputs, no traced arguments) can't be traced under "
+            "jit or vmap: its random numbers would be baked in. Pass a traced tensor to it, or call "
+            "it outside the transform.")
+    return func(*args, **kwargs)
+
+
+def _staged_or_batched() -> bool:
+    t = current_trace()
+    while t is not None:
+        if (isinstance(t, GraphTrace) and t.stage_all) or hasattr(t, "axis"):   # jit / a BatchTrace
+            return True
+        t = t.parent
+    return False
+
+
+class RandomMode(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if TracerTensor in types:
+            # What TracerTensor.__torch_dispatch__ would do, without a second trip through the
+            # dispatcher: this keeps the mode's cost per traced op to one Python call.
+            return dispatch(func, args, kwargs or {})
+        kwargs = kwargs or {}
+        if not _is_seeded(func):
+            return func(*args, **kwargs)
+        leaves, _ = tree_flatten((args, kwargs))
+        if any(isinstance(l, TracerTensor) for l in leaves):
+            return func(*args, **kwargs)
+        return _route(func, args, kwargs)
+
+
+def _active() -> bool:
+    return any(isinstance(m, RandomMode) for m in _get_current_dispatch_mode_stack())
+
+
+@contextlib.contextmanager
+def intercept_random():
+    """Entered by transforms and jit around the user's function; nested entries are free."""
+    if _active():
+        yield
+        return
+    with RandomMode():
+        yield
+
+
+__all__ = ["intercept_random", "RandomMode", "FACTORIES"]

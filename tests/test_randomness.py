@@ -1,0 +1,150 @@
+"""Random ops under transforms and jit: factories without traced arguments (torch.randn(shape),
+torch.rand, torch.randint, torch.normal(float, float, size), torch.randperm, in-place fills of
+plain tensors) are random primitives while functx traces, so jit draws fresh numbers per call
+and vmap applies `randomness`."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import functx
+from functx.core import FunctxError
+
+F64 = torch.float64
+
+FACTORIES = {
+    "randn": lambda: torch.randn(64, dtype=F64),
+    "rand": lambda: torch.rand(64, dtype=F64),
+    "randint": lambda: torch.randint(0, 1000, (64,)).to(F64),
+    "randint_high": lambda: torch.randint(1000, (64,)).to(F64),
+    "normal": lambda: torch.normal(2.0, 3.0, (64,), dtype=F64),
+    "randperm": lambda: torch.randperm(64).to(F64),
+    "bernoulli_const": lambda: torch.bernoulli(torch.full((64,), 0.5, dtype=F64)),
+    "rand_like_const": lambda: torch.rand_like(torch.zeros(64, dtype=F64)),
+    "poisson_const": lambda: torch.poisson(torch.full((64,), 50.0, dtype=F64)),     # generic path
+    "randn_generator": lambda: torch.randn(64, dtype=F64, generator=GEN),           # generic path
+    "exponential_inplace": lambda: torch.empty(64, dtype=F64).exponential_(),
+}
+GEN = torch.Generator().manual_seed(0)
+
+
+def _use(make):
+    return lambda x: x + make()
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_jit_draws_fresh_numbers(name):
+    make = FACTORIES[name]
+    f = functx.jit(_use(make)) if name != "exponential_inplace" else None
+    if f is None:       # in-place fill of a plain tensor can't hold traced values: a clear error
+        with pytest.raises(FunctxError, match="exponential_.*plain tensor"):
+            functx.jit(_use(make))(torch.zeros(64, dtype=F64))
+        return
+    x = torch.zeros(64, dtype=F64)
+    a, b = f(x), f(x)
+    assert f.cache_size() == 1
+    assert not torch.equal(a, b), "jit baked random numbers in as constants"
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_vmap_randomness_modes(name):
+    make = FACTORIES[name]
+    xs = torch.zeros(5, 64, dtype=F64)
+    with pytest.raises(FunctxError, match="randomness='error'"):
+        functx.vmap(_use(make))(xs)
+    same = functx.vmap(_use(make), randomness="same")(xs)
+    assert same.shape == (5, 64)
+    assert all(torch.equal(same[0], same[i]) for i in range(1, 5))
+    if name == "exponential_inplace":
+        with pytest.raises(FunctxError, match="plain tensor"):
+            functx.vmap(_use(make), randomness="different")(xs)
+        return
+    diff = functx.vmap(_use(make), randomness="different")(xs)
+    assert diff.shape == (5, 64)
+    assert all(not torch.equal(diff[0], diff[i]) for i in range(1, 5))
+
+
+def test_distributions_are_right():
+    torch.manual_seed(0)
+    x = torch.zeros(20000, dtype=F64)
+    n = functx.jit(lambda x: x + torch.normal(2.0, 3.0, (20000,), dtype=F64))(x)
+    assert abs(float(n.mean()) - 2.0) < 0.1 and abs(float(n.std()) - 3.0) < 0.1
+    u = functx.jit(lambda x: x + torch.rand(20000, dtype=F64))(x)
+    assert 0 <= float(u.min()) and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.02
+    r = functx.jit(lambda x: x + torch.randint(3, 7, (20000,)))(x)
+    assert set(r.unique().tolist()) == {3.0, 4.0, 5.0, 6.0}
+    assert torch.randint(3, 7, (2,)).dtype == functx.jit(lambda x: torch.randint(3, 7, (2,)) + 0 * x.long())(
+        torch.zeros(2, dtype=torch.long)).dtype
+    # batched randperm: every row a permutation, rows differ
+    p = functx.vmap(lambda x: x + torch.randperm(10), randomness="different")(torch.zeros(50, 10))
+    assert all(sorted(row.tolist()) == list(range(10)) for row in p)
+    assert len({tuple(row.tolist()) for row in p}) > 40
+    b = functx.vmap(lambda x: x + torch.bernoulli(torch.full((1000,), 0.3)), randomness="different")(
+        torch.zeros(20, 1000))
+    assert abs(float(b.mean()) - 0.3) < 0.02
+
+
+def test_different_samples_are_independent():
+    xs = torch.zeros(200, 50, dtype=F64)
+    d = functx.vmap(lambda x: x + torch.randn(50, dtype=F64), randomness="different")(xs)
+    c = torch.corrcoef(d[:, :10].T)          # correlations between positions across rows ~ 0
+    off = c - torch.diag(torch.diag(c))
+    assert float(off.abs().max()) < 0.35
+    rows = torch.corrcoef(d[:10])            # and between rows
+    assert float((rows - torch.eye(10, dtype=F64)).abs().max()) < 0.6
+
+
+def test_eager_transforms_match_torch():
+    # Eager transforms draw exactly what torch would, from the global generator.
+    def f(x):
+        return (x * torch.randn(3, dtype=F64) + torch.rand(3, dtype=F64)).sum()
+    x = torch.ones(3, dtype=F64)
+    torch.manual_seed(7)
+    g = functx.grad(f)(x)
+    torch.manual_seed(7)
+    assert torch.equal(g, torch.randn(3, dtype=F64))
+    torch.manual_seed(7)
+    _, t = functx.jvp(f, (x,), (torch.ones(3, dtype=F64),))
+    torch.manual_seed(7)
+    assert torch.allclose(t, torch.randn(3, dtype=F64).sum())
+
+
+def test_grad_with_noise_under_jit_and_vmap():
+    # A noisy loss: jit(grad) gives a new noise sample per call; gradients are the noise.
+    loss = lambda w: (w * torch.randn(4, dtype=F64)).sum()
+    g = functx.jit(functx.grad(loss))
+    w = torch.zeros(4, dtype=F64)
+    assert not torch.equal(g(w), g(w))
+    per = functx.vmap(functx.grad(loss), randomness="different")(torch.zeros(3, 4, dtype=F64))
+    assert not torch.equal(per[0], per[1])
+    same = functx.vmap(functx.grad(loss), randomness="same")(torch.zeros(3, 4, dtype=F64))
+    assert torch.equal(same[0], same[1]) and torch.equal(same[0], same[2])
+
+
+def test_nested_and_traced_random_ops():
+    # random ops on traced values (dropout) and factories mix under jit(vmap(...))
+    def f(x):
+        return F.dropout(x, 0.5, training=True) + torch.randn(x.shape, dtype=F64)
+    jf = functx.jit(functx.vmap(f, randomness="different"))
+    xs = torch.ones(4, 8, dtype=F64)
+    a, b = jf(xs), jf(xs)
+    assert not torch.equal(a, b)
+    assert not torch.equal(a[0], a[1])
+    with pytest.raises(FunctxError, match="randomness='error'"):
+        functx.jit(functx.vmap(f))(xs)
+
+
+def test_graph_shows_random_and_no_constants():
+    g = functx.make_graph(lambda x: x + torch.randn(3) * torch.randint(0, 2, (3,)))(torch.zeros(3))
+    text = str(g)
+    assert text.count("random(") == 2 and "randint" in text
+    assert not g.consts, "a random factory was baked in as a constant"
+
+
+def test_mode_is_only_active_inside_transforms():
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+    seen = []
+    functx.grad(lambda x: (seen.append(len(_get_current_dispatch_mode_stack())) or x).sum())(torch.ones(2))
+    functx.vmap(functx.grad(lambda x: (seen.append(len(_get_current_dispatch_mode_stack())) or x).sum()))(
+        torch.ones(2, 2))
+    assert seen == [1, 1]                    # nested transforms don't stack a second mode
+    assert len(_get_current_dispatch_mode_stack()) == 0
