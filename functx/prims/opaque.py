@@ -38,8 +38,16 @@ def _opaque_type(*types, fn, out_types, linear_argnums):
     return list(out_types)
 
 
+# The dispatch-key state of ordinary Python code. An opaque op usually runs inside
+# TracerTensor.__torch_dispatch__, where autograd and functorch keys are excluded, so
+# torch.func.jvp/vjp/vmap inside it would fail (or silently not differentiate); it runs
+# under this state instead.
+_TOP_LEVEL_KEYS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
+
+
 def _opaque_impl(*args, fn, out_types, linear_argnums):
-    return list(fn(*args))
+    with torch._C._ForceDispatchKeyGuard(*_TOP_LEVEL_KEYS):
+        return list(fn(*args))
 
 
 def opaque(fn: OpaqueFunction, args, out_types, linear_argnums=()):
