@@ -85,5 +85,31 @@ class EagerCompiled:
 
 
 def to_python_source(graph: Graph, fn_name: str = "fn") -> str:
-    """Runnable PyTorch source for a graph (inputs, then constants, as arguments)."""
-    return PythonEmitter(graph, fn_name).emit()
+    """Self-contained, runnable PyTorch source for a graph: imports, then `def fn(...)` taking
+    the inputs, then the constants; exec it and call fn(*inputs, *graph.consts). A primitive
+    with no PyTorch spelling calls its functx impl (so functx must be importable)."""
+    emitter = PythonEmitter(graph, fn_name)
+    body = emitter.emit()
+    lines = ["import math", "from math import inf, nan", "import torch", "from torch import device"]
+    extra = [(k, v) for k, v in emitter.globals.items() if k not in ("torch", "math")]
+    if extra:
+        lines.append("from functx.core.primitive import REGISTRY as _prims")
+    for name, value in extra:
+        lines.append(f"{name} = {_global_source(name, value)}")
+    return "\n".join(lines) + "\n\n\n" + body + "\n"
+
+
+def _global_source(name, value) -> str:
+    from ..core.primitive import REGISTRY
+    for prim in REGISTRY.values():
+        if prim.impl is value:
+            return f"_prims[{prim.name!r}].impl"
+    src = repr(value)
+    try:
+        ok = repr(eval(src, {"torch": torch, "device": torch.device, "inf": math.inf, "nan": math.nan})) == src
+    except Exception:
+        ok = False
+    if not ok:
+        raise ValueError(f"functx.to_python_source: {name} = {src:.80} has no source form (the graph "
+                         "holds a Python object, e.g. an opaque op's function); use jit to run it")
+    return src
