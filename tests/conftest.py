@@ -7,6 +7,13 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# Without a GPU, Triton kernels run in its interpreter; the mode is fixed when triton is
+# first imported, so it is set here, before any test module imports it.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 _COMMON = dict(deadline=None, derandomize=False, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much,

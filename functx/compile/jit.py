@@ -292,13 +292,16 @@ def jit(f=None, *, static_argnums=(), backend=None):
 
 
 class Explanation:
-    """What functx.explain found: .graph, .fallbacks, .kernels, .backend; str() is the report."""
+    """What functx.explain found: .graph, .fallbacks, .kernels, .backend, .groups (fusion
+    groups, triton backend) and .passes ((pass, graph after it) pairs); str() is the report."""
 
     def __init__(self, graph, fallbacks, compiled):
         self.graph = graph
         self.fallbacks = fallbacks
         self.compiled = compiled
         self.kernels = list(getattr(compiled, "kernels", []))
+        self.groups = list(getattr(compiled, "groups", []))
+        self.passes = list(getattr(compiled, "pass_trace", []))
         self.backend = compiled.backend
 
     def __str__(self):

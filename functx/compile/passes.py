@@ -258,7 +258,7 @@ def _fold_view(e, defs):
                                (name == "broadcast_in_dim" and p["broadcast_dimensions"] == tuple(range(out.type.ndim)))):
         return x
     d = defs.get(x)
-    if d is None or not isinstance(d.inputs[0], Var):
+    if d is None or not d.inputs or not isinstance(d.inputs[0], Var):
         return None
     inner = d.inputs[0]
     if name == "reshape" and d.prim.name == "reshape":
@@ -269,7 +269,33 @@ def _fold_view(e, defs):
     if name == "broadcast_in_dim" and d.prim.name == "broadcast_in_dim":
         dims = tuple(p["broadcast_dimensions"][i] for i in d.params["broadcast_dimensions"])
         return Eqn(e.prim, [inner], e.outputs, {"shape": p["shape"], "broadcast_dimensions": dims})
+    # A reshape that only inserts unit dims (unsqueeze) composes with a broadcast either side.
+    if name == "broadcast_in_dim" and d.prim.name == "reshape":
+        align = _unit_alignment(inner.type.shape, x.type.shape)
+        if align is not None:
+            dims = tuple(p["broadcast_dimensions"][j] for j in align)
+            return Eqn(e.prim, [inner], e.outputs, {"shape": p["shape"], "broadcast_dimensions": dims})
+    if name == "reshape" and d.prim.name == "broadcast_in_dim":
+        align = _unit_alignment(x.type.shape, out.type.shape)
+        if align is not None:
+            dims = tuple(align[j] for j in d.params["broadcast_dimensions"])
+            return Eqn(d.prim, [inner], e.outputs, {"shape": out.type.shape, "broadcast_dimensions": dims})
     return None
+
+
+def _unit_alignment(src, dst):
+    """If dst is src with unit dims inserted: the dst position of each src dim, else None."""
+    align, j = [], 0
+    for n in src:
+        while j < len(dst) and dst[j] != n:
+            if dst[j] != 1:
+                return None
+            j += 1
+        if j == len(dst):
+            return None
+        align.append(j)
+        j += 1
+    return align if all(n == 1 for n in dst[j:]) else None
 
 
 # ---------------------------------------------------------------- pipeline

@@ -66,6 +66,10 @@ broadcast_in_dim_p.impl = _broadcast_in_dim_impl
 broadcast_in_dim_p.jvp = _linear_jvp(broadcast_in_dim_p)
 broadcast_in_dim_p.transpose = _broadcast_in_dim_transpose
 broadcast_in_dim_p.batch = _broadcast_in_dim_batch
+# index_map(out_index, in_shape, **params) -> in_index: how the fusion compiler folds a view
+# into index arithmetic (works on ints, tensors and symbolic indices).
+broadcast_in_dim_p.index_map = lambda idx, in_shape, *, shape, broadcast_dimensions: [
+    0 if n == 1 else idx[d] for n, d in zip(in_shape, broadcast_dimensions)]
 
 
 def broadcast_in_dim(x, shape, broadcast_dimensions):
@@ -107,6 +111,20 @@ reshape_p.batch = lambda axis, args, dims, *, shape: (
     reshape(moveaxis(args[0], dims[0], 0), (axis.size,) + tuple(shape)), 0)
 
 
+def _reshape_index_map(idx, in_shape, *, shape):
+    flat, stride = 0, 1
+    for i, n in zip(reversed(idx), reversed(shape)):
+        flat, stride = flat + i * stride, stride * n
+    out, stride = [], 1
+    for n in reversed(in_shape):
+        out.append((flat // stride) % n)
+        stride *= n
+    return out[::-1]
+
+
+reshape_p.index_map = _reshape_index_map
+
+
 def reshape(x, shape):
     shape = tuple(shape)
     if type_of(x).shape == shape:
@@ -140,6 +158,8 @@ transpose_p.jvp = _linear_jvp(transpose_p)
 transpose_p.transpose = lambda ct, x, *, permutation: [transpose(ct, _inverse_permutation(permutation))]
 transpose_p.batch = lambda axis, args, dims, *, permutation: (
     transpose(args[0], (dims[0],) + tuple(p + (p >= dims[0]) for p in permutation)), 0)
+transpose_p.index_map = lambda idx, in_shape, *, permutation: [
+    idx[permutation.index(d)] for d in range(len(in_shape))]
 
 
 def transpose(x, permutation):
@@ -169,6 +189,8 @@ def _slice_impl(x, *, start, limit, strides):
 
 
 def _slice_emit(srcs, p):
+    if not p["start"]:
+        return srcs[0]
     idx = ", ".join(f"{s}:{l}" + (f":{st}" if st != 1 else "") for s, l, st in
                     zip(p["start"], p["limit"], p["strides"]))
     return f"{srcs[0]}[{idx}]"
@@ -197,6 +219,8 @@ slice_p.emit = _slice_emit
 slice_p.jvp = _linear_jvp(slice_p)
 slice_p.transpose = _slice_transpose
 slice_p.batch = _slice_batch
+slice_p.index_map = lambda idx, in_shape, *, start, limit, strides: [
+    s + i * st for i, s, st in zip(idx, start, strides)]
 
 
 def slice_(x, start, limit, strides=None):
@@ -242,15 +266,17 @@ def _pad_impl(x, *, config, value):
         out = x.new_full(dilated, value)
         out[tuple(slice(None, None, i + 1) for i in interior)] = x
         x = out
-    if any(l < 0 or h < 0 for l, h in zip(lo, hi)):
-        x = x[tuple(slice(max(-l, 0), x.shape[k] - max(-h, 0)) for k, (l, h) in enumerate(zip(lo, hi)))]
+    # Pad first, then crop: a negative hi (lo) may crop into the lo (hi) padding (XLA's pad).
     if any(l > 0 or h > 0 for l, h in zip(lo, hi)):
         flat = []
         for l, h in reversed(list(zip(lo, hi))):
             flat += [max(l, 0), max(h, 0)]
         if x.dtype == torch.bool:
-            return F.pad(x.to(torch.uint8), flat, value=int(value)).to(torch.bool)
-        x = F.pad(x, flat, value=value)
+            x = F.pad(x.to(torch.uint8), flat, value=int(value)).to(torch.bool)
+        else:
+            x = F.pad(x, flat, value=value)
+    if any(l < 0 or h < 0 for l, h in zip(lo, hi)):
+        x = x[tuple(slice(max(-l, 0), x.shape[k] - max(-h, 0)) for k, (l, h) in enumerate(zip(lo, hi)))]
     return x
 
 
@@ -340,6 +366,8 @@ rev_p.jvp = _linear_jvp(rev_p)
 rev_p.transpose = lambda ct, x, *, dims: [rev(ct, dims)]
 rev_p.batch = lambda axis, args, dims_, *, dims: (
     rev(args[0], tuple(d + (d >= dims_[0]) for d in dims)), dims_[0])
+rev_p.index_map = lambda idx, in_shape, *, dims: [
+    (n - 1) - i if d in dims else i for d, (i, n) in enumerate(zip(idx, in_shape))]
 
 
 def rev(x, dims):

@@ -13,6 +13,7 @@ from ..eager import literal_source
 from .kernel import is_inlined
 from .runtime import Launcher, check_mode, load_module, module_source
 from .scheduler import Schedule, describe_space
+from .torch_ops import TorchOps
 from .triton_ops import TritonOps
 
 PERSISTENT_MAX = 1024     # rows up to this many elements are reduced in one block
@@ -35,6 +36,10 @@ def _graph_device(graph):
         [v.type for e in graph.eqns for v in e.outputs]
     devices = {t.device.type for t in types}
     return "cuda" if "cuda" in devices else "cpu"
+
+
+def plan_device(plan):
+    return next(iter(plan.stored)).type.device
 
 
 def _kernel_name(i, plan):
@@ -163,6 +168,38 @@ class TritonCompiled:
 
     def __call__(self, *inputs):
         return self._fn(*inputs, *self._consts)
+
+    def run_torch(self, *inputs):
+        """Run the same schedule with every kernel body evaluated by TorchOps (eager torch):
+        checks fusion and index math independently of Triton."""
+        env = {}
+        for v, x in zip(list(self.graph.invars) + list(self.graph.constvars), list(inputs) + list(self._consts)):
+            env[v] = x.contiguous()
+
+        def value(a):
+            if isinstance(a, Literal):
+                return a.value
+            if a not in env:
+                e = self.schedule.producers[a]
+                out = e.prim.impl(*[value(x) for x in e.inputs], **e.params)
+                env[a] = out
+            return env[a]
+
+        for grp in self.schedule.groups:
+            if grp.extern:
+                e = grp.first
+                outs = e.prim.impl(*[value(a) for a in e.inputs], **e.params)
+                outs = list(outs) if e.prim.multiple_results else [outs]
+                for v, o in zip(e.outputs, outs):
+                    env[v] = o.contiguous()
+                continue
+            plan = grp.plan
+            buffers = {self.names[v]: x for v, x in env.items() if isinstance(x, torch.Tensor)}
+            for v in plan.stored:
+                env[v] = buffers[self.names[v]] = torch.empty(v.type.shape, dtype=v.type.dtype,
+                                                              device=v.type.device)
+            plan.run(TorchOps(buffers, plan.xnumel, plan.rnumel, device=plan_device(plan)))
+        return [value(a) for a in self.graph.outvars]
 
     # ------------------------------------------------------------ explain
     def why_not_fused(self) -> list:

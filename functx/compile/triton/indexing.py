@@ -94,8 +94,8 @@ class Index:
     def of(x) -> "Index":
         if isinstance(x, Index):
             return x
-        if isinstance(x, int):
-            return Index((), x)
+        if isinstance(x, int) or (isinstance(x, Sym) and x.size <= 1):
+            return Index((), x if isinstance(x, int) else 0)
         return Index(((x, 1),), 0)
 
     def __add__(self, other):

@@ -53,8 +53,9 @@ class TorchOps:
 
     def store(self, buffer, index, value, dtype):
         idx = self._index(index)
+        shape = torch.broadcast_shapes(idx.shape, value.shape)
         out = self.buffers[buffer].view(-1)
-        out[idx.reshape(-1)] = value.expand(idx.shape).reshape(-1).to(dtype)
+        out[idx.expand(shape).reshape(-1)] = value.expand(shape).reshape(-1).to(dtype)
 
     def rloop(self):
         return contextlib.nullcontext()

@@ -93,13 +93,21 @@ class TritonOps:
 
     # ------------------------------------------------------------ plumbing
     def _new(self, expr, dtype, dims, hoist):
-        cache = self.prelude_cache if hoist else self.cache[-1]
         hit = self.prelude_cache.get(expr) or next((c[expr] for c in reversed(self.cache) if expr in c), None)
         if hit is not None:
             return hit
         name = f"tmp{self.counter}"
         self.counter += 1
-        (self.prelude if hoist else self.out).append(f"{name} = {expr}")
+        line = f"{name} = {expr}"
+        if hoist:                       # x-only, no reduction: once, in the prelude
+            cache = self.prelude_cache
+            self.prelude.append(line)
+        elif "r" not in dims and len(self.cache) > 1:   # per-row value inside a loop: before it
+            cache = self.cache[-2]
+            self.loop_inits.append(line)
+        else:
+            cache = self.cache[-1]
+            self.out.append(line)
         val = TVal(name, dtype, dims, hoist)
         cache[expr] = val
         return val
@@ -203,11 +211,13 @@ class TritonOps:
     def store(self, buffer, index, value, dtype):
         arg = self.out_args.setdefault(buffer, f"out_ptr{len(self.out_args)}")
         text, dims = self._index(index)
-        v = self._broadcast(value, dims if dims else {"x"})
+        if "x" not in dims:     # a single-row kernel: give the pointer the block's shape
+            dims = dims | {"x"}
+            text = f"{text} + tl.zeros({self._block(dims)}, tl.int32)"
+        v = self._broadcast(value, dims)
         if dtype in HALF or compute_dtype(value.dtype) != dtype:
             v = f"{v}.to({tl_dtype(dtype)})"
-        mask = self._mask(dims | {"x"})
-        self.out.append(f"tl.store({arg} + ({text}), {v}, {mask})")
+        self.out.append(f"tl.store({arg} + ({text}), {v}, {self._mask(dims)})")
 
     @contextlib.contextmanager
     def rloop(self):

@@ -1,0 +1,140 @@
+"""Graph passes: each keeps graphs valid and semantics equal, and does its one rewrite."""
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+import functx
+from functx.compile import passes
+from functx.compile.eager import EagerCompiled
+
+
+def prim_names(graph):
+    return [e.prim.name for e in graph.eqns]
+
+
+def run_graph(graph, *args):
+    return EagerCompiled(graph)(*args)
+
+
+def check_all_passes(graph, *args):
+    """Every pass, alone and in the pipeline, keeps the graph well typed and its values."""
+    ref = run_graph(graph, *args)
+    g = graph
+    for name, fn in passes.PIPELINE:
+        g = fn(g)
+        g.check()
+        single = fn(graph)
+        single.check()
+        for a, b in zip(run_graph(single, *args), ref):
+            torch.testing.assert_close(a, b, equal_nan=True, msg=f"pass {name}")
+    for a, b in zip(run_graph(g, *args), ref):
+        torch.testing.assert_close(a, b, equal_nan=True)
+    return g
+
+
+def test_cse_merges_duplicate_reductions_of_layer_norm():
+    x = torch.randn(4, 8)
+    g = functx.make_graph(lambda x: F.layer_norm(x, (8,)))(x)
+    assert prim_names(g).count("reduce_sum") == 3          # the front end computes the mean twice
+    assert prim_names(passes.cse(g)).count("reduce_sum") == 2
+    check_all_passes(g, x)
+
+
+def test_cse_never_merges_random():
+    x = torch.randn(3)
+
+    def f(x):
+        return x + torch.randn(3) + torch.randn(3)
+    g = functx.make_graph(f)(x)
+    n = sum(1 for e in g.eqns if e.prim.effectful)
+    assert n == 2
+    assert sum(1 for e in passes.cse(g).eqns if e.prim.effectful) == 2
+    assert sum(1 for e in passes.dce(g).eqns if e.prim.effectful) == 2
+
+
+def test_simplify_identities_and_unsafe_float_zero():
+    x = torch.randn(5)
+    g = functx.make_graph(lambda x: ((x * 1.0 + 0.0) - 0.0) / 1.0 + x * 0.0)(x)
+    s = passes.simplify(g)
+    s.check()
+    # x*1, +0, -0, /1 vanish; x*0.0 stays (0 * inf is nan), and so does its add.
+    assert prim_names(s) == ["mul", "add"]
+    check_all_passes(g, x)
+
+
+def test_simplify_integer_times_zero_and_neg_neg():
+    i = torch.arange(6)
+    g = functx.make_graph(lambda i: (i * 0) + (-(-i)))(i)
+    s = passes.dce(passes.simplify(g))
+    assert "neg" not in prim_names(s) and "mul" not in prim_names(s)
+    check_all_passes(g, i)
+
+
+def test_convert_chains():
+    h = torch.randn(4).half()
+    widen = functx.make_graph(lambda h: h.float().double().half())(h)
+    assert "convert_element_type" not in prim_names(passes.dce(passes.simplify(widen)))
+    narrow = functx.make_graph(lambda x: x.half().float())(h.float())
+    assert prim_names(passes.dce(passes.simplify(narrow))).count("convert_element_type") == 2
+    check_all_passes(widen, h)
+    check_all_passes(narrow, h.float())
+
+
+def test_fold_views_composes_and_cancels():
+    x = torch.randn(2, 3, 4)
+    g = functx.make_graph(lambda x: x.permute(1, 2, 0).permute(2, 0, 1).reshape(6, 4).reshape(24) * 2)(x)
+    v = passes.dce(passes.fold_views(g))
+    assert prim_names(v) == ["reshape", "mul"]
+    check_all_passes(g, x)
+    y = torch.randn(3)
+    b = functx.make_graph(lambda y: y[None, :].expand(4, 3)[None].expand(2, 4, 3) + 1)(y)
+    fb = passes.dce(passes.fold_views(b))
+    assert prim_names(fb) == ["broadcast_in_dim", "add"]
+    check_all_passes(b, y)
+
+
+def test_fold_constants():
+    x = torch.randn(3)
+    g = functx.make_graph(lambda x: x * (torch.ones_like(x) * 2.0 + 1.0).exp())(x)
+    c = passes.dce(passes.fold_constants(g))
+    assert prim_names(c) == ["full", "mul"]
+    assert abs(c.eqns[0].params["value"] - torch.tensor(3.0).exp().item()) < 1e-5
+    check_all_passes(g, x)
+
+
+def test_vmap_grad_graph_loses_its_ones():
+    def f(x):
+        return (torch.sin(x) * x.exp()).sum()
+    x = torch.randn(4, 8)
+    g = functx.make_graph(functx.vmap(functx.grad(f)))(x)
+    out = check_all_passes(g, x)
+    assert "full" not in prim_names(out) and len(out.eqns) < len(g.eqns)
+
+
+def test_run_passes_trace():
+    x = torch.randn(4, 8)
+    g = functx.make_graph(lambda x: F.layer_norm(x, (8,)))(x)
+    out, trace = passes.run_passes(g, trace=True)
+    assert [n for n, _ in trace] == [n for n, _ in passes.PIPELINE]
+    changed = dict((n, t) for n, t in trace if t)
+    assert "cse" in changed and str(out) == [t for _, t in trace if t][-1]
+
+
+UNARY = [torch.sin, torch.tanh, lambda v: v * 1.0, lambda v: v + 0.0, lambda v: -(-v), torch.abs,
+         lambda v: v.float().double().float(), lambda v: v.t().t()]
+BINARY = [torch.add, torch.mul, lambda a, b: a * 0.0 + b]
+
+
+@settings(max_examples=15)
+@given(st.lists(st.tuples(st.integers(0, len(UNARY) - 1), st.integers(0, len(BINARY) - 1),
+                          st.booleans()), min_size=1, max_size=6))
+def test_random_programs_keep_values(steps):
+    x, y = torch.randn(3, 3), torch.randn(3, 3)
+
+    def f(x, y):
+        v = x
+        for u, b, dup in steps:
+            v = UNARY[u](v)
+            v = BINARY[b](v, y if not dup else UNARY[u](x))
+        return v, v.sum(0)
+    check_all_passes(functx.make_graph(f)(x, y), x, y)
