@@ -9,6 +9,7 @@ from .transforms import (grad, value_and_grad, vjp, jvp, linearize, linear_trans
 from .compile import jit, make_graph, explain, to_python_source
 from .frontend import TracerTensor
 from .api_extras import psum, pmean, pmax, all_gather, axis_index, stop_gradient, functional_call
+from .transforms.custom import custom_jvp, custom_vjp
 from . import testing  # noqa: F401  (functx.testing.check_grads / check_transforms)
 
 __version__ = "0.1.0"
@@ -18,5 +19,5 @@ __all__ = [
     "hessian", "vmap", "jit", "make_graph", "explain", "psum", "pmean", "pmax", "all_gather",
     "axis_index", "stop_gradient", "functional_call", "register_pytree_node", "tree_flatten",
     "tree_unflatten", "tree_map", "to_python_source", "Graph", "TensorType", "FunctxError",
-    "ConcretizationError", "TracerTensor",
+    "ConcretizationError", "TracerTensor", "custom_jvp", "custom_vjp",
 ]

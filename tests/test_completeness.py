@@ -50,6 +50,8 @@ LINEAR = {
     "reduce_sum", "cumsum", "dot_general",
     "take", "scatter_add", "scatter", "take_along_axis", "scatter_add_along",
     "psum", "all_gather", "opaque",
+    # transforms/custom.py: linear in its tangent operands; its transpose is the user's bwd.
+    "custom_lin",
     # prims/conv.py (when present): convolution is bilinear in (input, weight).
     "conv", "convolution", "conv_general_dilated",
 }
@@ -64,6 +66,7 @@ NONLINEAR = {
     "polygamma", "pow", "max", "min", "atan2", "rem", "idiv", "bitwise_and", "bitwise_or",
     "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient",
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "pmax",
+    "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
 }
 
 

@@ -33,6 +33,10 @@ class Primitive:
         self.emit = None
         self.kind = EXTERN                # POINTWISE / REDUCTION / VIEW / EXTERN
         self.triton = None                # for pointwise: fn(*arg_exprs, **params) -> Triton expr
+        # Structural primitives holding Python callables (custom_jvp_call, custom_vjp_call):
+        # fn(*args, **params) run at a GraphTrace in place of recording an equation, so jit
+        # compiles their bodies; only transforms above the graph trace need their rules.
+        self.inline = None
         REGISTRY[name] = self
 
     def bind(self, *args, **params):

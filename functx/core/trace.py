@@ -221,6 +221,8 @@ class GraphTrace(Trace):
         if not self.stage_all and not any(isinstance(a, GraphTracer) and a._trace is self for a in args):
             with set_current_trace(self.parent):
                 return prim.bind(*args, **params)
+        if prim.inline is not None:      # structural primitive: record its body (see Primitive.inline)
+            return prim.inline(*args, **params)
         atoms = [self.atom(a) for a in args]
         in_types = [a.type if isinstance(a, Var) else a.value for a in atoms]
         out_types = prim.abstract_eval(*in_types, **params)

@@ -1,0 +1,461 @@
+"""Custom derivatives: `custom_jvp` and `custom_vjp`, JAX's API.
+
+    @functx.custom_jvp
+    def log1pexp(x):
+        return torch.log1p(torch.exp(x))
+
+    @log1pexp.defjvp
+    def log1pexp_jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+        return log1pexp(x), t * torch.sigmoid(x)
+
+    @functx.custom_vjp
+    def clip_gradient(x, lo, hi): return x
+    clip_gradient.defvjp(lambda x, lo, hi: (x, (lo, hi)),
+                         lambda res, g: (g.clamp(*res), None, None))
+
+They are structural primitives holding Python callables over flat lax values, with a rule
+for every trace (JAX's custom_derivatives.py, at the transforms layer because the batching
+rules run the callables under a BatchTrace):
+  custom_jvp_call(*args; fun, jvp)   impl: fun.  jvp: the user's rule, at the parent trace
+      (so higher orders differentiate the rule itself).  batch: custom_jvp_call of the
+      vmapped fun and jvp.  Staged by jit: fun's body (Primitive.inline).
+  custom_vjp_call(*args; fun, fwd, bwd)   impl: fun.  jvp: fwd, plus
+      custom_lin(*residuals, *tangents; bwd), a linear primitive with no forward evaluation
+      whose transpose is bwd; so grad/vjp (linearize + transpose) use bwd, and forward mode
+      (jvp, jacfwd) raises a clear error, as in JAX.  batch: custom_vjp_call of the vmapped
+      fun, fwd and bwd.
+Positional arguments are pytrees; tensor leaves are operands, other leaves (Python numbers,
+strings) are static: their tangent is 0 and their cotangent is ignored.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+
+from ..core import FunctxError, Primitive, Zero, current_trace, set_current_trace
+from ..core.trace import GraphTrace, Tracer, type_of
+from ..frontend import TracerTensor, unwrap, wrap
+from .. import prims as P
+from ..prims.util import bdim_to_front, instantiate, moveaxis
+from .batching import BatchTrace, BatchTracer
+from .tree import tree_flatten, tree_unflatten
+
+__all__ = ["custom_jvp", "custom_vjp", "custom_jvp_call_p", "custom_vjp_call_p", "custom_lin_p"]
+
+
+def _is_tensor(x):
+    return isinstance(x, (torch.Tensor, Tracer))
+
+
+def _float(t):
+    return t.dtype.is_floating_point or t.dtype.is_complex
+
+
+# ---------------------------------------------------------------- running a flat callable under vmap
+
+def _run_batched(fn, axis, dims, vals):
+    """fn(*vals) under a fresh BatchTrace for `axis` with the given batch dims; every output
+    comes back batched along dim 0 (None outputs stay None)."""
+    trace = BatchTrace(current_trace(), axis)
+    ins = [v if d is None else BatchTracer(trace, v, d) for v, d in zip(vals, dims)]
+    with set_current_trace(trace):
+        outs = fn(*ins)
+    res = []
+    for o in outs:
+        if o is None:
+            res.append(None)
+            continue
+        v, d = trace.unpack(o)
+        res.append(bdim_to_front(v, d, axis.size))
+    return res
+
+
+# ---------------------------------------------------------------- custom_jvp_call
+
+custom_jvp_call_p = Primitive("custom_jvp_call", multiple_results=True)
+
+
+def _traced_out_types(fun, in_types):
+    trace = GraphTrace(current_trace(), stage_all=True)
+    ins = [trace.new_arg(t) if not isinstance(t, (bool, int, float, complex)) else t for t in in_types]
+    with set_current_trace(trace):
+        outs = fun(*ins)
+    return [type_of(o) for o in outs]
+
+
+def _custom_jvp_type(*in_types, fun, jvp, name):
+    return _traced_out_types(fun, in_types)
+
+
+def _custom_jvp_impl(*args, fun, jvp, name):
+    return fun(*args)
+
+
+def _custom_jvp_rule(primals, tangents, *, fun, jvp, name):
+    tangents = [instantiate(t) for t in tangents]
+    outs, t_outs = jvp(list(primals), tangents)
+    return outs, [t if _float(type_of(o)) else Zero(type_of(o)) for o, t in zip(outs, t_outs)]
+
+
+def _custom_jvp_batch(axis, args, dims, *, fun, jvp, name):
+    dims = list(dims)
+
+    def bfun(*xs):
+        return _run_batched(fun, axis, dims, xs)
+
+    def bjvp(primals, tangents):
+        n = len(primals)
+
+        def both(*xs):
+            outs, t_outs = jvp(list(xs[:n]), list(xs[n:]))
+            return list(outs) + list(t_outs)
+        res = _run_batched(both, axis, dims + dims, list(primals) + list(tangents))
+        k = len(res) // 2
+        return res[:k], res[k:]
+
+    outs = custom_jvp_call_p.bind(*args, fun=bfun, jvp=bjvp, name=name)
+    return outs, [0] * len(outs)
+
+
+custom_jvp_call_p.abstract_eval = _custom_jvp_type
+custom_jvp_call_p.impl = _custom_jvp_impl
+custom_jvp_call_p.jvp = _custom_jvp_rule
+custom_jvp_call_p.batch = _custom_jvp_batch
+custom_jvp_call_p.inline = _custom_jvp_impl
+
+
+# ---------------------------------------------------------------- custom_vjp_call and custom_lin
+
+custom_vjp_call_p = Primitive("custom_vjp_call", multiple_results=True)
+custom_lin_p = Primitive("custom_lin", multiple_results=True)
+
+
+def _custom_vjp_type(*in_types, fun, fwd, bwd, name):
+    return _traced_out_types(fun, in_types)
+
+
+def _custom_vjp_impl(*args, fun, fwd, bwd, name):
+    return fun(*args)
+
+
+def _custom_vjp_rule(primals, tangents, *, fun, fwd, bwd, name):
+    outs, res = fwd(*primals)
+    out_types = [type_of(o) for o in outs]
+    float_outs = tuple(i for i, t in enumerate(out_types) if _float(t))
+    in_types = tuple(type_of(p) for p in primals)
+    tangents = [instantiate(t) for t in tangents]
+    lin = custom_lin_p.bind(*res, *tangents, bwd=bwd, num_res=len(res), name=name,
+                            out_types=tuple(out_types[i] for i in float_outs), float_outs=float_outs,
+                            all_out_types=tuple(out_types), in_types=in_types)
+    t_outs = [Zero(t) for t in out_types]
+    for i, t in zip(float_outs, lin):
+        t_outs[i] = t
+    return outs, t_outs
+
+
+def _custom_vjp_batch(axis, args, dims, *, fun, fwd, bwd, name):
+    dims = list(dims)
+    n_res = []
+
+    def bfun(*xs):
+        return _run_batched(fun, axis, dims, xs)
+
+    def bfwd(*xs):
+        def flat(*ys):
+            outs, res = fwd(*ys)
+            n_res[:] = [len(outs)]
+            return list(outs) + list(res)
+        r = _run_batched(flat, axis, dims, xs)
+        k = n_res[0]
+        return r[:k], r[k:]
+
+    def bbwd(res, cts):
+        per_example = _run_batched(lambda *ys: bwd(list(ys[:len(res)]), list(ys[len(res):])),
+                                   axis, [0] * (len(res) + len(cts)), list(res) + list(cts))
+        out = []
+        for ct, d in zip(per_example, dims):
+            if ct is None:
+                out.append(None)
+            elif d is None:         # an unbatched input's cotangent sums over the batch
+                out.append(P.reduce_sum(ct, (0,)))
+            else:
+                out.append(moveaxis(ct, 0, d))
+        return out
+
+    outs = custom_vjp_call_p.bind(*args, fun=bfun, fwd=bfwd, bwd=bbwd, name=name)
+    return outs, [0] * len(outs)
+
+
+def _forward_mode_error(name):
+    return FunctxError(
+        f"functx: custom_vjp function '{name}' can't be differentiated in forward mode (jvp, "
+        "jacfwd, linearize's jvp function): it defines only a reverse-mode rule (defvjp). "
+        "Use grad / vjp / jacrev (forward-over-reverse, e.g. hessian, works), or define it "
+        "with functx.custom_jvp.")
+
+
+def _custom_lin_type(*types, bwd, num_res, name, out_types, float_outs, all_out_types, in_types):
+    return list(out_types)
+
+
+def _custom_lin_impl(*args, name, **params):
+    raise _forward_mode_error(name)
+
+
+def _custom_lin_jvp(primals, tangents, *, name, **params):
+    raise _forward_mode_error(name)
+
+
+def _custom_lin_batch(axis, args, dims, *, name, **params):
+    raise _forward_mode_error(name)
+
+
+def _custom_lin_transpose(cts, *args, bwd, num_res, name, out_types, float_outs, all_out_types,
+                          in_types):
+    res = list(args[:num_res])
+    full = [P.full(t.shape, 0, t.dtype, t.device) for t in all_out_types]
+    for i, ct in zip(float_outs, cts):
+        full[i] = instantiate(ct)
+    in_cts = bwd(res, full)
+    return [None] * num_res + list(in_cts)
+
+
+custom_vjp_call_p.abstract_eval = _custom_vjp_type
+custom_vjp_call_p.impl = _custom_vjp_impl
+custom_vjp_call_p.jvp = _custom_vjp_rule
+custom_vjp_call_p.batch = _custom_vjp_batch
+custom_vjp_call_p.inline = _custom_vjp_impl
+custom_lin_p.abstract_eval = _custom_lin_type
+custom_lin_p.impl = _custom_lin_impl
+custom_lin_p.jvp = _custom_lin_jvp
+custom_lin_p.batch = _custom_lin_batch
+custom_lin_p.transpose = _custom_lin_transpose
+
+
+# ---------------------------------------------------------------- the user-facing decorators
+
+class _Args:
+    """One call's arguments: nondiff args, and the pytree of the others split into tensor
+    operands and static leaves."""
+
+    def __init__(self, fun, args, kwargs, nondiff_argnums, what):
+        if kwargs:
+            try:
+                args = inspect.signature(fun).bind(*args, **kwargs).args
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"{what}: {e}") from None
+        self.n = len(args)
+        self.nondiff = {i % self.n: args[i] for i in nondiff_argnums} if args else {}
+        for i, a in self.nondiff.items():
+            if any(isinstance(l, TracerTensor) for l in tree_flatten(a)[0]):
+                raise TypeError(f"{what}: argument {i} is in nondiff_argnums but holds a traced tensor; "
+                                "pass tensors as ordinary (differentiable) arguments")
+        self.diff_pos = [i for i in range(self.n) if i not in self.nondiff]
+        leaves, self.tree = tree_flatten(tuple(args[i] for i in self.diff_pos))
+        self.tensor_pos = [k for k, l in enumerate(leaves) if _is_tensor(l)]
+        self.static = list(leaves)
+        self.operands = [unwrap(leaves[k]) for k in self.tensor_pos]
+
+    def diff_args(self, operands, static_fill=None):
+        """The differentiable arguments rebuilt around new operand values (as TracerTensors);
+        static leaves are kept, or replaced by static_fill(leaf) (their tangents)."""
+        leaves = list(self.static) if static_fill is None else [static_fill(l) for l in self.static]
+        for k, v in zip(self.tensor_pos, operands):
+            leaves[k] = wrap(v)
+        return tuple(tree_unflatten(self.tree, leaves))
+
+    def full_args(self, diff_args):
+        out, it = [], iter(diff_args)
+        for i in range(self.n):
+            out.append(self.nondiff[i] if i in self.nondiff else next(it))
+        return out
+
+    def nondiff_values(self):
+        return [self.nondiff[i] for i in sorted(self.nondiff)]
+
+
+class _Out:
+    tree = None
+
+
+def _flat_out(value, store, what):
+    leaves, tree = tree_flatten(value)
+    for i, l in enumerate(leaves):
+        if not _is_tensor(l):
+            raise TypeError(f"{what}: output leaf {i} is a {type(l).__name__}, not a tensor")
+    if store.tree is None:
+        store.tree = tree
+    elif store.tree != tree:
+        raise TypeError(f"{what}: output structure {tree} differs from the function's {store.tree}")
+    return [unwrap(l) for l in leaves]
+
+
+def _check_like(what, got, want_types):
+    for i, (g, t) in enumerate(zip(got, want_types)):
+        gt = type_of(g)
+        if gt.shape != t.shape:
+            raise ValueError(f"{what}: output {i} has shape {tuple(gt.shape)}, expected {tuple(t.shape)}")
+
+
+def _zero_like_static(x):
+    return type(x)(0) if isinstance(x, (bool, int, float, complex)) else None
+
+
+class custom_jvp:
+    """A function with a custom forward-mode derivative rule (JAX's jax.custom_jvp).
+    The rule `jvp(primals, tangents) -> (primal_out, tangent_out)` (nondiff args first)
+    is used by every transform; reverse mode transposes its (linear) tangent computation."""
+
+    def __init__(self, fun, nondiff_argnums=()):
+        functools.update_wrapper(self, fun)
+        self.fun = fun
+        self.nondiff_argnums = tuple(nondiff_argnums)
+        self.jvp = None
+
+    def defjvp(self, jvp, symbolic_zeros=False):
+        if symbolic_zeros:
+            raise NotImplementedError("functx.custom_jvp: symbolic_zeros=True is not supported; "
+                                      "tangents of undifferentiated inputs arrive as zeros")
+        self.jvp = jvp
+        return jvp
+
+    def defjvps(self, *jvps):
+        """One rule per argument: jvps[i](tangent_i, primal_out, *primals) -> its contribution
+        (None: the output doesn't depend on argument i)."""
+        def jvp(primals, tangents):
+            out = self.fun(*primals)
+            total = None
+            for rule, t in zip(jvps, tangents):
+                if rule is None:
+                    continue
+                c = rule(t, out, *primals)
+                total = c if total is None else tree_map_add(total, c)
+            return out, total if total is not None else _tree_zeros(out)
+        self.defjvp(jvp)
+        return jvps
+
+    def __call__(self, *args, **kwargs):
+        name = getattr(self.fun, "__name__", "custom_jvp")
+        what = f"functx.custom_jvp function '{name}'"
+        if self.jvp is None:
+            raise AttributeError(f"No JVP defined for {what}: use @{name}.defjvp")
+        a = _Args(self.fun, args, kwargs, self.nondiff_argnums, what)
+        store = _Out()
+        fun, rule = self.fun, self.jvp
+
+        def flat_fun(*ops):
+            return _flat_out(fun(*a.full_args(a.diff_args(ops))), store, what)
+
+        def flat_jvp(primals, tangents):
+            p = a.diff_args(primals)
+            t = a.diff_args(tangents, _zero_like_static)
+            res = rule(*a.nondiff_values(), p, t)
+            if not (isinstance(res, (tuple, list)) and len(res) == 2):
+                raise TypeError(f"{what}: the jvp rule must return a pair (primal_out, tangent_out)")
+            outs = _flat_out(res[0], store, f"{what}: primal output of the jvp rule")
+            t_leaves, t_tree = tree_flatten(res[1])
+            if t_tree != store.tree:
+                raise TypeError(f"{what}: the jvp rule's tangent output has structure {t_tree}, the "
+                                f"primal output {store.tree}")
+            t_outs = [unwrap(t) for t in t_leaves]
+            _check_like(f"{what}: tangent from the jvp rule", t_outs, [type_of(o) for o in outs])
+            t_outs = [P.convert(t, type_of(o).dtype) if _float(type_of(o)) else t for t, o in zip(t_outs, outs)]
+            return outs, t_outs
+
+        outs = custom_jvp_call_p.bind(*a.operands, fun=flat_fun, jvp=flat_jvp, name=name)
+        return tree_unflatten(store.tree, [wrap(o) for o in outs])
+
+
+def tree_map_add(a, b):
+    la, ta = tree_flatten(a)
+    lb, _ = tree_flatten(b)
+    return tree_unflatten(ta, [x + y for x, y in zip(la, lb)])
+
+
+def _tree_zeros(tree):
+    leaves, t = tree_flatten(tree)
+    return tree_unflatten(t, [torch.zeros_like(l) for l in leaves])
+
+
+class custom_vjp:
+    """A function with a custom reverse-mode rule (JAX's jax.custom_vjp):
+    `fwd(*args) -> (out, residuals)` and `bwd(residuals, out_cotangent) -> tuple with one
+    cotangent per argument (None for zero)`, nondiff args first in bwd. Forward mode raises."""
+
+    def __init__(self, fun, nondiff_argnums=()):
+        functools.update_wrapper(self, fun)
+        self.fun = fun
+        self.nondiff_argnums = tuple(nondiff_argnums)
+        self.fwd = self.bwd = None
+
+    def defvjp(self, fwd, bwd):
+        self.fwd, self.bwd = fwd, bwd
+        return self
+
+    def __call__(self, *args, **kwargs):
+        name = getattr(self.fun, "__name__", "custom_vjp")
+        what = f"functx.custom_vjp function '{name}'"
+        if self.fwd is None:
+            raise AttributeError(f"No VJP defined for {what}: use {name}.defvjp(fwd, bwd)")
+        a = _Args(self.fun, args, kwargs, self.nondiff_argnums, what)
+        store = _Out()
+        res_store = {}
+        fun, fwd_fn, bwd_fn = self.fun, self.fwd, self.bwd
+        n_diff = len(a.diff_pos)
+        arg_trees = [tree_flatten(x)[1] for x in a.diff_args(a.operands)]
+
+        def flat_fun(*ops):
+            return _flat_out(fun(*a.full_args(a.diff_args(ops))), store, what)
+
+        def flat_fwd(*ops):
+            res = fwd_fn(*a.full_args(a.diff_args(ops)))
+            if not (isinstance(res, (tuple, list)) and len(res) == 2):
+                raise TypeError(f"{what}: fwd must return a pair (output, residuals)")
+            outs = _flat_out(res[0], store, f"{what}: output of fwd")
+            r_leaves, r_tree = tree_flatten(res[1])
+            tensor_k = [k for k, l in enumerate(r_leaves) if _is_tensor(l)]
+            # non-tensor residuals are static; tensors become operands of custom_lin
+            res_store["tree"], res_store["leaves"], res_store["tensor_k"] = r_tree, r_leaves, tensor_k
+            return outs, [unwrap(r_leaves[k]) for k in tensor_k]
+
+        def flat_bwd(res, cts):
+            leaves = list(res_store["leaves"])
+            for k, r in zip(res_store["tensor_k"], res):
+                leaves[k] = wrap(r)
+            residuals = tree_unflatten(res_store["tree"], leaves)
+            ct = tree_unflatten(store.tree, [wrap(c) for c in cts])
+            got = bwd_fn(*a.nondiff_values(), residuals, ct)
+            if not isinstance(got, (tuple, list)) or len(got) != n_diff:
+                raise TypeError(f"{what}: bwd must return a tuple with one cotangent per differentiable "
+                                f"argument ({n_diff}), got {type(got).__name__}"
+                                f"{' of length ' + str(len(got)) if isinstance(got, (tuple, list)) else ''}")
+            flat = []
+            for i, (g, tree) in enumerate(zip(got, arg_trees)):
+                n = tree.num_leaves
+                if g is None:
+                    flat += [None] * n
+                    continue
+                g_leaves, g_tree = tree_flatten(g)
+                if g_tree != tree:
+                    raise TypeError(f"{what}: bwd's cotangent {i} has structure {g_tree}, the argument "
+                                    f"has {tree}")
+                flat += g_leaves
+            out = []
+            for k, t in zip(a.tensor_pos, a.operands):
+                g = flat[k]
+                if g is None or not _is_tensor(g):
+                    out.append(None)
+                    continue
+                g = unwrap(g)
+                want = type_of(t)
+                if type_of(g).shape != want.shape:
+                    raise ValueError(f"{what}: bwd's cotangent for argument leaf {k} has shape "
+                                     f"{tuple(type_of(g).shape)}, the argument has {tuple(want.shape)}")
+                out.append(P.convert(g, want.dtype) if _float(want) else None)
+            return out
+
+        outs = custom_vjp_call_p.bind(*a.operands, fun=flat_fun, fwd=flat_fwd, bwd=flat_bwd, name=name)
+        return tree_unflatten(store.tree, [wrap(o) for o in outs])
