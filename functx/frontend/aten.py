@@ -124,7 +124,9 @@ def _isinf(x):
 
 @register(aten.relu.default)
 def _relu(x):
-    return P.max_(x, 0.0 if _t(x).dtype.is_floating_point else 0)
+    # torch's relu: derivative 0 at x == 0 (not max's tie split); NaN propagates.
+    zero = 0.0 if _t(x).dtype.is_floating_point else 0
+    return P.where(P.le(x, zero), zero, x)
 
 
 @register(aten.detach.default, aten.lift_fresh.default)
@@ -284,10 +286,12 @@ def _where(cond, x, y):
 
 @register(aten.clamp.default, aten.clamp.Tensor)
 def _clamp(x, min=None, max=None):
+    # torch's clamp, not maximum/minimum: x's derivative passes where min <= x <= max (ties
+    # included), min's where x < min, max's where x > max; NaN propagates.
     if min is not None:
-        x = elementwise(P.max_, x, min)
+        x = elementwise(lambda a, m: P.where(P.lt(a, m), m, a), x, min)
     if max is not None:
-        x = elementwise(P.min_, x, max)
+        x = elementwise(lambda a, m: P.where(P.gt(a, m), m, a), x, max)
     return x
 
 

@@ -35,15 +35,49 @@ def elementwise_batch(prim):
     return rule
 
 
+def _is_literal_src(src: str) -> bool:
+    import ast
+    if src.lstrip("-").startswith("math."):
+        return True
+    try:
+        ast.literal_eval(src)
+        return True
+    except (ValueError, SyntaxError):
+        return False
+
+
+# torch functions that take Python numbers in both operand positions; every other binary
+# torch function gets a literal operand as a 0-dim tensor of the other operand's dtype.
+_NUMBER_OK = {"torch.add", "torch.sub", "torch.mul", "torch.div", "torch.pow"}
+
+
 def _torch_emit(fn_name):
-    return lambda srcs, params: f"{fn_name}({', '.join(srcs)})"
+    def emit(srcs, params):
+        if len(srcs) == 2 and fn_name not in _NUMBER_OK:
+            lit = [_is_literal_src(s) for s in srcs]
+            if lit[0] != lit[1]:
+                other = srcs[lit.index(False)]
+                srcs = [f"torch.scalar_tensor({s}, dtype={other}.dtype, device={other}.device)" if is_lit
+                        else s for s, is_lit in zip(srcs, lit)]
+        return f"{fn_name}({', '.join(srcs)})"
+    return emit
+
+
+def _scalar_first_operand(impl):
+    """torch's comparison/fmod/bitwise functions want a tensor first: a Python scalar first
+    operand (an IR literal) becomes a 0-dim tensor of the other operand's dtype."""
+    def wrapped(x, y, **params):
+        if is_scalar(x) and not is_scalar(y):
+            x = torch.scalar_tensor(x, dtype=y.dtype, device=y.device)
+        return impl(x, y, **params)
+    return wrapped
 
 
 def _define(name, impl, nargs, *, out_dtype=None, torch_name=None, triton=None):
     p = Primitive(name)
     p.kind = POINTWISE
     p.abstract_eval = elementwise_type(name, out_dtype)
-    p.impl = impl
+    p.impl = _scalar_first_operand(impl) if nargs == 2 else impl
     p.batch = elementwise_batch(p)
     p.triton = triton
     if torch_name:

@@ -98,7 +98,7 @@ def _scatter_type(name):
 
 
 def _flat_updates(x, idx, v, axis):
-    return idx.reshape(-1), v.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 1:])
+    return idx.reshape(-1).long(), v.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 1:])
 
 
 def _scatter_add_impl(x, idx, v, *, axis):
@@ -205,8 +205,8 @@ def _along_type(x, idx, *, axis):
 take_along_axis_p = Primitive("take_along_axis")
 take_along_axis_p.kind = EXTERN
 take_along_axis_p.abstract_eval = _along_type
-take_along_axis_p.impl = lambda x, idx, *, axis: torch.gather(x, axis, idx)
-take_along_axis_p.emit = lambda srcs, p: f"torch.gather({srcs[0]}, {p['axis']}, {srcs[1]})"
+take_along_axis_p.impl = lambda x, idx, *, axis: torch.gather(x, axis, idx.long())
+take_along_axis_p.emit = lambda srcs, p: f"torch.gather({srcs[0]}, {p['axis']}, {srcs[1]}.long())"
 take_along_axis_p.jvp = lambda primals, tangents, *, axis: (
     take_along_axis(primals[0], primals[1], axis), take_along_axis(tangents[0], primals[1], axis))
 take_along_axis_p.transpose = lambda ct, x, idx, *, axis: [
@@ -240,8 +240,9 @@ def _scatter_along_type(x, idx, v, *, axis):
 scatter_add_along_p = Primitive("scatter_add_along")
 scatter_add_along_p.kind = EXTERN
 scatter_add_along_p.abstract_eval = _scatter_along_type
-scatter_add_along_p.impl = lambda x, idx, v, *, axis: torch.scatter_add(x, axis, idx, v)
-scatter_add_along_p.emit = lambda srcs, p: f"torch.scatter_add({srcs[0]}, {p['axis']}, {srcs[1]}, {srcs[2]})"
+scatter_add_along_p.impl = lambda x, idx, v, *, axis: torch.scatter_add(x, axis, idx.long(), v)
+scatter_add_along_p.emit = lambda srcs, p: (
+    f"torch.scatter_add({srcs[0]}, {p['axis']}, {srcs[1]}.long(), {srcs[2]})")
 
 
 def _scatter_add_along_jvp(primals, tangents, *, axis):

@@ -37,8 +37,10 @@ def _define(name, impl, emit_name):
     p.kind = REDUCTION
     p.abstract_eval = _reduced_type
     p.impl = impl
-    p.emit = lambda srcs, params: (f"{emit_name}({srcs[0]}, {params['axes']!r})" if params["axes"]
-                                   else srcs[0])
+    # dtype=: torch.sum of an integer or bool tensor returns int64; primitives keep the dtype.
+    dt = ", dtype={0}.dtype" if emit_name == "torch.sum" else ""
+    p.emit = lambda srcs, params: (f"{emit_name}({srcs[0]}, {params['axes']!r}{dt.format(srcs[0])})"
+                                   if params["axes"] else srcs[0])
     return p
 
 
@@ -127,7 +129,7 @@ def _prod_impl(x, *, axes):
     out = x
     for a in sorted(axes, reverse=True):
         out = torch.prod(out, a)
-    return out
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 reduce_prod_p = _define("reduce_prod", _prod_impl, "_prod")
@@ -194,8 +196,8 @@ def _define_arg(name, fn):
 
 argmax_p = _define_arg("argmax", torch.argmax)
 argmin_p = _define_arg("argmin", torch.argmin)
-argmax_p.emit = lambda srcs, p: f"torch.argmax({srcs[0]}, {p['axis']})"
-argmin_p.emit = lambda srcs, p: f"torch.argmin({srcs[0]}, {p['axis']})"
+argmax_p.emit = lambda srcs, p: f"torch.argmax({srcs[0]}, {p['axis']}).to({p['index_dtype']})"
+argmin_p.emit = lambda srcs, p: f"torch.argmin({srcs[0]}, {p['axis']}).to({p['index_dtype']})"
 
 
 def argmax(x, axis, index_dtype=torch.int64):
