@@ -1015,3 +1015,353 @@ def _register_special():
 
 
 _register_special()
+
+
+# ---------------------------------------------------------------- helpers: opaque from a lowering
+
+def _opaque(func, *args, **kwargs):
+    """Run `func` through the opaque fallback from inside a lowering (for the cases a native
+    lowering does not cover): correct under every transform, and reported by explain."""
+    from .fallback import opaque_fallback
+    from .tensor import TracerTensor, unwrap
+    from ..core.trace import Tracer
+    wrap = lambda a: TracerTensor(a) if isinstance(a, Tracer) else a  # noqa: E731
+    out = opaque_fallback(func, torch.utils._pytree.tree_map(wrap, args),
+                          torch.utils._pytree.tree_map(wrap, kwargs))
+    return torch.utils._pytree.tree_map(unwrap, out)
+
+
+def _zeros(t, dtype=None):
+    return P.full(t.shape, 0, dtype or t.dtype, t.device)
+
+
+# ---------------------------------------------------------------- batch norm
+# Running statistics are updated like the ATen kernel does: with stop-gradient values, as
+# a functionalized write when the buffer is traced, and concretely (as torch.func does)
+# when it is a plain module buffer and the value is concrete (eager transforms).
+
+def _update_buffer(buf, new, op):
+    from .dispatch import write
+    from .tensor import TracerTensor, unwrap
+    from ..core.trace import concrete
+    value = P.stop_gradient(unwrap(new))
+    if isinstance(buf, TracerTensor):
+        write(buf, value)
+        return
+    try:
+        c = concrete(value)
+    except FunctxError as e:
+        raise FunctxError(
+            f"functx: {op} in training mode updates running statistics held in plain tensors (module "
+            "buffers), but the new value is not concrete here (under jit or vmap). Pass the buffers "
+            "as inputs, e.g. functional_call(model, {**params, **buffers}, x), use the module in eval "
+            "mode, or construct it with track_running_stats=False.") from e
+    with torch.no_grad():
+        buf.copy_(c)
+
+
+def _native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    from torch._decomp.decompositions import native_batch_norm_helper
+    out, save_mean, save_rstd, new_mean, new_var = native_batch_norm_helper(
+        input, weight, bias, running_mean, running_var, training, momentum, eps, functional=True)
+    if training:
+        for buf, new in ((running_mean, new_mean), (running_var, new_var)):
+            if buf is not None:
+                _update_buffer(buf, new, "batch_norm")
+    return out, save_mean, save_rstd
+
+
+def _native_batch_norm_legit(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    return _native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)
+
+
+def _native_batch_norm_legit_no_stats(input, weight, bias, training, momentum, eps):
+    return _native_batch_norm(input, weight, bias, None, None, training, momentum, eps)
+
+
+def _native_batch_norm_legit_no_training(input, weight, bias, running_mean, running_var, momentum, eps):
+    return _native_batch_norm(input, weight, bias, running_mean, running_var, False, momentum, eps)
+
+
+def _register_batch_norm():
+    from .dispatch import SPECIAL
+    SPECIAL[aten.native_batch_norm.default] = _native_batch_norm
+    SPECIAL[aten._native_batch_norm_legit.default] = _native_batch_norm_legit
+    SPECIAL[aten._native_batch_norm_legit.no_stats] = _native_batch_norm_legit_no_stats
+    SPECIAL[aten._native_batch_norm_legit_no_training.default] = _native_batch_norm_legit_no_training
+
+
+_register_batch_norm()
+
+
+# ---------------------------------------------------------------- average pooling (a conv with a ones kernel)
+
+def _pool_params(nd, kernel_size, stride, padding):
+    ks = _expand_param(kernel_size, nd)
+    st = _expand_param(stride, nd) if stride not in (None, [], ()) else ks
+    pa = _expand_param(padding, nd)
+    return ks, st, pa
+
+
+def _avg_pool(nd):
+    def lower(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+              divisor_override=None):
+        from torch._meta_registrations import pooling_output_shape
+        ks, st, pa = _pool_params(nd, kernel_size, stride, padding)
+        t = _t(x)
+        unbatched = t.ndim == nd + 1
+        if unbatched:
+            x = P.reshape(x, (1,) + t.shape)
+            t = _t(x)
+        lead, sizes = t.shape[:-nd], t.shape[-nd:]
+        outs = [pooling_output_shape(n, k, p, s, 1, ceil_mode) for n, k, p, s in zip(sizes, ks, pa, st)]
+        # pad so that exactly the windows torch visits fit (ceil_mode may need more on the right)
+        cfg = [(0, 0, 0)] * len(lead) + [(p, (o - 1) * s + k - n - p, 0)
+                                          for n, k, p, s, o in zip(sizes, ks, pa, st, outs)]
+        xp = P.pad(P.reshape(x, (math.prod(lead), 1) + sizes), [(0, 0, 0), (0, 0, 0)] + cfg[len(lead):], 0.0)
+        ones = P.full((1, 1) + ks, 1.0, t.dtype, t.device)
+        summed = P.conv(xp, ones, st, (0,) * nd, (1,) * nd, False, None, 1)
+        if divisor_override:
+            out = P.div(summed, float(divisor_override))
+        else:
+            divisor = torch.ones((), dtype=torch.float64)
+            for d, (n, k, p, s, o) in enumerate(zip(sizes, ks, pa, st, outs)):
+                start = torch.arange(o) * s - p
+                end = torch.clamp(start + k, max=n + p)
+                size = (end - start) if count_include_pad else (
+                    torch.clamp(end, max=n) - torch.clamp(start, min=0))
+                shape = [1] * nd
+                shape[d] = o
+                divisor = divisor * size.reshape(shape)
+            divisor = divisor.expand(outs).to(t.dtype).reshape((1, 1) + tuple(outs)).to(t.device)
+            out = P.div(summed, P.broadcast_to(divisor, _t(summed).shape))
+        out = P.reshape(out, lead + tuple(outs))
+        return P.reshape(out, _t(out).shape[1:]) if unbatched else out
+    return lower
+
+
+register(aten.avg_pool1d.default)(_avg_pool(1))
+register(aten.avg_pool2d.default)(_avg_pool(2))
+register(aten.avg_pool3d.default)(_avg_pool(3))
+
+
+# ---------------------------------------------------------------- max/min over a dim: values at the index
+# torch sends the gradient of max(dim)/min(dim) to the index it returns (amax/amin split it
+# among ties); taking the values with a gather at that index gives exactly that.
+
+def _extremum_at_index(arg):
+    def lower(x, dim, keepdim=False):
+        t = _t(x)
+        if t.ndim == 0:
+            return x, P.full((), 0, torch.int64, t.device)
+        d = dim % t.ndim
+        idx = arg(x, d)
+        kept = tuple(1 if i == d else s for i, s in enumerate(t.shape))
+        vals = P.take_along_axis(x, P.reshape(idx, kept), d)
+        if not keepdim:
+            vals = P.reshape(vals, _t(idx).shape)
+        return vals, _keep(idx, t.shape, (d,), keepdim)
+    return lower
+
+
+register(aten.max.dim)(_extremum_at_index(P.argmax))
+register(aten.min.dim)(_extremum_at_index(P.argmin))
+
+
+# ---------------------------------------------------------------- cumulative ops (masked, O(n^2) along the axis)
+
+_CUM_BUDGET = 1 << 22      # elements of the masked (…, n, n) intermediate; above it: opaque
+
+
+def _cum_masked(x, dim, fill):
+    """x with `dim` moved last and expanded to (..., n_i, n_j), entries j > i set to fill."""
+    t = _t(x)
+    d = dim % t.ndim
+    perm = tuple(i for i in range(t.ndim) if i != d) + (d,)
+    xl = P.transpose(x, perm)
+    shape = _t(xl).shape
+    n = shape[-1]
+    full = shape[:-1] + (n, n)
+    xb = P.broadcast_in_dim(xl, full, tuple(range(len(shape) - 1)) + (len(shape),))
+    mask = P.ge(P.iota(full, len(full) - 2, torch.int64, t.device), P.iota(full, len(full) - 1, torch.int64, t.device))
+    return P.where(mask, xb, P.full(full, fill, t.dtype, t.device)), mask, perm
+
+
+def _cum_restore(y, perm):
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return P.transpose(y, tuple(inv))
+
+
+def _cum_too_big(x, dim):
+    t = _t(x)
+    return t.ndim == 0 or t.numel * t.shape[dim % t.ndim] > _CUM_BUDGET
+
+
+@register(prims_ns.prod.default)
+def _prims_prod(x, dims, output_dtype=None):
+    x = P.convert(x, output_dtype) if output_dtype is not None else x
+    return P.reduce_prod(x, tuple(sorted(d % max(_t(x).ndim, 1) for d in dims)))
+
+
+def _cum_extremum(name, is_max):
+    op = getattr(aten, name).default
+
+    def lower(x, dim):
+        t = _t(x)
+        if _cum_too_big(x, dim) or t.dtype is torch.bool:
+            if t.ndim == 0:
+                return x, P.full((), 0, torch.int64, t.device)
+            return _opaque(op, x, dim)
+        fill = -math.inf if is_max else math.inf
+        if not t.dtype.is_floating_point:
+            info = torch.iinfo(t.dtype)
+            fill = info.min if is_max else info.max
+        masked, mask, perm = _cum_masked(x, dim, fill)
+        best = (P.reduce_max if is_max else P.reduce_min)(masked, (len(perm),))
+        full = _t(masked).shape
+        hit = P.bitwise_and(mask, P.eq(masked, P.broadcast_in_dim(best, full, tuple(range(len(full) - 1)))))
+        # torch picks the last position that attains the running extremum
+        j = P.iota(full, len(full) - 1, torch.int64, t.device)
+        idx = P.reduce_max(P.where(hit, j, P.full(full, -1, torch.int64, t.device)), (len(full) - 1,))
+        idx = _cum_restore(idx, perm)
+        return P.take_along_axis(x, idx, dim % t.ndim), idx
+    return lower
+
+
+register(aten.cummax.default)(_cum_extremum("cummax", True))
+register(aten.cummin.default)(_cum_extremum("cummin", False))
+
+
+@register(aten.logcumsumexp.default)
+def _logcumsumexp(x, dim):
+    t = _t(x)
+    if t.ndim == 0:
+        return x
+    if _cum_too_big(x, dim) or not t.dtype.is_floating_point:
+        return _opaque(aten.logcumsumexp.default, x, dim)
+    masked, mask, perm = _cum_masked(x, dim, -math.inf)
+    last = len(perm)
+    full = _t(masked).shape
+    m = P.stop_gradient(P.reduce_max(masked, (last,)))
+    m = P.where(P.eq(P.abs_(m), math.inf), P.full(_t(m).shape, 0.0, t.dtype, t.device), m)
+    mb = P.broadcast_in_dim(m, full, tuple(range(len(full) - 1)))
+    s = P.reduce_sum(P.exp(P.sub(masked, mb)), (last,))
+    return _cum_restore(P.add(P.log(s), m), perm)
+
+
+# ---------------------------------------------------------------- scatter (gather-style index), scatter_reduce
+
+def _scatter_positions(x, dim, index):
+    """Flat positions in x of the elements `index` addresses along dim (torch.scatter)."""
+    t, it = _t(x), _t(index)
+    strides, acc = [0] * t.ndim, 1
+    for k in range(t.ndim - 1, -1, -1):
+        strides[k], acc = acc, acc * t.shape[k]
+    pos = P.mul(P.convert(index, torch.int64), strides[dim])
+    for k in range(t.ndim):
+        if k != dim and strides[k] and it.shape[k] > 1:
+            pos = P.add(pos, P.iota(it.shape, k, torch.int64, t.device) if strides[k] == 1 else
+                        P.mul(P.iota(it.shape, k, torch.int64, t.device), strides[k]))
+    return pos
+
+
+def _src_for(src, index, dtype):
+    it = _t(index)
+    if isinstance(src, SCALARS):
+        return P.full(it.shape, src, dtype, _t(index).device)
+    src = P.convert(src, dtype)
+    if _t(src).shape != it.shape:
+        src = P.slice_(src, (0,) * it.ndim, it.shape)
+    return src
+
+
+@register(aten.scatter.src, aten.scatter.value)
+def _scatter_lower(x, dim, index, src):
+    t = _t(x)
+    if t.ndim == 0 or _t(index).numel == 0:
+        return x if t.ndim or _t(index).numel == 0 else P.reshape(
+            _src_for(src, P.reshape(index, (1,)), t.dtype), ())
+    d = dim % t.ndim
+    pos = _scatter_positions(x, d, index)
+    flat = P.reshape(x, (t.numel,))
+    return P.reshape(P.scatter(flat, pos, _src_for(src, index, t.dtype), 0), t.shape)
+
+
+@register(aten.scatter_reduce.two)
+def _scatter_reduce(x, dim, index, src, reduce, include_self=True):
+    t = _t(x)
+    if reduce not in ("sum", "mean") or t.ndim == 0 or not t.dtype.is_floating_point:
+        return _opaque(aten.scatter_reduce.two, x, dim, index, src, reduce, include_self=include_self)
+    d = dim % t.ndim
+    src = _src_for(src, index, t.dtype)
+    ones = P.full(_t(index).shape, 1.0, t.dtype, t.device)
+    count = P.scatter_add_along(_zeros(t), index, ones, d)      # how many updates land on each element
+    touched = P.gt(count, 0.0)
+    base = x if include_self else P.where(touched, _zeros(t), x)
+    out = P.scatter_add_along(base, index, src, d)
+    if reduce == "mean":
+        n = P.add(count, 1.0) if include_self else P.where(touched, count, P.full(t.shape, 1.0, t.dtype, t.device))
+        out = P.div(out, n)
+    return out
+
+
+# ---------------------------------------------------------------- data-dependent shapes (eager only)
+
+@register(aten.masked_select.default)
+def _masked_select(x, mask):
+    from ..core.trace import concrete
+    shape = broadcast_shapes(x, mask)
+    try:
+        m = concrete(P.broadcast_to(mask, shape))
+    except FunctxError as e:
+        raise FunctxError(
+            "functx: aten.masked_select: the output's shape depends on the mask's values, which are "
+            "not known here (under jit or vmap). Use torch.where(mask, x, 0) (fixed shape), or call "
+            "masked_select outside the jitted/vmapped function.") from e
+    idx = torch.nonzero(m.reshape(-1)).reshape(-1)
+    return P.take(P.reshape(P.broadcast_to(x, shape), (math.prod(shape),)), idx, 0)
+
+
+# ---------------------------------------------------------------- distances, hypot
+
+def _safe_root(s, p):
+    """s ** (1/p) with a zero derivative at s == 0 (torch's norm/cdist backward convention)."""
+    t = _t(s)
+    pos = P.gt(s, 0.0)
+    safe = P.where(pos, s, P.full(t.shape, 1.0, t.dtype, t.device))
+    r = P.sqrt(safe) if p == 2 else P.pow_(safe, 1.0 / p)
+    return P.where(pos, r, _zeros(t))
+
+
+@register(aten._cdist_forward.default)
+def _cdist(x1, x2, p, compute_mode=None):
+    t1, t2 = _t(x1), _t(x2)
+    dtype = result_type(x1, x2)
+    batch = tuple(torch.broadcast_shapes(t1.shape[:-2], t2.shape[:-2]))
+    n1, n2, m = t1.shape[-2], t2.shape[-2], t1.shape[-1]
+    full = batch + (n1, n2, m)
+    nb = len(batch)
+    a = P.broadcast_in_dim(P.broadcast_to(P.convert(x1, dtype), batch + (n1, m)), full,
+                           tuple(range(nb)) + (nb, nb + 2))
+    b = P.broadcast_in_dim(P.broadcast_to(P.convert(x2, dtype), batch + (n2, m)), full,
+                           tuple(range(nb)) + (nb + 1, nb + 2))
+    diff = P.abs_(P.sub(a, b))
+    last = (len(full) - 1,)
+    if p == 0:
+        return P.reduce_sum(P.convert(P.ne(diff, 0.0), dtype), last)
+    if p == math.inf:
+        return P.reduce_max(diff, last)
+    if p == 1:
+        return P.reduce_sum(diff, last)
+    if p == 2:
+        return _safe_root(P.reduce_sum(P.mul(diff, diff), last), 2)
+    return _safe_root(P.reduce_sum(P.pow_(diff, float(p)), last), p)
+
+
+@register(prims_ns.hypot.default, aten.hypot.default)
+def _hypot(a, b):
+    dtype = result_type(a, b, kind=KIND.INT_TO_FLOAT)
+    a, b = prepare((a, b), dtype, broadcast_shapes(a, b))
+    return _safe_root(P.add(P.mul(a, a), P.mul(b, b)), 2)
