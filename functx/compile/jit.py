@@ -200,7 +200,9 @@ class JitFunction:
         self._last_key = None
         self._last_entry = None
         self.trace_count = 0
-        functools.update_wrapper(self, f)
+        # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
+        # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
+        functools.update_wrapper(self, f, updated=())
 
     def _key(self, args, kwargs):
         """(key, tensor leaves, all leaves); key is None when a TracerTensor is among them."""
