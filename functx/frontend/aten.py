@@ -585,8 +585,10 @@ def _to_copy(x, dtype=None, layout=None, device=None, pin_memory=None, non_block
     t = _t(x)
     if device is not None and torch.device(device) != t.device:
         if not isinstance(x, torch.Tensor):
-            raise FunctxError(f"functx: moving a traced value from {t.device} to {device} is not supported; "
-                              "move inputs before calling the transformed function")
+            from ..core.errors import user_frame_summary
+            raise FunctxError(f"functx: moving a traced value from {t.device} to {device} is not "
+                              f"supported:\n{user_frame_summary()}\nMove the inputs to {device} before "
+                              "calling the transformed function.")
         x = x.to(device)
     return P.convert(x, dtype) if dtype is not None else x
 

@@ -47,7 +47,10 @@ def dispatch(func, args, kwargs):
     if _is_inplace(func, schema):
         return _inplace(func, args, kwargs)
     if any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments if a.kwarg_only):
-        raise FunctxError(f"functx: {func} writes into an out= argument; call the functional form instead")
+        from ..core.errors import user_frame_summary
+        raise FunctxError(f"functx: {func} writes into an out= argument, which transformed functions "
+                          f"cannot do:\n{user_frame_summary()}\nCall the functional form instead "
+                          "(y = torch.add(a, b) rather than torch.add(a, b, out=y)).")
     decomp = decomposition_table.get(func)
     if decomp is not None:
         out = _decompose(decomp, args, kwargs)

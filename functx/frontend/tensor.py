@@ -102,12 +102,13 @@ def wrap_tree(tree):
 def assign(w, new_value) -> None:
     """Functionalized write of a whole value into wrapper `w` (same shape and dtype)."""
     if not isinstance(w, TracerTensor):
+        from ..core.errors import user_frame_summary
         raise FunctxError(
-            "An in-place operation writes a traced value into a plain tensor that was created "
-            "inside the transformed function (for example with torch.zeros(...)). functx cannot "
-            "track that tensor. Create it from a traced input instead (x.new_zeros(...), "
-            "torch.zeros_like(x)), or build the result out of place (torch.stack, torch.cat, "
-            "torch.where).")
+            f"An in-place operation writes a traced value into a plain tensor ({type_of(w)}), one "
+            "created inside the transformed function (for example with torch.zeros(...)) or "
+            f"captured from outside it:\n{user_frame_summary()}\nfunctx cannot track writes into that "
+            "tensor. Create it from a traced input instead (x.new_zeros(...), torch.zeros_like(x)), "
+            "or build the result out of place (torch.stack, torch.cat, torch.where).")
     root = w._root
     if root is None:
         w._value = new_value
