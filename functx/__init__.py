@@ -10,6 +10,7 @@ from .compile import jit, make_graph, explain, to_python_source
 from .frontend import TracerTensor
 from .api_extras import psum, pmean, pmax, all_gather, axis_index, stop_gradient, functional_call
 from .transforms.custom import custom_jvp, custom_vjp
+from .transforms.control_flow import cond, switch, while_loop, scan
 from . import testing  # noqa: F401  (functx.testing.check_grads / check_transforms)
 
 __version__ = "0.1.0"
@@ -19,5 +20,5 @@ __all__ = [
     "hessian", "vmap", "jit", "make_graph", "explain", "psum", "pmean", "pmax", "all_gather",
     "axis_index", "stop_gradient", "functional_call", "register_pytree_node", "tree_flatten",
     "tree_unflatten", "tree_map", "to_python_source", "Graph", "TensorType", "FunctxError",
-    "ConcretizationError", "TracerTensor", "custom_jvp", "custom_vjp",
+    "ConcretizationError", "TracerTensor", "custom_jvp", "custom_vjp", "cond", "switch", "while_loop", "scan",
 ]

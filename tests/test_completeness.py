@@ -52,6 +52,7 @@ LINEAR = {
     "psum", "all_gather", "opaque",
     # transforms/custom.py: linear in its tangent operands; its transpose is the user's bwd.
     "custom_lin",
+    "cond",    # transforms/control_flow.py: linear in the operands its branches are linear in
     # prims/conv.py (when present): convolution is bilinear in (input, weight).
     "conv", "convolution", "conv_general_dilated",
 }
@@ -67,6 +68,7 @@ NONLINEAR = {
     "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient",
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
+    "while_loop",    # transforms/control_flow.py (its transpose raises: dynamic trip count)
 }
 
 

@@ -168,7 +168,8 @@ class GraphTracer(Tracer):
             "Under functx.jit the function is traced once per input signature, so Python control "
             "flow cannot depend on tensor values. Options: select values with torch.where; "
             "make the argument static with static_argnums; or use structured control flow, "
-            "functx.cond / functx.while_loop (planned: not available yet). Outside jit, "
+            "functx.cond(pred, true_fn, false_fn, *operands), functx.switch, "
+            "functx.while_loop(cond_fn, body_fn, init) or functx.scan. Outside jit, "
             "the transforms run eagerly and this code works."
         )
 
