@@ -15,11 +15,14 @@ from ..core.trace import UndefinedPrimal, type_of
 
 class OpaqueFunction:
     """fn(*tensors) -> tuple of tensors, with a readable name."""
-    __slots__ = ("fn", "name")
+    __slots__ = ("fn", "name", "vjp_of")
 
-    def __init__(self, fn, name):
+    def __init__(self, fn, name, vjp_of=None):
         self.fn = fn
         self.name = name
+        # for jvp(f): (f, n_primals, tangent positions, float outputs), so that its transpose
+        # is torch.func.vjp of f itself (no forward-mode AD needed for reverse mode)
+        self.vjp_of = vjp_of
 
     def __call__(self, *args):
         return self.fn(*args)
@@ -72,10 +75,10 @@ def _opaque_jvp(primals, tangents, *, fn, out_types, linear_argnums):
             for i, x in zip(nz, xs):
                 full[i] = x
             return tuple(fn(*full))
-        _, t_out = torch.func.jvp(restricted, tuple(prim[i] for i in nz), tuple(tans))
+        _, t_out = _torch_jvp(restricted, tuple(prim[i] for i in nz), tuple(tans))
         return tuple(t_out[i] for i in float_outs)
 
-    jfn = OpaqueFunction(jvp_fn, f"jvp({fn.name})")
+    jfn = OpaqueFunction(jvp_fn, f"jvp({fn.name})", vjp_of=(fn, n, tuple(nz), tuple(float_outs)))
     t_types = [out_types[i] for i in float_outs]
     t_vals = opaque(jfn, list(primals) + [tangents[i] for i in nz], t_types,
                     tuple(range(n, n + len(nz))))
@@ -85,7 +88,50 @@ def _opaque_jvp(primals, tangents, *, fn, out_types, linear_argnums):
     return outs, result
 
 
+def _torch_jvp(f, primals, tangents):
+    """torch.func.jvp; for an op without a forward-AD formula, J t as the vjp of its pullback
+    (linear in the cotangent), which needs only reverse mode (twice)."""
+    try:
+        return torch.func.jvp(f, primals, tangents)
+    except NotImplementedError:
+        out, pullback = torch.func.vjp(f, *primals)
+        ct0 = tuple(torch.zeros_like(o) for o in out)
+        _, pb2 = torch.func.vjp(pullback, ct0)
+        (t_out,) = pb2(tuple(tangents))
+        return out, t_out
+
+
+def _transpose_of_jvp(cts, args, fn, out_types):
+    """The transpose of jvp(f) in its tangents: torch.func.vjp of f at the primals."""
+    f, n, nz, float_outs = fn.vjp_of
+    primals = list(args[:n])
+    cts = [ct if not isinstance(ct, Zero) else _zeros(ct.aval) for ct in cts]
+    tan_types = [args[n + k].aval for k in range(len(nz))]
+
+    def vjp_fn(*xs):
+        prim, ct_vals = list(xs[:n]), xs[n:]
+
+        def restricted(*zs):
+            full = list(prim)
+            for i, z in zip(nz, zs):
+                full[i] = z
+            return tuple(f(*full))
+        outs, pullback = torch.func.vjp(restricted, *[prim[i] for i in nz])
+        full_ct = [torch.zeros_like(o) for o in outs]
+        for i, c in zip(float_outs, ct_vals):
+            full_ct[i] = c
+        return tuple(pullback(tuple(full_ct)))
+
+    vfn = OpaqueFunction(vjp_fn, f"vjp({f.name})")
+    outs = opaque(vfn, primals + cts, tan_types, tuple(range(n, n + len(cts))))
+    return [None] * n + list(outs)
+
+
 def _opaque_transpose(cts, *args, fn, out_types, linear_argnums):
+    if (getattr(fn, "vjp_of", None) is not None
+            and not any(isinstance(a, UndefinedPrimal) for a in args[:fn.vjp_of[1]])
+            and all(isinstance(a, UndefinedPrimal) for a in args[fn.vjp_of[1]:])):
+        return _transpose_of_jvp(cts, args, fn, out_types)
     lin = [i for i in linear_argnums if isinstance(args[i], UndefinedPrimal)]
     if any(isinstance(a, UndefinedPrimal) for i, a in enumerate(args) if i not in linear_argnums):
         raise ValueError(f"opaque op {fn.name} is not linear in the requested inputs")
