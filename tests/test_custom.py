@@ -254,3 +254,23 @@ def test_jit_stages_the_body():
     assert "exp" in names and "log1p" in names
     jf = functx.jit(lambda x: functx.grad(lambda x: (clip_gradient(x, -1.0, 1.0) * 5 + log1pexp(x)).sum())(x))
     torch.testing.assert_close(jf(X), torch.ones_like(X) + log1pexp_d1(X))
+
+
+def test_closing_over_a_traced_value_is_a_clear_error():
+    def loss(w):
+        @functx.custom_jvp
+        def f(x):
+            return x * w                 # w is traced by grad/vmap but isn't an argument of f
+        f.defjvp(lambda p, t: (f(p[0]), t[0] * w))
+
+        @functx.custom_vjp
+        def g(x):
+            return x * w
+        g.defvjp(lambda x: (x * w, None), lambda r, ct: (ct * w,))
+        return f(X).sum() + g(X).sum()
+    for run in (lambda: functx.grad(loss)(X), lambda: functx.vmap(loss)(XS),
+                lambda: functx.jit(functx.grad(loss))(X)):
+        with pytest.raises(FunctxError, match="closes over it.*pass it as an explicit argument"):
+            run()
+    # closing over a constant is fine
+    torch.testing.assert_close(loss(X), 2 * (X * X).sum())

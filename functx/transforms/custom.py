@@ -281,6 +281,24 @@ class _Out:
     tree = None
 
 
+def _closure_hint(fn, what):
+    """Run a user function; a leaked-tracer error there means it closes over a value that an
+    enclosing transform traces, which custom rules can't see: say so."""
+    @functools.wraps(fn)
+    def run(*args):
+        try:
+            return fn(*args)
+        except FunctxError as e:
+            if "leaked tracer" not in str(e):
+                raise
+            raise FunctxError(
+                f"{what} (or one of its rules) uses a value traced by an enclosing transform that is "
+                "not one of its arguments (it closes over it). The custom rule can't account for "
+                "such a value: pass it as an explicit argument (give it a tangent/cotangent in the "
+                f"rule), or compute it outside the transform.\n{e}") from None
+    return run
+
+
 def _flat_out(value, store, what):
     leaves, tree = tree_flatten(value)
     for i, l in enumerate(leaves):
@@ -365,7 +383,8 @@ class custom_jvp:
             t_outs = [P.convert(t, type_of(o).dtype) if _float(type_of(o)) else t for t, o in zip(t_outs, outs)]
             return outs, t_outs
 
-        outs = custom_jvp_call_p.bind(*a.operands, fun=flat_fun, jvp=flat_jvp, name=name)
+        outs = custom_jvp_call_p.bind(*a.operands, fun=_closure_hint(flat_fun, what),
+                                      jvp=_closure_hint(flat_jvp, what), name=name)
         return tree_unflatten(store.tree, [wrap(o) for o in outs])
 
 
@@ -457,5 +476,7 @@ class custom_vjp:
                 out.append(P.convert(g, want.dtype) if _float(want) else None)
             return out
 
-        outs = custom_vjp_call_p.bind(*a.operands, fun=flat_fun, fwd=flat_fwd, bwd=flat_bwd, name=name)
+        outs = custom_vjp_call_p.bind(*a.operands, fun=_closure_hint(flat_fun, what),
+                                      fwd=_closure_hint(flat_fwd, what), bwd=_closure_hint(flat_bwd, what),
+                                      name=name)
         return tree_unflatten(store.tree, [wrap(o) for o in outs])
