@@ -64,11 +64,18 @@ def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None):
     return fun
 
 
-def _strip_aux(aux, trace):
-    """aux leaves leave the transform as primal values (no tangents/batching of this level)."""
+def _strip_aux(aux, trace=None):
+    """aux leaves leave the transform as primal values (no tangents/batching of this level):
+    JVP tracers of `trace`, or of any JVP trace no longer active (linearize's), give their
+    primal; values of no trace come back as plain tensors."""
+    active, t = set(), current_trace()
+    while t is not None:
+        active.add(id(t))
+        t = t.parent
+
     def strip(x):
         x = unwrap(x) if isinstance(x, TracerTensor) else x
-        if isinstance(x, JVPTracer) and x._trace is trace:
+        while isinstance(x, JVPTracer) and (x._trace is trace or id(x._trace) not in active):
             x = x.primal
         return wrap(x)
     leaves, tree = tree_flatten(aux)
@@ -136,6 +143,10 @@ def linearize(f, *primals, has_aux=False):
         t_flat, t_tree = _flatten_tensors(tangents, "functx.linearize: tangents")
         if t_tree != p_tree:
             raise ValueError(f"functx.linearize: tangents must match the primals' structure {p_tree}")
+        for i, (t, p) in enumerate(zip(t_flat, p_flat)):
+            if type_of(t).shape != type_of(p).shape:
+                raise ValueError(f"functx.linearize: tangent {i} has shape {tuple(type_of(t).shape)}, its "
+                                 f"primal has {tuple(type_of(p).shape)}")
         lin = linear_forward(graph, [t for t, d in zip(t_flat, diff) if d])
         it = iter(lin)
         res = [next(it) if nz else _zeros_for(t) for nz, t in zip(nonzero, out_types)]
@@ -143,7 +154,7 @@ def linearize(f, *primals, has_aux=False):
 
     out_tree = tree_unflatten(store.tree, [wrap(o) for o in out])
     if has_aux:
-        return out_tree, f_jvp, store.aux
+        return out_tree, f_jvp, _strip_aux(store.aux)
     return out_tree, f_jvp
 
 
@@ -170,7 +181,7 @@ def vjp(f, *primals, has_aux=False):
 
     outs = tree_unflatten(out_tree, [wrap(o) for o in out])
     if has_aux:
-        return outs, vjp_fn, store.aux
+        return outs, vjp_fn, _strip_aux(store.aux)
     return outs, vjp_fn
 
 
@@ -226,7 +237,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
         grads = grads[0] if isinstance(argnums, int) else tuple(grads)
         value = wrap(out[0])
         if has_aux:
-            return (value, store.aux), grads
+            return (value, _strip_aux(store.aux)), grads
         return value, grads
     return value_and_grad_f
 
@@ -271,7 +282,7 @@ def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=No
                              f"{len(args)} positional arguments")
         leaves, treedef = tree_flatten((args, kwargs))
         axes = broadcast_prefix((in_axes, 0), (args, kwargs), "functx.vmap: in_axes")
-        size = _batch_size(leaves, axes, axis_size, treedef)
+        size = _batch_size(leaves, axes, axis_size, treedef, f)
         if chunk_size is not None and chunk_size < size:
             return _chunked(f, leaves, axes, treedef, size)
         return _vmap_call(f, leaves, axes, treedef, size)
@@ -303,6 +314,10 @@ def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=No
                 continue
             val = P.bdim_to_front(val, bdim, size)
             nd = type_of(val).ndim
+            if not -nd <= oax < nd:
+                raise ValueError(f"functx.vmap: out_axes={oax} is out of range for output leaf {len(results)} "
+                                 f"of f, which has shape {tuple(type_of(val).shape[1:])} per example "
+                                 f"({nd} dims with the batch dim)")
             results.append(wrap(P.moveaxis(val, 0, oax % nd)))
         return tree_unflatten(out_tree, results)
 
@@ -333,17 +348,40 @@ def _check_axes_spec(spec, name):
             raise TypeError(f"functx.vmap: {name} must be an int, None, or a pytree of those; got {spec!r}")
 
 
-def _batch_size(leaves, axes, axis_size, treedef):
+def _leaf_names(treedef, fn=None) -> list:
+    """Readable names for the leaves of an (args, kwargs) tree: "argument 'x' (args[0]['w'])"."""
+    import inspect
+    try:
+        params = [q.name for q in inspect.signature(fn).parameters.values()
+                  if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)] if fn is not None else []
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for path in treedef.paths():
+        if len(path) < 2:
+            names.append(f"argument {path!r}")
+            continue
+        if path[0] == 0:
+            base, label = f"args[{path[1]}]", params[path[1]] if path[1] < len(params) else None
+        else:
+            base, label = f"kwargs[{path[1]!r}]", path[1]
+        where = base + "".join(f"[{k!r}]" for k in path[2:])
+        names.append(f"argument '{label}' ({where})" if label else f"argument {where}")
+    return names
+
+
+def _batch_size(leaves, axes, axis_size, treedef, fn=None):
     sizes = []
+    names = _leaf_names(treedef, fn)
     for i, (leaf, ax) in enumerate(zip(leaves, axes)):
         if ax is None:
             continue
         if not isinstance(leaf, (torch.Tensor, Tracer)):
-            raise TypeError(f"functx.vmap: in_axes maps argument leaf {i}, which is a {type(leaf).__name__}, "
+            raise TypeError(f"functx.vmap: in_axes maps {names[i]}, which is a {type(leaf).__name__}, "
                             "not a tensor; give it in_axes None")
         nd = leaf.dim() if isinstance(leaf, torch.Tensor) else type_of(leaf).ndim
         if not -nd <= ax < nd or nd == 0:
-            raise ValueError(f"functx.vmap: in_axes={ax} is out of range for argument leaf {i} of shape "
+            raise ValueError(f"functx.vmap: in_axes={ax} is out of range for {names[i]} of shape "
                              f"{tuple(leaf.shape)}")
         sizes.append((i, leaf.shape[ax], ax))
     if not sizes:
@@ -352,7 +390,7 @@ def _batch_size(leaves, axes, axis_size, treedef):
         return axis_size
     distinct = {s for _, s, _ in sizes}
     if len(distinct) > 1:
-        detail = ", ".join(f"leaf {i} has size {s} along axis {ax}" for i, s, ax in sizes)
+        detail = ", ".join(f"{names[i]} has size {s} along axis {ax}" for i, s, ax in sizes)
         raise ValueError(f"functx.vmap: mapped arguments have different batch sizes: {detail}")
     size = distinct.pop()
     if axis_size is not None and axis_size != size:
