@@ -5,7 +5,7 @@ that functx.explain can report it.
 from __future__ import annotations
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..core.errors import FunctxError
 from ..core.types import TensorType
@@ -31,6 +31,8 @@ _FUNCTIONS: dict = {}
 
 
 def opaque_fallback(func, args, kwargs):
+    if not func._schema.returns:
+        return _run_check(func, args, kwargs)
     flat, spec = tree_flatten((args, kwargs))
     positions = [i for i, a in enumerate(flat) if isinstance(a, torch.Tensor)]
     values = [unwrap(flat[i]) for i in positions]
@@ -52,6 +54,17 @@ def opaque_fallback(func, args, kwargs):
     outs = opaque(OpaqueFunction(fn, name), values, out_types)
     outs = [TracerTensor(o) if not isinstance(o, TracerTensor) else o for o in outs]
     return outs[0] if single else tuple(outs)
+
+
+def _run_check(func, args, kwargs):
+    """An op with no outputs (_linalg_check_errors, _assert_async, ...) only checks its
+    inputs: run it on concrete values when there are some (eager), skip it when abstract."""
+    from ..core.trace import concrete
+    try:
+        a, k = tree_map(lambda x: concrete(unwrap(x)) if isinstance(x, torch.Tensor) else x, (args, kwargs))
+    except FunctxError:
+        return None
+    return func(*a, **k)
 
 
 def _output_types(func, flat, positions, spec):

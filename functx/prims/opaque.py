@@ -115,12 +115,10 @@ def _transpose_of_jvp(cts, args, fn, out_types):
             full = list(prim)
             for i, z in zip(nz, zs):
                 full[i] = z
-            return tuple(f(*full))
-        outs, pullback = torch.func.vjp(restricted, *[prim[i] for i in nz])
-        full_ct = [torch.zeros_like(o) for o in outs]
-        for i, c in zip(float_outs, ct_vals):
-            full_ct[i] = c
-        return tuple(pullback(tuple(full_ct)))
+            out = f(*full)
+            return tuple(out[i] for i in float_outs)
+        _, pullback = torch.func.vjp(restricted, *[prim[i] for i in nz])
+        return tuple(pullback(tuple(ct_vals)))
 
     vfn = OpaqueFunction(vjp_fn, f"vjp({f.name})")
     outs = opaque(vfn, primals + cts, tan_types, tuple(range(n, n + len(cts))))
