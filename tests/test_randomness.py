@@ -148,3 +148,18 @@ def test_mode_is_only_active_inside_transforms():
         torch.ones(2, 2))
     assert seen == [1, 1]                    # nested transforms don't stack a second mode
     assert len(_get_current_dispatch_mode_stack()) == 0
+
+
+def test_fills_of_plain_tensors_eagerly():
+    # in-place and out= fills of a tensor made inside the function: eager transforms write the
+    # sample into it (as torch would); 'same' under vmap shares it
+    def f(x):
+        b = torch.empty(3, dtype=F64)
+        torch.randn(3, out=b, dtype=F64)
+        return x + b + torch.zeros(3, dtype=F64).uniform_(5.0, 6.0)
+    torch.manual_seed(3)
+    out = functx.vmap(f, randomness="same")(torch.zeros(2, 3, dtype=F64))
+    torch.manual_seed(3)
+    want = torch.randn(3, dtype=F64) + torch.zeros(3, dtype=F64).uniform_(5.0, 6.0)
+    assert torch.equal(out[0], want) and torch.equal(out[1], want)
+    assert torch.equal(functx.grad(lambda x: f(x).sum())(torch.zeros(3, dtype=F64)), torch.ones(3, dtype=F64))

@@ -135,10 +135,10 @@ def _output_type(func, args, kwargs):
     return tuple(out.shape), out.dtype, device
 
 
-def _inplace(func, args, kwargs):
-    """x.normal_() etc. on a plain tensor x: sample x's replacement, then write it back."""
-    target, rest = args[0], args[1:]
-    fn = _Sampler(lambda: func(torch.empty_like(target), *rest, **kwargs), str(func))
+def _inplace(func, target, sample):
+    """x.normal_() / torch.randn(..., out=x) on a plain tensor x: draw x's replacement with
+    sample() (the op applied to a scratch tensor), then write it back."""
+    fn = _Sampler(sample, str(func))
     value = P.random(tuple(target.shape), target.dtype, target.device, "call", (fn, target.dim()))
     if isinstance(value, Tracer):
         raise FunctxError(
@@ -161,7 +161,13 @@ def _route(func, args, kwargs):
     schema = func._schema
     if schema.arguments and schema.arguments[0].alias_info is not None \
             and schema.arguments[0].alias_info.is_write and isinstance(args[0], torch.Tensor):
-        return _inplace(func, args, kwargs)
+        target, rest = args[0], args[1:]
+        return _inplace(func, target, lambda: func(torch.empty_like(target), *rest, **kwargs))
+    out_name = next((a.name for a in schema.arguments if a.kwarg_only and a.alias_info is not None
+                     and a.alias_info.is_write), None)
+    if out_name is not None and isinstance(kwargs.get(out_name), torch.Tensor):
+        target = kwargs[out_name]
+        return _inplace(func, target, lambda: func(*args, **dict(kwargs, **{out_name: torch.empty_like(target)})))
     out = _generic(func, args, kwargs)
     if out is not None:
         return wrap(out)

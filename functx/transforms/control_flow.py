@@ -151,13 +151,12 @@ def _cond_transpose(cts, index, *args, branches):
 
     def transposed(g):
         def fn(*xs):
-            r, c = iter(xs[:len(res)]), list(xs[len(res):])
+            r_vals, c = list(xs[:len(res)]), list(xs[len(res):])
 
-            def linear(ts):
-                it = iter(ts)
-                return eval_graph(g, [], [next(it) if l else next(r_fixed) for l in lin])
-            r_vals = list(r)
-            r_fixed = iter(r_vals)
+            def linear(ts):               # the branch as a function of its linear inputs only
+                it_t, it_r = iter(ts), iter(r_vals)
+                return eval_graph(g, [], [next(it_t) if l else next(it_r) for l in lin])
+            # g is linear in those inputs, so its vjp at zero is its transpose
             zeros = [P.full(t.shape, 0, t.dtype, t.device) for t in lin_types]
             _, pullback, _ = vjp_flat(linear, zeros)
             return [instantiate(x) for x in pullback(c)]
