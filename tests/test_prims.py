@@ -988,6 +988,11 @@ def _inner(a, b):
     return sum(float((x.to(F64) * y.to(F64)).sum()) for x, y in zip(a, b))
 
 
+def _ip_tol(tensors):
+    """Relative tolerance of an inner product: float64, unless a value was rounded lower."""
+    return 1e-7 if all(t.dtype == F64 for t in tensors if t.dtype.is_floating_point) else 1e-5
+
+
 @pytest.mark.parametrize("name", DIFF_NAMES)
 @given(data=st.data())
 def test_vjp_jvp_inner_product(name, data):
@@ -1010,7 +1015,7 @@ def test_vjp_jvp_inner_product(name, data):
     fl = float_outputs(out)
     lhs = _inner([vs[i] for i in fl], [as_list(tout)[i] for i in fl])
     rhs = _inner(cts, us)
-    assert math.isclose(lhs, rhs, rel_tol=1e-7, abs_tol=1e-9), f"{name}: <v, Ju>={lhs} <J^T v, u>={rhs}"
+    assert math.isclose(lhs, rhs, rel_tol=_ip_tol(outs), abs_tol=1e-9), f"{name}: <v, Ju>={lhs} <J^T v, u>={rhs}"
     if e.zero_deriv:
         assert all(bool((c == 0).all()) for c in cts)
 
@@ -1090,7 +1095,7 @@ def test_linear_transpose(name, data):
     for c, u in zip(cts, us):
         assert c.shape == u.shape and c.dtype == u.dtype
     lhs, rhs = _inner(vs, outs), _inner(cts, us)
-    assert math.isclose(lhs, rhs, rel_tol=1e-7, abs_tol=1e-9), f"{name}: <v, f(u)>={lhs} <f^T(v), u>={rhs}"
+    assert math.isclose(lhs, rhs, rel_tol=_ip_tol(outs), abs_tol=1e-9), f"{name}: <v, f(u)>={lhs} <f^T(v), u>={rhs}"
     if e.ref is not None and e.call is None:
         # against torch.func.vjp of the reference (a linear map's vjp is its transpose)
         def ref_f(*xs):
