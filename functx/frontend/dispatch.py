@@ -186,6 +186,8 @@ def write(target, value):
     t = type_of(unwrap(target)) if isinstance(target, TracerTensor) else type_of(target)
     if isinstance(value, (bool, int, float)):
         value = P.full(t.shape, value, t.dtype, t.device)
+    elif isinstance(value, torch.Tensor) and value.device != t.device:
+        value = value.to(t.device)   # copy_ moves concrete values across devices, as torch does
     value = P.broadcast_to(P.convert(value, t.dtype), t.shape)
     assign(target, value)
 

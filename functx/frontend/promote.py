@@ -36,8 +36,24 @@ def result_type(*args, kind=KIND.DEFAULT):
 
 
 def broadcast_shapes(*args):
-    shapes = [type_of(a).shape for a in args if not isinstance(a, SCALARS)]
-    return tuple(torch.broadcast_shapes(*shapes)) if shapes else ()
+    shapes = tuple([type_of(a).shape for a in args if not isinstance(a, SCALARS)])
+    return _broadcast(shapes) if shapes else ()
+
+
+@functools.lru_cache(maxsize=4096)
+def _broadcast(shapes):
+    """torch.broadcast_shapes for static shapes, cached (torch's goes through symbolic-shape
+    machinery that costs ~100 us per call)."""
+    ndim = max(len(s) for s in shapes)
+    out = [1] * ndim
+    for s in shapes:
+        for i, d in enumerate(s, ndim - len(s)):
+            if d != 1:
+                if out[i] != 1 and out[i] != d:
+                    raise RuntimeError(f"The size of tensor a ({out[i]}) must match the size of tensor b "
+                                       f"({d}) at non-singleton dimension {i}")
+                out[i] = d
+    return tuple(out)
 
 
 def cast_scalar(x, dtype):
@@ -52,15 +68,29 @@ def cast_scalar(x, dtype):
 
 def prepare(args, dtype, shape):
     """Convert every operand to dtype and broadcast tensors to shape."""
+    device = common_device(args)
     out = []
     for a in args:
         if isinstance(a, SCALARS):
             out.append(cast_scalar(a, dtype))
         else:
+            if isinstance(a, torch.Tensor) and a.device != device and a.ndim == 0:
+                a = a.to(device)   # torch treats 0-d CPU tensors as scalars on any device
             out.append(P.broadcast_to(P.convert(a, dtype), shape))
     if all(isinstance(a, SCALARS) for a in out):
-        out[0] = P.full(shape, out[0], dtype, torch.device("cpu"))
+        out[0] = P.full(shape, out[0], dtype, device)
     return out
+
+
+def common_device(args):
+    """The device of the first operand that isn't a CPU tensor (0-d CPU tensors act as scalars)."""
+    device = torch.device("cpu")
+    for a in args:
+        if not isinstance(a, SCALARS):
+            d = type_of(a).device
+            if d.type != "cpu":
+                return d
+    return device
 
 
 def elementwise(fn, *args, kind=KIND.DEFAULT, compute_dtype=None):
