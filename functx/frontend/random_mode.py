@@ -16,9 +16,11 @@ random_p's impl) is never intercepted again.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+from torch.utils._python_dispatch import (TorchDispatchMode, _get_current_dispatch_mode_stack,
+                                          _pop_mode_temporarily)
 from torch.utils._pytree import tree_flatten
 
 from ..core.errors import FunctxError
@@ -205,6 +207,19 @@ class RandomMode(TorchDispatchMode):
         return _route(func, args, kwargs)
 
 
+def without_random_mode(fn):
+    """Run fn with a RandomMode on top of the mode stack popped: for functx's own work done
+    outside a dispatch handler (the backward pass), whose torch ops need no interception."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        stack = _get_current_dispatch_mode_stack()
+        if stack and isinstance(stack[-1], RandomMode):
+            with _pop_mode_temporarily():
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+    return run
+
+
 def _active() -> bool:
     return any(isinstance(m, RandomMode) for m in _get_current_dispatch_mode_stack())
 
@@ -219,4 +234,4 @@ def intercept_random():
         yield
 
 
-__all__ = ["intercept_random", "RandomMode", "FACTORIES"]
+__all__ = ["intercept_random", "without_random_mode", "RandomMode", "FACTORIES"]

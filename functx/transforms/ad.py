@@ -12,6 +12,7 @@ from ..core import GraphTrace, Literal, MissingRuleError, UndefinedPrimal, Var, 
     set_current_trace
 from ..core.trace import eval_graph, type_of
 from .. import prims as P
+from ..frontend.random_mode import without_random_mode
 from .jvp import JVPTrace, JVPTracer
 
 
@@ -43,6 +44,7 @@ def linearize_flat(fun, primals):
     return primal_out, graph, nonzero
 
 
+@without_random_mode     # functx's own torch ops: skip the random-op interception (~12 us each)
 def backward_pass(graph, consts, cts):
     """Transpose a linear graph: cotangents of its outputs -> cotangents of its inputs."""
     env = dict(zip(graph.constvars, consts))

@@ -38,6 +38,7 @@ import torch
 from ..core import FunctxError, Primitive, Zero, current_trace, set_current_trace
 from ..core.trace import GraphTrace, Tracer, type_of
 from ..frontend import TracerTensor, unwrap, wrap
+from ..frontend.random_mode import intercept_random
 from .. import prims as P
 from ..prims.util import bdim_to_front, instantiate, moveaxis
 from .batching import BatchTrace, BatchTracer
@@ -287,7 +288,8 @@ def _closure_hint(fn, what):
     @functools.wraps(fn)
     def run(*args):
         try:
-            return fn(*args)
+            with intercept_random():      # bwd runs in the backward pass, outside the user's call
+                return fn(*args)
         except FunctxError as e:
             if "leaked tracer" not in str(e):
                 raise
