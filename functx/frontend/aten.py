@@ -129,7 +129,14 @@ def _relu(x):
     return P.where(P.le(x, zero), zero, x)
 
 
-@register(aten.detach.default, aten.lift_fresh.default)
+@register(aten.lift_fresh.default)
+def _lift_fresh(x):
+    # A constant made inside the function (torch.tensor(1.0), the value of x[i] = 1.0): it
+    # has no derivative, and staying a plain tensor lets copy_ move a 0-d CPU one to x's device.
+    return x
+
+
+@register(aten.detach.default)
 def _detach(x):
     return P.stop_gradient(x) if _t(x).dtype.is_floating_point else x
 
@@ -1318,7 +1325,8 @@ def _masked_select(x, mask):
     try:
         m = concrete(P.broadcast_to(mask, shape))
     except FunctxError as e:
-        raise FunctxError(
+        from ..core.errors import ConcretizationError
+        raise ConcretizationError(
             "functx: aten.masked_select: the output's shape depends on the mask's values, which are "
             "not known here (under jit or vmap). Use torch.where(mask, x, 0) (fixed shape), or call "
             "masked_select outside the jitted/vmapped function.") from e
@@ -1367,3 +1375,24 @@ def _hypot(a, b):
     dtype = result_type(a, b, kind=KIND.INT_TO_FLOAT)
     a, b = prepare((a, b), dtype, broadcast_shapes(a, b))
     return _safe_root(P.add(P.mul(a, a), P.mul(b, b)), 2)
+
+
+# ---------------------------------------------------------------- _safe_softmax (SDPA with masks)
+# softmax whose fully-masked (all -inf) rows are 0; written so that those rows also have
+# zero (not nan) derivatives: no where() over a nan branch.
+
+@register(aten._safe_softmax.default)
+def _safe_softmax(x, dim, dtype=None):
+    if dtype is not None:
+        x = P.convert(x, dtype)
+    t = _t(x)
+    if t.ndim == 0:
+        return P.full((), 1.0, t.dtype, t.device)
+    d = dim % t.ndim
+    kept = tuple(i for i in range(t.ndim) if i != d)
+    m = P.stop_gradient(P.reduce_max(x, (d,)))
+    m = P.where(P.eq(m, -math.inf), P.full(_t(m).shape, 0.0, t.dtype, t.device), m)
+    e = P.exp(P.sub(x, P.broadcast_in_dim(m, t.shape, kept)))
+    s = P.reduce_sum(e, (d,))
+    s = P.where(P.eq(s, 0.0), P.full(_t(s).shape, 1.0, t.dtype, t.device), s)
+    return P.div(e, P.broadcast_in_dim(s, t.shape, kept))
