@@ -609,6 +609,8 @@ def _fill(x, value):
 @register(aten.fill.Tensor)
 def _fill_tensor(x, value):
     t = _t(x)
+    if isinstance(value, torch.Tensor) and value.device != t.device:
+        value = value.to(t.device)   # x_cuda[i] = 1.0 fills from a 0-d CPU tensor
     return P.broadcast_to(P.convert(value, t.dtype), t.shape)
 
 
