@@ -219,9 +219,17 @@ class GraphTrace(Trace):
         return var
 
     def process_primitive(self, prim, args, params):
-        if not self.stage_all and not any(isinstance(a, GraphTracer) and a._trace is self for a in args):
-            with set_current_trace(self.parent):
-                return prim.bind(*args, **params)
+        if not self.stage_all:
+            for a in args:
+                if isinstance(a, GraphTracer) and a._trace is self:
+                    break
+            else:                # no tracer of ours: evaluate on the parent (partial evaluation)
+                parent = self.parent
+                _state.trace = parent
+                try:
+                    return parent.process_primitive(prim, args, params)
+                finally:
+                    _state.trace = self
         if prim.inline is not None:      # structural primitive: record its body (see Primitive.inline)
             return prim.inline(*args, **params)
         atoms = [self.atom(a) for a in args]

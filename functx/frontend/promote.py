@@ -94,10 +94,40 @@ def common_device(args):
 
 
 def elementwise(fn, *args, kind=KIND.DEFAULT, compute_dtype=None):
-    dtype = compute_dtype or result_type(*args, kind=kind)
-    if kind is KIND.ALWAYS_BOOL:
-        dtype = result_type(*args, kind=KIND.DEFAULT)
-    return fn(*prepare(args, dtype, broadcast_shapes(*args)))
+    """fn over the operands promoted to a common dtype and broadcast to a common shape.
+    (prepare/result_type/broadcast_shapes spelled out once over the operands' types: this
+    runs for every elementwise ATen op.)"""
+    types = [None if isinstance(a, SCALARS) else type_of(a) for a in args]
+    if compute_dtype is None or kind is KIND.ALWAYS_BOOL:
+        key = tuple([type(a) if t is None else (t.dtype, not t.shape) for a, t in zip(args, types)])
+        dtype = _promoted(key, KIND.DEFAULT if kind is KIND.ALWAYS_BOOL else kind)
+    else:
+        dtype = compute_dtype
+    shapes = tuple([t.shape for t in types if t is not None])
+    if not shapes:
+        return fn(*prepare(args, dtype, ()))
+    shape = _broadcast(shapes)
+    device = _CPU
+    for t in types:
+        if t is not None and t.device.type != "cpu":
+            device = t.device
+            break
+    out = []
+    for a, t in zip(args, types):
+        if t is None:
+            out.append(cast_scalar(a, dtype))
+            continue
+        if t.device != device and not t.shape and isinstance(a, torch.Tensor):
+            a = a.to(device)   # torch treats 0-d CPU tensors as scalars on any device
+        if t.dtype != dtype:
+            a = P.convert(a, dtype)
+        if t.shape != shape:
+            a = P.broadcast_to(a, shape)
+        out.append(a)
+    return fn(*out)
+
+
+_CPU = torch.device("cpu")
 
 
 def float_dtype_of(x):

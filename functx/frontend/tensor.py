@@ -17,21 +17,28 @@ from ..core.errors import FunctxError
 from ..core.trace import Tracer, concrete, type_of
 
 
+_disabled_torch_function = torch._C._disabled_torch_function_impl
+
+
 class TracerTensor(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         # A pass-through: its presence makes has_torch_function() true, which keeps
         # nn modules off fused inference fast paths (_transformer_encoder_layer_fwd,
         # _native_multi_head_attention) that have no derivative formulas.
-        with torch._C.DisableTorchFunctionSubclass():
-            return func(*args, **(kwargs or {}))
+        # torch's own pass-through (in C++), as if the subclass had no __torch_function__.
+        return _disabled_torch_function(func, types, args, kwargs or {})
 
     @staticmethod
     def __new__(cls, value):
-        t = type_of(value)
-        if t.dtype.is_complex:
-            _unsupported_dtype(t)
-        r = torch.Tensor._make_wrapper_subclass(cls, t.shape, dtype=t.dtype, device=t.device,
+        if isinstance(value, torch.Tensor):     # no TensorType needed: read the tensor directly
+            shape, dtype, device = value.shape, value.dtype, value.device
+        else:
+            t = value.aval
+            shape, dtype, device = t.shape, t.dtype, t.device
+        if dtype.is_complex:
+            _unsupported_dtype(type_of(value))
+        r = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=device,
                                                 requires_grad=False)
         r._value = value
         r._root = None          # root TracerTensor when this is a view
@@ -92,7 +99,31 @@ def wrap(x):
 
 
 def unwrap_tree(tree):
-    return tree_map(unwrap, tree)
+    """unwrap over the containers ATen arguments use (tuples, lists, dicts), without the
+    generic pytree machinery on the hot path; other container types go through tree_map."""
+    t = type(tree)
+    if t is tuple:
+        return tuple([_unwrap_any(x) for x in tree])
+    if t is list:
+        return [_unwrap_any(x) for x in tree]
+    if t is dict:
+        return {k: _unwrap_any(v) for k, v in tree.items()}
+    return _unwrap_any(tree)
+
+
+def _unwrap_any(x):
+    t = type(x)
+    if t is TracerTensor:
+        return value_of(x)
+    if t is tuple or t is list or t is dict:
+        return unwrap_tree(x)
+    if t in _PLAIN_LEAVES:
+        return x
+    return tree_map(unwrap, x)
+
+
+_PLAIN_LEAVES = frozenset({int, float, bool, type(None), str, torch.Tensor, torch.dtype, torch.device,
+                           torch.layout, torch.memory_format})
 
 
 def wrap_tree(tree):

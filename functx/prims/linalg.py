@@ -64,9 +64,47 @@ def _is_matmul(lndim, rndim, dimension_numbers):
 
 
 def _dot_impl(x, y, *, dimension_numbers):
-    if _is_matmul(x.ndim, y.ndim, dimension_numbers):
+    """One torch.matmul: x permuted to (batch, free, contract) and y to (batch, contract, free),
+    each flattened to three groups, the result reshaped to (batch, x free, y free). (What
+    torch.einsum does internally, without its ~30 us of Python planning per call.)"""
+    xn, yn = x.ndim, y.ndim
+    if _is_matmul(xn, yn, dimension_numbers):
         return torch.matmul(x, y)
-    return torch.einsum(einsum_spec(x.ndim, y.ndim, dimension_numbers), x, y)
+    (lc, rc), (lb, rb) = dimension_numbers
+    if not lb and len(lc) == 1 and len(rc) == 1 and xn <= 2 and yn <= 2:
+        # vector/matrix layouts: a transpose (a view) where needed, then matmul
+        if xn == 2 and lc[0] == 0:
+            x = x.mT
+        if yn == 2 and rc[0] == 1:
+            y = y.mT
+        return torch.matmul(x, y)
+    lfree, rfree = _free(xn, lc, lb), _free(yn, rc, rb)
+    xs, ys = x.shape, y.shape
+    lperm = (*lb, *lfree, *lc)
+    rperm = (*rb, *rc, *rfree)
+    if lperm != tuple(range(xn)):
+        x = x.permute(lperm)
+    if rperm != tuple(range(yn)):
+        y = y.permute(rperm)
+    batch = [xs[i] for i in lb]
+    m = [xs[i] for i in lfree]
+    n = [ys[i] for i in rfree]
+    k = 1
+    for i in lc:
+        k *= xs[i]
+    mm, nn = 1, 1
+    for d in m:
+        mm *= d
+    for d in n:
+        nn *= d
+    lshape, rshape = (*batch, mm, k), (*batch, k, nn)
+    if x.shape != lshape:
+        x = x.reshape(lshape)
+    if y.shape != rshape:
+        y = y.reshape(rshape)
+    out = torch.matmul(x, y)
+    oshape = (*batch, *m, *n)
+    return out if out.shape == oshape else out.reshape(oshape)
 
 
 def _ranges_like(*xs):

@@ -2,21 +2,25 @@
 from __future__ import annotations
 
 from ..core import MissingRuleError, Trace, Tracer, Zero, set_current_trace
-from ..core.trace import type_of
+from ..core.trace import _state, type_of
 from ..prims.util import is_scalar
 
 
 class JVPTracer(Tracer):
-    __slots__ = ("primal", "tangent")
+    __slots__ = ("primal", "tangent", "_aval")
 
     def __init__(self, trace, primal, tangent):
         self._trace = trace
         self.primal = primal
         self.tangent = tangent
+        self._aval = None
 
     @property
     def aval(self):
-        return type_of(self.primal)
+        a = self._aval
+        if a is None:
+            a = self._aval = type_of(self.primal)
+        return a
 
     def concrete(self):
         p = self.primal
@@ -24,6 +28,20 @@ class JVPTracer(Tracer):
 
     def __repr__(self):
         return f"JVPTracer({self.aval})"
+
+
+class _ZeroOf(Zero):
+    """The symbolic zero tangent of a constant operand; its aval is computed only if a rule
+    asks for it (most don't)."""
+    __slots__ = ("_of",)
+
+    def __init__(self, x):
+        self._of = x
+
+    @property
+    def aval(self):
+        x = self._of
+        return None if is_scalar(x) else type_of(x)
 
 
 class JVPTrace(Trace):
@@ -42,19 +60,24 @@ class JVPTrace(Trace):
         return primal if isinstance(tangent, Zero) else JVPTracer(self, primal, tangent)
 
     def process_primitive(self, prim, args, params):
+        for a in args:
+            if isinstance(a, JVPTracer) and a._trace is self:
+                break
+        else:                    # no tangents: straight to the parent
+            parent = self.parent
+            _state.trace = parent
+            try:
+                return parent.process_primitive(prim, args, params)
+            finally:
+                _state.trace = self
         primals, tangents = [], []
-        nonzero = False
         for a in args:
             if isinstance(a, JVPTracer) and a._trace is self:
                 primals.append(a.primal)
                 tangents.append(a.tangent)
-                nonzero = True
             else:
                 primals.append(a)
-                tangents.append(Zero(None if is_scalar(a) else type_of(a)))
-        if not nonzero:
-            with set_current_trace(self.parent):
-                return prim.bind(*primals, **params)
+                tangents.append(_ZeroOf(a))
         if prim.jvp is None:
             raise MissingRuleError(f"functx: primitive '{prim.name}' has no JVP rule, so it can't be "
                                    "differentiated")
