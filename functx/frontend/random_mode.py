@@ -193,6 +193,12 @@ def _staged_or_batched() -> bool:
 
 
 class RandomMode(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls):
+        # False: no torch._disable_dynamo wrapper around __torch_dispatch__, which costs about
+        # seven Python calls per op; functx's handler is never compiled by dynamo anyway.
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if TracerTensor in types:
             # What TracerTensor.__torch_dispatch__ would do, without a second trip through the
