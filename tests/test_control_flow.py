@@ -159,3 +159,23 @@ def test_scan_matches_loop_and_differentiates():
     close(gs, torch.stack([torch.func.grad(lambda x: torch.cumprod(x, 0).sum())(x) for x in XS]))
     c, ys = functx.scan(lambda c, x: (c + x, c), torch.zeros(()), torch.arange(4.0), reverse=True)
     assert ys.tolist() == [6.0, 5.0, 3.0, 0.0] and c.item() == 6.0
+
+
+def test_while_loop_with_concrete_predicate_is_python():
+    # Eager transforms see concrete predicates: the loop is plain Python, so reverse mode works.
+    a = torch.tensor([2.0, 9.0, 0.5], dtype=F64)
+    g = functx.grad(lambda a: newton_sqrt(a).sum())(a)
+    torch.testing.assert_close(g, 0.5 / a.sqrt(), atol=1e-6, rtol=1e-6)
+    # under vmap a predicate that only depends on an unbatched counter stays concrete
+    pw = functx.vmap(lambda x: functx.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 2),
+                                                 (torch.tensor(0), x))[1])(XS)
+    close(pw, 8 * XS)
+    # a batched predicate from the start, and one the body makes batched (the primitive takes over)
+    steps = functx.vmap(lambda n: functx.while_loop(lambda c: c[1] < c[0], lambda c: (c[0], c[1] + 1),
+                                                    (n, torch.tensor(0)))[1])(torch.tensor([3, 5, 1]))
+    assert steps.tolist() == [3, 5, 1]
+    def body(c):
+        return c[0] + 1, c[2], c[2]
+    ends = functx.vmap(lambda n: functx.while_loop(lambda c: c[0] < c[1], body,
+                                                   (torch.tensor(0), torch.tensor(1), n))[0])(torch.tensor([3, 5, 1]))
+    assert ends.tolist() == [3, 5, 1]

@@ -11,7 +11,7 @@ closed sub-graphs held by a primitive, JAX's lax.cond / lax.while_loop:
       transpose: a cond over the transposed branches (the index is never linear).
       batch: unbatched index -> a cond of the vmapped branches; batched index -> every branch
       runs and `where` selects per element (JAX's rule).
-  while_loop(*cond_consts, *body_consts, *carry; cond_graph, body_graph)
+  while_loop(*cond_consts, *body_consts, *carry; cond_graph, body_graph, n_cc, n_bc)
       jvp: a while over (primal, tangent) carries.  batch: runs while any element's predicate
       holds, freezing finished elements with `where`.  No transpose: reverse mode raises a
       clear error (the trip count is dynamic), as in JAX.
@@ -355,13 +355,26 @@ while_loop_p.batch = _while_batch
 
 def while_loop(cond_fun, body_fun, init_val):
     """while cond_fun(val): val = body_fun(val); return val — traceable under jit and vmap
-    (JAX's lax.while_loop). Forward-mode differentiable; reverse mode raises (use scan)."""
+    (JAX's lax.while_loop). With a traced predicate (jit, batched under vmap) it is forward-mode
+    differentiable and reverse mode raises (use scan); with a concrete one it is a Python loop."""
     what = "functx.while_loop"
     leaves, tree = tree_flatten(init_val)
     args_tree = tree_flatten((init_val,))[1]         # _trace_user splats the argument tuple
     for i, l in enumerate(leaves):
         if not isinstance(l, (torch.Tensor, Tracer)):
             raise TypeError(f"{what}: init_val leaf {i} is a {type(l).__name__}; the carry must be tensors")
+    p = _index_value(cond_fun(init_val), f"{what}: cond_fun")
+    if not isinstance(p, Tracer):
+        # A concrete predicate (eager use, eager transforms): a Python loop, so transforms see
+        # the body as ordinary code (grad included). If the predicate becomes traced (batched
+        # by the body under vmap), the primitive takes over from there.
+        val = init_val
+        while bool(p):
+            val = body_fun(val)
+            p = _index_value(cond_fun(val), f"{what}: cond_fun")
+            if isinstance(p, Tracer):
+                return while_loop(cond_fun, body_fun, val)
+        return val
     carry = [unwrap(l) for l in leaves]
     types = [type_of(c) for c in carry]
     cg, cconsts, ctree = _trace_user(cond_fun, args_tree, types, f"{what}: cond_fun")
@@ -374,12 +387,6 @@ def while_loop(cond_fun, body_fun, init_val):
     if btree != tree or [str(t) for t in bg.out_types] != [str(t) for t in types]:
         raise TypeError(f"{what}: body_fun must return the carry's structure, shapes and dtypes: "
                         f"carry {tree} {types}, body_fun returned {btree} {bg.out_types}")
-    if not any(isinstance(x, Tracer) for x in carry + cconsts + bconsts):
-        # Nothing traced: an ordinary Python loop (eager use, eager transforms' concrete values).
-        val = init_val
-        while bool(cond_fun(val)):
-            val = body_fun(val)
-        return val
     outs = while_loop_p.bind(*cconsts, *bconsts, *carry, cond_graph=cg, body_graph=bg,
                              n_cc=len(cconsts), n_bc=len(bconsts))
     return tree_unflatten(tree, [wrap(o) for o in outs])
