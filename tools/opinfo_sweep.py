@@ -40,6 +40,7 @@ from functx.frontend import record_fallbacks  # noqa: E402
 TRANSFORMS = ("forward", "vjp", "jvp", "vmap")
 # torch's derivative formulas for these ignore the cotangents of the saved statistics they
 # also return (mean/rstd): only the normalized output is differentiated, as F.* uses them.
+UNINITIALIZED = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "empty_permuted"}
 FIRST_OUTPUT_ONLY = {"native_layer_norm", "native_batch_norm", "_native_batch_norm_legit",
                      "_batch_norm_with_update"}
 ORDER = {"native": 0, "fallback": 1, "skip": 2, "disagree": 3, "error": 4}
@@ -231,6 +232,8 @@ def sweep_op(op, n_samples, timeout, transforms=TRANSFORMS):
     result = {t: ("skip", "no float32/float64 support") for t in transforms}
     if dtype is None:
         return result, None
+    if op.name in UNINITIALIZED:
+        return {t: ("skip", "uninitialized memory") for t in transforms}, dtype
     gen = torch.Generator().manual_seed(0)
     signal.alarm(timeout)
     try:
@@ -328,8 +331,19 @@ def main(argv=None):
     ap.add_argument("--timeout", type=int, default=30, help="seconds per op")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "coverage.md"))
     ap.add_argument("--json", default="", help="also write raw results here")
+    ap.add_argument("--elapsed", type=float, default=0.0, help="(with --from-json) sweep time, seconds")
+    ap.add_argument("--from-json", default="", help="re-render the report from saved results")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as fh:
+            saved = json.load(fh)
+        for name in saved:
+            if name.split(".")[0] in UNINITIALIZED:
+                saved[name] = {t: ["skip", "uninitialized memory"] for t in TRANSFORMS}
+        write_report({k: {t: tuple(v[t]) for t in TRANSFORMS} for k, v in saved.items()}, args.out,
+                     args.elapsed, args.samples)
+        return saved
     warnings.filterwarnings("ignore")
     from torch.testing._internal.common_methods_invocations import op_db
     wanted = set(filter(None, args.ops.split(",")))
