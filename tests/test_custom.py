@@ -274,3 +274,13 @@ def test_closing_over_a_traced_value_is_a_clear_error():
             run()
     # closing over a constant is fine
     torch.testing.assert_close(loss(X), 2 * (X * X).sum())
+
+
+def test_check_transforms_on_custom_functions():
+    from functx.testing import check_transforms
+    assert check_transforms(log1pexp, X).ok
+    # custom_vjp has no forward mode: check_transforms reports jacfwd as raising, not a crash
+    r = check_transforms(lambda x: clip_gradient(x, -10.0, 10.0) * 2, X, raise_on_error=False)
+    rows = {row[0]: row for row in r.rows}
+    assert rows["jacrev vs finite differences"][3] and rows["jit vs eager"][3]
+    assert not rows["jacfwd"][3] and "forward mode" in rows["jacfwd"][4]
