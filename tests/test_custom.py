@@ -284,3 +284,17 @@ def test_check_transforms_on_custom_functions():
     rows = {row[0]: row for row in r.rows}
     assert rows["jacrev vs finite differences"][3] and rows["jit vs eager"][3]
     assert not rows["jacfwd"][3] and "forward mode" in rows["jacfwd"][4]
+
+
+def test_custom_vjp_nondiff_argnums():
+    import functools
+
+    @functools.partial(functx.custom_vjp, nondiff_argnums=(0, 1))
+    def clip(lo, hi, x):
+        return x
+    clip.defvjp(lambda lo, hi, x: (x, None), lambda lo, hi, res, g: (g.clamp(lo, hi),))
+    loss = lambda x: (clip(-1.0, 1.0, x) * 5).sum()
+    ones = torch.ones_like(X)
+    torch.testing.assert_close(functx.grad(loss)(X), ones)
+    torch.testing.assert_close(functx.vmap(functx.grad(loss))(XS), ones.expand(3, 5))
+    torch.testing.assert_close(functx.jit(functx.grad(loss))(X), ones)
