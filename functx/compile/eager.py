@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..core import Graph, Literal, Var
-from . import eager_passes
+from . import eager_passes, passes
 
 
 def literal_source(value) -> str:
@@ -228,6 +228,9 @@ class EagerCompiled:
     backend = "eager"
 
     def __init__(self, graph: Graph):
+        # The shared, exact graph passes (CSE matters most: transform rules recompute values
+        # like tanh(x) for the primal and its derivative), then the eager-only ones.
+        graph = passes.run_passes(graph)
         graph = eager_passes.fold_transposes(graph)
         self.graph = graph
         emitter = PythonEmitter(graph)

@@ -1,0 +1,89 @@
+"""Shared timing helpers for the functx benchmarks (CPU-friendly, noise-aware).
+
+Timings are medians over several repeats of a timed loop, measured side by side in one
+process; first-call latency is the wall time of the very first call (trace + compile).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def sync(out=None):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out
+
+
+def first_call(fn, *args):
+    """(seconds, output) of the first call of fn."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    sync()
+    return time.perf_counter() - t0, out
+
+
+def per_call(fn, *args, repeat=7, min_time=0.05, number=None):
+    """Median seconds per call over `repeat` timed loops of `number` calls each."""
+    fn(*args)
+    if number is None:
+        number = 1
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn(*args)
+            sync()
+            dt = time.perf_counter() - t0
+            if dt >= min_time or number >= 1 << 20:
+                break
+            number *= 2 if dt == 0 else max(2, min(10, int(min_time / dt) + 1))
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn(*args)
+        sync()
+        times.append((time.perf_counter() - t0) / number)
+    return statistics.median(times)
+
+
+def interleaved(fns: dict, args_of: dict, repeat=7, min_time=0.05):
+    """Median per-call seconds of several functions, measured in interleaved rounds so
+    that machine noise hits all of them alike. fns: name -> fn; args_of: name -> args."""
+    numbers = {}
+    for name, fn in fns.items():
+        args = args_of[name]
+        fn(*args)
+        number = 1
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn(*args)
+            sync()
+            dt = time.perf_counter() - t0
+            if dt >= min_time / 4 or number >= 1 << 20:
+                break
+            number *= 2 if dt == 0 else max(2, min(10, int(min_time / 4 / dt) + 1))
+        numbers[name] = max(1, int(number * min_time / 4 / max(dt, 1e-9)))
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            args, number = args_of[name], numbers[name]
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn(*args)
+            sync()
+            times[name].append((time.perf_counter() - t0) / number)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def fmt_time(s):
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
