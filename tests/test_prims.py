@@ -80,7 +80,7 @@ class Case:
 class Entry:
     def __init__(self, name, gen, ref, *, prim=None, dtypes=FLOATS, zero_deriv=False, linear=(),
                  order2=True, fd_fn=None, call=None, ref_f64=True, nondiff=False, kind="prim",
-                 vmap_dtypes=None, fd_tol=(1e-5, 1e-6)):
+                 vmap_dtypes=None, fd_tol=(1e-5, 1e-6), fwd=True, rev=True, covers=()):
         self.name = name
         self.prim = prim or name
         self.gen = gen                  # gen(draw, dtype, smooth) -> Case
@@ -96,6 +96,8 @@ class Entry:
         self.kind = kind
         self.vmap_dtypes = vmap_dtypes or ((F64,) if F64 in dtypes else dtypes)
         self.fd_tol = fd_tol
+        self.fwd, self.rev = fwd, rev   # which derivative modes the primitive supports
+        self.covers = covers            # further primitives its transforms necessarily bind
 
 
 ENTRIES: dict[str, Entry] = {}
@@ -145,7 +147,9 @@ def assert_close(actual, expected, dtype=None, msg=""):
 
 def run_ref(e, params, args, dtype):
     if e.ref_f64 and dtype in (F16, BF16, F32):
-        up = [a.to(F64) if is_float_t(a) else a for a in args]
+        # a Python-float operand takes the tensor's dtype (primitives never promote): round it
+        up = [a.to(F64) if is_float_t(a) else float(torch.tensor(a, dtype=dtype)) if isinstance(a, float)
+              else a for a in args]
         out = e.ref(*up, **params)
         conv = [o.to(dtype) if is_float_t(o) else o for o in as_list(out)]
         return tuple(conv) if isinstance(out, (tuple, list)) else conv[0]
@@ -840,6 +844,114 @@ if "conv" in REGISTRY:
     add(Entry("conv", _conv_gen, _conv_ref, dtypes=(F32, F64), linear=((0,), (1,))))
 
 
+# ---------------------------------------------------------------- structural primitives (transforms/)
+# They carry graphs as params: the call binds the primitive itself, with params taken from a
+# graph traced once per case (so every transform reaches the primitive's own rules).
+
+def _structural(prim_name, build, example):
+    """The params of the `prim_name` equation in make_graph(build)(*example), and a function
+    mapping fresh arguments (like example) to that equation's operands."""
+    g = functx.make_graph(build)(*example)
+    eqn = next(e for e in g.eqns if e.prim.name == prim_name)
+    pos = {v: i for i, v in enumerate(g.invars)}
+    consts = dict(zip(g.constvars, g.consts))
+
+    def operands(args):
+        out = []
+        for a in eqn.inputs:
+            if a in pos:
+                out.append(args[pos[a]])
+            elif a in consts:
+                out.append(consts[a])
+            else:
+                assert hasattr(a, "value"), f"{prim_name}: operand {a} is computed inside the graph"
+                out.append(a.value)
+        return out
+    return eqn.params, operands
+
+
+_BRANCHES = [lambda a: a.sin() * 2.0, lambda a: a.cos() + a, lambda a: a * a - 1.0]
+
+
+def _cond_gen(draw, dtype, smooth):
+    shape = shapes(draw)
+    params, operands = _structural("cond", lambda i, x: functx.switch(i, _BRANCHES, x),
+                                   [torch.tensor(0), torch.zeros(shape, dtype=dtype)])
+
+    def make(g, dt):
+        return operands([torch.randint(-1, 4, (), generator=g), rand(g, shape, dt)])
+    return Case(params, make)
+
+
+def _cond_ref(i, x, **params):
+    return (_BRANCHES[min(max(int(i), 0), len(_BRANCHES) - 1)](x),)
+
+
+add(Entry("cond", _cond_gen, _cond_ref, dtypes=(F32, F64)))
+
+
+def _while_gen(draw, dtype, smooth):
+    shape = shapes(draw)
+
+    def build(i, x):
+        return functx.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1].sin() * 1.1 + 0.1), (i, x))
+    params, operands = _structural("while_loop", build, [torch.tensor(0), torch.zeros(shape, dtype=dtype)])
+
+    def make(g, dt):
+        return operands([torch.randint(0, 4, (), generator=g), rand(g, shape, dt)])
+    return Case(params, make)
+
+
+def _while_ref(i, x, **params):
+    while int(i) < 3:
+        i, x = i + 1, x.sin() * 1.1 + 0.1
+    return (i, x)
+
+
+add(Entry("while_loop", _while_gen, _while_ref, dtypes=(F32, F64), rev=False))
+
+
+@functx.custom_jvp
+def _cj(x, y):
+    return torch.sin(x) * y
+
+
+@_cj.defjvp
+def _cj_jvp(primals, tangents):
+    (x, y), (tx, ty) = primals, tangents
+    return _cj(x, y), torch.cos(x) * y * tx + torch.sin(x) * ty
+
+
+def _two_gen(draw, dtype, smooth):
+    shape = shapes(draw)
+    return Case({}, lambda g, dt: [rand(g, shape, dt), rand(g, shape, dt)])
+
+
+add(Entry("custom_jvp_call", _two_gen, lambda x, y: torch.sin(x) * y, call=lambda p, x, y: _cj(x, y),
+          dtypes=(F32, F64)))
+
+
+@functx.custom_vjp
+def _cv(x, y):
+    return x * torch.exp(y)
+
+
+def _cv_fwd(x, y):
+    e = torch.exp(y)
+    return x * e, (x, e)
+
+
+def _cv_bwd(res, ct):
+    x, e = res
+    return ct * e, ct * x * e
+
+
+_cv.defvjp(_cv_fwd, _cv_bwd)
+# Reverse mode through custom_vjp_call linearizes into custom_lin and transposes it.
+add(Entry("custom_vjp_call", _two_gen, lambda x, y: x * torch.exp(y), call=lambda p, x, y: _cv(x, y),
+          dtypes=(F32, F64), fwd=False, covers=("custom_lin",)))
+
+
 # ---------------------------------------------------------------- helpers for the properties
 
 def draw_case(data, e, dtype, smooth):
@@ -881,7 +993,7 @@ VMAP_NAMES = sorted(n for n, e in ENTRIES.items() if e.kind != "random")
 
 
 def test_every_primitive_has_a_table_entry():
-    covered = {e.prim for e in ENTRIES.values()}
+    covered = {e.prim for e in ENTRIES.values()} | {c for e in ENTRIES.values() for c in e.covers}
     missing = sorted(set(REGISTRY) - covered)
     assert not missing, f"primitives without a test-table entry in tests/test_prims.py: {missing}"
     for n in ENTRIES:
@@ -960,6 +1072,15 @@ def test_jvp_matches_finite_differences(name, data):
     xs = [args[i] for i in pos]
     us = [torch.randn(x.shape, generator=g, dtype=F64) for x in xs]
     f = fn_of(e, case.params, args, pos)
+    if not e.fwd:   # reverse-mode only: <v, FD directional derivative> == <J^T v, u>
+        out, vjp_fn = functx.vjp(f, *xs)
+        vs = [torch.randn(o.shape, generator=g, dtype=F64) for o in as_list(out)]
+        cts = vjp_fn(tuple(vs) if isinstance(out, tuple) else vs[0])
+        eps = 1e-6
+        plus, minus = as_list(f(*[x + eps * u for x, u in zip(xs, us)])), as_list(f(*[x - eps * u for x, u in zip(xs, us)]))
+        fd = _inner(vs, [(p - m) / (2 * eps) for p, m in zip(plus, minus)])
+        assert math.isclose(fd, _inner(cts, us), rel_tol=1e-5, abs_tol=1e-6), f"{name}: vjp vs FD"
+        return
     out, tout = functx.jvp(f, tuple(xs), tuple(us))
     assert_close(out, f(*xs), F64, f"{name}: jvp primal output")
     touts = as_list(tout)
@@ -993,7 +1114,7 @@ def _ip_tol(tensors):
     return 1e-7 if all(t.dtype == F64 for t in tensors if t.dtype.is_floating_point) else 1e-5
 
 
-@pytest.mark.parametrize("name", DIFF_NAMES)
+@pytest.mark.parametrize("name", [n for n in DIFF_NAMES if ENTRIES[n].fwd and ENTRIES[n].rev])
 @given(data=st.data())
 def test_vjp_jvp_inner_product(name, data):
     e = ENTRIES[name]
@@ -1147,8 +1268,11 @@ def test_second_order_matches_torch_func(name, data):
 
     def jj(jvp, f):
         return jvp(lambda *ys: jvp(f, ys, u)[1], xs, w)[1]
-    assert_close(as_list(jj(functx.jvp, f_fx)), as_list(jj(torch.func.jvp, f_ref)), F64,
-                 f"{name}: jvp of jvp")
+    if e.fwd:
+        assert_close(as_list(jj(functx.jvp, f_fx)), as_list(jj(torch.func.jvp, f_ref)), F64,
+                     f"{name}: jvp of jvp")
+    if not e.rev:
+        return
 
     cs = [torch.randn(o.shape, generator=g, dtype=F64) for o in as_list(f_ref(*xs))]
     ds = [torch.randn(x.shape, generator=g, dtype=F64) for x in xs]
