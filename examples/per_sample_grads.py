@@ -1,0 +1,144 @@
+"""Per-sample gradients with functx.vmap(functx.grad(...)), checked against a Python loop, and
+differentially private SGD (DP-SGD, Abadi et al. 2016) built on them.
+
+    per_sample_grads = functx.vmap(functx.grad(loss), in_axes=(None, 0, 0))   # params shared
+
+DP-SGD clips every example's gradient to norm <= C, sums, adds N(0, (sigma C)^2) noise and
+averages -- it needs each example's gradient, which is exactly what vmap(grad) gives.
+
+    python examples/per_sample_grads.py [--quick] [--out DIR]
+
+Prints `METRIC test_accuracy=... baseline=...`: the DP-SGD-trained MLP's accuracy on held-out
+synthetic data against the untrained network's.
+"""
+import argparse
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import functx
+
+
+def make_data(n, dim=20, classes=4, seed=0):
+    """Overlapping Gaussian clusters (the same task for every seed; the seed picks the samples)."""
+    centers = 0.5 * torch.randn(classes, dim, generator=torch.Generator().manual_seed(1234))   # fixed task
+    y = torch.randint(0, classes, (n,), generator=torch.Generator().manual_seed(seed + 1))
+    x = centers[y] + torch.randn(n, dim, generator=torch.Generator().manual_seed(seed + 2))
+    return x, y
+
+
+model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+
+
+def loss_one(params, x, y):
+    """The loss of ONE example (x: (20,), y: () int): vmap adds the batch dimension."""
+    logits = functx.functional_call(model, params, (x[None],))
+    return F.cross_entropy(logits, y[None])
+
+
+per_sample_grads = functx.jit(functx.vmap(functx.grad(loss_one), in_axes=(None, 0, 0)))
+
+
+@functx.jit
+def dp_sgd_step(params, x, y, lr, clip, noise_multiplier):
+    """One DP-SGD step. lr, clip, noise_multiplier are Python floats: static under jit."""
+    grads = functx.vmap(functx.grad(loss_one), in_axes=(None, 0, 0))(params, x, y)
+    norms = torch.sqrt(sum((g.reshape(g.shape[0], -1) ** 2).sum(1) for g in grads.values()))   # (B,)
+    scale = (clip / (norms + 1e-6)).clamp(max=1.0)
+    new = {}
+    for k, g in grads.items():
+        clipped = (g * scale.reshape((-1,) + (1,) * (g.dim() - 1))).sum(0)
+        noise = noise_multiplier * clip * torch.randn_like(clipped)       # fresh noise each call
+        new[k] = params[k] - lr * (clipped + noise) / x.shape[0]
+    return new, norms
+
+
+def accuracy(params, x, y):
+    return (functx.functional_call(model, params, (x,)).argmax(-1) == y).float().mean().item()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small run (< 60 s on 2 CPU cores)")
+    ap.add_argument("--out", default="out", help="directory for the figure")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+
+    x, y = make_data(4000)
+    xt, yt = make_data(1000, seed=10)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    # ---- 1. per-sample gradients: vmap(grad) against a loop of torch.autograd.grad
+    xb, yb = x[:64], y[:64]
+    t0 = time.time()
+    fast = per_sample_grads(params, xb, yb)
+    t_first = time.time() - t0
+    t0 = time.time()
+    fast = per_sample_grads(params, xb, yb)
+    t_vmap = time.time() - t0
+    t0 = time.time()
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    loop = {k: [] for k in params}
+    for i in range(len(xb)):
+        out = torch.func.functional_call(model, leaves, (xb[i:i + 1],))
+        gs = torch.autograd.grad(F.cross_entropy(out, yb[i:i + 1]), list(leaves.values()))
+        for k, g in zip(leaves, gs):
+            loop[k].append(g)
+    t_loop = time.time() - t0
+    ref_fn = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0))
+    t0 = time.time()
+    ref_fn(params, xb, yb)
+    t_ref = time.time() - t0
+    max_err = max((fast[k] - torch.stack(loop[k])).abs().max().item() for k in params)
+    print(f"per-sample grads for {len(xb)} examples: max |vmap(grad) - loop| = {max_err:.2e}; "
+          f"functx.jit(vmap(grad)) {t_vmap * 1e3:.1f} ms (first call, tracing: {t_first * 1e3:.0f} ms), "
+          f"torch.func.vmap(grad) {t_ref * 1e3:.1f} ms, autograd loop {t_loop * 1e3:.1f} ms")
+    assert max_err < 1e-5, max_err
+    norms_init = torch.sqrt(sum((g.reshape(len(xb), -1) ** 2).sum(1) for g in fast.values()))
+
+    # ---- 2. DP-SGD
+    baseline = accuracy(params, xt, yt)
+    epochs, batch = (3, 128) if args.quick else (15, 128)
+    clip, sigma, lr = 1.0, 1.0, 0.5
+    steps_per_epoch = len(x) // batch
+    all_norms = []
+    t0 = time.time()
+    for epoch in range(epochs):
+        perm = torch.randperm(len(x))
+        for s in range(steps_per_epoch):
+            idx = perm[s * batch:(s + 1) * batch]
+            params, norms = dp_sgd_step(params, x[idx], y[idx], lr, clip, sigma)
+            all_norms.append(norms)
+        print(f"epoch {epoch + 1}/{epochs}  test accuracy {accuracy(params, xt, yt):.3f}  "
+              f"median per-sample grad norm {torch.cat(all_norms[-steps_per_epoch:]).median():.3f}  "
+              f"({time.time() - t0:.1f}s)", flush=True)
+    acc = accuracy(params, xt, yt)
+    print(f"METRIC test_accuracy={acc:.4f} baseline={baseline:.4f}")
+
+    # ---- figure: per-sample gradient norms, at init and during DP-SGD, with the clip norm
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.hist(norms_init.numpy(), bins=30, alpha=0.6, density=True, label="at init (64 examples)")
+    ax.hist(torch.cat(all_norms[-steps_per_epoch:]).numpy(), bins=60, alpha=0.6, density=True,
+            label="last epoch of DP-SGD")
+    ax.axvline(clip, color="k", ls="--", label=f"clip norm C = {clip}")
+    ax.set_xlabel("per-sample gradient norm")
+    ax.set_ylabel("density")
+    ax.legend()
+    ax.set_title("per-sample gradient norms (functx.vmap(functx.grad))")
+    fig.tight_layout()
+    path = os.path.join(args.out, "per_sample_grads.png")
+    fig.savefig(path, dpi=90)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
