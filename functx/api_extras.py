@@ -14,7 +14,11 @@ def _apply(fn, x):
 
 
 def psum(x, axis_name):
-    """Sum of x over the vmap axis named axis_name (every batch element gets the total)."""
+    """Sum of x over the vmap axis named axis_name; every batch element gets the total.
+
+    Example:
+      >>> functx.vmap(lambda v: v / functx.psum(v, "i"), axis_name="i")(torch.arange(1.0, 5.0))
+    """
     return _apply(lambda v: P.psum(v, axis_name), x)
 
 
@@ -43,7 +47,11 @@ def axis_index(axis_name, device=None):
 
 
 def stop_gradient(x):
-    """x, with zero derivative under every transform."""
+    """x, with zero derivative under every transform (JAX's lax.stop_gradient).
+
+    Example:
+      >>> functx.grad(lambda x: (x * functx.stop_gradient(x)).sum())(x)   # == x, not 2x
+    """
     return _apply(P.stop_gradient, x)
 
 

@@ -129,7 +129,16 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
 
 
 def make_graph(f, static_argnums=()):
-    """make_graph(f)(*args) -> the Graph of f at these arguments; str(graph) prints it."""
+    """Trace f into a functx Graph: make_graph(f)(*args) -> Graph (JAX's make_jaxpr).
+
+    Tensor leaves of the arguments become graph inputs (only their shape, dtype and device
+    matter); non-tensor arguments and static_argnums are fixed at trace time; closed-over
+    tensors become constants. str(graph) prints it (`t3 = mul(t1, t2)  # f32[8,16]`);
+    graph.fallbacks lists ATen ops that went through the opaque fallback.
+
+    Example:
+      >>> print(functx.make_graph(functx.grad(lambda x: torch.sin(x).sum()))(torch.randn(3)))
+    """
     static_argnums = _normalize_argnums(static_argnums, "functx.make_graph")
 
     @functools.wraps(f)
@@ -287,7 +296,28 @@ def _has_tracer(args, kwargs) -> bool:
 
 
 def jit(f=None, *, static_argnums=(), backend=None):
-    """Trace once per input signature, optimize, compile, cache. Usable as @jit or jit(f, ...)."""
+    """Compile f: trace once per input signature, optimize, compile, cache (JAX's jit).
+
+    The cache key is the pytree structure of the arguments, the shape/dtype/device of each
+    tensor leaf, and the values of the non-tensor leaves (which are static: a new Python
+    number traces again). Closed-over tensors are constants of the graph: pass anything
+    that changes (parameters) as an argument. Under another transform, or when called
+    with tracers, a jitted function inlines into the enclosing trace. Usable as @jit or
+    jit(f, ...).
+
+    Args:
+      f: a function of tensors (pytrees of tensors) returning tensors.
+      static_argnums: positions of arguments treated as static (hashable, part of the key).
+      backend: 'eager' (generated PyTorch code; the default on CPU) or 'triton' (fused
+        Triton kernels; the default for CUDA tensors when Triton is installed).
+
+    Returns:
+      A JitFunction: call it like f; .cache_size() counts the traced signatures.
+
+    Example:
+      >>> step = functx.jit(functx.value_and_grad(loss))
+      >>> loss_value, grads = step(params, x, y)
+    """
     if f is None:
         return lambda g: JitFunction(g, static_argnums, backend)
     return JitFunction(f, static_argnums, backend)
@@ -322,7 +352,15 @@ class Explanation:
 
 
 def explain(f, backend=None, static_argnums=()):
-    """explain(f)(*args): the graph jit would compile, the fallbacks, the kernels."""
+    """Report what jit would compile for these arguments: explain(f)(*args) -> Explanation.
+
+    The Explanation has .graph (the optimized graph), .fallbacks (ATen ops run through the
+    opaque torch.func fallback: fusion barriers), .kernels and .backend; print() shows the
+    whole report, including the generated code or the fusion groups and Triton kernels.
+
+    Example:
+      >>> print(functx.explain(lambda x: torch.softmax(x, -1))(torch.randn(4, 8)))
+    """
     static_argnums = _normalize_argnums(static_argnums, "functx.explain")
     inner = f.f if isinstance(f, JitFunction) else f
 

@@ -101,7 +101,20 @@ def _instantiate(x):
 # ---------------------------------------------------------------- jvp / linearize / vjp
 
 def jvp(f, primals, tangents, has_aux=False):
-    """(f(*primals), J f(primals) @ tangents). primals and tangents are tuples of pytrees."""
+    """Forward-mode derivative: (f(*primals), J_f(primals) @ tangents).
+
+    Args:
+      f: a function of tensors (pytrees of tensors) returning tensors (a pytree).
+      primals: a tuple (or list) of the positional arguments of f.
+      tangents: a tuple with the same structure, shapes and dtypes as primals.
+      has_aux: f returns (output, aux); aux is returned as is, not differentiated.
+
+    Returns:
+      (primals_out, tangents_out), or (primals_out, tangents_out, aux) with has_aux.
+
+    Example:
+      >>> y, dy = functx.jvp(torch.sin, (x,), (torch.ones_like(x),))   # dy == cos(x)
+    """
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise TypeError("functx.jvp: primals and tangents must be tuples (or lists) of arguments, "
                         f"got {type(primals).__name__} and {type(tangents).__name__}")
@@ -132,7 +145,14 @@ def jvp(f, primals, tangents, has_aux=False):
 
 
 def linearize(f, *primals, has_aux=False):
-    """(f(*primals), f_jvp) where f_jvp(*tangents) evaluates the linear map (JAX's linearize)."""
+    """Linearize f at primals: (f(*primals), f_jvp), where f_jvp(*tangents) applies the
+    Jacobian at primals without re-running f (JAX's linearize). With has_aux, f returns
+    (output, aux) and the result is (out, f_jvp, aux).
+
+    Example:
+      >>> y, f_jvp = functx.linearize(torch.sin, x)
+      >>> f_jvp(torch.ones_like(x))          # == cos(x)
+    """
     p_flat, p_tree = _flatten_tensors(primals, "functx.linearize: primals")
     store = _OutStore()
     out, graph, nonzero = linearize_flat(_flat_fun(f, p_tree, store, "functx.linearize", has_aux), p_flat)
@@ -159,7 +179,17 @@ def linearize(f, *primals, has_aux=False):
 
 
 def vjp(f, *primals, has_aux=False):
-    """(f(*primals), vjp_fn) where vjp_fn(cotangents) returns a tuple, one entry per primal."""
+    """Reverse-mode derivative: (f(*primals), vjp_fn).
+
+    vjp_fn(cotangents) takes cotangents with the structure of f's output and returns a
+    tuple with one entry per primal (each with that primal's structure): cotangents @ J.
+    vjp_fn may be called many times, and under other transforms (vmap(vjp_fn) gives rows
+    of the Jacobian). With has_aux, f returns (output, aux): (out, vjp_fn, aux).
+
+    Example:
+      >>> out, vjp_fn = functx.vjp(lambda a, b: a * b, x, y)
+      >>> ga, gb = vjp_fn(torch.ones_like(out))   # (y, x)
+    """
     p_flat, p_tree = _flatten_tensors(primals, "functx.vjp: primals")
     store = _OutStore()
     out, pullback, _ = vjp_flat(_flat_fun(f, p_tree, store, "functx.vjp", has_aux), p_flat)
@@ -206,7 +236,14 @@ def linear_transpose(f, *primals):
 # ---------------------------------------------------------------- grad
 
 def value_and_grad(f, argnums=0, has_aux=False):
-    """(f(*args), ∂f/∂args[argnums]) for scalar-valued f; the value is (out, aux) with has_aux."""
+    """Like grad, but returns (value, gradient).
+
+    Returns:
+      A function returning (f(*args), grad); with has_aux, ((f_value, aux), grad).
+
+    Example:
+      >>> loss, grads = functx.value_and_grad(loss_fn)(params, x, y)
+    """
     @functools.wraps(f)
     def value_and_grad_f(*args, **kwargs):
         nums = _argnums_tuple(argnums, len(args), "functx.grad")
@@ -243,7 +280,22 @@ def value_and_grad(f, argnums=0, has_aux=False):
 
 
 def grad(f, argnums=0, has_aux=False):
-    """∂f/∂args[argnums] for scalar-valued f (with has_aux: (grad, aux))."""
+    """The gradient of a scalar-valued function.
+
+    Args:
+      f: returns a 0-dim floating-point tensor (with has_aux: a pair (scalar, aux)).
+      argnums: int or tuple of ints, the positional argument(s) to differentiate (each may
+        be a pytree of tensors). Keyword arguments are passed through, not differentiated.
+      has_aux: f returns (scalar, aux); aux is returned alongside, not differentiated.
+
+    Returns:
+      A function with f's signature returning the gradient, with the structure of
+      args[argnums] (a tuple of those for tuple argnums); with has_aux, (grad, aux).
+
+    Example:
+      >>> functx.grad(lambda x: (x ** 2).sum())(torch.ones(3))          # tensor([2., 2., 2.])
+      >>> gw, gb = functx.grad(loss, argnums=(0, 1))(w, b, x)
+    """
     vg = value_and_grad(f, argnums, has_aux)
 
     @functools.wraps(f)
@@ -260,8 +312,30 @@ _RANDOMNESS = ("error", "different", "same")
 
 def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=None,
          randomness="error", *, in_dims=None, out_dims=None):
-    """Vectorize f over a batch axis. in_axes/out_axes are ints, None, or pytree prefixes of the
-    arguments/outputs. Keyword arguments are batched along axis 0 (as in JAX)."""
+    """Vectorize f over a batch axis: f is written for one example, vmap(f) runs on a batch.
+
+    Args:
+      f: a function of tensors (pytrees of tensors).
+      in_axes: the batch axis of each positional argument: an int (all arguments), None
+        (not batched), or a tuple with one entry per argument, each an int, None, or a
+        pytree prefix of that argument. Keyword arguments are batched along axis 0 (as
+        in JAX). Alias: in_dims (torch.func).
+      out_axes: where the batch axis goes in the outputs (an int, or a pytree prefix of the
+        output; None only for outputs that don't depend on the batch). Alias: out_dims.
+      axis_size: the batch size, needed only when no argument is batched.
+      axis_name: a name for the axis, for the collectives psum, pmean, pmax, all_gather and
+        axis_index inside f.
+      chunk_size: process the batch in chunks of this many examples (bounds memory).
+      randomness: random ops inside f: 'error' (default), 'different' (independent per
+        example) or 'same' (one draw shared by the batch).
+
+    Returns:
+      The vectorized function.
+
+    Example:
+      >>> functx.vmap(torch.dot)(a, b)                               # row-wise dot products
+      >>> functx.vmap(functx.grad(loss), in_axes=(None, 0, 0))(params, x, y)   # per-sample grads
+    """
     if in_dims is not None:
         in_axes = in_dims
     if out_dims is not None:
@@ -430,7 +504,21 @@ def _split_jacobian(jac_leaf, out_shape, in_types, leading_is_in):
 
 
 def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
-    """Jacobian by forward mode: vmap of jvp over the input basis."""
+    """The Jacobian by forward mode: vmap of jvp over the basis of the inputs (efficient
+    when the inputs are smaller than the outputs).
+
+    Args:
+      f, argnums, has_aux: as in grad (f may return any pytree of tensors).
+      chunk_size: vmap the basis in chunks of this size (bounds memory).
+      randomness: passed to the inner vmap.
+
+    Returns:
+      A function returning the Jacobian: for input x and output y, a tensor of shape
+      y.shape + x.shape (pytrees: the output structure of input structures).
+
+    Example:
+      >>> functx.jacfwd(torch.sin)(x)          # diag(cos(x))
+    """
     @functools.wraps(f)
     def jac_f(*args, **kwargs):
         nums = _argnums_tuple(argnums, len(args), "functx.jacfwd")
@@ -464,7 +552,13 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
 
 
 def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
-    """Jacobian by reverse mode: vmap of the pullback over the output basis."""
+    """The Jacobian by reverse mode: vmap of the vjp over the basis of the outputs (efficient
+    when the outputs are smaller than the inputs). Same arguments and result layout as
+    jacfwd (y.shape + x.shape).
+
+    Example:
+      >>> functx.jacrev(lambda W: W @ x)(W)     # shape (m, m, n) for W of shape (m, n)
+    """
     @functools.wraps(f)
     def jac_f(*args, **kwargs):
         nums = _argnums_tuple(argnums, len(args), "functx.jacrev")
@@ -521,5 +615,12 @@ def _assemble(jac_tree, d_tree, in_types, leading_is_in, single):
 
 
 def hessian(f, argnums=0, has_aux=False):
-    """jacfwd(jacrev(f)): the Hessian of scalar f."""
+    """The Hessian of scalar-valued f, as jacfwd(jacrev(f)) (forward over reverse).
+
+    Returns:
+      For x of shape s, a tensor of shape s + s.
+
+    Example:
+      >>> laplacian = functx.vmap(lambda p: torch.trace(functx.hessian(u)(p)))
+    """
     return jacfwd(jacrev(f, argnums, has_aux=has_aux), argnums, has_aux=has_aux)
