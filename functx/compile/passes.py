@@ -148,18 +148,14 @@ def _evaluate_scalar(e, values):
     return res.to(out.dtype).item()
 
 
-# ---------------------------------------------------------------- algebra
-
-def _is(value, target) -> bool:
-    return value is not None and not isinstance(value, bool) and value == target
-
-
-def simplify(graph: Graph) -> Graph:
-    """Algebraic identities that are exact in floating point, plus x*0 on integers."""
+def _rewrite(graph: Graph, rule) -> Graph:
+    """Apply a local rewrite rule to each equation in order. rule(eqn, defs) returns a Var
+    (the equation's output is that existing value), a replacement Eqn, or None (keep);
+    defs maps each value to the equation that defines it, for looking at producers."""
     sub, defs, eqns = _Subst(), {}, []
     for e in graph.eqns:
         e = sub.eqn(e)
-        repl = _simplify_eqn(e, defs)
+        repl = rule(e, defs)
         if isinstance(repl, Var):
             sub.map[e.outputs[0]] = repl
             continue
@@ -169,6 +165,17 @@ def simplify(graph: Graph) -> Graph:
             defs[v] = e
         eqns.append(e)
     return sub.finish(graph, eqns)
+
+
+# ---------------------------------------------------------------- algebra
+
+def _is(value, target) -> bool:
+    return value is not None and not isinstance(value, bool) and value == target
+
+
+def simplify(graph: Graph) -> Graph:
+    """Algebraic identities that are exact in floating point, plus x*0 on integers."""
+    return _rewrite(graph, _simplify_eqn)
 
 
 def _same_type(a, out):
@@ -233,19 +240,7 @@ def _lossless(src, mid) -> bool:
 
 def fold_views(graph: Graph) -> Graph:
     """Identity views vanish; broadcast∘broadcast, reshape∘reshape, transpose∘transpose compose."""
-    sub, defs, eqns = _Subst(), {}, []
-    for e in graph.eqns:
-        e = sub.eqn(e)
-        repl = _fold_view(e, defs)
-        if isinstance(repl, Var):
-            sub.map[e.outputs[0]] = repl
-            continue
-        if isinstance(repl, Eqn):
-            e = repl
-        for v in e.outputs:
-            defs[v] = e
-        eqns.append(e)
-    return sub.finish(graph, eqns)
+    return _rewrite(graph, _fold_view)
 
 
 def _fold_view(e, defs):

@@ -71,6 +71,17 @@ class set_current_trace:
         _state.trace = self.prev
 
 
+def process_on_parent(trace, prim, args, params):
+    """Hand a primitive to trace's parent, with the parent current while it runs (the fast
+    path of every trace when none of the arguments are its own tracers)."""
+    parent = trace.parent
+    _state.trace = parent
+    try:
+        return parent.process_primitive(prim, args, params)
+    finally:
+        _state.trace = trace
+
+
 def bind(prim, args, params):
     return _state.trace.process_primitive(prim, args, params)
 
@@ -224,12 +235,7 @@ class GraphTrace(Trace):
                 if isinstance(a, GraphTracer) and a._trace is self:
                     break
             else:                # no tracer of ours: evaluate on the parent (partial evaluation)
-                parent = self.parent
-                _state.trace = parent
-                try:
-                    return parent.process_primitive(prim, args, params)
-                finally:
-                    _state.trace = self
+                return process_on_parent(self, prim, args, params)
         if prim.inline is not None:      # structural primitive: record its body (see Primitive.inline)
             return prim.inline(*args, **params)
         atoms = [self.atom(a) for a in args]

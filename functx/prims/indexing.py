@@ -23,6 +23,19 @@ def _aval(x):
     return x.aval if isinstance(x, UndefinedPrimal) else type_of(x)
 
 
+def _jointly_linear_jvp(fn):
+    """Scatters are linear in (operand, updates) together: the tangent is the same scatter
+    of the tangents, at the same indices."""
+    def jvp(primals, tangents, *, axis):
+        x, idx, v = primals
+        tx, _, tv = tangents
+        out = fn(x, idx, v, axis)
+        if isinstance(tx, Zero) and isinstance(tv, Zero):
+            return out, Zero(type_of(out))
+        return out, fn(instantiate(tx), idx, instantiate(tv), axis)
+    return jvp
+
+
 # ---------------------------------------------------------------- take (index_select, n-d index)
 
 def _take_type(x, idx, *, axis):
@@ -139,16 +152,7 @@ scatter_add_p.impl = _scatter_add_impl
 scatter_add_p.batch = _scatter_batch(scatter_add_p)
 
 
-def _scatter_add_jvp(primals, tangents, *, axis):
-    x, idx, v = primals
-    tx, _, tv = tangents
-    out = scatter_add(x, idx, v, axis)
-    if isinstance(tx, Zero) and isinstance(tv, Zero):
-        return out, Zero(type_of(out))
-    return out, scatter_add(instantiate(tx), idx, instantiate(tv), axis)
-
-
-scatter_add_p.jvp = _scatter_add_jvp
+scatter_add_p.jvp = _jointly_linear_jvp(lambda *a: scatter_add(*a))
 scatter_add_p.transpose = lambda ct, x, idx, v, *, axis: [
     ct if isinstance(x, UndefinedPrimal) else None, None,
     take(ct, idx, axis) if isinstance(v, UndefinedPrimal) else None]
@@ -165,15 +169,6 @@ scatter_p.impl = _scatter_impl
 scatter_p.batch = _scatter_batch(scatter_p)
 
 
-def _scatter_jvp(primals, tangents, *, axis):
-    x, idx, v = primals
-    tx, _, tv = tangents
-    out = scatter(x, idx, v, axis)
-    if isinstance(tx, Zero) and isinstance(tv, Zero):
-        return out, Zero(type_of(out))
-    return out, scatter(instantiate(tx), idx, instantiate(tv), axis)
-
-
 def _scatter_transpose(ct, x, idx, v, *, axis):
     ct_x = ct_v = None
     if isinstance(x, UndefinedPrimal):
@@ -184,7 +179,7 @@ def _scatter_transpose(ct, x, idx, v, *, axis):
     return [ct_x, None, ct_v]
 
 
-scatter_p.jvp = _scatter_jvp
+scatter_p.jvp = _jointly_linear_jvp(lambda *a: scatter(*a))
 scatter_p.transpose = _scatter_transpose
 
 
@@ -245,16 +240,7 @@ scatter_add_along_p.emit = lambda srcs, p: (
     f"torch.scatter_add({srcs[0]}, {p['axis']}, {srcs[1]}.long(), {srcs[2]})")
 
 
-def _scatter_add_along_jvp(primals, tangents, *, axis):
-    x, idx, v = primals
-    tx, _, tv = tangents
-    out = scatter_add_along(x, idx, v, axis)
-    if isinstance(tx, Zero) and isinstance(tv, Zero):
-        return out, Zero(type_of(out))
-    return out, scatter_add_along(instantiate(tx), idx, instantiate(tv), axis)
-
-
-scatter_add_along_p.jvp = _scatter_add_along_jvp
+scatter_add_along_p.jvp = _jointly_linear_jvp(lambda *a: scatter_add_along(*a))
 scatter_add_along_p.transpose = lambda ct, x, idx, v, *, axis: [
     ct if isinstance(x, UndefinedPrimal) else None, None,
     take_along_axis(ct, idx, axis) if isinstance(v, UndefinedPrimal) else None]

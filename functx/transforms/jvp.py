@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..core import MissingRuleError, Trace, Tracer, Zero, set_current_trace
-from ..core.trace import _state, type_of
+from ..core.trace import process_on_parent, type_of
 from ..prims.util import is_scalar
 
 
@@ -64,12 +64,7 @@ class JVPTrace(Trace):
             if isinstance(a, JVPTracer) and a._trace is self:
                 break
         else:                    # no tangents: straight to the parent
-            parent = self.parent
-            _state.trace = parent
-            try:
-                return parent.process_primitive(prim, args, params)
-            finally:
-                _state.trace = self
+            return process_on_parent(self, prim, args, params)
         primals, tangents = [], []
         for a in args:
             if isinstance(a, JVPTracer) and a._trace is self:
