@@ -90,6 +90,18 @@ def _argnums_tuple(argnums, nargs, what):
     return tuple(a % nargs for a in nums)
 
 
+def _with_argnums(f, args, kwargs, argnums, what):
+    """(g, differentiated args): g takes just the args at argnums, the others held fixed."""
+    nums = _argnums_tuple(argnums, len(args), what)
+
+    def g(*diff):
+        full = list(args)
+        for i, d in zip(nums, diff):
+            full[i] = d
+        return f(*full, **kwargs)
+    return g, tuple(args[i] for i in nums)
+
+
 def _zeros_for(t):
     return P.full(t.shape, 0, t.dtype, t.device)
 
@@ -246,14 +258,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
     """
     @functools.wraps(f)
     def value_and_grad_f(*args, **kwargs):
-        nums = _argnums_tuple(argnums, len(args), "functx.grad")
-        diff_args = tuple(args[i] for i in nums)
-
-        def g(*diff):
-            full = list(args)
-            for i, d in zip(nums, diff):
-                full[i] = d
-            return f(*full, **kwargs)
+        g, diff_args = _with_argnums(f, args, kwargs, argnums, "functx.grad")
 
         d_flat, d_tree = _flatten_tensors(diff_args, "functx.grad: differentiated arguments")
         for i, x in enumerate(d_flat):
@@ -521,17 +526,10 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
     """
     @functools.wraps(f)
     def jac_f(*args, **kwargs):
-        nums = _argnums_tuple(argnums, len(args), "functx.jacfwd")
-        diff = tuple(args[i] for i in nums)
+        g, diff = _with_argnums(f, args, kwargs, argnums, "functx.jacfwd")
         d_flat, d_tree = _flatten_tensors(diff, "functx.jacfwd: differentiated arguments")
         types = [type_of(x) for x in d_flat]
         n_total = sum(t.numel for t in types)
-
-        def g(*ds):
-            full = list(args)
-            for i, d in zip(nums, ds):
-                full[i] = d
-            return f(*full, **kwargs)
 
         def push(*basis_leaves):
             tangents = tree_unflatten(d_tree, list(basis_leaves))
@@ -561,14 +559,7 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
     """
     @functools.wraps(f)
     def jac_f(*args, **kwargs):
-        nums = _argnums_tuple(argnums, len(args), "functx.jacrev")
-        diff = tuple(args[i] for i in nums)
-
-        def g(*ds):
-            full = list(args)
-            for i, d in zip(nums, ds):
-                full[i] = d
-            return f(*full, **kwargs)
+        g, diff = _with_argnums(f, args, kwargs, argnums, "functx.jacrev")
 
         res = vjp(g, *diff, has_aux=has_aux)
         out, vjp_fn = res[0], res[1]
