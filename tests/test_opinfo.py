@@ -14,7 +14,7 @@ pytest.importorskip("expecttest")
 import opinfo_sweep as sweep  # noqa: E402
 
 COMMON = [
-    "add", "sub", "mul", "div", "pow", "neg", "abs", "exp", "log", "log1p", "sqrt", "rsqrt", "sin", "cos",
+    "add", "sub", "mul", "div.no_rounding_mode", "div.floor_rounding", "div.trunc_rounding", "pow", "neg", "abs", "exp", "log", "log1p", "sqrt", "rsqrt", "sin", "cos",
     "tanh", "sigmoid", "erf", "clamp", "where", "maximum", "minimum", "lerp", "addcmul", "addcdiv",
     "sum", "mean", "prod", "amax", "amin", "max.reduction_with_dim", "min.reduction_with_dim", "var", "std",
     "var_mean", "logsumexp", "cumsum", "cumprod", "cummax", "norm", "linalg.vector_norm",
