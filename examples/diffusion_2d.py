@@ -53,12 +53,12 @@ def init_mlp(sizes):
     return params
 
 
-FREQS = torch.arange(1, 5).float() * math.pi
+N_FREQS = 4
 
 
 def eps_model(params, x, t):
     """eps_theta(x, t). x: (..., 2), t: (..., 1) (or broadcastable); a Fourier embedding of t."""
-    tf = t * FREQS                                    # FREQS: a module-level constant, fine under jit
+    tf = t * (torch.arange(1, N_FREQS + 1, device=x.device) * math.pi)   # a constant of the graph
     h = torch.cat([x, tf.sin(), tf.cos()], dim=-1)
     n = len(params) // 2
     for i in range(n):
@@ -100,7 +100,7 @@ def adam(lr, b1=0.9, b2=0.999, eps=1e-8):
 
 
 def train(data, steps, batch, lr, hidden):
-    params = init_mlp([2 + 2 * len(FREQS), hidden, hidden, 2])
+    params = init_mlp([2 + 2 * N_FREQS, hidden, hidden, 2])
     step_fn = functx.jit(functx.value_and_grad(loss_fn))
     init, update = adam(lr)
     state, t0, avg = init(params), time.time(), None
@@ -188,8 +188,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small run (< 60 s on 2 CPU cores)")
     ap.add_argument("--out", default="out", help="directory for the figure")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="on cuda, functx.jit compiles with the Triton backend")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
+    torch.set_default_device(args.device)       # every tensor below is created there
     os.makedirs(args.out, exist_ok=True)
 
     data, test = ring_of_gaussians(20000), ring_of_gaussians(2000)
@@ -226,9 +229,9 @@ def main():
 
     fig, axes = plt.subplots(1, len(saved) + 1, figsize=(3.2 * (len(saved) + 1), 3.4))
     for ax, (t, x) in zip(axes, sorted(saved.items(), reverse=True)):
-        ax.scatter(*x.T, s=1, alpha=0.4, color="tab:green")
+        ax.scatter(*x.cpu().T, s=1, alpha=0.4, color="tab:green")
         ax.set_title(f"reverse process, t = {t:.2f}")
-    axes[-1].scatter(*test.T, s=1, alpha=0.4)
+    axes[-1].scatter(*test.cpu().T, s=1, alpha=0.4)
     axes[-1].set_title("data")
     for ax in axes:
         ax.set_xlim(-2.5, 2.5)

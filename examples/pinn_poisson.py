@@ -74,8 +74,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small run (< 60 s on 2 CPU cores)")
     ap.add_argument("--out", default="out", help="directory for the figure")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="on cuda, functx.jit compiles with the Triton backend")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
+    torch.set_default_device(args.device)       # every tensor below is created there
     os.makedirs(args.out, exist_ok=True)
 
     steps, n_pts = (600, 128) if args.quick else (10000, 512)
@@ -109,8 +112,9 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pred = functx.vmap(u, in_axes=(None, 0))(params, grid).reshape(51, 51)
-    ref = exact(grid).reshape(51, 51)
+    pred = functx.vmap(u, in_axes=(None, 0))(params, grid).reshape(51, 51).cpu()
+    ref = exact(grid).reshape(51, 51).cpu()
+    g = g.cpu()
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for ax, img, title in [(axes[0], pred, "PINN u"), (axes[1], ref, "analytic u*"),
                            (axes[2], (pred - ref).abs(), "|u - u*|")]:

@@ -134,8 +134,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small run (< 60 s on 2 CPU cores)")
     ap.add_argument("--out", default="out", help="directory for the figure")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="on cuda, functx.jit compiles with the Triton backend")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
+    torch.set_default_device(args.device)       # every tensor below is created there
     os.makedirs(args.out, exist_ok=True)
 
     steps = 400 if args.quick else 4000
@@ -168,17 +171,18 @@ def main():
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 4))
     lim = 3.5
+    test = test.cpu()
     axes[0].scatter(*test.T, s=2, alpha=0.5)
     axes[0].set_title("data")
-    g = torch.linspace(-lim, lim, 21)
+    g = torch.linspace(-lim, lim, 21, device="cpu")
     grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
-    s = score(results["exact"][0], grid)
+    s = score(results["exact"][0], grid.to(args.device)).cpu()
     norm = s.norm(dim=1, keepdim=True)
     axes[1].scatter(*test.T, s=1, alpha=0.15)
     axes[1].quiver(*grid.T, *(s / norm.sqrt()).T, norm.squeeze(1).log(), cmap="Reds")   # arrows ~ sqrt|s|
     axes[1].set_title("learned score field (exact SM)")
     for ax, name in zip(axes[2:], ["exact", "sliced"]):
-        ax.scatter(*results[name][1].T, s=2, alpha=0.5, color="tab:green")
+        ax.scatter(*results[name][1].cpu().T, s=2, alpha=0.5, color="tab:green")
         ax.set_title(f"Langevin samples ({name} SM)")
     for ax in axes:
         ax.set_xlim(-lim, lim)
