@@ -15,7 +15,6 @@ Prints `METRIC energy_distance=... baseline=...` (samples vs held-out data; the 
 Gaussian with the data's mean and covariance) and `METRIC nll=... baseline=...` (negative
 log-likelihood of held-out data in nats, exact divergence; baseline: that Gaussian's NLL).
 """
-import argparse
 import math
 import os
 import time
@@ -23,6 +22,7 @@ import time
 import torch
 
 import functx
+from common import parse_example_args, init_mlp, energy_distance, adam
 
 BETA_MIN, BETA_MAX, T_EPS = 0.1, 20.0, 1e-3
 
@@ -45,14 +45,6 @@ def alpha_sigma(t):
     return a, (1 - a ** 2).sqrt()
 
 
-def init_mlp(sizes):
-    params = {}
-    for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
-        params[f"w{i}"] = torch.randn(m, n) * math.sqrt(1.0 / m)
-        params[f"b{i}"] = torch.zeros(n)
-    return params
-
-
 N_FREQS = 4
 
 
@@ -72,10 +64,6 @@ def score(params, x, t):
     return -eps_model(params, x, t) / alpha_sigma(t)[1]
 
 
-def energy_distance(x, y):
-    return 2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()
-
-
 # ----------------------------------------------------------------- training
 
 def loss_fn(params, x0):
@@ -83,20 +71,6 @@ def loss_fn(params, x0):
     eps = torch.randn_like(x0)
     a, s = alpha_sigma(t)
     return ((eps_model(params, a * x0 + s * eps, t) - eps) ** 2).sum(-1).mean()
-
-
-def adam(lr, b1=0.9, b2=0.999, eps=1e-8):
-    def init(params):
-        return {k: torch.zeros_like(v) for k, v in params.items()}, {k: torch.zeros_like(v) for k, v in params.items()}
-
-    def update(params, grads, state, step, lr_scale=1.0):
-        m, v = state
-        for k in params:
-            m[k] = b1 * m[k] + (1 - b1) * grads[k]
-            v[k] = b2 * v[k] + (1 - b2) * grads[k] ** 2
-            params[k] = params[k] - lr * lr_scale * (m[k] / (1 - b1 ** step)) / ((v[k] / (1 - b2 ** step)).sqrt() + eps)
-        return params, (m, v)
-    return init, update
 
 
 def train(data, steps, batch, lr, hidden):
@@ -184,16 +158,7 @@ def nll(params, x0, steps, hutchinson=False):
 # ----------------------------------------------------------------- main
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small run (< 60 s on 2 CPU cores)")
-    ap.add_argument("--out", default="out", help="directory for the figure")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="on cuda, functx.jit compiles with the Triton backend")
-    args = ap.parse_args()
-    torch.manual_seed(args.seed)
-    torch.set_default_device(args.device)       # every tensor below is created there
-    os.makedirs(args.out, exist_ok=True)
+    args = parse_example_args(__doc__)
 
     data, test = ring_of_gaussians(20000), ring_of_gaussians(2000)
     t0 = time.time()

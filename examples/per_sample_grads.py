@@ -11,7 +11,6 @@ averages -- it needs each example's gradient, which is exactly what vmap(grad) g
 Prints `METRIC test_accuracy=... baseline=...`: the DP-SGD-trained MLP's accuracy on held-out
 synthetic data against the untrained network's.
 """
-import argparse
 import os
 import time
 
@@ -20,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import functx
+from common import parse_example_args
 
 
 def make_data(n, dim=20, classes=4, seed=0):
@@ -62,16 +62,7 @@ def accuracy(params, x, y):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small run (< 60 s on 2 CPU cores)")
-    ap.add_argument("--out", default="out", help="directory for the figure")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="on cuda, functx.jit compiles with the Triton backend")
-    args = ap.parse_args()
-    torch.manual_seed(args.seed)
-    torch.set_default_device(args.device)       # every tensor below is created there
-    os.makedirs(args.out, exist_ok=True)
+    args = parse_example_args(__doc__)
 
     x, y = make_data(4000)
     xt, yt = make_data(1000, seed=10)

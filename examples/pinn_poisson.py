@@ -17,7 +17,6 @@ Prints `METRIC rel_l2=... baseline=...`: the relative L2 error of the trained ne
 the analytic solution on a grid; the baseline is the untrained network (the zero solution
 would score 1.0).
 """
-import argparse
 import math
 import os
 import time
@@ -25,14 +24,7 @@ import time
 import torch
 
 import functx
-
-
-def init_mlp(sizes):
-    params = {}
-    for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
-        params[f"w{i}"] = torch.randn(m, n) * math.sqrt(1.0 / m)
-        params[f"b{i}"] = torch.zeros(n)
-    return params
+from common import parse_example_args, init_mlp
 
 
 def u(params, p):
@@ -70,16 +62,7 @@ def rel_l2(params, grid):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small run (< 60 s on 2 CPU cores)")
-    ap.add_argument("--out", default="out", help="directory for the figure")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="on cuda, functx.jit compiles with the Triton backend")
-    args = ap.parse_args()
-    torch.manual_seed(args.seed)
-    torch.set_default_device(args.device)       # every tensor below is created there
-    os.makedirs(args.out, exist_ok=True)
+    args = parse_example_args(__doc__)
 
     steps, n_pts = (600, 128) if args.quick else (10000, 512)
     g = torch.linspace(0, 1, 51)

@@ -14,7 +14,6 @@ Langevin dynamics  x <- x + eps/2 s(x) + sqrt(eps) z.
 Prints `METRIC energy_distance_<method>=... baseline=...`: the energy distance from the
 Langevin samples to held-out data, against a Gaussian with the data's mean and covariance.
 """
-import argparse
 import math
 import os
 import time
@@ -22,6 +21,7 @@ import time
 import torch
 
 import functx
+from common import parse_example_args, init_mlp, energy_distance, adam
 
 
 # ----------------------------------------------------------------- data, model, metric
@@ -34,14 +34,6 @@ def gaussian_mixture(n, modes=6, radius=2.0, std=0.35):
     return centers + std * torch.randn(n, 2)
 
 
-def init_mlp(sizes):
-    params = {}
-    for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
-        params[f"w{i}"] = torch.randn(m, n) * math.sqrt(1.0 / m)
-        params[f"b{i}"] = torch.zeros(n)
-    return params
-
-
 def score(params, x):
     """The score network R^2 -> R^2 for one point (or a batch). SiLU: smooth, so its
     Jacobian and the Jacobian's parameter gradient are well defined."""
@@ -52,11 +44,6 @@ def score(params, x):
         if i < n - 1:
             h = torch.nn.functional.silu(h)
     return h
-
-
-def energy_distance(x, y):
-    """2 E|x-y| - E|x-x'| - E|y-y'|: zero iff the distributions are equal."""
-    return 2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()
 
 
 # ----------------------------------------------------------------- the two objectives
@@ -76,23 +63,6 @@ def sliced_sm_loss(params, x):
         s, jv = functx.jvp(lambda y: score(params, y), (xi,), (vi,))  # s(x), (ds/dx) v
         return (vi * jv).sum() + 0.5 * (vi * s).sum() ** 2
     return functx.vmap(per_point)(x, v).mean()
-
-
-def adam(lr, b1=0.9, b2=0.999, eps=1e-8):
-    """Adam on a dict of tensors; returns (init, update)."""
-    def init(params):
-        return {k: torch.zeros_like(v) for k, v in params.items()}, {k: torch.zeros_like(v) for k, v in params.items()}
-
-    def update(params, grads, state, step):
-        m, v = state
-        for k in params:
-            m[k] = b1 * m[k] + (1 - b1) * grads[k]
-            v[k] = b2 * v[k] + (1 - b2) * grads[k] ** 2
-            mhat = m[k] / (1 - b1 ** step)
-            vhat = v[k] / (1 - b2 ** step)
-            params[k] = params[k] - lr * mhat / (vhat.sqrt() + eps)
-        return params, (m, v)
-    return init, update
 
 
 def train(loss_fn, data, steps, batch, lr, name):
@@ -130,16 +100,7 @@ def langevin(params, n, steps, eps):
 # ----------------------------------------------------------------- main
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small run (< 60 s on 2 CPU cores)")
-    ap.add_argument("--out", default="out", help="directory for the figure")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="on cuda, functx.jit compiles with the Triton backend")
-    args = ap.parse_args()
-    torch.manual_seed(args.seed)
-    torch.set_default_device(args.device)       # every tensor below is created there
-    os.makedirs(args.out, exist_ok=True)
+    args = parse_example_args(__doc__)
 
     steps = 400 if args.quick else 4000
     data = gaussian_mixture(20000)
