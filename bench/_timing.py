@@ -25,28 +25,30 @@ def first_call(fn, *args):
     return time.perf_counter() - t0, out
 
 
+def _timed_loop(fn, args, number):
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn(*args)
+    sync()
+    return time.perf_counter() - t0
+
+
+def _calibrate(fn, args, target):
+    """(number of calls, seconds they took): grow the loop until it runs for `target` seconds."""
+    number = 1
+    while True:
+        dt = _timed_loop(fn, args, number)
+        if dt >= target or number >= 1 << 20:
+            return number, dt
+        number *= 2 if dt == 0 else max(2, min(10, int(target / dt) + 1))
+
+
 def per_call(fn, *args, repeat=7, min_time=0.05, number=None):
     """Median seconds per call over `repeat` timed loops of `number` calls each."""
     fn(*args)
     if number is None:
-        number = 1
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn(*args)
-            sync()
-            dt = time.perf_counter() - t0
-            if dt >= min_time or number >= 1 << 20:
-                break
-            number *= 2 if dt == 0 else max(2, min(10, int(min_time / dt) + 1))
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn(*args)
-        sync()
-        times.append((time.perf_counter() - t0) / number)
-    return statistics.median(times)
+        number, _ = _calibrate(fn, args, min_time)
+    return statistics.median(_timed_loop(fn, args, number) / number for _ in range(repeat))
 
 
 def interleaved(fns: dict, args_of: dict, repeat=7, min_time=0.05):
@@ -54,28 +56,13 @@ def interleaved(fns: dict, args_of: dict, repeat=7, min_time=0.05):
     that machine noise hits all of them alike. fns: name -> fn; args_of: name -> args."""
     numbers = {}
     for name, fn in fns.items():
-        args = args_of[name]
-        fn(*args)
-        number = 1
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn(*args)
-            sync()
-            dt = time.perf_counter() - t0
-            if dt >= min_time / 4 or number >= 1 << 20:
-                break
-            number *= 2 if dt == 0 else max(2, min(10, int(min_time / 4 / dt) + 1))
+        fn(*args_of[name])
+        number, dt = _calibrate(fn, args_of[name], min_time / 4)
         numbers[name] = max(1, int(number * min_time / 4 / max(dt, 1e-9)))
     times = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
-            args, number = args_of[name], numbers[name]
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn(*args)
-            sync()
-            times[name].append((time.perf_counter() - t0) / number)
+            times[name].append(_timed_loop(fn, args_of[name], numbers[name]) / numbers[name])
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
