@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..core import Graph, Literal, Var
+from ..prims.util import static_broadcast_shapes
 
 # Elementwise primitives whose generated torch call broadcasts its tensor operands.
 BROADCASTING = frozenset({
@@ -118,7 +119,7 @@ def plan(graph: Graph) -> Plan:
                 continue
             shapes = [cand.get(a, a.type.shape) for a in eqn.inputs if isinstance(a, Var)]
             try:
-                ok = tuple(torch.broadcast_shapes(*shapes)) == tuple(eqn.outputs[0].type.shape)
+                ok = static_broadcast_shapes(tuple(tuple(sh) for sh in shapes)) == tuple(eqn.outputs[0].type.shape)
             except RuntimeError:
                 ok = False
             if not ok:

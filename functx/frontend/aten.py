@@ -12,6 +12,7 @@ from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND as KIND
 from ..core.errors import FunctxError
 from ..core.trace import type_of
 from .. import prims as P
+from ..prims.util import static_broadcast_shapes
 from .dispatch import LOWERINGS
 from .promote import SCALARS, broadcast_shapes, elementwise, float_dtype_of, prepare, result_type
 
@@ -1351,7 +1352,7 @@ def _safe_root(s, p):
 def _cdist(x1, x2, p, compute_mode=None):
     t1, t2 = _t(x1), _t(x2)
     dtype = result_type(x1, x2)
-    batch = tuple(torch.broadcast_shapes(t1.shape[:-2], t2.shape[:-2]))
+    batch = static_broadcast_shapes((tuple(t1.shape[:-2]), tuple(t2.shape[:-2])))
     n1, n2, m = t1.shape[-2], t2.shape[-2], t1.shape[-1]
     full = batch + (n1, n2, m)
     nb = len(batch)
@@ -1398,3 +1399,36 @@ def _safe_softmax(x, dim, dtype=None):
     s = P.reduce_sum(e, (d,))
     s = P.where(P.eq(s, 0.0), P.full(_t(s).shape, 1.0, t.dtype, t.device), s)
     return P.div(e, P.broadcast_in_dim(s, t.shape, kept))
+
+
+# ---------------------------------------------------------------- softmax / log_softmax
+# Native (PyTorch's decompositions reach elementwise_dtypes, which imports sympy). The max
+# is a constant shift (softmax is shift-invariant), so it is stop_gradient'ed as in JAX:
+# derivatives don't pay for the max's tie-averaging rule.
+
+def _shifted_rows(x, dim, half_to_float):
+    if half_to_float:
+        x = P.convert(x, torch.float32)
+    t = _t(x)
+    d = dim % t.ndim
+    kept = tuple(i for i in range(t.ndim) if i != d)
+    m = P.stop_gradient(P.reduce_max(x, (d,)))
+    return P.sub(x, P.broadcast_in_dim(m, t.shape, kept)), d, kept, t
+
+
+@register(aten._softmax.default)
+def _softmax(x, dim, half_to_float=False):
+    if _t(x).ndim == 0:
+        return P.full((), 1.0, torch.float32 if half_to_float else _t(x).dtype, _t(x).device)
+    z, d, kept, t = _shifted_rows(x, dim, half_to_float)
+    e = P.exp(z)
+    return P.div(e, P.broadcast_in_dim(P.reduce_sum(e, (d,)), t.shape, kept))
+
+
+@register(aten._log_softmax.default)
+def _log_softmax(x, dim, half_to_float=False):
+    if _t(x).ndim == 0:
+        return P.full((), 0.0, torch.float32 if half_to_float else _t(x).dtype, _t(x).device)
+    z, d, kept, t = _shifted_rows(x, dim, half_to_float)
+    lse = P.log(P.reduce_sum(P.exp(z), (d,)))
+    return P.sub(z, P.broadcast_in_dim(lse, t.shape, kept))

@@ -7,6 +7,7 @@ import torch
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND as KIND
 
 from ..core.trace import type_of
+from ..prims.util import static_broadcast_shapes
 from .. import prims as P
 
 SCALARS = (bool, int, float, complex)
@@ -78,23 +79,7 @@ def result_type(*args, kind=KIND.DEFAULT):
 
 def broadcast_shapes(*args):
     shapes = tuple([type_of(a).shape for a in args if not isinstance(a, SCALARS)])
-    return _broadcast(shapes) if shapes else ()
-
-
-@functools.lru_cache(maxsize=4096)
-def _broadcast(shapes):
-    """torch.broadcast_shapes for static shapes, cached (torch's goes through symbolic-shape
-    machinery that costs ~100 us per call)."""
-    ndim = max(len(s) for s in shapes)
-    out = [1] * ndim
-    for s in shapes:
-        for i, d in enumerate(s, ndim - len(s)):
-            if d != 1:
-                if out[i] != 1 and out[i] != d:
-                    raise RuntimeError(f"The size of tensor a ({out[i]}) must match the size of tensor b "
-                                       f"({d}) at non-singleton dimension {i}")
-                out[i] = d
-    return tuple(out)
+    return static_broadcast_shapes(shapes) if shapes else ()
 
 
 def cast_scalar(x, dtype):
@@ -147,7 +132,7 @@ def elementwise(fn, *args, kind=KIND.DEFAULT, compute_dtype=None):
     shapes = tuple([t.shape for t in types if t is not None])
     if not shapes:
         return fn(*prepare(args, dtype, ()))
-    shape = _broadcast(shapes)
+    shape = static_broadcast_shapes(shapes)
     device = _CPU
     for t in types:
         if t is not None and t.device.type != "cpu":

@@ -1,6 +1,8 @@
 """Helpers shared by primitive rules: scalar checks, zeros, batching moves."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..core.trace import Zero, type_of
@@ -71,3 +73,19 @@ def torch_dtype_for_scalar(value) -> torch.dtype:
     if isinstance(value, int):
         return torch.int64
     return torch.get_default_dtype()
+
+
+@functools.lru_cache(maxsize=4096)
+def static_broadcast_shapes(shapes: tuple) -> tuple:
+    """torch.broadcast_shapes for a tuple of static shapes, cached. (torch's goes through
+    symbolic-shape machinery: ~100 us a call, and its first call imports sympy, ~0.8 s.)"""
+    ndim = max(len(s) for s in shapes)
+    out = [1] * ndim
+    for s in shapes:
+        for i, d in enumerate(s, ndim - len(s)):
+            if d != 1:
+                if out[i] != 1 and out[i] != d:
+                    raise RuntimeError(f"The size of tensor a ({out[i]}) must match the size of tensor b "
+                                       f"({d}) at non-singleton dimension {i}")
+                out[i] = d
+    return tuple(out)

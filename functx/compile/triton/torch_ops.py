@@ -12,6 +12,7 @@ import contextlib
 import torch
 
 from ...core.dtypes import accumulation_dtype
+from ...prims.util import static_broadcast_shapes
 from .indexing import evaluate
 
 COMBINE = {
@@ -43,7 +44,7 @@ class TorchOps:
 
     def pointwise(self, prim, args, params, dtype):
         if args:
-            shape = torch.broadcast_shapes(*(a.shape for a in args))
+            shape = static_broadcast_shapes(tuple(tuple(a.shape) for a in args))
             args = [a.expand(shape) for a in args]
         return prim.impl(*args, **params).to(dtype)
 
@@ -53,7 +54,7 @@ class TorchOps:
 
     def store(self, buffer, index, value, dtype):
         idx = self._index(index)
-        shape = torch.broadcast_shapes(idx.shape, value.shape)
+        shape = static_broadcast_shapes((tuple(idx.shape), tuple(value.shape)))
         out = self.buffers[buffer].view(-1)
         out[idx.expand(shape).reshape(-1)] = value.expand(shape).reshape(-1).to(dtype)
 
