@@ -421,3 +421,28 @@ def test_cuda_tracing_and_jit():
     assert out.device.type == "cuda"
     torch.testing.assert_close(out, f(x, w))
     torch.testing.assert_close(functx.grad(f)(x, w), torch.func.grad(f)(x, w))
+
+
+# ---------------------------------------------------------------- regressions
+
+def test_vector_matrix_product_keeps_torch_shape():
+    # matmul(vector, matrix) goes through in-place shape-only ops (squeeze_); they must
+    # change the wrapper's shape, not be treated as value writes.
+    W = torch.randn(2, 3, dtype=torch.float64)
+    y = torch.randn(2, dtype=torch.float64)
+    assert functx.jit(lambda v: v @ W)(y).shape == (3,)
+    torch.testing.assert_close(functx.jit(lambda v: v @ W)(y), y @ W)
+    Y = torch.randn(5, 2, dtype=torch.float64)
+    torch.testing.assert_close(functx.vmap(lambda v: v @ W)(Y), Y @ W)
+    torch.testing.assert_close(functx.jacfwd(lambda v: v @ W)(y), W.T)
+
+
+def test_returning_a_view_whose_base_was_written_through_another_view():
+    def f(y):
+        z = y.clone().reshape(2, 3)
+        z[0].mul_(2)
+        return z
+    x = torch.randn(6, dtype=torch.float64)
+    torch.testing.assert_close(functx.jit(f)(x), f(x))
+    X = torch.randn(4, 6, dtype=torch.float64)
+    torch.testing.assert_close(functx.vmap(f)(X), torch.stack([f(r) for r in X]))

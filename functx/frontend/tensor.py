@@ -21,6 +21,9 @@ _disabled_torch_function = torch._C._disabled_torch_function_impl
 
 
 class TracerTensor(torch.Tensor):
+    """The torch.Tensor a function sees while functx transforms or traces it: real shape,
+    dtype and device, and a traced value inside. Ordinary PyTorch code runs on it unchanged;
+    each ATen op becomes functx primitives. Users never construct one."""
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         # A pass-through: its presence makes has_torch_function() true, which keeps

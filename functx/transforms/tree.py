@@ -7,22 +7,29 @@ NAMESPACE = "functx"
 
 
 def tree_flatten(tree):
+    """(leaves, treedef) of a pytree: tuples, lists, dicts, namedtuples, None (an empty
+    subtree) and types registered with functx.register_pytree_node."""
     return optree.tree_flatten(tree, namespace=NAMESPACE)
 
 
 def tree_unflatten(treedef, leaves):
+    """The pytree with structure treedef (from tree_flatten) and these leaves."""
     return optree.tree_unflatten(treedef, leaves)
 
 
 def tree_leaves(tree):
+    """The leaves of a pytree, in tree_flatten's order."""
     return optree.tree_leaves(tree, namespace=NAMESPACE)
 
 
 def tree_map(fn, tree, *rest):
+    """A pytree of the same structure with fn applied to each leaf (and the matching leaves
+    of `rest`, which must have the same structure)."""
     return optree.tree_map(fn, tree, *rest, namespace=NAMESPACE)
 
 
 def tree_structure(tree):
+    """The treedef of a pytree (tree_flatten without the leaves)."""
     return optree.tree_structure(tree, namespace=NAMESPACE)
 
 
