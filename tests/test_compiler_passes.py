@@ -138,3 +138,14 @@ def test_random_programs_keep_values(steps):
             v = BINARY[b](v, y if not dup else UNARY[u](x))
         return v, v.sum(0)
     check_all_passes(functx.make_graph(f)(x, y), x, y)
+
+
+def test_cse_merges_commutative_operand_orders():
+    import functx.compile.passes as passes
+    g = functx.make_graph(lambda x, y: x * y + y * x - torch.maximum(y, x) + torch.maximum(x, y)
+                          - (x - y) - (y - x))(torch.randn(3), torch.randn(3))
+    out = passes.cse(g)
+    out.check()
+    names = [e.prim.name for e in out.eqns]
+    assert names.count("mul") == 1 and names.count("max") == 1
+    assert names.count("sub") == 5       # 3 outer subtractions, and x-y, y-x both stay (not commutative)

@@ -83,7 +83,10 @@ def cse(graph: Graph) -> Graph:
         if e.prim.effectful:
             eqns.append(e)
             continue
-        key = (e.prim.name, tuple(_atom_key(a) for a in e.inputs), _param_key(e.params))
+        ins = tuple(_atom_key(a) for a in e.inputs)
+        if e.prim.commutative:      # x*y and y*x are one value (every tanh/sigmoid jvp has both)
+            ins = tuple(sorted(ins, key=repr))
+        key = (e.prim.name, ins, _param_key(e.params))
         prev = seen.get(key)
         if prev is not None and all(a.type == b.type for a, b in zip(prev.outputs, e.outputs)):
             for a, b in zip(e.outputs, prev.outputs):

@@ -25,6 +25,7 @@ class Primitive:
         self.name = name
         self.multiple_results = multiple_results
         self.effectful = effectful        # never CSE'd, folded or removed (random numbers)
+        self.commutative = False          # f(x, y) == f(y, x): CSE treats both orders as one
         self.abstract_eval = None
         self.impl = None
         self.jvp = None

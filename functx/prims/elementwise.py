@@ -267,6 +267,9 @@ bitwise_or_p = _define("bitwise_or", torch.bitwise_or, 2, torch_name="torch.bitw
 bitwise_xor_p = _define("bitwise_xor", torch.bitwise_xor, 2, torch_name="torch.bitwise_xor",
                         triton="({0} ^ {1})")
 
+for _p in (add_p, mul_p, max_p, min_p, bitwise_and_p, bitwise_or_p, bitwise_xor_p):
+    _p.commutative = True
+
 add, sub, mul, div, pow_, max_, min_, atan2, rem = map(
     _binary, (add_p, sub_p, mul_p, div_p, pow_p, max_p, min_p, atan2_p, rem_p))
 bitwise_and, bitwise_or, bitwise_xor = map(_binary, (bitwise_and_p, bitwise_or_p, bitwise_xor_p))
@@ -436,6 +439,7 @@ le_p = _compare("le", torch.le, "torch.le", "({0} <= {1})")
 gt_p = _compare("gt", torch.gt, "torch.gt", "({0} > {1})")
 ge_p = _compare("ge", torch.ge, "torch.ge", "({0} >= {1})")
 eq, ne, lt, le, gt, ge = map(_binary, (eq_p, ne_p, lt_p, le_p, gt_p, ge_p))
+eq_p.commutative = ne_p.commutative = True
 
 for _p in (bitwise_and_p, bitwise_or_p, bitwise_xor_p, bitwise_not_p, logical_not_p):
     _p.jvp = (lambda p: lambda primals, tangents: (p.bind(*primals), Zero(_first_type(primals))))(_p)
