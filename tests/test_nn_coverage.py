@@ -467,3 +467,15 @@ if __name__ == "__main__":
             bad += 1
             print(f"{n:40s} FAIL {type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}")
     print(f"{bad} failing of {len(names)}")
+
+
+def test_hardtanh_and_relu6_derivatives_at_the_boundaries_match_torch():
+    import torch.nn.functional as F
+    x = torch.tensor([-2.0, -1.0, 0.0, 0.5, 1.0, 6.0, 7.0, float("nan")], dtype=torch.float64)
+    for fn in (lambda x: F.hardtanh(x).sum(), lambda x: F.relu6(x).sum(),
+               lambda x: F.hardtanh(x, -0.5, 2.0).sum()):
+        torch.testing.assert_close(functx.grad(fn)(x), torch.func.grad(fn)(x), equal_nan=True)
+        torch.testing.assert_close(functx.jit(fn)(x), fn(x), equal_nan=True)
+    xs = x[:-1].reshape(7, 1)
+    torch.testing.assert_close(functx.vmap(functx.grad(lambda v: F.relu6(v).sum()))(xs),
+                               torch.func.vmap(torch.func.grad(lambda v: F.relu6(v).sum()))(xs))

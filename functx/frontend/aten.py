@@ -1432,3 +1432,20 @@ def _log_softmax(x, dim, half_to_float=False):
     z, d, kept, t = _shifted_rows(x, dim, half_to_float)
     lse = P.log(P.reduce_sum(P.exp(z), (d,)))
     return P.sub(z, P.broadcast_in_dim(lse, t.shape, kept))
+
+
+# ---------------------------------------------------------------- hardtanh (relu6)
+# Native, not torch's decomposition (which is clamp): torch's hardtanh has derivative 0 at
+# both boundaries (and at NaN), clamp has 1. NaN values pass through, as in torch.
+
+@register(aten.hardtanh.default)
+def _hardtanh(x, min_val=-1.0, max_val=1.0):
+    t = _t(x)
+    if not t.dtype.is_floating_point:
+        return _clamp(x, min_val, max_val)
+    lo, hi = float(min_val), float(max_val)
+    clamped = P.where(P.le(x, lo), P.full(t.shape, lo, t.dtype, t.device),
+                      P.where(P.ge(x, hi), P.full(t.shape, hi, t.dtype, t.device), x))
+    # torch's hardtanh_backward masks with lo < x < hi: 0 at the boundaries and at NaN.
+    interior = P.bitwise_and(P.gt(x, lo), P.lt(x, hi))
+    return P.where(interior, x, P.stop_gradient(clamped))
