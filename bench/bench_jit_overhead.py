@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import functx  # noqa: E402
+from _models import init_mlp  # noqa: E402
 from _timing import first_call, fmt_time, interleaved  # noqa: E402
 
 CONFIGS = {
@@ -27,15 +28,6 @@ CONFIGS = {
     "small": (16, [32, 64, 64, 10]),
     "medium": (256, [512, 1024, 1024, 10]),
 }
-
-
-def make_params(sizes, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    params = []
-    for i, o in zip(sizes[:-1], sizes[1:]):
-        params.append(torch.randn(i, o, generator=g, dtype=dtype) / i ** 0.5)
-        params.append(torch.randn(o, generator=g, dtype=dtype) * 0.1)
-    return tuple(params)
 
 
 def mlp(x, W1, b1, W2, b2, W3, b3):
@@ -53,7 +45,7 @@ def run(quick=False, threads=1, configs=None, verbose=True):
     rows = []
     for name in configs or CONFIGS:
         batch, sizes = CONFIGS[name]
-        params = make_params(sizes)
+        params = init_mlp(sizes)
         x = torch.randn(batch, sizes[0], generator=torch.Generator().manual_seed(1))
         args = (x,) + params
         jf = functx.jit(mlp)

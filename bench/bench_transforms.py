@@ -40,30 +40,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import functx  # noqa: E402
+from _models import init_mlp, mlp  # noqa: E402
 from _timing import first_call, fmt_time, interleaved  # noqa: E402
 
 DTYPE = torch.float32
 
 
 # ---------------------------------------------------------------- shared model code
-
-def init_mlp(sizes, seed=0, dtype=DTYPE):
-    g = torch.Generator().manual_seed(seed)
-    params = []
-    for i, o in zip(sizes[:-1], sizes[1:]):
-        params.append(torch.randn(i, o, generator=g, dtype=dtype) / i ** 0.5)
-        params.append(torch.randn(o, generator=g, dtype=dtype) * 0.1)
-    return tuple(params)
-
-
-def mlp(params, x, act=torch.tanh):
-    n = len(params) // 2
-    for k in range(n):
-        x = x @ params[2 * k] + params[2 * k + 1]
-        if k < n - 1:
-            x = act(x)
-    return x
-
 
 def randn(*shape, seed):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
@@ -184,13 +167,7 @@ def jax_workload(name, small):
     conv = lambda t: jnp.asarray(t.numpy()) if isinstance(t, torch.Tensor) else t  # noqa: E731
     args = tuple(tuple(conv(p) for p in a) if isinstance(a, tuple) else conv(a) for a in targs)
 
-    def jmlp(params, x, act=jnp.tanh):
-        n = len(params) // 2
-        for k in range(n):
-            x = x @ params[2 * k] + params[2 * k + 1]
-            if k < n - 1:
-                x = act(x)
-        return x
+    jmlp = mlp          # the same code runs on JAX arrays
 
     if name == "per_sample_grads":
         def loss(params, x, y):

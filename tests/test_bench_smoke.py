@@ -17,7 +17,7 @@ def test_transform_workload_matches_torch_func(name):
 
 
 def test_jit_overhead_mlp_matches_eager():
-    params = bench_jit_overhead.make_params([8, 16, 16, 4])
+    params = bench_jit_overhead.init_mlp([8, 16, 16, 4])
     x = torch.randn(5, 8)
     import functx
     torch.testing.assert_close(functx.jit(bench_jit_overhead.mlp)(x, *params), bench_jit_overhead.mlp(x, *params))
