@@ -230,3 +230,16 @@ def test_jit_cuda_device_is_part_of_the_signature():
     out = j(X.cuda())
     assert out.device.type == "cuda" and j.trace_count == 2
     torch.testing.assert_close(out.cpu(), X * 2)
+
+
+def test_eager_backend_outputs_carry_torch_autograd():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.GELU(), torch.nn.LayerNorm(16),
+                            torch.nn.Linear(16, 2))
+    x = torch.randn(5, 3)
+    functx.jit(m, backend="eager")(x).pow(2).sum().backward()
+    jit_grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m(x).pow(2).sum().backward()
+    for a, b in zip(jit_grads, [p.grad for p in m.parameters()]):
+        torch.testing.assert_close(a, b)
