@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..core import Graph, Literal, Var
+from ..core import Graph, Literal
 from . import eager_passes, passes
 
 

@@ -12,9 +12,7 @@ and matmul forms, because every extra torch call costs a few microseconds on the
 """
 from __future__ import annotations
 
-import torch
-
-from ..core import Graph, Literal, Var
+from ..core import Graph, Var
 from ..prims.util import static_broadcast_shapes
 
 # Elementwise primitives whose generated torch call broadcasts its tensor operands.

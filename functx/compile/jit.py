@@ -290,11 +290,6 @@ class JitFunction:
         return len(self._cache)
 
 
-def _has_tracer(args, kwargs) -> bool:
-    leaves, _ = tree_flatten((args, kwargs))
-    return any(isinstance(l, TracerTensor) for l in leaves)
-
-
 def jit(f=None, *, static_argnums=(), backend=None):
     """Compile f: trace once per input signature, optimize, compile, cache (JAX's jit).
 

@@ -12,8 +12,6 @@ another of exactly the same type, so graphs stay valid (`graph.check()`).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..core import Eqn, Graph, Literal, Var

@@ -12,19 +12,6 @@ def short_name(dtype: torch.dtype) -> str:
     return SHORT_NAMES.get(dtype, str(dtype).replace("torch.", ""))
 
 
-def is_float(dtype: torch.dtype) -> bool:
-    return dtype.is_floating_point
-
-
-def is_inexact(dtype: torch.dtype) -> bool:
-    """Dtypes that carry derivatives (float and complex)."""
-    return dtype.is_floating_point or dtype.is_complex
-
-
-def is_integral(dtype: torch.dtype) -> bool:
-    return not (dtype.is_floating_point or dtype.is_complex) and dtype is not torch.bool
-
-
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Half types accumulate in float32 (used by reductions and the compiler)."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

@@ -38,14 +38,3 @@ class TensorType:
 
     def __repr__(self) -> str:
         return str(self)
-
-
-def scalar_type_of(value, device=None) -> torch.dtype:
-    """The dtype a Python scalar gets when it stands alone (torch's defaults)."""
-    if isinstance(value, bool):
-        return torch.bool
-    if isinstance(value, int):
-        return torch.int64
-    if isinstance(value, complex):
-        return torch.complex64
-    return torch.get_default_dtype()

@@ -154,11 +154,6 @@ def _positive(x):
 
 # ---------------------------------------------------------------- binary
 
-def _scalar_value(x):
-    """A 0-d constant tensor operand stays a tensor; Python numbers pass through."""
-    return x
-
-
 @register(aten.add.Tensor, aten.add.Scalar)
 def _add(x, y, alpha=1):
     if alpha != 1:
@@ -805,7 +800,6 @@ def _linear_index(x, indices):
 
 @register(aten.index.Tensor)
 def _index(x, indices):
-    t = _t(x)
     y, lin, dims, adjacent, rest, idx_shape = _linear_index(x, indices)
     out = P.take(y, lin, 0)                         # idx_shape + rest
     if adjacent and dims[0] > 0:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from ..core import Primitive, TensorType, UnboundAxisError, Zero, bind
+from ..core import Primitive, TensorType, UnboundAxisError, bind
 from ..core.trace import type_of
 from . import elementwise as ew
 from . import reduce as red
 from .indexing import take
-from .util import bdim_to_front, moveaxis
+from .util import bdim_to_front
 
 
 def _unbound(name):

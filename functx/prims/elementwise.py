@@ -13,7 +13,7 @@ import torch
 
 from ..core import POINTWISE, Primitive, TensorType, Zero, bind
 from ..core.trace import UndefinedPrimal, type_of
-from .util import bdim_to_front, instantiate, is_scalar, same_type_check
+from .util import bdim_to_front, is_scalar, same_type_check
 
 
 # ---------------------------------------------------------------- shared rules
@@ -36,6 +36,7 @@ def elementwise_batch(prim):
 
 
 def _is_literal_src(src: str) -> bool:
+    """Whether an emitted operand is a Python literal (an IR Literal) rather than a name."""
     import ast
     if src.lstrip("-").startswith("math."):
         return True
@@ -227,16 +228,6 @@ min_p = _define("min", _scalar_operands(torch.minimum, torch.clamp_max), 2, torc
                 triton="tl.minimum({0}, {1})")
 atan2_p = _define("atan2", _scalar_operands(torch.atan2), 2, torch_name="torch.atan2",
                   triton="libdevice.atan2({0}, {1})")
-
-
-def _is_literal_src(src: str) -> bool:
-    """Whether an emitted operand is a Python literal (an IR Literal) rather than a name."""
-    import ast
-    try:
-        ast.literal_eval(src)
-        return True
-    except (ValueError, SyntaxError):
-        return src.lstrip("-").startswith("math.")
 
 
 def _scalar_operands_emit(torch_name, scalar_name=None):

@@ -157,7 +157,7 @@ def _dot_jvp(primals, tangents, *, dimension_numbers):
 def _dot_batch(axis, args, dims, *, dimension_numbers):
     (x, y), (dx, dy) = args, dims
     (lc, rc), (lb, rb) = dimension_numbers
-    xn, yn = type_of(x).ndim, type_of(y).ndim
+    xn = type_of(x).ndim
 
     def shift(ds):
         return tuple(d + 1 for d in ds)

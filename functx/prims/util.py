@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 from ..core.trace import Zero, type_of
 
 SCALAR_TYPES = (bool, int, float, complex)
@@ -43,12 +41,6 @@ def bdim_to_front(x, d, size: int):
     return moveaxis(x, d, 0)
 
 
-def normalize_axis(axis: int, ndim: int) -> int:
-    if not -max(ndim, 1) <= axis < max(ndim, 1):
-        raise IndexError(f"axis {axis} is out of range for a tensor of rank {ndim}")
-    return axis % max(ndim, 1)
-
-
 def shift_axes_for_bdim(axes, bdim):
     """Axes of the per-example value, renumbered for a value with a batch dim at `bdim`."""
     return tuple(a + (a >= bdim) for a in axes)
@@ -65,14 +57,6 @@ def same_type_check(name, types):
             raise TypeError(f"{name}: operand dtypes differ: {t0.dtype} vs {t.dtype} "
                             "(primitives do not promote; convert_element_type first)")
     return t0
-
-
-def torch_dtype_for_scalar(value) -> torch.dtype:
-    if isinstance(value, bool):
-        return torch.bool
-    if isinstance(value, int):
-        return torch.int64
-    return torch.get_default_dtype()
 
 
 @functools.lru_cache(maxsize=4096)

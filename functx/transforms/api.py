@@ -6,16 +6,15 @@ TracerTensors; these wrappers are the boundary between user code and the traces.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
-from ..core import FunctxError, Zero, current_trace, set_current_trace
+from ..core import Zero, current_trace, set_current_trace
 from ..core.trace import Tracer, type_of
 from ..frontend import TracerTensor, unwrap, wrap
 from ..frontend.random_mode import intercept_random
 from .. import prims as P
-from .ad import differentiable, jvp_flat, linear_forward, linearize_flat, vjp_flat, backward_pass
+from .ad import differentiable, linear_forward, linearize_flat, vjp_flat, backward_pass
 from .batching import AxisData, BatchTrace, BatchTracer
 from .jvp import JVPTrace, JVPTracer
 from .tree import broadcast_prefix, tree_flatten, tree_unflatten
@@ -234,7 +233,6 @@ def linear_transpose(f, *primals):
     # f is linear, so its linearization at zero is f itself.
     zeros = [_zeros_for(type_of(p)) for p in p_flat]
     out, graph, nonzero = linearize_flat(_flat_fun(f, p_tree, store, "functx.linear_transpose"), zeros)
-    out_tree = store.tree
 
     def transpose_fn(cotangents):
         ct_flat, _ = _flatten_tensors(cotangents, "functx.linear_transpose: cotangents")
@@ -538,7 +536,6 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
 
         tangents_primals = tree_unflatten(d_tree, [wrap(x) for x in d_flat])
         basis = _basis(types, lambda t: t.dtype, n_total)
-        out_p = None
         if has_aux:
             jac_tree, aux = vmap(push, chunk_size=chunk_size, randomness=randomness,
                                  out_axes=(0, None))(*basis)

@@ -45,7 +45,7 @@ def broadcast_prefix(prefix, tree, what: str) -> list:
     prefix_leaves = optree.tree_leaves(prefix, none_is_leaf=True, namespace=NAMESPACE)
     try:
         subtrees = prefix_spec.flatten_up_to(tree)
-    except ValueError as e:
+    except ValueError:
         raise ValueError(f"{what} must be a tree prefix of the arguments it describes: "
                          f"{what}={prefix!r} does not match the structure {tree_structure(tree)}") from None
     out = []

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from ...core import Literal, Var
+from ...core import Literal
 from ...core.ir import GraphPrinter
 from .. import passes
 from ..eager import literal_source
