@@ -479,3 +479,15 @@ def test_hardtanh_and_relu6_derivatives_at_the_boundaries_match_torch():
     xs = x[:-1].reshape(7, 1)
     torch.testing.assert_close(functx.vmap(functx.grad(lambda v: F.relu6(v).sum()))(xs),
                                torch.func.vmap(torch.func.grad(lambda v: F.relu6(v).sum()))(xs))
+
+
+@pytest.mark.parametrize("ord_", [2, 1, 3, 0.5, float("inf"), float("-inf"), 0, -1])
+def test_vector_norm_matches_torch_including_the_subgradient_at_zero(ord_):
+    x = torch.tensor([[0.0, 1.0, -2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.5, -0.25, 3.0, 1.0]],
+                     dtype=torch.float64)
+    for dim in (None, 1):
+        f = lambda x: torch.linalg.vector_norm(x, ord_, dim).sum()  # noqa: E731
+        torch.testing.assert_close(functx.jit(f)(x), f(x))
+        torch.testing.assert_close(functx.grad(f)(x), torch.func.grad(f)(x))
+    z = torch.zeros(3, dtype=torch.float64)
+    torch.testing.assert_close(functx.grad(lambda x: x.norm())(z), torch.zeros(3, dtype=torch.float64))

@@ -1443,3 +1443,41 @@ def _hardtanh(x, min_val=-1.0, max_val=1.0):
     # torch's hardtanh_backward masks with lo < x < hi: 0 at the boundaries and at NaN.
     interior = P.bitwise_and(P.gt(x, lo), P.lt(x, hi))
     return P.where(interior, x, P.stop_gradient(clamped))
+
+
+# ---------------------------------------------------------------- vector norms
+# Native: the decomposition's sqrt(sum(x*x)) has a nan derivative at x = 0, where torch
+# returns the subgradient 0. The double where keeps both the value and the derivatives
+# finite: the root only ever sees a positive argument, and at 0 the constant branch wins.
+
+@register(aten.linalg_vector_norm.default)
+def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
+    if dtype is not None:
+        x = P.convert(x, dtype)
+    t = _t(x)
+    axes = _dims(dim, t.ndim) if t.ndim else ()
+    a = P.abs_(x)
+    if ord == math.inf:
+        out = P.reduce_max(a, axes)
+    elif ord == -math.inf:
+        out = P.reduce_min(a, axes)
+    elif ord == 0:
+        out = P.reduce_sum(P.convert(P.ne(x, 0.0), t.dtype), axes)
+    elif ord == 1:
+        out = P.reduce_sum(a, axes)
+    else:
+        if ord == 2:
+            powered = P.mul(x, x)
+        else:   # |x|^p with zero derivative at x = 0 (torch masks those), value 0 or inf there
+            nonzero = P.gt(a, 0.0)
+            powered = P.where(nonzero, P.pow_(P.where(nonzero, a, 1.0), float(ord)),
+                              0.0 if ord > 0 else math.inf)
+        s = P.reduce_sum(powered, axes)
+        if ord < 0:
+            out = P.pow_(s, 1.0 / ord)
+        else:
+            positive = P.gt(s, 0.0)
+            safe = P.where(positive, s, 1.0)
+            root = P.sqrt(safe) if ord == 2 else P.pow_(safe, 1.0 / ord)
+            out = P.where(positive, root, 0.0)
+    return _keep(out, t.shape, axes, keepdim)
