@@ -491,3 +491,19 @@ def test_vector_norm_matches_torch_including_the_subgradient_at_zero(ord_):
         torch.testing.assert_close(functx.grad(f)(x), torch.func.grad(f)(x))
     z = torch.zeros(3, dtype=torch.float64)
     torch.testing.assert_close(functx.grad(lambda x: x.norm())(z), torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["std_of_constant", "atan2_at_origin", "sinc_at_zero", "hardswish", "hardsigmoid"])
+def test_derivatives_at_edge_points_match_torch(name):
+    D = torch.float64
+    edge = torch.tensor([-3.0, 3.0, 0.0, -4.0, 5.0, 1.5], dtype=D)
+    f, x = {
+        "std_of_constant": (lambda x: (torch.ones(3, dtype=D) * x[0]).std() + x.std(), edge),
+        "atan2_at_origin": (lambda x: torch.atan2(x, x).sum(), torch.zeros(3, dtype=D)),
+        "sinc_at_zero": (lambda x: torch.sinc(x).sum(), edge),
+        "hardswish": (lambda x: F.hardswish(x).sum(), edge),
+        "hardsigmoid": (lambda x: F.hardsigmoid(x).sum(), edge),
+    }[name]
+    torch.testing.assert_close(functx.grad(f)(x), torch.func.grad(f)(x))
+    torch.testing.assert_close(functx.jit(functx.grad(f))(x), torch.func.grad(f)(x))
+    torch.testing.assert_close(functx.jit(f)(x), f(x))

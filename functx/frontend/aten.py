@@ -1481,3 +1481,40 @@ def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
             root = P.sqrt(safe) if ord == 2 else P.pow_(safe, 1.0 / ord)
             out = P.where(positive, root, 0.0)
     return _keep(out, t.shape, axes, keepdim)
+
+
+# ---------------------------------------------------------------- finite derivatives at the edges
+# torch's derivative formulas return 0 at points where the composite formula gives 0/0:
+# std of constant data, sinc at 0, hardsigmoid/hardswish at +-3 (strict boundaries).
+
+def _safe_sqrt(v):
+    """sqrt with derivative 0 (not inf*0 = nan) where v == 0."""
+    positive = P.gt(v, 0.0)
+    return P.where(positive, P.sqrt(P.where(positive, v, 1.0)), 0.0)
+
+
+@register(aten.std.correction)
+def _std(x, dim=None, *, correction=None, keepdim=False):
+    t = _t(x)
+    axes = _dims(dim, t.ndim) if t.ndim else ()
+    v = _prims_var(P.convert(x, float_dtype_of(x)), axes, 1 if correction is None else correction)
+    return _keep(_safe_sqrt(v), t.shape, axes, keepdim)
+
+
+@register(aten.sinc.default)
+def _sinc(x):
+    x = P.convert(x, float_dtype_of(x))
+    t = _t(x)
+    zero = P.eq(x, 0.0)
+    px = P.mul(P.where(zero, 1.0, x), math.pi)
+    return P.where(zero, P.full(t.shape, 1.0, t.dtype, t.device), P.div(P.sin(px), px))
+
+
+@register(aten.hardsigmoid.default)
+def _hardsigmoid(x):
+    return P.div(_hardtanh(P.add(x, 3.0), 0.0, 6.0), 6.0)
+
+
+@register(aten.hardswish.default)
+def _hardswish(x):
+    return P.mul(x, _hardsigmoid(x))

@@ -363,6 +363,8 @@ def _atan2_jvp(primals, tangents):
     tx, ty = tangents
     out = atan2(x, y)
     denom = add(mul(x, x), mul(y, y))
+    if not is_scalar(denom):   # at (0, 0) the derivative is taken as 0, as torch does
+        denom = where(eq(denom, 0.0), 1.0, denom)
     terms = []
     if not isinstance(tx, Zero):
         terms.append(mul(tx, div(y, denom)))
