@@ -51,3 +51,11 @@ def adam(lr, b1=0.9, b2=0.999, eps=1e-8):
 def energy_distance(x, y):
     """2 E|x-y| - E|x-x'| - E|y-y'|: zero iff the distributions are equal."""
     return 2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()
+
+
+def save_figure(fig, out_dir, name):
+    """Lay out, write out_dir/name at 90 dpi, and say where."""
+    path = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print(f"wrote {path}")

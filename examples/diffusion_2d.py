@@ -16,13 +16,12 @@ Gaussian with the data's mean and covariance) and `METRIC nll=... baseline=...` 
 log-likelihood of held-out data in nats, exact divergence; baseline: that Gaussian's NLL).
 """
 import math
-import os
 import time
 
 import torch
 
 import functx
-from common import parse_example_args, init_mlp, energy_distance, adam
+from common import parse_example_args, init_mlp, energy_distance, adam, save_figure
 
 BETA_MIN, BETA_MAX, T_EPS = 0.1, 20.0, 1e-3
 
@@ -202,10 +201,7 @@ def main():
         ax.set_xlim(-2.5, 2.5)
         ax.set_ylim(-2.5, 2.5)
         ax.set_aspect("equal")
-    fig.tight_layout()
-    path = os.path.join(args.out, "diffusion_2d.png")
-    fig.savefig(path, dpi=90)
-    print(f"wrote {path}")
+    save_figure(fig, args.out, "diffusion_2d.png")
 
 
 if __name__ == "__main__":

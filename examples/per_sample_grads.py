@@ -11,7 +11,6 @@ averages -- it needs each example's gradient, which is exactly what vmap(grad) g
 Prints `METRIC test_accuracy=... baseline=...`: the DP-SGD-trained MLP's accuracy on held-out
 synthetic data against the untrained network's.
 """
-import os
 import time
 
 import torch
@@ -19,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import functx
-from common import parse_example_args
+from common import parse_example_args, save_figure
 
 
 def make_data(n, dim=20, classes=4, seed=0):
@@ -131,10 +130,7 @@ def main():
     ax.set_ylabel("density")
     ax.legend()
     ax.set_title("per-sample gradient norms (functx.vmap(functx.grad))")
-    fig.tight_layout()
-    path = os.path.join(args.out, "per_sample_grads.png")
-    fig.savefig(path, dpi=90)
-    print(f"wrote {path}")
+    save_figure(fig, args.out, "per_sample_grads.png")
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ the analytic solution on a grid; the baseline is the untrained network (the zero
 would score 1.0).
 """
 import math
-import os
 import time
 
 import torch
 
 import functx
-from common import parse_example_args, init_mlp
+from common import parse_example_args, init_mlp, save_figure
 
 
 def u(params, p):
@@ -108,10 +107,7 @@ def main():
     axes[3].plot(g, ref[25], "--", label="analytic")
     axes[3].legend()
     axes[3].set_title(f"slice (rel. L2 error {err:.2e})")
-    fig.tight_layout()
-    path = os.path.join(args.out, "pinn_poisson.png")
-    fig.savefig(path, dpi=90)
-    print(f"wrote {path}")
+    save_figure(fig, args.out, "pinn_poisson.png")
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ Prints `METRIC energy_distance_<method>=... baseline=...`: the energy distance f
 Langevin samples to held-out data, against a Gaussian with the data's mean and covariance.
 """
 import math
-import os
 import time
 
 import torch
 
 import functx
-from common import parse_example_args, init_mlp, energy_distance, adam
+from common import parse_example_args, init_mlp, energy_distance, adam, save_figure
 
 
 # ----------------------------------------------------------------- data, model, metric
@@ -149,10 +148,7 @@ def main():
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
-    path = os.path.join(args.out, "score_matching_2d.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    print(f"wrote {path}")
+    save_figure(fig, args.out, "score_matching_2d.png")
 
 
 if __name__ == "__main__":
