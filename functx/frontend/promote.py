@@ -94,46 +94,12 @@ def cast_scalar(x, dtype):
 
 def prepare(args, dtype, shape):
     """Convert every operand to dtype and broadcast tensors to shape."""
-    device = common_device(args)
-    out = []
-    for a in args:
-        if isinstance(a, SCALARS):
-            out.append(cast_scalar(a, dtype))
-        else:
-            if isinstance(a, torch.Tensor) and a.device != device and a.ndim == 0:
-                a = a.to(device)   # torch treats 0-d CPU tensors as scalars on any device
-            out.append(P.broadcast_to(P.convert(a, dtype), shape))
-    if all(isinstance(a, SCALARS) for a in out):
-        out[0] = P.full(shape, out[0], dtype, device)
-    return out
+    return _prepare_typed(args, [None if isinstance(a, SCALARS) else type_of(a) for a in args], dtype, shape)
 
 
-def common_device(args):
-    """The device of the first operand that isn't a CPU tensor (0-d CPU tensors act as scalars)."""
-    device = torch.device("cpu")
-    for a in args:
-        if not isinstance(a, SCALARS):
-            d = type_of(a).device
-            if d.type != "cpu":
-                return d
-    return device
-
-
-def elementwise(fn, *args, kind=KIND.DEFAULT, compute_dtype=None):
-    """fn over the operands promoted to a common dtype and broadcast to a common shape.
-    (prepare/result_type/broadcast_shapes spelled out once over the operands' types: this
-    runs for every elementwise ATen op.)"""
-    types = [None if isinstance(a, SCALARS) else type_of(a) for a in args]
-    if compute_dtype is None or kind is KIND.ALWAYS_BOOL:
-        key = tuple([type(a) if t is None else (t.dtype, not t.shape) for a, t in zip(args, types)])
-        dtype = _promoted(key, KIND.DEFAULT if kind is KIND.ALWAYS_BOOL else kind)
-    else:
-        dtype = compute_dtype
-    shapes = tuple([t.shape for t in types if t is not None])
-    if not shapes:
-        return fn(*prepare(args, dtype, ()))
-    shape = static_broadcast_shapes(shapes)
-    device = _CPU
+def _prepare_typed(args, types, dtype, shape):
+    """prepare, given each operand's type (None for Python scalars)."""
+    device = _CPU    # the first non-CPU operand's device: 0-d CPU tensors act as scalars
     for t in types:
         if t is not None and t.device.type != "cpu":
             device = t.device
@@ -150,7 +116,23 @@ def elementwise(fn, *args, kind=KIND.DEFAULT, compute_dtype=None):
         if t.shape != shape:
             a = P.broadcast_to(a, shape)
         out.append(a)
-    return fn(*out)
+    if all(t is None for t in types):
+        out[0] = P.full(shape, out[0], dtype, device)
+    return out
+
+
+def elementwise(fn, *args, kind=KIND.DEFAULT, compute_dtype=None):
+    """fn over the operands promoted to a common dtype and broadcast to a common shape.
+    (Each operand's type is computed once: this runs for every elementwise ATen op.)"""
+    types = [None if isinstance(a, SCALARS) else type_of(a) for a in args]
+    if compute_dtype is None or kind is KIND.ALWAYS_BOOL:
+        key = tuple([type(a) if t is None else (t.dtype, not t.shape) for a, t in zip(args, types)])
+        dtype = _promoted(key, KIND.DEFAULT if kind is KIND.ALWAYS_BOOL else kind)
+    else:
+        dtype = compute_dtype
+    shapes = tuple([t.shape for t in types if t is not None])
+    shape = static_broadcast_shapes(shapes) if shapes else ()
+    return fn(*_prepare_typed(args, types, dtype, shape))
 
 
 _CPU = torch.device("cpu")
