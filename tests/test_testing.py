@@ -14,7 +14,7 @@ X = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(
 
 def _private_unary(name, impl, deriv, emit=None):
     """A test-only primitive (removed from the registry so completeness tests don't see it)."""
-    p = ew.defunary(name, impl, deriv)
+    p = ew.defunary(name, impl, None, deriv=deriv)
     if emit is not None:
         p.emit = emit
     REGISTRY.pop(name, None)
@@ -29,16 +29,14 @@ wrong_sq = _private_unary("test_wrong_sq", torch.square, lambda x, y: ew.mul(x, 
 cube = _private_unary("test_cube", lambda x: x ** 3, lambda x, y: ew.mul(unwrap(wrong_sq(x)), 3.0))
 # Right derivative, but the jit backend's emitted code computes cos instead of sin.
 bad_emit_sin = _private_unary("test_bad_emit_sin", torch.sin, lambda x, y: ew.cos(x),
-                              emit=lambda srcs, params: f"torch.cos({srcs[0]})")
+                              emit=lambda eqn, srcs: f"torch.cos({srcs[0]})")
 
 # A linear primitive (2x) with a correct jvp but a wrong transpose (3 ct): reverse mode only.
-_scale_p = functx.core.Primitive("test_bad_transpose_scale")
+_scale_p = ew.defvectorized(functx.core.Primitive(
+    "test_bad_transpose_scale", abstract_eval=lambda t: t, impl=lambda x: 2 * x,
+    jvp=lambda primals, tangents: (_scale_p.bind(primals[0]), _scale_p.bind(tangents[0])),
+    transpose=lambda ct, x: [ew.mul(ct, 3.0)]))
 REGISTRY.pop("test_bad_transpose_scale", None)
-_scale_p.abstract_eval = lambda t: t
-_scale_p.impl = lambda x: 2 * x
-_scale_p.jvp = lambda primals, tangents: (_scale_p.bind(primals[0]), _scale_p.bind(tangents[0]))
-_scale_p.transpose = lambda ct, x: [ew.mul(ct, 3.0)]
-_scale_p.batch = ew.elementwise_batch(_scale_p)
 bad_transpose = lambda x: wrap(_scale_p.bind(unwrap(x)))
 
 

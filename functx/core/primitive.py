@@ -1,49 +1,91 @@
-"""Primitive: a named operation and the table of its rules.
+"""Primitive: a named operation and the declared table of everything functx knows about it.
 
-Each primitive is defined once in functx/prims/, with every rule beside it:
+Each primitive is defined once, in one block in functx/prims/ (or, for structural
+primitives whose rules run transforms, in functx/transforms/), with every rule beside it:
+
   abstract_eval(*types, **params) -> TensorType | list   (Python scalars stand for literals)
   impl(*tensors, **params)         -> Tensor | list        (eager torch)
-  jvp(primals, tangents, **params) -> (primal_out, tangent_out)   (tangents may be Zero)
-  transpose(cts, *args, **params)  -> list of cotangents for UndefinedPrimal args (linear prims)
+  jvp(primals, tangents, **params) -> (primal_out, tangent_out)   (some tangents may be Zero)
+  transpose(ct, *args, **params)   -> cotangents for the UndefinedPrimal args (linear prims)
   batch(axis, args, dims, **params)-> (out, out_dim)
-  emit(in_srcs, params)            -> a PyTorch source expression (eager codegen)
-  lowering                         -> how the Triton backend compiles it (see functx/compile)
+
+and the facts the backends lower it with:
+
+  emit(eqn, srcs)   -> a PyTorch source expression, or None to call `impl` (both backends'
+                       generated host code)
+  triton            -> pointwise only: a Triton expression template ("tl.sin({0})", params by
+                       name) or a function eqn -> template | Unsupported(reason)
+  combine           -> reductions only: the Triton combine op ("add", "mul", "max", "min")
+  index_map(idx, in_shape, **params) -> views only: the input index read at output index idx,
+                       so the fusion compiler folds the view into index arithmetic
+
+The definer helpers in functx/prims/define.py (defjvp, deflinear, defbilinear, defvectorized)
+fill the rule slots from a few lines each. tests/test_completeness.py checks that every
+primitive fills every slot its kind needs.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 from .trace import bind
 
 # How the fusion compiler treats a primitive.
-POINTWISE = "pointwise"
-REDUCTION = "reduction"
-VIEW = "view"
-EXTERN = "extern"
+POINTWISE = "pointwise"     # one output element from the same element of each operand
+REDUCTION = "reduction"     # reduces static axes with `combine`
+VIEW = "view"               # a pure re-indexing (`index_map`); kernels fold it into index math
+EXTERN = "extern"           # runs through torch between kernels (`emit` or `impl`)
+STRUCTURAL = "structural"   # holds sub-graphs or callables (cond, while_loop, custom_jvp, ...)
+KINDS = (POINTWISE, REDUCTION, VIEW, EXTERN, STRUCTURAL)
 
 
+class Unsupported(str):
+    """A backend lowering's answer "this equation can't be lowered here", with the reason
+    (explain prints it; the equation then runs as an extern)."""
+
+
+@dataclass(eq=False, repr=False)
 class Primitive:
-    def __init__(self, name: str, *, multiple_results: bool = False, effectful: bool = False):
-        self.name = name
-        self.multiple_results = multiple_results
-        self.effectful = effectful        # never CSE'd, folded or removed (random numbers)
-        self.commutative = False          # f(x, y) == f(y, x): CSE treats both orders as one
-        self.abstract_eval = None
-        self.impl = None
-        self.jvp = None
-        self.transpose = None
-        self.batch = None
-        self.emit = None
-        self.kind = EXTERN                # POINTWISE / REDUCTION / VIEW / EXTERN
-        self.triton = None                # for pointwise: fn(*arg_exprs, **params) -> Triton expr
-        # Structural primitives holding Python callables (custom_jvp_call, custom_vjp_call):
-        # fn(*args, **params) run at a GraphTrace in place of recording an equation, so jit
-        # compiles their bodies; only transforms above the graph trace need their rules.
-        self.inline = None
-        REGISTRY[name] = self
+    name: str
+    kind: str = EXTERN
+    multiple_results: bool = False
+    effectful: bool = False           # never CSE'd, folded or removed (random numbers)
+    commutative: bool = False         # f(x, y) == f(y, x): CSE treats both orders as one
+    collective: bool = False          # a named-axis collective: resolved by the matching vmap
+    # Transformation rules.
+    abstract_eval: Callable | None = None
+    impl: Callable | None = None
+    jvp: Callable | None = None
+    transpose: Callable | None = None
+    batch: Callable | None = None
+    # Structural primitives holding Python callables (custom_jvp_call, custom_vjp_call):
+    # fn(*args, **params) run at a GraphTrace in place of recording an equation, so jit
+    # compiles their bodies; only transforms above the graph trace need their rules.
+    inline: Callable | None = None
+    # Lowering facts.
+    emit: Callable | None = None
+    triton: str | Callable | None = None
+    combine: str | None = None
+    index_map: Callable | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"primitive {self.name}: unknown kind {self.kind!r}")
+        if self.name in REGISTRY:
+            raise ValueError(f"primitive {self.name!r} is defined twice")
+        REGISTRY[self.name] = self
 
     def bind(self, *args, **params):
         return bind(self, args, params)
 
     __call__ = bind
+
+    def triton_lowering(self, eqn) -> str | Unsupported:
+        """The Triton expression template for a pointwise equation, or why there is none."""
+        rule = self.triton
+        if rule is None:
+            return Unsupported(f"{self.name} has no Triton expression")
+        return rule if isinstance(rule, str) else rule(eqn)
 
     def __repr__(self) -> str:
         return self.name

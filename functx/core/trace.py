@@ -10,6 +10,7 @@ share one mechanism.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import torch
 
@@ -18,8 +19,18 @@ from .ir import Eqn, Graph, Literal, Var
 from .types import TensorType
 
 
+@dataclass(frozen=True)
+class AxisData:
+    """A vmapped axis: its size, its name (for collectives) and vmap's randomness mode."""
+    size: int
+    name: object = None
+    randomness: str = "error"
+
+
 class Trace:
     parent: "Trace | None" = None
+    # The axis environment: the vmap axis this trace batches over (a BatchTrace's), else None.
+    axis: AxisData | None = None
 
     def process_primitive(self, prim, args, params):
         raise NotImplementedError
@@ -93,6 +104,16 @@ def raise_leaked(tracer):
         f"finished (a leaked tracer), here:\n{user_frame_summary()}\nThis happens when a function "
         "stores a value computed inside grad/vmap/jit in a global, a list or an object attribute and "
         "uses it later. Return it from the transformed function instead.")
+
+
+def find_axis(axis_name) -> AxisData | None:
+    """The innermost enclosing vmap axis called axis_name (JAX's axis environment)."""
+    trace = _state.trace
+    while trace is not None:
+        if trace.axis is not None and trace.axis.name == axis_name:
+            return trace.axis
+        trace = trace.parent
+    return None
 
 
 def is_ancestor(trace, of) -> bool:

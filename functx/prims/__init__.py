@@ -1,13 +1,24 @@
-"""The primitive set and its lax-style functions (rules sit next to each primitive)."""
-from . import util, elementwise, shape, reduce, linalg, indexing, random, collective, opaque  # noqa: F401
-from .elementwise import *  # noqa: F401,F403
+"""The primitive set and its lax-style functions: the one home of the lax API (`P.add(x, y)`).
+
+Modules by family, in dependency order (each imports only those before it; shape.py's
+broadcast_in_dim transpose is the one deferred import, of reduce_sum):
+  util, define (definer helpers), creation (full, iota), shape (views, pad, concatenate),
+  elementwise, reduce, linalg (dot_general), conv, indexing, random, collective, opaque.
+"""
+from . import util, define, creation, shape, elementwise, reduce, linalg, conv, indexing  # noqa: F401
+from . import random as random_module, collective, opaque as opaque_module  # noqa: F401
+from .creation import full, iota, zeros_like, zeros_like_type, instantiate  # noqa: F401
 from .shape import (broadcast_in_dim, broadcast_to, reshape, transpose, slice_, slice_in_dim, pad,  # noqa: F401
-                    concatenate, rev)
+                    concatenate, rev, moveaxis, bdim_to_front)
+from .elementwise import (  # noqa: F401
+    neg, exp, exp2, log, log1p, expm1, sin, cos, tan, tanh, asin, acos, atan, sinh, cosh, asinh, acosh,
+    atanh, sqrt, rsqrt, abs_, logistic, erf, erfinv, lgamma, digamma, polygamma, sign, floor, ceil, round_,
+    trunc, logical_not, bitwise_not, reciprocal, add, sub, mul, div, pow_, max_, min_, atan2, rem, idiv,
+    bitwise_and, bitwise_or, bitwise_xor, eq, ne, lt, le, gt, ge, where, convert, stop_gradient)
 from .reduce import reduce_sum, reduce_max, reduce_min, reduce_prod, argmax, argmin, cumsum  # noqa: F401
 from .linalg import dot_general, matmul  # noqa: F401
+from .conv import conv, conv_p  # noqa: F401  (P.conv is the function)
 from .indexing import take, scatter_add, scatter, take_along_axis, scatter_add_along, sort  # noqa: F401
 from .collective import psum, pmax, all_gather, axis_index  # noqa: F401
 from .random import random, random_p  # noqa: F401  (P.random is the function, like P.add)
 from .opaque import OpaqueFunction, opaque  # noqa: F401
-from .conv import conv, conv_p  # noqa: F401  (P.conv is the function)
-from .util import instantiate, moveaxis, bdim_to_front  # noqa: F401

@@ -9,47 +9,39 @@ from __future__ import annotations
 import torch
 
 from ..core import Primitive, TensorType, UnboundAxisError, bind
-from ..core.trace import type_of
+from ..core.trace import find_axis, type_of
+from .define import deflinear
 from . import elementwise as ew
 from . import reduce as red
+from .creation import iota
 from .indexing import take
-from .util import bdim_to_front
+from .shape import bdim_to_front
 
 
-def _unbound(name):
-    def fail(*args, axis_name, **params):
-        raise UnboundAxisError(
-            f"{name}: no enclosing functx.vmap has axis_name={axis_name!r}. Pass axis_name="
-            f"{axis_name!r} to the vmap whose axis this collective reduces over.")
-    return fail
-
-
-def _collective(name, multiple_results=False):
-    p = Primitive(name, multiple_results=multiple_results)
-    p.collective = True
-    p.impl = _unbound(name)
-    return p
+def _unbound(name, axis_name):
+    raise UnboundAxisError(
+        f"{name}: no enclosing functx.vmap has axis_name={axis_name!r}. Pass axis_name="
+        f"{axis_name!r} to the vmap whose axis this collective reduces over.")
 
 
 def axis_size(name, axis_name):
-    """The size of the enclosing vmap axis called axis_name (found on the trace chain).
+    """The size of the enclosing vmap axis called axis_name (from the axis environment).
 
     Abstract evaluation needs it when a collective is staged into a graph inside that vmap
     (linearize records tangent collectives; make_graph under vmap), like JAX's axis env."""
-    from ..core.trace import current_trace
-    trace = current_trace()
-    while trace is not None:
-        axis = getattr(trace, "axis", None)
-        if axis is not None and getattr(axis, "name", None) == axis_name:
-            return axis.size
-        trace = trace.parent
-    _unbound(name)(axis_name=axis_name)
+    axis = find_axis(axis_name)
+    if axis is None:
+        _unbound(name, axis_name)
+    return axis.size
 
 
-psum_p = _collective("psum")
-pmax_p = _collective("pmax")
-all_gather_p = _collective("all_gather")
-axis_index_p = _collective("axis_index")
+def defcollective(name, abstract_eval):
+    """A collective has no batch rule: the BatchTrace owning its axis_name applies
+    collective_batch, any other BatchTrace foreign_collective_batch. Evaluated outside
+    every vmap (its impl), it has no axis to act on."""
+    def unbound_impl(*args, axis_name, **params):
+        _unbound(name, axis_name)
+    return Primitive(name, collective=True, abstract_eval=abstract_eval, impl=unbound_impl)
 
 
 def _same_type_collective(name):
@@ -59,12 +51,28 @@ def _same_type_collective(name):
     return abstract_eval
 
 
-psum_p.abstract_eval = _same_type_collective("psum")
-pmax_p.abstract_eval = _same_type_collective("pmax")
-all_gather_p.abstract_eval = lambda t, *, axis_name: t.with_shape(
-    (axis_size("all_gather", axis_name),) + tuple(t.shape))
-axis_index_p.abstract_eval = lambda *, axis_name, device: (
-    axis_size("axis_index", axis_name), TensorType((), torch.int64, device))[1]
+def _pmax_jvp(primals, tangents, *, axis_name):
+    (x,), (t,) = primals, tangents
+    out = pmax(x, axis_name)
+    mask = ew.convert(ew.eq(x, out), type_of(x).dtype)
+    return out, ew.div(psum(ew.mul(t, mask), axis_name), psum(mask, axis_name))
+
+
+def _all_gather_transpose(ct, x, *, axis_name):
+    # y_i = stack_j x_j for every i, so ct_x_j = sum_i ct_i[j]: psum, then this element's row.
+    total = psum(ct, axis_name)
+    t = type_of(ct)
+    return [take(total, axis_index(axis_name, t.device), 0)]
+
+
+psum_p = deflinear(defcollective("psum", _same_type_collective("psum")),
+                   lambda ct, x, *, axis_name: [psum(ct, axis_name)])
+pmax_p = defcollective("pmax", _same_type_collective("pmax"))
+pmax_p.jvp = _pmax_jvp
+all_gather_p = deflinear(defcollective("all_gather", lambda t, *, axis_name: t.with_shape(
+    (axis_size("all_gather", axis_name),) + tuple(t.shape))), _all_gather_transpose)
+axis_index_p = defcollective("axis_index", lambda *, axis_name, device: (
+    axis_size("axis_index", axis_name), TensorType((), torch.int64, device))[1])
 
 
 def psum(x, axis_name):
@@ -83,38 +91,11 @@ def axis_index(axis_name, device=None):
     return bind(axis_index_p, (), {"axis_name": axis_name, "device": torch.device(device or "cpu")})
 
 
-psum_p.jvp = lambda primals, tangents, *, axis_name: (psum(primals[0], axis_name),
-                                                     psum(tangents[0], axis_name))
-psum_p.transpose = lambda ct, x, *, axis_name: [psum(ct, axis_name)]
-all_gather_p.jvp = lambda primals, tangents, *, axis_name: (all_gather(primals[0], axis_name),
-                                                           all_gather(tangents[0], axis_name))
-
-
-def _pmax_jvp(primals, tangents, *, axis_name):
-    (x,), (t,) = primals, tangents
-    out = pmax(x, axis_name)
-    mask = ew.convert(ew.eq(x, out), type_of(x).dtype)
-    return out, ew.div(psum(ew.mul(t, mask), axis_name), psum(mask, axis_name))
-
-
-pmax_p.jvp = _pmax_jvp
-
-
-def _all_gather_transpose(ct, x, *, axis_name):
-    # y_i = stack_j x_j for every i, so ct_x_j = sum_i ct_i[j]: psum, then this element's row.
-    total = psum(ct, axis_name)
-    t = type_of(ct)
-    return [take(total, axis_index(axis_name, t.device), 0)]
-
-
-all_gather_p.transpose = _all_gather_transpose
-
-
 def collective_batch(prim, axis, args, dims, params):
     """The rule at the vmap that owns params['axis_name']: reduce over its batch dim."""
     size = axis.size
     if prim is axis_index_p:
-        return ew.iota((size,), 0, torch.int64, params["device"]), 0
+        return iota((size,), 0, torch.int64, params["device"]), 0
     (x,), (d,) = args, dims
     if prim is psum_p:
         return (ew.mul(x, size) if d is None else red.reduce_sum(x, (d,))), None
@@ -134,7 +115,3 @@ def foreign_collective_batch(prim, axis, args, dims, params):
     if prim is all_gather_p and d is not None:
         return out, d + 1
     return out, d
-
-
-for _p in (psum_p, pmax_p, all_gather_p, axis_index_p):
-    _p.batch = None   # handled by BatchTrace through collective_batch / foreign_collective_batch

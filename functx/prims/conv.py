@@ -17,12 +17,10 @@ from __future__ import annotations
 import torch
 
 from ..core import EXTERN, Primitive, Zero, bind
-from ..core.trace import UndefinedPrimal, type_of
+from ..core.trace import type_of
 from . import shape as sh
-from .util import moveaxis
-
-conv_p = Primitive("conv")
-conv_p.kind = EXTERN
+from .define import defbilinear, is_undefined
+from .shape import moveaxis
 
 
 def _out_size(n, k, s, p, d, transposed, op):
@@ -60,7 +58,8 @@ def _conv_impl(x, w, *, stride, padding, dilation, transposed, output_padding, g
     return torch.convolution(x, w, None, stride, padding, dilation, transposed, output_padding, groups)
 
 
-def _conv_emit(srcs, p):
+def _conv_emit(eqn, srcs):
+    p = eqn.params
     return (f"torch.convolution({srcs[0]}, {srcs[1]}, None, {list(p['stride'])}, {list(p['padding'])}, "
             f"{list(p['dilation'])}, {p['transposed']}, {list(p['output_padding'])}, {p['groups']})")
 
@@ -103,14 +102,12 @@ def _plain_weight_grad(inp, cot, kernel, stride, padding, dilation, groups):
 
 
 def _conv_transpose_rule(ct, x, w, *, stride, padding, dilation, transposed, output_padding, groups):
-    if isinstance(x, UndefinedPrimal) and isinstance(w, UndefinedPrimal):
-        raise ValueError("conv is not linear in both operands at once")
     if isinstance(ct, Zero):
         return [None, None]
-    xt = x.aval if isinstance(x, UndefinedPrimal) else type_of(x)
-    wt = w.aval if isinstance(w, UndefinedPrimal) else type_of(w)
+    xt = x.aval if is_undefined(x) else type_of(x)
+    wt = w.aval if is_undefined(w) else type_of(w)
     kernel = wt.shape[2:]
-    if isinstance(x, UndefinedPrimal):
+    if is_undefined(x):
         if transposed:
             gx = conv(ct, w, stride, padding, dilation, False, None, groups)
             return [_crop_spatial(gx, xt.shape[2:]), None]
@@ -131,21 +128,6 @@ def _pad_spatial_to(y, sizes):
     t = type_of(y)
     cfg = ((0, 0, 0), (0, 0, 0)) + tuple((0, n - m, 0) for n, m in zip(sizes, t.shape[2:]))
     return sh.pad(y, cfg, 0)
-
-
-def _conv_jvp(primals, tangents, **params):
-    x, w = primals
-    tx, tw = tangents
-    out = conv_p.bind(x, w, **params)
-    terms = []
-    if not isinstance(tx, Zero):
-        terms.append(conv_p.bind(tx, w, **params))
-    if not isinstance(tw, Zero):
-        terms.append(conv_p.bind(x, tw, **params))
-    if not terms:
-        return out, Zero(type_of(out))
-    from . import elementwise as ew
-    return out, terms[0] if len(terms) == 1 else ew.add(*terms)
 
 
 def _conv_batch(axis, args, dims, *, stride, padding, dilation, transposed, output_padding, groups):
@@ -194,9 +176,11 @@ def _conv_batch(axis, args, dims, *, stride, padding, dilation, transposed, outp
     return sh.reshape(y, (n, b, yt.shape[1] // b) + yt.shape[2:]), 1
 
 
-conv_p.abstract_eval = _conv_type
-conv_p.impl = _conv_impl
-conv_p.emit = _conv_emit
-conv_p.jvp = _conv_jvp
-conv_p.transpose = _conv_transpose_rule
-conv_p.batch = _conv_batch
+conv_p = defbilinear(Primitive(
+    "conv", kind=EXTERN,
+    abstract_eval=_conv_type,
+    impl=_conv_impl,
+    batch=_conv_batch,
+    emit=_conv_emit),
+    lambda ct, x, w, **params: _conv_transpose_rule(ct, x, w, **params)[0],
+    lambda ct, x, w, **params: _conv_transpose_rule(ct, x, w, **params)[1])

@@ -8,10 +8,12 @@ from __future__ import annotations
 import torch
 
 from ..core import EXTERN, Primitive, Zero, bind
-from ..core.trace import UndefinedPrimal, type_of
+from ..core.trace import type_of
 from . import elementwise as ew
 from . import shape as sh
-from .util import bdim_to_front, instantiate, moveaxis
+from .creation import instantiate, iota, zeros_like_type
+from .define import deflinear, is_undefined
+from .shape import bdim_to_front, moveaxis
 
 
 def _check_index(name, idx):
@@ -20,7 +22,7 @@ def _check_index(name, idx):
 
 
 def _aval(x):
-    return x.aval if isinstance(x, UndefinedPrimal) else type_of(x)
+    return x.aval if is_undefined(x) else type_of(x)
 
 
 def _jointly_linear_jvp(fn):
@@ -55,7 +57,7 @@ def _merge_batch(x, idx, axis, size):
     x = moveaxis(x, axis + 1, 1)
     x = sh.reshape(x, (size * n,) + xs[:axis] + xs[axis + 1:])
     it = type_of(idx)
-    offsets = ew.mul(ew.iota(it.shape, 0, it.dtype, it.device), n)
+    offsets = ew.mul(iota(it.shape, 0, it.dtype, it.device), n)
     return x, ew.add(idx, offsets), n
 
 
@@ -79,19 +81,15 @@ def _take_batch(axis_data, args, dims, *, axis):
     return sh.transpose(out, tuple(perm)), 0
 
 
-take_p = Primitive("take")
-take_p.kind = EXTERN
-take_p.abstract_eval = _take_type
-take_p.impl = _take_impl
-take_p.jvp = lambda primals, tangents, *, axis: (take(primals[0], primals[1], axis),
-                                                take(tangents[0], primals[1], axis))
-take_p.transpose = lambda ct, x, idx, *, axis: [
-    scatter_add(_zeros(x.aval), idx, ct, axis), None]
-take_p.batch = _take_batch
-
-
-def _zeros(t):
-    return ew.full(t.shape, 0, t.dtype, t.device)
+# Gathers are linear in the operand only: the index's tangent is always Zero.
+take_p = Primitive(
+    "take", kind=EXTERN,
+    abstract_eval=_take_type,
+    impl=_take_impl,
+    jvp=lambda primals, tangents, *, axis: (take(primals[0], primals[1], axis),
+                                            take(tangents[0], primals[1], axis)),
+    transpose=lambda ct, x, idx, *, axis: [scatter_add(zeros_like_type(x.aval), idx, ct, axis), None],
+    batch=_take_batch)
 
 
 def take(x, idx, axis):
@@ -145,42 +143,36 @@ def _scatter_batch(p):
     return rule
 
 
-scatter_add_p = Primitive("scatter_add")
-scatter_add_p.kind = EXTERN
-scatter_add_p.abstract_eval = _scatter_type("scatter_add")
-scatter_add_p.impl = _scatter_add_impl
+scatter_add_p = Primitive(
+    "scatter_add", kind=EXTERN,
+    abstract_eval=_scatter_type("scatter_add"),
+    impl=_scatter_add_impl,
+    jvp=_jointly_linear_jvp(lambda *a: scatter_add(*a)),
+    transpose=lambda ct, x, idx, v, *, axis: [ct if is_undefined(x) else None, None,
+                                              take(ct, idx, axis) if is_undefined(v) else None])
 scatter_add_p.batch = _scatter_batch(scatter_add_p)
-
-
-scatter_add_p.jvp = _jointly_linear_jvp(lambda *a: scatter_add(*a))
-scatter_add_p.transpose = lambda ct, x, idx, v, *, axis: [
-    ct if isinstance(x, UndefinedPrimal) else None, None,
-    take(ct, idx, axis) if isinstance(v, UndefinedPrimal) else None]
 
 
 def scatter_add(x, idx, v, axis):
     return bind(scatter_add_p, (x, idx, v), {"axis": axis})
 
 
-scatter_p = Primitive("scatter")
-scatter_p.kind = EXTERN
-scatter_p.abstract_eval = _scatter_type("scatter")
-scatter_p.impl = _scatter_impl
-scatter_p.batch = _scatter_batch(scatter_p)
-
-
 def _scatter_transpose(ct, x, idx, v, *, axis):
     ct_x = ct_v = None
-    if isinstance(x, UndefinedPrimal):
-        vt = _aval(v)
-        ct_x = scatter(ct, idx, _zeros(vt), axis)
-    if isinstance(v, UndefinedPrimal):
+    if is_undefined(x):
+        ct_x = scatter(ct, idx, zeros_like_type(_aval(v)), axis)
+    if is_undefined(v):
         ct_v = take(ct, idx, axis)
     return [ct_x, None, ct_v]
 
 
-scatter_p.jvp = _jointly_linear_jvp(lambda *a: scatter(*a))
-scatter_p.transpose = _scatter_transpose
+scatter_p = Primitive(
+    "scatter", kind=EXTERN,
+    abstract_eval=_scatter_type("scatter"),
+    impl=_scatter_impl,
+    jvp=_jointly_linear_jvp(lambda *a: scatter(*a)),
+    transpose=_scatter_transpose)
+scatter_p.batch = _scatter_batch(scatter_p)
 
 
 def scatter(x, idx, v, axis):
@@ -197,28 +189,22 @@ def _along_type(x, idx, *, axis):
     return x.with_shape(idx.shape)
 
 
-take_along_axis_p = Primitive("take_along_axis")
-take_along_axis_p.kind = EXTERN
-take_along_axis_p.abstract_eval = _along_type
-take_along_axis_p.impl = lambda x, idx, *, axis: torch.gather(x, axis, idx.long())
-take_along_axis_p.emit = lambda srcs, p: f"torch.gather({srcs[0]}, {p['axis']}, {srcs[1]}.long())"
-take_along_axis_p.jvp = lambda primals, tangents, *, axis: (
-    take_along_axis(primals[0], primals[1], axis), take_along_axis(tangents[0], primals[1], axis))
-take_along_axis_p.transpose = lambda ct, x, idx, *, axis: [
-    scatter_add_along(_zeros(x.aval), idx, ct, axis), None]
-
-
 def _along_batch(p):
     def rule(axis_data, args, dims, *, axis):
-        size = axis_data.size
-        moved = []
-        for a, d in zip(args, dims):
-            moved.append(bdim_to_front(a, d, size))
+        moved = [bdim_to_front(a, d, axis_data.size) for a, d in zip(args, dims)]
         return p.bind(*moved, axis=axis + 1), 0
-    return rule
+    p.batch = rule
+    return p
 
 
-take_along_axis_p.batch = _along_batch(take_along_axis_p)
+take_along_axis_p = _along_batch(Primitive(
+    "take_along_axis", kind=EXTERN,
+    abstract_eval=_along_type,
+    impl=lambda x, idx, *, axis: torch.gather(x, axis, idx.long()),
+    jvp=lambda primals, tangents, *, axis: (take_along_axis(primals[0], primals[1], axis),
+                                            take_along_axis(tangents[0], primals[1], axis)),
+    transpose=lambda ct, x, idx, *, axis: [scatter_add_along(zeros_like_type(x.aval), idx, ct, axis), None],
+    emit=lambda eqn, srcs: f"torch.gather({srcs[0]}, {eqn.params['axis']}, {srcs[1]}.long())"))
 
 
 def take_along_axis(x, idx, axis):
@@ -232,19 +218,15 @@ def _scatter_along_type(x, idx, v, *, axis):
     return x
 
 
-scatter_add_along_p = Primitive("scatter_add_along")
-scatter_add_along_p.kind = EXTERN
-scatter_add_along_p.abstract_eval = _scatter_along_type
-scatter_add_along_p.impl = lambda x, idx, v, *, axis: torch.scatter_add(x, axis, idx.long(), v)
-scatter_add_along_p.emit = lambda srcs, p: (
-    f"torch.scatter_add({srcs[0]}, {p['axis']}, {srcs[1]}.long(), {srcs[2]})")
-
-
-scatter_add_along_p.jvp = _jointly_linear_jvp(lambda *a: scatter_add_along(*a))
-scatter_add_along_p.transpose = lambda ct, x, idx, v, *, axis: [
-    ct if isinstance(x, UndefinedPrimal) else None, None,
-    take_along_axis(ct, idx, axis) if isinstance(v, UndefinedPrimal) else None]
-scatter_add_along_p.batch = _along_batch(scatter_add_along_p)
+scatter_add_along_p = _along_batch(Primitive(
+    "scatter_add_along", kind=EXTERN,
+    abstract_eval=_scatter_along_type,
+    impl=lambda x, idx, v, *, axis: torch.scatter_add(x, axis, idx.long(), v),
+    jvp=_jointly_linear_jvp(lambda *a: scatter_add_along(*a)),
+    transpose=lambda ct, x, idx, v, *, axis: [ct if is_undefined(x) else None, None,
+                                              take_along_axis(ct, idx, axis) if is_undefined(v) else None],
+    emit=lambda eqn, srcs: (f"torch.scatter_add({srcs[0]}, {eqn.params['axis']}, {srcs[1]}.long(), "
+                            f"{srcs[2]})")))
 
 
 def scatter_add_along(x, idx, v, axis):
@@ -252,11 +234,6 @@ def scatter_add_along(x, idx, v, axis):
 
 
 # ---------------------------------------------------------------- sort
-
-sort_p = Primitive("sort", multiple_results=True)
-sort_p.kind = EXTERN
-sort_p.abstract_eval = lambda t, *, axis, descending, stable: [t, t.with_dtype(torch.int64)]
-
 
 def _sort_impl(x, *, axis, descending, stable):
     r = torch.sort(x, dim=axis, descending=descending, stable=stable)
@@ -274,9 +251,12 @@ def _sort_batch(axis_data, args, dims, *, axis, descending, stable):
     return sort(x, axis + (axis >= d), descending, stable), [d, d]
 
 
-sort_p.impl = _sort_impl
-sort_p.jvp = _sort_jvp
-sort_p.batch = _sort_batch
+sort_p = Primitive(
+    "sort", kind=EXTERN, multiple_results=True,
+    abstract_eval=lambda t, *, axis, descending, stable: [t, t.with_dtype(torch.int64)],
+    impl=_sort_impl,
+    jvp=_sort_jvp,
+    batch=_sort_batch)
 
 
 def sort(x, axis=-1, descending=False, stable=False):

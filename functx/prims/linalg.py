@@ -1,21 +1,20 @@
 """dot_general: JAX's general contraction (batch dims, contracting dims), bilinear.
 
-Output dims are ordered (batch, lhs free, rhs free). The eager impl maps common layouts to
-torch.matmul and everything else to einsum.
+Output dims are ordered (batch, lhs free, rhs free). Every layout runs as one torch.matmul
+(`matmul_layout`): the eager impl applies that layout to tensors, and the code generators
+print the same layout as source (`x @ W.mT`).
 """
 from __future__ import annotations
 
-import string
+import math
 
 import torch
 
-from ..core import EXTERN, Primitive, Zero, bind
-from ..core.trace import UndefinedPrimal, type_of
+from ..core import EXTERN, Primitive, bind
+from ..core.trace import type_of
 from . import shape as sh
-from .util import moveaxis
-
-dot_general_p = Primitive("dot_general")
-dot_general_p.kind = EXTERN
+from .define import defbilinear, is_undefined
+from .shape import moveaxis
 
 
 def _free(ndim, contract, batch):
@@ -37,75 +36,81 @@ def _dot_type(lt, rt, *, dimension_numbers):
     return lt.with_shape(shape)
 
 
-def einsum_spec(lndim, rndim, dimension_numbers):
+# ---------------------------------------------------------------- one matmul for every layout
+
+def matmul_layout(xs, ys, dimension_numbers):
+    """dot_general as one torch.matmul: (lhs steps, rhs steps, output shape or None), each
+    step ("mT",), ("permute", perm) or ("reshape", shape).
+
+    Vector/matrix layouts with one contraction need at most a transpose (`x @ W.mT`; matmul
+    broadcasts a 2-D rhs over any leading lhs dims). Everything else permutes the operands to
+    (batch, free, contract) and (batch, contract, free), flattens them to three groups and
+    reshapes the result to (batch, lhs free, rhs free): what torch.einsum does internally,
+    without its ~30 us of Python planning per call."""
     (lc, rc), (lb, rb) = dimension_numbers
-    letters = iter(string.ascii_letters)
-    lhs = [None] * lndim
-    rhs = [None] * rndim
-    for a, b in zip(lb, rb):
-        lhs[a] = rhs[b] = next(letters)
-    for a, b in zip(lc, rc):
-        lhs[a] = rhs[b] = next(letters)
-    for i in range(lndim):
-        lhs[i] = lhs[i] or next(letters)
-    for i in range(rndim):
-        rhs[i] = rhs[i] or next(letters)
-    out = ([lhs[a] for a in lb] + [lhs[i] for i in _free(lndim, lc, lb)]
-           + [rhs[i] for i in _free(rndim, rc, rb)])
-    return f"{''.join(lhs)},{''.join(rhs)}->{''.join(out)}"
+    xn, yn = len(xs), len(ys)
+    rhs_t = [("mT",)] if yn == 2 and len(rc) == 1 and rc[0] == 1 else []
+    if not lb and len(lc) == 1 and len(rc) == 1 and yn in (1, 2):
+        if xn >= 1 and lc[0] == xn - 1:
+            return [], rhs_t, None
+        if xn == 2 and lc[0] == 0:
+            return [("mT",)], rhs_t, None
+    lfree, rfree = _free(xn, lc, lb), _free(yn, rc, rb)
+    batch = [xs[i] for i in lb]
+    m, n = [xs[i] for i in lfree], [ys[i] for i in rfree]
+    k = math.prod(xs[i] for i in lc)
+    lhs, rhs = _permute_step((*lb, *lfree, *lc)), _permute_step((*rb, *rc, *rfree))
+    lshape, rshape = (*batch, math.prod(m), k), (*batch, k, math.prod(n))
+    if tuple(batch + m + [xs[i] for i in lc]) != lshape:
+        lhs.append(("reshape", lshape))
+    if tuple(batch + [ys[i] for i in rc] + n) != rshape:
+        rhs.append(("reshape", rshape))
+    out = (*batch, *m, *n)
+    return lhs, rhs, (out if out != (*batch, math.prod(m), math.prod(n)) else None)
 
 
-def _is_matmul(lndim, rndim, dimension_numbers):
-    """(b..., m, k) x (b..., k, n) with batch dims leading and in order."""
-    (lc, rc), (lb, rb) = dimension_numbers
-    nb = len(lb)
-    return (lndim == rndim == nb + 2 and tuple(lb) == tuple(rb) == tuple(range(nb))
-            and tuple(lc) == (nb + 1,) and tuple(rc) == (nb,))
+def _permute_step(perm):
+    if perm == tuple(range(len(perm))):
+        return []
+    n = len(perm)
+    if n >= 2 and perm == tuple(range(n - 2)) + (n - 1, n - 2):
+        return [("mT",)]
+    return [("permute", perm)]
+
+
+def _apply(x, steps):
+    for op, *arg in steps:
+        x = x.mT if op == "mT" else x.permute(arg[0]) if op == "permute" else x.reshape(arg[0])
+    return x
+
+
+def _render(src, steps):
+    for op, *arg in steps:
+        src = f"{src}.mT" if op == "mT" else f"{src}.{op}({arg[0]!r})"
+    return src
 
 
 def _dot_impl(x, y, *, dimension_numbers):
-    """One torch.matmul: x permuted to (batch, free, contract) and y to (batch, contract, free),
-    each flattened to three groups, the result reshaped to (batch, x free, y free). (What
-    torch.einsum does internally, without its ~30 us of Python planning per call.)"""
-    xn, yn = x.ndim, y.ndim
-    if _is_matmul(xn, yn, dimension_numbers):
-        return torch.matmul(x, y)
-    (lc, rc), (lb, rb) = dimension_numbers
-    if not lb and len(lc) == 1 and len(rc) == 1 and xn <= 2 and yn <= 2:
-        # vector/matrix layouts: a transpose (a view) where needed, then matmul
-        if xn == 2 and lc[0] == 0:
-            x = x.mT
-        if yn == 2 and rc[0] == 1:
-            y = y.mT
-        return torch.matmul(x, y)
-    lfree, rfree = _free(xn, lc, lb), _free(yn, rc, rb)
-    xs, ys = x.shape, y.shape
-    lperm = (*lb, *lfree, *lc)
-    rperm = (*rb, *rc, *rfree)
-    if lperm != tuple(range(xn)):
-        x = x.permute(lperm)
-    if rperm != tuple(range(yn)):
-        y = y.permute(rperm)
-    batch = [xs[i] for i in lb]
-    m = [xs[i] for i in lfree]
-    n = [ys[i] for i in rfree]
-    k = 1
-    for i in lc:
-        k *= xs[i]
-    mm, nn = 1, 1
-    for d in m:
-        mm *= d
-    for d in n:
-        nn *= d
-    lshape, rshape = (*batch, mm, k), (*batch, k, nn)
-    if x.shape != lshape:
-        x = x.reshape(lshape)
-    if y.shape != rshape:
-        y = y.reshape(rshape)
-    out = torch.matmul(x, y)
-    oshape = (*batch, *m, *n)
-    return out if out.shape == oshape else out.reshape(oshape)
+    lhs, rhs, out_shape = matmul_layout(tuple(x.shape), tuple(y.shape), dimension_numbers)
+    out = torch.matmul(_apply(x, lhs), _apply(y, rhs))
+    return out if out_shape is None else out.reshape(out_shape)
 
+
+def matmul_sources(eqn, srcs):
+    """(lhs source, rhs source, output shape or None) of a dot_general equation as one
+    torch.matmul (the eager backend's addmm fusion reuses it)."""
+    x, y = eqn.inputs
+    lhs, rhs, out_shape = matmul_layout(tuple(x.type.shape), tuple(y.type.shape),
+                                        eqn.params["dimension_numbers"])
+    return _render(srcs[0], lhs), _render(srcs[1], rhs), out_shape
+
+
+def _dot_emit(eqn, srcs):
+    lhs, rhs, out_shape = matmul_sources(eqn, srcs)
+    return f"{lhs} @ {rhs}" if out_shape is None else f"({lhs} @ {rhs}).reshape({out_shape!r})"
+
+
+# ---------------------------------------------------------------- derivatives and batching
 
 def _ranges_like(*xs):
     start = 0
@@ -116,7 +121,7 @@ def _ranges_like(*xs):
 
 def _transpose_lhs(g, x_type, y, dimension_numbers, swap_ans=False):
     (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
-    y_ndim = type_of(y).ndim if not isinstance(y, UndefinedPrimal) else y.aval.ndim
+    y_ndim = y.aval.ndim if is_undefined(y) else type_of(y).ndim
     x_kept = _free(x_type.ndim, x_contract, x_batch)
     y_kept = _free(y_ndim, y_contract, y_batch)
     if swap_ans:
@@ -131,27 +136,13 @@ def _transpose_lhs(g, x_type, y, dimension_numbers, swap_ans=False):
     return sh.transpose(dot_general(g, y, dims), tuple(out_axes))
 
 
-def _dot_transpose(ct, x, y, *, dimension_numbers):
+def _dot_transpose_lhs(ct, x, y, *, dimension_numbers):
+    return _transpose_lhs(ct, x.aval, y, dimension_numbers)
+
+
+def _dot_transpose_rhs(ct, x, y, *, dimension_numbers):
     (lc, rc), (lb, rb) = dimension_numbers
-    if isinstance(x, UndefinedPrimal) and isinstance(y, UndefinedPrimal):
-        raise ValueError("dot_general is not linear in both operands at once")
-    if isinstance(x, UndefinedPrimal):
-        return [_transpose_lhs(ct, x.aval, y, dimension_numbers), None]
-    swapped = ((rc, lc), (rb, lb))
-    return [None, _transpose_lhs(ct, y.aval, x, swapped, swap_ans=True)]
-
-
-def _dot_jvp(primals, tangents, *, dimension_numbers):
-    x, y = primals
-    tx, ty = tangents
-    out = dot_general(x, y, dimension_numbers)
-    terms = []
-    if not isinstance(tx, Zero):
-        terms.append(dot_general(tx, y, dimension_numbers))
-    if not isinstance(ty, Zero):
-        terms.append(dot_general(x, ty, dimension_numbers))
-    from . import elementwise as ew
-    return out, terms[0] if len(terms) == 1 else ew.add(*terms)
+    return _transpose_lhs(ct, y.aval, x, ((rc, lc), (rb, lb)), swap_ans=True)
 
 
 def _dot_batch(axis, args, dims, *, dimension_numbers):
@@ -175,11 +166,12 @@ def _dot_batch(axis, args, dims, *, dimension_numbers):
     return dot_general(x, y, dn), len(lb) + n_lhs_free
 
 
-dot_general_p.abstract_eval = _dot_type
-dot_general_p.impl = _dot_impl
-dot_general_p.jvp = _dot_jvp
-dot_general_p.transpose = _dot_transpose
-dot_general_p.batch = _dot_batch
+dot_general_p = defbilinear(Primitive(
+    "dot_general", kind=EXTERN,
+    abstract_eval=_dot_type,
+    impl=_dot_impl,
+    batch=_dot_batch,
+    emit=_dot_emit), _dot_transpose_lhs, _dot_transpose_rhs)
 
 
 def dot_general(x, y, dimension_numbers):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 
 from ..core import EXTERN, Primitive, TensorType, Zero, bind
-from ..core.trace import UndefinedPrimal, type_of
+from ..core.trace import type_of
+from .creation import zeros_like_type
+from .define import is_undefined
 
 
 class OpaqueFunction:
@@ -31,14 +33,6 @@ class OpaqueFunction:
         return self.name
 
     __name__ = property(lambda self: self.name)
-
-
-opaque_p = Primitive("opaque", multiple_results=True)
-opaque_p.kind = EXTERN
-
-
-def _opaque_type(*types, fn, out_types, linear_argnums):
-    return list(out_types)
 
 
 # The dispatch-key state of ordinary Python code. An opaque op usually runs inside
@@ -105,7 +99,7 @@ def _transpose_of_jvp(cts, args, fn, out_types):
     """The transpose of jvp(f) in its tangents: torch.func.vjp of f at the primals."""
     f, n, nz, float_outs = fn.vjp_of
     primals = list(args[:n])
-    cts = [ct if not isinstance(ct, Zero) else _zeros(ct.aval) for ct in cts]
+    cts = [ct if not isinstance(ct, Zero) else zeros_like_type(ct.aval) for ct in cts]
     tan_types = [args[n + k].aval for k in range(len(nz))]
 
     def vjp_fn(*xs):
@@ -126,15 +120,15 @@ def _transpose_of_jvp(cts, args, fn, out_types):
 
 
 def _opaque_transpose(cts, *args, fn, out_types, linear_argnums):
-    if (getattr(fn, "vjp_of", None) is not None
-            and not any(isinstance(a, UndefinedPrimal) for a in args[:fn.vjp_of[1]])
-            and all(isinstance(a, UndefinedPrimal) for a in args[fn.vjp_of[1]:])):
+    if (fn.vjp_of is not None
+            and not any(is_undefined(a) for a in args[:fn.vjp_of[1]])
+            and all(is_undefined(a) for a in args[fn.vjp_of[1]:])):
         return _transpose_of_jvp(cts, args, fn, out_types)
-    lin = [i for i in linear_argnums if isinstance(args[i], UndefinedPrimal)]
-    if any(isinstance(a, UndefinedPrimal) for i, a in enumerate(args) if i not in linear_argnums):
+    lin = [i for i in linear_argnums if is_undefined(args[i])]
+    if any(is_undefined(a) for i, a in enumerate(args) if i not in linear_argnums):
         raise ValueError(f"opaque op {fn.name} is not linear in the requested inputs")
-    fixed = [a for a in args if not isinstance(a, UndefinedPrimal)]
-    cts = [ct if not isinstance(ct, Zero) else _zeros(ct.aval) for ct in cts]
+    fixed = [a for a in args if not is_undefined(a)]
+    cts = [ct if not isinstance(ct, Zero) else zeros_like_type(ct.aval) for ct in cts]
     lin_types = [args[i].aval for i in lin]
     n_fixed = len(fixed)
 
@@ -144,7 +138,7 @@ def _opaque_transpose(cts, *args, fn, out_types, linear_argnums):
         def linear_part(*lin_vals):
             full, it_f, it_l = [], iter(fixed_vals), iter(lin_vals)
             for a in args:
-                full.append(next(it_l) if isinstance(a, UndefinedPrimal) else next(it_f))
+                full.append(next(it_l) if is_undefined(a) else next(it_f))
             return tuple(fn(*full))
         zeros = tuple(torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in lin_types)
         _, pullback = torch.func.vjp(linear_part, *zeros)
@@ -154,13 +148,8 @@ def _opaque_transpose(cts, *args, fn, out_types, linear_argnums):
     outs = opaque(tfn, fixed + cts, lin_types, tuple(range(n_fixed, n_fixed + len(cts))))
     result, it = [], iter(outs)
     for a in args:
-        result.append(next(it) if isinstance(a, UndefinedPrimal) else None)
+        result.append(next(it) if is_undefined(a) else None)
     return result
-
-
-def _zeros(t):
-    from . import elementwise as ew
-    return ew.full(t.shape, 0, t.dtype, t.device)
 
 
 def _opaque_batch(axis, args, dims, *, fn, out_types, linear_argnums):
@@ -171,8 +160,10 @@ def _opaque_batch(axis, args, dims, *, fn, out_types, linear_argnums):
     return opaque(bfn, args, b_types, linear_argnums), [0] * len(out_types)
 
 
-opaque_p.abstract_eval = _opaque_type
-opaque_p.impl = _opaque_impl
-opaque_p.jvp = _opaque_jvp
-opaque_p.transpose = _opaque_transpose
-opaque_p.batch = _opaque_batch
+opaque_p = Primitive(
+    "opaque", kind=EXTERN, multiple_results=True,
+    abstract_eval=lambda *types, fn, out_types, linear_argnums: list(out_types),
+    impl=_opaque_impl,
+    jvp=_opaque_jvp,
+    transpose=_opaque_transpose,
+    batch=_opaque_batch)

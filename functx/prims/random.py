@@ -19,10 +19,7 @@ import math
 
 import torch
 
-from ..core import Primitive, TensorType, bind
-
-random_p = Primitive("random", effectful=True)
-random_p.kind = "extern"
+from ..core import EXTERN, Primitive, TensorType, bind
 
 DISTRIBUTIONS = ("normal", "uniform", "randint", "bernoulli", "randperm", "call")
 
@@ -62,16 +59,17 @@ def _random_impl(*, shape, dtype, device, dist, args=()):
     raise ValueError(f"random: unknown distribution {dist!r}")
 
 
-def _random_emit(srcs, p):
+def _random_emit(eqn, srcs):
+    p = eqn.params
     if p["dist"] not in ("normal", "uniform"):
         return None                               # the eager backend calls the impl
     fn = "randn" if p["dist"] == "normal" else "rand"
     return f"torch.{fn}({tuple(p['shape'])!r}, dtype={p['dtype']}, device={str(p['device'])!r})"
 
 
-random_p.abstract_eval = _random_type
-random_p.impl = _random_impl
-random_p.emit = _random_emit
+# No operands: nothing to differentiate or batch (vmap applies its `randomness` mode).
+random_p = Primitive("random", kind=EXTERN, effectful=True,
+                     abstract_eval=_random_type, impl=_random_impl, emit=_random_emit)
 
 
 def random(shape, dtype, device, dist="normal", args=()):

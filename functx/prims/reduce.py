@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from ..core import REDUCTION, Primitive, Zero, bind
+import torch
+
+from ..core import EXTERN, REDUCTION, Primitive, bind
 from ..core.trace import type_of
 from . import elementwise as ew
 from . import shape as sh
+from .define import defjvp_zero, deflinear
 from .util import shift_axes_for_bdim
 
 
@@ -23,25 +26,22 @@ def _kept_dims(ndim, axes):
     return tuple(i for i in range(ndim) if i not in axes)
 
 
-def _reduction_batch(fn):
-    def rule(axis, args, dims, *, axes):
+def defreducer(name, impl, combine, emit=None):
+    """A reduction over static `axes`: type, impl, batch rule and Triton combine op."""
+    def batch(axis, args, dims, *, axes):
         (x,), (d,) = args, dims
-        new_axes = shift_axes_for_bdim(axes, d)
         out_dim = d - sum(1 for a in axes if a < d)
-        return fn(x, new_axes), out_dim
-    return rule
-
-
-def _define(name, impl, emit_name):
-    p = Primitive(name)
-    p.kind = REDUCTION
-    p.abstract_eval = _reduced_type
-    p.impl = impl
-    # dtype=: torch.sum of an integer or bool tensor returns int64; primitives keep the dtype.
-    dt = ", dtype={0}.dtype" if emit_name == "torch.sum" else ""
-    p.emit = lambda srcs, params: (f"{emit_name}({srcs[0]}, {params['axes']!r}{dt.format(srcs[0])})"
-                                   if params["axes"] else srcs[0])
+        return p.bind(x, axes=shift_axes_for_bdim(axes, d)), out_dim
+    p = Primitive(name, kind=REDUCTION, abstract_eval=_reduced_type, impl=impl, batch=batch,
+                  emit=emit, combine=combine)
     return p
+
+
+def _torch_reduction(fn_name):
+    def emit(eqn, srcs):
+        axes = eqn.params["axes"]
+        return f"{fn_name}({srcs[0]}, {axes!r})" if axes else srcs[0]
+    return emit
 
 
 # ---------------------------------------------------------------- sum
@@ -53,8 +53,23 @@ def _sum_impl(x, *, axes):
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
-reduce_sum_p = _define("reduce_sum", _sum_impl, "torch.sum")
-reduce_sum_p.combine = "add"
+def _sum_emit(eqn, srcs):
+    axes = eqn.params["axes"]
+    if not axes:
+        return srcs[0]
+    dtype = eqn.outputs[0].type.dtype
+    expr = f"torch.sum({srcs[0]}, {axes!r})"
+    if not (dtype.is_floating_point or dtype.is_complex or dtype == torch.int64):
+        expr = f"{expr}.to({dtype})"      # torch.sum promotes ints and bools to int64
+    return expr
+
+
+def _sum_transpose(ct, x, *, axes):
+    shape = x.aval.shape
+    return [sh.broadcast_in_dim(ct, shape, _kept_dims(len(shape), axes))]
+
+
+reduce_sum_p = deflinear(defreducer("reduce_sum", _sum_impl, "add", _sum_emit), _sum_transpose)
 
 
 def reduce_sum(x, axes):
@@ -64,32 +79,27 @@ def reduce_sum(x, axes):
     return bind(reduce_sum_p, (x,), {"axes": axes})
 
 
-reduce_sum_p.jvp = lambda primals, tangents, *, axes: (reduce_sum(primals[0], axes),
-                                                      reduce_sum(tangents[0], axes))
-
-
-def _sum_transpose(ct, x, *, axes):
-    shape = x.aval.shape
-    return [sh.broadcast_in_dim(ct, shape, _kept_dims(len(shape), axes))]
-
-
-reduce_sum_p.transpose = _sum_transpose
-reduce_sum_p.batch = _reduction_batch(reduce_sum)
-
-
 # ---------------------------------------------------------------- max / min
 
-def _amax_impl(x, *, axes):
-    return torch.amax(x, axes) if axes else x
+def _extremum_jvp(primals, tangents, *, axes, reducer):
+    # The tangent is averaged over the positions that attain the extremum (JAX's rule).
+    (x,), (t,) = primals, tangents
+    out = reducer(x, axes)
+    shape = type_of(x).shape
+    kept = _kept_dims(len(shape), axes)
+    location = ew.convert(ew.eq(x, sh.broadcast_in_dim(out, shape, kept)), type_of(x).dtype)
+    counts = reduce_sum(location, axes)
+    return out, ew.div(reduce_sum(ew.mul(t, location), axes), counts)
 
 
-def _amin_impl(x, *, axes):
-    return torch.amin(x, axes) if axes else x
-
-
-reduce_max_p = _define("reduce_max", _amax_impl, "torch.amax")
-reduce_min_p = _define("reduce_min", _amin_impl, "torch.amin")
-reduce_max_p.combine, reduce_min_p.combine = "max", "min"
+reduce_max_p = defreducer("reduce_max", lambda x, *, axes: torch.amax(x, axes) if axes else x, "max",
+                          _torch_reduction("torch.amax"))
+reduce_max_p.jvp = lambda primals, tangents, *, axes: _extremum_jvp(primals, tangents, axes=axes,
+                                                                   reducer=reduce_max)
+reduce_min_p = defreducer("reduce_min", lambda x, *, axes: torch.amin(x, axes) if axes else x, "min",
+                          _torch_reduction("torch.amin"))
+reduce_min_p.jvp = lambda primals, tangents, *, axes: _extremum_jvp(primals, tangents, axes=axes,
+                                                                   reducer=reduce_min)
 
 
 def reduce_max(x, axes):
@@ -102,25 +112,6 @@ def reduce_min(x, axes):
     return bind(reduce_min_p, (x,), {"axes": axes}) if axes else x
 
 
-def _extremum_jvp(reducer):
-    # The tangent is averaged over the positions that attain the extremum (JAX's rule).
-    def jvp(primals, tangents, *, axes):
-        (x,), (t,) = primals, tangents
-        out = reducer(x, axes)
-        shape = type_of(x).shape
-        kept = _kept_dims(len(shape), axes)
-        location = ew.convert(ew.eq(x, sh.broadcast_in_dim(out, shape, kept)), type_of(x).dtype)
-        counts = reduce_sum(location, axes)
-        return out, ew.div(reduce_sum(ew.mul(t, location), axes), counts)
-    return jvp
-
-
-reduce_max_p.jvp = _extremum_jvp(reduce_max)
-reduce_min_p.jvp = _extremum_jvp(reduce_min)
-reduce_max_p.batch = _reduction_batch(reduce_max)
-reduce_min_p.batch = _reduction_batch(reduce_min)
-
-
 # ---------------------------------------------------------------- prod
 
 def _prod_impl(x, *, axes):
@@ -130,16 +121,6 @@ def _prod_impl(x, *, axes):
     for a in sorted(axes, reverse=True):
         out = torch.prod(out, a)
     return out if out.dtype == x.dtype else out.to(x.dtype)
-
-
-reduce_prod_p = _define("reduce_prod", _prod_impl, "_prod")
-reduce_prod_p.combine = "mul"
-reduce_prod_p.emit = None
-
-
-def reduce_prod(x, axes):
-    axes = tuple(sorted(axes))
-    return bind(reduce_prod_p, (x,), {"axes": axes}) if axes else x
 
 
 def _prod_jvp(primals, tangents, *, axes):
@@ -168,8 +149,13 @@ def _prod_jvp(primals, tangents, *, axes):
     return out, sh.reshape(tp, kept_shape)
 
 
+reduce_prod_p = defreducer("reduce_prod", _prod_impl, "mul")
 reduce_prod_p.jvp = _prod_jvp
-reduce_prod_p.batch = _reduction_batch(reduce_prod)
+
+
+def reduce_prod(x, axes):
+    axes = tuple(sorted(axes))
+    return bind(reduce_prod_p, (x,), {"axes": axes}) if axes else x
 
 
 # ---------------------------------------------------------------- argmax / argmin
@@ -178,26 +164,23 @@ def _arg_type(t, *, axis, index_dtype):
     return t.with_shape(tuple(s for i, s in enumerate(t.shape) if i != axis)).with_dtype(index_dtype)
 
 
-def _define_arg(name, fn):
-    p = Primitive(name)
-    p.kind = REDUCTION
-    p.abstract_eval = _arg_type
-    p.impl = lambda x, *, axis, index_dtype: fn(x, axis).to(index_dtype)
-    p.jvp = lambda primals, tangents, **params: (p.bind(*primals, **params),
-                                                 Zero(_arg_type(type_of(primals[0]), **params)))
-
+def _defarg(name, fn):
+    """argmax/argmin along one axis: integer-valued (zero derivative), extern on every backend."""
     def batch(axis_data, args, dims, *, axis, index_dtype):
         (x,), (d,) = args, dims
         new_axis = axis + (axis >= d)
         return p.bind(x, axis=new_axis, index_dtype=index_dtype), d - (new_axis < d)
-    p.batch = batch
+    p = defjvp_zero(Primitive(
+        name, kind=EXTERN,
+        abstract_eval=_arg_type,
+        impl=lambda x, *, axis, index_dtype: fn(x, axis).to(index_dtype),
+        batch=batch,
+        emit=lambda eqn, srcs: f"torch.{name}({srcs[0]}, {eqn.params['axis']}).to({eqn.params['index_dtype']})"))
     return p
 
 
-argmax_p = _define_arg("argmax", torch.argmax)
-argmin_p = _define_arg("argmin", torch.argmin)
-argmax_p.emit = lambda srcs, p: f"torch.argmax({srcs[0]}, {p['axis']}).to({p['index_dtype']})"
-argmin_p.emit = lambda srcs, p: f"torch.argmin({srcs[0]}, {p['axis']}).to({p['index_dtype']})"
+argmax_p = _defarg("argmax", torch.argmax)
+argmin_p = _defarg("argmin", torch.argmin)
 
 
 def argmax(x, axis, index_dtype=torch.int64):
@@ -210,22 +193,19 @@ def argmin(x, axis, index_dtype=torch.int64):
 
 # ---------------------------------------------------------------- cumsum
 
-cumsum_p = Primitive("cumsum")
-cumsum_p.kind = "extern"
-cumsum_p.abstract_eval = lambda t, *, axis, reverse: t
-
-
 def _cumsum_impl(x, *, axis, reverse):
     if reverse:
         return torch.flip(torch.cumsum(torch.flip(x, (axis,)), axis), (axis,)).to(x.dtype)
     return torch.cumsum(x, axis).to(x.dtype)
 
 
-cumsum_p.impl = _cumsum_impl
-cumsum_p.jvp = lambda primals, tangents, **p: (cumsum(primals[0], **p), cumsum(tangents[0], **p))
-cumsum_p.transpose = lambda ct, x, *, axis, reverse: [cumsum(ct, axis, not reverse)]
-cumsum_p.batch = lambda axis_data, args, dims, *, axis, reverse: (
-    cumsum(args[0], axis + (axis >= dims[0]), reverse), dims[0])
+cumsum_p = deflinear(Primitive(
+    "cumsum", kind=EXTERN,
+    abstract_eval=lambda t, *, axis, reverse: t,
+    impl=_cumsum_impl,
+    batch=lambda axis_data, args, dims, *, axis, reverse: (
+        cumsum(args[0], axis + (axis >= dims[0]), reverse), dims[0])),
+    lambda ct, x, *, axis, reverse: [cumsum(ct, axis, not reverse)])
 
 
 def cumsum(x, axis, reverse=False):

@@ -1,29 +1,24 @@
-"""Shape primitives: broadcast_in_dim, reshape, transpose, slice, pad, concatenate, rev.
+"""Shape primitives: broadcast_in_dim, reshape, transpose, slice, pad, concatenate, rev,
+and the batching moves built on them (moveaxis, bdim_to_front).
 
 All are linear; each has a transpose rule. Static shapes only: every size and index is a
-Python int parameter.
+Python int parameter. The views (broadcast_in_dim, reshape, transpose, slice, rev) carry an
+`index_map`: out index -> operand index, on ints, tensors and symbolic indices alike.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
-from ..core import VIEW, EXTERN, Primitive, bind
-from ..core.trace import UndefinedPrimal, type_of
-from .util import bdim_to_front, moveaxis
-
-
-def _linear_jvp(p):
-    def jvp(primals, tangents, **params):
-        return p.bind(*primals, **params), p.bind(*tangents, **params)
-    return jvp
+from ..core import EXTERN, VIEW, Primitive, bind
+from ..core.trace import type_of
+from .creation import instantiate
+from .define import deflinear, is_undefined
 
 
 # ---------------------------------------------------------------- broadcast_in_dim
-
-broadcast_in_dim_p = Primitive("broadcast_in_dim")
-broadcast_in_dim_p.kind = VIEW
-
 
 def _broadcast_in_dim_type(t, *, shape, broadcast_dimensions):
     if len(broadcast_dimensions) != t.ndim:
@@ -38,19 +33,20 @@ def _broadcast_in_dim_type(t, *, shape, broadcast_dimensions):
     return t.with_shape(shape)
 
 
-def _broadcast_in_dim_impl(x, *, shape, broadcast_dimensions):
+def _broadcast_view(in_shape, shape, broadcast_dimensions):
+    """The operand's shape with ones inserted at the new dims (what `expand` needs)."""
     view = [1] * len(shape)
     for i, d in enumerate(broadcast_dimensions):
-        view[d] = x.shape[i]
-    return x.reshape(view).expand(shape)
+        view[d] = in_shape[i]
+    return tuple(view)
 
 
 def _broadcast_in_dim_transpose(ct, x, *, shape, broadcast_dimensions):
-    from . import reduce
+    from .reduce import reduce_sum   # reduce.py builds on this module; the two are mutual transposes
     in_shape = x.aval.shape
     new_dims = [d for d in range(len(shape)) if d not in broadcast_dimensions]
     expanded = [d for i, d in enumerate(broadcast_dimensions) if in_shape[i] == 1 and shape[d] != 1]
-    summed = reduce.reduce_sum(ct, tuple(sorted(new_dims + expanded)))
+    summed = reduce_sum(ct, tuple(sorted(new_dims + expanded)))
     return [reshape(summed, in_shape)]
 
 
@@ -61,15 +57,23 @@ def _broadcast_in_dim_batch(axis, args, dims, *, shape, broadcast_dimensions):
                             (0,) + tuple(b + 1 for b in broadcast_dimensions)), 0
 
 
-broadcast_in_dim_p.abstract_eval = _broadcast_in_dim_type
-broadcast_in_dim_p.impl = _broadcast_in_dim_impl
-broadcast_in_dim_p.jvp = _linear_jvp(broadcast_in_dim_p)
-broadcast_in_dim_p.transpose = _broadcast_in_dim_transpose
-broadcast_in_dim_p.batch = _broadcast_in_dim_batch
-# index_map(out_index, in_shape, **params) -> in_index: how the fusion compiler folds a view
-# into index arithmetic (works on ints, tensors and symbolic indices).
-broadcast_in_dim_p.index_map = lambda idx, in_shape, *, shape, broadcast_dimensions: [
-    0 if n == 1 else idx[d] for n, d in zip(in_shape, broadcast_dimensions)]
+def _broadcast_in_dim_emit(eqn, srcs):
+    x = eqn.inputs[0]
+    view = _broadcast_view(x.type.shape, eqn.params["shape"], eqn.params["broadcast_dimensions"])
+    src = srcs[0] if view == tuple(x.type.shape) else f"{srcs[0]}.reshape({view!r})"
+    return f"{src}.expand({tuple(eqn.params['shape'])!r})"
+
+
+broadcast_in_dim_p = Primitive(
+    "broadcast_in_dim", kind=VIEW,
+    abstract_eval=_broadcast_in_dim_type,
+    impl=lambda x, *, shape, broadcast_dimensions: x.reshape(
+        _broadcast_view(x.shape, shape, broadcast_dimensions)).expand(shape),
+    batch=_broadcast_in_dim_batch,
+    emit=_broadcast_in_dim_emit,
+    index_map=lambda idx, in_shape, *, shape, broadcast_dimensions: [
+        0 if n == 1 else idx[d] for n, d in zip(in_shape, broadcast_dimensions)])
+deflinear(broadcast_in_dim_p, _broadcast_in_dim_transpose)
 
 
 def broadcast_in_dim(x, shape, broadcast_dimensions):
@@ -91,24 +95,10 @@ def broadcast_to(x, shape):
 
 # ---------------------------------------------------------------- reshape
 
-reshape_p = Primitive("reshape")
-reshape_p.kind = VIEW
-
-
 def _reshape_type(t, *, shape):
-    import math
     if math.prod(shape) != t.numel:
         raise TypeError(f"reshape: can't reshape {t} to {list(shape)}")
     return t.with_shape(shape)
-
-
-reshape_p.abstract_eval = _reshape_type
-reshape_p.impl = lambda x, *, shape: x.reshape(shape)
-reshape_p.emit = lambda srcs, p: f"{srcs[0]}.reshape({p['shape']!r})"
-reshape_p.jvp = _linear_jvp(reshape_p)
-reshape_p.transpose = lambda ct, x, *, shape: [reshape(ct, x.aval.shape)]
-reshape_p.batch = lambda axis, args, dims, *, shape: (
-    reshape(moveaxis(args[0], dims[0], 0), (axis.size,) + tuple(shape)), 0)
 
 
 def _reshape_index_map(idx, in_shape, *, shape):
@@ -122,7 +112,15 @@ def _reshape_index_map(idx, in_shape, *, shape):
     return out[::-1]
 
 
-reshape_p.index_map = _reshape_index_map
+reshape_p = Primitive(
+    "reshape", kind=VIEW,
+    abstract_eval=_reshape_type,
+    impl=lambda x, *, shape: x.reshape(shape),
+    batch=lambda axis, args, dims, *, shape: (
+        reshape(moveaxis(args[0], dims[0], 0), (axis.size,) + tuple(shape)), 0),
+    emit=lambda eqn, srcs: f"{srcs[0]}.reshape({eqn.params['shape']!r})",
+    index_map=_reshape_index_map)
+deflinear(reshape_p, lambda ct, x, *, shape: [reshape(ct, x.aval.shape)])
 
 
 def reshape(x, shape):
@@ -134,32 +132,40 @@ def reshape(x, shape):
 
 # ---------------------------------------------------------------- transpose (permute)
 
-transpose_p = Primitive("transpose")
-transpose_p.kind = VIEW
-
-
 def _transpose_type(t, *, permutation):
     if sorted(permutation) != list(range(t.ndim)):
         raise TypeError(f"transpose: {permutation} is not a permutation of {t.ndim} dims")
     return t.with_shape(tuple(t.shape[p] for p in permutation))
 
 
-def _inverse_permutation(perm):
+def inverse_permutation(perm):
     inv = [0] * len(perm)
     for i, p in enumerate(perm):
         inv[p] = i
     return tuple(inv)
 
 
-transpose_p.abstract_eval = _transpose_type
-transpose_p.impl = lambda x, *, permutation: x.permute(permutation)
-transpose_p.emit = lambda srcs, p: f"{srcs[0]}.permute({p['permutation']!r})"
-transpose_p.jvp = _linear_jvp(transpose_p)
-transpose_p.transpose = lambda ct, x, *, permutation: [transpose(ct, _inverse_permutation(permutation))]
-transpose_p.batch = lambda axis, args, dims, *, permutation: (
-    transpose(args[0], (dims[0],) + tuple(p + (p >= dims[0]) for p in permutation)), 0)
-transpose_p.index_map = lambda idx, in_shape, *, permutation: [
-    idx[permutation.index(d)] for d in range(len(in_shape))]
+def permute_source(src, perm):
+    """PyTorch source for permuting `src`: nothing, `.mT` for a swap of the last two dims,
+    else `.permute(...)`."""
+    if perm == tuple(range(len(perm))):
+        return src
+    n = len(perm)
+    if n >= 2 and perm == tuple(range(n - 2)) + (n - 1, n - 2):
+        return f"{src}.mT"
+    return f"{src}.permute({perm!r})"
+
+
+transpose_p = Primitive(
+    "transpose", kind=VIEW,
+    abstract_eval=_transpose_type,
+    impl=lambda x, *, permutation: x.permute(permutation),
+    batch=lambda axis, args, dims, *, permutation: (
+        transpose(args[0], (dims[0],) + tuple(p + (p >= dims[0]) for p in permutation)), 0),
+    emit=lambda eqn, srcs: permute_source(srcs[0], tuple(eqn.params["permutation"])),
+    index_map=lambda idx, in_shape, *, permutation: [
+        idx[permutation.index(d)] for d in range(len(in_shape))])
+deflinear(transpose_p, lambda ct, x, *, permutation: [transpose(ct, inverse_permutation(permutation))])
 
 
 def transpose(x, permutation):
@@ -169,11 +175,24 @@ def transpose(x, permutation):
     return bind(transpose_p, (x,), {"permutation": permutation})
 
 
+def moveaxis(x, src: int, dst: int):
+    if src == dst:
+        return x
+    nd = type_of(x).ndim
+    perm = [i for i in range(nd) if i != src]
+    perm.insert(dst, src)
+    return transpose(x, tuple(perm))
+
+
+def bdim_to_front(x, d, size: int):
+    """Batched value with its batch dim first; unbatched values are broadcast."""
+    if d is None:
+        t = type_of(x)
+        return broadcast_in_dim(x, (size,) + t.shape, tuple(range(1, t.ndim + 1)))
+    return moveaxis(x, d, 0)
+
+
 # ---------------------------------------------------------------- slice
-
-slice_p = Primitive("slice")
-slice_p.kind = VIEW
-
 
 def _slice_type(t, *, start, limit, strides):
     shape = []
@@ -184,11 +203,8 @@ def _slice_type(t, *, start, limit, strides):
     return t.with_shape(shape)
 
 
-def _slice_impl(x, *, start, limit, strides):
-    return x[tuple(slice(s, l, st) for s, l, st in zip(start, limit, strides))]
-
-
-def _slice_emit(srcs, p):
+def _slice_emit(eqn, srcs):
+    p = eqn.params
     if not p["start"]:
         return srcs[0]
     idx = ", ".join(f"{s}:{l}" + (f":{st}" if st != 1 else "") for s, l, st in
@@ -213,14 +229,15 @@ def _slice_batch(axis, args, dims, *, start, limit, strides):
                   strides[:d] + (1,) + strides[d:]), d
 
 
-slice_p.abstract_eval = _slice_type
-slice_p.impl = _slice_impl
-slice_p.emit = _slice_emit
-slice_p.jvp = _linear_jvp(slice_p)
-slice_p.transpose = _slice_transpose
-slice_p.batch = _slice_batch
-slice_p.index_map = lambda idx, in_shape, *, start, limit, strides: [
-    s + i * st for i, s, st in zip(idx, start, strides)]
+slice_p = Primitive(
+    "slice", kind=VIEW,
+    abstract_eval=_slice_type,
+    impl=lambda x, *, start, limit, strides: x[tuple(slice(s, l, st) for s, l, st in zip(start, limit, strides))],
+    batch=_slice_batch,
+    emit=_slice_emit,
+    index_map=lambda idx, in_shape, *, start, limit, strides: [
+        s + i * st for i, s, st in zip(idx, start, strides)])
+deflinear(slice_p, _slice_transpose)
 
 
 def slice_(x, start, limit, strides=None):
@@ -242,10 +259,6 @@ def slice_in_dim(x, start, limit, stride=1, axis=0):
 
 
 # ---------------------------------------------------------------- pad (lo, hi, interior; negative crops)
-
-pad_p = Primitive("pad")
-pad_p.kind = EXTERN
-
 
 def _pad_type(t, *, config, value):
     shape = []
@@ -292,12 +305,15 @@ def _pad_batch(axis, args, dims, *, config, value):
     return pad(x, config[:d] + ((0, 0, 0),) + config[d:], value), d
 
 
-pad_p.abstract_eval = _pad_type
-pad_p.impl = _pad_impl
-pad_p.jvp = lambda primals, tangents, *, config, value: (pad(primals[0], config, value),
-                                                         pad(tangents[0], config, 0))
-pad_p.transpose = _pad_transpose
-pad_p.batch = _pad_batch
+# The padding value is a parameter, so pad is affine, not linear: its jvp pads with zeros.
+pad_p = Primitive(
+    "pad", kind=EXTERN,
+    abstract_eval=_pad_type,
+    impl=_pad_impl,
+    jvp=lambda primals, tangents, *, config, value: (pad(primals[0], config, value),
+                                                     pad(tangents[0], config, 0)),
+    transpose=_pad_transpose,
+    batch=_pad_batch)
 
 
 def pad(x, config, value=0):
@@ -308,10 +324,6 @@ def pad(x, config, value=0):
 
 
 # ---------------------------------------------------------------- concatenate
-
-concatenate_p = Primitive("concatenate")
-concatenate_p.kind = EXTERN
-
 
 def _concatenate_type(*ts, axis):
     t0 = ts[0]
@@ -327,25 +339,23 @@ def _concatenate_type(*ts, axis):
 def _concatenate_transpose(ct, *xs, axis):
     outs, offset = [], 0
     for x in xs:
-        n = x.aval.shape[axis] if isinstance(x, UndefinedPrimal) else type_of(x).shape[axis]
-        outs.append(slice_in_dim(ct, offset, offset + n, 1, axis) if isinstance(x, UndefinedPrimal) else None)
+        n = x.aval.shape[axis] if is_undefined(x) else type_of(x).shape[axis]
+        outs.append(slice_in_dim(ct, offset, offset + n, 1, axis) if is_undefined(x) else None)
         offset += n
     return outs
 
 
-def _concatenate_jvp(primals, tangents, *, axis):
-    from .util import instantiate
-    return concatenate(primals, axis), concatenate([instantiate(t) for t in tangents], axis)
-
-
-concatenate_p.abstract_eval = _concatenate_type
-concatenate_p.impl = lambda *xs, axis: torch.cat(xs, axis)
-concatenate_p.emit = lambda srcs, p: f"torch.cat([{', '.join(srcs)}], {p['axis']})"
-concatenate_p.jvp = _concatenate_jvp
-concatenate_p.transpose = _concatenate_transpose
-# (the AxisData argument is not called `axis`: that is concatenate's own parameter)
-concatenate_p.batch = lambda axis_data, args, dims, *, axis: (
-    concatenate([bdim_to_front(a, d, axis_data.size) for a, d in zip(args, dims)], axis + 1), 0)
+concatenate_p = Primitive(
+    "concatenate", kind=EXTERN,
+    abstract_eval=_concatenate_type,
+    impl=lambda *xs, axis: torch.cat(xs, axis),
+    jvp=lambda primals, tangents, *, axis: (concatenate(primals, axis),
+                                            concatenate([instantiate(t) for t in tangents], axis)),
+    transpose=_concatenate_transpose,
+    # (the AxisData argument is not called `axis`: that is concatenate's own parameter)
+    batch=lambda axis_data, args, dims, *, axis: (
+        concatenate([bdim_to_front(a, d, axis_data.size) for a, d in zip(args, dims)], axis + 1), 0),
+    emit=lambda eqn, srcs: f"torch.cat([{', '.join(srcs)}], {eqn.params['axis']})")
 
 
 def concatenate(xs, axis):
@@ -357,17 +367,15 @@ def concatenate(xs, axis):
 
 # ---------------------------------------------------------------- rev (flip)
 
-rev_p = Primitive("rev")
-rev_p.kind = VIEW
-rev_p.abstract_eval = lambda t, *, dims: t
-rev_p.impl = lambda x, *, dims: torch.flip(x, dims)
-rev_p.emit = lambda srcs, p: f"torch.flip({srcs[0]}, {p['dims']!r})"
-rev_p.jvp = _linear_jvp(rev_p)
-rev_p.transpose = lambda ct, x, *, dims: [rev(ct, dims)]
-rev_p.batch = lambda axis, args, dims_, *, dims: (
-    rev(args[0], tuple(d + (d >= dims_[0]) for d in dims)), dims_[0])
-rev_p.index_map = lambda idx, in_shape, *, dims: [
-    (n - 1) - i if d in dims else i for d, (i, n) in enumerate(zip(idx, in_shape))]
+rev_p = Primitive(
+    "rev", kind=VIEW,
+    abstract_eval=lambda t, *, dims: t,
+    impl=lambda x, *, dims: torch.flip(x, dims),
+    batch=lambda axis, args, dims_, *, dims: (rev(args[0], tuple(d + (d >= dims_[0]) for d in dims)), dims_[0]),
+    emit=lambda eqn, srcs: f"torch.flip({srcs[0]}, {eqn.params['dims']!r})",
+    index_map=lambda idx, in_shape, *, dims: [
+        (n - 1) - i if d in dims else i for d, (i, n) in enumerate(zip(idx, in_shape))])
+deflinear(rev_p, lambda ct, x, *, dims: [rev(ct, dims)])
 
 
 def rev(x, dims):

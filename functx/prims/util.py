@@ -1,44 +1,15 @@
-"""Helpers shared by primitive rules: scalar checks, zeros, batching moves."""
+"""Plain-Python helpers shared by primitive rules: scalar checks, type checks, axis
+arithmetic, static broadcasting. (Helpers that bind primitives live with those primitives:
+zeros in creation.py, batching moves in shape.py.)"""
 from __future__ import annotations
 
 import functools
-
-from ..core.trace import Zero, type_of
 
 SCALAR_TYPES = (bool, int, float, complex)
 
 
 def is_scalar(x) -> bool:
     return isinstance(x, SCALAR_TYPES)
-
-
-def zeros_like_type(t):
-    from . import elementwise as ew
-    return ew.full(t.shape, 0, t.dtype, t.device)
-
-
-def instantiate(t):
-    """Turn a symbolic Zero into a real zero tensor."""
-    return zeros_like_type(t.aval) if isinstance(t, Zero) else t
-
-
-def moveaxis(x, src: int, dst: int):
-    from . import shape
-    if src == dst:
-        return x
-    nd = type_of(x).ndim
-    perm = [i for i in range(nd) if i != src]
-    perm.insert(dst, src)
-    return shape.transpose(x, tuple(perm))
-
-
-def bdim_to_front(x, d, size: int):
-    """Batched value with its batch dim first; unbatched values are broadcast."""
-    from . import shape
-    if d is None:
-        t = type_of(x)
-        return shape.broadcast_in_dim(x, (size,) + t.shape, tuple(range(1, t.ndim + 1)))
-    return moveaxis(x, d, 0)
 
 
 def shift_axes_for_bdim(axes, bdim):

@@ -1,20 +1,11 @@
 """vmap: BatchTrace carries (value, batch_dim) pairs; batch_dim None means unbatched."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..core import FunctxError, MissingRuleError, Trace, Tracer, set_current_trace
 from ..core.errors import user_frame_summary
-from ..core.trace import type_of
+from ..core.trace import AxisData, type_of
 from ..prims import collective
 from ..prims.util import is_scalar
-
-
-@dataclass(frozen=True)
-class AxisData:
-    size: int
-    name: object = None
-    randomness: str = "error"
 
 
 class BatchTracer(Tracer):
@@ -66,7 +57,7 @@ class BatchTrace(Trace):
             else:
                 vals.append(a)
                 dims.append(None)
-        if getattr(prim, "collective", False):
+        if prim.collective:
             rule = (collective.collective_batch if params["axis_name"] == self.axis.name
                     else collective.foreign_collective_batch)
             with set_current_trace(self.parent):

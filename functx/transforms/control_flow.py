@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import torch
 
-from ..core import FunctxError, Primitive, Zero, current_trace, set_current_trace
+from ..core import STRUCTURAL, FunctxError, Primitive, Zero, current_trace, set_current_trace
 from ..core.ir import Graph, Var
 from ..core.trace import GraphTrace, GraphTracer, Tracer, UndefinedPrimal, eval_graph, type_of
 from ..frontend import TracerTensor, unwrap, wrap
 from ..frontend.random_mode import intercept_random
 from .. import prims as P
-from ..prims.util import bdim_to_front, instantiate
+from ..prims.creation import instantiate
+from ..prims.shape import bdim_to_front
 from .ad import jvp_flat, vjp_flat
 from .batching import BatchTrace, BatchTracer
 from .tree import tree_flatten, tree_unflatten
@@ -105,7 +106,6 @@ def _trace_user(fn, args_tree, types, what):
 
 # ---------------------------------------------------------------- cond
 
-cond_p = Primitive("cond", multiple_results=True)
 
 
 def _cond_type(index_t, *types, branches):
@@ -190,11 +190,13 @@ def _cond_batch(axis, args, dims, *, branches):
     return outs, [0] * len(outs)
 
 
-cond_p.abstract_eval = _cond_type
-cond_p.impl = _cond_impl
-cond_p.jvp = _cond_jvp
-cond_p.transpose = _cond_transpose
-cond_p.batch = _cond_batch
+cond_p = Primitive(
+    "cond", kind=STRUCTURAL, multiple_results=True,
+    abstract_eval=_cond_type,
+    impl=_cond_impl,
+    jvp=_cond_jvp,
+    transpose=_cond_transpose,
+    batch=_cond_batch)
 
 
 def _index_value(pred, what):
@@ -258,7 +260,6 @@ def cond(pred, true_fun, false_fun, *operands):
 
 # ---------------------------------------------------------------- while_loop
 
-while_loop_p = Primitive("while_loop", multiple_results=True)
 
 
 def _while_type(*types, cond_graph, body_graph, n_cc, n_bc):
@@ -346,11 +347,13 @@ def _while_batch(axis, args, dims, *, cond_graph, body_graph, n_cc, n_bc):
     return outs, [0] * nc
 
 
-while_loop_p.abstract_eval = _while_type
-while_loop_p.impl = _while_impl
-while_loop_p.jvp = _while_jvp
-while_loop_p.transpose = _while_transpose
-while_loop_p.batch = _while_batch
+while_loop_p = Primitive(
+    "while_loop", kind=STRUCTURAL, multiple_results=True,
+    abstract_eval=_while_type,
+    impl=_while_impl,
+    jvp=_while_jvp,
+    transpose=_while_transpose,
+    batch=_while_batch)
 
 
 def while_loop(cond_fun, body_fun, init_val):

@@ -35,12 +35,13 @@ import inspect
 
 import torch
 
-from ..core import FunctxError, Primitive, Zero, current_trace, set_current_trace
+from ..core import STRUCTURAL, FunctxError, Primitive, Zero, current_trace, set_current_trace
 from ..core.trace import GraphTrace, Tracer, type_of
 from ..frontend import TracerTensor, unwrap, wrap
 from ..frontend.random_mode import intercept_random
 from .. import prims as P
-from ..prims.util import bdim_to_front, instantiate, moveaxis
+from ..prims.creation import instantiate
+from ..prims.shape import bdim_to_front, moveaxis
 from .batching import BatchTrace, BatchTracer
 from .tree import tree_flatten, tree_unflatten
 
@@ -76,7 +77,6 @@ def _run_batched(fn, axis, dims, vals):
 
 # ---------------------------------------------------------------- custom_jvp_call
 
-custom_jvp_call_p = Primitive("custom_jvp_call", multiple_results=True)
 
 
 def _traced_out_types(fun, in_types):
@@ -121,17 +121,17 @@ def _custom_jvp_batch(axis, args, dims, *, fun, jvp, name):
     return outs, [0] * len(outs)
 
 
-custom_jvp_call_p.abstract_eval = _custom_jvp_type
-custom_jvp_call_p.impl = _custom_jvp_impl
-custom_jvp_call_p.jvp = _custom_jvp_rule
-custom_jvp_call_p.batch = _custom_jvp_batch
-custom_jvp_call_p.inline = _custom_jvp_impl
+custom_jvp_call_p = Primitive(
+    "custom_jvp_call", kind=STRUCTURAL, multiple_results=True,
+    abstract_eval=_custom_jvp_type,
+    impl=_custom_jvp_impl,
+    jvp=_custom_jvp_rule,
+    batch=_custom_jvp_batch,
+    inline=_custom_jvp_impl)
 
 
 # ---------------------------------------------------------------- custom_vjp_call and custom_lin
 
-custom_vjp_call_p = Primitive("custom_vjp_call", multiple_results=True)
-custom_lin_p = Primitive("custom_lin", multiple_results=True)
 
 
 def _custom_vjp_type(*in_types, fun, fwd, bwd, name):
@@ -224,16 +224,22 @@ def _custom_lin_transpose(cts, *args, bwd, num_res, name, out_types, float_outs,
     return [None] * num_res + list(in_cts)
 
 
-custom_vjp_call_p.abstract_eval = _custom_vjp_type
-custom_vjp_call_p.impl = _custom_vjp_impl
-custom_vjp_call_p.jvp = _custom_vjp_rule
-custom_vjp_call_p.batch = _custom_vjp_batch
-custom_vjp_call_p.inline = _custom_vjp_impl
-custom_lin_p.abstract_eval = _custom_lin_type
-custom_lin_p.impl = _custom_lin_impl
-custom_lin_p.jvp = _custom_lin_jvp
-custom_lin_p.batch = _custom_lin_batch
-custom_lin_p.transpose = _custom_lin_transpose
+custom_vjp_call_p = Primitive(
+    "custom_vjp_call", kind=STRUCTURAL, multiple_results=True,
+    abstract_eval=_custom_vjp_type,
+    impl=_custom_vjp_impl,
+    jvp=_custom_vjp_rule,
+    batch=_custom_vjp_batch,
+    inline=_custom_vjp_impl)
+
+# custom_vjp's linear part: its transpose is the user's bwd; it has no forward evaluation.
+custom_lin_p = Primitive(
+    "custom_lin", kind=STRUCTURAL, multiple_results=True,
+    abstract_eval=_custom_lin_type,
+    impl=_custom_lin_impl,
+    jvp=_custom_lin_jvp,
+    batch=_custom_lin_batch,
+    transpose=_custom_lin_transpose)
 
 
 # ---------------------------------------------------------------- the user-facing decorators

@@ -130,7 +130,7 @@ class TritonCompiled:
             return names[a]
 
         def call_expr(e, srcs):
-            expr = e.prim.emit(srcs, e.params) if e.prim.emit is not None else None
+            expr = e.prim.emit(e, srcs) if e.prim.emit is not None else None
             if expr is None:
                 key = f"{e.prim.name}_{len(glob)}"
                 glob[f"_{key}"], glob[f"_p_{key}"] = e.prim.impl, e.params

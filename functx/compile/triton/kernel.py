@@ -10,7 +10,7 @@ was computed for (checked symbolically; otherwise the group is not fusable).
 `KernelPlan.run(ops)` drives an ops handler through the kernel:
 
     ops.load(buffer, index, dtype)            ops.constant(value, dtype)
-    ops.index_value(index, dtype)             ops.pointwise(prim, args, params, dtype)
+    ops.index_value(index, dtype)             ops.pointwise(eqn, args)
     ops.reduction(combine, value, dtype)      ops.store(buffer, index, value, dtype)
     ops.rloop()  (a context: one pass over the reduction axis, for looped reductions)
 
@@ -214,7 +214,7 @@ class Lowering:
                 args.append(self.ops.constant(a.value, literal_dtype(eqn, pos, vars_)))
             else:
                 args.append(self.value(a, idx))
-        return self.ops.pointwise(eqn.prim, args, eqn.params, eqn.outputs[0].type.dtype)
+        return self.ops.pointwise(eqn, args)
 
 
 def literal_dtype(eqn, pos, vars_):

@@ -16,12 +16,9 @@ prints for adjacent groups.
 from __future__ import annotations
 
 from ...core import POINTWISE, REDUCTION, Var
+from ...core.primitive import Unsupported
 from .kernel import FusionError, KernelPlan, is_inlined, reduction_layout
 from .triton_ops import TL_DTYPES, TritonOps
-
-FLOAT_ONLY = ("libdevice.", "tl.exp", "tl.log", "tl.sin", "tl.cos", "tl.sqrt", "tl.sigmoid",
-              "tl.floor", "tl.ceil")
-
 
 def lowerable(eqn) -> str | None:
     """None if the equation can be a kernel node, else why it runs as an extern."""
@@ -33,22 +30,13 @@ def lowerable(eqn) -> str | None:
     if p.effectful:
         return f"{p.name} is effectful"
     if p.kind == REDUCTION:
-        return None if getattr(p, "combine", None) and "axes" in eqn.params else \
-            f"{p.name} has no combine op for the Triton backend"
+        return None if p.combine is not None else f"{p.name} has no combine op for the Triton backend"
     if p.kind != POINTWISE:
         return f"{p.name} is an extern op (runs through torch)"
-    if p.name in ("convert_element_type", "stop_gradient"):
-        return None
-    if p.triton is None:
-        return f"{p.name} has no Triton expression"
     if not any(isinstance(a, Var) for a in eqn.inputs):
         return f"{p.name} has no tensor operand"
-    in_dtypes = [a.type.dtype for a in eqn.inputs if isinstance(a, Var)]
-    if p.triton.startswith(FLOAT_ONLY) and not all(d.is_floating_point for d in in_dtypes):
-        return f"{p.name} on {in_dtypes[0]} (its Triton expression is float-only)"
-    if p.name in ("div", "rem", "pow") and not eqn.outputs[0].type.dtype.is_floating_point:
-        return f"integer {p.name} (Triton's C semantics differ from torch's)"
-    return None
+    answer = p.triton_lowering(eqn)
+    return str(answer) if isinstance(answer, Unsupported) else None
 
 
 class Group:

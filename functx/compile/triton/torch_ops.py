@@ -42,11 +42,11 @@ class TorchOps:
     def index_value(self, index, dtype):
         return self._index(index).to(dtype)
 
-    def pointwise(self, prim, args, params, dtype):
+    def pointwise(self, eqn, args):
         if args:
             shape = static_broadcast_shapes(tuple(tuple(a.shape) for a in args))
             args = [a.expand(shape) for a in args]
-        return prim.impl(*args, **params).to(dtype)
+        return eqn.prim.impl(*args, **eqn.params).to(eqn.outputs[0].type.dtype)
 
     def reduction(self, combine, value, dtype):
         v = value.to(accumulation_dtype(dtype)).expand(self.shape)

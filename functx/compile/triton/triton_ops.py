@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from ...core.primitive import Unsupported
 from .indexing import Index, render
 
 TL_DTYPES = {
@@ -154,18 +155,19 @@ class TritonOps:
         text, dims = self._index(index)
         return self._new(f"({text}).to({tl_dtype(compute_dtype(dtype))})", dtype, dims, "r" not in dims)
 
-    def pointwise(self, prim, args, params, dtype):
+    def pointwise(self, eqn, args):
+        prim, dtype = eqn.prim, eqn.outputs[0].type.dtype
         dims = frozenset().union(*(a.dims for a in args)) if args else frozenset()
         hoist = all(a.hoist for a in args)
-        if prim.name == "convert_element_type":
+        if prim.name == "convert_element_type":     # half types and bools round specially
             expr = self._convert(args[0], dtype)
-        elif prim.name == "stop_gradient":
-            return args[0]
         else:
-            if prim.triton is None:
-                raise NotImplementedError(f"{prim.name} has no Triton lowering")
-            fmt = {k: v for k, v in params.items()}
-            expr = prim.triton.format(*(a.expr for a in args), **fmt)
+            template = prim.triton_lowering(eqn)
+            if isinstance(template, Unsupported):
+                raise NotImplementedError(template)
+            if template == "{0}":                   # identity (stop_gradient): no new value
+                return args[0]
+            expr = template.format(*(a.expr for a in args), **eqn.params)
         if not args:
             return TVal(expr, dtype)
         return self._new(expr, dtype, dims, hoist)

@@ -1,0 +1,121 @@
+"""Definer helpers: a primitive's rules from a few declarative lines (JAX's ad.defjvp,
+ad.deflinear, ad.defbilinear, batching.defvectorized).
+
+They absorb symbolic zeros: a rule written with them never sees a Zero tangent it has to
+special-case, and a tangent that is Zero in every term stays symbolic.
+"""
+from __future__ import annotations
+
+from ..core.ir import Var
+from ..core.primitive import REGISTRY, Unsupported
+from ..core.trace import UndefinedPrimal, Zero, bind, type_of
+from .util import is_scalar
+
+
+def add_tangents(x, y):
+    """x + y where either may be a symbolic Zero. (`add` is looked up by name when a rule
+    runs: it is defined with these helpers, in elementwise.py, which imports this module.)"""
+    if isinstance(x, Zero):
+        return y
+    if isinstance(y, Zero):
+        return x
+    return bind(REGISTRY["add"], (x, y), {})
+
+
+def sum_terms(terms, out_type):
+    """The sum of tangent contributions, Zero(out_type) when there are none."""
+    total = Zero(out_type)
+    for term in terms:
+        total = add_tangents(total, term)
+    return total
+
+
+def is_undefined(x) -> bool:
+    return isinstance(x, UndefinedPrimal)
+
+
+def first_type(args):
+    """The type of the first tensor (not Python scalar) operand."""
+    return next(type_of(a) for a in args if not is_scalar(a))
+
+
+def defjvp(prim, *partials):
+    """jvp from one rule per operand: partial(t, out, *primals, **params) -> the tangent
+    contribution of operand i's tangent t (out is the primal output). A None partial marks
+    an operand the primitive is not differentiable in (integer parameters, predicates)."""
+    def jvp(primals, tangents, **params):
+        out = prim.bind(*primals, **params)
+        terms = [rule(t, out, *primals, **params)
+                 for rule, t in zip(partials, tangents) if rule is not None and not isinstance(t, Zero)]
+        return out, sum_terms(terms, type_of(out))
+    prim.jvp = jvp
+    return prim
+
+
+def defjvp_zero(prim):
+    """Piecewise-constant or integer-valued: the tangent is always zero."""
+    def jvp(primals, tangents, **params):
+        out = prim.bind(*primals, **params)
+        return out, (Zero(type_of(out)) if not prim.multiple_results else [Zero(type_of(o)) for o in out])
+    prim.jvp = jvp
+    return prim
+
+
+def deflinear(prim, transpose):
+    """A primitive linear in all its tensor operands: its jvp applies it to the tangents
+    (Zero tangents instantiated only when some other operand's tangent is not Zero)."""
+    def jvp(primals, tangents, **params):
+        out = prim.bind(*primals, **params)
+        live = [t for t in tangents if not isinstance(t, Zero)]
+        if not live:
+            return out, Zero(type_of(out))
+        ts = [_zeros_of(t, p) if isinstance(t, Zero) else t for t, p in zip(tangents, primals)]
+        return out, prim.bind(*ts, **params)
+    prim.jvp = jvp
+    prim.transpose = transpose
+    return prim
+
+
+def _zeros_of(t, primal):
+    if is_scalar(primal):
+        return 0
+    aval = t.aval if t.aval is not None else type_of(primal)
+    return bind(REGISTRY["full"], (), {"shape": aval.shape, "value": 0, "dtype": aval.dtype,
+                                       "device": aval.device})
+
+
+def defbilinear(prim, lhs_transpose, rhs_transpose):
+    """A primitive linear in each of its two operands separately (mul, dot_general, conv):
+    d(x*y) = dx*y + x*dy, and the transpose for whichever operand is the linear input.
+    lhs_transpose(ct, x, y, **params) -> cotangent of x (x undefined), rhs likewise for y."""
+    def jvp(primals, tangents, **params):
+        x, y = primals
+        tx, ty = tangents
+        out = prim.bind(x, y, **params)
+        terms = []
+        if not isinstance(tx, Zero):
+            terms.append(prim.bind(tx, y, **params))
+        if not isinstance(ty, Zero):
+            terms.append(prim.bind(x, ty, **params))
+        return out, sum_terms(terms, type_of(out))
+
+    def transpose(ct, x, y, **params):
+        if is_undefined(x) and is_undefined(y):
+            raise ValueError(f"{prim.name} is not linear in both operands at once")
+        if is_undefined(x):
+            return [lhs_transpose(ct, x, y, **params), None]
+        return [None, rhs_transpose(ct, x, y, **params)]
+    prim.jvp = jvp
+    prim.transpose = transpose
+    return prim
+
+
+def unsupported_unless_float(template):
+    """A Triton template valid for floating operands only (libdevice and the transcendental
+    tl.* functions have no integer forms)."""
+    def lower(eqn):
+        dtypes = [a.type.dtype for a in eqn.inputs if isinstance(a, Var)]
+        if all(d.is_floating_point for d in dtypes):
+            return template
+        return Unsupported(f"{eqn.prim.name} on {dtypes[0]} (its Triton expression is float-only)")
+    return lower
