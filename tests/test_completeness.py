@@ -1,7 +1,7 @@
 """Every registered primitive fills every rule slot that applies to it.
 
 The test walks functx.core.REGISTRY after importing the whole package (so primitives that
-colleagues add later, e.g. prims/conv.py or kernels/, are checked automatically). Exceptions
+colleagues add later are checked automatically). Exceptions
 are explicit allow-lists with a reason each; an allow-list entry that no longer names a
 registered primitive, or that is no longer needed, fails the test too, so the lists stay honest.
 """
@@ -10,13 +10,16 @@ import pkgutil
 
 import pytest
 
+import torch
+
 import functx
-from functx.core import REGISTRY
+from functx.core import POINTWISE, REDUCTION, REGISTRY, VIEW, Primitive
+from functx.core.primitive import KINDS
 
 # Import every functx module so that every primitive is registered.
 for _mod in pkgutil.walk_packages(functx.__path__, "functx."):
-    if _mod.name.startswith("functx.compile.triton") or _mod.name.startswith("functx.kernels"):
-        # Optional GPU modules: import if their dependencies are present.
+    if _mod.name.startswith("functx.compile.triton"):
+        # Optional GPU modules: import if their dependencies (triton) are present.
         try:
             importlib.import_module(_mod.name)
         except ImportError:
@@ -72,8 +75,17 @@ NONLINEAR = {
 }
 
 
+# Pointwise primitives without a Triton expression: they run as externs between kernels.
+POINTWISE_WITHOUT_TRITON = {
+    "digamma": "no libdevice digamma",
+    "polygamma": "no libdevice polygamma",
+    "idiv": "Triton's integer division truncates; torch's floor mode differs",
+    "iota": "kernels read it as an index (Lowering._compute), no expression needed",
+}
+
+
 def _slots(p):
-    return {s: getattr(p, s, None) for s in ("abstract_eval", "impl", "jvp", "transpose", "batch")}
+    return {s: getattr(p, s) for s in ("abstract_eval", "impl", "jvp", "transpose", "batch")}
 
 
 def test_registry_is_populated():
@@ -101,11 +113,68 @@ def test_primitive_fills_every_slot(name):
     if name not in LINEAR and name not in NONLINEAR and name not in NULLARY:
         missing.append("a linearity decision: add it to LINEAR (and give it a transpose rule) or to "
                        "NONLINEAR in tests/test_completeness.py")
+    assert not missing, f"primitive '{name}' lacks: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_primitive_declares_its_lowering_facts(name):
+    """Each kind carries the facts its backends lower it with, and only those."""
+    p = REGISTRY[name]
+    assert p.kind in KINDS, p.kind
     if p.emit is not None:
         assert callable(p.emit), f"{name}.emit must be callable when set"
-    if getattr(p, "triton", None) is not None:
-        assert isinstance(p.triton, str) or callable(p.triton), f"{name}.triton must be str or callable"
-    assert not missing, f"primitive '{name}' lacks: {', '.join(missing)}"
+    if p.kind == POINTWISE and name not in POINTWISE_WITHOUT_TRITON:
+        assert isinstance(p.triton, str) or callable(p.triton), f"pointwise {name} needs a Triton expression"
+    if p.kind != POINTWISE:
+        assert p.triton is None, f"{name} is not pointwise but declares a Triton expression"
+    if p.kind == REDUCTION:
+        assert p.combine in ("add", "mul", "max", "min"), f"reduction {name} needs a combine op"
+    else:
+        assert p.combine is None, f"{name} is not a reduction but declares a combine op"
+    if p.kind == VIEW:
+        assert callable(p.index_map), f"view {name} needs an index_map"
+        assert callable(p.emit), f"view {name} needs an emit rule (the host code materializes views)"
+    else:
+        assert p.index_map is None, f"{name} is not a view but declares an index_map"
+
+
+def test_primitive_fields_are_declared():
+    """Primitive is a declared structure: no rule or fact is patched on as a new attribute."""
+    fields = set(Primitive.__dataclass_fields__)
+    for name, p in REGISTRY.items():
+        extra = set(vars(p)) - fields
+        assert not extra, f"primitive {name} carries undeclared attributes {sorted(extra)}"
+
+
+def test_defining_a_primitive_twice_is_an_error():
+    with pytest.raises(ValueError, match="defined twice"):
+        Primitive("sin")
+
+
+def test_a_new_unary_primitive_is_one_block():
+    """A new unary op (impl, PyTorch spelling, Triton expression, derivative) works under
+    grad, vmap, jvp and jit on both backends from one defunary line."""
+    from functx.compile.triton.scheduler import lowerable
+    from functx.core.trace import bind
+    from functx.frontend import unwrap, wrap
+    from functx.prims import elementwise as ew
+    p = ew.defunary("test_cube_root", torch.special.cbrt if hasattr(torch.special, "cbrt") else
+                    (lambda x: torch.sign(x) * torch.abs(x) ** (1 / 3)), None,
+                    triton="libdevice.cbrt({0})", deriv=lambda x, y: ew.div(1.0, ew.mul(ew.mul(y, y), 3.0)))
+    REGISTRY.pop("test_cube_root")
+    try:
+        f = lambda x: wrap(bind(p, (unwrap(x),), {}))  # noqa: E731
+        x = torch.tensor([1.0, 8.0, 27.0], dtype=torch.float64)
+        torch.testing.assert_close(f(x), torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+        want = 1.0 / (3.0 * torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64))
+        torch.testing.assert_close(functx.grad(lambda v: f(v).sum())(x), want)
+        torch.testing.assert_close(functx.vmap(functx.grad(f))(x), want)
+        torch.testing.assert_close(functx.jvp(f, (x,), (torch.ones_like(x),))[1], want)
+        torch.testing.assert_close(functx.jit(functx.grad(lambda v: f(v).sum()))(x), want)
+        graph = functx.make_graph(f)(x)
+        assert lowerable(graph.eqns[0]) is None          # the Triton backend can fuse it
+    finally:
+        REGISTRY.pop("test_cube_root", None)
 
 
 def test_allow_lists_are_current():
@@ -113,7 +182,7 @@ def test_allow_lists_are_current():
     for name in NULLARY:
         assert name in registered, f"NULLARY lists '{name}', which is not registered"
     for name in COLLECTIVES:
-        assert name in registered and getattr(REGISTRY[name], "collective", False), name
+        assert name in registered and REGISTRY[name].collective, name
     # Collectives and nullary primitives must really be handled where the lists say:
     # a nullary primitive must take no operands (abstract_eval with only keyword params).
     import inspect
@@ -125,6 +194,8 @@ def test_allow_lists_are_current():
     assert not (LINEAR & NONLINEAR), LINEAR & NONLINEAR
     for name in NONLINEAR:
         assert name in registered, f"NONLINEAR lists '{name}', which is not registered"
+    for name in POINTWISE_WITHOUT_TRITON:
+        assert REGISTRY[name].kind == POINTWISE and REGISTRY[name].triton is None, name
 
 
 def test_batch_trace_handles_collectives():

@@ -22,10 +22,12 @@ def add_tangents(x, y):
     return bind(REGISTRY["add"], (x, y), {})
 
 
-def sum_terms(terms, out_type):
-    """The sum of tangent contributions, Zero(out_type) when there are none."""
-    total = Zero(out_type)
-    for term in terms:
+def sum_terms(terms, out):
+    """The sum of tangent contributions to `out`, a symbolic Zero when there are none."""
+    if not terms:
+        return Zero(type_of(out))
+    total = terms[0]
+    for term in terms[1:]:
         total = add_tangents(total, term)
     return total
 
@@ -47,7 +49,7 @@ def defjvp(prim, *partials):
         out = prim.bind(*primals, **params)
         terms = [rule(t, out, *primals, **params)
                  for rule, t in zip(partials, tangents) if rule is not None and not isinstance(t, Zero)]
-        return out, sum_terms(terms, type_of(out))
+        return out, sum_terms(terms, out)
     prim.jvp = jvp
     return prim
 
@@ -97,7 +99,7 @@ def defbilinear(prim, lhs_transpose, rhs_transpose):
             terms.append(prim.bind(tx, y, **params))
         if not isinstance(ty, Zero):
             terms.append(prim.bind(x, ty, **params))
-        return out, sum_terms(terms, type_of(out))
+        return out, sum_terms(terms, out)
 
     def transpose(ct, x, y, **params):
         if is_undefined(x) and is_undefined(y):
