@@ -1,8 +1,8 @@
-"""User-facing wrappers over primitives that have no torch spelling: collectives over a
-named vmap axis, stop_gradient, and functional_call for nn.Modules."""
+"""functx.lax: the public lax-style functions, over tensors (JAX's jax.lax), for the
+primitives that have no torch spelling: collectives over a named vmap axis and
+stop_gradient. (Structured control flow, functx.cond/switch/while_loop/scan, lives in
+transforms/control_flow.py; the internal lax API over traced values is functx.prims.)"""
 from __future__ import annotations
-
-import torch
 
 from .core.trace import type_of
 from .frontend import unwrap, wrap
@@ -53,6 +53,3 @@ def stop_gradient(x):
       >>> functx.grad(lambda x: (x * functx.stop_gradient(x)).sum())(x)   # == x, not 2x
     """
     return _apply(P.stop_gradient, x)
-
-
-functional_call = torch.func.functional_call
