@@ -1,4 +1,7 @@
 """The front end: ordinary PyTorch code runs on TracerTensors and becomes primitives."""
-from .tensor import TracerTensor, wrap, unwrap, wrap_tree, unwrap_tree  # noqa: F401
-from . import dispatch, aten  # noqa: F401  (aten fills the lowering table)
+from .tensor import TracerTensor, wrap, wrap_tree  # noqa: F401
+from .functionalize import unwrap, unwrap_tree  # noqa: F401
+from . import dispatch  # noqa: F401
+from .lowerings import (creation, elementwise, indexing, linalg, nn, reductions,  # noqa: F401  (fill the tables)
+                        torch_prims, views)
 from .fallback import record_fallbacks  # noqa: F401

@@ -1,7 +1,8 @@
 """ATen op -> primitives: the order in which an op is handled.
 
 1. special ops that need the wrappers themselves (copy_, item, ...);
-2. our lowering table (frontend/aten.py); view ops there also record aliasing;
+2. our lowering table (frontend/lowerings/); view ops there also record aliasing
+   (frontend/functionalize.py);
 3. in-place ops: the functional variant, then a functionalized write;
 4. PyTorch's decomposition table (torch._decomp), then CompositeImplicit decomposition;
 5. the opaque fallback (frontend/fallback.py), which explain() reports.
@@ -11,15 +12,14 @@ from __future__ import annotations
 import torch
 from torch._decomp import decomposition_table
 
-from ..core.errors import FunctxError
-from ..core.trace import concrete, type_of
-from .. import prims as P
-from .tensor import TracerTensor, assign, unwrap, unwrap_tree, value_of
+from ..core.errors import FunctxError, user_frame_summary
+from ..core.trace import concrete
+from .fallback import opaque_fallback
+from .functionalize import make_view, unwrap, unwrap_tree, value_of, write
+from .lowerings.registry import LOWERINGS, SPECIAL, register_special
+from .tensor import TracerTensor
 
 aten = torch.ops.aten
-
-LOWERINGS: dict = {}
-SPECIAL: dict = {}
 
 
 def wrap_result(x):
@@ -41,13 +41,12 @@ def dispatch(func, args, kwargs):
     lowering = LOWERINGS.get(func)
     if lowering is not None:
         if func.is_view:
-            return _make_view(func, lowering, args, kwargs)
+            return make_view(func, lowering, args, kwargs)
         return wrap_result(lowering(*unwrap_tree(args), **unwrap_tree(kwargs)))
     schema = func._schema
     if _is_inplace(func, schema):
         return _inplace(func, args, kwargs)
     if any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments if a.kwarg_only):
-        from ..core.errors import user_frame_summary
         raise FunctxError(f"functx: {func} writes into an out= argument, which transformed functions "
                           f"cannot do:\n{user_frame_summary()}\nCall the functional form instead "
                           "(y = torch.add(a, b) rather than torch.add(a, b, out=y)).")
@@ -61,7 +60,6 @@ def dispatch(func, args, kwargs):
         return out
     if func.namespace == "prims" and _decomposing[0]:
         raise _UnmappedPrim(func)
-    from .fallback import opaque_fallback
     return opaque_fallback(func, args, kwargs)
 
 
@@ -81,51 +79,6 @@ def _decompose(decomp, args, kwargs):
         return NotImplemented
     finally:
         _decomposing[0] -= 1
-
-
-# ---------------------------------------------------------------- views
-
-def _make_view(func, lowering, args, kwargs):
-    base = args[0]
-    rest = unwrap_tree(args[1:])
-    out = lowering(value_of(base), *rest, **kwargs)
-    root = base._root if base._root is not None else base
-    chain = list(base._chain or ())
-    if isinstance(out, (list, tuple)):
-        return [_view_wrapper(o, root, chain + [(func, rest, kwargs, i)]) for i, o in enumerate(out)]
-    return _view_wrapper(out, root, chain + [(func, rest, kwargs, None)])
-
-
-def _view_wrapper(value, root, chain):
-    w = TracerTensor(value)
-    w._root, w._chain, w._seen = root, chain, root._version_
-    return w
-
-
-def apply_view_chain(value, chain):
-    for func, args, kwargs, index in chain:
-        value = LOWERINGS[func](value, *args, **kwargs)
-        if index is not None:
-            value = value[index]
-    return value
-
-
-def scatter_into_view(root_value, root, chain, new_value):
-    """The root's value with the view's elements replaced by new_value.
-
-    The view's element positions come from replaying the view chain on an iota of the
-    root (concrete, at trace time), so every view op is handled the same way.
-    """
-    t = type_of(root_value)
-    positions = torch.arange(t.numel, device=t.device).reshape(t.shape)
-    for func, args, kwargs, index in chain:
-        positions = func(positions, *args, **kwargs)
-        if index is not None:
-            positions = positions[index]
-    flat = P.reshape(root_value, (t.numel,))
-    updates = P.reshape(new_value, (positions.numel(),))
-    out = P.scatter(flat, positions.reshape(-1).contiguous(), updates, 0)
-    return P.reshape(out, t.shape)
 
 
 # ---------------------------------------------------------------- in-place ops
@@ -181,26 +134,17 @@ def _inplace_view(func, functional, args, kwargs):
     return target
 
 
-def write(target, value):
-    """copy_ semantics: value is converted and broadcast to target's dtype and shape."""
-    t = type_of(unwrap(target)) if isinstance(target, TracerTensor) else type_of(target)
-    if isinstance(value, (bool, int, float)):
-        value = P.full(t.shape, value, t.dtype, t.device)
-    elif isinstance(value, torch.Tensor) and value.device != t.device:
-        value = value.to(t.device)   # copy_ moves concrete values across devices, as torch does
-    value = P.broadcast_to(P.convert(value, t.dtype), t.shape)
-    assign(target, value)
+# ---------------------------------------------------------------- special ops on wrappers
 
-
+@register_special(aten.copy_.default)
 def _copy_(target, src, non_blocking=False):
     write(target, unwrap(src))
     return target
 
 
+@register_special(aten._local_scalar_dense.default)
 def _item(x):
     return concrete(unwrap(x)).item()
 
 
-SPECIAL[aten.copy_.default] = _copy_
-SPECIAL[aten._local_scalar_dense.default] = _item
-SPECIAL[aten.equal.default] = lambda a, b: bool(torch.equal(concrete(unwrap(a)), concrete(unwrap(b))))
+register_special(aten.equal.default)(lambda a, b: bool(torch.equal(concrete(unwrap(a)), concrete(unwrap(b)))))

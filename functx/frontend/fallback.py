@@ -8,9 +8,11 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..core.errors import FunctxError
+from ..core.trace import concrete
 from ..core.types import TensorType
 from ..prims.opaque import OpaqueFunction, opaque
-from .tensor import TracerTensor, unwrap
+from .functionalize import unwrap
+from .tensor import TracerTensor
 
 _recorders: list = []
 
@@ -59,7 +61,6 @@ def opaque_fallback(func, args, kwargs):
 def _run_check(func, args, kwargs):
     """An op with no outputs (_linalg_check_errors, _assert_async, ...) only checks its
     inputs: run it on concrete values when there are some (eager), skip it when abstract."""
-    from ..core.trace import concrete
     try:
         a, k = tree_map(lambda x: concrete(unwrap(x)) if isinstance(x, torch.Tensor) else x, (args, kwargs))
     except FunctxError:

@@ -27,7 +27,8 @@ from ..core.errors import FunctxError
 from ..core.trace import GraphTrace, Tracer, current_trace
 from .. import prims as P
 from .dispatch import dispatch
-from .tensor import TracerTensor
+from .lowerings.registry import LOWERINGS
+from .tensor import TracerTensor, wrap
 
 aten = torch.ops.aten
 
@@ -154,8 +155,6 @@ def _inplace(func, target, sample):
 
 
 def _route(func, args, kwargs):
-    from .dispatch import LOWERINGS
-    from .tensor import wrap
     if kwargs.get("generator") is None:
         lowering = FACTORIES.get(func) or LOWERINGS.get(func)
         if lowering is not None:

@@ -1,19 +1,19 @@
 """TracerTensor: the torch.Tensor that user code sees while functx traces it.
 
 It is a wrapper subclass with the real shape, dtype and device of the value it stands
-for, and `__torch_dispatch__` maps each ATen op onto primitives (frontend/aten.py), then
-PyTorch's decomposition tables, then the opaque fallback (frontend/fallback.py).
+for, and `__torch_dispatch__` hands each ATen op to frontend/dispatch.py. The view fields
+set here (root, chain, versions) are read and written by frontend/functionalize.py, which
+also reads a wrapper's current value (unwrap).
 
-In-place ops and views are functionalized here: a view remembers its root and the chain
-of view ops that produced it; writing into a view scatters the new values into the root
-and bumps the root's version; other views of that root recompute lazily when read.
+This is the bottom of the front end: the modules that implement the class's behaviour
+import it, so the class reaches them with function-level imports.
 """
 from __future__ import annotations
 
 import torch
 from torch.utils._pytree import tree_map
 
-from ..core.errors import FunctxError
+from ..core.errors import FunctxError, user_frame_summary
 from ..core.trace import Tracer, concrete, type_of
 
 
@@ -59,40 +59,28 @@ class TracerTensor(torch.Tensor):
     # torch refuses these for tensor subclasses; they need the concrete value, which exists
     # in eager transforms and raises ConcretizationError under jit.
     def tolist(self):
-        return concrete(value_of(self)).tolist()
+        return _concrete(self).tolist()
 
     def numpy(self, *, force=False):
-        return concrete(value_of(self)).numpy(force=force)
+        return _concrete(self).numpy(force=force)
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        from .dispatch import dispatch
+        from .dispatch import dispatch      # dispatch.py imports this module (a cycle otherwise)
         return dispatch(func, args, kwargs or {})
 
 
+def _concrete(w):
+    from .functionalize import value_of     # functionalize.py imports this module (a cycle otherwise)
+    return concrete(value_of(w))
+
+
 def _unsupported_dtype(t):
-    from ..core.errors import user_frame_summary
     raise FunctxError(
         f"functx does not support complex tensors yet: a traced value of type {t} was created "
         f"here:\n{user_frame_summary()}\nfunctx's primitives and derivative rules are real-valued "
         "(complex results would be silently wrong). Keep real and imaginary parts as separate real "
         "tensors inside the transformed function (torch.view_as_real on inputs, outside it).")
-
-
-def value_of(w: TracerTensor):
-    """The current lax value of a wrapper (recomputing a stale view)."""
-    root = w._root
-    if root is not None and w._seen != root._version_:
-        from .dispatch import apply_view_chain
-        w._value = apply_view_chain(value_of(root), w._chain)
-        w._seen = root._version_
-    return w._value
-
-
-def unwrap(x):
-    if isinstance(x, TracerTensor):
-        return value_of(x)
-    return x
 
 
 def wrap(x):
@@ -101,54 +89,5 @@ def wrap(x):
     return x
 
 
-def unwrap_tree(tree):
-    """unwrap over the containers ATen arguments use (tuples, lists, dicts), without the
-    generic pytree machinery on the hot path; other container types go through tree_map."""
-    t = type(tree)
-    if t is tuple:
-        return tuple([_unwrap_any(x) for x in tree])
-    if t is list:
-        return [_unwrap_any(x) for x in tree]
-    if t is dict:
-        return {k: _unwrap_any(v) for k, v in tree.items()}
-    return _unwrap_any(tree)
-
-
-def _unwrap_any(x):
-    t = type(x)
-    if t is TracerTensor:
-        return value_of(x)
-    if t is tuple or t is list or t is dict:
-        return unwrap_tree(x)
-    if t in _PLAIN_LEAVES:
-        return x
-    return tree_map(unwrap, x)
-
-
-_PLAIN_LEAVES = frozenset({int, float, bool, type(None), str, torch.Tensor, torch.dtype, torch.device,
-                           torch.layout, torch.memory_format})
-
-
 def wrap_tree(tree):
     return tree_map(wrap, tree)
-
-
-def assign(w, new_value) -> None:
-    """Functionalized write of a whole value into wrapper `w` (same shape and dtype)."""
-    if not isinstance(w, TracerTensor):
-        from ..core.errors import user_frame_summary
-        raise FunctxError(
-            f"An in-place operation writes a traced value into a plain tensor ({type_of(w)}), one "
-            "created inside the transformed function (for example with torch.zeros(...)) or "
-            f"captured from outside it:\n{user_frame_summary()}\nfunctx cannot track writes into that "
-            "tensor. Create it from a traced input instead (x.new_zeros(...), torch.zeros_like(x)), "
-            "or build the result out of place (torch.stack, torch.cat, torch.where).")
-    root = w._root
-    if root is None:
-        w._value = new_value
-        w._version_ += 1
-        return
-    from .dispatch import scatter_into_view
-    assign(root, scatter_into_view(value_of(root), root, w._chain, new_value))
-    w._value = new_value
-    w._seen = root._version_

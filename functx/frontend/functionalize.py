@@ -1,0 +1,144 @@
+"""Functionalization: views and in-place writes on TracerTensors, in terms of pure values.
+
+A view wrapper remembers its root and the chain of view ops that produced it
+[(func, args, kwargs, output_index)]. Writing into a view scatters the new values into the
+root (positions found by replaying the chain on an iota of the root) and bumps the root's
+version; other views of that root recompute lazily when read (value_of). So reading a
+wrapper's value (unwrap) lives here too.
+
+In-place ops reach this module through dispatch.py, which turns them into their functional
+variant followed by `write`.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils._pytree import tree_map
+
+from ..core.errors import FunctxError, user_frame_summary
+from ..core.trace import type_of
+from .. import prims as P
+from .lowerings.registry import LOWERINGS
+from .tensor import TracerTensor
+
+
+# ---------------------------------------------------------------- reading a wrapper
+
+def value_of(w: TracerTensor):
+    """The current lax value of a wrapper (recomputing a stale view)."""
+    root = w._root
+    if root is not None and w._seen != root._version_:
+        w._value = apply_view_chain(value_of(root), w._chain)
+        w._seen = root._version_
+    return w._value
+
+
+def unwrap(x):
+    if isinstance(x, TracerTensor):
+        return value_of(x)
+    return x
+
+
+def unwrap_tree(tree):
+    """unwrap over the containers ATen arguments use (tuples, lists, dicts), without the
+    generic pytree machinery on the hot path; other container types go through tree_map."""
+    t = type(tree)
+    if t is tuple:
+        return tuple([_unwrap_any(x) for x in tree])
+    if t is list:
+        return [_unwrap_any(x) for x in tree]
+    if t is dict:
+        return {k: _unwrap_any(v) for k, v in tree.items()}
+    return _unwrap_any(tree)
+
+
+def _unwrap_any(x):
+    t = type(x)
+    if t is TracerTensor:
+        return value_of(x)
+    if t is tuple or t is list or t is dict:
+        return unwrap_tree(x)
+    if t in _PLAIN_LEAVES:
+        return x
+    return tree_map(unwrap, x)
+
+
+_PLAIN_LEAVES = frozenset({int, float, bool, type(None), str, torch.Tensor, torch.dtype, torch.device,
+                           torch.layout, torch.memory_format})
+
+
+# ---------------------------------------------------------------- views
+
+def make_view(func, lowering, args, kwargs):
+    """A view op with a lowering: the result wrappers are views of base's root."""
+    base = args[0]
+    rest = unwrap_tree(args[1:])
+    out = lowering(value_of(base), *rest, **kwargs)
+    root = base._root if base._root is not None else base
+    chain = list(base._chain or ())
+    if isinstance(out, (list, tuple)):
+        return [view_wrapper(o, root, chain + [(func, rest, kwargs, i)]) for i, o in enumerate(out)]
+    return view_wrapper(out, root, chain + [(func, rest, kwargs, None)])
+
+
+def view_wrapper(value, root, chain):
+    w = TracerTensor(value)
+    w._root, w._chain, w._seen = root, chain, root._version_
+    return w
+
+
+def apply_view_chain(value, chain):
+    for func, args, kwargs, index in chain:
+        value = LOWERINGS[func](value, *args, **kwargs)
+        if index is not None:
+            value = value[index]
+    return value
+
+
+def scatter_into_view(root_value, root, chain, new_value):
+    """The root's value with the view's elements replaced by new_value.
+
+    The view's element positions come from replaying the view chain on an iota of the
+    root (concrete, at trace time), so every view op is handled the same way.
+    """
+    t = type_of(root_value)
+    positions = torch.arange(t.numel, device=t.device).reshape(t.shape)
+    for func, args, kwargs, index in chain:
+        positions = func(positions, *args, **kwargs)
+        if index is not None:
+            positions = positions[index]
+    flat = P.reshape(root_value, (t.numel,))
+    updates = P.reshape(new_value, (positions.numel(),))
+    out = P.scatter(flat, positions.reshape(-1).contiguous(), updates, 0)
+    return P.reshape(out, t.shape)
+
+
+# ---------------------------------------------------------------- writes
+
+def assign(w, new_value) -> None:
+    """Functionalized write of a whole value into wrapper `w` (same shape and dtype)."""
+    if not isinstance(w, TracerTensor):
+        raise FunctxError(
+            f"An in-place operation writes a traced value into a plain tensor ({type_of(w)}), one "
+            "created inside the transformed function (for example with torch.zeros(...)) or "
+            f"captured from outside it:\n{user_frame_summary()}\nfunctx cannot track writes into that "
+            "tensor. Create it from a traced input instead (x.new_zeros(...), torch.zeros_like(x)), "
+            "or build the result out of place (torch.stack, torch.cat, torch.where).")
+    root = w._root
+    if root is None:
+        w._value = new_value
+        w._version_ += 1
+        return
+    assign(root, scatter_into_view(value_of(root), root, w._chain, new_value))
+    w._value = new_value
+    w._seen = root._version_
+
+
+def write(target, value):
+    """copy_ semantics: value is converted and broadcast to target's dtype and shape."""
+    t = type_of(unwrap(target)) if isinstance(target, TracerTensor) else type_of(target)
+    if isinstance(value, (bool, int, float)):
+        value = P.full(t.shape, value, t.dtype, t.device)
+    elif isinstance(value, torch.Tensor) and value.device != t.device:
+        value = value.to(t.device)   # copy_ moves concrete values across devices, as torch does
+    value = P.broadcast_to(P.convert(value, t.dtype), t.shape)
+    assign(target, value)

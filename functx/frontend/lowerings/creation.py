@@ -1,0 +1,135 @@
+"""Copies, fills and factories: _to_copy, fill, copy, the *_like and new_* constructors,
+and the random ones (randn_like, normal, uniform, bernoulli)."""
+from __future__ import annotations
+
+import torch
+
+from ...core.errors import FunctxError, user_frame_summary
+from ... import prims as P
+from ..promote import SCALARS
+from .common import _t, aten
+from .registry import register
+
+
+# ---------------------------------------------------------------- copies and fills
+
+@register(aten._to_copy.default)
+def _to_copy(x, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False,
+             memory_format=None):
+    t = _t(x)
+    if device is not None and torch.device(device) != t.device:
+        if not isinstance(x, torch.Tensor):
+            raise FunctxError(f"functx: moving a traced value from {t.device} to {device} is not "
+                              f"supported:\n{user_frame_summary()}\nMove the inputs to {device} before "
+                              "calling the transformed function.")
+        x = x.to(device)
+    return P.convert(x, dtype) if dtype is not None else x
+
+
+@register(aten.fill.Scalar)
+def _fill(x, value):
+    t = _t(x)
+    return P.full(t.shape, value, t.dtype, t.device)
+
+
+@register(aten.fill.Tensor)
+def _fill_tensor(x, value):
+    t = _t(x)
+    if isinstance(value, torch.Tensor) and value.device != t.device:
+        value = value.to(t.device)   # x_cuda[i] = 1.0 fills from a 0-d CPU tensor
+    return P.broadcast_to(P.convert(value, t.dtype), t.shape)
+
+
+@register(aten.zero.default)
+def _zero(x):
+    t = _t(x)
+    return P.full(t.shape, 0, t.dtype, t.device)
+
+
+@register(aten.copy.default)
+def _copy(x, src, non_blocking=False):
+    t = _t(x)
+    if isinstance(src, SCALARS):
+        return P.full(t.shape, src, t.dtype, t.device)
+    return P.broadcast_to(P.convert(src, t.dtype), t.shape)
+
+
+# ---------------------------------------------------------------- factories
+
+def _like(x, value, dtype=None, device=None):
+    t = _t(x)
+    return P.full(t.shape, value, dtype or t.dtype, device or t.device)
+
+
+register(aten.zeros_like.default)(lambda x, dtype=None, layout=None, device=None, pin_memory=None,
+                                  memory_format=None: _like(x, 0, dtype, device))
+register(aten.ones_like.default)(lambda x, dtype=None, layout=None, device=None, pin_memory=None,
+                                 memory_format=None: _like(x, 1, dtype, device))
+register(aten.empty_like.default)(lambda x, dtype=None, layout=None, device=None, pin_memory=None,
+                                  memory_format=None: _like(x, 0, dtype, device))
+register(aten.full_like.default)(lambda x, fill_value, dtype=None, layout=None, device=None,
+                                 pin_memory=None, memory_format=None: _like(x, fill_value, dtype, device))
+
+
+def _new(value):
+    def lower(x, size, dtype=None, layout=None, device=None, pin_memory=None):
+        t = _t(x)
+        return P.full(tuple(size), value, dtype or t.dtype, device or t.device)
+    return lower
+
+
+register(aten.new_zeros.default)(_new(0))
+register(aten.new_ones.default)(_new(1))
+register(aten.new_empty.default)(_new(0))
+register(aten.new_empty_strided.default)(lambda x, size, stride, dtype=None, layout=None, device=None,
+                                         pin_memory=None: _new(0)(x, size, dtype))
+
+
+@register(aten.new_full.default)
+def _new_full(x, size, fill_value, dtype=None, layout=None, device=None, pin_memory=None):
+    t = _t(x)
+    return P.full(tuple(size), fill_value, dtype or t.dtype, device or t.device)
+
+
+# ---------------------------------------------------------------- random factories (the random primitive)
+
+@register(aten.randn_like.default)
+def _randn_like(x, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
+    t = _t(x)
+    return P.random(t.shape, dtype or t.dtype, device or t.device, "normal")
+
+
+@register(aten.rand_like.default)
+def _rand_like(x, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
+    t = _t(x)
+    return P.random(t.shape, dtype or t.dtype, device or t.device, "uniform")
+
+
+@register(aten.normal.Tensor_float)
+def _normal_tf(mean, std=1.0, generator=None):
+    t = _t(mean)
+    return P.add(P.mul(P.random(t.shape, t.dtype, t.device, "normal"), std), mean)
+
+
+@register(aten.normal_functional.default)
+def _normal_functional(x, mean=0.0, std=1.0, generator=None):
+    t = _t(x)
+    return P.add(P.mul(P.random(t.shape, t.dtype, t.device, "normal"), std), mean)
+
+
+@register(aten.uniform.default)
+def _uniform(x, from_=0.0, to=1.0, generator=None):
+    t = _t(x)
+    return P.add(P.mul(P.random(t.shape, t.dtype, t.device, "uniform"), to - from_), from_)
+
+
+@register(aten.bernoulli.p)
+def _bernoulli_p(x, p=0.5, generator=None):
+    t = _t(x)
+    return P.convert(P.lt(P.random(t.shape, t.dtype, t.device, "uniform"), p), t.dtype)
+
+
+@register(aten.bernoulli.default)
+def _bernoulli(x, generator=None):
+    t = _t(x)
+    return P.convert(P.lt(P.random(t.shape, t.dtype, t.device, "uniform"), x), t.dtype)

@@ -1,0 +1,261 @@
+"""Elementwise lowerings: unary math, arithmetic, comparisons, logical and bitwise ops,
+where, clamp. Operands are promoted and broadcast explicitly (promote.py); primitives do
+neither."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND as KIND
+
+from ... import prims as P
+from ..promote import SCALARS, broadcast_shapes, elementwise, float_dtype_of, prepare, result_type
+from .common import _as_bool, _t, aten
+from .registry import register
+
+
+# ---------------------------------------------------------------- unary
+
+_FLOAT_UNARY = {
+    aten.exp: P.exp, aten.exp2: P.exp2, aten.log: P.log, aten.log1p: P.log1p, aten.expm1: P.expm1,
+    aten.sin: P.sin, aten.cos: P.cos, aten.tan: P.tan, aten.tanh: P.tanh, aten.asin: P.asin,
+    aten.acos: P.acos, aten.atan: P.atan, aten.sinh: P.sinh, aten.cosh: P.cosh, aten.asinh: P.asinh,
+    aten.acosh: P.acosh, aten.atanh: P.atanh, aten.sqrt: P.sqrt, aten.rsqrt: P.rsqrt,
+    aten.sigmoid: P.logistic, aten.erf: P.erf, aten.erfinv: P.erfinv, aten.lgamma: P.lgamma,
+    aten.digamma: P.digamma,
+}
+for _op, _fn in _FLOAT_UNARY.items():
+    register(_op.default)((lambda fn: lambda x: fn(P.convert(x, float_dtype_of(x))))(_fn))
+
+
+@register(aten.log2.default)
+def _log2(x):
+    return P.mul(P.log(P.convert(x, float_dtype_of(x))), 1 / math.log(2.0))
+
+
+@register(aten.log10.default)
+def _log10(x):
+    return P.mul(P.log(P.convert(x, float_dtype_of(x))), 1 / math.log(10.0))
+
+
+@register(aten.reciprocal.default)
+def _reciprocal(x):
+    return P.div(1.0, P.convert(x, float_dtype_of(x)))
+
+
+@register(aten.erfc.default)
+def _erfc(x):
+    return P.sub(1.0, P.erf(P.convert(x, float_dtype_of(x))))
+
+
+@register(aten.neg.default)
+def _neg(x):
+    return P.neg(x)
+
+
+@register(aten.abs.default)
+def _abs(x):
+    return P.abs_(x) if _t(x).dtype is not torch.bool else x
+
+
+@register(aten.sign.default, aten.sgn.default)
+def _sign(x):
+    return P.sign(x) if _t(x).dtype is not torch.bool else x
+
+
+for _op, _fn in {aten.floor: P.floor, aten.ceil: P.ceil, aten.round: P.round_, aten.trunc: P.trunc}.items():
+    register(_op.default)((lambda fn: lambda x: x if not _t(x).dtype.is_floating_point else fn(x))(_fn))
+
+
+@register(aten.logical_not.default)
+def _logical_not(x):
+    return P.logical_not(x) if _t(x).dtype is torch.bool else P.eq(x, 0 if not _t(x).dtype.is_floating_point else 0.0)
+
+
+@register(aten.bitwise_not.default)
+def _bitwise_not(x):
+    return P.logical_not(x) if _t(x).dtype is torch.bool else P.bitwise_not(x)
+
+
+@register(aten.isnan.default)
+def _isnan(x):
+    return P.ne(x, x) if _t(x).dtype.is_floating_point else P.full(_t(x).shape, False, torch.bool, _t(x).device)
+
+
+@register(aten.isinf.default)
+def _isinf(x):
+    if not _t(x).dtype.is_floating_point:
+        return P.full(_t(x).shape, False, torch.bool, _t(x).device)
+    return P.eq(P.abs_(x), math.inf)
+
+
+@register(aten.lift_fresh.default)
+def _lift_fresh(x):
+    # A constant made inside the function (torch.tensor(1.0), the value of x[i] = 1.0): it
+    # has no derivative, and staying a plain tensor lets copy_ move a 0-d CPU one to x's device.
+    return x
+
+
+@register(aten.detach.default)
+def _detach(x):
+    return P.stop_gradient(x) if _t(x).dtype.is_floating_point else x
+
+
+@register(aten.clone.default, aten.lift_fresh_copy.default, aten.alias_copy.default)
+def _clone(x, memory_format=None):
+    return x
+
+
+@register(aten.positive.default)
+def _positive(x):
+    return x
+
+
+# ---------------------------------------------------------------- binary
+
+@register(aten.add.Tensor, aten.add.Scalar)
+def _add(x, y, alpha=1):
+    if alpha != 1:
+        y = elementwise(P.mul, y, alpha)
+    if _t(x) is not None and _t(x).dtype is torch.bool and (isinstance(y, bool) or (_t(y) and _t(y).dtype is torch.bool)):
+        return elementwise(P.bitwise_or, x, y)
+    return elementwise(P.add, x, y)
+
+
+@register(aten.sub.Tensor, aten.sub.Scalar)
+def _sub(x, y, alpha=1):
+    if alpha != 1:
+        y = elementwise(P.mul, y, alpha)
+    return elementwise(P.sub, x, y)
+
+
+@register(aten.rsub.Tensor, aten.rsub.Scalar)
+def _rsub(x, y, alpha=1):
+    return _sub(y, x, alpha) if alpha == 1 else elementwise(P.sub, y, elementwise(P.mul, x, alpha))
+
+
+@register(aten.mul.Tensor, aten.mul.Scalar)
+def _mul(x, y):
+    dtype = result_type(x, y)
+    if dtype is torch.bool:
+        return elementwise(P.bitwise_and, x, y)
+    return elementwise(P.mul, x, y)
+
+
+@register(aten.div.Tensor, aten.div.Scalar, aten.true_divide.Tensor)
+def _div(x, y):
+    return elementwise(P.div, x, y, kind=KIND.INT_TO_FLOAT)
+
+
+@register(aten.div.Tensor_mode, aten.div.Scalar_mode)
+def _div_mode(x, y, rounding_mode=None):
+    if rounding_mode is None:
+        return _div(x, y)
+    dtype = result_type(x, y)
+    if dtype.is_floating_point:
+        q = elementwise(P.div, x, y)
+        return P.floor(q) if rounding_mode == "floor" else P.trunc(q)
+    return elementwise(lambda a, b: P.idiv(a, b, rounding_mode), x, y)
+
+
+@register(aten.floor_divide.default, aten.floor_divide.Scalar)
+def _floor_divide(x, y):
+    return _div_mode(x, y, "floor")
+
+
+@register(aten.remainder.Tensor, aten.remainder.Scalar)
+def _remainder(x, y):
+    # Python-style modulo: x - floor(x / y) * y.
+    dtype = result_type(x, y)
+    x, y = prepare((x, y), dtype, broadcast_shapes(x, y))
+    zero = 0.0 if dtype.is_floating_point else 0
+    r = P.rem(x, y)
+    y_neg = y < zero if isinstance(y, SCALARS) else P.lt(y, zero)   # a scalar divisor stays a literal
+    fix = P.bitwise_and(P.ne(r, zero), P.ne(P.lt(r, zero), y_neg))
+    return P.where(fix, P.add(r, y), r)
+
+
+@register(aten.fmod.Tensor, aten.fmod.Scalar)
+def _fmod(x, y):
+    return elementwise(P.rem, x, y)
+
+
+@register(aten.pow.Tensor_Tensor, aten.pow.Tensor_Scalar, aten.pow.Scalar)
+def _pow(x, y):
+    if isinstance(y, (int, float)) and not isinstance(y, bool):
+        if y == 1:
+            return x
+        if y == 2:
+            return elementwise(P.mul, x, x)
+        if y == 0.5 and _t(x).dtype.is_floating_point:
+            return P.sqrt(x)
+    return elementwise(P.pow_, x, y)
+
+
+@register(aten.maximum.default)
+def _maximum(x, y):
+    return elementwise(P.max_, x, y)
+
+
+@register(aten.minimum.default)
+def _minimum(x, y):
+    return elementwise(P.min_, x, y)
+
+
+@register(aten.atan2.default)
+def _atan2(x, y):
+    return elementwise(P.atan2, x, y, kind=KIND.INT_TO_FLOAT)
+
+
+for _op, _fn in {aten.eq: P.eq, aten.ne: P.ne, aten.lt: P.lt, aten.le: P.le, aten.gt: P.gt, aten.ge: P.ge}.items():
+    register(_op.Tensor, _op.Scalar)((lambda fn: lambda x, y: elementwise(fn, x, y, kind=KIND.ALWAYS_BOOL))(_fn))
+
+
+@register(aten.logical_and.default)
+def _logical_and(x, y):
+    return elementwise(P.bitwise_and, _as_bool(x), _as_bool(y))
+
+
+@register(aten.logical_or.default)
+def _logical_or(x, y):
+    return elementwise(P.bitwise_or, _as_bool(x), _as_bool(y))
+
+
+@register(aten.logical_xor.default)
+def _logical_xor(x, y):
+    return elementwise(P.bitwise_xor, _as_bool(x), _as_bool(y))
+
+
+for _op, _fn in {aten.bitwise_and: P.bitwise_and, aten.bitwise_or: P.bitwise_or,
+                 aten.bitwise_xor: P.bitwise_xor}.items():
+    register(_op.Tensor, _op.Scalar)((lambda fn: lambda x, y: elementwise(fn, x, y))(_fn))
+
+
+@register(aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther, aten.where.Scalar)
+def _where(cond, x, y):
+    dtype = result_type(x, y)
+    shape = broadcast_shapes(cond, x, y)
+    cond = P.broadcast_to(_as_bool(cond), shape)
+    x, y = prepare((x, y), dtype, shape)
+    return P.where(cond, x, y)
+
+
+@register(aten.clamp.default, aten.clamp.Tensor)
+def _clamp(x, min=None, max=None):
+    # torch's clamp, not maximum/minimum: x's derivative passes where min <= x <= max (ties
+    # included), min's where x < min, max's where x > max; NaN propagates.
+    if min is not None:
+        x = elementwise(lambda a, m: P.where(P.lt(a, m), m, a), x, min)
+    if max is not None:
+        x = elementwise(lambda a, m: P.where(P.gt(a, m), m, a), x, max)
+    return x
+
+
+@register(aten.clamp_min.default, aten.clamp_min.Tensor)
+def _clamp_min(x, min):
+    return _clamp(x, min=min)
+
+
+@register(aten.clamp_max.default, aten.clamp_max.Tensor)
+def _clamp_max(x, max):
+    return _clamp(x, max=max)

@@ -1,0 +1,237 @@
+"""Indexing: index_select, gather, advanced indexing and index_put, scatter and
+scatter_reduce, sort/topk, and masked_select (a data-dependent shape, eager only)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...core.errors import ConcretizationError, FunctxError, user_frame_summary
+from ...core.trace import concrete
+from ... import prims as P
+from ..promote import SCALARS, broadcast_shapes
+from .common import _as_bool, _opaque, _t, _zeros, aten
+from .registry import register
+
+
+# ---------------------------------------------------------------- indexing
+
+def _wrap_index(idx, size):
+    """Negative indices count from the end (static size)."""
+    return P.where(P.lt(idx, 0), P.add(idx, size), idx)
+
+
+@register(aten.index_select.default)
+def _index_select(x, dim, index):
+    t = _t(x)
+    d = dim % max(t.ndim, 1)
+    if t.ndim == 0:
+        return x
+    return P.take(x, index, d)
+
+
+@register(aten.gather.default)
+def _gather(x, dim, index, sparse_grad=False):
+    t = _t(x)
+    return P.take_along_axis(x, index, dim % max(t.ndim, 1))
+
+
+@register(aten.scatter_add.default)
+def _scatter_add(x, dim, index, src):
+    t = _t(x)
+    it = _t(index)
+    if _t(src).shape != it.shape:
+        src = P.slice_(src, (0,) * it.ndim, it.shape)
+    return P.scatter_add_along(x, index, P.convert(src, t.dtype), dim % max(t.ndim, 1))
+
+
+def _linear_index(x, indices):
+    """Advanced indexing -> (x with indexed dims flattened to one axis at `pos`,
+    flat index tensor, pos, whether result dims go first)."""
+    t = _t(x)
+    full = list(indices) + [None] * (t.ndim - len(indices))
+    # Boolean masks become integer indices (data-dependent: needs concrete values).
+    expanded = []
+    for i, ix in enumerate(full):
+        if ix is not None and _t(ix).dtype in (torch.bool, torch.uint8):
+            nz = torch.nonzero(_concrete_mask(ix))
+            expanded += [nz[:, k] for k in range(nz.shape[1])]
+        else:
+            expanded.append(ix)
+    full = expanded + [None] * (t.ndim - len(expanded))
+    dims = [i for i, ix in enumerate(full) if ix is not None]
+    adjacent = dims == list(range(dims[0], dims[-1] + 1))
+    idx_shape = broadcast_shapes(*[full[d] for d in dims])
+    perm = dims + [i for i in range(t.ndim) if i not in dims]
+    y = P.transpose(x, tuple(perm))
+    sizes = [t.shape[d] for d in dims]
+    rest = tuple(t.shape[i] for i in range(t.ndim) if i not in dims)
+    y = P.reshape(y, (math.prod(sizes),) + rest)
+    lin = None
+    for d, size in zip(dims, sizes):
+        ix = P.broadcast_to(P.convert(_wrap_index(full[d], size), torch.int64), idx_shape)
+        lin = ix if lin is None else P.add(P.mul(lin, size), ix)
+    return y, lin, dims, adjacent, rest, idx_shape
+
+
+@register(aten.index.Tensor)
+def _index(x, indices):
+    y, lin, dims, adjacent, rest, idx_shape = _linear_index(x, indices)
+    out = P.take(y, lin, 0)                         # idx_shape + rest
+    if adjacent and dims[0] > 0:
+        k = len(idx_shape)
+        lead = dims[0]
+        perm = list(range(k, k + lead)) + list(range(k)) + list(range(k + lead, k + len(rest)))
+        out = P.transpose(out, tuple(perm))
+    return out
+
+
+def _concrete_mask(mask):
+    try:
+        return concrete(mask)
+    except ConcretizationError:
+        raise ConcretizationError(
+            f"Indexing with a boolean mask ({_t(mask)}) selects a number of elements that depends "
+            f"on the mask's values, so the result has no static shape to trace:\n{user_frame_summary()}\n"
+            "Under functx.jit values are abstract. Use torch.where(mask, x, other) or "
+            "x.masked_fill(mask, value) instead of x[mask]; assigning a single value, "
+            "x[mask] = v, is supported.") from None
+
+
+def _mask_put(x, mask, values, accumulate):
+    """x[mask] = v / x[mask] += v with a boolean mask over x's leading dims and one value:
+    a select, so it traces without the mask's values."""
+    t, m = _t(x), _t(mask)
+    if m.shape != t.shape[:m.ndim] or isinstance(values, SCALARS) or _t(values).numel != 1:
+        return None
+    mask = P.broadcast_in_dim(_as_bool(mask), t.shape, tuple(range(m.ndim)))
+    v = P.broadcast_to(P.convert(P.reshape(values, ()), t.dtype), t.shape)
+    if accumulate:
+        v = P.add(x, v) if t.dtype is not torch.bool else P.bitwise_or(x, v)
+    return P.where(mask, v, x)
+
+
+@register(aten.index_put.default)
+def _index_put(x, indices, values, accumulate=False):
+    t = _t(x)
+    live = [ix for ix in indices if ix is not None]
+    if (len(indices) == 1 and live and _t(live[0]).dtype in (torch.bool, torch.uint8)):
+        out = _mask_put(x, live[0], values, accumulate)
+        if out is not None:
+            return out
+    y, lin, dims, adjacent, rest, idx_shape = _linear_index(x, indices)
+    # values broadcast against the indexing result (in its natural layout).
+    if adjacent and dims[0] > 0:
+        lead = dims[0]
+        k = len(idx_shape)
+        result_shape = rest[:lead] + idx_shape + rest[lead:]
+        v = P.broadcast_to(P.convert(values, t.dtype), result_shape)
+        perm = list(range(lead, lead + k)) + list(range(lead)) + list(range(lead + k, len(result_shape)))
+        v = P.transpose(v, tuple(perm))
+    else:
+        v = P.broadcast_to(P.convert(values, t.dtype), idx_shape + rest)
+    scatter = P.scatter_add if accumulate else P.scatter
+    out = scatter(y, lin, v, 0)
+    sizes = [t.shape[d] for d in dims]
+    out = P.reshape(out, tuple(sizes) + rest)
+    perm = dims + [i for i in range(t.ndim) if i not in dims]
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return P.transpose(out, tuple(inv))
+
+
+# ---------------------------------------------------------------- sort, topk
+
+@register(aten.sort.default)
+def _sort(x, dim=-1, descending=False):
+    if _t(x).ndim == 0:
+        return x, P.full((), 0, torch.int64, _t(x).device)
+    return tuple(P.sort(x, dim, descending, False))
+
+
+@register(aten.sort.stable)
+def _sort_stable(x, *, stable=False, dim=-1, descending=False):
+    if _t(x).ndim == 0:
+        return x, P.full((), 0, torch.int64, _t(x).device)
+    return tuple(P.sort(x, dim, descending, bool(stable)))
+
+
+@register(aten.topk.default)
+def _topk(x, k, dim=-1, largest=True, sorted=True):
+    t = _t(x)
+    d = dim % max(t.ndim, 1)
+    values, indices = P.sort(x, d, largest, True)
+    return P.slice_in_dim(values, 0, k, 1, d), P.slice_in_dim(indices, 0, k, 1, d)
+
+
+# ---------------------------------------------------------------- scatter (gather-style index), scatter_reduce
+
+def _scatter_positions(x, dim, index):
+    """Flat positions in x of the elements `index` addresses along dim (torch.scatter)."""
+    t, it = _t(x), _t(index)
+    strides, acc = [0] * t.ndim, 1
+    for k in range(t.ndim - 1, -1, -1):
+        strides[k], acc = acc, acc * t.shape[k]
+    pos = P.mul(P.convert(index, torch.int64), strides[dim])
+    for k in range(t.ndim):
+        if k != dim and strides[k] and it.shape[k] > 1:
+            pos = P.add(pos, P.iota(it.shape, k, torch.int64, t.device) if strides[k] == 1 else
+                        P.mul(P.iota(it.shape, k, torch.int64, t.device), strides[k]))
+    return pos
+
+
+def _src_for(src, index, dtype):
+    it = _t(index)
+    if isinstance(src, SCALARS):
+        return P.full(it.shape, src, dtype, _t(index).device)
+    src = P.convert(src, dtype)
+    if _t(src).shape != it.shape:
+        src = P.slice_(src, (0,) * it.ndim, it.shape)
+    return src
+
+
+@register(aten.scatter.src, aten.scatter.value)
+def _scatter_lower(x, dim, index, src):
+    t = _t(x)
+    if t.ndim == 0 or _t(index).numel == 0:
+        return x if t.ndim or _t(index).numel == 0 else P.reshape(
+            _src_for(src, P.reshape(index, (1,)), t.dtype), ())
+    d = dim % t.ndim
+    pos = _scatter_positions(x, d, index)
+    flat = P.reshape(x, (t.numel,))
+    return P.reshape(P.scatter(flat, pos, _src_for(src, index, t.dtype), 0), t.shape)
+
+
+@register(aten.scatter_reduce.two)
+def _scatter_reduce(x, dim, index, src, reduce, include_self=True):
+    t = _t(x)
+    if reduce not in ("sum", "mean") or t.ndim == 0 or not t.dtype.is_floating_point:
+        return _opaque(aten.scatter_reduce.two, x, dim, index, src, reduce, include_self=include_self)
+    d = dim % t.ndim
+    src = _src_for(src, index, t.dtype)
+    ones = P.full(_t(index).shape, 1.0, t.dtype, t.device)
+    count = P.scatter_add_along(_zeros(t), index, ones, d)      # how many updates land on each element
+    touched = P.gt(count, 0.0)
+    base = x if include_self else P.where(touched, _zeros(t), x)
+    out = P.scatter_add_along(base, index, src, d)
+    if reduce == "mean":
+        n = P.add(count, 1.0) if include_self else P.where(touched, count, P.full(t.shape, 1.0, t.dtype, t.device))
+        out = P.div(out, n)
+    return out
+
+
+# ---------------------------------------------------------------- data-dependent shapes (eager only)
+
+@register(aten.masked_select.default)
+def _masked_select(x, mask):
+    shape = broadcast_shapes(x, mask)
+    try:
+        m = concrete(P.broadcast_to(mask, shape))
+    except FunctxError as e:
+        raise ConcretizationError(
+            "functx: aten.masked_select: the output's shape depends on the mask's values, which are "
+            "not known here (under jit or vmap). Use torch.where(mask, x, 0) (fixed shape), or call "
+            "masked_select outside the jitted/vmapped function.") from e
+    idx = torch.nonzero(m.reshape(-1)).reshape(-1)
+    return P.take(P.reshape(P.broadcast_to(x, shape), (math.prod(shape),)), idx, 0)

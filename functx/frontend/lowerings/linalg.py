@@ -1,0 +1,120 @@
+"""Matrix products, convolution, and average pooling (a convolution with a ones kernel)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch._meta_registrations import pooling_output_shape
+
+from ... import prims as P
+from ..promote import elementwise, result_type
+from .common import _t, aten
+from .registry import register
+
+
+# ---------------------------------------------------------------- linear algebra
+
+@register(aten.mm.default, aten.bmm.default)
+def _mm(a, b):
+    dtype = result_type(a, b)
+    return P.matmul(P.convert(a, dtype), P.convert(b, dtype))
+
+
+@register(aten.addmm.default)
+def _addmm(bias, a, b, beta=1, alpha=1):
+    out = _mm(a, b)
+    if alpha != 1:
+        out = P.mul(out, alpha)
+    if beta == 0:
+        return out
+    if beta != 1:
+        bias = elementwise(P.mul, bias, beta)
+    return elementwise(P.add, out, bias)
+
+
+@register(aten.dot.default, aten.vdot.default)
+def _dot(a, b):
+    return P.dot_general(a, b, (((0,), (0,)), ((), ())))
+
+
+@register(aten.mv.default)
+def _mv(a, b):
+    return P.dot_general(a, b, (((1,), (0,)), ((), ())))
+
+
+@register(aten.baddbmm.default)
+def _baddbmm(bias, a, b, beta=1, alpha=1):
+    return _addmm(bias, a, b, beta, alpha)
+
+
+# ---------------------------------------------------------------- convolution
+
+def _expand_param(p, n):
+    p = [p] if isinstance(p, int) else list(p)
+    return tuple(p * n if len(p) == 1 else p)
+
+
+@register(aten.convolution.default, aten._convolution.deprecated, aten._convolution.default)
+def _convolution(x, w, bias, stride, padding, dilation, transposed, output_padding, groups, *unused):
+    nsp = _t(w).ndim - 2
+    dtype = result_type(x, w)
+    x, w = P.convert(x, dtype), P.convert(w, dtype)
+    unbatched = _t(x).ndim == nsp + 1
+    if unbatched:
+        x = P.reshape(x, (1,) + _t(x).shape)
+    out = P.conv(x, w, _expand_param(stride, nsp), _expand_param(padding, nsp),
+                 _expand_param(dilation, nsp), transposed, _expand_param(output_padding, nsp), groups)
+    if bias is not None:
+        ot = _t(out)
+        out = P.add(out, P.broadcast_in_dim(P.convert(bias, dtype), ot.shape, (1,)))
+    return P.reshape(out, _t(out).shape[1:]) if unbatched else out
+
+
+# ---------------------------------------------------------------- average pooling (a conv with a ones kernel)
+
+def _pool_params(nd, kernel_size, stride, padding):
+    ks = _expand_param(kernel_size, nd)
+    st = _expand_param(stride, nd) if stride not in (None, [], ()) else ks
+    pa = _expand_param(padding, nd)
+    return ks, st, pa
+
+
+def _avg_pool(nd):
+    def lower(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+              divisor_override=None):
+        ks, st, pa = _pool_params(nd, kernel_size, stride, padding)
+        t = _t(x)
+        unbatched = t.ndim == nd + 1
+        if unbatched:
+            x = P.reshape(x, (1,) + t.shape)
+            t = _t(x)
+        lead, sizes = t.shape[:-nd], t.shape[-nd:]
+        outs = [pooling_output_shape(n, k, p, s, 1, ceil_mode) for n, k, p, s in zip(sizes, ks, pa, st)]
+        # pad so that exactly the windows torch visits fit (ceil_mode may need more on the right)
+        cfg = [(0, 0, 0)] * len(lead) + [(p, (o - 1) * s + k - n - p, 0)
+                                          for n, k, p, s, o in zip(sizes, ks, pa, st, outs)]
+        xp = P.pad(P.reshape(x, (math.prod(lead), 1) + sizes), [(0, 0, 0), (0, 0, 0)] + cfg[len(lead):], 0.0)
+        ones = P.full((1, 1) + ks, 1.0, t.dtype, t.device)
+        summed = P.conv(xp, ones, st, (0,) * nd, (1,) * nd, False, None, 1)
+        if divisor_override:
+            out = P.div(summed, float(divisor_override))
+        else:
+            divisor = torch.ones((), dtype=torch.float64)
+            for d, (n, k, p, s, o) in enumerate(zip(sizes, ks, pa, st, outs)):
+                start = torch.arange(o) * s - p
+                end = torch.clamp(start + k, max=n + p)
+                size = (end - start) if count_include_pad else (
+                    torch.clamp(end, max=n) - torch.clamp(start, min=0))
+                shape = [1] * nd
+                shape[d] = o
+                divisor = divisor * size.reshape(shape)
+            divisor = divisor.expand(outs).to(t.dtype).reshape((1, 1) + tuple(outs)).to(t.device)
+            out = P.div(summed, P.broadcast_to(divisor, _t(summed).shape))
+        out = P.reshape(out, lead + tuple(outs))
+        return P.reshape(out, _t(out).shape[1:]) if unbatched else out
+    return lower
+
+
+register(aten.avg_pool1d.default)(_avg_pool(1))
+register(aten.avg_pool2d.default)(_avg_pool(2))
+register(aten.avg_pool3d.default)(_avg_pool(3))

@@ -1,0 +1,271 @@
+"""Neural-network ops lowered natively so that their derivatives match torch's formulas
+where the composite would differ (ties, boundaries, zeros): relu, hardtanh and the hard
+activations, softmax, norms and distances, std, sinc; and batch norm, whose running
+statistics are written back into the buffers."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch._decomp.decompositions import native_batch_norm_helper
+from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND as KIND
+
+from ...core.errors import FunctxError
+from ...core.trace import concrete
+from ... import prims as P
+from ...prims.util import static_broadcast_shapes
+from ..functionalize import unwrap, write
+from ..promote import broadcast_shapes, float_dtype_of, prepare, result_type
+from ..tensor import TracerTensor
+from .common import _dims, _keep, _t, _zeros, aten
+from .elementwise import _clamp
+from .registry import register, register_special
+from .torch_prims import _prims_var
+
+prims_ns = torch.ops.prims
+
+
+# ---------------------------------------------------------------- relu
+
+@register(aten.relu.default)
+def _relu(x):
+    # torch's relu: derivative 0 at x == 0 (not max's tie split); NaN propagates.
+    zero = 0.0 if _t(x).dtype.is_floating_point else 0
+    return P.where(P.le(x, zero), zero, x)
+
+
+# ---------------------------------------------------------------- hardtanh (relu6)
+# Native, not torch's decomposition (which is clamp): torch's hardtanh has derivative 0 at
+# both boundaries (and at NaN), clamp has 1. NaN values pass through, as in torch.
+
+@register(aten.hardtanh.default)
+def _hardtanh(x, min_val=-1.0, max_val=1.0):
+    t = _t(x)
+    if not t.dtype.is_floating_point:
+        return _clamp(x, min_val, max_val)
+    lo, hi = float(min_val), float(max_val)
+    clamped = P.where(P.le(x, lo), P.full(t.shape, lo, t.dtype, t.device),
+                      P.where(P.ge(x, hi), P.full(t.shape, hi, t.dtype, t.device), x))
+    # torch's hardtanh_backward masks with lo < x < hi: 0 at the boundaries and at NaN.
+    interior = P.bitwise_and(P.gt(x, lo), P.lt(x, hi))
+    return P.where(interior, x, P.stop_gradient(clamped))
+
+
+# ---------------------------------------------------------------- _safe_softmax (SDPA with masks)
+# softmax whose fully-masked (all -inf) rows are 0; written so that those rows also have
+# zero (not nan) derivatives: no where() over a nan branch.
+
+@register(aten._safe_softmax.default)
+def _safe_softmax(x, dim, dtype=None):
+    if dtype is not None:
+        x = P.convert(x, dtype)
+    t = _t(x)
+    if t.ndim == 0:
+        return P.full((), 1.0, t.dtype, t.device)
+    d = dim % t.ndim
+    kept = tuple(i for i in range(t.ndim) if i != d)
+    m = P.stop_gradient(P.reduce_max(x, (d,)))
+    m = P.where(P.eq(m, -math.inf), P.full(_t(m).shape, 0.0, t.dtype, t.device), m)
+    e = P.exp(P.sub(x, P.broadcast_in_dim(m, t.shape, kept)))
+    s = P.reduce_sum(e, (d,))
+    s = P.where(P.eq(s, 0.0), P.full(_t(s).shape, 1.0, t.dtype, t.device), s)
+    return P.div(e, P.broadcast_in_dim(s, t.shape, kept))
+
+
+# ---------------------------------------------------------------- softmax / log_softmax
+# Native (PyTorch's decompositions reach elementwise_dtypes, which imports sympy). The max
+# is a constant shift (softmax is shift-invariant), so it is stop_gradient'ed as in JAX:
+# derivatives don't pay for the max's tie-averaging rule.
+
+def _shifted_rows(x, dim, half_to_float):
+    if half_to_float:
+        x = P.convert(x, torch.float32)
+    t = _t(x)
+    d = dim % t.ndim
+    kept = tuple(i for i in range(t.ndim) if i != d)
+    m = P.stop_gradient(P.reduce_max(x, (d,)))
+    return P.sub(x, P.broadcast_in_dim(m, t.shape, kept)), d, kept, t
+
+
+@register(aten._softmax.default)
+def _softmax(x, dim, half_to_float=False):
+    if _t(x).ndim == 0:
+        return P.full((), 1.0, torch.float32 if half_to_float else _t(x).dtype, _t(x).device)
+    z, d, kept, t = _shifted_rows(x, dim, half_to_float)
+    e = P.exp(z)
+    return P.div(e, P.broadcast_in_dim(P.reduce_sum(e, (d,)), t.shape, kept))
+
+
+@register(aten._log_softmax.default)
+def _log_softmax(x, dim, half_to_float=False):
+    if _t(x).ndim == 0:
+        return P.full((), 0.0, torch.float32 if half_to_float else _t(x).dtype, _t(x).device)
+    z, d, kept, t = _shifted_rows(x, dim, half_to_float)
+    lse = P.log(P.reduce_sum(P.exp(z), (d,)))
+    return P.sub(z, P.broadcast_in_dim(lse, t.shape, kept))
+
+
+# ---------------------------------------------------------------- vector norms
+# Native: the decomposition's sqrt(sum(x*x)) has a nan derivative at x = 0, where torch
+# returns the subgradient 0. The double where keeps both the value and the derivatives
+# finite: the root only ever sees a positive argument, and at 0 the constant branch wins.
+
+@register(aten.linalg_vector_norm.default)
+def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
+    if dtype is not None:
+        x = P.convert(x, dtype)
+    t = _t(x)
+    axes = _dims(dim, t.ndim) if t.ndim else ()
+    a = P.abs_(x)
+    if ord == math.inf:
+        out = P.reduce_max(a, axes)
+    elif ord == -math.inf:
+        out = P.reduce_min(a, axes)
+    elif ord == 0:
+        out = P.reduce_sum(P.convert(P.ne(x, 0.0), t.dtype), axes)
+    elif ord == 1:
+        out = P.reduce_sum(a, axes)
+    else:
+        if ord == 2:
+            powered = P.mul(x, x)
+        else:   # |x|^p with zero derivative at x = 0 (torch masks those), value 0 or inf there
+            nonzero = P.gt(a, 0.0)
+            powered = P.where(nonzero, P.pow_(P.where(nonzero, a, 1.0), float(ord)),
+                              0.0 if ord > 0 else math.inf)
+        s = P.reduce_sum(powered, axes)
+        if ord < 0:
+            out = P.pow_(s, 1.0 / ord)
+        else:
+            positive = P.gt(s, 0.0)
+            safe = P.where(positive, s, 1.0)
+            root = P.sqrt(safe) if ord == 2 else P.pow_(safe, 1.0 / ord)
+            out = P.where(positive, root, 0.0)
+    return _keep(out, t.shape, axes, keepdim)
+
+
+# ---------------------------------------------------------------- distances, hypot
+
+def _safe_root(s, p):
+    """s ** (1/p) with a zero derivative at s == 0 (torch's norm/cdist backward convention)."""
+    t = _t(s)
+    pos = P.gt(s, 0.0)
+    safe = P.where(pos, s, P.full(t.shape, 1.0, t.dtype, t.device))
+    r = P.sqrt(safe) if p == 2 else P.pow_(safe, 1.0 / p)
+    return P.where(pos, r, _zeros(t))
+
+
+@register(aten._cdist_forward.default)
+def _cdist(x1, x2, p, compute_mode=None):
+    t1, t2 = _t(x1), _t(x2)
+    dtype = result_type(x1, x2)
+    batch = static_broadcast_shapes((tuple(t1.shape[:-2]), tuple(t2.shape[:-2])))
+    n1, n2, m = t1.shape[-2], t2.shape[-2], t1.shape[-1]
+    full = batch + (n1, n2, m)
+    nb = len(batch)
+    a = P.broadcast_in_dim(P.broadcast_to(P.convert(x1, dtype), batch + (n1, m)), full,
+                           tuple(range(nb)) + (nb, nb + 2))
+    b = P.broadcast_in_dim(P.broadcast_to(P.convert(x2, dtype), batch + (n2, m)), full,
+                           tuple(range(nb)) + (nb + 1, nb + 2))
+    diff = P.abs_(P.sub(a, b))
+    last = (len(full) - 1,)
+    if p == 0:
+        return P.reduce_sum(P.convert(P.ne(diff, 0.0), dtype), last)
+    if p == math.inf:
+        return P.reduce_max(diff, last)
+    if p == 1:
+        return P.reduce_sum(diff, last)
+    if p == 2:
+        return _safe_root(P.reduce_sum(P.mul(diff, diff), last), 2)
+    return _safe_root(P.reduce_sum(P.pow_(diff, float(p)), last), p)
+
+
+@register(prims_ns.hypot.default, aten.hypot.default)
+def _hypot(a, b):
+    dtype = result_type(a, b, kind=KIND.INT_TO_FLOAT)
+    a, b = prepare((a, b), dtype, broadcast_shapes(a, b))
+    return _safe_root(P.add(P.mul(a, a), P.mul(b, b)), 2)
+
+
+# ---------------------------------------------------------------- finite derivatives at the edges
+# torch's derivative formulas return 0 at points where the composite formula gives 0/0:
+# std of constant data, sinc at 0, hardsigmoid/hardswish at +-3 (strict boundaries).
+
+def _safe_sqrt(v):
+    """sqrt with derivative 0 (not inf*0 = nan) where v == 0."""
+    positive = P.gt(v, 0.0)
+    return P.where(positive, P.sqrt(P.where(positive, v, 1.0)), 0.0)
+
+
+@register(aten.std.correction)
+def _std(x, dim=None, *, correction=None, keepdim=False):
+    t = _t(x)
+    axes = _dims(dim, t.ndim) if t.ndim else ()
+    v = _prims_var(P.convert(x, float_dtype_of(x)), axes, 1 if correction is None else correction)
+    return _keep(_safe_sqrt(v), t.shape, axes, keepdim)
+
+
+@register(aten.sinc.default)
+def _sinc(x):
+    x = P.convert(x, float_dtype_of(x))
+    t = _t(x)
+    zero = P.eq(x, 0.0)
+    px = P.mul(P.where(zero, 1.0, x), math.pi)
+    return P.where(zero, P.full(t.shape, 1.0, t.dtype, t.device), P.div(P.sin(px), px))
+
+
+@register(aten.hardsigmoid.default)
+def _hardsigmoid(x):
+    return P.div(_hardtanh(P.add(x, 3.0), 0.0, 6.0), 6.0)
+
+
+@register(aten.hardswish.default)
+def _hardswish(x):
+    return P.mul(x, _hardsigmoid(x))
+
+
+# ---------------------------------------------------------------- batch norm
+# Running statistics are updated like the ATen kernel does: with stop-gradient values, as
+# a functionalized write when the buffer is traced, and concretely (as torch.func does)
+# when it is a plain module buffer and the value is concrete (eager transforms).
+
+def _update_buffer(buf, new, op):
+    value = P.stop_gradient(unwrap(new))
+    if isinstance(buf, TracerTensor):
+        write(buf, value)
+        return
+    try:
+        c = concrete(value)
+    except FunctxError as e:
+        raise FunctxError(
+            f"functx: {op} in training mode updates running statistics held in plain tensors (module "
+            "buffers), but the new value is not concrete here (under jit or vmap). Pass the buffers "
+            "as inputs, e.g. functional_call(model, {**params, **buffers}, x), use the module in eval "
+            "mode, or construct it with track_running_stats=False.") from e
+    with torch.no_grad():
+        buf.copy_(c)
+
+
+@register_special(aten.native_batch_norm.default)
+def _native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    out, save_mean, save_rstd, new_mean, new_var = native_batch_norm_helper(
+        input, weight, bias, running_mean, running_var, training, momentum, eps, functional=True)
+    if training:
+        for buf, new in ((running_mean, new_mean), (running_var, new_var)):
+            if buf is not None:
+                _update_buffer(buf, new, "batch_norm")
+    return out, save_mean, save_rstd
+
+
+@register_special(aten._native_batch_norm_legit.default)
+def _native_batch_norm_legit(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    return _native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)
+
+
+@register_special(aten._native_batch_norm_legit.no_stats)
+def _native_batch_norm_legit_no_stats(input, weight, bias, training, momentum, eps):
+    return _native_batch_norm(input, weight, bias, None, None, training, momentum, eps)
+
+
+@register_special(aten._native_batch_norm_legit_no_training.default)
+def _native_batch_norm_legit_no_training(input, weight, bias, running_mean, running_var, momentum, eps):
+    return _native_batch_norm(input, weight, bias, running_mean, running_var, False, momentum, eps)

@@ -1,0 +1,211 @@
+"""Reductions: sum, mean, extrema and their indices, prod, any/all, and the cumulative
+ops (cumsum native; cummax/cummin/logcumsumexp as masked O(n^2) reductions)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ... import prims as P
+from .common import _as_bool, _dims, _keep, _opaque, _t, aten
+from .registry import register
+
+
+# ---------------------------------------------------------------- reductions
+
+def _reduce(reducer, x, dim, keepdim):
+    """reducer over dim (None or [] = all dims), reduced dims kept as size 1 if keepdim."""
+    t = _t(x)
+    axes = _dims(dim, t.ndim) if t.ndim else ()
+    return _keep(reducer(x, axes), t.shape, axes, keepdim)
+
+
+def _sum_dtype(x, dtype):
+    if dtype is not None:
+        return P.convert(x, dtype)
+    t = _t(x)
+    if not (t.dtype.is_floating_point or t.dtype.is_complex):
+        return P.convert(x, torch.int64)
+    return x
+
+
+@register(aten.sum.dim_IntList)
+def _sum(x, dim=None, keepdim=False, dtype=None):
+    return _reduce(P.reduce_sum, _sum_dtype(x, dtype), dim, keepdim)
+
+
+@register(aten.sum.default)
+def _sum_all(x, dtype=None):
+    return _sum(x, None, False, dtype)
+
+
+@register(aten.mean.dim)
+def _mean(x, dim=None, keepdim=False, dtype=None):
+    if dtype is not None:
+        x = P.convert(x, dtype)
+    t = _t(x)
+    axes = _dims(dim, t.ndim) if t.ndim else ()
+    n = math.prod(t.shape[a] for a in axes)
+    return _keep(P.div(P.reduce_sum(x, axes), float(n)), t.shape, axes, keepdim)
+
+
+@register(aten.mean.default)
+def _mean_all(x, dtype=None):
+    return _mean(x, None, False, dtype)
+
+
+def _extremum(reducer):
+    def lower(x, dim=None, keepdim=False):
+        return _reduce(reducer, x, dim, keepdim)
+    return lower
+
+
+register(aten.amax.default)(_extremum(P.reduce_max))
+register(aten.amin.default)(_extremum(P.reduce_min))
+register(aten.max.default)(lambda x: P.reduce_max(x, tuple(range(_t(x).ndim))))
+register(aten.min.default)(lambda x: P.reduce_min(x, tuple(range(_t(x).ndim))))
+
+
+def _arg(fn):
+    def lower(x, dim=None, keepdim=False):
+        t = _t(x)
+        if dim is None:
+            out = fn(P.reshape(x, (t.numel,)), 0)
+            return P.reshape(out, (1,) * t.ndim) if keepdim else out
+        if t.ndim == 0:
+            return P.full((), 0, torch.int64, t.device)
+        d = dim % t.ndim
+        return _keep(fn(x, d), t.shape, (d,), keepdim)
+    return lower
+
+
+register(aten.argmax.default)(_arg(P.argmax))
+register(aten.argmin.default)(_arg(P.argmin))
+
+
+@register(aten.prod.dim_int)
+def _prod(x, dim, keepdim=False, dtype=None):
+    return _reduce(P.reduce_prod, _sum_dtype(x, dtype), dim, keepdim)
+
+
+@register(aten.prod.default)
+def _prod_all(x, dtype=None):
+    x = _sum_dtype(x, dtype)
+    return P.reduce_prod(x, tuple(range(_t(x).ndim)))
+
+
+def _bool_reduce(reducer):
+    def lower(x, dim=None, keepdim=False):
+        return _reduce(reducer, _as_bool(x), dim, keepdim)
+    return lower
+
+
+register(aten.any.default, aten.any.dim, aten.any.dims)(_bool_reduce(P.reduce_max))
+register(aten.all.default, aten.all.dim, aten.all.dims)(_bool_reduce(P.reduce_min))
+
+
+@register(aten.cumsum.default)
+def _cumsum(x, dim, dtype=None):
+    x = _sum_dtype(x, dtype)
+    t = _t(x)
+    return P.cumsum(x, dim % max(t.ndim, 1)) if t.ndim else x
+
+
+# ---------------------------------------------------------------- max/min over a dim: values at the index
+# torch sends the gradient of max(dim)/min(dim) to the index it returns (amax/amin split it
+# among ties); taking the values with a gather at that index gives exactly that.
+
+def _extremum_at_index(arg):
+    def lower(x, dim, keepdim=False):
+        t = _t(x)
+        if t.ndim == 0:
+            return x, P.full((), 0, torch.int64, t.device)
+        d = dim % t.ndim
+        idx = arg(x, d)
+        kept = tuple(1 if i == d else s for i, s in enumerate(t.shape))
+        vals = P.take_along_axis(x, P.reshape(idx, kept), d)
+        if not keepdim:
+            vals = P.reshape(vals, _t(idx).shape)
+        return vals, _keep(idx, t.shape, (d,), keepdim)
+    return lower
+
+
+register(aten.max.dim)(_extremum_at_index(P.argmax))
+register(aten.min.dim)(_extremum_at_index(P.argmin))
+
+
+# ---------------------------------------------------------------- cumulative ops (masked, O(n^2) along the axis)
+
+_CUM_BUDGET = 1 << 22      # elements of the masked (…, n, n) intermediate; above it: opaque
+
+
+def _cum_masked(x, dim, fill):
+    """x with `dim` moved last and expanded to (..., n_i, n_j), entries j > i set to fill."""
+    t = _t(x)
+    d = dim % t.ndim
+    perm = tuple(i for i in range(t.ndim) if i != d) + (d,)
+    xl = P.transpose(x, perm)
+    shape = _t(xl).shape
+    n = shape[-1]
+    full = shape[:-1] + (n, n)
+    xb = P.broadcast_in_dim(xl, full, tuple(range(len(shape) - 1)) + (len(shape),))
+    mask = P.ge(P.iota(full, len(full) - 2, torch.int64, t.device), P.iota(full, len(full) - 1, torch.int64, t.device))
+    return P.where(mask, xb, P.full(full, fill, t.dtype, t.device)), mask, perm
+
+
+def _cum_restore(y, perm):
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return P.transpose(y, tuple(inv))
+
+
+def _cum_too_big(x, dim):
+    t = _t(x)
+    return t.ndim == 0 or t.numel * t.shape[dim % t.ndim] > _CUM_BUDGET
+
+
+def _cum_extremum(name, is_max):
+    op = getattr(aten, name).default
+
+    def lower(x, dim):
+        t = _t(x)
+        if _cum_too_big(x, dim) or t.dtype is torch.bool:
+            if t.ndim == 0:
+                return x, P.full((), 0, torch.int64, t.device)
+            return _opaque(op, x, dim)
+        fill = -math.inf if is_max else math.inf
+        if not t.dtype.is_floating_point:
+            info = torch.iinfo(t.dtype)
+            fill = info.min if is_max else info.max
+        masked, mask, perm = _cum_masked(x, dim, fill)
+        best = (P.reduce_max if is_max else P.reduce_min)(masked, (len(perm),))
+        full = _t(masked).shape
+        hit = P.bitwise_and(mask, P.eq(masked, P.broadcast_in_dim(best, full, tuple(range(len(full) - 1)))))
+        # torch picks the last position that attains the running extremum
+        j = P.iota(full, len(full) - 1, torch.int64, t.device)
+        idx = P.reduce_max(P.where(hit, j, P.full(full, -1, torch.int64, t.device)), (len(full) - 1,))
+        idx = _cum_restore(idx, perm)
+        return P.take_along_axis(x, idx, dim % t.ndim), idx
+    return lower
+
+
+register(aten.cummax.default)(_cum_extremum("cummax", True))
+register(aten.cummin.default)(_cum_extremum("cummin", False))
+
+
+@register(aten.logcumsumexp.default)
+def _logcumsumexp(x, dim):
+    t = _t(x)
+    if t.ndim == 0:
+        return x
+    if _cum_too_big(x, dim) or not t.dtype.is_floating_point:
+        return _opaque(aten.logcumsumexp.default, x, dim)
+    masked, mask, perm = _cum_masked(x, dim, -math.inf)
+    last = len(perm)
+    full = _t(masked).shape
+    m = P.stop_gradient(P.reduce_max(masked, (last,)))
+    m = P.where(P.eq(P.abs_(m), math.inf), P.full(_t(m).shape, 0.0, t.dtype, t.device), m)
+    mb = P.broadcast_in_dim(m, full, tuple(range(len(full) - 1)))
+    s = P.reduce_sum(P.exp(P.sub(masked, mb)), (last,))
+    return _cum_restore(P.add(P.log(s), m), perm)

@@ -1,0 +1,210 @@
+"""View ops (dispatch records each as a step of a view chain, functionalize.py), as_strided,
+and the shape ops that copy (cat, flip, constant padding)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...core.errors import FunctxError
+from ... import prims as P
+from ..functionalize import value_of, view_wrapper
+from ..promote import result_type
+from ..tensor import TracerTensor
+from .common import _t, aten
+from .registry import register, register_special
+
+
+# ---------------------------------------------------------------- views
+
+def _infer_shape(shape, numel):
+    shape = list(shape)
+    if -1 in shape:
+        i = shape.index(-1)
+        rest = math.prod(s for j, s in enumerate(shape) if j != i)
+        shape[i] = numel // rest if rest else 0
+    return tuple(shape)
+
+
+@register(aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+def _view(x, size):
+    return P.reshape(x, _infer_shape(size, _t(x).numel))
+
+
+@register(aten.expand.default)
+def _expand(x, size, implicit=False):
+    t = _t(x)
+    lead = len(size) - t.ndim
+    shape = tuple(t.shape[i - lead] if s == -1 else s for i, s in enumerate(size))
+    return P.broadcast_in_dim(x, shape, tuple(range(lead, len(shape))))
+
+
+@register(aten.permute.default)
+def _permute(x, dims):
+    nd = _t(x).ndim
+    return P.transpose(x, tuple(d % nd for d in dims))
+
+
+@register(aten.t.default)
+def _t_op(x):
+    return P.transpose(x, (1, 0)) if _t(x).ndim == 2 else x
+
+
+@register(aten.transpose.int)
+def _transpose(x, dim0, dim1):
+    nd = _t(x).ndim
+    if nd == 0:
+        return x
+    perm = list(range(nd))
+    perm[dim0 % nd], perm[dim1 % nd] = perm[dim1 % nd], perm[dim0 % nd]
+    return P.transpose(x, tuple(perm))
+
+
+@register(aten.unsqueeze.default)
+def _unsqueeze(x, dim):
+    shape = list(_t(x).shape)
+    shape.insert(dim % (len(shape) + 1), 1)
+    return P.reshape(x, tuple(shape))
+
+
+@register(aten.squeeze.default, aten.squeeze.dim, aten.squeeze.dims)
+def _squeeze(x, dim=None):
+    t = _t(x)
+    if t.ndim == 0:
+        return x
+    dims = set(range(t.ndim)) if dim is None else {d % t.ndim for d in ([dim] if isinstance(dim, int) else dim)}
+    return P.reshape(x, tuple(s for i, s in enumerate(t.shape) if not (i in dims and s == 1)))
+
+
+@register(aten.select.int)
+def _select(x, dim, index):
+    t = _t(x)
+    d = dim % t.ndim
+    i = index % t.shape[d] if t.shape[d] else index
+    sl = P.slice_in_dim(x, i, i + 1, 1, d)
+    return P.reshape(sl, t.shape[:d] + t.shape[d + 1:])
+
+
+@register(aten.slice.Tensor)
+def _slice(x, dim=0, start=None, end=None, step=1):
+    t = _t(x)
+    d = dim % t.ndim
+    start, end, step = slice(start, end, step).indices(t.shape[d])
+    end = max(start, end)
+    return P.slice_in_dim(x, start, end, step, d)
+
+
+@register(aten.narrow.default)
+def _narrow(x, dim, start, length):
+    return _slice(x, dim, start, start + length)
+
+
+@register(aten.alias.default)
+def _alias(x):
+    return x
+
+
+@register(aten.diagonal.default)
+def _diagonal(x, offset=0, dim1=0, dim2=1):
+    t = _t(x)
+    d1, d2 = dim1 % t.ndim, dim2 % t.ndim
+    rest = [i for i in range(t.ndim) if i not in (d1, d2)]
+    y = P.transpose(x, tuple(rest) + (d1, d2))
+    n, m = t.shape[d1], t.shape[d2]
+    batch = tuple(t.shape[i] for i in rest)
+    count = max(0, min(n, m - offset) if offset >= 0 else min(n + offset, m))
+    flat = P.reshape(y, batch + (n * m,))
+    if count == 0:
+        return P.slice_in_dim(flat, 0, 0, 1, len(batch))
+    start = offset if offset >= 0 else -offset * m
+    return P.slice_in_dim(flat, start, start + (count - 1) * (m + 1) + 1, m + 1, len(batch))
+
+
+@register(aten.unbind.int)
+def _unbind(x, dim=0):
+    t = _t(x)
+    d = dim % t.ndim
+    return [_select(x, d, i) for i in range(t.shape[d])]
+
+
+@register(aten.split.Tensor)
+def _split(x, split_size, dim=0):
+    t = _t(x)
+    d = dim % t.ndim
+    n = t.shape[d]
+    return [_slice(x, d, s, min(s + split_size, n)) for s in range(0, max(n, 1), max(split_size, 1))]
+
+
+@register(aten.split_with_sizes.default)
+def _split_with_sizes(x, split_sizes, dim=0):
+    d = dim % _t(x).ndim
+    outs, s = [], 0
+    for size in split_sizes:
+        outs.append(_slice(x, d, s, s + size))
+        s += size
+    return outs
+
+
+# ---------------------------------------------------------------- as_strided
+# A traced value has no storage: it is read as its contiguous layout (what the wrapper's
+# strides report). On a view, torch reads the root's storage, so the view is taken from
+# the root. Positions are static, so this is a slice when contiguous, else a gather
+# (whose transpose, scatter_add, accumulates where windows overlap).
+# Dispatch takes the SPECIAL entry (it makes the view); the lowering replays it in view chains.
+
+@register(aten.as_strided.default)
+def _as_strided_value(x, size, stride, storage_offset=0):
+    t = _t(x)
+    size, stride, off = tuple(size), tuple(stride), storage_offset or 0
+    n = math.prod(size)
+    flat = P.reshape(x, (t.numel,))
+    expect, acc = [], 1
+    for s in reversed(size):
+        expect.insert(0, acc)
+        acc *= s
+    if all(st == e or sz == 1 for sz, st, e in zip(size, stride, expect)):
+        return P.reshape(P.slice_in_dim(flat, off, off + n, 1, 0), size)
+    positions = torch.zeros((), dtype=torch.int64)
+    for k, (sz, st) in enumerate(zip(size, stride)):
+        shape = [1] * len(size)
+        shape[k] = sz
+        positions = positions + torch.arange(sz).reshape(shape) * st
+    positions = (positions + off).expand(size).contiguous().to(t.device)
+    if n and int(positions.max()) >= t.numel:
+        raise FunctxError(f"functx: aten.as_strided: size {list(size)}, stride {list(stride)}, offset {off} "
+                          f"reads past the end of a tensor of {t.numel} elements")
+    return P.take(flat, positions, 0)
+
+
+@register_special(aten.as_strided.default)
+def _as_strided(x, size, stride, storage_offset=None):
+    if not isinstance(x, TracerTensor):
+        return torch.as_strided(x, size, stride, storage_offset)
+    root = x._root if x._root is not None else x
+    chain = [(aten.as_strided.default, (tuple(size), tuple(stride), storage_offset), {}, None)]
+    return view_wrapper(_as_strided_value(value_of(root), size, stride, storage_offset), root, chain)
+
+
+# ---------------------------------------------------------------- shape ops that copy
+
+@register(aten.cat.default)
+def _cat(tensors, dim=0):
+    tensors = [x for x in tensors if not (_t(x).ndim == 1 and _t(x).shape[0] == 0)] or list(tensors[:1])
+    dtype = result_type(*tensors)
+    nd = _t(tensors[0]).ndim
+    return P.concatenate([P.convert(x, dtype) for x in tensors], dim % max(nd, 1))
+
+
+@register(aten.flip.default)
+def _flip(x, dims):
+    nd = _t(x).ndim
+    return P.rev(x, tuple(sorted(d % nd for d in dims)))
+
+
+@register(aten.constant_pad_nd.default)
+def _constant_pad_nd(x, pad, value=0):
+    t = _t(x)
+    config = [(0, 0, 0)] * t.ndim
+    for i in range(len(pad) // 2):
+        config[t.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1], 0)
+    return P.pad(x, config, value)
