@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 import functx
-from functx.compile import passes
+from functx.compile import passes, pipeline
 from functx.compile.eager import EagerCompiled
 
 
@@ -20,7 +20,7 @@ def check_all_passes(graph, *args):
     """Every pass, alone and in the pipeline, keeps the graph well typed and its values."""
     ref = run_graph(graph, *args)
     g = graph
-    for name, fn in passes.PIPELINE:
+    for name, fn in pipeline.PIPELINE:
         g = fn(g)
         g.check()
         single = fn(graph)
@@ -111,11 +111,11 @@ def test_vmap_grad_graph_loses_its_ones():
     assert "full" not in prim_names(out) and len(out.eqns) < len(g.eqns)
 
 
-def test_run_passes_trace():
+def test_optimize_records_each_pass():
     x = torch.randn(4, 8)
     g = functx.make_graph(lambda x: F.layer_norm(x, (8,)))(x)
-    out, trace = passes.run_passes(g, trace=True)
-    assert [n for n, _ in trace] == [n for n, _ in passes.PIPELINE]
+    out, trace = pipeline.optimize(g, record=True)
+    assert [n for n, _ in trace] == [n for n, _ in pipeline.PIPELINE]
     changed = dict((n, t) for n, t in trace if t)
     assert "cse" in changed and str(out) == [t for _, t in trace if t][-1]
 

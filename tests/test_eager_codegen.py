@@ -1,4 +1,4 @@
-"""The eager backend's own lowerings (compile/eager.py, compile/eager_passes.py) agree with
+"""The eager backend's own lowerings (compile/codegen.py, compile/eager_passes.py) agree with
 the primitives' impls: dot_general layouts, implicit broadcasts, addmm, transpose folding."""
 import pytest
 import torch
@@ -97,7 +97,7 @@ def test_transpose_folding():
         return P.add(a, x), b
 
     g = functx.make_graph(lax(f))(x)
-    from functx.compile.eager_passes import fold_transposes
+    from functx.compile.passes import fold_transposes
     folded = fold_transposes(g)
     assert sum(e.prim.name == "transpose" for e in folded.eqns) == 1
     for got, want in zip(functx.jit(lax(f))(x), _eval(f, x)):

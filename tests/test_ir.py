@@ -70,7 +70,7 @@ def test_graph_types_and_structure():
         {"a": torch.randn(2, 3), "b": torch.randn(2, 3)})
     assert g.in_types == [f32(2, 3), f32(2, 3)]
     assert sorted(str(t) for t in g.out_types) == ["f32[2,3]", "f32[]"]
-    assert g.out_tree is not None and g.in_tree is not None
+    assert g.meta.out_tree is not None and g.meta.in_tree is not None
 
 
 # ---------------------------------------------------------------- check_graph

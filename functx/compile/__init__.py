@@ -1,3 +1,6 @@
-"""The compiler: jit, make_graph, explain, passes and backends (eager, triton)."""
-from .jit import jit, make_graph, explain, JitFunction, Explanation  # noqa: F401
+"""The compiler: tracing (make_graph), the pass pipeline, backends (eager, triton), jit
+and explain."""
+from .jit import jit, JitFunction  # noqa: F401
+from .tracing import make_graph  # noqa: F401
+from .explain import explain, Explanation  # noqa: F401
 from .eager import to_python_source  # noqa: F401

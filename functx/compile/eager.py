@@ -7,25 +7,18 @@ import math
 import torch
 
 from ..core import Graph, Literal
+from . import eager_passes
+from .backend import Compiled
 from ..prims.linalg import matmul_sources
-from . import eager_passes, passes
-
-
-def literal_source(value) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "math.nan"
-        if math.isinf(value):
-            return "math.inf" if value > 0 else "-math.inf"
-    return repr(value)
+from .codegen import compile_function, emit_expr, literal_source
 
 
 class PythonEmitter:
     """Names: inputs a0.., constants c0.., values t0..; one line per equation.
 
-    Primitives print through their own `emit` rule (a primitive without one calls its
-    impl); the eager plan (eager_passes.plan) adds what only this backend does: broadcasts
-    left to torch's implicit broadcasting, add(dot, b) as torch.addmm."""
+    Each equation prints through codegen.emit_expr, except what eager_passes.plan decides
+    from the whole graph: broadcasts left to torch's implicit broadcasting, and
+    add(dot, b) as torch.addmm."""
 
     def __init__(self, graph: Graph, fn_name: str = "fn", optimize: bool = True):
         self.graph = graph
@@ -67,7 +60,7 @@ class PythonEmitter:
             if k in plan.addmm:
                 expr = self._addmm(eqn, k)
             else:
-                expr = self._expr(eqn, k, [self.name(a) for a in eqn.inputs])
+                expr = emit_expr(eqn, [self.name(a) for a in eqn.inputs], self.globals)
             for v in eqn.outputs:
                 self.names[v] = f"t{counter}"
                 counter += 1
@@ -80,15 +73,6 @@ class PythonEmitter:
         lines.append(f"    return ({outs}{',' if len(g.outvars) == 1 else ''})")
         return "\n".join(lines)
 
-    def _expr(self, eqn, k, srcs) -> str:
-        expr = eqn.prim.emit(eqn, srcs) if eqn.prim.emit is not None else None
-        if expr is None:
-            impl, params = f"_{eqn.prim.name}_{k}", f"_params_{k}"
-            self.globals[impl] = eqn.prim.impl
-            self.globals[params] = eqn.params
-            expr = f"{impl}({', '.join(srcs)}{', ' if srcs else ''}**{params})"
-        return expr
-
     def _addmm(self, eqn, k) -> str:
         j, bias_pos = self.plan.addmm[k]
         dot = self.graph.eqns[j]
@@ -96,33 +80,20 @@ class PythonEmitter:
         return f"torch.addmm({self.name(eqn.inputs[bias_pos])}, {lhs}, {rhs})"
 
 
-class EagerCompiled:
+class EagerCompiled(Compiled):
     """A graph compiled to one generated Python function of plain torch calls. The graph's
     constants are bound as the function's default arguments, so `self.call(*inputs)` is the
     generated function itself: calling it costs one Python call."""
     backend = "eager"
 
     def __init__(self, graph: Graph):
-        # The shared, exact graph passes (CSE matters most: transform rules recompute values
-        # like tanh(x) for the primal and its derivative), then the eager-only ones.
-        graph = passes.run_passes(graph)
-        graph = eager_passes.fold_transposes(graph)
         self.graph = graph
         emitter = PythonEmitter(graph)
         self.source = emitter.emit()
-        namespace = emitter.globals
-        exec(compile(self.source, f"<functx.jit eager {id(graph):x}>", "exec"), namespace)
-        fn = namespace["fn"]
-        consts = tuple(graph.consts)
-        if consts:
-            fn.__defaults__ = consts
-        self._fn = fn
-        self._consts = consts
-        self.call = fn
+        self.call = compile_function(self.source, "fn", emitter.globals, graph.consts,
+                                     f"<functx.jit eager {id(graph):x}>")
         self.kernels: list[str] = []
-
-    def __call__(self, *inputs):
-        return self._fn(*inputs)
+        self.groups: list = []
 
     def report(self) -> str:
         return "backend: eager (generated PyTorch code)\n" + self.source

@@ -1,14 +1,13 @@
-"""Eager-backend-only passes: what the PyTorch code generator does differently from a
-literal, one-call-per-primitive translation of the graph.
+"""Eager code generation planning: what the PyTorch code generator does differently from
+a literal, one-call-per-primitive translation of the graph. It is not a graph pass: the
+graph is unchanged, only how it is printed.
 
 The IR keeps its explicit broadcasts and general dot_generals (the Triton backend and the
 transforms need them); only the generated torch code relies on torch's own broadcasting
-and matmul forms, because every extra torch call costs a few microseconds on the CPU:
-
-* `fold_transposes`: transpose(transpose(x)) becomes one transpose, or nothing.
-* `plan`: which broadcast_in_dim results torch can broadcast implicitly (every use is a
-  broadcasting elementwise op whose result shape comes out right without it), and which
-  `add(dot_general(x, W), b)` pairs become one `torch.addmm(b, x, W)`.
+and matmul forms, because every extra torch call costs a few microseconds on the CPU.
+`plan` finds which broadcast_in_dim results torch can broadcast implicitly (every use is a
+broadcasting elementwise op whose result shape comes out right without it), and which
+`add(dot_general(x, W), b)` pairs become one `torch.addmm(b, x, W)`.
 """
 from __future__ import annotations
 
@@ -20,40 +19,6 @@ BROADCASTING = frozenset({
     "add", "sub", "mul", "div", "pow", "max", "min", "atan2", "rem", "idiv",
     "bitwise_and", "bitwise_or", "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "where",
 })
-
-
-def fold_transposes(graph: Graph) -> Graph:
-    """Compose chains of transposes; drop those that compose to the identity."""
-    producer: dict = {}          # var -> (source atom, permutation) for transpose outputs
-    subst: dict = {}             # var -> replacement atom
-    eqns = []
-    changed = False
-    for eqn in graph.eqns:
-        inputs = [subst.get(a, a) if isinstance(a, Var) else a for a in eqn.inputs]
-        if inputs != eqn.inputs:
-            eqn = type(eqn)(eqn.prim, inputs, eqn.outputs, eqn.params)
-            changed = True
-        if eqn.prim.name == "transpose" and isinstance(inputs[0], Var):
-            perm = tuple(eqn.params["permutation"])
-            src = inputs[0]
-            if src in producer:
-                inner_src, inner_perm = producer[src]
-                perm = tuple(inner_perm[p] for p in perm)
-                src = inner_src
-                changed = True
-                if perm == tuple(range(len(perm))):
-                    subst[eqn.outputs[0]] = src
-                    continue
-                eqn = type(eqn)(eqn.prim, [src], eqn.outputs, dict(eqn.params, permutation=perm))
-            producer[eqn.outputs[0]] = (src, perm)
-        eqns.append(eqn)
-    if not changed:
-        return graph
-    outvars = [subst.get(a, a) if isinstance(a, Var) else a for a in graph.outvars]
-    out = Graph(graph.invars, graph.constvars, graph.consts, eqns, outvars)
-    out.in_tree, out.out_tree = graph.in_tree, graph.out_tree
-    from .passes import dce
-    return dce(out)
 
 
 def implicit_shape(in_shape, shape, broadcast_dimensions):

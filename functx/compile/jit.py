@@ -1,9 +1,7 @@
-"""make_graph, jit and explain.
-
-jit traces once per signature (pytree structure, shapes, dtypes, devices, static values),
-runs passes, compiles the graph on a backend and caches the result. Under another
-transform (a tracer among the arguments, or a non-eval trace current) jit inlines:
-the enclosing transform sees the function's primitives directly.
+"""jit: trace once per signature (pytree structure, shapes, dtypes, devices, static
+values), optimize, compile on a backend, cache. Under another transform (a tracer among the
+arguments, or a non-eval trace current) jit inlines: the enclosing transform sees the
+function's primitives directly.
 """
 from __future__ import annotations
 
@@ -11,164 +9,32 @@ import functools
 
 import torch
 
-from ..core import EVAL_TRACE, GraphTrace, current_trace, set_current_trace
+from ..core import EVAL_TRACE
 from ..core.errors import user_facing
-from ..core.trace import Tracer, type_of
 from ..core.trace import _state as _trace_state
-from ..frontend import TracerTensor, record_fallbacks, unwrap, wrap
-from ..frontend.random_mode import intercept_random
+from ..frontend import TracerTensor
 from ..transforms.tree import tree_flatten, tree_unflatten
-from . import passes
-from .eager import EagerCompiled
-
-BACKENDS = {"eager": EagerCompiled}
-
-
-def _triton_backend():
-    from .triton import TritonCompiled
-    return TritonCompiled
-
-
-def resolve_backend(backend, leaves):
-    if backend is None:
-        on_cuda = any(isinstance(x, torch.Tensor) and x.is_cuda for x in leaves)
-        backend = "triton" if on_cuda and _triton_available() else "eager"
-    if backend == "triton":
-        return _triton_backend()
-    if backend not in BACKENDS:
-        raise ValueError(f"functx: unknown backend {backend!r}; choose 'eager' or 'triton'")
-    return BACKENDS[backend]
-
-
-@functools.lru_cache(maxsize=1)
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-def _normalize_argnums(static_argnums, what):
-    """static_argnums as a tuple of ints (an int is one position)."""
-    nums = (static_argnums,) if isinstance(static_argnums, int) else static_argnums
-    try:
-        nums = tuple(nums)
-    except TypeError:
-        raise TypeError(f"{what}: static_argnums must be an int or a sequence of ints, got "
-                        f"{type(static_argnums).__name__}") from None
-    for a in nums:
-        if not isinstance(a, int) or isinstance(a, bool):
-            raise TypeError(f"{what}: static_argnums must be an int or a sequence of ints, got "
-                            f"{static_argnums!r}")
-    return nums
-
-
-def _split_static(args, static_argnums, what):
-    for a in static_argnums:
-        if not -len(args) <= a < len(args):
-            raise ValueError(f"{what}: static_argnums={static_argnums!r} refers to argument {a}, but "
-                             f"f was called with {len(args)} positional arguments")
-    nums = tuple(a % len(args) for a in static_argnums)
-    dynamic = tuple(None if i in nums else a for i, a in enumerate(args))
-    static = tuple(args[i] for i in nums)
-    for i, s in zip(nums, static):
-        if isinstance(s, (torch.Tensor, Tracer)):
-            raise TypeError(f"{what}: static argument {i} is a tensor; static arguments are compared by "
-                            "value as part of the cache key, so they must be hashable Python values. "
-                            "Pass tensors as ordinary (traced) arguments.")
-        try:
-            hash(s)
-        except TypeError:
-            raise TypeError(f"{what}: static argument {i} is a {type(s).__name__}, which is not hashable; "
-                            "static arguments are part of the cache key. Pass a hashable value "
-                            "(e.g. a tuple instead of a list), or make it a traced argument.") from None
-    return dynamic, static, nums
-
-
-def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mutations=False):
-    """Trace f at abstract versions of the tensor leaves of args/kwargs -> (graph, fallbacks).
-
-    mutations=True: the final values of inputs that f writes in place are extra outputs, and
-    graph.mutated_inputs lists their positions among the tensor leaves (jit copies them back)."""
-    dynamic, static, nums = _split_static(args, static_argnums, what)
-    leaves, treedef = tree_flatten((dynamic, kwargs))
-    trace = GraphTrace(current_trace(), stage_all=True)
-    tracers, vals, in_wrappers = [], [], []
-    for leaf in leaves:
-        if isinstance(leaf, (torch.Tensor, Tracer)):
-            t = trace.new_arg(type_of(unwrap(leaf)))
-            tracers.append(t)
-            vals.append(wrap(t))
-            in_wrappers.append(vals[-1])
-        else:
-            vals.append(leaf)
-    dyn, kw = tree_unflatten(treedef, vals)
-    full = list(dyn)
-    for i, s in zip(nums, static):
-        full[i] = s
-    # intercept_random: torch.randn(shape) etc. are staged as random primitives, not baked in
-    with record_fallbacks() as fallbacks, set_current_trace(trace), intercept_random():
-        out = f(*full, **kw)
-        out_leaves, out_tree = tree_flatten(out)
-        for i, leaf in enumerate(out_leaves):
-            if not isinstance(leaf, (torch.Tensor, Tracer)):
-                paths = out_tree.paths() if hasattr(out_tree, "paths") else None
-                where = f" (at {paths[i]})" if paths else ""
-                raise TypeError(f"{what}: output leaf {i}{where} of f is a {type(leaf).__name__} "
-                                f"({leaf!r:.40}), not a tensor; return tensors (or close over "
-                                "non-tensor values)")
-        out_vals = [unwrap(l) for l in out_leaves]   # inside the trace: a stale view recomputes here
-        mutated = [k for k, w in enumerate(in_wrappers)
-                   if mutations and isinstance(w, TracerTensor) and w._version_]
-        out_vals += [unwrap(in_wrappers[k]) for k in mutated]
-    graph = trace.to_graph(tracers, out_vals)
-    graph.in_tree, graph.out_tree = treedef, out_tree
-    graph.mutated_inputs = tuple(mutated)
-    return graph, list(fallbacks)
-
-
-def make_graph(f, static_argnums=()):
-    """Trace f into a functx Graph: make_graph(f)(*args) -> Graph (JAX's make_jaxpr).
-
-    Tensor leaves of the arguments become graph inputs (only their shape, dtype and device
-    matter); non-tensor arguments and static_argnums are fixed at trace time; closed-over
-    tensors become constants. str(graph) prints it (`t3 = mul(t1, t2)  # f32[8,16]`);
-    graph.fallbacks lists ATen ops that went through the opaque fallback.
-
-    Example:
-      >>> print(functx.make_graph(functx.grad(lambda x: torch.sin(x).sum()))(torch.randn(3)))
-    """
-    static_argnums = _normalize_argnums(static_argnums, "functx.make_graph")
-
-    @functools.wraps(f)
-    def graph_of(*args, **kwargs):
-        with user_facing():
-            graph, fallbacks = trace_graph(f, args, kwargs, static_argnums)
-        graph.fallbacks = fallbacks
-        return graph
-    return graph_of
-
-
-def optimize(graph):
-    return passes.dce(graph)
+from .pipeline import compile_graph
+from .tracing import normalize_argnums, split_static, trace_graph
 
 
 class _Entry:
-    __slots__ = ("compiled", "out_tree", "fallbacks", "graph", "call", "unflatten")
+    """One cached signature: the compiled graph (entry.compiled.graph is what ran through
+    the pipeline, with its meta) and what the hot path calls."""
+    __slots__ = ("compiled", "call", "unflatten")
 
-    def __init__(self, compiled, out_tree, fallbacks, graph):
-        self.compiled, self.out_tree, self.fallbacks, self.graph = compiled, out_tree, fallbacks, graph
+    def __init__(self, compiled):
+        self.compiled = compiled
+        meta = compiled.graph.meta
         # The hot path: the backend's plain callable (the generated function itself on the
         # eager backend) and the cheapest way to rebuild the output structure.
-        self.call = getattr(compiled, "call", compiled)
-        if out_tree.is_leaf():
+        self.call = compiled.call
+        if meta.out_tree.is_leaf():
             self.unflatten = _first
         else:
-            self.unflatten = functools.partial(tree_unflatten, out_tree)
-        mutated = getattr(graph, "mutated_inputs", ())
-        if mutated:
-            self.call = _writing_back(self.call, mutated)
+            self.unflatten = functools.partial(tree_unflatten, meta.out_tree)
+        if meta.mutated_inputs:
+            self.call = _writing_back(self.call, meta.mutated_inputs)
 
 
 def _writing_back(call, mutated):
@@ -202,7 +68,7 @@ class JitFunction:
 
     def __init__(self, f, static_argnums=(), backend=None):
         self.f = f
-        self.static_argnums = _normalize_argnums(static_argnums, "functx.jit")
+        self.static_argnums = normalize_argnums(static_argnums, "functx.jit")
         self.backend = backend
         self._cache: dict = {}
         self._fast: dict = {}          # flat-tensor key -> entry (same entries as _cache)
@@ -217,7 +83,7 @@ class JitFunction:
         """(key, tensor leaves, all leaves); key is None when a TracerTensor is among them."""
         nums = self.static_argnums
         if nums:
-            dynamic, static, _ = _split_static(args, nums, "functx.jit")
+            dynamic, static, _ = split_static(args, nums, "functx.jit")
         else:
             dynamic, static = args, ()
         leaves, treedef = tree_flatten((dynamic, kwargs))
@@ -243,14 +109,11 @@ class JitFunction:
         entry = self._cache.get(key)
         if entry is None:
             with user_facing():
-                graph, fallbacks = trace_graph(self.f, args, kwargs, self.static_argnums, "functx.jit",
-                                               mutations=True)
+                graph = trace_graph(self.f, args, kwargs, self.static_argnums, "functx.jit",
+                                    mutations=True)
             self.trace_count += 1
-            mutated = graph.mutated_inputs
-            graph = optimize(graph)
-            graph.mutated_inputs = mutated
-            compiled = resolve_backend(self.backend, leaves)(graph)
-            entry = _Entry(compiled, graph.out_tree, fallbacks, graph)
+            compiled, _ = compile_graph(graph, self.backend, leaves)
+            entry = _Entry(compiled)
             self._cache[key] = entry
         return entry
 
@@ -316,55 +179,3 @@ def jit(f=None, *, static_argnums=(), backend=None):
     if f is None:
         return lambda g: JitFunction(g, static_argnums, backend)
     return JitFunction(f, static_argnums, backend)
-
-
-class Explanation:
-    """What functx.explain found: .graph, .fallbacks, .kernels, .backend, .groups (fusion
-    groups, triton backend) and .passes ((pass, graph after it) pairs); str() is the report."""
-
-    def __init__(self, graph, fallbacks, compiled):
-        self.graph = graph
-        self.fallbacks = fallbacks
-        self.compiled = compiled
-        self.kernels = list(getattr(compiled, "kernels", []))
-        self.groups = list(getattr(compiled, "groups", []))
-        self.passes = list(getattr(compiled, "pass_trace", []))
-        self.backend = compiled.backend
-
-    def __str__(self):
-        lines = ["== functx.explain ==", f"backend: {self.backend}", "", "-- graph --", str(self.graph), ""]
-        if self.fallbacks:
-            lines.append("-- fallbacks (ATen ops run through the opaque torch.func fallback) --")
-            lines += [f"  {name}" for name in self.fallbacks]
-        else:
-            lines.append("-- fallbacks: none --")
-        lines.append("")
-        lines.append("-- compiled --")
-        lines.append(self.compiled.report())
-        return "\n".join(lines)
-
-    __repr__ = __str__
-
-
-def explain(f, backend=None, static_argnums=()):
-    """Report what jit would compile for these arguments: explain(f)(*args) -> Explanation.
-
-    The Explanation has .graph (the optimized graph), .fallbacks (ATen ops run through the
-    opaque torch.func fallback: fusion barriers), .kernels and .backend; print() shows the
-    whole report, including the generated code or the fusion groups and Triton kernels.
-
-    Example:
-      >>> print(functx.explain(lambda x: torch.softmax(x, -1))(torch.randn(4, 8)))
-    """
-    static_argnums = _normalize_argnums(static_argnums, "functx.explain")
-    inner = f.f if isinstance(f, JitFunction) else f
-
-    @functools.wraps(inner)
-    def explained(*args, **kwargs):
-        with user_facing():
-            graph, fallbacks = trace_graph(inner, args, kwargs, static_argnums, "functx.explain")
-        graph = optimize(graph)
-        leaves, _ = tree_flatten((args, kwargs))
-        compiled = resolve_backend(backend, leaves)(graph)
-        return Explanation(graph, fallbacks, compiled)
-    return explained

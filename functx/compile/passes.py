@@ -5,25 +5,17 @@
     fold_constants      pointwise and view equations of constants become `full`
     simplify            x*1, x+0, x-0, x/1, neg(neg x), x*0 on integers, convert chains
     fold_views          identity views vanish; broadcast/reshape/transpose chains compose
+    fold_transposes     transpose chains that the other passes expose compose
 
-`run_passes(graph, trace=True)` returns the graph and, per pass, its printed result (empty
-when the pass changed nothing); explain shows that trace. Rewrites replace a variable by
-another of exactly the same type, so graphs stay valid (`graph.check()`).
+pipeline.py runs them in order. Rewrites replace a variable by another of exactly the same
+type, so graphs stay valid (`graph.check()`); every pass keeps graph.meta.
 """
 from __future__ import annotations
 
 import torch
 
-from ..core import Eqn, Graph, Literal, Var
+from ..core import POINTWISE, VIEW, Eqn, Graph, Literal, Var
 from ..core.primitive import REGISTRY
-
-
-def _rebuild(graph, eqns, outvars=None, constvars=None, consts=None):
-    out = Graph(graph.invars, graph.constvars if constvars is None else constvars,
-                graph.consts if consts is None else consts, eqns,
-                graph.outvars if outvars is None else outvars)
-    out.in_tree, out.out_tree = graph.in_tree, graph.out_tree
-    return out
 
 
 class _Subst:
@@ -42,7 +34,7 @@ class _Subst:
         return e if all(a is b for a, b in zip(ins, e.inputs)) else Eqn(e.prim, ins, e.outputs, e.params)
 
     def finish(self, graph, eqns):
-        return _rebuild(graph, eqns, [self(a) for a in graph.outvars])
+        return graph.replace(eqns=eqns, outvars=[self(a) for a in graph.outvars])
 
 
 def dce(graph: Graph) -> Graph:
@@ -55,7 +47,7 @@ def dce(graph: Graph) -> Graph:
             live.update(a for a in eqn.inputs if isinstance(a, Var))
     kept.reverse()
     used = [(v, c) for v, c in zip(graph.constvars, graph.consts) if v in live]
-    return _rebuild(graph, kept, constvars=[v for v, _ in used], consts=[c for _, c in used])
+    return graph.replace(eqns=kept, constvars=[v for v, _ in used], consts=[c for _, c in used])
 
 
 def _param_key(params):
@@ -121,7 +113,7 @@ def fold_constants(graph: Graph) -> Graph:
     for e in graph.eqns:
         folded = None
         if not e.prim.effectful and len(e.outputs) == 1 and e.inputs and \
-                e.prim.kind in ("pointwise", "view") and e.prim.name != "iota":
+                e.prim.kind in (POINTWISE, VIEW) and e.prim.name != "iota":
             values = [_full_value(a, defs) for a in e.inputs]
             if all(v is not None for v in values):
                 folded = _evaluate_scalar(e, values)
@@ -130,12 +122,12 @@ def fold_constants(graph: Graph) -> Graph:
         for v in e.outputs:
             defs[v] = e
         eqns.append(e)
-    return _rebuild(graph, eqns)
+    return graph.replace(eqns=eqns)
 
 
 def _evaluate_scalar(e, values):
     out = e.outputs[0].type
-    if e.prim.kind == "view":
+    if e.prim.kind == VIEW:
         return values[0]
     try:
         dtypes = [a.type.dtype if isinstance(a, Var) else None for a in e.inputs]
@@ -246,7 +238,7 @@ def fold_views(graph: Graph) -> Graph:
 
 def _fold_view(e, defs):
     name = e.prim.name
-    if e.prim.kind != "view" or not isinstance(e.inputs[0], Var):
+    if e.prim.kind != VIEW or not isinstance(e.inputs[0], Var):
         return None
     x, out, p = e.inputs[0], e.outputs[0], e.params
     if _same_type(x, out) and (name in ("reshape", "slice") or
@@ -294,20 +286,35 @@ def _unit_alignment(src, dst):
     return align if all(n == 1 for n in dst[j:]) else None
 
 
-# ---------------------------------------------------------------- pipeline
+def fold_transposes(graph: Graph) -> Graph:
+    """Compose chains of transposes; drop those that compose to the identity.
 
-PIPELINE = [("dce", dce), ("fold_views", fold_views), ("fold_constants", fold_constants),
-            ("simplify", simplify), ("cse", cse), ("dce", dce)]
-
-
-def run_passes(graph: Graph, passes=None, trace: bool = False):
-    """Run the pipeline; with trace=True also return [(pass name, printed graph or '')]."""
-    steps = []
-    prev = str(graph) if trace else None
-    for name, fn in (PIPELINE if passes is None else passes):
-        graph = fn(graph)
-        if trace:
-            text = str(graph)
-            steps.append((name, "" if text == prev else text))
-            prev = text
-    return (graph, steps) if trace else graph
+    fold_views composes the chains the trace has; this runs last, for those simplify
+    exposes (transpose(neg(neg(transpose(x)))))."""
+    producer: dict = {}          # var -> (source atom, permutation) for transpose outputs
+    subst: dict = {}             # var -> replacement atom
+    eqns = []
+    changed = False
+    for eqn in graph.eqns:
+        inputs = [subst.get(a, a) if isinstance(a, Var) else a for a in eqn.inputs]
+        if inputs != eqn.inputs:
+            eqn = type(eqn)(eqn.prim, inputs, eqn.outputs, eqn.params)
+            changed = True
+        if eqn.prim.name == "transpose" and isinstance(inputs[0], Var):
+            perm = tuple(eqn.params["permutation"])
+            src = inputs[0]
+            if src in producer:
+                inner_src, inner_perm = producer[src]
+                perm = tuple(inner_perm[p] for p in perm)
+                src = inner_src
+                changed = True
+                if perm == tuple(range(len(perm))):
+                    subst[eqn.outputs[0]] = src
+                    continue
+                eqn = type(eqn)(eqn.prim, [src], eqn.outputs, dict(eqn.params, permutation=perm))
+            producer[eqn.outputs[0]] = (src, perm)
+        eqns.append(eqn)
+    if not changed:
+        return graph
+    outvars = [subst.get(a, a) if isinstance(a, Var) else a for a in graph.outvars]
+    return dce(graph.replace(eqns=eqns, outvars=outvars))

@@ -11,6 +11,7 @@ operands an elementwise primitive broadcasts implicitly.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -57,17 +58,49 @@ class Eqn:
         return f"Eqn({self.prim.name}, {self.inputs} -> {self.outputs})"
 
 
-class Graph:
-    """invars: inputs; constvars bound to consts (tensors, or tracers of an outer trace)."""
+@dataclasses.dataclass(frozen=True)
+class GraphMeta:
+    """What tracing knows about a graph beyond its equations; passes carry it unchanged.
 
-    def __init__(self, invars, constvars, consts, eqns, outvars):
+    in_tree/out_tree: pytree structures of the traced function's arguments and result;
+    mutated_inputs: positions (among the tensor leaves) of inputs the function wrote in
+    place, whose final values are the graph's last outputs; fallbacks: ATen ops that ran
+    through the opaque fallback."""
+    in_tree: Any = None
+    out_tree: Any = None
+    mutated_inputs: tuple = ()
+    fallbacks: tuple = ()
+
+
+_NO_META = GraphMeta()
+
+
+class Graph:
+    """invars: inputs; constvars bound to consts (tensors, or tracers of an outer trace);
+    meta: a GraphMeta (what tracing recorded; empty for graphs built otherwise)."""
+
+    def __init__(self, invars, constvars, consts, eqns, outvars, meta: GraphMeta | None = None):
         self.invars = list(invars)
         self.constvars = list(constvars)
         self.consts = list(consts)
         self.eqns = list(eqns)
         self.outvars = list(outvars)
-        self.in_tree = None    # pytree structure of the inputs when built by make_graph
-        self.out_tree = None
+        self.meta = _NO_META if meta is None else meta
+
+    def replace(self, *, invars=None, constvars=None, consts=None, eqns=None, outvars=None,
+                meta=None) -> "Graph":
+        """A new graph with the given fields changed; the others (meta included) are kept."""
+        return Graph(self.invars if invars is None else invars,
+                     self.constvars if constvars is None else constvars,
+                     self.consts if consts is None else consts,
+                     self.eqns if eqns is None else eqns,
+                     self.outvars if outvars is None else outvars,
+                     self.meta if meta is None else meta)
+
+    @property
+    def fallbacks(self) -> list:
+        """ATen ops that went through the opaque fallback (make_graph documents this)."""
+        return list(self.meta.fallbacks)
 
     @property
     def in_types(self):
@@ -143,25 +176,16 @@ class GraphTypeError(TypeError):
     pass
 
 
-def _value_type(x):
-    """The TensorType of a constant (a tensor, or a tracer of an outer trace); None otherwise."""
-    t = getattr(x, "aval", None)
-    if t is not None:
-        return t
-    if hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "device"):
-        return TensorType(tuple(x.shape), x.dtype, x.device)
-    return None
-
-
 def check_graph(graph: Graph) -> None:
     """Re-derive every type with the primitives' abstract eval; raise on any mismatch.
 
     Also checks that the graph is well formed: every variable is defined once (SSA) before
     it is used, and each constant matches its constvar's type."""
+    from .trace import type_of      # trace.py imports this module
     if len(graph.consts) != len(graph.constvars):
         raise GraphTypeError(f"{len(graph.constvars)} constvars but {len(graph.consts)} consts")
     for v, c in zip(graph.constvars, graph.consts):
-        t = _value_type(c)
+        t = type_of(c)            # a tensor, or a tracer of an outer trace
         if t is not None and t != v.type:
             raise GraphTypeError(f"const {v} is bound to a value of type {t}")
     defined: set = set()

@@ -1,4 +1,5 @@
-"""TritonCompiled: passes -> fusion groups -> Triton kernels + a generated host wrapper."""
+"""TritonCompiled: an optimized graph -> fusion groups -> Triton kernels + a generated
+host wrapper."""
 from __future__ import annotations
 
 import math
@@ -8,8 +9,8 @@ import torch
 
 from ...core import Literal
 from ...core.ir import GraphPrinter
-from .. import passes
-from ..eager import literal_source
+from ..backend import Compiled
+from ..codegen import compile_function, emit_expr, literal_source
 from .kernel import is_inlined
 from .runtime import Launcher, check_mode, load_module, module_source
 from .scheduler import Schedule, describe_space
@@ -53,12 +54,11 @@ def _kernel_name(i, plan):
     return re.sub(r"\W", "_", name)[:48].rstrip("_")
 
 
-class TritonCompiled:
+class TritonCompiled(Compiled):
     backend = "triton"
 
     def __init__(self, graph, persistent_max: int | None = None):
-        self.input_graph = graph
-        self.graph, self.pass_trace = passes.run_passes(graph, trace=True)
+        self.graph = graph
         printer = GraphPrinter()
         self.graph_text = printer.format(self.graph)
         self.printer = printer
@@ -99,9 +99,8 @@ class TritonCompiled:
             self.groups.append(GroupInfo(i, "kernel", plan.name, eqns, outs, describe_space(plan), source=src))
             k += 1
         self.source, self._globals = self._wrapper()
-        exec(compile(self.source, f"<functx.jit triton {id(self):x}>", "exec"), self._globals)
-        self._fn = self._globals["call"]
-        self._consts = tuple(g.consts)
+        self.call = compile_function(self.source, "call", self._globals, g.consts,
+                                     f"<functx.jit triton {id(self):x}>")
         self._why: list | None = None
 
     # ------------------------------------------------------------ host wrapper
@@ -125,17 +124,9 @@ class TritonCompiled:
             e = sched.producers[a]
             assert is_inlined(e), f"{names[a]} was not stored by its group"
             srcs = [materialize(x) for x in e.inputs]
-            lines.append(f"    {names[a]} = {call_expr(e, srcs)}  # {a.type}")
+            lines.append(f"    {names[a]} = {emit_expr(e, srcs, glob)}  # {a.type}")
             have.add(a)
             return names[a]
-
-        def call_expr(e, srcs):
-            expr = e.prim.emit(e, srcs) if e.prim.emit is not None else None
-            if expr is None:
-                key = f"{e.prim.name}_{len(glob)}"
-                glob[f"_{key}"], glob[f"_p_{key}"] = e.prim.impl, e.params
-                expr = f"_{key}({', '.join(srcs)}{', ' if srcs else ''}**_p_{key})"
-            return expr
 
         for i, grp in enumerate(sched.groups):
             info = self.groups[i]
@@ -146,7 +137,7 @@ class TritonCompiled:
                 if e.prim.multiple_results and len(e.outputs) == 1:
                     outs += ","
                 lines.append(f"    # group {i}: extern {e.prim.name}")
-                lines.append(f"    {outs} = {call_expr(e, srcs)}")
+                lines.append(f"    {outs} = {emit_expr(e, srcs, glob)}")
                 for v in e.outputs:
                     have.add(v)
                     if names[v] in loaded:
@@ -166,14 +157,11 @@ class TritonCompiled:
         lines.append(f"    return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
         return "\n".join(lines) + "\n", glob
 
-    def __call__(self, *inputs):
-        return self._fn(*inputs, *self._consts)
-
     def run_torch(self, *inputs):
         """Run the same schedule with every kernel body evaluated by TorchOps (eager torch):
         checks fusion and index math independently of Triton."""
         env = {}
-        for v, x in zip(list(self.graph.invars) + list(self.graph.constvars), list(inputs) + list(self._consts)):
+        for v, x in zip(list(self.graph.invars) + list(self.graph.constvars), list(inputs) + list(self.graph.consts)):
             env[v] = x.contiguous()
 
         def value(a):
@@ -214,12 +202,8 @@ class TritonCompiled:
     def report(self) -> str:
         nk = sum(1 for g in self.groups if g.kind == "kernel")
         ne = len(self.groups) - nk
-        out = ["backend: triton" + (" (interpreter)" if self.interpret else ""), "", "-- passes --"]
-        for name, text in self.pass_trace:
-            out.append(f"after {name}:" + ("" if text else " (unchanged)"))
-            if text:
-                out += ["  " + l for l in text.splitlines()]
-        out += ["", f"-- fusion groups: {nk} kernel(s), {ne} extern(s) --"]
+        out = ["backend: triton" + (" (interpreter)" if self.interpret else ""), "",
+               f"-- fusion groups: {nk} kernel(s), {ne} extern(s) --"]
         for g in self.groups:
             head = f"group {g.index}: {g.kind} {g.name} — {g.space}"
             if g.kind == "extern":

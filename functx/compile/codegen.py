@@ -1,0 +1,39 @@
+"""PyTorch source for graph equations, shared by the eager backend's generated function
+and the Triton backend's host wrapper (which runs views and externs through torch)."""
+from __future__ import annotations
+
+import math
+
+
+def literal_source(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "math.nan"
+        if math.isinf(value):
+            return "math.inf" if value > 0 else "-math.inf"
+    return repr(value)
+
+
+def emit_expr(eqn, srcs, namespace) -> str:
+    """A PyTorch expression computing eqn from its operands' sources `srcs`.
+
+    The primitive's own `emit` rule (next to its definition in functx/prims), else a call of
+    its impl, bound (with its params) into `namespace`, the generated code's globals."""
+    expr = eqn.prim.emit(eqn, srcs) if eqn.prim.emit is not None else None
+    if expr is None:
+        n = len(namespace)        # grows with every binding, so names never collide
+        impl, params = f"_{eqn.prim.name}_{n}", f"_params_{n}"
+        namespace[impl], namespace[params] = eqn.prim.impl, eqn.params
+        expr = f"{impl}({', '.join(srcs)}{', ' if srcs else ''}**{params})"
+    return expr
+
+
+def compile_function(source: str, name: str, namespace: dict, consts, filename: str):
+    """exec `source` in `namespace` -> its function `name`, with the graph's constants bound
+    as the defaults of its trailing parameters, so a call passes the inputs only and costs
+    one Python call."""
+    exec(compile(source, filename, "exec"), namespace)
+    fn = namespace[name]
+    if consts:
+        fn.__defaults__ = tuple(consts)
+    return fn

@@ -1,0 +1,37 @@
+"""The one pass pipeline: jit and explain run it once per trace (compile_graph) and hand
+its result to the backend, which compiles that graph as it is; so explain shows exactly
+the graph that was compiled."""
+from __future__ import annotations
+
+from ..core import Graph
+from .backend import Compiled, resolve_backend
+from .passes import cse, dce, fold_constants, fold_transposes, fold_views, simplify
+
+# cse matters most: transform rules recompute values (tanh(x) for the primal and again for
+# its derivative). The last dce drops what the rewrites before it orphaned.
+PIPELINE = [("dce", dce), ("fold_views", fold_views), ("fold_constants", fold_constants),
+            ("simplify", simplify), ("cse", cse), ("dce", dce), ("fold_transposes", fold_transposes)]
+
+
+def optimize(graph: Graph, record: bool = False):
+    """Run the pipeline once -> (optimized graph, pass trace).
+
+    With record=True the trace is [(pass name, printed graph after it, or '' if the pass
+    changed nothing)], which explain shows; otherwise it is empty and nothing is printed."""
+    steps = []
+    prev = str(graph) if record else None
+    for name, fn in PIPELINE:
+        graph = fn(graph)
+        if record:
+            text = str(graph)
+            steps.append((name, "" if text == prev else text))
+            prev = text
+    return graph, steps
+
+
+def compile_graph(graph: Graph, backend, leaves, record: bool = False):
+    """Optimize a traced graph and compile it -> (compiled, pass trace). backend: a name or
+    None (chosen from the devices of `leaves`, the call's arguments)."""
+    graph, steps = optimize(graph, record)
+    compiled: Compiled = resolve_backend(backend, leaves)(graph)
+    return compiled, steps
