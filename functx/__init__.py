@@ -7,11 +7,12 @@ from torch.func import functional_call  # nn.Modules as functions of their param
 
 from .core import Graph, TensorType, FunctxError, ConcretizationError
 from .transforms import (grad, value_and_grad, vjp, jvp, linearize, linear_transpose, jacfwd, jacrev,
-                         hessian, vmap, register_pytree_node, tree_flatten, tree_unflatten, tree_map)
+                         hessian, vmap)
+from .tree_util import register_pytree_node, tree_flatten, tree_unflatten, tree_map
 from .compile import jit, make_graph, explain, to_python_source
 from .frontend import TracerTensor
 from .lax import psum, pmean, pmax, all_gather, axis_index, stop_gradient
-from . import lax  # noqa: F401
+from . import lax, tree_util  # noqa: F401
 from .transforms.custom import custom_jvp, custom_vjp
 from .transforms.control_flow import cond, switch, while_loop, scan
 from . import testing  # noqa: F401  (functx.testing.check_grads / check_transforms)

@@ -13,7 +13,11 @@ import math
 
 import torch
 
-from .transforms import jacfwd, jacrev, jvp, tree_flatten, tree_unflatten, vjp
+from .compile import jit as functx_jit
+from .core.trace import concrete
+from .frontend import unwrap
+from .transforms import jacfwd, jacrev, jvp, vjp
+from .tree_util import tree_flatten, tree_unflatten
 
 __all__ = ["check_grads", "check_jvp", "check_vjp", "check_transforms", "TransformReport",
            "numerical_jvp", "default_tolerances"]
@@ -46,8 +50,6 @@ def _is_float(x):
 def _plain(x):
     """A plain torch.Tensor (results of functx transforms may be wrappers around constants)."""
     if isinstance(x, torch.Tensor) and type(x) is not torch.Tensor:
-        from .frontend import unwrap
-        from .core.trace import concrete
         x = concrete(unwrap(x))
     return x
 
@@ -308,7 +310,6 @@ def check_transforms(f, *args, atol=None, rtol=None, eps=None, argnums=None, jit
     with the report on any mismatch unless raise_on_error=False; prints it if verbose.
     argnums: which positional arguments to differentiate (default: every argument whose leaves
     are all floating-point tensors)."""
-    from .compile import jit as functx_jit
     name = getattr(f, "__name__", type(f).__name__)
     arg_leaves = [_plain(l) for l in _leaves(tuple(args))]
     eps, atol, rtol = _tols(arg_leaves, eps, atol, rtol)

@@ -5,7 +5,8 @@ import torch
 
 import functx
 from functx.compile import pipeline
-from functx.compile.backend import BACKENDS, Compiled, resolve_backend
+from functx.compile.backend import BACKENDS, resolve_backend
+from functx.compile.compiled import Compiled
 
 X = torch.randn(3, 4, dtype=torch.float64)
 BACKEND_NAMES = ["eager", pytest.param("triton", marks=pytest.mark.filterwarnings("ignore::RuntimeWarning"))]

@@ -1,49 +1,22 @@
-"""What a backend is, and which backends there are.
-
-A backend is a class built from an optimized graph (backend(graph)) that jit caches and
-calls and explain reports on; `Compiled` declares what they use."""
+"""Which backends there are. A backend is a class built from an optimized graph
+(backend(graph)) implementing `Compiled` (compiled.py), which jit caches and calls and
+explain reports on."""
 from __future__ import annotations
 
 import functools
-from typing import Callable
 
 import torch
 
-from ..core import Graph
-
-
-class Compiled:
-    """A graph compiled by a backend.
-
-    backend: its name; graph: the graph it compiled (the pipeline's output); call: the
-    plain callable jit calls with the input tensors (the constants are bound); kernels:
-    generated kernel sources (none on the eager backend); groups: fusion groups, for
-    explain; report(): what explain prints under "-- compiled --"."""
-    backend: str
-    graph: Graph
-    call: Callable
-    kernels: list[str]
-    groups: list
-
-    def __call__(self, *inputs):
-        return self.call(*inputs)
-
-    def report(self) -> str:
-        raise NotImplementedError
-
-
-def _eager():
-    from .eager import EagerCompiled      # eager.py imports Compiled from here
-    return EagerCompiled
+from .compiled import Compiled
+from .eager import EagerCompiled
 
 
 def _triton():
-    # Imported only when chosen: importing triton is slow, and it may be absent.
-    from .triton import TritonCompiled
+    from .triton import TritonCompiled    # only when chosen: importing triton is slow, or it is absent
     return TritonCompiled
 
 
-BACKENDS = {"eager": _eager, "triton": _triton}
+BACKENDS = {"eager": lambda: EagerCompiled, "triton": _triton}
 
 
 @functools.lru_cache(maxsize=1)

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from ..core import Graph, Literal
+from ..core import REGISTRY, Graph, Literal
 from . import eager_passes
-from .backend import Compiled
+from .compiled import Compiled
 from ..prims.linalg import matmul_sources
 from .codegen import compile_function, emit_expr, literal_source
 
@@ -115,7 +115,6 @@ def to_python_source(graph: Graph, fn_name: str = "fn") -> str:
 
 
 def _global_source(name, value) -> str:
-    from ..core.primitive import REGISTRY
     for prim in REGISTRY.values():
         if prim.impl is value:
             return f"_prims[{prim.name!r}].impl"

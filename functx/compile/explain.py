@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 
 from ..core.errors import user_facing
-from ..transforms.tree import tree_flatten
+from ..tree_util import tree_flatten
 from .jit import JitFunction
 from .pipeline import compile_graph
 from .tracing import normalize_argnums, trace_graph

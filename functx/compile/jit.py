@@ -13,7 +13,7 @@ from ..core import EVAL_TRACE
 from ..core.errors import user_facing
 from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
-from ..transforms.tree import tree_flatten, tree_unflatten
+from ..tree_util import tree_flatten, tree_unflatten
 from .pipeline import compile_graph
 from .tracing import normalize_argnums, split_static, trace_graph
 

@@ -4,7 +4,8 @@ the graph that was compiled."""
 from __future__ import annotations
 
 from ..core import Graph
-from .backend import Compiled, resolve_backend
+from .backend import resolve_backend
+from .compiled import Compiled
 from .passes import cse, dce, fold_constants, fold_transposes, fold_views, simplify
 
 # cse matters most: transform rules recompute values (tanh(x) for the primal and again for

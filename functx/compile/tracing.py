@@ -15,7 +15,7 @@ from ..core.errors import user_facing
 from ..core.trace import Tracer, type_of
 from ..frontend import TracerTensor, record_fallbacks, unwrap, wrap
 from ..frontend.random_mode import intercept_random
-from ..transforms.tree import tree_flatten, tree_unflatten
+from ..tree_util import tree_flatten, tree_unflatten
 
 
 def normalize_argnums(static_argnums, what):

@@ -1,6 +1,9 @@
 """Errors users see. Each names what went wrong and what to do instead."""
 import os
 import traceback
+import types
+
+import torch
 
 
 class FunctxError(Exception):
@@ -24,7 +27,6 @@ _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def user_frame_summary() -> str:
     """The innermost stack frame outside functx and torch: the user's line."""
-    import torch
     torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
     for frame in reversed(traceback.extract_stack()):
         fname = os.path.abspath(frame.filename)
@@ -37,7 +39,6 @@ def user_frame_summary() -> str:
 
 
 def _is_internal(filename: str) -> bool:
-    import torch
     if filename.startswith("<functx"):
         return True
     fname = os.path.abspath(filename)
@@ -48,7 +49,6 @@ def _is_internal(filename: str) -> bool:
 def filter_traceback(tb):
     """tb without functx's (and torch's) own frames, so a user-facing error shows the user's
     calls and lines only. FUNCTX_TRACEBACK_FILTERING=off keeps every frame."""
-    import types
     if os.environ.get("FUNCTX_TRACEBACK_FILTERING", "on").lower() in ("off", "0", "false", "no"):
         return tb
     kept = []

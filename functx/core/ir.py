@@ -15,6 +15,9 @@ import dataclasses
 import itertools
 from typing import Any
 
+import torch
+
+from .dtypes import short_name
 from .types import TensorType
 
 _var_ids = itertools.count()
@@ -124,9 +127,7 @@ def atom_type(atom):
 
 
 def format_param(value: Any) -> str:
-    import torch
     if isinstance(value, torch.dtype):
-        from .dtypes import short_name
         return short_name(value)
     if isinstance(value, torch.device):
         return str(value)

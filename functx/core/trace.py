@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConcretizationError, user_frame_summary
+from .errors import ConcretizationError, FunctxError, user_frame_summary
 from .ir import Eqn, Graph, Literal, Var
 from .types import TensorType
 
@@ -98,7 +98,6 @@ def bind(prim, args, params):
 
 
 def raise_leaked(tracer):
-    from .errors import FunctxError
     raise FunctxError(
         f"functx: a traced value ({tracer.aval}) from {tracer._trace!r} was used after its transform "
         f"finished (a leaked tracer), here:\n{user_frame_summary()}\nThis happens when a function "
@@ -114,6 +113,17 @@ def find_axis(axis_name) -> AxisData | None:
             return trace.axis
         trace = trace.parent
     return None
+
+
+def staged_or_batched() -> bool:
+    """Whether some enclosing trace stages a graph (jit, make_graph) or batches (vmap): there,
+    a value computed once in Python would be frozen into the graph or shared by the batch."""
+    trace = _state.trace
+    while trace is not None:
+        if trace.axis is not None or (isinstance(trace, GraphTrace) and trace.stage_all):
+            return True
+        trace = trace.parent
+    return False
 
 
 def is_ancestor(trace, of) -> bool:

@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import (TorchDispatchMode, _get_current_dispat
 from torch.utils._pytree import tree_flatten
 
 from ..core.errors import FunctxError
-from ..core.trace import GraphTrace, Tracer, current_trace
+from ..core.trace import Tracer, staged_or_batched
 from .. import prims as P
 from .dispatch import dispatch
 from .lowerings.registry import LOWERINGS
@@ -174,21 +174,12 @@ def _route(func, args, kwargs):
         return wrap(out)
     # Several outputs (fused rnn/attention kernels with dropout; these usually arrive decomposed).
     # Eagerly, running torch is right; staged or batched, its numbers would be frozen or shared.
-    if _staged_or_batched():
+    if staged_or_batched():
         raise FunctxError(
             f"functx: random op {func} (several outputs, no traced arguments) can't be traced under "
             "jit or vmap: its random numbers would be baked in. Pass a traced tensor to it, or call "
             "it outside the transform.")
     return func(*args, **kwargs)
-
-
-def _staged_or_batched() -> bool:
-    t = current_trace()
-    while t is not None:
-        if (isinstance(t, GraphTrace) and t.stage_all) or hasattr(t, "axis"):   # jit / a BatchTrace
-            return True
-        t = t.parent
-    return False
 
 
 class RandomMode(TorchDispatchMode):

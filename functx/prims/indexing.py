@@ -12,7 +12,7 @@ from ..core.trace import type_of
 from . import elementwise as ew
 from . import shape as sh
 from .creation import instantiate, iota, zeros_like_type
-from .define import deflinear, is_undefined
+from .define import is_undefined
 from .shape import bdim_to_front, moveaxis
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import torch
 
-import torch
-
 from ..core import EXTERN, REDUCTION, Primitive, bind
 from ..core.trace import type_of
 from . import elementwise as ew

@@ -2,4 +2,3 @@
 from .api import (grad, value_and_grad, vjp, jvp, linearize, linear_transpose, jacfwd, jacrev,  # noqa: F401
                   hessian, vmap)
 from .custom import custom_jvp, custom_vjp  # noqa: F401
-from .tree import register_pytree_node, tree_flatten, tree_unflatten, tree_map  # noqa: F401

@@ -6,6 +6,7 @@ TracerTensors; these wrappers are the boundary between user code and the traces.
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
@@ -17,7 +18,7 @@ from .. import prims as P
 from .ad import differentiable, linear_forward, linearize_flat, vjp_flat, backward_pass
 from .batching import AxisData, BatchTrace, BatchTracer
 from .jvp import JVPTrace, JVPTracer
-from .tree import broadcast_prefix, tree_flatten, tree_unflatten
+from ..tree_util import broadcast_prefix, tree_flatten, tree_unflatten
 
 _TENSOR_LEAF = (torch.Tensor, Tracer)
 
@@ -27,8 +28,7 @@ _TENSOR_LEAF = (torch.Tensor, Tracer)
 def _check_tensor_leaves(leaves, what, treedef):
     for i, leaf in enumerate(leaves):
         if not isinstance(leaf, _TENSOR_LEAF):
-            paths = treedef.paths() if hasattr(treedef, "paths") else None
-            where = f" at {paths[i]}" if paths else ""
+            where = f" at {treedef.paths()[i]}"
             raise TypeError(f"{what}: expected tensors, but leaf {i}{where} is a "
                             f"{type(leaf).__name__} ({leaf!r:.60})")
 
@@ -427,7 +427,6 @@ def _check_axes_spec(spec, name):
 
 def _leaf_names(treedef, fn=None) -> list:
     """Readable names for the leaves of an (args, kwargs) tree: "argument 'x' (args[0]['w'])"."""
-    import inspect
     try:
         params = [q.name for q in inspect.signature(fn).parameters.values()
                   if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)] if fn is not None else []

@@ -35,7 +35,7 @@ from ..prims.creation import instantiate
 from ..prims.shape import bdim_to_front
 from .ad import jvp_flat, vjp_flat
 from .batching import BatchTrace, BatchTracer
-from .tree import tree_flatten, tree_unflatten
+from ..tree_util import tree_flatten, tree_unflatten
 
 __all__ = ["cond", "switch", "while_loop", "scan", "cond_p", "while_loop_p"]
 

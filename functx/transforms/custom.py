@@ -43,7 +43,7 @@ from .. import prims as P
 from ..prims.creation import instantiate
 from ..prims.shape import bdim_to_front, moveaxis
 from .batching import BatchTrace, BatchTracer
-from .tree import tree_flatten, tree_unflatten
+from ..tree_util import tree_flatten, tree_unflatten
 
 __all__ = ["custom_jvp", "custom_vjp", "custom_jvp_call_p", "custom_vjp_call_p", "custom_lin_p"]
 

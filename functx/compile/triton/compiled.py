@@ -9,7 +9,7 @@ import torch
 
 from ...core import Literal
 from ...core.ir import GraphPrinter
-from ..backend import Compiled
+from ..compiled import Compiled
 from ..codegen import compile_function, emit_expr, literal_source
 from .kernel import is_inlined
 from .runtime import Launcher, check_mode, load_module, module_source

@@ -1,4 +1,7 @@
-"""Pytrees (optree, in functx's own namespace so users can register node types)."""
+"""functx.tree_util: user-facing pytrees (optree, in functx's own namespace so users can
+register node types), for transform arguments and outputs, jit signatures and in_axes.
+(ATen argument lists inside the front end use torch's own pytree: they are torch's
+containers, never user types.)"""
 from __future__ import annotations
 
 import optree

@@ -1,0 +1,26 @@
+"""The interface every backend's compiled graph implements (jit calls it, explain reports on it)."""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..core import Graph
+
+
+class Compiled:
+    """A graph compiled by a backend.
+
+    backend: its name; graph: the graph it compiled (the pipeline's output); call: the
+    plain callable jit calls with the input tensors (the constants are bound); kernels:
+    generated kernel sources (none on the eager backend); groups: fusion groups, for
+    explain; report(): what explain prints under "-- compiled --"."""
+    backend: str
+    graph: Graph
+    call: Callable
+    kernels: list[str]
+    groups: list
+
+    def __call__(self, *inputs):
+        return self.call(*inputs)
+
+    def report(self) -> str:
+        raise NotImplementedError
