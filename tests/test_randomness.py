@@ -163,3 +163,23 @@ def test_fills_of_plain_tensors_eagerly():
     want = torch.randn(3, dtype=F64) + torch.zeros(3, dtype=F64).uniform_(5.0, 6.0)
     assert torch.equal(out[0], want) and torch.equal(out[1], want)
     assert torch.equal(functx.grad(lambda x: f(x).sum())(torch.zeros(3, dtype=F64)), torch.ones(3, dtype=F64))
+
+
+def test_staged_or_batched_reads_the_axis_environment():
+    """Eager grad/jvp neither stage nor batch (a random op may run as torch); vmap batches
+    and jit stages. (random_mode asks this before running a multi-output random op.)"""
+    from functx.core.trace import staged_or_batched
+    seen = {}
+
+    def probe(tag):
+        def f(x):
+            seen[tag] = staged_or_batched()
+            return x.sin().sum()
+        return f
+    x = torch.randn(3)
+    assert not staged_or_batched()
+    functx.grad(probe("grad"))(x)
+    functx.jvp(probe("jvp"), (x,), (x,))
+    functx.vmap(probe("vmap"))(x)
+    functx.jit(probe("jit"))(x)
+    assert seen == {"grad": False, "jvp": False, "vmap": True, "jit": True}
