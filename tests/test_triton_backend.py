@@ -354,3 +354,17 @@ def test_gpu_transforms_and_default_backend():
     torch.testing.assert_close(jitted(x), torch.func.vmap(torch.func.grad(f))(x), atol=1e-4, rtol=1e-4)
     entry, _ = jitted.lower(x)
     assert entry.compiled.backend == "triton"
+
+
+@interp
+def test_unsupported_lowerings_become_externs_with_their_reason():
+    """A primitive's Triton lowering may answer Unsupported(reason): the equation runs as an
+    extern through torch and explain says why (instead of failing codegen)."""
+    ints = torch.arange(1, 13).reshape(3, 4)
+    ex = check(lambda x: (x.exp() + 1.0, torch.special.digamma(x + 2.0)), X)
+    reasons = {g.name: g.reason for g in ex.groups if g.kind == "extern"}
+    assert "no Triton expression" in reasons["digamma"]
+    ex = check(lambda i: torch.pow(i * 3, i % 3) + 1, ints)
+    assert ex.kernels                        # the integer arithmetic around it still fuses
+    reasons = [g.reason for g in ex.groups if g.kind == "extern"]
+    assert "pow on torch.int64 (its Triton expression is float-only)" in reasons, ex.compiled.report()
