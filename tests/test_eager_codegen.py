@@ -1,4 +1,4 @@
-"""The eager backend's own lowerings (compile/codegen.py, compile/eager_passes.py) agree with
+"""The eager backend's own lowerings (compile/codegen.py, compile/eager_plan.py) agree with
 the primitives' impls: dot_general layouts, implicit broadcasts, addmm, transpose folding."""
 import pytest
 import torch

@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..core import REGISTRY, Graph, Literal
-from . import eager_passes
+from . import eager_plan
 from .compiled import Compiled
 from ..prims.linalg import matmul_sources
 from .codegen import compile_function, emit_expr, literal_source
@@ -16,7 +16,7 @@ from .codegen import compile_function, emit_expr, literal_source
 class PythonEmitter:
     """Names: inputs a0.., constants c0.., values t0..; one line per equation.
 
-    Each equation prints through codegen.emit_expr, except what eager_passes.plan decides
+    Each equation prints through codegen.emit_expr, except what eager_plan.plan decides
     from the whole graph: broadcasts left to torch's implicit broadcasting, and
     add(dot, b) as torch.addmm."""
 
@@ -25,7 +25,7 @@ class PythonEmitter:
         self.fn_name = fn_name
         self.names: dict = {}
         self.globals: dict = {"torch": torch, "math": math}
-        self.plan = eager_passes.plan(graph) if optimize else eager_passes.Plan()
+        self.plan = eager_plan.plan(graph) if optimize else eager_plan.Plan()
 
     def name(self, atom) -> str:
         if isinstance(atom, Literal):

@@ -12,7 +12,9 @@ primitives whose rules run transforms, in functx/transforms/), with every rule b
 and the facts the backends lower it with:
 
   emit(eqn, srcs)   -> a PyTorch source expression, or None to call `impl` (both backends'
-                       generated host code)
+                       generated host code); emit_broadcasts: that expression broadcasts its
+                       tensor operands as torch does (the eager backend then drops
+                       explicit broadcasts feeding it)
   triton            -> pointwise only: a Triton expression template ("tl.sin({0})", params by
                        name) or a function eqn -> template | Unsupported(reason)
   combine           -> reductions only: the Triton combine op ("add", "mul", "max", "min")
@@ -64,6 +66,7 @@ class Primitive:
     inline: Callable | None = None
     # Lowering facts.
     emit: Callable | None = None
+    emit_broadcasts: bool = False
     triton: str | Callable | None = None
     combine: str | None = None
     index_map: Callable | None = None

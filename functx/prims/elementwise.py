@@ -90,7 +90,7 @@ def torch_call(fn_name):
 def defpointwise(name, impl, torch_name=None, *, nargs=1, out_dtype=None, triton=None, emit=None,
                  commutative=False):
     """A vectorized pointwise primitive (no derivative yet: add one with defjvp & co)."""
-    p = Primitive(name, kind=POINTWISE, commutative=commutative,
+    p = Primitive(name, kind=POINTWISE, commutative=commutative, emit_broadcasts=nargs == 2,
                   abstract_eval=elementwise_type(name, out_dtype),
                   impl=_tensor_first(impl) if nargs == 2 else impl,
                   emit=emit or (torch_call(torch_name) if torch_name else None),
@@ -295,7 +295,7 @@ defjvp(rem_p, lambda t, out, x, y: t, lambda t, out, x, y: mul(t, neg(trunc(div(
 
 # Integer division rounding toward zero / -inf (torch's rounding_mode), no derivative.
 idiv_p = defjvp_zero(defvectorized(Primitive(
-    "idiv", kind=POINTWISE,
+    "idiv", kind=POINTWISE, emit_broadcasts=True,
     abstract_eval=lambda x, y, *, mode: same_type_check("idiv", (x, y)),
     impl=_tensor_first(lambda x, y, *, mode: torch.div(x, y, rounding_mode=mode)),
     emit=lambda eqn, srcs: f"torch.div({srcs[0]}, {srcs[1]}, rounding_mode={eqn.params['mode']!r})")))
@@ -349,7 +349,7 @@ def _where_transpose(ct, pred, x, y):
 
 
 where_p = defvectorized(Primitive(
-    "where", kind=POINTWISE,
+    "where", kind=POINTWISE, emit_broadcasts=True,
     abstract_eval=_where_type,
     impl=lambda pred, x, y: torch.where(pred, x, y),
     transpose=_where_transpose,

@@ -14,11 +14,6 @@ from __future__ import annotations
 from ..core import Graph, Var
 from ..prims.util import static_broadcast_shapes
 
-# Elementwise primitives whose generated torch call broadcasts its tensor operands.
-BROADCASTING = frozenset({
-    "add", "sub", "mul", "div", "pow", "max", "min", "atan2", "rem", "idiv",
-    "bitwise_and", "bitwise_or", "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "where",
-})
 
 
 def implicit_shape(in_shape, shape, broadcast_dimensions):
@@ -71,14 +66,14 @@ def plan(graph: Graph) -> Plan:
         if eqn.prim.name != "broadcast_in_dim" or eqn.outputs[0] in outs:
             continue
         out = eqn.outputs[0]
-        if all(graph.eqns[u].prim.name in BROADCASTING for u in uses.get(out, ())):
+        if all(graph.eqns[u].prim.emit_broadcasts for u in uses.get(out, ())):
             cand[out] = implicit_shape(eqn.inputs[0].type.shape, eqn.params["shape"],
                                        eqn.params["broadcast_dimensions"])
     changed = True
     while changed:
         changed = False
         for k, eqn in enumerate(graph.eqns):
-            if eqn.prim.name not in BROADCASTING or not any(a in cand for a in eqn.inputs):
+            if not eqn.prim.emit_broadcasts or not any(a in cand for a in eqn.inputs):
                 continue
             shapes = [cand.get(a, a.type.shape) for a in eqn.inputs if isinstance(a, Var)]
             try:
