@@ -4,13 +4,25 @@ stop_gradient. (Structured control flow, functx.cond/switch/while_loop/scan, liv
 transforms/control_flow.py; the internal lax API over traced values is functx.prims.)"""
 from __future__ import annotations
 
-from .core.trace import type_of
+import torch
+
+from .core.trace import Tracer, type_of
 from .frontend import unwrap, wrap
 from . import prims as P
+from .tree_util import tree_map
 
 
-def _apply(fn, x):
-    return wrap(fn(unwrap(x)))
+def _apply(fn, tree, what):
+    """fn on every leaf of a pytree of tensors (JAX's lax functions take pytrees); a Python
+    number leaf becomes a 0-d tensor (`psum(1, 'i')` is the axis size, as in JAX)."""
+    def leaf(x):
+        if isinstance(x, (bool, int, float)):
+            x = torch.tensor(x)
+        if not isinstance(x, (torch.Tensor, Tracer)):
+            raise TypeError(f"functx.{what}: expected a tensor or a pytree of tensors, got a leaf of "
+                            f"type {type(x).__name__} ({x!r:.40})")
+        return wrap(fn(unwrap(x)))
+    return tree_map(leaf, tree)
 
 
 def psum(x, axis_name):
@@ -19,7 +31,7 @@ def psum(x, axis_name):
     Example:
       >>> functx.vmap(lambda v: v / functx.psum(v, "i"), axis_name="i")(torch.arange(1.0, 5.0))
     """
-    return _apply(lambda v: P.psum(v, axis_name), x)
+    return _apply(lambda v: P.psum(v, axis_name), x, "psum")
 
 
 def pmean(x, axis_name):
@@ -28,17 +40,17 @@ def pmean(x, axis_name):
         total = P.psum(v, axis_name)
         count = P.psum(P.full((), 1.0, type_of(v).dtype, type_of(v).device), axis_name)
         return P.div(total, P.broadcast_to(count, type_of(total).shape))
-    return _apply(mean, x)
+    return _apply(mean, x, "pmean")
 
 
 def pmax(x, axis_name):
     """Max of x over the named vmap axis."""
-    return _apply(lambda v: P.pmax(v, axis_name), x)
+    return _apply(lambda v: P.pmax(v, axis_name), x, "pmax")
 
 
 def all_gather(x, axis_name):
     """Stack x from every element of the named vmap axis along a new leading dim."""
-    return _apply(lambda v: P.all_gather(v, axis_name), x)
+    return _apply(lambda v: P.all_gather(v, axis_name), x, "all_gather")
 
 
 def axis_index(axis_name, device=None):
@@ -52,4 +64,4 @@ def stop_gradient(x):
     Example:
       >>> functx.grad(lambda x: (x * functx.stop_gradient(x)).sum())(x)   # == x, not 2x
     """
-    return _apply(P.stop_gradient, x)
+    return _apply(P.stop_gradient, x, "stop_gradient")

@@ -6,6 +6,7 @@ function's primitives directly.
 from __future__ import annotations
 
 import functools
+import struct
 
 import torch
 
@@ -54,6 +55,15 @@ def _first(outs):
     return outs[0]
 
 
+def value_key(value):
+    """The cache key of a non-tensor argument: its type and value, with floats by their bits
+    (Python says 2 == 2.0 == True and 0.0 == -0.0, and nan != nan; a trace specialized to one
+    of those must not serve the others, and a nan must hit the cache)."""
+    if isinstance(value, float):
+        return float, struct.pack("<d", value)
+    return type(value), value
+
+
 # Exact types that take the fast path (TracerTensor and other subclasses do not).
 _PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
 
@@ -96,9 +106,9 @@ class JitFunction:
                 sig.append((leaf.shape, leaf.dtype, leaf.device))
                 tensors.append(leaf)
             else:
-                sig.append(leaf)
+                sig.append(value_key(leaf))
         try:
-            key = (treedef, tuple(sig), static)
+            key = (treedef, tuple(sig), tuple(value_key(s) for s in static))
             hash(key)
         except TypeError:
             raise TypeError("functx.jit: non-tensor arguments must be hashable (they are part of the "

@@ -86,7 +86,11 @@ def _argnums_tuple(argnums, nargs, what):
     for a in nums:
         if not isinstance(a, int) or not -nargs <= a < nargs:
             raise ValueError(f"{what}: argnums={argnums!r} is out of range for {nargs} positional arguments")
-    return tuple(a % nargs for a in nums)
+    nums = tuple(a % nargs for a in nums)
+    if len(set(nums)) != len(nums):
+        raise ValueError(f"{what}: argnums={argnums!r} names an argument more than once (JAX and "
+                         "torch.func reject this too: each argument gets one gradient)")
+    return nums
 
 
 def _with_argnums(f, args, kwargs, argnums, what):
