@@ -75,3 +75,87 @@ def test_static_argnums_keys_by_type_too():
 def test_repeated_argnums_raise(transform):
     with pytest.raises(ValueError, match="more than once"):
         transform(lambda a, b: (a * b).sum(), argnums=(0, 0))(X, X)
+
+
+# ---------------------------------------------------------------- grad mode (torch.func's semantics)
+
+def _no_grad_term(x):
+    with torch.no_grad():
+        c = x ** 2
+    return (x ** 2 - c + x * c).sum()
+
+
+def _enable_inside_no_grad(x):
+    with torch.no_grad():
+        with torch.enable_grad():
+            c = x ** 2
+    return (x * c).sum()
+
+
+def _set_grad_enabled(x):
+    torch.set_grad_enabled(False)
+    try:
+        c = x ** 2
+    finally:
+        torch.set_grad_enabled(True)
+    return (x * c).sum()
+
+
+def _set_grad_enabled_ctx(x):
+    with torch.set_grad_enabled(False):
+        c = x.sin()
+    return (x * c).sum()
+
+
+def _inplace_under_no_grad(x):
+    y = x * 2
+    with torch.no_grad():
+        y.clamp_(max=1.5)          # the value changes; the derivative stays y's (torch autograd)
+        y[0] = 0.25
+    return (y * y * x).sum()
+
+
+def _no_grad_around_inner_grad(x, tf):
+    inner = tf.grad(lambda y: (y ** 3).sum())
+    with torch.no_grad():
+        a = inner(x)
+    return (a * x).sum()
+
+
+def _per_row(f):
+    return lambda r: f(r[None])
+
+
+GRAD_MODE_CASES = {
+    "grad": lambda tf: tf.grad(_no_grad_term),
+    "jacrev": lambda tf: tf.jacrev(_no_grad_term),
+    "vjp": lambda tf: lambda x: tf.vjp(_no_grad_term, x)[1](torch.tensor(1.0))[0],
+    "jvp (ignores grad mode)": lambda tf: lambda x: tf.jvp(_no_grad_term, (x,), (torch.ones_like(x),))[1],
+    "jacfwd (ignores grad mode)": lambda tf: tf.jacfwd(_no_grad_term),
+    "enable_grad inside no_grad": lambda tf: tf.grad(_enable_inside_no_grad),
+    "set_grad_enabled(False)": lambda tf: tf.grad(_set_grad_enabled),
+    "set_grad_enabled as a context": lambda tf: tf.grad(_set_grad_enabled_ctx),
+    "no_grad around an inner grad": lambda tf: tf.grad(lambda x: _no_grad_around_inner_grad(x, tf)),
+    "grad(vmap)": lambda tf: tf.grad(lambda x: tf.vmap(_per_row(_no_grad_term))(x).sum()),
+    "vmap(grad)": lambda tf: tf.vmap(tf.grad(_per_row(_no_grad_term))),
+    "grad(jvp)": lambda tf: tf.grad(lambda x: tf.jvp(_no_grad_term, (x,), (torch.ones_like(x),))[1]),
+    "jvp(grad)": lambda tf: lambda x: tf.jvp(tf.grad(_no_grad_term), (x,), (torch.ones_like(x),))[1],
+    "hessian": lambda tf: tf.hessian(_no_grad_term),
+    "in-place writes under no_grad": lambda tf: tf.grad(_inplace_under_no_grad),
+    "cosine_similarity (ATen clamps under no_grad)": lambda tf: tf.grad(
+        lambda x: torch.nn.functional.cosine_similarity(x[None], torch.ones(1, 3, dtype=x.dtype)).sum()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GRAD_MODE_CASES))
+@pytest.mark.parametrize("outer_no_grad", [False, True])
+def test_grad_mode_inside_transforms_matches_torch_func(case, outer_no_grad):
+    x = torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64)
+    build = GRAD_MODE_CASES[case]
+    with torch.set_grad_enabled(not outer_no_grad):     # an outer no_grad is ignored by both
+        want = build(torch.func)(x)
+        got = build(functx)(x)
+        jitted = functx.jit(build(functx))(x)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(jitted, want)
+    assert torch.is_grad_enabled()                     # the mode is restored afterwards

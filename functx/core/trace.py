@@ -9,6 +9,7 @@ share one mechanism.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -124,6 +125,48 @@ def staged_or_batched() -> bool:
             return True
         trace = trace.parent
     return False
+
+
+# ---------------------------------------------------------------- grad mode of reverse levels
+# (torch.func's semantics; transforms/jvp.py's docstring has the rule.)
+
+class _ReverseLevels(threading.local):
+    # (trace, grad mode when its transform started running the user's function), outermost first
+    stack: list = []
+
+    def __init__(self):
+        self.stack = []
+
+
+_reverse = _ReverseLevels()
+
+
+@contextlib.contextmanager
+def reverse_level(trace):
+    """Run the user's function for reverse-mode level `trace`: with grad enabled (an outer
+    no_grad does not reach inside the transform), remembering the mode it was entered with."""
+    _reverse.stack.append((trace, torch.is_grad_enabled()))
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        _reverse.stack.pop()
+
+
+def reverse_mode_active() -> bool:
+    """Whether some reverse-mode transform is running the user's function."""
+    return bool(_reverse.stack)
+
+
+def grad_enabled_for(trace) -> bool:
+    """The grad mode reverse-mode level `trace` sees now."""
+    stack = _reverse.stack
+    if stack and stack[-1][0] is trace:
+        return torch.is_grad_enabled()
+    for k in range(len(stack) - 1):
+        if stack[k][0] is trace:
+            return stack[k + 1][1]
+    return torch.is_grad_enabled()
 
 
 def is_ancestor(trace, of) -> bool:

@@ -15,7 +15,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from ..core.errors import FunctxError, user_frame_summary
-from ..core.trace import type_of
+from ..core.trace import reverse_mode_active, type_of
 from .. import prims as P
 from .lowerings.registry import LOWERINGS
 from .tensor import TracerTensor
@@ -141,4 +141,15 @@ def write(target, value):
     elif isinstance(value, torch.Tensor) and value.device != t.device:
         value = value.to(t.device)   # copy_ moves concrete values across devices, as torch does
     value = P.broadcast_to(P.convert(value, t.dtype), t.shape)
+    if not (isinstance(target, TracerTensor) and not torch.is_grad_enabled() and reverse_mode_active()
+            and t.dtype.is_floating_point):
+        assign(target, value)
+        return
+    # A write under no_grad changes the values but keeps the derivative the written tensor
+    # (its root, for a view) had, as torch's autograd does; ATen's cosine_similarity clamps
+    # its norms this way. The new root is old + stop_gradient(new - old).
+    root = target if target._root is None else target._root
+    old = value_of(root)
     assign(target, value)
+    with torch.enable_grad():
+        root._value = P.add(old, P.stop_gradient(P.sub(root._value, old)))

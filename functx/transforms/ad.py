@@ -8,9 +8,11 @@ rules for linear primitives.
 """
 from __future__ import annotations
 
+import contextlib
+
 from ..core import GraphTrace, Literal, MissingRuleError, UndefinedPrimal, Var, Zero, current_trace, \
     set_current_trace
-from ..core.trace import eval_graph, type_of
+from ..core.trace import eval_graph, reverse_level, type_of
 from .. import prims as P
 from ..frontend.random_mode import without_random_mode
 from .jvp import JVPTrace, JVPTracer
@@ -21,12 +23,13 @@ def differentiable(x) -> bool:
     return t is not None and (t.dtype.is_floating_point or t.dtype.is_complex)
 
 
-def linearize_flat(fun, primals):
+def linearize_flat(fun, primals, reverse=False):
     """fun: list of lax values -> list of lax values.
     Returns (primal outputs, linear graph, tangent-output mask). The graph maps the
-    tangents of the differentiable inputs to the non-zero output tangents."""
+    tangents of the differentiable inputs to the non-zero output tangents.
+    reverse: for vjp/grad, whose levels honour torch's grad mode (see jvp.py)."""
     pe = GraphTrace(current_trace(), stage_all=False)
-    jt = JVPTrace(pe)
+    jt = JVPTrace(pe, reverse)
     tangent_in, args = [], []
     for p in primals:
         if differentiable(p):
@@ -35,7 +38,7 @@ def linearize_flat(fun, primals):
             args.append(JVPTracer(jt, p, t))
         else:
             args.append(p)
-    with set_current_trace(jt):
+    with set_current_trace(jt), (reverse_level(jt) if reverse else contextlib.nullcontext()):
         outs = fun(args)
     pairs = [jt.pair(o) for o in outs]
     primal_out = [p for p, _ in pairs]
@@ -87,7 +90,7 @@ def linear_forward(graph, tangents):
 
 def vjp_flat(fun, primals):
     """Returns (primal outputs, pullback: output cotangents -> input cotangents), flat."""
-    primal_out, graph, nonzero = linearize_flat(fun, primals)
+    primal_out, graph, nonzero = linearize_flat(fun, primals, reverse=True)
     diff = [differentiable(p) for p in primals]
 
     def pullback(cts):

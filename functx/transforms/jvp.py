@@ -1,8 +1,17 @@
-"""Forward mode: JVPTrace carries (primal, tangent) pairs; tangents may be symbolic Zero."""
+"""Forward mode: JVPTrace carries (primal, tangent) pairs; tangents may be symbolic Zero.
+
+Grad mode (torch.func's semantics): a JVPTrace that serves reverse mode (grad, vjp, jacrev)
+runs the user's function with grad enabled, and does not differentiate operations that run
+while grad is disabled *as that level sees it* (torch.no_grad(), set_grad_enabled(False),
+inference_mode inside the function). The level sees the grad mode the next reverse level
+inside it was entered with, or the current mode if it is the innermost; so an outer
+no_grad around functx.grad is ignored and a no_grad around an inner grad stops the outer
+one. Forward mode (jvp, jacfwd, linearize) ignores grad mode, as torch.func's does.
+"""
 from __future__ import annotations
 
 from ..core import MissingRuleError, Trace, Tracer, Zero, set_current_trace
-from ..core.trace import process_on_parent, type_of
+from ..core.trace import grad_enabled_for, process_on_parent, type_of
 from ..prims.util import is_scalar
 
 
@@ -45,8 +54,9 @@ class _ZeroOf(Zero):
 
 
 class JVPTrace(Trace):
-    def __init__(self, parent):
+    def __init__(self, parent, reverse: bool = False):
         self.parent = parent
+        self.reverse = reverse        # serves grad/vjp: honours grad mode (module docstring)
 
     def __repr__(self):
         return "JVPTrace"
@@ -65,6 +75,9 @@ class JVPTrace(Trace):
                 break
         else:                    # no tangents: straight to the parent
             return process_on_parent(self, prim, args, params)
+        if self.reverse and not grad_enabled_for(self):     # no_grad: a constant for this level
+            primals = [a.primal if isinstance(a, JVPTracer) and a._trace is self else a for a in args]
+            return process_on_parent(self, prim, primals, params)
         primals, tangents = [], []
         for a in args:
             if isinstance(a, JVPTracer) and a._trace is self:
