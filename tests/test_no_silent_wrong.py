@@ -159,3 +159,55 @@ def test_grad_mode_inside_transforms_matches_torch_func(case, outer_no_grad):
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(jitted, want)
     assert torch.is_grad_enabled()                     # the mode is restored afterwards
+
+
+# ---------------------------------------------------------------- NaN and edge values
+
+NAN = float("nan")
+EDGE_CASES = {
+    # name: (f, input); compared with torch.func (where torch's value is the right one)
+    "max() at NaN": (lambda v: v.max(), torch.tensor([NAN, 1.0, 3.0])),
+    "min() at NaN": (lambda v: v.min(), torch.tensor([1.0, NAN, -3.0])),
+    "clamp at NaN": (lambda v: v.clamp(0, 2).sum(), torch.tensor([NAN, 1.0, 3.0, -1.0])),
+    "clamp_min at NaN": (lambda v: v.clamp_min(0.5).sum(), torch.tensor([NAN, 1.0, 0.5])),
+    "xlogy at p = 0": (lambda p: torch.xlogy(p, torch.tensor([0.3, 0.2, 2.0])).sum(), torch.tensor([0.0, 0.5, 0.0])),
+    "hypot at 0 (nan, as torch)": (lambda v: torch.hypot(v, v).sum(), torch.zeros(2)),
+    "embedding padding_idx": (lambda w: torch.nn.functional.embedding(
+        torch.tensor([[0, 2], [0, 1]]), w, padding_idx=0).pow(2).sum(), torch.randn(4, 3)),
+    "embedding scale_grad_by_freq": (lambda w: torch.nn.functional.embedding(
+        torch.tensor([[0, 2], [0, 0]]), w, scale_grad_by_freq=True).pow(2).sum(), torch.randn(4, 3)),
+    "embedding max_norm": (lambda w: torch.nn.functional.embedding(
+        torch.tensor([0, 2, 0]), w.clone(), max_norm=1.0).pow(2).sum(), 3 * torch.randn(4, 3)),
+    "write through detach()": (lambda v: _detached_write(v), torch.tensor([1.0, 2.0])),
+}
+
+
+def _detached_write(v):
+    y = v * 2
+    y.detach().mul_(3)              # the values change; y's derivative stays 2
+    return (y * v).sum()
+
+
+@pytest.mark.parametrize("case", sorted(EDGE_CASES))
+def test_edge_value_derivatives_match_torch(case):
+    f, x = EDGE_CASES[case]
+    want = torch.func.grad(f)(x)
+    torch.testing.assert_close(functx.grad(f)(x), want, equal_nan=True)
+    torch.testing.assert_close(functx.jit(functx.grad(f))(x), want, equal_nan=True)
+
+
+def test_sinc_derivatives_at_and_near_zero():
+    """sinc''(0) = -pi^2/3 (torch.func says nan there: float64 finite differences decide)."""
+    g = functx.grad
+    d1, d2, d3 = g(torch.sinc), g(g(torch.sinc)), g(g(g(torch.sinc)))
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    torch.testing.assert_close(d2(zero), torch.tensor(-math.pi ** 2 / 3, dtype=torch.float64))
+    torch.testing.assert_close(d1(zero), zero)
+    for v in (1e-5, 3e-3, 0.3, 2.5):          # both branches, against finite differences
+        x = torch.tensor(v, dtype=torch.float64)
+        h = 1e-5
+        torch.testing.assert_close(d1(x), (torch.sinc(x + h) - torch.sinc(x - h)) / (2 * h), rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(d2(x), (d1(x + h) - d1(x - h)) / (2 * h), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(d3(x), (d2(x + h) - d2(x - h)) / (2 * h), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(functx.jit(torch.sinc)(torch.linspace(-3, 3, 101)),
+                               torch.sinc(torch.linspace(-3, 3, 101)))

@@ -368,3 +368,18 @@ def test_unsupported_lowerings_become_externs_with_their_reason():
     assert ex.kernels                        # the integer arithmetic around it still fuses
     reasons = [g.reason for g in ex.groups if g.kind == "extern"]
     assert "pow on torch.int64 (its Triton expression is float-only)" in reasons, ex.compiled.report()
+
+
+@interp
+def test_max_and_min_propagate_nan_like_torch():
+    """tl.maximum/tl.max drop NaN unless asked; torch propagates it (pointwise and reductions,
+    persistent and looped)."""
+    a = torch.tensor([float("nan"), 1.0, 2.0, -1.0])
+    b = torch.tensor([0.0, float("nan"), 1.0, -2.0])
+    check(lambda a, b: (torch.maximum(a, b), torch.minimum(a, b)), a, b, kernels=1)
+    for n in (16, 3000):                       # persistent and looped reductions
+        x = torch.randn(3, n)
+        x[1, 7] = float("nan")
+        check(lambda x: (x.amax(1), x.amin(1), torch.softmax(x, -1)), x)
+    xi = torch.randint(-5, 5, (3, 40))
+    check(lambda x: (x.amax(1), torch.maximum(x, x.flip(1))), xi)

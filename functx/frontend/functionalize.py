@@ -20,6 +20,8 @@ from .. import prims as P
 from .lowerings.registry import LOWERINGS
 from .tensor import TracerTensor
 
+aten = torch.ops.aten
+
 
 # ---------------------------------------------------------------- reading a wrapper
 
@@ -141,15 +143,21 @@ def write(target, value):
     elif isinstance(value, torch.Tensor) and value.device != t.device:
         value = value.to(t.device)   # copy_ moves concrete values across devices, as torch does
     value = P.broadcast_to(P.convert(value, t.dtype), t.shape)
-    if not (isinstance(target, TracerTensor) and not torch.is_grad_enabled() and reverse_mode_active()
-            and t.dtype.is_floating_point):
+    if not (isinstance(target, TracerTensor) and t.dtype.is_floating_point and _writes_values_only(target)):
         assign(target, value)
         return
-    # A write under no_grad changes the values but keeps the derivative the written tensor
-    # (its root, for a view) had, as torch's autograd does; ATen's cosine_similarity clamps
-    # its norms this way. The new root is old + stop_gradient(new - old).
+    # A write under no_grad, or through a detached alias, changes the values but keeps the
+    # derivative the written tensor (its root, for a view) had, as torch's autograd does:
+    # ATen's cosine_similarity clamps its norms under no_grad, F.embedding(max_norm=)
+    # renormalizes weight.detach() in place. The new root is old + stop_gradient(new - old).
     root = target if target._root is None else target._root
     old = value_of(root)
     assign(target, value)
     with torch.enable_grad():
         root._value = P.add(old, P.stop_gradient(P.sub(root._value, old)))
+
+
+def _writes_values_only(target) -> bool:
+    if not torch.is_grad_enabled() and reverse_mode_active():
+        return True
+    return any(func is aten.detach.default for func, *_ in (target._chain or ()))

@@ -271,11 +271,19 @@ def _minmax_jvp(op, pick_first_when):
     return jvp
 
 
+def _nan_propagating(fn):
+    """Triton's maximum/minimum drop NaN unless asked; torch's propagate it (floats)."""
+    def lower(eqn):
+        nan = eqn.outputs[0].type.dtype.is_floating_point
+        return f"{fn}({{0}}, {{1}}{', propagate_nan=tl.PropagateNan.ALL' if nan else ''})"
+    return lower
+
+
 max_p = defpointwise("max", _tensors_only(torch.maximum, torch.clamp_min), nargs=2, commutative=True,
-                     emit=_minmax_emit("clamp_min", "maximum"), triton="tl.maximum({0}, {1})")
+                     emit=_minmax_emit("clamp_min", "maximum"), triton=_nan_propagating("tl.maximum"))
 max_p.jvp = _minmax_jvp(lambda x, y: max_(x, y), lambda x, y: gt(x, y))
 min_p = defpointwise("min", _tensors_only(torch.minimum, torch.clamp_max), nargs=2, commutative=True,
-                     emit=_minmax_emit("clamp_max", "minimum"), triton="tl.minimum({0}, {1})")
+                     emit=_minmax_emit("clamp_max", "minimum"), triton=_nan_propagating("tl.minimum"))
 min_p.jvp = _minmax_jvp(lambda x, y: min_(x, y), lambda x, y: lt(x, y))
 
 
@@ -293,6 +301,19 @@ defjvp(atan2_p, lambda t, out, x, y: mul(t, div(y, _atan2_denominator(x, y))),
 rem_p = defpointwise("rem", torch.fmod, "torch.fmod", nargs=2, triton=float_only("libdevice.fmod({0}, {1})"))
 defjvp(rem_p, lambda t, out, x, y: t, lambda t, out, x, y: mul(t, neg(trunc(div(x, y)))))
 
+# x * log(y), 0 where x == 0 (unless y is NaN). Its derivatives are torch's formulas, log(y)
+# and x / y, also at x == 0 (a where-guarded composite would give 0 for the first).
+xlogy_p = defpointwise("xlogy", torch.xlogy, "torch.xlogy", nargs=2,
+                       triton=float_only("tl.where(({0} == 0) & ({1} == {1}), 0.0, {0} * tl.log({1}))"))
+defjvp(xlogy_p, lambda t, out, x, y: mul(t, _log_of(y)), lambda t, out, x, y: mul(t, div(x, y)))
+
+
+def _log_of(y):
+    """log of a tensor or of a Python number (torch's values at 0 and below)."""
+    if not is_scalar(y):
+        return log(y)
+    return math.log(y) if y > 0 else -math.inf if y == 0 else math.nan
+
 # Integer division rounding toward zero / -inf (torch's rounding_mode), no derivative.
 idiv_p = defjvp_zero(defvectorized(Primitive(
     "idiv", kind=POINTWISE, emit_broadcasts=True,
@@ -307,8 +328,8 @@ bitwise_or_p = defjvp_zero(defpointwise("bitwise_or", torch.bitwise_or, "torch.b
 bitwise_xor_p = defjvp_zero(defpointwise("bitwise_xor", torch.bitwise_xor, "torch.bitwise_xor", nargs=2,
                                          triton="({0} ^ {1})", commutative=True))
 
-add, sub, mul, div, pow_, max_, min_, atan2, rem = map(
-    _binary, (add_p, sub_p, mul_p, div_p, pow_p, max_p, min_p, atan2_p, rem_p))
+add, sub, mul, div, pow_, max_, min_, atan2, rem, xlogy = map(
+    _binary, (add_p, sub_p, mul_p, div_p, pow_p, max_p, min_p, atan2_p, rem_p, xlogy_p))
 bitwise_and, bitwise_or, bitwise_xor = map(_binary, (bitwise_and_p, bitwise_or_p, bitwise_xor_p))
 
 

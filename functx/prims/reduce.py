@@ -85,7 +85,11 @@ def _extremum_jvp(primals, tangents, *, axes, reducer):
     out = reducer(x, axes)
     shape = type_of(x).shape
     kept = _kept_dims(len(shape), axes)
-    location = ew.convert(ew.eq(x, sh.broadcast_in_dim(out, shape, kept)), type_of(x).dtype)
+    at = sh.broadcast_in_dim(out, shape, kept)
+    hit = ew.eq(x, at)
+    if type_of(x).dtype.is_floating_point:      # a NaN extremum is attained by the NaNs (torch)
+        hit = ew.bitwise_or(hit, ew.bitwise_and(ew.ne(x, x), ew.ne(at, at)))
+    location = ew.convert(hit, type_of(x).dtype)
     counts = reduce_sum(location, axes)
     return out, ew.div(reduce_sum(ew.mul(t, location), axes), counts)
 

@@ -59,6 +59,9 @@ def literal_source(value, dtype) -> str:
 
 
 REDUCE_FN = {"add": "tl.sum", "max": "tl.max", "min": "tl.min"}
+# Floating max/min propagate NaN, as torch's do (tl.max/tl.maximum drop it by default).
+NAN_PROPAGATING = {"max": "tl.maximum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)",
+                   "min": "tl.minimum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)"}
 ACC_UPDATE = {"add": "{0} + {1}", "mul": "{0} * {1}", "max": "tl.maximum({0}, {1})",
               "min": "tl.minimum({0}, {1})"}
 
@@ -193,21 +196,23 @@ class TritonOps:
         self.counter += 1
         if self.persistent:
             masked = f"tl.where(xmask & rmask, {full}, {ident})"
-            self.out.append(f"{name} = {self._finish(combine, masked)}")
+            self.out.append(f"{name} = {self._finish(combine, masked, acc_dtype)}")
         else:
             acc = f"_acc{name[3:]}"
             self.loop_inits.append(f"{acc} = tl.full([XBLOCK, RBLOCK], {ident}, {tl_dtype(acc_dtype)})")
-            self.out.append(f"{acc} = tl.where(xmask & rmask, {ACC_UPDATE[combine].format(acc, full)}, {acc})")
-            self.loop_finals.append(f"{name} = {self._finish(combine, acc)}")
+            update = (NAN_PROPAGATING if combine in NAN_PROPAGATING and acc_dtype.is_floating_point
+                      else ACC_UPDATE)[combine]
+            self.out.append(f"{acc} = tl.where(xmask & rmask, {update.format(acc, full)}, {acc})")
+            self.loop_finals.append(f"{name} = {self._finish(combine, acc, acc_dtype)}")
         if dtype == torch.bool:
             self.loop_finals.append(f"{name} = {name} != 0") if not self.persistent else \
                 self.out.append(f"{name} = {name} != 0")
         return TVal(name, dtype, {"x"}, hoist=False)
 
-    def _finish(self, combine, block):
-        if combine == "mul":
-            self.helpers.add("mul")
-            return f"tl.reduce({block}, 1, _mul_combine)[:, None]"
+    def _finish(self, combine, block, acc_dtype):
+        if combine == "mul" or (combine in NAN_PROPAGATING and acc_dtype.is_floating_point):
+            self.helpers.add(combine)
+            return f"tl.reduce({block}, 1, _{combine}_combine)[:, None]"
         return f"{REDUCE_FN[combine]}({block}, 1)[:, None]"
 
     def store(self, buffer, index, value, dtype):
@@ -257,6 +262,7 @@ class TritonOps:
             head += ["xindex = xoffset + tl.arange(0, XBLOCK)", "xmask = xindex < xnumel"]
         lines += ["    " + l for l in head + self.prelude + self.body]
         helpers = []
-        if "mul" in self.helpers:
-            helpers += ["@triton.jit", "def _mul_combine(a, b):", "    return a * b", "", ""]
+        for combine in sorted(self.helpers):
+            body = "a * b" if combine == "mul" else NAN_PROPAGATING[combine].format("a", "b")
+            helpers += ["@triton.jit", f"def _{combine}_combine(a, b):", f"    return {body}", "", ""]
         return "\n".join(helpers + lines) + "\n"

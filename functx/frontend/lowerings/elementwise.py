@@ -207,6 +207,11 @@ def _atan2(x, y):
     return elementwise(P.atan2, x, y, kind=KIND.INT_TO_FLOAT)
 
 
+@register(aten.xlogy.Tensor, aten.xlogy.Scalar_Self, aten.xlogy.Scalar_Other)
+def _xlogy(x, y):
+    return elementwise(P.xlogy, x, y, kind=KIND.INT_TO_FLOAT)
+
+
 for _op, _fn in {aten.eq: P.eq, aten.ne: P.ne, aten.lt: P.lt, aten.le: P.le, aten.gt: P.gt, aten.ge: P.ge}.items():
     register(_op.Tensor, _op.Scalar)((lambda fn: lambda x, y: elementwise(fn, x, y, kind=KIND.ALWAYS_BOOL))(_fn))
 
@@ -243,12 +248,17 @@ def _where(cond, x, y):
 @register(aten.clamp.default, aten.clamp.Tensor)
 def _clamp(x, min=None, max=None):
     # torch's clamp, not maximum/minimum: x's derivative passes where min <= x <= max (ties
-    # included), min's where x < min, max's where x > max; NaN propagates.
+    # included), min's where x < min, max's where x > max; a NaN x propagates, with derivative 0.
     if min is not None:
-        x = elementwise(lambda a, m: P.where(P.lt(a, m), m, a), x, min)
+        x = elementwise(lambda a, m: P.where(P.ge(a, m), a, _nan_or(a, m)), x, min)
     if max is not None:
-        x = elementwise(lambda a, m: P.where(P.gt(a, m), m, a), x, max)
+        x = elementwise(lambda a, m: P.where(P.le(a, m), a, _nan_or(a, m)), x, max)
     return x
+
+
+def _nan_or(a, bound):
+    """a where a is NaN (as a constant: torch's clamp passes no derivative there), else bound."""
+    return P.where(P.ne(a, a), P.stop_gradient(a), bound) if _t(a).dtype.is_floating_point else bound
 
 
 @register(aten.clamp_min.default, aten.clamp_min.Tensor)

@@ -30,6 +30,28 @@ def _index_select(x, dim, index):
     return P.take(x, index, d)
 
 
+@register(aten.embedding.default)
+def _embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
+    """weight's rows at indices, with torch's derivative: none for rows looked up at
+    padding_idx, and with scale_grad_by_freq each row's cotangent divided by how often its
+    index occurs in this batch. (Both change only the derivative, so they are written as
+    value + (derivative-only term), the value term stopped.)"""
+    t, it = _t(weight), _t(indices)
+    out = P.take(weight, indices, 0)
+    out_t = _t(out)
+    if scale_grad_by_freq:
+        flat = P.reshape(indices, (it.numel,))
+        ones = P.full((it.numel,), 1.0, t.dtype, t.device)
+        counts = P.scatter_add(P.full((t.shape[0],), 0.0, t.dtype, t.device), flat, ones, 0)
+        per_row = P.broadcast_in_dim(P.take(counts, indices, 0), out_t.shape, tuple(range(it.ndim)))
+        frozen = P.stop_gradient(out)
+        out = P.add(frozen, P.div(P.sub(out, frozen), per_row))
+    if padding_idx is not None and padding_idx >= 0:
+        pad = P.broadcast_in_dim(P.eq(indices, padding_idx), out_t.shape, tuple(range(it.ndim)))
+        out = P.where(pad, P.stop_gradient(out), out)
+    return out
+
+
 @register(aten.gather.default)
 def _gather(x, dim, index, sparse_grad=False):
     t = _t(x)
