@@ -211,3 +211,66 @@ def test_sinc_derivatives_at_and_near_zero():
         torch.testing.assert_close(d3(x), (d2(x + h) - d2(x - h)) / (2 * h), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(functx.jit(torch.sinc)(torch.linspace(-3, 3, 101)),
                                torch.sinc(torch.linspace(-3, 3, 101)))
+
+
+# ---------------------------------------------------------------- what eager torch rejects, functx rejects
+
+A23 = torch.randn(2, 3)
+V3 = torch.randn(3)
+INVALID = {
+    "sum over an out-of-range dim": (lambda a: a.sum(5), (A23,)),
+    "mean over a repeated dim": (lambda a: a.mean((0, 0)), (A23,)),
+    "squeeze of an out-of-range dim": (lambda a: a.squeeze(5), (A23,)),
+    "unsqueeze past the end": (lambda a: a.unsqueeze(4), (A23,)),
+    "transpose of an out-of-range dim": (lambda a: a.transpose(0, 4), (A23,)),
+    "select on an out-of-range dim": (lambda a: a.select(3, 0), (A23,)),
+    "softmax over an out-of-range dim": (lambda a: a.softmax(-3), (A23,)),
+    "cumsum over an out-of-range dim": (lambda a: a.cumsum(2), (A23,)),
+    "cat along an out-of-range dim": (lambda a: torch.cat([a, a], 3), (A23,)),
+    "argmax over an out-of-range dim": (lambda a: a.argmax(2), (A23,)),
+    "flip of an out-of-range dim": (lambda a: a.flip(2), (A23,)),
+    "dot of a matrix": (torch.dot, (A23, V3)),
+    "dot of different lengths": (torch.dot, (V3, torch.randn(4))),
+    "mm of a vector": (torch.mm, (V3, A23.t())),
+    "mm of mismatched shapes": (torch.mm, (A23, A23)),
+    "mm of mixed dtypes": (torch.mm, (A23, A23.t().double())),
+    "bmm of matrices": (torch.bmm, (A23, A23)),
+    "mv of two vectors": (torch.mv, (V3, V3)),
+    "view of a transposed tensor": (lambda a: a.t().view(6), (A23,)),
+    "view of a strided slice": (lambda a: a[:, ::2].view(-1), (A23,)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_programs_eager_torch_rejects_are_rejected(case):
+    f, args = INVALID[case]
+    with pytest.raises((RuntimeError, IndexError)) as want:
+        f(*args)
+    for transform in (functx.jit, functx.vmap, lambda g: functx.grad(lambda *a: g(*a).float().sum())):
+        batched = transform is functx.vmap
+        xs = tuple(torch.stack([a, a]) for a in args) if batched else args
+        with pytest.raises(type(want.value)):
+            transform(f)(*xs)
+
+
+def test_valid_views_and_reshapes_still_work():
+    for f in (lambda a: a.t().contiguous().view(6), lambda a: a.t().reshape(6), lambda a: a.view(3, 2).view(6),
+              lambda a: a[0].contiguous().view(3), lambda a: a.t().view(-1, 2), lambda a: a.unsqueeze(0).view(6)):
+        torch.testing.assert_close(functx.jit(f)(A23), f(A23))
+        torch.testing.assert_close(functx.grad(lambda a: (f(a) ** 2).sum())(A23),
+                                   torch.func.grad(lambda a: (f(a) ** 2).sum())(A23))
+
+
+def test_contiguous_of_a_transposed_view_is_a_copy():
+    """torch's contiguous() of a transposed tensor copies; writing into the copy must not
+    change the original (wrappers report contiguous strides, so it was an alias)."""
+    def f(y):
+        z = y.t().contiguous()
+        z.mul_(2)
+        return y * 1, z
+    want_y, want_z = f(A23)
+    for got_y, got_z in (functx.jit(f)(A23), [o[0] for o in functx.vmap(f)(torch.stack([A23, A23]))]):
+        torch.testing.assert_close(got_y, want_y)
+        torch.testing.assert_close(got_z, want_z)
+    grad = functx.grad(lambda y: sum(o.sum() for o in f(y)))(A23)
+    torch.testing.assert_close(grad, torch.func.grad(lambda y: sum(o.sum() for o in f(y)))(A23))

@@ -74,12 +74,40 @@ def make_view(func, lowering, args, kwargs):
     """A view op with a lowering: the result wrappers are views of base's root."""
     base = args[0]
     rest = unwrap_tree(args[1:])
+    chain = list(base._chain or ())
     out = lowering(value_of(base), *rest, **kwargs)
     root = base._root if base._root is not None else base
-    chain = list(base._chain or ())
     if isinstance(out, (list, tuple)):
         return [view_wrapper(o, root, chain + [(func, rest, kwargs, i)]) for i, o in enumerate(out)]
     return view_wrapper(out, root, chain + [(func, rest, kwargs, None)])
+
+
+def _meta_layout(view):
+    """A meta tensor with the strides torch gives this view (wrappers don't carry strides):
+    the view chain replayed on a contiguous meta tensor shaped like the root."""
+    root_type = type_of(value_of(view._root))
+    meta = torch.empty(root_type.shape, dtype=root_type.dtype, device="meta")
+    for func, a, k, index in view._chain:
+        meta = func(meta, *a, **k)
+        if index is not None:
+            meta = meta[index]
+    return meta
+
+
+def check_viewable(view, args, kwargs):
+    """x.view(shape) fails in torch when x's strides don't allow it (a transposed or sliced
+    view); torch's own view check (and message) decides, on the view's meta layout. (Only
+    the user's Tensor.view: torch's reshape calls aten.view after its own stride check, which
+    wrappers' contiguous strides would mislead.)"""
+    _meta_layout(view).view(*args, **kwargs)
+
+
+def contiguous(view):
+    """x.contiguous() of a view: x itself where torch's layout is contiguous, else a copy (a
+    new root holding the same value), so later writes don't reach the original."""
+    if _meta_layout(view).is_contiguous():
+        return view
+    return TracerTensor(value_of(view))
 
 
 def view_wrapper(value, root, chain):

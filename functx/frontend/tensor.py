@@ -18,6 +18,7 @@ from ..core.trace import Tracer, concrete, type_of
 
 
 _disabled_torch_function = torch._C._disabled_torch_function_impl
+_CONTIGUOUS, _VIEW = torch.Tensor.contiguous, torch.Tensor.view
 
 
 class TracerTensor(torch.Tensor):
@@ -30,6 +31,13 @@ class TracerTensor(torch.Tensor):
         # nn modules off fused inference fast paths (_transformer_encoder_layer_fwd,
         # _native_multi_head_attention) that have no derivative formulas.
         # torch's own pass-through (in C++), as if the subclass had no __torch_function__.
+        # Wrappers report contiguous strides; where that would change what torch does, the
+        # view's real layout decides: contiguous() of a transposed or sliced view copies (it
+        # was an alias), and .view() of one raises as in torch.
+        if func is _CONTIGUOUS and args[0]._chain:
+            return _functionalize().contiguous(args[0])
+        if func is _VIEW and args[0]._chain and not (len(args) == 2 and isinstance(args[1], torch.dtype)):
+            _functionalize().check_viewable(args[0], args[1:], kwargs or {})
         return _disabled_torch_function(func, types, args, kwargs or {})
 
     @staticmethod
@@ -71,8 +79,12 @@ class TracerTensor(torch.Tensor):
 
 
 def _concrete(w):
-    from .functionalize import value_of     # functionalize.py imports this module (a cycle otherwise)
-    return concrete(value_of(w))
+    return concrete(_functionalize().value_of(w))
+
+
+def _functionalize():
+    from . import functionalize     # functionalize.py imports this module (a cycle otherwise)
+    return functionalize
 
 
 def _unsupported_dtype(t):

@@ -20,6 +20,15 @@ def _t(x):
     return type_of(x)
 
 
+def wrap_dim(dim, ndim):
+    """torch's maybe_wrap_dim: dim in [-ndim, ndim) (a 0-d tensor takes -1 and 0) as a
+    non-negative int, or torch's IndexError (never a silent wrap-around)."""
+    n = max(ndim, 1)
+    if not -n <= dim < n:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {dim})")
+    return dim % n
+
+
 def _dims(dim, ndim):
     """Normalize a dim / list of dims (None or [] = all) to sorted non-negative ints."""
     if dim is None:
@@ -28,7 +37,11 @@ def _dims(dim, ndim):
         dim = [dim]
     if len(dim) == 0:
         return tuple(range(ndim))
-    return tuple(sorted(d % max(ndim, 1) for d in dim))
+    dims = [wrap_dim(d, ndim) for d in dim]
+    for k, d in enumerate(dims):
+        if d in dims[:k]:
+            raise RuntimeError(f"dim {d} appears multiple times in the list of dims")
+    return tuple(sorted(dims))
 
 
 def _keep(out, in_shape, axes, keepdim):

@@ -10,7 +10,7 @@ from ...core.errors import ConcretizationError, FunctxError, user_frame_summary
 from ...core.trace import concrete
 from ... import prims as P
 from ..promote import SCALARS, broadcast_shapes
-from .common import _as_bool, _opaque, _t, _zeros, aten
+from .common import _as_bool, _opaque, _t, _zeros, aten, wrap_dim
 from .registry import register
 
 
@@ -24,7 +24,7 @@ def _wrap_index(idx, size):
 @register(aten.index_select.default)
 def _index_select(x, dim, index):
     t = _t(x)
-    d = dim % max(t.ndim, 1)
+    d = wrap_dim(dim, t.ndim)
     if t.ndim == 0:
         return x
     return P.take(x, index, d)
@@ -55,7 +55,7 @@ def _embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse
 @register(aten.gather.default)
 def _gather(x, dim, index, sparse_grad=False):
     t = _t(x)
-    return P.take_along_axis(x, index, dim % max(t.ndim, 1))
+    return P.take_along_axis(x, index, wrap_dim(dim, t.ndim))
 
 
 @register(aten.scatter_add.default)
@@ -64,7 +64,7 @@ def _scatter_add(x, dim, index, src):
     it = _t(index)
     if _t(src).shape != it.shape:
         src = P.slice_(src, (0,) * it.ndim, it.shape)
-    return P.scatter_add_along(x, index, P.convert(src, t.dtype), dim % max(t.ndim, 1))
+    return P.scatter_add_along(x, index, P.convert(src, t.dtype), wrap_dim(dim, t.ndim))
 
 
 def _linear_index(x, indices):
@@ -182,7 +182,7 @@ def _sort_stable(x, *, stable=False, dim=-1, descending=False):
 @register(aten.topk.default)
 def _topk(x, k, dim=-1, largest=True, sorted=True):
     t = _t(x)
-    d = dim % max(t.ndim, 1)
+    d = wrap_dim(dim, t.ndim)
     values, indices = P.sort(x, d, largest, True)
     return P.slice_in_dim(values, 0, k, 1, d), P.slice_in_dim(indices, 0, k, 1, d)
 
@@ -219,7 +219,7 @@ def _scatter_lower(x, dim, index, src):
     if t.ndim == 0 or _t(index).numel == 0:
         return x if t.ndim or _t(index).numel == 0 else P.reshape(
             _src_for(src, P.reshape(index, (1,)), t.dtype), ())
-    d = dim % t.ndim
+    d = wrap_dim(dim, t.ndim)
     pos = _scatter_positions(x, d, index)
     flat = P.reshape(x, (t.numel,))
     return P.reshape(P.scatter(flat, pos, _src_for(src, index, t.dtype), 0), t.shape)
@@ -230,7 +230,7 @@ def _scatter_reduce(x, dim, index, src, reduce, include_self=True):
     t = _t(x)
     if reduce not in ("sum", "mean") or t.ndim == 0 or not t.dtype.is_floating_point:
         return _opaque(aten.scatter_reduce.two, x, dim, index, src, reduce, include_self=include_self)
-    d = dim % t.ndim
+    d = wrap_dim(dim, t.ndim)
     src = _src_for(src, index, t.dtype)
     ones = P.full(_t(index).shape, 1.0, t.dtype, t.device)
     count = P.scatter_add_along(_zeros(t), index, ones, d)      # how many updates land on each element

@@ -14,15 +14,46 @@ from .registry import register
 
 # ---------------------------------------------------------------- linear algebra
 
-@register(aten.mm.default, aten.bmm.default)
+def _same_dtype(a, b):
+    ta, tb = _t(a), _t(b)
+    if ta.dtype != tb.dtype:
+        raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: {ta.dtype} != {tb.dtype}")
+    return ta, tb
+
+
+@register(aten.mm.default)
 def _mm(a, b):
-    dtype = result_type(a, b)
-    return P.matmul(P.convert(a, dtype), P.convert(b, dtype))
+    ta, tb = _same_dtype(a, b)
+    if ta.ndim != 2:
+        raise RuntimeError("self must be a matrix")
+    if tb.ndim != 2:
+        raise RuntimeError("mat2 must be a matrix")
+    if ta.shape[1] != tb.shape[0]:
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({ta.shape[0]}x{ta.shape[1]} and "
+                           f"{tb.shape[0]}x{tb.shape[1]})")
+    return P.matmul(a, b)
+
+
+@register(aten.bmm.default)
+def _bmm(a, b):
+    ta, tb = _same_dtype(a, b)
+    if ta.ndim != 3:
+        raise RuntimeError("batch1 must be a 3D tensor")
+    if tb.ndim != 3:
+        raise RuntimeError("batch2 must be a 3D tensor")
+    if tb.shape[:2] != (ta.shape[0], ta.shape[2]):
+        raise RuntimeError(f"Expected size for first two dimensions of batch2 tensor to be: "
+                           f"[{ta.shape[0]}, {ta.shape[2]}] but got: [{tb.shape[0]}, {tb.shape[1]}].")
+    return P.matmul(a, b)
 
 
 @register(aten.addmm.default)
 def _addmm(bias, a, b, beta=1, alpha=1):
-    out = _mm(a, b)
+    return _scaled_add(_mm(a, b), bias, beta, alpha)
+
+
+def _scaled_add(out, bias, beta, alpha):
+    """alpha * out + beta * bias (addmm/baddbmm); beta == 0 ignores bias, NaN included."""
     if alpha != 1:
         out = P.mul(out, alpha)
     if beta == 0:
@@ -34,17 +65,32 @@ def _addmm(bias, a, b, beta=1, alpha=1):
 
 @register(aten.dot.default, aten.vdot.default)
 def _dot(a, b):
+    ta, tb = _t(a), _t(b)
+    if ta.ndim != 1 or tb.ndim != 1:
+        raise RuntimeError(f"1D tensors expected, but got {ta.ndim}D and {tb.ndim}D tensors")
+    if ta.shape != tb.shape:
+        raise RuntimeError(f"inconsistent tensor size, expected tensor [{ta.shape[0]}] and src [{tb.shape[0]}] to "
+                           f"have the same number of elements, but got {ta.shape[0]} and {tb.shape[0]} elements "
+                           "respectively")
+    if ta.dtype != tb.dtype:
+        raise RuntimeError(f"dot : expected both vectors to have same dtype, but found {ta.dtype} and {tb.dtype}")
     return P.dot_general(a, b, (((0,), (0,)), ((), ())))
 
 
 @register(aten.mv.default)
 def _mv(a, b):
+    ta, tb = _same_dtype(a, b)
+    if ta.ndim != 2 or tb.ndim != 1:
+        raise RuntimeError(f"vector + matrix @ vector expected, got 1, {ta.ndim}, {tb.ndim}")
+    if ta.shape[1] != tb.shape[0]:
+        raise RuntimeError(f"size mismatch, got input ({ta.shape[0]}), mat ({ta.shape[0]}x{ta.shape[1]}), "
+                           f"vec ({tb.shape[0]})")
     return P.dot_general(a, b, (((1,), (0,)), ((), ())))
 
 
 @register(aten.baddbmm.default)
 def _baddbmm(bias, a, b, beta=1, alpha=1):
-    return _addmm(bias, a, b, beta, alpha)
+    return _scaled_add(_bmm(a, b), bias, beta, alpha)
 
 
 # ---------------------------------------------------------------- convolution

@@ -17,7 +17,7 @@ from ...prims.util import static_broadcast_shapes
 from ..functionalize import unwrap, write
 from ..promote import broadcast_shapes, float_dtype_of, prepare, result_type
 from ..tensor import TracerTensor
-from .common import _dims, _keep, _t, _zeros, aten
+from .common import _dims, _keep, _t, _zeros, aten, wrap_dim
 from .elementwise import _clamp
 from .registry import register, register_special
 from .torch_prims import _prims_var
@@ -62,7 +62,7 @@ def _safe_softmax(x, dim, dtype=None):
     t = _t(x)
     if t.ndim == 0:
         return P.full((), 1.0, t.dtype, t.device)
-    d = dim % t.ndim
+    d = wrap_dim(dim, t.ndim)
     kept = tuple(i for i in range(t.ndim) if i != d)
     m = P.stop_gradient(P.reduce_max(x, (d,)))
     m = P.where(P.eq(m, -math.inf), P.full(_t(m).shape, 0.0, t.dtype, t.device), m)
@@ -81,7 +81,7 @@ def _shifted_rows(x, dim, half_to_float):
     if half_to_float:
         x = P.convert(x, torch.float32)
     t = _t(x)
-    d = dim % t.ndim
+    d = wrap_dim(dim, t.ndim)
     kept = tuple(i for i in range(t.ndim) if i != d)
     m = P.stop_gradient(P.reduce_max(x, (d,)))
     return P.sub(x, P.broadcast_in_dim(m, t.shape, kept)), d, kept, t

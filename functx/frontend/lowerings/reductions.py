@@ -7,7 +7,7 @@ import math
 import torch
 
 from ... import prims as P
-from .common import _as_bool, _dims, _keep, _opaque, _t, aten
+from .common import _as_bool, _dims, _keep, _opaque, _t, aten, wrap_dim
 from .registry import register
 
 
@@ -74,7 +74,7 @@ def _arg(fn):
             return P.reshape(out, (1,) * t.ndim) if keepdim else out
         if t.ndim == 0:
             return P.full((), 0, torch.int64, t.device)
-        d = dim % t.ndim
+        d = wrap_dim(dim, t.ndim)
         return _keep(fn(x, d), t.shape, (d,), keepdim)
     return lower
 
@@ -108,7 +108,7 @@ register(aten.all.default, aten.all.dim, aten.all.dims)(_bool_reduce(P.reduce_mi
 def _cumsum(x, dim, dtype=None):
     x = _sum_dtype(x, dtype)
     t = _t(x)
-    return P.cumsum(x, dim % max(t.ndim, 1)) if t.ndim else x
+    return P.cumsum(x, wrap_dim(dim, t.ndim)) if t.ndim else x
 
 
 # ---------------------------------------------------------------- max/min over a dim: values at the index
@@ -120,7 +120,7 @@ def _extremum_at_index(arg):
         t = _t(x)
         if t.ndim == 0:
             return x, P.full((), 0, torch.int64, t.device)
-        d = dim % t.ndim
+        d = wrap_dim(dim, t.ndim)
         idx = arg(x, d)
         kept = tuple(1 if i == d else s for i, s in enumerate(t.shape))
         vals = P.take_along_axis(x, P.reshape(idx, kept), d)
@@ -142,7 +142,7 @@ _CUM_BUDGET = 1 << 22      # elements of the masked (…, n, n) intermediate; ab
 def _cum_masked(x, dim, fill):
     """x with `dim` moved last and expanded to (..., n_i, n_j), entries j > i set to fill."""
     t = _t(x)
-    d = dim % t.ndim
+    d = wrap_dim(dim, t.ndim)
     perm = tuple(i for i in range(t.ndim) if i != d) + (d,)
     xl = P.transpose(x, perm)
     shape = _t(xl).shape
@@ -162,7 +162,7 @@ def _cum_restore(y, perm):
 
 def _cum_too_big(x, dim):
     t = _t(x)
-    return t.ndim == 0 or t.numel * t.shape[dim % t.ndim] > _CUM_BUDGET
+    return t.ndim == 0 or t.numel * t.shape[wrap_dim(dim, t.ndim)] > _CUM_BUDGET
 
 
 def _cum_extremum(name, is_max):
@@ -186,7 +186,7 @@ def _cum_extremum(name, is_max):
         j = P.iota(full, len(full) - 1, torch.int64, t.device)
         idx = P.reduce_max(P.where(hit, j, P.full(full, -1, torch.int64, t.device)), (len(full) - 1,))
         idx = _cum_restore(idx, perm)
-        return P.take_along_axis(x, idx, dim % t.ndim), idx
+        return P.take_along_axis(x, idx, wrap_dim(dim, t.ndim)), idx
     return lower
 
 

@@ -10,7 +10,7 @@ import torch
 from ... import prims as P
 from ..promote import elementwise, result_type
 from . import elementwise as _aten_elementwise  # noqa: F401  (registers the aten lowerings reused below)
-from .common import _t, aten
+from .common import _t, aten, wrap_dim
 from .registry import LOWERINGS, register
 
 prims_ns = torch.ops.prims
@@ -29,13 +29,13 @@ def _prims_convert(x, dtype):
 @register(prims_ns.sum.default)
 def _prims_sum(x, dims, output_dtype=None):
     x = P.convert(x, output_dtype) if output_dtype is not None else x
-    return P.reduce_sum(x, tuple(sorted(d % max(_t(x).ndim, 1) for d in dims)))
+    return P.reduce_sum(x, tuple(sorted(wrap_dim(d, _t(x).ndim) for d in dims)))
 
 
 @register(prims_ns.var.default)
 def _prims_var(x, dims, correction=1, output_dtype=None):
     t = _t(x)
-    axes = tuple(sorted(d % max(t.ndim, 1) for d in dims))
+    axes = tuple(sorted(wrap_dim(d, t.ndim) for d in dims))
     n = math.prod(t.shape[a] for a in axes)
     mean = P.div(P.reduce_sum(x, axes), float(n))
     kept = tuple(i for i in range(t.ndim) if i not in axes)
@@ -64,15 +64,15 @@ for _name in ("add", "sub", "mul", "neg", "exp", "log", "sqrt", "rsqrt", "sin", 
 
 @register(prims_ns.amax.default)
 def _prims_amax(x, dims, output_dtype=None):
-    return P.reduce_max(x, tuple(sorted(d % max(_t(x).ndim, 1) for d in dims)))
+    return P.reduce_max(x, tuple(sorted(wrap_dim(d, _t(x).ndim) for d in dims)))
 
 
 @register(prims_ns.amin.default)
 def _prims_amin(x, dims, output_dtype=None):
-    return P.reduce_min(x, tuple(sorted(d % max(_t(x).ndim, 1) for d in dims)))
+    return P.reduce_min(x, tuple(sorted(wrap_dim(d, _t(x).ndim) for d in dims)))
 
 
 @register(prims_ns.prod.default)
 def _prims_prod(x, dims, output_dtype=None):
     x = P.convert(x, output_dtype) if output_dtype is not None else x
-    return P.reduce_prod(x, tuple(sorted(d % max(_t(x).ndim, 1) for d in dims)))
+    return P.reduce_prod(x, tuple(sorted(wrap_dim(d, _t(x).ndim) for d in dims)))

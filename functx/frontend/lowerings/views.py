@@ -11,7 +11,7 @@ from ... import prims as P
 from ..functionalize import value_of, view_wrapper
 from ..promote import result_type
 from ..tensor import TracerTensor
-from .common import _t, aten
+from .common import _t, aten, wrap_dim
 from .registry import register, register_special
 
 
@@ -42,7 +42,7 @@ def _expand(x, size, implicit=False):
 @register(aten.permute.default)
 def _permute(x, dims):
     nd = _t(x).ndim
-    return P.transpose(x, tuple(d % nd for d in dims))
+    return P.transpose(x, tuple(wrap_dim(d, nd) for d in dims))
 
 
 @register(aten.t.default)
@@ -56,14 +56,14 @@ def _transpose(x, dim0, dim1):
     if nd == 0:
         return x
     perm = list(range(nd))
-    perm[dim0 % nd], perm[dim1 % nd] = perm[dim1 % nd], perm[dim0 % nd]
+    perm[wrap_dim(dim0, nd)], perm[wrap_dim(dim1, nd)] = perm[wrap_dim(dim1, nd)], perm[wrap_dim(dim0, nd)]
     return P.transpose(x, tuple(perm))
 
 
 @register(aten.unsqueeze.default)
 def _unsqueeze(x, dim):
     shape = list(_t(x).shape)
-    shape.insert(dim % (len(shape) + 1), 1)
+    shape.insert(wrap_dim(dim, len(shape) + 1), 1)
     return P.reshape(x, tuple(shape))
 
 
@@ -72,14 +72,14 @@ def _squeeze(x, dim=None):
     t = _t(x)
     if t.ndim == 0:
         return x
-    dims = set(range(t.ndim)) if dim is None else {d % t.ndim for d in ([dim] if isinstance(dim, int) else dim)}
+    dims = set(range(t.ndim)) if dim is None else {wrap_dim(d, t.ndim) for d in ([dim] if isinstance(dim, int) else dim)}
     return P.reshape(x, tuple(s for i, s in enumerate(t.shape) if not (i in dims and s == 1)))
 
 
 @register(aten.select.int)
 def _select(x, dim, index):
     t = _t(x)
-    d = dim % t.ndim
+    d = wrap_dim(dim, t.ndim)
     i = index % t.shape[d] if t.shape[d] else index
     sl = P.slice_in_dim(x, i, i + 1, 1, d)
     return P.reshape(sl, t.shape[:d] + t.shape[d + 1:])
@@ -88,7 +88,7 @@ def _select(x, dim, index):
 @register(aten.slice.Tensor)
 def _slice(x, dim=0, start=None, end=None, step=1):
     t = _t(x)
-    d = dim % t.ndim
+    d = wrap_dim(dim, t.ndim)
     start, end, step = slice(start, end, step).indices(t.shape[d])
     end = max(start, end)
     return P.slice_in_dim(x, start, end, step, d)
@@ -107,7 +107,7 @@ def _alias(x):
 @register(aten.diagonal.default)
 def _diagonal(x, offset=0, dim1=0, dim2=1):
     t = _t(x)
-    d1, d2 = dim1 % t.ndim, dim2 % t.ndim
+    d1, d2 = wrap_dim(dim1, t.ndim), wrap_dim(dim2, t.ndim)
     rest = [i for i in range(t.ndim) if i not in (d1, d2)]
     y = P.transpose(x, tuple(rest) + (d1, d2))
     n, m = t.shape[d1], t.shape[d2]
@@ -123,21 +123,21 @@ def _diagonal(x, offset=0, dim1=0, dim2=1):
 @register(aten.unbind.int)
 def _unbind(x, dim=0):
     t = _t(x)
-    d = dim % t.ndim
+    d = wrap_dim(dim, t.ndim)
     return [_select(x, d, i) for i in range(t.shape[d])]
 
 
 @register(aten.split.Tensor)
 def _split(x, split_size, dim=0):
     t = _t(x)
-    d = dim % t.ndim
+    d = wrap_dim(dim, t.ndim)
     n = t.shape[d]
     return [_slice(x, d, s, min(s + split_size, n)) for s in range(0, max(n, 1), max(split_size, 1))]
 
 
 @register(aten.split_with_sizes.default)
 def _split_with_sizes(x, split_sizes, dim=0):
-    d = dim % _t(x).ndim
+    d = wrap_dim(dim, _t(x).ndim)
     outs, s = [], 0
     for size in split_sizes:
         outs.append(_slice(x, d, s, s + size))
@@ -192,13 +192,13 @@ def _cat(tensors, dim=0):
     tensors = [x for x in tensors if not (_t(x).ndim == 1 and _t(x).shape[0] == 0)] or list(tensors[:1])
     dtype = result_type(*tensors)
     nd = _t(tensors[0]).ndim
-    return P.concatenate([P.convert(x, dtype) for x in tensors], dim % max(nd, 1))
+    return P.concatenate([P.convert(x, dtype) for x in tensors], wrap_dim(dim, nd))
 
 
 @register(aten.flip.default)
 def _flip(x, dims):
     nd = _t(x).ndim
-    return P.rev(x, tuple(sorted(d % nd for d in dims)))
+    return P.rev(x, tuple(sorted(wrap_dim(d, nd) for d in dims)))
 
 
 @register(aten.constant_pad_nd.default)
