@@ -274,3 +274,38 @@ def test_contiguous_of_a_transposed_view_is_a_copy():
         torch.testing.assert_close(got_z, want_z)
     grad = functx.grad(lambda y: sum(o.sum() for o in f(y)))(A23)
     torch.testing.assert_close(grad, torch.func.grad(lambda y: sum(o.sum() for o in f(y)))(A23))
+
+
+# ---------------------------------------------------------------- data-dependent shapes
+
+DATA_DEPENDENT = {
+    "x[torch.where(mask)]": lambda a: a[torch.where(a > 0)],
+    "nonzero": lambda a: a.nonzero(),
+    "argwhere": lambda a: torch.argwhere(a),
+    "unique": lambda a: torch.unique(a),
+    "masked_select": lambda a: torch.masked_select(a, a > 0),
+    "boolean mask": lambda a: a[a > 0],
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATA_DEPENDENT))
+def test_data_dependent_shapes_raise_under_jit_and_vmap(case):
+    """Under jit there are no values to size the output with (a shape guessed at trace time
+    was silently wrong); eager transforms have the values and run."""
+    f = DATA_DEPENDENT[case]
+    a = torch.tensor([1.0, -1.0, 2.0, 0.0])
+    with pytest.raises(functx.ConcretizationError):
+        functx.jit(f)(a)
+    with pytest.raises((functx.ConcretizationError, functx.FunctxError, RuntimeError)):
+        functx.vmap(f)(torch.stack([a, -a]))
+    if case != "unique":        # torch has no derivative for unique, in either mode
+        out = functx.jvp(lambda a: f(a).float(), (a,), (torch.ones_like(a),))[0]
+        torch.testing.assert_close(out, f(a).float())
+
+
+def test_eager_grad_through_boolean_indexing():
+    a = torch.tensor([1.0, -1.0, 2.0, 0.0])
+    for f in (lambda a: (a[torch.where(a > 0)] ** 2).sum(), lambda a: (a[a > 0] ** 2).sum()):
+        torch.testing.assert_close(functx.grad(f)(a), torch.func.grad(f)(a))
+    torch.testing.assert_close(functx.jit(lambda a: torch.nonzero_static(a > 0, size=3))(a),
+                               torch.nonzero_static(a > 0, size=3))

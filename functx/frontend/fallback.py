@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from ..core.errors import FunctxError
+from ..core.errors import ConcretizationError, FunctxError, user_frame_summary
 from ..core.trace import concrete
 from ..core.types import TensorType
 from ..prims.opaque import OpaqueFunction, opaque
@@ -70,6 +70,8 @@ def _run_check(func, args, kwargs):
 
 def _output_types(func, flat, positions, spec):
     device = next((flat[i].device for i in positions), torch.device("cpu"))
+    if torch.Tag.dynamic_output_shape in func.tags:
+        return _types_from_values(func, flat, positions, spec, device)
     meta = list(flat)
     for i in positions:
         meta[i] = torch.empty(flat[i].shape, dtype=flat[i].dtype, device="meta")
@@ -82,6 +84,29 @@ def _output_types(func, flat, positions, spec):
             cpu[i] = torch.zeros(flat[i].shape, dtype=flat[i].dtype)
         a, k = tree_unflatten(cpu, spec)
         out = func(*a, **k)
+    return _types_of(func, out, device)
+
+
+def _types_from_values(func, flat, positions, spec, device):
+    """nonzero, unique, masked_select, ...: the output's shape depends on the input's values,
+    so it comes from running the op on them (eager transforms); abstract values (jit, vmap)
+    have none, and a shape guessed from placeholder data would be silently wrong."""
+    try:
+        values = list(flat)
+        for i in positions:
+            values[i] = concrete(unwrap(flat[i]))
+    except FunctxError as e:
+        raise ConcretizationError(
+            f"functx: {func}'s output shape depends on the values of its input, which are not known "
+            f"here (under jit, or per example under vmap):\n{user_frame_summary()}\nKeep shapes static: "
+            "select with torch.where(mask, x, 0) instead of x[mask] or x[torch.where(mask)], use the "
+            "fixed-size form where there is one (torch.nonzero_static(mask, size=n)), or run this "
+            "step outside jit/vmap.") from e
+    a, k = tree_unflatten(values, spec)
+    return _types_of(func, func(*a, **k), device)
+
+
+def _types_of(func, out, device):
     single = isinstance(out, torch.Tensor)
     outs = [out] if single else list(out)
     if not all(isinstance(o, torch.Tensor) for o in outs):
