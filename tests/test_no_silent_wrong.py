@@ -309,3 +309,90 @@ def test_eager_grad_through_boolean_indexing():
         torch.testing.assert_close(functx.grad(f)(a), torch.func.grad(f)(a))
     torch.testing.assert_close(functx.jit(lambda a: torch.nonzero_static(a > 0, size=3))(a),
                                torch.nonzero_static(a > 0, size=3))
+
+
+# ---------------------------------------------------------------- torch.autograd.Function
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(x):
+        return torch.round(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2
+
+
+class _ScaledSin(torch.autograd.Function):
+    """A backward that is not the forward's derivative (x10), saved tensors, a non-tensor
+    argument with a default, two outputs."""
+    @staticmethod
+    def forward(x, scale=3.0):
+        return x.sin() * scale, x.exp()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, scale = inputs
+        ctx.save_for_backward(x, output[1])
+        ctx.scale = scale
+
+    @staticmethod
+    def backward(ctx, g_sin, g_exp):
+        x, ex = ctx.saved_tensors
+        return g_sin * 10 * x.cos() * ctx.scale + g_exp * ex, None
+
+
+class _OldStyle(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.sin()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 10
+
+
+FUNCTION_CASES = {
+    "straight-through estimator": lambda x: _StraightThrough.apply(x).pow(2).sum(),
+    "saved tensors, two outputs": lambda x: sum(o.sum() for o in _ScaledSin.apply(x)),
+    "non-tensor argument": lambda x: _ScaledSin.apply(x, 0.5)[0].sum(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FUNCTION_CASES))
+def test_autograd_function_backward_is_honoured(case):
+    f = FUNCTION_CASES[case]
+    x = torch.tensor([0.3, 1.7, -0.4], dtype=torch.float64)
+    want = torch.func.grad(f)(x)
+    xx = x.clone().requires_grad_()
+    f(xx).backward()
+    torch.testing.assert_close(want, xx.grad)                   # torch.func and autograd agree
+    torch.testing.assert_close(functx.grad(f)(x), want)
+    torch.testing.assert_close(functx.jit(functx.grad(f))(x), want)
+    rows = functx.vmap(functx.grad(lambda r: f(r[None])))(x)
+    torch.testing.assert_close(rows, want)
+
+
+def test_autograd_function_second_order_differentiates_backward():
+    f = FUNCTION_CASES["saved tensors, two outputs"]
+    x = torch.tensor([0.3, 1.7], dtype=torch.float64)
+    torch.testing.assert_close(functx.grad(lambda v: functx.grad(f)(v).sum())(x),
+                               torch.func.grad(lambda v: torch.func.grad(f)(v).sum())(x))
+
+
+def test_autograd_function_without_setup_context_raises():
+    with pytest.raises(functx.FunctxError, match="setup_context"):
+        functx.grad(lambda x: _OldStyle.apply(x).sum())(torch.ones(2))
+    # outside transforms torch's own apply runs, untouched
+    x = torch.ones(2, requires_grad=True)
+    _OldStyle.apply(x).sum().backward()
+    assert torch.equal(x.grad, torch.full((2,), 10.0))
+
+
+def test_autograd_function_forward_mode_raises_instead_of_differentiating_forward():
+    with pytest.raises(functx.FunctxError, match="forward mode"):
+        functx.jvp(lambda x: _StraightThrough.apply(x), (torch.ones(2),), (torch.ones(2),))

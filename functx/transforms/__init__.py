@@ -2,3 +2,4 @@
 from .api import (grad, value_and_grad, vjp, jvp, linearize, linear_transpose, jacfwd, jacrev,  # noqa: F401
                   hessian, vmap)
 from .custom import custom_jvp, custom_vjp  # noqa: F401
+from . import autograd_function  # noqa: F401  (torch.autograd.Function.apply honours functx transforms)
