@@ -396,3 +396,44 @@ def test_autograd_function_without_setup_context_raises():
 def test_autograd_function_forward_mode_raises_instead_of_differentiating_forward():
     with pytest.raises(functx.FunctxError, match="forward mode"):
         functx.jvp(lambda x: _StraightThrough.apply(x), (torch.ones(2),), (torch.ones(2),))
+
+
+# ---------------------------------------------------------------- PyTorch autograd through functx outputs
+
+def _param_grads(loss, params):
+    return [torch.zeros_like(p) if g is None else g
+            for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True))]
+
+
+def test_autograd_through_a_grad_of_a_closed_over_parameter():
+    w = torch.tensor(3.0, requires_grad=True)
+    x = torch.tensor(1.5)
+    for tf in (functx, torch.func):
+        g = tf.grad(lambda x: w * x * x)(x)           # 2 w x
+        assert torch.autograd.grad(g, w)[0].item() == pytest.approx(2 * 1.5)
+
+
+@pytest.mark.parametrize("transform", ["vmap(grad)", "grad", "jvp", "hessian", "jacfwd", "jacrev"])
+def test_score_matching_style_losses_backpropagate_into_module_parameters(transform):
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    xs = torch.randn(5, 2, dtype=torch.float64)
+    params = list(m.parameters())
+
+    def energy(x):
+        return m(x).sum()
+
+    def loss(tf):
+        if transform == "vmap(grad)":
+            return tf.vmap(tf.grad(energy))(xs).pow(2).mean()
+        if transform == "grad":
+            return tf.grad(energy)(xs[0]).pow(2).sum()
+        if transform == "jvp":
+            return tf.jvp(energy, (xs[0],), (torch.ones(2, dtype=torch.float64),))[1]
+        return getattr(tf, transform)(energy)(xs[0]).pow(2).sum()
+    want = _param_grads(loss(torch.func), params)
+    for got in (_param_grads(loss(functx), params),
+                _param_grads(functx.jit(lambda: loss(functx))(), params) if transform == "vmap(grad)" else None):
+        if got is not None:
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w)

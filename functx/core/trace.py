@@ -37,11 +37,22 @@ class Trace:
         raise NotImplementedError
 
 
+# The dispatch-key state of ordinary Python code. functx's eager work usually runs inside
+# TracerTensor.__torch_dispatch__, below PyTorch's autograd layer, where torch ops record no
+# autograd history; impls on tensors that require grad (closed-over nn.Module parameters)
+# run in this state instead, so PyTorch autograd sees through functx's outputs.
+TOP_LEVEL_KEYS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
+
+
 class EvalTrace(Trace):
     """The bottom trace: runs each primitive's eager torch implementation."""
 
     def process_primitive(self, prim, args, params):
         try:
+            for a in args:
+                if isinstance(a, torch.Tensor) and a.requires_grad and torch.is_grad_enabled():
+                    with torch._C._ForceDispatchKeyGuard(*TOP_LEVEL_KEYS):
+                        return prim.impl(*args, **params)
             return prim.impl(*args, **params)
         except Exception:
             # Checked only on failure, so the eager path pays nothing for it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..core import EXTERN, Primitive, TensorType, Zero, bind
-from ..core.trace import type_of
+from ..core.trace import TOP_LEVEL_KEYS, type_of
 from .creation import zeros_like_type
 from .define import is_undefined
 
@@ -35,15 +35,11 @@ class OpaqueFunction:
     __name__ = property(lambda self: self.name)
 
 
-# The dispatch-key state of ordinary Python code. An opaque op usually runs inside
-# TracerTensor.__torch_dispatch__, where autograd and functorch keys are excluded, so
-# torch.func.jvp/vjp/vmap inside it would fail (or silently not differentiate); it runs
-# under this state instead.
-_TOP_LEVEL_KEYS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
-
-
 def _opaque_impl(*args, fn, out_types, linear_argnums):
-    with torch._C._ForceDispatchKeyGuard(*_TOP_LEVEL_KEYS):
+    # An opaque op usually runs inside TracerTensor.__torch_dispatch__, where autograd and
+    # functorch keys are excluded, so torch.func.jvp/vjp/vmap inside it would fail (or
+    # silently not differentiate): it runs in the dispatch state of ordinary Python code.
+    with torch._C._ForceDispatchKeyGuard(*TOP_LEVEL_KEYS):
         return list(fn(*args))
 
 
