@@ -437,3 +437,22 @@ def test_score_matching_style_losses_backpropagate_into_module_parameters(transf
         if got is not None:
             for g, w in zip(got, want):
                 torch.testing.assert_close(g, w)
+
+
+# ---------------------------------------------------------------- randomness
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_vmap_randomness_same_is_shared_across_chunks(jit):
+    def f(r):
+        return torch.randn(()) + torch.rand(2).sum() + 0 * r
+    chunked = functx.vmap(f, randomness="same", chunk_size=2)
+    chunked = functx.jit(chunked) if jit else chunked
+    torch.manual_seed(0)
+    got = chunked(torch.zeros(5))
+    after = torch.rand(())
+    torch.manual_seed(0)
+    want = functx.vmap(f, randomness="same")(torch.zeros(5))
+    assert torch.equal(got, want) and torch.equal(got, got[:1].expand(5))
+    assert torch.equal(after, torch.rand(()))        # the generator advanced as for one draw
+    different = functx.vmap(f, randomness="different", chunk_size=2)(torch.zeros(5))
+    assert len(set(different.tolist())) == 5

@@ -11,7 +11,7 @@ import inspect
 import torch
 
 from ..core import Zero, current_trace, set_current_trace
-from ..core.trace import Tracer, type_of
+from ..core.trace import Tracer, staged_or_batched, type_of
 from ..frontend import TracerTensor, unwrap, wrap
 from ..frontend.random_mode import intercept_random
 from .. import prims as P
@@ -365,6 +365,9 @@ def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=No
         axes = broadcast_prefix((in_axes, 0), (args, kwargs), "functx.vmap: in_axes")
         size = _batch_size(leaves, axes, axis_size, treedef, f)
         if chunk_size is not None and chunk_size < size:
+            if randomness == "same" and staged_or_batched():
+                # Staged chunks would each draw their own sample: one call shares it.
+                return _vmap_call(f, leaves, axes, treedef, size)
             return _chunked(f, leaves, axes, treedef, size)
         return _vmap_call(f, leaves, axes, treedef, size)
 
@@ -404,10 +407,20 @@ def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=No
 
     def _chunked(fn, leaves, axes, treedef, size):
         outs = []
+        same_sample = randomness == "same"
         for start in range(0, size, chunk_size):
             stop = min(start + chunk_size, size)
             part = [leaf if ax is None else leaf.narrow(ax, start, stop - start) for leaf, ax in zip(leaves, axes)]
+            if same_sample:         # every chunk draws what the first one drew
+                if start == 0:
+                    before = _rng_state()
+                else:
+                    _set_rng_state(before)
             outs.append(_vmap_call(fn, part, axes, treedef, stop - start))
+            if same_sample and start == 0:
+                after = _rng_state()
+        if same_sample:
+            _set_rng_state(after)   # the generator moves on as after one draw
         first_leaves, tree = tree_flatten(outs[0])
         oaxes = broadcast_prefix(out_axes, outs[0], "functx.vmap: out_axes")
         per_leaf = [tree_flatten(o)[0] for o in outs]
@@ -420,6 +433,17 @@ def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=No
         return tree_unflatten(tree, merged)
 
     return vmapped
+
+
+def _rng_state():
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+
+
+def _set_rng_state(state):
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _check_axes_spec(spec, name):
