@@ -14,37 +14,34 @@ from .registry import register
 
 # ---------------------------------------------------------------- linear algebra
 
-def _same_dtype(a, b):
+def _checked_matmul(a, b, rank, rank_errors, size_ok, size_error):
+    """P.matmul after torch's own checks (and messages) for mm/bmm: equal dtypes (torch does
+    not promote here), operand ranks, matching sizes."""
     ta, tb = _t(a), _t(b)
     if ta.dtype != tb.dtype:
         raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: {ta.dtype} != {tb.dtype}")
-    return ta, tb
+    for t, message in zip((ta, tb), rank_errors):
+        if t.ndim != rank:
+            raise RuntimeError(message)
+    if not size_ok(ta.shape, tb.shape):
+        raise RuntimeError(size_error(ta.shape, tb.shape))
+    return P.matmul(a, b)
 
 
 @register(aten.mm.default)
 def _mm(a, b):
-    ta, tb = _same_dtype(a, b)
-    if ta.ndim != 2:
-        raise RuntimeError("self must be a matrix")
-    if tb.ndim != 2:
-        raise RuntimeError("mat2 must be a matrix")
-    if ta.shape[1] != tb.shape[0]:
-        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({ta.shape[0]}x{ta.shape[1]} and "
-                           f"{tb.shape[0]}x{tb.shape[1]})")
-    return P.matmul(a, b)
+    return _checked_matmul(
+        a, b, 2, ("self must be a matrix", "mat2 must be a matrix"), lambda x, y: x[1] == y[0],
+        lambda x, y: f"mat1 and mat2 shapes cannot be multiplied ({x[0]}x{x[1]} and {y[0]}x{y[1]})")
 
 
 @register(aten.bmm.default)
 def _bmm(a, b):
-    ta, tb = _same_dtype(a, b)
-    if ta.ndim != 3:
-        raise RuntimeError("batch1 must be a 3D tensor")
-    if tb.ndim != 3:
-        raise RuntimeError("batch2 must be a 3D tensor")
-    if tb.shape[:2] != (ta.shape[0], ta.shape[2]):
-        raise RuntimeError(f"Expected size for first two dimensions of batch2 tensor to be: "
-                           f"[{ta.shape[0]}, {ta.shape[2]}] but got: [{tb.shape[0]}, {tb.shape[1]}].")
-    return P.matmul(a, b)
+    return _checked_matmul(
+        a, b, 3, ("batch1 must be a 3D tensor", "batch2 must be a 3D tensor"),
+        lambda x, y: y[:2] == (x[0], x[2]),
+        lambda x, y: (f"Expected size for first two dimensions of batch2 tensor to be: [{x[0]}, {x[2]}] "
+                      f"but got: [{y[0]}, {y[1]}]."))
 
 
 @register(aten.addmm.default)
@@ -79,7 +76,9 @@ def _dot(a, b):
 
 @register(aten.mv.default)
 def _mv(a, b):
-    ta, tb = _same_dtype(a, b)
+    ta, tb = _t(a), _t(b)
+    if ta.dtype != tb.dtype:
+        raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: {ta.dtype} != {tb.dtype}")
     if ta.ndim != 2 or tb.ndim != 1:
         raise RuntimeError(f"vector + matrix @ vector expected, got 1, {ta.ndim}, {tb.ndim}")
     if ta.shape[1] != tb.shape[0]:
