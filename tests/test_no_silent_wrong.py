@@ -456,3 +456,36 @@ def test_vmap_randomness_same_is_shared_across_chunks(jit):
     assert torch.equal(after, torch.rand(()))        # the generator advanced as for one draw
     different = functx.vmap(f, randomness="different", chunk_size=2)(torch.zeros(5))
     assert len(set(different.tolist())) == 5
+
+
+# ---------------------------------------------------------------- mutation of closed-over tensors under jit
+
+def test_jit_refuses_in_place_updates_of_closed_over_tensors():
+    """Under jit the function runs once, at trace time: an update of a closed-over counter or
+    buffer would silently not repeat. Tensors the function makes itself may be updated."""
+    buf = torch.zeros(2)
+
+    def counter(x):
+        buf.add_(1)
+        return x + buf
+
+    def through_a_view(x):
+        buf[0] = 3.0
+        return x + buf
+
+    for f in (counter, through_a_view):
+        with pytest.raises(functx.FunctxError, match="closes over"):
+            functx.jit(f)(X)
+    assert torch.equal(buf, torch.zeros(2))
+
+    def own_constant(x):
+        m = torch.zeros(2)
+        m[0] = 5.0
+        m[1:].mul_(2)
+        m.add_(1)
+        return x + m
+    torch.testing.assert_close(functx.jit(own_constant)(X), own_constant(X))
+    # eager transforms run the function every call, so the update happens each time, as in torch
+    functx.grad(lambda x: counter(x).sum())(X)
+    functx.grad(lambda x: counter(x).sum())(X)
+    assert torch.equal(buf, torch.full((2,), 2.0))

@@ -127,6 +127,17 @@ def find_axis(axis_name) -> AxisData | None:
     return None
 
 
+def staging() -> bool:
+    """Whether some enclosing trace stages a graph (jit, make_graph): work done in Python now
+    happens once, at trace time, not on every call."""
+    trace = _state.trace
+    while trace is not None:
+        if isinstance(trace, GraphTrace) and trace.stage_all:
+            return True
+        trace = trace.parent
+    return False
+
+
 def staged_or_batched() -> bool:
     """Whether some enclosing trace stages a graph (jit, make_graph) or batches (vmap): there,
     a value computed once in Python would be frozen into the graph or shared by the batch."""

@@ -24,7 +24,8 @@ from torch.utils._python_dispatch import (TorchDispatchMode, _get_current_dispat
 from torch.utils._pytree import tree_flatten
 
 from ..core.errors import FunctxError
-from ..core.trace import Tracer, staged_or_batched
+from ..core.errors import user_frame_summary
+from ..core.trace import Tracer, staged_or_batched, staging
 from .. import prims as P
 from .dispatch import dispatch
 from .lowerings.registry import LOWERINGS
@@ -182,7 +183,39 @@ def _route(func, args, kwargs):
     return func(*args, **kwargs)
 
 
+def _storage(t):
+    return t.untyped_storage().data_ptr()
+
+
 class RandomMode(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        # Storages of the plain tensors made while tracing (constants the function builds for
+        # itself); a view shares its base's storage, so a view of a closed-over tensor is not one.
+        self.created: set = set()
+
+    def _staged_plain_op(self, func, args, kwargs):
+        """An op on plain tensors while jit traces: it runs once, now. Writing in place into a
+        tensor the function did not create (a closed-over buffer or counter) would then happen
+        once instead of on every call: refuse it."""
+        targets = [a for a, arg in zip(args, func._schema.arguments)
+                   if isinstance(a, torch.Tensor) and arg.alias_info is not None and arg.alias_info.is_write]
+        targets += [v for k, v in kwargs.items() if isinstance(v, torch.Tensor) and k == "out"]
+        for t in targets:
+            if _storage(t) not in self.created:
+                raise FunctxError(
+                    f"functx.jit: {func} writes in place into a tensor the function closes over "
+                    f"(shape {tuple(t.shape)}), here:\n{user_frame_summary()}\nUnder jit the function runs "
+                    "once, at trace time, so this update would not happen on later calls. Pass the "
+                    "tensor as an argument (jit writes updated arguments back to it; for a module's "
+                    "buffers, functional_call(model, {**params, **buffers}, x)), use the module in "
+                    "eval mode, or make the update outside the jitted function.")
+        out = func(*args, **kwargs)
+        for o in tree_flatten(out)[0]:
+            if isinstance(o, torch.Tensor) and (func.is_view is False or _storage(args[0]) in self.created):
+                self.created.add(_storage(o))
+        return out
+
     @classmethod
     def _should_skip_dynamo(cls):
         # False: no torch._disable_dynamo wrapper around __torch_dispatch__, which costs about
@@ -196,6 +229,8 @@ class RandomMode(TorchDispatchMode):
             return dispatch(func, args, kwargs or {})
         kwargs = kwargs or {}
         if not _is_seeded(func):
+            if staging():
+                return self._staged_plain_op(func, args, kwargs)
             return func(*args, **kwargs)
         leaves, _ = tree_flatten((args, kwargs))
         if any(isinstance(l, TracerTensor) for l in leaves):
