@@ -117,46 +117,41 @@ def raise_leaked(tracer):
         "uses it later. Return it from the transformed function instead.")
 
 
-def find_axis(axis_name) -> AxisData | None:
-    """The innermost enclosing vmap axis called axis_name (JAX's axis environment)."""
+def enclosing_traces():
+    """The current trace and its ancestors, innermost first."""
     trace = _state.trace
     while trace is not None:
-        if trace.axis is not None and trace.axis.name == axis_name:
-            return trace.axis
+        yield trace
         trace = trace.parent
-    return None
+
+
+def find_axis(axis_name) -> AxisData | None:
+    """The innermost enclosing vmap axis called axis_name (JAX's axis environment)."""
+    return next((t.axis for t in enclosing_traces() if t.axis is not None and t.axis.name == axis_name), None)
+
+
+def _stages(trace) -> bool:
+    return isinstance(trace, GraphTrace) and trace.stage_all
 
 
 def staging() -> bool:
     """Whether some enclosing trace stages a graph (jit, make_graph): work done in Python now
     happens once, at trace time, not on every call."""
-    trace = _state.trace
-    while trace is not None:
-        if isinstance(trace, GraphTrace) and trace.stage_all:
-            return True
-        trace = trace.parent
-    return False
+    return any(_stages(t) for t in enclosing_traces())
 
 
 def staged_or_batched() -> bool:
     """Whether some enclosing trace stages a graph (jit, make_graph) or batches (vmap): there,
     a value computed once in Python would be frozen into the graph or shared by the batch."""
-    trace = _state.trace
-    while trace is not None:
-        if trace.axis is not None or (isinstance(trace, GraphTrace) and trace.stage_all):
-            return True
-        trace = trace.parent
-    return False
+    return any(t.axis is not None or _stages(t) for t in enclosing_traces())
 
 
 # ---------------------------------------------------------------- grad mode of reverse levels
 # (torch.func's semantics; transforms/jvp.py's docstring has the rule.)
 
 class _ReverseLevels(threading.local):
-    # (trace, grad mode when its transform started running the user's function), outermost first
-    stack: list = []
-
     def __init__(self):
+        # (trace, grad mode when its transform started running the user's function), outermost first
         self.stack = []
 
 

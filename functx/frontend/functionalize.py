@@ -86,12 +86,7 @@ def _meta_layout(view):
     """A meta tensor with the strides torch gives this view (wrappers don't carry strides):
     the view chain replayed on a contiguous meta tensor shaped like the root."""
     root_type = type_of(value_of(view._root))
-    meta = torch.empty(root_type.shape, dtype=root_type.dtype, device="meta")
-    for func, a, k, index in view._chain:
-        meta = func(meta, *a, **k)
-        if index is not None:
-            meta = meta[index]
-    return meta
+    return _replay(torch.empty(root_type.shape, dtype=root_type.dtype, device="meta"), view._chain)
 
 
 def check_viewable(view, args, kwargs):
@@ -117,8 +112,15 @@ def view_wrapper(value, root, chain):
 
 
 def apply_view_chain(value, chain):
+    """The view of a lax value: the chain's lowerings applied to it."""
+    return _replay(value, chain, lambda func: LOWERINGS[func])
+
+
+def _replay(value, chain, op=lambda func: func):
+    """The view chain applied to `value`: each op (the ATen op itself on tensors, or its
+    lowering on lax values), picking the output index of multi-output views."""
     for func, args, kwargs, index in chain:
-        value = LOWERINGS[func](value, *args, **kwargs)
+        value = op(func)(value, *args, **kwargs)
         if index is not None:
             value = value[index]
     return value
@@ -131,11 +133,7 @@ def scatter_into_view(root_value, root, chain, new_value):
     root (concrete, at trace time), so every view op is handled the same way.
     """
     t = type_of(root_value)
-    positions = torch.arange(t.numel, device=t.device).reshape(t.shape)
-    for func, args, kwargs, index in chain:
-        positions = func(positions, *args, **kwargs)
-        if index is not None:
-            positions = positions[index]
+    positions = _replay(torch.arange(t.numel, device=t.device).reshape(t.shape), chain)
     flat = P.reshape(root_value, (t.numel,))
     updates = P.reshape(new_value, (positions.numel(),))
     out = P.scatter(flat, positions.reshape(-1).contiguous(), updates, 0)

@@ -198,9 +198,10 @@ class RandomMode(TorchDispatchMode):
         """An op on plain tensors while jit traces: it runs once, now. Writing in place into a
         tensor the function did not create (a closed-over buffer or counter) would then happen
         once instead of on every call: refuse it."""
-        targets = [a for a, arg in zip(args, func._schema.arguments)
-                   if isinstance(a, torch.Tensor) and arg.alias_info is not None and arg.alias_info.is_write]
-        targets += [v for k, v in kwargs.items() if isinstance(v, torch.Tensor) and k == "out"]
+        written = [a for a in func._schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+        targets = [v for a, v in zip(func._schema.arguments, args) if a in written]
+        targets += [kwargs[a.name] for a in written if a.name in kwargs]
+        targets = [t for t in targets if isinstance(t, torch.Tensor)]
         for t in targets:
             if _storage(t) not in self.created:
                 raise FunctxError(

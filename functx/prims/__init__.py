@@ -2,10 +2,10 @@
 
 Modules by family, in dependency order (each imports only those before it; shape.py's
 broadcast_in_dim transpose is the one deferred import, of reduce_sum):
-  util, define (definer helpers), creation (full, iota), shape (views, pad, concatenate),
+  util, creation (full, iota), define (definer helpers), shape (views, pad, concatenate),
   elementwise, reduce, linalg (dot_general), conv, indexing, random, collective, opaque.
 """
-from . import util, define, creation, shape, elementwise, reduce, linalg, conv, indexing  # noqa: F401
+from . import util, creation, define, shape, elementwise, reduce, linalg, conv, indexing  # noqa: F401
 from . import random as random_module, collective, opaque as opaque_module  # noqa: F401
 from .creation import full, iota, zeros_like, zeros_like_type, instantiate  # noqa: F401
 from .shape import (broadcast_in_dim, broadcast_to, reshape, transpose, slice_, slice_in_dim, pad,  # noqa: F401

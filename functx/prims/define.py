@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..core.ir import Var
 from ..core.primitive import REGISTRY, Unsupported
 from ..core.trace import UndefinedPrimal, Zero, bind, type_of
+from .creation import zeros_like_type
 from .util import is_scalar
 
 
@@ -34,11 +35,6 @@ def sum_terms(terms, out):
 
 def is_undefined(x) -> bool:
     return isinstance(x, UndefinedPrimal)
-
-
-def first_type(args):
-    """The type of the first tensor (not Python scalar) operand."""
-    return next(type_of(a) for a in args if not is_scalar(a))
 
 
 def defjvp(prim, *partials):
@@ -81,9 +77,7 @@ def deflinear(prim, transpose):
 def _zeros_of(t, primal):
     if is_scalar(primal):
         return 0
-    aval = t.aval if t.aval is not None else type_of(primal)
-    return bind(REGISTRY["full"], (), {"shape": aval.shape, "value": 0, "dtype": aval.dtype,
-                                       "device": aval.device})
+    return zeros_like_type(t.aval if t.aval is not None else type_of(primal))
 
 
 def defbilinear(prim, lhs_transpose, rhs_transpose):

@@ -14,7 +14,7 @@ from ..core import EXTERN, Primitive, bind
 from ..core.trace import type_of
 from . import shape as sh
 from .define import defbilinear, is_undefined
-from .shape import moveaxis
+from .shape import moveaxis, permute_steps, render_steps
 
 
 def _free(ndim, contract, batch):
@@ -59,7 +59,7 @@ def matmul_layout(xs, ys, dimension_numbers):
     batch = [xs[i] for i in lb]
     m, n = [xs[i] for i in lfree], [ys[i] for i in rfree]
     k = math.prod(xs[i] for i in lc)
-    lhs, rhs = _permute_step((*lb, *lfree, *lc)), _permute_step((*rb, *rc, *rfree))
+    lhs, rhs = permute_steps((*lb, *lfree, *lc)), permute_steps((*rb, *rc, *rfree))
     lshape, rshape = (*batch, math.prod(m), k), (*batch, k, math.prod(n))
     if tuple(batch + m + [xs[i] for i in lc]) != lshape:
         lhs.append(("reshape", lshape))
@@ -69,25 +69,10 @@ def matmul_layout(xs, ys, dimension_numbers):
     return lhs, rhs, (out if out != (*batch, math.prod(m), math.prod(n)) else None)
 
 
-def _permute_step(perm):
-    if perm == tuple(range(len(perm))):
-        return []
-    n = len(perm)
-    if n >= 2 and perm == tuple(range(n - 2)) + (n - 1, n - 2):
-        return [("mT",)]
-    return [("permute", perm)]
-
-
 def _apply(x, steps):
     for op, *arg in steps:
         x = x.mT if op == "mT" else x.permute(arg[0]) if op == "permute" else x.reshape(arg[0])
     return x
-
-
-def _render(src, steps):
-    for op, *arg in steps:
-        src = f"{src}.mT" if op == "mT" else f"{src}.{op}({arg[0]!r})"
-    return src
 
 
 def _dot_impl(x, y, *, dimension_numbers):
@@ -102,7 +87,7 @@ def matmul_sources(eqn, srcs):
     x, y = eqn.inputs
     lhs, rhs, out_shape = matmul_layout(tuple(x.type.shape), tuple(y.type.shape),
                                         eqn.params["dimension_numbers"])
-    return _render(srcs[0], lhs), _render(srcs[1], rhs), out_shape
+    return render_steps(srcs[0], lhs), render_steps(srcs[1], rhs), out_shape
 
 
 def _dot_emit(eqn, srcs):

@@ -145,15 +145,27 @@ def inverse_permutation(perm):
     return tuple(inv)
 
 
-def permute_source(src, perm):
-    """PyTorch source for permuting `src`: nothing, `.mT` for a swap of the last two dims,
-    else `.permute(...)`."""
+def permute_steps(perm):
+    """Layout steps for permuting a tensor: none, ("mT",) for a swap of the last two dims,
+    else ("permute", perm). (Steps are what dot_general's matmul layout is made of.)"""
     if perm == tuple(range(len(perm))):
-        return src
+        return []
     n = len(perm)
     if n >= 2 and perm == tuple(range(n - 2)) + (n - 1, n - 2):
-        return f"{src}.mT"
-    return f"{src}.permute({perm!r})"
+        return [("mT",)]
+    return [("permute", perm)]
+
+
+def render_steps(src, steps):
+    """PyTorch source applying layout steps ("mT",) / ("permute", p) / ("reshape", s) to src."""
+    for op, *arg in steps:
+        src = f"{src}.mT" if op == "mT" else f"{src}.{op}({arg[0]!r})"
+    return src
+
+
+def permute_source(src, perm):
+    """PyTorch source for permuting `src`: nothing, `.mT`, or `.permute(...)`."""
+    return render_steps(src, permute_steps(perm))
 
 
 transpose_p = Primitive(

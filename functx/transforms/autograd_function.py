@@ -29,7 +29,7 @@ class FunctionCtx:
 
     def __init__(self, inputs):
         self.saved_tensors = ()
-        self.needs_input_grad = tuple(isinstance(x, torch.Tensor) and (x.dtype.is_floating_point)
+        self.needs_input_grad = tuple(isinstance(x, torch.Tensor) and x.dtype.is_floating_point
                                       for x in inputs)
         self.materialize_grads = True
 
