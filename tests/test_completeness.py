@@ -154,7 +154,7 @@ def test_defining_a_primitive_twice_is_an_error():
 def test_a_new_unary_primitive_is_one_block():
     """A new unary op (impl, PyTorch spelling, Triton expression, derivative) works under
     grad, vmap, jvp and jit on both backends from one defunary line."""
-    from functx.compile.triton.scheduler import lowerable
+    from functx.compile.triton.triton_ops import lowerable
     from functx.core.trace import bind
     from functx.frontend import unwrap, wrap
     from functx.prims import elementwise as ew

@@ -13,7 +13,8 @@ import math
 import torch
 
 from ...core.primitive import Unsupported
-from .indexing import Index, render
+from ..fusion.indexing import Index, render
+from ..fusion.scheduler import lowerable as fusion_lowerable
 
 TL_DTYPES = {
     torch.float32: "tl.float32", torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16",
@@ -21,6 +22,11 @@ TL_DTYPES = {
     torch.int16: "tl.int16", torch.int8: "tl.int8", torch.uint8: "tl.uint8", torch.bool: "tl.int1",
 }
 HALF = (torch.float16, torch.bfloat16)
+
+
+def lowerable(eqn) -> str | None:
+    """None if eqn can be a node of a Triton kernel, else why it runs as an extern."""
+    return fusion_lowerable(eqn, TL_DTYPES, lambda e: e.prim.triton_lowering(e), "Triton")
 
 
 def tl_dtype(dtype) -> str:

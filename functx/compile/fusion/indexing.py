@@ -240,12 +240,13 @@ def numel(shape) -> int:
 
 # ---------------------------------------------------------------- rendering
 
-def render(form: Index, names=None) -> str:
-    """Python/Triton source for a form; `names` maps atom keys to temporaries."""
+def render(form: Index, names=None, floordiv="//") -> str:
+    """Python/Triton source for a form (C with floordiv="/": the operands are
+    non-negative, so truncation is floor); `names` maps atom keys to temporaries."""
     names = names or {}
     parts = []
     for atom, c in form.terms:
-        s = names.get(atom.key()) or _render_atom(atom, names)
+        s = names.get(atom.key()) or _render_atom(atom, names, floordiv)
         if c == 1:
             parts.append(s)
         elif c == -1:
@@ -260,10 +261,11 @@ def render(form: Index, names=None) -> str:
     return out
 
 
-def _render_atom(atom, names) -> str:
+def _render_atom(atom, names, floordiv) -> str:
     if isinstance(atom, Sym):
         return atom.name
-    return f"{_paren(render(atom.arg, names))} {atom.op} {atom.d}"
+    op = floordiv if atom.op == "//" else atom.op
+    return f"{_paren(render(atom.arg, names, floordiv))} {op} {atom.d}"
 
 
 def _paren(s: str) -> str:

@@ -1,8 +1,9 @@
-"""Partition a graph into fusion groups (Inductor's scheduler, in small).
+"""Partition a graph into fusion groups (Inductor's scheduler, in small), shared by the
+Triton and C++ backends; each says which equations it can lower (`lowerable`).
 
 Equations fall in three classes:
   * inlined: views and constants (full, iota); kernels fold them into index math;
-  * nodes: pointwise equations with a Triton lowering and reductions with a combine op;
+  * nodes: pointwise equations with a lowering on the backend and reductions with a combine op;
     each starts in a group of its own;
   * externs: everything else (dot_general, sort, scatter, opaque, random, ...); they run
     through their eager impl between kernels.
@@ -15,39 +16,42 @@ prints for adjacent groups.
 """
 from __future__ import annotations
 
+import itertools
+
 from ...core import POINTWISE, REDUCTION, Var
 from ...core.primitive import Unsupported
-from .kernel import FusionError, KernelPlan, is_inlined, reduction_layout
-from .triton_ops import TL_DTYPES, TritonOps
+from .kernel import FusionError, KernelPlan, NullOps, is_inlined, reduction_layout
 
-def lowerable(eqn) -> str | None:
-    """None if the equation can be a kernel node, else why it runs as an extern."""
+
+def lowerable(eqn, dtypes, expression, backend: str) -> str | None:
+    """None if the equation can be a kernel node of `backend`, else why it runs as an
+    extern. dtypes: the dtypes its kernels handle; expression(eqn): the primitive's
+    expression for that backend, or Unsupported(reason)."""
     p = eqn.prim
     types = [a.type for a in eqn.inputs if isinstance(a, Var)] + [v.type for v in eqn.outputs]
-    bad = [t.dtype for t in types if t.dtype not in TL_DTYPES]
+    bad = [t.dtype for t in types if t.dtype not in dtypes]
     if bad:
-        return f"dtype {bad[0]} has no Triton lowering"
+        return f"dtype {bad[0]} has no {backend} lowering"
     if p.effectful:
         return f"{p.name} is effectful"
     if p.kind == REDUCTION:
-        return None if p.combine is not None else f"{p.name} has no combine op for the Triton backend"
+        return None if p.combine is not None else f"{p.name} has no combine op for the {backend} backend"
     if p.kind != POINTWISE:
         return f"{p.name} is an extern op (runs through torch)"
     if not any(isinstance(a, Var) for a in eqn.inputs):
         return f"{p.name} has no tensor operand"
-    answer = p.triton_lowering(eqn)
+    answer = expression(eqn)
     return str(answer) if isinstance(answer, Unsupported) else None
 
 
 class Group:
-    _ids = 0
+    _ids = itertools.count(1)    # atomic: schedules may be built in a background thread
 
     def __init__(self, members, extern=False):
         self.members = list(members)
         self.extern = extern
         self.plan = None
-        Group._ids += 1
-        self.uid = Group._ids
+        self.uid = next(Group._ids)
 
     @property
     def first(self):
@@ -55,7 +59,8 @@ class Group:
 
 
 class Schedule:
-    def __init__(self, graph, names: dict, persistent_max=1024):
+    def __init__(self, graph, names: dict, lowerable, persistent_max=1024):
+        """lowerable(eqn) -> None or why eqn is an extern on this backend."""
         self.graph = graph
         self.names = names              # var -> buffer name (every var of the graph)
         self.persistent_max = persistent_max
@@ -152,9 +157,7 @@ class Schedule:
 
     def check(self, members) -> KernelPlan:
         plan = self._plan(members)
-        ops = TritonOps(plan.name, plan.xnumel, plan.rnumel, plan.persistent)
-        ops.is_reduction = bool(plan.reductions)
-        plan.run(ops)
+        plan.run(NullOps())       # the plan's own checks raise FusionError
         return plan
 
     def _successors(self, g):
@@ -249,7 +252,7 @@ class Schedule:
                     out.append(g)
                     break
             else:
-                raise AssertionError("functx triton: cyclic fusion groups")
+                raise AssertionError("functx fusion: cyclic fusion groups")
         return out
 
 

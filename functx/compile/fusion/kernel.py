@@ -14,8 +14,9 @@ was computed for (checked symbolically; otherwise the group is not fusable).
     ops.reduction(combine, value, dtype)      ops.store(buffer, index, value, dtype)
     ops.rloop()  (a context: one pass over the reduction axis, for looped reductions)
 
-TritonOps (triton_ops.py) prints Triton source; TorchOps (torch_ops.py) runs the same body
-with torch tensors, which checks the fusion and index logic without Triton.
+TritonOps (triton/triton_ops.py) prints Triton source, CppOps (cpu/cpp_ops.py) C++ loops;
+TorchOps (torch_ops.py) runs the same body with torch tensors, which checks the fusion and
+index logic without either; NullOps only drives the plan's own checks (the scheduler's).
 """
 from __future__ import annotations
 
@@ -29,6 +30,32 @@ NULLARY = ("full", "iota")      # constants: folded into every kernel that reads
 
 class FusionError(Exception):
     """Why a set of equations can't be one kernel (shown by explain)."""
+
+
+class NullOps:
+    """An ops handler that computes nothing: running a plan with it performs the plan's
+    fusion checks (which raise FusionError) without generating code."""
+
+    def load(self, buffer, index, dtype):
+        return None
+
+    def constant(self, value, dtype):
+        return None
+
+    def index_value(self, index, dtype):
+        return None
+
+    def pointwise(self, eqn, args):
+        return None
+
+    def reduction(self, combine, value, dtype):
+        return None
+
+    def store(self, buffer, index, value, dtype):
+        return None
+
+    def rloop(self):
+        return contextlib.nullcontext()
 
 
 def is_inlined(eqn) -> bool:

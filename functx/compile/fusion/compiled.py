@@ -1,0 +1,221 @@
+"""FusedCompiled: what the fusion backends share. An optimized graph -> fusion groups
+(scheduler.py) -> one kernel per group (the backend's ops handler) + a generated Python host
+wrapper that allocates outputs, calls the kernels and runs externs and views through torch
+(codegen.emit_expr); explain's report and `run_torch`.
+
+A backend subclass provides: `backend`, `lowerable(eqn)`, `kernel_source(plan) -> (source,
+input buffers, output buffers)`, `load_kernels([(plan, source)]) -> {name: callable}` and
+`launch_source(plan, ins, outs) -> one line of the wrapper`.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from ...core import Literal
+from ...core.ir import GraphPrinter
+from ..codegen import compile_function, emit_expr, literal_source
+from ..compiled import Compiled
+from .kernel import is_inlined
+from .scheduler import Schedule, describe_space
+from .torch_ops import TorchOps
+
+
+class GroupInfo:
+    """One entry of `.groups`: a kernel or an extern, with what explain prints."""
+
+    def __init__(self, index, kind, name, eqns, stored, space, source=None, reason=None):
+        self.index, self.kind, self.name = index, kind, name
+        self.eqns, self.stored, self.space = eqns, stored, space
+        self.source, self.reason = source, reason
+
+    def __repr__(self):
+        return f"<group {self.index}: {self.kind} {self.name}>"
+
+
+def plan_device(plan):
+    return next(iter(plan.stored)).type.device
+
+
+def kernel_name(i, plan):
+    kind = "red" if plan.reductions else "poi"
+    ops = []
+    for e in plan.members:
+        n = e.prim.name.replace("reduce_", "").replace("convert_element_type", "convert")
+        if n not in ops:
+            ops.append(n)
+    name = f"k{i}_{kind}_" + "_".join(ops)
+    return re.sub(r"\W", "_", name)[:48].rstrip("_")
+
+
+class FusedCompiled(Compiled):
+    backend = "fused"
+
+    def __init__(self, graph, persistent_max: int):
+        self.graph = g = graph
+        printer = GraphPrinter()
+        self.graph_text = printer.format(g)
+        self.printer = printer
+        names = {v: printer.name(v) for v in list(g.invars) + list(g.constvars)}
+        for e in g.eqns:
+            for v in e.outputs:
+                names[v] = printer.name(v)
+        self.names = names
+        self.schedule = Schedule(g, names, self.lowerable, persistent_max)
+        self.kernels: list[str] = []
+        self.groups: list[GroupInfo] = []
+        self._launch_args: dict = {}
+        generated = []
+        for i, grp in enumerate(self.schedule.groups):
+            eqns = [printer.format_eqn(e) for e in grp.members]
+            if grp.extern:
+                e = grp.first
+                self.groups.append(GroupInfo(i, "extern", e.prim.name, eqns,
+                                             [names[v] for v in e.outputs], "extern",
+                                             reason=self.schedule.extern_reason[id(e)]))
+                continue
+            plan = grp.plan
+            plan.name = kernel_name(len(self.kernels), plan)
+            src, ins, outs = self.kernel_source(plan)
+            generated.append((plan, src))
+            self._launch_args[id(grp)] = (ins, outs)
+            self.kernels.append(src)
+            self.groups.append(GroupInfo(i, "kernel", plan.name, eqns, outs, describe_space(plan), source=src))
+        self._launchers = self.load_kernels(generated)
+        self.source, self._globals = self._wrapper()
+        self.call = compile_function(self.source, "call", self._globals, g.consts,
+                                     f"<functx.jit {self.backend} {id(self):x}>")
+        self._why: list | None = None
+
+    # ------------------------------------------------------------ backend hooks
+    def lowerable(self, eqn) -> str | None:
+        raise NotImplementedError
+
+    def kernel_source(self, plan):
+        raise NotImplementedError
+
+    def load_kernels(self, generated) -> dict:
+        raise NotImplementedError
+
+    def launch_source(self, plan, ins, outs) -> str:
+        raise NotImplementedError
+
+    def report_header(self) -> str:
+        return f"backend: {self.backend}"
+
+    # ------------------------------------------------------------ host wrapper
+    def _wrapper(self):
+        g, names, sched = self.graph, self.names, self.schedule
+        glob = {"torch": torch, "math": math, **self._launchers}
+        args = [names[v] for v in list(g.invars) + list(g.constvars)]
+        lines = [f"def call({', '.join(args)}):"]
+        have = set(list(g.invars) + list(g.constvars))
+        loaded = {b for ins, _ in self._launch_args.values() for b in ins}
+        for v in list(g.invars) + list(g.constvars):
+            if names[v] in loaded:
+                lines.append(f"    {names[v]} = {names[v]}.contiguous()")
+
+        def materialize(a):
+            """Make a value a tensor in the wrapper: views and constants through torch."""
+            if isinstance(a, Literal):
+                return literal_source(a.value)
+            if a in have:
+                return names[a]
+            e = sched.producers[a]
+            assert is_inlined(e), f"{names[a]} was not stored by its group"
+            srcs = [materialize(x) for x in e.inputs]
+            lines.append(f"    {names[a]} = {emit_expr(e, srcs, glob)}  # {a.type}")
+            have.add(a)
+            return names[a]
+
+        for i, grp in enumerate(sched.groups):
+            info = self.groups[i]
+            if grp.extern:
+                e = grp.first
+                srcs = [materialize(a) for a in e.inputs]
+                outs = ", ".join(names[v] for v in e.outputs)
+                if e.prim.multiple_results and len(e.outputs) == 1:
+                    outs += ","
+                lines.append(f"    # group {i}: extern {e.prim.name}")
+                lines.append(f"    {outs} = {emit_expr(e, srcs, glob)}")
+                for v in e.outputs:
+                    have.add(v)
+                    if names[v] in loaded:
+                        lines.append(f"    {names[v]} = {names[v]}.contiguous()")
+                continue
+            plan = grp.plan
+            ins, outs = self._launch_args[id(grp)]
+            lines.append(f"    # group {i}: {info.space}")
+            for v in plan.stored:
+                t = v.type
+                lines.append(f"    {names[v]} = torch.empty({tuple(t.shape)!r}, dtype={t.dtype}, "
+                             f"device={str(t.device)!r})")
+                have.add(v)
+            lines.append(f"    {self.launch_source(plan, ins, outs)}")
+        outs = [materialize(a) for a in g.outvars]
+        lines.append(f"    return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
+        return "\n".join(lines) + "\n", glob
+
+    def run_torch(self, *inputs):
+        """Run the same schedule with every kernel body evaluated by TorchOps (eager torch):
+        checks fusion and index math independently of the backend's code generation."""
+        env = {}
+        for v, x in zip(list(self.graph.invars) + list(self.graph.constvars), list(inputs) + list(self.graph.consts)):
+            env[v] = x.contiguous()
+
+        def value(a):
+            if isinstance(a, Literal):
+                return a.value
+            if a not in env:
+                e = self.schedule.producers[a]
+                out = e.prim.impl(*[value(x) for x in e.inputs], **e.params)
+                env[a] = out
+            return env[a]
+
+        for grp in self.schedule.groups:
+            if grp.extern:
+                e = grp.first
+                outs = e.prim.impl(*[value(a) for a in e.inputs], **e.params)
+                outs = list(outs) if e.prim.multiple_results else [outs]
+                for v, o in zip(e.outputs, outs):
+                    env[v] = o.contiguous()
+                continue
+            plan = grp.plan
+            buffers = {self.names[v]: x for v, x in env.items() if isinstance(x, torch.Tensor)}
+            for v in plan.stored:
+                env[v] = buffers[self.names[v]] = torch.empty(v.type.shape, dtype=v.type.dtype,
+                                                              device=v.type.device)
+            plan.run(TorchOps(buffers, plan.xnumel, plan.rnumel, device=plan_device(plan)))
+        return [value(a) for a in self.graph.outvars]
+
+    # ------------------------------------------------------------ explain
+    def why_not_fused(self) -> list:
+        """(group i, group i+1, reason) for each pair of adjacent groups."""
+        if self._why is None:
+            gs = self.schedule.groups
+            self._why = [(i, i + 1, self.schedule.why_not(gs[i], gs[i + 1]) or
+                          "independent: no shared reads, fusing saves no memory traffic")
+                         for i in range(len(gs) - 1)]
+        return self._why
+
+    def report(self) -> str:
+        nk = sum(1 for g in self.groups if g.kind == "kernel")
+        ne = len(self.groups) - nk
+        out = [self.report_header(), "", f"-- fusion groups: {nk} kernel(s), {ne} extern(s) --"]
+        for g in self.groups:
+            head = f"group {g.index}: {g.kind} {g.name} — {g.space}"
+            if g.kind == "extern":
+                head = f"group {g.index}: extern {g.name} — {g.reason}"
+            out.append(head)
+            out += [f"    {l}" for l in g.eqns]
+            out.append(f"    writes: {', '.join(g.stored)}")
+        if len(self.groups) > 1:
+            out += ["", "-- why adjacent groups were not fused --"]
+            out += [f"  group {a} / group {b}: {why}" for a, b, why in self.why_not_fused()]
+        out += ["", "-- kernels --"]
+        for src in self.kernels:
+            out += [src]
+        out += ["-- host wrapper --", self.source]
+        return "\n".join(out)
