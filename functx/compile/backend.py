@@ -8,6 +8,7 @@ import functools
 import torch
 
 from .compiled import Compiled
+from .cpu import CpuCompiled
 from .eager import EagerCompiled
 
 
@@ -16,7 +17,7 @@ def _triton():
     return TritonCompiled
 
 
-BACKENDS = {"eager": lambda: EagerCompiled, "triton": _triton}
+BACKENDS = {"eager": lambda: EagerCompiled, "triton": _triton, "cpu": lambda: CpuCompiled}
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,5 +36,5 @@ def resolve_backend(backend, leaves) -> type[Compiled]:
         on_cuda = any(isinstance(x, torch.Tensor) and x.is_cuda for x in leaves)
         backend = "triton" if on_cuda and _triton_available() else "eager"
     if backend not in BACKENDS:
-        raise ValueError(f"functx: unknown backend {backend!r}; choose 'eager' or 'triton'")
+        raise ValueError(f"functx: unknown backend {backend!r}; choose 'eager', 'cpu' or 'triton'")
     return BACKENDS[backend]()

@@ -17,7 +17,9 @@ and the facts the backends lower it with:
                        explicit broadcasts feeding it)
   triton            -> pointwise only: a Triton expression template ("tl.sin({0})", params by
                        name) or a function eqn -> template | Unsupported(reason)
-  combine           -> reductions only: the Triton combine op ("add", "mul", "max", "min")
+  cpp               -> pointwise only: the C++ expression for the CPU backend's kernels
+                       ("sinf({0})"), or a function eqn -> template | Unsupported(reason)
+  combine           -> reductions only: the Triton and C++ combine op ("add", "mul", "max", "min")
   index_map(idx, in_shape, **params) -> views only: the input index read at output index idx,
                        so the fusion compiler folds the view into index arithmetic
 
@@ -68,6 +70,7 @@ class Primitive:
     emit: Callable | None = None
     emit_broadcasts: bool = False
     triton: str | Callable | None = None
+    cpp: str | Callable | None = None
     combine: str | None = None
     index_map: Callable | None = None
 
@@ -88,6 +91,13 @@ class Primitive:
         rule = self.triton
         if rule is None:
             return Unsupported(f"{self.name} has no Triton expression")
+        return rule if isinstance(rule, str) else rule(eqn)
+
+    def cpp_lowering(self, eqn) -> str | Unsupported:
+        """The C++ expression template for a pointwise equation, or why there is none."""
+        rule = self.cpp
+        if rule is None:
+            return Unsupported(f"{self.name} has no C++ expression")
         return rule if isinstance(rule, str) else rule(eqn)
 
     def __repr__(self) -> str:

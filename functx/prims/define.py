@@ -6,6 +6,8 @@ special-case, and a tangent that is Zero in every term stays symbolic.
 """
 from __future__ import annotations
 
+import torch
+
 from ..core.ir import Var
 from ..core.primitive import REGISTRY, Unsupported
 from ..core.trace import UndefinedPrimal, Zero, bind, type_of
@@ -115,3 +117,23 @@ def unsupported_unless_float(template):
             return template
         return Unsupported(f"{eqn.prim.name} on {dtypes[0]} (its Triton expression is float-only)")
     return lower
+
+
+def cpp_float(f32, f64):
+    """A C++ template for floating operands only: f32 for float32 (float math with the
+    f-suffixed libm functions, as torch computes float32 in float), f64 for float64."""
+    def lower(eqn):
+        dtypes = {a.type.dtype for a in eqn.inputs if isinstance(a, Var)}
+        if dtypes == {torch.float32}:
+            return f32
+        if dtypes == {torch.float64}:
+            return f64
+        return Unsupported(f"{eqn.prim.name} on {', '.join(sorted(map(str, dtypes)))} "
+                           "(its C++ expression is float32/float64 only)")
+    return lower
+
+
+def libm(name, nargs=1):
+    """The C math library's `name` (sinf on float32, sin on float64)."""
+    args = ", ".join(f"{{{i}}}" for i in range(nargs))
+    return cpp_float(f"{name}f({args})", f"{name}({args})")

@@ -16,7 +16,7 @@ from ..core import POINTWISE, Literal, Primitive, Zero, bind
 from ..core.primitive import Unsupported
 from ..core.trace import type_of
 from .creation import full, zeros_like  # noqa: F401  (zeros_like is part of this module's lax API)
-from .define import (defbilinear, defjvp, defjvp_zero, deflinear, is_undefined,
+from .define import (cpp_float, defbilinear, defjvp, defjvp_zero, deflinear, is_undefined, libm,
                       unsupported_unless_float as float_only)
 from .shape import bdim_to_front
 from .util import is_scalar, same_type_check
@@ -88,19 +88,19 @@ def torch_call(fn_name):
 
 
 def defpointwise(name, impl, torch_name=None, *, nargs=1, out_dtype=None, triton=None, emit=None,
-                 commutative=False):
+                 commutative=False, cpp=None):
     """A vectorized pointwise primitive (no derivative yet: add one with defjvp & co)."""
     p = Primitive(name, kind=POINTWISE, commutative=commutative, emit_broadcasts=nargs == 2,
                   abstract_eval=elementwise_type(name, out_dtype),
                   impl=_tensor_first(impl) if nargs == 2 else impl,
                   emit=emit or (torch_call(torch_name) if torch_name else None),
-                  triton=triton)
+                  triton=triton, cpp=cpp)
     return defvectorized(p)
 
 
-def defunary(name, impl, torch_name, triton=None, deriv=None):
+def defunary(name, impl, torch_name, triton=None, deriv=None, cpp=None):
     """A unary math primitive; deriv(x, y) -> dy/dx as primitives (y is the output)."""
-    p = defpointwise(name, impl, torch_name, triton=triton)
+    p = defpointwise(name, impl, torch_name, triton=triton, cpp=cpp)
     if deriv is not None:
         defjvp(p, lambda t, y, x: mul(t, deriv(x, y)))
     return p
@@ -114,60 +114,88 @@ def _binary(p):
     return lambda x, y: bind(p, (x, y), {})
 
 
+# ---------------------------------------------------------------- C++ lowerings needing dtypes
+# (the fx_* helpers are defined in the CPU backend's kernel header, compile/cpu/cpp_ops.py)
+
+def _cpp_bitwise_not(eqn):
+    return "(!{0})" if eqn.outputs[0].type.dtype == torch.bool else "(~{0})"
+
+
+def _cpp_pow(eqn):
+    """torch computes x**2 and x**3 by multiplication and x**0.5 as sqrt; so do kernels."""
+    y = eqn.inputs[1]
+    if isinstance(y, Literal) and y.value in (2, 3) and not isinstance(y.value, bool):
+        return "({0} * {0})" if y.value == 2 else "({0} * {0} * {0})"
+    if isinstance(y, Literal) and y.value == 0.5:
+        return libm("sqrt")(eqn)
+    return libm("pow", 2)(eqn)
+
+
+def _cpp_convert(eqn):
+    """A C++ cast; to bool is `!= 0` (NaN is true, as in torch)."""
+    dtype = eqn.params["dtype"]
+    if dtype == torch.bool:
+        return "({0} != 0)"
+    ctype = {torch.float32: "float", torch.float64: "double", torch.int32: "int32_t", torch.int64: "int64_t"}
+    if dtype not in ctype:
+        return Unsupported(f"convert to {dtype} has no C++ expression")
+    return f"static_cast<{ctype[dtype]}>({{0}})"
+
+
 # ---------------------------------------------------------------- unary math
 
-neg_p = defpointwise("neg", torch.neg, "torch.neg", triton="-{0}")
+neg_p = defpointwise("neg", torch.neg, "torch.neg", triton="-{0}", cpp="(-{0})")
 deflinear(neg_p, lambda ct, x: [neg(ct)])
 
-exp_p = defunary("exp", torch.exp, "torch.exp", float_only("tl.exp({0})"), lambda x, y: y)
-exp2_p = defunary("exp2", torch.exp2, "torch.exp2", float_only("tl.exp2({0})"), lambda x, y: mul(y, math.log(2.0)))
-log_p = defunary("log", torch.log, "torch.log", float_only("tl.log({0})"), lambda x, y: reciprocal(x))
+exp_p = defunary("exp", torch.exp, "torch.exp", float_only("tl.exp({0})"), lambda x, y: y, cpp=libm("exp"))
+exp2_p = defunary("exp2", torch.exp2, "torch.exp2", float_only("tl.exp2({0})"), lambda x, y: mul(y, math.log(2.0)), cpp=libm("exp2"))
+log_p = defunary("log", torch.log, "torch.log", float_only("tl.log({0})"), lambda x, y: reciprocal(x), cpp=libm("log"))
 log1p_p = defunary("log1p", torch.log1p, "torch.log1p", float_only("libdevice.log1p({0})"),
-                   lambda x, y: reciprocal(add(x, 1.0)))
-expm1_p = defunary("expm1", torch.expm1, "torch.expm1", float_only("libdevice.expm1({0})"), lambda x, y: add(y, 1.0))
-sin_p = defunary("sin", torch.sin, "torch.sin", float_only("tl.sin({0})"), lambda x, y: cos(x))
-cos_p = defunary("cos", torch.cos, "torch.cos", float_only("tl.cos({0})"), lambda x, y: neg(sin(x)))
-tan_p = defunary("tan", torch.tan, "torch.tan", float_only("libdevice.tan({0})"), lambda x, y: add(mul(y, y), 1.0))
+                   lambda x, y: reciprocal(add(x, 1.0)), cpp=libm("log1p"))
+expm1_p = defunary("expm1", torch.expm1, "torch.expm1", float_only("libdevice.expm1({0})"), lambda x, y: add(y, 1.0), cpp=libm("expm1"))
+sin_p = defunary("sin", torch.sin, "torch.sin", float_only("tl.sin({0})"), lambda x, y: cos(x), cpp=libm("sin"))
+cos_p = defunary("cos", torch.cos, "torch.cos", float_only("tl.cos({0})"), lambda x, y: neg(sin(x)), cpp=libm("cos"))
+tan_p = defunary("tan", torch.tan, "torch.tan", float_only("libdevice.tan({0})"), lambda x, y: add(mul(y, y), 1.0), cpp=libm("tan"))
 tanh_p = defunary("tanh", torch.tanh, "torch.tanh", float_only("libdevice.tanh({0})"),
-                  lambda x, y: sub(1.0, mul(y, y)))
+                  lambda x, y: sub(1.0, mul(y, y)), cpp=libm("tanh"))
 asin_p = defunary("asin", torch.asin, "torch.asin", float_only("libdevice.asin({0})"),
-                  lambda x, y: rsqrt(sub(1.0, mul(x, x))))
+                  lambda x, y: rsqrt(sub(1.0, mul(x, x))), cpp=libm("asin"))
 acos_p = defunary("acos", torch.acos, "torch.acos", float_only("libdevice.acos({0})"),
-                  lambda x, y: neg(rsqrt(sub(1.0, mul(x, x)))))
+                  lambda x, y: neg(rsqrt(sub(1.0, mul(x, x)))), cpp=libm("acos"))
 atan_p = defunary("atan", torch.atan, "torch.atan", float_only("libdevice.atan({0})"),
-                  lambda x, y: reciprocal(add(mul(x, x), 1.0)))
-sinh_p = defunary("sinh", torch.sinh, "torch.sinh", float_only("libdevice.sinh({0})"), lambda x, y: cosh(x))
-cosh_p = defunary("cosh", torch.cosh, "torch.cosh", float_only("libdevice.cosh({0})"), lambda x, y: sinh(x))
+                  lambda x, y: reciprocal(add(mul(x, x), 1.0)), cpp=libm("atan"))
+sinh_p = defunary("sinh", torch.sinh, "torch.sinh", float_only("libdevice.sinh({0})"), lambda x, y: cosh(x), cpp=libm("sinh"))
+cosh_p = defunary("cosh", torch.cosh, "torch.cosh", float_only("libdevice.cosh({0})"), lambda x, y: sinh(x), cpp=libm("cosh"))
 asinh_p = defunary("asinh", torch.asinh, "torch.asinh", float_only("libdevice.asinh({0})"),
-                   lambda x, y: rsqrt(add(mul(x, x), 1.0)))
+                   lambda x, y: rsqrt(add(mul(x, x), 1.0)), cpp=libm("asinh"))
 acosh_p = defunary("acosh", torch.acosh, "torch.acosh", float_only("libdevice.acosh({0})"),
-                   lambda x, y: rsqrt(sub(mul(x, x), 1.0)))
+                   lambda x, y: rsqrt(sub(mul(x, x), 1.0)), cpp=libm("acosh"))
 atanh_p = defunary("atanh", torch.atanh, "torch.atanh", float_only("libdevice.atanh({0})"),
-                   lambda x, y: reciprocal(sub(1.0, mul(x, x))))
-sqrt_p = defunary("sqrt", torch.sqrt, "torch.sqrt", float_only("tl.sqrt({0})"), lambda x, y: div(0.5, y))
+                   lambda x, y: reciprocal(sub(1.0, mul(x, x))), cpp=libm("atanh"))
+sqrt_p = defunary("sqrt", torch.sqrt, "torch.sqrt", float_only("tl.sqrt({0})"), lambda x, y: div(0.5, y), cpp=libm("sqrt"))
 rsqrt_p = defunary("rsqrt", torch.rsqrt, "torch.rsqrt", float_only("libdevice.rsqrt({0})"),
-                   lambda x, y: mul(div(y, x), -0.5))
-abs_p = defunary("abs", torch.abs, "torch.abs", "tl.abs({0})", lambda x, y: sign(x))
+                   lambda x, y: mul(div(y, x), -0.5), cpp=cpp_float("(1.0f / sqrtf({0}))", "(1.0 / sqrt({0}))"))
+abs_p = defunary("abs", torch.abs, "torch.abs", "tl.abs({0})", lambda x, y: sign(x), cpp="fx_abs({0})")
 logistic_p = defunary("logistic", torch.sigmoid, "torch.sigmoid", float_only("tl.sigmoid({0})"),
-                      lambda x, y: mul(y, sub(1.0, y)))
+                      lambda x, y: mul(y, sub(1.0, y)), cpp=cpp_float("(1.0f / (1.0f + expf(-{0})))", "(1.0 / (1.0 + exp(-{0})))"))
 erf_p = defunary("erf", torch.erf, "torch.erf", float_only("libdevice.erf({0})"),
-                 lambda x, y: mul(exp(neg(mul(x, x))), 2.0 / math.sqrt(math.pi)))
+                 lambda x, y: mul(exp(neg(mul(x, x))), 2.0 / math.sqrt(math.pi)), cpp=libm("erf"))
 erfinv_p = defunary("erfinv", torch.erfinv, "torch.erfinv", float_only("libdevice.erfinv({0})"),
                     lambda x, y: mul(exp(mul(y, y)), math.sqrt(math.pi) / 2.0))
 lgamma_p = defunary("lgamma", torch.lgamma, "torch.lgamma", float_only("libdevice.lgamma({0})"),
-                    lambda x, y: digamma(x))
+                    lambda x, y: digamma(x), cpp=cpp_float("fx_lgamma({0})", "fx_lgamma({0})"))
 digamma_p = defunary("digamma", torch.digamma, "torch.digamma", None, lambda x, y: polygamma(x, 1))
 
 # Piecewise-constant: zero derivative.
 sign_p = defjvp_zero(defpointwise("sign", torch.sign, "torch.sign",
-                                  triton="tl.where({0} > 0, 1, tl.where({0} < 0, -1, 0)).to({0}.dtype)"))
-floor_p = defjvp_zero(defpointwise("floor", torch.floor, "torch.floor", triton=float_only("tl.floor({0})")))
-ceil_p = defjvp_zero(defpointwise("ceil", torch.ceil, "torch.ceil", triton=float_only("tl.ceil({0})")))
-round_p = defjvp_zero(defpointwise("round", torch.round, "torch.round", triton=float_only("libdevice.nearbyint({0})")))
-trunc_p = defjvp_zero(defpointwise("trunc", torch.trunc, "torch.trunc", triton=float_only("libdevice.trunc({0})")))
+                                  triton="tl.where({0} > 0, 1, tl.where({0} < 0, -1, 0)).to({0}.dtype)", cpp=cpp_float("fx_sign({0})", "fx_sign({0})")))
+floor_p = defjvp_zero(defpointwise("floor", torch.floor, "torch.floor", triton=float_only("tl.floor({0})"), cpp=libm("floor")))
+ceil_p = defjvp_zero(defpointwise("ceil", torch.ceil, "torch.ceil", triton=float_only("tl.ceil({0})"), cpp=libm("ceil")))
+round_p = defjvp_zero(defpointwise("round", torch.round, "torch.round", triton=float_only("libdevice.nearbyint({0})"), cpp=libm("nearbyint")))
+trunc_p = defjvp_zero(defpointwise("trunc", torch.trunc, "torch.trunc", triton=float_only("libdevice.trunc({0})"), cpp=libm("trunc")))
 logical_not_p = defjvp_zero(defpointwise("logical_not", torch.logical_not, "torch.logical_not",
-                                         out_dtype=torch.bool, triton="({0} == 0)"))
-bitwise_not_p = defjvp_zero(defpointwise("bitwise_not", torch.bitwise_not, "torch.bitwise_not", triton="~{0}"))
+                                         out_dtype=torch.bool, triton="({0} == 0)", cpp="({0} == 0)"))
+bitwise_not_p = defjvp_zero(defpointwise("bitwise_not", torch.bitwise_not, "torch.bitwise_not", triton="~{0}", cpp=_cpp_bitwise_not))
 
 # polygamma carries its order as a parameter.
 polygamma_p = defvectorized(Primitive(
@@ -196,15 +224,15 @@ def reciprocal(x):
 
 # ---------------------------------------------------------------- binary arithmetic
 
-add_p = defpointwise("add", torch.add, "torch.add", nargs=2, triton="({0} + {1})", commutative=True)
+add_p = defpointwise("add", torch.add, "torch.add", nargs=2, triton="({0} + {1})", commutative=True, cpp="({0} + {1})")
 defjvp(add_p, lambda t, out, x, y: t, lambda t, out, x, y: t)
 add_p.transpose = lambda ct, x, y: [ct if is_undefined(x) else None, ct if is_undefined(y) else None]
 
-sub_p = defpointwise("sub", torch.sub, "torch.sub", nargs=2, triton="({0} - {1})")
+sub_p = defpointwise("sub", torch.sub, "torch.sub", nargs=2, triton="({0} - {1})", cpp="({0} - {1})")
 defjvp(sub_p, lambda t, out, x, y: t, lambda t, out, x, y: neg(t))
 sub_p.transpose = lambda ct, x, y: [ct if is_undefined(x) else None, neg(ct) if is_undefined(y) else None]
 
-mul_p = defpointwise("mul", torch.mul, "torch.mul", nargs=2, triton="({0} * {1})", commutative=True)
+mul_p = defpointwise("mul", torch.mul, "torch.mul", nargs=2, triton="({0} * {1})", commutative=True, cpp="({0} * {1})")
 defbilinear(mul_p, lambda ct, x, y: mul(ct, y), lambda ct, x, y: mul(x, ct))
 
 
@@ -223,7 +251,7 @@ def _integer_semantics_differ(template):
     return lower
 
 
-div_p = defpointwise("div", torch.div, "torch.div", nargs=2, triton=_integer_semantics_differ("({0} / {1})"))
+div_p = defpointwise("div", torch.div, "torch.div", nargs=2, triton=_integer_semantics_differ("({0} / {1})"), cpp=cpp_float("({0} / {1})", "({0} / {1})"))
 defjvp(div_p, lambda t, out, x, y: div(t, y), lambda t, out, x, y: neg(mul(t, div(out, y))))
 div_p.transpose = _div_transpose
 
@@ -242,7 +270,7 @@ def _pow_dy(t, out, x, y):
     return mul(t, mul(out, logx))
 
 
-pow_p = defpointwise("pow", torch.pow, "torch.pow", nargs=2, triton=float_only("libdevice.pow({0}, {1})"))
+pow_p = defpointwise("pow", torch.pow, "torch.pow", nargs=2, triton=float_only("libdevice.pow({0}, {1})"), cpp=_cpp_pow)
 defjvp(pow_p, _pow_dx, _pow_dy)
 
 
@@ -280,10 +308,10 @@ def _nan_propagating(fn):
 
 
 max_p = defpointwise("max", _tensors_only(torch.maximum, torch.clamp_min), nargs=2, commutative=True,
-                     emit=_minmax_emit("clamp_min", "maximum"), triton=_nan_propagating("tl.maximum"))
+                     emit=_minmax_emit("clamp_min", "maximum"), triton=_nan_propagating("tl.maximum"), cpp="fx_max({0}, {1})")
 max_p.jvp = _minmax_jvp(lambda x, y: max_(x, y), lambda x, y: gt(x, y))
 min_p = defpointwise("min", _tensors_only(torch.minimum, torch.clamp_max), nargs=2, commutative=True,
-                     emit=_minmax_emit("clamp_max", "minimum"), triton=_nan_propagating("tl.minimum"))
+                     emit=_minmax_emit("clamp_max", "minimum"), triton=_nan_propagating("tl.minimum"), cpp="fx_min({0}, {1})")
 min_p.jvp = _minmax_jvp(lambda x, y: min_(x, y), lambda x, y: lt(x, y))
 
 
@@ -294,17 +322,17 @@ def _atan2_denominator(x, y):
 
 
 atan2_p = defpointwise("atan2", _tensors_only(torch.atan2), "torch.atan2", nargs=2,
-                       triton=float_only("libdevice.atan2({0}, {1})"))
+                       triton=float_only("libdevice.atan2({0}, {1})"), cpp=libm("atan2", 2))
 defjvp(atan2_p, lambda t, out, x, y: mul(t, div(y, _atan2_denominator(x, y))),
        lambda t, out, x, y: mul(t, neg(div(x, _atan2_denominator(x, y)))))
 
-rem_p = defpointwise("rem", torch.fmod, "torch.fmod", nargs=2, triton=float_only("libdevice.fmod({0}, {1})"))
+rem_p = defpointwise("rem", torch.fmod, "torch.fmod", nargs=2, triton=float_only("libdevice.fmod({0}, {1})"), cpp=libm("fmod", 2))
 defjvp(rem_p, lambda t, out, x, y: t, lambda t, out, x, y: mul(t, neg(trunc(div(x, y)))))
 
 # x * log(y), 0 where x == 0 (unless y is NaN). Its derivatives are torch's formulas, log(y)
 # and x / y, also at x == 0 (a where-guarded composite would give 0 for the first).
 xlogy_p = defpointwise("xlogy", torch.xlogy, "torch.xlogy", nargs=2,
-                       triton=float_only("tl.where(({0} == 0) & ({1} == {1}), 0.0, {0} * tl.log({1}))"))
+                       triton=float_only("tl.where(({0} == 0) & ({1} == {1}), 0.0, {0} * tl.log({1}))"), cpp=cpp_float("fx_xlogy({0}, {1})", "fx_xlogy({0}, {1})"))
 defjvp(xlogy_p, lambda t, out, x, y: mul(t, _log_of(y)), lambda t, out, x, y: mul(t, div(x, y)))
 
 
@@ -322,11 +350,11 @@ idiv_p = defjvp_zero(defvectorized(Primitive(
     emit=lambda eqn, srcs: f"torch.div({srcs[0]}, {srcs[1]}, rounding_mode={eqn.params['mode']!r})")))
 
 bitwise_and_p = defjvp_zero(defpointwise("bitwise_and", torch.bitwise_and, "torch.bitwise_and", nargs=2,
-                                         triton="({0} & {1})", commutative=True))
+                                         triton="({0} & {1})", commutative=True, cpp="({0} & {1})"))
 bitwise_or_p = defjvp_zero(defpointwise("bitwise_or", torch.bitwise_or, "torch.bitwise_or", nargs=2,
-                                        triton="({0} | {1})", commutative=True))
+                                        triton="({0} | {1})", commutative=True, cpp="({0} | {1})"))
 bitwise_xor_p = defjvp_zero(defpointwise("bitwise_xor", torch.bitwise_xor, "torch.bitwise_xor", nargs=2,
-                                         triton="({0} ^ {1})", commutative=True))
+                                         triton="({0} ^ {1})", commutative=True, cpp="({0} ^ {1})"))
 
 add, sub, mul, div, pow_, max_, min_, atan2, rem, xlogy = map(
     _binary, (add_p, sub_p, mul_p, div_p, pow_p, max_p, min_p, atan2_p, rem_p, xlogy_p))
@@ -341,7 +369,8 @@ def idiv(x, y, mode):
 
 def _compare(name, fn, op, commutative=False):
     return defjvp_zero(defpointwise(name, fn, f"torch.{name}", nargs=2, out_dtype=torch.bool,
-                                    triton=f"({{0}} {op} {{1}})", commutative=commutative))
+                                    triton=f"({{0}} {op} {{1}})", cpp=f"({{0}} {op} {{1}})",
+                                    commutative=commutative))
 
 
 eq_p = _compare("eq", torch.eq, "==", commutative=True)
@@ -375,7 +404,7 @@ where_p = defvectorized(Primitive(
     impl=lambda pred, x, y: torch.where(pred, x, y),
     transpose=_where_transpose,
     emit=torch_call("torch.where"),
-    triton="tl.where({0}, {1}, {2})"))
+    triton="tl.where({0}, {1}, {2})", cpp="({0} ? {1} : {2})"))
 
 
 def _where_jvp(primals, tangents):
@@ -417,7 +446,7 @@ convert_p = Primitive(
     transpose=lambda ct, x, *, dtype: [convert(ct, x.aval.dtype)],
     batch=lambda axis, args, dims, *, dtype: (convert(args[0], dtype), dims[0]),
     emit=lambda eqn, srcs: f"{srcs[0]}.to({eqn.params['dtype']})",
-    triton="{0}.to({dtype})")
+    triton="{0}.to({dtype})", cpp=_cpp_convert)
 
 
 def convert(x, dtype):
@@ -432,7 +461,7 @@ stop_gradient_p = defjvp_zero(Primitive(
     impl=lambda x: x,
     batch=lambda axis, args, dims: (stop_gradient(args[0]), dims[0]),
     emit=lambda eqn, srcs: srcs[0],
-    triton="{0}"))
+    triton="{0}", cpp="{0}"))
 
 
 def stop_gradient(x):

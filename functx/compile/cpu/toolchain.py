@@ -1,0 +1,119 @@
+"""Compiling C++ kernels into a shared library, cached on disk, loaded with ctypes.
+
+The compiler is $FUNCTX_CXX (default g++). A library is keyed by the SHA-256 of its source,
+the compiler's path and version, the flags and this CPU's identity (-march=native code must
+not run on another CPU sharing the cache); it lives in $FUNCTX_CACHE_DIR/cpu (default
+~/.cache/functx/cpu) and is written atomically (compiled to a temporary name, then renamed),
+so processes sharing the directory never load half a file. The kernels include no torch
+headers, so a compile takes a fraction of a second, not Inductor's seconds.
+
+-ffast-math stays off: NaN, inf and -0.0 must behave as in torch. -fno-math-errno only lets
+sqrt inline (errno is never read); -ffp-contract=off keeps a*b+c two roundings, as torch's
+kernels compute it; -fwrapv makes signed overflow wrap, as torch's integers do.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-fwrapv",
+         "-fno-math-errno", "-ffp-contract=off")
+
+_libraries: dict = {}
+_lock = threading.Lock()
+
+
+class CompilerUnavailable(RuntimeError):
+    """No working C++ compiler: the CPU backend stays on its eager tier."""
+
+
+def compiler() -> str:
+    """The compiler's path, or CompilerUnavailable saying which name was looked for."""
+    name = os.environ.get("FUNCTX_CXX", "g++")
+    path = shutil.which(name)
+    if path is None:
+        raise CompilerUnavailable(f"C++ compiler {name!r} not found (set FUNCTX_CXX to a g++ or clang++)")
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _compiler_identity(path: str) -> str:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    except OSError as err:
+        raise CompilerUnavailable(f"C++ compiler {path!r} does not run: {err}") from None
+    return out.stdout.splitlines()[0] if out.stdout else path
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_identity() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [l for l in f if l.startswith(("model name", "flags"))][:2]
+    except OSError:
+        lines = []
+    return platform.machine() + "".join(lines)
+
+
+def cache_dir() -> str:
+    d = os.environ.get("FUNCTX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "functx")
+    return os.path.join(d, "cpu")
+
+
+def library_key(source: str, cxx: str) -> str:
+    text = "\0".join([source, cxx, _compiler_identity(cxx), " ".join(FLAGS), _cpu_identity()])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_library(source: str):
+    """(ctypes library, whether it was compiled now (False: memory or disk cache hit))."""
+    cxx = compiler()
+    key = library_key(source, cxx)
+    path = os.path.join(cache_dir(), key[:2], f"k{key[:40]}.so")
+    with _lock:
+        lib = _libraries.get(path)
+        if lib is not None:
+            return lib, False
+    compiled = False
+    if not os.path.exists(path):
+        _compile(cxx, source, path)
+        compiled = True
+    lib = ctypes.CDLL(path)
+    with _lock:
+        _libraries.setdefault(path, lib)
+        return _libraries[path], compiled
+
+
+def _compile(cxx, source, path):
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, src_path = tempfile.mkstemp(dir=directory, suffix=".cpp")
+    with os.fdopen(fd, "w") as f:
+        f.write(source)
+    tmp_so = src_path[:-4] + ".so.tmp"
+    try:
+        proc = subprocess.run([cxx, *FLAGS, src_path, "-o", tmp_so], capture_output=True, text=True,
+                              timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"functx cpu: {cxx} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        os.replace(tmp_so, path)
+    finally:
+        for p in (src_path, tmp_so):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+
+
+def kernel_function(lib, name: str, nargs: int):
+    """The kernel `name` as a ctypes function of nargs data pointers and a thread count."""
+    fn = getattr(lib, name)
+    fn.argtypes = [ctypes.c_void_p] * nargs + [ctypes.c_int]
+    fn.restype = None
+    return fn
