@@ -62,6 +62,9 @@ def explain(f, backend=None, static_argnums=()):
     """
     static_argnums = normalize_argnums(static_argnums, "functx.explain")
     inner = f.f if isinstance(f, JitFunction) else f
+    if isinstance(f, JitFunction):
+        backend = backend or f.backend
+        static_argnums = static_argnums or f.static_argnums
 
     @functools.wraps(inner)
     def explained(*args, **kwargs):
@@ -69,5 +72,16 @@ def explain(f, backend=None, static_argnums=()):
             traced = trace_graph(inner, args, kwargs, static_argnums, "functx.explain", mutations=True)
         leaves, _ = tree_flatten((args, kwargs))
         compiled, passes = compile_graph(traced, backend, leaves, record=True)
+        ran = _entry_that_ran(f, args, kwargs)
+        if ran is not None and ran.compiled.backend == compiled.backend:
+            compiled = ran.compiled      # report the state of what jit runs (the CPU backend's tier)
         return Explanation(compiled, traced, passes)
     return explained
+
+
+def _entry_that_ran(f, args, kwargs):
+    """The cached jit entry of a JitFunction for these arguments, if it has been called."""
+    if not isinstance(f, JitFunction):
+        return None
+    key, _, _ = f._key(args, kwargs)
+    return f._cache.get(key) if key is not None else None

@@ -182,7 +182,7 @@ class CpuCompiled(Compiled):
                 f"background from call {hot_calls()}, or at once with FUNCTX_CPU_BLOCK=1)")
 
     def report(self) -> str:
-        if self.fused is None and self.failure is None and self._thread is None:
+        if self.eager_calls == 0 and self.tier == "eager":
             self.wait()      # explain of a function not called yet: build the fused tier to show it
         out = ["backend: cpu (tiered: eager PyTorch code first, fused C++ kernels once compiled)",
                self.status(), "", "-- eager tier: generated PyTorch code --", self.eager.source, ""]
