@@ -112,7 +112,7 @@ class CpuCompiled(Compiled):
     # ------------------------------------------------------------ tiers
     @property
     def tier(self) -> str:
-        return "fused" if self._target[0] is not self._eager_tier else "eager"
+        return "eager" if self._target[0] == self._eager_tier else "fused"
 
     @property
     def kernels(self):

@@ -1,0 +1,285 @@
+"""The CPU backend (fused C++ kernels): differential tests against eager torch and the eager
+backend, NaN/inf/-0.0/integer semantics, the disk cache across processes, tiering (eager
+first, fused once built) and the fallback when there is no compiler."""
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+import functx
+from functx.compile.cpu import CpuCompiled, wait_for_fused
+from functx.core import POINTWISE, REGISTRY
+from functx.tree_util import tree_leaves
+
+needs_cxx = pytest.mark.skipif(shutil.which(os.environ.get("FUNCTX_CXX", "g++")) is None,
+                               reason="no C++ compiler")
+pytestmark = needs_cxx
+
+# Pointwise primitives without a C++ expression, and why (their groups run through torch).
+POINTWISE_WITHOUT_CPP = {
+    "full": "a constant: kernels fold it in (Lowering._compute)",
+    "iota": "kernels read it as an index",
+    "erfinv": "the C library has no erfinv",
+    "digamma": "the C library has no digamma",
+    "polygamma": "the C library has no polygamma",
+    "idiv": "integer division by zero raises in torch; a kernel cannot",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_cache(tmp_path_factory):
+    """One cache directory for the module: equal graphs compile once."""
+    old = os.environ.get("FUNCTX_CACHE_DIR")
+    os.environ["FUNCTX_CACHE_DIR"] = str(tmp_path_factory.mktemp("functx_cache"))
+    yield os.environ["FUNCTX_CACHE_DIR"]
+    if old is None:
+        del os.environ["FUNCTX_CACHE_DIR"]
+    else:
+        os.environ["FUNCTX_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def blocking(monkeypatch):
+    monkeypatch.setenv("FUNCTX_CPU_BLOCK", "1")
+
+
+def fused(f, *args) -> CpuCompiled:
+    """jit(f, backend="cpu") with the fused tier built before the first call."""
+    old = os.environ.get("FUNCTX_CPU_BLOCK")
+    os.environ["FUNCTX_CPU_BLOCK"] = "1"
+    try:
+        jitted = functx.jit(f, backend="cpu")
+        out = jitted(*args)
+    finally:
+        if old is None:
+            del os.environ["FUNCTX_CPU_BLOCK"]
+        else:
+            os.environ["FUNCTX_CPU_BLOCK"] = old
+    return jitted.lower(*args)[0].compiled, out
+
+
+def check(f, *args, kernels=None, externs=None, exact=False, **tol):
+    """The fused tier == eager torch == the eager backend; kernel/extern counts when given.
+    exact: bitwise equality with eager torch (signs of zeros included)."""
+    compiled, out = fused(f, *args)
+    assert compiled.failure is None or "nothing to fuse" in compiled.failure, compiled.failure
+    ref = f(*args)
+    eager = functx.jit(f, backend="eager")(*args)
+    outs, refs, eagers = tree_leaves(out), tree_leaves(ref), tree_leaves(eager)
+    assert len(outs) == len(refs) == len(eagers)
+    for o, r, e in zip(outs, refs, eagers):
+        assert o.dtype == r.dtype and o.shape == r.shape, (o.dtype, r.dtype, o.shape, r.shape)
+        if exact:
+            assert_same_bits(o, r)
+        else:
+            torch.testing.assert_close(o, r, equal_nan=True, **tol)
+            torch.testing.assert_close(o, e, equal_nan=True, **tol)
+    if kernels is not None:
+        assert len(compiled.kernels) == kernels, compiled.report()
+    if externs is not None:
+        assert sum(g.kind == "extern" for g in compiled.groups) == externs, compiled.report()
+    return compiled
+
+
+def assert_same_bits(a, b):
+    """Equal values, NaN where torch has NaN, and the same sign on zeros."""
+    if a.dtype.is_floating_point:
+        same = (a == b) | (a.isnan() & b.isnan())
+        assert same.all(), (a, b)
+        assert torch.equal(torch.signbit(a[a == 0]), torch.signbit(b[a == 0])), (a, b)
+    else:
+        assert torch.equal(a, b), (a, b)
+
+
+X = torch.randn(6, 10)
+
+
+# ---------------------------------------------------------------- the fusion groups
+
+def test_golden_programs_fuse_like_the_triton_backend():
+    x, y = torch.randn(7), torch.randn(5)
+    w, b = torch.randn(10), torch.randn(10)
+    check(lambda x, y: torch.sigmoid(torch.sin(x) * y.exp() + 1.0).clamp(min=0.2) * x, X, X.flip(0),
+          kernels=1, externs=0)
+    check(lambda x: torch.softmax(x, -1), X, kernels=1)
+    check(lambda x, w, b: F.layer_norm(x, (10,), w, b), X, w, b, kernels=1)
+    check(lambda x, y: (x[:, None] * torch.tanh(y)[None, :]).sum(0), x, y, kernels=1)
+    check(functx.vmap(functx.grad(lambda x: (torch.sin(x) * x.exp() + x * x).sum())), X, kernels=1)
+    c = check(lambda x, w: torch.relu(x @ w + 1.0).sum(-1), X, torch.randn(10, 4), kernels=1, externs=1)
+    assert c.groups[0].kind == "extern" and c.groups[0].name == "dot_general"
+    check(lambda x: (x.sum(0), x.amax(1)), X, kernels=2)
+    check(lambda x: (x * x.sum(0)[None, :]).sum(1), torch.randn(5, 5), kernels=2)
+    check(lambda x: x.t().reshape(-1)[3:20:2].flip(0) * 2 + x.reshape(-1)[:9], torch.randn(4, 6), kernels=1)
+    check(lambda x: (torch.sort(x * 2, dim=1).values + 1).t(), torch.randn(4, 5), kernels=2, externs=1)
+
+
+def test_float64_and_math_functions():
+    x = torch.rand(8) * 0.8 + 0.1
+    fns = [torch.tanh, torch.log1p, torch.expm1, torch.erf, torch.rsqrt, torch.asinh, torch.atan,
+           torch.lgamma, torch.round, torch.trunc, lambda v: v.pow(2.5), lambda v: torch.atan2(v, v + 1),
+           lambda v: torch.fmod(v * 7, 0.3), torch.sign, torch.floor, torch.ceil, torch.exp2,
+           lambda v: v ** 3, lambda v: v ** 0.5, torch.acos, torch.cosh, torch.sigmoid,
+           lambda v: torch.xlogy(v, v + 0.5)]
+    for dtype in (torch.float32, torch.float64):
+        check(lambda x: [f(x) for f in fns], x.to(dtype), kernels=1)
+    check(lambda x, w: F.layer_norm(x, (10,), w), X.double(), torch.randn(10, dtype=torch.float64), kernels=1)
+
+
+def test_long_rows_and_column_reductions_on_two_threads():
+    x = torch.randn(64, 3000)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        check(lambda x: (torch.softmax(x, -1), x.sum(0), x.amin(1), (x * x).mean()), x, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(old)
+
+
+# ---------------------------------------------------------------- semantics
+
+def test_nan_inf_and_signed_zero_like_torch():
+    nan, inf = math.nan, math.inf
+    a = torch.tensor([nan, 1.0, -0.0, 0.0, -inf, inf, -2.5, 3.0])
+    b = torch.tensor([0.0, nan, 0.0, -0.0, 1.0, nan, -2.5, -3.0])
+    # max/min propagate NaN (ties between zeros of either sign are not compared: torch's own
+    # vectorized and scalar kernels disagree there)
+    check(lambda a, b: (torch.maximum(a, b), torch.minimum(a, b)), a[[0, 1, 4, 5, 6]], b[[0, 1, 4, 5, 6]],
+          exact=True, kernels=1)
+    check(lambda a: (-a, a.abs(), a * -0.0, a.sign(), torch.where(a > 0, a, -a), a.to(torch.bool),
+                     (a != a)), a, exact=True)
+    check(lambda a, b: (a / b, a * b, a - b, torch.fmod(a, b), torch.xlogy(a, b)), a, b, exact=True)
+    check(lambda a: (torch.sin(a), torch.tanh(a), torch.expm1(a), torch.sqrt(a), torch.log(a), torch.exp(a),
+                     torch.sigmoid(a), a.floor(), a.round()), a)
+    check(lambda a: torch.sqrt(a) * 1.0, torch.tensor([-0.0, 0.0]), exact=True)
+    rows = torch.randn(3, 40)
+    rows[1, 7] = nan
+    rows[2, 3] = inf
+    check(lambda x: (x.amax(1), x.amin(1), x.sum(1), x.amax(0), torch.softmax(x, -1)), rows)
+
+
+def test_integer_and_bool_semantics():
+    big = torch.tensor([2**31 - 1, -2**31, 7, -7, 0, 3], dtype=torch.int32)
+    small = torch.tensor([1, -1, 3, 2, 5, -4], dtype=torch.int32)
+    check(lambda i, j: (i + j, i * j, i - j, i & j, i | j, i ^ j, ~i, i < j, i == j, -i, i.abs(),
+                        torch.maximum(i, j), i.sum(), i.prod(), i.amax(), i.to(torch.float32),
+                        i.to(torch.int64) * 3, torch.where(i > j, i, j)), big, small, exact=True)
+    i64 = torch.tensor([2**62, -2**63, 5, -5], dtype=torch.int64)
+    check(lambda i: (i * 4, i + i, i.sum(), i.amin(), (i > 0).sum(), (i > 0).all(), (i > 0).any(),
+                     ~(i > 0), (i > 0) & (i < 6)), i64, exact=True)
+    f = torch.tensor([2.7, -2.7, 0.5, -0.5, 1e9, -0.0])
+    check(lambda x: (x.to(torch.int32), x.to(torch.int64), x.to(torch.bool), (x > 0).to(torch.float32)),
+          f, exact=True)
+
+
+def test_primitives_without_cpp_run_through_torch_with_their_reason():
+    ints = torch.arange(1, 13).reshape(3, 4)
+    c = check(lambda x: (x.exp() + 1.0, torch.special.digamma(x + 2.0)), X)
+    reasons = {g.name: g.reason for g in c.groups if g.kind == "extern"}
+    assert "digamma has no C++ expression" in reasons["digamma"]
+    c = check(lambda i: (i // 3 + 1, i % 4 * 2, torch.div(i, 2, rounding_mode="trunc") - i), ints)
+    assert c.kernels and any("idiv" in g.name for g in c.groups if g.kind == "extern"), c.report()
+    c = check(lambda x: torch.erfinv(x * 0.5) + x.half().float(), X)
+    assert "C++ lowering" in "\n".join(g.reason or "" for g in c.groups), c.report()
+
+
+def test_every_pointwise_primitive_has_a_cpp_expression_or_a_reason():
+    for name, p in REGISTRY.items():
+        if p.kind == POINTWISE and name not in POINTWISE_WITHOUT_CPP:
+            assert isinstance(p.cpp, str) or callable(p.cpp), f"pointwise {name} needs a C++ expression"
+        if p.kind != POINTWISE:
+            assert p.cpp is None, f"{name} is not pointwise but declares a C++ expression"
+    for name in POINTWISE_WITHOUT_CPP:
+        assert REGISTRY[name].cpp is None, name
+
+
+# ---------------------------------------------------------------- tiers, cache, fallback
+
+def test_first_calls_run_eager_then_the_fused_tier(monkeypatch):
+    monkeypatch.delenv("FUNCTX_CPU_BLOCK", raising=False)
+    monkeypatch.setenv("FUNCTX_CPU_HOT_CALLS", "2")
+    f = functx.vmap(functx.grad(lambda x: (torch.cos(x) * x.exp() - x).sum()))
+    x = torch.randn(5, 9)
+    want = f(x)
+    jitted = functx.jit(f, backend="cpu")
+    torch.testing.assert_close(jitted(x), want)
+    compiled = jitted.lower(x)[0].compiled
+    assert compiled.tier == "eager" and compiled._thread is None     # call 1: no compile yet
+    assert "tier: eager, 1 call(s)" in str(functx.explain(jitted)(x))
+    torch.testing.assert_close(jitted(x), want)                       # call 2 starts the build
+    assert compiled._thread is not None
+    wait_for_fused()
+    torch.testing.assert_close(jitted(x), want)
+    assert compiled.tier == "fused" and compiled.eager_calls == 2
+    text = str(functx.explain(jitted)(x))
+    assert "tier: fused C++ kernels (after 2 call(s) on the eager tier)" in text
+    assert 'extern "C" void k0_poi' in text and "def call(" in text
+
+
+def test_disk_cache_serves_a_fresh_process(tmp_path, monkeypatch):
+    f_src = "lambda x: torch.tanh(x) * 2.0 + x.sum(1, keepdim=True)"
+    monkeypatch.setenv("FUNCTX_CACHE_DIR", str(tmp_path))
+    compiled, _ = fused(eval(f_src), torch.randn(4, 33))       # noqa: S307  (a fixed lambda)
+    assert compiled.fused.compiled_now
+    libs = sorted(tmp_path.rglob("*.so"))
+    assert len(libs) == 1
+    script = textwrap.dedent(f"""
+        import torch, functx
+        x = torch.randn(4, 33)
+        f = {f_src}
+        jitted = functx.jit(f, backend="cpu")
+        torch.testing.assert_close(jitted(x), f(x))
+        c = jitted.lower(x)[0].compiled
+        print(c.tier, c.fused.compiled_now)
+    """)
+    env = dict(os.environ, FUNCTX_CPU_BLOCK="1", PYTHONPATH=os.pathsep.join(sys.path))
+    fresh = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.split() == ["fused", "False"]                 # loaded from the disk cache
+    assert sorted(tmp_path.rglob("*.so")) == libs
+
+
+def test_missing_compiler_stays_eager_and_explain_says_so(monkeypatch, blocking):
+    monkeypatch.setenv("FUNCTX_CXX", "/nonexistent/g++")
+    f = lambda x: torch.exp(x) * 0.5 + 1.0   # noqa: E731
+    jitted = functx.jit(f, backend="cpu")
+    torch.testing.assert_close(jitted(X), f(X))
+    compiled = jitted.lower(X)[0].compiled
+    assert compiled.tier == "eager"
+    assert "C++ compiler '/nonexistent/g++' not found" in str(functx.explain(jitted)(X))
+
+
+# ---------------------------------------------------------------- random programs
+
+UNARY = {
+    "sin": torch.sin, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "abs": torch.abs, "neg": torch.neg,
+    "half": lambda v: v * 0.5, "sq": lambda v: v * v, "exp": lambda v: torch.exp(-v * v),
+}
+BINARY = {
+    "add": lambda v, y: v + y, "mul": lambda v, y: v * y, "max": torch.maximum,
+    "where": lambda v, y: torch.where(v > y, v, y * 0.5),
+    "rowsum": lambda v, y: v + v.sum(1, keepdim=True), "colmax": lambda v, y: v * v.amax(0, keepdim=True),
+    "flip": lambda v, y: v.flip(0) + y, "t": lambda v, y: (v.t() * y.t()).t(),
+}
+
+
+@settings(max_examples=4)
+@given(st.lists(st.sampled_from(sorted(UNARY) + sorted(BINARY)), min_size=1, max_size=5),
+       st.sampled_from([torch.float32, torch.float64]), st.sampled_from(["value", "sum0", "grad"]),
+       st.integers(0, 50))
+def test_random_programs_match_eager(ops, dtype, out, seed):
+    def f(x, y):
+        v = x
+        for name in ops:
+            v = UNARY[name](v) if name in UNARY else BINARY[name](v, y)
+        return v if out == "value" else v.sum(0)
+    g = torch.Generator().manual_seed(seed)
+    x, y = (torch.randn(4, 4, generator=g, dtype=dtype) for _ in range(2))
+    fn = functx.grad(lambda x, y: f(x, y).sum()) if out == "grad" else f
+    check(fn, x, y)
