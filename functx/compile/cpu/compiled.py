@@ -25,7 +25,7 @@ import torch
 from ..compiled import Compiled
 from ..eager import EagerCompiled
 from ..fusion.compiled import FusedCompiled
-from .cpp_ops import HEADER, CppOps, lowerable
+from .cpp_ops import CppOps, header, link_flags, lowerable, prefers_blocked
 from .toolchain import CompilerUnavailable, kernel_function, load_library
 
 _building: set = set()          # threads building a fused tier
@@ -64,7 +64,7 @@ class CppFused(FusedCompiled):
         return lowerable(eqn)
 
     def kernel_source(self, plan):
-        ops = CppOps(plan.name, plan.xnumel, plan.rnumel)
+        ops = CppOps(plan.name, plan.xnumel, plan.rnumel, blocked=prefers_blocked(plan))
         plan.run(ops)
         ins, outs = list(ops.in_args), list(ops.out_args)
         self._nargs[plan.name] = len(ins) + len(outs)
@@ -74,8 +74,8 @@ class CppFused(FusedCompiled):
         launchers = {"_threads": torch.get_num_threads}
         if not generated:
             return launchers
-        self.library_source = HEADER + "\n\n" + "\n".join(src for _, src in generated)
-        lib, self.compiled_now = load_library(self.library_source)
+        self.library_source = header() + "\n\n" + "\n".join(src for _, src in generated)
+        lib, self.compiled_now = load_library(self.library_source, link_flags())
         for plan, _ in generated:
             launchers[plan.name] = kernel_function(lib, plan.name, self._nargs[plan.name])
         return launchers
@@ -187,5 +187,5 @@ class CpuCompiled(Compiled):
         out = ["backend: cpu (tiered: eager PyTorch code first, fused C++ kernels once compiled)",
                self.status(), "", "-- eager tier: generated PyTorch code --", self.eager.source, ""]
         if self.fused is not None:
-            out += [self.fused.report(), "(the fx_* helpers are functx/compile/cpu/cpp_ops.py's HEADER)"]
+            out += [self.fused.report(), "(the fx_* helpers: HELPERS in functx/compile/cpu/cpp_ops.py)"]
         return "\n".join(out)

@@ -15,19 +15,22 @@ that does not depend on rindex is computed before the loop. Each operation becom
 typed `const T tmpN = ...;` (so C's integer promotions never leak into a result:
 `bool + bool` is stored as a bool, int32 products wrap in int32), deduplicated by its text.
 Primitive expressions come from `prim.cpp_lowering(eqn)` (written next to each primitive
-in functx/prims); the fx_* helpers they use are defined in HEADER. float32 sums and
+in functx/prims); the fx_* helpers they use are defined in HELPERS. float32 sums and
 products accumulate in double (at least as accurate as torch's pairwise float sums),
 integer ones in int64 (torch's sum/prod dtype), then round to the result's dtype.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import math
 
 import torch
 
 from ...core.primitive import Unsupported
-from ..fusion.indexing import Index, render
+from ..fusion.indexing import Index, Sym, render
+from ..fusion.kernel import NullOps
 from ..fusion.scheduler import lowerable as fusion_lowerable
 
 CTYPES = {torch.float32: "float", torch.float64: "double", torch.int32: "int32_t",
@@ -37,14 +40,54 @@ PARALLEL_MIN = 1 << 15      # elements of work below which a kernel runs on one 
 
 # The C math library's functions are declared here, not through <math.h>: in C++ that
 # header costs g++ 0.6 s per compile (it pulls in <cmath>); g++ knows them as builtins.
+# Those glibc's libmvec has in vector form are declared `simd`, so loops calling them
+# vectorize (scalar tanhf costs ~75 ns, its AVX2 form ~5 ns/element; libmvec's functions
+# are within 4 ulp, like the SLEEF functions torch's own CPU kernels call).
 _UNARY = ("exp exp2 log log1p expm1 sin cos tan tanh asin acos atan sinh cosh asinh acosh "
           "atanh sqrt erf floor ceil trunc nearbyint fabs").split()
-_LIBM = "".join(f'extern "C" float {n}f(float);\nextern "C" double {n}(double);\n' for n in _UNARY) + \
-    "".join(f'extern "C" float {n}f(float, float);\nextern "C" double {n}(double, double);\n'
-            for n in ("atan2", "fmod", "pow")) + \
-    'extern "C" float lgammaf_r(float, int*);\nextern "C" double lgamma_r(double, int*);\n'
+_BINARY = ("atan2", "fmod", "pow")
 
-HEADER = "#include <stdint.h>\n" + _LIBM + r"""#define NAN __builtin_nan("")
+
+@functools.lru_cache(maxsize=1)
+def _vector_math() -> frozenset:
+    """The libm functions this machine's libmvec provides (by their double names)."""
+    try:
+        mvec = ctypes.CDLL("libmvec.so.1")
+    except OSError:
+        return frozenset()
+    names = set()
+    for n in _UNARY + list(_BINARY):
+        mangled = f"_ZGVbN4{'vv' if n in _BINARY else 'v'}_{n}f"
+        if hasattr(mvec, mangled):
+            names.add(n)
+    return frozenset(names)
+
+
+def _declarations() -> str:
+    vec = _vector_math()
+    lines = []
+    for n in _UNARY + list(_BINARY):
+        simd = ' __attribute__((simd("notinbranch")))' if n in vec else ""
+        args_f, args_d = ("float, float", "double, double") if n in _BINARY else ("float", "double")
+        lines.append(f'extern "C" float {n}f({args_f}){simd};')
+        lines.append(f'extern "C" double {n}({args_d}){simd};')
+    return "\n".join(lines) + "\n"
+
+
+def link_flags() -> tuple:
+    return ("-lmvec",) if _vector_math() else ()
+
+
+@functools.lru_cache(maxsize=1)
+def header() -> str:
+    return "#include <stdint.h>\n" + _declarations() + HELPERS
+
+
+HELPERS = r"""extern "C" int omp_get_num_threads(void);
+extern "C" int omp_get_thread_num(void);
+extern "C" float lgammaf_r(float, int*);
+extern "C" double lgamma_r(double, int*);
+#define NAN __builtin_nan("")
 #define INFINITY __builtin_inff()
 
 // NaN-propagating max/min, as torch.maximum/minimum and amax/amin.
@@ -131,40 +174,68 @@ class CVal:
         return self.expr
 
 
+XBLOCK = 32     # rows a column-reduction kernel processes together (see CppOps)
+
+
+class LoopBlock(list):
+    """Lines of a loop over rindex inside a blocked kernel: printed as they are, not inside
+    a loop over the block's rows."""
+
+
 class CppOps:
-    def __init__(self, name: str, xnumel: int, rnumel: int):
-        self.name, self.xnumel, self.rnumel = name, xnumel, rnumel
-        self.prelude: list[str] = []
-        self.body: list[str] = []
+    """blocked=False: one row (xindex) at a time, its stages as loops over rindex. Good when
+    a row's elements are contiguous (softmax, layer_norm).
+
+    blocked=True (column reductions, e.g. a bias gradient x.sum(0)): XBLOCK rows at a time,
+    `for rindex: for xi in block`, so the innermost loop reads consecutive addresses and
+    vectorizes. A value computed per row then lives in an array `tmpN[xi]`; lines computed
+    per row are printed inside `for (xi ...)` loops."""
+
+    def __init__(self, name: str, xnumel: int, rnumel: int, blocked: bool = False):
+        self.name, self.xnumel, self.rnumel, self.blocked = name, xnumel, rnumel, blocked
+        self.prelude: list = []
+        self.body: list = []
         self.out = self.body
         self.cache = [{}]                 # CSE: expression text -> CVal, one dict per scope
         self.prelude_cache: dict = {}
         self.in_args: dict[str, str] = {}     # buffer -> kernel argument
         self.out_args: dict[str, str] = {}
         self.arg_types: dict[str, str] = {}
+        self.arrays: list[str] = []           # blocked: per-row values' declarations
         self.counter = 0
-        self.loop_inits: list[str] = []
-        self.loop_finals: list[str] = []
+        self.loop_inits: list = []
+        self.loop_finals: list = []
         self.loop_combines: set = set()
 
     # ------------------------------------------------------------ plumbing
+    def _row_value(self, ctype_, name, expr):
+        """(line, reference) of a per-row value named `name`."""
+        if self.blocked:
+            self.arrays.append(f"{ctype_} {name}[{XBLOCK}];")
+            return f"{name}[xi] = {expr};", f"{name}[xi]"
+        return f"const {ctype_} {name} = {expr};", name
+
     def _new(self, expr, dtype, dims, hoist):
         hit = self.prelude_cache.get(expr) or next((c[expr] for c in reversed(self.cache) if expr in c), None)
         if hit is not None:
             return hit
         name = f"tmp{self.counter}"
         self.counter += 1
-        line = f"const {ctype(dtype)} {name} = {expr};"
+        in_loop = len(self.cache) > 1
+        if hoist or not in_loop or "r" not in dims:
+            line, ref = self._row_value(ctype(dtype), name, expr)
+        else:
+            line, ref = f"const {ctype(dtype)} {name} = {expr};", name
         if hoist:                       # x-only, no reduction: once per row, first
             cache = self.prelude_cache
             self.prelude.append(line)
-        elif "r" not in dims and len(self.cache) > 1:   # per-row value inside a loop: before it
+        elif "r" not in dims and in_loop:   # per-row value inside a loop: before it
             cache = self.cache[-2]
             self.loop_inits.append(line)
         else:
             cache = self.cache[-1]
             self.out.append(line)
-        val = CVal(name, dtype, dims, hoist)
+        val = CVal(ref, dtype, dims, hoist)
         cache[expr] = val
         return val
 
@@ -208,13 +279,16 @@ class CppOps:
         acc_t = accumulator(combine, dtype)
         n = self.counter
         self.counter += 1
-        acc, name = f"acc{n}", f"tmp{n}"
-        self.loop_inits.append(f"{acc_t} {acc} = {identity(combine, acc_t)};")
+        init, acc = self._row_value(acc_t, f"acc{n}", identity(combine, acc_t))
+        if not self.blocked:
+            init = init.replace("const ", "", 1)
+        self.loop_inits.append(init)
         self.out.append(f"{acc} = {UPDATE[combine].format(acc, f'static_cast<{acc_t}>({value.expr})')};")
         self.loop_combines.add((combine, acc))
         result = f"({acc} != 0)" if dtype == torch.bool else f"static_cast<{ctype(dtype)}>({acc})"
-        self.loop_finals.append(f"const {ctype(dtype)} {name} = {result};")
-        return CVal(name, dtype, {"x"}, hoist=False)
+        line, ref = self._row_value(ctype(dtype), f"tmp{n}", result)
+        self.loop_finals.append(line)
+        return CVal(ref, dtype, {"x"}, hoist=False)
 
     def store(self, buffer, index, value, dtype):
         arg = self.out_args.setdefault(buffer, f"out_ptr{len(self.out_args)}")
@@ -234,26 +308,100 @@ class CppOps:
             body, self.out = self.out, outer
             self.cache.pop()
             self.out.extend(self.loop_inits)
-            sums = [acc for combine, acc in sorted(self.loop_combines) if combine == "add"]
-            if sums and len(sums) == len(self.loop_combines):
-                # lets the compiler vectorize a sum (it may reassociate, as torch's kernels do)
-                self.out.append(f"#pragma omp simd reduction(+:{', '.join(sums)})")
-            self.out.append(f"for (int64_t rindex = 0; rindex < {self.rnumel}; ++rindex) {{")
-            self.out.extend("    " + line for line in body)
-            self.out.append("}")
+            loop = LoopBlock()
+            head = f"for (int64_t rindex = 0; rindex < {self.rnumel}; ++rindex) {{"
+            if self.blocked:        # rows innermost: consecutive addresses, no loop-carried sum
+                loop += [head, "    #pragma omp simd"] + ["    " + l for l in _row_loop(body)] + ["}"]
+            else:
+                sums = [acc for combine, acc in sorted(self.loop_combines) if combine == "add"]
+                if sums and len(sums) == len(self.loop_combines):
+                    # lets the compiler vectorize a sum (it may reassociate, as torch's kernels do)
+                    loop.append(f"#pragma omp simd reduction(+:{', '.join(sums)})")
+                loop += [head] + ["    " + line for line in body] + ["}"]
+            self.out.append(loop)
             self.out.extend(self.loop_finals)
 
     # ------------------------------------------------------------ the kernel text
     def source(self, arg_order) -> str:
-        """arg_order: (input buffers, output buffers) in the order the wrapper passes them."""
+        """arg_order: (input buffers, output buffers) in the order the wrapper passes them.
+
+        The rows are a static function over [x0, x1) that the entry point calls once, or
+        once per OpenMP thread on a slice: an `omp parallel for` around the loop itself
+        kept g++ from vectorizing the libmvec calls in it (10x slower single-threaded)."""
         ins, outs = arg_order
         args = [self.in_args[b] for b in ins] + [self.out_args[b] for b in outs]
-        params = [f"{self.arg_types[a]} {a}" for a in args] + ["int nthreads"]
-        work = self.xnumel * max(self.rnumel, 1)
-        lines = [f'extern "C" void {self.name}({", ".join(params)}) {{']
-        if work >= PARALLEL_MIN and self.xnumel > 1:
-            lines.append("    #pragma omp parallel for num_threads(nthreads) if(nthreads > 1)")
-        lines.append(f"    for (int64_t xindex = 0; xindex < {self.xnumel}; ++xindex) {{")
-        lines += ["        " + line for line in self.prelude + self.body]
-        lines += ["    }", "}"]
-        return "\n".join(lines) + "\n"
+        params = [f"{self.arg_types[a]} {a}" for a in args]
+        xn = self.xnumel
+        rows = [f"static void {self.name}_rows({', '.join(params + ['int64_t x0', 'int64_t x1'])}) {{"]
+        segments = self.prelude + self.body
+        if self.blocked:
+            rows.append(f"    for (int64_t xb = x0; xb < x1; xb += {XBLOCK}) {{")
+            rows.append(f"        const int64_t xn = x1 - xb < {XBLOCK} ? x1 - xb : {XBLOCK};")
+            rows += ["        " + l for l in self.arrays]
+            rows += ["        " + l for l in _blocked(segments)]
+        else:
+            rows.append("    for (int64_t xindex = x0; xindex < x1; ++xindex) {")
+            rows += ["        " + l for seg in segments for l in (seg if isinstance(seg, LoopBlock) else [seg])]
+        rows += ["    }", "}", ""]
+        call = f"{self.name}_rows({', '.join(args)}, "
+        entry = [f'extern "C" void {self.name}({", ".join(params + ["int nthreads"])}) {{']
+        if xn * max(self.rnumel, 1) >= PARALLEL_MIN and xn > 1:
+            align = XBLOCK if self.blocked else 16
+            entry += ["    if (nthreads > 1) {",
+                      "        #pragma omp parallel num_threads(nthreads)",
+                      "        {",
+                      "            const int64_t n = omp_get_num_threads(), t = omp_get_thread_num();",
+                      f"            const int64_t step = (({xn} + n - 1) / n + {align - 1}) / {align} * {align};",
+                      f"            const int64_t x0 = t * step, x1 = x0 + step < {xn} ? x0 + step : {xn};",
+                      f"            if (x0 < x1) {call}x0, x1);",
+                      "        }",
+                      "        return;",
+                      "    }"]
+        entry += [f"    {call}0, {xn});", "}"]
+        return "\n".join(rows + entry) + "\n"
+
+
+def _row_loop(lines) -> list:
+    return ["for (int64_t xi = 0; xi < xn; ++xi) {", "    const int64_t xindex = xb + xi;"] + \
+        ["    " + l for l in lines] + ["}"]
+
+
+def _blocked(segments) -> list:
+    """Per-row lines of a blocked kernel wrapped in loops over the block's rows; the
+    rindex loops (LoopBlock) as they are."""
+    out, run = [], []
+    for seg in segments + [None]:
+        if isinstance(seg, str):
+            run.append(seg)
+            continue
+        if run:
+            out += ["#pragma omp simd"] + _row_loop(run)
+            run = []
+        if seg is not None:
+            out += list(seg)
+    return out
+
+
+def prefers_blocked(plan) -> bool:
+    """Is this a column reduction: do its loads step through memory along the rows (xindex
+    coefficient 1) rather than along the reduced axis?"""
+    if not plan.reductions or plan.rnumel <= 1 or plan.xnumel <= 1:
+        return False
+    probe = _LoadIndices()
+    plan.run(probe)
+    along_x = along_r = 0
+    for index in probe.indices:
+        coeff = {atom.name: c for atom, c in index.terms if isinstance(atom, Sym)}
+        if coeff.get("rindex") == 1:
+            along_r += 1
+        elif coeff.get("xindex") == 1 and "rindex" in coeff:
+            along_x += 1
+    return along_x > along_r
+
+
+class _LoadIndices(NullOps):
+    def __init__(self):
+        self.indices = []
+
+    def load(self, buffer, index, dtype):
+        self.indices.append(index)

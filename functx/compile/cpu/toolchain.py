@@ -68,15 +68,16 @@ def cache_dir() -> str:
     return os.path.join(d, "cpu")
 
 
-def library_key(source: str, cxx: str) -> str:
-    text = "\0".join([source, cxx, _compiler_identity(cxx), " ".join(FLAGS), _cpu_identity()])
+def library_key(source: str, cxx: str, link: tuple = ()) -> str:
+    text = "\0".join([source, cxx, _compiler_identity(cxx), " ".join(FLAGS + link), _cpu_identity()])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_library(source: str):
-    """(ctypes library, whether it was compiled now (False: memory or disk cache hit))."""
+def load_library(source: str, link: tuple = ()):
+    """(ctypes library, whether it was compiled now (False: memory or disk cache hit));
+    link: libraries to link (-lmvec)."""
     cxx = compiler()
-    key = library_key(source, cxx)
+    key = library_key(source, cxx, link)
     path = os.path.join(cache_dir(), key[:2], f"k{key[:40]}.so")
     with _lock:
         lib = _libraries.get(path)
@@ -84,7 +85,7 @@ def load_library(source: str):
             return lib, False
     compiled = False
     if not os.path.exists(path):
-        _compile(cxx, source, path)
+        _compile(cxx, source, path, link)
         compiled = True
     lib = ctypes.CDLL(path)
     with _lock:
@@ -92,7 +93,7 @@ def load_library(source: str):
         return _libraries[path], compiled
 
 
-def _compile(cxx, source, path):
+def _compile(cxx, source, path, link):
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     fd, src_path = tempfile.mkstemp(dir=directory, suffix=".cpp")
@@ -100,7 +101,7 @@ def _compile(cxx, source, path):
         f.write(source)
     tmp_so = src_path[:-4] + ".so.tmp"
     try:
-        proc = subprocess.run([cxx, *FLAGS, src_path, "-o", tmp_so], capture_output=True, text=True,
+        proc = subprocess.run([cxx, *FLAGS, src_path, "-o", tmp_so, *link], capture_output=True, text=True,
                               timeout=600)
         if proc.returncode != 0:
             raise RuntimeError(f"functx cpu: {cxx} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
