@@ -142,6 +142,11 @@ def _cpp_convert(eqn):
     return f"static_cast<{ctype[dtype]}>({{0}})"
 
 
+# cos(x + 0) == cos(x) for every x (it only turns -0 into +0, and cos is even), but g++ then
+# cannot merge sin(x) and cos(x) into one sincos call, which no loop vectorizes.
+_CPP_COS = cpp_float("cosf({0} + 0.0f)", "cos({0} + 0.0)")
+
+
 # ---------------------------------------------------------------- unary math
 
 neg_p = defpointwise("neg", torch.neg, "torch.neg", triton="-{0}", cpp="(-{0})")
@@ -154,7 +159,7 @@ log1p_p = defunary("log1p", torch.log1p, "torch.log1p", float_only("libdevice.lo
                    lambda x, y: reciprocal(add(x, 1.0)), cpp=libm("log1p"))
 expm1_p = defunary("expm1", torch.expm1, "torch.expm1", float_only("libdevice.expm1({0})"), lambda x, y: add(y, 1.0), cpp=libm("expm1"))
 sin_p = defunary("sin", torch.sin, "torch.sin", float_only("tl.sin({0})"), lambda x, y: cos(x), cpp=libm("sin"))
-cos_p = defunary("cos", torch.cos, "torch.cos", float_only("tl.cos({0})"), lambda x, y: neg(sin(x)), cpp=libm("cos"))
+cos_p = defunary("cos", torch.cos, "torch.cos", float_only("tl.cos({0})"), lambda x, y: neg(sin(x)), cpp=_CPP_COS)
 tan_p = defunary("tan", torch.tan, "torch.tan", float_only("libdevice.tan({0})"), lambda x, y: add(mul(y, y), 1.0), cpp=libm("tan"))
 tanh_p = defunary("tanh", torch.tanh, "torch.tanh", float_only("libdevice.tanh({0})"),
                   lambda x, y: sub(1.0, mul(y, y)), cpp=libm("tanh"))
