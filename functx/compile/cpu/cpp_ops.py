@@ -175,6 +175,7 @@ class CVal:
 
 
 XBLOCK = 32     # rows a column-reduction kernel processes together (see CppOps)
+SHORT_ROW = 16  # rows up to this long are reduced in blocks too
 
 
 class LoopBlock(list):
@@ -239,11 +240,24 @@ class CppOps:
         cache[expr] = val
         return val
 
-    @staticmethod
-    def _index(index: Index):
+    def _index(self, index: Index):
         syms = index.symbols()
         dims = {"x" for s in syms if s == "xindex"} | {"r" for s in syms if s == "rindex"}
-        return render(index, floordiv="/"), frozenset(dims)
+        return render(index, self._block_names(index) if self.blocked else None, floordiv="/"), frozenset(dims)
+
+    @staticmethod
+    def _block_names(index: Index) -> dict:
+        """Blocks start at multiples of XBLOCK, so for d a multiple of XBLOCK, xindex / d is
+        xb / d and xindex % d is xb % d + xi: the address becomes affine in xi and the
+        loop over the block reads consecutive elements (no gathers)."""
+        names = {}
+        for atom, _ in index.terms:
+            arg = getattr(atom, "arg", None)
+            if arg is not None and arg.const == 0 and len(arg.terms) == 1 and arg.terms[0][1] == 1 \
+                    and isinstance(arg.terms[0][0], Sym) and arg.terms[0][0].name == "xindex" \
+                    and atom.d % XBLOCK == 0:
+                names[atom.key()] = f"(xb / {atom.d})" if atom.op == "//" else f"(xb % {atom.d} + xi)"
+        return names
 
     # ------------------------------------------------------------ ops
     def load(self, buffer, index, dtype):
@@ -384,9 +398,12 @@ def _blocked(segments) -> list:
 
 def prefers_blocked(plan) -> bool:
     """Is this a column reduction: do its loads step through memory along the rows (xindex
-    coefficient 1) rather than along the reduced axis?"""
+    coefficient 1) rather than along the reduced axis? Or are its rows so short (the
+    per-sample 2x2 Jacobians of a vmap) that only a loop across rows can vectorize?"""
     if not plan.reductions or plan.rnumel <= 1 or plan.xnumel <= 1:
         return False
+    if plan.rnumel <= SHORT_ROW:
+        return True
     probe = _LoadIndices()
     plan.run(probe)
     along_x = along_r = 0
