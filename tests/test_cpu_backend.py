@@ -142,6 +142,14 @@ def test_long_rows_and_column_reductions_on_two_threads():
         torch.set_num_threads(old)
 
 
+def test_empty_scalar_and_strided_inputs():
+    c = check(lambda x: (x.sum(1), x * 2), torch.randn(3, 0))
+    assert "empty tensor" in c.failure or all("empty tensor" in g.reason for g in c.groups)
+    check(lambda x: torch.sin(x) * 2 + x.sum(), torch.tensor(1.5), kernels=1)
+    check(lambda x, y: (torch.tanh(x) * y, x.sum(0)), torch.randn(5, 3).t(), torch.randn(3, 5))
+    check(lambda x: (x.sum((0, 2)), x.var(0)), torch.randn(33, 5, 70), rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------- semantics
 
 def test_nan_inf_and_signed_zero_like_torch():

@@ -32,6 +32,8 @@ def lowerable(eqn, dtypes, expression, backend: str) -> str | None:
     bad = [t.dtype for t in types if t.dtype not in dtypes]
     if bad:
         return f"dtype {bad[0]} has no {backend} lowering"
+    if any(0 in t.shape for t in types):
+        return "an empty tensor (nothing to compute; its index math would divide by zero)"
     if p.effectful:
         return f"{p.name} is effectful"
     if p.kind == REDUCTION:
