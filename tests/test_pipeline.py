@@ -93,7 +93,7 @@ def test_meta_survives_the_pipeline_mutation_and_fallbacks(backend):
 
 
 def test_backends_are_declared_in_one_registry():
-    assert sorted(BACKENDS) == ["eager", "triton"]
+    assert sorted(BACKENDS) == ["cpu", "eager", "triton"]
     cls = resolve_backend("eager", [X])
     assert cls.backend == "eager" and issubclass(cls, Compiled)
     with pytest.raises(ValueError, match="unknown backend"):

@@ -176,8 +176,9 @@ def jit(f=None, *, static_argnums=(), backend=None):
     Args:
       f: a function of tensors (pytrees of tensors) returning tensors.
       static_argnums: positions of arguments treated as static (hashable, part of the key).
-      backend: 'eager' (generated PyTorch code; the default on CPU) or 'triton' (fused
-        Triton kernels; the default for CUDA tensors when Triton is installed).
+      backend: 'eager' (generated PyTorch code; the default on CPU), 'cpu' (that code
+        first, then fused C++ kernels built in the background; see docs/compiler.md) or
+        'triton' (fused Triton kernels; the default for CUDA tensors when Triton is installed).
 
     Returns:
       A JitFunction: call it like f; .cache_size() counts the traced signatures.
