@@ -6,6 +6,7 @@ system, interleaved repetitions, medians; plus first-call latencies.
     python bench/bench_cpu.py                      # everything (torch.compile takes minutes)
     python bench/bench_cpu.py --no-compile --only hvp
     python bench/bench_cpu.py --threads 2
+    python bench/bench_cpu.py --profile --only dsm_step   # time per fused kernel and extern
 
 First-call columns: "tiered" is what `functx.jit(f, backend="cpu")` costs on its first call
 (trace + passes + the eager tier; the fused tier is built later in the background);
@@ -16,6 +17,7 @@ call. Every variant's result is checked against torch.func before timing.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
 import tempfile
@@ -73,13 +75,43 @@ def run(name, with_compile):
     return times, firsts, notes
 
 
+def kernel_profile(name, calls=5):
+    """Seconds per call spent in each kernel and extern of the fused tier's host wrapper
+    (each callable in its globals wrapped in a timer), largest first."""
+    fx_fn, args = WORKLOADS[name](_FunctxNS, False)
+    jitted, _ = jit_with_tier(fx_fn, args, "fused")
+    fused = jitted.lower(*args)[0].compiled.fused
+    spent = collections.Counter()
+    for key, fn in list(fused._globals.items()):
+        if callable(fn) and key not in ("torch", "math", "_threads", "call"):
+            def timed(*a, _fn=fn, _key=key, **kw):
+                t0 = time.perf_counter()
+                out = _fn(*a, **kw)
+                spent[_key] += time.perf_counter() - t0
+                return out
+            fused._globals[key] = timed
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        jitted(*args)
+    print(f"  {(time.perf_counter() - t0) / calls * 1e3:9.3f} ms  whole call (the rest: externs, allocation, Python)")
+    spaces = {g.name: g.space for g in fused.groups}
+    for key, t in spent.most_common():
+        print(f"  {t / calls * 1e3:9.3f} ms  {key}  {spaces.get(key, '')}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", action="append", choices=sorted(WORKLOADS))
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--profile", action="store_true", help="time each fused kernel and extern instead")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.profile:
+        for name in a.only or list(WORKLOADS):
+            print(f"== {name}: fused tier, per call")
+            kernel_profile(name)
+        return
     os.environ.setdefault("FUNCTX_CACHE_DIR", tempfile.mkdtemp(prefix="functx_bench_"))  # cold g++
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, cpu count={os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.1f}, kernel cache {os.environ['FUNCTX_CACHE_DIR']}")
