@@ -253,6 +253,12 @@ def test_disk_cache_serves_a_fresh_process(tmp_path, monkeypatch):
     assert sorted(tmp_path.rglob("*.so")) == libs
 
 
+def test_explain_of_a_function_not_called_yet_shows_the_fused_tier():
+    ex = functx.explain(lambda x: torch.softmax(x, -1) * 2.0, backend="cpu")(X)
+    assert ex.backend == "cpu" and len(ex.kernels) == 1 and 'extern "C" void' in ex.kernels[0]
+    assert "tier: fused C++ kernels (after 0 call(s)" in str(ex) and "-- eager tier" in str(ex)
+
+
 def test_missing_compiler_stays_eager_and_explain_says_so(monkeypatch, blocking):
     monkeypatch.setenv("FUNCTX_CXX", "/nonexistent/g++")
     f = lambda x: torch.exp(x) * 0.5 + 1.0   # noqa: E731

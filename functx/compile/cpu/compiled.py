@@ -116,11 +116,18 @@ class CpuCompiled(Compiled):
 
     @property
     def kernels(self):
+        self._build_if_never_called()
         return list(self.fused.kernels) if self.fused is not None else []
 
     @property
     def groups(self):
+        self._build_if_never_called()
         return list(self.fused.groups) if self.fused is not None else []
+
+    def _build_if_never_called(self):
+        """explain of a function not called yet builds the fused tier, to show its kernels."""
+        if self.eager_calls == 0 and self.tier == "eager":
+            self.wait()
 
     def _eager_tier(self, *inputs):
         self.eager_calls += 1
@@ -182,8 +189,7 @@ class CpuCompiled(Compiled):
                 f"background from call {hot_calls()}, or at once with FUNCTX_CPU_BLOCK=1)")
 
     def report(self) -> str:
-        if self.eager_calls == 0 and self.tier == "eager":
-            self.wait()      # explain of a function not called yet: build the fused tier to show it
+        self._build_if_never_called()
         out = ["backend: cpu (tiered: eager PyTorch code first, fused C++ kernels once compiled)",
                self.status(), "", "-- eager tier: generated PyTorch code --", self.eager.source, ""]
         if self.fused is not None:
