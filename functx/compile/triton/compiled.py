@@ -11,6 +11,7 @@ from ...core import Literal
 from ...core.ir import GraphPrinter
 from ..compiled import Compiled
 from ..codegen import compile_function, emit_expr, literal_source
+from ..nan_checks import CompiledNaNChecks
 from .kernel import is_inlined
 from .runtime import Launcher, check_mode, load_module, module_source
 from .scheduler import Schedule, describe_space
@@ -137,7 +138,8 @@ class TritonCompiled(Compiled):
                 if e.prim.multiple_results and len(e.outputs) == 1:
                     outs += ","
                 lines.append(f"    # group {i}: extern {e.prim.name}")
-                lines.append(f"    {outs} = {emit_expr(e, srcs, glob)}")
+                lines.append(f"    {outs} = {emit_expr(e, srcs, glob)}" if outs else f"    {emit_expr(e, srcs, glob)}")
+                self._check_line(lines, glob, [names[v] for v in e.outputs if v.type.dtype.is_floating_point])
                 for v in e.outputs:
                     have.add(v)
                     if names[v] in loaded:
@@ -153,9 +155,20 @@ class TritonCompiled(Compiled):
                 have.add(v)
             sizes = f"xnumel={plan.xnumel}" + (f", rnumel={plan.rnumel}" if plan.reductions else "")
             lines.append(f"    {plan.name}({', '.join(ins + outs)}, {sizes})")
+            self._check_line(lines, glob, [names[v] for v in plan.stored if v.type.dtype.is_floating_point])
         outs = [materialize(a) for a in g.outvars]
         lines.append(f"    return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
         return "\n".join(lines) + "\n", glob
+
+    def _check_line(self, lines, glob, written):
+        """debug_nans (graph traced with it on): check what a group wrote; on a NaN, re-run
+        the graph op by op to name the first equation that made it (compile/nan_checks.py)."""
+        if not self.graph.meta.check_nans or not written:
+            return
+        glob.setdefault("_nans", CompiledNaNChecks(self.graph, "triton"))
+        g = self.graph
+        inputs = ", ".join(self.names[v] for v in list(g.invars) + list(g.constvars))
+        lines.append(f"    _nans.group(({', '.join(written)},), ({inputs}{',' if inputs else ''}))")
 
     def run_torch(self, *inputs):
         """Run the same schedule with every kernel body evaluated by TorchOps (eager torch):
