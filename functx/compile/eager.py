@@ -98,7 +98,8 @@ class EagerCompiled(Compiled):
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        emitter = PythonEmitter(graph)
+        # debug_nans: one line per equation (no addmm merging), so each is checked on its own
+        emitter = PythonEmitter(graph, optimize=not graph.meta.check_nans)
         self.source = emitter.emit()
         self.call = compile_function(self.source, "fn", emitter.globals, graph.consts,
                                      f"<functx.jit eager {id(graph):x}>")

@@ -106,11 +106,11 @@ def bad_kind(t) -> str | None:
     """'nan' or 'inf' if the tensor holds one (and that counts as bad), else None."""
     if not isinstance(t, torch.Tensor) or not (t.dtype.is_floating_point or t.dtype.is_complex):
         return None
-    if torch.isnan(t).any():
-        return "nan"
-    if STATE.infs and torch.isinf(t).any():
-        return "inf"
-    return None
+    if STATE.infs:
+        if torch.isfinite(t).all():       # one reduction in the common case
+            return None
+        return "nan" if torch.isnan(t).any() else "inf"
+    return "nan" if torch.isnan(t).any() else None
 
 
 def raise_bad(kind: str, prim_name: str, source: tuple, where: str = ""):

@@ -10,7 +10,7 @@ one. Forward mode (jvp, jacfwd, linearize) ignores grad mode, as torch.func's do
 """
 from __future__ import annotations
 
-from ..core import MissingRuleError, Trace, Tracer, Zero, set_current_trace
+from ..core import STRUCTURAL, MissingRuleError, Trace, Tracer, Zero, set_current_trace
 from ..core import nan_check
 from ..core.trace import grad_enabled_for, process_on_parent, transform_level, type_of, value_repr
 from ..prims.util import is_scalar
@@ -110,7 +110,7 @@ class JVPTrace(Trace):
         computation), then the rule as tangent work. The primal returned is the first one,
         so under jit the rule's copy is the one CSE merges away or DCE drops."""
         with set_current_trace(self.parent):
-            if prim.effectful:
+            if prim.effectful or prim.kind == STRUCTURAL:     # running those twice would repeat effects
                 with nan_check.computing("tangent", prim.name):
                     return prim.jvp(primals, tangents, **params)
             out = prim.bind(*primals, **params)
