@@ -15,17 +15,11 @@ When it is on:
 from __future__ import annotations
 
 import contextlib
-import linecache
-import os
-import sys
 import threading
 
 import torch
 
-from .errors import FunctxError
-
-_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+from .errors import FunctxError, user_frame_summary
 
 
 class DebugNaNsState:
@@ -76,21 +70,6 @@ def current_phase() -> str:
     return " inside ".join(reversed(parts))
 
 
-def user_frame() -> str:
-    """The innermost stack frame outside functx and torch, as a traceback line (fast: walks
-    frames without formatting the whole stack)."""
-    f = sys._getframe(1)
-    while f is not None:
-        name = f.f_code.co_filename
-        path = os.path.abspath(name) if not name.startswith("<") else name
-        if not (path.startswith(_PKG_DIR) or path.startswith(_TORCH_DIR) or name.startswith("<frozen")
-                or name.startswith("<functx") or "importlib" in name):
-            line = linecache.getline(name, f.f_lineno).strip()
-            return f'  File "{name}", line {f.f_lineno}, in {f.f_code.co_name}\n    {line}'
-        f = f.f_back
-    return "  (no user frame found)"
-
-
 def current_source() -> tuple:
     """(phase, user line) for what is being computed now: an equation being transposed keeps
     the line its forward computation came from."""
@@ -99,7 +78,7 @@ def current_source() -> tuple:
         if source is not None:
             line = source[1]
             break
-    return current_phase(), line if line is not None else user_frame()
+    return current_phase(), line if line is not None else user_frame_summary()
 
 
 def bad_kind(t) -> str | None:
