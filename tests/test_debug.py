@@ -349,3 +349,11 @@ def test_debug_nans_infs_false_and_bad_arguments():
         functx.debug_nans("yes")
     with pytest.raises(TypeError, match="infs must be True or False"):
         functx.debug_nans(True, infs=None)
+
+
+def test_debug_nans_under_hessian_names_the_inner_rule():
+    with functx.debug_nans(), pytest.raises(FloatingPointNaNError) as info:
+        functx.hessian(sqrt_at_zero)(torch.zeros(3))
+    assert info.value.primitive == "div" and "the JVP rule of sqrt" in info.value.phase
+    assert f"line {_line_of(sqrt_at_zero, '# NAN: tangent')}" in info.value.source
+
