@@ -72,6 +72,7 @@ NONLINEAR = {
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
     "while_loop",    # transforms/control_flow.py (its transpose raises: dynamic trip count)
+    "debug_callback",    # prims/debug.py: no outputs; its (no-op) transpose is never needed
 }
 
 

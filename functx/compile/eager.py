@@ -11,6 +11,7 @@ from . import eager_plan
 from .compiled import Compiled
 from ..prims.linalg import matmul_sources
 from .codegen import compile_function, emit_expr, literal_source
+from .nan_checks import CompiledNaNChecks
 
 
 class PythonEmitter:
@@ -26,6 +27,9 @@ class PythonEmitter:
         self.names: dict = {}
         self.globals: dict = {"torch": torch, "math": math}
         self.plan = eager_plan.plan(graph) if optimize else eager_plan.Plan()
+        self.nans = None
+        if graph.meta.check_nans:       # traced under debug_nans: check every output
+            self.nans = self.globals["_nans"] = CompiledNaNChecks(graph, "eager")
 
     def name(self, atom) -> str:
         if isinstance(atom, Literal):
@@ -45,7 +49,7 @@ class PythonEmitter:
         for k, eqn in enumerate(g.eqns):
             if k in plan.skip:
                 continue
-            out0 = eqn.outputs[0]
+            out0 = eqn.outputs[0] if eqn.outputs else None
             if out0 in plan.implicit:
                 shape = plan.implicit[out0]
                 src = self.name(eqn.inputs[0])
@@ -61,6 +65,9 @@ class PythonEmitter:
                 expr = self._addmm(eqn, k)
             else:
                 expr = emit_expr(eqn, [self.name(a) for a in eqn.inputs], self.globals)
+            if not eqn.outputs:       # a debug callback: a statement
+                lines.append(f"    {expr}")
+                continue
             for v in eqn.outputs:
                 self.names[v] = f"t{counter}"
                 counter += 1
@@ -69,6 +76,9 @@ class PythonEmitter:
                 outs += ","
             types = ", ".join(str(v.type) for v in eqn.outputs)
             lines.append(f"    {outs} = {expr}  # {types}")
+            check = self.nans and self.nans.emit_eqn_check(k, eqn, [self.names[v] for v in eqn.outputs])
+            if check:
+                lines.append(f"    {check}")
         outs = ", ".join(self.name(a) for a in g.outvars)
         lines.append(f"    return ({outs}{',' if len(g.outvars) == 1 else ''})")
         return "\n".join(lines)
@@ -88,7 +98,8 @@ class EagerCompiled(Compiled):
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        emitter = PythonEmitter(graph)
+        # debug_nans: one line per equation (no addmm merging), so each is checked on its own
+        emitter = PythonEmitter(graph, optimize=not graph.meta.check_nans)
         self.source = emitter.emit()
         self.call = compile_function(self.source, "fn", emitter.globals, graph.consts,
                                      f"<functx.jit eager {id(graph):x}>")

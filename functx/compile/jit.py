@@ -11,6 +11,7 @@ import struct
 import torch
 
 from ..core import EVAL_TRACE
+from ..core.nan_check import STATE as _NANS
 from ..core.errors import user_facing
 from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
@@ -108,7 +109,8 @@ class JitFunction:
             else:
                 sig.append(value_key(leaf))
         try:
-            key = (treedef, tuple(sig), tuple(value_key(s) for s in static))
+            # debug_nans compiles a checked artifact: the flag is part of the key
+            key = (treedef, tuple(sig), tuple(value_key(s) for s in static), _NANS.on)
             hash(key)
         except TypeError:
             raise TypeError("functx.jit: non-tensor arguments must be hashable (they are part of the "
@@ -136,7 +138,7 @@ class JitFunction:
     def __call__(self, *args, **kwargs):
         if _trace_state.trace is not EVAL_TRACE:
             return self.f(*args, **kwargs)
-        if not kwargs and not self.static_argnums:
+        if not kwargs and not self.static_argnums and not _NANS.on:
             sig = []
             for a in args:
                 if type(a) not in _PLAIN_TENSORS:

@@ -8,7 +8,8 @@
     fold_transposes     transpose chains that the other passes expose compose
 
 pipeline.py runs them in order. Rewrites replace a variable by another of exactly the same
-type, so graphs stay valid (`graph.check()`); every pass keeps graph.meta.
+type, so graphs stay valid (`graph.check()`); every pass keeps graph.meta, and a rewritten
+equation keeps the source line debug_nans recorded on it (`Eqn.source`).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class _Subst:
 
     def eqn(self, e):
         ins = [self(a) for a in e.inputs]
-        return e if all(a is b for a, b in zip(ins, e.inputs)) else Eqn(e.prim, ins, e.outputs, e.params)
+        return e if all(a is b for a, b in zip(ins, e.inputs)) else Eqn(e.prim, ins, e.outputs, e.params, e.source)
 
     def finish(self, graph, eqns):
         return graph.replace(eqns=eqns, outvars=[self(a) for a in graph.outvars])
@@ -101,10 +102,10 @@ def _full_value(atom, defs):
     return None
 
 
-def _full_eqn(out: Var, value):
+def _full_eqn(out: Var, value, source=None):
     t = out.type
     return Eqn(REGISTRY["full"], [], [out], {"shape": tuple(t.shape), "value": value, "dtype": t.dtype,
-                                             "device": t.device})
+                                             "device": t.device}, source)
 
 
 def fold_constants(graph: Graph) -> Graph:
@@ -118,7 +119,7 @@ def fold_constants(graph: Graph) -> Graph:
             if all(v is not None for v in values):
                 folded = _evaluate_scalar(e, values)
         if folded is not None:
-            e = _full_eqn(e.outputs[0], folded)
+            e = _full_eqn(e.outputs[0], folded, e.source)
         for v in e.outputs:
             defs[v] = e
         eqns.append(e)
@@ -192,7 +193,7 @@ def _simplify_eqn(e, defs):
             return y
         if name == "mul" and not out.type.dtype.is_floating_point and not out.type.dtype.is_complex \
                 and (_is(vx, 0) or _is(vy, 0)):
-            return _full_eqn(out, 0)           # only integers: 0 * inf is nan for floats
+            return _full_eqn(out, 0, e.source)           # only integers: 0 * inf is nan for floats
     if name == "neg":
         d = defs.get(e.inputs[0])
         if d is not None and d.prim.name == "neg" and _same_type(d.inputs[0], out):
@@ -207,7 +208,7 @@ def _simplify_eqn(e, defs):
             if _lossless(src.type.dtype, x.type.dtype):   # a widening step changes nothing
                 if src.type.dtype == out.type.dtype:
                     return src
-                return Eqn(e.prim, [src], e.outputs, e.params)
+                return Eqn(e.prim, [src], e.outputs, e.params, e.source)
     return None
 
 
@@ -250,24 +251,24 @@ def _fold_view(e, defs):
         return None
     inner = d.inputs[0]
     if name == "reshape" and d.prim.name == "reshape":
-        return inner if _same_type(inner, out) else Eqn(e.prim, [inner], e.outputs, p)
+        return inner if _same_type(inner, out) else Eqn(e.prim, [inner], e.outputs, p, e.source)
     if name == "transpose" and d.prim.name == "transpose":
         perm = tuple(d.params["permutation"][i] for i in p["permutation"])
-        return inner if perm == tuple(range(len(perm))) else Eqn(e.prim, [inner], e.outputs, {"permutation": perm})
+        return inner if perm == tuple(range(len(perm))) else Eqn(e.prim, [inner], e.outputs, {"permutation": perm}, e.source)
     if name == "broadcast_in_dim" and d.prim.name == "broadcast_in_dim":
         dims = tuple(p["broadcast_dimensions"][i] for i in d.params["broadcast_dimensions"])
-        return Eqn(e.prim, [inner], e.outputs, {"shape": p["shape"], "broadcast_dimensions": dims})
+        return Eqn(e.prim, [inner], e.outputs, {"shape": p["shape"], "broadcast_dimensions": dims}, e.source)
     # A reshape that only inserts unit dims (unsqueeze) composes with a broadcast either side.
     if name == "broadcast_in_dim" and d.prim.name == "reshape":
         align = _unit_alignment(inner.type.shape, x.type.shape)
         if align is not None:
             dims = tuple(p["broadcast_dimensions"][j] for j in align)
-            return Eqn(e.prim, [inner], e.outputs, {"shape": p["shape"], "broadcast_dimensions": dims})
+            return Eqn(e.prim, [inner], e.outputs, {"shape": p["shape"], "broadcast_dimensions": dims}, e.source)
     if name == "reshape" and d.prim.name == "broadcast_in_dim":
         align = _unit_alignment(x.type.shape, out.type.shape)
         if align is not None:
             dims = tuple(align[j] for j in d.params["broadcast_dimensions"])
-            return Eqn(d.prim, [inner], e.outputs, {"shape": out.type.shape, "broadcast_dimensions": dims})
+            return Eqn(d.prim, [inner], e.outputs, {"shape": out.type.shape, "broadcast_dimensions": dims}, e.source)
     return None
 
 
@@ -298,7 +299,7 @@ def fold_transposes(graph: Graph) -> Graph:
     for eqn in graph.eqns:
         inputs = [subst.get(a, a) if isinstance(a, Var) else a for a in eqn.inputs]
         if inputs != eqn.inputs:
-            eqn = type(eqn)(eqn.prim, inputs, eqn.outputs, eqn.params)
+            eqn = type(eqn)(eqn.prim, inputs, eqn.outputs, eqn.params, eqn.source)
             changed = True
         if eqn.prim.name == "transpose" and isinstance(inputs[0], Var):
             perm = tuple(eqn.params["permutation"])
@@ -311,7 +312,7 @@ def fold_transposes(graph: Graph) -> Graph:
                 if perm == tuple(range(len(perm))):
                     subst[eqn.outputs[0]] = src
                     continue
-                eqn = type(eqn)(eqn.prim, [src], eqn.outputs, dict(eqn.params, permutation=perm))
+                eqn = type(eqn)(eqn.prim, [src], eqn.outputs, dict(eqn.params, permutation=perm), eqn.source)
             producer[eqn.outputs[0]] = (src, perm)
         eqns.append(eqn)
     if not changed:

@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from ..core import GraphMeta, GraphTrace, current_trace, set_current_trace
+from ..core import GraphMeta, GraphTrace, current_trace, nan_check, set_current_trace
 from ..core.errors import user_facing
 from ..core.trace import Tracer, type_of
 from ..frontend import TracerTensor, record_fallbacks, unwrap, wrap
@@ -92,7 +92,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
                    if mutations and isinstance(w, TracerTensor) and w._version_]
         out_vals += [unwrap(in_wrappers[k]) for k in mutated]
     meta = GraphMeta(in_tree=treedef, out_tree=out_tree, mutated_inputs=tuple(mutated),
-                     fallbacks=tuple(fallbacks))
+                     fallbacks=tuple(fallbacks), check_nans=nan_check.STATE.on)
     return trace.to_graph(tracers, out_vals).replace(meta=meta)
 
 

@@ -1,6 +1,7 @@
 """Errors users see. Each names what went wrong and what to do instead."""
+import linecache
 import os
-import traceback
+import sys
 import types
 
 import torch
@@ -26,24 +27,28 @@ _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def user_frame_summary() -> str:
-    """The innermost stack frame outside functx and torch: the user's line."""
-    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
-    for frame in reversed(traceback.extract_stack()):
-        fname = os.path.abspath(frame.filename)
-        if fname.startswith(_PKG_DIR + os.sep) or fname.startswith(torch_dir + os.sep):
-            continue
-        if "importlib" in fname or frame.filename.startswith("<frozen"):
-            continue
-        return f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}\n    {frame.line}'
+    """The innermost stack frame outside functx and torch: the user's line. A walk over the
+    frames (no formatting of the whole stack): debug_nans records it on every equation."""
+    f = sys._getframe(1)
+    while f is not None:
+        name = f.f_code.co_filename
+        if not (_is_internal(name) or name.startswith("<frozen") or "importlib" in name):
+            line = linecache.getline(name, f.f_lineno).strip()
+            return f'  File "{name}", line {f.f_lineno}, in {f.f_code.co_name}\n    {line}'
+        f = f.f_back
     return "  (no user frame found)"
+
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 
 
 def _is_internal(filename: str) -> bool:
     if filename.startswith("<functx"):
         return True
+    if filename.startswith("<"):
+        return False
     fname = os.path.abspath(filename)
-    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
-    return fname.startswith(_PKG_DIR + os.sep) or fname.startswith(torch_dir + os.sep)
+    return fname.startswith(_PKG_DIR + os.sep) or fname.startswith(_TORCH_DIR + os.sep)
 
 
 def filter_traceback(tb):

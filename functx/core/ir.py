@@ -49,13 +49,16 @@ Atom = Var | Literal
 
 
 class Eqn:
-    __slots__ = ("prim", "inputs", "outputs", "params")
+    """source: None, or (phase, user's source line) recorded while debug_nans is on
+    (core/nan_check.py), so checks in the backward pass and in compiled code name the line."""
+    __slots__ = ("prim", "inputs", "outputs", "params", "source")
 
-    def __init__(self, prim, inputs: list, outputs: list, params: dict):
+    def __init__(self, prim, inputs: list, outputs: list, params: dict, source=None):
         self.prim = prim
         self.inputs = inputs
         self.outputs = outputs
         self.params = params
+        self.source = source
 
     def __repr__(self) -> str:
         return f"Eqn({self.prim.name}, {self.inputs} -> {self.outputs})"
@@ -68,11 +71,13 @@ class GraphMeta:
     in_tree/out_tree: pytree structures of the traced function's arguments and result;
     mutated_inputs: positions (among the tensor leaves) of inputs the function wrote in
     place, whose final values are the graph's last outputs; fallbacks: ATen ops that ran
-    through the opaque fallback."""
+    through the opaque fallback; check_nans: traced while debug_nans was on (the backends
+    then check every output and name the equation's recorded source line)."""
     in_tree: Any = None
     out_tree: Any = None
     mutated_inputs: tuple = ()
     fallbacks: tuple = ()
+    check_nans: bool = False
 
 
 _NO_META = GraphMeta()
@@ -168,6 +173,8 @@ class GraphPrinter:
     def format_eqn(self, eqn: Eqn) -> str:
         args = [self.name(a) for a in eqn.inputs]
         args += [f"{k}={format_param(v)}" for k, v in eqn.params.items() if not k.startswith("_")]
+        if not eqn.outputs:           # an effect (debug_callback)
+            return f"{eqn.prim.name}({', '.join(args)})"
         outs = ", ".join(self.name(v) for v in eqn.outputs)
         types = ", ".join(str(v.type) for v in eqn.outputs)
         return f"{outs} = {eqn.prim.name}({', '.join(args)})  # {types}"

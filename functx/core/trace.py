@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import nan_check
 from .errors import ConcretizationError, FunctxError, user_frame_summary
 from .ir import Eqn, Graph, Literal, Var
 from .types import TensorType
@@ -32,6 +33,8 @@ class Trace:
     parent: "Trace | None" = None
     # The axis environment: the vmap axis this trace batches over (a BatchTrace's), else None.
     axis: AxisData | None = None
+    # A user-visible transform level (grad, jvp, vmap, jit), counted by transform_level.
+    is_level: bool = False
 
     def process_primitive(self, prim, args, params):
         raise NotImplementedError
@@ -52,20 +55,26 @@ class EvalTrace(Trace):
             for a in args:
                 if isinstance(a, torch.Tensor) and a.requires_grad and torch.is_grad_enabled():
                     with torch._C._ForceDispatchKeyGuard(*TOP_LEVEL_KEYS):
-                        return prim.impl(*args, **params)
-            return prim.impl(*args, **params)
+                        out = prim.impl(*args, **params)
+                    break
+            else:
+                out = prim.impl(*args, **params)
         except Exception:
             # Checked only on failure, so the eager path pays nothing for it.
             leaked = next((a for a in args if isinstance(a, Tracer)), None)
             if leaked is not None:
                 raise_leaked(leaked)
             raise
+        if _NANS.on:
+            nan_check.check_outputs(prim, out)
+        return out
 
     def __repr__(self):
         return "EvalTrace"
 
 
 EVAL_TRACE = EvalTrace()
+_NANS = nan_check.STATE
 
 
 class _State(threading.local):
@@ -123,6 +132,21 @@ def enclosing_traces():
     while trace is not None:
         yield trace
         trace = trace.parent
+
+
+def transform_level(trace) -> int:
+    """torch.func's lvl in reprs: 1 for the outermost transform, counting only the user's
+    levels (grad, jvp, vmap, jit), not the partial-evaluation trace under each grad."""
+    n = 0
+    while trace is not None:
+        n += trace.is_level
+        trace = trace.parent
+    return n
+
+
+def value_repr(x) -> str:
+    """A lax value inside a tracer's repr: a tensor's (or inner tracer's) repr, indented."""
+    return "\n    " + repr(x).replace("\n", "\n    ")
 
 
 def find_axis(axis_name) -> AxisData | None:
@@ -276,7 +300,11 @@ class GraphTracer(Tracer):
         )
 
     def __repr__(self):
-        return f"GraphTracer({self.aval})"
+        if not self._trace.stage_all:
+            return f"LinearTracer({self.aval}: a tangent recorded for the backward pass, no value yet)"
+        return (f"TracedTensor({self.aval}, lvl={transform_level(self._trace)}: no value while functx.jit "
+                "traces the function; functx.debug.print('{}', x) prints it each time the compiled "
+                "function runs)")
 
 
 class GraphTrace(Trace):
@@ -291,6 +319,7 @@ class GraphTrace(Trace):
     def __init__(self, parent: Trace, stage_all: bool = True):
         self.parent = parent
         self.stage_all = stage_all
+        self.is_level = stage_all
         self.eqns: list[Eqn] = []
         self.constvars: list[Var] = []
         self.consts: list = []
@@ -332,12 +361,13 @@ class GraphTrace(Trace):
         atoms = [self.atom(a) for a in args]
         in_types = [a.type if isinstance(a, Var) else a.value for a in atoms]
         out_types = prim.abstract_eval(*in_types, **params)
+        source = nan_check.current_source() if _NANS.on else None
         if prim.multiple_results:
             outs = [Var(t) for t in out_types]
-            self.eqns.append(Eqn(prim, atoms, outs, params))
+            self.eqns.append(Eqn(prim, atoms, outs, params, source))
             return [GraphTracer(self, v) for v in outs]
         out = Var(out_types)
-        self.eqns.append(Eqn(prim, atoms, [out], params))
+        self.eqns.append(Eqn(prim, atoms, [out], params, source))
         return GraphTracer(self, out)
 
     def to_graph(self, in_tracers, outs) -> Graph:

@@ -59,7 +59,12 @@ class TracerTensor(torch.Tensor):
         return r
 
     def __repr__(self, *, tensor_contents=None):
-        return f"TracerTensor({type_of(self._value)}, {type(self._value).__name__})"
+        # The traced value's repr (print, str, pdb's p): the values where the transform has
+        # them (eager grad: the primal; eager vmap: the batch), with the transform levels, as
+        # torch.func shows them; under jit, that there are none and how to print them.
+        return repr(_functionalize().value_of(self))
+
+    __str__ = __repr__
 
     def __format__(self, spec):
         return repr(self)

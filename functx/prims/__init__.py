@@ -3,7 +3,8 @@
 Modules by family, in dependency order (each imports only those before it; shape.py's
 broadcast_in_dim transpose is the one deferred import, of reduce_sum):
   util, creation (full, iota), define (definer helpers), shape (views, pad, concatenate),
-  elementwise, reduce, linalg (dot_general), conv, indexing, random, collective, opaque.
+  elementwise, reduce, linalg (dot_general), conv, indexing, random, collective, opaque,
+  debug (debug_callback).
 """
 from . import util, creation, define, shape, elementwise, reduce, linalg, conv, indexing  # noqa: F401
 from . import random as random_module, collective, opaque as opaque_module  # noqa: F401
@@ -22,3 +23,4 @@ from .indexing import take, scatter_add, scatter, take_along_axis, scatter_add_a
 from .collective import psum, pmax, all_gather, axis_index  # noqa: F401
 from .random import random, random_p  # noqa: F401  (P.random is the function, like P.add)
 from .opaque import OpaqueFunction, opaque  # noqa: F401
+from .debug import debug_callback, debug_callback_p  # noqa: F401

@@ -12,6 +12,7 @@ import contextlib
 
 from ..core import GraphTrace, Literal, MissingRuleError, UndefinedPrimal, Var, Zero, current_trace, \
     set_current_trace
+from ..core import nan_check
 from ..core.trace import eval_graph, reverse_level, type_of
 from .. import prims as P
 from ..frontend.random_mode import without_random_mode
@@ -77,7 +78,11 @@ def backward_pass(graph, consts, cts):
             ct = [c if c is not None else Zero(v.type) for c, v in zip(cts_out, eqn.outputs)]
         else:
             ct = cts_out[0]
-        cts_in = eqn.prim.transpose(ct, *args, **eqn.params)
+        if nan_check.STATE.on:      # debug_nans: name the cotangent work and the line it came from
+            with nan_check.computing("cotangent", eqn.prim.name, eqn.source):
+                cts_in = eqn.prim.transpose(ct, *args, **eqn.params)
+        else:
+            cts_in = eqn.prim.transpose(ct, *args, **eqn.params)
         for a, c in zip(eqn.inputs, cts_in):
             if c is not None and isinstance(a, Var) and a in linear:
                 add_ct(a, c)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..core import FunctxError, MissingRuleError, Trace, Tracer, set_current_trace
 from ..core.errors import user_frame_summary
-from ..core.trace import AxisData, type_of
+from ..core.trace import AxisData, transform_level, type_of, value_repr
 from ..prims import collective
 from ..prims.util import is_scalar
 
@@ -32,10 +32,13 @@ class BatchTracer(Tracer):
             "Use torch.where to select per element, or move the control flow outside vmap.")
 
     def __repr__(self):
-        return f"BatchTracer({self.aval}, bdim={self.bdim})"
+        # torch.func's BatchedTensor: the whole batch, with the dim that indexes examples.
+        return f"BatchedTensor(lvl={transform_level(self._trace)}, bdim={self.bdim}, value={value_repr(self.val)}\n)"
 
 
 class BatchTrace(Trace):
+    is_level = True
+
     def __init__(self, parent, axis: AxisData):
         self.parent = parent
         self.axis = axis
@@ -63,8 +66,8 @@ class BatchTrace(Trace):
             with set_current_trace(self.parent):
                 out, out_dim = rule(prim, self.axis, vals, dims, params)
             return self.wrap(out, out_dim, prim.multiple_results)
-        if prim.effectful and all(d is None for d in dims):
-            return self._random(prim, params)
+        if prim.effectful and prim.batch is None and all(d is None for d in dims):
+            return self._random(prim, params)       # random numbers: vmap's randomness decides
         if all(d is None for d in dims):
             with set_current_trace(self.parent):
                 return prim.bind(*vals, **params)

@@ -10,8 +10,9 @@ one. Forward mode (jvp, jacfwd, linearize) ignores grad mode, as torch.func's do
 """
 from __future__ import annotations
 
-from ..core import MissingRuleError, Trace, Tracer, Zero, set_current_trace
-from ..core.trace import grad_enabled_for, process_on_parent, type_of
+from ..core import STRUCTURAL, MissingRuleError, Trace, Tracer, Zero, set_current_trace
+from ..core import nan_check
+from ..core.trace import grad_enabled_for, process_on_parent, transform_level, type_of, value_repr
 from ..prims.util import is_scalar
 
 
@@ -36,7 +37,11 @@ class JVPTracer(Tracer):
         return p.concrete() if isinstance(p, Tracer) else p
 
     def __repr__(self):
-        return f"JVPTracer({self.aval})"
+        # torch.func's names: grad levels show their primal; forward levels the tangent too.
+        lvl = transform_level(self._trace)
+        if self._trace.reverse:
+            return f"GradTrackingTensor(lvl={lvl}, value={value_repr(self.primal)}\n)"
+        return f"DualTensor(lvl={lvl}, value={value_repr(self.primal)},\n tangent={value_repr(self.tangent)}\n)"
 
 
 class _ZeroOf(Zero):
@@ -54,6 +59,8 @@ class _ZeroOf(Zero):
 
 
 class JVPTrace(Trace):
+    is_level = True
+
     def __init__(self, parent, reverse: bool = False):
         self.parent = parent
         self.reverse = reverse        # serves grad/vjp: honours grad mode (module docstring)
@@ -89,8 +96,26 @@ class JVPTrace(Trace):
         if prim.jvp is None:
             raise MissingRuleError(f"functx: primitive '{prim.name}' has no JVP rule, so it can't be "
                                    "differentiated")
-        with set_current_trace(self.parent):
-            out, tangent_out = prim.jvp(primals, tangents, **params)
+        if _NANS.on:
+            out, tangent_out = self._jvp_checked(prim, primals, tangents, params)
+        else:
+            with set_current_trace(self.parent):
+                out, tangent_out = prim.jvp(primals, tangents, **params)
         if prim.multiple_results:
             return [self.wrap(o, t) for o, t in zip(out, tangent_out)]
         return self.wrap(out, tangent_out)
+
+    def _jvp_checked(self, prim, primals, tangents, params):
+        """debug_nans: the primal first, on its own (so a NaN there is named a primal
+        computation), then the rule as tangent work. The primal returned is the first one,
+        so under jit the rule's copy is the one CSE merges away or DCE drops."""
+        with set_current_trace(self.parent):
+            if prim.effectful or prim.kind == STRUCTURAL:     # running those twice would repeat effects
+                with nan_check.computing("tangent", prim.name):
+                    return prim.jvp(primals, tangents, **params)
+            out = prim.bind(*primals, **params)
+            with nan_check.computing("tangent", prim.name):
+                return out, prim.jvp(primals, tangents, **params)[1]
+
+
+_NANS = nan_check.STATE

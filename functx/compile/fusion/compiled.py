@@ -139,7 +139,8 @@ class FusedCompiled(Compiled):
                 if e.prim.multiple_results and len(e.outputs) == 1:
                     outs += ","
                 lines.append(f"    # group {i}: extern {e.prim.name}")
-                lines.append(f"    {outs} = {emit_expr(e, srcs, glob)}")
+                lines.append(f"    {outs} = {emit_expr(e, srcs, glob)}" if outs else f"    {emit_expr(e, srcs, glob)}")
+                self._check_line(lines, glob, [names[v] for v in e.outputs if v.type.dtype.is_floating_point])
                 for v in e.outputs:
                     have.add(v)
                     if names[v] in loaded:
@@ -154,9 +155,20 @@ class FusedCompiled(Compiled):
                              f"device={str(t.device)!r})")
                 have.add(v)
             lines.append(f"    {self.launch_source(plan, ins, outs)}")
+            self._check_line(lines, glob, [names[v] for v in plan.stored if v.type.dtype.is_floating_point])
         outs = [materialize(a) for a in g.outvars]
         lines.append(f"    return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
         return "\n".join(lines) + "\n", glob
+
+    def _check_line(self, lines, glob, written):
+        """debug_nans (graph traced with it on): check what a group wrote; on a NaN, re-run
+        the graph op by op to name the first equation that made it (compile/nan_checks.py)."""
+        if not self.graph.meta.check_nans or not written:
+            return
+        glob.setdefault("_nans", CompiledNaNChecks(self.graph, self.backend))
+        g = self.graph
+        inputs = ", ".join(self.names[v] for v in list(g.invars) + list(g.constvars))
+        lines.append(f"    _nans.group(({', '.join(written)},), ({inputs}{',' if inputs else ''}))")
 
     def run_torch(self, *inputs):
         """Run the same schedule with every kernel body evaluated by TorchOps (eager torch):
