@@ -18,6 +18,7 @@ from ...core import Literal
 from ...core.ir import GraphPrinter
 from ..codegen import compile_function, emit_expr, literal_source
 from ..compiled import Compiled
+from ..nan_checks import CompiledNaNChecks
 from .kernel import is_inlined
 from .scheduler import Schedule, describe_space
 from .torch_ops import TorchOps
