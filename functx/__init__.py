@@ -16,6 +16,8 @@ from . import lax, tree_util  # noqa: F401
 from .transforms.custom import custom_jvp, custom_vjp
 from .transforms.control_flow import cond, switch, while_loop, scan
 from . import testing  # noqa: F401  (functx.testing.check_grads / check_transforms)
+from .transforms.jet import jet
+from .transforms.collapsed import laplacian, divergence, taylor_operator
 
 __version__ = "0.1.0"
 
@@ -26,3 +28,4 @@ __all__ = [
     "tree_unflatten", "tree_map", "to_python_source", "Graph", "TensorType", "FunctxError",
     "ConcretizationError", "TracerTensor", "custom_jvp", "custom_vjp", "cond", "switch", "while_loop", "scan",
 ]
+__all__ += ["jet", "laplacian", "divergence", "taylor_operator"]

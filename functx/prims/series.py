@@ -120,6 +120,7 @@ def taylor_linear(prim, fixed=()):
                     for i, (p, c) in enumerate(zip(primals, ks))]
             coeffs.append(prim.bind(*args, **params))
         return out, coeffs
+    rule.linear_fixed = tuple(fixed)      # lets the collapsed operators skip the generic path
     prim.taylor = rule
     return prim
 
@@ -132,6 +133,7 @@ def taylor_bilinear(prim):
         a, b = [x] + list(xs), [y] + list(ys)
         product = lambda u, v: prim.bind(u, v, **params)    # noqa: E731
         return out, [cauchy(a, b, k, product) for k in range(1, len(a))]
+    rule.bilinear = True
     prim.taylor = rule
     return prim
 
@@ -160,5 +162,6 @@ def taylor_unary(prim, dseries, uses_output=True):
         (x,), (xs,) = primals, series
         y = prim.bind(x, **params)
         return y, unary_series(x, xs, y, dseries, uses_output, **params)
+    rule.unary = True
     prim.taylor = rule
     return prim
