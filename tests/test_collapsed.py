@@ -187,3 +187,25 @@ def test_operator_errors_name_the_argument():
         functx.jit(functx.laplacian(u, num_samples=2, generator=torch.Generator()))(x)
     with pytest.raises(ValueError, match="as many elements"):
         functx.divergence(lambda x: x.sum())(x)
+
+
+def test_laplacian_through_rules_without_fast_paths():
+    # primitives reached through the generic path (order-2 rule batched over directions or
+    # nested jvp): sort, reductions, custom_jvp (its rule is differentiated), cond
+    @functx.custom_jvp
+    def softplus(x):
+        return torch.log1p(torch.exp(x))
+    softplus.defjvp(lambda p, t: (softplus(p[0]), torch.sigmoid(p[0]) * t[0]))
+    ramp = torch.arange(4, dtype=DT)
+    cases = [
+        (lambda x: (torch.sort(torch.sin(x))[0] * ramp).sum(), None),
+        (lambda x: torch.sin(x).amax() * x.sum() + torch.logsumexp(x * x, 0), None),
+        (lambda x: ((x.abs() + 1) ** x).sum() + torch.atan2(x, x.flip(0) + 3).sum(), None),
+        (lambda x: softplus(x).prod(), lambda x: F.softplus(x).prod()),
+        (lambda x: functx.cond(x.sum() > 0, lambda y: torch.sin(y).prod(), lambda y: torch.cos(y).sum(), x),
+         lambda x: torch.sin(x).prod() if x.sum() > 0 else torch.cos(x).sum()),
+    ]
+    X = _randn(3, 4, seed=11)
+    for f, oracle in cases:
+        want = torch.stack([torch.func.hessian(oracle or f)(x).trace() for x in X])
+        torch.testing.assert_close(functx.vmap(functx.laplacian(f))(X), want)

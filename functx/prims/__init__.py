@@ -2,7 +2,8 @@
 
 Modules by family, in dependency order (each imports only those before it; shape.py's
 broadcast_in_dim transpose is the one deferred import, of reduce_sum):
-  util, creation (full, iota), define (definer helpers), shape (views, pad, concatenate),
+  util, creation (full, iota), series (Taylor series arithmetic and rules), define (definer
+  helpers), shape (views, pad, concatenate),
   elementwise, reduce, linalg (dot_general), conv, indexing, random, collective, opaque.
 """
 from . import util, creation, define, shape, elementwise, reduce, linalg, conv, indexing  # noqa: F401
