@@ -18,6 +18,8 @@ from .transforms.control_flow import cond, switch, while_loop, scan
 from . import testing  # noqa: F401  (functx.testing.check_grads / check_transforms)
 from . import debug  # noqa: F401  (functx.debug.print / callback / breakpoint)
 from .debug import debug_nans
+from .transforms.jet import jet
+from .transforms.collapsed import laplacian, divergence, taylor_operator
 
 __version__ = "0.1.0"
 
@@ -29,3 +31,4 @@ __all__ = [
     "ConcretizationError", "TracerTensor", "custom_jvp", "custom_vjp", "cond", "switch", "while_loop", "scan",
     "debug", "debug_nans",
 ]
+__all__ += ["jet", "laplacian", "divergence", "taylor_operator"]

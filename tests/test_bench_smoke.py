@@ -8,6 +8,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
 import bench_jit_overhead  # noqa: E402
+import bench_taylor  # noqa: E402
 import bench_transforms  # noqa: E402
 
 
@@ -21,3 +22,10 @@ def test_jit_overhead_mlp_matches_eager():
     x = torch.randn(5, 8)
     import functx
     torch.testing.assert_close(functx.jit(bench_jit_overhead.mlp)(x, *params), bench_jit_overhead.mlp(x, *params))
+
+
+def test_taylor_bench_variants_agree():
+    fns, args = bench_taylor.variants(d=3, points=4, width=8)
+    ref = fns["torch.func vmap(trace(hessian))"](*args)
+    for name, fn in fns.items():
+        torch.testing.assert_close(fn(*args), ref, rtol=1e-4, atol=1e-4, msg=name)

@@ -25,6 +25,7 @@ SECTIONS = [
     ("Vectorization and named axes", ["vmap", "psum", "pmean", "pmax", "all_gather", "axis_index"]),
     ("Compilation", ["jit", "make_graph", "explain", "to_python_source"]),
     ("Control flow", ["cond", "switch", "while_loop", "scan"]),
+    ("Taylor mode", ["jet", "laplacian", "divergence", "taylor_operator"]),
     ("Modules and pytrees", ["functional_call", "register_pytree_node", "tree_flatten", "tree_unflatten",
                              "tree_map"]),
     ("Types and errors", ["Graph", "TensorType", "TracerTensor", "FunctxError", "ConcretizationError"]),

@@ -8,6 +8,8 @@ primitives whose rules run transforms, in functx/transforms/), with every rule b
   jvp(primals, tangents, **params) -> (primal_out, tangent_out)   (some tangents may be Zero)
   transpose(ct, *args, **params)   -> cotangents for the UndefinedPrimal args (linear prims)
   batch(axis, args, dims, **params)-> (out, out_dim)
+  taylor(primals, series, **params)-> (out, out_series)   (truncated Taylor propagation, see
+                                      prims/series.py; None: transforms/jet.py nests the jvp rule)
 
 and the facts the backends lower it with:
 
@@ -62,6 +64,7 @@ class Primitive:
     jvp: Callable | None = None
     transpose: Callable | None = None
     batch: Callable | None = None
+    taylor: Callable | None = None
     # Structural primitives holding Python callables (custom_jvp_call, custom_vjp_call):
     # fn(*args, **params) run at a GraphTrace in place of recording an equation, so jit
     # compiles their bodies; only transforms above the graph trace need their rules.

@@ -2,9 +2,9 @@
 
 Modules by family, in dependency order (each imports only those before it; shape.py's
 broadcast_in_dim transpose is the one deferred import, of reduce_sum):
-  util, creation (full, iota), define (definer helpers), shape (views, pad, concatenate),
-  elementwise, reduce, linalg (dot_general), conv, indexing, random, collective, opaque,
-  debug (debug_callback).
+  util, creation (full, iota), series (Taylor series arithmetic and rules), define (definer
+  helpers), shape (views, pad, concatenate), elementwise, reduce, linalg (dot_general), conv,
+  indexing, random, collective, opaque, debug (debug_callback).
 """
 from . import util, creation, define, shape, elementwise, reduce, linalg, conv, indexing  # noqa: F401
 from . import random as random_module, collective, opaque as opaque_module  # noqa: F401

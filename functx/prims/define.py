@@ -12,6 +12,7 @@ from ..core.ir import Var
 from ..core.primitive import REGISTRY, Unsupported
 from ..core.trace import UndefinedPrimal, Zero, bind, type_of
 from .creation import zeros_like_type
+from .series import taylor_bilinear, taylor_linear, taylor_zero
 from .util import is_scalar
 
 
@@ -58,7 +59,7 @@ def defjvp_zero(prim):
         out = prim.bind(*primals, **params)
         return out, (Zero(type_of(out)) if not prim.multiple_results else [Zero(type_of(o)) for o in out])
     prim.jvp = jvp
-    return prim
+    return taylor_zero(prim)
 
 
 def deflinear(prim, transpose):
@@ -73,7 +74,7 @@ def deflinear(prim, transpose):
         return out, prim.bind(*ts, **params)
     prim.jvp = jvp
     prim.transpose = transpose
-    return prim
+    return taylor_linear(prim)
 
 
 def _zeros_of(t, primal):
@@ -105,7 +106,7 @@ def defbilinear(prim, lhs_transpose, rhs_transpose):
         return [None, rhs_transpose(ct, x, y, **params)]
     prim.jvp = jvp
     prim.transpose = transpose
-    return prim
+    return taylor_bilinear(prim)
 
 
 def unsupported_unless_float(template):

@@ -18,6 +18,8 @@ from ..core.trace import type_of
 from .creation import full, zeros_like  # noqa: F401  (zeros_like is part of this module's lax API)
 from .define import (cpp_float, defbilinear, defjvp, defjvp_zero, deflinear, is_undefined, libm,
                       unsupported_unless_float as float_only)
+from .series import (s_add, s_apply, s_div, s_mul, s_scale, s_shift, taylor_linear, taylor_unary,
+                      unary_series)
 from .shape import bdim_to_front
 from .util import is_scalar, same_type_check
 
@@ -227,6 +229,44 @@ def reciprocal(x):
     return div(1.0, x)
 
 
+# Taylor rules of the unary math: the full series of g'(x) = h(x, y) from those of x and y
+# (prims/series.py turns it into g's coefficients). h independent of y: computed once.
+def _s_square(xs):
+    return s_mul(xs, xs)
+
+
+for _p, _h in [
+        (exp_p, lambda xs, ys: ys),
+        (exp2_p, lambda xs, ys: s_scale(ys, math.log(2.0))),
+        (expm1_p, lambda xs, ys: s_shift(ys, 1.0)),
+        (tan_p, lambda xs, ys: s_shift(_s_square(ys), 1.0)),
+        (tanh_p, lambda xs, ys: s_shift(s_scale(_s_square(ys), -1.0), 1.0)),
+        (sqrt_p, lambda xs, ys: s_div(0.5, ys)),
+        (rsqrt_p, lambda xs, ys: s_scale(s_div(ys, xs), -0.5)),
+        (logistic_p, lambda xs, ys: s_add(ys, s_scale(_s_square(ys), -1.0))),
+        (erfinv_p, lambda xs, ys: s_scale(s_apply(exp_p, _s_square(ys)), math.sqrt(math.pi) / 2.0))]:
+    taylor_unary(_p, _h)
+for _p, _h in [
+        (log_p, lambda xs, ys: s_div(1.0, xs)),
+        (log1p_p, lambda xs, ys: s_div(1.0, s_shift(xs, 1.0))),
+        (sin_p, lambda xs, ys: s_apply(cos_p, xs)),
+        (cos_p, lambda xs, ys: s_scale(s_apply(sin_p, xs), -1.0)),
+        (asin_p, lambda xs, ys: s_apply(rsqrt_p, s_shift(s_scale(_s_square(xs), -1.0), 1.0))),
+        (acos_p, lambda xs, ys: s_scale(s_apply(rsqrt_p, s_shift(s_scale(_s_square(xs), -1.0), 1.0)), -1.0)),
+        (atan_p, lambda xs, ys: s_div(1.0, s_shift(_s_square(xs), 1.0))),
+        (sinh_p, lambda xs, ys: s_apply(cosh_p, xs)),
+        (cosh_p, lambda xs, ys: s_apply(sinh_p, xs)),
+        (asinh_p, lambda xs, ys: s_apply(rsqrt_p, s_shift(_s_square(xs), 1.0))),
+        (acosh_p, lambda xs, ys: s_apply(rsqrt_p, s_shift(_s_square(xs), -1.0))),
+        (atanh_p, lambda xs, ys: s_div(1.0, s_shift(s_scale(_s_square(xs), -1.0), 1.0))),
+        (abs_p, lambda xs, ys: s_apply(sign_p, xs)),
+        (erf_p, lambda xs, ys: s_scale(s_apply(exp_p, s_scale(_s_square(xs), -1.0)), 2.0 / math.sqrt(math.pi))),
+        (lgamma_p, lambda xs, ys: s_apply(digamma_p, xs)),
+        (digamma_p, lambda xs, ys: s_apply(polygamma_p, xs, n=1)),
+        (polygamma_p, lambda xs, ys, *, n: s_apply(polygamma_p, xs, n=n + 1))]:
+    taylor_unary(_p, _h, uses_output=False)
+
+
 # ---------------------------------------------------------------- binary arithmetic
 
 add_p = defpointwise("add", torch.add, "torch.add", nargs=2, triton="({0} + {1})", commutative=True, cpp="({0} + {1})")
@@ -236,6 +276,8 @@ add_p.transpose = lambda ct, x, y: [ct if is_undefined(x) else None, ct if is_un
 sub_p = defpointwise("sub", torch.sub, "torch.sub", nargs=2, triton="({0} - {1})", cpp="({0} - {1})")
 defjvp(sub_p, lambda t, out, x, y: t, lambda t, out, x, y: neg(t))
 sub_p.transpose = lambda ct, x, y: [ct if is_undefined(x) else None, neg(ct) if is_undefined(y) else None]
+taylor_linear(add_p)
+taylor_linear(sub_p)
 
 mul_p = defpointwise("mul", torch.mul, "torch.mul", nargs=2, triton="({0} * {1})", commutative=True, cpp="({0} * {1})")
 defbilinear(mul_p, lambda ct, x, y: mul(ct, y), lambda ct, x, y: mul(x, ct))
@@ -261,6 +303,17 @@ defjvp(div_p, lambda t, out, x, y: div(t, y), lambda t, out, x, y: neg(mul(t, di
 div_p.transpose = _div_transpose
 
 
+def _div_taylor(primals, series):
+    (x, y), (xs, ys) = primals, series
+    if all(c is None for c in ys):          # linear in the numerator
+        return div(x, y), [None if c is None else div(c, y) for c in xs]
+    q = s_div(x if is_scalar(x) else [x] + list(xs), [y] + list(ys))
+    return q[0], q[1:]
+
+
+div_p.taylor = _div_taylor
+
+
 def _pow_dx(t, out, x, y):
     # d/dx x^y = y * x^(y-1); written with where so that y == 0 gives 0, not nan.
     if is_scalar(y):
@@ -277,6 +330,26 @@ def _pow_dy(t, out, x, y):
 
 pow_p = defpointwise("pow", torch.pow, "torch.pow", nargs=2, triton=float_only("libdevice.pow({0}, {1})"), cpp=_cpp_pow)
 defjvp(pow_p, _pow_dx, _pow_dy)
+
+
+def _pow_series(xf, a):
+    """The full series of x ** a for a Python number a: g' = a x^(a-1), the same rule one
+    power lower, down to a == 0 (a constant)."""
+    y = pow_(xf[0], a)
+    if a == 0:
+        return [y] + [None] * (len(xf) - 1)
+    return [y] + unary_series(xf[0], xf[1:], y, lambda xs, ys: s_scale(_pow_series(xs, a - 1), a), False)
+
+
+def _pow_taylor(primals, series):
+    (x, a), (xs, as_) = primals, series
+    if not is_scalar(a) or any(c is not None for c in as_):
+        return NotImplemented         # a traced exponent: transforms/jet.py nests the jvp rule
+    ys = _pow_series([x] + list(xs), a)
+    return ys[0], ys[1:]
+
+
+pow_p.taylor = _pow_taylor
 
 
 def _minmax_emit(clamp, full_name):
@@ -422,6 +495,7 @@ def _where_jvp(primals, tangents):
 
 
 where_p.jvp = _where_jvp
+taylor_linear(where_p, fixed=(0,))      # the branch the primal predicate picks, per coefficient
 
 
 def where(pred, x, y):
@@ -442,12 +516,19 @@ def _convert_jvp(primals, tangents, *, dtype):
     return out, convert(t, dtype)
 
 
+def _convert_taylor(primals, series, *, dtype):
+    (x,), (xs,) = primals, series
+    keep = dtype.is_floating_point or dtype.is_complex
+    return convert(x, dtype), [convert(c, dtype) if keep and c is not None else None for c in xs]
+
+
 # (Kernels round half types and booleans specially: the Triton ops handler lowers converts.)
 convert_p = Primitive(
     "convert_element_type", kind=POINTWISE,
     abstract_eval=lambda t, *, dtype: t.with_dtype(dtype),
     impl=lambda x, *, dtype: x.to(dtype),
     jvp=_convert_jvp,
+    taylor=_convert_taylor,
     transpose=lambda ct, x, *, dtype: [convert(ct, x.aval.dtype)],
     batch=lambda axis, args, dims, *, dtype: (convert(args[0], dtype), dims[0]),
     emit=lambda eqn, srcs: f"{srcs[0]}.to({eqn.params['dtype']})",

@@ -13,6 +13,7 @@ from . import elementwise as ew
 from . import shape as sh
 from .creation import instantiate, iota, zeros_like_type
 from .define import is_undefined
+from .series import taylor_linear
 from .shape import bdim_to_front, moveaxis
 
 
@@ -92,6 +93,9 @@ take_p = Primitive(
     batch=_take_batch)
 
 
+taylor_linear(take_p, fixed=(1,))
+
+
 def take(x, idx, axis):
     return bind(take_p, (x, idx), {"axis": axis})
 
@@ -151,6 +155,7 @@ scatter_add_p = Primitive(
     transpose=lambda ct, x, idx, v, *, axis: [ct if is_undefined(x) else None, None,
                                               take(ct, idx, axis) if is_undefined(v) else None])
 scatter_add_p.batch = _scatter_batch(scatter_add_p)
+taylor_linear(scatter_add_p, fixed=(1,))
 
 
 def scatter_add(x, idx, v, axis):
@@ -173,6 +178,7 @@ scatter_p = Primitive(
     jvp=_jointly_linear_jvp(lambda *a: scatter(*a)),
     transpose=_scatter_transpose)
 scatter_p.batch = _scatter_batch(scatter_p)
+taylor_linear(scatter_p, fixed=(1,))
 
 
 def scatter(x, idx, v, axis):
@@ -207,6 +213,9 @@ take_along_axis_p = _along_batch(Primitive(
     emit=lambda eqn, srcs: f"torch.gather({srcs[0]}, {eqn.params['axis']}, {srcs[1]}.long())"))
 
 
+taylor_linear(take_along_axis_p, fixed=(1,))
+
+
 def take_along_axis(x, idx, axis):
     return bind(take_along_axis_p, (x, idx), {"axis": axis})
 
@@ -227,6 +236,9 @@ scatter_add_along_p = _along_batch(Primitive(
                                               take_along_axis(ct, idx, axis) if is_undefined(v) else None],
     emit=lambda eqn, srcs: (f"torch.scatter_add({srcs[0]}, {eqn.params['axis']}, {srcs[1]}.long(), "
                             f"{srcs[2]})")))
+
+
+taylor_linear(scatter_add_along_p, fixed=(1,))
 
 
 def scatter_add_along(x, idx, v, axis):

@@ -16,6 +16,7 @@ from ..core import EXTERN, VIEW, Primitive, bind
 from ..core.trace import type_of
 from .creation import instantiate
 from .define import deflinear, is_undefined
+from .series import taylor_linear
 
 
 # ---------------------------------------------------------------- broadcast_in_dim
@@ -328,6 +329,10 @@ pad_p = Primitive(
     batch=_pad_batch)
 
 
+pad_p.taylor = lambda primals, series, *, config, value: (
+    pad(primals[0], config, value), [None if c is None else pad(c, config, 0) for c in series[0]])
+
+
 def pad(x, config, value=0):
     config = tuple(tuple(c) for c in config)
     if all(c == (0, 0, 0) for c in config):
@@ -368,6 +373,7 @@ concatenate_p = Primitive(
     batch=lambda axis_data, args, dims, *, axis: (
         concatenate([bdim_to_front(a, d, axis_data.size) for a, d in zip(args, dims)], axis + 1), 0),
     emit=lambda eqn, srcs: f"torch.cat([{', '.join(srcs)}], {eqn.params['axis']})")
+taylor_linear(concatenate_p)
 
 
 def concatenate(xs, axis):
