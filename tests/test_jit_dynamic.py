@@ -197,3 +197,26 @@ def test_retraces_are_explained_and_the_cache_is_bounded():
     assert info.size == 3 and info.evictions == 6 and info.traces == 9
     with pytest.raises(ValueError, match="cache_limit"):
         functx.jit(lambda x: x, cache_limit=0)
+
+
+def test_transforms_accept_python_floats():
+    """grad/jvp/vjp/jacobians of Python floats: the float becomes torch.tensor(x) (a 0-d
+    default-dtype tensor), so torch.func on that tensor is the oracle."""
+    def f(x):
+        return torch.sin(x) * x ** 2
+    t = torch.tensor(3.0)
+    ref_grad = torch.func.grad(f)(t)
+    torch.testing.assert_close(functx.grad(f)(3.0), ref_grad)
+    torch.testing.assert_close(functx.jit(functx.grad(f))(3.0), ref_grad)      # traced float: same dtype
+    torch.testing.assert_close(functx.value_and_grad(f)(3.0), (f(t), ref_grad))
+    torch.testing.assert_close(functx.jvp(f, (3.0,), (1.0,)), torch.func.jvp(f, (t,), (torch.tensor(1.0),)))
+    torch.testing.assert_close(functx.vjp(f, 3.0)[1](1.0), (ref_grad,))
+    torch.testing.assert_close(functx.linearize(f, 3.0)[1](1.0), ref_grad)
+    for jac in (functx.jacfwd, functx.jacrev):
+        torch.testing.assert_close(jac(f)(3.0), ref_grad)
+    torch.testing.assert_close(functx.hessian(f)(3.0), torch.func.hessian(f)(t))
+    torch.testing.assert_close(functx.grad(lambda x, y: x * y, argnums=(0, 1))(2.0, torch.tensor(3.0)),
+                               (torch.tensor(3.0), torch.tensor(2.0)))
+    assert functx.grad(f)(3.0).dtype == torch.get_default_dtype() and functx.grad(f)(3.0).shape == ()
+    with pytest.raises(TypeError, match="pass 3.0, not 3"):
+        functx.grad(f)(3)
