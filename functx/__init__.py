@@ -16,6 +16,7 @@ from . import lax, tree_util  # noqa: F401
 from .transforms.custom import custom_jvp, custom_vjp
 from .transforms.control_flow import cond, switch, while_loop, scan
 from . import testing  # noqa: F401  (functx.testing.check_grads / check_transforms)
+from . import func  # noqa: F401  (functx.func: torch.func's names and signatures, a drop-in)
 
 __version__ = "0.1.0"
 

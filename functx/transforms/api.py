@@ -340,8 +340,8 @@ def grad(f, argnums=0, has_aux=False):
 _RANDOMNESS = ("error", "different", "same")
 
 
-def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=None,
-         randomness="error", *, in_dims=None, out_dims=None):
+def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size=None,
+         randomness="error", in_dims=None, out_dims=None):
     """Vectorize f over a batch axis: f is written for one example, vmap(f) runs on a batch.
 
     Args:
@@ -349,12 +349,13 @@ def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=No
       in_axes: the batch axis of each positional argument: an int (all arguments), None
         (not batched), or a tuple with one entry per argument, each an int, None, or a
         pytree prefix of that argument. Keyword arguments are batched along axis 0 (as
-        in JAX). Alias: in_dims (torch.func).
+        in JAX). Alias: in_dims (torch.func's name; functx.func.vmap has torch.func's
+        signature, with keyword arguments unbatched).
       out_axes: where the batch axis goes in the outputs (an int, or a pytree prefix of the
         output; None only for outputs that don't depend on the batch). Alias: out_dims.
-      axis_size: the batch size, needed only when no argument is batched.
       axis_name: a name for the axis, for the collectives psum, pmean, pmax, all_gather and
         axis_index inside f.
+      axis_size: the batch size, needed only when no argument is batched.
       chunk_size: process the batch in chunks of this many examples (bounds memory).
       randomness: random ops inside f: 'error' (default), 'different' (independent per
         example) or 'same' (one draw shared by the batch).
@@ -367,8 +368,12 @@ def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=No
       >>> functx.vmap(functx.grad(loss), in_axes=(None, 0, 0))(params, x, y)   # per-sample grads
     """
     if in_dims is not None:
+        if in_axes != 0:
+            raise TypeError("functx.vmap: pass in_axes or its alias in_dims, not both")
         in_axes = in_dims
     if out_dims is not None:
+        if out_axes != 0:
+            raise TypeError("functx.vmap: pass out_axes or its alias out_dims, not both")
         out_axes = out_dims
     if randomness not in _RANDOMNESS:
         raise ValueError(f"functx.vmap: randomness must be one of {_RANDOMNESS}, got {randomness!r}")
