@@ -220,3 +220,15 @@ def test_transforms_accept_python_floats():
     assert functx.grad(f)(3.0).dtype == torch.get_default_dtype() and functx.grad(f)(3.0).shape == ()
     with pytest.raises(TypeError, match="pass 3.0, not 3"):
         functx.grad(f)(3)
+
+
+def test_a_dimension_that_keeps_changing_is_named_before_the_cache_fills():
+    from functx.compile.jit_cache import DIM_WARN_AFTER
+    f = functx.jit(lambda x, y: (x * y).sum(1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, DIM_WARN_AFTER + 4):
+            torch.testing.assert_close(f(torch.ones(2, n), torch.ones(2, n)), torch.full((2,), float(n)))
+    dim = [str(w.message) for w in caught if "changed size" in str(w.message)]
+    assert len(dim) == 2 and "dim 1 of argument 'x'" in dim[0] and "dim 1 of argument 'y'" in dim[1]
+    assert f.cache_size() == DIM_WARN_AFTER + 3 <= f.cache_info().limit

@@ -13,6 +13,8 @@ import torch
 from .tracing import is_dynamic_scalar
 
 DEFAULT_CACHE_LIMIT = 32
+# A dimension that has retraced this many times gets one warning (before the cache fills).
+DIM_WARN_AFTER = 8
 
 
 def value_key(value):
@@ -35,7 +37,7 @@ def leaf_key(leaf):
 
 
 def _describe_leaf_key(k):
-    if isinstance(k, tuple) and len(k) == 3 and isinstance(k[1], torch.dtype):
+    if _is_tensor_key(k):
         return f"tensor {k[1]}{list(k[0])} on {k[2]}"
     if isinstance(k, type):
         return f"Python {k.__name__} (dynamic)"
@@ -45,11 +47,13 @@ def _describe_leaf_key(k):
     return f"{kind.__name__} {value!r} (static)"
 
 
+def _is_tensor_key(k):
+    return isinstance(k, tuple) and len(k) == 3 and isinstance(k[1], torch.dtype)
+
+
 def _leaf_change(old, new):
     """How one leaf's key changed, in words."""
-    old_t = isinstance(old, tuple) and len(old) == 3 and isinstance(old[1], torch.dtype)
-    new_t = isinstance(new, tuple) and len(new) == 3 and isinstance(new[1], torch.dtype)
-    if old_t and new_t:
+    if _is_tensor_key(old) and _is_tensor_key(new):
         parts = []
         if len(old[0]) != len(new[0]):
             parts.append(f"rank {len(old[0])} -> {len(new[0])} (shape {list(old[0])} -> {list(new[0])})")
@@ -95,6 +99,7 @@ class ArgNamer:
 class Retrace:
     """One trace after the first: why the cache missed."""
     changes: list            # [(argument label, change in words)]
+    dims: list = field(default_factory=list)     # [(argument label, dim)] whose size changed
 
     def __str__(self):
         return "; ".join(f"{who}: {what}" for who, what in self.changes)
@@ -133,6 +138,7 @@ class SignatureCache:
         self.entries = collections.OrderedDict()     # key -> entry, least recently used first
         self.retraces: list[Retrace] = []
         self.changed = collections.Counter()         # argument label -> retraces it caused
+        self.dim_changes = collections.Counter()     # (argument label, dim) -> retraces
         self.hits = 0
         self.traces = 0
         self.evictions = 0
@@ -158,10 +164,13 @@ class SignatureCache:
         paths = key[0].paths()
         changes = [(self.namer(paths[k]), _leaf_change(a, b))
                    for k, (a, b) in enumerate(zip(old[1], key[1])) if a != b]
+        dims = [(self.namer(paths[k]), d) for k, (a, b) in enumerate(zip(old[1], key[1]))
+                if a != b and _is_tensor_key(a) and _is_tensor_key(b) and len(a[0]) == len(b[0])
+                for d, (m, n) in enumerate(zip(a[0], b[0])) if m != n]
         for (i, a), (_, b) in zip(old[2], key[2]):
             if a != b:
                 changes.append((self.static_label(i), _leaf_change(a, b)))
-        return Retrace(changes or [("arguments", "unknown")])
+        return Retrace(changes or [("arguments", "unknown")], dims)
 
     def add(self, key, entry):
         retrace = self.why_miss(key)
@@ -171,6 +180,10 @@ class SignatureCache:
             del self.retraces[:-100]
             for who, _ in retrace.changes:
                 self.changed[who] += 1
+            for who_dim in retrace.dims:
+                self.dim_changes[who_dim] += 1
+                if self.dim_changes[who_dim] == DIM_WARN_AFTER:
+                    self._warn_dim(*who_dim)
             if self.warn_on_retrace:
                 warnings.warn(f"functx.jit: retracing {self.name} ({self.traces} traces): {retrace}",
                               stacklevel=4)
@@ -181,6 +194,15 @@ class SignatureCache:
             self.evictions += 1
             self._warn_limit()
         return evicted
+
+    def _warn_dim(self, who, dim):
+        warnings.warn(
+            f"functx.jit: dim {dim} of {who} has changed size {DIM_WARN_AFTER} times in calls of "
+            f"{self.name}, and each new size traces and compiles again (functx traces shapes "
+            "statically; there are no symbolic dimensions yet). Pad that dimension to a few "
+            "bucket sizes (e.g. the next power of two, with a mask) to reuse traces; the cache "
+            f"keeps at most {self.limit} signatures (functx.jit(f, cache_limit=...)).",
+            stacklevel=5)
 
     def _warn_limit(self):
         if self._warned:
