@@ -84,7 +84,7 @@ def transformer_lengths(n_lengths=20, batch=4, d_model=32, repeat=2, cache_limit
 
     def loss(params, x):
         return torch.func.functional_call(layer, params, (x,)).pow(2).mean()
-    lengths = [8 + 3 * k for k in range(n_lengths)]
+    lengths = [8 + k for k in range(n_lengths)]
     step = functx.jit(functx.value_and_grad(loss), cache_limit=cache_limit)
     eager = torch.func.grad_and_value(loss)
     functx.jit(functx.value_and_grad(loss))(params, torch.randn(batch, 5, d_model))   # warm-up
