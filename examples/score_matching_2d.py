@@ -92,9 +92,10 @@ def train(loss_fn, data, steps, batch, lr, name):
 
 @functx.jit
 def langevin_step(params, x, eps):
-    # eps is a Python float: jit treats it as static (part of the cache key), so each
-    # distinct step size traces once. randn_like(x) draws fresh noise on every call.
-    return x + 0.5 * eps * score(params, x) + math.sqrt(eps) * torch.randn_like(x)
+    # eps is a Python float: jit traces it as a dynamic 0-d value (one trace for every eps),
+    # so take its square root with ** (math.sqrt needs the concrete number). randn_like(x)
+    # draws fresh noise on every call.
+    return x + 0.5 * eps * score(params, x) + eps ** 0.5 * torch.randn_like(x)
 
 
 def langevin(params, n, steps, eps):

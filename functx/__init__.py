@@ -20,6 +20,7 @@ from . import debug  # noqa: F401  (functx.debug.print / callback / breakpoint)
 from .debug import debug_nans
 from .transforms.jet import jet
 from .transforms.collapsed import laplacian, divergence, taylor_operator
+from . import func  # noqa: F401  (functx.func: torch.func's names and signatures, a drop-in)
 
 __version__ = "0.1.0"
 

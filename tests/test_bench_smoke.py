@@ -29,3 +29,14 @@ def test_taylor_bench_variants_agree():
     ref = fns["torch.func vmap(trace(hessian))"](*args)
     for name, fn in fns.items():
         torch.testing.assert_close(fn(*args), ref, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_jit_dynamic_bench_runs_and_matches():
+    import bench_jit_dynamic
+    rows = bench_jit_dynamic.lr_schedule(steps=3)
+    losses = {round(loss, 5) for _, _, loss in rows.values()}
+    assert len(losses) == 1                                     # every variant computes the same steps
+    assert rows["functx.jit, lr a Python float (dynamic)"][0] == 1
+    assert rows["functx.jit, lr static (static_argnames)"][0] == 3
+    r = bench_jit_dynamic.transformer_lengths(n_lengths=3, cache_limit=2)   # checks values against torch.func
+    assert r["traces"] == 3 and r["entries"] == 2 and r["evictions"] == 1 and "cache limit" in r["warned"][0]

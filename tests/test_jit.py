@@ -44,11 +44,17 @@ def test_retrace_on_pytree_structure_and_non_tensor_leaves():
     j((X, X))                                   # tuple vs list: a different structure
     assert j.trace_count == 3
 
-    k = functx.jit(lambda x, scale: x * scale)  # a Python number leaf is part of the key
+    k = functx.jit(lambda x, scale: x * scale)  # a Python number's type is part of the key, not its value
     torch.testing.assert_close(k(X, 2.0), X * 2)
     torch.testing.assert_close(k(X, 3.0), X * 3)
-    k(X, 3.0)
+    assert k.trace_count == 1
+    torch.testing.assert_close(k(X, 3), X * 3)
     assert k.trace_count == 2
+    m = functx.jit(lambda x, mode: x * 2 if mode == "double" else x)   # other non-tensor leaves: by value
+    torch.testing.assert_close(m(X, "double"), X * 2)
+    torch.testing.assert_close(m(X, "same"), X)
+    m(X, "same")
+    assert m.trace_count == 2
 
 
 def test_static_argnums():

@@ -10,6 +10,7 @@ section go under "Other"). Each entry shows the signature and the docstring, ver
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import functx  # noqa: E402
+import functx.func  # noqa: E402,F401
 
 SECTIONS = [
     ("Differentiation", ["grad", "value_and_grad", "vjp", "jvp", "linearize", "linear_transpose",
@@ -30,6 +32,9 @@ SECTIONS = [
                              "tree_map"]),
     ("Types and errors", ["Graph", "TensorType", "TracerTensor", "FunctxError", "ConcretizationError"]),
     ("Debugging", ["debug", "debug_nans"]),
+    # functx.func mirrors torch.func; its own wrappers are listed (the rest are torch.func's)
+    ("torch.func drop-in (`import functx.func as func`)",
+     [f"func.{n}" for n in functx.func.__all__ if getattr(functx.func, n).__module__ == "functx.func"]),
 ]
 
 
@@ -45,7 +50,7 @@ def signature(obj, name):
 
 
 def entry(name):
-    obj = getattr(functx, name)
+    obj = functools.reduce(getattr, name.split("."), functx)
     if inspect.ismodule(obj):       # a namespace (functx.debug): its docstring, then its functions
         doc = inspect.getdoc(obj) or "(no docstring)"
         parts = [f'<a id="{name}"></a>\n\n### `functx.{name}` (module)\n\n```text\n{doc}\n```\n']
@@ -74,7 +79,7 @@ def entry(name):
 def render():
     public = list(functx.__all__)
     placed = {n for _, names in SECTIONS for n in names}
-    sections = [(title, [n for n in names if n in public]) for title, names in SECTIONS]
+    sections = [(title, [n for n in names if n in public or n.startswith("func.")]) for title, names in SECTIONS]
     other = [n for n in public if n not in placed]
     if other:
         sections.append(("Other", other))

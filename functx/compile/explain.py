@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 
 from ..core.errors import user_facing
-from ..tree_util import tree_flatten
 from .jit import JitFunction
 from .pipeline import compile_graph
 from .tracing import normalize_argnums, trace_graph
@@ -16,7 +15,8 @@ class Explanation:
     .graph: the optimized graph the backend compiled (the same object as .compiled.graph);
     .traced: the graph before the passes; .passes: [(pass name, graph after it, or '' if
     the pass changed nothing)]; .fallbacks: ATen ops run through the opaque fallback;
-    .compiled, .backend, .kernels, .groups (fusion groups, triton backend)."""
+    .compiled, .backend, .kernels, .groups (fusion groups, triton backend); for a jitted
+    function, .cache (its cache_info()) and .retrace (why this call would retrace, or None)."""
 
     def __init__(self, compiled, traced, passes):
         self.compiled = compiled
@@ -27,6 +27,8 @@ class Explanation:
         self.backend = compiled.backend
         self.kernels = list(compiled.kernels)
         self.groups = list(compiled.groups)
+        self.cache = None        # explain(jitted): its CacheInfo
+        self.retrace = None      # explain(jitted): why this call would retrace (a Retrace), if it would
 
     def __str__(self):
         lines = ["== functx.explain ==", f"backend: {self.backend}", "", "-- graph --", str(self.graph), ""]
@@ -40,6 +42,9 @@ class Explanation:
             lines.append(f"after {name}:" + ("" if text else " (unchanged)"))
             lines += _indent(text)
         lines += ["", "-- compiled --", self.compiled.report()]
+        if self.cache is not None:
+            lines += ["", "-- jit cache --", str(self.cache),
+                      f"this call: {'retraces: ' + str(self.retrace) if self.retrace else 'cached or first trace'}"]
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -61,27 +66,27 @@ def explain(f, backend=None, static_argnums=()):
       >>> print(functx.explain(lambda x: torch.softmax(x, -1))(torch.randn(4, 8)))
     """
     static_argnums = normalize_argnums(static_argnums, "functx.explain")
-    inner = f.f if isinstance(f, JitFunction) else f
-    if isinstance(f, JitFunction):
-        backend = backend or f.backend
-        static_argnums = static_argnums or f.static_argnums
+    jitted = f if isinstance(f, JitFunction) else JitFunction(f, static_argnums, backend)
 
-    @functools.wraps(inner)
+    @functools.wraps(jitted.f)
     def explained(*args, **kwargs):
+        nums = jitted._static_nums(args, False)
+        key, _, leaves = jitted._key(args, kwargs, nums)
+        paths = key[0].paths() if key is not None else None
         with user_facing():       # traced as jit traces, so the graphs are the same
-            traced = trace_graph(inner, args, kwargs, static_argnums, "functx.explain", mutations=True)
-        leaves, _ = tree_flatten((args, kwargs))
-        compiled, passes = compile_graph(traced, backend, leaves, record=True)
-        ran = _entry_that_ran(f, args, kwargs)
-        if ran is not None and ran.compiled.backend == compiled.backend:
-            compiled = ran.compiled      # report the state of what jit runs (the CPU backend's tier)
-        return Explanation(compiled, traced, passes)
+            traced = trace_graph(jitted.f, args, kwargs, nums, "functx.explain", mutations=True,
+                                 static_argnames=jitted.static_argnames, dynamic_scalars=True,
+                                 arg_names=paths and (lambda k: jitted._namer(paths[k])))
+        compiled, passes = compile_graph(traced, backend or jitted.backend, leaves, record=True)
+        if f is jitted and key is not None:
+            ran = jitted._cache.entries.get(key)
+            if ran is not None and ran.compiled.backend == compiled.backend:
+                compiled = ran.compiled      # report the state of what jit runs (the CPU backend's tier)
+        explanation = Explanation(compiled, traced, passes)
+        if f is jitted:       # explain(a jitted function): its cache, and whether this call hits it
+            explanation.cache = jitted.cache_info()
+            cached = key in jitted._cache.entries
+            explanation.retrace = None if cached else jitted._cache.why_miss(key)
+        return explanation
     return explained
 
-
-def _entry_that_ran(f, args, kwargs):
-    """The cached jit entry of a JitFunction for these arguments, if it has been called."""
-    if not isinstance(f, JitFunction):
-        return None
-    key, _, _ = f._key(args, kwargs)
-    return f._cache.get(key) if key is not None else None

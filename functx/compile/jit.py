@@ -1,12 +1,11 @@
-"""jit: trace once per signature (pytree structure, shapes, dtypes, devices, static
-values), optimize, compile on a backend, cache. Under another transform (a tracer among the
+"""jit: trace once per signature (pytree structure, shapes, dtypes, devices, the types of
+Python numbers, static values), optimize, compile on a backend, cache (jit_cache.py). Under another transform (a tracer among the
 arguments, or a non-eval trace current) jit inlines: the enclosing transform sees the
 function's primitives directly.
 """
 from __future__ import annotations
 
 import functools
-import struct
 
 import torch
 
@@ -17,16 +16,19 @@ from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
 from ..tree_util import tree_flatten, tree_unflatten
 from .pipeline import compile_graph
-from .tracing import normalize_argnums, split_static, trace_graph
+from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, value_key  # noqa: F401
+from .tracing import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, scalar_device, split_static,
+                      split_static_kwargs, trace_graph)
 
 
 class _Entry:
     """One cached signature: the compiled graph (entry.compiled.graph is what ran through
     the pipeline, with its meta) and what the hot path calls."""
-    __slots__ = ("compiled", "call", "unflatten")
+    __slots__ = ("compiled", "call", "unflatten", "key")
 
-    def __init__(self, compiled):
+    def __init__(self, compiled, key):
         self.compiled = compiled
+        self.key = key
         meta = compiled.graph.meta
         # The hot path: the backend's plain callable (the generated function itself on the
         # eager backend) and the cheapest way to rebuild the output structure.
@@ -56,139 +58,229 @@ def _first(outs):
     return outs[0]
 
 
-def value_key(value):
-    """The cache key of a non-tensor argument: its type and value, with floats by their bits
-    (Python says 2 == 2.0 == True and 0.0 == -0.0, and nan != nan; a trace specialized to one
-    of those must not serve the others, and a nan must hit the cache)."""
-    if isinstance(value, float):
-        return float, struct.pack("<d", value)
-    return type(value), value
-
-
 # Exact types that take the fast path (TracerTensor and other subclasses do not).
 _PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
 
 
+def normalize_argnames(static_argnames):
+    names = (static_argnames,) if isinstance(static_argnames, str) else static_argnames
+    try:
+        names = tuple(names)
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise TypeError("functx.jit: static_argnames must be a str or a sequence of str, got "
+                        f"{static_argnames!r}")
+    return names
+
+
 class JitFunction:
-    """A jitted function. `.cache_size()` counts traced signatures; `.lower(*args)` gives the entry.
+    """A jitted function. `.cache_info()` lists the traced signatures and why each retrace
+    happened; `.cache_size()` counts them; `.lower(*args)` gives the entry.
 
-    Calls with positional plain tensors only (the common case) take a fast path: the key is
-    the tuple of (shape, dtype, device) per argument, checked first against the last call's
-    key. Everything else goes through the general key (pytree structure + per-leaf
-    signature + static values)."""
+    Calls with positional plain tensors and Python numbers only (the common case) take a
+    fast path: the key is the tuple of (shape, dtype, device) per tensor and the type of each
+    number, checked first against the last call's key. Everything else goes through the
+    general key (pytree structure + per-leaf signature + static values)."""
 
-    def __init__(self, f, static_argnums=(), backend=None):
+    def __init__(self, f, static_argnums=(), backend=None, static_argnames=(),
+                 cache_limit=DEFAULT_CACHE_LIMIT, warn_on_retrace=False):
         self.f = f
-        self.static_argnums = normalize_argnums(static_argnums, "functx.jit")
+        namer = ArgNamer(f)
+        nums = normalize_argnums(static_argnums, "functx.jit")
+        names = normalize_argnames(static_argnames)
+        # As in JAX, each names the other where f's signature says which is which.
+        self.static_argnums = nums
+        self._named_nums = tuple(i for i in namer.argnums_of(names) if i not in nums)
+        self.static_argnames = names + tuple(n for n in namer.argnames_of(nums) if n not in names)
+        self._namer = namer
         self.backend = backend
-        self._cache: dict = {}
-        self._fast: dict = {}          # flat-tensor key -> entry (same entries as _cache)
+        self._cache = SignatureCache(cache_limit, namer, warn_on_retrace, getattr(f, "__name__", "f"))
+        self._fast: dict = {}          # flat positional key -> entry (same entries as _cache)
         self._last_key = None
         self._last_entry = None
-        self.trace_count = 0
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
         functools.update_wrapper(self, f, updated=())
 
-    def _key(self, args, kwargs):
-        """(key, tensor leaves, all leaves); key is None when a TracerTensor is among them."""
-        nums = self.static_argnums
+    @property
+    def trace_count(self) -> int:
+        return self._cache.traces
+
+    def _static_nums(self, args, method):
+        # a static parameter passed by keyword is static by name (static_argnames names it)
+        nums = tuple(i for i in self.static_argnums
+                     if i < len(args) or not self._namer.argnames_of((i,)) or i < 0) \
+            + tuple(i for i in self._named_nums if i < len(args))
+        return ((0,) + tuple(i for i in nums if i != 0)) if method else nums
+
+    def _key(self, args, kwargs, nums):
+        """(key, graph inputs, all leaves); key is None when a TracerTensor is among them.
+        The graph inputs are the tensor leaves and the dynamic Python numbers (as 0-d
+        tensors), in leaf order, as trace_graph makes them."""
         if nums:
-            dynamic, static, _ = split_static(args, nums, "functx.jit")
+            dynamic, static, nums = split_static(args, nums, "functx.jit")
         else:
             dynamic, static = args, ()
+        kwargs, static_kw = split_static_kwargs(kwargs, self.static_argnames)
         leaves, treedef = tree_flatten((dynamic, kwargs))
-        sig = []
-        tensors = []
+        inputs = []
+        device = None
         for leaf in leaves:
             if isinstance(leaf, torch.Tensor):
                 if isinstance(leaf, TracerTensor):
                     return None, None, leaves
-                sig.append((leaf.shape, leaf.dtype, leaf.device))
-                tensors.append(leaf)
-            else:
-                sig.append(value_key(leaf))
+                inputs.append(leaf)
+            elif is_dynamic_scalar(leaf):
+                device = device or scalar_device(leaves)
+                inputs.append(scalar_as_tensor(leaf, device))
         try:
             # debug_nans compiles a checked artifact: the flag is part of the key
-            key = (treedef, tuple(sig), tuple(value_key(s) for s in static), _NANS.on)
+            key = make_key(treedef, leaves, list(zip(nums, static)) + sorted(static_kw.items())) + (_NANS.on,)
             hash(key)
         except TypeError:
             raise TypeError("functx.jit: non-tensor arguments must be hashable (they are part of the "
                             "cache key); mark them static or pass tensors") from None
-        return key, tensors, leaves
+        return key, inputs, leaves
 
-    def _entry(self, key, args, kwargs, leaves):
+    def _entry(self, key, args, kwargs, leaves, nums):
         entry = self._cache.get(key)
         if entry is None:
+            paths = key[0].paths()
             with user_facing():
-                graph = trace_graph(self.f, args, kwargs, self.static_argnums, "functx.jit",
-                                    mutations=True)
-            self.trace_count += 1
+                graph = trace_graph(self.f, args, kwargs, nums, "functx.jit", mutations=True,
+                                    static_argnames=self.static_argnames, dynamic_scalars=True,
+                                    arg_names=lambda k: self._namer(paths[k]))
             compiled, _ = compile_graph(graph, self.backend, leaves)
-            entry = _Entry(compiled)
-            self._cache[key] = entry
+            entry = _Entry(compiled, key)
+            evicted = self._cache.add(key, entry)
+            if evicted:
+                self._fast = {k: e for k, e in self._fast.items() if e not in evicted}
+                if self._last_entry in evicted:
+                    self._last_key = self._last_entry = None
         return entry
 
     def lower(self, *args, **kwargs):
-        key, tensors, leaves = self._key(args, kwargs)
+        nums = self._static_nums(args, False)
+        key, inputs, leaves = self._key(args, kwargs, nums)
         if key is None:
             raise TypeError("functx.jit: lower() needs concrete tensors, not traced values")
-        return self._entry(key, args, kwargs, leaves), tensors
+        return self._entry(key, args, kwargs, leaves, nums), inputs
 
     def __call__(self, *args, **kwargs):
         if _trace_state.trace is not EVAL_TRACE:
             return self.f(*args, **kwargs)
-        if not kwargs and not self.static_argnums and not _NANS.on:
+        if not kwargs and not self.static_argnums and not self._named_nums and not _NANS.on:
             sig = []
+            scalars = False
             for a in args:
-                if type(a) not in _PLAIN_TENSORS:
+                kind = type(a)
+                if kind in _PLAIN_TENSORS:
+                    sig.append((a.shape, a.dtype, a.device))
+                elif kind is float or kind is int and is_dynamic_scalar(a):
+                    sig.append(kind)
+                    scalars = True
+                else:
                     break
-                sig.append((a.shape, a.dtype, a.device))
             else:
                 key = tuple(sig)
                 if key == self._last_key:
                     entry = self._last_entry
+                    self._cache.hits += 1
                 else:
                     entry = self._fast.get(key)
-                    if entry is None:
-                        gkey, _, leaves = self._key(args, kwargs)
-                        entry = self._fast[key] = self._entry(gkey, args, kwargs, leaves)
+                    if entry is None or self._cache.get(entry.key) is None:
+                        gkey, _, leaves = self._key(args, kwargs, ())
+                        entry = self._fast[key] = self._entry(gkey, args, kwargs, leaves, ())
                     self._last_key, self._last_entry = key, entry
+                if scalars:
+                    device = scalar_device(args)
+                    args = [scalar_as_tensor(a, device) if type(a) in (float, int) else a for a in args]
                 return entry.unflatten(entry.call(*args))
-        key, tensors, leaves = self._key(args, kwargs)
+        return self._call(args, kwargs, False)
+
+    def _call(self, args, kwargs, method):
+        nums = self._static_nums(args, method)
+        key, inputs, leaves = self._key(args, kwargs, nums)
         if key is None:       # traced arguments: inline into the enclosing transform
             return self.f(*args, **kwargs)
-        entry = self._entry(key, args, kwargs, leaves)
-        return entry.unflatten(entry.call(*tensors))
+        entry = self._entry(key, args, kwargs, leaves, nums)
+        return entry.unflatten(entry.call(*inputs))
+
+    def __get__(self, obj, objtype=None):
+        """@jit on a method: self is bound and static (keyed by its own hash: identity for
+        most objects, nn.Modules included), as JAX recommends; see docs/sharp_bits.md."""
+        if obj is None:
+            return self
+        return BoundJitMethod(self, obj)
 
     def cache_size(self) -> int:
-        return len(self._cache)
+        return len(self._cache.entries)
+
+    def cache_info(self):
+        """A CacheInfo: entries (one description per traced signature), retraces (which
+        argument changed and how, per trace after the first), traces, hits, evictions."""
+        return self._cache.info()
 
 
-def jit(f=None, *, static_argnums=(), backend=None):
+class BoundJitMethod:
+    """A jitted method bound to an instance: calls the JitFunction with self static."""
+    __slots__ = ("jitted", "obj")
+
+    def __init__(self, jitted, obj):
+        self.jitted, self.obj = jitted, obj
+
+    def __call__(self, *args, **kwargs):
+        if _trace_state.trace is not EVAL_TRACE:
+            return self.jitted.f(self.obj, *args, **kwargs)
+        try:
+            hash(self.obj)
+        except TypeError:
+            raise TypeError(f"functx.jit on a method: self (a {type(self.obj).__name__}) is a static "
+                            "argument, part of the cache key, so it must be hashable; define __hash__ "
+                            "(identity is fine) or jit a function that takes the state as an argument") from None
+        return self.jitted._call((self.obj,) + args, kwargs, True)
+
+    def __getattr__(self, name):
+        return getattr(self.jitted, name)
+
+
+def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_limit=DEFAULT_CACHE_LIMIT,
+        warn_on_retrace=False):
     """Compile f: trace once per input signature, optimize, compile, cache (JAX's jit).
 
     The cache key is the pytree structure of the arguments, the shape/dtype/device of each
-    tensor leaf, and the values of the non-tensor leaves (which are static: a new Python
-    number traces again). Closed-over tensors are constants of the graph: pass anything
-    that changes (parameters) as an argument. Under another transform, or when called
-    with tracers, a jitted function inlines into the enclosing trace. Usable as @jit or
-    jit(f, ...).
+    tensor leaf, the *type* of each Python int and float, and the values of the other
+    non-tensor leaves and of the static arguments. Python ints and floats are dynamic
+    (JAX's weak types): traced as 0-d inputs that promote as the Python number would, so a
+    learning rate that changes every step reuses one trace; if Python needs the value
+    (a shape, an index, an `if`), a ConcretizationError names the argument: mark it static.
+    bools and other Python values are static. Closed-over tensors are constants of the
+    graph: pass anything that changes (parameters) as an argument. Under another transform,
+    or when called with tracers, a jitted function inlines into the enclosing trace. Usable
+    as @jit (on functions and methods; self is static) or jit(f, ...).
 
     Args:
-      f: a function of tensors (pytrees of tensors) returning tensors.
+      f: a function of tensors (pytrees of tensors) and Python numbers returning tensors.
       static_argnums: positions of arguments treated as static (hashable, part of the key).
+      static_argnames: names of arguments treated as static (f's signature maps names and
+        positions both ways, as in JAX).
       backend: 'eager' (generated PyTorch code; the default on CPU), 'cpu' (that code
         first, then fused C++ kernels built in the background; see docs/compiler.md) or
         'triton' (fused Triton kernels; the default for CUDA tensors when Triton is installed).
+      cache_limit: the most traced signatures kept (least recently used evicted, with one
+        warning naming the argument that keeps changing); None for no limit.
+      warn_on_retrace: warn on every retrace, saying which argument changed and how.
 
     Returns:
-      A JitFunction: call it like f; .cache_size() counts the traced signatures.
+      A JitFunction: call it like f; .cache_info() lists the signatures and the retraces.
 
     Example:
       >>> step = functx.jit(functx.value_and_grad(loss))
       >>> loss_value, grads = step(params, x, y)
     """
+    options = dict(static_argnums=static_argnums, static_argnames=static_argnames, backend=backend,
+                   cache_limit=cache_limit, warn_on_retrace=warn_on_retrace)
     if f is None:
-        return lambda g: JitFunction(g, static_argnums, backend)
-    return JitFunction(f, static_argnums, backend)
+        return lambda g: JitFunction(g, **options)
+    return JitFunction(f, **options)

@@ -10,12 +10,14 @@ import functools
 
 import torch
 
-from ..core import GraphMeta, GraphTrace, current_trace, nan_check, set_current_trace
-from ..core.errors import user_facing
+from ..core import GraphMeta, GraphTrace, TensorType, current_trace, nan_check, set_current_trace
+from ..core.errors import ConcretizationError, user_facing
 from ..core.trace import Tracer, type_of
 from ..frontend import TracerTensor, record_fallbacks, unwrap, wrap
 from ..frontend.random_mode import intercept_random
 from ..tree_util import tree_flatten, tree_unflatten
+
+_CPU = torch.device("cpu")
 
 
 def normalize_argnums(static_argnums, what):
@@ -42,43 +44,113 @@ def split_static(args, static_argnums, what):
     dynamic = tuple(None if i in nums else a for i, a in enumerate(args))
     static = tuple(args[i] for i in nums)
     for i, s in zip(nums, static):
-        if isinstance(s, (torch.Tensor, Tracer)):
-            raise TypeError(f"{what}: static argument {i} is a tensor; static arguments are compared by "
-                            "value as part of the cache key, so they must be hashable Python values. "
-                            "Pass tensors as ordinary (traced) arguments.")
-        try:
-            hash(s)
-        except TypeError:
-            raise TypeError(f"{what}: static argument {i} is a {type(s).__name__}, which is not hashable; "
-                            "static arguments are part of the cache key. Pass a hashable value "
-                            "(e.g. a tuple instead of a list), or make it a traced argument.") from None
+        _check_static(s, f"static argument {i}", what)
     return dynamic, static, nums
 
 
-def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mutations=False):
+def _check_static(s, name, what):
+    if isinstance(s, (torch.Tensor, Tracer)):
+        raise TypeError(f"{what}: {name} is a tensor; static arguments are compared by "
+                        "value as part of the cache key, so they must be hashable Python values. "
+                        "Pass tensors as ordinary (traced) arguments.")
+    try:
+        hash(s)
+    except TypeError:
+        raise TypeError(f"{what}: {name} is a {type(s).__name__}, which is not hashable; "
+                        "static arguments are part of the cache key. Pass a hashable value "
+                        "(e.g. a tuple instead of a list), or make it a traced argument.") from None
+
+
+class _naming_scalars:
+    """A ConcretizationError on a value computed from dynamic Python numbers names them and
+    says how to make them static."""
+
+    def __init__(self, scalar_vars, arg_names):
+        self.scalar_vars, self.arg_names = scalar_vars, arg_names
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if not isinstance(exc, ConcretizationError) or not self.scalar_vars:
+            return False
+        culprits = [k for v, k in self.scalar_vars.items() if v in getattr(exc, "depends_on", ())]
+        if not culprits:
+            return False
+        names = ", ".join(self.arg_names(k) if self.arg_names else f"leaf {k}" for k in culprits)
+        raise ConcretizationError(
+            f"{exc}\n\nThe value Python needed comes from {names}: functx.jit traces Python ints "
+            "and floats as dynamic values (one trace serves every value). An argument used as a "
+            "shape, a dimension, an index or in Python control flow must be static: "
+            "functx.jit(f, static_argnames=(...)) or static_argnums=(...).") from None
+
+
+_INT64 = (-2 ** 63, 2 ** 63)
+_SCALAR_DTYPE = {int: torch.int64, float: torch.float64}
+
+
+def is_dynamic_scalar(leaf) -> bool:
+    """Python ints (that fit int64) and floats are traced, not baked in (JAX's weak types);
+    bools (flags, at most two traces) and complex numbers stay static."""
+    kind = type(leaf)
+    return kind is float or (kind is int and _INT64[0] <= leaf < _INT64[1])
+
+
+def scalar_device(leaves):
+    """Where jit puts dynamic Python numbers: with the first tensor argument (CPU if none)."""
+    return next((leaf.device for leaf in leaves if isinstance(leaf, torch.Tensor)), _CPU)
+
+
+def scalar_as_tensor(value, device):
+    return torch.tensor(value, dtype=_SCALAR_DTYPE[type(value)], device=device)
+
+
+def split_static_kwargs(kwargs, static_argnames):
+    if not static_argnames:
+        return kwargs, {}
+    dynamic = {k: v for k, v in kwargs.items() if k not in static_argnames}
+    static = {k: v for k, v in kwargs.items() if k in static_argnames}
+    for k, v in static.items():
+        _check_static(v, f"static argument {k!r}", "functx.jit")
+    return dynamic, static
+
+
+def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mutations=False,
+                static_argnames=(), dynamic_scalars=False, arg_names=None):
     """Trace f at abstract versions of the tensor leaves of args/kwargs -> Graph.
 
     mutations=True: the final values of inputs that f writes in place are extra outputs, and
     graph.meta.mutated_inputs lists their positions among the tensor leaves (jit copies
-    them back)."""
+    them back). dynamic_scalars=True (jit): Python ints and floats among the leaves are graph
+    inputs too, weakly typed 0-d tensors (is_dynamic_scalar); arg_names(leaf index) names
+    one for the error when Python needs its value."""
     dynamic, static, nums = split_static(args, static_argnums, what)
+    kwargs, static_kw = split_static_kwargs(kwargs, static_argnames)
     leaves, treedef = tree_flatten((dynamic, kwargs))
     trace = GraphTrace(current_trace(), stage_all=True)
     tracers, vals, in_wrappers = [], [], []
-    for leaf in leaves:
+    scalar_vars = {}
+    device = scalar_device(leaves) if dynamic_scalars else None
+    for k, leaf in enumerate(leaves):
         if isinstance(leaf, (torch.Tensor, Tracer)):
             t = trace.new_arg(type_of(unwrap(leaf)))
-            tracers.append(t)
-            vals.append(wrap(t))
-            in_wrappers.append(vals[-1])
+        elif dynamic_scalars and is_dynamic_scalar(leaf):
+            t = trace.new_arg(TensorType((), _SCALAR_DTYPE[type(leaf)], device, weak=True))
+            scalar_vars[t.var] = k
         else:
             vals.append(leaf)
+            continue
+        tracers.append(t)
+        vals.append(wrap(t))
+        in_wrappers.append(vals[-1])
     dyn, kw = tree_unflatten(treedef, vals)
     full = list(dyn)
     for i, s in zip(nums, static):
         full[i] = s
+    kw.update(static_kw)
     # intercept_random: torch.randn(shape) etc. are staged as random primitives, not baked in
-    with record_fallbacks() as fallbacks, set_current_trace(trace), intercept_random():
+    with record_fallbacks() as fallbacks, set_current_trace(trace), intercept_random(), \
+            _naming_scalars(scalar_vars, arg_names):
         out = f(*full, **kw)
         out_leaves, out_tree = tree_flatten(out)
         for i, leaf in enumerate(out_leaves):

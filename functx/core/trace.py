@@ -286,7 +286,7 @@ class GraphTracer(Tracer):
         return self.var.type
 
     def concrete(self):
-        raise ConcretizationError(
+        err = ConcretizationError(
             "A traced value's contents were needed by Python (bool(), int(), float(), .item(), "
             ".tolist(), .numpy(), if/while on a tensor) while tracing a graph, where values are "
             f"abstract ({self.aval}):\n"
@@ -298,6 +298,8 @@ class GraphTracer(Tracer):
             "functx.while_loop(cond_fn, body_fn, init) or functx.scan. Outside jit, "
             "the transforms run eagerly and this code works."
         )
+        err.depends_on = self._trace.ancestors(self.var)   # jit names the arguments behind it
+        raise err
 
     def __repr__(self):
         if not self._trace.stage_all:
@@ -369,6 +371,14 @@ class GraphTrace(Trace):
         out = Var(out_types)
         self.eqns.append(Eqn(prim, atoms, [out], params, source))
         return GraphTracer(self, out)
+
+    def ancestors(self, var) -> set:
+        """The Vars recorded so far that var is computed from (var included)."""
+        found = {var}
+        for eqn in reversed(self.eqns):
+            if any(o in found for o in eqn.outputs):
+                found.update(a for a in eqn.inputs if isinstance(a, Var))
+        return found
 
     def to_graph(self, in_tracers, outs) -> Graph:
         invars = [t.var for t in in_tracers]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -14,6 +14,10 @@ class TensorType:
     shape: tuple
     dtype: torch.dtype
     device: torch.device
+    # A jit argument that was a Python number (or arithmetic on only such values): it
+    # promotes as the Python scalar would (JAX's weak type). Not part of equality: the
+    # graph computes the same thing either way; only the front end's promotion reads it.
+    weak: bool = field(default=False, compare=False)
 
     @staticmethod
     def of(x: torch.Tensor) -> "TensorType":
@@ -34,7 +38,8 @@ class TensorType:
         return TensorType(self.shape, dtype, self.device)
 
     def __str__(self) -> str:
-        return f"{short_name(self.dtype)}[{','.join(map(str, self.shape))}]"
+        weak = "weak " if self.weak else ""
+        return f"{weak}{short_name(self.dtype)}[{','.join(map(str, self.shape))}]"
 
     def __repr__(self) -> str:
         return str(self)

@@ -1,12 +1,13 @@
 """Type promotion and broadcasting for the front end (primitives do neither)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND as KIND
 
-from ..core.trace import type_of
+from ..core.trace import GraphTracer, type_of
 from ..prims.util import static_broadcast_shapes
 from .. import prims as P
 
@@ -66,15 +67,60 @@ def _promoted(key, kind):
     return result
 
 
+# ---- weak values: jit's dynamic Python numbers (TensorType.weak) promote as the Python
+# scalar they stand for; arithmetic among only such values follows Python (int64, float64).
+
+def _python_type(dtype):
+    return complex if dtype.is_complex else float if dtype.is_floating_point else bool if dtype is torch.bool else int
+
+
+_PY_DTYPE = {bool: torch.bool, int: torch.int64, float: torch.float64, complex: torch.complex128}
+_PY_ORDER = (bool, int, float, complex)
+
+
+def _operand_key(a, t):
+    if t is None:
+        return type(a)
+    if t.weak:
+        return _python_type(t.dtype)
+    return (t.dtype, not t.shape)
+
+
+def _all_weak(types):
+    return any(t is not None for t in types) and all(t is None or t.weak for t in types)
+
+
+def _python_result(key, kind, bitwise=False):
+    """The dtype Python's own arithmetic gives (int/int true division is a float64; bool
+    arithmetic other than & | ^ gives an int)."""
+    widest = max(key, key=_PY_ORDER.index)
+    if kind is KIND.ALWAYS_BOOL:
+        return torch.bool
+    if kind is KIND.INT_TO_FLOAT and widest in (bool, int):
+        return torch.float64
+    if widest is bool and not bitwise:
+        return torch.int64
+    return _PY_DTYPE[widest]
+
+
+def mark_weak(x):
+    """x (a fresh result of arithmetic on weak values only) is weak too."""
+    if isinstance(x, GraphTracer) and not x.var.type.weak:
+        x.var.type = dataclasses.replace(x.var.type, weak=True)
+    return x
+
+
+def is_weak(x):
+    t = type_of(x) if not isinstance(x, SCALARS) else None
+    return t is not None and t.weak
+
+
 def result_type(*args, kind=KIND.DEFAULT):
-    key = []
-    for a in args:
-        if isinstance(a, SCALARS):
-            key.append(type(a))
-        else:
-            t = type_of(a)
-            key.append((t.dtype, t.ndim == 0))
-    return _promoted(tuple(key), kind)
+    types = [None if isinstance(a, SCALARS) else type_of(a) for a in args]
+    key = tuple([_operand_key(a, t) for a, t in zip(args, types)])
+    if _all_weak(types):
+        return _python_result(key, kind)
+    return _promoted(key, kind)
 
 
 def broadcast_shapes(*args):
@@ -125,17 +171,28 @@ def elementwise(fn, *args, kind=KIND.DEFAULT, compute_dtype=None):
     """fn over the operands promoted to a common dtype and broadcast to a common shape.
     (Each operand's type is computed once: this runs for every elementwise ATen op.)"""
     types = [None if isinstance(a, SCALARS) else type_of(a) for a in args]
-    if compute_dtype is None or kind is KIND.ALWAYS_BOOL:
-        key = tuple([type(a) if t is None else (t.dtype, not t.shape) for a, t in zip(args, types)])
+    weak = _all_weak(types)
+    if weak and compute_dtype is None:
+        key = tuple([_operand_key(a, t) for a, t in zip(args, types)])
+        dtype = _python_result(key, KIND.DEFAULT if kind is KIND.ALWAYS_BOOL else kind, fn in _BITWISE)
+    elif compute_dtype is None or kind is KIND.ALWAYS_BOOL:
+        key = tuple([_operand_key(a, t) for a, t in zip(args, types)])
         dtype = _promoted(key, KIND.DEFAULT if kind is KIND.ALWAYS_BOOL else kind)
     else:
         dtype = compute_dtype
     shapes = tuple([t.shape for t in types if t is not None])
     shape = static_broadcast_shapes(shapes) if shapes else ()
-    return fn(*_prepare_typed(args, types, dtype, shape))
+    if dtype in _HALF and kind is not KIND.ALWAYS_BOOL and any(t is not None and t.weak for t in types):
+        # eager keeps a Python number at float32 precision against a half tensor and rounds
+        # once, at the end; converting the number to half first would round it twice
+        return P.convert(fn(*_prepare_typed(args, types, torch.float32, shape)), dtype)
+    out = fn(*_prepare_typed(args, types, dtype, shape))
+    return mark_weak(out) if weak else out
 
 
 _CPU = torch.device("cpu")
+_HALF = (torch.float16, torch.bfloat16)
+_BITWISE = (P.bitwise_and, P.bitwise_or, P.bitwise_xor)
 
 
 def float_dtype_of(x):

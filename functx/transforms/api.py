@@ -18,7 +18,7 @@ from .. import prims as P
 from .ad import differentiable, linear_forward, linearize_flat, vjp_flat, backward_pass
 from .batching import AxisData, BatchTrace, BatchTracer
 from .jvp import JVPTrace, JVPTracer
-from ..tree_util import broadcast_prefix, tree_flatten, tree_unflatten
+from ..tree_util import broadcast_prefix, tree_flatten, tree_map, tree_unflatten
 
 _TENSOR_LEAF = (torch.Tensor, Tracer)
 
@@ -29,8 +29,25 @@ def _check_tensor_leaves(leaves, what, treedef):
     for i, leaf in enumerate(leaves):
         if not isinstance(leaf, _TENSOR_LEAF):
             where = f" at {treedef.paths()[i]}"
+            hint = "; Python floats are accepted, ints and bools are not (pass 3.0, not 3)" \
+                if isinstance(leaf, (int, bool)) else ""
             raise TypeError(f"{what}: expected tensors, but leaf {i}{where} is a "
-                            f"{type(leaf).__name__} ({leaf!r:.60})")
+                            f"{type(leaf).__name__} ({leaf!r:.60}){hint}")
+
+
+def _float_primal(x):
+    """A Python float primal is torch.tensor(x): a 0-d tensor of the default dtype (JAX
+    docs' grad(f)(3.0)); so is a Python float that jit traced (weakly typed), so jit(grad(f))
+    computes what grad(f) does."""
+    if type(x) is float:
+        return torch.tensor(x, dtype=torch.get_default_dtype())
+    if isinstance(x, TracerTensor) and x.dtype.is_floating_point and type_of(unwrap(x)).weak:
+        return x.to(torch.get_default_dtype())
+    return x
+
+
+def _float_primals(tree):
+    return tree_map(_float_primal, tree)
 
 
 def _flatten_tensors(tree, what):
@@ -96,6 +113,7 @@ def _argnums_tuple(argnums, nargs, what):
 def _with_argnums(f, args, kwargs, argnums, what):
     """(g, differentiated args): g takes just the args at argnums, the others held fixed."""
     nums = _argnums_tuple(argnums, len(args), what)
+    args = tuple(_float_primal(a) if i in nums else a for i, a in enumerate(args))
 
     def g(*diff):
         full = list(args)
@@ -133,8 +151,8 @@ def jvp(f, primals, tangents, has_aux=False):
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise TypeError("functx.jvp: primals and tangents must be tuples (or lists) of arguments, "
                         f"got {type(primals).__name__} and {type(tangents).__name__}")
-    p_flat, p_tree = _flatten_tensors(tuple(primals), "functx.jvp: primals")
-    t_flat, t_tree = _flatten_tensors(tuple(tangents), "functx.jvp: tangents")
+    p_flat, p_tree = _flatten_tensors(_float_primals(tuple(primals)), "functx.jvp: primals")
+    t_flat, t_tree = _flatten_tensors(_float_primals(tuple(tangents)), "functx.jvp: tangents")
     if p_tree != t_tree:
         raise ValueError(f"functx.jvp: tangents must have the same structure as primals: {p_tree} vs {t_tree}")
     tangents_in = []
@@ -168,14 +186,14 @@ def linearize(f, *primals, has_aux=False):
       >>> y, f_jvp = functx.linearize(torch.sin, x)
       >>> f_jvp(torch.ones_like(x))          # == cos(x)
     """
-    p_flat, p_tree = _flatten_tensors(primals, "functx.linearize: primals")
+    p_flat, p_tree = _flatten_tensors(_float_primals(primals), "functx.linearize: primals")
     store = _OutStore()
     out, graph, nonzero = linearize_flat(_flat_fun(f, p_tree, store, "functx.linearize", has_aux), p_flat)
     diff = [differentiable(p) for p in p_flat]
     out_types = [type_of(o) for o in out]
 
     def f_jvp(*tangents):
-        t_flat, t_tree = _flatten_tensors(tangents, "functx.linearize: tangents")
+        t_flat, t_tree = _flatten_tensors(_float_primals(tangents), "functx.linearize: tangents")
         if t_tree != p_tree:
             raise ValueError(f"functx.linearize: tangents must match the primals' structure {p_tree}")
         for i, (t, p) in enumerate(zip(t_flat, p_flat)):
@@ -205,14 +223,14 @@ def vjp(f, *primals, has_aux=False):
       >>> out, vjp_fn = functx.vjp(lambda a, b: a * b, x, y)
       >>> ga, gb = vjp_fn(torch.ones_like(out))   # (y, x)
     """
-    p_flat, p_tree = _flatten_tensors(primals, "functx.vjp: primals")
+    p_flat, p_tree = _flatten_tensors(_float_primals(primals), "functx.vjp: primals")
     store = _OutStore()
     out, pullback, _ = vjp_flat(_flat_fun(f, p_tree, store, "functx.vjp", has_aux), p_flat)
     out_types = [type_of(o) for o in out]
     out_tree = store.tree
 
     def vjp_fn(cotangents):
-        ct_flat, ct_tree = _flatten_tensors(cotangents, "functx.vjp: cotangents")
+        ct_flat, ct_tree = _flatten_tensors(_float_primals(cotangents), "functx.vjp: cotangents")
         if ct_tree != out_tree:
             raise ValueError(f"functx.vjp: cotangents must have the structure of f's output {out_tree}, "
                              f"got {ct_tree}")
@@ -292,15 +310,20 @@ def grad(f, argnums=0, has_aux=False):
     Args:
       f: returns a 0-dim floating-point tensor (with has_aux: a pair (scalar, aux)).
       argnums: int or tuple of ints, the positional argument(s) to differentiate (each may
-        be a pytree of tensors). Keyword arguments are passed through, not differentiated.
+        be a pytree of tensors, or a Python float). Keyword arguments are passed through,
+        not differentiated.
       has_aux: f returns (scalar, aux); aux is returned alongside, not differentiated.
 
     Returns:
       A function with f's signature returning the gradient, with the structure of
       args[argnums] (a tuple of those for tuple argnums); with has_aux, (grad, aux).
+      A Python float argument is differentiated as torch.tensor(x) (0-d, default dtype),
+      so its gradient is a 0-d tensor (float(g) is the number); the same holds for jvp,
+      vjp, linearize, jacfwd, jacrev and hessian.
 
     Example:
       >>> functx.grad(lambda x: (x ** 2).sum())(torch.ones(3))          # tensor([2., 2., 2.])
+      >>> functx.grad(torch.sin)(0.0)                                     # tensor(1.)
       >>> gw, gb = functx.grad(loss, argnums=(0, 1))(w, b, x)
     """
     vg = value_and_grad(f, argnums, has_aux)
@@ -317,8 +340,8 @@ def grad(f, argnums=0, has_aux=False):
 _RANDOMNESS = ("error", "different", "same")
 
 
-def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=None,
-         randomness="error", *, in_dims=None, out_dims=None):
+def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size=None,
+         randomness="error", in_dims=None, out_dims=None):
     """Vectorize f over a batch axis: f is written for one example, vmap(f) runs on a batch.
 
     Args:
@@ -326,12 +349,13 @@ def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=No
       in_axes: the batch axis of each positional argument: an int (all arguments), None
         (not batched), or a tuple with one entry per argument, each an int, None, or a
         pytree prefix of that argument. Keyword arguments are batched along axis 0 (as
-        in JAX). Alias: in_dims (torch.func).
+        in JAX). Alias: in_dims (torch.func's name; functx.func.vmap has torch.func's
+        signature, with keyword arguments unbatched).
       out_axes: where the batch axis goes in the outputs (an int, or a pytree prefix of the
         output; None only for outputs that don't depend on the batch). Alias: out_dims.
-      axis_size: the batch size, needed only when no argument is batched.
       axis_name: a name for the axis, for the collectives psum, pmean, pmax, all_gather and
         axis_index inside f.
+      axis_size: the batch size, needed only when no argument is batched.
       chunk_size: process the batch in chunks of this many examples (bounds memory).
       randomness: random ops inside f: 'error' (default), 'different' (independent per
         example) or 'same' (one draw shared by the batch).
@@ -344,8 +368,12 @@ def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=No
       >>> functx.vmap(functx.grad(loss), in_axes=(None, 0, 0))(params, x, y)   # per-sample grads
     """
     if in_dims is not None:
+        if in_axes != 0:
+            raise TypeError("functx.vmap: pass in_axes or its alias in_dims, not both")
         in_axes = in_dims
     if out_dims is not None:
+        if out_axes != 0:
+            raise TypeError("functx.vmap: pass out_axes or its alias out_dims, not both")
         out_axes = out_dims
     if randomness not in _RANDOMNESS:
         raise ValueError(f"functx.vmap: randomness must be one of {_RANDOMNESS}, got {randomness!r}")

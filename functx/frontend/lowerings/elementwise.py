@@ -9,7 +9,9 @@ import torch
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND as KIND
 
 from ... import prims as P
-from ..promote import SCALARS, broadcast_shapes, elementwise, float_dtype_of, prepare, result_type
+from ..promote import (SCALARS, broadcast_shapes, elementwise, float_dtype_of, is_weak, mark_weak, prepare,
+                       result_type)
+from ...core.trace import concrete
 from .common import _as_bool, _t, aten
 from .registry import register
 
@@ -50,12 +52,14 @@ def _erfc(x):
 
 @register(aten.neg.default)
 def _neg(x):
-    return P.neg(x)
+    return mark_weak(P.neg(x)) if is_weak(x) else P.neg(x)    # -n of a dynamic Python number
 
 
 @register(aten.abs.default)
 def _abs(x):
-    return P.abs_(x) if _t(x).dtype is not torch.bool else x
+    if _t(x).dtype is torch.bool:
+        return x
+    return mark_weak(P.abs_(x)) if is_weak(x) else P.abs_(x)   # abs(n) of a dynamic Python number
 
 
 @register(aten.sign.default, aten.sgn.default)
@@ -124,6 +128,9 @@ def _add(x, y, alpha=1):
 
 @register(aten.sub.Tensor, aten.sub.Scalar)
 def _sub(x, y, alpha=1):
+    if any(isinstance(a, bool) or (_t(a) is not None and _t(a).dtype is torch.bool) for a in (x, y)):
+        raise RuntimeError("Subtraction, the `-` operator, with a bool tensor is not supported. If you are "
+                           "trying to invert a mask, use the `~` or `logical_not()` operator instead.")
     if alpha != 1:
         y = elementwise(P.mul, y, alpha)
     return elementwise(P.sub, x, y)
@@ -153,9 +160,35 @@ def _div_mode(x, y, rounding_mode=None):
         return _div(x, y)
     dtype = result_type(x, y)
     if dtype.is_floating_point:
+        if rounding_mode == "floor":
+            return _weak_if(x, y, elementwise(_floor_div_float, x, y))
         q = elementwise(P.div, x, y)
-        return P.floor(q) if rounding_mode == "floor" else P.trunc(q)
+        return _weak_if(q, P.trunc(q))
     return elementwise(lambda a, b: P.idiv(a, b, rounding_mode), x, y)
+
+
+def _floor_div_float(a, b):
+    """torch's div_floor_floating (Python's float //): from fmod, so 3 // 0.1 is 29, not
+    floor(3 / 0.1) = 30."""
+    if isinstance(b, SCALARS) and b == 0:
+        return P.div(a, b)
+    mod = P.rem(a, b)
+    div = P.div(P.sub(a, mod), b)
+    b_negative = b < 0 if isinstance(b, SCALARS) else P.lt(b, 0.0)
+    off_sign = P.bitwise_and(P.ne(mod, 0.0), P.ne(P.lt(mod, 0.0), b_negative))
+    div = P.where(off_sign, P.sub(div, 1.0), div)
+    floored = P.floor(div)
+    floored = P.where(P.gt(P.sub(div, floored), 0.5), P.add(floored, 1.0), floored)
+    exact = P.div(a, b)
+    floored = P.where(P.ne(div, 0.0), floored, P.mul(exact, 0.0))    # a zero with the sign of a / b
+    return floored if isinstance(b, SCALARS) else P.where(P.eq(b, 0.0), exact, floored)
+
+
+def _weak_if(*args_then_out):
+    """out (last) is weak when every tensor operand is (a dynamic Python number's arithmetic)."""
+    *args, out = args_then_out
+    tensors = [a for a in args if not isinstance(a, SCALARS)]
+    return mark_weak(out) if tensors and all(is_weak(a) for a in tensors) else out
 
 
 @register(aten.floor_divide.default, aten.floor_divide.Scalar)
@@ -167,12 +200,13 @@ def _floor_divide(x, y):
 def _remainder(x, y):
     # Python-style modulo: x - floor(x / y) * y.
     dtype = result_type(x, y)
+    operands = (x, y)
     x, y = prepare((x, y), dtype, broadcast_shapes(x, y))
     zero = 0.0 if dtype.is_floating_point else 0
     r = P.rem(x, y)
     y_neg = y < zero if isinstance(y, SCALARS) else P.lt(y, zero)   # a scalar divisor stays a literal
     fix = P.bitwise_and(P.ne(r, zero), P.ne(P.lt(r, zero), y_neg))
-    return P.where(fix, P.add(r, y), r)
+    return _weak_if(*operands, P.where(fix, P.add(r, y), r))
 
 
 @register(aten.fmod.Tensor, aten.fmod.Scalar)
@@ -182,13 +216,17 @@ def _fmod(x, y):
 
 @register(aten.pow.Tensor_Tensor, aten.pow.Tensor_Scalar, aten.pow.Scalar)
 def _pow(x, y):
-    if isinstance(y, (int, float)) and not isinstance(y, bool):
+    if isinstance(y, (int, float)) and not isinstance(y, bool) and result_type(x, y) is _t(x).dtype:
         if y == 1:
             return x
         if y == 2:
             return elementwise(P.mul, x, x)
         if y == 0.5 and _t(x).dtype.is_floating_point:
             return P.sqrt(x)
+    if is_weak(y) and _t(y).dtype is torch.int64 and _t(x).dtype not in (torch.float32, torch.float64):
+        # torch refuses negative and unrepresentable int exponents of such bases by value;
+        # a dynamic exponent's value is unknown, so it must be static (this raises under jit).
+        concrete(y)
     return elementwise(P.pow_, x, y)
 
 

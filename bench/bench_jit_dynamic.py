@@ -1,0 +1,144 @@
+"""jit with values that change every call (issue 10): traces and total time, side by side.
+
+    python bench/bench_jit_dynamic.py                  # both workloads
+    python bench/bench_jit_dynamic.py --quick          # smoke run
+    python bench/bench_jit_dynamic.py --lengths 300    # more sequence lengths
+    python bench/bench_jit_dynamic.py --torch-compile  # also torch.compile(dynamic=None)
+
+1. A learning-rate schedule: 50 SGD steps of an MLP's value_and_grad with a Python-float
+   lr that changes every step; functx.jit with lr dynamic (the default), with lr static
+   (static_argnames, the old behaviour: a trace per step) and with a 0-d tensor lr.
+2. Variable-length sequences: value_and_grad of a TransformerEncoderLayer called with N
+   sequence lengths, each twice; functx.jit retraces per new length (no symbolic
+   dimensions yet), so the table shows traces, the cache's size under its limit, the cost
+   of a new length and of a cached call, against eager torch.func.
+JAX is not installed here, so jax.jit has no column.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import functx  # noqa: E402
+from _models import init_mlp  # noqa: E402
+from _timing import sync  # noqa: E402
+
+
+def sgd_step(params, x, y, lr):
+    def loss(params):
+        h = torch.tanh(x @ params[0] + params[1])
+        return F.mse_loss(h @ params[2] + params[3], y)
+    value, grads = functx.value_and_grad(loss)(params)
+    return value, [p - lr * g for p, g in zip(params, grads)]
+
+
+def lr_schedule(steps=50, compile_torch=False):
+    """{variant: (traces, seconds for `steps` steps, final loss)}."""
+    torch.manual_seed(0)
+    params0 = list(init_mlp([32, 64, 10]))
+    x, y = torch.randn(64, 32), torch.randn(64, 10)
+    lrs = [0.1 * 0.95 ** k for k in range(steps)]
+    variants = {
+        "functx.jit, lr a Python float (dynamic)": (functx.jit(sgd_step), lambda lr: lr),
+        "functx.jit, lr static (static_argnames)": (functx.jit(sgd_step, static_argnames="lr", cache_limit=None),
+                                                     lambda lr: lr),
+        "functx.jit, lr a 0-d tensor": (functx.jit(sgd_step), torch.tensor),
+        "eager (functx transforms, no jit)": (sgd_step, lambda lr: lr),
+    }
+    if compile_torch:
+        variants["torch.compile(dynamic=None), torch.func"] = (torch.compile(_torch_sgd_step), lambda lr: lr)
+    functx.jit(sgd_step)(params0, x, y, 0.1)       # warm-up: one-time imports and code caches
+    rows = {}
+    for name, (fn, as_lr) in variants.items():
+        params = params0
+        t0 = time.perf_counter()
+        for lr in lrs:
+            value, params = fn(params, x, y, as_lr(lr))
+        sync()
+        traces = fn.trace_count if isinstance(fn, functx.compile.JitFunction) else None
+        rows[name] = (traces, time.perf_counter() - t0, float(value))
+    return rows
+
+
+def _torch_sgd_step(params, x, y, lr):
+    def loss(params):
+        h = torch.tanh(x @ params[0] + params[1])
+        return F.mse_loss(h @ params[2] + params[3], y)
+    grads, value = torch.func.grad_and_value(loss)(params)
+    return value, [p - lr * g for p, g in zip(params, grads)]
+
+
+def transformer_lengths(n_lengths=20, batch=4, d_model=32, repeat=2, cache_limit=32):
+    """Stats of value_and_grad of a TransformerEncoderLayer over n_lengths sequence lengths."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d_model, nhead=4, dim_feedforward=64, dropout=0.0,
+                                             batch_first=True)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def loss(params, x):
+        return torch.func.functional_call(layer, params, (x,)).pow(2).mean()
+    lengths = [8 + k for k in range(n_lengths)]
+    step = functx.jit(functx.value_and_grad(loss), cache_limit=cache_limit)
+    eager = torch.func.grad_and_value(loss)
+    functx.jit(functx.value_and_grad(loss))(params, torch.randn(batch, 5, d_model))   # warm-up
+    new_times, cached_times, eager_times = [], [], []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in lengths:
+            x = torch.randn(batch, n, d_model)
+            t0 = time.perf_counter()
+            value, grads = step(params, x)
+            new_times.append(time.perf_counter() - t0)
+            for _ in range(repeat - 1):
+                t0 = time.perf_counter()
+                step(params, x)
+                cached_times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ref_grads, ref_value = eager(params, x)
+            eager_times.append(time.perf_counter() - t0)
+            torch.testing.assert_close(value, ref_value, rtol=1e-4, atol=1e-5)
+    info = step.cache_info()
+    warned = [str(w.message) for w in caught if "cache limit" in str(w.message) or "changed size" in str(w.message)]
+    median = lambda xs: sorted(xs)[len(xs) // 2] if xs else float("nan")  # noqa: E731
+    return {"lengths": n_lengths, "traces": info.traces, "entries": info.size, "evictions": info.evictions,
+            "new_length_ms": 1e3 * median(new_times), "cached_ms": 1e3 * median(cached_times),
+            "eager_ms": 1e3 * median(eager_times), "total_s": sum(new_times) + sum(cached_times),
+            "warned": warned[:2], "last_retrace": str(info.retraces[-1]) if info.retraces else ""}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short smoke run")
+    ap.add_argument("--lengths", type=int, action="append", help="numbers of sequence lengths (default 20, 300)")
+    ap.add_argument("--torch-compile", action="store_true", help="add torch.compile(dynamic=None) to the schedule")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, cpu count={os.cpu_count()}")
+    steps = 5 if a.quick else 50
+    print(f"\n1. learning-rate schedule: {steps} SGD steps, lr = 0.1 * 0.95**step (MLP 64x32-64-10)")
+    print(f"{'variant':<44} {'traces':>6} {'total':>9} {'final loss':>11}")
+    for name, (traces, secs, loss) in lr_schedule(steps, a.torch_compile).items():
+        print(f"{name:<44} {'-' if traces is None else traces:>6} {secs:>8.3f}s {loss:>11.5f}")
+    print("\n2. TransformerEncoderLayer value_and_grad, batch 4, d_model 32, each length called twice")
+    print(f"{'lengths':>7} {'traces':>6} {'entries':>7} {'evicted':>7} {'new length':>10} {'cached':>8} "
+          f"{'eager':>8} {'total':>8}")
+    for n in a.lengths or ([3] if a.quick else [20, 300]):
+        r = transformer_lengths(n)
+        print(f"{r['lengths']:>7} {r['traces']:>6} {r['entries']:>7} {r['evictions']:>7} "
+              f"{r['new_length_ms']:>8.1f}ms {r['cached_ms']:>6.1f}ms {r['eager_ms']:>6.1f}ms {r['total_s']:>7.2f}s")
+        for w in r["warned"]:
+            print(f"        warning: {w[:160]}...")
+        if r["last_retrace"]:
+            print(f"        last retrace: {r['last_retrace']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""functx.func: torch.func's names, signatures and semantics on functx's transforms, so that
+`import functx.func as func` runs torch.func code unchanged.
+
+Where torch.func and JAX differ, this module follows torch.func: grad_and_value returns
+(grad, value); vmap takes (in_dims, out_dims, randomness, *, chunk_size) and leaves keyword
+arguments unbatched; jvp takes keyword-only strict (accepted and, as in torch.func, without
+effect) and has_aux; hessian has no has_aux. The top-level functx API stays JAX's.
+Module utilities that are plain PyTorch (functional_call, stack_module_state,
+replace_all_batch_norm_modules_, rearrange) are torch.func's own.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.func import functional_call, rearrange, replace_all_batch_norm_modules_, stack_module_state
+
+from .compile.tracing import trace_graph
+from .core.errors import user_facing
+from .core.trace import concrete, eval_graph
+from .frontend import unwrap, wrap
+from .transforms import api
+from .tree_util import tree_flatten, tree_unflatten
+
+__all__ = ["grad", "grad_and_value", "vmap", "vjp", "jvp", "jacrev", "jacfwd", "hessian", "linearize",
+           "functionalize", "functional_call", "stack_module_state", "replace_all_batch_norm_modules_",
+           "rearrange", "debug_unwrap"]
+
+
+def grad(func, argnums=0, has_aux=False):
+    """torch.func.grad: the gradient of a scalar-valued func (with has_aux: (grad, aux))."""
+    return api.grad(func, argnums, has_aux)
+
+
+def grad_and_value(func, argnums=0, has_aux=False):
+    """torch.func.grad_and_value: (grad, value); with has_aux, (grad, (value, aux))."""
+    value_and_grad = api.value_and_grad(func, argnums, has_aux)
+
+    @functools.wraps(func)
+    def grad_and_value_f(*args, **kwargs):
+        value, g = value_and_grad(*args, **kwargs)
+        return g, value
+    return grad_and_value_f
+
+
+def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
+    """torch.func.vmap: keyword arguments are passed to func unbatched (JAX's vmap batches
+    them along axis 0)."""
+    @functools.wraps(func)
+    def vmapped(*args, **kwargs):
+        inner = functools.partial(func, **kwargs) if kwargs else func
+        return api.vmap(inner, in_axes=in_dims, out_axes=out_dims, randomness=randomness,
+                        chunk_size=chunk_size)(*args)
+    return vmapped
+
+
+def vjp(func, *primals, has_aux=False):
+    """torch.func.vjp: (output, vjp_fn) (with has_aux, (output, vjp_fn, aux))."""
+    return api.vjp(func, *primals, has_aux=has_aux)
+
+
+def jvp(func, primals, tangents, *, strict=False, has_aux=False):
+    """torch.func.jvp: (output, jvp_out) (with has_aux, (output, jvp_out, aux)). strict is
+    accepted for compatibility; torch.func does not act on it either."""
+    return api.jvp(func, primals, tangents, has_aux=has_aux)
+
+
+def jacrev(func, argnums=0, *, has_aux=False, chunk_size=None):
+    """torch.func.jacrev: the Jacobian by reverse mode."""
+    return api.jacrev(func, argnums, has_aux, chunk_size=chunk_size)
+
+
+def jacfwd(func, argnums=0, has_aux=False, *, randomness="error"):
+    """torch.func.jacfwd: the Jacobian by forward mode."""
+    return api.jacfwd(func, argnums, has_aux, randomness=randomness)
+
+
+def hessian(func, argnums=0):
+    """torch.func.hessian: jacfwd of jacrev."""
+    return api.hessian(func, argnums)
+
+
+def linearize(func, *primals):
+    """torch.func.linearize: (output, jvp_fn)."""
+    return api.linearize(func, *primals)
+
+
+_REMOVE = ("mutations", "mutations_and_views")
+
+
+def functionalize(func, *, remove="mutations"):
+    """torch.func.functionalize: func as a program without in-place updates or views.
+
+    Each call traces func into a functx graph (writes become functional updates, views
+    become copies) and evaluates that graph at the current trace, so it composes with every
+    transform; inputs func wrote into receive their new values, as eagerly. Both `remove`
+    modes give the same program: functx graphs have neither mutations nor aliasing views."""
+    if remove not in _REMOVE:
+        raise ValueError(f"functx.func.functionalize: remove must be one of {_REMOVE}, got {remove!r}")
+
+    @functools.wraps(func)
+    def functionalized(*args, **kwargs):
+        with user_facing():
+            graph = trace_graph(func, args, kwargs, what="functx.func.functionalize", mutations=True)
+        leaves, _ = tree_flatten((args, kwargs))
+        tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+        outs = eval_graph(graph, graph.consts, [unwrap(t) for t in tensors])
+        mutated = graph.meta.mutated_inputs
+        for k, value in zip(mutated, outs[len(outs) - len(mutated):]):
+            with torch.no_grad():
+                tensors[k].copy_(wrap(value))
+        outs = outs[:len(outs) - len(mutated)]
+        return tree_unflatten(graph.meta.out_tree, [wrap(o) for o in outs])
+    return functionalized
+
+
+def debug_unwrap(tensor, *, recurse=True):
+    """torch.func.debug_unwrap: the concrete tensor behind a value a transform passed to
+    func (under an eager transform); plain tensors come back as they are."""
+    value = unwrap(tensor)
+    return concrete(value) if value is not tensor else tensor
