@@ -46,9 +46,10 @@ def test_lax_functions_reject_non_tensor_leaves_by_name():
 # ---------------------------------------------------------------- jit cache keys
 
 def test_jit_cache_tells_equal_python_numbers_of_other_types_apart():
-    f = functx.jit(lambda x, s: torch.full(x.shape, s))     # the dtype follows the number's type
+    # the dtype follows the number's type: bool + 1 is int64, bool + True is bool, bool + 1.0 float32
+    f = functx.jit(lambda x, s: torch.zeros(x.shape, dtype=torch.bool) + s)
     for s in (1, True, 1.0, 2, 2.0):
-        want = torch.full(X.shape, s)
+        want = torch.zeros(X.shape, dtype=torch.bool) + s
         got = f(X, s)
         assert got.dtype == want.dtype and torch.equal(got, want), s
 

@@ -954,6 +954,17 @@ add(Entry("custom_vjp_call", _two_gen, lambda x, y: x * torch.exp(y), call=lambd
           dtypes=(F32, F64), fwd=False, covers=("custom_lin",)))
 
 
+# debug_callback has no outputs: the entry checks that a function calling it (on the value
+# and on its sine) still computes, differentiates and batches correctly; tests/test_debug.py
+# checks the values the callback sees.
+def _with_debug_callback(params, x):
+    functx.debug.callback(lambda *values: None, x, torch.sin(x))
+    return torch.sin(x)
+
+
+add(Entry("debug_callback", unary_gen(), lambda x: torch.sin(x), call=_with_debug_callback, dtypes=(F32, F64)))
+
+
 # ---------------------------------------------------------------- helpers for the properties
 
 def draw_case(data, e, dtype, smooth):
