@@ -16,6 +16,8 @@ from . import lax, tree_util  # noqa: F401
 from .transforms.custom import custom_jvp, custom_vjp
 from .transforms.control_flow import cond, switch, while_loop, scan
 from . import testing  # noqa: F401  (functx.testing.check_grads / check_transforms)
+from .transforms.spmd import spmd
+from . import distributed  # noqa: F401  (functx.distributed.shard / gather for spmd's sharded values)
 
 __version__ = "0.1.0"
 
@@ -25,4 +27,5 @@ __all__ = [
     "axis_index", "stop_gradient", "functional_call", "register_pytree_node", "tree_flatten",
     "tree_unflatten", "tree_map", "to_python_source", "Graph", "TensorType", "FunctxError",
     "ConcretizationError", "TracerTensor", "custom_jvp", "custom_vjp", "cond", "switch", "while_loop", "scan",
+    "spmd",
 ]

@@ -1,15 +1,19 @@
-"""Collectives over a named vmap axis: psum, pmax, all_gather, axis_index.
+"""Collectives over a named axis: psum, pmax, all_gather, axis_index.
 
-The BatchTrace whose axis_name matches handles them (transforms/batching.py calls
-`collective_batch`); any other trace treats them as ordinary primitives. A collective
-that reaches no matching vmap raises UnboundAxisError.
+A vmap axis: the BatchTrace whose axis_name matches handles them (transforms/batching.py
+calls `collective_batch`); any other trace treats them as ordinary primitives. A process
+axis (functx.spmd): the SpmdTrace whose axis_name matches rebinds them with the resolved
+axis (an AxisData holding the process group) as axis_name, and their impl issues the
+torch.distributed collective (prims/distributed.py), eagerly or from jit's generated code.
+A collective that reaches no matching axis raises UnboundAxisError.
 """
 from __future__ import annotations
 
 import torch
 
 from ..core import Primitive, TensorType, UnboundAxisError, bind
-from ..core.trace import find_axis, type_of
+from ..core.trace import AxisData, find_axis, type_of
+from . import distributed
 from .define import deflinear
 from . import elementwise as ew
 from . import reduce as red
@@ -20,8 +24,15 @@ from .shape import bdim_to_front
 
 def _unbound(name, axis_name):
     raise UnboundAxisError(
-        f"{name}: no enclosing functx.vmap has axis_name={axis_name!r}. Pass axis_name="
-        f"{axis_name!r} to the vmap whose axis this collective reduces over.")
+        f"{name}: no enclosing functx.vmap or functx.spmd has axis_name={axis_name!r}. Pass axis_name="
+        f"{axis_name!r} to the vmap (or spmd) whose axis this collective reduces over. (Under spmd, a "
+        "collective inside functx.cond/while_loop branches or custom_jvp/custom_vjp functions is not "
+        "supported: call it outside them.)")
+
+
+def is_process_axis(axis_name) -> bool:
+    """axis_name is a process axis already resolved by its functx.spmd (AxisData with a group)."""
+    return isinstance(axis_name, AxisData) and axis_name.group is not None
 
 
 def axis_size(name, axis_name):
@@ -29,19 +40,24 @@ def axis_size(name, axis_name):
 
     Abstract evaluation needs it when a collective is staged into a graph inside that vmap
     (linearize records tangent collectives; make_graph under vmap), like JAX's axis env."""
+    if is_process_axis(axis_name):
+        return axis_name.size
     axis = find_axis(axis_name)
     if axis is None:
         _unbound(name, axis_name)
     return axis.size
 
 
-def defcollective(name, abstract_eval):
+def defcollective(name, abstract_eval, process_impl):
     """A collective has no batch rule: the BatchTrace owning its axis_name applies
-    collective_batch, any other BatchTrace foreign_collective_batch. Evaluated outside
-    every vmap (its impl), it has no axis to act on."""
-    def unbound_impl(*args, axis_name, **params):
+    collective_batch, any other BatchTrace foreign_collective_batch. Its impl runs
+    process_impl(*args, axis, **params) for a resolved process axis; for a name no vmap or
+    spmd resolved there is no axis to act on."""
+    def impl(*args, axis_name, **params):
+        if is_process_axis(axis_name):
+            return process_impl(*args, axis_name, **params)
         _unbound(name, axis_name)
-    return Primitive(name, collective=True, abstract_eval=abstract_eval, impl=unbound_impl)
+    return Primitive(name, collective=True, abstract_eval=abstract_eval, impl=impl)
 
 
 def _same_type_collective(name):
@@ -65,14 +81,18 @@ def _all_gather_transpose(ct, x, *, axis_name):
     return [take(total, axis_index(axis_name, t.device), 0)]
 
 
-psum_p = deflinear(defcollective("psum", _same_type_collective("psum")),
+# psum transposes to psum: per rank (or per vmap element) every copy of a value is its own
+# variable, so y_r = sum_s x_s has x_s's cotangent sum_r ct_r. functx.spmd's boundaries
+# and grad under spmd (prims/spmd.py) turn that into JAX's replicated-value semantics.
+psum_p = deflinear(defcollective("psum", _same_type_collective("psum"), distributed.psum),
                    lambda ct, x, *, axis_name: [psum(ct, axis_name)])
-pmax_p = defcollective("pmax", _same_type_collective("pmax"))
+pmax_p = defcollective("pmax", _same_type_collective("pmax"), distributed.pmax)
 pmax_p.jvp = _pmax_jvp
 all_gather_p = deflinear(defcollective("all_gather", lambda t, *, axis_name: t.with_shape(
-    (axis_size("all_gather", axis_name),) + tuple(t.shape))), _all_gather_transpose)
+    (axis_size("all_gather", axis_name),) + tuple(t.shape)), distributed.all_gather), _all_gather_transpose)
 axis_index_p = defcollective("axis_index", lambda *, axis_name, device: (
-    axis_size("axis_index", axis_name), TensorType((), torch.int64, device))[1])
+    axis_size("axis_index", axis_name), TensorType((), torch.int64, device))[1],
+    lambda axis, device: distributed.axis_index(axis, device))
 
 
 def psum(x, axis_name):
