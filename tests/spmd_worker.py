@@ -9,6 +9,7 @@ traceback, which test_spmd.py reports.
 """
 import os
 import sys
+import time
 from datetime import timedelta
 
 import torch
@@ -251,19 +252,24 @@ def check_timeout():
     if dist.get_rank() == 0:
         try:
             f(torch.ones(2))
-        except functx.FunctxError as e:
+        except functx.FunctxError as err:
+            e = err
             assert "functx.psum over process axis 'dp'" in str(e), e
         else:
             raise AssertionError("psum with a missing rank did not raise")
+        print(str(e).splitlines()[0], flush=True)
+    else:
+        time.sleep(5)           # alive but never joining the psum: rank 0 must time out
 
 
 def main():
     rank, world, store, checks = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4].split(",")
+    t0 = time.time()
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
     for name in checks:
         globals()[f"check_{name}"]()
-        print(f"rank {rank}: {name} ok", flush=True)
+        print(f"rank {rank}: {name} ok {time.time() - t0:.1f}s", flush=True)
     if "timeout" not in checks:
         dist.barrier()
     dist.destroy_process_group() if "timeout" not in checks else os._exit(0)
