@@ -29,6 +29,11 @@ class AxisData:
     randomness: str = "error"
     group: object = field(default=None, repr=False)
 
+    def __repr__(self):
+        if self.group is not None:
+            return f"ProcessAxis({self.name!r}, size={self.size})"
+        return f"AxisData(size={self.size}, name={self.name!r}, randomness={self.randomness!r})"
+
 
 class Trace:
     parent: "Trace | None" = None

@@ -126,6 +126,17 @@ def collective_batch(prim, axis, args, dims, params):
     raise NotImplementedError(prim.name)
 
 
+def collective_of_replicated(prim, x, size):
+    """psum/pmax/all_gather of a value that is the same on all `size` members of the axis."""
+    if prim is psum_p:
+        return ew.mul(x, size)
+    if prim is pmax_p:
+        return x
+    if prim is all_gather_p:
+        return bdim_to_front(x, None, size)
+    raise NotImplementedError(prim.name)
+
+
 def foreign_collective_batch(prim, axis, args, dims, params):
     """At a vmap with another axis name the collective acts on each example independently."""
     if prim is axis_index_p:

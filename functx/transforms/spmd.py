@@ -21,7 +21,7 @@ from ..core import EVAL_TRACE, FunctxError, Trace, Tracer, current_trace, set_cu
 from ..core.trace import AxisData, concrete, find_axis, process_on_parent, type_of
 from ..frontend import unwrap, wrap
 from ..frontend.random_mode import intercept_random
-from ..prims.collective import axis_index_p
+from ..prims.collective import axis_index_p, collective_of_replicated
 from ..prims.spmd import invariant_ct_p, pvary_p, replicated_in, replicated_out, resolve_invariant_ct
 from ..tree_util import broadcast_prefix, tree_flatten, tree_unflatten
 
@@ -64,6 +64,9 @@ class SpmdTrace(Trace):
             return resolve_invariant_ct(args[0], self.varies(args[1]), self.axis, params["reduce"])
         vals = [a.val if self.varies(a) else a for a in args]
         if own:
+            if prim is not axis_index_p and not self.varies(args[0]):
+                with set_current_trace(self.parent):      # the same on every rank: no communication
+                    return collective_of_replicated(prim, vals[0], self.axis.size)
             varying = prim is axis_index_p
             params = dict(params, axis_name=self.axis)
         else:
