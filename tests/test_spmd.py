@@ -67,7 +67,8 @@ def test_three_processes_everything(tmp_path):
 
 
 def test_spmd_without_a_process_group():
-    assert not torch.distributed.is_initialized()
+    if torch.distributed.is_initialized():      # test_prims' spmd entries run on a group of one
+        torch.distributed.destroy_process_group()
     f = functx.spmd(lambda x: functx.psum(x, "dp"), "dp", in_specs=0, out_specs=None)
     with pytest.raises(functx.FunctxError, match="init_process_group"):
         f(torch.ones(3))
