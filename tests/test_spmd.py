@@ -6,6 +6,7 @@ oracle on the whole batch inside the worker. A hung rank cannot hang the suite: 
 workers use a process-group timeout and the launcher kills them after LAUNCH_TIMEOUT_S.
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -64,6 +65,20 @@ def test_three_processes_and_a_rank_that_never_arrives(tmp_path):
 @pytest.mark.slow
 def test_three_processes_everything(tmp_path):
     launch(3, ["grad_outside", "jvp", "jit", "interop", "errors"], tmp_path)
+
+
+@pytest.mark.slow
+def test_example_matches_one_process(tmp_path):
+    """examples/spmd_data_parallel.py --quick: DP-SGD on 2 processes equals 1 process."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "spmd_data_parallel.py"), "--quick"],
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    found = re.findall(r"^METRIC (\w+)=([-+0-9.eE]+) baseline=([-+0-9.eE]+)", proc.stdout, re.M)
+    metrics = {name: (float(v), float(b)) for name, v, b in found}
+    assert set(metrics) == {"grad_max_abs_diff", "param_max_abs_diff", "train_loss"}, proc.stdout
+    for value, baseline in metrics.values():
+        assert value < baseline, proc.stdout
 
 
 def test_spmd_without_a_process_group():
