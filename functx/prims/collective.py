@@ -48,16 +48,20 @@ def axis_size(name, axis_name):
     return axis.size
 
 
-def defcollective(name, abstract_eval, process_impl):
+def defcollective(name, abstract_eval, process_impl, process_start=None):
     """A collective has no batch rule: the BatchTrace owning its axis_name applies
     collective_batch, any other BatchTrace foreign_collective_batch. Its impl runs
-    process_impl(*args, axis, **params) for a resolved process axis; for a name no vmap or
-    spmd resolved there is no axis to act on."""
-    def impl(*args, axis_name, **params):
-        if is_process_axis(axis_name):
-            return process_impl(*args, axis_name, **params)
-        _unbound(name, axis_name)
-    return Primitive(name, collective=True, abstract_eval=abstract_eval, impl=impl)
+    process_impl(*args, axis, **params) for a resolved process axis (process_start issues
+    it asynchronously, for generated code); for a name no vmap or spmd resolved there is
+    no axis to act on."""
+    def on_process_axis(fn):
+        def run(*args, axis_name, **params):
+            if is_process_axis(axis_name):
+                return fn(*args, axis_name, **params)
+            _unbound(name, axis_name)
+        return run
+    return Primitive(name, collective=True, abstract_eval=abstract_eval, impl=on_process_axis(process_impl),
+                     start=on_process_axis(process_start) if process_start is not None else None)
 
 
 def _same_type_collective(name):
@@ -84,12 +88,13 @@ def _all_gather_transpose(ct, x, *, axis_name):
 # psum transposes to psum: per rank (or per vmap element) every copy of a value is its own
 # variable, so y_r = sum_s x_s has x_s's cotangent sum_r ct_r. functx.spmd's boundaries
 # and grad under spmd (prims/spmd.py) turn that into JAX's replicated-value semantics.
-psum_p = deflinear(defcollective("psum", _same_type_collective("psum"), distributed.psum),
+psum_p = deflinear(defcollective("psum", _same_type_collective("psum"), distributed.psum, distributed.psum_start),
                    lambda ct, x, *, axis_name: [psum(ct, axis_name)])
-pmax_p = defcollective("pmax", _same_type_collective("pmax"), distributed.pmax)
+pmax_p = defcollective("pmax", _same_type_collective("pmax"), distributed.pmax, distributed.pmax_start)
 pmax_p.jvp = _pmax_jvp
 all_gather_p = deflinear(defcollective("all_gather", lambda t, *, axis_name: t.with_shape(
-    (axis_size("all_gather", axis_name),) + tuple(t.shape)), distributed.all_gather), _all_gather_transpose)
+    (axis_size("all_gather", axis_name),) + tuple(t.shape)), distributed.all_gather, distributed.all_gather_start),
+    _all_gather_transpose)
 axis_index_p = defcollective("axis_index", lambda *, axis_name, device: (
     axis_size("axis_index", axis_name), TensorType((), torch.int64, device))[1],
     lambda axis, device: distributed.axis_index(axis, device))

@@ -27,25 +27,48 @@ def _run(name, axis, fn):
             "until the process group's timeout (init_process_group(timeout=...)).") from e
 
 
-def all_reduce(name, x, axis, op):
-    out = x.clone(memory_format=torch.contiguous_format)
-    _run(name, axis, lambda: dist.all_reduce(out, op=op, group=axis.group))
-    return out
+class Pending:
+    """An issued collective: wait() blocks until it is done and returns its result."""
+    __slots__ = ("name", "axis", "work", "result")
+
+    def __init__(self, name, axis, work, result):
+        self.name, self.axis, self.work, self.result = name, axis, work, result
+
+    def wait(self):
+        _run(self.name, self.axis, self.work.wait)
+        return self.result
+
+
+def _all_reduce(name, op):
+    def start(x, axis):
+        out = x.clone(memory_format=torch.contiguous_format)
+        work = _run(name, axis, lambda: dist.all_reduce(out, op=op, group=axis.group, async_op=True))
+        return Pending(name, axis, work, out)
+    return start
+
+
+psum_start = _all_reduce("psum", dist.ReduceOp.SUM)
+pmax_start = _all_reduce("pmax", dist.ReduceOp.MAX)
+
+
+def all_gather_start(x, axis):
+    """Stack every rank's x along a new leading dim (rank order within the group)."""
+    flat = torch.empty(axis.size * x.numel(), dtype=x.dtype, device=x.device)
+    work = _run("all_gather", axis, lambda: _all_gather_flat(flat, x.reshape(-1), group=axis.group,
+                                                             async_op=True))
+    return Pending("all_gather", axis, work, flat.view((axis.size,) + tuple(x.shape)))
 
 
 def psum(x, axis):
-    return all_reduce("psum", x, axis, dist.ReduceOp.SUM)
+    return psum_start(x, axis).wait()
 
 
 def pmax(x, axis):
-    return all_reduce("pmax", x, axis, dist.ReduceOp.MAX)
+    return pmax_start(x, axis).wait()
 
 
 def all_gather(x, axis):
-    """Stack every rank's x along a new leading dim (rank order within the group)."""
-    flat = torch.empty(axis.size * x.numel(), dtype=x.dtype, device=x.device)
-    _run("all_gather", axis, lambda: _all_gather_flat(flat, x.reshape(-1), group=axis.group))
-    return flat.view((axis.size,) + tuple(x.shape))
+    return all_gather_start(x, axis).wait()
 
 
 def axis_index(axis, device):
