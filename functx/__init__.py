@@ -21,6 +21,8 @@ from .debug import debug_nans
 from .transforms.jet import jet
 from .transforms.collapsed import laplacian, divergence, taylor_operator
 from . import func  # noqa: F401  (functx.func: torch.func's names and signatures, a drop-in)
+from .transforms.spmd import spmd
+from . import distributed  # noqa: F401  (functx.distributed.shard / gather for spmd's sharded values)
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,6 @@ __all__ = [
     "axis_index", "stop_gradient", "functional_call", "register_pytree_node", "tree_flatten",
     "tree_unflatten", "tree_map", "to_python_source", "Graph", "TensorType", "FunctxError",
     "ConcretizationError", "TracerTensor", "custom_jvp", "custom_vjp", "cond", "switch", "while_loop", "scan",
-    "debug", "debug_nans",
+    "debug", "debug_nans", "spmd",
 ]
 __all__ += ["jet", "laplacian", "divergence", "taylor_operator"]

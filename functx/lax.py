@@ -9,6 +9,8 @@ import torch
 from .core.trace import Tracer, type_of
 from .frontend import unwrap, wrap
 from . import prims as P
+from .prims.collective import axis_size
+from .prims.spmd import pvary as _pvary
 from .tree_util import tree_map
 
 
@@ -25,27 +27,44 @@ def _apply(fn, tree, what):
     return tree_map(leaf, tree)
 
 
+def _over(reduce, axis_name):
+    """reduce over one axis name, or over each of a tuple of names (JAX's psum(x, ('i', 'j')))."""
+    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+
+    def fn(v):
+        for name in names:
+            v = reduce(v, name)
+        return v
+    return fn
+
+
 def psum(x, axis_name):
-    """Sum of x over the vmap axis named axis_name; every batch element gets the total.
+    """Sum of x over the vmap (or spmd process) axis named axis_name, or over each axis of a
+    tuple of names; every batch element (every rank) gets the total.
 
     Example:
       >>> functx.vmap(lambda v: v / functx.psum(v, "i"), axis_name="i")(torch.arange(1.0, 5.0))
     """
-    return _apply(lambda v: P.psum(v, axis_name), x, "psum")
+    return _apply(_over(P.psum, axis_name), x, "psum")
 
 
 def pmean(x, axis_name):
-    """Mean of x over the named vmap axis."""
-    def mean(v):
-        total = P.psum(v, axis_name)
-        count = P.psum(P.full((), 1.0, type_of(v).dtype, type_of(v).device), axis_name)
-        return P.div(total, P.broadcast_to(count, type_of(total).shape))
-    return _apply(mean, x, "pmean")
+    """Mean of x over the named axis (or tuple of axes)."""
+    def mean(v, name):
+        return P.div(P.psum(v, name), float(axis_size("pmean", name)))    # sizes are static
+    return _apply(_over(mean, axis_name), x, "pmean")
 
 
 def pmax(x, axis_name):
-    """Max of x over the named vmap axis."""
-    return _apply(lambda v: P.pmax(v, axis_name), x, "pmax")
+    """Max of x over the named axis (or tuple of axes)."""
+    return _apply(_over(P.pmax, axis_name), x, "pmax")
+
+
+def pvary(x, axis_name):
+    """x, marked as varying across the ranks of functx.spmd's axis axis_name (JAX's
+    lax.pvary): grad inside spmd then treats it as a per-rank variable, so its gradient is
+    this rank's contribution, not the sum over ranks (per-example gradients, DP-SGD)."""
+    return _apply(lambda v: _pvary(v, axis_name), x, "pvary")
 
 
 def all_gather(x, axis_name):

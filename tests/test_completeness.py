@@ -53,6 +53,8 @@ LINEAR = {
     "reduce_sum", "cumsum", "dot_general",
     "take", "scatter_add", "scatter", "take_along_axis", "scatter_add_along",
     "psum", "all_gather", "opaque",
+    # prims/spmd.py: identities per rank with functx.spmd's replicated-value transposes
+    "replicated_in", "replicated_out", "pvary", "invariant_ct",
     # transforms/custom.py: linear in its tangent operands; its transpose is the user's bwd.
     "custom_lin",
     "cond",    # transforms/control_flow.py: linear in the operands its branches are linear in

@@ -771,6 +771,30 @@ add(Entry("axis_index", _axis_index_gen, lambda size: torch.arange(size),
           dtypes=(I64,), kind="nullary", ref_f64=False))
 
 
+# ---------------------------------------------------------------- spmd markers (on a process group of one)
+
+def _one_process_group():
+    """functx.spmd needs torch.distributed: these entries run on a group of just this process,
+    created on first use (tests/test_spmd.py checks the real multi-process semantics)."""
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+
+
+def _spmd_call(fn, in_specs, out_specs):
+    def call(params, x):
+        _one_process_group()
+        return functx.spmd(fn, "dp", in_specs, out_specs)(x)
+    return call
+
+
+# A replicated input and output: transforms outside spmd bind replicated_in/replicated_out.
+add(Entry("replicated_in", _coll_gen, lambda x: x.clone(), call=_spmd_call(lambda v: v * 1.0, None, None),
+          linear=((0,),), dtypes=(F32, F64), covers=("replicated_out",)))
+# grad inside spmd: pvary's rules run on the tangent, invariant_ct's on the cotangents.
+add(Entry("pvary", _coll_gen, lambda x: 2 * x, dtypes=(F32, F64), covers=("invariant_ct",),
+          call=_spmd_call(lambda v: functx.grad(lambda u: (functx.lax.pvary(u, "dp") * u).sum())(v), None, None)))
+
+
 # ---------------------------------------------------------------- opaque
 
 def _opq_fn(x, y):

@@ -19,7 +19,9 @@ class PythonEmitter:
 
     Each equation prints through codegen.emit_expr, except what eager_plan.plan decides
     from the whole graph: broadcasts left to torch's implicit broadcasting, and
-    add(dot, b) as torch.addmm."""
+    add(dot, b) as torch.addmm. A primitive with `start` (a collective across processes)
+    is issued at its equation and waited for just before its result's first use, so the
+    communication overlaps the equations in between."""
 
     def __init__(self, graph: Graph, fn_name: str = "fn", optimize: bool = True):
         self.graph = graph
@@ -46,9 +48,13 @@ class PythonEmitter:
         args = [self.names[v] for v in g.invars] + [self.names[v] for v in g.constvars]
         lines = [f"def {self.fn_name}({', '.join(args)}):"]
         counter = 0
-        for k, eqn in enumerate(g.eqns):
+        self.pending: dict = {}           # output var -> the name of its collective's handle
+        for k in _issue_early(g.eqns):
+            eqn = g.eqns[k]
             if k in plan.skip:
                 continue
+            reads = list(eqn.inputs) + (list(g.eqns[plan.addmm[k][0]].inputs) if k in plan.addmm else [])
+            lines += self._wait_for(reads)
             out0 = eqn.outputs[0] if eqn.outputs else None
             if out0 in plan.implicit:
                 shape = plan.implicit[out0]
@@ -63,6 +69,11 @@ class PythonEmitter:
                 continue
             if k in plan.addmm:
                 expr = self._addmm(eqn, k)
+            elif eqn.prim.start is not None and not eqn.prim.multiple_results:
+                lines.append(self._start(eqn, counter))
+                self.names[out0] = f"t{counter}"
+                counter += 1
+                continue
             else:
                 expr = emit_expr(eqn, [self.name(a) for a in eqn.inputs], self.globals)
             if not eqn.outputs:       # a debug callback: a statement
@@ -79,15 +90,57 @@ class PythonEmitter:
             check = self.nans and self.nans.emit_eqn_check(k, eqn, [self.names[v] for v in eqn.outputs])
             if check:
                 lines.append(f"    {check}")
+        lines += self._wait_for(list(self.pending))     # every issued collective completes here
         outs = ", ".join(self.name(a) for a in g.outvars)
         lines.append(f"    return ({outs}{',' if len(g.outvars) == 1 else ''})")
         return "\n".join(lines)
+
+    def _start(self, eqn, counter) -> str:
+        n = len(self.globals)
+        start, params = f"_{eqn.prim.name}_start_{n}", f"_params_{n}"
+        self.globals[start], self.globals[params] = eqn.prim.start, eqn.params
+        self.pending[eqn.outputs[0]] = handle = f"h{counter}"
+        srcs = ", ".join(self.name(a) for a in eqn.inputs)
+        return f"    {handle} = {start}({srcs}, **{params})  # issued; waited for at first use"
+
+    def _wait_for(self, atoms) -> list:
+        lines = []
+        for a in atoms:
+            handle = self.pending.pop(a, None) if not isinstance(a, Literal) else None
+            if handle is not None:
+                lines.append(f"    {self.names[a]} = {handle}.wait()  # {a.type}")
+        return lines
 
     def _addmm(self, eqn, k) -> str:
         j, bias_pos = self.plan.addmm[k]
         dot = self.graph.eqns[j]
         lhs, rhs, _ = matmul_sources(dot, [self.name(a) for a in dot.inputs])
         return f"torch.addmm({self.name(eqn.inputs[bias_pos])}, {lhs}, {rhs})"
+
+
+def _issue_early(eqns) -> list:
+    """Equation indices in graph order, except that each collective (`start`) moves up to
+    just after its operands are computed: issued early, it overlaps the equations that
+    follow. Deterministic, so every rank issues its collectives in the same order."""
+    defined_at, after = {}, {}
+    for k, e in enumerate(eqns):
+        if e.prim.start is not None:
+            last = max((defined_at[a] for a in e.inputs if a in defined_at), default=-1)
+            after.setdefault(last, []).append(k)
+        for v in e.outputs:
+            defined_at[v] = k
+    order = []
+
+    def place(k):
+        order.append(k)
+        for j in after.get(k, ()):
+            place(j)
+    for j in after.get(-1, ()):
+        place(j)
+    for k, e in enumerate(eqns):
+        if e.prim.start is None:
+            place(k)
+    return order
 
 
 class EagerCompiled(Compiled):
@@ -129,6 +182,8 @@ def _global_source(name, value) -> str:
     for prim in REGISTRY.values():
         if prim.impl is value:
             return f"_prims[{prim.name!r}].impl"
+        if prim.start is not None and prim.start is value:
+            return f"_prims[{prim.name!r}].start"
     src = repr(value)
     try:
         ok = repr(eval(src, {"torch": torch, "device": torch.device, "inf": math.inf, "nan": math.nan})) == src

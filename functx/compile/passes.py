@@ -194,6 +194,8 @@ def _simplify_eqn(e, defs):
         if name == "mul" and not out.type.dtype.is_floating_point and not out.type.dtype.is_complex \
                 and (_is(vx, 0) or _is(vy, 0)):
             return _full_eqn(out, 0, e.source)           # only integers: 0 * inf is nan for floats
+    if name in ("replicated_in", "replicated_out", "pvary"):
+        return e.inputs[0]        # spmd's markers only matter to transforms; none runs after compiling
     if name == "neg":
         d = defs.get(e.inputs[0])
         if d is not None and d.prim.name == "neg" and _same_type(d.inputs[0], out):

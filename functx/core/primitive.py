@@ -17,6 +17,7 @@ and the facts the backends lower it with:
                        generated host code); emit_broadcasts: that expression broadcasts its
                        tensor operands as torch does (the eager backend then drops
                        explicit broadcasts feeding it)
+  start(*tensors, **params) -> a handle with wait() -> impl's result (async collectives)
   triton            -> pointwise only: a Triton expression template ("tl.sin({0})", params by
                        name) or a function eqn -> template | Unsupported(reason)
   cpp               -> pointwise only: the C++ expression for the CPU backend's kernels
@@ -72,6 +73,10 @@ class Primitive:
     # Lowering facts.
     emit: Callable | None = None
     emit_broadcasts: bool = False
+    # Collectives on a process axis: start(*args, **params) issues the call and returns a
+    # handle whose wait() gives impl's result; generated code waits just before the first
+    # use, so communication overlaps the computation in between.
+    start: Callable | None = None
     triton: str | Callable | None = None
     cpp: str | Callable | None = None
     combine: str | None = None

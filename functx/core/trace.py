@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,10 +23,17 @@ from .types import TensorType
 
 @dataclass(frozen=True)
 class AxisData:
-    """A vmapped axis: its size, its name (for collectives) and vmap's randomness mode."""
+    """A vmapped axis: its size, its name (for collectives) and vmap's randomness mode; or,
+    with a torch.distributed process group, a process axis (functx.spmd)."""
     size: int
     name: object = None
     randomness: str = "error"
+    group: object = field(default=None, repr=False)
+
+    def __repr__(self):
+        if self.group is not None:
+            return f"ProcessAxis({self.name!r}, size={self.size})"
+        return f"AxisData(size={self.size}, name={self.name!r}, randomness={self.randomness!r})"
 
 
 class Trace:
@@ -154,6 +161,11 @@ def find_axis(axis_name) -> AxisData | None:
     return next((t.axis for t in enclosing_traces() if t.axis is not None and t.axis.name == axis_name), None)
 
 
+def process_axes() -> list:
+    """The enclosing functx.spmd process axes (AxisData with a group), innermost first."""
+    return [t.axis for t in enclosing_traces() if t.axis is not None and t.axis.group is not None]
+
+
 def _stages(trace) -> bool:
     return isinstance(trace, GraphTrace) and trace.stage_all
 
@@ -167,7 +179,7 @@ def staging() -> bool:
 def staged_or_batched() -> bool:
     """Whether some enclosing trace stages a graph (jit, make_graph) or batches (vmap): there,
     a value computed once in Python would be frozen into the graph or shared by the batch."""
-    return any(t.axis is not None or _stages(t) for t in enclosing_traces())
+    return any((t.axis is not None and t.axis.group is None) or _stages(t) for t in enclosing_traces())
 
 
 # ---------------------------------------------------------------- grad mode of reverse levels

@@ -4,10 +4,11 @@ Modules by family, in dependency order (each imports only those before it; shape
 broadcast_in_dim transpose is the one deferred import, of reduce_sum):
   util, creation (full, iota), series (Taylor series arithmetic and rules), define (definer
   helpers), shape (views, pad, concatenate), elementwise, reduce, linalg (dot_general), conv,
-  indexing, random, collective, opaque, debug (debug_callback).
+  indexing, random, collective (+ distributed, its torch.distributed calls), spmd
+  (replicated-value corrections for functx.spmd), opaque, debug (debug_callback).
 """
 from . import util, creation, define, shape, elementwise, reduce, linalg, conv, indexing  # noqa: F401
-from . import random as random_module, collective, opaque as opaque_module  # noqa: F401
+from . import random as random_module, collective, spmd as spmd_module, opaque as opaque_module  # noqa: F401
 from .creation import full, iota, zeros_like, zeros_like_type, instantiate  # noqa: F401
 from .shape import (broadcast_in_dim, broadcast_to, reshape, transpose, slice_, slice_in_dim, pad,  # noqa: F401
                     concatenate, rev, moveaxis, bdim_to_front)

@@ -13,8 +13,9 @@ import contextlib
 from ..core import GraphTrace, Literal, MissingRuleError, UndefinedPrimal, Var, Zero, current_trace, \
     set_current_trace
 from ..core import nan_check
-from ..core.trace import eval_graph, reverse_level, type_of
+from ..core.trace import eval_graph, process_axes, reverse_level, type_of
 from .. import prims as P
+from ..prims.spmd import invariant_ct
 from ..frontend.random_mode import without_random_mode
 from .jvp import JVPTrace, JVPTracer
 
@@ -93,17 +94,28 @@ def linear_forward(graph, tangents):
     return eval_graph(graph, graph.consts, tangents)
 
 
-def vjp_flat(fun, primals):
-    """Returns (primal outputs, pullback: output cotangents -> input cotangents), flat."""
+def vjp_flat(fun, primals, user_level=False):
+    """Returns (primal outputs, pullback: output cotangents -> input cotangents), flat.
+
+    user_level: the vjp of a user's function (grad, vjp), not of one inside a rule. Under
+    functx.spmd its cotangents are then global ones: a replicated output's cotangent is
+    shared out over the ranks and a replicated input's is summed over them
+    (prims/spmd.invariant_ct, resolved by the SpmdTrace that knows which values vary)."""
     primal_out, graph, nonzero = linearize_flat(fun, primals, reverse=True)
     diff = [differentiable(p) for p in primals]
+    axes = [a.name for a in process_axes()] if user_level else []
 
     def pullback(cts):
+        for name in axes:
+            cts = [invariant_ct(c, p, name, "mean") if nz else c for c, p, nz in zip(cts, primal_out, nonzero)]
         cts_nz = [ct for ct, nz in zip(cts, nonzero) if nz]
         in_cts = iter(backward_pass(graph, graph.consts, cts_nz))
         out = []
         for p, d in zip(primals, diff):
-            out.append(next(in_cts) if d else Zero(type_of(p)))
+            ct = next(in_cts) if d else Zero(type_of(p))
+            for name in axes:
+                ct = ct if isinstance(ct, Zero) else invariant_ct(ct, p, name, "sum")
+            out.append(ct)
         return out
 
     return primal_out, pullback, graph

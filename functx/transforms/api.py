@@ -225,7 +225,7 @@ def vjp(f, *primals, has_aux=False):
     """
     p_flat, p_tree = _flatten_tensors(_float_primals(primals), "functx.vjp: primals")
     store = _OutStore()
-    out, pullback, _ = vjp_flat(_flat_fun(f, p_tree, store, "functx.vjp", has_aux), p_flat)
+    out, pullback, _ = vjp_flat(_flat_fun(f, p_tree, store, "functx.vjp", has_aux), p_flat, user_level=True)
     out_types = [type_of(o) for o in out]
     out_tree = store.tree
 
@@ -286,7 +286,8 @@ def value_and_grad(f, argnums=0, has_aux=False):
                 raise TypeError(f"functx.grad: differentiated argument leaf {i} has dtype {type_of(x).dtype}; "
                                 "grad needs floating-point inputs (use argnums to skip integer arguments)")
         store = _OutStore()
-        out, pullback, _ = vjp_flat(_flat_fun(g, d_tree, store, "functx.grad", has_aux), d_flat)
+        out, pullback, _ = vjp_flat(_flat_fun(g, d_tree, store, "functx.grad", has_aux), d_flat,
+                                   user_level=True)
         if len(out) != 1 or type_of(out[0]).shape != ():
             shapes = [tuple(type_of(o).shape) for o in out]
             raise TypeError(f"functx.grad: f must return a scalar (0-dim) tensor; got outputs with shapes "
