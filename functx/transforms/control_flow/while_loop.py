@@ -1,0 +1,159 @@
+"""functx.while_loop: the while_loop primitive, holding the cond and body sub-graphs.
+
+  while_loop(*cond_consts, *body_consts, *carry; cond_graph, body_graph, n_cc, n_bc)
+      jvp: a while over (primal, tangent) carries.  batch: runs while any element's predicate
+      holds, freezing finished elements with `where`.  No transpose: reverse mode raises a
+      clear error (the trip count is dynamic), as in JAX.
+
+With a concrete predicate (eager use, or eager transforms), while_loop is a Python loop.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...core import STRUCTURAL, FunctxError, Primitive, Zero
+from ...core.ir import Graph
+from ...core.trace import GraphTracer, Tracer, eval_graph, type_of
+from ...frontend import unwrap, wrap
+from ... import prims as P
+from ...prims.creation import instantiate
+from ...prims.shape import bdim_to_front
+from ..ad import jvp_flat
+from ...tree_util import tree_flatten, tree_unflatten
+from .common import closed_graph, graph_fn, index_value, is_float, run_batched, trace_user
+
+__all__ = ["while_loop", "while_loop_p"]
+
+def _while_type(*types, cond_graph, body_graph, n_cc, n_bc):
+    return list(types[n_cc + n_bc:])
+
+
+def _while_impl(*args, cond_graph, body_graph, n_cc, n_bc):
+    cc, bc, carry = list(args[:n_cc]), list(args[n_cc:n_cc + n_bc]), list(args[n_cc + n_bc:])
+    while bool(eval_graph(cond_graph, [], cc + carry)[0]):
+        carry = eval_graph(body_graph, [], bc + carry)
+    return carry
+
+
+def _while_jvp(primals, tangents, *, cond_graph, body_graph, n_cc, n_bc):
+    if any(isinstance(t, GraphTracer) and not t._trace.stage_all for t in tangents):
+        raise FunctxError(
+            "functx.while_loop: reverse-mode differentiation (grad, vjp, jacrev) of a while_loop with "
+            "a traced predicate is not supported: its trip count is dynamic. Use functx.scan for a "
+            "fixed number of steps, or forward mode (jvp, jacfwd).")
+    cc, bc, carry = primals[:n_cc], list(primals[n_cc:n_cc + n_bc]), list(primals[n_cc + n_bc:])
+    bc_t, carry_t = tangents[n_cc:n_cc + n_bc], tangents[n_cc + n_bc:]
+    bc_nz = [not isinstance(t, Zero) for t in bc_t]
+    carry_types = [type_of(c) for c in carry]
+    cf = [is_float(t) for t in carry_types]           # every float carry gets a tangent
+    nb, nc = len(bc), len(carry)
+    bc_types = [type_of(b) for b in bc]
+
+    def body(*xs):
+        b, bt, c, ct = (list(xs[:nb]), iter(xs[nb:nb + sum(bc_nz)]), list(xs[nb + sum(bc_nz):nb + sum(bc_nz) + nc]),
+                        iter(xs[nb + sum(bc_nz) + nc:]))
+        t_in = [next(bt) if m else Zero(t) for m, t in zip(bc_nz, bc_types)]
+        t_in += [next(ct) if f else Zero(t) for f, t in zip(cf, carry_types)]
+        out, t_out = jvp_flat(lambda a: eval_graph(body_graph, [], a), b + c, t_in)
+        return list(out) + [instantiate(t) for t, f in zip(t_out, cf) if f]
+
+    t_types = [t for t, f in zip(carry_types, cf) if f]
+    bgraph, bconsts = closed_graph(body, bc_types + [type_of(t) for t, m in zip(bc_t, bc_nz) if m]
+                              + carry_types + t_types)
+    cgraph, cconsts = closed_graph(lambda *xs: eval_graph(cond_graph, [], list(xs[:n_cc + nc])),
+                              [type_of(c) for c in cc] + carry_types + t_types)
+    carry_t_vals = [instantiate(t) for t, f in zip(carry_t, cf) if f]
+    b_ops = bconsts + bc + [t for t in bc_t if not isinstance(t, Zero)]
+    c_ops = cconsts + list(cc)
+    outs = while_loop_p.bind(*c_ops, *b_ops, *carry, *carry_t_vals, cond_graph=cgraph, body_graph=bgraph,
+                             n_cc=len(c_ops), n_bc=len(b_ops))
+    primal, tans = outs[:nc], iter(outs[nc:])
+    return primal, [next(tans) if f else Zero(t) for f, t in zip(cf, carry_types)]
+
+
+def _while_transpose(cts, *args, **params):
+    raise FunctxError("functx.while_loop: reverse-mode differentiation is not supported (dynamic trip "
+                      "count); use functx.scan for a fixed number of steps")
+
+
+def _while_batch(axis, args, dims, *, cond_graph, body_graph, n_cc, n_bc):
+    cc, bc, carry = list(args[:n_cc]), list(args[n_cc:n_cc + n_bc]), list(args[n_cc + n_bc:])
+    ccd, bcd = list(dims[:n_cc]), list(dims[n_cc:n_cc + n_bc])
+    carry = [bdim_to_front(c, d, axis.size) for c, d in zip(carry, dims[n_cc + n_bc:])]
+    nc = len(carry)
+    carry_d = [0] * nc
+
+    def preds(c_consts, c):
+        (p,) = run_batched(graph_fn(cond_graph), axis, ccd + carry_d, list(c_consts) + list(c))
+        return p                                     # bool[B]
+
+    def bcond(*xs):
+        p = P.convert(preds(xs[:n_cc], xs[n_cc:]), torch.int32)
+        return [P.gt(P.reduce_max(p, (0,)), 0)]      # loop while any element's predicate holds
+
+    def bbody(*xs):
+        c_consts, b_consts, c = xs[:n_cc], xs[n_cc:n_cc + n_bc], list(xs[n_cc + n_bc:])
+        p = preds(c_consts, c)
+        new = run_batched(graph_fn(body_graph), axis, bcd + carry_d, list(b_consts) + c)
+        return [P.where(P.broadcast_in_dim(p, type_of(n).shape, (0,)), n, o) for n, o in zip(new, c)]
+
+    types = [type_of(x) for x in cc + bc + carry]
+    cgraph, cconsts = closed_graph(lambda *xs: bcond(*xs[:n_cc], *xs[n_cc + n_bc:]), types)
+    bgraph, bconsts = closed_graph(bbody, types)
+    # both sub-graphs take (cond consts, body consts, carry); their own closures go in front
+    c_ops = cconsts + cc + bc
+    b_ops = bconsts + cc + bc
+    cg = Graph(cgraph.invars, [], [], cgraph.eqns, cgraph.outvars)
+    outs = while_loop_p.bind(*c_ops, *b_ops, *carry, cond_graph=cg, body_graph=bgraph,
+                             n_cc=len(c_ops), n_bc=len(b_ops))
+    return outs, [0] * nc
+
+
+while_loop_p = Primitive(
+    "while_loop", kind=STRUCTURAL, multiple_results=True,
+    abstract_eval=_while_type,
+    impl=_while_impl,
+    jvp=_while_jvp,
+    transpose=_while_transpose,
+    batch=_while_batch)
+
+
+def while_loop(cond_fun, body_fun, init_val):
+    """while cond_fun(val): val = body_fun(val); return val — traceable under jit and vmap
+    (JAX's lax.while_loop). With a traced predicate (jit, batched under vmap) it is forward-mode
+    differentiable and reverse mode raises (use scan); with a concrete one it is a Python loop."""
+    what = "functx.while_loop"
+    leaves, tree = tree_flatten(init_val)
+    args_tree = tree_flatten((init_val,))[1]         # _trace_user splats the argument tuple
+    for i, l in enumerate(leaves):
+        if not isinstance(l, (torch.Tensor, Tracer)):
+            raise TypeError(f"{what}: init_val leaf {i} is a {type(l).__name__}; the carry must be tensors")
+    p = index_value(cond_fun(init_val), f"{what}: cond_fun")
+    if not isinstance(p, Tracer):
+        # A concrete predicate (eager use, eager transforms): a Python loop, so transforms see
+        # the body as ordinary code (grad included). If the predicate becomes traced (batched
+        # by the body under vmap), the primitive takes over from there.
+        val = init_val
+        while bool(p):
+            val = body_fun(val)
+            p = index_value(cond_fun(val), f"{what}: cond_fun")
+            if isinstance(p, Tracer):
+                return while_loop(cond_fun, body_fun, val)
+        return val
+    carry = [unwrap(l) for l in leaves]
+    types = [type_of(c) for c in carry]
+    cg, cconsts, ctree = trace_user(cond_fun, args_tree, types, f"{what}: cond_fun")
+    if len(cg.outvars) != 1 or cg.out_types[0].shape not in ((), (1,)) or cg.out_types[0].dtype != torch.bool:
+        raise TypeError(f"{what}: cond_fun must return a boolean scalar, got {cg.out_types}")
+    if cg.out_types[0].shape == (1,):
+        cg, cconsts = closed_graph(lambda *xs: [P.reshape(eval_graph(cg, [], list(xs))[0], ())],
+                              [type_of(c) for c in cconsts] + types)
+    bg, bconsts, btree = trace_user(body_fun, args_tree, types, f"{what}: body_fun")
+    if btree != tree or [str(t) for t in bg.out_types] != [str(t) for t in types]:
+        raise TypeError(f"{what}: body_fun must return the carry's structure, shapes and dtypes: "
+                        f"carry {tree} {types}, body_fun returned {btree} {bg.out_types}")
+    outs = while_loop_p.bind(*cconsts, *bconsts, *carry, cond_graph=cg, body_graph=bg,
+                             n_cc=len(cconsts), n_bc=len(bconsts))
+    return tree_unflatten(tree, [wrap(o) for o in outs])
+
+
