@@ -11,6 +11,7 @@ from . import eager_plan
 from .compiled import Compiled
 from ..prims.linalg import matmul_sources
 from .codegen import compile_function, emit_expr, literal_source
+from .loops import loop_report
 
 
 class PythonEmitter:
@@ -60,7 +61,7 @@ class PythonEmitter:
             if k in plan.addmm:
                 expr = self._addmm(eqn, k)
             else:
-                expr = emit_expr(eqn, [self.name(a) for a in eqn.inputs], self.globals)
+                expr = emit_expr(eqn, [self.name(a) for a in eqn.inputs], self.globals, EagerCompiled)
             for v in eqn.outputs:
                 self.names[v] = f"t{counter}"
                 counter += 1
@@ -90,13 +91,14 @@ class EagerCompiled(Compiled):
         self.graph = graph
         emitter = PythonEmitter(graph)
         self.source = emitter.emit()
+        self.globals = emitter.globals
         self.call = compile_function(self.source, "fn", emitter.globals, graph.consts,
                                      f"<functx.jit eager {id(graph):x}>")
         self.kernels: list[str] = []
         self.groups: list = []
 
     def report(self) -> str:
-        return "backend: eager (generated PyTorch code)\n" + self.source
+        return "backend: eager (generated PyTorch code)\n" + self.source + loop_report(self.globals)
 
 
 def to_python_source(graph: Graph, fn_name: str = "fn") -> str:

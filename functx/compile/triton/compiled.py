@@ -11,6 +11,7 @@ from ...core import Literal
 from ...core.ir import GraphPrinter
 from ..compiled import Compiled
 from ..codegen import compile_function, emit_expr, literal_source
+from ..loops import loop_report
 from .kernel import is_inlined
 from .runtime import Launcher, check_mode, load_module, module_source
 from .scheduler import Schedule, describe_space
@@ -137,7 +138,7 @@ class TritonCompiled(Compiled):
                 if e.prim.multiple_results and len(e.outputs) == 1:
                     outs += ","
                 lines.append(f"    # group {i}: extern {e.prim.name}")
-                lines.append(f"    {outs} = {emit_expr(e, srcs, glob)}")
+                lines.append(f"    {outs} = {emit_expr(e, srcs, glob, TritonCompiled)}")
                 for v in e.outputs:
                     have.add(v)
                     if names[v] in loaded:
@@ -218,4 +219,4 @@ class TritonCompiled(Compiled):
         for src in self.kernels:
             out += [src]
         out += ["-- host wrapper --", self.source]
-        return "\n".join(out)
+        return "\n".join(out) + loop_report(self._globals)

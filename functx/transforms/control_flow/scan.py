@@ -71,7 +71,7 @@ def _scan_impl(*args, body, num_consts, num_carry, length, reverse, unroll, rema
     consts, carry, xs = _split(args, num_consts, num_carry)
     ys_types = _scan_type(*[type_of(a) for a in args], body=body, num_consts=num_consts, num_carry=num_carry,
                           length=length, reverse=reverse, unroll=unroll, remat=remat)[num_carry:]
-    return run_scan(lambda *a: eval_graph(body, [], list(a)), consts, carry, xs, ys_types, length, reverse)
+    return run_scan(lambda *a: eval_graph(body, body.consts, list(a)), consts, carry, xs, ys_types, length, reverse)
 
 
 # ---------------------------------------------------------------- jvp
