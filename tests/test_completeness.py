@@ -56,6 +56,7 @@ LINEAR = {
     # transforms/custom.py: linear in its tangent operands; its transpose is the user's bwd.
     "custom_lin",
     "cond",    # transforms/control_flow.py: linear in the operands its branches are linear in
+    "scan",    # transforms/control_flow/scan.py: linear in the operands its body is linear in
     # prims/conv.py (when present): convolution is bilinear in (input, weight).
     "conv", "convolution", "conv_general_dilated",
 }

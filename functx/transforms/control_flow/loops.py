@@ -176,7 +176,7 @@ def fori_loop(lower, upper, body_fun, init_val):
     """
     lo, hi = _static_bound(lower), _static_bound(upper)
     leaves = [x for x in tree_flatten(init_val)[0] if isinstance(x, (torch.Tensor, Tracer))]
-    device = unwrap(leaves[0]).device if leaves else torch.device("cpu")
+    device = type_of(unwrap(leaves[0])).device if leaves else torch.device("cpu")
     if lo is not None and hi is not None:
         steps = torch.arange(lo, max(lo, hi), dtype=torch.int64, device=device)
         val, _ = scan(lambda v, i: (body_fun(i, v), None), init_val, steps)
