@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .loops import emit_scan
+from .loops import emit_checkpoint, emit_scan
 
 
 def literal_source(value) -> str:
@@ -23,8 +23,9 @@ def emit_expr(eqn, srcs, namespace, compile_body=None) -> str:
     its impl, bound (with its params) into `namespace`, the generated code's globals.
     compile_body(graph) -> Compiled: the backend's compiler for loop bodies; given it, a scan
     becomes a generated loop calling its compiled body (loops.py)."""
-    if compile_body is not None and eqn.prim.name == "scan":
-        return emit_scan(eqn, srcs, namespace, compile_body)
+    if compile_body is not None and eqn.prim.name in ("scan", "checkpoint"):
+        emit = emit_scan if eqn.prim.name == "scan" else emit_checkpoint
+        return emit(eqn, srcs, namespace, compile_body)
     expr = eqn.prim.emit(eqn, srcs) if eqn.prim.emit is not None else None
     if expr is None:
         n = len(namespace)        # grows with every binding, so names never collide

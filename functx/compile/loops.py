@@ -1,4 +1,4 @@
-"""Loops in generated code: a scan equation becomes a real Python `for` loop that calls its
+"""Loops in generated code (and checkpoints: a call of their body): a scan equation becomes a real Python `for` loop that calls its
 body's compiled function (the same backend compiles the body: generated PyTorch code on
 the eager backend, the body's kernels on the Triton one), writing each step's ys into
 buffers allocated once. The loop's source is kept for explain."""
@@ -36,6 +36,17 @@ def emit_scan(eqn, srcs, namespace, compile_body) -> str:
         f"# {loop_name}: a scan of {p['length']} steps; its body, {body_name}, compiled by the "
         f"{body.backend} backend:\n{source}{_indent(body.report())}")
     return f"{loop_name}({', '.join(srcs)})"
+
+
+def emit_checkpoint(eqn, srcs, namespace, compile_body) -> str:
+    """A checkpoint equation: a call of its body's compiled function (kept a separate
+    function, so the recomputation it holds is never merged with the forward pass)."""
+    body = compile_body(eqn.params["body"])
+    name = f"_checkpoint_body_{len(namespace)}"
+    namespace[name] = body.call
+    namespace.setdefault(LOOP_SOURCES, []).append(
+        f"# {name}: a checkpoint body, compiled by the {body.backend} backend:\n{_indent(body.report())}")
+    return f"{name}({', '.join(srcs)})"
 
 
 def loop_report(namespace) -> str:

@@ -6,3 +6,4 @@ from .cond import cond, switch, cond_p  # noqa: F401
 from .while_loop import while_loop, while_loop_p  # noqa: F401
 from .scan import scan_p  # noqa: F401
 from .loops import scan, fori_loop  # noqa: F401
+from .checkpoint import checkpoint, remat, checkpoint_name, checkpoint_policies, checkpoint_p, name_p  # noqa: F401
