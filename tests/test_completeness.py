@@ -73,7 +73,8 @@ NONLINEAR = {
     "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient",
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
-    "while_loop",    # transforms/control_flow.py (its transpose raises: dynamic trip count)
+    "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)
+    "while_tape_check",    # transforms/control_flow/while_reverse.py (integer step count)
 }
 
 

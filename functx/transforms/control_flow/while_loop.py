@@ -2,8 +2,9 @@
 
   while_loop(*cond_consts, *body_consts, *carry; cond_graph, body_graph, n_cc, n_bc)
       jvp: a while over (primal, tangent) carries.  batch: runs while any element's predicate
-      holds, freezing finished elements with `where`.  No transpose: reverse mode raises a
-      clear error (the trip count is dynamic), as in JAX.
+      holds, freezing finished elements with `where`.  Reverse mode (which JAX lacks): under
+      linearize the forward loop records a tape of carries (max_steps long) and the tangent
+      is a masked scan over that tape, transposed like any scan (while_reverse.py).
 
 With a concrete predicate (eager use, or eager transforms), while_loop is a Python loop.
 """
@@ -20,27 +21,27 @@ from ...prims.creation import instantiate
 from ...prims.shape import bdim_to_front
 from ..ad import jvp_flat
 from ...tree_util import tree_flatten, tree_unflatten
+from .while_reverse import linearize_while
 from .common import closed_graph, graph_fn, index_value, is_float, run_batched, trace_user
 
 __all__ = ["while_loop", "while_loop_p"]
 
-def _while_type(*types, cond_graph, body_graph, n_cc, n_bc):
+def _while_type(*types, cond_graph, body_graph, n_cc, n_bc, max_steps):
     return list(types[n_cc + n_bc:])
 
 
-def _while_impl(*args, cond_graph, body_graph, n_cc, n_bc):
+def _while_impl(*args, cond_graph, body_graph, n_cc, n_bc, max_steps):
     cc, bc, carry = list(args[:n_cc]), list(args[n_cc:n_cc + n_bc]), list(args[n_cc + n_bc:])
     while bool(eval_graph(cond_graph, [], cc + carry)[0]):
         carry = eval_graph(body_graph, [], bc + carry)
     return carry
 
 
-def _while_jvp(primals, tangents, *, cond_graph, body_graph, n_cc, n_bc):
+def _while_jvp(primals, tangents, *, cond_graph, body_graph, n_cc, n_bc, max_steps):
     if any(isinstance(t, GraphTracer) and not t._trace.stage_all for t in tangents):
-        raise FunctxError(
-            "functx.while_loop: reverse-mode differentiation (grad, vjp, jacrev) of a while_loop with "
-            "a traced predicate is not supported: its trip count is dynamic. Use functx.scan for a "
-            "fixed number of steps, or forward mode (jvp, jacfwd).")
+        # under linearize: a forward loop recording a tape, then a scan over it (while_reverse.py)
+        return linearize_while(while_loop_p, primals, tangents, cond_graph=cond_graph, body_graph=body_graph,
+                               n_cc=n_cc, n_bc=n_bc, max_steps=max_steps)
     cc, bc, carry = primals[:n_cc], list(primals[n_cc:n_cc + n_bc]), list(primals[n_cc + n_bc:])
     bc_t, carry_t = tangents[n_cc:n_cc + n_bc], tangents[n_cc + n_bc:]
     bc_nz = [not isinstance(t, Zero) for t in bc_t]
@@ -66,17 +67,17 @@ def _while_jvp(primals, tangents, *, cond_graph, body_graph, n_cc, n_bc):
     b_ops = bconsts + bc + [t for t in bc_t if not isinstance(t, Zero)]
     c_ops = cconsts + list(cc)
     outs = while_loop_p.bind(*c_ops, *b_ops, *carry, *carry_t_vals, cond_graph=cgraph, body_graph=bgraph,
-                             n_cc=len(c_ops), n_bc=len(b_ops))
+                             n_cc=len(c_ops), n_bc=len(b_ops), max_steps=max_steps)
     primal, tans = outs[:nc], iter(outs[nc:])
     return primal, [next(tans) if f else Zero(t) for f, t in zip(cf, carry_types)]
 
 
 def _while_transpose(cts, *args, **params):
-    raise FunctxError("functx.while_loop: reverse-mode differentiation is not supported (dynamic trip "
-                      "count); use functx.scan for a fixed number of steps")
+    raise FunctxError("functx.while_loop: internal error: a while_loop was recorded as linear; linearize "
+                      "turns it into a forward loop with a tape and a linear scan")
 
 
-def _while_batch(axis, args, dims, *, cond_graph, body_graph, n_cc, n_bc):
+def _while_batch(axis, args, dims, *, cond_graph, body_graph, n_cc, n_bc, max_steps):
     cc, bc, carry = list(args[:n_cc]), list(args[n_cc:n_cc + n_bc]), list(args[n_cc + n_bc:])
     ccd, bcd = list(dims[:n_cc]), list(dims[n_cc:n_cc + n_bc])
     carry = [bdim_to_front(c, d, axis.size) for c, d in zip(carry, dims[n_cc + n_bc:])]
@@ -105,7 +106,7 @@ def _while_batch(axis, args, dims, *, cond_graph, body_graph, n_cc, n_bc):
     b_ops = bconsts + cc + bc
     cg = Graph(cgraph.invars, [], [], cgraph.eqns, cgraph.outvars)
     outs = while_loop_p.bind(*c_ops, *b_ops, *carry, cond_graph=cg, body_graph=bgraph,
-                             n_cc=len(c_ops), n_bc=len(b_ops))
+                             n_cc=len(c_ops), n_bc=len(b_ops), max_steps=max_steps)
     return outs, [0] * nc
 
 
@@ -118,11 +119,16 @@ while_loop_p = Primitive(
     batch=_while_batch)
 
 
-def while_loop(cond_fun, body_fun, init_val):
+def while_loop(cond_fun, body_fun, init_val, max_steps=None):
     """while cond_fun(val): val = body_fun(val); return val — traceable under jit and vmap
-    (JAX's lax.while_loop). With a traced predicate (jit, batched under vmap) it is forward-mode
-    differentiable and reverse mode raises (use scan); with a concrete one it is a Python loop."""
+    (JAX's lax.while_loop). With a concrete predicate it is a Python loop (every transform
+    sees ordinary code). With a traced one (jit, batched under vmap) it is a primitive:
+    forward mode works as is; reverse mode (grad, vjp) needs max_steps, the size of the tape
+    of carries the forward loop records (a loop running longer raises); the backward pass
+    then runs max_steps masked steps, so choose it close to the real trip count."""
     what = "functx.while_loop"
+    if max_steps is not None and (not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1):
+        raise TypeError(f"{what}: max_steps must be a positive int or None, got {max_steps!r}")
     leaves, tree = tree_flatten(init_val)
     args_tree = tree_flatten((init_val,))[1]         # _trace_user splats the argument tuple
     for i, l in enumerate(leaves):
@@ -138,7 +144,7 @@ def while_loop(cond_fun, body_fun, init_val):
             val = body_fun(val)
             p = index_value(cond_fun(val), f"{what}: cond_fun")
             if isinstance(p, Tracer):
-                return while_loop(cond_fun, body_fun, val)
+                return while_loop(cond_fun, body_fun, val, max_steps)
         return val
     carry = [unwrap(l) for l in leaves]
     types = [type_of(c) for c in carry]
@@ -153,7 +159,7 @@ def while_loop(cond_fun, body_fun, init_val):
         raise TypeError(f"{what}: body_fun must return the carry's structure, shapes and dtypes: "
                         f"carry {tree} {types}, body_fun returned {btree} {bg.out_types}")
     outs = while_loop_p.bind(*cconsts, *bconsts, *carry, cond_graph=cg, body_graph=bg,
-                             n_cc=len(cconsts), n_bc=len(bconsts))
+                             n_cc=len(cconsts), n_bc=len(bconsts), max_steps=max_steps)
     return tree_unflatten(tree, [wrap(o) for o in outs])
 
 
