@@ -3,7 +3,7 @@ side with a torch eager loop and torch.compile, in one process.
 
     python bench/bench_loops.py             # 10/100/1000/10000 steps
     python bench/bench_loops.py --quick     # 10/100 steps (smoke run)
-    python bench/bench_loops.py --compile   # also torch.compile (slow: it unrolls the loop)
+    python bench/bench_loops.py --compile   # also torch.compile at 10 steps (slow: it unrolls)
 
 The step: h <- h + 0.1 * tanh(h @ W1 + b1 + x_t) @ W2 for a batch of 16 states of width 32;
 the loss is mean(h_n ** 2). For each length: functx.jit's first call (trace + compile + one
@@ -108,7 +108,7 @@ def run(lengths, with_compile):
             line = (f"{n:>6} {what:>8} | {fmt_time(first):>10} {fmt_time(max(first - t_fx, 0)):>9} "
                     f"{fmt_time(t_fx):>9} | {fmt_time(t_ref):>10} "
                     f"{t_fx / t_ref:>5.2f}x")
-            if with_compile and what != "vmap" and n <= 100:
+            if with_compile and what != "vmap" and n <= 10:
                 torch._dynamo.reset()
                 compiled = torch.compile(ref)
                 c_first, _ = first_call(compiled, *rargs)
@@ -124,7 +124,7 @@ def run(lengths, with_compile):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="also torch.compile the eager loop (n <= 100)")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile the eager loop (10 steps)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: tiny ops, and a shared machine)")
     args = ap.parse_args()

@@ -8,6 +8,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
 import bench_jit_overhead  # noqa: E402
+import bench_loops  # noqa: E402
 import bench_transforms  # noqa: E402
 
 
@@ -21,3 +22,7 @@ def test_jit_overhead_mlp_matches_eager():
     x = torch.randn(5, 8)
     import functx
     torch.testing.assert_close(functx.jit(bench_jit_overhead.mlp)(x, *params), bench_jit_overhead.mlp(x, *params))
+
+
+def test_loops_bench_matches_the_torch_loop():
+    assert bench_loops.check(n=5)
