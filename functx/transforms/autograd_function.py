@@ -18,12 +18,12 @@ import inspect
 
 import torch
 from torch.autograd.function import _is_setup_context_defined
+from torch.utils.checkpoint import CheckpointFunction
 
 from ..core.errors import FunctxError
 from ..frontend import TracerTensor
 from .custom import custom_vjp
 from .control_flow.checkpoint import checkpoint
-from torch.utils.checkpoint import CheckpointFunction
 
 
 class FunctionCtx:

@@ -159,7 +159,7 @@ def _scan_jvp_fused(body, num_consts, num_carry, consts, carry, xs, const_t, car
 def _scan_partial_eval(body, num_consts, num_carry, consts, carry, xs, const_t, carry_t, x_t,
                        const_nz, carry_nz, x_nz, params):
     """Under linearize: a primal scan stacking residuals, then a linear tangent scan."""
-    length, remat = params["length"], params["remat"]
+    remat = params["remat"]
     in_nz = const_nz + carry_nz + x_nz
     types = body.in_types
     nc = num_carry
