@@ -3,7 +3,8 @@
   forward:   x_t = a(t) x_0 + s(t) eps,   a(t) = exp(-1/2 int_0^t beta),  s(t)^2 = 1 - a(t)^2
   training:  min E |eps_theta(x_t, t) - eps|^2            (jitted value_and_grad; t and eps are
                                                            drawn inside jit with rand_like/randn_like)
-  sampling:  Euler-Maruyama on the reverse SDE dx = [-beta/2 x - beta score] dt + sqrt(beta) dw
+  sampling:  Euler-Maruyama on the reverse SDE dx = [-beta/2 x - beta score] dt + sqrt(beta) dw,
+             one jitted functx.scan over the steps (and the likelihood's RK4 steps likewise)
   likelihood: the probability-flow ODE dx/dt = f(x, t) = -beta(t)/2 (x + score(x, t)) carries
              log p_0(x_0) = log p_1(x_1) + int_0^1 div f(x_t, t) dt,
              with div f = tr(df/dx) exactly (functx.jacfwd under functx.vmap) or by Hutchinson's
@@ -89,20 +90,22 @@ def train(data, steps, batch, lr, hidden):
 # ----------------------------------------------------------------- sampling
 
 @functx.jit
-def reverse_sde_step(params, x, t, dt):
-    """One Euler-Maruyama step of the reverse SDE from t to t - dt (t, dt: 0-d tensors, so one trace)."""
-    b = beta(t)
-    drift = -0.5 * b * x - b * score(params, x, t.expand(x.shape[0], 1))
-    return x - drift * dt + (b * dt).sqrt() * torch.randn_like(x)
+def sample_path(params, x, ts):
+    """Euler-Maruyama on the reverse SDE from ts[0] down to ts[-1]: one functx.scan over the
+    steps (traced once whatever their number; fresh noise every step). Returns (x, path)."""
+    def step(x, t_and_dt):
+        t, dt = t_and_dt[0], t_and_dt[1]
+        b = beta(t)
+        drift = -0.5 * b * x - b * score(params, x, t.expand(x.shape[0], 1))
+        x = x - drift * dt + (b * dt).sqrt() * torch.randn_like(x)
+        return x, x
+    return functx.scan(step, x, torch.stack([ts[:-1], ts[:-1] - ts[1:]], dim=1))
 
 
 def sample(params, n, steps, snapshots=()):
-    x, ts = torch.randn(n, 2), torch.linspace(1.0, T_EPS, steps + 1)
-    saved = {}
-    for i in range(steps):
-        if i in snapshots:
-            saved[ts[i].item()] = x
-        x = reverse_sde_step(params, x, ts[i], ts[i] - ts[i + 1])
+    x0, ts = torch.randn(n, 2), torch.linspace(1.0, T_EPS, steps + 1)
+    x, path = sample_path(params, x0, ts)
+    saved = {ts[i].item(): x0 if i == 0 else path[i - 1] for i in snapshots}
     saved[T_EPS] = x
     return x, saved
 
@@ -128,28 +131,32 @@ def div_hutchinson(params, x, t, v):
 
 
 @functx.jit
-def ode_rk4_step(params, x, logdet, t, dt, v):
-    """One RK4 step of d(x, logdet)/dt = (f, div f). v=None: exact divergence, else Hutchinson.
-    (None is a static argument: the two variants are two traces of one jitted function.)"""
+def ode_solve(params, x, ts, v):
+    """RK4 on d(x, logdet)/dt = (f, div f) over the grid ts, one functx.scan over the steps.
+    v=None: exact divergence, else Hutchinson (None is part of jit's key: two traces)."""
     def rhs(x, t):
         f = functx.vmap(ode_drift, in_axes=(None, 0, None))(params, x, t)
         div = div_exact(params, x, t) if v is None else div_hutchinson(params, x, t, v)
         return f, div
-    k1 = rhs(x, t)
-    k2 = rhs(x + 0.5 * dt * k1[0], t + 0.5 * dt)
-    k3 = rhs(x + 0.5 * dt * k2[0], t + 0.5 * dt)
-    k4 = rhs(x + dt * k3[0], t + dt)
-    x = x + dt / 6 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
-    logdet = logdet + dt / 6 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
+
+    def rk4_step(carry, t_and_dt):
+        (x, logdet), t, dt = carry, t_and_dt[0], t_and_dt[1]
+        k1 = rhs(x, t)
+        k2 = rhs(x + 0.5 * dt * k1[0], t + 0.5 * dt)
+        k3 = rhs(x + 0.5 * dt * k2[0], t + 0.5 * dt)
+        k4 = rhs(x + dt * k3[0], t + dt)
+        x = x + dt / 6 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
+        logdet = logdet + dt / 6 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
+        return (x, logdet), None
+    (x, logdet), _ = functx.scan(rk4_step, (x, torch.zeros_like(x[:, 0])),
+                                 torch.stack([ts[:-1], ts[1:] - ts[:-1]], dim=1))
     return x, logdet
 
 
 def nll(params, x0, steps, hutchinson=False):
     """-log p_0(x0) in nats per point, integrating the probability-flow ODE from T_EPS to 1."""
     v = (torch.randint(0, 2, x0.shape) * 2 - 1).float() if hutchinson else None
-    x, logdet, ts = x0, torch.zeros(len(x0)), torch.linspace(T_EPS, 1.0, steps + 1)
-    for i in range(steps):
-        x, logdet = ode_rk4_step(params, x, logdet, ts[i], ts[i + 1] - ts[i], v)
+    x, logdet = ode_solve(params, x0, torch.linspace(T_EPS, 1.0, steps + 1), v)
     log_prior = -0.5 * (x ** 2).sum(-1) - math.log(2 * math.pi)
     return -(log_prior + logdet)
 

@@ -15,6 +15,7 @@ from .lax import psum, pmean, pmax, all_gather, axis_index, stop_gradient
 from . import lax, tree_util  # noqa: F401
 from .transforms.custom import custom_jvp, custom_vjp
 from .transforms.control_flow import cond, switch, while_loop, scan
+from .transforms.control_flow import fori_loop, checkpoint, remat, checkpoint_name, checkpoint_policies
 from . import testing  # noqa: F401  (functx.testing.check_grads / check_transforms)
 from . import debug  # noqa: F401  (functx.debug.print / callback / breakpoint)
 from .debug import debug_nans
@@ -32,6 +33,7 @@ __all__ = [
     "axis_index", "stop_gradient", "functional_call", "register_pytree_node", "tree_flatten",
     "tree_unflatten", "tree_map", "to_python_source", "Graph", "TensorType", "FunctxError",
     "ConcretizationError", "TracerTensor", "custom_jvp", "custom_vjp", "cond", "switch", "while_loop", "scan",
-    "debug", "debug_nans", "spmd",
+    "debug", "debug_nans", "spmd", "fori_loop", "checkpoint", "remat", "checkpoint_name",
+    "checkpoint_policies",
 ]
 __all__ += ["jet", "laplacian", "divergence", "taylor_operator"]

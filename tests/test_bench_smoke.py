@@ -9,6 +9,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import bench_jit_overhead  # noqa: E402
 import bench_taylor  # noqa: E402
+import bench_loops  # noqa: E402
 import bench_transforms  # noqa: E402
 
 
@@ -40,3 +41,7 @@ def test_jit_dynamic_bench_runs_and_matches():
     assert rows["functx.jit, lr static (static_argnames)"][0] == 3
     r = bench_jit_dynamic.transformer_lengths(n_lengths=3, cache_limit=2)   # checks values against torch.func
     assert r["traces"] == 3 and r["entries"] == 2 and r["evictions"] == 1 and "cache limit" in r["warned"][0]
+
+
+def test_loops_bench_matches_the_torch_loop():
+    assert bench_loops.check(n=5)

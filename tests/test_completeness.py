@@ -58,6 +58,8 @@ LINEAR = {
     # transforms/custom.py: linear in its tangent operands; its transpose is the user's bwd.
     "custom_lin",
     "cond",    # transforms/control_flow.py: linear in the operands its branches are linear in
+    "scan",    # transforms/control_flow/scan.py: linear in the operands its body is linear in
+    "checkpoint", "name",    # transforms/control_flow/checkpoint.py (name is the identity)
     # prims/conv.py (when present): convolution is bilinear in (input, weight).
     "conv", "convolution", "conv_general_dilated",
 }
@@ -73,7 +75,8 @@ NONLINEAR = {
     "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient",
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
-    "while_loop",    # transforms/control_flow.py (its transpose raises: dynamic trip count)
+    "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)
+    "while_tape_check",    # transforms/control_flow/while_reverse.py (integer step count)
     "debug_callback",    # prims/debug.py: no outputs; its (no-op) transpose is never needed
 }
 

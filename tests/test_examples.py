@@ -42,3 +42,10 @@ def test_demo_runs():
                           timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "matches torch.func: True" in proc.stdout
+
+
+@pytest.mark.slow
+def test_sampler_schedule_quick(tmp_path):
+    """Backprop through a 200-step sampler (scan with remat='sqrt'): slow (~30 s of CPU), so
+    --runslow only; it checks the same METRIC lines as the others."""
+    test_example_quick("sampler_schedule.py", tmp_path)

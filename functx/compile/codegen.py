@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from .loops import emit_checkpoint, emit_scan
+
 
 def literal_source(value) -> str:
     if isinstance(value, float):
@@ -14,11 +16,16 @@ def literal_source(value) -> str:
     return repr(value)
 
 
-def emit_expr(eqn, srcs, namespace) -> str:
+def emit_expr(eqn, srcs, namespace, compile_body=None) -> str:
     """A PyTorch expression computing eqn from its operands' sources `srcs`.
 
     The primitive's own `emit` rule (next to its definition in functx/prims), else a call of
-    its impl, bound (with its params) into `namespace`, the generated code's globals."""
+    its impl, bound (with its params) into `namespace`, the generated code's globals.
+    compile_body(graph) -> Compiled: the backend's compiler for loop bodies; given it, a scan
+    becomes a generated loop calling its compiled body (loops.py)."""
+    if compile_body is not None and eqn.prim.name in ("scan", "checkpoint"):
+        emit = emit_scan if eqn.prim.name == "scan" else emit_checkpoint
+        return emit(eqn, srcs, namespace, compile_body)
     expr = eqn.prim.emit(eqn, srcs) if eqn.prim.emit is not None else None
     if expr is None:
         n = len(namespace)        # grows with every binding, so names never collide

@@ -12,6 +12,7 @@ from .compiled import Compiled
 from ..prims.linalg import matmul_sources
 from .codegen import compile_function, emit_expr, literal_source
 from .nan_checks import CompiledNaNChecks
+from .loops import loop_report
 
 
 class PythonEmitter:
@@ -75,7 +76,7 @@ class PythonEmitter:
                 counter += 1
                 continue
             else:
-                expr = emit_expr(eqn, [self.name(a) for a in eqn.inputs], self.globals)
+                expr = emit_expr(eqn, [self.name(a) for a in eqn.inputs], self.globals, EagerCompiled)
             if not eqn.outputs:       # a debug callback: a statement
                 lines.append(f"    {expr}")
                 continue
@@ -154,13 +155,14 @@ class EagerCompiled(Compiled):
         # debug_nans: one line per equation (no addmm merging), so each is checked on its own
         emitter = PythonEmitter(graph, optimize=not graph.meta.check_nans)
         self.source = emitter.emit()
+        self.globals = emitter.globals
         self.call = compile_function(self.source, "fn", emitter.globals, graph.consts,
                                      f"<functx.jit eager {id(graph):x}>")
         self.kernels: list[str] = []
         self.groups: list = []
 
     def report(self) -> str:
-        return "backend: eager (generated PyTorch code)\n" + self.source
+        return "backend: eager (generated PyTorch code)\n" + self.source + loop_report(self.globals)
 
 
 def to_python_source(graph: Graph, fn_name: str = "fn") -> str:

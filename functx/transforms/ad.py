@@ -25,16 +25,17 @@ def differentiable(x) -> bool:
     return t is not None and (t.dtype.is_floating_point or t.dtype.is_complex)
 
 
-def linearize_flat(fun, primals, reverse=False):
+def linearize_flat(fun, primals, reverse=False, has_tangent=None):
     """fun: list of lax values -> list of lax values.
     Returns (primal outputs, linear graph, tangent-output mask). The graph maps the
     tangents of the differentiable inputs to the non-zero output tangents.
-    reverse: for vjp/grad, whose levels honour torch's grad mode (see jvp.py)."""
+    reverse: for vjp/grad, whose levels honour torch's grad mode (see jvp.py).
+    has_tangent: a mask of the inputs that get tangents (default: every differentiable one)."""
     pe = GraphTrace(current_trace(), stage_all=False)
     jt = JVPTrace(pe, reverse)
     tangent_in, args = [], []
-    for p in primals:
-        if differentiable(p):
+    for i, p in enumerate(primals):
+        if differentiable(p) and (has_tangent is None or has_tangent[i]):
             t = pe.new_arg(type_of(p))
             tangent_in.append(t)
             args.append(JVPTracer(jt, p, t))

@@ -18,10 +18,12 @@ import inspect
 
 import torch
 from torch.autograd.function import _is_setup_context_defined
+from torch.utils.checkpoint import CheckpointFunction
 
 from ..core.errors import FunctxError
 from ..frontend import TracerTensor
 from .custom import custom_vjp
+from .control_flow.checkpoint import checkpoint
 
 
 class FunctionCtx:
@@ -52,6 +54,9 @@ class FunctionCtx:
 
 def apply_function(cls, args, kwargs):
     name = cls.__name__
+    if cls is CheckpointFunction:
+        # torch.utils.checkpoint(fn, *args, use_reentrant=True): apply(fn, preserve_rng_state, *args)
+        return checkpoint(args[0])(*args[2:])
     if not _is_setup_context_defined(cls.setup_context):
         raise FunctxError(
             f"functx: the torch.autograd.Function {name} defines forward(ctx, ...) without a "

@@ -18,6 +18,7 @@ from ...core import Literal
 from ...core.ir import GraphPrinter
 from ..codegen import compile_function, emit_expr, literal_source
 from ..compiled import Compiled
+from ..loops import loop_report
 from ..nan_checks import CompiledNaNChecks
 from .kernel import is_inlined
 from .scheduler import Schedule, describe_space
@@ -140,7 +141,8 @@ class FusedCompiled(Compiled):
                 if e.prim.multiple_results and len(e.outputs) == 1:
                     outs += ","
                 lines.append(f"    # group {i}: extern {e.prim.name}")
-                lines.append(f"    {outs} = {emit_expr(e, srcs, glob)}" if outs else f"    {emit_expr(e, srcs, glob)}")
+                expr = emit_expr(e, srcs, glob, type(self))     # a scan's body compiles with this backend
+                lines.append(f"    {outs} = {expr}" if outs else f"    {expr}")
                 self._check_line(lines, glob, [names[v] for v in e.outputs if v.type.dtype.is_floating_point])
                 for v in e.outputs:
                     have.add(v)
@@ -231,4 +233,4 @@ class FusedCompiled(Compiled):
         for src in self.kernels:
             out += [src]
         out += ["-- host wrapper --", self.source]
-        return "\n".join(out)
+        return "\n".join(out) + loop_report(self._globals)

@@ -1,0 +1,114 @@
+"""Helpers shared by the control-flow primitives: tracing user functions and sub-graphs into
+closed graphs (closure conversion), joining branches' operands, running a graph batched,
+and the checks on predicates/indices."""
+from __future__ import annotations
+
+import torch
+
+from ...core import set_current_trace, current_trace
+from ...core.ir import Graph, Var
+from ...core.trace import GraphTrace, Tracer, eval_graph, type_of
+from ...frontend import TracerTensor, unwrap, wrap
+from ...frontend.random_mode import intercept_random
+from ... import prims as P
+from ...prims.shape import bdim_to_front
+from ..batching import BatchTrace, BatchTracer
+from ...tree_util import tree_flatten, tree_unflatten
+
+
+def is_float(t):
+    return t is not None and (t.dtype.is_floating_point or t.dtype.is_complex)
+
+
+# ---------------------------------------------------------------- tracing sub-graphs
+
+def closed_graph(fn, in_types):
+    """Trace fn (flat lax values -> flat lax values) at in_types -> (graph, consts): the graph's
+    invars are its constvars (closure conversion) followed by the inputs; it has no consts."""
+    trace = GraphTrace(current_trace(), stage_all=True)
+    tracers = [trace.new_arg(t) for t in in_types]
+    with set_current_trace(trace), intercept_random():
+        outs = fn(*tracers)
+    g = trace.to_graph(tracers, outs)
+    closed = Graph(list(g.constvars) + list(g.invars), [], [], g.eqns, g.outvars)
+    return closed, list(g.consts)
+
+
+def dce_graph(graph):
+    """Drop equations whose outputs are unused (effects are kept): a transposed body traced as
+    the vjp at zero also holds the dead primal work on those zeros."""
+    live = {a for a in graph.outvars if isinstance(a, Var)}
+    kept = []
+    for eqn in reversed(graph.eqns):
+        if eqn.prim.effectful or any(v in live for v in eqn.outputs):
+            kept.append(eqn)
+            live.update(a for a in eqn.inputs if isinstance(a, Var))
+    return graph.replace(eqns=kept[::-1])
+
+
+def join_graphs(closed_list):
+    """Branches traced separately -> graphs sharing one operand list: (all consts) + inputs."""
+    consts, index = [], {}
+    for _, cs in closed_list:
+        for c in cs:
+            if id(c) not in index:
+                index[id(c)] = len(consts)
+                consts.append(c)
+    graphs = []
+    for g, cs in closed_list:
+        n_own = len(cs)
+        own = {index[id(c)]: v for c, v in zip(cs, g.invars[:n_own])}
+        head = [own.get(k) or Var(type_of(consts[k])) for k in range(len(consts))]
+        graphs.append(Graph(head + list(g.invars[n_own:]), [], [], g.eqns, g.outvars))
+    return tuple(graphs), consts
+
+
+def run_batched(fn, axis, dims, vals):
+    """fn(*vals) under a fresh BatchTrace; outputs come back batched along dim 0."""
+    trace = BatchTrace(current_trace(), axis)
+    ins = [v if d is None else BatchTracer(trace, v, d) for v, d in zip(vals, dims)]
+    with set_current_trace(trace):
+        outs = fn(*ins)
+    return [bdim_to_front(*trace.unpack(o), axis.size) for o in outs]
+
+
+def graph_fn(g):
+    return lambda *xs: eval_graph(g, [], list(xs))
+
+
+def trace_user(fn, args_tree, types, what):
+    """A user function over a pytree of tensors -> (closed graph, consts, out tree)."""
+    store = {}
+
+    def flat(*xs):
+        out = fn(*tree_unflatten(args_tree, [wrap(x) for x in xs]))
+        leaves, tree = tree_flatten(out)
+        for i, l in enumerate(leaves):
+            if not isinstance(l, (torch.Tensor, Tracer)):
+                raise TypeError(f"{what}: output leaf {i} is a {type(l).__name__}; return tensors")
+        store["tree"] = tree
+        return [unwrap(l) for l in leaves]
+    g, consts = closed_graph(flat, types)
+    return g, consts, store["tree"]
+
+
+
+
+def index_value(pred, what):
+    if isinstance(pred, (bool, int)):
+        return pred
+    if isinstance(pred, TracerTensor) or isinstance(pred, Tracer):
+        v = unwrap(pred)
+    elif isinstance(pred, torch.Tensor):
+        v = pred
+    else:
+        raise TypeError(f"{what}: the predicate/index must be a bool, an int or a scalar tensor, "
+                        f"got {type(pred).__name__}")
+    t = type_of(v)
+    if t.shape not in ((), (1,)):
+        raise TypeError(f"{what}: the predicate/index must be a scalar, got shape {tuple(t.shape)}")
+    if t.dtype.is_floating_point or t.dtype.is_complex:
+        raise TypeError(f"{what}: the predicate/index must be bool or integer, got {t.dtype}")
+    if t.shape == (1,):
+        v = P.reshape(v, ())
+    return v
