@@ -250,8 +250,11 @@ def _opinfo_jet(opinfo, name, order):
 
     def floats(*a):
         return _float_leaves(f(*a))
-    if not floats(*xs):
-        pytest.skip("no floating outputs")
+    try:
+        if not floats(*xs):
+            pytest.skip("no floating outputs")
+    except RuntimeError as e:       # the sample itself fails in torch (one_hot of a float tensor)
+        pytest.skip(f"torch: {e}")
     series = [[_randn(*x.shape, seed=7 + 10 * i + k) for k in range(order)] for i, x in enumerate(xs)]
     try:
         if name in TORCH_FORWARD_OVER_FORWARD_OFF:
@@ -267,8 +270,11 @@ def _opinfo_jet(opinfo, name, order):
                                        msg=lambda m: f"{name}: output {leaf}, coefficient {k + 1}: {m}")
 
 
-# torch.func's nested jvp disagrees with finite differences (see the layer_norm test above)
-TORCH_FORWARD_OVER_FORWARD_OFF = {"nn.functional.layer_norm"}
+# torch.func's nested jvp disagrees with float64 central differences on these samples (second
+# coefficient off by 0.24 / 0.20 / 1.4; functx's jet agrees with the differences to 6e-7 and
+# with functx's nested jvp rules to 1e-15), so the jvp rules are the oracle there
+TORCH_FORWARD_OVER_FORWARD_OFF = {"nn.functional.layer_norm", "nn.functional.batch_norm",
+                                  "nn.functional.instance_norm"}
 
 
 def _common():
