@@ -490,3 +490,14 @@ def test_jit_refuses_in_place_updates_of_closed_over_tensors():
     functx.grad(lambda x: counter(x).sum())(X)
     functx.grad(lambda x: counter(x).sum())(X)
     assert torch.equal(buf, torch.full((2,), 2.0))
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_adding_zero_keeps_the_sign_of_zero_as_torch(backend):
+    # simplify used to drop x + 0.0, so -0.0 + 0.0 came out -0.0 (torch: +0.0)
+    x = torch.tensor([-0.0, 0.0, 1.5, float("nan")])
+    for fn in (lambda x: x + 0.0, lambda x: 0.0 + x, lambda x: x - 0.0, lambda x: x + (-0.0),
+               lambda x: x - (-0.0)):
+        got, want = functx.jit(fn, backend=backend)(x), fn(x)
+        torch.testing.assert_close(got, want, equal_nan=True)
+        assert torch.equal(torch.signbit(got), torch.signbit(want))

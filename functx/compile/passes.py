@@ -13,6 +13,8 @@ equation keeps the source line debug_nans recorded on it (`Eqn.source`).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..core import POINTWISE, VIEW, Eqn, Graph, Literal, Var
@@ -167,6 +169,16 @@ def _is(value, target) -> bool:
     return value is not None and not isinstance(value, bool) and value == target
 
 
+def _adds_nothing(value, out, negated=False) -> bool:
+    """x + value == x for every x: in floating point only -0.0 is the additive identity
+    (-0.0 + 0.0 is +0.0), so x + 0.0 stays; x - 0.0 is x."""
+    if not _is(value, 0):
+        return False
+    if not (out.type.dtype.is_floating_point or out.type.dtype.is_complex):
+        return True
+    return (math.copysign(1.0, value) > 0) == negated
+
+
 def simplify(graph: Graph) -> Graph:
     """Algebraic identities that are exact in floating point, plus x*0 on integers."""
     return _rewrite(graph, _simplify_eqn)
@@ -181,11 +193,11 @@ def _simplify_eqn(e, defs):
     if name in ("add", "sub", "mul", "div"):
         x, y = e.inputs
         vx, vy = _full_value(x, defs), _full_value(y, defs)
-        if name == "add" and _is(vy, 0) and _same_type(x, out):
+        if name == "add" and _adds_nothing(vy, out) and _same_type(x, out):
             return x
-        if name == "add" and _is(vx, 0) and _same_type(y, out):
+        if name == "add" and _adds_nothing(vx, out) and _same_type(y, out):
             return y
-        if name == "sub" and _is(vy, 0) and _same_type(x, out):
+        if name == "sub" and _adds_nothing(vy, out, negated=True) and _same_type(x, out):
             return x
         if name in ("mul", "div") and _is(vy, 1) and _same_type(x, out):
             return x
