@@ -54,10 +54,10 @@ def test_cse_never_merges_random():
 
 def test_simplify_identities_and_unsafe_float_zero():
     x = torch.randn(5)
-    g = functx.make_graph(lambda x: ((x * 1.0 + 0.0) - 0.0) / 1.0 + x * 0.0)(x)
+    g = functx.make_graph(lambda x: ((x * 1.0 + -0.0) - 0.0) / 1.0 + x * 0.0)(x)
     s = passes.simplify(g)
     s.check()
-    # x*1, +0, -0, /1 vanish; x*0.0 stays (0 * inf is nan), and so does its add.
+    # x*1, +(-0.0), -0.0, /1 vanish; x*0.0 stays (0 * inf is nan), and so does its add.
     assert prim_names(s) == ["mul", "add"]
     check_all_passes(g, x)
 

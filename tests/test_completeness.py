@@ -59,7 +59,7 @@ LINEAR = {
     "custom_lin",
     "cond",    # transforms/control_flow.py: linear in the operands its branches are linear in
     "scan",    # transforms/control_flow/scan.py: linear in the operands its body is linear in
-    "checkpoint", "name",    # transforms/control_flow/checkpoint.py (name is the identity)
+    "checkpoint", "checkpoint_name",    # transforms/control_flow/checkpoint.py (checkpoint_name is the identity)
     # prims/conv.py (when present): convolution is bilinear in (input, weight).
     "conv", "convolution", "conv_general_dilated",
 }

@@ -77,14 +77,14 @@ def _name_jvp(primals, tangents, *, name):
 
 
 name_p = Primitive(
-    "name", kind=POINTWISE,
+    "checkpoint_name", kind=POINTWISE,
     abstract_eval=lambda t, *, name: t,
     impl=lambda x, *, name: x,
     jvp=_name_jvp,
     transpose=lambda ct, x, *, name: [ct],
     batch=lambda axis, args, dims, *, name: (name_p.bind(args[0], name=name), dims[0]),
     emit=lambda eqn, srcs: srcs[0],
-    triton="{0}")
+    triton="{0}", cpp="{0}")
 
 
 def checkpoint_name(x, name: str):
