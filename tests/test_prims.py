@@ -920,7 +920,8 @@ def _while_gen(draw, dtype, smooth):
     shape = shapes(draw)
 
     def build(i, x):
-        return functx.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1].sin() * 1.1 + 0.1), (i, x))
+        return functx.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1].sin() * 1.1 + 0.1), (i, x),
+                                 max_steps=4)
     params, operands = _structural("while_loop", build, [torch.tensor(0), torch.zeros(shape, dtype=dtype)])
 
     def make(g, dt):
@@ -934,7 +935,44 @@ def _while_ref(i, x, **params):
     return (i, x)
 
 
-add(Entry("while_loop", _while_gen, _while_ref, dtypes=(F32, F64), rev=False))
+# Reverse mode (max_steps) records a tape and checks its length with while_tape_check.
+add(Entry("while_loop", _while_gen, _while_ref, dtypes=(F32, F64), covers=("while_tape_check",)))
+
+
+def _scan_body(c, x):
+    return c.sin() * 1.1 + x, c * x
+
+
+def _scan_gen(draw, dtype, smooth):
+    shape = shapes(draw)
+    params, operands = _structural("scan", lambda c, xs: functx.scan(_scan_body, c, xs),
+                                   [torch.zeros(shape, dtype=dtype), torch.zeros((3,) + shape, dtype=dtype)])
+
+    def make(g, dt):
+        return operands([rand(g, shape, dt), rand(g, (3,) + shape, dt)])
+    return Case(params, make)
+
+
+def _scan_ref(c, xs, **params):
+    ys = []
+    for x in xs:
+        c, y = _scan_body(c, x)
+        ys.append(y)
+    return (c, torch.stack(ys))
+
+
+add(Entry("scan", _scan_gen, _scan_ref, dtypes=(F32, F64)))
+
+
+def _ckpt_gen(draw, dtype, smooth):
+    shape = shapes(draw)
+    build = functx.checkpoint(lambda a: functx.checkpoint_name(a.sin(), "s") * a,
+                              policy=functx.checkpoint_policies.save_only_these_names("s"))
+    params, operands = _structural("checkpoint", build, [torch.zeros(shape, dtype=dtype)])
+    return Case(params, lambda g, dt: operands([rand(g, shape, dt)]))
+
+
+add(Entry("checkpoint", _ckpt_gen, lambda x, **params: (x.sin() * x,), dtypes=(F32, F64), covers=("name",)))
 
 
 @functx.custom_jvp
