@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_map
 
 from ..core.errors import FunctxError, user_frame_summary
 from ..core.trace import Tracer, concrete, type_of
+from .composites import COMPOSITES
 
 
 _disabled_torch_function = torch._C._disabled_torch_function_impl
@@ -34,6 +35,9 @@ class TracerTensor(torch.Tensor):
         # Wrappers report contiguous strides; where that would change what torch does, the
         # view's real layout decides: contiguous() of a transposed or sliced view copies (it
         # was an alias), and .view() of one raises as in torch.
+        composite = COMPOSITES.get(func)
+        if composite is not None:
+            return composite(*args, **(kwargs or {}))
         if func is _CONTIGUOUS and args[0]._chain:
             return _functionalize().contiguous(args[0])
         if func is _VIEW and args[0]._chain and not (len(args) == 2 and isinstance(args[1], torch.dtype)):

@@ -1,0 +1,70 @@
+"""Focused regressions for what the corpus (tests/test_corpus.py) found, each against an
+oracle (a Python loop, torch.autograd, eager torch)."""
+import pytest
+import torch
+import torch.nn as nn
+
+import functx
+
+D = torch.float64
+
+
+# ---------------------------------------------------------------- RNNs
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_rnn_under_vmap_and_jvp_of_the_input(kind):
+    """ATen's C++ RNN cells update a temporary in place (linear_hh(hx).add_(...)); with
+    unbatched weights that temporary held no traced value and vmap raised."""
+    torch.manual_seed(0)
+    m = getattr(nn, kind)(3, 2, num_layers=2, bidirectional=True, batch_first=True).double()
+    xs = torch.randn(4, 2, 5, 3, dtype=D)
+    first = lambda x: m(x)[0]  # noqa: E731
+    torch.testing.assert_close(functx.vmap(first)(xs), torch.stack([first(x) for x in xs]))
+    t = torch.randn_like(xs[0])
+    torch.testing.assert_close(functx.jvp(first, (xs[0],), (t,))[1], torch.func.jvp(first, (xs[0],), (t,))[1])
+
+
+def _packed_model(kind):
+    torch.manual_seed(0)
+    rnn = getattr(nn, kind)(3, 2, bidirectional=True, batch_first=True).double()
+
+    def f(x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = rnn(packed)
+        padded, out_lengths = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=6)
+        return padded, out_lengths
+    return f
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_packed_sequences_under_every_transform(kind):
+    """pack_padded_sequence / pad_packed_sequence are C++ kernels that write into plain
+    tensors (grad raised) and size their outputs by the lengths (jit sized them from zeros)."""
+    f = _packed_model(kind)
+    lengths = torch.tensor([3, 5, 1])
+    x = torch.randn(3, 5, 3, dtype=D)
+    want, want_len = f(x, lengths)
+    got, got_len = functx.jit(lambda x: f(x, lengths))(x)
+    torch.testing.assert_close(got, want)
+    assert torch.equal(got_len, want_len)
+
+    def loss(x):
+        return f(x, lengths)[0].sin().sum()
+    xx = x.clone().requires_grad_()
+    (want_g,) = torch.autograd.grad(loss(xx), xx)          # torch.func can't run packed RNNs
+    torch.testing.assert_close(functx.grad(loss)(x), want_g)
+    torch.testing.assert_close(functx.jit(functx.grad(loss))(x), want_g)
+    xs = torch.stack([x, 2 * x])
+    torch.testing.assert_close(functx.vmap(lambda x: f(x, lengths)[0])(xs), torch.stack([f(v, lengths)[0] for v in xs]))
+
+
+def test_packing_with_traced_lengths_says_what_to_do():
+    f = _packed_model("GRU")
+    x = torch.randn(2, 4, 3, dtype=D)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    with pytest.raises(functx.ConcretizationError, match="pack_padded_sequence needs the sequence lengths"):
+        functx.jit(lambda x, mask: f(x, mask.sum(1))[0])(x, mask)
+    # eagerly the lengths have values, as in torch
+    xx = x.clone().requires_grad_()
+    f(xx, mask.sum(1))[0].sum().backward()
+    torch.testing.assert_close(functx.grad(lambda x: f(x, mask.sum(1))[0].sum())(x), xx.grad)
