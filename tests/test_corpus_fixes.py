@@ -68,3 +68,19 @@ def test_packing_with_traced_lengths_says_what_to_do():
     xx = x.clone().requires_grad_()
     f(xx, mask.sum(1))[0].sum().backward()
     torch.testing.assert_close(functx.grad(lambda x: f(x, mask.sum(1))[0].sum())(x), xx.grad)
+
+
+# ---------------------------------------------------------------- seeded ops that draw nothing
+
+def test_attention_without_dropout_on_closed_over_tensors_is_not_random():
+    """CPU attention kernels are tagged as random (they can apply dropout); with dropout_p=0
+    they are deterministic, and under vmap/jit (jacfwd of an MHA layer) functx raised."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 4, dtype=D) for _ in range(3))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    scales = torch.tensor([0.5, 2.0], dtype=D)
+    f = lambda s: sdpa(q, k, v) * s  # noqa: E731
+    torch.testing.assert_close(functx.vmap(f)(scales), torch.stack([f(s) for s in scales]))
+    torch.testing.assert_close(functx.jit(f)(scales[0]), f(scales[0]))
+    with pytest.raises(functx.FunctxError, match="random"):       # with dropout it does draw
+        functx.vmap(lambda s: sdpa(q, k, v, dropout_p=0.5) * s)(scales)

@@ -43,6 +43,21 @@ def _is_seeded(func) -> bool:
     return s
 
 
+# Arguments that switch a seeded op's sampling off (attention and RNN kernels with dropout):
+# with these values the op is deterministic and runs as any other op.
+_NO_SAMPLING = {"dropout_p": 0.0, "dropout": 0.0, "train": False}
+
+
+def _samples(func, args, kwargs) -> bool:
+    """Whether a seeded op draws random numbers with these arguments."""
+    for i, a in enumerate(func._schema.arguments):
+        if a.name in _NO_SAMPLING:
+            value = args[i] if i < len(args) else kwargs.get(a.name, a.default_value)
+            if value is not None and value == _NO_SAMPLING[a.name]:
+                return False
+    return True
+
+
 def _device(device):
     return torch.device(device) if device is not None else torch.get_default_device()
 
@@ -229,7 +244,7 @@ class RandomMode(TorchDispatchMode):
             # dispatcher: this keeps the mode's cost per traced op to one Python call.
             return dispatch(func, args, kwargs or {})
         kwargs = kwargs or {}
-        if not _is_seeded(func):
+        if not _is_seeded(func) or not _samples(func, args, kwargs):
             if staging():
                 return self._staged_plain_op(func, args, kwargs)
             return func(*args, **kwargs)
