@@ -84,3 +84,40 @@ def test_attention_without_dropout_on_closed_over_tensors_is_not_random():
     torch.testing.assert_close(functx.jit(f)(scales[0]), f(scales[0]))
     with pytest.raises(functx.FunctxError, match="random"):       # with dropout it does draw
         functx.vmap(lambda s: sdpa(q, k, v, dropout_p=0.5) * s)(scales)
+
+
+# ---------------------------------------------------------------- embedding_bag
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("padding_idx", [None, 0])
+def test_embedding_bag_is_native_under_every_transform(mode, padding_idx):
+    """It went through the opaque fallback of _embedding_bag_forward_only, which has no
+    derivative (grad raised 'Autograd not support dtype: Long'), and torch has no double
+    backward for embedding_bag: now it is gathers and masked reductions."""
+    F = torch.nn.functional
+    w = torch.randn(6, 3, dtype=D)
+    idx, offsets = torch.tensor([0, 2, 5, 1, 4, 4, 0]), torch.tensor([0, 2, 2, 5])
+    psw = torch.randn(7, dtype=D) if mode == "sum" else None
+
+    def f(w, psw):
+        return F.embedding_bag(idx, w, offsets, mode=mode, per_sample_weights=psw, padding_idx=padding_idx)
+    assert functx.explain(f)(w, psw).fallbacks == []
+    torch.testing.assert_close(functx.jit(f)(w, psw), f(w, psw))
+    wanted = (w, psw) if psw is not None else (w,)
+    leaves = [t.clone().requires_grad_() for t in wanted]
+    f(*leaves, *([None] if psw is None else [])).sin().sum().backward()
+    argnums = (0, 1) if psw is not None else 0
+    got = functx.grad(lambda w, p: f(w, p).sin().sum(), argnums=argnums)(w, psw)
+    for g, leaf in zip(got if psw is not None else (got,), leaves):
+        torch.testing.assert_close(g, leaf.grad)
+    # second order, which torch can't do: central differences of the gradient
+    g = functx.grad(lambda w: f(w, psw).sin().sum())
+    t, eps = torch.randn_like(w), 1e-6
+    torch.testing.assert_close(functx.jvp(g, (w,), (t,))[1], (g(w + eps * t) - g(w - eps * t)) / (2 * eps))
+
+
+def test_embedding_bag_with_traced_offsets_says_what_to_do():
+    F = torch.nn.functional
+    w = torch.randn(6, 3)
+    with pytest.raises(functx.ConcretizationError, match="embedding_bag needs the bag offsets"):
+        functx.jit(lambda w, o: F.embedding_bag(torch.tensor([0, 1, 2]), w, o))(w, torch.tensor([0, 1]))
