@@ -121,3 +121,29 @@ def test_embedding_bag_with_traced_offsets_says_what_to_do():
     w = torch.randn(6, 3)
     with pytest.raises(functx.ConcretizationError, match="embedding_bag needs the bag offsets"):
         functx.jit(lambda w, o: F.embedding_bag(torch.tensor([0, 1, 2]), w, o))(w, torch.tensor([0, 1]))
+
+
+# ---------------------------------------------------------------- errors that point at library code
+
+_DISTRIBUTIONS = {
+    "Normal": (lambda loc, **kw: torch.distributions.Normal(loc, loc.exp(), **kw), torch.zeros(3)),
+    "Categorical": (lambda logits, **kw: torch.distributions.Categorical(logits=logits, **kw), torch.zeros(4)),
+    "MultivariateNormal": (lambda loc, **kw: torch.distributions.MultivariateNormal(
+        loc, scale_tril=torch.eye(3), **kw), torch.zeros(3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_DISTRIBUTIONS))
+def test_distribution_validation_under_jit_and_vmap_says_how_to_turn_it_off(name):
+    make, p = _DISTRIBUTIONS[name]
+
+    def f(p, **kw):
+        d = make(p, **kw)
+        return d.log_prob(d.mean if name != "Categorical" else torch.tensor(1))
+    for transform, arg in ((functx.jit, p), (functx.vmap, torch.stack([p, p]))):
+        with pytest.raises(functx.FunctxError, match=r"validate_args=False(.|\n)*set_default_validate_args"):
+            transform(f)(arg)
+        # the advice works, and gives eager torch's numbers
+        got = transform(lambda p: f(p, validate_args=False))(arg)
+        want = f(p) if transform is functx.jit else torch.stack([f(p), f(p)])
+        torch.testing.assert_close(got, want)
