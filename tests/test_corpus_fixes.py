@@ -147,3 +147,21 @@ def test_distribution_validation_under_jit_and_vmap_says_how_to_turn_it_off(name
         got = transform(lambda p: f(p, validate_args=False))(arg)
         want = f(p) if transform is functx.jit else torch.stack([f(p), f(p)])
         torch.testing.assert_close(got, want)
+
+
+# ---------------------------------------------------------------- issue 9, classes 5, 6 and 11
+
+def test_generator_created_inside_jit_raises_instead_of_continuing_its_stream():
+    """Eagerly every call recreates and reseeds the generator (same numbers each call); a jit
+    graph that reused the trace-time generator continued its stream (results depended on call
+    history)."""
+    def f(x):
+        g = torch.Generator().manual_seed(3)
+        return x + torch.randn(3, generator=g)
+    x = torch.zeros(3)
+    assert torch.equal(f(x), f(x))                              # eager torch: no call history
+    with pytest.raises(functx.FunctxError, match="explicit torch.Generator"):
+        functx.jit(f)(x)
+    # eager transforms run the function each call, as torch does
+    torch.testing.assert_close(functx.vmap(f, randomness="same")(torch.zeros(2, 3)), torch.stack([f(x), f(x)]))
+    torch.testing.assert_close(functx.grad(lambda x: f(x).sum())(x), torch.ones(3))

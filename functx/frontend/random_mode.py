@@ -113,6 +113,14 @@ def _generic(func, args, kwargs):
     if out_type is None:
         return None
     shape, dtype, device = out_type
+    if kwargs.get("generator") is not None and staging():
+        raise FunctxError(
+            f"functx.jit: {func} draws from an explicit torch.Generator, here:\n{user_frame_summary()}\n"
+            "jit runs the function once, at trace time, and cannot tell a generator the function "
+            "creates (torch.Generator().manual_seed(s), which eager PyTorch recreates on every call) "
+            "from one the caller owns (whose stream continues): either way, a reused generator object "
+            "would make results depend on call history. Use the global generator (torch.manual_seed "
+            "outside the function), or draw the numbers outside jit and pass them in as arguments.")
     fn = _Sampler(lambda: func(*args, **kwargs), str(func))
     return P.random(shape, dtype, device, "call", (fn, len(shape)))
 
