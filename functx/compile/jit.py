@@ -11,7 +11,7 @@ import struct
 import torch
 
 from ..core import EVAL_TRACE
-from ..core.errors import user_facing
+from ..core.errors import FunctxError, user_facing
 from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
 from ..tree_util import tree_flatten, tree_unflatten
@@ -44,11 +44,28 @@ def _writing_back(call, mutated):
     n = len(mutated)
 
     def call_and_write_back(*tensors):
+        _refuse_aliased_writes(tensors, mutated)
         outs = call(*tensors)
         for k, value in zip(mutated, outs[-n:]):
             tensors[k].copy_(value)
         return outs[:-n]
     return call_and_write_back
+
+
+def _refuse_aliased_writes(tensors, mutated):
+    """The graph treats its inputs as separate tensors: a write into one that shares memory
+    with another (the same tensor passed twice, a view of another argument) would not be
+    seen through the other, unlike eager PyTorch."""
+    storages = [t.untyped_storage().data_ptr() if t.numel() else None for t in tensors]
+    for k in mutated:
+        for j, s in enumerate(storages):
+            if j != k and s is not None and s == storages[k]:
+                raise FunctxError(
+                    f"functx.jit: tensor argument {k} is written in place and shares memory with tensor "
+                    f"argument {j} (the same tensor passed twice, or a view of another argument). The "
+                    "compiled function treats its arguments as separate tensors, so the other would not "
+                    "see the write, unlike eager PyTorch. Pass separate tensors (e.g. b.clone()), or "
+                    "return the new value instead of writing into an aliased argument.")
 
 
 def _first(outs):
