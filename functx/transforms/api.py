@@ -386,6 +386,13 @@ def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=No
             out_leaves, out_tree = tree_flatten(out)
             _check_tensor_leaves(out_leaves, "functx.vmap: output of f", out_tree)
             out_vals = [unwrap(l) for l in out_leaves]   # inside the trace: a stale view recomputes here
+            written = [(leaf, unwrap(w), ax) for leaf, w, ax in zip(leaves, vals, axes)
+                       if ax is not None and w._version_]
+        # In-place writes into batched inputs reach the caller's tensors, as in torch.func.
+        for leaf, v, ax in written:
+            val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)
+            full = P.bdim_to_front(val, bdim, size)
+            leaf.copy_(wrap(P.moveaxis(full, 0, ax % type_of(full).ndim)))
         oaxes = broadcast_prefix(out_axes, out, "functx.vmap: out_axes")
         results = []
         for v, oax in zip(out_vals, oaxes):
