@@ -210,3 +210,38 @@ def test_vmap_writes_into_inputs_reach_the_callers_tensors(how):
     got_x, want_x = make(), make()
     torch.testing.assert_close(run(functx, got_x), run(torch.func, want_x))
     torch.testing.assert_close(got_x, want_x)
+
+
+_BASE = torch.arange(12.0, dtype=D).reshape(3, 4)
+_STRIDED = {"transposed": lambda: _BASE.t(), "a slice (storage offset)": lambda: _BASE[1:],
+            "contiguous": lambda: _BASE.clone()}
+
+
+@pytest.mark.parametrize("layout", sorted(_STRIDED))
+@pytest.mark.parametrize("offset", [None, 5])
+def test_as_strided_reads_the_arguments_real_layout(layout, offset):
+    """as_strided reads storage; functx read every argument as if contiguous (issue 9, class 11)."""
+    def f(x):
+        return torch.as_strided(x, (2, 2), (1, 3), offset).sin()
+    x = _STRIDED[layout]()
+    want = f(x)
+    torch.testing.assert_close(functx.jit(f)(x), want)
+    torch.testing.assert_close(functx.jit(f)(x.contiguous()), f(x.contiguous()))   # keyed by layout
+    t = torch.randn_like(x)
+    torch.testing.assert_close(functx.jvp(f, (x,), (t,))[1], torch.func.jvp(f, (x,), (t,))[1])
+    torch.testing.assert_close(functx.grad(lambda x: f(x).sum())(x), torch.func.grad(lambda x: f(x).sum())(x))
+
+
+def test_as_strided_that_reads_outside_the_argument_or_writes_raises():
+    x = _BASE[:, ::2]                  # its storage has elements x does not cover
+    with pytest.raises(functx.FunctxError, match="reads memory outside the argument"):
+        functx.jit(lambda x: torch.as_strided(x, (2, 3), (1, 2)))(x)
+
+    def writes(x):
+        y = torch.as_strided(x, (2, 2), (1, 3))
+        y.mul_(2)
+        return y
+    with pytest.raises(functx.FunctxError, match="writing through as_strided of a non-contiguous argument"):
+        functx.jit(writes)(_BASE.t())
+    with pytest.raises(functx.FunctxError, match="not contiguous in memory"):   # one example's layout
+        functx.vmap(lambda r: torch.as_strided(r, (2,), (2,)), in_dims=1)(_BASE.clone())

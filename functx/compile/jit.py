@@ -72,6 +72,14 @@ def _first(outs):
     return outs[0]
 
 
+def _layout_key(t):
+    """Part of a tensor's key: its strides and offset when not contiguous from the start of its
+    storage (as_strided of an argument reads its real layout, so the trace depends on it)."""
+    if t.is_contiguous() and not t.storage_offset():
+        return None
+    return t.stride(), t.storage_offset()
+
+
 def value_key(value):
     """The cache key of a non-tensor argument: its type and value, with floats by their bits
     (Python says 2 == 2.0 == True and 0.0 == -0.0, and nan != nan; a trace specialized to one
@@ -120,7 +128,7 @@ class JitFunction:
             if isinstance(leaf, torch.Tensor):
                 if isinstance(leaf, TracerTensor):
                     return None, None, leaves
-                sig.append((leaf.shape, leaf.dtype, leaf.device))
+                sig.append((leaf.shape, leaf.dtype, leaf.device, _layout_key(leaf)))
                 tensors.append(leaf)
             else:
                 sig.append(value_key(leaf))
@@ -158,7 +166,7 @@ class JitFunction:
             for a in args:
                 if type(a) not in _PLAIN_TENSORS:
                     break
-                sig.append((a.shape, a.dtype, a.device))
+                sig.append((a.shape, a.dtype, a.device, _layout_key(a)))
             else:
                 key = tuple(sig)
                 if key == self._last_key:

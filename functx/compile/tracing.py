@@ -13,7 +13,7 @@ import torch
 from ..core import GraphMeta, GraphTrace, current_trace, set_current_trace
 from ..core.errors import user_facing
 from ..core.trace import Tracer, type_of
-from ..frontend import TracerTensor, record_fallbacks, unwrap, wrap
+from ..frontend import TracerTensor, record_fallbacks, unwrap, wrap_input
 from ..frontend.random_mode import intercept_random
 from ..tree_util import tree_flatten, tree_unflatten
 
@@ -69,7 +69,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
         if isinstance(leaf, (torch.Tensor, Tracer)):
             t = trace.new_arg(type_of(unwrap(leaf)))
             tracers.append(t)
-            vals.append(wrap(t))
+            vals.append(wrap_input(t, leaf))
             in_wrappers.append(vals[-1])
         else:
             vals.append(leaf)

@@ -60,6 +60,10 @@ class TracerTensor(torch.Tensor):
         r._chain = None         # view ops from the root: [(func, args, kwargs, output_index)]
         r._seen = 0             # root version this view's value was computed at
         r._version_ = 0         # bumped on each write (roots only)
+        # An argument's memory layout when not the contiguous one wrappers report (as_strided
+        # reads it): (strides, storage offset), or "unknown"; None: contiguous at offset 0.
+        r._layout = None
+        r._read_only = None     # why writes into this root are refused
         return r
 
     def __repr__(self, *, tensor_contents=None):
@@ -103,6 +107,27 @@ def wrap(x):
     if isinstance(x, Tracer):
         return TracerTensor(x)
     return x
+
+
+def wrap_input(value, source, bdim=None):
+    """wrap() for a transform's or jit's argument, remembering the memory layout of `source`,
+    the tensor the caller passed (its example along `bdim` under vmap)."""
+    w = wrap(value)
+    if isinstance(w, TracerTensor):
+        w._layout = storage_layout(source, bdim)
+    return w
+
+
+def storage_layout(t, bdim=None):
+    if isinstance(t, TracerTensor):
+        return t._layout if bdim is None or t._layout is None else "unknown"
+    if not isinstance(t, torch.Tensor):
+        return None
+    if bdim is not None:      # one example's layout; its offset is relative (torch.func's as_strided)
+        return None if t.shape[bdim] == 0 or t.select(bdim, 0).is_contiguous() else "unknown"
+    if t.is_contiguous() and t.storage_offset() == 0:
+        return None
+    return tuple(t.stride()), t.storage_offset()
 
 
 def wrap_tree(tree):

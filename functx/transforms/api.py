@@ -12,7 +12,7 @@ import torch
 
 from ..core import Zero, current_trace, set_current_trace
 from ..core.trace import Tracer, staged_or_batched, type_of
-from ..frontend import TracerTensor, unwrap, wrap
+from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
 from .. import prims as P
 from .ad import differentiable, linear_forward, linearize_flat, vjp_flat, backward_pass
@@ -47,7 +47,7 @@ class _OutStore:
 def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None):
     """f over a pytree -> function over flat lax values; the output tree goes into store."""
     def fun(flat_in):
-        args = tree_unflatten(in_tree, [wrap(x) for x in flat_in])
+        args = tree_unflatten(in_tree, [wrap_input(x, _concrete_base(x)) for x in flat_in])
         with intercept_random():    # torch.randn(shape) etc. become random primitives here
             out = f(*args)
         if has_aux:
@@ -61,6 +61,13 @@ def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None):
         store.tree = tree
         return [unwrap(l) for l in leaves]
     return fun
+
+
+def _concrete_base(x):
+    """The caller's tensor under a chain of JVP tracers (grad/jvp inputs), if it is concrete."""
+    while hasattr(x, "primal"):
+        x = x.primal
+    return x if isinstance(x, torch.Tensor) else None
 
 
 def _strip_aux(aux, trace=None):
@@ -379,7 +386,7 @@ def vmap(f, in_axes=0, out_axes=0, axis_size=None, axis_name=None, chunk_size=No
                 vals.append(leaf)
             else:
                 v = unwrap(leaf)
-                vals.append(wrap(BatchTracer(trace, v, ax % type_of(v).ndim)))
+                vals.append(wrap_input(BatchTracer(trace, v, ax % type_of(v).ndim), leaf, ax % type_of(v).ndim))
         args, kwargs = tree_unflatten(treedef, vals)
         with set_current_trace(trace), intercept_random():    # random factories follow `randomness`
             out = fn(*args, **kwargs)
