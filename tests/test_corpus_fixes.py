@@ -245,3 +245,17 @@ def test_as_strided_that_reads_outside_the_argument_or_writes_raises():
         functx.jit(writes)(_BASE.t())
     with pytest.raises(functx.FunctxError, match="not contiguous in memory"):   # one example's layout
         functx.vmap(lambda r: torch.as_strided(r, (2,), (2,)), in_dims=1)(_BASE.clone())
+
+
+def test_jit_keys_on_layouts_only_once_a_trace_reads_them():
+    """A function that never reads layouts keeps one trace for rows of a batch (different
+    storage offsets); one that does (as_strided with an explicit offset) traces per layout."""
+    rows = torch.arange(12.0, dtype=D).reshape(3, 4)
+    plain = functx.jit(lambda r: r * 2)
+    for r in rows:
+        plain(r)
+    assert plain.cache_size() == 1
+    f = lambda r, offset: torch.as_strided(r, (2,), (2,), offset)  # noqa: E731
+    jf = functx.jit(f)
+    for x, offset in ((rows[0], 1), (rows[1], 5), (rows[1], None), (rows.clone()[0], 0), (rows[2], 9)):
+        torch.testing.assert_close(jf(x, offset), f(x, offset))

@@ -14,6 +14,7 @@ from ..core import EVAL_TRACE
 from ..core.errors import FunctxError, user_facing
 from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
+from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .pipeline import compile_graph
 from .tracing import normalize_argnums, split_static, trace_graph
@@ -73,10 +74,7 @@ def _first(outs):
 
 
 def _layout_key(t):
-    """Part of a tensor's key: its strides and offset when not contiguous from the start of its
-    storage (as_strided of an argument reads its real layout, so the trace depends on it)."""
-    if t.is_contiguous() and not t.storage_offset():
-        return None
+    """Part of a tensor's key once the function reads its arguments' layouts (as_strided)."""
     return t.stride(), t.storage_offset()
 
 
@@ -110,6 +108,7 @@ class JitFunction:
         self._last_key = None
         self._last_entry = None
         self.trace_count = 0
+        self._reads_layouts = False     # set once a trace reads an argument's layout (as_strided)
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
         functools.update_wrapper(self, f, updated=())
@@ -128,7 +127,8 @@ class JitFunction:
             if isinstance(leaf, torch.Tensor):
                 if isinstance(leaf, TracerTensor):
                     return None, None, leaves
-                sig.append((leaf.shape, leaf.dtype, leaf.device, _layout_key(leaf)))
+                sig.append((leaf.shape, leaf.dtype, leaf.device, _layout_key(leaf))
+                           if self._reads_layouts else (leaf.shape, leaf.dtype, leaf.device))
                 tensors.append(leaf)
             else:
                 sig.append(value_key(leaf))
@@ -143,10 +143,17 @@ class JitFunction:
     def _entry(self, key, args, kwargs, leaves):
         entry = self._cache.get(key)
         if entry is None:
-            with user_facing():
+            with user_facing(), record_layout_reads() as layouts:
                 graph = trace_graph(self.f, args, kwargs, self.static_argnums, "functx.jit",
                                     mutations=True)
             self.trace_count += 1
+            if layouts.read and not self._reads_layouts:
+                # The graph depends on its arguments' strides and offsets: from now on they are
+                # part of every key (and the fast path, which omits them, is off).
+                self._reads_layouts = True
+                self._fast.clear()
+                self._last_key = self._last_entry = None
+                key = self._key(args, kwargs)[0]
             compiled, _ = compile_graph(graph, self.backend, leaves)
             entry = _Entry(compiled)
             self._cache[key] = entry
@@ -161,12 +168,12 @@ class JitFunction:
     def __call__(self, *args, **kwargs):
         if _trace_state.trace is not EVAL_TRACE:
             return self.f(*args, **kwargs)
-        if not kwargs and not self.static_argnums:
+        if not kwargs and not self.static_argnums and not self._reads_layouts:
             sig = []
             for a in args:
                 if type(a) not in _PLAIN_TENSORS:
                     break
-                sig.append((a.shape, a.dtype, a.device, _layout_key(a)))
+                sig.append((a.shape, a.dtype, a.device))
             else:
                 key = tuple(sig)
                 if key == self._last_key:

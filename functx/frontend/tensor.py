@@ -60,8 +60,8 @@ class TracerTensor(torch.Tensor):
         r._chain = None         # view ops from the root: [(func, args, kwargs, output_index)]
         r._seen = 0             # root version this view's value was computed at
         r._version_ = 0         # bumped on each write (roots only)
-        # An argument's memory layout when not the contiguous one wrappers report (as_strided
-        # reads it): (strides, storage offset), or "unknown"; None: contiguous at offset 0.
+        # An argument's memory layout, which as_strided reads (wrappers report contiguous
+        # strides): (strides, storage offset), or "unknown"; None: not an argument, or not known.
         r._layout = None
         r._read_only = None     # why writes into this root are refused
         return r
@@ -119,15 +119,48 @@ def wrap_input(value, source, bdim=None):
 
 
 def storage_layout(t, bdim=None):
+    """(strides, storage offset) of t, or of one example along bdim (its offset relative, as
+    torch.func's as_strided takes it); "unknown" for a non-contiguous example; None when t is
+    a traced value whose layout is not known (read as contiguous)."""
     if isinstance(t, TracerTensor):
-        return t._layout if bdim is None or t._layout is None else "unknown"
-    if not isinstance(t, torch.Tensor):
+        layout, shape = t._layout, tuple(t.shape)
+    elif isinstance(t, torch.Tensor):
+        layout, shape = (tuple(t.stride()), t.storage_offset()), tuple(t.shape)
+    else:
         return None
-    if bdim is not None:      # one example's layout; its offset is relative (torch.func's as_strided)
-        return None if t.shape[bdim] == 0 or t.select(bdim, 0).is_contiguous() else "unknown"
-    if t.is_contiguous() and t.storage_offset() == 0:
-        return None
-    return tuple(t.stride()), t.storage_offset()
+    if bdim is None or layout is None or layout == "unknown":
+        return layout
+    strides = layout[0][:bdim] + layout[0][bdim + 1:]
+    example = shape[:bdim] + shape[bdim + 1:]
+    return (strides, 0) if is_contiguous_layout(example, strides) else "unknown"
+
+
+def is_contiguous_layout(shape, strides) -> bool:
+    expected = 1
+    for n, st in zip(reversed(shape), reversed(strides)):
+        if n != 1 and st != expected:
+            return False
+        expected *= n
+    return True
+
+
+class record_layout_reads:
+    """While jit traces: notes whether an argument's memory layout was read (as_strided), so
+    that jit keys that function's cache on its arguments' strides and offsets."""
+    active: list = []
+
+    def __enter__(self):
+        self.read = False
+        record_layout_reads.active.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        record_layout_reads.active.remove(self)
+
+
+def note_layout_read():
+    for recorder in record_layout_reads.active:
+        recorder.read = True
 
 
 def wrap_tree(tree):

@@ -10,7 +10,7 @@ from ...core.errors import FunctxError, user_frame_summary
 from ... import prims as P
 from ..functionalize import value_of, view_wrapper
 from ..promote import result_type
-from ..tensor import TracerTensor
+from ..tensor import TracerTensor, is_contiguous_layout, note_layout_read
 from .common import _t, aten, wrap_dim
 from .registry import register, register_special
 
@@ -182,14 +182,16 @@ def _as_strided(x, size, stride, storage_offset=None):
         return torch.as_strided(x, size, stride, storage_offset)
     root = x._root if x._root is not None else x
     if root._layout is not None:
-        return _as_strided_of_strided_input(x, root, size, stride, storage_offset)
+        note_layout_read()
+        if root._layout == "unknown" or root._layout[1] or not is_contiguous_layout(root.shape, root._layout[0]):
+            return _as_strided_of_strided_input(x, root, size, stride, storage_offset)
     chain = [(aten.as_strided.default, (tuple(size), tuple(stride), storage_offset), {}, None)]
     return view_wrapper(_as_strided_value(value_of(root), size, stride, storage_offset), root, chain)
 
 
 def _as_strided_of_strided_input(x, root, size, stride, storage_offset):
-    """as_strided of an argument whose memory is not laid out contiguously (a transposed or
-    sliced tensor passed in): torch reads its storage, so the storage positions asked for are
+    """as_strided of an argument whose memory is not laid out contiguously from the start of its
+    storage (a transposed or sliced tensor passed in): torch reads its storage, so the storage positions asked for are
     mapped back to the argument's elements through its real strides. The result is a copy
     that refuses writes (in torch it is a view whose writes reach the argument)."""
     if root._layout == "unknown" or x is not root:
