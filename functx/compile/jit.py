@@ -11,9 +11,10 @@ import torch
 
 from ..core import EVAL_TRACE
 from ..core.nan_check import STATE as _NANS
-from ..core.errors import user_facing
+from ..core.errors import FunctxError, user_facing
 from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
+from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, value_key  # noqa: F401
@@ -47,6 +48,7 @@ def _writing_back(call, mutated):
     n = len(mutated)
 
     def call_and_write_back(*tensors):
+        _refuse_aliased_writes(tensors, mutated)
         outs = call(*tensors)
         for k, value in zip(mutated, outs[-n:]):
             tensors[k].copy_(value)
@@ -54,8 +56,30 @@ def _writing_back(call, mutated):
     return call_and_write_back
 
 
+def _refuse_aliased_writes(tensors, mutated):
+    """The graph treats its inputs as separate tensors: a write into one that shares memory
+    with another (the same tensor passed twice, a view of another argument) would not be
+    seen through the other, unlike eager PyTorch."""
+    storages = [t.untyped_storage().data_ptr() if t.numel() else None for t in tensors]
+    for k in mutated:
+        for j, s in enumerate(storages):
+            if j != k and s is not None and s == storages[k]:
+                raise FunctxError(
+                    f"functx.jit: tensor argument {k} is written in place and shares memory with tensor "
+                    f"argument {j} (the same tensor passed twice, or a view of another argument). The "
+                    "compiled function treats its arguments as separate tensors, so the other would not "
+                    "see the write, unlike eager PyTorch. Pass separate tensors (e.g. b.clone()), or "
+                    "return the new value instead of writing into an aliased argument.")
+
+
 def _first(outs):
     return outs[0]
+
+
+def _layout_key(t):
+    """Part of a tensor's key once the function reads its arguments' layouts (as_strided)."""
+    return t.stride(), t.storage_offset()
+
 
 
 # Exact types that take the fast path (TracerTensor and other subclasses do not).
@@ -99,6 +123,8 @@ class JitFunction:
         self._fast: dict = {}          # flat positional key -> entry (same entries as _cache)
         self._last_key = None
         self._last_entry = None
+        self.trace_count = 0
+        self._reads_layouts = False     # set once a trace reads an argument's layout (as_strided)
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
         functools.update_wrapper(self, f, updated=())
@@ -137,6 +163,8 @@ class JitFunction:
         try:
             # debug_nans compiles a checked artifact: the flag is part of the key
             key = make_key(treedef, leaves, list(zip(nums, static)) + sorted(static_kw.items())) + (_NANS.on,)
+            if self._reads_layouts:       # a trace read argument strides/offsets (as_strided)
+                key += (tuple(_layout_key(t) for t in inputs),)
             hash(key)
         except TypeError:
             raise TypeError("functx.jit: non-tensor arguments must be hashable (they are part of the "
@@ -147,10 +175,18 @@ class JitFunction:
         entry = self._cache.get(key)
         if entry is None:
             paths = key[0].paths()
-            with user_facing():
+            with user_facing(), record_layout_reads() as layouts:
                 graph = trace_graph(self.f, args, kwargs, nums, "functx.jit", mutations=True,
                                     static_argnames=self.static_argnames, dynamic_scalars=True,
                                     arg_names=lambda k: self._namer(paths[k]))
+            self.trace_count += 1
+            if layouts.read and not self._reads_layouts:
+                # The graph depends on its arguments' strides and offsets: from now on they are
+                # part of every key (and the fast path, which omits them, is off).
+                self._reads_layouts = True
+                self._fast.clear()
+                self._last_key = self._last_entry = None
+                key = self._key(args, kwargs, nums)[0]
             compiled, _ = compile_graph(graph, self.backend, leaves)
             entry = _Entry(compiled, key)
             evicted = self._cache.add(key, entry)
@@ -170,7 +206,8 @@ class JitFunction:
     def __call__(self, *args, **kwargs):
         if _trace_state.trace is not EVAL_TRACE:
             return self.f(*args, **kwargs)
-        if not kwargs and not self.static_argnums and not self._named_nums and not _NANS.on:
+        if not kwargs and not self.static_argnums and not self._named_nums and not _NANS.on \
+                and not self._reads_layouts:
             sig = []
             scalars = False
             for a in args:

@@ -13,7 +13,7 @@ import torch
 from ..core import GraphMeta, GraphTrace, TensorType, current_trace, nan_check, set_current_trace
 from ..core.errors import ConcretizationError, user_facing
 from ..core.trace import Tracer, type_of
-from ..frontend import TracerTensor, record_fallbacks, unwrap, wrap
+from ..frontend import TracerTensor, record_fallbacks, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
 from ..tree_util import tree_flatten, tree_unflatten
 
@@ -141,7 +141,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
             vals.append(leaf)
             continue
         tracers.append(t)
-        vals.append(wrap(t))
+        vals.append(wrap(t) if t.var in scalar_vars else wrap_input(t, leaf))
         in_wrappers.append(vals[-1])
     dyn, kw = tree_unflatten(treedef, vals)
     full = list(dyn)

@@ -2,6 +2,7 @@
 import linecache
 import os
 import sys
+import traceback
 import types
 
 import torch
@@ -40,6 +41,33 @@ def user_frame_summary() -> str:
 
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+# What helps when a value is needed by PyTorch library code (not by the user's own line):
+# torch path prefix -> advice; {where} is the library function.
+_LIBRARY_HINTS = (
+    ("distributions" + os.sep,
+     "The value was needed by torch.distributions' argument validation ({where}): with "
+     "validate_args on, a distribution checks its constraints with Python bool() on tensor values. "
+     "Turn the checks off for transformed code: pass validate_args=False to the distribution, or "
+     "call torch.distributions.Distribution.set_default_validate_args(False) once beforehand (and "
+     "validate the arguments outside the transform if you need to)."),
+)
+
+
+def library_hint() -> str:
+    """Advice for a value needed inside PyTorch library code the user called (the innermost
+    torch frame below the user's line), or ''."""
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+    for frame in reversed(traceback.extract_stack()):
+        fname = os.path.abspath(frame.filename)
+        if fname.startswith(_PKG_DIR + os.sep):
+            continue
+        if not fname.startswith(torch_dir):
+            return ""           # the user's own code: the generic advice applies
+        rel = fname[len(torch_dir):]
+        for prefix, hint in _LIBRARY_HINTS:
+            if rel.startswith(prefix):
+                return "\n" + hint.format(where=f"torch/{rel}, in {frame.name}")
+    return ""
 
 
 def _is_internal(filename: str) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import nan_check
-from .errors import ConcretizationError, FunctxError, user_frame_summary
+from .errors import ConcretizationError, FunctxError, library_hint, user_frame_summary
 from .ir import Eqn, Graph, Literal, Var
 from .types import TensorType
 
@@ -308,7 +308,7 @@ class GraphTracer(Tracer):
             "make the argument static with static_argnums; or use structured control flow, "
             "functx.cond(pred, true_fn, false_fn, *operands), functx.switch, "
             "functx.while_loop(cond_fn, body_fn, init) or functx.scan. Outside jit, "
-            "the transforms run eagerly and this code works."
+            "the transforms run eagerly and this code works." + library_hint()
         )
         err.depends_on = self._trace.ancestors(self.var)   # jit names the arguments behind it
         raise err

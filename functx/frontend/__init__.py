@@ -1,5 +1,5 @@
 """The front end: ordinary PyTorch code runs on TracerTensors and becomes primitives."""
-from .tensor import TracerTensor, wrap, wrap_tree  # noqa: F401
+from .tensor import TracerTensor, wrap, wrap_input, wrap_tree  # noqa: F401
 from .functionalize import unwrap, unwrap_tree  # noqa: F401
 from . import dispatch  # noqa: F401
 from .lowerings import (creation, elementwise, indexing, linalg, nn, reductions,  # noqa: F401  (fill the tables)

@@ -152,6 +152,8 @@ def assign(w, new_value) -> None:
             "tensor. Create it from a traced input instead (x.new_zeros(...), torch.zeros_like(x)), "
             "or build the result out of place (torch.stack, torch.cat, torch.where).")
     root = w._root
+    if (root if root is not None else w)._read_only:
+        raise FunctxError(f"functx: {(root if root is not None else w)._read_only}, here:\n{user_frame_summary()}")
     if root is None:
         w._value = new_value
         w._version_ += 1

@@ -43,6 +43,21 @@ def _is_seeded(func) -> bool:
     return s
 
 
+# Arguments that switch a seeded op's sampling off (attention and RNN kernels with dropout):
+# with these values the op is deterministic and runs as any other op.
+_NO_SAMPLING = {"dropout_p": 0.0, "dropout": 0.0, "train": False}
+
+
+def _samples(func, args, kwargs) -> bool:
+    """Whether a seeded op draws random numbers with these arguments."""
+    for i, a in enumerate(func._schema.arguments):
+        if a.name in _NO_SAMPLING:
+            value = args[i] if i < len(args) else kwargs.get(a.name, a.default_value)
+            if value is not None and value == _NO_SAMPLING[a.name]:
+                return False
+    return True
+
+
 def _device(device):
     return torch.device(device) if device is not None else torch.get_default_device()
 
@@ -98,6 +113,14 @@ def _generic(func, args, kwargs):
     if out_type is None:
         return None
     shape, dtype, device = out_type
+    if kwargs.get("generator") is not None and staging():
+        raise FunctxError(
+            f"functx.jit: {func} draws from an explicit torch.Generator, here:\n{user_frame_summary()}\n"
+            "jit runs the function once, at trace time, and cannot tell a generator the function "
+            "creates (torch.Generator().manual_seed(s), which eager PyTorch recreates on every call) "
+            "from one the caller owns (whose stream continues): either way, a reused generator object "
+            "would make results depend on call history. Use the global generator (torch.manual_seed "
+            "outside the function), or draw the numbers outside jit and pass them in as arguments.")
     fn = _Sampler(lambda: func(*args, **kwargs), str(func))
     return P.random(shape, dtype, device, "call", (fn, len(shape)))
 
@@ -229,7 +252,7 @@ class RandomMode(TorchDispatchMode):
             # dispatcher: this keeps the mode's cost per traced op to one Python call.
             return dispatch(func, args, kwargs or {})
         kwargs = kwargs or {}
-        if not _is_seeded(func):
+        if not _is_seeded(func) or not _samples(func, args, kwargs):
             if staging():
                 return self._staged_plain_op(func, args, kwargs)
             return func(*args, **kwargs)

@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_map
 
 from ..core.errors import FunctxError, user_frame_summary
 from ..core.trace import Tracer, concrete, type_of
+from .composites import COMPOSITES
 
 
 _disabled_torch_function = torch._C._disabled_torch_function_impl
@@ -34,6 +35,9 @@ class TracerTensor(torch.Tensor):
         # Wrappers report contiguous strides; where that would change what torch does, the
         # view's real layout decides: contiguous() of a transposed or sliced view copies (it
         # was an alias), and .view() of one raises as in torch.
+        composite = COMPOSITES.get(func)
+        if composite is not None:
+            return composite(*args, **(kwargs or {}))
         if func is _CONTIGUOUS and args[0]._chain:
             return _functionalize().contiguous(args[0])
         if func is _VIEW and args[0]._chain and not (len(args) == 2 and isinstance(args[1], torch.dtype)):
@@ -56,6 +60,10 @@ class TracerTensor(torch.Tensor):
         r._chain = None         # view ops from the root: [(func, args, kwargs, output_index)]
         r._seen = 0             # root version this view's value was computed at
         r._version_ = 0         # bumped on each write (roots only)
+        # An argument's memory layout, which as_strided reads (wrappers report contiguous
+        # strides): (strides, storage offset), or "unknown"; None: not an argument, or not known.
+        r._layout = None
+        r._read_only = None     # why writes into this root are refused
         return r
 
     def __repr__(self, *, tensor_contents=None):
@@ -104,6 +112,60 @@ def wrap(x):
     if isinstance(x, Tracer):
         return TracerTensor(x)
     return x
+
+
+def wrap_input(value, source, bdim=None):
+    """wrap() for a transform's or jit's argument, remembering the memory layout of `source`,
+    the tensor the caller passed (its example along `bdim` under vmap)."""
+    w = wrap(value)
+    if isinstance(w, TracerTensor):
+        w._layout = storage_layout(source, bdim)
+    return w
+
+
+def storage_layout(t, bdim=None):
+    """(strides, storage offset) of t, or of one example along bdim (its offset relative, as
+    torch.func's as_strided takes it); "unknown" for a non-contiguous example; None when t is
+    a traced value whose layout is not known (read as contiguous)."""
+    if isinstance(t, TracerTensor):
+        layout, shape = t._layout, tuple(t.shape)
+    elif isinstance(t, torch.Tensor):
+        layout, shape = (tuple(t.stride()), t.storage_offset()), tuple(t.shape)
+    else:
+        return None
+    if bdim is None or layout is None or layout == "unknown":
+        return layout
+    strides = layout[0][:bdim] + layout[0][bdim + 1:]
+    example = shape[:bdim] + shape[bdim + 1:]
+    return (strides, 0) if is_contiguous_layout(example, strides) else "unknown"
+
+
+def is_contiguous_layout(shape, strides) -> bool:
+    expected = 1
+    for n, st in zip(reversed(shape), reversed(strides)):
+        if n != 1 and st != expected:
+            return False
+        expected *= n
+    return True
+
+
+class record_layout_reads:
+    """While jit traces: notes whether an argument's memory layout was read (as_strided), so
+    that jit keys that function's cache on its arguments' strides and offsets."""
+    active: list = []
+
+    def __enter__(self):
+        self.read = False
+        record_layout_reads.active.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        record_layout_reads.active.remove(self)
+
+
+def note_layout_read():
+    for recorder in record_layout_reads.active:
+        recorder.read = True
 
 
 def wrap_tree(tree):

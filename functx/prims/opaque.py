@@ -60,13 +60,14 @@ def _opaque_jvp(primals, tangents, *, fn, out_types, linear_argnums):
     def jvp_fn(*args):
         prim, tans = list(args[:n]), args[n:]
 
-        def restricted(*xs):
+        def restricted(*xs):          # float outputs only: reverse mode refuses integer ones
             full = list(prim)
             for i, x in zip(nz, xs):
                 full[i] = x
-            return tuple(fn(*full))
+            out = fn(*full)
+            return tuple(out[i] for i in float_outs)
         _, t_out = _torch_jvp(restricted, tuple(prim[i] for i in nz), tuple(tans))
-        return tuple(t_out[i] for i in float_outs)
+        return tuple(t_out)
 
     jfn = OpaqueFunction(jvp_fn, f"jvp({fn.name})", vjp_of=(fn, n, tuple(nz), tuple(float_outs)))
     t_types = [out_types[i] for i in float_outs]

@@ -12,7 +12,7 @@ import torch
 
 from ..core import Zero, current_trace, set_current_trace
 from ..core.trace import Tracer, staged_or_batched, type_of
-from ..frontend import TracerTensor, unwrap, wrap
+from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
 from .. import prims as P
 from .ad import differentiable, linear_forward, linearize_flat, vjp_flat, backward_pass
@@ -64,7 +64,7 @@ class _OutStore:
 def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None):
     """f over a pytree -> function over flat lax values; the output tree goes into store."""
     def fun(flat_in):
-        args = tree_unflatten(in_tree, [wrap(x) for x in flat_in])
+        args = tree_unflatten(in_tree, [wrap_input(x, _concrete_base(x)) for x in flat_in])
         with intercept_random():    # torch.randn(shape) etc. become random primitives here
             out = f(*args)
         if has_aux:
@@ -78,6 +78,13 @@ def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None):
         store.tree = tree
         return [unwrap(l) for l in leaves]
     return fun
+
+
+def _concrete_base(x):
+    """The caller's tensor under a chain of JVP tracers (grad/jvp inputs), if it is concrete."""
+    while hasattr(x, "primal"):
+        x = x.primal
+    return x if isinstance(x, torch.Tensor) else None
 
 
 def _strip_aux(aux, trace=None):
@@ -408,13 +415,20 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
                 vals.append(leaf)
             else:
                 v = unwrap(leaf)
-                vals.append(wrap(BatchTracer(trace, v, ax % type_of(v).ndim)))
+                vals.append(wrap_input(BatchTracer(trace, v, ax % type_of(v).ndim), leaf, ax % type_of(v).ndim))
         args, kwargs = tree_unflatten(treedef, vals)
         with set_current_trace(trace), intercept_random():    # random factories follow `randomness`
             out = fn(*args, **kwargs)
             out_leaves, out_tree = tree_flatten(out)
             _check_tensor_leaves(out_leaves, "functx.vmap: output of f", out_tree)
             out_vals = [unwrap(l) for l in out_leaves]   # inside the trace: a stale view recomputes here
+            written = [(leaf, unwrap(w), ax) for leaf, w, ax in zip(leaves, vals, axes)
+                       if ax is not None and w._version_]
+        # In-place writes into batched inputs reach the caller's tensors, as in torch.func.
+        for leaf, v, ax in written:
+            val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)
+            full = P.bdim_to_front(val, bdim, size)
+            leaf.copy_(wrap(P.moveaxis(full, 0, ax % type_of(full).ndim)))
         oaxes = broadcast_prefix(out_axes, out, "functx.vmap: out_axes")
         results = []
         for v, oax in zip(out_vals, oaxes):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..core import FunctxError, MissingRuleError, Trace, Tracer, set_current_trace
-from ..core.errors import user_frame_summary
+from ..core.errors import library_hint, user_frame_summary
 from ..core.trace import AxisData, transform_level, type_of, value_repr
 from ..prims import collective
 from ..prims.util import is_scalar
@@ -29,7 +29,7 @@ class BatchTracer(Tracer):
         raise FunctxError(
             "functx.vmap: Python needs a single value here (bool(), int(), .item(), or if/while on a "
             f"tensor), but under vmap the tensor holds one value per batch element:\n{user_frame_summary()}\n"
-            "Use torch.where to select per element, or move the control flow outside vmap.")
+            "Use torch.where to select per element, or move the control flow outside vmap." + library_hint())
 
     def __repr__(self):
         # torch.func's BatchedTensor: the whole batch, with the dim that indexes examples.

@@ -6,11 +6,11 @@ import math
 
 import torch
 
-from ...core.errors import FunctxError
+from ...core.errors import FunctxError, user_frame_summary
 from ... import prims as P
 from ..functionalize import value_of, view_wrapper
 from ..promote import result_type
-from ..tensor import TracerTensor
+from ..tensor import TracerTensor, is_contiguous_layout, note_layout_read
 from .common import _t, aten, wrap_dim
 from .registry import register, register_special
 
@@ -181,8 +181,46 @@ def _as_strided(x, size, stride, storage_offset=None):
     if not isinstance(x, TracerTensor):
         return torch.as_strided(x, size, stride, storage_offset)
     root = x._root if x._root is not None else x
+    if root._layout is not None:
+        note_layout_read()
+        if root._layout == "unknown" or root._layout[1] or not is_contiguous_layout(root.shape, root._layout[0]):
+            return _as_strided_of_strided_input(x, root, size, stride, storage_offset)
     chain = [(aten.as_strided.default, (tuple(size), tuple(stride), storage_offset), {}, None)]
     return view_wrapper(_as_strided_value(value_of(root), size, stride, storage_offset), root, chain)
+
+
+def _as_strided_of_strided_input(x, root, size, stride, storage_offset):
+    """as_strided of an argument whose memory is not laid out contiguously from the start of its
+    storage (a transposed or sliced tensor passed in): torch reads its storage, so the storage positions asked for are
+    mapped back to the argument's elements through its real strides. The result is a copy
+    that refuses writes (in torch it is a view whose writes reach the argument)."""
+    if root._layout == "unknown" or x is not root:
+        raise FunctxError(
+            f"functx: aten.as_strided of an argument that is not contiguous in memory (or a view of "
+            f"one), whose layout is not known here (per example under vmap, or through a view):\n"
+            f"{user_frame_summary()}\nas_strided reads raw storage, which functx's traced values don't "
+            "have. Pass a contiguous tensor (x.contiguous() before the transform), or use view ops "
+            "(unfold, narrow, expand, diagonal) that say what they read.")
+    strides, offset = root._layout
+    t = _t(value_of(root))
+    at = torch.zeros((), dtype=torch.int64)
+    for k, (n, st) in enumerate(zip(t.shape, strides)):    # storage position of each element
+        at = at + torch.arange(n).reshape([n if i == k else 1 for i in range(t.ndim)]) * st
+    at = (at + offset).expand(t.shape).reshape(-1)
+    element = torch.full((int(at.max()) + 1 if t.numel else 0,), -1, dtype=torch.int64)
+    element[at] = torch.arange(t.numel)
+    wanted = torch.zeros((), dtype=torch.int64) + (offset if storage_offset is None else storage_offset)
+    for k, (n, st) in enumerate(zip(size, stride)):
+        wanted = wanted + torch.arange(n).reshape([n if i == k else 1 for i in range(len(size))]) * st
+    wanted = wanted.expand(tuple(size))
+    if wanted.numel() and (int(wanted.max()) >= len(element) or bool((element[wanted] < 0).any())):
+        raise FunctxError(f"functx: aten.as_strided(size={list(size)}, stride={list(stride)}) reads memory "
+                          f"outside the argument it is applied to:\n{user_frame_summary()}")
+    flat = P.reshape(value_of(root), (t.numel,))
+    out = TracerTensor(P.take(flat, element[wanted].to(t.device), 0))
+    out._read_only = ("writing through as_strided of a non-contiguous argument is not supported "
+                      "(functx computes it as a copy); call .contiguous() on the argument first")
+    return out
 
 
 # ---------------------------------------------------------------- shape ops that copy

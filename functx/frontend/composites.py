@@ -1,0 +1,120 @@
+"""PyTorch functions whose C++ composite kernels would bypass functx, routed to PyTorch's own
+Python decompositions instead (from TracerTensor.__torch_function__).
+
+ATen's C++ RNN kernels (lstm, gru, rnn_tanh, rnn_relu) run before the Python dispatch key
+and update temporaries in place (`linear_hh(hx).add_(igates)`). When such a temporary holds
+no traced value (vmap over the input with unbatched weights, jvp with respect to the input)
+functx cannot track the write. torch._decomp's versions compute the same cells out of place.
+"""
+from __future__ import annotations
+
+import torch
+from torch._decomp import decomposition_table
+
+from ..core.errors import ConcretizationError, FunctxError, user_frame_summary
+from .lowerings.registry import register_special
+
+aten = torch.ops.aten
+_VF = torch._C._VariableFunctions
+
+
+def _by_overload(packet):
+    """The .input overload for padded input, .data for a PackedSequence's data and batch
+    sizes: in .data the parameter list comes fourth (in .input the fourth is has_biases)."""
+    on_input, on_data = decomposition_table[packet.input], decomposition_table[packet.data]
+
+    def run(*args, **kwargs):
+        return (on_data if isinstance(args[3], (list, tuple)) else on_input)(*args, **kwargs)
+    return run
+
+
+def _concrete_sizes(sizes, what, name="the sequence lengths"):
+    """Sequence lengths / batch sizes / bag offsets as a plain tensor: shapes follow them."""
+    if type(sizes) is torch.Tensor:
+        return sizes
+    try:
+        return torch.tensor(sizes.tolist(), dtype=torch.int64)
+    except FunctxError as e:
+        raise ConcretizationError(
+            f"functx: {what} needs {name} as concrete values (its shapes depend on them), but here "
+            f"they are traced (computed inside jit or per example under "
+            f"vmap):\n{user_frame_summary()}\nPass the lengths as a plain CPU tensor or list made "
+            "outside the jitted function (from the data loader), or skip packing: run the RNN on the "
+            "padded batch and mask the padded steps (torch.where(mask, out, 0)).") from e
+
+
+def pack_padded_sequence(input, lengths, batch_first):
+    """aten._pack_padded_sequence: the time-major rows of the still-running sequences, step by
+    step. torch's own kernel, run on a one-wide stand-in, checks the lengths (its messages)
+    and gives the batch sizes."""
+    lengths = _concrete_sizes(lengths, "pack_padded_sequence")
+    with torch.utils._python_dispatch._disable_current_modes():
+        _, batch_sizes = _VF._pack_padded_sequence(torch.zeros(input.shape[:2] + (1,)), lengths, batch_first)
+    steps = input.transpose(0, 1) if batch_first else input
+    data = torch.cat([steps[t, :n] for t, n in enumerate(batch_sizes.tolist())])
+    return data, batch_sizes
+
+
+def pad_packed_sequence(data, batch_sizes, batch_first, padding_value, total_length):
+    """aten._pad_packed_sequence: each step's rows, padded with padding_value to the batch
+    size, stacked along time (then total_length steps of padding)."""
+    batch_sizes = _concrete_sizes(batch_sizes, "pad_packed_sequence")
+    sizes = batch_sizes.tolist()
+    batch, rest = sizes[0], tuple(data.shape[1:])
+    steps, start = [], 0
+    for n in sizes:
+        steps.append(torch.cat([data[start:start + n], data.new_full((batch - n,) + rest, padding_value)]))
+        start += n
+    steps += [data.new_full((batch,) + rest, padding_value)] * max(0, total_length - len(sizes))
+    out = torch.stack(steps, 1 if batch_first else 0)
+    lengths = (batch_sizes[:, None] > torch.arange(batch)).sum(0)
+    return out, lengths
+
+
+# F.embedding_bag reaches ATen with torch functions disabled, so this sits in dispatch's
+# SPECIAL table (on the wrappers), not in COMPOSITES. The _forward_only variant is what torch
+# picks when nothing requires grad (TracerTensors never do).
+@register_special(aten._embedding_bag.default, aten._embedding_bag_forward_only.default)
+def embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sparse=False,
+                  per_sample_weights=None, include_last_offset=False, padding_idx=None):
+    """aten.embedding_bag as a gather into a (bags, longest bag) grid and a masked reduction
+    (mode 0 sum, 1 mean, 2 max; empty bags give 0, padding_idx entries are left out), so every
+    transform and the compiler see plain indexing. The extra outputs follow torch's CPU kernel."""
+    offsets = _concrete_sizes(offsets, "embedding_bag", "the bag offsets")
+    n = indices.shape[0]
+    bounds = offsets.tolist() if include_last_offset else offsets.tolist() + [n]
+    starts, ends = torch.tensor(bounds[:-1], dtype=torch.int64), torch.tensor(bounds[1:], dtype=torch.int64)
+    width = max([0] + (ends - starts).tolist())
+    slot = torch.arange(width)
+    valid = slot < (ends - starts)[:, None]
+    grid = torch.where(valid, starts[:, None] + slot, 0).clamp(max=max(n - 1, 0))
+    rows = torch.embedding(weight, indices, -1, scale_grad_by_freq, False)[grid]
+    ids = indices[grid]
+    keep = valid if padding_idx is None or padding_idx < 0 else valid & (ids != padding_idx)
+    count = keep.sum(1)
+    if per_sample_weights is not None:
+        rows = rows * per_sample_weights[grid][..., None]
+    if mode == 2:
+        best = torch.where(keep[..., None], rows, float("-inf")).max(1)
+        out = torch.where(count[:, None] > 0, best.values, 0.0)
+        max_indices = torch.where(count[:, None] > 0, ids.gather(1, best.indices), 0)
+    else:
+        out = torch.where(keep[..., None], rows, 0.0).sum(1)
+        if mode == 1:
+            out = out / count.clamp(min=1)[:, None].to(out.dtype)
+        max_indices = count if mode == 1 else torch.zeros_like(count)
+    bag_size = torch.zeros_like(count) if mode == 0 else count
+    offset2bag = torch.bucketize(torch.arange(n), ends[:-1], right=True)
+    if mode == 0 and (padding_idx is None or padding_idx < 0):
+        offset2bag = offset2bag[:0]
+    return out, offset2bag, bag_size, max_indices
+
+
+COMPOSITES = {
+    _VF._pack_padded_sequence: pack_padded_sequence,
+    _VF._pad_packed_sequence: pad_packed_sequence,
+    _VF.lstm: _by_overload(aten.lstm),
+    _VF.gru: _by_overload(aten.gru),
+    _VF.rnn_tanh: _by_overload(aten.rnn_tanh),
+    _VF.rnn_relu: _by_overload(aten.rnn_relu),
+}

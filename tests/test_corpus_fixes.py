@@ -1,0 +1,261 @@
+"""Focused regressions for what the corpus (tests/test_corpus.py) found, each against an
+oracle (a Python loop, torch.autograd, eager torch)."""
+import pytest
+import torch
+import torch.nn as nn
+
+import functx
+
+D = torch.float64
+
+
+# ---------------------------------------------------------------- RNNs
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_rnn_under_vmap_and_jvp_of_the_input(kind):
+    """ATen's C++ RNN cells update a temporary in place (linear_hh(hx).add_(...)); with
+    unbatched weights that temporary held no traced value and vmap raised."""
+    torch.manual_seed(0)
+    m = getattr(nn, kind)(3, 2, num_layers=2, bidirectional=True, batch_first=True).double()
+    xs = torch.randn(4, 2, 5, 3, dtype=D)
+    first = lambda x: m(x)[0]  # noqa: E731
+    torch.testing.assert_close(functx.vmap(first)(xs), torch.stack([first(x) for x in xs]))
+    t = torch.randn_like(xs[0])
+    torch.testing.assert_close(functx.jvp(first, (xs[0],), (t,))[1], torch.func.jvp(first, (xs[0],), (t,))[1])
+
+
+def _packed_model(kind):
+    torch.manual_seed(0)
+    rnn = getattr(nn, kind)(3, 2, bidirectional=True, batch_first=True).double()
+
+    def f(x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = rnn(packed)
+        padded, out_lengths = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=6)
+        return padded, out_lengths
+    return f
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_packed_sequences_under_every_transform(kind):
+    """pack_padded_sequence / pad_packed_sequence are C++ kernels that write into plain
+    tensors (grad raised) and size their outputs by the lengths (jit sized them from zeros)."""
+    f = _packed_model(kind)
+    lengths = torch.tensor([3, 5, 1])
+    x = torch.randn(3, 5, 3, dtype=D)
+    want, want_len = f(x, lengths)
+    got, got_len = functx.jit(lambda x: f(x, lengths))(x)
+    torch.testing.assert_close(got, want)
+    assert torch.equal(got_len, want_len)
+
+    def loss(x):
+        return f(x, lengths)[0].sin().sum()
+    xx = x.clone().requires_grad_()
+    (want_g,) = torch.autograd.grad(loss(xx), xx)          # torch.func can't run packed RNNs
+    torch.testing.assert_close(functx.grad(loss)(x), want_g)
+    torch.testing.assert_close(functx.jit(functx.grad(loss))(x), want_g)
+    xs = torch.stack([x, 2 * x])
+    torch.testing.assert_close(functx.vmap(lambda x: f(x, lengths)[0])(xs), torch.stack([f(v, lengths)[0] for v in xs]))
+
+
+def test_packing_with_traced_lengths_says_what_to_do():
+    f = _packed_model("GRU")
+    x = torch.randn(2, 4, 3, dtype=D)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    with pytest.raises(functx.ConcretizationError, match="pack_padded_sequence needs the sequence lengths"):
+        functx.jit(lambda x, mask: f(x, mask.sum(1))[0])(x, mask)
+    # eagerly the lengths have values, as in torch
+    xx = x.clone().requires_grad_()
+    f(xx, mask.sum(1))[0].sum().backward()
+    torch.testing.assert_close(functx.grad(lambda x: f(x, mask.sum(1))[0].sum())(x), xx.grad)
+
+
+# ---------------------------------------------------------------- seeded ops that draw nothing
+
+def test_attention_without_dropout_on_closed_over_tensors_is_not_random():
+    """CPU attention kernels are tagged as random (they can apply dropout); with dropout_p=0
+    they are deterministic, and under vmap/jit (jacfwd of an MHA layer) functx raised."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 4, dtype=D) for _ in range(3))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    scales = torch.tensor([0.5, 2.0], dtype=D)
+    f = lambda s: sdpa(q, k, v) * s  # noqa: E731
+    torch.testing.assert_close(functx.vmap(f)(scales), torch.stack([f(s) for s in scales]))
+    torch.testing.assert_close(functx.jit(f)(scales[0]), f(scales[0]))
+    with pytest.raises(functx.FunctxError, match="random"):       # with dropout it does draw
+        functx.vmap(lambda s: sdpa(q, k, v, dropout_p=0.5) * s)(scales)
+
+
+# ---------------------------------------------------------------- embedding_bag
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("padding_idx", [None, 0])
+def test_embedding_bag_is_native_under_every_transform(mode, padding_idx):
+    """It went through the opaque fallback of _embedding_bag_forward_only, which has no
+    derivative (grad raised 'Autograd not support dtype: Long'), and torch has no double
+    backward for embedding_bag: now it is gathers and masked reductions."""
+    F = torch.nn.functional
+    w = torch.randn(6, 3, dtype=D)
+    idx, offsets = torch.tensor([0, 2, 5, 1, 4, 4, 0]), torch.tensor([0, 2, 2, 5])
+    psw = torch.randn(7, dtype=D) if mode == "sum" else None
+
+    def f(w, psw):
+        return F.embedding_bag(idx, w, offsets, mode=mode, per_sample_weights=psw, padding_idx=padding_idx)
+    assert functx.explain(f)(w, psw).fallbacks == []
+    torch.testing.assert_close(functx.jit(f)(w, psw), f(w, psw))
+    wanted = (w, psw) if psw is not None else (w,)
+    leaves = [t.clone().requires_grad_() for t in wanted]
+    f(*leaves, *([None] if psw is None else [])).sin().sum().backward()
+    argnums = (0, 1) if psw is not None else 0
+    got = functx.grad(lambda w, p: f(w, p).sin().sum(), argnums=argnums)(w, psw)
+    for g, leaf in zip(got if psw is not None else (got,), leaves):
+        torch.testing.assert_close(g, leaf.grad)
+    # second order, which torch can't do: central differences of the gradient
+    g = functx.grad(lambda w: f(w, psw).sin().sum())
+    t, eps = torch.randn_like(w), 1e-6
+    torch.testing.assert_close(functx.jvp(g, (w,), (t,))[1], (g(w + eps * t) - g(w - eps * t)) / (2 * eps))
+
+
+def test_embedding_bag_with_traced_offsets_says_what_to_do():
+    F = torch.nn.functional
+    w = torch.randn(6, 3)
+    with pytest.raises(functx.ConcretizationError, match="embedding_bag needs the bag offsets"):
+        functx.jit(lambda w, o: F.embedding_bag(torch.tensor([0, 1, 2]), w, o))(w, torch.tensor([0, 1]))
+
+
+# ---------------------------------------------------------------- errors that point at library code
+
+_DISTRIBUTIONS = {
+    "Normal": (lambda loc, **kw: torch.distributions.Normal(loc, loc.exp(), **kw), torch.zeros(3)),
+    "Categorical": (lambda logits, **kw: torch.distributions.Categorical(logits=logits, **kw), torch.zeros(4)),
+    "MultivariateNormal": (lambda loc, **kw: torch.distributions.MultivariateNormal(
+        loc, scale_tril=torch.eye(3), **kw), torch.zeros(3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_DISTRIBUTIONS))
+def test_distribution_validation_under_jit_and_vmap_says_how_to_turn_it_off(name):
+    make, p = _DISTRIBUTIONS[name]
+
+    def f(p, **kw):
+        d = make(p, **kw)
+        return d.log_prob(d.mean if name != "Categorical" else torch.tensor(1))
+    for transform, arg in ((functx.jit, p), (functx.vmap, torch.stack([p, p]))):
+        with pytest.raises(functx.FunctxError, match=r"validate_args=False(.|\n)*set_default_validate_args"):
+            transform(f)(arg)
+        # the advice works, and gives eager torch's numbers
+        got = transform(lambda p: f(p, validate_args=False))(arg)
+        want = f(p) if transform is functx.jit else torch.stack([f(p), f(p)])
+        torch.testing.assert_close(got, want)
+
+
+# ---------------------------------------------------------------- issue 9, classes 5, 6 and 11
+
+def test_generator_created_inside_jit_raises_instead_of_continuing_its_stream():
+    """Eagerly every call recreates and reseeds the generator (same numbers each call); a jit
+    graph that reused the trace-time generator continued its stream (results depended on call
+    history)."""
+    def f(x):
+        g = torch.Generator().manual_seed(3)
+        return x + torch.randn(3, generator=g)
+    x = torch.zeros(3)
+    assert torch.equal(f(x), f(x))                              # eager torch: no call history
+    with pytest.raises(functx.FunctxError, match="explicit torch.Generator"):
+        functx.jit(f)(x)
+    # eager transforms run the function each call, as torch does
+    torch.testing.assert_close(functx.vmap(f, randomness="same")(torch.zeros(2, 3)), torch.stack([f(x), f(x)]))
+    torch.testing.assert_close(functx.grad(lambda x: f(x).sum())(x), torch.ones(3))
+
+
+def _add_then_mul(a, b):
+    a.add_(1)
+    return a * b
+
+
+@pytest.mark.parametrize("aliasing", ["same tensor twice", "a view of the other", "the other's base"])
+def test_jit_refuses_a_write_into_an_argument_that_aliases_another(aliasing):
+    """The graph treats arguments as separate tensors: eager torch sees the write through the
+    alias, the compiled function did not (a silently different number)."""
+    split = {"same tensor twice": lambda t: (t, t), "a view of the other": lambda t: (t, t[0]),
+             "the other's base": lambda t: (t[0], t)}[aliasing]
+    t = torch.ones(2, 2)
+    with pytest.raises(functx.FunctxError, match="shares memory with tensor argument"):
+        functx.jit(_add_then_mul)(*split(t))
+    assert torch.equal(t, torch.ones(2, 2))                    # nothing was written
+    a, b = split(torch.ones(2, 2))
+    a2, b2 = a.clone(), b.clone()
+    torch.testing.assert_close(functx.jit(_add_then_mul)(a2, b2), _add_then_mul(a.clone(), b.clone()))
+
+
+def _scale_in_place(v):
+    v.mul_(2)
+    v[0] = 7.0
+    return v.sum()
+
+
+@pytest.mark.parametrize("how", ["in_dims=0", "in_dims=1", "nested", "chunked", "under jit"])
+def test_vmap_writes_into_inputs_reach_the_callers_tensors(how):
+    """As in torch.func (they did not: the caller's tensor was left unchanged)."""
+    def run(tf, x):
+        if how == "in_dims=1":
+            return tf.vmap(_scale_in_place, in_dims=1)(x)
+        if how == "nested":
+            return tf.vmap(tf.vmap(_scale_in_place))(x)
+        if how == "chunked":
+            return tf.vmap(_scale_in_place, chunk_size=2)(x)
+        if how == "under jit" and tf is functx:
+            return functx.jit(functx.vmap(_scale_in_place))(x)
+        return tf.vmap(_scale_in_place)(x)
+    make = lambda: torch.arange(24.0).reshape(2, 3, 4) if how == "nested" else torch.arange(12.0).reshape(3, 4)  # noqa: E731
+    got_x, want_x = make(), make()
+    torch.testing.assert_close(run(functx, got_x), run(torch.func, want_x))
+    torch.testing.assert_close(got_x, want_x)
+
+
+_BASE = torch.arange(12.0, dtype=D).reshape(3, 4)
+_STRIDED = {"transposed": lambda: _BASE.t(), "a slice (storage offset)": lambda: _BASE[1:],
+            "contiguous": lambda: _BASE.clone()}
+
+
+@pytest.mark.parametrize("layout", sorted(_STRIDED))
+@pytest.mark.parametrize("offset", [None, 5])
+def test_as_strided_reads_the_arguments_real_layout(layout, offset):
+    """as_strided reads storage; functx read every argument as if contiguous (issue 9, class 11)."""
+    def f(x):
+        return torch.as_strided(x, (2, 2), (1, 3), offset).sin()
+    x = _STRIDED[layout]()
+    want = f(x)
+    torch.testing.assert_close(functx.jit(f)(x), want)
+    torch.testing.assert_close(functx.jit(f)(x.contiguous()), f(x.contiguous()))   # keyed by layout
+    t = torch.randn_like(x)
+    torch.testing.assert_close(functx.jvp(f, (x,), (t,))[1], torch.func.jvp(f, (x,), (t,))[1])
+    torch.testing.assert_close(functx.grad(lambda x: f(x).sum())(x), torch.func.grad(lambda x: f(x).sum())(x))
+
+
+def test_as_strided_that_reads_outside_the_argument_or_writes_raises():
+    x = _BASE[:, ::2]                  # its storage has elements x does not cover
+    with pytest.raises(functx.FunctxError, match="reads memory outside the argument"):
+        functx.jit(lambda x: torch.as_strided(x, (2, 3), (1, 2)))(x)
+
+    def writes(x):
+        y = torch.as_strided(x, (2, 2), (1, 3))
+        y.mul_(2)
+        return y
+    with pytest.raises(functx.FunctxError, match="writing through as_strided of a non-contiguous argument"):
+        functx.jit(writes)(_BASE.t())
+    with pytest.raises(functx.FunctxError, match="not contiguous in memory"):   # one example's layout
+        functx.vmap(lambda r: torch.as_strided(r, (2,), (2,)), in_dims=1)(_BASE.clone())
+
+
+def test_jit_keys_on_layouts_only_once_a_trace_reads_them():
+    """A function that never reads layouts keeps one trace for rows of a batch (different
+    storage offsets); one that does (as_strided with an explicit offset) traces per layout."""
+    rows = torch.arange(12.0, dtype=D).reshape(3, 4)
+    plain = functx.jit(lambda r: r * 2)
+    for r in rows:
+        plain(r)
+    assert plain.cache_size() == 1
+    f = lambda r, offset: torch.as_strided(r, (2,), (2,), offset)  # noqa: E731
+    jf = functx.jit(f)
+    for x, offset in ((rows[0], 1), (rows[1], 5), (rows[1], None), (rows.clone()[0], 0), (rows[2], 9)):
+        torch.testing.assert_close(jf(x, offset), f(x, offset))
