@@ -123,7 +123,6 @@ class JitFunction:
         self._fast: dict = {}          # flat positional key -> entry (same entries as _cache)
         self._last_key = None
         self._last_entry = None
-        self.trace_count = 0
         self._reads_layouts = False     # set once a trace reads an argument's layout (as_strided)
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
@@ -179,7 +178,6 @@ class JitFunction:
                 graph = trace_graph(self.f, args, kwargs, nums, "functx.jit", mutations=True,
                                     static_argnames=self.static_argnames, dynamic_scalars=True,
                                     arg_names=lambda k: self._namer(paths[k]))
-            self.trace_count += 1
             if layouts.read and not self._reads_layouts:
                 # The graph depends on its arguments' strides and offsets: from now on they are
                 # part of every key (and the fast path, which omits them, is off).
