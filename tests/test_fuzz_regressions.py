@@ -32,3 +32,19 @@ def test_std_and_cdist_propagate_nan():
     torch.testing.assert_close(got, want, equal_nan=True)
     a, b = torch.tensor([[NAN, 1.0]]), torch.tensor([[0.0, 1.0]])
     torch.testing.assert_close(functx.jit(torch.cdist)(a, b), torch.cdist(a, b), equal_nan=True)
+
+
+# ---------------------------------------------------------------- relu keeps -0.0
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_relu_of_negative_zero_is_negative_zero(backend):
+    x = torch.tensor([-0.0, 0.0, -1.0, 2.0, NAN])
+    got = functx.jit(torch.relu, backend=backend)(x)
+    want = torch.relu(x)
+    torch.testing.assert_close(got, want, equal_nan=True)
+    assert torch.equal(got.signbit(), want.signbit())
+    # and its derivative stays torch's: 0 at zero and at NaN
+    xd = x.double()
+    g = functx.grad(lambda x: torch.relu(x).sum())(xd)
+    _, pull = torch.func.vjp(torch.relu, xd)
+    torch.testing.assert_close(g, pull(torch.ones_like(xd))[0])
