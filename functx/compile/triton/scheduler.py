@@ -29,6 +29,9 @@ def lowerable(eqn) -> str | None:
         return f"dtype {bad[0]} has no Triton lowering"
     if p.effectful:
         return f"{p.name} is effectful"
+    if any(0 in t.shape for t in types):
+        # No work for a kernel, and index math over a size-0 dimension would divide by 0.
+        return "a size-0 operand (torch computes the empty or identity result)"
     if p.kind == REDUCTION:
         return None if p.combine is not None else f"{p.name} has no combine op for the Triton backend"
     if p.kind != POINTWISE:
