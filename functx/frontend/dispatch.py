@@ -15,6 +15,7 @@ from torch._decomp import decomposition_table
 from ..core.errors import FunctxError, user_frame_summary
 from ..core.trace import concrete
 from .fallback import opaque_fallback
+from .kernel_check import check_kernel_accepts, is_pointwise
 from .functionalize import make_view, unwrap, unwrap_tree, value_of, write
 from .lowerings.registry import LOWERINGS, SPECIAL, register_special
 from .tensor import TracerTensor
@@ -38,6 +39,8 @@ def dispatch(func, args, kwargs):
     special = SPECIAL.get(func)
     if special is not None:
         return special(*args, **kwargs)
+    if is_pointwise(func):
+        check_kernel_accepts(func, args, kwargs)
     lowering = LOWERINGS.get(func)
     if lowering is not None:
         if func.is_view:
