@@ -48,3 +48,66 @@ def test_relu_of_negative_zero_is_negative_zero(backend):
     g = functx.grad(lambda x: torch.relu(x).sum())(xd)
     _, pull = torch.func.vjp(torch.relu, xd)
     torch.testing.assert_close(g, pull(torch.ones_like(xd))[0])
+
+
+# ---------------------------------------------------------------- Triton: reductions over size-0 dims
+
+@pytest.mark.parametrize("f", [lambda x: torch.prod(x, 0), lambda x: (torch.sum(x, 0) + 1, x * 2),
+                               lambda x: torch.sum(x.reshape(0, 3), 0).exp()])
+def test_triton_reduction_over_an_empty_dimension(f):
+    x = torch.tensor([], dtype=torch.int64)
+    got, want = functx.jit(f, backend="triton")(x), f(x)
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+# ---------------------------------------------------------------- what eager PyTorch rejects, functx rejects
+
+def _raises_like_torch(f, *args):
+    with pytest.raises(Exception) as want:
+        f(*args)
+    with pytest.raises(want.type) as got:
+        functx.jit(f)(*args)
+    assert str(want.value).splitlines()[0] in str(got.value)
+
+
+L, B, D = torch.tensor([1, 2]), torch.tensor([True, False]), torch.tensor([1.0, 2.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("f, args", [
+    (torch.hypot, (L, L)),                                     # kernel not implemented for Long
+    (lambda b: b.clone().relu_(), (B,)),
+    (lambda a, b: a & b, (D, L)),                              # bitwise ops on floats
+    (lambda b, n: b.clone().sub_(n), (B, L)),                  # bool subtraction
+    (lambda b: b ** b, (B,)),
+    (lambda b: b // True, (B,)),
+    (lambda b: b % b, (B,)),
+    (lambda n: n.clone().add_(1.5), (L,)),                     # in-place result can't be cast
+], ids=["hypot-long", "relu-bool", "and-double", "sub-bool", "pow-bool", "floordiv-bool", "rem-bool",
+        "add_-cast"])
+def test_kernel_dtype_rules(f, args):
+    _raises_like_torch(f, *args)
+
+
+def test_kernel_dtype_check_ignores_value_dependent_errors():
+    f = lambda d: torch.mvlgamma(d + 10, 5)     # a domain check on values: fine for these
+    torch.testing.assert_close(functx.jit(f)(D), f(D))
+
+
+@pytest.mark.parametrize("f", [lambda x: torch.max(x), lambda x: torch.amax(x, 0), lambda x: torch.argmax(x),
+                               lambda x: torch.argmax(x, 0), lambda x: torch.max(x, 0),
+                               lambda x: torch.amax(x, ()), lambda x: torch.amin(x, -2)])
+def test_extrema_of_nothing_raise(f):
+    _raises_like_torch(f, torch.empty(0, 3))
+    f(torch.empty(2, 3))        # and are fine with elements
+
+
+@pytest.mark.parametrize("fn", [torch.softmax, torch.log_softmax])
+@pytest.mark.parametrize("shape, dim", [((0,), 0), ((2, 0), 1), ((0, 3), 0)])
+def test_softmax_over_an_empty_dimension_under_grad(fn, shape, dim):
+    x = torch.randn(shape, dtype=torch.float64)
+    f = lambda x: fn(x, dim)
+    got = functx.vjp(f, x)[1](torch.ones(shape, dtype=torch.float64))
+    want = torch.func.vjp(f, x)[1](torch.ones(shape, dtype=torch.float64))
+    assert got[0].shape == want[0].shape
+    assert torch.equal(functx.jit(f)(x), f(x))

@@ -84,6 +84,8 @@ def _shifted_rows(x, dim, half_to_float):
     t = _t(x)
     d = wrap_dim(dim, t.ndim)
     kept = tuple(i for i in range(t.ndim) if i != d)
+    if t.shape[d] == 0:     # empty rows: nothing to shift (a max of nothing does not exist)
+        return x, d, kept, t
     m = P.stop_gradient(P.reduce_max(x, (d,)))
     return P.sub(x, P.broadcast_in_dim(m, t.shape, kept)), d, kept, t
 
