@@ -111,3 +111,21 @@ def test_softmax_over_an_empty_dimension_under_grad(fn, shape, dim):
     want = torch.func.vjp(f, x)[1](torch.ones(shape, dtype=torch.float64))
     assert got[0].shape == want[0].shape
     assert torch.equal(functx.jit(f)(x), f(x))
+
+
+# ---------------------------------------------------------------- floor division at the edges
+
+@pytest.mark.parametrize("transform", ["jit", "vmap"])
+def test_floor_divide_matches_torch_at_infinities_zeros_and_signs(transform):
+    inf = math.inf
+    a = torch.tensor([3.0, -inf, inf, 5.0, -5.0, 0.0, -0.0, 7.0, 1e-30, 3.0, NAN, 2.5, -7.0])
+    b = torch.tensor([-inf, 1.0, 1.0, 0.0, 0.0, 3.0, 3.0, -2.0, 3.0, inf, 1.0, 0.5, 2.0])
+    for f in (lambda a, b: a // b, lambda a, b: torch.div(a, b, rounding_mode="floor"),
+              lambda a, b: a // 2.0, lambda a, b: 3.0 // b):
+        got = functx.jit(f)(a, b) if transform == "jit" else functx.vmap(f)(a, b)
+        want = f(a, b)
+        torch.testing.assert_close(got, want, equal_nan=True)
+        zeros = want == 0
+        assert torch.equal(got[zeros].signbit(), want[zeros].signbit())
+    g = functx.grad(lambda a: (a // 2.0).sum() + (3.0 // a).sum())(torch.tensor([3.0, 4.0]))
+    assert torch.equal(g, torch.zeros(2))       # piecewise constant, as torch's formula says

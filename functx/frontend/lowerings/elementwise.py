@@ -153,9 +153,27 @@ def _div_mode(x, y, rounding_mode=None):
         return _div(x, y)
     dtype = result_type(x, y)
     if dtype.is_floating_point:
-        q = elementwise(P.div, x, y)
-        return P.floor(q) if rounding_mode == "floor" else P.trunc(q)
+        if rounding_mode == "floor":
+            return elementwise(_floor_div_float, x, y)
+        return P.trunc(elementwise(P.div, x, y))
     return elementwise(lambda a, b: P.idiv(a, b, rounding_mode), x, y)
+
+
+def _floor_div_float(a, b):
+    """torch's div_floor_floating (c10/util/generic_math.h), not floor(a / b): the quotient
+    of a - fmod(a, b), so 3 // -inf is -1 and inf // 1 is nan; a / b when b == 0; a zero
+    quotient carries the sign of a / b. Piecewise constant: derivative 0, as in torch."""
+    t = _t(b) if isinstance(a, (int, float)) else _t(a)
+    a, b = (P.full(t.shape, float(v), t.dtype, t.device) if isinstance(v, (int, float)) else v
+            for v in (a, b))
+    q = P.div(a, b)
+    mod = P.rem(a, b)
+    d = P.div(P.sub(a, mod), b)
+    d = P.where(P.bitwise_and(P.ne(mod, 0.0), P.ne(P.lt(b, 0.0), P.lt(mod, 0.0))), P.sub(d, 1.0), d)
+    fl = P.floor(d)
+    fl = P.where(P.gt(P.sub(d, fl), 0.5), P.add(fl, 1.0), fl)
+    out = P.where(P.eq(b, 0.0), q, P.where(P.ne(d, 0.0), fl, P.mul(q, 0.0)))
+    return P.stop_gradient(out)
 
 
 @register(aten.floor_divide.default, aten.floor_divide.Scalar)
