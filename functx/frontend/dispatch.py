@@ -1,6 +1,7 @@
 """ATen op -> primitives: the order in which an op is handled.
 
-1. special ops that need the wrappers themselves (copy_, item, ...);
+1. special ops that need the wrappers themselves (copy_, item, ...); then, for pointwise
+   ops, the dtype rules of torch's kernels (kernel_check.py);
 2. our lowering table (frontend/lowerings/); view ops there also record aliasing
    (frontend/functionalize.py);
 3. in-place ops: the functional variant, then a functionalized write;
