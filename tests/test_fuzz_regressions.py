@@ -129,3 +129,14 @@ def test_floor_divide_matches_torch_at_infinities_zeros_and_signs(transform):
         assert torch.equal(got[zeros].signbit(), want[zeros].signbit())
     g = functx.grad(lambda a: (a // 2.0).sum() + (3.0 // a).sum())(torch.tensor([3.0, 4.0]))
     assert torch.equal(g, torch.zeros(2))       # piecewise constant, as torch's formula says
+
+
+# ---------------------------------------------------------------- constant folding of where with a literal
+
+def test_constant_folding_gives_where_literals_the_value_dtype():
+    def f(x):
+        ones = torch.ones_like(x, dtype=torch.float32)       # a constant: the graph folds it
+        return torch.clamp(ones, -0.5, 0.5), torch.where(ones < 0, ones, -0.5), torch.full_like(ones, 2) >= 1.5
+    x = torch.tensor(-4)
+    for got, want in zip(functx.jit(f)(x), f(x)):
+        assert got.dtype == want.dtype and torch.equal(got, want)
