@@ -140,3 +140,18 @@ def test_constant_folding_gives_where_literals_the_value_dtype():
     x = torch.tensor(-4)
     for got, want in zip(functx.jit(f)(x), f(x)):
         assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+# ---------------------------------------------------------------- cummax/cummin: NaN and empty inputs
+
+@pytest.mark.parametrize("fn", [torch.cummax, torch.cummin])
+def test_cumulative_extrema_propagate_nan_and_accept_empty_inputs(fn):
+    x = torch.tensor([[1.0, NAN, 3.0, NAN, -1.0], [2.0, 0.5, 4.0, 4.0, -math.inf]], dtype=torch.float64)
+    for arg in (x, torch.empty(0, 3), torch.empty(3, 0)):
+        want = fn(arg, 1 if arg.dim() > 1 and arg.shape[1] else 0)
+        got = functx.jit(lambda a: tuple(fn(a, 1 if a.dim() > 1 and a.shape[1] else 0)))(arg)
+        torch.testing.assert_close(got[0], want.values, equal_nan=True)
+        assert torch.equal(got[1], want.indices)
+    g = functx.grad(lambda a: fn(a, 1).values.nan_to_num().sum())(x)
+    _, pull = torch.func.vjp(lambda a: fn(a, 1).values.nan_to_num(), x)
+    torch.testing.assert_close(g, pull(torch.ones_like(x))[0])

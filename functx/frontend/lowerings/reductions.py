@@ -193,7 +193,7 @@ def _cum_extremum(name, is_max):
 
     def lower(x, dim):
         t = _t(x)
-        if _cum_too_big(x, dim) or t.dtype is torch.bool:
+        if _cum_too_big(x, dim) or t.dtype is torch.bool or t.numel == 0:
             if t.ndim == 0:
                 return x, P.full((), 0, torch.int64, t.device)
             return _opaque(op, x, dim)
@@ -208,6 +208,10 @@ def _cum_extremum(name, is_max):
         # torch picks the last position that attains the running extremum
         j = P.iota(full, len(full) - 1, torch.int64, t.device)
         idx = P.reduce_max(P.where(hit, j, P.full(full, -1, torch.int64, t.device)), (len(full) - 1,))
+        if t.dtype.is_floating_point:    # torch: from a NaN on, the NaN (the last one seen) wins
+            at_nan = P.reduce_max(P.where(P.ne(masked, masked), j, P.full(full, -1, torch.int64, t.device)),
+                                  (len(full) - 1,))
+            idx = P.where(P.ge(at_nan, 0), at_nan, idx)
         idx = _cum_restore(idx, perm)
         return P.take_along_axis(x, idx, wrap_dim(dim, t.ndim)), idx
     return lower
@@ -222,7 +226,7 @@ def _logcumsumexp(x, dim):
     t = _t(x)
     if t.ndim == 0:
         return x
-    if _cum_too_big(x, dim) or not t.dtype.is_floating_point:
+    if _cum_too_big(x, dim) or not t.dtype.is_floating_point or t.numel == 0:
         return _opaque(aten.logcumsumexp.default, x, dim)
     masked, mask, perm = _cum_masked(x, dim, -math.inf)
     last = len(perm)
