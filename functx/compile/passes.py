@@ -134,7 +134,9 @@ def _evaluate_scalar(e, values):
         return values[0]
     try:
         dtypes = [a.type.dtype if isinstance(a, Var) else None for a in e.inputs]
-        ref = next((d for d in dtypes if d is not None), out.dtype)
+        # A literal has its operation's value dtype: the output's, or for a comparison (bool
+        # out) its tensor operand's; not where's predicate's (-0.5 as a bool is True).
+        ref = out.dtype if out.dtype != torch.bool else next((d for d in dtypes if d is not None), out.dtype)
         args = [torch.tensor(v, dtype=d or ref) for v, d in zip(values, dtypes)]
         res = e.prim.impl(*args, **e.params)
     except Exception:

@@ -1,6 +1,7 @@
 """ATen op -> primitives: the order in which an op is handled.
 
-1. special ops that need the wrappers themselves (copy_, item, ...);
+1. special ops that need the wrappers themselves (copy_, item, ...); then, for pointwise
+   ops, the dtype rules of torch's kernels (kernel_check.py);
 2. our lowering table (frontend/lowerings/); view ops there also record aliasing
    (frontend/functionalize.py);
 3. in-place ops: the functional variant, then a functionalized write;
@@ -15,6 +16,7 @@ from torch._decomp import decomposition_table
 from ..core.errors import FunctxError, user_frame_summary
 from ..core.trace import concrete
 from .fallback import opaque_fallback
+from .kernel_check import check_kernel_accepts, is_pointwise
 from .functionalize import make_view, unwrap, unwrap_tree, value_of, write
 from .lowerings.registry import LOWERINGS, SPECIAL, register_special
 from .tensor import TracerTensor
@@ -38,6 +40,8 @@ def dispatch(func, args, kwargs):
     special = SPECIAL.get(func)
     if special is not None:
         return special(*args, **kwargs)
+    if is_pointwise(func):
+        check_kernel_accepts(func, args, kwargs)
     lowering = LOWERINGS.get(func)
     if lowering is not None:
         if func.is_view:

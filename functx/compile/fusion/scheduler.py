@@ -36,6 +36,9 @@ def lowerable(eqn, dtypes, expression, backend: str) -> str | None:
         return "an empty tensor (nothing to compute; its index math would divide by zero)"
     if p.effectful:
         return f"{p.name} is effectful"
+    if any(0 in t.shape for t in types):
+        # No work for a kernel, and index math over a size-0 dimension would divide by 0.
+        return "a size-0 operand (torch computes the empty or identity result)"
     if p.kind == REDUCTION:
         return None if p.combine is not None else f"{p.name} has no combine op for the {backend} backend"
     if p.kind != POINTWISE:

@@ -168,20 +168,20 @@ def _div_mode(x, y, rounding_mode=None):
 
 
 def _floor_div_float(a, b):
-    """torch's div_floor_floating (Python's float //): from fmod, so 3 // 0.1 is 29, not
-    floor(3 / 0.1) = 30."""
-    if isinstance(b, SCALARS) and b == 0:
-        return P.div(a, b)
+    """torch's div_floor_floating (c10/util/generic_math.h), not floor(a / b): the quotient
+    of a - fmod(a, b), so 3 // -inf is -1 and inf // 1 is nan; a / b when b == 0; a zero
+    quotient carries the sign of a / b. Piecewise constant: derivative 0, as in torch."""
+    t = _t(b) if isinstance(a, (int, float)) else _t(a)
+    a, b = (P.full(t.shape, float(v), t.dtype, t.device) if isinstance(v, (int, float)) else v
+            for v in (a, b))
+    q = P.div(a, b)
     mod = P.rem(a, b)
-    div = P.div(P.sub(a, mod), b)
-    b_negative = b < 0 if isinstance(b, SCALARS) else P.lt(b, 0.0)
-    off_sign = P.bitwise_and(P.ne(mod, 0.0), P.ne(P.lt(mod, 0.0), b_negative))
-    div = P.where(off_sign, P.sub(div, 1.0), div)
-    floored = P.floor(div)
-    floored = P.where(P.gt(P.sub(div, floored), 0.5), P.add(floored, 1.0), floored)
-    exact = P.div(a, b)
-    floored = P.where(P.ne(div, 0.0), floored, P.mul(exact, 0.0))    # a zero with the sign of a / b
-    return floored if isinstance(b, SCALARS) else P.where(P.eq(b, 0.0), exact, floored)
+    d = P.div(P.sub(a, mod), b)
+    d = P.where(P.bitwise_and(P.ne(mod, 0.0), P.ne(P.lt(b, 0.0), P.lt(mod, 0.0))), P.sub(d, 1.0), d)
+    fl = P.floor(d)
+    fl = P.where(P.gt(P.sub(d, fl), 0.5), P.add(fl, 1.0), fl)
+    out = P.where(P.eq(b, 0.0), q, P.where(P.ne(d, 0.0), fl, P.mul(q, 0.0)))
+    return P.stop_gradient(out)
 
 
 def _weak_if(*args_then_out):

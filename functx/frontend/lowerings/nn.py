@@ -29,9 +29,10 @@ prims_ns = torch.ops.prims
 
 @register(aten.relu.default)
 def _relu(x):
-    # torch's relu: derivative 0 at x == 0 (not max's tie split); NaN propagates.
+    # torch's relu (clamp_min(x, 0)): x itself at x == 0 (relu(-0.0) is -0.0) with derivative
+    # 0 there (not max's tie split); NaN propagates with derivative 1 (threshold_backward's).
     zero = 0.0 if _t(x).dtype.is_floating_point else 0
-    return P.where(P.le(x, zero), zero, x)
+    return P.where(P.lt(x, zero), zero, P.where(P.eq(x, zero), P.stop_gradient(x), x))
 
 
 # ---------------------------------------------------------------- hardtanh (relu6)
@@ -83,6 +84,8 @@ def _shifted_rows(x, dim, half_to_float):
     t = _t(x)
     d = wrap_dim(dim, t.ndim)
     kept = tuple(i for i in range(t.ndim) if i != d)
+    if t.shape[d] == 0:     # empty rows: nothing to shift (a max of nothing does not exist)
+        return x, d, kept, t
     m = P.stop_gradient(P.reduce_max(x, (d,)))
     return P.sub(x, P.broadcast_in_dim(m, t.shape, kept)), d, kept, t
 
@@ -129,14 +132,14 @@ def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
         if ord == 2:
             powered = P.mul(x, x)
         else:   # |x|^p with zero derivative at x = 0 (torch masks those), value 0 or inf there
-            nonzero = P.gt(a, 0.0)
+            nonzero = P.ne(a, 0.0)      # not gt: a NaN must stay NaN
             powered = P.where(nonzero, P.pow_(P.where(nonzero, a, 1.0), float(ord)),
                               0.0 if ord > 0 else math.inf)
         s = P.reduce_sum(powered, axes)
         if ord < 0:
             out = P.pow_(s, 1.0 / ord)
         else:
-            positive = P.gt(s, 0.0)
+            positive = P.ne(s, 0.0)     # s >= 0 or NaN, which must propagate
             safe = P.where(positive, s, 1.0)
             root = P.sqrt(safe) if ord == 2 else P.pow_(safe, 1.0 / ord)
             out = P.where(positive, root, 0.0)
@@ -146,9 +149,10 @@ def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
 # ---------------------------------------------------------------- distances, hypot
 
 def _safe_root(s, p):
-    """s ** (1/p) with a zero derivative at s == 0 (torch's norm/cdist backward convention)."""
+    """s ** (1/p) with a zero derivative at s == 0 (torch's norm/cdist backward convention);
+    s >= 0 or NaN, and a NaN propagates (value and derivative), so the test is s != 0."""
     t = _t(s)
-    pos = P.gt(s, 0.0)
+    pos = P.ne(s, 0.0)
     safe = P.where(pos, s, P.full(t.shape, 1.0, t.dtype, t.device))
     r = P.sqrt(safe) if p == 2 else P.pow_(safe, 1.0 / p)
     return P.where(pos, r, _zeros(t))
@@ -192,8 +196,8 @@ def _hypot(a, b):
 # std of constant data, sinc at 0, hardsigmoid/hardswish at +-3 (strict boundaries).
 
 def _safe_sqrt(v):
-    """sqrt with derivative 0 (not inf*0 = nan) where v == 0."""
-    positive = P.gt(v, 0.0)
+    """sqrt with derivative 0 (not inf*0 = nan) where v == 0; a NaN v stays NaN."""
+    positive = P.ne(v, 0.0)
     return P.where(positive, P.sqrt(P.where(positive, v, 1.0)), 0.0)
 
 

@@ -54,20 +54,42 @@ def _mean_all(x, dtype=None):
     return _mean(x, None, False, dtype)
 
 
-def _extremum(reducer):
+def _require_nonempty(name, x, dim):
+    """torch's check (and exception type): an extremum (or its index) of no elements does not exist."""
+    t = _t(x)
+    if dim is None or (isinstance(dim, (tuple, list)) and not dim):
+        if t.numel == 0:
+            raise (IndexError if name.startswith("arg") else RuntimeError)(f"{name}(): Expected reduction dim to be specified for input.numel() == 0. "
+                               "Specify the reduction dim with the 'dim' argument.")
+        return
+    for d in (dim if isinstance(dim, (tuple, list)) else (dim,)):
+        if t.ndim and t.shape[wrap_dim(d, t.ndim)] == 0:
+            raise IndexError(f"{name}(): Expected reduction dim {d} to have non-zero size.")
+
+
+def _extremum(name, reducer):
     def lower(x, dim=None, keepdim=False):
+        _require_nonempty(name, x, dim)
         return _reduce(reducer, x, dim, keepdim)
     return lower
 
 
-register(aten.amax.default)(_extremum(P.reduce_max))
-register(aten.amin.default)(_extremum(P.reduce_min))
-register(aten.max.default)(lambda x: P.reduce_max(x, tuple(range(_t(x).ndim))))
-register(aten.min.default)(lambda x: P.reduce_min(x, tuple(range(_t(x).ndim))))
+def _extremum_all(name, reducer):
+    def lower(x):
+        _require_nonempty(name, x, None)
+        return reducer(x, tuple(range(_t(x).ndim)))
+    return lower
 
 
-def _arg(fn):
+register(aten.amax.default)(_extremum("amax", P.reduce_max))
+register(aten.amin.default)(_extremum("amin", P.reduce_min))
+register(aten.max.default)(_extremum_all("max", P.reduce_max))
+register(aten.min.default)(_extremum_all("min", P.reduce_min))
+
+
+def _arg(name, fn):
     def lower(x, dim=None, keepdim=False):
+        _require_nonempty(name, x, dim)
         t = _t(x)
         if dim is None:
             out = fn(P.reshape(x, (t.numel,)), 0)
@@ -79,8 +101,8 @@ def _arg(fn):
     return lower
 
 
-register(aten.argmax.default)(_arg(P.argmax))
-register(aten.argmin.default)(_arg(P.argmin))
+register(aten.argmax.default)(_arg("argmax", P.argmax))
+register(aten.argmin.default)(_arg("argmin", P.argmin))
 
 
 @register(aten.prod.dim_int)
@@ -115,8 +137,9 @@ def _cumsum(x, dim, dtype=None):
 # torch sends the gradient of max(dim)/min(dim) to the index it returns (amax/amin split it
 # among ties); taking the values with a gather at that index gives exactly that.
 
-def _extremum_at_index(arg):
+def _extremum_at_index(name, arg):
     def lower(x, dim, keepdim=False):
+        _require_nonempty(name, x, dim)
         t = _t(x)
         if t.ndim == 0:
             return x, P.full((), 0, torch.int64, t.device)
@@ -130,8 +153,8 @@ def _extremum_at_index(arg):
     return lower
 
 
-register(aten.max.dim)(_extremum_at_index(P.argmax))
-register(aten.min.dim)(_extremum_at_index(P.argmin))
+register(aten.max.dim)(_extremum_at_index("max", P.argmax))
+register(aten.min.dim)(_extremum_at_index("min", P.argmin))
 
 
 # ---------------------------------------------------------------- cumulative ops (masked, O(n^2) along the axis)
@@ -170,7 +193,7 @@ def _cum_extremum(name, is_max):
 
     def lower(x, dim):
         t = _t(x)
-        if _cum_too_big(x, dim) or t.dtype is torch.bool:
+        if _cum_too_big(x, dim) or t.dtype is torch.bool or t.numel == 0:
             if t.ndim == 0:
                 return x, P.full((), 0, torch.int64, t.device)
             return _opaque(op, x, dim)
@@ -185,6 +208,10 @@ def _cum_extremum(name, is_max):
         # torch picks the last position that attains the running extremum
         j = P.iota(full, len(full) - 1, torch.int64, t.device)
         idx = P.reduce_max(P.where(hit, j, P.full(full, -1, torch.int64, t.device)), (len(full) - 1,))
+        if t.dtype.is_floating_point:    # torch: from a NaN on, the NaN (the last one seen) wins
+            at_nan = P.reduce_max(P.where(P.ne(masked, masked), j, P.full(full, -1, torch.int64, t.device)),
+                                  (len(full) - 1,))
+            idx = P.where(P.ge(at_nan, 0), at_nan, idx)
         idx = _cum_restore(idx, perm)
         return P.take_along_axis(x, idx, wrap_dim(dim, t.ndim)), idx
     return lower
@@ -199,7 +226,7 @@ def _logcumsumexp(x, dim):
     t = _t(x)
     if t.ndim == 0:
         return x
-    if _cum_too_big(x, dim) or not t.dtype.is_floating_point:
+    if _cum_too_big(x, dim) or not t.dtype.is_floating_point or t.numel == 0:
         return _opaque(aten.logcumsumexp.default, x, dim)
     masked, mask, perm = _cum_masked(x, dim, -math.inf)
     last = len(perm)

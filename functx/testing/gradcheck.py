@@ -13,11 +13,11 @@ import math
 
 import torch
 
-from .compile import jit as functx_jit
-from .core.trace import concrete
-from .frontend import unwrap
-from .transforms import jacfwd, jacrev, jvp, vjp
-from .tree_util import tree_flatten, tree_unflatten
+from ..compile import jit as functx_jit
+from ..core.trace import concrete
+from ..frontend import unwrap
+from ..transforms import jacfwd, jacrev, jvp, vjp
+from ..tree_util import tree_flatten, tree_unflatten
 
 __all__ = ["check_grads", "check_jvp", "check_vjp", "check_transforms", "TransformReport",
            "numerical_jvp", "default_tolerances"]

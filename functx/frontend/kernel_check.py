@@ -1,0 +1,81 @@
+"""Dtype rules that live in PyTorch's kernels, not in its meta functions: "hypot_cpu" not
+implemented for 'Long', subtraction or relu of bools, bitwise ops on floats. functx's
+lowerings compute in dtypes of their own and would accept them, so before a pointwise op
+is lowered, torch's own kernel runs once on one-element tensors of the same dtypes, ranks
+and device (cached per signature), and what it raises is raised here."""
+from __future__ import annotations
+
+import torch
+from torch.utils._pytree import tree_map
+
+from ..core.errors import user_frame_summary
+
+# Probe values: an error that some of them avoid depends on values (mvlgamma's domain,
+# integer powers), which a trace does not know, so only an error raised for all is a rule.
+_PROBE_VALUES = (1, 2, 100)
+_VERDICTS: dict = {}
+
+
+def _leaf_key(x):
+    kind = type(x)
+    if kind is float or kind is int or kind is bool:
+        return kind, x
+    if isinstance(x, torch.Tensor):
+        return x.dtype, x.ndim, x.device
+    if kind is list or kind is tuple:
+        return tuple([_leaf_key(v) for v in x])
+    return x if isinstance(x, (str, torch.dtype, type(None))) else repr(x)
+
+
+def _signature(args, kwargs):
+    key = [_leaf_key(a) for a in args]
+    if kwargs:
+        key += [(k, _leaf_key(v)) for k, v in kwargs.items()]
+    return tuple(key)
+
+
+def _probe(func, args, kwargs, value):
+    def one(x):
+        if isinstance(x, torch.Tensor):
+            return torch.full((1,) * x.dim(), value, dtype=x.dtype, device=x.device)
+        return x
+    with torch.no_grad():
+        func(*tree_map(one, args), **tree_map(one, kwargs))
+
+
+def _verdict(func, args, kwargs):
+    """None if torch's kernel accepts these dtypes, else the (type, message) it raises."""
+    first = None
+    for value in _PROBE_VALUES:
+        try:
+            _probe(func, args, kwargs, value)
+            return None
+        except Exception as e:     # torch's kernel rejected the probe: remember why
+            first = first or (type(e), str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return first
+
+
+def check_kernel_accepts(func, args, kwargs):
+    """Raise what eager PyTorch raises for this pointwise op's dtypes, if it does."""
+    key = (func, _signature(args, kwargs))
+    if key not in _VERDICTS:
+        _VERDICTS[key] = _verdict(func, args, kwargs)
+    verdict = _VERDICTS[key]
+    if verdict is not None:
+        kind, message = verdict
+        message = f"{message}\n(eager PyTorch rejects {func} for these dtypes)\n{user_frame_summary()}"
+        try:
+            error = kind(message)
+        except Exception:          # an exception type with another constructor
+            error = RuntimeError(message)
+        raise error
+
+
+_POINTWISE: dict = {}
+
+
+def is_pointwise(func) -> bool:
+    answer = _POINTWISE.get(func)
+    if answer is None:
+        answer = _POINTWISE[func] = torch.Tag.pointwise in func.tags
+    return answer

@@ -1,0 +1,157 @@
+"""Disagreements the differential fuzzer (test_fuzz.py) found, each pinned by its smallest
+program and checked against eager PyTorch / torch.func."""
+import math
+
+import pytest
+import torch
+
+import functx
+
+NAN = math.nan
+
+
+# ---------------------------------------------------------------- NaN through the safe roots
+# norm / std / cdist guard their root with a where on "s > 0" for a finite derivative at 0;
+# a NaN s failed the test and came out as 0.
+
+@pytest.mark.parametrize("p", [2, 3, 0.5])
+@pytest.mark.parametrize("transform", ["jit", "vmap"])
+def test_norm_propagates_nan(p, transform):
+    x = torch.tensor([[1e-6, NAN, -2.5], [1.0, 2.0, 3.0]], dtype=torch.float64)
+    f = lambda x: torch.norm(x, dim=(0,), p=p)
+    want = torch.stack([f(r) for r in x])
+    got = functx.vmap(f)(x) if transform == "vmap" else torch.stack([functx.jit(f)(r) for r in x])
+    torch.testing.assert_close(got, want, equal_nan=True)
+
+
+def test_std_and_cdist_propagate_nan():
+    one = torch.tensor([0.5], dtype=torch.float64)          # std of one element: nan
+    t = torch.tensor([1.0], dtype=torch.float64)
+    got = functx.jvp(lambda x: torch.std(x), (one,), (t,))
+    want = torch.func.jvp(lambda x: torch.std(x), (one,), (t,))
+    torch.testing.assert_close(got, want, equal_nan=True)
+    a, b = torch.tensor([[NAN, 1.0]]), torch.tensor([[0.0, 1.0]])
+    torch.testing.assert_close(functx.jit(torch.cdist)(a, b), torch.cdist(a, b), equal_nan=True)
+
+
+# ---------------------------------------------------------------- relu keeps -0.0
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_relu_of_negative_zero_is_negative_zero(backend):
+    x = torch.tensor([-0.0, 0.0, -1.0, 2.0, NAN])
+    got = functx.jit(torch.relu, backend=backend)(x)
+    want = torch.relu(x)
+    torch.testing.assert_close(got, want, equal_nan=True)
+    assert torch.equal(got.signbit(), want.signbit())
+    # and its derivative stays torch's: 0 at zero and at NaN
+    xd = x.double()
+    g = functx.grad(lambda x: torch.relu(x).sum())(xd)
+    _, pull = torch.func.vjp(torch.relu, xd)
+    torch.testing.assert_close(g, pull(torch.ones_like(xd))[0])
+
+
+# ---------------------------------------------------------------- Triton: reductions over size-0 dims
+
+@pytest.mark.parametrize("f", [lambda x: torch.prod(x, 0), lambda x: (torch.sum(x, 0) + 1, x * 2),
+                               lambda x: torch.sum(x.reshape(0, 3), 0).exp()])
+def test_triton_reduction_over_an_empty_dimension(f):
+    x = torch.tensor([], dtype=torch.int64)
+    got, want = functx.jit(f, backend="triton")(x), f(x)
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+# ---------------------------------------------------------------- what eager PyTorch rejects, functx rejects
+
+def _raises_like_torch(f, *args):
+    with pytest.raises(Exception) as want:
+        f(*args)
+    with pytest.raises(want.type) as got:
+        functx.jit(f)(*args)
+    assert str(want.value).splitlines()[0] in str(got.value)
+
+
+L, B, D = torch.tensor([1, 2]), torch.tensor([True, False]), torch.tensor([1.0, 2.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("f, args", [
+    (torch.hypot, (L, L)),                                     # kernel not implemented for Long
+    (lambda b: b.clone().relu_(), (B,)),
+    (lambda a, b: a & b, (D, L)),                              # bitwise ops on floats
+    (lambda b, n: b.clone().sub_(n), (B, L)),                  # bool subtraction
+    (lambda b: b ** b, (B,)),
+    (lambda b: b // True, (B,)),
+    (lambda b: b % b, (B,)),
+    (lambda n: n.clone().add_(1.5), (L,)),                     # in-place result can't be cast
+], ids=["hypot-long", "relu-bool", "and-double", "sub-bool", "pow-bool", "floordiv-bool", "rem-bool",
+        "add_-cast"])
+def test_kernel_dtype_rules(f, args):
+    _raises_like_torch(f, *args)
+
+
+def test_kernel_dtype_check_ignores_value_dependent_errors():
+    f = lambda d: torch.mvlgamma(d + 10, 5)     # a domain check on values: fine for these
+    torch.testing.assert_close(functx.jit(f)(D), f(D))
+
+
+@pytest.mark.parametrize("f", [lambda x: torch.max(x), lambda x: torch.amax(x, 0), lambda x: torch.argmax(x),
+                               lambda x: torch.argmax(x, 0), lambda x: torch.max(x, 0),
+                               lambda x: torch.amax(x, ()), lambda x: torch.amin(x, -2)])
+def test_extrema_of_nothing_raise(f):
+    _raises_like_torch(f, torch.empty(0, 3))
+    f(torch.empty(2, 3))        # and are fine with elements
+
+
+@pytest.mark.parametrize("fn", [torch.softmax, torch.log_softmax])
+@pytest.mark.parametrize("shape, dim", [((0,), 0), ((2, 0), 1), ((0, 3), 0)])
+def test_softmax_over_an_empty_dimension_under_grad(fn, shape, dim):
+    x = torch.randn(shape, dtype=torch.float64)
+    f = lambda x: fn(x, dim)
+    got = functx.vjp(f, x)[1](torch.ones(shape, dtype=torch.float64))
+    want = torch.func.vjp(f, x)[1](torch.ones(shape, dtype=torch.float64))
+    assert got[0].shape == want[0].shape
+    assert torch.equal(functx.jit(f)(x), f(x))
+
+
+# ---------------------------------------------------------------- floor division at the edges
+
+@pytest.mark.parametrize("transform", ["jit", "vmap"])
+def test_floor_divide_matches_torch_at_infinities_zeros_and_signs(transform):
+    inf = math.inf
+    a = torch.tensor([3.0, -inf, inf, 5.0, -5.0, 0.0, -0.0, 7.0, 1e-30, 3.0, NAN, 2.5, -7.0])
+    b = torch.tensor([-inf, 1.0, 1.0, 0.0, 0.0, 3.0, 3.0, -2.0, 3.0, inf, 1.0, 0.5, 2.0])
+    for f in (lambda a, b: a // b, lambda a, b: torch.div(a, b, rounding_mode="floor"),
+              lambda a, b: a // 2.0, lambda a, b: 3.0 // b):
+        got = functx.jit(f)(a, b) if transform == "jit" else functx.vmap(f)(a, b)
+        want = f(a, b)
+        torch.testing.assert_close(got, want, equal_nan=True)
+        zeros = want == 0
+        assert torch.equal(got[zeros].signbit(), want[zeros].signbit())
+    g = functx.grad(lambda a: (a // 2.0).sum() + (3.0 // a).sum())(torch.tensor([3.0, 4.0]))
+    assert torch.equal(g, torch.zeros(2))       # piecewise constant, as torch's formula says
+
+
+# ---------------------------------------------------------------- constant folding of where with a literal
+
+def test_constant_folding_gives_where_literals_the_value_dtype():
+    def f(x):
+        ones = torch.ones_like(x, dtype=torch.float32)       # a constant: the graph folds it
+        return torch.clamp(ones, -0.5, 0.5), torch.where(ones < 0, ones, -0.5), torch.full_like(ones, 2) >= 1.5
+    x = torch.tensor(-4)
+    for got, want in zip(functx.jit(f)(x), f(x)):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+# ---------------------------------------------------------------- cummax/cummin: NaN and empty inputs
+
+@pytest.mark.parametrize("fn", [torch.cummax, torch.cummin])
+def test_cumulative_extrema_propagate_nan_and_accept_empty_inputs(fn):
+    x = torch.tensor([[1.0, NAN, 3.0, NAN, -1.0], [2.0, 0.5, 4.0, 4.0, -math.inf]], dtype=torch.float64)
+    for arg in (x, torch.empty(0, 3), torch.empty(3, 0)):
+        want = fn(arg, 1 if arg.dim() > 1 and arg.shape[1] else 0)
+        got = functx.jit(lambda a: tuple(fn(a, 1 if a.dim() > 1 and a.shape[1] else 0)))(arg)
+        torch.testing.assert_close(got[0], want.values, equal_nan=True)
+        assert torch.equal(got[1], want.indices)
+    g = functx.grad(lambda a: fn(a, 1).values.nan_to_num().sum())(x)
+    _, pull = torch.func.vjp(lambda a: fn(a, 1).values.nan_to_num(), x)
+    torch.testing.assert_close(g, pull(torch.ones_like(x))[0])
