@@ -383,3 +383,11 @@ def test_max_and_min_propagate_nan_like_torch():
         check(lambda x: (x.amax(1), x.amin(1), torch.softmax(x, -1)), x)
     xi = torch.randint(-5, 5, (3, 40))
     check(lambda x: (x.amax(1), torch.maximum(x, x.flip(1))), xi)
+
+
+def test_float64_constant_in_a_reduction_kernel():
+    # a float64 literal was a rank-1 block inside a 2-d reduction kernel ("rank mismatch")
+    fn = lambda x, t: (t < 3.0, x.sum(), t + x + x)   # noqa: E731
+    x = torch.randn(5)
+    for got, want in zip(functx.jit(fn, backend="triton")(x, 1.0), fn(x, torch.tensor(1.0, dtype=torch.float64))):
+        torch.testing.assert_close(got, want, check_dtype=False)

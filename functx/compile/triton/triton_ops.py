@@ -157,7 +157,9 @@ class TritonOps:
         cd = compute_dtype(dtype)
         src = literal_source(value, cd)
         if cd == torch.float64 and math.isfinite(float(value)):
-            return self._new(f"tl.full([1], {src}, tl.float64)", dtype, (), True)
+            # a block of the kernel's rank: a [1] among 2-d reduction values cannot broadcast
+            shape = "[1, 1]" if self.is_reduction else "[1]"
+            return self._new(f"tl.full({shape}, {src}, tl.float64)", dtype, (), True)
         return TVal(src, dtype)
 
     def index_value(self, index, dtype):
