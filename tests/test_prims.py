@@ -972,7 +972,7 @@ def _ckpt_gen(draw, dtype, smooth):
     return Case(params, lambda g, dt: operands([rand(g, shape, dt)]))
 
 
-add(Entry("checkpoint", _ckpt_gen, lambda x, **params: (x.sin() * x,), dtypes=(F32, F64), covers=("name",)))
+add(Entry("checkpoint", _ckpt_gen, lambda x, **params: (x.sin() * x,), dtypes=(F32, F64), covers=("checkpoint_name",)))
 
 
 @functx.custom_jvp
