@@ -31,6 +31,7 @@ import torch
 from ...core.primitive import Unsupported
 from ..fusion.indexing import Index, Sym, render
 from ..fusion.kernel import NullOps
+from ..fusion.printer import KernelPrinter
 from ..fusion.scheduler import lowerable as fusion_lowerable
 
 CTYPES = {torch.float32: "float", torch.float64: "double", torch.int32: "int32_t",
@@ -183,7 +184,7 @@ class LoopBlock(list):
     a loop over the block's rows."""
 
 
-class CppOps:
+class CppOps(KernelPrinter):
     """blocked=False: one row (xindex) at a time, its stages as loops over rindex. Good when
     a row's elements are contiguous (softmax, layer_norm).
 
@@ -193,19 +194,10 @@ class CppOps:
     per row are printed inside `for (xi ...)` loops."""
 
     def __init__(self, name: str, xnumel: int, rnumel: int, blocked: bool = False):
-        self.name, self.xnumel, self.rnumel, self.blocked = name, xnumel, rnumel, blocked
-        self.prelude: list = []
-        self.body: list = []
-        self.out = self.body
-        self.cache = [{}]                 # CSE: expression text -> CVal, one dict per scope
-        self.prelude_cache: dict = {}
-        self.in_args: dict[str, str] = {}     # buffer -> kernel argument
-        self.out_args: dict[str, str] = {}
+        super().__init__(name)
+        self.xnumel, self.rnumel, self.blocked = xnumel, rnumel, blocked
         self.arg_types: dict[str, str] = {}
         self.arrays: list[str] = []           # blocked: per-row values' declarations
-        self.counter = 0
-        self.loop_inits: list = []
-        self.loop_finals: list = []
         self.loop_combines: set = set()
 
     # ------------------------------------------------------------ plumbing
@@ -217,28 +209,15 @@ class CppOps:
         return f"const {ctype_} {name} = {expr};", name
 
     def _new(self, expr, dtype, dims, hoist):
-        hit = self.prelude_cache.get(expr) or next((c[expr] for c in reversed(self.cache) if expr in c), None)
+        hit = self._cached(expr)
         if hit is not None:
             return hit
-        name = f"tmp{self.counter}"
-        self.counter += 1
-        in_loop = len(self.cache) > 1
-        if hoist or not in_loop or "r" not in dims:
+        name = self._fresh_name()
+        if hoist or len(self.cache) == 1 or "r" not in dims:
             line, ref = self._row_value(ctype(dtype), name, expr)
         else:
             line, ref = f"const {ctype(dtype)} {name} = {expr};", name
-        if hoist:                       # x-only, no reduction: once per row, first
-            cache = self.prelude_cache
-            self.prelude.append(line)
-        elif "r" not in dims and in_loop:   # per-row value inside a loop: before it
-            cache = self.cache[-2]
-            self.loop_inits.append(line)
-        else:
-            cache = self.cache[-1]
-            self.out.append(line)
-        val = CVal(ref, dtype, dims, hoist)
-        cache[expr] = val
-        return val
+        return self._place(expr, line, CVal(ref, dtype, dims, hoist), hoist, dims)
 
     def _index(self, index: Index):
         syms = index.symbols()

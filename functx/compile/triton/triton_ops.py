@@ -14,6 +14,7 @@ import torch
 
 from ...core.primitive import Unsupported
 from ..fusion.indexing import Index, render
+from ..fusion.printer import KernelPrinter
 from ..fusion.scheduler import lowerable as fusion_lowerable
 
 TL_DTYPES = {
@@ -83,44 +84,21 @@ def identity(combine, dtype) -> str:
     return str(info.min if combine == "max" else info.max)
 
 
-class TritonOps:
+class TritonOps(KernelPrinter):
     def __init__(self, name: str, xnumel: int, rnumel: int, persistent: bool):
-        self.name = name
+        super().__init__(name)
         self.is_reduction = None          # set by the owner: the plan has reductions
         self.persistent = persistent
-        self.prelude: list[str] = []
-        self.body: list[str] = []
-        self.out = self.body
-        self.cache = [{}]                 # CSE: expression text -> TVal, one dict per scope
-        self.prelude_cache: dict = {}
-        self.in_args: dict[str, str] = {}     # buffer -> kernel argument
-        self.out_args: dict[str, str] = {}
-        self.counter = 0
         self.loop_depth = 0
-        self.loop_inits: list[str] = []
-        self.loop_finals: list[str] = []
         self.helpers: set[str] = set()
 
     # ------------------------------------------------------------ plumbing
     def _new(self, expr, dtype, dims, hoist):
-        hit = self.prelude_cache.get(expr) or next((c[expr] for c in reversed(self.cache) if expr in c), None)
+        hit = self._cached(expr)
         if hit is not None:
             return hit
-        name = f"tmp{self.counter}"
-        self.counter += 1
-        line = f"{name} = {expr}"
-        if hoist:                       # x-only, no reduction: once, in the prelude
-            cache = self.prelude_cache
-            self.prelude.append(line)
-        elif "r" not in dims and len(self.cache) > 1:   # per-row value inside a loop: before it
-            cache = self.cache[-2]
-            self.loop_inits.append(line)
-        else:
-            cache = self.cache[-1]
-            self.out.append(line)
-        val = TVal(name, dtype, dims, hoist)
-        cache[expr] = val
-        return val
+        name = self._fresh_name()
+        return self._place(expr, f"{name} = {expr}", TVal(name, dtype, dims, hoist), hoist, dims)
 
     def _index(self, index: Index):
         syms = index.symbols()

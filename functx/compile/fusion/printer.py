@@ -1,0 +1,42 @@
+"""What the kernel printers of the fusion backends share (TritonOps, CppOps): the lines of a
+kernel in three places (once per row before everything, before the reduction loop, in the
+current scope) and CSE of expression text per scope."""
+from __future__ import annotations
+
+
+class KernelPrinter:
+    def __init__(self, name: str):
+        self.name = name
+        self.prelude: list[str] = []
+        self.body: list[str] = []
+        self.out = self.body
+        self.cache = [{}]                 # CSE: expression text -> value, one dict per scope
+        self.prelude_cache: dict = {}
+        self.in_args: dict[str, str] = {}     # buffer -> kernel argument
+        self.out_args: dict[str, str] = {}
+        self.counter = 0
+        self.loop_inits: list[str] = []
+        self.loop_finals: list[str] = []
+
+    def _cached(self, expr):
+        """The value already computed for this expression text in a visible scope, or None."""
+        return self.prelude_cache.get(expr) or next((c[expr] for c in reversed(self.cache) if expr in c), None)
+
+    def _fresh_name(self) -> str:
+        name = f"tmp{self.counter}"
+        self.counter += 1
+        return name
+
+    def _place(self, expr, line, val, hoist, dims):
+        """Print `line` where `val` is first needed and remember it under `expr`."""
+        if hoist:                       # x-only, no reduction: once per row, first
+            cache = self.prelude_cache
+            self.prelude.append(line)
+        elif "r" not in dims and len(self.cache) > 1:   # per-row value inside a loop: before it
+            cache = self.cache[-2]
+            self.loop_inits.append(line)
+        else:
+            cache = self.cache[-1]
+            self.out.append(line)
+        cache[expr] = val
+        return val
