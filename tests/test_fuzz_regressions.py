@@ -155,3 +155,13 @@ def test_cumulative_extrema_propagate_nan_and_accept_empty_inputs(fn):
     g = functx.grad(lambda a: fn(a, 1).values.nan_to_num().sum())(x)
     _, pull = torch.func.vjp(lambda a: fn(a, 1).values.nan_to_num(), x)
     torch.testing.assert_close(g, pull(torch.ones_like(x))[0])
+
+
+@pytest.mark.parametrize("fn", [torch.any, torch.all])
+@pytest.mark.parametrize("shape, dim", [((0,), -1), ((2, 0), 1), ((0, 3), 1), ((0, 3), None), ((1, 0, 4), 0)])
+def test_any_all_of_empty_tensors(fn, shape, dim):
+    x = torch.zeros(shape)
+    for keepdim in (False, True):
+        f = (lambda a: fn(a)) if dim is None else (lambda a: fn(a, dim=dim, keepdim=keepdim))
+        got, want = functx.jit(f)(x), f(x)
+        assert got.dtype == want.dtype and torch.equal(got, want)

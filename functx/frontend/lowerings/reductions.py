@@ -116,14 +116,19 @@ def _prod_all(x, dtype=None):
     return P.reduce_prod(x, tuple(range(_t(x).ndim)))
 
 
-def _bool_reduce(reducer):
+def _bool_reduce(reducer, of_nothing):
     def lower(x, dim=None, keepdim=False):
+        t = _t(x)
+        if t.numel == 0:     # any() of nothing is False, all() True (amax would raise)
+            axes = _dims(dim, t.ndim) if t.ndim else ()
+            shape = tuple(1 if i in axes else s for i, s in enumerate(t.shape) if keepdim or i not in axes)
+            return P.full(shape, of_nothing, torch.bool, t.device)
         return _reduce(reducer, _as_bool(x), dim, keepdim)
     return lower
 
 
-register(aten.any.default, aten.any.dim, aten.any.dims)(_bool_reduce(P.reduce_max))
-register(aten.all.default, aten.all.dim, aten.all.dims)(_bool_reduce(P.reduce_min))
+register(aten.any.default, aten.any.dim, aten.any.dims)(_bool_reduce(P.reduce_max, False))
+register(aten.all.default, aten.all.dim, aten.all.dims)(_bool_reduce(P.reduce_min, True))
 
 
 @register(aten.cumsum.default)
