@@ -357,3 +357,172 @@ def test_debug_nans_under_hessian_names_the_inner_rule():
     assert info.value.primitive == "div" and "the JVP rule of sqrt" in info.value.phase
     assert f"line {_line_of(sqrt_at_zero, '# NAN: tangent')}" in info.value.source
 
+
+
+# ---------------------------------------------------------------- prints inside cond / switch / while / scan
+# Each model prints inside its control flow. The oracle is the list of lines eager Python
+# prints for one example (Python's own if / while / for on the same torch values); under
+# every transform and jit each print must run exactly once per execution, in order.
+
+def _cond_model(x, p):
+    def hi(v):
+        functx.debug.print("hi {}", v)
+        return torch.sin(v) * 2.0
+
+    def lo(v):
+        functx.debug.print("lo {}", v)
+        return torch.cos(v)
+    return functx.cond(p > 0, hi, lo, x * 1.5).sum()
+
+
+def _cond_lines(x, p):
+    return [f"hi {x * 1.5}"] if p > 0 else [f"lo {x * 1.5}"]
+
+
+def _switch_model(x, p):
+    branches = [lambda v, k=k: (functx.debug.print(f"branch {k}: {{}}", v), torch.sin(v) * k)[1] for k in range(3)]
+    return functx.switch(p.to(torch.int64), branches, x + 1.0).sum()
+
+
+def _switch_lines(x, p):
+    return [f"branch {min(max(int(p), 0), 2)}: {x + 1.0}"]
+
+
+def _while_model(x, p):
+    def keep_going(c):
+        functx.debug.print("test {}", c[1])      # a batched value: under vmap, one line per example
+        return c[0] < p
+
+    def body(c):
+        i, v = c
+        functx.debug.print("step {} {}", i, v)
+        return i + 1.0, torch.sin(v) + v
+    return functx.while_loop(keep_going, body, (torch.zeros(()), x), max_steps=6)[1].sum()
+
+
+def _while_lines(x, p):
+    lines, i, v = [], torch.zeros(()), x
+    while True:
+        lines.append(f"test {v}")
+        if not i < p:
+            return lines
+        lines.append(f"step {i} {v}")
+        i, v = i + 1.0, torch.sin(v) + v
+
+
+def _scan_model(x, p):
+    def body(c, xi):
+        functx.debug.print("x_i {} c {}", xi, c)
+        return c * torch.cos(xi) + xi, c * xi
+    c, ys = functx.scan(body, p * 1.0, x)
+    return c + ys.sum()
+
+
+def _scan_lines(x, p):
+    lines, c = [], p * 1.0
+    for xi in x:
+        lines.append(f"x_i {xi} c {c}")
+        c = c * torch.cos(xi) + xi
+    return lines
+
+
+FLOW_MODELS = {"cond": (_cond_model, _cond_lines), "switch": (_switch_model, _switch_lines),
+               "while": (_while_model, _while_lines), "scan": (_scan_model, _scan_lines)}
+FLOW_TRANSFORMS = {
+    "call": lambda f: f,
+    "grad": lambda f: functx.grad(f),
+    "jvp": lambda f: lambda x, p: functx.jvp(lambda v: f(v, p), (x,), (torch.ones_like(x),)),
+    "vmap": lambda f: functx.vmap(f, in_axes=(0, None)),
+    "vmap_grad": lambda f: functx.vmap(functx.grad(f), in_axes=(0, None)),
+}
+
+
+@pytest.mark.parametrize("jit", [None] + BACKENDS)
+@pytest.mark.parametrize("transform", list(FLOW_TRANSFORMS))
+@pytest.mark.parametrize("model", list(FLOW_MODELS))
+def test_prints_inside_control_flow_run_once(model, transform, jit, capsys):
+    f, lines = FLOW_MODELS[model]
+    fn = FLOW_TRANSFORMS[transform](f)
+    fn = fn if jit is None else functx.jit(fn, backend=jit)
+    batched = transform.startswith("vmap")
+    x = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]]) if batched else torch.tensor([0.5, -1.0, 2.0])
+    for p in (torch.tensor(2.0), torch.tensor(-1.0)):       # both branches; 2 and 0 loop steps
+        capsys.readouterr()
+        fn(x, p)
+        if batched:       # one line per example, statement by statement
+            want = [line for step in zip(*[lines(xi, p) for xi in x]) for line in step]
+        else:
+            want = lines(x, p)
+        assert_lines_close(capsys.readouterr().out.splitlines(), want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_jit_of_grad_keeps_the_values_of_control_flow_models(backend):
+    x, p = torch.tensor([0.5, -1.0, 2.0]), torch.tensor(2.0)
+    for model, _ in FLOW_MODELS.values():
+        torch.testing.assert_close(functx.jit(functx.grad(model), backend=backend)(x, p), functx.grad(model)(x, p))
+
+
+def test_batched_predicate_prints_every_branch_for_every_example(capsys):
+    X = torch.tensor([[1.0, 2.0], [-1.0, -3.0]])
+    functx.vmap(functx.grad(lambda x: _cond_model(x, x.sum())))(X)
+    want = [f"lo {X[0] * 1.5}", f"lo {X[1] * 1.5}", f"hi {X[0] * 1.5}", f"hi {X[1] * 1.5}"]
+    assert capsys.readouterr().out.splitlines() == want
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unused_cond_with_a_print_runs_every_call(backend, capsys):
+    def f(x):
+        functx.cond(x.sum() > 0, lambda v: (functx.debug.print("pos {}", v), v * 2)[1],
+                    lambda v: (functx.debug.print("neg {}", v), v)[1], x)          # result unused
+        functx.switch(torch.tensor(1), [lambda v: v, lambda v: (functx.debug.print("one {}", v), v)[1]], x)
+        return x + 1
+
+    jf = functx.jit(f, backend=backend)
+    xs = [torch.tensor([1.0, 2.0]), torch.tensor([-1.0, 0.5]), torch.tensor([3.0, -4.0])]
+    for x in xs:
+        torch.testing.assert_close(jf(x), x + 1)
+    want = [line for x in xs for line in (f"pos {x}" if x.sum() > 0 else f"neg {x}", f"one {x}")]
+    assert capsys.readouterr().out.splitlines() == want
+    assert jf.cache_size() == 1
+
+
+def test_passes_keep_control_flow_holding_effects():
+    def f(x):
+        branch = lambda v: (functx.debug.print("{}", v), v * 2)[1]
+        functx.cond(x.sum() > 0, branch, branch, x)
+        functx.cond(x.sum() > 0, branch, branch, x)                   # the same cond again
+        functx.cond(x.sum() > 0, lambda v: v * 2, lambda v: v, x)     # no effect: dead code
+        return x + 1
+
+    graph = functx.make_graph(f)(torch.ones(2))
+    assert sum(e.prim.name == "cond" for e in graph.eqns) == 3
+    for p in (passes.dce, passes.cse):
+        assert sum(e.prim.name == "cond" for e in passes.dce(p(graph)).eqns) == 2, p.__name__
+
+
+@pytest.mark.parametrize("jit", [None] + BACKENDS)
+def test_prints_once_when_reverse_mode_recomputes(jit, capsys):
+    """A remat scan and a checkpoint recompute their body for the backward pass; the
+    recomputation prints nothing."""
+    def body(c, xi):
+        functx.debug.print("x_i {} c {}", xi, c)
+        return c * torch.cos(xi) + xi, c * xi
+
+    def remat_scan(x, p):
+        c, ys = functx.scan(body, p * 1.0, x, remat=True)
+        return c + ys.sum()
+
+    def checkpointed_cond(x, p):
+        return functx.checkpoint(_cond_model)(x, p) * 2.0
+
+    x = torch.tensor([0.5, -1.0, 2.0])
+    for f, lines in ((remat_scan, _scan_lines), (checkpointed_cond, _cond_lines)):
+        for p in (torch.tensor(2.0), torch.tensor(-1.0)):
+            g = functx.grad(f) if jit is None else functx.jit(functx.grad(f), backend=jit)
+            want = functx.grad(f)(x, p) if jit is not None else None
+            capsys.readouterr()
+            got = g(x, p)
+            assert_lines_close(capsys.readouterr().out.splitlines(), lines(x, p))
+            if want is not None:
+                torch.testing.assert_close(got, want)

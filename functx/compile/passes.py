@@ -1,6 +1,7 @@
 """Graph passes. Each takes a Graph and returns a new Graph; none mutates its input.
 
-    dce                 drop equations whose outputs are unused (effects are kept)
+    dce                 drop equations whose outputs are unused (effects are kept, also a
+                        cond/loop whose sub-graphs hold one: has_effects)
     cse                 one equation per (primitive, operands, params); never effectful ones
     fold_constants      pointwise and view equations of constants become `full`
     simplify            x*1, x+0, x-0, x/1, neg(neg x), x*0 on integers, convert chains
@@ -17,7 +18,7 @@ import math
 
 import torch
 
-from ..core import POINTWISE, VIEW, Eqn, Graph, Literal, Var
+from ..core import POINTWISE, VIEW, Eqn, Graph, Literal, Var, has_effects
 from ..core.primitive import REGISTRY
 
 
@@ -45,7 +46,7 @@ def dce(graph: Graph) -> Graph:
     live = {a for a in graph.outvars if isinstance(a, Var)}
     kept = []
     for eqn in reversed(graph.eqns):
-        if eqn.prim.effectful or any(v in live for v in eqn.outputs):
+        if any(v in live for v in eqn.outputs) or has_effects(eqn):
             kept.append(eqn)
             live.update(a for a in eqn.inputs if isinstance(a, Var))
     kept.reverse()
@@ -69,11 +70,11 @@ def _atom_key(a):
 
 
 def cse(graph: Graph) -> Graph:
-    """Common-subexpression elimination (effectful primitives, e.g. random, are never merged)."""
+    """Common-subexpression elimination (effects, e.g. random or a cond holding a print, are never merged)."""
     sub, seen, eqns = _Subst(), {}, []
     for e in graph.eqns:
         e = sub.eqn(e)
-        if e.prim.effectful:
+        if has_effects(e):
             eqns.append(e)
             continue
         ins = tuple(_atom_key(a) for a in e.inputs)

@@ -3,7 +3,7 @@ its result to the backend, which compiles that graph as it is; so explain shows 
 the graph that was compiled."""
 from __future__ import annotations
 
-from ..core import Eqn, Graph
+from ..core import Eqn, Graph, map_sub_graphs
 from .backend import resolve_backend
 from .compiled import Compiled
 from .passes import cse, dce, fold_constants, fold_transposes, fold_views, simplify
@@ -17,17 +17,10 @@ PIPELINE = [("dce", dce), ("fold_views", fold_views), ("fold_constants", fold_co
 def optimize_bodies(graph: Graph) -> Graph:
     """Run the pipeline on the sub-graphs equations hold (loop bodies, branches): the
     backends compile them separately, so the passes above never see inside them."""
-    def opt(value):
-        if isinstance(value, Graph):
-            return optimize(value)[0]
-        if isinstance(value, tuple) and value and all(isinstance(v, Graph) for v in value):
-            return tuple(optimize(v)[0] for v in value)
-        return value
     eqns = []
     for e in graph.eqns:
-        params = {k: opt(v) for k, v in e.params.items()}
-        changed = any(params[k] is not e.params[k] for k in params)
-        eqns.append(Eqn(e.prim, e.inputs, e.outputs, params) if changed else e)
+        params = map_sub_graphs(e.params, lambda g: optimize(g)[0])
+        eqns.append(e if params is e.params else Eqn(e.prim, e.inputs, e.outputs, params, e.source))
     return graph.replace(eqns=eqns)
 
 

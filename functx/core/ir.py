@@ -127,6 +127,55 @@ class Graph:
         check_graph(self)
 
 
+# ---------------------------------------------------------------- sub-graphs and effects
+# Structural equations (cond, while_loop, scan, checkpoint) hold sub-graphs as params: a
+# Graph, or a tuple of Graphs (cond's branches).
+
+def _is_graphs(value) -> bool:
+    return isinstance(value, Graph) or (isinstance(value, tuple) and bool(value)
+                                        and all(isinstance(v, Graph) for v in value))
+
+
+def sub_graphs(params: dict) -> list:
+    """The sub-graphs an equation's params hold."""
+    out = []
+    for v in params.values():
+        if _is_graphs(v):
+            out.extend([v] if isinstance(v, Graph) else v)
+    return out
+
+
+def map_sub_graphs(params: dict, fn) -> dict:
+    """params with fn applied to every sub-graph; the same dict when fn changed none."""
+    new = {k: (v if not _is_graphs(v) else fn(v) if isinstance(v, Graph) else tuple(fn(g) for g in v))
+           for k, v in params.items()}
+    changed = any(new[k] is not v and not (isinstance(v, tuple) and all(a is b for a, b in zip(new[k], v)))
+                  for k, v in params.items())
+    return new if changed else params
+
+
+def has_effects(eqn) -> bool:
+    """Whether running eqn has an effect: an effectful primitive, or a sub-graph holding one (a
+    print inside a cond's branch), so passes keep it even when its outputs are unused."""
+    return eqn.prim.effectful or any(any(has_effects(e) for e in g.eqns) for g in sub_graphs(eqn.params))
+
+
+def drop_effects(graph: "Graph") -> "Graph":
+    """graph without its output-less effects (debug callbacks), in sub-graphs too: for graphs
+    that recompute a primal whose own run already performs them (tangent branches and loop
+    bodies), so each print runs once. Effects with outputs (random draws) stay."""
+    eqns, changed = [], False
+    for e in graph.eqns:
+        if e.prim.effectful and not e.outputs:
+            changed = True
+            continue
+        params = map_sub_graphs(e.params, drop_effects)
+        if params is not e.params:
+            e, changed = Eqn(e.prim, e.inputs, e.outputs, params, e.source), True
+        eqns.append(e)
+    return graph.replace(eqns=eqns) if changed else graph
+
+
 def atom_type(atom):
     return atom.type if isinstance(atom, Var) else None
 

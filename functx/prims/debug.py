@@ -12,7 +12,9 @@ and adds one to batch_ndim.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
 
 from ..core import EXTERN, Primitive
 from .shape import bdim_to_front
@@ -52,6 +54,25 @@ debug_callback_p = Primitive(
     transpose=_debug_callback_transpose, batch=_debug_callback_batch)
 
 
+class _Quiet(threading.local):
+    on = False
+
+
+_QUIET = _Quiet()
+
+
+@contextlib.contextmanager
+def quiet_callbacks():
+    """Record no debug callback while a function runs only to be inspected (while_loop's probe
+    of cond_fun, whose prints belong to the loop's own evaluations)."""
+    prev, _QUIET.on = _QUIET.on, True
+    try:
+        yield
+    finally:
+        _QUIET.on = prev
+
+
 def debug_callback(callback, *tensors):
     """Call callback(*tensors) with concrete values whenever the program runs."""
-    debug_callback_p.bind(*tensors, callback=callback, batch_ndim=0)
+    if not _QUIET.on:
+        debug_callback_p.bind(*tensors, callback=callback, batch_ndim=0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 
-from ...core import POINTWISE, REDUCTION, Var
+from ...core import POINTWISE, REDUCTION, Var, has_effects
 from ...core.primitive import Unsupported
 from .kernel import FusionError, KernelPlan, NullOps, is_inlined, reduction_layout
 
@@ -249,9 +249,10 @@ class Schedule:
         for g in groups:
             for h in self._successors(g):
                 preds[h.uid].add(g.uid)
-        # Effects without outputs (debug callbacks) run in program order; nothing reads
-        # them, so these extra edges can make no cycle.
-        sinks = [g for g in groups if g.extern and g.first.prim.effectful and not g.first.outputs]
+        # Effects that no group reads (debug callbacks; a cond holding a print whose results
+        # are unused or only returned) run in program order; nothing reads them, so these
+        # extra edges can make no cycle.
+        sinks = [g for g in groups if g.extern and has_effects(g.first) and not self._successors(g)]
         for before, after in zip(sinks, sinks[1:]):
             preds[after.uid].add(before.uid)
         done, out = set(), []

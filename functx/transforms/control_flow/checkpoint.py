@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ...core import POINTWISE, STRUCTURAL, Primitive, Zero
-from ...core.ir import Graph, Var
+from ...core.ir import Graph, Var, drop_effects
 from ...core.trace import GraphTracer, Tracer, UndefinedPrimal, eval_graph, type_of
 from ...frontend import unwrap, wrap
 from ...prims.creation import instantiate, zeros_like_type
@@ -133,7 +133,7 @@ def _jvp_graph(body, in_nz, saved=()):
             tenv.update((v, t) for v, t in zip(eqn.outputs, t_out) if _nonzero(t))
         return [instantiate(tenv[a]) if a in tenv else zeros_like_type(a.type) for a in body.outvars]
     g, consts = closed_graph(fn, types + saved_types + [t for t, m in zip(types, in_nz) if m])
-    return dce_graph(g), consts
+    return dce_graph(drop_effects(g)), consts     # the primal run performed the prints
 
 
 def _as_list(out, eqn):

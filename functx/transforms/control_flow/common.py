@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ...core import set_current_trace, current_trace
-from ...core.ir import Graph, Var
+from ...core.ir import Graph, Var, has_effects
 from ...core.trace import GraphTrace, Tracer, eval_graph, type_of
 from ...frontend import TracerTensor, unwrap, wrap
 from ...frontend.random_mode import intercept_random
@@ -40,7 +40,7 @@ def dce_graph(graph):
     live = {a for a in graph.outvars if isinstance(a, Var)}
     kept = []
     for eqn in reversed(graph.eqns):
-        if eqn.prim.effectful or any(v in live for v in eqn.outputs):
+        if any(v in live for v in eqn.outputs) or has_effects(eqn):
             kept.append(eqn)
             live.update(a for a in eqn.inputs if isinstance(a, Var))
     return graph.replace(eqns=kept[::-1])

@@ -3,7 +3,8 @@
   cond(index, *operands; branches)   branches[clamp(index)](*operands). Operands include the
       branches' closed-over values (closure conversion), so every trace sees them.
       jvp: a primal cond plus a tangent cond over the jvp'd branches (the tangent branches
-      recompute the primal they need, so linearize records only the tangent cond).
+      recompute the primal they need, so linearize records only the tangent cond). Effects
+      (debug prints) run in the primal cond only: they are dropped from the tangent branches.
       transpose: a cond over the transposed branches (the index is never linear).
       batch: unbatched index -> a cond of the vmapped branches; batched index -> every branch
       runs and `where` selects per element (JAX's rule).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ...core import STRUCTURAL, FunctxError, Primitive, Zero
+from ...core.ir import drop_effects
 from ...core.trace import Tracer, UndefinedPrimal, eval_graph, type_of
 from ...frontend import unwrap, wrap
 from ... import prims as P
@@ -23,7 +25,7 @@ from ...prims.creation import instantiate
 from ...prims.shape import bdim_to_front
 from ..ad import jvp_flat, vjp_flat
 from ...tree_util import tree_flatten, tree_unflatten
-from .common import closed_graph, graph_fn, index_value, is_float, join_graphs, run_batched, trace_user
+from .common import closed_graph, dce_graph, graph_fn, index_value, is_float, join_graphs, run_batched, trace_user
 
 __all__ = ["cond", "switch", "cond_p"]
 
@@ -51,7 +53,8 @@ def _cond_jvp(primals, tangents, *, branches):
             t_in = [next(ts) if m else Zero(t) for m, t in zip(nz, op_types)]
             _, t_out = jvp_flat(lambda a: eval_graph(g, [], a), prim, t_in)
             return [instantiate(t) for t, f in zip(t_out, float_out) if f]
-        return closed_graph(fn, op_types + nz_types)
+        tg, cs = closed_graph(fn, op_types + nz_types)
+        return dce_graph(drop_effects(tg)), cs          # the primal cond above runs the branch's prints
     tbranches, consts = join_graphs([tangent_branch(g) for g in branches])
     t_vals = iter(cond_p.bind(index, *consts, *ops, *[t for t in tans if not isinstance(t, Zero)],
                               branches=tbranches))

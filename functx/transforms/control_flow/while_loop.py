@@ -10,14 +10,17 @@ With a concrete predicate (eager use, or eager transforms), while_loop is a Pyth
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ...core import STRUCTURAL, FunctxError, Primitive, Zero
-from ...core.ir import Graph
-from ...core.trace import GraphTracer, Tracer, eval_graph, type_of
+from ...core.ir import Graph, drop_effects
+from ...core.trace import GraphTracer, Tracer, eval_graph, staged_or_batched, type_of
 from ...frontend import unwrap, wrap
 from ... import prims as P
 from ...prims.creation import instantiate
+from ...prims.debug import quiet_callbacks
 from ...prims.shape import bdim_to_front
 from ..ad import jvp_flat
 from ...tree_util import tree_flatten, tree_unflatten
@@ -83,9 +86,10 @@ def _while_batch(axis, args, dims, *, cond_graph, body_graph, n_cc, n_bc, max_st
     carry = [bdim_to_front(c, d, axis.size) for c, d in zip(carry, dims[n_cc + n_bc:])]
     nc = len(carry)
     carry_d = [0] * nc
+    quiet_cond = drop_effects(cond_graph)            # bbody's re-evaluation: bcond prints once a step
 
-    def preds(c_consts, c):
-        (p,) = run_batched(graph_fn(cond_graph), axis, ccd + carry_d, list(c_consts) + list(c))
+    def preds(c_consts, c, graph=cond_graph):
+        (p,) = run_batched(graph_fn(graph), axis, ccd + carry_d, list(c_consts) + list(c))
         return p                                     # bool[B]
 
     def bcond(*xs):
@@ -94,7 +98,7 @@ def _while_batch(axis, args, dims, *, cond_graph, body_graph, n_cc, n_bc, max_st
 
     def bbody(*xs):
         c_consts, b_consts, c = xs[:n_cc], xs[n_cc:n_cc + n_bc], list(xs[n_cc + n_bc:])
-        p = preds(c_consts, c)
+        p = preds(c_consts, c, quiet_cond)
         new = run_batched(graph_fn(body_graph), axis, bcd + carry_d, list(b_consts) + c)
         return [P.where(P.broadcast_in_dim(p, type_of(n).shape, (0,)), n, o) for n, o in zip(new, c)]
 
@@ -134,7 +138,15 @@ def while_loop(cond_fun, body_fun, init_val, max_steps=None):
     for i, l in enumerate(leaves):
         if not isinstance(l, (torch.Tensor, Tracer)):
             raise TypeError(f"{what}: init_val leaf {i} is a {type(l).__name__}; the carry must be tensors")
-    p = index_value(cond_fun(init_val), f"{what}: cond_fun")
+    quiet = staged_or_batched()
+
+    def probe(val):
+        # Is the predicate concrete? Under jit/vmap a traced probe's prints would be recorded
+        # beside the loop's own evaluations of cond_fun: it runs quietly, and again if concrete.
+        with quiet_callbacks() if quiet else contextlib.nullcontext():
+            p = index_value(cond_fun(val), f"{what}: cond_fun")
+        return index_value(cond_fun(val), f"{what}: cond_fun") if quiet and not isinstance(p, Tracer) else p
+    p = probe(init_val)
     if not isinstance(p, Tracer):
         # A concrete predicate (eager use, eager transforms): a Python loop, so transforms see
         # the body as ordinary code (grad included). If the predicate becomes traced (batched
@@ -142,7 +154,7 @@ def while_loop(cond_fun, body_fun, init_val, max_steps=None):
         val = init_val
         while bool(p):
             val = body_fun(val)
-            p = index_value(cond_fun(val), f"{what}: cond_fun")
+            p = probe(val)
             if isinstance(p, Tracer):
                 return while_loop(cond_fun, body_fun, val, max_steps)
         return val

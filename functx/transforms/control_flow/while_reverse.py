@@ -14,11 +14,12 @@ from __future__ import annotations
 import torch
 
 from ...core import EXTERN, FunctxError, Primitive, Zero
+from ...core.ir import drop_effects
 from ...core.trace import eval_graph, type_of
 from ... import prims as P
 from ...prims.creation import instantiate
 from ..ad import jvp_flat
-from .common import closed_graph, is_float
+from .common import closed_graph, dce_graph, is_float
 from .scan import scan_p
 
 __all__ = ["linearize_while", "tape_check_p"]
@@ -82,7 +83,7 @@ def linearize_while(while_loop_p, primals, tangents, *, cond_graph, body_graph, 
                              cond_graph=cg, body_graph=bg, n_cc=len(cconsts) + n_cc, n_bc=len(bconsts) + n_bc,
                              max_steps=max_steps)
     steps, carry_out, tapes = outs[0], list(outs[1:1 + nc]), list(outs[1 + nc:])
-    (exceeded,) = eval_graph(cond_graph, [], cc + carry_out)
+    (exceeded,) = eval_graph(drop_effects(cond_graph), [], cc + carry_out)     # the loop ran cond's prints
     steps = tape_check_p.bind(steps, exceeded, max_steps=max_steps)
 
     # The tangent: a masked scan over the tape, linear in the tangents.
@@ -107,6 +108,7 @@ def linearize_while(while_loop_p, primals, tangents, *, cond_graph, body_graph, 
     in_types = (bc_types + [step_type] + [type_of(t) for t, m in zip(bc_t, bc_nz) if m] + float_types
                 + carry_types + [step_type])
     tg, tconsts = closed_graph(tangent_step, in_types)
+    tg = dce_graph(drop_effects(tg))                  # the forward loop ran the body's prints, once a step
     ks = P.iota((max_steps,), 0, torch.int64, device)
     t_outs = scan_p.bind(*tconsts, *bc, steps, *[t for t, m in zip(bc_t, bc_nz) if m],
                          *[instantiate(t) for t, f in zip(carry_t, cf) if f], *tapes, ks, body=tg,
