@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ..core import POINTWISE, VIEW, Eqn, Graph, Literal, Var, has_effects
+from ..core import POINTWISE, VIEW, Eqn, Graph, Literal, Var, has_effects, live_eqns
 from ..core.primitive import REGISTRY
 
 
@@ -43,13 +43,7 @@ class _Subst:
 
 def dce(graph: Graph) -> Graph:
     """Dead-code elimination: drop equations whose outputs are unused (effects are kept)."""
-    live = {a for a in graph.outvars if isinstance(a, Var)}
-    kept = []
-    for eqn in reversed(graph.eqns):
-        if any(v in live for v in eqn.outputs) or has_effects(eqn):
-            kept.append(eqn)
-            live.update(a for a in eqn.inputs if isinstance(a, Var))
-    kept.reverse()
+    kept, live = live_eqns(graph)
     used = [(v, c) for v, c in zip(graph.constvars, graph.consts) if v in live]
     return graph.replace(eqns=kept, constvars=[v for v, _ in used], consts=[c for _, c in used])
 

@@ -160,6 +160,19 @@ def has_effects(eqn) -> bool:
     return eqn.prim.effectful or any(any(has_effects(e) for e in g.eqns) for g in sub_graphs(eqn.params))
 
 
+def live_eqns(graph: "Graph") -> tuple[list, set]:
+    """Dead-code elimination's core: the equations an output or an effect needs, in order, and
+    the atoms they (and the outputs) read."""
+    live = {a for a in graph.outvars if isinstance(a, Var)}
+    kept = []
+    for eqn in reversed(graph.eqns):
+        if any(v in live for v in eqn.outputs) or has_effects(eqn):
+            kept.append(eqn)
+            live.update(a for a in eqn.inputs if isinstance(a, Var))
+    kept.reverse()
+    return kept, live
+
+
 def drop_effects(graph: "Graph") -> "Graph":
     """graph without its output-less effects (debug callbacks), in sub-graphs too: for graphs
     that recompute a primal whose own run already performs them (tangent branches and loop

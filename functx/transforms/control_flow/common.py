@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ...core import set_current_trace, current_trace
-from ...core.ir import Graph, Var, has_effects
+from ...core.ir import Graph, Var, live_eqns
 from ...core.trace import GraphTrace, Tracer, eval_graph, type_of
 from ...frontend import TracerTensor, unwrap, wrap
 from ...frontend.random_mode import intercept_random
@@ -37,13 +37,7 @@ def closed_graph(fn, in_types):
 def dce_graph(graph):
     """Drop equations whose outputs are unused (effects are kept): a transposed body traced as
     the vjp at zero also holds the dead primal work on those zeros."""
-    live = {a for a in graph.outvars if isinstance(a, Var)}
-    kept = []
-    for eqn in reversed(graph.eqns):
-        if any(v in live for v in eqn.outputs) or has_effects(eqn):
-            kept.append(eqn)
-            live.update(a for a in eqn.inputs if isinstance(a, Var))
-    return graph.replace(eqns=kept[::-1])
+    return graph.replace(eqns=live_eqns(graph)[0])
 
 
 def join_graphs(closed_list):
