@@ -501,3 +501,23 @@ def test_adding_zero_keeps_the_sign_of_zero_as_torch(backend):
         got, want = functx.jit(fn, backend=backend)(x), fn(x)
         torch.testing.assert_close(got, want, equal_nan=True)
         assert torch.equal(torch.signbit(got), torch.signbit(want))
+
+
+def test_random_draws_in_recomputed_branches_and_bodies_raise_or_match():
+    # A cond's tangent branch and a remat scan's backward body recompute the primal; a draw
+    # there would be a new number, so d(x * r)/dx came out as another r. Now: raise when the
+    # derivative needs the draw, and agree with the value when it does not.
+    f = lambda x, p: functx.cond(p > 0, lambda x: x * torch.randn(()), lambda x: x * 2.0, x)  # noqa: E731
+    with pytest.raises(functx.FunctxError, match="cond: a branch draws random numbers"):
+        functx.jit(functx.value_and_grad(f))(torch.tensor(1.0), torch.tensor(1.0))
+    g = lambda x, p: functx.cond(p > 0, lambda x: x + torch.randn(()), lambda x: x * 2.0, x)  # noqa: E731
+    assert functx.jit(functx.grad(g))(torch.tensor(1.0), torch.tensor(1.0)).item() == 1.0
+
+    def chain(x, remat):
+        c, _ = functx.scan(lambda c, _: (c * torch.randn(()), None), x, None, length=3, remat=remat)
+        return c
+    v, d = functx.jit(functx.value_and_grad(lambda x: chain(x, False)))(torch.tensor(1.0))
+    torch.testing.assert_close(v, d)                 # d(x * r1 r2 r3)/dx at x = 1 is the value
+    for remat in (True, "sqrt"):
+        with pytest.raises(functx.FunctxError, match="redraw"):
+            functx.jit(functx.value_and_grad(lambda x: chain(x, remat)))(torch.tensor(1.0))

@@ -160,13 +160,28 @@ def has_effects(eqn) -> bool:
     return eqn.prim.effectful or any(any(has_effects(e) for e in g.eqns) for g in sub_graphs(eqn.params))
 
 
-def live_eqns(graph: "Graph") -> tuple[list, set]:
+def random_draws(graph: "Graph") -> list:
+    """Names of the effectful primitives with outputs (random draws) in graph and its
+    sub-graphs: a graph that recomputes them would draw new numbers."""
+    out = []
+    for e in graph.eqns:
+        if e.prim.effectful and e.outputs:
+            out.append(e.prim.name)
+        for g in sub_graphs(e.params):
+            out += random_draws(g)
+    return out
+
+
+def live_eqns(graph: "Graph", keep_unused_draws=True) -> tuple[list, set]:
     """Dead-code elimination's core: the equations an output or an effect needs, in order, and
-    the atoms they (and the outputs) read."""
+    the atoms they (and the outputs) read. keep_unused_draws=False also drops random draws
+    nothing reads (for graphs that recompute a primal, where a draw would only advance the
+    generator)."""
     live = {a for a in graph.outvars if isinstance(a, Var)}
     kept = []
     for eqn in reversed(graph.eqns):
-        if any(v in live for v in eqn.outputs) or has_effects(eqn):
+        effect = has_effects(eqn) and (keep_unused_draws or not (eqn.prim.effectful and eqn.outputs))
+        if any(v in live for v in eqn.outputs) or effect:
             kept.append(eqn)
             live.update(a for a in eqn.inputs if isinstance(a, Var))
     kept.reverse()

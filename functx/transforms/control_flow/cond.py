@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ...core import STRUCTURAL, FunctxError, Primitive, Zero
-from ...core.ir import drop_effects
+from ...core.ir import drop_effects, live_eqns, random_draws
 from ...core.trace import Tracer, UndefinedPrimal, eval_graph, type_of
 from ...frontend import unwrap, wrap
 from ... import prims as P
@@ -25,7 +25,7 @@ from ...prims.creation import instantiate
 from ...prims.shape import bdim_to_front
 from ..ad import jvp_flat, vjp_flat
 from ...tree_util import tree_flatten, tree_unflatten
-from .common import closed_graph, dce_graph, graph_fn, index_value, is_float, join_graphs, run_batched, trace_user
+from .common import closed_graph, graph_fn, index_value, is_float, join_graphs, run_batched, trace_user
 
 __all__ = ["cond", "switch", "cond_p"]
 
@@ -54,7 +54,15 @@ def _cond_jvp(primals, tangents, *, branches):
             _, t_out = jvp_flat(lambda a: eval_graph(g, [], a), prim, t_in)
             return [instantiate(t) for t, f in zip(t_out, float_out) if f]
         tg, cs = closed_graph(fn, op_types + nz_types)
-        return dce_graph(drop_effects(tg)), cs          # the primal cond above runs the branch's prints
+        # the primal cond above runs the branch's prints and its draws
+        tg = tg.replace(eqns=live_eqns(drop_effects(tg), keep_unused_draws=False)[0])
+        draws = random_draws(tg)
+        if draws:       # the tangent cond recomputes the branch: it would draw other numbers
+            raise FunctxError(
+                f"functx.cond: a branch draws random numbers ({', '.join(sorted(set(draws)))}) that its "
+                "derivative needs; differentiating it would redraw them and give a wrong derivative. "
+                "Draw the random values outside the cond and pass them in as operands.")
+        return tg, cs
     tbranches, consts = join_graphs([tangent_branch(g) for g in branches])
     t_vals = iter(cond_p.bind(index, *consts, *ops, *[t for t in tans if not isinstance(t, Zero)],
                               branches=tbranches))

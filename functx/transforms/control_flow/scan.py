@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ...core import STRUCTURAL, FunctxError, Primitive, Zero
-from ...core.ir import Graph, drop_effects
+from ...core.ir import Graph, drop_effects, live_eqns, random_draws
 from ...core.trace import GraphTracer, UndefinedPrimal, eval_graph, type_of
 from ... import prims as P
 from ...prims.creation import instantiate, zeros_like_type
@@ -233,7 +233,14 @@ def _scan_partial_eval(body, num_consts, num_carry, consts, carry, xs, const_t, 
         return ([instantiate(t) for t, m in zip(t_out[:nc], carry_nz) if m]
                 + [t for t in t_out[nc:] if _nonzero(t)])
     tan_g, tconsts = closed_graph(tangent_body, [type_of(v) for v in res_c] + nz_types + res_x_types)
-    tan_g = dce_graph(drop_effects(tan_g))      # the primal scan runs the body's prints (remat recomputes them)
+    # the primal scan runs the body's prints and draws (remat recomputes the body)
+    tan_g = tan_g.replace(eqns=live_eqns(drop_effects(tan_g), keep_unused_draws=False)[0])
+    draws = random_draws(tan_g)
+    if draws:
+        raise FunctxError(
+            f"functx.scan(remat={remat!r}): the body draws random numbers ({', '.join(sorted(set(draws)))}) "
+            "that its derivative needs, and remat recomputes the body, which would redraw them and give "
+            "a wrong derivative. Use remat=False, or draw the numbers outside the scan and pass them in xs.")
     n_ct, n_cart = sum(const_nz), sum(carry_nz)
     nz_t = lambda ts, mask: [t for t, m in zip(ts, mask) if m]
     # reorder inputs to (tconsts, res_c, const tangents) | carry tangents | x tangents, res_x
