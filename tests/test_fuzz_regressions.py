@@ -165,3 +165,19 @@ def test_any_all_of_empty_tensors(fn, shape, dim):
         f = (lambda a: fn(a)) if dim is None else (lambda a: fn(a, dim=dim, keepdim=keepdim))
         got, want = functx.jit(f)(x), f(x)
         assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_hypot_at_extremes_and_nan_beside_inf_like_torch():
+    # sqrt(a*a + b*b) overflowed at 3e20 (float32) and gave nan for hypot(nan, inf); torch: 5e20, inf
+    a = torch.tensor([0.0, 3e20, 1e-30, float("nan"), float("inf"), -3.0, 0.0, 2.0])
+    b = torch.tensor([0.0, 4e20, 1e-30, float("inf"), float("nan"), 4.0, -5.0, 2.0])
+    for fn in (functx.jit(torch.hypot, backend="eager"), functx.vmap(torch.hypot)):
+        torch.testing.assert_close(fn(a, b), torch.hypot(a, b), equal_nan=True)
+    pts = torch.tensor([[-3.0, 4.0], [0.0, -5.0], [2.0, 2.0], [1e-3, 7.0]], dtype=torch.float64)
+    h = lambda v: torch.hypot(v[0], v[1])   # noqa: E731  second derivatives at a = 0 and |a| = |b| too
+    torch.testing.assert_close(functx.vmap(functx.hessian(h))(pts), torch.func.vmap(torch.func.hessian(h))(pts))
+
+
+def test_t_of_more_than_two_dims_raises_under_jit_even_unused():
+    with pytest.raises(RuntimeError, match="t\\(\\) expects a tensor with <= 2 dimensions"):
+        functx.jit(lambda x: (x.t(), x)[1])(torch.zeros(1, 1, 1))

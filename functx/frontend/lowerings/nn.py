@@ -187,8 +187,20 @@ def _cdist(x1, x2, p, compute_mode=None):
 def _hypot(a, b):
     dtype = result_type(a, b, kind=KIND.INT_TO_FLOAT)
     a, b = prepare((a, b), dtype, broadcast_shapes(a, b))
-    # No safe root: torch's hypot derivative a / hypot(a, b) is nan at (0, 0), and so is ours.
-    return P.sqrt(P.add(P.mul(a, a), P.mul(b, b)))
+    # sqrt(a² + b²) overflows for |a| > ~1e19 in float32 and underflows for |a| < ~1e-19;
+    # there (only) it is m * sqrt(1 + (n / m)²), m = max(|a|, |b|), n = min: the same
+    # function. Elsewhere the plain form, whose derivatives of every order are torch's (abs
+    # and max would lose the second derivative at a = 0 or |a| = |b|; at (0, 0) the first is
+    # nan, as torch's a / hypot(a, b)). An infinite operand gives inf even beside a nan (IEEE).
+    plain = P.sqrt(P.add(P.mul(a, a), P.mul(b, b)))
+    aa, bb = P.abs_(a), P.abs_(b)
+    m, n = P.max_(aa, bb), P.min_(aa, bb)
+    tiny = math.sqrt(torch.finfo(dtype).tiny)
+    r = P.div(n, P.where(P.eq(m, 0.0), 1.0, m))
+    scaled = P.mul(m, P.sqrt(P.add(P.mul(r, r), 1.0)))
+    rescale = P.bitwise_or(P.eq(plain, float("inf")), P.bitwise_and(P.lt(plain, tiny), P.gt(m, 0.0)))
+    h = P.where(rescale, scaled, plain)
+    return P.where(P.bitwise_or(P.eq(aa, float("inf")), P.eq(bb, float("inf"))), float("inf"), h)
 
 
 # ---------------------------------------------------------------- finite derivatives at the edges

@@ -47,7 +47,10 @@ def _permute(x, dims):
 
 @register(aten.t.default)
 def _t_op(x):
-    return P.transpose(x, (1, 0)) if _t(x).ndim == 2 else x
+    nd = _t(x).ndim
+    if nd > 2:
+        raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {nd}D")
+    return P.transpose(x, (1, 0)) if nd == 2 else x
 
 
 @register(aten.transpose.int)
