@@ -21,7 +21,7 @@ import functools
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-from ..core import FunctxError, Trace, Tracer, current_trace, set_current_trace
+from ..core import POINTWISE, FunctxError, Trace, Tracer, current_trace, set_current_trace
 from ..core.trace import AxisData, _stages, enclosing_traces, process_on_parent, staging, type_of
 from .. import prims as P
 from ..prims.series import add_terms
@@ -115,10 +115,16 @@ class CollapsedTrace(Trace):
         return self.wrap(y0, y1, y2)
 
     def _linear(self, prim, x0, x1, x2, params, fixed):
+        # a pointwise op takes a missing coefficient as a literal zero, which simplify folds
+        # (x + -0.0 and x - 0.0 are exactly x); a zeros tensor would be filled and added on
+        # every call
+        lit = -0.0 if prim.name == "add" else 0
+        zero = (lambda p: lit) if prim.kind == POINTWISE else _zeros
+
         def apply(coeffs):
             if all(c is None for i, c in enumerate(coeffs) if i not in fixed):
                 return None
-            return prim.bind(*[p if i in fixed else (_zeros(p) if c is None else c)
+            return prim.bind(*[p if i in fixed else (zero(p) if c is None else c)
                                for i, (p, c) in enumerate(zip(x0, coeffs))], **params)
         y0 = prim.bind(*x0, **params)
         with set_current_trace(self.directions):
