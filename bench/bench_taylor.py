@@ -1,13 +1,19 @@
 """Laplacian benchmarks (issue 12): functx's collapsed Taylor mode (functx.laplacian) against
 nested AD (torch.func vmap(trace(hessian)) and functx's own, eager and jitted), side by side
-in one process, plus the peak memory each variant allocates (torch profiler, CPU).
+in one process, plus the peak memory each variant allocates (torch profiler, CPU); and the
+gradient of the exact score-matching loss, functx.divergence against vmap(trace(jacfwd)).
 
     python bench/bench_taylor.py                  # MLP 2-64-64-64-1 and d = 16/64/256, 1024 points
     python bench/bench_taylor.py --quick          # small sizes, few repeats
     python bench/bench_taylor.py --points 256 --dims 16 64
+    python bench/bench_taylor.py --only score     # the score-matching loss gradient alone
 
-Models: u(x) = MLP d-64-64-64-1 with tanh, float32, per point (vmap over the points).
-Every variant's result is checked against torch.func before timing. JAX and folx are not
+Models: u(x) = MLP d-64-64-64-1 with tanh, float32, per point (vmap over the points); the
+score s(x) = MLP d-64-64-64-d, loss(params) = mean over the points of 0.5 |s(x)|^2 + div s(x)
+(Hyvarinen's exact score matching), differentiated in the parameters.
+The functx nested anchors spell the Hessian jacfwd(jacrev(u)), which jit keeps as written;
+"functx.hessian rewritten" is the same code with functx.hessian, whose trace jit turns into
+the Laplacian. Every variant's result is checked against torch.func before timing. JAX and folx are not
 installed here, so their anchors are not measured.
 """
 from __future__ import annotations
@@ -32,8 +38,10 @@ def variants(d, points, width):
     def u(params, x):
         return mlp(params, x).squeeze(-1)
 
-    def nested(T):
-        return T.vmap(lambda p, x: torch.trace(T.hessian(u, argnums=1)(p, x)), in_dims=(None, 0))
+    def nested(T, hessian=None):
+        # jacfwd(jacrev): the Hessian as written, which jit does not rewrite (functx.hessian's is)
+        hessian = hessian or (lambda f, argnums: T.jacfwd(T.jacrev(f, argnums=argnums), argnums=argnums))
+        return T.vmap(lambda p, x: torch.trace(hessian(u, argnums=1)(p, x)), in_dims=(None, 0))
 
     collapsed = functx.vmap(functx.laplacian(u, argnums=1), in_axes=(None, 0))
     fns = {
@@ -42,6 +50,38 @@ def variants(d, points, width):
         "functx.jit vmap(trace(hessian))": functx.jit(nested(functx)),
         "functx vmap(laplacian)": collapsed,
         "functx.jit vmap(laplacian)": functx.jit(collapsed),
+        "functx.jit, functx.hessian rewritten": functx.jit(nested(functx, functx.hessian)),
+    }
+    return fns, (params, X)
+
+
+def score_variants(d, points, width):
+    """grad over the parameters of mean(0.5 |s(x)|^2 + div s(x)); each returns one flat vector."""
+    params = init_mlp([d, width, width, width, d], seed=2)
+    X = torch.randn(points, d, generator=torch.Generator().manual_seed(3))
+
+    def s(params, x):
+        return mlp(params, x)
+
+    def loss_grad(T, div):
+        def per_point(p, x):
+            return 0.5 * (s(p, x) ** 2).sum() + div(p, x)
+
+        def loss(p, X):
+            return T.vmap(per_point, in_dims=(None, 0))(p, X).mean()
+        g = T.grad(loss)
+        return lambda p, X: torch.cat([t.reshape(-1) for t in g(p, X)])
+
+    def trace_jacfwd(T):
+        return lambda p, x: torch.trace(T.jacfwd(s, argnums=1)(p, x))
+
+    collapsed = loss_grad(functx, functx.divergence(s, argnums=1))
+    fns = {
+        "torch.func grad(vmap(trace(jacfwd)))": loss_grad(torch.func, trace_jacfwd(torch.func)),
+        "functx grad(vmap(trace(jacfwd)))": loss_grad(functx, trace_jacfwd(functx)),
+        "functx.jit grad(vmap(trace(jacfwd)))": functx.jit(loss_grad(functx, trace_jacfwd(functx))),
+        "functx grad(vmap(divergence))": collapsed,
+        "functx.jit grad(vmap(divergence))": functx.jit(collapsed),
     }
     return fns, (params, X)
 
@@ -59,19 +99,23 @@ def peak_bytes(fn, args):
     return peak
 
 
-def run(d, points, width, repeat, min_time):
-    fns, args = variants(d, points, width)
-    ref = fns["torch.func vmap(trace(hessian))"](*args)
+def run(d, points, width, repeat, min_time, score=False):
+    fns, args = (score_variants if score else variants)(d, points, width)
+    ref = next(iter(fns.values()))(*args)          # the torch.func anchor comes first
     for name, fn in fns.items():
         out = fn(*args)
         torch.testing.assert_close(out, ref, rtol=2e-3, atol=2e-3 * float(ref.abs().max()), msg=name)
     times = interleaved(fns, {name: args for name in fns}, repeat=repeat, min_time=min_time)
-    nested_best = min(t for name, t in times.items() if "hessian" in name)
-    print(f"\nLaplacian of MLP {d}-{width}-{width}-{width}-1 (tanh), {points} points, float32")
-    print(f"{'variant':34s} {'per call':>10s} {'vs best nested':>15s} {'peak alloc':>11s}")
+    nested_best = min(t for name, t in times.items() if "trace(" in name)     # the nested-AD anchors
+    if score:
+        print(f"\nScore-matching loss gradient, score MLP {d}-{width}-{width}-{width}-{d} (tanh), "
+              f"{points} points, float32")
+    else:
+        print(f"\nLaplacian of MLP {d}-{width}-{width}-{width}-1 (tanh), {points} points, float32")
+    print(f"{'variant':38s} {'per call':>10s} {'vs best nested':>15s} {'peak alloc':>11s}")
     for name, t in times.items():
         mb = peak_bytes(fns[name], args) / 2 ** 20
-        print(f"{name:34s} {fmt_time(t):>10s} {nested_best / t:>14.2f}x {mb:>9.1f} MB")
+        print(f"{name:38s} {fmt_time(t):>10s} {nested_best / t:>14.2f}x {mb:>9.1f} MB", flush=True)
 
 
 def main():
@@ -80,6 +124,7 @@ def main():
     ap.add_argument("--points", type=int, default=None)
     ap.add_argument("--dims", type=int, nargs="*", default=None, help="input dimensions (default 2 16 64 256)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only", choices=["laplacian", "score"], default=None, help="one of the two benchmarks")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -87,8 +132,12 @@ def main():
     dims = a.dims or ([2, 16] if a.quick else [2, 16, 64, 256])
     width = 8 if a.quick else 64
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for d in dims:
-        run(d, points, width, repeat=3 if a.quick else 5, min_time=0.02 if a.quick else 0.2)
+    repeat, min_time = (3, 0.02) if a.quick else (5, 0.2)
+    for score in [False, True]:
+        if a.only not in (None, "score" if score else "laplacian"):
+            continue
+        for d in dims:
+            run(d, points, width, repeat, min_time, score=score)
 
 
 if __name__ == "__main__":

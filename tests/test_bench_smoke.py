@@ -45,3 +45,10 @@ def test_jit_dynamic_bench_runs_and_matches():
 
 def test_loops_bench_matches_the_torch_loop():
     assert bench_loops.check(n=5)
+
+
+def test_score_matching_bench_variants_agree():
+    fns, args = bench_taylor.score_variants(d=3, points=4, width=8)
+    ref = fns["torch.func grad(vmap(trace(jacfwd)))"](*args)
+    for name, fn in fns.items():
+        torch.testing.assert_close(fn(*args), ref, rtol=1e-4, atol=1e-4, msg=name)

@@ -24,6 +24,7 @@ class Explanation:
         self.traced = traced
         self.passes = passes
         self.fallbacks = list(self.graph.meta.fallbacks)
+        self.rewrites = list(traced.meta.rewrites)
         self.backend = compiled.backend
         self.kernels = list(compiled.kernels)
         self.groups = list(compiled.groups)
@@ -37,6 +38,7 @@ class Explanation:
             lines += [f"  {name}" for name in self.fallbacks]
         else:
             lines.append("-- fallbacks: none --")
+        lines += ["-- rewrites --"] + [f"  {line}" for line in self.rewrites] if self.rewrites else []
         lines += ["", "-- passes --", "traced:"] + _indent(str(self.traced))
         for name, text in self.passes:
             lines.append(f"after {name}:" + ("" if text else " (unchanged)"))

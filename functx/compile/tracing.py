@@ -13,7 +13,7 @@ import torch
 from ..core import GraphMeta, GraphTrace, TensorType, current_trace, nan_check, set_current_trace
 from ..core.errors import ConcretizationError, user_facing
 from ..core.trace import Tracer, type_of
-from ..frontend import TracerTensor, record_fallbacks, unwrap, wrap, wrap_input
+from ..frontend import TracerTensor, record_fallbacks, record_rewrites, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
 from ..tree_util import tree_flatten, tree_unflatten
 
@@ -149,8 +149,8 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
         full[i] = s
     kw.update(static_kw)
     # intercept_random: torch.randn(shape) etc. are staged as random primitives, not baked in
-    with record_fallbacks() as fallbacks, set_current_trace(trace), intercept_random(), \
-            _naming_scalars(scalar_vars, arg_names):
+    with record_fallbacks() as fallbacks, record_rewrites() as rewrites, set_current_trace(trace), \
+            intercept_random(), _naming_scalars(scalar_vars, arg_names):
         out = f(*full, **kw)
         out_leaves, out_tree = tree_flatten(out)
         for i, leaf in enumerate(out_leaves):
@@ -164,7 +164,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
                    if mutations and isinstance(w, TracerTensor) and w._version_]
         out_vals += [unwrap(in_wrappers[k]) for k in mutated]
     meta = GraphMeta(in_tree=treedef, out_tree=out_tree, mutated_inputs=tuple(mutated),
-                     fallbacks=tuple(fallbacks), check_nans=nan_check.STATE.on)
+                     fallbacks=tuple(fallbacks), rewrites=tuple(rewrites), check_nans=nan_check.STATE.on)
     return trace.to_graph(tracers, out_vals).replace(meta=meta)
 
 

@@ -71,12 +71,13 @@ class GraphMeta:
     in_tree/out_tree: pytree structures of the traced function's arguments and result;
     mutated_inputs: positions (among the tensor leaves) of inputs the function wrote in
     place, whose final values are the graph's last outputs; fallbacks: ATen ops that ran
-    through the opaque fallback; check_nans: traced while debug_nans was on (the backends
+    through the opaque fallback; rewrites: a line per trace-time rewrite (frontend/rewrites.py); check_nans: traced while debug_nans was on (the backends
     then check every output and name the equation's recorded source line)."""
     in_tree: Any = None
     out_tree: Any = None
     mutated_inputs: tuple = ()
     fallbacks: tuple = ()
+    rewrites: tuple = ()
     check_nans: bool = False
 
 

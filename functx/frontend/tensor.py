@@ -16,6 +16,7 @@ from torch.utils._pytree import tree_map
 from ..core.errors import FunctxError, user_frame_summary
 from ..core.trace import Tracer, concrete, type_of
 from .composites import COMPOSITES
+from .rewrites import rewrite
 
 
 _disabled_torch_function = torch._C._disabled_torch_function_impl
@@ -38,6 +39,9 @@ class TracerTensor(torch.Tensor):
         composite = COMPOSITES.get(func)
         if composite is not None:
             return composite(*args, **(kwargs or {}))
+        out = rewrite(func, args, kwargs, lambda: _disabled_torch_function(func, types, args, kwargs or {}))
+        if out is not NotImplemented:         # trace(hessian(f)) under jit (frontend/rewrites.py)
+            return out
         if func is _CONTIGUOUS and args[0]._chain:
             return _functionalize().contiguous(args[0])
         if func is _VIEW and args[0]._chain and not (len(args) == 2 and isinstance(args[1], torch.dtype)):

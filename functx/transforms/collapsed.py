@@ -21,14 +21,14 @@ import functools
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-from ..core import FunctxError, Trace, Tracer, current_trace, set_current_trace
-from ..core.trace import AxisData, process_on_parent, staging, type_of
+from ..core import POINTWISE, FunctxError, Trace, Tracer, current_trace, set_current_trace
+from ..core.trace import AxisData, _stages, enclosing_traces, process_on_parent, staging, type_of
 from .. import prims as P
 from ..prims.series import add_terms
 from ..prims.util import is_scalar
-from ..frontend import unwrap, wrap
+from ..frontend import TracerTensor, mark_hessian, unwrap, wrap
 from ..tree_util import tree_structure, tree_unflatten
-from .api import _flat_fun, _flatten_tensors, _OutStore, _with_argnums, jvp as jvp_api, vmap
+from .api import _flat_fun, _flatten_tensors, _OutStore, _with_argnums, hessian as nested_hessian, jvp as jvp_api, vmap
 from .batching import BatchTrace, BatchTracer
 from .jet import taylor_by_nested_jvp
 
@@ -115,10 +115,16 @@ class CollapsedTrace(Trace):
         return self.wrap(y0, y1, y2)
 
     def _linear(self, prim, x0, x1, x2, params, fixed):
+        # a pointwise op takes a missing coefficient as a literal zero, which simplify folds
+        # (x + -0.0 and x - 0.0 are exactly x); a zeros tensor would be filled and added on
+        # every call
+        lit = -0.0 if prim.name == "add" else 0
+        zero = (lambda p: lit) if prim.kind == POINTWISE else _zeros
+
         def apply(coeffs):
             if all(c is None for i, c in enumerate(coeffs) if i not in fixed):
                 return None
-            return prim.bind(*[p if i in fixed else (_zeros(p) if c is None else c)
+            return prim.bind(*[p if i in fixed else (zero(p) if c is None else c)
                                for i, (p, c) in enumerate(zip(x0, coeffs))], **params)
         y0 = prim.bind(*x0, **params)
         with set_current_trace(self.directions):
@@ -321,3 +327,44 @@ def divergence(f, argnums=0, *, num_samples=None, generator=None, distribution="
         total = vmap(directional)(wrap(probes)).sum()
         return total if num_samples is None else total / num_samples
     return div
+
+
+def hessian(f, argnums=0, has_aux=False):
+    """The Hessian of scalar-valued f, as jacfwd(jacrev(f)) (forward over reverse).
+
+    Under jit, the Hessian of a scalar f in one 1-d argument also stages f's Laplacian at
+    the same point (collapsed Taylor mode): torch.trace(h), h.diagonal().sum() or
+    torch.einsum('ii', h) of the unchanged result then return it, and the unused graph is
+    dropped (dead-code elimination); functx.explain lists the rewrite. Not when f binds a
+    random (effectful) primitive: it runs once, as written.
+
+    Returns:
+      For x of shape s, a tensor of shape s + s.
+
+    Example:
+      >>> laplacian = functx.vmap(lambda p: torch.trace(functx.hessian(u)(p)))
+    """
+    nested = nested_hessian(f, argnums, has_aux)
+    if has_aux or not isinstance(argnums, int):
+        return nested
+
+    @functools.wraps(nested)
+    def hess(*args, **kwargs):
+        stagers = [t for t in enclosing_traces() if _stages(t)]
+        if not stagers:                  # eager: the Hessian is computed already, no gain
+            return nested(*args, **kwargs)
+        starts = [len(t.eqns) for t in stagers]
+        h = nested(*args, **kwargs)
+        x = args[argnums] if -len(args) <= argnums < len(args) else None
+        if not (isinstance(h, TracerTensor) and isinstance(x, torch.Tensor) and x.dim() == 1
+                and tuple(h.shape) == (x.shape[0], x.shape[0])):       # (n, n): f is scalar
+            return h
+        if any(e.prim.effectful for t, n in zip(stagers, starts) for e in t.eqns[n:]):
+            return h                      # a second call of f would draw again
+        try:
+            lap = laplacian(f, argnums)(*args, **kwargs)
+        except Exception:     # noqa: BLE001  an optimization only: the Hessian stands as computed
+            return h          # (what the failed call staged is dead, and DCE drops it)
+        mark_hessian(h, lap, getattr(f, "__name__", "f"))
+        return h
+    return hess
