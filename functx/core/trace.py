@@ -247,6 +247,23 @@ class Tracer:
         )
 
 
+class PrimalTracer(Tracer):
+    """A tracer that carries a value of the parent trace (`primal`) plus its transform's
+    extra data (JVP tangents, Taylor series, ...): its type and concrete value are the primal's."""
+    __slots__ = ("primal", "_aval")       # subclasses set _aval = None: computed once, on use
+
+    @property
+    def aval(self) -> TensorType:
+        a = self._aval
+        if a is None:
+            a = self._aval = type_of(self.primal)
+        return a
+
+    def concrete(self):
+        p = self.primal
+        return p.concrete() if isinstance(p, Tracer) else p
+
+
 def type_of(x) -> TensorType | None:
     """Abstract type of a lax-level value (Tracer or Tensor); None for Python scalars."""
     if isinstance(x, Tracer):

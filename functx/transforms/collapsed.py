@@ -21,8 +21,8 @@ import functools
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-from ..core import POINTWISE, FunctxError, Trace, Tracer, current_trace, set_current_trace
-from ..core.trace import AxisData, _stages, enclosing_traces, process_on_parent, staging, type_of
+from ..core import POINTWISE, FunctxError, Trace, current_trace, set_current_trace
+from ..core.trace import AxisData, PrimalTracer, _stages, enclosing_traces, process_on_parent, staging, type_of
 from .. import prims as P
 from ..prims.series import add_terms
 from ..prims.util import is_scalar
@@ -33,22 +33,15 @@ from .batching import BatchTrace, BatchTracer
 from .jet import taylor_by_nested_jvp
 
 
-class CollapsedTracer(Tracer):
-    __slots__ = ("primal", "dirs", "s2")
+class CollapsedTracer(PrimalTracer):
+    __slots__ = ("dirs", "s2")
 
     def __init__(self, trace, primal, dirs, s2):
         self._trace = trace
         self.primal = primal
         self.dirs = dirs          # a value of trace.directions (batched over the directions), or None
         self.s2 = s2              # the summed second-order coefficient, or None
-
-    @property
-    def aval(self):
-        return type_of(self.primal)
-
-    def concrete(self):
-        p = self.primal
-        return p.concrete() if isinstance(p, Tracer) else p
+        self._aval = None
 
     def __repr__(self):
         return f"CollapsedTracer({self.aval})"

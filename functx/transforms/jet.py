@@ -13,8 +13,8 @@ from __future__ import annotations
 import functools
 import math
 
-from ..core import MissingRuleError, Trace, Tracer, current_trace, set_current_trace
-from ..core.trace import process_on_parent, type_of
+from ..core import MissingRuleError, Trace, current_trace, set_current_trace
+from ..core.trace import PrimalTracer, process_on_parent, type_of
 from .. import prims as P
 from ..prims.creation import zeros_like_type
 from ..prims.util import is_scalar
@@ -24,21 +24,14 @@ from .jvp import JVPTrace, JVPTracer
 from ..tree_util import tree_unflatten
 
 
-class JetTracer(Tracer):
-    __slots__ = ("primal", "series")
+class JetTracer(PrimalTracer):
+    __slots__ = ("series",)
 
     def __init__(self, trace, primal, series):
         self._trace = trace
         self.primal = primal
         self.series = series
-
-    @property
-    def aval(self):
-        return type_of(self.primal)
-
-    def concrete(self):
-        p = self.primal
-        return p.concrete() if isinstance(p, Tracer) else p
+        self._aval = None
 
     def __repr__(self):
         return f"JetTracer({self.aval}, order={len(self.series)})"

@@ -10,31 +10,20 @@ one. Forward mode (jvp, jacfwd, linearize) ignores grad mode, as torch.func's do
 """
 from __future__ import annotations
 
-from ..core import STRUCTURAL, MissingRuleError, Trace, Tracer, Zero, set_current_trace
+from ..core import STRUCTURAL, MissingRuleError, Trace, Zero, set_current_trace
 from ..core import nan_check
-from ..core.trace import grad_enabled_for, process_on_parent, transform_level, type_of, value_repr
+from ..core.trace import PrimalTracer, grad_enabled_for, process_on_parent, transform_level, type_of, value_repr
 from ..prims.util import is_scalar
 
 
-class JVPTracer(Tracer):
-    __slots__ = ("primal", "tangent", "_aval")
+class JVPTracer(PrimalTracer):
+    __slots__ = ("tangent",)
 
     def __init__(self, trace, primal, tangent):
         self._trace = trace
         self.primal = primal
         self.tangent = tangent
         self._aval = None
-
-    @property
-    def aval(self):
-        a = self._aval
-        if a is None:
-            a = self._aval = type_of(self.primal)
-        return a
-
-    def concrete(self):
-        p = self.primal
-        return p.concrete() if isinstance(p, Tracer) else p
 
     def __repr__(self):
         # torch.func's names: grad levels show their primal; forward levels the tangent too.
