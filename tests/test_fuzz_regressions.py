@@ -181,3 +181,9 @@ def test_hypot_at_extremes_and_nan_beside_inf_like_torch():
 def test_t_of_more_than_two_dims_raises_under_jit_even_unused():
     with pytest.raises(RuntimeError, match="t\\(\\) expects a tensor with <= 2 dimensions"):
         functx.jit(lambda x: (x.t(), x)[1])(torch.zeros(1, 1, 1))
+
+
+def test_floor_divide_of_bools_raises_under_jit_even_unused():
+    # aten.floor_divide is not tagged pointwise, so its dtype check only ran when the graph ran
+    with pytest.raises(NotImplementedError, match="not implemented for 'Bool'"):
+        functx.jit(lambda x: (x // x, x)[1])(torch.tensor([False, True]))

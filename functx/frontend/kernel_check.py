@@ -74,8 +74,12 @@ def check_kernel_accepts(func, args, kwargs):
 _POINTWISE: dict = {}
 
 
+# Elementwise in torch's kernels but not tagged pointwise in its schema.
+_UNTAGGED_POINTWISE = frozenset({torch.ops.aten.floor_divide.default, torch.ops.aten.floor_divide.Scalar})
+
+
 def is_pointwise(func) -> bool:
     answer = _POINTWISE.get(func)
     if answer is None:
-        answer = _POINTWISE[func] = torch.Tag.pointwise in func.tags
+        answer = _POINTWISE[func] = torch.Tag.pointwise in func.tags or func in _UNTAGGED_POINTWISE
     return answer
