@@ -187,3 +187,11 @@ def test_floor_divide_of_bools_raises_under_jit_even_unused():
     # aten.floor_divide is not tagged pointwise, so its dtype check only ran when the graph ran
     with pytest.raises(NotImplementedError, match="not implemented for 'Bool'"):
         functx.jit(lambda x: (x // x, x)[1])(torch.tensor([False, True]))
+
+
+def test_fallback_ops_on_empty_inputs_raise_as_torch_under_jit():
+    # median over an empty dim passed torch's meta function; its kernel raises
+    x = torch.zeros(0, 1)
+    with pytest.raises(IndexError, match="median\\(\\): Expected reduction dim 0 to have non-zero size"):
+        functx.jit(lambda x: (torch.median(x, dim=0).values, x.exp())[1])(x)
+    torch.testing.assert_close(functx.jit(lambda x: torch.median(x, dim=1).values)(x), torch.median(x, dim=1).values)

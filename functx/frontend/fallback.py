@@ -72,6 +72,14 @@ def _output_types(func, flat, positions, spec):
     device = next((flat[i].device for i in positions), torch.device("cpu"))
     if torch.Tag.dynamic_output_shape in func.tags:
         return _types_from_values(func, flat, positions, spec, device)
+    if any(0 in tuple(flat[i].shape) for i in positions):
+        # An empty operand: torch's kernel checks what its meta function may not (median over
+        # an empty dim), and running it on no data costs nothing, so its answer is the type.
+        empty = list(flat)
+        for i in positions:
+            empty[i] = torch.zeros(flat[i].shape, dtype=flat[i].dtype)
+        a, k = tree_unflatten(empty, spec)
+        return _types_of(func, func(*a, **k), device)
     meta = list(flat)
     for i in positions:
         meta[i] = torch.empty(flat[i].shape, dtype=flat[i].dtype, device="meta")
