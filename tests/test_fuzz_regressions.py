@@ -195,3 +195,15 @@ def test_fallback_ops_on_empty_inputs_raise_as_torch_under_jit():
     with pytest.raises(IndexError, match="median\\(\\): Expected reduction dim 0 to have non-zero size"):
         functx.jit(lambda x: (torch.median(x, dim=0).values, x.exp())[1])(x)
     torch.testing.assert_close(functx.jit(lambda x: torch.median(x, dim=1).values)(x), torch.median(x, dim=1).values)
+
+
+def test_in_place_results_must_keep_the_written_shape():
+    # masked_fill_ through a view with a mask of more dims was broadcast down silently under jit
+    def f(x):
+        v = torch.exp(x)
+        v.select(0, 0).masked_fill_(x < 0, 0.5)
+        return v
+    with pytest.raises(RuntimeError, match="doesn't match the broadcast shape"):
+        f(torch.zeros(1, 1, 1))
+    with pytest.raises(RuntimeError, match="doesn't match the broadcast shape"):
+        functx.jit(f)(torch.zeros(1, 1, 1))

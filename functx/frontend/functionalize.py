@@ -170,6 +170,11 @@ def write(target, value):
         value = P.full(t.shape, value, t.dtype, t.device)
     elif isinstance(value, torch.Tensor) and value.device != t.device:
         value = value.to(t.device)   # copy_ moves concrete values across devices, as torch does
+    v_shape = tuple(type_of(unwrap(value)).shape)
+    if len(v_shape) > len(t.shape) or any(a != 1 and a != b for a, b in zip(reversed(v_shape), reversed(t.shape))):
+        # torch's in-place rule: the result's broadcast shape must be the written tensor's
+        full = torch.broadcast_shapes(v_shape, tuple(t.shape))
+        raise RuntimeError(f"output with shape {list(t.shape)} doesn't match the broadcast shape {list(full)}")
     value = P.broadcast_to(P.convert(value, t.dtype), t.shape)
     if not (isinstance(target, TracerTensor) and t.dtype.is_floating_point and _writes_values_only(target)):
         assign(target, value)
