@@ -28,7 +28,6 @@ import math
 
 import torch
 
-from ...core.primitive import Unsupported
 from ..fusion.indexing import Index, Sym, render
 from ..fusion.kernel import NullOps
 from ..fusion.printer import KernelPrinter
@@ -253,18 +252,7 @@ class CppOps(KernelPrinter):
         return self._new(f"static_cast<{ctype(dtype)}>({text})", dtype, dims, "r" not in dims)
 
     def pointwise(self, eqn, args):
-        dtype = eqn.outputs[0].type.dtype
-        dims = frozenset().union(*(a.dims for a in args)) if args else frozenset()
-        hoist = all(a.hoist for a in args)
-        template = eqn.prim.cpp_lowering(eqn)
-        if isinstance(template, Unsupported):
-            raise NotImplementedError(template)
-        if template == "{0}":                   # identity (stop_gradient): no new value
-            return args[0]
-        expr = template.format(*(a.expr for a in args), **eqn.params)
-        if not args:
-            return CVal(expr, dtype)
-        return self._new(expr, dtype, dims, hoist)
+        return self._from_template(eqn.prim.cpp_lowering(eqn), args, eqn.outputs[0].type.dtype, eqn.params, CVal)
 
     def reduction(self, combine, value, dtype):
         if len(self.cache) < 2:

@@ -3,6 +3,8 @@ kernel in three places (once per row before everything, before the reduction loo
 current scope) and CSE of expression text per scope."""
 from __future__ import annotations
 
+from ...core.primitive import Unsupported
+
 
 class KernelPrinter:
     def __init__(self, name: str):
@@ -40,3 +42,15 @@ class KernelPrinter:
             self.out.append(line)
         cache[expr] = val
         return val
+
+    def _from_template(self, template, args, dtype, params, literal):
+        """The value a primitive's pointwise template (`triton` / `cpp`) prints for args;
+        `literal(expr, dtype)` makes a constant (no operands)."""
+        if isinstance(template, Unsupported):
+            raise NotImplementedError(template)
+        if template == "{0}":                   # identity (stop_gradient): no new value
+            return args[0]
+        expr = template.format(*(a.expr for a in args), **params)
+        if not args:
+            return literal(expr, dtype)
+        return self._new(expr, dtype, frozenset().union(*(a.dims for a in args)), all(a.hoist for a in args))

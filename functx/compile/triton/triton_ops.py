@@ -12,7 +12,6 @@ import math
 
 import torch
 
-from ...core.primitive import Unsupported
 from ..fusion.indexing import Index, render
 from ..fusion.printer import KernelPrinter
 from ..fusion.scheduler import lowerable as fusion_lowerable
@@ -146,20 +145,10 @@ class TritonOps(KernelPrinter):
 
     def pointwise(self, eqn, args):
         prim, dtype = eqn.prim, eqn.outputs[0].type.dtype
-        dims = frozenset().union(*(a.dims for a in args)) if args else frozenset()
-        hoist = all(a.hoist for a in args)
         if prim.name == "convert_element_type":     # half types and bools round specially
-            expr = self._convert(args[0], dtype)
-        else:
-            template = prim.triton_lowering(eqn)
-            if isinstance(template, Unsupported):
-                raise NotImplementedError(template)
-            if template == "{0}":                   # identity (stop_gradient): no new value
-                return args[0]
-            expr = template.format(*(a.expr for a in args), **eqn.params)
-        if not args:
-            return TVal(expr, dtype)
-        return self._new(expr, dtype, dims, hoist)
+            (x,) = args
+            return self._new(self._convert(x, dtype), dtype, x.dims, x.hoist)
+        return self._from_template(prim.triton_lowering(eqn), args, dtype, eqn.params, TVal)
 
     def _convert(self, v, dtype):
         src, dst = compute_dtype(v.dtype), compute_dtype(dtype)
