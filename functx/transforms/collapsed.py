@@ -202,6 +202,14 @@ def _check_directions(directions, weights, x, what):
     return directions, weights
 
 
+def _directions(x, num_samples, generator, distribution, what):
+    """The exact operators' basis (one direction per element of x), or random probes."""
+    if num_samples is None:
+        t = type_of(x)
+        return torch.eye(t.numel, dtype=t.dtype, device=t.device).reshape((t.numel,) + tuple(t.shape))
+    return _probes(x, num_samples, generator, distribution, what)
+
+
 def _probes(x, num_samples, generator, distribution, what):
     """num_samples random directions shaped like x: Rademacher (+-1) or standard normal."""
     if not isinstance(num_samples, int) or num_samples < 1:
@@ -280,11 +288,10 @@ def laplacian(f, argnums=0, *, num_samples=None, generator=None, distribution="r
     @functools.wraps(f)
     def lap(*args, **kwargs):
         g, x = _single_argument(f, args, kwargs, argnums, what)
-        t = type_of(x)
+        probes = _directions(x, num_samples, generator, distribution, what)
         if num_samples is None:
-            eye = torch.eye(t.numel, dtype=t.dtype, device=t.device).reshape((t.numel,) + tuple(t.shape))
-            return _collapsed_call(g, x, eye, None, what)
-        probes = _probes(x, num_samples, generator, distribution, what)
+            return _collapsed_call(g, x, probes, None, what)
+        t = type_of(x)
         weights = torch.full((num_samples,), 1.0 / num_samples, dtype=t.dtype, device=t.device)
         return _collapsed_call(g, x, probes, weights, what)
     return lap
@@ -305,10 +312,7 @@ def divergence(f, argnums=0, *, num_samples=None, generator=None, distribution="
     def div(*args, **kwargs):
         g, x = _single_argument(f, args, kwargs, argnums, what)
         t = type_of(x)
-        if num_samples is None:
-            probes = torch.eye(t.numel, dtype=t.dtype, device=t.device).reshape((t.numel,) + tuple(t.shape))
-        else:
-            probes = _probes(x, num_samples, generator, distribution, what)
+        probes = _directions(x, num_samples, generator, distribution, what)
         xw = wrap(x)
 
         def directional(v):
