@@ -66,12 +66,21 @@ class FusedCompiled(Compiled):
                 names[v] = printer.name(v)
         self.names = names
         self.schedule = Schedule(g, names, self.lowerable, persistent_max)
+        self.choose_templates(self.schedule)
         self.kernels: list[str] = []
         self.groups: list[GroupInfo] = []
         self._launch_args: dict = {}
-        generated = []
+        generated, templates = [], {}
         for i, grp in enumerate(self.schedule.groups):
             eqns = [printer.format_eqn(e) for e in grp.members]
+            if grp.template is not None:
+                name = f"{grp.template.kind}{len(self.kernels)}"
+                src, ins, outs, templates[name] = self.template_source(grp, name)
+                self._launch_args[id(grp)] = (ins, outs)
+                self.kernels.append(src)
+                self.groups.append(GroupInfo(i, "template", name, eqns, outs, grp.template.space,
+                                             source=src, reason=grp.template.reason))
+                continue
             if grp.extern:
                 e = grp.first
                 self.groups.append(GroupInfo(i, "extern", e.prim.name, eqns,
@@ -85,7 +94,7 @@ class FusedCompiled(Compiled):
             self._launch_args[id(grp)] = (ins, outs)
             self.kernels.append(src)
             self.groups.append(GroupInfo(i, "kernel", plan.name, eqns, outs, describe_space(plan), source=src))
-        self._launchers = self.load_kernels(generated)
+        self._launchers = {**self.load_kernels(generated), **templates}
         self.source, self._globals = self._wrapper()
         self.call = compile_function(self.source, "call", self._globals, g.consts,
                                      f"<functx.jit {self.backend} {id(self):x}>")
@@ -102,6 +111,14 @@ class FusedCompiled(Compiled):
         raise NotImplementedError
 
     def launch_source(self, plan, ins, outs) -> str:
+        raise NotImplementedError
+
+    def choose_templates(self, schedule):
+        """Turn some extern groups (with the kernel group they feed) into template groups
+        (schedule.make_template); a backend without templates keeps them all."""
+
+    def template_source(self, grp, name):
+        """-> (kernel source, input buffers, output buffers, launcher) of a template group."""
         raise NotImplementedError
 
     def report_header(self) -> str:
@@ -134,6 +151,18 @@ class FusedCompiled(Compiled):
 
         for i, grp in enumerate(sched.groups):
             info = self.groups[i]
+            if grp.template is not None:
+                ins, outs = self._launch_args[id(grp)]
+                operands = [materialize(a) for a in grp.template.eqn.inputs]
+                lines.append(f"    # group {i}: {info.space}")
+                for v in grp.plan.stored:
+                    t = v.type
+                    lines.append(f"    {names[v]} = torch.empty({tuple(t.shape)!r}, dtype={t.dtype}, "
+                                 f"device={str(t.device)!r})")
+                    have.add(v)
+                lines.append(f"    {info.name}({', '.join(operands + ins + outs)})")
+                self._check_line(lines, glob, [names[v] for v in grp.plan.stored if v.type.dtype.is_floating_point])
+                continue
             if grp.extern:
                 e = grp.first
                 srcs = [materialize(a) for a in e.inputs]
@@ -190,16 +219,19 @@ class FusedCompiled(Compiled):
             return env[a]
 
         for grp in self.schedule.groups:
-            if grp.extern:
-                e = grp.first
+            if grp.extern or grp.template is not None:
+                e = grp.first if grp.extern else grp.template.eqn
                 outs = e.prim.impl(*[value(a) for a in e.inputs], **e.params)
                 outs = list(outs) if e.prim.multiple_results else [outs]
                 for v, o in zip(e.outputs, outs):
                     env[v] = o.contiguous()
-                continue
+                if grp.extern:
+                    continue
             plan = grp.plan
             buffers = {self.names[v]: x for v, x in env.items() if isinstance(x, torch.Tensor)}
             for v in plan.stored:
+                if v in env:        # a template's own result, computed above
+                    continue
                 env[v] = buffers[self.names[v]] = torch.empty(v.type.shape, dtype=v.type.dtype,
                                                               device=v.type.device)
             plan.run(TorchOps(buffers, plan.xnumel, plan.rnumel, device=plan_device(plan)))
@@ -217,10 +249,14 @@ class FusedCompiled(Compiled):
 
     def report(self) -> str:
         nk = sum(1 for g in self.groups if g.kind == "kernel")
-        ne = len(self.groups) - nk
-        out = [self.report_header(), "", f"-- fusion groups: {nk} kernel(s), {ne} extern(s) --"]
+        nt = sum(1 for g in self.groups if g.kind == "template")
+        ne = len(self.groups) - nk - nt
+        templates = f"{nt} template(s), " if nt else ""
+        out = [self.report_header(), "", f"-- fusion groups: {nk} kernel(s), {templates}{ne} extern(s) --"]
         for g in self.groups:
             head = f"group {g.index}: {g.kind} {g.name} — {g.space}"
+            if g.kind == "template":
+                head += f"\n    chosen: {g.reason}"
             if g.kind == "extern":
                 head = f"group {g.index}: extern {g.name} — {g.reason}"
             out.append(head)

@@ -49,6 +49,14 @@ def lowerable(eqn, dtypes, expression, backend: str) -> str | None:
     return str(answer) if isinstance(answer, Unsupported) else None
 
 
+class TemplateChoice:
+    """What a template group runs: kind ("mm"), the equation it replaces (eqn), the
+    iteration space and the reason it was chosen (explain prints both), backend data."""
+
+    def __init__(self, kind, eqn, space, reason, data=None):
+        self.kind, self.eqn, self.space, self.reason, self.data = kind, eqn, space, reason, data
+
+
 class Group:
     _ids = itertools.count(1)    # atomic: schedules may be built in a background thread
 
@@ -56,6 +64,7 @@ class Group:
         self.members = list(members)
         self.extern = extern
         self.plan = None
+        self.template = None        # a template group: what the backend's template_source gets
         self.uid = next(Group._ids)
 
     @property
@@ -193,6 +202,10 @@ class Schedule:
     def why_not(self, a, b) -> str | None:
         """None if a and b can be one kernel, else the reason."""
         for g in (a, b):
+            if g.template is not None:
+                return (f"{g.first.prim.name} runs as a template kernel with its epilogue fused; "
+                        "nothing else fuses into a template")
+        for g in (a, b):
             if g.extern:
                 e = g.first
                 return f"{e.prim.name} is an extern: {self.extern_reason[id(e)]}"
@@ -234,6 +247,21 @@ class Schedule:
                         reads[self.group_of[id(a.first)].uid] = reads[a.uid] | reads[b.uid]
                         changed = True
 
+    def make_template(self, extern, consumer, template, plan):
+        """Replace the extern group `extern` (and the kernel group `consumer` it feeds, its
+        epilogue, or None) by one template group, which runs `plan` (a KernelPlan over the
+        epilogue) on the extern's result in registers; the caller checked `reaches`."""
+        members = extern.members + (consumer.members if consumer is not None else [])
+        g = Group(sorted(members, key=lambda e: self.order[id(e)]))
+        g.template, g.plan = template, plan
+        self._assign(g)
+        self.groups = self._toposort()
+        return g
+
+    def reaches(self, src, dst) -> bool:
+        """Does a path lead from group src to group dst through some other group?"""
+        return self._reaches(src, dst, True)
+
     def _live_groups(self):
         seen, out = set(), []
         for e in self.graph.eqns:
@@ -274,4 +302,4 @@ def describe_space(plan) -> str:
     return f"pointwise over {plan.xnumel} elements"
 
 
-__all__ = ["Schedule", "Group", "lowerable", "describe_space", "reduction_layout"]
+__all__ = ["Schedule", "Group", "TemplateChoice", "lowerable", "describe_space", "reduction_layout"]

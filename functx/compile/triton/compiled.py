@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..fusion.compiled import FusedCompiled, GroupInfo  # noqa: F401  (GroupInfo: what .groups holds)
 from .runtime import Launcher, check_mode, load_module, module_source
+from .templates import choose_matmul_templates, matmul_source
 from .triton_ops import TritonOps, lowerable
 
 PERSISTENT_MAX = 1024     # rows up to this many elements are reduced in one block
@@ -45,6 +46,12 @@ class TritonCompiled(FusedCompiled):
     def launch_source(self, plan, ins, outs):
         sizes = f"xnumel={plan.xnumel}" + (f", rnumel={plan.rnumel}" if plan.reductions else "")
         return f"{plan.name}({', '.join(ins + outs)}, {sizes})"
+
+    def choose_templates(self, schedule):
+        choose_matmul_templates(schedule, self.names)
+
+    def template_source(self, grp, name):
+        return matmul_source(grp, name, self.names, self.interpret)
 
     def report_header(self):
         return "backend: triton" + (" (interpreter)" if self.interpret else "")
