@@ -19,6 +19,11 @@ class Compiled:
     kernels: list[str]
     groups: list
 
+    def with_cuda_graphs(self, call, option):
+        """The callable jit runs for this entry: `call`, or `call` replayed from a CUDA
+        graph (backends that launch kernels; option: jit's cuda_graphs)."""
+        return call
+
     def __call__(self, *inputs):
         return self.call(*inputs)
 

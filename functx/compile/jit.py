@@ -27,13 +27,14 @@ class _Entry:
     the pipeline, with its meta) and what the hot path calls."""
     __slots__ = ("compiled", "call", "unflatten", "key")
 
-    def __init__(self, compiled, key):
+    def __init__(self, compiled, key, cuda_graphs=None):
         self.compiled = compiled
         self.key = key
         meta = compiled.graph.meta
         # The hot path: the backend's plain callable (the generated function itself on the
-        # eager backend) and the cheapest way to rebuild the output structure.
-        self.call = compiled.call
+        # eager backend; on the Triton backend replayed from a CUDA graph where safe) and
+        # the cheapest way to rebuild the output structure.
+        self.call = compiled.with_cuda_graphs(compiled.call, cuda_graphs)
         if meta.out_tree.is_leaf():
             self.unflatten = _first
         else:
@@ -108,8 +109,9 @@ class JitFunction:
     general key (pytree structure + per-leaf signature + static values)."""
 
     def __init__(self, f, static_argnums=(), backend=None, static_argnames=(),
-                 cache_limit=DEFAULT_CACHE_LIMIT, warn_on_retrace=False):
+                 cache_limit=DEFAULT_CACHE_LIMIT, warn_on_retrace=False, cuda_graphs=None):
         self.f = f
+        self.cuda_graphs = cuda_graphs
         namer = ArgNamer(f)
         nums = normalize_argnums(static_argnums, "functx.jit")
         names = normalize_argnames(static_argnames)
@@ -186,7 +188,7 @@ class JitFunction:
                 self._last_key = self._last_entry = None
                 key = self._key(args, kwargs, nums)[0]
             compiled, _ = compile_graph(graph, self.backend, leaves)
-            entry = _Entry(compiled, key)
+            entry = _Entry(compiled, key, self.cuda_graphs)
             evicted = self._cache.add(key, entry)
             if evicted:
                 self._fast = {k: e for k, e in self._fast.items() if e not in evicted}
@@ -281,7 +283,7 @@ class BoundJitMethod:
 
 
 def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_limit=DEFAULT_CACHE_LIMIT,
-        warn_on_retrace=False):
+        warn_on_retrace=False, cuda_graphs=None):
     """Compile f: trace once per input signature, optimize, compile, cache (JAX's jit).
 
     The cache key is the pytree structure of the arguments, the shape/dtype/device of each
@@ -306,6 +308,12 @@ def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_li
       cache_limit: the most traced signatures kept (least recently used evicted, with one
         warning naming the argument that keeps changing); None for no limit.
       warn_on_retrace: warn on every retrace, saying which argument changed and how.
+      cuda_graphs: on the Triton backend with CUDA tensors, capture each cache entry's host
+        wrapper into a CUDA graph after two warm-up calls and replay it (inputs copied into
+        static buffers, outputs returned as fresh clones), where the graph is safe to capture
+        (no host callbacks, collectives, random draws, host-read control flow or opaque ops;
+        explain says which). None: the default, `functx.compile.cuda_graphs.CONFIG.enabled`
+        (on; FUNCTX_CUDA_GRAPHS=0 turns it off); False: never.
 
     Returns:
       A JitFunction: call it like f; .cache_info() lists the signatures and the retraces.
@@ -315,7 +323,7 @@ def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_li
       >>> loss_value, grads = step(params, x, y)
     """
     options = dict(static_argnums=static_argnums, static_argnames=static_argnames, backend=backend,
-                   cache_limit=cache_limit, warn_on_retrace=warn_on_retrace)
+                   cache_limit=cache_limit, warn_on_retrace=warn_on_retrace, cuda_graphs=cuda_graphs)
     if f is None:
         return lambda g: JitFunction(g, **options)
     return JitFunction(f, **options)

@@ -2,6 +2,7 @@
 host wrapper (the shared half is fusion/compiled.py)."""
 from __future__ import annotations
 
+from .. import cuda_graphs
 from ..fusion.compiled import FusedCompiled, GroupInfo  # noqa: F401  (GroupInfo: what .groups holds)
 from .runtime import Launcher, check_mode, load_module, module_source
 from .templates import choose_matmul_templates, matmul_source
@@ -52,6 +53,15 @@ class TritonCompiled(FusedCompiled):
 
     def template_source(self, grp, name):
         return matmul_source(grp, name, self.names, self.interpret)
+
+    def with_cuda_graphs(self, call, option):
+        call, self._graph_runner, self._graph_reason = cuda_graphs.wrap(call, self.graph, option)
+        return call
+
+    def report(self):
+        state = cuda_graphs.report(self.graph, getattr(self, "_graph_runner", None),
+                                   getattr(self, "_graph_reason", None))
+        return super().report() + f"\n-- CUDA graphs --\n{state}\n"
 
     def report_header(self):
         return "backend: triton" + (" (interpreter)" if self.interpret else "")
