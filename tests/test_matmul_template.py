@@ -169,8 +169,8 @@ def test_jit_vmap_grad_mlp_per_sample_grads():
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("m,k,n", [(128, 256, 64), (100, 70, 33), (1, 512, 256)])
+@pytest.mark.parametrize("dtype,m,k,n", [(torch.float32, 100, 70, 33), (torch.float16, 100, 70, 33),
+                                         (torch.bfloat16, 128, 256, 64), (torch.float16, 1, 512, 256)])
 def test_gpu_template_matches_torch(dtype, m, k, n):
     x, w, b = (torch.randn(m, k, device="cuda", dtype=dtype), torch.randn(k, n, device="cuda", dtype=dtype),
                torch.randn(n, device="cuda", dtype=dtype))

@@ -150,17 +150,20 @@ def _pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): Inductor's mm configs, trimmed; the
-# first two suit skinny / small per-sample matmuls.
-GPU_CONFIGS = [(16, 64, 64, 4, 3), (32, 32, 32, 2, 4), (64, 64, 32, 4, 3), (64, 128, 32, 4, 4),
-               (128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (64, 64, 64, 4, 4)]
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), from Inductor's mm configs: a few per
+# problem size, so that autotuning (each config is one compile) stays short.
+SMALL = [(16, 64, 64, 4, 3), (32, 32, 32, 2, 4), (32, 64, 64, 4, 3)]
+MEDIUM = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 4), (128, 64, 32, 4, 4)]
+LARGE = [(128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (64, 128, 32, 4, 4), (128, 256, 32, 8, 3)]
 
 
 def gpu_configs(layout: MatmulLayout) -> list[tuple]:
-    """The autotuning candidates that fit the problem (blocks no larger than needed)."""
-    m, n, k = _pow2(max(layout.m, 16)), _pow2(max(layout.n, 16)), _pow2(max(layout.k, 16))
-    out = [c for c in GPU_CONFIGS if c[0] <= max(m, 16) and c[1] <= max(n, 16) and c[2] <= max(k, 32)]
-    return out or GPU_CONFIGS[:2]
+    """The autotuning candidates for this problem's size."""
+    if min(layout.m, layout.n) <= 32:
+        return SMALL
+    if min(layout.m, layout.n) >= 1024:
+        return LARGE
+    return MEDIUM
 
 
 def interpreter_config(layout: MatmulLayout) -> dict:
