@@ -89,10 +89,39 @@ def test_transposed_use_is_not_an_epilogue():
 
 
 @interp
+@pytest.mark.parametrize("name,f", [
+    ("prologue", lambda x, w, b: torch.exp(x * 0.5) @ w),          # exp(0) = 1: masked lanes must be zeroed
+    ("prologue+epilogue", lambda x, w, b: F.relu(torch.sigmoid(x) @ w + b)),
+    ("transposed lhs", lambda x, w, b: torch.einsum("ji,jk->ik", torch.exp(x.T.contiguous() * 0.1), w)),
+    ("batched lhs", lambda x, w, b: torch.einsum("bij,bjk->bik", torch.tanh(x).reshape(3, 11, 45),
+                                                 w[None].expand(3, 45, 20))),
+])
+def test_prologue_on_a(name, f):
+    x, w, b = torch.randn(33, 45), torch.randn(45, 20), torch.randn(20)
+    ex = run(f, x, w, b)
+    tmpl = next(g for g in ex.groups if g.kind == "template")
+    assert "prologue on A" in tmpl.space and "a prologue on A" in tmpl.reason
+    assert "a_ptr" not in tmpl.source         # A is computed, never loaded
+
+
+@interp
+def test_no_prologue_when_a_is_needed_elsewhere_or_n_is_large():
+    x, w, b = torch.randn(9, 12), torch.randn(12, 10), torch.randn(10)
+    ex = run(lambda x, w, b: (torch.tanh(torch.exp(x) @ w + b), torch.exp(x).sum()), x, w, b)
+    tmpl = next(g for g in ex.groups if g.kind == "template")
+    assert "prologue" not in tmpl.space         # exp(x) is stored for the sum anyway
+    wide = torch.randn(12, 300)
+    ex = run(lambda x, w: torch.tanh(torch.exp(x) @ w), x, wide)
+    tmpl = next(g for g in ex.groups if g.kind == "template")
+    assert "prologue" not in tmpl.space
+
+
+@interp
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_types(dtype):
     x, w, b = (torch.randn(17, 24).to(dtype), torch.randn(24, 19).to(dtype), torch.randn(19).to(dtype))
     run(lambda x, w, b: torch.sigmoid(x @ w + b), x, w, b)
+    run(lambda x, w, b: torch.sigmoid(torch.tanh(x) @ w + b), x, w, b)        # with a prologue
 
 
 @interp

@@ -30,11 +30,13 @@ class TemplateConfig:
     epilogue uses the template when M*N*K per batch entry is at most this (one launch
     instead of cuBLAS's batched-gemm setup); split_k_min_k / split_k_max_tiles: keep cuBLAS
     when the output has few tiles over a long K (cuBLAS splits K across SMs; the template
-    does not)."""
+    does not); prologue_max_n: a pointwise prologue on A is recomputed once per column
+    of output tiles, so it is fused only when N is at most this."""
     enabled: bool = True
     small_batched_mnk: int = 64 * 64 * 64
     split_k_min_k: int = 4096
     split_k_max_tiles: int = 32
+    prologue_max_n: int = 256
 
 
 CONFIG = TemplateConfig()
@@ -50,6 +52,8 @@ class MatmulLayout:
     m: int
     n: int
     k: int
+    lhs_shape: tuple = ()
+    lhs_groups: tuple = ()      # lhs dims (batch dims, free dims, contracting dims)
 
     @classmethod
     def of(cls, lhs_shape, rhs_shape, dimension_numbers):
@@ -58,23 +62,41 @@ class MatmulLayout:
         rfree = [d for d in range(len(rhs_shape)) if d not in rc and d not in rb]
         return cls((*lb, *lfree, *lc), (*rb, *rc, *rfree),
                    math.prod(lhs_shape[d] for d in lb), math.prod(lhs_shape[d] for d in lfree),
-                   math.prod(rhs_shape[d] for d in rfree), math.prod(lhs_shape[d] for d in lc))
+                   math.prod(rhs_shape[d] for d in rfree), math.prod(lhs_shape[d] for d in lc),
+                   tuple(lhs_shape), (tuple(lb), tuple(lfree), tuple(lc)))
+
+    def lhs_index(self, b: str, m: str, k: str) -> str:
+        """Triton source of the row-major flat index into the lhs (as dot_general sees it)
+        of element [b, m, k] of its [batch, M, K] view: what a prologue computes A from."""
+        strides = [math.prod(self.lhs_shape[d + 1:]) for d in range(len(self.lhs_shape))]
+        terms = []
+        for var, dims in zip((b, m, k), self.lhs_groups):
+            inner = 1
+            for d in reversed(dims):
+                size = self.lhs_shape[d]
+                digit = var if len(dims) == 1 else f"(({var} // {inner}) % {size})"
+                if size > 1:
+                    terms.append(f"{digit} * {strides[d]}")
+                inner *= size
+        return " + ".join(terms) or "0"
 
     def operands(self, x, y):
         """The [batch, m, k] and [batch, k, n] views (a copy only where reshape needs one)."""
-        if self.lhs_perm != tuple(range(x.dim())):
+        if x is not None and self.lhs_perm != tuple(range(x.dim())):
             x = x.permute(self.lhs_perm)
         if self.rhs_perm != tuple(range(y.dim())):
             y = y.permute(self.rhs_perm)
-        return x.reshape(self.batch, self.m, self.k), y.reshape(self.batch, self.k, self.n)
+        return (x if x is None else x.reshape(self.batch, self.m, self.k)), y.reshape(self.batch, self.k, self.n)
 
     def tiles(self, block=64) -> int:
         return self.batch * -(-self.m // block) * -(-self.n // block)
 
 
-def choose(lhs_type, rhs_type, layout: MatmulLayout, epilogue: list[str]) -> tuple[bool, str]:
+def choose(lhs_type, rhs_type, layout: MatmulLayout, epilogue: list[str],
+           prologue: list[str] = ()) -> tuple[bool, str]:
     """(use the template?, why): the scheduler's rule, shown by explain either way.
-    epilogue: the names of the pointwise operations it would absorb ([] if none)."""
+    epilogue / prologue: the names of the pointwise operations it would absorb after the
+    matmul / before it, on A ([] if none)."""
     if not CONFIG.enabled:
         return False, "the matmul template is off (functx.kernels.matmul.CONFIG.enabled)"
     dt = lhs_type.dtype
@@ -86,8 +108,10 @@ def choose(lhs_type, rhs_type, layout: MatmulLayout, epilogue: list[str]) -> tup
         return False, (f"{layout.tiles()} output tile(s) over K={layout.k}: cuBLAS splits K across the "
                        "GPU, the template does not")
     shape = f"[{layout.batch}x{layout.m}x{layout.k}] @ [{layout.batch}x{layout.k}x{layout.n}]"
-    if epilogue:
-        return True, f"{shape}, absorbs its epilogue ({', '.join(epilogue)}): the result never goes to memory"
+    if epilogue or prologue:
+        parts = [f"its epilogue ({', '.join(epilogue)}): the result never goes to memory"] if epilogue else []
+        parts += [f"a prologue on A ({', '.join(prologue)}): A is computed while it is loaded"] if prologue else []
+        return True, f"{shape}, absorbs " + "; and ".join(parts)
     if layout.batch > 1 and layout.m * layout.n * layout.k <= CONFIG.small_batched_mnk:
         return True, f"{shape}: a batch of small matmuls in one launch"
     return False, (f"{shape} with no epilogue to absorb and not a batch of small matmuls: "
@@ -97,12 +121,18 @@ def choose(lhs_type, rhs_type, layout: MatmulLayout, epilogue: list[str]) -> tup
 # ---------------------------------------------------------------- the kernel's source
 
 def kernel_source(name: str, dtype, out_dtype, epilogue_ins: list[str], epilogue_outs: list[str],
-                  epilogue_lines: list[str], result: str = "mm", interpret: bool = False) -> str:
-    """One template kernel. epilogue_ins/outs: the epilogue's pointer arguments (in_ptrN,
-    out_ptrN), epilogue_lines: its body, which reads the tile's result as `result` and
-    indexes with xindex/xmask (the output element's flat index, its in-bounds mask)."""
-    args = ["a_ptr", "b_ptr", *epilogue_ins, *epilogue_outs, "M", "N", "K",
-            "stride_ab", "stride_am", "stride_ak", "stride_bb", "stride_bk", "stride_bn",
+                  epilogue_lines: list[str], result: str = "mm", interpret: bool = False,
+                  prologue=None) -> str:
+    """One template kernel. epilogue_ins/outs: the pointer arguments of the fused code
+    (in_ptrN, out_ptrN), epilogue_lines: its body, which reads the tile's result as
+    `result` and indexes with xindex/xmask (the output element's flat index, its in-bounds
+    mask). prologue: None (A is loaded through a_ptr and its strides) or (lines, value,
+    layout): code computing the A tile as `value` from xindex/xmask = the flat lhs index of
+    [pid_b, rm, k*BLOCK_K + rk] and its mask, in place of the load (no a_ptr then)."""
+    a_args = ["a_ptr"] if prologue is None else []
+    a_strides = ["stride_ab", "stride_am", "stride_ak"] if prologue is None else []
+    args = [*a_args, "b_ptr", *epilogue_ins, *epilogue_outs, "M", "N", "K",
+            *a_strides, "stride_bb", "stride_bk", "stride_bn",
             "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr",
             "GROUP_M: tl.constexpr", "PRECISION: tl.constexpr"]
     precision = ", input_precision=PRECISION" if dtype == torch.float32 else ""
@@ -126,15 +156,17 @@ def kernel_source(name: str, dtype, out_dtype, epilogue_ins: list[str], epilogue
         "rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)",
         "rk = tl.arange(0, BLOCK_K)",
         "bb = pid_b.to(tl.int64)",
-        "a_ptrs = a_ptr + bb * stride_ab + rm[:, None] * stride_am + rk[None, :] * stride_ak",
+        *(["a_ptrs = a_ptr + bb * stride_ab + rm[:, None] * stride_am + rk[None, :] * stride_ak"]
+          if prologue is None else []),
         "b_ptrs = b_ptr + bb * stride_bb + rk[:, None] * stride_bk + rn[None, :] * stride_bn",
         "acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)",
         "for k in range(0, tl.cdiv(K, BLOCK_K)):",
         "    k_left = K - k * BLOCK_K",
-        "    a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < k_left), other=0.0)",
+        *(["    a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < k_left), other=0.0)"]
+          if prologue is None else _prologue_lines(prologue, dtype)),
         "    b = tl.load(b_ptrs, mask=(rk[:, None] < k_left) & (rn[None, :] < N), other=0.0)",
         f"    acc = tl.dot(a{upcast}, b{upcast}, acc{precision})",
-        "    a_ptrs += BLOCK_K * stride_ak",
+        *(["    a_ptrs += BLOCK_K * stride_ak"] if prologue is None else []),
         "    b_ptrs += BLOCK_K * stride_bk",
         "xindex = pid_b * (M * N) + rm[:, None] * N + rn[None, :]",
         "xmask = (rm[:, None] < M) & (rn[None, :] < N)",
@@ -142,6 +174,15 @@ def kernel_source(name: str, dtype, out_dtype, epilogue_ins: list[str], epilogue
         *epilogue_lines,
     ]
     return "\n".join(["@triton.jit", f"def {name}({', '.join(args)}):"] + ["    " + l for l in body]) + "\n"
+
+
+def _prologue_lines(prologue, dtype):
+    lines, value, layout = prologue
+    index = layout.lhs_index("pid_b", "rm[:, None]", "(k * BLOCK_K + rk)[None, :]")
+    head = [f"xindex = {index}", "xmask = (rm[:, None] < M) & (rk[None, :] < k_left)"]
+    # masked lanes must be 0 in the product (the prologue of a loaded 0 need not be 0)
+    tail = [f"a = tl.where(xmask, {value}, 0.0).to({DTYPES[dtype]})"]
+    return ["    " + line for line in head + list(lines) + tail]
 
 
 # ---------------------------------------------------------------- launching
@@ -176,9 +217,10 @@ class MatmulLauncher:
     """Launches one template kernel: `launcher(x, y, *epilogue buffers)`, x and y the
     dot_general operands as they are (views welcome: the kernel reads through strides)."""
 
-    def __init__(self, fn, layout: MatmulLayout, dtype, interpret: bool):
+    def __init__(self, fn, layout: MatmulLayout, dtype, interpret: bool, prologue: bool = False):
         import triton   # the caller (the Triton backend) has imported it already
         self.layout, self.fp32, self.interpret = layout, dtype == torch.float32, interpret
+        self.prologue = prologue
         self._cdiv = triton.cdiv
         if interpret:
             self.fn, self.meta = fn, interpreter_config(layout)
@@ -190,12 +232,18 @@ class MatmulLauncher:
     def precision(self) -> str:
         return "tf32" if self.fp32 and not self.interpret and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
-    def __call__(self, x, y, *buffers):
+    def __call__(self, *operands_and_buffers):
         L = self.layout
-        a, b = L.operands(x, y)
         cdiv = self._cdiv
-        args = (a, b, *buffers, L.m, L.n, L.k, a.stride(0), a.stride(1), a.stride(2),
-                b.stride(0), b.stride(1), b.stride(2))
+        if self.prologue:       # A is computed in the kernel: only B is passed
+            y, *buffers = operands_and_buffers
+            b = L.operands(None, y)[1]
+            args = (b, *buffers, L.m, L.n, L.k, b.stride(0), b.stride(1), b.stride(2))
+        else:
+            x, y, *buffers = operands_and_buffers
+            a, b = L.operands(x, y)
+            args = (a, b, *buffers, L.m, L.n, L.k, a.stride(0), a.stride(1), a.stride(2),
+                    b.stride(0), b.stride(1), b.stride(2))
         if self.meta is not None:
             grid = (L.batch * cdiv(L.m, self.meta["BLOCK_M"]) * cdiv(L.n, self.meta["BLOCK_N"]),)
             self.fn[grid](*args, **self.meta, PRECISION=self.precision())

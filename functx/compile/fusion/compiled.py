@@ -153,7 +153,8 @@ class FusedCompiled(Compiled):
             info = self.groups[i]
             if grp.template is not None:
                 ins, outs = self._launch_args[id(grp)]
-                operands = [materialize(a) for a in grp.template.eqn.inputs]
+                eqn = grp.template.eqn
+                operands = [materialize(a) for a in eqn.inputs if a in have or not self._fused_input(grp, a)]
                 lines.append(f"    # group {i}: {info.space}")
                 for v in grp.plan.stored:
                     t = v.type
@@ -191,6 +192,13 @@ class FusedCompiled(Compiled):
         outs = [materialize(a) for a in g.outvars]
         lines.append(f"    return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
         return "\n".join(lines) + "\n", glob
+
+    def _fused_input(self, grp, a) -> bool:
+        """Is operand `a` of a template computed inside it (a prologue), never stored?"""
+        e = self.schedule.producers.get(a)
+        while e is not None and is_inlined(e) and e.inputs:
+            e = self.schedule.producers.get(e.inputs[0])
+        return e is not None and self.schedule.group_of.get(id(e)) is grp
 
     def _check_line(self, lines, glob, written):
         """debug_nans (graph traced with it on): check what a group wrote; on a NaN, re-run

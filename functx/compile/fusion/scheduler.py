@@ -247,11 +247,11 @@ class Schedule:
                         reads[self.group_of[id(a.first)].uid] = reads[a.uid] | reads[b.uid]
                         changed = True
 
-    def make_template(self, extern, consumer, template, plan):
-        """Replace the extern group `extern` (and the kernel group `consumer` it feeds, its
-        epilogue, or None) by one template group, which runs `plan` (a KernelPlan over the
+    def make_template(self, extern, fused, template, plan):
+        """Replace the extern group `extern` and the kernel groups `fused` (its epilogue, and
+        a prologue) by one template group, which runs `plan` (a KernelPlan over the
         epilogue) on the extern's result in registers; the caller checked `reaches`."""
-        members = extern.members + (consumer.members if consumer is not None else [])
+        members = extern.members + [e for g in fused for e in g.members]
         g = Group(sorted(members, key=lambda e: self.order[id(e)]))
         g.template, g.plan = template, plan
         self._assign(g)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from ...core import Var
 from ...kernels import matmul
 from ..fusion.indexing import numel
-from ..fusion.kernel import FusionError, KernelPlan
+from ..fusion.kernel import FusionError, KernelPlan, is_inlined
 from ..fusion.scheduler import TemplateChoice
 from .runtime import load_module, module_source
 from .triton_ops import TritonOps, TVal
@@ -80,6 +80,72 @@ def _epilogue(schedule, grp, names):
     return None, None, why
 
 
+class PrologueOps(EpilogueOps):
+    """TritonOps over one [BLOCK_M, BLOCK_K] tile of A inside the template's K loop: the
+    value of A is captured instead of stored."""
+
+    def __init__(self, name, a_buffer):
+        super().__init__(name, None, None)
+        self.a_buffer, self.value = a_buffer, None
+
+    def _block(self, dims):
+        return "[BLOCK_M, BLOCK_K]"
+
+    def store(self, buffer, index, value, dtype):
+        if buffer != self.a_buffer:
+            raise FusionError("the prologue would store another value")
+        self.value = self._broadcast(value, {"x"})
+
+
+def _producers(schedule, var):
+    """The non-inlined equations var is computed from through views and constants."""
+    out, stack, seen = [], [var], set()
+    while stack:
+        v = stack.pop()
+        if not isinstance(v, Var) or v in seen:
+            continue
+        seen.add(v)
+        p = schedule.producers.get(v)
+        if p is None:
+            continue
+        if is_inlined(p):
+            stack.extend(p.inputs)
+        else:
+            out.append(p)
+    return out
+
+
+def _prologue(schedule, grp, names, layout):
+    """(the kernel group computing A, its plan over A) or (None, None, why not): a
+    pointwise kernel whose only stored value is read by this matmul alone, as its lhs."""
+    e = grp.first
+    a = e.inputs[0]
+    if layout.n > matmul.CONFIG.prologue_max_n:
+        return None, None, f"N={layout.n} > {matmul.CONFIG.prologue_max_n}: recomputing A per column of tiles costs more"
+    lhs_groups = {schedule.group_of[id(p)].uid: schedule.group_of[id(p)] for p in _producers(schedule, a)}
+    rhs_groups = {schedule.group_of[id(p)].uid for p in _producers(schedule, e.inputs[1])}
+    for g in lhs_groups.values():
+        if g.extern or g.template is not None or g.plan.reductions or g.uid in rhs_groups:
+            continue
+        if any(schedule.sinks(v) != {id(e)} for v in schedule.stored(g.members)):
+            continue        # something else reads what it computes: it is stored anyway
+        if schedule.reaches(g, grp):
+            continue
+        members = sorted(g.members, key=lambda m: schedule.order[id(m)])
+        try:
+            plan = KernelPlan("prologue", members, [a], names, schedule.producers)
+            if plan.xnumel != numel(a.type.shape):
+                continue
+            ops = PrologueOps("check", names[a])
+            plan.run(ops)
+            if ops.value is None:
+                continue
+        except FusionError:
+            continue
+        return g, plan, None
+    return None, None, "no pointwise kernel computes A for this matmul alone"
+
+
 def choose_matmul_templates(schedule, names):
     """Make the dot_general groups the matmul template is chosen for template groups."""
     for grp in list(schedule.groups):
@@ -93,28 +159,42 @@ def choose_matmul_templates(schedule, names):
         layout = matmul.MatmulLayout.of(x.type.shape, y.type.shape, e.params["dimension_numbers"])
         consumer, plan, why_alone = _epilogue(schedule, grp, names)
         ops = [m.prim.name for m in consumer.members] if consumer is not None else []
-        ok, reason = matmul.choose(x.type, y.type, layout, ops)
+        producer, pro_plan, _ = _prologue(schedule, grp, names, layout)
+        pro_ops = [m.prim.name for m in producer.members] if producer is not None else []
+        ok, reason = matmul.choose(x.type, y.type, layout, ops, pro_ops)
         if not ok:
             alone = f" (no epilogue to fuse: {why_alone})" if why_alone and matmul.CONFIG.enabled else ""
             schedule.extern_reason[id(e)] = f"torch.matmul (cuBLAS), not the matmul template: {reason}{alone}"
             continue
-        if plan is None:       # the template alone: it stores its result
+        if plan is None:       # no epilogue: the template stores its result
             plan = KernelPlan("epilogue", [], [out], names, schedule.producers)
         space = (f"matmul template, batch={layout.batch} M={layout.m} N={layout.n} K={layout.k}"
+                 + (f", prologue on A: {', '.join(pro_ops)}" if pro_ops else "")
                  + (f", epilogue: {', '.join(ops)}" if ops else ""))
-        schedule.make_template(grp, consumer, TemplateChoice("mm", e, space, reason, layout), plan)
+        fused = [g for g in (producer, consumer) if g is not None]
+        choice = TemplateChoice("mm", e, space, reason, (layout, pro_plan))
+        schedule.make_template(grp, fused, choice, plan)
 
 
 def matmul_source(grp, name, names, interpret):
     """-> (kernel source, input buffers, output buffers, launcher) of a matmul template group."""
     t = grp.template
     e = t.eqn
+    layout, pro_plan = t.data
     x, out = e.inputs[0], e.outputs[0]
+    prologue = None
     ops = EpilogueOps(name, names[out], grp.plan.x)
+    if pro_plan is not None:
+        pro = PrologueOps(name, names[x])
+        pro_plan.run(pro)
+        prologue = (pro.prelude + pro.body, pro.value, layout)
+        ops.in_args, ops.counter = pro.in_args, pro.counter     # one numbering of arguments, temporaries
     grp.plan.run(ops)
     ins, outs = list(ops.in_args), list(ops.out_args)
     src = matmul.kernel_source(name, x.type.dtype, out.type.dtype, [ops.in_args[b] for b in ins],
-                               [ops.out_args[b] for b in outs], ops.prelude + ops.body, RESULT, interpret)
+                               [ops.out_args[b] for b in outs], ops.prelude + ops.body, RESULT, interpret,
+                               prologue)
     mod = load_module(module_source(src, interpret), interpret)
-    launcher = matmul.MatmulLauncher(getattr(mod, name), t.data, x.type.dtype, interpret)
+    launcher = matmul.MatmulLauncher(getattr(mod, name), layout, x.type.dtype, interpret,
+                                     prologue=prologue is not None)
     return src, ins, outs, launcher
