@@ -81,6 +81,15 @@ def test_result_used_by_the_epilogue_and_outside():
 
 
 @interp
+def test_result_returned_and_two_matmuls_into_one_epilogue():
+    a, b, c, d = torch.randn(6, 8), torch.randn(8, 7), torch.randn(6, 5), torch.randn(5, 7)
+    run(lambda x, w: (x @ w, torch.tanh(x @ w)), a, b)
+    ex = run(lambda a, b, c, d: torch.tanh(a @ b + c @ d), a, b, c, d)
+    dots = [g for g in ex.groups if g.name == "dot_general"]
+    assert len(dots) == 1 and "not a fusion kernel" in dots[0].reason    # its reader is the other template
+
+
+@interp
 def test_transposed_use_is_not_an_epilogue():
     x, w, c = torch.randn(6, 8), torch.randn(8, 7), torch.randn(7, 6)
     ex = run(lambda x, w, c: (x @ w).T + c, x, w, c, templates=0)
