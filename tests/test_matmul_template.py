@@ -1,6 +1,8 @@
 """The matmul template (functx/kernels/matmul.py) in the Triton backend: generated kernels
 against torch (Triton interpreter on CPU), the scheduler's choice and explain's reasons,
 and jit(vmap(grad(mlp))) end to end. GPU-marked tests run compiled kernels."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -242,3 +244,15 @@ def test_gpu_per_sample_grads():
     ref = torch.func.vmap(torch.func.grad(mlp), in_dims=(None, 0, 0))(params, x, y)
     for a, b in zip(functx.tree_util.tree_leaves(out), functx.tree_util.tree_leaves(ref)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_generated_kernels_compile_for_sm90_without_a_gpu():
+    """Triton's compiler (no launch) accepts the template kernels, prologue and epilogue
+    included, for every dtype: the interpreter runs the same source."""
+    import subprocess
+    import sys
+    script = __file__.replace("test_matmul_template.py", "aot_matmul_template.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0 and res.stdout.count("compiled for sm_90") == 9, res.stdout + res.stderr[-3000:]
