@@ -85,6 +85,18 @@ def test_runner_warms_up_captures_once_and_replays(monkeypatch):
     assert runner.calls == 2 and "captured after 2" in runner.status
 
 
+def test_runner_leaves_autograd_calls_to_the_plain_wrapper(monkeypatch):
+    monkeypatch.setattr(cuda_graphs, "capture", lambda call, inputs, pool=None: ("graph", [], ()))
+    monkeypatch.setattr(cuda_graphs, "replay", lambda *a: ("replayed",))
+    runner = cuda_graphs.CudaGraphRunner(lambda x: (x * 2,), warmup=0)
+    x = torch.ones(2, requires_grad=True)
+    out = runner(x)[0]
+    out.sum().backward()          # recorded by autograd: the plain call ran
+    assert torch.equal(x.grad, torch.full((2,), 2.0)) and runner.graph is None
+    with torch.no_grad():
+        assert runner(x) == ("replayed",)
+
+
 def test_runner_falls_back_when_capture_fails(monkeypatch):
     def failing(call, inputs, pool=None):
         raise RuntimeError("operation not permitted when stream is capturing")

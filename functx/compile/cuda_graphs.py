@@ -7,7 +7,8 @@ has run WARMUP_CALLS times (Triton has compiled and autotuned its kernels by the
 buffers; every later call copies its inputs into those buffers, replays the graph and
 returns clones of the static outputs (fresh tensors, as without graphs; nothing a caller
 holds is overwritten by the next replay). Inputs written in place are copied back by jit
-from those outputs, outside the graph.
+from those outputs, outside the graph. A call with inputs that require grad (while grad
+mode is on) runs the plain wrapper, so torch's autograd records it as without graphs.
 
 Capture is on by default where it is safe, which `capture_blockers(graph)` decides from
 the graph alone (CPU-testable): every input and constant on CUDA, and no equation that
@@ -95,7 +96,7 @@ def capture(call, inputs, pool=None):
     """Capture `call(*static inputs)` -> (graph, static inputs, static outputs). The call
     runs once on a side stream first (torch's recipe: the allocator and any lazy state
     settle outside the capture)."""
-    static_inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+    static_inputs = [x.detach().clone() if isinstance(x, torch.Tensor) else x for x in inputs]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -130,6 +131,9 @@ class CudaGraphRunner:
         self.status = f"on: captured after {self.warmup} warm-up call(s) of this cache entry (not yet)"
 
     def __call__(self, *inputs):
+        if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs):
+            # torch autograd through the wrapper: a replay would not record it
+            return self.call(*inputs)
         if self.graph is None:
             if self.failed or self.calls < self.warmup:
                 self.calls += 1
