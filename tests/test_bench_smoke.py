@@ -52,3 +52,17 @@ def test_score_matching_bench_variants_agree():
     ref = fns["torch.func grad(vmap(trace(jacfwd)))"](*args)
     for name, fn in fns.items():
         torch.testing.assert_close(fn(*args), ref, rtol=1e-4, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("name", ["per_sample_grads_mlp", "dsm_step", "transformer_vmap_grad"])
+def test_matmul_bench_steps_match_torch_func(name):
+    """bench_matmul's transformed steps compute what their torch.func versions do (eager
+    backend here; `python bench/bench_matmul.py --cpu` runs the Triton interpreter)."""
+    import bench_matmul
+    import functx
+    spec = bench_matmul.step_workloads(True, "cpu")[name]()
+    out = functx.jit(spec["functx"], backend="eager")(*spec["args"])
+    ref = spec["torch"](*spec["args"])
+    if spec.get("swap_torch"):
+        ref = (ref[1], ref[0])
+    assert bench_matmul.max_err(out, ref) < 1e-5
