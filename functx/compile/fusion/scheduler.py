@@ -203,7 +203,7 @@ class Schedule:
         """None if a and b can be one kernel, else the reason."""
         for g in (a, b):
             if g.template is not None:
-                return (f"{g.first.prim.name} runs as a template kernel with its epilogue fused; "
+                return (f"{g.template.eqn.prim.name} runs as a template kernel with its epilogue fused; "
                         "nothing else fuses into a template")
         for g in (a, b):
             if g.extern:

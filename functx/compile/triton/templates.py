@@ -57,7 +57,8 @@ def _epilogue(schedule, grp, names):
     why = "its result is only returned" if not consumers else "no kernel reads its result"
     for g in consumers:
         if g.extern or g.template is not None:
-            why = f"its reader {g.first.prim.name} is not a fusion kernel"
+            name = g.template.eqn.prim.name if g.template is not None else g.first.prim.name
+            why = f"its reader {name} is not a fusion kernel"
             continue
         if g.plan.reductions:
             why = "the kernel reading its result reduces (only pointwise epilogues fuse)"
