@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
 
 import functx
 from functx.kernels import matmul
@@ -256,3 +257,33 @@ def test_generated_kernels_compile_for_sm90_without_a_gpu():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0 and res.stdout.count("compiled for sm_90") == 9, res.stdout + res.stderr[-3000:]
+
+
+PROLOGUES = {"none": lambda v: v, "tanh": torch.tanh, "exp": lambda v: torch.exp(v * 0.3), "affine": lambda v: v * 2 + 1}
+EPILOGUES = {"none": lambda v: v, "gelu": F.gelu, "relu-mask": lambda v: (v > 0).to(v.dtype) * v,
+             "sigmoid*2": lambda v: torch.sigmoid(v) * 2.0}
+
+
+@interp
+@settings(deadline=None, max_examples=min(settings.default.max_examples, 4))   # CI: 4; dev/nightly: more
+@given(st.data())
+def test_random_matmul_programs_against_torch(data):
+    """Random sizes (not multiples of the blocks), batch, transposed operands, prologue,
+    epilogue and bias broadcast: jit on the Triton backend agrees with eager torch."""
+    b = data.draw(st.integers(0, 3), label="batch (0: none)")
+    m, k, n = (data.draw(st.integers(1, 24), label=s) for s in "mkn")
+    lhs_t, rhs_t = data.draw(st.booleans(), label="lhs transposed"), data.draw(st.booleans(), label="rhs transposed")
+    pro = data.draw(st.sampled_from(sorted(PROLOGUES)), label="prologue")
+    epi = data.draw(st.sampled_from(sorted(EPILOGUES)), label="epilogue")
+    bias = data.draw(st.sampled_from(["none", "col", "row"]), label="bias")
+    lead = (b,) if b else ()
+    x = torch.randn(*lead, *((k, m) if lhs_t else (m, k)))
+    w = torch.randn(*lead, *((n, k) if rhs_t else (k, n)))
+    c = torch.randn(n) if bias == "col" else torch.randn(m, 1) if bias == "row" else torch.zeros(())
+
+    def f(x, w, c):
+        a = PROLOGUES[pro](x)
+        a = a.transpose(-1, -2) if lhs_t else a
+        y = a @ (w.transpose(-1, -2) if rhs_t else w)
+        return EPILOGUES[epi](y + c if bias != "none" else y)
+    torch.testing.assert_close(functx.jit(f, backend="triton")(x, w, c), f(x, w, c), atol=1e-4, rtol=1e-4)

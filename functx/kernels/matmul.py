@@ -179,7 +179,9 @@ def kernel_source(name: str, dtype, out_dtype, epilogue_ins: list[str], epilogue
 def _prologue_lines(prologue, dtype):
     lines, value, layout = prologue
     index = layout.lhs_index("pid_b", "rm[:, None]", "(k * BLOCK_K + rk)[None, :]")
-    head = [f"xindex = {index}", "xmask = (rm[:, None] < M) & (rk[None, :] < k_left)"]
+    # a block even where every dim of A is 1 (the index is then a scalar)
+    head = [f"xindex = {index} + tl.zeros([BLOCK_M, BLOCK_K], tl.int32)",
+            "xmask = (rm[:, None] < M) & (rk[None, :] < k_left)"]
     # masked lanes must be 0 in the product (the prologue of a loaded 0 need not be 0)
     tail = [f"a = tl.where(xmask, {value}, 0.0).to({DTYPES[dtype]})"]
     return ["    " + line for line in head + list(lines) + tail]
