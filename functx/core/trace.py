@@ -89,6 +89,9 @@ class _State(threading.local):
 
 
 _state = _State()
+# The same object, for the traces' hot paths, which swap `trace_state.trace` around a rule
+# directly (try/finally) instead of entering set_current_trace (three Python calls).
+trace_state = _state
 
 
 def current_trace() -> Trace:
@@ -269,8 +272,19 @@ def type_of(x) -> TensorType | None:
     if isinstance(x, Tracer):
         return x.aval
     if isinstance(x, torch.Tensor):
-        return TensorType(tuple(x.shape), x.dtype, x.device)
+        # TensorTypes are immutable: one per (shape, dtype, device), since building the frozen
+        # dataclass costs more than the lookup and eager transforms ask for every operand.
+        key = (tuple(x.shape), x.dtype, x.device)
+        t = _TENSOR_TYPES.get(key)
+        if t is None:
+            if len(_TENSOR_TYPES) >= 4096:
+                _TENSOR_TYPES.clear()
+            t = _TENSOR_TYPES[key] = TensorType(*key)
+        return t
     return None
+
+
+_TENSOR_TYPES: dict = {}
 
 
 def concrete(x):
