@@ -122,9 +122,9 @@ def defbilinear(prim, lhs_transpose, rhs_transpose):
         return out, sum_terms(terms, out)
 
     def transpose(ct, x, y, **params):
-        if is_undefined(x) and is_undefined(y):
-            raise ValueError(f"{prim.name} is not linear in both operands at once")
-        if is_undefined(x):
+        if isinstance(x, UndefinedPrimal):
+            if isinstance(y, UndefinedPrimal):
+                raise ValueError(f"{prim.name} is not linear in both operands at once")
             return [lhs_transpose(ct, x, y, **params), None]
         return [None, rhs_transpose(ct, x, y, **params)]
     prim.jvp = jvp

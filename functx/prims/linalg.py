@@ -112,9 +112,16 @@ def _ranges_like(*xs):
 
 
 def _transpose_lhs(g, x_type, y, dimension_numbers, swap_ans=False):
-    (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
     y_ndim = y.aval.ndim if is_undefined(y) else type_of(y).ndim
-    x_kept = _free(x_type.ndim, x_contract, x_batch)
+    dims, out_axes = _transpose_lhs_dims(x_type.ndim, y_ndim, dimension_numbers, swap_ans)
+    return sh.transpose(dot_general(g, y, dims), out_axes)
+
+
+@functools.lru_cache(maxsize=4096)      # static, and asked for every reverse-mode dot_general
+def _transpose_lhs_dims(x_ndim, y_ndim, dimension_numbers, swap_ans):
+    """(dimension numbers of the product g . y, permutation to x's dim order)."""
+    (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
+    x_kept = _free(x_ndim, x_contract, x_batch)
     y_kept = _free(y_ndim, y_contract, y_batch)
     if swap_ans:
         ans_batch, ans_y, _ = _ranges_like(x_batch, y_kept, x_kept)
@@ -125,7 +132,7 @@ def _transpose_lhs(g, x_type, y, dimension_numbers, swap_ans=False):
     x_contract_sorted_by_y = [x_contract[i] for i in order]
     pre = list(x_batch) + x_kept + x_contract_sorted_by_y
     out_axes = sorted(range(len(pre)), key=lambda i: pre[i])
-    return sh.transpose(dot_general(g, y, dims), tuple(out_axes))
+    return dims, tuple(out_axes)
 
 
 def _dot_transpose_lhs(ct, x, y, *, dimension_numbers):
