@@ -52,3 +52,12 @@ def test_score_matching_bench_variants_agree():
     ref = fns["torch.func grad(vmap(trace(jacfwd)))"](*args)
     for name, fn in fns.items():
         torch.testing.assert_close(fn(*args), ref, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_eager_transforms_bench_rows_match_torch_func():
+    import functx
+    import bench_eager_transforms
+    fx = bench_eager_transforms.small_mlp_rows(functx)
+    tf = bench_eager_transforms.small_mlp_rows(torch.func)
+    for name in fx:
+        bench_transforms.assert_matches(fx[name][0](*fx[name][1]), tf[name][0](*tf[name][1]), name)

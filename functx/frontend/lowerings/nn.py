@@ -308,7 +308,7 @@ def _nll_loss_forward(x, target, weight, reduction, ignore_index):
     if tt.ndim > 1:
         raise AssertionError(f"0D or 1D target tensor expected, multi-target not supported, got {tt.ndim}D")
     if not (t.ndim == 1 and tt.ndim == 0) and t.shape[0] != tt.shape[0]:
-        raise RuntimeError(f"size mismatch (got input: {torch.Size(t.shape)}, target: {torch.Size(tt.shape)})")
+        raise RuntimeError(f"size mismatch (got input: {list(t.shape)}, target: {list(tt.shape)})")
     if weight is not None and not (_t(weight).ndim == 1 and _t(weight).numel == t.shape[-1]):
         raise AssertionError(f"weight tensor should be defined either for all {t.shape[-1]} classes or no "
                              f"classes but got weight tensor of shape: {torch.Size(_t(weight).shape)}")
