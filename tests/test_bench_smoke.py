@@ -66,3 +66,12 @@ def test_matmul_bench_steps_match_torch_func(name):
     if spec.get("swap_torch"):
         ref = (ref[1], ref[0])
     assert bench_matmul.max_err(out, ref) < 1e-5
+
+
+def test_eager_transforms_bench_rows_match_torch_func():
+    import functx
+    import bench_eager_transforms
+    fx = bench_eager_transforms.small_mlp_rows(functx)
+    tf = bench_eager_transforms.small_mlp_rows(torch.func)
+    for name in fx:
+        bench_transforms.assert_matches(fx[name][0](*fx[name][1]), tf[name][0](*tf[name][1]), name)

@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .trace import bind
+from .trace import bind, trace_state
 
 # How the fusion compiler treats a primitive.
 POINTWISE = "pointwise"     # one output element from the same element of each operand
@@ -90,7 +90,7 @@ class Primitive:
         REGISTRY[self.name] = self
 
     def bind(self, *args, **params):
-        return bind(self, args, params)
+        return trace_state.trace.process_primitive(self, args, params)     # core.trace.bind, inlined
 
     __call__ = bind
 

@@ -9,7 +9,6 @@ share one mechanism.
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 from dataclasses import dataclass, field
 
@@ -89,6 +88,9 @@ class _State(threading.local):
 
 
 _state = _State()
+# The same object, for the traces' hot paths, which swap `trace_state.trace` around a rule
+# directly (try/finally) instead of entering set_current_trace (three Python calls).
+trace_state = _state
 
 
 def current_trace() -> Trace:
@@ -194,15 +196,22 @@ class _ReverseLevels(threading.local):
 _reverse = _ReverseLevels()
 
 
-@contextlib.contextmanager
-def reverse_level(trace):
+class reverse_level:
     """Run the user's function for reverse-mode level `trace`: with grad enabled (an outer
-    no_grad does not reach inside the transform), remembering the mode it was entered with."""
-    _reverse.stack.append((trace, torch.is_grad_enabled()))
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
+    no_grad does not reach inside the transform), remembering the mode it was entered with.
+    (A class, not a generator context manager: every grad call enters it.)"""
+    __slots__ = ("trace", "prev")
+
+    def __init__(self, trace):
+        self.trace = trace
+
+    def __enter__(self):
+        self.prev = torch.is_grad_enabled()
+        _reverse.stack.append((self.trace, self.prev))
+        torch._C._set_grad_enabled(True)
+
+    def __exit__(self, *exc):
+        torch._C._set_grad_enabled(self.prev)
         _reverse.stack.pop()
 
 
@@ -269,8 +278,19 @@ def type_of(x) -> TensorType | None:
     if isinstance(x, Tracer):
         return x.aval
     if isinstance(x, torch.Tensor):
-        return TensorType(tuple(x.shape), x.dtype, x.device)
+        # TensorTypes are immutable: one per (shape, dtype, device), since building the frozen
+        # dataclass costs more than the lookup and eager transforms ask for every operand.
+        key = (tuple(x.shape), x.dtype, x.device)
+        t = _TENSOR_TYPES.get(key)
+        if t is None:
+            if len(_TENSOR_TYPES) >= 4096:
+                _TENSOR_TYPES.clear()
+            t = _TENSOR_TYPES[key] = TensorType(*key)
+        return t
     return None
+
+
+_TENSOR_TYPES: dict = {}
 
 
 def concrete(x):
@@ -389,8 +409,16 @@ class GraphTrace(Trace):
                 return process_on_parent(self, prim, args, params)
         if prim.inline is not None:      # structural primitive: record its body (see Primitive.inline)
             return prim.inline(*args, **params)
-        atoms = [self.atom(a) for a in args]
-        in_types = [a.type if isinstance(a, Var) else a.value for a in atoms]
+        atoms, in_types = [], []
+        for a in args:
+            if isinstance(a, GraphTracer) and a._trace is self:     # self.atom(a), inline
+                v = a.var
+                atoms.append(v)
+                in_types.append(v.type)
+            else:
+                v = self.atom(a)
+                atoms.append(v)
+                in_types.append(v.type if isinstance(v, Var) else v.value)
         out_types = prim.abstract_eval(*in_types, **params)
         source = nan_check.current_source() if _NANS.on else None
         if prim.multiple_results:

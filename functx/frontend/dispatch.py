@@ -14,11 +14,11 @@ import torch
 from torch._decomp import decomposition_table
 
 from ..core.errors import FunctxError, user_frame_summary
-from ..core.trace import concrete
+from ..core.trace import Tracer, concrete
 from .fallback import opaque_fallback
 from .kernel_check import check_kernel_accepts, is_pointwise
 from .functionalize import make_view, unwrap, unwrap_tree, value_of, write
-from .lowerings.registry import LOWERINGS, SPECIAL, register_special
+from .lowerings.registry import LOWERINGS, PLANS, SPECIAL, register_special
 from .tensor import TracerTensor
 
 aten = torch.ops.aten
@@ -27,6 +27,8 @@ aten = torch.ops.aten
 def wrap_result(x):
     """Every tensor a dispatched op returns is a TracerTensor, so later in-place
     writes into it are tracked, even when its value is a constant."""
+    if isinstance(x, Tracer):
+        return TracerTensor(x)
     if isinstance(x, (list, tuple)):
         return type(x)(wrap_result(v) for v in x)
     if x is None or isinstance(x, (bool, int, float, complex, torch.dtype, torch.device)):
@@ -36,17 +38,36 @@ def wrap_result(x):
     return TracerTensor(x)
 
 
-def dispatch(func, args, kwargs):
+def _plan(func):
+    """What dispatch does with func, decided once per op (OpOverload hashes in Python, and
+    this runs for every traced ATen op): (func, special, pointwise, lowering, is_view)."""
     special = SPECIAL.get(func)
+    lowering = LOWERINGS.get(func)
+    plan = (func, special, is_pointwise(func), lowering, lowering is not None and func.is_view)
+    PLANS[id(func)] = plan
+    return plan
+
+
+def dispatch(func, args, kwargs):
+    plan = PLANS.get(id(func))
+    if plan is None or plan[0] is not func:
+        plan = _plan(func)
+    _, special, pointwise, lowering, is_view = plan
     if special is not None:
         return special(*args, **kwargs)
-    if is_pointwise(func):
+    if pointwise:
         check_kernel_accepts(func, args, kwargs)
-    lowering = LOWERINGS.get(func)
     if lowering is not None:
-        if func.is_view:
+        if is_view:
             return make_view(func, lowering, args, kwargs)
-        return wrap_result(lowering(*unwrap_tree(args), **unwrap_tree(kwargs)))
+        if kwargs:
+            return wrap_result(lowering(*unwrap_tree(args), **unwrap_tree(kwargs)))
+        return wrap_result(lowering(*unwrap_tree(args)))
+    return _unlowered(func, args, kwargs)
+
+
+def _unlowered(func, args, kwargs):
+    """Ops without a lowering: in-place variants, then decompositions, then the fallback."""
     schema = func._schema
     if _is_inplace(func, schema):
         return _inplace(func, args, kwargs)

@@ -28,7 +28,15 @@ def _leaf_key(x):
 
 
 def _signature(args, kwargs):
-    key = [_leaf_key(a) for a in args]
+    key = []
+    for a in args:      # tensors and numbers inline: this runs for every pointwise ATen op
+        kind = type(a)
+        if isinstance(a, torch.Tensor):
+            key.append((a.dtype, a.ndim, a.device))
+        elif kind is float or kind is int or kind is bool:
+            key.append((kind, a))
+        else:
+            key.append(_leaf_key(a))
     if kwargs:
         key += [(k, _leaf_key(v)) for k, v in kwargs.items()]
     return tuple(key)
@@ -57,10 +65,11 @@ def _verdict(func, args, kwargs):
 
 def check_kernel_accepts(func, args, kwargs):
     """Raise what eager PyTorch raises for this pointwise op's dtypes, if it does."""
-    key = (func, _signature(args, kwargs))
-    if key not in _VERDICTS:
-        _VERDICTS[key] = _verdict(func, args, kwargs)
-    verdict = _VERDICTS[key]
+    key = (id(func), _signature(args, kwargs))     # id: OpOverload.__hash__ is Python code
+    found = _VERDICTS.get(key)
+    if found is None or found[0] is not func:
+        found = _VERDICTS[key] = (func, _verdict(func, args, kwargs))
+    verdict = found[1]
     if verdict is not None:
         kind, message = verdict
         message = f"{message}\n(eager PyTorch rejects {func} for these dtypes)\n{user_frame_summary()}"

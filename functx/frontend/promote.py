@@ -171,7 +171,13 @@ def elementwise(fn, *args, kind=KIND.DEFAULT, compute_dtype=None):
     """fn over the operands promoted to a common dtype and broadcast to a common shape.
     (Each operand's type is computed once: this runs for every elementwise ATen op.)"""
     types = [None if isinstance(a, SCALARS) else type_of(a) for a in args]
-    weak = _all_weak(types)
+    weak = False        # _all_weak(types), inline (this runs for every elementwise ATen op)
+    for t in types:
+        if t is not None:
+            if not t.weak:
+                weak = False
+                break
+            weak = True
     if weak and compute_dtype is None:
         key = tuple([_operand_key(a, t) for a, t in zip(args, types)])
         dtype = _python_result(key, KIND.DEFAULT if kind is KIND.ALWAYS_BOOL else kind, fn in _BITWISE)

@@ -15,7 +15,6 @@ random_p's impl) is never intercepted again.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -276,17 +275,25 @@ def without_random_mode(fn):
 
 
 def _active() -> bool:
-    return any(isinstance(m, RandomMode) for m in _get_current_dispatch_mode_stack())
+    for m in _get_current_dispatch_mode_stack():
+        if isinstance(m, RandomMode):
+            return True
+    return False
 
 
-@contextlib.contextmanager
-def intercept_random():
-    """Entered by transforms and jit around the user's function; nested entries are free."""
-    if _active():
-        yield
-        return
-    with RandomMode():
-        yield
+class intercept_random:
+    """Entered by transforms and jit around the user's function; nested entries are free.
+    (A class, not a generator context manager: every transformed call enters it.)"""
+    __slots__ = ("mode",)
+
+    def __enter__(self):
+        self.mode = None if _active() else RandomMode()
+        if self.mode is not None:
+            self.mode.__enter__()
+
+    def __exit__(self, *exc):
+        if self.mode is not None:
+            return self.mode.__exit__(*exc)
 
 
 __all__ = ["intercept_random", "without_random_mode", "RandomMode", "FACTORIES"]

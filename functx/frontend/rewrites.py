@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 _recorders: list = []
-_FUNCS = frozenset([torch.trace, torch.Tensor.trace, torch.einsum, torch.diagonal, torch.Tensor.diagonal,
+REWRITTEN = _FUNCS = frozenset([torch.trace, torch.Tensor.trace, torch.einsum, torch.diagonal, torch.Tensor.diagonal,
                     torch.sum, torch.Tensor.sum])
 
 

@@ -16,7 +16,7 @@ from torch.utils._pytree import tree_map
 from ..core.errors import FunctxError, user_frame_summary
 from ..core.trace import Tracer, concrete, type_of
 from .composites import COMPOSITES
-from .rewrites import rewrite
+from .rewrites import REWRITTEN, rewrite
 
 
 _disabled_torch_function = torch._C._disabled_torch_function_impl
@@ -36,16 +36,8 @@ class TracerTensor(torch.Tensor):
         # Wrappers report contiguous strides; where that would change what torch does, the
         # view's real layout decides: contiguous() of a transposed or sliced view copies (it
         # was an alias), and .view() of one raises as in torch.
-        composite = COMPOSITES.get(func)
-        if composite is not None:
-            return composite(*args, **(kwargs or {}))
-        out = rewrite(func, args, kwargs, lambda: _disabled_torch_function(func, types, args, kwargs or {}))
-        if out is not NotImplemented:         # trace(hessian(f)) under jit (frontend/rewrites.py)
-            return out
-        if func is _CONTIGUOUS and args[0]._chain:
-            return _functionalize().contiguous(args[0])
-        if func is _VIEW and args[0]._chain and not (len(args) == 2 and isinstance(args[1], torch.dtype)):
-            _functionalize().check_viewable(args[0], args[1:], kwargs or {})
+        if func in _SPECIAL_FUNCTIONS:       # one set lookup for every other torch function
+            return _special_function(func, types, args, kwargs)
         return _disabled_torch_function(func, types, args, kwargs or {})
 
     @staticmethod
@@ -59,16 +51,19 @@ class TracerTensor(torch.Tensor):
             _unsupported_dtype(type_of(value))
         r = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=device,
                                                 requires_grad=False)
-        r._value = value
-        r._root = None          # root TracerTensor when this is a view
-        r._chain = None         # view ops from the root: [(func, args, kwargs, output_index)]
-        r._seen = 0             # root version this view's value was computed at
-        r._version_ = 0         # bumped on each write (roots only)
-        # An argument's memory layout, which as_strided reads (wrappers report contiguous
-        # strides): (strides, storage offset), or "unknown"; None: not an argument, or not known.
-        r._layout = None
-        r._read_only = None     # why writes into this root are refused
+        r._value = value        # the other fields keep the class defaults below until set
         return r
+
+    # Per-wrapper state, read through these class-level defaults until a wrapper sets its own
+    # (a fresh wrapper sets only _value: this runs for every traced op's result).
+    _root = None        # root TracerTensor when this is a view
+    _chain = None       # view ops from the root: [(func, args, kwargs, output_index)]
+    _seen = 0           # root version this view's value was computed at
+    _version_ = 0       # bumped on each write (roots only)
+    # An argument's memory layout, which as_strided reads (wrappers report contiguous
+    # strides): (strides, storage offset), or "unknown"; None: not an argument, or not known.
+    _layout = None
+    _read_only = None   # why writes into this root are refused
 
     def __repr__(self, *, tensor_contents=None):
         # The traced value's repr (print, str, pdb's p): the values where the transform has
@@ -93,6 +88,24 @@ class TracerTensor(torch.Tensor):
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         from .dispatch import dispatch      # dispatch.py imports this module (a cycle otherwise)
         return dispatch(func, args, kwargs or {})
+
+
+def _special_function(func, types, args, kwargs):
+    composite = COMPOSITES.get(func)
+    if composite is not None:
+        return composite(*args, **(kwargs or {}))
+    out = rewrite(func, args, kwargs, lambda: _disabled_torch_function(func, types, args, kwargs or {}))
+    if out is not NotImplemented:         # trace(hessian(f)) under jit (frontend/rewrites.py)
+        return out
+    if func is _CONTIGUOUS and args[0]._chain:
+        return _functionalize().contiguous(args[0])
+    if func is _VIEW and args[0]._chain and not (len(args) == 2 and isinstance(args[1], torch.dtype)):
+        _functionalize().check_viewable(args[0], args[1:], kwargs or {})
+    return _disabled_torch_function(func, types, args, kwargs or {})
+
+
+# The torch functions TracerTensor.__torch_function__ does more for than pass them through.
+_SPECIAL_FUNCTIONS = frozenset(COMPOSITES) | REWRITTEN | {_CONTIGUOUS, _VIEW}
 
 
 def _concrete(w):

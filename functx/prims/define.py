@@ -44,11 +44,34 @@ def defjvp(prim, *partials):
     """jvp from one rule per operand: partial(t, out, *primals, **params) -> the tangent
     contribution of operand i's tangent t (out is the primal output). A None partial marks
     an operand the primitive is not differentiable in (integer parameters, predicates)."""
-    def jvp(primals, tangents, **params):
-        out = prim.bind(*primals, **params)
-        terms = [rule(t, out, *primals, **params)
-                 for rule, t in zip(partials, tangents) if rule is not None and not isinstance(t, Zero)]
-        return out, sum_terms(terms, out)
+    # One or two operands (most primitives) without the list of terms and their sum: eager
+    # transforms run this once per primitive.
+    if len(partials) == 1:
+        (rule,) = partials
+
+        def jvp(primals, tangents, **params):
+            out = prim.bind(*primals, **params)
+            t = tangents[0]
+            if rule is None or isinstance(t, Zero):
+                return out, Zero(type_of(out))
+            return out, rule(t, out, *primals, **params)
+    elif len(partials) == 2:
+        rule0, rule1 = partials
+
+        def jvp(primals, tangents, **params):
+            out = prim.bind(*primals, **params)
+            t0, t1 = tangents[0], tangents[1]
+            a = None if rule0 is None or isinstance(t0, Zero) else rule0(t0, out, *primals, **params)
+            b = None if rule1 is None or isinstance(t1, Zero) else rule1(t1, out, *primals, **params)
+            if a is None:
+                return out, (Zero(type_of(out)) if b is None else b)
+            return out, (a if b is None else add_tangents(a, b))
+    else:
+        def jvp(primals, tangents, **params):
+            out = prim.bind(*primals, **params)
+            terms = [rule(t, out, *primals, **params)
+                     for rule, t in zip(partials, tangents) if rule is not None and not isinstance(t, Zero)]
+            return out, sum_terms(terms, out)
     prim.jvp = jvp
     return prim
 
@@ -99,9 +122,9 @@ def defbilinear(prim, lhs_transpose, rhs_transpose):
         return out, sum_terms(terms, out)
 
     def transpose(ct, x, y, **params):
-        if is_undefined(x) and is_undefined(y):
-            raise ValueError(f"{prim.name} is not linear in both operands at once")
-        if is_undefined(x):
+        if isinstance(x, UndefinedPrimal):
+            if isinstance(y, UndefinedPrimal):
+                raise ValueError(f"{prim.name} is not linear in both operands at once")
             return [lhs_transpose(ct, x, y, **params), None]
         return [None, rhs_transpose(ct, x, y, **params)]
     prim.jvp = jvp

@@ -21,7 +21,7 @@ from .define import (cpp_float, defbilinear, defjvp, defjvp_zero, deflinear, is_
 from .series import (s_add, s_apply, s_div, s_mul, s_scale, s_shift, taylor_linear, taylor_unary,
                       unary_series)
 from .shape import bdim_to_front
-from .util import is_scalar, same_type_check
+from .util import SCALAR_TYPES, is_scalar, same_type_check
 
 
 # ---------------------------------------------------------------- shared rules
@@ -37,9 +37,16 @@ def defvectorized(prim):
     """The batch rule of an elementwise primitive: operands batched along one common dim
     stay where they are; otherwise every operand moves (or broadcasts) its batch dim to 0."""
     def rule(axis, args, dims, **params):
-        tensor_dims = {d for a, d in zip(args, dims) if not is_scalar(a)}
-        if len(tensor_dims) == 1 and None not in tensor_dims:
-            return prim.bind(*args, **params), tensor_dims.pop()
+        common, mixed = None, False      # the one batch dim every tensor operand has, if any
+        for a, d in zip(args, dims):
+            if isinstance(a, SCALAR_TYPES):
+                continue
+            if d is None or (common is not None and d != common):
+                mixed = True
+                break
+            common = d
+        if not mixed and common is not None:
+            return prim.bind(*args, **params), common
         moved = [a if is_scalar(a) else bdim_to_front(a, d, axis.size) for a, d in zip(args, dims)]
         return prim.bind(*moved, **params), 0
     prim.batch = rule

@@ -6,6 +6,7 @@ print the same layout as source (`x @ W.mT`).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,6 +23,11 @@ def _free(ndim, contract, batch):
 
 
 def _dot_type(lt, rt, *, dimension_numbers):
+    return _dot_type_cached(lt, rt, dimension_numbers)
+
+
+@functools.lru_cache(maxsize=4096)      # recorded for every tangent product; types are hashable
+def _dot_type_cached(lt, rt, dimension_numbers):
     (lc, rc), (lb, rb) = dimension_numbers
     for a, b in zip(lc, rc):
         if lt.shape[a] != rt.shape[b]:
@@ -38,6 +44,7 @@ def _dot_type(lt, rt, *, dimension_numbers):
 
 # ---------------------------------------------------------------- one matmul for every layout
 
+@functools.lru_cache(maxsize=4096)      # every eager dot_general asks; the answer is static
 def matmul_layout(xs, ys, dimension_numbers):
     """dot_general as one torch.matmul: (lhs steps, rhs steps, output shape or None), each
     step ("mT",), ("permute", perm) or ("reshape", shape).
@@ -52,9 +59,9 @@ def matmul_layout(xs, ys, dimension_numbers):
     rhs_t = [("mT",)] if yn == 2 and len(rc) == 1 and rc[0] == 1 else []
     if not lb and len(lc) == 1 and len(rc) == 1 and yn in (1, 2):
         if xn >= 1 and lc[0] == xn - 1:
-            return [], rhs_t, None
+            return (), tuple(rhs_t), None
         if xn == 2 and lc[0] == 0:
-            return [("mT",)], rhs_t, None
+            return (("mT",),), tuple(rhs_t), None
     lfree, rfree = _free(xn, lc, lb), _free(yn, rc, rb)
     batch = [xs[i] for i in lb]
     m, n = [xs[i] for i in lfree], [ys[i] for i in rfree]
@@ -66,7 +73,7 @@ def matmul_layout(xs, ys, dimension_numbers):
     if tuple(batch + [ys[i] for i in rc] + n) != rshape:
         rhs.append(("reshape", rshape))
     out = (*batch, *m, *n)
-    return lhs, rhs, (out if out != (*batch, math.prod(m), math.prod(n)) else None)
+    return tuple(lhs), tuple(rhs), (out if out != (*batch, math.prod(m), math.prod(n)) else None)
 
 
 def _apply(x, steps):
@@ -105,9 +112,16 @@ def _ranges_like(*xs):
 
 
 def _transpose_lhs(g, x_type, y, dimension_numbers, swap_ans=False):
-    (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
     y_ndim = y.aval.ndim if is_undefined(y) else type_of(y).ndim
-    x_kept = _free(x_type.ndim, x_contract, x_batch)
+    dims, out_axes = _transpose_lhs_dims(x_type.ndim, y_ndim, dimension_numbers, swap_ans)
+    return sh.transpose(dot_general(g, y, dims), out_axes)
+
+
+@functools.lru_cache(maxsize=4096)      # static, and asked for every reverse-mode dot_general
+def _transpose_lhs_dims(x_ndim, y_ndim, dimension_numbers, swap_ans):
+    """(dimension numbers of the product g . y, permutation to x's dim order)."""
+    (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
+    x_kept = _free(x_ndim, x_contract, x_batch)
     y_kept = _free(y_ndim, y_contract, y_batch)
     if swap_ans:
         ans_batch, ans_y, _ = _ranges_like(x_batch, y_kept, x_kept)
@@ -118,7 +132,7 @@ def _transpose_lhs(g, x_type, y, dimension_numbers, swap_ans=False):
     x_contract_sorted_by_y = [x_contract[i] for i in order]
     pre = list(x_batch) + x_kept + x_contract_sorted_by_y
     out_axes = sorted(range(len(pre)), key=lambda i: pre[i])
-    return sh.transpose(dot_general(g, y, dims), tuple(out_axes))
+    return dims, tuple(out_axes)
 
 
 def _dot_transpose_lhs(ct, x, y, *, dimension_numbers):

@@ -18,15 +18,21 @@ def shift_axes_for_bdim(axes, bdim):
 
 
 def same_type_check(name, types):
-    tensors = [t for t in types if not is_scalar(t)]
-    t0 = tensors[0]
-    for t in tensors[1:]:
+    t0 = None
+    for t in types:         # one loop, no helper calls: every recorded elementwise op runs this
+        if isinstance(t, SCALAR_TYPES):
+            continue
+        if t0 is None:
+            t0 = t
+            continue
         if t.shape != t0.shape:
             raise TypeError(f"{name}: operand shapes differ: {t0.shape} vs {t.shape} "
                             "(primitives do not broadcast; broadcast_in_dim first)")
         if t.dtype != t0.dtype:
             raise TypeError(f"{name}: operand dtypes differ: {t0.dtype} vs {t.dtype} "
                             "(primitives do not promote; convert_element_type first)")
+    if t0 is None:
+        raise TypeError(f"{name}: needs at least one tensor operand")
     return t0
 
 

@@ -68,18 +68,20 @@ def backward_pass(graph, consts, cts):
         if isinstance(v, Var) and v in linear:
             add_ct(v, ct)
     for eqn in reversed(graph.eqns):
-        cts_out = [ct_env.pop(v, None) for v in eqn.outputs]
-        if all(c is None for c in cts_out):
-            continue
+        if eqn.prim.multiple_results:
+            cts_out = [ct_env.pop(v, None) for v in eqn.outputs]
+            if all(c is None for c in cts_out):
+                continue
+            ct = [c if c is not None else Zero(v.type) for c, v in zip(cts_out, eqn.outputs)]
+        else:                   # the common case, without the lists
+            ct = ct_env.pop(eqn.outputs[0], None)
+            if ct is None:
+                continue
         if eqn.prim.transpose is None:
             raise MissingRuleError(f"functx: primitive '{eqn.prim.name}' has no transpose rule, so reverse "
                                    "mode can't pass through it")
         args = [a.value if isinstance(a, Literal) else UndefinedPrimal(a.type) if a in linear else env[a]
                 for a in eqn.inputs]
-        if eqn.prim.multiple_results:
-            ct = [c if c is not None else Zero(v.type) for c, v in zip(cts_out, eqn.outputs)]
-        else:
-            ct = cts_out[0]
         if nan_check.STATE.on:      # debug_nans: name the cotangent work and the line it came from
             with nan_check.computing("cotangent", eqn.prim.name, eqn.source):
                 cts_in = eqn.prim.transpose(ct, *args, **eqn.params)

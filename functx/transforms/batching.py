@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..core import FunctxError, MissingRuleError, Trace, Tracer, set_current_trace
 from ..core.errors import library_hint, user_frame_summary
-from ..core.trace import AxisData, transform_level, type_of, value_repr
+from ..core.trace import AxisData, process_on_parent, trace_state, transform_level, type_of, value_repr
 from ..prims import collective
 from ..prims.util import is_scalar
 
@@ -52,11 +52,12 @@ class BatchTrace(Trace):
         return x, None
 
     def process_primitive(self, prim, args, params):
-        vals, dims = [], []
+        vals, dims, batched = [], [], False
         for a in args:
             if isinstance(a, BatchTracer) and a._trace is self:
                 vals.append(a.val)
                 dims.append(a.bdim)
+                batched = True
             else:
                 vals.append(a)
                 dims.append(None)
@@ -66,16 +67,18 @@ class BatchTrace(Trace):
             with set_current_trace(self.parent):
                 out, out_dim = rule(prim, self.axis, vals, dims, params)
             return self.wrap(out, out_dim, prim.multiple_results)
-        if prim.effectful and prim.batch is None and all(d is None for d in dims):
-            return self._random(prim, params)       # random numbers: vmap's randomness decides
-        if all(d is None for d in dims):
-            with set_current_trace(self.parent):
-                return prim.bind(*vals, **params)
+        if not batched:
+            if prim.effectful and prim.batch is None:
+                return self._random(prim, params)       # random numbers: vmap's randomness decides
+            return process_on_parent(self, prim, vals, params)
         if prim.batch is None:
             raise MissingRuleError(f"functx: primitive '{prim.name}' has no batching rule, so it can't be "
                                    "vmapped")
-        with set_current_trace(self.parent):
+        prev, trace_state.trace = trace_state.trace, self.parent
+        try:
             out, out_dim = prim.batch(self.axis, vals, dims, **params)
+        finally:
+            trace_state.trace = prev
         return self.wrap(out, out_dim, prim.multiple_results)
 
     def wrap(self, out, out_dim, multiple):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from ..core import STRUCTURAL, MissingRuleError, Trace, Zero, set_current_trace
 from ..core import nan_check
-from ..core.trace import PrimalTracer, grad_enabled_for, process_on_parent, transform_level, type_of, value_repr
+from ..core.trace import (PrimalTracer, grad_enabled_for, process_on_parent, trace_state, transform_level, type_of,
+                          value_repr)
 from ..prims.util import is_scalar
 
 
@@ -88,11 +89,14 @@ class JVPTrace(Trace):
         if _NANS.on:
             out, tangent_out = self._jvp_checked(prim, primals, tangents, params)
         else:
-            with set_current_trace(self.parent):
+            prev, trace_state.trace = trace_state.trace, self.parent
+            try:
                 out, tangent_out = prim.jvp(primals, tangents, **params)
+            finally:
+                trace_state.trace = prev
         if prim.multiple_results:
             return [self.wrap(o, t) for o, t in zip(out, tangent_out)]
-        return self.wrap(out, tangent_out)
+        return out if isinstance(tangent_out, Zero) else JVPTracer(self, out, tangent_out)   # wrap, inline
 
     def _jvp_checked(self, prim, primals, tangents, params):
         """debug_nans: the primal first, on its own (so a NaN there is named a primal

@@ -65,7 +65,7 @@ def _safe_softmax(x, dim, dtype=None):
         return P.full((), 1.0, t.dtype, t.device)
     d = wrap_dim(dim, t.ndim)
     kept = tuple(i for i in range(t.ndim) if i != d)
-    m = P.stop_gradient(P.reduce_max(x, (d,)))
+    m = P.reduce_max(P.stop_gradient(x), (d,))
     m = P.where(P.eq(m, -math.inf), P.full(_t(m).shape, 0.0, t.dtype, t.device), m)
     e = P.exp(P.sub(x, P.broadcast_in_dim(m, t.shape, kept)))
     s = P.reduce_sum(e, (d,))
@@ -86,7 +86,7 @@ def _shifted_rows(x, dim, half_to_float):
     kept = tuple(i for i in range(t.ndim) if i != d)
     if t.shape[d] == 0:     # empty rows: nothing to shift (a max of nothing does not exist)
         return x, d, kept, t
-    m = P.stop_gradient(P.reduce_max(x, (d,)))
+    m = P.reduce_max(P.stop_gradient(x), (d,))      # stop first: the max's own jvp is never built
     return P.sub(x, P.broadcast_in_dim(m, t.shape, kept)), d, kept, t
 
 
@@ -290,3 +290,46 @@ def _native_batch_norm_legit_no_stats(input, weight, bias, training, momentum, e
 @register_special(aten._native_batch_norm_legit_no_training.default)
 def _native_batch_norm_legit_no_training(input, weight, bias, running_mean, running_var, momentum, eps):
     return _native_batch_norm(input, weight, bias, running_mean, running_var, False, momentum, eps)
+
+
+# ---------------------------------------------------------------- nll_loss
+# Native, the same computation as torch._decomp's _nll_loss_forward (so the same values and
+# derivatives) on lax values: the decomposition runs ~15 ATen ops on wrappers, each through the
+# whole dispatch path, and every eager cross_entropy reaches it.
+
+_NLL_NONE, _NLL_MEAN, _NLL_SUM = 0, 1, 2
+
+
+@register(aten.nll_loss_forward.default)
+def _nll_loss_forward(x, target, weight, reduction, ignore_index):
+    t, tt = _t(x), _t(target)
+    if not 0 < t.ndim <= 2:
+        raise AssertionError(f"input tensor should be 1D or 2D, got {t.ndim}D")
+    if tt.ndim > 1:
+        raise AssertionError(f"0D or 1D target tensor expected, multi-target not supported, got {tt.ndim}D")
+    if not (t.ndim == 1 and tt.ndim == 0) and t.shape[0] != tt.shape[0]:
+        raise RuntimeError(f"size mismatch (got input: {list(t.shape)}, target: {list(tt.shape)})")
+    if weight is not None and not (_t(weight).ndim == 1 and _t(weight).numel == t.shape[-1]):
+        raise AssertionError(f"weight tensor should be defined either for all {t.shape[-1]} classes or no "
+                             f"classes but got weight tensor of shape: {torch.Size(_t(weight).shape)}")
+    channel = 1 if t.ndim > 1 else 0
+    if weight is not None:
+        w = P.broadcast_in_dim(P.convert(weight, result_type(x, weight)), t.shape, (channel,))
+        x = P.mul(P.convert(x, _t(w).dtype), w)
+    keep = P.ne(target, ignore_index)
+    index_shape = tt.shape[:channel] + (1,)
+    safe = P.reshape(P.where(keep, target, 0), index_shape)         # ignored targets read class 0
+    result = P.where(keep, P.neg(P.reshape(P.take_along_axis(x, safe, channel), tt.shape)), 0.0)
+    xt = _t(x)
+    if reduction == _NLL_NONE and t.ndim > 1:
+        return result, P.full((), 0.0, xt.dtype, xt.device)
+    if weight is not None:
+        picked = P.reshape(P.take_along_axis(w, safe, channel), tt.shape)
+        total_weight = P.reduce_sum(P.where(keep, picked, 0.0), tuple(range(tt.ndim)))
+    else:
+        total_weight = P.convert(P.reduce_sum(P.convert(keep, torch.int64), tuple(range(tt.ndim))), xt.dtype)
+    if reduction == _NLL_SUM:
+        result = P.reduce_sum(result, tuple(range(tt.ndim)))
+    elif reduction == _NLL_MEAN:
+        result = P.div(P.reduce_sum(result, tuple(range(tt.ndim))), total_weight)
+    return result, total_weight

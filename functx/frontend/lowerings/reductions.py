@@ -236,7 +236,7 @@ def _logcumsumexp(x, dim):
     masked, mask, perm = _cum_masked(x, dim, -math.inf)
     last = len(perm)
     full = _t(masked).shape
-    m = P.stop_gradient(P.reduce_max(masked, (last,)))
+    m = P.reduce_max(P.stop_gradient(masked), (last,))
     m = P.where(P.eq(P.abs_(m), math.inf), P.full(_t(m).shape, 0.0, t.dtype, t.device), m)
     mb = P.broadcast_in_dim(m, full, tuple(range(len(full) - 1)))
     s = P.reduce_sum(P.exp(P.sub(masked, mb)), (last,))

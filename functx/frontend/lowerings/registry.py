@@ -15,6 +15,9 @@ from __future__ import annotations
 
 LOWERINGS: dict = {}
 SPECIAL: dict = {}
+# dispatch's per-op decisions (frontend/dispatch.py, `_plan`), keyed by id(op); cleared
+# whenever either table changes, so a decision never outlives the entries it was read from.
+PLANS: dict = {}
 
 
 def _add(table, table_name, ops, fn):
@@ -24,6 +27,7 @@ def _add(table, table_name, ops, fn):
             raise ValueError(f"{op} is registered twice in {table_name}: first by "
                              f"{old.__module__}.{old.__qualname__}, again by {fn.__module__}.{fn.__qualname__}")
         table[op] = fn
+    PLANS.clear()
 
 
 def register(*ops):
