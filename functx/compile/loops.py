@@ -4,6 +4,8 @@ the eager backend, the body's kernels on the Triton one), writing each step's ys
 buffers allocated once. The loop's source is kept for explain."""
 from __future__ import annotations
 
+from ..core.revolve import run_scan_revolve
+
 LOOP_SOURCES = "__functx_loops__"     # namespace key: the generated loops, for explain
 
 
@@ -36,6 +38,23 @@ def emit_scan(eqn, srcs, namespace, compile_body) -> str:
         f"# {loop_name}: a scan of {p['length']} steps; its body, {body_name}, compiled by the "
         f"{body.backend} backend:\n{source}{_indent(body.report())}")
     return f"{loop_name}({', '.join(srcs)})"
+
+
+def emit_scan_revolve(eqn, srcs, namespace, compile_body) -> str:
+    """A scan_revolve equation (the backward loop of scan(remat='binomial')): the Revolve
+    driver (core/revolve.py, via the primitive's run_revolve) calling the forward body and
+    the one-step-back body, each compiled by this backend."""
+    p = dict(eqn.params)
+    body, tbody = compile_body(p.pop("body")), compile_body(p.pop("tbody"))
+    n = len(namespace)
+    name = f"_scan_revolve_{n}"
+    run, out_types = run_scan_revolve, [v.type for v in eqn.outputs]
+    namespace[name] = lambda *args: run(body.call, tbody.call, args, out_types=out_types, **p)
+    namespace.setdefault(LOOP_SOURCES, []).append(
+        f"# {name}: the backward loop of a {p['length']}-step scan, binomial checkpointing with "
+        f"{p['slots']} carries; its forward body:\n{_indent(body.report())}\n    # its step back:\n"
+        f"{_indent(tbody.report())}")
+    return f"{name}({', '.join(srcs)})"
 
 
 def emit_checkpoint(eqn, srcs, namespace, compile_body) -> str:

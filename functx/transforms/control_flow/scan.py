@@ -27,6 +27,7 @@ from ...prims.creation import instantiate, zeros_like_type
 from ...prims.shape import bdim_to_front, moveaxis
 from ..ad import jvp_flat, linearize_flat, vjp_flat
 from .common import closed_graph, dce_graph, is_float, run_batched
+from .scan_revolve import scan_tangent_p
 
 __all__ = ["scan_p", "run_scan"]
 
@@ -160,6 +161,9 @@ def _scan_partial_eval(body, num_consts, num_carry, consts, carry, xs, const_t, 
                        const_nz, carry_nz, x_nz, params):
     """Under linearize: a primal scan stacking residuals, then a linear tangent scan."""
     remat = params["remat"]
+    if isinstance(remat, tuple):
+        return _scan_partial_eval_binomial(body, num_consts, num_carry, consts, carry, xs, const_t, carry_t, x_t,
+                                           const_nz, carry_nz, x_nz, params)
     in_nz = const_nz + carry_nz + x_nz
     types = body.in_types
     nc = num_carry
@@ -254,6 +258,36 @@ def _scan_partial_eval(body, num_consts, num_carry, consts, carry, xs, const_t, 
     out_types = [type_of(o) for o in primal_out]
     tans = [next(cart_out) if m else Zero(t) for m, t in zip(carry_nz, out_types[:nc])]
     tans += [next(yt_out) if m else Zero(t) for m, t in zip(store["y_nz"], out_types[nc:])]
+    return list(primal_out), tans
+
+
+def _scan_partial_eval_binomial(body, num_consts, num_carry, consts, carry, xs, const_t, carry_t, x_t,
+                                const_nz, carry_nz, x_nz, params):
+    """remat=('binomial', k) under linearize: a primal scan storing nothing per step, and one
+    linear scan_tangent equation whose residuals are the scan's own inputs; its transpose
+    recomputes carries by Revolve (scan_revolve.py)."""
+    draws = random_draws(body)
+    if draws:
+        raise FunctxError(
+            f"functx.scan(remat='binomial'): the body draws random numbers ({', '.join(sorted(set(draws)))}), "
+            "and binomial checkpointing recomputes the body, which would redraw them and give a wrong "
+            "derivative. Draw the numbers outside the scan and pass them in xs.")
+    nc = num_carry
+    ny = len(body.outvars) - nc
+    _, _, out_nz = _jvp_body(body, const_nz + carry_nz + x_nz, carry_nz + [False] * ny)
+    y_nz = out_nz[nc:]
+    primal_out = scan_p.bind(*consts, *carry, *xs, body=body, num_consts=num_consts, num_carry=nc,
+                             **dict(params, remat=False))
+    quiet = drop_effects(body)                  # the primal scan runs the body's prints
+    masks = (tuple(const_nz), tuple(carry_nz), tuple(x_nz), tuple(y_nz))
+    nz_t = lambda ts, mask: [t for t, m in zip(ts, mask) if m]
+    t_outs = scan_tangent_p.bind(*consts, *carry, *xs, *nz_t(const_t, const_nz), *nz_t(carry_t, carry_nz),
+                                 *nz_t(x_t, x_nz), body=quiet, num_consts=num_consts, num_carry=nc, masks=masks,
+                                 length=params["length"], reverse=params["reverse"], slots=params["remat"][1])
+    out_types = [type_of(o) for o in primal_out]
+    cart_out, yt_out = iter(t_outs[:sum(carry_nz)]), iter(t_outs[sum(carry_nz):])
+    tans = [next(cart_out) if m else Zero(t) for m, t in zip(carry_nz, out_types[:nc])]
+    tans += [next(yt_out) if m else Zero(t) for m, t in zip(y_nz, out_types[nc:])]
     return list(primal_out), tans
 
 
