@@ -4,7 +4,7 @@ process.
 
     python bench/bench_loops.py             # 10/100/1000/10000 steps
     python bench/bench_loops.py --quick     # 10/100 steps (smoke run)
-    python bench/bench_loops.py --compile   # also torch.compile at 10 and 100 steps (slow: it unrolls)
+    python bench/bench_loops.py --compile   # also torch.compile at 10 steps (slow: it unrolls)
 
 The step: h <- h + 0.1 * tanh(h @ W1 + b1 + x_t) @ W2 for a batch of 16 states of width 32;
 the loss is mean(h_n ** 2). For each length: functx.jit's first call (trace + compile + one
@@ -144,7 +144,7 @@ def run(lengths, with_compile):
                     f"{t_fx / t_ref:>5.2f}x | ")
             line += (f"{fmt_time(j_first):>9} {fmt_time(t['jax']):>9} {t_fx / t['jax']:>5.2f}x" if jcases is not None
                      else f"{'-':>9} {'-':>9} {'-':>6}")
-            if with_compile and what != "vmap" and n <= 100:
+            if with_compile and what != "vmap" and n <= 10:
                 torch._dynamo.reset()
                 compiled = torch.compile(ref)
                 c_first, _ = first_call(compiled, *rargs)
@@ -197,7 +197,7 @@ def memory_table(n):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="also torch.compile the eager loop (10 and 100 steps)")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile the eager loop (10 steps)")
     ap.add_argument("--memory", action="store_true", help="only the memory table")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: tiny ops, and a shared machine)")
