@@ -78,6 +78,8 @@ NONLINEAR = {
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
     "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)
     "while_tape_check",    # transforms/control_flow/while_reverse.py (integer step count)
+    # while_reverse.py: tape[step] = carry on primal values; its jvp is a scatter (which transposes)
+    "while_tape_write",
     # transforms/control_flow/scan_revolve.py: linear in its cotangents, but never transposed
     # (its jvp raises: no forward over reverse through remat='binomial', so linearize never records it)
     "scan_revolve",

@@ -75,3 +75,19 @@ def test_max_steps_is_required_and_enforced():
         functx.vmap(functx.grad(lambda x: loss(x, W, 3)))(x[None])
     with pytest.raises(TypeError, match="max_steps must be a positive int"):
         functx.while_loop(lambda s: s < 1, lambda s: s + 1, x, max_steps=0)
+
+
+def test_jit_writes_the_tape_in_place_into_its_own_buffer():
+    x = torch.randn(3, dtype=F64, generator=G)
+    x_before = x.clone()
+    f = functx.jit(functx.grad(loss, argnums=(0, 1)))
+    for a, b in zip(f(x, W), torch.func.grad(loss_loop, argnums=(0, 1))(x, W)):
+        close(a, b)
+    close(f(x, W)[0], torch.func.grad(loss_loop)(x, W))       # a second call: a fresh tape
+    assert torch.equal(x, x_before)                            # the caller's tensors untouched
+    text = str(functx.explain(functx.grad(loss, argnums=(0, 1)))(x, W))
+    assert "index_copy_(" in text and ".clone(memory_format=torch.contiguous_format)" in text
+    # under vmap the write is the functional scatter (per-lane steps)
+    xs = torch.randn(2, 3, dtype=F64, generator=G)
+    got = functx.jit(functx.vmap(functx.grad(loss), in_axes=(0, None)))(xs, W)
+    close(got, torch.stack([torch.func.grad(loss_loop)(x, W) for x in xs]))

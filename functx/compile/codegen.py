@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .loops import emit_checkpoint, emit_scan, emit_scan_revolve
+from .loops import emit_checkpoint, emit_scan, emit_scan_revolve, emit_while
 
 
 def literal_source(value) -> str:
@@ -16,7 +16,8 @@ def literal_source(value) -> str:
     return repr(value)
 
 
-LOOP_EMITTERS = {"scan": emit_scan, "checkpoint": emit_checkpoint, "scan_revolve": emit_scan_revolve}
+LOOP_EMITTERS = {"scan": emit_scan, "checkpoint": emit_checkpoint, "scan_revolve": emit_scan_revolve,
+                 "while_loop": emit_while}
 
 
 def emit_expr(eqn, srcs, namespace, compile_body=None) -> str:

@@ -40,6 +40,35 @@ def emit_scan(eqn, srcs, namespace, compile_body) -> str:
     return f"{loop_name}({', '.join(srcs)})"
 
 
+def emit_while(eqn, srcs, namespace, compile_body) -> str:
+    """A while_loop equation: a Python `while` calling its cond and body compiled by the
+    backend. A carry the body writes in place (reverse mode's tape, `while_tape_write`) is
+    copied once before the loop, so the loop owns the buffer it writes."""
+    p = eqn.params
+    cond, body = compile_body(p["cond_graph"]), compile_body(p["body_graph"])
+    n_cc, n_bc = p["n_cc"], p["n_bc"]
+    nc = len(eqn.inputs) - n_cc - n_bc
+    n = len(namespace)
+    cond_name, body_name, loop_name = f"_while_cond_{n}", f"_while_body_{n}", f"_while_{n}"
+    namespace[cond_name], namespace[body_name] = cond.call, body.call
+    carry_vars = p["body_graph"].invars[n_bc:]
+    written = {e.inputs[0] for e in p["body_graph"].eqns if e.prim.name == "while_tape_write"}
+    ccs, bcs, cs = ([f"{s}{i}" for i in range(k)] for s, k in (("k", n_cc), ("b", n_bc), ("c", nc)))
+    lines = [f"def {loop_name}({', '.join(ccs + bcs + cs)}):"]
+    lines += [f"    {c} = {c}.clone(memory_format=torch.contiguous_format)"
+              for c, v in zip(cs, carry_vars) if v in written]
+    comma = "," if nc == 1 else ""
+    lines.append(f"    while bool({cond_name}({', '.join(ccs + cs)})[0]):")
+    lines.append(f"        {', '.join(cs)}{comma} = {body_name}({', '.join(bcs + cs)})")
+    lines.append(f"    return ({', '.join(cs)}{comma})")
+    source = "\n".join(lines) + "\n"
+    exec(compile(source, f"<functx while loop {n}>", "exec"), namespace)
+    namespace.setdefault(LOOP_SOURCES, []).append(
+        f"# {loop_name}: a while loop; its cond, {cond_name}, and body, {body_name}, compiled by the "
+        f"{body.backend} backend:\n{source}{_indent(cond.report())}\n{_indent(body.report())}")
+    return f"{loop_name}({', '.join(srcs)})"
+
+
 def emit_scan_revolve(eqn, srcs, namespace, compile_body) -> str:
     """A scan_revolve equation (the backward loop of scan(remat='binomial')): the Revolve
     driver (core/revolve.py, via the primitive's run_revolve) calling the forward body and
