@@ -22,9 +22,15 @@ def emit_scan(eqn, srcs, namespace, compile_body) -> str:
     ks, cs, xs = ([f"{s}{i}" for i in range(k)] for s, k in (("k", nk), ("c", nc), ("x", nx)))
     ys, ybufs = [f"y{j}" for j in range(len(ys_types))], [f"ys{j}" for j in range(len(ys_types))]
     lines = [f"def {loop_name}({', '.join(ks + cs + xs)}):"]
+    trips = p.get("trip_count")
     for buf, t in zip(ybufs, ys_types):
-        lines.append(f"    {buf} = torch.empty({tuple(t.shape)!r}, dtype={t.dtype}, device={str(t.device)!r})")
-    steps = f"range({p['length'] - 1}, -1, -1)" if p["reverse"] else f"range({p['length']})"
+        new = "torch.empty" if trips is None else "torch.zeros"      # skipped steps' ys are zeros
+        lines.append(f"    {buf} = {new}({tuple(t.shape)!r}, dtype={t.dtype}, device={str(t.device)!r})")
+    if trips is None:
+        steps = f"range({p['length'] - 1}, -1, -1)" if p["reverse"] else f"range({p['length']})"
+    else:                             # steps from the count on are identities: stop there
+        lines.append(f"    n = max(0, min({p['length']}, int({ks[trips]})))")
+        steps = "range(n - 1, -1, -1)" if p["reverse"] else "range(n)"
     lines.append(f"    for i in {steps}:")
     outs = cs + ys
     call_args = ks + cs + [f"{x}[i]" for x in xs]

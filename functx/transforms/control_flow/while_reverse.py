@@ -5,7 +5,9 @@ max_steps carries (tape[i] = the carry step i started from), and stops early wit
 error if the loop would need more. The trip count n is then known (a value, not a Python
 int, so this works under jit and vmap too), and the tangent is a scan over the tape of
 max_steps steps whose step k applies the body's jvp at tape[k] when k < n and is the
-identity otherwise; linearize records that scan, whose transpose is the reverse scan.
+identity otherwise; linearize records that scan, whose transpose is the reverse scan. The
+scan's trip_count names n, so both loops run the n steps taken, not max_steps (under vmap
+the lanes' counts differ and every lane runs max_steps, masked).
 Unused tape entries hold the initial carry, so masked steps differentiate the body at a
 value it accepts (never 0 * inf).
 
@@ -147,6 +149,7 @@ def linearize_while(while_loop_p, primals, tangents, *, cond_graph, body_graph, 
     t_outs = scan_p.bind(*tconsts, *bc, steps, *[t for t, m in zip(bc_t, bc_nz) if m],
                          *[instantiate(t) for t, f in zip(carry_t, cf) if f], *tapes, ks, body=tg,
                          num_consts=len(tconsts) + nb + 1 + n_bt, num_carry=sum(cf), length=max_steps,
-                         reverse=False, unroll=1, remat=False)
+                         reverse=False, unroll=1, remat=False,
+                         trip_count=len(tconsts) + nb)      # steps k >= n are masked identities: skip them
     it = iter(t_outs)
     return carry_out, [next(it) if f else Zero(t) for f, t in zip(cf, carry_types)]
