@@ -109,3 +109,12 @@ def test_binomial_refuses_what_it_cannot_recompute():
         functx.grad(noisy)(H0)
     with pytest.raises(FunctxError, match="forward over reverse"):
         functx.hessian(lambda h: loss(W, h, XS, "binomial", 3))(H0)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
+def test_binomial_on_the_fusion_backends(backend):
+    pytest.importorskip("triton") if backend == "triton" else None
+    args = (W.float(), H0.float(), XS[:6].float())
+    want = functx.grad(loss, argnums=(0, 1, 2))(*args)
+    got = functx.jit(functx.grad(lambda w, h, x: loss(w, h, x, "binomial", 2), argnums=(0, 1, 2)), backend=backend)(*args)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
