@@ -129,3 +129,10 @@ def test_scan_trip_count_runs_the_first_steps_and_zero_fills_ys():
                      else f(torch.tensor(3), torch.tensor(0.0, dtype=F64), xs))
             close(c, torch.tensor(6.0, dtype=F64))
             close(ys, torch.tensor([2.0, 4.0, 6.0, 0.0, 0.0], dtype=F64))
+
+
+def test_hessian_through_the_tape():
+    """Forward over reverse: the recording loop itself is differentiated (the tape write's jvp)."""
+    x = torch.randn(3, dtype=F64, generator=G)
+    got = functx.jit(functx.hessian(lambda v: loss(v, W)))(x)
+    torch.testing.assert_close(got, torch.func.hessian(lambda v: loss_loop(v, W))(x), atol=1e-9, rtol=1e-9)

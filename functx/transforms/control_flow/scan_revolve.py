@@ -96,9 +96,8 @@ def _transpose_body(body, num_consts, num_carry, masks):
     nonzero ones: the body's vjp at (consts, carry, x) with respect to its tangent inputs."""
     const_nz, carry_nz, x_nz, y_nz = masks
     types = body.in_types
-    nx = len(types) - num_consts - num_carry
     in_nz = const_nz + carry_nz + x_nz
-    nc_nz, ny_nz = sum(carry_nz), sum(y_nz)
+    nc_nz = sum(carry_nz)
     body = dce_graph(body)
 
     def tstep(*a):
@@ -113,7 +112,6 @@ def _transpose_body(body, num_consts, num_carry, masks):
     in_types = (list(types) + _pick(body.out_types[:num_carry], carry_nz)
                 + _pick(body.out_types[num_carry:], y_nz))
     tg, tconsts = closed_graph(tstep, in_types)
-    del nx, ny_nz
     return dce_graph(tg), tconsts
 
 

@@ -60,7 +60,7 @@ def _write_as_scatter(tape, step, value):
 
 
 def _write_jvp(primals, tangents):
-    (tape, step, value), (t_tape, _, t_value) = primals, tangents
+    (tape, step, _), (t_tape, _, t_value) = primals, tangents
     if isinstance(t_tape, Zero) and isinstance(t_value, Zero):
         return tape_write_p.bind(*primals), Zero(type_of(tape))
     return tape_write_p.bind(*primals), _write_as_scatter(instantiate(t_tape), step, instantiate(t_value))
