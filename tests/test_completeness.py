@@ -59,6 +59,7 @@ LINEAR = {
     "custom_lin",
     "cond",    # transforms/control_flow.py: linear in the operands its branches are linear in
     "scan",    # transforms/control_flow/scan.py: linear in the operands its body is linear in
+    "scan_tangent",    # transforms/control_flow/scan_revolve.py: linear in its tangent operands
     "checkpoint", "checkpoint_name",    # transforms/control_flow/checkpoint.py (checkpoint_name is the identity)
     # prims/conv.py (when present): convolution is bilinear in (input, weight).
     "conv", "convolution", "conv_general_dilated",
@@ -77,6 +78,11 @@ NONLINEAR = {
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
     "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)
     "while_tape_check",    # transforms/control_flow/while_reverse.py (integer step count)
+    # while_reverse.py: tape[step] = carry on primal values; its jvp is a scatter (which transposes)
+    "while_tape_write",
+    # transforms/control_flow/scan_revolve.py: linear in its cotangents, but never transposed
+    # (its jvp raises: no forward over reverse through remat='binomial', so linearize never records it)
+    "scan_revolve",
     "debug_callback",    # prims/debug.py: no outputs; its (no-op) transpose is never needed
 }
 

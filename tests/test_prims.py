@@ -935,8 +935,8 @@ def _while_ref(i, x, **params):
     return (i, x)
 
 
-# Reverse mode (max_steps) records a tape and checks its length with while_tape_check.
-add(Entry("while_loop", _while_gen, _while_ref, dtypes=(F32, F64), covers=("while_tape_check",)))
+# Reverse mode (max_steps) records a tape (while_tape_write) and checks its length (while_tape_check).
+add(Entry("while_loop", _while_gen, _while_ref, dtypes=(F32, F64), covers=("while_tape_check", "while_tape_write")))
 
 
 def _scan_body(c, x):
@@ -962,6 +962,23 @@ def _scan_ref(c, xs, **params):
 
 
 add(Entry("scan", _scan_gen, _scan_ref, dtypes=(F32, F64)))
+
+
+def _scan_binomial_gen(draw, dtype, smooth):
+    shape = shapes(draw)
+    params, operands = _structural(
+        "scan", lambda c, xs: functx.scan(_scan_body, c, xs, remat="binomial", checkpoints=2),
+        [torch.zeros(shape, dtype=dtype), torch.zeros((3,) + shape, dtype=dtype)])
+
+    def make(g, dt):
+        return operands([rand(g, shape, dt), rand(g, (3,) + shape, dt)])
+    return Case(params, make)
+
+
+# Reverse mode with remat='binomial' records scan_tangent, transposed to scan_revolve; they have
+# no jvp (no forward over reverse), so no second order.
+add(Entry("scan_binomial", _scan_binomial_gen, _scan_ref, prim="scan", dtypes=(F32, F64), order2=False,
+          covers=("scan_tangent", "scan_revolve")))
 
 
 def _ckpt_gen(draw, dtype, smooth):

@@ -59,7 +59,7 @@ def test_scan_matches_python_loop_with_pytrees(reverse):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("remat", [False, True, "sqrt"])
+@pytest.mark.parametrize("remat", [False, True, "sqrt", "binomial"])
 def test_scan_grad_matches_torch_func_of_the_loop(reverse, remat):
     argnums = (0, 1, 2, 3)
     want = torch.func.grad(looped, argnums=argnums)(W, C0, XS, V, reverse)
@@ -183,6 +183,10 @@ def test_scan_errors_name_the_argument():
     with pytest.raises(TypeError, match="must return a pair"):
         functx.scan(lambda c, x: c, C0, XS)
     with pytest.raises(ValueError, match="remat must be"):
-        functx.scan(f, C0, XS, remat="binomial")
+        functx.scan(f, C0, XS, remat="log")
+    with pytest.raises(ValueError, match="is for remat='binomial'"):
+        functx.scan(f, C0, XS, remat=True, checkpoints=3)
+    with pytest.raises(ValueError, match="checkpoints must be a positive int"):
+        functx.scan(f, C0, XS, remat="binomial", checkpoints=0)
     with pytest.raises(TypeError, match="fori_loop: loop bounds"):
         functx.fori_loop(0.0, 3, lambda i, v: v, C0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .loops import emit_checkpoint, emit_scan
+from .loops import emit_checkpoint, emit_scan, emit_scan_revolve, emit_while
 
 
 def literal_source(value) -> str:
@@ -16,6 +16,10 @@ def literal_source(value) -> str:
     return repr(value)
 
 
+LOOP_EMITTERS = {"scan": emit_scan, "checkpoint": emit_checkpoint, "scan_revolve": emit_scan_revolve,
+                 "while_loop": emit_while}
+
+
 def emit_expr(eqn, srcs, namespace, compile_body=None) -> str:
     """A PyTorch expression computing eqn from its operands' sources `srcs`.
 
@@ -23,9 +27,8 @@ def emit_expr(eqn, srcs, namespace, compile_body=None) -> str:
     its impl, bound (with its params) into `namespace`, the generated code's globals.
     compile_body(graph) -> Compiled: the backend's compiler for loop bodies; given it, a scan
     becomes a generated loop calling its compiled body (loops.py)."""
-    if compile_body is not None and eqn.prim.name in ("scan", "checkpoint"):
-        emit = emit_scan if eqn.prim.name == "scan" else emit_checkpoint
-        return emit(eqn, srcs, namespace, compile_body)
+    if compile_body is not None and eqn.prim.name in LOOP_EMITTERS:
+        return LOOP_EMITTERS[eqn.prim.name](eqn, srcs, namespace, compile_body)
     expr = eqn.prim.emit(eqn, srcs) if eqn.prim.emit is not None else None
     if expr is None:
         n = len(namespace)        # grows with every binding, so names never collide

@@ -6,7 +6,8 @@
     fold_constants      pointwise and view equations of constants become `full`
     simplify            x*1, x+0, x-0, x/1, neg(neg x), x*0 on integers, convert chains
     fold_views          identity views vanish; broadcast/reshape/transpose chains compose
-    fold_transposes     transpose chains that the other passes expose compose
+    fold_transposes     transpose chains that the other passes expose compose; the transpose
+                        of a matrix product becomes the product with swapped operands
 
 pipeline.py runs them in order. Rewrites replace a variable by another of exactly the same
 type, so graphs stay valid (`graph.check()`); every pass keeps graph.meta, and a rewritten
@@ -298,8 +299,26 @@ def _unit_alignment(src, dst):
     return align if all(n == 1 for n in dst[j:]) else None
 
 
+def _swapped_dot(eqn, dots, uses):
+    """transpose(dot_general(a, b)) of matrices -> dot_general(b, a) (a^T-free: (a b)^T = b^T a^T
+    is the product with the operands' roles swapped), when the product has no other use. The
+    transpose of a weight gradient in a backward pass (`dW = (x^T g)^T`) then prints as one
+    matmul, and `acc + dW` as one torch.addmm (eager_plan)."""
+    if eqn.params["permutation"] != (1, 0) or not isinstance(eqn.inputs[0], Var):
+        return None
+    d = dots.get(eqn.inputs[0])
+    if d is None or uses.get(eqn.inputs[0], 0) != 1:
+        return None
+    (lc, rc), (lb, rb) = d.params["dimension_numbers"]
+    a, b = d.inputs
+    if lb or rb or len(lc) != 1 or len(rc) != 1 or a.type.ndim != 2 or b.type.ndim != 2:
+        return None
+    return Eqn(d.prim, [b, a], eqn.outputs, dict(d.params, dimension_numbers=((rc, lc), ((), ()))), eqn.source)
+
+
 def fold_transposes(graph: Graph) -> Graph:
-    """Compose chains of transposes; drop those that compose to the identity.
+    """Compose chains of transposes; drop those that compose to the identity; the transpose
+    of a matrix product is the swapped product (_swapped_dot).
 
     fold_views composes the chains the trace has; this runs last, for those simplify
     exposes (transpose(neg(neg(transpose(x)))))."""
@@ -307,11 +326,20 @@ def fold_transposes(graph: Graph) -> Graph:
     subst: dict = {}             # var -> replacement atom
     eqns = []
     changed = False
+    uses: dict = {}
+    for a in [a for e in graph.eqns for a in e.inputs] + list(graph.outvars):
+        if isinstance(a, Var):
+            uses[a] = uses.get(a, 0) + 1
+    dots = {e.outputs[0]: e for e in graph.eqns if e.prim.name == "dot_general"}
     for eqn in graph.eqns:
         inputs = [subst.get(a, a) if isinstance(a, Var) else a for a in eqn.inputs]
         if inputs != eqn.inputs:
             eqn = type(eqn)(eqn.prim, inputs, eqn.outputs, eqn.params, eqn.source)
             changed = True
+        if eqn.prim.name == "transpose" and (swapped := _swapped_dot(eqn, dots, uses)) is not None:
+            eqns.append(swapped)
+            changed = True
+            continue
         if eqn.prim.name == "transpose" and isinstance(inputs[0], Var):
             perm = tuple(eqn.params["permutation"])
             src = inputs[0]

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ...core import revolve
 from ...core.trace import Tracer, type_of
 from ...frontend import TracerTensor, unwrap, wrap
 from ...tree_util import tree_flatten, tree_unflatten
@@ -15,7 +16,7 @@ from .while_loop import while_loop
 
 __all__ = ["scan", "fori_loop"]
 
-REMAT_CHOICES = (False, True, "sqrt")
+REMAT_CHOICES = (False, True, "sqrt", "binomial")
 
 
 def _leaf_name(tree, i, what):
@@ -32,7 +33,7 @@ def _tensor_leaves(tree_value, what):
     return leaves, tree
 
 
-def _check_options(reverse, unroll, remat):
+def _check_options(reverse, unroll, remat, checkpoints):
     if not isinstance(reverse, bool):
         raise TypeError(f"functx.scan: reverse must be a bool, got {reverse!r}")
     if isinstance(unroll, bool):
@@ -40,7 +41,13 @@ def _check_options(reverse, unroll, remat):
     if not isinstance(unroll, int) or unroll < 0:
         raise TypeError(f"functx.scan: unroll must be a non-negative int or a bool, got {unroll!r}")
     if not any(remat is c for c in REMAT_CHOICES):
-        raise ValueError(f"functx.scan: remat must be False, True or 'sqrt', got {remat!r}")
+        raise ValueError(f"functx.scan: remat must be False, True, 'sqrt' or 'binomial', got {remat!r}")
+    if checkpoints is not None:
+        if remat != "binomial":
+            raise ValueError(f"functx.scan: checkpoints={checkpoints!r} is for remat='binomial' (got remat={remat!r})")
+        if not isinstance(checkpoints, int) or isinstance(checkpoints, bool) or checkpoints < 1:
+            raise ValueError(f"functx.scan: checkpoints must be a positive int (carries kept, the initial one "
+                             f"included), got {checkpoints!r}")
     return unroll
 
 
@@ -63,7 +70,7 @@ def _length(x_leaves, x_tree, length):
     return length
 
 
-def scan(f, init, xs=None, length=None, reverse=False, unroll=1, remat=False):
+def scan(f, init, xs=None, length=None, reverse=False, unroll=1, remat=False, checkpoints=None):
     """Loop `carry, y = f(carry, x)` over the leading axis of xs; returns (carry, stacked ys)
     (JAX's lax.scan). init, xs and f's outputs may be pytrees of tensors.
 
@@ -80,9 +87,15 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, remat=False):
       remat: reverse mode only: False stores the body's residuals per step; True stores
         only the body's inputs and recomputes the rest in the backward pass; 'sqrt' runs
         sqrt(length) segments, storing only the carry at each segment start (O(sqrt n)
-        memory, about one extra forward pass of compute).
+        memory, about one extra forward pass of compute); 'binomial' keeps at most
+        `checkpoints` carries and recomputes the rest by Griewank's Revolve schedule, the
+        fewest forward steps any schedule with that many carries needs (r sweeps for
+        length <= C(k + r, k)).
+      checkpoints: for remat='binomial', the carries kept (the initial one included);
+        default: the fewest with which no step is recomputed more than twice (about
+        sqrt(2 length)).
     """
-    unroll = _check_options(reverse, unroll, remat)
+    unroll = _check_options(reverse, unroll, remat, checkpoints)
     x_leaves, x_tree = _tensor_leaves(xs, "xs")
     length = _length(x_leaves, x_tree, length)
     if remat == "sqrt":
@@ -114,11 +127,23 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, remat=False):
         y_leaves, store["y_tree"] = _tensor_leaves(y, "f's y output")
         return [unwrap(v) for v in nc_leaves] + [unwrap(v) for v in y_leaves]
     g, consts = closed_graph(body, c_types + x_types)
+    if remat == "binomial":
+        remat = ("binomial", checkpoints if checkpoints is not None else _two_sweep_slots(length))
+    else:
+        remat = bool(remat)
     outs = scan_p.bind(*consts, *carry, *xvals, body=g, num_consts=len(consts), num_carry=len(carry),
-                       length=length, reverse=reverse, unroll=unroll, remat=bool(remat))
+                       length=length, reverse=reverse, unroll=unroll, remat=remat)
     nc = len(carry)
     return (tree_unflatten(c_tree, [wrap(o) for o in outs[:nc]]),
             tree_unflatten(store["y_tree"], [wrap(o) for o in outs[nc:]]))
+
+
+def _two_sweep_slots(length):
+    """The least k with C(k + 2, 2) >= length: Revolve advances no step more than twice."""
+    k = 1
+    while revolve.beta(k, 2) < length:
+        k += 1
+    return k
 
 
 def _sqrt_scan(f, init, xs, length, reverse):

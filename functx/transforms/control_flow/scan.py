@@ -1,8 +1,13 @@
 """The scan primitive: a loop over the leading axis of its xs, holding its body graph once
 (JAX's lax.scan), so tracing a 1000-step scan records one equation.
 
-  scan(*consts, *carry, *xs; body, num_consts, num_carry, length, reverse, unroll, remat)
+  scan(*consts, *carry, *xs; body, num_consts, num_carry, length, reverse, unroll, remat, trip_count)
       body: (consts, carry, x) -> (carry, y), a closed graph; ys come back stacked.
+      trip_count: None, or the index of a const holding a 0-d integer n: the builder's promise
+      that steps n.. (in xs order) are identities on the carry with zero ys, so loops run only
+      the first n (while_loop's masked tangent scan over its tape, and that scan's transpose,
+      run the steps taken, not max_steps). An optimization only: rules that cannot keep the
+      promise track drop it.
   jvp: the fused form is one scan over (primal, tangent) carries. Under linearize (the
       tangents belong to a partial-evaluation trace) the rule splits instead, as JAX's
       _scan_partial_eval does: a primal scan that also stacks, per iteration, the residuals
@@ -27,6 +32,7 @@ from ...prims.creation import instantiate, zeros_like_type
 from ...prims.shape import bdim_to_front, moveaxis
 from ..ad import jvp_flat, linearize_flat, vjp_flat
 from .common import closed_graph, dce_graph, is_float, run_batched
+from .scan_revolve import scan_tangent_p
 
 __all__ = ["scan_p", "run_scan"]
 
@@ -49,17 +55,20 @@ def _nonzero(t):
     return not isinstance(t, Zero)
 
 
-def _scan_type(*types, body, num_consts, num_carry, length, reverse, unroll, remat):
+def _scan_type(*types, body, num_consts, num_carry, length, reverse, unroll, remat, trip_count=None):
     out = body.out_types
     return list(out[:num_carry]) + [_stacked_type(t, length) for t in out[num_carry:]]
 
 
-def run_scan(body_fn, consts, carry, xs, ys_types, length, reverse):
+def run_scan(body_fn, consts, carry, xs, ys_types, length, reverse, trips=None):
     """The loop itself: body_fn(*consts, *carry, *x) -> carry + y, ys written in place into
-    buffers allocated once (no list of per-step tensors to stack)."""
+    buffers allocated once (no list of per-step tensors to stack). trips: run only the steps
+    before it (the rest are identities with zero ys)."""
     nc = len(carry)
-    ys = [torch.empty(tuple(t.shape), dtype=t.dtype, device=t.device) for t in ys_types]
-    for i in (range(length - 1, -1, -1) if reverse else range(length)):
+    new = torch.empty if trips is None else torch.zeros
+    ys = [new(tuple(t.shape), dtype=t.dtype, device=t.device) for t in ys_types]
+    n = length if trips is None else max(0, min(length, int(trips)))
+    for i in (range(n - 1, -1, -1) if reverse else range(n)):
         out = body_fn(*consts, *carry, *[x[i] for x in xs])
         carry = out[:nc]
         for buf, y in zip(ys, out[nc:]):
@@ -67,11 +76,12 @@ def run_scan(body_fn, consts, carry, xs, ys_types, length, reverse):
     return list(carry) + ys
 
 
-def _scan_impl(*args, body, num_consts, num_carry, length, reverse, unroll, remat):
+def _scan_impl(*args, body, num_consts, num_carry, length, reverse, unroll, remat, trip_count=None):
     consts, carry, xs = _split(args, num_consts, num_carry)
     ys_types = _scan_type(*[type_of(a) for a in args], body=body, num_consts=num_consts, num_carry=num_carry,
                           length=length, reverse=reverse, unroll=unroll, remat=remat)[num_carry:]
-    return run_scan(lambda *a: eval_graph(body, body.consts, list(a)), consts, carry, xs, ys_types, length, reverse)
+    return run_scan(lambda *a: eval_graph(body, body.consts, list(a)), consts, carry, xs, ys_types, length, reverse,
+                    None if trip_count is None else consts[trip_count])
 
 
 # ---------------------------------------------------------------- jvp
@@ -113,7 +123,8 @@ def _under_linearize(tangents):
     return any(isinstance(t, GraphTracer) and not t._trace.stage_all for t in tangents)
 
 
-def _scan_jvp(primals, tangents, *, body, num_consts, num_carry, length, reverse, unroll, remat):
+def _scan_jvp(primals, tangents, *, body, num_consts, num_carry, length, reverse, unroll, remat, trip_count=None):
+    # trip_count is dropped: the jvp'd scans run every step (correct, as the promise is only an optimization)
     consts, carry, xs = _split(primals, num_consts, num_carry)
     const_t, carry_t, x_t = _split(tangents, num_consts, num_carry)
     const_nz = [_nonzero(t) for t in const_t]
@@ -160,6 +171,9 @@ def _scan_partial_eval(body, num_consts, num_carry, consts, carry, xs, const_t, 
                        const_nz, carry_nz, x_nz, params):
     """Under linearize: a primal scan stacking residuals, then a linear tangent scan."""
     remat = params["remat"]
+    if isinstance(remat, tuple):
+        return _scan_partial_eval_binomial(body, num_consts, num_carry, consts, carry, xs, const_t, carry_t, x_t,
+                                           const_nz, carry_nz, x_nz, params)
     in_nz = const_nz + carry_nz + x_nz
     types = body.in_types
     nc = num_carry
@@ -257,9 +271,39 @@ def _scan_partial_eval(body, num_consts, num_carry, consts, carry, xs, const_t, 
     return list(primal_out), tans
 
 
+def _scan_partial_eval_binomial(body, num_consts, num_carry, consts, carry, xs, const_t, carry_t, x_t,
+                                const_nz, carry_nz, x_nz, params):
+    """remat=('binomial', k) under linearize: a primal scan storing nothing per step, and one
+    linear scan_tangent equation whose residuals are the scan's own inputs; its transpose
+    recomputes carries by Revolve (scan_revolve.py)."""
+    draws = random_draws(body)
+    if draws:
+        raise FunctxError(
+            f"functx.scan(remat='binomial'): the body draws random numbers ({', '.join(sorted(set(draws)))}), "
+            "and binomial checkpointing recomputes the body, which would redraw them and give a wrong "
+            "derivative. Draw the numbers outside the scan and pass them in xs.")
+    nc = num_carry
+    ny = len(body.outvars) - nc
+    _, _, out_nz = _jvp_body(body, const_nz + carry_nz + x_nz, carry_nz + [False] * ny)
+    y_nz = out_nz[nc:]
+    primal_out = scan_p.bind(*consts, *carry, *xs, body=body, num_consts=num_consts, num_carry=nc,
+                             **dict(params, remat=False))
+    quiet = drop_effects(body)                  # the primal scan runs the body's prints
+    masks = (tuple(const_nz), tuple(carry_nz), tuple(x_nz), tuple(y_nz))
+    nz_t = lambda ts, mask: [t for t, m in zip(ts, mask) if m]
+    t_outs = scan_tangent_p.bind(*consts, *carry, *xs, *nz_t(const_t, const_nz), *nz_t(carry_t, carry_nz),
+                                 *nz_t(x_t, x_nz), body=quiet, num_consts=num_consts, num_carry=nc, masks=masks,
+                                 length=params["length"], reverse=params["reverse"], slots=params["remat"][1])
+    out_types = [type_of(o) for o in primal_out]
+    cart_out, yt_out = iter(t_outs[:sum(carry_nz)]), iter(t_outs[sum(carry_nz):])
+    tans = [next(cart_out) if m else Zero(t) for m, t in zip(carry_nz, out_types[:nc])]
+    tans += [next(yt_out) if m else Zero(t) for m, t in zip(y_nz, out_types[nc:])]
+    return list(primal_out), tans
+
+
 # ---------------------------------------------------------------- transpose
 
-def _scan_transpose(cts, *args, body, num_consts, num_carry, length, reverse, unroll, remat):
+def _scan_transpose(cts, *args, body, num_consts, num_carry, length, reverse, unroll, remat, trip_count=None):
     consts, carry, xs = _split(args, num_consts, num_carry)
     # A linear scan carries only tangents; a carry that is not an UndefinedPrimal is a constant
     # tangent (an instantiated zero), transposed like the others but given no cotangent.
@@ -300,7 +344,10 @@ def _scan_transpose(cts, *args, body, num_consts, num_carry, length, reverse, un
     outs = scan_p.bind(*tconsts, *res_c, *[zeros_like_type(t) for t in lc_types], *ct_carry,
                        *[c for c, m in zip(ct_ys, y_nz) if m], *res_x, body=tg,
                        num_consts=len(tconsts) + n_rc, num_carry=n_lc + nc, length=length,
-                       reverse=not reverse, unroll=unroll, remat=remat)
+                       reverse=not reverse, unroll=unroll, remat=remat,
+                       # the count is a residual const: its place among the transposed scan's consts
+                       trip_count=(None if trip_count is None or lin_c[trip_count]
+                                   else len(tconsts) + sum(1 for l in lin_c[:trip_count] if not l)))
     ct_consts, ct_init, ct_xs = iter(outs[:n_lc]), outs[n_lc:n_lc + nc], iter(outs[n_lc + nc:])
     return ([next(ct_consts) if l else None for l in lin_c]
             + [c if isinstance(a, UndefinedPrimal) else None for a, c in zip(carry, ct_init)]
@@ -309,7 +356,7 @@ def _scan_transpose(cts, *args, body, num_consts, num_carry, length, reverse, un
 
 # ---------------------------------------------------------------- batch
 
-def _scan_batch(axis, args, dims, *, body, num_consts, num_carry, length, reverse, unroll, remat):
+def _scan_batch(axis, args, dims, *, body, num_consts, num_carry, length, reverse, unroll, remat, trip_count=None):
     consts, carry, xs = _split(args, num_consts, num_carry)
     const_d, _, x_d = _split(dims, num_consts, num_carry)
     # every carry batched at 0; batched xs as (length, batch, ...)
@@ -321,7 +368,10 @@ def _scan_batch(axis, args, dims, *, body, num_consts, num_carry, length, revers
         lambda *a: run_batched(lambda *v: eval_graph(body, [], list(v)), axis,
                                const_d + [0] * num_carry + x_dims, list(a)), in_types)
     outs = scan_p.bind(*bconsts, *consts, *carry, *xs, body=bg, num_consts=len(bconsts) + num_consts,
-                       num_carry=num_carry, length=length, reverse=reverse, unroll=unroll, remat=remat)
+                       num_carry=num_carry, length=length, reverse=reverse, unroll=unroll, remat=remat,
+                       # a per-lane count (batched) is dropped: lanes run every step
+                       trip_count=(None if trip_count is None or const_d[trip_count] is not None
+                                   else len(bconsts) + trip_count))
     return outs, [0] * num_carry + [1] * (len(outs) - num_carry)
 
 

@@ -129,7 +129,7 @@ def while_loop(cond_fun, body_fun, init_val, max_steps=None):
     sees ordinary code). With a traced one (jit, batched under vmap) it is a primitive:
     forward mode works as is; reverse mode (grad, vjp) needs max_steps, the size of the tape
     of carries the forward loop records (a loop running longer raises); the backward pass
-    then runs max_steps masked steps, so choose it close to the real trip count."""
+    runs the steps taken (under vmap, max_steps masked steps: lanes stop at different steps)."""
     what = "functx.while_loop"
     if max_steps is not None and (not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1):
         raise TypeError(f"{what}: max_steps must be a positive int or None, got {max_steps!r}")

@@ -5,9 +5,16 @@ max_steps carries (tape[i] = the carry step i started from), and stops early wit
 error if the loop would need more. The trip count n is then known (a value, not a Python
 int, so this works under jit and vmap too), and the tangent is a scan over the tape of
 max_steps steps whose step k applies the body's jvp at tape[k] when k < n and is the
-identity otherwise; linearize records that scan, whose transpose is the reverse scan.
+identity otherwise; linearize records that scan, whose transpose is the reverse scan. The
+scan's trip_count names n, so both loops run the n steps taken, not max_steps (under vmap
+the lanes' counts differ and every lane runs max_steps, masked).
 Unused tape entries hold the initial carry, so masked steps differentiate the body at a
 value it accepts (never 0 * inf).
+
+The tape is written by `tape_write` (tape[step] = carry): functionally a scatter, but jit's
+generated code writes it in place (`index_copy_`) into a buffer the generated while loop
+copies once before it starts (compile/loops.emit_while), so a step costs one carry's copy,
+not the whole tape's.
 """
 from __future__ import annotations
 
@@ -19,10 +26,10 @@ from ...core.trace import eval_graph, type_of
 from ... import prims as P
 from ...prims.creation import instantiate
 from ..ad import jvp_flat
-from .common import closed_graph, dce_graph, is_float
+from .common import closed_graph, dce_graph, is_float, run_batched
 from .scan import scan_p
 
-__all__ = ["linearize_while", "tape_check_p"]
+__all__ = ["linearize_while", "tape_check_p", "tape_write_p"]
 
 
 def _check_impl(steps, exceeded, *, max_steps):
@@ -46,6 +53,36 @@ tape_check_p = Primitive(
     jvp=lambda primals, tangents, *, max_steps: (tape_check_p.bind(*primals, max_steps=max_steps),
                                                  Zero(type_of(primals[0]))),
     batch=_check_batch)
+
+
+def _write_as_scatter(tape, step, value):
+    return P.scatter(tape, P.reshape(step, (1,)), P.reshape(value, (1,) + tuple(type_of(value).shape)), 0)
+
+
+def _write_jvp(primals, tangents):
+    (tape, step, _), (t_tape, _, t_value) = primals, tangents
+    if isinstance(t_tape, Zero) and isinstance(t_value, Zero):
+        return tape_write_p.bind(*primals), Zero(type_of(tape))
+    return tape_write_p.bind(*primals), _write_as_scatter(instantiate(t_tape), step, instantiate(t_value))
+
+
+def _write_batch(axis, args, dims):
+    # batched (per-lane steps under vmap): the functional scatter, batched by its own rule
+    return run_batched(lambda *a: [_write_as_scatter(*a)], axis, list(dims), list(args))[0], 0
+
+
+def _write_emit(eqn, srcs):
+    """In place: only a loop that owns the buffer may run this (compile/loops.emit_while
+    copies the tape once before its loop; the tape is read by nothing else in the body)."""
+    tape, step, value = srcs
+    return f"{tape}.index_copy_(0, {step}.reshape(1), {value}.unsqueeze(0))"
+
+
+tape_write_p = Primitive(
+    "while_tape_write", kind=EXTERN,
+    abstract_eval=lambda tape, step, value: tape,
+    impl=lambda tape, step, value: tape.index_copy(0, step.reshape(1), value.unsqueeze(0)),
+    jvp=_write_jvp, batch=_write_batch, emit=_write_emit)
 
 
 def linearize_while(while_loop_p, primals, tangents, *, cond_graph, body_graph, n_cc, n_bc, max_steps):
@@ -73,8 +110,7 @@ def linearize_while(while_loop_p, primals, tangents, *, cond_graph, body_graph, 
     def aug_body(*xs):                     # (body consts, step, carry, tapes): record, then step
         step, c, tapes = xs[n_bc], list(xs[n_bc + 1:n_bc + 1 + nc]), xs[n_bc + 1 + nc:]
         new = eval_graph(body_graph, [], list(xs[:n_bc]) + c)
-        at = P.reshape(step, (1,))
-        tapes = [P.scatter(tp, at, P.reshape(v, (1,) + tuple(type_of(v).shape)), 0) for tp, v in zip(tapes, c)]
+        tapes = [tape_write_p.bind(tp, step, v) for tp, v in zip(tapes, c)]
         return [P.add(step, 1)] + list(new) + tapes
     cg, cconsts = closed_graph(aug_cond, cc_types + aug_types)
     bg, bconsts = closed_graph(aug_body, bc_types + aug_types)
@@ -113,6 +149,7 @@ def linearize_while(while_loop_p, primals, tangents, *, cond_graph, body_graph, 
     t_outs = scan_p.bind(*tconsts, *bc, steps, *[t for t, m in zip(bc_t, bc_nz) if m],
                          *[instantiate(t) for t, f in zip(carry_t, cf) if f], *tapes, ks, body=tg,
                          num_consts=len(tconsts) + nb + 1 + n_bt, num_carry=sum(cf), length=max_steps,
-                         reverse=False, unroll=1, remat=False)
+                         reverse=False, unroll=1, remat=False,
+                         trip_count=len(tconsts) + nb)      # steps k >= n are masked identities: skip them
     it = iter(t_outs)
     return carry_out, [next(it) if f else Zero(t) for f, t in zip(cf, carry_types)]
