@@ -60,6 +60,8 @@ LINEAR = {
     "cond",    # transforms/control_flow.py: linear in the operands its branches are linear in
     "scan",    # transforms/control_flow/scan.py: linear in the operands its body is linear in
     "checkpoint", "checkpoint_name",    # transforms/control_flow/checkpoint.py (checkpoint_name is the identity)
+    # functx/kernels/attention.py: linear in its tangent operands; transpose = attention_bwd
+    "attention_tangent",
     # prims/conv.py (when present): convolution is bilinear in (input, weight).
     "conv", "convolution", "conv_general_dilated",
 }
@@ -78,6 +80,7 @@ NONLINEAR = {
     "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)
     "while_tape_check",    # transforms/control_flow/while_reverse.py (integer step count)
     "debug_callback",    # prims/debug.py: no outputs; its (no-op) transpose is never needed
+    "attention", "attention_jvp", "attention_bwd",    # functx/kernels/attention.py
 }
 
 

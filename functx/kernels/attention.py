@@ -62,10 +62,10 @@ def _split(args, has_bias):
     return q, k, v, (args[3] if has_bias else None), list(args[3 + has_bias:])
 
 
-def _expand_tangents(rest, tangents):
+def _expand_tangents(rest, has_tangent):
     """(tq, tk, tv, tbias) from the present ones, None where absent."""
     it = iter(rest)
-    return [next(it) if on else None for on in tangents]
+    return [next(it) if on else None for on in has_tangent]
 
 
 def _check(q, k, v, bias):
@@ -97,13 +97,13 @@ def _fwd_type(*args, causal, scale, has_bias):
     return list(_out_types(q, k, v))
 
 
-def _tangent_type(*args, causal, scale, has_bias, tangents):
+def _tangent_type(*args, causal, scale, has_bias, has_tangent):
     q, k, v, bias, _ = _split(args, has_bias)
     _check(q, k, v, bias)
     return list(_out_types(q, k, v))
 
 
-def _jvp_type(*args, causal, scale, has_bias, tangents):
+def _jvp_type(*args, causal, scale, has_bias, has_tangent):
     return _fwd_type(*args[:3 + has_bias], causal=causal, scale=scale, has_bias=has_bias) * 2
 
 
@@ -125,19 +125,19 @@ def _fwd_impl(*args, causal, scale, has_bias):
     return list((kern or ref).forward(q, k, v, bias, causal, scale))
 
 
-def _jvp_impl(*args, causal, scale, has_bias, tangents):
+def _jvp_impl(*args, causal, scale, has_bias, has_tangent):
     q, k, v, bias, rest = _split(args, has_bias)
-    tq, tk, tv, tb = _expand_tangents(rest, tangents)
+    tq, tk, tv, tb = _expand_tangents(rest, has_tangent)
     kern = _kernels_for(q)
     if kern is not None:
         return list(kern.forward(q, k, v, bias, causal, scale, (tq, tk, tv, tb)))
     return list(ref.jvp(q, k, v, bias, tq, tk, tv, tb, causal, scale))
 
 
-def _tangent_impl(*args, causal, scale, has_bias, tangents):
+def _tangent_impl(*args, causal, scale, has_bias, has_tangent):
     n = 3 + has_bias
     return _jvp_impl(*args[:n], *args[n + 2:], causal=causal, scale=scale, has_bias=has_bias,
-                     tangents=tangents)[2:]
+                     has_tangent=has_tangent)[2:]
 
 
 def _bwd_impl(*args, causal, scale, has_bias, has_ct_lse, need_dbias):
@@ -161,7 +161,7 @@ def _partial_eval(xs):
 def _attention_jvp(primals, tangents, *, causal, scale, has_bias):
     present = [not isinstance(t, Zero) for t in tangents] + [False] * (4 - len(tangents))
     live = [t for t in tangents if not isinstance(t, Zero)]
-    params = dict(causal=causal, scale=scale, has_bias=has_bias, tangents=tuple(present))
+    params = dict(causal=causal, scale=scale, has_bias=has_bias, has_tangent=tuple(present))
     if _partial_eval(live):
         out, lse = bind(attention_p, tuple(primals), dict(causal=causal, scale=scale, has_bias=has_bias))
         dout, dlse = bind(attention_tangent_p, (*primals, out, lse, *live), params)
@@ -176,7 +176,7 @@ def _sum_to(x, shape):
     return P.reshape(P.reduce_sum(x, axes), shape) if axes else x
 
 
-def _tangent_transpose(cts, *args, causal, scale, has_bias, tangents):
+def _tangent_transpose(cts, *args, causal, scale, has_bias, has_tangent):
     q, k, v, bias, rest = _split(args, has_bias)
     out, lse = rest[:2]
     for name, x in zip(("query", "key", "value", "bias", "out", "lse"), (q, k, v, bias, out, lse)):
@@ -187,7 +187,7 @@ def _tangent_transpose(cts, *args, causal, scale, has_bias, tangents):
         return [None] * len(args)
     ct_out = P.instantiate(ct_out)
     has_ct_lse = not isinstance(ct_lse, Zero)
-    need_dbias = tangents[3]
+    need_dbias = has_tangent[3]
     grads = bind(attention_bwd_p, (q, k, v, *([bias] if has_bias else []), out, lse, ct_out,
                                    *([ct_lse] if has_ct_lse else [])),
                  dict(causal=causal, scale=scale, has_bias=has_bias, has_ct_lse=has_ct_lse,
@@ -195,9 +195,9 @@ def _tangent_transpose(cts, *args, causal, scale, has_bias, tangents):
     dq, dk, dv = grads[:3]
     by_name = {"q": dq, "k": dk, "v": dv}
     if need_dbias:
-        bias_type = rest[2 + sum(tangents[:3])].aval
+        bias_type = rest[2 + sum(has_tangent[:3])].aval
         by_name["bias"] = P.convert(_sum_to(grads[3], bias_type.shape), bias_type.dtype)
-    lin = [by_name[n] for n, on in zip(_TANGENT_NAMES, tangents) if on]
+    lin = [by_name[n] for n, on in zip(_TANGENT_NAMES, has_tangent) if on]
     return [None] * (3 + has_bias + 2) + lin
 
 
@@ -209,9 +209,9 @@ def _math_function(prim_name, params):
     def fn(*args):
         q, k, v, bias, rest = _split(args, has_bias)
         if prim_name == "attention_jvp":
-            return tuple(ref.jvp(q, k, v, bias, *_expand_tangents(rest, params["tangents"]), causal, scale))
+            return tuple(ref.jvp(q, k, v, bias, *_expand_tangents(rest, params["has_tangent"]), causal, scale))
         if prim_name == "attention_tangent":
-            return tuple(ref.jvp(q, k, v, bias, *_expand_tangents(rest[2:], params["tangents"]),
+            return tuple(ref.jvp(q, k, v, bias, *_expand_tangents(rest[2:], params["has_tangent"]),
                                  causal, scale)[2:])
         out, lse, ct_out = rest[:3]
         ct_lse = rest[3] if params["has_ct_lse"] else None
@@ -241,7 +241,7 @@ def _roles(prim_name, params):
         roles += ["x", "x"]
     if prim_name in ("attention_tangent", "attention_jvp"):
         roles += [("bias" if name == "bias" else "x")
-                  for name, on in zip(_TANGENT_NAMES, params["tangents"]) if on]
+                  for name, on in zip(_TANGENT_NAMES, params["has_tangent"]) if on]
     if prim_name == "attention_bwd":
         roles += ["x"] * (1 + params["has_ct_lse"])
     assert len(roles) >= n
