@@ -61,9 +61,13 @@ print(functx.explain(lambda x: torch.softmax(x, -1), backend="triton")(x).kernel
 PY
 
 echo; echo "== benchmarks =="
-remaining=$(( 470 - ($(date +%s) - t0) ))
+remaining=$(( 320 - ($(date +%s) - t0) ))
 if [ "$remaining" -lt 60 ]; then remaining=60; fi
 timeout "$remaining" python bench/bench_triton.py ${QUICK:+--quick} || status=1
+
+echo; echo "== attention: forward / jvp / backward (bench/bench_attention.py) =="
+# functx's kernels vs torch SDPA flash, torch.func.jvp of math attention and JAX (~1-2 min)
+timeout 150 python bench/bench_attention.py ${QUICK:+--quick} || status=1
 
 echo; echo "gpu_check: total $(( $(date +%s) - t0 )) s, status $status"
 exit $status

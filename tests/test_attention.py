@@ -71,7 +71,7 @@ def test_reference_matches_torch_sdpa(causal):
 # ---------------------------------------------------------------- SDPA under the transforms
 
 def _loss(fn):
-    return lambda q, k, v, *m: (fn(q, k, v, *m) * torch.linspace(-1, 1, v.shape[-1], dtype=v.dtype)).sin().sum()
+    return lambda q, k, v, *m: (fn(q, k, v, *m) * torch.linspace(-1, 1, v.shape[-1], dtype=v.dtype, device=v.device)).sin().sum()
 
 
 MASKS = {

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ["score_matching_2d.py", "diffusion_2d.py", "pinn_poisson.py", "per_sample_grads.py"]
+EXAMPLES = ["score_matching_2d.py", "diffusion_2d.py", "pinn_poisson.py", "per_sample_grads.py",
+            "consistency_jvp.py"]
 HIGHER_IS_BETTER = {"test_accuracy"}
 METRIC = re.compile(r"^METRIC (\w+)=([-+0-9.eE]+) baseline=([-+0-9.eE]+)\s*$", re.M)
 
