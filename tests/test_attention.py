@@ -191,3 +191,29 @@ def test_dropout_runs_torchs_decomposition():
     assert "attention" not in {e.prim.name for e in ex.graph.eqns}
     out = functx.jit(lambda q: SDPA(q, k, v, dropout_p=0.0))(q)
     _close(out, SDPA(q, k, v), 1e-12, "dropout 0")
+
+
+# ---------------------------------------------------------------- the explicit pattern under jit
+
+PATTERNS = {
+    "scale and bias": (lambda q, k, v, m: torch.softmax(q @ k.transpose(-2, -1) * 0.3 + m, dim=-1) @ v, True),
+    "divided": (lambda q, k, v, m: torch.softmax((q @ k.mT) / math.sqrt(8), dim=-1) @ v, True),
+    "k given as (D, S)": (lambda q, k, v, m: torch.softmax(q @ k.mT.contiguous(), -1) @ v, True),
+    "probabilities reused": (lambda q, k, v, m: (lambda p: (p @ v) + p.sum(-1, keepdim=True))(
+        torch.softmax(q @ k.mT, -1)), False),
+    "softmax over another dim": (lambda q, k, v, m: torch.softmax(q @ k.mT, -2).mT @ q, False),
+}
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_explicit_pattern_becomes_attention_under_jit(name):
+    f, fused = PATTERNS[name]
+    q, k, v = _qkv((2, 3), 7, 7, 8, 5)
+    m = torch.randn(7, 7, dtype=q.dtype)
+    ex = functx.explain(f)(q, k, v, m)
+    assert ("attention" in {e.prim.name for e in ex.graph.eqns}) == fused
+    assert any("-> attention" in line for line in ex.rewrites) == fused and ("-> attention" in str(ex)) == fused
+    _close(functx.jit(f)(q, k, v, m), f(q, k, v, m), 1e-12, name)
+    # under a transform the pattern is differentiated before the passes run: values still right
+    grads = functx.jit(functx.grad(lambda q: f(q, k, v, m).sum()))(q)
+    _close(grads, torch.func.grad(lambda q: f(q, k, v, m).sum())(q), 1e-12, name)
