@@ -108,6 +108,8 @@ def sample(p, n, sigma_d, mid_t=1.1):
 
 def main():
     args = parse_example_args(__doc__)
+    if args.device == "cpu":
+        torch.set_num_threads(1)      # tensors of a few thousand elements: threads cost more than they save
     steps, batch = (150, 128) if args.quick else (4000, 256)
     data, test = rotated_squares(20000), rotated_squares(2000)
     sigma_d = data.std().item()

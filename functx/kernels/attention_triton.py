@@ -297,6 +297,8 @@ def forward(q, k, v, bias, causal, scale, tangents=None):
         tb, tboff, stb_m, stb_n = _bias_args(tb, lead, lq, lk, dev)
         tout, tlse = torch.empty_like(out), torch.empty_like(lse)
     bm, bn, bd, bdv, warps = _blocks(lq, lk, d, dv)
+    if tangents is not None or q.dtype == torch.float64:      # twice the accumulators / 8-byte tiles
+        bm = min(bm, 64)
     grid = (triton.cdiv(lq, bm), nb)
     dummy = qf
     _fwd_kernel[grid](
