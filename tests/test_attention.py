@@ -71,7 +71,10 @@ def test_reference_matches_torch_sdpa(causal):
 # ---------------------------------------------------------------- SDPA under the transforms
 
 def _loss(fn):
-    return lambda q, k, v, *m: (fn(q, k, v, *m) * torch.linspace(-1, 1, v.shape[-1], dtype=v.dtype, device=v.device)).sin().sum()
+    def loss(q, k, v, *m):
+        weights = torch.linspace(-1, 1, v.shape[-1], dtype=v.dtype, device=v.device)
+        return (fn(q, k, v, *m) * weights).sin().sum()
+    return loss
 
 
 MASKS = {
