@@ -165,6 +165,19 @@ def test_hessian_vector_products():
     _close(functx.grad(lambda q: (functx.grad(f)(q) * t).sum())(q), want, 1e-10, "grad(grad . t)")
 
 
+def test_linearize_jacrev_hessian():
+    q, k, v = _qkv((1,), 3, 4, 2, 2)
+    mask = torch.tensor([[True, False, True, True]] * 3)
+    f = lambda q: SDPA(q, k, v, attn_mask=mask).sin()                 # noqa: E731
+    g = lambda q: _math_attention(q, k, v, mask).sin()                 # noqa: E731
+    t = torch.randn_like(q)
+    out, f_jvp = functx.linearize(f, q)
+    _close(f_jvp(t), torch.func.jvp(g, (q,), (t,))[1], 1e-12, "linearize")
+    _close(functx.jacrev(f)(q), torch.func.jacrev(g)(q), 1e-12, "jacrev")
+    h = functx.hessian(lambda q: f(q).sum())(q)
+    _close(h, torch.func.hessian(lambda q: g(q).sum())(q), 1e-10, "hessian")
+
+
 @pytest.mark.parametrize("backend", ["eager", "triton"])
 def test_jit_matches_eager(backend, monkeypatch):
     if backend == "triton":
