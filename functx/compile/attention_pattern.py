@@ -56,6 +56,8 @@ def _matmul(var, defs, uses):
         e = defs.get(e.inputs[0])
     if e is None or e.prim.name != "dot_general":
         return None
+    if tuple(e.outputs[0].type.shape[-2:]) != tuple(var.type.shape[-2:]):     # the reshape only splits the batch
+        return None
     x, y = e.inputs
     (lc, rc), (lb, rb) = e.params["dimension_numbers"]
     nb = len(lb)
