@@ -75,17 +75,21 @@ print("max err", (out.float() - f(x, w, b).float()).abs().max().item())
 print(str(functx.explain(j)(x, w, b)).split("-- CUDA graphs --")[1].strip())
 PY
 
-# The benchmarks share what is left of the ~470 s budget: bench_triton gets half,
+# The benchmarks share what is left of a ~320 s budget (attention gets its own 150 s below): bench_triton gets half,
 # bench_matmul (torch.compile max-autotune is the slow part; skipped once its budget is spent) the rest.
 echo; echo "== benchmarks =="
-remaining=$(( 470 - ($(date +%s) - t0) ))
+remaining=$(( 320 - ($(date +%s) - t0) ))
 if [ "$remaining" -lt 120 ]; then remaining=120; fi
 timeout $(( remaining / 2 )) python bench/bench_triton.py ${QUICK:+--quick} || status=1
 
 echo; echo "== matmul template / CUDA graphs benchmarks =="
-remaining=$(( 470 - ($(date +%s) - t0) ))
+remaining=$(( 320 - ($(date +%s) - t0) ))
 if [ "$remaining" -lt 60 ]; then remaining=60; fi
 timeout "$remaining" python bench/bench_matmul.py ${QUICK:+--quick} --budget $(( remaining - 90 )) || status=1
+
+echo; echo "== attention: forward / jvp / backward (bench/bench_attention.py) =="
+# functx's kernels vs torch SDPA flash, torch.func.jvp of math attention and JAX (~1-2 min)
+timeout 150 python bench/bench_attention.py ${QUICK:+--quick} || status=1
 
 echo; echo "gpu_check: total $(( $(date +%s) - t0 )) s, status $status"
 exit $status

@@ -61,6 +61,8 @@ LINEAR = {
     "scan",    # transforms/control_flow/scan.py: linear in the operands its body is linear in
     "scan_tangent",    # transforms/control_flow/scan_revolve.py: linear in its tangent operands
     "checkpoint", "checkpoint_name",    # transforms/control_flow/checkpoint.py (checkpoint_name is the identity)
+    # functx/kernels/attention.py: linear in its tangent operands; transpose = attention_bwd
+    "attention_tangent",
     # prims/conv.py (when present): convolution is bilinear in (input, weight).
     "conv", "convolution", "conv_general_dilated",
 }
@@ -84,6 +86,7 @@ NONLINEAR = {
     # (its jvp raises: no forward over reverse through remat='binomial', so linearize never records it)
     "scan_revolve",
     "debug_callback",    # prims/debug.py: no outputs; its (no-op) transpose is never needed
+    "attention", "attention_jvp", "attention_bwd",    # functx/kernels/attention.py
 }
 
 

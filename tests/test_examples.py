@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ["score_matching_2d.py", "diffusion_2d.py", "pinn_poisson.py", "per_sample_grads.py"]
+EXAMPLES = ["score_matching_2d.py", "diffusion_2d.py", "pinn_poisson.py", "per_sample_grads.py",
+            "consistency_jvp.py"]
 HIGHER_IS_BETTER = {"test_accuracy"}
 # Absolute bounds on top of "beats its baseline", loose enough for any seed: diffusion_2d's
 # samples must show the 8 modes (a ring scores about 0.8 on both; the data 0.13 and 0.25).

@@ -594,6 +594,38 @@ def _dot_ref(x, y, dimension_numbers):
 add(Entry("dot_general", _dot_gen, _dot_ref, dtypes=FLOATS + INTS, linear=((0,), (1,))))
 
 
+# ---------------------------------------------------------------- attention (functx/kernels)
+
+def _attention_gen(draw, dtype, smooth):
+    lead = shapes(draw, 0, 2, 1, 2)
+    lq, lk, d, dv = (draw(st.integers(1, 4)) for _ in range(4))
+    causal, has_bias = draw(st.booleans()), draw(st.booleans())
+    full = lead + (lq, lk)
+    bias_shape = tuple(n if draw(st.booleans()) else 1 for n in full)
+    params = {"causal": causal, "scale": draw(st.sampled_from([0.5, 1.0, 1.7])), "has_bias": has_bias}
+
+    def make(g, dt):
+        args = [rand(g, lead + (lq, d), dt), rand(g, lead + (lk, d), dt), rand(g, lead + (lk, dv), dt)]
+        return args + ([rand(g, bias_shape, dt)] if has_bias else [])
+    return Case(params, make)
+
+
+def _attention_ref(q, k, v, *bias, causal, scale, has_bias):
+    """Independent of functx/kernels/attention_math.py: torch's softmax and logsumexp."""
+    s = torch.einsum("...md,...nd->...mn", q, k) * scale
+    if has_bias:
+        s = s + bias[0]
+    if causal:
+        s = s.masked_fill(~torch.ones(s.shape[-2:], dtype=torch.bool).tril(), float("-inf"))
+    return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
+
+
+# The derivative checks below run attention_jvp (jvp), attention_tangent and attention_bwd
+# (vjp: linearize + transpose) and their second-order rules (jvp-of-jvp, grad-of-grad).
+add(Entry("attention", _attention_gen, _attention_ref, dtypes=(F32, F64),
+          covers=("attention_jvp", "attention_tangent", "attention_bwd")))
+
+
 # ---------------------------------------------------------------- indexing
 
 def _take_gen(draw, dtype, smooth):

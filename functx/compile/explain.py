@@ -24,7 +24,7 @@ class Explanation:
         self.traced = traced
         self.passes = passes
         self.fallbacks = list(self.graph.meta.fallbacks)
-        self.rewrites = list(traced.meta.rewrites)
+        self.rewrites = list(self.graph.meta.rewrites)     # the trace's and the passes' (fuse_attention)
         self.backend = compiled.backend
         self.kernels = list(compiled.kernels)
         self.groups = list(compiled.groups)

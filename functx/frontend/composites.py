@@ -12,6 +12,7 @@ import torch
 from torch._decomp import decomposition_table
 
 from ..core.errors import ConcretizationError, FunctxError, user_frame_summary
+from .lowerings.attention import scaled_dot_product_attention
 from .lowerings.registry import register_special
 
 aten = torch.ops.aten
@@ -117,4 +118,6 @@ COMPOSITES = {
     _VF.gru: _by_overload(aten.gru),
     _VF.rnn_tanh: _by_overload(aten.rnn_tanh),
     _VF.rnn_relu: _by_overload(aten.rnn_relu),
+    # onto the fused attention primitive (functx/kernels/attention.py)
+    torch.nn.functional.scaled_dot_product_attention: scaled_dot_product_attention,
 }

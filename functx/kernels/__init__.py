@@ -1,1 +1,10 @@
-"""Hand-written Triton kernels the compiler and primitives use: the matmul template (matmul.py), fused attention."""
+"""Hand-written kernels exposed as primitives, each module holding a primitive with all its
+rules (so every transform composes with it) and the kernels that run it.
+
+Layer: imports core/ and prims/; frontend/ maps PyTorch calls onto these primitives.
+- attention.py: `attention_p` (fused scaled-dot-product attention) and its tangent and
+  backward primitives; attention_math.py is the PyTorch reference (CPU impl, oracle),
+  attention_triton.py the flash-attention-style Triton kernels (forward, backward, jvp).
+- matmul.py: the Triton matmul template (prologue(A) @ B -> epilogue) that the Triton
+  scheduler chooses for `dot_general` where it absorbs pointwise neighbours.
+"""
