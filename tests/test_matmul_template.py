@@ -94,10 +94,18 @@ def test_result_returned_and_two_matmuls_into_one_epilogue():
 
 @interp
 def test_transposed_use_is_not_an_epilogue():
-    x, w, c = torch.randn(6, 8), torch.randn(8, 7), torch.randn(7, 6)
-    ex = run(lambda x, w, c: (x @ w).T + c, x, w, c, templates=0)
+    x, w, c = torch.randn(6, 8), torch.randn(8, 7), torch.randn(6, 7)
+    # reads other elements of the product (its flip), so the product must go to memory
+    ex = run(lambda x, w, c: (x @ w) * (x @ w).flip(0) + c, x, w, c, templates=0)
     dot = next(g for g in ex.groups if g.kind == "extern" and g.name == "dot_general")
     assert "cuBLAS" in dot.reason and "other elements" in dot.reason
+
+
+@interp
+def test_transposed_product_becomes_the_swapped_product_with_its_epilogue():
+    # fold_transposes turns (x @ w).T into w.T @ x.T, whose `+ c` is then a plain epilogue
+    x, w, c = torch.randn(6, 8), torch.randn(8, 7), torch.randn(7, 6)
+    run(lambda x, w, c: (x @ w).T + c, x, w, c, templates=1)
 
 
 @interp
