@@ -39,7 +39,7 @@ def _mlp(params, x):
 
 
 def blocking(f):
-    return lambda *a: np.asarray(jax.block_until_ready(f(*a)))
+    return lambda *a: np.array(jax.block_until_ready(f(*a)))
 
 
 def memory(f, args):

@@ -11,6 +11,8 @@ gradient of the exact score-matching loss, functx.divergence against vmap(trace(
 Models: u(x) = MLP d-64-64-64-1 with tanh, float32, per point (vmap over the points); the
 score s(x) = MLP d-64-64-64-d, loss(params) = mean over the points of 0.5 |s(x)|^2 + div s(x)
 (Hyvarinen's exact score matching), differentiated in the parameters.
+functx.jit(cpu) is backend="cpu" (fused C++ kernels; FUNCTX_CPU_BLOCK=1 builds them before
+the first call), plain functx.jit the default eager backend (generated PyTorch code).
 The functx nested anchors spell the Hessian jacfwd(jacrev(u)), which jit keeps as written;
 "functx.hessian rewritten" is the same code with functx.hessian, whose trace jit turns into
 the Laplacian. Every variant's result is checked against torch.func before timing.
@@ -34,6 +36,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # one thread for XLA too; read once, when jax's CPU client starts, so before any jax import
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("FUNCTX_CPU_BLOCK", "1")     # backend="cpu": fused C++ tier from the first call
 
 import torch  # noqa: E402
 
@@ -64,8 +67,10 @@ def variants(d, points, width):
         "torch.func vmap(trace(hessian))": nested(torch.func),
         "functx vmap(trace(hessian))": nested(functx),
         "functx.jit vmap(trace(hessian))": functx.jit(nested(functx)),
+        "functx.jit(cpu) vmap(trace(hessian))": functx.jit(nested(functx), backend="cpu"),
         "functx vmap(laplacian)": collapsed,
         "functx.jit vmap(laplacian)": functx.jit(collapsed),
+        "functx.jit(cpu) vmap(laplacian)": functx.jit(collapsed, backend="cpu"),
         "functx.jit, functx.hessian rewritten": functx.jit(nested(functx, functx.hessian)),
     }
     return fns, (params, X)
@@ -96,8 +101,11 @@ def score_variants(d, points, width):
         "torch.func grad(vmap(trace(jacfwd)))": loss_grad(torch.func, trace_jacfwd(torch.func)),
         "functx grad(vmap(trace(jacfwd)))": loss_grad(functx, trace_jacfwd(functx)),
         "functx.jit grad(vmap(trace(jacfwd)))": functx.jit(loss_grad(functx, trace_jacfwd(functx))),
+        "functx.jit(cpu) grad(vmap(trace(jacfwd)))": functx.jit(loss_grad(functx, trace_jacfwd(functx)),
+                                                                backend="cpu"),
         "functx grad(vmap(divergence))": collapsed,
         "functx.jit grad(vmap(divergence))": functx.jit(collapsed),
+        "functx.jit(cpu) grad(vmap(divergence))": functx.jit(collapsed, backend="cpu"),
     }
     return fns, (params, X)
 
@@ -113,6 +121,10 @@ def peak_bytes(fn, args):
         level += e.self_cpu_memory_usage
         peak = max(peak, level)
     return peak
+
+
+def _load():
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _with_jax(fns, args, score):
@@ -133,20 +145,21 @@ def run(d, points, width, repeat, min_time, score=False):
     fns, args_of, memory_of = _with_jax(fns, args, score)
     ref = next(iter(fns.values()))(*args)          # the torch.func anchor comes first
     for name, fn in fns.items():
-        out = torch.as_tensor(fn(*args_of[name]))
+        out = torch.as_tensor(fn(*args_of[name])).clone()
         torch.testing.assert_close(out, ref, rtol=2e-3, atol=2e-3 * float(ref.abs().max()), msg=name)
     times = interleaved(fns, args_of, repeat=repeat, min_time=min_time)
     nested_best = min(t for name, t in times.items() if "trace(" in name)     # the nested-AD anchors
     if score:
         print(f"\nScore-matching loss gradient, score MLP {d}-{width}-{width}-{width}-{d} (tanh), "
-              f"{points} points, float32")
+              f"{points} points, float32, load average {_load()}")
     else:
-        print(f"\nLaplacian of MLP {d}-{width}-{width}-{width}-1 (tanh), {points} points, float32")
-    print(f"{'variant':40s} {'per call':>10s} {'vs best nested':>15s} {'peak alloc':>11s}")
+        print(f"\nLaplacian of MLP {d}-{width}-{width}-{width}-1 (tanh), {points} points, float32, "
+              f"load average {_load()}")
+    print(f"{'variant':42s} {'per call':>10s} {'vs best nested':>15s} {'peak alloc':>11s}")
     for name, t in times.items():
         b = memory_of[name]()
         mb = "-" if b is None else f"{b / 2 ** 20:.1f}"
-        print(f"{name:40s} {fmt_time(t):>10s} {nested_best / t:>14.2f}x {mb:>9s} MB", flush=True)
+        print(f"{name:42s} {fmt_time(t):>10s} {nested_best / t:>14.2f}x {mb:>9s} MB", flush=True)
 
 
 def main():
@@ -166,7 +179,7 @@ def main():
         jax_line = f"jax {jax_anchors.jax.__version__} ({os.environ.get('XLA_FLAGS')}), folx " + \
             ("absent" if jax_anchors.folx is None else jax_anchors.folx.__version__)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {jax_line}; "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"load average {_load()}")
     repeat, min_time = (3, 0.02) if a.quick else (5, 0.2)
     for score in [False, True]:
         if a.only not in (None, "score" if score else "laplacian"):
