@@ -65,6 +65,20 @@ def test_argnums_and_grad_of_the_rewritten_laplacian():
     torch.testing.assert_close(functx.jit(functx.grad(loss))(p, x), torch.func.grad(oracle)(p, x))
 
 
+def test_f_is_traced_once():
+    calls = []
+
+    def counted(x):
+        calls.append(1)
+        return u(x)
+    f = functx.jit(functx.vmap(lambda p: torch.trace(functx.hessian(counted)(p))))
+    X = _randn(7, 5)
+    torch.testing.assert_close(f(X), _oracle(X))
+    assert len(calls) == 1     # the Hessian and the Laplacian replay one staged graph of f
+    assert functx.explain(f)(X).rewrites == [
+        "rewrite: trace(hessian(counted)) -> laplacian(counted) (collapsed Taylor mode)"]
+
+
 def _not_rewritten(f, oracle, *args):
     e = functx.explain(f)(*args)
     assert e.rewrites == []

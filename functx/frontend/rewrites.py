@@ -24,7 +24,8 @@ class record_rewrites:
         return self.lines
 
     def __exit__(self, *exc):
-        _recorders.remove(self.lines)
+        # by identity: nested recorders (a graph traced inside a trace) hold equal lists
+        del _recorders[next(i for i, r in enumerate(_recorders) if r is self.lines)]
 
 
 def mark_hessian(h, laplacian, name):
