@@ -3,7 +3,6 @@ exec. Calls then run plain torch ops, no tracers, no dispatch."""
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
@@ -11,7 +10,7 @@ from ..core import REGISTRY, Graph, Literal
 from . import eager_plan
 from .compiled import Compiled
 from ..prims.linalg import matmul_sources
-from .codegen import compile_function, emit_expr, literal_source
+from .codegen import compile_function, emit_expr, free_dead_names, literal_source
 from .nan_checks import CompiledNaNChecks
 from .loops import loop_report
 
@@ -95,7 +94,7 @@ class PythonEmitter:
         lines += self._wait_for(list(self.pending))     # every issued collective completes here
         outs = ", ".join(self.name(a) for a in g.outvars)
         lines.append(f"    return ({outs}{',' if len(g.outvars) == 1 else ''})")
-        return "\n".join(_free_dead_names(lines))
+        return "\n".join(free_dead_names(lines))
 
     def _start(self, eqn, counter) -> str:
         n = len(self.globals)
@@ -118,31 +117,6 @@ class PythonEmitter:
         dot = self.graph.eqns[j]
         lhs, rhs, _ = matmul_sources(dot, [self.name(a) for a in dot.inputs])
         return f"torch.addmm({self.name(eqn.inputs[bias_pos])}, {lhs}, {rhs})"
-
-
-_TEMP = re.compile(r"\bt\d+\b")
-
-
-def _free_dead_names(lines) -> list:
-    """`del` each temporary after the line that reads it last, so an intermediate's memory
-    returns to the allocator as soon as it is dead, not when the function returns (the peak
-    of a Taylor-mode graph is otherwise the sum of its batched intermediates). A view keeps
-    its base alive by itself; deleting a name never frees what another name still holds."""
-    last = {}
-    for i, line in enumerate(lines[1:-1], 1):
-        for name in _TEMP.findall(line.split("  # ", 1)[0]):
-            last[name] = i
-    returned = set(_TEMP.findall(lines[-1]))
-    dead_after: dict = {}
-    for name, i in last.items():
-        if name not in returned:
-            dead_after.setdefault(i, []).append(name)
-    out = []
-    for i, line in enumerate(lines):
-        out.append(line)
-        if i in dead_after:
-            out.append(f"    del {', '.join(sorted(dead_after[i], key=lambda n: int(n[1:])))}")
-    return out
 
 
 def _issue_early(eqns) -> list:
