@@ -11,7 +11,8 @@ gradient of the exact score-matching loss, functx.divergence against vmap(trace(
 Models: u(x) = MLP d-64-64-64-1 with tanh, float32, per point (vmap over the points); the
 score s(x) = MLP d-64-64-64-d, loss(params) = mean over the points of 0.5 |s(x)|^2 + div s(x)
 (Hyvarinen's exact score matching), differentiated in the parameters.
-functx.jit(cpu) is backend="cpu" (fused C++ kernels; FUNCTX_CPU_BLOCK=1 builds them before
+"no fold_identity": the same jitted function compiled without the fold_identity_dots pass
+(before/after of that pass). functx.jit(cpu) is backend="cpu" (fused C++ kernels; FUNCTX_CPU_BLOCK=1 builds them before
 the first call), plain functx.jit the default eager backend (generated PyTorch code).
 The functx nested anchors spell the Hessian jacfwd(jacrev(u)), which jit keeps as written;
 "functx.hessian rewritten" is the same code with functx.hessian, whose trace jit turns into
@@ -71,6 +72,8 @@ def variants(d, points, width):
         "functx vmap(laplacian)": collapsed,
         "functx.jit vmap(laplacian)": functx.jit(collapsed),
         "functx.jit(cpu) vmap(laplacian)": functx.jit(collapsed, backend="cpu"),
+        "functx.jit vmap(laplacian), no fold_identity": without_pass(functx.jit(collapsed), (params, X),
+                                                                     "fold_identity_dots"),
         "functx.jit, functx.hessian rewritten": functx.jit(nested(functx, functx.hessian)),
     }
     return fns, (params, X)
@@ -106,6 +109,8 @@ def score_variants(d, points, width):
         "functx grad(vmap(divergence))": collapsed,
         "functx.jit grad(vmap(divergence))": functx.jit(collapsed),
         "functx.jit(cpu) grad(vmap(divergence))": functx.jit(collapsed, backend="cpu"),
+        "functx.jit grad(vmap(div)), no fold_identity": without_pass(functx.jit(collapsed), (params, X),
+                                                                     "fold_identity_dots"),
     }
     return fns, (params, X)
 
@@ -121,6 +126,19 @@ def peak_bytes(fn, args):
         level += e.self_cpu_memory_usage
         peak = max(peak, level)
     return peak
+
+
+def without_pass(fn, args, name):
+    """fn (a functx.jit function) compiled without the pipeline pass `name`, for a before/after
+    row: the first call compiles (and caches) its graph with the pass removed."""
+    from functx.compile import pipeline
+    saved = list(pipeline.PIPELINE)
+    pipeline.PIPELINE[:] = [(n, p) for n, p in saved if n != name]
+    try:
+        fn(*args)
+    finally:
+        pipeline.PIPELINE[:] = saved
+    return fn
 
 
 def _load():
