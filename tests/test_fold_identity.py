@@ -88,6 +88,7 @@ def test_left_alone_when_not_a_selection():
     E, near = torch.eye(4, dtype=DT), torch.eye(4, dtype=DT) + 1e-9
     trace = lambda x: torch.einsum("ij,ij->", E, x)          # noqa: E731  both axes contracted
     assert _dots(trace, x) == 1 and _dots(lambda x: near @ x, x) == 1
+    # a 3-d constant (expand of a constant runs at trace time) is not an identity matrix
     assert _dots(lambda x: torch.einsum("bij,bjk->bik", E.expand(4, 4, 4), x.expand(4, 4, 4)), x) == 1
     torch.testing.assert_close(functx.jit(trace)(x), torch.trace(x))
     g = functx.explain(lambda x: near @ x)(x).graph
