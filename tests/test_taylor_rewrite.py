@@ -141,3 +141,16 @@ def test_not_rewritten_when_f_has_effects():
 def test_eager_hessian_is_unchanged():
     x = _randn(5, seed=11)
     torch.testing.assert_close(torch.trace(functx.hessian(u)(x)), torch.trace(torch.func.hessian(u)(x)))
+
+
+def test_not_rewritten_when_f_turns_grad_mode_off():
+    # the Hessian (reverse mode inside) drops the no_grad term; a forward-mode Laplacian
+    # would not, and a staged graph of f forgets grad mode: the Hessian runs as written
+    def f(x):
+        with torch.no_grad():
+            c = (x ** 3).sum()
+        return c * x.sum() + (x ** 2 * x.sum()).sum()
+
+    def oracle(x):
+        return torch.trace(torch.func.hessian(f)(x))
+    _not_rewritten(lambda x: torch.trace(functx.hessian(f)(x)), oracle, _randn(4, seed=11))

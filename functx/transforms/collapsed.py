@@ -28,6 +28,7 @@ from .. import prims as P
 from ..prims.series import add_terms
 from ..prims.util import is_scalar
 from ..frontend import TracerTensor, mark_hessian, unwrap, wrap
+from ..frontend.rewrites import watch_grad_mode
 from ..tree_util import tree_structure, tree_unflatten
 from .api import _flat_fun, _flatten_tensors, _OutStore, _with_argnums, hessian as nested_hessian, jvp as jvp_api, vmap
 from .batching import BatchTrace, BatchTracer
@@ -374,13 +375,16 @@ def hessian(f, argnums=0, has_aux=False):
 def _trace_once(f, args, kwargs, argnums):
     """f as a Graph of its argument at argnums (the other arguments closed over: tracers of
     the enclosing transforms become its constants), or None when f is not a scalar function
-    of it or cannot be staged (the nested Hessian then runs f as written, and raises what f
+    of it, cannot be staged, or runs ops with grad mode off (the nested Hessian then runs f as written, and raises what f
     raises)."""
     from ..compile.tracing import trace_graph     # compile sits above transforms
     try:
         g, (x,) = _with_argnums(f, args, kwargs, argnums, "functx.hessian")
-        graph = trace_graph(g, (x,), {}, what="functx.hessian")
+        with torch.enable_grad(), watch_grad_mode() as no_grad_ops:
+            graph = trace_graph(g, (x,), {}, what="functx.hessian")
     except Exception:     # noqa: BLE001
+        return None
+    if no_grad_ops:       # f turns grad mode off: the graph would forget it (reverse mode reads it)
         return None
     if len(graph.outvars) != 1 or graph.meta.out_tree.num_leaves != 1 or graph.outvars[0].type.shape != () \
             or graph.meta.mutated_inputs:
