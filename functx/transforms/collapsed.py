@@ -335,8 +335,8 @@ def hessian(f, argnums=0, has_aux=False):
     the same point (collapsed Taylor mode): torch.trace(h), h.diagonal().sum() or
     torch.einsum('ii', h) of the unchanged result then return it, and the unused graph is
     dropped (dead-code elimination); functx.explain lists the rewrite. f's Python runs once:
-    its staged graph is replayed by both. Not when f binds a random (effectful) primitive:
-    it runs once, as written.
+    its staged graph is replayed by both. Not when f binds a random (effectful) primitive
+    or runs ops under torch.no_grad(): it then runs once, as written.
 
     Returns:
       For x of shape s, a tensor of shape s + s.
