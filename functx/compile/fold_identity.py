@@ -2,7 +2,9 @@
 is a selection, not a matmul.
 
 Forward-mode and Taylor-mode transforms seed their directions with an identity basis
-(jacfwd, hessian, laplacian, divergence), and the transposes of those contractions meet it
+(marked by transforms/api.mark_identity_basis: only those constants are folded, never a
+user's tensor, which may change in place after compiling)
+for jacfwd, hessian, laplacian, divergence, and the transposes of those contractions meet it
 again in reverse mode: the cotangent of sum_i <e_i, J e_i> is s * eye broadcast over the
 points, and its products with a layer's weight, dot_general(s*I, W), cost N*d*d*h
 multiply-adds for a result that is s * W's columns. This pass finds operands whose value is
@@ -38,7 +40,11 @@ class _Identity:
 
 
 def _is_identity_constant(c) -> bool:
-    if type(c) is not torch.Tensor or c.dim() != 2 or c.shape[0] != c.shape[1] or c.shape[0] < 2:
+    """A basis the transforms made (transforms/api.mark_identity_basis), never a user's
+    tensor: a closed-over tensor may be written in place after jit compiled against it."""
+    if type(c) is not torch.Tensor or not getattr(c, "_functx_identity_basis", False):
+        return False
+    if c.dim() != 2 or c.shape[0] != c.shape[1] or c.shape[0] < 2:
         return False
     if not (c.dtype.is_floating_point or c.dtype.is_complex):
         return False

@@ -30,7 +30,8 @@ from ..prims.util import is_scalar
 from ..frontend import TracerTensor, mark_hessian, unwrap, wrap
 from ..frontend.rewrites import watch_grad_mode
 from ..tree_util import tree_structure, tree_unflatten
-from .api import _flat_fun, _flatten_tensors, _OutStore, _with_argnums, hessian as nested_hessian, jvp as jvp_api, vmap
+from .api import (_flat_fun, _flatten_tensors, _OutStore, _with_argnums, hessian as nested_hessian, jvp as jvp_api,
+                  mark_identity_basis, vmap)
 from .batching import BatchTrace, BatchTracer
 from .jet import taylor_by_nested_jvp
 
@@ -208,7 +209,8 @@ def _directions(x, num_samples, generator, distribution, what):
     """The exact operators' basis (one direction per element of x), or random probes."""
     if num_samples is None:
         t = type_of(x)
-        return torch.eye(t.numel, dtype=t.dtype, device=t.device).reshape((t.numel,) + tuple(t.shape))
+        return mark_identity_basis(torch.eye(t.numel, dtype=t.dtype, device=t.device).reshape(
+            (t.numel,) + tuple(t.shape)))
     return _probes(x, num_samples, generator, distribution, what)
 
 
