@@ -11,10 +11,22 @@ gradient of the exact score-matching loss, functx.divergence against vmap(trace(
 Models: u(x) = MLP d-64-64-64-1 with tanh, float32, per point (vmap over the points); the
 score s(x) = MLP d-64-64-64-d, loss(params) = mean over the points of 0.5 |s(x)|^2 + div s(x)
 (Hyvarinen's exact score matching), differentiated in the parameters.
+"no fold_identity": the same jitted function compiled without the fold_identity_dots pass
+(before/after of that pass). functx.jit(cpu) is backend="cpu" (fused C++ kernels; FUNCTX_CPU_BLOCK=1 builds them before
+the first call), plain functx.jit the default eager backend (generated PyTorch code).
 The functx nested anchors spell the Hessian jacfwd(jacrev(u)), which jit keeps as written;
 "functx.hessian rewritten" is the same code with functx.hessian, whose trace jit turns into
-the Laplacian. Every variant's result is checked against torch.func before timing. JAX and folx are not
-installed here, so their anchors are not measured.
+the Laplacian. Every variant's result is checked against torch.func before timing.
+
+JAX anchors (when jax is installed; folx too when it is), same weights copied to JAX
+arrays, float32, jitted: jax.jit(vmap(trace(jax.hessian(u)))), a jet-based Laplacian (jet
+along each e_i, summed), folx.forward_laplacian; for the score loss jax.grad over
+trace(jax.jacfwd(s)) and over folx's Jacobian trace. Every system runs on one thread by
+default (torch.set_num_threads, XLA's --xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1, set before jax is imported); --threads N changes torch's.
+Peak memory: torch profiler (allocations minus frees in time order) for torch/functx; for
+JAX, XLA's buffer assignment of the compiled executable (temporaries + outputs): not the
+same measure, see docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -23,12 +35,20 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# one thread for XLA too; read once, when jax's CPU client starts, so before any jax import
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("FUNCTX_CPU_BLOCK", "1")     # backend="cpu": fused C++ tier from the first call
 
 import torch  # noqa: E402
 
 import functx  # noqa: E402
 from _models import init_mlp, mlp  # noqa: E402
 from _timing import fmt_time, interleaved  # noqa: E402
+
+try:
+    import _jax_anchors as jax_anchors  # noqa: E402
+except ImportError:       # jax absent: no JAX rows
+    jax_anchors = None
 
 
 def variants(d, points, width):
@@ -48,8 +68,12 @@ def variants(d, points, width):
         "torch.func vmap(trace(hessian))": nested(torch.func),
         "functx vmap(trace(hessian))": nested(functx),
         "functx.jit vmap(trace(hessian))": functx.jit(nested(functx)),
+        "functx.jit(cpu) vmap(trace(hessian))": functx.jit(nested(functx), backend="cpu"),
         "functx vmap(laplacian)": collapsed,
         "functx.jit vmap(laplacian)": functx.jit(collapsed),
+        "functx.jit(cpu) vmap(laplacian)": functx.jit(collapsed, backend="cpu"),
+        "functx.jit vmap(laplacian), no fold_identity": without_pass(functx.jit(collapsed), (params, X),
+                                                                     "fold_identity_dots"),
         "functx.jit, functx.hessian rewritten": functx.jit(nested(functx, functx.hessian)),
     }
     return fns, (params, X)
@@ -80,8 +104,13 @@ def score_variants(d, points, width):
         "torch.func grad(vmap(trace(jacfwd)))": loss_grad(torch.func, trace_jacfwd(torch.func)),
         "functx grad(vmap(trace(jacfwd)))": loss_grad(functx, trace_jacfwd(functx)),
         "functx.jit grad(vmap(trace(jacfwd)))": functx.jit(loss_grad(functx, trace_jacfwd(functx))),
+        "functx.jit(cpu) grad(vmap(trace(jacfwd)))": functx.jit(loss_grad(functx, trace_jacfwd(functx)),
+                                                                backend="cpu"),
         "functx grad(vmap(divergence))": collapsed,
         "functx.jit grad(vmap(divergence))": functx.jit(collapsed),
+        "functx.jit(cpu) grad(vmap(divergence))": functx.jit(collapsed, backend="cpu"),
+        "functx.jit grad(vmap(div)), no fold_identity": without_pass(functx.jit(collapsed), (params, X),
+                                                                     "fold_identity_dots"),
     }
     return fns, (params, X)
 
@@ -99,23 +128,56 @@ def peak_bytes(fn, args):
     return peak
 
 
+def without_pass(fn, args, name):
+    """fn (a functx.jit function) compiled without the pipeline pass `name`, for a before/after
+    row: the first call compiles (and caches) its graph with the pass removed."""
+    from functx.compile import pipeline
+    saved = list(pipeline.PIPELINE)
+    pipeline.PIPELINE[:] = [(n, p) for n, p in saved if n != name]
+    try:
+        fn(*args)
+    finally:
+        pipeline.PIPELINE[:] = saved
+    return fn
+
+
+def _load():
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _with_jax(fns, args, score):
+    """fns, args_of, memory_of: the torch variants plus the JAX/folx anchors if installed."""
+    args_of = {name: args for name in fns}
+    memory_of = {name: (lambda f=fn: peak_bytes(f, args)) for name, fn in fns.items()}
+    if jax_anchors is not None and jax_anchors.available():
+        jfns, jargs = (jax_anchors.score_variants if score else jax_anchors.laplacian_variants)(*args)
+        for name, jf in jfns.items():
+            fns[name] = jax_anchors.blocking(jf)
+            args_of[name] = jargs
+            memory_of[name] = lambda f=jf: jax_anchors.memory(f, jargs)
+    return fns, args_of, memory_of
+
+
 def run(d, points, width, repeat, min_time, score=False):
     fns, args = (score_variants if score else variants)(d, points, width)
+    fns, args_of, memory_of = _with_jax(fns, args, score)
     ref = next(iter(fns.values()))(*args)          # the torch.func anchor comes first
     for name, fn in fns.items():
-        out = fn(*args)
+        out = torch.as_tensor(fn(*args_of[name])).clone()
         torch.testing.assert_close(out, ref, rtol=2e-3, atol=2e-3 * float(ref.abs().max()), msg=name)
-    times = interleaved(fns, {name: args for name in fns}, repeat=repeat, min_time=min_time)
+    times = interleaved(fns, args_of, repeat=repeat, min_time=min_time)
     nested_best = min(t for name, t in times.items() if "trace(" in name)     # the nested-AD anchors
     if score:
         print(f"\nScore-matching loss gradient, score MLP {d}-{width}-{width}-{width}-{d} (tanh), "
-              f"{points} points, float32")
+              f"{points} points, float32, load average {_load()}")
     else:
-        print(f"\nLaplacian of MLP {d}-{width}-{width}-{width}-1 (tanh), {points} points, float32")
-    print(f"{'variant':38s} {'per call':>10s} {'vs best nested':>15s} {'peak alloc':>11s}")
+        print(f"\nLaplacian of MLP {d}-{width}-{width}-{width}-1 (tanh), {points} points, float32, "
+              f"load average {_load()}")
+    print(f"{'variant':42s} {'per call':>10s} {'vs best nested':>15s} {'peak alloc':>11s}")
     for name, t in times.items():
-        mb = peak_bytes(fns[name], args) / 2 ** 20
-        print(f"{name:38s} {fmt_time(t):>10s} {nested_best / t:>14.2f}x {mb:>9.1f} MB", flush=True)
+        b = memory_of[name]()
+        mb = "-" if b is None else f"{b / 2 ** 20:.1f}"
+        print(f"{name:42s} {fmt_time(t):>10s} {nested_best / t:>14.2f}x {mb:>9s} MB", flush=True)
 
 
 def main():
@@ -123,15 +185,19 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     ap.add_argument("--points", type=int, default=None)
     ap.add_argument("--dims", type=int, nargs="*", default=None, help="input dimensions (default 2 16 64 256)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (XLA runs on one)")
     ap.add_argument("--only", choices=["laplacian", "score"], default=None, help="one of the two benchmarks")
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.threads)
     points = a.points or (32 if a.quick else 1024)
     dims = a.dims or ([2, 16] if a.quick else [2, 16, 64, 256])
     width = 8 if a.quick else 64
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    jax_line = "jax absent"
+    if jax_anchors is not None and jax_anchors.available():
+        jax_line = f"jax {jax_anchors.jax.__version__} ({os.environ.get('XLA_FLAGS')}), folx " + \
+            ("absent" if jax_anchors.folx is None else jax_anchors.folx.__version__)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {jax_line}; "
+          f"load average {_load()}")
     repeat, min_time = (3, 0.02) if a.quick else (5, 0.2)
     for score in [False, True]:
         if a.only not in (None, "score" if score else "laplacian"):

@@ -65,6 +65,20 @@ def test_argnums_and_grad_of_the_rewritten_laplacian():
     torch.testing.assert_close(functx.jit(functx.grad(loss))(p, x), torch.func.grad(oracle)(p, x))
 
 
+def test_f_is_traced_once():
+    calls = []
+
+    def counted(x):
+        calls.append(1)
+        return u(x)
+    f = functx.jit(functx.vmap(lambda p: torch.trace(functx.hessian(counted)(p))))
+    X = _randn(7, 5)
+    torch.testing.assert_close(f(X), _oracle(X))
+    assert len(calls) == 1     # the Hessian and the Laplacian replay one staged graph of f
+    assert functx.explain(f)(X).rewrites == [
+        "rewrite: trace(hessian(counted)) -> laplacian(counted) (collapsed Taylor mode)"]
+
+
 def _not_rewritten(f, oracle, *args):
     e = functx.explain(f)(*args)
     assert e.rewrites == []
@@ -127,3 +141,16 @@ def test_not_rewritten_when_f_has_effects():
 def test_eager_hessian_is_unchanged():
     x = _randn(5, seed=11)
     torch.testing.assert_close(torch.trace(functx.hessian(u)(x)), torch.trace(torch.func.hessian(u)(x)))
+
+
+def test_not_rewritten_when_f_turns_grad_mode_off():
+    # the Hessian (reverse mode inside) drops the no_grad term; a forward-mode Laplacian
+    # would not, and a staged graph of f forgets grad mode: the Hessian runs as written
+    def f(x):
+        with torch.no_grad():
+            c = (x ** 3).sum()
+        return c * x.sum() + (x ** 2 * x.sum()).sum()
+
+    def oracle(x):
+        return torch.trace(torch.func.hessian(f)(x))
+    _not_rewritten(lambda x: torch.trace(functx.hessian(f)(x)), oracle, _randn(4, seed=11))

@@ -3,6 +3,7 @@ and the Triton backend's host wrapper (which runs views and externs through torc
 from __future__ import annotations
 
 import math
+import re
 
 from .loops import emit_checkpoint, emit_scan, emit_scan_revolve, emit_while
 
@@ -47,3 +48,29 @@ def compile_function(source: str, name: str, namespace: dict, consts, filename: 
     if consts:
         fn.__defaults__ = tuple(consts)
     return fn
+
+
+_TEMP = re.compile(r"\bt\d+\b")
+
+
+def free_dead_names(lines) -> list:
+    """Straight-line generated source (def line, statements, return line) with a `del` of
+    each temporary (tN) after the line that reads it last, so an intermediate's memory
+    returns to the allocator as soon as it is dead, not when the function returns (the peak
+    of a Taylor-mode graph is otherwise the sum of its batched intermediates). A view keeps
+    its base alive by itself; deleting a name never frees what another name still holds."""
+    last = {}
+    for i, line in enumerate(lines[1:-1], 1):
+        for name in _TEMP.findall(line.split("  # ", 1)[0]):
+            last[name] = i
+    returned = set(_TEMP.findall(lines[-1]))
+    dead_after: dict = {}
+    for name, i in last.items():
+        if name not in returned:
+            dead_after.setdefault(i, []).append(name)
+    out = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        if i in dead_after:
+            out.append(f"    del {', '.join(sorted(dead_after[i], key=lambda n: int(n[1:])))}")
+    return out

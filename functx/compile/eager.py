@@ -10,7 +10,7 @@ from ..core import REGISTRY, Graph, Literal
 from . import eager_plan
 from .compiled import Compiled
 from ..prims.linalg import matmul_sources
-from .codegen import compile_function, emit_expr, literal_source
+from .codegen import compile_function, emit_expr, free_dead_names, literal_source
 from .nan_checks import CompiledNaNChecks
 from .loops import loop_report
 
@@ -94,7 +94,7 @@ class PythonEmitter:
         lines += self._wait_for(list(self.pending))     # every issued collective completes here
         outs = ", ".join(self.name(a) for a in g.outvars)
         lines.append(f"    return ({outs}{',' if len(g.outvars) == 1 else ''})")
-        return "\n".join(lines)
+        return "\n".join(free_dead_names(lines))
 
     def _start(self, eqn, counter) -> str:
         n = len(self.globals)

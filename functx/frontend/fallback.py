@@ -26,7 +26,8 @@ class record_fallbacks:
         return self.ops
 
     def __exit__(self, *exc):
-        _recorders.remove(self.ops)
+        # by identity: nested recorders (a graph traced inside a trace) hold equal lists
+        del _recorders[next(i for i, r in enumerate(_recorders) if r is self.ops)]
 
 
 _FUNCTIONS: dict = {}

@@ -24,7 +24,25 @@ class record_rewrites:
         return self.lines
 
     def __exit__(self, *exc):
-        _recorders.remove(self.lines)
+        # by identity: nested recorders (a graph traced inside a trace) hold equal lists
+        del _recorders[next(i for i, r in enumerate(_recorders) if r is self.lines)]
+
+
+_grad_mode_watchers: list = []
+
+
+class watch_grad_mode:
+    """Context manager: its value is a list that gets an entry when a torch function runs on
+    a functx tensor with grad mode off (a staged graph does not keep grad mode, so a graph
+    of such a function cannot be replayed under reverse mode)."""
+
+    def __enter__(self):
+        self.seen: list = []
+        _grad_mode_watchers.append(self.seen)
+        return self.seen
+
+    def __exit__(self, *exc):
+        del _grad_mode_watchers[next(i for i, r in enumerate(_grad_mode_watchers) if r is self.seen)]
 
 
 def mark_hessian(h, laplacian, name):
@@ -66,6 +84,9 @@ def _is_main_diagonal(args, kwargs):
 def rewrite(func, args, kwargs, default):
     """The rewritten result of func(*args, **kwargs), or NotImplemented. default(): the call
     as torch makes it."""
+    if _grad_mode_watchers and not torch.is_grad_enabled():
+        for seen in _grad_mode_watchers:
+            seen.append(func)
     if func not in _FUNCS or not args:
         return NotImplemented
     kwargs = kwargs or {}

@@ -62,6 +62,11 @@ def _broadcast_in_dim_emit(eqn, srcs):
     x = eqn.inputs[0]
     view = _broadcast_view(x.type.shape, eqn.params["shape"], eqn.params["broadcast_dimensions"])
     src = srcs[0] if view == tuple(x.type.shape) else f"{srcs[0]}.reshape({view!r})"
+    if view != tuple(eqn.params["shape"]):
+        # a permuted source (a transpose's view) would make the expanded operand's strides
+        # decide the layout of the elementwise results that read it (torch follows operand
+        # strides): copy the small source to row-major order first (free when it is already)
+        src = f"{src}.contiguous()"
     return f"{src}.expand({tuple(eqn.params['shape'])!r})"
 
 

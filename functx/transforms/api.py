@@ -547,6 +547,14 @@ def _batch_size(leaves, axes, axis_size, treedef, fn=None):
 
 # ---------------------------------------------------------------- Jacobians
 
+def mark_identity_basis(t):
+    """Mark a basis tensor this library made (never a user's tensor, which may be written in
+    place after a jit compiled against its value): jit may fold products with it into
+    selections (compile/fold_identity.py)."""
+    t._functx_identity_basis = True
+    return t
+
+
 def _basis(types, dtype_of, n_total):
     """For each leaf type, a block of the identity shaped (N, *leaf.shape)."""
     blocks, offset = [], 0
@@ -554,7 +562,10 @@ def _basis(types, dtype_of, n_total):
         n = t.numel
         eye = torch.zeros(n_total, n, dtype=dtype_of(t), device=t.device)
         eye[offset:offset + n] = torch.eye(n, dtype=dtype_of(t), device=t.device)
-        blocks.append(eye.reshape((n_total,) + t.shape))
+        block = eye.reshape((n_total,) + t.shape)
+        if n == n_total:
+            mark_identity_basis(block)
+        blocks.append(block)
         offset += n
     return blocks
 

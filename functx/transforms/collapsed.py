@@ -21,14 +21,17 @@ import functools
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-from ..core import POINTWISE, FunctxError, Trace, current_trace, set_current_trace
-from ..core.trace import AxisData, PrimalTracer, _stages, enclosing_traces, process_on_parent, staging, type_of
+from ..core import POINTWISE, FunctxError, Trace, current_trace, has_effects, set_current_trace
+from ..core.trace import (AxisData, PrimalTracer, _stages, enclosing_traces, eval_graph, process_on_parent,
+                          staging, type_of)
 from .. import prims as P
 from ..prims.series import add_terms
 from ..prims.util import is_scalar
 from ..frontend import TracerTensor, mark_hessian, unwrap, wrap
+from ..frontend.rewrites import watch_grad_mode
 from ..tree_util import tree_structure, tree_unflatten
-from .api import _flat_fun, _flatten_tensors, _OutStore, _with_argnums, hessian as nested_hessian, jvp as jvp_api, vmap
+from .api import (_flat_fun, _flatten_tensors, _OutStore, _with_argnums, hessian as nested_hessian, jvp as jvp_api,
+                  mark_identity_basis, vmap)
 from .batching import BatchTrace, BatchTracer
 from .jet import taylor_by_nested_jvp
 
@@ -206,7 +209,8 @@ def _directions(x, num_samples, generator, distribution, what):
     """The exact operators' basis (one direction per element of x), or random probes."""
     if num_samples is None:
         t = type_of(x)
-        return torch.eye(t.numel, dtype=t.dtype, device=t.device).reshape((t.numel,) + tuple(t.shape))
+        return mark_identity_basis(torch.eye(t.numel, dtype=t.dtype, device=t.device).reshape(
+            (t.numel,) + tuple(t.shape)))
     return _probes(x, num_samples, generator, distribution, what)
 
 
@@ -332,8 +336,9 @@ def hessian(f, argnums=0, has_aux=False):
     Under jit, the Hessian of a scalar f in one 1-d argument also stages f's Laplacian at
     the same point (collapsed Taylor mode): torch.trace(h), h.diagonal().sum() or
     torch.einsum('ii', h) of the unchanged result then return it, and the unused graph is
-    dropped (dead-code elimination); functx.explain lists the rewrite. Not when f binds a
-    random (effectful) primitive: it runs once, as written.
+    dropped (dead-code elimination); functx.explain lists the rewrite. f's Python runs once:
+    its staged graph is replayed by both. Not when f binds a random (effectful) primitive
+    or runs ops under torch.no_grad(): it then runs once, as written.
 
     Returns:
       For x of shape s, a tensor of shape s + s.
@@ -347,21 +352,50 @@ def hessian(f, argnums=0, has_aux=False):
 
     @functools.wraps(nested)
     def hess(*args, **kwargs):
-        stagers = [t for t in enclosing_traces() if _stages(t)]
-        if not stagers:                  # eager: the Hessian is computed already, no gain
-            return nested(*args, **kwargs)
-        starts = [len(t.eqns) for t in stagers]
-        h = nested(*args, **kwargs)
+        if not any(_stages(t) for t in enclosing_traces()):
+            return nested(*args, **kwargs)        # eager: the Hessian is computed already, no gain
         x = args[argnums] if -len(args) <= argnums < len(args) else None
-        if not (isinstance(h, TracerTensor) and isinstance(x, torch.Tensor) and x.dim() == 1
-                and tuple(h.shape) == (x.shape[0], x.shape[0])):       # (n, n): f is scalar
-            return h
-        if any(e.prim.effectful for t, n in zip(stagers, starts) for e in t.eqns[n:]):
-            return h                      # a second call of f would draw again
+        if not (isinstance(x, torch.Tensor) and x.dim() == 1 and x.dtype.is_floating_point):
+            return nested(*args, **kwargs)
+        graph = _trace_once(f, args, kwargs, argnums)
+        if graph is None:
+            return nested(*args, **kwargs)
+        # f is traced once; the Hessian and the Laplacian both replay its graph
+        replay = _replay(graph, getattr(f, "__name__", "f"))
+        h = nested_hessian(replay)(x)
+        if any(has_effects(e) for e in graph.eqns):
+            return h                      # a second replay would draw (or print) again
         try:
-            lap = laplacian(f, argnums)(*args, **kwargs)
+            lap = laplacian(replay)(x)
         except Exception:     # noqa: BLE001  an optimization only: the Hessian stands as computed
             return h          # (what the failed call staged is dead, and DCE drops it)
         mark_hessian(h, lap, getattr(f, "__name__", "f"))
         return h
     return hess
+
+
+def _trace_once(f, args, kwargs, argnums):
+    """f as a Graph of its argument at argnums (the other arguments closed over: tracers of
+    the enclosing transforms become its constants), or None when f is not a scalar function
+    of it, cannot be staged, or runs ops with grad mode off (the nested Hessian then runs f as written, and raises what f
+    raises)."""
+    from ..compile.tracing import trace_graph     # compile sits above transforms
+    try:
+        g, (x,) = _with_argnums(f, args, kwargs, argnums, "functx.hessian")
+        with torch.enable_grad(), watch_grad_mode() as no_grad_ops:
+            graph = trace_graph(g, (x,), {}, what="functx.hessian")
+    except Exception:     # noqa: BLE001
+        return None
+    if no_grad_ops:       # f turns grad mode off: the graph would forget it (reverse mode reads it)
+        return None
+    if len(graph.outvars) != 1 or graph.meta.out_tree.num_leaves != 1 or graph.outvars[0].type.shape != () \
+            or graph.meta.mutated_inputs:
+        return None
+    return graph
+
+
+def _replay(graph, name):
+    def replayed(x):
+        return wrap(eval_graph(graph, graph.consts, [unwrap(x)])[0])
+    replayed.__name__ = name
+    return replayed

@@ -16,7 +16,7 @@ import torch
 
 from ...core import Literal
 from ...core.ir import GraphPrinter
-from ..codegen import compile_function, emit_expr, literal_source
+from ..codegen import compile_function, emit_expr, free_dead_names, literal_source
 from ..compiled import Compiled
 from ..loops import loop_report
 from ..nan_checks import CompiledNaNChecks
@@ -191,7 +191,7 @@ class FusedCompiled(Compiled):
             self._check_line(lines, glob, [names[v] for v in plan.stored if v.type.dtype.is_floating_point])
         outs = [materialize(a) for a in g.outvars]
         lines.append(f"    return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
-        return "\n".join(lines) + "\n", glob
+        return "\n".join(free_dead_names(lines)) + "\n", glob
 
     def _fused_input(self, grp, a) -> bool:
         """Is operand `a` of a template computed inside it (a prologue), never stored?"""
