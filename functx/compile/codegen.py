@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .loops import emit_checkpoint, emit_scan
 
 
 def literal_source(value) -> str:
+    if isinstance(value, (torch.SymInt, torch.SymFloat)):
+        return f"({value})"        # a size expression of the symbols the function binds (symbolic jit)
     if isinstance(value, float):
         if math.isnan(value):
             return "math.nan"

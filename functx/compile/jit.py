@@ -16,8 +16,11 @@ from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
+from .backend import resolve_backend
+from .eager import EagerCompiled
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, value_key  # noqa: F401
+from .dynamic_dims import DynamicDims
 from .tracing import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, scalar_device, split_static,
                       split_static_kwargs, trace_graph)
 
@@ -25,11 +28,14 @@ from .tracing import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, sc
 class _Entry:
     """One cached signature: the compiled graph (entry.compiled.graph is what ran through
     the pipeline, with its meta) and what the hot path calls."""
-    __slots__ = ("compiled", "call", "unflatten", "key")
+    __slots__ = ("compiled", "call", "unflatten", "key", "symbolic", "notes", "pattern")
 
-    def __init__(self, compiled, key):
+    def __init__(self, compiled, key, symbolic=None, notes=()):
         self.compiled = compiled
         self.key = key
+        self.symbolic = symbolic      # a SymbolicShapes when one trace serves many sizes
+        self.notes = list(notes)      # lines for cache_info/explain (symbolic dims, fallbacks)
+        self.pattern = None           # symbolic: the leaf keys with the dynamic dims masked
         meta = compiled.graph.meta
         # The hot path: the backend's plain callable (the generated function itself on the
         # eager backend) and the cheapest way to rebuild the output structure.
@@ -108,7 +114,7 @@ class JitFunction:
     general key (pytree structure + per-leaf signature + static values)."""
 
     def __init__(self, f, static_argnums=(), backend=None, static_argnames=(),
-                 cache_limit=DEFAULT_CACHE_LIMIT, warn_on_retrace=False):
+                 cache_limit=DEFAULT_CACHE_LIMIT, warn_on_retrace=False, dynamic=None, dynamic_dims=None):
         self.f = f
         namer = ArgNamer(f)
         nums = normalize_argnums(static_argnums, "functx.jit")
@@ -124,6 +130,7 @@ class JitFunction:
         self._last_key = None
         self._last_entry = None
         self._reads_layouts = False     # set once a trace reads an argument's layout (as_strided)
+        self._dims = DynamicDims(dynamic, dynamic_dims, namer)   # symbolic dims (dynamic_dims.py)
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
         functools.update_wrapper(self, f, updated=())
@@ -173,11 +180,25 @@ class JitFunction:
     def _entry(self, key, args, kwargs, leaves, nums):
         entry = self._cache.get(key)
         if entry is None:
+            entry = self._dims.lookup(key, leaves, self._cache)
+        if entry is None:
             paths = key[0].paths()
-            with user_facing(), record_layout_reads() as layouts:
-                graph = trace_graph(self.f, args, kwargs, nums, "functx.jit", mutations=True,
-                                    static_argnames=self.static_argnames, dynamic_scalars=True,
-                                    arg_names=lambda k: self._namer(paths[k]))
+            backend = resolve_backend(self.backend, leaves)
+            symbolic, notes = self._dims.plan(key, leaves, backend is EagerCompiled,
+                                              lambda k: self._namer(paths[k]))
+            layouts = None
+            if symbolic is not None:
+                try:
+                    graph, layouts = self._trace(args, kwargs, nums, paths, symbolic.shape)
+                    compiled, _ = compile_graph(graph, self.backend, leaves)
+                    symbolic.finish()
+                    if not symbolic.holds(leaves):
+                        raise RuntimeError("the guards do not hold for the traced sizes")
+                except Exception as e:    # any part that cannot take a symbolic size: trace statically
+                    notes = self._dims.failed(key, symbolic, e)
+                    symbolic = None
+            if symbolic is None:
+                graph, layouts = self._trace(args, kwargs, nums, paths, None)
             if layouts.read and not self._reads_layouts:
                 # The graph depends on its arguments' strides and offsets: from now on they are
                 # part of every key (and the fast path, which omits them, is off).
@@ -185,14 +206,28 @@ class JitFunction:
                 self._fast.clear()
                 self._last_key = self._last_entry = None
                 key = self._key(args, kwargs, nums)[0]
-            compiled, _ = compile_graph(graph, self.backend, leaves)
-            entry = _Entry(compiled, key)
-            evicted = self._cache.add(key, entry)
+                if symbolic is not None:
+                    notes = self._dims.failed(key, symbolic, RuntimeError("it reads its arguments' strides"))
+                    graph, layouts = self._trace(args, kwargs, nums, paths, None)
+                    symbolic = None
+            if symbolic is None:
+                compiled, _ = compile_graph(graph, self.backend, leaves)
+            entry = _Entry(compiled, key, symbolic, notes)
+            if symbolic is not None:
+                entry.key = self._dims.add(entry, key)     # the key with its dims symbolic
+            evicted = self._cache.add(entry.key, entry, reason_key=key)
             if evicted:
                 self._fast = {k: e for k, e in self._fast.items() if e not in evicted}
                 if self._last_entry in evicted:
                     self._last_key = self._last_entry = None
         return entry
+
+    def _trace(self, args, kwargs, nums, paths, shapes):
+        with user_facing(), record_layout_reads() as layouts:
+            graph = trace_graph(self.f, args, kwargs, nums, "functx.jit", mutations=True,
+                                static_argnames=self.static_argnames, dynamic_scalars=True,
+                                arg_names=lambda k: self._namer(paths[k]), shapes=shapes)
+        return graph, layouts
 
     def lower(self, *args, **kwargs):
         nums = self._static_nums(args, False)
@@ -226,6 +261,8 @@ class JitFunction:
                     entry = self._fast.get(key)
                     if entry is None or self._cache.get(entry.key) is None:
                         gkey, _, leaves = self._key(args, kwargs, ())
+                        if len(self._fast) > 4 * (self._cache.limit or 256):
+                            self._fast.clear()     # symbolic entries serve many exact keys
                         entry = self._fast[key] = self._entry(gkey, args, kwargs, leaves, ())
                     self._last_key, self._last_entry = key, entry
                 if scalars:
@@ -281,7 +318,7 @@ class BoundJitMethod:
 
 
 def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_limit=DEFAULT_CACHE_LIMIT,
-        warn_on_retrace=False):
+        warn_on_retrace=False, dynamic=None, dynamic_dims=None):
     """Compile f: trace once per input signature, optimize, compile, cache (JAX's jit).
 
     The cache key is the pytree structure of the arguments, the shape/dtype/device of each
@@ -306,6 +343,13 @@ def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_li
       cache_limit: the most traced signatures kept (least recently used evicted, with one
         warning naming the argument that keeps changing); None for no limit.
       warn_on_retrace: warn on every retrace, saying which argument changed and how.
+      dynamic: None (default): a tensor dimension seen with two different sizes is traced
+        symbolically from then on, so one graph serves every size (where the decisions
+        Python made on the size still hold; see docs/compiler.md, "Dynamic shapes");
+        True: every dimension of every tensor argument is symbolic from the first call;
+        False: every size traces again (static shapes).
+      dynamic_dims: {argument name or position: dim or dims} marked symbolic from the first
+        call (torch's mark_dynamic), for every tensor in that argument.
 
     Returns:
       A JitFunction: call it like f; .cache_info() lists the signatures and the retraces.
@@ -315,7 +359,8 @@ def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_li
       >>> loss_value, grads = step(params, x, y)
     """
     options = dict(static_argnums=static_argnums, static_argnames=static_argnames, backend=backend,
-                   cache_limit=cache_limit, warn_on_retrace=warn_on_retrace)
+                   cache_limit=cache_limit, warn_on_retrace=warn_on_retrace, dynamic=dynamic,
+                   dynamic_dims=dynamic_dims)
     if f is None:
         return lambda g: JitFunction(g, **options)
     return JitFunction(f, **options)

@@ -60,7 +60,11 @@ def _param_key(params):
 
 
 def _atom_key(a):
-    return ("lit", type(a.value), a.value) if isinstance(a, Literal) else ("var", id(a))
+    if isinstance(a, Literal):
+        if isinstance(a.value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            return ("sym", type(a.value), str(a.value))   # a size expression (symbolic jit)
+        return ("lit", type(a.value), a.value)
+    return ("var", id(a))
 
 
 def cse(graph: Graph) -> Graph:
