@@ -80,6 +80,9 @@ class SymbolicShapes:
             self._check = lambda sizes: bool(eval(code, interp, {"L": dict(zip(names, sizes))}))
         else:
             self._check = lambda sizes: True
+        # From now on nothing may decide on these symbols: a size concretized at run time would
+        # be the traced one. Such a use raises instead (a crash, never a wrong size).
+        self.env.evaluate_expr = _frozen
 
     def sizes_of(self, leaves):
         return [leaves[k].shape[d] for k, d in self.dims]
@@ -111,6 +114,11 @@ class SymbolicShapes:
             if str(sym) in names and not expr.free_symbols:
                 out.append(f"{names[str(sym)]} == {expr}: specialized to this size")
         return out
+
+
+def _frozen(*args, **kwargs):
+    raise RuntimeError("functx.jit: a symbolic size was used after its trace was compiled (a bug: "
+                       "please report it; functx.jit(f, dynamic=False) avoids it)")
 
 
 def _user_location(guard):
@@ -180,12 +188,25 @@ def symbol_bindings(graph):
     return out
 
 
+def _refuse_closures(graph):
+    """A parameter that is a Python callable (an opaque op's function, a debug callback) may
+    hold a size from trace time, which generated code cannot rebind: such graphs stay static."""
+    for e in graph.eqns:
+        for k, p in e.params.items():
+            if callable(p) and not isinstance(p, (type, torch.dtype)):
+                raise NotImplementedError(f"{e.prim.name} holds a Python function ({k}), which may "
+                                          "have captured a size")
+        for g in sub_graphs(e.params):
+            _refuse_closures(g)
+
+
 def check_printable(graph, namespace):
     """Every size expression the generated code prints, evaluated at the trace's own sizes,
     must give the size the trace computed: otherwise raise (jit then traces statically)."""
     values = graph_symbols(graph)
     if not values:
         return
+    _refuse_closures(graph)
     env = dict(namespace)
     for v in values:
         for sym in v.node.expr.free_symbols:
