@@ -224,7 +224,7 @@ def test_transforms_accept_python_floats():
 
 def test_a_dimension_that_keeps_changing_is_named_before_the_cache_fills():
     from functx.compile.jit_cache import DIM_WARN_AFTER
-    f = functx.jit(lambda x, y: (x * y).sum(1))
+    f = functx.jit(lambda x, y: (x * y).sum(1), dynamic=False)     # static shapes: a trace per size
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for n in range(1, DIM_WARN_AFTER + 4):

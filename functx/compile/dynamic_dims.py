@@ -63,7 +63,7 @@ class DynamicDims:
         self.count = 0
 
     # ------------------------------------------------------------ lookup
-    def lookup(self, key, leaves, cache):
+    def lookup(self, key, leaves, cache, count=True):
         """The symbolic entry serving this call, or None (counted as a hit in cache)."""
         if not self.patterns:
             return None
@@ -72,7 +72,9 @@ class DynamicDims:
         except TypeError:
             return None
         if entry is not None:
-            if cache.get(entry.key) is entry:
+            if cache.entries.get(entry.key) is entry:
+                if count:
+                    cache.get(entry.key)
                 return entry
             del self.memo[key]
         rec = self.patterns.get(pattern_of(key))
@@ -82,6 +84,8 @@ class DynamicDims:
             if entry.key not in cache.entries or not _matches(key[1], entry.pattern):
                 continue
             if entry.symbolic.holds(leaves):
+                if not count:
+                    return entry
                 cache.get(entry.key)
                 self.memo[key] = entry
                 if len(self.memo) > _MEMO:
