@@ -198,3 +198,35 @@ def test_transformer_value_and_grad_reuses_one_trace():
         for k in grads:
             _close(grads[k], ref_grads[k])
     assert step.trace_count == 2, step.cache_info()
+
+
+def test_scan_over_a_symbolic_length():
+    def f(xs):
+        c, ys = functx.scan(lambda c, x: (c + x.sum(), c * x), torch.zeros(()), xs)
+        return c, ys.mean(0)
+
+    def ref(xs):
+        c, ys = torch.zeros(()), []
+        for x in xs:
+            ys.append(c * x)
+            c = c + x.sum()
+        return c, torch.stack(ys).mean(0)
+    jf = functx.jit(f)
+    for n in [3, 4, 6, 9]:
+        xs = torch.randn(n, 5)
+        for a, b in zip(jf(xs), ref(xs)):
+            _close(a, b)
+    assert jf.trace_count == 2 and "symbolic: argument 'xs' dim 0" in str(jf.cache_info())
+
+
+@pytest.mark.parametrize("where", ["cpu backend", "debug_nans"])
+def test_static_fallbacks_are_correct_and_explained(where):
+    import contextlib
+    jf = functx.jit(lambda x: (torch.tanh(x) ** 2).sum(0), backend="cpu" if where == "cpu backend" else None)
+    with functx.debug_nans() if where == "debug_nans" else contextlib.nullcontext():
+        for n in [3, 4, 6]:
+            x = torch.randn(n, 4)
+            _close(jf(x), (torch.tanh(x) ** 2).sum(0))
+    info = str(jf.cache_info())
+    assert jf.trace_count == 3 and "static: " in info
+    assert ("cpu backend compiles one kernel set per size" in info) == (where == "cpu backend")

@@ -94,8 +94,9 @@ class DynamicDims:
         return None
 
     # ------------------------------------------------------------ planning a trace
-    def plan(self, key, leaves, backend_ok, name_of):
-        """(SymbolicShapes or None, notes) for the trace this call needs."""
+    def plan(self, key, leaves, static_why, name_of):
+        """(SymbolicShapes or None, notes) for the trace this call needs; static_why: why this
+        call's trace must be static anyway (its backend), or None."""
         if self.dynamic is False:
             return None, []
         pat = pattern_of(key)
@@ -119,9 +120,8 @@ class DynamicDims:
                  "as constants, as torch does)" for k, d in small]
         if not dims:
             return None, notes
-        if not backend_ok:
-            return None, notes + ["static: symbolic dims run on the eager backend only; this backend "
-                                  "compiles one kernel set per size"]
+        if static_why:
+            return None, notes + [f"static: {static_why}"]
         why = rec.failed.get(frozenset(dims))
         if why is not None:
             return None, notes + [f"static: {why}"]

@@ -4,6 +4,8 @@ the eager backend, the body's kernels on the Triton one), writing each step's ys
 buffers allocated once. The loop's source is kept for explain."""
 from __future__ import annotations
 
+from .symbolic import bind_symbols
+
 LOOP_SOURCES = "__functx_loops__"     # namespace key: the generated loops, for explain
 
 
@@ -20,6 +22,9 @@ def emit_scan(eqn, srcs, namespace, compile_body) -> str:
     ks, cs, xs = ([f"{s}{i}" for i in range(k)] for s, k in (("k", nk), ("c", nc), ("x", nx)))
     ys, ybufs = [f"y{j}" for j in range(len(ys_types))], [f"ys{j}" for j in range(len(ys_types))]
     lines = [f"def {loop_name}({', '.join(ks + cs + xs)}):"]
+    # symbolic dims (jit): the loop reads the sizes it prints from its own inputs
+    lines += bind_symbols([getattr(a, "type", None) for a in eqn.inputs], ks + cs + xs,
+                          [p["length"]] + [tuple(t.shape) for t in ys_types])
     for buf, t in zip(ybufs, ys_types):
         lines.append(f"    {buf} = torch.empty({tuple(t.shape)!r}, dtype={t.dtype}, device={str(t.device)!r})")
     steps = f"range({p['length'] - 1}, -1, -1)" if p["reverse"] else f"range({p['length']})"

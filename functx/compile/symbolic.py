@@ -176,9 +176,29 @@ def has_symbols(graph) -> bool:
 
 def symbol_bindings(graph):
     """[(symbol name, input position, dim)]: where the generated code reads each symbol."""
+    return input_bindings([v.type for v in graph.invars])
+
+
+def bind_symbols(types, names, needed, indent="    "):
+    """Lines reading each symbol a generated function needs from its inputs (`names`, of
+    `types`); raises when one of `needed` (SymInts) cannot be read from them."""
+    bindings = input_bindings(types)
+    lines = [f"{indent}{sym} = {names[i]}.shape[{d}]" for sym, i, d in bindings]
+    bound = {sym for sym, _, _ in bindings}
+    for v in _symbolic_values(list(needed), []):
+        missing = {str(x) for x in v.node.expr.free_symbols} - bound
+        if missing:
+            raise NotImplementedError(f"size {v} uses {', '.join(sorted(missing))}, which no input of the "
+                                      "generated loop has")
+    return lines
+
+
+def input_bindings(types):
     out, seen = [], set()
-    for i, v in enumerate(graph.invars):
-        for d, n in enumerate(v.type.shape):
+    for i, t in enumerate(types):
+        if t is None:
+            continue
+        for d, n in enumerate(t.shape):
             if isinstance(n, torch.SymInt):
                 for expr in (getattr(n.node, "_expr", None), n.node.expr):
                     name = str(expr)
