@@ -195,19 +195,31 @@ def main(argv=None):
     ap.add_argument("--lengths", type=int, action="append", help="numbers of sequence lengths (default 20, 300)")
     ap.add_argument("--torch-compile", action="store_true", help="add torch.compile(dynamic=None) to the schedule")
     ap.add_argument("--jax", action="store_true", help="add jax.jit of the same layer written in JAX")
+    ap.add_argument("--variants", nargs="+", choices=["symbolic", "static", "torch.compile"],
+                    help="Transformer rows to run (default: symbolic static [torch.compile])")
+    ap.add_argument("--skip-schedule", action="store_true", help="only the Transformer table")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, cpu count={os.cpu_count()}")
     steps = 5 if a.quick else 50
+    if not a.skip_schedule:
+        schedule(steps, a.torch_compile)
+    transformer_table(a)
+
+
+def schedule(steps, torch_compile):
     print(f"\n1. learning-rate schedule: {steps} SGD steps, lr = 0.1 * 0.95**step (MLP 64x32-64-10)")
     print(f"{'variant':<44} {'traces':>6} {'total':>9} {'final loss':>11}")
-    for name, (traces, secs, loss) in lr_schedule(steps, a.torch_compile).items():
+    for name, (traces, secs, loss) in lr_schedule(steps, torch_compile).items():
         print(f"{name:<44} {'-' if traces is None else traces:>6} {secs:>8.3f}s {loss:>11.5f}")
+
+
+def transformer_table(a):
     print("\n2. TransformerEncoderLayer value_and_grad, batch 4, d_model 32, each length called twice")
     print(f"{'variant':<30} {'lengths':>7} {'traces':>6} {'entries':>7} {'evicted':>7} {'new length':>10} "
           f"{'cached':>8} {'eager':>8} {'total':>8}")
-    variants = ["symbolic", "static"] + (["torch.compile"] if a.torch_compile else [])
+    variants = a.variants or (["symbolic", "static"] + (["torch.compile"] if a.torch_compile else []))
     for n in a.lengths or ([3] if a.quick else [20, 300]):
         rows = [transformer_lengths(n, variant=v) for v in variants]
         if a.jax:
@@ -219,9 +231,10 @@ def main(argv=None):
                     "torch.compile": "torch.compile(dynamic=None)"}.get(r["variant"], r["variant"])
             print(f"{name:<30} {r['lengths']:>7} {r['traces']:>6} {r['entries']:>7} {r['evictions']:>7} "
                   f"{r['new_length_ms']:>8.1f}ms {r['cached_ms']:>6.2f}ms {r['eager_ms']:>6.1f}ms "
-                  f"{r['total_s']:>7.2f}s")
+                  f"{r['total_s']:>7.2f}s", flush=True)
             for w in r["warned"]:
-                print(f"        warning: {w[:160]}...")
+                print(f"        warning: {w[:160]}...", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -230,3 +230,14 @@ def test_static_fallbacks_are_correct_and_explained(where):
     info = str(jf.cache_info())
     assert jf.trace_count == 3 and "static: " in info
     assert ("cpu backend compiles one kernel set per size" in info) == (where == "cpu backend")
+
+
+def test_cond_with_symbolic_branches_falls_back_to_static():
+    # cond's branches are interpreted at run time with their trace-time parameters: static
+    def f(x):
+        return functx.cond(x.sum() > 0, lambda x: x.reshape(-1, 2).sum(1), lambda x: (x * 2).reshape(-1, 2).mean(1), x)
+    jf = functx.jit(f)
+    for n in [4, 6, 8]:
+        x = torch.randn(n)
+        _close(jf(x), f(x))
+    assert jf.trace_count == 3 and "cond's sub-graph has symbolic sizes" in str(jf.cache_info())

@@ -208,15 +208,25 @@ def input_bindings(types):
     return out
 
 
+# Primitives whose sub-graphs the backend compiles into generated code that reads its own
+# sizes (loops.py); every other sub-graph (cond's branches, while_loop's body) is
+# interpreted at run time with its trace-time parameters.
+_COMPILED_BODIES = ("scan", "checkpoint")
+
+
 def _refuse_closures(graph):
     """A parameter that is a Python callable (an opaque op's function, a debug callback) may
-    hold a size from trace time, which generated code cannot rebind: such graphs stay static."""
+    hold a size from trace time, which generated code cannot rebind, and a sub-graph that is
+    interpreted at run time would run with trace-time sizes: such graphs stay static."""
     for e in graph.eqns:
         for k, p in e.params.items():
             if callable(p) and not isinstance(p, (type, torch.dtype)):
                 raise NotImplementedError(f"{e.prim.name} holds a Python function ({k}), which may "
                                           "have captured a size")
         for g in sub_graphs(e.params):
+            if e.prim.name not in _COMPILED_BODIES and graph_symbols(g):
+                raise NotImplementedError(f"{e.prim.name}'s sub-graph has symbolic sizes and is "
+                                          "interpreted at run time")
             _refuse_closures(g)
 
 
