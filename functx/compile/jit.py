@@ -201,7 +201,8 @@ class JitFunction:
                     notes = self._dims.failed(key, symbolic, e)
                     symbolic = None
             if symbolic is None:
-                graph, layouts = self._trace(args, kwargs, nums, paths, None)
+                with user_facing():       # here, so that the error's traceback has no functx frames below
+                    graph, layouts = self._trace(args, kwargs, nums, paths, None)
             if layouts.read and not self._reads_layouts:
                 # The graph depends on its arguments' strides and offsets: from now on they are
                 # part of every key (and the fast path, which omits them, is off).
@@ -211,7 +212,8 @@ class JitFunction:
                 key = self._key(args, kwargs, nums)[0]
                 if symbolic is not None:
                     notes = self._dims.failed(key, symbolic, RuntimeError("it reads its arguments' strides"))
-                    graph, layouts = self._trace(args, kwargs, nums, paths, None)
+                    with user_facing():
+                        graph, layouts = self._trace(args, kwargs, nums, paths, None)
                     symbolic = None
             if symbolic is None:
                 compiled, _ = compile_graph(graph, self.backend, leaves)
@@ -226,7 +228,7 @@ class JitFunction:
         return entry
 
     def _trace(self, args, kwargs, nums, paths, shapes):
-        with user_facing(), record_layout_reads() as layouts:
+        with record_layout_reads() as layouts:
             graph = trace_graph(self.f, args, kwargs, nums, "functx.jit", mutations=True,
                                 static_argnames=self.static_argnames, dynamic_scalars=True,
                                 arg_names=lambda k: self._namer(paths[k]), shapes=shapes)

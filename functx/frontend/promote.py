@@ -164,7 +164,7 @@ def _prepare_typed(args, types, dtype, shape):
             a = a.to(device)   # torch treats 0-d CPU tensors as scalars on any device
         if t.dtype != dtype:
             a = P.convert(a, dtype)
-        if t.shape != shape:
+        if len(t.shape) != len(shape) or t.shape != shape:    # ranks first: no size guards across ranks
             a = P.broadcast_to(a, shape)
         out.append(a)
     if all(t is None for t in types):
