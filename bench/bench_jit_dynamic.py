@@ -134,6 +134,38 @@ def transformer_lengths(n_lengths=20, batch=4, d_model=32, repeat=2, cache_limit
     return out
 
 
+def cached_ratio(lengths=(20, 27), pairs=40, batch=4, d_model=32):
+    """Cached-call time of the symbolic entry vs the fully static graph, interleaved call by
+    call (so both see the same machine load): {length: (symbolic min, median, static min, median)}."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d_model, nhead=4, dim_feedforward=64, dropout=0.0,
+                                             batch_first=True)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def loss(params, x):
+        return torch.func.functional_call(layer, params, (x,)).pow(2).mean()
+    sym = functx.jit(functx.value_and_grad(loss))
+    sta = functx.jit(functx.value_and_grad(loss), dynamic=False)
+    for n in (8, 9):                      # two lengths: the sequence dim is symbolic from here
+        sym(params, torch.randn(batch, n, d_model))
+    out = {}
+    for n in lengths:
+        x = torch.randn(batch, n, d_model)
+        sym(params, x), sta(params, x)
+        ts, tt = [], []
+        for _ in range(pairs):
+            t0 = time.perf_counter()
+            sym(params, x)
+            t1 = time.perf_counter()
+            sta(params, x)
+            t2 = time.perf_counter()
+            ts.append(t1 - t0)
+            tt.append(t2 - t1)
+        ts.sort(), tt.sort()
+        out[n] = (1e3 * ts[0], 1e3 * ts[pairs // 2], 1e3 * tt[0], 1e3 * tt[pairs // 2])
+    return out, sym.trace_count
+
+
 def transformer_lengths_jax(n_lengths=20, batch=4, d_model=32, repeat=2):
     """The same layer written in JAX (post-norm encoder layer, relu FFN), jax.jit(value_and_grad):
     jax.jit traces once per shape. None when JAX is not installed."""
@@ -198,11 +230,20 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="+", choices=["symbolic", "static", "torch.compile"],
                     help="Transformer rows to run (default: symbolic static [torch.compile])")
     ap.add_argument("--skip-schedule", action="store_true", help="only the Transformer table")
+    ap.add_argument("--cached-ratio", action="store_true",
+                    help="only: symbolic vs static cached calls, interleaved (lengths 20, 27)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, cpu count={os.cpu_count()}")
     steps = 5 if a.quick else 50
+    if a.cached_ratio:
+        rows, traces = cached_ratio()
+        print(f"\ncached call, symbolic entry vs fully static graph, interleaved ({traces} symbolic-side traces)")
+        print(f"{'length':>6} {'symbolic min/median':>20} {'static min/median':>20} {'ratio (min)':>11}")
+        for n, (smin, smed, tmin, tmed) in rows.items():
+            print(f"{n:>6} {smin:>9.2f}/{smed:.2f} ms {tmin:>9.2f}/{tmed:.2f} ms {smin / tmin:>10.2f}x")
+        return
     if not a.skip_schedule:
         schedule(steps, a.torch_compile)
     transformer_table(a)
