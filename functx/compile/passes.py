@@ -20,6 +20,7 @@ import torch
 
 from ..core import POINTWISE, VIEW, Eqn, Graph, Literal, Var, has_effects, live_eqns
 from ..core.primitive import REGISTRY
+from .symbolic import same_type_without_guards
 
 
 class _Subst:
@@ -191,7 +192,8 @@ def simplify(graph: Graph) -> Graph:
 
 
 def _same_type(a, out):
-    return isinstance(a, Var) and a.type == out.type
+    # symbolic sizes (jit): equal only if equal for every size, so a rewrite never pins a size
+    return isinstance(a, Var) and same_type_without_guards(a.type, out.type)
 
 
 def _simplify_eqn(e, defs):

@@ -132,6 +132,21 @@ def _user_location(guard):
     return f"{frame.filename}:{frame.lineno}" if hasattr(frame, "filename") else ""
 
 
+def same_type_without_guards(a, b) -> bool:
+    """a == b for TensorTypes, where symbolic sizes count as equal only when they are equal for
+    every size (no guard recorded): for passes, which may skip a rewrite but must not pin a size."""
+    if a.dtype != b.dtype or a.device != b.device or len(a.shape) != len(b.shape):
+        return False
+    for m, n in zip(a.shape, b.shape):
+        if isinstance(m, SYM_TYPES) or isinstance(n, SYM_TYPES):
+            from torch.fx.experimental.symbolic_shapes import statically_known_true
+            if not statically_known_true(m == n):
+                return False
+        elif m != n:
+            return False
+    return True
+
+
 def is_symbolic(value) -> bool:
     return isinstance(value, SYM_TYPES)
 
