@@ -241,3 +241,23 @@ def test_cond_with_symbolic_branches_falls_back_to_static():
         x = torch.randn(n)
         _close(jf(x), f(x))
     assert jf.trace_count == 3 and "cond's sub-graph has symbolic sizes" in str(jf.cache_info())
+
+
+def test_a_symbolic_entry_that_raises_at_run_time_falls_back_to_static():
+    f = lambda x: torch.tanh(x).sum(0)          # noqa: E731
+    jf = functx.jit(f)
+    jf(torch.randn(3, 2)), jf(torch.randn(4, 2))
+    entry = next(e for e in jf._cache.entries.values() if e.symbolic is not None)
+
+    def broken(*inputs):
+        raise RuntimeError("simulated: a size mishandled at run time")
+    entry.call = broken
+    for n in [5, 6]:
+        x = torch.randn(n, 2)
+        _close(jf(x), f(x))
+    assert "raised at run time" in str(jf.cache_info())
+    assert all(e.symbolic is None for e in jf._cache.entries.values())
+    # the function's own errors still reach the user
+    g = functx.jit(lambda x, i: x[i.long()], dynamic=True)
+    with pytest.raises(Exception):
+        g(torch.randn(3), torch.tensor(7))

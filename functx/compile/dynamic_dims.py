@@ -142,6 +142,17 @@ class DynamicDims:
         rec.failed[frozenset(shapes.dims)] = why
         return shapes.notes + [f"static: {why}"]
 
+    def discard(self, entry, error):
+        """Drop a symbolic entry that raised at run time; its dims stay static for its pattern."""
+        for rec in self.patterns.values():
+            if entry in rec.entries:
+                rec.entries.remove(entry)
+                rec.failed[frozenset(entry.symbolic.dims)] = (
+                    f"the symbolic entry over {', '.join(entry.symbolic.names.values())} raised at run time "
+                    f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}); "
+                    "this signature is traced per size")
+        self.memo = collections.OrderedDict((k, e) for k, e in self.memo.items() if e is not entry)
+
     def add(self, entry, key):
         """Register a symbolic entry; returns its cache key (the key with its dims symbolic)."""
         shapes = entry.symbolic

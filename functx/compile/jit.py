@@ -270,10 +270,17 @@ class JitFunction:
                             self._fast.clear()     # symbolic entries serve many exact keys
                         entry = self._fast[key] = self._entry(gkey, args, kwargs, leaves, ())
                     self._last_key, self._last_entry = key, entry
+                inputs = args
                 if scalars:
                     device = scalar_device(args)
-                    args = [scalar_as_tensor(a, device) if type(a) in (float, int) else a for a in args]
-                return entry.unflatten(entry.call(*args))
+                    inputs = [scalar_as_tensor(a, device) if type(a) in (float, int) else a for a in args]
+                try:
+                    return entry.unflatten(entry.call(*inputs))
+                except Exception as e:
+                    if entry.symbolic is None:
+                        raise
+                    entry, inputs = self._symbolic_failed(entry, args, kwargs, (), e)
+                    return entry.unflatten(entry.call(*inputs))
         return self._call(args, kwargs, False)
 
     def _call(self, args, kwargs, method):
@@ -282,7 +289,24 @@ class JitFunction:
         if key is None:       # traced arguments: inline into the enclosing transform
             return self.f(*args, **kwargs)
         entry = self._entry(key, args, kwargs, leaves, nums)
-        return entry.unflatten(entry.call(*inputs))
+        try:
+            return entry.unflatten(entry.call(*inputs))
+        except Exception as e:
+            if entry.symbolic is None:
+                raise
+            entry, inputs = self._symbolic_failed(entry, args, kwargs, nums, e)
+            return entry.unflatten(entry.call(*inputs))
+
+    def _symbolic_failed(self, entry, args, kwargs, nums, error):
+        """A symbolic entry raised at run time (a part of functx that mishandled a symbolic
+        size and slipped past the compile-time checks): drop it and trace this signature
+        statically (which raises again if the error is the function's own)."""
+        self._dims.discard(entry, error)
+        self._cache.entries.pop(entry.key, None)
+        self._fast = {k: e for k, e in self._fast.items() if e is not entry}
+        self._last_key = self._last_entry = None
+        key, inputs, leaves = self._key(args, kwargs, nums)
+        return self._entry(key, args, kwargs, leaves, nums), inputs
 
     def __get__(self, obj, objtype=None):
         """@jit on a method: self is bound and static (keyed by its own hash: identity for
