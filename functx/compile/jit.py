@@ -209,9 +209,10 @@ class JitFunction:
                 self._reads_layouts = True
                 self._fast.clear()
                 self._last_key = self._last_entry = None
-                key = self._key(args, kwargs, nums)[0]
                 if symbolic is not None:
                     notes = self._dims.failed(key, symbolic, RuntimeError("it reads its arguments' strides"))
+                key = self._key(args, kwargs, nums)[0]
+                if symbolic is not None:
                     with user_facing():
                         graph, layouts = self._trace(args, kwargs, nums, paths, None)
                     symbolic = None
