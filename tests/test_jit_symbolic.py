@@ -261,3 +261,16 @@ def test_a_symbolic_entry_that_raises_at_run_time_falls_back_to_static():
     g = functx.jit(lambda x, i: x[i.long()], dynamic=True)
     with pytest.raises(Exception):
         g(torch.randn(3), torch.tensor(7))
+
+
+def test_without_a_usable_shape_env_jit_stays_static(monkeypatch):
+    from functx.compile import symbolic
+
+    def missing():
+        raise symbolic.Unavailable("torch.fx.experimental.symbolic_shapes.ShapeEnv has no create_symbol")
+    monkeypatch.setattr(symbolic, "_shape_env_api", missing)
+    jf = functx.jit(lambda x: x.sum(0))
+    for n in [3, 4, 5]:
+        x = torch.randn(n, 2)
+        _close(jf(x), x.sum(0))
+    assert jf.trace_count == 3 and "symbolic dims are off" in str(jf.cache_info())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 
 from .jit_cache import _is_tensor_key
-from .symbolic import SymbolicShapes, Unavailable
+from .symbolic import SymbolicShapes
 
 _MEMO = 256     # exact keys remembered per JitFunction for symbolic hits (a dict lookup next time)
 
@@ -127,9 +127,9 @@ class DynamicDims:
             return None, notes + [f"static: {why}"]
         try:
             shapes = SymbolicShapes(dims, [key[1][k][0][d] for k, d in dims])
-        except Unavailable as e:
+        except Exception as e:     # Unavailable, or a ShapeEnv API this torch spells differently
             self.dynamic = False
-            return None, notes + [f"static: {e}"]
+            return None, notes + [f"static: symbolic dims are off ({type(e).__name__}: {e})"]
         shapes.names = {(k, d): f"{name_of(k)} dim {d}" for k, d in dims}
         shapes.notes = notes
         return shapes, notes
