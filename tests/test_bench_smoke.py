@@ -39,8 +39,10 @@ def test_jit_dynamic_bench_runs_and_matches():
     assert len(losses) == 1                                     # every variant computes the same steps
     assert rows["functx.jit, lr a Python float (dynamic)"][0] == 1
     assert rows["functx.jit, lr static (static_argnames)"][0] == 3
-    r = bench_jit_dynamic.transformer_lengths(n_lengths=3, cache_limit=2)   # checks values against torch.func
+    r = bench_jit_dynamic.transformer_lengths(n_lengths=3, cache_limit=2, variant="static")   # checks values
     assert r["traces"] == 3 and r["entries"] == 2 and r["evictions"] == 1 and "cache limit" in r["warned"][0]
+    r = bench_jit_dynamic.transformer_lengths(n_lengths=4, cache_limit=2)      # symbolic after two lengths
+    assert r["traces"] == 2 and r["evictions"] == 0 and not r["warned"]
 
 
 def test_loops_bench_matches_the_torch_loop():

@@ -166,7 +166,7 @@ def test_jit_on_methods_binds_self_statically():
 
 
 def test_retraces_are_explained_and_the_cache_is_bounded():
-    f = functx.jit(lambda x, s: x.sum(0) * s)
+    f = functx.jit(lambda x, s: x.sum(0) * s, dynamic=False)   # static shapes: one trace per size
     f(torch.randn(3, 4), 1.0)
     f(torch.randn(5, 4), 1.0)
     f(torch.randn(5, 4, dtype=torch.float64), 1.0)
@@ -181,11 +181,11 @@ def test_retraces_are_explained_and_the_cache_is_bounded():
     with pytest.warns(UserWarning, match="retracing .*argument 'x': dim 1 size 4 -> 2"):
         functx.jit(lambda x: x + 1, warn_on_retrace=True)(torch.randn(3, 4)), \
             functx.jit(lambda x: x + 1, warn_on_retrace=True)
-        w = functx.jit(lambda x: x + 1, warn_on_retrace=True)
+        w = functx.jit(lambda x: x + 1, warn_on_retrace=True, dynamic=False)
         w(torch.randn(3, 4))
         w(torch.randn(3, 2))
 
-    g = functx.jit(lambda x: x * 2, cache_limit=3)
+    g = functx.jit(lambda x: x * 2, cache_limit=3, dynamic=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for n in range(1, 9):
@@ -224,7 +224,7 @@ def test_transforms_accept_python_floats():
 
 def test_a_dimension_that_keeps_changing_is_named_before_the_cache_fills():
     from functx.compile.jit_cache import DIM_WARN_AFTER
-    f = functx.jit(lambda x, y: (x * y).sum(1))
+    f = functx.jit(lambda x, y: (x * y).sum(1), dynamic=False)     # static shapes: a trace per size
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for n in range(1, DIM_WARN_AFTER + 4):

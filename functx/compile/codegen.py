@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 import re
 
+import torch
+
 from .loops import emit_checkpoint, emit_scan, emit_scan_revolve, emit_while
 
 
 def literal_source(value) -> str:
+    if isinstance(value, (torch.SymInt, torch.SymFloat)):
+        return f"({value})"        # a size expression of the symbols the function binds (symbolic jit)
     if isinstance(value, float):
         if math.isnan(value):
             return "math.nan"
@@ -35,8 +39,29 @@ def emit_expr(eqn, srcs, namespace, compile_body=None) -> str:
         n = len(namespace)        # grows with every binding, so names never collide
         impl, params = f"_{eqn.prim.name}_{n}", f"_params_{n}"
         namespace[impl], namespace[params] = eqn.prim.impl, eqn.params
+        symbolic = {k: v for k, v in eqn.params.items() if _has_sym(v)}
+        if symbolic:      # sizes of a symbolic trace: printed as expressions of the bound symbols
+            params = "{**" + params + ", " + ", ".join(f"{k!r}: {_sym_source(v)}" for k, v in symbolic.items()) + "}"
         expr = f"{impl}({', '.join(srcs)}{', ' if srcs else ''}**{params})"
     return expr
+
+
+def _has_sym(value) -> bool:
+    if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return True
+    return isinstance(value, (tuple, list)) and any(_has_sym(v) for v in value)
+
+
+def _sym_source(value) -> str:
+    """Source for a param holding sizes: tuples/lists of ints and size expressions."""
+    if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return f"({value})"
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(_sym_source(v) for v in value)
+        return f"({inner}{',' if len(value) == 1 else ''})" if isinstance(value, tuple) else f"[{inner}]"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    raise NotImplementedError(f"a parameter holding a symbolic size inside a {type(value).__name__}")
 
 
 def compile_function(source: str, name: str, namespace: dict, consts, filename: str):

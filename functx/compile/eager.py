@@ -13,6 +13,7 @@ from ..prims.linalg import matmul_sources
 from .codegen import compile_function, emit_expr, free_dead_names, literal_source
 from .nan_checks import CompiledNaNChecks
 from .loops import loop_report
+from .symbolic import SYMBOL_FUNCTIONS, check_printable, has_symbols, symbol_bindings
 
 
 class PythonEmitter:
@@ -30,6 +31,9 @@ class PythonEmitter:
         self.names: dict = {}
         self.globals: dict = {"torch": torch, "math": math}
         self.plan = eager_plan.plan(graph) if optimize else eager_plan.Plan()
+        self.symbolic = has_symbols(graph)
+        if self.symbolic:
+            self.globals.update(SYMBOL_FUNCTIONS)
         self.nans = None
         if graph.meta.check_nans:       # traced under debug_nans: check every output
             self.nans = self.globals["_nans"] = CompiledNaNChecks(graph, "eager")
@@ -48,6 +52,9 @@ class PythonEmitter:
             self.names[v] = f"c{i}"
         args = [self.names[v] for v in g.invars] + [self.names[v] for v in g.constvars]
         lines = [f"def {self.fn_name}({', '.join(args)}):"]
+        # symbolic dims (jit): each size symbol is read from an input's shape at call time
+        for sym, i, d in symbol_bindings(g):
+            lines.append(f"    {sym} = {self.names[g.invars[i]]}.shape[{d}]")
         counter = 0
         self.pending: dict = {}           # output var -> the name of its collective's handle
         for k in _issue_early(g.eqns):
@@ -156,6 +163,8 @@ class EagerCompiled(Compiled):
         emitter = PythonEmitter(graph, optimize=not graph.meta.check_nans)
         self.source = emitter.emit()
         self.globals = emitter.globals
+        if emitter.symbolic:      # every printed size expression must evaluate to the traced size
+            check_printable(graph, self.globals)
         self.call = compile_function(self.source, "fn", emitter.globals, graph.consts,
                                      f"<functx.jit eager {id(graph):x}>")
         self.kernels: list[str] = []

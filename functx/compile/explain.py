@@ -16,7 +16,10 @@ class Explanation:
     .traced: the graph before the passes; .passes: [(pass name, graph after it, or '' if
     the pass changed nothing)]; .fallbacks: ATen ops run through the opaque fallback;
     .compiled, .backend, .kernels, .groups (fusion groups, triton backend); for a jitted
-    function, .cache (its cache_info()) and .retrace (why this call would retrace, or None)."""
+    function, .cache (its cache_info()), .retrace (why this call would retrace, or None) and
+    .dims (the entry's symbolic dims, their guards with the lines that made them, and why a
+    dim stayed static). With a symbolic entry, .graph is its graph (sizes as symbols);
+    .traced and .passes are a static trace at this call's sizes."""
 
     def __init__(self, compiled, traced, passes):
         self.compiled = compiled
@@ -30,6 +33,7 @@ class Explanation:
         self.groups = list(compiled.groups)
         self.cache = None        # explain(jitted): its CacheInfo
         self.retrace = None      # explain(jitted): why this call would retrace (a Retrace), if it would
+        self.dims = []           # explain(jitted): the entry's symbolic dims, guards, static fallbacks
 
     def __str__(self):
         lines = ["== functx.explain ==", f"backend: {self.backend}", "", "-- graph --", str(self.graph), ""]
@@ -44,6 +48,8 @@ class Explanation:
             lines.append(f"after {name}:" + ("" if text else " (unchanged)"))
             lines += _indent(text)
         lines += ["", "-- compiled --", self.compiled.report()]
+        if self.dims:
+            lines += ["", "-- dynamic shapes (this call's entry) --"] + [f"  {line}" for line in self.dims]
         if self.cache is not None:
             lines += ["", "-- jit cache --", str(self.cache),
                       f"this call: {'retraces: ' + str(self.retrace) if self.retrace else 'cached or first trace'}"]
@@ -80,15 +86,17 @@ def explain(f, backend=None, static_argnums=()):
                                  static_argnames=jitted.static_argnames, dynamic_scalars=True,
                                  arg_names=paths and (lambda k: jitted._namer(paths[k])))
         compiled, passes = compile_graph(traced, backend or jitted.backend, leaves, record=True)
+        ran = None
         if f is jitted and key is not None:
-            ran = jitted._cache.entries.get(key)
+            ran = jitted._cache.entries.get(key) or jitted._dims.lookup(key, leaves, jitted._cache, count=False)
             if ran is not None and ran.compiled.backend == compiled.backend:
-                compiled = ran.compiled      # report the state of what jit runs (the CPU backend's tier)
+                compiled = ran.compiled      # report what jit runs (the CPU backend's tier, a symbolic graph)
         explanation = Explanation(compiled, traced, passes)
+        if ran is not None:
+            explanation.dims = list(ran.notes)
         if f is jitted:       # explain(a jitted function): its cache, and whether this call hits it
             explanation.cache = jitted.cache_info()
-            cached = key in jitted._cache.entries
-            explanation.retrace = None if cached else jitted._cache.why_miss(key)
+            explanation.retrace = None if ran is not None else jitted._cache.why_miss(key)
         return explanation
     return explained
 

@@ -16,8 +16,11 @@ from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
+from .backend import resolve_backend
+from .eager import EagerCompiled
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, value_key  # noqa: F401
+from .dynamic_dims import DynamicDims
 from .tracing import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, scalar_device, split_static,
                       split_static_kwargs, trace_graph)
 
@@ -25,11 +28,14 @@ from .tracing import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, sc
 class _Entry:
     """One cached signature: the compiled graph (entry.compiled.graph is what ran through
     the pipeline, with its meta) and what the hot path calls."""
-    __slots__ = ("compiled", "call", "unflatten", "key")
+    __slots__ = ("compiled", "call", "unflatten", "key", "symbolic", "notes", "pattern")
 
-    def __init__(self, compiled, key, cuda_graphs=None):
+    def __init__(self, compiled, key, symbolic=None, notes=(), cuda_graphs=None):
         self.compiled = compiled
         self.key = key
+        self.symbolic = symbolic      # a SymbolicShapes when one trace serves many sizes
+        self.notes = list(notes)      # lines for cache_info/explain (symbolic dims, fallbacks)
+        self.pattern = None           # symbolic: the leaf keys with the dynamic dims masked
         meta = compiled.graph.meta
         # The hot path: the backend's plain callable (the generated function itself on the
         # eager backend; on the Triton backend replayed from a CUDA graph where safe) and
@@ -109,7 +115,8 @@ class JitFunction:
     general key (pytree structure + per-leaf signature + static values)."""
 
     def __init__(self, f, static_argnums=(), backend=None, static_argnames=(),
-                 cache_limit=DEFAULT_CACHE_LIMIT, warn_on_retrace=False, cuda_graphs=None):
+                 cache_limit=DEFAULT_CACHE_LIMIT, warn_on_retrace=False, dynamic=None, dynamic_dims=None,
+                 cuda_graphs=None):
         self.f = f
         self.cuda_graphs = cuda_graphs
         namer = ArgNamer(f)
@@ -126,6 +133,7 @@ class JitFunction:
         self._last_key = None
         self._last_entry = None
         self._reads_layouts = False     # set once a trace reads an argument's layout (as_strided)
+        self._dims = DynamicDims(dynamic, dynamic_dims, namer)   # symbolic dims (dynamic_dims.py)
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
         functools.update_wrapper(self, f, updated=())
@@ -175,26 +183,60 @@ class JitFunction:
     def _entry(self, key, args, kwargs, leaves, nums):
         entry = self._cache.get(key)
         if entry is None:
+            entry = self._dims.lookup(key, leaves, self._cache)
+        if entry is None:
             paths = key[0].paths()
-            with user_facing(), record_layout_reads() as layouts:
-                graph = trace_graph(self.f, args, kwargs, nums, "functx.jit", mutations=True,
-                                    static_argnames=self.static_argnames, dynamic_scalars=True,
-                                    arg_names=lambda k: self._namer(paths[k]))
+            backend = resolve_backend(self.backend, leaves)
+            static_why = (None if backend is EagerCompiled and not _NANS.on else
+                          "debug_nans re-runs the graph's equations with their trace-time parameters"
+                          if _NANS.on else f"symbolic dims run on the eager backend only; the "
+                          f"{backend.backend} backend compiles one kernel set per size")
+            symbolic, notes = self._dims.plan(key, leaves, static_why, lambda k: self._namer(paths[k]))
+            layouts = None
+            if symbolic is not None:
+                try:
+                    graph, layouts = self._trace(args, kwargs, nums, paths, symbolic.shape)
+                    compiled, _ = compile_graph(graph, self.backend, leaves)
+                    symbolic.finish()
+                    if not symbolic.holds(leaves):
+                        raise RuntimeError("the guards do not hold for the traced sizes")
+                except Exception as e:    # any part that cannot take a symbolic size: trace statically
+                    notes = self._dims.failed(key, symbolic, e)
+                    symbolic = None
+            if symbolic is None:
+                with user_facing():       # here, so that the error's traceback has no functx frames below
+                    graph, layouts = self._trace(args, kwargs, nums, paths, None)
             if layouts.read and not self._reads_layouts:
                 # The graph depends on its arguments' strides and offsets: from now on they are
                 # part of every key (and the fast path, which omits them, is off).
                 self._reads_layouts = True
                 self._fast.clear()
                 self._last_key = self._last_entry = None
+                if symbolic is not None:
+                    notes = self._dims.failed(key, symbolic, RuntimeError("it reads its arguments' strides"))
                 key = self._key(args, kwargs, nums)[0]
-            compiled, _ = compile_graph(graph, self.backend, leaves)
-            entry = _Entry(compiled, key, self.cuda_graphs)
-            evicted = self._cache.add(key, entry)
+                if symbolic is not None:
+                    with user_facing():
+                        graph, layouts = self._trace(args, kwargs, nums, paths, None)
+                    symbolic = None
+            if symbolic is None:
+                compiled, _ = compile_graph(graph, self.backend, leaves)
+            entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs)
+            if symbolic is not None:
+                entry.key = self._dims.add(entry, key)     # the key with its dims symbolic
+            evicted = self._cache.add(entry.key, entry, reason_key=key)
             if evicted:
                 self._fast = {k: e for k, e in self._fast.items() if e not in evicted}
                 if self._last_entry in evicted:
                     self._last_key = self._last_entry = None
         return entry
+
+    def _trace(self, args, kwargs, nums, paths, shapes):
+        with record_layout_reads() as layouts:
+            graph = trace_graph(self.f, args, kwargs, nums, "functx.jit", mutations=True,
+                                static_argnames=self.static_argnames, dynamic_scalars=True,
+                                arg_names=lambda k: self._namer(paths[k]), shapes=shapes)
+        return graph, layouts
 
     def lower(self, *args, **kwargs):
         nums = self._static_nums(args, False)
@@ -228,12 +270,21 @@ class JitFunction:
                     entry = self._fast.get(key)
                     if entry is None or self._cache.get(entry.key) is None:
                         gkey, _, leaves = self._key(args, kwargs, ())
+                        if len(self._fast) > 4 * (self._cache.limit or 256):
+                            self._fast.clear()     # symbolic entries serve many exact keys
                         entry = self._fast[key] = self._entry(gkey, args, kwargs, leaves, ())
                     self._last_key, self._last_entry = key, entry
+                inputs = args
                 if scalars:
                     device = scalar_device(args)
-                    args = [scalar_as_tensor(a, device) if type(a) in (float, int) else a for a in args]
-                return entry.unflatten(entry.call(*args))
+                    inputs = [scalar_as_tensor(a, device) if type(a) in (float, int) else a for a in args]
+                try:
+                    return entry.unflatten(entry.call(*inputs))
+                except Exception as e:
+                    if entry.symbolic is None:
+                        raise
+                    entry, inputs = self._symbolic_failed(entry, args, kwargs, (), e)
+                    return entry.unflatten(entry.call(*inputs))
         return self._call(args, kwargs, False)
 
     def _call(self, args, kwargs, method):
@@ -242,7 +293,24 @@ class JitFunction:
         if key is None:       # traced arguments: inline into the enclosing transform
             return self.f(*args, **kwargs)
         entry = self._entry(key, args, kwargs, leaves, nums)
-        return entry.unflatten(entry.call(*inputs))
+        try:
+            return entry.unflatten(entry.call(*inputs))
+        except Exception as e:
+            if entry.symbolic is None:
+                raise
+            entry, inputs = self._symbolic_failed(entry, args, kwargs, nums, e)
+            return entry.unflatten(entry.call(*inputs))
+
+    def _symbolic_failed(self, entry, args, kwargs, nums, error):
+        """A symbolic entry raised at run time (a part of functx that mishandled a symbolic
+        size and slipped past the compile-time checks): drop it and trace this signature
+        statically (which raises again if the error is the function's own)."""
+        self._dims.discard(entry, error)
+        self._cache.entries.pop(entry.key, None)
+        self._fast = {k: e for k, e in self._fast.items() if e is not entry}
+        self._last_key = self._last_entry = None
+        key, inputs, leaves = self._key(args, kwargs, nums)
+        return self._entry(key, args, kwargs, leaves, nums), inputs
 
     def __get__(self, obj, objtype=None):
         """@jit on a method: self is bound and static (keyed by its own hash: identity for
@@ -283,7 +351,7 @@ class BoundJitMethod:
 
 
 def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_limit=DEFAULT_CACHE_LIMIT,
-        warn_on_retrace=False, cuda_graphs=None):
+        warn_on_retrace=False, dynamic=None, dynamic_dims=None, cuda_graphs=None):
     """Compile f: trace once per input signature, optimize, compile, cache (JAX's jit).
 
     The cache key is the pytree structure of the arguments, the shape/dtype/device of each
@@ -308,6 +376,13 @@ def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_li
       cache_limit: the most traced signatures kept (least recently used evicted, with one
         warning naming the argument that keeps changing); None for no limit.
       warn_on_retrace: warn on every retrace, saying which argument changed and how.
+      dynamic: None (default): a tensor dimension seen with two different sizes is traced
+        symbolically from then on, so one graph serves every size (where the decisions
+        Python made on the size still hold; see docs/compiler.md, "Dynamic shapes");
+        True: every dimension of every tensor argument is symbolic from the first call;
+        False: every size traces again (static shapes).
+      dynamic_dims: {argument name or position: dim or dims} marked symbolic from the first
+        call (torch's mark_dynamic), for every tensor in that argument.
       cuda_graphs: on the Triton backend with CUDA tensors, capture each cache entry's host
         wrapper into a CUDA graph after two warm-up calls and replay it (inputs copied into
         static buffers, outputs returned as fresh clones), where the graph is safe to capture
@@ -323,7 +398,8 @@ def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_li
       >>> loss_value, grads = step(params, x, y)
     """
     options = dict(static_argnums=static_argnums, static_argnames=static_argnames, backend=backend,
-                   cache_limit=cache_limit, warn_on_retrace=warn_on_retrace, cuda_graphs=cuda_graphs)
+                   cache_limit=cache_limit, warn_on_retrace=warn_on_retrace, dynamic=dynamic,
+                   dynamic_dims=dynamic_dims, cuda_graphs=cuda_graphs)
     if f is None:
         return lambda g: JitFunction(g, **options)
     return JitFunction(f, **options)

@@ -159,7 +159,7 @@ class SignatureCache:
         if not self.entries:
             return None
         old = next(reversed(self.entries))
-        if old[0] != key[0]:
+        if not isinstance(old, tuple) or len(old) < 3 or old[0] != key[0]:
             return Retrace([("arguments", f"pytree structure {old[0]} -> {key[0]}")])
         paths = key[0].paths()
         changes = [(self.namer(paths[k]), _leaf_change(a, b))
@@ -172,8 +172,9 @@ class SignatureCache:
                 changes.append((self.static_label(i), _leaf_change(a, b)))
         return Retrace(changes or [("arguments", "unknown")], dims)
 
-    def add(self, key, entry):
-        retrace = self.why_miss(key)
+    def add(self, key, entry, reason_key=None):
+        """reason_key: the call's own key when `key` is a symbolic entry's (dims masked)."""
+        retrace = self.why_miss(key if reason_key is None else reason_key)
         self.traces += 1
         if retrace is not None:
             self.retraces.append(retrace)
@@ -198,8 +199,9 @@ class SignatureCache:
     def _warn_dim(self, who, dim):
         warnings.warn(
             f"functx.jit: dim {dim} of {who} has changed size {DIM_WARN_AFTER} times in calls of "
-            f"{self.name}, and each new size traces and compiles again (functx traces shapes "
-            "statically; there are no symbolic dimensions yet). Pad that dimension to a few "
+            f"{self.name}, and each new size traced and compiled again (symbolic dims are off, "
+            "failed for this function, or Python decided something on each size: "
+            "functx.explain(f)(...) and cache_info() say which). Pad that dimension to a few "
             "bucket sizes (e.g. the next power of two, with a mask) to reuse traces; the cache "
             f"keeps at most {self.limit} signatures (functx.jit(f, cache_limit=...)).",
             stacklevel=5)
@@ -224,7 +226,8 @@ class SignatureCache:
             paths = key[0].paths()
             parts = [f"{self.namer(p)}={_describe_leaf_key(k)}" for p, k in zip(paths, key[1])]
             parts += [f"{self.static_label(i)}={_describe_leaf_key(k)}" for i, k in key[2]]
-            entries.append(", ".join(parts) or "(no arguments)")
+            notes = "".join(f"\n      {n}" for n in getattr(self.entries[key], "notes", ()))
+            entries.append((", ".join(parts) or "(no arguments)") + notes)
         return CacheInfo(self.traces, self.hits, len(self.entries), self.limit, self.evictions,
                          entries, list(self.retraces))
 

@@ -5,6 +5,7 @@ buffers allocated once. The loop's source is kept for explain."""
 from __future__ import annotations
 
 from ..core.revolve import run_scan_revolve
+from .symbolic import bind_symbols
 
 LOOP_SOURCES = "__functx_loops__"     # namespace key: the generated loops, for explain
 
@@ -23,6 +24,9 @@ def emit_scan(eqn, srcs, namespace, compile_body) -> str:
     ys, ybufs = [f"y{j}" for j in range(len(ys_types))], [f"ys{j}" for j in range(len(ys_types))]
     lines = [f"def {loop_name}({', '.join(ks + cs + xs)}):"]
     trips = p.get("trip_count")
+    # symbolic dims (jit): the loop reads the sizes it prints from its own inputs
+    lines += bind_symbols([getattr(a, "type", None) for a in eqn.inputs], ks + cs + xs,
+                          [p["length"]] + [tuple(t.shape) for t in ys_types])
     for buf, t in zip(ybufs, ys_types):
         new = "torch.empty" if trips is None else "torch.zeros"      # skipped steps' ys are zeros
         lines.append(f"    {buf} = {new}({tuple(t.shape)!r}, dtype={t.dtype}, device={str(t.device)!r})")

@@ -21,6 +21,7 @@ import torch
 
 from ..core import POINTWISE, VIEW, Eqn, Graph, Literal, Var, has_effects, live_eqns
 from ..core.primitive import REGISTRY
+from .symbolic import same_type_without_guards
 
 
 class _Subst:
@@ -61,7 +62,11 @@ def _param_key(params):
 
 
 def _atom_key(a):
-    return ("lit", type(a.value), a.value) if isinstance(a, Literal) else ("var", id(a))
+    if isinstance(a, Literal):
+        if isinstance(a.value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            return ("sym", type(a.value), str(a.value))   # a size expression (symbolic jit)
+        return ("lit", type(a.value), a.value)
+    return ("var", id(a))
 
 
 def cse(graph: Graph) -> Graph:
@@ -91,11 +96,12 @@ def cse(graph: Graph) -> Graph:
 def _full_value(atom, defs):
     """The scalar a var is filled with, if it is a `full` (possibly through views)."""
     if isinstance(atom, Literal):
-        return atom.value
+        # a size expression (symbolic jit) is not a known constant: deciding on it would specialize it
+        return None if isinstance(atom.value, _SYM) else atom.value
     e = defs.get(atom)
     while e is not None and e.prim.name in ("broadcast_in_dim", "reshape", "transpose", "rev", "slice"):
         e = defs.get(e.inputs[0]) if isinstance(e.inputs[0], Var) else None
-    if e is not None and e.prim.name == "full":
+    if e is not None and e.prim.name == "full" and not isinstance(e.params["value"], _SYM):
         return e.params["value"]
     return None
 
@@ -106,6 +112,9 @@ def _full_eqn(out: Var, value, source=None):
                                              "device": t.device}, source)
 
 
+_SYM = (torch.SymInt, torch.SymFloat, torch.SymBool)
+
+
 def fold_constants(graph: Graph) -> Graph:
     """A pointwise or view equation whose operands are all constants becomes a `full`."""
     defs, eqns = {}, []
@@ -114,7 +123,8 @@ def fold_constants(graph: Graph) -> Graph:
         if not e.prim.effectful and len(e.outputs) == 1 and e.inputs and \
                 e.prim.kind in (POINTWISE, VIEW) and e.prim.name != "iota":
             values = [_full_value(a, defs) for a in e.inputs]
-            if all(v is not None for v in values):
+            # a size expression (symbolic jit) is no constant: evaluating it would specialize it
+            if all(v is not None and not isinstance(v, _SYM) for v in values):
                 folded = _evaluate_scalar(e, values)
         if folded is not None:
             e = _full_eqn(e.outputs[0], folded, e.source)
@@ -183,7 +193,8 @@ def simplify(graph: Graph) -> Graph:
 
 
 def _same_type(a, out):
-    return isinstance(a, Var) and a.type == out.type
+    # symbolic sizes (jit): equal only if equal for every size, so a rewrite never pins a size
+    return isinstance(a, Var) and same_type_without_guards(a.type, out.type)
 
 
 def _simplify_eqn(e, defs):

@@ -116,14 +116,15 @@ def split_static_kwargs(kwargs, static_argnames):
 
 
 def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mutations=False,
-                static_argnames=(), dynamic_scalars=False, arg_names=None):
+                static_argnames=(), dynamic_scalars=False, arg_names=None, shapes=None):
     """Trace f at abstract versions of the tensor leaves of args/kwargs -> Graph.
 
     mutations=True: the final values of inputs that f writes in place are extra outputs, and
     graph.meta.mutated_inputs lists their positions among the tensor leaves (jit copies
     them back). dynamic_scalars=True (jit): Python ints and floats among the leaves are graph
     inputs too, weakly typed 0-d tensors (is_dynamic_scalar); arg_names(leaf index) names
-    one for the error when Python needs its value."""
+    one for the error when Python needs its value. shapes(leaf index, shape) -> the shape to
+    trace that tensor leaf at (jit's symbolic dims: SymInts for the dynamic dims)."""
     dynamic, static, nums = split_static(args, static_argnums, what)
     kwargs, static_kw = split_static_kwargs(kwargs, static_argnames)
     leaves, treedef = tree_flatten((dynamic, kwargs))
@@ -133,7 +134,10 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
     device = scalar_device(leaves) if dynamic_scalars else None
     for k, leaf in enumerate(leaves):
         if isinstance(leaf, (torch.Tensor, Tracer)):
-            t = trace.new_arg(type_of(unwrap(leaf)))
+            typ = type_of(unwrap(leaf))
+            if shapes is not None:
+                typ = typ.with_shape(shapes(k, typ.shape))
+            t = trace.new_arg(typ)
         elif dynamic_scalars and is_dynamic_scalar(leaf):
             t = trace.new_arg(TensorType((), _SCALAR_DTYPE[type(leaf)], device, weak=True))
             scalar_vars[t.var] = k

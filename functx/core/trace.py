@@ -358,6 +358,9 @@ class GraphTracer(Tracer):
                 "function runs)")
 
 
+_SCALARS = (bool, int, float, complex, torch.SymInt, torch.SymFloat, torch.SymBool)
+
+
 class GraphTrace(Trace):
     """Records primitives into a Graph.
 
@@ -385,7 +388,7 @@ class GraphTrace(Trace):
     def atom(self, x):
         if isinstance(x, GraphTracer) and x._trace is self:
             return x.var
-        if isinstance(x, (bool, int, float, complex)):
+        if isinstance(x, _SCALARS):     # SymInt/SymFloat: a size under a symbolic trace (jit)
             return Literal(x)
         var = self._const_index.get(id(x))
         if var is None:

@@ -19,6 +19,14 @@ class TensorType:
     # graph computes the same thing either way; only the front end's promotion reads it.
     weak: bool = field(default=False, compare=False)
 
+    def __eq__(self, other):
+        # ranks before sizes: a symbolic size (jit) compared with another rank's sizes would
+        # record a needless guard
+        if not isinstance(other, TensorType):
+            return NotImplemented
+        return (self.dtype == other.dtype and self.device == other.device
+                and len(self.shape) == len(other.shape) and self.shape == other.shape)
+
     @staticmethod
     def of(x: torch.Tensor) -> "TensorType":
         return TensorType(tuple(x.shape), x.dtype, x.device)

@@ -11,7 +11,9 @@ from ..core.trace import GraphTracer, type_of
 from ..prims.util import static_broadcast_shapes
 from .. import prims as P
 
-SCALARS = (bool, int, float, complex)
+# SymInt/SymFloat/SymBool: sizes under jit's symbolic trace, Python numbers of their kind
+SCALARS = (bool, int, float, complex, torch.SymInt, torch.SymFloat, torch.SymBool)
+_SYM_KIND = {torch.SymInt: int, torch.SymFloat: float, torch.SymBool: bool}
 
 
 def _category(dtype):
@@ -80,7 +82,7 @@ _PY_ORDER = (bool, int, float, complex)
 
 def _operand_key(a, t):
     if t is None:
-        return type(a)
+        return _SYM_KIND.get(type(a), type(a))
     if t.weak:
         return _python_type(t.dtype)
     return (t.dtype, not t.shape)
@@ -129,6 +131,9 @@ def broadcast_shapes(*args):
 
 
 def cast_scalar(x, dtype):
+    if isinstance(x, (torch.SymInt, torch.SymFloat)) and not dtype.is_complex and dtype is not torch.bool:
+        # a symbolic size stays symbolic (float()/int() would specialize it)
+        return torch.sym_float(x) if dtype.is_floating_point else torch.sym_int(x)
     if dtype.is_floating_point:
         return float(x)
     if dtype.is_complex:
@@ -159,7 +164,7 @@ def _prepare_typed(args, types, dtype, shape):
             a = a.to(device)   # torch treats 0-d CPU tensors as scalars on any device
         if t.dtype != dtype:
             a = P.convert(a, dtype)
-        if t.shape != shape:
+        if len(t.shape) != len(shape) or t.shape != shape:    # ranks first: no size guards across ranks
             a = P.broadcast_to(a, shape)
         out.append(a)
     if all(t is None for t in types):

@@ -84,7 +84,8 @@ deflinear(broadcast_in_dim_p, _broadcast_in_dim_transpose)
 
 def broadcast_in_dim(x, shape, broadcast_dimensions):
     shape = tuple(shape)
-    if type_of(x).shape == shape and tuple(broadcast_dimensions) == tuple(range(len(shape))):
+    old = type_of(x).shape
+    if len(old) == len(shape) and tuple(broadcast_dimensions) == tuple(range(len(shape))) and old == shape:
         return x
     return bind(broadcast_in_dim_p, (x,), {"shape": shape, "broadcast_dimensions": tuple(broadcast_dimensions)})
 
@@ -93,7 +94,7 @@ def broadcast_to(x, shape):
     """numpy-style broadcast (trailing dims aligned)."""
     t = type_of(x)
     shape = tuple(shape)
-    if t.shape == shape:
+    if len(t.shape) == len(shape) and t.shape == shape:
         return x
     lead = len(shape) - t.ndim
     return broadcast_in_dim(x, shape, tuple(range(lead, len(shape))))
@@ -131,7 +132,8 @@ deflinear(reshape_p, lambda ct, x, *, shape: [reshape(ct, x.aval.shape)])
 
 def reshape(x, shape):
     shape = tuple(shape)
-    if type_of(x).shape == shape:
+    old = type_of(x).shape
+    if len(old) == len(shape) and old == shape:
         return x
     return bind(reshape_p, (x,), {"shape": shape})
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 
-SCALAR_TYPES = (bool, int, float, complex)
+import torch
+
+SCALAR_TYPES = (bool, int, float, complex, torch.SymInt, torch.SymFloat, torch.SymBool)
 
 
 def is_scalar(x) -> bool:
@@ -36,10 +38,25 @@ def same_type_check(name, types):
     return t0
 
 
-@functools.lru_cache(maxsize=4096)
 def static_broadcast_shapes(shapes: tuple) -> tuple:
-    """torch.broadcast_shapes for a tuple of static shapes, cached. (torch's goes through
-    symbolic-shape machinery: ~100 us a call, and its first call imports sympy, ~0.8 s.)"""
+    """torch.broadcast_shapes for a tuple of shapes, cached for static ones. (torch's goes
+    through symbolic-shape machinery: ~100 us a call, and its first call imports sympy,
+    ~0.8 s.) Symbolic sizes (SymInt, under jit's symbolic trace) are not hashable: computed
+    uncached, each size comparison recording its guard in the ShapeEnv."""
+    try:
+        return _cached_broadcast_shapes(shapes)
+    except TypeError:
+        if not any(isinstance(d, torch.SymInt) for s in shapes for d in s):
+            raise
+        return _broadcast_shapes(shapes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_broadcast_shapes(shapes: tuple) -> tuple:
+    return _broadcast_shapes(shapes)
+
+
+def _broadcast_shapes(shapes: tuple) -> tuple:
     ndim = max(len(s) for s in shapes)
     out = [1] * ndim
     for s in shapes:

@@ -535,11 +535,11 @@ def _batch_size(leaves, axes, axis_size, treedef, fn=None):
         if axis_size is None:
             raise ValueError("functx.vmap: no argument is mapped (all in_axes are None); pass axis_size")
         return axis_size
-    distinct = {s for _, s, _ in sizes}
-    if len(distinct) > 1:
+    size = sizes[0][1]
+    # compared one by one, not as a set: a symbolic size (jit) is not hashable
+    if any(s != size for _, s, _ in sizes):
         detail = ", ".join(f"{names[i]} has size {s} along axis {ax}" for i, s, ax in sizes)
         raise ValueError(f"functx.vmap: mapped arguments have different batch sizes: {detail}")
-    size = distinct.pop()
     if axis_size is not None and axis_size != size:
         raise ValueError(f"functx.vmap: axis_size={axis_size} but the mapped arguments have size {size}")
     return size

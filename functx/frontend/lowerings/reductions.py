@@ -46,7 +46,7 @@ def _mean(x, dim=None, keepdim=False, dtype=None):
     t = _t(x)
     axes = _dims(dim, t.ndim) if t.ndim else ()
     n = math.prod(t.shape[a] for a in axes)
-    return _keep(P.div(P.reduce_sum(x, axes), float(n)), t.shape, axes, keepdim)
+    return _keep(P.div(P.reduce_sum(x, axes), torch.sym_float(n)), t.shape, axes, keepdim)
 
 
 @register(aten.mean.default)

@@ -37,10 +37,10 @@ def _prims_var(x, dims, correction=1, output_dtype=None):
     t = _t(x)
     axes = tuple(sorted(wrap_dim(d, t.ndim) for d in dims))
     n = math.prod(t.shape[a] for a in axes)
-    mean = P.div(P.reduce_sum(x, axes), float(n))
+    mean = P.div(P.reduce_sum(x, axes), torch.sym_float(n))
     kept = tuple(i for i in range(t.ndim) if i not in axes)
     centered = P.sub(x, P.broadcast_in_dim(mean, t.shape, kept))
-    return P.div(P.reduce_sum(P.mul(centered, centered), axes), float(max(n - correction, 0)))
+    return P.div(P.reduce_sum(P.mul(centered, centered), axes), torch.sym_float(torch.sym_max(n - correction, 0)))
 
 
 @register(prims_ns.div.default)

@@ -92,9 +92,27 @@ def _select(x, dim, index):
 def _slice(x, dim=0, start=None, end=None, step=1):
     t = _t(x)
     d = wrap_dim(dim, t.ndim)
-    start, end, step = slice(start, end, step).indices(t.shape[d])
-    end = max(start, end)
+    start, end, step = _slice_indices(start, end, step, t.shape[d])
     return P.slice_in_dim(x, start, end, step, d)
+
+
+def _slice_indices(start, end, step, n):
+    """slice(start, end, step).indices(n) with end >= start, for a positive step; written with
+    comparisons, so a symbolic size n (jit) stays symbolic where the bounds allow (each
+    comparison Python decides is a guard of the trace)."""
+    if not isinstance(n, torch.SymInt) or step is None or step <= 0:
+        start, end, step = slice(start, end, step).indices(n)
+        return start, max(start, end), step
+
+    def clamp(i, default):
+        if i is None:
+            return default
+        if i < 0:
+            i = i + n
+            return 0 if i < 0 else i
+        return n if i > n else i
+    start, end = clamp(start, 0), clamp(end, n)
+    return start, (start if end < start else end), step
 
 
 @register(aten.narrow.default)
