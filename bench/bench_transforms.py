@@ -48,7 +48,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import functx  # noqa: E402
 from _models import init_mlp, mlp  # noqa: E402
-from _timing import first_call, fmt_time, interleaved  # noqa: E402
+from _timing import first_call, fmt_time, interleaved, use_cpu_time  # noqa: E402
 
 DTYPE = torch.float32
 
@@ -477,6 +477,8 @@ def main(argv=None):
     ap.add_argument("--no-jax", action="store_true", help="skip JAX")
     ap.add_argument("--no-fresh", action="store_true", help="skip first calls in fresh processes")
     ap.add_argument("--no-overhead", action="store_true", help="skip the fixed per-call overhead rows")
+    ap.add_argument("--cpu-time", action="store_true", help="time by process CPU time, not wall time "
+                    "(steadier on a loaded machine; meaningful with --threads 1)")
     ap.add_argument("--first-call-of", nargs=2, metavar=("WORKLOAD", "VARIANT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if len(a.threads) > 1:           # XLA's thread count is fixed at import: one process per count
@@ -496,6 +498,8 @@ def main(argv=None):
     if a.first_call_of:
         _first_call_here(*a.first_call_of, threads)
         return
+    if a.cpu_time:
+        use_cpu_time()
     with_compile = (not a.no_compile) and (a.compile or not a.quick)
     names = a.only or list(WORKLOADS)
     if a.quick:
@@ -505,7 +509,7 @@ def main(argv=None):
               ", ".join(names))
     load0 = os.getloadavg()[0]
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, cpu count={os.cpu_count()}, "
-          f"load average {load0:.2f}" + (f", XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}" if not a.no_jax else ""))
+          f"load average {load0:.2f}, clock: {'process CPU time' if a.cpu_time else 'wall'}" + (f", XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}" if not a.no_jax else ""))
     summary = []
     for name in names:
         times, firsts, notes = run_workload(name, a.quick, with_compile, not a.no_jax)
