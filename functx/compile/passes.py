@@ -4,7 +4,9 @@
                         cond/loop whose sub-graphs hold one: has_effects)
     cse                 one equation per (primitive, operands, params); never effectful ones
     fold_constants      pointwise and view equations of constants become `full`
-    simplify            x*1, x+0, x-0, x/1, neg(neg x), x*0 on integers, convert chains
+    simplify            x*1, x+0, x-0, x/1, neg(neg x), x*0 on integers, convert chains,
+                        stop_gradient(x), where(c, x, x);
+                        a `full` operand beside one of its type becomes a scalar literal
     fold_views          identity views vanish; broadcast/reshape/transpose chains compose
     fold_transposes     transpose chains that the other passes expose compose
 
@@ -177,7 +179,8 @@ def _adds_nothing(value, out, negated=False) -> bool:
 
 
 def simplify(graph: Graph) -> Graph:
-    """Algebraic identities that are exact in floating point, plus x*0 on integers."""
+    """Algebraic identities that are exact in floating point, plus x*0 on integers; a full
+    operand of a pointwise op becomes a literal (_literal_operands)."""
     return _rewrite(graph, _simplify_eqn)
 
 
@@ -186,6 +189,9 @@ def _same_type(a, out):
 
 
 def _simplify_eqn(e, defs):
+    lit = _literal_operands(e, defs)
+    if lit is not None:
+        return _simplify_eqn(lit, defs) or lit
     name, out = e.prim.name, e.outputs[0] if e.outputs else None
     if name in ("add", "sub", "mul", "div"):
         x, y = e.inputs
@@ -203,8 +209,10 @@ def _simplify_eqn(e, defs):
         if name == "mul" and not out.type.dtype.is_floating_point and not out.type.dtype.is_complex \
                 and (_is(vx, 0) or _is(vy, 0)):
             return _full_eqn(out, 0, e.source)           # only integers: 0 * inf is nan for floats
-    if name in ("replicated_in", "replicated_out", "pvary"):
-        return e.inputs[0]        # spmd's markers only matter to transforms; none runs after compiling
+    if name in ("replicated_in", "replicated_out", "pvary", "stop_gradient"):
+        return e.inputs[0]        # markers that only matter to transforms; none runs after compiling
+    if name == "where" and e.inputs[1] is e.inputs[2] and _same_type(e.inputs[1], out):
+        return e.inputs[1]        # where(c, x, x): relu's derivative at 0 after stop_gradient goes
     if name == "neg":
         d = defs.get(e.inputs[0])
         if d is not None and d.prim.name == "neg" and _same_type(d.inputs[0], out):
@@ -221,6 +229,55 @@ def _simplify_eqn(e, defs):
                     return src
                 return Eqn(e.prim, [src], e.outputs, e.params, e.source)
     return None
+
+
+# Operations whose torch kernels compute the same bits with a scalar operand as with a
+# tensor of it (checked per dtype in tests/test_compiler_passes.py); not pow, whose scalar
+# exponents take special paths (x ** 3.0 is x*x*x, ** 0.5 is sqrt: -0.0 and -inf differ).
+_SCALAR_SAFE = frozenset({"add", "sub", "mul", "div", "where", "max", "min",
+                          "lt", "le", "gt", "ge", "eq", "ne"})
+
+
+def _literal_operands(e, defs):
+    """A pointwise operand that is a `full` of the same type as another operand becomes a
+    Python scalar: `mul(x, full(0.5))` -> `mul(x, 0.5)`, `where(p, full(0), g)` ->
+    `where(p, 0.0, g)` (the zeros transposition leaves). Backends that run one torch op per
+    equation (eager) then never fill the constant tensor; fused kernels fold it either way.
+    Exact: only values the dtype represents exactly (so the scalar rounds to the same
+    number), and only beside an operand of the full's type, which keeps the result's shape
+    and dtype. Returns the rewritten equation or None."""
+    p = e.prim
+    if p.name not in _SCALAR_SAFE or len(e.outputs) != 1:
+        return None
+    first = 1 if p.name == "where" else 0          # the predicate is not a value operand
+    ins = list(e.inputs)
+    for i in range(first, len(ins)):
+        a = ins[i]
+        d = defs.get(a) if isinstance(a, Var) else None
+        if d is None or d.prim.name != "full":
+            continue
+        if not any(isinstance(b, Var) and b.type == a.type for j, b in enumerate(ins) if j >= first and j != i):
+            continue
+        value = _scalar_of(d.params["value"], a.type.dtype)
+        if value is not None:
+            ins[i] = Literal(value)
+    if all(a is b for a, b in zip(ins, e.inputs)):
+        return None
+    return Eqn(p, ins, e.outputs, e.params, e.source)
+
+
+def _scalar_of(value, dtype):
+    """`value` as the Python scalar a literal of `dtype` holds, if it is exactly that value."""
+    if dtype == torch.bool:
+        return bool(value)
+    if dtype.is_complex or isinstance(value, complex):
+        return None
+    if dtype.is_floating_point:
+        value = float(value)
+        if math.isnan(value):
+            return value
+        return value if torch.tensor(value, dtype=dtype).item() == value else None
+    return int(value) if float(value).is_integer() else None
 
 
 def _lossless(src, mid) -> bool:
