@@ -223,3 +223,35 @@ def test_per_sample_grads_graph_has_no_constant_tensors_or_stop_gradients():
                for fe in fulls), opt          # only the zeros cross-entropy's gradient scatters into
     check_all_passes(g, w, x, y)
     torch.testing.assert_close(functx.jit(f)(w, x, y), torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(w, x, y))
+
+
+def test_fold_dot_transposes_computes_weight_gradients_in_place():
+    """(x.T @ g).T from reverse mode is g.T @ x: one matmul, no transpose, when its rows get no
+    shorter; a transpose that would make BLAS's rows short ([128,2] -> [2,128] stays as
+    [2,128] then transposed), or a product used elsewhere too, stays. Batched products swap
+    only their free dims. Values equal to float tolerance (BLAS may sum in another order)."""
+    def step(w1, w2, x):
+        return functx.grad(lambda w1, w2: torch.tanh(torch.tanh(x @ w1) @ w2).pow(2).sum(), argnums=(0, 1))(w1, w2)
+    w1, w2, x = torch.randn(2, 16), torch.randn(16, 16), torch.randn(64, 2)
+    g = functx.make_graph(step)(w1, w2, x)
+    assert prim_names(g).count("transpose") >= 1
+    opt = check_all_passes(g, w1, w2, x)
+    assert "transpose" not in prim_names(opt), opt
+    h, e = torch.randn(64, 16), torch.randn(64, 2)
+    longer = functx.make_graph(lambda h, e: (h.mT @ e).mT)(h, e)          # [16,2] -> [2,16]: folds
+    assert prim_names(passes.fold_dot_transposes(longer)).count("transpose") == prim_names(longer).count("transpose") - 1
+    shorter = functx.make_graph(lambda h, e: (e.mT @ h).mT)(h, e)         # [2,16] -> [16,2]: stays
+    assert prim_names(passes.fold_dot_transposes(shorter)).count("transpose") == prim_names(shorter).count("transpose")
+    check_all_passes(longer, h, e)
+    check_all_passes(shorter, h, e)
+
+    # batched: keep the batch dim, swap the free dims
+    a, b = torch.randn(3, 7, 4), torch.randn(3, 4, 5)
+    g2 = functx.make_graph(lambda a, b: torch.matmul(a, b).transpose(1, 2))(a, b)
+    f2 = passes.fold_dot_transposes(g2)
+    assert "transpose" not in prim_names(f2) and prim_names(f2).count("dot_general") == 1
+    torch.testing.assert_close(run_graph(f2, a, b)[0], torch.matmul(a, b).transpose(1, 2))
+    # the product is also an output: both are needed, nothing folds
+    g3 = functx.make_graph(lambda a, b: (torch.matmul(a, b), torch.matmul(a, b).transpose(1, 2)))(a, b)
+    g3 = passes.cse(g3)
+    assert prim_names(passes.fold_dot_transposes(g3)).count("transpose") == 1

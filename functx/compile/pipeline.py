@@ -6,12 +6,13 @@ from __future__ import annotations
 from ..core import Eqn, Graph, map_sub_graphs
 from .backend import resolve_backend
 from .compiled import Compiled
-from .passes import cse, dce, fold_constants, fold_transposes, fold_views, simplify
+from .passes import cse, dce, fold_constants, fold_dot_transposes, fold_transposes, fold_views, simplify
 
 # cse matters most: transform rules recompute values (tanh(x) for the primal and again for
 # its derivative). The last dce drops what the rewrites before it orphaned.
 PIPELINE = [("dce", dce), ("fold_views", fold_views), ("fold_constants", fold_constants),
-            ("simplify", simplify), ("cse", cse), ("dce", dce), ("fold_transposes", fold_transposes)]
+            ("simplify", simplify), ("cse", cse), ("dce", dce), ("fold_transposes", fold_transposes),
+            ("fold_dot_transposes", fold_dot_transposes)]
 
 
 def optimize_bodies(graph: Graph) -> Graph:
