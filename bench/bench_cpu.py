@@ -76,8 +76,9 @@ def run(name, with_compile):
 
 
 def kernel_profile(name, calls=5):
-    """Seconds per call spent in each kernel and extern of the fused tier's host wrapper
-    (each callable in its globals wrapped in a timer), largest first."""
+    """CPU seconds per call spent in each kernel and extern of the fused tier's host wrapper
+    (each callable in its globals wrapped in a timer), largest first (process time: one
+    thread, so what the kernels cost, not what a loaded machine's scheduler adds)."""
     fx_fn, args = WORKLOADS[name](_FunctxNS, False)
     jitted, _ = jit_with_tier(fx_fn, args, "fused")
     fused = jitted.lower(*args)[0].compiled.fused
@@ -85,15 +86,15 @@ def kernel_profile(name, calls=5):
     for key, fn in list(fused._globals.items()):
         if callable(fn) and key not in ("torch", "math", "_threads", "call"):
             def timed(*a, _fn=fn, _key=key, **kw):
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 out = _fn(*a, **kw)
-                spent[_key] += time.perf_counter() - t0
+                spent[_key] += time.process_time() - t0
                 return out
             fused._globals[key] = timed
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(calls):
         jitted(*args)
-    print(f"  {(time.perf_counter() - t0) / calls * 1e3:9.3f} ms  whole call (the rest: externs, allocation, Python)")
+    print(f"  {(time.process_time() - t0) / calls * 1e3:9.3f} ms  whole call (the rest: externs, allocation, Python)")
     spaces = {g.name: g.space for g in fused.groups}
     for key, t in spent.most_common():
         print(f"  {t / calls * 1e3:9.3f} ms  {key}  {spaces.get(key, '')}")

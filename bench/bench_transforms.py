@@ -1,10 +1,11 @@
-"""Transform benchmarks (issue 3): functx eager, functx.jit, torch.func eager,
-torch.compile over torch.func, and JAX jit when importable, measured side by side.
+"""Transform benchmarks (issues 3 and 13): functx eager, functx.jit on the eager and the cpu
+backend, torch.func eager, torch.compile over torch.func, and jax.jit when importable,
+measured side by side in one process (interleaved rounds, medians).
 
-    python bench/bench_transforms.py                 # everything (torch.compile takes minutes)
-    python bench/bench_transforms.py --quick         # small sizes, no torch.compile, few repeats
+    python bench/bench_transforms.py --threads 1 2   # everything (torch.compile takes minutes)
+    python bench/bench_transforms.py --quick         # small sizes checked, short timing, no torch.compile
     python bench/bench_transforms.py --only hvp --only pinn_laplacian --no-compile
-    python bench/bench_transforms.py --threads 2
+    python bench/bench_transforms.py --no-fresh      # skip the fresh-process first calls
 
 Workloads (each written once in PyTorch and transformed by functx and by torch.func with
 the same code; the JAX version mirrors it in jax.numpy):
@@ -16,9 +17,15 @@ the same code; the JAX version mirrors it in jax.numpy):
   dsm_step           denoising score matching training step (value_and_grad + SGD), batch 4096
   vmap_grad_elementwise  vmap(grad(f)) of an elementwise-heavy f, 128 x 512
 
-Each row: first-call latency (trace + compile for the jitted variants) and the median
-per-call time, and its speed relative to torch.func eager (>1 is faster). Results of
-every variant are checked against torch.func before timing.
+Per workload: the median per-call time of each variant and its speed relative to
+torch.func eager (>1 is faster), the first call in this process, and (unless --quick or
+--no-fresh) the first call in a fresh process per variant (a child process imports,
+builds the function and times its first call). "functx.jit cpu" is timed on its fused
+tier (the background build is waited for); its first call is the tiered one. The last
+column of the summary is the goal of issue 13: best functx.jit / best of torch.compile and
+jax.jit (<= 1 met). Then the fixed per-call overhead of each system on a trivial function.
+Results of every variant are checked against torch.func before timing. Several --threads
+values run one child process each (XLA fixes its thread count when it is imported).
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import functx  # noqa: E402
 from _models import init_mlp, mlp  # noqa: E402
-from _timing import first_call, fmt_time, interleaved  # noqa: E402
+from _timing import first_call, fmt_time, interleaved, use_cpu_time  # noqa: E402
 
 DTYPE = torch.float32
 
@@ -167,7 +174,8 @@ def jax_workload(name, small):
     conv = lambda t: jnp.asarray(t.numpy()) if isinstance(t, torch.Tensor) else t  # noqa: E731
     args = tuple(tuple(conv(p) for p in a) if isinstance(a, tuple) else conv(a) for a in targs)
 
-    jmlp = mlp          # the same code runs on JAX arrays
+    def jmlp(params, x, act=jnp.tanh):      # the same code runs on JAX arrays
+        return mlp(params, x, act)
 
     if name == "per_sample_grads":
         def loss(params, x, y):
@@ -228,42 +236,78 @@ def assert_matches(got, want, what, rtol=1e-4, atol=1e-5):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
-def variants(name, small, with_compile=True, with_jax=True):
-    """name -> (fn, args) for every variant that could be built; failures are reported."""
+# Columns, in print order. "functx.jit" is the default backend for CPU tensors; "functx.jit
+# eager" and "functx.jit cpu" name the backend (cpu: timed on its fused tier, after the
+# background build; its first call is the tiered one, which runs the eager tier).
+VARIANTS = ["functx eager", "functx.jit eager", "functx.jit cpu", "torch.func eager",
+            "torch.compile", "jax.jit"]
+JIT_VARIANTS = ("functx.jit eager", "functx.jit cpu")
+PEERS = ("torch.compile", "jax.jit")
+
+
+def build_variant(name, v, small):
+    """(fn, args) of one variant of workload `name`, or None (JAX missing)."""
     build = WORKLOADS[name]
-    fx_fn, args = build(_FunctxNS, small)
-    tf_fn, _ = build(torch.func, small)
-    out = {
-        "functx eager": (fx_fn, args),
-        "functx.jit": (functx.jit(fx_fn), args),
-        "torch.func eager": (tf_fn, args),
-    }
-    notes = {}
-    if with_compile:
+    if v == "functx eager":
+        return build(_FunctxNS, small)
+    if v in JIT_VARIANTS:
+        fn, args = build(_FunctxNS, small)
+        return functx.jit(fn, backend=v.split()[-1]), args
+    if v == "torch.func eager":
+        return build(torch.func, small)
+    if v == "torch.compile":
         torch._dynamo.reset()
-        out["torch.compile(torch.func)"] = (torch.compile(build(torch.func, small)[0]), args)
-    if with_jax:
+        fn, args = build(torch.func, small)
+        return torch.compile(fn), args
+    if v == "jax.jit":
+        return jax_workload(name, small)
+    raise ValueError(v)
+
+
+def _settle_tier(v, fn, args):
+    """functx.jit cpu: wait for the fused tier built in the background (timed on it)."""
+    if v == "functx.jit cpu":
+        compiled = fn.lower(*args)[0].compiled
+        compiled.wait()
+        return compiled.status()
+    return None
+
+
+def variants(name, small, with_compile=True, with_jax=True, only=None):
+    """name -> (fn, args) for every variant that could be built; notes on the others."""
+    out, notes = {}, {}
+    for v in only or VARIANTS:
+        if (v == "torch.compile" and not with_compile) or (v == "jax.jit" and not with_jax):
+            continue
         try:
-            j = jax_workload(name, small)
+            built = build_variant(name, v, small)
         except Exception as e:  # noqa: BLE001
-            j, notes["jax.jit"] = None, f"failed: {type(e).__name__}: {e}"
-        if j is not None:
-            out["jax.jit"] = j
-        elif "jax.jit" not in notes:
-            notes["jax.jit"] = "not installed"
+            notes[v] = f"failed: {type(e).__name__}: {e}"
+            continue
+        if built is None:
+            notes[v] = "not installed"
+        else:
+            out[v] = built
     return out, notes
 
 
 def check(name, small=True):
-    """Correctness only: functx eager and functx.jit agree with torch.func."""
+    """Correctness only: functx eager and functx.jit (both backends, both cpu tiers) agree
+    with torch.func."""
     vs, _ = variants(name, small, with_compile=False, with_jax=False)
     fn, args = vs["torch.func eager"]
     want = fn(*args)
-    for v in ("functx eager", "functx.jit"):
+    for v in ("functx eager",) + JIT_VARIANTS:
         fn, args = vs[v]
         assert_matches(fn(*args), want, f"{name}: {v}")
+        _settle_tier(v, fn, args)
         assert_matches(fn(*args), want, f"{name}: {v} (second call)")
     return True
+
+
+def _jax_leaves(out):
+    import numpy as np
+    return [np.asarray(t) for t in __import__("jax").tree_util.tree_leaves(out)]
 
 
 def run_workload(name, quick, with_compile, with_jax):
@@ -273,6 +317,9 @@ def run_workload(name, quick, with_compile, with_jax):
     for v, (fn, args) in vs.items():
         try:
             t, out = first_call(fn, *args)
+            status = _settle_tier(v, fn, args)
+            if status and "fused" not in status.split("(")[0]:
+                notes[v] = status
         except Exception as e:  # noqa: BLE001
             notes[v] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
             if os.environ.get("FUNCTX_BENCH_TRACEBACK"):
@@ -287,13 +334,13 @@ def run_workload(name, quick, with_compile, with_jax):
             continue
         try:
             assert_matches(out, want, f"{name}: {v}", rtol=1e-3, atol=1e-4)
+            assert_matches(fn(*args), want, f"{name}: {v} (steady state)", rtol=1e-3, atol=1e-4)
         except AssertionError as e:
             notes[v] = f"wrong result: {str(e).splitlines()[0][:120]}"
             del ok[v]
     if "jax.jit" in ok and want is not None:
         import numpy as np
-        jl = [np.asarray(t) for t in __import__("jax").tree_util.tree_leaves(ok["jax.jit"][2])]
-        tl = [t.numpy() for t in _leaves(want)]
+        jl, tl = _jax_leaves(ok["jax.jit"][2]), [t.numpy() for t in _leaves(want)]
         if len(jl) != len(tl) or not all(np.allclose(a, b, rtol=2e-3, atol=2e-4) for a, b in zip(jl, tl)):
             notes["jax.jit"] = "result differs from torch.func (timed anyway)"
     times = interleaved({v: ok[v][0] for v in ok}, {v: ok[v][1] for v in ok},
@@ -301,50 +348,198 @@ def run_workload(name, quick, with_compile, with_jax):
     return times, firsts, notes
 
 
+# ---------------------------------------------------------------- fixed per-call overhead
+
+def overhead_fns(with_compile, with_jax):
+    """The fixed cost of one call: f(x) = x + 1 on 4 floats (one tensor in and out), and the
+    same with a 6-tensor parameter tuple beside x (the workloads' pytree signature)."""
+    x = torch.randn(4)
+    params = tuple(torch.randn(4) for _ in range(6))
+
+    def one(x):
+        return x + 1
+
+    def tree(params, x):
+        return x + params[0]
+    rows = {"x + 1": (one, (x,)), "(params[6], x) -> x + p0": (tree, (params, x))}
+    out = {}
+    for row, (f, args) in rows.items():
+        fns = {"torch eager": (f, args),
+               "functx.jit eager": (functx.jit(f, backend="eager"), args),
+               "functx.jit cpu": (functx.jit(f, backend="cpu"), args)}
+        if with_compile:
+            torch._dynamo.reset()
+            fns["torch.compile"] = (torch.compile(f), args)
+        if with_jax:
+            try:
+                import jax
+                import jax.numpy as jnp
+                jf = jax.jit(f)
+                jargs = tuple(tuple(jnp.asarray(p.numpy()) for p in a) if isinstance(a, tuple)
+                              else jnp.asarray(a.numpy()) for a in args)
+                fns["jax.jit"] = (lambda *a, _jf=jf: _jf(*a).block_until_ready(), jargs)
+            except ImportError:
+                pass
+        for v, (fn, a) in fns.items():
+            fn(*a)
+            _settle_tier(v, fn, a)
+        out[row] = interleaved({v: fn for v, (fn, _) in fns.items()}, {v: a for v, (_, a) in fns.items()},
+                               repeat=7, min_time=0.05)
+    return out
+
+
+# ---------------------------------------------------------------- first call in a fresh process
+
+def _first_call_here(name, v, threads):
+    """Child process: import, build variant v, time its first call; print the seconds."""
+    import time
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    built = build_variant(name, v, False)
+    if built is None:
+        print("FIRST_CALL none")
+        return
+    fn, args = built
+    t1 = time.perf_counter()
+    first_call(fn, *args)
+    print(f"FIRST_CALL {time.perf_counter() - t1:.6f} {t1 - t0:.6f}")
+
+
+def fresh_first_call(name, v, threads, timeout=900):
+    """Seconds of the first call of variant v in a fresh Python process (after imports), or a note."""
+    import subprocess
+    cmd = [sys.executable, os.path.abspath(__file__), "--first-call-of", name, v, "--threads", str(threads)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        return f"> {timeout} s"
+    for line in r.stdout.splitlines():
+        if line.startswith("FIRST_CALL"):
+            parts = line.split()
+            return None if parts[1] == "none" else float(parts[1])
+    return f"failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:100]}"
+
+
+# ---------------------------------------------------------------- report
+
+def _cell(t):
+    return t if isinstance(t, str) else fmt_time(t)
+
+
+def print_tables(summary, overhead, fresh, threads, load):
+    print(f"\n== summary (threads={threads}, load average before/after: {load[0]:.2f} / {load[1]:.2f})")
+    print("median per call; (x) = torch.func eager / variant, > 1 is faster than torch.func")
+    cols = [v for v in VARIANTS if any(v in t for _, t, _, _ in summary)]
+    print("| workload | " + " | ".join(cols) + " | best functx.jit / best peer |")
+    print("| --- |" + " --- |" * (len(cols) + 1))
+    for name, t, fc, notes in summary:
+        base = t.get("torch.func eager")
+        cells = []
+        for v in cols:
+            if v in t:
+                cells.append(f"{fmt_time(t[v])}" + (f" ({base / t[v]:.2f}x)" if base and v != "torch.func eager" else ""))
+            else:
+                cells.append(notes.get(v, "-")[:40])
+        jits = [t[v] for v in JIT_VARIANTS if v in t]
+        peers = [t[v] for v in PEERS if v in t]
+        goal = f"{min(jits) / min(peers):.2f}" if jits and peers else "-"
+        print(f"| {name} | " + " | ".join(cells) + f" | {goal} |")
+    print("\nfirst call in this process (after other variants ran; jit: trace + passes + codegen)")
+    print("| workload | " + " | ".join(cols) + " |")
+    print("| --- |" + " --- |" * len(cols))
+    for name, t, fc, notes in summary:
+        print(f"| {name} | " + " | ".join(_cell(fc.get(v)) for v in cols) + " |")
+    if fresh:
+        fcols = [v for v in VARIANTS if any(v in f for f in fresh.values())]
+        print("\nfirst call in a fresh process (after imports and building the function)")
+        print("| workload | " + " | ".join(fcols) + " |")
+        print("| --- |" + " --- |" * len(fcols))
+        for name, f in fresh.items():
+            print(f"| {name} | " + " | ".join(_cell(f.get(v)) for v in fcols) + " |")
+    if overhead:
+        ocols = list(next(iter(overhead.values())))
+        print("\nfixed per-call overhead (median per call of a trivial function)")
+        print("| function | " + " | ".join(ocols) + " |")
+        print("| --- |" + " --- |" * len(ocols))
+        for row, t in overhead.items():
+            print(f"| {row} | " + " | ".join(fmt_time(t.get(v)) for v in ocols) + " |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, no torch.compile, short timing")
-    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    ap.add_argument("--quick", action="store_true", help="small sizes checked, short timing, no torch.compile, "
+                    "no fresh-process first calls")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1],
+                    help="thread counts (default 1); several run one child process each")
     ap.add_argument("--only", action="append", choices=sorted(WORKLOADS), help="run only these workloads")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--compile", action="store_true", help="include torch.compile even with --quick")
     ap.add_argument("--no-jax", action="store_true", help="skip JAX")
+    ap.add_argument("--no-fresh", action="store_true", help="skip first calls in fresh processes")
+    ap.add_argument("--no-overhead", action="store_true", help="skip the fixed per-call overhead rows")
+    ap.add_argument("--cpu-time", action="store_true", help="time by process CPU time, not wall time "
+                    "(steadier on a loaded machine; meaningful with --threads 1)")
+    ap.add_argument("--first-call-of", nargs=2, metavar=("WORKLOAD", "VARIANT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    _set_threads_env(a.threads)
-    torch.set_num_threads(a.threads)
+    if len(a.threads) > 1:           # XLA's thread count is fixed at import: one process per count
+        import subprocess
+        rest = [x for x in (argv if argv is not None else sys.argv[1:])]
+        i = rest.index("--threads")
+        j = i + 1
+        while j < len(rest) and not rest[j].startswith("--"):
+            j += 1
+        for n in a.threads:
+            subprocess.run([sys.executable, os.path.abspath(__file__)] + rest[:i] + ["--threads", str(n)] + rest[j:],
+                           check=False)
+        return
+    threads = a.threads[0]
+    _set_threads_env(threads)
+    torch.set_num_threads(threads)
+    if a.first_call_of:
+        _first_call_here(*a.first_call_of, threads)
+        return
+    if a.cpu_time:
+        use_cpu_time()
     with_compile = (not a.no_compile) and (a.compile or not a.quick)
     names = a.only or list(WORKLOADS)
     if a.quick:
         for n in names:
             check(n, small=True)
-        print("correctness (small sizes): functx eager and functx.jit match torch.func on", ", ".join(names))
-    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, cpu count={os.cpu_count()}"
-          + (f", XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}" if not a.no_jax else ""))
+        print("correctness (small sizes): functx eager and functx.jit (eager, cpu) match torch.func on",
+              ", ".join(names))
+    load0 = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, cpu count={os.cpu_count()}, "
+          f"load average {load0:.2f}, clock: {'process CPU time' if a.cpu_time else 'wall'}" + (f", XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}" if not a.no_jax else ""))
     summary = []
     for name in names:
         times, firsts, notes = run_workload(name, a.quick, with_compile, not a.no_jax)
         base = times.get("torch.func eager")
-        print(f"\n== {name}")
-        print(f"  {'variant':<28} {'first call':>11} {'per call':>11} {'vs torch.func':>14}")
-        for v in ["functx eager", "functx.jit", "torch.func eager", "torch.compile(torch.func)", "jax.jit"]:
+        print(f"\n== {name}  (load average {os.getloadavg()[0]:.2f})")
+        print(f"  {'variant':<18} {'first call':>11} {'per call':>11} {'vs torch.func':>14}")
+        for v in VARIANTS:
             if v in times:
                 rel = f"{base / times[v]:.2f}x" if base else "-"
-                print(f"  {v:<28} {fmt_time(firsts.get(v)):>11} {fmt_time(times[v]):>11} {rel:>14}")
+                print(f"  {v:<18} {fmt_time(firsts.get(v)):>11} {fmt_time(times[v]):>11} {rel:>14}")
             elif v in notes:
-                print(f"  {v:<28} {notes[v]}")
+                print(f"  {v:<18} {notes[v]}")
         for v, n in notes.items():
             if v in times:
                 print(f"  note: {v}: {n}")
-        summary.append((name, times, firsts))
-    print("\n== summary: functx.jit speedup (per call)")
-    print(f"  {'workload':<24} {'vs torch.func':>14} {'vs torch.compile':>17} {'vs jax.jit':>11} {'jit 1st call':>13}")
-    for name, t, fc in summary:
-        j = t.get("functx.jit")
-
-        def r(k):
-            return f"{t[k] / j:.2f}x" if j and k in t else "-"
-        print(f"  {name:<24} {r('torch.func eager'):>14} {r('torch.compile(torch.func)'):>17} {r('jax.jit'):>11} "
-              f"{fmt_time(fc.get('functx.jit')):>13}")
+        sys.stdout.flush()
+        summary.append((name, times, firsts, notes))
+    overhead = None if a.no_overhead else overhead_fns(with_compile, not a.no_jax)
+    fresh = {}
+    if not a.quick and not a.no_fresh:
+        for name in names:
+            fresh[name] = {}
+            for v in VARIANTS:
+                if (v == "torch.compile" and not with_compile) or (v == "jax.jit" and a.no_jax) \
+                        or v == "functx eager":
+                    continue
+                r = fresh_first_call(name, v, threads)
+                if r is not None:
+                    fresh[name][v] = r
+    print_tables(summary, overhead, fresh, threads, (load0, os.getloadavg()[0]))
 
 
 if __name__ == "__main__":

@@ -149,3 +149,109 @@ def test_cse_merges_commutative_operand_orders():
     names = [e.prim.name for e in out.eqns]
     assert names.count("mul") == 1 and names.count("max") == 1
     assert names.count("sub") == 5       # 3 outer subtractions, and x-y, y-x both stay (not commutative)
+
+
+def _bits_equal(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    same = (a == b) | (a.isnan() & b.isnan())
+    assert bool(same.all()) and torch.equal(torch.signbit(a[a == 0]), torch.signbit(b[a == 0]))
+
+
+def test_full_operands_become_literals_exactly():
+    """simplify: `full` beside an operand of its type becomes a scalar literal (the eager
+    backend then fills no constant tensor); values bit for bit as before, and not when the
+    scalar would round differently (0.1 in half) or when no operand of the full's type stays."""
+    from functx.core import Eqn, Graph, Var
+    from functx.core.primitive import REGISTRY
+    from functx.core.types import TensorType
+    P = REGISTRY
+
+    def graph_of(dtype, value, prim="mul"):
+        t = TensorType((4, 3), dtype, torch.device("cpu"))
+        x, c = Var(t), Var(t)
+        y = Var(TensorType((4, 3), torch.bool if prim == "lt" else dtype, torch.device("cpu")))
+        full = Eqn(P["full"], [], [c], {"shape": (4, 3), "value": value, "dtype": dtype, "device": torch.device("cpu")})
+        if prim == "where":
+            p = Var(TensorType((4, 3), torch.bool, torch.device("cpu")))
+            cmp = Eqn(P["lt"], [x, c], [p], {})
+            return Graph([x], [], [], [full, cmp, Eqn(P["where"], [p, c, x], [y], {})], [y]), x
+        return Graph([x], [], [], [full, Eqn(P[prim], [x, c], [y], {})], [y]), x
+
+    for dtype, value, prim, rewritten in [(torch.float32, 0.0009765625, "mul", True),
+                                          (torch.float32, 0, "where", True),
+                                          (torch.float16, 0.1, "mul", False),     # 0.1 is not a half
+                                          (torch.float16, 0.5, "div", True),
+                                          (torch.float32, float("nan"), "add", True),
+                                          (torch.int32, 3, "sub", True),
+                                          (torch.float64, -0.0, "add", True),
+                                          (torch.float32, 3.0, "div", True),
+                                          (torch.bfloat16, 3.0, "div", True),
+                                          (torch.float32, 3.0, "pow", False),     # x ** 3.0 is x*x*x
+                                          (torch.float32, 2.0, "max", True),
+                                          (torch.float32, 0.5, "lt", True)]:
+        g, _ = graph_of(dtype, value, prim)
+        s = passes.dce(passes.simplify(g))
+        s.check()
+        assert ("full" not in prim_names(s)) == rewritten, (dtype, value, prim, s)
+        x = (torch.randn(4, 3) * 4).to(dtype)
+        x[0, 0] = 0.0
+        x[0, 1:3] = torch.tensor([float("inf"), float("nan")]).to(dtype) if dtype.is_floating_point else 0
+        for a, b in zip(run_graph(s, x), run_graph(g, x)):
+            assert _bits_equal(a, b) is None if a.dtype.is_floating_point else torch.equal(a, b)
+    # where's predicate is not a value operand: a full there stays
+    t = TensorType((4,), torch.float32, torch.device("cpu"))
+    b = TensorType((4,), torch.bool, torch.device("cpu"))
+    x, y, p = Var(t), Var(t), Var(b)
+    g = Graph([x], [], [], [Eqn(P["full"], [], [p], {"shape": (4,), "value": True, "dtype": torch.bool,
+                                                      "device": torch.device("cpu")}),
+                            Eqn(P["where"], [p, x, x], [y], {})], [y])
+    s = passes.simplify(g)
+    assert prim_names(s) == ["full"] and s.outvars[0] is x      # where(c, x, x) is x
+
+
+def test_per_sample_grads_graph_has_no_constant_tensors_or_stop_gradients():
+    def loss(w, x, y):
+        return F.cross_entropy(torch.relu(x @ w)[None], y[None])
+    w, x, y = torch.randn(5, 3), torch.randn(8, 5), torch.randint(0, 3, (8,))
+    f = functx.vmap(functx.grad(loss), in_dims=(None, 0, 0))
+    g = functx.make_graph(f)(w, x, y)
+    opt, _ = pipeline.optimize(g)
+    names = prim_names(opt)
+    assert "stop_gradient" not in names
+    fulls = [e for e in opt.eqns if e.prim.name == "full"]
+    assert all(any(u.prim.name == "scatter_add_along" for u in opt.eqns if fe.outputs[0] in u.inputs)
+               for fe in fulls), opt          # only the zeros cross-entropy's gradient scatters into
+    check_all_passes(g, w, x, y)
+    torch.testing.assert_close(functx.jit(f)(w, x, y), torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(w, x, y))
+
+
+def test_fold_dot_transposes_computes_weight_gradients_in_place():
+    """(x.T @ g).T from reverse mode is g.T @ x: one matmul, no transpose, when its rows get no
+    shorter; a transpose that would make BLAS's rows short ([128,2] -> [2,128] stays as
+    [2,128] then transposed), or a product used elsewhere too, stays. Batched products swap
+    only their free dims. Values equal to float tolerance (BLAS may sum in another order)."""
+    def step(w1, w2, x):
+        return functx.grad(lambda w1, w2: torch.tanh(torch.tanh(x @ w1) @ w2).pow(2).sum(), argnums=(0, 1))(w1, w2)
+    w1, w2, x = torch.randn(2, 16), torch.randn(16, 16), torch.randn(64, 2)
+    g = functx.make_graph(step)(w1, w2, x)
+    assert prim_names(g).count("transpose") >= 1
+    opt = check_all_passes(g, w1, w2, x)
+    assert "transpose" not in prim_names(opt), opt
+    h, e = torch.randn(64, 16), torch.randn(64, 2)
+    longer = functx.make_graph(lambda h, e: (h.mT @ e).mT)(h, e)          # [16,2] -> [2,16]: folds
+    assert prim_names(passes.fold_dot_transposes(longer)).count("transpose") == prim_names(longer).count("transpose") - 1
+    shorter = functx.make_graph(lambda h, e: (e.mT @ h).mT)(h, e)         # [2,16] -> [16,2]: stays
+    assert prim_names(passes.fold_dot_transposes(shorter)).count("transpose") == prim_names(shorter).count("transpose")
+    check_all_passes(longer, h, e)
+    check_all_passes(shorter, h, e)
+
+    # batched: keep the batch dim, swap the free dims
+    a, b = torch.randn(3, 7, 4), torch.randn(3, 4, 5)
+    g2 = functx.make_graph(lambda a, b: torch.matmul(a, b).transpose(1, 2))(a, b)
+    f2 = passes.fold_dot_transposes(g2)
+    assert "transpose" not in prim_names(f2) and prim_names(f2).count("dot_general") == 1
+    torch.testing.assert_close(run_graph(f2, a, b)[0], torch.matmul(a, b).transpose(1, 2))
+    # the product is also an output: both are needed, nothing folds
+    g3 = functx.make_graph(lambda a, b: (torch.matmul(a, b), torch.matmul(a, b).transpose(1, 2)))(a, b)
+    g3 = passes.cse(g3)
+    assert prim_names(passes.fold_dot_transposes(g3)).count("transpose") == 1

@@ -142,6 +142,25 @@ def test_long_rows_and_column_reductions_on_two_threads():
         torch.set_num_threads(old)
 
 
+def test_bias_epilogues_run_blocked_and_bitwise_equal(monkeypatch):
+    """A pointwise group reading a broadcast row (the bias of a matmul epilogue) loops over
+    blocks of rows, so `bias[xb % 128 + xi]` is a vector load, not a gather per element;
+    only the loop order changes, so results equal the row-by-row kernel's bit for bit; row
+    lengths that are not a multiple of the block stay row by row."""
+    x, w, b = torch.randn(300, 16), torch.randn(16, 128), torch.randn(128)
+    f = lambda x, w, b: torch.tanh(x @ w + b) * (1.0 - b)       # noqa: E731
+    c = check(f, x, w, b, kernels=1, externs=1)
+    assert "xb % 128 + xi" in c.kernels[0], c.kernels[0]
+    import functx.compile.cpu.compiled as cpu_compiled
+    monkeypatch.setattr(cpu_compiled, "prefers_blocked", lambda plan: False)
+    rows, _ = fused(f, x, w, b)
+    assert "xb" not in rows.kernels[0]
+    assert_same_bits(c.call(x, w, b)[0], rows.call(x, w, b)[0])
+    monkeypatch.undo()
+    c = check(f, x, w[:, :100], b[:100], kernels=1)               # rows of 100: not blocked
+    assert "xb" not in c.kernels[0]
+
+
 def test_empty_scalar_and_strided_inputs():
     c = check(lambda x: (x.sum(1), x * 2), torch.randn(3, 0))
     assert "empty tensor" in c.failure or all("empty tensor" in g.reason for g in c.groups)

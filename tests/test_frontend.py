@@ -446,3 +446,23 @@ def test_returning_a_view_whose_base_was_written_through_another_view():
     torch.testing.assert_close(functx.jit(f)(x), f(x))
     X = torch.randn(4, 6, dtype=torch.float64)
     torch.testing.assert_close(functx.vmap(f)(X), torch.stack([f(r) for r in X]))
+
+
+def test_trace_is_lowered_not_decomposed():
+    """torch.trace maps to a diagonal slice + sum (torch._refs.trace imported sympy, seconds
+    on a fresh process's first jit of a score-matching loss); values and grad as torch's."""
+    import subprocess
+    import sys
+    for shape in [(3, 3), (2, 5), (5, 2), (1, 1)]:
+        for dtype in (torch.float32, torch.int32):
+            x = (torch.randn(shape) * 5).to(dtype)
+            a, b = functx.jit(torch.trace)(x), torch.trace(x)
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a, b)
+    torch.testing.assert_close(functx.grad(torch.trace)(torch.randn(4, 4)), torch.eye(4))
+    with pytest.raises(RuntimeError, match="expected a matrix"):
+        functx.jit(torch.trace)(torch.randn(3))
+    code = ("import sys, torch, functx; functx.jit(functx.grad(lambda x: torch.trace(x @ x)))(torch.randn(3, 3)); "
+            "print('sympy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -57,6 +57,30 @@ def test_retrace_on_pytree_structure_and_non_tensor_leaves():
     assert m.trace_count == 2
 
 
+def test_parameter_tuples_take_the_fast_path_and_stay_exact():
+    """A tuple or list of plain tensors (a parameter tuple) is keyed on the fast path: each
+    of its tensors' (shape, dtype, device), and tuple vs list; the graph gets its tensors in
+    pytree order, Python numbers beside it on the first tensor's device."""
+    def f(params, x, scale):
+        w, b = params
+        return (x @ w + b) * scale
+    j = functx.jit(f)
+    w, b = torch.randn(4, 2), torch.randn(2)
+    for _ in range(2):
+        torch.testing.assert_close(j((w, b), X, 0.5), f((w, b), X, 0.5))
+    w2 = torch.randn(4, 2, dtype=torch.float64)
+    torch.testing.assert_close(j((w2, b.double()), X.double(), 3.0), f((w2, b.double()), X.double(), 3.0))
+    assert j.trace_count == 2
+    torch.testing.assert_close(j([w, b], X, 2.0), f([w, b], X, 2.0))       # a list: another structure
+    assert j.trace_count == 3
+    torch.testing.assert_close(j((w, b), X, 0.25), f((w, b), X, 0.25))     # old signatures still cached
+    assert j.trace_count == 3 and j._cache.hits == 2
+    g = functx.jit(lambda ps, x: x * ps[0] + ps[1])                         # a non-tensor inside: general path
+    torch.testing.assert_close(g((X, 2.0), X), X * X + 2.0)
+    torch.testing.assert_close(g((X, 3.0), X), X * X + 3.0)
+    assert g.trace_count == 1
+
+
 def test_static_argnums():
     j = functx.jit(lambda x, n, dims: x.sum(dims) * n, static_argnums=(1, 2))
     torch.testing.assert_close(j(X, 2, (0,)), X.sum(0) * 2)

@@ -103,8 +103,8 @@ def test_transposed_use_is_not_an_epilogue():
 
 @interp
 def test_transposed_product_becomes_the_swapped_product_with_its_epilogue():
-    # fold_transposes turns (x @ w).T into w.T @ x.T, whose `+ c` is then a plain epilogue
-    x, w, c = torch.randn(6, 8), torch.randn(8, 7), torch.randn(7, 6)
+    # fold_dot_transposes turns (x @ w).T into w.T @ x.T, whose `+ c` is then a plain epilogue
+    x, w, c = torch.randn(7, 8), torch.randn(8, 6), torch.randn(6, 7)    # rows get no shorter
     run(lambda x, w, c: (x @ w).T + c, x, w, c, templates=1)
 
 

@@ -93,6 +93,13 @@ def _layout_key(t):
 _PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
 
 
+def _plain_tensors(seq) -> bool:
+    for t in seq:
+        if type(t) not in _PLAIN_TENSORS:
+            return False
+    return True
+
+
 def normalize_argnames(static_argnames):
     names = (static_argnames,) if isinstance(static_argnames, str) else static_argnames
     try:
@@ -251,7 +258,7 @@ class JitFunction:
         if not kwargs and not self.static_argnums and not self._named_nums and not _NANS.on \
                 and not self._reads_layouts:
             sig = []
-            scalars = False
+            scalars = nested = False
             for a in args:
                 kind = type(a)
                 if kind in _PLAIN_TENSORS:
@@ -259,6 +266,10 @@ class JitFunction:
                 elif kind is float or kind is int and is_dynamic_scalar(a):
                     sig.append(kind)
                     scalars = True
+                elif (kind is tuple or kind is list) and _plain_tensors(a):
+                    # a parameter tuple: its tensors are graph inputs in order (tree_flatten's)
+                    sig.append((kind, tuple([(t.shape, t.dtype, t.device) for t in a])))
+                    nested = True
                 else:
                     break
             else:
@@ -275,9 +286,11 @@ class JitFunction:
                         entry = self._fast[key] = self._entry(gkey, args, kwargs, leaves, ())
                     self._last_key, self._last_entry = key, entry
                 inputs = args
+                if nested:
+                    inputs = [t for a in args for t in (a if type(a) in (tuple, list) else (a,))]
                 if scalars:
-                    device = scalar_device(args)
-                    inputs = [scalar_as_tensor(a, device) if type(a) in (float, int) else a for a in args]
+                    device = scalar_device(inputs)
+                    inputs = [scalar_as_tensor(a, device) if type(a) in (float, int) else a for a in inputs]
                 try:
                     return entry.unflatten(entry.call(*inputs))
                 except Exception as e:

@@ -4,10 +4,13 @@
                         cond/loop whose sub-graphs hold one: has_effects)
     cse                 one equation per (primitive, operands, params); never effectful ones
     fold_constants      pointwise and view equations of constants become `full`
-    simplify            x*1, x+0, x-0, x/1, neg(neg x), x*0 on integers, convert chains
+    simplify            x*1, x+0, x-0, x/1, neg(neg x), x*0 on integers, convert chains,
+                        stop_gradient(x), where(c, x, x);
+                        a `full` operand beside one of its type becomes a scalar literal
     fold_views          identity views vanish; broadcast/reshape/transpose chains compose
-    fold_transposes     transpose chains that the other passes expose compose; the transpose
-                        of a matrix product becomes the product with swapped operands
+    fold_transposes     transpose chains that the other passes expose compose
+    fold_dot_transposes transpose(dot_general(a, b)) that swaps its free dims is
+                        dot_general(b, a), when that matmul's output rows are no shorter
 
 pipeline.py runs them in order. Rewrites replace a variable by another of exactly the same
 type, so graphs stay valid (`graph.check()`); every pass keeps graph.meta, and a rewritten
@@ -188,7 +191,8 @@ def _adds_nothing(value, out, negated=False) -> bool:
 
 
 def simplify(graph: Graph) -> Graph:
-    """Algebraic identities that are exact in floating point, plus x*0 on integers."""
+    """Algebraic identities that are exact in floating point, plus x*0 on integers; a full
+    operand of a pointwise op becomes a literal (_literal_operands)."""
     return _rewrite(graph, _simplify_eqn)
 
 
@@ -198,6 +202,9 @@ def _same_type(a, out):
 
 
 def _simplify_eqn(e, defs):
+    lit = _literal_operands(e, defs)
+    if lit is not None:
+        return _simplify_eqn(lit, defs) or lit
     name, out = e.prim.name, e.outputs[0] if e.outputs else None
     if name in ("add", "sub", "mul", "div"):
         x, y = e.inputs
@@ -215,8 +222,10 @@ def _simplify_eqn(e, defs):
         if name == "mul" and not out.type.dtype.is_floating_point and not out.type.dtype.is_complex \
                 and (_is(vx, 0) or _is(vy, 0)):
             return _full_eqn(out, 0, e.source)           # only integers: 0 * inf is nan for floats
-    if name in ("replicated_in", "replicated_out", "pvary"):
-        return e.inputs[0]        # spmd's markers only matter to transforms; none runs after compiling
+    if name in ("replicated_in", "replicated_out", "pvary", "stop_gradient"):
+        return e.inputs[0]        # markers that only matter to transforms; none runs after compiling
+    if name == "where" and e.inputs[1] is e.inputs[2] and _same_type(e.inputs[1], out):
+        return e.inputs[1]        # where(c, x, x): relu's derivative at 0 after stop_gradient goes
     if name == "neg":
         d = defs.get(e.inputs[0])
         if d is not None and d.prim.name == "neg" and _same_type(d.inputs[0], out):
@@ -233,6 +242,55 @@ def _simplify_eqn(e, defs):
                     return src
                 return Eqn(e.prim, [src], e.outputs, e.params, e.source)
     return None
+
+
+# Operations whose torch kernels compute the same bits with a scalar operand as with a
+# tensor of it (checked per dtype in tests/test_compiler_passes.py); not pow, whose scalar
+# exponents take special paths (x ** 3.0 is x*x*x, ** 0.5 is sqrt: -0.0 and -inf differ).
+_SCALAR_SAFE = frozenset({"add", "sub", "mul", "div", "where", "max", "min",
+                          "lt", "le", "gt", "ge", "eq", "ne"})
+
+
+def _literal_operands(e, defs):
+    """A pointwise operand that is a `full` of the same type as another operand becomes a
+    Python scalar: `mul(x, full(0.5))` -> `mul(x, 0.5)`, `where(p, full(0), g)` ->
+    `where(p, 0.0, g)` (the zeros transposition leaves). Backends that run one torch op per
+    equation (eager) then never fill the constant tensor; fused kernels fold it either way.
+    Exact: only values the dtype represents exactly (so the scalar rounds to the same
+    number), and only beside an operand of the full's type, which keeps the result's shape
+    and dtype. Returns the rewritten equation or None."""
+    p = e.prim
+    if p.name not in _SCALAR_SAFE or len(e.outputs) != 1:
+        return None
+    first = 1 if p.name == "where" else 0          # the predicate is not a value operand
+    ins = list(e.inputs)
+    for i in range(first, len(ins)):
+        a = ins[i]
+        d = defs.get(a) if isinstance(a, Var) else None
+        if d is None or d.prim.name != "full":
+            continue
+        if not any(isinstance(b, Var) and b.type == a.type for j, b in enumerate(ins) if j >= first and j != i):
+            continue
+        value = _scalar_of(d.params["value"], a.type.dtype)
+        if value is not None:
+            ins[i] = Literal(value)
+    if all(a is b for a, b in zip(ins, e.inputs)):
+        return None
+    return Eqn(p, ins, e.outputs, e.params, e.source)
+
+
+def _scalar_of(value, dtype):
+    """`value` as the Python scalar a literal of `dtype` holds, if it is exactly that value."""
+    if dtype == torch.bool:
+        return bool(value)
+    if dtype.is_complex or isinstance(value, complex):
+        return None
+    if dtype.is_floating_point:
+        value = float(value)
+        if math.isnan(value):
+            return value
+        return value if torch.tensor(value, dtype=dtype).item() == value else None
+    return int(value) if float(value).is_integer() else None
 
 
 def _lossless(src, mid) -> bool:
@@ -310,26 +368,9 @@ def _unit_alignment(src, dst):
     return align if all(n == 1 for n in dst[j:]) else None
 
 
-def _swapped_dot(eqn, dots, uses):
-    """transpose(dot_general(a, b)) of matrices -> dot_general(b, a) (a^T-free: (a b)^T = b^T a^T
-    is the product with the operands' roles swapped), when the product has no other use. The
-    transpose of a weight gradient in a backward pass (`dW = (x^T g)^T`) then prints as one
-    matmul, and `acc + dW` as one torch.addmm (eager_plan)."""
-    if eqn.params["permutation"] != (1, 0) or not isinstance(eqn.inputs[0], Var):
-        return None
-    d = dots.get(eqn.inputs[0])
-    if d is None or uses.get(eqn.inputs[0], 0) != 1:
-        return None
-    (lc, rc), (lb, rb) = d.params["dimension_numbers"]
-    a, b = d.inputs
-    if lb or rb or len(lc) != 1 or len(rc) != 1 or a.type.ndim != 2 or b.type.ndim != 2:
-        return None
-    return Eqn(d.prim, [b, a], eqn.outputs, dict(d.params, dimension_numbers=((rc, lc), ((), ()))), eqn.source)
-
-
 def fold_transposes(graph: Graph) -> Graph:
-    """Compose chains of transposes; drop those that compose to the identity; the transpose
-    of a matrix product is the swapped product (_swapped_dot).
+    """Compose chains of transposes; drop those that compose to the identity (the transpose
+    of a matrix product becomes the swapped product in fold_dot_transposes).
 
     fold_views composes the chains the trace has; this runs last, for those simplify
     exposes (transpose(neg(neg(transpose(x)))))."""
@@ -337,20 +378,11 @@ def fold_transposes(graph: Graph) -> Graph:
     subst: dict = {}             # var -> replacement atom
     eqns = []
     changed = False
-    uses: dict = {}
-    for a in [a for e in graph.eqns for a in e.inputs] + list(graph.outvars):
-        if isinstance(a, Var):
-            uses[a] = uses.get(a, 0) + 1
-    dots = {e.outputs[0]: e for e in graph.eqns if e.prim.name == "dot_general"}
     for eqn in graph.eqns:
         inputs = [subst.get(a, a) if isinstance(a, Var) else a for a in eqn.inputs]
         if inputs != eqn.inputs:
             eqn = type(eqn)(eqn.prim, inputs, eqn.outputs, eqn.params, eqn.source)
             changed = True
-        if eqn.prim.name == "transpose" and (swapped := _swapped_dot(eqn, dots, uses)) is not None:
-            eqns.append(swapped)
-            changed = True
-            continue
         if eqn.prim.name == "transpose" and isinstance(inputs[0], Var):
             perm = tuple(eqn.params["permutation"])
             src = inputs[0]
@@ -369,3 +401,45 @@ def fold_transposes(graph: Graph) -> Graph:
         return graph
     outvars = [subst.get(a, a) if isinstance(a, Var) else a for a in graph.outvars]
     return dce(graph.replace(eqns=eqns, outvars=outvars))
+
+
+# ---------------------------------------------------------------- matmuls
+
+def fold_dot_transposes(graph: Graph) -> Graph:
+    """transpose(dot_general(a, b)) whose permutation keeps the batch dims and swaps the lhs
+    and rhs free dims is dot_general(b, a) with the dimension numbers swapped: the transposed
+    product, computed in the layout the consumer reads (XLA's dot/transpose folding).
+
+    Reverse mode leaves these after every weight gradient (`(x.T @ g).T`). Only where the
+    swapped product's last dim (BLAS's N, the output row length) is at least the original's:
+    BLAS is slow on short rows ([128,4096] @ [4096,2] took 1.6 ms, the swapped
+    [2,4096] @ [4096,128] 0.14 ms, one thread), so a transpose that makes rows shorter stays.
+    Each output element is the sum of the same products (a*b == b*a exactly); only the order
+    BLAS accumulates them in may change, as for any change of matmul shape (not bitwise)."""
+    uses: dict = {}
+    for e in graph.eqns:
+        for a in e.inputs:
+            if isinstance(a, Var):
+                uses[a] = uses.get(a, 0) + 1
+    for a in graph.outvars:
+        if isinstance(a, Var):
+            uses[a] = uses.get(a, 0) + 1
+
+    def rule(e, defs):
+        if e.prim.name != "transpose" or not isinstance(e.inputs[0], Var) or uses.get(e.inputs[0]) != 1:
+            return None
+        d = defs.get(e.inputs[0])
+        if d is None or d.prim.name != "dot_general":
+            return None
+        a, b = d.inputs
+        (lc, rc), (lb, rb) = d.params["dimension_numbers"]
+        nb = len(lb)
+        nl = a.type.ndim - len(lc) - nb
+        nr = b.type.ndim - len(rc) - nb
+        swap = tuple(range(nb)) + tuple(nb + nl + i for i in range(nr)) + tuple(nb + i for i in range(nl))
+        out, dot_out = e.outputs[0].type.shape, d.outputs[0].type.shape
+        if tuple(e.params["permutation"]) != swap or not out or out[-1] < dot_out[-1]:
+            return None
+        return Eqn(d.prim, [b, a], e.outputs, dict(d.params, dimension_numbers=((rc, lc), (rb, lb))), e.source)
+
+    return dce(_rewrite(graph, rule))

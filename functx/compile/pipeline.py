@@ -8,7 +8,7 @@ from .backend import resolve_backend
 from .compiled import Compiled
 from .attention_pattern import fuse_attention
 from .fold_identity import fold_identity_dots
-from .passes import cse, dce, fold_constants, fold_transposes, fold_views, simplify
+from .passes import cse, dce, fold_constants, fold_dot_transposes, fold_transposes, fold_views, simplify
 
 # cse matters most: transform rules recompute values (tanh(x) for the primal and again for
 # its derivative). fold_identity_dots turns the contractions of identity bases (jacfwd,
@@ -17,7 +17,8 @@ from .passes import cse, dce, fold_constants, fold_transposes, fold_views, simpl
 PIPELINE = [("dce", dce), ("fold_views", fold_views), ("fold_constants", fold_constants),
             ("simplify", simplify), ("fold_identity_dots", fold_identity_dots), ("fuse_attention", fuse_attention),
             ("cse", cse), ("dce", dce),
-            ("fold_transposes", fold_transposes)]
+            ("fold_transposes", fold_transposes),
+            ("fold_dot_transposes", fold_dot_transposes)]
 
 
 def optimize_bodies(graph: Graph) -> Graph:

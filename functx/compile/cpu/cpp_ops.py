@@ -367,7 +367,9 @@ def prefers_blocked(plan) -> bool:
     """Is this a column reduction: do its loads step through memory along the rows (xindex
     coefficient 1) rather than along the reduced axis? Or are its rows so short (the
     per-sample 2x2 Jacobians of a vmap) that only a loop across rows can vectorize?"""
-    if not plan.reductions or plan.rnumel <= 1 or plan.xnumel <= 1:
+    if not plan.reductions:
+        return _broadcast_rows(plan)
+    if plan.rnumel <= 1 or plan.xnumel <= 1:
         return False
     if plan.rnumel <= SHORT_ROW:
         return True
@@ -381,6 +383,26 @@ def prefers_blocked(plan) -> bool:
         elif coeff.get("xindex") == 1 and "rindex" in coeff:
             along_x += 1
     return along_x > along_r
+
+
+def _broadcast_rows(plan) -> bool:
+    """A pointwise kernel that reads a broadcast operand by `xindex % d` or `xindex // d`
+    (a bias added to each row of a matmul's output): blocked, those reads are affine in the
+    block's row (`in[xb % d + xi]`) and the loop vectorizes; one row at a time they are a
+    gather per element. Only when every such d is a multiple of XBLOCK (blocks then never
+    straddle a row of the broadcast operand) and the kernel is big enough to care."""
+    if plan.xnumel < 4 * XBLOCK:
+        return False
+    probe = _LoadIndices()
+    plan.run(probe)
+    found = False
+    for index in probe.indices:
+        for atom, _ in index.terms:
+            if getattr(atom, "op", None) in ("%", "//"):
+                if atom.d % XBLOCK != 0:
+                    return False
+                found = True
+    return found
 
 
 class _LoadIndices(NullOps):

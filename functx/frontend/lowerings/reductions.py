@@ -39,6 +39,20 @@ def _sum_all(x, dtype=None):
     return _sum(x, None, False, dtype)
 
 
+@register(aten.trace.default)
+def _trace(x):
+    """The sum of a matrix's diagonal (a strided slice of the flat matrix). Without this,
+    torch._refs.trace ran, whose imports (sympy) cost seconds on a process's first trace."""
+    t = _t(x)
+    if t.ndim != 2:
+        raise RuntimeError(f"trace: expected a matrix, but got tensor with dim {t.ndim}")
+    n, m = t.shape
+    flat = P.reshape(x, (n * m,))
+    count = min(n, m)
+    diag = P.slice_in_dim(flat, 0, (count - 1) * (m + 1) + 1 if count else 0, m + 1, 0)
+    return _sum_all(diag)
+
+
 @register(aten.mean.dim)
 def _mean(x, dim=None, keepdim=False, dtype=None):
     if dtype is not None:
