@@ -15,7 +15,7 @@ import functools
 import torch
 from torch.func import functional_call, rearrange, replace_all_batch_norm_modules_, stack_module_state
 
-from .compile.tracing import trace_graph
+from .frontend.staging import trace_graph
 from .core.errors import user_facing
 from .core.trace import concrete, eval_graph
 from .frontend import unwrap, wrap

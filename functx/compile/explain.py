@@ -6,7 +6,7 @@ import functools
 from ..core.errors import user_facing
 from .jit import JitFunction
 from .pipeline import compile_graph
-from .tracing import normalize_argnums, trace_graph
+from ..frontend.staging import normalize_argnums, trace_graph
 
 
 class Explanation:

@@ -21,7 +21,7 @@ from .eager import EagerCompiled
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, value_key  # noqa: F401
 from .dynamic_dims import DynamicDims
-from .tracing import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, scalar_device, split_static,
+from ..frontend.staging import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, scalar_device, split_static,
                       split_static_kwargs, trace_graph)
 
 

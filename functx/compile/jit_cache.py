@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .tracing import is_dynamic_scalar
+from ..frontend.staging import is_dynamic_scalar
 
 DEFAULT_CACHE_LIMIT = 32
 # A dimension that has retraced this many times gets one warning (before the cache fills).

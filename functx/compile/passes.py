@@ -438,8 +438,10 @@ def fold_dot_transposes(graph: Graph) -> Graph:
         nr = b.type.ndim - len(rc) - nb
         swap = tuple(range(nb)) + tuple(nb + nl + i for i in range(nr)) + tuple(nb + i for i in range(nl))
         out, dot_out = e.outputs[0].type.shape, d.outputs[0].type.shape
-        if tuple(e.params["permutation"]) != swap or not out or out[-1] < dot_out[-1]:
+        if tuple(e.params["permutation"]) != swap or not out:
             return None
+        if type(out[-1]) is not int or type(dot_out[-1]) is not int or out[-1] < dot_out[-1]:
+            return None      # a symbolic size: comparing would pin the trace to one side (a guard)
         return Eqn(d.prim, [b, a], e.outputs, dict(d.params, dimension_numbers=((rc, lc), (rb, lb))), e.source)
 
     return dce(_rewrite(graph, rule))

@@ -28,7 +28,7 @@ class record_rewrites:
         del _recorders[next(i for i, r in enumerate(_recorders) if r is self.lines)]
 
 
-_grad_mode_watchers: list = []
+grad_mode_watchers: list = []
 
 
 class watch_grad_mode:
@@ -38,11 +38,11 @@ class watch_grad_mode:
 
     def __enter__(self):
         self.seen: list = []
-        _grad_mode_watchers.append(self.seen)
+        grad_mode_watchers.append(self.seen)
         return self.seen
 
     def __exit__(self, *exc):
-        del _grad_mode_watchers[next(i for i, r in enumerate(_grad_mode_watchers) if r is self.seen)]
+        del grad_mode_watchers[next(i for i, r in enumerate(grad_mode_watchers) if r is self.seen)]
 
 
 def mark_hessian(h, laplacian, name):
@@ -84,8 +84,8 @@ def _is_main_diagonal(args, kwargs):
 def rewrite(func, args, kwargs, default):
     """The rewritten result of func(*args, **kwargs), or NotImplemented. default(): the call
     as torch makes it."""
-    if _grad_mode_watchers and not torch.is_grad_enabled():
-        for seen in _grad_mode_watchers:
+    if grad_mode_watchers and not torch.is_grad_enabled():
+        for seen in grad_mode_watchers:
             seen.append(func)
     if func not in _FUNCS or not args:
         return NotImplemented

@@ -16,7 +16,7 @@ from torch.utils._pytree import tree_map
 from ..core.errors import FunctxError, user_frame_summary
 from ..core.trace import Tracer, concrete, type_of
 from .composites import COMPOSITES
-from .rewrites import REWRITTEN, rewrite
+from .rewrites import REWRITTEN, grad_mode_watchers, rewrite
 
 
 _disabled_torch_function = torch._C._disabled_torch_function_impl
@@ -36,7 +36,9 @@ class TracerTensor(torch.Tensor):
         # Wrappers report contiguous strides; where that would change what torch does, the
         # view's real layout decides: contiguous() of a transposed or sliced view copies (it
         # was an alias), and .view() of one raises as in torch.
-        if func in _SPECIAL_FUNCTIONS:       # one set lookup for every other torch function
+        # one set lookup for every other torch function (and, while functx.hessian stages f,
+        # a watcher that must see every function run with grad mode off)
+        if func in _SPECIAL_FUNCTIONS or grad_mode_watchers:
             return _special_function(func, types, args, kwargs)
         return _disabled_torch_function(func, types, args, kwargs or {})
 

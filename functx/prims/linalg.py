@@ -16,6 +16,7 @@ from ..core.trace import type_of
 from . import shape as sh
 from .define import defbilinear, is_undefined
 from .shape import moveaxis, permute_steps, render_steps
+from .util import cached_unless_symbolic
 
 
 def _free(ndim, contract, batch):
@@ -26,7 +27,7 @@ def _dot_type(lt, rt, *, dimension_numbers):
     return _dot_type_cached(lt, rt, dimension_numbers)
 
 
-@functools.lru_cache(maxsize=4096)      # recorded for every tangent product; types are hashable
+@cached_unless_symbolic()      # recorded for every tangent product
 def _dot_type_cached(lt, rt, dimension_numbers):
     (lc, rc), (lb, rb) = dimension_numbers
     for a, b in zip(lc, rc):
@@ -44,7 +45,7 @@ def _dot_type_cached(lt, rt, dimension_numbers):
 
 # ---------------------------------------------------------------- one matmul for every layout
 
-@functools.lru_cache(maxsize=4096)      # every eager dot_general asks; the answer is static
+@cached_unless_symbolic()      # every eager dot_general asks; the answer is static
 def matmul_layout(xs, ys, dimension_numbers):
     """dot_general as one torch.matmul: (lhs steps, rhs steps, output shape or None), each
     step ("mT",), ("permute", perm) or ("reshape", shape).

@@ -38,21 +38,32 @@ def same_type_check(name, types):
     return t0
 
 
+def cached_unless_symbolic(maxsize=4096):
+    """functools.lru_cache for a function of static facts (shapes, types, dimension numbers),
+    computed uncached when an argument holds a symbolic size (SymInt, under jit's symbolic
+    trace): SymInts are not hashable, and each size comparison must record its guard."""
+    def wrap(f):
+        cached = functools.lru_cache(maxsize=maxsize)(f)
+
+        @functools.wraps(f)
+        def call(*args):
+            try:
+                return cached(*args)
+            except TypeError:
+                try:
+                    hash(args)
+                except TypeError:
+                    return f(*args)
+                raise
+        call.cache_clear = cached.cache_clear
+        return call
+    return wrap
+
+
+@cached_unless_symbolic()
 def static_broadcast_shapes(shapes: tuple) -> tuple:
-    """torch.broadcast_shapes for a tuple of shapes, cached for static ones. (torch's goes
-    through symbolic-shape machinery: ~100 us a call, and its first call imports sympy,
-    ~0.8 s.) Symbolic sizes (SymInt, under jit's symbolic trace) are not hashable: computed
-    uncached, each size comparison recording its guard in the ShapeEnv."""
-    try:
-        return _cached_broadcast_shapes(shapes)
-    except TypeError:
-        if not any(isinstance(d, torch.SymInt) for s in shapes for d in s):
-            raise
-        return _broadcast_shapes(shapes)
-
-
-@functools.lru_cache(maxsize=4096)
-def _cached_broadcast_shapes(shapes: tuple) -> tuple:
+    """torch.broadcast_shapes for a tuple of shapes. (torch's goes through symbolic-shape
+    machinery: ~100 us a call, and its first call imports sympy, ~0.8 s.)"""
     return _broadcast_shapes(shapes)
 
 

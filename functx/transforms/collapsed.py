@@ -29,6 +29,7 @@ from ..prims.series import add_terms
 from ..prims.util import is_scalar
 from ..frontend import TracerTensor, mark_hessian, unwrap, wrap
 from ..frontend.rewrites import watch_grad_mode
+from ..frontend.staging import trace_graph
 from ..tree_util import tree_structure, tree_unflatten
 from .api import (_flat_fun, _flatten_tensors, _OutStore, _with_argnums, hessian as nested_hessian, jvp as jvp_api,
                   mark_identity_basis, vmap)
@@ -379,7 +380,6 @@ def _trace_once(f, args, kwargs, argnums):
     the enclosing transforms become its constants), or None when f is not a scalar function
     of it, cannot be staged, or runs ops with grad mode off (the nested Hessian then runs f as written, and raises what f
     raises)."""
-    from ..compile.tracing import trace_graph     # compile sits above transforms
     try:
         g, (x,) = _with_argnums(f, args, kwargs, argnums, "functx.hessian")
         with torch.enable_grad(), watch_grad_mode() as no_grad_ops:

@@ -13,8 +13,8 @@ import torch
 from ..core import GraphMeta, GraphTrace, TensorType, current_trace, nan_check, set_current_trace
 from ..core.errors import ConcretizationError, user_facing
 from ..core.trace import Tracer, type_of
-from ..frontend import TracerTensor, record_fallbacks, record_rewrites, unwrap, wrap, wrap_input
-from ..frontend.random_mode import intercept_random
+from . import TracerTensor, record_fallbacks, record_rewrites, unwrap, wrap, wrap_input
+from .random_mode import intercept_random
 from ..tree_util import tree_flatten, tree_unflatten
 
 _CPU = torch.device("cpu")
