@@ -14,6 +14,7 @@ from ..core.nan_check import STATE as _NANS
 from ..core.errors import FunctxError, user_facing
 from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
+from ..frontend.generators import generator_arguments
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .pipeline import compile_graph
@@ -25,11 +26,12 @@ from .tracing import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, sc
 class _Entry:
     """One cached signature: the compiled graph (entry.compiled.graph is what ran through
     the pipeline, with its meta) and what the hot path calls."""
-    __slots__ = ("compiled", "call", "unflatten", "key")
+    __slots__ = ("compiled", "call", "unflatten", "key", "generators")
 
-    def __init__(self, compiled, key):
+    def __init__(self, compiled, key, generators=()):
         self.compiled = compiled
         self.key = key
+        self.generators = generators      # [(leaf index, GeneratorSlot)]: bound before each call
         meta = compiled.graph.meta
         # The hot path: the backend's plain callable (the generated function itself on the
         # eager backend) and the cheapest way to rebuild the output structure.
@@ -77,8 +79,9 @@ def _first(outs):
 
 
 def _layout_key(t):
-    """Part of a tensor's key once the function reads its arguments' layouts (as_strided)."""
-    return t.stride(), t.storage_offset()
+    """Part of a tensor's key once the function reads its arguments' storage offsets
+    (as_strided, x.storage_offset()); strides are always in the key."""
+    return t.storage_offset()
 
 
 
@@ -123,7 +126,7 @@ class JitFunction:
         self._fast: dict = {}          # flat positional key -> entry (same entries as _cache)
         self._last_key = None
         self._last_entry = None
-        self._reads_layouts = False     # set once a trace reads an argument's layout (as_strided)
+        self._reads_layouts = False     # set once a trace reads an argument's storage offset
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
         functools.update_wrapper(self, f, updated=())
@@ -162,7 +165,7 @@ class JitFunction:
         try:
             # debug_nans compiles a checked artifact: the flag is part of the key
             key = make_key(treedef, leaves, list(zip(nums, static)) + sorted(static_kw.items())) + (_NANS.on,)
-            if self._reads_layouts:       # a trace read argument strides/offsets (as_strided)
+            if self._reads_layouts:       # a trace read storage offsets (as_strided, storage_offset())
                 key += (tuple(_layout_key(t) for t in inputs),)
             hash(key)
         except TypeError:
@@ -174,7 +177,7 @@ class JitFunction:
         entry = self._cache.get(key)
         if entry is None:
             paths = key[0].paths()
-            with user_facing(), record_layout_reads() as layouts:
+            with user_facing(), record_layout_reads() as layouts, generator_arguments(leaves) as generators:
                 graph = trace_graph(self.f, args, kwargs, nums, "functx.jit", mutations=True,
                                     static_argnames=self.static_argnames, dynamic_scalars=True,
                                     arg_names=lambda k: self._namer(paths[k]))
@@ -186,7 +189,7 @@ class JitFunction:
                 self._last_key = self._last_entry = None
                 key = self._key(args, kwargs, nums)[0]
             compiled, _ = compile_graph(graph, self.backend, leaves)
-            entry = _Entry(compiled, key)
+            entry = _Entry(compiled, key, generators)
             evicted = self._cache.add(key, entry)
             if evicted:
                 self._fast = {k: e for k, e in self._fast.items() if e not in evicted}
@@ -211,7 +214,7 @@ class JitFunction:
             for a in args:
                 kind = type(a)
                 if kind in _PLAIN_TENSORS:
-                    sig.append((a.shape, a.dtype, a.device))
+                    sig.append((a.shape, a.dtype, a.device, a.stride()))
                 elif kind is float or kind is int and is_dynamic_scalar(a):
                     sig.append(kind)
                     scalars = True
@@ -240,6 +243,8 @@ class JitFunction:
         if key is None:       # traced arguments: inline into the enclosing transform
             return self.f(*args, **kwargs)
         entry = self._entry(key, args, kwargs, leaves, nums)
+        for k, slot in entry.generators:      # draws read this call's generators
+            slot.current = leaves[k]
         return entry.unflatten(entry.call(*inputs))
 
     def __get__(self, obj, objtype=None):

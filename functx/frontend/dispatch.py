@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import torch
 from torch._decomp import decomposition_table
+from torch.utils._pytree import tree_map
 
 from ..core.errors import FunctxError, user_frame_summary
-from ..core.trace import concrete
+from ..core.trace import concrete, type_of
+from .. import prims as P
+from .generators import drawing_from
 from .fallback import opaque_fallback
 from .kernel_check import check_kernel_accepts, is_pointwise
-from .functionalize import make_view, unwrap, unwrap_tree, value_of, write
+from .functionalize import make_view, meta_of, unwrap, unwrap_tree, value_of, write
 from .lowerings.registry import LOWERINGS, SPECIAL, register_special
 from .tensor import TracerTensor
 
@@ -43,13 +46,20 @@ def dispatch(func, args, kwargs):
     if is_pointwise(func):
         check_kernel_accepts(func, args, kwargs)
     lowering = LOWERINGS.get(func)
-    if lowering is not None:
-        if func.is_view:
-            return make_view(func, lowering, args, kwargs)
-        return wrap_result(lowering(*unwrap_tree(args), **unwrap_tree(kwargs)))
+    if lowering is not None and func.is_view:
+        return make_view(func, lowering, args, kwargs)
     schema = func._schema
-    if _is_inplace(func, schema):
+    if lowering is None and _is_inplace(func, schema):
         return _inplace(func, args, kwargs)
+    out = _dispatch_functional(func, schema, lowering, args, kwargs)
+    if func in _NON_CONTIGUOUS_RESULTS or _strided_inputs(args, kwargs):
+        out = torch_layout(func, args, kwargs, out)
+    return out
+
+
+def _dispatch_functional(func, schema, lowering, args, kwargs):
+    if lowering is not None:
+        return wrap_result(lowering(*unwrap_tree(args), **unwrap_tree(kwargs)))
     if any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments if a.kwarg_only):
         raise FunctxError(f"functx: {func} writes into an out= argument, which transformed functions "
                           f"cannot do:\n{user_frame_summary()}\nCall the functional form instead "
@@ -65,6 +75,64 @@ def dispatch(func, args, kwargs):
     if func.namespace == "prims" and _decomposing[0]:
         raise _UnmappedPrim(func)
     return opaque_fallback(func, args, kwargs)
+
+
+# ---------------------------------------------------------------- result layouts
+# x.stride() and as_strided see the layout torch would give a tensor. A fresh result is
+# contiguous unless an input is not (torch keeps a transposed input's layout through
+# elementwise ops) or the op returns column-major results (linalg): then torch's meta kernel
+# says what the layout is, and a value whose layout it cannot say is marked unknown.
+_NON_CONTIGUOUS_RESULTS = frozenset(
+    op for name in dir(aten) if any(k in name for k in ("linalg", "cholesky", "triangular_solve", "svd",
+                                                        "qr", "lu_", "eig", "lstsq", "geqrf", "orgqr"))
+    for op in (getattr(getattr(aten, name), o) for o in getattr(aten, name).overloads()))
+
+
+def _strided_inputs(args, kwargs):
+    for a in (*args, *kwargs.values()):
+        for b in (a if isinstance(a, (list, tuple)) else (a,)):
+            if type(b) is TracerTensor:
+                root = b._root if b._root is not None else b
+                if b._strided or root._layout == "unknown":
+                    return True
+            elif isinstance(b, torch.Tensor) and not b.is_contiguous():
+                return True
+    return False
+
+
+def torch_layout(func, args, kwargs, out):
+    """out's fresh tensors, re-wrapped with the strides torch gives func's results (its meta
+    kernel on inputs laid out as torch lays them out), or marked unknown."""
+    def meta(a):
+        if isinstance(a, TracerTensor):
+            root = a._root if a._root is not None else a
+            if root._layout == "unknown":
+                raise _UnknownLayout
+            return meta_of(a)
+        return a.to("meta") if isinstance(a, torch.Tensor) else a
+    try:
+        metas = func(*tree_map(meta, args), **tree_map(meta, kwargs))
+    except Exception:           # an unknown input, or an op with no meta kernel
+        metas = None
+    inputs = {id(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+
+    def relayout(w, m):
+        if not isinstance(w, TracerTensor) or w._root is not None or id(w) in inputs or w._layout is not None:
+            return w
+        if not isinstance(m, torch.Tensor) or tuple(m.shape) != tuple(w.shape):
+            w._layout, w._strided = "unknown", True
+            return w
+        if m.stride() == w.stride() and m.storage_offset() == 0:
+            return w
+        return TracerTensor(value_of(w), m.stride(), 0)
+    if isinstance(out, (list, tuple)):
+        ms = metas if isinstance(metas, (list, tuple)) and len(metas) == len(out) else [None] * len(out)
+        return type(out)(relayout(w, m) for w, m in zip(out, ms))
+    return relayout(out, metas)
+
+
+class _UnknownLayout(Exception):
+    pass
 
 
 class _UnmappedPrim(Exception):
@@ -107,6 +175,9 @@ def functional_variant(func):
             names = [a.name for a in func._schema.arguments]
             found = next((getattr(packet, o) for o in packet.overloads()
                           if [a.name for a in getattr(packet, o)._schema.arguments] == names), None)
+        if found is None:        # normal_ <-> normal_functional
+            packet = getattr(aten, name + "_functional", None)
+            found = getattr(packet, func._overloadname, None) if packet is not None else None
         _FUNCTIONAL_CACHE[func] = found
     return _FUNCTIONAL_CACHE[func]
 
@@ -118,9 +189,29 @@ def _inplace(func, args, kwargs):
         raise FunctxError(f"functx: in-place op {func} has no functional variant to functionalize")
     if torch.Tag.inplace_view in func.tags:
         return _inplace_view(func, functional, args, kwargs)
-    result = dispatch(functional, args, kwargs)
+    if kwargs.get("generator") is not None and LOWERINGS.get(functional) is None \
+            and torch.Tag.nondeterministic_seeded in func.tags:
+        result = _random_fill(func, args, kwargs)
+    else:
+        result = dispatch(functional, args, kwargs)
     write(target, unwrap(result))
     return target
+
+
+def _random_fill(func, args, kwargs):
+    """x.exponential_(generator=g) and other random fills of a traced tensor that functx has no
+    lowering for (torch's decompositions refuse generators): the values depend only on x's type,
+    so torch's own op fills a fresh tensor, drawing from g (under jit: the generator argument
+    of each call)."""
+    target, rest = args[0], args[1:]
+    if any(isinstance(a, TracerTensor) for a in (*rest, *kwargs.values())):
+        raise FunctxError(f"functx: {func} with a generator and traced parameters is not supported:\n"
+                          f"{user_frame_summary()}\nDraw from the global generator, or pass the "
+                          "parameters as plain numbers.")
+    t = type_of(unwrap(target))
+    draw = lambda g: func(torch.empty(t.shape, dtype=t.dtype, device=t.device), *rest,  # noqa: E731
+                          **dict(kwargs, generator=g))
+    return P.random(t.shape, t.dtype, t.device, "call", (drawing_from(draw, kwargs["generator"], func), len(t.shape)))
 
 
 def _inplace_view(func, functional, args, kwargs):
