@@ -127,7 +127,11 @@ def torch_layout(func, args, kwargs, out):
         return TracerTensor(value_of(w), m.stride(), 0)
     if isinstance(out, (list, tuple)):
         ms = metas if isinstance(metas, (list, tuple)) and len(metas) == len(out) else [None] * len(out)
-        return type(out)(relayout(w, m) for w, m in zip(out, ms))
+        items = [relayout(w, m) for w, m in zip(out, ms)]
+        if all(a is b for a, b in zip(items, out)):
+            return out
+        return type(out)(items) if type(out) in (list, tuple) or not hasattr(out, "_fields") \
+            else type(out)(*items)         # torch.return_types take one sequence, namedtuples fields
     return relayout(out, metas)
 
 
@@ -224,8 +228,11 @@ def _inplace_view(func, functional, args, kwargs):
         func(*args, **kwargs)
     if target._root is None:
         target._value = value_of(view)     # a root stays a root, with the new shape
+        target._meta = None                # and the layout torch just gave the wrapper
+        target._strided = not target.is_contiguous()
     else:
         target._value, target._chain, target._seen = view._value, view._chain, view._seen
+        target._meta = view._meta
     return target
 
 
