@@ -103,6 +103,42 @@ def _strided_inputs(args, kwargs):
 def torch_layout(func, args, kwargs, out):
     """out's fresh tensors, re-wrapped with the strides torch gives func's results (its meta
     kernel on inputs laid out as torch lays them out), or marked unknown."""
+    strides = _result_strides(func, args, kwargs)
+    inputs = {id(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+
+    def relayout(w, st):
+        if not isinstance(w, TracerTensor) or w._root is not None or id(w) in inputs or w._layout is not None:
+            return w
+        if st is None or len(st) != w.dim():
+            w._layout, w._strided = "unknown", True
+            return w
+        if st == w.stride():
+            return w
+        return TracerTensor(value_of(w), st, 0)
+    if isinstance(out, (list, tuple)):
+        ss = strides if isinstance(strides, list) and len(strides) == len(out) else [None] * len(out)
+        items = [relayout(w, st) for w, st in zip(out, ss)]
+        if all(a is b for a, b in zip(items, out)):
+            return out
+        return type(out)(items) if type(out) in (list, tuple) or not hasattr(out, "_fields") \
+            else type(out)(*items)         # torch.return_types take one sequence, namedtuples fields
+    return relayout(out, strides)
+
+
+_LAYOUTS: dict = {}     # (op, its arguments' types and layouts) -> result strides: meta kernels are slow
+
+
+def _result_strides(func, args, kwargs):
+    """The strides of func's result(s) (a tuple, or a list of them; None where a result is not a
+    tensor or its layout is unknown), from torch's meta kernel, cached by signature."""
+    try:
+        key = (func, _signature(args), _signature(tuple(kwargs.items())))
+        hash(key)
+    except (TypeError, _UnknownLayout):
+        key = None
+    if key is not None and key in _LAYOUTS:
+        return _LAYOUTS[key]
+
     def meta(a):
         if isinstance(a, TracerTensor):
             root = a._root if a._root is not None else a
@@ -114,25 +150,29 @@ def torch_layout(func, args, kwargs, out):
         metas = func(*tree_map(meta, args), **tree_map(meta, kwargs))
     except Exception:           # an unknown input, or an op with no meta kernel
         metas = None
-    inputs = {id(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+    if isinstance(metas, (list, tuple)):
+        strides = [m.stride() if isinstance(m, torch.Tensor) else None for m in metas]
+    else:
+        strides = metas.stride() if isinstance(metas, torch.Tensor) else None
+    if key is not None:
+        if len(_LAYOUTS) > 4096:      # new shapes keep coming: start again
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = strides
+    return strides
 
-    def relayout(w, m):
-        if not isinstance(w, TracerTensor) or w._root is not None or id(w) in inputs or w._layout is not None:
-            return w
-        if not isinstance(m, torch.Tensor) or tuple(m.shape) != tuple(w.shape):
-            w._layout, w._strided = "unknown", True
-            return w
-        if m.stride() == w.stride() and m.storage_offset() == 0:
-            return w
-        return TracerTensor(value_of(w), m.stride(), 0)
-    if isinstance(out, (list, tuple)):
-        ms = metas if isinstance(metas, (list, tuple)) and len(metas) == len(out) else [None] * len(out)
-        items = [relayout(w, m) for w, m in zip(out, ms)]
-        if all(a is b for a, b in zip(items, out)):
-            return out
-        return type(out)(items) if type(out) in (list, tuple) or not hasattr(out, "_fields") \
-            else type(out)(*items)         # torch.return_types take one sequence, namedtuples fields
-    return relayout(out, metas)
+
+def _signature(args):
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if isinstance(a, TracerTensor) and (a._root if a._root is not None else a)._layout == "unknown":
+                raise _UnknownLayout
+            out.append((tuple(a.shape), a.stride(), a.dtype, a.device.type))
+        elif isinstance(a, (list, tuple)):
+            out.append((type(a), _signature(a)))
+        else:
+            out.append(a)
+    return tuple(out)
 
 
 class _UnknownLayout(Exception):
