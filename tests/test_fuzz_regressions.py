@@ -241,3 +241,19 @@ def test_checker_does_not_compare_tangents_at_nan_values():
         want = _where_finite([torch.tensor([5.0, 3.0])], [torch.tensor([NAN, 1.0])])
         torch.testing.assert_close(got, want)
     check_derivatives(wrong, (torch.ones(2, dtype=torch.float64),))
+
+
+def test_checker_has_no_oracle_where_torch_func_raises_and_no_output_is_finite():
+    """rsqrt of a negative number, then an in-place add: torch.func's vjp raises (a saved tensor
+    was modified in place), the output is nan, so finite differences cannot decide either;
+    functx's nan is accepted. With a finite output, finite differences still decide."""
+    from functx.testing import check_derivatives
+
+    def program(x0):
+        v0 = torch.rsqrt(x0)
+        v0.add_(x0)
+        return (v0,)
+    check_derivatives(program, (torch.tensor(-0.48678075071242677, dtype=torch.float64),))
+    x = torch.tensor(0.7, dtype=torch.float64)
+    got = functx.grad(lambda x: program(x)[0])(x)
+    torch.testing.assert_close(got, -0.5 * x ** -1.5 + 1)
