@@ -133,3 +133,16 @@ def test_as_strided_of_a_value_of_unknown_layout_raises():
         return torch.as_strided(y, (2,), (1,)).sum()
     with pytest.raises(functx.FunctxError, match="as_strided of a tensor whose memory layout"):
         functx.jit(f)(_layouts()["transposed"])
+
+
+def test_layouts_asked_for_channels_last_and_empty_strided():
+    """Ops on contiguous inputs whose result layout the caller chooses."""
+    x = torch.randn(2, 3, 4, 5, dtype=D)
+
+    def f(x):
+        y = x.contiguous(memory_format=torch.channels_last)
+        z = x.new_empty_strided((3, 4), (1, 3)).copy_(x[0, :, :, 0])
+        assert y.stride() == (60, 1, 15, 3) and z.stride() == (1, 3)
+        return torch.as_strided(y, (3,), (1,)).sum() * 2 + torch.as_strided(z, (2,), (3,)).sum()
+    torch.testing.assert_close(functx.jit(f)(x), f(x))
+    torch.testing.assert_close(functx.grad(f)(x), torch.func.grad(f)(x))

@@ -52,7 +52,8 @@ def dispatch(func, args, kwargs):
     if lowering is None and _is_inplace(func, schema):
         return _inplace(func, args, kwargs)
     out = _dispatch_functional(func, schema, lowering, args, kwargs)
-    if func in _NON_CONTIGUOUS_RESULTS or _strided_inputs(args, kwargs):
+    if func in _NON_CONTIGUOUS_RESULTS or kwargs.get("memory_format") not in _PLAIN_FORMATS \
+            or _strided_inputs(args, kwargs):
         out = torch_layout(func, args, kwargs, out)
     return out
 
@@ -84,8 +85,11 @@ def _dispatch_functional(func, schema, lowering, args, kwargs):
 # says what the layout is, and a value whose layout it cannot say is marked unknown.
 _NON_CONTIGUOUS_RESULTS = frozenset(
     op for name in dir(aten) if any(k in name for k in ("linalg", "cholesky", "triangular_solve", "svd",
-                                                        "qr", "lu_", "eig", "lstsq", "geqrf", "orgqr"))
+                                                        "qr", "lu_", "eig", "lstsq", "geqrf", "orgqr",
+                                                        "empty_strided", "empty_permuted"))
     for op in (getattr(getattr(aten, name), o) for o in getattr(aten, name).overloads()))
+# x.contiguous(memory_format=torch.channels_last), x.to(memory_format=...): the layout asked for
+_PLAIN_FORMATS = (None, torch.preserve_format, torch.contiguous_format)
 
 
 def _strided_inputs(args, kwargs):

@@ -175,7 +175,9 @@ def check_derivatives(fn, args, what="derivatives", seed=0, eps=1e-6, fd_tol=1e-
     """functx.vjp and functx.jvp of fn (w.r.t. its floating-point tensor arguments, of its
     floating-point outputs) against torch.func's, with random cotangents and tangents. Where
     torch.func disagrees with functx (or raises), float64 central differences decide: functx
-    must agree with them. NaNs must be in the same places."""
+    must agree with them. NaNs must be in the same places. Tangents at output elements whose
+    value is nan or inf are not compared (no derivative exists there), and where torch.func
+    raises and no output is finite there is no oracle."""
     f, xs = _float_part(fn, args)
     if not xs:
         return
