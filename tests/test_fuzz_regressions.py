@@ -257,3 +257,16 @@ def test_checker_has_no_oracle_where_torch_func_raises_and_no_output_is_finite()
     x = torch.tensor(0.7, dtype=torch.float64)
     got = functx.grad(lambda x: program(x)[0])(x)
     torch.testing.assert_close(got, -0.5 * x ** -1.5 + 1)
+
+
+def test_a_tangent_has_its_primals_dtype():
+    """An in-place add of a float64 value into a float32 tensor: functx's tangent is float32
+    (its primal's dtype); torch.func's forward AD keeps float64. The checker compares values in
+    the primal's dtype (float32 finite differences are too coarse to decide)."""
+    from functx.testing import check_derivatives
+    f = lambda x: (torch.ones_like(x, dtype=torch.float32).add_(x),)      # noqa: E731
+    x, t = torch.tensor(0.66, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)
+    _, (tangent,) = functx.jvp(f, (x,), (t,))
+    assert tangent.dtype == torch.float32
+    torch.testing.assert_close(tangent, torch.tensor(0.3))
+    check_derivatives(f, (x,))

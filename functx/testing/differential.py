@@ -150,6 +150,16 @@ def _agree(got, want, atol, rtol):
         return False
 
 
+def _primal_dtypes(tangents, outs):
+    """torch.func's tangents in their primals' dtypes. A tangent has its primal's dtype (JAX's
+    rule, functx's); torch's forward AD keeps a float64 tangent written in place into a float32
+    tensor (torch.ones_like(x, dtype=torch.float32).add_(x64)), a quirk, not a derivative."""
+    if isinstance(tangents, Exception) or len(tangents) != len(outs):
+        return tangents
+    return [t.to(o.dtype) if isinstance(t, torch.Tensor) and t.dtype.is_floating_point
+            and o.dtype.is_floating_point else t for t, o in zip(tangents, outs)]
+
+
 def _where_finite(tangents, outs):
     """The tangents at the output elements whose value is finite. At a nan or inf value the
     function has no derivative and finite differences cannot decide, and the formulas'
@@ -218,6 +228,7 @@ def check_derivatives(fn, args, what="derivatives", seed=0, eps=1e-6, fd_tol=1e-
     want = _call(lambda: torch.func.jvp(f, tuple(x.clone() for x in xs), tuple(ts))[1], ())
     if _both_raise(got, want, f"{what}: functx.jvp") or (isinstance(want, Exception) and not finite):
         return
+    want = _primal_dtypes(want, outs)
     if isinstance(want, Exception) or not _agree(_where_finite(got, outs), _where_finite(want, outs), *tight):
         got = jvp_of(f_fin) if finite else got
         fd = _fd_directional(f_fin, xs, ts, eps) if finite else "(no finite output to difference)"
