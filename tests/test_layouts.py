@@ -146,3 +146,17 @@ def test_layouts_asked_for_channels_last_and_empty_strided():
         return torch.as_strided(y, (3,), (1,)).sum() * 2 + torch.as_strided(z, (2,), (3,)).sum()
     torch.testing.assert_close(functx.jit(f)(x), f(x))
     torch.testing.assert_close(functx.grad(f)(x), torch.func.grad(f)(x))
+
+
+def test_clone_keeps_a_transposed_layout_so_view_raises_as_in_torch():
+    """clone() preserves a transposed argument's layout, so .view(-1) of the clone raises in
+    torch; functx accepted it (every wrapper looked contiguous)."""
+    def f(x):
+        y = x.clone()
+        y.view(-1)[1:3].mul_(2)
+        return (y ** 2).sum()
+    xt = torch.randn(3, 2, dtype=D).t()
+    for run in (f, functx.grad(f), functx.jit(f), torch.func.grad(f)):
+        with pytest.raises(RuntimeError, match="view size is not compatible"):
+            run(xt)
+    torch.testing.assert_close(functx.grad(f)(xt.contiguous()), torch.func.grad(f)(xt.contiguous()))
