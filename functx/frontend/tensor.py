@@ -157,7 +157,8 @@ def storage_layout(t, bdim=None):
         root = t._root if t._root is not None else t
         if root._layout == "unknown":
             return "unknown"
-        layout, shape = (tuple(t.stride()), t.storage_offset()), tuple(t.shape)
+        # (torch.Tensor's storage_offset: passing a layout on is not reading it)
+        layout, shape = (tuple(t.stride()), torch.Tensor.storage_offset(t)), tuple(t.shape)
     elif isinstance(t, torch.Tensor):
         layout, shape = (tuple(t.stride()), t.storage_offset()), tuple(t.shape)
     else:
