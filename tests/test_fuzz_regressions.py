@@ -207,3 +207,66 @@ def test_in_place_results_must_keep_the_written_shape():
         f(torch.zeros(1, 1, 1))
     with pytest.raises(RuntimeError, match="doesn't match the broadcast shape"):
         functx.jit(f)(torch.zeros(1, 1, 1))
+
+
+# ---------------------------------------------------------------- reductions over no elements
+
+@pytest.mark.parametrize("shape, dim", [((0,), 0), ((3, 0), 1), ((0, 2), 0)])
+def test_derivatives_of_prod_over_no_elements(shape, dim):
+    """The product of no elements is the constant 1: its derivatives are zeros (the jvp rule
+    reshaped an empty tangent to the output shape and raised)."""
+    from functx.testing import check_derivatives
+    x = torch.zeros(shape, dtype=torch.float64)
+    f = lambda x: (torch.prod(x, dim=dim),)          # noqa: E731
+    check_derivatives(f, (x,))
+    g = lambda x: torch.prod(x, dim=dim).sum()       # noqa: E731
+    torch.testing.assert_close(functx.jit(functx.grad(g))(x), torch.func.grad(g)(x))
+    torch.testing.assert_close(functx.vmap(functx.grad(g))(x[None]), torch.func.vmap(torch.func.grad(g))(x[None]))
+
+
+def test_checker_does_not_compare_tangents_at_nan_values():
+    """jvp of var over no elements: the value is nan in both; torch.func's tangent is 0 (its
+    formula sums no terms), functx's nan (it divides by the count, as JAX does). A function has
+    no derivative at a nan value and finite differences cannot decide, so check_derivatives
+    compares tangents only where the value is finite; elsewhere they must still agree."""
+    from functx.testing import check_derivatives
+    empty = torch.zeros(0, dtype=torch.float64)
+    f = lambda x: (torch.var(x, dim=0, correction=0),)      # noqa: E731
+    assert torch.isnan(functx.jvp(f, (empty,), (empty,))[0][0])
+    check_derivatives(f, (empty,))
+    wrong = lambda x: (torch.stack([x.sum() * 0 + NAN, x.sum()]),)    # noqa: E731
+    with pytest.raises(AssertionError):      # a finite element's tangent is still compared
+        from functx.testing.differential import _where_finite
+        got = _where_finite([torch.tensor([1.0, 2.0])], [torch.tensor([NAN, 1.0])])
+        want = _where_finite([torch.tensor([5.0, 3.0])], [torch.tensor([NAN, 1.0])])
+        torch.testing.assert_close(got, want)
+    check_derivatives(wrong, (torch.ones(2, dtype=torch.float64),))
+
+
+def test_checker_has_no_oracle_where_torch_func_raises_and_no_output_is_finite():
+    """rsqrt of a negative number, then an in-place add: torch.func's vjp raises (a saved tensor
+    was modified in place), the output is nan, so finite differences cannot decide either;
+    functx's nan is accepted. With a finite output, finite differences still decide."""
+    from functx.testing import check_derivatives
+
+    def program(x0):
+        v0 = torch.rsqrt(x0)
+        v0.add_(x0)
+        return (v0,)
+    check_derivatives(program, (torch.tensor(-0.48678075071242677, dtype=torch.float64),))
+    x = torch.tensor(0.7, dtype=torch.float64)
+    got = functx.grad(lambda x: program(x)[0])(x)
+    torch.testing.assert_close(got, -0.5 * x ** -1.5 + 1)
+
+
+def test_a_tangent_has_its_primals_dtype():
+    """An in-place add of a float64 value into a float32 tensor: functx's tangent is float32
+    (its primal's dtype); torch.func's forward AD keeps float64. The checker compares values in
+    the primal's dtype (float32 finite differences are too coarse to decide)."""
+    from functx.testing import check_derivatives
+    f = lambda x: (torch.ones_like(x, dtype=torch.float32).add_(x),)      # noqa: E731
+    x, t = torch.tensor(0.66, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)
+    _, (tangent,) = functx.jvp(f, (x,), (t,))
+    assert tangent.dtype == torch.float32
+    torch.testing.assert_close(tangent, torch.tensor(0.3))
+    check_derivatives(f, (x,))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 
+from ..frontend.tensor import is_contiguous_layout
 from .jit_cache import _is_tensor_key
 from .symbolic import SymbolicShapes
 
@@ -37,8 +38,14 @@ class SymDim:
         return hash(("SymDim", self.name))
 
 
+def _strides_class(k):
+    """A tensor key's strides as a symbolic entry matches them: "contiguous" (those change
+    with the sizes), else the exact strides (such arguments stay static)."""
+    return "contiguous" if is_contiguous_layout(k[0], k[3]) else k[3]
+
+
 def pattern_of(key):
-    leaves = tuple((len(k[0]), k[1], k[2]) if _is_tensor_key(k) else k for k in key[1])
+    leaves = tuple((len(k[0]), k[1], k[2], _strides_class(k)) if _is_tensor_key(k) else k for k in key[1])
     return (key[0], leaves) + tuple(key[2:])
 
 
@@ -160,9 +167,9 @@ class DynamicDims:
         names = dict(zip(shapes.dims, shapes.symbol_names()))
         leaves = list(key[1])
         for k in {k for k, _ in shapes.dims}:
-            shape, dtype, device = leaves[k]
+            shape, dtype, device, strides = leaves[k]
             leaves[k] = (tuple(SymDim(names[(k, d)]) if (k, d) in names else n for d, n in enumerate(shape)),
-                         dtype, device)
+                         dtype, device, "contiguous")      # the symbolic trace takes contiguous ones only
         entry.pattern = tuple(leaves)
         self.count += 1
         rec.entries.append(entry)
@@ -176,7 +183,8 @@ def _matches(leaf_keys, pattern):
     for k, p in zip(leaf_keys, pattern):
         if k == p:
             continue
-        if not (_is_tensor_key(k) and _is_tensor_key(p)) or k[1:] != p[1:] or len(k[0]) != len(p[0]):
+        if not (_is_tensor_key(k) and _is_tensor_key(p)) or k[1:3] != p[1:3] or len(k[0]) != len(p[0]) \
+                or _strides_class(k) != p[3]:
             return False
         if any(m != n and not isinstance(n, SymDim) for m, n in zip(k[0], p[0])):
             return False

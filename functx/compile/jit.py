@@ -14,6 +14,7 @@ from ..core.nan_check import STATE as _NANS
 from ..core.errors import FunctxError, user_facing
 from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
+from ..frontend.generators import generator_arguments
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
@@ -28,14 +29,15 @@ from ..frontend.staging import (is_dynamic_scalar, normalize_argnums, scalar_as_
 class _Entry:
     """One cached signature: the compiled graph (entry.compiled.graph is what ran through
     the pipeline, with its meta) and what the hot path calls."""
-    __slots__ = ("compiled", "call", "unflatten", "key", "symbolic", "notes", "pattern")
+    __slots__ = ("compiled", "call", "unflatten", "key", "symbolic", "notes", "pattern", "generators")
 
-    def __init__(self, compiled, key, symbolic=None, notes=(), cuda_graphs=None):
+    def __init__(self, compiled, key, symbolic=None, notes=(), cuda_graphs=None, generators=()):
         self.compiled = compiled
         self.key = key
         self.symbolic = symbolic      # a SymbolicShapes when one trace serves many sizes
         self.notes = list(notes)      # lines for cache_info/explain (symbolic dims, fallbacks)
         self.pattern = None           # symbolic: the leaf keys with the dynamic dims masked
+        self.generators = generators  # [(leaf index, GeneratorSlot)]: bound before each call
         meta = compiled.graph.meta
         # The hot path: the backend's plain callable (the generated function itself on the
         # eager backend; on the Triton backend replayed from a CUDA graph where safe) and
@@ -84,8 +86,9 @@ def _first(outs):
 
 
 def _layout_key(t):
-    """Part of a tensor's key once the function reads its arguments' layouts (as_strided)."""
-    return t.stride(), t.storage_offset()
+    """Part of a tensor's key once the function reads its arguments' storage offsets
+    (as_strided, x.storage_offset()); strides are always in the key."""
+    return t.storage_offset()
 
 
 
@@ -139,7 +142,7 @@ class JitFunction:
         self._fast: dict = {}          # flat positional key -> entry (same entries as _cache)
         self._last_key = None
         self._last_entry = None
-        self._reads_layouts = False     # set once a trace reads an argument's layout (as_strided)
+        self._reads_layouts = False     # set once a trace reads an argument's storage offset
         self._dims = DynamicDims(dynamic, dynamic_dims, namer)   # symbolic dims (dynamic_dims.py)
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
@@ -179,7 +182,7 @@ class JitFunction:
         try:
             # debug_nans compiles a checked artifact: the flag is part of the key
             key = make_key(treedef, leaves, list(zip(nums, static)) + sorted(static_kw.items())) + (_NANS.on,)
-            if self._reads_layouts:       # a trace read argument strides/offsets (as_strided)
+            if self._reads_layouts:       # a trace read storage offsets (as_strided, storage_offset())
                 key += (tuple(_layout_key(t) for t in inputs),)
             hash(key)
         except TypeError:
@@ -202,7 +205,7 @@ class JitFunction:
             layouts = None
             if symbolic is not None:
                 try:
-                    graph, layouts = self._trace(args, kwargs, nums, paths, symbolic.shape)
+                    graph, layouts, generators = self._trace(args, kwargs, nums, paths, symbolic.shape, leaves)
                     compiled, _ = compile_graph(graph, self.backend, leaves)
                     symbolic.finish()
                     if not symbolic.holds(leaves):
@@ -212,7 +215,7 @@ class JitFunction:
                     symbolic = None
             if symbolic is None:
                 with user_facing():       # here, so that the error's traceback has no functx frames below
-                    graph, layouts = self._trace(args, kwargs, nums, paths, None)
+                    graph, layouts, generators = self._trace(args, kwargs, nums, paths, None, leaves)
             if layouts.read and not self._reads_layouts:
                 # The graph depends on its arguments' strides and offsets: from now on they are
                 # part of every key (and the fast path, which omits them, is off).
@@ -224,11 +227,11 @@ class JitFunction:
                 key = self._key(args, kwargs, nums)[0]
                 if symbolic is not None:
                     with user_facing():
-                        graph, layouts = self._trace(args, kwargs, nums, paths, None)
+                        graph, layouts, generators = self._trace(args, kwargs, nums, paths, None, leaves)
                     symbolic = None
             if symbolic is None:
                 compiled, _ = compile_graph(graph, self.backend, leaves)
-            entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs)
+            entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs, generators)
             if symbolic is not None:
                 entry.key = self._dims.add(entry, key)     # the key with its dims symbolic
             evicted = self._cache.add(entry.key, entry, reason_key=key)
@@ -238,12 +241,12 @@ class JitFunction:
                     self._last_key = self._last_entry = None
         return entry
 
-    def _trace(self, args, kwargs, nums, paths, shapes):
-        with record_layout_reads() as layouts:
+    def _trace(self, args, kwargs, nums, paths, shapes, leaves):
+        with record_layout_reads() as layouts, generator_arguments(leaves) as generators:
             graph = trace_graph(self.f, args, kwargs, nums, "functx.jit", mutations=True,
                                 static_argnames=self.static_argnames, dynamic_scalars=True,
                                 arg_names=lambda k: self._namer(paths[k]), shapes=shapes)
-        return graph, layouts
+        return graph, layouts, generators
 
     def lower(self, *args, **kwargs):
         nums = self._static_nums(args, False)
@@ -262,13 +265,13 @@ class JitFunction:
             for a in args:
                 kind = type(a)
                 if kind in _PLAIN_TENSORS:
-                    sig.append((a.shape, a.dtype, a.device))
+                    sig.append((a.shape, a.dtype, a.device, a.stride()))
                 elif kind is float or kind is int and is_dynamic_scalar(a):
                     sig.append(kind)
                     scalars = True
                 elif (kind is tuple or kind is list) and _plain_tensors(a):
                     # a parameter tuple: its tensors are graph inputs in order (tree_flatten's)
-                    sig.append((kind, tuple([(t.shape, t.dtype, t.device) for t in a])))
+                    sig.append((kind, tuple([(t.shape, t.dtype, t.device, t.stride()) for t in a])))
                     nested = True
                 else:
                     break
@@ -306,13 +309,18 @@ class JitFunction:
         if key is None:       # traced arguments: inline into the enclosing transform
             return self.f(*args, **kwargs)
         entry = self._entry(key, args, kwargs, leaves, nums)
+        return self._run(entry, inputs, leaves, args, kwargs, nums)
+
+    def _run(self, entry, inputs, leaves, args, kwargs, nums):
+        for k, slot in entry.generators:      # draws read this call's generators
+            slot.current = leaves[k]
         try:
             return entry.unflatten(entry.call(*inputs))
         except Exception as e:
             if entry.symbolic is None:
                 raise
             entry, inputs = self._symbolic_failed(entry, args, kwargs, nums, e)
-            return entry.unflatten(entry.call(*inputs))
+            return self._run(entry, inputs, leaves, args, kwargs, nums)
 
     def _symbolic_failed(self, entry, args, kwargs, nums, error):
         """A symbolic entry raised at run time (a part of functx that mishandled a symbolic

@@ -27,12 +27,16 @@ def value_key(value):
 
 
 def leaf_key(leaf):
-    """One leaf's part of the key: a tensor's (shape, dtype, device); a dynamic Python number's
-    type alone (one trace serves every value); any other value itself."""
+    """One leaf's part of the key: a tensor's (shape, dtype, device, strides); a dynamic Python
+    number's type alone (one trace serves every value); any other value itself. Strides are
+    part of it (as torch.compile guards on them): the traced function sees them (x.stride(),
+    whether reshape or contiguous() copies, as_strided)."""
     if isinstance(leaf, torch.Tensor):
-        return (leaf.shape, leaf.dtype, leaf.device)
+        return (leaf.shape, leaf.dtype, leaf.device, leaf.stride())
     if is_dynamic_scalar(leaf):
         return type(leaf)
+    if isinstance(leaf, torch.Generator):     # drawn from at run time: one trace serves every one
+        return torch.Generator, str(leaf.device)
     return value_key(leaf)
 
 
@@ -48,7 +52,7 @@ def _describe_leaf_key(k):
 
 
 def _is_tensor_key(k):
-    return isinstance(k, tuple) and len(k) == 3 and isinstance(k[1], torch.dtype)
+    return isinstance(k, tuple) and len(k) == 4 and isinstance(k[1], torch.dtype)
 
 
 def _leaf_change(old, new):
@@ -63,6 +67,8 @@ def _leaf_change(old, new):
             parts.append(f"dtype {old[1]} -> {new[1]}")
         if old[2] != new[2]:
             parts.append(f"device {old[2]} -> {new[2]}")
+        if old[3] != new[3] and old[0] == new[0]:
+            parts.append(f"strides {old[3]} -> {new[3]}")
         return ", ".join(parts)
     return f"{_describe_leaf_key(old)} -> {_describe_leaf_key(new)}"
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import torch
 from torch._decomp import decomposition_table
+from torch.utils._pytree import tree_map
 
 from ..core.errors import FunctxError, user_frame_summary
-from ..core.trace import Tracer, concrete
+from ..core.trace import Tracer, concrete, type_of
+from .. import prims as P
+from .generators import drawing_from
 from .fallback import opaque_fallback
 from .kernel_check import check_kernel_accepts, is_pointwise
-from .functionalize import make_view, unwrap, unwrap_tree, value_of, write
+from .functionalize import make_view, meta_of, unwrap, unwrap_tree, value_of, write
 from .lowerings.registry import LOWERINGS, PLANS, SPECIAL, register_special
 from .tensor import TracerTensor
 
@@ -57,20 +60,26 @@ def dispatch(func, args, kwargs):
         return special(*args, **kwargs)
     if pointwise:
         check_kernel_accepts(func, args, kwargs)
+    if is_view:
+        return make_view(func, lowering, args, kwargs)
     if lowering is not None:
-        if is_view:
-            return make_view(func, lowering, args, kwargs)
         if kwargs:
-            return wrap_result(lowering(*unwrap_tree(args), **unwrap_tree(kwargs)))
-        return wrap_result(lowering(*unwrap_tree(args)))
-    return _unlowered(func, args, kwargs)
+            out = wrap_result(lowering(*unwrap_tree(args), **unwrap_tree(kwargs)))
+        else:
+            out = wrap_result(lowering(*unwrap_tree(args)))
+    else:
+        schema = func._schema
+        if _is_inplace(func, schema):
+            return _inplace(func, args, kwargs)
+        out = _dispatch_functional(func, schema, args, kwargs)
+    if func in _NON_CONTIGUOUS_RESULTS or kwargs.get("memory_format") not in _PLAIN_FORMATS \
+            or _strided_inputs(args, kwargs):
+        out = torch_layout(func, args, kwargs, out)
+    return out
 
 
-def _unlowered(func, args, kwargs):
-    """Ops without a lowering: in-place variants, then decompositions, then the fallback."""
-    schema = func._schema
-    if _is_inplace(func, schema):
-        return _inplace(func, args, kwargs)
+def _dispatch_functional(func, schema, args, kwargs):
+    """Ops without a lowering: decompositions, then the fallback."""
     if any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments if a.kwarg_only):
         raise FunctxError(f"functx: {func} writes into an out= argument, which transformed functions "
                           f"cannot do:\n{user_frame_summary()}\nCall the functional form instead "
@@ -86,6 +95,111 @@ def _unlowered(func, args, kwargs):
     if func.namespace == "prims" and _decomposing[0]:
         raise _UnmappedPrim(func)
     return opaque_fallback(func, args, kwargs)
+
+
+# ---------------------------------------------------------------- result layouts
+# x.stride() and as_strided see the layout torch would give a tensor. A fresh result is
+# contiguous unless an input is not (torch keeps a transposed input's layout through
+# elementwise ops) or the op returns column-major results (linalg): then torch's meta kernel
+# says what the layout is, and a value whose layout it cannot say is marked unknown.
+_NON_CONTIGUOUS_RESULTS = frozenset(
+    op for name in dir(aten) if any(k in name for k in ("linalg", "cholesky", "triangular_solve", "svd",
+                                                        "qr", "lu_", "eig", "lstsq", "geqrf", "orgqr",
+                                                        "empty_strided", "empty_permuted"))
+    for op in (getattr(getattr(aten, name), o) for o in getattr(aten, name).overloads()))
+# x.contiguous(memory_format=torch.channels_last), x.to(memory_format=...): the layout asked for
+_PLAIN_FORMATS = (None, torch.preserve_format, torch.contiguous_format)
+
+
+def _strided_inputs(args, kwargs):
+    for a in (*args, *kwargs.values()):
+        for b in (a if isinstance(a, (list, tuple)) else (a,)):
+            if type(b) is TracerTensor:
+                root = b._root if b._root is not None else b
+                if b._strided or root._layout == "unknown":
+                    return True
+            elif isinstance(b, torch.Tensor) and not b.is_contiguous():
+                return True
+    return False
+
+
+def torch_layout(func, args, kwargs, out):
+    """out's fresh tensors, re-wrapped with the strides torch gives func's results (its meta
+    kernel on inputs laid out as torch lays them out), or marked unknown."""
+    strides = _result_strides(func, args, kwargs)
+    inputs = {id(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+
+    def relayout(w, st):
+        if not isinstance(w, TracerTensor) or w._root is not None or id(w) in inputs or w._layout is not None:
+            return w
+        if st is None or len(st) != w.dim():
+            w._layout, w._strided = "unknown", True
+            return w
+        if st == w.stride():
+            return w
+        return TracerTensor(value_of(w), st, 0)
+    if isinstance(out, (list, tuple)):
+        ss = strides if isinstance(strides, list) and len(strides) == len(out) else [None] * len(out)
+        items = [relayout(w, st) for w, st in zip(out, ss)]
+        if all(a is b for a, b in zip(items, out)):
+            return out
+        return type(out)(items) if type(out) in (list, tuple) or not hasattr(out, "_fields") \
+            else type(out)(*items)         # torch.return_types take one sequence, namedtuples fields
+    return relayout(out, strides)
+
+
+_LAYOUTS: dict = {}     # (op, its arguments' types and layouts) -> result strides: meta kernels are slow
+
+
+def _result_strides(func, args, kwargs):
+    """The strides of func's result(s) (a tuple, or a list of them; None where a result is not a
+    tensor or its layout is unknown), from torch's meta kernel, cached by signature."""
+    try:
+        key = (func, _signature(args), _signature(tuple(kwargs.items())))
+        hash(key)
+    except (TypeError, _UnknownLayout):
+        key = None
+    if key is not None and key in _LAYOUTS:
+        return _LAYOUTS[key]
+
+    def meta(a):
+        if isinstance(a, TracerTensor):
+            root = a._root if a._root is not None else a
+            if root._layout == "unknown":
+                raise _UnknownLayout
+            return meta_of(a)
+        return a.to("meta") if isinstance(a, torch.Tensor) else a
+    try:
+        metas = func(*tree_map(meta, args), **tree_map(meta, kwargs))
+    except Exception:           # an unknown input, or an op with no meta kernel
+        metas = None
+    if isinstance(metas, (list, tuple)):
+        strides = [m.stride() if isinstance(m, torch.Tensor) else None for m in metas]
+    else:
+        strides = metas.stride() if isinstance(metas, torch.Tensor) else None
+    if key is not None:
+        if len(_LAYOUTS) > 4096:      # new shapes keep coming: start again
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = strides
+    return strides
+
+
+def _signature(args):
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if isinstance(a, TracerTensor) and (a._root if a._root is not None else a)._layout == "unknown":
+                raise _UnknownLayout
+            out.append((tuple(a.shape), a.stride(), a.dtype, a.device.type))
+        elif isinstance(a, (list, tuple)):
+            out.append((type(a), _signature(a)))
+        else:
+            out.append(a)
+    return tuple(out)
+
+
+class _UnknownLayout(Exception):
+    pass
 
 
 class _UnmappedPrim(Exception):
@@ -128,6 +242,9 @@ def functional_variant(func):
             names = [a.name for a in func._schema.arguments]
             found = next((getattr(packet, o) for o in packet.overloads()
                           if [a.name for a in getattr(packet, o)._schema.arguments] == names), None)
+        if found is None:        # normal_ <-> normal_functional
+            packet = getattr(aten, name + "_functional", None)
+            found = getattr(packet, func._overloadname, None) if packet is not None else None
         _FUNCTIONAL_CACHE[func] = found
     return _FUNCTIONAL_CACHE[func]
 
@@ -139,9 +256,29 @@ def _inplace(func, args, kwargs):
         raise FunctxError(f"functx: in-place op {func} has no functional variant to functionalize")
     if torch.Tag.inplace_view in func.tags:
         return _inplace_view(func, functional, args, kwargs)
-    result = dispatch(functional, args, kwargs)
+    if kwargs.get("generator") is not None and LOWERINGS.get(functional) is None \
+            and torch.Tag.nondeterministic_seeded in func.tags:
+        result = _random_fill(func, args, kwargs)
+    else:
+        result = dispatch(functional, args, kwargs)
     write(target, unwrap(result))
     return target
+
+
+def _random_fill(func, args, kwargs):
+    """x.exponential_(generator=g) and other random fills of a traced tensor that functx has no
+    lowering for (torch's decompositions refuse generators): the values depend only on x's type,
+    so torch's own op fills a fresh tensor, drawing from g (under jit: the generator argument
+    of each call)."""
+    target, rest = args[0], args[1:]
+    if any(isinstance(a, TracerTensor) for a in (*rest, *kwargs.values())):
+        raise FunctxError(f"functx: {func} with a generator and traced parameters is not supported:\n"
+                          f"{user_frame_summary()}\nDraw from the global generator, or pass the "
+                          "parameters as plain numbers.")
+    t = type_of(unwrap(target))
+    draw = lambda g: func(torch.empty(t.shape, dtype=t.dtype, device=t.device), *rest,  # noqa: E731
+                          **dict(kwargs, generator=g))
+    return P.random(t.shape, t.dtype, t.device, "call", (drawing_from(draw, kwargs["generator"], func), len(t.shape)))
 
 
 def _inplace_view(func, functional, args, kwargs):
@@ -154,8 +291,11 @@ def _inplace_view(func, functional, args, kwargs):
         func(*args, **kwargs)
     if target._root is None:
         target._value = value_of(view)     # a root stays a root, with the new shape
+        target._meta = None                # and the layout torch just gave the wrapper
+        target._strided = not target.is_contiguous()
     else:
         target._value, target._chain, target._seen = view._value, view._chain, view._seen
+        target._meta = view._meta
     return target
 
 

@@ -77,37 +77,44 @@ def make_view(func, lowering, args, kwargs):
     chain = list(base._chain or ())
     out = lowering(value_of(base), *rest, **kwargs)
     root = base._root if base._root is not None else base
+    meta = func(meta_of(base), *rest, **kwargs)      # torch's layout of the view
     if isinstance(out, (list, tuple)):
-        return [view_wrapper(o, root, chain + [(func, rest, kwargs, i)]) for i, o in enumerate(out)]
-    return view_wrapper(out, root, chain + [(func, rest, kwargs, None)])
+        return [view_wrapper(o, root, chain + [(func, rest, kwargs, i)], meta[i]) for i, o in enumerate(out)]
+    return view_wrapper(out, root, chain + [(func, rest, kwargs, None)], meta)
 
 
-def _meta_layout(view):
-    """A meta tensor with the strides torch gives this view (wrappers don't carry strides):
-    the view chain replayed on a contiguous meta tensor shaped like the root."""
-    root_type = type_of(value_of(view._root))
-    return _replay(torch.empty(root_type.shape, dtype=root_type.dtype, device="meta"), view._chain)
+def meta_of(w):
+    """A meta tensor laid out as torch lays out w (the strides w reports): a root's from its
+    strides and offset, a view's by its chain replayed on its root's. Cached."""
+    if w._meta is None:
+        if w._root is not None:
+            w._meta = _replay(meta_of(w._root), w._chain)
+        else:
+            shape, strides, offset = tuple(w.shape), w.stride(), torch.Tensor.storage_offset(w)
+            extent = 1 + sum((n - 1) * st for n, st in zip(shape, strides)) if w.numel() else 0
+            w._meta = torch.empty(offset + extent, dtype=w.dtype, device="meta").as_strided(shape, strides, offset)
+    return w._meta
 
 
 def check_viewable(view, args, kwargs):
     """x.view(shape) fails in torch when x's strides don't allow it (a transposed or sliced
-    view); torch's own view check (and message) decides, on the view's meta layout. (Only
-    the user's Tensor.view: torch's reshape calls aten.view after its own stride check, which
-    wrappers' contiguous strides would mislead.)"""
-    _meta_layout(view).view(*args, **kwargs)
+    tensor); torch's own view check (and message) decides, on the meta layout."""
+    meta_of(view).view(*args, **kwargs)
 
 
 def contiguous(view):
     """x.contiguous() of a view: x itself where torch's layout is contiguous, else a copy (a
     new root holding the same value), so later writes don't reach the original."""
-    if _meta_layout(view).is_contiguous():
+    if meta_of(view).is_contiguous():
         return view
     return TracerTensor(value_of(view))
 
 
-def view_wrapper(value, root, chain):
-    w = TracerTensor(value)
-    w._root, w._chain, w._seen = root, chain, root._version_
+def view_wrapper(value, root, chain, meta=None):
+    if meta is None:
+        meta = _replay(meta_of(root), chain)
+    w = TracerTensor(value, meta.stride(), meta.storage_offset())
+    w._root, w._chain, w._seen, w._meta = root, chain, root._version_, meta
     return w
 
 

@@ -28,6 +28,7 @@ from ..core.trace import Tracer, staged_or_batched, staging
 from .. import prims as P
 from .dispatch import dispatch
 from .lowerings.registry import LOWERINGS
+from .generators import drawing_from
 from .tensor import TracerTensor, wrap
 
 aten = torch.ops.aten
@@ -106,21 +107,20 @@ FACTORIES = {
 }
 
 
+def _sampler(func, args, kwargs, name=None):
+    """func(*args, **kwargs) run afresh on every call; an explicit generator is the jitted
+    function's generator argument of that call (generators.py)."""
+    return drawing_from(lambda g: func(*args, **dict(kwargs, generator=g)) if g is not None
+                        else func(*args, **kwargs), kwargs.get("generator"), name or func)
+
+
 def _generic(func, args, kwargs):
     """Any other single-output seeded op: an opaque sampler, run afresh on every call."""
     out_type = _output_type(func, args, kwargs)
     if out_type is None:
         return None
     shape, dtype, device = out_type
-    if kwargs.get("generator") is not None and staging():
-        raise FunctxError(
-            f"functx.jit: {func} draws from an explicit torch.Generator, here:\n{user_frame_summary()}\n"
-            "jit runs the function once, at trace time, and cannot tell a generator the function "
-            "creates (torch.Generator().manual_seed(s), which eager PyTorch recreates on every call) "
-            "from one the caller owns (whose stream continues): either way, a reused generator object "
-            "would make results depend on call history. Use the global generator (torch.manual_seed "
-            "outside the function), or draw the numbers outside jit and pass them in as arguments.")
-    fn = _Sampler(lambda: func(*args, **kwargs), str(func))
+    fn = _Sampler(_sampler(func, args, kwargs), str(func))
     return P.random(shape, dtype, device, "call", (fn, len(shape)))
 
 
@@ -186,12 +186,15 @@ def _route(func, args, kwargs):
     if schema.arguments and schema.arguments[0].alias_info is not None \
             and schema.arguments[0].alias_info.is_write and isinstance(args[0], torch.Tensor):
         target, rest = args[0], args[1:]
-        return _inplace(func, target, lambda: func(torch.empty_like(target), *rest, **kwargs))
+        draw = _sampler(lambda *a, **k: func(torch.empty_like(target), *a, **k), rest, kwargs, func)
+        return _inplace(func, target, draw)
     out_name = next((a.name for a in schema.arguments if a.kwarg_only and a.alias_info is not None
                      and a.alias_info.is_write), None)
     if out_name is not None and isinstance(kwargs.get(out_name), torch.Tensor):
         target = kwargs[out_name]
-        return _inplace(func, target, lambda: func(*args, **dict(kwargs, **{out_name: torch.empty_like(target)})))
+        draw = _sampler(lambda *a, **k: func(*a, **dict(k, **{out_name: torch.empty_like(target)})), args, kwargs,
+                        func)
+        return _inplace(func, target, draw)
     out = _generic(func, args, kwargs)
     if out is not None:
         return wrap(out)

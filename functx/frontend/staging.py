@@ -132,11 +132,16 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
     tracers, vals, in_wrappers = [], [], []
     scalar_vars = {}
     device = scalar_device(leaves) if dynamic_scalars else None
+    symbolic_leaves = set()
     for k, leaf in enumerate(leaves):
         if isinstance(leaf, (torch.Tensor, Tracer)):
             typ = type_of(unwrap(leaf))
             if shapes is not None:
                 typ = typ.with_shape(shapes(k, typ.shape))
+                if any(isinstance(n, torch.SymInt) for n in typ.shape):
+                    if not leaf.is_contiguous():
+                        raise NotImplementedError("a non-contiguous argument (its strides would pin its sizes)")
+                    symbolic_leaves.add(k)    # contiguous wrapper; as_strided notes a layout read
             t = trace.new_arg(typ)
         elif dynamic_scalars and is_dynamic_scalar(leaf):
             t = trace.new_arg(TensorType((), _SCALAR_DTYPE[type(leaf)], device, weak=True))
@@ -145,7 +150,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
             vals.append(leaf)
             continue
         tracers.append(t)
-        vals.append(wrap(t) if t.var in scalar_vars else wrap_input(t, leaf))
+        vals.append(wrap(t) if t.var in scalar_vars or k in symbolic_leaves else wrap_input(t, leaf))
         in_wrappers.append(vals[-1])
     dyn, kw = tree_unflatten(treedef, vals)
     full = list(dyn)

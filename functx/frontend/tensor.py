@@ -33,17 +33,19 @@ class TracerTensor(torch.Tensor):
         # nn modules off fused inference fast paths (_transformer_encoder_layer_fwd,
         # _native_multi_head_attention) that have no derivative formulas.
         # torch's own pass-through (in C++), as if the subclass had no __torch_function__.
-        # Wrappers report contiguous strides; where that would change what torch does, the
-        # view's real layout decides: contiguous() of a transposed or sliced view copies (it
-        # was an alias), and .view() of one raises as in torch.
-        # one set lookup for every other torch function (and, while functx.hessian stages f,
-        # a watcher that must see every function run with grad mode off)
+        # Wrappers report torch's strides, but torch checks them in kernels that never run
+        # here: contiguous() of a transposed or sliced view copies (it was an alias), and
+        # .view() of one raises as in torch. One set lookup for every other torch function
+        # (and, while functx.hessian stages f, a watcher that must see every function run
+        # with grad mode off).
         if func in _SPECIAL_FUNCTIONS or grad_mode_watchers:
             return _special_function(func, types, args, kwargs)
         return _disabled_torch_function(func, types, args, kwargs or {})
 
     @staticmethod
-    def __new__(cls, value):
+    def __new__(cls, value, strides=None, storage_offset=0):
+        # strides/storage_offset: the layout torch would give this tensor (an argument's real
+        # one, a view's), which x.stride() reports; fresh values are contiguous.
         if isinstance(value, torch.Tensor):     # no TensorType needed: read the tensor directly
             shape, dtype, device = value.shape, value.dtype, value.device
         else:
@@ -51,9 +53,14 @@ class TracerTensor(torch.Tensor):
             shape, dtype, device = t.shape, t.dtype, t.device
         if dtype.is_complex:
             _unsupported_dtype(type_of(value))
+        layout = {} if strides is None else {"strides": strides, "storage_offset": storage_offset}
         r = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=device,
-                                                requires_grad=False)
+                                                requires_grad=False, **layout)
         r._value = value        # the other fields keep the class defaults below until set
+        if strides is not None and not is_contiguous_layout(shape, strides):
+            # torch would lay this tensor out non-contiguously: ops on it then take their
+            # result's layout from torch's meta kernels (frontend/dispatch.py)
+            r._strided = True
         return r
 
     # Per-wrapper state, read through these class-level defaults until a wrapper sets its own
@@ -62,9 +69,12 @@ class TracerTensor(torch.Tensor):
     _chain = None       # view ops from the root: [(func, args, kwargs, output_index)]
     _seen = 0           # root version this view's value was computed at
     _version_ = 0       # bumped on each write (roots only)
-    # An argument's memory layout, which as_strided reads (wrappers report contiguous
-    # strides): (strides, storage offset), or "unknown"; None: not an argument, or not known.
+    # Where the layout came from: (strides, storage offset) of an argument (the wrapper
+    # reports the same), "unknown" (not known: as_strided raises; the wrapper reports
+    # contiguous strides), or None: a value made inside the function (contiguous).
     _layout = None
+    _meta = None        # a meta tensor with this wrapper's layout (views replay on it)
+    _strided = False    # True when torch would lay this tensor out non-contiguously
     _read_only = None   # why writes into this root are refused
 
     def __repr__(self, *, tensor_contents=None):
@@ -80,6 +90,11 @@ class TracerTensor(torch.Tensor):
 
     # torch refuses these for tensor subclasses; they need the concrete value, which exists
     # in eager transforms and raises ConcretizationError under jit.
+    def storage_offset(self):
+        # A Python number baked into a jit trace: jit then keys its cache on offsets.
+        note_layout_read()
+        return super().storage_offset()
+
     def tolist(self):
         return _concrete(self).tolist()
 
@@ -101,7 +116,8 @@ def _special_function(func, types, args, kwargs):
         return out
     if func is _CONTIGUOUS and args[0]._chain:
         return _functionalize().contiguous(args[0])
-    if func is _VIEW and args[0]._chain and not (len(args) == 2 and isinstance(args[1], torch.dtype)):
+    if func is _VIEW and (args[0]._chain or not args[0].is_contiguous()) \
+            and not (len(args) == 2 and isinstance(args[1], torch.dtype)):
         _functionalize().check_viewable(args[0], args[1:], kwargs or {})
     return _disabled_torch_function(func, types, args, kwargs or {})
 
@@ -134,29 +150,40 @@ def wrap(x):
 
 
 def wrap_input(value, source, bdim=None):
-    """wrap() for a transform's or jit's argument, remembering the memory layout of `source`,
-    the tensor the caller passed (its example along `bdim` under vmap)."""
-    w = wrap(value)
-    if isinstance(w, TracerTensor):
-        w._layout = storage_layout(source, bdim)
+    """wrap() for a transform's or jit's argument, with the memory layout of `source`, the
+    tensor the caller passed (its example along `bdim` under vmap): the wrapper reports its
+    strides (as torch.func's wrappers do) and as_strided reads its storage through them."""
+    if not isinstance(value, Tracer):
+        return value
+    # no source: a traced value of unknown origin (as_strided of it raises)
+    layout = storage_layout(source, bdim) if source is not None else "unknown"
+    if isinstance(layout, tuple):
+        w = TracerTensor(value, layout[0], layout[1])
+    else:
+        w = TracerTensor(value)
+        w._strided = layout == "unknown"
+    w._layout = layout
     return w
 
 
 def storage_layout(t, bdim=None):
-    """(strides, storage offset) of t, or of one example along bdim (its offset relative, as
-    torch.func's as_strided takes it); "unknown" for a non-contiguous example; None when t is
-    a traced value whose layout is not known (read as contiguous)."""
+    """(strides, storage offset) of t as torch lays it out, or of one example along bdim (its
+    offset relative, as torch.func's as_strided takes it); "unknown" where functx cannot know
+    it (a value computed from non-contiguous ones in a way it could not follow); None when t
+    is not a tensor (a bare traced value: contiguous)."""
     if isinstance(t, TracerTensor):
-        layout, shape = t._layout, tuple(t.shape)
+        root = t._root if t._root is not None else t
+        if root._layout == "unknown":
+            return "unknown"
+        # (torch.Tensor's storage_offset: passing a layout on is not reading it)
+        layout = (tuple(t.stride()), torch.Tensor.storage_offset(t))
     elif isinstance(t, torch.Tensor):
-        layout, shape = (tuple(t.stride()), t.storage_offset()), tuple(t.shape)
+        layout = (tuple(t.stride()), t.storage_offset())
     else:
         return None
-    if bdim is None or layout is None or layout == "unknown":
+    if bdim is None:
         return layout
-    strides = layout[0][:bdim] + layout[0][bdim + 1:]
-    example = shape[:bdim] + shape[bdim + 1:]
-    return (strides, 0) if is_contiguous_layout(example, strides) else "unknown"
+    return layout[0][:bdim] + layout[0][bdim + 1:], 0
 
 
 def is_contiguous_layout(shape, strides) -> bool:

@@ -8,6 +8,7 @@ import torch
 from ..core import EXTERN, REDUCTION, Primitive, bind
 from ..core.trace import type_of
 from . import elementwise as ew
+from .creation import full
 from . import shape as sh
 from .define import defjvp_zero, deflinear
 from .util import shift_axes_for_bdim
@@ -136,6 +137,8 @@ def _prod_jvp(primals, tangents, *, axes):
     for a in axes:
         n *= tx.shape[a]
     kept_shape = tuple(tx.shape[k] for k in kept)
+    if n == 0:              # the product of no elements is the constant 1
+        return out, full(kept_shape, 0, tx.dtype, tx.device)
     p = sh.reshape(sh.transpose(x, perm), kept_shape + (n,))
     tp = sh.reshape(sh.transpose(t, perm), kept_shape + (n,))
     last = len(kept_shape)

@@ -356,7 +356,10 @@ def create(draw, ctx):
     return _assign(ctx, draw(st.sampled_from([
         f"torch.zeros_like({a})", f"torch.ones_like({a}, dtype=torch.float32)",
         f"torch.full_like({a}, {_scalar(draw, ctx, _kind(ctx.values[a]))})",
-        f"torch.arange({ctx.values[a].numel()}, dtype=torch.float64).reshape({tuple(ctx.values[a].shape)})",
+        # made from a traced input (new_zeros): functx refuses writes of traced values into a
+        # plain tensor the function creates (docs/sharp_bits.md, section 4)
+        f"torch.arange({ctx.values[a].numel()}, dtype=torch.float64).reshape({tuple(ctx.values[a].shape)})"
+        f" + {a}.new_zeros((), dtype=torch.float64)",
         f"torch.empty_like({a}).fill_(2)"])))
 
 

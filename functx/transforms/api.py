@@ -61,10 +61,13 @@ class _OutStore:
     aux = None
 
 
-def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None):
-    """f over a pytree -> function over flat lax values; the output tree goes into store."""
+def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None, sources=None):
+    """f over a pytree -> function over flat lax values; the output tree goes into store.
+    sources: the tensors the caller passed, one per flat input, whose memory layout the
+    arguments take (x.stride() and as_strided see it through any nesting of transforms)."""
     def fun(flat_in):
-        args = tree_unflatten(in_tree, [wrap_input(x, _concrete_base(x)) for x in flat_in])
+        srcs = sources if sources is not None else [_concrete_base(x) for x in flat_in]
+        args = tree_unflatten(in_tree, [wrap_input(x, s) for x, s in zip(flat_in, srcs)])
         with intercept_random():    # torch.randn(shape) etc. become random primitives here
             out = f(*args)
         if has_aux:
@@ -78,6 +81,10 @@ def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None):
         store.tree = tree
         return [unwrap(l) for l in leaves]
     return fun
+
+
+def _leaves(tree):
+    return tree_flatten(tree)[0]
 
 
 def _concrete_base(x):
@@ -158,7 +165,8 @@ def jvp(f, primals, tangents, has_aux=False):
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise TypeError("functx.jvp: primals and tangents must be tuples (or lists) of arguments, "
                         f"got {type(primals).__name__} and {type(tangents).__name__}")
-    p_flat, p_tree = _flatten_tensors(_float_primals(tuple(primals)), "functx.jvp: primals")
+    primals = _float_primals(tuple(primals))
+    p_flat, p_tree = _flatten_tensors(primals, "functx.jvp: primals")
     t_flat, t_tree = _flatten_tensors(_float_primals(tuple(tangents)), "functx.jvp: tangents")
     if p_tree != t_tree:
         raise ValueError(f"functx.jvp: tangents must have the same structure as primals: {p_tree} vs {t_tree}")
@@ -175,7 +183,7 @@ def jvp(f, primals, tangents, has_aux=False):
     jt = JVPTrace(current_trace())
     args = [JVPTracer(jt, p, t) if not isinstance(t, Zero) else p for p, t in zip(p_flat, tangents_in)]
     with set_current_trace(jt):
-        outs = _flat_fun(f, p_tree, store, "functx.jvp", has_aux)(args)
+        outs = _flat_fun(f, p_tree, store, "functx.jvp", has_aux, sources=_leaves(primals))(args)
     pairs = [jt.pair(o) for o in outs]
     out_p = tree_unflatten(store.tree, [wrap(p) for p, _ in pairs])
     out_t = tree_unflatten(store.tree, [wrap(_instantiate(t)) for _, t in pairs])
@@ -193,9 +201,11 @@ def linearize(f, *primals, has_aux=False):
       >>> y, f_jvp = functx.linearize(torch.sin, x)
       >>> f_jvp(torch.ones_like(x))          # == cos(x)
     """
-    p_flat, p_tree = _flatten_tensors(_float_primals(primals), "functx.linearize: primals")
+    primals = _float_primals(primals)
+    p_flat, p_tree = _flatten_tensors(primals, "functx.linearize: primals")
     store = _OutStore()
-    out, graph, nonzero = linearize_flat(_flat_fun(f, p_tree, store, "functx.linearize", has_aux), p_flat)
+    out, graph, nonzero = linearize_flat(_flat_fun(f, p_tree, store, "functx.linearize", has_aux,
+                                                   sources=_leaves(primals)), p_flat)
     diff = [differentiable(p) for p in p_flat]
     out_types = [type_of(o) for o in out]
 
@@ -230,9 +240,11 @@ def vjp(f, *primals, has_aux=False):
       >>> out, vjp_fn = functx.vjp(lambda a, b: a * b, x, y)
       >>> ga, gb = vjp_fn(torch.ones_like(out))   # (y, x)
     """
-    p_flat, p_tree = _flatten_tensors(_float_primals(primals), "functx.vjp: primals")
+    primals = _float_primals(primals)
+    p_flat, p_tree = _flatten_tensors(primals, "functx.vjp: primals")
     store = _OutStore()
-    out, pullback, _ = vjp_flat(_flat_fun(f, p_tree, store, "functx.vjp", has_aux), p_flat, user_level=True)
+    out, pullback, _ = vjp_flat(_flat_fun(f, p_tree, store, "functx.vjp", has_aux, sources=_leaves(primals)),
+                                p_flat, user_level=True)
     out_types = [type_of(o) for o in out]
     out_tree = store.tree
 
@@ -293,7 +305,8 @@ def value_and_grad(f, argnums=0, has_aux=False):
                 raise TypeError(f"functx.grad: differentiated argument leaf {i} has dtype {type_of(x).dtype}; "
                                 "grad needs floating-point inputs (use argnums to skip integer arguments)")
         store = _OutStore()
-        out, pullback, _ = vjp_flat(_flat_fun(g, d_tree, store, "functx.grad", has_aux), d_flat,
+        out, pullback, _ = vjp_flat(_flat_fun(g, d_tree, store, "functx.grad", has_aux,
+                                              sources=_leaves(diff_args)), d_flat,
                                    user_level=True)
         if len(out) != 1 or type_of(out[0]).shape != ():
             shapes = [tuple(type_of(o).shape) for o in out]
@@ -615,7 +628,7 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
             res = jvp(g, tuple(tangents_primals), tuple(tangents), has_aux=has_aux)
             return (res[1], res[2]) if has_aux else res[1]
 
-        tangents_primals = tree_unflatten(d_tree, [wrap(x) for x in d_flat])
+        tangents_primals = diff         # the caller's tensors: jvp gives f their layouts
         basis = _basis(types, lambda t: t.dtype, n_total)
         if has_aux:
             jac_tree, aux = vmap(push, chunk_size=chunk_size, randomness=randomness,

@@ -174,16 +174,16 @@ def _single_argument(f, args, kwargs, argnums, what):
     if not type_of(x_flat).dtype.is_floating_point:
         raise TypeError(f"{what}: the argument at argnums={argnums} must be a floating tensor, got "
                         f"{type_of(x_flat).dtype}")
-    return g, x_flat
+    return g, x_flat, x         # x: the caller's tensor, whose layout f's argument reports
 
 
-def _collapsed_call(g, x, directions, weights, what):
+def _collapsed_call(g, x, directions, weights, what, source=None):
     """g's output tree with sum_i w_i d^2 g(x)[v_i, v_i] at each leaf."""
     trace = CollapsedTrace(current_trace(), type_of(directions).shape[0], weights)
     arg = CollapsedTracer(trace, x, BatchTracer(trace.directions, directions, 0), None)
     store = _OutStore()
     with set_current_trace(trace):
-        outs = _flat_fun(g, tree_structure((x,)), store, what)([arg])
+        outs = _flat_fun(g, tree_structure((x,)), store, what, sources=[source])([arg])
     leaves = []
     for o in outs:
         p, _, s2 = trace.split(o)
@@ -261,9 +261,9 @@ def taylor_operator(f, directions, weights=None, argnums=0):
 
     @functools.wraps(f)
     def operator(*args, **kwargs):
-        g, x = _single_argument(f, args, kwargs, argnums, what)
+        g, x, source = _single_argument(f, args, kwargs, argnums, what)
         dirs, w = _check_directions(directions, weights, x, what)
-        return _collapsed_call(g, x, dirs, w, what)
+        return _collapsed_call(g, x, dirs, w, what, source)
     return operator
 
 
@@ -292,13 +292,13 @@ def laplacian(f, argnums=0, *, num_samples=None, generator=None, distribution="r
 
     @functools.wraps(f)
     def lap(*args, **kwargs):
-        g, x = _single_argument(f, args, kwargs, argnums, what)
+        g, x, source = _single_argument(f, args, kwargs, argnums, what)
         probes = _directions(x, num_samples, generator, distribution, what)
         if num_samples is None:
-            return _collapsed_call(g, x, probes, None, what)
+            return _collapsed_call(g, x, probes, None, what, source)
         t = type_of(x)
         weights = torch.full((num_samples,), 1.0 / num_samples, dtype=t.dtype, device=t.device)
-        return _collapsed_call(g, x, probes, weights, what)
+        return _collapsed_call(g, x, probes, weights, what, source)
     return lap
 
 
@@ -315,10 +315,9 @@ def divergence(f, argnums=0, *, num_samples=None, generator=None, distribution="
 
     @functools.wraps(f)
     def div(*args, **kwargs):
-        g, x = _single_argument(f, args, kwargs, argnums, what)
+        g, x, xw = _single_argument(f, args, kwargs, argnums, what)
         t = type_of(x)
         probes = _directions(x, num_samples, generator, distribution, what)
-        xw = wrap(x)
 
         def directional(v):
             y, jv = jvp_api(g, (xw,), (v,))

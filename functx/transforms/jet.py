@@ -173,7 +173,7 @@ def jet(fun, primals, series, factorial_scaled=True):
     trace = JetTrace(current_trace(), order)
     args = [trace.wrap(p, c) for p, c in zip(p_flat, coeffs)] if order else list(p_flat)
     with set_current_trace(trace):
-        outs = _flat_fun(fun, p_tree, store, "functx.jet")(args)
+        outs = _flat_fun(fun, p_tree, store, "functx.jet", sources=list(primals))(args)
     out_p, out_s = [], []
     for o in outs:
         p, s = trace.split(o)

@@ -6,6 +6,7 @@ import torch
 
 from ...core.errors import FunctxError, user_frame_summary
 from ... import prims as P
+from ..generators import drawing_from
 from ..promote import SCALARS
 from .common import _t, aten
 from .registry import register
@@ -105,31 +106,42 @@ def _rand_like(x, dtype=None, layout=None, device=None, pin_memory=None, memory_
     return P.random(t.shape, dtype or t.dtype, device or t.device, "uniform")
 
 
+def _standard(t, dist, generator, name):
+    """A standard normal or uniform sample shaped like t: the random primitive, or with an
+    explicit generator, a sampler drawing from it (under jit, from the generator argument of
+    each call; generators.py)."""
+    if generator is None:
+        return P.random(t.shape, t.dtype, t.device, dist)
+    fill = torch.Tensor.normal_ if dist == "normal" else torch.Tensor.uniform_
+    draw = lambda g: fill(torch.empty(t.shape, dtype=t.dtype, device=t.device), generator=g)  # noqa: E731
+    return P.random(t.shape, t.dtype, t.device, "call", (drawing_from(draw, generator, name), len(t.shape)))
+
+
 @register(aten.normal.Tensor_float)
 def _normal_tf(mean, std=1.0, generator=None):
     t = _t(mean)
-    return P.add(P.mul(P.random(t.shape, t.dtype, t.device, "normal"), std), mean)
+    return P.add(P.mul(_standard(t, "normal", generator, "torch.normal"), std), mean)
 
 
 @register(aten.normal_functional.default)
 def _normal_functional(x, mean=0.0, std=1.0, generator=None):
     t = _t(x)
-    return P.add(P.mul(P.random(t.shape, t.dtype, t.device, "normal"), std), mean)
+    return P.add(P.mul(_standard(t, "normal", generator, "Tensor.normal_"), std), mean)
 
 
 @register(aten.uniform.default)
 def _uniform(x, from_=0.0, to=1.0, generator=None):
     t = _t(x)
-    return P.add(P.mul(P.random(t.shape, t.dtype, t.device, "uniform"), to - from_), from_)
+    return P.add(P.mul(_standard(t, "uniform", generator, "Tensor.uniform_"), to - from_), from_)
 
 
 @register(aten.bernoulli.p)
 def _bernoulli_p(x, p=0.5, generator=None):
     t = _t(x)
-    return P.convert(P.lt(P.random(t.shape, t.dtype, t.device, "uniform"), p), t.dtype)
+    return P.convert(P.lt(_standard(t, "uniform", generator, "torch.bernoulli"), p), t.dtype)
 
 
 @register(aten.bernoulli.default)
 def _bernoulli(x, generator=None):
     t = _t(x)
-    return P.convert(P.lt(P.random(t.shape, t.dtype, t.device, "uniform"), x), t.dtype)
+    return P.convert(P.lt(_standard(t, "uniform", generator, "torch.bernoulli"), x), t.dtype)

@@ -167,10 +167,12 @@ def _split_with_sizes(x, split_sizes, dim=0):
 
 
 # ---------------------------------------------------------------- as_strided
-# A traced value has no storage: it is read as its contiguous layout (what the wrapper's
-# strides report). On a view, torch reads the root's storage, so the view is taken from
-# the root. Positions are static, so this is a slice when contiguous, else a gather
-# (whose transpose, scatter_add, accumulates where windows overlap).
+# A traced value has no storage. Wrappers report the layout torch would give them (an
+# argument's real strides and offset, a view's from its root's; fresh values contiguous), so
+# as_strided reads the storage positions it asks for through that layout: a slice or gather
+# of the root when the root is contiguous from offset 0, else positions mapped back to the
+# root's elements. Positions are static, so a gather's transpose (scatter_add) accumulates
+# where windows overlap.
 # Dispatch takes the SPECIAL entry (it makes the view); the lowering replays it in view chains.
 
 @register(aten.as_strided.default)
@@ -202,43 +204,54 @@ def _as_strided(x, size, stride, storage_offset=None):
     if not isinstance(x, TracerTensor):
         return torch.as_strided(x, size, stride, storage_offset)
     root = x._root if x._root is not None else x
-    if root._layout is not None:
-        note_layout_read()
-        if root._layout == "unknown" or root._layout[1] or not is_contiguous_layout(root.shape, root._layout[0]):
-            return _as_strided_of_strided_input(x, root, size, stride, storage_offset)
-    chain = [(aten.as_strided.default, (tuple(size), tuple(stride), storage_offset), {}, None)]
-    return view_wrapper(_as_strided_value(value_of(root), size, stride, storage_offset), root, chain)
-
-
-def _as_strided_of_strided_input(x, root, size, stride, storage_offset):
-    """as_strided of an argument whose memory is not laid out contiguously from the start of its
-    storage (a transposed or sliced tensor passed in): torch reads its storage, so the storage positions asked for are
-    mapped back to the argument's elements through its real strides. The result is a copy
-    that refuses writes (in torch it is a view whose writes reach the argument)."""
-    if root._layout == "unknown" or x is not root:
+    note_layout_read()          # the result depends on the arguments' layouts: jit keys on them
+    if root._layout == "unknown":
         raise FunctxError(
-            f"functx: aten.as_strided of an argument that is not contiguous in memory (or a view of "
-            f"one), whose layout is not known here (per example under vmap, or through a view):\n"
+            f"functx: aten.as_strided of a tensor whose memory layout functx does not know:\n"
             f"{user_frame_summary()}\nas_strided reads raw storage, which functx's traced values don't "
-            "have. Pass a contiguous tensor (x.contiguous() before the transform), or use view ops "
-            "(unfold, narrow, expand, diagonal) that say what they read.")
-    strides, offset = root._layout
+            "have; functx follows the layout of arguments and of views of them, but not of this "
+            "value. Call .contiguous() on it first, or use view ops (unfold, narrow, expand, "
+            "diagonal) that say what they read.")
+    offset = torch.Tensor.storage_offset(x) if storage_offset is None else storage_offset
+    if is_contiguous_layout(root.shape, root.stride()) and torch.Tensor.storage_offset(root) == 0:
+        chain = [(aten.as_strided.default, (tuple(size), tuple(stride), offset), {}, None)]
+        return view_wrapper(_as_strided_value(value_of(root), size, stride, offset), root, chain)
+    return _as_strided_of_strided_root(root, size, stride, offset)
+
+
+def _as_strided_of_strided_root(root, size, stride, offset):
+    """as_strided of a tensor whose root is not laid out contiguously from the start of its
+    storage (a transposed, sliced or expanded tensor passed in): the storage positions asked
+    for are mapped back to the root's elements through its strides. The result is a copy that
+    refuses writes (in torch it is a view whose writes reach the argument)."""
     t = _t(value_of(root))
+    strides, root_offset = root.stride(), torch.Tensor.storage_offset(root)
     at = torch.zeros((), dtype=torch.int64)
     for k, (n, st) in enumerate(zip(t.shape, strides)):    # storage position of each element
         at = at + torch.arange(n).reshape([n if i == k else 1 for i in range(t.ndim)]) * st
-    at = (at + offset).expand(t.shape).reshape(-1)
+    at = (at + root_offset).expand(t.shape).reshape(-1)
     element = torch.full((int(at.max()) + 1 if t.numel else 0,), -1, dtype=torch.int64)
-    element[at] = torch.arange(t.numel)
-    wanted = torch.zeros((), dtype=torch.int64) + (offset if storage_offset is None else storage_offset)
+    element[at] = torch.arange(t.numel)         # an expanded root: a position's last element
+    wanted = torch.zeros((), dtype=torch.int64) + offset
     for k, (n, st) in enumerate(zip(size, stride)):
         wanted = wanted + torch.arange(n).reshape([n if i == k else 1 for i in range(len(size))]) * st
     wanted = wanted.expand(tuple(size))
-    if wanted.numel() and (int(wanted.max()) >= len(element) or bool((element[wanted] < 0).any())):
-        raise FunctxError(f"functx: aten.as_strided(size={list(size)}, stride={list(stride)}) reads memory "
-                          f"outside the argument it is applied to:\n{user_frame_summary()}")
+    if wanted.numel() and (int(wanted.min()) < 0 or int(wanted.max()) >= len(element)
+                           or bool((element[wanted] < 0).any())):
+        raise FunctxError(f"functx: aten.as_strided(size={list(size)}, stride={list(stride)}, "
+                          f"storage_offset={offset}) reads memory outside the argument it is applied "
+                          f"to (or the argument it is a view of):\n{user_frame_summary()}")
     flat = P.reshape(value_of(root), (t.numel,))
-    out = TracerTensor(P.take(flat, element[wanted].to(t.device), 0))
+    count = torch.bincount(at, minlength=len(element))
+    if t.dtype.is_floating_point and int(count.max()) > 1:
+        # elements that share memory (an expanded argument): a position holds their common
+        # value; its derivative is shared among them, as torch's as_strided backward does
+        storage = P.scatter_add(P.full((len(element),), 0.0, t.dtype, t.device), at.to(t.device), flat, 0)
+        share = (1.0 / count.clamp(min=1).to(t.dtype))[wanted].reshape(-1).to(t.device)
+        value = P.reshape(P.mul(P.take(storage, wanted.reshape(-1).to(t.device), 0), share), tuple(size))
+    else:
+        value = P.take(flat, element[wanted].to(t.device), 0)
+    out = TracerTensor(value)
     out._read_only = ("writing through as_strided of a non-contiguous argument is not supported "
                       "(functx computes it as a copy); call .contiguous() on the argument first")
     return out
