@@ -4,8 +4,8 @@ fused attention primitive (functx/kernels/attention.py).
 Matched in the traced graph (so under jit, on the function as traced; a transform applied
 before jit has already differentiated the pattern): two batched matmuls (dot_general, as
 torch's matmul lowers them: directly, or between reshapes that merge the leading dims),
-functx's softmax over the last dim (reduce_max of stop_gradient, or the reverse; sub, exp,
-reduce_sum, div),
+functx's softmax over the last dim (reduce_max, of stop_gradient or under it or, after
+simplify, without it; sub, exp, reduce_sum, div),
 an optional multiplication or division by a Python number and an optional added bias (a
 tensor of q's dtype, broadcast to the scores). k may come transposed (`k.transpose(-2, -1)`
 or `k.mT`) or already as (..., D, S). Every intermediate must be used only inside the
@@ -93,7 +93,7 @@ def _softmax_input(p, defs, uses):
     if bm and not mx:
         mx = _def(defs, uses, bm.inputs[0], "reduce_max")
         sg = mx and _def(defs, uses, mx.inputs[0], "stop_gradient")
-        max_of = sg and sg.inputs[0]
+        max_of = sg.inputs[0] if sg else mx and mx.inputs[0]     # simplify drops stop_gradient
     s = sub and sub.inputs[0]
     if not (mx and max_of is s and mx.params["axes"] == last and uses[s] == 2
             and bm.params["broadcast_dimensions"] == kept):

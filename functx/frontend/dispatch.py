@@ -20,7 +20,7 @@ from .. import prims as P
 from .generators import drawing_from
 from .fallback import opaque_fallback
 from .kernel_check import check_kernel_accepts, is_pointwise
-from .functionalize import make_view, meta_of, unwrap, unwrap_tree, value_of, write
+from .functionalize import RESULT_LAYOUTS, make_view, meta_of, unwrap, unwrap_tree, value_of, write
 from .lowerings.registry import LOWERINGS, PLANS, SPECIAL, register_special
 from .tensor import TracerTensor
 
@@ -72,8 +72,8 @@ def dispatch(func, args, kwargs):
         if _is_inplace(func, schema):
             return _inplace(func, args, kwargs)
         out = _dispatch_functional(func, schema, args, kwargs)
-    if func in _NON_CONTIGUOUS_RESULTS or kwargs.get("memory_format") not in _PLAIN_FORMATS \
-            or _strided_inputs(args, kwargs):
+    if RESULT_LAYOUTS[0] and (func in _NON_CONTIGUOUS_RESULTS or kwargs.get("memory_format") not in _PLAIN_FORMATS
+                              or _strided_inputs(args, kwargs)):
         out = torch_layout(func, args, kwargs, out)
     return out
 

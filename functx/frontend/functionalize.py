@@ -77,7 +77,11 @@ def make_view(func, lowering, args, kwargs):
     chain = list(base._chain or ())
     out = lowering(value_of(base), *rest, **kwargs)
     root = base._root if base._root is not None else base
-    meta = func(meta_of(base), *rest, **kwargs)      # torch's layout of the view
+    if not RESULT_LAYOUTS[0]:     # a symbolic trace: wrappers report contiguous strides
+        meta = [None] * len(out) if isinstance(out, (list, tuple)) else None
+    else:
+        with _no_python_dispatch():
+            meta = func(meta_of(base), *_hints(rest), **kwargs)      # torch's layout of the view
     if isinstance(out, (list, tuple)):
         return [view_wrapper(o, root, chain + [(func, rest, kwargs, i)], meta[i]) for i, o in enumerate(out)]
     return view_wrapper(out, root, chain + [(func, rest, kwargs, None)], meta)
@@ -87,19 +91,24 @@ def meta_of(w):
     """A meta tensor laid out as torch lays out w (the strides w reports): a root's from its
     strides and offset, a view's by its chain replayed on its root's. Cached."""
     if w._meta is None:
-        if w._root is not None:
-            w._meta = _replay(meta_of(w._root), w._chain)
-        else:
-            shape, strides, offset = tuple(w.shape), w.stride(), torch.Tensor.storage_offset(w)
-            extent = 1 + sum((n - 1) * st for n, st in zip(shape, strides)) if w.numel() else 0
-            w._meta = torch.empty(offset + extent, dtype=w.dtype, device="meta").as_strided(shape, strides, offset)
+        with _no_python_dispatch():
+            w._meta = _meta_of(w)
     return w._meta
+
+
+def _meta_of(w):
+    if w._root is not None:
+        return _replay(meta_of(w._root), _hints(w._chain))
+    shape, strides, offset = _hints((tuple(w.shape), w.stride(), torch.Tensor.storage_offset(w)))
+    extent = 1 + sum((n - 1) * st for n, st in zip(shape, strides)) if w.numel() else 0
+    return torch.empty(offset + extent, dtype=w.dtype, device="meta").as_strided(shape, strides, offset)
 
 
 def check_viewable(view, args, kwargs):
     """x.view(shape) fails in torch when x's strides don't allow it (a transposed or sliced
     tensor); torch's own view check (and message) decides, on the meta layout."""
-    meta_of(view).view(*args, **kwargs)
+    with _no_python_dispatch():
+        meta_of(view).view(*_hints(args), **kwargs)
 
 
 def contiguous(view):
@@ -110,9 +119,36 @@ def contiguous(view):
     return TracerTensor(value_of(view))
 
 
+# Whether results take torch's layouts (dispatch.torch_layout). Off in jit's symbolic traces
+# (frontend/staging.py): there every fresh value is contiguous and a view's layout follows
+# from its root's, which is all symbolic entries serve (non-contiguous arguments and any
+# read of a layout, as_strided or storage_offset(), make jit trace statically).
+RESULT_LAYOUTS = [True]
+
+
+def _no_python_dispatch():
+    # Layouts are computed on plain meta tensors: not through the dispatch mode functx runs
+    # while tracing (torch asserts when a mode sees meta tensors of symbolic size).
+    return torch._C._DisableTorchDispatch()
+
+
+def _hints(tree):
+    """Symbolic sizes (jit's symbolic trace) replaced by the sizes traced with: torch cannot
+    lay out meta tensors of symbolic size here, and a view's layout (viewable? contiguous?)
+    does not depend on the sizes a symbolic entry serves (0 and 1 are traced statically)."""
+    return tree_map(lambda n: n.node.hint if isinstance(n, torch.SymInt) else n, tree)
+
+
 def view_wrapper(value, root, chain, meta=None):
+    if not RESULT_LAYOUTS[0]:
+        # a symbolic trace: the wrapper reports contiguous strides, as every value there
+        # does (its meta, if asked for, replays the chain at the traced sizes)
+        w = TracerTensor(value)
+        w._root, w._chain, w._seen = root, chain, root._version_
+        return w
     if meta is None:
-        meta = _replay(meta_of(root), chain)
+        with _no_python_dispatch():
+            meta = _replay(meta_of(root), _hints(chain))
     w = TracerTensor(value, meta.stride(), meta.storage_offset())
     w._root, w._chain, w._seen, w._meta = root, chain, root._version_, meta
     return w
@@ -201,3 +237,4 @@ def _writes_values_only(target) -> bool:
     if not torch.is_grad_enabled() and reverse_mode_active():
         return True
     return any(func is aten.detach.default for func, *_ in (target._chain or ()))
+

@@ -6,6 +6,7 @@ structures, inputs written in place, fallback ops) goes into graph.meta.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -14,6 +15,7 @@ from ..core import GraphMeta, GraphTrace, TensorType, current_trace, nan_check, 
 from ..core.errors import ConcretizationError, user_facing
 from ..core.trace import Tracer, type_of
 from . import TracerTensor, record_fallbacks, record_rewrites, unwrap, wrap, wrap_input
+from .functionalize import RESULT_LAYOUTS
 from .random_mode import intercept_random
 from ..tree_util import tree_flatten, tree_unflatten
 
@@ -115,6 +117,16 @@ def split_static_kwargs(kwargs, static_argnames):
     return dynamic, static
 
 
+@contextlib.contextmanager
+def _result_layouts(on):
+    """Symbolic traces keep every fresh value contiguous (functionalize.RESULT_LAYOUTS)."""
+    saved, RESULT_LAYOUTS[0] = RESULT_LAYOUTS[0], on and RESULT_LAYOUTS[0]
+    try:
+        yield
+    finally:
+        RESULT_LAYOUTS[0] = saved
+
+
 def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mutations=False,
                 static_argnames=(), dynamic_scalars=False, arg_names=None, shapes=None):
     """Trace f at abstract versions of the tensor leaves of args/kwargs -> Graph.
@@ -159,7 +171,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
     kw.update(static_kw)
     # intercept_random: torch.randn(shape) etc. are staged as random primitives, not baked in
     with record_fallbacks() as fallbacks, record_rewrites() as rewrites, set_current_trace(trace), \
-            intercept_random(), _naming_scalars(scalar_vars, arg_names):
+            intercept_random(), _naming_scalars(scalar_vars, arg_names), _result_layouts(shapes is None):
         out = f(*full, **kw)
         out_leaves, out_tree = tree_flatten(out)
         for i, leaf in enumerate(out_leaves):

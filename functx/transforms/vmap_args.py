@@ -1,0 +1,66 @@
+"""vmap's argument checks: in_axes/out_axes specs, readable argument names, and the one
+batch size every mapped argument must share (errors name the argument)."""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from ..core.trace import Tracer, type_of
+from ..tree_util import tree_flatten
+
+
+def check_axes_spec(spec, name):
+    leaves, _ = tree_flatten(spec) if not isinstance(spec, (int, type(None))) else ([spec], None)
+    for leaf in leaves:
+        if not (leaf is None or (isinstance(leaf, int) and not isinstance(leaf, bool))):
+            raise TypeError(f"functx.vmap: {name} must be an int, None, or a pytree of those; got {spec!r}")
+
+
+def leaf_names(treedef, fn=None) -> list:
+    """Readable names for the leaves of an (args, kwargs) tree: "argument 'x' (args[0]['w'])"."""
+    try:
+        params = [q.name for q in inspect.signature(fn).parameters.values()
+                  if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)] if fn is not None else []
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for path in treedef.paths():
+        if len(path) < 2:
+            names.append(f"argument {path!r}")
+            continue
+        if path[0] == 0:
+            base, label = f"args[{path[1]}]", params[path[1]] if path[1] < len(params) else None
+        else:
+            base, label = f"kwargs[{path[1]!r}]", path[1]
+        where = base + "".join(f"[{k!r}]" for k in path[2:])
+        names.append(f"argument '{label}' ({where})" if label else f"argument {where}")
+    return names
+
+
+def batch_size(leaves, axes, axis_size, treedef, fn=None):
+    sizes = []
+    names = leaf_names(treedef, fn)
+    for i, (leaf, ax) in enumerate(zip(leaves, axes)):
+        if ax is None:
+            continue
+        if not isinstance(leaf, (torch.Tensor, Tracer)):
+            raise TypeError(f"functx.vmap: in_axes maps {names[i]}, which is a {type(leaf).__name__}, "
+                            "not a tensor; give it in_axes None")
+        nd = leaf.dim() if isinstance(leaf, torch.Tensor) else type_of(leaf).ndim
+        if not -nd <= ax < nd or nd == 0:
+            raise ValueError(f"functx.vmap: in_axes={ax} is out of range for {names[i]} of shape "
+                             f"{tuple(leaf.shape)}")
+        sizes.append((i, leaf.shape[ax], ax))
+    if not sizes:
+        if axis_size is None:
+            raise ValueError("functx.vmap: no argument is mapped (all in_axes are None); pass axis_size")
+        return axis_size
+    size = sizes[0][1]
+    # compared one by one, not as a set: a symbolic size (jit) is not hashable
+    if any(s != size for _, s, _ in sizes):
+        detail = ", ".join(f"{names[i]} has size {s} along axis {ax}" for i, s, ax in sizes)
+        raise ValueError(f"functx.vmap: mapped arguments have different batch sizes: {detail}")
+    if axis_size is not None and axis_size != size:
+        raise ValueError(f"functx.vmap: axis_size={axis_size} but the mapped arguments have size {size}")
+    return size
