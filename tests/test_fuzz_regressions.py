@@ -270,3 +270,16 @@ def test_a_tangent_has_its_primals_dtype():
     assert tangent.dtype == torch.float32
     torch.testing.assert_close(tangent, torch.tensor(0.3))
     check_derivatives(f, (x,))
+
+
+def test_index_put_with_another_dtype_raises_as_torch():
+    # nightly fuzz (invalid programs): jit converted the source to the destination's dtype
+    def program(x, v):
+        y = x + 1
+        y.index_put_((torch.tensor([], dtype=torch.int64),), v)
+        return y
+    x, v = torch.randn(4), torch.tensor(4)
+    with pytest.raises(RuntimeError, match="dtypes match"):
+        program(x, v)
+    with pytest.raises(RuntimeError, match="dtypes match"):
+        functx.jit(program)(x, v)

@@ -133,9 +133,18 @@ def _mask_put(x, mask, values, accumulate):
     return P.where(mask, v, x)
 
 
+def _dtype_name(dtype):
+    # torch's messages spell dtypes by their C++ scalar type names (Float, Long, ...)
+    return torch.empty((), dtype=dtype).type().split(".")[-1].replace("Tensor", "")
+
+
 @register(aten.index_put.default)
 def _index_put(x, indices, values, accumulate=False):
     t = _t(x)
+    if _t(values).dtype != t.dtype:       # torch's index_put never converts (x[i] = v converts first)
+        raise RuntimeError(f"Index put requires the source and destination dtypes match, got "
+                           f"{_dtype_name(t.dtype)} for the destination and {_dtype_name(_t(values).dtype)} "
+                           "for the source.")
     live = [ix for ix in indices if ix is not None]
     if (len(indices) == 1 and live and _t(live[0]).dtype in (torch.bool, torch.uint8)):
         out = _mask_put(x, live[0], values, accumulate)
