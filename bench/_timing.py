@@ -86,3 +86,42 @@ def fmt_time(s):
     if s < 1:
         return f"{s * 1e3:.2f} ms"
     return f"{s:.2f} s"
+
+
+def cuda_time(fn, *args, warmup=5, reps=30, min_ms=200.0):
+    """Median milliseconds per call on the GPU (CUDA events around enough calls to span
+    min_ms over the repetitions)."""
+    for _ in range(warmup):
+        fn(*args)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn(*args)
+    end.record()
+    torch.cuda.synchronize()
+    inner = max(1, min(1000, int(min_ms / reps / max(start.elapsed_time(end), 1e-3))))
+    times = []
+    for _ in range(reps):
+        start.record()
+        for _ in range(inner):
+            fn(*args)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / inner)
+    return statistics.median(times)
+
+
+def jax_time(jax, jf, jargs, reps=30, min_s=0.2):
+    """Median milliseconds per call of a jitted JAX function (blocking on its result)."""
+    jax.block_until_ready(jf(*jargs))
+    t0 = time.perf_counter()
+    jax.block_until_ready(jf(*jargs))
+    inner = max(1, min(1000, int(min_s / reps / max(time.perf_counter() - t0, 1e-6))))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            out = jf(*jargs)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) / inner * 1e3)
+    return statistics.median(times)

@@ -33,33 +33,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import functx  # noqa: E402
+from _timing import cuda_time, jax_time  # noqa: E402
 from functx.kernels import matmul as mm_template  # noqa: E402
 from functx.tree_util import tree_leaves, tree_map  # noqa: E402
 
 
 # ---------------------------------------------------------------- timing
-
-def gpu_time(fn, *args, warmup=5, reps=25, min_ms=150.0):
-    """Median ms per call (CUDA events around enough calls to span min_ms)."""
-    for _ in range(warmup):
-        fn(*args)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn(*args)
-    end.record()
-    torch.cuda.synchronize()
-    inner = max(1, min(500, int(min_ms / reps / max(start.elapsed_time(end), 1e-3))))
-    times = []
-    for _ in range(reps):
-        start.record()
-        for _ in range(inner):
-            fn(*args)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / inner)
-    return statistics.median(times)
-
 
 def cpu_time(fn, *args, warmup=1, reps=3):
     for _ in range(warmup):
@@ -69,21 +48,6 @@ def cpu_time(fn, *args, warmup=1, reps=3):
         t0 = time.perf_counter()
         fn(*args)
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def jax_time(jax, jf, jargs, reps=25):
-    jax.block_until_ready(jf(*jargs))
-    t0 = time.perf_counter()
-    jax.block_until_ready(jf(*jargs))
-    inner = max(1, min(500, int(0.15 / reps / max(time.perf_counter() - t0, 1e-6))))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            out = jf(*jargs)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / inner * 1e3)
     return statistics.median(times)
 
 
@@ -328,7 +292,7 @@ def step_row(spec, device, timer, jax_mods, compile_mode, budget_left):
                 jax.block_until_ready(jf(*jargs))
                 row["jax.jit"] = cpu_time(lambda *a: jax.block_until_ready(jf(*a)), *jargs)
             else:
-                row["jax.jit"] = jax_time(jax, jf, jargs)
+                row["jax.jit"] = jax_time(jax, jf, jargs, reps=25, min_s=0.15)
         except Exception as e:
             row["jax.jit"] = f"failed: {type(e).__name__}"
     return row
@@ -370,7 +334,7 @@ def main():
         return 0
     t_start = time.perf_counter()
     budget_left = lambda: args.budget - (time.perf_counter() - t_start)      # noqa: E731
-    timer = gpu_time if device == "cuda" else cpu_time
+    timer = cuda_time if device == "cuda" else cpu_time
     only = set(filter(None, args.only.split(",")))
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu (Triton interpreter)'}  "
           f"torch {torch.__version__}  allow_tf32={torch.backends.cuda.matmul.allow_tf32}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -25,34 +24,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import functx  # noqa: E402
+from _timing import cuda_time, jax_time  # noqa: E402
 
 # Nominal HBM bandwidth (bytes/s) by device-name fragment; checked in order.
 PEAK_BW = [("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12),
            ("A100-SXM4-80GB", 2.04e12), ("A100", 1.55e12), ("L40S", 0.864e12), ("A10G", 0.6e12),
            ("RTX 4090", 1.01e12), ("V100", 0.9e12)]
-
-
-def cuda_time(fn, *args, warmup=5, reps=30, min_ms=200.0):
-    """Median milliseconds per call (CUDA events; enough repetitions to span min_ms)."""
-    for _ in range(warmup):
-        fn(*args)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn(*args)
-    end.record()
-    torch.cuda.synchronize()
-    one = max(start.elapsed_time(end), 1e-3)
-    inner = max(1, min(1000, int(min_ms / reps / one)))
-    times = []
-    for _ in range(reps):
-        start.record()
-        for _ in range(inner):
-            fn(*args)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / inner)
-    return statistics.median(times)
 
 
 def peak_bandwidth():
@@ -211,23 +188,6 @@ def bench_one(name, spec, jax_mods, results, check=True):
     if spec.get("bytes"):
         row["functx GB/s"] = spec["bytes"] / (row["functx triton"] * 1e-3) / 1e9
     results[name] = row
-
-
-def jax_time(jax, jf, jargs, reps=30):
-    out = jf(*jargs)
-    jax.block_until_ready(out)
-    t0 = time.perf_counter()
-    jax.block_until_ready(jf(*jargs))
-    one = max(time.perf_counter() - t0, 1e-6)
-    inner = max(1, min(1000, int(0.2 / reps / one)))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            out = jf(*jargs)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / inner * 1e3)
-    return statistics.median(times)
 
 
 def bandwidth_section(quick):
