@@ -86,7 +86,8 @@ def run_schedule(n, slots, advance, back, c0):
     rev(0, n, c0, slots)
 
 
-def _groups(args, sizes):
+def split_groups(args, sizes):
+    """args cut into consecutive lists of the given sizes."""
     out, i = [], 0
     for n in sizes:
         out.append(list(args[i:i + n]))
@@ -100,7 +101,7 @@ def run_scan_revolve(body_fn, tbody_fn, args, *, num_tconsts, num_consts, num_ca
     tbody_fn(*tconsts, *consts, *carry, *x, *ct_carry, *ct_y) -> cotangents takes one back."""
     const_nz, carry_nz, x_nz, y_nz = masks
     nx = len(x_nz)
-    tconsts, consts, carry, xs, ct_carry, ct_ys = _groups(
+    tconsts, consts, carry, xs, ct_carry, ct_ys = split_groups(
         args, [num_tconsts, num_consts, num_carry, nx, sum(carry_nz), sum(y_nz)])
     n_ct = sum(const_nz)
     acc = [torch.zeros(tuple(t.shape), dtype=t.dtype, device=t.device) for t in out_types[:n_ct]]

@@ -16,6 +16,16 @@ from ..batching import BatchTrace, BatchTracer
 from ...tree_util import tree_flatten, tree_unflatten
 
 
+def stacked_type(t, length):
+    """The type of `length` per-iteration values of type t, stacked on a new leading dim."""
+    return t.with_shape((length,) + tuple(t.shape))
+
+
+def slice_type(t):
+    """The per-iteration type of a stacked value."""
+    return t.with_shape(tuple(t.shape[1:]))
+
+
 def is_float(t):
     return t is not None and (t.dtype.is_floating_point or t.dtype.is_complex)
 

@@ -31,7 +31,7 @@ from ... import prims as P
 from ...prims.creation import instantiate, zeros_like_type
 from ...prims.shape import bdim_to_front, moveaxis
 from ..ad import jvp_flat, linearize_flat, vjp_flat
-from .common import closed_graph, dce_graph, is_float, run_batched
+from .common import closed_graph, dce_graph, is_float, run_batched, slice_type, stacked_type
 from .scan_revolve import scan_tangent_p
 
 __all__ = ["scan_p", "run_scan"]
@@ -42,22 +42,13 @@ def _split(seq, num_consts, num_carry):
     return seq[:num_consts], seq[num_consts:num_consts + num_carry], seq[num_consts + num_carry:]
 
 
-def _slice_type(t):
-    """The per-iteration type of a stacked value."""
-    return t.with_shape(tuple(t.shape[1:]))
-
-
-def _stacked_type(t, length):
-    return t.with_shape((length,) + tuple(t.shape))
-
-
 def _nonzero(t):
     return not isinstance(t, Zero)
 
 
 def _scan_type(*types, body, num_consts, num_carry, length, reverse, unroll, remat, trip_count=None):
     out = body.out_types
-    return list(out[:num_carry]) + [_stacked_type(t, length) for t in out[num_carry:]]
+    return list(out[:num_carry]) + [stacked_type(t, length) for t in out[num_carry:]]
 
 
 def run_scan(body_fn, consts, carry, xs, ys_types, length, reverse, trips=None):
@@ -216,7 +207,7 @@ def _scan_partial_eval(body, num_consts, num_carry, consts, carry, xs, const_t, 
     nz_types = [t for t, m in zip(types, in_nz) if m]
     n_t = len(nz_types)
     n_rc = len(res_c)
-    res_x_types = [_slice_type(type_of(v)) for v in res_x]
+    res_x_types = [slice_type(type_of(v)) for v in res_x]
 
     def residuals(rc, rx):
         """The residual values inside the tangent body, in the order the body wants them."""
@@ -338,7 +329,7 @@ def _scan_transpose(cts, *args, body, num_consts, num_carry, length, reverse, un
         cts_in = [instantiate(c) for c in cts_in]
         return ([P.add(s, c) for s, c in zip(acc, cts_in[:n_lc])] + cts_in[n_lc:n_lc + nc] + cts_in[n_lc + nc:])
     in_types = ([type_of(r) for r in res_c] + lc_types + carry_types + [t for t, m in zip(y_types, y_nz) if m]
-                + [_slice_type(type_of(r)) for r in res_x])
+                + [slice_type(type_of(r)) for r in res_x])
     tg, tconsts = closed_graph(transposed_body, in_types)
     tg = dce_graph(tg)
     outs = scan_p.bind(*tconsts, *res_c, *[zeros_like_type(t) for t in lc_types], *ct_carry,
@@ -363,7 +354,7 @@ def _scan_batch(axis, args, dims, *, body, num_consts, num_carry, length, revers
     carry = [bdim_to_front(c, d, axis.size) for c, d in zip(carry, dims[num_consts:num_consts + num_carry])]
     xs = [x if d is None else moveaxis(x, d, 1) for x, d in zip(xs, x_d)]
     x_dims = [None if d is None else 0 for d in x_d]
-    in_types = [type_of(c) for c in consts] + [type_of(c) for c in carry] + [_slice_type(type_of(x)) for x in xs]
+    in_types = [type_of(c) for c in consts] + [type_of(c) for c in carry] + [slice_type(type_of(x)) for x in xs]
     bg, bconsts = closed_graph(
         lambda *a: run_batched(lambda *v: eval_graph(body, [], list(v)), axis,
                                const_d + [0] * num_carry + x_dims, list(a)), in_types)

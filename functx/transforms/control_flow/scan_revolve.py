@@ -25,29 +25,13 @@ from ...core.trace import UndefinedPrimal, eval_graph, type_of
 from ...prims.creation import instantiate, zeros_like_type
 from ...prims.shape import bdim_to_front, moveaxis
 from ..ad import jvp_flat, vjp_flat
-from .common import closed_graph, dce_graph, run_batched
+from .common import closed_graph, dce_graph, run_batched, stacked_type
 
 __all__ = ["scan_tangent_p", "scan_revolve_p"]
 
 
 def _pick(seq, mask):
     return [s for s, m in zip(seq, mask) if m]
-
-
-def _stacked(t, length):
-    return t.with_shape((length,) + tuple(t.shape))
-
-
-def _sliced(t):
-    return t.with_shape(tuple(t.shape[1:]))
-
-
-def _groups(args, sizes):
-    out, i = [], 0
-    for n in sizes:
-        out.append(list(args[i:i + n]))
-        i += n
-    return out
 
 
 def _order(length, reverse):
@@ -60,14 +44,14 @@ def _order(length, reverse):
 def _tangent_type(*types, body, num_consts, num_carry, masks, length, reverse, slots):
     const_nz, carry_nz, x_nz, y_nz = masks
     out = body.out_types
-    return _pick(out[:num_carry], carry_nz) + [_stacked(t, length) for t in _pick(out[num_carry:], y_nz)]
+    return _pick(out[:num_carry], carry_nz) + [stacked_type(t, length) for t in _pick(out[num_carry:], y_nz)]
 
 
 def _tangent_impl(*args, body, num_consts, num_carry, masks, length, reverse, slots):
     const_nz, carry_nz, x_nz, y_nz = masks
     nx = len(body.invars) - num_consts - num_carry
-    consts, carry, xs, ct, cart, xt = _groups(args, [num_consts, num_carry, nx, sum(const_nz), sum(carry_nz),
-                                                     sum(x_nz)])
+    consts, carry, xs, ct, cart, xt = revolve.split_groups(
+        args, [num_consts, num_carry, nx, sum(const_nz), sum(carry_nz), sum(x_nz)])
     types = body.in_types
     const_tf = _fill(ct, const_nz, types[:num_consts])
     y_types = _pick(body.out_types[num_carry:], y_nz)
@@ -118,7 +102,7 @@ def _transpose_body(body, num_consts, num_carry, masks):
 def _tangent_transpose(cts, *args, body, num_consts, num_carry, masks, length, reverse, slots):
     const_nz, carry_nz, x_nz, y_nz = masks
     nx = len(body.invars) - num_consts - num_carry
-    consts, carry, xs, ct_in, cart_in, xt_in = _groups(
+    consts, carry, xs, ct_in, cart_in, xt_in = revolve.split_groups(
         args, [num_consts, num_carry, nx, sum(const_nz), sum(carry_nz), sum(x_nz)])
     if any(isinstance(a, UndefinedPrimal) for a in consts + carry + xs):
         raise FunctxError("functx.scan(remat='binomial'): internal error: a residual of the tangent loop is linear")
@@ -141,7 +125,7 @@ def _revolve_type(*types, body, tbody, num_tconsts, num_consts, num_carry, masks
     const_nz, carry_nz, x_nz, _ = masks
     ins = body.in_types
     return (_pick(ins[:num_consts], const_nz) + _pick(ins[num_consts:num_consts + num_carry], carry_nz)
-            + [_stacked(t, length) for t in _pick(ins[num_consts + num_carry:], x_nz)])
+            + [stacked_type(t, length) for t in _pick(ins[num_consts + num_carry:], x_nz)])
 
 
 def _revolve_impl(*args, body, tbody, **params):
