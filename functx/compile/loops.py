@@ -42,12 +42,17 @@ def emit_scan(eqn, srcs, namespace, compile_body) -> str:
     lines += [f"        {buf}[i] = {y}" for buf, y in zip(ybufs, ys)]
     results = cs + ybufs
     lines.append(f"    return ({', '.join(results)}{',' if len(results) == 1 else ''})")
-    source = "\n".join(lines) + "\n"
-    exec(compile(source, f"<functx scan loop {n}>", "exec"), namespace)
-    namespace.setdefault(LOOP_SOURCES, []).append(
-        f"# {loop_name}: a scan of {p['length']} steps; its body, {body_name}, compiled by the "
-        f"{body.backend} backend:\n{source}{_indent(body.report())}")
+    _define_loop(namespace, lines, f"scan loop {n}",
+                 f"# {loop_name}: a scan of {p['length']} steps; its body, {body_name}, compiled by the "
+                 f"{body.backend} backend:", _indent(body.report()))
     return f"{loop_name}({', '.join(srcs)})"
+
+
+def _define_loop(namespace, lines, filename, header, bodies_report):
+    """Exec a generated loop function into the namespace and keep its source for explain."""
+    source = "\n".join(lines) + "\n"
+    exec(compile(source, f"<functx {filename}>", "exec"), namespace)
+    namespace.setdefault(LOOP_SOURCES, []).append(f"{header}\n{source}{bodies_report}")
 
 
 def emit_while(eqn, srcs, namespace, compile_body) -> str:
@@ -71,11 +76,9 @@ def emit_while(eqn, srcs, namespace, compile_body) -> str:
     lines.append(f"    while bool({cond_name}({', '.join(ccs + cs)})[0]):")
     lines.append(f"        {', '.join(cs)}{comma} = {body_name}({', '.join(bcs + cs)})")
     lines.append(f"    return ({', '.join(cs)}{comma})")
-    source = "\n".join(lines) + "\n"
-    exec(compile(source, f"<functx while loop {n}>", "exec"), namespace)
-    namespace.setdefault(LOOP_SOURCES, []).append(
-        f"# {loop_name}: a while loop; its cond, {cond_name}, and body, {body_name}, compiled by the "
-        f"{body.backend} backend:\n{source}{_indent(cond.report())}\n{_indent(body.report())}")
+    _define_loop(namespace, lines, f"while loop {n}",
+                 f"# {loop_name}: a while loop; its cond, {cond_name}, and body, {body_name}, compiled by the "
+                 f"{body.backend} backend:", f"{_indent(cond.report())}\n{_indent(body.report())}")
     return f"{loop_name}({', '.join(srcs)})"
 
 
