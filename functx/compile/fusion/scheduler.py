@@ -116,7 +116,12 @@ class Schedule:
 
     def sources(self, eqn) -> list:
         """Non-inlined equations whose outputs eqn reads (through views and constants)."""
-        out, stack, seen = [], list(eqn.inputs), set()
+        return self.sources_of(eqn.inputs)
+
+    def sources_of(self, atoms) -> list:
+        """Non-inlined equations the atoms are computed from (through views and constants),
+        in program order."""
+        out, stack, seen = [], list(atoms), set()
         while stack:
             a = stack.pop()
             if not isinstance(a, Var) or a in seen:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from ...core import Var
 from ...kernels import matmul
 from ..fusion.indexing import numel
-from ..fusion.kernel import FusionError, KernelPlan, is_inlined
+from ..fusion.kernel import FusionError, KernelPlan
 from ..fusion.scheduler import TemplateChoice
 from .runtime import load_module, module_source
 from .triton_ops import TritonOps, TVal
@@ -98,24 +98,6 @@ class PrologueOps(EpilogueOps):
         self.value = self._broadcast(value, {"x"})
 
 
-def _producers(schedule, var):
-    """The non-inlined equations var is computed from through views and constants."""
-    out, stack, seen = [], [var], set()
-    while stack:
-        v = stack.pop()
-        if not isinstance(v, Var) or v in seen:
-            continue
-        seen.add(v)
-        p = schedule.producers.get(v)
-        if p is None:
-            continue
-        if is_inlined(p):
-            stack.extend(p.inputs)
-        else:
-            out.append(p)
-    return out
-
-
 def _prologue(schedule, grp, names, layout):
     """(the kernel group computing A, its plan over A) or (None, None, why not): a
     pointwise kernel whose only stored value is read by this matmul alone, as its lhs."""
@@ -123,8 +105,8 @@ def _prologue(schedule, grp, names, layout):
     a = e.inputs[0]
     if layout.n > matmul.CONFIG.prologue_max_n:
         return None, None, f"N={layout.n} > {matmul.CONFIG.prologue_max_n}: recomputing A per column of tiles costs more"
-    lhs_groups = {schedule.group_of[id(p)].uid: schedule.group_of[id(p)] for p in _producers(schedule, a)}
-    rhs_groups = {schedule.group_of[id(p)].uid for p in _producers(schedule, e.inputs[1])}
+    lhs_groups = {schedule.group_of[id(p)].uid: schedule.group_of[id(p)] for p in schedule.sources_of([a])}
+    rhs_groups = {schedule.group_of[id(p)].uid for p in schedule.sources_of([e.inputs[1]])}
     for g in lhs_groups.values():
         if g.extern or g.template is not None or g.plan.reductions or g.uid in rhs_groups:
             continue
