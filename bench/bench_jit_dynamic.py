@@ -79,10 +79,8 @@ def _torch_sgd_step(params, x, y, lr):
     return value, [p - lr * g for p, g in zip(params, grads)]
 
 
-def transformer_lengths(n_lengths=20, batch=4, d_model=32, repeat=2, cache_limit=32, variant="symbolic"):
-    """Stats of value_and_grad of a TransformerEncoderLayer over n_lengths sequence lengths.
-    variant: "symbolic" (functx.jit's default: a dim seen with two sizes becomes symbolic),
-    "static" (functx.jit(dynamic=False): a trace per length), "torch.compile" (dynamic=None)."""
+def _transformer_loss(d_model):
+    """A seeded TransformerEncoderLayer's parameters and loss(params, x)."""
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(d_model, nhead=4, dim_feedforward=64, dropout=0.0,
                                              batch_first=True)
@@ -90,6 +88,14 @@ def transformer_lengths(n_lengths=20, batch=4, d_model=32, repeat=2, cache_limit
 
     def loss(params, x):
         return torch.func.functional_call(layer, params, (x,)).pow(2).mean()
+    return params, loss
+
+
+def transformer_lengths(n_lengths=20, batch=4, d_model=32, repeat=2, cache_limit=32, variant="symbolic"):
+    """Stats of value_and_grad of a TransformerEncoderLayer over n_lengths sequence lengths.
+    variant: "symbolic" (functx.jit's default: a dim seen with two sizes becomes symbolic),
+    "static" (functx.jit(dynamic=False): a trace per length), "torch.compile" (dynamic=None)."""
+    params, loss = _transformer_loss(d_model)
     lengths = [8 + k for k in range(n_lengths)]
     eager = torch.func.grad_and_value(loss)
     if variant == "torch.compile":
@@ -137,13 +143,7 @@ def transformer_lengths(n_lengths=20, batch=4, d_model=32, repeat=2, cache_limit
 def cached_ratio(lengths=(20, 27), pairs=40, batch=4, d_model=32):
     """Cached-call time of the symbolic entry vs the fully static graph, interleaved call by
     call (so both see the same machine load): {length: (symbolic min, median, static min, median)}."""
-    torch.manual_seed(0)
-    layer = torch.nn.TransformerEncoderLayer(d_model, nhead=4, dim_feedforward=64, dropout=0.0,
-                                             batch_first=True)
-    params = {k: v.detach() for k, v in layer.named_parameters()}
-
-    def loss(params, x):
-        return torch.func.functional_call(layer, params, (x,)).pow(2).mean()
+    params, loss = _transformer_loss(d_model)
     sym = functx.jit(functx.value_and_grad(loss))
     sta = functx.jit(functx.value_and_grad(loss), dynamic=False)
     for n in (8, 9):                      # two lengths: the sequence dim is symbolic from here
