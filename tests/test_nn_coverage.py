@@ -507,3 +507,37 @@ def test_derivatives_at_edge_points_match_torch(name):
     torch.testing.assert_close(functx.grad(f)(x), torch.func.grad(f)(x))
     torch.testing.assert_close(functx.jit(functx.grad(f))(x), torch.func.grad(f)(x))
     torch.testing.assert_close(functx.jit(f)(x), f(x))
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_batchnorm_train_under_vmap_with_unbatched_buffers_raises(jit):
+    """Per-sample grads of a BatchNorm model in training mode, its buffers passed unbatched:
+    each example's statistics would update one running_mean, which torch.func refuses too.
+    The error names the cause (under jit it used to be a misleading leaked-tracer error)."""
+    m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)).double().train()
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    bufs = {k: v.clone() for k, v in m.named_buffers()}
+
+    def loss(p, b, x):
+        return functx.func.functional_call(m, (p, b), (x,)).pow(2).sum()
+    f = functx.vmap(functx.grad(loss), in_axes=(None, None, 0))
+    with pytest.raises(functx.FunctxError, match="under vmap.*not batched"):
+        (functx.jit(f) if jit else f)(params, bufs, torch.randn(5, 2, 3, dtype=D))
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_batchnorm_train_ensemble_updates_stacked_buffers(jit):
+    """An ensemble under vmap with stacked (batched) buffers updates each member's running
+    statistics, in place in the buffers passed, as each module would (reference: the modules)."""
+    import copy
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).double().train() for _ in range(3)]
+    p, b = functx.func.stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    x = torch.randn(3, 8, 3, dtype=D)
+    f = functx.vmap(lambda p, b, x: functx.func.functional_call(base, (p, b), (x,)))
+    out = (functx.jit(f) if jit else f)(p, b, x)
+    ref = torch.stack([m(x[i]) for i, m in enumerate(models)])
+    torch.testing.assert_close(out, ref.detach())
+    torch.testing.assert_close(b["1.running_mean"], torch.stack([m[1].running_mean for m in models]))
+    torch.testing.assert_close(b["1.running_var"], torch.stack([m[1].running_var for m in models]))

@@ -132,7 +132,9 @@ def raise_leaked(tracer):
         f"functx: a traced value ({tracer.aval}) from {tracer._trace!r} was used after its transform "
         f"finished (a leaked tracer), here:\n{user_frame_summary()}\nThis happens when a function "
         "stores a value computed inside grad/vmap/jit in a global, a list or an object attribute and "
-        "uses it later. Return it from the transformed function instead.")
+        "uses it later, or when an in-place op (copy_, add_, x[i] = ...) inside a transform writes such "
+        "a value into a tensor from outside that transform (torch.func refuses those writes too). Return "
+        "the value from the transformed function instead.")
 
 
 def enclosing_traces():

@@ -11,7 +11,7 @@ from torch._decomp.decompositions import native_batch_norm_helper
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND as KIND
 
 from ...core.errors import FunctxError
-from ...core.trace import concrete
+from ...core.trace import PrimalTracer, Tracer, concrete, is_ancestor
 from ... import prims as P
 from ...prims.util import static_broadcast_shapes
 from ..functionalize import unwrap, write
@@ -251,6 +251,14 @@ def _hardswish(x):
 
 def _update_buffer(buf, new, op):
     value = P.stop_gradient(unwrap(new))
+    batching = _vmap_batching(buf, value)
+    if batching is not None:
+        raise FunctxError(
+            f"functx: {op} in training mode under vmap computes per-example running statistics, but "
+            f"the running_mean/running_var buffers it would update are not batched by that vmap "
+            f"({batching!r}); torch.func raises here too. Use the module in eval mode, construct it "
+            "with track_running_stats=False (functx.func.replace_all_batch_norm_modules_ does this to "
+            "a model), or pass the buffers batched (in_axes=0) as inputs.")
     if isinstance(buf, TracerTensor):
         write(buf, value)
         return
@@ -264,6 +272,21 @@ def _update_buffer(buf, new, op):
             "mode, or construct it with track_running_stats=False.") from e
     with torch.no_grad():
         buf.copy_(c)
+
+
+def _vmap_batching(buf, value):
+    """The vmap trace over which `value` is batched while the buffer `buf` is not (a wrapper
+    from outside that vmap, or a plain tensor), else None. Walks the value's tracer chain
+    (grad and jvp tracers carry their primal, a BatchTracer its per-batch value)."""
+    home = unwrap(buf)
+    home_trace = home._trace if isinstance(home, Tracer) else None
+    v = value
+    while isinstance(v, Tracer):
+        if getattr(v, "bdim", None) is not None and v._trace.axis is not None and (
+                home_trace is None or not is_ancestor(v._trace, home_trace)):
+            return v._trace
+        v = v.primal if isinstance(v, PrimalTracer) else getattr(v, "val", None)
+    return None
 
 
 @register_special(aten.native_batch_norm.default)
