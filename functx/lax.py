@@ -1,7 +1,8 @@
 """functx.lax: the public lax-style functions, over tensors (JAX's jax.lax), for the
-primitives that have no torch spelling: collectives over a named vmap axis and
-stop_gradient. (Structured control flow, functx.cond/switch/while_loop/scan, lives in
-transforms/control_flow.py; the internal lax API over traced values is functx.prims.)"""
+primitives that have no torch spelling: collectives over a named vmap axis, stop_gradient,
+and structured control flow under JAX's spellings (lax.cond/switch/while_loop/fori_loop/
+scan/map; they live in transforms/control_flow.py and are also functx.cond etc.). The
+internal lax API over traced values is functx.prims."""
 from __future__ import annotations
 
 import torch
@@ -12,6 +13,10 @@ from . import prims as P
 from .prims.collective import axis_size
 from .prims.spmd import pvary as _pvary
 from .tree_util import tree_map
+from .transforms.control_flow import cond, fori_loop, scan, switch, while_loop
+
+__all__ = ["psum", "pmean", "pmax", "pvary", "all_gather", "axis_index", "axis_size", "stop_gradient",
+           "cond", "switch", "while_loop", "fori_loop", "scan", "map"]
 
 
 def _apply(fn, tree, what):
@@ -84,3 +89,14 @@ def stop_gradient(x):
       >>> functx.grad(lambda x: (x * functx.stop_gradient(x)).sum())(x)   # == x, not 2x
     """
     return _apply(P.stop_gradient, x, "stop_gradient")
+
+
+def map(f, xs):  # noqa: A001  (JAX's name: lax.map)
+    """f applied to each slice of xs along its leading dim, one at a time, as a loop (JAX's
+    lax.map: a scan without a carry, so memory holds one slice's temporaries; vmap batches
+    instead). xs may be a pytree of tensors with the same leading size.
+
+    Example:
+      >>> functx.lax.map(lambda x: x @ x.T, torch.randn(8, 3, 3))   # shape (8, 3, 3)
+    """
+    return scan(lambda carry, x: (carry, f(x)), None, xs)[1]

@@ -190,3 +190,21 @@ def test_scan_errors_name_the_argument():
         functx.scan(f, C0, XS, remat="binomial", checkpoints=0)
     with pytest.raises(TypeError, match="fori_loop: loop bounds"):
         functx.fori_loop(0.0, 3, lambda i, v: v, C0)
+
+
+def test_lax_spellings_and_map():
+    """JAX code's lax.scan / lax.fori_loop / lax.map run unchanged through functx.lax;
+    lax.map equals a Python loop, and its gradient torch.func's of that loop."""
+    from functx import lax
+    assert lax.scan is functx.scan and lax.fori_loop is functx.fori_loop and lax.cond is functx.cond
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+
+    def f(m):
+        return (m @ m.T).sin()
+    ref = torch.stack([f(m) for m in x])
+    torch.testing.assert_close(lax.map(f, x), ref)
+    torch.testing.assert_close(functx.jit(lambda x: lax.map(f, x))(x), ref)
+    g = functx.grad(lambda x: lax.map(f, x).sum())(x)
+    torch.testing.assert_close(g, torch.func.grad(lambda x: torch.stack([f(m) for m in x]).sum())(x))
+    pair = lax.map(lambda t: t[0] * t[1], (x, x + 1))      # a pytree of inputs
+    torch.testing.assert_close(pair, x * (x + 1))
