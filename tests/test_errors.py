@@ -161,6 +161,10 @@ def test_transform_argument_errors():
         functx.grad(lambda x: x * 2)(X)
     with pytest.raises(TypeError, match="dtype torch.int64.*floating-point"):
         functx.grad(lambda x: x.sum())(torch.arange(3))
+    # the Jacobians of an integer input are not zeros (JAX and torch.func raise too)
+    for jac in (functx.jacrev, functx.jacfwd, functx.hessian):
+        with pytest.raises(TypeError, match="dtype torch.int64.*floating-point"):
+            jac(lambda x: x * 2)(torch.arange(3))
     with pytest.raises(ValueError, match="argnums"):
         functx.grad(lambda x: x.sum(), argnums=2)(X)
 

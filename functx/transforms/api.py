@@ -300,10 +300,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
         g, diff_args = _with_argnums(f, args, kwargs, argnums, "functx.grad")
 
         d_flat, d_tree = _flatten_tensors(diff_args, "functx.grad: differentiated arguments")
-        for i, x in enumerate(d_flat):
-            if not differentiable(x):
-                raise TypeError(f"functx.grad: differentiated argument leaf {i} has dtype {type_of(x).dtype}; "
-                                "grad needs floating-point inputs (use argnums to skip integer arguments)")
+        _require_float(d_flat, "functx.grad")
         store = _OutStore()
         out, pullback, _ = vjp_flat(_flat_fun(g, d_tree, store, "functx.grad", has_aux,
                                               sources=_leaves(diff_args)), d_flat,
@@ -564,6 +561,7 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
     def jac_f(*args, **kwargs):
         g, diff = _with_argnums(f, args, kwargs, argnums, "functx.jacfwd")
         d_flat, d_tree = _flatten_tensors(diff, "functx.jacfwd: differentiated arguments")
+        _require_float(d_flat, "functx.jacfwd")
         types = [type_of(x) for x in d_flat]
         n_total = sum(t.numel for t in types)
 
@@ -595,7 +593,7 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
     @functools.wraps(f)
     def jac_f(*args, **kwargs):
         g, diff = _with_argnums(f, args, kwargs, argnums, "functx.jacrev")
-
+        _require_float(_flatten_tensors(diff, "functx.jacrev: differentiated arguments")[0], "functx.jacrev")
         res = vjp(g, *diff, has_aux=has_aux)
         out, vjp_fn = res[0], res[1]
         o_flat, o_tree = tree_flatten(out)
@@ -626,6 +624,16 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
         jac = tree_unflatten(o_tree, jac_leaves)
         return (jac, res[2]) if has_aux else jac
     return jac_f
+
+
+def _require_float(leaves, who):
+    """grad and the Jacobians need floating-point inputs (JAX raises too; vjp and jvp instead
+    give an integer input a zero derivative, as JAX's float0 does)."""
+    for i, x in enumerate(leaves):
+        if not differentiable(x):
+            raise TypeError(f"{who}: differentiated argument leaf {i} has dtype {type_of(x).dtype}; "
+                            f"{who.split('.')[-1]} needs floating-point inputs (use argnums to skip "
+                            "integer arguments)")
 
 
 def _assemble(jac_tree, d_tree, in_types, leading_is_in, single):
