@@ -233,3 +233,30 @@ def test_explicit_pattern_becomes_attention_under_jit(name):
     # under a transform the pattern is differentiated before the passes run: values still right
     grads = functx.jit(functx.grad(lambda q: f(q, k, v, m).sum()))(q)
     _close(grads, torch.func.grad(lambda q: f(q, k, v, m).sum())(q), 1e-12, name)
+
+
+def test_closed_over_parameters_that_require_grad():
+    """SDPA on values computed from an nn.Module's own parameters (requires_grad=True, closed
+    over, the way most model code runs): every transform runs (the custom op used to reach its
+    torch autograd formula on wrappers and raise), and torch's backward through the transformed
+    output gives the parameters the same gradient as eager torch."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 8).double()
+    x, v = torch.randn(2, 5, 8, dtype=torch.float64), torch.randn(2, 5, 8, dtype=torch.float64)
+
+    def f(x):
+        q = lin(x)
+        return F.scaled_dot_product_attention(q, q.sin(), q, is_causal=True)
+    ref = f(x)
+    torch.testing.assert_close(functx.vmap(f)(x), ref)
+    torch.testing.assert_close(functx.jit(f)(x), ref)
+    eps = 1e-6
+    torch.testing.assert_close(functx.jvp(f, (x,), (v,))[1], ((f(x + eps * v) - f(x - eps * v)) / (2 * eps)).detach(),
+                               atol=1e-7, rtol=1e-6)
+    g = functx.grad(lambda x: f(x).pow(2).sum())(x)
+    torch.testing.assert_close(g, torch.autograd.grad(f(x.requires_grad_()).pow(2).sum(), x)[0])
+    x = x.detach()
+    ref.pow(2).sum().backward()
+    want, lin.weight.grad = lin.weight.grad, None
+    functx.vmap(f)(x).pow(2).sum().backward()
+    torch.testing.assert_close(lin.weight.grad, want)

@@ -169,3 +169,35 @@ def test_nested_transforms_under_jit_keep_one_trace_for_rows_of_a_batch():
     for r in rows:
         torch.testing.assert_close(f(r), r.cos())
     assert f.cache_size() == 1
+
+
+def test_group_norm_of_a_value_of_unknown_layout():
+    """A UNet's attention block: conv, reshape, unbind, SDPA, transpose, reshape, 1x1 conv, and
+    GroupNorm after it. functx can't follow that layout (torch's meta kernels disagree with
+    its CPU kernels there); GroupNorm runs torch's decomposition, which calls .contiguous()
+    and then as_strided. That as_strided means the reported layout (it used to raise, and
+    .contiguous() did not help). torch.func.jvp has no SDPA rule, so float64 central
+    differences decide; grad is checked against torch.func."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    n, qkv, o, gn = nn.GroupNorm(4, 8), nn.Conv2d(8, 24, 1), nn.Conv2d(8, 8, 1), nn.GroupNorm(4, 8)
+    for m in (n, qkv, o, gn):
+        m.double()
+
+    def f(x):
+        B, C, H, W = x.shape
+        q, k, v = qkv(n(x)).reshape(B, 3, C, H * W).unbind(1)
+        a = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2)[:, None], k.transpose(1, 2)[:, None], v.transpose(1, 2)[:, None])[:, 0]
+        return gn(x + o(a.transpose(1, 2).reshape(B, C, H, W)))
+    x, v = torch.randn(3, 8, 4, 4, dtype=torch.float64), torch.randn(3, 8, 4, 4, dtype=torch.float64)
+    out, tangent = functx.jvp(f, (x,), (v,))
+    torch.testing.assert_close(out, f(x).detach())
+    eps = 1e-6
+    torch.testing.assert_close(tangent, ((f(x + eps * v) - f(x - eps * v)) / (2 * eps)).detach(),
+                               atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(functx.grad(lambda x: f(x).pow(2).sum())(x),
+                               torch.func.grad(lambda x: f(x).pow(2).sum())(x))
+    # user code: .contiguous() makes such a value's layout known, so as_strided reads it
+    y = functx.jvp(lambda x: f(x).contiguous().as_strided((3, 8), (128, 1)), (x,), (v,))[0]
+    torch.testing.assert_close(y, f(x).detach().contiguous().as_strided((3, 8), (128, 1)))

@@ -113,8 +113,12 @@ def check_viewable(view, args, kwargs):
 
 def contiguous(view):
     """x.contiguous() of a view: x itself where torch's layout is contiguous, else a copy (a
-    new root holding the same value), so later writes don't reach the original."""
-    if meta_of(view).is_contiguous():
+    new root holding the same value), so later writes don't reach the original. Of a value
+    whose layout functx does not know: a copy, whose layout is then known (contiguous), so
+    as_strided after .contiguous() works as the error for as_strided advises; writes into it
+    don't reach x (torch's would if x happened to be contiguous already)."""
+    root = view._root if view._root is not None else view
+    if root._layout != "unknown" and meta_of(view).is_contiguous():
         return view
     return TracerTensor(value_of(view))
 

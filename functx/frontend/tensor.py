@@ -114,12 +114,18 @@ def _special_function(func, types, args, kwargs):
     out = rewrite(func, args, kwargs, lambda: _disabled_torch_function(func, types, args, kwargs or {}))
     if out is not NotImplemented:         # trace(hessian(f)) under jit (frontend/rewrites.py)
         return out
-    if func is _CONTIGUOUS and args[0]._chain:
+    if func is _CONTIGUOUS and _plain_format(args, kwargs) and (
+            args[0]._chain or args[0]._layout == "unknown"):
         return _functionalize().contiguous(args[0])
     if func is _VIEW and (args[0]._chain or not args[0].is_contiguous()) \
             and not (len(args) == 2 and isinstance(args[1], torch.dtype)):
         _functionalize().check_viewable(args[0], args[1:], kwargs or {})
     return _disabled_torch_function(func, types, args, kwargs or {})
+
+
+def _plain_format(args, kwargs):
+    fmt = args[1] if len(args) > 1 else (kwargs or {}).get("memory_format")
+    return fmt is None or fmt is torch.contiguous_format
 
 
 # The torch functions TracerTensor.__torch_function__ does more for than pass them through.

@@ -88,4 +88,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             bias = torch.where(bias, 0.0, float("-inf")).to(query.dtype)
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
-    return torch.ops.functx.attention(query, key, value, bias, bool(is_causal), float(scale))
+    # Below torch's autograd key: wrappers of values computed from closed-over parameters that
+    # require grad would otherwise send the op to its torch autograd formula (an
+    # autograd.Function, refused on wrappers); torch's autograd still records the op where it
+    # runs on real tensors (core/trace.py's EvalTrace), so backward through the result works.
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.functx.attention(query, key, value, bias, bool(is_causal), float(scale))

@@ -205,7 +205,7 @@ def _as_strided(x, size, stride, storage_offset=None):
         return torch.as_strided(x, size, stride, storage_offset)
     root = x._root if x._root is not None else x
     note_layout_read()          # the result depends on the arguments' layouts: jit keys on them
-    if root._layout == "unknown":
+    if root._layout == "unknown" and not _in_decomposition():
         raise FunctxError(
             f"functx: aten.as_strided of a tensor whose memory layout functx does not know:\n"
             f"{user_frame_summary()}\nas_strided reads raw storage, which functx's traced values don't "
@@ -217,6 +217,15 @@ def _as_strided(x, size, stride, storage_offset=None):
         chain = [(aten.as_strided.default, (tuple(size), tuple(stride), offset), {}, None)]
         return view_wrapper(_as_strided_value(value_of(root), size, stride, offset), root, chain)
     return _as_strided_of_strided_root(root, size, stride, offset)
+
+
+def _in_decomposition():
+    """True while torch's own decompositions (torch._refs) run on wrappers: they lay out
+    values from the strides a wrapper reports (contiguous for a value of unknown layout) or
+    call .contiguous() first (which returns the wrapper itself when it reports contiguous
+    strides), so their as_strided means the reported layout. native_group_norm's does this."""
+    from ..dispatch import _decomposing      # dispatch imports the lowerings
+    return _decomposing[0] > 0
 
 
 def _as_strided_of_strided_root(root, size, stride, offset):
