@@ -541,3 +541,45 @@ def test_batchnorm_train_ensemble_updates_stacked_buffers(jit):
     torch.testing.assert_close(out, ref.detach())
     torch.testing.assert_close(b["1.running_mean"], torch.stack([m[1].running_mean for m in models]))
     torch.testing.assert_close(b["1.running_var"], torch.stack([m[1].running_var for m in models]))
+
+
+_CLOSED_OVER = {
+    "BatchNorm1d_eval": (lambda: nn.BatchNorm1d(4).eval(), lambda m, x: m(x[None])[0]),
+    "BatchNorm1d_no_stats": (lambda: nn.BatchNorm1d(4, track_running_stats=False), lambda m, x: m(x[None])[0]),
+    "GroupNorm": (lambda: nn.GroupNorm(2, 4), lambda m, x: m(x[None])[0]),
+    "InstanceNorm1d_affine": (lambda: nn.InstanceNorm1d(4, affine=True), lambda m, x: m(x[None])[0]),
+    "LSTMCell": (lambda: nn.LSTMCell(5, 3), lambda m, x: torch.cat(m(x), -1)),
+    "GRUCell": (lambda: nn.GRUCell(5, 3), lambda m, x: m(x, x[..., :3].cos())),
+    "RNNCell_relu": (lambda: nn.RNNCell(5, 3, nonlinearity="relu"), lambda m, x: m(x)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CLOSED_OVER))
+def test_closed_over_parameters_get_their_torch_grad(name):
+    """Model code calls its modules directly (parameters closed over, requires_grad=True) and
+    trains them with torch's backward through the transformed output. Every parameter gets
+    the .grad of the same loss computed by a Python loop in eager torch. (Norm layers' weights
+    used to get no .grad at all: their decompositions reshaped them below torch's autograd.
+    The RNN cells used to raise under vmap: ATen's cells write into temporaries in place.)"""
+    make, call = _CLOSED_OVER[name]
+    torch.manual_seed(0)
+    m = make().double()
+    x = torch.randn(3, 4, 5, dtype=D)
+
+    def f(x):
+        return call(m, x)
+    ref = torch.stack([f(x[i]) for i in range(3)])
+    ref.sin().sum().backward()
+    want = [p.grad.clone() for p in m.parameters()]
+    for transform in (functx.vmap(f), functx.jit(functx.vmap(f))):
+        for p in m.parameters():
+            p.grad = None
+        out = transform(x)
+        torch.testing.assert_close(out, ref.detach())
+        out.sin().sum().backward()
+        for p, w in zip(m.parameters(), want):
+            assert p.grad is not None
+            torch.testing.assert_close(p.grad, w)
+    xr = x[0].clone().requires_grad_()
+    torch.testing.assert_close(functx.grad(lambda x: f(x).pow(2).sum())(x[0]),
+                               torch.autograd.grad(f(xr).pow(2).sum(), xr)[0])

@@ -4,7 +4,8 @@ Python decompositions instead (from TracerTensor.__torch_function__).
 ATen's C++ RNN kernels (lstm, gru, rnn_tanh, rnn_relu) run before the Python dispatch key
 and update temporaries in place (`linear_hh(hx).add_(igates)`). When such a temporary holds
 no traced value (vmap over the input with unbatched weights, jvp with respect to the input)
-functx cannot track the write. torch._decomp's versions compute the same cells out of place.
+functx cannot track the write. torch._decomp's versions compute the same cells out of place; the single-step cells
+(lstm_cell, gru_cell, rnn_*_cell) have none, so they are written out here.
 """
 from __future__ import annotations
 
@@ -111,7 +112,44 @@ def embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sp
     return out, offset2bag, bag_size, max_indices
 
 
+# The single-step cells (nn.LSTMCell, GRUCell, RNNCell) have no Python decomposition; ATen's
+# C++ ones write into temporaries in place. The same formulas as ATen's RNN.cpp, out of place.
+def _gates(input, hx, w_ih, w_hh, b_ih, b_hh):
+    return torch.nn.functional.linear(input, w_ih, b_ih), torch.nn.functional.linear(hx, w_hh, b_hh)
+
+
+def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    h, c = hx
+    gi, gh = _gates(input, h, w_ih, w_hh, b_ih, b_hh)
+    i, f, g, o = (gh + gi).chunk(4, 1)
+    cy = f.sigmoid() * c + i.sigmoid() * g.tanh()
+    return o.sigmoid() * cy.tanh(), cy
+
+
+def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    gi, gh = _gates(input, hx, w_ih, w_hh, b_ih, b_hh)
+    i_r, i_z, i_n = gi.chunk(3, 1)
+    h_r, h_z, h_n = gh.chunk(3, 1)
+    reset, update = (h_r + i_r).sigmoid(), (h_z + i_z).sigmoid()
+    new = (i_n + h_n * reset).tanh()
+    return (hx - new) * update + new
+
+
+def rnn_tanh_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    gi, gh = _gates(input, hx, w_ih, w_hh, b_ih, b_hh)
+    return (gh + gi).tanh()
+
+
+def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    gi, gh = _gates(input, hx, w_ih, w_hh, b_ih, b_hh)
+    return (gh + gi).relu()
+
+
 COMPOSITES = {
+    _VF.lstm_cell: lstm_cell,
+    _VF.gru_cell: gru_cell,
+    _VF.rnn_tanh_cell: rnn_tanh_cell,
+    _VF.rnn_relu_cell: rnn_relu_cell,
     _VF._pack_padded_sequence: pack_padded_sequence,
     _VF._pad_packed_sequence: pad_packed_sequence,
     _VF.lstm: _by_overload(aten.lstm),

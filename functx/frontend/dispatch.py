@@ -57,6 +57,8 @@ def dispatch(func, args, kwargs):
         plan = _plan(func)
     _, special, pointwise, lowering, is_view = plan
     if special is not None:
+        if torch.is_grad_enabled():
+            args, kwargs = _lift_parameters(args, kwargs)
         return special(*args, **kwargs)
     if pointwise:
         check_kernel_accepts(func, args, kwargs)
@@ -84,6 +86,8 @@ def _dispatch_functional(func, schema, args, kwargs):
         raise FunctxError(f"functx: {func} writes into an out= argument, which transformed functions "
                           f"cannot do:\n{user_frame_summary()}\nCall the functional form instead "
                           "(y = torch.add(a, b) rather than torch.add(a, b, out=y)).")
+    if torch.is_grad_enabled():
+        args, kwargs = _lift_parameters(args, kwargs)
     decomp = decomposition_table.get(func)
     if decomp is not None:
         out = _decompose(decomp, args, kwargs)
@@ -196,6 +200,22 @@ def _signature(args):
         else:
             out.append(a)
     return tuple(out)
+
+
+def _lift_parameters(args, kwargs):
+    """Plain tensors that require grad (an nn.Module's closed-over parameters) as wrappers of
+    themselves, for ops that run torch code on their arguments (decompositions, special
+    lowerings such as batch norm's). That code runs below torch's autograd key, so reshaping
+    a parameter there would drop it from torch's autograd graph (a model's GroupNorm weight
+    got no .grad); as a wrapper, its uses become functx primitives, whose eager evaluation
+    runs where torch's autograd records it (core/trace.py's EvalTrace)."""
+    def lift(a):
+        if type(a) is torch.Tensor or type(a) is torch.nn.Parameter:
+            return TracerTensor(a) if a.requires_grad else a
+        if type(a) is list or type(a) is tuple:
+            return type(a)(lift(b) for b in a)
+        return a
+    return tuple(lift(a) for a in args), {k: lift(v) for k, v in kwargs.items()}
 
 
 class _UnknownLayout(Exception):
