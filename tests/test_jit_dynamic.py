@@ -232,3 +232,12 @@ def test_a_dimension_that_keeps_changing_is_named_before_the_cache_fills():
     dim = [str(w.message) for w in caught if "changed size" in str(w.message)]
     assert len(dim) == 2 and "dim 1 of argument 'x'" in dim[0] and "dim 1 of argument 'y'" in dim[1]
     assert f.cache_size() == DIM_WARN_AFTER + 3 <= f.cache_info().limit
+
+
+def test_python_float_to_the_power_of_a_dynamic_int():
+    """Adam's bias correction, 1 - b1 ** t, with the step t a dynamic Python int: a float base
+    with a traced exponent (it raised an AttributeError); one trace serves every step."""
+    f = functx.jit(lambda x, t: x / (1 - 0.9 ** t) + 2.0 ** t)
+    for t in (1, 2, 7):
+        torch.testing.assert_close(f(torch.ones(3), t), torch.ones(3) / (1 - 0.9 ** t) + 2.0 ** t)
+    assert f.cache_info().traces == 1

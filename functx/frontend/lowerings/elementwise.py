@@ -223,7 +223,8 @@ def _pow(x, y):
             return elementwise(P.mul, x, x)
         if y == 0.5 and _t(x).dtype.is_floating_point:
             return P.sqrt(x)
-    if is_weak(y) and _t(y).dtype is torch.int64 and _t(x).dtype not in (torch.float32, torch.float64):
+    base = _t(x).dtype if _t(x) is not None else (torch.int64 if isinstance(x, int) else torch.float64)
+    if is_weak(y) and _t(y).dtype is torch.int64 and base not in (torch.float32, torch.float64):
         # torch refuses negative and unrepresentable int exponents of such bases by value;
         # a dynamic exponent's value is unknown, so it must be static (this raises under jit).
         concrete(y)
