@@ -208,6 +208,9 @@ def _route(func, args, kwargs):
     return func(*args, **kwargs)
 
 
+_EMPTY_FACTORIES = frozenset({aten.empty.memory_format, aten.empty_strided.default})
+
+
 def _storage(t):
     return t.untyped_storage().data_ptr()
 
@@ -254,6 +257,12 @@ class RandomMode(TorchDispatchMode):
             # dispatcher: this keeps the mode's cost per traced op to one Python call.
             return dispatch(func, args, kwargs or {})
         kwargs = kwargs or {}
+        if func in _EMPTY_FACTORIES and staged_or_batched():
+            # torch.empty(shape) made to be filled in place (torch.distributions' rsample:
+            # torch.empty(shape).normal_()): a wrapper, so that traced or per-example values
+            # can be written into it (its initial contents are unspecified: zeros here).
+            out = func(*args, **kwargs)
+            return TracerTensor(out.zero_())
         if not _is_seeded(func) or not _samples(func, args, kwargs):
             if staging():
                 return self._staged_plain_op(func, args, kwargs)

@@ -8,7 +8,7 @@ import torch
 
 from ... import prims as P
 from .common import _as_bool, _dims, _keep, _opaque, _t, aten, wrap_dim
-from .registry import register
+from .registry import register, register_special
 
 
 # ---------------------------------------------------------------- reductions
@@ -255,3 +255,60 @@ def _logcumsumexp(x, dim):
     mb = P.broadcast_in_dim(m, full, tuple(range(len(full) - 1)))
     s = P.reduce_sum(P.exp(P.sub(masked, mb)), (last,))
     return _cum_restore(P.add(P.log(s), m), perm)
+
+
+# ---------------------------------------------------------------- truth tests for Python
+# torch._is_all_true(x) / _is_any_true(x) return a bool tensor that Python code then tests
+# (`if not torch._is_all_true(valid): raise ValueError`): torch.distributions' argument
+# validation, among others. Like torch.func's batching rule, the test covers every example
+# under vmap (so Python gets one answer). Under jit the values are not known when f is
+# traced: an all-true test is assumed to hold and checked each time the program runs (a
+# failed check raises there, as the validation would have); an any-true test needs values.
+
+def _underlying(v):
+    """The value behind a tracer: its primal under grad/jvp/jet, the whole batch under vmap;
+    a tensor when the values are known (eager transforms), else a jit tracer."""
+    from ...core.trace import PrimalTracer, Tracer
+    while isinstance(v, Tracer):
+        if isinstance(v, PrimalTracer):
+            v = v.primal
+        elif getattr(v, "val", None) is not None:      # BatchTracer: every example
+            v = v.val
+        else:
+            break
+    return v
+
+
+def _truth_test(x, kind):
+    from ...core.trace import concrete
+    from ...debug import callback
+    from ..functionalize import unwrap
+    from ..tensor import TracerTensor
+    if not isinstance(x, TracerTensor):
+        v = x
+    else:
+        v = _underlying(unwrap(x))
+        if not isinstance(v, torch.Tensor):
+            if kind == "any":
+                v = concrete(unwrap(x))        # raises: Python needs the values here
+            else:
+                callback(_check_all_true, x)
+                return torch.tensor(True, device=x.device)
+    return torch.tensor(bool(v.all() if kind == "all" else v.any()), device=v.device)
+
+
+def _check_all_true(value):
+    if not bool(value.all()):
+        raise ValueError("functx.jit: torch._is_all_true was False when the program ran; it was "
+                         "assumed True when the function was traced (a validation check, e.g. a "
+                         "torch.distributions argument constraint, failed)")
+
+
+@register_special(aten._is_all_true.default)
+def _is_all_true(x):
+    return _truth_test(x, "all")
+
+
+@register_special(aten._is_any_true.default)
+def _is_any_true(x):
+    return _truth_test(x, "any")
