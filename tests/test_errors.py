@@ -239,3 +239,22 @@ def test_traceback_filtering_can_be_turned_off(monkeypatch):
     with pytest.raises(ConcretizationError) as excinfo:
         functx.jit(branch_on_value)(X)
     assert len(internal_frames(excinfo)) > 3
+
+
+@pytest.mark.parametrize("transform", ["grad", "vmap", "jit"])
+def test_torch_autograd_inside_a_transform_names_the_functx_way(transform):
+    """PINN code often takes derivatives with torch.autograd.grad; traced values have no torch
+    autograd graph, so torch would fail with "does not require grad" (or give None with
+    allow_unused). The error says so and names the functx spelling."""
+    def f(x):
+        y = (x ** 3).sum()
+        return torch.autograd.grad(y, x, create_graph=True)[0].sum()
+
+    def g(x):
+        (x ** 2).sum().backward()
+        return x.sum()
+    t = {"grad": functx.grad, "vmap": functx.vmap, "jit": functx.jit}[transform]
+    with pytest.raises(functx.FunctxError, match=r"(?s)torch.autograd.grad on a value traced.*functx.grad\(lambda"):
+        t(f)(torch.randn(2, 3))
+    with pytest.raises(functx.FunctxError, match="Tensor.backward on a value traced"):
+        t(g)(torch.randn(2, 3))

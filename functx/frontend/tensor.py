@@ -108,6 +108,8 @@ class TracerTensor(torch.Tensor):
 
 
 def _special_function(func, types, args, kwargs):
+    if func in _TORCH_AUTOGRAD:
+        _refuse_torch_autograd(func)
     composite = COMPOSITES.get(func)
     if composite is not None:
         return composite(*args, **(kwargs or {}))
@@ -128,8 +130,25 @@ def _plain_format(args, kwargs):
     return fmt is None or fmt is torch.contiguous_format
 
 
+_TORCH_AUTOGRAD = {torch.autograd.grad: "torch.autograd.grad", torch.autograd.backward: "torch.autograd.backward",
+                   torch.Tensor.backward: "Tensor.backward"}
+
+
+def _refuse_torch_autograd(func):
+    # Traced values carry no torch autograd graph (requires_grad is False on them), so torch
+    # would fail with "does not require grad", or silently give None with allow_unused.
+    name = _TORCH_AUTOGRAD[func]
+    raise FunctxError(
+        f"functx: {name} on a value traced by a functx transform, here:\n{user_frame_summary()}\n"
+        "Traced values have no PyTorch autograd graph (torch.func refuses this too). Take the "
+        "derivative with functx instead: functx.grad(lambda x: u(x).sum())(x) for "
+        "torch.autograd.grad(u(x).sum(), x), functx.vjp(u, x)[1](v) for grad_outputs=v, and "
+        "functx.jacrev / functx.hessian / functx.laplacian for higher derivatives; they compose "
+        "with jit and vmap.")
+
+
 # The torch functions TracerTensor.__torch_function__ does more for than pass them through.
-_SPECIAL_FUNCTIONS = frozenset(COMPOSITES) | REWRITTEN | {_CONTIGUOUS, _VIEW}
+_SPECIAL_FUNCTIONS = frozenset(COMPOSITES) | REWRITTEN | {_CONTIGUOUS, _VIEW} | frozenset(_TORCH_AUTOGRAD)
 
 
 def _concrete(w):
