@@ -21,7 +21,7 @@ from .generators import drawing_from
 from .fallback import opaque_fallback
 from .kernel_check import check_kernel_accepts, is_pointwise
 from .functionalize import RESULT_LAYOUTS, make_view, meta_of, unwrap, unwrap_tree, value_of, write
-from .lowerings.registry import LOWERINGS, PLANS, SPECIAL, register_special
+from .lowerings.registry import DECOMPOSING as _decomposing, LOWERINGS, PLANS, SPECIAL, register_special
 from .tensor import TracerTensor
 
 aten = torch.ops.aten
@@ -225,9 +225,6 @@ class _UnknownLayout(Exception):
 class _UnmappedPrim(Exception):
     """A decomposition reached a torch.ops.prims op with no lowering. prims ops have no
     derivative formulas, so the op being decomposed runs through the fallback instead."""
-
-
-_decomposing = [0]
 
 
 def _decompose(decomp, args, kwargs):

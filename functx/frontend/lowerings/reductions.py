@@ -7,6 +7,10 @@ import math
 import torch
 
 from ... import prims as P
+from ...core.trace import PrimalTracer, Tracer, concrete
+from ...prims import debug_callback
+from ..functionalize import unwrap
+from ..tensor import TracerTensor
 from .common import _as_bool, _dims, _keep, _opaque, _t, aten, wrap_dim
 from .registry import register, register_special
 
@@ -268,7 +272,6 @@ def _logcumsumexp(x, dim):
 def _underlying(v):
     """The value behind a tracer: its primal under grad/jvp/jet, the whole batch under vmap;
     a tensor when the values are known (eager transforms), else a jit tracer."""
-    from ...core.trace import PrimalTracer, Tracer
     while isinstance(v, Tracer):
         if isinstance(v, PrimalTracer):
             v = v.primal
@@ -280,10 +283,6 @@ def _underlying(v):
 
 
 def _truth_test(x, kind):
-    from ...core.trace import concrete
-    from ...debug import callback
-    from ..functionalize import unwrap
-    from ..tensor import TracerTensor
     if not isinstance(x, TracerTensor):
         v = x
     else:
@@ -292,7 +291,7 @@ def _truth_test(x, kind):
             if kind == "any":
                 v = concrete(unwrap(x))        # raises: Python needs the values here
             else:
-                callback(_check_all_true, x)
+                debug_callback(_check_all_true, unwrap(x))
                 return torch.tensor(True, device=x.device)
     return torch.tensor(bool(v.all() if kind == "all" else v.any()), device=v.device)
 

@@ -18,6 +18,9 @@ SPECIAL: dict = {}
 # dispatch's per-op decisions (frontend/dispatch.py, `_plan`), keyed by id(op); cleared
 # whenever either table changes, so a decision never outlives the entries it was read from.
 PLANS: dict = {}
+# How many torch decompositions are running on wrappers now (dispatch.py counts; views.py's
+# as_strided reads it).
+DECOMPOSING = [0]
 
 
 def _add(table, table_name, ops, fn):

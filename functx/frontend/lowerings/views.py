@@ -12,7 +12,7 @@ from ..functionalize import value_of, view_wrapper
 from ..promote import result_type
 from ..tensor import TracerTensor, is_contiguous_layout, note_layout_read
 from .common import _t, aten, wrap_dim
-from .registry import register, register_special
+from .registry import DECOMPOSING, register, register_special
 
 
 # ---------------------------------------------------------------- views
@@ -224,8 +224,7 @@ def _in_decomposition():
     values from the strides a wrapper reports (contiguous for a value of unknown layout) or
     call .contiguous() first (which returns the wrapper itself when it reports contiguous
     strides), so their as_strided means the reported layout. native_group_norm's does this."""
-    from ..dispatch import _decomposing      # dispatch imports the lowerings
-    return _decomposing[0] > 0
+    return DECOMPOSING[0] > 0
 
 
 def _as_strided_of_strided_root(root, size, stride, offset):
