@@ -216,6 +216,8 @@ UNARY = {
     "abs": (torch.abs, ("nz", 0.1, 2.0), FLOATS + INTS, False),
     "logistic": (torch.sigmoid, ("u", -3.0, 3.0), FLOATS, False),
     "erf": (torch.erf, ("u", -2.0, 2.0), FLOATS, False),
+    "erfc": (torch.erfc, ("u", -2.0, 4.0), FLOATS, False),
+    "erfcx": (torch.special.erfcx, ("u", -1.5, 6.0), (F32, F64), False),    # no CPU half kernel in torch
     "erfinv": (torch.erfinv, ("u", -0.9, 0.9), FLOATS, False),
     "lgamma": (torch.lgamma, ("u", 0.5, 4.0), FLOATS, False),
     "digamma": (torch.digamma, ("u", 0.5, 4.0), FLOATS, False),

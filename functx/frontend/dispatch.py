@@ -74,8 +74,9 @@ def dispatch(func, args, kwargs):
         if _is_inplace(func, schema):
             return _inplace(func, args, kwargs)
         out = _dispatch_functional(func, schema, args, kwargs)
-    if RESULT_LAYOUTS[0] and (func in _NON_CONTIGUOUS_RESULTS or kwargs.get("memory_format") not in _PLAIN_FORMATS
-                              or _strided_inputs(args, kwargs)):
+    if RESULT_LAYOUTS[0] and func not in _CONTIGUOUS_RESULTS and (
+            func in _NON_CONTIGUOUS_RESULTS or kwargs.get("memory_format") not in _PLAIN_FORMATS
+            or _strided_inputs(args, kwargs)):
         out = torch_layout(func, args, kwargs, out)
     return out
 
@@ -111,6 +112,11 @@ _NON_CONTIGUOUS_RESULTS = frozenset(
                                                         "qr", "lu_", "eig", "lstsq", "geqrf", "orgqr",
                                                         "empty_strided", "empty_permuted"))
     for op in (getattr(getattr(aten, name), o) for o in getattr(aten, name).overloads()))
+# Matrix products: torch allocates their results contiguous whatever the operands' strides
+# (F.linear's weight arrives transposed). Asking the meta kernel would also import sympy
+# (torch's type promotion does), about 1.5 s of a first jit call.
+_CONTIGUOUS_RESULTS = frozenset({aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
+                                 aten.mv.default, aten.addmv.default, aten.dot.default})
 # x.contiguous(memory_format=torch.channels_last), x.to(memory_format=...): the layout asked for
 _PLAIN_FORMATS = (None, torch.preserve_format, torch.contiguous_format)
 

@@ -194,6 +194,12 @@ logistic_p = defunary("logistic", torch.sigmoid, "torch.sigmoid", float_only("tl
                       lambda x, y: mul(y, sub(1.0, y)), cpp=cpp_float("(1.0f / (1.0f + expf(-{0})))", "(1.0 / (1.0 + exp(-{0})))"))
 erf_p = defunary("erf", torch.erf, "torch.erf", float_only("libdevice.erf({0})"),
                  lambda x, y: mul(exp(neg(mul(x, x))), 2.0 / math.sqrt(math.pi)), cpp=libm("erf"))
+# erfc and erfcx as primitives, not 1 - erf(x) and exp(x^2) erfc(x): those lose every digit
+# where the function is small (erfc(10) = 2e-45 became 0) or overflow (erfcx(30)).
+erfc_p = defunary("erfc", torch.erfc, "torch.erfc", float_only("libdevice.erfc({0})"),
+                  lambda x, y: mul(exp(neg(mul(x, x))), -2.0 / math.sqrt(math.pi)), cpp=libm("erfc"))
+erfcx_p = defunary("erfcx", torch.special.erfcx, "torch.special.erfcx", float_only("libdevice.erfcx({0})"),
+                   lambda x, y: sub(mul(mul(x, y), 2.0), 2.0 / math.sqrt(math.pi)))
 erfinv_p = defunary("erfinv", torch.erfinv, "torch.erfinv", float_only("libdevice.erfinv({0})"),
                     lambda x, y: mul(exp(mul(y, y)), math.sqrt(math.pi) / 2.0))
 lgamma_p = defunary("lgamma", torch.lgamma, "torch.lgamma", float_only("libdevice.lgamma({0})"),
@@ -223,6 +229,7 @@ neg, exp, exp2, log, log1p, expm1 = map(_unary, (neg_p, exp_p, exp2_p, log_p, lo
 sin, cos, tan, tanh, asin, acos, atan = map(_unary, (sin_p, cos_p, tan_p, tanh_p, asin_p, acos_p, atan_p))
 sinh, cosh, asinh, acosh, atanh = map(_unary, (sinh_p, cosh_p, asinh_p, acosh_p, atanh_p))
 sqrt, rsqrt, abs_, logistic, erf, erfinv = map(_unary, (sqrt_p, rsqrt_p, abs_p, logistic_p, erf_p, erfinv_p))
+erfc, erfcx = map(_unary, (erfc_p, erfcx_p))
 lgamma, digamma, sign, floor, ceil, round_, trunc = map(
     _unary, (lgamma_p, digamma_p, sign_p, floor_p, ceil_p, round_p, trunc_p))
 logical_not, bitwise_not = _unary(logical_not_p), _unary(bitwise_not_p)
@@ -251,6 +258,7 @@ for _p, _h in [
         (sqrt_p, lambda xs, ys: s_div(0.5, ys)),
         (rsqrt_p, lambda xs, ys: s_scale(s_div(ys, xs), -0.5)),
         (logistic_p, lambda xs, ys: s_add(ys, s_scale(_s_square(ys), -1.0))),
+        (erfcx_p, lambda xs, ys: s_shift(s_scale(s_mul(xs, ys), 2.0), -2.0 / math.sqrt(math.pi))),
         (erfinv_p, lambda xs, ys: s_scale(s_apply(exp_p, _s_square(ys)), math.sqrt(math.pi) / 2.0))]:
     taylor_unary(_p, _h)
 for _p, _h in [
@@ -268,6 +276,7 @@ for _p, _h in [
         (atanh_p, lambda xs, ys: s_div(1.0, s_shift(s_scale(_s_square(xs), -1.0), 1.0))),
         (abs_p, lambda xs, ys: s_apply(sign_p, xs)),
         (erf_p, lambda xs, ys: s_scale(s_apply(exp_p, s_scale(_s_square(xs), -1.0)), 2.0 / math.sqrt(math.pi))),
+        (erfc_p, lambda xs, ys: s_scale(s_apply(exp_p, s_scale(_s_square(xs), -1.0)), -2.0 / math.sqrt(math.pi))),
         (lgamma_p, lambda xs, ys: s_apply(digamma_p, xs)),
         (digamma_p, lambda xs, ys: s_apply(polygamma_p, xs, n=1)),
         (polygamma_p, lambda xs, ys, *, n: s_apply(polygamma_p, xs, n=n + 1))]:

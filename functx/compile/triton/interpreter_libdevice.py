@@ -16,7 +16,7 @@ _TORCH = {
     "tanh": torch.tanh, "log1p": torch.log1p, "expm1": torch.expm1, "tan": torch.tan,
     "asin": torch.asin, "acos": torch.acos, "atan": torch.atan, "sinh": torch.sinh,
     "cosh": torch.cosh, "asinh": torch.asinh, "acosh": torch.acosh, "atanh": torch.atanh,
-    "rsqrt": torch.rsqrt, "erf": torch.erf, "erfinv": torch.erfinv, "lgamma": torch.lgamma,
+    "rsqrt": torch.rsqrt, "erf": torch.erf, "erfc": torch.erfc, "erfcx": torch.special.erfcx, "erfinv": torch.erfinv, "lgamma": torch.lgamma,
     "nearbyint": torch.round, "rint": torch.round, "trunc": torch.trunc, "pow": torch.pow,
     "atan2": torch.atan2, "fmod": torch.fmod, "exp": torch.exp, "log": torch.log,
     "sqrt": torch.sqrt, "isnan": torch.isnan, "isinf": torch.isinf, "signbit": torch.signbit,

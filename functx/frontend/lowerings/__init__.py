@@ -16,5 +16,7 @@ import them in turn.
     indexing      index/index_put, gather/scatter, scatter_reduce, sort/topk, masked_select
     nn            ops whose derivatives follow torch's formulas at ties and edges
                   (relu, hardtanh, softmax, norms, cdist, hypot, std, sinc), batch norm
+    activations   softplus, elu/selu/celu, log_ndtr: overflow-safe branches (torch's where()
+                  decompositions have NaN derivatives for large inputs)
     torch_prims   the torch.ops.prims ops that torch._refs decompositions emit
 """

@@ -47,7 +47,12 @@ def _reciprocal(x):
 
 @register(aten.erfc.default)
 def _erfc(x):
-    return P.sub(1.0, P.erf(P.convert(x, float_dtype_of(x))))
+    return P.erfc(P.convert(x, float_dtype_of(x)))
+
+
+@register(aten.special_erfcx.default)
+def _erfcx(x):
+    return P.erfcx(P.convert(x, float_dtype_of(x)))
 
 
 @register(aten.neg.default)

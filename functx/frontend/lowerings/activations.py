@@ -1,0 +1,72 @@
+"""Activations whose torch decompositions select with where() between a safe value and a
+branch that overflows (softplus's log1p(exp(x)), the elu family's expm1(x) for large x). torch's own
+backward formulas never differentiate the unselected branch; differentiating the
+decomposition does, and 0 * inf gives NaN gradients (JAX's "double where" trap). Here the
+unselected branch sees a harmless input instead, so values and derivatives of every order
+are torch's. Native lowerings also skip torch's type promotion, which imports sympy (1.5 s
+of a first jit call)."""
+from __future__ import annotations
+
+import torch
+
+from ... import prims as P
+from ..promote import float_dtype_of
+from .common import aten
+from .registry import register
+
+_HALF = (torch.float16, torch.bfloat16)
+_SQRT1_2 = 0.7071067811865476
+
+
+def _compute(x):
+    """x in the dtype torch computes the activation in (float32 for half inputs), and the
+    dtype of the result."""
+    dtype = float_dtype_of(x)
+    return P.convert(x, torch.float32 if dtype in _HALF else dtype), dtype
+
+
+@register(aten.softplus.default)
+def _softplus(x, beta=1, threshold=20):
+    """x where beta * x > threshold (torch's linear region), else log1p(exp(beta x)) / beta."""
+    x, dtype = _compute(x)
+    z = P.mul(x, beta)
+    linear = P.gt(z, threshold)
+    safe = P.where(linear, 0.0, z)
+    out = P.where(linear, x, P.div(P.log1p(P.exp(safe)), beta))
+    return P.convert(out, dtype)
+
+
+@register(aten.elu.default)
+def _elu(x, alpha=1, scale=1, input_scale=1):
+    """scale * x for x > 0, scale * alpha * expm1(input_scale * x) for x < 0. At 0 torch's
+    first derivative takes the negative branch (scale * alpha * input_scale) and its second
+    the positive one (0): a line of that slope through 0 gives both."""
+    x, dtype = _compute(x)
+    positive, negative = P.gt(x, 0.0), P.lt(x, 0.0)
+    safe = P.where(negative, x, 0.0)
+    slope = alpha * scale * input_scale
+    below = P.where(negative, P.mul(P.expm1(P.mul(safe, input_scale)), alpha * scale), P.mul(x, slope))
+    return P.convert(P.where(positive, P.mul(x, scale), below), dtype)
+
+
+@register(aten.selu.default)
+def _selu(x):
+    return _elu(x, 1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
+
+
+@register(aten.celu.default)
+def _celu(x, alpha=1.0):
+    return _elu(x, alpha, 1.0, 1.0 / alpha)        # ATen's celu is this elu
+
+
+@register(aten.special_log_ndtr.default)
+def _log_ndtr(x):
+    """log Phi(x): log(erfcx(-x/sqrt 2) / 2) - x^2/2 below 1, log1p(-erfc(x/sqrt 2) / 2) above
+    (torch's split); each branch sees an input where it is finite."""
+    x, dtype = _compute(x)
+    low = P.lt(x, 1.0)
+    t_low = P.mul(P.where(low, x, 0.0), _SQRT1_2)
+    t_high = P.mul(P.where(low, 1.0, x), _SQRT1_2)
+    below = P.sub(P.log(P.mul(P.erfcx(P.neg(t_low)), 0.5)), P.mul(t_low, t_low))
+    above = P.log1p(P.mul(P.erfc(t_high), -0.5))
+    return P.convert(P.where(low, below, above), dtype)
