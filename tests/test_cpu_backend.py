@@ -27,6 +27,7 @@ POINTWISE_WITHOUT_CPP = {
     "full": "a constant: kernels fold it in (Lowering._compute)",
     "iota": "kernels read it as an index",
     "erfinv": "the C library has no erfinv",
+    "erfcx": "the C library has no erfcx (exp(x*x) * erfc(x) overflows where erfcx is finite)",
     "digamma": "the C library has no digamma",
     "polygamma": "the C library has no polygamma",
     "idiv": "integer division by zero raises in torch; a kernel cannot",
