@@ -197,10 +197,10 @@ class JitFunction:
         if entry is None:
             paths = key[0].paths()
             backend = resolve_backend(self.backend, leaves)
-            static_why = (None if backend is EagerCompiled and not _NANS.on else
-                          "debug_nans re-runs the graph's equations with their trace-time parameters"
-                          if _NANS.on else f"symbolic dims run on the eager backend only; the "
-                          f"{backend.backend} backend compiles one kernel set per size")
+            static_why = ("debug_nans re-runs the graph's equations with their trace-time parameters"
+                          if _NANS.on else None if getattr(backend, "symbolic_sizes", False) else
+                          f"symbolic dims run on the eager and triton backends; the {backend.backend} "
+                          "backend compiles one kernel set per size")
             symbolic, notes = self._dims.plan(key, leaves, static_why, lambda k: self._namer(paths[k]))
             layouts = None
             if symbolic is not None:

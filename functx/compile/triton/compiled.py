@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import cuda_graphs
 from ..fusion.compiled import FusedCompiled, GroupInfo  # noqa: F401  (GroupInfo: what .groups holds)
+from ..fusion.indexing import is_symbolic_size
 from .runtime import Launcher, check_mode, load_module, module_source
 from .templates import choose_matmul_templates, matmul_source
 from .triton_ops import TritonOps, lowerable
@@ -20,6 +21,7 @@ def _graph_device(graph):
 
 class TritonCompiled(FusedCompiled):
     backend = "triton"
+    symbolic_sizes = True      # compiles jit's symbolic-dim graphs (one artifact for every size)
 
     def __init__(self, graph, persistent_max: int | None = None):
         self.interpret = check_mode(_graph_device(graph))
@@ -32,6 +34,7 @@ class TritonCompiled(FusedCompiled):
         ops = TritonOps(plan.name, plan.xnumel, plan.rnumel, plan.persistent)
         ops.is_reduction = bool(plan.reductions)
         plan.run(ops)
+        plan.size_args = list(ops.size_args)
         ins, outs = list(ops.in_args), list(ops.out_args)
         return ops.source((ins, outs)), ins, outs
 
@@ -41,14 +44,24 @@ class TritonCompiled(FusedCompiled):
             mod = load_module(module_source(src, self.interpret), self.interpret)
             kind = "pointwise" if not plan.reductions else ("persistent" if plan.persistent else "looped")
             launchers[plan.name] = Launcher(getattr(mod, plan.name), kind, plan.xnumel, plan.rnumel,
-                                            self.interpret)
+                                            self.interpret, dynamic=is_symbolic_size(plan.xnumel) or
+                                            is_symbolic_size(plan.rnumel))
         return launchers
 
     def launch_source(self, plan, ins, outs):
-        sizes = f"xnumel={plan.xnumel}" + (f", rnumel={plan.rnumel}" if plan.reductions else "")
-        return f"{plan.name}({', '.join(ins + outs)}, {sizes})"
+        sizes = f"xnumel={self.size_source(plan.xnumel)}" + \
+            (f", rnumel={self.size_source(plan.rnumel)}" if plan.reductions else "")
+        scalars = [self.size_source(e) for e in getattr(plan, "size_args", ())]
+        return f"{plan.name}({', '.join(ins + outs + scalars)}, {sizes})"
 
     def choose_templates(self, schedule):
+        if self.symbolic:     # the template's tiles and autotuning are chosen per (M, N, K)
+            for grp in schedule.groups:
+                if grp.extern and grp.first.prim.name == "dot_general":
+                    schedule.extern_reason[id(grp.first)] = (
+                        "torch.matmul (cuBLAS), not the matmul template: symbolic sizes (the template's "
+                        "tiles and autotuning are chosen per M, N, K)")
+            return
         choose_matmul_templates(schedule, self.names)
 
     def template_source(self, grp, name):

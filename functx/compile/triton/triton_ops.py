@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from ..fusion.indexing import Index, render
+from ..fusion.indexing import Index, render, size_of
+from ..symbolic import is_symbolic
 from ..fusion.printer import KernelPrinter
 from ..fusion.scheduler import lowerable as fusion_lowerable
 
@@ -90,6 +91,15 @@ class TritonOps(KernelPrinter):
         self.persistent = persistent
         self.loop_depth = 0
         self.helpers: set[str] = set()
+        # jit's symbolic dims: each symbolic size (or size-valued constant) the kernel prints
+        # is a scalar argument, expression -> name; the host wrapper computes its value
+        self.size_args: dict = {}
+
+    def size_arg(self, expr) -> str:
+        name = self.size_args.get(expr)
+        if name is None:
+            name = self.size_args[expr] = f"ks{len(self.size_args)}"
+        return name
 
     # ------------------------------------------------------------ plumbing
     def _new(self, expr, dtype, dims, hoist):
@@ -102,7 +112,7 @@ class TritonOps(KernelPrinter):
     def _index(self, index: Index):
         syms = index.symbols()
         dims = {"x" for s in syms if s == "xindex"} | {"r" for s in syms if s == "rindex"}
-        return render(index), frozenset(dims)
+        return render(index, size_name=self.size_arg), frozenset(dims)
 
     def _mask(self, dims):
         masks = [m for d, m in (("x", "xmask"), ("r", "rmask")) if d in dims]
@@ -132,12 +142,33 @@ class TritonOps(KernelPrinter):
 
     def constant(self, value, dtype):
         cd = compute_dtype(dtype)
+        if is_symbolic(value):       # a size (x.shape[0], a mean's count) read at run time
+            return self._new(f"{self._symbolic_constant(value, cd)}", dtype, (), True)
         src = literal_source(value, cd)
         if cd == torch.float64 and math.isfinite(float(value)):
             # a block of the kernel's rank: a [1] among 2-d reduction values cannot broadcast
             shape = "[1, 1]" if self.is_reduction else "[1]"
             return self._new(f"tl.full({shape}, {src}, tl.float64)", dtype, (), True)
         return TVal(src, dtype)
+
+    def _symbolic_constant(self, value, cd):
+        """A block of the kernel's rank holding a symbolic value, passed as an int argument
+        (exact) where it is one; a float-valued one only in float32 (Triton's float argument)."""
+        expr = value.node.expr
+        if isinstance(value, torch.SymFloat):
+            if type(expr).__name__ == "ToFloat":       # float(n) of an int size: pass n, exactly
+                expr = expr.args[0]
+            elif cd != torch.float32:
+                raise NotImplementedError(f"the symbolic value {value} as a {cd} constant (a Triton "
+                                          "scalar argument is float32)")
+            else:
+                expr = ("float", expr)
+        elif isinstance(value, torch.SymBool):
+            raise NotImplementedError(f"a symbolic boolean constant {value}")
+        else:
+            expr = size_of(value)
+        shape = "[1, 1]" if self.is_reduction else "[1]"
+        return f"tl.full({shape}, {self.size_arg(expr)}, {tl_dtype(cd)})"
 
     def index_value(self, index, dtype):
         text, dims = self._index(index)
@@ -222,7 +253,7 @@ class TritonOps(KernelPrinter):
     def source(self, arg_order) -> str:
         """arg_order: (input buffers, output buffers) in the order the wrapper passes them."""
         ins, outs = arg_order
-        args = [self.in_args[b] for b in ins] + [self.out_args[b] for b in outs]
+        args = [self.in_args[b] for b in ins] + [self.out_args[b] for b in outs] + list(self.size_args.values())
         if self.is_reduction:
             args += ["xnumel", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"]
         else:
