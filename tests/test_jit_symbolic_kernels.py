@@ -3,6 +3,8 @@ size, the sizes being kernel arguments. Oracles: eager PyTorch at every size, an
 (per-size) trace of the same function; the symbolic index math is checked against the static
 one at concrete sizes. Triton kernels run in the interpreter on CPU (conftest.py)."""
 import itertools
+import os
+import shutil
 
 import pytest
 import sympy
@@ -157,3 +159,35 @@ def test_triton_grad_through_a_symbolic_graph():
     assert g.trace_count == 1, g.cache_info()
     report = str(functx.explain(g)(w, torch.randn(5, 8)))
     assert "not the matmul template: symbolic sizes" in report
+
+
+# ---------------------------------------------------------------- the CPU backend (g++: few, small)
+
+needs_cxx = pytest.mark.skipif(shutil.which(os.environ.get("FUNCTX_CXX", "g++")) is None,
+                               reason="no C++ compiler")
+
+
+@needs_cxx
+def test_cpu_one_library_for_every_size(monkeypatch, tmp_path):
+    """Sizes are C++ arguments: after the first symbolic compile no size compiles again, and the
+    fused tier (built in the background, after the trace's guards were frozen) serves them all."""
+    from functx.compile.cpu import toolchain, wait_for_fused
+    monkeypatch.setenv("FUNCTX_CACHE_DIR", str(tmp_path))
+    built = []
+    real = toolchain._compile
+    monkeypatch.setattr(toolchain, "_compile", lambda *a: (built.append(a[2]), real(*a))[1])
+
+    def f(x, b):
+        return F.layer_norm(x, (x.shape[1],)) * b + torch.softmax(x, 0) - x.mean(0) * x.shape[0]
+    jf = functx.jit(f, backend="cpu", dynamic_dims={"x": (0, 1), "b": 0})
+    for n, m in [(3, 4), (5, 7), (5, 7)]:
+        x, b = torch.randn(n, m), torch.randn(m)
+        _close(jf(x, b), f(x, b))
+    wait_for_fused()
+    (entry,) = _symbolic_entries(jf)
+    assert entry.compiled.tier == "fused", entry.compiled.status()
+    for n, m in [(2, 2), (9, 3), (40, 65), (4, 1500), (3, 4)]:
+        x, b = torch.randn(n, m), torch.randn(m)
+        _close(jf(x, b), f(x, b))
+    assert len(built) == 1 and jf.trace_count == 1, (built, jf.cache_info())
+    assert "int64_t ks0" in entry.compiled.fused.library_source

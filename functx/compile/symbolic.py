@@ -80,9 +80,12 @@ class SymbolicShapes:
             self._check = lambda sizes: bool(eval(code, interp, {"L": dict(zip(names, sizes))}))
         else:
             self._check = lambda sizes: True
-        # From now on nothing may decide on these symbols: a size concretized at run time would
-        # be the traced one. Such a use raises instead (a crash, never a wrong size).
-        self.env.evaluate_expr = _frozen
+        # From now on nothing may decide on these symbols in a way that adds a guard: a size
+        # concretized at run time would be the traced one. A question the guards already answer
+        # for every size this entry serves (`s0 == s0`, `s0 >= 2`; asked by a backend that builds
+        # its code later, the CPU backend's fused tier) is answered; any other raises (a crash,
+        # never a wrong size).
+        self.env.evaluate_expr = _frozen_for(self.env)
 
     def sizes_of(self, leaves):
         return [leaves[k].shape[d] for k, d in self.dims]
@@ -116,9 +119,17 @@ class SymbolicShapes:
         return out
 
 
-def _frozen(*args, **kwargs):
-    raise RuntimeError("functx.jit: a symbolic size was used after its trace was compiled (a bug: "
-                       "please report it; functx.jit(f, dynamic=False) avoids it)")
+def _frozen_for(env):
+    def frozen(orig_expr, *args, **kwargs):
+        try:
+            value = env._maybe_evaluate_static(orig_expr)
+        except Exception:     # noqa: BLE001  (a private API: no answer means no answer)
+            value = None
+        if value is not None:
+            return value
+        raise RuntimeError("functx.jit: a symbolic size was used after its trace was compiled (a bug: "
+                           "please report it; functx.jit(f, dynamic=False) avoids it)")
+    return frozen
 
 
 def _user_location(guard):
