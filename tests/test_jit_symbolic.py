@@ -73,11 +73,27 @@ def test_hypothesis_sizes_grad_vmap_jvp_inside_jit(sizes):
     assert jf.trace_count <= 3, str(jf.cache_info())
 
 
-def test_arange_of_a_size_specializes_correctly():
-    # torch.arange(n) concretizes n today: each size is its own (correct) trace, and says so
-    f = lambda x: x + torch.arange(x.shape[0], dtype=x.dtype)      # noqa: E731
-    jf = _sweep(f, lambda n: (torch.randn(n),), [3, 4, 5, 4], max_traces=3)
-    assert "specialized to this size" in str(jf.cache_info())
+def test_arange_and_factories_of_a_size_stay_symbolic():
+    # torch.arange(n), torch.zeros(n, ...) with a symbolic n have no traced argument: they are
+    # lowered to primitives of that size instead of running once at the traced size
+    def f(x):
+        n = x.shape[0]
+        return (x + torch.arange(n, dtype=x.dtype)[:, None] * torch.arange(2, n + 2)[:, None]
+                + torch.zeros(n, 1) + torch.full((n, 1), 2.5) - torch.ones(n, x.shape[1]).cumsum(0))
+    jf = _sweep(f, lambda n: (torch.randn(n, 3),), [3, 4, 5, 9, 4], max_traces=2)
+    assert "specialized to this size" not in str(jf.cache_info())
+
+
+def test_split_and_chunk_keep_the_size_symbolic_unbind_specializes():
+    chunks = _sweep(lambda x: [t.sum(0) for t in x.chunk(2)], lambda n: (torch.randn(n, 3),),
+                    [3, 4, 5, 9, 12], max_traces=2)          # two pieces for every n >= 2
+    assert "specialized to this size" not in str(chunks.cache_info())
+    split = _sweep(lambda x: [t.sum(0) for t in x.split(3)], lambda n: (torch.randn(n, 3),),
+                   [3, 4, 5, 6, 4], max_traces=3)           # 4..6: two pieces, one entry
+    assert "Eq(((argument 'x' dim 0 + 2)//3), 2)" in str(split.cache_info())
+    unbind = _sweep(lambda x: sum(x.unbind(0)), lambda n: (torch.randn(n, 3),), [3, 4, 5, 4], max_traces=3)
+    text = str(unbind.cache_info())   # one result per row: pinned, and the user's line says why
+    assert "specialized to this size" in text and "x.unbind(0)" in text
 
 
 def test_python_if_on_a_size_is_guarded():

@@ -127,8 +127,10 @@ def test_triton_both_dims_dynamic_sizes_as_kernel_arguments():
         x = torch.randn(n, m)
         _close(jf(x), f(x))
     assert jf.trace_count == 1, jf.cache_info()
-    text = "\n".join(_symbolic_entries(jf)[0].compiled.kernels)
-    assert "ks0" in text          # a size (a row stride, a mean's count) is a kernel argument
+    compiled = _symbolic_entries(jf)[0].compiled
+    assert "ks0" in "\n".join(compiled.kernels)   # a size (a row stride, a mean's count) is an argument
+    from functx.compile.cuda_graphs import capture_blockers
+    assert any("symbolic sizes" in r for r in capture_blockers(compiled.graph))   # a capture replays one size
     report = str(functx.explain(jf)(torch.randn(6, 5)))
     assert "symbolic: argument 'x' dim 0" in report and "looped" in report
 

@@ -21,6 +21,7 @@ import math
 import torch
 
 from ..core import Literal, sub_graphs
+from ..core.errors import user_line
 
 SYM_TYPES = (torch.SymInt, torch.SymFloat, torch.SymBool)
 
@@ -62,6 +63,25 @@ class SymbolicShapes:
             self._by_leaf.setdefault(k, {})[d] = s
         self.code = None
         self._check = None
+        self._where: dict = {}        # id(guard) or replaced symbol -> the user's line that decided
+        self.env.evaluate_expr = self._recording(self.env.evaluate_expr)
+
+    def _recording(self, evaluate):
+        """evaluate_expr that remembers the user's line behind each guard or specialization it
+        adds (torch's own record names the innermost torch or functx frame)."""
+        env = self.env
+
+        def evaluate_expr(*args, **kwargs):
+            guards, replaced = len(env.guards), set(env.replacements)
+            out = evaluate(*args, **kwargs)
+            if len(env.guards) > guards or len(env.replacements) > len(replaced):
+                where = user_line()
+                for g in env.guards[guards:]:
+                    self._where[id(g)] = where
+                for sym in set(env.replacements) - replaced:
+                    self._where[str(sym)] = where
+            return out
+        return evaluate_expr
 
     def shape(self, k, shape):
         syms = self._by_leaf.get(k)
@@ -111,11 +131,13 @@ class SymbolicShapes:
             text = str(g.expr)
             for sym, who in sorted(names.items(), key=lambda kv: -len(kv[0])):
                 text = text.replace(sym, who)
-            where = _user_location(g)
+            where = self._where.get(id(g)) or _user_location(g)
             out.append(f"{text}" + (f"  (at {where})" if where else ""))
         for sym, expr in getattr(self.env, "replacements", {}).items():
             if str(sym) in names and not expr.free_symbols:
-                out.append(f"{names[str(sym)]} == {expr}: specialized to this size")
+                where = self._where.get(str(sym))
+                out.append(f"{names[str(sym)]} == {expr}: specialized to this size" +
+                           (f"  (at {where})" if where else ""))
         return out
 
 

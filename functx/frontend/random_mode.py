@@ -27,6 +27,7 @@ from ..core.errors import user_frame_summary
 from ..core.trace import Tracer, staged_or_batched, staging
 from .. import prims as P
 from .dispatch import dispatch
+from .lowerings.creation import SIZED_FACTORIES
 from .lowerings.registry import LOWERINGS
 from .generators import drawing_from
 from .tensor import TracerTensor, wrap
@@ -208,6 +209,11 @@ def _route(func, args, kwargs):
     return func(*args, **kwargs)
 
 
+def _has_symbolic_size(args, kwargs) -> bool:
+    """Is a symbolic size (jit's dynamic dims) among an op's arguments?"""
+    return any(isinstance(v, (torch.SymInt, torch.SymFloat)) for v in tree_flatten((args, kwargs))[0])
+
+
 def _storage(t):
     return t.untyped_storage().data_ptr()
 
@@ -256,6 +262,10 @@ class RandomMode(TorchDispatchMode):
         kwargs = kwargs or {}
         if not _is_seeded(func) or not _samples(func, args, kwargs):
             if staging():
+                if func in SIZED_FACTORIES and _has_symbolic_size(args, kwargs):
+                    out = SIZED_FACTORIES[func](*args, **kwargs)
+                    if out is not None:
+                        return wrap(out)
                 return self._staged_plain_op(func, args, kwargs)
             return func(*args, **kwargs)
         leaves, _ = tree_flatten((args, kwargs))

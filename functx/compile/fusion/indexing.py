@@ -25,10 +25,22 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from functools import reduce
 
-import sympy
 import torch
+
+
+class _LazySympy:
+    """sympy, imported on first use: only symbolic sizes need it (importing it costs seconds,
+    and a static graph must not pay for it)."""
+
+    def __getattr__(self, name):
+        import sympy as module
+        return getattr(module, name)
+
+
+sympy = _LazySympy()
 
 
 def size_of(x):
@@ -37,14 +49,15 @@ def size_of(x):
         return int(x)
     if isinstance(x, torch.SymInt):
         x = x.node.expr
-    if isinstance(x, sympy.Basic):
+    if is_symbolic_size(x):
         x = sympy.expand(x)
         return int(x) if x.is_Integer else x
     raise TypeError(f"an index size must be an int or a symbolic size, got {type(x).__name__}")
 
 
 def is_symbolic_size(x) -> bool:
-    return isinstance(x, sympy.Basic)
+    module = sys.modules.get("sympy")      # no sympy loaded: no symbolic size exists
+    return not isinstance(x, int) and module is not None and isinstance(x, module.Basic)
 
 
 def shape_of(shape) -> tuple:
@@ -266,7 +279,7 @@ class Index:
 
 
 def _infinite(x) -> bool:
-    return isinstance(x, sympy.Basic) and x.has(sympy.oo, -sympy.oo)
+    return is_symbolic_size(x) and x.has(sympy.oo, -sympy.oo)
 
 
 def _div(form: Index, d, op: str) -> Index:

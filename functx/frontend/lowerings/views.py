@@ -153,6 +153,13 @@ def _split(x, split_size, dim=0):
     t = _t(x)
     d = wrap_dim(dim, t.ndim)
     n = t.shape[d]
+    if isinstance(n, torch.SymInt) or isinstance(split_size, torch.SymInt):
+        # A symbolic size (jit): the number of pieces is the one thing Python must know (a
+        # guard on ceil(n / split_size), which many sizes share: x.chunk(2) is 2 pieces for
+        # every n >= 2); the bounds stay symbolic, the last piece ending at n.
+        count = max(int((n + split_size - 1) // split_size), 1)
+        return [_slice(x, d, i * split_size, (i + 1) * split_size) for i in range(count - 1)] + \
+            [_slice(x, d, (count - 1) * split_size, n)]
     return [_slice(x, d, s, min(s + split_size, n)) for s in range(0, max(n, 1), max(split_size, 1))]
 
 
