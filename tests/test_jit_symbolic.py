@@ -84,6 +84,19 @@ def test_arange_and_factories_of_a_size_stay_symbolic():
     assert "specialized to this size" not in str(jf.cache_info())
 
 
+def test_constants_times_a_size_are_right_at_every_size():
+    # torch turned a size into a number without a guard when it met a plain tensor (a
+    # constant the function builds): x.shape[0] * torch.arange(3.0) was wrong at every other size
+    f = lambda x: x + torch.arange(3.0) * x.shape[0]      # noqa: E731
+    jf = _sweep(f, lambda n: (torch.randn(n, 3),), [4, 5, 6, 7, 5], max_traces=2)     # and symbolic
+    assert "specialized" not in str(jf.cache_info())
+    e = lambda x: x - torch.ones(3).reshape(1, 3).expand(x.shape[0], 3)      # noqa: E731
+    _sweep(e, lambda n: (torch.randn(n, 3),), [4, 5, 6, 7, 5], max_traces=5)     # pinned per size
+    # torch's own decompositions do it too (adaptive pooling's window starts); guarded there
+    g = lambda x: F.adaptive_avg_pool1d(x, 4) + F.adaptive_max_pool1d(x, 3).sum(-1, keepdim=True)  # noqa: E731
+    _sweep(g, lambda n: (torch.randn(2, 3, n),), [4, 5, 6, 9, 13, 5], max_traces=6)
+
+
 def test_split_and_chunk_keep_the_size_symbolic_unbind_specializes():
     chunks = _sweep(lambda x: [t.sum(0) for t in x.chunk(2)], lambda n: (torch.randn(n, 3),),
                     [3, 4, 5, 9, 12], max_traces=2)          # two pieces for every n >= 2

@@ -20,13 +20,13 @@ import functools
 import torch
 from torch.utils._python_dispatch import (TorchDispatchMode, _get_current_dispatch_mode_stack,
                                           _pop_mode_temporarily)
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ..core.errors import FunctxError
 from ..core.errors import user_frame_summary
 from ..core.trace import Tracer, staged_or_batched, staging
 from .. import prims as P
-from .dispatch import dispatch
+from .dispatch import dispatch, pinned
 from .lowerings.creation import SIZED_FACTORIES
 from .lowerings.registry import LOWERINGS
 from .generators import drawing_from
@@ -262,10 +262,13 @@ class RandomMode(TorchDispatchMode):
         kwargs = kwargs or {}
         if not _is_seeded(func) or not _samples(func, args, kwargs):
             if staging():
-                if func in SIZED_FACTORIES and _has_symbolic_size(args, kwargs):
-                    out = SIZED_FACTORIES[func](*args, **kwargs)
+                if _has_symbolic_size(args, kwargs):
+                    out = SIZED_FACTORIES[func](*args, **kwargs) if func in SIZED_FACTORIES else None
                     if out is not None:
                         return wrap(out)
+                    # torch would turn the size into a constant, maybe without a guard: pin it
+                    # explicitly (a guard of the trace, which explain lists with this line)
+                    args, kwargs = tree_map(pinned, (args, kwargs))
                 return self._staged_plain_op(func, args, kwargs)
             return func(*args, **kwargs)
         leaves, _ = tree_flatten((args, kwargs))

@@ -199,6 +199,8 @@ SIZED_FACTORIES = {
         P.full(tuple(size), 1, dtype or torch.get_default_dtype(), _default_device(device)),
     aten.empty.memory_format: lambda size, dtype=None, layout=None, device=None, pin_memory=None,
         memory_format=None: P.full(tuple(size), 0, dtype or torch.get_default_dtype(), _default_device(device)),
+    aten.scalar_tensor.default: lambda s, dtype=None, layout=None, device=None, pin_memory=None:
+        P.full((), s, dtype or torch.get_default_dtype(), _default_device(device)),
     aten.full.default: lambda size, fill_value, dtype=None, layout=None, device=None, pin_memory=None:
         P.full(tuple(size), fill_value, _fill_dtype(fill_value, dtype), _default_device(device)),
 }
