@@ -38,6 +38,17 @@ def user_line() -> str | None:
     return None
 
 
+def user_line_of(error) -> str | None:
+    """The innermost frame of an exception's traceback outside functx and torch, as
+    `file:line: code` (the user's line that was running when it was raised), or None."""
+    found = None
+    for frame in traceback.extract_tb(error.__traceback__):
+        name = frame.filename
+        if not (_is_internal(name) or name.startswith("<frozen") or "importlib" in name):
+            found = f"{name}:{frame.lineno}: {(frame.line or '').strip()}"
+    return found
+
+
 def user_frame_summary() -> str:
     """The innermost stack frame outside functx and torch: the user's line. A walk over the
     frames (no formatting of the whole stack): debug_nans records it on every equation."""
