@@ -310,10 +310,12 @@ class Schedule:
 
 
 def describe_space(plan) -> str:
+    note = getattr(plan, "space_note", None)      # a backend's word on symbolic sizes
     if plan.reductions:
-        mode = "persistent" if plan.persistent else "looped"
+        mode = note if note and note.startswith("persistent") else \
+            ("persistent" if plan.persistent else "looped") + (f"; {note}" if note else "")
         return f"reduction over (xnumel={plan.xnumel}, rnumel={plan.rnumel}), {mode}"
-    return f"pointwise over {plan.xnumel} elements"
+    return f"pointwise over {plan.xnumel} elements" + (f"; {note}" if note else "")
 
 
 __all__ = ["Schedule", "Group", "TemplateChoice", "lowerable", "describe_space", "reduction_layout"]

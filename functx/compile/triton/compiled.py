@@ -25,18 +25,40 @@ class TritonCompiled(FusedCompiled):
 
     def __init__(self, graph, persistent_max: int | None = None):
         self.interpret = check_mode(_graph_device(graph))
-        super().__init__(graph, PERSISTENT_MAX if persistent_max is None else persistent_max)
+        self.persistent_max = PERSISTENT_MAX if persistent_max is None else persistent_max
+        super().__init__(graph, self.persistent_max)
 
     def lowerable(self, eqn):
         return lowerable(eqn)
 
     def kernel_source(self, plan):
-        ops = TritonOps(plan.name, plan.xnumel, plan.rnumel, plan.persistent)
-        ops.is_reduction = bool(plan.reductions)
-        plan.run(ops)
-        plan.size_args = list(ops.size_args)
-        ins, outs = list(ops.in_args), list(ops.out_args)
-        return ops.source((ins, outs)), ins, outs
+        # A symbolic row length (jit's dynamic dims) gets two variants of one kernel: looped
+        # (right for every length) and persistent (one block per row), which the launcher
+        # picks per call for rows up to persistent_max.
+        variants = [plan.persistent]
+        if plan.reductions and is_symbolic_size(plan.rnumel) and self.persistent_max > 0:
+            variants = [False, True]
+            plan.space_note = (f"persistent for rows up to {self.persistent_max} elements, looped beyond "
+                               "(chosen per call); sizes are kernel arguments")
+        elif self.symbolic:
+            plan.space_note = "sizes are kernel arguments"
+        shared: dict = {}          # symbolic size -> argument name, the same in every variant
+        printers = []
+        saved = plan.persistent
+        try:
+            for persistent in variants:
+                name = plan.name + ("_persistent" if len(variants) > 1 and persistent else "")
+                ops = TritonOps(name, plan.xnumel, plan.rnumel, persistent)
+                ops.size_args = shared
+                ops.is_reduction = bool(plan.reductions)
+                plan.persistent = persistent
+                plan.run(ops)
+                printers.append(ops)
+        finally:
+            plan.persistent = saved
+        plan.size_args = list(shared)
+        ins, outs = list(printers[0].in_args), list(printers[0].out_args)
+        return "\n\n".join(ops.source((ins, outs)) for ops in printers), ins, outs
 
     def load_kernels(self, generated):
         launchers = {}
@@ -45,7 +67,9 @@ class TritonCompiled(FusedCompiled):
             kind = "pointwise" if not plan.reductions else ("persistent" if plan.persistent else "looped")
             launchers[plan.name] = Launcher(getattr(mod, plan.name), kind, plan.xnumel, plan.rnumel,
                                             self.interpret, dynamic=is_symbolic_size(plan.xnumel) or
-                                            is_symbolic_size(plan.rnumel))
+                                            is_symbolic_size(plan.rnumel),
+                                            persistent=getattr(mod, plan.name + "_persistent", None),
+                                            persistent_max=self.persistent_max)
         return launchers
 
     def launch_source(self, plan, ins, outs):

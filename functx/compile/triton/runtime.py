@@ -132,13 +132,16 @@ class Launcher:
     candidate of configs_for, no autotuning), and remembered per bucket; on a GPU Triton
     compiles the one kernel source once per block-size bucket."""
 
-    def __init__(self, fn, kind: str, xnumel, rnumel, interpret: bool, dynamic: bool = False):
+    def __init__(self, fn, kind: str, xnumel, rnumel, interpret: bool, dynamic: bool = False,
+                 persistent=None, persistent_max: int = 0):
         self.kind = kind
         self.reduction = kind != "pointwise"
         self.interpret = interpret
         self.dynamic = dynamic
         if dynamic:
             self.fn, self.meta, self.num_warps = fn, None, None
+            # a symbolic row length: the persistent variant for rows up to persistent_max
+            self.persistent, self.persistent_max = persistent, persistent_max
             self._buckets: dict = {}
             return
         self.configs = configs_for(kind, xnumel, rnumel, interpret)
@@ -159,14 +162,16 @@ class Launcher:
             return
         sizes = (xnumel, rnumel) if self.reduction else (xnumel,)
         if self.dynamic:
-            bucket = (next_pow2(xnumel), next_pow2(rnumel or 1))
+            persistent = self.persistent is not None and rnumel <= self.persistent_max
+            kind, fn = ("persistent", self.persistent) if persistent else (self.kind, self.fn)
+            bucket = (kind, next_pow2(xnumel), next_pow2(rnumel or 1))
             meta = self._buckets.get(bucket)
             if meta is None:
-                meta = self._buckets[bucket] = dict(configs_for(self.kind, *bucket, self.interpret)[0])
+                meta = self._buckets[bucket] = dict(configs_for(kind, *bucket[1:], self.interpret)[0])
             meta = dict(meta)
             num_warps = meta.pop("num_warps", None)
             extra = {} if self.interpret or num_warps is None else {"num_warps": num_warps}
-            self.fn[(triton.cdiv(xnumel, meta["XBLOCK"]),)](*buffers, *sizes, **meta, **extra)
+            fn[(triton.cdiv(xnumel, meta["XBLOCK"]),)](*buffers, *sizes, **meta, **extra)
             return
         if self.meta is not None:
             grid = (triton.cdiv(xnumel, self.meta["XBLOCK"]),)
