@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+
 from ...core import REDUCTION, VIEW, Literal, Var
 from .indexing import Index, Sym, flatten, is_symbolic_size, numel, shape_of, size_of, unflatten
 
@@ -250,8 +252,6 @@ class Lowering:
 def _sizes_in(params):
     """A view's params with symbolic sizes (torch.SymInt) as index sizes (sympy), so that
     index maps compute with them and never ask torch to decide on one."""
-    import torch
-
     def conv(p):
         if isinstance(p, torch.SymInt):
             return size_of(p)

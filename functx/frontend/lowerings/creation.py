@@ -158,6 +158,7 @@ def _default_device(device):
 
 
 def _arange(start, end, step, dtype, device):
+    # here, not at the top: that module imports sympy, which static traces never need
     from torch.fx.experimental.symbolic_shapes import statically_known_true
     if dtype is None:
         floats = any(isinstance(v, (float, torch.SymFloat)) for v in (start, end, step))
