@@ -399,7 +399,8 @@ def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_li
       warn_on_retrace: warn on every retrace, saying which argument changed and how.
       dynamic: None (default): a tensor dimension seen with two different sizes is traced
         symbolically from then on, so one graph serves every size (where the decisions
-        Python made on the size still hold; see docs/compiler.md, "Dynamic shapes");
+        Python made on the size still hold; see docs/compiler.md, "Dynamic shapes"); every
+        backend compiles such a graph once, its sizes read at call time (kernel arguments);
         True: every dimension of every tensor argument is symbolic from the first call;
         False: every size traces again (static shapes).
       dynamic_dims: {argument name or position: dim or dims} marked symbolic from the first
@@ -407,8 +408,8 @@ def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_li
       cuda_graphs: on the Triton backend with CUDA tensors, capture each cache entry's host
         wrapper into a CUDA graph after two warm-up calls and replay it (inputs copied into
         static buffers, outputs returned as fresh clones), where the graph is safe to capture
-        (no host callbacks, collectives, random draws, host-read control flow or opaque ops;
-        explain says which). None: the default, `functx.compile.cuda_graphs.CONFIG.enabled`
+        (no host callbacks, collectives, random draws, host-read control flow, opaque ops or
+        symbolic sizes; explain says which). None: the default, `functx.compile.cuda_graphs.CONFIG.enabled`
         (on; FUNCTX_CUDA_GRAPHS=0 turns it off); False: never.
 
     Returns:
