@@ -163,6 +163,29 @@ def test_triton_grad_through_a_symbolic_graph():
     assert "not the matmul template: symbolic sizes" in report
 
 
+@interp
+@pytest.mark.slow
+def test_triton_transformer_layer_value_and_grad_one_trace():
+    """The issue's workload: value_and_grad of a TransformerEncoderLayer over sequence lengths,
+    one symbolic trace and kernel set on the Triton backend (about 10 s in the interpreter)."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, nhead=2, dim_feedforward=32, dropout=0.0, batch_first=True)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def loss(params, x):
+        return torch.func.functional_call(layer, params, (x,)).pow(2).mean()
+    step = functx.jit(functx.value_and_grad(loss), backend="triton", dynamic_dims={"x": 1})
+    for n in [5, 7, 12]:
+        x = torch.randn(2, n, 16)
+        value, grads = step(params, x)
+        want = torch.func.grad(loss)(params, x)
+        torch.testing.assert_close(value, loss(params, x), rtol=1e-4, atol=1e-5)
+        for k in grads:
+            torch.testing.assert_close(grads[k], want[k], rtol=1e-4, atol=1e-5)
+    assert step.trace_count == 1, step.cache_info()
+    assert sum(g.kind == "kernel" for g in _symbolic_entries(step)[0].compiled.groups) > 10
+
+
 # ---------------------------------------------------------------- the CPU backend (g++: few, small)
 
 needs_cxx = pytest.mark.skipif(shutil.which(os.environ.get("FUNCTX_CXX", "g++")) is None,
