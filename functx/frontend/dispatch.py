@@ -24,6 +24,7 @@ from .fallback import opaque_fallback
 from .kernel_check import check_kernel_accepts, is_pointwise
 from .functionalize import RESULT_LAYOUTS, make_view, meta_of, unwrap, unwrap_tree, value_of, write
 from .lowerings.registry import LOWERINGS, PLANS, SPECIAL, register_special
+from .promote import mark_weak
 from .tensor import TracerTensor
 
 aten = torch.ops.aten
@@ -264,10 +265,11 @@ class PinSizesOnConstants(TorchFunctionMode):
 
 
 def _traced_number(v, device):
+    """A size as a weakly typed 0-d value: it promotes as the Python number it stands for."""
     if isinstance(v, torch.SymInt):
-        return TracerTensor(P.full((), v, torch.int64, device))
+        return TracerTensor(mark_weak(P.full((), v, torch.int64, device)))
     if isinstance(v, torch.SymFloat):
-        return TracerTensor(P.full((), v, torch.float64, device))
+        return TracerTensor(mark_weak(P.full((), v, torch.float64, device)))
     return pinned(v)
 
 
