@@ -97,6 +97,16 @@ def test_constants_times_a_size_are_right_at_every_size():
     _sweep(g, lambda n: (torch.randn(2, 3, n),), [4, 5, 6, 9, 13, 5], max_traces=6)
 
 
+def test_avg_pool_over_a_symbolic_length():
+    # the divisor (window sizes) is computed from the symbolic output size, not a constant
+    f = lambda x: F.avg_pool1d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False)   # noqa: E731
+    jf = _sweep(f, lambda n: (torch.randn(2, 3, n),), [4, 5, 7, 9, 12], max_traces=2)
+    g = lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)     # noqa: E731
+    _sweep(functx.grad(lambda x: g(x).pow(2).sum()), lambda n: (torch.randn(3, n + 1, n),), [4, 5, 7, 9],
+           max_traces=2)
+    assert "specialized" not in str(jf.cache_info())
+
+
 def test_split_and_chunk_keep_the_size_symbolic_unbind_specializes():
     chunks = _sweep(lambda x: [t.sum(0) for t in x.chunk(2)], lambda n: (torch.randn(n, 3),),
                     [3, 4, 5, 9, 12], max_traces=2)          # two pieces for every n >= 2
