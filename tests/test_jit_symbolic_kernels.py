@@ -136,6 +136,18 @@ def test_triton_both_dims_dynamic_sizes_as_kernel_arguments():
 
 
 @interp
+def test_triton_float64_counts_pass_as_exact_ints():
+    # var's divisor Max(0.0, ToFloat(n - 1)) is an int-valued size: an int argument, exact in
+    # float64 (a float argument would be float32 in Triton)
+    f = lambda x: x.var(0) + x.std(1, correction=0).sum() - x.mean(0)    # noqa: E731
+    jf = functx.jit(f, backend="triton", dynamic=True)
+    for n in [3, 4, 7]:
+        x = torch.randn(n, 5, dtype=torch.float64)
+        torch.testing.assert_close(jf(x), f(x), rtol=1e-12, atol=1e-12)
+    assert jf.trace_count == 1 and _symbolic_entries(jf), jf.cache_info()
+
+
+@interp
 def test_triton_sizes_0_and_1_specialize_and_stay_correct():
     f = lambda x: torch.softmax(x, 0).sum(1) + x.sum(0).mean()       # noqa: E731
     jf = functx.jit(f, backend="triton", dynamic_dims={"x": 0})

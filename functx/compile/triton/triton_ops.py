@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..fusion.indexing import Index, render, size_of
+from ..fusion.indexing import Index, render, size_of, sympy
 from ..symbolic import is_symbolic
 from ..fusion.printer import KernelPrinter
 from ..fusion.scheduler import lowerable as fusion_lowerable
@@ -82,6 +82,20 @@ def identity(combine, dtype) -> str:
         return 'float("-inf")' if combine == "max" else 'float("inf")'
     info = torch.iinfo(dtype)
     return str(info.min if combine == "max" else info.max)
+
+
+def _integral(expr):
+    """An int-valued sympy expression equal to the float-valued size expression `expr`
+    (`ToFloat(n)`, `Max(0.0, ToFloat(n - 1))`: var's divisor), or None."""
+    name = type(expr).__name__
+    if name == "ToFloat":
+        return expr.args[0]
+    if expr.is_Number:
+        return sympy.Integer(int(expr)) if float(expr) == int(expr) else None
+    if name in ("Max", "Min") or expr.is_Add or expr.is_Mul:
+        args = [_integral(a) for a in expr.args]
+        return None if any(a is None for a in args) else expr.func(*args)
+    return None
 
 
 class TritonOps(KernelPrinter):
@@ -156,8 +170,9 @@ class TritonOps(KernelPrinter):
         (exact) where it is one; a float-valued one only in float32 (Triton's float argument)."""
         expr = value.node.expr
         if isinstance(value, torch.SymFloat):
-            if type(expr).__name__ == "ToFloat":       # float(n) of an int size: pass n, exactly
-                expr = expr.args[0]
+            integral = _integral(expr)
+            if integral is not None:       # float(n) of an int size (a mean's count): pass n, exactly
+                expr = size_of(integral)
             elif cd != torch.float32:
                 raise NotImplementedError(f"the symbolic value {value} as a {cd} constant (a Triton "
                                           "scalar argument is float32)")
