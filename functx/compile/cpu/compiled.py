@@ -64,6 +64,8 @@ class CppFused(FusedCompiled):
         return lowerable(eqn)
 
     def kernel_source(self, plan):
+        if self.symbolic:
+            plan.space_note = "sizes are kernel arguments"
         ops = CppOps(plan.name, plan.xnumel, plan.rnumel, blocked=prefers_blocked(plan))
         plan.run(ops)
         ins, outs = list(ops.in_args), list(ops.out_args)
