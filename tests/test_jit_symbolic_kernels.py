@@ -10,9 +10,12 @@ import pytest
 import sympy
 import torch
 import torch.nn.functional as F
+from hypothesis import Phase, given, settings
 
 import functx
 from functx.compile.fusion import indexing
+from functx.testing import check_against_torch
+from functx.testing import strategies as fst
 from functx.compile.fusion.indexing import Index, Sym, evaluate, flatten, nonneg, unflatten
 
 pytest.importorskip("torch.fx.experimental.symbolic_shapes")
@@ -146,6 +149,15 @@ def test_triton_float64_counts_pass_as_exact_ints():
         x = torch.randn(n, 5, dtype=torch.float64)
         torch.testing.assert_close(jf(x), f(x), rtol=1e-12, atol=1e-12)
     assert jf.trace_count == 1 and _symbolic_entries(jf), jf.cache_info()
+
+
+@interp
+@settings(max_examples=10, phases=(Phase.explicit, Phase.generate))
+@given(fst.programs(max_ops=4))
+def test_triton_random_programs_with_every_dim_symbolic(case):
+    # the differential fuzzer's programs (test_fuzz.py), every dim symbolic from the first call
+    check_against_torch(case.program, *case.args(), backends=("triton",), signed_zeros=False,
+                        jit_options={"dynamic": True})
 
 
 @interp
