@@ -241,3 +241,7 @@ def test_cpu_one_library_for_every_size(monkeypatch, tmp_path):
         _close(jf(x, b), f(x, b))
     assert len(built) == 1 and jf.trace_count == 1, (built, jf.cache_info())
     assert "int64_t ks0" in entry.compiled.fused.library_source
+    for n in [1, 0]:           # sizes 1 and 0 specialize: static entries (on the eager tier here)
+        x, b = torch.randn(n, 5), torch.randn(5)
+        _close(jf(x, b), f(x, b))
+    assert jf.trace_count == 3 and "sizes 0 and 1 are traced as constants" in str(jf.cache_info())
