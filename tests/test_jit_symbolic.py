@@ -107,6 +107,15 @@ def test_avg_pool_over_a_symbolic_length():
     assert "specialized" not in str(jf.cache_info())
 
 
+def test_interpolate_specializes_with_a_guard_at_the_users_line():
+    # upsample reads its input's sizes through aten.size.int from C++ (was: the symbolic
+    # trace failed); its output size goes through int(): pinned, and explain says where
+    f = lambda x: F.interpolate(x, size=7, mode="nearest") + F.interpolate(x, scale_factor=2.0, mode="linear")[..., :7]  # noqa: E501,E731
+    jf = _sweep(f, lambda n: (torch.randn(2, 3, n),), [4, 5, 6, 5], max_traces=3)
+    text = str(jf.cache_info())
+    assert "specialized to this size" in text and "F.interpolate" in text and "static: the symbolic" not in text
+
+
 def test_split_and_chunk_keep_the_size_symbolic_unbind_specializes():
     chunks = _sweep(lambda x: [t.sum(0) for t in x.chunk(2)], lambda n: (torch.randn(n, 3),),
                     [3, 4, 5, 9, 12], max_traces=2)          # two pieces for every n >= 2

@@ -141,6 +141,19 @@ def _diagonal(x, offset=0, dim1=0, dim2=1):
     return P.slice_in_dim(flat, start, start + (count - 1) * (m + 1) + 1, m + 1, len(batch))
 
 
+@register_special(aten.size.int, aten.sym_size.int)
+def _size(x, dim):
+    """x.size(d) called from C++ (torch's composite kernels: upsample reads its input's sizes
+    this way): the traced size, symbolic under jit's dynamic dims."""
+    shape = x.shape
+    return shape[wrap_dim(dim, len(shape))]
+
+
+@register_special(aten.size.default, aten.sym_size.default)
+def _sizes(x):
+    return tuple(x.shape)
+
+
 @register(aten.unbind.int)
 def _unbind(x, dim=0):
     t = _t(x)
