@@ -16,6 +16,17 @@
    the cost of a new length and of a cached call, against eager torch.func.
 
     python bench/bench_jit_dynamic.py --torch-compile --jax   # every column
+
+3. The CPU backend (fused C++ kernels, g++) on the same lengths, with --variants cpu
+   cpu-static: a symbolic entry's sizes are C++ arguments, so one library serves every
+   length; the static one builds a library per length. The "builds" column counts g++ runs
+   (a fresh kernel cache directory; FUNCTX_CPU_BLOCK=1, so a new length's time includes its
+   build). g++ costs seconds per build: keep --lengths small for cpu-static.
+
+    python bench/bench_jit_dynamic.py --skip-schedule --variants cpu cpu-static --lengths 6
+
+(The Triton backend with symbolic dims is not timed here: without a GPU it runs in
+Triton's interpreter, which measures nothing; tests/test_jit_symbolic_kernels.py checks it.)
 """
 from __future__ import annotations
 
@@ -98,12 +109,17 @@ def transformer_lengths(n_lengths=20, batch=4, d_model=32, repeat=2, cache_limit
     params, loss = _transformer_loss(d_model)
     lengths = [8 + k for k in range(n_lengths)]
     eager = torch.func.grad_and_value(loss)
+    builds = None
     if variant == "torch.compile":
         dynamo = importlib.import_module("torch._dynamo")
         dynamo.reset()
         dynamo.config.cache_size_limit = cache_limit
         compiled = torch.compile(eager, dynamic=None)
         step = lambda p, x: compiled(p, x)[::-1]        # noqa: E731
+    elif variant in ("cpu", "cpu-static"):
+        builds = _count_cpu_builds()
+        step = functx.jit(functx.value_and_grad(loss), cache_limit=cache_limit, backend="cpu",
+                          dynamic=False if variant == "cpu-static" else None)
     else:
         step = functx.jit(functx.value_and_grad(loss), cache_limit=cache_limit,
                           dynamic=False if variant == "static" else None)
@@ -133,11 +149,31 @@ def transformer_lengths(n_lengths=20, batch=4, d_model=32, repeat=2, cache_limit
         out.update(traces=counters["stats"]["unique_graphs"], entries="-", evictions="-")
         return out
     info = step.cache_info()
+    if builds is not None:
+        out["builds"] = len(builds)
     out.update(traces=info.traces, entries=info.size, evictions=info.evictions,
                warned=[str(w.message) for w in caught
                        if "cache limit" in str(w.message) or "changed size" in str(w.message)][:2],
                last_retrace=str(info.retraces[-1]) if info.retraces else "")
     return out
+
+
+def _count_cpu_builds():
+    """The CPU backend from here on: a fresh kernel cache, fused tiers built before the first
+    call; returns the list its g++ runs are appended to."""
+    import tempfile
+    from functx.compile.cpu import toolchain
+    os.environ["FUNCTX_CACHE_DIR"] = tempfile.mkdtemp(prefix="functx_bench_")
+    os.environ["FUNCTX_CPU_BLOCK"] = "1"
+    builds = []
+    real = getattr(toolchain._compile, "real", toolchain._compile)
+
+    def counted(*args):
+        builds.append(args[2])
+        return real(*args)
+    counted.real = real
+    toolchain._compile = counted
+    return builds
 
 
 def cached_ratio(lengths=(20, 27), pairs=40, batch=4, d_model=32):
@@ -227,7 +263,7 @@ def main(argv=None):
     ap.add_argument("--lengths", type=int, action="append", help="numbers of sequence lengths (default 20, 300)")
     ap.add_argument("--torch-compile", action="store_true", help="add torch.compile(dynamic=None) to the schedule")
     ap.add_argument("--jax", action="store_true", help="add jax.jit of the same layer written in JAX")
-    ap.add_argument("--variants", nargs="+", choices=["symbolic", "static", "torch.compile"],
+    ap.add_argument("--variants", nargs="+", choices=["symbolic", "static", "torch.compile", "cpu", "cpu-static"],
                     help="Transformer rows to run (default: symbolic static [torch.compile])")
     ap.add_argument("--skip-schedule", action="store_true", help="only the Transformer table")
     ap.add_argument("--cached-ratio", action="store_true",
@@ -259,7 +295,7 @@ def schedule(steps, torch_compile):
 def transformer_table(a):
     print("\n2. TransformerEncoderLayer value_and_grad, batch 4, d_model 32, each length called twice")
     print(f"{'variant':<30} {'lengths':>7} {'traces':>6} {'entries':>7} {'evicted':>7} {'new length':>10} "
-          f"{'cached':>8} {'eager':>8} {'total':>8}")
+          f"{'cached':>8} {'eager':>8} {'total':>8} {'builds':>6}")
     variants = a.variants or (["symbolic", "static"] + (["torch.compile"] if a.torch_compile else []))
     for n in a.lengths or ([3] if a.quick else [20, 300]):
         rows = [transformer_lengths(n, variant=v) for v in variants]
@@ -269,10 +305,11 @@ def transformer_table(a):
             if r is None:
                 continue
             name = {"symbolic": "functx.jit (symbolic dims)", "static": "functx.jit(dynamic=False)",
-                    "torch.compile": "torch.compile(dynamic=None)"}.get(r["variant"], r["variant"])
+                    "torch.compile": "torch.compile(dynamic=None)", "cpu": "functx.jit cpu (symbolic dims)",
+                    "cpu-static": "functx.jit cpu, dynamic=False"}.get(r["variant"], r["variant"])
             print(f"{name:<30} {r['lengths']:>7} {r['traces']:>6} {r['entries']:>7} {r['evictions']:>7} "
                   f"{r['new_length_ms']:>8.1f}ms {r['cached_ms']:>6.2f}ms {r['eager_ms']:>6.1f}ms "
-                  f"{r['total_s']:>7.2f}s", flush=True)
+                  f"{r['total_s']:>7.2f}s {r.get('builds', '-'):>6}", flush=True)
             for w in r["warned"]:
                 print(f"        warning: {w[:160]}...", flush=True)
 

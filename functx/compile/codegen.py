@@ -12,6 +12,8 @@ from .loops import emit_checkpoint, emit_scan, emit_scan_revolve, emit_while
 
 def literal_source(value) -> str:
     if isinstance(value, (torch.SymInt, torch.SymFloat)):
+        if isinstance(value, torch.SymFloat) and not value.node.expr.free_symbols and value.node.hint is not None:
+            return literal_source(float(value.node.hint))    # a constant: sympy prints only 15 digits
         return f"({value})"        # a size expression of the symbols the function binds (symbolic jit)
     if isinstance(value, float):
         if math.isnan(value):

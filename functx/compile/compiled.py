@@ -12,7 +12,10 @@ class Compiled:
     backend: its name; graph: the graph it compiled (the pipeline's output); call: the
     plain callable jit calls with the input tensors (the constants are bound); kernels:
     generated kernel sources (none on the eager backend); groups: fusion groups, for
-    explain; report(): what explain prints under "-- compiled --"."""
+    explain; report(): what explain prints under "-- compiled --"; symbolic_sizes: whether
+    it compiles graphs with jit's symbolic dims (sizes read at run time); jit traces a
+    backend without it per size."""
+    symbolic_sizes = False
     backend: str
     graph: Graph
     call: Callable

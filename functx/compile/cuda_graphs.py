@@ -17,8 +17,9 @@ syncs with the host or whose replay would differ from a call: host callbacks
 (the captured generator offsets would repeat the same numbers), control flow that reads
 a value on the host (cond, while_loop, the reverse while's tape check), opaque fallback
 ops (torch code functx cannot inspect for syncs or data-dependent shapes), any other
-effect. Shapes are static in every functx graph, so there are no data-dependent shapes
-otherwise. `functx.jit(f, cuda_graphs=False)` or `CONFIG.enabled = False` (environment:
+effect, and symbolic sizes (jit's dynamic dims: one entry serves many sizes, a capture
+replays one). Sizes are otherwise static in functx graphs, so there are no data-dependent
+shapes. `functx.jit(f, cuda_graphs=False)` or `CONFIG.enabled = False` (environment:
 FUNCTX_CUDA_GRAPHS=0) turns it off; explain prints the state or the reasons.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ import os
 import torch
 
 from ..core import sub_graphs
+from .symbolic import graph_symbols
 
 WARMUP_CALLS = 2
 
@@ -66,6 +68,8 @@ def capture_blockers(graph) -> list[str]:
             add("a constant tensor is on the CPU (its value would be frozen into the graph)")
     if graph.meta.check_nans:
         add("debug_nans checks every group's output on the host")
+    if graph_symbols(graph):
+        add("symbolic sizes (jit's dynamic dims): a captured graph replays the sizes it was captured at")
 
     def walk(g):
         for e in g.eqns:

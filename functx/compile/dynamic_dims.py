@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 
+from ..core.errors import user_line_of
 from ..frontend.tensor import is_contiguous_layout
 from .jit_cache import _is_tensor_key
 from .symbolic import SymbolicShapes
@@ -143,7 +144,9 @@ class DynamicDims:
 
     def failed(self, key, shapes, error):
         rec = self.patterns[pattern_of(key)]
+        where = user_line_of(error)
         why = (f"the symbolic trace over {', '.join(shapes.names.values())} failed "
+               + (f"at {where} " if where else "") +
                f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}); "
                "this signature is traced per size")
         rec.failed[frozenset(shapes.dims)] = why

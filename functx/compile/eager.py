@@ -156,6 +156,7 @@ class EagerCompiled(Compiled):
     constants are bound as the function's default arguments, so `self.call(*inputs)` is the
     generated function itself: calling it costs one Python call."""
     backend = "eager"
+    symbolic_sizes = True      # compiles jit's symbolic-dim graphs (one artifact for every size)
 
     def __init__(self, graph: Graph):
         self.graph = graph

@@ -197,10 +197,10 @@ class JitFunction:
         if entry is None:
             paths = key[0].paths()
             backend = resolve_backend(self.backend, leaves)
-            static_why = (None if backend is EagerCompiled and not _NANS.on else
-                          "debug_nans re-runs the graph's equations with their trace-time parameters"
-                          if _NANS.on else f"symbolic dims run on the eager backend only; the "
-                          f"{backend.backend} backend compiles one kernel set per size")
+            static_why = ("debug_nans re-runs the graph's equations with their trace-time parameters"
+                          if _NANS.on else None if getattr(backend, "symbolic_sizes", False) else
+                          f"symbolic dims run on the eager and triton backends; the {backend.backend} "
+                          "backend compiles one kernel set per size")
             symbolic, notes = self._dims.plan(key, leaves, static_why, lambda k: self._namer(paths[k]))
             layouts = None
             if symbolic is not None:
@@ -399,7 +399,8 @@ def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_li
       warn_on_retrace: warn on every retrace, saying which argument changed and how.
       dynamic: None (default): a tensor dimension seen with two different sizes is traced
         symbolically from then on, so one graph serves every size (where the decisions
-        Python made on the size still hold; see docs/compiler.md, "Dynamic shapes");
+        Python made on the size still hold; see docs/compiler.md, "Dynamic shapes"); every
+        backend compiles such a graph once, its sizes read at call time (kernel arguments);
         True: every dimension of every tensor argument is symbolic from the first call;
         False: every size traces again (static shapes).
       dynamic_dims: {argument name or position: dim or dims} marked symbolic from the first
@@ -407,8 +408,8 @@ def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_li
       cuda_graphs: on the Triton backend with CUDA tensors, capture each cache entry's host
         wrapper into a CUDA graph after two warm-up calls and replay it (inputs copied into
         static buffers, outputs returned as fresh clones), where the graph is safe to capture
-        (no host callbacks, collectives, random draws, host-read control flow or opaque ops;
-        explain says which). None: the default, `functx.compile.cuda_graphs.CONFIG.enabled`
+        (no host callbacks, collectives, random draws, host-read control flow, opaque ops or
+        symbolic sizes; explain says which). None: the default, `functx.compile.cuda_graphs.CONFIG.enabled`
         (on; FUNCTX_CUDA_GRAPHS=0 turns it off); False: never.
 
     Returns:

@@ -21,6 +21,7 @@ import math
 import torch
 
 from ..core import Literal, sub_graphs
+from ..core.errors import user_line
 
 SYM_TYPES = (torch.SymInt, torch.SymFloat, torch.SymBool)
 
@@ -62,6 +63,25 @@ class SymbolicShapes:
             self._by_leaf.setdefault(k, {})[d] = s
         self.code = None
         self._check = None
+        self._where: dict = {}        # id(guard) or replaced symbol -> the user's line that decided
+        self.env.evaluate_expr = self._recording(self.env.evaluate_expr)
+
+    def _recording(self, evaluate):
+        """evaluate_expr that remembers the user's line behind each guard or specialization it
+        adds (torch's own record names the innermost torch or functx frame)."""
+        env = self.env
+
+        def evaluate_expr(*args, **kwargs):
+            guards, replaced = len(env.guards), set(env.replacements)
+            out = evaluate(*args, **kwargs)
+            if len(env.guards) > guards or len(env.replacements) > len(replaced):
+                where = user_line()
+                for g in env.guards[guards:]:
+                    self._where[id(g)] = where
+                for sym in set(env.replacements) - replaced:
+                    self._where[str(sym)] = where
+            return out
+        return evaluate_expr
 
     def shape(self, k, shape):
         syms = self._by_leaf.get(k)
@@ -80,9 +100,12 @@ class SymbolicShapes:
             self._check = lambda sizes: bool(eval(code, interp, {"L": dict(zip(names, sizes))}))
         else:
             self._check = lambda sizes: True
-        # From now on nothing may decide on these symbols: a size concretized at run time would
-        # be the traced one. Such a use raises instead (a crash, never a wrong size).
-        self.env.evaluate_expr = _frozen
+        # From now on nothing may decide on these symbols in a way that adds a guard: a size
+        # concretized at run time would be the traced one. A question the guards already answer
+        # for every size this entry serves (`s0 == s0`, `s0 >= 2`; asked by a backend that builds
+        # its code later, the CPU backend's fused tier) is answered; any other raises (a crash,
+        # never a wrong size).
+        self.env.evaluate_expr = _frozen_for(self.env)
 
     def sizes_of(self, leaves):
         return [leaves[k].shape[d] for k, d in self.dims]
@@ -108,17 +131,27 @@ class SymbolicShapes:
             text = str(g.expr)
             for sym, who in sorted(names.items(), key=lambda kv: -len(kv[0])):
                 text = text.replace(sym, who)
-            where = _user_location(g)
+            where = self._where.get(id(g)) or _user_location(g)
             out.append(f"{text}" + (f"  (at {where})" if where else ""))
         for sym, expr in getattr(self.env, "replacements", {}).items():
             if str(sym) in names and not expr.free_symbols:
-                out.append(f"{names[str(sym)]} == {expr}: specialized to this size")
+                where = self._where.get(str(sym))
+                out.append(f"{names[str(sym)]} == {expr}: specialized to this size" +
+                           (f"  (at {where})" if where else ""))
         return out
 
 
-def _frozen(*args, **kwargs):
-    raise RuntimeError("functx.jit: a symbolic size was used after its trace was compiled (a bug: "
-                       "please report it; functx.jit(f, dynamic=False) avoids it)")
+def _frozen_for(env):
+    def frozen(orig_expr, *args, **kwargs):
+        try:
+            value = env._maybe_evaluate_static(orig_expr)
+        except Exception:     # noqa: BLE001  (a private API: no answer means no answer)
+            value = None
+        if value is not None:
+            return value
+        raise RuntimeError("functx.jit: a symbolic size was used after its trace was compiled (a bug: "
+                           "please report it; functx.jit(f, dynamic=False) avoids it)")
+    return frozen
 
 
 def _user_location(guard):
@@ -263,6 +296,8 @@ def check_printable(graph, namespace):
             env[str(sym)] = int(hint)
     for v in values:
         expected = v.node.hint
+        if isinstance(v, torch.SymFloat) and not v.node.expr.free_symbols:
+            continue       # a constant: codegen.literal_source prints its value, not the expression
         try:
             got = eval(str(v), env)
         except Exception as e:

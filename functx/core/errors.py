@@ -27,6 +27,28 @@ class MissingRuleError(FunctxError, NotImplementedError):
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def user_line() -> str | None:
+    """The innermost stack frame outside functx and torch as `file:line: code`, or None."""
+    f = sys._getframe(1)
+    while f is not None:
+        name = f.f_code.co_filename
+        if not (_is_internal(name) or name.startswith("<frozen") or "importlib" in name):
+            return f"{name}:{f.f_lineno}: {linecache.getline(name, f.f_lineno).strip()}"
+        f = f.f_back
+    return None
+
+
+def user_line_of(error) -> str | None:
+    """The innermost frame of an exception's traceback outside functx and torch, as
+    `file:line: code` (the user's line that was running when it was raised), or None."""
+    found = None
+    for frame in traceback.extract_tb(error.__traceback__):
+        name = frame.filename
+        if not (_is_internal(name) or name.startswith("<frozen") or "importlib" in name):
+            found = f"{name}:{frame.lineno}: {(frame.line or '').strip()}"
+    return found
+
+
 def user_frame_summary() -> str:
     """The innermost stack frame outside functx and torch: the user's line. A walk over the
     frames (no formatting of the whole stack): debug_nans records it on every equation."""

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 from torch._decomp import decomposition_table
 from torch.utils._pytree import tree_map
 
@@ -22,6 +24,7 @@ from .fallback import opaque_fallback
 from .kernel_check import check_kernel_accepts, is_pointwise
 from .functionalize import RESULT_LAYOUTS, make_view, meta_of, unwrap, unwrap_tree, value_of, write
 from .lowerings.registry import DECOMPOSING as _decomposing, LOWERINGS, PLANS, SPECIAL, register_special
+from .promote import mark_weak
 from .tensor import TracerTensor
 
 aten = torch.ops.aten
@@ -91,7 +94,7 @@ def _dispatch_functional(func, schema, args, kwargs):
         args, kwargs = _lift_parameters(args, kwargs)
     decomp = decomposition_table.get(func)
     if decomp is not None:
-        out = _decompose(decomp, args, kwargs)
+        out = _decompose(decomp, args, kwargs, python=True)
         if out is not NotImplemented:
             return out
     out = _decompose(func.decompose, args, kwargs)
@@ -233,14 +236,73 @@ class _UnmappedPrim(Exception):
     derivative formulas, so the op being decomposed runs through the fallback instead."""
 
 
-def _decompose(decomp, args, kwargs):
+def _decompose(decomp, args, kwargs, python=False):
     _decomposing[0] += 1
     try:
+        if python and PIN_SIZES[0]:     # a symbolic trace: a decomposition's constants may read a size
+            with PinSizesOnConstants():
+                return decomp(*args, **kwargs)
         return decomp(*args, **kwargs)
     except _UnmappedPrim:
         return NotImplemented
     finally:
         _decomposing[0] -= 1
+
+
+# ---------------------------------------------------------------- symbolic sizes on constants
+PIN_SIZES = [False]      # jit's symbolic traces (staging.trace_graph) turn it on
+
+
+def pinned(v):
+    """A symbolic size as the number it is in this trace (a guard the trace records)."""
+    if isinstance(v, torch.SymInt):
+        return int(v)
+    if isinstance(v, torch.SymFloat):
+        return float(v)
+    if isinstance(v, torch.SymBool):
+        return bool(v)
+    return v
+
+
+class PinSizesOnConstants(TorchFunctionMode):
+    """While jit traces with symbolic sizes: a torch function of plain tensors (constants the
+    function builds) and a symbolic size would have torch turn the size into a number in C++
+    without a guard (`torch.arange(4.0) * x.shape[0]`: a constant that is wrong at every other
+    size). In arithmetic the size becomes a traced 0-d value instead (it promotes as the Python
+    number would), so the result stays symbolic; anywhere else it is pinned (a guard of the
+    trace, which explain lists with the user's line). Factories of a size alone
+    (torch.arange(n)) pass through to RandomMode, which lowers them (SIZED_FACTORIES)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        leaves = tree_flatten((args, kwargs))[0]
+        if any(isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool)) for v in leaves) and \
+                not any(isinstance(v, TracerTensor) for v in leaves):
+            tensors = [v for v in leaves if isinstance(v, torch.Tensor)]
+            if func in _ARITHMETIC and tensors:
+                device = tensors[0].device
+                args, kwargs = tree_map(lambda v: _traced_number(v, device), (args, kwargs))
+            elif func in _FROM_DATA or tensors:
+                args, kwargs = tree_map(pinned, (args, kwargs))
+        return func(*args, **kwargs)
+
+
+def _traced_number(v, device):
+    """A size as a weakly typed 0-d value: it promotes as the Python number it stands for."""
+    if isinstance(v, torch.SymInt):
+        return TracerTensor(mark_weak(P.full((), v, torch.int64, device)))
+    if isinstance(v, torch.SymFloat):
+        return TracerTensor(mark_weak(P.full((), v, torch.float64, device)))
+    return pinned(v)
+
+
+_FROM_DATA = {torch.tensor, torch.as_tensor, torch.asarray}
+_ARITHMETIC = {getattr(torch.Tensor, n) for n in (
+    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+    "__floordiv__", "__rfloordiv__", "__mod__", "__pow__", "__rpow__", "add", "sub", "mul", "div",
+    "true_divide", "floor_divide", "remainder", "pow", "minimum", "maximum")} | {
+    torch.add, torch.sub, torch.mul, torch.div, torch.true_divide, torch.floor_divide, torch.remainder,
+    torch.pow, torch.minimum, torch.maximum, torch.where, torch.clamp, torch.Tensor.clamp}
 
 
 # ---------------------------------------------------------------- in-place ops

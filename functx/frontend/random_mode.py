@@ -20,13 +20,14 @@ import functools
 import torch
 from torch.utils._python_dispatch import (TorchDispatchMode, _get_current_dispatch_mode_stack,
                                           _pop_mode_temporarily)
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ..core.errors import FunctxError
 from ..core.errors import user_frame_summary
 from ..core.trace import Tracer, staged_or_batched, staging
 from .. import prims as P
-from .dispatch import dispatch
+from .dispatch import dispatch, pinned
+from .lowerings.creation import SIZED_FACTORIES
 from .lowerings.registry import LOWERINGS
 from .generators import drawing_from
 from .tensor import TracerTensor, wrap
@@ -211,6 +212,11 @@ def _route(func, args, kwargs):
 _EMPTY_FACTORIES = frozenset({aten.empty.memory_format, aten.empty_strided.default})
 
 
+def _has_symbolic_size(args, kwargs) -> bool:
+    """Is a symbolic size (jit's dynamic dims) among an op's arguments?"""
+    return any(isinstance(v, (torch.SymInt, torch.SymFloat)) for v in tree_flatten((args, kwargs))[0])
+
+
 def _storage(t):
     return t.untyped_storage().data_ptr()
 
@@ -257,7 +263,7 @@ class RandomMode(TorchDispatchMode):
             # dispatcher: this keeps the mode's cost per traced op to one Python call.
             return dispatch(func, args, kwargs or {})
         kwargs = kwargs or {}
-        if func in _EMPTY_FACTORIES and staged_or_batched():
+        if func in _EMPTY_FACTORIES and staged_or_batched() and not _has_symbolic_size(args, kwargs):
             # torch.empty(shape) made to be filled in place (torch.distributions' rsample:
             # torch.empty(shape).normal_()): a wrapper, so that traced or per-example values
             # can be written into it (its initial contents are unspecified: zeros here).
@@ -265,6 +271,13 @@ class RandomMode(TorchDispatchMode):
             return TracerTensor(out.zero_())
         if not _is_seeded(func) or not _samples(func, args, kwargs):
             if staging():
+                if _has_symbolic_size(args, kwargs):
+                    out = SIZED_FACTORIES[func](*args, **kwargs) if func in SIZED_FACTORIES else None
+                    if out is not None:
+                        return wrap(out)
+                    # torch would turn the size into a constant, maybe without a guard: pin it
+                    # explicitly (a guard of the trace, which explain lists with this line)
+                    args, kwargs = tree_map(pinned, (args, kwargs))
                 return self._staged_plain_op(func, args, kwargs)
             return func(*args, **kwargs)
         leaves, _ = tree_flatten((args, kwargs))

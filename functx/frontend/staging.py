@@ -16,6 +16,7 @@ from ..core.errors import ConcretizationError, user_facing
 from ..core.trace import Tracer, type_of
 from . import TracerTensor, record_fallbacks, record_rewrites, unwrap, wrap, wrap_input
 from .functionalize import RESULT_LAYOUTS
+from .dispatch import PIN_SIZES, PinSizesOnConstants
 from .random_mode import intercept_random
 from ..tree_util import tree_flatten, tree_unflatten
 
@@ -127,6 +128,21 @@ def _result_layouts(on):
         RESULT_LAYOUTS[0] = saved
 
 
+@contextlib.contextmanager
+def _pin_sizes(on):
+    """Symbolic traces: torch functions of constants and a size pin that size (the user's own
+    code here, decompositions in dispatch._decompose; dispatch.PinSizesOnConstants)."""
+    if not on:
+        yield
+        return
+    saved, PIN_SIZES[0] = PIN_SIZES[0], True
+    try:
+        with PinSizesOnConstants():
+            yield
+    finally:
+        PIN_SIZES[0] = saved
+
+
 def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mutations=False,
                 static_argnames=(), dynamic_scalars=False, arg_names=None, shapes=None):
     """Trace f at abstract versions of the tensor leaves of args/kwargs -> Graph.
@@ -171,7 +187,8 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
     kw.update(static_kw)
     # intercept_random: torch.randn(shape) etc. are staged as random primitives, not baked in
     with record_fallbacks() as fallbacks, record_rewrites() as rewrites, set_current_trace(trace), \
-            intercept_random(), _naming_scalars(scalar_vars, arg_names), _result_layouts(shapes is None):
+            intercept_random(), _naming_scalars(scalar_vars, arg_names), _result_layouts(shapes is None), \
+            _pin_sizes(bool(symbolic_leaves)):
         out = f(*full, **kw)
         out_leaves, out_tree = tree_flatten(out)
         for i, leaf in enumerate(out_leaves):

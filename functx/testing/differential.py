@@ -238,16 +238,16 @@ def check_derivatives(fn, args, what="derivatives", seed=0, eps=1e-6, fd_tol=1e-
 
 
 def check_against_torch(fn, *args, backends=("eager",), vmap_args=None, derivatives=False,
-                        signed_zeros=True):
-    """Run fn in eager PyTorch and compare: functx.jit(fn, backend=b) for each of `backends`
-    ("eager", "triton"), vmap(fn) over `vmap_args` (arguments with a leading batch dim)
-    against a Python loop, and (derivatives=True) vjp/jvp against torch.func and finite
-    differences. Arguments are cloned for every run, so fn may write into its own
-    intermediates. Raises AssertionError naming the path that disagrees."""
+                        signed_zeros=True, jit_options=None):
+    """Run fn in eager PyTorch and compare: functx.jit(fn, backend=b, **jit_options) for each
+    of `backends` ("eager", "triton", "cpu"), vmap(fn) over `vmap_args` (arguments with a
+    leading batch dim) against a Python loop, and (derivatives=True) vjp/jvp against
+    torch.func and finite differences. Arguments are cloned for every run, so fn may write
+    into its own intermediates. Raises AssertionError naming the path that disagrees."""
     want = _call(fn, [_clone(a) for a in args])
     for backend in backends:
-        what = f"functx.jit(fn, backend={backend!r})"
-        got = _call(functx_jit(fn, backend=backend), [_clone(a) for a in args])
+        what = f"functx.jit(fn, backend={backend!r}{''.join(f', {k}={v!r}' for k, v in (jit_options or {}).items())})"
+        got = _call(functx_jit(fn, backend=backend, **(jit_options or {})), [_clone(a) for a in args])
         _assert_raises_too(got, want, what)
         if not isinstance(want, Exception):
             assert_same(got, want, what, signed_zeros=signed_zeros, computed_in=_lowest_float(args))

@@ -64,11 +64,16 @@ class CppFused(FusedCompiled):
         return lowerable(eqn)
 
     def kernel_source(self, plan):
+        if self.symbolic:
+            plan.space_note = "sizes are kernel arguments"
         ops = CppOps(plan.name, plan.xnumel, plan.rnumel, blocked=prefers_blocked(plan))
         plan.run(ops)
         ins, outs = list(ops.in_args), list(ops.out_args)
-        self._nargs[plan.name] = len(ins) + len(outs)
-        return ops.source((ins, outs)), ins, outs
+        source = ops.source((ins, outs))
+        plan.size_args = list(ops.size_args)
+        self._nargs[plan.name] = (len(ins) + len(outs),
+                                  ["double" if isinstance(e, tuple) else "int64_t" for e in plan.size_args])
+        return source, ins, outs
 
     def load_kernels(self, generated):
         launchers = {"_threads": torch.get_num_threads}
@@ -77,12 +82,13 @@ class CppFused(FusedCompiled):
         self.library_source = header() + "\n\n" + "\n".join(src for _, src in generated)
         lib, self.compiled_now = load_library(self.library_source, link_flags())
         for plan, _ in generated:
-            launchers[plan.name] = kernel_function(lib, plan.name, self._nargs[plan.name])
+            launchers[plan.name] = kernel_function(lib, plan.name, *self._nargs[plan.name])
         return launchers
 
     def launch_source(self, plan, ins, outs):
         ptrs = [f"{b}.data_ptr()" for b in ins + outs]
-        return f"{plan.name}({', '.join(ptrs + ['_threads()'])})"
+        sizes = [self.size_source(e) for e in getattr(plan, "size_args", ())]
+        return f"{plan.name}({', '.join(ptrs + sizes + ['_threads()'])})"
 
     def report_header(self):
         cache = "compiled now" if self.compiled_now else "from the kernel cache"
@@ -92,6 +98,7 @@ class CppFused(FusedCompiled):
 class CpuCompiled(Compiled):
     """The tiered CPU backend: `call` runs the eager tier until the fused tier is ready."""
     backend = "cpu"
+    symbolic_sizes = True      # jit's symbolic dims: sizes are C++ arguments, one library for every size
 
     def __init__(self, graph):
         self.graph = graph

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from ..fusion.indexing import Index, Sym, render
+from ..fusion.indexing import Index, Sym, is_symbolic_size, render, size_of
 from ..fusion.kernel import NullOps
 from ..fusion.printer import KernelPrinter
 from ..fusion.scheduler import lowerable as fusion_lowerable
@@ -198,6 +198,19 @@ class CppOps(KernelPrinter):
         self.arg_types: dict[str, str] = {}
         self.arrays: list[str] = []           # blocked: per-row values' declarations
         self.loop_combines: set = set()
+        # jit's symbolic dims: each symbolic size (or size-valued constant) the kernel uses is
+        # an argument, expression -> name; the host wrapper computes its value per call
+        self.size_args: dict = {}
+
+    def size_arg(self, expr) -> str:
+        name = self.size_args.get(expr)
+        if name is None:
+            name = self.size_args[expr] = f"ks{len(self.size_args)}"
+        return name
+
+    def _size(self, n) -> str:
+        """A loop bound in C: an int, or a kernel argument."""
+        return str(n) if isinstance(n, int) else self.size_arg(n)
 
     # ------------------------------------------------------------ plumbing
     def _row_value(self, ctype_, name, expr):
@@ -221,7 +234,8 @@ class CppOps(KernelPrinter):
     def _index(self, index: Index):
         syms = index.symbols()
         dims = {"x" for s in syms if s == "xindex"} | {"r" for s in syms if s == "rindex"}
-        return render(index, self._block_names(index) if self.blocked else None, floordiv="/"), frozenset(dims)
+        return render(index, self._block_names(index) if self.blocked else None, floordiv="/",
+                      size_name=self.size_arg), frozenset(dims)
 
     @staticmethod
     def _block_names(index: Index) -> dict:
@@ -233,7 +247,7 @@ class CppOps(KernelPrinter):
             arg = getattr(atom, "arg", None)
             if arg is not None and arg.const == 0 and len(arg.terms) == 1 and arg.terms[0][1] == 1 \
                     and isinstance(arg.terms[0][0], Sym) and arg.terms[0][0].name == "xindex" \
-                    and atom.d % XBLOCK == 0:
+                    and isinstance(atom.d, int) and atom.d % XBLOCK == 0:
                 names[atom.key()] = f"(xb / {atom.d})" if atom.op == "//" else f"(xb % {atom.d} + xi)"
         return names
 
@@ -245,6 +259,15 @@ class CppOps(KernelPrinter):
         return self._new(f"{arg}[{text}]", dtype, dims, hoist=("r" not in dims))
 
     def constant(self, value, dtype):
+        if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):   # read at run time
+            if isinstance(value, torch.SymBool):
+                raise NotImplementedError(f"a symbolic boolean constant {value}")
+            expr = value.node.expr
+            if isinstance(value, torch.SymFloat):
+                expr = expr.args[0] if type(expr).__name__ == "ToFloat" else ("float", expr)
+            else:
+                expr = size_of(value)
+            return CVal(f"static_cast<{ctype(dtype)}>({self.size_arg(expr)})", dtype)
         return CVal(literal_source(value, dtype), dtype)
 
     def index_value(self, index, dtype):
@@ -290,7 +313,7 @@ class CppOps(KernelPrinter):
             self.cache.pop()
             self.out.extend(self.loop_inits)
             loop = LoopBlock()
-            head = f"for (int64_t rindex = 0; rindex < {self.rnumel}; ++rindex) {{"
+            head = f"for (int64_t rindex = 0; rindex < {self._size(self.rnumel)}; ++rindex) {{"
             if self.blocked:        # rows innermost: consecutive addresses, no loop-carried sum
                 loop += [head, "    #pragma omp simd"] + ["    " + l for l in _row_loop(body)] + ["}"]
             else:
@@ -310,9 +333,13 @@ class CppOps(KernelPrinter):
         once per OpenMP thread on a slice: an `omp parallel for` around the loop itself
         kept g++ from vectorizing the libmvec calls in it (10x slower single-threaded)."""
         ins, outs = arg_order
-        args = [self.in_args[b] for b in ins] + [self.out_args[b] for b in outs]
-        params = [f"{self.arg_types[a]} {a}" for a in args]
-        xn = self.xnumel
+        xn = self._size(self.xnumel)
+        work = size_of(self.xnumel * max(self.rnumel, 1) if isinstance(self.rnumel, int) else
+                       self.xnumel * self.rnumel)
+        work = self._size(work) if is_symbolic_size(work) else work
+        args = [self.in_args[b] for b in ins] + [self.out_args[b] for b in outs] + list(self.size_args.values())
+        params = [f"{self.arg_types[a]} {a}" for a in args[:len(ins) + len(outs)]] + \
+            [f"{'double' if isinstance(e, tuple) else 'int64_t'} {n}" for e, n in self.size_args.items()]
         rows = [f"static void {self.name}_rows({', '.join(params + ['int64_t x0', 'int64_t x1'])}) {{"]
         segments = self.prelude + self.body
         if self.blocked:
@@ -326,9 +353,10 @@ class CppOps(KernelPrinter):
         rows += ["    }", "}", ""]
         call = f"{self.name}_rows({', '.join(args)}, "
         entry = [f'extern "C" void {self.name}({", ".join(params + ["int nthreads"])}) {{']
-        if xn * max(self.rnumel, 1) >= PARALLEL_MIN and xn > 1:
+        if isinstance(work, str) or work >= PARALLEL_MIN and self.xnumel > 1:
             align = XBLOCK if self.blocked else 16
-            entry += ["    if (nthreads > 1) {",
+            cond = f"nthreads > 1 && {work} >= {PARALLEL_MIN} && {xn} > 1" if isinstance(work, str) else "nthreads > 1"
+            entry += [f"    if ({cond}) {{",
                       "        #pragma omp parallel num_threads(nthreads)",
                       "        {",
                       "            const int64_t n = omp_get_num_threads(), t = omp_get_thread_num();",
@@ -369,9 +397,10 @@ def prefers_blocked(plan) -> bool:
     per-sample 2x2 Jacobians of a vmap) that only a loop across rows can vectorize?"""
     if not plan.reductions:
         return _broadcast_rows(plan)
-    if plan.rnumel <= 1 or plan.xnumel <= 1:
+    known = [n for n in (plan.xnumel, plan.rnumel) if isinstance(n, int)]
+    if any(n <= 1 for n in known):
         return False
-    if plan.rnumel <= SHORT_ROW:
+    if isinstance(plan.rnumel, int) and plan.rnumel <= SHORT_ROW:
         return True
     probe = _LoadIndices()
     plan.run(probe)
@@ -391,7 +420,7 @@ def _broadcast_rows(plan) -> bool:
     block's row (`in[xb % d + xi]`) and the loop vectorizes; one row at a time they are a
     gather per element. Only when every such d is a multiple of XBLOCK (blocks then never
     straddle a row of the broadcast operand) and the kernel is big enough to care."""
-    if plan.xnumel < 4 * XBLOCK:
+    if not isinstance(plan.xnumel, int) or plan.xnumel < 4 * XBLOCK:
         return False
     probe = _LoadIndices()
     plan.run(probe)
@@ -399,7 +428,7 @@ def _broadcast_rows(plan) -> bool:
     for index in probe.indices:
         for atom, _ in index.terms:
             if getattr(atom, "op", None) in ("%", "//"):
-                if atom.d % XBLOCK != 0:
+                if not isinstance(atom.d, int) or atom.d % XBLOCK != 0:
                     return False
                 found = True
     return found

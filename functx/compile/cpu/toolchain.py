@@ -112,9 +112,11 @@ def _compile(cxx, source, path, link):
                 os.unlink(p)
 
 
-def kernel_function(lib, name: str, nargs: int):
-    """The kernel `name` as a ctypes function of nargs data pointers and a thread count."""
+def kernel_function(lib, name: str, nargs: int, sizes=()):
+    """The kernel `name` as a ctypes function of nargs data pointers, its size arguments (C
+    types: "int64_t" or "double"; jit's symbolic dims) and a thread count."""
     fn = getattr(lib, name)
-    fn.argtypes = [ctypes.c_void_p] * nargs + [ctypes.c_int]
+    size_types = [ctypes.c_double if t == "double" else ctypes.c_int64 for t in sizes]
+    fn.argtypes = [ctypes.c_void_p] * nargs + size_types + [ctypes.c_int]
     fn.restype = None
     return fn

@@ -20,6 +20,7 @@ from ..codegen import compile_function, emit_expr, free_dead_names, literal_sour
 from ..compiled import Compiled
 from ..loops import loop_report
 from ..nan_checks import CompiledNaNChecks
+from ..symbolic import SYMBOL_FUNCTIONS, check_printable, graph_symbols, symbol_bindings
 from .kernel import is_inlined
 from .scheduler import Schedule, describe_space
 from .torch_ops import TorchOps
@@ -35,6 +36,27 @@ class GroupInfo:
 
     def __repr__(self):
         return f"<group {self.index}: {self.kind} {self.name}>"
+
+
+def check_size_sources(graph, sources, namespace):
+    """Each symbolic size the wrapper passes to a kernel, printed and evaluated at the traced
+    sizes, must equal its expression's value there; otherwise raise (jit traces statically)."""
+    values = graph_symbols(graph)
+    env_ = values[0].node.shape_env
+    hints = getattr(env_, "backed_var_to_val", None)
+    hints = hints if hints is not None else env_.var_to_val
+    env = dict(namespace)
+    env.update({str(k): int(v) for k, v in hints.items()})
+    for text, size in sources:
+        expr = size[1] if isinstance(size, tuple) else size
+        expected = expr.xreplace({k: v for k, v in hints.items() if k in expr.free_symbols})
+        try:
+            got = eval(text, env)
+        except Exception as e:
+            raise NotImplementedError(f"kernel size {expr} does not print as Python ({type(e).__name__}: {e})") from None
+        if not expected.is_number or float(got) != float(expected):
+            raise NotImplementedError(f"kernel size {expr} prints as {text!r}, which gives {got!r} at the "
+                                      f"traced sizes instead of {expected}")
 
 
 def plan_device(plan):
@@ -57,6 +79,10 @@ class FusedCompiled(Compiled):
 
     def __init__(self, graph, persistent_max: int):
         self.graph = g = graph
+        # jit's symbolic dims: the wrapper reads each size symbol from an input's shape and
+        # passes sizes to the kernels as arguments, so one kernel set serves every size
+        self.symbolic = bool(graph_symbols(g))
+        self._size_sources: list = []     # (source printed in the wrapper, the size it stands for)
         printer = GraphPrinter()
         self.graph_text = printer.format(g)
         self.printer = printer
@@ -96,6 +122,9 @@ class FusedCompiled(Compiled):
             self.groups.append(GroupInfo(i, "kernel", plan.name, eqns, outs, describe_space(plan), source=src))
         self._launchers = {**self.load_kernels(generated), **templates}
         self.source, self._globals = self._wrapper()
+        if self.symbolic:       # every size the wrapper prints must evaluate to the traced one
+            check_printable(g, self._globals)
+            check_size_sources(g, self._size_sources, self._globals)
         self.call = compile_function(self.source, "call", self._globals, g.consts,
                                      f"<functx.jit {self.backend} {id(self):x}>")
         self._why: list | None = None
@@ -124,12 +153,24 @@ class FusedCompiled(Compiled):
     def report_header(self) -> str:
         return f"backend: {self.backend}"
 
+    def size_source(self, size) -> str:
+        """A kernel size in the host wrapper: an int, a symbolic size (a sympy expression in the
+        symbols the wrapper binds), or ("float", expression) for a float-valued one."""
+        if isinstance(size, int):
+            return str(size)
+        text = f"float({size[1]})" if isinstance(size, tuple) else str(size)
+        self._size_sources.append((text, size))
+        return text
+
     # ------------------------------------------------------------ host wrapper
     def _wrapper(self):
         g, names, sched = self.graph, self.names, self.schedule
         glob = {"torch": torch, "math": math, **self._launchers}
         args = [names[v] for v in list(g.invars) + list(g.constvars)]
         lines = [f"def call({', '.join(args)}):"]
+        if self.symbolic:
+            glob.update(SYMBOL_FUNCTIONS)
+            lines += [f"    {sym} = {names[g.invars[i]]}.shape[{d}]" for sym, i, d in symbol_bindings(g)]
         have = set(list(g.invars) + list(g.constvars))
         loaded = {b for ins, _ in self._launch_args.values() for b in ins}
         for v in list(g.invars) + list(g.constvars):

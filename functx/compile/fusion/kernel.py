@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+
 from ...core import REDUCTION, VIEW, Literal, Var
-from .indexing import Index, Sym, flatten, numel, unflatten
+from .indexing import Index, Sym, flatten, is_symbolic_size, numel, shape_of, size_of, unflatten
 
 NULLARY = ("full", "iota")      # constants: folded into every kernel that reads them
 
@@ -65,7 +67,7 @@ def is_inlined(eqn) -> bool:
 
 def reduction_layout(eqn):
     """(kept shape, reduced shape, axes) of a reduction equation."""
-    shape = eqn.inputs[0].type.shape
+    shape = shape_of(eqn.inputs[0].type.shape)
     axes = eqn.params["axes"]
     kept = tuple(n for d, n in enumerate(shape) if d not in axes)
     return kept, tuple(shape[d] for d in axes), axes
@@ -85,7 +87,9 @@ class KernelPlan:
         self.producers = producers
         self.reductions = [e for e in self.members if e.prim.kind == REDUCTION]
         self._space()
-        self.persistent = self.rnumel <= persistent_max
+        # A symbolic row length is reduced in a loop of blocks (right for every length); a
+        # static one in one block when it fits.
+        self.persistent = not is_symbolic_size(self.rnumel) and self.rnumel <= persistent_max
         self._stages()
         self._store_layouts()
 
@@ -102,7 +106,7 @@ class KernelPlan:
         else:
             sizes = {numel(v.type.shape) for v in self.stored}
             if len(sizes) > 1:
-                raise FusionError(f"pointwise outputs of different sizes {sorted(sizes)}")
+                raise FusionError(f"pointwise outputs of different sizes {sorted(sizes, key=str)}")
             self.xnumel, self.rnumel = sizes.pop(), 1
         self.x = Index.of(Sym("xindex", self.xnumel))
         self.r = Index.of(Sym("rindex", self.rnumel))
@@ -136,17 +140,17 @@ class KernelPlan:
         """Each stored var gets an index into its shape: an x-space value (one per row)
         at xindex, an (x, r)-space value at the layout of a reduction over the same shape."""
         self.store_plan = []
-        n_x, n_xr = self.xnumel, self.xnumel * self.rnumel
+        n_x, n_xr = self.xnumel, size_of(self.xnumel * self.rnumel)
         for v in self.stored:
             n = numel(v.type.shape)
             eqn = self.producers[v]
             if n == n_x:
-                self.store_plan.append((v, "x", unflatten(self.x, v.type.shape)))
+                self.store_plan.append((v, "x", unflatten(self.x, shape_of(v.type.shape))))
             elif n == n_xr and eqn.prim.kind != REDUCTION:
                 layout = next((self.reduction_input_index(r) for r in self.reductions
-                               if r.inputs[0].type.shape == v.type.shape), None)
+                               if shape_of(r.inputs[0].type.shape) == shape_of(v.type.shape)), None)
                 if layout is None:
-                    layout = unflatten(self.x * self.rnumel + self.r, v.type.shape)
+                    layout = unflatten(self.x * self.rnumel + self.r, shape_of(v.type.shape))
                 self.store_plan.append((v, "xr", layout))
             else:
                 raise FusionError(f"output of {eqn.prim.name} has {n} elements; this kernel "
@@ -165,10 +169,10 @@ class KernelPlan:
             with lw.scope(ops.rloop() if self.reductions and not self.persistent
                           else contextlib.nullcontext()):
                 for v, _, idx in xr_stores:
-                    ops.store(self.buffers[v], flatten(idx, v.type.shape), lw.value(v, idx), v.type.dtype)
+                    ops.store(self.buffers[v], flatten(idx, shape_of(v.type.shape)), lw.value(v, idx), v.type.dtype)
         for v, space, idx in self.store_plan:
             if space == "x":
-                ops.store(self.buffers[v], flatten(idx, v.type.shape), lw.value(v, idx), v.type.dtype)
+                ops.store(self.buffers[v], flatten(idx, shape_of(v.type.shape)), lw.value(v, idx), v.type.dtype)
         return ops
 
 
@@ -213,7 +217,7 @@ class Lowering:
         eqn = plan.producers.get(v)
         if v in self.reduced:
             res, row = self.reduced[v]
-            if flatten(idx, v.type.shape) != row:
+            if flatten(idx, shape_of(v.type.shape)) != row:
                 raise FusionError(f"the result of {eqn.prim.name} is read at another row than the one "
                                   "it was reduced for (a transposed or shifted use)")
             return res
@@ -223,7 +227,8 @@ class Lowering:
             if eqn.prim.name == "iota":
                 return self.ops.index_value(idx[eqn.params["dim"]], v.type.dtype)
             src = eqn.inputs[0]
-            in_idx = [Index.of(i) for i in eqn.prim.index_map(idx, src.type.shape, **eqn.params)]
+            in_idx = [Index.of(i) for i in eqn.prim.index_map(idx, shape_of(src.type.shape),
+                                                               **_sizes_in(eqn.params))]
             return self.value(src, in_idx)
         if eqn is not None and id(eqn) in plan.member_set:
             if eqn.prim.kind == REDUCTION:
@@ -231,7 +236,7 @@ class Lowering:
             return self._pointwise(eqn, idx)
         if v not in plan.buffers:
             raise FusionError(f"value of {eqn.prim.name if eqn else 'input'} is not in memory")
-        return self.ops.load(plan.buffers[v], flatten(idx, v.type.shape), v.type.dtype)
+        return self.ops.load(plan.buffers[v], flatten(idx, shape_of(v.type.shape)), v.type.dtype)
 
     def _pointwise(self, eqn, idx):
         vars_ = [a for a in eqn.inputs if isinstance(a, Var)]
@@ -242,6 +247,18 @@ class Lowering:
             else:
                 args.append(self.value(a, idx))
         return self.ops.pointwise(eqn, args)
+
+
+def _sizes_in(params):
+    """A view's params with symbolic sizes (torch.SymInt) as index sizes (sympy), so that
+    index maps compute with them and never ask torch to decide on one."""
+    def conv(p):
+        if isinstance(p, torch.SymInt):
+            return size_of(p)
+        if isinstance(p, tuple):
+            return tuple(conv(q) for q in p)
+        return p
+    return {k: conv(p) for k, p in params.items()}
 
 
 def literal_dtype(eqn, pos, vars_):

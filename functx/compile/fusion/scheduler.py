@@ -20,6 +20,7 @@ import itertools
 
 from ...core import POINTWISE, REDUCTION, Var, has_effects
 from ...core.primitive import Unsupported
+from .indexing import is_symbolic_size, nonneg, shape_of
 from .kernel import FusionError, KernelPlan, NullOps, is_inlined, reduction_layout
 
 
@@ -32,11 +33,15 @@ def lowerable(eqn, dtypes, expression, backend: str) -> str | None:
     bad = [t.dtype for t in types if t.dtype not in dtypes]
     if bad:
         return f"dtype {bad[0]} has no {backend} lowering"
-    if any(0 in t.shape for t in types):
+    if any(_is_zero(n) for t in types for n in shape_of(t.shape)):
         return "an empty tensor (nothing to compute; its index math would divide by zero)"
+    maybe_empty = [n for t in types for n in shape_of(t.shape) if is_symbolic_size(n) and not nonneg(n - 1)]
+    if maybe_empty:
+        return (f"a symbolic size {maybe_empty[0]} that may be 0 (its index math could divide by zero): "
+                "runs through torch")
     if p.effectful:
         return f"{p.name} is effectful"
-    if any(0 in t.shape for t in types):
+    if any(_is_zero(n) for t in types for n in shape_of(t.shape)):
         # No work for a kernel, and index math over a size-0 dimension would divide by 0.
         return "a size-0 operand (torch computes the empty or identity result)"
     if p.kind == REDUCTION:
@@ -47,6 +52,10 @@ def lowerable(eqn, dtypes, expression, backend: str) -> str | None:
         return f"{p.name} has no tensor operand"
     answer = expression(eqn)
     return str(answer) if isinstance(answer, Unsupported) else None
+
+
+def _is_zero(n) -> bool:
+    return isinstance(n, int) and n == 0
 
 
 class TemplateChoice:
@@ -301,10 +310,12 @@ class Schedule:
 
 
 def describe_space(plan) -> str:
+    note = getattr(plan, "space_note", None)      # a backend's word on symbolic sizes
     if plan.reductions:
-        mode = "persistent" if plan.persistent else "looped"
+        mode = note if note and note.startswith("persistent") else \
+            ("persistent" if plan.persistent else "looped") + (f"; {note}" if note else "")
         return f"reduction over (xnumel={plan.xnumel}, rnumel={plan.rnumel}), {mode}"
-    return f"pointwise over {plan.xnumel} elements"
+    return f"pointwise over {plan.xnumel} elements" + (f"; {note}" if note else "")
 
 
 __all__ = ["Schedule", "Group", "TemplateChoice", "lowerable", "describe_space", "reduction_layout"]

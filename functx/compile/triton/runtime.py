@@ -125,13 +125,26 @@ LOOPED_RBLOCK_INTERPRET = 256
 
 
 class Launcher:
-    """Calls a kernel over its grid; `kernel(*buffers, xnumel=..., rnumel=...)`."""
+    """Calls a kernel over its grid; `kernel(*buffers, xnumel=..., rnumel=...)`.
 
-    def __init__(self, fn, kind: str, xnumel: int, rnumel: int, interpret: bool):
+    dynamic (jit's symbolic dims: the sizes are arguments, known only per call): the launch
+    configuration is chosen per call from the sizes rounded up to powers of two (the first
+    candidate of configs_for, no autotuning), and remembered per bucket; on a GPU Triton
+    compiles the one kernel source once per block-size bucket."""
+
+    def __init__(self, fn, kind: str, xnumel, rnumel, interpret: bool, dynamic: bool = False,
+                 persistent=None, persistent_max: int = 0):
         self.kind = kind
-        self.configs = configs_for(kind, xnumel, rnumel, interpret)
         self.reduction = kind != "pointwise"
         self.interpret = interpret
+        self.dynamic = dynamic
+        if dynamic:
+            self.fn, self.meta, self.num_warps = fn, None, None
+            # a symbolic row length: the persistent variant for rows up to persistent_max
+            self.persistent, self.persistent_max = persistent, persistent_max
+            self._buckets: dict = {}
+            return
+        self.configs = configs_for(kind, xnumel, rnumel, interpret)
         if interpret or len(self.configs) == 1:
             meta = dict(self.configs[0])
             self.num_warps = meta.pop("num_warps", None)
@@ -148,6 +161,18 @@ class Launcher:
         if xnumel == 0:
             return
         sizes = (xnumel, rnumel) if self.reduction else (xnumel,)
+        if self.dynamic:
+            persistent = self.persistent is not None and rnumel <= self.persistent_max
+            kind, fn = ("persistent", self.persistent) if persistent else (self.kind, self.fn)
+            bucket = (kind, next_pow2(xnumel), next_pow2(rnumel or 1))
+            meta = self._buckets.get(bucket)
+            if meta is None:
+                meta = self._buckets[bucket] = dict(configs_for(kind, *bucket[1:], self.interpret)[0])
+            meta = dict(meta)
+            num_warps = meta.pop("num_warps", None)
+            extra = {} if self.interpret or num_warps is None else {"num_warps": num_warps}
+            fn[(triton.cdiv(xnumel, meta["XBLOCK"]),)](*buffers, *sizes, **meta, **extra)
+            return
         if self.meta is not None:
             grid = (triton.cdiv(xnumel, self.meta["XBLOCK"]),)
             extra = {} if self.interpret or self.num_warps is None else {"num_warps": self.num_warps}

@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from ..fusion.indexing import Index, render
+from ..fusion.indexing import Index, render, size_of, sympy
+from ..symbolic import is_symbolic
 from ..fusion.printer import KernelPrinter
 from ..fusion.scheduler import lowerable as fusion_lowerable
 
@@ -83,6 +84,20 @@ def identity(combine, dtype) -> str:
     return str(info.min if combine == "max" else info.max)
 
 
+def _integral(expr):
+    """An int-valued sympy expression equal to the float-valued size expression `expr`
+    (`ToFloat(n)`, `Max(0.0, ToFloat(n - 1))`: var's divisor), or None."""
+    name = type(expr).__name__
+    if name == "ToFloat":
+        return expr.args[0]
+    if expr.is_Number:
+        return sympy.Integer(int(expr)) if float(expr) == int(expr) else None
+    if name in ("Max", "Min") or expr.is_Add or expr.is_Mul:
+        args = [_integral(a) for a in expr.args]
+        return None if any(a is None for a in args) else expr.func(*args)
+    return None
+
+
 class TritonOps(KernelPrinter):
     def __init__(self, name: str, xnumel: int, rnumel: int, persistent: bool):
         super().__init__(name)
@@ -90,6 +105,15 @@ class TritonOps(KernelPrinter):
         self.persistent = persistent
         self.loop_depth = 0
         self.helpers: set[str] = set()
+        # jit's symbolic dims: each symbolic size (or size-valued constant) the kernel prints
+        # is a scalar argument, expression -> name; the host wrapper computes its value
+        self.size_args: dict = {}
+
+    def size_arg(self, expr) -> str:
+        name = self.size_args.get(expr)
+        if name is None:
+            name = self.size_args[expr] = f"ks{len(self.size_args)}"
+        return name
 
     # ------------------------------------------------------------ plumbing
     def _new(self, expr, dtype, dims, hoist):
@@ -102,7 +126,7 @@ class TritonOps(KernelPrinter):
     def _index(self, index: Index):
         syms = index.symbols()
         dims = {"x" for s in syms if s == "xindex"} | {"r" for s in syms if s == "rindex"}
-        return render(index), frozenset(dims)
+        return render(index, size_name=self.size_arg), frozenset(dims)
 
     def _mask(self, dims):
         masks = [m for d, m in (("x", "xmask"), ("r", "rmask")) if d in dims]
@@ -132,12 +156,34 @@ class TritonOps(KernelPrinter):
 
     def constant(self, value, dtype):
         cd = compute_dtype(dtype)
+        if is_symbolic(value):       # a size (x.shape[0], a mean's count) read at run time
+            return self._new(f"{self._symbolic_constant(value, cd)}", dtype, (), True)
         src = literal_source(value, cd)
         if cd == torch.float64 and math.isfinite(float(value)):
             # a block of the kernel's rank: a [1] among 2-d reduction values cannot broadcast
             shape = "[1, 1]" if self.is_reduction else "[1]"
             return self._new(f"tl.full({shape}, {src}, tl.float64)", dtype, (), True)
         return TVal(src, dtype)
+
+    def _symbolic_constant(self, value, cd):
+        """A block of the kernel's rank holding a symbolic value, passed as an int argument
+        (exact) where it is one; a float-valued one only in float32 (Triton's float argument)."""
+        expr = value.node.expr
+        if isinstance(value, torch.SymFloat):
+            integral = _integral(expr)
+            if integral is not None:       # float(n) of an int size (a mean's count): pass n, exactly
+                expr = size_of(integral)
+            elif cd != torch.float32:
+                raise NotImplementedError(f"the symbolic value {value} as a {cd} constant (a Triton "
+                                          "scalar argument is float32)")
+            else:
+                expr = ("float", expr)
+        elif isinstance(value, torch.SymBool):
+            raise NotImplementedError(f"a symbolic boolean constant {value}")
+        else:
+            expr = size_of(value)
+        shape = "[1, 1]" if self.is_reduction else "[1]"
+        return f"tl.full({shape}, {self.size_arg(expr)}, {tl_dtype(cd)})"
 
     def index_value(self, index, dtype):
         text, dims = self._index(index)
@@ -222,7 +268,7 @@ class TritonOps(KernelPrinter):
     def source(self, arg_order) -> str:
         """arg_order: (input buffers, output buffers) in the order the wrapper passes them."""
         ins, outs = arg_order
-        args = [self.in_args[b] for b in ins] + [self.out_args[b] for b in outs]
+        args = [self.in_args[b] for b in ins] + [self.out_args[b] for b in outs] + list(self.size_args.values())
         if self.is_reduction:
             args += ["xnumel", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"]
         else:

@@ -145,3 +145,63 @@ def _bernoulli_p(x, p=0.5, generator=None):
 def _bernoulli(x, generator=None):
     t = _t(x)
     return P.convert(P.lt(_standard(t, "uniform", generator, "torch.bernoulli"), x), t.dtype)
+
+
+# ---------------------------------------------------------------- factories of a symbolic size
+# torch.arange(n) or torch.zeros(n, 3) with n a symbolic size (jit's dynamic dims) have no
+# traced argument: they reach RandomMode rather than TracerTensor, and run as torch they would
+# pin n to the traced size. RandomMode lowers them through this table instead, to primitives
+# of that symbolic size; None from an entry: not handled here (torch runs it, pinning n).
+
+def _default_device(device):
+    return torch.device(device) if device is not None else torch.get_default_device()
+
+
+def _arange(start, end, step, dtype, device):
+    # here, not at the top: that module imports sympy, which static traces never need
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+    if dtype is None:
+        floats = any(isinstance(v, (float, torch.SymFloat)) for v in (start, end, step))
+        dtype = torch.get_default_dtype() if floats else torch.int64
+    if not all(isinstance(v, (int, torch.SymInt)) for v in (start, end, step)) or not isinstance(step, int) \
+            or step == 0:
+        return None          # float bounds or a symbolic step: the length is not a size expression
+    length = (end - start + step - 1) // step if step > 0 else (start - end - step - 1) // (-step)
+    if not statically_known_true(length >= 0):
+        length = torch.sym_max(length, 0)
+    out = P.iota((length,), 0, torch.int64 if not dtype.is_floating_point else dtype, _default_device(device))
+    if step != 1:
+        out = P.mul(out, step)
+    if not (isinstance(start, int) and start == 0):
+        out = P.add(out, start)
+    return P.convert(out, dtype)
+
+
+def _fill_dtype(value, dtype):
+    if dtype is not None:
+        return dtype
+    if isinstance(value, (bool, torch.SymBool)):
+        return torch.bool
+    if isinstance(value, (int, torch.SymInt)):
+        return torch.int64
+    return torch.get_default_dtype()
+
+
+SIZED_FACTORIES = {
+    aten.arange.default: lambda end, dtype=None, layout=None, device=None, pin_memory=None:
+        _arange(0, end, 1, dtype, device),
+    aten.arange.start: lambda start, end, dtype=None, layout=None, device=None, pin_memory=None:
+        _arange(start, end, 1, dtype, device),
+    aten.arange.start_step: lambda start, end, step=1, dtype=None, layout=None, device=None, pin_memory=None:
+        _arange(start, end, step, dtype, device),
+    aten.zeros.default: lambda size, dtype=None, layout=None, device=None, pin_memory=None:
+        P.full(tuple(size), 0, dtype or torch.get_default_dtype(), _default_device(device)),
+    aten.ones.default: lambda size, dtype=None, layout=None, device=None, pin_memory=None:
+        P.full(tuple(size), 1, dtype or torch.get_default_dtype(), _default_device(device)),
+    aten.empty.memory_format: lambda size, dtype=None, layout=None, device=None, pin_memory=None,
+        memory_format=None: P.full(tuple(size), 0, dtype or torch.get_default_dtype(), _default_device(device)),
+    aten.scalar_tensor.default: lambda s, dtype=None, layout=None, device=None, pin_memory=None:
+        P.full((), s, dtype or torch.get_default_dtype(), _default_device(device)),
+    aten.full.default: lambda size, fill_value, dtype=None, layout=None, device=None, pin_memory=None:
+        P.full(tuple(size), fill_value, _fill_dtype(fill_value, dtype), _default_device(device)),
+}

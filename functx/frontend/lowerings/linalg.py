@@ -143,6 +143,9 @@ def _avg_pool(nd):
         summed = P.conv(xp, ones, st, (0,) * nd, (1,) * nd, False, None, 1)
         if divisor_override:
             out = P.div(summed, float(divisor_override))
+        elif any(isinstance(n, torch.SymInt) for n in list(sizes) + list(outs)):
+            out = P.div(summed, P.broadcast_to(_symbolic_pool_divisor(sizes, outs, ks, st, pa, count_include_pad,
+                                                                      t.dtype, t.device), _t(summed).shape))
         else:
             divisor = torch.ones((), dtype=torch.float64)
             for d, (n, k, p, s, o) in enumerate(zip(sizes, ks, pa, st, outs)):
@@ -158,6 +161,28 @@ def _avg_pool(nd):
         out = P.reshape(out, lead + tuple(outs))
         return P.reshape(out, _t(out).shape[1:]) if unbatched else out
     return lower
+
+
+def _symbolic_pool_divisor(sizes, outs, ks, st, pa, count_include_pad, dtype, device):
+    """avg_pool's divisor (the window sizes torch divides by) with symbolic sizes (jit): the same
+    arithmetic as the constant one below, on traced values of the symbolic output sizes."""
+    divisor = None
+    nd = len(sizes)
+    for d, (n, k, p, s, o) in enumerate(zip(sizes, ks, pa, st, outs)):
+        start = P.sub(P.mul(P.iota((o,), 0, torch.int64, device), s), p)
+        end = P.min_(P.add(start, k), n + p)
+        size = P.sub(end, start) if count_include_pad else \
+            P.sub(P.min_(end, n), P.max_(start, 0))
+        shape = [1] * nd
+        shape[d] = o
+        size = P.reshape(size, tuple(shape))
+        if divisor is None:
+            divisor = size
+        else:
+            both = tuple(outs[:d + 1]) + (1,) * (nd - d - 1)
+            divisor = P.mul(P.broadcast_to(divisor, both), P.broadcast_to(size, both))
+    divisor = P.convert(P.broadcast_to(divisor, tuple(outs)), dtype)
+    return P.reshape(divisor, (1, 1) + tuple(outs))
 
 
 register(aten.avg_pool1d.default)(_avg_pool(1))

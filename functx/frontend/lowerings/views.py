@@ -141,6 +141,19 @@ def _diagonal(x, offset=0, dim1=0, dim2=1):
     return P.slice_in_dim(flat, start, start + (count - 1) * (m + 1) + 1, m + 1, len(batch))
 
 
+@register_special(aten.size.int, aten.sym_size.int)
+def _size(x, dim):
+    """x.size(d) called from C++ (torch's composite kernels: upsample reads its input's sizes
+    this way): the traced size, symbolic under jit's dynamic dims."""
+    shape = x.shape
+    return shape[wrap_dim(dim, len(shape))]
+
+
+@register_special(aten.size.default, aten.sym_size.default)
+def _sizes(x):
+    return tuple(x.shape)
+
+
 @register(aten.unbind.int)
 def _unbind(x, dim=0):
     t = _t(x)
@@ -153,6 +166,13 @@ def _split(x, split_size, dim=0):
     t = _t(x)
     d = wrap_dim(dim, t.ndim)
     n = t.shape[d]
+    if isinstance(n, torch.SymInt) or isinstance(split_size, torch.SymInt):
+        # A symbolic size (jit): the number of pieces is the one thing Python must know (a
+        # guard on ceil(n / split_size), which many sizes share: x.chunk(2) is 2 pieces for
+        # every n >= 2); the bounds stay symbolic, the last piece ending at n.
+        count = max(int((n + split_size - 1) // split_size), 1)
+        return [_slice(x, d, i * split_size, (i + 1) * split_size) for i in range(count - 1)] + \
+            [_slice(x, d, (count - 1) * split_size, n)]
     return [_slice(x, d, s, min(s + split_size, n)) for s in range(0, max(n, 1), max(split_size, 1))]
 
 
