@@ -265,10 +265,11 @@ _COMPILED_BODIES = ("scan", "checkpoint")
 def _refuse_closures(graph):
     """A parameter that is a Python callable (an opaque op's function, a debug callback) may
     hold a size from trace time, which generated code cannot rebind, and a sub-graph that is
-    interpreted at run time would run with trace-time sizes: such graphs stay static."""
+    interpreted at run time would run with trace-time sizes: such graphs stay static.
+    (functx's own callbacks that read only their arguments say so: `fn.size_free = True`.)"""
     for e in graph.eqns:
         for k, p in e.params.items():
-            if callable(p) and not isinstance(p, (type, torch.dtype)):
+            if callable(p) and not isinstance(p, (type, torch.dtype)) and not getattr(p, "size_free", False):
                 raise NotImplementedError(f"{e.prim.name} holds a Python function ({k}), which may "
                                           "have captured a size")
         for g in sub_graphs(e.params):

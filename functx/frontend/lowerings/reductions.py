@@ -303,6 +303,9 @@ def _check_all_true(value):
                          "torch.distributions argument constraint, failed)")
 
 
+_check_all_true.size_free = True       # reads only its argument: symbolic traces may hold it
+
+
 @register_special(aten._is_all_true.default)
 def _is_all_true(x):
     return _truth_test(x, "all")
