@@ -319,3 +319,15 @@ def test_without_a_usable_shape_env_jit_stays_static(monkeypatch):
         x = torch.randn(n, 2)
         _close(jf(x), x.sum(0))
     assert jf.trace_count == 3 and "symbolic dims are off" in str(jf.cache_info())
+
+
+def test_torch_distributions_stay_symbolic():
+    """torch.distributions broadcast a Python number against the parameters (a constant the
+    function makes meets a symbolic size), validate them (a jit-time check), and rsample
+    with torch.empty(shape).normal_(): one symbolic trace serves every batch size."""
+    D = torch.distributions
+    f = functx.jit(lambda m: D.Normal(m, 2.0).log_prob(m.cos()) + D.Normal(m, 1.0).rsample() * 0)
+    for n in (3, 5, 7, 11):
+        m = torch.randn(n)
+        torch.testing.assert_close(f(m), D.Normal(m, 2.0).log_prob(m.cos()))
+    assert f.cache_info().traces == 2

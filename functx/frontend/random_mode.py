@@ -212,6 +212,14 @@ def _route(func, args, kwargs):
 _EMPTY_FACTORIES = frozenset({aten.empty.memory_format, aten.empty_strided.default})
 
 
+def _writes(func) -> bool:
+    return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
+
+
+def _lift_plain(a):
+    return TracerTensor(a) if type(a) is torch.Tensor else a
+
+
 def _has_symbolic_size(args, kwargs) -> bool:
     """Is a symbolic size (jit's dynamic dims) among an op's arguments?"""
     return any(isinstance(v, (torch.SymInt, torch.SymFloat)) for v in tree_flatten((args, kwargs))[0])
@@ -275,6 +283,11 @@ class RandomMode(TorchDispatchMode):
                     out = SIZED_FACTORIES[func](*args, **kwargs) if func in SIZED_FACTORIES else None
                     if out is not None:
                         return wrap(out)
+                    if not _writes(func) and any(type(a) is torch.Tensor for a in tree_flatten((args, kwargs))[0]):
+                        # a constant the function made (torch.tensor(1.0).expand(x.shape), what
+                        # torch.distributions' broadcast_all does) meets a symbolic size: as a
+                        # wrapper of itself its op is a functx op, which keeps the size symbolic
+                        return dispatch(func, *tree_map(_lift_plain, (args, kwargs)))
                     # torch would turn the size into a constant, maybe without a guard: pin it
                     # explicitly (a guard of the trace, which explain lists with this line)
                     args, kwargs = tree_map(pinned, (args, kwargs))
