@@ -521,3 +521,25 @@ def test_random_draws_in_recomputed_branches_and_bodies_raise_or_match():
     for remat in (True, "sqrt"):
         with pytest.raises(functx.FunctxError, match="redraw"):
             functx.jit(functx.value_and_grad(lambda x: chain(x, remat)))(torch.tensor(1.0))
+
+
+def test_a_differentiated_value_made_a_python_number_warns():
+    """torch.full_like(plain, t) converts a traced t with .item() in torch's argument parser
+    (no tensor argument for __torch_function__ to see): the derivative through it is lost, as
+    torch's autograd loses it, and torch warns for a tensor that requires grad. functx warns,
+    naming the line, where it used to return a silent zero; with the tensor spelling the
+    derivative is right. Comparisons for Python control flow don't warn."""
+    import warnings as w
+
+    def f(t):
+        return torch.full_like(torch.ones(3), t).pow(2).sum()
+    with pytest.warns(UserWarning, match="converted to a Python number"):
+        functx.grad(f)(torch.tensor(2.0))
+    g = functx.grad(lambda t: (torch.zeros(3) + t).pow(2).sum())(torch.tensor(2.0))
+    torch.testing.assert_close(g, torch.tensor(12.0))
+    with w.catch_warnings():
+        w.simplefilter("error")
+        functx.grad(lambda x: x if x > 0 else -x)(torch.tensor(2.0))
+    x = torch.ones(3)          # a traced fill value whose tensor argument is traced too: exact
+    torch.testing.assert_close(functx.grad(lambda t: torch.full_like(x * t, t).sum())(torch.tensor(2.0)),
+                               torch.tensor(3.0))

@@ -145,7 +145,34 @@ def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     return (gh + gi).relu()
 
 
+# A traced fill value (jit's dynamic Python scalars, a per-example value under vmap): torch's
+# argument parser would turn it into a number with .item() before any dispatch. JAX's
+# jnp.full_like takes a traced fill value; so do these. (torch.full(size, traced) has no
+# tensor argument for __torch_function__ to see: its error names the argument to make static.)
+def _traced_fill(fill):
+    from .tensor import TracerTensor      # tensor.py imports this module
+    return isinstance(fill, TracerTensor) and fill.dim() == 0
+
+
+def _filled(fill, shape, dtype, device):
+    return fill.to(dtype=dtype, device=device).expand(tuple(shape)).clone()
+
+
+def full_like(input, fill_value, *, dtype=None, device=None, **_):
+    if not _traced_fill(fill_value):
+        return NotImplemented
+    return _filled(fill_value, input.shape, dtype or input.dtype, device or input.device)
+
+
+def new_full(self, size, fill_value, *, dtype=None, device=None, **_):
+    if not _traced_fill(fill_value):
+        return NotImplemented
+    return _filled(fill_value, size, dtype or self.dtype, device or self.device)
+
+
 COMPOSITES = {
+    torch.full_like: full_like,
+    torch.Tensor.new_full: new_full,
     _VF.lstm_cell: lstm_cell,
     _VF.gru_cell: gru_cell,
     _VF.rnn_tanh_cell: rnn_tanh_cell,

@@ -112,7 +112,9 @@ def _special_function(func, types, args, kwargs):
         _refuse_torch_autograd(func)
     composite = COMPOSITES.get(func)
     if composite is not None:
-        return composite(*args, **(kwargs or {}))
+        out = composite(*args, **(kwargs or {}))
+        if out is not NotImplemented:          # NotImplemented: torch's own function serves
+            return out
     out = rewrite(func, args, kwargs, lambda: _disabled_torch_function(func, types, args, kwargs or {}))
     if out is not NotImplemented:         # trace(hessian(f)) under jit (frontend/rewrites.py)
         return out
