@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from ..core import STRUCTURAL, MissingRuleError, Trace, Zero, set_current_trace
 from ..core import nan_check
-from ..core.trace import (PrimalTracer, grad_enabled_for, process_on_parent, trace_state, transform_level, type_of,
-                          value_repr)
+import torch
+
+from ..core.trace import (EVAL_TRACE, GraphTrace, GraphTracer, PrimalTracer, grad_enabled_for, process_on_parent,
+                          trace_state, transform_level, type_of, value_repr)
 from ..prims.util import is_scalar
+from . import rule_cache
 
 
 class JVPTracer(PrimalTracer):
@@ -54,6 +57,14 @@ class JVPTrace(Trace):
     def __init__(self, parent, reverse: bool = False):
         self.parent = parent
         self.reverse = reverse        # serves grad/vjp: honours grad mode (module docstring)
+        # Eager levels run cached, generated jvp rules (transforms/rule_cache.py): forward mode
+        # straight over the eager trace, or linearize's partial-eval trace over it.
+        if parent is EVAL_TRACE:
+            self.fast = "forward"
+        elif type(parent) is GraphTrace and not parent.stage_all and parent.parent is EVAL_TRACE:
+            self.fast = "linearize"
+        else:
+            self.fast = None
 
     def __repr__(self):
         return "JVPTrace"
@@ -75,6 +86,10 @@ class JVPTrace(Trace):
         if self.reverse and not grad_enabled_for(self):     # no_grad: a constant for this level
             primals = [a.primal if isinstance(a, JVPTracer) and a._trace is self else a for a in args]
             return process_on_parent(self, prim, primals, params)
+        if self.fast is not None and not _NANS.on:
+            out = self._cached_jvp(prim, args, params)
+            if out is not NotImplemented:
+                return out
         primals, tangents = [], []
         for a in args:
             if isinstance(a, JVPTracer) and a._trace is self:
@@ -98,6 +113,74 @@ class JVPTrace(Trace):
             return [self.wrap(o, t) for o, t in zip(out, tangent_out)]
         return out if isinstance(tangent_out, Zero) else JVPTracer(self, out, tangent_out)   # wrap, inline
 
+    def _cached_jvp(self, prim, args, params):
+        """The primitive's jvp through its cached, generated rule (rule_cache.JvpRule), or
+        NotImplemented where that does not apply (the rule then runs as written)."""
+        if not rule_cache.allowed(prim):
+            return NotImplemented
+        linearize = self.fast == "linearize"
+        key = [prim]
+        P, T = [], []
+        for a in args:
+            if type(a) is JVPTracer and a._trace is self:
+                p, t = a.primal, a.tangent
+                if not isinstance(p, torch.Tensor) or p.requires_grad:
+                    return NotImplemented
+                if linearize:
+                    if type(t) is not GraphTracer or t._trace is not self.parent or t.var.type.dtype != p.dtype:
+                        return NotImplemented
+                    T.append(t.var)
+                else:
+                    if not isinstance(t, torch.Tensor) or t.dtype != p.dtype:
+                        return NotImplemented
+                    T.append(t)
+                key.append((p.shape, p.dtype, p.device, True))
+                P.append(p)
+            elif isinstance(a, torch.Tensor):
+                if a.requires_grad:
+                    return NotImplemented
+                key.append((a.shape, a.dtype, a.device, False))
+                P.append(a)
+            else:
+                k = rule_cache.scalar_key(a)
+                if k is None:
+                    return NotImplemented
+                key.append(k)
+        if params:
+            key.append(tuple(params.items()))
+        key = tuple(key)
+        try:
+            rule = _JVP_RULES.get(key)
+        except TypeError:          # an unhashable param
+            return NotImplemented
+        if rule is None:
+            rule = self._build_rule(prim, args, params, key)
+        if rule is _UNCACHEABLE:
+            return NotImplemented
+        prev, trace_state.trace = trace_state.trace, EVAL_TRACE     # the impls run as EvalTrace runs them
+        try:
+            out, tangent = rule.linearize(self.parent, P, T) if linearize else rule.forward(P, T)
+        finally:
+            trace_state.trace = prev
+        if rule.multiple:
+            return [o if t is None else JVPTracer(self, o, t) for o, t in zip(out, tangent)]
+        return out if tangent is None else JVPTracer(self, out, tangent)
+
+    def _build_rule(self, prim, args, params, key):
+        specs = []
+        for a in args:
+            if isinstance(a, JVPTracer) and a._trace is self:
+                specs.append((type_of(a.primal), True))
+            elif isinstance(a, torch.Tensor):
+                specs.append((type_of(a), False))
+            else:
+                specs.append(a)
+        rule = rule_cache.build_jvp(prim, params, specs, _ZeroOf)
+        if len(_JVP_RULES) >= rule_cache.MAX_RULES:
+            _JVP_RULES.clear()
+        _JVP_RULES[key] = rule
+        return rule
+
     def _jvp_checked(self, prim, primals, tangents, params):
         """debug_nans: the primal first, on its own (so a NaN there is named a primal
         computation), then the rule as tangent work. The primal returned is the first one,
@@ -112,3 +195,5 @@ class JVPTrace(Trace):
 
 
 _NANS = nan_check.STATE
+_JVP_RULES = rule_cache.JVP_RULES
+_UNCACHEABLE = rule_cache.UNCACHEABLE
