@@ -72,20 +72,27 @@ def backward_pass(graph, consts, cts):
             add_ct(v, ct)
     # Eagerly (the eager trace is current), equations recorded from cached jvp rules run their
     # compiled transposes (transforms/rule_cache.py).
-    fast = current_trace() is EVAL_TRACE and not nan_check.STATE.on
+    fast = not nan_check.STATE.on
+    eager = current_trace() is EVAL_TRACE
     for eqn in reversed(graph.eqns):
         tpl = eqn.template
         if tpl is not None and fast:
             ct = ct_env.pop(eqn.outputs[0], None)
             if ct is None:
                 continue
-            fn = tpl.fn or tpl.compile()
-            if fn is not UNCACHEABLE and isinstance(ct, torch.Tensor):
-                cts_in = fn(ct, [env[eqn.inputs[i]] for i in tpl.res_pos])
-                for a, c in zip(eqn.inputs, cts_in):
-                    if c is not None and a in linear:
-                        add_ct(a, c)
-                continue
+            fns = tpl.fns or tpl.compile()
+            if fns is not UNCACHEABLE:
+                # impls on the eager trace; bound at the current trace under a transform
+                fn = fns[not (eager and isinstance(ct, torch.Tensor))]
+                try:
+                    cts_in = fn(ct, [env[eqn.inputs[i]] for i in tpl.res_pos])
+                except Exception:       # the rule's own path raises (and names) the error
+                    cts_in = None
+                if cts_in is not None:
+                    for a, c in zip(eqn.inputs, cts_in):
+                        if c is not None and a in linear:
+                            add_ct(a, c)
+                    continue
             ct_env[eqn.outputs[0]] = ct      # the rule's own path below
         if eqn.prim.multiple_results:
             cts_out = [ct_env.pop(v, None) for v in eqn.outputs]

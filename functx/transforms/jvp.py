@@ -10,7 +10,7 @@ one. Forward mode (jvp, jacfwd, linearize) ignores grad mode, as torch.func's do
 """
 from __future__ import annotations
 
-from ..core import STRUCTURAL, MissingRuleError, Trace, Zero, set_current_trace
+from ..core import STRUCTURAL, MissingRuleError, Trace, Tracer, Zero, set_current_trace
 from ..core import nan_check
 import torch
 
@@ -57,14 +57,13 @@ class JVPTrace(Trace):
     def __init__(self, parent, reverse: bool = False):
         self.parent = parent
         self.reverse = reverse        # serves grad/vjp: honours grad mode (module docstring)
-        # Eager levels run cached, generated jvp rules (transforms/rule_cache.py): forward mode
-        # straight over the eager trace, or linearize's partial-eval trace over it.
-        if parent is EVAL_TRACE:
-            self.fast = "forward"
-        elif type(parent) is GraphTrace and not parent.stage_all and parent.parent is EVAL_TRACE:
-            self.fast = "linearize"
+        # Primitives run cached, generated jvp rules (transforms/rule_cache.py): "linearize" when
+        # the tangents live in linearize's partial-eval trace, else "forward"; impls are called
+        # directly when the primal work runs on the eager trace (eager), else bound there.
+        if type(parent) is GraphTrace and not parent.stage_all:
+            self.fast, self.eager = "linearize", parent.parent is EVAL_TRACE
         else:
-            self.fast = None
+            self.fast, self.eager = "forward", parent is EVAL_TRACE
 
     def __repr__(self):
         return "JVPTrace"
@@ -119,27 +118,43 @@ class JVPTrace(Trace):
         if not rule_cache.allowed(prim):
             return NotImplemented
         linearize = self.fast == "linearize"
+        eager = self.eager
         key = [prim]
         P, T = [], []
         for a in args:
             if type(a) is JVPTracer and a._trace is self:
                 p, t = a.primal, a.tangent
-                if not isinstance(p, torch.Tensor) or p.requires_grad:
+                if isinstance(p, torch.Tensor):
+                    if p.requires_grad:
+                        return NotImplemented
+                    sig = (p.shape, p.dtype, p.device, True)
+                elif not eager and isinstance(p, Tracer):
+                    av = p.aval
+                    sig = (av.shape, av.dtype, av.device, True)
+                else:
                     return NotImplemented
                 if linearize:
-                    if type(t) is not GraphTracer or t._trace is not self.parent or t.var.type.dtype != p.dtype:
+                    if type(t) is not GraphTracer or t._trace is not self.parent or t.var.type.dtype != sig[1]:
                         return NotImplemented
                     T.append(t.var)
-                else:
-                    if not isinstance(t, torch.Tensor) or t.dtype != p.dtype:
+                elif isinstance(t, torch.Tensor):
+                    if t.dtype != sig[1]:
                         return NotImplemented
                     T.append(t)
-                key.append((p.shape, p.dtype, p.device, True))
+                elif not eager and isinstance(t, Tracer) and t.aval.dtype == sig[1]:
+                    T.append(t)
+                else:
+                    return NotImplemented
+                key.append(sig)
                 P.append(p)
             elif isinstance(a, torch.Tensor):
                 if a.requires_grad:
                     return NotImplemented
                 key.append((a.shape, a.dtype, a.device, False))
+                P.append(a)
+            elif not eager and isinstance(a, Tracer):
+                av = a.aval
+                key.append((av.shape, av.dtype, av.device, False))
                 P.append(a)
             else:
                 k = rule_cache.scalar_key(a)
@@ -151,15 +166,23 @@ class JVPTrace(Trace):
         key = tuple(key)
         try:
             rule = _JVP_RULES.get(key)
-        except TypeError:          # an unhashable param
+        except TypeError:          # an unhashable param, or a symbolic size (jit)
             return NotImplemented
         if rule is None:
             rule = self._build_rule(prim, args, params, key)
         if rule is _UNCACHEABLE:
             return NotImplemented
-        prev, trace_state.trace = trace_state.trace, EVAL_TRACE     # the impls run as EvalTrace runs them
+        # the primal work runs where the rule would run it: on the eager trace (impls) or
+        # bound at the trace below this level's (the partial-eval trace's parent)
+        below = self.parent.parent if linearize else self.parent
+        prev, trace_state.trace = trace_state.trace, below
         try:
-            out, tangent = rule.linearize(self.parent, P, T) if linearize else rule.forward(P, T)
+            if linearize:
+                out, tangent = rule.fns[("linearize", not eager)](self.parent, P, T)
+            else:
+                out, tangent = rule.fns[("forward", not eager)](P, T)
+        except Exception:       # the rule's own path raises (and names) the error
+            return NotImplemented
         finally:
             trace_state.trace = prev
         if rule.multiple:
@@ -171,7 +194,7 @@ class JVPTrace(Trace):
         for a in args:
             if isinstance(a, JVPTracer) and a._trace is self:
                 specs.append((type_of(a.primal), True))
-            elif isinstance(a, torch.Tensor):
+            elif isinstance(a, (torch.Tensor, Tracer)):
                 specs.append((type_of(a), False))
             else:
                 specs.append(a)

@@ -63,13 +63,14 @@ def scalar_key(a):
 
 class JvpRule:
     """One primitive's jvp rule for one static signature, split and generated (module doc).
-    specs: per operand, a Python scalar, or (TensorType, has_tangent)."""
-    __slots__ = ("prim", "linearize", "forward", "multiple")
+    fns[(mode, bind)]: mode "linearize": (pe, P, T) -> (outs, tangents), P the primal values,
+    T the tangents' Vars in pe; "forward": (P, T) -> (outs, tangents), T the tangent values.
+    bind=False calls impls (the trace below is the eager one), True binds at the current trace."""
+    __slots__ = ("prim", "fns", "multiple")
 
-    def __init__(self, prim, linearize, forward):
+    def __init__(self, prim, fns):
         self.prim = prim
-        self.linearize = linearize      # (pe, P, T) -> (outs, tangents): P primal tensors, T tangent Vars
-        self.forward = forward          # (P, T) -> (outs, tangents): T tangent tensors
+        self.fns = fns
         self.multiple = prim.multiple_results
 
 
@@ -141,14 +142,22 @@ def build_jvp(prim, params, specs, zero_of):
             need.update(a for a in e.inputs if isinstance(a, Var))
     kept_known.reverse()
 
-    gen = _Codegen()
+    fns = {}
+    for bind in (False, True):
+        fns.update(_jvp_functions(prim, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin,
+                                  out_atoms, tout_atoms))
+    return JvpRule(prim, fns)
+
+
+def _jvp_functions(prim, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin, out_atoms, tout_atoms):
+    """linearize(pe, P, T) and forward(P, T) of one JvpRule; bind: their primal (and forward
+    tangent) equations bind at the current trace instead of calling impls."""
+    gen = _Codegen(bind=bind)
     for k, v in enumerate(p_vars):
         gen.names[v] = f"P[{k}]"
     for v, c in zip(g.constvars, g.consts):
         gen.names[v] = gen.const(c)
-    known_lines = []
-    for e in kept_known:
-        known_lines.append(gen.call(e))
+    known_lines = [gen.call(e) for e in kept_known]
     outs_src = ", ".join(gen.ref(a) for a in out_atoms)
     res_names = [gen.ref(a) for a in residuals]
     # reverse mode: record the linear equations into the partial-eval trace
@@ -173,22 +182,26 @@ def build_jvp(prim, params, specs, zero_of):
     fwd_touts = ", ".join("None" if a is None else fwd.ref(a) for a in tout_atoms)
     wrap = (lambda s: f"[{s}]") if prim.multiple_results else (lambda s: s)
     src = "\n".join(
-        ["def linearize(pe, P, T):"] + (known_lines or []) + rec_lines
+        ["def linearize(pe, P, T):"] + known_lines + rec_lines
         + [f"    return {wrap(outs_src)}, {wrap(rec_touts)}", "",
            "def forward(P, T):"] + known_lines + fwd_lines
         + [f"    return {wrap(outs_src)}, {wrap(fwd_touts)}"])
-    ns = dict(gen.ns, **rec.ns, **fwd.ns, GT=GraphTracer, Var=Var, Eqn=Eqn)
-    exec(compile(src, f"<functx jvp rule {prim.name}>", "exec"), ns)
-    return JvpRule(prim, ns["linearize"], ns["forward"])
+    ns = dict(gen.ns, **rec.ns, **fwd.ns, GT=GraphTracer, Var=Var, Eqn=Eqn, B=bind_at_current)
+    variant = "bind" if bind else "impl"
+    exec(compile(src, f"<functx jvp rule {prim.name} ({variant})>", "exec"), ns)
+    return {("linearize", bind): ns["linearize"], ("forward", bind): ns["forward"]}
 
 
 class _Codegen:
-    """Names for Vars and closure constants while generating one rule's Python source."""
+    """Names for Vars and closure constants while generating one rule's Python source.
+    bind: equations bind at the current trace (a transform below), else call their impls
+    (what the eager trace would run)."""
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, bind=False):
         self.names = dict(parent.names) if parent is not None else {}
         self.ns = {}
         self.counter = parent.counter if parent is not None else [0]
+        self.bind = parent.bind if parent is not None else bind
 
     def fresh(self, prefix="v"):
         self.counter[0] += 1
@@ -214,8 +227,11 @@ class _Codegen:
         return names[0]
 
     def call(self, e):
-        """`out = impl(args, **params)`: what EvalTrace runs for e."""
+        """`out = impl(args, **params)` (what EvalTrace runs for e), or `out = bind(...)`."""
         ins = [self.ref(a) for a in e.inputs]
+        if self.bind:
+            args = "(" + "".join(i + ", " for i in ins) + ")"
+            return f"    {self._outs(e)} = B({self.const(e.prim)}, {args}, {self.const(e.params)})"
         fn = self.const(e.prim.impl)
         if e.params:
             ins.append("**" + self.const(e.params))
@@ -238,28 +254,33 @@ class _Codegen:
         return "\n".join(lines)
 
 
+def bind_at_current(prim, args, params):
+    return trace_state.trace.process_primitive(prim, args, params)
+
+
 class TransposeRule:
     """The transpose rule of one template equation (a linear equation of a JvpRule), traced
-    on first use into one generated function (ct, R) -> cotangents per input (None where
-    none), R being the values of its non-linear Var inputs (residuals)."""
-    __slots__ = ("eqn", "linear", "res_pos", "fn")
+    on first use into generated functions (ct, R) -> cotangents per input (None where none),
+    R being the values of its non-linear Var inputs (residuals): fns[False] calls impls (the
+    eager trace is current), fns[True] binds at the current trace."""
+    __slots__ = ("eqn", "linear", "res_pos", "fns")
 
     def __init__(self, eqn, linear):
         self.eqn = eqn
         self.linear = linear
         self.res_pos = [i for i, a in enumerate(eqn.inputs) if isinstance(a, Var) and not linear[i]]
-        self.fn = None
+        self.fns = None
 
     def compile(self):
         e = self.eqn
-        fn = UNCACHEABLE
+        fns = UNCACHEABLE
         if not e.prim.multiple_results and e.prim.transpose is not None:
             try:
-                fn = _build_transpose(e, self.linear)
+                fns = _build_transpose(e, self.linear)
             except Exception:
-                fn = UNCACHEABLE
-        self.fn = fn
-        return fn
+                fns = UNCACHEABLE
+        self.fns = fns
+        return fns
 
 
 def _build_transpose(e, linear):
@@ -281,21 +302,83 @@ def _build_transpose(e, linear):
         cts = [None if c is None or isinstance(c, Zero) else g.atom(c) for c in cts]
     finally:
         trace_state.trace = prev
-    if len(cts) != len(e.inputs):
+    if len(cts) != len(e.inputs) or not _plain(g.eqns):
         return UNCACHEABLE
-    gen = _Codegen()
-    gen.names[ct.var] = "ct"
-    for k, v in enumerate(res_vars):
-        gen.names[v] = f"R[{k}]"
-    for v, c in zip(g.constvars, g.consts):
-        gen.names[v] = gen.const(c)
-    lines = []
-    for eq in g.eqns:
-        if eq.prim.effectful or eq.prim.impl is None or eq.prim.inline is not None:
-            return UNCACHEABLE
-        lines.append(gen.call(eq))
-    outs = ", ".join("None" if c is None else gen.ref(c) for c in cts)
-    src = "\n".join(["def transpose(ct, R):"] + lines + [f"    return ({outs},)"])
-    ns = dict(gen.ns)
-    exec(compile(src, f"<functx transpose rule {e.prim.name}>", "exec"), ns)
-    return ns["transpose"]
+    fns = {}
+    for bind in (False, True):
+        gen = _Codegen(bind=bind)
+        gen.names[ct.var] = "ct"
+        for k, v in enumerate(res_vars):
+            gen.names[v] = f"R[{k}]"
+        for v, c in zip(g.constvars, g.consts):
+            gen.names[v] = gen.const(c)
+        lines = [gen.call(eq) for eq in g.eqns]
+        outs = ", ".join("None" if c is None else gen.ref(c) for c in cts)
+        src = "\n".join(["def transpose(ct, R):"] + lines + [f"    return ({outs},)"])
+        ns = dict(gen.ns, B=bind_at_current)
+        exec(compile(src, f"<functx transpose rule {e.prim.name} ({'bind' if bind else 'impl'})>", "exec"), ns)
+        fns[bind] = ns["transpose"]
+    return fns
+
+
+def _plain(eqns) -> bool:
+    """Equations a generated function may run: no effects, no inlined bodies, an impl."""
+    return all(not e.prim.effectful and e.prim.inline is None and e.prim.impl is not None for e in eqns)
+
+
+# ---------------------------------------------------------------- batch rules
+
+BATCH_RULES: dict = {}     # key (see BatchTrace._cached_batch) -> BatchRule | UNCACHEABLE
+
+
+class BatchRule:
+    """One primitive's batch rule for one static signature (operand types with their batch
+    dims, params, axis size): fns[bind](V) -> outputs (V the operand values), out_dims static."""
+    __slots__ = ("fns", "out_dims", "multiple")
+
+    def __init__(self, fns, out_dims, multiple):
+        self.fns = fns
+        self.out_dims = out_dims
+        self.multiple = multiple
+
+
+def build_batch(prim, params, axis, specs):
+    """specs: per operand, a Python scalar or (TensorType of the value, batch dim or None)."""
+    g = GraphTrace(EVAL_TRACE, stage_all=True)
+    vals, dims, in_vars = [], [], []
+    for s in specs:
+        if not isinstance(s, tuple):
+            vals.append(s)
+            dims.append(None)
+            continue
+        v = g.new_arg(s[0])
+        vals.append(v)
+        dims.append(s[1])
+        in_vars.append(v.var)
+    prev, trace_state.trace = trace_state.trace, g
+    try:
+        out, out_dim = prim.batch(axis, vals, dims, **params)
+        outs = list(out) if prim.multiple_results else [out]
+        out_atoms = [g.atom(o) for o in outs]
+        out_dims = list(out_dim) if prim.multiple_results else out_dim
+    except Exception:
+        return UNCACHEABLE
+    finally:
+        trace_state.trace = prev
+    if not _plain(g.eqns):
+        return UNCACHEABLE
+    fns = {}
+    for bind in (False, True):
+        gen = _Codegen(bind=bind)
+        for k, v in enumerate(in_vars):
+            gen.names[v] = f"V[{k}]"
+        for v, c in zip(g.constvars, g.consts):
+            gen.names[v] = gen.const(c)
+        lines = [gen.call(e) for e in g.eqns]
+        outs_src = ", ".join(gen.ref(a) for a in out_atoms)
+        ret = f"[{outs_src}]" if prim.multiple_results else outs_src
+        src = "\n".join(["def batch(V):"] + lines + [f"    return {ret}"])
+        ns = dict(gen.ns, B=bind_at_current)
+        exec(compile(src, f"<functx batch rule {prim.name} ({'bind' if bind else 'impl'})>", "exec"), ns)
+        fns[bind] = ns["batch"]
+    return BatchRule(fns, out_dims, prim.multiple_results)
