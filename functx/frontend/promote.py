@@ -176,6 +176,16 @@ def elementwise(fn, *args, kind=KIND.DEFAULT, compute_dtype=None):
     """fn over the operands promoted to a common dtype and broadcast to a common shape.
     (Each operand's type is computed once: this runs for every elementwise ATen op.)"""
     types = [None if isinstance(a, SCALARS) else type_of(a) for a in args]
+    # The common case: tensor operands of one (interned, non-weak) type need no promotion,
+    # conversion or broadcast, and compute in that dtype.
+    t0 = types[0]
+    if t0 is not None and compute_dtype is None and not t0.weak \
+            and (kind is not KIND.INT_TO_FLOAT or t0.dtype.is_floating_point):
+        for t in types:
+            if t is not t0:
+                break
+        else:
+            return fn(*args)
     weak = False        # _all_weak(types), inline (this runs for every elementwise ATen op)
     for t in types:
         if t is not None:

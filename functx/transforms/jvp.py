@@ -115,7 +115,8 @@ class JVPTrace(Trace):
     def _cached_jvp(self, prim, args, params):
         """The primitive's jvp through its cached, generated rule (rule_cache.JvpRule), or
         NotImplemented where that does not apply (the rule then runs as written)."""
-        if not rule_cache.allowed(prim):
+        ok = _ALLOWED.get(prim)
+        if not (ok or (ok is None and rule_cache.allowed(prim))):
             return NotImplemented
         linearize = self.fast == "linearize"
         eager = self.eager
@@ -219,4 +220,5 @@ class JVPTrace(Trace):
 
 _NANS = nan_check.STATE
 _JVP_RULES = rule_cache.JVP_RULES
+_ALLOWED = rule_cache.ALLOWED
 _UNCACHEABLE = rule_cache.UNCACHEABLE

@@ -35,16 +35,16 @@ from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, UndefinedPrimal, t
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
 _EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot_general", "conv", "take",
                         "scatter_add", "scatter", "take_along_axis", "scatter_add_along", "sort"})
-_ALLOWED: dict = {}       # Primitive -> bool
+ALLOWED: dict = {}       # Primitive -> bool
 UNCACHEABLE = "uncacheable"
 JVP_RULES: dict = {}     # key (see jvp_key) -> JvpRule | UNCACHEABLE
 MAX_RULES = 4096
 
 
 def allowed(prim) -> bool:
-    ok = _ALLOWED.get(prim)
+    ok = ALLOWED.get(prim)
     if ok is None:
-        ok = _ALLOWED[prim] = (
+        ok = ALLOWED[prim] = (
             (prim.kind in (POINTWISE, VIEW, REDUCTION) or prim.name in _EXTERN_OK)
             and not prim.effectful and not prim.collective and prim.inline is None
             and prim.jvp is not None)
