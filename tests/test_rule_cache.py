@@ -13,6 +13,14 @@ from functx import prims as P
 from functx.core.primitive import REGISTRY
 
 rule_cache = importlib.import_module("functx.transforms.rule_cache")
+lowered_ops = importlib.import_module("functx.frontend.lowered_ops")
+
+
+def _clear_caches():
+    """Rules are cached per primitive and per ATen op: a test that swaps a rule starts afresh."""
+    rule_cache.JVP_RULES.clear()
+    rule_cache.BATCH_RULES.clear()
+    lowered_ops.CACHE.clear()
 
 
 def _close(a, b):
@@ -27,6 +35,8 @@ def uncached(monkeypatch):
             m.setattr(rule_cache, "allowed", lambda prim: False)
             for prim in REGISTRY.values():
                 m.setitem(rule_cache.ALLOWED, prim, False)
+            m.setattr(lowered_ops, "run_cached", lambda *a: NotImplemented)
+            m.setattr(importlib.import_module("functx.frontend.dispatch"), "run_cached", lambda *a: NotImplemented)
             return fn(*args)
     return run
 
@@ -84,8 +94,7 @@ def test_rules_are_traced_once_per_signature(monkeypatch):
     jvp, batch = REGISTRY['sin'].jvp, REGISTRY['sin'].batch
     monkeypatch.setattr(REGISTRY['sin'], "jvp", lambda *a, **k: calls.append("jvp") or jvp(*a, **k))
     monkeypatch.setattr(REGISTRY['sin'], "batch", lambda *a, **k: calls.append("batch") or batch(*a, **k))
-    rule_cache.JVP_RULES.clear()
-    rule_cache.BATCH_RULES.clear()
+    _clear_caches()
     f = functx.grad(lambda x: torch.sin(x).sum())
     for _ in range(3):
         _close(f(torch.ones(3)), torch.ones(3).cos())
@@ -123,8 +132,7 @@ def test_a_rule_that_needs_values_falls_back(monkeypatch):
         out, t = jvp(primals, tangents, **params)
         return out, P.mul(t, scale)
     monkeypatch.setattr(REGISTRY['sin'], "jvp", value_dependent)
-    rule_cache.JVP_RULES.clear()
-    rule_cache.BATCH_RULES.clear()
+    _clear_caches()
     f = functx.grad(lambda x: torch.sin(x).sum())
     _close(f(torch.ones(3)), 2 * torch.ones(3).cos())
     _close(f(-torch.ones(3)), 3 * torch.ones(3).cos())

@@ -64,6 +64,8 @@ class JVPTrace(Trace):
             self.fast, self.eager = "linearize", parent.parent is EVAL_TRACE
         else:
             self.fast, self.eager = "forward", parent is EVAL_TRACE
+        # eager levels take whole ATen ops as cached lowerings (process_lowered)
+        self.lowered_ops = self.eager
 
     def __repr__(self):
         return "JVPTrace"
@@ -189,6 +191,70 @@ class JVPTrace(Trace):
         if rule.multiple:
             return [o if t is None else JVPTracer(self, o, t) for o, t in zip(out, tangent)]
         return out if tangent is None else JVPTracer(self, out, tangent)
+
+    def process_lowered(self, op, args):
+        """An ATen op's cached lowering (frontend/lowered_ops.py) on an eager level: one
+        generated jvp rule for the whole op, cached on the op by which operands carry
+        tangents; NotImplemented where it does not apply (dispatch runs the lowering)."""
+        if self.reverse and not grad_enabled_for(self):
+            return NotImplemented
+        linearize = self.fast == "linearize"
+        mask, P, T = [], [], []
+        for a in args:
+            if type(a) is JVPTracer and a._trace is self:
+                p, t = a.primal, a.tangent
+                if not isinstance(p, torch.Tensor) or p.requires_grad:
+                    return NotImplemented
+                if linearize:
+                    if type(t) is not GraphTracer or t._trace is not self.parent or t.var.type.dtype != p.dtype:
+                        return NotImplemented
+                    T.append(t.var)
+                elif isinstance(t, torch.Tensor) and t.dtype == p.dtype:
+                    T.append(t)
+                else:
+                    return NotImplemented
+                mask.append(True)
+                P.append(p)
+            elif isinstance(a, torch.Tensor):
+                mask.append(False)
+                P.append(a)
+            else:
+                return NotImplemented
+        if not T:
+            return NotImplemented
+        key = (self.fast, tuple(mask))
+        rule = op.rules.get(key)
+        if rule is None:
+            rule = op.rules[key] = self._build_lowered_rule(op, args, mask)
+        if rule is _UNCACHEABLE:
+            return NotImplemented
+        prev, trace_state.trace = trace_state.trace, EVAL_TRACE
+        try:
+            if linearize:
+                outs, tangents = rule.fns[("linearize", False)](self.parent, P, T)
+            else:
+                outs, tangents = rule.fns[("forward", False)](P, T)
+        except Exception:       # the lowering's own path raises (and names) the error
+            return NotImplemented
+        finally:
+            trace_state.trace = prev
+        return [o if t is None else JVPTracer(self, o, t) for o, t in zip(outs, tangents)]
+
+    @staticmethod
+    def _build_lowered_rule(op, args, mask):
+        specs = [(type_of(a.primal if isinstance(a, JVPTracer) else a), m) for a, m in zip(args, mask)]
+
+        def jvp(primals, tangents):     # the op's equations under a JVPTrace above the graph trace
+            jt = JVPTrace(trace_state.trace)
+            xs = [p if isinstance(t, Zero) else JVPTracer(jt, p, t) for p, t in zip(primals, tangents)]
+            prev, trace_state.trace = trace_state.trace, jt
+            try:
+                outs = op.eval(xs)
+            finally:
+                trace_state.trace = prev
+            pairs = [jt.pair(o) for o in outs]
+            return [p for p, _ in pairs], [t for _, t in pairs]
+        return rule_cache.build_jvp_of(jvp, op.name, True, specs, _ZeroOf)
 
     def _build_rule(self, prim, args, params, key):
         specs = []

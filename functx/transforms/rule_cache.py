@@ -66,16 +66,26 @@ class JvpRule:
     fns[(mode, bind)]: mode "linearize": (pe, P, T) -> (outs, tangents), P the primal values,
     T the tangents' Vars in pe; "forward": (P, T) -> (outs, tangents), T the tangent values.
     bind=False calls impls (the trace below is the eager one), True binds at the current trace."""
-    __slots__ = ("prim", "fns", "multiple")
+    __slots__ = ("fns", "multiple")
 
-    def __init__(self, prim, fns):
-        self.prim = prim
+    def __init__(self, fns, multiple):
         self.fns = fns
-        self.multiple = prim.multiple_results
+        self.multiple = multiple
 
 
 def build_jvp(prim, params, specs, zero_of):
     """The JvpRule for (prim, params, specs), or UNCACHEABLE."""
+    def jvp(primals, tangents):
+        out, tout = prim.jvp(primals, tangents, **params)
+        if prim.multiple_results:
+            return list(out), list(tout)
+        return [out], [tout]
+    return build_jvp_of(jvp, prim.name, prim.multiple_results, specs, zero_of)
+
+
+def build_jvp_of(jvp, name, multiple, specs, zero_of):
+    """The JvpRule of jvp(primals, tangents) -> (outputs, output tangents), two lists (a
+    primitive's rule, or an ATen op's cached lowering under a JVPTrace), or UNCACHEABLE."""
     g = GraphTrace(EVAL_TRACE, stage_all=True)
     primals, tangents, p_vars, t_vars = [], [], [], []
     for s in specs:
@@ -95,9 +105,7 @@ def build_jvp(prim, params, specs, zero_of):
             tangents.append(zero_of(p))
     prev, trace_state.trace = trace_state.trace, g
     try:
-        out, tout = prim.jvp(primals, tangents, **params)
-        outs = list(out) if prim.multiple_results else [out]
-        touts = list(tout) if prim.multiple_results else [tout]
+        outs, touts = jvp(primals, tangents)
         out_atoms = [g.atom(o) for o in outs]
         tout_atoms = [None if isinstance(t, Zero) else g.atom(t) for t in touts]
     except Exception:       # not a function of static facts (or an error the rule's own path raises)
@@ -144,12 +152,12 @@ def build_jvp(prim, params, specs, zero_of):
 
     fns = {}
     for bind in (False, True):
-        fns.update(_jvp_functions(prim, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin,
+        fns.update(_jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin,
                                   out_atoms, tout_atoms))
-    return JvpRule(prim, fns)
+    return JvpRule(fns, multiple)
 
 
-def _jvp_functions(prim, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin, out_atoms, tout_atoms):
+def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin, out_atoms, tout_atoms):
     """linearize(pe, P, T) and forward(P, T) of one JvpRule; bind: their primal (and forward
     tangent) equations bind at the current trace instead of calling impls."""
     gen = _Codegen(bind=bind)
@@ -166,9 +174,9 @@ def _jvp_functions(prim, bind, p_vars, t_vars, g, kept_known, kept_linear, resid
         rec.names[v] = f"T[{k}]"
     rec_lines = ["    atom = pe.atom", "    eqns = pe.eqns"]
     for v, r in zip(residuals, res_names):
-        name = rec.fresh()
-        rec_lines.append(f"    {name} = atom({r})")
-        rec.names[v] = name
+        atom_name = rec.fresh()
+        rec_lines.append(f"    {atom_name} = atom({r})")
+        rec.names[v] = atom_name
     for e in kept_linear:
         rec_lines.append(rec.record(e, lin))
     rec_touts = ", ".join("None" if a is None else
@@ -180,7 +188,7 @@ def _jvp_functions(prim, bind, p_vars, t_vars, g, kept_known, kept_linear, resid
         fwd.names[v] = f"T[{k}]"
     fwd_lines = [fwd.call(e) for e in kept_linear]
     fwd_touts = ", ".join("None" if a is None else fwd.ref(a) for a in tout_atoms)
-    wrap = (lambda s: f"[{s}]") if prim.multiple_results else (lambda s: s)
+    wrap = (lambda s: f"[{s}]") if multiple else (lambda s: s)
     src = "\n".join(
         ["def linearize(pe, P, T):"] + known_lines + rec_lines
         + [f"    return {wrap(outs_src)}, {wrap(rec_touts)}", "",
@@ -188,7 +196,7 @@ def _jvp_functions(prim, bind, p_vars, t_vars, g, kept_known, kept_linear, resid
         + [f"    return {wrap(outs_src)}, {wrap(fwd_touts)}"])
     ns = dict(gen.ns, **rec.ns, **fwd.ns, GT=GraphTracer, Var=Var, Eqn=Eqn, B=bind_at_current)
     variant = "bind" if bind else "impl"
-    exec(compile(src, f"<functx jvp rule {prim.name} ({variant})>", "exec"), ns)
+    exec(compile(src, f"<functx jvp rule {name} ({variant})>", "exec"), ns)
     return {("linearize", bind): ns["linearize"], ("forward", bind): ns["forward"]}
 
 
