@@ -45,6 +45,8 @@ class BatchTrace(Trace):
     def __init__(self, parent, axis: AxisData):
         self.parent = parent
         self.axis = axis
+        # an eager vmap takes whole ATen ops as cached lowerings (process_lowered)
+        self.lowered_ops = parent is EVAL_TRACE
 
     def __repr__(self):
         return f"BatchTrace(size={self.axis.size}, name={self.axis.name!r})"
@@ -133,6 +135,54 @@ class BatchTrace(Trace):
         finally:
             trace_state.trace = prev
         return self.wrap(out, rule.out_dims, rule.multiple)
+
+    def process_lowered(self, op, args):
+        """An ATen op's cached lowering (frontend/lowered_ops.py) under an eager vmap: one
+        generated batch rule for the whole op, cached on the op by its operands' batch dims;
+        NotImplemented where it does not apply (dispatch runs the lowering)."""
+        dims, V = [], []
+        for a in args:
+            if type(a) is BatchTracer and a._trace is self:
+                v = a.val
+                if not isinstance(v, torch.Tensor) or v.requires_grad:
+                    return NotImplemented
+                dims.append(a.bdim)
+                V.append(v)
+            elif isinstance(a, torch.Tensor):
+                dims.append(None)
+                V.append(a)
+            else:
+                return NotImplemented
+        key = (self.axis.size, tuple(dims))
+        rule = op.rules.get(key)
+        if rule is None:
+            rule = op.rules[key] = self._build_lowered_rule(op, V, dims)
+        if rule is _UNCACHEABLE:
+            return NotImplemented
+        prev, trace_state.trace = trace_state.trace, EVAL_TRACE
+        try:
+            outs = rule.fns[False](V)
+        except Exception:       # the lowering's own path raises (and names) the error
+            return NotImplemented
+        finally:
+            trace_state.trace = prev
+        return self.wrap(outs, rule.out_dims, True)
+
+    def _build_lowered_rule(self, op, vals, dims):
+        axis = self.axis
+        specs = [(type_of(v), d) for v, d in zip(vals, dims)]
+
+        def batch(xs, ds):     # the op's equations under a BatchTrace above the graph trace
+            bt = BatchTrace(trace_state.trace, axis)
+            ins = [x if d is None else BatchTracer(bt, x, d) for x, d in zip(xs, ds)]
+            prev, trace_state.trace = trace_state.trace, bt
+            try:
+                outs = op.eval(ins)
+            finally:
+                trace_state.trace = prev
+            pairs = [bt.unpack(o) for o in outs]
+            return [v for v, _ in pairs], [d for _, d in pairs]
+        return rule_cache.build_batch_of(batch, op.name, True, specs)
 
     def wrap(self, out, out_dim, multiple):
         if multiple:

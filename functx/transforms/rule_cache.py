@@ -352,6 +352,17 @@ class BatchRule:
 
 def build_batch(prim, params, axis, specs):
     """specs: per operand, a Python scalar or (TensorType of the value, batch dim or None)."""
+    def batch(vals, dims):
+        out, out_dim = prim.batch(axis, vals, dims, **params)
+        if prim.multiple_results:
+            return list(out), list(out_dim)
+        return [out], out_dim
+    return build_batch_of(batch, prim.name, prim.multiple_results, specs)
+
+
+def build_batch_of(batch, name, multiple, specs):
+    """The BatchRule of batch(vals, dims) -> (outputs, their batch dims) (a primitive's rule,
+    or an ATen op's cached lowering under a BatchTrace), or UNCACHEABLE."""
     g = GraphTrace(EVAL_TRACE, stage_all=True)
     vals, dims, in_vars = [], [], []
     for s in specs:
@@ -365,10 +376,8 @@ def build_batch(prim, params, axis, specs):
         in_vars.append(v.var)
     prev, trace_state.trace = trace_state.trace, g
     try:
-        out, out_dim = prim.batch(axis, vals, dims, **params)
-        outs = list(out) if prim.multiple_results else [out]
+        outs, out_dims = batch(vals, dims)
         out_atoms = [g.atom(o) for o in outs]
-        out_dims = list(out_dim) if prim.multiple_results else out_dim
     except Exception:
         return UNCACHEABLE
     finally:
@@ -384,9 +393,9 @@ def build_batch(prim, params, axis, specs):
             gen.names[v] = gen.const(c)
         lines = [gen.call(e) for e in g.eqns]
         outs_src = ", ".join(gen.ref(a) for a in out_atoms)
-        ret = f"[{outs_src}]" if prim.multiple_results else outs_src
+        ret = f"[{outs_src}]" if multiple else outs_src
         src = "\n".join(["def batch(V):"] + lines + [f"    return {ret}"])
         ns = dict(gen.ns, B=bind_at_current)
-        exec(compile(src, f"<functx batch rule {prim.name} ({'bind' if bind else 'impl'})>", "exec"), ns)
+        exec(compile(src, f"<functx batch rule {name} ({'bind' if bind else 'impl'})>", "exec"), ns)
         fns[bind] = ns["batch"]
-    return BatchRule(fns, out_dims, prim.multiple_results)
+    return BatchRule(fns, out_dims, multiple)
