@@ -18,6 +18,7 @@ from ..core.trace import (EVAL_TRACE, GraphTrace, GraphTracer, PrimalTracer, gra
                           trace_state, transform_level, type_of, value_repr)
 from ..prims.util import is_scalar
 from . import rule_cache
+from .batching import BatchTrace
 
 
 class JVPTracer(PrimalTracer):
@@ -64,8 +65,9 @@ class JVPTrace(Trace):
             self.fast, self.eager = "linearize", parent.parent is EVAL_TRACE
         else:
             self.fast, self.eager = "forward", parent is EVAL_TRACE
-        # eager levels take whole ATen ops as cached lowerings (process_lowered)
-        self.lowered_ops = self.eager
+        # Whole ATen ops as cached lowerings (process_lowered): on eager levels, and on levels
+        # nested in other eager transforms (vmap(grad), jvp(grad)), never inside jit
+        self.lowered_ops = self.eager or _eager_chain(parent)
 
     def __repr__(self):
         return "JVPTrace"
@@ -199,23 +201,32 @@ class JVPTrace(Trace):
         if self.reverse and not grad_enabled_for(self):
             return NotImplemented
         linearize = self.fast == "linearize"
+        eager = self.eager
         mask, P, T = [], [], []
         for a in args:
             if type(a) is JVPTracer and a._trace is self:
                 p, t = a.primal, a.tangent
-                if not isinstance(p, torch.Tensor) or p.requires_grad:
+                if isinstance(p, torch.Tensor):
+                    if p.requires_grad:
+                        return NotImplemented
+                    dtype = p.dtype
+                elif not eager and isinstance(p, Tracer):
+                    dtype = p.aval.dtype
+                else:
                     return NotImplemented
                 if linearize:
-                    if type(t) is not GraphTracer or t._trace is not self.parent or t.var.type.dtype != p.dtype:
+                    if type(t) is not GraphTracer or t._trace is not self.parent or t.var.type.dtype != dtype:
                         return NotImplemented
                     T.append(t.var)
-                elif isinstance(t, torch.Tensor) and t.dtype == p.dtype:
+                elif isinstance(t, torch.Tensor) and t.dtype == dtype:
+                    T.append(t)
+                elif not eager and isinstance(t, Tracer) and t.aval.dtype == dtype:
                     T.append(t)
                 else:
                     return NotImplemented
                 mask.append(True)
                 P.append(p)
-            elif isinstance(a, torch.Tensor):
+            elif isinstance(a, torch.Tensor) or (not eager and isinstance(a, Tracer)):
                 mask.append(False)
                 P.append(a)
             else:
@@ -228,21 +239,22 @@ class JVPTrace(Trace):
             rule = op.rules[key] = self._build_lowered_rule(op, args, mask)
         if rule is _UNCACHEABLE:
             return NotImplemented
-        prev, trace_state.trace = trace_state.trace, EVAL_TRACE
+        below = self.parent.parent if linearize else self.parent
+        prev, trace_state.trace = trace_state.trace, below
         try:
             if linearize:
-                outs, tangents = rule.fns[("linearize", False)](self.parent, P, T)
+                outs, tangents = rule.fns[("linearize", not eager)](self.parent, P, T)
             else:
-                outs, tangents = rule.fns[("forward", False)](P, T)
+                outs, tangents = rule.fns[("forward", not eager)](P, T)
         except Exception:       # the lowering's own path raises (and names) the error
             return NotImplemented
         finally:
             trace_state.trace = prev
         return [o if t is None else JVPTracer(self, o, t) for o, t in zip(outs, tangents)]
 
-    @staticmethod
-    def _build_lowered_rule(op, args, mask):
-        specs = [(type_of(a.primal if isinstance(a, JVPTracer) else a), m) for a, m in zip(args, mask)]
+    def _build_lowered_rule(self, op, args, mask):
+        specs = [(type_of(a.primal if type(a) is JVPTracer and a._trace is self else a), m)
+                 for a, m in zip(args, mask)]
 
         def jvp(primals, tangents):     # the op's equations under a JVPTrace above the graph trace
             jt = JVPTrace(trace_state.trace)
@@ -282,6 +294,18 @@ class JVPTrace(Trace):
             out = prim.bind(*primals, **params)
             with nan_check.computing("tangent", prim.name):
                 return out, prim.jvp(primals, tangents, **params)[1]
+
+
+def _eager_chain(trace) -> bool:
+    """Whether every trace from here down is an eager one or a transform level over it (JVP,
+    linearize's partial evaluation, vmap over no process group): no graph is being staged."""
+    while trace is not None:
+        t = type(trace)
+        if not (trace is EVAL_TRACE or t is JVPTrace or (t is GraphTrace and not trace.stage_all)
+                or (t is BatchTrace and trace.axis.group is None)):
+            return False
+        trace = trace.parent
+    return True
 
 
 _NANS = nan_check.STATE
