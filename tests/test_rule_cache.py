@@ -157,3 +157,25 @@ def test_closed_over_parameters_keep_torch_autograd():
     g = functx.grad(lambda x: (torch.sin(x * w)).sum())(torch.ones(3))
     _close(g, torch.cos(w.detach()) * w.detach())
     assert g.requires_grad          # PyTorch autograd sees through functx's result, as before
+
+
+def test_the_default_dtype_is_part_of_every_signature():
+    # promotion (an int tensor times a Python float) and torch.where of two Python numbers
+    # give the default dtype: the cached lowering and rules of the same op on the same
+    # operands differ by it
+    x, t = torch.tensor([1.0, -2.0, 3.0]), torch.ones(3)
+    f = lambda x: torch.where(x > 0, 0.5, 2.0) * x  # noqa: E731
+    prev = torch.get_default_dtype()
+    try:
+        for dtype in (torch.float32, torch.float64, torch.float32):
+            torch.set_default_dtype(dtype)
+            got = functx.jvp(f, (x,), (t,))
+            want = torch.func.jvp(f, (x,), (t,))
+            for a, b in zip(got, want):
+                assert a.dtype == b.dtype
+                _close(a, b)
+            _close(functx.vmap(f)(x[:, None]), torch.func.vmap(f)(x[:, None]))
+            ints = torch.arange(6).reshape(3, 2)     # int * float: the default dtype (promotion)
+            _close(functx.vmap(lambda i: i * 0.5)(ints), torch.func.vmap(lambda i: i * 0.5)(ints))
+    finally:
+        torch.set_default_dtype(prev)

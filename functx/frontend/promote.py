@@ -49,10 +49,15 @@ def _scalar_dtype(kind_of_scalar):
     return torch.complex128 if torch.get_default_dtype() is torch.float64 else torch.complex64
 
 
-@functools.lru_cache(maxsize=4096)
 def _promoted(key, kind):
     """torch's ResultTypeState: dimensioned tensors, then 0-d tensors, then Python scalars.
-    (torch._prims_common.elementwise_dtypes computes the same but imports sympy, ~0.6 s.)"""
+    (torch._prims_common.elementwise_dtypes computes the same but imports sympy, ~0.6 s.)
+    Cached by the default dtype too: a Python float promotes to it."""
+    return _promoted_for(key, kind, torch.get_default_dtype())
+
+
+@functools.lru_cache(maxsize=4096)
+def _promoted_for(key, kind, default_dtype):
     groups = [None, None, None]
     for k in key:
         if isinstance(k, tuple):

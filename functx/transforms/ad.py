@@ -74,6 +74,7 @@ def backward_pass(graph, consts, cts):
     # compiled transposes (transforms/rule_cache.py).
     fast = not nan_check.STATE.on
     eager = current_trace() is EVAL_TRACE
+    default_dtype = torch.get_default_dtype()
     for eqn in reversed(graph.eqns):
         tpl = eqn.template
         if tpl is not None and fast:
@@ -81,7 +82,7 @@ def backward_pass(graph, consts, cts):
             if ct is None:
                 continue
             fns = tpl.fns or tpl.compile()
-            if fns is not UNCACHEABLE:
+            if fns is not UNCACHEABLE and tpl.dtype is default_dtype:
                 # impls on the eager trace; bound at the current trace under a transform
                 fn = fns[not (eager and isinstance(ct, torch.Tensor))]
                 try:

@@ -95,7 +95,7 @@ class BatchTrace(Trace):
         called directly when the trace below is the eager one, else bound there; or
         NotImplemented where that does not apply (the rule then runs as written)."""
         eager = self.parent is EVAL_TRACE
-        key = [prim, self.axis.size]
+        key = [prim, self.axis.size, torch.get_default_dtype()]      # lax helpers read it
         V = []
         for v, d in zip(vals, dims):
             if isinstance(v, torch.Tensor):

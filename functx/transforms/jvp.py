@@ -124,7 +124,7 @@ class JVPTrace(Trace):
             return NotImplemented
         linearize = self.fast == "linearize"
         eager = self.eager
-        key = [prim]
+        key = [prim, torch.get_default_dtype()]      # lax helpers read it (scalar operands)
         P, T = [], []
         for a in args:
             if type(a) is JVPTracer and a._trace is self:

@@ -271,16 +271,18 @@ class TransposeRule:
     on first use into generated functions (ct, R) -> cotangents per input (None where none),
     R being the values of its non-linear Var inputs (residuals): fns[False] calls impls (the
     eager trace is current), fns[True] binds at the current trace."""
-    __slots__ = ("eqn", "linear", "res_pos", "fns")
+    __slots__ = ("eqn", "linear", "res_pos", "fns", "dtype")
 
     def __init__(self, eqn, linear):
         self.eqn = eqn
         self.linear = linear
         self.res_pos = [i for i, a in enumerate(eqn.inputs) if isinstance(a, Var) and not linear[i]]
         self.fns = None
+        self.dtype = None       # the default dtype it was traced under (lax helpers read it)
 
     def compile(self):
         e = self.eqn
+        self.dtype = torch.get_default_dtype()
         fns = UNCACHEABLE
         if not e.prim.multiple_results and e.prim.transpose is not None:
             try:
