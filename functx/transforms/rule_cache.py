@@ -1,27 +1,32 @@
-"""Compiled jvp and transpose rules for eager transforms (issue 13).
+"""Cached, generated jvp, transpose and batch rules for transforms run without jit (issue 13).
 
 Without jit, every primitive under grad/jvp runs its jvp rule in Python: the rule's lax
 calls each bind through the partial-evaluation trace to the eager one (primal work) or are
 recorded with their abstract types (tangent work), and backward_pass runs each recorded
 equation's transpose rule the same way. For a primitive whose rule depends only on static
-facts (its params, its operands' shapes/dtypes/devices, which operands carry tangents, the
-values of Python-scalar operands), that work is the same on every call, so it is done once:
+facts (its params, its operands' shapes/dtypes/devices, which operands carry tangents or
+batch dims, the exact values of Python-scalar operands, the default dtype), that work is
+the same on every call, so it is done once:
 
 - `JvpRule`: the rule traced once on abstract operands into a graph and split as JAX's
   partial evaluation splits it: the *known* equations (the primal and the residuals the
   tangent needs) and the *linear* ones (the tangent's). Each call then runs one generated
   Python function that calls the known equations' impls directly and either records the
   linear equations into linearize's partial-eval trace (reverse mode: the same equations
-  the rule would have recorded) or evaluates them on the tangents (forward mode).
-- `TransposeRule`: a recorded linear equation's transpose rule, traced once per template
-  equation and generated as one function of (cotangent, residuals), which backward_pass
-  calls instead of the rule when it runs eagerly.
+  the rule would have recorded, each with its TransposeRule) or evaluates them on the
+  tangents (forward mode).
+- `TransposeRule`: a recorded linear equation's transpose rule, traced on first use and
+  generated as one function of (cotangent, residuals), which backward_pass calls.
+- `BatchRule`: a batch rule, traced once per (operand types, batch dims, axis size).
 
-Only eager levels use these (the trace below is the eager one: values are concrete, the
-impls are what would run); everything else, and every primitive whose rule is not a
-function of static facts (structural, effectful, collective and process-axis primitives,
-opaque/attention ops whose rules look at the traces), takes the rule's own path, as does a
-rule that fails to trace abstractly (it then runs, and raises, as before). debug_nans turns
+Each has an *impl* variant (the trace below is the eager one: values are concrete, impls
+are what EvalTrace would run) and a *bind* variant (its equations bound at the trace below,
+for levels nested in other transforms). The same builders serve an ATen op's cached
+lowering run as one unit (frontend/lowered_ops.py; build_jvp_of, build_batch_of).
+Every primitive whose rule is not a function of static facts (structural, effectful,
+collective and process-axis primitives, opaque/attention ops whose rules look at the
+traces) takes the rule's own path, as does a rule that fails to trace abstractly (it then
+runs, and raises, as before), and any operand that requires torch grad. debug_nans turns
 this off (its checks name each step of the rule).
 """
 from __future__ import annotations
@@ -37,7 +42,7 @@ _EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot
                         "scatter_add", "scatter", "take_along_axis", "scatter_add_along", "sort"})
 ALLOWED: dict = {}       # Primitive -> bool
 UNCACHEABLE = "uncacheable"
-JVP_RULES: dict = {}     # key (see jvp_key) -> JvpRule | UNCACHEABLE
+JVP_RULES: dict = {}     # key (see JVPTrace._cached_jvp) -> JvpRule | UNCACHEABLE
 MAX_RULES = 4096
 
 
