@@ -89,15 +89,17 @@ def run_cached(func, lowering, args, kwargs):
     or NotImplemented where that does not apply."""
     leaves = []
     try:
-        key = (func, torch.get_default_dtype(), _key(args, leaves), _key(tuple(kwargs.items()), leaves))
-        op = CACHE.get(key)
+        # id(func): OpOverload.__hash__ is Python code (the entry keeps func, checked on a hit)
+        key = (id(func), torch.get_default_dtype(), _key(args, leaves), _key(tuple(kwargs.items()), leaves))
+        entry = CACHE.get(key)
     except (_Uncacheable, TypeError):     # a value that can't key (SymInts under jit are unhashable)
         return NotImplemented
-    if op is None:
-        op = _build(func, lowering, args, kwargs, leaves)
+    if entry is None or entry[0] is not func:
+        entry = (func, _build(func, lowering, args, kwargs, leaves))
         if len(CACHE) >= _MAX:
             CACHE.clear()
-        CACHE[key] = op
+        CACHE[key] = entry
+    op = entry[1]
     if op is UNCACHEABLE:
         return NotImplemented
     outs = trace_state.trace.process_lowered(op, leaves)
