@@ -7,7 +7,8 @@
 
 Rows (one thread for every system; each row's variants run in interleaved rounds, so machine
 noise hits them alike; the time is the median, and the minimum, of per-round CPU time per call):
-  small MLP 16x32-64-64-10 (tanh, cross-entropy):  grad, vmap(grad) per example, jvp,
+  small MLP 16x32-64-64-10 (tanh, cross-entropy):  grad, vmap(grad) per example, vmap (the
+      MLP per example), jvp,
       jacrev (one example's logits w.r.t. its input), hvp = jvp(grad)
   tiny: grad of sin(x).sum() on a 3-vector, the fixed cost of one transformed call
   the six workloads of bench_transforms.py, un-jitted (their builders are reused)
@@ -58,6 +59,7 @@ def small_mlp_rows(T):
     return {
         "grad": (T.grad(loss), (params, x, y)),
         "vmap(grad)": (T.vmap(T.grad(one), in_dims=(None, 0, 0)), (params, x, y)),
+        "vmap": (T.vmap(mlp, in_dims=(None, 0)), (params, x)),
         "jvp": ((lambda p, v: T.jvp(lambda q: loss(q, x, y), (p,), (v,))), (params, v)),
         "jacrev": ((lambda p, x0: T.jacrev(lambda z: mlp(p, z))(x0)), (params, x[0])),
         "hvp": (hvp, (params, v, x, y)),
@@ -90,6 +92,7 @@ def jax_rows():
     return {
         "grad": (ready(jax.grad(loss)), (params, x, y)),
         "vmap(grad)": (ready(jax.vmap(jax.grad(one), in_axes=(None, 0, 0))), (params, x, y)),
+        "vmap": (ready(jax.vmap(lambda p, x: mlp(p, x, jnp.tanh), in_axes=(None, 0))), (params, x)),
         "jvp": (ready(lambda p, v: jax.jvp(lambda q: loss(q, x, y), (p,), (v,))), (params, v)),
         "jacrev": (ready(lambda p, x0: jax.jacrev(lambda z: mlp(p, z, jnp.tanh))(x0)), (params, x[0])),
         "hvp": (ready(lambda p, v: jax.jvp(lambda q: jax.grad(loss)(q, x, y), (p,), (v,))[1]), (params, v)),
@@ -181,7 +184,7 @@ def main(argv=None):
     run_rows(rows, rounds, min_time)
 
     print("\n== Python calls per call (cProfile, builtins included)")
-    for name in ("grad", "vmap(grad)", "tiny grad (overhead)"):
+    for name in ("grad", "vmap(grad)", "vmap", "jvp", "tiny grad (overhead)"):
         print(f"  {name:<24} functx {python_calls(*fx[name]):>6}   torch.func {python_calls(*tf[name]):>6}")
 
     if not a.no_six:

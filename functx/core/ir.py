@@ -50,15 +50,19 @@ Atom = Var | Literal
 
 class Eqn:
     """source: None, or (phase, user's source line) recorded while debug_nans is on
-    (core/nan_check.py), so checks in the backward pass and in compiled code name the line."""
-    __slots__ = ("prim", "inputs", "outputs", "params", "source")
+    (core/nan_check.py), so checks in the backward pass and in compiled code name the line.
+    template: see __init__."""
+    __slots__ = ("prim", "inputs", "outputs", "params", "source", "template")
 
-    def __init__(self, prim, inputs: list, outputs: list, params: dict, source=None):
+    def __init__(self, prim, inputs: list, outputs: list, params: dict, source=None, template=None):
         self.prim = prim
         self.inputs = inputs
         self.outputs = outputs
         self.params = params
         self.source = source
+        # An equation an eager transform recorded from a cached rule (transforms/rule_cache.py):
+        # its TransposeRule, so backward_pass runs the compiled transpose. None elsewhere.
+        self.template = template
 
     def __repr__(self) -> str:
         return f"Eqn({self.prim.name}, {self.inputs} -> {self.outputs})"

@@ -42,8 +42,16 @@ class Trace:
     # A user-visible transform level (grad, jvp, vmap, jit), counted by transform_level.
     is_level: bool = False
 
+    # Whether dispatch hands ATen ops to this trace as cached lowerings (frontend/lowered_ops.py)
+    lowered_ops: bool = False
+
     def process_primitive(self, prim, args, params):
         raise NotImplementedError
+
+    def process_lowered(self, op, args):
+        """An ATen op's cached lowering (frontend/lowered_ops.LoweredOp) on its tensor operands:
+        the list of its outputs, or NotImplemented (dispatch then runs the lowering)."""
+        return op.eval(args)
 
 
 # The dispatch-key state of ordinary Python code. functx's eager work usually runs inside

@@ -17,17 +17,20 @@ from torch._decomp import decomposition_table
 from torch.utils._pytree import tree_map
 
 from ..core.errors import FunctxError, user_frame_summary
-from ..core.trace import Tracer, concrete, type_of
+from ..core import nan_check
+from ..core.trace import Tracer, concrete, trace_state, type_of
 from .. import prims as P
 from .generators import drawing_from
 from .fallback import opaque_fallback
 from .kernel_check import check_kernel_accepts, is_pointwise
 from .functionalize import RESULT_LAYOUTS, make_view, meta_of, unwrap, unwrap_tree, value_of, write
+from .lowered_ops import run_cached
 from .lowerings.registry import DECOMPOSING as _decomposing, LOWERINGS, PLANS, SPECIAL, register_special
 from .promote import mark_weak
 from .tensor import TracerTensor
 
 aten = torch.ops.aten
+_NANS = nan_check.STATE
 
 
 def wrap_result(x):
@@ -68,10 +71,15 @@ def dispatch(func, args, kwargs):
     if is_view:
         return make_view(func, lowering, args, kwargs)
     if lowering is not None:
-        if kwargs:
-            out = wrap_result(lowering(*unwrap_tree(args), **unwrap_tree(kwargs)))
-        else:
-            out = wrap_result(lowering(*unwrap_tree(args)))
+        out = NotImplemented
+        if trace_state.trace.lowered_ops and not _NANS.on:     # eager grad/jvp: one cached unit
+            out = run_cached(func, lowering, unwrap_tree(args), unwrap_tree(kwargs) if kwargs else {})
+        if out is NotImplemented:
+            if kwargs:
+                out = lowering(*unwrap_tree(args), **unwrap_tree(kwargs))
+            else:
+                out = lowering(*unwrap_tree(args))
+        out = wrap_result(out)
     else:
         schema = func._schema
         if _is_inplace(func, schema):

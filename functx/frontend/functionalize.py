@@ -80,11 +80,70 @@ def make_view(func, lowering, args, kwargs):
     if not RESULT_LAYOUTS[0]:     # a symbolic trace: wrappers report contiguous strides
         meta = [None] * len(out) if isinstance(out, (list, tuple)) else None
     else:
+        layouts = _view_layouts(func, base, rest, kwargs)
+        if layouts is not None:       # torch's layout of this view, known from an earlier one
+            if isinstance(out, (list, tuple)):
+                return [_laid_out_view(o, root, chain + [(func, rest, kwargs, i)], layouts[i])
+                        for i, o in enumerate(out)]
+            return _laid_out_view(out, root, chain + [(func, rest, kwargs, None)], layouts)
         with _no_python_dispatch():
             meta = func(meta_of(base), *_hints(rest), **kwargs)      # torch's layout of the view
+        _remember_view_layouts(func, base, rest, kwargs, meta)
     if isinstance(out, (list, tuple)):
         return [view_wrapper(o, root, chain + [(func, rest, kwargs, i)], meta[i]) for i, o in enumerate(out)]
     return view_wrapper(out, root, chain + [(func, rest, kwargs, None)], meta)
+
+
+# A view's layout (strides, storage offset) follows from its base's layout, dtype and the
+# view's arguments: meta kernels are slow, so each signature's answer is kept.
+_VIEW_LAYOUTS: dict = {}
+
+
+def _view_key(func, base, rest, kwargs):
+    try:
+        key = (func, base.shape, base.stride(), torch.Tensor.storage_offset(base), base.dtype,
+               _frozen(rest), _frozen(kwargs))
+        hash(key)
+    except TypeError:         # a symbolic size, or an argument that can't key
+        return None
+    return key
+
+
+def _frozen(x):
+    t = type(x)
+    if t is list or t is tuple:
+        return (t, tuple([_frozen(v) for v in x]))
+    if t is dict:
+        return (dict, tuple([(k, _frozen(v)) for k, v in x.items()]))
+    if t is float:
+        return (float, x.hex())
+    if isinstance(x, torch.Tensor):
+        raise TypeError("a tensor argument")
+    return (t, x)
+
+
+def _view_layouts(func, base, rest, kwargs):
+    key = _view_key(func, base, rest, kwargs)
+    return None if key is None else _VIEW_LAYOUTS.get(key)
+
+
+def _remember_view_layouts(func, base, rest, kwargs, meta):
+    key = _view_key(func, base, rest, kwargs)
+    if key is None:
+        return
+    if len(_VIEW_LAYOUTS) >= 4096:
+        _VIEW_LAYOUTS.clear()
+    if isinstance(meta, (list, tuple)):
+        _VIEW_LAYOUTS[key] = [(m.stride(), m.storage_offset()) for m in meta]
+    else:
+        _VIEW_LAYOUTS[key] = (meta.stride(), meta.storage_offset())
+
+
+def _laid_out_view(value, root, chain, layout):
+    """view_wrapper with the layout known: its meta tensor is built only if asked for."""
+    w = TracerTensor(value, layout[0], layout[1])
+    w._root, w._chain, w._seen = root, chain, root._version_
+    return w
 
 
 def meta_of(w):
@@ -140,7 +199,28 @@ def _hints(tree):
     """Symbolic sizes (jit's symbolic trace) replaced by the sizes traced with: torch cannot
     lay out meta tensors of symbolic size here, and a view's layout (viewable? contiguous?)
     does not depend on the sizes a symbolic entry serves (0 and 1 are traced statically)."""
+    if not _has_symint(tree):       # the common case, without torch's tree_map
+        return tree
     return tree_map(lambda n: n.node.hint if isinstance(n, torch.SymInt) else n, tree)
+
+
+def _has_symint(x) -> bool:
+    t = type(x)
+    if t is torch.SymInt:
+        return True
+    if t is tuple or t is list or t is torch.Size:
+        for v in x:
+            if _has_symint(v):
+                return True
+        return False
+    if t is dict:
+        for v in x.values():
+            if _has_symint(v):
+                return True
+        return False
+    if t in _PLAIN_LEAVES or isinstance(x, torch._ops.OpOverload):
+        return False
+    return True         # anything else: let tree_map look inside
 
 
 def view_wrapper(value, root, chain, meta=None):

@@ -49,10 +49,15 @@ def _scalar_dtype(kind_of_scalar):
     return torch.complex128 if torch.get_default_dtype() is torch.float64 else torch.complex64
 
 
-@functools.lru_cache(maxsize=4096)
 def _promoted(key, kind):
     """torch's ResultTypeState: dimensioned tensors, then 0-d tensors, then Python scalars.
-    (torch._prims_common.elementwise_dtypes computes the same but imports sympy, ~0.6 s.)"""
+    (torch._prims_common.elementwise_dtypes computes the same but imports sympy, ~0.6 s.)
+    Cached by the default dtype too: a Python float promotes to it."""
+    return _promoted_for(key, kind, torch.get_default_dtype())
+
+
+@functools.lru_cache(maxsize=4096)
+def _promoted_for(key, kind, default_dtype):
     groups = [None, None, None]
     for k in key:
         if isinstance(k, tuple):
@@ -176,6 +181,16 @@ def elementwise(fn, *args, kind=KIND.DEFAULT, compute_dtype=None):
     """fn over the operands promoted to a common dtype and broadcast to a common shape.
     (Each operand's type is computed once: this runs for every elementwise ATen op.)"""
     types = [None if isinstance(a, SCALARS) else type_of(a) for a in args]
+    # The common case: tensor operands of one (interned, non-weak) type need no promotion,
+    # conversion or broadcast, and compute in that dtype.
+    t0 = types[0]
+    if t0 is not None and compute_dtype is None and not t0.weak \
+            and (kind is not KIND.INT_TO_FLOAT or t0.dtype.is_floating_point):
+        for t in types:
+            if t is not t0:
+                break
+        else:
+            return fn(*args)
     weak = False        # _all_weak(types), inline (this runs for every elementwise ATen op)
     for t in types:
         if t is not None:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+
 from ..core import GraphTrace, Literal, MissingRuleError, UndefinedPrimal, Var, Zero, current_trace, \
     set_current_trace
 from ..core import nan_check
-from ..core.trace import eval_graph, process_axes, reverse_level, type_of
+from ..core.trace import EVAL_TRACE, eval_graph, process_axes, reverse_level, type_of
 from .. import prims as P
 from ..prims.spmd import invariant_ct
 from ..frontend.random_mode import without_random_mode
 from .jvp import JVPTrace, JVPTracer
+from .rule_cache import UNCACHEABLE
 
 
 def differentiable(x) -> bool:
@@ -67,7 +70,31 @@ def backward_pass(graph, consts, cts):
     for v, ct in zip(graph.outvars, cts):
         if isinstance(v, Var) and v in linear:
             add_ct(v, ct)
+    # Eagerly (the eager trace is current), equations recorded from cached jvp rules run their
+    # compiled transposes (transforms/rule_cache.py).
+    fast = not nan_check.STATE.on
+    eager = current_trace() is EVAL_TRACE
+    default_dtype = torch.get_default_dtype()
     for eqn in reversed(graph.eqns):
+        tpl = eqn.template
+        if tpl is not None and fast:
+            ct = ct_env.pop(eqn.outputs[0], None)
+            if ct is None:
+                continue
+            fns = tpl.fns or tpl.compile()
+            if fns is not UNCACHEABLE and tpl.dtype is default_dtype:
+                # impls on the eager trace; bound at the current trace under a transform
+                fn = fns[not (eager and isinstance(ct, torch.Tensor))]
+                try:
+                    cts_in = fn(ct, [env[eqn.inputs[i]] for i in tpl.res_pos])
+                except Exception:       # the rule's own path raises (and names) the error
+                    cts_in = None
+                if cts_in is not None:
+                    for a, c in zip(eqn.inputs, cts_in):
+                        if c is not None and a in linear:
+                            add_ct(a, c)
+                    continue
+            ct_env[eqn.outputs[0]] = ct      # the rule's own path below
         if eqn.prim.multiple_results:
             cts_out = [ct_env.pop(v, None) for v in eqn.outputs]
             if all(c is None for c in cts_out):

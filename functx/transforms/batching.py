@@ -1,11 +1,14 @@
 """vmap: BatchTrace carries (value, batch_dim) pairs; batch_dim None means unbatched."""
 from __future__ import annotations
 
-from ..core import FunctxError, MissingRuleError, Trace, Tracer, set_current_trace
+import torch
+
+from ..core import FunctxError, MissingRuleError, Trace, Tracer, nan_check, set_current_trace
 from ..core.errors import library_hint, user_frame_summary
-from ..core.trace import AxisData, process_on_parent, trace_state, transform_level, type_of, value_repr
+from ..core.trace import EVAL_TRACE, AxisData, process_on_parent, trace_state, transform_level, type_of, value_repr
 from ..prims import collective
 from ..prims.util import is_scalar
+from . import rule_cache
 
 
 class BatchTracer(Tracer):
@@ -42,6 +45,8 @@ class BatchTrace(Trace):
     def __init__(self, parent, axis: AxisData):
         self.parent = parent
         self.axis = axis
+        # an eager vmap takes whole ATen ops as cached lowerings (process_lowered)
+        self.lowered_ops = parent is EVAL_TRACE
 
     def __repr__(self):
         return f"BatchTrace(size={self.axis.size}, name={self.axis.name!r})"
@@ -74,12 +79,110 @@ class BatchTrace(Trace):
         if prim.batch is None:
             raise MissingRuleError(f"functx: primitive '{prim.name}' has no batching rule, so it can't be "
                                    "vmapped")
+        if not _NANS.on and rule_cache.allowed(prim):
+            out = self._cached_batch(prim, vals, dims, params)
+            if out is not NotImplemented:
+                return out
         prev, trace_state.trace = trace_state.trace, self.parent
         try:
             out, out_dim = prim.batch(self.axis, vals, dims, **params)
         finally:
             trace_state.trace = prev
         return self.wrap(out, out_dim, prim.multiple_results)
+
+    def _cached_batch(self, prim, vals, dims, params):
+        """The batch rule through its cached, generated form (rule_cache.BatchRule): impls
+        called directly when the trace below is the eager one, else bound there; or
+        NotImplemented where that does not apply (the rule then runs as written)."""
+        eager = self.parent is EVAL_TRACE
+        key = [prim, self.axis.size, torch.get_default_dtype()]      # lax helpers read it
+        V = []
+        for v, d in zip(vals, dims):
+            if isinstance(v, torch.Tensor):
+                if v.requires_grad:
+                    return NotImplemented
+                key.append((v.shape, v.dtype, v.device, d))
+                V.append(v)
+            elif not eager and isinstance(v, Tracer):
+                av = v.aval
+                key.append((av.shape, av.dtype, av.device, d))
+                V.append(v)
+            else:
+                k = rule_cache.scalar_key(v)
+                if k is None:
+                    return NotImplemented
+                key.append(k)
+        if params:
+            key.append(tuple(params.items()))
+        key = tuple(key)
+        try:
+            rule = _BATCH_RULES.get(key)
+        except TypeError:          # an unhashable param, or a symbolic size (jit)
+            return NotImplemented
+        if rule is None:
+            specs = [(type_of(v), d) if isinstance(v, (torch.Tensor, Tracer)) else v for v, d in zip(vals, dims)]
+            rule = rule_cache.build_batch(prim, params, self.axis, specs)
+            if len(_BATCH_RULES) >= rule_cache.MAX_RULES:
+                _BATCH_RULES.clear()
+            _BATCH_RULES[key] = rule
+        if rule is _UNCACHEABLE:
+            return NotImplemented
+        prev, trace_state.trace = trace_state.trace, self.parent
+        try:
+            out = rule.fns[not eager](V)
+        except Exception:       # the rule's own path raises (and names) the error
+            return NotImplemented
+        finally:
+            trace_state.trace = prev
+        return self.wrap(out, rule.out_dims, rule.multiple)
+
+    def process_lowered(self, op, args):
+        """An ATen op's cached lowering (frontend/lowered_ops.py) under an eager vmap: one
+        generated batch rule for the whole op, cached on the op by its operands' batch dims;
+        NotImplemented where it does not apply (dispatch runs the lowering)."""
+        dims, V = [], []
+        for a in args:
+            if type(a) is BatchTracer and a._trace is self:
+                v = a.val
+                if not isinstance(v, torch.Tensor) or v.requires_grad:
+                    return NotImplemented
+                dims.append(a.bdim)
+                V.append(v)
+            elif isinstance(a, torch.Tensor):
+                dims.append(None)
+                V.append(a)
+            else:
+                return NotImplemented
+        key = (self.axis.size, tuple(dims))
+        rule = op.rules.get(key)
+        if rule is None:
+            rule = op.rules[key] = self._build_lowered_rule(op, V, dims)
+        if rule is _UNCACHEABLE:
+            return NotImplemented
+        prev, trace_state.trace = trace_state.trace, EVAL_TRACE
+        try:
+            outs = rule.fns[False](V)
+        except Exception:       # the lowering's own path raises (and names) the error
+            return NotImplemented
+        finally:
+            trace_state.trace = prev
+        return self.wrap(outs, rule.out_dims, True)
+
+    def _build_lowered_rule(self, op, vals, dims):
+        axis = self.axis
+        specs = [(type_of(v), d) for v, d in zip(vals, dims)]
+
+        def batch(xs, ds):     # the op's equations under a BatchTrace above the graph trace
+            bt = BatchTrace(trace_state.trace, axis)
+            ins = [x if d is None else BatchTracer(bt, x, d) for x, d in zip(xs, ds)]
+            prev, trace_state.trace = trace_state.trace, bt
+            try:
+                outs = op.eval(ins)
+            finally:
+                trace_state.trace = prev
+            pairs = [bt.unpack(o) for o in outs]
+            return [v for v, _ in pairs], [d for _, d in pairs]
+        return rule_cache.build_batch_of(batch, op.name, True, specs)
 
     def wrap(self, out, out_dim, multiple):
         if multiple:
@@ -98,6 +201,11 @@ class BatchTrace(Trace):
                 return prim.bind(**params)
             shape = (self.axis.size,) + tuple(params["shape"])
             return BatchTracer(self, prim.bind(**dict(params, shape=shape)), 0)
+
+
+_NANS = nan_check.STATE
+_BATCH_RULES = rule_cache.BATCH_RULES
+_UNCACHEABLE = rule_cache.UNCACHEABLE
 
 
 def is_batched_by(x, trace) -> bool:

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import warnings
 
-from ..core import STRUCTURAL, MissingRuleError, Trace, Zero, set_current_trace
+import torch
+
+from ..core import STRUCTURAL, MissingRuleError, Trace, Tracer, Zero, set_current_trace
 from ..core import nan_check
 from ..core.errors import user_frame_summary
-from ..core.trace import (PrimalTracer, grad_enabled_for, process_on_parent, trace_state, transform_level, type_of,
-                          value_repr)
+from ..core.trace import (EVAL_TRACE, GraphTrace, GraphTracer, PrimalTracer, grad_enabled_for, process_on_parent,
+                          trace_state, transform_level, type_of, value_repr)
 from ..prims.util import is_scalar
+from . import rule_cache
+from .batching import BatchTrace
 
 
 class JVPTracer(PrimalTracer):
@@ -70,6 +74,16 @@ class JVPTrace(Trace):
     def __init__(self, parent, reverse: bool = False):
         self.parent = parent
         self.reverse = reverse        # serves grad/vjp: honours grad mode (module docstring)
+        # Primitives run cached, generated jvp rules (transforms/rule_cache.py): "linearize" when
+        # the tangents live in linearize's partial-eval trace, else "forward"; impls are called
+        # directly when the primal work runs on the eager trace (eager), else bound there.
+        if type(parent) is GraphTrace and not parent.stage_all:
+            self.fast, self.eager = "linearize", parent.parent is EVAL_TRACE
+        else:
+            self.fast, self.eager = "forward", parent is EVAL_TRACE
+        # Whole ATen ops as cached lowerings (process_lowered): on eager levels, and on levels
+        # nested in other eager transforms (vmap(grad), jvp(grad)), never inside jit
+        self.lowered_ops = self.eager or _eager_chain(parent)
 
     def __repr__(self):
         return "JVPTrace"
@@ -91,6 +105,10 @@ class JVPTrace(Trace):
         if self.reverse and not grad_enabled_for(self):     # no_grad: a constant for this level
             primals = [a.primal if isinstance(a, JVPTracer) and a._trace is self else a for a in args]
             return process_on_parent(self, prim, primals, params)
+        if self.fast is not None and not _NANS.on:
+            out = self._cached_jvp(prim, args, params)
+            if out is not NotImplemented:
+                return out
         primals, tangents = [], []
         for a in args:
             if isinstance(a, JVPTracer) and a._trace is self:
@@ -114,6 +132,173 @@ class JVPTrace(Trace):
             return [self.wrap(o, t) for o, t in zip(out, tangent_out)]
         return out if isinstance(tangent_out, Zero) else JVPTracer(self, out, tangent_out)   # wrap, inline
 
+    def _cached_jvp(self, prim, args, params):
+        """The primitive's jvp through its cached, generated rule (rule_cache.JvpRule), or
+        NotImplemented where that does not apply (the rule then runs as written)."""
+        ok = _ALLOWED.get(prim)
+        if not (ok or (ok is None and rule_cache.allowed(prim))):
+            return NotImplemented
+        linearize = self.fast == "linearize"
+        eager = self.eager
+        key = [prim, torch.get_default_dtype()]      # lax helpers read it (scalar operands)
+        P, T = [], []
+        for a in args:
+            if type(a) is JVPTracer and a._trace is self:
+                p, t = a.primal, a.tangent
+                if isinstance(p, torch.Tensor):
+                    if p.requires_grad:
+                        return NotImplemented
+                    sig = (p.shape, p.dtype, p.device, True)
+                elif not eager and isinstance(p, Tracer):
+                    av = p.aval
+                    sig = (av.shape, av.dtype, av.device, True)
+                else:
+                    return NotImplemented
+                if linearize:
+                    if type(t) is not GraphTracer or t._trace is not self.parent or t.var.type.dtype != sig[1]:
+                        return NotImplemented
+                    T.append(t.var)
+                elif isinstance(t, torch.Tensor):
+                    if t.dtype != sig[1]:
+                        return NotImplemented
+                    T.append(t)
+                elif not eager and isinstance(t, Tracer) and t.aval.dtype == sig[1]:
+                    T.append(t)
+                else:
+                    return NotImplemented
+                key.append(sig)
+                P.append(p)
+            elif isinstance(a, torch.Tensor):
+                if a.requires_grad:
+                    return NotImplemented
+                key.append((a.shape, a.dtype, a.device, False))
+                P.append(a)
+            elif not eager and isinstance(a, Tracer):
+                av = a.aval
+                key.append((av.shape, av.dtype, av.device, False))
+                P.append(a)
+            else:
+                k = rule_cache.scalar_key(a)
+                if k is None:
+                    return NotImplemented
+                key.append(k)
+        if params:
+            key.append(tuple(params.items()))
+        key = tuple(key)
+        try:
+            rule = _JVP_RULES.get(key)
+        except TypeError:          # an unhashable param, or a symbolic size (jit)
+            return NotImplemented
+        if rule is None:
+            rule = self._build_rule(prim, args, params, key)
+        if rule is _UNCACHEABLE:
+            return NotImplemented
+        # the primal work runs where the rule would run it: on the eager trace (impls) or
+        # bound at the trace below this level's (the partial-eval trace's parent)
+        below = self.parent.parent if linearize else self.parent
+        prev, trace_state.trace = trace_state.trace, below
+        try:
+            if linearize:
+                out, tangent = rule.fns[("linearize", not eager)](self.parent, P, T)
+            else:
+                out, tangent = rule.fns[("forward", not eager)](P, T)
+        except Exception:       # the rule's own path raises (and names) the error
+            return NotImplemented
+        finally:
+            trace_state.trace = prev
+        if rule.multiple:
+            return [o if t is None else JVPTracer(self, o, t) for o, t in zip(out, tangent)]
+        return out if tangent is None else JVPTracer(self, out, tangent)
+
+    def process_lowered(self, op, args):
+        """An ATen op's cached lowering (frontend/lowered_ops.py) on an eager level: one
+        generated jvp rule for the whole op, cached on the op by which operands carry
+        tangents; NotImplemented where it does not apply (dispatch runs the lowering)."""
+        if self.reverse and not grad_enabled_for(self):
+            return NotImplemented
+        linearize = self.fast == "linearize"
+        eager = self.eager
+        mask, P, T = [], [], []
+        for a in args:
+            if type(a) is JVPTracer and a._trace is self:
+                p, t = a.primal, a.tangent
+                if isinstance(p, torch.Tensor):
+                    if p.requires_grad:
+                        return NotImplemented
+                    dtype = p.dtype
+                elif not eager and isinstance(p, Tracer):
+                    dtype = p.aval.dtype
+                else:
+                    return NotImplemented
+                if linearize:
+                    if type(t) is not GraphTracer or t._trace is not self.parent or t.var.type.dtype != dtype:
+                        return NotImplemented
+                    T.append(t.var)
+                elif isinstance(t, torch.Tensor) and t.dtype == dtype:
+                    T.append(t)
+                elif not eager and isinstance(t, Tracer) and t.aval.dtype == dtype:
+                    T.append(t)
+                else:
+                    return NotImplemented
+                mask.append(True)
+                P.append(p)
+            elif isinstance(a, torch.Tensor) or (not eager and isinstance(a, Tracer)):
+                mask.append(False)
+                P.append(a)
+            else:
+                return NotImplemented
+        if not T:
+            return NotImplemented
+        key = (self.fast, tuple(mask))
+        rule = op.rules.get(key)
+        if rule is None:
+            rule = op.rules[key] = self._build_lowered_rule(op, args, mask)
+        if rule is _UNCACHEABLE:
+            return NotImplemented
+        below = self.parent.parent if linearize else self.parent
+        prev, trace_state.trace = trace_state.trace, below
+        try:
+            if linearize:
+                outs, tangents = rule.fns[("linearize", not eager)](self.parent, P, T)
+            else:
+                outs, tangents = rule.fns[("forward", not eager)](P, T)
+        except Exception:       # the lowering's own path raises (and names) the error
+            return NotImplemented
+        finally:
+            trace_state.trace = prev
+        return [o if t is None else JVPTracer(self, o, t) for o, t in zip(outs, tangents)]
+
+    def _build_lowered_rule(self, op, args, mask):
+        specs = [(type_of(a.primal if type(a) is JVPTracer and a._trace is self else a), m)
+                 for a, m in zip(args, mask)]
+
+        def jvp(primals, tangents):     # the op's equations under a JVPTrace above the graph trace
+            jt = JVPTrace(trace_state.trace)
+            xs = [p if isinstance(t, Zero) else JVPTracer(jt, p, t) for p, t in zip(primals, tangents)]
+            prev, trace_state.trace = trace_state.trace, jt
+            try:
+                outs = op.eval(xs)
+            finally:
+                trace_state.trace = prev
+            pairs = [jt.pair(o) for o in outs]
+            return [p for p, _ in pairs], [t for _, t in pairs]
+        return rule_cache.build_jvp_of(jvp, op.name, True, specs, _ZeroOf)
+
+    def _build_rule(self, prim, args, params, key):
+        specs = []
+        for a in args:
+            if isinstance(a, JVPTracer) and a._trace is self:
+                specs.append((type_of(a.primal), True))
+            elif isinstance(a, (torch.Tensor, Tracer)):
+                specs.append((type_of(a), False))
+            else:
+                specs.append(a)
+        rule = rule_cache.build_jvp(prim, params, specs, _ZeroOf)
+        if len(_JVP_RULES) >= rule_cache.MAX_RULES:
+            _JVP_RULES.clear()
+        _JVP_RULES[key] = rule
+        return rule
+
     def _jvp_checked(self, prim, primals, tangents, params):
         """debug_nans: the primal first, on its own (so a NaN there is named a primal
         computation), then the rule as tangent work. The primal returned is the first one,
@@ -127,4 +312,19 @@ class JVPTrace(Trace):
                 return out, prim.jvp(primals, tangents, **params)[1]
 
 
+def _eager_chain(trace) -> bool:
+    """Whether every trace from here down is an eager one or a transform level over it (JVP,
+    linearize's partial evaluation, vmap over no process group): no graph is being staged."""
+    while trace is not None:
+        t = type(trace)
+        if not (trace is EVAL_TRACE or t is JVPTrace or (t is GraphTrace and not trace.stage_all)
+                or (t is BatchTrace and trace.axis.group is None)):
+            return False
+        trace = trace.parent
+    return True
+
+
 _NANS = nan_check.STATE
+_JVP_RULES = rule_cache.JVP_RULES
+_ALLOWED = rule_cache.ALLOWED
+_UNCACHEABLE = rule_cache.UNCACHEABLE

@@ -38,9 +38,21 @@ def leaf_names(treedef, fn=None) -> list:
     return names
 
 
+class _LazyNames:
+    __slots__ = ("treedef", "fn", "names")
+
+    def __init__(self, treedef, fn):
+        self.treedef, self.fn, self.names = treedef, fn, None
+
+    def __getitem__(self, i):
+        if self.names is None:
+            self.names = leaf_names(self.treedef, self.fn)
+        return self.names[i]
+
+
 def batch_size(leaves, axes, axis_size, treedef, fn=None):
     sizes = []
-    names = leaf_names(treedef, fn)
+    names = _LazyNames(treedef, fn)     # for error messages only (inspect.signature is slow)
     for i, (leaf, ax) in enumerate(zip(leaves, axes)):
         if ax is None:
             continue

@@ -1,0 +1,137 @@
+"""An ATen op's lowering, traced once per static signature into a small graph (issue 13).
+
+A lowering (frontend/lowerings/) turns an ATen op on lax values into primitives, with
+torch's promotion and broadcasting decided in Python on every call. Under an eager
+transform that opts in (`Trace.lowered_ops`: eager grad/vjp/jvp levels), dispatch instead
+looks up the op's `LoweredOp` by its static signature (the op; its tensor operands' shapes,
+dtypes, devices; every other argument's value; the default dtype), tracing the lowering
+once on abstract operands, and hands it to the trace (`process_lowered`), which runs it as
+one unit: JVPTrace through one cached, generated jvp rule for the whole op
+(transforms/rule_cache.py), so an op costs one rule call instead of one per primitive.
+A lowering that needs values, has effects or fails to trace is marked uncacheable and runs
+as written; so does every op under a trace that does not opt in (jit, vmap, nested levels).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core.ir import Literal
+from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, trace_state, type_of
+
+UNCACHEABLE = "uncacheable"
+CACHE: dict = {}
+_MAX = 4096
+
+
+class LoweredOp:
+    """The graph of one ATen op's lowering for one signature. outputs: "one", or the
+    sequence type of the lowering's result. rules: filled by the traces that run it."""
+    __slots__ = ("name", "graph_eqns", "invars", "constvars", "consts", "out_atoms", "outputs", "rules")
+
+    def __init__(self, name, g, invars, out_atoms, outputs):
+        self.name = name
+        self.graph_eqns = g.eqns
+        self.invars = invars
+        self.constvars = g.constvars
+        self.consts = g.consts
+        self.out_atoms = out_atoms
+        self.outputs = outputs
+        self.rules = {}
+
+    def eval(self, args):
+        """Bind the equations one by one at the current trace (what the lowering does)."""
+        env = dict(zip(self.constvars, self.consts))
+        env.update(zip(self.invars, args))
+        for e in self.graph_eqns:
+            out = e.prim.bind(*[a.value if isinstance(a, Literal) else env[a] for a in e.inputs], **e.params)
+            if e.prim.multiple_results:
+                env.update(zip(e.outputs, out))
+            else:
+                env[e.outputs[0]] = out
+        return [a.value if isinstance(a, Literal) else env[a] for a in self.out_atoms]
+
+
+class _Uncacheable(Exception):
+    pass
+
+
+def _key(x, leaves):
+    if isinstance(x, torch.Tensor):
+        if x.requires_grad:
+            raise _Uncacheable
+        leaves.append(x)
+        return (x.shape, x.dtype, x.device)
+    if isinstance(x, Tracer):
+        t = x.aval
+        leaves.append(x)
+        return (t.shape, t.dtype, t.device, t.weak)
+    t = type(x)
+    if t is float:
+        return (float, x.hex())         # exact: -0.0 and nan included
+    if t is int or t is bool or x is None or t is str or t is torch.dtype or t is torch.device \
+            or t is torch.memory_format or t is torch.layout:
+        return (t, x)
+    if t is list or t is tuple:
+        return (t, tuple([_key(v, leaves) for v in x]))
+    raise _Uncacheable
+
+
+def _rebuild(x, it):
+    if isinstance(x, (torch.Tensor, Tracer)):
+        return next(it)
+    if type(x) is list or type(x) is tuple:
+        return type(x)(_rebuild(v, it) for v in x)
+    return x
+
+
+def run_cached(func, lowering, args, kwargs):
+    """lowering(*args, **kwargs) (lax values) through the op's LoweredOp at the current trace,
+    or NotImplemented where that does not apply."""
+    leaves = []
+    try:
+        # id(func): OpOverload.__hash__ is Python code (the entry keeps func, checked on a hit)
+        key = (id(func), torch.get_default_dtype(), _key(args, leaves), _key(tuple(kwargs.items()), leaves))
+        entry = CACHE.get(key)
+    except (_Uncacheable, TypeError):     # a value that can't key (SymInts under jit are unhashable)
+        return NotImplemented
+    if entry is None or entry[0] is not func:
+        entry = (func, _build(func, lowering, args, kwargs, leaves))
+        if len(CACHE) >= _MAX:
+            CACHE.clear()
+        CACHE[key] = entry
+    op = entry[1]
+    if op is UNCACHEABLE:
+        return NotImplemented
+    outs = trace_state.trace.process_lowered(op, leaves)
+    if outs is NotImplemented:
+        return NotImplemented
+    if op.outputs == "one":
+        return outs[0]
+    return op.outputs(outs)
+
+
+def _build(func, lowering, args, kwargs, leaves):
+    g = GraphTrace(EVAL_TRACE, stage_all=True)
+    tracers = [g.new_arg(type_of(x)) for x in leaves]
+    it = iter(tracers)
+    a_args, a_kwargs = _rebuild(args, it), dict(_rebuild(tuple(kwargs.items()), it))
+    prev, trace_state.trace = trace_state.trace, g
+    try:
+        out = lowering(*a_args, **a_kwargs)
+        if type(out) in (list, tuple):
+            outputs, outs = type(out), list(out)
+        else:
+            outputs, outs = "one", [out]
+        if not all(isinstance(o, (torch.Tensor, Tracer)) for o in outs):
+            return UNCACHEABLE
+        out_atoms = [g.atom(o) for o in outs]
+    except Exception:
+        return UNCACHEABLE
+    finally:
+        trace_state.trace = prev
+    for e in g.eqns:
+        p = e.prim
+        if p.effectful or p.inline is not None or p.kind == "structural" or p.collective or p.name == "opaque":
+            return UNCACHEABLE
+    return LoweredOp(str(func), g, [t.var for t in tracers], out_atoms, outputs)
+

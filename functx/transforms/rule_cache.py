@@ -1,0 +1,408 @@
+"""Cached, generated jvp, transpose and batch rules for transforms run without jit (issue 13).
+
+Without jit, every primitive under grad/jvp runs its jvp rule in Python: the rule's lax
+calls each bind through the partial-evaluation trace to the eager one (primal work) or are
+recorded with their abstract types (tangent work), and backward_pass runs each recorded
+equation's transpose rule the same way. For a primitive whose rule depends only on static
+facts (its params, its operands' shapes/dtypes/devices, which operands carry tangents or
+batch dims, the exact values of Python-scalar operands, the default dtype), that work is
+the same on every call, so it is done once:
+
+- `JvpRule`: the rule traced once on abstract operands into a graph and split as JAX's
+  partial evaluation splits it: the *known* equations (the primal and the residuals the
+  tangent needs) and the *linear* ones (the tangent's). Each call then runs one generated
+  Python function that calls the known equations' impls directly and either records the
+  linear equations into linearize's partial-eval trace (reverse mode: the same equations
+  the rule would have recorded, each with its TransposeRule) or evaluates them on the
+  tangents (forward mode).
+- `TransposeRule`: a recorded linear equation's transpose rule, traced on first use and
+  generated as one function of (cotangent, residuals), which backward_pass calls.
+- `BatchRule`: a batch rule, traced once per (operand types, batch dims, axis size).
+
+Each has an *impl* variant (the trace below is the eager one: values are concrete, impls
+are what EvalTrace would run) and a *bind* variant (its equations bound at the trace below,
+for levels nested in other transforms). The same builders serve an ATen op's cached
+lowering run as one unit (frontend/lowered_ops.py; build_jvp_of, build_batch_of).
+Every primitive whose rule is not a function of static facts (structural, effectful,
+collective and process-axis primitives, opaque/attention ops whose rules look at the
+traces) takes the rule's own path, as does a rule that fails to trace abstractly (it then
+runs, and raises, as before), and any operand that requires torch grad. debug_nans turns
+this off (its checks name each step of the rule).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core import POINTWISE, REDUCTION, VIEW, Literal, Var, Zero
+from ..core.ir import Eqn
+from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, UndefinedPrimal, trace_state
+
+# Extern primitives whose jvp/transpose rules are plain lax code over static facts.
+_EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot_general", "conv", "take",
+                        "scatter_add", "scatter", "take_along_axis", "scatter_add_along", "sort"})
+ALLOWED: dict = {}       # Primitive -> bool
+UNCACHEABLE = "uncacheable"
+JVP_RULES: dict = {}     # key (see JVPTrace._cached_jvp) -> JvpRule | UNCACHEABLE
+MAX_RULES = 4096
+
+
+def allowed(prim) -> bool:
+    ok = ALLOWED.get(prim)
+    if ok is None:
+        ok = ALLOWED[prim] = (
+            (prim.kind in (POINTWISE, VIEW, REDUCTION) or prim.name in _EXTERN_OK)
+            and not prim.effectful and not prim.collective and prim.inline is None
+            and prim.jvp is not None)
+    return ok
+
+
+def scalar_key(a):
+    """A Python scalar operand in a cache key: its exact value (-0.0 and nan included)."""
+    t = type(a)
+    if t is float:
+        return (float, a.hex())
+    if t is int or t is bool:
+        return (t, a)
+    return None
+
+
+class JvpRule:
+    """One primitive's jvp rule for one static signature, split and generated (module doc).
+    fns[(mode, bind)]: mode "linearize": (pe, P, T) -> (outs, tangents), P the primal values,
+    T the tangents' Vars in pe; "forward": (P, T) -> (outs, tangents), T the tangent values.
+    bind=False calls impls (the trace below is the eager one), True binds at the current trace."""
+    __slots__ = ("fns", "multiple")
+
+    def __init__(self, fns, multiple):
+        self.fns = fns
+        self.multiple = multiple
+
+
+def build_jvp(prim, params, specs, zero_of):
+    """The JvpRule for (prim, params, specs), or UNCACHEABLE."""
+    def jvp(primals, tangents):
+        out, tout = prim.jvp(primals, tangents, **params)
+        if prim.multiple_results:
+            return list(out), list(tout)
+        return [out], [tout]
+    return build_jvp_of(jvp, prim.name, prim.multiple_results, specs, zero_of)
+
+
+def build_jvp_of(jvp, name, multiple, specs, zero_of):
+    """The JvpRule of jvp(primals, tangents) -> (outputs, output tangents), two lists (a
+    primitive's rule, or an ATen op's cached lowering under a JVPTrace), or UNCACHEABLE."""
+    g = GraphTrace(EVAL_TRACE, stage_all=True)
+    primals, tangents, p_vars, t_vars = [], [], [], []
+    for s in specs:
+        if not isinstance(s, tuple):
+            primals.append(s)
+            tangents.append(zero_of(s))
+            continue
+        typ, has_t = s
+        p = g.new_arg(typ)
+        primals.append(p)
+        p_vars.append(p.var)
+        if has_t:
+            t = g.new_arg(typ)
+            tangents.append(t)
+            t_vars.append(t.var)
+        else:
+            tangents.append(zero_of(p))
+    prev, trace_state.trace = trace_state.trace, g
+    try:
+        outs, touts = jvp(primals, tangents)
+        out_atoms = [g.atom(o) for o in outs]
+        tout_atoms = [None if isinstance(t, Zero) else g.atom(t) for t in touts]
+    except Exception:       # not a function of static facts (or an error the rule's own path raises)
+        return UNCACHEABLE
+    finally:
+        trace_state.trace = prev
+    lin = set(t_vars)
+    known, linear = [], []
+    for e in g.eqns:
+        if e.prim.effectful or e.prim.inline is not None:
+            return UNCACHEABLE
+        if any(isinstance(a, Var) and a in lin for a in e.inputs):
+            linear.append(e)
+            lin.update(e.outputs)
+        else:
+            if e.prim.impl is None:
+                return UNCACHEABLE
+            known.append(e)
+    if any(isinstance(a, Var) and a in lin for a in out_atoms):
+        return UNCACHEABLE
+    # the linear equations the tangent outputs need, and the known values they read
+    need = {a for a in tout_atoms if isinstance(a, Var) and a in lin}
+    kept_linear = []
+    for e in reversed(linear):
+        if any(o in need for o in e.outputs):
+            kept_linear.append(e)
+            need.update(a for a in e.inputs if isinstance(a, Var))
+    kept_linear.reverse()
+    residuals = []
+    for e in kept_linear:
+        for a in e.inputs:
+            if isinstance(a, Var) and a not in lin and a not in residuals:
+                residuals.append(a)
+    for a in tout_atoms:        # a tangent output computed from primals only
+        if isinstance(a, Var) and a not in lin and a not in residuals:
+            residuals.append(a)
+    need = {a for a in out_atoms if isinstance(a, Var)} | set(residuals)
+    kept_known = []
+    for e in reversed(known):
+        if any(o in need for o in e.outputs):
+            kept_known.append(e)
+            need.update(a for a in e.inputs if isinstance(a, Var))
+    kept_known.reverse()
+
+    fns = {}
+    for bind in (False, True):
+        fns.update(_jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin,
+                                  out_atoms, tout_atoms))
+    return JvpRule(fns, multiple)
+
+
+def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin, out_atoms, tout_atoms):
+    """linearize(pe, P, T) and forward(P, T) of one JvpRule; bind: their primal (and forward
+    tangent) equations bind at the current trace instead of calling impls."""
+    gen = _Codegen(bind=bind)
+    for k, v in enumerate(p_vars):
+        gen.names[v] = f"P[{k}]"
+    for v, c in zip(g.constvars, g.consts):
+        gen.names[v] = gen.const(c)
+    known_lines = [gen.call(e) for e in kept_known]
+    outs_src = ", ".join(gen.ref(a) for a in out_atoms)
+    res_names = [gen.ref(a) for a in residuals]
+    # reverse mode: record the linear equations into the partial-eval trace
+    rec = _Codegen(gen)
+    for k, v in enumerate(t_vars):
+        rec.names[v] = f"T[{k}]"
+    rec_lines = ["    atom = pe.atom", "    eqns = pe.eqns"]
+    for v, r in zip(residuals, res_names):
+        atom_name = rec.fresh()
+        rec_lines.append(f"    {atom_name} = atom({r})")
+        rec.names[v] = atom_name
+    for e in kept_linear:
+        rec_lines.append(rec.record(e, lin))
+    rec_touts = ", ".join("None" if a is None else
+                          (f"GT(pe, {rec.ref(a)})" if isinstance(a, Var) and a in lin else gen.ref(a))
+                          for a in tout_atoms)
+    # forward mode: evaluate them on the tangents
+    fwd = _Codegen(gen)
+    for k, v in enumerate(t_vars):
+        fwd.names[v] = f"T[{k}]"
+    fwd_lines = [fwd.call(e) for e in kept_linear]
+    fwd_touts = ", ".join("None" if a is None else fwd.ref(a) for a in tout_atoms)
+    wrap = (lambda s: f"[{s}]") if multiple else (lambda s: s)
+    src = "\n".join(
+        ["def linearize(pe, P, T):"] + known_lines + rec_lines
+        + [f"    return {wrap(outs_src)}, {wrap(rec_touts)}", "",
+           "def forward(P, T):"] + known_lines + fwd_lines
+        + [f"    return {wrap(outs_src)}, {wrap(fwd_touts)}"])
+    ns = dict(gen.ns, **rec.ns, **fwd.ns, GT=GraphTracer, Var=Var, Eqn=Eqn, B=bind_at_current)
+    variant = "bind" if bind else "impl"
+    exec(compile(src, f"<functx jvp rule {name} ({variant})>", "exec"), ns)
+    return {("linearize", bind): ns["linearize"], ("forward", bind): ns["forward"]}
+
+
+class _Codegen:
+    """Names for Vars and closure constants while generating one rule's Python source.
+    bind: equations bind at the current trace (a transform below), else call their impls
+    (what the eager trace would run)."""
+
+    def __init__(self, parent=None, bind=False):
+        self.names = dict(parent.names) if parent is not None else {}
+        self.ns = {}
+        self.counter = parent.counter if parent is not None else [0]
+        self.bind = parent.bind if parent is not None else bind
+
+    def fresh(self, prefix="v"):
+        self.counter[0] += 1
+        return f"{prefix}{self.counter[0]}"
+
+    def const(self, value):
+        name = self.fresh("k")
+        self.ns[name] = value
+        return name
+
+    def ref(self, a):
+        if isinstance(a, Literal):
+            return self.const(a.value)
+        return self.names[a]
+
+    def _outs(self, e):
+        names = []
+        for o in e.outputs:
+            names.append(self.fresh())
+            self.names[o] = names[-1]
+        if e.prim.multiple_results:
+            return "(" + "".join(n + ", " for n in names) + ")"
+        return names[0]
+
+    def call(self, e):
+        """`out = impl(args, **params)` (what EvalTrace runs for e), or `out = bind(...)`."""
+        ins = [self.ref(a) for a in e.inputs]
+        if self.bind:
+            args = "(" + "".join(i + ", " for i in ins) + ")"
+            return f"    {self._outs(e)} = B({self.const(e.prim)}, {args}, {self.const(e.params)})"
+        fn = self.const(e.prim.impl)
+        if e.params:
+            ins.append("**" + self.const(e.params))
+        return f"    {self._outs(e)} = {fn}({', '.join(ins)})"
+
+    def record(self, e, lin):
+        """Append e (fresh output Vars) to the partial-eval trace, as GraphTrace records it,
+        with its transpose template for backward_pass."""
+        ins = "[" + ", ".join(self.names[a] if isinstance(a, Var) else self.const(a) for a in e.inputs) + "]"
+        lines = []
+        outs = []
+        for o in e.outputs:
+            name = self.fresh()
+            lines.append(f"    {name} = Var({self.const(o.type)})")
+            self.names[o] = name
+            outs.append(name)
+        tpl = self.const(TransposeRule(e, [isinstance(a, Var) and a in lin for a in e.inputs]))
+        lines.append(f"    eqns.append(Eqn({self.const(e.prim)}, {ins}, [{', '.join(outs)}], "
+                     f"{self.const(e.params)}, None, {tpl}))")
+        return "\n".join(lines)
+
+
+def bind_at_current(prim, args, params):
+    return trace_state.trace.process_primitive(prim, args, params)
+
+
+class TransposeRule:
+    """The transpose rule of one template equation (a linear equation of a JvpRule), traced
+    on first use into generated functions (ct, R) -> cotangents per input (None where none),
+    R being the values of its non-linear Var inputs (residuals): fns[False] calls impls (the
+    eager trace is current), fns[True] binds at the current trace."""
+    __slots__ = ("eqn", "linear", "res_pos", "fns", "dtype")
+
+    def __init__(self, eqn, linear):
+        self.eqn = eqn
+        self.linear = linear
+        self.res_pos = [i for i, a in enumerate(eqn.inputs) if isinstance(a, Var) and not linear[i]]
+        self.fns = None
+        self.dtype = None       # the default dtype it was traced under (lax helpers read it)
+
+    def compile(self):
+        e = self.eqn
+        self.dtype = torch.get_default_dtype()
+        fns = UNCACHEABLE
+        if not e.prim.multiple_results and e.prim.transpose is not None:
+            try:
+                fns = _build_transpose(e, self.linear)
+            except Exception:
+                fns = UNCACHEABLE
+        self.fns = fns
+        return fns
+
+
+def _build_transpose(e, linear):
+    g = GraphTrace(EVAL_TRACE, stage_all=True)
+    ct = g.new_arg(e.outputs[0].type)
+    args, res_vars = [], []
+    for a, is_lin in zip(e.inputs, linear):
+        if isinstance(a, Literal):
+            args.append(a.value)
+        elif is_lin:
+            args.append(UndefinedPrimal(a.type))
+        else:
+            r = g.new_arg(a.type)
+            args.append(r)
+            res_vars.append(r.var)
+    prev, trace_state.trace = trace_state.trace, g
+    try:
+        cts = e.prim.transpose(ct, *args, **e.params)
+        cts = [None if c is None or isinstance(c, Zero) else g.atom(c) for c in cts]
+    finally:
+        trace_state.trace = prev
+    if len(cts) != len(e.inputs) or not _plain(g.eqns):
+        return UNCACHEABLE
+    fns = {}
+    for bind in (False, True):
+        gen = _Codegen(bind=bind)
+        gen.names[ct.var] = "ct"
+        for k, v in enumerate(res_vars):
+            gen.names[v] = f"R[{k}]"
+        for v, c in zip(g.constvars, g.consts):
+            gen.names[v] = gen.const(c)
+        lines = [gen.call(eq) for eq in g.eqns]
+        outs = ", ".join("None" if c is None else gen.ref(c) for c in cts)
+        src = "\n".join(["def transpose(ct, R):"] + lines + [f"    return ({outs},)"])
+        ns = dict(gen.ns, B=bind_at_current)
+        exec(compile(src, f"<functx transpose rule {e.prim.name} ({'bind' if bind else 'impl'})>", "exec"), ns)
+        fns[bind] = ns["transpose"]
+    return fns
+
+
+def _plain(eqns) -> bool:
+    """Equations a generated function may run: no effects, no inlined bodies, an impl."""
+    return all(not e.prim.effectful and e.prim.inline is None and e.prim.impl is not None for e in eqns)
+
+
+# ---------------------------------------------------------------- batch rules
+
+BATCH_RULES: dict = {}     # key (see BatchTrace._cached_batch) -> BatchRule | UNCACHEABLE
+
+
+class BatchRule:
+    """One primitive's batch rule for one static signature (operand types with their batch
+    dims, params, axis size): fns[bind](V) -> outputs (V the operand values), out_dims static."""
+    __slots__ = ("fns", "out_dims", "multiple")
+
+    def __init__(self, fns, out_dims, multiple):
+        self.fns = fns
+        self.out_dims = out_dims
+        self.multiple = multiple
+
+
+def build_batch(prim, params, axis, specs):
+    """specs: per operand, a Python scalar or (TensorType of the value, batch dim or None)."""
+    def batch(vals, dims):
+        out, out_dim = prim.batch(axis, vals, dims, **params)
+        if prim.multiple_results:
+            return list(out), list(out_dim)
+        return [out], out_dim
+    return build_batch_of(batch, prim.name, prim.multiple_results, specs)
+
+
+def build_batch_of(batch, name, multiple, specs):
+    """The BatchRule of batch(vals, dims) -> (outputs, their batch dims) (a primitive's rule,
+    or an ATen op's cached lowering under a BatchTrace), or UNCACHEABLE."""
+    g = GraphTrace(EVAL_TRACE, stage_all=True)
+    vals, dims, in_vars = [], [], []
+    for s in specs:
+        if not isinstance(s, tuple):
+            vals.append(s)
+            dims.append(None)
+            continue
+        v = g.new_arg(s[0])
+        vals.append(v)
+        dims.append(s[1])
+        in_vars.append(v.var)
+    prev, trace_state.trace = trace_state.trace, g
+    try:
+        outs, out_dims = batch(vals, dims)
+        out_atoms = [g.atom(o) for o in outs]
+    except Exception:
+        return UNCACHEABLE
+    finally:
+        trace_state.trace = prev
+    if not _plain(g.eqns):
+        return UNCACHEABLE
+    fns = {}
+    for bind in (False, True):
+        gen = _Codegen(bind=bind)
+        for k, v in enumerate(in_vars):
+            gen.names[v] = f"V[{k}]"
+        for v, c in zip(g.constvars, g.consts):
+            gen.names[v] = gen.const(c)
+        lines = [gen.call(e) for e in g.eqns]
+        outs_src = ", ".join(gen.ref(a) for a in out_atoms)
+        ret = f"[{outs_src}]" if multiple else outs_src
+        src = "\n".join(["def batch(V):"] + lines + [f"    return {ret}"])
+        ns = dict(gen.ns, B=bind_at_current)
+        exec(compile(src, f"<functx batch rule {name} ({'bind' if bind else 'impl'})>", "exec"), ns)
+        fns[bind] = ns["batch"]
+    return BatchRule(fns, out_dims, multiple)

@@ -1,0 +1,181 @@
+"""Cached, generated jvp / transpose / batch rules of eager transforms (transforms/rule_cache.py):
+they compute what the rules compute, are built once per static signature, and fall back to
+the rule where they do not apply."""
+import importlib
+
+import pytest
+import torch
+import torch.func
+import torch.nn.functional as F
+
+import functx
+from functx import prims as P
+from functx.core.primitive import REGISTRY
+
+rule_cache = importlib.import_module("functx.transforms.rule_cache")
+lowered_ops = importlib.import_module("functx.frontend.lowered_ops")
+
+
+def _clear_caches():
+    """Rules are cached per primitive and per ATen op: a test that swaps a rule starts afresh."""
+    rule_cache.JVP_RULES.clear()
+    rule_cache.BATCH_RULES.clear()
+    lowered_ops.CACHE.clear()
+
+
+def _close(a, b):
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.fixture
+def uncached(monkeypatch):
+    """Run transforms with every rule as written (no cached rules)."""
+    def run(fn, *args):
+        with monkeypatch.context() as m:
+            m.setattr(rule_cache, "allowed", lambda prim: False)
+            for prim in REGISTRY.values():
+                m.setitem(rule_cache.ALLOWED, prim, False)
+            m.setattr(lowered_ops, "run_cached", lambda *a: NotImplemented)
+            m.setattr(importlib.import_module("functx.frontend.dispatch"), "run_cached", lambda *a: NotImplemented)
+            return fn(*args)
+    return run
+
+
+def _mlp(params, x):
+    w1, b1, w2, b2 = params
+    h = torch.tanh(x @ w1 + b1)
+    return F.log_softmax(h @ w2 + b2, -1)
+
+
+def _loss(params, x, y):
+    return F.cross_entropy(_mlp(params, x), y) + 0.5 * sum((p ** 2).sum() for p in params)
+
+
+def _odd_ops(x):
+    # scalars on either side, pow, where, clamp, sort (multiple results), reductions, views
+    y = (2.0 - x) * x ** 3 / (1.5 + x.abs()) + torch.where(x > 0, x.sin(), -x.cos())
+    s, _ = torch.sort(y, dim=-1)
+    return (s.cumsum(-1)[..., ::2].clamp(-1, 1).exp().T @ y).logsumexp(0).sum() + y.max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cached_rules_compute_what_the_rules_compute(uncached, dtype):
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(5, 7, generator=g, dtype=dtype), torch.randn(7, generator=g, dtype=dtype),
+              torch.randn(7, 3, generator=g, dtype=dtype), torch.randn(3, generator=g, dtype=dtype)]
+    x = torch.randn(4, 5, generator=g, dtype=dtype)
+    y = torch.tensor([0, 2, 1, 2])
+    v = [torch.randn_like(p) for p in params]
+    one = lambda p, x, y: _loss(p, x[None], y[None])  # noqa: E731
+    cases = {
+        "grad": lambda: functx.grad(_loss)(params, x, y),
+        "jvp": lambda: functx.jvp(lambda p: _loss(p, x, y), (params,), (v,)),
+        "vmap": lambda: functx.vmap(_mlp, in_dims=(None, 0))(params, x),
+        "vmap(grad)": lambda: functx.vmap(functx.grad(one), in_dims=(None, 0, 0))(params, x, y),
+        "hvp": lambda: functx.jvp(lambda p: functx.grad(_loss)(p, x, y), (params,), (v,))[1],
+        "jacrev": lambda: functx.jacrev(_odd_ops)(x),
+        "jacfwd": lambda: functx.jacfwd(_odd_ops)(x),
+        "vmap(jvp)": lambda: functx.vmap(lambda t: functx.jvp(_odd_ops, (x,), (t,))[1])(torch.stack([x, -x])),
+        "grad(grad)": lambda: functx.grad(lambda z: functx.grad(_odd_ops)(z).sin().sum())(x),
+    }
+    for name, case in cases.items():
+        for _ in range(2):          # the second call runs the cached rules
+            got = case()
+        want = uncached(case)
+        for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+            _close(a, b)
+    # and the oracle
+    _close(functx.grad(_odd_ops)(x), torch.func.grad(_odd_ops)(x))
+    _close(functx.jacfwd(_odd_ops)(x), torch.func.jacfwd(_odd_ops)(x))
+
+
+def test_rules_are_traced_once_per_signature(monkeypatch):
+    calls = []
+    jvp, batch = REGISTRY['sin'].jvp, REGISTRY['sin'].batch
+    monkeypatch.setattr(REGISTRY['sin'], "jvp", lambda *a, **k: calls.append("jvp") or jvp(*a, **k))
+    monkeypatch.setattr(REGISTRY['sin'], "batch", lambda *a, **k: calls.append("batch") or batch(*a, **k))
+    _clear_caches()
+    f = functx.grad(lambda x: torch.sin(x).sum())
+    for _ in range(3):
+        _close(f(torch.ones(3)), torch.ones(3).cos())
+    assert calls == ["jvp"]          # traced on the first call, generated code after
+    f(torch.ones(4))                 # a new shape is a new signature
+    assert calls == ["jvp", "jvp"]
+    vf = functx.vmap(torch.sin)
+    for _ in range(3):
+        _close(vf(torch.ones(2, 3)), torch.ones(2, 3).sin())
+    assert calls.count("batch") <= 1
+
+
+@pytest.mark.parametrize("c", [0.0, -0.0, float("nan"), float("inf"), 2, True])
+def test_scalar_operands_key_on_their_exact_value(c):
+    # -0.0 == 0.0 and 2 == 2.0 == True as dict keys: the cache must still tell them apart
+    x = torch.tensor([1.0, -2.0, 3.0])
+    for d in (0.0, -0.0, float("nan"), c):
+        got = functx.grad(lambda x: (x * d).sum())(x)
+        want = torch.func.grad(lambda x: (x * d).sum())(x)
+        torch.testing.assert_close(got, want, equal_nan=True)
+        assert torch.equal(torch.signbit(got), torch.signbit(want))
+    got = functx.jvp(lambda x: x * c, (x,), (torch.ones(3),))[1]
+    want = torch.func.jvp(lambda x: x * c, (x,), (torch.ones(3),))[1]
+    torch.testing.assert_close(got, want, equal_nan=True)
+    assert got.dtype == want.dtype
+
+
+def test_a_rule_that_needs_values_falls_back(monkeypatch):
+    """A jvp rule that reads a concrete value can't be traced abstractly: it is marked
+    uncacheable and runs as written on every call."""
+    jvp = REGISTRY['sin'].jvp
+
+    def value_dependent(primals, tangents, **params):
+        scale = 2.0 if float(functx.core.trace.concrete(primals[0]).sum()) > 0 else 3.0
+        out, t = jvp(primals, tangents, **params)
+        return out, P.mul(t, scale)
+    monkeypatch.setattr(REGISTRY['sin'], "jvp", value_dependent)
+    _clear_caches()
+    f = functx.grad(lambda x: torch.sin(x).sum())
+    _close(f(torch.ones(3)), 2 * torch.ones(3).cos())
+    _close(f(-torch.ones(3)), 3 * torch.ones(3).cos())
+    assert rule_cache.UNCACHEABLE in rule_cache.JVP_RULES.values()
+
+
+def test_errors_and_leaks_are_reported_as_before():
+    leaked = []
+
+    def f(x):
+        leaked.append(x * 2)
+        return torch.sin(x).sum()
+    functx.grad(f)(torch.ones(3))
+    with pytest.raises(functx.FunctxError, match="leaked tracer"):
+        functx.grad(lambda y: (torch.sin(leaked[0]) * y).sum())(torch.ones(3))
+    with pytest.raises(RuntimeError):
+        functx.grad(lambda x: (x @ torch.ones(4, 2)).sum())(torch.ones(2, 3))
+
+
+def test_closed_over_parameters_keep_torch_autograd():
+    w = torch.nn.Parameter(torch.randn(3))
+    g = functx.grad(lambda x: (torch.sin(x * w)).sum())(torch.ones(3))
+    _close(g, torch.cos(w.detach()) * w.detach())
+    assert g.requires_grad          # PyTorch autograd sees through functx's result, as before
+
+
+def test_the_default_dtype_is_part_of_every_signature():
+    # promotion (an int tensor times a Python float) and torch.where of two Python numbers
+    # give the default dtype: the cached lowering and rules of the same op on the same
+    # operands differ by it
+    x, t = torch.tensor([1.0, -2.0, 3.0]), torch.ones(3)
+    f = lambda x: torch.where(x > 0, 0.5, 2.0) * x  # noqa: E731
+    prev = torch.get_default_dtype()
+    try:
+        for dtype in (torch.float32, torch.float64, torch.float32):
+            torch.set_default_dtype(dtype)
+            got = functx.jvp(f, (x,), (t,))
+            want = torch.func.jvp(f, (x,), (t,))
+            for a, b in zip(got, want):
+                assert a.dtype == b.dtype
+                _close(a, b)
+            _close(functx.vmap(f)(x[:, None]), torch.func.vmap(f)(x[:, None]))
+            ints = torch.arange(6).reshape(3, 2)     # int * float: the default dtype (promotion)
+            _close(functx.vmap(lambda i: i * 0.5)(ints), torch.func.vmap(lambda i: i * 0.5)(ints))
+    finally:
+        torch.set_default_dtype(prev)
