@@ -150,8 +150,9 @@ def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
 # jnp.full_like takes a traced fill value; so do these. (torch.full(size, traced) has no
 # tensor argument for __torch_function__ to see: its error names the argument to make static.)
 def _traced_fill(fill):
-    from .tensor import TracerTensor      # tensor.py imports this module
-    return isinstance(fill, TracerTensor) and fill.dim() == 0
+    # composites run only when a TracerTensor is among the arguments; a 0-d tensor fill (traced
+    # or not) is read as a tensor, so a traced one keeps its value and derivative
+    return isinstance(fill, torch.Tensor) and fill.dim() == 0
 
 
 def _filled(fill, shape, dtype, device):
