@@ -25,6 +25,7 @@ import torch
 from ..compiled import Compiled
 from ..eager import EagerCompiled
 from ..fusion.compiled import FusedCompiled
+from ..small_contractions import small_contractions
 from .cpp_ops import CppOps, header, link_flags, lowerable, prefers_blocked
 from .toolchain import CompilerUnavailable, kernel_function, load_library
 
@@ -53,11 +54,14 @@ def wait_for_fused(timeout: float | None = None) -> None:
 class CppFused(FusedCompiled):
     """An optimized graph as fused C++ kernels + a Python host wrapper (the fused tier)."""
     backend = "cpu"
+    pool_buffers = True         # malloc page-faults on fresh blocks (fusion/buffer_pool.py)
 
     def __init__(self, graph):
         self._nargs: dict = {}
         self.library_source = ""
         self.compiled_now = False        # False: the library came from the disk or memory cache
+        self.rewrites: list[str] = []    # small_contractions' notes, for explain
+        graph = small_contractions(graph, self.rewrites)
         super().__init__(graph, persistent_max=-1)       # C++ loops over every row: no blocks
 
     def lowerable(self, eqn):
@@ -86,7 +90,12 @@ class CppFused(FusedCompiled):
 
     def report_header(self):
         cache = "compiled now" if self.compiled_now else "from the kernel cache"
-        return f"fused tier: C++ kernels, one shared library ({cache})"
+        lines = [f"fused tier: C++ kernels, one shared library ({cache})"]
+        if self.rewrites:
+            lines.append(f"fused-tier pass small_contractions: {len(self.rewrites)} product(s) over tiny dims "
+                         "became fused multiply-adds (functx/compile/small_contractions.py):")
+            lines += [f"  {n}" for n in self.rewrites]
+        return "\n".join(lines)
 
 
 class CpuCompiled(Compiled):

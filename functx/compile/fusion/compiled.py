@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 
 import torch
 
@@ -20,9 +21,32 @@ from ..codegen import compile_function, emit_expr, free_dead_names, literal_sour
 from ..compiled import Compiled
 from ..loops import loop_report
 from ..nan_checks import CompiledNaNChecks
+from ...prims.linalg import matmul_layout, matmul_sources
+from .buffer_pool import assign_slots
 from .kernel import is_inlined
 from .scheduler import Schedule, describe_space
 from .torch_ops import TorchOps
+
+
+def _poolable_extern(e) -> bool:
+    """A matmul printed as one torch.matmul (no reshape of its result) can write `out=`."""
+    if e.prim.name != "dot_general" or not e.outputs[0].type.dtype.is_floating_point:
+        return False
+    x, y = e.inputs
+    return matmul_layout(tuple(x.type.shape), tuple(y.type.shape), e.params["dimension_numbers"])[2] is None
+
+
+def _guarded(pooled, fresh):
+    lock = threading.Lock()
+
+    def call(*inputs):
+        if lock.acquire(False):
+            try:
+                return pooled(*inputs)
+            finally:
+                lock.release()
+        return fresh(*inputs)
+    return call
 
 
 class GroupInfo:
@@ -95,9 +119,16 @@ class FusedCompiled(Compiled):
             self.kernels.append(src)
             self.groups.append(GroupInfo(i, "kernel", plan.name, eqns, outs, describe_space(plan), source=src))
         self._launchers = {**self.load_kernels(generated), **templates}
-        self.source, self._globals = self._wrapper()
+        self.pooled = self._pool_buffers() if self.pool_buffers else {}
+        self.source, self._globals = self._wrapper(self.pooled)
         self.call = compile_function(self.source, "call", self._globals, g.consts,
                                      f"<functx.jit {self.backend} {id(self):x}>")
+        if self.pooled:
+            # a call that finds the pool in use (another thread) allocates its own buffers
+            fresh_source, _ = self._wrapper({}, self._globals, name="call_fresh")
+            fresh = compile_function(fresh_source, "call_fresh", self._globals, g.consts,
+                                     f"<functx.jit {self.backend} {id(self):x} fresh>")
+            self.call = _guarded(self.call, fresh)
         self._why: list | None = None
 
     # ------------------------------------------------------------ backend hooks
@@ -124,12 +155,30 @@ class FusedCompiled(Compiled):
     def report_header(self) -> str:
         return f"backend: {self.backend}"
 
+    pool_buffers = False        # a backend whose allocator page-faults on fresh memory sets it
+
+    def _pool_buffers(self) -> dict:
+        """var -> the global name of its buffer, a view of a slot allocated once
+        (buffer_pool.py)."""
+        slot_of, slots = assign_slots(self.schedule, _poolable_extern)
+        self._pool = [torch.empty(n, dtype=dtype, device=device) for n, dtype, device in slots]
+        self._pool_views = {}
+        out = {}
+        for v, k in slot_of.items():
+            name = f"_slot{k}_{self.names[v]}"
+            self._pool_views[name] = self._pool[k].view(tuple(v.type.shape))
+            out[v] = name
+        return out
+
     # ------------------------------------------------------------ host wrapper
-    def _wrapper(self):
+    def _wrapper(self, pooled, glob=None, name="call"):
+        """The host wrapper's source and globals; pooled: var -> the global name of the
+        pooled buffer it is written into (empty: every buffer is allocated per call)."""
         g, names, sched = self.graph, self.names, self.schedule
-        glob = {"torch": torch, "math": math, **self._launchers}
+        if glob is None:
+            glob = {"torch": torch, "math": math, **self._launchers, **getattr(self, "_pool_views", {})}
         args = [names[v] for v in list(g.invars) + list(g.constvars)]
-        lines = [f"def call({', '.join(args)}):"]
+        lines = [f"def {name}({', '.join(args)}):"]
         have = set(list(g.invars) + list(g.constvars))
         loaded = {b for ins, _ in self._launch_args.values() for b in ins}
         for v in list(g.invars) + list(g.constvars):
@@ -171,7 +220,11 @@ class FusedCompiled(Compiled):
                 if e.prim.multiple_results and len(e.outputs) == 1:
                     outs += ","
                 lines.append(f"    # group {i}: extern {e.prim.name}")
-                expr = emit_expr(e, srcs, glob, type(self))     # a scan's body compiles with this backend
+                if e.outputs and e.outputs[0] in pooled:
+                    lhs, rhs, _ = matmul_sources(e, srcs)
+                    expr = f"torch.matmul({lhs}, {rhs}, out={pooled[e.outputs[0]]})"
+                else:
+                    expr = emit_expr(e, srcs, glob, type(self))     # a scan's body compiles with this backend
                 lines.append(f"    {outs} = {expr}" if outs else f"    {expr}")
                 self._check_line(lines, glob, [names[v] for v in e.outputs if v.type.dtype.is_floating_point])
                 for v in e.outputs:
@@ -184,8 +237,11 @@ class FusedCompiled(Compiled):
             lines.append(f"    # group {i}: {info.space}")
             for v in plan.stored:
                 t = v.type
-                lines.append(f"    {names[v]} = torch.empty({tuple(t.shape)!r}, dtype={t.dtype}, "
-                             f"device={str(t.device)!r})")
+                if v in pooled:
+                    lines.append(f"    {names[v]} = {pooled[v]}  # pooled")
+                else:
+                    lines.append(f"    {names[v]} = torch.empty({tuple(t.shape)!r}, dtype={t.dtype}, "
+                                 f"device={str(t.device)!r})")
                 have.add(v)
             lines.append(f"    {self.launch_source(plan, ins, outs)}")
             self._check_line(lines, glob, [names[v] for v in plan.stored if v.type.dtype.is_floating_point])
