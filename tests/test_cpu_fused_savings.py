@@ -39,7 +39,8 @@ def dot_graph(lshape, rshape, dims, dtype=torch.float32):
     p = REGISTRY["dot_general"]
     params = {"dimension_numbers": dims}
     out = Var(p.abstract_eval(a.type, b.type, **params))
-    return Graph([a, b], [], [], [Eqn(p, [a, b], [out], params)], [out])
+    act = Var(out.type)                 # a consumer the product can fuse into
+    return Graph([a, b], [], [], [Eqn(p, [a, b], [out], params), Eqn(REGISTRY["tanh"], [out], [act], {})], [act])
 
 
 # (lhs shape, rhs shape, dimension numbers, rewritten?)
@@ -82,6 +83,13 @@ def test_small_contractions_equal_the_unrewritten_graph(lshape, rshape, dims, re
     assert bool(fused.rewrites) == rewritten
     if k > MAX_SIZE:
         assert "contracted size" not in " ".join(notes)
+
+
+def test_a_product_that_only_leaves_the_graph_stays_in_blas():
+    """Per-sample outer products (K=1) returned as gradients: BLAS writes them as fast."""
+    g = dot_graph((8, 1, 16), (8, 1, 32), (((1,), (1,)), ((0,), (0,))))
+    g = g.replace(eqns=g.eqns[:1], outvars=[g.eqns[0].outputs[0]])
+    assert small_contractions(g) is g
 
 
 def test_dsm_step_keeps_three_gemms_and_matches_torch_func(monkeypatch):

@@ -9,9 +9,11 @@ layer `x @ W0` ([4096,2] @ [2,128]), its cotangent `g @ W0.T`, the output layer
 BLAS runs them at a fraction of its speed (a 2-float output row, a 2-long inner product)
 and writes a full [4096,128] result that the next kernel reads back. Rewritten:
 
-  - tiny contraction (the contracted dims hold at most MAX_SIZE elements): the result is
+  - tiny contraction (the contracted dims hold at most MAX_SIZE elements) whose result a
+    pointwise or reduction equation reads: the result is
     sum_c bcast(lhs[.., c, ..]) * bcast(rhs[.., c, ..]), views and pointwise equations
-    that become part of the kernel consuming it (the bias add + tanh after `x @ W0`);
+    that become part of the kernel consuming it (the bias add + tanh after `x @ W0`); a
+    result that only leaves the graph (per-sample outer products) stays in BLAS;
   - tiny free side (one operand's free dims hold 2..MAX_SIZE elements, no batch dims):
     each of those rows m is reduce_sum(bcast(tiny[m]) * other) over the contracted dims,
     a reduction over the other operand's layout, which fuses with the kernel producing
@@ -32,7 +34,7 @@ import math
 
 import torch
 
-from ..core import Eqn, Graph, Literal, Var
+from ..core import POINTWISE, REDUCTION, VIEW, Eqn, Graph, Literal, Var
 from ..core.primitive import REGISTRY
 from ..core.types import TensorType
 from .passes import _Subst, dce
@@ -153,10 +155,31 @@ def _tiny_free_side(e) -> list | None:
     return b.eqns
 
 
+def _feeds_a_kernel(graph: Graph):
+    """v -> does some pointwise or reduction equation read v (through views)? A product
+    whose result only leaves the graph or feeds another matmul gains nothing from being
+    unrolled (per-sample outer products, K=1, are written as fast by BLAS)."""
+    users: dict = {}
+    for e in graph.eqns:
+        for a in e.inputs:
+            if isinstance(a, Var):
+                users.setdefault(a, []).append(e)
+    memo: dict = {}
+
+    def feeds(v) -> bool:
+        if v not in memo:
+            memo[v] = False
+            memo[v] = any(feeds(e.outputs[0]) if e.prim.kind == VIEW and e.outputs else
+                          e.prim.kind in (POINTWISE, REDUCTION) for e in users.get(v, []))
+        return memo[v]
+    return feeds
+
+
 def small_contractions(graph: Graph, notes: list | None = None) -> Graph:
     """Rewrite dot_generals over tiny dims (module docstring). notes, if given, receives
     one line per rewritten product for explain."""
     sub, eqns, changed = _Subst(), [], False
+    feeds = _feeds_a_kernel(graph)
     for e in graph.eqns:
         e = sub.eqn(e)
         repl = None
@@ -164,7 +187,7 @@ def small_contractions(graph: Graph, notes: list | None = None) -> Graph:
                 and e.outputs[0].type.dtype in (torch.float32, torch.float64) \
                 and all(a.type.dtype == e.outputs[0].type.dtype for a in e.inputs) \
                 and all(_static(a.type.shape) and 0 not in a.type.shape for a in e.inputs):
-            repl, kind = _tiny_contraction(e), "contracted size"
+            repl, kind = (_tiny_contraction(e) if feeds(e.outputs[0]) else None), "contracted size"
             if repl is None:
                 repl, kind = _tiny_free_side(e), "free side"
         if not repl:
