@@ -210,3 +210,25 @@ def test_slots_are_shared_only_between_dead_and_new_buffers():
                     assert slot_of[v] != slot_of[a]
     x, w = torch.randn(32, 32), torch.randn(32, 32)
     torch.testing.assert_close(fused.call(x, w)[0], f(x, w))
+
+
+def test_big_fresh_outputs_are_advised_as_huge_pages(monkeypatch):
+    """Per-sample outer products of 32 MiB: written into a buffer advised as huge pages
+    (huge_pages.py), the values are torch's."""
+    from functx.compile.cpu import huge_pages
+    monkeypatch.setenv("FUNCTX_CPU_BLOCK", "1")
+
+    def per_sample(w, x):
+        return functx.vmap(functx.grad(lambda w, x: torch.tanh(x @ w).sum()), in_axes=(None, 0))(w, x)
+
+    w, x = torch.randn(512, 256) * 0.05, torch.randn(64, 512)
+    jitted = functx.jit(per_sample, backend="cpu")
+    got = jitted(w, x)
+    want = torch.func.vmap(torch.func.grad(lambda w, x: torch.tanh(x @ w).sum()), in_dims=(None, 0))(w, x)
+    torch.testing.assert_close(got, want)
+    source = jitted.lower(w, x)[0].compiled.fused.source
+    assert ("_fresh((64, 512, 256)" in source or "_fresh((64, 256, 512)" in source) == \
+        (huge_pages._madvise() is not None), source
+    t = huge_pages.fresh((huge_pages.MIN_BYTES // 4,), torch.float32)
+    t.fill_(1.5)
+    assert t.sum().item() == 1.5 * t.numel()

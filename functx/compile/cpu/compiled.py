@@ -26,6 +26,7 @@ from ..compiled import Compiled
 from ..eager import EagerCompiled
 from ..fusion.compiled import FusedCompiled
 from ..small_contractions import small_contractions
+from .huge_pages import fresh, is_big
 from .cpp_ops import CppOps, header, link_flags, lowerable, prefers_blocked
 from .toolchain import CompilerUnavailable, kernel_function, load_library
 
@@ -74,8 +75,13 @@ class CppFused(FusedCompiled):
         self._nargs[plan.name] = len(ins) + len(outs)
         return ops.source((ins, outs)), ins, outs
 
+    def output_buffer(self, v):
+        if not is_big(v):
+            return None
+        return f"_fresh({tuple(v.type.shape)!r}, {v.type.dtype})"     # huge pages (huge_pages.py)
+
     def load_kernels(self, generated):
-        launchers = {"_threads": torch.get_num_threads}
+        launchers = {"_threads": torch.get_num_threads, "_fresh": fresh}
         if not generated:
             return launchers
         self.library_source = header() + "\n\n" + "\n".join(src for _, src in generated)

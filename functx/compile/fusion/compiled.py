@@ -157,6 +157,11 @@ class FusedCompiled(Compiled):
 
     pool_buffers = False        # a backend whose allocator page-faults on fresh memory sets it
 
+    def output_buffer(self, v) -> str | None:
+        """Source of the fresh buffer a kernel or matmul writes v into, or None for the
+        default (torch.empty; a matmul allocates its own result)."""
+        return None
+
     def _pool_buffers(self) -> dict:
         """var -> the global name of its buffer, a view of a slot allocated once
         (buffer_pool.py)."""
@@ -220,9 +225,12 @@ class FusedCompiled(Compiled):
                 if e.prim.multiple_results and len(e.outputs) == 1:
                     outs += ","
                 lines.append(f"    # group {i}: extern {e.prim.name}")
-                if e.outputs and e.outputs[0] in pooled:
+                out_buffer = None
+                if e.outputs and _poolable_extern(e):
+                    out_buffer = pooled.get(e.outputs[0]) or self.output_buffer(e.outputs[0])
+                if out_buffer is not None:
                     lhs, rhs, _ = matmul_sources(e, srcs)
-                    expr = f"torch.matmul({lhs}, {rhs}, out={pooled[e.outputs[0]]})"
+                    expr = f"torch.matmul({lhs}, {rhs}, out={out_buffer})"
                 else:
                     expr = emit_expr(e, srcs, glob, type(self))     # a scan's body compiles with this backend
                 lines.append(f"    {outs} = {expr}" if outs else f"    {expr}")
@@ -239,6 +247,8 @@ class FusedCompiled(Compiled):
                 t = v.type
                 if v in pooled:
                     lines.append(f"    {names[v]} = {pooled[v]}  # pooled")
+                elif self.output_buffer(v) is not None:
+                    lines.append(f"    {names[v]} = {self.output_buffer(v)}")
                 else:
                     lines.append(f"    {names[v]} = torch.empty({tuple(t.shape)!r}, dtype={t.dtype}, "
                                  f"device={str(t.device)!r})")
