@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..core import REGISTRY, Graph, Literal
-from . import eager_plan
+from . import eager_buffers, eager_plan
 from .compiled import Compiled
 from ..prims.linalg import matmul_sources
 from .codegen import compile_function, emit_expr, free_dead_names, literal_source
@@ -25,8 +25,9 @@ class PythonEmitter:
     is issued at its equation and waited for just before its result's first use, so the
     communication overlaps the equations in between."""
 
-    def __init__(self, graph: Graph, fn_name: str = "fn", optimize: bool = True):
+    def __init__(self, graph: Graph, fn_name: str = "fn", optimize: bool = True, cache_blocks: bool = True):
         self.graph = graph
+        self.cache_blocks = cache_blocks      # big temporaries from eager_buffers' block cache
         self.fn_name = fn_name
         self.names: dict = {}
         self.globals: dict = {"torch": torch, "math": math}
@@ -101,6 +102,10 @@ class PythonEmitter:
         lines += self._wait_for(list(self.pending))     # every issued collective completes here
         outs = ", ".join(self.name(a) for a in g.outvars)
         lines.append(f"    return ({outs}{',' if len(g.outvars) == 1 else ''})")
+        if self.cache_blocks and not self.symbolic and self.nans is None:
+            types = {n: v.type for v, n in self.names.items() if n.startswith("t")}
+            lines = eager_buffers.pool_lines(lines, types)
+            self.globals.update(eager_buffers.GLOBALS)
         return "\n".join(free_dead_names(lines))
 
     def _start(self, eqn, counter) -> str:
@@ -178,7 +183,7 @@ def to_python_source(graph: Graph, fn_name: str = "fn") -> str:
     """Self-contained, runnable PyTorch source for a graph: imports, then `def fn(...)` taking
     the inputs, then the constants; exec it and call fn(*inputs, *graph.consts). A primitive
     with no PyTorch spelling calls its functx impl (so functx must be importable)."""
-    emitter = PythonEmitter(graph, fn_name)
+    emitter = PythonEmitter(graph, fn_name, cache_blocks=False)
     body = emitter.emit()
     lines = ["import math", "from math import inf, nan", "import torch", "from torch import device"]
     extra = [(k, v) for k, v in emitter.globals.items() if k not in ("torch", "math")]
