@@ -296,4 +296,5 @@ def test_pooled_form_only_rewrites_single_calls_that_take_out():
     assert pooled_form("(t1 @ t2).reshape((4, 5))", "_b") is None
     assert pooled_form("torch.tanh(t1) + torch.tanh(t2)", "_b") is None
     assert pooled_form("torch.flip(t1, (0,))", "_b") is None
+    assert pooled_form("torch.where(t1, 0.0, t2)", "_b") is None     # where(out=) takes no scalars
     assert pooled_form("t1.to(torch.float64)", "_b") is None

@@ -27,7 +27,7 @@ import re
 import torch
 
 POOLABLE = frozenset(("add sub mul div neg tanh exp exp2 log log1p expm1 sin cos sigmoid sqrt rsqrt "
-                      "abs maximum minimum where pow reciprocal square addmm sum").split())
+                      "abs maximum minimum pow reciprocal square addmm sum").split())
 MIN_ELEMENTS = 1 << 16          # smaller blocks come from malloc's heap without page faults
 MAX_CACHED_BYTES = 1 << 30    # free blocks kept, in total
 
