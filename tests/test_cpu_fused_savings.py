@@ -298,3 +298,27 @@ def test_pooled_form_only_rewrites_single_calls_that_take_out():
     assert pooled_form("torch.flip(t1, (0,))", "_b") is None
     assert pooled_form("torch.where(t1, 0.0, t2)", "_b") is None     # where(out=) takes no scalars
     assert pooled_form("t1.to(torch.float64)", "_b") is None
+
+
+def test_eager_block_cache_only_where_torch_computes_the_ir_shape():
+    """vmap's unbatched operands, multiplied before a broadcast, make torch compute a smaller
+    result than the IR's (the eager code leaves broadcasts to torch): no out= there (torch
+    would warn and resize the cached block)."""
+    import warnings
+    W1, b1, W2 = torch.randn(2, 64) * 0.5, torch.randn(64) * 0.1, torch.randn(64, 1) * 0.5
+
+    def u(x):
+        return (torch.tanh(x @ W1 + b1) @ W2).squeeze(-1)
+
+    def lap(x):
+        return torch.trace(functx.hessian(u)(x))
+
+    X = torch.randn(1024, 2)
+    jitted = functx.jit(functx.vmap(lap), backend="eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = [jitted(X), jitted(X)]
+    want = torch.func.vmap(lambda x: torch.trace(torch.func.hessian(u)(x)))(X)
+    for g in got:
+        torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-4)
+    assert "_take(" in jitted.lower(X)[0].compiled.source

@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from ..core import REGISTRY, Graph, Literal
+from ..core import POINTWISE, REGISTRY, Graph, Literal
+from ..prims.util import static_broadcast_shapes
 from . import eager_buffers, eager_plan
 from .compiled import Compiled
 from ..prims.linalg import matmul_sources
@@ -28,6 +29,8 @@ class PythonEmitter:
     def __init__(self, graph: Graph, fn_name: str = "fn", optimize: bool = True, cache_blocks: bool = True):
         self.graph = graph
         self.cache_blocks = cache_blocks      # big temporaries from eager_buffers' block cache
+        self.shapes: dict = {}                # printed name -> torch's shape, where not the IR's
+        self.types: dict = {}                 # name an equation's line assigns -> its IR type
         self.fn_name = fn_name
         self.names: dict = {}
         self.globals: dict = {"torch": torch, "math": math}
@@ -72,6 +75,7 @@ class PythonEmitter:
                     self.names[out0] = src      # torch broadcasts the operand as it is
                     continue
                 self.names[out0] = f"t{counter}"
+                self.shapes[self.names[out0]] = shape
                 counter += 1
                 lines.append(f"    {self.names[out0]} = {src}.reshape({shape!r})  "
                              f"# {out0.type.with_shape(shape)}, broadcast by torch")
@@ -90,7 +94,14 @@ class PythonEmitter:
                 continue
             for v in eqn.outputs:
                 self.names[v] = f"t{counter}"
+                self.types[self.names[v]] = v.type
                 counter += 1
+            if eqn.prim.kind == POINTWISE and len(eqn.outputs) == 1 and k not in plan.addmm:
+                # operands left to torch's broadcasting may make torch's result smaller than
+                # the IR's (both operands of a product broadcast later): what torch computes
+                ins = [self.shapes.get(self.names.get(a), tuple(a.type.shape))
+                       for a in eqn.inputs if not isinstance(a, Literal)]
+                self.shapes[self.names[out0]] = static_broadcast_shapes(tuple(ins)) if ins else tuple(out0.type.shape)
             outs = ", ".join(self.names[v] for v in eqn.outputs)
             if eqn.prim.multiple_results and len(eqn.outputs) == 1:
                 outs += ","
@@ -103,7 +114,7 @@ class PythonEmitter:
         outs = ", ".join(self.name(a) for a in g.outvars)
         lines.append(f"    return ({outs}{',' if len(g.outvars) == 1 else ''})")
         if self.cache_blocks and not self.symbolic and self.nans is None:
-            types = {n: v.type for v, n in self.names.items() if n.startswith("t")}
+            types = {n: t for n, t in self.types.items() if self.shapes.get(n, tuple(t.shape)) == tuple(t.shape)}
             lines = eager_buffers.pool_lines(lines, types)
             self.globals.update(eager_buffers.GLOBALS)
         return "\n".join(free_dead_names(lines))
