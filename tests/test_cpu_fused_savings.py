@@ -262,7 +262,10 @@ def test_eager_big_temporaries_come_from_the_block_cache_and_results_stay_indepe
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
     source = jitted.lower(w1, w2, x1)[0].compiled.source
     assert "_take(" in source and "_give(" in source, source
-    assert eager_buffers._cached_bytes[0] <= eager_buffers.MAX_CACHED_BYTES
+    assert 0 < eager_buffers._cached_bytes[0] <= eager_buffers.MAX_CACHED_BYTES
+    assert eager_buffers.release_cached_blocks() > 0 and eager_buffers._cached_bytes[0] == 0
+    for got, w in zip(jitted(w1, w2, x2), second):          # the cache refills
+        torch.testing.assert_close(got, w)
 
 
 def test_eager_block_cache_under_concurrent_calls():
