@@ -325,3 +325,26 @@ def test_eager_block_cache_only_where_torch_computes_the_ir_shape():
     for g in got:
         torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-4)
     assert "_take(" in jitted.lower(X)[0].compiled.source
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_fork_during_a_build_does_not_deadlock_the_child(monkeypatch):
+    """A fork while another thread holds the compiler's lock (a build in flight): the child
+    gets fresh locks and builds its own fused tiers."""
+    from functx.compile.cpu import toolchain
+    monkeypatch.setenv("FUNCTX_CPU_BLOCK", "1")
+    with toolchain._lock:                     # as a background build would hold it
+        pid = os.fork()
+        if pid == 0:                          # the child: build and run a fused tier
+            import signal
+            signal.alarm(20)
+            try:
+                f = functx.jit(lambda x: torch.sin(x) * 2 + 1, backend="cpu")
+                x = torch.randn(16)
+                ok = torch.allclose(f(x), torch.sin(x) * 2 + 1) and \
+                    f.lower(x)[0].compiled.tier == "fused"
+            except BaseException:
+                ok = False
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

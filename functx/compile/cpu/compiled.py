@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+import weakref
 
 import torch
 
@@ -32,6 +33,22 @@ from .toolchain import CompilerUnavailable, kernel_function, load_library
 
 _building: set = set()          # threads building a fused tier
 _building_lock = threading.Lock()
+_instances: "weakref.WeakSet" = weakref.WeakSet()     # every CpuCompiled, for the fork handler
+
+
+def _after_fork_in_child():
+    """A fork copies the locks as they are, possibly held by a thread the child does not
+    have (a build in flight): fresh locks, no builds in flight. A function whose build was
+    in flight at the fork stays on its eager tier in the child (its thread never finishes
+    there), which is correct, only slower."""
+    global _building, _building_lock
+    _building, _building_lock = set(), threading.Lock()
+    for c in list(_instances):
+        c._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def hot_calls() -> int:
@@ -116,6 +133,7 @@ class CpuCompiled(Compiled):
         self.eager_calls = 0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        _instances.add(self)
         self._target = target = [self._eager_tier]
 
         def call(*inputs):
