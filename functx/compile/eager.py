@@ -31,6 +31,7 @@ class PythonEmitter:
         self.cache_blocks = cache_blocks      # big temporaries from eager_buffers' block cache
         self.shapes: dict = {}                # printed name -> torch's shape, where not the IR's
         self.types: dict = {}                 # name an equation's line assigns -> its IR type
+        self.issued = False                   # a collective issued asynchronously (start)
         self.fn_name = fn_name
         self.names: dict = {}
         self.globals: dict = {"torch": torch, "math": math}
@@ -113,7 +114,8 @@ class PythonEmitter:
         lines += self._wait_for(list(self.pending))     # every issued collective completes here
         outs = ", ".join(self.name(a) for a in g.outvars)
         lines.append(f"    return ({outs}{',' if len(g.outvars) == 1 else ''})")
-        if self.cache_blocks and not self.symbolic and self.nans is None:
+        # an issued collective reads its operand until waited for: no block goes back early
+        if self.cache_blocks and not self.symbolic and self.nans is None and not self.issued:
             types = {n: t for n, t in self.types.items() if self.shapes.get(n, tuple(t.shape)) == tuple(t.shape)}
             lines = eager_buffers.pool_lines(lines, types)
             self.globals.update(eager_buffers.GLOBALS)
@@ -124,6 +126,7 @@ class PythonEmitter:
         start, params = f"_{eqn.prim.name}_start_{n}", f"_params_{n}"
         self.globals[start], self.globals[params] = eqn.prim.start, eqn.params
         self.pending[eqn.outputs[0]] = handle = f"h{counter}"
+        self.issued = True
         srcs = ", ".join(self.name(a) for a in eqn.inputs)
         return f"    {handle} = {start}({srcs}, **{params})  # issued; waited for at first use"
 

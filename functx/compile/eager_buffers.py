@@ -15,7 +15,8 @@ is returned nor aliases anything returned, becomes
     ...                             # the last line reading tN or a view of it
     _give(_bN)
 
-Any other line is taken to return a view of what it reads (conservative: its result keeps
+Graphs with an asynchronously issued collective are left alone (it reads its operand until
+waited for). Any other line is taken to return a view of what it reads (conservative: its result keeps
 those blocks taken and, when returned, keeps them out of the cache). Concurrent calls take
 different blocks; the cache keeps at most MAX_CACHED_BYTES of free blocks.
 """
