@@ -113,7 +113,7 @@ def test_golden_programs_fuse_like_the_triton_backend():
     check(lambda x, w, b: F.layer_norm(x, (10,), w, b), X, w, b, kernels=1)
     check(lambda x, y: (x[:, None] * torch.tanh(y)[None, :]).sum(0), x, y, kernels=1)
     check(functx.vmap(functx.grad(lambda x: (torch.sin(x) * x.exp() + x * x).sum())), X, kernels=1)
-    c = check(lambda x, w: torch.relu(x @ w + 1.0).sum(-1), X, torch.randn(10, 4), kernels=1, externs=1)
+    c = check(lambda x, w: torch.relu(x @ w + 1.0).sum(-1), X, torch.randn(10, 8), kernels=1, externs=1)
     assert c.groups[0].kind == "extern" and c.groups[0].name == "dot_general"
     check(lambda x: (x.sum(0), x.amax(1)), X, kernels=2)
     check(lambda x: (x * x.sum(0)[None, :]).sum(1), torch.randn(5, 5), kernels=2)

@@ -19,17 +19,36 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+import weakref
 
 import torch
 
 from ..compiled import Compiled
 from ..eager import EagerCompiled
 from ..fusion.compiled import FusedCompiled
+from ..small_contractions import small_contractions
+from .huge_pages import fresh, is_big
 from .cpp_ops import CppOps, header, link_flags, lowerable, prefers_blocked
 from .toolchain import CompilerUnavailable, kernel_function, load_library
 
 _building: set = set()          # threads building a fused tier
 _building_lock = threading.Lock()
+_instances: "weakref.WeakSet" = weakref.WeakSet()     # every CpuCompiled, for the fork handler
+
+
+def _after_fork_in_child():
+    """A fork copies the locks as they are, possibly held by a thread the child does not
+    have (a build in flight): fresh locks, no builds in flight. A function whose build was
+    in flight at the fork stays on its eager tier in the child (its thread never finishes
+    there), which is correct, only slower."""
+    global _building, _building_lock
+    _building, _building_lock = set(), threading.Lock()
+    for c in list(_instances):
+        c._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def hot_calls() -> int:
@@ -53,11 +72,14 @@ def wait_for_fused(timeout: float | None = None) -> None:
 class CppFused(FusedCompiled):
     """An optimized graph as fused C++ kernels + a Python host wrapper (the fused tier)."""
     backend = "cpu"
+    pool_buffers = True         # malloc page-faults on fresh blocks (fusion/buffer_pool.py)
 
     def __init__(self, graph):
         self._nargs: dict = {}
         self.library_source = ""
         self.compiled_now = False        # False: the library came from the disk or memory cache
+        self.rewrites: list[str] = []    # small_contractions' notes, for explain
+        graph = small_contractions(graph, self.rewrites)
         super().__init__(graph, persistent_max=-1)       # C++ loops over every row: no blocks
 
     def lowerable(self, eqn):
@@ -75,8 +97,13 @@ class CppFused(FusedCompiled):
                                   ["double" if isinstance(e, tuple) else "int64_t" for e in plan.size_args])
         return source, ins, outs
 
+    def output_buffer(self, v):
+        if not is_big(v):
+            return None
+        return f"_fresh({tuple(v.type.shape)!r}, {v.type.dtype})"     # huge pages (huge_pages.py)
+
     def load_kernels(self, generated):
-        launchers = {"_threads": torch.get_num_threads}
+        launchers = {"_threads": torch.get_num_threads, "_fresh": fresh}
         if not generated:
             return launchers
         self.library_source = header() + "\n\n" + "\n".join(src for _, src in generated)
@@ -92,7 +119,12 @@ class CppFused(FusedCompiled):
 
     def report_header(self):
         cache = "compiled now" if self.compiled_now else "from the kernel cache"
-        return f"fused tier: C++ kernels, one shared library ({cache})"
+        lines = [f"fused tier: C++ kernels, one shared library ({cache})"]
+        if self.rewrites:
+            lines.append(f"fused-tier pass small_contractions: {len(self.rewrites)} product(s) over tiny dims "
+                         "became fused multiply-adds (functx/compile/small_contractions.py):")
+            lines += [f"  {n}" for n in self.rewrites]
+        return "\n".join(lines)
 
 
 class CpuCompiled(Compiled):
@@ -108,6 +140,7 @@ class CpuCompiled(Compiled):
         self.eager_calls = 0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        _instances.add(self)
         self._target = target = [self._eager_tier]
 
         def call(*inputs):

@@ -31,6 +31,17 @@ _libraries: dict = {}
 _lock = threading.Lock()
 
 
+def _reset_lock_in_child():
+    """A fork (DataLoader workers) while another thread compiles would copy this lock held
+    by a thread the child does not have: every build in the child would wait forever."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
 class CompilerUnavailable(RuntimeError):
     """No working C++ compiler: the CPU backend stays on its eager tier."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 
 import torch
 
@@ -21,9 +22,32 @@ from ..compiled import Compiled
 from ..loops import loop_report
 from ..nan_checks import CompiledNaNChecks
 from ..symbolic import SYMBOL_FUNCTIONS, check_printable, graph_symbols, symbol_bindings
+from ...prims.linalg import matmul_layout, matmul_sources
+from .buffer_pool import assign_slots
 from .kernel import is_inlined
 from .scheduler import Schedule, describe_space
 from .torch_ops import TorchOps
+
+
+def _poolable_extern(e) -> bool:
+    """A matmul printed as one torch.matmul (no reshape of its result) can write `out=`."""
+    if e.prim.name != "dot_general" or not e.outputs[0].type.dtype.is_floating_point:
+        return False
+    x, y = e.inputs
+    return matmul_layout(tuple(x.type.shape), tuple(y.type.shape), e.params["dimension_numbers"])[2] is None
+
+
+def _guarded(pooled, fresh):
+    lock = threading.Lock()
+
+    def call(*inputs):
+        if lock.acquire(False):
+            try:
+                return pooled(*inputs)
+            finally:
+                lock.release()
+        return fresh(*inputs)
+    return call
 
 
 class GroupInfo:
@@ -121,12 +145,20 @@ class FusedCompiled(Compiled):
             self.kernels.append(src)
             self.groups.append(GroupInfo(i, "kernel", plan.name, eqns, outs, describe_space(plan), source=src))
         self._launchers = {**self.load_kernels(generated), **templates}
-        self.source, self._globals = self._wrapper()
+        # slots have one size: a symbolic graph allocates per call
+        self.pooled = self._pool_buffers() if self.pool_buffers and not self.symbolic else {}
+        self.source, self._globals = self._wrapper(self.pooled)
         if self.symbolic:       # every size the wrapper prints must evaluate to the traced one
             check_printable(g, self._globals)
             check_size_sources(g, self._size_sources, self._globals)
         self.call = compile_function(self.source, "call", self._globals, g.consts,
                                      f"<functx.jit {self.backend} {id(self):x}>")
+        if self.pooled:
+            # a call that finds the pool in use (another thread) allocates its own buffers
+            fresh_source, _ = self._wrapper({}, self._globals, name="call_fresh")
+            fresh = compile_function(fresh_source, "call_fresh", self._globals, g.consts,
+                                     f"<functx.jit {self.backend} {id(self):x} fresh>")
+            self.call = _guarded(self.call, fresh)
         self._why: list | None = None
 
     # ------------------------------------------------------------ backend hooks
@@ -162,12 +194,35 @@ class FusedCompiled(Compiled):
         self._size_sources.append((text, size))
         return text
 
+    pool_buffers = False        # a backend whose allocator page-faults on fresh memory sets it
+
+    def output_buffer(self, v) -> str | None:
+        """Source of the fresh buffer a kernel or matmul writes v into, or None for the
+        default (torch.empty; a matmul allocates its own result)."""
+        return None
+
+    def _pool_buffers(self) -> dict:
+        """var -> the global name of its buffer, a view of a slot allocated once
+        (buffer_pool.py)."""
+        slot_of, slots = assign_slots(self.schedule, _poolable_extern)
+        self._pool = [torch.empty(n, dtype=dtype, device=device) for n, dtype, device in slots]
+        self._pool_views = {}
+        out = {}
+        for v, k in slot_of.items():
+            name = f"_slot{k}_{self.names[v]}"
+            self._pool_views[name] = self._pool[k].view(tuple(v.type.shape))
+            out[v] = name
+        return out
+
     # ------------------------------------------------------------ host wrapper
-    def _wrapper(self):
+    def _wrapper(self, pooled, glob=None, name="call"):
+        """The host wrapper's source and globals; pooled: var -> the global name of the
+        pooled buffer it is written into (empty: every buffer is allocated per call)."""
         g, names, sched = self.graph, self.names, self.schedule
-        glob = {"torch": torch, "math": math, **self._launchers}
+        if glob is None:
+            glob = {"torch": torch, "math": math, **self._launchers, **getattr(self, "_pool_views", {})}
         args = [names[v] for v in list(g.invars) + list(g.constvars)]
-        lines = [f"def call({', '.join(args)}):"]
+        lines = [f"def {name}({', '.join(args)}):"]
         if self.symbolic:
             glob.update(SYMBOL_FUNCTIONS)
             lines += [f"    {sym} = {names[g.invars[i]]}.shape[{d}]" for sym, i, d in symbol_bindings(g)]
@@ -212,7 +267,14 @@ class FusedCompiled(Compiled):
                 if e.prim.multiple_results and len(e.outputs) == 1:
                     outs += ","
                 lines.append(f"    # group {i}: extern {e.prim.name}")
-                expr = emit_expr(e, srcs, glob, type(self))     # a scan's body compiles with this backend
+                out_buffer = None
+                if e.outputs and _poolable_extern(e):
+                    out_buffer = pooled.get(e.outputs[0]) or self.output_buffer(e.outputs[0])
+                if out_buffer is not None:
+                    lhs, rhs, _ = matmul_sources(e, srcs)
+                    expr = f"torch.matmul({lhs}, {rhs}, out={out_buffer})"
+                else:
+                    expr = emit_expr(e, srcs, glob, type(self))     # a scan's body compiles with this backend
                 lines.append(f"    {outs} = {expr}" if outs else f"    {expr}")
                 self._check_line(lines, glob, [names[v] for v in e.outputs if v.type.dtype.is_floating_point])
                 for v in e.outputs:
@@ -225,8 +287,13 @@ class FusedCompiled(Compiled):
             lines.append(f"    # group {i}: {info.space}")
             for v in plan.stored:
                 t = v.type
-                lines.append(f"    {names[v]} = torch.empty({tuple(t.shape)!r}, dtype={t.dtype}, "
-                             f"device={str(t.device)!r})")
+                if v in pooled:
+                    lines.append(f"    {names[v]} = {pooled[v]}  # pooled")
+                elif self.output_buffer(v) is not None:
+                    lines.append(f"    {names[v]} = {self.output_buffer(v)}")
+                else:
+                    lines.append(f"    {names[v]} = torch.empty({tuple(t.shape)!r}, dtype={t.dtype}, "
+                                 f"device={str(t.device)!r})")
                 have.add(v)
             lines.append(f"    {self.launch_source(plan, ins, outs)}")
             self._check_line(lines, glob, [names[v] for v in plan.stored if v.type.dtype.is_floating_point])

@@ -135,6 +135,7 @@ class KernelPlan:
 
         self.stage_of = {id(e): level(e.inputs[0]) for e in self.reductions}
         self.nstages = max(self.stage_of.values(), default=-1) + 1
+        self.level = level
 
     def _store_layouts(self):
         """Each stored var gets an index into its shape: an x-space value (one per row)
@@ -159,12 +160,20 @@ class KernelPlan:
     # ------------------------------------------------------------ driving a handler
     def run(self, ops):
         lw = Lowering(self, ops)
+        # An (x, r)-space output is stored in the pass over the rows of the first stage that
+        # can compute it (its level: the in-kernel reductions it reads come from earlier
+        # stages), so a column reduction and the product it also writes (a bias gradient and
+        # the layer's cotangent) read their operands once; only outputs that read the last
+        # stage's reductions take a pass of their own.
         xr_stores = [s for s in self.store_plan if s[1] == "xr"]
         for k in range(self.nstages):
             with lw.scope(ops.rloop() if not self.persistent else contextlib.nullcontext()):
                 for e in self.reductions:
                     if self.stage_of[id(e)] == k:
                         lw.reduce(e)
+                for v, _, idx in [s for s in xr_stores if self.level(s[0]) == k]:
+                    ops.store(self.buffers[v], flatten(idx, v.type.shape), lw.value(v, idx), v.type.dtype)
+        xr_stores = [s for s in xr_stores if self.level(s[0]) >= self.nstages]
         if xr_stores:
             with lw.scope(ops.rloop() if self.reductions and not self.persistent
                           else contextlib.nullcontext()):
