@@ -49,14 +49,16 @@ _RESHAPE = re.compile(r"^(t\d+)\.reshape\(\([\d, ]*\)\)$")
 
 class Candidate:
     """A line whose result is a new buffer. prefix: the call without its closing
-    parenthesis, so `prefix + ', out=NAME)'` writes into NAME; operands: (name, shape,
-    dtype) of each operand the result may overwrite in place (none for a matmul, whose
-    out= must not alias an operand)."""
-    __slots__ = ("out", "shape", "dtype", "nbytes", "prefix", "operands", "comment")
+    parenthesis, so `prefix + ', out=NAME)' + suffix` writes into NAME; operands: (name,
+    shape, dtype) of each operand the result may overwrite in place (none for a matmul,
+    whose out= must not alias an operand). call_shape: the shape the call itself returns
+    when a suffix (a matmul's `.reshape(...)`, a view) makes `shape` of it."""
+    __slots__ = ("out", "shape", "dtype", "nbytes", "prefix", "operands", "comment", "suffix", "call_shape")
 
-    def __init__(self, out, shape, dtype, nbytes, prefix, operands, comment):
+    def __init__(self, out, shape, dtype, nbytes, prefix, operands, comment, suffix="", call_shape=None):
         self.out, self.shape, self.dtype, self.nbytes = out, tuple(shape), dtype, nbytes
         self.prefix, self.operands, self.comment = prefix, operands, comment
+        self.suffix, self.call_shape = suffix, tuple(shape if call_shape is None else call_shape)
 
 
 def call_prefix(expr: str, tensor_operands: bool):
@@ -139,11 +141,11 @@ def reuse_buffers(lines: list, candidates: dict, min_bytes: int | None = None):
                     used.add(buf)
                     how = f"into {buf}'s dead buffer"
                     # a reshape of a dense buffer is a view (were it to copy, out= fills the copy)
-                    target = buf if shape == c.shape else f"{buf}.reshape({c.shape!r})"
+                    target = buf if shape == c.call_shape else f"{buf}.reshape({c.call_shape!r})"
                     break
         if target is None:
             continue
-        out[i] = f"    {c.out} = {c.prefix}, out={target})  # {c.comment}, {how}"
+        out[i] = f"    {c.out} = {c.prefix}, out={target}){c.suffix}  # {c.comment}, {how}"
         rewrites += 1
     return out, rewrites
 

@@ -131,9 +131,18 @@ class PythonEmitter:
         nbytes = t.numel * t.dtype.itemsize
         if eqn.prim.name == "dot_general" and k not in self.plan.addmm:
             lhs, rhs, out_shape = matmul_sources(eqn, [self.name(a) for a in eqn.inputs])
-            if out_shape is not None or expr != f"{lhs} @ {rhs}":
+            if out_shape is None and expr == f"{lhs} @ {rhs}":
+                prefix, operands = f"torch.matmul({lhs}, {rhs}", []
+            elif out_shape is not None and expr == f"({lhs} @ {rhs}).reshape({out_shape!r})":
+                # the product's own shape, which the reshape views as the result's
+                call_shape = _matmul_shape(eqn)
+                if call_shape is None:
+                    return None
+                return buffer_reuse.Candidate(self.names[out], t.shape, t.dtype, nbytes,
+                                              f"torch.matmul({lhs}, {rhs}", [], types,
+                                              suffix=f".reshape({out_shape!r})", call_shape=call_shape)
+            else:
                 return None
-            prefix, operands = f"torch.matmul({lhs}, {rhs}", []
         else:
             tensors = all(not isinstance(a, Literal) for a in eqn.inputs)
             prefix = buffer_reuse.call_prefix(expr, tensors)
@@ -168,6 +177,18 @@ class PythonEmitter:
         dot = self.graph.eqns[j]
         lhs, rhs, _ = matmul_sources(dot, [self.name(a) for a in dot.inputs])
         return f"torch.addmm({self.name(eqn.inputs[bias_pos])}, {lhs}, {rhs})"
+
+
+def _matmul_shape(eqn):
+    """The shape of the matmul matmul_sources prints for a dot_general (before its reshape):
+    the batch dims, then the lhs's free elements as one dim and the rhs's as one (None when
+    the dot has another form)."""
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    a, b = eqn.inputs
+    batch = [a.type.shape[i] for i in lb]
+    m = math.prod(n for i, n in enumerate(a.type.shape) if i not in lc and i not in lb)
+    n = math.prod(n for i, n in enumerate(b.type.shape) if i not in rc and i not in rb)
+    return tuple(batch) + (m, n)
 
 
 def _issue_early(eqns) -> list:
