@@ -61,13 +61,24 @@ def test_stop_gradient_alias_keeps_its_buffer():
     torch.testing.assert_close(functx.jit(f)(x), f(x))
 
 
-def test_repeated_calls_do_not_share_buffers():
+def test_repeated_calls_do_not_share_returned_buffers():
     f = functx.jit(mlp_like)
     x, w = torch.randn(N, N), torch.randn(N, N) / 16
     first = f(x, w)
     kept = first.clone()
-    f(x * 2, w)
+    torch.testing.assert_close(f(x * 2, w), mlp_like(x * 2, w))
     torch.testing.assert_close(first, kept)
+
+
+def test_buffers_kept_between_calls_and_released():
+    f = functx.jit(mlp_like)
+    x, w = torch.randn(N, N), torch.randn(N, N) / 16
+    assert "_keep.pop(" in source(mlp_like, x, w)
+    f(x, w)
+    assert functx.compile.release_buffers() >= N * N * 4       # what the call left for the next
+    assert functx.compile.release_buffers() == 0
+    for k in range(3):        # allocated afresh, then taken from the kept ones: same values
+        torch.testing.assert_close(f(x + k, w), mlp_like(x + k, w))
 
 
 def test_torch_autograd_through_the_call_uses_the_plain_function():
@@ -130,6 +141,6 @@ def test_dead_buffer_of_another_shape_is_reshaped():
              4: buffer_reuse.Candidate("t3", (4096,), torch.float32, 1, "torch.exp(t2", [], "f32[4096]"),
              5: buffer_reuse.Candidate("t4", (4096,), torch.float32, 1, "torch.exp(t3", [("t3", (4096,), torch.float32)],
                                        "f32[4096]")}
-    out, n = buffer_reuse.reuse_buffers(lines, cands, min_bytes=0)
+    out, n = buffer_reuse.reuse_buffers(lines, cands, min_bytes=0, keep=False)
     assert n == 1 and out[4].startswith("    t3 = torch.exp(t2, out=t0.reshape((4096,)))")
     assert out[5] == lines[5]         # returned: made as torch makes it, not in place

@@ -12,13 +12,20 @@ their buffers; this does the same at the level of the generated code, as Inducto
     dtype) dies at this line and nothing else aliases its storage;
   - pooled: `torch.matmul(t3, a2, out=t7)` when t7's storage died at an earlier line and
     has the result's dtype and number of elements (the most recently dead one; reshaped to
-    the result's shape when it differs).
+    the result's shape when it differs);
+  - kept between calls: what still needs a new buffer takes the one the previous call
+    left in the function's `_keep` (`out=_keep.pop(3, None)`: None, the first time, makes
+    torch allocate), and the buffer goes back there after its last read. So a jitted
+    function holds its large temporaries while it is alive, as a caching allocator does
+    (at most its peak of them; `functx.compile.release_buffers()` frees them all).
 
 Aliasing is tracked by storage: a temporary made by one of the calls below owns a new
 buffer (its root); every other line (views, reshapes, stop_gradient's plain name, loop
 calls) is taken to alias everything it reads. A buffer is dead once no alias of it is read
-again and none is returned. Only results of at least MIN_BYTES are rewritten: smaller
-blocks come from malloc's heap without faults.
+again and none is returned; returned results are made as torch makes them (their layout
+too). Only results of at least MIN_BYTES are rewritten: smaller blocks come from malloc's
+heap without faults. Graphs with effects (a callback may keep a value it is handed) or
+collectives are left as they are.
 
 out= does not record torch autograd and in-place writes would invalidate what autograd
 saved, so a function with rewrites keeps the plain version beside it and calls that when
@@ -28,10 +35,39 @@ torch.func wrapper): see `ARGUMENT_CHECK`.
 from __future__ import annotations
 
 import re
+import weakref
 
 import torch
 
 MIN_BYTES = 128 * 1024
+# the large buffers a call still allocates are kept for the function's next call
+KEEP_BETWEEN_CALLS = True
+
+
+class KeptBuffers(dict):
+    """One generated function's buffers kept between calls (key -> tensor). A call pops a
+    buffer when it needs it and puts it back when it is dead; dict.pop is atomic, so
+    concurrent calls never share one (the second allocates its own)."""
+
+
+_ALL_KEPT: weakref.WeakValueDictionary = weakref.WeakValueDictionary()     # id -> KeptBuffers
+
+
+def kept_buffers() -> KeptBuffers:
+    d = KeptBuffers()
+    _ALL_KEPT[id(d)] = d
+    return d
+
+
+def release_buffers() -> int:
+    """Free the buffers every jitted function (eager backend) keeps between calls; returns
+    the bytes released. Their next call allocates afresh (and keeps again)."""
+    n = 0
+    for d in list(_ALL_KEPT.values()):
+        for t in list(d.values()):
+            n += t.untyped_storage().nbytes()
+        d.clear()
+    return n
 
 # torch functions the emit rules print for pointwise primitives (and torch.addmm for the
 # eager plan's add(dot, b)): each returns a new dense tensor and takes out=; where only
@@ -86,10 +122,13 @@ def _parse(line):
     return [], _TEMP.findall(code), code
 
 
-def reuse_buffers(lines: list, candidates: dict, min_bytes: int | None = None):
+def reuse_buffers(lines: list, candidates: dict, min_bytes: int | None = None, keep: bool | None = None):
     """Rewrite candidate lines (index -> Candidate) of straight-line generated source (def
-    line, statements, return line) to write into dead buffers -> (lines, rewrites)."""
+    line, statements, return line) to write into dead buffers -> (lines, rewrites). With
+    keep, the large buffers this call still allocates come from the dict `_keep` of the
+    generated function's globals, where each is put back when it dies."""
     min_bytes = MIN_BYTES if min_bytes is None else min_bytes
+    keep = KEEP_BETWEEN_CALLS if keep is None else keep
     roots: dict = {}          # name -> the buffers (root names) its storage may belong to
     reshape_of: dict = {}     # name -> the name it is a .reshape of
     last: dict = {}           # root -> the last line reading any alias of it
@@ -115,6 +154,8 @@ def reuse_buffers(lines: list, candidates: dict, min_bytes: int | None = None):
     shape_of = {c.out: (c.shape, c.dtype) for c in candidates.values()}
     pool: list = []             # buffers dead before the current line, oldest first
     used: set = set()
+    storage: dict = {}          # root -> the kept buffer (an int key of _keep) it lives in
+    births: dict = {}           # key -> the shape its call writes
     rewrites = 0
     out = list(lines)
     for i in sorted(candidates):
@@ -132,6 +173,8 @@ def reuse_buffers(lines: list, candidates: dict, min_bytes: int | None = None):
                     and last.get(root) == i and root not in used and _reads_only(lines[i], name, root, roots)):
                 target, how = name, "in place"
                 used.add(root)
+                if root in storage:
+                    storage[c.out] = storage[root]
                 break
         if target is None:
             for k in range(len(pool) - 1, -1, -1):
@@ -139,14 +182,29 @@ def reuse_buffers(lines: list, candidates: dict, min_bytes: int | None = None):
                 if dtype == c.dtype and _numel(shape) == _numel(c.shape):
                     buf = pool.pop(k)
                     used.add(buf)
+                    if buf in storage:
+                        storage[c.out] = storage[buf]
                     how = f"into {buf}'s dead buffer"
                     # a reshape of a dense buffer is a view (were it to copy, out= fills the copy)
                     target = buf if shape == c.call_shape else f"{buf}.reshape({c.call_shape!r})"
                     break
         if target is None:
-            continue
+            if not keep:
+                continue
+            key = storage[c.out] = len(births)
+            births[key] = c.call_shape
+            target, how = f"_keep.pop({key}, None)", "a buffer kept from the last call"
         out[i] = f"    {c.out} = {c.prefix}, out={target}){c.suffix}  # {c.comment}, {how}"
         rewrites += 1
+    # each kept buffer goes back to _keep after the last read of the last value living in it
+    put_back: dict = {}
+    for r, key in storage.items():
+        if r not in used and last.get(r, len(lines)) < len(lines):
+            shape = shape_of[r][0]
+            src = r if shape == births[key] else f"{r}.reshape({births[key]!r})"
+            put_back.setdefault(last[r], []).append(f"    _keep[{key}] = {src}  # for the next call")
+    if put_back:
+        out = [x for i, line in enumerate(out) for x in [line] + put_back.get(i, [])]
     return out, rewrites
 
 

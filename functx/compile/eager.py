@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..core import POINTWISE, REGISTRY, Graph, Literal
+from ..core import POINTWISE, REGISTRY, Graph, Literal, has_effects
 from . import eager_plan
 from .compiled import Compiled
 from ..prims.linalg import matmul_sources
@@ -37,7 +37,9 @@ class PythonEmitter:
             self.globals.update(SYMBOL_FUNCTIONS)
         # buffer_reuse: large results written into dead temporaries (not with symbolic sizes,
         # nor with collectives, whose handles hold buffers the source does not name)
-        self.reuse = reuse and optimize and not self.symbolic and all(e.prim.start is None for e in graph.eqns)
+        # nor with effects (a callback may hold on to a value it was handed)
+        self.reuse = (reuse and optimize and not self.symbolic and all(e.prim.start is None for e in graph.eqns)
+                      and not any(has_effects(e) for e in graph.eqns))
         self.candidates: dict = {}
         self.rewrites = 0
         self.nans = None
@@ -119,6 +121,7 @@ class PythonEmitter:
             return plain
         # the plain function serves calls that torch autograd records (buffer_reuse.py)
         self.globals["_plain_tensors"] = buffer_reuse.plain_tensors
+        self.globals["_keep"] = buffer_reuse.kept_buffers()       # kept between calls
         plain_name = f"{self.fn_name}_plain"
         check = buffer_reuse.ARGUMENT_CHECK.format(args=", ".join(args), plain=plain_name)
         plain = plain.replace(f"def {self.fn_name}(", f"def {plain_name}(", 1)
