@@ -37,9 +37,11 @@ class PythonEmitter:
             self.globals.update(SYMBOL_FUNCTIONS)
         # buffer_reuse: large results written into dead temporaries (not with symbolic sizes,
         # nor with collectives, whose handles hold buffers the source does not name)
-        # nor with effects (a callback may hold on to a value it was handed)
+        # nor with effects (a callback may hold on to a value it was handed); CPU graphs only
+        # (the page faults it avoids are malloc's: torch's CUDA allocator caches its blocks)
         self.reuse = (reuse and optimize and not self.symbolic and all(e.prim.start is None for e in graph.eqns)
-                      and not any(has_effects(e) for e in graph.eqns))
+                      and not any(has_effects(e) for e in graph.eqns)
+                      and all(torch.device(v.type.device).type == "cpu" for e in graph.eqns for v in e.outputs))
         self.candidates: dict = {}
         self.rewrites = 0
         self.nans = None
