@@ -16,8 +16,12 @@ their buffers; this does the same at the level of the generated code, as Inducto
   - kept between calls: what still needs a new buffer takes the one the previous call
     left in the function's `_keep` (`out=_keep.pop(3, None)`: None, the first time, makes
     torch allocate), and the buffer goes back there after its last read. So a jitted
-    function holds its large temporaries while it is alive, as a caching allocator does
-    (at most its peak of them; `functx.compile.release_buffers()` frees them all).
+    function holds its large temporaries while it is alive, as a caching allocator does:
+    the largest first, as long as the call's estimated memory (every line's new tensors,
+    from its line to its last read) stays within KEEP_SLACK of its peak without keeping
+    (`functx.compile.release_buffers()` frees them all). The estimate does not see the
+    copies torch makes inside an expression (a reshape of a transposed view), so the
+    measured peak can rise more: +25% for a jitted jacfwd(jacrev) Hessian trace at d = 64.
 
 Aliasing is tracked by storage: a temporary made by one of the calls below owns a new
 buffer (its root); every other line (views, reshapes, stop_gradient's plain name, loop
@@ -40,8 +44,10 @@ import weakref
 import torch
 
 MIN_BYTES = 128 * 1024
-# the large buffers a call still allocates are kept for the function's next call
+# the large buffers a call still allocates are kept for the function's next call, as long
+# as the call's large buffers then take at most KEEP_SLACK times their peak without keeping
 KEEP_BETWEEN_CALLS = True
+KEEP_SLACK = 1.05
 
 
 class KeptBuffers(dict):
@@ -122,11 +128,14 @@ def _parse(line):
     return [], _TEMP.findall(code), code
 
 
-def reuse_buffers(lines: list, candidates: dict, min_bytes: int | None = None, keep: bool | None = None):
+def reuse_buffers(lines: list, candidates: dict, min_bytes: int | None = None, keep: bool | None = None,
+                  allocs: dict | None = None):
     """Rewrite candidate lines (index -> Candidate) of straight-line generated source (def
     line, statements, return line) to write into dead buffers -> (lines, rewrites). With
     keep, the large buffers this call still allocates come from the dict `_keep` of the
-    generated function's globals, where each is put back when it dies."""
+    generated function's globals, where each is put back when it dies, as long as the
+    call's memory stays within KEEP_SLACK of its peak; allocs (line -> bytes of the new
+    tensors it makes, views excluded) is what the other lines allocate, for that estimate."""
     min_bytes = MIN_BYTES if min_bytes is None else min_bytes
     keep = KEEP_BETWEEN_CALLS if keep is None else keep
     roots: dict = {}          # name -> the buffers (root names) its storage may belong to
@@ -154,8 +163,8 @@ def reuse_buffers(lines: list, candidates: dict, min_bytes: int | None = None, k
     shape_of = {c.out: (c.shape, c.dtype) for c in candidates.values()}
     pool: list = []             # buffers dead before the current line, oldest first
     used: set = set()
-    storage: dict = {}          # root -> the kept buffer (an int key of _keep) it lives in
-    births: dict = {}           # key -> the shape its call writes
+    storage: dict = {}          # root -> the new buffer (a key) it lives in
+    births: dict = {}           # key -> the line that allocates it
     rewrites = 0
     out = list(lines)
     for i in sorted(candidates):
@@ -189,23 +198,94 @@ def reuse_buffers(lines: list, candidates: dict, min_bytes: int | None = None, k
                     target = buf if shape == c.call_shape else f"{buf}.reshape({c.call_shape!r})"
                     break
         if target is None:
-            if not keep:
-                continue
-            key = storage[c.out] = len(births)
-            births[key] = c.call_shape
-            target, how = f"_keep.pop({key}, None)", "a buffer kept from the last call"
+            key = storage[c.out] = len(births)       # a new buffer
+            births[key] = i
+            continue
         out[i] = f"    {c.out} = {c.prefix}, out={target}){c.suffix}  # {c.comment}, {how}"
         rewrites += 1
-    # each kept buffer goes back to _keep after the last read of the last value living in it
+    if not keep or not births:
+        return out, rewrites
+    # a buffer dies after the last read of the last value living in it
+    deaths = {key: last.get(r, len(lines)) for r, key in storage.items() if r not in used}
+    # what the other lines hold: all but the new buffers above and the rewritten lines
+    rewritten = {i for i in candidates if out[i] is not lines[i]}
+    base = _other_allocations(lines, allocs or {}, rewritten | set(births.values()))
+    kept = _kept_between_calls(births, deaths, {k: candidates[i].nbytes for k, i in births.items()}, len(lines),
+                               base)
     put_back: dict = {}
+    for key in kept:
+        i = births[key]
+        c = candidates[i]
+        out[i] = (f"    {c.out} = {c.prefix}, out=_keep.pop({key}, None)){c.suffix}  # {c.comment}, "
+                  "a buffer kept from the last call")
+        rewrites += 1
     for r, key in storage.items():
-        if r not in used and last.get(r, len(lines)) < len(lines):
-            shape = shape_of[r][0]
-            src = r if shape == births[key] else f"{r}.reshape({births[key]!r})"
-            put_back.setdefault(last[r], []).append(f"    _keep[{key}] = {src}  # for the next call")
+        if key in kept and r not in used:
+            shape, call_shape = shape_of[r][0], candidates[births[key]].call_shape
+            src = r if shape == call_shape else f"{r}.reshape({call_shape!r})"
+            put_back.setdefault(deaths[key], []).append(f"    _keep[{key}] = {src}  # for the next call")
     if put_back:
         out = [x for i, line in enumerate(out) for x in [line] + put_back.get(i, [])]
     return out, rewrites
+
+
+def _other_allocations(lines, allocs, candidate_lines):
+    """line -> bytes held at that line by the tensors of non-candidate lines (each from its
+    line to the last read of a value derived from it; returned ones to the end). An
+    estimate for the keep decision only, never for correctness: a line that is not in
+    allocs is taken to be a view of what it reads."""
+    end = len(lines)
+    roots: dict = {}
+    last: dict = {}
+    for i, line in enumerate(lines[1:-1], 1):
+        defined, read, _ = _parse(line)
+        for n in read:
+            for r in roots.get(n, ()):
+                last[r] = i
+        if i in allocs and i not in candidate_lines and defined:
+            for d in defined:
+                roots[d] = {i}
+            last.setdefault(i, i)
+        else:
+            alias = set().union(*(roots.get(n, ()) for n in read)) if read else set()
+            for d in defined:
+                roots[d] = alias
+    for n in _TEMP.findall(lines[-1]):
+        for r in roots.get(n, ()):
+            last[r] = end
+    return _profile(end, [(i, j, allocs[i]) for i, j in last.items()])
+
+
+def _profile(end, intervals, base=None):
+    """Bytes held at each line 0..end: base plus each (first, last, bytes) interval."""
+    diff = [0] * (end + 2)
+    for i, j, n in intervals:
+        diff[i] += n
+        diff[min(j, end) + 1] -= n
+    held, acc = [], 0
+    for t in range(end + 1):
+        acc += diff[t]
+        held.append(acc + (base[t] if base else 0))
+    return held
+
+
+def _kept_between_calls(births, deaths, nbytes, end, base):
+    """The new buffers to keep for the next call: largest first, each while the call's
+    memory (these buffers plus `base`, what the other lines hold) stays within KEEP_SLACK
+    times its peak without keeping (the kept ones count for the whole call: they wait in
+    _keep before their first write and after their last read)."""
+    keys = [k for k in births if deaths.get(k, end) < end]
+
+    def live_peak(excluded):
+        return max(_profile(end, [(births[k], deaths.get(k, end), nbytes[k]) for k in births if k not in excluded],
+                            base))
+    peak = live_peak(set())
+    kept: set = set()
+    for k in sorted(keys, key=lambda k: -nbytes[k]):
+        trial = kept | {k}
+        if sum(nbytes[j] for j in trial) + live_peak(trial) <= KEEP_SLACK * peak:
+            kept = trial
+    return kept
 
 
 def _numel(shape):

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..core import POINTWISE, REGISTRY, Graph, Literal, has_effects
+from ..core import POINTWISE, REGISTRY, VIEW, Graph, Literal, has_effects
 from . import eager_plan
 from .compiled import Compiled
 from ..prims.linalg import matmul_sources
@@ -43,6 +43,7 @@ class PythonEmitter:
                       and not any(has_effects(e) for e in graph.eqns)
                       and all(torch.device(v.type.device).type == "cpu" for e in graph.eqns for v in e.outputs))
         self.candidates: dict = {}
+        self.allocs: dict = {}
         self.rewrites = 0
         self.nans = None
         if graph.meta.check_nans:       # traced under debug_nans: check every output
@@ -108,6 +109,9 @@ class PythonEmitter:
                 cand = self._candidate(eqn, k, expr, types)
                 if cand is not None:
                     self.candidates[len(lines)] = cand
+            if self.reuse and eqn.prim.kind != VIEW and expr not in self.names.values():
+                # what this line allocates (an estimate for buffer_reuse's keep decision)
+                self.allocs[len(lines)] = sum(_nbytes(v.type) for v in eqn.outputs)
             lines.append(f"    {outs} = {expr}  # {types}")
             check = self.nans and self.nans.emit_eqn_check(k, eqn, [self.names[v] for v in eqn.outputs])
             if check:
@@ -118,7 +122,7 @@ class PythonEmitter:
         plain = "\n".join(free_dead_names(lines))
         if not self.candidates:
             return plain
-        reused, self.rewrites = buffer_reuse.reuse_buffers(lines, self.candidates)
+        reused, self.rewrites = buffer_reuse.reuse_buffers(lines, self.candidates, allocs=self.allocs)
         if not self.rewrites:
             return plain
         # the plain function serves calls that torch autograd records (buffer_reuse.py)
@@ -182,6 +186,13 @@ class PythonEmitter:
         dot = self.graph.eqns[j]
         lhs, rhs, _ = matmul_sources(dot, [self.name(a) for a in dot.inputs])
         return f"torch.addmm({self.name(eqn.inputs[bias_pos])}, {lhs}, {rhs})"
+
+
+def _nbytes(t) -> int:
+    try:
+        return int(t.numel) * t.dtype.itemsize
+    except (TypeError, AttributeError):
+        return 0
 
 
 def _matmul_shape(eqn):
