@@ -144,3 +144,23 @@ def test_dead_buffer_of_another_shape_is_reshaped():
     out, n = buffer_reuse.reuse_buffers(lines, cands, min_bytes=0, keep=False)
     assert n == 1 and out[4].startswith("    t3 = torch.exp(t2, out=t0.reshape((4096,)))")
     assert out[5] == lines[5]         # returned: made as torch makes it, not in place
+
+
+def test_concurrent_calls_get_their_own_buffers():
+    import threading
+    f = functx.jit(mlp_like)
+    w = torch.randn(N, N) / 16
+    xs = [torch.randn(N, N) for _ in range(4)]
+    f(xs[0], w)                           # compiled, buffers kept
+    results = {}
+
+    def run(k):
+        for _ in range(5):
+            results[k] = f(xs[k], w)
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(4):
+        torch.testing.assert_close(results[k], mlp_like(xs[k], w))
