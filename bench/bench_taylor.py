@@ -7,12 +7,15 @@ gradient of the exact score-matching loss, functx.divergence against vmap(trace(
     python bench/bench_taylor.py --quick          # small sizes, few repeats
     python bench/bench_taylor.py --points 256 --dims 16 64
     python bench/bench_taylor.py --only score     # the score-matching loss gradient alone
+    python bench/bench_taylor.py --cpu-time       # CPU time instead of wall time (a loaded machine)
 
 Models: u(x) = MLP d-64-64-64-1 with tanh, float32, per point (vmap over the points); the
 score s(x) = MLP d-64-64-64-d, loss(params) = mean over the points of 0.5 |s(x)|^2 + div s(x)
 (Hyvarinen's exact score matching), differentiated in the parameters.
-"no fold_identity": the same jitted function compiled without the fold_identity_dots pass
-(before/after of that pass). functx.jit(cpu) is backend="cpu" (fused C++ kernels; FUNCTX_CPU_BLOCK=1 builds them before
+"no fold_identity" / "no factor_dots": the same jitted function compiled without the
+fold_identity_dots / factor_broadcast_dots pass (before/after of that pass); "no buffer
+reuse": without the eager backend's out= into dead and kept temporaries
+(compile/buffer_reuse.py). functx.jit(cpu) is backend="cpu" (fused C++ kernels; FUNCTX_CPU_BLOCK=1 builds them before
 the first call), plain functx.jit the default eager backend (generated PyTorch code).
 The functx nested anchors spell the Hessian jacfwd(jacrev(u)), which jit keeps as written;
 "functx.hessian rewritten" is the same code with functx.hessian, whose trace jit turns into
@@ -43,7 +46,7 @@ import torch  # noqa: E402
 
 import functx  # noqa: E402
 from _models import init_mlp, mlp  # noqa: E402
-from _timing import fmt_time, interleaved  # noqa: E402
+from _timing import fmt_time, interleaved, use_cpu_time  # noqa: E402
 
 try:
     import _jax_anchors as jax_anchors  # noqa: E402
@@ -74,6 +77,9 @@ def variants(d, points, width):
         "functx.jit(cpu) vmap(laplacian)": functx.jit(collapsed, backend="cpu"),
         "functx.jit vmap(laplacian), no fold_identity": without_pass(functx.jit(collapsed), (params, X),
                                                                      "fold_identity_dots"),
+        "functx.jit vmap(laplacian), no factor_dots": without_pass(functx.jit(collapsed), (params, X),
+                                                                   "factor_broadcast_dots"),
+        "functx.jit vmap(laplacian), no buffer reuse": without_buffer_reuse(functx.jit(collapsed), (params, X)),
         "functx.jit, functx.hessian rewritten": functx.jit(nested(functx, functx.hessian)),
     }
     return fns, (params, X)
@@ -111,12 +117,18 @@ def score_variants(d, points, width):
         "functx.jit(cpu) grad(vmap(divergence))": functx.jit(collapsed, backend="cpu"),
         "functx.jit grad(vmap(div)), no fold_identity": without_pass(functx.jit(collapsed), (params, X),
                                                                      "fold_identity_dots"),
+        "functx.jit grad(vmap(div)), no factor_dots": without_pass(functx.jit(collapsed), (params, X),
+                                                                   "factor_broadcast_dots"),
+        "functx.jit grad(vmap(div)), no buffer reuse": without_buffer_reuse(functx.jit(collapsed), (params, X)),
     }
     return fns, (params, X)
 
 
 def peak_bytes(fn, args):
-    """Peak of the CPU memory the call allocates (allocations minus frees, in time order)."""
+    """Peak of the CPU memory the call allocates (allocations minus frees, in time order).
+    The buffers jitted functions keep between calls are released first, so that this call
+    allocates them again and they count."""
+    functx.compile.release_buffers()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn(*args)
     # each op's own allocations (self_...) and the frees outside ops ([memory]), in time order
@@ -138,6 +150,19 @@ def without_pass(fn, args, name):
         fn(*args)
     finally:
         pipeline.PIPELINE[:] = saved
+    return fn
+
+
+def without_buffer_reuse(fn, args):
+    """fn (a functx.jit function) compiled with the eager backend's buffer reuse off (no
+    out= into dead or kept temporaries): the before/after row of compile/buffer_reuse.py."""
+    from functx.compile import buffer_reuse
+    saved = buffer_reuse.MIN_BYTES
+    buffer_reuse.MIN_BYTES = float("inf")
+    try:
+        fn(*args)
+    finally:
+        buffer_reuse.MIN_BYTES = saved
     return fn
 
 
@@ -187,7 +212,11 @@ def main():
     ap.add_argument("--dims", type=int, nargs="*", default=None, help="input dimensions (default 2 16 64 256)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (XLA runs on one)")
     ap.add_argument("--only", choices=["laplacian", "score"], default=None, help="one of the two benchmarks")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with the process's CPU time (less inflated by a loaded machine), not wall time")
     a = ap.parse_args()
+    if a.cpu_time:
+        use_cpu_time()
     torch.set_num_threads(a.threads)
     points = a.points or (32 if a.quick else 1024)
     dims = a.dims or ([2, 16] if a.quick else [2, 16, 64, 256])

@@ -6,10 +6,11 @@ import math
 
 import torch
 
-from ..core import REGISTRY, Graph, Literal
+from ..core import POINTWISE, REGISTRY, VIEW, Graph, Literal, has_effects
 from . import eager_plan
 from .compiled import Compiled
 from ..prims.linalg import matmul_sources
+from . import buffer_reuse
 from .codegen import compile_function, emit_expr, free_dead_names, literal_source
 from .nan_checks import CompiledNaNChecks
 from .loops import loop_report
@@ -25,7 +26,7 @@ class PythonEmitter:
     is issued at its equation and waited for just before its result's first use, so the
     communication overlaps the equations in between."""
 
-    def __init__(self, graph: Graph, fn_name: str = "fn", optimize: bool = True):
+    def __init__(self, graph: Graph, fn_name: str = "fn", optimize: bool = True, reuse: bool = False):
         self.graph = graph
         self.fn_name = fn_name
         self.names: dict = {}
@@ -34,6 +35,16 @@ class PythonEmitter:
         self.symbolic = has_symbols(graph)
         if self.symbolic:
             self.globals.update(SYMBOL_FUNCTIONS)
+        # buffer_reuse: large results written into dead temporaries (not with symbolic sizes,
+        # nor with collectives, whose handles hold buffers the source does not name)
+        # nor with effects (a callback may hold on to a value it was handed); CPU graphs only
+        # (the page faults it avoids are malloc's: torch's CUDA allocator caches its blocks)
+        self.reuse = (reuse and optimize and not self.symbolic and all(e.prim.start is None for e in graph.eqns)
+                      and not any(has_effects(e) for e in graph.eqns)
+                      and all(torch.device(v.type.device).type == "cpu" for e in graph.eqns for v in e.outputs))
+        self.candidates: dict = {}
+        self.allocs: dict = {}
+        self.rewrites = 0
         self.nans = None
         if graph.meta.check_nans:       # traced under debug_nans: check every output
             self.nans = self.globals["_nans"] = CompiledNaNChecks(graph, "eager")
@@ -94,6 +105,13 @@ class PythonEmitter:
             if eqn.prim.multiple_results and len(eqn.outputs) == 1:
                 outs += ","
             types = ", ".join(str(v.type) for v in eqn.outputs)
+            if self.reuse and len(eqn.outputs) == 1 and not eqn.prim.multiple_results:
+                cand = self._candidate(eqn, k, expr, types)
+                if cand is not None:
+                    self.candidates[len(lines)] = cand
+            if self.reuse and eqn.prim.kind != VIEW and expr not in self.names.values():
+                # what this line allocates (an estimate for buffer_reuse's keep decision)
+                self.allocs[len(lines)] = sum(_nbytes(v.type) for v in eqn.outputs)
             lines.append(f"    {outs} = {expr}  # {types}")
             check = self.nans and self.nans.emit_eqn_check(k, eqn, [self.names[v] for v in eqn.outputs])
             if check:
@@ -101,7 +119,51 @@ class PythonEmitter:
         lines += self._wait_for(list(self.pending))     # every issued collective completes here
         outs = ", ".join(self.name(a) for a in g.outvars)
         lines.append(f"    return ({outs}{',' if len(g.outvars) == 1 else ''})")
-        return "\n".join(free_dead_names(lines))
+        plain = "\n".join(free_dead_names(lines))
+        if not self.candidates:
+            return plain
+        reused, self.rewrites = buffer_reuse.reuse_buffers(lines, self.candidates, allocs=self.allocs)
+        if not self.rewrites:
+            return plain
+        # the plain function serves calls that torch autograd records (buffer_reuse.py)
+        self.globals["_plain_tensors"] = buffer_reuse.plain_tensors
+        self.globals["_keep"] = buffer_reuse.kept_buffers()       # kept between calls
+        plain_name = f"{self.fn_name}_plain"
+        check = buffer_reuse.ARGUMENT_CHECK.format(args=", ".join(args), plain=plain_name)
+        plain = plain.replace(f"def {self.fn_name}(", f"def {plain_name}(", 1)
+        return "\n".join(free_dead_names([reused[0], check] + reused[1:])) + "\n\n\n" + plain
+
+    def _candidate(self, eqn, k, expr, types):
+        """A buffer_reuse.Candidate when expr makes a new buffer that out= can take."""
+        out = eqn.outputs[0]
+        t = out.type
+        nbytes = t.numel * t.dtype.itemsize
+        if eqn.prim.name == "dot_general" and k not in self.plan.addmm:
+            lhs, rhs, out_shape = matmul_sources(eqn, [self.name(a) for a in eqn.inputs])
+            if out_shape is None and expr == f"{lhs} @ {rhs}":
+                prefix, operands = f"torch.matmul({lhs}, {rhs}", []
+            elif out_shape is not None and expr == f"({lhs} @ {rhs}).reshape({out_shape!r})":
+                # the product's own shape, which the reshape views as the result's
+                call_shape = _matmul_shape(eqn)
+                if call_shape is None:
+                    return None
+                return buffer_reuse.Candidate(self.names[out], t.shape, t.dtype, nbytes,
+                                              f"torch.matmul({lhs}, {rhs}", [], types,
+                                              suffix=f".reshape({out_shape!r})", call_shape=call_shape)
+            else:
+                return None
+        else:
+            tensors = all(not isinstance(a, Literal) for a in eqn.inputs)
+            prefix = buffer_reuse.call_prefix(expr, tensors)
+            if prefix is None:
+                return None
+            if k in self.plan.addmm or eqn.prim.kind != POINTWISE:
+                operands = []         # out= may not alias a matmul's operand
+            else:
+                operands = [(self.name(a), a.type.shape, a.type.dtype) for a in eqn.inputs
+                            if not isinstance(a, Literal) and a not in self.plan.implicit]
+        return buffer_reuse.Candidate(self.names[out], t.shape, t.dtype, nbytes, prefix,
+                                      operands, types)
 
     def _start(self, eqn, counter) -> str:
         n = len(self.globals)
@@ -124,6 +186,25 @@ class PythonEmitter:
         dot = self.graph.eqns[j]
         lhs, rhs, _ = matmul_sources(dot, [self.name(a) for a in dot.inputs])
         return f"torch.addmm({self.name(eqn.inputs[bias_pos])}, {lhs}, {rhs})"
+
+
+def _nbytes(t) -> int:
+    try:
+        return int(t.numel) * t.dtype.itemsize
+    except (TypeError, AttributeError):
+        return 0
+
+
+def _matmul_shape(eqn):
+    """The shape of the matmul matmul_sources prints for a dot_general (before its reshape):
+    the batch dims, then the lhs's free elements as one dim and the rhs's as one (None when
+    the dot has another form)."""
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    a, b = eqn.inputs
+    batch = [a.type.shape[i] for i in lb]
+    m = math.prod(n for i, n in enumerate(a.type.shape) if i not in lc and i not in lb)
+    n = math.prod(n for i, n in enumerate(b.type.shape) if i not in rc and i not in rb)
+    return tuple(batch) + (m, n)
 
 
 def _issue_early(eqns) -> list:
@@ -161,13 +242,15 @@ class EagerCompiled(Compiled):
     def __init__(self, graph: Graph):
         self.graph = graph
         # debug_nans: one line per equation (no addmm merging), so each is checked on its own
-        emitter = PythonEmitter(graph, optimize=not graph.meta.check_nans)
+        emitter = PythonEmitter(graph, optimize=not graph.meta.check_nans, reuse=True)
         self.source = emitter.emit()
         self.globals = emitter.globals
         if emitter.symbolic:      # every printed size expression must evaluate to the traced size
             check_printable(graph, self.globals)
         self.call = compile_function(self.source, "fn", emitter.globals, graph.consts,
                                      f"<functx.jit eager {id(graph):x}>")
+        if emitter.rewrites and graph.consts:       # the plain version takes the constants too
+            emitter.globals["fn_plain"].__defaults__ = tuple(graph.consts)
         self.kernels: list[str] = []
         self.groups: list = []
 

@@ -7,15 +7,19 @@ from ..core import Eqn, Graph, map_sub_graphs
 from .backend import resolve_backend
 from .compiled import Compiled
 from .attention_pattern import fuse_attention
+from .factor_dots import factor_broadcast_dots
 from .fold_identity import fold_identity_dots
 from .passes import cse, dce, fold_constants, fold_dot_transposes, fold_transposes, fold_views, simplify
 
 # cse matters most: transform rules recompute values (tanh(x) for the primal and again for
 # its derivative). fold_identity_dots turns the contractions of identity bases (jacfwd,
-# laplacian, divergence and their transposes) into selections. The last dce drops what the
-# rewrites before it orphaned.
+# laplacian, divergence and their transposes) into selections; factor_broadcast_dots then
+# multiplies the weight they leave with the next weight before the per-point scale (a
+# forward-mode Jacobian's largest elementwise pass). The last dce drops what the rewrites
+# before it orphaned.
 PIPELINE = [("dce", dce), ("fold_views", fold_views), ("fold_constants", fold_constants),
-            ("simplify", simplify), ("fold_identity_dots", fold_identity_dots), ("fuse_attention", fuse_attention),
+            ("simplify", simplify), ("fold_identity_dots", fold_identity_dots),
+            ("factor_broadcast_dots", factor_broadcast_dots), ("fuse_attention", fuse_attention),
             ("cse", cse), ("dce", dce),
             ("fold_transposes", fold_transposes),
             ("fold_dot_transposes", fold_dot_transposes)]
