@@ -258,3 +258,18 @@ def test_torch_autograd_inside_a_transform_names_the_functx_way(transform):
         t(f)(torch.randn(2, 3))
     with pytest.raises(functx.FunctxError, match="Tensor.backward on a value traced"):
         t(g)(torch.randn(2, 3))
+
+
+def test_functx_inside_a_torch_func_transform_raises():
+    """torch.func.grad of a functx.jit returned zeros (functx can't see through torch.func's
+    wrapper tensors); functx transforms inside torch.func ones raise, naming the fix.
+    torch.func's functional_call (not a transform) and functx inside functx still work."""
+    tf = torch.func
+    with pytest.raises(functx.FunctxError, match="inside a torch.func transform"):
+        tf.grad(functx.jit(lambda x: torch.sin(x).sum()))(torch.ones(3))
+    with pytest.raises(functx.FunctxError, match="functx.vmap was called inside a torch.func"):
+        tf.grad(lambda x: functx.vmap(torch.sin)(x).sum())(torch.ones(2, 3))
+    with pytest.raises(functx.FunctxError, match="functx.grad/vjp was called inside"):
+        tf.vmap(functx.grad(lambda x: torch.sin(x).sum()))(torch.ones(2, 3))
+    torch.testing.assert_close(functx.vmap(functx.grad(lambda x: torch.sin(x).sum()))(torch.ones(2, 3)),
+                               torch.cos(torch.ones(2, 3)))

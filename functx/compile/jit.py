@@ -12,6 +12,7 @@ import torch
 from ..core import EVAL_TRACE
 from ..core.nan_check import STATE as _NANS
 from ..core.errors import FunctxError, user_facing
+from ..core.trace import _functorch_level, refuse_inside_torch_func
 from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
 from ..frontend.generators import generator_arguments
@@ -258,6 +259,8 @@ class JitFunction:
     def __call__(self, *args, **kwargs):
         if _trace_state.trace is not EVAL_TRACE:
             return self.f(*args, **kwargs)
+        if _functorch_level() is not None:       # inside torch.func: raise, naming the fix
+            refuse_inside_torch_func("functx.jit")
         if not kwargs and not self.static_argnums and not self._named_nums and not _NANS.on \
                 and not self._reads_layouts:
             sig = []

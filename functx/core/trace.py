@@ -145,6 +145,21 @@ def raise_leaked(tracer):
         "the value from the transformed function instead.")
 
 
+_functorch_level = torch._C._functorch.maybe_current_level
+
+
+def refuse_inside_torch_func(who: str) -> None:
+    """A functx transform entered at the outermost functx level while a torch.func transform
+    runs: its arguments are torch.func's wrapper tensors, which functx cannot see through
+    (torch.func.grad of a functx.jit gave zeros). Raise instead of returning that."""
+    if _state.trace is EVAL_TRACE and _functorch_level() is not None:
+        raise FunctxError(
+            f"{who} was called inside a torch.func transform (torch.func.grad, vmap, jvp, ...). "
+            "functx cannot see through torch.func's wrapper tensors, so the result would be wrong. "
+            "Use functx's transforms at every level: functx.grad / functx.vmap / ..., or "
+            "functx.func, which has torch.func's names and signatures.")
+
+
 def enclosing_traces():
     """The current trace and its ancestors, innermost first."""
     trace = _state.trace

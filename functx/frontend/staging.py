@@ -13,7 +13,7 @@ import torch
 
 from ..core import GraphMeta, GraphTrace, TensorType, current_trace, nan_check, set_current_trace
 from ..core.errors import ConcretizationError, user_facing
-from ..core.trace import Tracer, type_of
+from ..core.trace import Tracer, refuse_inside_torch_func, type_of
 from . import TracerTensor, record_fallbacks, record_rewrites, unwrap, wrap, wrap_input
 from .functionalize import RESULT_LAYOUTS
 from .dispatch import PIN_SIZES, PinSizesOnConstants
@@ -186,6 +186,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
         full[i] = s
     kw.update(static_kw)
     # intercept_random: torch.randn(shape) etc. are staged as random primitives, not baked in
+    refuse_inside_torch_func(what)
     with record_fallbacks() as fallbacks, record_rewrites() as rewrites, set_current_trace(trace), \
             intercept_random(), _naming_scalars(scalar_vars, arg_names), _result_layouts(shapes is None), \
             _pin_sizes(bool(symbolic_leaves)):

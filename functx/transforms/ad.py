@@ -15,7 +15,7 @@ import torch
 from ..core import GraphTrace, Literal, MissingRuleError, UndefinedPrimal, Var, Zero, current_trace, \
     set_current_trace
 from ..core import nan_check
-from ..core.trace import EVAL_TRACE, eval_graph, process_axes, reverse_level, type_of
+from ..core.trace import EVAL_TRACE, eval_graph, process_axes, refuse_inside_torch_func, reverse_level, type_of
 from .. import prims as P
 from ..prims.spmd import invariant_ct
 from ..frontend.random_mode import without_random_mode
@@ -44,6 +44,7 @@ def linearize_flat(fun, primals, reverse=False, has_tangent=None):
             args.append(JVPTracer(jt, p, t))
         else:
             args.append(p)
+    refuse_inside_torch_func("functx.grad/vjp")
     with set_current_trace(jt), (reverse_level(jt) if reverse else contextlib.nullcontext()):
         outs = fun(args)
     pairs = [jt.pair(o) for o in outs]
@@ -154,6 +155,7 @@ def vjp_flat(fun, primals, user_level=False):
 def jvp_flat(fun, primals, tangents):
     jt = JVPTrace(current_trace())
     args = [JVPTracer(jt, p, t) if not isinstance(t, Zero) else p for p, t in zip(primals, tangents)]
+    refuse_inside_torch_func("functx.jvp")
     with set_current_trace(jt):
         outs = fun(args)
     pairs = [jt.pair(o) for o in outs]

@@ -10,7 +10,7 @@ import functools
 import torch
 
 from ..core import Zero, current_trace, set_current_trace
-from ..core.trace import Tracer, staged_or_batched, type_of
+from ..core.trace import Tracer, refuse_inside_torch_func, staged_or_batched, type_of
 from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
 from .. import prims as P
@@ -182,6 +182,7 @@ def jvp(f, primals, tangents, has_aux=False):
     store = _OutStore()
     jt = JVPTrace(current_trace())
     args = [JVPTracer(jt, p, t) if not isinstance(t, Zero) else p for p, t in zip(p_flat, tangents_in)]
+    refuse_inside_torch_func("functx.jvp")
     with set_current_trace(jt):
         outs = _flat_fun(f, p_tree, store, "functx.jvp", has_aux, sources=_leaves(primals))(args)
     pairs = [jt.pair(o) for o in outs]
@@ -427,6 +428,7 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
                 v = unwrap(leaf)
                 vals.append(wrap_input(BatchTracer(trace, v, ax % type_of(v).ndim), leaf, ax % type_of(v).ndim))
         args, kwargs = tree_unflatten(treedef, vals)
+        refuse_inside_torch_func("functx.vmap")
         with set_current_trace(trace), intercept_random():    # random factories follow `randomness`
             out = fn(*args, **kwargs)
             out_leaves, out_tree = tree_flatten(out)

@@ -23,6 +23,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from ..core import POINTWISE, FunctxError, Trace, current_trace, has_effects, set_current_trace
 from ..core.trace import (AxisData, PrimalTracer, _stages, enclosing_traces, eval_graph, process_on_parent,
+                          refuse_inside_torch_func,
                           staging, type_of)
 from .. import prims as P
 from ..prims.series import add_terms
@@ -182,6 +183,7 @@ def _collapsed_call(g, x, directions, weights, what, source=None):
     trace = CollapsedTrace(current_trace(), type_of(directions).shape[0], weights)
     arg = CollapsedTracer(trace, x, BatchTracer(trace.directions, directions, 0), None)
     store = _OutStore()
+    refuse_inside_torch_func("functx.laplacian/divergence/taylor_operator")
     with set_current_trace(trace):
         outs = _flat_fun(g, tree_structure((x,)), store, what, sources=[source])([arg])
     leaves = []

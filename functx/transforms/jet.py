@@ -14,7 +14,7 @@ import functools
 import math
 
 from ..core import MissingRuleError, Trace, current_trace, set_current_trace
-from ..core.trace import PrimalTracer, process_on_parent, type_of
+from ..core.trace import PrimalTracer, process_on_parent, refuse_inside_torch_func, type_of
 from .. import prims as P
 from ..prims.creation import zeros_like_type
 from ..prims.util import is_scalar
@@ -172,6 +172,7 @@ def jet(fun, primals, series, factorial_scaled=True):
     store = _OutStore()
     trace = JetTrace(current_trace(), order)
     args = [trace.wrap(p, c) for p, c in zip(p_flat, coeffs)] if order else list(p_flat)
+    refuse_inside_torch_func("functx.jet")
     with set_current_trace(trace):
         outs = _flat_fun(fun, p_tree, store, "functx.jet", sources=list(primals))(args)
     out_p, out_s = [], []

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..core import EVAL_TRACE, FunctxError, Trace, Tracer, current_trace, set_current_trace
-from ..core.trace import AxisData, concrete, find_axis, process_on_parent, type_of
+from ..core.trace import AxisData, concrete, find_axis, process_on_parent, refuse_inside_torch_func, type_of
 from ..frontend import unwrap, wrap
 from ..frontend.random_mode import intercept_random
 from ..prims.collective import axis_index_p, collective_of_replicated
@@ -171,6 +171,7 @@ def spmd(f, axis_name, in_specs, out_specs, group=None, check_rep=True):
             else:
                 _check_dim(spec, v, f"argument leaf {i}")
                 vals.append(wrap(SpmdTracer(trace, v)))
+        refuse_inside_torch_func("functx.spmd")
         with set_current_trace(trace), intercept_random():
             out = f(*tree_unflatten(treedef, vals))
             out_leaves, out_tree = tree_flatten(out)
