@@ -98,20 +98,12 @@ class BatchTrace(Trace):
         key = [prim, self.axis.size, torch.get_default_dtype()]      # lax helpers read it
         V = []
         for v, d in zip(vals, dims):
-            if isinstance(v, torch.Tensor):
-                if v.requires_grad:
-                    return NotImplemented
-                key.append((v.shape, v.dtype, v.device, d))
+            k = rule_cache.operand_key(v, eager, d)
+            if k is None:
+                return NotImplemented
+            key.append(k)
+            if isinstance(v, (torch.Tensor, Tracer)):
                 V.append(v)
-            elif not eager and isinstance(v, Tracer):
-                av = v.aval
-                key.append((av.shape, av.dtype, av.device, d))
-                V.append(v)
-            else:
-                k = rule_cache.scalar_key(v)
-                if k is None:
-                    return NotImplemented
-                key.append(k)
         if params:
             key.append(tuple(params.items()))
         key = tuple(key)

@@ -145,14 +145,8 @@ class JVPTrace(Trace):
         for a in args:
             if type(a) is JVPTracer and a._trace is self:
                 p, t = a.primal, a.tangent
-                if isinstance(p, torch.Tensor):
-                    if p.requires_grad:
-                        return NotImplemented
-                    sig = (p.shape, p.dtype, p.device, True)
-                elif not eager and isinstance(p, Tracer):
-                    av = p.aval
-                    sig = (av.shape, av.dtype, av.device, True)
-                else:
+                sig = rule_cache.operand_key(p, eager, True)
+                if sig is None:
                     return NotImplemented
                 if linearize:
                     if type(t) is not GraphTracer or t._trace is not self.parent or t.var.type.dtype != sig[1]:
@@ -168,20 +162,13 @@ class JVPTrace(Trace):
                     return NotImplemented
                 key.append(sig)
                 P.append(p)
-            elif isinstance(a, torch.Tensor):
-                if a.requires_grad:
-                    return NotImplemented
-                key.append((a.shape, a.dtype, a.device, False))
-                P.append(a)
-            elif not eager and isinstance(a, Tracer):
-                av = a.aval
-                key.append((av.shape, av.dtype, av.device, False))
-                P.append(a)
             else:
-                k = rule_cache.scalar_key(a)
+                k = rule_cache.operand_key(a, eager, False)
                 if k is None:
                     return NotImplemented
                 key.append(k)
+                if isinstance(a, (torch.Tensor, Tracer)):
+                    P.append(a)
         if params:
             key.append(tuple(params.items()))
         key = tuple(key)
@@ -193,19 +180,10 @@ class JVPTrace(Trace):
             rule = self._build_rule(prim, args, params, key)
         if rule is _UNCACHEABLE:
             return NotImplemented
-        # the primal work runs where the rule would run it: on the eager trace (impls) or
-        # bound at the trace below this level's (the partial-eval trace's parent)
-        below = self.parent.parent if linearize else self.parent
-        prev, trace_state.trace = trace_state.trace, below
-        try:
-            if linearize:
-                out, tangent = rule.fns[("linearize", not eager)](self.parent, P, T)
-            else:
-                out, tangent = rule.fns[("forward", not eager)](P, T)
-        except Exception:       # the rule's own path raises (and names) the error
+        ran = self._run_rule(rule, P, T, linearize, eager)
+        if ran is NotImplemented:
             return NotImplemented
-        finally:
-            trace_state.trace = prev
+        out, tangent = ran
         if rule.multiple:
             return [o if t is None else JVPTracer(self, o, t) for o, t in zip(out, tangent)]
         return out if tangent is None else JVPTracer(self, out, tangent)
@@ -255,18 +233,27 @@ class JVPTrace(Trace):
             rule = op.rules[key] = self._build_lowered_rule(op, args, mask)
         if rule is _UNCACHEABLE:
             return NotImplemented
+        ran = self._run_rule(rule, P, T, linearize, eager)
+        if ran is NotImplemented:
+            return NotImplemented
+        outs, tangents = ran
+        return [o if t is None else JVPTracer(self, o, t) for o, t in zip(outs, tangents)]
+
+    def _run_rule(self, rule, P, T, linearize, eager):
+        """(outputs, tangents) of a cached rule, or NotImplemented where it raised (the rule as
+        written then runs, and raises and names the error). The primal work runs where the
+        rule would run it: on the eager trace (impls) or bound at the trace below this
+        level's (the partial-eval trace's parent)."""
         below = self.parent.parent if linearize else self.parent
         prev, trace_state.trace = trace_state.trace, below
         try:
             if linearize:
-                outs, tangents = rule.fns[("linearize", not eager)](self.parent, P, T)
-            else:
-                outs, tangents = rule.fns[("forward", not eager)](P, T)
-        except Exception:       # the lowering's own path raises (and names) the error
+                return rule.fns[("linearize", not eager)](self.parent, P, T)
+            return rule.fns[("forward", not eager)](P, T)
+        except Exception:
             return NotImplemented
         finally:
             trace_state.trace = prev
-        return [o if t is None else JVPTracer(self, o, t) for o, t in zip(outs, tangents)]
 
     def _build_lowered_rule(self, op, args, mask):
         specs = [(type_of(a.primal if type(a) is JVPTracer and a._trace is self else a), m)

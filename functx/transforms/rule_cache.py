@@ -35,7 +35,7 @@ import torch
 
 from ..core import POINTWISE, REDUCTION, VIEW, Literal, Var, Zero
 from ..core.ir import Eqn
-from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, UndefinedPrimal, trace_state
+from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, Tracer, UndefinedPrimal, trace_state
 
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
 _EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot_general", "conv", "take",
@@ -64,6 +64,29 @@ def scalar_key(a):
     if t is int or t is bool:
         return (t, a)
     return None
+
+
+def _slice(eqns, need):
+    """The equations (in order) that compute the Vars in `need`; adds what they read to it."""
+    kept = []
+    for e in reversed(eqns):
+        if any(o in need for o in e.outputs):
+            kept.append(e)
+            need.update(a for a in e.inputs if isinstance(a, Var))
+    kept.reverse()
+    return kept
+
+
+def operand_key(v, eager, tag):
+    """An operand in a cache key: (shape, dtype, device, tag) of a tensor, or of a tracer of
+    the trace below when that trace is not the eager one; a Python scalar's exact value; None
+    where the rule must run as written (a tensor that requires torch grad, anything else)."""
+    if isinstance(v, torch.Tensor):
+        return None if v.requires_grad else (v.shape, v.dtype, v.device, tag)
+    if not eager and isinstance(v, Tracer):
+        av = v.aval
+        return (av.shape, av.dtype, av.device, tag)
+    return scalar_key(v)
 
 
 class JvpRule:
@@ -133,12 +156,7 @@ def build_jvp_of(jvp, name, multiple, specs, zero_of):
         return UNCACHEABLE
     # the linear equations the tangent outputs need, and the known values they read
     need = {a for a in tout_atoms if isinstance(a, Var) and a in lin}
-    kept_linear = []
-    for e in reversed(linear):
-        if any(o in need for o in e.outputs):
-            kept_linear.append(e)
-            need.update(a for a in e.inputs if isinstance(a, Var))
-    kept_linear.reverse()
+    kept_linear = _slice(linear, need)
     residuals = []
     for e in kept_linear:
         for a in e.inputs:
@@ -148,12 +166,7 @@ def build_jvp_of(jvp, name, multiple, specs, zero_of):
         if isinstance(a, Var) and a not in lin and a not in residuals:
             residuals.append(a)
     need = {a for a in out_atoms if isinstance(a, Var)} | set(residuals)
-    kept_known = []
-    for e in reversed(known):
-        if any(o in need for o in e.outputs):
-            kept_known.append(e)
-            need.update(a for a in e.inputs if isinstance(a, Var))
-    kept_known.reverse()
+    kept_known = _slice(known, need)
 
     fns = {}
     for bind in (False, True):

@@ -198,15 +198,6 @@ class CppOps(KernelPrinter):
         self.arg_types: dict[str, str] = {}
         self.arrays: list[str] = []           # blocked: per-row values' declarations
         self.loop_combines: set = set()
-        # jit's symbolic dims: each symbolic size (or size-valued constant) the kernel uses is
-        # an argument, expression -> name; the host wrapper computes its value per call
-        self.size_args: dict = {}
-
-    def size_arg(self, expr) -> str:
-        name = self.size_args.get(expr)
-        if name is None:
-            name = self.size_args[expr] = f"ks{len(self.size_args)}"
-        return name
 
     def _size(self, n) -> str:
         """A loop bound in C: an int, or a kernel argument."""

@@ -19,7 +19,16 @@ class KernelPrinter:
         self.counter = 0
         self.loop_inits: list[str] = []
         self.loop_finals: list[str] = []
+        # jit's symbolic dims: each symbolic size (or size-valued constant) the kernel prints
+        # is a scalar argument, expression -> name; the host wrapper computes its value per call
+        self.size_args: dict = {}
 
+
+    def size_arg(self, expr) -> str:
+        name = self.size_args.get(expr)
+        if name is None:
+            name = self.size_args[expr] = f"ks{len(self.size_args)}"
+        return name
     def _cached(self, expr):
         """The value already computed for this expression text in a visible scope, or None."""
         return self.prelude_cache.get(expr) or next((c[expr] for c in reversed(self.cache) if expr in c), None)

@@ -105,15 +105,6 @@ class TritonOps(KernelPrinter):
         self.persistent = persistent
         self.loop_depth = 0
         self.helpers: set[str] = set()
-        # jit's symbolic dims: each symbolic size (or size-valued constant) the kernel prints
-        # is a scalar argument, expression -> name; the host wrapper computes its value
-        self.size_args: dict = {}
-
-    def size_arg(self, expr) -> str:
-        name = self.size_args.get(expr)
-        if name is None:
-            name = self.size_args[expr] = f"ks{len(self.size_args)}"
-        return name
 
     # ------------------------------------------------------------ plumbing
     def _new(self, expr, dtype, dims, hoist):
