@@ -32,9 +32,14 @@ def check_all_passes(graph, *args):
     return g
 
 
+def _hand_written_layer_norm(x):
+    """x.mean and x.var each sum x (layer_norm itself is lowered natively, computing it once)."""
+    return (x - x.mean(1, keepdim=True)) / (x.var(1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+
+
 def test_cse_merges_duplicate_reductions_of_layer_norm():
     x = torch.randn(4, 8)
-    g = functx.make_graph(lambda x: F.layer_norm(x, (8,)))(x)
+    g = functx.make_graph(_hand_written_layer_norm)(x)
     assert prim_names(g).count("reduce_sum") == 3          # the front end computes the mean twice
     assert prim_names(passes.cse(g)).count("reduce_sum") == 2
     check_all_passes(g, x)
@@ -113,7 +118,7 @@ def test_vmap_grad_graph_loses_its_ones():
 
 def test_optimize_records_each_pass():
     x = torch.randn(4, 8)
-    g = functx.make_graph(lambda x: F.layer_norm(x, (8,)))(x)
+    g = functx.make_graph(_hand_written_layer_norm)(x)
     out, trace = pipeline.optimize(g, record=True)
     assert [n for n, _ in trace] == [n for n, _ in pipeline.PIPELINE]
     changed = dict((n, t) for n, t in trace if t)

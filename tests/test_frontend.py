@@ -467,3 +467,50 @@ def test_trace_is_lowered_not_decomposed():
             "print('sympy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_first_jit_of_a_transformer_layer_imports_neither_sympy_nor_dynamo():
+    """A fresh process's first jit of a TransformerEncoderLayer's value_and_grad took 1.3 s, most
+    of it importing sympy and torch._dynamo: layer_norm's and CPU flash attention's
+    decompositions, and the meta kernels asked for result layouts of strided operands. Now
+    layer_norm and ATen's CPU flash attention are lowered natively and pointwise layouts
+    follow TensorIterator's rule here (its strides, checked against torch's below)."""
+    import subprocess
+    import sys
+    code = ("import sys, torch, functx\n"
+            "layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)\n"
+            "p = {k: v.detach() for k, v in layer.named_parameters()}\n"
+            "f = functx.jit(functx.value_and_grad(lambda p, x: functx.func.functional_call(layer, p, (x,)).pow(2).mean()))\n"
+            "f(p, torch.randn(2, 5, 16))\n"
+            "print('sympy' in sys.modules, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"
+
+
+def test_pointwise_result_strides_follow_torch():
+    """dispatch._pointwise_strides (TensorIterator's dim ordering) against torch's own results
+    for permuted, sliced and expanded operands (dims of size > 1: torch's strides of size-1
+    dims are not observable through indexing)."""
+    import random
+    from functx.frontend.dispatch import _pointwise_strides
+    rng = random.Random(0)
+
+    def operand(shape):
+        kind = rng.choice(["contiguous", "permuted", "sliced", "expanded"])
+        if kind == "permuted":
+            p = list(range(len(shape)))
+            rng.shuffle(p)
+            return torch.randn([shape[i] for i in p]).permute(*[p.index(i) for i in range(len(shape))])
+        if kind == "sliced":
+            return torch.randn([2 * n for n in shape])[tuple(slice(0, n) for n in shape)]
+        if kind == "expanded":
+            small = list(shape)
+            small[rng.randrange(len(shape))] = 1
+            return torch.randn(small).expand(shape)
+        return torch.randn(shape)
+    for _ in range(400):
+        shape = [rng.choice([1, 2, 3, 4]) for _ in range(rng.randint(1, 4))]
+        a, b = operand(shape), operand(shape[rng.randint(0, len(shape)):] or [1])
+        for args, out in (((a, b), torch.add(a, b)), ((a,), torch.sin(a)), ((b, a), torch.mul(b, a))):
+            got = _pointwise_strides(args, {}, out)
+            assert all(g == w for g, w, n in zip(got, out.stride(), out.shape) if n > 1), (args, got, out.stride())

@@ -65,7 +65,9 @@ def dispatch(func, args, kwargs):
     if special is not None:
         if torch.is_grad_enabled():
             args, kwargs = _lift_parameters(args, kwargs)
-        return special(*args, **kwargs)
+        out = special(*args, **kwargs)
+        if out is not NotImplemented:           # NotImplemented: the general path serves
+            return out
     if pointwise:
         check_kernel_accepts(func, args, kwargs)
     if is_view:
@@ -88,7 +90,7 @@ def dispatch(func, args, kwargs):
     if RESULT_LAYOUTS[0] and func not in _CONTIGUOUS_RESULTS and (
             func in _NON_CONTIGUOUS_RESULTS or kwargs.get("memory_format") not in _PLAIN_FORMATS
             or _strided_inputs(args, kwargs)):
-        out = torch_layout(func, args, kwargs, out)
+        out = torch_layout(func, args, kwargs, out, pointwise)
     return out
 
 
@@ -144,10 +146,10 @@ def _strided_inputs(args, kwargs):
     return False
 
 
-def torch_layout(func, args, kwargs, out):
+def torch_layout(func, args, kwargs, out, pointwise=False):
     """out's fresh tensors, re-wrapped with the strides torch gives func's results (its meta
     kernel on inputs laid out as torch lays them out), or marked unknown."""
-    strides = _result_strides(func, args, kwargs)
+    strides = (pointwise and _pointwise_strides(args, kwargs, out)) or _result_strides(func, args, kwargs)
     inputs = {id(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
 
     def relayout(w, st):
@@ -167,6 +169,59 @@ def torch_layout(func, args, kwargs, out):
         return type(out)(items) if type(out) in (list, tuple) or not hasattr(out, "_fields") \
             else type(out)(*items)         # torch.return_types take one sequence, namedtuples fields
     return relayout(out, strides)
+
+
+def _pointwise_strides(args, kwargs, out):
+    """The strides torch's TensorIterator gives a pointwise op's fresh result: its dims
+    ordered by the operands' strides (reorder_dimensions: the first operand that tells two
+    dims apart decides; a broadcast dim tells nothing), then laid out densely in that order.
+    Computed here rather than by the meta kernel, whose Python decompositions import
+    torch._dynamo and sympy on first use (over a second of a first jit call). None where this
+    does not apply (a memory_format asked for, an operand of unknown layout, several outputs)."""
+    if kwargs.get("memory_format", torch.preserve_format) is not torch.preserve_format:
+        return None
+    if not isinstance(out, torch.Tensor):
+        return None
+    shape = tuple(out.shape)
+    nd = len(shape)
+    operands = []
+    for a in (*args, *kwargs.values()):
+        if not isinstance(a, torch.Tensor):
+            continue
+        if type(a) is TracerTensor and (a._root if a._root is not None else a)._layout == "unknown":
+            return None
+        if a.dim() > nd or any(type(n) is not int for n in a.shape):
+            return None
+        pad = nd - a.dim()
+        st = [0] * pad + [0 if n == 1 and shape[pad + k] != 1 else s
+                          for k, (n, s) in enumerate(zip(a.shape, a.stride()))]
+        operands.append([s * a.element_size() for s in st])
+
+    def order(d0, d1):
+        for st in operands:
+            s0, s1 = st[d0], st[d1]
+            if s0 == 0 or s1 == 0:
+                continue
+            if s0 != s1:
+                return 1 if s0 > s1 else -1
+            if shape[d0] > shape[d1]:
+                return 1
+        return 0
+    perm = list(range(nd - 1, -1, -1))          # perm[0]: the innermost dim
+    for i in range(1, nd):
+        dim1 = i
+        for dim0 in range(i - 1, -1, -1):
+            c = order(perm[dim0], perm[dim1])
+            if c > 0:
+                perm[dim0], perm[dim1] = perm[dim1], perm[dim0]
+                dim1 = dim0
+            elif c < 0:
+                break
+    strides, acc = [0] * nd, 1
+    for d in perm:
+        strides[d] = acc
+        acc *= shape[d]
+    return tuple(strides)
 
 
 _LAYOUTS: dict = {}     # (op, its arguments' types and layouts) -> result strides: meta kernels are slow
@@ -191,7 +246,12 @@ def _result_strides(func, args, kwargs):
             return meta_of(a)
         return a.to("meta") if isinstance(a, torch.Tensor) else a
     try:
-        metas = func(*tree_map(meta, args), **tree_map(meta, kwargs))
+        m_args, m_kwargs = tree_map(meta, args), tree_map(meta, kwargs)
+        with torch._C._DisablePythonDispatcher():
+            # ATen's C++ meta kernels where they exist: the Python ones (decompositions under
+            # torch._disable_dynamo, type promotion) import torch._dynamo and sympy on first
+            # use, over a second of a first jit call
+            metas = func(*m_args, **m_kwargs)
     except Exception:           # an unknown input, or an op with no meta kernel
         metas = None
     if isinstance(metas, (list, tuple)):

@@ -281,10 +281,11 @@ for _p in (attention_jvp_p, attention_tangent_p, attention_bwd_p):
     _p.jvp = _second_order_jvp(_p)
 
 
-def attention(q, k, v, bias=None, causal=False, scale=None):
-    """softmax(scale * q k^T + bias, causal) v over the last two dims (lax values)."""
+def attention(q, k, v, bias=None, causal=False, scale=None, with_lse=False):
+    """softmax(scale * q k^T + bias, causal) v over the last two dims (lax values); with
+    with_lse, (out, logsumexp of the scores)."""
     if scale is None:
         scale = 1.0 / math.sqrt(type_of(q).shape[-1])
     args = (q, k, v) + ((bias,) if bias is not None else ())
-    out, _ = bind(attention_p, args, dict(causal=bool(causal), scale=float(scale), has_bias=bias is not None))
-    return out
+    out, lse = bind(attention_p, args, dict(causal=bool(causal), scale=float(scale), has_bias=bias is not None))
+    return (out, lse) if with_lse else out

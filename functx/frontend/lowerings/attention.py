@@ -94,3 +94,4 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     # runs on real tensors (core/trace.py's EvalTrace), so backward through the result works.
     with torch._C._AutoDispatchBelowAutograd():
         return torch.ops.functx.attention(query, key, value, bias, bool(is_causal), float(scale))
+

@@ -21,6 +21,9 @@ from .common import _dims, _keep, _t, _zeros, aten, wrap_dim
 from .elementwise import _clamp
 from .registry import register, register_special
 from .torch_prims import _prims_var
+from .attention import _fits
+from ...kernels.attention import attention
+from ..tensor import wrap
 
 prims_ns = torch.ops.prims
 
@@ -356,3 +359,59 @@ def _nll_loss_forward(x, target, weight, reduction, ignore_index):
     elif reduction == _NLL_MEAN:
         result = P.div(P.reduce_sum(result, tuple(range(tt.ndim))), total_weight)
     return result, total_weight
+
+
+# ---------------------------------------------------------------- ATen's CPU flash attention
+# nn.MultiheadAttention (and TransformerEncoderLayer) run F.multi_head_attention_forward with
+# torch functions disabled, so its SDPA reaches dispatch as ATen's CPU flash op, whose
+# decomposition (math attention) also imports sympy: the same primitive serves it, with its
+# log-sum-exp as the op's second output.
+@register_special(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default)
+def _flash_attention_for_cpu(query, key, value, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
+    if not _fits(query, key, value, attn_mask, dropout_p, is_causal, False) or query.ndim != 4:
+        return NotImplemented       # torch's decomposition (dispatch.py), as before
+    bias = None
+    if attn_mask is not None:
+        bias = attn_mask.reshape((1,) * (query.ndim - attn_mask.ndim) + tuple(attn_mask.shape))
+        if bias.dtype == torch.bool:
+            bias = torch.where(bias, 0.0, float("-inf")).to(query.dtype)
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    out, lse = attention(unwrap(query), unwrap(key), unwrap(value), unwrap(bias) if bias is not None else None,
+                         bool(is_causal), float(scale), with_lse=True)
+    return wrap(out), wrap(lse)
+
+
+# ---------------------------------------------------------------- layer norm
+# Native, the computation of torch._refs.native_layer_norm (so the same values and
+# derivatives): the decomposition's shape checks import sympy, over a second of the first jit
+# call of any model with a LayerNorm. Half inputs compute in float32; on the CPU mean and
+# rstd come back in the input's dtype, as torch's do.
+
+@register(aten.native_layer_norm.default)
+def _native_layer_norm(x, normalized_shape, weight, bias, eps):
+    t = _t(x)
+    n = len(normalized_shape)
+    if tuple(t.shape[t.ndim - n:]) != tuple(normalized_shape) or n == 0:
+        raise RuntimeError(f"Given normalized_shape={list(normalized_shape)}, expected input with shape "
+                           f"[*, {', '.join(str(s) for s in normalized_shape)}], but got input of size "
+                           f"{list(t.shape)}")
+    axes = tuple(range(t.ndim - n, t.ndim))
+    kept = tuple(range(t.ndim - n))
+    compute = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+    xc = P.convert(x, compute)
+    count = torch.sym_float(math.prod(t.shape[a] for a in axes))
+    mean = P.div(P.reduce_sum(xc, axes), count)
+    centered = P.sub(xc, P.broadcast_in_dim(mean, t.shape, kept))
+    var = P.div(P.reduce_sum(P.mul(centered, centered), axes), count)
+    rstd = P.rsqrt(P.add(var, float(eps)))
+    out = P.mul(centered, P.broadcast_in_dim(rstd, t.shape, kept))
+    trailing = tuple(range(t.ndim - n, t.ndim))
+    if weight is not None:
+        out = P.mul(out, P.broadcast_in_dim(P.convert(weight, compute), t.shape, trailing))
+    if bias is not None:
+        out = P.add(out, P.broadcast_in_dim(P.convert(bias, compute), t.shape, trailing))
+    stat_shape = tuple(t.shape[:t.ndim - n]) + (1,) * n
+    stat_dtype = t.dtype if t.device.type == "cpu" else compute
+    return (P.convert(out, t.dtype), P.convert(P.reshape(mean, stat_shape), stat_dtype),
+            P.convert(P.reshape(rstd, stat_shape), stat_dtype))
