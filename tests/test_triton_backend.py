@@ -391,3 +391,13 @@ def test_float64_constant_in_a_reduction_kernel():
     x = torch.randn(5)
     for got, want in zip(functx.jit(fn, backend="triton")(x, 1.0), fn(x, torch.tensor(1.0, dtype=torch.float64))):
         torch.testing.assert_close(got, want, check_dtype=False)
+
+
+def test_comparisons_of_a_0d_operand_combine_with_blocks():
+    """hypot(0-d, block): its inf checks compare the 0-d value and or the result with a block
+    comparison. The interpreter held the 0-d comparison as floats and numpy refused the or
+    (found by the nightly fuzzer); values against eager torch."""
+    x0, x1 = torch.tensor(0.0), torch.zeros(3, 4)
+    check(lambda a, b: torch.hypot(a, b), x0, x1)
+    check(lambda a, b: torch.hypot(a, b) + (a > 1).float() * ((b < 0) | (a == 0)).float(),
+          torch.tensor(3.0), torch.randn(3, 4))

@@ -185,7 +185,13 @@ class TritonOps(KernelPrinter):
         if prim.name == "convert_element_type":     # half types and bools round specially
             (x,) = args
             return self._new(self._convert(x, dtype), dtype, x.dims, x.hoist)
-        return self._from_template(prim.triton_lowering(eqn), args, dtype, eqn.params, TVal)
+        out = self._from_template(prim.triton_lowering(eqn), args, dtype, eqn.params, TVal)
+        if dtype == torch.bool and not out.dims and any(getattr(a, "dtype", torch.bool) != torch.bool for a in args):
+            # A comparison of 0-d values: the Triton interpreter holds it as floats, and a
+            # bitwise op with a block then fails in numpy; `!= 0` makes it a bool there (the
+            # compiler folds it away).
+            return self._new(f"({out.expr} != 0)", dtype, out.dims, out.hoist)
+        return out
 
     def _convert(self, v, dtype):
         src, dst = compute_dtype(v.dtype), compute_dtype(dtype)
