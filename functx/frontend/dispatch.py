@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
@@ -17,7 +19,7 @@ from torch._decomp import decomposition_table
 from torch.utils._pytree import tree_map
 
 from ..core.errors import FunctxError, user_frame_summary
-from ..core import nan_check
+from ..core import Zero, nan_check
 from ..core.trace import Tracer, concrete, trace_state, type_of
 from .. import prims as P
 from .generators import drawing_from
@@ -462,7 +464,19 @@ def _copy_(target, src, non_blocking=False):
 
 @register_special(aten._local_scalar_dense.default)
 def _item(x):
-    return concrete(unwrap(x)).item()
+    v = unwrap(x)
+    if getattr(v, "tangent", None) is not None and not isinstance(v.tangent, Zero) \
+            and type_of(v).dtype.is_floating_point:
+        # A value being differentiated becomes a Python number (.item(), float(), a number
+        # argument such as torch.full_like's fill value, which torch's argument parser
+        # converts): the derivative through it is dropped, and torch warns when that happens
+        # to a tensor that requires grad. So does functx.
+        warnings.warn(
+            "functx: a value being differentiated was converted to a Python number here:\n"
+            f"{user_frame_summary()}\nThe derivative through that number is dropped (torch's autograd "
+            "drops it too). Keep it a tensor: e.g. torch.full_like(x, 0) + value instead of "
+            "torch.full_like(x, value).", UserWarning, stacklevel=2)
+    return concrete(v).item()
 
 
 register_special(aten.equal.default)(lambda a, b: bool(torch.equal(concrete(unwrap(a)), concrete(unwrap(b)))))

@@ -10,13 +10,10 @@ one. Forward mode (jvp, jacfwd, linearize) ignores grad mode, as torch.func's do
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from ..core import STRUCTURAL, MissingRuleError, Trace, Tracer, Zero, set_current_trace
 from ..core import nan_check
-from ..core.errors import user_frame_summary
 from ..core.trace import (EVAL_TRACE, GraphTrace, GraphTracer, PrimalTracer, grad_enabled_for, process_on_parent,
                           trace_state, transform_level, type_of, value_repr)
 from ..prims.util import is_scalar
@@ -32,19 +29,6 @@ class JVPTracer(PrimalTracer):
         self.primal = primal
         self.tangent = tangent
         self._aval = None
-
-    def concrete(self):
-        # A value being differentiated becomes a Python number (.item(), float(), a number
-        # argument such as torch.full_like's fill value, which torch's argument parser
-        # converts): the derivative through it is dropped, and torch warns when that happens
-        # to a tensor that requires grad. So does functx.
-        if not isinstance(self.tangent, Zero) and self.aval.dtype.is_floating_point:
-            warnings.warn(
-                "functx: a value being differentiated was converted to a Python number here:\n"
-                f"{user_frame_summary()}\nThe derivative through that number is dropped (torch's autograd "
-                "drops it too). Keep it a tensor: e.g. torch.full_like(x, 0) + value instead of "
-                "torch.full_like(x, value).", UserWarning, stacklevel=2)
-        return PrimalTracer.concrete(self)
 
     def __repr__(self):
         # torch.func's names: grad levels show their primal; forward levels the tangent too.
