@@ -298,6 +298,19 @@ class PrimalTracer(Tracer):
         return p.concrete() if isinstance(p, Tracer) else p
 
 
+def tracer_chain(v):
+    """v, then the values beneath it, down to a tensor or a tracer with nothing beneath (a jit
+    tracer): a PrimalTracer's primal (grad, jvp, jet), a BatchTracer's whole batch (`val`)."""
+    while True:
+        yield v
+        if isinstance(v, PrimalTracer):
+            v = v.primal
+        elif isinstance(v, Tracer) and getattr(v, "val", None) is not None:
+            v = v.val
+        else:
+            return
+
+
 def type_of(x) -> TensorType | None:
     """Abstract type of a lax-level value (Tracer or Tensor); None for Python scalars."""
     if isinstance(x, Tracer):

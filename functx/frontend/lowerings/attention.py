@@ -72,6 +72,17 @@ def _fits(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
     return True
 
 
+def bias_and_scale(query, attn_mask, scale):
+    """torch's SDPA mask and scale as the primitive takes them: an additive bias of q's rank
+    (a boolean mask becomes 0/-inf) or None, and 1/sqrt(head dim) when scale is None."""
+    bias = None
+    if attn_mask is not None:
+        bias = attn_mask.reshape((1,) * (query.ndim - attn_mask.ndim) + tuple(attn_mask.shape))
+        if bias.dtype == torch.bool:
+            bias = torch.where(bias, 0.0, float("-inf")).to(query.dtype)
+    return bias, 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+
+
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                  scale=None, enable_gqa=False):
     if not _fits(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
@@ -81,13 +92,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         groups = query.shape[-3] // key.shape[-3]
         key = key.repeat_interleave(groups, dim=-3)
         value = value.repeat_interleave(groups, dim=-3)
-    bias = None
-    if attn_mask is not None:
-        bias = attn_mask.reshape((1,) * (query.ndim - attn_mask.ndim) + tuple(attn_mask.shape))
-        if bias.dtype == torch.bool:
-            bias = torch.where(bias, 0.0, float("-inf")).to(query.dtype)
-    if scale is None:
-        scale = 1.0 / math.sqrt(query.shape[-1])
+    bias, scale = bias_and_scale(query, attn_mask, scale)
     # Below torch's autograd key: wrappers of values computed from closed-over parameters that
     # require grad would otherwise send the op to its torch autograd formula (an
     # autograd.Function, refused on wrappers); torch's autograd still records the op where it

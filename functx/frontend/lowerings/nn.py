@@ -11,7 +11,7 @@ from torch._decomp.decompositions import native_batch_norm_helper
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND as KIND
 
 from ...core.errors import FunctxError
-from ...core.trace import PrimalTracer, Tracer, concrete, is_ancestor
+from ...core.trace import Tracer, concrete, is_ancestor, tracer_chain
 from ... import prims as P
 from ...prims.util import static_broadcast_shapes
 from ..functionalize import unwrap, write
@@ -21,7 +21,7 @@ from .common import _dims, _keep, _t, _zeros, aten, wrap_dim
 from .elementwise import _clamp
 from .registry import register, register_special
 from .torch_prims import _prims_var
-from .attention import _fits
+from .attention import _fits, bias_and_scale
 from ...kernels.attention import attention
 from ..tensor import wrap
 
@@ -283,12 +283,10 @@ def _vmap_batching(buf, value):
     (grad and jvp tracers carry their primal, a BatchTracer its per-batch value)."""
     home = unwrap(buf)
     home_trace = home._trace if isinstance(home, Tracer) else None
-    v = value
-    while isinstance(v, Tracer):
+    for v in tracer_chain(value):
         if getattr(v, "bdim", None) is not None and v._trace.axis is not None and (
                 home_trace is None or not is_ancestor(v._trace, home_trace)):
             return v._trace
-        v = v.primal if isinstance(v, PrimalTracer) else getattr(v, "val", None)
     return None
 
 
@@ -370,13 +368,7 @@ def _nll_loss_forward(x, target, weight, reduction, ignore_index):
 def _flash_attention_for_cpu(query, key, value, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
     if not _fits(query, key, value, attn_mask, dropout_p, is_causal, False) or query.ndim != 4:
         return NotImplemented       # torch's decomposition (dispatch.py), as before
-    bias = None
-    if attn_mask is not None:
-        bias = attn_mask.reshape((1,) * (query.ndim - attn_mask.ndim) + tuple(attn_mask.shape))
-        if bias.dtype == torch.bool:
-            bias = torch.where(bias, 0.0, float("-inf")).to(query.dtype)
-    if scale is None:
-        scale = 1.0 / math.sqrt(query.shape[-1])
+    bias, scale = bias_and_scale(query, attn_mask, scale)
     out, lse = attention(unwrap(query), unwrap(key), unwrap(value), unwrap(bias) if bias is not None else None,
                          bool(is_causal), float(scale), with_lse=True)
     return wrap(out), wrap(lse)

@@ -7,7 +7,7 @@ import math
 import torch
 
 from ... import prims as P
-from ...core.trace import PrimalTracer, Tracer, concrete
+from ...core.trace import concrete, tracer_chain
 from ...prims import debug_callback
 from ..functionalize import unwrap
 from ..tensor import TracerTensor
@@ -269,24 +269,11 @@ def _logcumsumexp(x, dim):
 # traced: an all-true test is assumed to hold and checked each time the program runs (a
 # failed check raises there, as the validation would have); an any-true test needs values.
 
-def _underlying(v):
-    """The value behind a tracer: its primal under grad/jvp/jet, the whole batch under vmap;
-    a tensor when the values are known (eager transforms), else a jit tracer."""
-    while isinstance(v, Tracer):
-        if isinstance(v, PrimalTracer):
-            v = v.primal
-        elif getattr(v, "val", None) is not None:      # BatchTracer: every example
-            v = v.val
-        else:
-            break
-    return v
-
-
 def _truth_test(x, kind):
     if not isinstance(x, TracerTensor):
         v = x
     else:
-        v = _underlying(unwrap(x))
+        *_, v = tracer_chain(unwrap(x))    # the primal, every example: the values, if known
         if not isinstance(v, torch.Tensor):
             if kind == "any":
                 v = concrete(unwrap(x))        # raises: Python needs the values here
