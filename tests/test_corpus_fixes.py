@@ -270,3 +270,41 @@ def test_jit_keys_on_layouts_only_once_a_trace_reads_them():
     jf = functx.jit(f, static_argnums=1)    # the offset is used as a Python int
     for x, offset in ((rows[0], 1), (rows[1], 5), (rows[1], None), (rows.clone()[0], 0), (rows[2], 9)):
         torch.testing.assert_close(jf(x, offset), f(x, offset))
+
+
+# ---------------------------------------------------------------- linear algebra and distances
+
+def test_lstsq_under_vmap_and_jit():
+    """linalg_lstsq is tagged dynamic_output_shape (its residuals' size depends on A's rank),
+    but CPU's default driver, gelsy, never returns residuals: its shapes are static there."""
+    torch.manual_seed(0)
+    A, B = torch.randn(3, 6, 3, dtype=D), torch.randn(3, 6, 2, dtype=D)
+
+    def solve(a, b):
+        return torch.linalg.lstsq(a, b).solution
+    torch.testing.assert_close(functx.vmap(solve)(A, B), torch.stack([solve(a, b) for a, b in zip(A, B)]))
+    torch.testing.assert_close(functx.jit(solve)(A[0], B[0]), solve(A[0], B[0]))
+    loss = lambda a, b: solve(a, b).square().sum()  # noqa: E731
+    torch.testing.assert_close(functx.jit(functx.vmap(functx.grad(loss)))(A, B),
+                               torch.stack([torch.func.grad(loss)(a, b) for a, b in zip(A, B)]))
+    with pytest.raises(functx.ConcretizationError, match="lstsq"):   # gelsd's residuals do depend on the rank
+        functx.vmap(lambda a, b: torch.linalg.lstsq(a, b, driver="gelsd").solution)(A, B)
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0, 3.0, float("inf")])
+def test_pdist_forward_and_second_order(p):
+    """ATen's pdist has no forward-mode formula and its backward no derivative: jvp and
+    hessian raised. Against finite differences and a Python loop over the pairs."""
+    torch.manual_seed(0)
+    x, t = torch.randn(5, 3, dtype=D), torch.randn(5, 3, dtype=D)
+    f = lambda x: torch.nn.functional.pdist(x, p)  # noqa: E731
+    eps = 1e-6
+    torch.testing.assert_close(functx.jvp(f, (x,), (t,))[1], (f(x + eps * t) - f(x - eps * t)) / (2 * eps),
+                               atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(functx.grad(lambda x: f(x).sum())(x), torch.func.grad(lambda x: f(x).sum())(x))
+    pairs = lambda x: sum(torch.linalg.vector_norm(x[a] - x[b], ord=p)  # noqa: E731
+                          for a in range(5) for b in range(a + 1, 5))
+    torch.testing.assert_close(functx.hessian(lambda x: f(x).sum())(x),
+                               torch.autograd.functional.hessian(pairs, x))
+    xs = torch.stack([x, x + 1])
+    torch.testing.assert_close(functx.jit(functx.vmap(f))(xs), torch.stack([f(x), f(x + 1)]))

@@ -112,6 +112,17 @@ def embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sp
     return out, offset2bag, bag_size, max_indices
 
 
+# F.pdist: ATen's kernel has no forward-mode formula and its backward no derivative, so the
+# opaque fallback could give neither jvp nor second derivatives. The same distances from
+# indexing and vector_norm, whose rules all exist (and give 0, as torch's does, at a zero
+# distance for p = 2).
+@register_special(aten._pdist_forward.default)
+def pdist(input, p=2.0):
+    n = input.shape[0]
+    i, j = torch.triu_indices(n, n, 1, device=input.device)
+    return torch.linalg.vector_norm(input[i] - input[j], ord=p, dim=-1)
+
+
 # The single-step cells (nn.LSTMCell, GRUCell, RNNCell) have no Python decomposition; ATen's
 # C++ ones write into temporaries in place. The same formulas as ATen's RNN.cpp, out of place.
 def _gates(input, hx, w_ih, w_hh, b_ih, b_hh):

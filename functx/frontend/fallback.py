@@ -69,9 +69,22 @@ def _run_check(func, args, kwargs):
     return func(*a, **k)
 
 
+def _lstsq_shapes_static(args, kwargs, device):
+    # residuals are returned only by the gelsd/gelss/gels drivers (and then only when A is
+    # tall and of full rank); gelsy, the CPU default, returns them empty whatever the values
+    driver = kwargs.get("driver", args[3] if len(args) > 3 else None)
+    return device.type == "cpu" and driver in (None, "gelsy")
+
+
+# ops tagged dynamic_output_shape whose output shapes are known from their arguments in some
+# cases: those cases run on placeholders like any other op (jit and vmap work)
+_SHAPES_STATIC_WHEN = {torch.ops.aten.linalg_lstsq.default: _lstsq_shapes_static}
+
+
 def _output_types(func, flat, positions, spec):
     device = next((flat[i].device for i in positions), torch.device("cpu"))
-    if torch.Tag.dynamic_output_shape in func.tags:
+    static_when = _SHAPES_STATIC_WHEN.get(func)
+    if torch.Tag.dynamic_output_shape in func.tags and not (static_when and static_when(*tree_unflatten(flat, spec), device)):
         return _types_from_values(func, flat, positions, spec, device)
     if any(0 in tuple(flat[i].shape) for i in positions):
         # An empty operand: torch's kernel checks what its meta function may not (median over
