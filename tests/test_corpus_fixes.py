@@ -308,3 +308,28 @@ def test_pdist_forward_and_second_order(p):
                                torch.autograd.functional.hessian(pairs, x))
     xs = torch.stack([x, x + 1])
     torch.testing.assert_close(functx.jit(functx.vmap(f))(xs), torch.stack([f(x), f(x + 1)]))
+
+
+def test_rrelu_in_eval_under_vmap():
+    """F.rrelu(training=False) is leaky_relu with the mean slope; torch.func has no batching
+    rule for ATen's rrelu_with_noise, which the fallback used."""
+    x = torch.randn(3, 4, 5, dtype=D)
+    f = lambda x: torch.nn.functional.rrelu(x, 0.1, 0.3, training=False)  # noqa: E731
+    torch.testing.assert_close(functx.vmap(f)(x), torch.stack([f(r) for r in x]))
+    torch.testing.assert_close(functx.jit(functx.vmap(functx.grad(lambda x: f(x).sum())))(x),
+                               torch.stack([torch.func.grad(lambda x: f(x).sum())(r) for r in x]))
+
+
+def test_ctc_loss_jitted_over_log_probs_with_constant_lengths():
+    """ctc_loss's extra output has a size set by max(target_lengths); with the lengths known
+    (closed over) the loss jits over traced log-probabilities. Traced lengths still raise."""
+    torch.manual_seed(0)
+    lp = torch.randn(6, 2, 5, dtype=D)
+    targets, input_lengths, target_lengths = torch.tensor([[1, 2, 0], [1, 1, 3]]), torch.tensor([6, 5]), \
+        torch.tensor([2, 3])
+    f = lambda lp: torch.nn.functional.ctc_loss(lp.log_softmax(2), targets, input_lengths, target_lengths)  # noqa
+    torch.testing.assert_close(functx.jit(f)(lp), f(lp))
+    torch.testing.assert_close(functx.jit(functx.grad(f))(lp), torch.func.grad(f)(lp))
+    with pytest.raises(functx.ConcretizationError, match="ctc_loss"):
+        functx.jit(lambda lp, tl: torch.nn.functional.ctc_loss(lp.log_softmax(2), targets, input_lengths, tl))(
+            lp, target_lengths)

@@ -123,6 +123,15 @@ def pdist(input, p=2.0):
     return torch.linalg.vector_norm(input[i] - input[j], ord=p, dim=-1)
 
 
+# F.rrelu(training=False) is leaky_relu with the mean slope; ATen's kernel has no batching
+# rule in torch.func (the opaque fallback's vmap). Training draws slopes: the general path.
+@register_special(aten.rrelu_with_noise.default)
+def rrelu_with_noise(input, noise, lower=0.125, upper=1.0 / 3.0, training=False, generator=None):
+    if training:
+        return NotImplemented
+    return torch.nn.functional.leaky_relu(input, (lower + upper) / 2)
+
+
 # The single-step cells (nn.LSTMCell, GRUCell, RNNCell) have no Python decomposition; ATen's
 # C++ ones write into temporaries in place. The same formulas as ATen's RNN.cpp, out of place.
 def _gates(input, hx, w_ih, w_hh, b_ih, b_hh):

@@ -81,6 +81,23 @@ def _lstsq_shapes_static(args, kwargs, device):
 _SHAPES_STATIC_WHEN = {torch.ops.aten.linalg_lstsq.default: _lstsq_shapes_static}
 
 
+# Dynamic-shape ops whose output shapes depend on the values of only some arguments: the
+# others may be abstract (ctc_loss's log_alpha is (batch, time, 2 * max(target_lengths) + 1),
+# so a jitted loss over traced log-probabilities needs only concrete target lengths).
+_SHAPE_DETERMINING = {torch.ops.aten._ctc_loss.Tensor: ("target_lengths",)}
+
+
+def _shape_determining(func, flat, spec):
+    """ids of the tensors whose values decide func's output shapes (None: all of them)."""
+    names = _SHAPE_DETERMINING.get(func)
+    if names is None:
+        return None
+    args, kwargs = tree_unflatten(flat, spec)
+    schema = [a.name for a in func._schema.arguments]
+    named = {**dict(zip(schema, args)), **kwargs}
+    return {id(named[n]) for n in names if isinstance(named.get(n), torch.Tensor)}
+
+
 def _output_types(func, flat, positions, spec):
     device = next((flat[i].device for i in positions), torch.device("cpu"))
     static_when = _SHAPES_STATIC_WHEN.get(func)
@@ -113,10 +130,12 @@ def _types_from_values(func, flat, positions, spec, device):
     """nonzero, unique, masked_select, ...: the output's shape depends on the input's values,
     so it comes from running the op on them (eager transforms); abstract values (jit, vmap)
     have none, and a shape guessed from placeholder data would be silently wrong."""
+    determining = _shape_determining(func, flat, spec)
     try:
         values = list(flat)
         for i in positions:
-            values[i] = concrete(unwrap(flat[i]))
+            values[i] = concrete(unwrap(flat[i])) if determining is None or id(flat[i]) in determining \
+                else torch.zeros(flat[i].shape, dtype=flat[i].dtype)
     except FunctxError as e:
         raise ConcretizationError(
             f"functx: {func}'s output shape depends on the values of its input, which are not known "
