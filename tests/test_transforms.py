@@ -414,3 +414,88 @@ def test_error_wrong_tangent_and_cotangent_shapes():
     _raises(ValueError, r"cotangents must have the structure", lambda: functx.vjp(torch.sin, X)[1]((X, X)))
     _raises(ValueError, r"functx.linearize: tangent 0 has shape \(3,\), its primal has \(4,\)",
             lambda: functx.linearize(torch.sin, X)[1](rnd(3)))
+
+
+# ---------------------------------------------------------------- tensors the function makes and fills
+
+def _residuals(x):
+    r = torch.zeros(3, dtype=x.dtype)          # filled in place, as physics code assembles residuals
+    r[0] = x[0] ** 2 - x[1]
+    r[1] = torch.sin(x[1]) * x[2]
+    rows = torch.empty(2, 3, dtype=x.dtype)
+    rows[1] = x                                 # through a view of a made tensor
+    rows[0].copy_(x * 2)
+    r[2:] = rows.sum()
+    return r
+
+
+def _residuals_ref(x):
+    return torch.stack([x[0] ** 2 - x[1], torch.sin(x[1]) * x[2], 3 * x.sum()])
+
+
+def test_writing_traced_values_into_tensors_the_function_makes():
+    """torch.zeros / torch.empty inside a transformed function may be filled with traced
+    values (torch.func.grad allows it; vmap and jit here too): those factories return wrappers."""
+    x, xs = rnd(3, seed=50), rnd(4, 3, seed=51)
+    close(functx.jacrev(_residuals)(x), tf.jacrev(_residuals_ref)(x))
+    close(functx.jacfwd(_residuals)(x), tf.jacrev(_residuals_ref)(x))
+    close(functx.jit(functx.jacrev(_residuals))(x), tf.jacrev(_residuals_ref)(x))
+    close(functx.vmap(_residuals)(xs), tf.vmap(_residuals_ref)(xs))
+    close(functx.jit(functx.vmap(functx.hessian(lambda x: _residuals(x).sum())))(xs),
+          tf.vmap(tf.hessian(lambda x: _residuals_ref(x).sum()))(xs))
+
+
+def test_tensors_the_function_makes_stay_readable_by_python_under_jit():
+    """Under jit, work on made tensors alone runs at trace time (as plain torch did), so
+    Python may read it: a constant boolean mask, an int of a sum, a branch."""
+    def f(x):
+        mask = torch.zeros(5, dtype=torch.bool)
+        mask[2] = True
+        n = int(torch.ones(3).sum())
+        if torch.zeros(2).sum() == 0:
+            return x[mask] * n
+        return x
+    x = rnd(5, seed=52)
+    close(functx.jit(f)(x), f(x))
+    close(functx.vmap(f)(torch.stack([x, x + 1])), torch.stack([f(x), f(x + 1)]))
+
+
+def test_sampling_from_a_made_tensor_follows_vmap_randomness():
+    """torch.poisson(torch.full(...)): the rate is a made tensor (a wrapper) with no traced
+    value; its draw follows `randomness` like any plain draw."""
+    xs = rnd(3, 2, seed=53)
+    f = lambda x: torch.poisson(torch.full((64,), 50.0, dtype=x.dtype)) + 0 * x.sum()  # noqa: E731
+    different = functx.vmap(f, randomness="different")(xs)
+    assert not torch.equal(different[0], different[1])
+    same = functx.vmap(f, randomness="same")(xs)
+    assert torch.equal(same[0], same[1])
+    with pytest.raises(functx.FunctxError, match="randomness"):
+        functx.vmap(f)(xs)
+
+
+# ---------------------------------------------------------------- traced 0-d integer indices
+
+def test_indexing_with_a_traced_integer_scalar():
+    """x[i] with a 0-d integer tensor i that is traced (one index per example under vmap, an
+    argument under jit): torch's indexing reads it with .item(); here it selects as a
+    one-element index tensor. Against a Python loop (torch.func's vmap(grad) of this fails)."""
+    x = rnd(3, 4, 5, 6, seed=60)
+    i, j = torch.tensor([0, 1, 2]), torch.tensor([3, 2, 0])
+    loop = lambda f: torch.stack([f(x[k], i[k], j[k]) for k in range(3)])  # noqa: E731
+    for f in (lambda a, i, j: a[i], lambda a, i, j: a[:, i], lambda a, i, j: a[i, :, j],
+              lambda a, i, j: a[..., i], lambda a, i, j: a[None, i], lambda a, i, j: a[i, [0, 2]],
+              lambda a, i, j: a[1:, i]):
+        close(functx.vmap(f)(x, i, j), loop(f))
+
+    def put(a, i, j):
+        a = a.clone()
+        a[i] = 0.0
+        a[:, i] = a[:, 0] * 2
+        return a
+    close(functx.vmap(put)(x, i, j), loop(put))
+    grad = lambda a, i, j: functx.grad(lambda a: (a[i] ** 2).sum())(a)  # noqa: E731
+    close(functx.jit(functx.vmap(grad))(x, i, j),
+          loop(lambda a, i, j: tf.grad(lambda a: (a[i] ** 2).sum())(a)))
+    pick = functx.jit(lambda a, i: a[i])
+    close(pick(x, torch.tensor(2)), x[2])
+    close(pick(x, torch.tensor(1)), x[1])

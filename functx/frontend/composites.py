@@ -13,6 +13,7 @@ import torch
 from torch._decomp import decomposition_table
 
 from ..core.errors import ConcretizationError, FunctxError, user_frame_summary
+from ..core.trace import Tracer
 from .lowerings.attention import scaled_dot_product_attention
 from .lowerings.registry import register_special
 
@@ -191,7 +192,68 @@ def new_full(self, size, fill_value, *, dtype=None, device=None, **_):
     return _filled(fill_value, size, dtype or self.dtype, device or self.device)
 
 
+# x[i] with a traced 0-d integer tensor i (an index per example under vmap, a traced index
+# under jit): torch's indexing reads such an index with .item(), which has no single value
+# here. As a one-element index tensor the selection is the same (a copy, as under
+# torch.func's vmap); the size-1 dimension it adds is reshaped away.
+def _traced_scalar_index(i):
+    return isinstance(i, torch.Tensor) and type(i) is not torch.Tensor and i.dim() == 0 \
+        and not i.dtype.is_floating_point and i.dtype not in (torch.bool, torch.uint8) \
+        and isinstance(getattr(i, "_value", None), Tracer)
+
+
+def _as_tensor_index(self, index):
+    """(index with traced 0-d integer tensors as one-element ones, the shapes self[index] has
+    with and without that change), or None when no such index is present."""
+    items = index if isinstance(index, tuple) else (index,)
+    if not any(_traced_scalar_index(i) for i in items):
+        return None
+
+    def probe(i, scalar_as):
+        if _traced_scalar_index(i):
+            return scalar_as(i)
+        if isinstance(i, torch.Tensor):
+            if i.dtype in (torch.bool, torch.uint8):
+                raise _Decline
+            return torch.zeros(i.shape, dtype=i.dtype, device="meta")
+        return i
+    meta = torch.empty(self.shape, device="meta")
+    try:
+        shape = meta[tuple(probe(i, lambda _: 0) for i in items)].shape
+        as_tensor = meta[tuple(probe(i, lambda _: torch.zeros(1, dtype=torch.int64, device="meta"))
+                               for i in items)].shape
+    except _Decline:
+        return None
+    new = tuple(i.reshape(1) if _traced_scalar_index(i) else i for i in items)
+    return new, shape, as_tensor
+
+
+class _Decline(Exception):
+    pass
+
+
+def getitem(self, index):
+    plan = _as_tensor_index(self, index)
+    if plan is None:
+        return NotImplemented
+    new, shape, _ = plan
+    return self[new].reshape(shape)
+
+
+def setitem(self, index, value):
+    plan = _as_tensor_index(self, index)
+    if plan is None:
+        return NotImplemented
+    new, shape, as_tensor = plan
+    if isinstance(value, torch.Tensor):
+        value = value.expand(shape).reshape(as_tensor)
+    self[new] = value
+    return None
+
+
 COMPOSITES = {
+    torch.Tensor.__getitem__: getitem,
+    torch.Tensor.__setitem__: setitem,
     torch.full_like: full_like,
     torch.Tensor.new_full: new_full,
     _VF.lstm_cell: lstm_cell,

@@ -16,6 +16,7 @@ random_p's impl) is never intercepted again.
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 from torch.utils._python_dispatch import (TorchDispatchMode, _get_current_dispatch_mode_stack,
@@ -24,12 +25,13 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..core.errors import FunctxError
 from ..core.errors import user_frame_summary
-from ..core.trace import Tracer, staged_or_batched, staging
+from ..core.trace import EVAL_TRACE, Tracer, set_current_trace, staged_or_batched, staging
 from .. import prims as P
 from .dispatch import dispatch, pinned
 from .lowerings.creation import SIZED_FACTORIES
 from .lowerings.registry import LOWERINGS
 from .generators import drawing_from
+from .functionalize import value_of
 from .tensor import TracerTensor, wrap
 
 aten = torch.ops.aten
@@ -209,7 +211,38 @@ def _route(func, args, kwargs):
     return func(*args, **kwargs)
 
 
-_EMPTY_FACTORIES = frozenset({aten.empty.memory_format, aten.empty_strided.default})
+# Factories whose results code fills in place (out = torch.zeros(n); out[i] = f(x)). Inside a
+# transformed function they return wrappers of their plain value, so that traced values can
+# be written into them (torch.func.grad allows this; a plain tensor could not record it).
+# empty's contents are unspecified: zeros here, so that a traced graph holds no garbage.
+_EMPTY_FACTORIES = frozenset({aten.empty.memory_format, aten.empty_strided.default, aten.empty_like.default,
+                              aten.new_empty.default, aten.new_empty_strided.default})
+_FILL_FACTORIES = _EMPTY_FACTORIES | frozenset({
+    aten.zeros.default, aten.ones.default, aten.full.default, aten.zeros_like.default, aten.ones_like.default,
+    aten.full_like.default, aten.new_zeros.default, aten.new_ones.default, aten.new_full.default})
+
+
+def _holds_no_tracer(args, kwargs) -> bool:
+    """No argument is traced: every wrapper among them holds a plain value."""
+    for a in (*args, *(kwargs.values() if kwargs else ())):
+        for b in (a if isinstance(a, (list, tuple)) else (a,)):
+            if type(b) is TracerTensor and isinstance(value_of(b), Tracer):
+                return False
+    return True
+
+
+def _plain_values(args, kwargs):
+    """(args, kwargs) with wrappers replaced by their values if none of those is traced."""
+    args, kwargs = tree_map(lambda a: value_of(a) if isinstance(a, TracerTensor) else a, (args, kwargs))
+    if any(isinstance(l, Tracer) for l in tree_flatten((args, kwargs))[0]):
+        return None
+    return args, kwargs
+
+
+def _called_by_functx() -> bool:
+    """Is the Python code that called the op functx's own (a nested transform's entry code
+    making its seeds and zeros under an outer transform's mode), not the user's?"""
+    return sys._getframe(2).f_globals.get("__name__", "").startswith("functx.")
 
 
 def _writes(func) -> bool:
@@ -267,16 +300,27 @@ class RandomMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if TracerTensor in types:
+            if _is_seeded(func) and not _writes(func):
+                plain = _plain_values(args, kwargs or {})
+                if plain is not None and _samples(func, *plain):
+                    # sampling from a tensor the function made (torch.poisson(torch.full(...))):
+                    # no traced argument to carry vmap's randomness, so as any plain draw
+                    return _route(func, *plain)
+            if staging() and not _is_seeded(func) and _holds_no_tracer(args, kwargs):
+                # only tensors the function made (torch.zeros(n), then mask[2] = True): computed
+                # now, as plain torch would be, so that Python can read them (x[mask], int(n))
+                with set_current_trace(EVAL_TRACE):
+                    return dispatch(func, args, kwargs or {})
             # What TracerTensor.__torch_dispatch__ would do, without a second trip through the
             # dispatcher: this keeps the mode's cost per traced op to one Python call.
             return dispatch(func, args, kwargs or {})
         kwargs = kwargs or {}
-        if func in _EMPTY_FACTORIES and staged_or_batched() and not _has_symbolic_size(args, kwargs):
-            # torch.empty(shape) made to be filled in place (torch.distributions' rsample:
-            # torch.empty(shape).normal_()): a wrapper, so that traced or per-example values
-            # can be written into it (its initial contents are unspecified: zeros here).
+        if func in _FILL_FACTORIES and not kwargs.get("requires_grad") and not _has_symbolic_size(args, kwargs) \
+                and not _called_by_functx():
+            # torch.zeros(shape) / torch.empty(shape) made to be filled in place (torch.distributions'
+            # rsample: torch.empty(shape).normal_()): a wrapper (see _FILL_FACTORIES)
             out = func(*args, **kwargs)
-            return TracerTensor(out.zero_())
+            return TracerTensor(out.zero_() if func in _EMPTY_FACTORIES else out)
         if not _is_seeded(func) or not _samples(func, args, kwargs):
             if staging():
                 if _has_symbolic_size(args, kwargs):
