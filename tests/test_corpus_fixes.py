@@ -333,3 +333,23 @@ def test_ctc_loss_jitted_over_log_probs_with_constant_lengths():
     with pytest.raises(functx.ConcretizationError, match="ctc_loss"):
         functx.jit(lambda lp, tl: torch.nn.functional.ctc_loss(lp.log_softmax(2), targets, input_lengths, tl))(
             lp, target_lengths)
+
+
+def test_max_min_over_a_dim_of_bools_and_multivariate_normal():
+    """torch's max/min(dim) take bools (LowerCholesky's constraint check runs
+    (L.tril() == L).min(-1)); functx's lowering used argmin, which torch refuses on bools:
+    MultivariateNormal(scale_tril=...) raised under every transform."""
+    b = torch.tensor([[True, False, True], [True, True, True], [False, False, True]])
+    for op in ("max", "min"):
+        got, want = functx.jit(lambda b: getattr(b, op)(1))(b), getattr(b, op)(1)
+        assert torch.equal(got.values, want.values) and torch.equal(got.indices, want.indices)
+    torch.manual_seed(0)
+    x, p = torch.rand(4, dtype=D) * 0.8 + 0.1, torch.rand(4, dtype=D) + 0.5
+
+    def log_prob(p, x):
+        tril = torch.diag(p) + torch.tril(torch.outer(x, x), -1)
+        return torch.distributions.MultivariateNormal(p, scale_tril=tril).log_prob(x)
+    torch.testing.assert_close(functx.jit(log_prob)(p, x), log_prob(p, x))
+    P, X = torch.stack([p, p * 1.1]), torch.stack([x, x * 0.9])
+    torch.testing.assert_close(functx.jit(functx.vmap(functx.grad(log_prob, argnums=(0, 1))))(P, X)[0],
+                               torch.stack([torch.func.grad(log_prob)(P[i], X[i]) for i in range(2)]))

@@ -167,7 +167,8 @@ def _extremum_at_index(name, arg):
         if t.ndim == 0:
             return x, P.full((), 0, torch.int64, t.device)
         d = wrap_dim(dim, t.ndim)
-        idx = arg(x, d)
+        # torch's max/min(dim) take bools (constraints' checks do), its argmax/argmin do not
+        idx = arg(P.convert(x, torch.uint8) if t.dtype == torch.bool else x, d)
         kept = tuple(1 if i == d else s for i, s in enumerate(t.shape))
         vals = P.take_along_axis(x, P.reshape(idx, kept), d)
         if not keepdim:
