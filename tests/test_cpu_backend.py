@@ -127,7 +127,8 @@ def test_float64_and_math_functions():
            torch.lgamma, torch.round, torch.trunc, lambda v: v.pow(2.5), lambda v: torch.atan2(v, v + 1),
            lambda v: torch.fmod(v * 7, 0.3), torch.sign, torch.floor, torch.ceil, torch.exp2,
            lambda v: v ** 3, lambda v: v ** 0.5, torch.acos, torch.cosh, torch.sigmoid,
-           lambda v: torch.xlogy(v, v + 0.5)]
+           lambda v: torch.xlogy(v, v + 0.5), torch.erfc, torch.sin, torch.cos, torch.tan, torch.sinh,
+           torch.asin, torch.atanh, lambda v: torch.acosh(v + 1), torch.exp, torch.log, torch.sqrt]
     for dtype in (torch.float32, torch.float64):
         check(lambda x: [f(x) for f in fns], x.to(dtype), kernels=1)
     check(lambda x, w: F.layer_norm(x, (10,), w), X.double(), torch.randn(10, dtype=torch.float64), kernels=1)

@@ -44,7 +44,7 @@ PARALLEL_MIN = 1 << 15      # elements of work below which a kernel runs on one 
 # vectorize (scalar tanhf costs ~75 ns, its AVX2 form ~5 ns/element; libmvec's functions
 # are within 4 ulp, like the SLEEF functions torch's own CPU kernels call).
 _UNARY = ("exp exp2 log log1p expm1 sin cos tan tanh asin acos atan sinh cosh asinh acosh "
-          "atanh sqrt erf floor ceil trunc nearbyint fabs").split()
+          "atanh sqrt erf erfc floor ceil trunc nearbyint fabs").split()
 _BINARY = ("atan2", "fmod", "pow")
 
 
