@@ -84,7 +84,8 @@ _SHAPES_STATIC_WHEN = {torch.ops.aten.linalg_lstsq.default: _lstsq_shapes_static
 # Dynamic-shape ops whose output shapes depend on the values of only some arguments: the
 # others may be abstract (ctc_loss's log_alpha is (batch, time, 2 * max(target_lengths) + 1),
 # so a jitted loss over traced log-probabilities needs only concrete target lengths).
-_SHAPE_DETERMINING = {torch.ops.aten._ctc_loss.Tensor: ("target_lengths",)}
+_SHAPE_DETERMINING = {torch.ops.aten._ctc_loss.Tensor: ("target_lengths",),
+                      torch.ops.aten.bincount.default: ("self",)}      # not the weights
 
 
 def _shape_determining(func, flat, spec):

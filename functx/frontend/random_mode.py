@@ -241,8 +241,13 @@ def _plain_values(args, kwargs):
 
 def _called_by_functx() -> bool:
     """Is the Python code that called the op functx's own (a nested transform's entry code
-    making its seeds and zeros under an outer transform's mode), not the user's?"""
-    return sys._getframe(2).f_globals.get("__name__", "").startswith("functx.")
+    making its seeds and zeros under an outer transform's mode), not the user's? A C++
+    composite (torch.vander) shows TracerTensor.__torch_function__'s frame: the user's call."""
+    module = sys._getframe(2).f_globals.get("__name__", "")
+    return module.startswith("functx.") and module != _PASSTHROUGH_MODULE
+
+
+_PASSTHROUGH_MODULE = TracerTensor.__module__
 
 
 def _writes(func) -> bool:
