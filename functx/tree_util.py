@@ -4,6 +4,8 @@ register node types), for transform arguments and outputs, jit signatures and in
 containers, never user types.)"""
 from __future__ import annotations
 
+import dataclasses
+
 import optree
 
 NAMESPACE = "functx"
@@ -39,6 +41,37 @@ def tree_structure(tree):
 def register_pytree_node(cls, flatten_fn, unflatten_fn):
     """Register a container type: flatten_fn(obj) -> (children, aux), unflatten_fn(aux, children)."""
     return optree.register_pytree_node(cls, flatten_fn, unflatten_fn, namespace=NAMESPACE)
+
+
+def register_pytree_node_class(cls):
+    """Class decorator (JAX's): cls defines tree_flatten(self) -> (children, aux) and the
+    classmethod tree_unflatten(aux, children)."""
+    register_pytree_node(cls, lambda obj: obj.tree_flatten(), cls.tree_unflatten)
+    return cls
+
+
+def register_dataclass(cls=None, data_fields=None, meta_fields=None):
+    """Register a dataclass (JAX's register_dataclass; usable as a decorator): data_fields
+    are children (tensors, subtrees), meta_fields static data kept in the treedef (part of
+    a jit signature). Without field lists, fields with metadata {"static": True} are meta
+    and the others data."""
+    if cls is None:
+        return lambda c: register_dataclass(c, data_fields, meta_fields)
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"register_dataclass: {cls.__name__} is not a dataclass")
+    if data_fields is None:
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        data_fields = [f.name for f in fields if not f.metadata.get("static", False)]
+        meta_fields = [f.name for f in fields if f.metadata.get("static", False)]
+    data_fields, meta_fields = tuple(data_fields), tuple(meta_fields or ())
+
+    def flatten(obj):
+        return [getattr(obj, n) for n in data_fields], tuple(getattr(obj, n) for n in meta_fields)
+
+    def unflatten(aux, children):
+        return cls(**dict(zip(data_fields, children)), **dict(zip(meta_fields, aux)))
+    register_pytree_node(cls, flatten, unflatten)
+    return cls
 
 
 def broadcast_prefix(prefix, tree, what: str) -> list:

@@ -499,3 +499,41 @@ def test_indexing_with_a_traced_integer_scalar():
     pick = functx.jit(lambda a, i: a[i])
     close(pick(x, torch.tensor(2)), x[2])
     close(pick(x, torch.tensor(1)), x[1])
+
+
+def test_register_dataclass_and_pytree_node_class():
+    """JAX's functx.tree_util.register_dataclass (static fields live in the treedef) and
+    register_pytree_node_class, through grad, jit and vmap's in_axes."""
+    import dataclasses
+    from functx.tree_util import register_dataclass, register_pytree_node_class
+
+    @register_dataclass
+    @dataclasses.dataclass
+    class Layer:
+        w: torch.Tensor
+        b: torch.Tensor
+        act: str = dataclasses.field(default="tanh", metadata={"static": True})
+
+    x, layer = rnd(5, 3, seed=70), Layer(rnd(3, 2, seed=71), rnd(2, seed=72))
+    f = lambda l, x: (getattr(torch, l.act)(x @ l.w + l.b) ** 2).sum()  # noqa: E731
+    g = functx.grad(f)(layer, x)
+    assert type(g) is Layer and g.act == "tanh"
+    close(g.w, tf.grad(lambda w: f(Layer(w, layer.b), x))(layer.w))
+    close(functx.jit(functx.grad(f))(layer, x).b, g.b)
+    ws = rnd(4, 3, 2, seed=73)
+    close(functx.vmap(f, in_axes=(Layer(0, None, "tanh"), None))(Layer(ws, layer.b), x),
+          torch.stack([f(Layer(w, layer.b), x) for w in ws]))
+
+    @register_pytree_node_class
+    class Power:
+        def __init__(self, base, k):
+            self.base, self.k = base, k
+
+        def tree_flatten(self):
+            return (self.base,), self.k
+
+        @classmethod
+        def tree_unflatten(cls, k, children):
+            return cls(children[0], k)
+    close(functx.grad(lambda p: (p.base ** p.k).sum())(Power(torch.ones(3, dtype=F64), 3)).base,
+          torch.full((3,), 3.0, dtype=F64))
