@@ -537,3 +537,20 @@ def test_register_dataclass_and_pytree_node_class():
             return cls(children[0], k)
     close(functx.grad(lambda p: (p.base ** p.k).sum())(Power(torch.ones(3, dtype=F64), 3)).base,
           torch.full((3,), 3.0, dtype=F64))
+
+
+def test_a_made_tensor_written_into_a_closed_over_buffer():
+    """buf.add_(torch.ones(2)) with buf closed over: the made tensor holds a plain value, so
+    the write is a plain one, as in torch (eagerly it happens on every call; under jit it is
+    refused, since it would happen once)."""
+    buf = torch.zeros(2, dtype=F64)
+
+    def f(x):
+        buf.add_(torch.ones(2, dtype=F64))
+        buf[0] = torch.zeros((), dtype=F64) + 5
+        return (x * buf.sum()).sum()
+    x = rnd(3, seed=80)
+    close(functx.grad(f)(x), torch.full((3,), 6.0, dtype=F64))
+    close(buf, torch.tensor([5.0, 1.0], dtype=F64))
+    with pytest.raises(functx.FunctxError, match="closes over"):
+        functx.jit(f)(x)

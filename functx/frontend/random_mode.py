@@ -231,6 +231,16 @@ def _holds_no_tracer(args, kwargs) -> bool:
     return True
 
 
+def _target_is_plain(func, args, kwargs) -> bool:
+    """Does the op write into a plain tensor (its self or an out= argument)?"""
+    for i, a in enumerate(func._schema.arguments):
+        if a.alias_info is not None and a.alias_info.is_write:
+            target = args[i] if i < len(args) else kwargs.get(a.name)
+            if type(target) is torch.Tensor:
+                return True
+    return False
+
+
 def _plain_values(args, kwargs):
     """(args, kwargs) with wrappers replaced by their values if none of those is traced."""
     args, kwargs = tree_map(lambda a: value_of(a) if isinstance(a, TracerTensor) else a, (args, kwargs))
@@ -305,6 +315,11 @@ class RandomMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if TracerTensor in types:
+            if _writes(func) and _target_is_plain(func, args, kwargs or {}) and _holds_no_tracer(args, kwargs):
+                # a made tensor's plain value written into a plain one (a closed-over buffer:
+                # buf.add_(torch.ones(2))): a plain op, as it was before made tensors were
+                # wrappers (under jit, refused for a closed-over target as any plain write)
+                return self.__torch_dispatch__(func, (torch.Tensor,), *_plain_values(args, kwargs or {}))
             if _is_seeded(func) and not _writes(func):
                 plain = _plain_values(args, kwargs or {})
                 if plain is not None and _samples(func, *plain):
