@@ -192,6 +192,29 @@ def test_nan_inf_and_signed_zero_like_torch():
     check(lambda x: (x.amax(1), x.amin(1), x.sum(1), x.amax(0), torch.softmax(x, -1)), rows)
 
 
+def test_float32_tanh_within_5_ulp_everywhere():
+    """fx_tanhf (XLA's rational approximation, cpp_ops.HELPERS) against tanh in float64, on
+    every 509th float32 in [0, 9] (where tanh rounds to 1) and near 0, both signs: within 5
+    ulp (the exhaustive check over all 2^31 positive floats gave 4.9), odd to the bit, and
+    NaN/inf/-0 as torch; -0.0 keeps its sign."""
+    import numpy as np
+    bits = np.arange(0, np.float32(9.0).view(np.int32), 509, dtype=np.int32)
+    x = torch.from_numpy(np.concatenate([bits.view(np.float32),
+                                         np.float32([4e-4, 3.999e-4, 7.9988117, 7.99881, 20.0])]))
+    compiled, y = fused(torch.tanh, x)
+    assert "fx_tanhf" in compiled.fused.library_source
+    want = torch.tanh(x.double())
+    ulp = torch.from_numpy(np.spacing(want.float().numpy())).double()
+    err = ((y.double() - want).abs() / ulp).max().item()
+    assert err <= 5.0, err
+    _, yn = fused(torch.tanh, -x)
+    assert_same_bits(yn, -y)
+    special = torch.tensor([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e-30, -1e-45, 88.0])
+    check(torch.tanh, special, exact=False, rtol=0, atol=0)
+    _, ys = fused(torch.tanh, special)
+    assert_same_bits(ys[3:5], special[3:5])
+
+
 def test_integer_and_bool_semantics():
     big = torch.tensor([2**31 - 1, -2**31, 7, -7, 0, 3], dtype=torch.int32)
     small = torch.tensor([1, -1, 3, 2, 5, -4], dtype=torch.int32)

@@ -105,6 +105,33 @@ template <class T> static inline T fx_sign(T a) { return (T)((a > 0) - (a < 0));
 // lgamma_r: lgamma writes the global signgam, a data race under OpenMP.
 static inline float fx_lgamma(float a) { int s; return lgammaf_r(a, &s); }
 static inline double fx_lgamma(double a) { int s; return lgamma_r(a, &s); }
+// float32 tanh as XLA's CPU backend computes it (Eigen's rational approximation: odd
+// degree-13 numerator, even degree-6 denominator, on x clamped to +-7.9988, where it reaches
+// 1.0f; x itself below 4e-4). Branch-free and inlined, so loops calling it vectorize: 0.6 ns
+// per element against libmvec's 0.9 (AVX2, one core). Within 5 ulp of tanh over every float
+// (checked exhaustively; libmvec's tanhf: 1 ulp), odd, so tanh(-0) = -0; NaN stays NaN, +-inf
+// give +-1. The polynomials are evaluated by fused multiply-adds where the CPU has them.
+#ifdef __FMA__
+#define FX_FMAF(a, b, c) __builtin_fmaf(a, b, c)
+#else
+#define FX_FMAF(a, b, c) ((a) * (b) + (c))
+#endif
+static inline float fx_tanhf(float x) {
+    const float c = 7.99881172180175781f;
+    const float xc = x > c ? c : (x < -c ? -c : x);
+    const float z = xc * xc;
+    float p = FX_FMAF(-2.76076847742355e-16f, z, 2.00018790482477e-13f);
+    p = FX_FMAF(p, z, -8.60467152213735e-11f);
+    p = FX_FMAF(p, z, 5.12229709037114e-08f);
+    p = FX_FMAF(p, z, 1.48572235717979e-05f);
+    p = FX_FMAF(p, z, 6.37261928875436e-04f);
+    p = FX_FMAF(p, z, 4.89352455891786e-03f);
+    float q = FX_FMAF(1.19825839466702e-06f, z, 1.18534705686654e-04f);
+    q = FX_FMAF(q, z, 2.26843463243900e-03f);
+    q = FX_FMAF(q, z, 4.89352518554385e-03f);
+    const float r = (xc * p) / q;
+    return __builtin_fabsf(x) < 0.0004f ? x : r;
+}
 // torch.xlogy: NaN if y is NaN, else 0 where x == 0.
 static inline float fx_xlogy(float x, float y) { return y != y ? y : x == 0 ? 0.0f : x * logf(y); }
 static inline double fx_xlogy(double x, double y) { return y != y ? y : x == 0 ? 0.0 : x * log(y); }
