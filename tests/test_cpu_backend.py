@@ -215,6 +215,25 @@ def test_float32_tanh_within_5_ulp_everywhere():
     assert_same_bits(ys[3:5], special[3:5])
 
 
+def test_float32_row_sums_add_float_chunks_in_double():
+    """A row's float32 sum adds float partial sums over chunks (128 elements when the loop is
+    a SIMD reduction, 16 when a max shares it) into a double: on long rows with a large
+    common offset (where a float running sum drifts) it stays as close to the float64 sum as
+    torch's own float32 sum, and sums with a max beside them too."""
+    x = torch.randn(3, 100_003, generator=torch.Generator().manual_seed(0)) + 1000.0
+    want = x.double().sum(1)
+    torch_err = (x.sum(1).double() - want).abs().max().item()
+    compiled, got = fused(lambda x: (x * 1.0).sum(1), x)
+    assert "accf" in compiled.fused.library_source
+    assert (got.double() - want).abs().max().item() <= max(torch_err, 4 * want.abs().max().item() * 2 ** -24)
+    # a sum and a max in one loop over the row: sequential float chunks
+    compiled, (s, m) = fused(lambda x: ((x * 2.0).sum(1), (x * 2.0).amax(1)), x)
+    src = compiled.fused.library_source
+    assert "r0 += 16" in src, src
+    torch.testing.assert_close(s.double(), 2 * want, rtol=2e-7, atol=0)
+    torch.testing.assert_close(m, (x * 2.0).amax(1), rtol=0, atol=0)
+
+
 def test_integer_and_bool_semantics():
     big = torch.tensor([2**31 - 1, -2**31, 7, -7, 0, 3], dtype=torch.int32)
     small = torch.tensor([1, -1, 3, 2, 5, -4], dtype=torch.int32)
