@@ -234,6 +234,19 @@ def test_float32_row_sums_add_float_chunks_in_double():
     torch.testing.assert_close(m, (x * 2.0).amax(1), rtol=0, atol=0)
 
 
+def test_short_row_sums_unrolled_full_blocks_and_a_partial_one():
+    """Rows of at most 16 terms (a forward Laplacian's sum over directions) run blocked, full
+    blocks of 32 rows with a constant trip count, the last one with its own, and sum in float:
+    both against float64, with 7 full blocks and a partial one of 18 rows."""
+    x = torch.randn(83, 16, 3, generator=torch.Generator().manual_seed(1))
+    s = torch.randn(83, 3, generator=torch.Generator().manual_seed(2))
+    compiled, got = fused(lambda x, s: (x * x).sum(1) * torch.tanh(s), x, s)
+    src = compiled.fused.library_source
+    assert "const int64_t xn = 32;" in src and "float acc" in src, src
+    want = (x.double() ** 2).sum(1) * torch.tanh(s.double())
+    torch.testing.assert_close(got.double(), want, rtol=4e-6, atol=1e-7)
+
+
 def test_integer_and_bool_semantics():
     big = torch.tensor([2**31 - 1, -2**31, 7, -7, 0, 3], dtype=torch.int32)
     small = torch.tensor([1, -1, 3, 2, 5, -4], dtype=torch.int32)

@@ -307,6 +307,9 @@ class CppOps(KernelPrinter):
         if len(self.cache) < 2:
             raise AssertionError("the CPU backend reduces inside an rloop (plans are looped)")
         acc_t = accumulator(combine, dtype)
+        if combine == "add" and dtype == torch.float32 and isinstance(self.rnumel, int) \
+                and self.rnumel <= SEQUENTIAL_CHUNK:
+            acc_t = "float"         # a row of at most 16 terms: one float chunk (see below)
         n = self.counter
         self.counter += 1
         init, acc = self._row_value(acc_t, f"acc{n}", identity(combine, acc_t))
@@ -395,7 +398,22 @@ class CppOps(KernelPrinter):
             [f"{'double' if isinstance(e, tuple) else 'int64_t'} {n}" for e, n in self.size_args.items()]
         rows = [f"static void {self.name}_rows({', '.join(params + ['int64_t x0', 'int64_t x1'])}) {{"]
         segments = self.prelude + self.body
-        if self.blocked:
+        if self.blocked and isinstance(self.rnumel, int) and 1 < self.rnumel <= SHORT_ROW:
+            # short rows: a full block's loops over its rows get the constant trip count
+            # XBLOCK, so g++ unrolls them and keeps the per-row accumulators in registers
+            # (a forward Laplacian's sums over 16 directions, 4 MB each: 0.42 -> 0.29 and
+            # 0.25 -> 0.19 ms); the last block runs the same lines with its own count. Not
+            # for long column sums (dsm_step's bias and weight gradients: 2x slower)
+            block = ["    " + l for l in self.arrays + _blocked(segments)]
+            rows.append(f"    for (int64_t xb = x0; xb < x1; xb += {XBLOCK}) {{")
+            rows.append(f"        if (x1 - xb >= {XBLOCK}) {{")
+            rows.append(f"            const int64_t xn = {XBLOCK};")
+            rows += ["        " + l for l in block]
+            rows.append("        } else {")
+            rows.append("            const int64_t xn = x1 - xb;")
+            rows += ["        " + l for l in block]
+            rows.append("        }")
+        elif self.blocked:
             rows.append(f"    for (int64_t xb = x0; xb < x1; xb += {XBLOCK}) {{")
             rows.append(f"        const int64_t xn = x1 - xb < {XBLOCK} ? x1 - xb : {XBLOCK};")
             rows += ["        " + l for l in self.arrays]
