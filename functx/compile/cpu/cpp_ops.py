@@ -307,9 +307,9 @@ class CppOps(KernelPrinter):
         if len(self.cache) < 2:
             raise AssertionError("the CPU backend reduces inside an rloop (plans are looped)")
         acc_t = accumulator(combine, dtype)
-        if combine == "add" and dtype == torch.float32 and isinstance(self.rnumel, int) \
+        if combine == "add" and dtype == torch.float32 and self.blocked and isinstance(self.rnumel, int) \
                 and self.rnumel <= SEQUENTIAL_CHUNK:
-            acc_t = "float"         # a row of at most 16 terms: one float chunk (see below)
+            acc_t = "float"         # a blocked row of at most 16 terms: one sequential float chunk
         n = self.counter
         self.counter += 1
         init, acc = self._row_value(acc_t, f"acc{n}", identity(combine, acc_t))
@@ -401,9 +401,10 @@ class CppOps(KernelPrinter):
         if self.blocked and isinstance(self.rnumel, int) and 1 < self.rnumel <= SHORT_ROW:
             # short rows: a full block's loops over its rows get the constant trip count
             # XBLOCK, so g++ unrolls them and keeps the per-row accumulators in registers
-            # (a forward Laplacian's sums over 16 directions, 4 MB each: 0.42 -> 0.29 and
-            # 0.25 -> 0.19 ms); the last block runs the same lines with its own count. Not
-            # for long column sums (dsm_step's bias and weight gradients: 2x slower)
+            # (with float sums: a forward Laplacian's sums over 16 directions, 4 MB each,
+            # 0.42-0.66 -> 0.35-0.43 and 0.25-0.39 -> 0.14-0.18 ms); the last block runs the
+            # same lines with its own count. Not for long column sums (dsm_step's bias and
+            # weight gradients ran 2x slower)
             block = ["    " + l for l in self.arrays + _blocked(segments)]
             rows.append(f"    for (int64_t xb = x0; xb < x1; xb += {XBLOCK}) {{")
             rows.append(f"        if (x1 - xb >= {XBLOCK}) {{")
