@@ -15,6 +15,25 @@ import torch
 CLOCK = [time.perf_counter]
 
 
+def pin_to_one_core():
+    """Run this process, every thread of every system in it, on one core; returns the core.
+
+    "One thread" must mean one core for JAX: the XLA flags the benchmarks set
+    (--xla_cpu_multi_thread_eigen=false) do not bound the thread pool of XLA's YNNPACK
+    fusions, which takes every core the process may use (measured on a 2-core box: folx's
+    Laplacian at d=16 used 6.4 ms of CPU time per 3.7 ms call; dsm_step's jax.jit 9.4 ms per
+    6.6 ms). XLA sizes its pools from the affinity mask when its CPU client starts (at the
+    first JAX computation), so call this before any. Without sched_setaffinity (macOS) it
+    does nothing and returns None.
+    """
+    import os
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    core = max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    return core
+
+
 def use_cpu_time():
     CLOCK[0] = time.process_time
 

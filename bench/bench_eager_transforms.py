@@ -33,6 +33,7 @@ import torch.func  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import functx  # noqa: E402
+from _timing import pin_to_one_core  # noqa: E402
 from _models import init_mlp, mlp  # noqa: E402
 import bench_transforms as BT  # noqa: E402
 
@@ -165,6 +166,8 @@ def main(argv=None):
     ap.add_argument("--no-jax", action="store_true", help="skip JAX")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if os.environ.get("FUNCTX_BENCH_ALL_CORES", "") in ("", "0"):
+        pin_to_one_core()      # XLA's YNNPACK pool ignores XLA_FLAGS (_timing.pin_to_one_core)
     rounds = a.rounds or (5 if a.quick else 15)
     min_time = 0.01 if a.quick else 0.05
     load = os.getloadavg() if hasattr(os, "getloadavg") else None

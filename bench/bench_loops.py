@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import functx  # noqa: E402
 from functx.frontend import unwrap, wrap  # noqa: E402
 from functx.transforms.ad import linearize_flat  # noqa: E402
-from _timing import first_call, fmt_time, interleaved, per_call  # noqa: E402
+from _timing import first_call, fmt_time, interleaved, per_call, pin_to_one_core  # noqa: E402
 
 B, D, V = 16, 32, 8
 
@@ -203,6 +203,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'}")
+    if args.threads == 1 and os.environ.get("FUNCTX_BENCH_ALL_CORES", "") in ("", "0"):
+        pin_to_one_core()      # XLA's YNNPACK pool ignores XLA_FLAGS (_timing.pin_to_one_core)
     check()
     if args.memory:
         memory_table(1000)

@@ -26,7 +26,9 @@ arrays, float32, jitted: jax.jit(vmap(trace(jax.hessian(u)))), a jet-based Lapla
 along each e_i, summed), folx.forward_laplacian; for the score loss jax.grad over
 trace(jax.jacfwd(s)) and over folx's Jacobian trace. Every system runs on one thread by
 default (torch.set_num_threads, XLA's --xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1, set before jax is imported); --threads N changes torch's.
+intra_op_parallelism_threads=1, set before jax is imported) and the process on one core
+(XLA's YNNPACK fusions ignore those flags and use every core; FUNCTX_BENCH_ALL_CORES=1 keeps
+all cores); --threads N changes torch's.
 Peak memory: torch profiler (allocations minus frees in time order) for torch/functx; for
 JAX, XLA's buffer assignment of the compiled executable (temporaries + outputs): not the
 same measure, see docs/benchmarks.md.
@@ -46,7 +48,7 @@ import torch  # noqa: E402
 
 import functx  # noqa: E402
 from _models import init_mlp, mlp  # noqa: E402
-from _timing import fmt_time, interleaved, use_cpu_time  # noqa: E402
+from _timing import fmt_time, interleaved, pin_to_one_core, use_cpu_time  # noqa: E402
 
 try:
     import _jax_anchors as jax_anchors  # noqa: E402
@@ -218,6 +220,8 @@ def main():
     if a.cpu_time:
         use_cpu_time()
     torch.set_num_threads(a.threads)
+    if a.threads == 1 and os.environ.get("FUNCTX_BENCH_ALL_CORES", "") in ("", "0"):
+        pin_to_one_core()      # before XLA's client starts: its fusions' pool takes every core
     points = a.points or (32 if a.quick else 1024)
     dims = a.dims or ([2, 16] if a.quick else [2, 16, 64, 256])
     width = 8 if a.quick else 64
@@ -226,7 +230,8 @@ def main():
         jax_line = f"jax {jax_anchors.jax.__version__} ({os.environ.get('XLA_FLAGS')}), folx " + \
             ("absent" if jax_anchors.folx is None else jax_anchors.folx.__version__)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {jax_line}; "
-          f"load average {_load()}")
+          f"load average {_load()}; cores "
+          f"{sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else 'all'}")
     repeat, min_time = (3, 0.02) if a.quick else (5, 0.2)
     for score in [False, True]:
         if a.only not in (None, "score" if score else "laplacian"):

@@ -37,10 +37,18 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+def _cores():
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "all"
+
+
 def _set_threads_env(threads):
-    # XLA's CPU thread pool follows these; they must be set before jax is imported.
+    # XLA's CPU thread pool follows these; they must be set before jax is imported. With one
+    # thread the process is pinned to one core too (_timing.pin_to_one_core: XLA's YNNPACK
+    # fusions would use every core otherwise).
     if threads == 1:
         os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+        if os.environ.get("FUNCTX_BENCH_ALL_CORES", "") in ("", "0"):
+            pin_to_one_core()
 
 
 import torch  # noqa: E402
@@ -48,7 +56,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import functx  # noqa: E402
 from _models import init_mlp, mlp  # noqa: E402
-from _timing import first_call, fmt_time, interleaved, use_cpu_time  # noqa: E402
+from _timing import first_call, fmt_time, interleaved, pin_to_one_core, use_cpu_time  # noqa: E402
 
 DTYPE = torch.float32
 
@@ -509,6 +517,7 @@ def main(argv=None):
               ", ".join(names))
     load0 = os.getloadavg()[0]
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, cpu count={os.cpu_count()}, "
+          f"cores={_cores()}, "
           f"load average {load0:.2f}, clock: {'process CPU time' if a.cpu_time else 'wall'}" + (f", XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}" if not a.no_jax else ""))
     summary = []
     for name in names:

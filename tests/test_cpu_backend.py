@@ -193,6 +193,61 @@ def test_nan_inf_and_signed_zero_like_torch():
     check(lambda x: (x.amax(1), x.amin(1), x.sum(1), x.amax(0), torch.softmax(x, -1)), rows)
 
 
+def test_float32_tanh_within_5_ulp_everywhere():
+    """fx_tanhf (XLA's rational approximation, cpp_ops.HELPERS) against tanh in float64, on
+    every 509th float32 in [0, 9] (where tanh rounds to 1) and near 0, both signs: within 5
+    ulp (the exhaustive check over all 2^31 positive floats gave 4.9), odd to the bit, and
+    NaN/inf/-0 as torch; -0.0 keeps its sign."""
+    import numpy as np
+    bits = np.arange(0, np.float32(9.0).view(np.int32), 509, dtype=np.int32)
+    x = torch.from_numpy(np.concatenate([bits.view(np.float32),
+                                         np.float32([4e-4, 3.999e-4, 7.9988117, 7.99881, 20.0])]))
+    compiled, y = fused(torch.tanh, x)
+    assert "fx_tanhf" in compiled.fused.library_source
+    want = torch.tanh(x.double())
+    ulp = torch.from_numpy(np.spacing(want.float().numpy())).double()
+    err = ((y.double() - want).abs() / ulp).max().item()
+    assert err <= 5.0, err
+    _, yn = fused(torch.tanh, -x)
+    assert_same_bits(yn, -y)
+    special = torch.tensor([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e-30, -1e-45, 88.0])
+    check(torch.tanh, special, exact=False, rtol=0, atol=0)
+    _, ys = fused(torch.tanh, special)
+    assert_same_bits(ys[3:5], special[3:5])
+
+
+def test_float32_row_sums_add_float_chunks_in_double():
+    """A row's float32 sum adds float partial sums over chunks (128 elements when the loop is
+    a SIMD reduction, 16 when a max shares it) into a double: on long rows with a large
+    common offset (where a float running sum drifts) it stays as close to the float64 sum as
+    torch's own float32 sum, and sums with a max beside them too."""
+    x = torch.randn(3, 100_003, generator=torch.Generator().manual_seed(0)) + 1000.0
+    want = x.double().sum(1)
+    torch_err = (x.sum(1).double() - want).abs().max().item()
+    compiled, got = fused(lambda x: (x * 1.0).sum(1), x)
+    assert "accf" in compiled.fused.library_source
+    assert (got.double() - want).abs().max().item() <= max(torch_err, 4 * want.abs().max().item() * 2 ** -24)
+    # a sum and a max in one loop over the row: sequential float chunks
+    compiled, (s, m) = fused(lambda x: ((x * 2.0).sum(1), (x * 2.0).amax(1)), x)
+    src = compiled.fused.library_source
+    assert "r0 += 16" in src, src
+    torch.testing.assert_close(s.double(), 2 * want, rtol=2e-7, atol=0)
+    torch.testing.assert_close(m, (x * 2.0).amax(1), rtol=0, atol=0)
+
+
+def test_short_row_sums_unrolled_full_blocks_and_a_partial_one():
+    """Rows of at most 16 terms (a forward Laplacian's sum over directions) run blocked, full
+    blocks of 32 rows with a constant trip count, the last one with its own, and sum in float:
+    both against float64, with 7 full blocks and a partial one of 18 rows."""
+    x = torch.randn(83, 16, 3, generator=torch.Generator().manual_seed(1))
+    s = torch.randn(83, 3, generator=torch.Generator().manual_seed(2))
+    compiled, got = fused(lambda x, s: (x * x).sum(1) * torch.tanh(s), x, s)
+    src = compiled.fused.library_source
+    assert "const int64_t xn = 32;" in src and "float acc" in src, src
+    want = (x.double() ** 2).sum(1) * torch.tanh(s.double())
+    torch.testing.assert_close(got.double(), want, rtol=4e-6, atol=1e-7)
+
+
 def test_integer_and_bool_semantics():
     big = torch.tensor([2**31 - 1, -2**31, 7, -7, 0, 3], dtype=torch.int32)
     small = torch.tensor([1, -1, 3, 2, 5, -4], dtype=torch.int32)

@@ -171,7 +171,7 @@ sin_p = defunary("sin", torch.sin, "torch.sin", float_only("tl.sin({0})"), lambd
 cos_p = defunary("cos", torch.cos, "torch.cos", float_only("tl.cos({0})"), lambda x, y: neg(sin(x)), cpp=_CPP_COS)
 tan_p = defunary("tan", torch.tan, "torch.tan", float_only("libdevice.tan({0})"), lambda x, y: add(mul(y, y), 1.0), cpp=libm("tan"))
 tanh_p = defunary("tanh", torch.tanh, "torch.tanh", float_only("libdevice.tanh({0})"),
-                  lambda x, y: sub(1.0, mul(y, y)), cpp=libm("tanh"))
+                  lambda x, y: sub(1.0, mul(y, y)), cpp=cpp_float("fx_tanhf({0})", "tanh({0})"))
 asin_p = defunary("asin", torch.asin, "torch.asin", float_only("libdevice.asin({0})"),
                   lambda x, y: rsqrt(sub(1.0, mul(x, x))), cpp=libm("asin"))
 acos_p = defunary("acos", torch.acos, "torch.acos", float_only("libdevice.acos({0})"),

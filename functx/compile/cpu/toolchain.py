@@ -8,8 +8,11 @@ so processes sharing the directory never load half a file. The kernels include n
 headers, so a compile takes a fraction of a second, not Inductor's seconds.
 
 -ffast-math stays off: NaN, inf and -0.0 must behave as in torch. -fno-math-errno only lets
-sqrt inline (errno is never read); -ffp-contract=off keeps a*b+c two roundings, as torch's
-kernels compute it; -fwrapv makes signed overflow wrap, as torch's integers do.
+sqrt inline (errno is never read); -fno-trapping-math lets g++ compute both sides of a
+select (`c ? a / b : x`) and so vectorize loops that hold one (no kernel reads the
+floating-point exception flags; results are unchanged; torch's own kernels are built with it);
+-ffp-contract=off keeps a*b+c two roundings, as torch's kernels compute it; -fwrapv makes
+signed overflow wrap, as torch's integers do.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import tempfile
 import threading
 
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-fwrapv",
-         "-fno-math-errno", "-ffp-contract=off")
+         "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
 
 _libraries: dict = {}
 _lock = threading.Lock()
