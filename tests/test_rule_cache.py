@@ -14,6 +14,8 @@ from functx.core.primitive import REGISTRY
 
 rule_cache = importlib.import_module("functx.transforms.rule_cache")
 lowered_ops = importlib.import_module("functx.frontend.lowered_ops")
+function_units = importlib.import_module("functx.frontend.function_units")
+tensor_module = importlib.import_module("functx.frontend.tensor")
 
 
 def _clear_caches():
@@ -21,6 +23,7 @@ def _clear_caches():
     rule_cache.JVP_RULES.clear()
     rule_cache.BATCH_RULES.clear()
     lowered_ops.CACHE.clear()
+    function_units.CACHE.clear()
 
 
 def _close(a, b):
@@ -37,6 +40,7 @@ def uncached(monkeypatch):
                 m.setitem(rule_cache.ALLOWED, prim, False)
             m.setattr(lowered_ops, "run_cached", lambda *a: NotImplemented)
             m.setattr(importlib.import_module("functx.frontend.dispatch"), "run_cached", lambda *a: NotImplemented)
+            m.setattr(tensor_module, "run_function_unit", lambda *a: NotImplemented)
             return fn(*args)
     return run
 

@@ -20,6 +20,12 @@ from .rewrites import REWRITTEN, grad_mode_watchers, rewrite
 
 
 _disabled_torch_function = torch._C._disabled_torch_function_impl
+
+
+def run_function_unit(func, types, args, kwargs):
+    """Replaced by frontend/function_units.run_unit when that module loads (it imports this one)."""
+    return NotImplemented
+
 _CONTIGUOUS, _VIEW = torch.Tensor.contiguous, torch.Tensor.view
 
 
@@ -40,6 +46,11 @@ class TracerTensor(torch.Tensor):
         # with grad mode off).
         if func in _SPECIAL_FUNCTIONS or grad_mode_watchers:
             return _special_function(func, types, args, kwargs)
+        # Under an eager transform, the whole function as one cached unit where that is exactly
+        # what the ATen ops below would do (frontend/function_units.py).
+        out = run_function_unit(func, types, args, kwargs)
+        if out is not NotImplemented:
+            return out
         return _disabled_torch_function(func, types, args, kwargs or {})
 
     @staticmethod

@@ -36,6 +36,7 @@ import torch
 from ..core import POINTWISE, REDUCTION, VIEW, Literal, Var, Zero
 from ..core.ir import Eqn
 from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, Tracer, UndefinedPrimal, trace_state
+from ..frontend.lowered_ops import LoweredOp, run_lowered
 
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
 _EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot_general", "conv", "take",
@@ -183,7 +184,12 @@ def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_lin
         gen.names[v] = f"P[{k}]"
     for v, c in zip(g.constvars, g.consts):
         gen.names[v] = gen.const(c)
-    known_lines = [gen.call(e) for e in kept_known]
+    if bind and len(kept_known) > 1:
+        # The primal work as one unit at the trace below (a BatchTrace runs it through one
+        # cached batch rule, vmap(grad)), not one bind per equation.
+        known_lines = [gen.unit(name, kept_known, p_vars, g, [*out_atoms, *residuals])]
+    else:
+        known_lines = [gen.call(e) for e in kept_known]
     outs_src = ", ".join(gen.ref(a) for a in out_atoms)
     res_names = [gen.ref(a) for a in residuals]
     # reverse mode: record the linear equations into the partial-eval trace
@@ -263,6 +269,23 @@ class _Codegen:
             ins.append("**" + self.const(e.params))
         return f"    {self._outs(e)} = {fn}({', '.join(ins)})"
 
+    def unit(self, name, eqns, in_vars, g, needed):
+        """`outs = L(op, args)`: eqns (reading in_vars and g's constants) as one LoweredOp run at
+        the current trace (frontend/lowered_ops.run_lowered); outs: what `needed` reads of them."""
+        made = {o for e in eqns for o in e.outputs}
+        outs = []
+        for a in needed:
+            if isinstance(a, Var) and a in made and a not in outs:
+                outs.append(a)
+        ins = ", ".join(self.names[v] for v in in_vars)
+        op = LoweredOp(f"{name} (primal)", eqns, list(in_vars), g.constvars, g.consts, outs, "many")
+        names = []
+        for o in outs:
+            names.append(self.fresh())
+            self.names[o] = names[-1]
+        self.ns["L"] = run_lowered
+        return f"    ({''.join(n + ', ' for n in names)}) = L({self.const(op)}, [{ins}])"
+
     def record(self, e, lin):
         """Append e (fresh output Vars) to the partial-eval trace, as GraphTrace records it,
         with its transpose template for backward_pass."""
@@ -340,7 +363,10 @@ def _build_transpose(e, linear):
             gen.names[v] = f"R[{k}]"
         for v, c in zip(g.constvars, g.consts):
             gen.names[v] = gen.const(c)
-        lines = [gen.call(eq) for eq in g.eqns]
+        if bind and len(g.eqns) > 1:      # one unit at the trace below (as for jvp rules)
+            lines = [gen.unit(f"transpose {e.prim.name}", g.eqns, [ct.var, *res_vars], g, cts)]
+        else:
+            lines = [gen.call(eq) for eq in g.eqns]
         outs = ", ".join("None" if c is None else gen.ref(c) for c in cts)
         src = "\n".join(["def transpose(ct, R):"] + lines + [f"    return ({outs},)"])
         ns = dict(gen.ns, B=bind_at_current)
