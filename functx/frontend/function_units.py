@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..core import nan_check
+from .. import prims as P
 from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, trace_state, type_of
 from . import tensor as _tensor
 from .functionalize import value_of
@@ -138,9 +139,12 @@ def _build(func, types, args, kwargs, leaves):
     it = iter(wrappers)
     a_args = _rebuild(args, it)
     a_kwargs = dict(_rebuild(tuple(kwargs.items()), it)) if kwargs else {}
+    direct = _DIRECT.get(func)
     prev, trace_state.trace = trace_state.trace, g
     try:
-        out = _disabled_torch_function(func, types, a_args, a_kwargs)
+        out = NotImplemented if direct is None else direct(*a_args, **a_kwargs)
+        if out is NotImplemented:
+            out = _disabled_torch_function(func, types, a_args, a_kwargs)
     except Exception:
         return UNCACHEABLE
     finally:
@@ -166,6 +170,33 @@ def _build(func, types, args, kwargs, leaves):
     if not all(isinstance(v, (torch.Tensor, Tracer)) for v in values):
         return UNCACHEABLE
     return op_of_graph(getattr(func, "__name__", str(func)), g, tracers, values, outputs)
+
+
+def _vector_matmul(x, y, *rest, **kwargs):
+    """x @ y with a 1-D operand as one dot_general. ATen decomposes it (below
+    __torch_function__) into unsqueeze, mm and squeeze, which vmap batches as three ops; as
+    one contraction a per-example vector-matrix product batches into one matmul (torch.func's
+    batching rule for matmul does the same). NotImplemented for every other case (torch's
+    own checks and messages then serve)."""
+    if rest or kwargs or type(x) is not TracerTensor or type(y) is not TracerTensor:
+        return NotImplemented
+    xn, yn = x.dim(), y.dim()
+    if x.dtype != y.dtype or not x.dtype.is_floating_point or 0 in (xn, yn) or 1 not in (xn, yn):
+        return NotImplemented
+    if xn == 1:          # (k) @ (..., k, n) -> (..., n); (k) @ (k) -> ()
+        dims = (((0,), (max(yn - 2, 0),)), ((), ()))
+        ok = x.shape[0] == y.shape[max(yn - 2, 0)]
+    else:                # (..., m, k) @ (k) -> (..., m)
+        dims = (((xn - 1,), (0,)), ((), ()))
+        ok = x.shape[-1] == y.shape[0]
+    if not ok:
+        return NotImplemented
+    return TracerTensor(P.dot_general(value_of(x), value_of(y), dims))
+
+
+# torch functions whose unit is traced from a direct lowering (NotImplemented: the usual path)
+_DIRECT = {torch.matmul: _vector_matmul, torch.Tensor.matmul: _vector_matmul,
+           torch.Tensor.__matmul__: _vector_matmul}
 
 
 _tensor.run_function_unit = run_unit
