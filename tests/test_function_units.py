@@ -20,7 +20,7 @@ def _close(a, b):
 
 
 def _entries(name):
-    return [op for (f, op) in function_units.CACHE.values() if getattr(f, "__name__", None) == name]
+    return [e[1] for e in function_units.CACHE.values() if getattr(e[0], "__name__", None) == name]
 
 
 def test_a_per_example_matmul_is_one_unit_and_matches_torch_func():

@@ -27,7 +27,7 @@ from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, trace_state, type_of
 from . import tensor as _tensor
 from .functionalize import value_of
 from .lowered_ops import UNCACHEABLE, op_of_graph
-from .tensor import TracerTensor
+from .tensor import TracerTensor, fresh_wrapper
 
 CACHE: dict = {}
 # id(func) -> func: functions that returned something other than tensors (x.shape, x.dim(),
@@ -72,7 +72,7 @@ def run_unit(func, types, args, kwargs):
             return NotImplemented
         if len(CACHE) >= _MAX:
             CACHE.clear()
-        entry = CACHE[key] = (func, op)
+        entry = CACHE[key] = (func, op, None if op is UNCACHEABLE else [a.type for a in op.out_atoms])
     op = entry[1]
     if op is UNCACHEABLE:
         return NotImplemented
@@ -80,9 +80,15 @@ def run_unit(func, types, args, kwargs):
         outs = trace.process_lowered(op, leaves)
     if outs is NotImplemented:
         return NotImplemented
+    types = entry[2]
+    for o, t in zip(outs, types):
+        # the unit's output types are known: a level's tracer (BatchTracer, JVPTracer) takes
+        # its type from here instead of computing it from its value when next asked
+        if getattr(o, "_aval", 0) is None:
+            o._aval = t
     if op.outputs == "one":
-        return TracerTensor(outs[0])
-    return op.outputs([TracerTensor(o) for o in outs])
+        return fresh_wrapper(outs[0], types[0])
+    return op.outputs([fresh_wrapper(o, t) for o, t in zip(outs, types)])
 
 
 def _key(x, leaves):

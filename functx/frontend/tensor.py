@@ -118,6 +118,17 @@ class TracerTensor(torch.Tensor):
         return dispatch(func, args, kwargs or {})
 
 
+def fresh_wrapper(value, t):
+    """TracerTensor(value) for a fresh, contiguous result whose type t is known (a cached
+    unit's output: frontend/function_units.py), without asking the value for it."""
+    r = _make_wrapper(TracerTensor, t.shape, dtype=t.dtype, device=t.device, requires_grad=False)
+    r._value = value
+    return r
+
+
+_make_wrapper = torch.Tensor._make_wrapper_subclass
+
+
 def _special_function(func, types, args, kwargs):
     if func in _TORCH_AUTOGRAD:
         _refuse_torch_autograd(func)
