@@ -140,6 +140,10 @@ def _special_function(func, types, args, kwargs):
     out = rewrite(func, args, kwargs, lambda: _disabled_torch_function(func, types, args, kwargs or {}))
     if out is not NotImplemented:         # trace(hessian(f)) under jit (frontend/rewrites.py)
         return out
+    if func in REWRITTEN and not grad_mode_watchers:     # x.sum() not of a marked Hessian
+        out = run_function_unit(func, types, args, kwargs)
+        if out is not NotImplemented:
+            return out
     if func is _CONTIGUOUS and _plain_format(args, kwargs) and (
             args[0]._chain or args[0]._layout == "unknown"):
         return _functionalize().contiguous(args[0])
