@@ -126,3 +126,14 @@ def test_debug_nans_turns_units_off():
     with functx.debug_nans():
         with pytest.raises(FloatingPointError):
             functx.grad(lambda x: torch.sqrt(x).sum())(x)
+
+
+def test_autocast_is_not_baked_into_a_unit():
+    W = torch.randn(4, 3)
+    f = functx.grad(lambda x: (x @ W).float().sum())
+    x = torch.randn(2, 4)
+    want = f(x)
+    function_units.CACHE.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f(x)                  # traced under autocast first
+    _close(f(x), want)        # without autocast: full precision, not a bf16 unit

@@ -36,6 +36,7 @@ NOT_TENSOR_VALUED: dict = {}
 _MAX = 4096
 _NANS = nan_check.STATE
 _disabled_torch_function = torch._C._disabled_torch_function_impl
+_autocast_on = torch._C._is_any_autocast_enabled
 # The unit's torch kernels run as the front end's do inside a __torch_dispatch__ handler:
 # below autograd (operands never require grad here) and past the Python key, so functx's
 # own dispatch mode (random_mode.intercept_random) does not see each kernel.
@@ -53,7 +54,7 @@ def run_unit(func, types, args, kwargs):
     """func(*args, **kwargs) through its cached unit at the current trace, or NotImplemented
     (the usual path then serves)."""
     trace = trace_state.trace
-    if not trace.lowered_ops or _NANS.on:
+    if not trace.lowered_ops or _NANS.on or _autocast_on():     # autocast casts below this level
         return NotImplemented
     fid = id(func)
     if fid in NOT_TENSOR_VALUED:

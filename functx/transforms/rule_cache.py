@@ -37,6 +37,7 @@ from ..core import POINTWISE, REDUCTION, VIEW, Literal, Var, Zero
 from ..core.ir import Eqn
 from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, Tracer, UndefinedPrimal, trace_state
 from ..frontend.lowered_ops import LoweredOp, run_lowered
+from ..prims.shape import _broadcast_view, reshape_p
 
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
 _EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot_general", "conv", "take",
@@ -141,7 +142,6 @@ def elide_broadcasts(eqns, live):
 def _unexpanded(e):
     """(Var standing for broadcast e's operand at numpy-broadcastable rank, its reshape Eqn or
     None)."""
-    from ..prims.shape import _broadcast_view, reshape_p    # a private helper of the primitive
     x = e.inputs[0]
     shape = tuple(x.type.shape)
     view = _broadcast_view(shape, e.params["shape"], e.params["broadcast_dimensions"])
