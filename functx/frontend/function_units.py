@@ -61,7 +61,7 @@ def run_unit(func, types, args, kwargs):
         return NotImplemented
     leaves = []
     try:
-        key = (fid, torch.get_default_dtype(), torch.is_grad_enabled(), _key(args, leaves),
+        key = (fid, torch.get_default_dtype(), torch.is_grad_enabled(), tuple([_key(a, leaves) for a in args]),
                _key(tuple(kwargs.items()), leaves) if kwargs else None)
         entry = CACHE.get(key)
     except (_Uncacheable, TypeError):
