@@ -137,3 +137,13 @@ def test_autocast_is_not_baked_into_a_unit():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         f(x)                  # traced under autocast first
     _close(f(x), want)        # without autocast: full precision, not a bf16 unit
+
+
+def test_aliases_made_in_cpp_take_the_usual_path():
+    # x.data / x.detach() alias x (made by torch's C++, not by a lowering): never a unit
+    def f(x):
+        return (x * x.data).sum() + (x * x.detach()).sum()
+    x = torch.tensor([1.0, 2.0, 3.0])
+    for _ in range(2):
+        _close(functx.grad(f)(x), torch.func.grad(f)(x))
+    assert all(u is function_units.UNCACHEABLE for u in _entries("detach"))

@@ -139,7 +139,15 @@ def _rebuild(x, it):
 
 def _build(func, types, args, kwargs, leaves):
     """func traced once on fresh abstract wrappers into a LoweredOp; UNCACHEABLE where the
-    unit would not do exactly what the front end does; None when the result is not tensors."""
+    unit would not do exactly what the front end does (or where telling fails: the usual
+    path then runs, and raises what it raises); None when the result is not tensors."""
+    try:
+        return _trace_unit(func, types, args, kwargs, leaves)
+    except Exception:
+        return UNCACHEABLE
+
+
+def _trace_unit(func, types, args, kwargs, leaves):
     g = GraphTrace(EVAL_TRACE, stage_all=True)
     tracers = [g.new_arg(type_of(x)) for x in leaves]
     wrappers = [TracerTensor(t) for t in tracers]
