@@ -14,6 +14,8 @@ from functx.core.primitive import REGISTRY
 
 rule_cache = importlib.import_module("functx.transforms.rule_cache")
 lowered_ops = importlib.import_module("functx.frontend.lowered_ops")
+function_units = importlib.import_module("functx.frontend.function_units")
+tensor_module = importlib.import_module("functx.frontend.tensor")
 
 
 def _clear_caches():
@@ -21,6 +23,7 @@ def _clear_caches():
     rule_cache.JVP_RULES.clear()
     rule_cache.BATCH_RULES.clear()
     lowered_ops.CACHE.clear()
+    function_units.CACHE.clear()
 
 
 def _close(a, b):
@@ -37,6 +40,7 @@ def uncached(monkeypatch):
                 m.setitem(rule_cache.ALLOWED, prim, False)
             m.setattr(lowered_ops, "run_cached", lambda *a: NotImplemented)
             m.setattr(importlib.import_module("functx.frontend.dispatch"), "run_cached", lambda *a: NotImplemented)
+            m.setattr(tensor_module, "run_function_unit", lambda *a: NotImplemented)
             return fn(*args)
     return run
 
@@ -179,3 +183,43 @@ def test_the_default_dtype_is_part_of_every_signature():
             _close(functx.vmap(lambda i: i * 0.5)(ints), torch.func.vmap(lambda i: i * 0.5)(ints))
     finally:
         torch.set_default_dtype(prev)
+
+
+def test_generated_impl_code_passes_broadcasts_unexpanded():
+    """rule_cache.elide_broadcasts: an operand broadcast only for a pointwise op is passed
+    as is (or reshaped to the result's rank when the new dims are not leading); a broadcast
+    that is also returned or read elsewhere is kept."""
+    g = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(4, 3, generator=g), torch.randn(4, generator=g), torch.randn(3, generator=g)
+
+    def f(x, w, b):
+        y = x * w[:, None] + b                       # new trailing dim; new leading dim
+        z = torch.where(y > 0, y, b) - y.mean(1, keepdim=True) / y.sum(0)
+        return (z * z.tanh()).sum() + (z.exp() * b).mean()
+    cases = {
+        "grad": (functx.grad(f, argnums=(0, 1, 2)), torch.func.grad(f, argnums=(0, 1, 2)), (x, w, b)),
+        "jvp": (lambda *a: functx.jvp(f, a, (x.cos(), w.sin(), b)),
+                lambda *a: torch.func.jvp(f, a, (x.cos(), w.sin(), b)), (x, w, b)),
+        "vmap over dim 1": (functx.vmap(f, in_dims=(1, None, 0)), torch.func.vmap(f, in_dims=(1, None, 0)),
+                            (torch.randn(4, 5, 3, generator=g), w, torch.randn(5, 3, generator=g))),
+        "vmap(grad)": (functx.vmap(functx.grad(f), in_dims=(0, None, None)),
+                       torch.func.vmap(torch.func.grad(f), in_dims=(0, None, None)),
+                       (torch.randn(2, 4, 3, generator=g), w, b)),
+    }
+    for name, (fx, tf, args) in cases.items():
+        for _ in range(2):           # the second call runs the generated code
+            got = fx(*args)
+        for a, b_ in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(tf(*args))):
+            torch.testing.assert_close(a, b_, rtol=1e-5, atol=1e-6, msg=name)
+    # on IR: the broadcast read only by mul goes, the one also returned stays
+    from functx.core import Var
+    from functx.core.ir import Eqn
+    from functx.core.types import TensorType
+    t3, t43 = TensorType((3,), torch.float32, torch.device("cpu")), TensorType((4, 3), torch.float32, torch.device("cpu"))
+    a, v, bb, m = Var(t3), Var(t43), Var(t43), Var(t43)
+    eqns = [Eqn(REGISTRY["broadcast_in_dim"], [a], [bb], {"shape": (4, 3), "broadcast_dimensions": (1,)}),
+            Eqn(REGISTRY["mul"], [v, bb], [m], {})]
+    out = rule_cache.elide_broadcasts(eqns, {m})
+    assert [e.prim.name for e in out] == ["mul"] and out[0].inputs == [v, a]
+    out = rule_cache.elide_broadcasts(eqns, {m, bb})
+    assert [e.prim.name for e in out] == ["broadcast_in_dim", "mul"]

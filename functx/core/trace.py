@@ -328,6 +328,17 @@ def type_of(x) -> TensorType | None:
     return None
 
 
+def tensor_type(shape: tuple, dtype, device) -> TensorType:
+    """The shared TensorType of (shape, dtype, device) (not weak)."""
+    key = (shape, dtype, device)
+    t = _TENSOR_TYPES.get(key)
+    if t is None:
+        if len(_TENSOR_TYPES) >= 4096:
+            _TENSOR_TYPES.clear()
+        t = _TENSOR_TYPES[key] = TensorType(*key)
+    return t
+
+
 _TENSOR_TYPES: dict = {}
 
 

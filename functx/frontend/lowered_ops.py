@@ -28,12 +28,12 @@ class LoweredOp:
     sequence type of the lowering's result. rules: filled by the traces that run it."""
     __slots__ = ("name", "graph_eqns", "invars", "constvars", "consts", "out_atoms", "outputs", "rules")
 
-    def __init__(self, name, g, invars, out_atoms, outputs):
+    def __init__(self, name, eqns, invars, constvars, consts, out_atoms, outputs):
         self.name = name
-        self.graph_eqns = g.eqns
+        self.graph_eqns = eqns
         self.invars = invars
-        self.constvars = g.constvars
-        self.consts = g.consts
+        self.constvars = constvars
+        self.consts = consts
         self.out_atoms = out_atoms
         self.outputs = outputs
         self.rules = {}
@@ -49,6 +49,13 @@ class LoweredOp:
             else:
                 env[e.outputs[0]] = out
         return [a.value if isinstance(a, Literal) else env[a] for a in self.out_atoms]
+
+
+def run_lowered(op, args):
+    """op's outputs at the current trace: as one unit where the trace takes it
+    (process_lowered), else its equations bound one by one."""
+    outs = trace_state.trace.process_lowered(op, args)
+    return op.eval(args) if outs is NotImplemented else outs
 
 
 class _Uncacheable(Exception):
@@ -124,14 +131,23 @@ def _build(func, lowering, args, kwargs, leaves):
             outputs, outs = "one", [out]
         if not all(isinstance(o, (torch.Tensor, Tracer)) for o in outs):
             return UNCACHEABLE
-        out_atoms = [g.atom(o) for o in outs]
     except Exception:
         return UNCACHEABLE
     finally:
         trace_state.trace = prev
+    return op_of_graph(str(func), g, tracers, outs, outputs)
+
+
+def op_of_graph(name, g, tracers, outs, outputs):
+    """The LoweredOp of what g recorded from tracers to outs (lax values), or UNCACHEABLE
+    where running it as one unit would differ (effects, structural or opaque primitives)."""
     for e in g.eqns:
         p = e.prim
         if p.effectful or p.inline is not None or p.kind == "structural" or p.collective or p.name == "opaque":
             return UNCACHEABLE
-    return LoweredOp(str(func), g, [t.var for t in tracers], out_atoms, outputs)
+    try:
+        out_atoms = [g.atom(o) for o in outs]
+    except Exception:
+        return UNCACHEABLE
+    return LoweredOp(name, g.eqns, [t.var for t in tracers], g.constvars, g.consts, out_atoms, outputs)
 

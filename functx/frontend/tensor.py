@@ -20,6 +20,12 @@ from .rewrites import REWRITTEN, grad_mode_watchers, rewrite
 
 
 _disabled_torch_function = torch._C._disabled_torch_function_impl
+
+
+def run_function_unit(func, types, args, kwargs):
+    """Replaced by frontend/function_units.run_unit when that module loads (it imports this one)."""
+    return NotImplemented
+
 _CONTIGUOUS, _VIEW = torch.Tensor.contiguous, torch.Tensor.view
 
 
@@ -40,6 +46,11 @@ class TracerTensor(torch.Tensor):
         # with grad mode off).
         if func in _SPECIAL_FUNCTIONS or grad_mode_watchers:
             return _special_function(func, types, args, kwargs)
+        # Under an eager transform, the whole function as one cached unit where that is exactly
+        # what the ATen ops below would do (frontend/function_units.py).
+        out = run_function_unit(func, types, args, kwargs)
+        if out is not NotImplemented:
+            return out
         return _disabled_torch_function(func, types, args, kwargs or {})
 
     @staticmethod
@@ -107,6 +118,17 @@ class TracerTensor(torch.Tensor):
         return dispatch(func, args, kwargs or {})
 
 
+def fresh_wrapper(value, t):
+    """TracerTensor(value) for a fresh, contiguous result whose type t is known (a cached
+    unit's output: frontend/function_units.py), without asking the value for it."""
+    r = _make_wrapper(TracerTensor, t.shape, dtype=t.dtype, device=t.device, requires_grad=False)
+    r._value = value
+    return r
+
+
+_make_wrapper = torch.Tensor._make_wrapper_subclass
+
+
 def _special_function(func, types, args, kwargs):
     if func in _TORCH_AUTOGRAD:
         _refuse_torch_autograd(func)
@@ -118,6 +140,10 @@ def _special_function(func, types, args, kwargs):
     out = rewrite(func, args, kwargs, lambda: _disabled_torch_function(func, types, args, kwargs or {}))
     if out is not NotImplemented:         # trace(hessian(f)) under jit (frontend/rewrites.py)
         return out
+    if func in REWRITTEN and not grad_mode_watchers:     # x.sum() not of a marked Hessian
+        out = run_function_unit(func, types, args, kwargs)
+        if out is not NotImplemented:
+            return out
     if func is _CONTIGUOUS and _plain_format(args, kwargs) and (
             args[0]._chain or args[0]._layout == "unknown"):
         return _functionalize().contiguous(args[0])

@@ -60,6 +60,7 @@ def _tensor_first(impl):
         if is_scalar(x) and not is_scalar(y):
             x = torch.scalar_tensor(x, dtype=y.dtype, device=y.device)
         return impl(x, y, **params)
+    wrapped.tensor_first = impl     # generated code with a tensor first calls it directly
     return wrapped
 
 

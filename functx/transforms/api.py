@@ -403,13 +403,20 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
     _check_axes_spec(in_axes, "in_axes")
     _check_axes_spec(out_axes, "out_axes")
 
+    # in_axes / out_axes per leaf depend only on the pytree structure: matched once per structure
+    axes_of: dict = {}
+
     @functools.wraps(f)
     def vmapped(*args, **kwargs):
         if isinstance(in_axes, tuple) and len(in_axes) != len(args):
             raise ValueError(f"functx.vmap: in_axes is a tuple of length {len(in_axes)}, but f got "
                              f"{len(args)} positional arguments")
         leaves, treedef = tree_flatten((args, kwargs))
-        axes = broadcast_prefix((in_axes, 0), (args, kwargs), "functx.vmap: in_axes")
+        axes = axes_of.get(("in", treedef))
+        if axes is None:
+            axes = broadcast_prefix((in_axes, 0), (args, kwargs), "functx.vmap: in_axes")
+            if len(axes_of) < 64:
+                axes_of[("in", treedef)] = axes
         size = _batch_size(leaves, axes, axis_size, treedef, f)
         if chunk_size is not None and chunk_size < size:
             if randomness == "same" and staged_or_batched():
@@ -441,7 +448,11 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
             val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)
             full = P.bdim_to_front(val, bdim, size)
             leaf.copy_(wrap(P.moveaxis(full, 0, ax % type_of(full).ndim)))
-        oaxes = broadcast_prefix(out_axes, out, "functx.vmap: out_axes")
+        oaxes = axes_of.get(("out", out_tree))
+        if oaxes is None:
+            oaxes = broadcast_prefix(out_axes, out, "functx.vmap: out_axes")
+            if len(axes_of) < 64:
+                axes_of[("out", out_tree)] = oaxes
         results = []
         for v, oax in zip(out_vals, oaxes):
             val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)

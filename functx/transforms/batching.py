@@ -5,7 +5,8 @@ import torch
 
 from ..core import FunctxError, MissingRuleError, Trace, Tracer, nan_check, set_current_trace
 from ..core.errors import library_hint, user_frame_summary
-from ..core.trace import EVAL_TRACE, AxisData, process_on_parent, trace_state, transform_level, type_of, value_repr
+from ..core.trace import (EVAL_TRACE, AxisData, process_on_parent, tensor_type, trace_state, transform_level, type_of,
+                          value_repr)
 from ..prims import collective
 from ..prims.util import is_scalar
 from . import rule_cache
@@ -23,9 +24,13 @@ class BatchTracer(Tracer):
     @property
     def aval(self):
         if self._aval is None:
-            t = type_of(self.val)
-            d = self.bdim
-            self._aval = t.with_shape(t.shape[:d] + t.shape[d + 1:])
+            v, d = self.val, self.bdim
+            if isinstance(v, torch.Tensor):     # one shared TensorType per type (eager vmap)
+                s = tuple(v.shape)
+                self._aval = tensor_type(s[:d] + s[d + 1:], v.dtype, v.device)
+            else:
+                t = type_of(v)
+                self._aval = t.with_shape(t.shape[:d] + t.shape[d + 1:])
         return self._aval
 
     def concrete(self):

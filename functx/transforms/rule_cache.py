@@ -36,6 +36,8 @@ import torch
 from ..core import POINTWISE, REDUCTION, VIEW, Literal, Var, Zero
 from ..core.ir import Eqn
 from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, Tracer, UndefinedPrimal, trace_state
+from ..frontend.lowered_ops import LoweredOp, run_lowered
+from ..prims.shape import _broadcast_view, reshape_p
 
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
 _EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot_general", "conv", "take",
@@ -87,6 +89,69 @@ def operand_key(v, eager, tag):
         av = v.aval
         return (av.shape, av.dtype, av.device, tag)
     return scalar_key(v)
+
+
+# Pointwise primitives whose impl is one broadcasting torch function: in generated impl code
+# an operand that is a numpy-style broadcast of a smaller value may be passed un-expanded
+# when another operand already has the result's shape (the same values, two kernels fewer).
+_BROADCASTING_IMPLS = frozenset({"add", "sub", "mul", "div", "where"})
+
+
+def elide_broadcasts(eqns, live):
+    """eqns for generated *impl* code (never bound: the rewritten equations are ill-typed as
+    IR): a broadcast_in_dim read only by pointwise equations of _BROADCASTING_IMPLS, each of
+    which has another operand of its full output shape, is replaced there by its operand
+    (reshaped to the broadcast's rank where the new dims are not leading), and dropped when
+    nothing else (nor `live`, what the function returns) reads it."""
+    bcast = {}
+    for e in eqns:
+        if e.prim.name == "broadcast_in_dim" and isinstance(e.inputs[0], Var):
+            bcast[e.outputs[0]] = e
+    if not bcast:
+        return eqns
+    out, repl = [], {}
+    for e in eqns:
+        if e.prim.name in _BROADCASTING_IMPLS and any(isinstance(a, Var) and a in bcast for a in e.inputs):
+            full = e.outputs[0].type.shape
+            if any(isinstance(a, Var) and a not in bcast and a.type.shape == full for a in e.inputs):
+                ins = []
+                for a in e.inputs:
+                    if isinstance(a, Var) and a in bcast:
+                        if a not in repl:
+                            repl[a] = _unexpanded(bcast[a])
+                        ins.append(repl[a][0])
+                    else:
+                        ins.append(a)
+                e = Eqn(e.prim, ins, e.outputs, e.params)
+        out.append(e)
+    used = set(live)
+    for e in out:
+        used.update(a for a in e.inputs if isinstance(a, Var))
+    final = []
+    for e in out:
+        if e.outputs[0] in bcast:
+            r = repl.get(e.outputs[0])
+            if r is not None and r[1] is not None and r[0] in used:
+                final.append(r[1])          # the reshape the un-expanded operand needs
+            if e.outputs[0] not in used:
+                continue
+        final.append(e)
+    return final
+
+
+def _unexpanded(e):
+    """(Var standing for broadcast e's operand at numpy-broadcastable rank, its reshape Eqn or
+    None)."""
+    x = e.inputs[0]
+    shape = tuple(x.type.shape)
+    view = _broadcast_view(shape, e.params["shape"], e.params["broadcast_dimensions"])
+    k = 0
+    while k < len(view) - len(shape) and view[k] == 1:
+        k += 1
+    if view[k:] == shape:         # only leading dims are new: numpy broadcasting adds them
+        return x, None
+    v = Var(x.type.with_shape(view))
+    return v, Eqn(reshape_p, [x], [v], {"shape": view})
 
 
 class JvpRule:
@@ -183,7 +248,13 @@ def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_lin
         gen.names[v] = f"P[{k}]"
     for v, c in zip(g.constvars, g.consts):
         gen.names[v] = gen.const(c)
-    known_lines = [gen.call(e) for e in kept_known]
+    if bind and len(kept_known) > 1:
+        # The primal work as one unit at the trace below (a BatchTrace runs it through one
+        # cached batch rule, vmap(grad)), not one bind per equation.
+        known_lines = [gen.unit(name, kept_known, p_vars, g, [*out_atoms, *residuals])]
+    else:
+        live = {a for a in (*out_atoms, *residuals) if isinstance(a, Var)}
+        known_lines = [gen.call(e) for e in (elide_broadcasts(kept_known, live) if not bind else kept_known)]
     outs_src = ", ".join(gen.ref(a) for a in out_atoms)
     res_names = [gen.ref(a) for a in residuals]
     # reverse mode: record the linear equations into the partial-eval trace
@@ -204,7 +275,8 @@ def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_lin
     fwd = _Codegen(gen)
     for k, v in enumerate(t_vars):
         fwd.names[v] = f"T[{k}]"
-    fwd_lines = [fwd.call(e) for e in kept_linear]
+    fwd_eqns = kept_linear if bind else elide_broadcasts(kept_linear, {a for a in tout_atoms if isinstance(a, Var)})
+    fwd_lines = [fwd.call(e) for e in fwd_eqns]
     fwd_touts = ", ".join("None" if a is None else fwd.ref(a) for a in tout_atoms)
     wrap = (lambda s: f"[{s}]") if multiple else (lambda s: s)
     src = "\n".join(
@@ -258,10 +330,30 @@ class _Codegen:
         if self.bind:
             args = "(" + "".join(i + ", " for i in ins) + ")"
             return f"    {self._outs(e)} = B({self.const(e.prim)}, {args}, {self.const(e.params)})"
-        fn = self.const(e.prim.impl)
+        impl = e.prim.impl
+        if e.inputs and isinstance(e.inputs[0], Var):     # no Python scalar to make a tensor of first
+            impl = getattr(impl, "tensor_first", impl)
+        fn = self.const(impl)
         if e.params:
             ins.append("**" + self.const(e.params))
         return f"    {self._outs(e)} = {fn}({', '.join(ins)})"
+
+    def unit(self, name, eqns, in_vars, g, needed):
+        """`outs = L(op, args)`: eqns (reading in_vars and g's constants) as one LoweredOp run at
+        the current trace (frontend/lowered_ops.run_lowered); outs: what `needed` reads of them."""
+        made = {o for e in eqns for o in e.outputs}
+        outs = []
+        for a in needed:
+            if isinstance(a, Var) and a in made and a not in outs:
+                outs.append(a)
+        ins = ", ".join(self.names[v] for v in in_vars)
+        op = LoweredOp(f"{name} (primal)", eqns, list(in_vars), g.constvars, g.consts, outs, "many")
+        names = []
+        for o in outs:
+            names.append(self.fresh())
+            self.names[o] = names[-1]
+        self.ns["L"] = run_lowered
+        return f"    ({''.join(n + ', ' for n in names)}) = L({self.const(op)}, [{ins}])"
 
     def record(self, e, lin):
         """Append e (fresh output Vars) to the partial-eval trace, as GraphTrace records it,
@@ -340,7 +432,12 @@ def _build_transpose(e, linear):
             gen.names[v] = f"R[{k}]"
         for v, c in zip(g.constvars, g.consts):
             gen.names[v] = gen.const(c)
-        lines = [gen.call(eq) for eq in g.eqns]
+        if bind and len(g.eqns) > 1:      # one unit at the trace below (as for jvp rules)
+            lines = [gen.unit(f"transpose {e.prim.name}", g.eqns, [ct.var, *res_vars], g, cts)]
+        elif bind:
+            lines = [gen.call(eq) for eq in g.eqns]
+        else:
+            lines = [gen.call(eq) for eq in elide_broadcasts(g.eqns, {c for c in cts if isinstance(c, Var)})]
         outs = ", ".join("None" if c is None else gen.ref(c) for c in cts)
         src = "\n".join(["def transpose(ct, R):"] + lines + [f"    return ({outs},)"])
         ns = dict(gen.ns, B=bind_at_current)
@@ -411,7 +508,8 @@ def build_batch_of(batch, name, multiple, specs):
             gen.names[v] = f"V[{k}]"
         for v, c in zip(g.constvars, g.consts):
             gen.names[v] = gen.const(c)
-        lines = [gen.call(e) for e in g.eqns]
+        eqns = g.eqns if bind else elide_broadcasts(g.eqns, {a for a in out_atoms if isinstance(a, Var)})
+        lines = [gen.call(e) for e in eqns]
         outs_src = ", ".join(gen.ref(a) for a in out_atoms)
         ret = f"[{outs_src}]" if multiple else outs_src
         src = "\n".join(["def batch(V):"] + lines + [f"    return {ret}"])

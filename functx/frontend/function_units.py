@@ -1,0 +1,217 @@
+"""A whole torch function as one unit under an eager transform (issue 13).
+
+Below `TracerTensor.__torch_function__` every ATen op of a torch function walks the C++
+dispatcher, torch's Python dispatch, `dispatch` and a new wrapper, and a torch function can
+be several ATen ops (a per-example `x @ W` is unsqueeze, mm and squeeze_, two of them views
+with aliasing bookkeeping). Under a trace that takes ATen ops as cached lowerings
+(`Trace.lowered_ops`: eager grad/jvp/vmap levels), `__torch_function__` instead looks the
+function up by its static signature (the function; each tensor operand's shape, dtype,
+device and kind; every other argument's value; the default dtype and grad mode), tracing it
+once through the usual front end on fresh abstract wrappers, and hands the resulting graph
+to the trace as one `LoweredOp` (`process_lowered`: one cached, generated rule).
+
+A signature is cached only where that is exactly what the front end would do: every tensor
+operand is laid out contiguously (results then are too), the results are fresh tensors (no
+view, no operand returned as is), no operand is written, and the graph has no effects (random
+numbers), structural or opaque primitives. Anything else (views, in-place ops, values read,
+errors, debug_nans) takes the usual path, as does a function whose result is not a tensor
+(`x.shape`, `x.item()`: remembered per function, so it costs one lookup afterwards).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core import nan_check
+from .. import prims as P
+from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, trace_state, type_of
+from . import tensor as _tensor
+from .functionalize import value_of
+from .lowered_ops import UNCACHEABLE, op_of_graph
+from .tensor import TracerTensor, fresh_wrapper
+
+CACHE: dict = {}
+# id(func) -> func: functions that returned something other than tensors (x.shape, x.dim(),
+# x.item()); they take the usual path without building a key
+NOT_TENSOR_VALUED: dict = {}
+_MAX = 4096
+_NANS = nan_check.STATE
+_disabled_torch_function = torch._C._disabled_torch_function_impl
+_autocast_on = torch._C._is_any_autocast_enabled
+# The unit's torch kernels run as the front end's do inside a __torch_dispatch__ handler:
+# below autograd (operands never require grad here) and past the Python key, so functx's
+# own dispatch mode (random_mode.intercept_random) does not see each kernel.
+_ExcludeKeys = torch._C._ExcludeDispatchKeyGuard
+_K, _KS = torch._C.DispatchKey, torch._C.DispatchKeySet
+_BELOW_DISPATCH = (_KS(_K.Python) | _KS(_K.PythonTLSSnapshot) | _KS(_K.ADInplaceOrView)
+                   | _KS(_K.AutogradFunctionality))
+
+
+class _Uncacheable(Exception):
+    pass
+
+
+def run_unit(func, types, args, kwargs):
+    """func(*args, **kwargs) through its cached unit at the current trace, or NotImplemented
+    (the usual path then serves)."""
+    trace = trace_state.trace
+    if not trace.lowered_ops or _NANS.on or _autocast_on():     # autocast casts below this level
+        return NotImplemented
+    fid = id(func)
+    if fid in NOT_TENSOR_VALUED:
+        return NotImplemented
+    leaves = []
+    try:
+        key = (fid, torch.get_default_dtype(), torch.is_grad_enabled(), tuple([_key(a, leaves) for a in args]),
+               _key(tuple(kwargs.items()), leaves) if kwargs else None)
+        entry = CACHE.get(key)
+    except (_Uncacheable, TypeError):
+        return NotImplemented
+    if entry is None or entry[0] is not func:
+        op = _build(func, types, args, kwargs, leaves)
+        if op is None:
+            NOT_TENSOR_VALUED[fid] = func
+            return NotImplemented
+        if len(CACHE) >= _MAX:
+            CACHE.clear()
+        entry = CACHE[key] = (func, op, None if op is UNCACHEABLE else [a.type for a in op.out_atoms])
+    op = entry[1]
+    if op is UNCACHEABLE:
+        return NotImplemented
+    with _ExcludeKeys(_BELOW_DISPATCH):
+        outs = trace.process_lowered(op, leaves)
+    if outs is NotImplemented:
+        return NotImplemented
+    types = entry[2]
+    for o, t in zip(outs, types):
+        # the unit's output types are known: a level's tracer (BatchTracer, JVPTracer) takes
+        # its type from here instead of computing it from its value when next asked
+        if getattr(o, "_aval", 0) is None:
+            o._aval = t
+    if op.outputs == "one":
+        return fresh_wrapper(outs[0], types[0])
+    return op.outputs([fresh_wrapper(o, t) for o, t in zip(outs, types)])
+
+
+def _key(x, leaves):
+    """The static signature of an argument (tensors append their values to leaves)."""
+    t = type(x)
+    if t is TracerTensor:
+        root = x._root if x._root is not None else x
+        if x._strided or root._layout == "unknown":
+            raise _Uncacheable
+        v = value_of(x)
+        leaves.append(v)
+        if isinstance(v, Tracer):
+            a = v.aval
+            return (a.shape, a.dtype, a.device, a.weak)
+        if v.requires_grad:
+            raise _Uncacheable
+        return (v.shape, v.dtype, v.device)
+    if t is float:
+        return (float, x.hex())         # exact: -0.0 and nan included
+    if t is int or t is bool or x is None or t is str or t is torch.dtype or t is torch.device \
+            or t is torch.memory_format or t is torch.layout or x is Ellipsis:
+        return (t, x)
+    if t is list or t is tuple or t is torch.Size:
+        return (t, tuple([_key(v, leaves) for v in x]))
+    if t is torch.Tensor or t is torch.nn.Parameter:
+        if x.requires_grad or not x.is_contiguous():
+            raise _Uncacheable
+        leaves.append(x)
+        return (t, x.shape, x.dtype, x.device)
+    if t is slice:
+        return (slice, _key(x.start, leaves), _key(x.stop, leaves), _key(x.step, leaves))
+    raise _Uncacheable
+
+
+def _rebuild(x, it):
+    t = type(x)
+    if t is TracerTensor or t is torch.Tensor or t is torch.nn.Parameter:
+        return next(it)
+    if t is list or t is tuple:
+        return t([_rebuild(v, it) for v in x])
+    if t is torch.Size:
+        return x
+    if t is slice:
+        return slice(_rebuild(x.start, it), _rebuild(x.stop, it), _rebuild(x.step, it))
+    return x
+
+
+def _build(func, types, args, kwargs, leaves):
+    """func traced once on fresh abstract wrappers into a LoweredOp; UNCACHEABLE where the
+    unit would not do exactly what the front end does (or where telling fails: the usual
+    path then runs, and raises what it raises); None when the result is not tensors."""
+    try:
+        return _trace_unit(func, types, args, kwargs, leaves)
+    except Exception:
+        return UNCACHEABLE
+
+
+def _trace_unit(func, types, args, kwargs, leaves):
+    g = GraphTrace(EVAL_TRACE, stage_all=True)
+    tracers = [g.new_arg(type_of(x)) for x in leaves]
+    wrappers = [TracerTensor(t) for t in tracers]
+    it = iter(wrappers)
+    a_args = _rebuild(args, it)
+    a_kwargs = dict(_rebuild(tuple(kwargs.items()), it)) if kwargs else {}
+    direct = _DIRECT.get(func)
+    prev, trace_state.trace = trace_state.trace, g
+    try:
+        out = NotImplemented if direct is None else direct(*a_args, **a_kwargs)
+        if out is NotImplemented:
+            out = _disabled_torch_function(func, types, a_args, a_kwargs)
+    except Exception:
+        return UNCACHEABLE
+    finally:
+        trace_state.trace = prev
+    if type(out) is TracerTensor:
+        outputs, outs = "one", [out]
+    elif type(out) in (tuple, list) or type(out).__module__ == "torch.return_types":
+        outputs, outs = type(out), list(out)
+        if not outs or not all(type(o) is TracerTensor for o in outs):
+            return None if not any(isinstance(o, torch.Tensor) for o in outs) else UNCACHEABLE
+    elif isinstance(out, torch.Tensor):
+        return UNCACHEABLE
+    else:
+        return None
+    ins = {id(w) for w in wrappers}
+    for o in outs:           # fresh, contiguous results only
+        if id(o) in ins or o._root is not None or o._layout is not None or o._strided:
+            return UNCACHEABLE
+    for w, t in zip(wrappers, tracers):     # no operand written
+        if w._version_ or w._value is not t:
+            return UNCACHEABLE
+    values = [value_of(o) for o in outs]
+    if not all(isinstance(v, (torch.Tensor, Tracer)) for v in values):
+        return UNCACHEABLE
+    return op_of_graph(getattr(func, "__name__", str(func)), g, tracers, values, outputs)
+
+
+def _vector_matmul(x, y, *rest, **kwargs):
+    """x @ y with a 1-D operand as one dot_general. ATen decomposes it (below
+    __torch_function__) into unsqueeze, mm and squeeze, which vmap batches as three ops; as
+    one contraction a per-example vector-matrix product batches into one matmul (torch.func's
+    batching rule for matmul does the same). NotImplemented for every other case (torch's
+    own checks and messages then serve)."""
+    if rest or kwargs or type(x) is not TracerTensor or type(y) is not TracerTensor:
+        return NotImplemented
+    xn, yn = x.dim(), y.dim()
+    if x.dtype != y.dtype or not x.dtype.is_floating_point or 0 in (xn, yn) or 1 not in (xn, yn):
+        return NotImplemented
+    if xn == 1:          # (k) @ (..., k, n) -> (..., n); (k) @ (k) -> ()
+        dims = (((0,), (max(yn - 2, 0),)), ((), ()))
+        ok = x.shape[0] == y.shape[max(yn - 2, 0)]
+    else:                # (..., m, k) @ (k) -> (..., m)
+        dims = (((xn - 1,), (0,)), ((), ()))
+        ok = x.shape[-1] == y.shape[0]
+    if not ok:
+        return NotImplemented
+    return TracerTensor(P.dot_general(value_of(x), value_of(y), dims))
+
+
+# torch functions whose unit is traced from a direct lowering (NotImplemented: the usual path)
+_DIRECT = {torch.matmul: _vector_matmul, torch.Tensor.matmul: _vector_matmul,
+           torch.Tensor.__matmul__: _vector_matmul}
+
+
+_tensor.run_function_unit = run_unit

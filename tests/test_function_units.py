@@ -1,0 +1,149 @@
+"""A whole torch function as one cached unit under an eager transform
+(frontend/function_units.py): it computes what the ATen ops below it compute, and every case
+where a unit would differ (views, in-place writes, strided operands, random numbers, values
+read, operands returned as they are) takes the usual path."""
+import importlib
+
+import pytest
+import torch
+import torch.func
+import torch.nn.functional as F
+
+import functx
+
+function_units = importlib.import_module("functx.frontend.function_units")
+tensor_module = importlib.import_module("functx.frontend.tensor")
+
+
+def _close(a, b):
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def _entries(name):
+    return [e[1] for e in function_units.CACHE.values() if getattr(e[0], "__name__", None) == name]
+
+
+def test_a_per_example_matmul_is_one_unit_and_matches_torch_func():
+    # x @ W with a 1-D x decomposes below __torch_function__ into unsqueeze, mm, squeeze_
+    g = torch.Generator().manual_seed(0)
+    W, b, x = torch.randn(5, 4, generator=g), torch.randn(4, generator=g), torch.randn(3, 5, generator=g)
+
+    def f(x):
+        return torch.tanh(x @ W + b)
+    function_units.CACHE.clear()
+    for _ in range(2):
+        _close(functx.vmap(f)(x), torch.func.vmap(f)(x))
+        _close(functx.vmap(functx.grad(lambda x: f(x).sum()))(x), torch.func.vmap(torch.func.grad(lambda x: f(x).sum()))(x))
+        _close(functx.jvp(f, (x,), (x.cos(),))[1], torch.func.jvp(f, (x,), (x.cos(),))[1])
+    units = _entries("matmul")
+    assert units and all(u is not function_units.UNCACHEABLE for u in units)
+    assert len(units[0].graph_eqns) >= 1
+
+
+def test_units_see_each_call_s_values():
+    # plain tensors (closed over) are operands of the unit, not constants baked into it
+    c = torch.ones(3)
+    f = functx.grad(lambda x: (x * c).sum())
+    x = torch.tensor([1.0, 2.0, 3.0])
+    _close(f(x), torch.ones(3))
+    c.copy_(torch.tensor([2.0, -1.0, 5.0]))
+    _close(f(x), torch.tensor([2.0, -1.0, 5.0]))
+
+
+def test_views_and_in_place_writes_take_the_usual_path():
+    def f(x):
+        y = x * 1.0
+        z = y[0]                 # a view of y: writing it writes y
+        z.mul_(3.0)
+        w = y.float()            # y itself (already float): an alias, not a copy
+        w.add_(1.0)
+        y += 2.0
+        return (y * x.t().t()).sum() + (y.T @ x).sum()
+    x = torch.randn(3, 3, dtype=torch.float32)
+    for _ in range(2):
+        _close(functx.grad(f)(x), torch.func.grad(f)(x))
+        _close(functx.vmap(f)(torch.stack([x, -x])), torch.func.vmap(f)(torch.stack([x, -x])))
+    assert all(u is function_units.UNCACHEABLE for u in _entries("__getitem__"))
+    assert all(u is function_units.UNCACHEABLE for u in _entries("float"))
+    assert all(u is function_units.UNCACHEABLE for u in _entries("__iadd__"))
+
+
+def test_strided_operands_keep_torch_s_result_layouts():
+    seen = {}
+
+    def f(x):
+        xt = x.t()
+        y = xt * 2.0             # torch keeps the transposed layout
+        seen["strides"] = y.stride()
+        return y.sum()
+    x = torch.randn(3, 4)
+    want = (x.t() * 2.0).stride()
+    for _ in range(2):
+        functx.grad(f)(x)
+        assert seen["strides"] == want
+
+
+def test_random_functions_draw_anew_each_call():
+    f = functx.vmap(lambda x: x * torch.rand_like(x), randomness="different")
+    x = torch.ones(2, 3)
+    a, b = f(x), f(x)
+    assert not torch.equal(a, b)
+
+
+def test_non_tensor_results_are_remembered_per_function():
+    def f(x):
+        n = x.shape[0] + x.dim()
+        return (x * n).sum()
+    x = torch.randn(4)
+    for _ in range(2):
+        _close(functx.grad(f)(x), torch.full((4,), 5.0))
+    assert id(torch.Tensor.dim) in function_units.NOT_TENSOR_VALUED
+
+
+def test_cross_entropy_is_one_unit_and_grad_mode_is_honoured():
+    g = torch.Generator().manual_seed(1)
+    logits, y = torch.randn(4, 5, generator=g), torch.tensor([0, 3, 1, 4])
+
+    def loss(z):
+        with torch.no_grad():
+            stopped = F.cross_entropy(z, y)     # a constant for grad
+        return F.cross_entropy(z, y) + stopped * z.sum()
+    for _ in range(2):
+        _close(functx.grad(loss)(logits), torch.func.grad(loss)(logits))
+    assert any(u is not function_units.UNCACHEABLE for u in _entries("cross_entropy"))
+
+
+def test_errors_are_raised_by_the_usual_path():
+    with pytest.raises(RuntimeError):
+        functx.grad(lambda x: (x @ torch.ones(5)).sum())(torch.ones(3, 4))
+    # a dtype torch's kernel refuses: the same error as without units
+    with pytest.raises(NotImplementedError, match="bitwise_and_cpu"):
+        functx.grad(lambda x: torch.bitwise_and(x, x).sum())(torch.ones(3))
+
+
+def test_debug_nans_turns_units_off():
+    x = torch.tensor([1.0, -1.0])
+    with functx.debug_nans():
+        with pytest.raises(FloatingPointError):
+            functx.grad(lambda x: torch.sqrt(x).sum())(x)
+
+
+def test_autocast_is_not_baked_into_a_unit():
+    W = torch.randn(4, 3)
+    f = functx.grad(lambda x: (x @ W).float().sum())
+    x = torch.randn(2, 4)
+    want = f(x)
+    function_units.CACHE.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f(x)                  # traced under autocast first
+    _close(f(x), want)        # without autocast: full precision, not a bf16 unit
+
+
+def test_aliases_made_in_cpp_take_the_usual_path():
+    # x.data / x.detach() alias x (made by torch's C++, not by a lowering): never a unit
+    def f(x):
+        return (x * x.data).sum() + (x * x.detach()).sum()
+    x = torch.tensor([1.0, 2.0, 3.0])
+    for _ in range(2):
+        _close(functx.grad(f)(x), torch.func.grad(f)(x))
+    assert all(u is function_units.UNCACHEABLE for u in _entries("detach"))
