@@ -223,3 +223,21 @@ def test_generated_impl_code_passes_broadcasts_unexpanded():
     assert [e.prim.name for e in out] == ["mul"] and out[0].inputs == [v, a]
     out = rule_cache.elide_broadcasts(eqns, {m, bb})
     assert [e.prim.name for e in out] == ["broadcast_in_dim", "mul"]
+
+
+def test_a_float_that_changes_every_call_stops_building_units():
+    """Units and rules are keyed by a Python float's value: a learning rate or a sampler's
+    sigma that changes on every call would build (and keep) one per call. Past a budget per
+    function, new float signatures run as written; results stay exact."""
+    from functx.frontend import function_units, kernel_check, lowered_ops
+    from functx.transforms import rule_cache
+    x, w = torch.randn(8, 4, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64)
+    f = lambda x, s: (torch.tanh(x @ w * s + s) * s).sum()  # noqa: E731
+    g = functx.grad(f)
+    verdicts = len(kernel_check._VERDICTS)
+    for i in range(3 * lowered_ops.FloatSignatures.limit):
+        s = 0.5 + i * 1e-3
+        torch.testing.assert_close(g(x, s), torch.func.grad(f)(x, s))
+    for budget in (function_units.FLOATS, lowered_ops.FLOATS, rule_cache.RULE_FLOATS):
+        assert budget.builds and max(budget.builds.values()) <= lowered_ops.FloatSignatures.limit
+    assert len(kernel_check._VERDICTS) - verdicts < 10       # dtype verdicts key a float by its type

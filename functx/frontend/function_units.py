@@ -26,7 +26,7 @@ from .. import prims as P
 from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, trace_state, type_of
 from . import tensor as _tensor
 from .functionalize import value_of
-from .lowered_ops import UNCACHEABLE, op_of_graph
+from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
 from .tensor import TracerTensor, fresh_wrapper
 
 CACHE: dict = {}
@@ -34,6 +34,7 @@ CACHE: dict = {}
 # x.item()); they take the usual path without building a key
 NOT_TENSOR_VALUED: dict = {}
 _MAX = 4096
+FLOATS = FloatSignatures()     # floats key units by value (see FloatSignatures)
 _NANS = nan_check.STATE
 _disabled_torch_function = torch._C._disabled_torch_function_impl
 _autocast_on = torch._C._is_any_autocast_enabled
@@ -60,6 +61,7 @@ def run_unit(func, types, args, kwargs):
     if fid in NOT_TENSOR_VALUED:
         return NotImplemented
     leaves = []
+    FLOATS.seen = False
     try:
         key = (fid, torch.get_default_dtype(), torch.is_grad_enabled(), tuple([_key(a, leaves) for a in args]),
                _key(tuple(kwargs.items()), leaves) if kwargs else None)
@@ -67,12 +69,15 @@ def run_unit(func, types, args, kwargs):
     except (_Uncacheable, TypeError):
         return NotImplemented
     if entry is None or entry[0] is not func:
+        if not FLOATS.may_build(fid):
+            return NotImplemented
         op = _build(func, types, args, kwargs, leaves)
         if op is None:
             NOT_TENSOR_VALUED[fid] = func
             return NotImplemented
         if len(CACHE) >= _MAX:
             CACHE.clear()
+            FLOATS.builds.clear()
         entry = CACHE[key] = (func, op, None if op is UNCACHEABLE else [a.type for a in op.out_atoms])
     op = entry[1]
     if op is UNCACHEABLE:
@@ -108,7 +113,8 @@ def _key(x, leaves):
             raise _Uncacheable
         return (v.shape, v.dtype, v.device)
     if t is float:
-        return (float, x.hex())         # exact: -0.0 and nan included
+        FLOATS.seen = True
+        return (float, x.hex())
     if t is int or t is bool or x is None or t is str or t is torch.dtype or t is torch.device \
             or t is torch.memory_format or t is torch.layout or x is Ellipsis:
         return (t, x)

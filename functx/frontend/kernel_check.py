@@ -18,7 +18,9 @@ _VERDICTS: dict = {}
 
 def _leaf_key(x):
     kind = type(x)
-    if kind is float or kind is int or kind is bool:
+    if kind is float:
+        return float        # a float's value never decides a dtype rule (and changes per call:
+    if kind is int or kind is bool:          # learning rates, schedules); an int's can (pow)
         return kind, x
     if isinstance(x, torch.Tensor):
         return x.dtype, x.ndim, x.device
@@ -33,7 +35,9 @@ def _signature(args, kwargs):
         kind = type(a)
         if isinstance(a, torch.Tensor):
             key.append((a.dtype, a.ndim, a.device))
-        elif kind is float or kind is int or kind is bool:
+        elif kind is float:
+            key.append(float)
+        elif kind is int or kind is bool:
             key.append((kind, a))
         else:
             key.append(_leaf_key(a))
@@ -68,6 +72,8 @@ def check_kernel_accepts(func, args, kwargs):
     key = (id(func), _signature(args, kwargs))     # id: OpOverload.__hash__ is Python code
     found = _VERDICTS.get(key)
     if found is None or found[0] is not func:
+        if len(_VERDICTS) >= 4096:
+            _VERDICTS.clear()
         found = _VERDICTS[key] = (func, _verdict(func, args, kwargs))
     verdict = found[1]
     if verdict is not None:

@@ -23,6 +23,40 @@ CACHE: dict = {}
 _MAX = 4096
 
 
+class FloatSignatures:
+    """Python floats key a unit by value (exactly: -0.0 and nan included). A float that
+    changes on every call (a learning rate, a sampler's sigma, a time step) would build a unit
+    per call, each costing more than running the op as written: past `limit` builds with a
+    float in the key, a function's new float signatures run as written (the units already
+    built still serve). `seen` is set by the keying of the current call."""
+    limit = 64
+
+    def __init__(self):
+        self.builds: dict = {}
+        self.seen = False
+
+    def may_build(self, fid, key=None) -> bool:
+        """Whether a unit for this signature may be built; key: a signature to scan for floats
+        (instead of `seen`)."""
+        if not (self.seen if key is None else _has_float(key)):
+            return True
+        n = self.builds.get(fid, 0)
+        if n >= self.limit:
+            return False
+        self.builds[fid] = n + 1
+        return True
+
+
+def _has_float(key) -> bool:
+    for k in key:
+        if k is float or type(k) is float or (type(k) is tuple and _has_float(k)):
+            return True
+    return False
+
+
+FLOATS = FloatSignatures()
+
+
 class LoweredOp:
     """The graph of one ATen op's lowering for one signature. outputs: "one", or the
     sequence type of the lowering's result. rules: filled by the traces that run it."""
@@ -74,7 +108,8 @@ def _key(x, leaves):
         return (t.shape, t.dtype, t.device, t.weak)
     t = type(x)
     if t is float:
-        return (float, x.hex())         # exact: -0.0 and nan included
+        FLOATS.seen = True
+        return (float, x.hex())
     if t is int or t is bool or x is None or t is str or t is torch.dtype or t is torch.device \
             or t is torch.memory_format or t is torch.layout:
         return (t, x)
@@ -95,6 +130,7 @@ def run_cached(func, lowering, args, kwargs):
     """lowering(*args, **kwargs) (lax values) through the op's LoweredOp at the current trace,
     or NotImplemented where that does not apply."""
     leaves = []
+    FLOATS.seen = False
     try:
         # id(func): OpOverload.__hash__ is Python code (the entry keeps func, checked on a hit)
         key = (id(func), torch.get_default_dtype(), _key(args, leaves), _key(tuple(kwargs.items()), leaves))
@@ -102,9 +138,12 @@ def run_cached(func, lowering, args, kwargs):
     except (_Uncacheable, TypeError):     # a value that can't key (SymInts under jit are unhashable)
         return NotImplemented
     if entry is None or entry[0] is not func:
+        if not FLOATS.may_build(id(func)):
+            return NotImplemented
         entry = (func, _build(func, lowering, args, kwargs, leaves))
         if len(CACHE) >= _MAX:
             CACHE.clear()
+            FLOATS.builds.clear()
         CACHE[key] = entry
     op = entry[1]
     if op is UNCACHEABLE:

@@ -117,6 +117,8 @@ class BatchTrace(Trace):
         except TypeError:          # an unhashable param, or a symbolic size (jit)
             return NotImplemented
         if rule is None:
+            if not rule_cache.RULE_FLOATS.may_build(id(prim), key):
+                return NotImplemented
             specs = [(type_of(v), d) if isinstance(v, (torch.Tensor, Tracer)) else v for v, d in zip(vals, dims)]
             rule = rule_cache.build_batch(prim, params, self.axis, specs)
             if len(_BATCH_RULES) >= rule_cache.MAX_RULES:

@@ -161,6 +161,8 @@ class JVPTrace(Trace):
         except TypeError:          # an unhashable param, or a symbolic size (jit)
             return NotImplemented
         if rule is None:
+            if not rule_cache.RULE_FLOATS.may_build(id(prim), key):
+                return NotImplemented
             rule = self._build_rule(prim, args, params, key)
         if rule is _UNCACHEABLE:
             return NotImplemented

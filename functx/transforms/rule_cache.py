@@ -36,7 +36,7 @@ import torch
 from ..core import POINTWISE, REDUCTION, VIEW, Literal, Var, Zero
 from ..core.ir import Eqn
 from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, Tracer, UndefinedPrimal, trace_state
-from ..frontend.lowered_ops import LoweredOp, run_lowered
+from ..frontend.lowered_ops import FloatSignatures, LoweredOp, run_lowered
 from ..prims.shape import _broadcast_view, reshape_p
 
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
@@ -46,6 +46,7 @@ ALLOWED: dict = {}       # Primitive -> bool
 UNCACHEABLE = "uncacheable"
 JVP_RULES: dict = {}     # key (see JVPTrace._cached_jvp) -> JvpRule | UNCACHEABLE
 MAX_RULES = 4096
+RULE_FLOATS = FloatSignatures()     # jvp and batch rules keyed by a float's value, per primitive
 
 
 def allowed(prim) -> bool:
