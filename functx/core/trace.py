@@ -316,20 +316,14 @@ def type_of(x) -> TensorType | None:
     if isinstance(x, Tracer):
         return x.aval
     if isinstance(x, torch.Tensor):
-        # TensorTypes are immutable: one per (shape, dtype, device), since building the frozen
-        # dataclass costs more than the lookup and eager transforms ask for every operand.
-        key = (tuple(x.shape), x.dtype, x.device)
-        t = _TENSOR_TYPES.get(key)
-        if t is None:
-            if len(_TENSOR_TYPES) >= 4096:
-                _TENSOR_TYPES.clear()
-            t = _TENSOR_TYPES[key] = TensorType(*key)
-        return t
+        return tensor_type(tuple(x.shape), x.dtype, x.device)
     return None
 
 
 def tensor_type(shape: tuple, dtype, device) -> TensorType:
-    """The shared TensorType of (shape, dtype, device) (not weak)."""
+    """The shared TensorType of (shape, dtype, device) (not weak). TensorTypes are immutable:
+    one per key, since building the frozen dataclass costs more than the lookup and eager
+    transforms ask for every operand."""
     key = (shape, dtype, device)
     t = _TENSOR_TYPES.get(key)
     if t is None:
