@@ -48,10 +48,19 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)
-def _cpu_fused_tier(request, monkeypatch):
-    """Tests marked cpu_fused build fused tiers whatever FUNCTX_TEST_CPU_TIER says."""
-    if request.node.get_closest_marker("cpu_fused") is not None:
-        monkeypatch.setenv("FUNCTX_CPU_FUSED", "1")
+def _cpu_fused_tier(request):
+    """Tests marked cpu_fused build fused tiers whatever FUNCTX_TEST_CPU_TIER says (set here,
+    not with monkeypatch, which a test's monkeypatch.undo() would undo)."""
+    if request.node.get_closest_marker("cpu_fused") is None:
+        yield
+        return
+    old = os.environ.get("FUNCTX_CPU_FUSED")
+    os.environ["FUNCTX_CPU_FUSED"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("FUNCTX_CPU_FUSED", None)
+    else:
+        os.environ["FUNCTX_CPU_FUSED"] = old
 
 
 def pytest_addoption(parser):

@@ -41,6 +41,7 @@ from .. import buffer_reuse
 _building: set = set()          # threads building a fused tier
 _building_lock = threading.Lock()
 _instances: "weakref.WeakSet" = weakref.WeakSet()     # every CpuCompiled, for the fork handler
+_PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})   # what the fused tier takes (not subclasses)
 
 
 def _after_fork_in_child():
@@ -144,7 +145,8 @@ class CpuCompiled(Compiled):
         self._eager: EagerCompiled | None = None     # built at the first eager call
         self.fused: CppFused | None = None
         self.failure: str | None = None      # why the fused tier does not run
-        self.eager_calls = 0                 # calls the eager tier served
+        self.eager_calls = 0                 # calls the eager tier served before the fused tier was ready
+        self.recorded_calls = 0              # calls the fused tier handed to the eager code for autograd
         self.last_tier: str | None = None    # the tier of the last call: "eager", "fused", None (no call)
         self.from_disk = False               # fused from the first call: the disk cache had the graph
         self._thread: threading.Thread | None = None
@@ -219,10 +221,30 @@ class CpuCompiled(Compiled):
             self.start()
         return self.eager.call(*inputs)
 
-    def _first_fused_call(self, fused_call, *inputs):
-        self.last_tier = "fused"
-        self._target[0] = fused_call       # later calls go straight to the fused wrapper
-        return fused_call(*inputs)
+    def _fused_tier(self, fused_call):
+        """The fused tier's call. A call torch autograd would record (grad mode on and an
+        input or a captured tensor requires grad; or a tensor subclass) runs the eager
+        tier's generated torch code instead: the C++ kernels record no autograd history, and
+        a result of mixed torch and C++ steps would carry a partial one."""
+        consts_grad = any(isinstance(c, torch.Tensor) and c.requires_grad for c in self.graph.consts)
+        grad_enabled, plain = torch.is_grad_enabled, _PLAIN
+        eager = self._recorded_call
+
+        def fused_tier(*inputs):
+            grad = grad_enabled()
+            if grad and consts_grad:
+                return eager(*inputs)
+            for x in inputs:
+                if type(x) not in plain or (grad and x.requires_grad):
+                    return eager(*inputs)
+            self.last_tier = "fused"
+            return fused_call(*inputs)
+        return fused_tier
+
+    def _recorded_call(self, *inputs):
+        self.last_tier = "eager (autograd)"
+        self.recorded_calls += 1
+        return self.eager.call(*inputs)
 
     def start(self):
         """Start building the fused tier in a background thread (once)."""
@@ -288,8 +310,7 @@ class CpuCompiled(Compiled):
         if not fused.kernels:
             self.failure = NOTHING_TO_FUSE
             return
-        call = fused.call
-        self._target[0] = lambda *inputs: self._first_fused_call(call, *inputs)
+        self._target[0] = self._fused_tier(fused.call)
         if self._eager is not None and "_keep" in self._eager.globals:
             buffer_reuse.release_kept(self._eager.globals["_keep"])    # the eager tier is done
 
@@ -317,6 +338,9 @@ class CpuCompiled(Compiled):
             else:
                 ran = (f"the last call ran the fused tier (calls 1-{self.eager_calls} ran the eager tier)"
                        if self.eager_calls > 1 else "the last call ran the fused tier (call 1 ran the eager tier)")
+        elif self.last_tier == "eager (autograd)":
+            ran = ("the last call ran the eager tier's torch code because torch autograd records it (grad mode "
+                   "on and an input or a captured tensor requires grad)")
         else:
             ran = f"the last call ran the eager tier (call {self.eager_calls})"
         if state == "ready":
