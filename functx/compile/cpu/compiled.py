@@ -29,8 +29,10 @@ import torch
 
 from ..compiled import Compiled
 from ..eager import EagerCompiled
+from ..loops import loop_report
 from ..fusion.compiled import FusedCompiled
 from ..small_contractions import small_contractions
+from ..symbolic import graph_symbols
 from .huge_pages import fresh, is_big
 from .cpp_ops import CppOps, header, link_flags, lowerable, prefers_blocked
 from . import settings
@@ -142,7 +144,7 @@ class CpuCompiled(Compiled):
 
     def __init__(self, graph):
         self.graph = graph
-        self._eager: EagerCompiled | None = None     # built at the first eager call
+        self._eager: EagerCompiled | None = None     # the eager tier (not built when fused from the start)
         self.fused: CppFused | None = None
         self.failure: str | None = None      # why the fused tier does not run
         self.eager_calls = 0                 # calls the eager tier served before the fused tier was ready
@@ -162,8 +164,12 @@ class CpuCompiled(Compiled):
             self.failure = FUSED_OFF
         elif blocking():
             self._build()
-        else:
+        elif not graph_symbols(graph):      # symbolic graphs build after jit froze their guards
             self._serve_from_disk_cache()
+        if self.tier == "eager":
+            # built now, so that what cannot compile raises inside jit's compile step (a
+            # symbolic trace then falls back to a static one), not in a call
+            self._eager = EagerCompiled(graph)
 
     @property
     def eager(self) -> EagerCompiled:
@@ -359,7 +365,8 @@ class CpuCompiled(Compiled):
     def report(self) -> str:
         self._build_if_never_called()
         out = ["backend: cpu (tiered: eager PyTorch code first, fused C++ kernels once compiled)",
-               self.status(), "", "-- eager tier: generated PyTorch code --", self.eager.source, ""]
+               self.status(), "", "-- eager tier: generated PyTorch code --",
+               self.eager.source + loop_report(self.eager.globals), ""]
         if self.fused is not None:
             out += [self.fused.report(), "(the fx_* helpers: HELPERS in functx/compile/cpu/cpp_ops.py)"]
         return "\n".join(out)
