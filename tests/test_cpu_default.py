@@ -199,3 +199,20 @@ def test_calls_that_autograd_records_run_the_torch_code(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(jf(x), f(x))
     assert c.last_tier == "fused"
+
+
+def test_a_graph_without_fusion_stays_on_the_eager_tier(monkeypatch):
+    """One kernel per operation saves nothing over torch's kernels and costs more per call:
+    such a graph keeps the eager code, and the disk cache's index remembers it."""
+    monkeypatch.setenv("FUNCTX_CPU_BLOCK", "1")
+    x = torch.randn(6, 5)
+    f = functx.jit(lambda x: x + 1.0)
+    torch.testing.assert_close(f(x), x + 1.0)
+    c = entry_of(f, x)
+    assert c.fused_state == "nothing to fuse" and c.last_tier == "eager" and len(c.fused.kernels) == 1
+    assert "fused tier: nothing to fuse (no kernel computes two operations)" in c.status()
+    monkeypatch.delenv("FUNCTX_CPU_BLOCK")
+    g = functx.jit(lambda x: x + 1.0)            # the same graph: known from the index, no build
+    g(x)
+    c = entry_of(g, x)
+    assert c.fused is None and c.fused_state == "nothing to fuse"
