@@ -42,7 +42,7 @@ MAX_POOL_BYTES = 1 << 30
 MAX_LIVE_BYTES = int(os.environ.get("FUNCTX_POOL_LIMIT_MB", "2048") or 2048) << 20
 
 _live: "collections.OrderedDict[int, weakref.ref]" = collections.OrderedDict()   # allocated pools, oldest first
-_live_lock = threading.Lock()
+_live_lock = threading.RLock()
 
 
 class SlotPool:
@@ -84,9 +84,9 @@ class SlotPool:
             self.lock.release()
 
     def __del__(self):
-        with _live_lock:
-            if _live.get(id(self)) is self._ref:
-                del _live[id(self)]
+        # no lock here: garbage collection may run this while this thread holds _live_lock
+        if _live.get(id(self)) is self._ref:
+            _live.pop(id(self), None)
 
 
 def _note_allocated(pool):
@@ -120,7 +120,7 @@ def _after_fork_in_child():
     """A fork copies locks as they are: a pool locked by a call in another thread would
     stay locked in the child, whose calls would then never use it."""
     global _live_lock
-    _live_lock = threading.Lock()
+    _live_lock = threading.RLock()
     for r in list(_live.values()):
         p = r()
         if p is not None:
