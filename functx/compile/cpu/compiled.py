@@ -237,7 +237,7 @@ class CpuCompiled(Compiled):
     def _eager_tier(self, *inputs):
         self.eager_calls += 1
         self.last_tier = "eager"
-        if self.eager_calls >= hot_calls() and self._thread is None and self.failure is None:
+        if self._thread is None and self.failure is None and self.eager_calls >= hot_calls():
             self.start()
         return self.eager.call(*inputs)
 
