@@ -105,14 +105,14 @@ def test_without_a_compiler_every_call_runs_the_eager_tier(monkeypatch):
     f = functx.jit(F)                              # the disk cache knows this graph, but g++ is gone
     torch.testing.assert_close(f(x), F(x))
     c = entry_of(f, x)
-    assert c.last_tier == "eager" and c.fused_state == "failed"
+    assert c.fused_state == "failed" and c.call is c.eager.call     # no tier bookkeeping per call
     g = functx.jit(lambda x: torch.tanh(x) * 3.0 + 1.0)     # a new graph: the build fails in the background
     y = torch.randn(7, 5)
     for _ in range(3):
         torch.testing.assert_close(g(y), torch.tanh(y) * 3.0 + 1.0)
         wait_for_fused()
     text = str(functx.explain(g)(y))
-    assert "the last call ran the eager tier (call 3); fused tier: failed (C++ compiler '/nonexistent/g++' " \
+    assert "tier: every call runs the eager tier; fused tier: failed (C++ compiler '/nonexistent/g++' " \
            "not found" in text
 
 
@@ -209,7 +209,7 @@ def test_a_graph_without_fusion_stays_on_the_eager_tier(monkeypatch):
     f = functx.jit(lambda x: x + 1.0)
     torch.testing.assert_close(f(x), x + 1.0)
     c = entry_of(f, x)
-    assert c.fused_state == "nothing to fuse" and c.last_tier == "eager" and len(c.fused.kernels) == 1
+    assert c.fused_state == "nothing to fuse" and c.tier == "eager" and len(c.fused.kernels) == 1
     assert "fused tier: nothing to fuse (no kernel computes two operations)" in c.status()
     monkeypatch.delenv("FUNCTX_CPU_BLOCK")
     g = functx.jit(lambda x: x + 1.0)            # the same graph: known from the index, no build

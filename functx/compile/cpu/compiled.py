@@ -168,6 +168,7 @@ class CpuCompiled(Compiled):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._key: str | None = None         # the graph's key in the disk cache's index
+        self._fused_on = False               # the fused tier serves the calls
         _instances.add(self)
         self._target = target = [self._eager_tier]
 
@@ -184,6 +185,8 @@ class CpuCompiled(Compiled):
             # built now, so that what cannot compile raises inside jit's compile step (a
             # symbolic trace then falls back to a static one), not in a call
             self._eager = EagerCompiled(graph)
+            if self.failure is not None:        # never fused: calls go straight to the eager code
+                self.call = self._target[0] = self._eager.call
 
     @property
     def eager(self) -> EagerCompiled:
@@ -197,7 +200,7 @@ class CpuCompiled(Compiled):
     @property
     def tier(self) -> str:
         """The tier the next call runs."""
-        return "eager" if self._target[0] == self._eager_tier else "fused"
+        return "fused" if self._fused_on else "eager"
 
     @property
     def fused_state(self) -> str:
@@ -310,6 +313,11 @@ class CpuCompiled(Compiled):
             self.from_disk = self.fused is not None and self.tier == "fused"
 
     def _build(self, compile: bool = True):
+        self._try_build(compile)
+        if self.failure is not None and self._eager is not None:
+            self._target[0] = self._eager.call      # never fused: no tier bookkeeping per call
+
+    def _try_build(self, compile: bool):
         try:
             fused = CppFused(self.graph, compile=compile)
         except NotCached:
@@ -332,6 +340,7 @@ class CpuCompiled(Compiled):
             self.failure = NOTHING_TO_FUSE
             return
         self._target[0] = self._fused_tier(fused.call)
+        self._fused_on = True
         if self._eager is not None and "_keep" in self._eager.globals:
             buffer_reuse.release_kept(self._eager.globals["_keep"])    # the eager tier is done
 
@@ -349,7 +358,9 @@ class CpuCompiled(Compiled):
     def status(self) -> str:
         """One line: the tier the last call ran, and the fused tier's state."""
         state = self.fused_state
-        if self.last_tier is None:
+        if self.failure is not None:
+            ran = "every call runs the eager tier"
+        elif self.last_tier is None:
             ran = "no call yet"
         elif self.last_tier == "fused":
             if self.from_disk:
