@@ -5,6 +5,7 @@ call; without a compiler every call runs the eager tier and explain says why; a 
 it working; the fused tier's buffers are released on demand, on eviction and past the
 process-wide limit. (The rest of the suite runs this backend on its eager tier:
 tests/conftest.py, FUNCTX_TEST_CPU_TIER.)"""
+import functools
 import os
 import shutil
 import subprocess
@@ -37,6 +38,7 @@ def tiered(monkeypatch, cache_dir):
     for name in ("FUNCTX_CPU_BLOCK", "FUNCTX_CPU_HOT_CALLS", "FUNCTX_CPU_BACKEND", "FUNCTX_CXX"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FUNCTX_CACHE_DIR", cache_dir)
+    torch.manual_seed(0)                # the same inputs every run
 
 
 def entry_of(jitted, *args):
@@ -156,25 +158,26 @@ def test_fork_while_a_build_is_in_flight():
 def test_fused_buffers_are_released_on_demand_on_eviction_and_past_the_limit(monkeypatch):
     monkeypatch.setenv("FUNCTX_CPU_BLOCK", "1")
     h = lambda x: (torch.tanh(torch.exp(x) @ x) * 2.0).sum(0)       # noqa: E731  (a pooled matmul result)
-    x = torch.randn(64, 64)
+    x = torch.randn(64, 64) * 0.2
+    close = functools.partial(torch.testing.assert_close, rtol=1e-4, atol=1e-5)   # sums add in double in C++
     f = functx.jit(h, cache_limit=1)
-    torch.testing.assert_close(f(x), h(x))
+    close(f(x), h(x))
     pool = entry_of(f, x).fused._pool
     assert pool.live and pool.nbytes > 0
     assert functx.compile.release_buffers() >= pool.nbytes and not pool.live
-    torch.testing.assert_close(f(x), h(x))          # grows back at the next call
+    close(f(x), h(x))          # grows back at the next call
     assert pool.live
     y = x.double()                                  # a new static signature (a new size would be symbolic: no pool)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")             # the cache-limit warning
-        torch.testing.assert_close(f(y), h(y))      # evicts x's entry, whose pool goes at once
+        close(f(y), h(y))      # evicts x's entry, whose pool goes at once
     assert not pool.live
     monkeypatch.setattr(buffer_pool, "MAX_LIVE_BYTES", 1)
     g = functx.jit(lambda x: (torch.sin(torch.exp(x) @ x) + 1.0).sum(1))
     g(x)                                            # a newer pool: the older ones are released
     second = entry_of(f, y).fused._pool
     assert not second.live and entry_of(g, x).fused._pool.live
-    torch.testing.assert_close(f(y), h(y))
+    close(f(y), h(y))
     assert second.live
 
 
