@@ -242,7 +242,14 @@ class CpuCompiled(Compiled):
         self.last_tier = "eager"
         if self._thread is None and self.failure is None and self.eager_calls >= hot_calls():
             self.start()
-        return self.eager.call(*inputs)
+        out = self.eager.call(*inputs)
+        if self._fused_on:          # swapped during this call: what it kept goes too
+            self._release_eager_keep()
+        return out
+
+    def _release_eager_keep(self) -> int:
+        keep = self._eager.globals.get("_keep") if self._eager is not None else None
+        return buffer_reuse.release_kept(keep) if keep is not None else 0
 
     def _fused_tier(self, fused_call):
         """The fused tier's call. A call torch autograd would record (grad mode on and an
@@ -341,15 +348,12 @@ class CpuCompiled(Compiled):
             return
         self._target[0] = self._fused_tier(fused.call)
         self._fused_on = True
-        if self._eager is not None and "_keep" in self._eager.globals:
-            buffer_reuse.release_kept(self._eager.globals["_keep"])    # the eager tier is done
+        self._release_eager_keep()      # the eager tier is done (autograd calls use its plain code)
 
     def release(self) -> int:
         """Free the buffers this function keeps between calls (both tiers); they grow back
         at its next call. jit calls it when its cache evicts the entry."""
-        n = 0
-        if self._eager is not None and "_keep" in self._eager.globals:
-            n += buffer_reuse.release_kept(self._eager.globals["_keep"])
+        n = self._release_eager_keep()
         if self.fused is not None:
             n += self.fused.release()
         return n
