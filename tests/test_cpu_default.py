@@ -221,7 +221,7 @@ def test_a_graph_without_fusion_stays_on_the_eager_tier(monkeypatch):
     assert c.fused is None and c.fused_state == "nothing to fuse"
 
 
-@pytest.mark.xfail(strict=True, reason="known fused-tier miscompile, open: g++ 12.2 -O3 -march=native (AVX2) "
+@pytest.mark.xfail(strict=False, reason="known fused-tier miscompile, open (not strict: other compilers or CPUs may get it right): g++ 12.2 -O3 -march=native (AVX2) "
                    "vectorizes this int64 max accumulator over bool->int32 values wrongly (0 instead of 1); "
                    "-fno-tree-vectorize or an int32 accumulator gives 1. A batched while_loop's predicate "
                    "(vmap of grad through functx.while_loop) hits it: tests/test_while_reverse.py under "
