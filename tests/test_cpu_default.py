@@ -221,12 +221,9 @@ def test_a_graph_without_fusion_stays_on_the_eager_tier(monkeypatch):
     assert c.fused is None and c.fused_state == "nothing to fuse"
 
 
-@pytest.mark.xfail(strict=False, reason="known fused-tier miscompile, open (not strict: other compilers or CPUs may get it right): g++ 12.2 -O3 -march=native (AVX2) "
-                   "vectorizes this int64 max accumulator over bool->int32 values wrongly (0 instead of 1); "
-                   "-fno-tree-vectorize or an int32 accumulator gives 1. A batched while_loop's predicate "
-                   "(vmap of grad through functx.while_loop) hits it: tests/test_while_reverse.py under "
-                   "FUNCTX_TEST_CPU_TIER=fused")
 def test_integer_max_of_compared_lanes_matches_torch(monkeypatch):
+    """g++ 12.2's SLP vectorizer with -fwrapv and AVX2 returned 0 here (toolchain.FLAGS turns
+    it off); a batched while_loop's predicate (vmap of grad through functx.while_loop) is this."""
     monkeypatch.setenv("FUNCTX_CPU_BLOCK", "1")
     f = lambda n, t: ((t < 3.0) & (n < 40)).to(torch.int32).amax(0)     # noqa: E731
     n, t = torch.tensor([12, 10]), torch.tensor([2.0, 3.65], dtype=torch.float64)

@@ -10,6 +10,10 @@ headers, so a compile takes a fraction of a second, not Inductor's seconds.
 -ffast-math stays off: NaN, inf and -0.0 must behave as in torch. -fno-math-errno only lets
 sqrt inline (errno is never read); -ffp-contract=off keeps a*b+c two roundings, as torch's
 kernels compute it; -fwrapv makes signed overflow wrap, as torch's integers do.
+-fno-tree-slp-vectorize: g++ 12.2's straight-line (SLP) vectorizer, with -fwrapv and
+AVX2, miscompiles a short int64 max reduction over compared lanes (it returned 0 for
+max(int(2.0 < 3 & 12 < 40), int(3.65 < 3 & 10 < 40)); a batched while_loop's predicate);
+loops still vectorize (tests/test_cpu_default.py keeps the case).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import tempfile
 import threading
 
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-fwrapv",
-         "-fno-math-errno", "-ffp-contract=off")
+         "-fno-math-errno", "-ffp-contract=off", "-fno-tree-slp-vectorize")
 
 _libraries: dict = {}
 _lock = threading.Lock()
