@@ -12,8 +12,10 @@ CpuCompiled serves calls in tiers, so a first call never waits for a C++ compile
   - otherwise calls run the eager backend's generated PyTorch code at once; from the
     `hot_calls()`-th call a background thread builds CppFused and swaps its wrapper in
     when it is ready (the next call runs it).
-A graph without kernels, or a failed build (no compiler: $FUNCTX_CXX not found), stays on
-the eager tier, and explain's report says which tier the last call ran and why.
+A call torch autograd would record runs the eager code on either tier. A graph where no
+kernel fuses two equations, or a failed build (no compiler: $FUNCTX_CXX not found), stays
+on the eager tier (its calls then go straight to the eager code), and explain's report
+says which tier the last call ran and why.
 Settings (settings.py, `functx.compile.cpu.CONFIG`): `block` builds the fused tier before
 the first call, `fused=False` never builds it; `wait_for_fused()` waits for every build
 in flight.
