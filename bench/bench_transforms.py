@@ -1,6 +1,7 @@
-"""Transform benchmarks (issues 3 and 13): functx eager, functx.jit on the eager and the cpu
-backend, torch.func eager, torch.compile over torch.func, and jax.jit when importable,
-measured side by side in one process (interleaved rounds, medians).
+"""Transform benchmarks (issues 3 and 13): functx eager, functx.jit (the default: the tiered
+cpu backend), functx.jit on the eager backend, torch.func eager, torch.compile over
+torch.func, and jax.jit when importable, measured side by side in one process
+(interleaved rounds, medians).
 
     python bench/bench_transforms.py --threads 1 2   # everything (torch.compile takes minutes)
     python bench/bench_transforms.py --quick         # small sizes checked, short timing, no torch.compile
@@ -20,8 +21,11 @@ the same code; the JAX version mirrors it in jax.numpy):
 Per workload: the median per-call time of each variant and its speed relative to
 torch.func eager (>1 is faster), the first call in this process, and (unless --quick or
 --no-fresh) the first call in a fresh process per variant (a child process imports,
-builds the function and times its first call). "functx.jit cpu" is timed on its fused
-tier (the background build is waited for); its first call is the tiered one. The last
+builds the function and times its first call). "functx.jit" (the default for CPU tensors,
+the tiered cpu backend) is timed on its fused tier (the background build is waited for);
+its first call in this process is the tiered one (eager tier); in a fresh process it is
+measured twice, with an empty disk cache (eager tier) and with the graph in the disk cache
+(fused from the first call), the cell naming the tier that ran. The last
 column of the summary is the goal of issue 13: best functx.jit / best of torch.compile and
 jax.jit (<= 1 met). Then the fixed per-call overhead of each system on a trivial function.
 Results of every variant are checked against torch.func before timing. Several --threads
@@ -244,13 +248,16 @@ def assert_matches(got, want, what, rtol=1e-4, atol=1e-5):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
-# Columns, in print order. "functx.jit" is the default backend for CPU tensors; "functx.jit
-# eager" and "functx.jit cpu" name the backend (cpu: timed on its fused tier, after the
-# background build; its first call is the tiered one, which runs the eager tier).
-VARIANTS = ["functx eager", "functx.jit eager", "functx.jit cpu", "torch.func eager",
+# Columns, in print order. "functx.jit" is the default for CPU tensors, the tiered cpu
+# backend (timed on its fused tier, after the background build; its first call in this
+# process is the tiered one, which runs the eager tier); "functx.jit eager" names the
+# eager backend (generated PyTorch code only, the bit-stable choice).
+VARIANTS = ["functx eager", "functx.jit", "functx.jit eager", "torch.func eager",
             "torch.compile", "jax.jit"]
-JIT_VARIANTS = ("functx.jit eager", "functx.jit cpu")
+JIT_VARIANTS = ("functx.jit", "functx.jit eager")
 PEERS = ("torch.compile", "jax.jit")
+FRESH_COLD = "functx.jit (empty disk cache)"      # first calls in a fresh process
+FRESH_WARM = "functx.jit (graph in the disk cache)"
 
 
 def build_variant(name, v, small):
@@ -260,7 +267,7 @@ def build_variant(name, v, small):
         return build(_FunctxNS, small)
     if v in JIT_VARIANTS:
         fn, args = build(_FunctxNS, small)
-        return functx.jit(fn, backend=v.split()[-1]), args
+        return functx.jit(fn, backend=None if v == "functx.jit" else v.split()[-1]), args
     if v == "torch.func eager":
         return build(torch.func, small)
     if v == "torch.compile":
@@ -273,11 +280,13 @@ def build_variant(name, v, small):
 
 
 def _settle_tier(v, fn, args):
-    """functx.jit cpu: wait for the fused tier built in the background (timed on it)."""
-    if v == "functx.jit cpu":
+    """functx.jit (the cpu backend): wait for the fused tier built in the background (timed
+    on it); a note when it does not run (no compiler, nothing to fuse)."""
+    if v == "functx.jit":
         compiled = fn.lower(*args)[0].compiled
-        compiled.wait()
-        return compiled.status()
+        if compiled.backend == "cpu":
+            compiled.wait()
+            return None if compiled.fused_state == "ready" else compiled.status()
     return None
 
 
@@ -326,7 +335,7 @@ def run_workload(name, quick, with_compile, with_jax):
         try:
             t, out = first_call(fn, *args)
             status = _settle_tier(v, fn, args)
-            if status and "fused" not in status.split("(")[0]:
+            if status:
                 notes[v] = status
         except Exception as e:  # noqa: BLE001
             notes[v] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
@@ -373,8 +382,8 @@ def overhead_fns(with_compile, with_jax):
     out = {}
     for row, (f, args) in rows.items():
         fns = {"torch eager": (f, args),
-               "functx.jit eager": (functx.jit(f, backend="eager"), args),
-               "functx.jit cpu": (functx.jit(f, backend="cpu"), args)}
+               "functx.jit": (functx.jit(f), args),
+               "functx.jit eager": (functx.jit(f, backend="eager"), args)}
         if with_compile:
             torch._dynamo.reset()
             fns["torch.compile"] = (torch.compile(f), args)
@@ -410,21 +419,32 @@ def _first_call_here(name, v, threads):
     fn, args = built
     t1 = time.perf_counter()
     first_call(fn, *args)
-    print(f"FIRST_CALL {time.perf_counter() - t1:.6f} {t1 - t0:.6f}")
+    t2 = time.perf_counter()
+    tier = ""
+    if v == "functx.jit" and fn.lower(*args)[0].compiled.backend == "cpu":
+        tier = fn.lower(*args)[0].compiled.last_tier     # the tier the first call ran
+    print(f"FIRST_CALL {t2 - t1:.6f} {t1 - t0:.6f} {tier}")
 
 
-def fresh_first_call(name, v, threads, timeout=900):
-    """Seconds of the first call of variant v in a fresh Python process (after imports), or a note."""
+def fresh_first_call(name, v, threads, timeout=900, cache_dir=None):
+    """Seconds of the first call of variant v in a fresh Python process (after imports), or a
+    note; for functx.jit "<seconds> s (<tier it ran>)". cache_dir: the child's functx disk
+    cache (an empty one: a machine that never compiled the graph)."""
     import subprocess
     cmd = [sys.executable, os.path.abspath(__file__), "--first-call-of", name, v, "--threads", str(threads)]
+    env = os.environ.copy()
+    if cache_dir is not None:
+        env["FUNCTX_CACHE_DIR"] = cache_dir
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return f"> {timeout} s"
     for line in r.stdout.splitlines():
         if line.startswith("FIRST_CALL"):
             parts = line.split()
-            return None if parts[1] == "none" else float(parts[1])
+            if parts[1] == "none":
+                return None
+            return f"{fmt_time(float(parts[1]))} ({parts[3]})" if len(parts) > 3 else float(parts[1])
     return f"failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:100]}"
 
 
@@ -458,7 +478,7 @@ def print_tables(summary, overhead, fresh, threads, load):
     for name, t, fc, notes in summary:
         print(f"| {name} | " + " | ".join(_cell(fc.get(v)) for v in cols) + " |")
     if fresh:
-        fcols = [v for v in VARIANTS if any(v in f for f in fresh.values())]
+        fcols = [v for v in [FRESH_COLD, FRESH_WARM] + VARIANTS if any(v in f for f in fresh.values())]
         print("\nfirst call in a fresh process (after imports and building the function)")
         print("| workload | " + " | ".join(fcols) + " |")
         print("| --- |" + " --- |" * len(fcols))
@@ -539,11 +559,18 @@ def main(argv=None):
     overhead = None if a.no_overhead else overhead_fns(with_compile, not a.no_jax)
     fresh = {}
     if not a.quick and not a.no_fresh:
+        import tempfile
+        cold = tempfile.mkdtemp(prefix="functx_cold_cache_")
         for name in names:
             fresh[name] = {}
             for v in VARIANTS:
                 if (v == "torch.compile" and not with_compile) or (v == "jax.jit" and a.no_jax) \
                         or v == "functx eager":
+                    continue
+                if v == "functx.jit":     # a machine that never built the graph, and one whose disk cache has it
+                    fresh[name][FRESH_COLD] = fresh_first_call(name, v, threads, cache_dir=cold)
+                    r = fresh_first_call(name, v, threads)
+                    fresh[name][FRESH_WARM] = r
                     continue
                 r = fresh_first_call(name, v, threads)
                 if r is not None:

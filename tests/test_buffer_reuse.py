@@ -13,7 +13,7 @@ N = 256          # (256, 256) float32 = 256 KiB, above buffer_reuse.MIN_BYTES
 
 def source(f, *args):
     """The eager source jit compiled for f at args."""
-    return str(functx.explain(functx.jit(f))(*args)).split("-- compiled --", 1)[1]
+    return str(functx.explain(functx.jit(f, backend="eager"))(*args)).split("-- compiled --", 1)[1]
 
 
 def mlp_like(x, w):

@@ -18,8 +18,8 @@ from functx.core import Eqn, Graph, Var
 from functx.core.primitive import REGISTRY
 from functx.core.types import TensorType
 
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("FUNCTX_CXX", "g++")) is None,
-                                reason="no C++ compiler")
+pytestmark = [pytest.mark.skipif(shutil.which(os.environ.get("FUNCTX_CXX", "g++")) is None,
+                                 reason="no C++ compiler"), pytest.mark.cpu_fused]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -218,6 +218,7 @@ needs_cxx = pytest.mark.skipif(shutil.which(os.environ.get("FUNCTX_CXX", "g++"))
 
 
 @needs_cxx
+@pytest.mark.cpu_fused
 def test_cpu_one_library_for_every_size(monkeypatch, tmp_path):
     """Sizes are C++ arguments: after the first symbolic compile no size compiles again, and the
     fused tier (built in the background, after the trace's guards were frozen) serves them all."""

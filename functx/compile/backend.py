@@ -9,6 +9,7 @@ import torch
 
 from .compiled import Compiled
 from .cpu import CpuCompiled
+from .cpu.settings import default_backend
 from .eager import EagerCompiled
 
 
@@ -31,10 +32,16 @@ def _triton_available() -> bool:
 
 def resolve_backend(backend, leaves) -> type[Compiled]:
     """The backend class named `backend`; None picks triton for CUDA tensors when Triton
-    is installed, else eager."""
+    is installed, the tiered cpu backend when every tensor is on the CPU
+    (functx.compile.cpu.CONFIG.default_backend: "cpu" or "eager"), else eager."""
     if backend is None:
-        on_cuda = any(isinstance(x, torch.Tensor) and x.is_cuda for x in leaves)
-        backend = "triton" if on_cuda and _triton_available() else "eager"
+        devices = {x.device.type for x in leaves if isinstance(x, torch.Tensor)}
+        if "cuda" in devices:
+            backend = "triton" if _triton_available() else "eager"
+        elif devices <= {"cpu"}:
+            backend = default_backend()
+        else:
+            backend = "eager"
     if backend not in BACKENDS:
         raise ValueError(f"functx: unknown backend {backend!r}; choose 'eager', 'cpu' or 'triton'")
     return BACKENDS[backend]()

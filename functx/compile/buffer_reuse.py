@@ -43,6 +43,8 @@ import weakref
 
 import torch
 
+from .fusion import buffer_pool
+
 MIN_BYTES = 128 * 1024
 # the large buffers a call still allocates are kept for the function's next call, as long
 # as the call's large buffers then take at most KEEP_SLACK times their peak without keeping
@@ -66,13 +68,22 @@ def kept_buffers() -> KeptBuffers:
 
 
 def release_buffers() -> int:
-    """Free the buffers every jitted function (eager backend) keeps between calls; returns
-    the bytes released. Their next call allocates afresh (and keeps again)."""
+    """Free the buffers jitted functions keep between calls: the eager backend's (and the
+    cpu backend's eager tier's) and the cpu backend's fused-tier slots (except those of a
+    call running in another thread); returns the bytes released. Their next call
+    allocates afresh (and keeps again)."""
     n = 0
     for d in list(_ALL_KEPT.values()):
-        for t in list(d.values()):
-            n += t.untyped_storage().nbytes()
-        d.clear()
+        n += release_kept(d)
+    return n + buffer_pool.release_all()
+
+
+def release_kept(d: KeptBuffers) -> int:
+    """Free one function's kept buffers; the bytes released."""
+    n = 0
+    for t in list(d.values()):
+        n += t.untyped_storage().nbytes()
+    d.clear()
     return n
 
 # torch functions the emit rules print for pointwise primitives (and torch.addmm for the

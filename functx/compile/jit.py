@@ -237,6 +237,10 @@ class JitFunction:
                 entry.key = self._dims.add(entry, key)     # the key with its dims symbolic
             evicted = self._cache.add(entry.key, entry, reason_key=key)
             if evicted:
+                for e in evicted:      # the cpu backend's kept buffers go now, not at garbage collection
+                    release = getattr(e.compiled, "release", None)
+                    if release is not None:
+                        release()
                 self._fast = {k: e for k, e in self._fast.items() if e not in evicted}
                 if self._last_entry in evicted:
                     self._last_key = self._last_entry = None
@@ -394,9 +398,13 @@ def jit(f=None, *, static_argnums=(), static_argnames=(), backend=None, cache_li
       static_argnums: positions of arguments treated as static (hashable, part of the key).
       static_argnames: names of arguments treated as static (f's signature maps names and
         positions both ways, as in JAX).
-      backend: 'eager' (generated PyTorch code; the default on CPU), 'cpu' (that code
-        first, then fused C++ kernels built in the background; see docs/compiler.md) or
-        'triton' (fused Triton kernels; the default for CUDA tensors when Triton is installed).
+      backend: None (default): 'cpu' for CPU tensors, 'triton' for CUDA tensors when Triton
+        is installed. 'cpu': the generated PyTorch code at once, fused C++ kernels (built in
+        the background, cached on disk) from the first call after they are ready, or from the
+        first call when the disk cache has them; the tiers may differ in the last bits (see
+        docs/sharp_bits.md). 'eager': the generated PyTorch code only, bit-stable
+        (functx.compile.cpu.CONFIG.default_backend = 'eager' makes it the CPU default).
+        'triton': fused Triton kernels.
       cache_limit: the most traced signatures kept (least recently used evicted, with one
         warning naming the argument that keeps changing); None for no limit.
       warn_on_retrace: warn on every retrace, saying which argument changed and how.

@@ -151,6 +151,10 @@ def _strided_inputs(args, kwargs):
 def torch_layout(func, args, kwargs, out, pointwise=False):
     """out's fresh tensors, re-wrapped with the strides torch gives func's results (its meta
     kernel on inputs laid out as torch lays them out), or marked unknown."""
+    if isinstance(out, torch.Tensor) and out.dim() == 0:
+        # a 0-d result has one layout; asking torch.trace's meta kernel (score matching's
+        # trace of a Jacobian) imported torch._refs and sympy in a first jit call: 0.3-0.5 s
+        return out
     strides = (pointwise and _pointwise_strides(args, kwargs, out)) or _result_strides(func, args, kwargs)
     inputs = {id(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
 

@@ -13,6 +13,10 @@ select (`c ? a / b : x`) and so vectorize loops that hold one (no kernel reads t
 floating-point exception flags; results are unchanged; torch's own kernels are built with it);
 -ffp-contract=off keeps a*b+c two roundings, as torch's kernels compute it; -fwrapv makes
 signed overflow wrap, as torch's integers do.
+-fno-tree-slp-vectorize: g++ 12.2's straight-line (SLP) vectorizer, with -fwrapv and
+AVX2, miscompiles a short int64 max reduction over compared lanes (it returned 0 for
+max(int(2.0 < 3 & 12 < 40), int(3.65 < 3 & 10 < 40)); a batched while_loop's predicate);
+loops still vectorize (tests/test_cpu_default.py keeps the case).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import tempfile
 import threading
 
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-fwrapv",
-         "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
+         "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fno-tree-slp-vectorize")
 
 _libraries: dict = {}
 _lock = threading.Lock()
@@ -47,6 +51,10 @@ if hasattr(os, "register_at_fork"):
 
 class CompilerUnavailable(RuntimeError):
     """No working C++ compiler: the CPU backend stays on its eager tier."""
+
+
+class NotCached(RuntimeError):
+    """load_library(compile=False): the library is not in the disk cache."""
 
 
 def compiler() -> str:
@@ -87,9 +95,9 @@ def library_key(source: str, cxx: str, link: tuple = ()) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_library(source: str, link: tuple = ()):
+def load_library(source: str, link: tuple = (), compile: bool = True):
     """(ctypes library, whether it was compiled now (False: memory or disk cache hit));
-    link: libraries to link (-lmvec)."""
+    link: libraries to link (-lmvec); compile=False raises NotCached instead of compiling."""
     cxx = compiler()
     key = library_key(source, cxx, link)
     path = os.path.join(cache_dir(), key[:2], f"k{key[:40]}.so")
@@ -99,6 +107,8 @@ def load_library(source: str, link: tuple = ()):
             return lib, False
     compiled = False
     if not os.path.exists(path):
+        if not compile:
+            raise NotCached(path)
         _compile(cxx, source, path, link)
         compiled = True
     lib = ctypes.CDLL(path)
@@ -134,3 +144,41 @@ def kernel_function(lib, name: str, nargs: int, sizes=()):
     fn.argtypes = [ctypes.c_void_p] * nargs + size_types + [ctypes.c_int]
     fn.restype = None
     return fn
+
+
+# ---------------------------------------------------------------- graph -> library index
+# A process that meets a graph whose library some process built before serves the fused
+# tier from the first call. Generating the C++ source (the fusion scheduler) costs 5-200 ms,
+# too much to spend on every first call just to look the library up, so the cache also
+# maps a hash of the optimized graph's text to what its build gave: the library's key, or
+# "none" (nothing to fuse). A stale entry (functx's code generator changed) costs one
+# source generation, after which the library key is checked as always.
+
+GRAPH_INDEX_VERSION = "1"
+
+
+def graph_key(graph_text: str) -> str:
+    return hashlib.sha256(f"{GRAPH_INDEX_VERSION}\0{graph_text}".encode()).hexdigest()
+
+
+def _graph_entry_path(key: str) -> str:
+    return os.path.join(cache_dir(), "graphs", key[:2], f"g{key[:40]}")
+
+
+def read_graph_entry(key: str) -> str | None:
+    """What the build of this graph gave in any process ("none", a library key), or None."""
+    try:
+        with open(_graph_entry_path(key)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def write_graph_entry(key: str, value: str) -> None:
+    path = _graph_entry_path(key)
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+        os.replace(tmp, path)       # atomic: readers see the old entry or the new one

@@ -12,19 +12,123 @@ What is pooled: buffers the wrapper allocates for kernel outputs, and matmul (do
 results, computed with `out=`; never a value a graph output may alias (through views or an
 extern that may return a view of its input), never an input. Two buffers share a slot when
 they hold the same number of elements of one dtype and the first is dead (no later group
-reads it or a view of it) before the second is written. The slots stay allocated while the
-compiled function lives (at most MAX_POOL_BYTES; a bigger set of temporaries is not
-pooled). A call that finds the pool in use (another thread in the same function) allocates
-fresh buffers, so concurrent calls never share temporaries.
+reads it or a view of it) before the second is written. A function's slots (at most
+MAX_POOL_BYTES; a bigger set of temporaries is not pooled) are a `SlotPool`, allocated when
+the function is compiled and kept between its calls. A call that finds the pool in use
+(another thread in the same function) allocates fresh buffers, so concurrent calls never
+share temporaries.
+
+Bounded: every pool is registered, least recently (re)allocated first. When the pools'
+bytes exceed MAX_LIVE_BYTES, the oldest are released (their storage shrunk to nothing;
+the views in the host wrapper stay valid), and a released pool grows back at its
+function's next call. `release_all()` (functx.compile.release_buffers()) releases every
+idle pool; jit releases an entry's pool when its cache evicts it.
 """
 from __future__ import annotations
 
+import collections
 import math
+import os
+import threading
+import weakref
+
+import torch
 
 from ...core import Var
 from .kernel import is_inlined
 
 MAX_POOL_BYTES = 1 << 30
+# the most bytes all functions' pools hold at once ($FUNCTX_POOL_LIMIT_MB; default 2 GiB)
+MAX_LIVE_BYTES = int(os.environ.get("FUNCTX_POOL_LIMIT_MB", "2048") or 2048) << 20
+
+_live: "collections.OrderedDict[int, weakref.ref]" = collections.OrderedDict()   # allocated pools, oldest first
+_live_lock = threading.RLock()
+
+
+class SlotPool:
+    """One compiled function's slots: `tensors[k]` (1-D) holds slot k; the host wrapper
+    writes into views of them. `lock` is held by the call using the pool; `ensure()`
+    (under the lock) grows a released pool back; `release()` frees its memory."""
+
+    def __init__(self, slots):
+        self.tensors = [torch.empty(n, dtype=dtype, device=device) for n, dtype, device in slots]
+        self.sizes = [t.untyped_storage().nbytes() for t in self.tensors]
+        self.nbytes = sum(self.sizes)
+        self.lock = threading.Lock()
+        self.live = True
+        self._ref = weakref.ref(self)
+        _note_allocated(self)
+
+    def ensure(self):
+        """Called with the lock held, before a pooled call: grow the slots back if released."""
+        if not self.live:
+            for t, n in zip(self.tensors, self.sizes):
+                t.untyped_storage().resize_(n)
+            self.live = True
+            _note_allocated(self)
+
+    def release(self) -> int:
+        """Free the slots' memory unless a call is using them; the bytes freed."""
+        if not self.lock.acquire(False):
+            return 0
+        try:
+            if not self.live:
+                return 0
+            for t in self.tensors:
+                t.untyped_storage().resize_(0)
+            self.live = False
+            with _live_lock:
+                _live.pop(id(self), None)
+            return self.nbytes
+        finally:
+            self.lock.release()
+
+    def __del__(self):
+        # no lock here: garbage collection may run this while this thread holds _live_lock
+        if _live.get(id(self)) is self._ref:
+            _live.pop(id(self), None)
+
+
+def _note_allocated(pool):
+    """Register `pool` as the newest; release the oldest pools beyond MAX_LIVE_BYTES."""
+    with _live_lock:
+        _live.pop(id(pool), None)
+        _live[id(pool)] = pool._ref
+        pools = [r() for r in _live.values()]
+    total = sum(p.nbytes for p in pools if p is not None and p.live)
+    for old in pools:
+        if total <= MAX_LIVE_BYTES:
+            break
+        if old is not None and old is not pool:
+            total -= old.release()
+
+
+def live_bytes() -> int:
+    with _live_lock:
+        pools = [r() for r in _live.values()]
+    return sum(p.nbytes for p in pools if p is not None and p.live)
+
+
+def release_all() -> int:
+    """Release every pool no call is using; the bytes freed."""
+    with _live_lock:
+        pools = [r() for r in _live.values()]
+    return sum(p.release() for p in pools if p is not None)
+
+
+def _after_fork_in_child():
+    """A fork copies locks as they are: a pool locked by a call in another thread would
+    stay locked in the child, whose calls would then never use it."""
+    global _live_lock
+    _live_lock = threading.RLock()
+    for r in list(_live.values()):
+        p = r()
+        if p is not None:
+            p.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _static(shape) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 
 import torch
 
@@ -23,7 +22,7 @@ from ..loops import loop_report
 from ..nan_checks import CompiledNaNChecks
 from ..symbolic import SYMBOL_FUNCTIONS, check_printable, graph_symbols, symbol_bindings
 from ...prims.linalg import matmul_layout, matmul_sources
-from .buffer_pool import assign_slots
+from .buffer_pool import SlotPool, assign_slots
 from .kernel import is_inlined
 from .scheduler import Schedule, describe_space
 from .torch_ops import TorchOps
@@ -37,12 +36,12 @@ def _poolable_extern(e) -> bool:
     return matmul_layout(tuple(x.type.shape), tuple(y.type.shape), e.params["dimension_numbers"])[2] is None
 
 
-def _guarded(pooled, fresh):
-    lock = threading.Lock()
-
+def _guarded(pooled, fresh, pool):
     def call(*inputs):
+        lock = pool.lock
         if lock.acquire(False):
             try:
+                pool.ensure()           # grown back if it was released (buffer_pool.py)
                 return pooled(*inputs)
             finally:
                 lock.release()
@@ -158,8 +157,13 @@ class FusedCompiled(Compiled):
             fresh_source, _ = self._wrapper({}, self._globals, name="call_fresh")
             fresh = compile_function(fresh_source, "call_fresh", self._globals, g.consts,
                                      f"<functx.jit {self.backend} {id(self):x} fresh>")
-            self.call = _guarded(self.call, fresh)
+            self.call = _guarded(self.call, fresh, self._pool)
         self._why: list | None = None
+
+    def release(self) -> int:
+        """Free the pooled buffers (they grow back at the next call); the bytes freed."""
+        pool = getattr(self, "_pool", None)
+        return pool.release() if pool is not None else 0
 
     # ------------------------------------------------------------ backend hooks
     def lowerable(self, eqn) -> str | None:
@@ -205,12 +209,12 @@ class FusedCompiled(Compiled):
         """var -> the global name of its buffer, a view of a slot allocated once
         (buffer_pool.py)."""
         slot_of, slots = assign_slots(self.schedule, _poolable_extern)
-        self._pool = [torch.empty(n, dtype=dtype, device=device) for n, dtype, device in slots]
+        self._pool = SlotPool(slots)
         self._pool_views = {}
         out = {}
         for v, k in slot_of.items():
             name = f"_slot{k}_{self.names[v]}"
-            self._pool_views[name] = self._pool[k].view(tuple(v.type.shape))
+            self._pool_views[name] = self._pool.tensors[k].view(tuple(v.type.shape))
             out[v] = name
         return out
 
