@@ -34,6 +34,21 @@ def pin_to_one_core():
     return core
 
 
+def settle_fused(fn, args):
+    """A functx.jit function on the cpu backend (jit's default for CPU tensors): build its
+    fused tier now and wait, so that it is timed on that tier, not on a mix of the eager
+    tier's first calls and the fused one. Returns None, or why the fused tier does not run
+    (no compiler, nothing to fuse). Other functions: None."""
+    lower = getattr(fn, "lower", None)
+    if lower is None:
+        return None
+    compiled = lower(*args)[0].compiled
+    if getattr(compiled, "backend", None) != "cpu":
+        return None
+    compiled.wait()
+    return None if compiled.fused_state == "ready" else compiled.status()
+
+
 def use_cpu_time():
     CLOCK[0] = time.process_time
 

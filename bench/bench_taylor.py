@@ -15,8 +15,9 @@ score s(x) = MLP d-64-64-64-d, loss(params) = mean over the points of 0.5 |s(x)|
 "no fold_identity" / "no factor_dots": the same jitted function compiled without the
 fold_identity_dots / factor_broadcast_dots pass (before/after of that pass); "no buffer
 reuse": without the eager backend's out= into dead and kept temporaries
-(compile/buffer_reuse.py). functx.jit(cpu) is backend="cpu" (fused C++ kernels; FUNCTX_CPU_BLOCK=1 builds them before
-the first call), plain functx.jit the default eager backend (generated PyTorch code).
+(compile/buffer_reuse.py). Plain functx.jit is jit's default for CPU tensors, the cpu backend
+(fused C++ kernels; FUNCTX_CPU_BLOCK=1 builds them before the first call, so it is timed on
+that tier), functx.jit(eager) the eager backend (generated PyTorch code).
 The functx nested anchors spell the Hessian jacfwd(jacrev(u)), which jit keeps as written;
 "functx.hessian rewritten" is the same code with functx.hessian, whose trace jit turns into
 the Laplacian. Every variant's result is checked against torch.func before timing.
@@ -48,7 +49,7 @@ import torch  # noqa: E402
 
 import functx  # noqa: E402
 from _models import init_mlp, mlp  # noqa: E402
-from _timing import fmt_time, interleaved, pin_to_one_core, use_cpu_time  # noqa: E402
+from _timing import fmt_time, interleaved, pin_to_one_core, settle_fused, use_cpu_time  # noqa: E402
 
 try:
     import _jax_anchors as jax_anchors  # noqa: E402
@@ -69,19 +70,22 @@ def variants(d, points, width):
         return T.vmap(lambda p, x: torch.trace(hessian(u, argnums=1)(p, x)), in_dims=(None, 0))
 
     collapsed = functx.vmap(functx.laplacian(u, argnums=1), in_axes=(None, 0))
+    # "functx.jit": jit's default for CPU tensors, the tiered cpu backend, timed on its fused
+    # tier; "functx.jit(eager)": the eager backend (generated PyTorch code)
     fns = {
         "torch.func vmap(trace(hessian))": nested(torch.func),
         "functx vmap(trace(hessian))": nested(functx),
         "functx.jit vmap(trace(hessian))": functx.jit(nested(functx)),
-        "functx.jit(cpu) vmap(trace(hessian))": functx.jit(nested(functx), backend="cpu"),
+        "functx.jit(eager) vmap(trace(hessian))": functx.jit(nested(functx), backend="eager"),
         "functx vmap(laplacian)": collapsed,
         "functx.jit vmap(laplacian)": functx.jit(collapsed),
-        "functx.jit(cpu) vmap(laplacian)": functx.jit(collapsed, backend="cpu"),
+        "functx.jit(eager) vmap(laplacian)": functx.jit(collapsed, backend="eager"),
         "functx.jit vmap(laplacian), no fold_identity": without_pass(functx.jit(collapsed), (params, X),
                                                                      "fold_identity_dots"),
         "functx.jit vmap(laplacian), no factor_dots": without_pass(functx.jit(collapsed), (params, X),
                                                                    "factor_broadcast_dots"),
-        "functx.jit vmap(laplacian), no buffer reuse": without_buffer_reuse(functx.jit(collapsed), (params, X)),
+        "functx.jit(eager) vmap(laplacian), no buffer reuse": without_buffer_reuse(
+            functx.jit(collapsed, backend="eager"), (params, X)),
         "functx.jit, functx.hessian rewritten": functx.jit(nested(functx, functx.hessian)),
     }
     return fns, (params, X)
@@ -112,16 +116,17 @@ def score_variants(d, points, width):
         "torch.func grad(vmap(trace(jacfwd)))": loss_grad(torch.func, trace_jacfwd(torch.func)),
         "functx grad(vmap(trace(jacfwd)))": loss_grad(functx, trace_jacfwd(functx)),
         "functx.jit grad(vmap(trace(jacfwd)))": functx.jit(loss_grad(functx, trace_jacfwd(functx))),
-        "functx.jit(cpu) grad(vmap(trace(jacfwd)))": functx.jit(loss_grad(functx, trace_jacfwd(functx)),
-                                                                backend="cpu"),
+        "functx.jit(eager) grad(vmap(trace(jacfwd)))": functx.jit(loss_grad(functx, trace_jacfwd(functx)),
+                                                                  backend="eager"),
         "functx grad(vmap(divergence))": collapsed,
         "functx.jit grad(vmap(divergence))": functx.jit(collapsed),
-        "functx.jit(cpu) grad(vmap(divergence))": functx.jit(collapsed, backend="cpu"),
+        "functx.jit(eager) grad(vmap(divergence))": functx.jit(collapsed, backend="eager"),
         "functx.jit grad(vmap(div)), no fold_identity": without_pass(functx.jit(collapsed), (params, X),
                                                                      "fold_identity_dots"),
         "functx.jit grad(vmap(div)), no factor_dots": without_pass(functx.jit(collapsed), (params, X),
                                                                    "factor_broadcast_dots"),
-        "functx.jit grad(vmap(div)), no buffer reuse": without_buffer_reuse(functx.jit(collapsed), (params, X)),
+        "functx.jit(eager) grad(vmap(div)), no buffer reuse": without_buffer_reuse(
+            functx.jit(collapsed, backend="eager"), (params, X)),
     }
     return fns, (params, X)
 
@@ -192,6 +197,9 @@ def run(d, points, width, repeat, min_time, score=False):
     for name, fn in fns.items():
         out = torch.as_tensor(fn(*args_of[name])).clone()
         torch.testing.assert_close(out, ref, rtol=2e-3, atol=2e-3 * float(ref.abs().max()), msg=name)
+        why = settle_fused(fn, args_of[name])
+        if why:
+            print(f"  ({name}: timed on the eager tier: {why})")
     times = interleaved(fns, args_of, repeat=repeat, min_time=min_time)
     nested_best = min(t for name, t in times.items() if "trace(" in name)     # the nested-AD anchors
     if score:

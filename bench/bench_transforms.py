@@ -60,7 +60,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import functx  # noqa: E402
 from _models import init_mlp, mlp  # noqa: E402
-from _timing import first_call, fmt_time, interleaved, pin_to_one_core, use_cpu_time  # noqa: E402
+from _timing import first_call, fmt_time, interleaved, pin_to_one_core, settle_fused, use_cpu_time  # noqa: E402
 
 DTYPE = torch.float32
 
@@ -280,14 +280,8 @@ def build_variant(name, v, small):
 
 
 def _settle_tier(v, fn, args):
-    """functx.jit (the cpu backend): wait for the fused tier built in the background (timed
-    on it); a note when it does not run (no compiler, nothing to fuse)."""
-    if v == "functx.jit":
-        compiled = fn.lower(*args)[0].compiled
-        if compiled.backend == "cpu":
-            compiled.wait()
-            return None if compiled.fused_state == "ready" else compiled.status()
-    return None
+    """functx.jit (the cpu backend): timed on its fused tier (see _timing.settle_fused)."""
+    return settle_fused(fn, args) if v == "functx.jit" else None
 
 
 def variants(name, small, with_compile=True, with_jax=True, only=None):
