@@ -375,3 +375,19 @@ def test_bincount_under_jit_with_traced_weights():
     w = torch.randn(4, dtype=D)
     torch.testing.assert_close(functx.jit(lambda w: torch.bincount(idx, weights=w) * 2)(w),
                                torch.bincount(idx, weights=w) * 2)
+
+
+# ---------------------------------------------------------------- found by tools/opinfo_sweep.py's extra modes
+
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
+def test_softmax_of_a_0d_tensor_propagates_inf_and_nan(backend):
+    """A 0-d softmax/log_softmax is a row of one: exp(x - x), nan where x is not finite
+    (torch); it was the constant 1 (0) whatever x held. _safe_softmax's -inf row stays 0."""
+    fns = [lambda x: torch.softmax(x, 0), lambda x: torch.log_softmax(x, 0),
+           lambda x: torch.ops.aten._safe_softmax(x, 0)]
+    for f in fns:
+        for v in (float("inf"), float("nan"), -float("inf"), 3.0):
+            x = torch.tensor(v)
+            torch.testing.assert_close(functx.jit(f, backend=backend)(x), f(x), equal_nan=True)
+            torch.testing.assert_close(functx.vjp(f, x)[1](torch.tensor(1.0)),
+                                       torch.func.vjp(f, x)[1](torch.tensor(1.0)), equal_nan=True)

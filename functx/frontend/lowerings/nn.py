@@ -64,8 +64,8 @@ def _safe_softmax(x, dim, dtype=None):
     if dtype is not None:
         x = P.convert(x, dtype)
     t = _t(x)
-    if t.ndim == 0:
-        return P.full((), 1.0, t.dtype, t.device)
+    if t.ndim == 0:     # a row of one: 1, but nan for inf/nan (0 for -inf, a masked row)
+        return P.reshape(_safe_softmax(P.reshape(x, (1,)), 0), ())
     d = wrap_dim(dim, t.ndim)
     kept = tuple(i for i in range(t.ndim) if i != d)
     m = P.reduce_max(P.stop_gradient(x), (d,))
@@ -93,10 +93,13 @@ def _shifted_rows(x, dim, half_to_float):
     return P.sub(x, P.broadcast_in_dim(m, t.shape, kept)), d, kept, t
 
 
+# A 0-d input is a row of one: exp(x - x) is 1 only where x is finite (nan for inf/nan, as
+# in torch), so it runs the general path rather than returning a constant.
+
 @register(aten._softmax.default)
 def _softmax(x, dim, half_to_float=False):
     if _t(x).ndim == 0:
-        return P.full((), 1.0, torch.float32 if half_to_float else _t(x).dtype, _t(x).device)
+        return P.reshape(_softmax(P.reshape(x, (1,)), 0, half_to_float), ())
     z, d, kept, t = _shifted_rows(x, dim, half_to_float)
     e = P.exp(z)
     return P.div(e, P.broadcast_in_dim(P.reduce_sum(e, (d,)), t.shape, kept))
@@ -105,7 +108,7 @@ def _softmax(x, dim, half_to_float=False):
 @register(aten._log_softmax.default)
 def _log_softmax(x, dim, half_to_float=False):
     if _t(x).ndim == 0:
-        return P.full((), 0.0, torch.float32 if half_to_float else _t(x).dtype, _t(x).device)
+        return P.reshape(_log_softmax(P.reshape(x, (1,)), 0, half_to_float), ())
     z, d, kept, t = _shifted_rows(x, dim, half_to_float)
     lse = P.log(P.reduce_sum(P.exp(z), (d,)))
     return P.sub(z, P.broadcast_in_dim(lse, t.shape, kept))
