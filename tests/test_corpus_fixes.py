@@ -391,3 +391,14 @@ def test_softmax_of_a_0d_tensor_propagates_inf_and_nan(backend):
             torch.testing.assert_close(functx.jit(f, backend=backend)(x), f(x), equal_nan=True)
             torch.testing.assert_close(functx.vjp(f, x)[1](torch.tensor(1.0)),
                                        torch.func.vjp(f, x)[1](torch.tensor(1.0)), equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
+def test_cdist_p0_propagates_nan(backend):
+    """cdist(p=0) counts differing coordinates; a nan coordinate makes the distance nan (as
+    torch), where `diff != 0` counted it as 1."""
+    a, b = torch.randn(3, 2), torch.randn(4, 2)
+    a[0, 0], a[1, 1], b[2, 0] = float("nan"), float("inf"), -float("inf")
+    b[3] = a[2]
+    f = lambda a, b: torch.cdist(a, b, p=0)  # noqa: E731
+    torch.testing.assert_close(functx.jit(f, backend=backend)(a, b), f(a, b), equal_nan=True)

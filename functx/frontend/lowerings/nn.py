@@ -178,8 +178,9 @@ def _cdist(x1, x2, p, compute_mode=None):
                            tuple(range(nb)) + (nb + 1, nb + 2))
     diff = P.abs_(P.sub(a, b))
     last = (len(full) - 1,)
-    if p == 0:
-        return P.reduce_sum(P.convert(P.ne(diff, 0.0), dtype), last)
+    if p == 0:      # the count of differing coordinates; nan where one is nan (as torch)
+        nonzero = P.convert(P.ne(diff, 0.0), dtype)
+        return P.reduce_sum(P.where(P.ne(diff, diff), diff, nonzero), last)
     if p == math.inf:
         return P.reduce_max(diff, last)
     if p == 1:
