@@ -402,3 +402,13 @@ def test_cdist_p0_propagates_nan(backend):
     b[3] = a[2]
     f = lambda a, b: torch.cdist(a, b, p=0)  # noqa: E731
     torch.testing.assert_close(functx.jit(f, backend=backend)(a, b), f(a, b), equal_nan=True)
+
+
+def test_scatter_add_into_an_empty_tensor_under_jit():
+    """The pullback of a gather along axis 1 of an empty (0, 5) input is a scatter_add whose
+    updates were reshaped with a -1, which torch refuses for 0 elements (jit of vjp raised)."""
+    x, idx = torch.randn(0, 5, 2), torch.tensor([0, 2, 2])
+    f = lambda x: x[:, idx] * 2.0  # noqa: E731
+    ct = torch.randn(0, 3, 2)
+    got = functx.jit(lambda x, ct: functx.vjp(f, x)[1](ct))(x, ct)
+    torch.testing.assert_close(got, torch.func.vjp(f, x)[1](ct))
