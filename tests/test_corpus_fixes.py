@@ -1,5 +1,7 @@
 """Focused regressions for what the corpus (tests/test_corpus.py) found, each against an
 oracle (a Python loop, torch.autograd, eager torch)."""
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -412,3 +414,15 @@ def test_scatter_add_into_an_empty_tensor_under_jit():
     ct = torch.randn(0, 3, 2)
     got = functx.jit(lambda x, ct: functx.vjp(f, x)[1](ct))(x, ct)
     torch.testing.assert_close(got, torch.func.vjp(f, x)[1](ct))
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
+def test_vector_norm_of_one_element_is_its_magnitude(backend):
+    """A norm over one element is |x| for every ord (torch's value); |x|^6 overflowed float32
+    for |x| > ~1e6 and gave inf. Its derivative is sign(x) (torch's own backward overflows to
+    nan at 3e15 for ord=6)."""
+    x = torch.tensor([[3e15], [-2.0], [0.0]])
+    for ord in (6, 2, -3, 0.5, math.inf):
+        f = lambda x: torch.linalg.vector_norm(x, ord, dim=1)  # noqa: E731
+        torch.testing.assert_close(functx.jit(f, backend=backend)(x), f(x))
+        torch.testing.assert_close(functx.vjp(f, x)[1](torch.ones(3))[0], torch.sign(x))

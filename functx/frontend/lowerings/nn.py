@@ -126,7 +126,9 @@ def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
     t = _t(x)
     axes = _dims(dim, t.ndim) if t.ndim else ()
     a = P.abs_(x)
-    if ord == math.inf:
+    if ord != 0 and math.prod(t.shape[i] for i in axes) == 1:
+        out = P.reduce_sum(a, axes)     # one element: |x| (as torch), where |x|^p may overflow
+    elif ord == math.inf:
         out = P.reduce_max(a, axes)
     elif ord == -math.inf:
         out = P.reduce_min(a, axes)
