@@ -426,3 +426,23 @@ def test_vector_norm_of_one_element_is_its_magnitude(backend):
         f = lambda x: torch.linalg.vector_norm(x, ord, dim=1)  # noqa: E731
         torch.testing.assert_close(functx.jit(f, backend=backend)(x), f(x))
         torch.testing.assert_close(functx.vjp(f, x)[1](torch.ones(3))[0], torch.sign(x))
+
+
+def test_std_mean_of_constant_data_has_finite_derivatives():
+    """std_mean went through torch's var_mean + sqrt decomposition: on a constant row the
+    sqrt's derivative made both cotangents nan; torch gives std's 0 plus the mean's 1/n."""
+    for x in (torch.zeros(3, 4), torch.randn(3, 4)):
+        for kw in (dict(dim=1), dict(dim=(0, 1), keepdim=True), dict(dim=1, correction=0)):
+            f = lambda x: torch.std_mean(x, **kw)  # noqa: E731, B023
+            out = f(x)
+            cts = (torch.randn_like(out[0]), torch.randn_like(out[1]))
+            torch.testing.assert_close(functx.jit(f)(x), out)
+            torch.testing.assert_close(functx.vjp(f, x)[1](cts)[0], torch.func.vjp(f, x)[1](cts)[0])
+
+
+def test_sinc_derivative_at_large_inputs():
+    """sinc's small-argument series was evaluated everywhere; at |x| ~ 1e15 its powers
+    overflowed and the unselected branch's inf * 0 made the derivative nan."""
+    x = torch.tensor([1e15, -3e14, 2.5])
+    got = functx.vjp(torch.sinc, x)[1](torch.ones(3))[0]
+    torch.testing.assert_close(got, torch.func.vjp(torch.sinc, x)[1](torch.ones(3))[0])

@@ -640,6 +640,14 @@ MODE_DOC = {
 }
 
 
+EXTRA_REPORTS = (
+    "More modes (the fused C++ CPU backend in float32 and float64, jit of vjp/jvp compositions, vmap with "
+    "other in_dims/out_dims and of vjp, forward-over-reverse, extreme inputs): "
+    "[coverage_cpu_float32.md](coverage_cpu_float32.md), [coverage_cpu_float64.md](coverage_cpu_float64.md), "
+    "and every sample of the CI's common ops: "
+    "[coverage_cpu_float32_all_samples.md](coverage_cpu_float32_all_samples.md).")
+
+
 def write_report(results, path, elapsed, n_samples, transforms=TRANSFORMS, command="python tools/opinfo_sweep.py",
                  backend="eager", dtype="auto"):
     dtype_text = "float64 where supported" if dtype == "auto" else f"{dtype} (ops without it skipped)"
@@ -651,6 +659,8 @@ def write_report(results, path, elapsed, n_samples, transforms=TRANSFORMS, comma
              f"({len(results)} OpInfo entries, {samples_text}, CPU, {dtype_text}, jit backend "
              f"`{backend}`; {elapsed / 60:.1f} min). Each transform is compared against PyTorch:", ""]
     lines += [f"- **{t}**: {MODE_DOC[t]}" for t in transforms]
+    if title == "# OpInfo coverage":
+        lines += ["", EXTRA_REPORTS]
     lines += ["",
               "*agree* = native + fallback (agrees through the opaque torch.func fallback) + oracle; percentages "
               "are of the ops the oracle could check (skips excluded: random ops, no float outputs, no "

@@ -230,6 +230,17 @@ def _std(x, dim=None, *, correction=None, keepdim=False):
     return _keep(_safe_sqrt(v), t.shape, axes, keepdim)
 
 
+@register(aten.std_mean.correction)
+def _std_mean(x, dim=None, *, correction=None, keepdim=False):
+    """(std, mean), std with std's zero derivative on constant data (torch's decomposition
+    through var_mean and sqrt gave nan there, for the mean's cotangent too)."""
+    t = _t(x)
+    axes = _dims(dim, t.ndim) if t.ndim else ()
+    xf = P.convert(x, float_dtype_of(x))
+    mean = P.div(P.reduce_sum(xf, axes), float(math.prod(t.shape[a] for a in axes)))
+    return (_std(x, dim, correction=correction, keepdim=keepdim), _keep(mean, t.shape, axes, keepdim))
+
+
 @register(aten.sinc.default)
 def _sinc(x):
     """sin(pi x) / (pi x); near 0 its Maclaurin series, so that derivatives of every order up
@@ -237,7 +248,8 @@ def _sinc(x):
     x = P.convert(x, float_dtype_of(x))
     px = P.mul(x, math.pi)
     small = P.lt(P.abs_(px), 1e-2)       # series truncation error < 1e-20 there
-    u = P.mul(px, px)
+    near = P.where(small, px, 0.0)      # the series only sees small values: at |x| ~ 1e10 its
+    u = P.mul(near, near)               # powers overflow, and inf * 0 made the derivative nan
     series = P.add(1.0, P.mul(u, P.add(-1.0 / 6, P.mul(u, P.add(1.0 / 120, P.mul(u, -1.0 / 5040))))))
     safe = P.where(small, 1.0, px)
     return P.where(small, series, P.div(P.sin(safe), safe))
