@@ -446,3 +446,15 @@ def test_sinc_derivative_at_large_inputs():
     x = torch.tensor([1e15, -3e14, 2.5])
     got = functx.vjp(torch.sinc, x)[1](torch.ones(3))[0]
     torch.testing.assert_close(got, torch.func.vjp(torch.sinc, x)[1](torch.ones(3))[0])
+
+
+def test_layer_norm_gradient_of_large_float32_inputs():
+    """rsqrt's derivative was t * (y / x * -1/2): y / x = x^-1.5 is a float32 subnormal for
+    x > ~1e25, so layer_norm's gradient at inputs ~1e15 lost every digit (60% error)."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    x, w, b, ct = torch.randn(2, 5) * 1e15, torch.randn(5) * 1e15, torch.randn(5) * 1e15, torch.randn(2, 5)
+    f = lambda x, w, b: F.layer_norm(x, (5,), w, b)  # noqa: E731
+    want = torch.func.vjp(f, x.double(), w.double(), b.double())[1](ct.double())
+    for got, ref in zip(functx.vjp(f, x, w, b)[1](ct), want):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
