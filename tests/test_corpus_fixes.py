@@ -458,3 +458,16 @@ def test_layer_norm_gradient_of_large_float32_inputs():
     want = torch.func.vjp(f, x.double(), w.double(), b.double())[1](ct.double())
     for got, ref in zip(functx.vjp(f, x, w, b)[1](ct), want):
         torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("x", [torch.eye(3), torch.zeros(3, 3)], ids=["eye", "zeros"])
+def test_eigvalsh_and_svdvals_gradients_at_repeated_values(x):
+    """Through the opaque fallback (_linalg_eigh, _linalg_svd) the unused eigen/singular vector
+    outputs got a zero cotangent, and torch's backward then adds 0 * 1/(l_i - l_j) = nan at
+    repeated values; torch (an undefined cotangent) skips that term."""
+    fns = [torch.linalg.eigvalsh, torch.linalg.svdvals, lambda x: torch.linalg.matrix_norm(x, "nuc")]
+    for f in fns:
+        ct = torch.ones_like(f(x))
+        want = torch.func.vjp(f, x)[1](ct)[0]
+        torch.testing.assert_close(functx.vjp(f, x)[1](ct)[0], want)
+        torch.testing.assert_close(functx.jit(lambda x: functx.vjp(f, x)[1](ct)[0])(x), want)  # noqa: B023
