@@ -740,8 +740,16 @@ def main(argv=None):
     docs = os.path.join(os.path.dirname(__file__), "..", "docs")
     out = args.out or os.path.join(docs, "coverage.md" if default_mode else
                                    f"coverage_{args.backend}_{args.dtype}.md")
-    command = "python tools/opinfo_sweep.py" + "".join(
-        f" {a}" for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith(("--json", "-v")))
+    shown, skip_next = [], False
+    for a in (argv if argv is not None else sys.argv[1:]):
+        if skip_next or a in ("-v", "--verbose") or a.startswith("--json="):
+            skip_next = False
+            continue
+        if a == "--json":
+            skip_next = True
+            continue
+        shown.append(a)
+    command = " ".join(["python tools/opinfo_sweep.py"] + shown)
     if args.from_json:
         with open(args.from_json) as fh:
             saved = json.load(fh)
