@@ -98,6 +98,24 @@ ORACLE_NOTES = {
     ("as_strided_copy", "vmap_dims"): "as as_strided.",
     ("nn.functional.gaussian_nll_loss", "vmap_dims"):
         "under jit: the op checks `torch.any(var < 0)` in Python, which needs a concrete value (jit semantics, as JAX).",
+    ("clamp", "extreme_vjp"): "ties min == max: torch gives the cotangent to none of x, min, max (its masks are strict); "
+                              "functx gives it to min, a valid subgradient (moving min and max together moves the output).",
+    ("max.binary", "extreme_vjp"): "ties (equal inf/nan/0 planted in both arguments): torch and functx split the cotangent differently.",
+    ("maximum", "extreme_vjp"): "as max.binary.", ("min.binary", "extreme_vjp"): "as max.binary.",
+    ("minimum", "extreme_vjp"): "as max.binary.",
+    ("aminmax", "extreme_vjp"): "a nan in the row: torch's tie mask (x == nan) selects nothing and divides 0 by 0 (nan); functx gives 0.",
+    ("nn.functional.elu", "extreme_vjp"): "the derivative at a nan input: which branch's formula applies (torch: nan or the positive branch). The value is nan in both.",
+    ("nn.functional.celu", "extreme_vjp"): "as elu.", ("nn.functional.selu", "extreme_vjp"): "as elu.",
+    ("nn.functional.hardshrink", "extreme_vjp"): "as elu (the derivative at inf/nan inputs).",
+    ("nn.functional.prelu", "extreme_vjp"): "as elu (the weight's derivative sums x over inf/nan inputs).",
+    ("xlogy", "extreme_vjp"): "convention at x = 0, y = 0: d/dx = log y = -inf in functx; torch returns xlogy(x != 0, y) = 0.",
+    ("special.xlog1py", "extreme_vjp"): "as xlogy, at x = 0, y = -1.",
+    ("special.entr", "extreme_vjp"): "as its jit_jvp (x <= 0).",
+    ("sinc", "extreme_vjp"): "|x| ~ 1e-15: sinc'(x) = -pi^2 x / 3 ~ 1e-14 (functx's series); torch's closed form cancels to 0 (float64 too).",
+    ("nn.functional.binary_cross_entropy", "extreme_vjp"): "probabilities ~1e-15: torch's backward clamps (1-x)*x at 1e-12; functx differentiates the clamped-log forward exactly.",
+    ("linalg.vector_norm", "extreme_vjp"): "a nan beside an inf: torch's gradient is nan, functx's inf-norm/p-norm masks give 0 there (the value is nan in both).",
+    ("masked.norm", "extreme_vjp"): "as linalg.vector_norm.",
+    ("rsqrt", "extreme_vjp"): "at -0.0: rsqrt = -inf, and the derivative's sign (-1/2 x^-1.5 at a signed zero) differs: an infinite derivative either way.",
     ("cdist", "extreme"): "p = inf with a nan coordinate: torch's kernel drops the nan (0 or the other coordinates' max); "
                           "functx gives nan, as torch.linalg.vector_norm(ord=inf) does.",
 }
@@ -337,7 +355,9 @@ def _vmap_layouts(xs, outs):
 
 def _check_vmap_dims(case, f, xs, dtype, gen):
     """vmap(f, in_dims, out_dims) for several layouts vs a Python loop (batch of 3)."""
-    samples = [tuple(x if k == 0 else x.flip(tuple(range(x.ndim))) * (1 + 0.5 * k) for x in xs)
+    # clones: a sample may be a partial view, whose storage offset as_strided would see in the
+    # loop but not in the stacked batch
+    samples = [tuple(x.clone() if k == 0 else x.flip(tuple(range(x.ndim))) * (1 + 0.5 * k) for x in xs)
                for k in range(3)]
     try:
         loop = [f(*[x.clone() for x in s]) for s in samples]
@@ -369,7 +389,7 @@ def _check_vmap_dims(case, f, xs, dtype, gen):
 
 def _check_vmap_vjp(case, f, xs, dtype, gen):
     """Per-sample gradients: jit(vmap(x, ct -> vjp(f, x)[1](ct))) vs a loop of torch.func.vjp."""
-    samples = [tuple(x if k == 0 else x.flip(tuple(range(x.ndim))) for x in xs) for k in range(2)]
+    samples = [tuple(x.clone() if k == 0 else x.flip(tuple(range(x.ndim))) for x in xs) for k in range(2)]
     try:
         cts = [_rand_like_outs(torch.func.vjp(f, *s)[0], gen) for s in samples]
         outs = [_torch_vjp(f, s, ct) for s, ct in zip(samples, cts)]
