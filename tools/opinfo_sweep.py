@@ -113,7 +113,9 @@ ORACLE_NOTES = {
     ("special.entr", "extreme_vjp"): "as its jit_jvp (x <= 0).",
     ("sinc", "extreme_vjp"): "|x| ~ 1e-15: sinc'(x) = -pi^2 x / 3 ~ 1e-14 (functx's series); torch's closed form cancels to 0 (float64 too).",
     ("nn.functional.binary_cross_entropy", "extreme_vjp"): "probabilities ~1e-15: torch's backward clamps (1-x)*x at 1e-12; functx differentiates the clamped-log forward exactly.",
-    ("linalg.vector_norm", "extreme_vjp"): "a nan beside an inf: torch's gradient is nan, functx's inf-norm/p-norm masks give 0 there (the value is nan in both).",
+    ("linalg.vector_norm", "extreme_vjp"): "a norm over one element at x = inf: functx's derivative is sign(x) = 1 (the norm is |x|); torch's x |x|^(p-2) / norm^(p-1) is inf/inf = nan.",
+    ("logcumsumexp", "extreme_vjp"): "|x| ~ 1e15 in float32 (one ulp is ~1e8): exp(x - out) is 0 wherever the forward rounded by an ulp; torch gives 0 everywhere, functx -0.30 where float64 gives -0.36: ill-conditioned, both off.",
+    ("logcumsumexp", "vmap_vjp"): "torch's float32 backward is off by ~2e-3 (see its jit_vjp, re-decided in float64 there).",
     ("masked.norm", "extreme_vjp"): "as linalg.vector_norm.",
     ("rsqrt", "extreme_vjp"): "at -0.0: rsqrt = -inf, and the derivative's sign (-1/2 x^-1.5 at a signed zero) differs: an infinite derivative either way.",
     ("cdist", "extreme"): "p = inf with a nan coordinate: torch's kernel drops the nan (0 or the other coordinates' max); "
