@@ -118,6 +118,21 @@ ORACLE_NOTES = {
     ("logcumsumexp", "vmap_vjp"): "torch's float32 backward is off by ~2e-3 (see its jit_vjp, re-decided in float64 there).",
     ("masked.norm", "extreme_vjp"): "as linalg.vector_norm.",
     ("rsqrt", "extreme_vjp"): "at -0.0: rsqrt = -inf, and the derivative's sign (-1/2 x^-1.5 at a signed zero) differs: an infinite derivative either way.",
+    ("special.log_ndtr", "extreme_vjp"): "x ~ -1e150 (float64): the derivative is ~|x|; functx gives it (1e150), torch overflows to inf "
+                                         "(and gives 0.399 at -3e149).",
+    ("logit", "extreme_vjp"): "outside [0, 1] (x*1e4) the value is nan in both; torch's derivative is nan there, functx's 0.",
+    ("native_group_norm", "extreme_vjp"): "unresolved: float64 at 1e150 (products of x, x and weight leave the range; no "
+                                          "higher-precision oracle). In float32 at 1e15 functx agrees with torch in float64 "
+                                          "where torch's float32 is off (status oracle).",
+    ("nn.functional.group_norm", "extreme_vjp"): "as native_group_norm.",
+    ("nn.functional.rms_norm", "extreme_vjp"): "as native_group_norm (float64 at 1e150, unresolved).",
+    ("native_layer_norm", "extreme"): "all-integer rows (ties) with zero variance: 5.8e-17 absolute where torch's output is 5.8e-17 "
+                                      "(rounding of eps-sized values).",
+    ("nn.functional.scaled_dot_product_attention", "extreme_vjp"): "saturated softmax (x*1e4): torch's gradient is exactly 0, functx's 9e-7.",
+    ("nn.functional.batch_norm", "extreme"): "as var_mean: torch's Welford statistics are nan where a channel holds inf.",
+    ("native_batch_norm", "extreme"): "as nn.functional.batch_norm.",
+    ("_native_batch_norm_legit", "extreme"): "as nn.functional.batch_norm.",
+    ("_batch_norm_with_update", "extreme"): "as nn.functional.batch_norm.",
     ("cdist", "extreme"): "p = inf with a nan coordinate: torch's kernel drops the nan (0 or the other coordinates' max); "
                           "functx gives nan, as torch.linalg.vector_norm(ord=inf) does.",
 }
@@ -767,8 +782,10 @@ def main(argv=None):
         if skip_next or a in ("-v", "--verbose") or a.startswith("--json="):
             skip_next = False
             continue
-        if a == "--json":
+        if a in ("--json", "--from-json", "--elapsed", "--out"):   # paths and bookkeeping
             skip_next = True
+            continue
+        if a.startswith(("--from-json=", "--elapsed=", "--out=")):
             continue
         shown.append(a)
     command = " ".join(["python tools/opinfo_sweep.py"] + shown)
