@@ -471,3 +471,14 @@ def test_eigvalsh_and_svdvals_gradients_at_repeated_values(x):
         want = torch.func.vjp(f, x)[1](ct)[0]
         torch.testing.assert_close(functx.vjp(f, x)[1](ct)[0], want)
         torch.testing.assert_close(functx.jit(lambda x: functx.vjp(f, x)[1](ct)[0])(x), want)  # noqa: B023
+
+
+def test_topk_of_a_0d_tensor():
+    """torch.topk of a 0-d tensor is (x, 0) (k = 0 or 1); functx raised an IndexError."""
+    x = torch.tensor(3.0)
+    for k in (0, 1):
+        f = lambda x: torch.topk(x, k)  # noqa: E731, B023
+        values, indices = functx.jit(f)(x)
+        torch.testing.assert_close(values, x)
+        assert indices.dtype == torch.int64 and indices.item() == 0 and indices.ndim == 0
+        torch.testing.assert_close(functx.vjp(lambda x: f(x)[0], x)[1](torch.tensor(2.0))[0], torch.tensor(2.0))  # noqa: B023
