@@ -482,3 +482,13 @@ def test_topk_of_a_0d_tensor():
         torch.testing.assert_close(values, x)
         assert indices.dtype == torch.int64 and indices.item() == 0 and indices.ndim == 0
         torch.testing.assert_close(functx.vjp(lambda x: f(x)[0], x)[1](torch.tensor(2.0))[0], torch.tensor(2.0))  # noqa: B023
+
+
+def test_gather_with_an_empty_uint8_index():
+    """torch.gather accepts an empty index of any integer dtype (OpInfo samples one);
+    functx's take_along_axis refused uint8."""
+    x = torch.randn(5)
+    for shape in ((0,), (2, 0)):
+        idx = torch.zeros(shape, dtype=torch.uint8)
+        f = lambda x: torch.gather(x if len(shape) == 1 else x.expand(2, 5), -1, idx)  # noqa: E731, B023
+        torch.testing.assert_close(functx.jit(f)(x), f(x))
