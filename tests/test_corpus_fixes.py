@@ -485,10 +485,11 @@ def test_topk_of_a_0d_tensor():
 
 
 def test_gather_with_an_empty_uint8_index():
-    """torch.gather accepts an empty index of any integer dtype (OpInfo samples one);
-    functx's take_along_axis refused uint8."""
+    """torch.gather accepts an empty index of any integer dtype and rank (OpInfo samples
+    them); functx's take_along_axis refused uint8 and the rank mismatch."""
     x = torch.randn(5)
     for shape in ((0,), (2, 0)):
         idx = torch.zeros(shape, dtype=torch.uint8)
-        f = lambda x: torch.gather(x if len(shape) == 1 else x.expand(2, 5), -1, idx)  # noqa: E731, B023
+        f = lambda x: torch.gather(x, 0, idx)  # noqa: E731, B023
         torch.testing.assert_close(functx.jit(f)(x), f(x))
+        torch.testing.assert_close(functx.vjp(f, x)[1](torch.ones(shape))[0], torch.zeros(5))

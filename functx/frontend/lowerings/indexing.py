@@ -55,8 +55,8 @@ def _embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse
 @register(aten.gather.default)
 def _gather(x, dim, index, sparse_grad=False):
     t = _t(x)
-    if _t(index).numel == 0 and _t(index).dtype not in (torch.int32, torch.int64):
-        index = P.convert(index, torch.int64)   # torch skips its dtype check for an empty index
+    if _t(index).numel == 0:    # torch skips its dtype and rank checks for an empty index
+        return P.full(tuple(_t(index).shape), 0, t.dtype, t.device)
     return P.take_along_axis(x, index, wrap_dim(dim, t.ndim))
 
 
