@@ -484,7 +484,7 @@ def test_topk_of_a_0d_tensor():
         torch.testing.assert_close(functx.vjp(lambda x: f(x)[0], x)[1](torch.tensor(2.0))[0], torch.tensor(2.0))  # noqa: B023
 
 
-def test_gather_with_an_empty_uint8_index():
+def test_gather_with_an_empty_or_0d_input_index():
     """torch.gather accepts an empty index of any integer dtype and rank (OpInfo samples
     them); functx's take_along_axis refused uint8 and the rank mismatch."""
     x = torch.randn(5)
@@ -493,3 +493,8 @@ def test_gather_with_an_empty_uint8_index():
         f = lambda x: torch.gather(x, 0, idx)  # noqa: E731, B023
         torch.testing.assert_close(functx.jit(f)(x), f(x))
         torch.testing.assert_close(functx.vjp(f, x)[1](torch.ones(shape))[0], torch.zeros(5))
+    x = torch.tensor(3.0)      # a 0-d input with a 1-d index: one element
+    for idx in (torch.tensor([0]), torch.tensor(0)):
+        f = lambda x: torch.gather(x, 0, idx) * 2.0  # noqa: E731, B023
+        torch.testing.assert_close(functx.jit(f)(x), f(x))
+        torch.testing.assert_close(functx.vjp(f, x)[1](torch.ones(idx.shape))[0], torch.tensor(2.0))

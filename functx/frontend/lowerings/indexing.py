@@ -57,6 +57,8 @@ def _gather(x, dim, index, sparse_grad=False):
     t = _t(x)
     if _t(index).numel == 0:    # torch skips its dtype and rank checks for an empty index
         return P.full(tuple(_t(index).shape), 0, t.dtype, t.device)
+    if t.ndim == 0 and _t(index).ndim == 1:     # torch reads a 0-d input as one element
+        return P.take_along_axis(P.reshape(x, (1,)), index, 0)
     return P.take_along_axis(x, index, wrap_dim(dim, t.ndim))
 
 
