@@ -1,5 +1,7 @@
 """Focused regressions for what the corpus (tests/test_corpus.py) found, each against an
 oracle (a Python loop, torch.autograd, eager torch)."""
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -375,3 +377,124 @@ def test_bincount_under_jit_with_traced_weights():
     w = torch.randn(4, dtype=D)
     torch.testing.assert_close(functx.jit(lambda w: torch.bincount(idx, weights=w) * 2)(w),
                                torch.bincount(idx, weights=w) * 2)
+
+
+# ---------------------------------------------------------------- found by tools/opinfo_sweep.py's extra modes
+
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
+def test_softmax_of_a_0d_tensor_propagates_inf_and_nan(backend):
+    """A 0-d softmax/log_softmax is a row of one: exp(x - x), nan where x is not finite
+    (torch); it was the constant 1 (0) whatever x held. _safe_softmax's -inf row stays 0."""
+    fns = [lambda x: torch.softmax(x, 0), lambda x: torch.log_softmax(x, 0),
+           lambda x: torch.ops.aten._safe_softmax(x, 0)]
+    for f in fns:
+        for v in (float("inf"), float("nan"), -float("inf"), 3.0):
+            x = torch.tensor(v)
+            torch.testing.assert_close(functx.jit(f, backend=backend)(x), f(x), equal_nan=True)
+            torch.testing.assert_close(functx.vjp(f, x)[1](torch.tensor(1.0)),
+                                       torch.func.vjp(f, x)[1](torch.tensor(1.0)), equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
+def test_cdist_p0_propagates_nan(backend):
+    """cdist(p=0) counts differing coordinates; a nan coordinate makes the distance nan (as
+    torch), where `diff != 0` counted it as 1."""
+    a, b = torch.randn(3, 2), torch.randn(4, 2)
+    a[0, 0], a[1, 1], b[2, 0] = float("nan"), float("inf"), -float("inf")
+    b[3] = a[2]
+    f = lambda a, b: torch.cdist(a, b, p=0)  # noqa: E731
+    torch.testing.assert_close(functx.jit(f, backend=backend)(a, b), f(a, b), equal_nan=True)
+
+
+def test_scatter_add_into_an_empty_tensor_under_jit():
+    """The pullback of a gather along axis 1 of an empty (0, 5) input is a scatter_add whose
+    updates were reshaped with a -1, which torch refuses for 0 elements (jit of vjp raised)."""
+    x, idx = torch.randn(0, 5, 2), torch.tensor([0, 2, 2])
+    f = lambda x: x[:, idx] * 2.0  # noqa: E731
+    ct = torch.randn(0, 3, 2)
+    got = functx.jit(lambda x, ct: functx.vjp(f, x)[1](ct))(x, ct)
+    torch.testing.assert_close(got, torch.func.vjp(f, x)[1](ct))
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
+def test_vector_norm_of_one_element_is_its_magnitude(backend):
+    """A norm over one element is |x| for every ord (torch's value); |x|^6 overflowed float32
+    for |x| > ~1e6 and gave inf. Its derivative is sign(x) (torch's own backward overflows to
+    nan at 3e15 for ord=6)."""
+    x = torch.tensor([[3e15], [-2.0], [0.0]])
+    for ord in (6, 2, -3, 0.5, math.inf):
+        f = lambda x: torch.linalg.vector_norm(x, ord, dim=1)  # noqa: E731
+        torch.testing.assert_close(functx.jit(f, backend=backend)(x), f(x))
+        torch.testing.assert_close(functx.vjp(f, x)[1](torch.ones(3))[0], torch.sign(x))
+
+
+def test_std_mean_of_constant_data_has_finite_derivatives():
+    """std_mean went through torch's var_mean + sqrt decomposition: on a constant row the
+    sqrt's derivative made both cotangents nan; torch gives std's 0 plus the mean's 1/n."""
+    for x in (torch.zeros(3, 4), torch.randn(3, 4)):
+        for kw in (dict(dim=1), dict(dim=(0, 1), keepdim=True), dict(dim=1, correction=0)):
+            f = lambda x: torch.std_mean(x, **kw)  # noqa: E731, B023
+            out = f(x)
+            cts = (torch.randn_like(out[0]), torch.randn_like(out[1]))
+            torch.testing.assert_close(functx.jit(f)(x), out)
+            torch.testing.assert_close(functx.vjp(f, x)[1](cts)[0], torch.func.vjp(f, x)[1](cts)[0])
+
+
+def test_sinc_derivative_at_large_inputs():
+    """sinc's small-argument series was evaluated everywhere; at |x| ~ 1e15 its powers
+    overflowed and the unselected branch's inf * 0 made the derivative nan."""
+    x = torch.tensor([1e15, -3e14, 2.5])
+    got = functx.vjp(torch.sinc, x)[1](torch.ones(3))[0]
+    torch.testing.assert_close(got, torch.func.vjp(torch.sinc, x)[1](torch.ones(3))[0])
+
+
+def test_layer_norm_gradient_of_large_float32_inputs():
+    """rsqrt's derivative was t * (y / x * -1/2): y / x = x^-1.5 is a float32 subnormal for
+    x > ~1e25, so layer_norm's gradient at inputs ~1e15 lost every digit (60% error)."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    x, w, b, ct = torch.randn(2, 5) * 1e15, torch.randn(5) * 1e15, torch.randn(5) * 1e15, torch.randn(2, 5)
+    f = lambda x, w, b: F.layer_norm(x, (5,), w, b)  # noqa: E731
+    want = torch.func.vjp(f, x.double(), w.double(), b.double())[1](ct.double())
+    for got, ref in zip(functx.vjp(f, x, w, b)[1](ct), want):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("x", [torch.eye(3), torch.zeros(3, 3)], ids=["eye", "zeros"])
+def test_eigvalsh_and_svdvals_gradients_at_repeated_values(x):
+    """Through the opaque fallback (_linalg_eigh, _linalg_svd) the unused eigen/singular vector
+    outputs got a zero cotangent, and torch's backward then adds 0 * 1/(l_i - l_j) = nan at
+    repeated values; torch (an undefined cotangent) skips that term."""
+    fns = [torch.linalg.eigvalsh, torch.linalg.svdvals, lambda x: torch.linalg.matrix_norm(x, "nuc")]
+    for f in fns:
+        ct = torch.ones_like(f(x))
+        want = torch.func.vjp(f, x)[1](ct)[0]
+        torch.testing.assert_close(functx.vjp(f, x)[1](ct)[0], want)
+        torch.testing.assert_close(functx.jit(lambda x: functx.vjp(f, x)[1](ct)[0])(x), want)  # noqa: B023
+
+
+def test_topk_of_a_0d_tensor():
+    """torch.topk of a 0-d tensor is (x, 0) (k = 0 or 1); functx raised an IndexError."""
+    x = torch.tensor(3.0)
+    for k in (0, 1):
+        f = lambda x: torch.topk(x, k)  # noqa: E731, B023
+        values, indices = functx.jit(f)(x)
+        torch.testing.assert_close(values, x)
+        assert indices.dtype == torch.int64 and indices.item() == 0 and indices.ndim == 0
+        torch.testing.assert_close(functx.vjp(lambda x: f(x)[0], x)[1](torch.tensor(2.0))[0], torch.tensor(2.0))  # noqa: B023
+
+
+def test_gather_with_an_empty_or_0d_input_index():
+    """torch.gather accepts an empty index of any integer dtype and rank (OpInfo samples
+    them); functx's take_along_axis refused uint8 and the rank mismatch."""
+    x = torch.randn(5)
+    for shape in ((0,), (2, 0)):
+        idx = torch.zeros(shape, dtype=torch.uint8)
+        f = lambda x: torch.gather(x, 0, idx)  # noqa: E731, B023
+        torch.testing.assert_close(functx.jit(f)(x), f(x))
+        torch.testing.assert_close(functx.vjp(f, x)[1](torch.ones(shape))[0], torch.zeros(5))
+    x = torch.tensor(3.0)      # a 0-d input with a 1-d index: one element
+    for idx in (torch.tensor([0]), torch.tensor(0)):
+        f = lambda x: torch.gather(x, 0, idx) * 2.0  # noqa: E731, B023
+        torch.testing.assert_close(functx.jit(f)(x), f(x))
+        torch.testing.assert_close(functx.vjp(f, x)[1](torch.ones(idx.shape))[0], torch.tensor(2.0))

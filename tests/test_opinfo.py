@@ -72,3 +72,25 @@ def test_opinfo_common(name):
     for t in sweep.TRANSFORMS:
         if (name, t) in XFAIL and result[t][0] in ("native", "fallback"):
             pytest.fail(f"{name} {t} now agrees: remove it from XFAIL")
+
+
+# The fused C++ CPU backend (soon jit's CPU default) in float32: forward, jit of vjp and of
+# jvp, other vmap layouts, forward-over-reverse, and extreme inputs (huge/tiny, zeros, -0.0,
+# ties, inf/nan). `python tools/opinfo_sweep.py --backend cpu --dtype float32 ...` runs the
+# whole database (docs/coverage_cpu_float32.md).
+CPU_FLOAT32 = ["softmax", "log_softmax", "nn.functional.layer_norm", "logsumexp", "amax", "var",
+               "cdist", "nn.functional.gelu", "cumsum"]
+CPU_TRANSFORMS = ("forward", "jit_vjp", "jit_jvp", "vmap_dims", "hvp", "extreme")
+
+
+@pytest.mark.parametrize("name", CPU_FLOAT32)
+def test_opinfo_cpu_backend_float32(name, monkeypatch):
+    op = _ops().get(name)
+    if op is None:
+        pytest.skip(f"{name} is not in this torch's op_db")
+    monkeypatch.setattr(sweep, "BACKEND", "cpu")
+    monkeypatch.setenv("FUNCTX_CPU_BLOCK", "1")
+    result, _ = sweep.sweep_op(op, n_samples=1, timeout=30, transforms=CPU_TRANSFORMS, want_dtype="float32")
+    bad = {t: r for t, r in result.items() if r[0] in ("disagree", "error")}
+    assert not bad, f"{name}: {bad}"
+    assert any(r[0] == "native" for r in result.values()), result

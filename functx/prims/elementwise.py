@@ -189,7 +189,10 @@ atanh_p = defunary("atanh", torch.atanh, "torch.atanh", float_only("libdevice.at
                    lambda x, y: reciprocal(sub(1.0, mul(x, x))), cpp=libm("atanh"))
 sqrt_p = defunary("sqrt", torch.sqrt, "torch.sqrt", float_only("tl.sqrt({0})"), lambda x, y: div(0.5, y), cpp=libm("sqrt"))
 rsqrt_p = defunary("rsqrt", torch.rsqrt, "torch.rsqrt", float_only("libdevice.rsqrt({0})"),
-                   lambda x, y: mul(div(y, x), -0.5), cpp=cpp_float("(1.0f / sqrtf({0}))", "(1.0 / sqrt({0}))"))
+                   cpp=cpp_float("(1.0f / sqrtf({0}))", "(1.0 / sqrt({0}))"))
+# (t / x) * (-y / 2), not t * (y / x * -1/2): y / x = x^-1.5 underflows float32 to subnormals
+# for x > ~1e25 (layer_norm of inputs ~1e13 lost every digit of its gradient)
+defjvp(rsqrt_p, lambda t, y, x: mul(div(t, x), mul(y, -0.5)))
 abs_p = defunary("abs", torch.abs, "torch.abs", "tl.abs({0})", lambda x, y: sign(x), cpp="fx_abs({0})")
 logistic_p = defunary("logistic", torch.sigmoid, "torch.sigmoid", float_only("tl.sigmoid({0})"),
                       lambda x, y: mul(y, sub(1.0, y)), cpp=cpp_float("(1.0f / (1.0f + expf(-{0})))", "(1.0 / (1.0 + exp(-{0})))"))

@@ -113,7 +113,8 @@ def _scatter_type(name):
 
 
 def _flat_updates(x, idx, v, axis):
-    return idx.reshape(-1).long(), v.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 1:])
+    # idx.numel(), not -1: with an empty x the -1 is ambiguous (torch refuses to infer it)
+    return idx.reshape(-1).long(), v.reshape(x.shape[:axis] + (idx.numel(),) + x.shape[axis + 1:])
 
 
 def _scatter_add_impl(x, idx, v, *, axis):

@@ -96,8 +96,15 @@ def _transpose_of_jvp(cts, args, fn, out_types):
     """The transpose of jvp(f) in its tangents: torch.func.vjp of f at the primals."""
     f, n, nz, float_outs = fn.vjp_of
     primals = list(args[:n])
-    cts = [ct if not isinstance(ct, Zero) else zeros_like_type(ct.aval) for ct in cts]
     tan_types = [args[n + k].aval for k in range(len(nz))]
+    # only the outputs with a cotangent: torch's backward formulas skip an output whose grad
+    # is undefined, and a zero one is not the same (eigh's eigenvector term is 0 * inf = nan
+    # at repeated eigenvalues, where eigvalsh's gradient is finite)
+    live = [k for k, ct in enumerate(cts) if not isinstance(ct, Zero)]
+    if not live:
+        return [None] * n + [zeros_like_type(t) for t in tan_types]
+    cts = [cts[k] for k in live]
+    live_outs = [float_outs[k] for k in live]
 
     def vjp_fn(*xs):
         prim, ct_vals = list(xs[:n]), xs[n:]
@@ -107,7 +114,7 @@ def _transpose_of_jvp(cts, args, fn, out_types):
             for i, z in zip(nz, zs):
                 full[i] = z
             out = f(*full)
-            return tuple(out[i] for i in float_outs)
+            return tuple(out[i] for i in live_outs)
         _, pullback = torch.func.vjp(restricted, *[prim[i] for i in nz])
         return tuple(pullback(tuple(ct_vals)))
 

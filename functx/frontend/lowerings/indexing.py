@@ -55,6 +55,10 @@ def _embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse
 @register(aten.gather.default)
 def _gather(x, dim, index, sparse_grad=False):
     t = _t(x)
+    if _t(index).numel == 0:    # torch skips its dtype and rank checks for an empty index
+        return P.full(tuple(_t(index).shape), 0, t.dtype, t.device)
+    if t.ndim == 0 and _t(index).ndim == 1:     # torch reads a 0-d input as one element
+        return P.take_along_axis(P.reshape(x, (1,)), index, 0)
     return P.take_along_axis(x, index, wrap_dim(dim, t.ndim))
 
 
@@ -191,6 +195,8 @@ def _sort_stable(x, *, stable=False, dim=-1, descending=False):
 @register(aten.topk.default)
 def _topk(x, k, dim=-1, largest=True, sorted=True):
     t = _t(x)
+    if t.ndim == 0:     # torch: (x, 0) for k = 0 or 1 (as sort of a 0-d tensor)
+        return x, P.full((), 0, torch.int64, t.device)
     d = wrap_dim(dim, t.ndim)
     values, indices = P.sort(x, d, largest, True)
     return P.slice_in_dim(values, 0, k, 1, d), P.slice_in_dim(indices, 0, k, 1, d)

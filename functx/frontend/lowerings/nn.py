@@ -64,8 +64,8 @@ def _safe_softmax(x, dim, dtype=None):
     if dtype is not None:
         x = P.convert(x, dtype)
     t = _t(x)
-    if t.ndim == 0:
-        return P.full((), 1.0, t.dtype, t.device)
+    if t.ndim == 0:     # a row of one: 1, but nan for inf/nan (0 for -inf, a masked row)
+        return P.reshape(_safe_softmax(P.reshape(x, (1,)), 0), ())
     d = wrap_dim(dim, t.ndim)
     kept = tuple(i for i in range(t.ndim) if i != d)
     m = P.reduce_max(P.stop_gradient(x), (d,))
@@ -93,10 +93,13 @@ def _shifted_rows(x, dim, half_to_float):
     return P.sub(x, P.broadcast_in_dim(m, t.shape, kept)), d, kept, t
 
 
+# A 0-d input is a row of one: exp(x - x) is 1 only where x is finite (nan for inf/nan, as
+# in torch), so it runs the general path rather than returning a constant.
+
 @register(aten._softmax.default)
 def _softmax(x, dim, half_to_float=False):
     if _t(x).ndim == 0:
-        return P.full((), 1.0, torch.float32 if half_to_float else _t(x).dtype, _t(x).device)
+        return P.reshape(_softmax(P.reshape(x, (1,)), 0, half_to_float), ())
     z, d, kept, t = _shifted_rows(x, dim, half_to_float)
     e = P.exp(z)
     return P.div(e, P.broadcast_in_dim(P.reduce_sum(e, (d,)), t.shape, kept))
@@ -105,7 +108,7 @@ def _softmax(x, dim, half_to_float=False):
 @register(aten._log_softmax.default)
 def _log_softmax(x, dim, half_to_float=False):
     if _t(x).ndim == 0:
-        return P.full((), 0.0, torch.float32 if half_to_float else _t(x).dtype, _t(x).device)
+        return P.reshape(_log_softmax(P.reshape(x, (1,)), 0, half_to_float), ())
     z, d, kept, t = _shifted_rows(x, dim, half_to_float)
     lse = P.log(P.reduce_sum(P.exp(z), (d,)))
     return P.sub(z, P.broadcast_in_dim(lse, t.shape, kept))
@@ -123,7 +126,9 @@ def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
     t = _t(x)
     axes = _dims(dim, t.ndim) if t.ndim else ()
     a = P.abs_(x)
-    if ord == math.inf:
+    if ord != 0 and math.prod(t.shape[i] for i in axes) == 1:
+        out = P.reduce_sum(a, axes)     # one element: |x| (as torch), where |x|^p may overflow
+    elif ord == math.inf:
         out = P.reduce_max(a, axes)
     elif ord == -math.inf:
         out = P.reduce_min(a, axes)
@@ -175,8 +180,9 @@ def _cdist(x1, x2, p, compute_mode=None):
                            tuple(range(nb)) + (nb + 1, nb + 2))
     diff = P.abs_(P.sub(a, b))
     last = (len(full) - 1,)
-    if p == 0:
-        return P.reduce_sum(P.convert(P.ne(diff, 0.0), dtype), last)
+    if p == 0:      # the count of differing coordinates; nan where one is nan (as torch)
+        nonzero = P.convert(P.ne(diff, 0.0), dtype)
+        return P.reduce_sum(P.where(P.ne(diff, diff), diff, nonzero), last)
     if p == math.inf:
         return P.reduce_max(diff, last)
     if p == 1:
@@ -224,6 +230,17 @@ def _std(x, dim=None, *, correction=None, keepdim=False):
     return _keep(_safe_sqrt(v), t.shape, axes, keepdim)
 
 
+@register(aten.std_mean.correction)
+def _std_mean(x, dim=None, *, correction=None, keepdim=False):
+    """(std, mean), std with std's zero derivative on constant data (torch's decomposition
+    through var_mean and sqrt gave nan there, for the mean's cotangent too)."""
+    t = _t(x)
+    axes = _dims(dim, t.ndim) if t.ndim else ()
+    xf = P.convert(x, float_dtype_of(x))
+    mean = P.div(P.reduce_sum(xf, axes), float(math.prod(t.shape[a] for a in axes)))
+    return (_std(x, dim, correction=correction, keepdim=keepdim), _keep(mean, t.shape, axes, keepdim))
+
+
 @register(aten.sinc.default)
 def _sinc(x):
     """sin(pi x) / (pi x); near 0 its Maclaurin series, so that derivatives of every order up
@@ -231,7 +248,8 @@ def _sinc(x):
     x = P.convert(x, float_dtype_of(x))
     px = P.mul(x, math.pi)
     small = P.lt(P.abs_(px), 1e-2)       # series truncation error < 1e-20 there
-    u = P.mul(px, px)
+    near = P.where(small, px, 0.0)      # the series only sees small values: at |x| ~ 1e10 its
+    u = P.mul(near, near)               # powers overflow, and inf * 0 made the derivative nan
     series = P.add(1.0, P.mul(u, P.add(-1.0 / 6, P.mul(u, P.add(1.0 / 120, P.mul(u, -1.0 / 5040))))))
     safe = P.where(small, 1.0, px)
     return P.where(small, series, P.div(P.sin(safe), safe))
