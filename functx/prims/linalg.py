@@ -77,7 +77,7 @@ def matmul_layout(xs, ys, dimension_numbers):
     return tuple(lhs), tuple(rhs), (out if out != (*batch, math.prod(m), math.prod(n)) else None)
 
 
-def _apply(x, steps):
+def apply_steps(x, steps):
     for op, *arg in steps:
         x = x.mT if op == "mT" else x.permute(arg[0]) if op == "permute" else x.reshape(arg[0])
     return x
@@ -85,7 +85,7 @@ def _apply(x, steps):
 
 def _dot_impl(x, y, *, dimension_numbers):
     lhs, rhs, out_shape = matmul_layout(tuple(x.shape), tuple(y.shape), dimension_numbers)
-    out = torch.matmul(_apply(x, lhs), _apply(y, rhs))
+    out = torch.matmul(apply_steps(x, lhs), apply_steps(y, rhs))
     return out if out_shape is None else out.reshape(out_shape)
 
 

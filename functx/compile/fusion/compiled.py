@@ -21,7 +21,7 @@ from ..compiled import Compiled
 from ..loops import loop_report
 from ..nan_checks import CompiledNaNChecks
 from ..symbolic import SYMBOL_FUNCTIONS, check_printable, graph_symbols, symbol_bindings
-from ...prims.linalg import matmul_layout, matmul_sources
+from ...prims.linalg import apply_steps, matmul_layout, matmul_sources
 from .buffer_pool import SlotPool, assign_slots
 from .kernel import is_inlined
 from .scheduler import Schedule, describe_space
@@ -29,11 +29,22 @@ from .torch_ops import TorchOps
 
 
 def _poolable_extern(e) -> bool:
-    """A matmul printed as one torch.matmul (no reshape of its result) can write `out=`."""
-    if e.prim.name != "dot_general" or not e.outputs[0].type.dtype.is_floating_point:
-        return False
+    """A matmul (one torch.matmul, maybe reshaped after) writes `out=` into a buffer."""
+    return e.prim.name == "dot_general" and e.outputs[0].type.dtype.is_floating_point
+
+
+def _matmul_into(e, srcs, out_buffer) -> str:
+    """dot_general as one torch.matmul written into out_buffer (contiguous, of the output's
+    shape): where the result is reshaped after (factor_dots' products), the matmul writes into
+    a view of the buffer in its own shape, so a large product reuses its buffer too."""
+    lhs, rhs, out_shape = matmul_sources(e, srcs)
+    if out_shape is None:
+        return f"torch.matmul({lhs}, {rhs}, out={out_buffer})"
     x, y = e.inputs
-    return matmul_layout(tuple(x.type.shape), tuple(y.type.shape), e.params["dimension_numbers"])[2] is None
+    ls, rs, _ = matmul_layout(tuple(x.type.shape), tuple(y.type.shape), e.params["dimension_numbers"])
+    flat = tuple(torch.matmul(apply_steps(torch.empty(x.type.shape, device="meta"), ls),
+                              apply_steps(torch.empty(y.type.shape, device="meta"), rs)).shape)
+    return f"torch.matmul({lhs}, {rhs}, out={out_buffer}.view({flat!r})).view({out_shape!r})"
 
 
 def _guarded(pooled, fresh, pool):
@@ -275,8 +286,7 @@ class FusedCompiled(Compiled):
                 if e.outputs and _poolable_extern(e):
                     out_buffer = pooled.get(e.outputs[0]) or self.output_buffer(e.outputs[0])
                 if out_buffer is not None:
-                    lhs, rhs, _ = matmul_sources(e, srcs)
-                    expr = f"torch.matmul({lhs}, {rhs}, out={out_buffer})"
+                    expr = _matmul_into(e, srcs, out_buffer)
                 else:
                     expr = emit_expr(e, srcs, glob, type(self))     # a scan's body compiles with this backend
                 lines.append(f"    {outs} = {expr}" if outs else f"    {expr}")
