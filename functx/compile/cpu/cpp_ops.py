@@ -481,9 +481,30 @@ def prefers_blocked(plan) -> bool:
         coeff = {atom.name: c for atom, c in index.terms if isinstance(atom, Sym)}
         if coeff.get("rindex") == 1:
             along_r += 1
-        elif coeff.get("xindex") == 1 and "rindex" in coeff:
+        elif "rindex" in coeff and (coeff.get("xindex") == 1 or _contiguous_in_blocks(index)):
             along_x += 1
     return along_x > along_r
+
+
+def _contiguous_in_blocks(index) -> bool:
+    """Does index step by 1 with xindex inside each block of XBLOCK rows: `xindex % d` with
+    coefficient 1 beside terms constant on a block (`xindex // d`), d a multiple of XBLOCK (a
+    reduction over the middle axis of (n, r, d), the forward Laplacian's sum over directions)?"""
+    found = False
+    for atom, c in index.terms:
+        if isinstance(atom, Sym):
+            if atom.name == "xindex":
+                return False
+            continue
+        op, d, arg = getattr(atom, "op", None), getattr(atom, "d", None), getattr(atom, "arg", None)
+        if op not in ("%", "//") or not isinstance(d, int) or d % XBLOCK != 0 or arg is None \
+                or arg.const or [(getattr(a, "name", None), k) for a, k in arg.terms] != [("xindex", 1)]:
+            return False
+        if op == "%":
+            if c != 1:
+                return False
+            found = True
+    return found
 
 
 def _broadcast_rows(plan) -> bool:
