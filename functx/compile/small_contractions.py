@@ -19,7 +19,9 @@ and writes a full [4096,128] result that the next kernel reads back. Rewritten:
     a reduction over the other operand's layout, which fuses with the kernel producing
     the other operand (the tanh of the last hidden layer) or with reductions over the same
     domain (the bias gradient's column sum beside a weight gradient); the rows are put
-    together with a select on an iota (a tiny pointwise kernel).
+    together with a select on an iota (a tiny pointwise kernel). Only where the graph
+    computes the other operand: a graph input (a weight times 2 stacked rows) has no
+    producer to fuse with, and BLAS streams it at memory speed.
 
 Mathematically exact: each output element is the same sum of the same products; only the
 order and precision of the accumulation change (the C++ reductions add in double), as for
@@ -119,7 +121,7 @@ def _tiny_contraction(e) -> list | None:
     return b.eqns
 
 
-def _tiny_free_side(e) -> list | None:
+def _tiny_free_side(e, computed) -> list | None:
     (lc, rc), (lb, rb) = e.params["dimension_numbers"]
     if lb or not lc:
         return None
@@ -128,7 +130,7 @@ def _tiny_free_side(e) -> list | None:
     ldest, rdest, lfree, rfree = _output_dims(e)
     for tiny, other, tc, oc, tfree, ofree, odest, tdest in (
             (lhs, rhs, lc, rc, lfree, rfree, rdest, ldest), (rhs, lhs, rc, lc, rfree, lfree, ldest, rdest)):
-        if len(tfree) == 1 and 2 <= tiny.type.shape[tfree[0]] <= MAX_SIZE and ofree:
+        if len(tfree) == 1 and 2 <= tiny.type.shape[tfree[0]] <= MAX_SIZE and ofree and other in computed:
             break
     else:
         return None
@@ -180,6 +182,7 @@ def small_contractions(graph: Graph, notes: list | None = None) -> Graph:
     one line per rewritten product for explain."""
     sub, eqns, changed = _Subst(), [], False
     feeds = _feeds_a_kernel(graph)
+    computed = {v for e in graph.eqns for v in e.outputs}
     for e in graph.eqns:
         e = sub.eqn(e)
         repl = None
@@ -189,7 +192,7 @@ def small_contractions(graph: Graph, notes: list | None = None) -> Graph:
                 and all(_static(a.type.shape) and 0 not in a.type.shape for a in e.inputs):
             repl, kind = (_tiny_contraction(e) if feeds(e.outputs[0]) else None), "contracted size"
             if repl is None:
-                repl, kind = _tiny_free_side(e), "free side"
+                repl, kind = _tiny_free_side(e, computed), "free side"
         if not repl:
             eqns.append(e)
             continue
