@@ -228,3 +228,28 @@ def test_integer_max_of_compared_lanes_matches_torch(monkeypatch):
     f = lambda n, t: ((t < 3.0) & (n < 40)).to(torch.int32).amax(0)     # noqa: E731
     n, t = torch.tensor([12, 10]), torch.tensor([2.0, 3.65], dtype=torch.float64)
     assert functx.jit(f)(n, t).item() == f(n, t).item() == 1
+
+
+LAPLACIAN = """functx.vmap(functx.laplacian(lambda p, x: torch.tanh(torch.tanh(x @ p[0]) @ p[1]).sum(), argnums=1),
+                         in_axes=(None, 0))"""
+
+
+def test_a_disk_cache_hit_imports_no_sympy():
+    """Serving the fused tier from the disk cache regenerates its host wrapper; a matmul
+    reshaped after (factor_dots' per-point products in a forward Laplacian) once took its
+    pre-reshape shape from a meta-tensor matmul, which imports sympy: 0.5 s of a first call."""
+    torch.manual_seed(0)
+    p, x = (torch.randn(8, 32), torch.randn(32, 32)), torch.randn(64, 8)
+    assert entry_of(functx.jit(eval(LAPLACIAN)), p, x).wait() == "fused"
+    script = textwrap.dedent(f"""
+        import sys, torch, functx
+        torch.manual_seed(0)
+        p, x = (torch.randn(8, 32), torch.randn(32, 32)), torch.randn(64, 8)
+        f = functx.jit({LAPLACIAN})
+        f(p, x)
+        print(f.lower(p, x)[0].compiled.last_tier, 'sympy' in sys.modules)
+    """)
+    env = dict(os.environ, FUNCTX_CPU_FUSED="1", PYTHONPATH=os.pathsep.join(sys.path))
+    child = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == ["fused", "False"], child.stdout

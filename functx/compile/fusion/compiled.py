@@ -21,7 +21,7 @@ from ..compiled import Compiled
 from ..loops import loop_report
 from ..nan_checks import CompiledNaNChecks
 from ..symbolic import SYMBOL_FUNCTIONS, check_printable, graph_symbols, symbol_bindings
-from ...prims.linalg import apply_steps, matmul_layout, matmul_sources
+from ...prims.linalg import matmul_sources
 from .buffer_pool import SlotPool, assign_slots
 from .kernel import is_inlined
 from .scheduler import Schedule, describe_space
@@ -40,10 +40,12 @@ def _matmul_into(e, srcs, out_buffer) -> str:
     lhs, rhs, out_shape = matmul_sources(e, srcs)
     if out_shape is None:
         return f"torch.matmul({lhs}, {rhs}, out={out_buffer})"
-    x, y = e.inputs
-    ls, rs, _ = matmul_layout(tuple(x.type.shape), tuple(y.type.shape), e.params["dimension_numbers"])
-    flat = tuple(torch.matmul(apply_steps(torch.empty(x.type.shape, device="meta"), ls),
-                              apply_steps(torch.empty(y.type.shape, device="meta"), rs)).shape)
+    # matmul_layout reshapes to (batch, lhs free, rhs free) flattened: the result before the
+    # final reshape (shape arithmetic only: a meta-tensor matmul would import sympy, 0.5 s)
+    (lc, _), (lb, _) = e.params["dimension_numbers"]
+    nb, nm = len(lb), e.inputs[0].type.ndim - len(lc) - len(lb)
+    shape = tuple(e.outputs[0].type.shape)
+    flat = (*shape[:nb], math.prod(shape[nb:nb + nm]), math.prod(shape[nb + nm:]))
     return f"torch.matmul({lhs}, {rhs}, out={out_buffer}.view({flat!r})).view({out_shape!r})"
 
 
