@@ -260,8 +260,14 @@ def _called_by_functx() -> bool:
 _PASSTHROUGH_MODULE = TracerTensor.__module__
 
 
+_WRITES: dict = {}          # OpOverload -> bool, filled lazily (asked for every traced op)
+
+
 def _writes(func) -> bool:
-    return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
+    w = _WRITES.get(func)
+    if w is None:
+        w = _WRITES[func] = any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
+    return w
 
 
 def _lift_plain(a):
