@@ -109,22 +109,10 @@ class BatchTrace(Trace):
             key.append(k)
             if isinstance(v, (torch.Tensor, Tracer)):
                 V.append(v)
-        if params:
-            key.append(tuple(params.items()))
-        key = tuple(key)
-        try:
-            rule = _BATCH_RULES.get(key)
-        except TypeError:          # an unhashable param, or a symbolic size (jit)
-            return NotImplemented
-        if rule is None:
-            if not rule_cache.RULE_FLOATS.may_build(id(prim), key):
-                return NotImplemented
-            specs = [(type_of(v), d) if isinstance(v, (torch.Tensor, Tracer)) else v for v, d in zip(vals, dims)]
-            rule = rule_cache.build_batch(prim, params, self.axis, specs)
-            if len(_BATCH_RULES) >= rule_cache.MAX_RULES:
-                _BATCH_RULES.clear()
-            _BATCH_RULES[key] = rule
-        if rule is _UNCACHEABLE:
+        rule = rule_cache.cached_rule(_BATCH_RULES, prim, key, params, lambda: rule_cache.build_batch(
+            prim, params, self.axis,
+            [(type_of(v), d) if isinstance(v, (torch.Tensor, Tracer)) else v for v, d in zip(vals, dims)]))
+        if rule is NotImplemented or rule is _UNCACHEABLE:
             return NotImplemented
         prev, trace_state.trace = trace_state.trace, self.parent
         try:

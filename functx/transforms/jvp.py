@@ -153,18 +153,8 @@ class JVPTrace(Trace):
                 key.append(k)
                 if isinstance(a, (torch.Tensor, Tracer)):
                     P.append(a)
-        if params:
-            key.append(tuple(params.items()))
-        key = tuple(key)
-        try:
-            rule = _JVP_RULES.get(key)
-        except TypeError:          # an unhashable param, or a symbolic size (jit)
-            return NotImplemented
-        if rule is None:
-            if not rule_cache.RULE_FLOATS.may_build(id(prim), key):
-                return NotImplemented
-            rule = self._build_rule(prim, args, params, key)
-        if rule is _UNCACHEABLE:
+        rule = rule_cache.cached_rule(_JVP_RULES, prim, key, params, lambda: self._build_rule(prim, args, params))
+        if rule is NotImplemented or rule is _UNCACHEABLE:
             return NotImplemented
         ran = self._run_rule(rule, P, T, linearize, eager)
         if ran is NotImplemented:
@@ -257,7 +247,7 @@ class JVPTrace(Trace):
             return [p for p, _ in pairs], [t for _, t in pairs]
         return rule_cache.build_jvp_of(jvp, op.name, True, specs, _ZeroOf)
 
-    def _build_rule(self, prim, args, params, key):
+    def _build_rule(self, prim, args, params):
         specs = []
         for a in args:
             if isinstance(a, JVPTracer) and a._trace is self:
@@ -266,11 +256,7 @@ class JVPTrace(Trace):
                 specs.append((type_of(a), False))
             else:
                 specs.append(a)
-        rule = rule_cache.build_jvp(prim, params, specs, _ZeroOf)
-        if len(_JVP_RULES) >= rule_cache.MAX_RULES:
-            _JVP_RULES.clear()
-        _JVP_RULES[key] = rule
-        return rule
+        return rule_cache.build_jvp(prim, params, specs, _ZeroOf)
 
     def _jvp_checked(self, prim, primals, tangents, params):
         """debug_nans: the primal first, on its own (so a NaN there is named a primal

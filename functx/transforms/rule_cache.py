@@ -49,6 +49,28 @@ MAX_RULES = 4096
 RULE_FLOATS = FloatSignatures()     # jvp and batch rules keyed by a float's value, per primitive
 
 
+def cached_rule(table, prim, key, params, build):
+    """The rule for a primitive's call signature from table (JVP_RULES, BATCH_RULES), built
+    by build() on a miss; NotImplemented where it must run as written: an unhashable param or
+    a symbolic size (jit) in the key, or the primitive's float-signature budget spent.
+    key: the operands' part of the signature (a list); params are appended here."""
+    if params:
+        key.append(tuple(params.items()))
+    key = tuple(key)
+    try:
+        rule = table.get(key)
+    except TypeError:
+        return NotImplemented
+    if rule is None:
+        if not RULE_FLOATS.may_build(id(prim), key):
+            return NotImplemented
+        rule = build()
+        if len(table) >= MAX_RULES:
+            table.clear()
+        table[key] = rule
+    return rule
+
+
 def allowed(prim) -> bool:
     ok = ALLOWED.get(prim)
     if ok is None:
