@@ -16,12 +16,12 @@ Each rewrite is recorded in graph.meta.rewrites, which functx.explain prints.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import replace
 
 from ..core import Eqn, Graph, Literal, Var
 from ..core.primitive import REGISTRY
 from ..kernels.attention import attention_p
+from .passes import use_counts
 
 _FLOATS = {"float16", "bfloat16", "float32", "float64"}
 
@@ -199,8 +199,7 @@ def fuse_attention(graph: Graph) -> Graph:
     if not any(e.prim.name == "exp" for e in graph.eqns):
         return graph
     defs = {v: e for e in graph.eqns for v in e.outputs}
-    uses = Counter(a for e in graph.eqns for a in e.inputs if isinstance(a, Var))
-    uses.update(a for a in graph.outvars if isinstance(a, Var))
+    uses = use_counts(graph)
     eqns, subst, lines = [], {}, []
     for e in graph.eqns:
         if subst:

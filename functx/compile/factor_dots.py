@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from ..core import Eqn, Graph, Var
 from ..core.primitive import REGISTRY
+from .passes import use_counts
 
 _MIN_SAVING = 2           # the new product must be at most half the old one's size
 
@@ -204,17 +205,8 @@ def _sink(e, X, V, xc, vc, M, C, g, f, axis):
 
 def factor_broadcast_dots(graph: Graph) -> Graph:
     """dot(g * f, V) -> dot(g, f * V) where the product f * V is the smaller (module docstring)."""
-    uses: dict = {}
-    defs: dict = {}
-    for e in graph.eqns:
-        for a in e.inputs:
-            if isinstance(a, Var):
-                uses[a] = uses.get(a, 0) + 1
-        for v in e.outputs:
-            defs[v] = e
-    for a in graph.outvars:
-        if isinstance(a, Var):
-            uses[a] = uses.get(a, 0) + 2          # an output is never rewritten away
+    uses = use_counts(graph)      # an output also used by the dot has two: never rewritten away
+    defs = {v: e for e in graph.eqns for v in e.outputs}
     eqns, changed = [], False
     for e in graph.eqns:
         if e.prim.name == "dot_general" and e.outputs[0].type.dtype.is_floating_point \

@@ -19,6 +19,7 @@ equation keeps the source line debug_nans recorded on it (`Eqn.source`).
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import torch
 
@@ -44,6 +45,14 @@ class _Subst:
 
     def finish(self, graph, eqns):
         return graph.replace(eqns=eqns, outvars=[self(a) for a in graph.outvars])
+
+
+def use_counts(graph: Graph) -> Counter:
+    """Var -> how many equation inputs and graph outputs read it (a rewrite that removes a
+    value checks it has exactly the one use it rewrites)."""
+    uses = Counter(a for e in graph.eqns for a in e.inputs if isinstance(a, Var))
+    uses.update(a for a in graph.outvars if isinstance(a, Var))
+    return uses
 
 
 def dce(graph: Graph) -> Graph:
@@ -416,14 +425,7 @@ def fold_dot_transposes(graph: Graph) -> Graph:
     [2,4096] @ [4096,128] 0.14 ms, one thread), so a transpose that makes rows shorter stays.
     Each output element is the sum of the same products (a*b == b*a exactly); only the order
     BLAS accumulates them in may change, as for any change of matmul shape (not bitwise)."""
-    uses: dict = {}
-    for e in graph.eqns:
-        for a in e.inputs:
-            if isinstance(a, Var):
-                uses[a] = uses.get(a, 0) + 1
-    for a in graph.outvars:
-        if isinstance(a, Var):
-            uses[a] = uses.get(a, 0) + 1
+    uses = use_counts(graph)
 
     def rule(e, defs):
         if e.prim.name != "transpose" or not isinstance(e.inputs[0], Var) or uses.get(e.inputs[0]) != 1:
