@@ -69,31 +69,32 @@ def _run_check(func, args, kwargs):
     return func(*a, **k)
 
 
-def _lstsq_shapes_static(args, kwargs, device):
+def _lstsq_values(args, kwargs, device):
     # residuals are returned only by the gelsd/gelss/gels drivers (and then only when A is
     # tall and of full rank); gelsy, the CPU default, returns them empty whatever the values
     driver = kwargs.get("driver", args[3] if len(args) > 3 else None)
-    return device.type == "cpu" and driver in (None, "gelsy")
+    return () if device.type == "cpu" and driver in (None, "gelsy") else None
 
 
-# ops tagged dynamic_output_shape whose output shapes are known from their arguments in some
-# cases: those cases run on placeholders like any other op (jit and vmap work)
-_SHAPES_STATIC_WHEN = {torch.ops.aten.linalg_lstsq.default: _lstsq_shapes_static}
+# Dynamic-shape ops whose output shapes depend on the values of only some arguments (or, in
+# some cases, of none): op -> (args, kwargs, device) -> the names of those arguments, or None
+# for all of them. The others may be abstract: ctc_loss's log_alpha is (batch, time,
+# 2 * max(target_lengths) + 1), so a jitted loss over traced log-probabilities needs only
+# concrete target lengths.
+_SHAPE_DETERMINING = {torch.ops.aten._ctc_loss.Tensor: lambda *_: ("target_lengths",),
+                      torch.ops.aten.bincount.default: lambda *_: ("self",),      # not the weights
+                      torch.ops.aten.linalg_lstsq.default: _lstsq_values}
 
 
-# Dynamic-shape ops whose output shapes depend on the values of only some arguments: the
-# others may be abstract (ctc_loss's log_alpha is (batch, time, 2 * max(target_lengths) + 1),
-# so a jitted loss over traced log-probabilities needs only concrete target lengths).
-_SHAPE_DETERMINING = {torch.ops.aten._ctc_loss.Tensor: ("target_lengths",),
-                      torch.ops.aten.bincount.default: ("self",)}      # not the weights
-
-
-def _shape_determining(func, flat, spec):
+def _shape_determining(func, flat, spec, device):
     """ids of the tensors whose values decide func's output shapes (None: all of them)."""
-    names = _SHAPE_DETERMINING.get(func)
-    if names is None:
+    rule = _SHAPE_DETERMINING.get(func)
+    if rule is None:
         return None
     args, kwargs = tree_unflatten(flat, spec)
+    names = rule(args, kwargs, device)
+    if names is None:
+        return None
     schema = [a.name for a in func._schema.arguments]
     named = {**dict(zip(schema, args)), **kwargs}
     return {id(named[n]) for n in names if isinstance(named.get(n), torch.Tensor)}
@@ -101,8 +102,7 @@ def _shape_determining(func, flat, spec):
 
 def _output_types(func, flat, positions, spec):
     device = next((flat[i].device for i in positions), torch.device("cpu"))
-    static_when = _SHAPES_STATIC_WHEN.get(func)
-    if torch.Tag.dynamic_output_shape in func.tags and not (static_when and static_when(*tree_unflatten(flat, spec), device)):
+    if torch.Tag.dynamic_output_shape in func.tags:
         return _types_from_values(func, flat, positions, spec, device)
     if any(0 in tuple(flat[i].shape) for i in positions):
         # An empty operand: torch's kernel checks what its meta function may not (median over
@@ -131,7 +131,7 @@ def _types_from_values(func, flat, positions, spec, device):
     """nonzero, unique, masked_select, ...: the output's shape depends on the input's values,
     so it comes from running the op on them (eager transforms); abstract values (jit, vmap)
     have none, and a shape guessed from placeholder data would be silently wrong."""
-    determining = _shape_determining(func, flat, spec)
+    determining = _shape_determining(func, flat, spec, device)
     try:
         values = list(flat)
         for i in positions:
