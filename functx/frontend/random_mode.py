@@ -321,11 +321,13 @@ class RandomMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if TracerTensor in types:
-            if _writes(func) and _target_is_plain(func, args, kwargs or {}) and _holds_no_tracer(args, kwargs):
-                # a made tensor's plain value written into a plain one (a closed-over buffer:
-                # buf.add_(torch.ones(2))): a plain op, as it was before made tensors were
-                # wrappers (under jit, refused for a closed-over target as any plain write)
-                return self.__torch_dispatch__(func, (torch.Tensor,), *_plain_values(args, kwargs or {}))
+            if _writes(func) and _target_is_plain(func, args, kwargs or {}):
+                plain = _plain_values(args, kwargs or {})
+                if plain is not None:
+                    # a made tensor's plain value written into a plain one (a closed-over buffer:
+                    # buf.add_(torch.ones(2))): a plain op, as it was before made tensors were
+                    # wrappers (under jit, refused for a closed-over target as any plain write)
+                    return self.__torch_dispatch__(func, (torch.Tensor,), *plain)
             if _is_seeded(func) and not _writes(func):
                 plain = _plain_values(args, kwargs or {})
                 if plain is not None and _samples(func, *plain):
