@@ -84,6 +84,14 @@ class LoweredOp:
                 env[e.outputs[0]] = out
         return [a.value if isinstance(a, Literal) else env[a] for a in self.out_atoms]
 
+    def eval_at(self, trace, args):
+        """eval with `trace` current (a transform's trace built above the one tracing a rule)."""
+        prev, trace_state.trace = trace_state.trace, trace
+        try:
+            return self.eval(args)
+        finally:
+            trace_state.trace = prev
+
 
 def run_lowered(op, args):
     """op's outputs at the current trace: as one unit where the trace takes it

@@ -162,12 +162,7 @@ class BatchTrace(Trace):
         def batch(xs, ds):     # the op's equations under a BatchTrace above the graph trace
             bt = BatchTrace(trace_state.trace, axis)
             ins = [x if d is None else BatchTracer(bt, x, d) for x, d in zip(xs, ds)]
-            prev, trace_state.trace = trace_state.trace, bt
-            try:
-                outs = op.eval(ins)
-            finally:
-                trace_state.trace = prev
-            pairs = [bt.unpack(o) for o in outs]
+            pairs = [bt.unpack(o) for o in op.eval_at(bt, ins)]
             return [v for v, _ in pairs], [d for _, d in pairs]
         return rule_cache.build_batch_of(batch, op.name, True, specs)
 

@@ -238,12 +238,7 @@ class JVPTrace(Trace):
         def jvp(primals, tangents):     # the op's equations under a JVPTrace above the graph trace
             jt = JVPTrace(trace_state.trace)
             xs = [p if isinstance(t, Zero) else JVPTracer(jt, p, t) for p, t in zip(primals, tangents)]
-            prev, trace_state.trace = trace_state.trace, jt
-            try:
-                outs = op.eval(xs)
-            finally:
-                trace_state.trace = prev
-            pairs = [jt.pair(o) for o in outs]
+            pairs = [jt.pair(o) for o in op.eval_at(jt, xs)]
             return [p for p, _ in pairs], [t for _, t in pairs]
         return rule_cache.build_jvp_of(jvp, op.name, True, specs, _ZeroOf)
 
