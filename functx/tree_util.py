@@ -17,6 +17,12 @@ def tree_flatten(tree):
     return optree.tree_flatten(tree, namespace=NAMESPACE)
 
 
+def tree_leaves_with_none(tree):
+    """The leaves of a pytree with None as a leaf (a missing tangent or gradient in torch's
+    conventions), not an empty subtree."""
+    return optree.tree_leaves(tree, none_is_leaf=True, namespace=NAMESPACE)
+
+
 def tree_unflatten(treedef, leaves):
     """The pytree with structure treedef (from tree_flatten) and these leaves."""
     return optree.tree_unflatten(treedef, leaves)

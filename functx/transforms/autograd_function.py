@@ -1,13 +1,17 @@
 """torch.autograd.Function under functx transforms: its backward is honoured, never the
-forward differentiated in its place.
+forward differentiated in its place, as in torch.func.
 
 A Function written for torch.func (a `setup_context` staticmethod; forward without ctx)
-becomes a functx.custom_vjp: fwd runs `forward` and `setup_context`, whose saved tensors
-are the residuals; bwd calls `backward`. So grad/vjp use the user's backward (to any
-order, as its ops are differentiated in turn), vmap batches forward and backward as
-ordinary code (torch.func's generate_vmap_rule), and forward mode raises as custom_vjp
-does. A Function in the older style (forward(ctx, ...)) raises a clear error, as it does in
-torch.func.
+becomes a functx.custom_vjp: fwd applies the Function one level down (so every level of
+grad(grad(...)) uses backward, as torch.func's levels do) and runs `setup_context`, whose
+saved tensors are the residuals; bwd calls `backward`. Forward mode (jvp, jacfwd) calls
+the `jvp` staticmethod where the Function defines one (with the tensors saved by
+`ctx.save_for_forward`), else raises as custom_vjp does. vmap calls the `vmap`
+staticmethod where the Function defines one (unless generate_vmap_rule=True), so forward
+code that leaves torch (numpy, a custom kernel) batches as its author wrote; otherwise it
+batches forward and backward as ordinary code (torch.func's generate_vmap_rule=True; where
+torch.func refuses such a Function under vmap, functx runs it). A Function in the older
+style (forward(ctx, ...)) raises a clear error, as it does in torch.func.
 
 torch's Function.apply has no dispatch hook for tensor subclasses, so functx wraps it:
 calls with a TracerTensor argument come here, all others go to torch's own apply.
@@ -15,13 +19,18 @@ calls with a TracerTensor argument come here, all others go to torch's own apply
 from __future__ import annotations
 
 import inspect
+from typing import NamedTuple
 
 import torch
 from torch.autograd.function import _is_setup_context_defined
 from torch.utils.checkpoint import CheckpointFunction
 
+from ..core import current_trace, set_current_trace
 from ..core.errors import FunctxError
-from ..frontend import TracerTensor
+from ..frontend import TracerTensor, unwrap, wrap
+from ..tree_util import tree_flatten, tree_leaves_with_none, tree_unflatten
+from .batching import BatchTrace, BatchTracer
+from .jvp import JVPTrace
 from .custom import custom_vjp
 from .control_flow.checkpoint import checkpoint
 
@@ -31,6 +40,7 @@ class FunctionCtx:
 
     def __init__(self, inputs):
         self.saved_tensors = ()
+        self.saved_for_forward = ()
         self.needs_input_grad = tuple(isinstance(x, torch.Tensor) and x.dtype.is_floating_point
                                       for x in inputs)
         self.materialize_grads = True
@@ -39,7 +49,7 @@ class FunctionCtx:
         self.saved_tensors = tensors
 
     def save_for_forward(self, *tensors):
-        pass
+        self.saved_for_forward = tensors
 
     def mark_non_differentiable(self, *outputs):
         pass        # integer outputs already have no cotangent; float ones get zeros, as in torch
@@ -68,17 +78,31 @@ def apply_function(cls, args, kwargs):
     bound.apply_defaults()
     args = bound.args
 
+    user_vmap = _defines(cls, "vmap") and not getattr(cls, "generate_vmap_rule", False)
+
     def forward(*inputs):
+        if user_vmap:
+            trace = current_trace()
+            if isinstance(trace, BatchTrace):
+                return _run_user_vmap(cls, trace, inputs)
         return cls.forward(*inputs)
 
+    has_jvp = _defines(cls, "jvp")
+
     def fwd(*inputs):
-        out = cls.forward(*inputs)
+        # The Function again, at the level below (its backward serves that level too, as in
+        # torch.func), unless a forward-mode level below would need a jvp staticmethod the
+        # Function lacks: then forward's code is differentiated there (hessian works).
+        if any(isinstance(x, TracerTensor) for x in inputs) and (has_jvp or not _forward_mode_below()):
+            out = cls.apply(*inputs)
+        else:
+            out = forward(*inputs)
         ctx = FunctionCtx(inputs)
         cls.setup_context(ctx, inputs, out)
-        return out, (tuple(ctx.saved_tensors), ctx)
+        return out, (tuple(ctx.saved_tensors), tuple(ctx.saved_for_forward), ctx)
 
     def bwd(residuals, cotangent):
-        saved, ctx = residuals
+        saved, _, ctx = residuals
         ctx.saved_tensors = saved
         cts = tuple(cotangent) if isinstance(cotangent, (tuple, list)) else (cotangent,)
         grads = cls.backward(ctx, *cts)
@@ -88,10 +112,74 @@ def apply_function(cls, args, kwargs):
                               f"{len(args)} inputs of forward")
         return tuple(g if isinstance(a, torch.Tensor) else None for g, a in zip(grads, args))
 
+    def fwd_jvp(residuals, tangents):
+        _, saved, ctx = residuals
+        ctx.saved_tensors = saved
+        return cls.jvp(ctx, *tangents)
+
     forward.__name__ = name
     f = custom_vjp(forward)
     f.defvjp(fwd, bwd)
+    if has_jvp:
+        f.fwd_jvp = fwd_jvp
     return f(*args)
+
+
+def _forward_mode_below():
+    trace = current_trace()
+    while trace is not None:
+        if isinstance(trace, JVPTrace) and not trace.reverse:
+            return True
+        trace = getattr(trace, "parent", None)
+    return False
+
+
+def _defines(cls, method):
+    """Whether the Function overrides torch's `jvp` / `vmap` staticmethod (which raise)."""
+    return getattr(cls, method) is not getattr(torch.autograd.Function, method)
+
+
+class VmapInfo(NamedTuple):
+    """The `info` a Function's vmap staticmethod gets (torch.func's VmapInfo)."""
+    batch_size: int
+    randomness: str
+
+
+def _run_user_vmap(cls, trace, inputs):
+    """The Function's vmap staticmethod for the vmap level `trace`: called one level down
+    with each input's batch dim (None: unbatched; non-tensors None), its outputs wrapped
+    back at their declared out_dims."""
+    vals, in_dims = [], []
+    for x in inputs:
+        v, d = trace.unpack(unwrap(x)) if isinstance(x, TracerTensor) else (x, None)
+        vals.append(wrap(v))
+        in_dims.append(d)
+    if all(d is None for d in in_dims):
+        with set_current_trace(trace.parent):
+            return cls.forward(*vals)
+    info = VmapInfo(trace.axis.size, trace.axis.randomness)
+    with set_current_trace(trace.parent):
+        got = cls.vmap(info, tuple(in_dims), *vals)
+    if not (isinstance(got, (tuple, list)) and len(got) == 2):
+        raise FunctxError(f"functx: {cls.__name__}.vmap must return (outputs, out_dims), got "
+                          f"{type(got).__name__}")
+    outs, out_dims = got
+    leaves, tree = tree_flatten(outs)
+    dims = ([out_dims] * len(leaves) if out_dims is None or isinstance(out_dims, int)
+            else tree_leaves_with_none(out_dims))
+    if len(dims) != len(leaves):
+        raise FunctxError(f"functx: {cls.__name__}.vmap returned out_dims {out_dims!r} for "
+                          f"{len(leaves)} outputs")
+    res = []
+    for o, d in zip(leaves, dims):
+        if d is None or not isinstance(o, torch.Tensor):
+            res.append(o)
+            continue
+        if not -o.dim() <= d < o.dim():
+            raise FunctxError(f"functx: {cls.__name__}.vmap returned out_dim {d} for an output "
+                              f"with {o.dim()} dims")
+        res.append(wrap(BatchTracer(trace, unwrap(o), d % o.dim())))
+    return tree_unflatten(tree, res)
 
 
 _torch_apply = torch.autograd.Function.__dict__["apply"].__func__

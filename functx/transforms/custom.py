@@ -23,8 +23,11 @@ rules run the callables under a BatchTrace):
   custom_vjp_call(*args; fun, fwd, bwd)   impl: fun.  jvp: fwd, plus
       custom_lin(*residuals, *tangents; bwd), a linear primitive with no forward evaluation
       whose transpose is bwd; so grad/vjp (linearize + transpose) use bwd, and forward mode
-      (jvp, jacfwd) raises a clear error, as in JAX.  batch: custom_vjp_call of the vmapped
-      fun, fwd and bwd.
+      (jvp, jacfwd) raises a clear error, as in JAX, unless the call carries a forward-mode
+      rule `lin_jvp(residuals, tangents)` (a torch.autograd.Function's jvp staticmethod:
+      torch uses backward in reverse mode and jvp in forward mode); custom_lin then
+      evaluates it, as ordinary code under further transforms.  batch: custom_vjp_call of
+      the vmapped fun, fwd, bwd (and lin_jvp).
 Positional arguments are pytrees; tensor leaves are operands, other leaves (Python numbers,
 strings) are static: their tangent is 0 and their cotangent is ignored.
 """
@@ -43,7 +46,7 @@ from .. import prims as P
 from ..prims.creation import instantiate
 from ..prims.shape import bdim_to_front, moveaxis
 from .batching import BatchTrace, BatchTracer
-from ..tree_util import tree_flatten, tree_unflatten
+from ..tree_util import tree_flatten, tree_leaves_with_none, tree_unflatten
 
 __all__ = ["custom_jvp", "custom_vjp", "custom_jvp_call_p", "custom_vjp_call_p", "custom_lin_p"]
 
@@ -73,6 +76,18 @@ def _run_batched(fn, axis, dims, vals):
         v, d = trace.unpack(o)
         res.append(bdim_to_front(v, d, axis.size))
     return res
+
+
+def _run_jvp(fn, primals, tangents):
+    """(fn(*primals), its forward derivative along tangents) under a fresh JVPTrace: fn's
+    code differentiated as ordinary code."""
+    from .jvp import JVPTrace, JVPTracer          # jvp imports batching, as this module does
+    trace = JVPTrace(current_trace())
+    ins = [JVPTracer(trace, p, instantiate(t)) for p, t in zip(primals, tangents)]
+    with set_current_trace(trace):
+        outs = fn(*ins)
+    pairs = [trace.pair(o) for o in outs]
+    return [p for p, _ in pairs], [instantiate(t) for _, t in pairs]
 
 
 # ---------------------------------------------------------------- custom_jvp_call
@@ -134,21 +149,21 @@ custom_jvp_call_p = Primitive(
 
 
 
-def _custom_vjp_type(*in_types, fun, fwd, bwd, name):
+def _custom_vjp_type(*in_types, fun, fwd, bwd, name, lin_jvp=None):
     return _traced_out_types(fun, in_types)
 
 
-def _custom_vjp_impl(*args, fun, fwd, bwd, name):
+def _custom_vjp_impl(*args, fun, fwd, bwd, name, lin_jvp=None):
     return fun(*args)
 
 
-def _custom_vjp_rule(primals, tangents, *, fun, fwd, bwd, name):
+def _custom_vjp_rule(primals, tangents, *, fun, fwd, bwd, name, lin_jvp=None):
     outs, res = fwd(*primals)
     out_types = [type_of(o) for o in outs]
     float_outs = tuple(i for i, t in enumerate(out_types) if _float(t))
     in_types = tuple(type_of(p) for p in primals)
     tangents = [instantiate(t) for t in tangents]
-    lin = custom_lin_p.bind(*res, *tangents, bwd=bwd, num_res=len(res), name=name,
+    lin = custom_lin_p.bind(*res, *tangents, bwd=bwd, jvp=lin_jvp, num_res=len(res), name=name,
                             out_types=tuple(out_types[i] for i in float_outs), float_outs=float_outs,
                             all_out_types=tuple(out_types), in_types=in_types)
     t_outs = [Zero(t) for t in out_types]
@@ -157,7 +172,7 @@ def _custom_vjp_rule(primals, tangents, *, fun, fwd, bwd, name):
     return outs, t_outs
 
 
-def _custom_vjp_batch(axis, args, dims, *, fun, fwd, bwd, name):
+def _custom_vjp_batch(axis, args, dims, *, fun, fwd, bwd, name, lin_jvp=None):
     dims = list(dims)
     n_res = []
 
@@ -186,7 +201,13 @@ def _custom_vjp_batch(axis, args, dims, *, fun, fwd, bwd, name):
                 out.append(moveaxis(ct, 0, d))
         return out
 
-    outs = custom_vjp_call_p.bind(*args, fun=bfun, fwd=bfwd, bwd=bbwd, name=name)
+    blin = None
+    if lin_jvp is not None:
+        def blin(res, tangents):     # residuals batched at 0; tangents laid out as the arguments
+            return _run_batched(lambda *ys: lin_jvp(list(ys[:len(res)]), list(ys[len(res):])),
+                                axis, [0] * len(res) + dims, list(res) + list(tangents))
+
+    outs = custom_vjp_call_p.bind(*args, fun=bfun, fwd=bfwd, bwd=bbwd, name=name, lin_jvp=blin)
     return outs, [0] * len(outs)
 
 
@@ -198,23 +219,30 @@ def _forward_mode_error(name):
         "with functx.custom_jvp.")
 
 
-def _custom_lin_type(*types, bwd, num_res, name, out_types, float_outs, all_out_types, in_types):
+def _custom_lin_type(*types, bwd, jvp, num_res, name, out_types, float_outs, all_out_types, in_types):
     return list(out_types)
 
 
-def _custom_lin_impl(*args, name, **params):
-    raise _forward_mode_error(name)
+def _custom_lin_impl(*args, name, jvp, num_res, **params):
+    if jvp is None:
+        raise _forward_mode_error(name)
+    return jvp(list(args[:num_res]), list(args[num_res:]))
 
 
-def _custom_lin_jvp(primals, tangents, *, name, **params):
-    raise _forward_mode_error(name)
+def _custom_lin_jvp(primals, tangents, *, name, jvp, num_res, **params):
+    if jvp is None:
+        raise _forward_mode_error(name)
+    return _run_jvp(lambda *xs: jvp(list(xs[:num_res]), list(xs[num_res:])), primals, tangents)
 
 
-def _custom_lin_batch(axis, args, dims, *, name, **params):
-    raise _forward_mode_error(name)
+def _custom_lin_batch(axis, args, dims, *, name, jvp, num_res, **params):
+    if jvp is None:
+        raise _forward_mode_error(name)
+    outs = _run_batched(lambda *xs: jvp(list(xs[:num_res]), list(xs[num_res:])), axis, list(dims), list(args))
+    return outs, [0] * len(outs)
 
 
-def _custom_lin_transpose(cts, *args, bwd, num_res, name, out_types, float_outs, all_out_types,
+def _custom_lin_transpose(cts, *args, bwd, jvp, num_res, name, out_types, float_outs, all_out_types,
                           in_types):
     res = list(args[:num_res])
     full = [P.full(t.shape, 0, t.dtype, t.device) for t in all_out_types]
@@ -417,6 +445,10 @@ class custom_vjp:
         self.fun = fun
         self.nondiff_argnums = tuple(nondiff_argnums)
         self.fwd = self.bwd = None
+        # Beyond JAX, for torch.autograd.Function's jvp staticmethod: forward mode's rule
+        # `(nondiff..., residuals, tangents) -> output tangents`, tangents laid out as the
+        # arguments (None for non-tensor leaves). None: forward mode raises, as in JAX.
+        self.fwd_jvp = None
 
     def defvjp(self, fwd, bwd):
         self.fwd, self.bwd = fwd, bwd
@@ -446,13 +478,17 @@ class custom_vjp:
             tensor_k = [k for k, l in enumerate(r_leaves) if _is_tensor(l)]
             # non-tensor residuals are static; tensors become operands of custom_lin
             res_store["tree"], res_store["leaves"], res_store["tensor_k"] = r_tree, r_leaves, tensor_k
+            res_store["out_types"] = [type_of(o) for o in outs]
             return outs, [unwrap(r_leaves[k]) for k in tensor_k]
 
-        def flat_bwd(res, cts):
+        def residuals_of(res):
             leaves = list(res_store["leaves"])
             for k, r in zip(res_store["tensor_k"], res):
                 leaves[k] = wrap(r)
-            residuals = tree_unflatten(res_store["tree"], leaves)
+            return tree_unflatten(res_store["tree"], leaves)
+
+        def flat_bwd(res, cts):
+            residuals = residuals_of(res)
             ct = tree_unflatten(store.tree, [wrap(c) for c in cts])
             got = bwd_fn(*a.nondiff_values(), residuals, ct)
             if not isinstance(got, (tuple, list)) or len(got) != n_diff:
@@ -484,7 +520,23 @@ class custom_vjp:
                 out.append(P.convert(g, want.dtype) if _float(want) else None)
             return out
 
+        flat_lin_jvp = None
+        if self.fwd_jvp is not None:
+            rule = self.fwd_jvp
+
+            def flat_lin_jvp(res, tangents):      # custom_lin's operands: the float outputs' tangents
+                got = rule(*a.nondiff_values(), residuals_of(res), a.diff_args(tangents, lambda leaf: None))
+                g_leaves = tree_leaves_with_none(got)
+                if len(g_leaves) != store.tree.num_leaves:
+                    raise TypeError(f"{what}: the forward-mode rule returned {len(g_leaves)} tangents "
+                                    f"for {store.tree.num_leaves} outputs")
+                out_types = res_store["out_types"]
+                return [P.convert(unwrap(g), t.dtype) if g is not None
+                        else P.full(t.shape, 0, t.dtype, t.device)
+                        for g, t in zip(g_leaves, out_types) if _float(t)]
+            flat_lin_jvp = _closure_hint(flat_lin_jvp, what)
+
         outs = custom_vjp_call_p.bind(*a.operands, fun=_closure_hint(flat_fun, what),
                                       fwd=_closure_hint(flat_fwd, what), bwd=_closure_hint(flat_bwd, what),
-                                      name=name)
+                                      name=name, lin_jvp=flat_lin_jvp)
         return tree_unflatten(store.tree, [wrap(o) for o in outs])
