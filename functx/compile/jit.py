@@ -6,6 +6,7 @@ function's primitives directly.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -19,6 +20,7 @@ from ..frontend.generators import generator_arguments
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
+from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard
 from .eager import EagerCompiled
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, value_key  # noqa: F401
@@ -30,7 +32,8 @@ from ..frontend.staging import (is_dynamic_scalar, normalize_argnums, scalar_as_
 class _Entry:
     """One cached signature: the compiled graph (entry.compiled.graph is what ran through
     the pipeline, with its meta) and what the hot path calls."""
-    __slots__ = ("compiled", "call", "unflatten", "key", "symbolic", "notes", "pattern", "generators")
+    __slots__ = ("compiled", "call", "unflatten", "key", "symbolic", "notes", "pattern", "generators", "guard",
+                 "module_guard")
 
     def __init__(self, compiled, key, symbolic=None, notes=(), cuda_graphs=None, generators=()):
         self.compiled = compiled
@@ -40,6 +43,10 @@ class _Entry:
         self.pattern = None           # symbolic: the leaf keys with the dynamic dims masked
         self.generators = generators  # [(leaf index, GeneratorSlot)]: bound before each call
         meta = compiled.graph.meta
+        self.guard = ClosureGuard.of(meta.closure_reads)     # closure_guard.py; None: nothing to check
+        self.module_guard = None       # jit(module): set by JitFunction._entry
+        if self.guard is not None:
+            self.notes.append(self.guard.note())
         # The hot path: the backend's plain callable (the generated function itself on the
         # eager backend; on the Triton backend replayed from a CUDA graph where safe) and
         # the cheapest way to rebuild the output structure.
@@ -145,6 +152,7 @@ class JitFunction:
         self._last_entry = None
         self._reads_layouts = False     # set once a trace reads an argument's storage offset
         self._dims = DynamicDims(dynamic, dynamic_dims, namer)   # symbolic dims (dynamic_dims.py)
+        self._warned_closure = False    # warned once that a closure guard retraced
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
         functools.update_wrapper(self, f, updated=())
@@ -191,7 +199,7 @@ class JitFunction:
                             "cache key); mark them static or pass tensors") from None
         return key, inputs, leaves
 
-    def _entry(self, key, args, kwargs, leaves, nums):
+    def _entry(self, key, args, kwargs, leaves, nums, reason=None):
         entry = self._cache.get(key)
         if entry is None:
             entry = self._dims.lookup(key, leaves, self._cache)
@@ -233,9 +241,11 @@ class JitFunction:
             if symbolic is None:
                 compiled, _ = compile_graph(graph, self.backend, leaves)
             entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs, generators)
+            if isinstance(self.f, torch.nn.Module):
+                entry.module_guard = ModuleGuard(self.f)
             if symbolic is not None:
                 entry.key = self._dims.add(entry, key)     # the key with its dims symbolic
-            evicted = self._cache.add(entry.key, entry, reason_key=key)
+            evicted = self._cache.add(entry.key, entry, reason_key=key, reason=reason)
             if evicted:
                 for e in evicted:      # the cpu backend's kept buffers go now, not at garbage collection
                     release = getattr(e.compiled, "release", None)
@@ -295,6 +305,10 @@ class JitFunction:
                             self._fast.clear()     # symbolic entries serve many exact keys
                         entry = self._fast[key] = self._entry(gkey, args, kwargs, leaves, ())
                     self._last_key, self._last_entry = key, entry
+                if entry.guard is not None or entry.module_guard is not None:
+                    entry = self._guarded(entry, args, kwargs, (), stacklevel=3)
+                    if entry is None:
+                        return self.f(*args)
                 inputs = args
                 if nested:
                     inputs = [t for a in args for t in (a if type(a) in (tuple, list) else (a,))]
@@ -316,7 +330,33 @@ class JitFunction:
         if key is None:       # traced arguments: inline into the enclosing transform
             return self.f(*args, **kwargs)
         entry = self._entry(key, args, kwargs, leaves, nums)
+        if entry.guard is not None or entry.module_guard is not None:
+            entry = self._guarded(entry, args, kwargs, nums)
+            if entry is None:
+                return self.f(*args, **kwargs)
         return self._run(entry, inputs, leaves, args, kwargs, nums)
+
+    def _guarded(self, entry, args, kwargs, nums, stacklevel=4):
+        """The entry to run after its ClosureGuard's check: itself, a new trace, or None (run
+        f as plain torch)."""
+        why = entry.guard.check() if entry.guard is not None else None
+        if why is None and entry.module_guard is not None and not entry.module_guard.holds():
+            why = "the module was given a new parameter, buffer or submodule since the trace"
+        if why is None:
+            return entry
+        if why == RUN_PLAIN:
+            return None
+        if not self._warned_closure:
+            self._warned_closure = True
+            warnings.warn(f"functx.jit: retracing {getattr(self.f, '__name__', 'f')}: {why}. A value "
+                          "computed from closed-over tensors is a constant of the traced graph; pass "
+                          "tensors that change (a module's parameters: functional_call(model, params, x)) "
+                          "as arguments to avoid retracing.", stacklevel=stacklevel)
+        self._cache.entries.pop(entry.key, None)
+        self._fast = {k: e for k, e in self._fast.items() if e is not entry}
+        self._last_key = self._last_entry = None
+        key, _, leaves = self._key(args, kwargs, nums)
+        return self._entry(key, args, kwargs, leaves, nums, reason=why)
 
     def _run(self, entry, inputs, leaves, args, kwargs, nums):
         for k, slot in entry.generators:      # draws read this call's generators

@@ -178,9 +178,11 @@ class SignatureCache:
                 changes.append((self.static_label(i), _leaf_change(a, b)))
         return Retrace(changes or [("arguments", "unknown")], dims)
 
-    def add(self, key, entry, reason_key=None):
-        """reason_key: the call's own key when `key` is a symbolic entry's (dims masked)."""
-        retrace = self.why_miss(key if reason_key is None else reason_key)
+    def add(self, key, entry, reason_key=None, reason=None):
+        """reason_key: the call's own key when `key` is a symbolic entry's (dims masked);
+        reason: why the same key is traced again (a closure guard failed)."""
+        retrace = (Retrace([("closed-over tensors", reason)]) if reason is not None
+                   else self.why_miss(key if reason_key is None else reason_key))
         self.traces += 1
         if retrace is not None:
             self.retraces.append(retrace)

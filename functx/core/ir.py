@@ -76,13 +76,16 @@ class GraphMeta:
     mutated_inputs: positions (among the tensor leaves) of inputs the function wrote in
     place, whose final values are the graph's last outputs; fallbacks: ATen ops that ran
     through the opaque fallback; rewrites: a line per trace-time rewrite (frontend/rewrites.py); check_nans: traced while debug_nans was on (the backends
-    then check every output and name the equation's recorded source line)."""
+    then check every output and name the equation's recorded source line); closure_reads:
+    the closed-over tensors that plain torch ops read while tracing (frontend/random_mode.py's
+    ClosureRead), whose results the graph holds as constants (jit guards them)."""
     in_tree: Any = None
     out_tree: Any = None
     mutated_inputs: tuple = ()
     fallbacks: tuple = ()
     rewrites: tuple = ()
     check_nans: bool = False
+    closure_reads: tuple = dataclasses.field(default=(), compare=False)
 
 
 _NO_META = GraphMeta()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from typing import NamedTuple
 
 import torch
 from torch.utils._python_dispatch import (TorchDispatchMode, _get_current_dispatch_mode_stack,
@@ -283,12 +284,26 @@ def _storage(t):
     return t.untyped_storage().data_ptr()
 
 
+class ClosureRead(NamedTuple):
+    """A plain torch op that read a closed-over tensor while jit traced: its result is a
+    constant of the graph, computed once. `view`: the op aliases the tensor (later in-place
+    updates show through it); else the constant is a copy of what the tensor held at
+    `version` (its in-place update counter). `recorded`: torch autograd recorded the op (grad
+    mode on, the tensor requires grad), so a view carries the tensor's gradient."""
+    tensor: torch.Tensor
+    version: int
+    storage: int          # its storage's address: `param.data = ...` swaps it
+    view: bool
+    recorded: bool
+
+
 class RandomMode(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         # Storages of the plain tensors made while tracing (constants the function builds for
         # itself); a view shares its base's storage, so a view of a closed-over tensor is not one.
         self.created: set = set()
+        self.closure_reads: list = []      # ClosureRead per closed-over operand of a plain op
 
     def _staged_plain_op(self, func, args, kwargs):
         """An op on plain tensors while jit traces: it runs once, now. Writing in place into a
@@ -307,6 +322,10 @@ class RandomMode(TorchDispatchMode):
                     "tensor as an argument (jit writes updated arguments back to it; for a module's "
                     "buffers, functional_call(model, {**params, **buffers}, x)), use the module in "
                     "eval mode, or make the update outside the jitted function.")
+        view, grad = bool(func.is_view), torch.is_grad_enabled()
+        for t in tree_flatten((args, kwargs))[0]:
+            if isinstance(t, torch.Tensor) and _storage(t) not in self.created:
+                self.closure_reads.append(ClosureRead(t, t._version, _storage(t), view, grad and t.requires_grad))
         out = func(*args, **kwargs)
         for o in tree_flatten(out)[0]:
             if isinstance(o, torch.Tensor) and (func.is_view is False or _storage(args[0]) in self.created):
@@ -384,11 +403,16 @@ def without_random_mode(fn):
     return run
 
 
-def _active() -> bool:
+def active_mode():
+    """The RandomMode on the dispatch mode stack, or None."""
     for m in _get_current_dispatch_mode_stack():
         if isinstance(m, RandomMode):
-            return True
-    return False
+            return m
+    return None
+
+
+def _active() -> bool:
+    return active_mode() is not None
 
 
 class intercept_random:
@@ -406,4 +430,4 @@ class intercept_random:
             return self.mode.__exit__(*exc)
 
 
-__all__ = ["intercept_random", "without_random_mode", "RandomMode", "FACTORIES"]
+__all__ = ["intercept_random", "without_random_mode", "RandomMode", "ClosureRead", "active_mode", "FACTORIES"]

@@ -17,7 +17,7 @@ from ..core.trace import Tracer, refuse_inside_torch_func, type_of
 from . import TracerTensor, record_fallbacks, record_rewrites, unwrap, wrap, wrap_input
 from .functionalize import RESULT_LAYOUTS
 from .dispatch import PIN_SIZES, PinSizesOnConstants
-from .random_mode import intercept_random
+from .random_mode import active_mode, intercept_random
 from ..tree_util import tree_flatten, tree_unflatten
 
 _CPU = torch.device("cpu")
@@ -190,6 +190,8 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
     with record_fallbacks() as fallbacks, record_rewrites() as rewrites, set_current_trace(trace), \
             intercept_random(), _naming_scalars(scalar_vars, arg_names), _result_layouts(shapes is None), \
             _pin_sizes(bool(symbolic_leaves)):
+        mode = active_mode()
+        first_read = len(mode.closure_reads) if mode is not None else 0
         out = f(*full, **kw)
         out_leaves, out_tree = tree_flatten(out)
         for i, leaf in enumerate(out_leaves):
@@ -202,8 +204,10 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
         mutated = [k for k, w in enumerate(in_wrappers)
                    if mutations and isinstance(w, TracerTensor) and w._version_]
         out_vals += [unwrap(in_wrappers[k]) for k in mutated]
+    reads = tuple(mode.closure_reads[first_read:]) if mode is not None else ()
     meta = GraphMeta(in_tree=treedef, out_tree=out_tree, mutated_inputs=tuple(mutated),
-                     fallbacks=tuple(fallbacks), rewrites=tuple(rewrites), check_nans=nan_check.STATE.on)
+                     fallbacks=tuple(fallbacks), rewrites=tuple(rewrites), check_nans=nan_check.STATE.on,
+                     closure_reads=reads)
     return trace.to_graph(tracers, out_vals).replace(meta=meta)
 
 

@@ -46,6 +46,7 @@ from .. import prims as P
 from ..prims.creation import instantiate
 from ..prims.shape import bdim_to_front, moveaxis
 from .batching import BatchTrace, BatchTracer
+from .jvp import JVPTrace, JVPTracer
 from ..tree_util import tree_flatten, tree_leaves_with_none, tree_unflatten
 
 __all__ = ["custom_jvp", "custom_vjp", "custom_jvp_call_p", "custom_vjp_call_p", "custom_lin_p"]
@@ -81,7 +82,6 @@ def _run_batched(fn, axis, dims, vals):
 def _run_jvp(fn, primals, tangents):
     """(fn(*primals), its forward derivative along tangents) under a fresh JVPTrace: fn's
     code differentiated as ordinary code."""
-    from .jvp import JVPTrace, JVPTracer          # jvp imports batching, as this module does
     trace = JVPTrace(current_trace())
     ins = [JVPTracer(trace, p, instantiate(t)) for p, t in zip(primals, tangents)]
     with set_current_trace(trace):

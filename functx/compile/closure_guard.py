@@ -1,0 +1,112 @@
+"""Guards on what jit computed from closed-over tensors while tracing.
+
+A plain torch op on a tensor the function closes over (a module's parameter or buffer, a
+global) runs once, at trace time, and its result is a constant of the graph
+(frontend/random_mode.py records each such read as a ClosureRead). A view of the tensor
+(`self.weight.T`, what F.linear's lowering takes) stays live: in-place updates show
+through it. A computed result (`self.log_std.exp()`, a parametrization's weight) is a copy
+of the values at trace time. So, before an entry runs:
+- a copied tensor updated in place since the trace (an optimizer step) -> retrace;
+- a call that torch autograd records (grad mode on) where a copy comes from a tensor that
+  requires grad -> run the function as plain torch: the trace-time copy would give no
+  gradient to the tensor, or a stale one, and a second backward through it would fail;
+- a view taken while autograd was not recording (traced under no_grad) of a tensor that
+  requires grad, in a call that autograd records -> retrace, so the view carries the
+  gradient.
+Graphs without such reads have no guard (entry.guard is None): the hot path pays one
+attribute check.
+"""
+from __future__ import annotations
+
+import torch
+
+RUN_PLAIN = "run f as plain torch"
+
+
+class ClosureGuard:
+    __slots__ = ("copies", "views", "unrecorded_views")
+
+    def __init__(self, copies, views, unrecorded_views):
+        self.copies = copies                      # [(tensor, version, storage) at trace time]
+        self.views = views                        # [(tensor, storage)]
+        self.unrecorded_views = unrecorded_views  # tensors viewed without autograd recording
+
+    @staticmethod
+    def of(reads):
+        """The guard for a graph's closure_reads, or None when nothing needs checking."""
+        copies, views, unrecorded, seen = [], [], [], set()
+        for r in reads:
+            key = (id(r.tensor), r.view)
+            if key in seen:
+                continue
+            seen.add(key)
+            if not r.view:
+                copies.append((r.tensor, r.version, r.storage))
+                continue
+            views.append((r.tensor, r.storage))
+            if not r.recorded:
+                unrecorded.append(r.tensor)
+        return ClosureGuard(copies, views, unrecorded) if copies or views else None
+
+    def check(self):
+        """None when the entry may run; RUN_PLAIN; or why it must be traced again."""
+        recording = torch.is_grad_enabled()
+        for t, version, storage in self.copies:
+            if recording and t.requires_grad:
+                return RUN_PLAIN
+            if t._version != version or t.untyped_storage().data_ptr() != storage:
+                return (f"a closed-over tensor of shape {tuple(t.shape)} was updated in place since the "
+                        "trace, and the graph holds a value computed from it then")
+        for t, storage in self.views:
+            if t.untyped_storage().data_ptr() != storage:
+                return f"a closed-over tensor of shape {tuple(t.shape)} was given new data (.data = ...)"
+        if recording:
+            for t in self.unrecorded_views:
+                if t.requires_grad:
+                    return (f"a view of a closed-over tensor of shape {tuple(t.shape)} that requires grad "
+                            "was taken while autograd was not recording (traced under no_grad)")
+        return None
+
+    def note(self):
+        """A line for cache_info/explain."""
+        return ("reads closed-over tensors through trace-time views or copies: retraced when a copied "
+                "one is updated in place; calls that torch autograd records for one that requires grad "
+                "run f as plain torch (pass such tensors as arguments, e.g. functional_call(model, params, "
+                "x), to compile those calls)")
+
+
+# ---------------------------------------------------------------- jit(module): its tensors' identity
+
+_REGISTRATIONS = [0]      # bumped whenever any module registers a parameter, buffer or submodule
+
+
+def _bump(*_):
+    _REGISTRATIONS[0] += 1
+
+
+_module_api = torch.nn.modules.module
+for _hook in ("register_module_parameter_registration_hook", "register_module_buffer_registration_hook",
+              "register_module_module_registration_hook"):
+    getattr(_module_api, _hook)(_bump)
+
+
+class ModuleGuard:
+    """jit(module): the graph holds the module's parameters and buffers as constants, so
+    assigning a new one (`model.fc.weight = nn.Parameter(...)`, a swapped submodule) must
+    retrace. Checked only after some module registered something (a counter the registration
+    hooks above bump): the hot path compares one int."""
+    __slots__ = ("module", "seen", "tensors")
+
+    def __init__(self, module):
+        self.module = module
+        self.seen = _REGISTRATIONS[0]
+        self.tensors = self._tensors()
+
+    def _tensors(self):
+        return tuple(map(id, self.module.parameters())) + tuple(map(id, self.module.buffers()))
+
+    def holds(self):
+        if self.seen == _REGISTRATIONS[0]:
+            return True
+        self.seen = _REGISTRATIONS[0]
+        return self._tensors() == self.tensors
