@@ -124,3 +124,39 @@ def test_graphs_without_closure_reads_have_no_guard(x):
     g = functx.jit(lambda x, w: x * w.exp())
     g(x, w)
     assert g._last_entry.guard is None
+
+
+def test_train_eval_mode_is_part_of_the_key(x):
+    m = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    jm = functx.jit(m)
+    with torch.no_grad():
+        assert (jm(x) == 0).any()                       # training: dropout
+        m.eval()
+        torch.testing.assert_close(jm(x), m(x))         # a graph traced in train mode must not serve it
+        m.train()
+        assert (jm(x) == 0).any()
+    assert jm.cache_info().traces == 2 and "train/eval" in str(jm.cache_info().retraces[0])
+    # a closure over a module and a submodule's own flag
+    f = functx.jit(lambda x: m(x))
+    with torch.no_grad():
+        f(x)
+        m[1].eval()
+        torch.testing.assert_close(f(x), m(x))
+
+
+def test_batchnorm_training_updates_buffers_under_jit_module(x):
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    b = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    b.load_state_dict(a.state_dict())
+    jb = functx.jit(b)
+    for i in range(3):
+        xi = x + i
+        _close(jb(xi), a(xi))
+        _close(b[1].running_mean, a[1].running_mean)
+        _close(b[1].running_var, a[1].running_var)
+        assert int(b[1].num_batches_tracked) == int(a[1].num_batches_tracked) == i + 1
+    a.eval()
+    b.eval()
+    with torch.no_grad():
+        _close(jb(x), a(x))

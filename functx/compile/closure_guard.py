@@ -90,6 +90,60 @@ for _hook in ("register_module_parameter_registration_hook", "register_module_bu
     getattr(_module_api, _hook)(_bump)
 
 
+class ModuleModes:
+    """The train/eval flags of the nn.Modules a jitted function reaches directly (f itself,
+    a static `self`, its closure cells, the globals its code names), as part of the jit key:
+    a module traced in training mode (dropout, batch statistics) must not serve eval calls.
+    Each module's submodule list is cached until some module registers a submodule."""
+    __slots__ = ("getters", "lists")
+
+    def __init__(self, getters):
+        self.getters = getters
+        self.lists = {}           # id(module) -> (registrations seen, module, its submodules)
+
+    @staticmethod
+    def of(f):
+        """A ModuleModes for the modules f reaches, or None when it reaches none."""
+        getters = []
+        if isinstance(f, torch.nn.Module):
+            getters.append(lambda: f)
+        code = getattr(f, "__code__", None)
+        if code is not None:
+            for cell in f.__closure__ or ():
+                try:
+                    if isinstance(cell.cell_contents, torch.nn.Module):
+                        getters.append(lambda cell=cell: cell.cell_contents)
+                except ValueError:      # an empty cell
+                    pass
+            glob = f.__globals__
+            for name in code.co_names:
+                if isinstance(glob.get(name), torch.nn.Module):
+                    getters.append(lambda name=name: glob.get(name))
+        return ModuleModes(getters) if getters else None
+
+    def flags(self, extra=()):
+        """One tuple of training flags per module reached (and per module in extra)."""
+        out = []
+        for m in [g() for g in self.getters] + list(extra):
+            if not isinstance(m, torch.nn.Module):
+                out.append(None)
+                continue
+            seen = self.lists.get(id(m))
+            if seen is None or seen[0] != _REGISTRATIONS[0] or seen[1] is not m:
+                seen = self.lists[id(m)] = (_REGISTRATIONS[0], m, tuple(m.modules()))
+            out.append(tuple([s.training for s in seen[2]]))
+        return ("module train/eval flags", tuple(out))
+
+
+def module_flags(static_values):
+    """The training flags of nn.Modules among static arguments (a jitted method's self)."""
+    mods = [v for v in static_values if isinstance(v, torch.nn.Module)]
+    return _STATIC_MODES.flags(mods) if mods else None
+
+
+_STATIC_MODES = ModuleModes([])
+
+
 class ModuleGuard:
     """jit(module): the graph holds the module's parameters and buffers as constants, so
     assigning a new one (`model.fc.weight = nn.Parameter(...)`, a swapped submodule) must

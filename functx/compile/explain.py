@@ -79,10 +79,11 @@ def explain(f, backend=None, static_argnums=()):
     @functools.wraps(jitted.f)
     def explained(*args, **kwargs):
         nums = jitted._static_nums(args, False)
+        kwargs = jitted.with_buffers(kwargs)
         key, _, leaves = jitted._key(args, kwargs, nums)
         paths = key[0].paths() if key is not None else None
         with user_facing():       # traced as jit traces, so the graphs are the same
-            traced = trace_graph(jitted.f, args, kwargs, nums, "functx.explain", mutations=True,
+            traced = trace_graph(jitted._fn, args, kwargs, nums, "functx.explain", mutations=True,
                                  static_argnames=jitted.static_argnames, dynamic_scalars=True,
                                  arg_names=paths and (lambda k: jitted._namer(paths[k])))
         compiled, passes = compile_graph(traced, backend or jitted.backend, leaves, record=True)

@@ -20,7 +20,7 @@ from ..frontend.generators import generator_arguments
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
-from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard
+from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, ModuleModes, module_flags
 from .eager import EagerCompiled
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, value_key  # noqa: F401
@@ -153,6 +153,11 @@ class JitFunction:
         self._reads_layouts = False     # set once a trace reads an argument's storage offset
         self._dims = DynamicDims(dynamic, dynamic_dims, namer)   # symbolic dims (dynamic_dims.py)
         self._warned_closure = False    # warned once that a closure guard retraced
+        self._modes = ModuleModes.of(f)  # train/eval flags of the modules f reaches: part of the key
+        # jit(module): its buffers are arguments (a keyword the traced wrapper takes), so that
+        # training-mode updates (BatchNorm's running statistics) are written back each call
+        self._module = f if isinstance(f, torch.nn.Module) else None
+        self._fn = _buffers_as_arguments(f) if self._module is not None else f
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
         functools.update_wrapper(self, f, updated=())
@@ -191,6 +196,11 @@ class JitFunction:
         try:
             # debug_nans compiles a checked artifact: the flag is part of the key
             key = make_key(treedef, leaves, list(zip(nums, static)) + sorted(static_kw.items())) + (_NANS.on,)
+            if self._modes is not None:
+                key += (self._modes.flags(),)
+            flags = module_flags(static) if static else None
+            if flags is not None:
+                key += (flags,)
             if self._reads_layouts:       # a trace read storage offsets (as_strided, storage_offset())
                 key += (tuple(_layout_key(t) for t in inputs),)
             hash(key)
@@ -258,7 +268,7 @@ class JitFunction:
 
     def _trace(self, args, kwargs, nums, paths, shapes, leaves):
         with record_layout_reads() as layouts, generator_arguments(leaves) as generators:
-            graph = trace_graph(self.f, args, kwargs, nums, "functx.jit", mutations=True,
+            graph = trace_graph(self._fn, args, kwargs, nums, "functx.jit", mutations=True,
                                 static_argnames=self.static_argnames, dynamic_scalars=True,
                                 arg_names=lambda k: self._namer(paths[k]), shapes=shapes)
         return graph, layouts, generators
@@ -270,11 +280,21 @@ class JitFunction:
             raise TypeError("functx.jit: lower() needs concrete tensors, not traced values")
         return self._entry(key, args, kwargs, leaves, nums), inputs
 
+    def with_buffers(self, kwargs):
+        """kwargs plus jit(module)'s buffers (the traced wrapper's keyword), if it has any."""
+        if self._module is not None:
+            buffers = dict(self._module.named_buffers())
+            if buffers:
+                return {**kwargs, _BUFFERS: buffers}
+        return kwargs
+
     def __call__(self, *args, **kwargs):
         if _trace_state.trace is not EVAL_TRACE:
             return self.f(*args, **kwargs)
         if _functorch_level() is not None:       # inside torch.func: raise, naming the fix
             refuse_inside_torch_func("functx.jit")
+        if self._module is not None:
+            kwargs = self.with_buffers(kwargs)
         if not kwargs and not self.static_argnums and not self._named_nums and not _NANS.on \
                 and not self._reads_layouts:
             sig = []
@@ -293,6 +313,8 @@ class JitFunction:
                 else:
                     break
             else:
+                if self._modes is not None:
+                    sig.append(self._modes.flags())
                 key = tuple(sig)
                 if key == self._last_key:
                     entry = self._last_entry
@@ -328,12 +350,12 @@ class JitFunction:
         nums = self._static_nums(args, method)
         key, inputs, leaves = self._key(args, kwargs, nums)
         if key is None:       # traced arguments: inline into the enclosing transform
-            return self.f(*args, **kwargs)
+            return self._fn(*args, **kwargs)
         entry = self._entry(key, args, kwargs, leaves, nums)
         if entry.guard is not None or entry.module_guard is not None:
             entry = self._guarded(entry, args, kwargs, nums)
             if entry is None:
-                return self.f(*args, **kwargs)
+                return self._fn(*args, **kwargs)
         return self._run(entry, inputs, leaves, args, kwargs, nums)
 
     def _guarded(self, entry, args, kwargs, nums, stacklevel=4):
@@ -394,6 +416,21 @@ class JitFunction:
         """A CacheInfo: entries (one description per traced signature), retraces (which
         argument changed and how, per trace after the first), traces, hits, evictions."""
         return self._cache.info()
+
+
+_BUFFERS = "_functx_module_buffers"
+
+
+def _buffers_as_arguments(module):
+    """jit(module)'s traced function: the module with the buffers given by keyword swapped in
+    (torch.func.functional_call), so their in-place updates are writes to arguments."""
+    @functools.wraps(module.forward)
+    def run(*args, **kwargs):
+        buffers = kwargs.pop(_BUFFERS, None)
+        if buffers is None:
+            return module(*args, **kwargs)
+        return torch.func.functional_call(module, buffers, args, kwargs, strict=False)
+    return run
 
 
 class BoundJitMethod:

@@ -176,6 +176,9 @@ class SignatureCache:
         for (i, a), (_, b) in zip(old[2], key[2]):
             if a != b:
                 changes.append((self.static_label(i), _leaf_change(a, b)))
+        for a, b in zip(old[3:], key[3:]):
+            if a != b and isinstance(a, tuple) and a[:1] == ("module train/eval flags",):
+                changes.append(("modules", "train/eval mode changed (module.train() / .eval())"))
         return Retrace(changes or [("arguments", "unknown")], dims)
 
     def add(self, key, entry, reason_key=None, reason=None):
