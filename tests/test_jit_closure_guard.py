@@ -160,3 +160,14 @@ def test_batchnorm_training_updates_buffers_under_jit_module(x):
     b.eval()
     with torch.no_grad():
         _close(jb(x), a(x))
+
+
+def test_batchnorm_buffers_stay_out_of_autograd(x):
+    m = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    jm = functx.jit(m)
+    jm(x).sum().backward()                  # grad mode on, parameters require grad
+    assert not m[1].running_mean.requires_grad and m[1].running_mean.grad_fn is None
+    m.eval()
+    ref = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).eval()
+    ref.load_state_dict(m.state_dict())
+    _close(jm(x), ref(x))

@@ -135,6 +135,22 @@ class ModuleModes:
         return ("module train/eval flags", tuple(out))
 
 
+_OWNERS: dict = {}        # id(module) -> (registrations seen, module, submodules owning buffers)
+
+
+def training_buffers(module):
+    """module's buffers by name when a submodule that owns buffers is in training mode (it
+    may update them: BatchNorm's running statistics), else None (eval: they are only read)."""
+    seen = _OWNERS.get(id(module))
+    if seen is None or seen[0] != _REGISTRATIONS[0] or seen[1] is not module:
+        owners = tuple(m for m in module.modules() if m._buffers)
+        seen = _OWNERS[id(module)] = (_REGISTRATIONS[0], module, owners)
+    for m in seen[2]:
+        if m.training:
+            return dict(module.named_buffers())
+    return None
+
+
 def module_flags(static_values):
     """The training flags of nn.Modules among static arguments (a jitted method's self)."""
     mods = [v for v in static_values if isinstance(v, torch.nn.Module)]

@@ -20,7 +20,7 @@ from ..frontend.generators import generator_arguments
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
-from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, ModuleModes, module_flags
+from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, ModuleModes, module_flags, training_buffers
 from .eager import EagerCompiled
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, value_key  # noqa: F401
@@ -56,19 +56,27 @@ class _Entry:
         else:
             self.unflatten = functools.partial(tree_unflatten, meta.out_tree)
         if meta.mutated_inputs:
-            self.call = _writing_back(self.call, meta.mutated_inputs)
+            paths = key[0].paths() if isinstance(key, tuple) and key and hasattr(key[0], "paths") else []
+            untracked = frozenset(k for k, p in enumerate(paths) if _BUFFERS in p)
+            self.call = _writing_back(self.call, meta.mutated_inputs, untracked)
 
 
-def _writing_back(call, mutated):
+def _writing_back(call, mutated, untracked=()):
     """f wrote into some of its inputs: the graph returns their new values last; copy them
-    into the caller's tensors, as running f eagerly would have."""
+    into the caller's tensors, as running f eagerly would have. Writes to the leaves in
+    `untracked` (jit(module)'s buffers) are not recorded by autograd, as torch's own
+    running-statistics updates are not."""
     n = len(mutated)
 
     def call_and_write_back(*tensors):
         _refuse_aliased_writes(tensors, mutated)
         outs = call(*tensors)
         for k, value in zip(mutated, outs[-n:]):
-            tensors[k].copy_(value)
+            if k in untracked:
+                with torch.no_grad():
+                    tensors[k].copy_(value)
+            else:
+                tensors[k].copy_(value)
         return outs[:-n]
     return call_and_write_back
 
@@ -281,9 +289,10 @@ class JitFunction:
         return self._entry(key, args, kwargs, leaves, nums), inputs
 
     def with_buffers(self, kwargs):
-        """kwargs plus jit(module)'s buffers (the traced wrapper's keyword), if it has any."""
+        """kwargs plus jit(module)'s buffers (the traced wrapper's keyword) while a module
+        owning some is in training mode; in eval mode they are closed over (only read)."""
         if self._module is not None:
-            buffers = dict(self._module.named_buffers())
+            buffers = training_buffers(self._module)
             if buffers:
                 return {**kwargs, _BUFFERS: buffers}
         return kwargs
@@ -423,7 +432,8 @@ _BUFFERS = "_functx_module_buffers"
 
 def _buffers_as_arguments(module):
     """jit(module)'s traced function: the module with the buffers given by keyword swapped in
-    (torch.func.functional_call), so their in-place updates are writes to arguments."""
+    (torch.func.functional_call), so their in-place updates are writes to arguments; without
+    them (eval mode), the module itself."""
     @functools.wraps(module.forward)
     def run(*args, **kwargs):
         buffers = kwargs.pop(_BUFFERS, None)
