@@ -277,3 +277,22 @@ def test_functx_inside_a_torch_func_transform_raises():
         tf.vmap(functx.grad(lambda x: torch.sin(x).sum()))(torch.ones(2, 3))
     torch.testing.assert_close(functx.vmap(functx.grad(lambda x: torch.sin(x).sum()))(torch.ones(2, 3)),
                                torch.cos(torch.ones(2, 3)))
+
+
+def test_unregistered_containers_in_outputs_and_aux_are_named():
+    x = torch.randn(3)
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Out:
+        loss: torch.Tensor
+
+    with pytest.raises(TypeError, match="not a registered pytree type"):
+        functx.jit(lambda x: Out(x.sum()))(x)
+    # has_aux: the dataclass's tensors would leave grad as traced wrappers
+    with pytest.raises(TypeError, match="holding traced tensors"):
+        functx.grad(lambda x: (x.sum(), Out(x.sum())), has_aux=True)(x)
+    functx.tree_util.register_dataclass(Out, data_fields=["loss"], meta_fields=[])
+    g, aux = functx.grad(lambda x: (x.sum(), Out(x.sum())), has_aux=True)(x)
+    assert type(aux.loss) is torch.Tensor
+    assert type(functx.jit(lambda x: Out(x.sum()))(x).loss) is torch.Tensor

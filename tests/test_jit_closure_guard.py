@@ -171,3 +171,4 @@ def test_batchnorm_buffers_stay_out_of_autograd(x):
     ref = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).eval()
     ref.load_state_dict(m.state_dict())
     _close(jm(x), ref(x))
+

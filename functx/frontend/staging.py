@@ -7,6 +7,7 @@ structures, inputs written in place, fallback ops) goes into graph.meta.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 
 import torch
@@ -197,9 +198,12 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
         for i, leaf in enumerate(out_leaves):
             if not isinstance(leaf, (torch.Tensor, Tracer)):
                 where = f" (at {out_tree.paths()[i]})"
+                hint = ("; it is not a registered pytree type: register it (functx.tree_util."
+                        "register_dataclass / register_pytree_node) or return its tensors in a tuple or dict"
+                        if dataclasses.is_dataclass(leaf) or isinstance(leaf, dict) else "")
                 raise TypeError(f"{what}: output leaf {i}{where} of f is a {type(leaf).__name__} "
                                 f"({leaf!r:.40}), not a tensor; return tensors (or close over "
-                                "non-tensor values)")
+                                f"non-tensor values){hint}")
         out_vals = [unwrap(l) for l in out_leaves]   # inside the trace: a stale view recomputes here
         mutated = [k for k, w in enumerate(in_wrappers)
                    if mutations and isinstance(w, TracerTensor) and w._version_]

@@ -94,6 +94,22 @@ def _concrete_base(x):
     return x if isinstance(x, torch.Tensor) else None
 
 
+def holds_traced_fields(obj) -> bool:
+    """Whether a pytree leaf that is not a tensor (an unregistered dataclass, a dict
+    subclass, a plain object) holds functx tensors among its fields or items, one level
+    deep: they would leave the transform as traced wrappers."""
+    if isinstance(obj, (torch.Tensor, int, float, bool, str, bytes, type(None))):
+        return False
+    if isinstance(obj, dict):
+        values = obj.values()
+    else:
+        try:
+            values = vars(obj).values()
+        except TypeError:           # no __dict__ (slots, builtins)
+            return False
+    return any(isinstance(v, TracerTensor) for v in values)
+
+
 def _strip_aux(aux, trace=None):
     """aux leaves leave the transform as primal values (no tangents/batching of this level):
     JVP tracers of `trace`, or of any JVP trace no longer active (linearize's), give their
@@ -109,6 +125,13 @@ def _strip_aux(aux, trace=None):
             x = x.primal
         return wrap(x)
     leaves, tree = tree_flatten(aux)
+    for path, leaf in zip(tree.paths(), leaves):
+        if holds_traced_fields(leaf):
+            raise TypeError(
+                f"has_aux: the aux leaf at {path or '()'} is a {type(leaf).__name__} holding traced tensors "
+                "in its fields, which functx cannot take out of the transform (it is not a pytree). "
+                f"Register the type (functx.tree_util.register_dataclass / register_pytree_node) or return "
+                "its tensors in a tuple or dict.")
     return tree_unflatten(tree, [strip(l) for l in leaves])
 
 
