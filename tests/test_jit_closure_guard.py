@@ -172,3 +172,36 @@ def test_batchnorm_buffers_stay_out_of_autograd(x):
     ref.load_state_dict(m.state_dict())
     _close(jm(x), ref(x))
 
+
+
+class _CachedAttention(nn.Module):
+    """A decoder layer with a KV cache: an eval-mode forward that writes its buffers."""
+    def __init__(self, d=16, heads=2, length=8):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.register_buffer("ck", torch.zeros(1, heads, length, d // heads), persistent=False)
+        self.register_buffer("cv", torch.zeros(1, heads, length, d // heads), persistent=False)
+
+    def forward(self, x, pos):
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in self.qkv(x).split(C, -1))
+        self.ck[:, :, pos:pos + T] = k
+        self.cv[:, :, pos:pos + T] = v
+        y = torch.nn.functional.scaled_dot_product_attention(q, self.ck[:, :, :pos + T], self.cv[:, :, :pos + T])
+        return y.transpose(1, 2).reshape(B, T, C)
+
+
+def test_eval_forward_writing_its_buffers_under_jit_module():
+    torch.manual_seed(0)
+    a, b = _CachedAttention().eval(), _CachedAttention().eval()
+    b.load_state_dict(a.state_dict())
+    jb = functx.jit(b, static_argnums=1)
+    with torch.no_grad():
+        for pos in range(4):
+            x = torch.randn(1, 1, 16)
+            _close(jb(x, pos), a(x, pos))
+            _close(b.ck, a.ck)
+    # a plain function closing over the module still names the fix
+    with pytest.raises(functx.FunctxError, match="plain tensor"):
+        functx.jit(lambda x: b(x, 5))(torch.randn(1, 1, 16))

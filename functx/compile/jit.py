@@ -12,7 +12,7 @@ import torch
 
 from ..core import EVAL_TRACE
 from ..core.nan_check import STATE as _NANS
-from ..core.errors import FunctxError, user_facing
+from ..core.errors import FunctxError, PlainWriteError, user_facing
 from ..core.trace import _functorch_level, refuse_inside_torch_func
 from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
@@ -166,6 +166,7 @@ class JitFunction:
         # training-mode updates (BatchNorm's running statistics) are written back each call
         self._module = f if isinstance(f, torch.nn.Module) else None
         self._fn = _buffers_as_arguments(f) if self._module is not None else f
+        self._writes_buffers = False    # jit(module): its forward writes buffers in eval mode too
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
         functools.update_wrapper(self, f, updated=())
@@ -292,7 +293,8 @@ class JitFunction:
         """kwargs plus jit(module)'s buffers (the traced wrapper's keyword) while a module
         owning some is in training mode; in eval mode they are closed over (only read)."""
         if self._module is not None:
-            buffers = training_buffers(self._module)
+            buffers = (dict(self._module.named_buffers()) if self._writes_buffers
+                       else training_buffers(self._module))
             if buffers:
                 return {**kwargs, _BUFFERS: buffers}
         return kwargs
@@ -304,56 +306,65 @@ class JitFunction:
             refuse_inside_torch_func("functx.jit")
         if self._module is not None:
             kwargs = self.with_buffers(kwargs)
-        if not kwargs and not self.static_argnums and not self._named_nums and not _NANS.on \
-                and not self._reads_layouts:
-            sig = []
-            scalars = nested = False
-            for a in args:
-                kind = type(a)
-                if kind in _PLAIN_TENSORS:
-                    sig.append((a.shape, a.dtype, a.device, a.stride()))
-                elif kind is float or kind is int and is_dynamic_scalar(a):
-                    sig.append(kind)
-                    scalars = True
-                elif (kind is tuple or kind is list) and _plain_tensors(a):
-                    # a parameter tuple: its tensors are graph inputs in order (tree_flatten's)
-                    sig.append((kind, tuple([(t.shape, t.dtype, t.device, t.stride()) for t in a])))
-                    nested = True
+        try:
+            if not kwargs and not self.static_argnums and not self._named_nums and not _NANS.on \
+                    and not self._reads_layouts:
+                sig = []
+                scalars = nested = False
+                for a in args:
+                    kind = type(a)
+                    if kind in _PLAIN_TENSORS:
+                        sig.append((a.shape, a.dtype, a.device, a.stride()))
+                    elif kind is float or kind is int and is_dynamic_scalar(a):
+                        sig.append(kind)
+                        scalars = True
+                    elif (kind is tuple or kind is list) and _plain_tensors(a):
+                        # a parameter tuple: its tensors are graph inputs in order (tree_flatten's)
+                        sig.append((kind, tuple([(t.shape, t.dtype, t.device, t.stride()) for t in a])))
+                        nested = True
+                    else:
+                        break
                 else:
-                    break
-            else:
-                if self._modes is not None:
-                    sig.append(self._modes.flags())
-                key = tuple(sig)
-                if key == self._last_key:
-                    entry = self._last_entry
-                    self._cache.hits += 1
-                else:
-                    entry = self._fast.get(key)
-                    if entry is None or self._cache.get(entry.key) is None:
-                        gkey, _, leaves = self._key(args, kwargs, ())
-                        if len(self._fast) > 4 * (self._cache.limit or 256):
-                            self._fast.clear()     # symbolic entries serve many exact keys
-                        entry = self._fast[key] = self._entry(gkey, args, kwargs, leaves, ())
-                    self._last_key, self._last_entry = key, entry
-                if entry.guard is not None or entry.module_guard is not None:
-                    entry = self._guarded(entry, args, kwargs, (), stacklevel=3)
-                    if entry is None:
-                        return self.f(*args)
-                inputs = args
-                if nested:
-                    inputs = [t for a in args for t in (a if type(a) in (tuple, list) else (a,))]
-                if scalars:
-                    device = scalar_device(inputs)
-                    inputs = [scalar_as_tensor(a, device) if type(a) in (float, int) else a for a in inputs]
-                try:
-                    return entry.unflatten(entry.call(*inputs))
-                except Exception as e:
-                    if entry.symbolic is None:
-                        raise
-                    entry, inputs = self._symbolic_failed(entry, args, kwargs, (), e)
-                    return entry.unflatten(entry.call(*inputs))
-        return self._call(args, kwargs, False)
+                    if self._modes is not None:
+                        sig.append(self._modes.flags())
+                    key = tuple(sig)
+                    if key == self._last_key:
+                        entry = self._last_entry
+                        self._cache.hits += 1
+                    else:
+                        entry = self._fast.get(key)
+                        if entry is None or self._cache.get(entry.key) is None:
+                            gkey, _, leaves = self._key(args, kwargs, ())
+                            if len(self._fast) > 4 * (self._cache.limit or 256):
+                                self._fast.clear()     # symbolic entries serve many exact keys
+                            entry = self._fast[key] = self._entry(gkey, args, kwargs, leaves, ())
+                        self._last_key, self._last_entry = key, entry
+                    if entry.guard is not None or entry.module_guard is not None:
+                        entry = self._guarded(entry, args, kwargs, (), stacklevel=3)
+                        if entry is None:
+                            return self.f(*args)
+                    inputs = args
+                    if nested:
+                        inputs = [t for a in args for t in (a if type(a) in (tuple, list) else (a,))]
+                    if scalars:
+                        device = scalar_device(inputs)
+                        inputs = [scalar_as_tensor(a, device) if type(a) in (float, int) else a for a in inputs]
+                    try:
+                        return entry.unflatten(entry.call(*inputs))
+                    except Exception as e:
+                        if entry.symbolic is None:
+                            raise
+                        entry, inputs = self._symbolic_failed(entry, args, kwargs, (), e)
+                        return entry.unflatten(entry.call(*inputs))
+            return self._call(args, kwargs, False)
+        except PlainWriteError:
+            # jit(module) whose eval-mode forward writes a buffer (a KV cache): from now on its
+            # buffers are arguments (with_buffers), and this call traces again
+            if self._module is None or self._writes_buffers or not any(True for _ in self._module.buffers()):
+                raise
+            self._writes_buffers = True
+            kwargs.pop(_BUFFERS, None)
+            return self(*args, **kwargs)
 
     def _call(self, args, kwargs, method):
         nums = self._static_nums(args, method)

@@ -16,6 +16,11 @@ class ConcretizationError(FunctxError):
     """A traced (abstract) value was used where Python needs a concrete one."""
 
 
+class PlainWriteError(FunctxError):
+    """A traced function wrote in place into a plain tensor it does not own (a closed-over
+    buffer or global, or a plain tensor it made), which functx cannot track."""
+
+
 class UnboundAxisError(FunctxError):
     pass
 

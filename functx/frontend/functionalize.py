@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_map
 
-from ..core.errors import FunctxError, user_frame_summary
+from ..core.errors import FunctxError, PlainWriteError, user_frame_summary
 from ..core.trace import reverse_mode_active, type_of
 from .. import prims as P
 from .lowerings.registry import LOWERINGS
@@ -272,7 +272,7 @@ def scatter_into_view(root_value, root, chain, new_value):
 def assign(w, new_value) -> None:
     """Functionalized write of a whole value into wrapper `w` (same shape and dtype)."""
     if not isinstance(w, TracerTensor):
-        raise FunctxError(
+        raise PlainWriteError(
             f"An in-place operation writes a traced value into a plain tensor ({type_of(w)}), one "
             "created inside the transformed function (for example with torch.zeros(...)) or "
             f"captured from outside it:\n{user_frame_summary()}\nfunctx cannot track writes into that "

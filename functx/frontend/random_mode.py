@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import (TorchDispatchMode, _get_current_dispat
                                           _pop_mode_temporarily)
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ..core.errors import FunctxError
+from ..core.errors import FunctxError, PlainWriteError
 from ..core.errors import user_frame_summary
 from ..core.trace import EVAL_TRACE, Tracer, set_current_trace, staged_or_batched, staging
 from .. import prims as P
@@ -315,7 +315,7 @@ class RandomMode(TorchDispatchMode):
         targets = [t for t in targets if isinstance(t, torch.Tensor)]
         for t in targets:
             if _storage(t) not in self.created:
-                raise FunctxError(
+                raise PlainWriteError(
                     f"functx.jit: {func} writes in place into a tensor the function closes over "
                     f"(shape {tuple(t.shape)}), here:\n{user_frame_summary()}\nUnder jit the function runs "
                     "once, at trace time, so this update would not happen on later calls. Pass the "
