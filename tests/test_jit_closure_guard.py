@@ -202,6 +202,38 @@ def test_eval_forward_writing_its_buffers_under_jit_module():
             x = torch.randn(1, 1, 16)
             _close(jb(x, pos), a(x, pos))
             _close(b.ck, a.ck)
-    # a plain function closing over the module still names the fix
-    with pytest.raises(functx.FunctxError, match="plain tensor"):
-        functx.jit(lambda x: b(x, 5))(torch.randn(1, 1, 16))
+    # a function closing over the module, and a jitted bound forward, too
+    c, d = _CachedAttention().eval(), _CachedAttention().eval()
+    c.load_state_dict(a.state_dict())
+    d.load_state_dict(a.state_dict())
+    at_5 = functx.jit(lambda x: c(x, 5))
+    with torch.no_grad():
+        for _ in range(2):
+            x = torch.randn(1, 1, 16)
+            _close(at_5(x), d(x, 5))
+            _close(c.ck, d.ck)
+
+
+@pytest.mark.parametrize("style", ["module", "bound forward", "closure"])
+def test_training_styles_with_batchnorm_and_dropout(style):
+    def make():
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.0),
+                             nn.Flatten(), nn.Linear(4 * 16, 3))
+    a, b = make(), make()
+    fb = {"module": lambda: functx.jit(b), "bound forward": lambda: functx.jit(b.forward),
+          "closure": lambda: functx.jit(lambda x: b(x))}[style]()
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (a, b)]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x, y = torch.randn(4, 3, 4, 4, generator=g), torch.randint(0, 3, (4,), generator=g)
+        for f, opt in ((a, opts[0]), (fb, opts[1])):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(f(x), y).backward()
+            opt.step()
+    _close(b[1].running_mean, a[1].running_mean)
+    a.eval()
+    b.eval()
+    with torch.no_grad():
+        x = torch.randn(4, 3, 4, 4, generator=g)
+        _close(fb(x), a(x))

@@ -75,7 +75,7 @@ class ClosureGuard:
                 "x), to compile those calls)")
 
 
-# ---------------------------------------------------------------- jit(module): its tensors' identity
+# ---------------------------------------------------------------- the reached modules: flags, buffers, identity
 
 _REGISTRATIONS = [0]      # bumped whenever any module registers a parameter, buffer or submodule
 
@@ -90,11 +90,13 @@ for _hook in ("register_module_parameter_registration_hook", "register_module_bu
     getattr(_module_api, _hook)(_bump)
 
 
-class ModuleModes:
-    """The train/eval flags of the nn.Modules a jitted function reaches directly (f itself,
-    a static `self`, its closure cells, the globals its code names), as part of the jit key:
-    a module traced in training mode (dropout, batch statistics) must not serve eval calls.
-    Each module's submodule list is cached until some module registers a submodule."""
+class ReachedModules:
+    """The nn.Modules a jitted function reaches directly: f itself, a bound method's
+    `self`, its closure cells, the globals its code names. jit keys on their train/eval
+    flags (a graph traced in training mode, with dropout and batch statistics, must not
+    serve eval calls), passes their buffers as arguments while they may be written
+    (buffer_arguments), and guards their identity and tensors (ModuleGuard). Each module's
+    submodule list is cached until some module registers a submodule."""
     __slots__ = ("getters", "lists")
 
     def __init__(self, getters):
@@ -103,10 +105,13 @@ class ModuleModes:
 
     @staticmethod
     def of(f):
-        """A ModuleModes for the modules f reaches, or None when it reaches none."""
+        """A ReachedModules for the modules f reaches, or None when it reaches none."""
         getters = []
         if isinstance(f, torch.nn.Module):
             getters.append(lambda: f)
+        owner = getattr(f, "__self__", None)
+        if isinstance(owner, torch.nn.Module):
+            getters.append(lambda: owner)
         code = getattr(f, "__code__", None)
         if code is not None:
             for cell in f.__closure__ or ():
@@ -119,7 +124,10 @@ class ModuleModes:
             for name in code.co_names:
                 if isinstance(glob.get(name), torch.nn.Module):
                     getters.append(lambda name=name: glob.get(name))
-        return ModuleModes(getters) if getters else None
+        return ReachedModules(getters) if getters else None
+
+    def modules(self):
+        return [g() for g in self.getters]
 
     def flags(self, extra=()):
         """One tuple of training flags per module reached (and per module in extra)."""
@@ -134,21 +142,54 @@ class ModuleModes:
             out.append(tuple([s.training for s in seen[2]]))
         return ("module train/eval flags", tuple(out))
 
+    def buffer_arguments(self, always):
+        """{module index: its buffers by name} for the reached modules whose buffers may be
+        written now (always, or a submodule owning buffers trains: BatchNorm's running
+        statistics); None when there are none (eval: buffers are only read, closed over)."""
+        out = {}
+        for i, m in enumerate(self.modules()):
+            if isinstance(m, torch.nn.Module) and (always or _trains_buffers(m)):
+                buffers = dict(m.named_buffers())
+                if buffers:
+                    out[i] = buffers
+        return out or None
+
+    def swapped_buffers(self, buffers):
+        """A context in which the reached modules hold the given buffers (by index, name)."""
+        return _SwappedBuffers(self.modules(), buffers)
+
+
+class _SwappedBuffers:
+    """Puts given tensors in place of module buffers for the duration of a trace (what
+    torch.func.functional_call does, for buffers only), and restores them."""
+
+    def __init__(self, modules, buffers):
+        self.modules, self.buffers, self.saved = modules, buffers, []
+
+    def __enter__(self):
+        for i, named in self.buffers.items():
+            for name, value in named.items():
+                owner_name, _, leaf = name.rpartition(".")
+                owner = self.modules[i].get_submodule(owner_name) if owner_name else self.modules[i]
+                self.saved.append((owner, leaf, owner._buffers[leaf]))
+                owner._buffers[leaf] = value
+
+    def __exit__(self, *exc):
+        for owner, leaf, old in reversed(self.saved):
+            owner._buffers[leaf] = old
+        self.saved = []
+
 
 _OWNERS: dict = {}        # id(module) -> (registrations seen, module, submodules owning buffers)
 
 
-def training_buffers(module):
-    """module's buffers by name when a submodule that owns buffers is in training mode (it
-    may update them: BatchNorm's running statistics), else None (eval: they are only read)."""
+def _trains_buffers(module) -> bool:
+    """Whether a submodule of module that owns buffers is in training mode."""
     seen = _OWNERS.get(id(module))
     if seen is None or seen[0] != _REGISTRATIONS[0] or seen[1] is not module:
         owners = tuple(m for m in module.modules() if m._buffers)
         seen = _OWNERS[id(module)] = (_REGISTRATIONS[0], module, owners)
-    for m in seen[2]:
-        if m.training:
-            return dict(module.named_buffers())
-    return None
+    return any(m.training for m in seen[2])
 
 
 def module_flags(static_values):
@@ -157,25 +198,31 @@ def module_flags(static_values):
     return _STATIC_MODES.flags(mods) if mods else None
 
 
-_STATIC_MODES = ModuleModes([])
+_STATIC_MODES = ReachedModules([])
 
 
 class ModuleGuard:
-    """jit(module): the graph holds the module's parameters and buffers as constants, so
-    assigning a new one (`model.fc.weight = nn.Parameter(...)`, a swapped submodule) must
-    retrace. Checked only after some module registered something (a counter the registration
-    hooks above bump): the hot path compares one int."""
-    __slots__ = ("module", "seen", "tensors")
+    """The graph holds the reached modules' parameters and buffers as constants, so a
+    module replaced (a rebound global) or given a new parameter, buffer or submodule
+    (`model.fc.weight = nn.Parameter(...)`) must retrace. The tensors are compared only
+    after some module registered something (a counter the registration hooks above bump);
+    the hot path compares one int and the modules' identity."""
+    __slots__ = ("reached", "modules", "seen", "tensors")
 
-    def __init__(self, module):
-        self.module = module
+    def __init__(self, reached):
+        self.reached = reached
+        self.modules = reached.modules()
         self.seen = _REGISTRATIONS[0]
         self.tensors = self._tensors()
 
     def _tensors(self):
-        return tuple(map(id, self.module.parameters())) + tuple(map(id, self.module.buffers()))
+        return tuple(tuple(map(id, m.parameters())) + tuple(map(id, m.buffers()))
+                     for m in self.modules if isinstance(m, torch.nn.Module))
 
     def holds(self):
+        for g, m in zip(self.reached.getters, self.modules):
+            if g() is not m:
+                return False
         if self.seen == _REGISTRATIONS[0]:
             return True
         self.seen = _REGISTRATIONS[0]

@@ -20,7 +20,7 @@ from ..frontend.generators import generator_arguments
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
-from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, ModuleModes, module_flags, training_buffers
+from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, ReachedModules, module_flags
 from .eager import EagerCompiled
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, value_key  # noqa: F401
@@ -44,7 +44,7 @@ class _Entry:
         self.generators = generators  # [(leaf index, GeneratorSlot)]: bound before each call
         meta = compiled.graph.meta
         self.guard = ClosureGuard.of(meta.closure_reads)     # closure_guard.py; None: nothing to check
-        self.module_guard = None       # jit(module): set by JitFunction._entry
+        self.module_guard = None       # set by JitFunction._entry when f reaches modules
         if self.guard is not None:
             self.notes.append(self.guard.note())
         # The hot path: the backend's plain callable (the generated function itself on the
@@ -64,7 +64,7 @@ class _Entry:
 def _writing_back(call, mutated, untracked=()):
     """f wrote into some of its inputs: the graph returns their new values last; copy them
     into the caller's tensors, as running f eagerly would have. Writes to the leaves in
-    `untracked` (jit(module)'s buffers) are not recorded by autograd, as torch's own
+    `untracked` (the reached modules' buffers) are not recorded by autograd, as torch's own
     running-statistics updates are not."""
     n = len(mutated)
 
@@ -161,12 +161,13 @@ class JitFunction:
         self._reads_layouts = False     # set once a trace reads an argument's storage offset
         self._dims = DynamicDims(dynamic, dynamic_dims, namer)   # symbolic dims (dynamic_dims.py)
         self._warned_closure = False    # warned once that a closure guard retraced
-        self._modes = ModuleModes.of(f)  # train/eval flags of the modules f reaches: part of the key
-        # jit(module): its buffers are arguments (a keyword the traced wrapper takes), so that
-        # training-mode updates (BatchNorm's running statistics) are written back each call
-        self._module = f if isinstance(f, torch.nn.Module) else None
-        self._fn = _buffers_as_arguments(f) if self._module is not None else f
-        self._writes_buffers = False    # jit(module): its forward writes buffers in eval mode too
+        # The modules f reaches (closure_guard.ReachedModules): their train/eval flags are part
+        # of the key; their buffers are arguments while they may be written (a keyword the
+        # traced wrapper takes), so in-place updates (BatchNorm's running statistics, a KV
+        # cache) are written back each call; ModuleGuard checks their identity and tensors.
+        self._modes = ReachedModules.of(f)
+        self._fn = _buffers_as_arguments(f, self._modes) if self._modes is not None else f
+        self._writes_buffers = False    # a reached module's forward writes buffers in eval mode too
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
         functools.update_wrapper(self, f, updated=())
@@ -260,8 +261,8 @@ class JitFunction:
             if symbolic is None:
                 compiled, _ = compile_graph(graph, self.backend, leaves)
             entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs, generators)
-            if isinstance(self.f, torch.nn.Module):
-                entry.module_guard = ModuleGuard(self.f)
+            if self._modes is not None:
+                entry.module_guard = ModuleGuard(self._modes)
             if symbolic is not None:
                 entry.key = self._dims.add(entry, key)     # the key with its dims symbolic
             evicted = self._cache.add(entry.key, entry, reason_key=key, reason=reason)
@@ -290,11 +291,10 @@ class JitFunction:
         return self._entry(key, args, kwargs, leaves, nums), inputs
 
     def with_buffers(self, kwargs):
-        """kwargs plus jit(module)'s buffers (the traced wrapper's keyword) while a module
-        owning some is in training mode; in eval mode they are closed over (only read)."""
-        if self._module is not None:
-            buffers = (dict(self._module.named_buffers()) if self._writes_buffers
-                       else training_buffers(self._module))
+        """kwargs plus the reached modules' buffers (the traced wrapper's keyword) while they may
+        be written; in eval mode they are closed over (only read)."""
+        if self._modes is not None:
+            buffers = self._modes.buffer_arguments(self._writes_buffers)
             if buffers:
                 return {**kwargs, _BUFFERS: buffers}
         return kwargs
@@ -304,7 +304,7 @@ class JitFunction:
             return self.f(*args, **kwargs)
         if _functorch_level() is not None:       # inside torch.func: raise, naming the fix
             refuse_inside_torch_func("functx.jit")
-        if self._module is not None:
+        if self._modes is not None:
             kwargs = self.with_buffers(kwargs)
         try:
             if not kwargs and not self.static_argnums and not self._named_nums and not _NANS.on \
@@ -358,9 +358,9 @@ class JitFunction:
                         return entry.unflatten(entry.call(*inputs))
             return self._call(args, kwargs, False)
         except PlainWriteError:
-            # jit(module) whose eval-mode forward writes a buffer (a KV cache): from now on its
+            # a reached module's eval-mode forward writes a buffer (a KV cache): from now on the
             # buffers are arguments (with_buffers), and this call traces again
-            if self._module is None or self._writes_buffers or not any(True for _ in self._module.buffers()):
+            if self._modes is None or self._writes_buffers or not self._modes.buffer_arguments(True):
                 raise
             self._writes_buffers = True
             kwargs.pop(_BUFFERS, None)
@@ -441,16 +441,16 @@ class JitFunction:
 _BUFFERS = "_functx_module_buffers"
 
 
-def _buffers_as_arguments(module):
-    """jit(module)'s traced function: the module with the buffers given by keyword swapped in
-    (torch.func.functional_call), so their in-place updates are writes to arguments; without
-    them (eval mode), the module itself."""
-    @functools.wraps(module.forward)
+def _buffers_as_arguments(f, reached):
+    """The traced function: f with the reached modules holding the buffers given by keyword
+    (tracers), so their in-place updates are writes to arguments; without them, f itself."""
+    @functools.wraps(f)
     def run(*args, **kwargs):
         buffers = kwargs.pop(_BUFFERS, None)
         if buffers is None:
-            return module(*args, **kwargs)
-        return torch.func.functional_call(module, buffers, args, kwargs, strict=False)
+            return f(*args, **kwargs)
+        with reached.swapped_buffers(buffers):
+            return f(*args, **kwargs)
     return run
 
 
