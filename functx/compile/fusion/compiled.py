@@ -23,6 +23,7 @@ from ..nan_checks import CompiledNaNChecks
 from ..symbolic import SYMBOL_FUNCTIONS, check_printable, graph_symbols, symbol_bindings
 from ...prims.linalg import matmul_sources
 from .buffer_pool import SlotPool, assign_slots
+from .inplace import inplace_outputs
 from .kernel import is_inlined
 from .scheduler import Schedule, describe_space
 from .torch_ops import TorchOps
@@ -132,6 +133,12 @@ class FusedCompiled(Compiled):
         self.kernels: list[str] = []
         self.groups: list[GroupInfo] = []
         self._launch_args: dict = {}
+        # kernel outputs written over a dying input (inplace.py), for backends that do it
+        over = inplace_outputs(self.schedule, _poolable_extern) if self.inplace_outputs else {}
+        self.written_over = {v: b for pairs in over.values() for v, b in pairs.items()}
+        for grp in self.schedule.groups:
+            if grp.plan is not None:
+                grp.plan.written_over = over.get(id(grp), {})
         generated, templates = [], {}
         for i, grp in enumerate(self.schedule.groups):
             eqns = [printer.format_eqn(e) for e in grp.members]
@@ -155,7 +162,9 @@ class FusedCompiled(Compiled):
             generated.append((plan, src))
             self._launch_args[id(grp)] = (ins, outs)
             self.kernels.append(src)
-            self.groups.append(GroupInfo(i, "kernel", plan.name, eqns, outs, describe_space(plan), source=src))
+            stored = [names[v] + (f" (over {names[plan.written_over[v]]})" if v in plan.written_over else "")
+                      for v in plan.stored]
+            self.groups.append(GroupInfo(i, "kernel", plan.name, eqns, stored, describe_space(plan), source=src))
         self._launchers = {**self.load_kernels(generated), **templates}
         # slots have one size: a symbolic graph allocates per call
         self.pooled = self._pool_buffers() if self.pool_buffers and not self.symbolic else {}
@@ -212,6 +221,7 @@ class FusedCompiled(Compiled):
         return text
 
     pool_buffers = False        # a backend whose allocator page-faults on fresh memory sets it
+    inplace_outputs = False     # a backend whose kernels can write an output over an input sets it
 
     def output_buffer(self, v) -> str | None:
         """Source of the fresh buffer a kernel or matmul writes v into, or None for the
@@ -221,7 +231,7 @@ class FusedCompiled(Compiled):
     def _pool_buffers(self) -> dict:
         """var -> the global name of its buffer, a view of a slot allocated once
         (buffer_pool.py)."""
-        slot_of, slots = assign_slots(self.schedule, _poolable_extern)
+        slot_of, slots = assign_slots(self.schedule, _poolable_extern, self.written_over)
         self._pool = SlotPool(slots)
         self._pool_views = {}
         out = {}
@@ -303,8 +313,12 @@ class FusedCompiled(Compiled):
             lines.append(f"    # group {i}: {info.space}")
             for v in plan.stored:
                 t = v.type
+                b = plan.written_over.get(v)
                 if v in pooled:
-                    lines.append(f"    {names[v]} = {pooled[v]}  # pooled")
+                    over = f", over {names[b]}" if b is not None else ""
+                    lines.append(f"    {names[v]} = {pooled[v]}  # pooled{over}")
+                elif b is not None:         # the kernel writes v through b's pointer
+                    lines.append(f"    {names[v]} = {names[b]}.view({tuple(t.shape)!r})  # over {names[b]}")
                 elif self.output_buffer(v) is not None:
                     lines.append(f"    {names[v]} = {self.output_buffer(v)}")
                 else:
