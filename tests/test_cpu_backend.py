@@ -173,6 +173,26 @@ def test_bias_epilogues_run_blocked_and_bitwise_equal(monkeypatch):
     assert "xb" not in c.kernels[0]
 
 
+def test_reads_constant_on_a_block_through_nested_divisions_run_blocked(monkeypatch):
+    """factor_dots' outer product of two weights, W1[i, h] * W2[h, k] as (h, i, k), reads W1
+    at 64*((xindex // 64) % 16) + xindex // 1024: constant on a block of 32 rows, so the
+    kernel runs blocked (a vector loop, not a scalar one of divisions), bit for bit equal to
+    the row-by-row kernel; a read through `// 48` moves inside a block and stays row by row."""
+    w1, w2, x = torch.randn(16, 64), torch.randn(64, 64), torch.randn(8, 64)
+    f = lambda w1, w2, x: x @ (w1.t()[:, :, None] * w2[:, None, :]).reshape(64, 1024)   # noqa: E731
+    c = check(f, w1, w2, x, atol=1e-4, rtol=1e-4)
+    kernel = next(k for k in c.kernels if "xb" in k or "xindex / 1024" in k)
+    assert "(xb / 64)" in kernel and "(xb / 1024)" in kernel, kernel
+    monkeypatch.setattr(cpu_compiled, "prefers_blocked", lambda plan: False)
+    rows, _ = fused(f, w1, w2, x)
+    assert all("xb" not in k for k in rows.kernels)
+    assert_same_bits(c.call(w1, w2, x)[0], rows.call(w1, w2, x)[0])
+    monkeypatch.undo()
+    g = lambda w1, w3, x: x @ (w1.t()[:, :, None] * w3[:, None, :]).reshape(64, 768)   # noqa: E731
+    c = check(g, w1, torch.randn(64, 48), x, atol=1e-4, rtol=1e-4)            # rows of 48: (xindex // 48) % 16
+    assert all("xb" not in k for k in c.kernels), c.kernels
+
+
 def test_empty_scalar_and_strided_inputs():
     c = check(lambda x: (x.sum(1), x * 2), torch.randn(3, 0))
     assert "empty tensor" in c.failure or all("empty tensor" in g.reason for g in c.groups)

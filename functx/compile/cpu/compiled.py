@@ -97,6 +97,7 @@ class CppFused(FusedCompiled):
     """An optimized graph as fused C++ kernels + a Python host wrapper (the fused tier)."""
     backend = "cpu"
     pool_buffers = True         # malloc page-faults on fresh blocks (fusion/buffer_pool.py)
+    inplace_outputs = True      # kernels write outputs over dying inputs (fusion/inplace.py)
 
     def __init__(self, graph, compile: bool = True):
         """compile=False: raise toolchain.NotCached unless the library is in the disk cache."""
@@ -114,7 +115,8 @@ class CppFused(FusedCompiled):
     def kernel_source(self, plan):
         if self.symbolic:
             plan.space_note = "sizes are kernel arguments"
-        ops = CppOps(plan.name, plan.xnumel, plan.rnumel, blocked=prefers_blocked(plan))
+        over = {plan.buffers[v]: plan.buffers[b] for v, b in plan.written_over.items()}
+        ops = CppOps(plan.name, plan.xnumel, plan.rnumel, blocked=prefers_blocked(plan), written_over=over)
         plan.run(ops)
         ins, outs = list(ops.in_args), list(ops.out_args)
         source = ops.source((ins, outs))

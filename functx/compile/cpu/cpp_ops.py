@@ -226,9 +226,12 @@ class CppOps(KernelPrinter):
     vectorizes. A value computed per row then lives in an array `tmpN[xi]`; lines computed
     per row are printed inside `for (xi ...)` loops."""
 
-    def __init__(self, name: str, xnumel: int, rnumel: int, blocked: bool = False):
+    def __init__(self, name: str, xnumel: int, rnumel: int, blocked: bool = False, written_over=None):
+        """written_over: {output buffer: input buffer} stored in place of the input through
+        its pointer (fusion/inplace.py), so no two arguments alias."""
         super().__init__(name)
         self.xnumel, self.rnumel, self.blocked = xnumel, rnumel, blocked
+        self.written_over = dict(written_over or {})
         self.arg_types: dict[str, str] = {}
         self.arrays: list[str] = []           # blocked: per-row values' declarations
         self.loop_combines: set = set()
@@ -267,13 +270,12 @@ class CppOps(KernelPrinter):
     def _block_names(index: Index) -> dict:
         """Blocks start at multiples of XBLOCK, so for d a multiple of XBLOCK, xindex / d is
         xb / d and xindex % d is xb % d + xi: the address becomes affine in xi and the
-        loop over the block reads consecutive elements (no gathers)."""
+        loop over the block reads consecutive elements (no gathers). Atoms nested in others
+        are renamed too, so `(xindex / 64) % 16` prints as `(xb / 64) % 16`: constant on
+        the block."""
         names = {}
-        for atom, _ in index.terms:
-            arg = getattr(atom, "arg", None)
-            if arg is not None and arg.const == 0 and len(arg.terms) == 1 and arg.terms[0][1] == 1 \
-                    and isinstance(arg.terms[0][0], Sym) and arg.terms[0][0].name == "xindex" \
-                    and isinstance(atom.d, int) and atom.d % XBLOCK == 0:
+        for atom in _div_atoms(index):
+            if _aligned_div(atom):
                 names[atom.key()] = f"(xb / {atom.d})" if atom.op == "//" else f"(xb % {atom.d} + xi)"
         return names
 
@@ -335,7 +337,10 @@ class CppOps(KernelPrinter):
         return CVal(ref, dtype, {"x"}, hoist=False)
 
     def store(self, buffer, index, value, dtype):
-        arg = self.out_args.setdefault(buffer, f"out_ptr{len(self.out_args)}")
+        if buffer in self.written_over:         # over an input it reads first: that pointer
+            arg = self.in_args[self.written_over[buffer]]
+        else:
+            arg = self.out_args.setdefault(buffer, f"out_ptr{len(self.out_args)}")
         self.arg_types[arg] = f"{ctype(dtype)}* __restrict__"
         text, _ = self._index(index)
         v = value.expr if value.dtype == dtype else f"static_cast<{ctype(dtype)}>({value.expr})"
@@ -509,21 +514,21 @@ def _contiguous_in_blocks(index) -> bool:
 
 def _broadcast_rows(plan) -> bool:
     """A pointwise kernel that reads a broadcast operand by `xindex % d` or `xindex // d`
-    (a bias added to each row of a matmul's output): blocked, those reads are affine in the
-    block's row (`in[xb % d + xi]`) and the loop vectorizes; one row at a time they are a
-    gather per element. Only when every such d is a multiple of XBLOCK (blocks then never
-    straddle a row of the broadcast operand) and the kernel is big enough to care."""
+    (a bias added to each row of a matmul's output; `(xindex // 64) % 16`, an outer product
+    of weights in factor_dots' per-point products): blocked, those reads are affine in the
+    block's row (`in[xb % d + xi]`) or constant on it, and the loop vectorizes; one row at a
+    time they are a gather per element. Only when every read is (blocks then never straddle
+    a row of the broadcast operand) and the kernel is big enough to care."""
     if not isinstance(plan.xnumel, int) or plan.xnumel < 4 * XBLOCK:
         return False
     probe = _LoadIndices()
     plan.run(probe)
     found = False
     for index in probe.indices:
-        for atom, _ in index.terms:
-            if getattr(atom, "op", None) in ("%", "//"):
-                if not isinstance(atom.d, int) or atom.d % XBLOCK != 0:
-                    return False
-                found = True
+        if any(True for _ in _div_atoms(index)):
+            if _block_form(index) is None:
+                return False
+            found = True
     return found
 
 
@@ -533,3 +538,39 @@ class _LoadIndices(NullOps):
 
     def load(self, buffer, index, dtype):
         self.indices.append(index)
+
+
+def _div_atoms(index: Index):
+    """Every `//` and `%` atom of index, nested ones included (innermost first)."""
+    for atom, _ in index.terms:
+        arg = getattr(atom, "arg", None)
+        if arg is not None:
+            yield from _div_atoms(arg)
+            yield atom
+
+
+def _aligned_div(atom) -> bool:
+    """`xindex // d` or `xindex % d` with d a multiple of XBLOCK: on a block (XBLOCK rows
+    from a multiple of XBLOCK) the first is constant, the second affine in the row."""
+    arg = atom.arg
+    return arg.const == 0 and len(arg.terms) == 1 and arg.terms[0][1] == 1 \
+        and isinstance(arg.terms[0][0], Sym) and arg.terms[0][0].name == "xindex" \
+        and isinstance(atom.d, int) and atom.d % XBLOCK == 0
+
+
+def _block_form(index: Index) -> str | None:
+    """How index varies over a block of rows once _block_names renames it: "const",
+    "affine" (xindex or an aligned `xindex % d` with a constant coefficient), or None (a
+    gather: some `//` or `%` of a form that moves within the block)."""
+    form = "const"
+    for atom, _ in index.terms:
+        if isinstance(atom, Sym):
+            if atom.name == "xindex":
+                form = "affine"
+            continue
+        if _aligned_div(atom):
+            if atom.op == "%":
+                form = "affine"
+        elif _block_form(atom.arg) != "const":
+            return None
+    return form

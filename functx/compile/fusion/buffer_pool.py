@@ -135,14 +135,15 @@ def _static(shape) -> bool:
     return all(type(n) is int for n in shape)
 
 
-def assign_slots(schedule, poolable_extern) -> tuple[dict, list]:
-    """(var -> slot index, [(numel, dtype, device)] per slot) for the schedule's groups.
-    poolable_extern(eqn): can this extern's single output be written into a given buffer?"""
+def liveness(schedule, poolable_extern) -> tuple:
+    """(roots, escaping, last_read) of the schedule's buffers: roots(atom) is the set of
+    buffers atom may share memory with (through views, or an extern that may return a view
+    of an input); escaping, the buffers a graph output may alias; last_read[b], the index of
+    the last group that reads buffer b or a view of it (templates not counted)."""
     graph, producers = schedule.graph, schedule.producers
     memo: dict = {}
 
     def roots(atom) -> frozenset:
-        """Buffers `atom` may share memory with."""
         if not isinstance(atom, Var):
             return frozenset()
         if atom in memo:
@@ -160,8 +161,7 @@ def assign_slots(schedule, poolable_extern) -> tuple[dict, list]:
         return out
 
     escaping = frozenset().union(*(roots(a) for a in graph.outvars))
-    candidates: list[tuple[int, Var]] = []      # (group index, buffer it writes)
-    last_use: dict = {}
+    last_read: dict = {}
     for i, grp in enumerate(schedule.groups):
         if grp.template is not None:
             continue
@@ -171,7 +171,21 @@ def assign_slots(schedule, poolable_extern) -> tuple[dict, list]:
                 if producers.get(a) is not None and id(producers[a]) in members:
                     continue
                 for b in roots(a):
-                    last_use[b] = max(last_use.get(b, -1), i)
+                    last_read[b] = max(last_read.get(b, -1), i)
+    return roots, escaping, last_read
+
+
+def assign_slots(schedule, poolable_extern, written_over=None) -> tuple[dict, list]:
+    """(var -> slot index, [(numel, dtype, device)] per slot) for the schedule's groups.
+    poolable_extern(eqn): can this extern's single output be written into a given buffer?
+    written_over: {v: b} for kernel outputs written in place over a dying input b
+    (fusion/inplace.py): v takes b's slot, and holds it as long as v is read."""
+    written_over = written_over or {}
+    _, escaping, last_use = liveness(schedule, poolable_extern)
+    candidates: list[tuple[int, Var]] = []      # (group index, buffer it writes)
+    for i, grp in enumerate(schedule.groups):
+        if grp.template is not None:
+            continue
         written = grp.plan.stored if not grp.extern else (
             grp.first.outputs if poolable_extern(grp.first) else [])
         for v in written:
@@ -181,15 +195,22 @@ def assign_slots(schedule, poolable_extern) -> tuple[dict, list]:
     slot_of, slots, free, total = {}, [], {}, 0
     live: list = []
     for i, v in candidates:
+        over = written_over.get(v)
+        if over is not None and over not in slot_of:
+            continue            # written over an unpooled buffer: it is that buffer
         still = []
         for b in live:                      # release what no group from here on reads
+            if b is over:
+                continue                    # its slot now holds v
             if last_use.get(b, -1) < i:
                 free.setdefault(_key(b), []).append(slot_of[b])
             else:
                 still.append(b)
         live = still
         key = _key(v)
-        if free.get(key):
+        if over is not None:
+            slot_of[v] = slot_of[over]
+        elif free.get(key):
             slot_of[v] = free[key].pop()
         else:
             slot_of[v] = len(slots)

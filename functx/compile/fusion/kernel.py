@@ -86,6 +86,7 @@ class KernelPlan:
         self.buffers = buffers
         self.producers = producers
         self.reductions = [e for e in self.members if e.prim.kind == REDUCTION]
+        self.written_over: dict = {}      # output -> the input it is stored over (inplace.py)
         self._space()
         # A symbolic row length is reduced in a loop of blocks (right for every length); a
         # static one in one block when it fits.
