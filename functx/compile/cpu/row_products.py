@@ -1,0 +1,338 @@
+"""The CPU fused tier's pass row_products: products of a few rows with a matrix, the rows of
+several products that share the matrix in one pass over it, as generated C++ kernels.
+
+A matrix-vector product streams its matrix from memory (or L3) once; its time is that
+stream (a 1000x1000 float32 matrix: ~70 us on one core). Hessian-vector products,
+jvp-of-grad and forward-mode graphs multiply the SAME matrix by several vectors: the hvp
+of tanh(x @ W + b) reads W for x @ W and for the tangent v @ W, two GEMVs whose operands are
+both known at the same point of the graph. MKL cannot share the pass (two calls read W twice,
+and one (2, K) @ W call measured no faster), and its single-row GEMV is itself no faster
+than a plain streaming loop on AMD CPUs. This pass:
+
+  - finds dot_generals `X[M, K] @ W` (W a 2-D matrix, contracted on either axis: `X @ W`
+    or `X @ W.mT`; X's rows contiguous in K; no batch dims; float32 or float64);
+  - groups those that read the same W in the same orientation and whose rows are all
+    computed before the first of them, up to MAX_ROWS rows in all (the accumulators of
+    every row live in L1 beside the matrix stripe);
+  - replaces each group by one `cpu_row_products` equation (multiple results), which the
+    wrapper runs as one C++ kernel: for `X @ W` the axpy order (k outer, n inner over a
+    stripe of W's row, every row's accumulators updated from the same loaded W values, g++
+    vectorizes the n loop), for `X @ W.mT` row dots (each row of W loaded once and dotted
+    with every X row, vector accumulators). W is read once for all the rows.
+
+Only where it wins, by measurement (bench/bench_row_products.py, one core, AMD EPYC,
+docs/benchmarks.md "Shared-weight GEMV"): the matrix holds at least MIN_ELEMENTS elements
+(below, MKL's call and our ctypes call cost about the same and there is nothing to share);
+everything else (a symbolic size, more rows, other dtypes, batch dims) keeps torch.matmul.
+At run time a matrix that is not contiguous in the traced orientation (a transposed or
+expanded input) falls back to torch.matmul per product; X operands are copied contiguous
+(M*K elements). Float sums are in the operand dtype with fused multiply-adds, as BLAS
+computes them (the order of accumulation differs, as for any change of matmul shape).
+
+`cpu_row_products` is an internal primitive: it exists only in the fused tier's graph
+(after every transform), so it has an impl (the torch reference: one matmul per product,
+what the eager tier and `run_torch` run) and no transformation rules.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...core import Eqn, Graph, Var
+from ...core.primitive import Primitive
+from ...core.types import TensorType
+from ..passes import _Subst
+
+MAX_ROWS = 4        # rows per pass; measured: 4 rows cost ~2 single-row passes (module doc)
+# Matrix elements from which the kernel beats torch.matmul (one call, one core; below it
+# both are a few microseconds of call overhead): bench/bench_row_products.py.
+MIN_ELEMENTS = {torch.float32: 64 * 1024, torch.float64: 32 * 1024}
+DTYPES = {torch.float32: "float", torch.float64: "double"}
+
+
+# ---------------------------------------------------------------- the primitive
+
+def _impl(w, *xs, transposed, rows):
+    m = w.mT if transposed else w
+    return [x @ m for x in xs]
+
+
+def _abstract_eval(w, *xs, transposed, rows):
+    n = w.shape[0] if transposed else w.shape[1]
+    return [TensorType(tuple(x.shape[:-1]) + (n,), x.dtype, x.device) for x in xs]
+
+
+def _emit(eqn, srcs):
+    """The fused tier's launcher of this equation (CppFused binds it by name)."""
+    return f"{eqn.params['kernel']}({', '.join(srcs)})"
+
+
+row_products_p = Primitive("cpu_row_products", multiple_results=True, abstract_eval=_abstract_eval,
+                           impl=_impl, emit=_emit)
+
+
+# ---------------------------------------------------------------- the pass
+
+def _candidate(e):
+    """(matrix var, rows var, transposed, rows count) of a dot_general `X @ W` / `X @ W.mT`
+    this pass may run, or None."""
+    if e.prim.name != "dot_general" or len(e.inputs) != 2 or not all(isinstance(a, Var) for a in e.inputs):
+        return None
+    (lc, rc), (lb, rb) = e.params["dimension_numbers"]
+    if lb or rb or len(lc) != 1:
+        return None
+    out = e.outputs[0].type
+    if out.dtype not in DTYPES or any(a.type.dtype != out.dtype for a in e.inputs) or out.device.type != "cpu":
+        return None
+    if not all(type(n) is int for a in e.inputs for n in a.type.shape):
+        return None     # a symbolic size: the thresholds are for known sizes
+    lhs, rhs = e.inputs
+    for x, w, xc, wc, x_first in ((lhs, rhs, lc[0], rc[0], True), (rhs, lhs, rc[0], lc[0], False)):
+        if w.type.ndim != 2 or x.type.ndim not in (1, 2) or xc != x.type.ndim - 1:
+            continue
+        if not x_first and x.type.ndim != 1:
+            continue        # the output would be [N, M]: rows are not contiguous in it
+        rows = 1 if x.type.ndim == 1 else x.type.shape[0]
+        if not 1 <= rows <= MAX_ROWS or 0 in w.type.shape or x.type.shape[-1] == 0:
+            continue
+        if math.prod(w.type.shape) < MIN_ELEMENTS[out.dtype]:
+            continue
+        return w, x, wc == 1, rows
+    return None
+
+
+def row_products(graph: Graph, notes: list | None = None) -> Graph:
+    """Rewrite small-row products (module docstring) into cpu_row_products equations, each
+    group placed at its first product; notes receive one line per group for explain."""
+    cands = {}
+    for i, e in enumerate(graph.eqns):
+        c = _candidate(e)
+        if c is not None:
+            cands[i] = c
+    if not cands:
+        return graph
+    # which equations come before which: a later product joins a group if its rows are
+    # defined before the group's first product
+    position = {}
+    for i, e in enumerate(graph.eqns):
+        for v in e.outputs:
+            position[v] = i
+    groups, taken = [], set()
+    for i in sorted(cands):
+        if i in taken:
+            continue
+        w, x, transposed, rows = cands[i]
+        members = [i]
+        for j in sorted(cands):
+            if j <= i or j in taken:
+                continue
+            w2, x2, t2, r2 = cands[j]
+            if w2 is w and t2 == transposed and rows + r2 <= MAX_ROWS \
+                    and graph.eqns[j].outputs[0].type.dtype == graph.eqns[i].outputs[0].type.dtype \
+                    and position.get(x2, -1) < i:
+                members.append(j)
+                rows += r2
+        taken.update(members)
+        groups.append(members)
+    sub, eqns = _Subst(), []
+    first = {g[0]: g for g in groups}
+    replaced = {j for g in groups for j in g}
+    for i, e in enumerate(graph.eqns):
+        if i not in replaced:
+            eqns.append(sub.eqn(e))
+            continue
+        if i not in first:
+            continue            # computed by its group's equation, placed earlier
+        members = first[i]
+        w, _, transposed, _ = cands[i]
+        xs = [sub(cands[j][1]) for j in members]
+        outs = [graph.eqns[j].outputs[0] for j in members]
+        rows = tuple(cands[j][3] for j in members)
+        eqns.append(Eqn(row_products_p, [sub(w)] + xs, outs,
+                        {"transposed": transposed, "rows": rows, "kernel": f"_rows{len(eqns)}"},
+                        e.source))
+        if notes is not None:
+            kind = "X @ W.mT (row dots)" if transposed else "X @ W (axpy order)"
+            shapes = ", ".join(str(list(graph.eqns[j].inputs[0].type.shape)) + " @ " +
+                               str(list(graph.eqns[j].inputs[1].type.shape)) for j in members)
+            notes.append(f"{len(members)} product(s) sharing {list(w.type.shape)} {w.type.dtype}, "
+                         f"{sum(rows)} row(s), one pass over the matrix, {kind}: {shapes}")
+    return sub.finish(graph, eqns)
+
+
+def equations(graph: Graph) -> list:
+    return [e for e in graph.eqns if e.prim is row_products_p]
+
+
+# ---------------------------------------------------------------- C++ kernels
+
+TEMPLATES = r"""
+// fx_rows_*: X[M, K] @ W (row pointers xs[m], outputs outs[m]), one pass over W
+// (functx/compile/cpu/row_products.py). Vector code through GCC/Clang vector extensions.
+#if defined(__FMA__)
+#define FX_FMA_F(a, b, c) __builtin_fmaf(a, b, c)
+#define FX_FMA_D(a, b, c) __builtin_fma(a, b, c)
+#else
+#define FX_FMA_F(a, b, c) ((a) * (b) + (c))
+#define FX_FMA_D(a, b, c) ((a) * (b) + (c))
+#endif
+static inline float fx_fma(float a, float b, float c) { return FX_FMA_F(a, b, c); }
+static inline double fx_fma(double a, double b, double c) { return FX_FMA_D(a, b, c); }
+typedef float fx_v8f __attribute__((vector_size(32)));
+typedef double fx_v4d __attribute__((vector_size(32)));
+#if defined(__FMA__) && defined(__AVX__)
+static inline fx_v8f fx_vfma(fx_v8f a, fx_v8f b, fx_v8f c) { return __builtin_ia32_vfmaddps256(a, b, c); }
+static inline fx_v4d fx_vfma(fx_v4d a, fx_v4d b, fx_v4d c) { return __builtin_ia32_vfmaddpd256(a, b, c); }
+#else
+template <class V> static inline V fx_vfma(V a, V b, V c) { return a * b + c; }
+#endif
+template <class T> struct fx_vec;
+template <> struct fx_vec<float> { typedef fx_v8f type; };
+template <> struct fx_vec<double> { typedef fx_v4d type; };
+
+// X @ W, W[K, N] row-major: for each stripe of NB columns, k outer (4 rows of W per step),
+// n inner; acc[M][NB] stays in L1, each W element is loaded once for all M rows.
+template <class T, int M>
+static void fx_rows_nn(const T* const* xs, const T* __restrict__ W, T* const* outs,
+                       int64_t K, int64_t N, int64_t n0, int64_t n1) {
+    constexpr int64_t NB = 4096 / sizeof(T);
+    T acc[M][NB];
+    for (int64_t s = n0; s < n1; s += NB) {
+        const int64_t nb = n1 - s < NB ? n1 - s : NB;
+        for (int m = 0; m < M; ++m)
+            for (int64_t n = 0; n < nb; ++n) acc[m][n] = 0;
+        int64_t k = 0;
+        for (; k + 4 <= K; k += 4) {
+            const T* __restrict__ w = W + k * N + s;
+            T a[M][4];
+            for (int m = 0; m < M; ++m)
+                for (int j = 0; j < 4; ++j) a[m][j] = xs[m][k + j];
+            for (int64_t n = 0; n < nb; ++n) {
+                const T b0 = w[n], b1 = w[N + n], b2 = w[2 * N + n], b3 = w[3 * N + n];
+                #pragma GCC unroll 4
+                for (int m = 0; m < M; ++m)
+                    acc[m][n] = fx_fma(a[m][3], b3, fx_fma(a[m][2], b2, fx_fma(a[m][1], b1,
+                                fx_fma(a[m][0], b0, acc[m][n]))));
+            }
+        }
+        for (; k < K; ++k) {
+            const T* __restrict__ w = W + k * N + s;
+            T a[M];
+            for (int m = 0; m < M; ++m) a[m] = xs[m][k];
+            for (int64_t n = 0; n < nb; ++n) {
+                const T b0 = w[n];
+                #pragma GCC unroll 4
+                for (int m = 0; m < M; ++m) acc[m][n] = fx_fma(a[m], b0, acc[m][n]);
+            }
+        }
+        for (int m = 0; m < M; ++m)
+            for (int64_t n = 0; n < nb; ++n) outs[m][s + n] = acc[m][n];
+    }
+}
+
+// X @ W.mT, W[N, K] row-major: each row of W loaded once and dotted with every X row
+// (two vector accumulators per row, summed in a fixed order).
+template <class T, int M>
+static void fx_rows_nt(const T* const* xs, const T* __restrict__ W, T* const* outs,
+                       int64_t K, int64_t N, int64_t n0, int64_t n1) {
+    typedef typename fx_vec<T>::type V;
+    constexpr int L = 32 / sizeof(T);
+    (void)N;
+    for (int64_t n = n0; n < n1; ++n) {
+        const T* __restrict__ w = W + n * K;
+        V a0[M], a1[M];
+        for (int m = 0; m < M; ++m) { a0[m] = V{} ; a1[m] = V{}; }
+        int64_t k = 0;
+        for (; k + 2 * L <= K; k += 2 * L) {
+            V w0, w1;
+            __builtin_memcpy(&w0, w + k, sizeof(V));
+            __builtin_memcpy(&w1, w + k + L, sizeof(V));
+            for (int m = 0; m < M; ++m) {
+                V x0, x1;
+                __builtin_memcpy(&x0, xs[m] + k, sizeof(V));
+                __builtin_memcpy(&x1, xs[m] + k + L, sizeof(V));
+                a0[m] = fx_vfma(x0, w0, a0[m]);
+                a1[m] = fx_vfma(x1, w1, a1[m]);
+            }
+        }
+        for (int m = 0; m < M; ++m) {
+            const V a = a0[m] + a1[m];
+            T s = 0;
+            for (int l = 0; l < L; ++l) s += a[l];
+            for (int64_t kk = k; kk < K; ++kk) s = fx_fma(xs[m][kk], w[kk], s);
+            outs[m][n] = s;
+        }
+    }
+}
+
+// Columns (X @ W) or rows of W (X @ W.mT) split over threads in blocks of 64.
+template <class T, int M, bool TRANSPOSED>
+static void fx_rows(const T* const* xs, const T* W, T* const* outs, int64_t K, int64_t N, int nthreads) {
+    auto run = [&](int64_t n0, int64_t n1) {
+        if (TRANSPOSED) fx_rows_nt<T, M>(xs, W, outs, K, N, n0, n1);
+        else fx_rows_nn<T, M>(xs, W, outs, K, N, n0, n1);
+    };
+    if (nthreads > 1 && K * N >= (1 << 18)) {
+        #pragma omp parallel num_threads(nthreads)
+        {
+            const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+            const int64_t step = ((N + nt - 1) / nt + 63) / 64 * 64;
+            const int64_t n0 = t * step, n1 = n0 + step < N ? n0 + step : N;
+            if (n0 < n1) run(n0, n1);
+        }
+        return;
+    }
+    run(0, N);
+}
+"""
+
+
+def kernel_source(eqn) -> str:
+    """The extern "C" entry of one cpu_row_products equation: (W, X_1.., OUT_1.., K, N, nthreads)."""
+    p = eqn.params
+    t = DTYPES[eqn.outputs[0].type.dtype]
+    nx = len(p["rows"])
+    args = [f"const {t}* W"] + [f"const {t}* x{i}" for i in range(nx)] + [f"{t}* o{i}" for i in range(nx)]
+    xs, outs = [], []
+    for i, (r, x) in enumerate(zip(p["rows"], eqn.inputs[1:])):
+        k = x.type.shape[-1]
+        xs += [f"x{i} + {j * k}" for j in range(r)]
+        outs += [f"o{i} + {j} * N" for j in range(r)]
+    m = sum(p["rows"])
+    return (f'extern "C" void {p["kernel"]}({", ".join(args)}, int64_t K, int64_t N, int nthreads) {{\n'
+            f"    const {t}* xs[{m}] = {{{', '.join(xs)}}};\n"
+            f"    {t}* outs[{m}] = {{{', '.join(outs)}}};\n"
+            f"    fx_rows<{t}, {m}, {'true' if p['transposed'] else 'false'}>(xs, W, outs, K, N, nthreads);\n"
+            "}\n")
+
+
+def library_source(eqns) -> str:
+    return TEMPLATES + "\n" + "\n".join(kernel_source(e) for e in eqns) if eqns else ""
+
+
+def launcher(lib, eqn, threads):
+    """The wrapper's callable for one cpu_row_products equation: (W, *xs) -> [outputs]."""
+    import ctypes
+    p = eqn.params
+    nx = len(p["rows"])
+    fn = getattr(lib, p["kernel"])
+    fn.argtypes = [ctypes.c_void_p] * (1 + 2 * nx) + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    fn.restype = None
+    transposed = p["transposed"]
+    wshape = tuple(eqn.inputs[0].type.shape)
+    k_size, n_size = (wshape[1], wshape[0]) if transposed else wshape
+    out_shapes = [tuple(v.type.shape) for v in eqn.outputs]
+    dtype = eqn.outputs[0].type.dtype
+    empty = torch.empty
+
+    def run(w, *xs):
+        if not w.is_contiguous() or w.dtype != dtype:
+            # a transposed or expanded matrix: torch.matmul (MKL) reads it as it is
+            m = w.mT if transposed else w
+            return [x @ m for x in xs]
+        xs = [x.contiguous() for x in xs]
+        outs = [empty(s, dtype=dtype) for s in out_shapes]
+        fn(w.data_ptr(), *[x.data_ptr() for x in xs], *[o.data_ptr() for o in outs], k_size, n_size, threads())
+        return outs
+    return run
