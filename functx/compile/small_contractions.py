@@ -177,12 +177,22 @@ def _feeds_a_kernel(graph: Graph):
     return feeds
 
 
+def _computed(graph: Graph) -> set:
+    """Values some kernel computes: outputs of non-view equations and views of them (a
+    transposed or reshaped graph input is still an input: no producer to fuse with)."""
+    computed: set = set()
+    for e in graph.eqns:
+        if e.prim.kind != VIEW or any(a in computed for a in e.inputs if isinstance(a, Var)):
+            computed.update(e.outputs)
+    return computed
+
+
 def small_contractions(graph: Graph, notes: list | None = None) -> Graph:
     """Rewrite dot_generals over tiny dims (module docstring). notes, if given, receives
     one line per rewritten product for explain."""
     sub, eqns, changed = _Subst(), [], False
     feeds = _feeds_a_kernel(graph)
-    computed = {v for e in graph.eqns for v in e.outputs}
+    computed = _computed(graph)
     for e in graph.eqns:
         e = sub.eqn(e)
         repl = None

@@ -114,7 +114,12 @@ class CppFused(FusedCompiled):
         super().__init__(graph, persistent_max=-1)       # C++ loops over every row: no blocks
 
     def lowerable(self, eqn):
+        if eqn.prim is rows.row_products_p:
+            return "products of a few rows with one matrix: one C++ pass over it (row_products.py)"
         return lowerable(eqn)
+
+    def fresh_extern(self, eqn) -> bool:
+        return eqn.prim is rows.row_products_p      # new outputs (kernel or torch.matmul)
 
     def kernel_source(self, plan):
         if self.symbolic:

@@ -9,8 +9,9 @@ both known at the same point of the graph. MKL cannot share the pass (two calls 
 and one (2, K) @ W call measured no faster), and its single-row GEMV is itself no faster
 than a plain streaming loop on AMD CPUs. This pass:
 
-  - finds dot_generals `X[M, K] @ W` (W a 2-D matrix, contracted on either axis: `X @ W`
-    or `X @ W.mT`; X's rows contiguous in K; no batch dims; float32 or float64);
+  - finds dot_generals `X[..., K] @ W` (W a 2-D matrix, or a transpose of one, contracted
+    on either axis: `X @ W` or `X @ W.mT`; X's M = prod(...) rows contiguous in K; no batch
+    dims; float32 or float64);
   - groups those that read the same W in the same orientation and whose rows are all
     computed before the first of them, up to MAX_ROWS rows in all (the accumulators of
     every row live in L1 beside the matrix stripe);
@@ -35,6 +36,7 @@ what the eager tier and `run_torch` run) and no transformation rules.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 
 import torch
@@ -42,23 +44,37 @@ import torch
 from ...core import Eqn, Graph, Var
 from ...core.primitive import Primitive
 from ...core.types import TensorType
-from ..passes import _Subst
+from ..passes import _Subst, dce
 
-MAX_ROWS = 4        # rows per pass; measured: 4 rows cost ~2 single-row passes (module doc)
-# Matrix elements from which the kernel beats torch.matmul (one call, one core; below it
-# both are a few microseconds of call overhead): bench/bench_row_products.py.
-MIN_ELEMENTS = {torch.float32: 64 * 1024, torch.float64: 32 * 1024}
+MAX_ROWS = 4        # rows per pass: their accumulators (4 x 4 KB) stay in L1 beside the stripe of W
+# Where the kernel beats torch.matmul, measured by bench/bench_row_products.py (one core, AMD
+# EPYC, MKL; docs/benchmarks.md "Shared-weight GEMV"): the fewest matrix elements per dtype
+# and row count (below, both are a few microseconds of call overhead; None: no clear win, a
+# float64 single row streams no faster than MKL's GEMV), and at most MAX_BYTES of matrix (a
+# matrix beyond the last-level cache streams from DRAM, where MKL's single-row GEMV is
+# faster than this loop).
+MIN_ELEMENTS = {torch.float32: {1: 512 * 512, 2: 256 * 256, 3: 256 * 256, 4: 256 * 256},
+                torch.float64: {1: None, 2: 256 * 256, 3: 256 * 256, 4: 256 * 256}}
+MAX_BYTES = 16 << 20
+
+
+def wins(dtype, rows: int, elements: int) -> bool:
+    """Does one pass of `rows` rows over a matrix of `elements` elements beat torch.matmul?"""
+    least = MIN_ELEMENTS[dtype].get(rows)
+    return least is not None and least <= elements and elements * dtype.itemsize <= MAX_BYTES
+
+
 DTYPES = {torch.float32: "float", torch.float64: "double"}
 
 
 # ---------------------------------------------------------------- the primitive
 
-def _impl(w, *xs, transposed, rows):
+def _impl(w, *xs, transposed, rows, kernel):
     m = w.mT if transposed else w
     return [x @ m for x in xs]
 
 
-def _abstract_eval(w, *xs, transposed, rows):
+def _abstract_eval(w, *xs, transposed, rows, kernel):
     n = w.shape[0] if transposed else w.shape[1]
     return [TensorType(tuple(x.shape[:-1]) + (n,), x.dtype, x.device) for x in xs]
 
@@ -74,7 +90,17 @@ row_products_p = Primitive("cpu_row_products", multiple_results=True, abstract_e
 
 # ---------------------------------------------------------------- the pass
 
-def _candidate(e):
+def _matrix(w, producers):
+    """(matrix, transposed): w itself, or the 2-D value w is a transpose of (x @ W.mT is
+    traced as a transpose view and a product; the kernel reads W's own layout)."""
+    e = producers.get(w)
+    if e is not None and e.prim.name == "transpose" and isinstance(e.inputs[0], Var) \
+            and tuple(e.params["permutation"]) == (1, 0):
+        return e.inputs[0], True
+    return w, False
+
+
+def _candidate(e, producers):
     """(matrix var, rows var, transposed, rows count) of a dot_general `X @ W` / `X @ W.mT`
     this pass may run, or None."""
     if e.prim.name != "dot_general" or len(e.inputs) != 2 or not all(isinstance(a, Var) for a in e.inputs):
@@ -89,25 +115,27 @@ def _candidate(e):
         return None     # a symbolic size: the thresholds are for known sizes
     lhs, rhs = e.inputs
     for x, w, xc, wc, x_first in ((lhs, rhs, lc[0], rc[0], True), (rhs, lhs, rc[0], lc[0], False)):
-        if w.type.ndim != 2 or x.type.ndim not in (1, 2) or xc != x.type.ndim - 1:
-            continue
+        if w.type.ndim != 2 or xc != x.type.ndim - 1:
+            continue        # X's rows must be contiguous in K
         if not x_first and x.type.ndim != 1:
             continue        # the output would be [N, M]: rows are not contiguous in it
-        rows = 1 if x.type.ndim == 1 else x.type.shape[0]
+        rows = math.prod(x.type.shape[:-1])       # vmap's [B, 1, K] rows too
         if not 1 <= rows <= MAX_ROWS or 0 in w.type.shape or x.type.shape[-1] == 0:
             continue
-        if math.prod(w.type.shape) < MIN_ELEMENTS[out.dtype]:
+        if not any(wins(out.dtype, m, math.prod(w.type.shape)) for m in range(rows, MAX_ROWS + 1)):
             continue
-        return w, x, wc == 1, rows
+        base, flipped = _matrix(w, producers)
+        return base, x, (wc == 1) != flipped, rows
     return None
 
 
 def row_products(graph: Graph, notes: list | None = None) -> Graph:
     """Rewrite small-row products (module docstring) into cpu_row_products equations, each
     group placed at its first product; notes receive one line per group for explain."""
+    producers = {v: e for e in graph.eqns for v in e.outputs}
     cands = {}
     for i, e in enumerate(graph.eqns):
-        c = _candidate(e)
+        c = _candidate(e, producers)
         if c is not None:
             cands[i] = c
     if not cands:
@@ -133,8 +161,11 @@ def row_products(graph: Graph, notes: list | None = None) -> Graph:
                     and position.get(x2, -1) < i:
                 members.append(j)
                 rows += r2
-        taken.update(members)
-        groups.append(members)
+        if wins(graph.eqns[i].outputs[0].type.dtype, rows, math.prod(w.type.shape)):
+            taken.update(members)
+            groups.append(members)
+    if not groups:
+        return graph
     sub, eqns = _Subst(), []
     first = {g[0]: g for g in groups}
     replaced = {j for g in groups for j in g}
@@ -158,7 +189,7 @@ def row_products(graph: Graph, notes: list | None = None) -> Graph:
                                str(list(graph.eqns[j].inputs[1].type.shape)) for j in members)
             notes.append(f"{len(members)} product(s) sharing {list(w.type.shape)} {w.type.dtype}, "
                          f"{sum(rows)} row(s), one pass over the matrix, {kind}: {shapes}")
-    return sub.finish(graph, eqns)
+    return dce(sub.finish(graph, eqns))       # a transpose the kernel reads through goes
 
 
 def equations(graph: Graph) -> list:
@@ -288,23 +319,25 @@ static void fx_rows(const T* const* xs, const T* W, T* const* outs, int64_t K, i
 """
 
 
-def kernel_source(eqn) -> str:
-    """The extern "C" entry of one cpu_row_products equation: (W, X_1.., OUT_1.., K, N, nthreads)."""
-    p = eqn.params
-    t = DTYPES[eqn.outputs[0].type.dtype]
-    nx = len(p["rows"])
+def entry_source(name: str, dtype, rows: tuple, transposed: bool) -> str:
+    """The extern "C" entry `name(W, X_1.., OUT_1.., K, N, nthreads)` of a pass over W for
+    operands of `rows` rows each (their rows contiguous, K apart)."""
+    t = DTYPES[dtype]
+    nx = len(rows)
     args = [f"const {t}* W"] + [f"const {t}* x{i}" for i in range(nx)] + [f"{t}* o{i}" for i in range(nx)]
-    xs, outs = [], []
-    for i, (r, x) in enumerate(zip(p["rows"], eqn.inputs[1:])):
-        k = x.type.shape[-1]
-        xs += [f"x{i} + {j * k}" for j in range(r)]
-        outs += [f"o{i} + {j} * N" for j in range(r)]
-    m = sum(p["rows"])
-    return (f'extern "C" void {p["kernel"]}({", ".join(args)}, int64_t K, int64_t N, int nthreads) {{\n'
+    xs = [f"x{i} + {j} * K" for i, r in enumerate(rows) for j in range(r)]
+    outs = [f"o{i} + {j} * N" for i, r in enumerate(rows) for j in range(r)]
+    m = sum(rows)
+    return (f'extern "C" void {name}({", ".join(args)}, int64_t K, int64_t N, int nthreads) {{\n'
             f"    const {t}* xs[{m}] = {{{', '.join(xs)}}};\n"
             f"    {t}* outs[{m}] = {{{', '.join(outs)}}};\n"
-            f"    fx_rows<{t}, {m}, {'true' if p['transposed'] else 'false'}>(xs, W, outs, K, N, nthreads);\n"
+            f"    fx_rows<{t}, {m}, {'true' if transposed else 'false'}>(xs, W, outs, K, N, nthreads);\n"
             "}\n")
+
+
+def kernel_source(eqn) -> str:
+    p = eqn.params
+    return entry_source(p["kernel"], eqn.outputs[0].type.dtype, p["rows"], p["transposed"])
 
 
 def library_source(eqns) -> str:
@@ -313,21 +346,21 @@ def library_source(eqns) -> str:
 
 def launcher(lib, eqn, threads):
     """The wrapper's callable for one cpu_row_products equation: (W, *xs) -> [outputs]."""
-    import ctypes
     p = eqn.params
-    nx = len(p["rows"])
-    fn = getattr(lib, p["kernel"])
+    return make_launcher(lib, p["kernel"], eqn.outputs[0].type.dtype, p["transposed"],
+                         tuple(eqn.inputs[0].type.shape), [tuple(v.type.shape) for v in eqn.outputs], threads)
+
+
+def make_launcher(lib, name, dtype, transposed, wshape, out_shapes, threads):
+    fn = getattr(lib, name)
+    nx = len(out_shapes)
     fn.argtypes = [ctypes.c_void_p] * (1 + 2 * nx) + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
     fn.restype = None
-    transposed = p["transposed"]
-    wshape = tuple(eqn.inputs[0].type.shape)
     k_size, n_size = (wshape[1], wshape[0]) if transposed else wshape
-    out_shapes = [tuple(v.type.shape) for v in eqn.outputs]
-    dtype = eqn.outputs[0].type.dtype
     empty = torch.empty
 
     def run(w, *xs):
-        if not w.is_contiguous() or w.dtype != dtype:
+        if not w.is_contiguous():
             # a transposed or expanded matrix: torch.matmul (MKL) reads it as it is
             m = w.mT if transposed else w
             return [x @ m for x in xs]

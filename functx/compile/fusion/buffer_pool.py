@@ -135,9 +135,11 @@ def _static(shape) -> bool:
     return all(type(n) is int for n in shape)
 
 
-def assign_slots(schedule, poolable_extern) -> tuple[dict, list]:
+def assign_slots(schedule, poolable_extern, fresh_extern=lambda e: False) -> tuple[dict, list]:
     """(var -> slot index, [(numel, dtype, device)] per slot) for the schedule's groups.
-    poolable_extern(eqn): can this extern's single output be written into a given buffer?"""
+    poolable_extern(eqn): can this extern's single output be written into a given buffer?
+    fresh_extern(eqn): are this extern's outputs new tensors, never views of its inputs (an
+    unknown extern's outputs may alias its inputs, which then escape with them)?"""
     graph, producers = schedule.graph, schedule.producers
     memo: dict = {}
 
@@ -152,7 +154,7 @@ def assign_slots(schedule, poolable_extern) -> tuple[dict, list]:
             out = frozenset()
         elif is_inlined(e):
             out = frozenset().union(*(roots(a) for a in e.inputs))
-        elif schedule.group_of[id(e)].extern and not poolable_extern(e):
+        elif schedule.group_of[id(e)].extern and not poolable_extern(e) and not fresh_extern(e):
             out = frozenset({atom}).union(*(roots(a) for a in e.inputs))
         else:
             out = frozenset({atom})

@@ -1,0 +1,67 @@
+"""Where the CPU backend's row_products kernels (functx/compile/cpu/row_products.py) beat
+torch.matmul: X[M, K] @ W and X[M, K] @ W.mT for M = 1..4 rows, float32 and float64, one
+call each, W warm in cache as in a training or solver loop (side by side, medians).
+
+    python bench/bench_row_products.py                  # one thread (pinned to one core)
+    python bench/bench_row_products.py --threads 2
+    python bench/bench_row_products.py --sizes 256 1000 --rows 1 2
+
+Columns: the kernel as the fused tier's wrapper calls it (ctypes, outputs allocated), one
+torch.matmul of the M rows, and M torch.matmuls of one row each (what a graph of M separate
+products ran before the pass grouped them); ratio = kernel / best torch (< 1: the kernel
+wins). row_products.MIN_ELEMENTS is read off this table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+from _timing import fmt_time, interleaved, pin_to_one_core  # noqa: E402
+from functx.compile.cpu import row_products as rp  # noqa: E402
+from functx.compile.cpu.cpp_ops import header, link_flags  # noqa: E402
+from functx.compile.cpu.toolchain import load_library  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[128, 256, 512, 1000, 2000, 4000])
+    ap.add_argument("--rows", type=int, nargs="*", default=[1, 2, 3, 4])
+    ap.add_argument("--dtypes", nargs="*", default=["float32", "float64"])
+    a = ap.parse_args()
+    if a.threads == 1:
+        pin_to_one_core()
+    torch.set_num_threads(a.threads)
+    dtypes = [getattr(torch, d) for d in a.dtypes]
+    entries = [(f"b_{d}_{m}_{int(t)}", dt, m, t) for dt in dtypes for d in [str(dt)[6:]]
+               for m in a.rows for t in (False, True)]
+    source = header() + rp.TEMPLATES + "".join(rp.entry_source(n, dt, (m,), t) for n, dt, m, t in entries)
+    lib, _ = load_library(source, link_flags())
+    print(f"threads={a.threads}, load average {os.getloadavg()[0]:.2f}")
+    print("| dtype | form | M | K=N | kernel | matmul (M rows) | M x matmul (1 row) | kernel / best torch |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, dt, m, t in entries:
+        for n in a.sizes:
+            g = torch.Generator().manual_seed(0)
+            w = torch.randn(n, n, generator=g, dtype=dt)
+            x = torch.randn(m, n, generator=g, dtype=dt)
+            rows = [x[i:i + 1].clone() for i in range(m)]
+            mat = w.mT if t else w
+            run = rp.make_launcher(lib, name, dt, t, (n, n), [(m, n)], torch.get_num_threads)
+            got, want = run(w, x)[0], x @ mat
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * n ** 0.5)
+            times = interleaved({"kernel": lambda: run(w, x), "one": lambda: x @ mat,
+                                 "rows": lambda: [r @ mat for r in rows]},
+                                {"kernel": (), "one": (), "rows": ()}, repeat=5, min_time=0.02)
+            best = min(times["one"], times["rows"])
+            print(f"| {str(dt)[6:]} | {'X @ W.mT' if t else 'X @ W'} | {m} | {n} | {fmt_time(times['kernel'])} | "
+                  f"{fmt_time(times['one'])} | {fmt_time(times['rows'])} | {times['kernel'] / best:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
