@@ -21,9 +21,11 @@ than a plain streaming loop on AMD CPUs. This pass:
     vectorizes the n loop), for `X @ W.mT` row dots (each row of W loaded once and dotted
     with every X row, vector accumulators). W is read once for all the rows.
 
-Only where it wins, by measurement (bench/bench_row_products.py, one core, AMD EPYC,
-docs/benchmarks.md "Shared-weight GEMV"): the matrix holds at least MIN_ELEMENTS elements
-(below, MKL's call and our ctypes call cost about the same and there is nothing to share);
+Only where it wins clearly, by measurement (bench/bench_row_products.py, one core, AMD EPYC,
+docs/benchmarks.md "Shared-weight GEMV"): the matrix holds between MIN_ELEMENTS elements
+(per dtype, orientation and rows: below, call overheads decide) and MAX_BYTES (beyond the
+last-level cache it streams from DRAM, where MKL's prefetching wins); a single row only for
+float32 X @ W (MKL's single-row X @ W.mT and float64 GEMVs are as fast as this loop);
 everything else (a symbolic size, more rows, other dtypes, batch dims) keeps torch.matmul.
 At run time a matrix that is not contiguous in the traced orientation (a transposed or
 expanded input) falls back to torch.matmul per product; X operands are copied contiguous
@@ -48,20 +50,26 @@ from ..passes import _Subst, dce
 
 MAX_ROWS = 4        # rows per pass: their accumulators (4 x 4 KB) stay in L1 beside the stripe of W
 # Where the kernel beats torch.matmul, measured by bench/bench_row_products.py (one core, AMD
-# EPYC, MKL; docs/benchmarks.md "Shared-weight GEMV"): the fewest matrix elements per dtype
-# and row count (below, both are a few microseconds of call overhead; None: no clear win, a
-# float64 single row streams no faster than MKL's GEMV), and at most MAX_BYTES of matrix (a
-# matrix beyond the last-level cache streams from DRAM, where MKL's single-row GEMV is
-# faster than this loop).
-MIN_ELEMENTS = {torch.float32: {1: 512 * 512, 2: 256 * 256, 3: 256 * 256, 4: 256 * 256},
-                torch.float64: {1: None, 2: 256 * 256, 3: 256 * 256, 4: 256 * 256}}
-MAX_BYTES = 16 << 20
+# EPYC, MKL; best of interleaved rounds; docs/benchmarks.md "Shared-weight GEMV"). Per
+# (dtype, X @ W.mT?) and rows: the fewest matrix elements from which it wins clearly (None:
+# never; below, call overheads decide and MKL is as fast or faster). A single row wins only
+# for float32 X @ W (0.77x of MKL at 1000x1000, 0.91x at 1400x1400, a tie at 512x512); a
+# single row of X @ W.mT or of float64 ties MKL's GEMV. 2-4 rows win from 256x256 (X @ W.mT
+# float32: from 512x512, a tie at 256) since MKL reads the matrix once per row.
+MIN_ELEMENTS = {(torch.float32, False): {1: 512 * 1024, 2: 256 * 256, 3: 256 * 256, 4: 256 * 256},
+                (torch.float32, True): {1: None, 2: 512 * 512, 3: 512 * 512, 4: 512 * 512},
+                (torch.float64, False): {1: None, 2: 256 * 256, 3: 256 * 256, 4: 256 * 256},
+                (torch.float64, True): {1: None, 2: 256 * 256, 3: 256 * 256, 4: 256 * 256}}
+# The most matrix bytes: a single row beyond 8 MB loses to MKL (2000x2000 float32: 1.17x);
+# 2-4 rows still win at the last-level cache's 32 MB (2800x2800 float32, 2048x2048 float64:
+# 0.5-0.9x) and lost at 64 MB (4000x4000 float32, 2 rows), where both stream from DRAM.
+MAX_BYTES = {1: 8 << 20, 2: 32 << 20, 3: 32 << 20, 4: 32 << 20}
 
 
-def wins(dtype, rows: int, elements: int) -> bool:
+def wins(dtype, transposed: bool, rows: int, elements: int) -> bool:
     """Does one pass of `rows` rows over a matrix of `elements` elements beat torch.matmul?"""
-    least = MIN_ELEMENTS[dtype].get(rows)
-    return least is not None and least <= elements and elements * dtype.itemsize <= MAX_BYTES
+    least = MIN_ELEMENTS[dtype, transposed].get(rows)
+    return least is not None and least <= elements and elements * dtype.itemsize <= MAX_BYTES[rows]
 
 
 DTYPES = {torch.float32: "float", torch.float64: "double"}
@@ -122,10 +130,11 @@ def _candidate(e, producers):
         rows = math.prod(x.type.shape[:-1])       # vmap's [B, 1, K] rows too
         if not 1 <= rows <= MAX_ROWS or 0 in w.type.shape or x.type.shape[-1] == 0:
             continue
-        if not any(wins(out.dtype, m, math.prod(w.type.shape)) for m in range(rows, MAX_ROWS + 1)):
-            continue
         base, flipped = _matrix(w, producers)
-        return base, x, (wc == 1) != flipped, rows
+        transposed = (wc == 1) != flipped
+        if not any(wins(out.dtype, transposed, m, math.prod(w.type.shape)) for m in range(rows, MAX_ROWS + 1)):
+            continue
+        return base, x, transposed, rows
     return None
 
 
@@ -161,7 +170,7 @@ def row_products(graph: Graph, notes: list | None = None) -> Graph:
                     and position.get(x2, -1) < i:
                 members.append(j)
                 rows += r2
-        if wins(graph.eqns[i].outputs[0].type.dtype, rows, math.prod(w.type.shape)):
+        if wins(graph.eqns[i].outputs[0].type.dtype, transposed, rows, math.prod(w.type.shape)):
             taken.update(members)
             groups.append(members)
     if not groups:
