@@ -4,7 +4,7 @@ call each, W warm in cache as in a training or solver loop (side by side: the be
 interleaved rounds, so that other processes' bursts on a shared machine do not decide).
 
     python bench/bench_row_products.py                  # one thread (pinned to one core)
-    python bench/bench_row_products.py --threads 2
+    python bench/bench_row_products.py --threads 2      # MKL on 2 threads against the kernel on one
     python bench/bench_row_products.py --sizes 256 1000 --rows 1 2
 
 Columns: the kernel as the fused tier's wrapper calls it (ctypes, outputs allocated), one
@@ -77,7 +77,7 @@ def main():
             x = torch.randn(m, n, generator=g, dtype=dt)
             rows = [x[i:i + 1].clone() for i in range(m)]
             mat = w.mT if t else w
-            run = rp.make_launcher(lib, name, dt, t, (n, n), [(m, n)], torch.get_num_threads)
+            run = rp.make_launcher(lib, name, dt, t, (n, n), [(m, n)], lambda: 1)
             got, want = run(w, x)[0], x @ mat
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * n ** 0.5)
             times = best_of({"kernel": lambda: run(w, x), "one": lambda: x @ mat,

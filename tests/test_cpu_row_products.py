@@ -94,6 +94,23 @@ def test_layouts_the_kernel_does_not_take_fall_back_to_torch(any_size):
     torch.testing.assert_close(jitted(w, xb), xb @ w)
 
 
+def test_more_than_one_thread_runs_torch_matmul():
+    """The thresholds are one-core measurements: with more torch threads the launcher leaves
+    the products to torch.matmul (the kernel is not called)."""
+    class NoKernel:
+        def __getattr__(self, name):
+            return self
+
+        def __call__(self, *args):
+            raise AssertionError("the kernel ran")
+    w, xs = randn(K, N), [randn(2, K, seed=1), randn(K, seed=2)]
+    run = rows.make_launcher(NoKernel(), "k", torch.float32, False, (K, N), [(2, N), (N,)], lambda: 2)
+    for got, x in zip(run(w, *xs), xs):
+        torch.testing.assert_close(got, x @ w)
+    with pytest.raises(AssertionError, match="the kernel ran"):
+        rows.make_launcher(NoKernel(), "k", torch.float32, False, (K, N), [(2, N), (N,)], lambda: 1)(w, *xs)
+
+
 def test_inside_grad_jvp_vmap_graphs(any_size):
     """grad (X @ W.mT backward), jvp of grad (hvp: rows grouped), vmap (3 rows) against
     torch.func, float64 (the fused tier's kernels replace every matmul here)."""

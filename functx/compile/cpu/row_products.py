@@ -28,8 +28,10 @@ last-level cache it streams from DRAM, where MKL's prefetching wins); a single r
 float32 X @ W (MKL's single-row X @ W.mT and float64 GEMVs are as fast as this loop);
 everything else (a symbolic size, more rows, other dtypes, batch dims) keeps torch.matmul.
 At run time a matrix that is not contiguous in the traced orientation (a transposed or
-expanded input) falls back to torch.matmul per product; X operands are copied contiguous
-(M*K elements). Float sums are in the operand dtype with fused multiply-adds, as BLAS
+expanded input) falls back to torch.matmul per product, and so does a call with more than
+one torch thread (the thresholds are one-core measurements: on the shared 2-core test box an
+OpenMP split of a ~100 us pass was at the mercy of the other core); X operands are copied
+contiguous (M*K elements). Float sums are in the operand dtype with fused multiply-adds, as BLAS
 computes them (the order of accumulation differs, as for any change of matmul shape).
 
 `cpu_row_products` is an internal primitive: it exists only in the fused tier's graph
@@ -306,30 +308,17 @@ static void fx_rows_nt(const T* const* xs, const T* __restrict__ W, T* const* ou
     }
 }
 
-// Columns (X @ W) or rows of W (X @ W.mT) split over threads in blocks of 64.
+// One thread: the launcher runs torch.matmul when torch has more (row_products.py).
 template <class T, int M, bool TRANSPOSED>
-static void fx_rows(const T* const* xs, const T* W, T* const* outs, int64_t K, int64_t N, int nthreads) {
-    auto run = [&](int64_t n0, int64_t n1) {
-        if (TRANSPOSED) fx_rows_nt<T, M>(xs, W, outs, K, N, n0, n1);
-        else fx_rows_nn<T, M>(xs, W, outs, K, N, n0, n1);
-    };
-    if (nthreads > 1 && K * N >= (1 << 18)) {
-        #pragma omp parallel num_threads(nthreads)
-        {
-            const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-            const int64_t step = ((N + nt - 1) / nt + 63) / 64 * 64;
-            const int64_t n0 = t * step, n1 = n0 + step < N ? n0 + step : N;
-            if (n0 < n1) run(n0, n1);
-        }
-        return;
-    }
-    run(0, N);
+static void fx_rows(const T* const* xs, const T* W, T* const* outs, int64_t K, int64_t N) {
+    if (TRANSPOSED) fx_rows_nt<T, M>(xs, W, outs, K, N, 0, N);
+    else fx_rows_nn<T, M>(xs, W, outs, K, N, 0, N);
 }
 """
 
 
 def entry_source(name: str, dtype, rows: tuple, transposed: bool) -> str:
-    """The extern "C" entry `name(W, X_1.., OUT_1.., K, N, nthreads)` of a pass over W for
+    """The extern "C" entry `name(W, X_1.., OUT_1.., K, N)` of a pass over W for
     operands of `rows` rows each (their rows contiguous, K apart)."""
     t = DTYPES[dtype]
     nx = len(rows)
@@ -337,10 +326,10 @@ def entry_source(name: str, dtype, rows: tuple, transposed: bool) -> str:
     xs = [f"x{i} + {j} * K" for i, r in enumerate(rows) for j in range(r)]
     outs = [f"o{i} + {j} * N" for i, r in enumerate(rows) for j in range(r)]
     m = sum(rows)
-    return (f'extern "C" void {name}({", ".join(args)}, int64_t K, int64_t N, int nthreads) {{\n'
+    return (f'extern "C" void {name}({", ".join(args)}, int64_t K, int64_t N) {{\n'
             f"    const {t}* xs[{m}] = {{{', '.join(xs)}}};\n"
             f"    {t}* outs[{m}] = {{{', '.join(outs)}}};\n"
-            f"    fx_rows<{t}, {m}, {'true' if transposed else 'false'}>(xs, W, outs, K, N, nthreads);\n"
+            f"    fx_rows<{t}, {m}, {'true' if transposed else 'false'}>(xs, W, outs, K, N);\n"
             "}\n")
 
 
@@ -361,20 +350,23 @@ def launcher(lib, eqn, threads):
 
 
 def make_launcher(lib, name, dtype, transposed, wshape, out_shapes, threads):
+    """(W, *xs) -> [outputs]: the kernel `name` of `lib`, or torch.matmul per product where it
+    does not apply: a matrix not contiguous in the traced orientation (a transposed or
+    expanded input: MKL reads it as it is), or more than one torch thread (the thresholds are
+    one-core measurements; MKL threads its GEMVs as it sees fit)."""
     fn = getattr(lib, name)
     nx = len(out_shapes)
-    fn.argtypes = [ctypes.c_void_p] * (1 + 2 * nx) + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    fn.argtypes = [ctypes.c_void_p] * (1 + 2 * nx) + [ctypes.c_int64, ctypes.c_int64]
     fn.restype = None
     k_size, n_size = (wshape[1], wshape[0]) if transposed else wshape
     empty = torch.empty
 
     def run(w, *xs):
-        if not w.is_contiguous():
-            # a transposed or expanded matrix: torch.matmul (MKL) reads it as it is
+        if not w.is_contiguous() or threads() != 1:
             m = w.mT if transposed else w
             return [x @ m for x in xs]
         xs = [x.contiguous() for x in xs]
         outs = [empty(s, dtype=dtype) for s in out_shapes]
-        fn(w.data_ptr(), *[x.data_ptr() for x in xs], *[o.data_ptr() for o in outs], k_size, n_size, threads())
+        fn(w.data_ptr(), *[x.data_ptr() for x in xs], *[o.data_ptr() for o in outs], k_size, n_size)
         return outs
     return run
