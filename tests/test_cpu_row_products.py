@@ -94,6 +94,19 @@ def test_layouts_the_kernel_does_not_take_fall_back_to_torch(any_size):
     torch.testing.assert_close(jitted(w, xb), xb @ w)
 
 
+def test_the_primitive_impl_and_type_are_the_products():
+    """cpu_row_products' impl (what the eager code and run_torch run) and abstract_eval."""
+    w, v = randn(K, N), randn(N, K, seed=1)
+    xs = [randn(2, K, seed=2), randn(K, seed=3), randn(3, 1, K, seed=4)]
+    for m, t in ((w, False), (v, True)):
+        outs = rows.row_products_p.impl(m, *xs, transposed=t, rows=(2, 1, 3), kernel="k")
+        types = rows.row_products_p.abstract_eval(*[functx.TensorType.of(a) for a in (m, *xs)],
+                                                  transposed=t, rows=(2, 1, 3), kernel="k")
+        for o, ty, x in zip(outs, types, xs):
+            torch.testing.assert_close(o, x @ (m.mT if t else m))
+            assert tuple(ty.shape) == tuple(o.shape) and ty.dtype == o.dtype
+
+
 def test_more_than_one_thread_runs_torch_matmul():
     """The thresholds are one-core measurements: with more torch threads the launcher leaves
     the products to torch.matmul (the kernel is not called)."""
