@@ -58,6 +58,7 @@ def main():
     ap.add_argument("--rows", type=int, nargs="*", default=[1, 2, 3, 4])
     ap.add_argument("--dtypes", nargs="*", default=["float32", "float64"])
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--shapes", nargs="*", default=[], help="KxN matrices (X @ W: W is KxN) instead of --sizes")
     a = ap.parse_args()
     if a.threads == 1:
         pin_to_one_core()
@@ -68,22 +69,23 @@ def main():
     source = header() + rp.TEMPLATES + "".join(rp.entry_source(n, dt, (m,), t) for n, dt, m, t in entries)
     lib, _ = load_library(source, link_flags())
     print(f"threads={a.threads}, load average {os.getloadavg()[0]:.2f}")
-    print("| dtype | form | M | K=N | kernel | matmul (M rows) | M x matmul (1 row) | kernel / best torch |")
+    shapes = [tuple(int(v) for v in sh.split("x")) for sh in a.shapes] or [(n, n) for n in a.sizes]
+    print("| dtype | form | M | K x N | kernel | matmul (M rows) | M x matmul (1 row) | kernel / best torch |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, dt, m, t in entries:
-        for n in a.sizes:
+        for k, n in shapes:
             g = torch.Generator().manual_seed(0)
-            w = torch.randn(n, n, generator=g, dtype=dt)
-            x = torch.randn(m, n, generator=g, dtype=dt)
+            w = torch.randn(*((n, k) if t else (k, n)), generator=g, dtype=dt)
+            x = torch.randn(m, k, generator=g, dtype=dt)
             rows = [x[i:i + 1].clone() for i in range(m)]
             mat = w.mT if t else w
-            run = rp.make_launcher(lib, name, dt, t, (n, n), [(m, n)], lambda: 1)
+            run = rp.make_launcher(lib, name, dt, t, tuple(w.shape), [(m, n)], lambda: 1)
             got, want = run(w, x)[0], x @ mat
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * n ** 0.5)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * k ** 0.5)
             times = best_of({"kernel": lambda: run(w, x), "one": lambda: x @ mat,
                              "rows": lambda: [r @ mat for r in rows]}, a.rounds)
             best = min(times["one"], times["rows"])
-            print(f"| {str(dt)[6:]} | {'X @ W.mT' if t else 'X @ W'} | {m} | {n} | {fmt_time(times['kernel'])} | "
+            print(f"| {str(dt)[6:]} | {'X @ W.mT' if t else 'X @ W'} | {m} | {k} x {n} | {fmt_time(times['kernel'])} | "
                   f"{fmt_time(times['one'])} | {fmt_time(times['rows'])} | {times['kernel'] / best:.2f} |")
 
 

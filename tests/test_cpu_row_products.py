@@ -39,7 +39,7 @@ def fused_before_first_call(monkeypatch):
 @pytest.fixture
 def any_size(monkeypatch):
     """The kernels for every size (the measured thresholds would send small ones to MKL)."""
-    monkeypatch.setattr(rows, "wins", lambda dtype, transposed, m, elements: True)
+    monkeypatch.setattr(rows, "wins", lambda dtype, transposed, m, k, n: True)
 
 
 def compiled_of(jitted, *args):
@@ -221,10 +221,12 @@ def test_groups_only_products_whose_rows_are_ready_and_fit():
     ((1000, 1000), torch.float64, 1, False, False),     # a float64 single row: MKL streams as fast
     ((1000, 1000), torch.float64, 2, True, True),
     ((3000, 3000), torch.float32, 2, False, False),     # 36 MB: from DRAM, MKL's territory
+    ((8192, 64), torch.float32, 2, True, False),        # row dots of 64: MKL as fast
+    ((4096, 128), torch.float32, 2, True, True),
     ((1000, 1000), torch.float32, 5, False, False),     # more rows than a pass holds
 ])
 def test_thresholds_keep_torch_matmul_where_the_kernel_does_not_win(shape, dtype, m, transposed, rewritten):
-    w, x = _var(shape, dtype), _var((m, shape[0]), dtype)
+    w, x = _var(shape, dtype), _var((m, shape[1] if transposed else shape[0]), dtype)
     eqns = []
     out = _dot(eqns, x, w, transposed)
     g = rows.row_products(_graph([w, x], eqns, [out]))

@@ -57,7 +57,8 @@ MAX_ROWS = 4        # rows per pass: their accumulators (4 x 4 KB) stay in L1 be
 # never; below, call overheads decide and MKL is as fast or faster). A single row wins only
 # for float32 X @ W (0.77x of MKL at 1000x1000, 0.91x at 1400x1400, a tie at 512x512); a
 # single row of X @ W.mT or of float64 ties MKL's GEMV. 2-4 rows win from 256x256 (X @ W.mT
-# float32: from 512x512, a tie at 256) since MKL reads the matrix once per row.
+# float32: from 512x512, a tie at 256) since MKL reads the matrix once per row; non-square
+# matrices alike (64x4096 to 4096x256: 0.4-0.96x), but for short row dots (MIN_DOT).
 MIN_ELEMENTS = {(torch.float32, False): {1: 512 * 1024, 2: 256 * 256, 3: 256 * 256, 4: 256 * 256},
                 (torch.float32, True): {1: None, 2: 512 * 512, 3: 512 * 512, 4: 512 * 512},
                 (torch.float64, False): {1: None, 2: 256 * 256, 3: 256 * 256, 4: 256 * 256},
@@ -66,12 +67,17 @@ MIN_ELEMENTS = {(torch.float32, False): {1: 512 * 1024, 2: 256 * 256, 3: 256 * 2
 # 2-4 rows still win at the last-level cache's 32 MB (2800x2800 float32, 2048x2048 float64:
 # 0.5-0.9x) and lost at 64 MB (4000x4000 float32, 2 rows), where both stream from DRAM.
 MAX_BYTES = {1: 8 << 20, 2: 32 << 20, 3: 32 << 20, 4: 32 << 20}
+# X @ W.mT: dot products shorter than this tie or lose (K = 64: 0.97-1.10x of MKL; the
+# horizontal sum per output costs as much as the products); from 128 they win (0.55-0.99x).
+MIN_DOT = 128
 
 
-def wins(dtype, transposed: bool, rows: int, elements: int) -> bool:
-    """Does one pass of `rows` rows over a matrix of `elements` elements beat torch.matmul?"""
+def wins(dtype, transposed: bool, rows: int, k: int, n: int) -> bool:
+    """Does one pass of `rows` rows over a K x N matrix (N x K for X @ W.mT) beat torch.matmul?"""
     least = MIN_ELEMENTS[dtype, transposed].get(rows)
-    return least is not None and least <= elements and elements * dtype.itemsize <= MAX_BYTES[rows]
+    elements = k * n
+    return least is not None and least <= elements and elements * dtype.itemsize <= MAX_BYTES[rows] \
+        and (not transposed or k >= MIN_DOT)
 
 
 DTYPES = {torch.float32: "float", torch.float64: "double"}
@@ -134,7 +140,8 @@ def _candidate(e, producers):
             continue
         base, flipped = _matrix(w, producers)
         transposed = (wc == 1) != flipped
-        if not any(wins(out.dtype, transposed, m, math.prod(w.type.shape)) for m in range(rows, MAX_ROWS + 1)):
+        k, n = x.type.shape[-1], w.type.shape[1 - wc]
+        if not any(wins(out.dtype, transposed, m, k, n) for m in range(rows, MAX_ROWS + 1)):
             continue
         return base, x, transposed, rows
     return None
@@ -172,7 +179,8 @@ def row_products(graph: Graph, notes: list | None = None) -> Graph:
                     and position.get(x2, -1) < i:
                 members.append(j)
                 rows += r2
-        if wins(graph.eqns[i].outputs[0].type.dtype, transposed, rows, math.prod(w.type.shape)):
+        k = x.type.shape[-1]
+        if wins(graph.eqns[i].outputs[0].type.dtype, transposed, rows, k, math.prod(w.type.shape) // k):
             taken.update(members)
             groups.append(members)
     if not groups:
