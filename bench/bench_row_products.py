@@ -7,6 +7,8 @@ interleaved rounds, so that other processes' bursts on a shared machine do not d
     python bench/bench_row_products.py --threads 2      # MKL on 2 threads against the kernel on one
     python bench/bench_row_products.py --sizes 256 1000 --rows 1 2
 
+    python bench/bench_row_products.py --hvp            # bench_transforms' hvp: backward g @ W.mT by MKL or the kernel
+
 Columns: the kernel as the fused tier's wrapper calls it (ctypes, outputs allocated), one
 torch.matmul of the M rows, and M torch.matmuls of one row each (what a graph of M separate
 products ran before the pass grouped them); ratio = kernel / best torch (< 1: the kernel
@@ -51,6 +53,31 @@ def best_of(fns: dict, rounds: int, window: float = 0.004) -> dict:
     return best
 
 
+def hvp_backward_ab(rounds: int):
+    """bench_transforms' hvp jitted twice, side by side: its single-row backward g @ W.mT on
+    MKL (float32 X @ W.mT single rows switched off) and on the kernel (the thresholds)."""
+    import functx
+    import bench_transforms as bt
+    fn, args = bt.hvp(functx, False)
+    key = (torch.float32, True)
+    saved = rp.MIN_ELEMENTS[key][1]
+    variants = {}
+    for name, least in (("backward on MKL", None), ("backward on the kernel", saved)):
+        rp.MIN_ELEMENTS[key][1] = least
+        jitted = functx.jit(lambda *a: fn(*a))      # its own jit entry per variant
+        jitted(*args)
+        fused = jitted.lower(*args)[0].compiled.fused
+        rows = [e.params["rows"] for e in fused.row_eqns]
+        variants[f"{name} {rows}"] = jitted
+    rp.MIN_ELEMENTS[key][1] = saved
+    outs = [j(*args) for j in variants.values()]
+    torch.testing.assert_close(outs[0], outs[1])
+    times = best_of({n: (lambda j=j: j(*args)) for n, j in variants.items()}, rounds, window=0.01)
+    print(f"hvp (bench_transforms), load average {os.getloadavg()[0]:.2f}, best of {rounds} rounds")
+    for n, t in times.items():
+        print(f"  {n:40s} {fmt_time(t)}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
@@ -59,10 +86,14 @@ def main():
     ap.add_argument("--dtypes", nargs="*", default=["float32", "float64"])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--shapes", nargs="*", default=[], help="KxN matrices (X @ W: W is KxN) instead of --sizes")
+    ap.add_argument("--hvp", action="store_true", help="only the hvp A/B (hvp_backward_ab)")
     a = ap.parse_args()
     if a.threads == 1:
         pin_to_one_core()
     torch.set_num_threads(a.threads)
+    if a.hvp:
+        os.environ.setdefault("FUNCTX_CPU_BLOCK", "1")
+        return hvp_backward_ab(max(a.rounds, 30))
     dtypes = [getattr(torch, d) for d in a.dtypes]
     entries = [(f"b_{d}_{m}_{int(t)}", dt, m, t) for dt in dtypes for d in [str(dt)[6:]]
                for m in a.rows for t in (False, True)]

@@ -25,7 +25,7 @@ Only where it wins clearly, by measurement (bench/bench_row_products.py, one cor
 docs/benchmarks.md "Shared-weight GEMV"): the matrix holds between MIN_ELEMENTS elements
 (per dtype, orientation and rows: below, call overheads decide) and MAX_BYTES (beyond the
 last-level cache it streams from DRAM, where MKL's prefetching wins); a single row only for
-float32 X @ W (MKL's single-row X @ W.mT and float64 GEMVs are as fast as this loop);
+float32 (MKL's float64 GEMV is as fast as this loop);
 everything else (a symbolic size, more rows, other dtypes, batch dims) keeps torch.matmul.
 At run time a matrix that is not contiguous in the traced orientation (a transposed or
 expanded input) falls back to torch.matmul per product, and so does a call with more than
@@ -54,13 +54,15 @@ MAX_ROWS = 4        # rows per pass: their accumulators (4 x 4 KB) stay in L1 be
 # Where the kernel beats torch.matmul, measured by bench/bench_row_products.py (one core, AMD
 # EPYC, MKL; best of interleaved rounds; docs/benchmarks.md "Shared-weight GEMV"). Per
 # (dtype, X @ W.mT?) and rows: the fewest matrix elements from which it wins clearly (None:
-# never; below, call overheads decide and MKL is as fast or faster). A single row wins only
-# for float32 X @ W (0.77x of MKL at 1000x1000, 0.91x at 1400x1400, a tie at 512x512); a
-# single row of X @ W.mT or of float64 ties MKL's GEMV. 2-4 rows win from 256x256 (X @ W.mT
+# never; below, call overheads decide and MKL is as fast or faster). A single float32 row
+# wins for X @ W (0.67-0.96x of MKL from 512K elements; a tie at 512x512) and for X @ W.mT
+# where it counts: alone it ties MKL's GEMV (0.93-1.05x), but right after a pass over the
+# same matrix (hvp's backward g @ W.mT after its forward pass) it took 11-16 us off a ~197 us
+# hvp (`bench_row_products.py --hvp`); float64 single rows tie MKL. 2-4 rows win from 256x256 (X @ W.mT
 # float32: from 512x512, a tie at 256) since MKL reads the matrix once per row; non-square
 # matrices alike (64x4096 to 4096x256: 0.4-0.96x), but for short row dots (MIN_DOT).
 MIN_ELEMENTS = {(torch.float32, False): {1: 512 * 1024, 2: 256 * 256, 3: 256 * 256, 4: 256 * 256},
-                (torch.float32, True): {1: None, 2: 512 * 512, 3: 512 * 512, 4: 512 * 512},
+                (torch.float32, True): {1: 512 * 1024, 2: 512 * 512, 3: 512 * 512, 4: 512 * 512},
                 (torch.float64, False): {1: None, 2: 256 * 256, 3: 256 * 256, 4: 256 * 256},
                 (torch.float64, True): {1: None, 2: 256 * 256, 3: 256 * 256, 4: 256 * 256}}
 # The most matrix bytes: a single row beyond 8 MB loses to MKL (2000x2000 float32: 1.17x);
