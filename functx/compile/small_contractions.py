@@ -20,8 +20,9 @@ and writes a full [4096,128] result that the next kernel reads back. Rewritten:
     the other operand (the tanh of the last hidden layer) or with reductions over the same
     domain (the bias gradient's column sum beside a weight gradient); the rows are put
     together with a select on an iota (a tiny pointwise kernel). Only where the graph
-    computes the other operand: a graph input (a weight times 2 stacked rows) has no
-    producer to fuse with, and BLAS streams it at memory speed.
+    computes the other operand: a graph input (a weight times 2 stacked rows), or a view
+    of one (`x @ W.mT`), has no producer to fuse with, and BLAS (or the CPU backend's
+    row_products kernel) streams it at memory speed.
 
 Mathematically exact: each output element is the same sum of the same products; only the
 order and precision of the accumulation change (the C++ reductions add in double), as for
