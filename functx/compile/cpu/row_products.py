@@ -21,12 +21,13 @@ than a plain streaming loop on AMD CPUs. This pass:
     vectorizes the n loop), for `X @ W.mT` row dots (each row of W loaded once and dotted
     with every X row, vector accumulators). W is read once for all the rows.
 
-Only where it wins clearly, by measurement (bench/bench_row_products.py, one core, AMD EPYC,
-docs/benchmarks.md "Shared-weight GEMV"): the matrix holds between MIN_ELEMENTS elements
-(per dtype, orientation and rows: below, call overheads decide) and MAX_BYTES (beyond the
-last-level cache it streams from DRAM, where MKL's prefetching wins); a single row only for
-float32 (MKL's float64 GEMV is as fast as this loop);
-everything else (a symbolic size, more rows, other dtypes, batch dims) keeps torch.matmul.
+Only where it wins, by measurement (bench/bench_row_products.py, one core, AMD EPYC,
+docs/benchmarks.md "Shared-weight GEMV"; the constants below say where each comes from):
+the matrix holds between MIN_ELEMENTS elements (per dtype, orientation and rows: below, call
+overheads decide) and MAX_BYTES (beyond the last-level cache it streams from DRAM, where
+MKL's prefetching wins); a single row only for float32 (MKL's float64 GEMV is as fast as
+this loop); everything else (a symbolic size, more rows, other dtypes, batch dims) keeps
+torch.matmul.
 At run time a matrix that is not contiguous in the traced orientation (a transposed or
 expanded input) falls back to torch.matmul per product, and so does a call with more than
 one torch thread (the thresholds are one-core measurements: on the shared 2-core test box an
