@@ -62,6 +62,15 @@ def test_a_few_rows_times_an_input_matrix_stay_in_blas():
         dot_graph((2, 300), (300, 200), (((1,), (0,)), ((), ())), computed=False)).eqns]
     assert "dot_general" not in [e.prim.name for e in small_contractions(
         dot_graph((2, 300), (300, 200), (((1,), (0,)), ((), ())), computed=True)).eqns]
+    # a transposed graph input (x @ W.mT) is still an input: no producer to fuse with
+    x = Var(TensorType((2, 300), torch.float32, torch.device("cpu")))
+    w = Var(TensorType((200, 300), torch.float32, torch.device("cpu")))
+    wt, out = Var(TensorType((300, 200), torch.float32, torch.device("cpu"))), Var(TensorType((2, 200), torch.float32, torch.device("cpu")))
+    act = Var(out.type)
+    g = Graph([x, w], [], [], [Eqn(REGISTRY["transpose"], [w], [wt], {"permutation": (1, 0)}),
+                               Eqn(REGISTRY["dot_general"], [x, wt], [out], {"dimension_numbers": (((1,), (0,)), ((), ()))}),
+                               Eqn(REGISTRY["tanh"], [out], [act], {})], [act])
+    assert "dot_general" in [e.prim.name for e in small_contractions(g).eqns]
 
 
 # (lhs shape, rhs shape, dimension numbers, rewritten?)

@@ -20,8 +20,9 @@ and writes a full [4096,128] result that the next kernel reads back. Rewritten:
     the other operand (the tanh of the last hidden layer) or with reductions over the same
     domain (the bias gradient's column sum beside a weight gradient); the rows are put
     together with a select on an iota (a tiny pointwise kernel). Only where the graph
-    computes the other operand: a graph input (a weight times 2 stacked rows) has no
-    producer to fuse with, and BLAS streams it at memory speed.
+    computes the other operand: a graph input (a weight times 2 stacked rows), or a view
+    of one (`x @ W.mT`), has no producer to fuse with, and BLAS (or the CPU backend's
+    row_products kernel) streams it at memory speed.
 
 Mathematically exact: each output element is the same sum of the same products; only the
 order and precision of the accumulation change (the C++ reductions add in double), as for
@@ -177,12 +178,22 @@ def _feeds_a_kernel(graph: Graph):
     return feeds
 
 
+def _computed(graph: Graph) -> set:
+    """Values some kernel computes: outputs of non-view equations and views of them (a
+    transposed or reshaped graph input is still an input: no producer to fuse with)."""
+    computed: set = set()
+    for e in graph.eqns:
+        if e.prim.kind != VIEW or any(a in computed for a in e.inputs if isinstance(a, Var)):
+            computed.update(e.outputs)
+    return computed
+
+
 def small_contractions(graph: Graph, notes: list | None = None) -> Graph:
     """Rewrite dot_generals over tiny dims (module docstring). notes, if given, receives
     one line per rewritten product for explain."""
     sub, eqns, changed = _Subst(), [], False
     feeds = _feeds_a_kernel(graph)
-    computed = {v for e in graph.eqns for v in e.outputs}
+    computed = _computed(graph)
     for e in graph.eqns:
         e = sub.eqn(e)
         repl = None

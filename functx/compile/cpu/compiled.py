@@ -34,6 +34,7 @@ from ..eager import EagerCompiled
 from ..loops import loop_report
 from ..fusion.compiled import FusedCompiled
 from ..small_contractions import small_contractions
+from . import row_products as rows
 from ..symbolic import graph_symbols
 from .huge_pages import fresh, is_big
 from .cpp_ops import CppOps, header, link_flags, lowerable, prefers_blocked
@@ -81,8 +82,9 @@ SKIP_UNFUSED = True
 
 def _fuses_anything(fused) -> bool:
     if not SKIP_UNFUSED:
-        return bool(fused.kernels)
-    return any(g.kind != "extern" and len(g.eqns) > 1 for g in fused.groups)
+        return bool(fused.kernels) or bool(fused.row_eqns)
+    # a row_products kernel beats torch.matmul by itself (row_products.py)
+    return bool(fused.row_eqns) or any(g.kind != "extern" and len(g.eqns) > 1 for g in fused.groups)
 
 
 def wait_for_fused(timeout: float | None = None) -> None:
@@ -106,11 +108,19 @@ class CppFused(FusedCompiled):
         self.library_source = ""
         self.compiled_now = False        # False: the library came from the disk or memory cache
         self.rewrites: list[str] = []    # small_contractions' notes, for explain
+        self.row_notes: list[str] = []   # row_products' notes, for explain
         graph = small_contractions(graph, self.rewrites)
+        graph = rows.row_products(graph, self.row_notes)
+        self.row_eqns = rows.equations(graph)
         super().__init__(graph, persistent_max=-1)       # C++ loops over every row: no blocks
 
     def lowerable(self, eqn):
+        if eqn.prim is rows.row_products_p:
+            return "products of a few rows with one matrix: one C++ pass over it (row_products.py)"
         return lowerable(eqn)
+
+    def fresh_extern(self, eqn) -> bool:
+        return eqn.prim is rows.row_products_p      # new outputs (kernel or torch.matmul)
 
     def kernel_source(self, plan):
         if self.symbolic:
@@ -132,12 +142,15 @@ class CppFused(FusedCompiled):
 
     def load_kernels(self, generated):
         launchers = {"_threads": torch.get_num_threads, "_fresh": fresh}
-        if not generated:
+        if not generated and not self.row_eqns:
             return launchers
-        self.library_source = header() + "\n\n" + "\n".join(src for _, src in generated)
+        self.library_source = header() + "\n\n" + "\n".join(src for _, src in generated) + \
+            rows.library_source(self.row_eqns)
         lib, self.compiled_now = load_library(self.library_source, link_flags(), compile=self._compile)
         for plan, _ in generated:
             launchers[plan.name] = kernel_function(lib, plan.name, *self._nargs[plan.name])
+        for e in self.row_eqns:
+            launchers[e.params["kernel"]] = rows.launcher(lib, e, torch.get_num_threads)
         return launchers
 
     def launch_source(self, plan, ins, outs):
@@ -152,6 +165,10 @@ class CppFused(FusedCompiled):
             lines.append(f"fused-tier pass small_contractions: {len(self.rewrites)} product(s) over tiny dims "
                          "became fused multiply-adds (functx/compile/small_contractions.py):")
             lines += [f"  {n}" for n in self.rewrites]
+        if self.row_notes:
+            lines.append(f"fused-tier pass row_products: {len(self.row_notes)} C++ pass(es) over a shared matrix "
+                         "replace torch.matmul (functx/compile/cpu/row_products.py):")
+            lines += [f"  {n}" for n in self.row_notes]
         return "\n".join(lines)
 
 

@@ -135,11 +135,12 @@ def _static(shape) -> bool:
     return all(type(n) is int for n in shape)
 
 
-def liveness(schedule, poolable_extern) -> tuple:
+def liveness(schedule, poolable_extern, fresh_extern=lambda e: False) -> tuple:
     """(roots, escaping, last_read) of the schedule's buffers: roots(atom) is the set of
     buffers atom may share memory with (through views, or an extern that may return a view
-    of an input); escaping, the buffers a graph output may alias; last_read[b], the index of
-    the last group that reads buffer b or a view of it (templates not counted)."""
+    of an input, unless fresh_extern(eqn) says its outputs are new tensors); escaping, the
+    buffers a graph output may alias; last_read[b], the index of the last group that reads
+    buffer b or a view of it (templates not counted)."""
     graph, producers = schedule.graph, schedule.producers
     memo: dict = {}
 
@@ -153,7 +154,7 @@ def liveness(schedule, poolable_extern) -> tuple:
             out = frozenset()
         elif is_inlined(e):
             out = frozenset().union(*(roots(a) for a in e.inputs))
-        elif schedule.group_of[id(e)].extern and not poolable_extern(e):
+        elif schedule.group_of[id(e)].extern and not poolable_extern(e) and not fresh_extern(e):
             out = frozenset({atom}).union(*(roots(a) for a in e.inputs))
         else:
             out = frozenset({atom})
@@ -175,13 +176,15 @@ def liveness(schedule, poolable_extern) -> tuple:
     return roots, escaping, last_read
 
 
-def assign_slots(schedule, poolable_extern, written_over=None) -> tuple[dict, list]:
+def assign_slots(schedule, poolable_extern, written_over=None, fresh_extern=lambda e: False) -> tuple[dict, list]:
     """(var -> slot index, [(numel, dtype, device)] per slot) for the schedule's groups.
     poolable_extern(eqn): can this extern's single output be written into a given buffer?
     written_over: {v: b} for kernel outputs written in place over a dying input b
-    (fusion/inplace.py): v takes b's slot, and holds it as long as v is read."""
+    (fusion/inplace.py): v takes b's slot, and holds it as long as v is read.
+    fresh_extern(eqn): are this extern's outputs new tensors, never views of its inputs (an
+    unknown extern's outputs may alias its inputs, which then escape with them)?"""
     written_over = written_over or {}
-    _, escaping, last_use = liveness(schedule, poolable_extern)
+    _, escaping, last_use = liveness(schedule, poolable_extern, fresh_extern)
     candidates: list[tuple[int, Var]] = []      # (group index, buffer it writes)
     for i, grp in enumerate(schedule.groups):
         if grp.template is not None:

@@ -250,6 +250,10 @@ class FusedCompiled(Compiled):
     pool_buffers = False        # a backend whose allocator page-faults on fresh memory sets it
     inplace_outputs = False     # a backend whose kernels can write an output over an input sets it
 
+    def fresh_extern(self, eqn) -> bool:
+        """Does this extern return new tensors, never views of its operands (buffer_pool)?"""
+        return False
+
     def output_buffer(self, v) -> str | None:
         """Source of the fresh buffer a kernel or matmul writes v into, or None for the
         default (torch.empty; a matmul allocates its own result)."""
@@ -258,7 +262,7 @@ class FusedCompiled(Compiled):
     def _pool_buffers(self) -> dict:
         """var -> the global name of its buffer, a view of a slot allocated once
         (buffer_pool.py)."""
-        slot_of, slots = assign_slots(self.schedule, _poolable_extern, self.written_over)
+        slot_of, slots = assign_slots(self.schedule, _poolable_extern, self.written_over, self.fresh_extern)
         self._pool = SlotPool(slots)
         self._pool_views = {}
         out = {}
