@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from ..core import POINTWISE, REDUCTION, VIEW, Literal, Var, Zero
-from ..core.ir import Eqn
+from ..core.ir import Eqn, Graph
 from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, Tracer, UndefinedPrimal, trace_state
 from ..frontend.lowered_ops import FloatSignatures, LoweredOp, run_lowered
 from ..prims.shape import _broadcast_view, reshape_p
@@ -255,15 +255,21 @@ def build_jvp_of(jvp, name, multiple, specs, zero_of):
             residuals.append(a)
     need = {a for a in out_atoms if isinstance(a, Var)} | set(residuals)
     kept_known = _slice(known, need)
+    # each recorded equation's transpose template; the last one's is the whole group's when
+    # there are several (UnitTranspose: one generated transpose for all of them)
+    tpls = [TransposeRule(e, [isinstance(a, Var) and a in lin for a in e.inputs]) for e in kept_linear]
+    if len(kept_linear) > 1:
+        tpls[-1] = UnitTranspose(kept_linear, lin, tout_atoms, tpls, name)
 
     fns = {}
     for bind in (False, True):
         fns.update(_jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin,
-                                  out_atoms, tout_atoms))
+                                  out_atoms, tout_atoms, tpls))
     return JvpRule(fns, multiple)
 
 
-def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin, out_atoms, tout_atoms):
+def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin, out_atoms, tout_atoms,
+                   tpls):
     """linearize(pe, P, T) and forward(P, T) of one JvpRule; bind: their primal (and forward
     tangent) equations bind at the current trace instead of calling impls."""
     gen = _Codegen(bind=bind)
@@ -289,8 +295,8 @@ def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_lin
         atom_name = rec.fresh()
         rec_lines.append(f"    {atom_name} = atom({r})")
         rec.names[v] = atom_name
-    for e in kept_linear:
-        rec_lines.append(rec.record(e, lin))
+    for e, tpl in zip(kept_linear, tpls):
+        rec_lines.append(rec.record(e, tpl))
     rec_touts = ", ".join("None" if a is None else
                           (f"GT(pe, {rec.ref(a)})" if isinstance(a, Var) and a in lin else gen.ref(a))
                           for a in tout_atoms)
@@ -378,9 +384,9 @@ class _Codegen:
         self.ns["L"] = run_lowered
         return f"    ({''.join(n + ', ' for n in names)}) = L({self.const(op)}, [{ins}])"
 
-    def record(self, e, lin):
+    def record(self, e, tpl):
         """Append e (fresh output Vars) to the partial-eval trace, as GraphTrace records it,
-        with its transpose template for backward_pass."""
+        with its transpose template tpl for backward_pass."""
         ins = "[" + ", ".join(self.names[a] if isinstance(a, Var) else self.const(a) for a in e.inputs) + "]"
         lines = []
         outs = []
@@ -389,7 +395,7 @@ class _Codegen:
             lines.append(f"    {name} = Var({self.const(o.type)})")
             self.names[o] = name
             outs.append(name)
-        tpl = self.const(TransposeRule(e, [isinstance(a, Var) and a in lin for a in e.inputs]))
+        tpl = self.const(tpl)
         lines.append(f"    eqns.append(Eqn({self.const(e.prim)}, {ins}, [{', '.join(outs)}], "
                      f"{self.const(e.params)}, None, {tpl}))")
         return "\n".join(lines)
@@ -447,26 +453,108 @@ def _build_transpose(e, linear):
         trace_state.trace = prev
     if len(cts) != len(e.inputs) or not _plain(g.eqns):
         return UNCACHEABLE
+    return _transpose_functions(f"transpose {e.prim.name}", "ct", {ct.var: "ct"}, res_vars, g, cts)
+
+
+def _transpose_functions(label, arg, ct_names, res_vars, g, cts):
+    """{bind: transpose(<arg>, R)} generated from what g recorded: ct_names names the
+    cotangent Vars (by <arg>), res_vars are R's; cts: the results (Var, or None)."""
     fns = {}
+    in_vars = [*ct_names, *res_vars]
     for bind in (False, True):
         gen = _Codegen(bind=bind)
-        gen.names[ct.var] = "ct"
+        gen.names.update(ct_names)
         for k, v in enumerate(res_vars):
             gen.names[v] = f"R[{k}]"
         for v, c in zip(g.constvars, g.consts):
             gen.names[v] = gen.const(c)
         if bind and len(g.eqns) > 1:      # one unit at the trace below (as for jvp rules)
-            lines = [gen.unit(f"transpose {e.prim.name}", g.eqns, [ct.var, *res_vars], g, cts)]
+            lines = [gen.unit(label, g.eqns, in_vars, g, cts)]
         elif bind:
             lines = [gen.call(eq) for eq in g.eqns]
         else:
             lines = [gen.call(eq) for eq in elide_broadcasts(g.eqns, {c for c in cts if isinstance(c, Var)})]
         outs = ", ".join("None" if c is None else gen.ref(c) for c in cts)
-        src = "\n".join(["def transpose(ct, R):"] + lines + [f"    return ({outs},)"])
+        src = "\n".join([f"def transpose({arg}, R):"] + lines + [f"    return ({outs},)"])
         ns = dict(gen.ns, B=bind_at_current)
-        exec(compile(src, f"<functx transpose rule {e.prim.name} ({'bind' if bind else 'impl'})>", "exec"), ns)
+        exec(compile(src, f"<functx {label} ({'bind' if bind else 'impl'})>", "exec"), ns)
         fns[bind] = ns["transpose"]
     return fns
+
+
+class UnitTranspose:
+    """The transpose of every linear equation one JvpRule records per call (a function
+    unit's, an ATen op's or a primitive's tangent work; two or more equations), generated as
+    one function (C, R) -> cotangents of the group's linear inputs: C the cotangents of the
+    group's outputs that have one (one function per such mask, traced on first use by
+    backward_pass over the group's equations), R the residuals. It is the template of the
+    group's last recorded equation; backward_pass finds the group's runtime Vars at fixed
+    positions of the equations before it (the generated linearize appends them together,
+    each with its own TransposeRule, `tpls`, checked by identity before the group runs).
+    Where it does not apply, the equations run one by one (`last`: the last one's rule)."""
+    __slots__ = ("n", "tpls", "last", "eqns", "in_vars", "res_vars", "out_vars", "in_pos", "res_pos", "out_pos",
+                 "fns", "dtype", "name")
+
+    def __init__(self, eqns, lin, tout_atoms, tpls, name):
+        self.n = len(eqns)
+        self.tpls = tuple(tpls[:-1])
+        self.last = tpls[-1]
+        self.eqns = eqns
+        self.name = name
+        made = {o: (j, k) for j, e in enumerate(eqns) for k, o in enumerate(e.outputs)}
+        self.in_vars, self.res_vars, self.in_pos, self.res_pos = [], [], [], []
+        for j, e in enumerate(eqns):
+            for k, a in enumerate(e.inputs):
+                if not isinstance(a, Var) or a in made or a in self.in_vars or a in self.res_vars:
+                    continue
+                if a in lin:
+                    self.in_vars.append(a)
+                    self.in_pos.append((j, k))
+                else:
+                    self.res_vars.append(a)
+                    self.res_pos.append((j, k))
+        self.out_vars, self.out_pos = [], []
+        for a in tout_atoms:
+            if isinstance(a, Var) and a in made and a not in self.out_vars:
+                self.out_vars.append(a)
+                self.out_pos.append(made[a])
+        self.fns = {}
+        self.dtype = None
+
+    def compile(self, mask, backward_pass):
+        """The functions for the outputs with a cotangent (mask), or UNCACHEABLE."""
+        if self.dtype is None:
+            self.dtype = torch.get_default_dtype()
+        fns = UNCACHEABLE
+        if self.dtype is torch.get_default_dtype():
+            try:
+                fns = self._build(mask, backward_pass)
+            except Exception:       # the equations' own rules then run (and raise) one by one
+                fns = UNCACHEABLE
+        self.fns[mask] = fns
+        return fns
+
+    def _build(self, mask, backward_pass):
+        g = GraphTrace(EVAL_TRACE, stage_all=True)
+        ct_names, cts = {}, []
+        for v, m in zip(self.out_vars, mask):
+            if m:
+                c = g.new_arg(v.type)
+                ct_names[c.var] = f"C[{len(ct_names)}]"
+                cts.append(c)
+            else:
+                cts.append(None)
+        res = [g.new_arg(v.type) for v in self.res_vars]
+        graph = Graph(self.in_vars, self.res_vars, res, self.eqns, self.out_vars)
+        prev, trace_state.trace = trace_state.trace, g
+        try:
+            out = backward_pass(graph, res, cts)
+            out = [None if c is None or isinstance(c, Zero) else g.atom(c) for c in out]
+        finally:
+            trace_state.trace = prev
+        if not _plain(g.eqns):
+            return UNCACHEABLE
+        return _transpose_functions(f"transpose of {self.name}", "C", ct_names, [r.var for r in res], g, out)
 
 
 def _plain(eqns) -> bool:
