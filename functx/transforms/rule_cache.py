@@ -31,6 +31,9 @@ this off (its checks name each step of the rule).
 """
 from __future__ import annotations
 
+import ast
+import math
+
 import torch
 
 from ..core import POINTWISE, REDUCTION, VIEW, Literal, Var, Zero
@@ -313,7 +316,7 @@ def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_lin
         + [f"    return {wrap(outs_src)}, {wrap(rec_touts)}", "",
            "def forward(P, T):"] + known_lines + fwd_lines
         + [f"    return {wrap(outs_src)}, {wrap(fwd_touts)}"])
-    ns = dict(gen.ns, **rec.ns, **fwd.ns, GT=GraphTracer, Var=Var, Eqn=Eqn, B=bind_at_current)
+    ns = dict(_GLOBALS, **gen.ns, **rec.ns, **fwd.ns, GT=GraphTracer, Var=Var, Eqn=Eqn, B=bind_at_current)
     variant = "bind" if bind else "impl"
     exec(compile(src, f"<functx jvp rule {name} ({variant})>", "exec"), ns)
     return {("linearize", bind): ns["linearize"], ("forward", bind): ns["forward"]}
@@ -359,6 +362,9 @@ class _Codegen:
         if self.bind:
             args = "(" + "".join(i + ", " for i in ins) + ")"
             return f"    {self._outs(e)} = B({self.const(e.prim)}, {args}, {self.const(e.params)})"
+        expr = _emitted(e, ins)
+        if expr is not None:
+            return f"    {self._outs(e)} = {expr}"
         impl = e.prim.impl
         if e.inputs and isinstance(e.inputs[0], Var):     # no Python scalar to make a tensor of first
             impl = getattr(impl, "tensor_first", impl)
@@ -399,6 +405,28 @@ class _Codegen:
         lines.append(f"    eqns.append(Eqn({self.const(e.prim)}, {ins}, [{', '.join(outs)}], "
                      f"{self.const(e.params)}, None, {tpl}))")
         return "\n".join(lines)
+
+
+def _emitted(e, srcs):
+    """e as a PyTorch expression from its primitive's `emit` rule (what jit's eager backend
+    prints: `x @ w`, `torch.where(...)`, no impl wrapper's Python frame), or None where it has
+    none or it reads names other than its operands, `torch` and `math` (the generated code's
+    globals: _GLOBALS)."""
+    if e.prim.emit is None:
+        return None
+    try:
+        expr = e.prim.emit(e, srcs)
+        names = _names(expr)
+    except Exception:
+        return None
+    return expr if names <= _GLOBALS.keys() | {n for s in srcs for n in _names(s)} else None
+
+
+def _names(src):
+    return {n.id for n in ast.walk(ast.parse(src, mode="eval")) if isinstance(n, ast.Name)}
+
+
+_GLOBALS = {"torch": torch, "math": math}
 
 
 def bind_at_current(prim, args, params):
@@ -476,7 +504,7 @@ def _transpose_functions(label, arg, ct_names, res_vars, g, cts):
             lines = [gen.call(eq) for eq in elide_broadcasts(g.eqns, {c for c in cts if isinstance(c, Var)})]
         outs = ", ".join("None" if c is None else gen.ref(c) for c in cts)
         src = "\n".join([f"def transpose({arg}, R):"] + lines + [f"    return ({outs},)"])
-        ns = dict(gen.ns, B=bind_at_current)
+        ns = dict(_GLOBALS, **gen.ns, B=bind_at_current)
         exec(compile(src, f"<functx {label} ({'bind' if bind else 'impl'})>", "exec"), ns)
         fns[bind] = ns["transpose"]
     return fns
@@ -624,7 +652,7 @@ def build_batch_of(batch, name, multiple, specs):
         outs_src = ", ".join(gen.ref(a) for a in out_atoms)
         ret = f"[{outs_src}]" if multiple else outs_src
         src = "\n".join(["def batch(V):"] + lines + [f"    return {ret}"])
-        ns = dict(gen.ns, B=bind_at_current)
+        ns = dict(_GLOBALS, **gen.ns, B=bind_at_current)
         exec(compile(src, f"<functx batch rule {name} ({'bind' if bind else 'impl'})>", "exec"), ns)
         fns[bind] = ns["batch"]
     return BatchRule(fns, out_dims, multiple)
