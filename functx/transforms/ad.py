@@ -137,24 +137,28 @@ def _unit_transpose(tpl, eqns, i, env, ct_env, linear, add_ct, eager, default_dt
     run one by one)."""
     n = tpl.n
     base = i - n + 1
-    if base < 0 or tpl.dtype is not None and tpl.dtype is not default_dtype:
+    # the equations recorded together with this one, as recorded
+    if base < 0 or eqns[base].template is not tpl.first or tpl.dtype is not None and tpl.dtype is not default_dtype:
         return 0
-    j = base
-    for t in tpl.tpls:          # the equations recorded together with this one
-        if eqns[j].template is not t:
-            return 0
-        j += 1
-    cts, mask, impl = [], [], eager
-    for j, k in tpl.out_pos:
+    out_pos = tpl.out_pos
+    if len(out_pos) == 1:       # the common case, without the loop
+        j, k = out_pos[0]
         c = ct_env.pop(eqns[base + j].outputs[k], None)
-        mask.append(c is not None)
-        if c is not None:
-            cts.append(c)
-            if impl and not isinstance(c, torch.Tensor):
-                impl = False
-    if not cts:                 # nothing flows back through the group
-        return n
-    mask = tuple(mask)
+        if c is None:
+            return n
+        cts, mask, impl = [c], _ONE, eager and isinstance(c, torch.Tensor)
+    else:
+        cts, mask, impl = [], [], eager
+        for j, k in out_pos:
+            c = ct_env.pop(eqns[base + j].outputs[k], None)
+            mask.append(c is not None)
+            if c is not None:
+                cts.append(c)
+                if impl and not isinstance(c, torch.Tensor):
+                    impl = False
+        if not cts:                 # nothing flows back through the group
+            return n
+        mask = tuple(mask)
     fns = tpl.fns.get(mask) or tpl.compile(mask, backward_pass)
     cts_in = None
     if fns is not UNCACHEABLE:
@@ -174,6 +178,9 @@ def _unit_transpose(tpl, eqns, i, env, ct_env, linear, add_ct, eager, default_dt
             if a in linear:
                 add_ct(a, c)
     return n
+
+
+_ONE = (True,)
 
 
 def linear_forward(graph, tangents):

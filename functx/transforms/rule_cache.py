@@ -38,7 +38,7 @@ import torch
 
 from ..core import POINTWISE, REDUCTION, VIEW, Literal, Var, Zero
 from ..core.ir import Eqn, Graph
-from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, Tracer, UndefinedPrimal, trace_state
+from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, Tracer, UndefinedPrimal, tensor_type, trace_state
 from ..frontend.lowered_ops import FloatSignatures, LoweredOp, run_lowered
 from ..prims.shape import _broadcast_view, reshape_p
 
@@ -293,10 +293,16 @@ def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_lin
     rec = _Codegen(gen)
     for k, v in enumerate(t_vars):
         rec.names[v] = f"T[{k}]"
-    rec_lines = ["    atom = pe.atom", "    eqns = pe.eqns"]
+    rec_lines = ["    eqns = pe.eqns"]
+    if residuals:
+        rec_lines.append("    atom = pe.atom" if bind else "    cvar, const = pe.constvars.append, pe.consts.append")
     for v, r in zip(residuals, res_names):
         atom_name = rec.fresh()
-        rec_lines.append(f"    {atom_name} = atom({r})")
+        if bind:
+            rec_lines.append(f"    {atom_name} = atom({r})")
+        else:       # a tensor of this (non-weak) type: pe.atom's work without asking it for its type
+            t = rec.const(tensor_type(tuple(v.type.shape), v.type.dtype, v.type.device))
+            rec_lines.append(f"    {atom_name} = Var({t}); cvar({atom_name}); const({r})")
         rec.names[v] = atom_name
     for e, tpl in zip(kept_linear, tpls):
         rec_lines.append(rec.record(e, tpl))
@@ -362,12 +368,13 @@ class _Codegen:
         if self.bind:
             args = "(" + "".join(i + ", " for i in ins) + ")"
             return f"    {self._outs(e)} = B({self.const(e.prim)}, {args}, {self.const(e.params)})"
-        expr = _emitted(e, ins)
-        if expr is not None:
-            return f"    {self._outs(e)} = {expr}"
         impl = e.prim.impl
         if e.inputs and isinstance(e.inputs[0], Var):     # no Python scalar to make a tensor of first
             impl = getattr(impl, "tensor_first", impl)
+        if type(impl) is not _BUILTIN:      # a torch builtin is called as is; else the emit rule's
+            expr = _emitted(e, ins)         # expression, without the impl's Python frame
+            if expr is not None:
+                return f"    {self._outs(e)} = {expr}"
         fn = self.const(impl)
         if e.params:
             ins.append("**" + self.const(e.params))
@@ -427,6 +434,7 @@ def _names(src):
 
 
 _GLOBALS = {"torch": torch, "math": math}
+_BUILTIN = type(torch.exp)
 
 
 def bind_at_current(prim, args, params):
@@ -518,14 +526,15 @@ class UnitTranspose:
     backward_pass over the group's equations), R the residuals. It is the template of the
     group's last recorded equation; backward_pass finds the group's runtime Vars at fixed
     positions of the equations before it (the generated linearize appends them together,
-    each with its own TransposeRule, `tpls`, checked by identity before the group runs).
+    each with its own TransposeRule; the first one's, `first`, is checked by identity before
+    the group runs: a graph edited after linearize recorded it runs equation by equation).
     Where it does not apply, the equations run one by one (`last`: the last one's rule)."""
-    __slots__ = ("n", "tpls", "last", "eqns", "in_vars", "res_vars", "out_vars", "in_pos", "res_pos", "out_pos",
+    __slots__ = ("n", "first", "last", "eqns", "in_vars", "res_vars", "out_vars", "in_pos", "res_pos", "out_pos",
                  "fns", "dtype", "name")
 
     def __init__(self, eqns, lin, tout_atoms, tpls, name):
         self.n = len(eqns)
-        self.tpls = tuple(tpls[:-1])
+        self.first = tpls[0]
         self.last = tpls[-1]
         self.eqns = eqns
         self.name = name
