@@ -78,6 +78,9 @@ NONLINEAR = {
     "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient",
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
+    # prims/fused.py: eager transforms only; nll_loss is linear in its input, but its jvp is the
+    # decomposition (which linearize records and transposes), so it needs no transpose
+    "log_softmax", "nll_loss",
     "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)
     "while_tape_check",    # transforms/control_flow/while_reverse.py (integer step count)
     # while_reverse.py: tape[step] = carry on primal values; its jvp is a scatter (which transposes)

@@ -44,7 +44,8 @@ from ..prims.shape import _broadcast_view, reshape_p
 
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
 _EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot_general", "conv", "take",
-                        "scatter_add", "scatter", "take_along_axis", "scatter_add_along", "sort"})
+                        "scatter_add", "scatter", "take_along_axis", "scatter_add_along", "sort", "log_softmax",
+                        "nll_loss"})
 ALLOWED: dict = {}       # Primitive -> bool
 UNCACHEABLE = "uncacheable"
 JVP_RULES: dict = {}     # key (see JVPTrace._cached_jvp) -> JvpRule | UNCACHEABLE
@@ -206,6 +207,7 @@ def build_jvp_of(jvp, name, multiple, specs, zero_of):
     """The JvpRule of jvp(primals, tangents) -> (outputs, output tangents), two lists (a
     primitive's rule, or an ATen op's cached lowering under a JVPTrace), or UNCACHEABLE."""
     g = GraphTrace(EVAL_TRACE, stage_all=True)
+    g.keeps_fused = True       # fused primitives stay whole (prims/fused.py)
     primals, tangents, p_vars, t_vars = [], [], [], []
     for s in specs:
         if not isinstance(s, tuple):
@@ -470,6 +472,7 @@ class TransposeRule:
 
 def _build_transpose(e, linear):
     g = GraphTrace(EVAL_TRACE, stage_all=True)
+    g.keeps_fused = True       # fused primitives stay whole (prims/fused.py)
     ct = g.new_arg(e.outputs[0].type)
     args, res_vars = [], []
     for a, is_lin in zip(e.inputs, linear):
@@ -573,6 +576,7 @@ class UnitTranspose:
 
     def _build(self, mask, backward_pass):
         g = GraphTrace(EVAL_TRACE, stage_all=True)
+        g.keeps_fused = True       # fused primitives stay whole (prims/fused.py)
         ct_names, cts = {}, []
         for v, m in zip(self.out_vars, mask):
             if m:
@@ -629,6 +633,7 @@ def build_batch_of(batch, name, multiple, specs):
     """The BatchRule of batch(vals, dims) -> (outputs, their batch dims) (a primitive's rule,
     or an ATen op's cached lowering under a BatchTrace), or UNCACHEABLE."""
     g = GraphTrace(EVAL_TRACE, stage_all=True)
+    g.keeps_fused = True       # fused primitives stay whole (prims/fused.py)
     vals, dims, in_vars = [], [], []
     for s in specs:
         if not isinstance(s, tuple):
