@@ -788,7 +788,7 @@ def _nll_gen(draw, dtype, smooth):
 
 add(Entry("log_softmax", _log_softmax_gen, lambda x, axis: torch.log_softmax(x, axis), dtypes=(F32, F64)))
 add(Entry("nll_loss", _nll_gen, lambda x, t, reduction, ignore_index: torch.ops.aten.nll_loss_forward(
-    x, t, None, reduction, ignore_index)[0], dtypes=(F32, F64)))
+    x, t, None, reduction, ignore_index)[0], dtypes=(F32, F64), linear=((0,),)))
 
 
 # ---------------------------------------------------------------- random

@@ -2,9 +2,9 @@
 
 Without jit every primitive is one torch kernel call, and a decomposed log_softmax + nll_loss
 is ~22 of them where torch runs two (each ~2-5 us on small tensors: most of an eager
-cross_entropy's cost under grad). These primitives run torch's fused kernels, with jvp and
-batch rules of their own (both are declared nonlinear: their tangents are decompositions in
-primitives, which linearize records and transposes as usual; no transpose rules).
+cross_entropy's cost under grad). These primitives run torch's fused kernels, with rules of
+their own: log_softmax's tangent is in primitives (t - sum(t * softmax)); nll_loss is linear
+in its input (its tangent is itself), transposed as its decomposition transposes.
 
 Only eager levels see them. `log_softmax` / `nll_loss` bind the primitive where the current
 trace runs ATen ops as cached lowerings (an eager grad/jvp/vmap level, `Trace.lowered_ops`) or
@@ -22,7 +22,8 @@ from ..core.trace import trace_state, type_of
 from ..core.types import TensorType
 from . import elementwise as ew
 from . import shape as sh
-from .indexing import take_along_axis
+from .creation import zeros_like_type
+from .indexing import scatter_add_along, take_along_axis
 from .reduce import reduce_max, reduce_sum
 from .shape import bdim_to_front
 
@@ -136,8 +137,22 @@ def _nll_jvp(primals, tangents, *, reduction, ignore_index):
     out = nll_loss_p.bind(x, target, reduction=reduction, ignore_index=ignore_index)
     if isinstance(t, Zero):
         return out, Zero(type_of(out))
-    # linear in x: the tangent is the loss of t, in primitives linearize can transpose
-    return out, nll_loss_decomposed(t, target, reduction=reduction, ignore_index=ignore_index)
+    return out, nll_loss_p.bind(t, target, reduction=reduction, ignore_index=ignore_index)     # linear in x
+
+
+def _nll_transpose(ct, x, target, *, reduction, ignore_index):
+    """-ct (over the targets' count for a mean) at each kept target's class, 0 elsewhere: the
+    transpose of the decomposition, equation by equation."""
+    xt, tt = x.aval, type_of(target)
+    channel = 1 if xt.ndim > 1 else 0
+    keep, safe = _keep_and_index(target, ignore_index, channel)
+    ct = ew.neg(ct)             # (negated before it is broadcast: one element, for a reduction)
+    if reduction == NLL_MEAN:
+        ct = ew.div(ct, nll_total_weight(target, ignore_index, xt.dtype, keep))
+    if reduction != NLL_NONE:
+        ct = sh.broadcast_in_dim(ct, tt.shape, ())
+    per = sh.reshape(ew.where(keep, ct, 0.0), tt.shape[:channel] + (1,))
+    return [scatter_add_along(zeros_like_type(xt), safe, per, channel), None]
 
 
 def _nll_batch(axis_data, args, dims, *, reduction, ignore_index):
@@ -170,6 +185,7 @@ nll_loss_p = Primitive(
     impl=lambda x, target, *, reduction, ignore_index: torch.ops.aten.nll_loss_forward(
         x, target, None, reduction, ignore_index)[0],
     jvp=_nll_jvp,
+    transpose=_nll_transpose,
     batch=_nll_batch,
     composite=nll_loss_decomposed,
     emit=lambda eqn, srcs: (f"torch.ops.aten.nll_loss_forward({srcs[0]}, {srcs[1]}, None, "
