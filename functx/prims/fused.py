@@ -141,18 +141,25 @@ def _nll_jvp(primals, tangents, *, reduction, ignore_index):
 
 
 def _nll_transpose(ct, x, target, *, reduction, ignore_index):
-    """-ct (over the targets' count for a mean) at each kept target's class, 0 elsewhere: the
-    transpose of the decomposition, equation by equation."""
-    xt, tt = x.aval, type_of(target)
-    channel = 1 if xt.ndim > 1 else 0
-    keep, safe = _keep_and_index(target, ignore_index, channel)
-    ct = ew.neg(ct)             # (negated before it is broadcast: one element, for a reduction)
-    if reduction == NLL_MEAN:
-        ct = ew.div(ct, nll_total_weight(target, ignore_index, xt.dtype, keep))
-    if reduction != NLL_NONE:
-        ct = sh.broadcast_in_dim(ct, tt.shape, ())
-    per = sh.reshape(ew.where(keep, ct, 0.0), tt.shape[:channel] + (1,))
-    return [scatter_add_along(zeros_like_type(xt), safe, per, channel), None]
+    return [nll_loss_backward_p.bind(ct, target, shape=tuple(x.aval.shape), reduction=reduction,
+                                     ignore_index=ignore_index), None]
+
+
+def _nll_batch_rows(target, dt, size):
+    """target with its batch dim first, and the number of rows of all examples together."""
+    target = bdim_to_front(target, dt, size)
+    n = 1
+    for k in type_of(target).shape:
+        n *= k
+    return target, n
+
+
+def _per_example_count(target, ignore_index, dtype):
+    """Each example's number of targets not ignored (target: batch dim first)."""
+    tt = type_of(target)
+    keep = ew.convert(ew.ne(target, ignore_index), torch.int64)
+    axes = tuple(range(1, tt.ndim))
+    return ew.convert(reduce_sum(keep, axes) if axes else keep, dtype)
 
 
 def _nll_batch(axis_data, args, dims, *, reduction, ignore_index):
@@ -160,11 +167,9 @@ def _nll_batch(axis_data, args, dims, *, reduction, ignore_index):
     (and mean over its targets not ignored)."""
     (x, target), (dx, dt) = args, dims
     size = axis_data.size
-    x, target = bdim_to_front(x, dx, size), bdim_to_front(target, dt, size)
+    x = bdim_to_front(x, dx, size)
+    target, n = _nll_batch_rows(target, dt, size)
     xt, tt = type_of(x), type_of(target)
-    n = 1
-    for k in xt.shape[:-1]:
-        n *= k
     rows = sh.reshape(x, (n, xt.shape[-1]))             # (B*N, C), or (B, C)
     flat = sh.reshape(target, (n,))
     per = sh.reshape(nll_loss_p.bind(rows, flat, reduction=NLL_NONE, ignore_index=ignore_index), tt.shape)
@@ -174,9 +179,7 @@ def _nll_batch(axis_data, args, dims, *, reduction, ignore_index):
     total = reduce_sum(per, axes) if axes else per
     if reduction == NLL_SUM:
         return total, 0
-    keep = ew.convert(ew.ne(target, ignore_index), torch.int64)
-    count = ew.convert(reduce_sum(keep, axes) if axes else keep, xt.dtype)
-    return ew.div(total, count), 0
+    return ew.div(total, _per_example_count(target, ignore_index, xt.dtype)), 0
 
 
 nll_loss_p = Primitive(
@@ -190,3 +193,65 @@ nll_loss_p = Primitive(
     composite=nll_loss_decomposed,
     emit=lambda eqn, srcs: (f"torch.ops.aten.nll_loss_forward({srcs[0]}, {srcs[1]}, None, "
                             f"{eqn.params['reduction']}, {eqn.params['ignore_index']})[0]"))
+
+
+# ---------------------------------------------------------------- nll_loss's transpose
+
+def nll_loss_backward_decomposed(ct, target, *, shape, reduction, ignore_index):
+    """-ct (over the targets' count for a mean) at each kept target's class, 0 elsewhere: the
+    decomposition's transpose, equation by equation."""
+    xt, tt = TensorType(tuple(shape), type_of(ct).dtype, type_of(ct).device), type_of(target)
+    channel = 1 if xt.ndim > 1 else 0
+    keep, safe = _keep_and_index(target, ignore_index, channel)
+    ct = ew.neg(ct)             # (negated before it is broadcast: one element, for a reduction)
+    if reduction == NLL_MEAN:
+        ct = ew.div(ct, nll_total_weight(target, ignore_index, xt.dtype, keep))
+    if reduction != NLL_NONE:
+        ct = sh.broadcast_in_dim(ct, tt.shape, ())
+    per = sh.reshape(ew.where(keep, ct, 0.0), tt.shape[:channel] + (1,))
+    return scatter_add_along(zeros_like_type(xt), safe, per, channel)
+
+
+def _nll_backward_impl(ct, target, *, shape, reduction, ignore_index):
+    # ATen's kernel reads only the input's size and dtype, and total_weight only for a mean
+    total = (target != ignore_index).sum().to(ct.dtype) if reduction == NLL_MEAN else ct.new_ones(())
+    return torch.ops.aten.nll_loss_backward(ct, ct.new_empty(shape), target, None, reduction, ignore_index, total)
+
+
+def _nll_backward_jvp(primals, tangents, **params):
+    (ct, target), (t, _) = primals, tangents
+    out = nll_loss_backward_p.bind(ct, target, **params)
+    if isinstance(t, Zero):
+        return out, Zero(type_of(out))
+    return out, nll_loss_backward_p.bind(t, target, **params)      # linear in ct
+
+
+def _nll_backward_transpose(g, ct, target, *, shape, reduction, ignore_index):
+    return [nll_loss_p.bind(g, target, reduction=reduction, ignore_index=ignore_index), None]
+
+
+def _nll_backward_batch(axis_data, args, dims, *, shape, reduction, ignore_index):
+    """Per example: every example's rows at once, unreduced, each row's cotangent being its
+    example's (over its count of targets not ignored, for a mean)."""
+    (ct, target), (dc, dt) = args, dims
+    size = axis_data.size
+    ct = bdim_to_front(ct, dc, size)
+    target, n = _nll_batch_rows(target, dt, size)
+    tt = type_of(target)
+    if reduction != NLL_NONE:
+        if reduction == NLL_MEAN:
+            ct = ew.div(ct, _per_example_count(target, ignore_index, type_of(ct).dtype))
+        ct = sh.broadcast_in_dim(ct, tt.shape, (0,))
+    rows = nll_loss_backward_p.bind(sh.reshape(ct, (n,)), sh.reshape(target, (n,)), shape=(n, shape[-1]),
+                                    reduction=NLL_NONE, ignore_index=ignore_index)
+    return sh.reshape(rows, (size, *shape)), 0
+
+
+nll_loss_backward_p = Primitive(
+    "nll_loss_backward", kind=EXTERN,
+    abstract_eval=lambda ct, target, *, shape, reduction, ignore_index: TensorType(tuple(shape), ct.dtype, ct.device),
+    impl=_nll_backward_impl,
+    jvp=_nll_backward_jvp,
+    transpose=_nll_backward_transpose,
+    batch=_nll_backward_batch,
+    composite=nll_loss_backward_decomposed)

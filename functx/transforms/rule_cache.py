@@ -45,7 +45,7 @@ from ..prims.shape import _broadcast_view, reshape_p
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
 _EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot_general", "conv", "take",
                         "scatter_add", "scatter", "take_along_axis", "scatter_add_along", "sort", "log_softmax",
-                        "nll_loss"})
+                        "nll_loss", "nll_loss_backward"})
 ALLOWED: dict = {}       # Primitive -> bool
 UNCACHEABLE = "uncacheable"
 JVP_RULES: dict = {}     # key (see JVPTrace._cached_jvp) -> JvpRule | UNCACHEABLE
