@@ -101,7 +101,7 @@ def _key(x, leaves):
     """The static signature of an argument (tensors append their values to leaves)."""
     t = type(x)
     if t is TracerTensor:
-        k = x._key
+        k = x._unit_key
         if k is not None and x._root is None:     # a fresh wrapper (a unit's result), as made
             leaves.append(x._value)
             return k

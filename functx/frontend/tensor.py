@@ -87,7 +87,7 @@ class TracerTensor(torch.Tensor):
     _meta = None        # a meta tensor with this wrapper's layout (views replay on it)
     _strided = False    # True when torch would lay this tensor out non-contiguously
     _read_only = None   # why writes into this root are refused
-    _key = None         # a fresh wrapper's value's type as function units key it (fresh_wrapper)
+    _unit_key = None    # a fresh wrapper's value's type as function units key it (fresh_wrapper)
 
     def __repr__(self, *, tensor_contents=None):
         # The traced value's repr (print, str, pdb's p): the values where the transform has
@@ -124,7 +124,7 @@ def fresh_wrapper(value, t):
     unit's output: frontend/function_units.py), without asking the value for it."""
     r = _make_wrapper(TracerTensor, t.shape, dtype=t.dtype, device=t.device)
     r._value = value
-    r._key = (t.shape, t.dtype, t.device, t.weak)
+    r._unit_key = (t.shape, t.dtype, t.device, t.weak)
     return r
 
 
