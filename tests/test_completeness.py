@@ -60,6 +60,7 @@ LINEAR = {
     "broadcast_in_dim", "reshape", "transpose", "slice", "pad", "concatenate", "rev",
     "reduce_sum", "cumsum", "dot_general",
     "take", "scatter_add", "scatter", "take_along_axis", "scatter_add_along",
+    "nll_loss", "nll_loss_backward",     # prims/fused.py: linear in their first operand
     "psum", "all_gather", "opaque",
     # prims/spmd.py: identities per rank with functx.spmd's replicated-value transposes
     "replicated_in", "replicated_out", "pvary", "invariant_ct",
@@ -86,6 +87,7 @@ NONLINEAR = {
     "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient",
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
+    "log_softmax",      # prims/fused.py
     "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)
     "while_tape_check",    # transforms/control_flow/while_reverse.py (integer step count)
     # while_reverse.py: tape[step] = carry on primal values; its jvp is a scatter (which transposes)

@@ -147,3 +147,20 @@ def test_aliases_made_in_cpp_take_the_usual_path():
     for _ in range(2):
         _close(functx.grad(f)(x), torch.func.grad(f)(x))
     assert all(u is function_units.UNCACHEABLE for u in _entries("detach"))
+
+
+def test_a_unit_result_changed_in_place_keys_on_its_new_type():
+    """A unit's result remembers its type for the next unit's key (fresh_wrapper); an in-place
+    view (unsqueeze_) or write that changes it forgets it."""
+    x = torch.randn(3, 4)
+
+    def f(x):
+        y = x * 2.0
+        y.unsqueeze_(0)                 # (1, 3, 4) now
+        y = torch.cat([y, torch.cos(y)]).sum(0)         # (3, 4), not (4,)
+        z = torch.sin(y) * 2.0
+        z.mul_(torch.cos(x))            # an in-place write into a unit's result
+        return (torch.exp(z) @ x.T).sum()
+    for _ in range(2):
+        torch.testing.assert_close(functx.grad(f)(x), torch.func.grad(f)(x))
+        torch.testing.assert_close(functx.vmap(f)(x[None].expand(2, 3, 4)), torch.func.vmap(f)(x[None].expand(2, 3, 4)))

@@ -70,6 +70,10 @@ class Primitive:
     # fn(*args, **params) run at a GraphTrace in place of recording an equation, so jit
     # compiles their bodies; only transforms above the graph trace need their rules.
     inline: Callable | None = None
+    # Fused primitives of eager transforms (prims/fused.py): fn(*args, **params) binding the
+    # primitives it stands for, which a GraphTrace records instead unless it keeps fused
+    # primitives (an eager unit's or rule's trace), so jit and the backends never see it.
+    composite: Callable | None = None
     # Lowering facts.
     emit: Callable | None = None
     emit_broadcasts: bool = False

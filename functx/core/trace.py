@@ -44,6 +44,9 @@ class Trace:
 
     # Whether dispatch hands ATen ops to this trace as cached lowerings (frontend/lowered_ops.py)
     lowered_ops: bool = False
+    # Whether fused primitives (Primitive.composite, prims/fused.py) are bound as themselves
+    # here: on eager levels (lowered_ops) and in the graphs of their units and rules
+    keeps_fused: bool = False
 
     def process_primitive(self, prim, args, params):
         raise NotImplementedError
@@ -455,6 +458,8 @@ class GraphTrace(Trace):
                 return process_on_parent(self, prim, args, params)
         if prim.inline is not None:      # structural primitive: record its body (see Primitive.inline)
             return prim.inline(*args, **params)
+        if prim.composite is not None and not self.keeps_fused:     # what it stands for
+            return prim.composite(*args, **params)
         atoms, in_types = [], []
         for a in args:
             if isinstance(a, GraphTracer) and a._trace is self:     # self.atom(a), inline

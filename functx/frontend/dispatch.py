@@ -162,7 +162,7 @@ def torch_layout(func, args, kwargs, out, pointwise=False):
         if not isinstance(w, TracerTensor) or w._root is not None or id(w) in inputs or w._layout is not None:
             return w
         if st is None or len(st) != w.dim():
-            w._layout, w._strided = "unknown", True
+            w._layout, w._strided, w._unit_key = "unknown", True, None
             return w
         if st == w.stride():
             return w
@@ -450,6 +450,7 @@ def _inplace_view(func, functional, args, kwargs):
         func(*args, **kwargs)
     if target._root is None:
         target._value = value_of(view)     # a root stays a root, with the new shape
+        target._unit_key = None
         target._meta = None                # and the layout torch just gave the wrapper
         target._strided = not target.is_contiguous()
     else:

@@ -101,6 +101,10 @@ def _key(x, leaves):
     """The static signature of an argument (tensors append their values to leaves)."""
     t = type(x)
     if t is TracerTensor:
+        k = x._unit_key
+        if k is not None and x._root is None:     # a fresh wrapper (a unit's result), as made
+            leaves.append(x._value)
+            return k
         root = x._root if x._root is not None else x
         if x._strided or root._layout == "unknown":
             raise _Uncacheable
@@ -155,6 +159,7 @@ def _build(func, types, args, kwargs, leaves):
 
 def _trace_unit(func, types, args, kwargs, leaves):
     g = GraphTrace(EVAL_TRACE, stage_all=True)
+    g.keeps_fused = True       # fused primitives stay whole (prims/fused.py)
     tracers = [g.new_arg(type_of(x)) for x in leaves]
     wrappers = [TracerTensor(t) for t in tracers]
     it = iter(wrappers)

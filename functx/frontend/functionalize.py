@@ -283,6 +283,7 @@ def assign(w, new_value) -> None:
         raise FunctxError(f"functx: {(root if root is not None else w)._read_only}, here:\n{user_frame_summary()}")
     if root is None:
         w._value = new_value
+        w._unit_key = None
         w._version_ += 1
         return
     assign(root, scatter_into_view(value_of(root), root, w._chain, new_value))
@@ -315,6 +316,7 @@ def write(target, value):
     assign(target, value)
     with torch.enable_grad():
         root._value = P.add(old, P.stop_gradient(P.sub(root._value, old)))
+        root._unit_key = None
 
 
 def _writes_values_only(target) -> bool:

@@ -166,6 +166,7 @@ def run_cached(func, lowering, args, kwargs):
 
 def _build(func, lowering, args, kwargs, leaves):
     g = GraphTrace(EVAL_TRACE, stage_all=True)
+    g.keeps_fused = True       # fused primitives stay whole (prims/fused.py)
     tracers = [g.new_arg(type_of(x)) for x in leaves]
     it = iter(tracers)
     a_args, a_kwargs = _rebuild(args, it), dict(_rebuild(tuple(kwargs.items()), it))

@@ -87,6 +87,7 @@ class TracerTensor(torch.Tensor):
     _meta = None        # a meta tensor with this wrapper's layout (views replay on it)
     _strided = False    # True when torch would lay this tensor out non-contiguously
     _read_only = None   # why writes into this root are refused
+    _unit_key = None    # a fresh wrapper's value's type as function units key it (fresh_wrapper)
 
     def __repr__(self, *, tensor_contents=None):
         # The traced value's repr (print, str, pdb's p): the values where the transform has
@@ -121,8 +122,9 @@ class TracerTensor(torch.Tensor):
 def fresh_wrapper(value, t):
     """TracerTensor(value) for a fresh, contiguous result whose type t is known (a cached
     unit's output: frontend/function_units.py), without asking the value for it."""
-    r = _make_wrapper(TracerTensor, t.shape, dtype=t.dtype, device=t.device, requires_grad=False)
+    r = _make_wrapper(TracerTensor, t.shape, dtype=t.dtype, device=t.device)
     r._value = value
+    r._unit_key = (t.shape, t.dtype, t.device, t.weak)
     return r
 
 

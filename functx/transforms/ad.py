@@ -20,7 +20,7 @@ from .. import prims as P
 from ..prims.spmd import invariant_ct
 from ..frontend.random_mode import without_random_mode
 from .jvp import JVPTrace, JVPTracer
-from .rule_cache import UNCACHEABLE
+from .rule_cache import UNCACHEABLE, UnitTranspose
 
 
 def differentiable(x) -> bool:
@@ -76,9 +76,19 @@ def backward_pass(graph, consts, cts):
     fast = not nan_check.STATE.on
     eager = current_trace() is EVAL_TRACE
     default_dtype = torch.get_default_dtype()
-    for eqn in reversed(graph.eqns):
+    eqns = graph.eqns
+    i = len(eqns)
+    while i:
+        i -= 1
+        eqn = eqns[i]
         tpl = eqn.template
         if tpl is not None and fast:
+            if type(tpl) is UnitTranspose:      # the whole group recorded with eqn at once
+                n = _unit_transpose(tpl, eqns, i, env, ct_env, linear, add_ct, eager, default_dtype)
+                if n:
+                    i -= n - 1
+                    continue
+                tpl = tpl.last
             ct = ct_env.pop(eqn.outputs[0], None)
             if ct is None:
                 continue
@@ -119,6 +129,58 @@ def backward_pass(graph, consts, cts):
             if c is not None and isinstance(a, Var) and a in linear:
                 add_ct(a, c)
     return [ct_env.get(v, Zero(v.type)) for v in graph.invars]
+
+
+def _unit_transpose(tpl, eqns, i, env, ct_env, linear, add_ct, eager, default_dtype):
+    """Run a UnitTranspose (transforms/rule_cache.py) for the group of equations ending at
+    eqns[i]: the number of equations it stood for, or 0 where it does not apply (they then
+    run one by one)."""
+    n = tpl.n
+    base = i - n + 1
+    # the equations recorded together with this one, as recorded
+    if base < 0 or eqns[base].template is not tpl.first or tpl.dtype is not None and tpl.dtype is not default_dtype:
+        return 0
+    out_pos = tpl.out_pos
+    if len(out_pos) == 1:       # the common case, without the loop
+        j, k = out_pos[0]
+        c = ct_env.pop(eqns[base + j].outputs[k], None)
+        if c is None:
+            return n
+        cts, mask, impl = [c], _ONE, eager and isinstance(c, torch.Tensor)
+    else:
+        cts, mask, impl = [], [], eager
+        for j, k in out_pos:
+            c = ct_env.pop(eqns[base + j].outputs[k], None)
+            mask.append(c is not None)
+            if c is not None:
+                cts.append(c)
+                if impl and not isinstance(c, torch.Tensor):
+                    impl = False
+        if not cts:                 # nothing flows back through the group
+            return n
+        mask = tuple(mask)
+    fns = tpl.fns.get(mask) or tpl.compile(mask, backward_pass)
+    cts_in = None
+    if fns is not UNCACHEABLE:
+        try:
+            cts_in = fns[not impl](cts, [env[eqns[base + j].inputs[k]] for j, k in tpl.res_pos])
+        except Exception:       # the equations' own rules raise (and name) the error
+            cts_in = None
+    if cts_in is None:          # put the cotangents back for the one-by-one path
+        it = iter(cts)
+        for (j, k), m in zip(tpl.out_pos, mask):
+            if m:
+                ct_env[eqns[base + j].outputs[k]] = next(it)
+        return 0
+    for (j, k), c in zip(tpl.in_pos, cts_in):
+        if c is not None:
+            a = eqns[base + j].inputs[k]
+            if a in linear:
+                add_ct(a, c)
+    return n
+
+
+_ONE = (True,)
 
 
 def linear_forward(graph, tangents):

@@ -550,8 +550,11 @@ def _basis(types, dtype_of, n_total):
     blocks, offset = [], 0
     for t in types:
         n = t.numel
-        eye = torch.zeros(n_total, n, dtype=dtype_of(t), device=t.device)
-        eye[offset:offset + n] = torch.eye(n, dtype=dtype_of(t), device=t.device)
+        if n == n_total:        # one leaf: the identity itself (one kernel, not three)
+            eye = torch.eye(n, dtype=dtype_of(t), device=t.device)
+        else:
+            eye = torch.zeros(n_total, n, dtype=dtype_of(t), device=t.device)
+            eye[offset:offset + n] = torch.eye(n, dtype=dtype_of(t), device=t.device)
         block = eye.reshape((n_total,) + t.shape)
         if n == n_total:
             mark_identity_basis(block)

@@ -31,17 +31,21 @@ this off (its checks name each step of the rule).
 """
 from __future__ import annotations
 
+import ast
+import math
+
 import torch
 
 from ..core import POINTWISE, REDUCTION, VIEW, Literal, Var, Zero
-from ..core.ir import Eqn
-from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, Tracer, UndefinedPrimal, trace_state
+from ..core.ir import Eqn, Graph
+from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, Tracer, UndefinedPrimal, tensor_type, trace_state
 from ..frontend.lowered_ops import FloatSignatures, LoweredOp, run_lowered
 from ..prims.shape import _broadcast_view, reshape_p
 
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
 _EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot_general", "conv", "take",
-                        "scatter_add", "scatter", "take_along_axis", "scatter_add_along", "sort"})
+                        "scatter_add", "scatter", "take_along_axis", "scatter_add_along", "sort", "log_softmax",
+                        "nll_loss", "nll_loss_backward"})
 ALLOWED: dict = {}       # Primitive -> bool
 UNCACHEABLE = "uncacheable"
 JVP_RULES: dict = {}     # key (see JVPTrace._cached_jvp) -> JvpRule | UNCACHEABLE
@@ -203,6 +207,7 @@ def build_jvp_of(jvp, name, multiple, specs, zero_of):
     """The JvpRule of jvp(primals, tangents) -> (outputs, output tangents), two lists (a
     primitive's rule, or an ATen op's cached lowering under a JVPTrace), or UNCACHEABLE."""
     g = GraphTrace(EVAL_TRACE, stage_all=True)
+    g.keeps_fused = True       # fused primitives stay whole (prims/fused.py)
     primals, tangents, p_vars, t_vars = [], [], [], []
     for s in specs:
         if not isinstance(s, tuple):
@@ -255,15 +260,21 @@ def build_jvp_of(jvp, name, multiple, specs, zero_of):
             residuals.append(a)
     need = {a for a in out_atoms if isinstance(a, Var)} | set(residuals)
     kept_known = _slice(known, need)
+    # each recorded equation's transpose template; the last one's is the whole group's when
+    # there are several (UnitTranspose: one generated transpose for all of them)
+    tpls = [TransposeRule(e, [isinstance(a, Var) and a in lin for a in e.inputs]) for e in kept_linear]
+    if len(kept_linear) > 1:
+        tpls[-1] = UnitTranspose(kept_linear, lin, tout_atoms, tpls, name)
 
     fns = {}
     for bind in (False, True):
         fns.update(_jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin,
-                                  out_atoms, tout_atoms))
+                                  out_atoms, tout_atoms, tpls))
     return JvpRule(fns, multiple)
 
 
-def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin, out_atoms, tout_atoms):
+def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin, out_atoms, tout_atoms,
+                   tpls):
     """linearize(pe, P, T) and forward(P, T) of one JvpRule; bind: their primal (and forward
     tangent) equations bind at the current trace instead of calling impls."""
     gen = _Codegen(bind=bind)
@@ -284,13 +295,19 @@ def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_lin
     rec = _Codegen(gen)
     for k, v in enumerate(t_vars):
         rec.names[v] = f"T[{k}]"
-    rec_lines = ["    atom = pe.atom", "    eqns = pe.eqns"]
+    rec_lines = ["    eqns = pe.eqns"]
+    if residuals:
+        rec_lines.append("    atom = pe.atom" if bind else "    cvar, const = pe.constvars.append, pe.consts.append")
     for v, r in zip(residuals, res_names):
         atom_name = rec.fresh()
-        rec_lines.append(f"    {atom_name} = atom({r})")
+        if bind:
+            rec_lines.append(f"    {atom_name} = atom({r})")
+        else:       # a tensor of this (non-weak) type: pe.atom's work without asking it for its type
+            t = rec.const(tensor_type(tuple(v.type.shape), v.type.dtype, v.type.device))
+            rec_lines.append(f"    {atom_name} = Var({t}); cvar({atom_name}); const({r})")
         rec.names[v] = atom_name
-    for e in kept_linear:
-        rec_lines.append(rec.record(e, lin))
+    for e, tpl in zip(kept_linear, tpls):
+        rec_lines.append(rec.record(e, tpl))
     rec_touts = ", ".join("None" if a is None else
                           (f"GT(pe, {rec.ref(a)})" if isinstance(a, Var) and a in lin else gen.ref(a))
                           for a in tout_atoms)
@@ -307,7 +324,7 @@ def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_lin
         + [f"    return {wrap(outs_src)}, {wrap(rec_touts)}", "",
            "def forward(P, T):"] + known_lines + fwd_lines
         + [f"    return {wrap(outs_src)}, {wrap(fwd_touts)}"])
-    ns = dict(gen.ns, **rec.ns, **fwd.ns, GT=GraphTracer, Var=Var, Eqn=Eqn, B=bind_at_current)
+    ns = dict(_GLOBALS, **gen.ns, **rec.ns, **fwd.ns, GT=GraphTracer, Var=Var, Eqn=Eqn, B=bind_at_current)
     variant = "bind" if bind else "impl"
     exec(compile(src, f"<functx jvp rule {name} ({variant})>", "exec"), ns)
     return {("linearize", bind): ns["linearize"], ("forward", bind): ns["forward"]}
@@ -356,6 +373,10 @@ class _Codegen:
         impl = e.prim.impl
         if e.inputs and isinstance(e.inputs[0], Var):     # no Python scalar to make a tensor of first
             impl = getattr(impl, "tensor_first", impl)
+        if type(impl) is not _BUILTIN:      # a torch builtin is called as is; else the emit rule's
+            expr = _emitted(e, ins)         # expression, without the impl's Python frame
+            if expr is not None:
+                return f"    {self._outs(e)} = {expr}"
         fn = self.const(impl)
         if e.params:
             ins.append("**" + self.const(e.params))
@@ -378,9 +399,9 @@ class _Codegen:
         self.ns["L"] = run_lowered
         return f"    ({''.join(n + ', ' for n in names)}) = L({self.const(op)}, [{ins}])"
 
-    def record(self, e, lin):
+    def record(self, e, tpl):
         """Append e (fresh output Vars) to the partial-eval trace, as GraphTrace records it,
-        with its transpose template for backward_pass."""
+        with its transpose template tpl for backward_pass."""
         ins = "[" + ", ".join(self.names[a] if isinstance(a, Var) else self.const(a) for a in e.inputs) + "]"
         lines = []
         outs = []
@@ -389,10 +410,33 @@ class _Codegen:
             lines.append(f"    {name} = Var({self.const(o.type)})")
             self.names[o] = name
             outs.append(name)
-        tpl = self.const(TransposeRule(e, [isinstance(a, Var) and a in lin for a in e.inputs]))
+        tpl = self.const(tpl)
         lines.append(f"    eqns.append(Eqn({self.const(e.prim)}, {ins}, [{', '.join(outs)}], "
                      f"{self.const(e.params)}, None, {tpl}))")
         return "\n".join(lines)
+
+
+def _emitted(e, srcs):
+    """e as a PyTorch expression from its primitive's `emit` rule (what jit's eager backend
+    prints: `x @ w`, `torch.where(...)`, no impl wrapper's Python frame), or None where it has
+    none or it reads names other than its operands, `torch` and `math` (the generated code's
+    globals: _GLOBALS)."""
+    if e.prim.emit is None:
+        return None
+    try:
+        expr = e.prim.emit(e, srcs)
+        names = _names(expr)
+    except Exception:
+        return None
+    return expr if names <= _GLOBALS.keys() | {n for s in srcs for n in _names(s)} else None
+
+
+def _names(src):
+    return {n.id for n in ast.walk(ast.parse(src, mode="eval")) if isinstance(n, ast.Name)}
+
+
+_GLOBALS = {"torch": torch, "math": math}
+_BUILTIN = type(torch.exp)
 
 
 def bind_at_current(prim, args, params):
@@ -428,6 +472,7 @@ class TransposeRule:
 
 def _build_transpose(e, linear):
     g = GraphTrace(EVAL_TRACE, stage_all=True)
+    g.keeps_fused = True       # fused primitives stay whole (prims/fused.py)
     ct = g.new_arg(e.outputs[0].type)
     args, res_vars = [], []
     for a, is_lin in zip(e.inputs, linear):
@@ -447,26 +492,110 @@ def _build_transpose(e, linear):
         trace_state.trace = prev
     if len(cts) != len(e.inputs) or not _plain(g.eqns):
         return UNCACHEABLE
+    return _transpose_functions(f"transpose {e.prim.name}", "ct", {ct.var: "ct"}, res_vars, g, cts)
+
+
+def _transpose_functions(label, arg, ct_names, res_vars, g, cts):
+    """{bind: transpose(<arg>, R)} generated from what g recorded: ct_names names the
+    cotangent Vars (by <arg>), res_vars are R's; cts: the results (Var, or None)."""
     fns = {}
+    in_vars = [*ct_names, *res_vars]
     for bind in (False, True):
         gen = _Codegen(bind=bind)
-        gen.names[ct.var] = "ct"
+        gen.names.update(ct_names)
         for k, v in enumerate(res_vars):
             gen.names[v] = f"R[{k}]"
         for v, c in zip(g.constvars, g.consts):
             gen.names[v] = gen.const(c)
         if bind and len(g.eqns) > 1:      # one unit at the trace below (as for jvp rules)
-            lines = [gen.unit(f"transpose {e.prim.name}", g.eqns, [ct.var, *res_vars], g, cts)]
+            lines = [gen.unit(label, g.eqns, in_vars, g, cts)]
         elif bind:
             lines = [gen.call(eq) for eq in g.eqns]
         else:
             lines = [gen.call(eq) for eq in elide_broadcasts(g.eqns, {c for c in cts if isinstance(c, Var)})]
         outs = ", ".join("None" if c is None else gen.ref(c) for c in cts)
-        src = "\n".join(["def transpose(ct, R):"] + lines + [f"    return ({outs},)"])
-        ns = dict(gen.ns, B=bind_at_current)
-        exec(compile(src, f"<functx transpose rule {e.prim.name} ({'bind' if bind else 'impl'})>", "exec"), ns)
+        src = "\n".join([f"def transpose({arg}, R):"] + lines + [f"    return ({outs},)"])
+        ns = dict(_GLOBALS, **gen.ns, B=bind_at_current)
+        exec(compile(src, f"<functx {label} ({'bind' if bind else 'impl'})>", "exec"), ns)
         fns[bind] = ns["transpose"]
     return fns
+
+
+class UnitTranspose:
+    """The transpose of every linear equation one JvpRule records per call (a function
+    unit's, an ATen op's or a primitive's tangent work; two or more equations), generated as
+    one function (C, R) -> cotangents of the group's linear inputs: C the cotangents of the
+    group's outputs that have one (one function per such mask, traced on first use by
+    backward_pass over the group's equations), R the residuals. It is the template of the
+    group's last recorded equation; backward_pass finds the group's runtime Vars at fixed
+    positions of the equations before it (the generated linearize appends them together,
+    each with its own TransposeRule; the first one's, `first`, is checked by identity before
+    the group runs: a graph edited after linearize recorded it runs equation by equation).
+    Where it does not apply, the equations run one by one (`last`: the last one's rule)."""
+    __slots__ = ("n", "first", "last", "eqns", "in_vars", "res_vars", "out_vars", "in_pos", "res_pos", "out_pos",
+                 "fns", "dtype", "name")
+
+    def __init__(self, eqns, lin, tout_atoms, tpls, name):
+        self.n = len(eqns)
+        self.first = tpls[0]
+        self.last = tpls[-1]
+        self.eqns = eqns
+        self.name = name
+        made = {o: (j, k) for j, e in enumerate(eqns) for k, o in enumerate(e.outputs)}
+        self.in_vars, self.res_vars, self.in_pos, self.res_pos = [], [], [], []
+        for j, e in enumerate(eqns):
+            for k, a in enumerate(e.inputs):
+                if not isinstance(a, Var) or a in made or a in self.in_vars or a in self.res_vars:
+                    continue
+                if a in lin:
+                    self.in_vars.append(a)
+                    self.in_pos.append((j, k))
+                else:
+                    self.res_vars.append(a)
+                    self.res_pos.append((j, k))
+        self.out_vars, self.out_pos = [], []
+        for a in tout_atoms:
+            if isinstance(a, Var) and a in made and a not in self.out_vars:
+                self.out_vars.append(a)
+                self.out_pos.append(made[a])
+        self.fns = {}
+        self.dtype = None
+
+    def compile(self, mask, backward_pass):
+        """The functions for the outputs with a cotangent (mask), or UNCACHEABLE."""
+        if self.dtype is None:
+            self.dtype = torch.get_default_dtype()
+        fns = UNCACHEABLE
+        if self.dtype is torch.get_default_dtype():
+            try:
+                fns = self._build(mask, backward_pass)
+            except Exception:       # the equations' own rules then run (and raise) one by one
+                fns = UNCACHEABLE
+        self.fns[mask] = fns
+        return fns
+
+    def _build(self, mask, backward_pass):
+        g = GraphTrace(EVAL_TRACE, stage_all=True)
+        g.keeps_fused = True       # fused primitives stay whole (prims/fused.py)
+        ct_names, cts = {}, []
+        for v, m in zip(self.out_vars, mask):
+            if m:
+                c = g.new_arg(v.type)
+                ct_names[c.var] = f"C[{len(ct_names)}]"
+                cts.append(c)
+            else:
+                cts.append(None)
+        res = [g.new_arg(v.type) for v in self.res_vars]
+        graph = Graph(self.in_vars, self.res_vars, res, self.eqns, self.out_vars)
+        prev, trace_state.trace = trace_state.trace, g
+        try:
+            out = backward_pass(graph, res, cts)
+            out = [None if c is None or isinstance(c, Zero) else g.atom(c) for c in out]
+        finally:
+            trace_state.trace = prev
+        if not _plain(g.eqns):
+            return UNCACHEABLE
+        return _transpose_functions(f"transpose of {self.name}", "C", ct_names, [r.var for r in res], g, out)
 
 
 def _plain(eqns) -> bool:
@@ -504,6 +633,7 @@ def build_batch_of(batch, name, multiple, specs):
     """The BatchRule of batch(vals, dims) -> (outputs, their batch dims) (a primitive's rule,
     or an ATen op's cached lowering under a BatchTrace), or UNCACHEABLE."""
     g = GraphTrace(EVAL_TRACE, stage_all=True)
+    g.keeps_fused = True       # fused primitives stay whole (prims/fused.py)
     vals, dims, in_vars = [], [], []
     for s in specs:
         if not isinstance(s, tuple):
@@ -536,7 +666,7 @@ def build_batch_of(batch, name, multiple, specs):
         outs_src = ", ".join(gen.ref(a) for a in out_atoms)
         ret = f"[{outs_src}]" if multiple else outs_src
         src = "\n".join(["def batch(V):"] + lines + [f"    return {ret}"])
-        ns = dict(gen.ns, B=bind_at_current)
+        ns = dict(_GLOBALS, **gen.ns, B=bind_at_current)
         exec(compile(src, f"<functx batch rule {name} ({'bind' if bind else 'impl'})>", "exec"), ns)
         fns[bind] = ns["batch"]
     return BatchRule(fns, out_dims, multiple)

@@ -109,9 +109,14 @@ def _softmax(x, dim, half_to_float=False):
 def _log_softmax(x, dim, half_to_float=False):
     if _t(x).ndim == 0:
         return P.reshape(_log_softmax(P.reshape(x, (1,)), 0, half_to_float), ())
-    z, d, kept, t = _shifted_rows(x, dim, half_to_float)
-    lse = P.log(P.reduce_sum(P.exp(z), (d,)))
-    return P.sub(z, P.broadcast_in_dim(lse, t.shape, kept))
+    if half_to_float:
+        x = P.convert(x, torch.float32)
+    t = _t(x)
+    d = wrap_dim(dim, t.ndim)
+    if t.shape[d] == 0:     # empty rows: nothing to shift (a max of nothing does not exist)
+        kept = tuple(i for i in range(t.ndim) if i != d)
+        return P.sub(x, P.broadcast_in_dim(P.log(P.reduce_sum(P.exp(x), (d,))), t.shape, kept))
+    return P.log_softmax(x, d)       # torch's kernel under eager transforms (prims/fused.py)
 
 
 # ---------------------------------------------------------------- vector norms
@@ -358,6 +363,14 @@ def _nll_loss_forward(x, target, weight, reduction, ignore_index):
     if weight is not None:
         w = P.broadcast_in_dim(P.convert(weight, result_type(x, weight)), t.shape, (channel,))
         x = P.mul(P.convert(x, _t(w).dtype), w)
+    if weight is None:
+        # the loss as one primitive (torch's kernel under eager transforms: prims/fused.py);
+        # total_weight as below (F.nll_loss and F.cross_entropy drop it, and so do their rules)
+        xt = _t(x)
+        loss = P.nll_loss(x, target, reduction, ignore_index)
+        if reduction == _NLL_NONE and t.ndim > 1:
+            return loss, P.full((), 0.0, xt.dtype, xt.device)
+        return loss, P.nll_total_weight(target, ignore_index, xt.dtype)
     keep = P.ne(target, ignore_index)
     index_shape = tt.shape[:channel] + (1,)
     safe = P.reshape(P.where(keep, target, 0), index_shape)         # ignored targets read class 0

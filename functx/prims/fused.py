@@ -1,0 +1,260 @@
+"""Fused primitives of eager transforms: log_softmax and nll_loss (F.cross_entropy's two halves).
+
+Without jit every primitive is one torch kernel call, and a decomposed log_softmax + nll_loss
+is ~22 of them where torch runs two (each ~2-5 us on small tensors: most of an eager
+cross_entropy's cost under grad). These primitives run torch's fused kernels, with rules of
+their own: log_softmax's tangent is in primitives (t - sum(t * softmax)); nll_loss is linear
+in its input (its tangent is itself), transposed as its decomposition transposes.
+
+Only eager levels see them. `log_softmax` / `nll_loss` bind the primitive where the current
+trace runs ATen ops as cached lowerings (an eager grad/jvp/vmap level, `Trace.lowered_ops`) or
+traces an eager unit or rule (`Trace.keeps_fused`), and bind the decomposition everywhere else
+(jit staging, Taylor mode, spmd, make_graph): those graphs stay exactly what they were. A
+GraphTrace that does not keep fused primitives records the decomposition instead
+(`Primitive.composite`), so a rule bound at a jit trace never stages one either.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core import EXTERN, Primitive, Zero, bind
+from ..core.trace import trace_state, type_of
+from ..core.types import TensorType
+from . import elementwise as ew
+from . import shape as sh
+from .creation import zeros_like_type
+from .indexing import scatter_add_along, take_along_axis
+from .reduce import reduce_max, reduce_sum
+from .shape import bdim_to_front
+
+_FUSED_DTYPES = (torch.float32, torch.float64)
+# ATen's nll_loss_forward's loss, and nll_loss_backward, called without the op packet's
+# overload resolution (~20 us a call)
+_nll_forward = torch._C._nn.nll_loss
+_nll_backward = torch.ops.aten.nll_loss_backward.default
+NLL_NONE, NLL_MEAN, NLL_SUM = 0, 1, 2       # ATen's reduction codes
+
+
+def fused_here() -> bool:
+    """Whether the current trace binds fused primitives as themselves (module docstring)."""
+    t = trace_state.trace
+    return t.lowered_ops or t.keeps_fused
+
+
+# ---------------------------------------------------------------- log_softmax
+
+def log_softmax_decomposed(x, axis):
+    """x - log(sum(exp(x - m))) - m along axis, m = max(stop_gradient(x)): the max is a constant
+    shift, so derivatives never build its tie-averaging rule (as in JAX)."""
+    t = type_of(x)
+    kept = tuple(i for i in range(t.ndim) if i != axis)
+    m = reduce_max(ew.stop_gradient(x), (axis,))
+    z = ew.sub(x, sh.broadcast_in_dim(m, t.shape, kept))
+    lse = ew.log(reduce_sum(ew.exp(z), (axis,)))
+    return ew.sub(z, sh.broadcast_in_dim(lse, t.shape, kept))
+
+
+def log_softmax(x, axis):
+    """log_softmax of a float tensor along axis (non-empty, ndim >= 1)."""
+    t = type_of(x)
+    if t.dtype in _FUSED_DTYPES and fused_here():
+        return bind(log_softmax_p, (x,), {"axis": axis})
+    return log_softmax_decomposed(x, axis)
+
+
+def _log_softmax_jvp(primals, tangents, *, axis):
+    (x,), (t,) = primals, tangents
+    y = log_softmax_p.bind(x, axis=axis)
+    if isinstance(t, Zero):
+        return y, Zero(type_of(y))
+    shape = type_of(y).shape
+    kept = tuple(i for i in range(len(shape)) if i != axis)
+    # d log_softmax = t - sum(t * softmax) along axis
+    s = reduce_sum(ew.mul(t, ew.exp(y)), (axis,))
+    return y, ew.sub(t, sh.broadcast_in_dim(s, shape, kept))
+
+
+def _log_softmax_batch(axis_data, args, dims, *, axis):
+    (x,), (d,) = args, dims
+    if d is None:
+        return log_softmax_p.bind(x, axis=axis), None
+    return log_softmax_p.bind(x, axis=axis + 1 if d <= axis else axis), d
+
+
+log_softmax_p = Primitive(
+    "log_softmax", kind=EXTERN,
+    abstract_eval=lambda t, *, axis: TensorType(t.shape, t.dtype, t.device),
+    impl=lambda x, *, axis: torch.log_softmax(x, axis),
+    jvp=_log_softmax_jvp,
+    batch=_log_softmax_batch,
+    composite=log_softmax_decomposed,
+    emit=lambda eqn, srcs: f"torch.log_softmax({srcs[0]}, {eqn.params['axis']})")
+
+
+# ---------------------------------------------------------------- nll_loss (no class weights)
+
+def _keep_and_index(target, ignore_index, channel):
+    keep = ew.ne(target, ignore_index)
+    tt = type_of(target)
+    safe = sh.reshape(ew.where(keep, target, 0), tt.shape[:channel] + (1,))     # ignored rows read class 0
+    return keep, safe
+
+
+def nll_total_weight(target, ignore_index, dtype, keep=None):
+    """The number of targets not ignored, as ATen's nll_loss_forward's total_weight (dtype);
+    keep: ne(target, ignore_index) where already computed."""
+    tt = type_of(target)
+    if keep is None:
+        keep = ew.ne(target, ignore_index)
+    return ew.convert(reduce_sum(ew.convert(keep, torch.int64), tuple(range(tt.ndim))), dtype)
+
+
+def nll_loss_decomposed(x, target, *, reduction, ignore_index):
+    """torch._decomp's _nll_loss_forward without weights, its loss only: -x[i, target[i]] over
+    the targets not ignored, summed, averaged over them, or per target."""
+    t, tt = type_of(x), type_of(target)
+    channel = 1 if t.ndim > 1 else 0
+    keep, safe = _keep_and_index(target, ignore_index, channel)
+    result = ew.where(keep, ew.neg(sh.reshape(take_along_axis(x, safe, channel), tt.shape)), 0.0)
+    if reduction == NLL_NONE:
+        return result
+    total = reduce_sum(result, tuple(range(tt.ndim)))
+    if reduction == NLL_SUM:
+        return total
+    return ew.div(total, nll_total_weight(target, ignore_index, t.dtype, keep))
+
+
+def nll_loss(x, target, reduction, ignore_index):
+    """nll_loss_forward's loss for a float x (C) or (N, C), integer class targets, no weights."""
+    if type_of(x).dtype in _FUSED_DTYPES and fused_here():
+        return bind(nll_loss_p, (x, target), {"reduction": reduction, "ignore_index": ignore_index})
+    return nll_loss_decomposed(x, target, reduction=reduction, ignore_index=ignore_index)
+
+
+def _nll_type(x, target, *, reduction, ignore_index):
+    shape = tuple(target.shape) if reduction == NLL_NONE else ()
+    return TensorType(shape, x.dtype, x.device)
+
+
+def _nll_jvp(primals, tangents, *, reduction, ignore_index):
+    (x, target), (t, _) = primals, tangents
+    out = nll_loss_p.bind(x, target, reduction=reduction, ignore_index=ignore_index)
+    if isinstance(t, Zero):
+        return out, Zero(type_of(out))
+    return out, nll_loss_p.bind(t, target, reduction=reduction, ignore_index=ignore_index)     # linear in x
+
+
+def _nll_transpose(ct, x, target, *, reduction, ignore_index):
+    return [nll_loss_backward_p.bind(ct, target, shape=tuple(x.aval.shape), reduction=reduction,
+                                     ignore_index=ignore_index), None]
+
+
+def _nll_batch_rows(target, dt, size):
+    """target with its batch dim first, and the number of rows of all examples together."""
+    target = bdim_to_front(target, dt, size)
+    n = 1
+    for k in type_of(target).shape:
+        n *= k
+    return target, n
+
+
+def _per_example_count(target, ignore_index, dtype):
+    """Each example's number of targets not ignored (target: batch dim first)."""
+    tt = type_of(target)
+    keep = ew.convert(ew.ne(target, ignore_index), torch.int64)
+    axes = tuple(range(1, tt.ndim))
+    return ew.convert(reduce_sum(keep, axes) if axes else keep, dtype)
+
+
+def _nll_batch(axis_data, args, dims, *, reduction, ignore_index):
+    """Per example: the unreduced loss of all examples' rows at once, then each example's sum
+    (and mean over its targets not ignored)."""
+    (x, target), (dx, dt) = args, dims
+    size = axis_data.size
+    x = bdim_to_front(x, dx, size)
+    target, n = _nll_batch_rows(target, dt, size)
+    xt, tt = type_of(x), type_of(target)
+    rows = sh.reshape(x, (n, xt.shape[-1]))             # (B*N, C), or (B, C)
+    flat = sh.reshape(target, (n,))
+    per = sh.reshape(nll_loss_p.bind(rows, flat, reduction=NLL_NONE, ignore_index=ignore_index), tt.shape)
+    if reduction == NLL_NONE:
+        return per, 0
+    axes = tuple(range(1, tt.ndim))
+    total = reduce_sum(per, axes) if axes else per
+    if reduction == NLL_SUM:
+        return total, 0
+    return ew.div(total, _per_example_count(target, ignore_index, xt.dtype)), 0
+
+
+nll_loss_p = Primitive(
+    "nll_loss", kind=EXTERN,
+    abstract_eval=_nll_type,
+    impl=lambda x, target, *, reduction, ignore_index: _nll_forward(x, target, None, reduction, ignore_index),
+    jvp=_nll_jvp,
+    transpose=_nll_transpose,
+    batch=_nll_batch,
+    composite=nll_loss_decomposed,
+    emit=lambda eqn, srcs: (f"torch._C._nn.nll_loss({srcs[0]}, {srcs[1]}, None, {eqn.params['reduction']}, "
+                            f"{eqn.params['ignore_index']})"))
+
+
+# ---------------------------------------------------------------- nll_loss's transpose
+
+def nll_loss_backward_decomposed(ct, target, *, shape, reduction, ignore_index):
+    """-ct (over the targets' count for a mean) at each kept target's class, 0 elsewhere: the
+    decomposition's transpose, equation by equation."""
+    xt, tt = TensorType(tuple(shape), type_of(ct).dtype, type_of(ct).device), type_of(target)
+    channel = 1 if xt.ndim > 1 else 0
+    keep, safe = _keep_and_index(target, ignore_index, channel)
+    ct = ew.neg(ct)             # (negated before it is broadcast: one element, for a reduction)
+    if reduction == NLL_MEAN:
+        ct = ew.div(ct, nll_total_weight(target, ignore_index, xt.dtype, keep))
+    if reduction != NLL_NONE:
+        ct = sh.broadcast_in_dim(ct, tt.shape, ())
+    per = sh.reshape(ew.where(keep, ct, 0.0), tt.shape[:channel] + (1,))
+    return scatter_add_along(zeros_like_type(xt), safe, per, channel)
+
+
+def _nll_backward_impl(ct, target, *, shape, reduction, ignore_index):
+    # ATen's kernel reads only the input's size and dtype, and total_weight only for a mean
+    total = (target != ignore_index).sum().to(ct.dtype) if reduction == NLL_MEAN else ct.new_ones(())
+    return _nll_backward(ct, ct.new_empty(shape), target, None, reduction, ignore_index, total)
+
+
+def _nll_backward_jvp(primals, tangents, **params):
+    (ct, target), (t, _) = primals, tangents
+    out = nll_loss_backward_p.bind(ct, target, **params)
+    if isinstance(t, Zero):
+        return out, Zero(type_of(out))
+    return out, nll_loss_backward_p.bind(t, target, **params)      # linear in ct
+
+
+def _nll_backward_transpose(g, ct, target, *, shape, reduction, ignore_index):
+    return [nll_loss_p.bind(g, target, reduction=reduction, ignore_index=ignore_index), None]
+
+
+def _nll_backward_batch(axis_data, args, dims, *, shape, reduction, ignore_index):
+    """Per example: every example's rows at once, unreduced, each row's cotangent being its
+    example's (over its count of targets not ignored, for a mean)."""
+    (ct, target), (dc, dt) = args, dims
+    size = axis_data.size
+    ct = bdim_to_front(ct, dc, size)
+    target, n = _nll_batch_rows(target, dt, size)
+    tt = type_of(target)
+    if reduction != NLL_NONE:
+        if reduction == NLL_MEAN:
+            ct = ew.div(ct, _per_example_count(target, ignore_index, type_of(ct).dtype))
+        ct = sh.broadcast_in_dim(ct, tt.shape, (0,))
+    rows = nll_loss_backward_p.bind(sh.reshape(ct, (n,)), sh.reshape(target, (n,)), shape=(n, shape[-1]),
+                                    reduction=NLL_NONE, ignore_index=ignore_index)
+    return sh.reshape(rows, (size, *shape)), 0
+
+
+nll_loss_backward_p = Primitive(
+    "nll_loss_backward", kind=EXTERN,
+    abstract_eval=lambda ct, target, *, shape, reduction, ignore_index: TensorType(tuple(shape), ct.dtype, ct.device),
+    impl=_nll_backward_impl,
+    jvp=_nll_backward_jvp,
+    transpose=_nll_backward_transpose,
+    batch=_nll_backward_batch,
+    composite=nll_loss_backward_decomposed)

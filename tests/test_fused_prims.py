@@ -1,0 +1,111 @@
+"""Fused primitives of eager transforms (prims/fused.py): log_softmax and nll_loss run torch's
+kernels under eager grad/jvp/vmap, compute what torch.func computes there, and never reach a
+staged graph (jit, make_graph), which keeps the decomposition."""
+import importlib
+
+import pytest
+import torch
+import torch.func
+import torch.nn.functional as F
+
+import functx
+from functx.core.primitive import REGISTRY
+
+function_units = importlib.import_module("functx.frontend.function_units")
+FUSED = {REGISTRY["log_softmax"], REGISTRY["nll_loss"], REGISTRY["nll_loss_backward"]}
+
+
+def _close(a, b):
+    for x, y in zip(torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def _data(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 4, generator=g, dtype=dtype)
+    x = torch.randn(6, 5, generator=g, dtype=dtype)
+    y = torch.tensor([0, 3, -100, 2, 1, -100])
+    v = torch.randn(5, 4, generator=g, dtype=dtype)
+    return w, x, y, v
+
+
+LOSSES = {
+    "mean": lambda logits, y: F.cross_entropy(logits, y),
+    "sum": lambda logits, y: F.cross_entropy(logits, y, reduction="sum"),
+    "none": lambda logits, y: F.cross_entropy(logits, y, reduction="none").square().sum(),
+    "ignore_index 3": lambda logits, y: F.cross_entropy(logits, y.clamp(min=0), ignore_index=3),
+    "weight": lambda logits, y: F.cross_entropy(logits, y, weight=torch.arange(1.0, 5.0, dtype=logits.dtype)),
+    "label_smoothing": lambda logits, y: F.cross_entropy(logits, y, label_smoothing=0.1),
+    "nll of log_softmax dim 0": lambda logits, y: F.nll_loss(F.log_softmax(logits.T, 0).T, y),
+    "one example": lambda logits, y: F.cross_entropy(logits[1], y[1]),
+}
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_losses_match_torch_func(loss, dtype):
+    w, x, y, v = _data(dtype)
+    lf = LOSSES[loss]
+
+    def f(w, x):
+        return lf(torch.tanh(x @ w), y)
+
+    def one(w, xi, yi):
+        return lf(torch.tanh(xi[None] @ w), yi[None])
+    for T in (functx,):
+        cases = {
+            "grad": lambda T: T.grad(f, argnums=(0, 1))(w, x),
+            "jvp": lambda T: T.jvp(lambda w: f(w, x), (w,), (v,)),
+            "hvp": lambda T: T.jvp(lambda w: T.grad(f)(w, x), (w,), (v,))[1],
+            "jacrev": lambda T: T.jacrev(lambda x: F.log_softmax(x @ w, -1))(x),
+        }
+        if loss != "one example":
+            keep = y >= 0
+            cases["vmap(grad)"] = lambda T: T.vmap(T.grad(one), in_dims=(None, 0, 0))(w, x[keep], y[keep])
+        for name, case in cases.items():
+            want = case(torch.func)
+            for _ in range(2):          # traced, then the cached rules
+                _close(case(T), want)
+
+
+def test_eager_levels_run_the_fused_kernels(monkeypatch):
+    """Under eager grad the units of log_softmax / cross_entropy hold the fused primitives."""
+    w, x, y, _ = _data()
+    function_units.CACHE.clear()
+    functx.grad(lambda w: F.cross_entropy(x @ w, y) + F.log_softmax(x @ w, 1).sum())(w)
+    prims = {e.prim for _, op, _ in function_units.CACHE.values() if op != "uncacheable" for e in op.graph_eqns}
+    assert {REGISTRY["log_softmax"], REGISTRY["nll_loss"]} <= prims      # (nll_loss_backward: in its transpose)
+
+
+@pytest.mark.parametrize("wrap", ["jit", "make_graph", "jit(grad)", "jit(vmap)"])
+def test_staged_graphs_keep_the_decomposition(wrap):
+    w, x, y, _ = _data()
+
+    def f(w):
+        return F.cross_entropy(x @ w, y) + F.log_softmax(x @ w, 0).mean()
+    fn = {"jit": f, "make_graph": f, "jit(grad)": functx.grad(f),
+          "jit(vmap)": functx.vmap(f)}[wrap]
+    arg = w if wrap != "jit(vmap)" else torch.stack([w, -w])
+    graph = functx.make_graph(fn)(arg)
+    assert not any(e.prim in FUSED for e in graph.eqns), str(graph)
+    if wrap != "make_graph":
+        _close(functx.jit(fn)(arg), {"jit": f, "jit(grad)": torch.func.grad(f),
+                                      "jit(vmap)": torch.func.vmap(f)}[wrap](arg))
+
+
+def test_a_rule_bound_at_a_graph_trace_records_the_decomposition():
+    """A fused primitive bound at a GraphTrace that does not keep it (a rule's bind variant under
+    jit, say) is recorded as what it stands for."""
+    x = torch.randn(3, 4)
+    graph = functx.make_graph(lambda x: functx.frontend.wrap(REGISTRY["log_softmax"].bind(
+        functx.frontend.unwrap(x), axis=1)))(x)
+    assert [e.prim.name for e in graph.eqns][-1] == "sub" and not any(e.prim in FUSED for e in graph.eqns)
+    _close(functx.jit(lambda x: F.log_softmax(x, 1))(x), F.log_softmax(x, 1))
+
+
+def test_all_ignored_targets_give_nan_as_torch():
+    w, x, _, _ = _data()
+    y = torch.full((6,), -100)
+    f = lambda w: F.cross_entropy(x @ w, y)     # noqa: E731
+    _close(functx.grad(f)(w), torch.func.grad(f)(w))
+    assert torch.isnan(functx.vjp(f, w)[0])
