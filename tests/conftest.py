@@ -47,6 +47,20 @@ settings.register_profile("nightly", max_examples=500, derandomize=False, **_COM
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(scope="module")
+def module_kernel_cache(tmp_path_factory):
+    """One kernel cache directory per test module (request it with
+    pytest.mark.usefixtures): equal graphs compile once, and no test reads another
+    module's (or the user's) cache."""
+    old = os.environ.get("FUNCTX_CACHE_DIR")
+    os.environ["FUNCTX_CACHE_DIR"] = str(tmp_path_factory.mktemp("functx_cache"))
+    yield os.environ["FUNCTX_CACHE_DIR"]
+    if old is None:
+        del os.environ["FUNCTX_CACHE_DIR"]
+    else:
+        os.environ["FUNCTX_CACHE_DIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def _cpu_fused_tier(request):
     """Tests marked cpu_fused build fused tiers whatever FUNCTX_TEST_CPU_TIER says (set here,

@@ -23,7 +23,7 @@ from functx.tree_util import tree_leaves
 
 needs_cxx = pytest.mark.skipif(shutil.which(os.environ.get("FUNCTX_CXX", "g++")) is None,
                                reason="no C++ compiler")
-pytestmark = [needs_cxx, pytest.mark.cpu_fused]
+pytestmark = [needs_cxx, pytest.mark.cpu_fused, pytest.mark.usefixtures("module_kernel_cache")]
 
 # Pointwise primitives without a C++ expression, and why (their groups run through torch).
 POINTWISE_WITHOUT_CPP = {
@@ -35,18 +35,6 @@ POINTWISE_WITHOUT_CPP = {
     "polygamma": "the C library has no polygamma",
     "idiv": "integer division by zero raises in torch; a kernel cannot",
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def kernel_cache(tmp_path_factory):
-    """One cache directory for the module: equal graphs compile once."""
-    old = os.environ.get("FUNCTX_CACHE_DIR")
-    os.environ["FUNCTX_CACHE_DIR"] = str(tmp_path_factory.mktemp("functx_cache"))
-    yield os.environ["FUNCTX_CACHE_DIR"]
-    if old is None:
-        del os.environ["FUNCTX_CACHE_DIR"]
-    else:
-        os.environ["FUNCTX_CACHE_DIR"] = old
 
 
 @pytest.fixture(autouse=True)

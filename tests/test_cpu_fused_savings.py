@@ -19,18 +19,8 @@ from functx.core.primitive import REGISTRY
 from functx.core.types import TensorType
 
 pytestmark = [pytest.mark.skipif(shutil.which(os.environ.get("FUNCTX_CXX", "g++")) is None,
-                                 reason="no C++ compiler"), pytest.mark.cpu_fused]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def kernel_cache(tmp_path_factory):
-    old = os.environ.get("FUNCTX_CACHE_DIR")
-    os.environ["FUNCTX_CACHE_DIR"] = str(tmp_path_factory.mktemp("functx_cache"))
-    yield
-    if old is None:
-        del os.environ["FUNCTX_CACHE_DIR"]
-    else:
-        os.environ["FUNCTX_CACHE_DIR"] = old
+                                 reason="no C++ compiler"), pytest.mark.cpu_fused,
+              pytest.mark.usefixtures("module_kernel_cache")]
 
 
 def dot_graph(lshape, rshape, dims, dtype=torch.float32, computed=True):
