@@ -545,3 +545,15 @@ def test_a_differentiated_value_made_a_python_number_warns():
     x = torch.ones(3)          # a traced fill value whose tensor argument is traced too: exact
     torch.testing.assert_close(functx.grad(lambda t: torch.full_like(x * t, t).sum())(torch.tensor(2.0)),
                                torch.tensor(3.0))
+
+
+def test_cat_promotes_over_skipped_empty_tensors():
+    # torch skips legacy 1-D empties in cat but still promotes over them (found by the fuzzer)
+    def f(x):
+        return torch.cat([torch.eq(x, 0.5), x])
+    for x in (torch.tensor([]), torch.tensor([0.5, 2.0])):
+        want = f(x)
+        got = functx.jit(f, backend="eager")(x)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    a, b = torch.tensor([], dtype=torch.float64), torch.ones(2, 3)
+    assert functx.jit(lambda a, b: torch.cat([a, b]))(a, b).dtype == torch.cat([a, b]).dtype

@@ -142,13 +142,16 @@ def _cpp_pow(eqn):
 
 
 def _cpp_convert(eqn):
-    """A C++ cast; to bool is `!= 0` (NaN is true, as in torch)."""
+    """A C++ cast; to bool is `!= 0` (NaN is true, as in torch); float to int32/int64 through
+    fx_to_i32/fx_to_i64 (cpp_ops.HELPERS: torch's result for NaN and out-of-range values)."""
     dtype = eqn.params["dtype"]
     if dtype == torch.bool:
         return "({0} != 0)"
     ctype = {torch.float32: "float", torch.float64: "double", torch.int32: "int32_t", torch.int64: "int64_t"}
     if dtype not in ctype:
         return Unsupported(f"convert to {dtype} has no C++ expression")
+    if eqn.inputs[0].type.dtype.is_floating_point and dtype in (torch.int32, torch.int64):
+        return f"fx_to_i{32 if dtype == torch.int32 else 64}({{0}})"
     return f"static_cast<{ctype[dtype]}>({{0}})"
 
 

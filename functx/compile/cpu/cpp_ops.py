@@ -103,6 +103,20 @@ static inline double fx_abs(double a) { return fabs(a); }
 template <class T> static inline T fx_abs(T a) { return a < 0 ? -a : a; }
 // torch.sign: 0 for NaN and for both zeros.
 template <class T> static inline T fx_sign(T a) { return (T)((a > 0) - (a < 0)); }
+// Float to int32/int64 as torch computes it on x86 (cvtt*2si: truncation; NaN and values out
+// of range give the minimum). A plain cast is undefined there, and g++ folded
+// (float)(int64_t)x into a truncation, so NaN stayed NaN.
+#if defined(__x86_64__) || defined(__i386__)
+static inline int64_t fx_to_i64(double x) {
+    return (x >= -9223372036854775808.0 && x < 9223372036854775808.0) ? (int64_t)x : (int64_t)(-9223372036854775807LL - 1);
+}
+static inline int32_t fx_to_i32(double x) {
+    return (x > -2147483649.0 && x < 2147483648.0) ? (int32_t)x : (int32_t)(-2147483647 - 1);
+}
+#else
+static inline int64_t fx_to_i64(double x) { return (int64_t)x; }
+static inline int32_t fx_to_i32(double x) { return (int32_t)x; }
+#endif
 // lgamma_r: lgamma writes the global signgam, a data race under OpenMP.
 static inline float fx_lgamma(float a) { int s; return lgammaf_r(a, &s); }
 static inline double fx_lgamma(double a) { int s; return lgamma_r(a, &s); }

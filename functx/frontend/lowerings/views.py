@@ -289,8 +289,8 @@ def _as_strided_of_strided_root(root, size, stride, offset):
 
 @register(aten.cat.default)
 def _cat(tensors, dim=0):
+    dtype = result_type(*tensors)       # skipped legacy empties still promote, as in torch
     tensors = [x for x in tensors if not (_t(x).ndim == 1 and _t(x).shape[0] == 0)] or list(tensors[:1])
-    dtype = result_type(*tensors)
     nd = _t(tensors[0]).ndim
     return P.concatenate([P.convert(x, dtype) for x in tensors], wrap_dim(dim, nd))
 
