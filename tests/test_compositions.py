@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import given, note
+from hypothesis import assume, given, note
 from hypothesis import strategies as st
 from torch.utils._pytree import tree_leaves
 
@@ -127,7 +127,15 @@ def test_random_compositions(ops, transforms, seed, outer_jit):
     if outer_jit:
         fx = functx.jit(fx)
     x = torch.randn(N, dtype=F64, generator=torch.Generator().manual_seed(seed))
-    close(fx(x), ref(x))
+    try:
+        want = ref(x)
+    except RuntimeError as e:
+        # torch.func itself fails on some higher-order nestings (norm's backward writes in
+        # place: "modified by an inplace operation"); such an example has no oracle here, and
+        # hypothesis counts it as rejected, not passed
+        assume("inplace operation" not in str(e))
+        raise
+    close(fx(x), want)
 
 
 # ---------------------------------------------------------------- the named compositions
