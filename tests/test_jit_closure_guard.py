@@ -237,3 +237,28 @@ def test_training_styles_with_batchnorm_and_dropout(style):
     with torch.no_grad():
         x = torch.randn(4, 3, 4, 4, generator=g)
         _close(fb(x), a(x))
+
+
+def test_spectral_norm_power_iteration_trains_under_jit_module():
+    # its forward updates buffers u, v under its own no_grad and reads views of the weight
+    # there: eager semantics needed a plain-torch call while autograd records, a copied
+    # buffer for the write-back, and no retrace per call
+    def make():
+        torch.manual_seed(1)
+        return nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Linear(6, 6)), nn.Tanh(),
+                             nn.Linear(6, 3))
+    a, b = make(), make()
+    jb = functx.jit(b)
+    oa, ob = (torch.optim.Adam(m.parameters(), lr=0.01) for m in (a, b))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(4, 6, generator=g)
+        for f, opt in ((a, oa), (jb, ob)):
+            opt.zero_grad()
+            f(x).pow(2).mean().backward()
+            opt.step()
+    a.eval()
+    b.eval()
+    with torch.no_grad():
+        _close(jb(x), a(x))
+    assert jb.cache_info().traces <= 2

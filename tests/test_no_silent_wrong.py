@@ -557,3 +557,31 @@ def test_cat_promotes_over_skipped_empty_tensors():
         assert got.dtype == want.dtype and torch.equal(got, want)
     a, b = torch.tensor([], dtype=torch.float64), torch.ones(2, 3)
     assert functx.jit(lambda a, b: torch.cat([a, b]))(a, b).dtype == torch.cat([a, b]).dtype
+
+
+def test_out_arguments_inside_transforms():
+    # out= into a tensor the function made (spectral_norm's F.normalize(..., out=u) does it
+    # into a buffer) runs the functional op and copies, as torch does
+    def f(x):
+        y = torch.empty_like(x)
+        torch.mul(x, 2.0, out=y)
+        z = torch.zeros(x.shape[0], dtype=torch.float64)
+        torch.sum(x, 1, out=z)
+        v, i = torch.empty(x.shape[0]), torch.empty(x.shape[0], dtype=torch.long)
+        torch.max(x, 1, out=(v, i))
+        return y + z.float()[:, None] + v[:, None] + i[:, None]
+
+    def same(x):
+        v, i = x.max(1)
+        return x * 2.0 + x.sum(1).double().float()[:, None] + v[:, None] + i[:, None]
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(functx.jit(f)(x), same(x))
+    torch.testing.assert_close(functx.vmap(f)(x[None].repeat(2, 1, 1)), same(x)[None].repeat(2, 1, 1))
+    torch.testing.assert_close(functx.grad(lambda x: f(x).sum())(x), functx.grad(lambda x: same(x).sum())(x))
+
+    def resized(x):
+        y = torch.empty(2)
+        torch.mul(x, 2.0, out=y)
+        return y
+    with pytest.raises(functx.FunctxError, match="would resize"):
+        functx.jit(resized)(x)

@@ -10,9 +10,13 @@ of the values at trace time. So, before an entry runs:
 - a call that torch autograd records (grad mode on) where a copy comes from a tensor that
   requires grad -> run the function as plain torch: the trace-time copy would give no
   gradient to the tensor, or a stale one, and a second backward through it would fail;
-- a view taken while autograd was not recording (traced under no_grad) of a tensor that
-  requires grad, in a call that autograd records -> retrace, so the view carries the
-  gradient.
+- a view taken while autograd was not recording, of a tensor that requires grad, in a
+  call that autograd records: if the whole trace ran under no_grad (a warm-up call) ->
+  retrace, so the view carries the gradient; if f's own no_grad block took it
+  (spectral_norm's power iteration) -> run f as plain torch, which takes it anew (a view
+  kept from the trace would outlive in-place updates of its base, which autograd refuses).
+- a mutated argument (a buffer) is copied before a call that autograd records
+  (jit._writing_back), so writing it back cannot break a tensor autograd saved.
 Graphs without such reads have no guard (entry.guard is None): the hot path pays one
 attribute check.
 """
@@ -24,15 +28,16 @@ RUN_PLAIN = "run f as plain torch"
 
 
 class ClosureGuard:
-    __slots__ = ("copies", "views", "unrecorded_views")
+    __slots__ = ("copies", "views", "unrecorded_views", "traced_with_grad")
 
-    def __init__(self, copies, views, unrecorded_views):
+    def __init__(self, copies, views, unrecorded_views, traced_with_grad):
         self.copies = copies                      # [(tensor, version, storage) at trace time]
         self.views = views                        # [(tensor, storage)]
         self.unrecorded_views = unrecorded_views  # tensors viewed without autograd recording
+        self.traced_with_grad = traced_with_grad
 
     @staticmethod
-    def of(reads):
+    def of(reads, traced_with_grad=True):
         """The guard for a graph's closure_reads, or None when nothing needs checking."""
         copies, views, unrecorded, seen = [], [], [], set()
         for r in reads:
@@ -46,7 +51,7 @@ class ClosureGuard:
             views.append((r.tensor, r.storage))
             if not r.recorded:
                 unrecorded.append(r.tensor)
-        return ClosureGuard(copies, views, unrecorded) if copies or views else None
+        return ClosureGuard(copies, views, unrecorded, traced_with_grad) if copies or views else None
 
     def check(self):
         """None when the entry may run; RUN_PLAIN; or why it must be traced again."""
@@ -63,6 +68,11 @@ class ClosureGuard:
         if recording:
             for t in self.unrecorded_views:
                 if t.requires_grad:
+                    if self.traced_with_grad:
+                        # f's own no_grad block (spectral_norm's power iteration): a view kept
+                        # from the trace would outlive in-place updates of its base, which
+                        # autograd refuses; eager code takes it anew each call
+                        return RUN_PLAIN
                     return (f"a view of a closed-over tensor of shape {tuple(t.shape)} that requires grad "
                             "was taken while autograd was not recording (traced under no_grad)")
         return None

@@ -43,7 +43,7 @@ class _Entry:
         self.pattern = None           # symbolic: the leaf keys with the dynamic dims masked
         self.generators = generators  # [(leaf index, GeneratorSlot)]: bound before each call
         meta = compiled.graph.meta
-        self.guard = ClosureGuard.of(meta.closure_reads)     # closure_guard.py; None: nothing to check
+        self.guard = ClosureGuard.of(meta.closure_reads, meta.traced_with_grad)   # None: nothing to check
         self.module_guard = None       # set by JitFunction._entry when f reaches modules
         if self.guard is not None:
             self.notes.append(self.guard.note())
@@ -70,7 +70,16 @@ def _writing_back(call, mutated, untracked=()):
 
     def call_and_write_back(*tensors):
         _refuse_aliased_writes(tensors, mutated)
-        outs = call(*tensors)
+        if torch.is_grad_enabled():
+            # autograd may save an input the call reads (torch.mv saves its vector); the write
+            # below would then break backward ("modified by an inplace operation"): give the
+            # call copies, as eager code that updates a buffer (spectral_norm's u, v) reads clones
+            ins = list(tensors)
+            for k in mutated:
+                ins[k] = ins[k].clone()
+            outs = call(*ins)
+        else:
+            outs = call(*tensors)
         for k, value in zip(mutated, outs[-n:]):
             if k in untracked:
                 with torch.no_grad():

@@ -78,7 +78,8 @@ class GraphMeta:
     through the opaque fallback; rewrites: a line per trace-time rewrite (frontend/rewrites.py); check_nans: traced while debug_nans was on (the backends
     then check every output and name the equation's recorded source line); closure_reads:
     the closed-over tensors that plain torch ops read while tracing (frontend/random_mode.py's
-    ClosureRead), whose results the graph holds as constants (jit guards them)."""
+    ClosureRead), whose results the graph holds as constants (jit guards them);
+    traced_with_grad: grad mode when tracing began."""
     in_tree: Any = None
     out_tree: Any = None
     mutated_inputs: tuple = ()
@@ -86,6 +87,7 @@ class GraphMeta:
     rewrites: tuple = ()
     check_nans: bool = False
     closure_reads: tuple = dataclasses.field(default=(), compare=False)
+    traced_with_grad: bool = True     # grad mode when tracing began (an outer no_grad, or not)
 
 
 _NO_META = GraphMeta()

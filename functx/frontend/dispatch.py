@@ -99,9 +99,7 @@ def dispatch(func, args, kwargs):
 def _dispatch_functional(func, schema, args, kwargs):
     """Ops without a lowering: decompositions, then the fallback."""
     if any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments if a.kwarg_only):
-        raise FunctxError(f"functx: {func} writes into an out= argument, which transformed functions "
-                          f"cannot do:\n{user_frame_summary()}\nCall the functional form instead "
-                          "(y = torch.add(a, b) rather than torch.add(a, b, out=y)).")
+        return _out_argument(func, schema, args, kwargs)
     if torch.is_grad_enabled():
         args, kwargs = _lift_parameters(args, kwargs)
     decomp = decomposition_table.get(func)
@@ -406,6 +404,46 @@ def functional_variant(func):
             found = getattr(packet, func._overloadname, None) if packet is not None else None
         _FUNCTIONAL_CACHE[func] = found
     return _FUNCTIONAL_CACHE[func]
+
+
+def out_functional(func):
+    """The functional overload of an out= op (div.out -> div.Tensor): the same arguments
+    without the out= ones, and nothing written; None if the packet has none."""
+    if func not in _FUNCTIONAL_CACHE:
+        names = [a.name for a in func._schema.arguments if not _writes_out(a)]
+        packet = func.overloadpacket
+        _FUNCTIONAL_CACHE[func] = next(
+            (getattr(packet, o) for o in packet.overloads()
+             if not any(a.alias_info is not None and a.alias_info.is_write for a in getattr(packet, o)._schema.arguments)
+             and [a.name for a in getattr(packet, o)._schema.arguments] == names), None)
+    return _FUNCTIONAL_CACHE[func]
+
+
+def _writes_out(arg) -> bool:
+    return arg.kwarg_only and arg.alias_info is not None and arg.alias_info.is_write
+
+
+def _out_argument(func, schema, args, kwargs):
+    """torch.div(a, b, out=y) (what F.normalize(..., out=u) in spectral_norm's power
+    iteration calls): the functional op, then a copy into each out= tensor (functionalized
+    like any in-place write; cast to its dtype as torch does). A result of another shape
+    would resize the out= tensor, which functx does not follow: an error names the op."""
+    names = [a.name for a in schema.arguments if _writes_out(a)]
+    functional = out_functional(func)
+    if functional is None:
+        raise FunctxError(f"functx: {func} writes into an out= argument and has no functional form "
+                          f"to run instead:\n{user_frame_summary()}\nCall the functional form "
+                          "(y = torch.add(a, b) rather than torch.add(a, b, out=y)).")
+    targets = [kwargs[n] for n in names]
+    result = dispatch(functional, args, {k: v for k, v in kwargs.items() if k not in names})
+    results = result if isinstance(result, (tuple, list)) else (result,)
+    for target, value in zip(targets, results):
+        if tuple(target.shape) != tuple(value.shape):
+            raise FunctxError(f"functx: {func} writes a result of shape {tuple(value.shape)} into an out= "
+                              f"tensor of shape {tuple(target.shape)}, which torch would resize; functx "
+                              f"does not:\n{user_frame_summary()}\nCall the functional form instead.")
+        dispatch(aten.copy_.default, (target, value), {})
+    return targets[0] if len(targets) == 1 else tuple(targets)
 
 
 def _inplace(func, args, kwargs):

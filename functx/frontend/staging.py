@@ -193,6 +193,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
             _pin_sizes(bool(symbolic_leaves)):
         mode = active_mode()
         first_read = len(mode.closure_reads) if mode is not None else 0
+        traced_with_grad = torch.is_grad_enabled()
         out = f(*full, **kw)
         out_leaves, out_tree = tree_flatten(out)
         for i, leaf in enumerate(out_leaves):
@@ -211,7 +212,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
     reads = tuple(mode.closure_reads[first_read:]) if mode is not None else ()
     meta = GraphMeta(in_tree=treedef, out_tree=out_tree, mutated_inputs=tuple(mutated),
                      fallbacks=tuple(fallbacks), rewrites=tuple(rewrites), check_nans=nan_check.STATE.on,
-                     closure_reads=reads)
+                     closure_reads=reads, traced_with_grad=traced_with_grad)
     return trace.to_graph(tracers, out_vals).replace(meta=meta)
 
 
