@@ -303,3 +303,18 @@ def test_unregistered_containers_in_outputs_and_aux_are_named():
     g, aux = functx.grad(lambda x: (x.sum(), Out(x.sum())), has_aux=True)(x)
     assert type(aux.loss) is torch.Tensor
     assert type(functx.jit(lambda x: Out(x.sum()))(x).loss) is torch.Tensor
+
+
+def test_manual_seed_inside_jit_names_the_line():
+    # eager reseeds on every call (the same numbers each call); a trace would seed once
+    def f(x):
+        torch.manual_seed(0)  # <-- seed
+        return x + torch.randn(3)
+    x = torch.zeros(3)
+    assert torch.equal(f(x), f(x))
+    with pytest.raises(FunctxError) as excinfo:
+        functx.jit(f)(x)
+    assert "manual_seed" in str(excinfo.value) and f"line {line_of('# <-- seed')}" in str(excinfo.value)
+    # a seed nothing draws after changes nothing (OpInfo wraps deterministic ops in one)
+    torch.testing.assert_close(functx.jit(lambda x: (torch.manual_seed(0), x * 2)[1])(x), x * 2)
+    torch.testing.assert_close(functx.grad(lambda x: (f(x) * x).sum())(x), f(x))   # eager: fine

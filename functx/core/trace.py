@@ -200,6 +200,16 @@ def _stages(trace) -> bool:
     return isinstance(trace, GraphTrace) and trace.stage_all
 
 
+def seeded_while_staging():
+    """Where f called torch.manual_seed while an enclosing trace stages a graph, or None: a
+    draw from the global generator after it would repeat on every eager call, but not on
+    every call of the compiled function (frontend/generators.py, prims/random.py)."""
+    for t in enclosing_traces():
+        if _stages(t) and t.seeded_at is not None:
+            return t.seeded_at
+    return None
+
+
 def staging() -> bool:
     """Whether some enclosing trace stages a graph (jit, make_graph): work done in Python now
     happens once, at trace time, not on every call."""
@@ -424,6 +434,7 @@ class GraphTrace(Trace):
         self.constvars: list[Var] = []
         self.consts: list = []
         self._const_index: dict[int, Var] = {}
+        self.seeded_at = None     # where f called torch.manual_seed during this trace (generators.py)
 
     def __repr__(self):
         return "GraphTrace" if self.stage_all else "PartialEvalTrace"

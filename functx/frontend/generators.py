@@ -14,7 +14,7 @@ import contextlib
 import torch
 
 from ..core.errors import FunctxError, user_frame_summary
-from ..core.trace import staging
+from ..core.trace import GraphTrace, enclosing_traces, staging
 
 
 class GeneratorSlot:
@@ -61,3 +61,25 @@ def drawing_from(draw, generator, name):
             "call and advances it, as eager PyTorch does (for the same numbers on every call, pass "
             "torch.Generator().manual_seed(seed) made outside, or use the global generator).")
     return lambda: draw(slot.current)
+
+
+# torch.manual_seed inside a jitted function runs once, at trace time: eager PyTorch reseeds on
+# every call (the same numbers each call), a compiled call would not. torch has no hook for it
+# (not an ATen op), so functx wraps it, as it wraps autograd.Function.apply: while a graph is
+# staged it marks the trace, and a draw from the global generator after it raises
+# (prims/random.py); a seed nothing draws after (OpInfo's wrapper_set_seed around a
+# deterministic op) changes nothing.
+_torch_manual_seed = torch.manual_seed
+
+
+def _manual_seed(seed):
+    if staging():
+        trace = next(t for t in enclosing_traces() if isinstance(t, GraphTrace) and t.stage_all)
+        trace.seeded_at = trace.seeded_at or user_frame_summary()
+    return _torch_manual_seed(seed)
+
+
+_manual_seed.__doc__ = _torch_manual_seed.__doc__
+_manual_seed.__wrapped__ = _torch_manual_seed
+torch.manual_seed = _manual_seed
+torch.random.manual_seed = _manual_seed

@@ -20,6 +20,8 @@ import math
 import torch
 
 from ..core import EXTERN, Primitive, TensorType, bind
+from ..core.errors import FunctxError
+from ..core.trace import seeded_while_staging
 
 DISTRIBUTIONS = ("normal", "uniform", "randint", "bernoulli", "randperm", "call")
 
@@ -74,5 +76,13 @@ random_p = Primitive("random", kind=EXTERN, effectful=True,
 
 def random(shape, dtype, device, dist="normal", args=()):
     """A fresh sample of `dist` with this shape (see the module docstring for `args`)."""
+    seeded = seeded_while_staging()
+    if seeded is not None:
+        raise FunctxError(
+            f"functx.jit: a random draw after torch.manual_seed inside the jitted function, which "
+            f"seeded here:\n{seeded}\njit runs the function once, at trace time, so the seed would be "
+            "set once, not on every call as eager PyTorch does, and later calls would draw different "
+            "numbers. Seed outside the jitted function, or pass a generator as an argument: "
+            "functx.jit(f)(x, torch.Generator().manual_seed(seed)).")
     return bind(random_p, (), {"shape": tuple(shape), "dtype": dtype, "device": torch.device(device),
                                "dist": dist, "args": tuple(args)})
