@@ -26,7 +26,7 @@ def run_function_unit(func, types, args, kwargs):
     """Replaced by frontend/function_units.run_unit when that module loads (it imports this one)."""
     return NotImplemented
 
-_CONTIGUOUS, _VIEW = torch.Tensor.contiguous, torch.Tensor.view
+_CONTIGUOUS, _VIEW, _GETITEM = torch.Tensor.contiguous, torch.Tensor.view, torch.Tensor.__getitem__
 
 
 class TracerTensor(torch.Tensor):
@@ -139,6 +139,10 @@ def _special_function(func, types, args, kwargs):
         out = composite(*args, **(kwargs or {}))
         if out is not NotImplemented:          # NotImplemented: torch's own function serves
             return out
+        if func is _GETITEM and not grad_mode_watchers:     # x[None], x[:, 1:]: a (view) unit
+            out = run_function_unit(func, types, args, kwargs)
+            if out is not NotImplemented:
+                return out
     out = rewrite(func, args, kwargs, lambda: _disabled_torch_function(func, types, args, kwargs or {}))
     if out is not NotImplemented:         # trace(hessian(f)) under jit (frontend/rewrites.py)
         return out
