@@ -191,6 +191,8 @@ def test_view_units_alias_as_the_aten_path_does():
         b.mul_(2.0)                      # reaches y, a, e
         y[0] += 1.0                      # reaches a, b
         y[1:].sub_(0.5)                  # reaches a, b, e
+        y.view(4, 3)[1].mul_(1.5)        # x.view(shape) (a special function) and reshape
+        y.reshape(2, 6)[:, 5:].add_(0.25)
         c, d = torch.split(y, [1, 2])    # multi-output views (torch refuses writes through them)
         seen.append([tuple(v.stride()) for v in (a, b, c, d, e)] + [b.storage_offset(), d.storage_offset()])
         return (a * a).sum() + (b * e[0].t()).sum() + (d * c).sum() + torch.sin(e).sum()
@@ -206,8 +208,8 @@ def test_view_units_alias_as_the_aten_path_does():
         _close(functx.vmap(f)(xs), torch.func.vmap(f)(xs))
         _close(functx.vmap(functx.grad(f))(xs), torch.func.vmap(torch.func.grad(f))(xs))
         _close(functx.jacrev(f)(x), torch.func.jacrev(f)(x))
-    units = [u for name in ("__getitem__", "t", "split", "unsqueeze", "expand") for u in _entries(name)]
-    assert any(u is not function_units.UNCACHEABLE and u.views for u in units)
+    for name in ("__getitem__", "t", "split", "unsqueeze", "expand", "view", "reshape"):
+        assert any(u is not function_units.UNCACHEABLE and u.views for u in _entries(name)), name
 
 
 def test_view_units_check_the_base_layout():
@@ -231,3 +233,19 @@ def test_view_units_check_the_base_layout():
         return x.sum()
     functx.grad(h)(odd)
     assert strides["odd"] == odd[None].stride()
+
+
+def test_view_units_under_nested_levels():
+    def f(x):
+        y = torch.sin(x)
+        a = y[None]
+        b = y.t()[1:]
+        b.mul_(2.0)
+        c = y.view(-1)[2:5].unsqueeze(0)
+        return (a * a).sum() + (c ** 3).sum() + (b.reshape(-1) * x.view(-1)[: b.numel()]).sum()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    xs = torch.randn(2, 2, 3, 4, dtype=torch.float64)
+    for _ in range(2):
+        _close(functx.hessian(f)(x), torch.func.hessian(f)(x))
+        _close(functx.grad(lambda x: functx.grad(f)(x).sum())(x), torch.func.grad(lambda x: torch.func.grad(f)(x).sum())(x))
+        _close(functx.vmap(functx.vmap(functx.grad(f)))(xs), torch.func.vmap(torch.func.vmap(torch.func.grad(f)))(xs))

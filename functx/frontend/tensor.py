@@ -153,9 +153,13 @@ def _special_function(func, types, args, kwargs):
     if func is _CONTIGUOUS and _plain_format(args, kwargs) and (
             args[0]._chain or args[0]._layout == "unknown"):
         return _functionalize().contiguous(args[0])
-    if func is _VIEW and (args[0]._chain or not args[0].is_contiguous()) \
-            and not (len(args) == 2 and isinstance(args[1], torch.dtype)):
-        _functionalize().check_viewable(args[0], args[1:], kwargs or {})
+    if func is _VIEW and not (len(args) == 2 and isinstance(args[1], torch.dtype)):
+        if args[0]._chain or not args[0].is_contiguous():
+            _functionalize().check_viewable(args[0], args[1:], kwargs or {})
+        if not grad_mode_watchers:          # x.view(shape): a view unit
+            out = run_function_unit(func, types, args, kwargs)
+            if out is not NotImplemented:
+                return out
     return _disabled_torch_function(func, types, args, kwargs or {})
 
 
