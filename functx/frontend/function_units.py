@@ -11,11 +11,13 @@ once through the usual front end on fresh abstract wrappers, and hands the resul
 to the trace as one `LoweredOp` (`process_lowered`: one cached, generated rule).
 
 A signature is cached only where that is exactly what the front end would do: every tensor
-operand is laid out contiguously (results then are too), the results are fresh tensors (no
-view, no operand returned as is), no operand is written, and the graph has no effects (random
-numbers), structural or opaque primitives. Anything else (views, in-place ops, values read,
-errors, debug_nans) takes the usual path, as does a function whose result is not a tensor
-(`x.shape`, `x.item()`: remembered per function, so it costs one lookup afterwards).
+operand is laid out contiguously (results then are too), the results are fresh tensors or
+views of operands (no operand returned as is), no operand is written, and the graph has no
+effects (random numbers), structural or opaque primitives. A view result gets the wrapper the
+ATen path's make_view gives it (root, chain, version, torch's layout: "view units" below).
+Anything else (in-place ops, values read, errors, debug_nans) takes the usual path, as does a
+function whose result is not a tensor (`x.shape`, `x.item()`: remembered per function, so it
+costs one lookup afterwards).
 """
 from __future__ import annotations
 
