@@ -100,7 +100,7 @@ def run_unit(func, types, args, kwargs):
         if getattr(o, "_aval", 0) is None:
             o._aval = t
     if views is not None:
-        results = [fresh_wrapper(o, t) if b is None else _view_result(o, b) for o, t, b in zip(outs, types, bases)]
+        results = [fresh_wrapper(o, t) if b is None else _view_result(o, t, b) for o, t, b in zip(outs, types, bases)]
         return results[0] if op.outputs == "one" else op.outputs(results)
     if op.outputs == "one":
         return fresh_wrapper(outs[0], types[0])
@@ -120,38 +120,50 @@ class ViewSpec:
     """How one result of a unit aliases an operand: the operand's position among the tensor
     operands, the ATen view chain from it, the strides the traced (contiguous) operand had,
     and the view's strides and storage offset relative to its base's."""
-    __slots__ = ("operand", "chain", "base_strides", "strides", "offset")
+    __slots__ = ("operand", "chain", "base_strides", "strides", "offset", "strided")
 
-    def __init__(self, operand, chain, base_strides, strides, offset):
+    def __init__(self, operand, chain, base_strides, strides, offset, strided):
         self.operand, self.chain, self.base_strides = operand, chain, base_strides
-        self.strides, self.offset = strides, offset
+        self.strides, self.offset, self.strided = strides, offset, strided
 
 
 def _view_bases(views, args, kwargs):
     """Per result: None (fresh) or (base wrapper, spec, storage offset); None where a base's
     layout differs from the traced one."""
-    operands = []
-    _operands(args, operands)
-    if kwargs:
-        _operands(tuple(kwargs.values()), operands)
+    operands = None
     out = []
     for spec in views:
         if spec is None:
             out.append(None)
             continue
-        base = operands[spec.operand]
+        if spec.operand == 0 and args and type(args[0]) is TracerTensor:    # x[None], x.t(): the usual case
+            base = args[0]
+        else:
+            if operands is None:
+                operands = []
+                _operands(args, operands)
+                if kwargs:
+                    _operands(tuple(kwargs.values()), operands)
+            base = operands[spec.operand]
         if _disabled_torch_function(_STRIDE, _TYPES, (base,), {}) != spec.base_strides:
             return None
         out.append((base, spec, _disabled_torch_function(_OFFSET, _TYPES, (base,), {}) + spec.offset))
     return out
 
 
-def _view_result(value, base_spec_offset):
+def _view_result(value, t, base_spec_offset):
+    """TracerTensor(value, strides, offset) as make_view's wrapper (its type t known)."""
     base, spec, offset = base_spec_offset
     root = base._root if base._root is not None else base
-    w = TracerTensor(value, spec.strides, offset)
+    w = _make_wrapper(TracerTensor, t.shape, spec.strides, offset, dtype=t.dtype, device=t.device)
+    w._value = value
+    if spec.strided:
+        w._strided = True
     w._root, w._chain, w._seen = root, list(base._chain or ()) + spec.chain, root._version_
     return w
+
+
+_make_wrapper = torch.Tensor._make_wrapper_subclass
 
 
 _STRIDE, _OFFSET, _TYPES = torch.Tensor.stride, torch.Tensor.storage_offset, (TracerTensor,)
@@ -297,7 +309,7 @@ def _trace_unit(func, types, args, kwargs, leaves):
         i = ins.get(id(o._root))
         if i is None or type(operands[i]) is not TracerTensor or not _static_chain(o._chain):
             return UNCACHEABLE
-        views.append(ViewSpec(i, list(o._chain), _layout_of(o._root)[0], *_layout_of(o)))
+        views.append(ViewSpec(i, list(o._chain), _layout_of(o._root)[0], *_layout_of(o), o._strided))
     values = [value_of(o) for o in outs]
     if not all(isinstance(v, (torch.Tensor, Tracer)) for v in values):
         return UNCACHEABLE
