@@ -249,3 +249,21 @@ def test_view_units_under_nested_levels():
         _close(functx.hessian(f)(x), torch.func.hessian(f)(x))
         _close(functx.grad(lambda x: functx.grad(f)(x).sum())(x), torch.func.grad(lambda x: torch.func.grad(f)(x).sum())(x))
         _close(functx.vmap(functx.vmap(functx.grad(f)))(xs), torch.func.vmap(torch.func.vmap(torch.func.grad(f)))(xs))
+
+
+def test_view_units_that_change_nothing():
+    # x[:], x.view(x.shape), x.expand(x.shape), x[...]: the unit's output is its input value
+    def f(x):
+        y = x * 1.0
+        a, b, c, d, e = y[:], y.view(y.shape), y.expand(y.shape), y.reshape(y.shape), y[...]
+        a.mul_(2.0)
+        b.add_(1.0)
+        d.mul_(3.0)
+        e.sub_(0.25)
+        return (c * y).sum() + (a * b).sum() + torch.sin(e).sum()
+    x, xs = torch.randn(3, 4), torch.randn(2, 3, 4)
+    for _ in range(2):
+        _close(functx.grad(f)(x), torch.func.grad(f)(x))
+        _close(functx.vmap(f)(xs), torch.func.vmap(f)(xs))
+        _close(functx.vmap(functx.grad(f))(xs), torch.func.vmap(torch.func.grad(f))(xs))
+        _close(functx.jvp(f, (x,), (x,)), torch.func.jvp(f, (x,), (x,)))
