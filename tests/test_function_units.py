@@ -1,7 +1,8 @@
 """A whole torch function as one cached unit under an eager transform
-(frontend/function_units.py): it computes what the ATen ops below it compute, and every case
-where a unit would differ (views, in-place writes, strided operands, random numbers, values
-read, operands returned as they are) takes the usual path."""
+(frontend/function_units.py): it computes what the ATen ops below it compute (a view's result
+aliases as the ATen path's does), and every case where a unit would differ (in-place writes,
+strided operands, random numbers, values read, operands returned as they are) takes the usual
+path."""
 import importlib
 
 import pytest
@@ -17,6 +18,12 @@ tensor_module = importlib.import_module("functx.frontend.tensor")
 
 def _close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_view_build_counts():
+    # other tests' indexing counts towards VIEW_BUILD_LIMIT; each test here starts afresh
+    function_units.VIEW_BUILDS.clear()
 
 
 def _entries(name):
@@ -267,3 +274,16 @@ def test_view_units_that_change_nothing():
         _close(functx.vmap(f)(xs), torch.func.vmap(f)(xs))
         _close(functx.vmap(functx.grad(f))(xs), torch.func.vmap(torch.func.grad(f))(xs))
         _close(functx.jvp(f, (x,), (x,)), torch.func.jvp(f, (x,), (x,)))
+
+
+def test_view_units_per_function_are_capped():
+    # x[i] for many values of i: past VIEW_BUILD_LIMIT builds, new indices take the usual path
+    x = torch.randn(100, 3)
+    function_units.CACHE.clear()
+
+    def f(x):
+        return sum((x[i] * i).sum() for i in range(100))
+    for _ in range(2):
+        _close(functx.grad(f)(x), torch.func.grad(f)(x))
+    units = [u for u in _entries("__getitem__") if u is not function_units.UNCACHEABLE]
+    assert 0 < len(units) <= function_units.VIEW_BUILD_LIMIT
