@@ -241,3 +241,22 @@ def test_a_float_that_changes_every_call_stops_building_units():
     for budget in (function_units.FLOATS, lowered_ops.FLOATS, rule_cache.RULE_FLOATS):
         assert budget.builds and max(budget.builds.values()) <= lowered_ops.FloatSignatures.limit
     assert len(kernel_check._VERDICTS) - verdicts < 10       # dtype verdicts key a float by its type
+
+
+def test_scalar_operands_as_0d_tensors_give_torch_s_bits():
+    """Generated impl code passes a literal of add/sub/mul/div as a 0-dim tensor of the
+    result's dtype (rule_cache._scalar_as_tensor): the same ATen kernel (a CPU scalar, div by
+    its reciprocal), so the primal is bit for bit what plain torch computes."""
+    def f(x):
+        return (3.0 / (1.0 - x * 0.1) + x / 3.0 - 7 + 1e-7 * x) / 0.3
+
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(5, 7, dtype=dtype)
+        t = torch.randn(5, 7, dtype=dtype)
+        for _ in range(2):
+            out, tangent = functx.jvp(f, (x,), (t,))
+            assert torch.equal(out, f(x))
+            want = torch.func.jvp(f, (x,), (t,))[1]
+            torch.testing.assert_close(tangent, want)
+            torch.testing.assert_close(functx.grad(lambda x: f(x).sum())(x), torch.func.grad(lambda x: f(x).sum())(x))
+    assert rule_cache._scalar_as_tensor is not None

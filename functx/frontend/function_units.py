@@ -11,11 +11,13 @@ once through the usual front end on fresh abstract wrappers, and hands the resul
 to the trace as one `LoweredOp` (`process_lowered`: one cached, generated rule).
 
 A signature is cached only where that is exactly what the front end would do: every tensor
-operand is laid out contiguously (results then are too), the results are fresh tensors (no
-view, no operand returned as is), no operand is written, and the graph has no effects (random
-numbers), structural or opaque primitives. Anything else (views, in-place ops, values read,
-errors, debug_nans) takes the usual path, as does a function whose result is not a tensor
-(`x.shape`, `x.item()`: remembered per function, so it costs one lookup afterwards).
+operand is laid out contiguously (results then are too), the results are fresh tensors or
+views of operands (no operand returned as is), no operand is written, and the graph has no
+effects (random numbers), structural or opaque primitives. A view result gets the wrapper the
+ATen path's make_view gives it (root, chain, version, torch's layout: "view units" below).
+Anything else (in-place ops, values read, errors, debug_nans) takes the usual path, as does a
+function whose result is not a tensor (`x.shape`, `x.item()`: remembered per function, so it
+costs one lookup afterwards).
 """
 from __future__ import annotations
 
@@ -35,6 +37,12 @@ CACHE: dict = {}
 NOT_TENSOR_VALUED: dict = {}
 _MAX = 4096
 FLOATS = FloatSignatures()     # floats key units by value (see FloatSignatures)
+# View units built per function (id): an index keys a view unit by value, and building one
+# costs ~1.5 ms against ~0.1 ms for the usual path, so a loop over rows (x[i] for 500 values
+# of i) would build a unit per row, and past the cache's size rebuild them on every call.
+# Past the limit a function's new signatures take the usual path (the units built still serve).
+VIEW_BUILDS: dict = {}
+VIEW_BUILD_LIMIT = 64
 _NANS = nan_check.STATE
 _disabled_torch_function = torch._C._disabled_torch_function_impl
 _autocast_on = torch._C._is_any_autocast_enabled
@@ -69,7 +77,7 @@ def run_unit(func, types, args, kwargs):
     except (_Uncacheable, TypeError):
         return NotImplemented
     if entry is None or entry[0] is not func:
-        if not FLOATS.may_build(fid):
+        if VIEW_BUILDS.get(fid, 0) >= VIEW_BUILD_LIMIT or not FLOATS.may_build(fid):
             return NotImplemented
         op = _build(func, types, args, kwargs, leaves)
         if op is None:
@@ -78,10 +86,18 @@ def run_unit(func, types, args, kwargs):
         if len(CACHE) >= _MAX:
             CACHE.clear()
             FLOATS.builds.clear()
+            VIEW_BUILDS.clear()
+        if op is not UNCACHEABLE and op.views is not None:
+            VIEW_BUILDS[fid] = VIEW_BUILDS.get(fid, 0) + 1
         entry = CACHE[key] = (func, op, None if op is UNCACHEABLE else [a.type for a in op.out_atoms])
     op = entry[1]
     if op is UNCACHEABLE:
         return NotImplemented
+    views = op.views
+    if views is not None:        # results that alias an operand: their bases' layouts first
+        bases = _view_bases(views, args, kwargs)
+        if bases is None:
+            return NotImplemented
     with _ExcludeKeys(_BELOW_DISPATCH):
         outs = trace.process_lowered(op, leaves)
     if outs is NotImplemented:
@@ -92,9 +108,106 @@ def run_unit(func, types, args, kwargs):
         # its type from here instead of computing it from its value when next asked
         if getattr(o, "_aval", 0) is None:
             o._aval = t
+    if views is not None:
+        results = [fresh_wrapper(o, t) if b is None else _view_result(o, t, b) for o, t, b in zip(outs, types, bases)]
+        return results[0] if op.outputs == "one" else op.outputs(results)
     if op.outputs == "one":
         return fresh_wrapper(outs[0], types[0])
     return op.outputs([fresh_wrapper(o, t) for o, t in zip(outs, types)])
+
+
+# ---------------------------------------------------------------- view units
+# A function whose results are views of its operands (x[None], x[:, 1:], x.t(), x.unsqueeze(0),
+# x.transpose(0, 1), x.expand(...), split) is a unit too: its value is computed like any
+# unit's, and each view result gets the wrapper the ATen path's make_view would give it: the
+# base's root, the base's chain followed by the ATen view ops the trace recorded, the root's
+# version, and torch's layout of the view. That layout is the traced one (strides, and the
+# storage offset relative to the base's) whenever the base reports the strides the trace's
+# contiguous abstract operand had; otherwise the usual path runs.
+
+class ViewSpec:
+    """How one result of a unit aliases an operand: the operand's position among the tensor
+    operands, the ATen view chain from it, the strides the traced (contiguous) operand had,
+    and the view's strides and storage offset relative to its base's."""
+    __slots__ = ("operand", "chain", "base_strides", "strides", "offset", "strided")
+
+    def __init__(self, operand, chain, base_strides, strides, offset, strided):
+        self.operand, self.chain, self.base_strides = operand, chain, base_strides
+        self.strides, self.offset, self.strided = strides, offset, strided
+
+
+def _view_bases(views, args, kwargs):
+    """Per result: None (fresh) or (base wrapper, spec, storage offset); None where a base's
+    layout differs from the traced one."""
+    operands = None
+    out = []
+    for spec in views:
+        if spec is None:
+            out.append(None)
+            continue
+        if spec.operand == 0 and args and type(args[0]) is TracerTensor:    # x[None], x.t(): the usual case
+            base = args[0]
+        else:
+            if operands is None:
+                operands = []
+                _operands(args, operands)
+                if kwargs:
+                    _operands(tuple(kwargs.values()), operands)
+            base = operands[spec.operand]
+        if _disabled_torch_function(_STRIDE, _TYPES, (base,), {}) != spec.base_strides:
+            return None
+        out.append((base, spec, _disabled_torch_function(_OFFSET, _TYPES, (base,), {}) + spec.offset))
+    return out
+
+
+def _view_result(value, t, base_spec_offset):
+    """TracerTensor(value, strides, offset) as make_view's wrapper (its type t known)."""
+    base, spec, offset = base_spec_offset
+    root = base._root if base._root is not None else base
+    w = _make_wrapper(TracerTensor, t.shape, spec.strides, offset, dtype=t.dtype, device=t.device)
+    w._value = value
+    if spec.strided:
+        w._strided = True
+    w._root, w._chain, w._seen = root, list(base._chain or ()) + spec.chain, root._version_
+    return w
+
+
+_make_wrapper = torch.Tensor._make_wrapper_subclass
+
+
+_STRIDE, _OFFSET, _TYPES = torch.Tensor.stride, torch.Tensor.storage_offset, (TracerTensor,)
+
+
+def _layout_of(w):
+    """(strides, storage offset) a wrapper reports, past __torch_function__."""
+    return (_disabled_torch_function(_STRIDE, _TYPES, (w,), {}),
+            _disabled_torch_function(_OFFSET, _TYPES, (w,), {}))
+
+
+def _operands(x, out):
+    """The tensor operands, in the order _key appends their values to leaves."""
+    t = type(x)
+    if t is TracerTensor or t is torch.Tensor or t is torch.nn.Parameter:
+        out.append(x)
+    elif t is list or t is tuple:
+        for v in x:
+            _operands(v, out)
+    elif t is slice:
+        _operands((x.start, x.stop, x.step), out)
+
+
+def _static_chain(chain) -> bool:
+    """Whether a traced view chain holds only static arguments (no tensor or traced value, no
+    as_strided, whose offset is absolute) and so holds for every call of the signature."""
+    def static(x):
+        if isinstance(x, (torch.Tensor, Tracer)):
+            return False
+        if type(x) in (list, tuple):
+            return all(static(v) for v in x)
+        if type(x) is dict:
+            return all(static(v) for v in x.values())
+        return True
+    return all("as_strided" not in str(func) and static(args) and static(kwargs) for func, args, kwargs, _ in chain)
 
 
 def _key(x, leaves):
@@ -185,17 +298,34 @@ def _trace_unit(func, types, args, kwargs, leaves):
         return UNCACHEABLE
     else:
         return None
-    ins = {id(w) for w in wrappers}
-    for o in outs:           # fresh, contiguous results only
-        if id(o) in ins or o._root is not None or o._layout is not None or o._strided:
-            return UNCACHEABLE
     for w, t in zip(wrappers, tracers):     # no operand written
         if w._version_ or w._value is not t:
             return UNCACHEABLE
+    ins = {id(w): i for i, w in enumerate(wrappers)}
+    operands = []
+    _operands(args, operands)
+    if kwargs:
+        _operands(tuple(kwargs.values()), operands)
+    views = []
+    for o in outs:     # fresh, contiguous results, or views of operands the caller passed as wrappers
+        if id(o) in ins or o._layout is not None:
+            return UNCACHEABLE
+        if o._root is None:
+            if o._strided:
+                return UNCACHEABLE
+            views.append(None)
+            continue
+        i = ins.get(id(o._root))
+        if i is None or type(operands[i]) is not TracerTensor or not _static_chain(o._chain):
+            return UNCACHEABLE
+        views.append(ViewSpec(i, list(o._chain), _layout_of(o._root)[0], *_layout_of(o), o._strided))
     values = [value_of(o) for o in outs]
     if not all(isinstance(v, (torch.Tensor, Tracer)) for v in values):
         return UNCACHEABLE
-    return op_of_graph(getattr(func, "__name__", str(func)), g, tracers, values, outputs)
+    op = op_of_graph(getattr(func, "__name__", str(func)), g, tracers, values, outputs)
+    if op is not UNCACHEABLE and any(v is not None for v in views):
+        op.views = views
+    return op
 
 
 def _vector_matmul(x, y, *rest, **kwargs):

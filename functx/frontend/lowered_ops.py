@@ -60,7 +60,7 @@ FLOATS = FloatSignatures()
 class LoweredOp:
     """The graph of one ATen op's lowering for one signature. outputs: "one", or the
     sequence type of the lowering's result. rules: filled by the traces that run it."""
-    __slots__ = ("name", "graph_eqns", "invars", "constvars", "consts", "out_atoms", "outputs", "rules")
+    __slots__ = ("name", "graph_eqns", "invars", "constvars", "consts", "out_atoms", "outputs", "rules", "views")
 
     def __init__(self, name, eqns, invars, constvars, consts, out_atoms, outputs):
         self.name = name
@@ -71,6 +71,7 @@ class LoweredOp:
         self.out_atoms = out_atoms
         self.outputs = outputs
         self.rules = {}
+        self.views = None       # function units: how results alias operands (function_units.ViewSpec)
 
     def eval(self, args):
         """Bind the equations one by one at the current trace (what the lowering does)."""

@@ -26,7 +26,7 @@ def run_function_unit(func, types, args, kwargs):
     """Replaced by frontend/function_units.run_unit when that module loads (it imports this one)."""
     return NotImplemented
 
-_CONTIGUOUS, _VIEW = torch.Tensor.contiguous, torch.Tensor.view
+_CONTIGUOUS, _VIEW, _GETITEM = torch.Tensor.contiguous, torch.Tensor.view, torch.Tensor.__getitem__
 
 
 class TracerTensor(torch.Tensor):
@@ -139,6 +139,10 @@ def _special_function(func, types, args, kwargs):
         out = composite(*args, **(kwargs or {}))
         if out is not NotImplemented:          # NotImplemented: torch's own function serves
             return out
+        if func is _GETITEM and not grad_mode_watchers:     # x[None], x[:, 1:]: a (view) unit
+            out = run_function_unit(func, types, args, kwargs)
+            if out is not NotImplemented:
+                return out
     out = rewrite(func, args, kwargs, lambda: _disabled_torch_function(func, types, args, kwargs or {}))
     if out is not NotImplemented:         # trace(hessian(f)) under jit (frontend/rewrites.py)
         return out
@@ -149,9 +153,13 @@ def _special_function(func, types, args, kwargs):
     if func is _CONTIGUOUS and _plain_format(args, kwargs) and (
             args[0]._chain or args[0]._layout == "unknown"):
         return _functionalize().contiguous(args[0])
-    if func is _VIEW and (args[0]._chain or not args[0].is_contiguous()) \
-            and not (len(args) == 2 and isinstance(args[1], torch.dtype)):
-        _functionalize().check_viewable(args[0], args[1:], kwargs or {})
+    if func is _VIEW and not (len(args) == 2 and isinstance(args[1], torch.dtype)):
+        if args[0]._chain or not args[0].is_contiguous():
+            _functionalize().check_viewable(args[0], args[1:], kwargs or {})
+        if not grad_mode_watchers:          # x.view(shape): a view unit
+            out = run_function_unit(func, types, args, kwargs)
+            if out is not NotImplemented:
+                return out
     return _disabled_torch_function(func, types, args, kwargs or {})
 
 

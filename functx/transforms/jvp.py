@@ -201,8 +201,8 @@ class JVPTrace(Trace):
                 P.append(a)
             else:
                 return NotImplemented
-        if not T:
-            return NotImplemented
+        if not T:         # no tangents: the whole op at the trace below (process_on_parent)
+            return _lowered_on_parent(self, op, P)
         key = (self.fast, tuple(mask))
         rule = op.rules.get(key)
         if rule is None:
@@ -269,6 +269,25 @@ class JVPTrace(Trace):
             out = prim.bind(*primals, **params)
             with nan_check.computing("tangent", prim.name):
                 return out, prim.jvp(primals, tangents, **params)[1]
+
+
+def _lowered_on_parent(trace, op, args):
+    """op's outputs with trace's parent current, as one unit where a trace below takes it (a
+    partial-eval trace hands it on when none of the operands are its own); NotImplemented
+    where it raises (the usual path then raises and names the error)."""
+    parent = trace.parent
+    if type(parent) is GraphTrace and not parent.stage_all:
+        for a in args:
+            if isinstance(a, GraphTracer) and a._trace is parent:
+                return NotImplemented
+        return _lowered_on_parent(parent, op, args)
+    prev, trace_state.trace = trace_state.trace, parent
+    try:
+        return parent.process_lowered(op, args)
+    except Exception:
+        return NotImplemented
+    finally:
+        trace_state.trace = prev
 
 
 def _eager_chain(trace) -> bool:

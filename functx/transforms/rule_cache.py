@@ -371,8 +371,12 @@ class _Codegen:
             args = "(" + "".join(i + ", " for i in ins) + ")"
             return f"    {self._outs(e)} = B({self.const(e.prim)}, {args}, {self.const(e.params)})"
         impl = e.prim.impl
-        if e.inputs and isinstance(e.inputs[0], Var):     # no Python scalar to make a tensor of first
-            impl = getattr(impl, "tensor_first", impl)
+        scalar_as_tensor = _scalar_as_tensor(e)
+        if scalar_as_tensor is not None:
+            i, t = scalar_as_tensor
+            ins[i] = self.const(t)
+        if e.inputs and (isinstance(e.inputs[0], Var) or scalar_as_tensor is not None):
+            impl = getattr(impl, "tensor_first", impl)      # no Python scalar to make a tensor of first
         if type(impl) is not _BUILTIN:      # a torch builtin is called as is; else the emit rule's
             expr = _emitted(e, ins)         # expression, without the impl's Python frame
             if expr is not None:
@@ -414,6 +418,30 @@ class _Codegen:
         lines.append(f"    eqns.append(Eqn({self.const(e.prim)}, {ins}, [{', '.join(outs)}], "
                      f"{self.const(e.params)}, None, {tpl}))")
         return "\n".join(lines)
+
+
+# A Python scalar operand costs torch ~2 us per call (wrapping it as a tensor) where a 0-dim
+# tensor costs nothing: add/sub/mul/div of a float32/float64 CPU tensor and a literal take it
+# as a 0-dim tensor of the result's dtype, made once per rule. Same kernel, same bits: ATen
+# reads both as a CPU scalar (TensorIterator's is_cpu_scalar, div by its reciprocal), in
+# the result's dtype, which for these dtypes is the computation dtype (not so for
+# half/bfloat16, whose scalars stay in float, nor for other devices: those keep the literal).
+_SCALAR_AS_TENSOR = frozenset({"add", "sub", "mul", "div"})
+
+
+def _scalar_as_tensor(e):
+    """(operand index, 0-dim tensor) for e's literal operand, or None."""
+    if e.prim.name not in _SCALAR_AS_TENSOR or e.params or len(e.inputs) != 2:
+        return None
+    t = e.outputs[0].type
+    if t.dtype not in (torch.float32, torch.float64) or torch.device(t.device).type != "cpu":
+        return None
+    for i, a in enumerate(e.inputs):
+        other = e.inputs[1 - i]
+        if isinstance(a, Literal) and isinstance(other, Var) and other.type.dtype == t.dtype \
+                and (type(a.value) is float or (type(a.value) is int and abs(a.value) < 2 ** 53)):
+            return i, torch.tensor(a.value, dtype=t.dtype)
+    return None
 
 
 def _emitted(e, srcs):
