@@ -140,33 +140,6 @@ def test_jvp_of_grad_uses_jvp_for_the_function_and_differentiates_backward(x):
     torch.testing.assert_close(functx.jvp(g, (x,), (t,))[1], want)
 
 
-class RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(x):
-        return torch.round(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
-
-
-def test_backward_serves_every_reverse_level():
-    # d/dx of grad(f) where f = round(x)^3 with a straight-through backward: torch.func applies
-    # the Function's backward at both levels, so the second derivative is 6 * round(x)
-    x = torch.tensor([0.3, 1.7, -2.4], dtype=torch.float64)
-
-    def f(r):
-        return RoundSTE.apply(r).pow(3).sum()
-    want = torch.func.grad(lambda r: torch.func.grad(f)(r).sum())(x)
-    torch.testing.assert_close(want, 6 * x.round())
-    torch.testing.assert_close(functx.grad(lambda r: functx.grad(f)(r).sum())(x), want)
-    torch.testing.assert_close(functx.jit(functx.grad(lambda r: functx.grad(f)(r).sum()))(x), want)
-
-
 class Cube(torch.autograd.Function):
     """The torch docs' MyCube: no jvp staticmethod."""
     @staticmethod

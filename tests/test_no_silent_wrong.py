@@ -385,6 +385,20 @@ def test_autograd_function_second_order_differentiates_backward():
                                torch.func.grad(lambda v: torch.func.grad(f)(v).sum())(x))
 
 
+def test_autograd_function_backward_serves_every_reverse_level():
+    # grad of grad through a straight-through estimator: torch.func applies the Function's
+    # backward (g * 2) at both levels, so d2/dx2 of round(x)^3 is 2 * 2 * 6 round(x); functx
+    # differentiated the second level through round and gave 0
+    x = torch.tensor([0.3, 1.7, -2.4], dtype=torch.float64)
+
+    def f(r):
+        return _StraightThrough.apply(r).pow(3).sum()
+    want = torch.func.grad(lambda r: torch.func.grad(f)(r).sum())(x)
+    torch.testing.assert_close(want, 24 * x.round())
+    torch.testing.assert_close(functx.grad(lambda r: functx.grad(f)(r).sum())(x), want)
+    torch.testing.assert_close(functx.jit(functx.grad(lambda r: functx.grad(f)(r).sum()))(x), want)
+
+
 def test_autograd_function_without_setup_context_raises():
     with pytest.raises(functx.FunctxError, match="setup_context"):
         functx.grad(lambda x: _OldStyle.apply(x).sum())(torch.ones(2))
