@@ -262,3 +262,18 @@ def test_spectral_norm_power_iteration_trains_under_jit_module():
     with torch.no_grad():
         _close(jb(x), a(x))
     assert jb.cache_info().traces <= 2
+
+
+def test_buffer_write_back_positions_skip_non_tensor_arguments(x):
+    # the write-back counts positions among the graph's inputs: string arguments before the
+    # buffers shifted them, and running_mean was written back under autograd
+    class Tagged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.bn = nn.Linear(4, 4), nn.BatchNorm1d(4)
+
+        def forward(self, x, tag, tag2, tag3):
+            return self.bn(self.lin(x)) * (2 if tag == "a" else 1)
+    m = Tagged()
+    functx.jit(m)(x, "a", "b", "c").sum().backward()
+    assert not m.bn.running_mean.requires_grad and not m.bn.running_var.requires_grad

@@ -35,7 +35,7 @@ class _Entry:
     __slots__ = ("compiled", "call", "unflatten", "key", "symbolic", "notes", "pattern", "generators", "guard",
                  "module_guard")
 
-    def __init__(self, compiled, key, symbolic=None, notes=(), cuda_graphs=None, generators=()):
+    def __init__(self, compiled, key, symbolic=None, notes=(), cuda_graphs=None, generators=(), untracked=()):
         self.compiled = compiled
         self.key = key
         self.symbolic = symbolic      # a SymbolicShapes when one trace serves many sizes
@@ -56,8 +56,6 @@ class _Entry:
         else:
             self.unflatten = functools.partial(tree_unflatten, meta.out_tree)
         if meta.mutated_inputs:
-            paths = key[0].paths() if isinstance(key, tuple) and key and hasattr(key[0], "paths") else []
-            untracked = frozenset(k for k, p in enumerate(paths) if _BUFFERS in p)
             self.call = _writing_back(self.call, meta.mutated_inputs, untracked)
 
 
@@ -269,7 +267,8 @@ class JitFunction:
                     symbolic = None
             if symbolic is None:
                 compiled, _ = compile_graph(graph, self.backend, leaves)
-            entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs, generators)
+            entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs, generators,
+                           _buffer_inputs(key, leaves))
             if self._modes is not None:
                 entry.module_guard = ModuleGuard(self._modes)
             if symbolic is not None:
@@ -448,6 +447,14 @@ class JitFunction:
 
 
 _BUFFERS = "_functx_module_buffers"
+
+
+def _buffer_inputs(key, leaves) -> frozenset:
+    """Positions, among the graph's inputs (the tensor and dynamic-number leaves, as _key
+    collects them), of the reached modules' buffers passed by keyword."""
+    paths = key[0].paths()
+    inputs = [p for p, leaf in zip(paths, leaves) if isinstance(leaf, torch.Tensor) or is_dynamic_scalar(leaf)]
+    return frozenset(k for k, p in enumerate(inputs) if _BUFFERS in p)
 
 
 def _buffers_as_arguments(f, reached):
