@@ -105,13 +105,11 @@ class ReachedModules:
     `self`, its closure cells, the globals its code names. jit keys on their train/eval
     flags (a graph traced in training mode, with dropout and batch statistics, must not
     serve eval calls), passes their buffers as arguments while they may be written
-    (buffer_arguments), and guards their identity and tensors (ModuleGuard). Each module's
-    submodule list is cached until some module registers a submodule."""
-    __slots__ = ("getters", "lists")
+    (buffer_arguments), and guards their identity and tensors (ModuleGuard)."""
+    __slots__ = ("getters",)
 
     def __init__(self, getters):
         self.getters = getters
-        self.lists = {}           # id(module) -> (registrations seen, module, its submodules)
 
     @staticmethod
     def of(f):
@@ -139,18 +137,9 @@ class ReachedModules:
     def modules(self):
         return [g() for g in self.getters]
 
-    def flags(self, extra=()):
-        """One tuple of training flags per module reached (and per module in extra)."""
-        out = []
-        for m in [g() for g in self.getters] + list(extra):
-            if not isinstance(m, torch.nn.Module):
-                out.append(None)
-                continue
-            seen = self.lists.get(id(m))
-            if seen is None or seen[0] != _REGISTRATIONS[0] or seen[1] is not m:
-                seen = self.lists[id(m)] = (_REGISTRATIONS[0], m, tuple(m.modules()))
-            out.append(tuple([s.training for s in seen[2]]))
-        return ("module train/eval flags", tuple(out))
+    def flags(self):
+        """The training flags of the modules reached (a part of the jit key)."""
+        return training_flags(self.modules())
 
     def buffer_arguments(self, always):
         """{module index: its buffers by name} for the reached modules whose buffers may be
@@ -190,25 +179,36 @@ class _SwappedBuffers:
         self.saved = []
 
 
-_OWNERS: dict = {}        # id(module) -> (registrations seen, module, submodules owning buffers)
+_SUBMODULES: dict = {}    # id(module) -> (registrations seen, module, submodules, those owning buffers)
+
+
+def _submodules(module) -> tuple:
+    """(module's submodules, those of them that own buffers), cached until some module
+    registers something."""
+    seen = _SUBMODULES.get(id(module))
+    if seen is None or seen[0] != _REGISTRATIONS[0] or seen[1] is not module:
+        subs = tuple(module.modules())
+        seen = _SUBMODULES[id(module)] = (_REGISTRATIONS[0], module, subs, tuple(m for m in subs if m._buffers))
+    return seen[2], seen[3]
 
 
 def _trains_buffers(module) -> bool:
     """Whether a submodule of module that owns buffers is in training mode."""
-    seen = _OWNERS.get(id(module))
-    if seen is None or seen[0] != _REGISTRATIONS[0] or seen[1] is not module:
-        owners = tuple(m for m in module.modules() if m._buffers)
-        seen = _OWNERS[id(module)] = (_REGISTRATIONS[0], module, owners)
-    return any(m.training for m in seen[2])
+    return any(m.training for m in _submodules(module)[1])
+
+
+def training_flags(modules):
+    """One tuple of training flags per module (None for what is no longer a module): a part
+    of the jit key."""
+    return ("module train/eval flags",
+            tuple(tuple([s.training for s in _submodules(m)[0]]) if isinstance(m, torch.nn.Module) else None
+                  for m in modules))
 
 
 def module_flags(static_values):
     """The training flags of nn.Modules among static arguments (a jitted method's self)."""
     mods = [v for v in static_values if isinstance(v, torch.nn.Module)]
-    return _STATIC_MODES.flags(mods) if mods else None
-
-
-_STATIC_MODES = ReachedModules([])
+    return training_flags(mods) if mods else None
 
 
 class ModuleGuard:

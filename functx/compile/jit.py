@@ -402,11 +402,7 @@ class JitFunction:
                           "computed from closed-over tensors is a constant of the traced graph; pass "
                           "tensors that change (a module's parameters: functional_call(model, params, x)) "
                           "as arguments to avoid retracing.", stacklevel=stacklevel)
-        self._cache.entries.pop(entry.key, None)
-        self._fast = {k: e for k, e in self._fast.items() if e is not entry}
-        self._last_key = self._last_entry = None
-        key, _, leaves = self._key(args, kwargs, nums)
-        return self._entry(key, args, kwargs, leaves, nums, reason=why)
+        return self._retrace(entry, args, kwargs, nums, reason=why)[0]
 
     def _run(self, entry, inputs, leaves, args, kwargs, nums):
         for k, slot in entry.generators:      # draws read this call's generators
@@ -424,11 +420,15 @@ class JitFunction:
         size and slipped past the compile-time checks): drop it and trace this signature
         statically (which raises again if the error is the function's own)."""
         self._dims.discard(entry, error)
+        return self._retrace(entry, args, kwargs, nums)
+
+    def _retrace(self, entry, args, kwargs, nums, reason=None):
+        """Drop entry from the caches and trace this call's signature again -> (entry, inputs)."""
         self._cache.entries.pop(entry.key, None)
         self._fast = {k: e for k, e in self._fast.items() if e is not entry}
         self._last_key = self._last_entry = None
         key, inputs, leaves = self._key(args, kwargs, nums)
-        return self._entry(key, args, kwargs, leaves, nums), inputs
+        return self._entry(key, args, kwargs, leaves, nums, reason=reason), inputs
 
     def __get__(self, obj, objtype=None):
         """@jit on a method: self is bound and static (keyed by its own hash: identity for
