@@ -200,6 +200,11 @@ def _stages(trace) -> bool:
     return isinstance(trace, GraphTrace) and trace.stage_all
 
 
+def staging_trace():
+    """The innermost enclosing trace that stages a graph (jit, make_graph), or None."""
+    return next((t for t in enclosing_traces() if _stages(t)), None)
+
+
 def seeded_while_staging():
     """Where f called torch.manual_seed while an enclosing trace stages a graph, or None: a
     draw from the global generator after it would repeat on every eager call, but not on

@@ -14,7 +14,7 @@ import contextlib
 import torch
 
 from ..core.errors import FunctxError, user_frame_summary
-from ..core.trace import GraphTrace, enclosing_traces, staging
+from ..core.trace import staging, staging_trace
 
 
 class GeneratorSlot:
@@ -73,8 +73,8 @@ _torch_manual_seed = torch.manual_seed
 
 
 def _manual_seed(seed):
-    if staging():
-        trace = next(t for t in enclosing_traces() if isinstance(t, GraphTrace) and t.stage_all)
+    trace = staging_trace()
+    if trace is not None:
         trace.seeded_at = trace.seeded_at or user_frame_summary()
     return _torch_manual_seed(seed)
 

@@ -27,6 +27,7 @@ from torch.utils.checkpoint import CheckpointFunction
 
 from ..core import current_trace, set_current_trace
 from ..core.errors import FunctxError
+from ..core.trace import enclosing_traces
 from ..frontend import TracerTensor, unwrap, wrap
 from ..tree_util import tree_flatten, tree_leaves_with_none, tree_unflatten
 from .batching import BatchTrace, BatchTracer
@@ -126,12 +127,7 @@ def apply_function(cls, args, kwargs):
 
 
 def _forward_mode_below():
-    trace = current_trace()
-    while trace is not None:
-        if isinstance(trace, JVPTrace) and not trace.reverse:
-            return True
-        trace = getattr(trace, "parent", None)
-    return False
+    return any(isinstance(t, JVPTrace) and not t.reverse for t in enclosing_traces())
 
 
 def _defines(cls, method):
