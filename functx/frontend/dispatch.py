@@ -98,7 +98,7 @@ def dispatch(func, args, kwargs):
 
 def _dispatch_functional(func, schema, args, kwargs):
     """Ops without a lowering: decompositions, then the fallback."""
-    if any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments if a.kwarg_only):
+    if any(_writes_out(a) for a in schema.arguments):
         return _out_argument(func, schema, args, kwargs)
     if torch.is_grad_enabled():
         args, kwargs = _lift_parameters(args, kwargs)
@@ -396,9 +396,7 @@ def functional_variant(func):
         packet = getattr(aten, name, None)
         found = getattr(packet, func._overloadname, None) if packet is not None else None
         if found is None and packet is not None:     # transpose_.default <-> transpose.int
-            names = [a.name for a in func._schema.arguments]
-            found = next((getattr(packet, o) for o in packet.overloads()
-                          if [a.name for a in getattr(packet, o)._schema.arguments] == names), None)
+            found = _overload_taking(packet, [a.name for a in func._schema.arguments])
         if found is None:        # normal_ <-> normal_functional
             packet = getattr(aten, name + "_functional", None)
             found = getattr(packet, func._overloadname, None) if packet is not None else None
@@ -411,16 +409,26 @@ def out_functional(func):
     without the out= ones, and nothing written; None if the packet has none."""
     if func not in _FUNCTIONAL_CACHE:
         names = [a.name for a in func._schema.arguments if not _writes_out(a)]
-        packet = func.overloadpacket
-        _FUNCTIONAL_CACHE[func] = next(
-            (getattr(packet, o) for o in packet.overloads()
-             if not any(a.alias_info is not None and a.alias_info.is_write for a in getattr(packet, o)._schema.arguments)
-             and [a.name for a in getattr(packet, o)._schema.arguments] == names), None)
+        _FUNCTIONAL_CACHE[func] = _overload_taking(func.overloadpacket, names)
     return _FUNCTIONAL_CACHE[func]
 
 
+def _overload_taking(packet, names):
+    """The overload of packet that takes exactly the arguments `names` and writes none of
+    them, or None."""
+    for o in packet.overloads():
+        arguments = getattr(packet, o)._schema.arguments
+        if [a.name for a in arguments] == names and not any(_writes(a) for a in arguments):
+            return getattr(packet, o)
+    return None
+
+
+def _writes(arg) -> bool:
+    return arg.alias_info is not None and arg.alias_info.is_write
+
+
 def _writes_out(arg) -> bool:
-    return arg.kwarg_only and arg.alias_info is not None and arg.alias_info.is_write
+    return arg.kwarg_only and _writes(arg)
 
 
 def _out_argument(func, schema, args, kwargs):
