@@ -128,8 +128,10 @@ static inline double fx_lgamma(double a) { int s; return lgamma_r(a, &s); }
 // give +-1. The polynomials are evaluated by fused multiply-adds where the CPU has them.
 #ifdef __FMA__
 #define FX_FMAF(a, b, c) __builtin_fmaf(a, b, c)
+#define FX_FMA(a, b, c) __builtin_fma(a, b, c)
 #else
 #define FX_FMAF(a, b, c) ((a) * (b) + (c))
+#define FX_FMA(a, b, c) ((a) * (b) + (c))
 #endif
 static inline float fx_tanhf(float x) {
     const float c = 7.99881172180175781f;

@@ -222,16 +222,10 @@ def equations(graph: Graph) -> list:
 
 TEMPLATES = r"""
 // fx_rows_*: X[M, K] @ W (row pointers xs[m], outputs outs[m]), one pass over W
-// (functx/compile/cpu/row_products.py). Vector code through GCC/Clang vector extensions.
-#if defined(__FMA__)
-#define FX_FMA_F(a, b, c) __builtin_fmaf(a, b, c)
-#define FX_FMA_D(a, b, c) __builtin_fma(a, b, c)
-#else
-#define FX_FMA_F(a, b, c) ((a) * (b) + (c))
-#define FX_FMA_D(a, b, c) ((a) * (b) + (c))
-#endif
-static inline float fx_fma(float a, float b, float c) { return FX_FMA_F(a, b, c); }
-static inline double fx_fma(double a, double b, double c) { return FX_FMA_D(a, b, c); }
+// (functx/compile/cpu/row_products.py). Vector code through GCC/Clang vector extensions;
+// FX_FMAF / FX_FMA are cpp_ops.HELPERS' (the library's header).
+static inline float fx_fma(float a, float b, float c) { return FX_FMAF(a, b, c); }
+static inline double fx_fma(double a, double b, double c) { return FX_FMA(a, b, c); }
 typedef float fx_v8f __attribute__((vector_size(32)));
 typedef double fx_v4d __attribute__((vector_size(32)));
 #if defined(__FMA__) && defined(__AVX__)
