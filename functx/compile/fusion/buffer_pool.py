@@ -131,7 +131,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _static(shape) -> bool:
+def static_shape(shape) -> bool:
+    """Every size is a plain int (no symbolic dims)."""
     return all(type(n) is int for n in shape)
 
 
@@ -192,7 +193,7 @@ def assign_slots(schedule, poolable_extern, written_over=None, fresh_extern=lamb
         written = grp.plan.stored if not grp.extern else (
             grp.first.outputs if poolable_extern(grp.first) else [])
         for v in written:
-            if v not in escaping and _static(v.type.shape) and v.type.device.type == "cpu":
+            if v not in escaping and static_shape(v.type.shape) and v.type.device.type == "cpu":
                 candidates.append((i, v))
                 last_use[v] = max(last_use.get(v, -1), i)     # never shares with its group's reads
     slot_of, slots, free, total = {}, [], {}, 0

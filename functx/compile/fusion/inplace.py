@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 
-from .buffer_pool import liveness
+from .buffer_pool import liveness, static_shape
 from .kernel import NullOps, is_inlined
 
 
@@ -63,10 +63,6 @@ def _owned(schedule, b, roots, poolable_extern) -> bool:
     return not grp.extern or poolable_extern(e)
 
 
-def _static(t) -> bool:
-    return all(type(n) is int for n in t.shape)
-
-
 def inplace_outputs(schedule, poolable_extern) -> dict:
     """{id(group): {v: b}}: the kernel outputs v each kernel group writes over its input b."""
     roots, escaping, last_read = liveness(schedule, poolable_extern)
@@ -84,7 +80,7 @@ def inplace_outputs(schedule, poolable_extern) -> dict:
                 loaded.setdefault(buf, by_name.get(buf))
         pairs, taken = {}, set()
         for v in plan.stored:
-            if v in escaping or not _static(v.type) or v.type.device.type != "cpu":
+            if v in escaping or not static_shape(v.type.shape) or v.type.device.type != "cpu":
                 continue
             vname = plan.buffers[v]
             stores = [(n, ev) for n, ev in enumerate(probe.events) if ev[0] == "store" and ev[1] == vname]
@@ -95,7 +91,7 @@ def inplace_outputs(schedule, poolable_extern) -> dict:
                 if b is None or b in taken or b in escaping or last_read.get(b) != i:
                     continue
                 t, u = b.type, v.type
-                if t.dtype != u.dtype or t.device != u.device or not _static(t) or \
+                if t.dtype != u.dtype or t.device != u.device or not static_shape(t.shape) or \
                         math.prod(t.shape) != math.prod(u.shape):
                     continue
                 reads = [(n, ev) for n, ev in enumerate(probe.events) if ev[0] == "load" and ev[1] == bname]
