@@ -57,10 +57,11 @@ def test_first_calls_run_eager_then_fused_and_explain_says_which(monkeypatch):
     out1 = f(x)
     c = entry_of(f, x)
     assert c.backend == "cpu" and c.last_tier == "eager" and c.fused_state == "not started"
+    # checked before call 2 starts the build: a build done during call 2 frees them (below)
+    assert c.eager.globals["_keep"], "the eager tier keeps its large buffers between calls"
     assert "the last call ran the eager tier (call 1); fused tier: not started" in str(functx.explain(f)(x))
     out2 = f(x)                                    # call 2 starts the background build
     assert c.last_tier == "eager" and c.fused_state in ("pending", "ready")
-    assert c.eager.globals["_keep"], "the eager tier keeps its large buffers between calls"
     wait_for_fused()
     assert c.fused_state == "ready" and c.last_tier == "eager"
     assert "fused tier: ready, the next call runs it" in c.status()
