@@ -10,6 +10,7 @@ import torch.func
 import torch.nn.functional as F
 
 import functx
+from functx.frontend import unit_batches
 
 ad = importlib.import_module("functx.transforms.ad")
 rule_cache = importlib.import_module("functx.transforms.rule_cache")
@@ -121,11 +122,23 @@ def test_the_mlp_grad_runs_one_transpose_per_unit(counted):
     ps = _params(g, [4, 5, 3])
     x, y = torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
     f = functx.grad(lambda ps: F.cross_entropy(_mlp(ps, x), y))
-    f(ps)
-    counted.clear()
-    _close(f(ps), torch.func.grad(lambda ps: F.cross_entropy(_mlp(ps, x), y))(ps))
+    want = torch.func.grad(lambda ps: F.cross_entropy(_mlp(ps, x), y))(ps)
+    unit_batches.ENABLED = False        # each unit run when called
+    try:
+        f(ps)
+        counted.clear()
+        _close(f(ps), want)
+    finally:
+        unit_batches.ENABLED = True
     # x @ W with both operands traced (layer 2), x @ W + b's broadcast + add, cross_entropy
     assert {name for name, _ in counted} >= {"matmul", "add", "cross_entropy"}, counted
+    # in batches (frontend/unit_batches.py), from a structure's second sighting: the whole
+    # forward is one unit, and its backward one transpose
+    f(ps)
+    f(ps)
+    counted.clear()
+    _close(f(ps), want)
+    assert len(counted) == 1 and counted[0][0].startswith("units("), counted
 
 
 def test_a_changed_default_dtype_runs_the_equations_one_by_one(counted):

@@ -47,6 +47,10 @@ class Trace:
     # Whether fused primitives (Primitive.composite, prims/fused.py) are bound as themselves
     # here: on eager levels (lowered_ops) and in the graphs of their units and rules
     keeps_fused: bool = False
+    # Eager levels whose cached units wait in a batch until a value is needed
+    # (frontend/unit_batches.py): whether this kind of level does, and its open batch
+    batches_units: bool = False
+    pending = None
 
     def process_primitive(self, prim, args, params):
         raise NotImplementedError

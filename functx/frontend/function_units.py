@@ -30,6 +30,7 @@ from . import tensor as _tensor
 from .functionalize import value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
 from .tensor import TracerTensor, fresh_wrapper
+from .unit_batches import LazyTracer
 
 CACHE: dict = {}
 # id(func) -> func: functions that returned something other than tensors (x.shape, x.dim(),
@@ -98,16 +99,23 @@ def run_unit(func, types, args, kwargs):
         bases = _view_bases(views, args, kwargs)
         if bases is None:
             return NotImplemented
-    with _ExcludeKeys(_BELOW_DISPATCH):
-        outs = trace.process_lowered(op, leaves)
-    if outs is NotImplemented:
-        return NotImplemented
     types = entry[2]
-    for o, t in zip(outs, types):
-        # the unit's output types are known: a level's tracer (BatchTracer, JVPTracer) takes
-        # its type from here instead of computing it from its value when next asked
-        if getattr(o, "_aval", 0) is None:
-            o._aval = t
+    batch = trace.pending
+    if batch is not None:        # recorded, run with the level's next batch (unit_batches.py)
+        outs = batch.record(op, leaves, types, key[2], key[1])
+    else:
+        for i, v in enumerate(leaves):
+            if type(v) is LazyTracer:       # an enclosing level's batched result
+                leaves[i] = v.resolve()
+        with _ExcludeKeys(_BELOW_DISPATCH):
+            outs = trace.process_lowered(op, leaves)
+        if outs is NotImplemented:
+            return NotImplemented
+        for o, t in zip(outs, types):
+            # the unit's output types are known: a level's tracer (BatchTracer, JVPTracer) takes
+            # its type from here instead of computing it from its value when next asked
+            if getattr(o, "_aval", 0) is None:
+                o._aval = t
     if views is not None:
         results = [fresh_wrapper(o, t) if b is None else _view_result(o, t, b) for o, t, b in zip(outs, types, bases)]
         return results[0] if op.outputs == "one" else op.outputs(results)
@@ -221,7 +229,9 @@ def _key(x, leaves):
         root = x._root if x._root is not None else x
         if x._strided or root._layout == "unknown":
             raise _Uncacheable
-        v = value_of(x)
+        # a view as made keeps a batched value (a LazyTracer) for the batch to read; else its
+        # current value (a stale view recomputes)
+        v = x._value if root is not x and x._seen == root._version_ else value_of(x)
         leaves.append(v)
         if isinstance(v, Tracer):
             a = v.aval

@@ -19,6 +19,7 @@ from ..core.trace import reverse_mode_active, type_of
 from .. import prims as P
 from .lowerings.registry import LOWERINGS
 from .tensor import TracerTensor
+from .unit_batches import LazyTracer
 
 aten = torch.ops.aten
 
@@ -31,7 +32,10 @@ def value_of(w: TracerTensor):
     if root is not None and w._seen != root._version_:
         w._value = apply_view_chain(value_of(root), w._chain)
         w._seen = root._version_
-    return w._value
+    v = w._value
+    if type(v) is LazyTracer:       # a batched unit's result: its batch runs now (unit_batches.py)
+        v = w._value = v.resolve()
+    return v
 
 
 def unwrap(x):

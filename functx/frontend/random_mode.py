@@ -26,7 +26,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..core.errors import FunctxError, PlainWriteError
 from ..core.errors import user_frame_summary
-from ..core.trace import EVAL_TRACE, Tracer, set_current_trace, staged_or_batched, staging
+from ..core.trace import (EVAL_TRACE, GraphTrace, Tracer, enclosing_traces, set_current_trace,
+                          staged_or_batched, staging)
 from .. import prims as P
 from .dispatch import dispatch, pinned
 from .lowerings.creation import SIZED_FACTORIES
@@ -34,6 +35,7 @@ from .lowerings.registry import LOWERINGS
 from .generators import drawing_from
 from .functionalize import value_of
 from .tensor import TracerTensor, wrap
+from .unit_batches import run_pending
 
 aten = torch.ops.aten
 
@@ -242,6 +244,29 @@ def _target_is_plain(func, args, kwargs) -> bool:
     return False
 
 
+def _refuse_writing_saved(func, args, kwargs):
+    """An in-place write into a plain tensor that an enclosing grad/vjp saved for its backward
+    pass (a residual: `y = x * buf; buf.add_(1)`) would change the gradient silently; torch's
+    autograd raises there (its version counter), and so does functx."""
+    saved = None
+    for i, a in enumerate(func._schema.arguments):
+        if a.alias_info is None or not a.alias_info.is_write:
+            continue
+        target = args[i] if i < len(args) else kwargs.get(a.name)
+        if type(target) is not torch.Tensor and type(target) is not torch.nn.Parameter:
+            continue
+        if saved is None:
+            saved = {_storage(c) for t in enclosing_traces() if type(t) is GraphTrace and not t.stage_all
+                     for c in t.consts if isinstance(c, torch.Tensor) and not isinstance(c, TracerTensor)}
+        if saved and _storage(target) in saved:
+            raise FunctxError(
+                f"functx: {func} writes in place into a tensor (shape {tuple(target.shape)}) that reverse "
+                f"mode saved to compute the gradient, here:\n{user_frame_summary()}\nThe gradient would "
+                "use the new values. PyTorch's autograd raises here too (\"one of the variables needed for "
+                "gradient computation has been modified by an inplace operation\"). Write into a copy "
+                "(buf = buf.clone()) or make the update after the transform.")
+
+
 def _plain_values(args, kwargs):
     """(args, kwargs) with wrappers replaced by their values if none of those is traced."""
     args, kwargs = tree_map(lambda a: value_of(a) if isinstance(a, TracerTensor) else a, (args, kwargs))
@@ -383,6 +408,9 @@ class RandomMode(TorchDispatchMode):
                     # explicitly (a guard of the trace, which explain lists with this line)
                     args, kwargs = tree_map(pinned, (args, kwargs))
                 return self._staged_plain_op(func, args, kwargs)
+            if _writes(func):
+                run_pending()       # a batched unit may read the tensor this writes
+                _refuse_writing_saved(func, args, kwargs)
             return func(*args, **kwargs)
         leaves, _ = tree_flatten((args, kwargs))
         if any(isinstance(l, TracerTensor) for l in leaves):

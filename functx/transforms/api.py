@@ -13,6 +13,7 @@ from ..core import Zero, current_trace, set_current_trace
 from ..core.trace import Tracer, refuse_inside_torch_func, staged_or_batched, type_of
 from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
+from ..frontend.unit_batches import batching_units
 from .. import prims as P
 from .ad import differentiable, linear_forward, linearize_flat, vjp_flat, backward_pass
 from .batching import AxisData, BatchTrace, BatchTracer
@@ -68,18 +69,18 @@ def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None, sources=None):
     def fun(flat_in):
         srcs = sources if sources is not None else [_concrete_base(x) for x in flat_in]
         args = tree_unflatten(in_tree, [wrap_input(x, s) for x, s in zip(flat_in, srcs)])
-        with intercept_random():    # torch.randn(shape) etc. become random primitives here
+        with intercept_random(), batching_units():     # random primitives; units batched until read
             out = f(*args)
-        if has_aux:
-            if not (isinstance(out, (tuple, list)) and len(out) == 2):
-                raise TypeError(f"{what}: with has_aux=True, f must return a pair (output, aux); got "
-                                f"{type(out).__name__}")
-            out, aux = out
-            store.aux = aux
-        leaves, tree = tree_flatten(out)
-        _check_tensor_leaves(leaves, f"{what}: output of f", tree)
-        store.tree = tree
-        return [unwrap(l) for l in leaves]
+            if has_aux:
+                if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                    raise TypeError(f"{what}: with has_aux=True, f must return a pair (output, aux); got "
+                                    f"{type(out).__name__}")
+                out, aux = out
+                store.aux = aux
+            leaves, tree = tree_flatten(out)
+            _check_tensor_leaves(leaves, f"{what}: output of f", tree)
+            store.tree = tree
+            return [unwrap(l) for l in leaves]
     return fun
 
 
@@ -459,7 +460,7 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
                 vals.append(wrap_input(BatchTracer(trace, v, ax % type_of(v).ndim), leaf, ax % type_of(v).ndim))
         args, kwargs = tree_unflatten(treedef, vals)
         refuse_inside_torch_func("functx.vmap")
-        with set_current_trace(trace), intercept_random():    # random factories follow `randomness`
+        with set_current_trace(trace), intercept_random(), batching_units():    # (as in _flat_fun)
             out = fn(*args, **kwargs)
             out_leaves, out_tree = tree_flatten(out)
             _check_tensor_leaves(out_leaves, "functx.vmap: output of f", out_tree)

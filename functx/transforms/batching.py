@@ -46,6 +46,7 @@ class BatchTracer(Tracer):
 
 class BatchTrace(Trace):
     is_level = True
+    batches_units = True
 
     def __init__(self, parent, axis: AxisData):
         self.parent = parent

@@ -54,6 +54,7 @@ class _ZeroOf(Zero):
 
 class JVPTrace(Trace):
     is_level = True
+    batches_units = True
 
     def __init__(self, parent, reverse: bool = False):
         self.parent = parent
