@@ -255,3 +255,13 @@ def test_leaked_value_still_refused(fresh_batches):
     functx.grad(f)(X[0])
     with pytest.raises(Exception, match="leaked|after its transform"):
         (saved[0] * 2).sum().item()
+
+
+def test_results_judged_unreferenced_are_recomputed_when_read(fresh_batches, monkeypatch):
+    # reference counts decide which results a batch keeps; were one missed, reading it computes
+    # it from what the batch ran (never an error, never a stale value)
+    monkeypatch.setattr(unit_batches, "_UNREFERENCED", 10 ** 9)      # nothing looks referenced
+    params = _params()
+    for _ in range(3):
+        _close(functx.grad(_loss)(params, X, Y), torch.func.grad(_loss)(params, X, Y))
+        _close(functx.vmap(_mlp, in_dims=(None, 0))(params, X), torch.func.vmap(_mlp, in_dims=(None, 0))(params, X))

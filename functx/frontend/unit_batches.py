@@ -50,6 +50,7 @@ MAX_UNITS = 64
 # the second sighting, so one-off structures never pay for it)
 COMBINED: dict = {}
 SEEN: dict = {}
+COMBINE_AT = 2           # the sighting of a structure that builds its combined unit (tests: 1)
 _MAX_STRUCTURES = 512
 
 _NANS = nan_check.STATE
@@ -86,11 +87,14 @@ class LazyTracer(Tracer):
         """The level's value of this result (running its batch first, if it has not run)."""
         r = self.real
         if r is None:
-            self.batch.run()
+            batch = self.batch
+            if type(batch) is _Ran:         # its batch ran without it
+                batch.run_for(self)
+            else:
+                batch.run()
+                if self.real is None:       # (only if reference counts missed a reference)
+                    self.batch.run_for(self)
             r = self.real
-            if r is None:       # not kept when its batch ran: nothing referenced it
-                raise RuntimeError("functx internal error: a batched unit's result was read after its "
-                                   "batch ran without it (please report this)")
         return r
 
     def concrete(self):
@@ -145,40 +149,78 @@ class UnitBatch:
         parts, values = self.parts, self.values
         if not parts:
             return
-        live = []
-        for i in range(len(values)):
-            lt = values[i]
-            if _getrefcount(lt) > 3:      # values, lt, the argument: referenced elsewhere too
-                live.append(i)
+        counts = _reference_counts(values)
+        live = [i for i, c in enumerate(counts) if c > _UNREFERENCED]
         externals = self.externals
         self.parts, self.values, self.externals, self.external_ids = [], [], [], {}
-        level = self.level
-        key = (tuple(parts), tuple(live))
-        stack = _reverse.stack
-        above = stack[self.depth:]            # reverse levels entered since (nested transforms)
-        del stack[self.depth:]
-        grad_before = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(self.grad)
-        prev, trace_state.trace = trace_state.trace, level
-        try:
-            with _ExcludeKeys(_RUN_KEYS):
-                outs = _run_combined(level, key, parts, live, values, externals)
-                if outs is None:
-                    outs = _run_units(level, parts, live, externals)
-        finally:
-            trace_state.trace = prev
-            torch._C._set_grad_enabled(grad_before)
-            stack.extend(above)
+        ran = _Ran(self.level, parts, externals, self.grad, self.dtype, self.depth)
+        with _AsRecorded(ran), _ExcludeKeys(_RUN_KEYS):
+            outs = _run_combined(self.level, (tuple(parts), tuple(live)), parts, live, externals)
+            if outs is None:
+                outs = _run_units(self.level, parts, live, externals)
         for i, o in zip(live, outs):
             lt = values[i]
             if getattr(o, "_aval", 0) is None:
                 o._aval = lt._aval
             lt.real = o
+        for lt in values:
+            if lt.real is None:         # not kept: computable from what ran, should it be read
+                lt.batch = ran
 
     def close(self):
         """The level ends: run what is still referenced; record nothing more."""
         self.open = False
         self.run()
+
+
+class _Ran:
+    """A batch as it ran: a result it did not keep (nothing referenced it, as far as reference
+    counts tell) is computed from it if it is read after all."""
+    __slots__ = ("level", "parts", "externals", "grad", "dtype", "depth")
+
+    def __init__(self, level, parts, externals, grad, dtype, depth):
+        self.level, self.parts, self.externals = level, parts, externals
+        self.grad, self.dtype, self.depth = grad, dtype, depth
+
+    def run_for(self, lt):
+        with _AsRecorded(self), _ExcludeKeys(_RUN_KEYS):
+            lt.real = _run_units(self.level, self.parts, [lt.index], self.externals)[0]
+
+
+class _AsRecorded:
+    """The state a batch's units were recorded in, while they run: their level current, their
+    grad mode and default dtype, and the reverse levels' stack without the levels entered
+    since (core/trace.grad_enabled_for reads it)."""
+    __slots__ = ("ran", "prev", "above", "grad", "dtype")
+
+    def __init__(self, ran):
+        self.ran = ran
+
+    def __enter__(self):
+        ran, stack = self.ran, _reverse.stack
+        self.above = stack[ran.depth:]
+        del stack[ran.depth:]
+        self.grad, self.dtype = torch.is_grad_enabled(), torch.get_default_dtype()
+        torch._C._set_grad_enabled(ran.grad)
+        if self.dtype is not ran.dtype:
+            torch.set_default_dtype(ran.dtype)
+        self.prev, trace_state.trace = trace_state.trace, ran.level
+
+    def __exit__(self, *exc):
+        trace_state.trace = self.prev
+        torch._C._set_grad_enabled(self.grad)
+        if self.dtype is not self.ran.dtype:
+            torch.set_default_dtype(self.dtype)
+        _reverse.stack.extend(self.above)
+
+
+def _reference_counts(values):
+    return [_getrefcount(values[i]) for i in range(len(values))]
+
+
+# What _reference_counts gives an object only the list references (the interpreter's own
+# references differ between Python versions)
+_UNREFERENCED = _reference_counts([object()])[0]
 
 
 def _run_units(level, parts, live, externals):
@@ -193,12 +235,12 @@ def _run_units(level, parts, live, externals):
     return [env[i] for i in live]
 
 
-def _run_combined(level, key, parts, live, values, externals):
+def _run_combined(level, key, parts, live, externals):
     """The batch as one unit through the level, or None (run it unit by unit): on a structure's
     first sighting, where the combined unit cannot be built, or where the level declines it."""
     op = COMBINED.get(key)
     if op is None:
-        if SEEN.get(key) is None:
+        if COMBINE_AT > 1 and SEEN.get(key) is None:
             if len(SEEN) >= _MAX_STRUCTURES:
                 SEEN.clear()
             SEEN[key] = True
