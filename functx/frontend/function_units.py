@@ -29,7 +29,7 @@ from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, trace_state, type_of
 from . import tensor as _tensor
 from .functionalize import value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
-from .tensor import TracerTensor, fresh_wrapper
+from .tensor import TracerTensor, fresh_wrapper, unit_key
 from .unit_batches import LazyTracer
 
 CACHE: dict = {}
@@ -90,7 +90,8 @@ def run_unit(func, types, args, kwargs):
             VIEW_BUILDS.clear()
         if op is not UNCACHEABLE and op.views is not None:
             VIEW_BUILDS[fid] = VIEW_BUILDS.get(fid, 0) + 1
-        entry = CACHE[key] = (func, op, None if op is UNCACHEABLE else [a.type for a in op.out_atoms])
+        types = None if op is UNCACHEABLE else [a.type for a in op.out_atoms]
+        entry = CACHE[key] = (func, op, types, types and [unit_key(t) for t in types])
     op = entry[1]
     if op is UNCACHEABLE:
         return NotImplemented
@@ -120,8 +121,8 @@ def run_unit(func, types, args, kwargs):
         results = [fresh_wrapper(o, t) if b is None else _view_result(o, t, b) for o, t, b in zip(outs, types, bases)]
         return results[0] if op.outputs == "one" else op.outputs(results)
     if op.outputs == "one":
-        return fresh_wrapper(outs[0], types[0])
-    return op.outputs([fresh_wrapper(o, t) for o, t in zip(outs, types)])
+        return fresh_wrapper(outs[0], types[0], entry[3][0])
+    return op.outputs([fresh_wrapper(o, t, k) for o, t, k in zip(outs, types, entry[3])])
 
 
 # ---------------------------------------------------------------- view units

@@ -119,13 +119,19 @@ class TracerTensor(torch.Tensor):
         return dispatch(func, args, kwargs or {})
 
 
-def fresh_wrapper(value, t):
+def fresh_wrapper(value, t, key=None):
     """TracerTensor(value) for a fresh, contiguous result whose type t is known (a cached
-    unit's output: frontend/function_units.py), without asking the value for it."""
+    unit's output: frontend/function_units.py), without asking the value for it. key: its
+    unit_key(t), if the caller has it."""
     r = _make_wrapper(TracerTensor, t.shape, dtype=t.dtype, device=t.device)
     r._value = value
-    r._unit_key = (t.shape, t.dtype, t.device, t.weak)
+    r._unit_key = unit_key(t) if key is None else key
     return r
+
+
+def unit_key(t):
+    """A value's type (TensorType) as function units key it (function_units._key)."""
+    return (t.shape, t.dtype, t.device, t.weak)
 
 
 _make_wrapper = torch.Tensor._make_wrapper_subclass
@@ -222,6 +228,8 @@ def wrap_input(value, source, bdim=None):
     layout = storage_layout(source, bdim) if source is not None else "unknown"
     if isinstance(layout, tuple):
         w = TracerTensor(value, layout[0], layout[1])
+        if not w._strided:      # keyed by function units as a fresh result is (its type)
+            w._unit_key = unit_key(value.aval)
     else:
         w = TracerTensor(value)
         w._strided = layout == "unknown"

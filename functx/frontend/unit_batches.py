@@ -51,7 +51,7 @@ MAX_UNITS = 64
 COMBINED: dict = {}
 SEEN: dict = {}
 COMBINE_AT = 2           # the sighting of a structure that builds its combined unit (tests: 1)
-_MAX_STRUCTURES = 512
+_MAX_STRUCTURES = 256
 
 _NANS = nan_check.STATE
 _getrefcount = sys.getrefcount
@@ -107,7 +107,7 @@ class LazyTracer(Tracer):
 
 class UnitBatch:
     """The units recorded at one eager level and not run yet."""
-    __slots__ = ("level", "values", "parts", "externals", "external_ids", "grad", "dtype", "depth", "open")
+    __slots__ = ("level", "values", "parts", "externals", "external_ids", "grad", "dtype", "depth")
 
     def __init__(self, level):
         self.level = level
@@ -117,7 +117,6 @@ class UnitBatch:
         self.external_ids = {}
         self.grad = self.dtype = None
         self.depth = len(_reverse.stack)      # the reverse levels active when it records
-        self.open = True
 
     def record(self, op, leaves, types, grad, dtype):
         """LazyTracers for op's results on leaves (lax values), to be computed when the batch runs."""
@@ -140,6 +139,10 @@ class UnitBatch:
         self.parts.append((op, tuple(refs)))
         values = self.values
         n = len(values)
+        if len(types) == 1:
+            lt = LazyTracer(self, n, types[0])
+            values.append(lt)
+            return [lt]
         outs = [LazyTracer(self, n + k, t) for k, t in enumerate(types)]
         values.extend(outs)
         return outs
@@ -166,11 +169,6 @@ class UnitBatch:
         for lt in values:
             if lt.real is None:         # not kept: computable from what ran, should it be read
                 lt.batch = ran
-
-    def close(self):
-        """The level ends: run what is still referenced; record nothing more."""
-        self.open = False
-        self.run()
 
 
 class _Ran:
@@ -289,11 +287,9 @@ class batching_units:
         batch = self.batch
         if batch is None:
             return
-        batch.level.pending = None
+        batch.level.pending = None      # the level ends: nothing more is recorded
         if exc_type is None:
-            batch.close()
-        else:
-            batch.open = False
+            batch.run()                 # what is still referenced (aux values, leaked ones)
 
 
 def run_pending():
