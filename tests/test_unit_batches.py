@@ -265,3 +265,20 @@ def test_results_judged_unreferenced_are_recomputed_when_read(fresh_batches, mon
     for _ in range(3):
         _close(functx.grad(_loss)(params, X, Y), torch.func.grad(_loss)(params, X, Y))
         _close(functx.vmap(_mlp, in_dims=(None, 0))(params, X), torch.func.vmap(_mlp, in_dims=(None, 0))(params, X))
+
+
+def test_values_of_a_batch_that_raised_are_still_there(fresh_batches):
+    idx = torch.tensor([0, 7])
+    seen = []
+
+    def f(x):
+        h = torch.sin(x)
+        y = h[idx]                   # fails when the batch runs
+        seen.append(h)
+        try:
+            float(y.sum())           # runs the batch: raises
+        except (IndexError, RuntimeError):
+            pass
+        return (h * 2).sum()         # h: recorded in the batch that raised, computed alone
+    for _ in range(3):
+        _close(functx.grad(f)(X[0]), 2 * torch.cos(X[0]))

@@ -87,13 +87,10 @@ class LazyTracer(Tracer):
         """The level's value of this result (running its batch first, if it has not run)."""
         r = self.real
         if r is None:
-            batch = self.batch
-            if type(batch) is _Ran:         # its batch ran without it
-                batch.run_for(self)
-            else:
-                batch.run()
-                if self.real is None:       # (only if reference counts missed a reference)
-                    self.batch.run_for(self)
+            if type(self.batch) is not _Ran:
+                self.batch.run()
+            if self.real is None:       # its batch ran without it (reference counts missed it)
+                self.batch.run_for(self)
             r = self.real
         return r
 
@@ -157,6 +154,8 @@ class UnitBatch:
         externals = self.externals
         self.parts, self.values, self.externals, self.external_ids = [], [], [], {}
         ran = _Ran(self.level, parts, externals, self.grad, self.dtype, self.depth)
+        for lt in values:       # a result not kept (or not computed: a unit raised) is computed
+            lt.batch = ran      # from what ran, should it be read after all
         with _AsRecorded(ran), _ExcludeKeys(_RUN_KEYS):
             outs = _run_combined(self.level, (tuple(parts), tuple(live)), parts, live, externals)
             if outs is None:
@@ -166,9 +165,6 @@ class UnitBatch:
             if getattr(o, "_aval", 0) is None:
                 o._aval = lt._aval
             lt.real = o
-        for lt in values:
-            if lt.real is None:         # not kept: computable from what ran, should it be read
-                lt.batch = ran
 
 
 class _Ran:
@@ -181,8 +177,14 @@ class _Ran:
         self.grad, self.dtype, self.depth = grad, dtype, depth
 
     def run_for(self, lt):
+        """lt's value: the units up to the one that made it, one by one (not those after it:
+        one of them may be a unit that raised)."""
+        n, k = 0, 0
+        while n <= lt.index:
+            n += len(self.parts[k][0].out_atoms)
+            k += 1
         with _AsRecorded(self), _ExcludeKeys(_RUN_KEYS):
-            lt.real = _run_units(self.level, self.parts, [lt.index], self.externals)[0]
+            lt.real = _run_units(self.level, self.parts[:k], [lt.index], self.externals)[0]
 
 
 class _AsRecorded:
