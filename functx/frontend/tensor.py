@@ -54,9 +54,10 @@ class TracerTensor(torch.Tensor):
         return _disabled_torch_function(func, types, args, kwargs or {})
 
     @staticmethod
-    def __new__(cls, value, strides=None, storage_offset=0):
+    def __new__(cls, value, strides=None, storage_offset=0, contiguous=None):
         # strides/storage_offset: the layout torch would give this tensor (an argument's real
-        # one, a view's), which x.stride() reports; fresh values are contiguous.
+        # one, a view's), which x.stride() reports; fresh values are contiguous. contiguous:
+        # whether that layout is, if the caller knows.
         if isinstance(value, torch.Tensor):     # no TensorType needed: read the tensor directly
             shape, dtype, device = value.shape, value.dtype, value.device
         else:
@@ -68,7 +69,7 @@ class TracerTensor(torch.Tensor):
         r = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=device,
                                                 requires_grad=False, **layout)
         r._value = value        # the other fields keep the class defaults below until set
-        if strides is not None and not is_contiguous_layout(shape, strides):
+        if strides is not None and not (contiguous if contiguous is not None else is_contiguous_layout(shape, strides)):
             # torch would lay this tensor out non-contiguously: ops on it then take their
             # result's layout from torch's meta kernels (frontend/dispatch.py)
             r._strided = True
@@ -227,7 +228,9 @@ def wrap_input(value, source, bdim=None):
     # no source: a traced value of unknown origin (as_strided of it raises)
     layout = storage_layout(source, bdim) if source is not None else "unknown"
     if isinstance(layout, tuple):
-        w = TracerTensor(value, layout[0], layout[1])
+        # (a plain tensor passed as it is: torch knows whether its layout is contiguous)
+        plain = bdim is None and (type(source) is torch.Tensor or type(source) is torch.nn.Parameter)
+        w = TracerTensor(value, layout[0], layout[1], source.is_contiguous() if plain else None)
         if not w._strided:      # keyed by function units as a fresh result is (its type)
             w._unit_key = unit_key(value.aval)
     else:

@@ -198,20 +198,26 @@ class _AsRecorded:
 
     def __enter__(self):
         ran, stack = self.ran, _reverse.stack
-        self.above = stack[ran.depth:]
-        del stack[ran.depth:]
+        self.above = None
+        if len(stack) > ran.depth:
+            self.above = stack[ran.depth:]
+            del stack[ran.depth:]
         self.grad, self.dtype = torch.is_grad_enabled(), torch.get_default_dtype()
-        torch._C._set_grad_enabled(ran.grad)
+        if self.grad is not ran.grad:
+            torch._C._set_grad_enabled(ran.grad)
         if self.dtype is not ran.dtype:
             torch.set_default_dtype(ran.dtype)
         self.prev, trace_state.trace = trace_state.trace, ran.level
 
     def __exit__(self, *exc):
         trace_state.trace = self.prev
-        torch._C._set_grad_enabled(self.grad)
-        if self.dtype is not self.ran.dtype:
+        ran = self.ran
+        if self.grad is not ran.grad:
+            torch._C._set_grad_enabled(self.grad)
+        if self.dtype is not ran.dtype:
             torch.set_default_dtype(self.dtype)
-        _reverse.stack.extend(self.above)
+        if self.above is not None:
+            _reverse.stack.extend(self.above)
 
 
 def _reference_counts(values):

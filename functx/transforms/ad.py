@@ -24,24 +24,31 @@ from .rule_cache import UNCACHEABLE, UnitTranspose
 
 
 def differentiable(x) -> bool:
-    t = type_of(x)
+    return differentiable_type(type_of(x))
+
+
+def differentiable_type(t) -> bool:
     return t is not None and (t.dtype.is_floating_point or t.dtype.is_complex)
 
 
-def linearize_flat(fun, primals, reverse=False, has_tangent=None):
+def linearize_flat(fun, primals, reverse=False, has_tangent=None, types=None):
     """fun: list of lax values -> list of lax values.
     Returns (primal outputs, linear graph, tangent-output mask). The graph maps the
     tangents of the differentiable inputs to the non-zero output tangents.
     reverse: for vjp/grad, whose levels honour torch's grad mode (see jvp.py).
-    has_tangent: a mask of the inputs that get tangents (default: every differentiable one)."""
+    has_tangent: a mask of the inputs that get tangents (default: every differentiable one).
+    types: the primals' types, if the caller has them."""
     pe = GraphTrace(current_trace(), stage_all=False)
     jt = JVPTrace(pe, reverse)
     tangent_in, args = [], []
     for i, p in enumerate(primals):
-        if differentiable(p) and (has_tangent is None or has_tangent[i]):
-            t = pe.new_arg(type_of(p))
+        pt = type_of(p) if types is None else types[i]
+        if differentiable_type(pt) and (has_tangent is None or has_tangent[i]):
+            t = pe.new_arg(pt)
             tangent_in.append(t)
-            args.append(JVPTracer(jt, p, t))
+            tracer = JVPTracer(jt, p, t)
+            tracer._aval = pt
+            args.append(tracer)
         else:
             args.append(p)
     refuse_inside_torch_func("functx.grad/vjp")
@@ -194,8 +201,9 @@ def vjp_flat(fun, primals, user_level=False):
     functx.spmd its cotangents are then global ones: a replicated output's cotangent is
     shared out over the ranks and a replicated input's is summed over them
     (prims/spmd.invariant_ct, resolved by the SpmdTrace that knows which values vary)."""
-    primal_out, graph, nonzero = linearize_flat(fun, primals, reverse=True)
-    diff = [differentiable(p) for p in primals]
+    types = [type_of(p) for p in primals]
+    primal_out, graph, nonzero = linearize_flat(fun, primals, reverse=True, types=types)
+    diff = [differentiable_type(t) for t in types]
     axes = [a.name for a in process_axes()] if user_level else []
 
     def pullback(cts):
@@ -204,8 +212,8 @@ def vjp_flat(fun, primals, user_level=False):
         cts_nz = [ct for ct, nz in zip(cts, nonzero) if nz]
         in_cts = iter(backward_pass(graph, graph.consts, cts_nz))
         out = []
-        for p, d in zip(primals, diff):
-            ct = next(in_cts) if d else Zero(type_of(p))
+        for p, d, t in zip(primals, diff, types):
+            ct = next(in_cts) if d else Zero(t)
             for name in axes:
                 ct = ct if isinstance(ct, Zero) else invariant_ct(ct, p, name, "sum")
             out.append(ct)
