@@ -12,7 +12,8 @@ noise hits them alike; the time is the median, and the minimum, of per-round CPU
       jacrev (one example's logits w.r.t. its input), hvp = jvp(grad)
   tiny: grad of sin(x).sum() on a 3-vector, the fixed cost of one transformed call
   the six workloads of bench_transforms.py, un-jitted (their builders are reused)
-and the Python function calls per call of grad (cProfile), the count issue 13 quotes.
+and the Python function calls per call of grad (cProfile), the count issue 13 quotes, and
+what one more op costs inside vmap / vjp (the per-op floor the small-MLP rows pay).
 Results of every functx variant are checked against torch.func before timing.
 """
 from __future__ import annotations
@@ -137,6 +138,30 @@ def python_calls(fn, args):
     return pstats.Stats(prof).total_calls
 
 
+def per_op_costs(rounds):
+    """Marginal CPU time of one more torch function inside an eager transform: a chain of 22
+    ops minus a chain of 2, over 20 (16x64 float32; plain torch: the kernel alone)."""
+    p, w = torch.randn(16, 64), torch.randn(64, 64) / 8
+
+    def chain(k, op):
+        def f(x):
+            for _ in range(k):
+                x = op(x)
+            return x
+        return f
+    ops = {"tanh": torch.tanh, "x @ W": lambda h: h @ w}
+    print(f"  {'op':<8} {'transform':<10} {'functx':>8} {'torch.func':>11} {'plain torch':>12}")
+    for name, op in ops.items():
+        for how in ("vmap", "vjp"):
+            per = {}
+            for T in (functx, torch.func):
+                run = (lambda f, T=T: T.vmap(f)(p)) if how == "vmap" else (lambda f, T=T: T.vjp(f, p))
+                t = interleaved_cpu({2: (run, (chain(2, op),)), 22: (run, (chain(22, op),))}, rounds, 0.05)
+                per[T.__name__] = (t[22][0] - t[2][0]) / 20
+            plain = interleaved_cpu({0: (chain(20, op), (p,))}, rounds, 0.05)[0][0] / 20
+            print(f"  {name:<8} {how:<10} {fmt(per['functx']):>8} {fmt(per['torch.func']):>11} {fmt(plain):>12}")
+
+
 def fmt(s):
     return f"{s * 1e6:.0f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms"
 
@@ -189,6 +214,9 @@ def main(argv=None):
     print("\n== Python calls per call (cProfile, builtins included)")
     for name in ("grad", "vmap(grad)", "vmap", "jvp", "tiny grad (overhead)"):
         print(f"  {name:<24} functx {python_calls(*fx[name]):>6}   torch.func {python_calls(*tf[name]):>6}")
+
+    print("\n== one more op inside the transform (marginal CPU time per op)")
+    per_op_costs(min(rounds, 5))
 
     if not a.no_six:
         rows = {}

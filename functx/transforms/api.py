@@ -630,6 +630,10 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
     Example:
       >>> functx.jacrev(lambda W: W @ x)(W)     # shape (m, m, n) for W of shape (m, n)
     """
+    # vjp_fn over the basis rows (built once: vmap's wrapper and its in_axes are per object)
+    pull = vmap(lambda vjp_fn, o_tree, rows: vjp_fn(tree_unflatten(o_tree, list(rows))),
+                in_axes=(None, None, 0), chunk_size=chunk_size)
+
     @functools.wraps(f)
     def jac_f(*args, **kwargs):
         g, diff = _with_argnums(f, args, kwargs, argnums, "functx.jacrev")
@@ -640,11 +644,7 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
         o_types = [type_of(unwrap(o)) for o in o_flat]
         n_out = sum(t.numel for t in o_types)
         basis = _basis(o_types, lambda t: t.dtype, n_out)
-
-        def pull(*ct_leaves):
-            return vjp_fn(tree_unflatten(o_tree, list(ct_leaves)))
-
-        cts = vmap(pull, chunk_size=chunk_size)(*basis)     # tuple over diff args, leading N_out
+        cts = pull(vjp_fn, o_tree, tuple(basis))     # tuple over diff args, leading N_out
         d_flat, d_tree = tree_flatten(tuple(diff))
         in_types = [type_of(unwrap(x)) for x in d_flat]
         ct_leaves, _ = tree_flatten(cts)
