@@ -283,3 +283,19 @@ def test_values_of_a_batch_that_raised_are_still_there(fresh_batches):
         return (h * 2).sum()         # h: recorded in the batch that raised, computed alone
     for _ in range(3):
         _close(functx.grad(f)(X[0]), 2 * torch.cos(X[0]))
+
+
+def test_an_unused_result_that_raises_on_values_still_raises(fresh_batches):
+    # the combined unit skips results nothing reads, but not those of units that read integer
+    # tensors (indices): eager PyTorch raises there
+    idx = torch.tensor([0, 7])
+
+    def f(x):
+        h = torch.sin(x)
+        _ = torch.index_select(h, 0, idx)       # unused, out of range
+        return (h * 2).sum()
+    for _ in range(4):
+        with pytest.raises((IndexError, RuntimeError)):
+            functx.grad(f)(X[0])
+        with pytest.raises((IndexError, RuntimeError)):
+            functx.vmap(f)(X)

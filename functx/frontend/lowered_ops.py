@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.ir import Literal
+from ..core.ir import Literal, Var
 from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, trace_state, type_of
 
 UNCACHEABLE = "uncacheable"
@@ -60,9 +60,16 @@ FLOATS = FloatSignatures()
 class LoweredOp:
     """The graph of one ATen op's lowering for one signature. outputs: "one", or the
     sequence type of the lowering's result. rules: filled by the traces that run it."""
-    __slots__ = ("name", "graph_eqns", "invars", "constvars", "consts", "out_atoms", "outputs", "rules", "views")
+    __slots__ = ("name", "graph_eqns", "invars", "constvars", "consts", "out_atoms", "outputs", "rules", "views",
+                 "reads_ints")
 
     def __init__(self, name, eqns, invars, constvars, consts, out_atoms, outputs):
+        # whether an equation reads an integer tensor: indices, targets, integer division may
+        # raise on their values (an index out of range), so a batch always computes this op
+        # (frontend/unit_batches.py), even when nothing reads its results
+        self.reads_ints = any(isinstance(a, Var) and not a.type.dtype.is_floating_point
+                              and a.type.dtype not in (torch.bool, torch.complex64, torch.complex128)
+                              for e in eqns for a in e.inputs)
         self.name = name
         self.graph_eqns = eqns
         self.invars = invars

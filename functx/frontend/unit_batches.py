@@ -104,7 +104,7 @@ class LazyTracer(Tracer):
 
 class UnitBatch:
     """The units recorded at one eager level and not run yet."""
-    __slots__ = ("level", "values", "parts", "externals", "external_ids", "grad", "dtype", "depth")
+    __slots__ = ("level", "values", "parts", "externals", "external_ids", "grad", "dtype", "depth", "checked")
 
     def __init__(self, level):
         self.level = level
@@ -114,6 +114,7 @@ class UnitBatch:
         self.external_ids = {}
         self.grad = self.dtype = None
         self.depth = len(_reverse.stack)      # the reverse levels active when it records
+        self.checked = []        # results of units that may raise on values: always computed
 
     def record(self, op, leaves, types, grad, dtype):
         """LazyTracers for op's results on leaves (lax values), to be computed when the batch runs."""
@@ -137,11 +138,13 @@ class UnitBatch:
         values = self.values
         n = len(values)
         if len(types) == 1:
-            lt = LazyTracer(self, n, types[0])
-            values.append(lt)
-            return [lt]
-        outs = [LazyTracer(self, n + k, t) for k, t in enumerate(types)]
-        values.extend(outs)
+            outs = [LazyTracer(self, n, types[0])]
+            values.append(outs[0])
+        else:
+            outs = [LazyTracer(self, n + k, t) for k, t in enumerate(types)]
+            values.extend(outs)
+        if op.reads_ints:       # (an unused x[idx] with idx out of range raises, as eagerly)
+            self.checked.extend(outs)
         return outs
 
     def run(self):
@@ -151,6 +154,7 @@ class UnitBatch:
             return
         counts = _reference_counts(values)
         live = [i for i, c in enumerate(counts) if c > _UNREFERENCED]
+        self.checked = []
         externals = self.externals
         self.parts, self.values, self.externals, self.external_ids = [], [], [], {}
         ran = _Ran(self.level, parts, externals, self.grad, self.dtype, self.depth)
