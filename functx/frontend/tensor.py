@@ -65,7 +65,7 @@ class TracerTensor(torch.Tensor):
             shape, dtype, device = t.shape, t.dtype, t.device
         if dtype.is_complex:
             _unsupported_dtype(type_of(value))
-        if strides is not None and not storage_offset and strides == _default_strides(shape):
+        if strides is not None and not storage_offset and _default_strides(shape) == strides:
             strides = None      # what the wrapper gets without them (passing them costs ~2.5 us)
         if strides is None:
             r = _make_wrapper(cls, shape, dtype=dtype, device=device)
@@ -265,8 +265,12 @@ def storage_layout(t, bdim=None):
 
 
 def _default_strides(shape, _cache={}):
-    """The strides of a contiguous tensor of this shape (torch's, size-1 dims included)."""
-    strides = _cache.get(shape)
+    """The strides of a contiguous tensor of this shape (torch's, size-1 dims included); None
+    for a symbolic shape (jit's dynamic dims: not hashable, and not to be compared here)."""
+    try:
+        strides = _cache.get(shape)
+    except TypeError:
+        return None
     if strides is None:
         if len(_cache) >= 4096:
             _cache.clear()
