@@ -275,6 +275,11 @@ CASES = {
     "bce": (fn_case(lambda x: F.binary_cross_entropy(torch.sigmoid(x), _probs(3, 4)), (3, 4)), ALL),
     "bce_with_logits": (fn_case(lambda x: F.binary_cross_entropy_with_logits(
         x, _probs(3, 4), pos_weight=torch.linspace(1, 2, 4, dtype=D)), (3, 4)), ALL),
+    # targets that end early (-1): torch._decomp's decomposition is wrong there (nn.py)
+    "multilabel_margin": (fn_case(lambda x: F.multilabel_margin_loss(x, torch.tensor(
+        [[0, 3, -1, 0], [1, -1, 0, 0], [2, 1, 0, -1]])), (3, 4)), ALL),
+    "multilabel_margin_1d_none": (fn_case(lambda x: F.multilabel_margin_loss(
+        x, torch.tensor([2, 0, -1, 1]), reduction="none"), (4,)), ALL),
     "kl_div": (fn_case(lambda x: F.kl_div(F.log_softmax(x, -1), _probs(3, 4), reduction="batchmean"), (3, 4)), ALL),
     # attention
     "sdpa": (fn_case(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), (2, 3, 4), (2, 5, 4), (2, 5, 4)), ALL),

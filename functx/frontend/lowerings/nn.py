@@ -390,6 +390,40 @@ def _nll_loss_forward(x, target, weight, reduction, ignore_index):
     return result, total_weight
 
 
+# ---------------------------------------------------------------- multilabel_margin_loss
+# Not torch._decomp's decomposition, which is wrong whenever a target row ends early (a -1):
+# it masks the classes i that are targets but not the target slots j after the -1, which then
+# add hinge terms for class 0 (tidx0 reads 0 there), and it gives a 1-D input's unreduced loss
+# shape (1,) instead of (). Here the same computation with both fixed; the hinge is zero
+# where 1 - x[y_j] + x[i] <= 0 with derivative 0 there, as torch's kernel and backward.
+
+@register_special(aten.multilabel_margin_loss_forward.default)
+def _multilabel_margin_loss_forward(input, target, reduction):
+    orig_input_shape, orig_target_shape = tuple(input.shape), tuple(target.shape)
+    input, target = torch.atleast_2d(input), torch.atleast_2d(target)
+    dim = input.shape[1]
+    torch._check(len(orig_input_shape) <= 2 and dim != 0, lambda: "Expected non-empty vector or matrix with "
+                 f"optional 0-dim batch size, but got: {list(orig_input_shape)}")
+    torch._check(orig_target_shape == orig_input_shape, lambda: f"inconsistent target size: "
+                 f"{list(orig_target_shape)} for input of size: {list(orig_input_shape)}")
+    idx = torch.arange(dim, device=target.device)
+    end = torch.amin(torch.where(target == -1, idx, dim), dim=-1, keepdim=True)
+    slot = idx < end                                            # [N, j]: y_j is a target (before the -1)
+    u = torch.gather(input, -1, torch.where(slot, target, 0))   # [N, j]: x[y_j]
+    is_target = torch.any(idx == torch.where(slot, target, -1).unsqueeze(-1), dim=1)   # [N, i]
+    z = 1.0 - u.T.unsqueeze(-1) + input                         # [j, N, i]
+    z = torch.where(z > 0, z, 0.0) / dim
+    z = torch.where(is_target | ~slot.T.unsqueeze(-1), 0.0, z)
+    per_row = z.sum(dim=(0, -1))
+    if reduction == 1:
+        loss = per_row.mean()
+    elif reduction == 2:
+        loss = per_row.sum()
+    else:
+        loss = per_row if len(orig_input_shape) == 2 else per_row.reshape(())
+    return loss, is_target.to(input.dtype).reshape(orig_target_shape)
+
+
 # ---------------------------------------------------------------- ATen's CPU flash attention
 # nn.MultiheadAttention (and TransformerEncoderLayer) run F.multi_head_attention_forward with
 # torch functions disabled, so its SDPA reaches dispatch as ATen's CPU flash op, whose
