@@ -454,6 +454,40 @@ def test_score_matching_style_losses_backpropagate_into_module_parameters(transf
                 torch.testing.assert_close(g, w)
 
 
+# ---------------------------------------------------------------- tensor hooks
+
+def _zeroed_through_hook(x):
+    h = x.sin()
+    h.register_hook(lambda g: g * 0)        # torch.func runs it: the gradient is x.sin()
+    return (h * x).sum()
+
+
+@pytest.mark.parametrize("transform", ["grad", "jit(grad)", "vmap(grad)"])
+def test_register_hook_on_a_traced_value_raises_naming_functx(transform):
+    x = torch.randn(3, 2, dtype=torch.float64)
+    f = {"grad": functx.grad(_zeroed_through_hook), "jit(grad)": functx.jit(functx.grad(_zeroed_through_hook)),
+         "vmap(grad)": functx.vmap(functx.grad(_zeroed_through_hook))}[transform]
+    with pytest.raises(functx.FunctxError, match="register_hook") as e:
+        f(x)
+    assert "does not run tensor hooks" in str(e.value)
+
+
+@pytest.mark.xfail(strict=True, reason="TracerTensor.requires_grad is always False (frontend/tensor.py); "
+                   "torch.func reports True for values that depend on a reverse-differentiated input, "
+                   "so code guarded by `if h.requires_grad: h.register_hook(...)` silently skips its hook")
+def test_requires_grad_inside_grad_matches_torch_func():
+    seen = {}
+
+    def f(x, lib):
+        h = x.sin()
+        seen[lib] = (x.requires_grad, h.requires_grad)
+        return (h * x).sum()
+    x = torch.randn(3, dtype=torch.float64)
+    torch.func.grad(lambda x: f(x, "torch.func"))(x)
+    functx.grad(lambda x: f(x, "functx"))(x)
+    assert seen["functx"] == seen["torch.func"] == (True, True)
+
+
 # ---------------------------------------------------------------- randomness
 
 @pytest.mark.parametrize("jit", [False, True])

@@ -251,11 +251,24 @@ def setitem(self, index, value):
     return None
 
 
+def register_hook(self, hook):
+    """Tensor hooks change what torch's autograd passes backwards; functx's transforms do not
+    run them, and torch's own message ("a tensor that doesn't require gradient") would
+    mislead. Say so instead of letting a hook that was meant to fire silently not fire."""
+    raise FunctxError(
+        f"functx: Tensor.register_hook on a value traced by a functx transform or jit, here:\n"
+        f"{user_frame_summary()}\nfunctx differentiates without PyTorch autograd and does not run "
+        "tensor hooks (torch.func does, in reverse mode). To change a derivative, write the op "
+        "with functx.custom_vjp (an identity whose bwd applies the hook), or a "
+        "torch.autograd.Function with a backward.")
+
+
 COMPOSITES = {
     torch.Tensor.__getitem__: getitem,
     torch.Tensor.__setitem__: setitem,
     torch.full_like: full_like,
     torch.Tensor.new_full: new_full,
+    torch.Tensor.register_hook: register_hook,
     _VF.lstm_cell: lstm_cell,
     _VF.gru_cell: gru_cell,
     _VF.rnn_tanh_cell: rnn_tanh_cell,
