@@ -251,6 +251,16 @@ CASES = {
     "Upsample_bilinear": (module_case(lambda: nn.Upsample(scale_factor=2, mode="bilinear"), (1, 2, 3, 4)), ALL),
     "Upsample_bilinear_ac": (module_case(lambda: nn.Upsample(size=(5, 7), mode="bilinear", align_corners=True),
                                          (1, 2, 3, 4)), ALL),
+    # scale factors where an output dim keeps its input size (or, 2-D nearest, doubles): eager
+    # ignores the scale there, torch._decomp's decompositions did not (lowerings/nn.py)
+    "interpolate_linear_sf_same_size": (fn_case(lambda x: F.interpolate(x, scale_factor=1.1, mode="linear"),
+                                                (1, 2, 7)), ALL),
+    "interpolate_bilinear_sf_one_dim_same": (fn_case(lambda x: F.interpolate(x, scale_factor=4 / 3, mode="bilinear"),
+                                                     (1, 2, 7, 2)), ALL),
+    "interpolate_trilinear_sf": (fn_case(lambda x: F.interpolate(x, scale_factor=(1.2, 2.5, 1.4), mode="trilinear"),
+                                         (1, 1, 3, 2, 2)), ALL),
+    "interpolate_nearest2d_sf_double": (fn_case(lambda x: F.interpolate(x, scale_factor=(2.3, 1.7), mode="nearest"),
+                                                (1, 2, 3, 5)), ALL),
     "PixelShuffle": (module_case(lambda: nn.PixelShuffle(2), (1, 8, 2, 3)), ALL),
     # activations
     **{f"act_{n}": (fn_case(fn, (4, 5)), ALL) for n, fn in {
