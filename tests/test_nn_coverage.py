@@ -501,6 +501,23 @@ def test_hardtanh_and_relu6_derivatives_at_the_boundaries_match_torch():
                                torch.func.vmap(torch.func.grad(lambda v: F.relu6(v).sum()))(xs))
 
 
+def test_global_adaptive_max_pool_sends_the_derivative_to_torchs_index_at_ties():
+    # AdaptiveMaxPool(1) after ReLU or on saturated pixels: torch's kernel sends the whole
+    # derivative to the first maximum, the index it returns (torch._decomp's amax split it)
+    import torch.nn.functional as F
+    x = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0], [2.0, 2.0, -1.0, 2.0, 2.0]], dtype=torch.float64)
+    for f in (lambda t: F.adaptive_max_pool1d(t[None], 1)[0], lambda t: F.adaptive_max_pool2d(t[None, None], 1),
+              lambda t: F.adaptive_max_pool3d(t[None, None, None], (1, 1, 1)),
+              lambda t: F.adaptive_max_pool2d(t.reshape(1, 2, 5, 1), 1, return_indices=True)[0]):
+        loss = lambda t: (f(t) * torch.linspace(1, 2, f(x).numel(), dtype=torch.float64).reshape(f(x).shape)).sum()  # noqa: E731
+        want = torch.func.grad(loss)(x)
+        for got in (functx.grad(loss)(x), functx.jit(functx.grad(loss))(x)):
+            torch.testing.assert_close(got, want)
+    g = lambda t: F.adaptive_max_pool2d(t, 1, return_indices=True)  # noqa: E731
+    for got, want in zip(functx.vmap(g)(x.reshape(2, 1, 1, 5)), torch.func.vmap(g)(x.reshape(2, 1, 1, 5))):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("ord_", [2, 1, 3, 0.5, float("inf"), float("-inf"), 0, -1])
 def test_vector_norm_matches_torch_including_the_subgradient_at_zero(ord_):
     x = torch.tensor([[0.0, 1.0, -2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.5, -0.25, 3.0, 1.0]],

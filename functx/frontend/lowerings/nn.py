@@ -456,6 +456,28 @@ for _op in (aten.upsample_linear1d.default, aten.upsample_bilinear2d.default, at
 _scale_ignored_where(aten.upsample_nearest2d.default, 0, _same_or_double)
 
 
+# ---------------------------------------------------------------- global adaptive max pooling
+# AdaptiveMaxPool2d(1) / 3d(1): torch._decomp takes the amax over the plane, whose derivative
+# splits among tied maxima; torch's kernel sends it to the index it returns (the first
+# maximum), as max_pool does. The value read at that index has torch's derivative.
+
+def _global_adaptive_max_pool(spatial):
+    def special(input, output_size):
+        if any(o != 1 for o in output_size) or input.dim() <= spatial or \
+                any(n == 0 for n in input.shape[input.dim() - spatial:]):
+            return NotImplemented                   # torch's decomposition (dispatch.py)
+        flat = input.flatten(-spatial)
+        index = torch.argmax(flat, dim=-1, keepdim=True)
+        value = torch.gather(flat, -1, index)
+        shape = tuple(input.shape[:input.dim() - spatial]) + (1,) * spatial
+        return value.reshape(shape), index.reshape(shape)
+    return special
+
+
+register_special(aten.adaptive_max_pool2d.default)(_global_adaptive_max_pool(2))
+register_special(aten.adaptive_max_pool3d.default)(_global_adaptive_max_pool(3))
+
+
 # ---------------------------------------------------------------- ATen's CPU flash attention
 # nn.MultiheadAttention (and TransformerEncoderLayer) run F.multi_head_attention_forward with
 # torch functions disabled, so its SDPA reaches dispatch as ATen's CPU flash op, whose
