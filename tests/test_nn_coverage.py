@@ -518,6 +518,27 @@ def test_global_adaptive_max_pool_sends_the_derivative_to_torchs_index_at_ties()
         torch.testing.assert_close(got, want)
 
 
+def test_binary_cross_entropy_of_saturated_probabilities_has_torchs_finite_derivative():
+    # sigmoid(40) is 1.0: torch clamps the logs for the value and the denominator
+    # x (1 - x) >= 1e-12 for the derivative; differentiating the clamped decomposition gave nan
+    import torch.nn.functional as F
+    z = torch.tensor([40.0, -40.0, 0.3, -2.0, 30.0], dtype=torch.float64)
+    target = torch.tensor([0.0, 1.0, 1.0, 0.25, 1.0], dtype=torch.float64)
+    weight = torch.linspace(0.5, 2.0, 5, dtype=torch.float64)
+    for reduction in ("mean", "none"):
+        def loss(z):
+            out = F.binary_cross_entropy(torch.sigmoid(z), target, weight=weight, reduction=reduction)
+            return (out * torch.arange(1.0, 6.0, dtype=torch.float64)).sum() if reduction == "none" else out
+        torch.testing.assert_close(functx.jit(loss)(z), loss(z))
+        want = torch.func.grad(loss)(z)
+        for got in (functx.grad(loss)(z), functx.jit(functx.grad(loss))(z), functx.vmap(functx.grad(loss))(z[None])[0]):
+            torch.testing.assert_close(got, want)
+    p = torch.tensor([0.0, 1.0, 1e-20, 0.3], dtype=torch.float64)       # at and near the ends
+    loss = lambda p: F.binary_cross_entropy(p, target[:4], reduction="sum")  # noqa: E731
+    torch.testing.assert_close(functx.grad(loss)(p), torch.func.grad(loss)(p))
+    assert torch.isfinite(functx.hessian(loss)(p)).all()
+
+
 @pytest.mark.parametrize("ord_", [2, 1, 3, 0.5, float("inf"), float("-inf"), 0, -1])
 def test_vector_norm_matches_torch_including_the_subgradient_at_zero(ord_):
     x = torch.tensor([[0.0, 1.0, -2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.5, -0.25, 3.0, 1.0]],

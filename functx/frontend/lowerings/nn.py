@@ -390,6 +390,40 @@ def _nll_loss_forward(x, target, weight, reduction, ignore_index):
     return result, total_weight
 
 
+# ---------------------------------------------------------------- binary_cross_entropy
+# torch clamps the logs at -100 for the value and divides its derivative by
+# max(x (1 - x), 1e-12), so saturated probabilities (sigmoid(20) is 1.0 in float32) give a
+# finite loss and a finite derivative. torch._decomp's decomposition has the clamped value
+# but differentiates through the clamp: 0 * inf = nan at x = 0 or 1, and 1/x instead of
+# 1e12 below 1e-12. Here, where x (1 - x) >= 1e-12 the exact formula (every order of
+# derivative exact); elsewhere torch's clamped value plus a term that is zero in value and
+# whose derivative in x is torch's w (x - t) / 1e-12. (The target's derivative there is
+# -(clamped log x - clamped log(1 - x)): torch's -logit(x), except that it stays finite, 100,
+# at x exactly 0 or 1, where torch's is inf.)
+
+_BCE_EPS = float(torch.tensor(1e-12, dtype=torch.float32))     # torch's EPSILON, a float
+
+
+@register_special(aten.binary_cross_entropy.default)
+def _binary_cross_entropy(input, target, weight=None, reduction=1):
+    compute = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
+    x, t = input.to(compute), target.to(compute)
+    sx = x.detach()
+    exact = sx * (1 - sx) >= _BCE_EPS
+    xa = torch.where(exact, x, 0.5)           # the unselected branch sees a harmless input
+    inside = (t - 1) * torch.log1p(-xa) - t * torch.log(xa)
+    clamped = (t - 1) * torch.log1p(-sx).clamp_min(-100) - t * torch.log(sx).clamp_min(-100)
+    q = lambda v: (v * v / 2 - v * t) / _BCE_EPS      # noqa: E731  (dq/dx = (x - t) / eps)
+    loss = torch.where(exact, inside, clamped - (q(sx) - q(x)))     # (keeps a -0.0)
+    if weight is not None:
+        loss = loss * weight
+    if reduction == 1:
+        loss = loss.mean()
+    elif reduction == 2:
+        loss = loss.sum()
+    return loss.to(input.dtype)
+
+
 # ---------------------------------------------------------------- multilabel_margin_loss
 # Not torch._decomp's decomposition, which is wrong whenever a target row ends early (a -1):
 # it masks the classes i that are targets but not the target slots j after the -1, which then
