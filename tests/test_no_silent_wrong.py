@@ -490,6 +490,31 @@ def test_linalg_second_directional_derivatives_match_finite_differences(name):
     torch.testing.assert_close(functx.jit(f)(a), f(a))
 
 
+@pytest.mark.parametrize("op", ["scatter_reduce_prod", "householder_product"])
+def test_opaque_ops_whose_torch_forward_mode_is_wrong_take_it_from_reverse_mode(op):
+    # torch's forward-mode tangent of scatter_reduce(..., "prod") is 0, and householder_product's
+    # tangent is not itself differentiable; both went through the opaque fallback's torch.func.jvp
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(3, 4, dtype=torch.float64, generator=g)
+    v = torch.randn(3, 4, dtype=torch.float64, generator=g)
+    if op == "scatter_reduce_prod":
+        index = torch.tensor([[0, 1, 0, 1], [1, 1, 0, 0], [2, 0, 2, 1]])
+        f = lambda s: (torch.zeros(3, 3, dtype=s.dtype).scatter_reduce(1, index, s, "prod", include_self=False)  # noqa: E731
+                       * torch.arange(9.0, dtype=s.dtype).reshape(3, 3)).sum()
+    else:
+        tau = torch.tensor([0.3, 0.5, 1.2], dtype=torch.float64)
+        f = lambda a: (torch.linalg.householder_product(a.T, tau) ** 2  # noqa: E731
+                       * torch.arange(12.0, dtype=a.dtype).reshape(4, 3)).sum()
+    h = 1e-4
+    first = (f(src + 1e-6 * v) - f(src - 1e-6 * v)) / 2e-6
+    second = (f(src + h * v) - 2 * f(src) + f(src - h * v)) / h ** 2
+    torch.testing.assert_close(functx.jvp(f, (src,), (v,))[1], first, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(functx.jvp(lambda b: functx.jvp(f, (b,), (v,))[1], (src,), (v,))[1], second,
+                               rtol=1e-4, atol=1e-4)
+    hess = torch.autograd.functional.hessian(f, src)
+    torch.testing.assert_close(functx.hessian(f)(src), hess)
+
+
 # ---------------------------------------------------------------- tensor hooks
 
 def _zeroed_through_hook(x):
