@@ -247,3 +247,20 @@ def test_torch_distributions_under_jit_and_vmap():
         torch.testing.assert_close(got, want)
     draws = functx.vmap(lambda m: D.Normal(m, 1.0).rsample(), randomness="different")(torch.zeros(4, 2))
     assert draws.shape == (4, 2) and not torch.equal(draws[0], draws[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rrelu_in_training_differentiates_the_slopes_it_drew(dtype):
+    # rrelu(training=True) went through the opaque fallback, whose jvp ran the kernel again
+    # and drew other slopes: the tangent was not the derivative of the value
+    x = torch.randn(4, 5, dtype=dtype, generator=torch.Generator().manual_seed(0))
+
+    def f(x):
+        torch.manual_seed(42)
+        return F.rrelu(x, 0.1, 0.7, training=True)
+    value = f(x)
+    out, tangent = functx.jvp(f, (x,), (torch.ones_like(x),))
+    assert torch.equal(out, value)                                  # eager's slopes, same seed
+    torch.testing.assert_close(tangent, torch.func.jvp(f, (x,), (torch.ones_like(x),))[1])
+    torch.testing.assert_close(functx.grad(lambda x: f(x).sum())(x), torch.func.grad(lambda x: f(x).sum())(x))
+    assert torch.equal(functx.jit(f)(x), value)

@@ -125,12 +125,25 @@ def pdist(input, p=2.0):
 
 
 # F.rrelu(training=False) is leaky_relu with the mean slope; ATen's kernel has no batching
-# rule in torch.func (the opaque fallback's vmap). Training draws slopes: the general path.
+# rule in torch.func (the opaque fallback's vmap). Training draws a slope per element <= 0,
+# once, as a random op of its own: through the opaque fallback the kernel ran again for the
+# tangent and drew other slopes (the derivative was not the one of the value). ATen's kernel
+# draws doubles, one per element <= 0 in order; the k-th such element gets the k-th of n draws
+# here, so the values are eager's for the same seed (the generator advances by n, not k).
 @register_special(aten.rrelu_with_noise.default)
 def rrelu_with_noise(input, noise, lower=0.125, upper=1.0 / 3.0, training=False, generator=None):
-    if training:
-        return NotImplemented
-    return torch.nn.functional.leaky_relu(input, (lower + upper) / 2)
+    if not training:
+        return torch.nn.functional.leaky_relu(input, (lower + upper) / 2)
+    opmath = torch.float64 if input.dtype is torch.float64 else torch.float32    # the kernel's
+    lo, hi = (float(torch.tensor(float(b), dtype=opmath)) for b in (lower, upper))  # bounds, rounded
+    drawn = input <= 0
+    draws = torch.rand(input.numel(), dtype=torch.float64, device=input.device, generator=generator)
+    rank = (torch.cumsum(drawn.flatten().to(torch.int64), 0) - 1).clamp(min=0)
+    slope = (draws[rank] * (hi - lo) + lo).to(opmath).reshape(input.shape)
+    slope = torch.where(drawn, slope, torch.ones_like(slope)).detach()
+    if type(noise) is not torch.Tensor:     # a traced buffer (F.rrelu's own): written as the kernel does
+        noise.copy_(slope)
+    return (input.to(opmath) * slope).to(input.dtype)
 
 
 # The single-step cells (nn.LSTMCell, GRUCell, RNNCell) have no Python decomposition; ATen's
