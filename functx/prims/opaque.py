@@ -11,8 +11,10 @@ import torch
 
 from ..core import EXTERN, Primitive, TensorType, Zero, bind
 from ..core.trace import TOP_LEVEL_KEYS, type_of
+from . import elementwise as ew
 from .creation import zeros_like_type
 from .define import is_undefined
+from .shape import bdim_to_front
 
 
 class OpaqueFunction:
@@ -178,3 +180,44 @@ opaque_p = Primitive(
     jvp=_opaque_jvp,
     transpose=_opaque_transpose,
     batch=_opaque_batch)
+
+
+# ---------------------------------------------------------------- sample_reparam
+# A sample drawn by an opaque sampler from a parameter, with the parameter's derivative
+# attached by implicit reparameterization: value `sample`, tangent t_sample + t_param *
+# slope(param, sample), slope an OpaqueFunction (torch._standard_gamma_grad for Gamma draws).
+# The slope is evaluated at the drawn sample inside the jvp rule, one level down, so the
+# sampler never runs again for a derivative (through the opaque fallback, it did, and the
+# derivative was taken at another sample), and a second derivative differentiates the slope
+# (torch's formula: it raises where torch has none, as torch does).
+
+def sample_reparam(param, sample, slope):
+    return bind(sample_reparam_p, (param, sample), {"slope": slope})
+
+
+def _sample_reparam_jvp(primals, tangents, *, slope):
+    param, sample = primals
+    t_param, t_sample = tangents
+    out = sample_reparam(param, sample, slope)
+    terms = [] if isinstance(t_sample, Zero) else [t_sample]
+    if not isinstance(t_param, Zero):
+        (d,) = opaque(slope, (param, sample), (type_of(sample),))
+        terms.append(ew.mul(t_param, d))
+    if not terms:
+        return out, Zero(type_of(sample))
+    return out, terms[0] if len(terms) == 1 else ew.add(terms[0], terms[1])
+
+
+def _sample_reparam_batch(axis, args, dims, *, slope):
+    param, sample = (bdim_to_front(x, d, axis.size) for x, d in zip(args, dims))
+    batched_slope = OpaqueFunction(lambda p, s: tuple(torch.func.vmap(slope)(p, s)), f"vmap({slope.name})")
+    return sample_reparam(param, sample, batched_slope), 0
+
+
+sample_reparam_p = Primitive(
+    "sample_reparam", kind=EXTERN,
+    abstract_eval=lambda param, sample, *, slope: sample,
+    impl=lambda param, sample, *, slope: sample,
+    jvp=_sample_reparam_jvp,
+    batch=_sample_reparam_batch,
+    emit=lambda eqn, srcs: srcs[1])

@@ -23,6 +23,7 @@ from .registry import register, register_special
 from .torch_prims import _prims_var
 from .attention import _fits, bias_and_scale
 from ...kernels.attention import attention
+from ...prims.opaque import OpaqueFunction, sample_reparam
 from ..tensor import wrap
 
 prims_ns = torch.ops.prims
@@ -422,6 +423,30 @@ def _binary_cross_entropy(input, target, weight=None, reduction=1):
     elif reduction == 2:
         loss = loss.sum()
     return loss.to(input.dtype)
+
+
+# ---------------------------------------------------------------- Gamma draws
+# torch._standard_gamma(alpha) (Gamma, Chi2, StudentT rsample): drawn once from alpha with no
+# derivative path (the opaque fallback, as before), then given alpha's derivative by implicit
+# reparameterization at that sample (prims/opaque.sample_reparam with torch's
+# _standard_gamma_grad). Through the fallback alone, the rules ran the sampler again and took
+# the derivative at another sample.
+
+_DRAWING_GAMMA = [False]
+_GAMMA_SLOPE = OpaqueFunction(lambda alpha, sample: (torch._standard_gamma_grad(alpha, sample),),
+                              "aten._standard_gamma_grad")
+
+
+@register_special(aten._standard_gamma.default)
+def _standard_gamma(alpha, generator=None):
+    if _DRAWING_GAMMA[0]:
+        return NotImplemented           # the draw itself: the general path (the opaque fallback)
+    _DRAWING_GAMMA[0] = True
+    try:
+        sample = torch._standard_gamma(alpha.detach(), generator=generator)
+    finally:
+        _DRAWING_GAMMA[0] = False
+    return wrap(sample_reparam(unwrap(alpha), unwrap(sample), _GAMMA_SLOPE))
 
 
 # ---------------------------------------------------------------- multilabel_margin_loss
