@@ -84,7 +84,7 @@ NONLINEAR = {
     "sinh", "cosh", "asinh", "acosh", "atanh", "sqrt", "rsqrt", "abs", "logistic", "erf", "erfc", "erfcx", "erfinv",
     "lgamma", "digamma", "sign", "floor", "ceil", "round", "trunc", "logical_not", "bitwise_not",
     "polygamma", "pow", "max", "min", "atan2", "rem", "xlogy", "idiv", "bitwise_and", "bitwise_or",
-    "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient",
+    "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient", "sample_reparam",
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
     "log_softmax",      # prims/fused.py

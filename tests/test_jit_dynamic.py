@@ -83,6 +83,22 @@ def test_arithmetic_among_python_numbers_is_pythons():
             _same(f(x, a, b), functx.jit(f)(x, a, b))
 
 
+def test_tensors_made_from_dynamic_python_numbers_are_eagers():
+    # torch.as_tensor(lr) is a float32 tensor that promotes as a tensor: under jit it was the
+    # traced float64 number itself (unrounded, and float64 where it decides the dtype), and
+    # torch.tensor(lr) raised ConcretizationError
+    def f(x, s, n):
+        a, b, c = torch.as_tensor(s), torch.tensor(s), torch.asarray(n)
+        return (a, b, c, torch.as_tensor(s, dtype=torch.float64), torch.stack([a, b]), x * a, a + 1,
+                c + torch.tensor(2, dtype=torch.int32), a.expand(2) * x.half(), torch.as_tensor(-s * 2))
+    x = torch.ones(2, dtype=torch.float64)
+    jf = functx.jit(f)
+    for s, n in [(0.3, 3), (0.7, -5)]:
+        for e, j in zip(f(x, s, n), jf(x, s, n)):
+            assert e.dtype == j.dtype and torch.equal(e, j), (e, j)
+    assert jf.trace_count == 1
+
+
 def test_scalar_values_keyed_by_type_not_value():
     step = functx.jit(lambda p, g, lr: p - lr * g)
     p, g = torch.randn(5), torch.randn(5)

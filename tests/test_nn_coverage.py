@@ -251,6 +251,16 @@ CASES = {
     "Upsample_bilinear": (module_case(lambda: nn.Upsample(scale_factor=2, mode="bilinear"), (1, 2, 3, 4)), ALL),
     "Upsample_bilinear_ac": (module_case(lambda: nn.Upsample(size=(5, 7), mode="bilinear", align_corners=True),
                                          (1, 2, 3, 4)), ALL),
+    # scale factors where an output dim keeps its input size (or, 2-D nearest, doubles): eager
+    # ignores the scale there, torch._decomp's decompositions did not (lowerings/nn.py)
+    "interpolate_linear_sf_same_size": (fn_case(lambda x: F.interpolate(x, scale_factor=1.1, mode="linear"),
+                                                (1, 2, 7)), ALL),
+    "interpolate_bilinear_sf_one_dim_same": (fn_case(lambda x: F.interpolate(x, scale_factor=4 / 3, mode="bilinear"),
+                                                     (1, 2, 7, 2)), ALL),
+    "interpolate_trilinear_sf": (fn_case(lambda x: F.interpolate(x, scale_factor=(1.2, 2.5, 1.4), mode="trilinear"),
+                                         (1, 1, 3, 2, 2)), ALL),
+    "interpolate_nearest2d_sf_double": (fn_case(lambda x: F.interpolate(x, scale_factor=(2.3, 1.7), mode="nearest"),
+                                                (1, 2, 3, 5)), ALL),
     "PixelShuffle": (module_case(lambda: nn.PixelShuffle(2), (1, 8, 2, 3)), ALL),
     # activations
     **{f"act_{n}": (fn_case(fn, (4, 5)), ALL) for n, fn in {
@@ -275,6 +285,11 @@ CASES = {
     "bce": (fn_case(lambda x: F.binary_cross_entropy(torch.sigmoid(x), _probs(3, 4)), (3, 4)), ALL),
     "bce_with_logits": (fn_case(lambda x: F.binary_cross_entropy_with_logits(
         x, _probs(3, 4), pos_weight=torch.linspace(1, 2, 4, dtype=D)), (3, 4)), ALL),
+    # targets that end early (-1): torch._decomp's decomposition is wrong there (nn.py)
+    "multilabel_margin": (fn_case(lambda x: F.multilabel_margin_loss(x, torch.tensor(
+        [[0, 3, -1, 0], [1, -1, 0, 0], [2, 1, 0, -1]])), (3, 4)), ALL),
+    "multilabel_margin_1d_none": (fn_case(lambda x: F.multilabel_margin_loss(
+        x, torch.tensor([2, 0, -1, 1]), reduction="none"), (4,)), ALL),
     "kl_div": (fn_case(lambda x: F.kl_div(F.log_softmax(x, -1), _probs(3, 4), reduction="batchmean"), (3, 4)), ALL),
     # attention
     "sdpa": (fn_case(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), (2, 3, 4), (2, 5, 4), (2, 5, 4)), ALL),
@@ -484,6 +499,44 @@ def test_hardtanh_and_relu6_derivatives_at_the_boundaries_match_torch():
     xs = x[:-1].reshape(7, 1)
     torch.testing.assert_close(functx.vmap(functx.grad(lambda v: F.relu6(v).sum()))(xs),
                                torch.func.vmap(torch.func.grad(lambda v: F.relu6(v).sum()))(xs))
+
+
+def test_global_adaptive_max_pool_sends_the_derivative_to_torchs_index_at_ties():
+    # AdaptiveMaxPool(1) after ReLU or on saturated pixels: torch's kernel sends the whole
+    # derivative to the first maximum, the index it returns (torch._decomp's amax split it)
+    import torch.nn.functional as F
+    x = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0], [2.0, 2.0, -1.0, 2.0, 2.0]], dtype=torch.float64)
+    for f in (lambda t: F.adaptive_max_pool1d(t[None], 1)[0], lambda t: F.adaptive_max_pool2d(t[None, None], 1),
+              lambda t: F.adaptive_max_pool3d(t[None, None, None], (1, 1, 1)),
+              lambda t: F.adaptive_max_pool2d(t.reshape(1, 2, 5, 1), 1, return_indices=True)[0]):
+        loss = lambda t: (f(t) * torch.linspace(1, 2, f(x).numel(), dtype=torch.float64).reshape(f(x).shape)).sum()  # noqa: E731
+        want = torch.func.grad(loss)(x)
+        for got in (functx.grad(loss)(x), functx.jit(functx.grad(loss))(x)):
+            torch.testing.assert_close(got, want)
+    g = lambda t: F.adaptive_max_pool2d(t, 1, return_indices=True)  # noqa: E731
+    for got, want in zip(functx.vmap(g)(x.reshape(2, 1, 1, 5)), torch.func.vmap(g)(x.reshape(2, 1, 1, 5))):
+        torch.testing.assert_close(got, want)
+
+
+def test_binary_cross_entropy_of_saturated_probabilities_has_torchs_finite_derivative():
+    # sigmoid(40) is 1.0: torch clamps the logs for the value and the denominator
+    # x (1 - x) >= 1e-12 for the derivative; differentiating the clamped decomposition gave nan
+    import torch.nn.functional as F
+    z = torch.tensor([40.0, -40.0, 0.3, -2.0, 30.0], dtype=torch.float64)
+    target = torch.tensor([0.0, 1.0, 1.0, 0.25, 1.0], dtype=torch.float64)
+    weight = torch.linspace(0.5, 2.0, 5, dtype=torch.float64)
+    for reduction in ("mean", "none"):
+        def loss(z):
+            out = F.binary_cross_entropy(torch.sigmoid(z), target, weight=weight, reduction=reduction)
+            return (out * torch.arange(1.0, 6.0, dtype=torch.float64)).sum() if reduction == "none" else out
+        torch.testing.assert_close(functx.jit(loss)(z), loss(z))
+        want = torch.func.grad(loss)(z)
+        for got in (functx.grad(loss)(z), functx.jit(functx.grad(loss))(z), functx.vmap(functx.grad(loss))(z[None])[0]):
+            torch.testing.assert_close(got, want)
+    p = torch.tensor([0.0, 1.0, 1e-20, 0.3], dtype=torch.float64)       # at and near the ends
+    loss = lambda p: F.binary_cross_entropy(p, target[:4], reduction="sum")  # noqa: E731
+    torch.testing.assert_close(functx.grad(loss)(p), torch.func.grad(loss)(p))
+    assert torch.isfinite(functx.hessian(loss)(p)).all()
 
 
 @pytest.mark.parametrize("ord_", [2, 1, 3, 0.5, float("inf"), float("-inf"), 0, -1])

@@ -904,6 +904,21 @@ add(Entry("opaque_linear", _opaque_lin_gen, lambda a, v, **p: _opq_lin_fn(a, v),
           dtypes=(F32, F64), ref_f64=False, linear=((1,),)))
 
 
+
+# sample_reparam: the value is the sample; the parameter's derivative is slope(param, sample).
+# With slope = cos(param), (param, sample) -> sample + sin(param) has the same first
+# derivatives at every point, which finite differences check.
+REPARAM_SLOPE = OpaqueFunction(lambda p, s: (torch.cos(p) + 0 * s,), "cos_slope")
+
+
+def _reparam_gen(draw, dtype, smooth):
+    shape = shapes(draw, 1, 3)
+    return Case({"slope": REPARAM_SLOPE}, lambda g, dt: [rand(g, shape, dt), rand(g, shape, dt)])
+
+
+add(Entry("sample_reparam", _reparam_gen, lambda p, s, **params: s.clone(), dtypes=(F32, F64), ref_f64=False,
+          fd_fn=lambda p, s, **params: s + torch.sin(p), order2=False))   # (its ref is the value, not that function)
+
 # ---------------------------------------------------------------- conv (prims/conv.py), when present
 
 def _conv_gen(draw, dtype, smooth):

@@ -247,3 +247,60 @@ def test_torch_distributions_under_jit_and_vmap():
         torch.testing.assert_close(got, want)
     draws = functx.vmap(lambda m: D.Normal(m, 1.0).rsample(), randomness="different")(torch.zeros(4, 2))
     assert draws.shape == (4, 2) and not torch.equal(draws[0], draws[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rrelu_in_training_differentiates_the_slopes_it_drew(dtype):
+    # rrelu(training=True) went through the opaque fallback, whose jvp ran the kernel again
+    # and drew other slopes: the tangent was not the derivative of the value
+    x = torch.randn(4, 5, dtype=dtype, generator=torch.Generator().manual_seed(0))
+
+    def f(x):
+        torch.manual_seed(42)
+        return F.rrelu(x, 0.1, 0.7, training=True)
+    value = f(x)
+    out, tangent = functx.jvp(f, (x,), (torch.ones_like(x),))
+    assert torch.equal(out, value)                                  # eager's slopes, same seed
+    torch.testing.assert_close(tangent, torch.func.jvp(f, (x,), (torch.ones_like(x),))[1])
+    torch.testing.assert_close(functx.grad(lambda x: f(x).sum())(x), torch.func.grad(lambda x: f(x).sum())(x))
+    assert torch.equal(functx.jit(f)(x), value)
+
+
+def test_random_fills_without_a_lowering_draw_eagers_numbers():
+    # x.exponential_() (F.gumbel_softmax's noise) ran torch._decomp's decomposition, -log(u),
+    # where torch's kernel takes -log1p(-u): other samples than eager under the same seed
+    logits = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def f(x):
+        torch.manual_seed(3)
+        return F.gumbel_softmax(x, tau=0.5) + torch.empty_like(x).exponential_(2.0) + torch.empty_like(x).cauchy_()
+    want = f(logits)
+    assert torch.equal(functx.jvp(f, (logits,), (torch.ones_like(logits),))[0], want)
+    assert torch.equal(functx.vmap(f, randomness="same")(logits[None])[0], want)
+    torch.manual_seed(3)
+    g = lambda x: F.gumbel_softmax(x, tau=0.5)  # noqa: E731
+    a = g(logits)
+    torch.manual_seed(3)
+    torch.testing.assert_close(functx.jit(g)(logits), a)      # (the compiled softmax may round differently)
+
+
+def test_gamma_rsample_derivative_is_taken_at_the_drawn_sample():
+    # torch._standard_gamma went through the opaque fallback, whose rules ran the sampler again:
+    # the derivative was torch's _standard_gamma_grad at another sample than the value's
+    alpha = torch.tensor([0.7, 1.5, 3.0], dtype=torch.float64)
+
+    def draw(a):
+        torch.manual_seed(7)
+        return torch._standard_gamma(a)
+    a = alpha.clone().requires_grad_(True)
+    want = torch.autograd.grad(draw(a).sum(), a)[0]
+    torch.testing.assert_close(functx.grad(lambda a: draw(a).sum())(alpha), want)
+    for dist in (lambda a: torch.distributions.Gamma(a, 2.0), lambda a: torch.distributions.StudentT(a + 1)):
+        def loss(a, dist=dist):
+            torch.manual_seed(3)
+            return dist(a).rsample().pow(2).sum()
+        torch.testing.assert_close(functx.grad(loss)(alpha), torch.func.grad(loss)(alpha))
+    sample, tangent = functx.jit(lambda a: functx.jvp(torch._standard_gamma, (a,), (torch.ones_like(a),)))(alpha)
+    torch.testing.assert_close(tangent, torch._standard_gamma_grad(alpha, sample))    # one draw per call
+    with pytest.raises(NotImplementedError):      # torch has no second derivative here either
+        functx.hessian(lambda a: draw(a).sum())(alpha)

@@ -125,12 +125,25 @@ def pdist(input, p=2.0):
 
 
 # F.rrelu(training=False) is leaky_relu with the mean slope; ATen's kernel has no batching
-# rule in torch.func (the opaque fallback's vmap). Training draws slopes: the general path.
+# rule in torch.func (the opaque fallback's vmap). Training draws a slope per element <= 0,
+# once, as a random op of its own: through the opaque fallback the kernel ran again for the
+# tangent and drew other slopes (the derivative was not the one of the value). ATen's kernel
+# draws doubles, one per element <= 0 in order; the k-th such element gets the k-th of n draws
+# here, so the values are eager's for the same seed (the generator advances by n, not k).
 @register_special(aten.rrelu_with_noise.default)
 def rrelu_with_noise(input, noise, lower=0.125, upper=1.0 / 3.0, training=False, generator=None):
-    if training:
-        return NotImplemented
-    return torch.nn.functional.leaky_relu(input, (lower + upper) / 2)
+    if not training:
+        return torch.nn.functional.leaky_relu(input, (lower + upper) / 2)
+    opmath = torch.float64 if input.dtype is torch.float64 else torch.float32    # the kernel's
+    lo, hi = (float(torch.tensor(float(b), dtype=opmath)) for b in (lower, upper))  # bounds, rounded
+    drawn = input <= 0
+    draws = torch.rand(input.numel(), dtype=torch.float64, device=input.device, generator=generator)
+    rank = (torch.cumsum(drawn.flatten().to(torch.int64), 0) - 1).clamp(min=0)
+    slope = (draws[rank] * (hi - lo) + lo).to(opmath).reshape(input.shape)
+    slope = torch.where(drawn, slope, torch.ones_like(slope)).detach()
+    if type(noise) is not torch.Tensor:     # a traced buffer (F.rrelu's own): written as the kernel does
+        noise.copy_(slope)
+    return (input.to(opmath) * slope).to(input.dtype)
 
 
 # The single-step cells (nn.LSTMCell, GRUCell, RNNCell) have no Python decomposition; ATen's
@@ -251,11 +264,24 @@ def setitem(self, index, value):
     return None
 
 
+def register_hook(self, hook):
+    """Tensor hooks change what torch's autograd passes backwards; functx's transforms do not
+    run them, and torch's own message ("a tensor that doesn't require gradient") would
+    mislead. Say so instead of letting a hook that was meant to fire silently not fire."""
+    raise FunctxError(
+        f"functx: Tensor.register_hook on a value traced by a functx transform or jit, here:\n"
+        f"{user_frame_summary()}\nfunctx differentiates without PyTorch autograd and does not run "
+        "tensor hooks (torch.func does, in reverse mode). To change a derivative, write the op "
+        "with functx.custom_vjp (an identity whose bwd applies the hook), or a "
+        "torch.autograd.Function with a backward.")
+
+
 COMPOSITES = {
     torch.Tensor.__getitem__: getitem,
     torch.Tensor.__setitem__: setitem,
     torch.full_like: full_like,
     torch.Tensor.new_full: new_full,
+    torch.Tensor.register_hook: register_hook,
     _VF.lstm_cell: lstm_cell,
     _VF.gru_cell: gru_cell,
     _VF.rnn_tanh_cell: rnn_tanh_cell,

@@ -461,9 +461,10 @@ def _inplace(func, args, kwargs):
         raise FunctxError(f"functx: in-place op {func} has no functional variant to functionalize")
     if torch.Tag.inplace_view in func.tags:
         return _inplace_view(func, functional, args, kwargs)
-    if kwargs.get("generator") is not None and LOWERINGS.get(functional) is None \
-            and torch.Tag.nondeterministic_seeded in func.tags:
-        result = _random_fill(func, args, kwargs)
+    if LOWERINGS.get(functional) is None and torch.Tag.nondeterministic_seeded in func.tags and (
+            kwargs.get("generator") is not None
+            or not any(isinstance(a, TracerTensor) for a in (*args[1:], *kwargs.values()))):
+        result = _random_fill(func, args, kwargs)       # traced parameters: torch's decomposition
     else:
         result = dispatch(functional, args, kwargs)
     write(target, unwrap(result))
@@ -471,10 +472,12 @@ def _inplace(func, args, kwargs):
 
 
 def _random_fill(func, args, kwargs):
-    """x.exponential_(generator=g) and other random fills of a traced tensor that functx has no
-    lowering for (torch's decompositions refuse generators): the values depend only on x's type,
-    so torch's own op fills a fresh tensor, drawing from g (under jit: the generator argument
-    of each call)."""
+    """x.exponential_() and other random fills of a traced tensor that functx has no lowering
+    for: the values depend only on x's type, so torch's own op fills a fresh tensor, drawing
+    from the global generator or from g (under jit: the generator argument of each call).
+    (torch's decompositions refuse generators, and draw other numbers than its kernels:
+    exponential's takes -log(u) where the kernel takes -log1p(-u), so F.gumbel_softmax
+    sampled other noise than eager torch under the same seed.)"""
     target, rest = args[0], args[1:]
     if any(isinstance(a, TracerTensor) for a in (*rest, *kwargs.values())):
         raise FunctxError(f"functx: {func} with a generator and traced parameters is not supported:\n"
@@ -482,8 +485,9 @@ def _random_fill(func, args, kwargs):
                           "parameters as plain numbers.")
     t = type_of(unwrap(target))
     draw = lambda g: func(torch.empty(t.shape, dtype=t.dtype, device=t.device), *rest,  # noqa: E731
-                          **dict(kwargs, generator=g))
-    return P.random(t.shape, t.dtype, t.device, "call", (drawing_from(draw, kwargs["generator"], func), len(t.shape)))
+                          **(dict(kwargs, generator=g) if g is not None else kwargs))
+    return P.random(t.shape, t.dtype, t.device, "call",
+                    (drawing_from(draw, kwargs.get("generator"), func), len(t.shape)))
 
 
 def _inplace_view(func, functional, args, kwargs):

@@ -32,6 +32,12 @@ class record_fallbacks:
 
 _FUNCTIONS: dict = {}
 
+aten = torch.ops.aten
+# ATen ops whose forward-mode formulas in torch are wrong, silently: their jvp is taken from
+# reverse mode instead (prims/opaque.py, OpaqueFunction.reverse_jvp). scatter_reduce's "prod"
+# tangent is 0; householder_product's is right, but its own derivative is not (second order).
+FORWARD_AD_WRONG = frozenset({aten.scatter_reduce.two, aten.linalg_householder_product.default})
+
 
 def opaque_fallback(func, args, kwargs):
     if not func._schema.returns:
@@ -54,7 +60,7 @@ def opaque_fallback(func, args, kwargs):
         out = func(*a, **k)
         return (out,) if single else tuple(out)
 
-    outs = opaque(OpaqueFunction(fn, name), values, out_types)
+    outs = opaque(OpaqueFunction(fn, name, reverse_jvp=func in FORWARD_AD_WRONG), values, out_types)
     outs = [TracerTensor(o) if not isinstance(o, TracerTensor) else o for o in outs]
     return outs[0] if single else tuple(outs)
 

@@ -117,6 +117,14 @@ def mark_weak(x):
     return x
 
 
+def mark_strong(x):
+    """x (a fresh value) promotes as a tensor of its dtype, no longer as a Python number
+    (torch.as_tensor of a dynamic Python number)."""
+    if isinstance(x, GraphTracer) and x.var.type.weak:
+        x.var.type = dataclasses.replace(x.var.type, weak=False)
+    return x
+
+
 def is_weak(x):
     t = type_of(x) if not isinstance(x, SCALARS) else None
     return t is not None and t.weak

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from ..core import GraphMeta, GraphTrace, TensorType, current_trace, nan_check, set_current_trace
 from ..core.errors import ConcretizationError, user_facing
@@ -18,6 +19,8 @@ from ..core.trace import Tracer, refuse_inside_torch_func, type_of
 from . import TracerTensor, record_fallbacks, record_rewrites, unwrap, wrap, wrap_input
 from .functionalize import RESULT_LAYOUTS
 from .dispatch import PIN_SIZES, PinSizesOnConstants
+from .promote import is_weak, mark_strong
+from .. import prims as P
 from .random_mode import active_mode, intercept_random
 from ..tree_util import tree_flatten, tree_unflatten
 
@@ -89,6 +92,33 @@ class _naming_scalars:
             "functx.jit(f, static_argnames=(...)) or static_argnums=(...).") from None
 
 
+class _NumbersAsTensors(TorchFunctionMode):
+    """torch.as_tensor(s) / torch.asarray(s) / torch.tensor(s) of a dynamic Python number s
+    (or of arithmetic on such numbers alone, a weak 0-d value): eager torch makes a tensor of
+    the default dtype (int64 for an int) that promotes as a tensor, no longer as a Python
+    number. These functions take no __torch_function__ from their data, so without this mode
+    as_tensor returned the weak float64 value itself (another dtype than eager's, its value
+    unrounded) and torch.tensor read it with .item()."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _FROM_NUMBER and len(args) == 1 and _is_traced_number(args[0]) \
+                and not kwargs.get("requires_grad") and kwargs.get("device") in (None, args[0].device):
+            data, dtype = args[0], kwargs.get("dtype")
+            if dtype is None:
+                dtype = torch.get_default_dtype() if data.dtype.is_floating_point else data.dtype
+            value = P.convert(unwrap(data), dtype)
+            return wrap(mark_strong(P.mul(value, 1) if is_weak(value) else value))    # a fresh value
+        return func(*args, **kwargs)
+
+
+def _is_traced_number(data):
+    return isinstance(data, TracerTensor) and data.dim() == 0 and is_weak(unwrap(data))
+
+
+_FROM_NUMBER = {torch.as_tensor, torch.asarray, torch.tensor}
+
+
 _INT64 = (-2 ** 63, 2 ** 63)
 _SCALAR_DTYPE = {int: torch.int64, float: torch.float64}
 
@@ -144,6 +174,10 @@ def _pin_sizes(on):
         PIN_SIZES[0] = saved
 
 
+def _numbers_as_tensors(scalar_vars):
+    return _NumbersAsTensors() if scalar_vars else contextlib.nullcontext()
+
+
 def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mutations=False,
                 static_argnames=(), dynamic_scalars=False, arg_names=None, shapes=None):
     """Trace f at abstract versions of the tensor leaves of args/kwargs -> Graph.
@@ -190,7 +224,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
     refuse_inside_torch_func(what)
     with record_fallbacks() as fallbacks, record_rewrites() as rewrites, set_current_trace(trace), \
             intercept_random(), _naming_scalars(scalar_vars, arg_names), _result_layouts(shapes is None), \
-            _pin_sizes(bool(symbolic_leaves)):
+            _pin_sizes(bool(symbolic_leaves)), _numbers_as_tensors(scalar_vars):
         mode = active_mode()
         first_read = len(mode.closure_reads) if mode is not None else 0
         traced_with_grad = torch.is_grad_enabled()

@@ -11,20 +11,26 @@ import torch
 
 from ..core import EXTERN, Primitive, TensorType, Zero, bind
 from ..core.trace import TOP_LEVEL_KEYS, type_of
+from . import elementwise as ew
 from .creation import zeros_like_type
 from .define import is_undefined
+from .shape import bdim_to_front
 
 
 class OpaqueFunction:
-    """fn(*tensors) -> tuple of tensors, with a readable name."""
-    __slots__ = ("fn", "name", "vjp_of")
+    """fn(*tensors) -> tuple of tensors, with a readable name. reverse_jvp: torch's
+    forward-mode formula for fn is wrong (frontend/fallback.py lists the ops), so its jvp is
+    J t from reverse mode; the functions built from it (its jvp, vjp, transpose, vmap) keep
+    the flag, since differentiating them forward would reach that formula again."""
+    __slots__ = ("fn", "name", "vjp_of", "reverse_jvp")
 
-    def __init__(self, fn, name, vjp_of=None):
+    def __init__(self, fn, name, vjp_of=None, reverse_jvp=False):
         self.fn = fn
         self.name = name
         # for jvp(f): (f, n_primals, tangent positions, float outputs), so that its transpose
         # is torch.func.vjp of f itself (no forward-mode AD needed for reverse mode)
         self.vjp_of = vjp_of
+        self.reverse_jvp = reverse_jvp
 
     def __call__(self, *args):
         return self.fn(*args)
@@ -66,10 +72,11 @@ def _opaque_jvp(primals, tangents, *, fn, out_types, linear_argnums):
                 full[i] = x
             out = fn(*full)
             return tuple(out[i] for i in float_outs)
-        _, t_out = _torch_jvp(restricted, tuple(prim[i] for i in nz), tuple(tans))
+        _, t_out = _torch_jvp(restricted, tuple(prim[i] for i in nz), tuple(tans), fn.reverse_jvp)
         return tuple(t_out)
 
-    jfn = OpaqueFunction(jvp_fn, f"jvp({fn.name})", vjp_of=(fn, n, tuple(nz), tuple(float_outs)))
+    jfn = OpaqueFunction(jvp_fn, f"jvp({fn.name})", vjp_of=(fn, n, tuple(nz), tuple(float_outs)),
+                         reverse_jvp=fn.reverse_jvp)
     t_types = [out_types[i] for i in float_outs]
     t_vals = opaque(jfn, list(primals) + [tangents[i] for i in nz], t_types,
                     tuple(range(n, n + len(nz))))
@@ -79,17 +86,19 @@ def _opaque_jvp(primals, tangents, *, fn, out_types, linear_argnums):
     return outs, result
 
 
-def _torch_jvp(f, primals, tangents):
-    """torch.func.jvp; for an op without a forward-AD formula, J t as the vjp of its pullback
-    (linear in the cotangent), which needs only reverse mode (twice)."""
-    try:
-        return torch.func.jvp(f, primals, tangents)
-    except NotImplementedError:
-        out, pullback = torch.func.vjp(f, *primals)
-        ct0 = tuple(torch.zeros_like(o) for o in out)
-        _, pb2 = torch.func.vjp(pullback, ct0)
-        (t_out,) = pb2(tuple(tangents))
-        return out, t_out
+def _torch_jvp(f, primals, tangents, reverse=False):
+    """torch.func.jvp; for an op without a (right) forward-AD formula, J t as the vjp of its
+    pullback (linear in the cotangent), which needs only reverse mode (twice)."""
+    if not reverse:
+        try:
+            return torch.func.jvp(f, primals, tangents)
+        except NotImplementedError:
+            pass
+    out, pullback = torch.func.vjp(f, *primals)
+    ct0 = tuple(torch.zeros_like(o) for o in out)
+    _, pb2 = torch.func.vjp(pullback, ct0)
+    (t_out,) = pb2(tuple(tangents))
+    return out, t_out
 
 
 def _transpose_of_jvp(cts, args, fn, out_types):
@@ -118,7 +127,7 @@ def _transpose_of_jvp(cts, args, fn, out_types):
         _, pullback = torch.func.vjp(restricted, *[prim[i] for i in nz])
         return tuple(pullback(tuple(ct_vals)))
 
-    vfn = OpaqueFunction(vjp_fn, f"vjp({f.name})")
+    vfn = OpaqueFunction(vjp_fn, f"vjp({f.name})", reverse_jvp=f.reverse_jvp)
     outs = opaque(vfn, primals + cts, tan_types, tuple(range(n, n + len(cts))))
     return [None] * n + list(outs)
 
@@ -148,7 +157,7 @@ def _opaque_transpose(cts, *args, fn, out_types, linear_argnums):
         _, pullback = torch.func.vjp(linear_part, *zeros)
         return pullback(tuple(ct_vals))
 
-    tfn = OpaqueFunction(transpose_fn, f"transpose({fn.name})")
+    tfn = OpaqueFunction(transpose_fn, f"transpose({fn.name})", reverse_jvp=fn.reverse_jvp)
     outs = opaque(tfn, fixed + cts, lin_types, tuple(range(n_fixed, n_fixed + len(cts))))
     result, it = [], iter(outs)
     for a in args:
@@ -159,7 +168,7 @@ def _opaque_transpose(cts, *args, fn, out_types, linear_argnums):
 def _opaque_batch(axis, args, dims, *, fn, out_types, linear_argnums):
     in_dims = tuple(dims)
     bfn = OpaqueFunction(lambda *xs: tuple(torch.func.vmap(fn, in_dims=in_dims, out_dims=0)(*xs)),
-                         f"vmap({fn.name})")
+                         f"vmap({fn.name})", reverse_jvp=fn.reverse_jvp)
     b_types = [TensorType((axis.size,) + t.shape, t.dtype, t.device) for t in out_types]
     return opaque(bfn, args, b_types, linear_argnums), [0] * len(out_types)
 
@@ -171,3 +180,44 @@ opaque_p = Primitive(
     jvp=_opaque_jvp,
     transpose=_opaque_transpose,
     batch=_opaque_batch)
+
+
+# ---------------------------------------------------------------- sample_reparam
+# A sample drawn by an opaque sampler from a parameter, with the parameter's derivative
+# attached by implicit reparameterization: value `sample`, tangent t_sample + t_param *
+# slope(param, sample), slope an OpaqueFunction (torch._standard_gamma_grad for Gamma draws).
+# The slope is evaluated at the drawn sample inside the jvp rule, one level down, so the
+# sampler never runs again for a derivative (through the opaque fallback, it did, and the
+# derivative was taken at another sample), and a second derivative differentiates the slope
+# (torch's formula: it raises where torch has none, as torch does).
+
+def sample_reparam(param, sample, slope):
+    return bind(sample_reparam_p, (param, sample), {"slope": slope})
+
+
+def _sample_reparam_jvp(primals, tangents, *, slope):
+    param, sample = primals
+    t_param, t_sample = tangents
+    out = sample_reparam(param, sample, slope)
+    terms = [] if isinstance(t_sample, Zero) else [t_sample]
+    if not isinstance(t_param, Zero):
+        (d,) = opaque(slope, (param, sample), (type_of(sample),))
+        terms.append(ew.mul(t_param, d))
+    if not terms:
+        return out, Zero(type_of(sample))
+    return out, terms[0] if len(terms) == 1 else ew.add(terms[0], terms[1])
+
+
+def _sample_reparam_batch(axis, args, dims, *, slope):
+    param, sample = (bdim_to_front(x, d, axis.size) for x, d in zip(args, dims))
+    batched_slope = OpaqueFunction(lambda p, s: tuple(torch.func.vmap(slope)(p, s)), f"vmap({slope.name})")
+    return sample_reparam(param, sample, batched_slope), 0
+
+
+sample_reparam_p = Primitive(
+    "sample_reparam", kind=EXTERN,
+    abstract_eval=lambda param, sample, *, slope: sample,
+    impl=lambda param, sample, *, slope: sample,
+    jvp=_sample_reparam_jvp,
+    batch=_sample_reparam_batch,
+    emit=lambda eqn, srcs: srcs[1])

@@ -1,4 +1,5 @@
-"""Matrix products, convolution, and average pooling (a convolution with a ones kernel)."""
+"""Matrix products, convolution, average pooling (a convolution with a ones kernel), and det,
+slogdet, solve and cholesky_inverse through the LU / Cholesky factors."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ from torch._meta_registrations import pooling_output_shape
 from ... import prims as P
 from ..promote import elementwise, result_type
 from .common import _t, aten
-from .registry import register
+from .registry import register, register_special
 
 
 # ---------------------------------------------------------------- linear algebra
@@ -188,3 +189,56 @@ def _symbolic_pool_divisor(sizes, outs, ks, st, pa, count_include_pad, dtype, de
 register(aten.avg_pool1d.default)(_avg_pool(1))
 register(aten.avg_pool2d.default)(_avg_pool(2))
 register(aten.avg_pool3d.default)(_avg_pool(3))
+
+
+# ---------------------------------------------------------------- det, slogdet, solve through LU
+# torch's forward-mode formulas for det, slogdet and solve read the LU factors they saved as
+# constants, so forward over forward (jvp of jvp, jacfwd(jacfwd), taylor_operator, the
+# Laplacian under jit's trace(hessian) rewrite) missed terms: torch.func.jvp twice gave
+# d^2/dt^2 det(A + tV) = 5.9 where it is -25.5, and the opaque fallback inherited that.
+# Written as torch's kernels compute them, from linalg_lu_factor_ex and linalg_lu_solve,
+# whose rules are exact to every order, the same values come out with right derivatives.
+
+def _square(A, what):
+    torch._check(A.dim() >= 2 and A.shape[-1] == A.shape[-2], lambda: f"linalg.{what}: A must be batches of "
+                 f"square matrices, but they are {A.shape[-2]} by {A.shape[-1]} matrices")
+
+
+def _permutation_sign(pivots, dtype):
+    """(-1)^(number of row swaps) of LAPACK's 1-based pivots."""
+    n = pivots.shape[-1]
+    swaps = (pivots != torch.arange(1, n + 1, dtype=pivots.dtype, device=pivots.device)).sum(-1)
+    return 1 - 2 * (swaps % 2).to(dtype)
+
+
+@register_special(aten._linalg_det.default)
+def _linalg_det(A):
+    _square(A, "det")
+    LU, pivots, _ = torch.linalg.lu_factor_ex(A.mT)      # as torch's kernel: det(A^T) = det(A)
+    det = _permutation_sign(pivots, A.dtype) * torch.diagonal(LU, dim1=-2, dim2=-1).prod(-1)
+    return det, LU, pivots
+
+
+@register_special(aten._linalg_slogdet.default)
+def _linalg_slogdet(A):
+    _square(A, "slogdet")
+    LU, pivots, _ = torch.linalg.lu_factor_ex(A.mT)
+    diagonal = torch.diagonal(LU, dim1=-2, dim2=-1)
+    sign = _permutation_sign(pivots, A.dtype) * torch.sgn(diagonal).prod(-1)
+    return sign, diagonal.abs().log().sum(-1), LU, pivots
+
+
+@register_special(aten._linalg_solve_ex.default)
+def _linalg_solve_ex(A, B, *, left=True, check_errors=False):
+    _square(A, "solve")
+    LU, pivots, info = torch.linalg.lu_factor_ex(A, check_errors=check_errors)
+    # torch's linalg_solve_is_vector_rhs: B is a (batch of) vector(s)
+    vector = B.dim() == 1 or (A.dim() - 1 == B.dim() and tuple(B.shape) == tuple(A.shape[:-1]))
+    X = torch.linalg.lu_solve(LU, pivots, B.unsqueeze(-1) if vector else B, left=left)
+    return (X.squeeze(-1) if vector else X), LU, pivots, info
+
+
+@register_special(aten.cholesky_inverse.default)
+def _cholesky_inverse(L, upper=False):
+    eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand(L.shape)
+    return torch.cholesky_solve(eye, L, upper)

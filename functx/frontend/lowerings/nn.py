@@ -23,6 +23,7 @@ from .registry import register, register_special
 from .torch_prims import _prims_var
 from .attention import _fits, bias_and_scale
 from ...kernels.attention import attention
+from ...prims.opaque import OpaqueFunction, sample_reparam
 from ..tensor import wrap
 
 prims_ns = torch.ops.prims
@@ -388,6 +389,152 @@ def _nll_loss_forward(x, target, weight, reduction, ignore_index):
     elif reduction == _NLL_MEAN:
         result = P.div(P.reduce_sum(result, tuple(range(tt.ndim))), total_weight)
     return result, total_weight
+
+
+# ---------------------------------------------------------------- binary_cross_entropy
+# torch clamps the logs at -100 for the value and divides its derivative by
+# max(x (1 - x), 1e-12), so saturated probabilities (sigmoid(20) is 1.0 in float32) give a
+# finite loss and a finite derivative. torch._decomp's decomposition has the clamped value
+# but differentiates through the clamp: 0 * inf = nan at x = 0 or 1, and 1/x instead of
+# 1e12 below 1e-12. Here, where x (1 - x) >= 1e-12 the exact formula (every order of
+# derivative exact); elsewhere torch's clamped value plus a term that is zero in value and
+# whose derivative in x is torch's w (x - t) / 1e-12. (The target's derivative there is
+# -(clamped log x - clamped log(1 - x)): torch's -logit(x), except that it stays finite, 100,
+# at x exactly 0 or 1, where torch's is inf.)
+
+_BCE_EPS = float(torch.tensor(1e-12, dtype=torch.float32))     # torch's EPSILON, a float
+
+
+@register_special(aten.binary_cross_entropy.default)
+def _binary_cross_entropy(input, target, weight=None, reduction=1):
+    compute = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
+    x, t = input.to(compute), target.to(compute)
+    sx = x.detach()
+    exact = sx * (1 - sx) >= _BCE_EPS
+    xa = torch.where(exact, x, 0.5)           # the unselected branch sees a harmless input
+    inside = (t - 1) * torch.log1p(-xa) - t * torch.log(xa)
+    clamped = (t - 1) * torch.log1p(-sx).clamp_min(-100) - t * torch.log(sx).clamp_min(-100)
+    q = lambda v: (v * v / 2 - v * t) / _BCE_EPS      # noqa: E731  (dq/dx = (x - t) / eps)
+    loss = torch.where(exact, inside, clamped - (q(sx) - q(x)))     # (keeps a -0.0)
+    if weight is not None:
+        loss = loss * weight
+    if reduction == 1:
+        loss = loss.mean()
+    elif reduction == 2:
+        loss = loss.sum()
+    return loss.to(input.dtype)
+
+
+# ---------------------------------------------------------------- Gamma draws
+# torch._standard_gamma(alpha) (Gamma, Chi2, StudentT rsample): drawn once from alpha with no
+# derivative path (the opaque fallback, as before), then given alpha's derivative by implicit
+# reparameterization at that sample (prims/opaque.sample_reparam with torch's
+# _standard_gamma_grad). Through the fallback alone, the rules ran the sampler again and took
+# the derivative at another sample.
+
+_DRAWING_GAMMA = [False]
+_GAMMA_SLOPE = OpaqueFunction(lambda alpha, sample: (torch._standard_gamma_grad(alpha, sample),),
+                              "aten._standard_gamma_grad")
+
+
+@register_special(aten._standard_gamma.default)
+def _standard_gamma(alpha, generator=None):
+    if _DRAWING_GAMMA[0]:
+        return NotImplemented           # the draw itself: the general path (the opaque fallback)
+    _DRAWING_GAMMA[0] = True
+    try:
+        sample = torch._standard_gamma(alpha.detach(), generator=generator)
+    finally:
+        _DRAWING_GAMMA[0] = False
+    return wrap(sample_reparam(unwrap(alpha), unwrap(sample), _GAMMA_SLOPE))
+
+
+# ---------------------------------------------------------------- multilabel_margin_loss
+# Not torch._decomp's decomposition, which is wrong whenever a target row ends early (a -1):
+# it masks the classes i that are targets but not the target slots j after the -1, which then
+# add hinge terms for class 0 (tidx0 reads 0 there), and it gives a 1-D input's unreduced loss
+# shape (1,) instead of (). Here the same computation with both fixed; the hinge is zero
+# where 1 - x[y_j] + x[i] <= 0 with derivative 0 there, as torch's kernel and backward.
+
+@register_special(aten.multilabel_margin_loss_forward.default)
+def _multilabel_margin_loss_forward(input, target, reduction):
+    orig_input_shape, orig_target_shape = tuple(input.shape), tuple(target.shape)
+    input, target = torch.atleast_2d(input), torch.atleast_2d(target)
+    dim = input.shape[1]
+    torch._check(len(orig_input_shape) <= 2 and dim != 0, lambda: "Expected non-empty vector or matrix with "
+                 f"optional 0-dim batch size, but got: {list(orig_input_shape)}")
+    torch._check(orig_target_shape == orig_input_shape, lambda: f"inconsistent target size: "
+                 f"{list(orig_target_shape)} for input of size: {list(orig_input_shape)}")
+    idx = torch.arange(dim, device=target.device)
+    end = torch.amin(torch.where(target == -1, idx, dim), dim=-1, keepdim=True)
+    slot = idx < end                                            # [N, j]: y_j is a target (before the -1)
+    u = torch.gather(input, -1, torch.where(slot, target, 0))   # [N, j]: x[y_j]
+    is_target = torch.any(idx == torch.where(slot, target, -1).unsqueeze(-1), dim=1)   # [N, i]
+    z = 1.0 - u.T.unsqueeze(-1) + input                         # [j, N, i]
+    z = torch.where(z > 0, z, 0.0) / dim
+    z = torch.where(is_target | ~slot.T.unsqueeze(-1), 0.0, z)
+    per_row = z.sum(dim=(0, -1))
+    if reduction == 1:
+        loss = per_row.mean()
+    elif reduction == 2:
+        loss = per_row.sum()
+    else:
+        loss = per_row if len(orig_input_shape) == 2 else per_row.reshape(())
+    return loss, is_target.to(input.dtype).reshape(orig_target_shape)
+
+
+# ---------------------------------------------------------------- upsampling with a scale factor
+# F.interpolate(x, scale_factor=s) passes s on, and source coordinates use 1/s. Eager torch's
+# kernels ignore s along a dim whose output size equals its input size (a copy) for the
+# linear modes, and for 2-D nearest also where the output is twice the input (index >> 1);
+# torch._decomp's decompositions always use s (F.interpolate(x, scale_factor=1.1,
+# mode="linear") moved every sample). Such dims go to the decomposition without their scale,
+# which is then exactly eager's. (Measured on torch's CPU kernels: 1-D/3-D nearest, bicubic
+# and nearest-exact use s everywhere, as the decompositions do; align_corners=True ignores s.)
+
+def _scale_ignored_where(op, n_flags, ignored):
+    def special(input, output_size, *rest, **kwargs):
+        names = [a.name for a in op._schema.arguments][2:]
+        given = dict(zip(names, rest), **kwargs)
+        if n_flags and given.get(names[0]):          # align_corners=True: scales are not used
+            return NotImplemented
+        scale_names = names[n_flags:]
+        sizes = zip(output_size, input.shape[input.dim() - len(scale_names):])
+        dropped = {n: None for n, (o, i) in zip(scale_names, sizes) if given.get(n) is not None and ignored(o, i)}
+        if not dropped:
+            return NotImplemented                   # torch's decomposition, as given (dispatch.py)
+        given.update(dropped)
+        return op(input, output_size, **given)
+    register_special(op)(special)
+
+
+_same_size = lambda o, i: o == i                    # noqa: E731
+_same_or_double = lambda o, i: o == i or o == 2 * i  # noqa: E731
+for _op in (aten.upsample_linear1d.default, aten.upsample_bilinear2d.default, aten.upsample_trilinear3d.default):
+    _scale_ignored_where(_op, 1, _same_size)
+_scale_ignored_where(aten.upsample_nearest2d.default, 0, _same_or_double)
+
+
+# ---------------------------------------------------------------- global adaptive max pooling
+# AdaptiveMaxPool2d(1) / 3d(1): torch._decomp takes the amax over the plane, whose derivative
+# splits among tied maxima; torch's kernel sends it to the index it returns (the first
+# maximum), as max_pool does. The value read at that index has torch's derivative.
+
+def _global_adaptive_max_pool(spatial):
+    def special(input, output_size):
+        if any(o != 1 for o in output_size) or input.dim() <= spatial or \
+                any(n == 0 for n in input.shape[input.dim() - spatial:]):
+            return NotImplemented                   # torch's decomposition (dispatch.py)
+        flat = input.flatten(-spatial)
+        index = torch.argmax(flat, dim=-1, keepdim=True)
+        value = torch.gather(flat, -1, index)
+        shape = tuple(input.shape[:input.dim() - spatial]) + (1,) * spatial
+        return value.reshape(shape), index.reshape(shape)
+    return special
+
+
+register_special(aten.adaptive_max_pool2d.default)(_global_adaptive_max_pool(2))
+register_special(aten.adaptive_max_pool3d.default)(_global_adaptive_max_pool(3))
 
 
 # ---------------------------------------------------------------- ATen's CPU flash attention
