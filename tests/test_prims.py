@@ -801,6 +801,20 @@ add(Entry("nll_loss_backward", lambda draw, dtype, smooth: _nll_gen(draw, dtype,
           _nll_backward_ref, dtypes=(F32, F64), linear=((0,),)))
 
 
+def _activation_backward_gen(squash):
+    """(t, y) with y an activation's output (tanh: in (-1, 1); sigmoid: in (0, 1))."""
+    def gen(draw, dtype, smooth):
+        shape = shapes(draw)
+        return Case({}, lambda g, dt: [rand(g, shape, dt), squash(rand(g, shape, F64)).to(dt)])
+    return gen
+
+
+add(Entry("tanh_backward", _activation_backward_gen(torch.tanh), lambda t, y: t * (1 - y * y),
+          dtypes=(F32, F64), linear=((0,),)))
+add(Entry("sigmoid_backward", _activation_backward_gen(torch.sigmoid), lambda t, y: t * y * (1 - y),
+          dtypes=(F32, F64), linear=((0,),)))
+
+
 # ---------------------------------------------------------------- random
 
 def _random_gen(draw, dtype, smooth):

@@ -4,7 +4,8 @@ Modules by family, in dependency order (each imports only those before it; shape
 broadcast_in_dim transpose is the one deferred import, of reduce_sum):
   util, creation (full, iota), series (Taylor series arithmetic and rules), define (definer
   helpers), shape (views, pad, concatenate), elementwise, reduce, linalg (dot_general), conv,
-  indexing, fused (log_softmax, nll_loss: torch's kernels under eager transforms), random,
+  indexing, fused (log_softmax, nll_loss, tanh/sigmoid derivatives: torch's kernels under eager
+  transforms), random,
   collective (+ distributed, its torch.distributed calls), spmd (replicated-value corrections
   for functx.spmd), opaque, debug (debug_callback).
 """

@@ -1,4 +1,5 @@
-"""Fused primitives of eager transforms: log_softmax and nll_loss (F.cross_entropy's two halves).
+"""Fused primitives of eager transforms: log_softmax and nll_loss (F.cross_entropy's two halves),
+and the tanh / sigmoid derivatives (torch's tanh_backward / sigmoid_backward kernels).
 
 Without jit every primitive is one torch kernel call, and a decomposed log_softmax + nll_loss
 is ~22 of them where torch runs two (each ~2-5 us on small tensors: most of an eager
@@ -18,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..core import EXTERN, Primitive, Zero, bind
+from .define import defjvp
 from ..core.trace import trace_state, type_of
 from ..core.types import TensorType
 from . import elementwise as ew
@@ -258,3 +260,63 @@ nll_loss_backward_p = Primitive(
     transpose=_nll_backward_transpose,
     batch=_nll_backward_batch,
     composite=nll_loss_backward_decomposed)
+
+
+# ---------------------------------------------------------------- tanh / sigmoid derivatives
+# tanh's tangent t * (1 - y*y) and sigmoid's t * y * (1 - y) (y: the output) are three kernels
+# as primitives, and under linearize the factor is a residual computed in the forward pass.
+# As one primitive, linear in t with y as its residual, they are torch's own derivative
+# kernels (tanh_backward, sigmoid_backward): nothing extra in the forward pass, one kernel in
+# the backward (the tangent's transpose is itself). Bound where log_softmax is (fused_here).
+
+def _activation_backward(name, kernel, factor, factor_jvp):
+    """The primitive t * factor(y), linear in t; factor(y) and its tangent factor_jvp(y, dy)
+    in primitives."""
+    def decomposed(t, y):
+        return ew.mul(t, factor(y))
+
+    def jvp(primals, tangents):
+        (t, y), (dt, dy) = primals, tangents
+        out = p.bind(t, y)
+        terms = []
+        if not isinstance(dt, Zero):
+            terms.append(p.bind(dt, y))
+        if not isinstance(dy, Zero):
+            terms.append(ew.mul(t, factor_jvp(y, dy)))
+        if not terms:
+            return out, Zero(type_of(out))
+        return out, terms[0] if len(terms) == 1 else ew.add(terms[0], terms[1])
+
+    def batch(axis_data, args, dims):
+        (t, y), (dt, dy) = args, dims
+        if dt == dy:
+            return p.bind(t, y), dt
+        size = axis_data.size       # (an unbatched y is broadcast: an expand, no copy)
+        return p.bind(bdim_to_front(t, dt, size), bdim_to_front(y, dy, size)), 0
+
+    p = Primitive(
+        name, kind=EXTERN,
+        abstract_eval=lambda t, y: TensorType(t.shape, t.dtype, t.device),
+        impl=kernel,
+        jvp=jvp,
+        transpose=lambda ct, t, y: [p.bind(ct, y), None],
+        batch=batch,
+        composite=decomposed,
+        emit=lambda eqn, srcs: f"torch.ops.aten.{name}.default({srcs[0]}, {srcs[1]})")
+
+    def apply(t, y):
+        tt, ty = type_of(t), type_of(y)
+        if tt.dtype in _FUSED_DTYPES and tt == ty and fused_here():
+            return bind(p, (t, y), {})
+        return decomposed(t, y)
+    return p, apply
+
+
+tanh_backward_p, tanh_backward = _activation_backward(
+    "tanh_backward", torch.ops.aten.tanh_backward.default,
+    lambda y: ew.sub(1.0, ew.mul(y, y)), lambda y, dy: ew.mul(ew.mul(y, dy), -2.0))
+sigmoid_backward_p, sigmoid_backward = _activation_backward(
+    "sigmoid_backward", torch.ops.aten.sigmoid_backward.default,
+    lambda y: ew.mul(y, ew.sub(1.0, y)), lambda y, dy: ew.mul(ew.sub(1.0, ew.mul(y, 2.0)), dy))
+defjvp(ew.tanh_p, lambda t, y, x: tanh_backward(t, y))
+defjvp(ew.logistic_p, lambda t, y, x: sigmoid_backward(t, y))

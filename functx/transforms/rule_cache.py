@@ -121,7 +121,7 @@ def operand_key(v, eager, tag):
 # Pointwise primitives whose impl is one broadcasting torch function: in generated impl code
 # an operand that is a numpy-style broadcast of a smaller value may be passed un-expanded
 # when another operand already has the result's shape (the same values, two kernels fewer).
-_BROADCASTING_IMPLS = frozenset({"add", "sub", "mul", "div", "where"})
+_BROADCASTING_IMPLS = frozenset({"add", "sub", "mul", "div", "where", "tanh_backward", "sigmoid_backward"})
 
 
 def elide_broadcasts(eqns, live):
