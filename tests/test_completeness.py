@@ -61,6 +61,7 @@ LINEAR = {
     "reduce_sum", "cumsum", "dot_general",
     "take", "scatter_add", "scatter", "take_along_axis", "scatter_add_along",
     "nll_loss", "nll_loss_backward",     # prims/fused.py: linear in their first operand
+    "tanh_backward", "sigmoid_backward",
     "psum", "all_gather", "opaque",
     # prims/spmd.py: identities per rank with functx.spmd's replicated-value transposes
     "replicated_in", "replicated_out", "pvary", "invariant_ct",

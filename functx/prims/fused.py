@@ -291,7 +291,11 @@ def _activation_backward(name, kernel, factor, factor_jvp):
         (t, y), (dt, dy) = args, dims
         if dt == dy:
             return p.bind(t, y), dt
-        size = axis_data.size       # (an unbatched y is broadcast: an expand, no copy)
+        if not fused_here():
+            # a staged graph (jit of vmap(jacfwd)): the factor on y as it is, then the product's
+            # own batch rule, so the factor is not computed over the broadcast batch
+            return ew.mul_p.batch(axis_data, [t, factor(y)], [dt, dy])
+        size = axis_data.size       # (eager: an unbatched y is broadcast by the kernel itself)
         return p.bind(bdim_to_front(t, dt, size), bdim_to_front(y, dy, size)), 0
 
     p = Primitive(
