@@ -72,7 +72,16 @@ def run_unit(func, types, args, kwargs):
     leaves = []
     FLOATS.seen = False
     try:
-        key = (fid, torch.get_default_dtype(), torch.is_grad_enabled(), tuple([_key(a, leaves) for a in args]),
+        keys = []
+        for a in args:
+            if type(a) is TracerTensor:     # _key's first case, inline (most operands)
+                k = a._unit_key
+                if k is not None and a._root is None:
+                    leaves.append(a._value)
+                    keys.append(k)
+                    continue
+            keys.append(_key(a, leaves))
+        key = (fid, torch.get_default_dtype(), torch.is_grad_enabled(), tuple(keys),
                _key(tuple(kwargs.items()), leaves) if kwargs else None)
         entry = CACHE.get(key)
     except (_Uncacheable, TypeError):
