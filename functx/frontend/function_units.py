@@ -30,7 +30,7 @@ from . import tensor as _tensor
 from .functionalize import value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
 from .tensor import TracerTensor, fresh_wrapper, unit_key
-from .unit_batches import LazyTracer
+from .unit_batches import BELOW_DISPATCH as _BELOW_DISPATCH, LazyTracer
 
 CACHE: dict = {}
 # id(func) -> func: functions that returned something other than tensors (x.shape, x.dim(),
@@ -47,13 +47,7 @@ VIEW_BUILD_LIMIT = 64
 _NANS = nan_check.STATE
 _disabled_torch_function = torch._C._disabled_torch_function_impl
 _autocast_on = torch._C._is_any_autocast_enabled
-# The unit's torch kernels run as the front end's do inside a __torch_dispatch__ handler:
-# below autograd (operands never require grad here) and past the Python key, so functx's
-# own dispatch mode (random_mode.intercept_random) does not see each kernel.
 _ExcludeKeys = torch._C._ExcludeDispatchKeyGuard
-_K, _KS = torch._C.DispatchKey, torch._C.DispatchKeySet
-_BELOW_DISPATCH = (_KS(_K.Python) | _KS(_K.PythonTLSSnapshot) | _KS(_K.ADInplaceOrView)
-                   | _KS(_K.AutogradFunctionality))
 
 
 class _Uncacheable(Exception):

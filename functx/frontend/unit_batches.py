@@ -57,11 +57,14 @@ _NANS = nan_check.STATE
 _getrefcount = sys.getrefcount
 _ExcludeKeys = torch._C._ExcludeDispatchKeyGuard
 _K, _KS = torch._C.DispatchKey, torch._C.DispatchKeySet
-# What run_unit excludes around a unit (below autograd, past the Python key), and autocast,
-# which a unit recorded without it must not see when it runs later
-_BELOW_DISPATCH = (_KS(_K.Python) | _KS(_K.PythonTLSSnapshot) | _KS(_K.ADInplaceOrView)
-                   | _KS(_K.AutogradFunctionality))
-_RUN_KEYS = _BELOW_DISPATCH
+# A unit's torch kernels run as the front end's do inside a __torch_dispatch__ handler: below
+# autograd (operands never require grad there) and past the Python key, so functx's own
+# dispatch mode (random_mode.intercept_random) does not see each kernel (function_units.run_unit
+# runs a unit so); a batch also excludes autocast, which a unit recorded without it must not
+# see when it runs later.
+BELOW_DISPATCH = (_KS(_K.Python) | _KS(_K.PythonTLSSnapshot) | _KS(_K.ADInplaceOrView)
+                  | _KS(_K.AutogradFunctionality))
+_RUN_KEYS = BELOW_DISPATCH
 for _name in ("AutocastCPU", "AutocastCUDA"):
     if hasattr(_K, _name):
         _RUN_KEYS = _RUN_KEYS | _KS(getattr(_K, _name))
@@ -314,4 +317,4 @@ def run_pending():
         t = t.parent
 
 
-__all__ = ["LazyTracer", "UnitBatch", "batching_units", "run_pending"]
+__all__ = ["BELOW_DISPATCH", "LazyTracer", "UnitBatch", "batching_units", "run_pending"]
