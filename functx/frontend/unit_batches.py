@@ -107,7 +107,7 @@ class LazyTracer(Tracer):
 
 class UnitBatch:
     """The units recorded at one eager level and not run yet."""
-    __slots__ = ("level", "values", "parts", "externals", "external_ids", "grad", "dtype", "depth", "checked")
+    __slots__ = ("level", "values", "parts", "externals", "external_ids", "grad", "dtype", "depth")
 
     def __init__(self, level):
         self.level = level
@@ -117,7 +117,6 @@ class UnitBatch:
         self.external_ids = {}
         self.grad = self.dtype = None
         self.depth = len(_reverse.stack)      # the reverse levels active when it records
-        self.checked = []        # results of units that may raise on values: always computed
 
     def record(self, op, leaves, types, grad, dtype):
         """LazyTracers for op's results on leaves (lax values), to be computed when the batch runs."""
@@ -146,8 +145,6 @@ class UnitBatch:
         else:
             outs = [LazyTracer(self, n + k, t) for k, t in enumerate(types)]
             values.extend(outs)
-        if op.reads_ints:       # (an unused x[idx] with idx out of range raises, as eagerly)
-            self.checked.extend(outs)
         return outs
 
     def run(self):
@@ -155,9 +152,11 @@ class UnitBatch:
         parts, values = self.parts, self.values
         if not parts:
             return
+        # kept: what something references, and what units that read integer tensors make (they
+        # may raise on values: an unused x[idx] with idx out of range raises, as eagerly)
         counts = _reference_counts(values)
-        live = [i for i, c in enumerate(counts) if c > _UNREFERENCED]
-        self.checked = []
+        live = [i for op, start, stop in _result_ranges(parts) for i in range(start, stop)
+                if op.reads_ints or counts[i] > _UNREFERENCED]
         externals = self.externals
         self.parts, self.values, self.externals, self.external_ids = [], [], [], {}
         ran = _Ran(self.level, parts, externals, self.grad, self.dtype, self.depth)
@@ -186,10 +185,7 @@ class _Ran:
     def run_for(self, lt):
         """lt's value: the units up to the one that made it, one by one (not those after it:
         one of them may be a unit that raised)."""
-        n, k = 0, 0
-        while n <= lt.index:
-            n += len(self.parts[k][0].out_atoms)
-            k += 1
+        k = next(k for k, (_, _, stop) in enumerate(_result_ranges(self.parts)) if lt.index < stop) + 1
         with _AsRecorded(self), _ExcludeKeys(_RUN_KEYS):
             lt.real = _run_units(self.level, self.parts[:k], [lt.index], self.externals)[0]
 
@@ -225,6 +221,15 @@ class _AsRecorded:
             torch.set_default_dtype(self.dtype)
         if self.above is not None:
             _reverse.stack.extend(self.above)
+
+
+def _result_ranges(parts):
+    """(unit, start, stop) per recorded unit: its results are values[start:stop]."""
+    start = 0
+    for op, _ in parts:
+        stop = start + len(op.out_atoms)
+        yield op, start, stop
+        start = stop
 
 
 def _reference_counts(values):
