@@ -236,12 +236,7 @@ def _holds_no_tracer(args, kwargs) -> bool:
 
 def _target_is_plain(func, args, kwargs) -> bool:
     """Does the op write into a plain tensor (its self or an out= argument)?"""
-    for i, a in enumerate(func._schema.arguments):
-        if a.alias_info is not None and a.alias_info.is_write:
-            target = args[i] if i < len(args) else kwargs.get(a.name)
-            if type(target) is torch.Tensor:
-                return True
-    return False
+    return any(type(t) is torch.Tensor for t in _written(func, args, kwargs))
 
 
 def _refuse_writing_saved(func, args, kwargs):
@@ -249,10 +244,7 @@ def _refuse_writing_saved(func, args, kwargs):
     pass (a residual: `y = x * buf; buf.add_(1)`) would change the gradient silently; torch's
     autograd raises there (its version counter), and so does functx."""
     saved = None
-    for i, a in enumerate(func._schema.arguments):
-        if a.alias_info is None or not a.alias_info.is_write:
-            continue
-        target = args[i] if i < len(args) else kwargs.get(a.name)
+    for target in _written(func, args, kwargs):
         if type(target) is not torch.Tensor and type(target) is not torch.nn.Parameter:
             continue
         if saved is None:
@@ -286,14 +278,27 @@ def _called_by_functx() -> bool:
 _PASSTHROUGH_MODULE = TracerTensor.__module__
 
 
-_WRITES: dict = {}          # OpOverload -> bool, filled lazily (asked for every traced op)
+# OpOverload -> ((position, name), ...) of the arguments it writes in place, filled lazily
+# (whether it writes is asked for every traced op)
+_WRITTEN: dict = {}
+
+
+def _written_arguments(func) -> tuple:
+    w = _WRITTEN.get(func)
+    if w is None:
+        w = _WRITTEN[func] = tuple((i, a.name) for i, a in enumerate(func._schema.arguments)
+                                   if a.alias_info is not None and a.alias_info.is_write)
+    return w
 
 
 def _writes(func) -> bool:
-    w = _WRITES.get(func)
-    if w is None:
-        w = _WRITES[func] = any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
-    return w
+    w = _WRITTEN.get(func)
+    return bool(w if w is not None else _written_arguments(func))
+
+
+def _written(func, args, kwargs) -> list:
+    """The values an op writes in place (its self, out= arguments), as passed."""
+    return [args[i] if i < len(args) else kwargs.get(name) for i, name in _written_arguments(func)]
 
 
 def _lift_plain(a):
@@ -334,11 +339,7 @@ class RandomMode(TorchDispatchMode):
         """An op on plain tensors while jit traces: it runs once, now. Writing in place into a
         tensor the function did not create (a closed-over buffer or counter) would then happen
         once instead of on every call: refuse it."""
-        written = [a for a in func._schema.arguments if a.alias_info is not None and a.alias_info.is_write]
-        targets = [v for a, v in zip(func._schema.arguments, args) if a in written]
-        targets += [kwargs[a.name] for a in written if a.name in kwargs]
-        targets = [t for t in targets if isinstance(t, torch.Tensor)]
-        for t in targets:
+        for t in [t for t in _written(func, args, kwargs) if isinstance(t, torch.Tensor)]:
             if _storage(t) not in self.created:
                 raise PlainWriteError(
                     f"functx.jit: {func} writes in place into a tensor the function closes over "
