@@ -25,7 +25,8 @@ from .. import prims as P
 from .generators import drawing_from
 from .fallback import opaque_fallback
 from .kernel_check import check_kernel_accepts, is_pointwise
-from .functionalize import RESULT_LAYOUTS, make_view, meta_of, unwrap, unwrap_tree, value_of, write
+from .functionalize import (RESULT_LAYOUTS, check_no_internal_overlap, make_view, meta_of, unwrap, unwrap_tree,
+                            value_of, write)
 from .lowered_ops import run_cached
 from .lowerings.registry import DECOMPOSING as _decomposing, LOWERINGS, PLANS, SPECIAL, register_special
 from .promote import mark_weak
@@ -454,6 +455,15 @@ def _out_argument(func, schema, args, kwargs):
     return targets[0] if len(targets) == 1 else tuple(targets)
 
 
+# In-place ops torch runs on a tensor whose elements share memory (an expanded view): fills
+# write every element alike, so the functionalized write (the view's new value scattered into
+# its root) is exact; torch also runs index and mask writes there (deprecated), which write
+# some of the elements that share memory and not others: the scatter would be wrong, so they raise.
+_WRITES_ONE_VALUE = frozenset({aten.fill_.Scalar, aten.zero_.default})
+_WRITES_SOME = frozenset({aten.masked_fill_.Scalar, aten.masked_fill_.Tensor, aten.index_put_.default,
+                          aten._index_put_impl_.default, aten.index_fill_.int_Scalar, aten.index_fill_.int_Tensor})
+
+
 def _inplace(func, args, kwargs):
     target = args[0]
     functional = functional_variant(func)
@@ -461,6 +471,8 @@ def _inplace(func, args, kwargs):
         raise FunctxError(f"functx: in-place op {func} has no functional variant to functionalize")
     if torch.Tag.inplace_view in func.tags:
         return _inplace_view(func, functional, args, kwargs)
+    if func not in _WRITES_ONE_VALUE:
+        check_no_internal_overlap(target, func if func in _WRITES_SOME else None)
     if LOWERINGS.get(functional) is None and torch.Tag.nondeterministic_seeded in func.tags and (
             kwargs.get("generator") is not None
             or not any(isinstance(a, TracerTensor) for a in (*args[1:], *kwargs.values()))):
@@ -513,6 +525,7 @@ def _inplace_view(func, functional, args, kwargs):
 
 @register_special(aten.copy_.default)
 def _copy_(target, src, non_blocking=False):
+    check_no_internal_overlap(target)
     write(target, unwrap(src))
     return target
 

@@ -295,6 +295,33 @@ def assign(w, new_value) -> None:
     w._seen = root._version_
 
 
+# View ops after which a tensor's elements can share memory (a zero stride)
+_MAY_OVERLAP = frozenset({aten.expand.default, aten.as_strided.default})
+
+
+def check_no_internal_overlap(w, partial_write=None) -> None:
+    """torch refuses an in-place op on a tensor whose elements share memory (x.expand(2, 3)
+    .add_(1): the result would depend on the order of the writes); so does functx, with
+    torch's message, judged on the layout torch would give w. partial_write: an op that torch
+    runs there (deprecated) but functx cannot functionalize exactly (it names it)."""
+    if not isinstance(w, TracerTensor):
+        return
+    root = w._root if w._root is not None else w
+    layout = root._layout
+    if not (isinstance(layout, tuple) and 0 in layout[0]) \
+            and not any(func in _MAY_OVERLAP for func, *_ in (w._chain or ())):
+        return
+    if torch._debug_has_internal_overlap(meta_of(w)) != 1:      # 1: YES (2 is "too hard")
+        return
+    if partial_write is not None:
+        raise FunctxError(f"functx: {partial_write} writes into a tensor whose elements share memory (an "
+                          f"expanded view), which torch deprecates and functx does not support:\n"
+                          f"{user_frame_summary()}\nclone() the tensor before writing into it.")
+    raise RuntimeError("unsupported operation: more than one element of the written-to tensor refers to a "
+                       "single memory location. Please clone() the tensor before performing the operation.\n"
+                       f"{user_frame_summary()}")
+
+
 def write(target, value):
     """copy_ semantics: value is converted and broadcast to target's dtype and shape."""
     t = type_of(unwrap(target)) if isinstance(target, TracerTensor) else type_of(target)
