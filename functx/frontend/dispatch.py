@@ -30,7 +30,7 @@ from .functionalize import (RESULT_LAYOUTS, check_no_internal_overlap, make_view
 from .lowered_ops import run_cached
 from .lowerings.registry import DECOMPOSING as _decomposing, LOWERINGS, PLANS, SPECIAL, register_special
 from .promote import mark_weak
-from .tensor import TracerTensor
+from .tensor import TracerTensor, root_of
 
 aten = torch.ops.aten
 _NANS = nan_check.STATE
@@ -139,7 +139,7 @@ def _strided_inputs(args, kwargs):
     for a in (*args, *kwargs.values()):
         for b in (a if isinstance(a, (list, tuple)) else (a,)):
             if type(b) is TracerTensor:
-                root = b._root if b._root is not None else b
+                root = root_of(b)
                 if b._strided or root._layout == "unknown":
                     return True
             elif isinstance(b, torch.Tensor) and not b.is_contiguous():
@@ -193,7 +193,7 @@ def _pointwise_strides(args, kwargs, out):
     for a in (*args, *kwargs.values()):
         if not isinstance(a, torch.Tensor):
             continue
-        if type(a) is TracerTensor and (a._root if a._root is not None else a)._layout == "unknown":
+        if type(a) is TracerTensor and root_of(a)._layout == "unknown":
             return None
         if a.dim() > nd or any(type(n) is not int for n in a.shape):
             return None
@@ -245,7 +245,7 @@ def _result_strides(func, args, kwargs):
 
     def meta(a):
         if isinstance(a, TracerTensor):
-            root = a._root if a._root is not None else a
+            root = root_of(a)
             if root._layout == "unknown":
                 raise _UnknownLayout
             return meta_of(a)
@@ -274,7 +274,7 @@ def _signature(args):
     out = []
     for a in args:
         if isinstance(a, torch.Tensor):
-            if isinstance(a, TracerTensor) and (a._root if a._root is not None else a)._layout == "unknown":
+            if isinstance(a, TracerTensor) and root_of(a)._layout == "unknown":
                 raise _UnknownLayout
             out.append((tuple(a.shape), a.stride(), a.dtype, a.device.type))
         elif isinstance(a, (list, tuple)):
@@ -392,15 +392,19 @@ _FUNCTIONAL_CACHE: dict = {}
 
 
 def functional_variant(func):
+    """The functional overload of an in-place op: the one taking the same arguments (names and
+    types: pow_.Scalar is pow.Tensor_Scalar, not pow.Scalar, whose self is a number), or None."""
     if func not in _FUNCTIONAL_CACHE:
         name = func.overloadpacket.__name__[:-1]
-        packet = getattr(aten, name, None)
-        found = getattr(packet, func._overloadname, None) if packet is not None else None
-        if found is None and packet is not None:     # transpose_.default <-> transpose.int
-            found = _overload_taking(packet, [a.name for a in func._schema.arguments])
-        if found is None:        # normal_ <-> normal_functional
-            packet = getattr(aten, name + "_functional", None)
-            found = getattr(packet, func._overloadname, None) if packet is not None else None
+        signature = _schema_types(func._schema.arguments)
+        found = None
+        for packet in (getattr(aten, name, None), getattr(aten, name + "_functional", None)):  # normal_functional
+            if packet is not None:
+                same = getattr(packet, func._overloadname, None)      # add_.Tensor <-> add.Tensor
+                found = same if same is not None and _schema_types(same._schema.arguments) == signature \
+                    else _overload_taking(packet, signature)        # transpose_.default <-> transpose.int
+                if found is not None:
+                    break
         _FUNCTIONAL_CACHE[func] = found
     return _FUNCTIONAL_CACHE[func]
 
@@ -409,17 +413,21 @@ def out_functional(func):
     """The functional overload of an out= op (div.out -> div.Tensor): the same arguments
     without the out= ones, and nothing written; None if the packet has none."""
     if func not in _FUNCTIONAL_CACHE:
-        names = [a.name for a in func._schema.arguments if not _writes_out(a)]
-        _FUNCTIONAL_CACHE[func] = _overload_taking(func.overloadpacket, names)
+        signature = _schema_types([a for a in func._schema.arguments if not _writes_out(a)])
+        _FUNCTIONAL_CACHE[func] = _overload_taking(func.overloadpacket, signature)
     return _FUNCTIONAL_CACHE[func]
 
 
-def _overload_taking(packet, names):
-    """The overload of packet that takes exactly the arguments `names` and writes none of
-    them, or None."""
+def _schema_types(arguments):
+    return [(a.name, str(a.type)) for a in arguments]
+
+
+def _overload_taking(packet, signature):
+    """The overload of packet that takes exactly the arguments `signature` (names and types)
+    and writes none of them, or None."""
     for o in packet.overloads():
         arguments = getattr(packet, o)._schema.arguments
-        if [a.name for a in arguments] == names and not any(_writes(a) for a in arguments):
+        if _schema_types(arguments) == signature and not any(_writes(a) for a in arguments):
             return getattr(packet, o)
     return None
 
@@ -507,6 +515,8 @@ def _inplace_view(func, functional, args, kwargs):
     values. The wrapper's own sizes/strides are updated by running the op on it with
     dispatch off (as torch's FunctionalTensor does); its value becomes the view's."""
     target = args[0]
+    if target._root is None and target._viewed:
+        _move_storage(target)
     view = dispatch(functional, args, kwargs)
     with torch.utils._mode_utils.no_dispatch():
         func(*args, **kwargs)
@@ -519,6 +529,17 @@ def _inplace_view(func, functional, args, kwargs):
         target._value, target._chain, target._seen = view._value, view._chain, view._seen
         target._meta = view._meta
     return target
+
+
+def _move_storage(root):
+    """Before an in-place view op on a root that has views (y = x[0]; x.t_()): those views are
+    relative to x's storage, not to x's new shape, so a new root takes the storage (value,
+    layout, version) and x becomes its view; root_of moves the views to it when next asked."""
+    storage = TracerTensor(value_of(root))
+    storage._meta = meta_of(root)
+    storage._layout, storage._strided, storage._read_only = root._layout, root._strided, root._read_only
+    storage._version_, storage._viewed = root._version_, True
+    root._root, root._chain, root._seen = storage, [], storage._version_
 
 
 # ---------------------------------------------------------------- special ops on wrappers

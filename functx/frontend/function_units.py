@@ -29,7 +29,7 @@ from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, trace_state, type_of
 from . import tensor as _tensor
 from .functionalize import value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
-from .tensor import TracerTensor, fresh_wrapper, unit_key
+from .tensor import TracerTensor, fresh_wrapper, root_of, unit_key
 from .unit_batches import BELOW_DISPATCH as _BELOW_DISPATCH, LazyTracer
 
 CACHE: dict = {}
@@ -175,12 +175,13 @@ def _view_bases(views, args, kwargs):
 def _view_result(value, t, base_spec_offset):
     """TracerTensor(value, strides, offset) as make_view's wrapper (its type t known)."""
     base, spec, offset = base_spec_offset
-    root = base._root if base._root is not None else base
+    root = root_of(base)
     w = _make_wrapper(TracerTensor, t.shape, spec.strides, offset, dtype=t.dtype, device=t.device)
     w._value = value
     if spec.strided:
         w._strided = True
     w._root, w._chain, w._seen = root, list(base._chain or ()) + spec.chain, root._version_
+    root._viewed = True
     return w
 
 
@@ -230,7 +231,7 @@ def _key(x, leaves):
         if k is not None and x._root is None:     # a fresh wrapper (a unit's result), as made
             leaves.append(x._value)
             return k
-        root = x._root if x._root is not None else x
+        root = root_of(x)
         if x._strided or root._layout == "unknown":
             raise _Uncacheable
         # a view as made keeps a batched value (a LazyTracer) for the batch to read; else its

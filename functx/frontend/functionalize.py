@@ -18,7 +18,7 @@ from ..core.errors import FunctxError, PlainWriteError, user_frame_summary
 from ..core.trace import reverse_mode_active, type_of
 from .. import prims as P
 from .lowerings.registry import LOWERINGS
-from .tensor import TracerTensor
+from .tensor import TracerTensor, root_of
 from .unit_batches import LazyTracer
 
 aten = torch.ops.aten
@@ -29,6 +29,8 @@ aten = torch.ops.aten
 def value_of(w: TracerTensor):
     """The current lax value of a wrapper (recomputing a stale view)."""
     root = w._root
+    if root is not None and root._root is not None:     # its root became a view (root_of)
+        root = root_of(w)
     if root is not None and w._seen != root._version_:
         w._value = apply_view_chain(value_of(root), w._chain)
         w._seen = root._version_
@@ -80,7 +82,7 @@ def make_view(func, lowering, args, kwargs):
     rest = unwrap_tree(args[1:])
     chain = list(base._chain or ())
     out = lowering(value_of(base), *rest, **kwargs)
-    root = base._root if base._root is not None else base
+    root = root_of(base)
     if not RESULT_LAYOUTS[0]:     # a symbolic trace: wrappers report contiguous strides
         meta = [None] * len(out) if isinstance(out, (list, tuple)) else None
     else:
@@ -147,6 +149,7 @@ def _laid_out_view(value, root, chain, layout):
     """view_wrapper with the layout known: its meta tensor is built only if asked for."""
     w = TracerTensor(value, layout[0], layout[1])
     w._root, w._chain, w._seen = root, chain, root._version_
+    root._viewed = True
     return w
 
 
@@ -161,7 +164,7 @@ def meta_of(w):
 
 def _meta_of(w):
     if w._root is not None:
-        return _replay(meta_of(w._root), _hints(w._chain))
+        return _replay(meta_of(root_of(w)), _hints(w._chain))
     shape, strides, offset = _hints((tuple(w.shape), w.stride(), torch.Tensor.storage_offset(w)))
     extent = 1 + sum((n - 1) * st for n, st in zip(shape, strides)) if w.numel() else 0
     return torch.empty(offset + extent, dtype=w.dtype, device="meta").as_strided(shape, strides, offset)
@@ -180,7 +183,7 @@ def contiguous(view):
     whose layout functx does not know: a copy, whose layout is then known (contiguous), so
     as_strided after .contiguous() works as the error for as_strided advises; writes into it
     don't reach x (torch's would if x happened to be contiguous already)."""
-    root = view._root if view._root is not None else view
+    root = root_of(view)
     if root._layout != "unknown" and meta_of(view).is_contiguous():
         return view
     return TracerTensor(value_of(view))
@@ -233,12 +236,14 @@ def view_wrapper(value, root, chain, meta=None):
         # does (its meta, if asked for, replays the chain at the traced sizes)
         w = TracerTensor(value)
         w._root, w._chain, w._seen = root, chain, root._version_
+        root._viewed = True
         return w
     if meta is None:
         with _no_python_dispatch():
             meta = _replay(meta_of(root), _hints(chain))
     w = TracerTensor(value, meta.stride(), meta.storage_offset())
     w._root, w._chain, w._seen, w._meta = root, chain, root._version_, meta
+    root._viewed = True
     return w
 
 
@@ -282,7 +287,7 @@ def assign(w, new_value) -> None:
             f"captured from outside it:\n{user_frame_summary()}\nfunctx cannot track writes into that "
             "tensor. Create it from a traced input instead (x.new_zeros(...), torch.zeros_like(x)), "
             "or build the result out of place (torch.stack, torch.cat, torch.where).")
-    root = w._root
+    root = None if w._root is None else root_of(w)
     if (root if root is not None else w)._read_only:
         raise FunctxError(f"functx: {(root if root is not None else w)._read_only}, here:\n{user_frame_summary()}")
     if root is None:
@@ -306,7 +311,7 @@ def check_no_internal_overlap(w, partial_write=None) -> None:
     runs there (deprecated) but functx cannot functionalize exactly (it names it)."""
     if not isinstance(w, TracerTensor):
         return
-    root = w._root if w._root is not None else w
+    root = root_of(w)
     layout = root._layout
     if not (isinstance(layout, tuple) and 0 in layout[0]) \
             and not any(func in _MAY_OVERLAP for func, *_ in (w._chain or ())):
@@ -342,7 +347,7 @@ def write(target, value):
     # derivative the written tensor (its root, for a view) had, as torch's autograd does:
     # ATen's cosine_similarity clamps its norms under no_grad, F.embedding(max_norm=)
     # renormalizes weight.detach() in place. The new root is old + stop_gradient(new - old).
-    root = target if target._root is None else target._root
+    root = root_of(target)
     old = value_of(root)
     assign(target, value)
     with torch.enable_grad():

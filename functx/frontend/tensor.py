@@ -93,6 +93,7 @@ class TracerTensor(torch.Tensor):
     _strided = False    # True when torch would lay this tensor out non-contiguously
     _read_only = None   # why writes into this root are refused
     _unit_key = None    # a fresh wrapper's value's type as function units key it (fresh_wrapper)
+    _viewed = False     # True once a view of this root was made (dispatch._inplace_view reads it)
 
     def __repr__(self, *, tensor_contents=None):
         # The traced value's repr (print, str, pdb's p): the values where the transform has
@@ -131,6 +132,19 @@ def fresh_wrapper(value, t, key=None):
     r = _make_wrapper(TracerTensor, t.shape, dtype=t.dtype, device=t.device)
     r._value = value
     r._unit_key = unit_key(t) if key is None else key
+    return r
+
+
+def root_of(w):
+    """The root wrapper holding w's storage: w itself, or its view's root. An in-place view op
+    on a root that has views (x.t_()) makes it a view of a new root holding its storage
+    (dispatch._inplace_view); its earlier views, relative to that storage, move to the new root
+    when next asked."""
+    r = w._root
+    if r is None:
+        return w
+    if r._root is not None:
+        r = w._root = r._root
     return r
 
 
@@ -250,7 +264,7 @@ def storage_layout(t, bdim=None):
     it (a value computed from non-contiguous ones in a way it could not follow); None when t
     is not a tensor (a bare traced value: contiguous)."""
     if isinstance(t, TracerTensor):
-        root = t._root if t._root is not None else t
+        root = root_of(t)
         if root._layout == "unknown":
             return "unknown"
         # (torch.Tensor's storage_offset: passing a layout on is not reading it)

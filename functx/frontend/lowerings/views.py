@@ -10,7 +10,7 @@ from ...core.errors import FunctxError, user_frame_summary
 from ... import prims as P
 from ..functionalize import value_of, view_wrapper
 from ..promote import result_type
-from ..tensor import TracerTensor, is_contiguous_layout, note_layout_read
+from ..tensor import TracerTensor, is_contiguous_layout, note_layout_read, root_of
 from .common import _t, aten, wrap_dim
 from .registry import DECOMPOSING, register, register_special
 
@@ -223,7 +223,7 @@ def _as_strided_value(x, size, stride, storage_offset=0):
 def _as_strided(x, size, stride, storage_offset=None):
     if not isinstance(x, TracerTensor):
         return torch.as_strided(x, size, stride, storage_offset)
-    root = x._root if x._root is not None else x
+    root = root_of(x)
     note_layout_read()          # the result depends on the arguments' layouts: jit keys on them
     if root._layout == "unknown" and not _in_decomposition():
         raise FunctxError(
