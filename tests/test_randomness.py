@@ -304,3 +304,40 @@ def test_gamma_rsample_derivative_is_taken_at_the_drawn_sample():
     torch.testing.assert_close(tangent, torch._standard_gamma_grad(alpha, sample))    # one draw per call
     with pytest.raises(NotImplementedError):      # torch has no second derivative here either
         functx.hessian(lambda a: draw(a).sum())(alpha)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dropout_draws_eagers_numbers_under_every_transform(dtype):
+    # x.bernoulli_(p) with a number p (F.dropout's mask on the CPU) is its own kernel (MKL's
+    # stream on x86), not uniforms compared with p: the mask differed from eager's under the
+    # same seed, so a model's loss and gradients in train mode differed from torch.func's
+    def f(x):
+        torch.manual_seed(5)
+        return F.dropout(x * 2, 0.4) + torch.empty_like(x).bernoulli_(0.3) + F.dropout2d(x[None, :, None], 0.5)[0, :, 0]
+    x = torch.ones(64, dtype=dtype)
+    want = f(x)
+    assert torch.equal(functx.vjp(f, x)[0], want)
+    assert torch.equal(functx.jvp(f, (x,), (x,))[0], want)
+    assert torch.equal(functx.linearize(f, x)[0], want)
+    torch.manual_seed(1)
+    g = lambda x: F.dropout(x * 2, 0.4)      # noqa: E731
+    eager = g(x)
+    jitted = functx.jit(g)
+    jitted(x)
+    torch.manual_seed(1)
+    assert torch.equal(jitted(x), eager)
+    gen = lambda x, gen: torch.empty_like(x).bernoulli_(0.4, generator=gen) * x     # noqa: E731
+    assert torch.equal(functx.jit(gen)(x, torch.Generator().manual_seed(3)), gen(x, torch.Generator().manual_seed(3)))
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.3), torch.nn.Linear(16, 1)).to(dtype)
+    xb = torch.randn(4, 8, dtype=dtype)
+
+    def loss(p):
+        torch.manual_seed(0)
+        return torch.func.functional_call(model, p, (xb,)).pow(2).mean()
+    params = dict(model.named_parameters())
+    got, oracle = functx.grad(loss)(params), torch.func.grad(loss)(params)
+    for k in params:
+        torch.testing.assert_close(got[k], oracle[k])
+    rate = functx.vmap(lambda x: F.dropout(x, 0.3), randomness="different")(torch.ones(3, 20000, dtype=dtype))
+    assert ((rate == 0).to(dtype).mean(1) - 0.3).abs().max() < 0.02

@@ -42,8 +42,8 @@ def _random_impl(*, shape, dtype, device, dist, args=()):
     if dist == "randint":
         low, high = args
         return torch.randint(low, high, shape, dtype=dtype, device=device)
-    if dist == "bernoulli":
-        return torch.bernoulli(torch.full(shape, args[0], dtype=torch.float32, device=device)).to(dtype)
+    if dist == "bernoulli":     # torch's kernel for a number p (its own stream: MKL's on CPU)
+        return torch.empty(shape, dtype=dtype, device=device).bernoulli_(args[0])
     if dist == "randperm":
         if len(shape) == 1:
             return torch.randperm(args[0], dtype=dtype, device=device)

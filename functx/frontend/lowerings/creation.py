@@ -137,8 +137,13 @@ def _uniform(x, from_=0.0, to=1.0, generator=None):
 
 @register(aten.bernoulli.p)
 def _bernoulli_p(x, p=0.5, generator=None):
+    # torch draws x.bernoulli_(p) (what F.dropout runs) with a kernel of its own, not from
+    # uniforms: the same kernel draws here, so a seed gives the numbers eager PyTorch gives
     t = _t(x)
-    return P.convert(P.lt(_standard(t, "uniform", generator, "torch.bernoulli"), p), t.dtype)
+    if generator is None:
+        return P.random(t.shape, t.dtype, t.device, "bernoulli", (p,))
+    draw = lambda g: torch.empty(t.shape, dtype=t.dtype, device=t.device).bernoulli_(p, generator=g)  # noqa: E731
+    return P.random(t.shape, t.dtype, t.device, "call", (drawing_from(draw, generator, "torch.bernoulli"), len(t.shape)))
 
 
 @register(aten.bernoulli.default)
