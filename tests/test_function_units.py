@@ -287,3 +287,75 @@ def test_view_units_per_function_are_capped():
         _close(functx.grad(f)(x), torch.func.grad(f)(x))
     units = [u for u in _entries("__getitem__") if u is not function_units.UNCACHEABLE]
     assert 0 < len(units) <= function_units.VIEW_BUILD_LIMIT
+
+
+# ---------------------------------------------------------------- write units
+
+def _rnn(W, xs):
+    h = xs.new_zeros(xs.shape[1:])
+    out = xs.new_zeros(xs.shape)
+    first = out[0]              # a view taken before the writes: it sees them
+    for t in range(xs.shape[0]):
+        h = torch.tanh(h @ W + xs[t])
+        out[t] = h
+    acc = torch.zeros_like(h)
+    acc.add_(h).mul_(2.0)       # in-place methods return their operand
+    acc.copy_(h * 3)
+    return out.pow(2).mean() + first.sum() + acc.sum()
+
+
+def test_writes_into_roots_made_inside_are_units_and_match_torch_func():
+    g = torch.Generator().manual_seed(0)
+    W, xs = torch.randn(4, 4, generator=g) * 0.5, torch.randn(5, 3, 4, generator=g)
+    function_units.CACHE.clear()
+    for _ in range(3):      # op by op, the combined unit's build, the combined unit
+        _close(functx.grad(_rnn)(W, xs), torch.func.grad(_rnn)(W, xs))
+        _close(functx.vmap(functx.grad(_rnn), in_axes=(None, 0))(W, xs[None].expand(2, -1, -1, -1) * 1.5),
+               torch.func.vmap(torch.func.grad(_rnn), in_dims=(None, 0))(W, xs[None].expand(2, -1, -1, -1) * 1.5))
+        _close(functx.jvp(_rnn, (W, xs), (W.cos(), xs.sin()))[1],
+               torch.func.jvp(_rnn, (W, xs), (W.cos(), xs.sin()))[1])
+        _close(functx.hessian(_rnn)(W, xs), torch.func.hessian(_rnn)(W, xs))
+    writes = [u for name in ("__setitem__", "add_", "mul_", "copy_") for u in _entries(name)
+              if u is not function_units.UNCACHEABLE]
+    assert {u.outputs for u in writes} == {"write", "write, returns it"}
+
+
+def test_writes_the_unit_declines_are_exact():
+    x = torch.randn(4, 3, dtype=torch.float64)
+
+    def into_a_view(x):          # a view is written: the usual path scatters into its root
+        y = x * 2
+        y[:, 0].mul_(3)
+        return y
+
+    def into_an_argument(x):     # an argument's memory: the usual path (vmap writes it back)
+        x[0] = x[1] * 2
+        return x * 1
+
+    def under_no_grad(x):        # the root keeps its derivative (the usual path)
+        y = x * 1
+        with torch.no_grad():
+            y[0] = 5.0
+        return y * y
+    for f in (into_a_view, under_no_grad):
+        for _ in range(2):
+            _close(functx.jacrev(f)(x), torch.func.jacrev(f)(x))
+    for _ in range(2):
+        xs, ys = x.clone(), x.clone()
+        _close(functx.vmap(into_an_argument)(xs), torch.func.vmap(into_an_argument)(ys))
+        _close(xs, ys)
+
+
+def test_write_units_per_function_are_capped():
+    # out[i] = v keys a unit by i: a loop over many rows builds at most VIEW_BUILD_LIMIT of them
+    def f(x):
+        out = x.new_zeros(100, 3)
+        for i in range(100):
+            out[i] = x * i
+        return out.sum()
+    x = torch.randn(3)
+    function_units.CACHE.clear()
+    for _ in range(2):
+        _close(functx.grad(f)(x), torch.func.grad(f)(x))
+    built = [u for u in _entries("__setitem__") if u is not function_units.UNCACHEABLE]
+    assert 0 < len(built) <= function_units.VIEW_BUILD_LIMIT

@@ -12,12 +12,14 @@ to the trace as one `LoweredOp` (`process_lowered`: one cached, generated rule).
 
 A signature is cached only where that is exactly what the front end would do: every tensor
 operand is laid out contiguously (results then are too), the results are fresh tensors or
-views of operands (no operand returned as is), no operand is written, and the graph has no
-effects (random numbers), structural or opaque primitives. A view result gets the wrapper the
-ATen path's make_view gives it (root, chain, version, torch's layout: "view units" below).
-Anything else (in-place ops, values read, errors, debug_nans) takes the usual path, as does a
-function whose result is not a tensor (`x.shape`, `x.item()`: remembered per function, so it
-costs one lookup afterwards).
+views of operands (no operand returned as is), no operand is written but the first, and the
+graph has no effects (random numbers), structural or opaque primitives. A view result gets
+the wrapper the ATen path's make_view gives it (root, chain, version, torch's layout: "view
+units" below); a write into the first operand, where that is a root made inside the function
+(out[t] = h, buf.add_(x)), gives it its new value ("write units" below). Anything else
+(writes into views or arguments, values read, errors, debug_nans) takes the usual path, as
+does a function whose result is not a tensor (`x.shape`, `x.item()`: remembered per
+function, so it costs one lookup afterwards).
 """
 from __future__ import annotations
 
@@ -38,9 +40,10 @@ CACHE: dict = {}
 NOT_TENSOR_VALUED: dict = {}
 _MAX = 4096
 FLOATS = FloatSignatures()     # floats key units by value (see FloatSignatures)
-# View units built per function (id): an index keys a view unit by value, and building one
-# costs ~1.5 ms against ~0.1 ms for the usual path, so a loop over rows (x[i] for 500 values
-# of i) would build a unit per row, and past the cache's size rebuild them on every call.
+# View and write units built per function (id): an index keys a view unit by value (a write
+# unit too: out[t] = h), and building one costs ~1.5 ms against ~0.1 ms for the usual path, so
+# a loop over rows (x[i] for 500 values of i) would build a unit per row, and past the cache's
+# size rebuild them on every call.
 # Past the limit a function's new signatures take the usual path (the units built still serve).
 VIEW_BUILDS: dict = {}
 VIEW_BUILD_LIMIT = 64
@@ -91,12 +94,15 @@ def run_unit(func, types, args, kwargs):
             CACHE.clear()
             FLOATS.builds.clear()
             VIEW_BUILDS.clear()
-        if op is not UNCACHEABLE and op.views is not None:
+        if op is not UNCACHEABLE and (op.views is not None or op.outputs in _WRITES):
             VIEW_BUILDS[fid] = VIEW_BUILDS.get(fid, 0) + 1
         types = None if op is UNCACHEABLE else [a.type for a in op.out_atoms]
         entry = CACHE[key] = (func, op, types, types and [unit_key(t) for t in types])
     op = entry[1]
     if op is UNCACHEABLE:
+        return NotImplemented
+    writes = op.outputs in _WRITES
+    if writes and not _writable(args[0]):
         return NotImplemented
     views = op.views
     if views is not None:        # results that alias an operand: their bases' layouts first
@@ -120,6 +126,12 @@ def run_unit(func, types, args, kwargs):
             # its type from here instead of computing it from its value when next asked
             if getattr(o, "_aval", 0) is None:
                 o._aval = t
+    if writes:      # operand 0's new value (a write unit)
+        target = args[0]
+        target._value = outs[0]
+        target._version_ += 1
+        target._unit_key = entry[3][0]
+        return target if op.outputs == "write, returns it" else None
     if views is not None:
         results = [fresh_wrapper(o, t) if b is None else _view_result(o, t, b) for o, t, b in zip(outs, types, bases)]
         return results[0] if op.outputs == "one" else op.outputs(results)
@@ -303,6 +315,9 @@ def _trace_unit(func, types, args, kwargs, leaves):
         return UNCACHEABLE
     finally:
         trace_state.trace = prev
+    written = [i for i, (w, t) in enumerate(zip(wrappers, tracers)) if w._version_ or w._value is not t]
+    if written:
+        return _write_unit(func, g, tracers, wrappers, written, args, out)
     if type(out) is TracerTensor:
         outputs, outs = "one", [out]
     elif type(out) in (tuple, list) or type(out).__module__ == "torch.return_types":
@@ -313,9 +328,6 @@ def _trace_unit(func, types, args, kwargs, leaves):
         return UNCACHEABLE
     else:
         return None
-    for w, t in zip(wrappers, tracers):     # no operand written
-        if w._version_ or w._value is not t:
-            return UNCACHEABLE
     ins = {id(w): i for i, w in enumerate(wrappers)}
     operands = []
     _operands(args, operands)
@@ -341,6 +353,37 @@ def _trace_unit(func, types, args, kwargs, leaves):
     if op is not UNCACHEABLE and any(v is not None for v in views):
         op.views = views
     return op
+
+
+# ---------------------------------------------------------------- write units
+# A function that writes into its first operand (out[t] = h, y.add_(x), buf.copy_(v)) is a unit
+# too where that operand is a root made inside the function (its value's type is all its
+# layout: no views of it are written through, no argument's memory): the unit maps the
+# root's value and the other operands to the root's new value, and run_unit stores it as a
+# write does (a new value, the version bumped, so the root's views recompute when read).
+# Writes with grad mode off take the usual path (they keep the root's derivative).
+_WRITES = ("write", "write, returns it")
+
+
+def _writable(w) -> bool:
+    return type(w) is TracerTensor and w._root is None and w._layout is None and not w._strided \
+        and w._read_only is None and torch.is_grad_enabled()
+
+
+def _write_unit(func, g, tracers, wrappers, written, args, out):
+    target = wrappers[0]
+    if written != [0] or not args or not _writable(args[0]) or target._root is not None:
+        return UNCACHEABLE
+    if out is None:
+        outputs = "write"
+    elif out is target:
+        outputs = "write, returns it"
+    else:
+        return UNCACHEABLE
+    new = value_of(target)
+    if not isinstance(new, Tracer) or type_of(new) != type_of(tracers[0]):
+        return UNCACHEABLE
+    return op_of_graph(getattr(func, "__name__", str(func)), g, tracers, [new], outputs)
 
 
 def _vector_matmul(x, y, *rest, **kwargs):

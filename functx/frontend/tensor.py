@@ -26,7 +26,8 @@ def run_function_unit(func, types, args, kwargs):
     """Replaced by frontend/function_units.run_unit when that module loads (it imports this one)."""
     return NotImplemented
 
-_CONTIGUOUS, _VIEW, _GETITEM = torch.Tensor.contiguous, torch.Tensor.view, torch.Tensor.__getitem__
+_CONTIGUOUS, _VIEW, _GETITEM, _SETITEM = (torch.Tensor.contiguous, torch.Tensor.view, torch.Tensor.__getitem__,
+                                         torch.Tensor.__setitem__)
 
 
 class TracerTensor(torch.Tensor):
@@ -164,7 +165,7 @@ def _special_function(func, types, args, kwargs):
         out = composite(*args, **(kwargs or {}))
         if out is not NotImplemented:          # NotImplemented: torch's own function serves
             return out
-        if func is _GETITEM and not grad_mode_watchers:     # x[None], x[:, 1:]: a (view) unit
+        if (func is _GETITEM or func is _SETITEM) and not grad_mode_watchers:   # x[None]: a view unit; out[t] = h: a write unit
             out = run_function_unit(func, types, args, kwargs)
             if out is not NotImplemented:
                 return out
