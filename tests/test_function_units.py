@@ -359,3 +359,18 @@ def test_write_units_per_function_are_capped():
         _close(functx.grad(f)(x), torch.func.grad(f)(x))
     built = [u for u in _entries("__setitem__") if u is not function_units.UNCACHEABLE]
     assert 0 < len(built) <= function_units.VIEW_BUILD_LIMIT
+
+
+def test_a_result_viewing_a_value_the_function_made_is_fresh():
+    # torch.stack returns a view of the cat it made: nothing else holds that cat, so the unit
+    # hands the result out as a fresh tensor (it took the usual path on every call)
+    xs = [torch.randn(3, 4, dtype=torch.float64) for _ in range(5)]
+
+    def f(*xs):
+        s = torch.stack([x * 2 for x in xs])
+        s[1] = s[0] * 3          # writes into it reach nothing else, as in torch
+        return s.sum(0).pow(2).sum() + s.stride()[0]
+    function_units.CACHE.clear()
+    for _ in range(3):
+        _close(functx.grad(f, argnums=(0, 1))(*xs), torch.func.grad(f, argnums=(0, 1))(*xs))
+    assert [u for u in _entries("stack") if u is not function_units.UNCACHEABLE]

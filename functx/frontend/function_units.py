@@ -31,7 +31,7 @@ from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, trace_state, type_of
 from . import tensor as _tensor
 from .functionalize import value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
-from .tensor import TracerTensor, fresh_wrapper, root_of, unit_key
+from .tensor import TracerTensor, fresh_wrapper, is_contiguous_layout, root_of, unit_key
 from .unit_batches import BELOW_DISPATCH as _BELOW_DISPATCH, LazyTracer
 
 CACHE: dict = {}
@@ -343,7 +343,13 @@ def _trace_unit(func, types, args, kwargs, leaves):
             views.append(None)
             continue
         i = ins.get(id(o._root))
-        if i is None or type(operands[i]) is not TracerTensor or not _static_chain(o._chain):
+        if i is None:       # a view of a value the function made (torch.stack's of its cat): nothing
+            strides, offset = _layout_of(o)         # else holds that value, so laid out as a fresh
+            if o._strided or offset or not is_contiguous_layout(tuple(o.shape), strides):   # one, it is one
+                return UNCACHEABLE
+            views.append(None)
+            continue
+        if type(operands[i]) is not TracerTensor or not _static_chain(o._chain):
             return UNCACHEABLE
         views.append(ViewSpec(i, list(o._chain), _layout_of(o._root)[0], *_layout_of(o), o._strided))
     values = [value_of(o) for o in outs]
