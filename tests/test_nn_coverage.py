@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sys
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -641,3 +643,28 @@ def test_closed_over_parameters_get_their_torch_grad(name):
     xr = x[0].clone().requires_grad_()
     torch.testing.assert_close(functx.grad(lambda x: f(x).pow(2).sum())(x[0]),
                                torch.autograd.grad(f(xr).pow(2).sum(), xr)[0])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_float32_lstm_runs_onednn_s_layer_as_cell_steps(bidirectional):
+    # nn.LSTM on the CPU in float32 runs aten.mkldnn_rnn_layer; its opaque fallback typed the
+    # workspace output by the meta kernel (empty), so every derivative raised. Oracle: the
+    # float64 copy of the module (torch's native path) under torch.func.
+    torch.manual_seed(0)
+    m32 = torch.nn.LSTM(5, 7, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    m64 = copy.deepcopy(m32).double()
+    x = torch.randn(3, 4, 5)
+
+    def f(m, p, x):
+        out, (h, c) = torch.func.functional_call(m, p, (x,))
+        return out.pow(2).mean() + h.sum() + c.mean()
+    p32, p64 = dict(m32.named_parameters()), dict(m64.named_parameters())
+    got = functx.grad(lambda p: f(m32, p, x))(p32)
+    want = torch.func.grad(lambda p: f(m64, p, x.double()))(p64)
+    for k in got:
+        torch.testing.assert_close(got[k], want[k].float(), atol=1e-5, rtol=1e-4)
+    t = x.cos()
+    _, jv = functx.jvp(lambda x: f(m32, p32, x), (x,), (t,))
+    _, jv64 = torch.func.jvp(lambda x: f(m64, p64, x), (x.double(),), (t.double(),))
+    torch.testing.assert_close(jv, jv64.float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(functx.jit(lambda x: f(m32, p32, x))(x), f(m32, p32, x))

@@ -18,5 +18,6 @@ import them in turn.
                   (relu, hardtanh, softmax, norms, cdist, hypot, std, sinc), batch norm
     activations   softplus, elu/selu/celu, log_ndtr: overflow-safe branches (torch's where()
                   decompositions have NaN derivatives for large inputs)
+    rnn           oneDNN's LSTM layer (nn.LSTM on the CPU), as steps of the LSTM cell
     torch_prims   the torch.ops.prims ops that torch._refs decompositions emit
 """
