@@ -142,6 +142,11 @@ GRAD_MODE_CASES = {
     "grad(jvp)": lambda tf: tf.grad(lambda x: tf.jvp(_no_grad_term, (x,), (torch.ones_like(x),))[1]),
     "jvp(grad)": lambda tf: lambda x: tf.jvp(tf.grad(_no_grad_term), (x,), (torch.ones_like(x),))[1],
     "hessian": lambda tf: tf.hessian(_no_grad_term),
+    # a no_grad inside f stops every reverse level (torch.func: the inner one disables grad on
+    # the way out); forward over reverse still differentiates it (hessian above)
+    "grad(grad)": lambda tf: tf.grad(lambda x: tf.grad(_no_grad_term)(x).pow(2).sum()),
+    "no_grad around an inner grad of grad": lambda tf: tf.grad(
+        lambda x: tf.grad(lambda y: _no_grad_around_inner_grad(y, tf))(x).pow(2).sum()),
     "in-place writes under no_grad": lambda tf: tf.grad(_inplace_under_no_grad),
     "cosine_similarity (ATen clamps under no_grad)": lambda tf: tf.grad(
         lambda x: torch.nn.functional.cosine_similarity(x[None], torch.ones(1, 3, dtype=x.dtype)).sum()),

@@ -51,6 +51,8 @@ class Trace:
     # (frontend/unit_batches.py): whether this kind of level does, and its open batch
     batches_units: bool = False
     pending = None
+    # A reverse-mode level (grad, vjp, jacrev's JVPTrace): its values report requires_grad
+    reverse: bool = False
 
     def process_primitive(self, prim, args, params):
         raise NotImplementedError
@@ -268,14 +270,18 @@ def reverse_mode_active() -> bool:
 
 
 def grad_enabled_for(trace) -> bool:
-    """The grad mode reverse-mode level `trace` sees now."""
+    """The grad mode reverse-mode level `trace` sees now: the current mode, unless a reverse
+    level inside it was entered with grad disabled (functorch's GradInterpreter disables grad
+    on the way out of such a level). So a no_grad inside grad(grad(f))'s f stops both levels."""
+    if not torch.is_grad_enabled():
+        return False
     stack = _reverse.stack
     if stack and stack[-1][0] is trace:
-        return torch.is_grad_enabled()
+        return True
     for k in range(len(stack) - 1):
         if stack[k][0] is trace:
-            return stack[k + 1][1]
-    return torch.is_grad_enabled()
+            return all(entered for _, entered in stack[k + 1:])
+    return True
 
 
 def is_ancestor(trace, of) -> bool:
@@ -294,6 +300,11 @@ class Tracer:
     @property
     def aval(self) -> TensorType:
         raise NotImplementedError
+
+    def tracks_grad(self) -> bool:
+        """What Tensor.requires_grad reports for a wrapper holding this value (as torch.func
+        does: True for a value that the innermost level, a reverse-mode one, differentiates)."""
+        return False
 
     def concrete(self) -> torch.Tensor:
         """The concrete value behind this tracer, for Python control flow."""
