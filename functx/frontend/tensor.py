@@ -93,6 +93,24 @@ class TracerTensor(torch.Tensor):
     _strided = False    # True when torch would lay this tensor out non-contiguously
     _read_only = None   # why writes into this root are refused
     _unit_key = None    # a fresh wrapper's value's type as function units key it (fresh_wrapper)
+    _hooks = None       # (hooked value, its Hooks) once register_hook ran (transforms/hooks.py)
+
+    # torch.func's answer (docs/transforms.md, "requires_grad and tensor hooks"): True for a
+    # value the innermost transform level differentiates in reverse mode (grad, vjp, jacrev),
+    # False under forward mode and vmap alone, for detached, no_grad and integer values. A
+    # Python property: the C++ flag stays False, so torch's autograd never records traced ops,
+    # and reading it costs nothing on the per-op path (nothing there reads it).
+    @property
+    def requires_grad(self):
+        v = self._value if self._root is None else _functionalize().value_of(self)
+        if v.tracks_grad() if isinstance(v, Tracer) else v.requires_grad:
+            return True
+        # requires_grad_() on a tensor made inside the function sets the wrapper's own flag
+        return _own_requires_grad(self)
+
+    @requires_grad.setter
+    def requires_grad(self, flag):
+        _set_own_requires_grad(self, flag)
 
     def __repr__(self, *, tensor_contents=None):
         # The traced value's repr (print, str, pdb's p): the values where the transform has
@@ -140,6 +158,8 @@ def unit_key(t):
 
 
 _make_wrapper = torch.Tensor._make_wrapper_subclass
+_own_requires_grad = torch._C.TensorBase.requires_grad.__get__
+_set_own_requires_grad = torch._C.TensorBase.requires_grad.__set__
 
 
 def _special_function(func, types, args, kwargs):
@@ -184,8 +204,9 @@ _TORCH_AUTOGRAD = {torch.autograd.grad: "torch.autograd.grad", torch.autograd.ba
 
 
 def _refuse_torch_autograd(func):
-    # Traced values carry no torch autograd graph (requires_grad is False on them), so torch
-    # would fail with "does not require grad", or silently give None with allow_unused.
+    # Traced values carry no torch autograd graph (their requires_grad is functx's answer, the
+    # C++ flag stays False), so torch would fail with "does not require grad", or silently give
+    # None with allow_unused.
     name = _TORCH_AUTOGRAD[func]
     raise FunctxError(
         f"functx: {name} on a value traced by a functx transform, here:\n{user_frame_summary()}\n"
