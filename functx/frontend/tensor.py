@@ -210,7 +210,9 @@ def _refuse_torch_autograd(func):
     name = _TORCH_AUTOGRAD[func]
     raise FunctxError(
         f"functx: {name} on a value traced by a functx transform, here:\n{user_frame_summary()}\n"
-        "Traced values have no PyTorch autograd graph (torch.func refuses this too). Take the "
+        "Traced values have no PyTorch autograd graph, even where requires_grad is True (torch.func "
+        "refuses backward() too; its grad levels do run torch.autograd.grad, functx's cannot: it "
+        "differentiates by tracing, not with autograd's tape). Take the "
         "derivative with functx instead: functx.grad(lambda x: u(x).sum())(x) for "
         "torch.autograd.grad(u(x).sum(), x), functx.vjp(u, x)[1](v) for grad_outputs=v, and "
         "functx.jacrev / functx.hessian / functx.laplacian for higher derivatives; they compose "
