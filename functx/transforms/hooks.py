@@ -177,10 +177,14 @@ def _no_grad_error(w, value):
         why = ("its innermost transform is not reverse mode (e.g. vmap inside grad: torch.func reports "
                "requires_grad=False there and raises too); put the reverse-mode transform innermost, "
                "e.g. vmap(grad(f)) instead of grad(vmap(f))")
+    elif isinstance(value, GraphTracer):
+        why = ("it is traced into a graph: by functx.jit with no reverse-mode transform inside it, or "
+               "as the body of functx.scan / while_loop / checkpoint (or cond with a traced "
+               "predicate), whose values are staged once; register the hook outside the body, or "
+               "differentiate inside jit (jit(grad(f)) runs hooks)")
     else:
         why = ("it does not depend on an input that an enclosing grad/vjp/jacrev differentiates (a "
-               "constant, a detached or no_grad value, an integer tensor, or a value under jit or vmap "
-               "alone)")
+               "constant, a detached or no_grad value, an integer tensor, or a value under vmap alone)")
     return FunctxError(
         f"functx: cannot register a hook on a tensor that doesn't require gradient, here:\n"
         f"{user_frame_summary()}\n{w.__class__.__name__} requires_grad is False because {why}.")
