@@ -192,7 +192,22 @@ def _clip(x):
     return (h ** 2 * x).sum()
 
 
-HOOKED = [_zero_through, _two_hooks, _on_the_input, _removed, _returns_none, _then_in_place, _clip]
+def _on_a_reshaped_copy(x):
+    h = x.sin()
+    y = h.reshape(3)                       # functx: the same tangent as h (no equation)
+    y.register_hook(lambda g: g * 0)       # only y's uses: h's are not y's gradient
+    return (y * x).sum()
+
+
+def _clone_after_the_hook(x):
+    h = x.sin()
+    h.register_hook(lambda g: g * 0)
+    y = h.clone()                          # y's gradient flows into h: through the hook
+    return (y * x).sum() + (h * x).sum()
+
+
+HOOKED = [_zero_through, _two_hooks, _on_the_input, _removed, _returns_none, _then_in_place, _clip,
+          _on_a_reshaped_copy, _clone_after_the_hook]
 HOOK_TRANSFORMS = {
     "grad": lambda tf, f: tf.grad(f),
     "vjp": lambda tf, f: lambda x: tf.vjp(lambda y: f(y) * 2, x)[1](torch.tensor(1.5, dtype=D))[0],
@@ -310,6 +325,38 @@ def test_register_hook_after_a_use_raises_instead_of_missing_that_use():
         return (y + h).sum()
     with pytest.raises(functx.FunctxError, match="already used"):
         functx.grad(f)(torch.randn(3))
+
+
+def _clone_before_the_hook(x):
+    h = x.sin()
+    y = h.clone()
+    h.register_hook(lambda g: g * 0)       # torch: y's gradient flows through h's hook too
+    return (y * x).sum() + (h * x).sum()
+
+
+def _source_used_after_a_hooked_alias(x):
+    h = x.sin()
+    y = h.reshape(3)
+    y.register_hook(lambda g: g * 0)
+    return (y * x).sum() + (h * x).sum()
+
+
+def _alias_returned(x):
+    h = x.sin()
+    y = h[:]
+    h.register_hook(lambda g: g * 0)
+    return y.sum()
+
+
+@pytest.mark.parametrize("f", [_clone_before_the_hook, _source_used_after_a_hooked_alias, _alias_returned])
+def test_a_hook_on_a_value_shared_with_a_tensor_used_after_it_raises(f):
+    """functx's h.clone(), h.reshape(h.shape), h[:] share h's tangent, so a hook on one of them
+    cannot tell the other's gradient apart; where that matters, it raises (never a silently
+    different gradient)."""
+    x = torch.randn(3, dtype=D)
+    torch.func.grad(f)(x)
+    with pytest.raises(functx.FunctxError, match="shares its value with another tensor"):
+        functx.grad(f)(x)
 
 
 @pytest.mark.parametrize("hook,match", [(lambda g: g[:2], "changed the size"),

@@ -446,6 +446,10 @@ class GraphTrace(Trace):
     primal values are computed as usual.
     """
 
+    # linearize's partial-eval trace: the tangents Tensor.register_hook replaced, as
+    # (old tangent Var, index of its tensor_hook equation, user line) (transforms/hooks.py)
+    hooked = None
+
     def __init__(self, parent: Trace, stage_all: bool = True):
         self.parent = parent
         self.stage_all = stage_all

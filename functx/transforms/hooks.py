@@ -17,7 +17,9 @@ Like torch.func, a hook attaches to the innermost level's value, and only where
 requires_grad is True there (frontend/tensor.py): forward mode, vmap inside grad, detached
 values and values that do not depend on the differentiated inputs raise torch's error.
 A hook registered after h was already used would miss those uses' cotangents (torch's
-covers them): that raises too, naming the fix (register the hook where h is made).
+covers them): that raises too, naming the fix (register the hook where h is made); so does a
+tensor sharing h's tangent (h.clone(), h.reshape(h.shape): no equation of their own) used after
+the hook, which linearize checks when f returns (check_hooked_tangents).
 Several hooks on one value share one equation and one `Hooks` (torch's dict of hooks, which
 the returned RemovableHandle removes from, so a removed hook stops running).
 """
@@ -161,9 +163,31 @@ def _hooked(value, hooks, where):
         new_t = tensor_hook_p.bind(t, hooks=hooks)
     finally:
         trace_state.trace = prev
+    if isinstance(t, GraphTracer) and t._trace is pe:
+        if pe.hooked is None:
+            pe.hooked = []
+        pe.hooked.append((t.var, len(pe.eqns) - 1, where))
     out = JVPTracer(jt, value.primal, new_t)
     out._aval = value._aval
     return out
+
+
+def check_hooked_tangents(pe, out_tangents):
+    """After linearize ran f: no equation after a tensor_hook (and no output) reads the tangent
+    it replaced. One that does belongs to a tensor sharing the hooked value's tangent, made
+    before the hook without an equation of its own (h.clone(), h.reshape(h.shape), h[:] are
+    the same tangent here): torch would pass its gradient through h's hook (or not, if h was
+    made from it), which the hook here cannot tell apart, so that raises."""
+    outs = {id(t.var) for t in out_tangents if isinstance(t, GraphTracer) and t._trace is pe}
+    for var, k, where in pe.hooked:
+        if id(var) in outs or any(a is var for eqn in pe.eqns[k + 1:] for a in eqn.inputs):
+            raise FunctxError(
+                "functx: a tensor hook was registered here:\n"
+                f"{where}\non a tensor that shares its value with another tensor made before the hook "
+                "(h.clone(), h.reshape(h.shape), h[:], h.permute(...) with nothing to move, h + 0, or h "
+                "itself made so from another tensor), and that other tensor was used after the hook. "
+                "torch's hook would see its gradient (functx's cannot tell the two apart). Register "
+                "the hook right where the tensor is made, before anything is derived from it.")
 
 
 def _no_grad_error(w, value):
@@ -201,4 +225,4 @@ def _reverse_below(value):
 
 composites.COMPOSITES[torch.Tensor.register_hook] = register_hook
 
-__all__ = ["tensor_hook_p", "register_hook", "Hooks"]
+__all__ = ["tensor_hook_p", "register_hook", "Hooks", "check_hooked_tangents"]
