@@ -461,3 +461,23 @@ def test_torch_autograd_inside_a_transform_still_raises():
         functx.grad(f)(torch.randn(3))
     with pytest.raises(functx.FunctxError, match="Tensor.backward"):
         functx.grad(lambda x: x.sin().sum().backward())(torch.randn(3))
+
+
+def test_tensor_hook_primitive_batch_and_jvp_rules():
+    """Register_hook records tensor_hook at a reverse level only, but its batch and jvp rules
+    must keep per-example semantics when a transform reaches the primitive itself: bound inside
+    vmap under grad, the hook sees one example's cotangent (here: scaled by that example's sum)."""
+    from functx.frontend import unwrap, wrap
+    from functx.transforms.hooks import Hooks, tensor_hook_p
+    hooks = Hooks("test")
+    hooks.fns[0] = lambda g: g * g.sum()
+
+    def f(x):
+        return (wrap(tensor_hook_p.bind(unwrap(x), hooks=hooks)) ** 2).sum()
+    xs = torch.randn(4, 3, dtype=D)
+    got = functx.grad(lambda X: functx.vmap(f)(X).sum())(xs)
+    want = 2 * xs * (2 * xs).sum(1, keepdim=True)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(functx.vmap(functx.grad(f))(xs), want)
+    # forward mode passes the tangent through (hooks act on cotangents only)
+    torch.testing.assert_close(functx.jvp(f, (xs[0],), (torch.ones(3, dtype=D),))[1], 2 * xs[0].sum())
