@@ -481,3 +481,22 @@ def test_tensor_hook_primitive_batch_and_jvp_rules():
     torch.testing.assert_close(functx.vmap(functx.grad(f))(xs), want)
     # forward mode passes the tangent through (hooks act on cotangents only)
     torch.testing.assert_close(functx.jvp(f, (xs[0],), (torch.ones(3, dtype=D),))[1], 2 * xs[0].sum())
+
+
+def test_requires_grad_false_on_a_differentiated_value_raises_instead_of_being_ignored():
+    def f(x):
+        y = x * 2
+        y.requires_grad_(False)              # torch: only leaves; torch.func: refused
+        return (y * x).sum()
+    with pytest.raises(functx.FunctxError, match="detach"):
+        functx.grad(f)(torch.randn(3))
+
+    def g(x):
+        x.requires_grad = True               # already True: a no-op, as in torch.func
+        c = torch.zeros(3).requires_grad_()  # a made constant: its own flag, no derivative
+        assert c.requires_grad
+        with pytest.raises(functx.FunctxError, match="requires_grad_"):
+            c.register_hook(lambda g: g)
+        return (x * x + c).sum()
+    x = torch.randn(3)
+    torch.testing.assert_close(functx.grad(g)(x), 2 * x)

@@ -110,7 +110,19 @@ class TracerTensor(torch.Tensor):
 
     @requires_grad.setter
     def requires_grad(self, flag):
+        if not flag and self.requires_grad and isinstance(self._value, Tracer):
+            # torch refuses this on a computed tensor ("only change requires_grad flags of leaf
+            # variables"), torch.func on any; ignoring it would silently keep the derivative
+            raise FunctxError(
+                f"functx: requires_grad_(False) on a value a functx transform differentiates, here:\n"
+                f"{user_frame_summary()}\nIt would not stop the derivative. Use x.detach() (or "
+                "functx.stop_gradient) for a value without derivative, or argnums to choose what "
+                "grad differentiates.")
         _set_own_requires_grad(self, flag)
+
+    def requires_grad_(self, requires_grad=True):
+        self.requires_grad = requires_grad
+        return self
 
     def __repr__(self, *, tensor_contents=None):
         # The traced value's repr (print, str, pdb's p): the values where the transform has

@@ -192,8 +192,9 @@ def check_hooked_tangents(pe, out_tangents):
 
 def _no_grad_error(w, value):
     if w.requires_grad:         # requires_grad_() on a tensor made inside the function
-        why = ("it was made inside the function and marked with requires_grad_(); functx does not run "
-               "torch autograd inside transforms (torch.func refuses requires_grad_() there)")
+        why = ("it was marked with requires_grad_() inside the function, which functx does not "
+               "differentiate through (torch.func refuses requires_grad_() there): functx "
+               "differentiates a transform's arguments")
     elif isinstance(value, JVPTracer) and not value._trace.reverse:
         why = ("it is traced by a forward-mode transform (jvp, jacfwd, linearize), which has no "
                "backward pass (torch.func raises here too)")
