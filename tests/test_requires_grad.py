@@ -500,3 +500,23 @@ def test_requires_grad_false_on_a_differentiated_value_raises_instead_of_being_i
         return (x * x + c).sum()
     x = torch.randn(3)
     torch.testing.assert_close(functx.grad(g)(x), 2 * x)
+
+
+def test_a_hook_modifying_its_gradient_in_place():
+    """torch's docs: a hook should not modify its argument. functx takes an in-place change as
+    the hook's result, for this value only (torch's eager engine may also change a gradient
+    sharing the buffer: here x's direct one, which it zeroes too)."""
+    def returns_it(x):
+        h = x.sin()
+        h.register_hook(lambda g: g.mul_(0))
+        return (h * x).sum() + h.sum()
+
+    def returns_none(x):
+        h = x.sin()
+        h.register_hook(lambda g: g.mul_(0) and None)
+        return (h + x).pow(2).sum()
+    x = torch.randn(3, dtype=D)
+    torch.testing.assert_close(functx.grad(returns_it)(x), torch.func.grad(returns_it)(x))
+    torch.testing.assert_close(functx.grad(returns_none)(x), 2 * (x.sin() + x))
+    torch.testing.assert_close(functx.vmap(functx.grad(returns_none))(torch.stack([x, x])),
+                               torch.stack([2 * (x.sin() + x)] * 2))

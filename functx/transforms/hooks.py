@@ -33,7 +33,7 @@ from torch.utils.hooks import RemovableHandle
 from ..core import STRUCTURAL, FunctxError, Primitive, Zero
 from ..core.errors import user_frame_summary
 from ..core.trace import GraphTracer, Tracer, trace_state, type_of
-from ..frontend import composites, unwrap, wrap
+from ..frontend import TracerTensor, composites, unwrap, wrap
 from ..frontend.functionalize import value_of
 from ..frontend.unit_batches import run_pending
 from ..prims.shape import moveaxis
@@ -57,9 +57,15 @@ class Hooks:
         """The hooks run on a cotangent (a lax value): the cotangent they pass on."""
         t = type_of(ct)
         for fn in list(self.fns.values()):
-            out = fn(wrap(ct))
+            g = wrap(ct)
+            if type(g) is torch.Tensor:     # eager: the backward pass may share it with other cotangents
+                g = g.clone()
+            before = _version(g)
+            out = fn(g)
             if out is None:
-                continue
+                if _version(g) == before:
+                    continue
+                out = g                     # modified in place: its new value is the hook's result
             if not isinstance(out, (torch.Tensor, Tracer)):
                 raise FunctxError(f"functx: tensor hook {_name(fn)} returned {type(out).__name__}, not a tensor "
                                   f"or None (registered here:\n{self.where})")
@@ -73,6 +79,10 @@ class Hooks:
                                   f"{t.device}, got {nt.dtype} on {nt.device}); registered here:\n{self.where}")
             ct = new
         return ct
+
+
+def _version(g):
+    return g._version_ if isinstance(g, TracerTensor) else g._version
 
 
 def _name(fn):
