@@ -94,6 +94,7 @@ class TracerTensor(torch.Tensor):
     _read_only = None   # why writes into this root are refused
     _unit_key = None    # a fresh wrapper's value's type as function units key it (fresh_wrapper)
     _hooks = None       # (hooked value, its Hooks) once register_hook ran (transforms/hooks.py)
+    _marked = False     # requires_grad_() / requires_grad = flag set on this wrapper (also torch's flag)
 
     # torch.func's answer (docs/transforms.md, "requires_grad and tensor hooks"): True for a
     # value the innermost transform level differentiates in reverse mode (grad, vjp, jacrev),
@@ -105,8 +106,7 @@ class TracerTensor(torch.Tensor):
         v = self._value if self._root is None else _functionalize().value_of(self)
         if v.tracks_grad() if isinstance(v, Tracer) else v.requires_grad:
             return True
-        # requires_grad_() on a tensor made inside the function sets the wrapper's own flag
-        return _own_requires_grad(self)
+        return self._marked     # requires_grad_() on a tensor made inside the function
 
     @requires_grad.setter
     def requires_grad(self, flag):
@@ -119,6 +119,7 @@ class TracerTensor(torch.Tensor):
                 "functx.stop_gradient) for a value without derivative, or argnums to choose what "
                 "grad differentiates.")
         _set_own_requires_grad(self, flag)
+        self._marked = bool(flag)
 
     def requires_grad_(self, requires_grad=True):
         self.requires_grad = requires_grad
@@ -170,7 +171,6 @@ def unit_key(t):
 
 
 _make_wrapper = torch.Tensor._make_wrapper_subclass
-_own_requires_grad = torch._C.TensorBase.requires_grad.__get__
 _set_own_requires_grad = torch._C.TensorBase.requires_grad.__set__
 
 
