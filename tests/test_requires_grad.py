@@ -501,6 +501,13 @@ def test_requires_grad_false_on_a_differentiated_value_raises_instead_of_being_i
     x = torch.randn(3)
     torch.testing.assert_close(functx.grad(g)(x), 2 * x)
 
+    def h(x):                                # under vmap nothing is differentiated: flags only
+        x.requires_grad_()
+        assert x.requires_grad
+        x.requires_grad_(False)
+        return x * 2
+    torch.testing.assert_close(functx.vmap(h)(torch.ones(2, 3)), 2 * torch.ones(2, 3))
+
 
 def test_a_hook_modifying_its_gradient_in_place():
     """torch's docs: a hook should not modify its argument. functx takes an in-place change as

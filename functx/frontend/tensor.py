@@ -110,7 +110,8 @@ class TracerTensor(torch.Tensor):
 
     @requires_grad.setter
     def requires_grad(self, flag):
-        if not flag and self.requires_grad and isinstance(self._value, Tracer):
+        v = self._value if self._root is None else _functionalize().value_of(self)
+        if not flag and isinstance(v, Tracer) and v.tracks_grad():
             # torch refuses this on a computed tensor ("only change requires_grad flags of leaf
             # variables"), torch.func on any; ignoring it would silently keep the derivative
             raise FunctxError(
