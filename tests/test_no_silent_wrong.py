@@ -459,6 +459,19 @@ def test_score_matching_style_losses_backpropagate_into_module_parameters(transf
                 torch.testing.assert_close(g, w)
 
 
+def test_detach_inside_a_transform_stops_torch_autograd_through_closed_over_parameters():
+    w = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+
+    def f(x):
+        h = x * w
+        return (h.detach() * h).sum()
+    for build in (lambda tf: tf.grad(f)(x).sum(), lambda tf: tf.vjp(f, x)[0],
+                  lambda tf: tf.jvp(f, (x,), (torch.ones_like(x),))[1]):
+        want = torch.autograd.grad(build(torch.func), w)[0]
+        torch.testing.assert_close(torch.autograd.grad(build(functx), w)[0], want)
+
+
 def _detached_factor(x):
     return (x.detach() * x).sum()
 
