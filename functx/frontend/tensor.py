@@ -32,7 +32,10 @@ _CONTIGUOUS, _VIEW, _GETITEM = torch.Tensor.contiguous, torch.Tensor.view, torch
 class TracerTensor(torch.Tensor):
     """The torch.Tensor a function sees while functx transforms or traces it: real shape,
     dtype and device, and a traced value inside. Ordinary PyTorch code runs on it unchanged;
-    each ATen op becomes functx primitives. Users never construct one."""
+    each ATen op becomes functx primitives. Users never construct one. `requires_grad` is
+    torch.func's answer (True where the innermost transform differentiates the value in
+    reverse mode) and `register_hook` runs in that transform's backward pass
+    (docs/transforms.md, "requires_grad and tensor hooks")."""
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         # A pass-through: its presence makes has_torch_function() true, which keeps
