@@ -530,3 +530,34 @@ def test_a_hook_modifying_its_gradient_in_place():
     torch.testing.assert_close(functx.grad(returns_none)(x), 2 * (x.sin() + x))
     torch.testing.assert_close(functx.vmap(functx.grad(returns_none))(torch.stack([x, x])),
                                torch.stack([2 * (x.sin() + x)] * 2))
+
+
+def _clipped_sin(x):
+    h = x.sin()
+    h.register_hook(lambda g: g.clamp(-0.1, 0.1))
+    return h
+
+
+def _tanh_times(v):
+    return torch.tanh(v) * v
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "scan"])
+def test_hooks_on_values_entering_functx_control_flow(where):
+    """A hooked value passed into functx.checkpoint / scan: the hook sees the cotangent their
+    backward passes produce (oracle: torch.func on the same code without them)."""
+    def f(x):
+        h = _clipped_sin(x)
+        if where == "checkpoint":
+            return functx.checkpoint(_tanh_times)(h).sum()
+        return functx.scan(lambda c, _: (_tanh_times(c), None), h, None, length=3)[0].sum()
+
+    def ref(x):
+        h = _clipped_sin(x)
+        for _ in range(1 if where == "checkpoint" else 3):
+            h = _tanh_times(h)
+        return h.sum()
+    x = torch.randn(3, dtype=D)
+    want = torch.func.grad(ref)(x)
+    torch.testing.assert_close(functx.grad(f)(x), want)
+    torch.testing.assert_close(functx.jit(functx.grad(f))(x), want)
