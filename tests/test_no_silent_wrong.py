@@ -489,18 +489,32 @@ def _hook_if_required(x):
     return (h * x).sum()
 
 
-@pytest.mark.xfail(strict=True, reason="torch autograd through functx.jit(f)'s outputs, f called with arguments "
-                   "that require grad: jit's simplify pass drops stop_gradient (x.detach()) and the trace records "
-                   "no torch.no_grad() regions, so the generated torch code differentiates through them; and the "
-                   "trace (shared by calls with and without grad) sees requires_grad=False. Found by the "
-                   "requires_grad round; the fix belongs to jit (a detach primitive the eager code emits, grad "
-                   "mode and requires_grad in the key once a trace reads them)")
-@pytest.mark.parametrize("f", [_detached_factor, _no_grad_factor, _hook_if_required])
+def _unconditional_hook(x):
+    h = x.sin()
+    h.register_hook(lambda g: g * 0)
+    return (h * x).sum()
+
+
+@pytest.mark.parametrize("f", [_detached_factor, _no_grad_factor, _hook_if_required, _unconditional_hook])
 def test_torch_autograd_through_jit_honours_detach_no_grad_and_requires_grad(f):
+    """The compiled graph does not detach for torch autograd, replay no_grad blocks or run
+    hooks, and the trace answers requires_grad=False: a function that does any of these runs
+    as plain torch for calls torch autograd records (jit's plain_for_autograd), compiled for
+    the others."""
     x = torch.randn(3, dtype=torch.float64, requires_grad=True)
     want = torch.autograd.grad(f(x), x)[0]
-    got = torch.autograd.grad(functx.jit(f)(x), x)[0]
-    torch.testing.assert_close(got, want)
+    jf = functx.jit(f)
+    for _ in range(2):
+        torch.testing.assert_close(torch.autograd.grad(jf(x), x)[0], want)
+    # (eager torch refuses a hook on a tensor without grad: compare with the hook-free value)
+    value = (lambda x: (x.sin() * x).sum()) if f is _unconditional_hook else f
+    torch.testing.assert_close(jf(x.detach() + 1), value(x.detach() + 1))
+    assert [e.plain_for_autograd for e in jf._cache.entries.values()] == [True]
+    with torch.no_grad():                   # no autograd: the compiled graph
+        torch.testing.assert_close(jf(x), value(x))
+    plain = functx.jit(lambda x: (x.sin() * x).sum())
+    plain(x)
+    assert [e.plain_for_autograd for e in plain._cache.entries.values()] == [False]
 
 
 # ---------------------------------------------------------------- linear algebra, second order

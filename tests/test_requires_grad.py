@@ -312,9 +312,14 @@ def _no_grad(fn):
         return fn()
 
 
-def test_register_hook_under_jit_alone_raises():
-    with pytest.raises(functx.FunctxError, match="doesn't require gradient"):
-        functx.jit(_zero_through)(torch.randn(3))
+def test_register_hook_under_jit_alone_is_torchs():
+    """jit(f) alone: the compiled graph (calls without grad) has no backward pass to hook;
+    calls torch autograd records run f as plain torch, where the hook is torch's."""
+    jf = functx.jit(_zero_through)
+    x = torch.randn(3, dtype=D)
+    torch.testing.assert_close(jf(x), (x.sin() * x).sum())
+    xr = x.clone().requires_grad_()
+    torch.testing.assert_close(torch.autograd.grad(jf(xr), xr)[0], x.sin())
 
 
 def test_register_hook_after_a_use_raises_instead_of_missing_that_use():

@@ -264,6 +264,27 @@ class reverse_level:
         _reverse.stack.pop()
 
 
+class record_autograd_reads:
+    """While functx.jit traces f: notes whether f did something plain torch does differently
+    for a call that torch autograd records (read requires_grad, which the trace answers False;
+    detached a value or ran ops with grad disabled, which the compiled graph does not replay
+    for autograd; registered a tensor hook), so that jit runs such calls as plain torch."""
+    active: list = []
+
+    def __enter__(self):
+        self.read = False
+        record_autograd_reads.active.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        record_autograd_reads.active.remove(self)
+
+
+def note_autograd_read():
+    for recorder in record_autograd_reads.active:
+        recorder.read = True
+
+
 def reverse_mode_active() -> bool:
     """Whether some reverse-mode transform is running the user's function."""
     return bool(_reverse.stack)
@@ -491,6 +512,8 @@ class GraphTrace(Trace):
                     break
             else:                # no tracer of ours: evaluate on the parent (partial evaluation)
                 return process_on_parent(self, prim, args, params)
+        if record_autograd_reads.active and not torch.is_grad_enabled():
+            note_autograd_read()         # jit: an op under no_grad (the graph does not replay it)
         if prim.inline is not None:      # structural primitive: record its body (see Primitive.inline)
             return prim.inline(*args, **params)
         if prim.composite is not None and not self.keeps_fused:     # what it stands for

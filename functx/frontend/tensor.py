@@ -14,7 +14,8 @@ import torch
 from torch.utils._pytree import tree_map
 
 from ..core.errors import FunctxError, user_frame_summary
-from ..core.trace import Tracer, concrete, type_of
+from ..core.trace import GraphTracer, Tracer, concrete, note_autograd_read, type_of
+from ..core.trace import record_autograd_reads as _autograd_reads
 from .composites import COMPOSITES
 from .rewrites import REWRITTEN, grad_mode_watchers, rewrite
 
@@ -109,6 +110,8 @@ class TracerTensor(torch.Tensor):
         v = self._value if self._root is None else _functionalize().value_of(self)
         if v.tracks_grad() if isinstance(v, Tracer) else v.requires_grad:
             return True
+        if _autograd_reads.active and type(v) is GraphTracer:
+            note_autograd_read()    # jit: plain torch would say True in calls autograd records
         return self._marked     # requires_grad_() on a tensor made inside the function
 
     @requires_grad.setter

@@ -32,7 +32,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..core import STRUCTURAL, FunctxError, Primitive, Zero
 from ..core.errors import user_frame_summary
-from ..core.trace import GraphTracer, Tracer, trace_state, type_of
+from ..core.trace import GraphTracer, Tracer, note_autograd_read, record_autograd_reads, trace_state, type_of
 from ..frontend import TracerTensor, composites, unwrap, wrap
 from ..frontend.functionalize import value_of
 from ..frontend.unit_batches import run_pending
@@ -141,6 +141,11 @@ def register_hook(self, hook):
         raise TypeError(f"register_hook expects a callable, got {type(hook).__name__}")
     run_pending()       # every use so far recorded (a pending batch may use it: _hooked checks)
     value = value_of(self)
+    if type(value) is GraphTracer and record_autograd_reads.active:
+        # functx.jit(f) alone: the compiled graph serves calls no backward pass can follow, and
+        # jit runs the calls torch autograd records as plain torch, where torch runs the hook
+        note_autograd_read()
+        return RemovableHandle(OrderedDict())
     if not (isinstance(value, JVPTracer) and value.tracks_grad()):
         raise _no_grad_error(self, value)
     where = user_frame_summary()
@@ -213,10 +218,9 @@ def _no_grad_error(w, value):
                "requires_grad=False there and raises too); put the reverse-mode transform innermost, "
                "e.g. vmap(grad(f)) instead of grad(vmap(f))")
     elif isinstance(value, GraphTracer):
-        why = ("it is traced into a graph: by functx.jit with no reverse-mode transform inside it, or "
-               "as the body of functx.scan / while_loop / checkpoint (or cond with a traced "
-               "predicate), whose values are staged once; register the hook outside the body, or "
-               "differentiate inside jit (jit(grad(f)) runs hooks)")
+        why = ("it is traced into a graph: the body of functx.scan / while_loop / checkpoint (or cond "
+               "with a traced predicate), or functx.make_graph, whose values are staged once; register "
+               "the hook outside the body")
     else:
         why = ("it does not depend on an input that an enclosing grad/vjp/jacrev differentiates (a "
                "constant, a detached or no_grad value, an integer tensor, or a value under vmap alone)")
