@@ -67,6 +67,8 @@ LINEAR = {
     "replicated_in", "replicated_out", "pvary", "invariant_ct",
     # transforms/custom.py: linear in its tangent operands; its transpose is the user's bwd.
     "custom_lin",
+    # transforms/hooks.py: Tensor.register_hook, an identity whose transpose runs the hooks
+    "tensor_hook",
     "cond",    # transforms/control_flow.py: linear in the operands its branches are linear in
     "scan",    # transforms/control_flow/scan.py: linear in the operands its body is linear in
     "scan_tangent",    # transforms/control_flow/scan_revolve.py: linear in its tangent operands

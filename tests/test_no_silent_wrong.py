@@ -142,6 +142,11 @@ GRAD_MODE_CASES = {
     "grad(jvp)": lambda tf: tf.grad(lambda x: tf.jvp(_no_grad_term, (x,), (torch.ones_like(x),))[1]),
     "jvp(grad)": lambda tf: lambda x: tf.jvp(tf.grad(_no_grad_term), (x,), (torch.ones_like(x),))[1],
     "hessian": lambda tf: tf.hessian(_no_grad_term),
+    # a no_grad inside f stops every reverse level (torch.func: the inner one disables grad on
+    # the way out); forward over reverse still differentiates it (hessian above)
+    "grad(grad)": lambda tf: tf.grad(lambda x: tf.grad(_no_grad_term)(x).pow(2).sum()),
+    "no_grad around an inner grad of grad": lambda tf: tf.grad(
+        lambda x: tf.grad(lambda y: _no_grad_around_inner_grad(y, tf))(x).pow(2).sum()),
     "in-place writes under no_grad": lambda tf: tf.grad(_inplace_under_no_grad),
     "cosine_similarity (ATen clamps under no_grad)": lambda tf: tf.grad(
         lambda x: torch.nn.functional.cosine_similarity(x[None], torch.ones(1, 3, dtype=x.dtype)).sum()),
@@ -454,6 +459,64 @@ def test_score_matching_style_losses_backpropagate_into_module_parameters(transf
                 torch.testing.assert_close(g, w)
 
 
+def test_detach_inside_a_transform_stops_torch_autograd_through_closed_over_parameters():
+    w = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+
+    def f(x):
+        h = x * w
+        return (h.detach() * h).sum()
+    for build in (lambda tf: tf.grad(f)(x).sum(), lambda tf: tf.vjp(f, x)[0],
+                  lambda tf: tf.jvp(f, (x,), (torch.ones_like(x),))[1]):
+        want = torch.autograd.grad(build(torch.func), w)[0]
+        torch.testing.assert_close(torch.autograd.grad(build(functx), w)[0], want)
+
+
+def _detached_factor(x):
+    return (x.detach() * x).sum()
+
+
+def _no_grad_factor(x):
+    with torch.no_grad():
+        c = x * 3
+    return (c * x).sum()
+
+
+def _hook_if_required(x):
+    h = x.sin()
+    if h.requires_grad:
+        h.register_hook(lambda g: g * 0)
+    return (h * x).sum()
+
+
+def _unconditional_hook(x):
+    h = x.sin()
+    h.register_hook(lambda g: g * 0)
+    return (h * x).sum()
+
+
+@pytest.mark.parametrize("f", [_detached_factor, _no_grad_factor, _hook_if_required, _unconditional_hook])
+def test_torch_autograd_through_jit_honours_detach_no_grad_and_requires_grad(f):
+    """The compiled graph does not detach for torch autograd, replay no_grad blocks or run
+    hooks, and the trace answers requires_grad=False: a function that does any of these runs
+    as plain torch for calls torch autograd records (jit's plain_for_autograd), compiled for
+    the others."""
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    want = torch.autograd.grad(f(x), x)[0]
+    jf = functx.jit(f)
+    for _ in range(2):
+        torch.testing.assert_close(torch.autograd.grad(jf(x), x)[0], want)
+    # (eager torch refuses a hook on a tensor without grad: compare with the hook-free value)
+    value = (lambda x: (x.sin() * x).sum()) if f is _unconditional_hook else f
+    torch.testing.assert_close(jf(x.detach() + 1), value(x.detach() + 1))
+    assert [e.plain_for_autograd for e in jf._cache.entries.values()] == [True]
+    with torch.no_grad():                   # no autograd: the compiled graph
+        torch.testing.assert_close(jf(x), value(x))
+    plain = functx.jit(lambda x: (x.sin() * x).sum())
+    plain(x)
+    assert [e.plain_for_autograd for e in plain._cache.entries.values()] == [False]
+
+
 # ---------------------------------------------------------------- linear algebra, second order
 
 _SPD = lambda a: a @ a.mT + torch.eye(a.shape[-1], dtype=a.dtype)  # noqa: E731
@@ -524,18 +587,16 @@ def _zeroed_through_hook(x):
 
 
 @pytest.mark.parametrize("transform", ["grad", "jit(grad)", "vmap(grad)"])
-def test_register_hook_on_a_traced_value_raises_naming_functx(transform):
+def test_register_hook_on_a_traced_value_runs_as_in_torch_func(transform):
+    # (tests/test_requires_grad.py has the whole matrix)
     x = torch.randn(3, 2, dtype=torch.float64)
-    f = {"grad": functx.grad(_zeroed_through_hook), "jit(grad)": functx.jit(functx.grad(_zeroed_through_hook)),
-         "vmap(grad)": functx.vmap(functx.grad(_zeroed_through_hook))}[transform]
-    with pytest.raises(functx.FunctxError, match="register_hook") as e:
-        f(x)
-    assert "does not run tensor hooks" in str(e.value)
+    build = {"grad": lambda tf: tf.grad(_zeroed_through_hook),
+             "jit(grad)": lambda tf: (functx.jit if tf is functx else (lambda f: f))(tf.grad(_zeroed_through_hook)),
+             "vmap(grad)": lambda tf: tf.vmap(tf.grad(_zeroed_through_hook))}[transform]
+    torch.testing.assert_close(build(functx)(x), build(torch.func)(x))
+    torch.testing.assert_close(build(functx)(x), x.sin())
 
 
-@pytest.mark.xfail(strict=True, reason="TracerTensor.requires_grad is always False (frontend/tensor.py); "
-                   "torch.func reports True for values that depend on a reverse-differentiated input, "
-                   "so code guarded by `if h.requires_grad: h.register_hook(...)` silently skips its hook")
 def test_requires_grad_inside_grad_matches_torch_func():
     seen = {}
 

@@ -1135,6 +1135,26 @@ add(Entry("custom_vjp_call", _two_gen, lambda x, y: x * torch.exp(y), call=lambd
           dtypes=(F32, F64), fwd=False, covers=("custom_lin",)))
 
 
+# tensor_hook (Tensor.register_hook, transforms/hooks.py): an identity whose transpose runs the
+# hooks; with a hook that keeps the gradient it is the identity under every transform
+# (tests/test_requires_grad.py checks hooks that change it against torch.func).
+def _one_gen(draw, dtype, smooth):
+    shape = shapes(draw)
+    return Case({}, lambda g, dt: [rand(g, shape, dt)])
+
+
+def _keeping_hooks():
+    from functx.transforms.hooks import Hooks
+    hooks = Hooks("tests/test_prims.py")
+    hooks.fns[0] = lambda g: None
+    return hooks
+
+
+_KEEP = _keeping_hooks()
+add(Entry("tensor_hook", _one_gen, lambda x: x, dtypes=(F32, F64), linear=((0,),),
+          call=lambda p, x: wrap(REGISTRY["tensor_hook"].bind(unwrap(x), hooks=_KEEP))))
+
+
 # debug_callback has no outputs: the entry checks that a function calling it (on the value
 # and on its sine) still computes, differentiates and batches correctly; tests/test_debug.py
 # checks the values the callback sees.

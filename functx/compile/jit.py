@@ -13,7 +13,7 @@ import torch
 from ..core import EVAL_TRACE
 from ..core.nan_check import STATE as _NANS
 from ..core.errors import FunctxError, PlainWriteError, user_facing
-from ..core.trace import _functorch_level, refuse_inside_torch_func
+from ..core.trace import _functorch_level, record_autograd_reads, refuse_inside_torch_func
 from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
 from ..frontend.generators import generator_arguments
@@ -33,9 +33,10 @@ class _Entry:
     """One cached signature: the compiled graph (entry.compiled.graph is what ran through
     the pipeline, with its meta) and what the hot path calls."""
     __slots__ = ("compiled", "call", "unflatten", "key", "symbolic", "notes", "pattern", "generators", "guard",
-                 "module_guard")
+                 "module_guard", "plain_for_autograd")
 
-    def __init__(self, compiled, key, symbolic=None, notes=(), cuda_graphs=None, generators=(), untracked=()):
+    def __init__(self, compiled, key, symbolic=None, notes=(), cuda_graphs=None, generators=(), untracked=(),
+                 plain_for_autograd=False):
         self.compiled = compiled
         self.key = key
         self.symbolic = symbolic      # a SymbolicShapes when one trace serves many sizes
@@ -47,6 +48,12 @@ class _Entry:
         self.module_guard = None       # set by JitFunction._entry when f reaches modules
         if self.guard is not None:
             self.notes.append(self.guard.note())
+        # f read requires_grad, detached, ran ops under no_grad or registered a tensor hook
+        # (core/trace.record_autograd_reads): calls torch autograd records run f as plain torch
+        self.plain_for_autograd = plain_for_autograd
+        if plain_for_autograd:
+            self.notes.append("reads requires_grad, detaches, runs ops under no_grad or registers tensor hooks: "
+                              "calls that torch autograd records (an argument requires grad) run f as plain torch")
         # The hot path: the backend's plain callable (the generated function itself on the
         # eager backend; on the Triton backend replayed from a CUDA graph where safe) and
         # the cheapest way to rebuild the output structure.
@@ -57,6 +64,12 @@ class _Entry:
             self.unflatten = functools.partial(tree_unflatten, meta.out_tree)
         if meta.mutated_inputs:
             self.call = _writing_back(self.call, meta.mutated_inputs, untracked)
+
+
+def _records_autograd(args, kwargs):
+    """Whether torch autograd records a call with these arguments."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                           for t in tree_flatten((args, kwargs))[0])
 
 
 def _writing_back(call, mutated, untracked=()):
@@ -268,7 +281,7 @@ class JitFunction:
             if symbolic is None:
                 compiled, _ = compile_graph(graph, self.backend, leaves)
             entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs, generators,
-                           _buffer_inputs(key, leaves))
+                           _buffer_inputs(key, leaves), plain_for_autograd=layouts.autograd)
             if self._modes is not None:
                 entry.module_guard = ModuleGuard(self._modes)
             if symbolic is not None:
@@ -285,10 +298,12 @@ class JitFunction:
         return entry
 
     def _trace(self, args, kwargs, nums, paths, shapes, leaves):
-        with record_layout_reads() as layouts, generator_arguments(leaves) as generators:
+        with record_layout_reads() as layouts, generator_arguments(leaves) as generators, \
+                record_autograd_reads() as autograd:
             graph = trace_graph(self._fn, args, kwargs, nums, "functx.jit", mutations=True,
                                 static_argnames=self.static_argnames, dynamic_scalars=True,
                                 arg_names=lambda k: self._namer(paths[k]), shapes=shapes)
+        layouts.autograd = autograd.read
         return graph, layouts, generators
 
     def lower(self, *args, **kwargs):
@@ -347,7 +362,7 @@ class JitFunction:
                                 self._fast.clear()     # symbolic entries serve many exact keys
                             entry = self._fast[key] = self._entry(gkey, args, kwargs, leaves, ())
                         self._last_key, self._last_entry = key, entry
-                    if entry.guard is not None or entry.module_guard is not None:
+                    if entry.guard is not None or entry.module_guard is not None or entry.plain_for_autograd:
                         entry = self._guarded(entry, args, kwargs, (), stacklevel=3)
                         if entry is None:
                             return self.f(*args)
@@ -380,7 +395,7 @@ class JitFunction:
         if key is None:       # traced arguments: inline into the enclosing transform
             return self._fn(*args, **kwargs)
         entry = self._entry(key, args, kwargs, leaves, nums)
-        if entry.guard is not None or entry.module_guard is not None:
+        if entry.guard is not None or entry.module_guard is not None or entry.plain_for_autograd:
             entry = self._guarded(entry, args, kwargs, nums)
             if entry is None:
                 return self._fn(*args, **kwargs)
@@ -389,6 +404,8 @@ class JitFunction:
     def _guarded(self, entry, args, kwargs, nums, stacklevel=4):
         """The entry to run after its ClosureGuard's check: itself, a new trace, or None (run
         f as plain torch)."""
+        if entry.plain_for_autograd and _records_autograd(args, kwargs):
+            return None
         why = entry.guard.check() if entry.guard is not None else None
         if why is None and entry.module_guard is not None and not entry.module_guard.holds():
             why = "the module was given a new parameter, buffer or submodule since the trace"

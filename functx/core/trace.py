@@ -51,6 +51,8 @@ class Trace:
     # (frontend/unit_batches.py): whether this kind of level does, and its open batch
     batches_units: bool = False
     pending = None
+    # A reverse-mode level (grad, vjp, jacrev's JVPTrace): its values report requires_grad
+    reverse: bool = False
 
     def process_primitive(self, prim, args, params):
         raise NotImplementedError
@@ -262,20 +264,45 @@ class reverse_level:
         _reverse.stack.pop()
 
 
+class record_autograd_reads:
+    """While functx.jit traces f: notes whether f did something plain torch does differently
+    for a call that torch autograd records (read requires_grad, which the trace answers False;
+    detached a value or ran ops with grad disabled, which the compiled graph does not replay
+    for autograd; registered a tensor hook), so that jit runs such calls as plain torch."""
+    active: list = []
+
+    def __enter__(self):
+        self.read = False
+        record_autograd_reads.active.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        record_autograd_reads.active.remove(self)
+
+
+def note_autograd_read():
+    for recorder in record_autograd_reads.active:
+        recorder.read = True
+
+
 def reverse_mode_active() -> bool:
     """Whether some reverse-mode transform is running the user's function."""
     return bool(_reverse.stack)
 
 
 def grad_enabled_for(trace) -> bool:
-    """The grad mode reverse-mode level `trace` sees now."""
+    """The grad mode reverse-mode level `trace` sees now: the current mode, unless a reverse
+    level inside it was entered with grad disabled (functorch's GradInterpreter disables grad
+    on the way out of such a level). So a no_grad inside grad(grad(f))'s f stops both levels."""
+    if not torch.is_grad_enabled():
+        return False
     stack = _reverse.stack
     if stack and stack[-1][0] is trace:
-        return torch.is_grad_enabled()
+        return True
     for k in range(len(stack) - 1):
         if stack[k][0] is trace:
-            return stack[k + 1][1]
-    return torch.is_grad_enabled()
+            return all(entered for _, entered in stack[k + 1:])
+    return True
 
 
 def is_ancestor(trace, of) -> bool:
@@ -294,6 +321,11 @@ class Tracer:
     @property
     def aval(self) -> TensorType:
         raise NotImplementedError
+
+    def tracks_grad(self) -> bool:
+        """What Tensor.requires_grad reports for a wrapper holding this value (as torch.func
+        does: True for a value that the innermost level, a reverse-mode one, differentiates)."""
+        return False
 
     def concrete(self) -> torch.Tensor:
         """The concrete value behind this tracer, for Python control flow."""
@@ -435,6 +467,10 @@ class GraphTrace(Trace):
     primal values are computed as usual.
     """
 
+    # linearize's partial-eval trace: the tangents Tensor.register_hook replaced, as
+    # (old tangent Var, index of its tensor_hook equation, user line) (transforms/hooks.py)
+    hooked = None
+
     def __init__(self, parent: Trace, stage_all: bool = True):
         self.parent = parent
         self.stage_all = stage_all
@@ -476,6 +512,8 @@ class GraphTrace(Trace):
                     break
             else:                # no tracer of ours: evaluate on the parent (partial evaluation)
                 return process_on_parent(self, prim, args, params)
+        if record_autograd_reads.active and not torch.is_grad_enabled():
+            note_autograd_read()         # jit: an op under no_grad (the graph does not replay it)
         if prim.inline is not None:      # structural primitive: record its body (see Primitive.inline)
             return prim.inline(*args, **params)
         if prim.composite is not None and not self.keeps_fused:     # what it stands for

@@ -265,15 +265,9 @@ def setitem(self, index, value):
 
 
 def register_hook(self, hook):
-    """Tensor hooks change what torch's autograd passes backwards; functx's transforms do not
-    run them, and torch's own message ("a tensor that doesn't require gradient") would
-    mislead. Say so instead of letting a hook that was meant to fire silently not fire."""
-    raise FunctxError(
-        f"functx: Tensor.register_hook on a value traced by a functx transform or jit, here:\n"
-        f"{user_frame_summary()}\nfunctx differentiates without PyTorch autograd and does not run "
-        "tensor hooks (torch.func does, in reverse mode). To change a derivative, write the op "
-        "with functx.custom_vjp (an identity whose bwd applies the hook), or a "
-        "torch.autograd.Function with a backward.")
+    """Tensor.register_hook on a traced value: transforms/hooks.py (the transforms layer, where
+    hooks run in the backward pass) replaces this entry of COMPOSITES when functx imports."""
+    raise FunctxError("functx: Tensor.register_hook needs functx.transforms (import functx)")
 
 
 COMPOSITES = {

@@ -14,7 +14,8 @@ import torch
 from torch.utils._pytree import tree_map
 
 from ..core.errors import FunctxError, user_frame_summary
-from ..core.trace import Tracer, concrete, type_of
+from ..core.trace import GraphTracer, Tracer, concrete, note_autograd_read, type_of
+from ..core.trace import record_autograd_reads as _autograd_reads
 from .composites import COMPOSITES
 from .rewrites import REWRITTEN, grad_mode_watchers, rewrite
 
@@ -33,7 +34,10 @@ _CONTIGUOUS, _VIEW, _GETITEM, _SETITEM = (torch.Tensor.contiguous, torch.Tensor.
 class TracerTensor(torch.Tensor):
     """The torch.Tensor a function sees while functx transforms or traces it: real shape,
     dtype and device, and a traced value inside. Ordinary PyTorch code runs on it unchanged;
-    each ATen op becomes functx primitives. Users never construct one."""
+    each ATen op becomes functx primitives. Users never construct one. `requires_grad` is
+    torch.func's answer (True where the innermost transform differentiates the value in
+    reverse mode) and `register_hook` runs in that transform's backward pass
+    (docs/transforms.md, "requires_grad and tensor hooks")."""
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         # A pass-through: its presence makes has_torch_function() true, which keeps
@@ -95,6 +99,40 @@ class TracerTensor(torch.Tensor):
     _read_only = None   # why writes into this root are refused
     _unit_key = None    # a fresh wrapper's value's type as function units key it (fresh_wrapper)
     _viewed = False     # True once a view of this root was made (dispatch._inplace_view reads it)
+    _hooks = None       # (hooked value, its Hooks) once register_hook ran (transforms/hooks.py)
+    _marked = False     # requires_grad_() / requires_grad = flag set on this wrapper (also torch's flag)
+
+    # torch.func's answer (docs/transforms.md, "requires_grad and tensor hooks"): True for a
+    # value the innermost transform level differentiates in reverse mode (grad, vjp, jacrev),
+    # False under forward mode and vmap alone, for detached, no_grad and integer values. A
+    # Python property: the C++ flag stays False, so torch's autograd never records traced ops,
+    # and reading it costs nothing on the per-op path (nothing there reads it).
+    @property
+    def requires_grad(self):
+        v = self._value if self._root is None else _functionalize().value_of(self)
+        if v.tracks_grad() if isinstance(v, Tracer) else v.requires_grad:
+            return True
+        if _autograd_reads.active and type(v) is GraphTracer:
+            note_autograd_read()    # jit: plain torch would say True in calls autograd records
+        return self._marked     # requires_grad_() on a tensor made inside the function
+
+    @requires_grad.setter
+    def requires_grad(self, flag):
+        v = self._value if self._root is None else _functionalize().value_of(self)
+        if not flag and isinstance(v, Tracer) and v.tracks_grad():
+            # torch refuses this on a computed tensor ("only change requires_grad flags of leaf
+            # variables"), torch.func on any; ignoring it would silently keep the derivative
+            raise FunctxError(
+                f"functx: requires_grad_(False) on a value a functx transform differentiates, here:\n"
+                f"{user_frame_summary()}\nIt would not stop the derivative. Use x.detach() (or "
+                "functx.stop_gradient) for a value without derivative, or argnums to choose what "
+                "grad differentiates.")
+        _set_own_requires_grad(self, flag)
+        self._marked = bool(flag)
+
+    def requires_grad_(self, requires_grad=True):
+        self.requires_grad = requires_grad
+        return self
 
     def __repr__(self, *, tensor_contents=None):
         # The traced value's repr (print, str, pdb's p): the values where the transform has
@@ -155,6 +193,7 @@ def unit_key(t):
 
 
 _make_wrapper = torch.Tensor._make_wrapper_subclass
+_set_own_requires_grad = torch._C.TensorBase.requires_grad.__set__
 
 
 def _special_function(func, types, args, kwargs):
@@ -199,12 +238,15 @@ _TORCH_AUTOGRAD = {torch.autograd.grad: "torch.autograd.grad", torch.autograd.ba
 
 
 def _refuse_torch_autograd(func):
-    # Traced values carry no torch autograd graph (requires_grad is False on them), so torch
-    # would fail with "does not require grad", or silently give None with allow_unused.
+    # Traced values carry no torch autograd graph (their requires_grad is functx's answer, the
+    # C++ flag stays False), so torch would fail with "does not require grad", or silently give
+    # None with allow_unused.
     name = _TORCH_AUTOGRAD[func]
     raise FunctxError(
         f"functx: {name} on a value traced by a functx transform, here:\n{user_frame_summary()}\n"
-        "Traced values have no PyTorch autograd graph (torch.func refuses this too). Take the "
+        "Traced values have no PyTorch autograd graph, even where requires_grad is True (torch.func "
+        "refuses backward() too; its grad levels do run torch.autograd.grad, functx's cannot: it "
+        "differentiates by tracing, not with autograd's tape). Take the "
         "derivative with functx instead: functx.grad(lambda x: u(x).sum())(x) for "
         "torch.autograd.grad(u(x).sum(), x), functx.vjp(u, x)[1](v) for grad_outputs=v, and "
         "functx.jacrev / functx.hessian / functx.laplacian for higher derivatives; they compose "

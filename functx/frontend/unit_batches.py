@@ -101,6 +101,13 @@ class LazyTracer(Tracer):
         r = self.resolve()
         return r.concrete() if isinstance(r, Tracer) else r
 
+    def tracks_grad(self):
+        # only a reverse level's float results can: the others answer without running the batch
+        if not (self._trace.reverse and self._aval.dtype.is_floating_point):
+            return False
+        r = self.resolve()
+        return r.tracks_grad() if isinstance(r, Tracer) else r.requires_grad
+
     def __repr__(self):
         return repr(self.resolve())
 

@@ -567,7 +567,9 @@ def convert(x, dtype):
 stop_gradient_p = defjvp_zero(Primitive(
     "stop_gradient", kind=POINTWISE,
     abstract_eval=lambda t: t,
-    impl=lambda x: x,
+    # a closed-over parameter's torch autograd history stops here too (x.detach() of a value
+    # computed from one, inside an eager transform); other values pass as they are
+    impl=lambda x: x.detach() if x.requires_grad else x,
     batch=lambda axis, args, dims: (stop_gradient(args[0]), dims[0]),
     emit=lambda eqn, srcs: srcs[0],
     triton="{0}", cpp="{0}"))

@@ -20,6 +20,7 @@ from .. import prims as P
 from ..prims.spmd import invariant_ct
 from ..frontend.random_mode import without_random_mode
 from .jvp import JVPTrace, JVPTracer
+from .hooks import check_hooked_tangents
 from .rule_cache import UNCACHEABLE, UnitTranspose
 
 
@@ -55,6 +56,8 @@ def linearize_flat(fun, primals, reverse=False, has_tangent=None, types=None):
     with set_current_trace(jt), (reverse_level(jt) if reverse else contextlib.nullcontext()):
         outs = fun(args)
     pairs = [jt.pair(o) for o in outs]
+    if pe.hooked is not None:
+        check_hooked_tangents(pe, [t for _, t in pairs])
     primal_out = [p for p, _ in pairs]
     nonzero = [not isinstance(t, Zero) for _, t in pairs]
     graph = pe.to_graph(tangent_in, [t for _, t in pairs if not isinstance(t, Zero)])

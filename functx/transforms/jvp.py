@@ -3,10 +3,10 @@
 Grad mode (torch.func's semantics): a JVPTrace that serves reverse mode (grad, vjp, jacrev)
 runs the user's function with grad enabled, and does not differentiate operations that run
 while grad is disabled *as that level sees it* (torch.no_grad(), set_grad_enabled(False),
-inference_mode inside the function). The level sees the grad mode the next reverse level
-inside it was entered with, or the current mode if it is the innermost; so an outer
-no_grad around functx.grad is ignored and a no_grad around an inner grad stops the outer
-one. Forward mode (jvp, jacfwd, linearize) ignores grad mode, as torch.func's does.
+inference_mode inside the function). The level sees the current grad mode, disabled as well
+where a reverse level inside it was entered with grad disabled; so an outer no_grad around
+functx.grad is ignored, a no_grad around an inner grad stops the outer one, and a no_grad
+inside grad(grad(f))'s f stops both (core/trace.grad_enabled_for). Forward mode (jvp, jacfwd, linearize) ignores grad mode, as torch.func's does.
 """
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ class JVPTracer(PrimalTracer):
         self.primal = primal
         self.tangent = tangent
         self._aval = None
+
+    def tracks_grad(self):
+        # torch.func's GradTrackingTensor: a float value of a grad/vjp/jacrev level that carries
+        # a tangent (detached, no_grad and integer results are the primal, no JVPTracer)
+        return self._trace.reverse and not isinstance(self.tangent, Zero) and self.aval.dtype.is_floating_point
 
     def __repr__(self):
         # torch.func's names: grad levels show their primal; forward levels the tangent too.

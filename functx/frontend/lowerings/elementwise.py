@@ -11,7 +11,7 @@ from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND as KIND
 from ... import prims as P
 from ..promote import (SCALARS, broadcast_shapes, elementwise, float_dtype_of, is_weak, mark_weak, prepare,
                        result_type)
-from ...core.trace import concrete
+from ...core.trace import concrete, note_autograd_read
 from .common import _as_bool, _t, aten
 from .registry import register
 
@@ -107,6 +107,7 @@ def _lift_fresh(x):
 
 @register(aten.detach.default)
 def _detach(x):
+    note_autograd_read()        # jit: the compiled graph does not detach for torch autograd
     return P.stop_gradient(x) if _t(x).dtype.is_floating_point else x
 
 
