@@ -549,6 +549,51 @@ def test_requires_grad_inside_grad_matches_torch_func():
     assert seen["functx"] == seen["torch.func"] == (True, True)
 
 
+# ---------------------------------------------------------------- torch autograd switched on inside a transform
+
+def _autograd_functional(kind):
+    u = lambda x: (x.sin() * x).sum()
+    if kind == "jacobian":
+        return lambda x: torch.autograd.functional.jacobian(u, x)
+    if kind == "vjp":
+        return lambda x: torch.autograd.functional.vjp(u, x)[1]
+    if kind == "jvp":
+        return lambda x: torch.autograd.functional.jvp(u, (x,), (torch.ones_like(x),))[1]
+    return lambda x: torch.autograd.functional.hessian(u, x).sum(0)
+
+
+@pytest.mark.parametrize("kind", ["jacobian", "vjp", "jvp", "hessian"])
+@pytest.mark.parametrize("transform", ["vmap", "grad", "jit"])
+def test_torch_autograd_functional_inside_a_transform_raises(kind, transform):
+    """torch.autograd.functional detaches its input and calls requires_grad_(); on a traced
+    value the output then looks independent of it and torch returned zero derivatives."""
+    f = _autograd_functional(kind)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    run = {"vmap": lambda: functx.vmap(f)(x), "grad": lambda: functx.grad(lambda v: f(v).sum())(x[0]),
+           "jit": lambda: functx.jit(f)(x[0])}[transform]
+    with pytest.raises(functx.FunctxError, match="requires_grad_"):
+        run()
+
+
+def test_requires_grad_on_a_traced_value_raises_and_off_is_allowed():
+    def on(x):
+        x.requires_grad_()
+        return x.sin().sum()
+
+    def setter(x):
+        y = x.sin()
+        y.requires_grad = True
+        return y.sum()
+
+    def off(x):
+        return x.detach().requires_grad_(False).sin().sum() + x.sum()
+    x = torch.randn(3)
+    for f in (on, setter):
+        with pytest.raises(functx.FunctxError, match="requires_grad"):
+            functx.grad(f)(x)
+    torch.testing.assert_close(functx.grad(off)(x), torch.ones(3))
+
+
 # ---------------------------------------------------------------- randomness
 
 @pytest.mark.parametrize("jit", [False, True])

@@ -145,6 +145,8 @@ _make_wrapper = torch.Tensor._make_wrapper_subclass
 def _special_function(func, types, args, kwargs):
     if func in _TORCH_AUTOGRAD:
         _refuse_torch_autograd(func)
+    if func in _REQUIRES_GRAD_SETTERS:
+        _refuse_requires_grad(func, args, kwargs)
     composite = COMPOSITES.get(func)
     if composite is not None:
         out = composite(*args, **(kwargs or {}))
@@ -196,8 +198,28 @@ def _refuse_torch_autograd(func):
         "with jit and vmap.")
 
 
+_REQUIRES_GRAD_SETTERS = {torch.Tensor.requires_grad_: "Tensor.requires_grad_()",
+                          torch.Tensor.requires_grad.__set__: "Tensor.requires_grad = True"}
+
+
+def _refuse_requires_grad(func, args, kwargs):
+    # Turning torch autograd on for a traced value cannot work (its results carry no torch
+    # graph), and torch.autograd.functional.* (which calls x.detach().requires_grad_()) would
+    # read that as "the output does not depend on x" and return zeros. torch.func raises too.
+    on = args[1] if len(args) > 1 else (kwargs or {}).get("requires_grad", True)
+    if not on:
+        return
+    raise FunctxError(
+        f"functx: {_REQUIRES_GRAD_SETTERS[func]} (or torch.autograd.functional.*, which calls it) on "
+        f"a value traced by a functx transform, here:\n{user_frame_summary()}\n"
+        "Traced values have no PyTorch autograd graph (torch.func refuses this too). Take "
+        "derivatives inside transformed functions with functx's transforms (functx.grad, vjp, "
+        "jvp, jacrev, jacfwd, hessian), or call requires_grad_() outside the transform.")
+
+
 # The torch functions TracerTensor.__torch_function__ does more for than pass them through.
-_SPECIAL_FUNCTIONS = frozenset(COMPOSITES) | REWRITTEN | {_CONTIGUOUS, _VIEW} | frozenset(_TORCH_AUTOGRAD)
+_SPECIAL_FUNCTIONS = (frozenset(COMPOSITES) | REWRITTEN | {_CONTIGUOUS, _VIEW} | frozenset(_TORCH_AUTOGRAD)
+                      | frozenset(_REQUIRES_GRAD_SETTERS))
 
 
 def _concrete(w):
