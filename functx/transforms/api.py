@@ -587,7 +587,8 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
 
     Args:
       f, argnums, has_aux: as in grad (f may return any pytree of tensors).
-      chunk_size: vmap the basis in chunks of this size (bounds memory).
+      chunk_size: vmap the basis in chunks of this size (bounds memory); 1 runs the rows in
+        a Python loop without vmap (as torch.func's jacrev), for rules vmap cannot batch.
       randomness: passed to the inner vmap.
 
     Returns:
@@ -612,7 +613,10 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
 
         tangents_primals = diff         # the caller's tensors: jvp gives f their layouts
         basis = _basis(types, lambda t: t.dtype, n_total)
-        if has_aux:
+        if chunk_size == 1 and n_total:
+            jac_tree = _row_by_row(push, basis, n_total, has_aux)
+            jac_tree, aux = jac_tree if has_aux else (jac_tree, None)
+        elif has_aux:
             jac_tree, aux = vmap(push, chunk_size=chunk_size, randomness=randomness,
                                  out_axes=(0, None))(*basis)
         else:
@@ -644,7 +648,10 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
         o_types = [type_of(unwrap(o)) for o in o_flat]
         n_out = sum(t.numel for t in o_types)
         basis = _basis(o_types, lambda t: t.dtype, n_out)
-        cts = pull(vjp_fn, o_tree, tuple(basis))     # tuple over diff args, leading N_out
+        if chunk_size == 1 and n_out:
+            cts = _row_by_row(lambda *row: vjp_fn(tree_unflatten(o_tree, list(row))), basis, n_out)
+        else:
+            cts = pull(vjp_fn, o_tree, tuple(basis))     # tuple over diff args, leading N_out
         d_flat, d_tree = tree_flatten(tuple(diff))
         in_types = [type_of(unwrap(x)) for x in d_flat]
         ct_leaves, _ = tree_flatten(cts)
@@ -664,6 +671,17 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
         jac = tree_unflatten(o_tree, jac_leaves)
         return (jac, res[2]) if has_aux else jac
     return jac_f
+
+
+def _row_by_row(fn, basis, n, has_aux=False):
+    """chunk_size=1, torch.func's meaning: fn on one basis row at a time in a Python loop,
+    not under vmap, so ops without a batching rule or with data-dependent shapes (nonzero in
+    a custom backward) work. The results are stacked along a new leading axis; with has_aux,
+    fn returns (result, aux) and aux (the same for every row) is the first row's."""
+    outs = [fn(*[leaf[k] for leaf in basis]) for k in range(n)]
+    rows = [o[0] for o in outs] if has_aux else outs
+    stacked = tree_map(lambda *xs: torch.stack(xs), rows[0], *rows[1:])
+    return (stacked, outs[0][1]) if has_aux else stacked
 
 
 def _require_float(leaves, who):
