@@ -267,8 +267,10 @@ def wrap_input(value, source, bdim=None):
 
 
 def storage_layout(t, bdim=None):
-    """(strides, storage offset) of t as torch lays it out, or of one example along bdim (its
-    offset relative, as torch.func's as_strided takes it); "unknown" where functx cannot know
+    """(strides, storage offset) of t as torch lays it out, or of one example along bdim (the
+    batch dim's stride dropped; the storage offset of the whole batched tensor, which
+    torch.func reports for every example and measures as_strided's offset from); "unknown"
+    where functx cannot know
     it (a value computed from non-contiguous ones in a way it could not follow); None when t
     is not a tensor (a bare traced value: contiguous)."""
     if isinstance(t, TracerTensor):
@@ -283,7 +285,7 @@ def storage_layout(t, bdim=None):
         return None
     if bdim is None:
         return layout
-    return layout[0][:bdim] + layout[0][bdim + 1:], 0
+    return layout[0][:bdim] + layout[0][bdim + 1:], layout[1]
 
 
 def _default_strides(shape, _cache={}):
