@@ -45,12 +45,23 @@ def grad_and_value(func, argnums=0, has_aux=False):
 
 def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
     """torch.func.vmap: keyword arguments are passed to func unbatched (JAX's vmap batches
-    them along axis 0)."""
+    them along axis 0); out_dims=(d,) also serves a func that returns one tensor."""
     @functools.wraps(func)
     def vmapped(*args, **kwargs):
         inner = functools.partial(func, **kwargs) if kwargs else func
-        return api.vmap(inner, in_axes=in_dims, out_axes=out_dims, randomness=randomness,
-                        chunk_size=chunk_size)(*args)
+        packed = []
+        if isinstance(out_dims, tuple) and len(out_dims) == 1:
+            def pack(*a):
+                out = inner(*a)
+                if isinstance(out, tuple):
+                    return out
+                packed.append(True)
+                return (out,)
+        else:
+            pack = inner
+        out = api.vmap(pack, in_axes=in_dims, out_axes=out_dims, randomness=randomness,
+                       chunk_size=chunk_size)(*args)
+        return out[0] if packed else out
     return vmapped
 
 

@@ -133,7 +133,10 @@ def _grad_family(func):
             "grad_aux": func.grad(loss_aux, has_aux=True)(x),
             "jvp_aux": func.jvp(loss_aux, (x,), (torch.ones(4),), has_aux=True),
             "vmap_kwargs": func.vmap(lambda x, scale: x * scale)(torch.randn(3, 2), scale=torch.tensor([1., 2.])),
-            "vmap_chunk": func.vmap(torch.sin, chunk_size=2)(x)}
+            "vmap_chunk": func.vmap(torch.sin, chunk_size=2)(x),
+            # torch.func takes out_dims=(d,) for a single output as well as for a 1-tuple
+            "vmap_out_dims_1tuple": func.vmap(torch.sin, out_dims=(1,))(x.view(2, 2)),
+            "vmap_out_dims_1tuple_tuple": func.vmap(lambda v: (v.cos(),), out_dims=(1,))(x.view(2, 2))}
 
 
 @pytest.mark.parametrize("example", [_per_sample_grads, _ensembling, _jacobians_hessians, _functionalize,
