@@ -263,7 +263,12 @@ def test_rrelu_in_training_differentiates_the_slopes_it_drew(dtype):
     assert torch.equal(out, value)                                  # eager's slopes, same seed
     torch.testing.assert_close(tangent, torch.func.jvp(f, (x,), (torch.ones_like(x),))[1])
     torch.testing.assert_close(functx.grad(lambda x: f(x).sum())(x), torch.func.grad(lambda x: f(x).sum())(x))
-    assert torch.equal(functx.jit(f)(x), value)
+    # under jit the slopes are drawn on every call (they were drawn once, at trace time, and
+    # reused), from the global generator as eager torch draws them
+    jitted = functx.jit(lambda x: F.rrelu(x, 0.1, 0.7, training=True))
+    torch.manual_seed(42)
+    assert torch.equal(jitted(x), value)
+    assert not torch.equal(jitted(x), value)
 
 
 def test_random_fills_without_a_lowering_draw_eagers_numbers():
@@ -304,3 +309,35 @@ def test_gamma_rsample_derivative_is_taken_at_the_drawn_sample():
     torch.testing.assert_close(tangent, torch._standard_gamma_grad(alpha, sample))    # one draw per call
     with pytest.raises(NotImplementedError):      # torch has no second derivative here either
         functx.hessian(lambda a: draw(a).sum())(alpha)
+
+
+NORMALS_OF_TENSORS = {
+    "normal(mean, std)": lambda t: torch.normal(t, t + 1.0),
+    "normal(float, std)": lambda t: torch.normal(0.5, t + 1.0),
+    "normal(mean, std) broadcast": lambda t: torch.normal(t[:, None], t + 1.0),
+    "Normal(t, 1).sample()": lambda t: torch.distributions.Normal(t, 1.0).sample(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NORMALS_OF_TENSORS))
+def test_normal_of_traced_tensors_draws_every_call_and_per_example(name):
+    """torch.normal(Tensor, Tensor) / (float, Tensor) ran torch's decomposition, which draws
+    with prims.normal, a factory without traced arguments: the sample was drawn once and
+    reused by every later call (jit and eager transforms) and every vmap example."""
+    f = NORMALS_OF_TENSORS[name]
+    t = torch.rand(3, dtype=F64)
+    torch.manual_seed(5)
+    want = f(t)
+    for run in (functx.jit(f), lambda t: functx.vmap(f, randomness="same")(t[None])[0],
+                lambda t: functx.jvp(f, (t,), (torch.ones_like(t),))[0]):
+        torch.manual_seed(5)
+        assert torch.equal(run(t), want)            # eager torch's numbers for the same seed
+        assert not torch.equal(run(t), want)        # and fresh ones on the next call
+    per = functx.vmap(f, randomness="different")(t.expand(2, 3))
+    assert not torch.equal(per[0], per[1])
+    # torch.normal is not reparameterized: its derivative in mean and std is zero, as in torch
+    g = lambda t: (f(t) * t).sum()
+    torch.manual_seed(5)
+    got = functx.grad(g)(t)
+    torch.manual_seed(5)
+    torch.testing.assert_close(got, torch.func.grad(g)(t))
