@@ -160,3 +160,7 @@ def test_top_level_vmap_keeps_jax_positional_order():
     _close(functx.vmap(torch.sin, in_dims=1, out_dims=1, chunk_size=1)(x), torch.sin(x))
     with pytest.raises(TypeError, match="not both"):
         functx.vmap(torch.sin, in_axes=1, in_dims=1)
+    # None is a value of the aliases (not batched), not "not given": in_dims=None mapped axis 0
+    _close(functx.vmap(lambda v: v * 2, in_dims=None, axis_size=4)(x), (x * 2).expand(4, 3, 2))
+    with pytest.raises(ValueError, match="out_axes=None"):
+        functx.vmap(torch.sin, out_dims=None)(x)

@@ -341,3 +341,25 @@ def test_normal_of_traced_tensors_draws_every_call_and_per_example(name):
     got = functx.grad(g)(t)
     torch.manual_seed(5)
     torch.testing.assert_close(got, torch.func.grad(g)(t))
+
+
+OPAQUE_SAMPLERS = {
+    "poisson": torch.poisson,
+    "multinomial": lambda t: torch.multinomial(t, 3, replacement=True).to(t.dtype),
+    "randint_like": lambda t: torch.randint_like(t, 1000),
+    "binomial": lambda t: torch.binomial(t, torch.full_like(t, 0.5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPAQUE_SAMPLERS))
+def test_samplers_without_a_lowering_take_vmaps_randomness(name):
+    """Samplers that reach the opaque fallback were vmapped by torch.func with its default
+    randomness='error', so vmap(randomness='different' / 'same') raised torch's error."""
+    f = OPAQUE_SAMPLERS[name]
+    t = torch.full((2, 6), 40.0, dtype=F64)
+    per = functx.vmap(f, randomness="different")(t)
+    assert per.shape == f(t[0]).shape[:0] + (2,) + f(t[0]).shape and not torch.equal(per[0], per[1])
+    jitted = functx.jit(functx.vmap(f, randomness="different"))
+    assert not torch.equal(jitted(t), jitted(t))
+    with pytest.raises(Exception, match="randomness"):
+        functx.vmap(f)(t)

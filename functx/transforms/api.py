@@ -383,8 +383,20 @@ def grad(f, argnums=0, has_aux=False):
 _RANDOMNESS = ("error", "different", "same")
 
 
+class _Unset:
+    """The default of vmap's in_dims / out_dims aliases: None is a value they can take (not
+    batched), so it cannot also mean "not passed"."""
+    __slots__ = ()
+
+    def __repr__(self):
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
 def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size=None,
-         randomness="error", in_dims=None, out_dims=None):
+         randomness="error", in_dims=_UNSET, out_dims=_UNSET):
     """Vectorize f over a batch axis: f is written for one example, vmap(f) runs on a batch.
 
     Args:
@@ -410,11 +422,11 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
       >>> functx.vmap(torch.dot)(a, b)                               # row-wise dot products
       >>> functx.vmap(functx.grad(loss), in_axes=(None, 0, 0))(params, x, y)   # per-sample grads
     """
-    if in_dims is not None:
+    if in_dims is not _UNSET:
         if in_axes != 0:
             raise TypeError("functx.vmap: pass in_axes or its alias in_dims, not both")
         in_axes = in_dims
-    if out_dims is not None:
+    if out_dims is not _UNSET:
         if out_axes != 0:
             raise TypeError("functx.vmap: pass out_axes or its alias out_dims, not both")
         out_axes = out_dims
