@@ -363,3 +363,21 @@ def test_samplers_without_a_lowering_take_vmaps_randomness(name):
     assert not torch.equal(jitted(t), jitted(t))
     with pytest.raises(Exception, match="randomness"):
         functx.vmap(f)(t)
+
+
+@pytest.mark.parametrize("name", ["binomial", "sample_dirichlet"])
+def test_samplers_of_plain_tensors_without_meta_kernels(name):
+    """A sampler of plain tensors with no meta kernel (its output type could not be computed
+    without drawing) raised 'several outputs' under jit and vmap."""
+    c, p, a = torch.full((4,), 20.0, dtype=F64), torch.full((4,), 0.5, dtype=F64), torch.full((3,), 2.0, dtype=F64)
+    draw = {"binomial": lambda: torch.binomial(c, p), "sample_dirichlet": lambda: torch._sample_dirichlet(a)}[name]
+    f = lambda t: t + draw()
+    torch.manual_seed(3)
+    want = draw()
+    torch.manual_seed(3)
+    same = functx.vmap(f, randomness="same")(torch.zeros(3, 1, dtype=F64))
+    assert torch.equal(same[0], want) and torch.equal(same[1], want)     # the type run drew nothing
+    per = functx.vmap(f, randomness="different")(torch.zeros(3, 1, dtype=F64))
+    assert not torch.equal(per[0], per[1])
+    jitted = functx.jit(f)
+    assert not torch.equal(jitted(torch.zeros(1, dtype=F64)), jitted(torch.zeros(1, dtype=F64)))
