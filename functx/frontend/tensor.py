@@ -11,7 +11,8 @@ import it, so the class reaches them with function-level imports.
 from __future__ import annotations
 
 import torch
-from torch.utils._pytree import tree_map
+import torch.autograd.functional as _autograd_functional
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ..core.errors import FunctxError, user_frame_summary
 from ..core.trace import Tracer, concrete, type_of
@@ -145,8 +146,6 @@ _make_wrapper = torch.Tensor._make_wrapper_subclass
 def _special_function(func, types, args, kwargs):
     if func in _TORCH_AUTOGRAD:
         _refuse_torch_autograd(func)
-    if func in _REQUIRES_GRAD_SETTERS:
-        _refuse_requires_grad(func, args, kwargs)
     composite = COMPOSITES.get(func)
     if composite is not None:
         out = composite(*args, **(kwargs or {}))
@@ -185,10 +184,10 @@ _TORCH_AUTOGRAD = {torch.autograd.grad: "torch.autograd.grad", torch.autograd.ba
                    torch.Tensor.backward: "Tensor.backward"}
 
 
-def _refuse_torch_autograd(func):
+def _refuse_torch_autograd(func, name=None):
     # Traced values carry no torch autograd graph (requires_grad is False on them), so torch
     # would fail with "does not require grad", or silently give None with allow_unused.
-    name = _TORCH_AUTOGRAD[func]
+    name = name or _TORCH_AUTOGRAD[func]
     raise FunctxError(
         f"functx: {name} on a value traced by a functx transform, here:\n{user_frame_summary()}\n"
         "Traced values have no PyTorch autograd graph (torch.func refuses this too). Take the "
@@ -198,28 +197,38 @@ def _refuse_torch_autograd(func):
         "with jit and vmap.")
 
 
-_REQUIRES_GRAD_SETTERS = {torch.Tensor.requires_grad_: "Tensor.requires_grad_()",
-                          torch.Tensor.requires_grad.__set__: "Tensor.requires_grad = True"}
+def _guard_autograd_functional():
+    """torch.autograd.functional (jacobian, hessian, vjp, jvp, hvp, vhp) on traced values
+    raises as torch.autograd.grad does. It drops the outputs that do not require grad before
+    calling torch.autograd.grad and fills their derivatives with zeros; traced values never
+    require torch grad, so inside a transform it returned zero derivatives with no error (an
+    input made with x.detach().requires_grad_(), or a traced value it closes over). torch
+    has no hook for tensor subclasses there: its two helpers are wrapped (functx also wraps
+    torch.autograd.Function.apply and torch.manual_seed)."""
+    functional = _autograd_functional
+
+    def traced(*trees):
+        return any(isinstance(x, TracerTensor) for x in tree_flatten(trees)[0])
+
+    preprocess, autograd_grad = functional._grad_preprocess, functional._autograd_grad
+
+    def _grad_preprocess(inputs, create_graph, need_graph):
+        if traced(inputs):
+            _refuse_torch_autograd(torch.autograd.grad, "torch.autograd.functional")
+        return preprocess(inputs, create_graph, need_graph)
+
+    def _autograd_grad(outputs, inputs, grad_outputs=None, *args, **kwargs):
+        if traced(outputs, inputs, grad_outputs):
+            _refuse_torch_autograd(torch.autograd.grad, "torch.autograd.functional")
+        return autograd_grad(outputs, inputs, grad_outputs, *args, **kwargs)
+    functional._grad_preprocess, functional._autograd_grad = _grad_preprocess, _autograd_grad
 
 
-def _refuse_requires_grad(func, args, kwargs):
-    # Turning torch autograd on for a traced value cannot work (its results carry no torch
-    # graph), and torch.autograd.functional.* (which calls x.detach().requires_grad_()) would
-    # read that as "the output does not depend on x" and return zeros. torch.func raises too.
-    on = args[1] if len(args) > 1 else (kwargs or {}).get("requires_grad", True)
-    if not on:
-        return
-    raise FunctxError(
-        f"functx: {_REQUIRES_GRAD_SETTERS[func]} (or torch.autograd.functional.*, which calls it) on "
-        f"a value traced by a functx transform, here:\n{user_frame_summary()}\n"
-        "Traced values have no PyTorch autograd graph (torch.func refuses this too). Take "
-        "derivatives inside transformed functions with functx's transforms (functx.grad, vjp, "
-        "jvp, jacrev, jacfwd, hessian), or call requires_grad_() outside the transform.")
+_guard_autograd_functional()
 
 
 # The torch functions TracerTensor.__torch_function__ does more for than pass them through.
-_SPECIAL_FUNCTIONS = (frozenset(COMPOSITES) | REWRITTEN | {_CONTIGUOUS, _VIEW} | frozenset(_TORCH_AUTOGRAD)
-                      | frozenset(_REQUIRES_GRAD_SETTERS))
+_SPECIAL_FUNCTIONS = frozenset(COMPOSITES) | REWRITTEN | {_CONTIGUOUS, _VIEW} | frozenset(_TORCH_AUTOGRAD)
 
 
 def _concrete(w):
