@@ -381,3 +381,19 @@ def test_samplers_of_plain_tensors_without_meta_kernels(name):
     assert not torch.equal(per[0], per[1])
     jitted = functx.jit(f)
     assert not torch.equal(jitted(torch.zeros(1, dtype=F64)), jitted(torch.zeros(1, dtype=F64)))
+
+
+def test_randint_like_is_a_random_primitive():
+    """torch.randint_like went through the opaque fallback: grad raised (its jvp), where
+    torch.func's derivative through it is zero."""
+    t = torch.rand(5, dtype=F64)
+    f = lambda t: torch.randint_like(t, 3, 20)
+    g = lambda t: (f(t) * t).sum()
+    torch.manual_seed(2)
+    want, want_grad = f(t), torch.func.grad(g)(t)
+    torch.manual_seed(2)
+    assert torch.equal(functx.jit(f)(t), want)
+    torch.manual_seed(2)
+    torch.testing.assert_close(functx.grad(g)(t), want_grad)
+    same = functx.vmap(f, randomness="same")(t.expand(3, 5))
+    assert torch.equal(same[0], same[1])

@@ -162,6 +162,23 @@ def _uniform(x, from_=0.0, to=1.0, generator=None):
     return P.add(P.mul(_standard(t, "uniform", generator, "Tensor.uniform_"), to - from_), from_)
 
 
+def _randint_like(x, low, high, dtype, generator=None):
+    # the random primitive (torch.randint's numbers for the same seed), so vmap's randomness
+    # applies and the derivative is zero (the opaque fallback's jvp raised, torch.func's is 0)
+    t = _t(x)
+    dtype = dtype or t.dtype
+    if generator is None:
+        return P.random(t.shape, dtype, t.device, "randint", (int(low), int(high)))
+    draw = lambda g: torch.randint(int(low), int(high), t.shape, dtype=dtype, device=t.device, generator=g)  # noqa: E731
+    return P.random(t.shape, dtype, t.device, "call", (drawing_from(draw, generator, "torch.randint_like"), len(t.shape)))
+
+
+register(aten.randint_like.default)(lambda x, high, dtype=None, layout=None, device=None, pin_memory=None,
+                                    memory_format=None: _randint_like(x, 0, high, dtype))
+register(aten.randint_like.low_dtype)(lambda x, low, high, dtype=None, layout=None, device=None, pin_memory=None,
+                                      memory_format=None: _randint_like(x, low, high, dtype))
+
+
 @register(aten.bernoulli.p)
 def _bernoulli_p(x, p=0.5, generator=None):
     t = _t(x)
