@@ -17,7 +17,7 @@ from torch.func import functional_call, rearrange, replace_all_batch_norm_module
 
 from .frontend.staging import trace_graph
 from .core.errors import user_facing
-from .core.trace import concrete, eval_graph
+from .core.trace import concrete, eval_graph, tracer_chain
 from .frontend import unwrap, wrap
 from .transforms import api
 from .tree_util import tree_flatten, tree_unflatten
@@ -126,7 +126,14 @@ def functionalize(func, *, remove="mutations"):
 
 
 def debug_unwrap(tensor, *, recurse=True):
-    """torch.func.debug_unwrap: the concrete tensor behind a value a transform passed to
-    func (under an eager transform); plain tensors come back as they are."""
+    """torch.func.debug_unwrap: the tensor behind a value a transform passed to func (under an
+    eager transform): under vmap the whole batch, with its batch dim where it lies, as in
+    torch.func; recurse=False unwraps one transform level. Plain tensors come back as they
+    are."""
     value = unwrap(tensor)
-    return concrete(value) if value is not tensor else tensor
+    if value is tensor:
+        return tensor
+    chain = list(tracer_chain(value))
+    if not recurse and len(chain) > 1:
+        return wrap(chain[1])
+    return chain[-1] if isinstance(chain[-1], torch.Tensor) else concrete(value)

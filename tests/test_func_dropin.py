@@ -164,3 +164,21 @@ def test_top_level_vmap_keeps_jax_positional_order():
     _close(functx.vmap(lambda v: v * 2, in_dims=None, axis_size=4)(x), (x * 2).expand(4, 3, 2))
     with pytest.raises(ValueError, match="out_axes=None"):
         functx.vmap(torch.sin, out_dims=None)(x)
+
+
+def test_debug_unwrap_under_vmap_returns_the_batch():
+    """functx.func.debug_unwrap raised under vmap (it asked for one concrete value); torch.func
+    returns the batched tensor behind the value."""
+    x = torch.randn(2, 3)
+    seen = []
+
+    def f(v):
+        seen.append(functx.func.debug_unwrap(v))
+        seen.append(functx.func.debug_unwrap(v, recurse=False))
+        return v.sin()
+    functx.func.vmap(functx.func.vmap(f))(x)
+    assert seen[0] is x
+    assert seen[1].shape == (3,)        # one level down: still the outer vmap's value
+    seen.clear()
+    functx.func.vmap(f, in_dims=1)(x)
+    assert seen[0] is x
