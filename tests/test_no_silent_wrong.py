@@ -162,6 +162,24 @@ def test_grad_mode_inside_transforms_matches_torch_func(case, outer_no_grad):
     assert torch.is_grad_enabled()                     # the mode is restored afterwards
 
 
+def test_an_outer_no_grad_keeps_torch_autograd_off_for_a_vjp_inside():
+    """Reverse levels enable grad for the user's function; torch's own autograd recorded the
+    primal of a vjp under an outer no_grad (out.grad_fn set, as if no_grad were not there)."""
+    for lib in (torch.func, functx):
+        x = torch.tensor([3.0, -1.5], dtype=torch.float64, requires_grad=True)
+        w = torch.nn.Parameter(torch.tensor([0.5, 2.0], dtype=torch.float64))
+        with torch.no_grad():
+            out, vjp_fn = lib.vjp(lambda x: (x * w) ** 2, x)
+            (y,) = vjp_fn(torch.ones(2, dtype=torch.float64))
+            g = lib.grad(lambda w: ((x * w) ** 2).sum())(w)
+        assert not out.requires_grad and not y.requires_grad and not g.requires_grad, lib
+        with torch.no_grad():
+            _, vjp_fn = lib.vjp(lambda x: x ** 2, x)
+        (y,) = vjp_fn(torch.ones(2, dtype=torch.float64))     # the pullback outside no_grad records
+        assert y.requires_grad, lib
+        torch.testing.assert_close(torch.autograd.grad(y.sum(), x)[0], torch.full((2,), 2.0, dtype=torch.float64))
+
+
 # ---------------------------------------------------------------- NaN and edge values
 
 NAN = float("nan")
