@@ -17,7 +17,7 @@ from torch.func import functional_call, rearrange, replace_all_batch_norm_module
 
 from .frontend.staging import trace_graph
 from .core.errors import user_facing
-from .core.trace import concrete, eval_graph
+from .core.trace import concrete, eval_graph, tracer_chain
 from .frontend import unwrap, wrap
 from .transforms import api
 from .tree_util import tree_flatten, tree_unflatten
@@ -45,12 +45,23 @@ def grad_and_value(func, argnums=0, has_aux=False):
 
 def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
     """torch.func.vmap: keyword arguments are passed to func unbatched (JAX's vmap batches
-    them along axis 0)."""
+    them along axis 0); out_dims=(d,) also serves a func that returns one tensor."""
     @functools.wraps(func)
     def vmapped(*args, **kwargs):
         inner = functools.partial(func, **kwargs) if kwargs else func
-        return api.vmap(inner, in_axes=in_dims, out_axes=out_dims, randomness=randomness,
-                        chunk_size=chunk_size)(*args)
+        packed = []
+        if isinstance(out_dims, tuple) and len(out_dims) == 1:
+            def pack(*a):
+                out = inner(*a)
+                if isinstance(out, tuple):
+                    return out
+                packed.append(True)
+                return (out,)
+        else:
+            pack = inner
+        out = api.vmap(pack, in_axes=in_dims, out_axes=out_dims, randomness=randomness,
+                       chunk_size=chunk_size)(*args)
+        return out[0] if packed else out
     return vmapped
 
 
@@ -115,7 +126,14 @@ def functionalize(func, *, remove="mutations"):
 
 
 def debug_unwrap(tensor, *, recurse=True):
-    """torch.func.debug_unwrap: the concrete tensor behind a value a transform passed to
-    func (under an eager transform); plain tensors come back as they are."""
+    """torch.func.debug_unwrap: the tensor behind a value a transform passed to func (under an
+    eager transform): under vmap the whole batch, with its batch dim where it lies, as in
+    torch.func; recurse=False unwraps one transform level. Plain tensors come back as they
+    are."""
     value = unwrap(tensor)
-    return concrete(value) if value is not tensor else tensor
+    if value is tensor:
+        return tensor
+    chain = list(tracer_chain(value))
+    if not recurse and len(chain) > 1:
+        return wrap(chain[1])
+    return chain[-1] if isinstance(chain[-1], torch.Tensor) else concrete(value)

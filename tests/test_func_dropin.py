@@ -133,7 +133,10 @@ def _grad_family(func):
             "grad_aux": func.grad(loss_aux, has_aux=True)(x),
             "jvp_aux": func.jvp(loss_aux, (x,), (torch.ones(4),), has_aux=True),
             "vmap_kwargs": func.vmap(lambda x, scale: x * scale)(torch.randn(3, 2), scale=torch.tensor([1., 2.])),
-            "vmap_chunk": func.vmap(torch.sin, chunk_size=2)(x)}
+            "vmap_chunk": func.vmap(torch.sin, chunk_size=2)(x),
+            # torch.func takes out_dims=(d,) for a single output as well as for a 1-tuple
+            "vmap_out_dims_1tuple": func.vmap(torch.sin, out_dims=(1,))(x.view(2, 2)),
+            "vmap_out_dims_1tuple_tuple": func.vmap(lambda v: (v.cos(),), out_dims=(1,))(x.view(2, 2))}
 
 
 @pytest.mark.parametrize("example", [_per_sample_grads, _ensembling, _jacobians_hessians, _functionalize,
@@ -157,3 +160,25 @@ def test_top_level_vmap_keeps_jax_positional_order():
     _close(functx.vmap(torch.sin, in_dims=1, out_dims=1, chunk_size=1)(x), torch.sin(x))
     with pytest.raises(TypeError, match="not both"):
         functx.vmap(torch.sin, in_axes=1, in_dims=1)
+    # None is a value of the aliases (not batched), not "not given": in_dims=None mapped axis 0
+    _close(functx.vmap(lambda v: v * 2, in_dims=None, axis_size=4)(x), (x * 2).expand(4, 3, 2))
+    with pytest.raises(ValueError, match="out_axes=None"):
+        functx.vmap(torch.sin, out_dims=None)(x)
+
+
+def test_debug_unwrap_under_vmap_returns_the_batch():
+    """functx.func.debug_unwrap raised under vmap (it asked for one concrete value); torch.func
+    returns the batched tensor behind the value."""
+    x = torch.randn(2, 3)
+    seen = []
+
+    def f(v):
+        seen.append(functx.func.debug_unwrap(v))
+        seen.append(functx.func.debug_unwrap(v, recurse=False))
+        return v.sin()
+    functx.func.vmap(functx.func.vmap(f))(x)
+    assert seen[0] is x
+    assert seen[1].shape == (3,)        # one level down: still the outer vmap's value
+    seen.clear()
+    functx.func.vmap(f, in_dims=1)(x)
+    assert seen[0] is x

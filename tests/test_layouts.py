@@ -76,6 +76,30 @@ def test_vmap_of_grad_reads_each_examples_layout(layout):
         torch.testing.assert_close(ours(xs), theirs(xs))
 
 
+@pytest.mark.parametrize("how", ["vmap", "vmap(grad)", "jit(vmap)", "vmap(vmap)"])
+def test_vmap_reports_the_batched_storage_offset_and_as_strided_counts_from_it(how):
+    """A batch sliced out of a bigger tensor (storage offset 1): torch.func reports offset 1 for
+    every example and takes as_strided's offset in that frame, so an offset computed outside
+    the transform reads the same elements (functx reported 0 and read one element further)."""
+    base = torch.arange(1.0 + 2 * 4 * 6, dtype=D) / 7
+    xs = base[1:].view(2, 4, 6)
+
+    def f(x):
+        assert x.storage_offset() == 1
+        return (torch.as_strided(x, (2, 3), (6, 1), 1).sin() * torch.as_strided(x, (3,), (2,), 4)[:2, None]).sum()
+    inner, oracle = {"vmap": (functx.vmap(f), torch.func.vmap(f)),
+                     "vmap(grad)": (functx.vmap(functx.grad(f)), torch.func.vmap(torch.func.grad(f))),
+                     "jit(vmap)": (functx.jit(functx.vmap(f)), torch.func.vmap(f)),
+                     "vmap(vmap)": (functx.vmap(functx.vmap(f)), torch.func.vmap(torch.func.vmap(f)))}[how]
+    x = xs if how != "vmap(vmap)" else base[1:].view(2, 2, 2, 6)
+    if how == "vmap(vmap)":
+        def f2(x):
+            assert x.storage_offset() == 1
+            return torch.as_strided(x, (2, 3), (6, 1), 2).sum()
+        inner, oracle = functx.vmap(functx.vmap(f2)), torch.func.vmap(torch.func.vmap(f2))
+    torch.testing.assert_close(inner(x), oracle(x))
+
+
 def test_strides_that_functx_reports_are_torchs():
     x = _layouts()["transposed"]
     seen = []

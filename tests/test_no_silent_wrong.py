@@ -167,6 +167,26 @@ def test_grad_mode_inside_transforms_matches_torch_func(case, outer_no_grad):
     assert torch.is_grad_enabled()                     # the mode is restored afterwards
 
 
+def test_an_outer_no_grad_keeps_torch_autograd_off_for_a_vjp_inside():
+    """Reverse levels enable grad for the user's function; torch's own autograd recorded the
+    primal of a vjp under an outer no_grad (out.grad_fn set, as if no_grad were not there).
+    The expectations are torch.func's (not run here: its first pullback under no_grad takes
+    seconds)."""
+    for lib in (functx,):
+        x = torch.tensor([3.0, -1.5], dtype=torch.float64, requires_grad=True)
+        w = torch.nn.Parameter(torch.tensor([0.5, 2.0], dtype=torch.float64))
+        with torch.no_grad():
+            out, vjp_fn = lib.vjp(lambda x: (x * w) ** 2, x)
+            (y,) = vjp_fn(torch.ones(2, dtype=torch.float64))
+            g = lib.grad(lambda w: ((x * w) ** 2).sum())(w)
+        assert not out.requires_grad and not y.requires_grad and not g.requires_grad, lib
+        with torch.no_grad():
+            _, vjp_fn = lib.vjp(lambda x: x ** 2, x)
+        (y,) = vjp_fn(torch.ones(2, dtype=torch.float64))     # the pullback outside no_grad records
+        assert y.requires_grad, lib
+        torch.testing.assert_close(torch.autograd.grad(y.sum(), x)[0], torch.full((2,), 2.0, dtype=torch.float64))
+
+
 # ---------------------------------------------------------------- NaN and edge values
 
 NAN = float("nan")
@@ -608,6 +628,42 @@ def test_requires_grad_inside_grad_matches_torch_func():
     torch.func.grad(lambda x: f(x, "torch.func"))(x)
     functx.grad(lambda x: f(x, "functx"))(x)
     assert seen["functx"] == seen["torch.func"] == (True, True)
+
+
+# ---------------------------------------------------------------- torch autograd switched on inside a transform
+
+def _autograd_functional(kind):
+    u = lambda x: (x.sin() * x).sum()
+    if kind == "jacobian":
+        return lambda x: torch.autograd.functional.jacobian(u, x)
+    if kind == "vjp":
+        return lambda x: torch.autograd.functional.vjp(u, x)[1]
+    if kind == "jvp":
+        return lambda x: torch.autograd.functional.jvp(u, (x,), (torch.ones_like(x),))[1]
+    return lambda x: torch.autograd.functional.hessian(u, x).sum(0)
+
+
+@pytest.mark.parametrize("kind", ["jacobian", "vjp", "jvp", "hessian"])
+@pytest.mark.parametrize("transform", ["vmap", "grad", "jit"])
+def test_torch_autograd_functional_inside_a_transform_raises(kind, transform):
+    """torch.autograd.functional detaches its input and calls requires_grad_(); on a traced
+    value the output then looks independent of it and torch returned zero derivatives."""
+    f = _autograd_functional(kind)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    run = {"vmap": lambda: functx.vmap(f)(x), "grad": lambda: functx.grad(lambda v: f(v).sum())(x[0]),
+           "jit": lambda: functx.jit(f)(x[0])}[transform]
+    with pytest.raises(functx.FunctxError, match="torch.autograd.functional"):
+        run()
+
+
+def test_torch_autograd_functional_of_a_closed_over_traced_value_raises():
+    """The input is a plain tensor, the function closes over a traced one: the output was
+    dropped as not requiring grad and the Jacobian was zeros."""
+    y0 = torch.randn(3, dtype=torch.float64)
+    f = lambda t: torch.autograd.functional.jacobian(lambda y: (y * t).sin().sum(), y0)
+    with pytest.raises(functx.FunctxError, match="torch.autograd.functional"):
+        functx.vmap(f)(torch.randn(4, 3, dtype=torch.float64))
+    torch.testing.assert_close(f(y0), torch.cos(y0 * y0) * y0)      # outside transforms: torch's
 
 
 # ---------------------------------------------------------------- randomness

@@ -263,7 +263,12 @@ def test_rrelu_in_training_differentiates_the_slopes_it_drew(dtype):
     assert torch.equal(out, value)                                  # eager's slopes, same seed
     torch.testing.assert_close(tangent, torch.func.jvp(f, (x,), (torch.ones_like(x),))[1])
     torch.testing.assert_close(functx.grad(lambda x: f(x).sum())(x), torch.func.grad(lambda x: f(x).sum())(x))
-    assert torch.equal(functx.jit(f)(x), value)
+    # under jit the slopes are drawn on every call (they were drawn once, at trace time, and
+    # reused), from the global generator as eager torch draws them
+    jitted = functx.jit(lambda x: F.rrelu(x, 0.1, 0.7, training=True))
+    torch.manual_seed(42)
+    assert torch.equal(jitted(x), value)
+    assert not torch.equal(jitted(x), value)
 
 
 def test_random_fills_without_a_lowering_draw_eagers_numbers():
@@ -341,3 +346,93 @@ def test_dropout_draws_eagers_numbers_under_every_transform(dtype):
         torch.testing.assert_close(got[k], oracle[k])
     rate = functx.vmap(lambda x: F.dropout(x, 0.3), randomness="different")(torch.ones(3, 20000, dtype=dtype))
     assert ((rate == 0).to(dtype).mean(1) - 0.3).abs().max() < 0.02
+
+
+NORMALS_OF_TENSORS = {
+    "normal(mean, std)": lambda t: torch.normal(t, t + 1.0),
+    "normal(float, std)": lambda t: torch.normal(0.5, t + 1.0),
+    "normal(mean, std) broadcast": lambda t: torch.normal(t[:, None], t + 1.0),
+    "Normal(t, 1).sample()": lambda t: torch.distributions.Normal(t, 1.0).sample(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NORMALS_OF_TENSORS))
+def test_normal_of_traced_tensors_draws_every_call_and_per_example(name):
+    """torch.normal(Tensor, Tensor) / (float, Tensor) ran torch's decomposition, which draws
+    with prims.normal, a factory without traced arguments: the sample was drawn once and
+    reused by every later call (jit and eager transforms) and every vmap example."""
+    f = NORMALS_OF_TENSORS[name]
+    t = torch.rand(3, dtype=F64)
+    torch.manual_seed(5)
+    want = f(t)
+    for run in (functx.jit(f), lambda t: functx.vmap(f, randomness="same")(t[None])[0],
+                lambda t: functx.jvp(f, (t,), (torch.ones_like(t),))[0]):
+        torch.manual_seed(5)
+        assert torch.equal(run(t), want)            # eager torch's numbers for the same seed
+        assert not torch.equal(run(t), want)        # and fresh ones on the next call
+    per = functx.vmap(f, randomness="different")(t.expand(2, 3))
+    assert not torch.equal(per[0], per[1])
+    # torch.normal is not reparameterized: its derivative in mean and std is zero, as in torch
+    g = lambda t: (f(t) * t).sum()
+    torch.manual_seed(5)
+    got = functx.grad(g)(t)
+    torch.manual_seed(5)
+    torch.testing.assert_close(got, torch.func.grad(g)(t))
+
+
+OPAQUE_SAMPLERS = {
+    "poisson": torch.poisson,
+    "multinomial": lambda t: torch.multinomial(t, 3, replacement=True).to(t.dtype),
+    "randint_like": lambda t: torch.randint_like(t, 1000),
+    "binomial": lambda t: torch.binomial(t, torch.full_like(t, 0.5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPAQUE_SAMPLERS))
+def test_samplers_without_a_lowering_take_vmaps_randomness(name):
+    """Samplers that reach the opaque fallback were vmapped by torch.func with its default
+    randomness='error', so vmap(randomness='different' / 'same') raised torch's error."""
+    f = OPAQUE_SAMPLERS[name]
+    t = torch.full((2, 6), 40.0, dtype=F64)
+    per = functx.vmap(f, randomness="different")(t)
+    assert per.shape == f(t[0]).shape[:0] + (2,) + f(t[0]).shape and not torch.equal(per[0], per[1])
+    jitted = functx.jit(functx.vmap(f, randomness="different"))
+    assert not torch.equal(jitted(t), jitted(t))
+    with pytest.raises(Exception, match="randomness"):
+        functx.vmap(f)(t)
+
+
+@pytest.mark.parametrize("name", ["binomial", "sample_dirichlet"])
+def test_samplers_of_plain_tensors_without_meta_kernels(name):
+    """A sampler of plain tensors with no meta kernel (its output type could not be computed
+    without drawing) raised 'several outputs' under jit and vmap."""
+    c, p, a = torch.full((4,), 20.0, dtype=F64), torch.full((4,), 0.5, dtype=F64), torch.full((3,), 2.0, dtype=F64)
+    draw = {"binomial": lambda: torch.binomial(c, p), "sample_dirichlet": lambda: torch._sample_dirichlet(a)}[name]
+    f = lambda t: t + draw()
+    torch.manual_seed(3)
+    want = draw()
+    torch.manual_seed(3)
+    same = functx.vmap(f, randomness="same")(torch.zeros(3, 1, dtype=F64))
+    assert torch.equal(same[0], want) and torch.equal(same[1], want)     # the type run drew nothing
+    per = functx.vmap(f, randomness="different")(torch.zeros(3, 1, dtype=F64))
+    assert not torch.equal(per[0], per[1])
+    jitted = functx.jit(f)
+    assert not torch.equal(jitted(torch.zeros(1, dtype=F64)), jitted(torch.zeros(1, dtype=F64)))
+
+
+def test_randint_like_is_a_random_primitive():
+    """torch.randint_like went through the opaque fallback: grad raised (its jvp), where
+    torch.func's derivative through it is zero."""
+    t = torch.rand(5, dtype=F64)
+    f = lambda t: torch.randint_like(t, 3, 20)
+    g = lambda t: (f(t) * t).sum()
+    torch.manual_seed(2)
+    want = f(t)
+    torch.manual_seed(2)
+    want_grad = torch.func.grad(g)(t)
+    torch.manual_seed(2)
+    assert torch.equal(functx.jit(f)(t), want)
+    torch.manual_seed(2)
+    torch.testing.assert_close(functx.grad(g)(t), want_grad)
+    same = functx.vmap(f, randomness="same")(t.expand(3, 5))
+    assert torch.equal(same[0], same[1])

@@ -158,6 +158,51 @@ def test_jacfwd_jacrev_chunk(chunk_size):
     close(functx.jacrev(f_vec, chunk_size=chunk_size)(X), tf.jacrev(f_vec, chunk_size=chunk_size)(X))
 
 
+class _MaskByNonzero(torch.autograd.Function):
+    """x * (x > 0) whose backward and jvp select with nonzero(): a data-dependent shape on
+    the batched cotangent / tangent, which vmap cannot run."""
+    @staticmethod
+    def forward(x):
+        return x * (x > 0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def _select(x, v):
+        out = torch.zeros_like(v)
+        idx = (v * (x > 0)).nonzero(as_tuple=True)
+        out[idx] = v[idx]
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return _MaskByNonzero._select(ctx.saved_tensors[0], g)
+
+    @staticmethod
+    def jvp(ctx, t):
+        return _MaskByNonzero._select(ctx.saved_tensors[0], t)
+
+
+@pytest.mark.parametrize("jac", ["jacrev", "jacfwd"])
+def test_jacobian_chunk_size_one_runs_rows_without_vmap(jac):
+    """chunk_size=1 is torch.func's row-by-row loop: no vmap, so a rule with a data-dependent
+    shape works (with chunks of 2 vmap raises)."""
+    def f(x):
+        return _MaskByNonzero.apply(x.sin()) * x.sum()
+    x = torch.randn(5, dtype=torch.float64)
+    want = torch.autograd.functional.jacobian(f, x)
+    jacobian = getattr(functx, jac)
+    close(jacobian(f, chunk_size=1)(x), want)
+    got, aux = jacobian(lambda x: (f(x), x.cos()), chunk_size=1, has_aux=True)(x)
+    close(got, want)
+    close(aux, x.cos())
+    with pytest.raises(Exception, match="nonzero|single value"):
+        jacobian(f, chunk_size=2)(x)
+
+
 @pytest.mark.parametrize("argnums", [0, (0, 1), (1,)])
 def test_jacobians_argnums_pytrees(argnums):
     def f(x, y):

@@ -2,7 +2,7 @@
 is a selection, not a matmul.
 
 Forward-mode and Taylor-mode transforms seed their directions with an identity basis
-(marked by transforms/api.mark_identity_basis: only those constants are folded, never a
+(marked by transforms/basis.mark_identity_basis: only those constants are folded, never a
 user's tensor, which may change in place after compiling)
 for jacfwd, hessian, laplacian, divergence, and the transposes of those contractions meet it
 again in reverse mode: the cotangent of sum_i <e_i, J e_i> is s * eye broadcast over the
@@ -40,7 +40,7 @@ class _Identity:
 
 
 def _is_identity_constant(c) -> bool:
-    """A basis the transforms made (transforms/api.mark_identity_basis), never a user's
+    """A basis the transforms made (transforms/basis.mark_identity_basis), never a user's
     tensor: a closed-over tensor may be written in place after jit compiled against it."""
     if type(c) is not torch.Tensor or not getattr(c, "_functx_identity_basis", False):
         return False

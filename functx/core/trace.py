@@ -76,7 +76,7 @@ class EvalTrace(Trace):
     def process_primitive(self, prim, args, params):
         try:
             for a in args:
-                if isinstance(a, torch.Tensor) and a.requires_grad and torch.is_grad_enabled():
+                if isinstance(a, torch.Tensor) and a.requires_grad and torch_autograd_records():
                     with torch._C._ForceDispatchKeyGuard(*TOP_LEVEL_KEYS):
                         out = prim.impl(*args, **params)
                     break
@@ -283,6 +283,15 @@ class record_autograd_reads:
 def note_autograd_read():
     for recorder in record_autograd_reads.active:
         recorder.read = True
+
+
+def torch_autograd_records() -> bool:
+    """Whether PyTorch's own autograd records the eager work on tensors that require grad:
+    grad mode as the code outside functx sees it. Reverse levels enable grad for the user's
+    function (their own rules), which must not make torch record under an outer no_grad (as
+    torch.func: vjp's output under no_grad has no grad_fn)."""
+    stack = _reverse.stack
+    return torch.is_grad_enabled() and (not stack or stack[0][1])
 
 
 def reverse_mode_active() -> bool:

@@ -137,7 +137,10 @@ def rrelu_with_noise(input, noise, lower=0.125, upper=1.0 / 3.0, training=False,
     opmath = torch.float64 if input.dtype is torch.float64 else torch.float32    # the kernel's
     lo, hi = (float(torch.tensor(float(b), dtype=opmath)) for b in (lower, upper))  # bounds, rounded
     drawn = input <= 0
-    draws = torch.rand(input.numel(), dtype=torch.float64, device=input.device, generator=generator)
+    # drawn from a traced tensor, so it is the random primitive: torch.rand(n) here would run
+    # once as plain torch (the mode that stages such factories is off inside lowerings) and
+    # every call, jitted or not, reused those slopes
+    draws = input.new_empty((input.numel(),), dtype=torch.float64).uniform_(0.0, 1.0, generator=generator)
     rank = (torch.cumsum(drawn.flatten().to(torch.int64), 0) - 1).clamp(min=0)
     slope = (draws[rank] * (hi - lo) + lo).to(opmath).reshape(input.shape)
     slope = torch.where(drawn, slope, torch.ones_like(slope)).detach()

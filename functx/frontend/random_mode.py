@@ -161,10 +161,23 @@ def _output_type(func, args, kwargs):
     try:
         out = func(*[to_meta(a) for a in args], **meta_kwargs)
     except Exception:
-        return None
+        out = _scratch_run(func, args, kwargs)
     if not isinstance(out, torch.Tensor):
         return None
     return tuple(out.shape), out.dtype, device
+
+
+def _scratch_run(func, args, kwargs):
+    """The op's output for its type when it has no meta kernel (torch.binomial,
+    torch._sample_dirichlet): a real run drawing from a scratch generator, so the generator the
+    user's numbers come from is not advanced. None when that is not possible."""
+    if not any(a.name == "generator" for a in func._schema.arguments):
+        return None
+    device = next((a.device for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)), None)
+    try:
+        return func(*args, **dict(kwargs, generator=torch.Generator(device=_device(kwargs.get("device", device)))))
+    except Exception:
+        return None
 
 
 def _inplace(func, target, sample):

@@ -11,7 +11,8 @@ import it, so the class reaches them with function-level imports.
 from __future__ import annotations
 
 import torch
-from torch.utils._pytree import tree_map
+import torch.autograd.functional as _autograd_functional
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ..core.errors import FunctxError, user_frame_summary
 from ..core.trace import GraphTracer, Tracer, concrete, note_autograd_read, type_of
@@ -237,11 +238,11 @@ _TORCH_AUTOGRAD = {torch.autograd.grad: "torch.autograd.grad", torch.autograd.ba
                    torch.Tensor.backward: "Tensor.backward"}
 
 
-def _refuse_torch_autograd(func):
+def _refuse_torch_autograd(func, name=None):
     # Traced values carry no torch autograd graph (their requires_grad is functx's answer, the
     # C++ flag stays False), so torch would fail with "does not require grad", or silently give
     # None with allow_unused.
-    name = _TORCH_AUTOGRAD[func]
+    name = name or _TORCH_AUTOGRAD[func]
     raise FunctxError(
         f"functx: {name} on a value traced by a functx transform, here:\n{user_frame_summary()}\n"
         "Traced values have no PyTorch autograd graph, even where requires_grad is True (torch.func "
@@ -251,6 +252,36 @@ def _refuse_torch_autograd(func):
         "torch.autograd.grad(u(x).sum(), x), functx.vjp(u, x)[1](v) for grad_outputs=v, and "
         "functx.jacrev / functx.hessian / functx.laplacian for higher derivatives; they compose "
         "with jit and vmap.")
+
+
+def _guard_autograd_functional():
+    """torch.autograd.functional (jacobian, hessian, vjp, jvp, hvp, vhp) on traced values
+    raises as torch.autograd.grad does. It drops the outputs that do not require grad before
+    calling torch.autograd.grad and fills their derivatives with zeros; traced values never
+    require torch grad, so inside a transform it returned zero derivatives with no error (an
+    input made with x.detach().requires_grad_(), or a traced value it closes over). torch
+    has no hook for tensor subclasses there: its two helpers are wrapped (functx also wraps
+    torch.autograd.Function.apply and torch.manual_seed)."""
+    functional = _autograd_functional
+
+    def traced(*trees):
+        return any(isinstance(x, TracerTensor) for x in tree_flatten(trees)[0])
+
+    preprocess, autograd_grad = functional._grad_preprocess, functional._autograd_grad
+
+    def _grad_preprocess(inputs, create_graph, need_graph):
+        if traced(inputs):
+            _refuse_torch_autograd(torch.autograd.grad, "torch.autograd.functional")
+        return preprocess(inputs, create_graph, need_graph)
+
+    def _autograd_grad(outputs, inputs, grad_outputs=None, *args, **kwargs):
+        if traced(outputs, inputs, grad_outputs):
+            _refuse_torch_autograd(torch.autograd.grad, "torch.autograd.functional")
+        return autograd_grad(outputs, inputs, grad_outputs, *args, **kwargs)
+    functional._grad_preprocess, functional._autograd_grad = _grad_preprocess, _autograd_grad
+
+
+_guard_autograd_functional()
 
 
 # The torch functions TracerTensor.__torch_function__ does more for than pass them through.
@@ -302,8 +333,10 @@ def wrap_input(value, source, bdim=None):
 
 
 def storage_layout(t, bdim=None):
-    """(strides, storage offset) of t as torch lays it out, or of one example along bdim (its
-    offset relative, as torch.func's as_strided takes it); "unknown" where functx cannot know
+    """(strides, storage offset) of t as torch lays it out, or of one example along bdim (the
+    batch dim's stride dropped; the storage offset of the whole batched tensor, which
+    torch.func reports for every example and measures as_strided's offset from); "unknown"
+    where functx cannot know
     it (a value computed from non-contiguous ones in a way it could not follow); None when t
     is not a tensor (a bare traced value: contiguous)."""
     if isinstance(t, TracerTensor):
@@ -318,7 +351,7 @@ def storage_layout(t, bdim=None):
         return None
     if bdim is None:
         return layout
-    return layout[0][:bdim] + layout[0][bdim + 1:], 0
+    return layout[0][:bdim] + layout[0][bdim + 1:], layout[1]
 
 
 def _default_strides(shape, _cache={}):

@@ -167,7 +167,10 @@ def _opaque_transpose(cts, *args, fn, out_types, linear_argnums):
 
 def _opaque_batch(axis, args, dims, *, fn, out_types, linear_argnums):
     in_dims = tuple(dims)
-    bfn = OpaqueFunction(lambda *xs: tuple(torch.func.vmap(fn, in_dims=in_dims, out_dims=0)(*xs)),
+    # vmap's randomness reaches torch.func's vmap: a sampler without a lowering (torch.poisson,
+    # torch.multinomial, torch.randint_like) draws per example or once, as the user asked
+    randomness = axis.randomness if axis.randomness in ("error", "same", "different") else "error"
+    bfn = OpaqueFunction(lambda *xs: tuple(torch.func.vmap(fn, in_dims=in_dims, out_dims=0, randomness=randomness)(*xs)),
                          f"vmap({fn.name})", reverse_jvp=fn.reverse_jvp)
     b_types = [TensorType((axis.size,) + t.shape, t.dtype, t.device) for t in out_types]
     return opaque(bfn, args, b_types, linear_argnums), [0] * len(out_types)

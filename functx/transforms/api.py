@@ -20,6 +20,7 @@ from .batching import AxisData, BatchTrace, BatchTracer
 from .jvp import JVPTrace, JVPTracer
 from .vmap_args import batch_size as _batch_size, check_axes_spec as _check_axes_spec
 from ..tree_util import broadcast_prefix, tree_flatten, tree_map, tree_unflatten
+from .basis import assemble, identity_blocks, mark_identity_basis, row_by_row  # noqa: F401 (mark_identity_basis: re-exported)
 
 _TENSOR_LEAF = (torch.Tensor, Tracer)
 
@@ -383,8 +384,20 @@ def grad(f, argnums=0, has_aux=False):
 _RANDOMNESS = ("error", "different", "same")
 
 
+class _Unset:
+    """The default of vmap's in_dims / out_dims aliases: None is a value they can take (not
+    batched), so it cannot also mean "not passed"."""
+    __slots__ = ()
+
+    def __repr__(self):
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
 def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size=None,
-         randomness="error", in_dims=None, out_dims=None):
+         randomness="error", in_dims=_UNSET, out_dims=_UNSET):
     """Vectorize f over a batch axis: f is written for one example, vmap(f) runs on a batch.
 
     Args:
@@ -410,11 +423,11 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
       >>> functx.vmap(torch.dot)(a, b)                               # row-wise dot products
       >>> functx.vmap(functx.grad(loss), in_axes=(None, 0, 0))(params, x, y)   # per-sample grads
     """
-    if in_dims is not None:
+    if in_dims is not _UNSET:
         if in_axes != 0:
             raise TypeError("functx.vmap: pass in_axes or its alias in_dims, not both")
         in_axes = in_dims
-    if out_dims is not None:
+    if out_dims is not _UNSET:
         if out_axes != 0:
             raise TypeError("functx.vmap: pass out_axes or its alias out_dims, not both")
         out_axes = out_dims
@@ -538,56 +551,14 @@ def _set_rng_state(state):
 
 # ---------------------------------------------------------------- Jacobians
 
-def mark_identity_basis(t):
-    """Mark a basis tensor this library made (never a user's tensor, which may be written in
-    place after a jit compiled against its value): jit may fold products with it into
-    selections (compile/fold_identity.py)."""
-    t._functx_identity_basis = True
-    return t
-
-
-def _basis(types, dtype_of, n_total):
-    """For each leaf type, a block of the identity shaped (N, *leaf.shape)."""
-    blocks, offset = [], 0
-    for t in types:
-        n = t.numel
-        if n == n_total:        # one leaf: the identity itself (one kernel, not three)
-            eye = torch.eye(n, dtype=dtype_of(t), device=t.device)
-        else:
-            eye = torch.zeros(n_total, n, dtype=dtype_of(t), device=t.device)
-            eye[offset:offset + n] = torch.eye(n, dtype=dtype_of(t), device=t.device)
-        block = eye.reshape((n_total,) + t.shape)
-        if n == n_total:
-            mark_identity_basis(block)
-        blocks.append(block)
-        offset += n
-    return blocks
-
-
-def _split_jacobian(jac_leaf, out_shape, in_types, leading_is_in):
-    """Split a (N, *out_shape) (or (*out, N)) batch into one block per input leaf."""
-    parts, offset = [], 0
-    for t in in_types:
-        n = t.numel
-        if leading_is_in:
-            block = jac_leaf.narrow(0, offset, n).reshape(t.shape + out_shape)
-            k = len(t.shape)
-            perm = list(range(k, k + len(out_shape))) + list(range(k))
-            block = block.permute(perm)
-        else:
-            block = jac_leaf.narrow(jac_leaf.dim() - 1, offset, n).reshape(out_shape + t.shape)
-        parts.append(block)
-        offset += n
-    return parts
-
-
 def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
     """The Jacobian by forward mode: vmap of jvp over the basis of the inputs (efficient
     when the inputs are smaller than the outputs).
 
     Args:
       f, argnums, has_aux: as in grad (f may return any pytree of tensors).
-      chunk_size: vmap the basis in chunks of this size (bounds memory).
+      chunk_size: vmap the basis in chunks of this size (bounds memory); 1 runs the rows in
+        a Python loop without vmap (as torch.func's jacrev), for rules vmap cannot batch.
       randomness: passed to the inner vmap.
 
     Returns:
@@ -611,13 +582,16 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
             return (res[1], res[2]) if has_aux else res[1]
 
         tangents_primals = diff         # the caller's tensors: jvp gives f their layouts
-        basis = _basis(types, lambda t: t.dtype, n_total)
-        if has_aux:
+        basis = identity_blocks(types, lambda t: t.dtype, n_total)
+        if chunk_size == 1 and n_total:
+            jac_tree = row_by_row(push, basis, n_total, has_aux)
+            jac_tree, aux = jac_tree if has_aux else (jac_tree, None)
+        elif has_aux:
             jac_tree, aux = vmap(push, chunk_size=chunk_size, randomness=randomness,
                                  out_axes=(0, None))(*basis)
         else:
             jac_tree = vmap(push, chunk_size=chunk_size, randomness=randomness)(*basis)
-        jac = _assemble(jac_tree, d_tree, types, leading_is_in=True, single=isinstance(argnums, int))
+        jac = assemble(jac_tree, d_tree, types, leading_is_in=True, single=isinstance(argnums, int))
         return (jac, aux) if has_aux else jac
     return jac_f
 
@@ -643,8 +617,11 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
         o_flat, o_tree = tree_flatten(out)
         o_types = [type_of(unwrap(o)) for o in o_flat]
         n_out = sum(t.numel for t in o_types)
-        basis = _basis(o_types, lambda t: t.dtype, n_out)
-        cts = pull(vjp_fn, o_tree, tuple(basis))     # tuple over diff args, leading N_out
+        basis = identity_blocks(o_types, lambda t: t.dtype, n_out)
+        if chunk_size == 1 and n_out:
+            cts = row_by_row(lambda *row: vjp_fn(tree_unflatten(o_tree, list(row))), basis, n_out)
+        else:
+            cts = pull(vjp_fn, o_tree, tuple(basis))     # tuple over diff args, leading N_out
         d_flat, d_tree = tree_flatten(tuple(diff))
         in_types = [type_of(unwrap(x)) for x in d_flat]
         ct_leaves, _ = tree_flatten(cts)
@@ -674,18 +651,6 @@ def _require_float(leaves, who):
             raise TypeError(f"{who}: differentiated argument leaf {i} has dtype {type_of(x).dtype}; "
                             f"{who.split('.')[-1]} needs floating-point inputs (use argnums to skip "
                             "integer arguments)")
-
-
-def _assemble(jac_tree, d_tree, in_types, leading_is_in, single):
-    """jac_tree: the output tree, each leaf (N_in, *out_shape) -> out tree of in trees."""
-    leaves, o_tree = tree_flatten(jac_tree)
-    out = []
-    for leaf in leaves:
-        out_shape = tuple(leaf.shape[1:])
-        parts = _split_jacobian(leaf, out_shape, in_types, leading_is_in)
-        tree = tree_unflatten(d_tree, parts)
-        out.append(tree[0] if single else tuple(tree))
-    return tree_unflatten(o_tree, out)
 
 
 def hessian(f, argnums=0, has_aux=False):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from ...core.errors import FunctxError, user_frame_summary
+from ...core.types import TensorType
 from ... import prims as P
 from ..generators import drawing_from
-from ..promote import SCALARS
+from ..promote import SCALARS, broadcast_shapes, prepare, result_type
 from .common import _t, aten
 from .registry import register
 
@@ -117,10 +118,36 @@ def _standard(t, dist, generator, name):
     return P.random(t.shape, t.dtype, t.device, "call", (drawing_from(draw, generator, name), len(t.shape)))
 
 
+# torch.normal(mean, std) is not reparameterized: torch's derivative in mean and std is zero
+# (derivatives.yaml), and so is functx's (mean + std * torch.randn_like(mean), or
+# torch.distributions.Normal(mean, std).rsample(), is the differentiable sample).
+
 @register(aten.normal.Tensor_float)
 def _normal_tf(mean, std=1.0, generator=None):
     t = _t(mean)
-    return P.add(P.mul(_standard(t, "normal", generator, "torch.normal"), std), mean)
+    return P.add(P.mul(_standard(t, "normal", generator, "torch.normal"), std), P.stop_gradient(mean))
+
+
+def _normal_of_tensors(mean, std, generator):
+    # torch's decomposition (torch._refs.normal) draws with prims.normal, a factory without
+    # traced arguments that would run once as plain torch: every call, and under vmap every
+    # example, got the same sample. Here the draw is the random primitive.
+    dtype, shape = result_type(mean, std), broadcast_shapes(mean, std)
+    mean, std = prepare([mean, std], dtype, shape)
+    device = next(_t(a).device for a in (mean, std) if not isinstance(a, SCALARS))
+    z = _standard(TensorType(shape, dtype, device), "normal", generator, "torch.normal")
+    mean, std = (a if isinstance(a, SCALARS) else P.stop_gradient(a) for a in (mean, std))
+    return P.add(P.mul(z, std), mean)
+
+
+@register(aten.normal.Tensor_Tensor)
+def _normal_tt(mean, std, generator=None):
+    return _normal_of_tensors(mean, std, generator)
+
+
+@register(aten.normal.float_Tensor)
+def _normal_ft(mean, std, generator=None):
+    return _normal_of_tensors(float(mean), std, generator)
 
 
 @register(aten.normal_functional.default)
@@ -133,6 +160,23 @@ def _normal_functional(x, mean=0.0, std=1.0, generator=None):
 def _uniform(x, from_=0.0, to=1.0, generator=None):
     t = _t(x)
     return P.add(P.mul(_standard(t, "uniform", generator, "Tensor.uniform_"), to - from_), from_)
+
+
+def _randint_like(x, low, high, dtype, generator=None):
+    # the random primitive (torch.randint's numbers for the same seed), so vmap's randomness
+    # applies and the derivative is zero (the opaque fallback's jvp raised, torch.func's is 0)
+    t = _t(x)
+    dtype = dtype or t.dtype
+    if generator is None:
+        return P.random(t.shape, dtype, t.device, "randint", (int(low), int(high)))
+    draw = lambda g: torch.randint(int(low), int(high), t.shape, dtype=dtype, device=t.device, generator=g)  # noqa: E731
+    return P.random(t.shape, dtype, t.device, "call", (drawing_from(draw, generator, "torch.randint_like"), len(t.shape)))
+
+
+register(aten.randint_like.default)(lambda x, high, dtype=None, layout=None, device=None, pin_memory=None,
+                                    memory_format=None: _randint_like(x, 0, high, dtype))
+register(aten.randint_like.low_dtype)(lambda x, low, high, dtype=None, layout=None, device=None, pin_memory=None,
+                                      memory_format=None: _randint_like(x, low, high, dtype))
 
 
 @register(aten.bernoulli.p)

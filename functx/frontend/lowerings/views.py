@@ -233,9 +233,13 @@ def _as_strided(x, size, stride, storage_offset=None):
             "value. Call .contiguous() on it first, or use view ops (unfold, narrow, expand, "
             "diagonal) that say what they read.")
     offset = torch.Tensor.storage_offset(x) if storage_offset is None else storage_offset
-    if is_contiguous_layout(root.shape, root.stride()) and torch.Tensor.storage_offset(root) == 0:
-        chain = [(aten.as_strided.default, (tuple(size), tuple(stride), offset), {}, None)]
-        return view_wrapper(_as_strided_value(value_of(root), size, stride, offset), root, chain)
+    # storage offsets count from the start of the storage: a contiguous root that starts at
+    # position r (an argument sliced from a bigger tensor; under vmap, every example starts at
+    # the batched tensor's offset) holds element k at position r + k
+    start = offset - torch.Tensor.storage_offset(root)
+    if is_contiguous_layout(root.shape, root.stride()) and start >= 0:
+        chain = [(aten.as_strided.default, (tuple(size), tuple(stride), start), {}, None)]
+        return view_wrapper(_as_strided_value(value_of(root), size, stride, start), root, chain)
     return _as_strided_of_strided_root(root, size, stride, offset)
 
 
