@@ -11,6 +11,8 @@ noise hits them alike; the time is the median, and the minimum, of per-round CPU
       MLP per example), jvp,
       jacrev (one example's logits w.r.t. its input), hvp = jvp(grad)
   tiny: grad of sin(x).sum() on a 3-vector, the fixed cost of one transformed call
+  nn.Modules through functional_call with named_parameters() (they require grad): an MLP, a
+      TransformerEncoderLayer; an RNN loop writing out[t] = h
   the six workloads of bench_transforms.py, un-jitted (their builders are reused)
 and the Python function calls per call of grad (cProfile), the count issue 13 quotes, and
 what one more op costs inside vmap / vjp (the per-op floor the small-MLP rows pay).
@@ -66,6 +68,36 @@ def small_mlp_rows(T):
         "jacrev": ((lambda p, x0: T.jacrev(lambda z: mlp(p, z))(x0)), (params, x[0])),
         "hvp": (hvp, (params, v, x, y)),
         "tiny grad (overhead)": (T.grad(lambda z: torch.sin(z).sum()), (torch.randn(3, generator=g),)),
+    }
+
+
+def module_rows(T):
+    """Model code as researchers write it: nn.Modules through functional_call with
+    dict(model.named_parameters()) (parameters that require grad), and an RNN filling its
+    outputs in place."""
+    torch.manual_seed(0)
+    mlp_m = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64),
+                                torch.nn.Tanh(), torch.nn.Linear(64, 10))
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    x, y, seq = torch.randn(16, 32), torch.randint(0, 10, (16,)), torch.randn(2, 5, 32)
+    W, xs = torch.randn(32, 32) * 0.1, torch.randn(20, 8, 32)
+
+    def mlp_loss(p):
+        return F.cross_entropy(torch.func.functional_call(mlp_m, p, (x,)), y)
+
+    def layer_loss(p):
+        return torch.func.functional_call(layer, p, (seq,)).pow(2).mean()
+
+    def rnn_loss(W, xs):
+        h, out = xs.new_zeros(xs.shape[1:]), xs.new_zeros(xs.shape)
+        for t in range(xs.shape[0]):
+            h = torch.tanh(h @ W + xs[t])
+            out[t] = h
+        return out.pow(2).mean()
+    return {
+        "grad nn.Sequential MLP": (T.grad(mlp_loss), (dict(mlp_m.named_parameters()),)),
+        "grad TransformerEncoderLayer": (T.grad(layer_loss), (dict(layer.named_parameters()),)),
+        "grad RNN writing out[t]": (T.grad(rnn_loss), (W, xs)),
     }
 
 
@@ -210,6 +242,15 @@ def main(argv=None):
             rows[name]["jax"] = jx[name]
     print("\n== small MLP 16x32-64-64-10, eager")
     run_rows(rows, rounds, min_time)
+
+    fx, tf = module_rows(functx), module_rows(torch.func)
+    rows = {}
+    for name in fx:
+        BT.assert_matches(fx[name][0](*fx[name][1]), tf[name][0](*tf[name][1]), name, rtol=1e-4, atol=1e-5)
+        rows[name] = {"functx": fx[name], "torch.func": tf[name]}
+    print("\n== nn.Modules (parameters that require grad) and an in-place RNN loop, eager")
+    run_rows(rows, rounds, min_time)
+    fx, tf = small_mlp_rows(functx), small_mlp_rows(torch.func)
 
     print("\n== Python calls per call (cProfile, builtins included)")
     for name in ("grad", "vmap(grad)", "vmap", "jvp", "tiny grad (overhead)"):

@@ -374,3 +374,32 @@ def test_a_result_viewing_a_value_the_function_made_is_fresh():
     for _ in range(3):
         _close(functx.grad(f, argnums=(0, 1))(*xs), torch.func.grad(f, argnums=(0, 1))(*xs))
     assert [u for u in _entries("stack") if u is not function_units.UNCACHEABLE]
+
+
+def test_units_serve_parameters_that_require_grad_and_torch_autograd_records_them():
+    # functx.grad(loss)(dict(model.named_parameters())): the parameters require grad, so units
+    # declined them (every op then ran primitive by primitive: 0.37x of torch.func); a level's
+    # rule now runs with torch's autograd on for them, and a gradient penalty through the
+    # gradients (torch.autograd.grad of grad's output) is torch.func's
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    x = torch.randn(5, 4)
+    params = dict(model.named_parameters())
+
+    def loss(p, x):
+        h = torch.func.functional_call(model, p, (x,))
+        return (h.pow(2) + h.detach()).mean()
+    function_units.CACHE.clear()
+    for _ in range(3):
+        for tf in (functx, torch.func):
+            g = tf.grad(loss)(params, x)
+            per = tf.vmap(tf.grad(loss), in_dims=(None, 0))(params, x[:, None])
+            _, t = tf.jvp(lambda w: loss(dict(params, **{"0.weight": w}), x), (params["0.weight"],),
+                          (torch.ones(8, 4),))
+            penalty = sum(v.pow(2).sum() for v in g.values()) + sum(v.sum() for v in per.values()) + t
+            got = torch.autograd.grad(penalty, list(params.values()))
+            if tf is functx:
+                mine = got
+        for a, b in zip(mine, got):
+            _close(a, b)
+    assert [u for u in _entries("linear") if u is not function_units.UNCACHEABLE]

@@ -68,6 +68,10 @@ class Trace:
 # autograd history; impls on tensors that require grad (closed-over nn.Module parameters)
 # run in this state instead, so PyTorch autograd sees through functx's outputs.
 TOP_LEVEL_KEYS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
+# The same with the Python key off: a level's cached rule on tensors that require grad runs in
+# it (torch's autograd records, functx's dispatch mode does not see each kernel).
+AUTOGRAD_ON_KEYS = (TOP_LEVEL_KEYS[0], TOP_LEVEL_KEYS[1] | torch._C.DispatchKeySet(torch._C.DispatchKey.Python)
+                    | torch._C.DispatchKeySet(torch._C.DispatchKey.PythonTLSSnapshot))
 
 
 class EvalTrace(Trace):

@@ -22,10 +22,16 @@ from .rewrites import REWRITTEN, grad_mode_watchers, rewrite
 
 
 _disabled_torch_function = torch._C._disabled_torch_function_impl
+_FunctionType = type(lambda: None)
 
 
 def run_function_unit(func, types, args, kwargs):
     """Replaced by frontend/function_units.run_unit when that module loads (it imports this one)."""
+    return NotImplemented
+
+
+def run_python_body(func, args, kwargs):
+    """Replaced by frontend/function_units.run_python_body when that module loads."""
     return NotImplemented
 
 _CONTIGUOUS, _VIEW, _GETITEM, _SETITEM = (torch.Tensor.contiguous, torch.Tensor.view, torch.Tensor.__getitem__,
@@ -57,6 +63,10 @@ class TracerTensor(torch.Tensor):
         out = run_function_unit(func, types, args, kwargs)
         if out is not NotImplemented:
             return out
+        if type(func) is _FunctionType:     # F.multi_head_attention_forward: its body, as user code
+            out = run_python_body(func, args, kwargs or {})
+            if out is not NotImplemented:
+                return out
         return _disabled_torch_function(func, types, args, kwargs or {})
 
     @staticmethod

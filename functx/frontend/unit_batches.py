@@ -58,10 +58,11 @@ _getrefcount = sys.getrefcount
 _ExcludeKeys = torch._C._ExcludeDispatchKeyGuard
 _K, _KS = torch._C.DispatchKey, torch._C.DispatchKeySet
 # A unit's torch kernels run as the front end's do inside a __torch_dispatch__ handler: below
-# autograd (operands never require grad there) and past the Python key, so functx's own
-# dispatch mode (random_mode.intercept_random) does not see each kernel (function_units.run_unit
-# runs a unit so); a batch also excludes autocast, which a unit recorded without it must not
-# see when it runs later.
+# autograd and past the Python key, so functx's own dispatch mode (random_mode.intercept_random)
+# does not see each kernel (function_units.run_unit runs a unit so); a level's rule whose
+# operands require grad (nn.Parameters differentiated as they are) turns torch's autograd back
+# on for its kernels (core/trace.AUTOGRAD_ON_KEYS), as EvalTrace does for a primitive. A batch
+# also excludes autocast, which a unit recorded without it must not see when it runs later.
 BELOW_DISPATCH = (_KS(_K.Python) | _KS(_K.PythonTLSSnapshot) | _KS(_K.ADInplaceOrView)
                   | _KS(_K.AutogradFunctionality))
 _RUN_KEYS = BELOW_DISPATCH

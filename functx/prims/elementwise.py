@@ -571,8 +571,8 @@ stop_gradient_p = defjvp_zero(Primitive(
     # computed from one, inside an eager transform); other values pass as they are
     impl=lambda x: x.detach() if x.requires_grad else x,
     batch=lambda axis, args, dims: (stop_gradient(args[0]), dims[0]),
-    emit=lambda eqn, srcs: srcs[0],
-    triton="{0}", cpp="{0}"))
+    emit=lambda eqn, srcs: f"{srcs[0]}.detach()",      # (generated rules run with torch's autograd on
+    triton="{0}", cpp="{0}"))                           # for operands that require grad)
 
 
 def stop_gradient(x):

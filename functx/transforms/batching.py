@@ -5,8 +5,8 @@ import torch
 
 from ..core import FunctxError, MissingRuleError, Trace, Tracer, nan_check, set_current_trace
 from ..core.errors import library_hint, user_frame_summary
-from ..core.trace import (EVAL_TRACE, AxisData, process_on_parent, tensor_type, trace_state, transform_level, type_of,
-                          value_repr)
+from ..core.trace import (AUTOGRAD_ON_KEYS, EVAL_TRACE, AxisData, process_on_parent, tensor_type, trace_state, transform_level, type_of,
+                          torch_autograd_records, value_repr)
 from ..prims import collective
 from ..prims.util import is_scalar
 from . import rule_cache
@@ -129,14 +129,17 @@ class BatchTrace(Trace):
         generated batch rule for the whole op, cached on the op by its operands' batch dims;
         NotImplemented where it does not apply (dispatch runs the lowering)."""
         dims, V = [], []
+        recorded = False        # an operand requires grad: torch's autograd records the rule
         for a in args:
             if type(a) is BatchTracer and a._trace is self:
                 v = a.val
-                if not isinstance(v, torch.Tensor) or v.requires_grad:
+                if not isinstance(v, torch.Tensor):
                     return NotImplemented
+                recorded = recorded or v.requires_grad
                 dims.append(a.bdim)
                 V.append(v)
             elif isinstance(a, torch.Tensor):
+                recorded = recorded or a.requires_grad
                 dims.append(None)
                 V.append(a)
             else:
@@ -149,7 +152,11 @@ class BatchTrace(Trace):
             return NotImplemented
         prev, trace_state.trace = trace_state.trace, EVAL_TRACE
         try:
-            outs = rule.fns[False](V)
+            if recorded and torch_autograd_records():
+                with torch._C._ForceDispatchKeyGuard(*AUTOGRAD_ON_KEYS):
+                    outs = rule.fns[False](V)
+            else:
+                outs = rule.fns[False](V)
         except Exception:       # the lowering's own path raises (and names) the error
             return NotImplemented
         finally:

@@ -14,8 +14,8 @@ import torch
 
 from ..core import STRUCTURAL, MissingRuleError, Trace, Tracer, Zero, set_current_trace
 from ..core import nan_check
-from ..core.trace import (EVAL_TRACE, GraphTrace, GraphTracer, PrimalTracer, grad_enabled_for, process_on_parent,
-                          trace_state, transform_level, type_of, value_repr)
+from ..core.trace import (AUTOGRAD_ON_KEYS, EVAL_TRACE, GraphTrace, GraphTracer, PrimalTracer, grad_enabled_for, process_on_parent,
+                          torch_autograd_records, trace_state, transform_level, type_of, value_repr)
 from ..prims.util import is_scalar
 from . import rule_cache
 from .batching import BatchTrace
@@ -179,12 +179,12 @@ class JVPTrace(Trace):
         linearize = self.fast == "linearize"
         eager = self.eager
         mask, P, T = [], [], []
+        recorded = False        # an operand requires grad: torch's autograd records the rule
         for a in args:
             if type(a) is JVPTracer and a._trace is self:
                 p, t = a.primal, a.tangent
                 if isinstance(p, torch.Tensor):
-                    if p.requires_grad:
-                        return NotImplemented
+                    recorded = recorded or p.requires_grad
                     dtype = p.dtype
                 elif not eager and isinstance(p, Tracer):
                     dtype = p.aval.dtype
@@ -203,6 +203,7 @@ class JVPTrace(Trace):
                 mask.append(True)
                 P.append(p)
             elif isinstance(a, torch.Tensor) or (not eager and isinstance(a, Tracer)):
+                recorded = recorded or (type(a) is not JVPTracer and isinstance(a, torch.Tensor) and a.requires_grad)
                 mask.append(False)
                 P.append(a)
             else:
@@ -219,7 +220,11 @@ class JVPTrace(Trace):
         fn = rule.fns[(self.fast, not eager)]
         prev, trace_state.trace = trace_state.trace, (self.parent.parent if linearize else self.parent)
         try:
-            outs, tangents = fn(self.parent, P, T) if linearize else fn(P, T)
+            if recorded and torch_autograd_records():
+                with torch._C._ForceDispatchKeyGuard(*AUTOGRAD_ON_KEYS):
+                    outs, tangents = fn(self.parent, P, T) if linearize else fn(P, T)
+            else:
+                outs, tangents = fn(self.parent, P, T) if linearize else fn(P, T)
         except Exception:
             return NotImplemented
         finally:
