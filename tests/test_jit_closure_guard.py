@@ -277,3 +277,35 @@ def test_buffer_write_back_positions_skip_non_tensor_arguments(x):
     m = Tagged()
     functx.jit(m)(x, "a", "b", "c").sum().backward()
     assert not m.bn.running_mean.requires_grad and not m.bn.running_var.requires_grad
+
+
+def test_batchnorm_eval_after_more_training_uses_the_new_statistics(x):
+    # Eval mode reads the running statistics through batch norm's lowering, whose torch code
+    # (rsqrt(running_var + eps)) ran below the dispatch mode unrecorded: the eval entry kept
+    # the statistics of its trace after later training steps updated them.
+    torch.manual_seed(0)
+    jitted_model, plain = (nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5)) for _ in range(2))
+    plain.load_state_dict(jitted_model.state_dict())
+    jitted = functx.jit(jitted_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for mode in ["train", "eval", "train", "train", "eval", "train", "eval"]:
+            getattr(jitted_model, mode)(), getattr(plain, mode)()
+            _close(jitted(x), plain(x))
+
+
+@pytest.mark.parametrize("program", ["add_into_made", "made_times_closed_exp"])
+def test_made_tensors_computed_with_closed_over_ones_are_guarded(program):
+    # Work on tensors the function makes runs at trace time; one that reads a closed-over
+    # tensor (torch.zeros(3) += w) must be guarded like a read at the function's own level.
+    w = torch.ones(3)
+    fns = {"add_into_made": lambda x: x * torch.zeros(3).add_(w),
+           "made_times_closed_exp": lambda x: x * torch.full((3,), 2.0).mul(w).exp()}
+    f = fns[program]
+    jitted = functx.jit(f)
+    x = torch.randn(3, dtype=torch.float64)
+    jitted(x)
+    w.mul_(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _close(jitted(x), f(x))

@@ -29,6 +29,7 @@ from ..core.errors import user_frame_summary
 from ..core.trace import (EVAL_TRACE, GraphTrace, Tracer, enclosing_traces, set_current_trace,
                           staged_or_batched, staging)
 from .. import prims as P
+from . import dispatch as _dispatch_module
 from .dispatch import dispatch, pinned
 from .lowerings.creation import SIZED_FACTORIES
 from .lowerings.registry import LOWERINGS
@@ -310,6 +311,9 @@ def _has_symbolic_size(args, kwargs) -> bool:
     return any(isinstance(v, (torch.SymInt, torch.SymFloat)) for v in tree_flatten((args, kwargs))[0])
 
 
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
 def _storage(t):
     return t.untyped_storage().data_ptr()
 
@@ -325,6 +329,9 @@ class ClosureRead(NamedTuple):
     storage: int          # its storage's address: `param.data = ...` swaps it
     view: bool
     recorded: bool
+
+
+_ENTERED: list = []     # the RandomModes entered, innermost last (popped from torch's stack in handlers)
 
 
 class RandomMode(TorchDispatchMode):
@@ -348,13 +355,21 @@ class RandomMode(TorchDispatchMode):
                     "tensor as an argument (jit writes updated arguments back to it; for a module's "
                     "buffers, functional_call(model, {**params, **buffers}, x)), use the module in "
                     "eval mode, or make the update outside the jitted function.")
-        view, grad = bool(func.is_view), torch.is_grad_enabled()
-        for t in tree_flatten((args, kwargs))[0]:
-            if isinstance(t, torch.Tensor) and _storage(t) not in self.created:
-                self.closure_reads.append(ClosureRead(t, t._version, _storage(t), view, grad and t.requires_grad))
+        grad = torch.is_grad_enabled()
+        read = [(t, t._version) for t in tree_flatten((args, kwargs))[0]
+                if isinstance(t, torch.Tensor) and _storage(t) not in self.created]
         out = func(*args, **kwargs)
-        for o in tree_flatten(out)[0]:
-            if isinstance(o, torch.Tensor) and (func.is_view is False or _storage(args[0]) in self.created):
+        outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        # A view is what aliases its input: an op whose schema may alias can copy
+        # (`to(dtype)` to another dtype, `reshape` of a non-contiguous tensor, copy=True),
+        # and that copy is a new tensor whose values go stale.
+        shared = {_storage(o) for o in outs} if func.is_view else set()
+        for t, version in read:
+            self.closure_reads.append(ClosureRead(t, version, _storage(t), _storage(t) in shared,
+                                                  grad and t.requires_grad))
+        base = _storage(args[0]) if args and isinstance(args[0], torch.Tensor) else None
+        for o in outs:
+            if not func.is_view or _storage(o) != base or base in self.created:
                 self.created.add(_storage(o))
         return out
 
@@ -382,6 +397,13 @@ class RandomMode(TorchDispatchMode):
             if staging() and not _is_seeded(func) and _holds_no_tracer(args, kwargs):
                 # only tensors the function made (torch.zeros(n), then mask[2] = True): computed
                 # now, as plain torch would be, so that Python can read them (x[mask], int(n))
+                # A closed-over tensor among them (torch.zeros(3) + w) is read now: a closure
+                # read, guarded like one at the function's own level (a copy: the result is new).
+                grad = torch.is_grad_enabled()
+                for t in tree_flatten((args, kwargs))[0]:
+                    if type(t) in _PLAIN_TYPES and _storage(t) not in self.created:
+                        self.closure_reads.append(ClosureRead(t, t._version, _storage(t), False,
+                                                              grad and t.requires_grad))
                 with set_current_trace(EVAL_TRACE):
                     return dispatch(func, args, kwargs or {})
             # What TracerTensor.__torch_dispatch__ would do, without a second trip through the
@@ -444,6 +466,36 @@ def _active() -> bool:
     return active_mode() is not None
 
 
+class _PlainReadsMode(TorchDispatchMode):
+    """Plain torch ops that a special lowering or a decomposition runs on a closed-over
+    tensor while jit traces (batch norm's `rsqrt(running_var + eps)` in eval mode): torch
+    pops RandomMode while it handles the traced op, so without this mode they would reach
+    ATen unseen, and their trace-time results would be constants no ClosureGuard checks (a
+    BatchNorm evaluated after more training used its old statistics). Here they are staged
+    plain ops, as at the function's own level: recorded as closure reads (guarded) and
+    refused when they write into the closed-over tensor."""
+
+    def __init__(self, owner):
+        super().__init__()
+        self.owner = owner
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if TracerTensor in types:
+            return func(*args, **(kwargs or {}))
+        return self.owner._staged_plain_op(func, args, kwargs or {})
+
+
+def reading_closed_over():
+    """The mode that stages the plain ops of a lowering while jit traces (see _PlainReadsMode),
+    or None where nothing is staged."""
+    if not _ENTERED or not staging():
+        return None
+    return _PlainReadsMode(_ENTERED[-1])
+
+
+_dispatch_module.READING_CLOSED_OVER[0] = reading_closed_over
+
+
 class intercept_random:
     """Entered by transforms and jit around the user's function; nested entries are free.
     (A class, not a generator context manager: every transformed call enters it.)"""
@@ -453,9 +505,11 @@ class intercept_random:
         self.mode = None if _active() else RandomMode()
         if self.mode is not None:
             self.mode.__enter__()
+            _ENTERED.append(self.mode)
 
     def __exit__(self, *exc):
         if self.mode is not None:
+            _ENTERED.pop()
             return self.mode.__exit__(*exc)
 
 
