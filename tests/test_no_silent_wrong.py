@@ -694,3 +694,23 @@ def test_out_arguments_inside_transforms():
         return y
     with pytest.raises(functx.FunctxError, match="would resize"):
         functx.jit(resized)(x)
+
+
+@pytest.mark.parametrize("name", ["norm", "norm3", "std", "normalize", "cosine_similarity", "pairwise_distance"])
+def test_half_precision_norms_accumulate_in_float32_as_torch(name):
+    # x*x of a float16 above 256 overflows: these were inf (or normalize 0) under jit, grad
+    # and vmap where torch's kernels, which accumulate in float32, give finite values.
+    import torch.nn.functional as F
+    fns = {"norm": lambda x: x.norm(dim=1), "norm3": lambda x: torch.linalg.vector_norm(x, 3, dim=1),
+           "std": lambda x: x.std(1), "normalize": lambda x: F.normalize(x, dim=1),
+           "cosine_similarity": lambda x: F.cosine_similarity(x, x.flip(0), dim=1),
+           "pairwise_distance": lambda x: F.pairwise_distance(x, x.flip(0))}
+    f = fns[name]
+    x = (torch.randn(3, 8, generator=torch.Generator().manual_seed(0)) * 400).half()
+    want = f(x)
+    assert want.isfinite().all()
+    torch.testing.assert_close(functx.jit(f)(x), want, rtol=2e-3, atol=1e-3)
+    # the derivative against float64 (torch's own float16 backward of the 3-norm is nan)
+    g = functx.grad(lambda x: f(x.half()).float().sum())(x.float())
+    want_g = torch.func.grad(lambda x: f(x).sum())(x.double())
+    torch.testing.assert_close(g.double(), want_g, rtol=2e-2, atol=2e-3)
