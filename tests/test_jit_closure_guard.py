@@ -309,3 +309,110 @@ def test_made_tensors_computed_with_closed_over_ones_are_guarded(program):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _close(jitted(x), f(x))
+
+
+# ---------------------------------------------------------------- Python values the trace read
+
+SCALE = 2.0
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.scale = 1.0
+        self.mask = torch.ones(3)          # a plain tensor attribute (not a buffer)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1                    # bumped by the trace only: not a change
+        return self.lin(x) * self.scale * self.mask
+
+
+def _changes():
+    """(name, jitted-or-function, function to compare with, how to change the world)."""
+    cfg = {"s": 2.0}
+    scale = [2.0]
+    box = {}
+
+    def closure_float(x):
+        return x * box["s"]
+    s = 2.0
+
+    def by_cell(x):
+        return x * s
+
+    def set_cell(v):
+        nonlocal s
+        s = v
+
+    def by_global(x):
+        return x * SCALE
+
+    def set_global(v):
+        global SCALE
+        SCALE = v
+
+    def by_dict(x):
+        return x * cfg["s"]
+
+    def by_list(x):
+        return x * scale[0]
+
+    def loss(x):
+        return (x * s).sin().sum()
+
+    return [("closure cell", by_cell, by_cell, lambda: set_cell(3.0)),
+            ("global", by_global, by_global, lambda: set_global(5.0)),
+            ("dict", by_dict, by_dict, lambda: cfg.update(s=-1.0)),
+            ("list", by_list, by_list, lambda: scale.__setitem__(0, 7.0)),
+            ("grad's function's cell", functx.grad(loss), torch.func.grad(loss), lambda: set_cell(0.5))]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_python_values_read_by_the_trace_retrace_when_changed(case, x):
+    # jit baked them in and kept returning the old numbers (torch.compile guards them)
+    name, f, reference, change = _changes()[case]
+    jitted = functx.jit(f)
+    _close(jitted(x), reference(x))
+    change()
+    with pytest.warns(UserWarning, match="Python (value|dict|list)"):
+        _close(jitted(x), reference(x))
+    assert jitted.trace_count == 2
+    jitted(x)
+    assert jitted.trace_count == 2, name
+
+
+@pytest.mark.parametrize("change", ["scale", "dropout p", "tensor attribute"])
+def test_module_attributes_read_by_the_trace_retrace_when_changed(change, x):
+    torch.manual_seed(0)
+    model = nn.Sequential(_Scaled(), nn.Dropout(0.0))
+    jitted = functx.jit(model)
+    with torch.no_grad():
+        jitted(x), jitted(x)
+        assert model[0].calls == 1 and jitted.trace_count == 1      # the trace's own bump is no change
+        if change == "scale":
+            model[0].scale = 5.0
+        elif change == "dropout p":
+            model[1].p = 1.0
+        else:
+            model[0].mask = torch.tensor([0.0, 1.0, 2.0])
+        with pytest.warns(UserWarning, match="module"):
+            _close(jitted(x), model(x))
+
+
+def test_a_jitted_methods_self_attributes_are_guarded(x):
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.temperature = 1.0
+
+        @functx.jit
+        def logits(self, x):
+            return x / self.temperature
+
+    head = Head()
+    _close(head.logits(x), x)
+    head.temperature = 0.5
+    with pytest.warns(UserWarning, match="temperature"):
+        _close(head.logits(x), x / 0.5)

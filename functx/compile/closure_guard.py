@@ -22,6 +22,8 @@ attribute check.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
 RUN_PLAIN = "run f as plain torch"
@@ -216,24 +218,157 @@ class ModuleGuard:
     module replaced (a rebound global) or given a new parameter, buffer or submodule
     (`model.fc.weight = nn.Parameter(...)`) must retrace. The tensors are compared only
     after some module registered something (a counter the registration hooks above bump);
-    the hot path compares one int and the modules' identity."""
-    __slots__ = ("reached", "modules", "seen", "tensors")
+    the hot path compares one int and the modules' identity. `values` (PythonValues):
+    the Python numbers and flags the trace may have read, compared on every call."""
+    __slots__ = ("reached", "modules", "seen", "tensors", "values")
 
-    def __init__(self, reached):
+    def __init__(self, reached, values=None):
         self.reached = reached
-        self.modules = reached.modules()
+        self.modules = reached.modules() if reached is not None else []
         self.seen = _REGISTRATIONS[0]
         self.tensors = self._tensors()
+        self.values = values
 
     def _tensors(self):
         return tuple(tuple(map(id, m.parameters())) + tuple(map(id, m.buffers()))
                      for m in self.modules if isinstance(m, torch.nn.Module))
 
+    def why(self):
+        """None while the entry may run, else why it must be traced again."""
+        if self.reached is not None:
+            for g, m in zip(self.reached.getters, self.modules):
+                if g() is not m:
+                    return "the module was given a new parameter, buffer or submodule since the trace"
+            if self.seen != _REGISTRATIONS[0]:
+                self.seen = _REGISTRATIONS[0]
+                if self._tensors() != self.tensors:
+                    return "the module was given a new parameter, buffer or submodule since the trace"
+        return self.values.why() if self.values is not None else None
+
     def holds(self):
-        for g, m in zip(self.reached.getters, self.modules):
-            if g() is not m:
-                return False
-        if self.seen == _REGISTRATIONS[0]:
-            return True
-        self.seen = _REGISTRATIONS[0]
-        return self._tensors() == self.tensors
+        return self.why() is None
+
+
+# ---------------------------------------------------------------- Python values the trace read
+
+_SCALARS = frozenset({int, float, bool, str, complex, type(None), torch.dtype, torch.device})
+_MISSING = object()
+
+
+def _plain_value(v) -> bool:
+    """A value a trace bakes in: a Python number, flag or string, or a short tuple of them."""
+    kind = type(v)
+    return kind in _SCALARS or (kind is tuple and len(v) <= 16 and all(type(e) in _SCALARS for e in v))
+
+
+def _plain_container(v) -> bool:
+    """A short dict or list of such values (a config dict in the closure): mutable, so it is
+    compared by its contents."""
+    kind = type(v)
+    if kind is dict:
+        return len(v) <= 32 and all(_plain_value(e) for e in v.values())
+    return kind is list and len(v) <= 32 and all(_plain_value(e) for e in v)
+
+
+def _contents(v):
+    """A cell's value as the snapshot keeps it: containers by their contents."""
+    kind = type(v)
+    if kind is dict:
+        return ("dict", tuple(v.items()))
+    if kind is list:
+        return ("list", tuple(v))
+    return v
+
+
+class PythonValues:
+    """The Python values a trace may have read and baked into the graph: numbers, flags and
+    strings in f's closure cells (also of functions there: jit(grad(loss)) reads loss's) and
+    in the globals its code names, and the attributes of the modules jit reaches or takes
+    as a static `self` (Dropout's `p`, a `self.scale`; a plain tensor attribute by identity).
+    Snapshotted after each trace (what the trace left there: a counter it bumped is not a
+    change), compared before each call: a changed value retraces, as torch.compile's guards
+    do, instead of running with the old one. Values reached only through other objects (a
+    config object's attribute) are not seen: pass them as arguments."""
+    __slots__ = ("cells", "globals", "modules", "snapshot")
+
+    def __init__(self, cells, globals_, modules):
+        self.cells = cells          # [(name, cell)]
+        self.globals = globals_     # [(name, dict)]
+        self.modules = modules      # [nn.Module]: their submodules are walked at each snapshot
+        self.snapshot = None
+
+    @staticmethod
+    def of(f, modules=()):
+        cells, globals_, seen = [], [], set()
+
+        def walk(fn, depth):
+            code = getattr(fn, "__code__", None)
+            if code is None or id(fn) in seen:
+                return
+            seen.add(id(fn))
+            for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
+                try:
+                    v = cell.cell_contents
+                except ValueError:          # an empty cell
+                    continue
+                if _plain_value(v) or _plain_container(v):
+                    cells.append((name, cell))
+                elif depth < 3 and callable(v) and not isinstance(v, torch.nn.Module):
+                    walk(getattr(v, "__func__", v), depth + 1)
+            glob = getattr(fn, "__globals__", {})
+            for name in code.co_names:
+                if _plain_value(glob.get(name, _MISSING)):
+                    globals_.append((name, glob))
+
+        walk(getattr(f, "__func__", f), 0)
+        modules = [m for m in modules if isinstance(m, torch.nn.Module)]
+        return PythonValues(cells, globals_, modules) if cells or globals_ or modules else None
+
+    def _module_values(self):
+        """[(module's __dict__, getter of its plain attributes, their values)] and
+        [(__dict__, name, tensor)] for the plain tensors it holds as attributes."""
+        plain, tensors = [], []
+        for m in self.modules:
+            for sub in _submodules(m)[0]:
+                d = sub.__dict__
+                names = [n for n, v in d.items() if n != "training" and _plain_value(v)]
+                if names:
+                    getter = operator.itemgetter(*names)
+                    plain.append((d, getter, getter(d), names, type(sub).__name__))
+                tensors += [(d, n, v, type(sub).__name__) for n, v in d.items() if type(v) is torch.Tensor]
+        return plain, tensors
+
+    def take(self):
+        """Snapshot the values now (after a trace)."""
+        self.snapshot = (tuple(_contents(c.cell_contents) for _, c in self.cells),
+                         tuple(g.get(n, _MISSING) for n, g in self.globals), self._module_values())
+
+    def why(self):
+        cells, globals_, modules = self.snapshot
+        for (name, cell), old in zip(self.cells, cells):
+            try:
+                new = _contents(cell.cell_contents)
+            except ValueError:
+                new = _MISSING
+            if new is not old and new != old:
+                if type(old) is tuple and old and old[0] in ("dict", "list"):
+                    return f"the closed-over Python {old[0]} {name!r} changed since the trace"
+                return f"the closed-over Python value {name!r} changed ({old!r} -> {new!r}) since the trace"
+        for (name, glob), old in zip(self.globals, globals_):
+            new = glob.get(name, _MISSING)
+            if new is not old and new != old:
+                return f"the global Python value {name!r} changed ({old!r} -> {new!r}) since the trace"
+        plain, tensors = modules
+        for d, getter, old, names, kind in plain:
+            try:
+                new = getter(d)
+            except KeyError:
+                new = _MISSING
+            if new is not old and new != old:
+                name = names[0] if len(names) == 1 else next(
+                    (n for n, a in zip(names, old) if d.get(n, _MISSING) != a), names[0])
+                return f"attribute {name!r} of a {kind} module changed since the trace"
+        for d, name, t, kind in tensors:
+            if d.get(name) is not t:
+                return f"the tensor attribute {name!r} of a {kind} module was rebound since the trace"
+        return None

@@ -20,7 +20,7 @@ from ..frontend.generators import generator_arguments
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
-from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, ReachedModules, module_flags
+from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
 from .eager import EagerCompiled
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, value_key  # noqa: F401
@@ -44,7 +44,7 @@ class _Entry:
         self.generators = generators  # [(leaf index, GeneratorSlot)]: bound before each call
         meta = compiled.graph.meta
         self.guard = ClosureGuard.of(meta.closure_reads, meta.traced_with_grad)   # None: nothing to check
-        self.module_guard = None       # set by JitFunction._entry when f reaches modules
+        self.module_guard = None       # set by JitFunction._entry: f reaches modules or Python values
         if self.guard is not None:
             self.notes.append(self.guard.note())
         # The hot path: the backend's plain callable (the generated function itself on the
@@ -269,8 +269,14 @@ class JitFunction:
                 compiled, _ = compile_graph(graph, self.backend, leaves)
             entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs, generators,
                            _buffer_inputs(key, leaves))
-            if self._modes is not None:
-                entry.module_guard = ModuleGuard(self._modes)
+            static_modules = [args[i] for i in nums if -len(args) <= i < len(args)
+                              and isinstance(args[i], torch.nn.Module)]
+            values = PythonValues.of(self.f, (self._modes.modules() if self._modes is not None else [])
+                                     + static_modules)
+            if values is not None:
+                values.take()
+            if self._modes is not None or values is not None:
+                entry.module_guard = ModuleGuard(self._modes, values)
             if symbolic is not None:
                 entry.key = self._dims.add(entry, key)     # the key with its dims symbolic
             evicted = self._cache.add(entry.key, entry, reason_key=key, reason=reason)
@@ -390,18 +396,23 @@ class JitFunction:
         """The entry to run after its ClosureGuard's check: itself, a new trace, or None (run
         f as plain torch)."""
         why = entry.guard.check() if entry.guard is not None else None
-        if why is None and entry.module_guard is not None and not entry.module_guard.holds():
-            why = "the module was given a new parameter, buffer or submodule since the trace"
+        if why is None and entry.module_guard is not None:
+            why = entry.module_guard.why()
         if why is None:
             return entry
         if why == RUN_PLAIN:
             return None
         if not self._warned_closure:
             self._warned_closure = True
-            warnings.warn(f"functx.jit: retracing {getattr(self.f, '__name__', 'f')}: {why}. A value "
-                          "computed from closed-over tensors is a constant of the traced graph; pass "
-                          "tensors that change (a module's parameters: functional_call(model, params, x)) "
-                          "as arguments to avoid retracing.", stacklevel=stacklevel)
+            advice = ("Python values the function reads from its closure, globals or modules are "
+                      "constants of the traced graph; pass numbers that change as arguments (a Python "
+                      "float or int argument is dynamic: no retrace)"
+                      if "Python value" in why or "attribute" in why else
+                      "A value computed from closed-over tensors is a constant of the traced graph; pass "
+                      "tensors that change (a module's parameters: functional_call(model, params, x)) "
+                      "as arguments to avoid retracing")
+            warnings.warn(f"functx.jit: retracing {getattr(self.f, '__name__', 'f')}: {why}. {advice}.",
+                          stacklevel=stacklevel)
         return self._retrace(entry, args, kwargs, nums, reason=why)[0]
 
     def _run(self, entry, inputs, leaves, args, kwargs, nums):
