@@ -416,3 +416,24 @@ def test_a_jitted_methods_self_attributes_are_guarded(x):
     head.temperature = 0.5
     with pytest.warns(UserWarning, match="temperature"):
         _close(head.logits(x), x / 0.5)
+
+
+USE_OFFSET = True
+
+
+class _Offset(nn.Module):
+    def forward(self, x):
+        return x + 1 if USE_OFFSET else x
+
+
+def test_a_global_flag_read_by_a_jitted_modules_forward_is_guarded(x):
+    global USE_OFFSET
+    model = _Offset()
+    jitted = functx.jit(model)
+    _close(jitted(x), x + 1)
+    USE_OFFSET = False
+    try:
+        with pytest.warns(UserWarning, match="USE_OFFSET"):
+            _close(jitted(x), x)
+    finally:
+        USE_OFFSET = True

@@ -322,6 +322,8 @@ class PythonValues:
 
         walk(getattr(f, "__func__", f), 0)
         modules = [m for m in modules if isinstance(m, torch.nn.Module)]
+        for m in modules:               # the globals a reached module's own forward names
+            walk(getattr(type(m).forward, "__func__", type(m).forward), 2)
         return PythonValues(cells, globals_, modules) if cells or globals_ or modules else None
 
     def _module_values(self):
