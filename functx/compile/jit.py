@@ -56,10 +56,19 @@ class _Entry:
         else:
             self.unflatten = functools.partial(tree_unflatten, meta.out_tree)
         if meta.mutated_inputs:
-            self.call = _writing_back(self.call, meta.mutated_inputs, untracked)
+            self.call = _writing_back(self.call, meta.mutated_inputs, untracked, _constant_storages(compiled.graph))
 
 
-def _writing_back(call, mutated, untracked=()):
+def _constant_storages(graph) -> frozenset:
+    """The storages of the tensors a graph holds as constants or read at trace time (closed
+    over): fixed while the entry lives (new data retraces, closure_guard)."""
+    tensors = [c for c in graph.consts if isinstance(c, torch.Tensor)]
+    tensors += [r.tensor for r in graph.meta.closure_reads]
+    return frozenset(t.untyped_storage().data_ptr() for t in tensors
+                     if type(t) in (torch.Tensor, torch.nn.Parameter) and t.numel())
+
+
+def _writing_back(call, mutated, untracked=(), constants=frozenset()):
     """f wrote into some of its inputs: the graph returns their new values last; copy them
     into the caller's tensors, as running f eagerly would have. Writes to the leaves in
     `untracked` (the reached modules' buffers) are not recorded by autograd, as torch's own
@@ -67,7 +76,7 @@ def _writing_back(call, mutated, untracked=()):
     n = len(mutated)
 
     def call_and_write_back(*tensors):
-        _refuse_aliased_writes(tensors, mutated)
+        _refuse_aliased_writes(tensors, mutated, constants)
         if torch.is_grad_enabled():
             # autograd may save an input the call reads (torch.mv saves its vector); the write
             # below would then break backward ("modified by an inplace operation"): give the
@@ -88,12 +97,19 @@ def _writing_back(call, mutated, untracked=()):
     return call_and_write_back
 
 
-def _refuse_aliased_writes(tensors, mutated):
+def _refuse_aliased_writes(tensors, mutated, constants=frozenset()):
     """The graph treats its inputs as separate tensors: a write into one that shares memory
-    with another (the same tensor passed twice, a view of another argument) would not be
-    seen through the other, unlike eager PyTorch."""
+    with another (the same tensor passed twice, a view of another argument) or with a tensor
+    f closes over (passing `w` to a function that also reads `w`) would not be seen through
+    the other, unlike eager PyTorch."""
     storages = [t.untyped_storage().data_ptr() if t.numel() else None for t in tensors]
     for k in mutated:
+        if storages[k] in constants:
+            raise FunctxError(
+                f"functx.jit: tensor argument {k} is written in place and shares memory with a tensor "
+                "the function closes over (a global, a closure variable, a module's parameter or "
+                "buffer). The compiled function reads that tensor as it was before the call, so it "
+                "would not see the write, unlike eager PyTorch. Pass a separate tensor (e.g. w.clone()).")
         for j, s in enumerate(storages):
             if j != k and s is not None and s == storages[k]:
                 raise FunctxError(
