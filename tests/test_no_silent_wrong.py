@@ -714,3 +714,14 @@ def test_half_precision_norms_accumulate_in_float32_as_torch(name):
     g = functx.grad(lambda x: f(x.half()).float().sum())(x.float())
     want_g = torch.func.grad(lambda x: f(x).sum())(x.double())
     torch.testing.assert_close(g.double(), want_g, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("reduce", ["all", "any", "all_dim", "any_empty"])
+def test_all_and_any_of_uint8_stay_uint8_as_torch(reduce):
+    # functx returned bool: x.all() - y then raised where torch subtracts (found by fuzzing)
+    f = {"all": lambda x: x.all(), "any": lambda x: x.any(), "all_dim": lambda x: x.all(0, keepdim=True),
+         "any_empty": lambda x: x[:0].any()}[reduce]
+    x = torch.tensor([2, 0, 7], dtype=torch.uint8)
+    want = f(x)
+    for got in (functx.jit(f)(x), functx.vmap(f)(x.reshape(1, 3))[0]):
+        assert got.dtype == want.dtype == torch.uint8 and torch.equal(got, want)

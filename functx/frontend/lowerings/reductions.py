@@ -137,11 +137,14 @@ def _prod_all(x, dtype=None):
 def _bool_reduce(reducer, of_nothing):
     def lower(x, dim=None, keepdim=False):
         t = _t(x)
+        # torch keeps uint8 for a uint8 input (0 or 1), bool for every other dtype
+        dtype = torch.uint8 if t.dtype == torch.uint8 else torch.bool
         if t.numel == 0:     # any() of nothing is False, all() True (amax would raise)
             axes = _dims(dim, t.ndim) if t.ndim else ()
             shape = tuple(1 if i in axes else s for i, s in enumerate(t.shape) if keepdim or i not in axes)
-            return P.full(shape, of_nothing, torch.bool, t.device)
-        return _reduce(reducer, _as_bool(x), dim, keepdim)
+            return P.full(shape, of_nothing, dtype, t.device)
+        out = _reduce(reducer, _as_bool(x), dim, keepdim)
+        return P.convert(out, dtype) if dtype != torch.bool else out
     return lower
 
 
