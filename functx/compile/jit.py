@@ -20,6 +20,7 @@ from ..frontend.generators import generator_arguments
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
+from .jit_cache import torch_state
 from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
 from .eager import EagerCompiled
 from .pipeline import compile_graph
@@ -228,7 +229,8 @@ class JitFunction:
                 inputs.append(scalar_as_tensor(leaf, device))
         try:
             # debug_nans compiles a checked artifact: the flag is part of the key
-            key = make_key(treedef, leaves, list(zip(nums, static)) + sorted(static_kw.items())) + (_NANS.on,)
+            key = make_key(treedef, leaves, list(zip(nums, static)) + sorted(static_kw.items())) + (_NANS.on,
+                                                                                                   torch_state())
             if self._modes is not None:
                 key += (self._modes.flags(),)
             flags = module_flags(static) if static else None
@@ -355,6 +357,7 @@ class JitFunction:
                     else:
                         break
                 else:
+                    sig.append(torch_state())
                     if self._modes is not None:
                         sig.append(self._modes.flags())
                     key = tuple(sig)
