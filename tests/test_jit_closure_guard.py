@@ -437,3 +437,23 @@ def test_a_global_flag_read_by_a_jitted_modules_forward_is_guarded(x):
             _close(jitted(x), x)
     finally:
         USE_OFFSET = True
+
+
+@pytest.mark.parametrize("change", ["eval", "dropout p", "new parameter"])
+def test_a_module_passed_as_an_argument_is_keyed_and_guarded_like_a_reached_one(change, x):
+    # jit(lambda model, x: model(x)): the module is a non-tensor argument (keyed by identity);
+    # its train/eval flags, attributes and parameters were not looked at: eval() after
+    # training kept running dropout, a new Parameter was never seen
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5 if change == "eval" else 0.0))
+    jitted = functx.jit(lambda model, x: model(x))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        jitted(model, x)
+        if change == "eval":
+            model.eval()
+        elif change == "dropout p":
+            model[1].p = 1.0
+        else:
+            model[0].weight = nn.Parameter(torch.zeros(4, 4))
+        _close(jitted(model, x), model(x))

@@ -222,9 +222,9 @@ class ModuleGuard:
     the Python numbers and flags the trace may have read, compared on every call."""
     __slots__ = ("reached", "modules", "seen", "tensors", "values")
 
-    def __init__(self, reached, values=None):
+    def __init__(self, reached, values=None, passed=()):
         self.reached = reached
-        self.modules = reached.modules() if reached is not None else []
+        self.modules = (reached.modules() if reached is not None else []) + list(passed)
         self.seen = _REGISTRATIONS[0]
         self.tensors = self._tensors()
         self.values = values
@@ -239,10 +239,10 @@ class ModuleGuard:
             for g, m in zip(self.reached.getters, self.modules):
                 if g() is not m:
                     return "the module was given a new parameter, buffer or submodule since the trace"
-            if self.seen != _REGISTRATIONS[0]:
-                self.seen = _REGISTRATIONS[0]
-                if self._tensors() != self.tensors:
-                    return "the module was given a new parameter, buffer or submodule since the trace"
+        if self.seen != _REGISTRATIONS[0]:
+            self.seen = _REGISTRATIONS[0]
+            if self._tensors() != self.tensors:
+                return "the module was given a new parameter, buffer or submodule since the trace"
         return self.values.why() if self.values is not None else None
 
     def holds(self):

@@ -233,7 +233,8 @@ class JitFunction:
                                                                                                    torch_state())
             if self._modes is not None:
                 key += (self._modes.flags(),)
-            flags = module_flags(static) if static else None
+            # modules among the static arguments (a jitted method's self) and passed as arguments
+            flags = module_flags(tuple(static) + tuple(l for l in leaves if isinstance(l, torch.nn.Module)))
             if flags is not None:
                 key += (flags,)
             if self._reads_layouts:       # a trace read storage offsets (as_strided, storage_offset())
@@ -287,14 +288,15 @@ class JitFunction:
                 compiled, _ = compile_graph(graph, self.backend, leaves)
             entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs, generators,
                            _buffer_inputs(key, leaves))
-            static_modules = [args[i] for i in nums if -len(args) <= i < len(args)
-                              and isinstance(args[i], torch.nn.Module)]
-            values = PythonValues.of(self.f, (self._modes.modules() if self._modes is not None else [])
-                                     + static_modules)
+            # modules the call passes: a static self, or a module as an argument (part of the key
+            # by identity): their attributes and tensors are guarded like reached modules'
+            passed = [args[i] for i in nums if -len(args) <= i < len(args) and isinstance(args[i], torch.nn.Module)]
+            passed += [l for l in leaves if isinstance(l, torch.nn.Module) and l not in passed]
+            values = PythonValues.of(self.f, (self._modes.modules() if self._modes is not None else []) + passed)
             if values is not None:
                 values.take()
             if self._modes is not None or values is not None:
-                entry.module_guard = ModuleGuard(self._modes, values)
+                entry.module_guard = ModuleGuard(self._modes, values, passed)
             if symbolic is not None:
                 entry.key = self._dims.add(entry, key)     # the key with its dims symbolic
             evicted = self._cache.add(entry.key, entry, reason_key=key, reason=reason)
