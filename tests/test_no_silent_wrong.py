@@ -725,3 +725,13 @@ def test_all_and_any_of_uint8_stay_uint8_as_torch(reduce):
     want = f(x)
     for got in (functx.jit(f)(x), functx.vmap(f)(x.reshape(1, 3))[0]):
         assert got.dtype == want.dtype == torch.uint8 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("divisor", [-1, -3, 7])
+def test_remainder_of_uint8_by_a_python_int_casts_it_as_torch(divisor):
+    # torch casts the int to uint8 (-1 is 255); functx applied the negative-divisor correction
+    # to the uncast -1: 252 % -1 gave 251 (found by the fuzzer)
+    x = torch.tensor([252, 3, 0, 128, 255], dtype=torch.uint8)
+    f = lambda x: torch.remainder(x, divisor)
+    assert torch.equal(functx.jit(f)(x), f(x))
+    assert torch.equal(functx.vmap(f)(x[None])[0], f(x))
