@@ -735,3 +735,11 @@ def test_remainder_of_uint8_by_a_python_int_casts_it_as_torch(divisor):
     f = lambda x: torch.remainder(x, divisor)
     assert torch.equal(functx.jit(f)(x), f(x))
     assert torch.equal(functx.vmap(f)(x[None])[0], f(x))
+
+
+def test_logcumsumexp_over_an_empty_tensor_differentiates():
+    # the opaque fallback's derivative reduced a max over the empty dim: grad/jvp raised
+    x = torch.zeros(0, 1, dtype=torch.float64)
+    f = lambda x: torch.logcumsumexp(x, 0).sum() + 1
+    assert functx.jit(functx.grad(f))(x).shape == (0, 1)
+    assert functx.jvp(f, (x,), (x,))[1].item() == 0.0

@@ -253,7 +253,11 @@ def _logcumsumexp(x, dim):
     t = _t(x)
     if t.ndim == 0:
         return x
-    if _cum_too_big(x, dim) or not t.dtype.is_floating_point or t.numel == 0:
+    if t.numel == 0 and t.dtype.is_floating_point:
+        # nothing to compute (and no derivative: torch's backward formula reduces a max over
+        # the empty dim and raised under grad/jvp)
+        return P.add(x, 0.0)
+    if _cum_too_big(x, dim) or not t.dtype.is_floating_point:
         return _opaque(aten.logcumsumexp.default, x, dim)
     masked, mask, perm = _cum_masked(x, dim, -math.inf)
     last = len(perm)
