@@ -457,3 +457,19 @@ def test_a_module_passed_as_an_argument_is_keyed_and_guarded_like_a_reached_one(
         else:
             model[0].weight = nn.Parameter(torch.zeros(4, 4))
         _close(jitted(model, x), model(x))
+
+
+def test_a_jitted_methods_plain_object_self_attributes_are_guarded():
+    class Solver:
+        def __init__(self):
+            self.dt = 0.1
+
+        @functx.jit
+        def step(self, x):
+            return x + self.dt * x.sin()
+
+    solver, x = Solver(), torch.ones(3)
+    solver.step(x)
+    solver.dt = 0.5
+    with pytest.warns(UserWarning, match="'dt' of a Solver object"):
+        _close(solver.step(x), x + 0.5 * x.sin())

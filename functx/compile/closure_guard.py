@@ -283,8 +283,9 @@ def _contents(v):
 class PythonValues:
     """The Python values a trace may have read and baked into the graph: numbers, flags and
     strings in f's closure cells (also of functions there: jit(grad(loss)) reads loss's) and
-    in the globals its code names, and the attributes of the modules jit reaches or takes
-    as a static `self` (Dropout's `p`, a `self.scale`; a plain tensor attribute by identity).
+    in the globals its code names, and the attributes of the modules jit reaches or is
+    passed, and of a jitted method's static `self` (Dropout's `p`, a `self.scale`; a plain
+    tensor attribute by identity).
     Snapshotted after each trace (what the trace left there: a counter it bumped is not a
     change), compared before each call: a changed value retraces, as torch.compile's guards
     do, instead of running with the old one. Values reached only through other objects (a
@@ -294,7 +295,7 @@ class PythonValues:
     def __init__(self, cells, globals_, modules):
         self.cells = cells          # [(name, cell)]
         self.globals = globals_     # [(name, dict)]
-        self.modules = modules      # [nn.Module]: their submodules are walked at each snapshot
+        self.modules = modules      # nn.Modules (their submodules walked at each snapshot), objects
         self.snapshot = None
 
     @staticmethod
@@ -321,9 +322,9 @@ class PythonValues:
                     globals_.append((name, glob))
 
         walk(getattr(f, "__func__", f), 0)
-        modules = [m for m in modules if isinstance(m, torch.nn.Module)]
         for m in modules:               # the globals a reached module's own forward names
-            walk(getattr(type(m).forward, "__func__", type(m).forward), 2)
+            if isinstance(m, torch.nn.Module):
+                walk(getattr(type(m).forward, "__func__", type(m).forward), 2)
         return PythonValues(cells, globals_, modules) if cells or globals_ or modules else None
 
     def _module_values(self):
@@ -331,13 +332,14 @@ class PythonValues:
         [(__dict__, name, tensor)] for the plain tensors it holds as attributes."""
         plain, tensors = [], []
         for m in self.modules:
-            for sub in _submodules(m)[0]:
+            for sub in _submodules(m)[0] if isinstance(m, torch.nn.Module) else (m,):
                 d = sub.__dict__
                 names = [n for n, v in d.items() if n != "training" and _plain_value(v)]
+                kind = f"{type(sub).__name__} {'module' if isinstance(sub, torch.nn.Module) else 'object'}"
                 if names:
                     getter = operator.itemgetter(*names)
-                    plain.append((d, getter, getter(d), names, type(sub).__name__))
-                tensors += [(d, n, v, type(sub).__name__) for n, v in d.items() if type(v) is torch.Tensor]
+                    plain.append((d, getter, getter(d), names, kind))
+                tensors += [(d, n, v, kind) for n, v in d.items() if type(v) is torch.Tensor]
         return plain, tensors
 
     def take(self):
@@ -369,8 +371,8 @@ class PythonValues:
             if new is not old and new != old:
                 name = names[0] if len(names) == 1 else next(
                     (n for n, a in zip(names, old) if d.get(n, _MISSING) != a), names[0])
-                return f"attribute {name!r} of a {kind} module changed since the trace"
+                return f"attribute {name!r} of a {kind} changed since the trace"
         for d, name, t, kind in tensors:
             if d.get(name) is not t:
-                return f"the tensor attribute {name!r} of a {kind} module was rebound since the trace"
+                return f"the tensor attribute {name!r} of a {kind} was rebound since the trace"
         return None

@@ -6,6 +6,7 @@ function's primitives directly.
 from __future__ import annotations
 
 import functools
+import types
 import warnings
 
 import torch
@@ -58,6 +59,14 @@ class _Entry:
             self.unflatten = functools.partial(tree_unflatten, meta.out_tree)
         if meta.mutated_inputs:
             self.call = _writing_back(self.call, meta.mutated_inputs, untracked, _constant_storages(compiled.graph))
+
+
+def _holds_state(v) -> bool:
+    """A static argument whose attributes a trace may read (a jitted method's self: a module
+    or any object with a __dict__), not a function, class or Python module."""
+    return isinstance(v, torch.nn.Module) or (
+        hasattr(v, "__dict__") and not isinstance(v, (type, types.FunctionType, types.MethodType,
+                                                      types.ModuleType, functools.partial)))
 
 
 def _constant_storages(graph) -> frozenset:
@@ -290,8 +299,8 @@ class JitFunction:
                            _buffer_inputs(key, leaves))
             # modules the call passes: a static self, or a module as an argument (part of the key
             # by identity): their attributes and tensors are guarded like reached modules'
-            passed = [args[i] for i in nums if -len(args) <= i < len(args) and isinstance(args[i], torch.nn.Module)]
-            passed += [l for l in leaves if isinstance(l, torch.nn.Module) and l not in passed]
+            passed = [args[i] for i in nums if -len(args) <= i < len(args) and _holds_state(args[i])]
+            passed += [l for l in leaves if isinstance(l, torch.nn.Module) and not any(l is p for p in passed)]
             values = PythonValues.of(self.f, (self._modes.modules() if self._modes is not None else []) + passed)
             if values is not None:
                 values.take()
