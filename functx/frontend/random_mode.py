@@ -312,6 +312,9 @@ def _has_symbolic_size(args, kwargs) -> bool:
 
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+# In-place by schema, but they change no values (embedding_bag's decomposition detaches its
+# closed-over offsets): not refused as writes into a closed-over tensor.
+_METADATA_ONLY = frozenset({torch.ops.aten.detach_.default})
 
 
 def _storage(t):
@@ -346,7 +349,8 @@ class RandomMode(TorchDispatchMode):
         """An op on plain tensors while jit traces: it runs once, now. Writing in place into a
         tensor the function did not create (a closed-over buffer or counter) would then happen
         once instead of on every call: refuse it."""
-        for t in [t for t in _written(func, args, kwargs) if isinstance(t, torch.Tensor)]:
+        written = () if func in _METADATA_ONLY else _written(func, args, kwargs)
+        for t in [t for t in written if isinstance(t, torch.Tensor)]:
             if _storage(t) not in self.created:
                 raise PlainWriteError(
                     f"functx.jit: {func} writes in place into a tensor the function closes over "
@@ -360,16 +364,17 @@ class RandomMode(TorchDispatchMode):
                 if isinstance(t, torch.Tensor) and _storage(t) not in self.created]
         out = func(*args, **kwargs)
         outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
-        # A view is what aliases its input: an op whose schema may alias can copy
-        # (`to(dtype)` to another dtype, `reshape` of a non-contiguous tensor, copy=True),
-        # and that copy is a new tensor whose values go stale.
-        shared = {_storage(o) for o in outs} if func.is_view else set()
+        # A view is what shares the closed-over tensor's storage: an op whose schema may alias
+        # can copy (`to(dtype)` to another dtype, `reshape` of a non-contiguous tensor), and
+        # that copy is a new tensor whose values go stale; an op that returns its input
+        # (`detach_`, a no-op `to`) is a view of it.
+        shared = {_storage(o) for o in outs}
         for t, version in read:
             self.closure_reads.append(ClosureRead(t, version, _storage(t), _storage(t) in shared,
                                                   grad and t.requires_grad))
-        base = _storage(args[0]) if args and isinstance(args[0], torch.Tensor) else None
+        closed = {_storage(t) for t, _ in read} - {0}      # 0: every empty storage
         for o in outs:
-            if not func.is_view or _storage(o) != base or base in self.created:
+            if _storage(o) not in closed:
                 self.created.add(_storage(o))
         return out
 
