@@ -362,15 +362,31 @@ def _changes():
     def loss(x):
         return (x * s).sin().sum()
 
+    inner = functx.jit(lambda x: x * s)
+
+    def by_nested_jit(x):
+        return inner(x) + 1
+
+    def by_helper(x):
+        return _scaled_by_global(x) - 1
+
     return [("closure cell", by_cell, by_cell, lambda: set_cell(3.0)),
+            ("a jitted function's cell", by_nested_jit, by_nested_jit, lambda: set_cell(4.0)),
+            ("a helper's global", by_helper, by_helper, lambda: set_global(6.0)),
             ("global", by_global, by_global, lambda: set_global(5.0)),
             ("dict", by_dict, by_dict, lambda: cfg.update(s=-1.0)),
             ("list", by_list, by_list, lambda: scale.__setitem__(0, 7.0)),
             ("grad's function's cell", functx.grad(loss), torch.func.grad(loss), lambda: set_cell(0.5))]
 
 
-@pytest.mark.parametrize("case", range(5))
+def _scaled_by_global(x):
+    return x * SCALE
+
+
+@pytest.mark.parametrize("case", range(7))
 def test_python_values_read_by_the_trace_retrace_when_changed(case, x):
+    global SCALE
+    SCALE = 2.0
     # jit baked them in and kept returning the old numbers (torch.compile guards them)
     name, f, reference, change = _changes()[case]
     jitted = functx.jit(f)

@@ -23,6 +23,7 @@ attribute check.
 from __future__ import annotations
 
 import operator
+import types
 
 import torch
 
@@ -280,6 +281,14 @@ def _contents(v):
     return v
 
 
+def _users(fn) -> bool:
+    """A function of the user's (not torch's or functx's own, whose flags are not the
+    user's numbers): a global f calls by name, walked for its values."""
+    module = getattr(fn, "__module__", None) or ""
+    return (isinstance(fn, (types.FunctionType, types.MethodType)) or hasattr(fn, "__wrapped__")) and \
+        not module.startswith(("torch", "functx"))
+
+
 class PythonValues:
     """The Python values a trace may have read and baked into the graph: numbers, flags and
     strings in f's closure cells (also of functions there: jit(grad(loss)) reads loss's) and
@@ -303,8 +312,15 @@ class PythonValues:
         cells, globals_, seen = [], [], set()
 
         def walk(fn, depth):
+            fn = getattr(fn, "__func__", fn)
             code = getattr(fn, "__code__", None)
-            if code is None or id(fn) in seen:
+            if code is None:                # a jitted function (or another wrapper): what it wraps
+                wrapped = getattr(fn, "__wrapped__", None)
+                if wrapped is not None and depth < 3 and id(fn) not in seen:
+                    seen.add(id(fn))
+                    walk(wrapped, depth + 1)
+                return
+            if id(fn) in seen:
                 return
             seen.add(id(fn))
             for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
@@ -315,11 +331,14 @@ class PythonValues:
                 if _plain_value(v) or _plain_container(v):
                     cells.append((name, cell))
                 elif depth < 3 and callable(v) and not isinstance(v, torch.nn.Module):
-                    walk(getattr(v, "__func__", v), depth + 1)
+                    walk(v, depth + 1)
             glob = getattr(fn, "__globals__", {})
             for name in code.co_names:
-                if _plain_value(glob.get(name, _MISSING)):
+                v = glob.get(name, _MISSING)
+                if _plain_value(v):
                     globals_.append((name, glob))
+                elif depth < 3 and callable(v) and _users(v):
+                    walk(v, depth + 1)      # a helper f calls by name: its own values
 
         walk(getattr(f, "__func__", f), 0)
         for m in modules:               # the globals a reached module's own forward names
