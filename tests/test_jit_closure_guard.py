@@ -399,7 +399,7 @@ def test_python_values_read_by_the_trace_retrace_when_changed(case, x):
     assert jitted.trace_count == 2, name
 
 
-@pytest.mark.parametrize("change", ["scale", "dropout p", "tensor attribute"])
+@pytest.mark.parametrize("change", ["scale", "dropout p", "tensor attribute", "forward hook", "pre-hook"])
 def test_module_attributes_read_by_the_trace_retrace_when_changed(change, x):
     torch.manual_seed(0)
     model = nn.Sequential(_Scaled(), nn.Dropout(0.0))
@@ -411,9 +411,13 @@ def test_module_attributes_read_by_the_trace_retrace_when_changed(change, x):
             model[0].scale = 5.0
         elif change == "dropout p":
             model[1].p = 1.0
+        elif change == "forward hook":       # a hook registered after the trace was never run
+            model[0].register_forward_hook(lambda module, args, out: out * 0)
+        elif change == "pre-hook":
+            model.register_forward_pre_hook(lambda module, args: (args[0] * 2,))
         else:
             model[0].mask = torch.tensor([0.0, 1.0, 2.0])
-        with pytest.warns(UserWarning, match="module"):
+        with pytest.warns(UserWarning, match="module|hook"):
             _close(jitted(x), model(x))
 
 

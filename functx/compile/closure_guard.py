@@ -347,19 +347,27 @@ class PythonValues:
         return PythonValues(cells, globals_, modules) if cells or globals_ or modules else None
 
     def _module_values(self):
-        """[(module's __dict__, getter of its plain attributes, their values)] and
-        [(__dict__, name, tensor)] for the plain tensors it holds as attributes."""
-        plain, tensors = [], []
+        """[(module's __dict__, getter of its plain attributes, their values, ...)],
+        [(__dict__, name, tensor, ...)] for the plain tensors it holds as attributes, and
+        [(hook dict, its keys, ...)]: a forward hook added or removed changes f."""
+        plain, tensors, hooks = [], [], []
+        if any(isinstance(m, torch.nn.Module) for m in self.modules):
+            hooks.append((_module_api._global_forward_hooks, "global forward hooks"))
+            hooks.append((_module_api._global_forward_pre_hooks, "global forward pre-hooks"))
         for m in self.modules:
             for sub in _submodules(m)[0] if isinstance(m, torch.nn.Module) else (m,):
                 d = sub.__dict__
+                if isinstance(sub, torch.nn.Module):      # a hook registered or removed: f changed
+                    hooks.append((sub._forward_hooks, f"forward hooks of a {type(sub).__name__}"))
+                    hooks.append((sub._forward_pre_hooks, f"forward pre-hooks of a {type(sub).__name__}"))
                 names = [n for n, v in d.items() if n != "training" and _plain_value(v)]
                 kind = f"{type(sub).__name__} {'module' if isinstance(sub, torch.nn.Module) else 'object'}"
                 if names:
                     getter = operator.itemgetter(*names)
                     plain.append((d, getter, getter(d), names, kind))
                 tensors += [(d, n, v, kind) for n, v in d.items() if type(v) is torch.Tensor]
-        return plain, tensors
+        dicts = [h for h, _ in hooks]
+        return plain, tensors, (dicts, tuple(map(len, dicts)), [(h, tuple(h), what) for h, what in hooks if h])
 
     def take(self):
         """Snapshot the values now (after a trace)."""
@@ -381,7 +389,12 @@ class PythonValues:
             new = glob.get(name, _MISSING)
             if new is not old and new != old:
                 return f"the global Python value {name!r} changed ({old!r} -> {new!r}) since the trace"
-        plain, tensors = modules
+        plain, tensors, (hook_dicts, hook_counts, hooked) = modules
+        if tuple(map(len, hook_dicts)) != hook_counts:
+            return "a forward hook was registered or removed since the trace"
+        for h, keys, what in hooked:
+            if tuple(h) != keys:
+                return f"the {what} changed since the trace"
         for d, getter, old, names, kind in plain:
             try:
                 new = getter(d)
