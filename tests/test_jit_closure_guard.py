@@ -118,9 +118,11 @@ def test_new_parameter_or_data_retraces(x):
 
 def test_graphs_without_closure_reads_have_no_guard(x):
     w = torch.randn(4)
-    f = functx.jit(lambda x: x * w)         # w itself is the constant: read live, nothing to guard
+    f = functx.jit(lambda x: x * w)         # w itself is the constant: read live, no closure read
     f(x)
-    assert f._last_entry.guard is None and f._last_entry.module_guard is None
+    assert f._last_entry.guard is None
+    values = f._last_entry.module_guard.values    # only the name w's binding (identity) is checked
+    assert [name for name, _ in values.cells] == ["w"] and not values.globals and not values.modules
     g = functx.jit(lambda x, w: x * w.exp())
     g(x, w)
     assert g._last_entry.guard is None
@@ -493,3 +495,29 @@ def test_a_jitted_methods_plain_object_self_attributes_are_guarded():
     solver.dt = 0.5
     with pytest.warns(UserWarning, match="'dt' of a Solver object"):
         _close(solver.step(x), x + 0.5 * x.sin())
+
+
+WEIGHT = torch.ones(3)
+
+
+def test_rebinding_a_closed_over_or_global_tensor_retraces(x):
+    # the graph kept the old tensor: f(x) used the weights from before the rebinding
+    global WEIGHT
+    w = torch.ones(4)
+
+    def by_cell(x):
+        return x * w
+
+    def by_global(x):
+        return x[:, :3] * WEIGHT
+
+    for f in (by_cell, by_global):
+        jitted = functx.jit(f)
+        jitted(x)
+        if f is by_cell:
+            w = torch.full((4,), 3.0)
+        else:
+            WEIGHT = torch.full((3,), -2.0)
+        with pytest.warns(UserWarning, match="rebound"):
+            _close(jitted(x), f(x))
+    WEIGHT = torch.ones(3)

@@ -271,14 +271,47 @@ def _plain_container(v) -> bool:
     return kind is list and len(v) <= 32 and all(_plain_value(e) for e in v)
 
 
+class _Same:
+    """A closed-over tensor in a snapshot: compared by identity (rebinding the name to
+    another tensor retraces; an in-place update of the same one is ClosureGuard's)."""
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, _Same) and other.value is self.value
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __repr__(self):
+        return f"a tensor of shape {tuple(self.value.shape)}"
+
+
 def _contents(v):
-    """A cell's value as the snapshot keeps it: containers by their contents."""
+    """A cell's or global's value as the snapshot keeps it: containers by their contents,
+    tensors by identity."""
     kind = type(v)
     if kind is dict:
         return ("dict", tuple(v.items()))
     if kind is list:
         return ("list", tuple(v))
+    if kind in _TENSORS:
+        return _Same(v)
     return v
+
+
+_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _changed(where, name, old, new) -> str:
+    if isinstance(old, _Same):
+        return (f"the {where} tensor {name!r} was rebound to another tensor since the trace (the graph "
+                "holds the old one as a constant)")
+    if type(old) is tuple and old and old[0] in ("dict", "list"):
+        return f"the {where} Python {old[0]} {name!r} changed since the trace"
+    return f"the {where} Python value {name!r} changed ({old!r} -> {new!r}) since the trace"
 
 
 def _users(fn) -> bool:
@@ -328,14 +361,14 @@ class PythonValues:
                     v = cell.cell_contents
                 except ValueError:          # an empty cell
                     continue
-                if _plain_value(v) or _plain_container(v):
+                if _plain_value(v) or _plain_container(v) or type(v) in _TENSORS:
                     cells.append((name, cell))
                 elif depth < 3 and callable(v) and not isinstance(v, torch.nn.Module):
                     walk(v, depth + 1)
             glob = getattr(fn, "__globals__", {})
             for name in code.co_names:
                 v = glob.get(name, _MISSING)
-                if _plain_value(v):
+                if _plain_value(v) or type(v) in _TENSORS:
                     globals_.append((name, glob))
                 elif depth < 3 and callable(v) and _users(v):
                     walk(v, depth + 1)      # a helper f calls by name: its own values
@@ -372,7 +405,7 @@ class PythonValues:
     def take(self):
         """Snapshot the values now (after a trace)."""
         self.snapshot = (tuple(_contents(c.cell_contents) for _, c in self.cells),
-                         tuple(g.get(n, _MISSING) for n, g in self.globals), self._module_values())
+                         tuple(_contents(g.get(n, _MISSING)) for n, g in self.globals), self._module_values())
 
     def why(self):
         cells, globals_, modules = self.snapshot
@@ -382,13 +415,11 @@ class PythonValues:
             except ValueError:
                 new = _MISSING
             if new is not old and new != old:
-                if type(old) is tuple and old and old[0] in ("dict", "list"):
-                    return f"the closed-over Python {old[0]} {name!r} changed since the trace"
-                return f"the closed-over Python value {name!r} changed ({old!r} -> {new!r}) since the trace"
+                return _changed("closed-over", name, old, new)
         for (name, glob), old in zip(self.globals, globals_):
-            new = glob.get(name, _MISSING)
+            new = _contents(glob.get(name, _MISSING))
             if new is not old and new != old:
-                return f"the global Python value {name!r} changed ({old!r} -> {new!r}) since the trace"
+                return _changed("global", name, old, new)
         plain, tensors, (hook_dicts, hook_counts, hooked) = modules
         if tuple(map(len, hook_dicts)) != hook_counts:
             return "a forward hook was registered or removed since the trace"

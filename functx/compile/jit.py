@@ -437,7 +437,7 @@ class JitFunction:
             advice = ("Python values the function reads from its closure, globals or modules are "
                       "constants of the traced graph; pass numbers that change as arguments (a Python "
                       "float or int argument is dynamic: no retrace)"
-                      if "Python value" in why or "attribute" in why else
+                      if "Python " in why or "attribute" in why or "hook" in why else
                       "A value computed from closed-over tensors is a constant of the traced graph; pass "
                       "tensors that change (a module's parameters: functional_call(model, params, x)) "
                       "as arguments to avoid retracing")
