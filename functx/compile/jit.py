@@ -21,11 +21,10 @@ from ..frontend.generators import generator_arguments
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
-from .jit_cache import torch_state
 from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
 from .eager import EagerCompiled
 from .pipeline import compile_graph
-from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, value_key  # noqa: F401
+from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, torch_state, value_key  # noqa: F401
 from .dynamic_dims import DynamicDims
 from ..frontend.staging import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, scalar_device, split_static,
                       split_static_kwargs, trace_graph)
