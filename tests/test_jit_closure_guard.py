@@ -372,9 +372,16 @@ def _changes():
     def by_helper(x):
         return _scaled_by_global(x) - 1
 
+    weights = [torch.ones(4), torch.ones(4)]
+
+    def by_weight_list(x):
+        return x * weights[0] + weights[1]
+
     return [("closure cell", by_cell, by_cell, lambda: set_cell(3.0)),
             ("a jitted function's cell", by_nested_jit, by_nested_jit, lambda: set_cell(4.0)),
             ("a helper's global", by_helper, by_helper, lambda: set_global(6.0)),
+            ("a list of tensors", by_weight_list, by_weight_list,
+             lambda: weights.__setitem__(0, torch.full((4,), 5.0))),
             ("global", by_global, by_global, lambda: set_global(5.0)),
             ("dict", by_dict, by_dict, lambda: cfg.update(s=-1.0)),
             ("list", by_list, by_list, lambda: scale.__setitem__(0, 7.0)),
@@ -385,7 +392,7 @@ def _scaled_by_global(x):
     return x * SCALE
 
 
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", range(8))
 def test_python_values_read_by_the_trace_retrace_when_changed(case, x):
     global SCALE
     SCALE = 2.0
@@ -394,7 +401,7 @@ def test_python_values_read_by_the_trace_retrace_when_changed(case, x):
     jitted = functx.jit(f)
     _close(jitted(x), reference(x))
     change()
-    with pytest.warns(UserWarning, match="Python (value|dict|list)"):
+    with pytest.warns(UserWarning, match="Python (value|dict|list)|rebound"):
         _close(jitted(x), reference(x))
     assert jitted.trace_count == 2
     jitted(x)

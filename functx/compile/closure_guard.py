@@ -263,12 +263,12 @@ def _plain_value(v) -> bool:
 
 
 def _plain_container(v) -> bool:
-    """A short dict or list of such values (a config dict in the closure): mutable, so it is
-    compared by its contents."""
+    """A short dict or list of such values or tensors (a config dict, a list of weights in
+    the closure): mutable, so it is compared by its contents (tensors by identity)."""
     kind = type(v)
     if kind is dict:
-        return len(v) <= 32 and all(_plain_value(e) for e in v.values())
-    return kind is list and len(v) <= 32 and all(_plain_value(e) for e in v)
+        return len(v) <= 32 and all(_plain_value(e) or type(e) in _TENSORS for e in v.values())
+    return kind is list and len(v) <= 32 and all(_plain_value(e) or type(e) in _TENSORS for e in v)
 
 
 class _Same:
@@ -294,9 +294,9 @@ def _contents(v):
     tensors by identity."""
     kind = type(v)
     if kind is dict:
-        return ("dict", tuple(v.items()))
+        return ("dict", tuple((k, _Same(e) if type(e) in _TENSORS else e) for k, e in v.items()))
     if kind is list:
-        return ("list", tuple(v))
+        return ("list", tuple(_Same(e) if type(e) in _TENSORS else e for e in v))
     if kind in _TENSORS:
         return _Same(v)
     return v
@@ -368,7 +368,7 @@ class PythonValues:
             glob = getattr(fn, "__globals__", {})
             for name in code.co_names:
                 v = glob.get(name, _MISSING)
-                if _plain_value(v) or type(v) in _TENSORS:
+                if _plain_value(v) or _plain_container(v) or type(v) in _TENSORS:
                     globals_.append((name, glob))
                 elif depth < 3 and callable(v) and _users(v):
                     walk(v, depth + 1)      # a helper f calls by name: its own values
