@@ -528,3 +528,29 @@ def test_rebinding_a_closed_over_or_global_tensor_retraces(x):
         with pytest.warns(UserWarning, match="rebound"):
             _close(jitted(x), f(x))
     WEIGHT = torch.ones(3)
+
+
+class _RemembersShape(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.last_shape = None
+        self.calls = 0
+
+    def forward(self, x):
+        self.last_shape = tuple(x.shape)      # f's own state, written by every trace
+        self.calls += 1
+        return self.lin(x)
+
+
+def test_values_the_trace_itself_writes_are_not_guarded():
+    # else a module that records the last input shape retraced on every call that
+    # alternated between two cached shapes
+    model = _RemembersShape()
+    jitted = functx.jit(model, dynamic=False)
+    a, b = torch.randn(2, 4), torch.randn(5, 4)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for x in (a, b, a, b, a):
+            _close(jitted(x), model.lin(x))
+    assert jitted.trace_count == 2

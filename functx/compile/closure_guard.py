@@ -305,6 +305,22 @@ def _contents(v):
 _TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
+def _cell_contents(cell):
+    try:
+        return _contents(cell.cell_contents)
+    except ValueError:          # an empty cell
+        return _MISSING
+
+
+def _same(a, b) -> bool:
+    return a is b or a == b
+
+
+def _unchanged(before, name, value) -> bool:
+    """Whether attribute `name` held `value` before the trace too."""
+    return name in before and _same(before[name], _contents(value))
+
+
 def _changed(where, name, old, new) -> str:
     if isinstance(old, _Same):
         return (f"the {where} tensor {name!r} was rebound to another tensor since the trace (the graph "
@@ -379,7 +395,18 @@ class PythonValues:
                 walk(getattr(type(m).forward, "__func__", type(m).forward), 2)
         return PythonValues(cells, globals_, modules) if cells or globals_ or modules else None
 
-    def _module_values(self):
+    def capture(self):
+        """The values now (before a trace): what the trace then changes is f's own state."""
+        cells = tuple(_cell_contents(c) for _, c in self.cells)
+        globals_ = tuple(_contents(g.get(n, _MISSING)) for n, g in self.globals)
+        attrs = {}
+        for m in self.modules:
+            for sub in _submodules(m)[0] if isinstance(m, torch.nn.Module) else (m,):
+                attrs[id(sub.__dict__)] = {n: _contents(v) for n, v in sub.__dict__.items()
+                                           if _plain_value(v) or type(v) in _TENSORS}
+        return cells, globals_, attrs
+
+    def _module_values(self, before=None):
         """[(module's __dict__, getter of its plain attributes, their values, ...)],
         [(__dict__, name, tensor, ...)] for the plain tensors it holds as attributes, and
         [(hook dict, its keys, ...)]: a forward hook added or removed changes f."""
@@ -393,27 +420,36 @@ class PythonValues:
                 if isinstance(sub, torch.nn.Module):      # a hook registered or removed: f changed
                     hooks.append((sub._forward_hooks, f"forward hooks of a {type(sub).__name__}"))
                     hooks.append((sub._forward_pre_hooks, f"forward pre-hooks of a {type(sub).__name__}"))
-                names = [n for n, v in d.items() if n != "training" and _plain_value(v)]
+                kept = before.get(id(d), {}) if before is not None else None
+                names = [n for n, v in d.items() if n != "training" and _plain_value(v)
+                         and (kept is None or _unchanged(kept, n, v))]
                 kind = f"{type(sub).__name__} {'module' if isinstance(sub, torch.nn.Module) else 'object'}"
                 if names:
                     getter = operator.itemgetter(*names)
                     plain.append((d, getter, getter(d), names, kind))
-                tensors += [(d, n, v, kind) for n, v in d.items() if type(v) is torch.Tensor]
+                tensors += [(d, n, v, kind) for n, v in d.items() if type(v) is torch.Tensor
+                            and (kept is None or _unchanged(kept, n, v))]
         dicts = [h for h, _ in hooks]
         return plain, tensors, (dicts, tuple(map(len, dicts)), [(h, tuple(h), what) for h, what in hooks if h])
 
-    def take(self):
-        """Snapshot the values now (after a trace)."""
-        self.snapshot = (tuple(_contents(c.cell_contents) for _, c in self.cells),
-                         tuple(_contents(g.get(n, _MISSING)) for n, g in self.globals), self._module_values())
+    def take(self, before=None):
+        """Snapshot the values now (after a trace). With `before` (capture() before the trace),
+        a value the trace itself changed (a counter f bumps, `self.last_shape = x.shape`) is
+        f's own state, not an input of the graph: it is not guarded (else every call with
+        another shape would trace again)."""
+        if before is not None:
+            cells, globals_, attrs = before
+            self.cells = [(n, c) for (n, c), b in zip(self.cells, cells) if _same(b, _cell_contents(c))]
+            self.globals = [(n, g) for (n, g), b in zip(self.globals, globals_)
+                            if _same(b, _contents(g.get(n, _MISSING)))]
+        self.snapshot = (tuple(_cell_contents(c) for _, c in self.cells),
+                         tuple(_contents(g.get(n, _MISSING)) for n, g in self.globals),
+                         self._module_values(before[2] if before is not None else None))
 
     def why(self):
         cells, globals_, modules = self.snapshot
         for (name, cell), old in zip(self.cells, cells):
-            try:
-                new = _contents(cell.cell_contents)
-            except ValueError:
-                new = _MISSING
+            new = _cell_contents(cell)
             if new is not old and new != old:
                 return _changed("closed-over", name, old, new)
         for (name, glob), old in zip(self.globals, globals_):

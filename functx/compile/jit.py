@@ -258,6 +258,11 @@ class JitFunction:
         if entry is None:
             entry = self._dims.lookup(key, leaves, self._cache)
         if entry is None:
+            # the Python values the trace may bake in, as they are before it (closure_guard)
+            passed = [args[i] for i in nums if -len(args) <= i < len(args) and _holds_state(args[i])]
+            passed += [l for l in leaves if isinstance(l, torch.nn.Module) and not any(l is p for p in passed)]
+            values = PythonValues.of(self.f, (self._modes.modules() if self._modes is not None else []) + passed)
+            before = values.capture() if values is not None else None
             paths = key[0].paths()
             backend = resolve_backend(self.backend, leaves)
             static_why = ("debug_nans re-runs the graph's equations with their trace-time parameters"
@@ -296,13 +301,10 @@ class JitFunction:
                 compiled, _ = compile_graph(graph, self.backend, leaves)
             entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs, generators,
                            _buffer_inputs(key, leaves))
-            # modules the call passes: a static self, or a module as an argument (part of the key
-            # by identity): their attributes and tensors are guarded like reached modules'
-            passed = [args[i] for i in nums if -len(args) <= i < len(args) and _holds_state(args[i])]
-            passed += [l for l in leaves if isinstance(l, torch.nn.Module) and not any(l is p for p in passed)]
-            values = PythonValues.of(self.f, (self._modes.modules() if self._modes is not None else []) + passed)
+            # modules the call passes (a static self, a module as an argument, part of the key by
+            # identity) are guarded like reached modules; values the trace changed are not
             if values is not None:
-                values.take()
+                values.take(before)
             if self._modes is not None or values is not None:
                 entry.module_guard = ModuleGuard(self._modes, values, passed)
             if symbolic is not None:
