@@ -444,18 +444,29 @@ class PythonValues:
                             if _same(b, _contents(g.get(n, _MISSING)))]
         self.snapshot = (tuple(_cell_contents(c) for _, c in self.cells),
                          tuple(_contents(g.get(n, _MISSING)) for n, g in self.globals),
-                         self._module_values(before[2] if before is not None else None))
+                         self._module_values(before[2] if before is not None else None)
+                         if self.modules else None)
 
     def why(self):
         cells, globals_, modules = self.snapshot
         for (name, cell), old in zip(self.cells, cells):
+            try:
+                if cell.cell_contents is old:       # a number or string not rebound: the hot path
+                    continue
+            except ValueError:
+                pass
             new = _cell_contents(cell)
             if new is not old and new != old:
                 return _changed("closed-over", name, old, new)
         for (name, glob), old in zip(self.globals, globals_):
-            new = _contents(glob.get(name, _MISSING))
+            new = glob.get(name, _MISSING)
+            if new is old:
+                continue
+            new = _contents(new)
             if new is not old and new != old:
                 return _changed("global", name, old, new)
+        if modules is None:
+            return None
         plain, tensors, (hook_dicts, hook_counts, hooked) = modules
         if tuple(map(len, hook_dicts)) != hook_counts:
             return "a forward hook was registered or removed since the trace"
