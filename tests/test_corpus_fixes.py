@@ -195,6 +195,27 @@ def test_jit_refuses_a_write_into_an_argument_that_aliases_another(aliasing):
     torch.testing.assert_close(functx.jit(_add_then_mul)(a2, b2), _add_then_mul(a.clone(), b.clone()))
 
 
+_CLOSED = torch.zeros(3)
+
+
+def _bump_then_read_closed(x):
+    x.add_(1)
+    return _CLOSED * 2
+
+
+def test_jit_refuses_a_write_into_an_argument_that_aliases_a_closed_over_tensor():
+    """Passing w to a function that writes its argument and reads w from its closure: eager
+    torch reads the written values, the compiled graph read its constant as before the call
+    (it returned zeros)."""
+    _CLOSED.zero_()
+    with pytest.raises(functx.FunctxError, match="shares memory with a tensor the function closes over"):
+        functx.jit(_bump_then_read_closed)(_CLOSED)
+    assert torch.equal(_CLOSED, torch.zeros(3))                  # nothing was written
+    x = torch.zeros(3)
+    torch.testing.assert_close(functx.jit(_bump_then_read_closed)(x), torch.zeros(3))
+    assert torch.equal(x, torch.ones(3))
+
+
 def _scale_in_place(v):
     v.mul_(2)
     v[0] = 7.0

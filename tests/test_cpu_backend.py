@@ -436,3 +436,17 @@ def test_float_to_int_conversions_match_torch_out_of_range():
         assert compiled.failure is None, compiled.failure
         for got, want in zip(out, f(x)):
             assert torch.equal(got, want), (x, got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_integer_converted_back_to_float_is_never_negative_zero(dtype):
+    # g++ (-fno-trapping-math) folds float(int64(x)) into trunc(x), which keeps -0.0 for
+    # -1 < x < 0: x // x.to(int64) was +inf where torch gives -inf (found by the fuzzer).
+    def f(x):
+        n = x.to(torch.int64)
+        return n.to(dtype), x // n, x / x.to(torch.int32)
+    x = torch.tensor([-0.5, -0.9, -1.6, 0.4, -0.0, 2.5] * 4, dtype=dtype)
+    compiled, out = fused(f, x)
+    assert compiled.failure is None, compiled.failure
+    for got, want in zip(out, f(x)):
+        assert_same_bits(got, want)

@@ -1,5 +1,6 @@
 """The differential fuzzer (issue 9): random PyTorch programs from functx.testing.strategies,
-run as eager PyTorch vs functx.jit (eager and Triton-interpreter backends), vmap vs a
+run as eager PyTorch vs functx.jit (eager and Triton-interpreter backends, the cpu backend's
+fused tier on inputs in several layouts), vmap vs a
 Python loop, vjp/jvp vs torch.func (float64 finite differences decide where the two
 disagree); where eager PyTorch raises, functx must raise too.
 
@@ -7,7 +8,7 @@ CI runs a bounded sample (the "ci" profile draws the same examples every run); t
 variants are the nightly size (pytest --runslow). A failure prints the program as Python."""
 import pytest
 import torch
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, given, settings, strategies as st
 
 import functx
 from functx.testing import assert_same, check_against_torch, check_derivatives, check_vmap
@@ -42,6 +43,37 @@ def _jit_triton(case):
     check_against_torch(case.program, *case.args(), backends=("triton",), signed_zeros=SIGNED_ZEROS)
 
 
+# The cpu backend's fused tier (C++ kernels): more dtypes than the default draw (its casts
+# and integer semantics are its own code), inputs in other layouts (index math).
+CPU_DTYPES = (torch.float32, torch.float64, torch.int64, torch.bool, torch.int32, torch.uint8, torch.float16)
+
+
+def _relayout(x, how):
+    """x with the same values in another layout: 1 transposed storage, 2 a stride-2 slice,
+    3 a storage offset."""
+    if x.dim() == 0 or how == 0:
+        return x
+    if how == 1 and x.dim() >= 2:
+        return x.transpose(0, -1).contiguous().transpose(0, -1)
+    if how == 2:
+        big = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype)
+        big[..., ::2] = x
+        return big[..., ::2]
+    return torch.cat([x.reshape(-1)[:1], x.reshape(-1)])[1:].view(x.shape) if x.numel() else x
+
+
+def _jit_cpu_fused(case, how):
+    import functx.compile.cpu.compiled as cpu_compiled
+    from functx.compile.cpu import CONFIG
+    old = CONFIG.block, cpu_compiled.SKIP_UNFUSED
+    CONFIG.block, cpu_compiled.SKIP_UNFUSED = True, False     # every call fused, every kernel built
+    try:
+        args = [_relayout(x, how) for x in case.args()]
+        check_against_torch(case.program, *args, backends=("cpu",), signed_zeros=SIGNED_ZEROS)
+    finally:
+        CONFIG.block, cpu_compiled.SKIP_UNFUSED = old
+
+
 def _vmap(case):
     check_vmap(case.program, case.args(), signed_zeros=SIGNED_ZEROS)
 
@@ -74,6 +106,14 @@ def test_programs_jit_triton_backend(case):
     _jit_triton(case)
 
 
+@pytest.mark.cpu_fused
+@pytest.mark.usefixtures("module_kernel_cache")
+@settings(max_examples=8, phases=CI_PHASES)
+@given(fst.programs(max_ops=5, dtypes=CPU_DTYPES), st.integers(0, 3))
+def test_programs_jit_cpu_fused_tier(case, how):
+    _jit_cpu_fused(case, how)
+
+
 @settings(max_examples=30, phases=CI_PHASES)
 @given(fst.vmap_cases())
 def test_programs_vmap_vs_loop(case):
@@ -99,6 +139,15 @@ def test_invalid_programs_raise(case):
 @given(fst.programs(max_ops=8))
 def test_nightly_jit_eager_backend(case):
     _jit_eager(case)
+
+
+@pytest.mark.slow
+@pytest.mark.cpu_fused
+@pytest.mark.usefixtures("module_kernel_cache")
+@_nightly(1500)
+@given(fst.programs(max_ops=10, dtypes=CPU_DTYPES), st.integers(0, 3))
+def test_nightly_jit_cpu_fused_tier(case, how):
+    _jit_cpu_fused(case, how)
 
 
 @pytest.mark.slow

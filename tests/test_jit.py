@@ -273,3 +273,28 @@ def test_eager_backend_outputs_carry_torch_autograd():
     m(x).pow(2).sum().backward()
     for a, b in zip(jit_grads, [p.grad for p in m.parameters()]):
         torch.testing.assert_close(a, b)
+
+
+def test_default_dtype_and_autocast_are_part_of_the_key():
+    # a graph traced under one default dtype or autocast state served calls in another:
+    # torch.zeros(3) inside f stayed float32 after set_default_dtype(float64); a graph traced
+    # under autocast returned bfloat16 to plain calls (and the fused CPU tier ignores autocast)
+    f = lambda x: x + torch.ones(3) + torch.arange(3.0)
+    jitted = functx.jit(f)
+    x = torch.ones(3)
+    jitted(x)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert jitted(x).dtype == f(x).dtype == torch.float64
+    finally:
+        torch.set_default_dtype(old)
+    assert "default dtype torch.float32 -> torch.float64" in str(jitted.cache_info())
+
+    lin = torch.nn.Linear(3, 3)
+    g = lambda x: lin(x).relu() * 2
+    jitted = functx.jit(g)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert jitted(x[None]).dtype == g(x[None]).dtype == torch.bfloat16
+        assert jitted(x[None]).dtype == g(x[None]).dtype == torch.float32

@@ -118,9 +118,11 @@ def test_new_parameter_or_data_retraces(x):
 
 def test_graphs_without_closure_reads_have_no_guard(x):
     w = torch.randn(4)
-    f = functx.jit(lambda x: x * w)         # w itself is the constant: read live, nothing to guard
+    f = functx.jit(lambda x: x * w)         # w itself is the constant: read live, no closure read
     f(x)
-    assert f._last_entry.guard is None and f._last_entry.module_guard is None
+    assert f._last_entry.guard is None
+    values = f._last_entry.module_guard.values    # only the name w's binding (identity) is checked
+    assert [name for name, _ in values.cells] == ["w"] and not values.globals and not values.modules
     g = functx.jit(lambda x, w: x * w.exp())
     g(x, w)
     assert g._last_entry.guard is None
@@ -277,3 +279,278 @@ def test_buffer_write_back_positions_skip_non_tensor_arguments(x):
     m = Tagged()
     functx.jit(m)(x, "a", "b", "c").sum().backward()
     assert not m.bn.running_mean.requires_grad and not m.bn.running_var.requires_grad
+
+
+def test_batchnorm_eval_after_more_training_uses_the_new_statistics(x):
+    # Eval mode reads the running statistics through batch norm's lowering, whose torch code
+    # (rsqrt(running_var + eps)) ran below the dispatch mode unrecorded: the eval entry kept
+    # the statistics of its trace after later training steps updated them.
+    torch.manual_seed(0)
+    jitted_model, plain = (nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5)) for _ in range(2))
+    plain.load_state_dict(jitted_model.state_dict())
+    jitted = functx.jit(jitted_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for mode in ["train", "eval", "train", "train", "eval", "train", "eval"]:
+            getattr(jitted_model, mode)(), getattr(plain, mode)()
+            _close(jitted(x), plain(x))
+
+
+@pytest.mark.parametrize("program", ["add_into_made", "made_times_closed_exp"])
+def test_made_tensors_computed_with_closed_over_ones_are_guarded(program):
+    # Work on tensors the function makes runs at trace time; one that reads a closed-over
+    # tensor (torch.zeros(3) += w) must be guarded like a read at the function's own level.
+    w = torch.ones(3)
+    fns = {"add_into_made": lambda x: x * torch.zeros(3).add_(w),
+           "made_times_closed_exp": lambda x: x * torch.full((3,), 2.0).mul(w).exp()}
+    f = fns[program]
+    jitted = functx.jit(f)
+    x = torch.randn(3, dtype=torch.float64)
+    jitted(x)
+    w.mul_(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _close(jitted(x), f(x))
+
+
+# ---------------------------------------------------------------- Python values the trace read
+
+SCALE = 2.0
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.scale = 1.0
+        self.mask = torch.ones(3)          # a plain tensor attribute (not a buffer)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1                    # bumped by the trace only: not a change
+        return self.lin(x) * self.scale * self.mask
+
+
+def _changes():
+    """(name, jitted-or-function, function to compare with, how to change the world)."""
+    cfg = {"s": 2.0}
+    scale = [2.0]
+    box = {}
+
+    def closure_float(x):
+        return x * box["s"]
+    s = 2.0
+
+    def by_cell(x):
+        return x * s
+
+    def set_cell(v):
+        nonlocal s
+        s = v
+
+    def by_global(x):
+        return x * SCALE
+
+    def set_global(v):
+        global SCALE
+        SCALE = v
+
+    def by_dict(x):
+        return x * cfg["s"]
+
+    def by_list(x):
+        return x * scale[0]
+
+    def loss(x):
+        return (x * s).sin().sum()
+
+    inner = functx.jit(lambda x: x * s)
+
+    def by_nested_jit(x):
+        return inner(x) + 1
+
+    def by_helper(x):
+        return _scaled_by_global(x) - 1
+
+    weights = [torch.ones(4), torch.ones(4)]
+
+    def by_weight_list(x):
+        return x * weights[0] + weights[1]
+
+    return [("closure cell", by_cell, by_cell, lambda: set_cell(3.0)),
+            ("a jitted function's cell", by_nested_jit, by_nested_jit, lambda: set_cell(4.0)),
+            ("a helper's global", by_helper, by_helper, lambda: set_global(6.0)),
+            ("a list of tensors", by_weight_list, by_weight_list,
+             lambda: weights.__setitem__(0, torch.full((4,), 5.0))),
+            ("global", by_global, by_global, lambda: set_global(5.0)),
+            ("dict", by_dict, by_dict, lambda: cfg.update(s=-1.0)),
+            ("list", by_list, by_list, lambda: scale.__setitem__(0, 7.0)),
+            ("grad's function's cell", functx.grad(loss), torch.func.grad(loss), lambda: set_cell(0.5))]
+
+
+def _scaled_by_global(x):
+    return x * SCALE
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_python_values_read_by_the_trace_retrace_when_changed(case, x):
+    global SCALE
+    SCALE = 2.0
+    # jit baked them in and kept returning the old numbers (torch.compile guards them)
+    name, f, reference, change = _changes()[case]
+    jitted = functx.jit(f)
+    _close(jitted(x), reference(x))
+    change()
+    with pytest.warns(UserWarning, match="Python (value|dict|list)|rebound"):
+        _close(jitted(x), reference(x))
+    assert jitted.trace_count == 2
+    jitted(x)
+    assert jitted.trace_count == 2, name
+
+
+@pytest.mark.parametrize("change", ["scale", "dropout p", "tensor attribute", "forward hook", "pre-hook"])
+def test_module_attributes_read_by_the_trace_retrace_when_changed(change, x):
+    torch.manual_seed(0)
+    model = nn.Sequential(_Scaled(), nn.Dropout(0.0))
+    jitted = functx.jit(model)
+    with torch.no_grad():
+        jitted(x), jitted(x)
+        assert model[0].calls == 1 and jitted.trace_count == 1      # the trace's own bump is no change
+        if change == "scale":
+            model[0].scale = 5.0
+        elif change == "dropout p":
+            model[1].p = 1.0
+        elif change == "forward hook":       # a hook registered after the trace was never run
+            model[0].register_forward_hook(lambda module, args, out: out * 0)
+        elif change == "pre-hook":
+            model.register_forward_pre_hook(lambda module, args: (args[0] * 2,))
+        else:
+            model[0].mask = torch.tensor([0.0, 1.0, 2.0])
+        with pytest.warns(UserWarning, match="module|hook"):
+            _close(jitted(x), model(x))
+
+
+def test_a_jitted_methods_self_attributes_are_guarded(x):
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.temperature = 1.0
+
+        @functx.jit
+        def logits(self, x):
+            return x / self.temperature
+
+    head = Head()
+    _close(head.logits(x), x)
+    head.temperature = 0.5
+    with pytest.warns(UserWarning, match="temperature"):
+        _close(head.logits(x), x / 0.5)
+
+
+USE_OFFSET = True
+
+
+class _Offset(nn.Module):
+    def forward(self, x):
+        return x + 1 if USE_OFFSET else x
+
+
+def test_a_global_flag_read_by_a_jitted_modules_forward_is_guarded(x):
+    global USE_OFFSET
+    model = _Offset()
+    jitted = functx.jit(model)
+    _close(jitted(x), x + 1)
+    USE_OFFSET = False
+    try:
+        with pytest.warns(UserWarning, match="USE_OFFSET"):
+            _close(jitted(x), x)
+    finally:
+        USE_OFFSET = True
+
+
+@pytest.mark.parametrize("change", ["eval", "dropout p", "new parameter"])
+def test_a_module_passed_as_an_argument_is_keyed_and_guarded_like_a_reached_one(change, x):
+    # jit(lambda model, x: model(x)): the module is a non-tensor argument (keyed by identity);
+    # its train/eval flags, attributes and parameters were not looked at: eval() after
+    # training kept running dropout, a new Parameter was never seen
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5 if change == "eval" else 0.0))
+    jitted = functx.jit(lambda model, x: model(x))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        jitted(model, x)
+        if change == "eval":
+            model.eval()
+        elif change == "dropout p":
+            model[1].p = 1.0
+        else:
+            model[0].weight = nn.Parameter(torch.zeros(4, 4))
+        _close(jitted(model, x), model(x))
+
+
+def test_a_jitted_methods_plain_object_self_attributes_are_guarded():
+    class Solver:
+        def __init__(self):
+            self.dt = 0.1
+
+        @functx.jit
+        def step(self, x):
+            return x + self.dt * x.sin()
+
+    solver, x = Solver(), torch.ones(3)
+    solver.step(x)
+    solver.dt = 0.5
+    with pytest.warns(UserWarning, match="'dt' of a Solver object"):
+        _close(solver.step(x), x + 0.5 * x.sin())
+
+
+WEIGHT = torch.ones(3)
+
+
+def test_rebinding_a_closed_over_or_global_tensor_retraces(x):
+    # the graph kept the old tensor: f(x) used the weights from before the rebinding
+    global WEIGHT
+    w = torch.ones(4)
+
+    def by_cell(x):
+        return x * w
+
+    def by_global(x):
+        return x[:, :3] * WEIGHT
+
+    for f in (by_cell, by_global):
+        jitted = functx.jit(f)
+        jitted(x)
+        if f is by_cell:
+            w = torch.full((4,), 3.0)
+        else:
+            WEIGHT = torch.full((3,), -2.0)
+        with pytest.warns(UserWarning, match="rebound"):
+            _close(jitted(x), f(x))
+    WEIGHT = torch.ones(3)
+
+
+class _RemembersShape(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.last_shape = None
+        self.calls = 0
+
+    def forward(self, x):
+        self.last_shape = tuple(x.shape)      # f's own state, written by every trace
+        self.calls += 1
+        return self.lin(x)
+
+
+def test_values_the_trace_itself_writes_are_not_guarded():
+    # else a module that records the last input shape retraced on every call that
+    # alternated between two cached shapes
+    model = _RemembersShape()
+    jitted = functx.jit(model, dynamic=False)
+    a, b = torch.randn(2, 4), torch.randn(5, 4)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for x in (a, b, a, b, a):
+            _close(jitted(x), model.lin(x))
+    assert jitted.trace_count == 2

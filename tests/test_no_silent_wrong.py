@@ -863,3 +863,52 @@ def test_writes_torch_allows_on_elements_sharing_memory(transform):
         return b
     with pytest.raises(Exception, match="index_put_.*share memory"):
         _TRANSFORMS[transform](partial)(xs if transform == "vmap" else x)
+
+
+@pytest.mark.parametrize("name", ["norm", "norm3", "std", "normalize", "cosine_similarity", "pairwise_distance"])
+def test_half_precision_norms_accumulate_in_float32_as_torch(name):
+    # x*x of a float16 above 256 overflows: these were inf (or normalize 0) under jit, grad
+    # and vmap where torch's kernels, which accumulate in float32, give finite values.
+    import torch.nn.functional as F
+    fns = {"norm": lambda x: x.norm(dim=1), "norm3": lambda x: torch.linalg.vector_norm(x, 3, dim=1),
+           "std": lambda x: x.std(1), "normalize": lambda x: F.normalize(x, dim=1),
+           "cosine_similarity": lambda x: F.cosine_similarity(x, x.flip(0), dim=1),
+           "pairwise_distance": lambda x: F.pairwise_distance(x, x.flip(0))}
+    f = fns[name]
+    x = (torch.randn(3, 8, generator=torch.Generator().manual_seed(0)) * 400).half()
+    want = f(x)
+    assert want.isfinite().all()
+    torch.testing.assert_close(functx.jit(f)(x), want, rtol=2e-3, atol=1e-3)
+    # the derivative against float64 (torch's own float16 backward of the 3-norm is nan)
+    g = functx.grad(lambda x: f(x.half()).float().sum())(x.float())
+    want_g = torch.func.grad(lambda x: f(x).sum())(x.double())
+    torch.testing.assert_close(g.double(), want_g, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("reduce", ["all", "any", "all_dim", "any_empty"])
+def test_all_and_any_of_uint8_stay_uint8_as_torch(reduce):
+    # functx returned bool: x.all() - y then raised where torch subtracts (found by fuzzing)
+    f = {"all": lambda x: x.all(), "any": lambda x: x.any(), "all_dim": lambda x: x.all(0, keepdim=True),
+         "any_empty": lambda x: x[:0].any()}[reduce]
+    x = torch.tensor([2, 0, 7], dtype=torch.uint8)
+    want = f(x)
+    for got in (functx.jit(f)(x), functx.vmap(f)(x.reshape(1, 3))[0]):
+        assert got.dtype == want.dtype == torch.uint8 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("divisor", [-1, -3, 7])
+def test_remainder_of_uint8_by_a_python_int_casts_it_as_torch(divisor):
+    # torch casts the int to uint8 (-1 is 255); functx applied the negative-divisor correction
+    # to the uncast -1: 252 % -1 gave 251 (found by the fuzzer)
+    x = torch.tensor([252, 3, 0, 128, 255], dtype=torch.uint8)
+    f = lambda x: torch.remainder(x, divisor)
+    assert torch.equal(functx.jit(f)(x), f(x))
+    assert torch.equal(functx.vmap(f)(x[None])[0], f(x))
+
+
+def test_logcumsumexp_over_an_empty_tensor_differentiates():
+    # the opaque fallback's derivative reduced a max over the empty dim: grad/jvp raised
+    x = torch.zeros(0, 1, dtype=torch.float64)
+    f = lambda x: torch.logcumsumexp(x, 0).sum() + 1
+    assert functx.jit(functx.grad(f))(x).shape == (0, 1)
+    assert functx.jvp(f, (x,), (x,))[1].item() == 0.0

@@ -22,6 +22,9 @@ attribute check.
 """
 from __future__ import annotations
 
+import operator
+import types
+
 import torch
 
 RUN_PLAIN = "run f as plain torch"
@@ -216,24 +219,270 @@ class ModuleGuard:
     module replaced (a rebound global) or given a new parameter, buffer or submodule
     (`model.fc.weight = nn.Parameter(...)`) must retrace. The tensors are compared only
     after some module registered something (a counter the registration hooks above bump);
-    the hot path compares one int and the modules' identity."""
-    __slots__ = ("reached", "modules", "seen", "tensors")
+    the hot path compares one int and the modules' identity. `values` (PythonValues):
+    the Python numbers and flags the trace may have read, compared on every call."""
+    __slots__ = ("reached", "modules", "seen", "tensors", "values")
 
-    def __init__(self, reached):
+    def __init__(self, reached, values=None, passed=()):
         self.reached = reached
-        self.modules = reached.modules()
+        self.modules = (reached.modules() if reached is not None else []) + list(passed)
         self.seen = _REGISTRATIONS[0]
         self.tensors = self._tensors()
+        self.values = values
 
     def _tensors(self):
         return tuple(tuple(map(id, m.parameters())) + tuple(map(id, m.buffers()))
                      for m in self.modules if isinstance(m, torch.nn.Module))
 
+    def why(self):
+        """None while the entry may run, else why it must be traced again."""
+        if self.reached is not None:
+            for g, m in zip(self.reached.getters, self.modules):
+                if g() is not m:
+                    return "the module was given a new parameter, buffer or submodule since the trace"
+        if self.seen != _REGISTRATIONS[0]:
+            self.seen = _REGISTRATIONS[0]
+            if self._tensors() != self.tensors:
+                return "the module was given a new parameter, buffer or submodule since the trace"
+        return self.values.why() if self.values is not None else None
+
     def holds(self):
-        for g, m in zip(self.reached.getters, self.modules):
-            if g() is not m:
-                return False
-        if self.seen == _REGISTRATIONS[0]:
-            return True
-        self.seen = _REGISTRATIONS[0]
-        return self._tensors() == self.tensors
+        return self.why() is None
+
+
+# ---------------------------------------------------------------- Python values the trace read
+
+_SCALARS = frozenset({int, float, bool, str, complex, type(None), torch.dtype, torch.device})
+_MISSING = object()
+
+
+def _plain_value(v) -> bool:
+    """A value a trace bakes in: a Python number, flag or string, or a short tuple of them."""
+    kind = type(v)
+    return kind in _SCALARS or (kind is tuple and len(v) <= 16 and all(type(e) in _SCALARS for e in v))
+
+
+def _plain_container(v) -> bool:
+    """A short dict or list of such values or tensors (a config dict, a list of weights in
+    the closure): mutable, so it is compared by its contents (tensors by identity)."""
+    kind = type(v)
+    if kind is dict:
+        return len(v) <= 32 and all(_plain_value(e) or type(e) in _TENSORS for e in v.values())
+    return kind is list and len(v) <= 32 and all(_plain_value(e) or type(e) in _TENSORS for e in v)
+
+
+class _Same:
+    """A closed-over tensor in a snapshot: compared by identity (rebinding the name to
+    another tensor retraces; an in-place update of the same one is ClosureGuard's)."""
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, _Same) and other.value is self.value
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __repr__(self):
+        return f"a tensor of shape {tuple(self.value.shape)}"
+
+
+def _contents(v):
+    """A cell's or global's value as the snapshot keeps it: containers by their contents,
+    tensors by identity."""
+    kind = type(v)
+    if kind is dict:
+        return ("dict", tuple((k, _Same(e) if type(e) in _TENSORS else e) for k, e in v.items()))
+    if kind is list:
+        return ("list", tuple(_Same(e) if type(e) in _TENSORS else e for e in v))
+    if kind in _TENSORS:
+        return _Same(v)
+    return v
+
+
+_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _cell_contents(cell):
+    try:
+        return _contents(cell.cell_contents)
+    except ValueError:          # an empty cell
+        return _MISSING
+
+
+def _same(a, b) -> bool:
+    return a is b or a == b
+
+
+def _unchanged(before, name, value) -> bool:
+    """Whether attribute `name` held `value` before the trace too."""
+    return name in before and _same(before[name], _contents(value))
+
+
+def _changed(where, name, old, new) -> str:
+    if isinstance(old, _Same):
+        return (f"the {where} tensor {name!r} was rebound to another tensor since the trace (the graph "
+                "holds the old one as a constant)")
+    if type(old) is tuple and old and old[0] in ("dict", "list"):
+        return f"the {where} Python {old[0]} {name!r} changed since the trace"
+    return f"the {where} Python value {name!r} changed ({old!r} -> {new!r}) since the trace"
+
+
+def _users(fn) -> bool:
+    """A function of the user's (not torch's or functx's own, whose flags are not the
+    user's numbers): a global f calls by name, walked for its values."""
+    module = getattr(fn, "__module__", None) or ""
+    return (isinstance(fn, (types.FunctionType, types.MethodType)) or hasattr(fn, "__wrapped__")) and \
+        not module.startswith(("torch", "functx"))
+
+
+class PythonValues:
+    """The Python values a trace may have read and baked into the graph: numbers, flags and
+    strings in f's closure cells (also of functions there: jit(grad(loss)) reads loss's) and
+    in the globals its code names, and the attributes of the modules jit reaches or is
+    passed, and of a jitted method's static `self` (Dropout's `p`, a `self.scale`; a plain
+    tensor attribute by identity).
+    Snapshotted after each trace (what the trace left there: a counter it bumped is not a
+    change), compared before each call: a changed value retraces, as torch.compile's guards
+    do, instead of running with the old one. Values reached only through other objects (a
+    config object's attribute) are not seen: pass them as arguments."""
+    __slots__ = ("cells", "globals", "modules", "snapshot")
+
+    def __init__(self, cells, globals_, modules):
+        self.cells = cells          # [(name, cell)]
+        self.globals = globals_     # [(name, dict)]
+        self.modules = modules      # nn.Modules (their submodules walked at each snapshot), objects
+        self.snapshot = None
+
+    @staticmethod
+    def of(f, modules=()):
+        cells, globals_, seen = [], [], set()
+
+        def walk(fn, depth):
+            fn = getattr(fn, "__func__", fn)
+            code = getattr(fn, "__code__", None)
+            if code is None:                # a jitted function (or another wrapper): what it wraps
+                wrapped = getattr(fn, "__wrapped__", None)
+                if wrapped is not None and depth < 3 and id(fn) not in seen:
+                    seen.add(id(fn))
+                    walk(wrapped, depth + 1)
+                return
+            if id(fn) in seen:
+                return
+            seen.add(id(fn))
+            for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
+                try:
+                    v = cell.cell_contents
+                except ValueError:          # an empty cell
+                    continue
+                if _plain_value(v) or _plain_container(v) or type(v) in _TENSORS:
+                    cells.append((name, cell))
+                elif depth < 3 and callable(v) and not isinstance(v, torch.nn.Module):
+                    walk(v, depth + 1)
+            glob = getattr(fn, "__globals__", {})
+            for name in code.co_names:
+                v = glob.get(name, _MISSING)
+                if _plain_value(v) or _plain_container(v) or type(v) in _TENSORS:
+                    globals_.append((name, glob))
+                elif depth < 3 and callable(v) and _users(v):
+                    walk(v, depth + 1)      # a helper f calls by name: its own values
+
+        walk(getattr(f, "__func__", f), 0)
+        for m in modules:               # the globals a reached module's own forward names
+            if isinstance(m, torch.nn.Module):
+                walk(getattr(type(m).forward, "__func__", type(m).forward), 2)
+        return PythonValues(cells, globals_, modules) if cells or globals_ or modules else None
+
+    def capture(self):
+        """The values now (before a trace): what the trace then changes is f's own state."""
+        cells = tuple(_cell_contents(c) for _, c in self.cells)
+        globals_ = tuple(_contents(g.get(n, _MISSING)) for n, g in self.globals)
+        attrs = {}
+        for m in self.modules:
+            for sub in _submodules(m)[0] if isinstance(m, torch.nn.Module) else (m,):
+                attrs[id(sub.__dict__)] = {n: _contents(v) for n, v in sub.__dict__.items()
+                                           if _plain_value(v) or type(v) in _TENSORS}
+        return cells, globals_, attrs
+
+    def _module_values(self, before=None):
+        """[(module's __dict__, getter of its plain attributes, their values, ...)],
+        [(__dict__, name, tensor, ...)] for the plain tensors it holds as attributes, and
+        [(hook dict, its keys, ...)]: a forward hook added or removed changes f."""
+        plain, tensors, hooks = [], [], []
+        if any(isinstance(m, torch.nn.Module) for m in self.modules):
+            hooks.append((_module_api._global_forward_hooks, "global forward hooks"))
+            hooks.append((_module_api._global_forward_pre_hooks, "global forward pre-hooks"))
+        for m in self.modules:
+            for sub in _submodules(m)[0] if isinstance(m, torch.nn.Module) else (m,):
+                d = sub.__dict__
+                if isinstance(sub, torch.nn.Module):      # a hook registered or removed: f changed
+                    hooks.append((sub._forward_hooks, f"forward hooks of a {type(sub).__name__}"))
+                    hooks.append((sub._forward_pre_hooks, f"forward pre-hooks of a {type(sub).__name__}"))
+                kept = before.get(id(d), {}) if before is not None else None
+                names = [n for n, v in d.items() if n != "training" and _plain_value(v)
+                         and (kept is None or _unchanged(kept, n, v))]
+                kind = f"{type(sub).__name__} {'module' if isinstance(sub, torch.nn.Module) else 'object'}"
+                if names:
+                    getter = operator.itemgetter(*names)
+                    plain.append((d, getter, getter(d), names, kind))
+                tensors += [(d, n, v, kind) for n, v in d.items() if type(v) is torch.Tensor
+                            and (kept is None or _unchanged(kept, n, v))]
+        dicts = [h for h, _ in hooks]
+        return plain, tensors, (dicts, tuple(map(len, dicts)), [(h, tuple(h), what) for h, what in hooks if h])
+
+    def take(self, before=None):
+        """Snapshot the values now (after a trace). With `before` (capture() before the trace),
+        a value the trace itself changed (a counter f bumps, `self.last_shape = x.shape`) is
+        f's own state, not an input of the graph: it is not guarded (else every call with
+        another shape would trace again)."""
+        if before is not None:
+            cells, globals_, attrs = before
+            self.cells = [(n, c) for (n, c), b in zip(self.cells, cells) if _same(b, _cell_contents(c))]
+            self.globals = [(n, g) for (n, g), b in zip(self.globals, globals_)
+                            if _same(b, _contents(g.get(n, _MISSING)))]
+        self.snapshot = (tuple(_cell_contents(c) for _, c in self.cells),
+                         tuple(_contents(g.get(n, _MISSING)) for n, g in self.globals),
+                         self._module_values(before[2] if before is not None else None)
+                         if self.modules else None)
+
+    def why(self):
+        cells, globals_, modules = self.snapshot
+        for (name, cell), old in zip(self.cells, cells):
+            try:
+                if cell.cell_contents is old:       # a number or string not rebound: the hot path
+                    continue
+            except ValueError:
+                pass
+            new = _cell_contents(cell)
+            if new is not old and new != old:
+                return _changed("closed-over", name, old, new)
+        for (name, glob), old in zip(self.globals, globals_):
+            new = glob.get(name, _MISSING)
+            if new is old:
+                continue
+            new = _contents(new)
+            if new is not old and new != old:
+                return _changed("global", name, old, new)
+        if modules is None:
+            return None
+        plain, tensors, (hook_dicts, hook_counts, hooked) = modules
+        if tuple(map(len, hook_dicts)) != hook_counts:
+            return "a forward hook was registered or removed since the trace"
+        for h, keys, what in hooked:
+            if tuple(h) != keys:
+                return f"the {what} changed since the trace"
+        for d, getter, old, names, kind in plain:
+            try:
+                new = getter(d)
+            except KeyError:
+                new = _MISSING
+            if new is not old and new != old:
+                name = names[0] if len(names) == 1 else next(
+                    (n for n, a in zip(names, old) if d.get(n, _MISSING) != a), names[0])
+                return f"attribute {name!r} of a {kind} changed since the trace"
+        for d, name, t, kind in tensors:
+            if d.get(name) is not t:
+                return f"the tensor attribute {name!r} of a {kind} was rebound since the trace"
+        return None

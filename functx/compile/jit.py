@@ -6,6 +6,7 @@ function's primitives directly.
 from __future__ import annotations
 
 import functools
+import types
 import warnings
 
 import torch
@@ -20,10 +21,10 @@ from ..frontend.generators import generator_arguments
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
-from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, ReachedModules, module_flags
+from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
 from .eager import EagerCompiled
 from .pipeline import compile_graph
-from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, value_key  # noqa: F401
+from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, torch_state, value_key  # noqa: F401
 from .dynamic_dims import DynamicDims
 from ..frontend.staging import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, scalar_device, split_static,
                       split_static_kwargs, trace_graph)
@@ -45,7 +46,7 @@ class _Entry:
         self.generators = generators  # [(leaf index, GeneratorSlot)]: bound before each call
         meta = compiled.graph.meta
         self.guard = ClosureGuard.of(meta.closure_reads, meta.traced_with_grad)   # None: nothing to check
-        self.module_guard = None       # set by JitFunction._entry when f reaches modules
+        self.module_guard = None       # set by JitFunction._entry: f reaches modules or Python values
         if self.guard is not None:
             self.notes.append(self.guard.note())
         # f read requires_grad, detached, ran ops under no_grad or registered a tensor hook
@@ -63,7 +64,7 @@ class _Entry:
         else:
             self.unflatten = functools.partial(tree_unflatten, meta.out_tree)
         if meta.mutated_inputs:
-            self.call = _writing_back(self.call, meta.mutated_inputs, untracked)
+            self.call = _writing_back(self.call, meta.mutated_inputs, untracked, _constant_storages(compiled.graph))
 
 
 def _records_autograd(args, kwargs):
@@ -72,7 +73,24 @@ def _records_autograd(args, kwargs):
                                            for t in tree_flatten((args, kwargs))[0])
 
 
-def _writing_back(call, mutated, untracked=()):
+def _holds_state(v) -> bool:
+    """A static argument whose attributes a trace may read (a jitted method's self: a module
+    or any object with a __dict__), not a function, class or Python module."""
+    return isinstance(v, torch.nn.Module) or (
+        hasattr(v, "__dict__") and not isinstance(v, (type, types.FunctionType, types.MethodType,
+                                                      types.ModuleType, functools.partial)))
+
+
+def _constant_storages(graph) -> frozenset:
+    """The storages of the tensors a graph holds as constants or read at trace time (closed
+    over): fixed while the entry lives (new data retraces, closure_guard)."""
+    tensors = [c for c in graph.consts if isinstance(c, torch.Tensor)]
+    tensors += [r.tensor for r in graph.meta.closure_reads]
+    return frozenset(t.untyped_storage().data_ptr() for t in tensors
+                     if type(t) in (torch.Tensor, torch.nn.Parameter) and t.numel())
+
+
+def _writing_back(call, mutated, untracked=(), constants=frozenset()):
     """f wrote into some of its inputs: the graph returns their new values last; copy them
     into the caller's tensors, as running f eagerly would have. Writes to the leaves in
     `untracked` (the reached modules' buffers) are not recorded by autograd, as torch's own
@@ -80,7 +98,7 @@ def _writing_back(call, mutated, untracked=()):
     n = len(mutated)
 
     def call_and_write_back(*tensors):
-        _refuse_aliased_writes(tensors, mutated)
+        _refuse_aliased_writes(tensors, mutated, constants)
         if torch.is_grad_enabled():
             # autograd may save an input the call reads (torch.mv saves its vector); the write
             # below would then break backward ("modified by an inplace operation"): give the
@@ -101,12 +119,19 @@ def _writing_back(call, mutated, untracked=()):
     return call_and_write_back
 
 
-def _refuse_aliased_writes(tensors, mutated):
+def _refuse_aliased_writes(tensors, mutated, constants=frozenset()):
     """The graph treats its inputs as separate tensors: a write into one that shares memory
-    with another (the same tensor passed twice, a view of another argument) would not be
-    seen through the other, unlike eager PyTorch."""
+    with another (the same tensor passed twice, a view of another argument) or with a tensor
+    f closes over (passing `w` to a function that also reads `w`) would not be seen through
+    the other, unlike eager PyTorch."""
     storages = [t.untyped_storage().data_ptr() if t.numel() else None for t in tensors]
     for k in mutated:
+        if storages[k] in constants:
+            raise FunctxError(
+                f"functx.jit: tensor argument {k} is written in place and shares memory with a tensor "
+                "the function closes over (a global, a closure variable, a module's parameter or "
+                "buffer). The compiled function reads that tensor as it was before the call, so it "
+                "would not see the write, unlike eager PyTorch. Pass a separate tensor (e.g. w.clone()).")
         for j, s in enumerate(storages):
             if j != k and s is not None and s == storages[k]:
                 raise FunctxError(
@@ -225,10 +250,12 @@ class JitFunction:
                 inputs.append(scalar_as_tensor(leaf, device))
         try:
             # debug_nans compiles a checked artifact: the flag is part of the key
-            key = make_key(treedef, leaves, list(zip(nums, static)) + sorted(static_kw.items())) + (_NANS.on,)
+            key = make_key(treedef, leaves, list(zip(nums, static)) + sorted(static_kw.items())) + (_NANS.on,
+                                                                                                   torch_state())
             if self._modes is not None:
                 key += (self._modes.flags(),)
-            flags = module_flags(static) if static else None
+            # modules among the static arguments (a jitted method's self) and passed as arguments
+            flags = module_flags(tuple(static) + tuple(l for l in leaves if isinstance(l, torch.nn.Module)))
             if flags is not None:
                 key += (flags,)
             if self._reads_layouts:       # a trace read storage offsets (as_strided, storage_offset())
@@ -244,6 +271,11 @@ class JitFunction:
         if entry is None:
             entry = self._dims.lookup(key, leaves, self._cache)
         if entry is None:
+            # the Python values the trace may bake in, as they are before it (closure_guard)
+            passed = [args[i] for i in nums if -len(args) <= i < len(args) and _holds_state(args[i])]
+            passed += [l for l in leaves if isinstance(l, torch.nn.Module) and not any(l is p for p in passed)]
+            values = PythonValues.of(self.f, (self._modes.modules() if self._modes is not None else []) + passed)
+            before = values.capture() if values is not None else None
             paths = key[0].paths()
             backend = resolve_backend(self.backend, leaves)
             static_why = ("debug_nans re-runs the graph's equations with their trace-time parameters"
@@ -282,8 +314,12 @@ class JitFunction:
                 compiled, _ = compile_graph(graph, self.backend, leaves)
             entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs, generators,
                            _buffer_inputs(key, leaves), plain_for_autograd=layouts.autograd)
-            if self._modes is not None:
-                entry.module_guard = ModuleGuard(self._modes)
+            # modules the call passes (a static self, a module as an argument, part of the key by
+            # identity) are guarded like reached modules; values the trace changed are not
+            if values is not None:
+                values.take(before)
+            if self._modes is not None or values is not None:
+                entry.module_guard = ModuleGuard(self._modes, values, passed)
             if symbolic is not None:
                 entry.key = self._dims.add(entry, key)     # the key with its dims symbolic
             evicted = self._cache.add(entry.key, entry, reason_key=key, reason=reason)
@@ -348,6 +384,7 @@ class JitFunction:
                     else:
                         break
                 else:
+                    sig.append(torch_state())
                     if self._modes is not None:
                         sig.append(self._modes.flags())
                     key = tuple(sig)
@@ -407,18 +444,23 @@ class JitFunction:
         if entry.plain_for_autograd and _records_autograd(args, kwargs):
             return None
         why = entry.guard.check() if entry.guard is not None else None
-        if why is None and entry.module_guard is not None and not entry.module_guard.holds():
-            why = "the module was given a new parameter, buffer or submodule since the trace"
+        if why is None and entry.module_guard is not None:
+            why = entry.module_guard.why()
         if why is None:
             return entry
         if why == RUN_PLAIN:
             return None
         if not self._warned_closure:
             self._warned_closure = True
-            warnings.warn(f"functx.jit: retracing {getattr(self.f, '__name__', 'f')}: {why}. A value "
-                          "computed from closed-over tensors is a constant of the traced graph; pass "
-                          "tensors that change (a module's parameters: functional_call(model, params, x)) "
-                          "as arguments to avoid retracing.", stacklevel=stacklevel)
+            advice = ("Python values the function reads from its closure, globals or modules are "
+                      "constants of the traced graph; pass numbers that change as arguments (a Python "
+                      "float or int argument is dynamic: no retrace)"
+                      if "Python " in why or "attribute" in why or "hook" in why else
+                      "A value computed from closed-over tensors is a constant of the traced graph; pass "
+                      "tensors that change (a module's parameters: functional_call(model, params, x)) "
+                      "as arguments to avoid retracing")
+            warnings.warn(f"functx.jit: retracing {getattr(self.f, '__name__', 'f')}: {why}. {advice}.",
+                          stacklevel=stacklevel)
         return self._retrace(entry, args, kwargs, nums, reason=why)[0]
 
     def _run(self, entry, inputs, leaves, args, kwargs, nums):

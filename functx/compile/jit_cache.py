@@ -179,6 +179,8 @@ class SignatureCache:
         for a, b in zip(old[3:], key[3:]):
             if a != b and isinstance(a, tuple) and a[:1] == ("module train/eval flags",):
                 changes.append(("modules", "train/eval mode changed (module.train() / .eval())"))
+            if a != b and isinstance(a, tuple) and a[:1] == ("torch state",):
+                changes.append(("torch", _describe_state(a, b)))
         return Retrace(changes or [("arguments", "unknown")], dims)
 
     def add(self, key, entry, reason_key=None, reason=None):
@@ -241,6 +243,27 @@ class SignatureCache:
             entries.append((", ".join(parts) or "(no arguments)") + notes)
         return CacheInfo(self.traces, self.hits, len(self.entries), self.limit, self.evictions,
                          entries, list(self.retraces))
+
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def torch_state():
+    """The ambient torch settings a trace bakes in, a part of every jit key: the default
+    dtype (`torch.zeros(3)`, `torch.arange(3.0)` inside f) and autocast (a trace under
+    `torch.autocast` records its casts; the fused CPU kernels do not autocast), so a graph
+    traced in one state never serves a call in another."""
+    dtype = torch.get_default_dtype()
+    if not torch._C._is_any_autocast_enabled():
+        return ("torch state", dtype, None)
+    return ("torch state", dtype, tuple((d, torch.get_autocast_dtype(d)) for d in _AUTOCAST_DEVICES
+                                        if torch.is_autocast_enabled(d)))
+
+
+def _describe_state(a, b):
+    if a[1] != b[1]:
+        return f"default dtype {a[1]} -> {b[1]} (torch.set_default_dtype)"
+    return f"autocast {a[2] or 'off'} -> {b[2] or 'off'}"
 
 
 def make_key(treedef, leaves, static):

@@ -68,7 +68,7 @@ def dispatch(func, args, kwargs):
     if special is not None:
         if torch.is_grad_enabled():
             args, kwargs = _lift_parameters(args, kwargs)
-        out = special(*args, **kwargs)
+        out = _reading_plain(special, args, kwargs)
         if out is not NotImplemented:           # NotImplemented: the general path serves
             return out
     if pointwise:
@@ -105,10 +105,10 @@ def _dispatch_functional(func, schema, args, kwargs):
         args, kwargs = _lift_parameters(args, kwargs)
     decomp = decomposition_table.get(func)
     if decomp is not None:
-        out = _decompose(decomp, args, kwargs, python=True)
+        out = _reading_plain(_decompose, (decomp, args, kwargs, True), {}, args, kwargs)
         if out is not NotImplemented:
             return out
-    out = _decompose(func.decompose, args, kwargs)
+    out = _reading_plain(_decompose, (func.decompose, args, kwargs), {}, args, kwargs)
     if out is not NotImplemented:
         return out
     if func.namespace == "prims" and _decomposing[0]:
@@ -282,6 +282,28 @@ def _signature(args):
         else:
             out.append(a)
     return tuple(out)
+
+
+# random_mode.reading_closed_over, set there (it imports this module): the mode that stages a
+# lowering's plain ops on closed-over tensors while jit traces, or None.
+READING_CLOSED_OVER = [lambda: None]
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _reading_plain(fn, args, kwargs, operands=None, operand_kwargs=None):
+    """fn(*args, **kwargs) for a special lowering or a decomposition of an op whose operands
+    (default: args, kwargs) include a plain tensor (closed over: a module's buffer): while jit
+    traces, under random_mode's _PlainReadsMode, so that the torch code it runs on that
+    tensor is recorded as closure reads (guarded: a trace-time result is a constant)."""
+    if operands is None:
+        operands, operand_kwargs = args, kwargs
+    if any(type(a) in _PLAIN or (type(a) is list or type(a) is tuple) and any(type(b) in _PLAIN for b in a)
+           for a in operands) or any(type(a) in _PLAIN for a in operand_kwargs.values()):
+        mode = READING_CLOSED_OVER[0]()
+        if mode is not None:
+            with mode:
+                return fn(*args, **kwargs)
+    return fn(*args, **kwargs)
 
 
 def _lift_parameters(args, kwargs):

@@ -29,6 +29,7 @@ from ..core.errors import user_frame_summary
 from ..core.trace import (EVAL_TRACE, GraphTrace, Tracer, enclosing_traces, set_current_trace,
                           staged_or_batched, staging)
 from .. import prims as P
+from . import dispatch as _dispatch_module
 from .dispatch import dispatch, pinned
 from .lowerings.creation import SIZED_FACTORIES
 from .lowerings.registry import LOWERINGS
@@ -323,6 +324,12 @@ def _has_symbolic_size(args, kwargs) -> bool:
     return any(isinstance(v, (torch.SymInt, torch.SymFloat)) for v in tree_flatten((args, kwargs))[0])
 
 
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+# In-place by schema, but they change no values (embedding_bag's decomposition detaches its
+# closed-over offsets): not refused as writes into a closed-over tensor.
+_METADATA_ONLY = frozenset({torch.ops.aten.detach_.default})
+
+
 def _storage(t):
     return t.untyped_storage().data_ptr()
 
@@ -340,6 +347,9 @@ class ClosureRead(NamedTuple):
     recorded: bool
 
 
+_ENTERED: list = []     # the RandomModes entered, innermost last (popped from torch's stack in handlers)
+
+
 class RandomMode(TorchDispatchMode):
     def __init__(self):
         super().__init__()
@@ -352,7 +362,8 @@ class RandomMode(TorchDispatchMode):
         """An op on plain tensors while jit traces: it runs once, now. Writing in place into a
         tensor the function did not create (a closed-over buffer or counter) would then happen
         once instead of on every call: refuse it."""
-        for t in [t for t in _written(func, args, kwargs) if isinstance(t, torch.Tensor)]:
+        written = () if func in _METADATA_ONLY else _written(func, args, kwargs)
+        for t in [t for t in written if isinstance(t, torch.Tensor)]:
             if _storage(t) not in self.created:
                 raise PlainWriteError(
                     f"functx.jit: {func} writes in place into a tensor the function closes over "
@@ -361,13 +372,22 @@ class RandomMode(TorchDispatchMode):
                     "tensor as an argument (jit writes updated arguments back to it; for a module's "
                     "buffers, functional_call(model, {**params, **buffers}, x)), use the module in "
                     "eval mode, or make the update outside the jitted function.")
-        view, grad = bool(func.is_view), torch.is_grad_enabled()
-        for t in tree_flatten((args, kwargs))[0]:
-            if isinstance(t, torch.Tensor) and _storage(t) not in self.created:
-                self.closure_reads.append(ClosureRead(t, t._version, _storage(t), view, grad and t.requires_grad))
+        grad = torch.is_grad_enabled()
+        read = [(t, t._version) for t in tree_flatten((args, kwargs))[0]
+                if isinstance(t, torch.Tensor) and _storage(t) not in self.created]
         out = func(*args, **kwargs)
-        for o in tree_flatten(out)[0]:
-            if isinstance(o, torch.Tensor) and (func.is_view is False or _storage(args[0]) in self.created):
+        outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        # A view is what shares the closed-over tensor's storage: an op whose schema may alias
+        # can copy (`to(dtype)` to another dtype, `reshape` of a non-contiguous tensor), and
+        # that copy is a new tensor whose values go stale; an op that returns its input
+        # (`detach_`, a no-op `to`) is a view of it.
+        shared = {_storage(o) for o in outs}
+        for t, version in read:
+            self.closure_reads.append(ClosureRead(t, version, _storage(t), _storage(t) in shared,
+                                                  grad and t.requires_grad))
+        closed = {_storage(t) for t, _ in read} - {0}      # 0: every empty storage
+        for o in outs:
+            if _storage(o) not in closed:
                 self.created.add(_storage(o))
         return out
 
@@ -395,6 +415,13 @@ class RandomMode(TorchDispatchMode):
             if staging() and not _is_seeded(func) and _holds_no_tracer(args, kwargs):
                 # only tensors the function made (torch.zeros(n), then mask[2] = True): computed
                 # now, as plain torch would be, so that Python can read them (x[mask], int(n))
+                # A closed-over tensor among them (torch.zeros(3) + w) is read now: a closure
+                # read, guarded like one at the function's own level (a copy: the result is new).
+                grad = torch.is_grad_enabled()
+                for t in tree_flatten((args, kwargs))[0]:
+                    if type(t) in _PLAIN_TYPES and _storage(t) not in self.created:
+                        self.closure_reads.append(ClosureRead(t, t._version, _storage(t), False,
+                                                              grad and t.requires_grad))
                 with set_current_trace(EVAL_TRACE):
                     return dispatch(func, args, kwargs or {})
             # What TracerTensor.__torch_dispatch__ would do, without a second trip through the
@@ -457,6 +484,36 @@ def _active() -> bool:
     return active_mode() is not None
 
 
+class _PlainReadsMode(TorchDispatchMode):
+    """Plain torch ops that a special lowering or a decomposition runs on a closed-over
+    tensor while jit traces (batch norm's `rsqrt(running_var + eps)` in eval mode): torch
+    pops RandomMode while it handles the traced op, so without this mode they would reach
+    ATen unseen, and their trace-time results would be constants no ClosureGuard checks (a
+    BatchNorm evaluated after more training used its old statistics). Here they are staged
+    plain ops, as at the function's own level: recorded as closure reads (guarded) and
+    refused when they write into the closed-over tensor."""
+
+    def __init__(self, owner):
+        super().__init__()
+        self.owner = owner
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if TracerTensor in types:
+            return func(*args, **(kwargs or {}))
+        return self.owner._staged_plain_op(func, args, kwargs or {})
+
+
+def reading_closed_over():
+    """The mode that stages the plain ops of a lowering while jit traces (see _PlainReadsMode),
+    or None where nothing is staged."""
+    if not _ENTERED or not staging():
+        return None
+    return _PlainReadsMode(_ENTERED[-1])
+
+
+_dispatch_module.READING_CLOSED_OVER[0] = reading_closed_over
+
+
 class intercept_random:
     """Entered by transforms and jit around the user's function; nested entries are free.
     (A class, not a generator context manager: every transformed call enters it.)"""
@@ -466,9 +523,11 @@ class intercept_random:
         self.mode = None if _active() else RandomMode()
         if self.mode is not None:
             self.mode.__enter__()
+            _ENTERED.append(self.mode)
 
     def __exit__(self, *exc):
         if self.mode is not None:
+            _ENTERED.pop()
             return self.mode.__exit__(*exc)
 
 

@@ -150,8 +150,16 @@ def _cpp_convert(eqn):
     ctype = {torch.float32: "float", torch.float64: "double", torch.int32: "int32_t", torch.int64: "int64_t"}
     if dtype not in ctype:
         return Unsupported(f"convert to {dtype} has no C++ expression")
-    if eqn.inputs[0].type.dtype.is_floating_point and dtype in (torch.int32, torch.int64):
+    source = eqn.inputs[0].type.dtype
+    if source.is_floating_point and dtype in (torch.int32, torch.int64):
         return f"fx_to_i{32 if dtype == torch.int32 else 64}({{0}})"
+    if dtype.is_floating_point and source in (torch.int32, torch.int64):
+        # With -fno-trapping-math g++ folds float(int64(x)) into trunc(x), which keeps -0.0
+        # (x = -0.5: trunc is -0.0, the integer 0 converts to +0.0, and y / it was +inf, not
+        # -inf). It knows an int converts to no -0.0, so `+ 0.0` would be folded away too;
+        # the select on the integer itself stays.
+        zero = "0.0f" if dtype == torch.float32 else "0.0"
+        return f"(({{0}}) == 0 ? {zero} : static_cast<{ctype[dtype]}>({{0}}))"
     return f"static_cast<{ctype[dtype]}>({{0}})"
 
 

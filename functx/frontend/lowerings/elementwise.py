@@ -208,6 +208,10 @@ def _remainder(x, y):
     dtype = result_type(x, y)
     operands = (x, y)
     x, y = prepare((x, y), dtype, broadcast_shapes(x, y))
+    if not dtype.is_floating_point and dtype is not torch.bool:
+        # a Python int is the tensor's dtype's value, as torch casts it: -1 is 255 for uint8
+        # (whose remainder is then never "negative-divisor" corrected)
+        x, y = (torch.tensor(v).to(dtype).item() if type(v) is int else v for v in (x, y))
     zero = 0.0 if dtype.is_floating_point else 0
     r = P.rem(x, y)
     y_neg = y < zero if isinstance(y, SCALARS) else P.lt(y, zero)   # a scalar divisor stays a literal

@@ -125,10 +125,27 @@ def _log_softmax(x, dim, half_to_float=False):
 # returns the subgradient 0. The double where keeps both the value and the derivatives
 # finite: the root only ever sees a positive argument, and at 0 the constant branch wins.
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _upcast(x):
+    """(x in its computation dtype, its dtype): half and bfloat16 reductions compute in
+    float32 and round once, as torch's kernels accumulate (x*x of a float16 above 256
+    overflows: a norm or std of such values was inf, normalize() gave 0)."""
+    dtype = _t(x).dtype
+    return (P.convert(x, torch.float32), dtype) if dtype in _HALF else (x, dtype)
+
+
 @register(aten.linalg_vector_norm.default)
 def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
     if dtype is not None:
         x = P.convert(x, dtype)
+    x, out_dtype = _upcast(x)
+    out = _vector_norm_of(x, ord, dim, keepdim)
+    return P.convert(out, out_dtype) if out_dtype != _t(x).dtype else out
+
+
+def _vector_norm_of(x, ord, dim, keepdim):
     t = _t(x)
     axes = _dims(dim, t.ndim) if t.ndim else ()
     a = P.abs_(x)
@@ -232,8 +249,9 @@ def _safe_sqrt(v):
 def _std(x, dim=None, *, correction=None, keepdim=False):
     t = _t(x)
     axes = _dims(dim, t.ndim) if t.ndim else ()
-    v = _prims_var(P.convert(x, float_dtype_of(x)), axes, 1 if correction is None else correction)
-    return _keep(_safe_sqrt(v), t.shape, axes, keepdim)
+    xf, dtype = _upcast(P.convert(x, float_dtype_of(x)))
+    v = _prims_var(xf, axes, 1 if correction is None else correction)
+    return _keep(P.convert(_safe_sqrt(v), dtype), t.shape, axes, keepdim)
 
 
 @register(aten.std_mean.correction)

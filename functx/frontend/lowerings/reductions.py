@@ -137,11 +137,14 @@ def _prod_all(x, dtype=None):
 def _bool_reduce(reducer, of_nothing):
     def lower(x, dim=None, keepdim=False):
         t = _t(x)
+        # torch keeps uint8 for a uint8 input (0 or 1), bool for every other dtype
+        dtype = torch.uint8 if t.dtype == torch.uint8 else torch.bool
         if t.numel == 0:     # any() of nothing is False, all() True (amax would raise)
             axes = _dims(dim, t.ndim) if t.ndim else ()
             shape = tuple(1 if i in axes else s for i, s in enumerate(t.shape) if keepdim or i not in axes)
-            return P.full(shape, of_nothing, torch.bool, t.device)
-        return _reduce(reducer, _as_bool(x), dim, keepdim)
+            return P.full(shape, of_nothing, dtype, t.device)
+        out = _reduce(reducer, _as_bool(x), dim, keepdim)
+        return P.convert(out, dtype) if dtype != torch.bool else out
     return lower
 
 
@@ -250,7 +253,11 @@ def _logcumsumexp(x, dim):
     t = _t(x)
     if t.ndim == 0:
         return x
-    if _cum_too_big(x, dim) or not t.dtype.is_floating_point or t.numel == 0:
+    if t.numel == 0 and t.dtype.is_floating_point:
+        # nothing to compute (and no derivative: torch's backward formula reduces a max over
+        # the empty dim and raised under grad/jvp)
+        return P.add(x, 0.0)
+    if _cum_too_big(x, dim) or not t.dtype.is_floating_point:
         return _opaque(aten.logcumsumexp.default, x, dim)
     masked, mask, perm = _cum_masked(x, dim, -math.inf)
     last = len(perm)
