@@ -268,25 +268,36 @@ class reverse_level:
         _reverse.stack.pop()
 
 
-class record_autograd_reads:
+class ReadRecorder:
+    """While jit traces: notes whether the trace read what a subclass stands for (`read`);
+    `note()` marks every recorder of that subclass that is active."""
+    active: list
+
+    def __init_subclass__(cls):
+        cls.active = []
+
+    def __enter__(self):
+        self.read = False
+        type(self).active.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        type(self).active.remove(self)
+
+    @classmethod
+    def note(cls):
+        for recorder in cls.active:
+            recorder.read = True
+
+
+class record_autograd_reads(ReadRecorder):
     """While functx.jit traces f: notes whether f did something plain torch does differently
     for a call that torch autograd records (read requires_grad, which the trace answers False;
     detached a value or ran ops with grad disabled, which the compiled graph does not replay
     for autograd; registered a tensor hook), so that jit runs such calls as plain torch."""
-    active: list = []
-
-    def __enter__(self):
-        self.read = False
-        record_autograd_reads.active.append(self)
-        return self
-
-    def __exit__(self, *exc):
-        record_autograd_reads.active.remove(self)
 
 
-def note_autograd_read():
-    for recorder in record_autograd_reads.active:
-        recorder.read = True
+note_autograd_read = record_autograd_reads.note
 
 
 def torch_autograd_records() -> bool:

@@ -15,7 +15,7 @@ import torch.autograd.functional as _autograd_functional
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..core.errors import FunctxError, user_frame_summary
-from ..core.trace import GraphTracer, Tracer, concrete, note_autograd_read, type_of
+from ..core.trace import GraphTracer, ReadRecorder, Tracer, concrete, note_autograd_read, type_of
 from ..core.trace import record_autograd_reads as _autograd_reads
 from .composites import COMPOSITES
 from .rewrites import REWRITTEN, grad_mode_watchers, rewrite
@@ -387,23 +387,12 @@ def is_contiguous_layout(shape, strides) -> bool:
     return True
 
 
-class record_layout_reads:
+class record_layout_reads(ReadRecorder):
     """While jit traces: notes whether an argument's memory layout was read (as_strided), so
     that jit keys that function's cache on its arguments' strides and offsets."""
-    active: list = []
-
-    def __enter__(self):
-        self.read = False
-        record_layout_reads.active.append(self)
-        return self
-
-    def __exit__(self, *exc):
-        record_layout_reads.active.remove(self)
 
 
-def note_layout_read():
-    for recorder in record_layout_reads.active:
-        recorder.read = True
+note_layout_read = record_layout_reads.note
 
 
 def wrap_tree(tree):
