@@ -59,7 +59,7 @@ LINEAR = {
     "neg", "add", "sub", "mul", "div", "where", "convert_element_type",
     "broadcast_in_dim", "reshape", "transpose", "slice", "pad", "concatenate", "rev",
     "reduce_sum", "cumsum", "dot_general",
-    "take", "scatter_add", "scatter", "take_along_axis", "scatter_add_along",
+    "take", "scatter_add", "scatter", "update_slice", "take_along_axis", "scatter_add_along",
     "nll_loss", "nll_loss_backward",     # prims/fused.py: linear in their first operand
     "tanh_backward", "sigmoid_backward",
     "psum", "all_gather", "opaque",

@@ -403,3 +403,77 @@ def test_units_serve_parameters_that_require_grad_and_torch_autograd_records_the
         for a, b in zip(mine, got):
             _close(a, b)
     assert [u for u in _entries("linear") if u is not function_units.UNCACHEABLE]
+
+
+def _count_builds(monkeypatch):
+    built = []
+    build = function_units._build
+
+    def counting(func, *args):
+        built.append(getattr(func, "__name__", str(func)))
+        return build(func, *args)
+    monkeypatch.setattr(function_units, "_build", counting)
+    return built
+
+
+def test_strided_operands_are_units_laid_out_as_torch_lays_them_out(monkeypatch):
+    # attention code as torch.nn.functional writes it: heads split by views of a transposed
+    # value, SDPA on strided queries (torch's result keeps the query's layout), permute + reshape,
+    # a linear of the result. These took the ATen path op by op; each is now a unit keyed by its
+    # operands' strides, and the reported layouts stay torch's
+    torch.manual_seed(0)
+    B, L, E, H = 2, 5, 8, 2
+    W, Wo, x = torch.randn(E, 3 * E) / 3, torch.randn(E, E) / 3, torch.randn(B, L, E)
+    seen = {}
+
+    def attn(x, W):
+        qkv = (x @ W).unflatten(-1, (3, H, E // H)).permute(2, 0, 3, 1, 4)     # (3, B, H, L, D), strided
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q = q.transpose(1, 2).contiguous().transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, v)
+        kk = k.reshape(-1, L, E // H).view(k.shape)
+        seen["strides"] = (q.stride(), o.stride(), kk.stride())
+        o = o.transpose(1, 2).reshape(x.shape)
+        return torch.tanh(F.linear(o, Wo.to(o.dtype)) + kk.sum(1).mean()).pow(2).sum()
+
+    def want_strides():
+        attn(x, W)
+        return seen["strides"]
+    eager = want_strides()
+    built = _count_builds(monkeypatch)
+    function_units.CACHE.clear()
+    for i in range(3):
+        _close(functx.grad(attn, argnums=(0, 1))(x, W), torch.func.grad(attn, argnums=(0, 1))(x, W))
+        assert seen["strides"] == eager
+        _close(functx.vmap(functx.grad(attn), in_dims=(0, None))(x[:, None], W),
+               torch.func.vmap(torch.func.grad(attn), in_dims=(0, None))(x[:, None], W))
+        if i == 0:
+            n = len(built)
+    assert len(built) == n, "units were built again on later calls"
+    attention = [u for u in _entries("attention") if u is not function_units.UNCACHEABLE and u.views]
+    assert attention
+    # its jvp rule splits primal and tangent kernels (the joint kernel's primal outputs would read
+    # tangents, and the rule, with every batch holding it, would run op by op)
+    assert attention[0].rules and all(r is not function_units.UNCACHEABLE for r in attention[0].rules.values())
+    assert [u for u in _entries("view") if u is not function_units.UNCACHEABLE and u.views]
+    # forward mode: torch.func.jvp has no rule for CPU flash attention; float64 differences decide
+    xd, Wd, t = x.double(), W.double(), torch.randn(B, L, E, dtype=torch.float64)
+    eps = 1e-6
+    fd = (attn(xd + eps * t, Wd) - attn(xd - eps * t, Wd)) / (2 * eps)
+    torch.testing.assert_close(functx.jvp(lambda x: attn(x, Wd), (xd,), (t,))[1], fd, rtol=1e-6, atol=1e-6)
+
+
+def test_property_reads_are_cached_once(monkeypatch):
+    # x.mT, x.T: torch passes a new T.__get__ object on every read; a unit keyed by its identity
+    # was built again on every call (~1.5 ms each) until the per-function cap
+    built = _count_builds(monkeypatch)
+    W = torch.randn(4, 3)
+
+    def f(x):
+        return (x.mT @ W.T.mT).tanh().sum() + x.T.sum()
+    x = torch.randn(4, 2)
+    for i in range(4):
+        _close(functx.grad(f)(x), torch.func.grad(f)(x))
+        if i == 0:
+            n = len(built)
+    assert len(built) == n

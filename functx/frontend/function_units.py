@@ -33,7 +33,7 @@ from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, trace_state, type_of
 from . import tensor as _tensor
 from .functionalize import value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
-from .tensor import TracerTensor, fresh_wrapper, is_contiguous_layout, root_of, unit_key
+from .tensor import TracerTensor, fresh_wrapper, is_contiguous_layout, record_layout_reads, root_of, unit_key
 from .unit_batches import BELOW_DISPATCH as _BELOW_DISPATCH, LazyTracer
 
 CACHE: dict = {}
@@ -53,6 +53,7 @@ _NANS = nan_check.STATE
 _disabled_torch_function = torch._C._disabled_torch_function_impl
 _autocast_on = torch._C._is_any_autocast_enabled
 _ExcludeKeys = torch._C._ExcludeDispatchKeyGuard
+_METHOD_WRAPPER = type(torch.Tensor.T.__get__)
 
 
 class _Uncacheable(Exception):
@@ -65,7 +66,7 @@ def run_unit(func, types, args, kwargs):
     trace = trace_state.trace
     if not trace.lowered_ops or _NANS.on or _autocast_on():     # autocast casts below this level
         return NotImplemented
-    fid = id(func)
+    fid = id(func) if type(func) is not _METHOD_WRAPPER else id(func.__self__)   # x.T: a new T.__get__ each read
     if fid in NOT_TENSOR_VALUED:
         return NotImplemented
     leaves = []
@@ -85,7 +86,7 @@ def run_unit(func, types, args, kwargs):
         entry = CACHE.get(key)
     except (_Uncacheable, TypeError):
         return NotImplemented
-    if entry is None or entry[0] is not func:
+    if entry is None or (entry[0] is not func and entry[0] != func):
         if VIEW_BUILDS.get(fid, 0) >= VIEW_BUILD_LIMIT or not FLOATS.may_build(fid):
             return NotImplemented
         op = _build(func, types, args, kwargs, leaves)
@@ -135,7 +136,8 @@ def run_unit(func, types, args, kwargs):
         target._unit_key = entry[3][0]
         return target if op.outputs == "write, returns it" else None
     if views is not None:
-        results = [fresh_wrapper(o, t) if b is None else _view_result(o, t, b) for o, t, b in zip(outs, types, bases)]
+        results = [fresh_wrapper(o, t) if b is None else _strided_result(o, t, b.strides) if type(b) is StridedResult
+                   else _view_result(o, t, b) for o, t, b in zip(outs, types, bases)]
         return results[0] if op.outputs == "one" else op.outputs(results)
     if op.outputs == "one":
         return fresh_wrapper(outs[0], types[0], entry[3][0])
@@ -162,14 +164,30 @@ class ViewSpec:
         self.strides, self.offset, self.strided = strides, offset, strided
 
 
+class StridedResult:
+    """A fresh result torch lays out non-contiguously (attention's of a transposed query, an
+    elementwise op's of a transposed operand): its strides."""
+    __slots__ = ("strides",)
+
+    def __init__(self, strides):
+        self.strides = strides
+
+
+def _strided_result(value, t, strides):
+    w = _make_wrapper(TracerTensor, t.shape, strides, 0, dtype=t.dtype, device=t.device)
+    w._value = value
+    w._strided = True
+    return w
+
+
 def _view_bases(views, args, kwargs):
     """Per result: None (fresh) or (base wrapper, spec, storage offset); None where a base's
     layout differs from the traced one."""
     operands = None
     out = []
     for spec in views:
-        if spec is None:
-            out.append(None)
+        if spec is None or type(spec) is StridedResult:
+            out.append(spec)
             continue
         if spec.operand == 0 and args and type(args[0]) is TracerTensor:    # x[None], x.t(): the usual case
             base = args[0]
@@ -246,18 +264,24 @@ def _key(x, leaves):
             leaves.append(x._value)
             return k
         root = root_of(x)
-        if x._strided or root._layout == "unknown":
+        if root._layout == "unknown":
             raise _Uncacheable
         # a view as made keeps a batched value (a LazyTracer) for the batch to read; else its
         # current value (a stale view recomputes)
-        v = x._value if root is not x and x._seen == root._version_ else value_of(x)
+        v = x._value if root is x or x._seen == root._version_ else value_of(x)
         leaves.append(v)
         if isinstance(v, Tracer):
             a = v.aval
-            return (a.shape, a.dtype, a.device, a.weak)
-        if v.requires_grad:
-            raise _Uncacheable
-        return (v.shape, v.dtype, v.device)
+            k = (a.shape, a.dtype, a.device, a.weak)
+        else:
+            if v.requires_grad:
+                raise _Uncacheable
+            k = (v.shape, v.dtype, v.device)
+        if root is not x or x._strided:     # a view, a transposed result: traced with its strides
+            strides = _disabled_torch_function(_STRIDE, _TYPES, (x,), {})
+            if not is_contiguous_layout(tuple(k[0]), strides):
+                return k + (strides,)
+        return k
     if t is float:
         FLOATS.seen = True
         return (float, x.hex())
@@ -305,21 +329,27 @@ def _trace_unit(func, types, args, kwargs, leaves):
     g = GraphTrace(EVAL_TRACE, stage_all=True)
     g.keeps_fused = True       # fused primitives stay whole (prims/fused.py)
     tracers = [g.new_arg(type_of(x)) for x in leaves]
-    wrappers = [TracerTensor(t) if type(x) is not torch.Tensor or x.is_contiguous() else _laid_out(t, x)
-                for t, x in zip(tracers, leaves)]
+    operands = []
+    _operands(args, operands)
+    if kwargs:
+        _operands(tuple(kwargs.values()), operands)
+    wrappers = [_abstract_operand(t, x, o) for t, x, o in zip(tracers, leaves, operands)]
     it = iter(wrappers)
     a_args = _rebuild(args, it)
     a_kwargs = dict(_rebuild(tuple(kwargs.items()), it)) if kwargs else {}
     direct = _DIRECT.get(func)
     prev, trace_state.trace = trace_state.trace, g
     try:
-        out = NotImplemented if direct is None else direct(*a_args, **a_kwargs)
-        if out is NotImplemented:
-            out = _disabled_torch_function(func, types, a_args, a_kwargs)
+        with record_layout_reads() as layouts:
+            out = NotImplemented if direct is None else direct(*a_args, **a_kwargs)
+            if out is NotImplemented:
+                out = _disabled_torch_function(func, types, a_args, a_kwargs)
     except Exception:
         return UNCACHEABLE
     finally:
         trace_state.trace = prev
+    if layouts.read:        # as_strided, storage_offset(): the operands' whole layouts, not in the key
+        return UNCACHEABLE
     written = [i for i, (w, t) in enumerate(zip(wrappers, tracers)) if w._version_ or w._value is not t]
     if written:
         return _write_unit(func, g, tracers, wrappers, written, args, out)
@@ -343,9 +373,13 @@ def _trace_unit(func, types, args, kwargs, leaves):
         if id(o) in ins or o._layout is not None:
             return UNCACHEABLE
         if o._root is None:
-            if o._strided:
-                return UNCACHEABLE
-            views.append(None)
+            if o._strided:      # laid out as torch lays it out (its operands' layouts are in the key)
+                strides, offset = _layout_of(o)
+                if offset:
+                    return UNCACHEABLE
+                views.append(StridedResult(strides))
+            else:
+                views.append(None)
             continue
         i = ins.get(id(o._root))
         if i is None:       # a view of a value the function made (torch.stack's of its cat): nothing
@@ -395,6 +429,19 @@ def _write_unit(func, g, tracers, wrappers, written, args, out):
     if not isinstance(new, Tracer) or type_of(new) != type_of(tracers[0]):
         return UNCACHEABLE
     return op_of_graph(getattr(func, "__name__", str(func)), g, tracers, [new], outputs)
+
+
+def _abstract_operand(tracer, value, operand):
+    """The unit's abstract wrapper for one tensor operand: contiguous, or laid out as a plain
+    non-contiguous tensor or a non-contiguous view is (a transposed view's .view(...) and
+    reshape then trace as the ATen path runs them on it)."""
+    if type(value) is torch.Tensor and not value.is_contiguous():
+        return _laid_out(tracer, value)
+    if type(operand) is TracerTensor and (operand._root is not None or operand._strided):
+        strides = _disabled_torch_function(_STRIDE, _TYPES, (operand,), {})
+        if not is_contiguous_layout(tuple(tracer.aval.shape), strides):
+            return TracerTensor(tracer, tuple(strides), 0, False)
+    return TracerTensor(tracer)
 
 
 def _laid_out(tracer, x):

@@ -186,7 +186,8 @@ def contiguous(view):
     root = root_of(view)
     if root._layout != "unknown" and meta_of(view).is_contiguous():
         return view
-    return TracerTensor(value_of(view))
+    # a view as made keeps its batched value (a LazyTracer): the copy reads it when read
+    return TracerTensor(view._value if view._root is None or view._seen == root._version_ else value_of(view))
 
 
 # Whether results take torch's layouts (dispatch.torch_layout). Off in jit's symbolic traces
@@ -269,11 +270,58 @@ def scatter_into_view(root_value, root, chain, new_value):
     root (concrete, at trace time), so every view op is handled the same way.
     """
     t = type_of(root_value)
+    block = _strided_block(t.shape, chain)
+    if block is not None:       # out[t] = h, x[:, 1:] = v: the block replaced, no index tensor
+        start, strides, shape = block
+        return P.update_slice(root_value, P.reshape(new_value, shape), start, strides)
     positions = _replay(torch.arange(t.numel, device=t.device).reshape(t.shape), chain)
     flat = P.reshape(root_value, (t.numel,))
     updates = P.reshape(new_value, (positions.numel(),))
     out = P.scatter(flat, positions.reshape(-1).contiguous(), updates, 0)
     return P.reshape(out, t.shape)
+
+
+_SELECT, _SLICE = aten.select.int, aten.slice.Tensor
+
+
+def _strided_block(shape, chain):
+    """(start, strides, block shape) in the root's dims where the chain is select and slice
+    ops on static sizes (a view that is a strided block of the root), else None."""
+    if not chain or not all(type(n) is int for n in shape):
+        return None
+    start, strides, sizes = [0] * len(shape), [1] * len(shape), list(shape)
+    dims = list(range(len(shape)))          # the view's dims -> the root's
+    for func, args, kwargs, index in chain:
+        if index is not None or kwargs:
+            return None
+        if func is _SELECT and len(args) == 2 and type(args[0]) is int and type(args[1]) is int:
+            (dim, i), steps = args, None
+        elif func is _SLICE and all(a is None or type(a) is int for a in args) and 1 <= len(args) <= 4:
+            dim, lo, hi, steps = (tuple(args) + (None, None, 1))[:4]
+            steps = 1 if steps is None else steps
+            if steps < 1:
+                return None
+        else:
+            return None
+        if not -len(dims) <= dim < len(dims):
+            return None
+        r = dims[dim]
+        n = sizes[r]
+        if steps is None:
+            i = i + n if i < 0 else i
+            if not 0 <= i < n:
+                return None
+            start[r] += i * strides[r]
+            sizes[r] = 1
+            del dims[dim]
+            continue
+        lo = 0 if lo is None else (lo + n if lo < 0 else lo)
+        hi = n if hi is None else (hi + n if hi < 0 else hi)
+        lo, hi = min(max(lo, 0), n), min(max(hi, 0), n)
+        start[r] += lo * strides[r]
+        sizes[r] = max(0, -(-(hi - lo) // steps))
+        strides[r] *= steps
+    return tuple(start), tuple(strides), tuple(sizes)
 
 
 # ---------------------------------------------------------------- writes

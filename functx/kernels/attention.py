@@ -153,9 +153,11 @@ def _bwd_impl(*args, causal, scale, has_bias, has_ct_lse, need_dbias):
 # ---------------------------------------------------------------- derivatives
 
 def _partial_eval(xs):
-    """Whether a tangent is an unknown of linearize's partial-evaluation trace: the primal
+    """Whether a tangent is an unknown of linearize's partial-evaluation trace, or of a
+    cached rule's trace (transforms/rule_cache.py: its primal and tangent equations are split,
+    and a primal read from the joint kernel's outputs would depend on tangents): the primal
     must then run on its own and only the (linear) tangent be recorded."""
-    return any(isinstance(x, GraphTracer) and not x._trace.stage_all for x in xs)
+    return any(isinstance(x, GraphTracer) and (not x._trace.stage_all or x._trace.keeps_fused) for x in xs)
 
 
 def _attention_jvp(primals, tangents, *, causal, scale, has_bias):

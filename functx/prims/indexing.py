@@ -1,5 +1,6 @@
 """Indexing primitives: take / scatter_add / scatter along one axis with an n-d index
-(index_select / index_add / index_copy generalised), take_along_axis / scatter_add_along
+(index_select / index_add / index_copy generalised), update_slice (a strided block
+replaced), take_along_axis / scatter_add_along
 (torch.gather / torch.scatter_add), and sort. Indices are in range (the front end wraps
 negative ones). Gathers are linear in the operand; scatters are linear in (operand, updates).
 """
@@ -185,6 +186,69 @@ taylor_linear(scatter_p, fixed=(1,))
 def scatter(x, idx, v, axis):
     """x with x[..., idx[j], ...] = v[..., j, ...] along axis (last write wins on duplicates)."""
     return bind(scatter_p, (x, idx, v), {"axis": axis})
+
+
+# ---------------------------------------------------------------- update_slice (a write into a strided block)
+
+def _block(start, shape, strides):
+    """The basic index of the block: dim k holds start[k], start[k] + strides[k], ... (shape[k] of them)."""
+    return tuple(slice(s, s + n * st, st) for s, n, st in zip(start, shape, strides))
+
+
+def _update_slice_type(x, v, *, start, strides):
+    if v.ndim != x.ndim or v.dtype != x.dtype or any(
+            n and not (0 <= s and s + (n - 1) * st < size) for s, n, st, size in zip(start, v.shape, strides, x.shape)):
+        raise TypeError(f"update_slice: updates {v} do not fit {x} at start={start} strides={strides}")
+    return x
+
+
+def _update_slice_impl(x, v, *, start, strides):
+    out = x.clone()
+    out[_block(start, v.shape, strides)] = v
+    return out
+
+
+def _update_slice_transpose(ct, x, v, *, start, strides):
+    ct = instantiate(ct)
+    vt = _aval(v)
+    ct_x = update_slice(ct, zeros_like_type(vt), start, strides) if is_undefined(x) else None
+    ct_v = None
+    if is_undefined(v):
+        ct_v = sh.slice_(ct, start, tuple(s + (n - 1) * st + 1 if n else s for s, n, st in
+                                          zip(start, vt.shape, strides)), strides)
+    return [ct_x, ct_v]
+
+
+def _update_slice_batch(axis_data, args, dims, *, start, strides):
+    (x, v), (dx, dv) = args, dims
+    size = axis_data.size
+    x, v = bdim_to_front(x, dx, size), bdim_to_front(v, dv, size)
+    return update_slice(x, v, (0,) + start, (1,) + strides), 0
+
+
+def _update_slice_jvp(primals, tangents, *, start, strides):
+    (x, v), (tx, tv) = primals, tangents
+    out = update_slice(x, v, start, strides)
+    if isinstance(tx, Zero) and isinstance(tv, Zero):
+        return out, Zero(type_of(out))
+    return out, update_slice(instantiate(tx), instantiate(tv), start, strides)
+
+
+# x with its block x[start[k] :: strides[k], ...] (v's shape) replaced by v: a write through
+# a view made of select/slice ops (out[t] = h), without scatter's flat index tensor
+# (XLA's dynamic_update_slice, with static starts and strides). Linear in (x, v) together.
+update_slice_p = Primitive(
+    "update_slice", kind=EXTERN,
+    abstract_eval=_update_slice_type,
+    impl=_update_slice_impl,
+    jvp=_update_slice_jvp,
+    transpose=_update_slice_transpose,
+    batch=_update_slice_batch)
+taylor_linear(update_slice_p)
+
+
+def update_slice(x, v, start, strides):
+    return bind(update_slice_p, (x, v), {"start": tuple(start), "strides": tuple(strides)})
 
 
 # ---------------------------------------------------------------- take_along_axis / scatter_add_along

@@ -32,6 +32,26 @@ def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Option
     return attention_math.forward(q, k, v, bias, causal, scale)[0]
 
 
+@attention_op.register_fake
+def _attention_layout(q, k, v, bias, causal, scale):
+    """The result's layout, as torch's CPU kernel lays it out (what x.stride() reports): a 4-D
+    query's layout where it is dense with unit last stride and v's head size is q's (a
+    (B, L, H, E) query transposed to (B, H, L, E) keeps its strides), else contiguous."""
+    if q.dim() == 4 and v.shape[-1] == q.shape[-1] and q.stride(-1) == 1 and _dense(q):
+        return torch.empty_like(q)
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+def _dense(t) -> bool:
+    """Whether t's elements fill its memory without gaps or overlap (a permuted contiguous tensor)."""
+    expected = 1
+    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 @register(torch.ops.functx.attention.default)
 def _attention(q, k, v, bias, causal, scale):
     return attention(q, k, v, bias, causal, scale)

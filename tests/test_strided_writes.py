@@ -1,0 +1,109 @@
+"""Writes through views made of select and slice ops (`out[t] = h`, `x[:, 1::2] = v`,
+`buf[-1, 2:][0] += y`) become one update_slice of the root (prims/indexing.py) instead of a
+scatter through a flat index tensor: checked against eager PyTorch (values), torch.func
+(derivatives, vmap) and float64 finite differences (forward mode), on random view chains."""
+import random
+
+import pytest
+import torch
+
+import functx
+
+aten = torch.ops.aten
+D = torch.float64
+
+
+def _close(a, b):
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def rnn_like(W, xs):
+    """An RNN filling its outputs step by step, as research code writes it."""
+    h, out = xs.new_zeros(xs.shape[1:]), xs.new_zeros(xs.shape)
+    for t in range(xs.shape[0]):
+        h = torch.tanh(h @ W + xs[t])
+        out[t] = h
+    out[-1, :, 1::2] *= 0.5             # a strided block of a selected row
+    out[1:3][0] += out[0]               # select of a slice
+    return out.pow(2).sum()
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(4, 4, generator=g, dtype=D) * 0.5, torch.randn(5, 3, 4, generator=g, dtype=D)
+
+
+def test_the_graph_writes_blocks_without_index_tensors():
+    W, xs = _inputs()
+    graph = str(functx.make_graph(rnn_like)(W, xs))
+    assert "update_slice" in graph and "scatter" not in graph
+
+
+@pytest.mark.parametrize("how", ["grad", "vmap(grad)", "jvp", "hessian", "jit", "jit(grad)"])
+def test_writes_through_select_and_slice_views_match_torch(how):
+    W, xs = _inputs()
+    if how == "grad":
+        _close(functx.grad(rnn_like, argnums=(0, 1))(W, xs), torch.func.grad(rnn_like, argnums=(0, 1))(W, xs))
+    elif how == "vmap(grad)":
+        batch = torch.stack([xs, 2 * xs])
+        _close(functx.vmap(functx.grad(rnn_like), in_dims=(None, 0))(W, batch),
+               torch.func.vmap(torch.func.grad(rnn_like), in_dims=(None, 0))(W, batch))
+    elif how == "jvp":
+        t = torch.randn_like(W)
+        eps = 1e-6
+        fd = (rnn_like(W + eps * t, xs) - rnn_like(W - eps * t, xs)) / (2 * eps)
+        torch.testing.assert_close(functx.jvp(lambda w: rnn_like(w, xs), (W,), (t,))[1], fd, rtol=1e-6, atol=1e-6)
+    elif how == "hessian":
+        _close(functx.hessian(rnn_like)(W, xs), torch.func.hessian(rnn_like)(W, xs))
+    elif how == "jit":
+        _close(functx.jit(rnn_like)(W, xs), rnn_like(W, xs))
+    else:
+        _close(functx.jit(functx.grad(rnn_like))(W, xs), torch.func.grad(rnn_like)(W, xs))
+
+
+def _random_chain(rng, shape):
+    """A random chain of select / slice ops (negative indices, steps, out-of-range ends)."""
+    probe, chain = torch.empty(shape), []
+    for _ in range(rng.randint(1, 3)):
+        if probe.dim() == 0:
+            break
+        d = rng.randint(-probe.dim(), probe.dim() - 1)
+        if rng.random() < 0.4 and probe.shape[d] > 0:
+            args = (aten.select.int, d, rng.randint(-probe.shape[d], probe.shape[d] - 1))
+        else:
+            args = (aten.slice.Tensor, d, rng.choice([None, rng.randint(-6, 6)]),
+                    rng.choice([None, rng.randint(-6, 6)]), rng.choice([1, 2, 3]))
+        try:
+            probe = args[0](probe, *args[1:])
+        except (RuntimeError, IndexError):
+            continue
+        chain.append(args)
+    return chain
+
+
+def _view(x, chain):
+    for func, *args in chain:
+        x = func(x, *args)
+    return x
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_view_chains(seed):
+    rng = random.Random(seed)
+    for _ in range(15):
+        shape = tuple(rng.randint(1, 5) for _ in range(rng.randint(1, 3)))
+        chain = _random_chain(rng, shape)
+        n = _view(torch.empty(shape), chain).shape
+
+        def f(x, v):
+            buf = x * 1.0
+            view = _view(buf, chain)
+            view.mul_(v.sin())          # the view's own old values are read: not a plain overwrite
+            view += v
+            return buf.exp().sum()
+        x, v = torch.randn(shape, dtype=D), torch.randn(n, dtype=D)
+        _close(functx.jit(f)(x, v), f(x, v))
+        _close(functx.grad(f, argnums=(0, 1))(x, v), torch.func.grad(f, argnums=(0, 1))(x, v))
+        xs, vs = torch.stack([x, 2 * x]), torch.stack([v, -v])
+        _close(functx.vmap(f)(xs, vs), torch.func.vmap(f)(xs, vs))
+        _close(functx.vmap(f, in_dims=(0, None))(xs, v), torch.func.vmap(f, in_dims=(0, None))(xs, v))
