@@ -34,6 +34,7 @@ from . import tensor as _tensor
 from .functionalize import value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
 from .tensor import TracerTensor, fresh_wrapper, is_contiguous_layout, root_of, unit_key
+_fwd_enabled = torch._C._is_fwd_grad_enabled
 from .unit_batches import BELOW_DISPATCH as _BELOW_DISPATCH, LazyTracer
 
 CACHE: dict = {}
@@ -63,8 +64,8 @@ def run_unit(func, types, args, kwargs):
     """func(*args, **kwargs) through its cached unit at the current trace, or NotImplemented
     (the usual path then serves)."""
     trace = trace_state.trace
-    if not trace.lowered_ops or _NANS.on or _autocast_on():     # autocast casts below this level
-        return NotImplemented
+    if not trace.lowered_ops or _NANS.on or _autocast_on() or not _fwd_enabled():
+        return NotImplemented       # autocast casts below this level; no units with forward AD off
     fid = id(func)
     if fid in NOT_TENSOR_VALUED:
         return NotImplemented

@@ -17,7 +17,7 @@ from ..frontend.unit_batches import batching_units
 from .. import prims as P
 from .ad import differentiable, linear_forward, linearize_flat, vjp_flat, backward_pass
 from .batching import AxisData, BatchTrace, BatchTracer
-from .jvp import JVPTrace, JVPTracer
+from .jvp import ForwardADOn, JVPTrace, JVPTracer
 from .vmap_args import batch_size as _batch_size, check_axes_spec as _check_axes_spec
 from ..tree_util import broadcast_prefix, tree_flatten, tree_map, tree_unflatten
 from .basis import assemble, identity_blocks, mark_identity_basis, row_by_row  # noqa: F401 (mark_identity_basis: re-exported)
@@ -214,9 +214,10 @@ def jvp(f, primals, tangents, has_aux=False, *, _writes=None):
         tangents_in.append(t if differentiable(p) else Zero(pt))
     store = _OutStore()
     jt = JVPTrace(current_trace())
+    jt.user = True              # honours torch's forward-AD switch (jvp.py)
     args = [JVPTracer(jt, p, t) if not isinstance(t, Zero) else p for p, t in zip(p_flat, tangents_in)]
     refuse_inside_torch_func("functx.jvp")
-    with set_current_trace(jt):
+    with ForwardADOn("functx.jvp"), set_current_trace(jt):
         outs = _flat_fun(f, p_tree, store, "functx.jvp", has_aux, sources=_leaves(primals))(args)
     pairs = [jt.pair(o) for o in outs]
     vals_p, vals_t = [p for p, _ in pairs], [_instantiate(t) for _, t in pairs]
@@ -244,8 +245,9 @@ def linearize(f, *primals, has_aux=False):
     primals = _float_primals(primals)
     p_flat, p_tree = _flatten_tensors(primals, "functx.linearize: primals")
     store = _OutStore()
-    out, graph, nonzero = linearize_flat(_flat_fun(f, p_tree, store, "functx.linearize", has_aux,
-                                                   sources=_leaves(primals)), p_flat)
+    with ForwardADOn("functx.linearize"):
+        out, graph, nonzero = linearize_flat(_flat_fun(f, p_tree, store, "functx.linearize", has_aux,
+                                                       sources=_leaves(primals)), p_flat, user=True)
     input_writes.write_back(input_writes.primal_values(store), _leaves(primals), keep=(out, graph.consts))
     diff = [differentiable(p) for p in p_flat]
     out_types = [type_of(o) for o in out]
