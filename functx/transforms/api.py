@@ -28,12 +28,14 @@ _TENSOR_LEAF = (torch.Tensor, Tracer)
 
 # ---------------------------------------------------------------- argument handling
 
-def _check_tensor_leaves(leaves, what, treedef):
+def _check_tensor_leaves(leaves, what, treedef, hint=None, skip=None):
+    """skip: per leaf, None where any leaf is accepted (vmap's out_axes)."""
     for i, leaf in enumerate(leaves):
-        if not isinstance(leaf, _TENSOR_LEAF):
+        if not isinstance(leaf, _TENSOR_LEAF) and (skip is None or skip[i] is not None):
             where = f" at {treedef.paths()[i]}"
-            hint = "; Python floats are accepted, ints and bools are not (pass 3.0, not 3)" \
-                if isinstance(leaf, (int, bool)) else ""
+            if hint is None:
+                hint = "; Python floats are accepted, ints and bools are not (pass 3.0, not 3)" \
+                    if isinstance(leaf, (int, bool)) else ""
             raise TypeError(f"{what}: expected tensors, but leaf {i}{where} is a "
                             f"{type(leaf).__name__} ({leaf!r:.60}){hint}")
 
@@ -495,8 +497,17 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
         with set_current_trace(trace), intercept_random(), batching_units():    # (as in _flat_fun)
             out = fn(*args, **kwargs)
             out_leaves, out_tree = tree_flatten(out)
-            _check_tensor_leaves(out_leaves, "functx.vmap: output of f", out_tree)
-            out_vals = [unwrap(l) for l in out_leaves]   # inside the trace: a stale view recomputes here
+            oaxes = axes_of.get(("out", out_tree))
+            if oaxes is None:
+                oaxes = broadcast_prefix(out_axes, out, "functx.vmap: out_axes")
+                if len(axes_of) < 64:
+                    axes_of[("out", out_tree)] = oaxes
+            # a leaf that is not a tensor (a Python number, a string) returns as is with out_axes
+            # None, as in torch.func
+            _check_tensor_leaves(out_leaves, "functx.vmap: output of f", out_tree,
+                                 "; out_axes (out_dims) None for it returns it as it is", skip=oaxes)
+            out_vals = [unwrap(l) if isinstance(l, _TENSOR_LEAF) else l   # inside the trace: a stale
+                        for l in out_leaves]                               # view recomputes here
             written = [(leaf, unwrap(w), ax) for leaf, w, ax in zip(leaves, vals, axes)
                        if ax is not None and w._version_]
         # In-place writes into batched inputs reach the caller's tensors, as in torch.func.
@@ -504,13 +515,11 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
             val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)
             full = P.bdim_to_front(val, bdim, size)
             leaf.copy_(wrap(P.moveaxis(full, 0, ax % type_of(full).ndim)))
-        oaxes = axes_of.get(("out", out_tree))
-        if oaxes is None:
-            oaxes = broadcast_prefix(out_axes, out, "functx.vmap: out_axes")
-            if len(axes_of) < 64:
-                axes_of[("out", out_tree)] = oaxes
         results = []
         for v, oax in zip(out_vals, oaxes):
+            if not isinstance(v, _TENSOR_LEAF):
+                results.append(v)
+                continue
             val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)
             if oax is None:
                 if bdim is not None:
