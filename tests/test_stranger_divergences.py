@@ -43,3 +43,60 @@ def test_vmap_non_tensor_output_with_a_batch_dim_raises_naming_it():
         torch.func.vmap(lambda x: (x, 3))(x)
     with pytest.raises(TypeError, match=r"leaf 1 at \(1,\) is a int.*out_axes \(out_dims\) None"):
         functx.vmap(lambda x: (x, 3))(x)
+
+
+# ---------------------------------------------------------------- autograd.Function's ctx
+
+class _Two(torch.autograd.Function):
+    """A backward written for set_materialize_grads(False) and needs_input_grad: it records
+    what it saw and answers differently for None (a contract test, not a derivative)."""
+    generate_vmap_rule = True
+    seen: list = []
+
+    @staticmethod
+    def forward(x, y):
+        return x * 2, y * 3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, g1, g2):
+        _Two.seen.append((g1 is None, g2 is None, tuple(ctx.needs_input_grad)))
+        gx = g1 * 2 if g1 is not None and ctx.needs_input_grad[0] else None
+        gy = g2 * 3 if g2 is not None and ctx.needs_input_grad[1] else None
+        return gx, gy
+
+
+def _first(x, y):
+    return _Two.apply(x, y)[0].sum()
+
+
+def _both(x, y):
+    a, b = _Two.apply(x, y)
+    return (a * b).sum()
+
+
+_X, _Y = torch.tensor([1.0, 2.0], dtype=D), torch.tensor([3.0, 4.0], dtype=D)
+_CTX_CASES = {
+    "grad, output 1 unused": lambda m: m.grad(_first)(_X, _Y),
+    "grad argnums=1": lambda m: m.grad(_first, argnums=1)(_X, _Y),
+    "grad argnums=0, both used": lambda m: m.grad(_both)(_X, _Y),
+    "grad argnums=(0,1)": lambda m: m.grad(_both, argnums=(0, 1))(_X, _Y),
+    "vmap(grad)": lambda m: m.vmap(m.grad(_first))(torch.stack([_X, _X]), torch.stack([_Y, _Y])),
+    "vjp": lambda m: m.vjp(_Two.apply, _X, _Y)[1]((torch.ones(2, dtype=D), torch.ones(2, dtype=D))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CTX_CASES))
+def test_autograd_function_ctx_materialize_grads_and_needs_input_grad_as_torch_func(name):
+    """functx gave backward zeros instead of None and needs_input_grad all True."""
+    run = _CTX_CASES[name]
+    _Two.seen.clear()
+    want = run(torch.func)
+    want_seen = list(_Two.seen)
+    _Two.seen.clear()
+    got = run(functx)
+    torch.testing.assert_close(got, want)
+    assert _Two.seen == want_seen
