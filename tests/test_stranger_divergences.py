@@ -1,5 +1,7 @@
 """Divergences from eager torch / torch.func on ordinary code, one test (or a few) each, the
 oracle beside it."""
+import os
+
 import pytest
 import torch
 
@@ -100,3 +102,93 @@ def test_autograd_function_ctx_materialize_grads_and_needs_input_grad_as_torch_f
     got = run(functx)
     torch.testing.assert_close(got, want)
     assert _Two.seen == want_seen
+
+
+# ---------------------------------------------------------------- jit-only divergences
+
+def _jit_backends(f, *args):
+    """f under jit: the eager backend, the CPU backend's fused tier (built before the call,
+    served even where nothing fuses) and vmap (the eager transforms' path)."""
+    import functx.compile.cpu.compiled as cpu_compiled
+    outs = {"eager backend": functx.jit(f, backend="eager")(*args)}
+    old_env, old_skip = os.environ.get("FUNCTX_CPU_BLOCK"), cpu_compiled.SKIP_UNFUSED
+    os.environ["FUNCTX_CPU_BLOCK"], cpu_compiled.SKIP_UNFUSED = "1", False
+    try:
+        outs["cpu fused"] = functx.jit(f, backend="cpu")(*args)
+    finally:
+        cpu_compiled.SKIP_UNFUSED = old_skip
+        if old_env is None:
+            del os.environ["FUNCTX_CPU_BLOCK"]
+        else:
+            os.environ["FUNCTX_CPU_BLOCK"] = old_env
+    outs["vmap"] = functx.tree_util.tree_map(lambda o: o[0], functx.vmap(f)(*[a[None] for a in args]))
+    return outs
+
+
+_OUT_OF_RANGE = {
+    "x < 300": lambda a: a < 300, "x == 256": lambda a: a == 256, "x >= -1": lambda a: a >= -1,
+    "x + 300": lambda a: a + 300, "x * 300": lambda a: a * 300, "fmod(x, 300)": lambda a: torch.fmod(a, 300),
+    "x & 257": lambda a: a & 257, "x - 1000": lambda a: a - 1000,
+    "300 - x": lambda a: 300 - a, "x // 300": lambda a: a // 300, "remainder(x, -300)": lambda a: torch.remainder(a, -300),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8])
+@pytest.mark.parametrize("name", sorted(_OUT_OF_RANGE))
+def test_python_int_outside_the_dtypes_range_wraps_as_in_eager(name, dtype):
+    """jit raised 'value cannot be converted to type uint8_t without overflow' (and the C++
+    tier compared in int): eager torch wraps the number into the dtype (x_u8 < 300 is x < 44)."""
+    f = _OUT_OF_RANGE[name]
+    x = torch.tensor([0, 44, 200, 255] if dtype == torch.uint8 else [0, 1, -24, 127], dtype=dtype)
+    want = f(x)
+    for where, got in _jit_backends(f, x).items():
+        assert got.dtype == want.dtype and torch.equal(got, want), (where, got, want)
+
+
+@pytest.mark.parametrize("op", ["fmod", "remainder", "floor_divide"])
+def test_integer_division_by_zero_of_an_empty_tensor_is_empty(op):
+    """jit raised ZeroDivisionError ('eager PyTorch rejects ... for these dtypes'); eager
+    returns the empty result, and raises for a non-empty tensor (so does jit)."""
+    f = lambda a: getattr(torch, op)(a, 0)     # noqa: E731
+    x = torch.tensor([], dtype=torch.int64)
+    want = f(x)
+    got = functx.jit(f, backend="eager")(x)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    torch.testing.assert_close(functx.jit(f)(x.reshape(0, 3)), f(x.reshape(0, 3)))
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        f(torch.tensor([3]))
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        functx.jit(f)(torch.tensor([3]))
+
+
+_BIG = torch.tensor([1e19, 3e19, 2e19, 5e19, 4e19, 2.5e19], dtype=torch.float32)
+_VARS = {
+    "var": lambda a: a.var(), "var(dim)": lambda a: a.reshape(2, 3).var(1), "std": lambda a: a.std(),
+    "var_mean": lambda a: torch.var_mean(a, correction=0), "std_mean": lambda a: torch.std_mean(a, 0, keepdim=True),
+    "var keepdim": lambda a: a.reshape(3, 2).var(0, keepdim=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_VARS))
+def test_float32_variance_of_values_above_1e19_is_finite_as_in_eager(name):
+    """The squares overflowed float32 (inf) where torch's float64 accumulation is finite."""
+    f = _VARS[name]
+    want = f(_BIG)
+    for where, got in _jit_backends(f, _BIG).items():
+        for g, w in zip(functx.tree_util.tree_leaves(got), functx.tree_util.tree_leaves(want)):
+            assert g.dtype == w.dtype and g.shape == w.shape, where
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=0, msg=where)
+    x = torch.randn(6, dtype=torch.float32)     # the normal case, and its derivative
+    torch.testing.assert_close(functx.jit(f)(x), f(x))
+    loss = lambda a: sum(t.sum() for t in functx.tree_util.tree_leaves(f(a)))   # noqa: E731
+    torch.testing.assert_close(functx.grad(loss)(x.double()), torch.func.grad(loss)(x.double()))
+
+
+@pytest.mark.parametrize("fn", [torch.var, torch.std, torch.var_mean, torch.std_mean])
+def test_variance_of_an_integer_tensor_raises_as_in_eager(fn):
+    """functx returned a number."""
+    x = torch.tensor([1, 2, 4])
+    with pytest.raises(RuntimeError, match="only support floating point"):
+        fn(x)
+    with pytest.raises(RuntimeError, match="only support floating point"):
+        functx.jit(fn)(x)
