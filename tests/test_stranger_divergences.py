@@ -192,3 +192,38 @@ def test_variance_of_an_integer_tensor_raises_as_in_eager(fn):
         fn(x)
     with pytest.raises(RuntimeError, match="only support floating point"):
         functx.jit(fn)(x)
+
+
+# ---------------------------------------------------------------- TransformerEncoder's nested fast path
+
+def _encoder():
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    return torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+
+
+def test_transformer_encoder_with_padding_mask_and_nested_tensors_runs_under_transforms():
+    """_nested_tensor_from_mask_left_aligned (its mask check) returned a bool that functx's
+    dispatch took for a tensor: TypeError 'bool' object is not iterable under grad/vmap/jit."""
+    enc = _encoder()
+    x = torch.randn(3, 5, 8)
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    mask[0, 3:] = True
+    mask[2, 4:] = True
+    params = dict(enc.named_parameters())
+
+    def loss(p, x):
+        out = torch.func.functional_call(enc, p, (x,), dict(src_key_padding_mask=mask))
+        return out.masked_fill(mask[..., None], 0).sum()
+    got, want = functx.grad(loss)(params, x), torch.func.grad(loss)(params, x)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
+    # vmap (torch.func's has no batching rule for the mask check): a loop is the oracle
+    one = lambda xi, mi: enc(xi[None], src_key_padding_mask=mi[None])[0]    # noqa: E731
+    torch.testing.assert_close(functx.vmap(one)(x, mask), torch.stack([one(a, m) for a, m in zip(x, mask)]))
+    torch.testing.assert_close(functx.jit(lambda x: enc(x, src_key_padding_mask=mask))(x),
+                               enc(x, src_key_padding_mask=mask))
+    with torch.no_grad():     # eager's nested fast path: padded positions are 0 there (documented)
+        want = enc(x, src_key_padding_mask=mask)
+        got = functx.jit(lambda x: enc(x, src_key_padding_mask=mask))(x)
+    torch.testing.assert_close(got[~mask], want[~mask])

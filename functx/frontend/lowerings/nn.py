@@ -316,6 +316,17 @@ def _hardswish(x):
     return P.mul(x, _hardsigmoid(x))
 
 
+# ---------------------------------------------------------------- nested-tensor fast path
+
+@register_special(aten._nested_tensor_from_mask_left_aligned.default)
+def _mask_left_aligned(src, mask):
+    """TransformerEncoder's mask check (enable_nested_tensor=True), asked before its nested
+    fast path: False, so the module runs its ordinary path on traced tensors (as under
+    torch.func, or where an input requires grad); the fast path would be refused anyway (its
+    arguments have __torch_function__). It returned a bool where a tensor was expected."""
+    return False
+
+
 # ---------------------------------------------------------------- batch norm
 # Running statistics are updated like the ATen kernel does: with stop-gradient values, as
 # a functionalized write when the buffer is traced, and concretely (as torch.func does)
