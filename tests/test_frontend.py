@@ -270,10 +270,18 @@ def mutate_input(x):
     return x + 1
 
 
+def _mutated(x):
+    x = x.clone()
+    mutate_input(x)
+    return x
+
+
 def test_mutating_an_input():
     check(mutate_input, X, grad=False)   # torch.func.grad refuses in-place writes to its inputs
     g = lambda x: mutate_input(x).sin().sum()
-    torch.testing.assert_close(functx.grad(g)(X), torch.func.grad(lambda x: g(x.clone()))(X))
+    x = X.clone()
+    torch.testing.assert_close(functx.grad(g)(x), torch.func.grad(lambda x: g(x.clone()))(X))
+    torch.testing.assert_close(x, _mutated(X))      # grad writes the new value back too
     x = X.clone()
     mutate_input(x)
     y = X.clone()

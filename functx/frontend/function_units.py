@@ -52,6 +52,7 @@ VIEW_BUILD_LIMIT = 64
 _NANS = nan_check.STATE
 _disabled_torch_function = torch._C._disabled_torch_function_impl
 _autocast_on = torch._C._is_any_autocast_enabled
+_fwd_enabled = torch._C._is_fwd_grad_enabled
 _ExcludeKeys = torch._C._ExcludeDispatchKeyGuard
 _METHOD_WRAPPER = type(torch.Tensor.T.__get__)
 
@@ -64,8 +65,8 @@ def run_unit(func, types, args, kwargs):
     """func(*args, **kwargs) through its cached unit at the current trace, or NotImplemented
     (the usual path then serves)."""
     trace = trace_state.trace
-    if not trace.lowered_ops or _NANS.on or _autocast_on():     # autocast casts below this level
-        return NotImplemented
+    if not trace.lowered_ops or _NANS.on or _autocast_on() or not _fwd_enabled():
+        return NotImplemented       # autocast casts below this level; no units with forward AD off
     fid = id(func) if type(func) is not _METHOD_WRAPPER else id(func.__self__)   # x.T: a new T.__get__ each read
     if fid in NOT_TENSOR_VALUED:
         return NotImplemented

@@ -202,7 +202,7 @@ class _AsRecorded:
     """The state a batch's units were recorded in, while they run: their level current, their
     grad mode and default dtype, and the reverse levels' stack without the levels entered
     since (core/trace.grad_enabled_for reads it)."""
-    __slots__ = ("ran", "prev", "above", "grad", "dtype")
+    __slots__ = ("ran", "prev", "above", "grad", "dtype", "fwd")
 
     def __init__(self, ran):
         self.ran = ran
@@ -218,6 +218,9 @@ class _AsRecorded:
             torch._C._set_grad_enabled(ran.grad)
         if self.dtype is not ran.dtype:
             torch.set_default_dtype(ran.dtype)
+        self.fwd = torch._C._is_fwd_grad_enabled()      # units are recorded with forward AD on only
+        if not self.fwd:
+            torch._C._set_fwd_grad_enabled(True)
         self.prev, trace_state.trace = trace_state.trace, ran.level
 
     def __exit__(self, *exc):
@@ -227,6 +230,8 @@ class _AsRecorded:
             torch._C._set_grad_enabled(self.grad)
         if self.dtype is not ran.dtype:
             torch.set_default_dtype(self.dtype)
+        if not self.fwd:
+            torch._C._set_fwd_grad_enabled(False)
         if self.above is not None:
             _reverse.stack.extend(self.above)
 

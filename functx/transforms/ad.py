@@ -32,15 +32,17 @@ def differentiable_type(t) -> bool:
     return t is not None and (t.dtype.is_floating_point or t.dtype.is_complex)
 
 
-def linearize_flat(fun, primals, reverse=False, has_tangent=None, types=None):
+def linearize_flat(fun, primals, reverse=False, has_tangent=None, types=None, user=False):
     """fun: list of lax values -> list of lax values.
     Returns (primal outputs, linear graph, tangent-output mask). The graph maps the
     tangents of the differentiable inputs to the non-zero output tangents.
     reverse: for vjp/grad, whose levels honour torch's grad mode (see jvp.py).
     has_tangent: a mask of the inputs that get tangents (default: every differentiable one).
-    types: the primals' types, if the caller has them."""
+    types: the primals' types, if the caller has them.
+    user: functx.linearize's level, which honours torch's forward-AD switch (jvp.py)."""
     pe = GraphTrace(current_trace(), stage_all=False)
     jt = JVPTrace(pe, reverse)
+    jt.user = user
     tangent_in, args = [], []
     for i, p in enumerate(primals):
         pt = type_of(p) if types is None else types[i]

@@ -17,22 +17,25 @@ from ..frontend.unit_batches import batching_units
 from .. import prims as P
 from .ad import differentiable, linear_forward, linearize_flat, vjp_flat, backward_pass
 from .batching import AxisData, BatchTrace, BatchTracer
-from .jvp import JVPTrace, JVPTracer
+from .jvp import ForwardADOn, JVPTrace, JVPTracer
 from .vmap_args import batch_size as _batch_size, check_axes_spec as _check_axes_spec
 from ..tree_util import broadcast_prefix, tree_flatten, tree_map, tree_unflatten
 from .basis import assemble, identity_blocks, mark_identity_basis, row_by_row  # noqa: F401 (mark_identity_basis: re-exported)
+from . import input_writes
 
 _TENSOR_LEAF = (torch.Tensor, Tracer)
 
 
 # ---------------------------------------------------------------- argument handling
 
-def _check_tensor_leaves(leaves, what, treedef):
+def _check_tensor_leaves(leaves, what, treedef, hint=None, skip=None):
+    """skip: per leaf, None where any leaf is accepted (vmap's out_axes)."""
     for i, leaf in enumerate(leaves):
-        if not isinstance(leaf, _TENSOR_LEAF):
+        if not isinstance(leaf, _TENSOR_LEAF) and (skip is None or skip[i] is not None):
             where = f" at {treedef.paths()[i]}"
-            hint = "; Python floats are accepted, ints and bools are not (pass 3.0, not 3)" \
-                if isinstance(leaf, (int, bool)) else ""
+            if hint is None:
+                hint = "; Python floats are accepted, ints and bools are not (pass 3.0, not 3)" \
+                    if isinstance(leaf, (int, bool)) else ""
             raise TypeError(f"{what}: expected tensors, but leaf {i}{where} is a "
                             f"{type(leaf).__name__} ({leaf!r:.60}){hint}")
 
@@ -69,7 +72,8 @@ def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None, sources=None):
     arguments take (x.stride() and as_strided see it through any nesting of transforms)."""
     def fun(flat_in):
         srcs = sources if sources is not None else [_concrete_base(x) for x in flat_in]
-        args = tree_unflatten(in_tree, [wrap_input(x, s) for x, s in zip(flat_in, srcs)])
+        wrapped = [wrap_input(x, s) for x, s in zip(flat_in, srcs)]
+        args = tree_unflatten(in_tree, wrapped)
         with intercept_random(), batching_units():     # random primitives; units batched until read
             out = f(*args)
             if has_aux:
@@ -81,7 +85,10 @@ def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None, sources=None):
             leaves, tree = tree_flatten(out)
             _check_tensor_leaves(leaves, f"{what}: output of f", tree)
             store.tree = tree
-            return [unwrap(l) for l in leaves]
+            outs = [unwrap(l) for l in leaves]
+            if sources is not None:         # the user's inputs: writes into them go back (input_writes)
+                input_writes.record(store, wrapped)
+            return outs
     return fun
 
 
@@ -172,7 +179,7 @@ def _instantiate(x):
 
 # ---------------------------------------------------------------- jvp / linearize / vjp
 
-def jvp(f, primals, tangents, has_aux=False):
+def jvp(f, primals, tangents, has_aux=False, *, _writes=None):
     """Forward-mode derivative: (f(*primals), J_f(primals) @ tangents).
 
     Args:
@@ -183,6 +190,9 @@ def jvp(f, primals, tangents, has_aux=False):
 
     Returns:
       (primals_out, tangents_out), or (primals_out, tangents_out, aux) with has_aux.
+
+    In-place writes of f into its inputs reach the caller's tensors (their primal values),
+    as in torch.func. (_writes: a list that collects them instead, for jacfwd.)
 
     Example:
       >>> y, dy = functx.jvp(torch.sin, (x,), (torch.ones_like(x),))   # dy == cos(x)
@@ -206,13 +216,20 @@ def jvp(f, primals, tangents, has_aux=False):
         tangents_in.append(t if differentiable(p) else Zero(pt))
     store = _OutStore()
     jt = JVPTrace(current_trace())
+    jt.user = True              # honours torch's forward-AD switch (jvp.py)
     args = [JVPTracer(jt, p, t) if not isinstance(t, Zero) else p for p, t in zip(p_flat, tangents_in)]
     refuse_inside_torch_func("functx.jvp")
-    with set_current_trace(jt):
+    with ForwardADOn("functx.jvp"), set_current_trace(jt):
         outs = _flat_fun(f, p_tree, store, "functx.jvp", has_aux, sources=_leaves(primals))(args)
     pairs = [jt.pair(o) for o in outs]
-    out_p = tree_unflatten(store.tree, [wrap(p) for p, _ in pairs])
-    out_t = tree_unflatten(store.tree, [wrap(_instantiate(t)) for _, t in pairs])
+    vals_p, vals_t = [p for p, _ in pairs], [_instantiate(t) for _, t in pairs]
+    writes = input_writes.primal_values(store)
+    if _writes is not None:
+        _writes[:] = writes
+    else:
+        input_writes.write_back(writes, _leaves(primals), keep=(vals_p, vals_t))
+    out_p = tree_unflatten(store.tree, [wrap(p) for p in vals_p])
+    out_t = tree_unflatten(store.tree, [wrap(t) for t in vals_t])
     if has_aux:
         return out_p, out_t, _strip_aux(store.aux, jt)
     return out_p, out_t
@@ -230,8 +247,10 @@ def linearize(f, *primals, has_aux=False):
     primals = _float_primals(primals)
     p_flat, p_tree = _flatten_tensors(primals, "functx.linearize: primals")
     store = _OutStore()
-    out, graph, nonzero = linearize_flat(_flat_fun(f, p_tree, store, "functx.linearize", has_aux,
-                                                   sources=_leaves(primals)), p_flat)
+    with ForwardADOn("functx.linearize"):
+        out, graph, nonzero = linearize_flat(_flat_fun(f, p_tree, store, "functx.linearize", has_aux,
+                                                       sources=_leaves(primals)), p_flat, user=True)
+    input_writes.write_back(input_writes.primal_values(store), _leaves(primals), keep=(out, graph.consts))
     diff = [differentiable(p) for p in p_flat]
     out_types = [type_of(o) for o in out]
 
@@ -269,8 +288,9 @@ def vjp(f, *primals, has_aux=False):
     primals = _float_primals(primals)
     p_flat, p_tree = _flatten_tensors(primals, "functx.vjp: primals")
     store = _OutStore()
-    out, pullback, _ = vjp_flat(_flat_fun(f, p_tree, store, "functx.vjp", has_aux, sources=_leaves(primals)),
-                                p_flat, user_level=True)
+    out, pullback, graph = vjp_flat(_flat_fun(f, p_tree, store, "functx.vjp", has_aux, sources=_leaves(primals)),
+                                    p_flat, user_level=True)
+    input_writes.write_back(input_writes.primal_values(store), _leaves(primals), keep=(out, graph.consts))
     out_types = [type_of(o) for o in out]
     out_tree = store.tree
 
@@ -338,8 +358,9 @@ def value_and_grad(f, argnums=0, has_aux=False):
         t = type_of(out[0])
         if not t.dtype.is_floating_point:
             raise TypeError(f"functx.grad: f must return a floating-point scalar; got {t.dtype}")
-        cts = pullback([P.full((), 1.0, t.dtype, t.device)])
-        grads = tree_unflatten(d_tree, [wrap(_instantiate(c)) for c in cts])
+        cts = [_instantiate(c) for c in pullback([P.full((), 1.0, t.dtype, t.device)])]
+        input_writes.write_back(input_writes.primal_values(store), _leaves(diff_args), keep=(out, cts))
+        grads = tree_unflatten(d_tree, [wrap(c) for c in cts])
         grads = grads[0] if isinstance(argnums, int) else tuple(grads)
         value = wrap(out[0])
         if has_aux:
@@ -476,8 +497,17 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
         with set_current_trace(trace), intercept_random(), batching_units():    # (as in _flat_fun)
             out = fn(*args, **kwargs)
             out_leaves, out_tree = tree_flatten(out)
-            _check_tensor_leaves(out_leaves, "functx.vmap: output of f", out_tree)
-            out_vals = [unwrap(l) for l in out_leaves]   # inside the trace: a stale view recomputes here
+            oaxes = axes_of.get(("out", out_tree))
+            if oaxes is None:
+                oaxes = broadcast_prefix(out_axes, out, "functx.vmap: out_axes")
+                if len(axes_of) < 64:
+                    axes_of[("out", out_tree)] = oaxes
+            # a leaf that is not a tensor (a Python number, a string) returns as is with out_axes
+            # None, as in torch.func
+            _check_tensor_leaves(out_leaves, "functx.vmap: output of f", out_tree,
+                                 "; out_axes (out_dims) None for it returns it as it is", skip=oaxes)
+            out_vals = [unwrap(l) if isinstance(l, _TENSOR_LEAF) else l   # inside the trace: a stale
+                        for l in out_leaves]                               # view recomputes here
             written = [(leaf, unwrap(w), ax) for leaf, w, ax in zip(leaves, vals, axes)
                        if ax is not None and w._version_]
         # In-place writes into batched inputs reach the caller's tensors, as in torch.func.
@@ -485,13 +515,11 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
             val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)
             full = P.bdim_to_front(val, bdim, size)
             leaf.copy_(wrap(P.moveaxis(full, 0, ax % type_of(full).ndim)))
-        oaxes = axes_of.get(("out", out_tree))
-        if oaxes is None:
-            oaxes = broadcast_prefix(out_axes, out, "functx.vmap: out_axes")
-            if len(axes_of) < 64:
-                axes_of[("out", out_tree)] = oaxes
         results = []
         for v, oax in zip(out_vals, oaxes):
+            if not isinstance(v, _TENSOR_LEAF):
+                results.append(v)
+                continue
             val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)
             if oax is None:
                 if bdim is not None:
@@ -576,9 +604,11 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
         types = [type_of(x) for x in d_flat]
         n_total = sum(t.numel for t in types)
 
+        writes = []         # f's writes into its inputs: the basis chunks all run f on the caller's values
+
         def push(*basis_leaves):
             tangents = tree_unflatten(d_tree, list(basis_leaves))
-            res = jvp(g, tuple(tangents_primals), tuple(tangents), has_aux=has_aux)
+            res = jvp(g, tuple(tangents_primals), tuple(tangents), has_aux=has_aux, _writes=writes)
             return (res[1], res[2]) if has_aux else res[1]
 
         tangents_primals = diff         # the caller's tensors: jvp gives f their layouts
@@ -592,6 +622,7 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
         else:
             jac_tree = vmap(push, chunk_size=chunk_size, randomness=randomness)(*basis)
         jac = assemble(jac_tree, d_tree, types, leading_is_in=True, single=isinstance(argnums, int))
+        input_writes.write_back(input_writes.outside_vmap(writes, "functx.jacfwd"), _leaves(diff))
         return (jac, aux) if has_aux else jac
     return jac_f
 

@@ -32,18 +32,17 @@ from ..frontend import TracerTensor, unwrap, wrap
 from ..tree_util import tree_flatten, tree_leaves_with_none, tree_unflatten
 from .batching import BatchTrace, BatchTracer
 from .jvp import JVPTrace
-from .custom import custom_vjp
+from .custom import ZERO_COTANGENTS, custom_vjp
 from .control_flow.checkpoint import checkpoint
 
 
 class FunctionCtx:
     """The ctx that setup_context and backward see (the part of torch's that applies)."""
 
-    def __init__(self, inputs):
+    def __init__(self, inputs, needs_input_grad):
         self.saved_tensors = ()
         self.saved_for_forward = ()
-        self.needs_input_grad = tuple(isinstance(x, torch.Tensor) and x.dtype.is_floating_point
-                                      for x in inputs)
+        self.needs_input_grad = needs_input_grad
         self.materialize_grads = True
 
     def save_for_backward(self, *tensors):
@@ -80,6 +79,8 @@ def apply_function(cls, args, kwargs):
     args = bound.args
 
     user_vmap = _defines(cls, "vmap") and not getattr(cls, "generate_vmap_rule", False)
+    # as torch.func: whether the input carries a gradient of a reverse level (requires_grad)
+    needs_input_grad = tuple(isinstance(x, torch.Tensor) and x.requires_grad for x in args)
 
     def forward(*inputs):
         if user_vmap:
@@ -98,7 +99,7 @@ def apply_function(cls, args, kwargs):
             out = cls.apply(*inputs)
         else:
             out = forward(*inputs)
-        ctx = FunctionCtx(inputs)
+        ctx = FunctionCtx(inputs, needs_input_grad)
         cls.setup_context(ctx, inputs, out)
         return out, (tuple(ctx.saved_tensors), tuple(ctx.saved_for_forward), ctx)
 
@@ -106,6 +107,11 @@ def apply_function(cls, args, kwargs):
         saved, _, ctx = residuals
         ctx.saved_tensors = saved
         cts = tuple(cotangent) if isinstance(cotangent, (tuple, list)) else (cotangent,)
+        if not ctx.materialize_grads and ZERO_COTANGENTS:
+            # set_materialize_grads(False): None for an output without a cotangent, as torch
+            # (where vmap's batching made the zeros anew, backward gets the zeros: same numbers)
+            zeros = ZERO_COTANGENTS[-1]
+            cts = tuple(None if id(unwrap(c)) in zeros else c for c in cts)
         grads = cls.backward(ctx, *cts)
         grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
         if len(grads) != len(args):

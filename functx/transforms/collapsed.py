@@ -384,7 +384,7 @@ def _trace_once(f, args, kwargs, argnums):
     try:
         g, (x,) = _with_argnums(f, args, kwargs, argnums, "functx.hessian")
         with torch.enable_grad(), watch_grad_mode() as no_grad_ops:
-            graph = trace_graph(g, (x,), {}, what="functx.hessian")
+            graph = trace_graph(g, (x,), {}, what="functx.hessian", mutations=True)
     except Exception:     # noqa: BLE001
         return None
     if no_grad_ops:       # f turns grad mode off: the graph would forget it (reverse mode reads it)

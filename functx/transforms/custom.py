@@ -246,10 +246,21 @@ def _custom_lin_transpose(cts, *args, bwd, jvp, num_res, name, out_types, float_
                           in_types):
     res = list(args[:num_res])
     full = [P.full(t.shape, 0, t.dtype, t.device) for t in all_out_types]
+    given = set()
     for i, ct in zip(float_outs, cts):
-        full[i] = instantiate(ct)
-    in_cts = bwd(res, full)
+        if not isinstance(ct, Zero):
+            full[i] = ct
+            given.add(i)
+    # the zeros made here, for a Function's set_materialize_grads(False) (autograd_function.py)
+    ZERO_COTANGENTS.append({id(c) for i, c in enumerate(full) if i not in given})
+    try:
+        in_cts = bwd(res, full)
+    finally:
+        ZERO_COTANGENTS.pop()
     return [None] * num_res + list(in_cts)
+
+
+ZERO_COTANGENTS: list = []      # per running transpose: ids of the output cotangents that are zeros
 
 
 custom_vjp_call_p = Primitive(

@@ -6,7 +6,9 @@ while grad is disabled *as that level sees it* (torch.no_grad(), set_grad_enable
 inference_mode inside the function). The level sees the current grad mode, disabled as well
 where a reverse level inside it was entered with grad disabled; so an outer no_grad around
 functx.grad is ignored, a no_grad around an inner grad stops the outer one, and a no_grad
-inside grad(grad(f))'s f stops both (core/trace.grad_enabled_for). Forward mode (jvp, jacfwd, linearize) ignores grad mode, as torch.func's does.
+inside grad(grad(f))'s f stops both (core/trace.grad_enabled_for). Forward mode (jvp, jacfwd, linearize) ignores grad mode, as torch.func's does,
+and honours torch's forward-AD switch instead (forward_ad._set_fwd_grad_enabled(False): values
+computed under it are constants of the forward levels).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import torch
 
 from ..core import STRUCTURAL, MissingRuleError, Trace, Tracer, Zero, set_current_trace
 from ..core import nan_check
+from ..core.errors import FunctxError
+from ..core.trace import _reverse, is_ancestor
 from ..core.trace import (AUTOGRAD_ON_KEYS, EVAL_TRACE, GraphTrace, GraphTracer, PrimalTracer, grad_enabled_for, process_on_parent,
                           torch_autograd_records, trace_state, transform_level, type_of, value_repr)
 from ..prims.util import is_scalar
@@ -57,9 +61,56 @@ class _ZeroOf(Zero):
         return None if is_scalar(x) else type_of(x)
 
 
+_fwd_enabled = torch._C._is_fwd_grad_enabled
+
+
+def _fwd_off(level):
+    """A forward level under torch.autograd.forward_ad._set_fwd_grad_enabled(False): its values
+    are constants there, as in torch.func. With a reverse level nested inside it (hessian,
+    jacfwd(jacrev(f))), torch.func's answer depends on where its backward recomputes what it
+    saved (outside the block), which functx's linearize does not follow: that raises."""
+    for rev, _ in _reverse.stack:
+        if rev is not level and is_ancestor(level, rev):
+            raise FunctxError(
+                "functx: torch.autograd.forward_ad._set_fwd_grad_enabled(False) inside a reverse-mode "
+                "transform nested in a forward-mode one (hessian, jacfwd(jacrev(f)), jvp(grad(f))) is not "
+                "supported: use x.detach() or functx.stop_gradient for the values that should be "
+                "constants of the forward level")
+    return True
+
+
+class ForwardADOn:
+    """Around a user's forward level (jvp, linearize): torch.func's jvp turns forward AD on for
+    f (as grad turns grad mode on), so an outer _set_fwd_grad_enabled(False) is turned off
+    inside. Entered so inside another forward level, what torch.func then does for that
+    level is not followed: that raises."""
+    __slots__ = ("what", "off")
+
+    def __init__(self, what):
+        self.what = what
+
+    def __enter__(self):
+        self.off = not _fwd_enabled()
+        if self.off:
+            t = trace_state.trace
+            while t is not None:
+                if isinstance(t, JVPTrace) and t.user:
+                    raise FunctxError(
+                        f"{self.what} entered under torch.autograd.forward_ad._set_fwd_grad_enabled(False) inside "
+                        "another forward-mode transform is not supported: use x.detach() or "
+                        "functx.stop_gradient for the values that should be constants of the outer level")
+                t = t.parent
+            torch._C._set_fwd_grad_enabled(True)
+
+    def __exit__(self, *exc):
+        if self.off:
+            torch._C._set_fwd_grad_enabled(False)
+
+
 class JVPTrace(Trace):
     is_level = True
     batches_units = True
+    user = False        # a user's forward level (jvp, jacfwd, linearize): honours the forward-AD switch
 
     def __init__(self, parent, reverse: bool = False):
         self.parent = parent
@@ -92,7 +143,8 @@ class JVPTrace(Trace):
                 break
         else:                    # no tangents: straight to the parent
             return process_on_parent(self, prim, args, params)
-        if self.reverse and not grad_enabled_for(self):     # no_grad: a constant for this level
+        if (not grad_enabled_for(self)) if self.reverse else (self.user and not _fwd_enabled() and _fwd_off(self)):
+            # no_grad (reverse level) / _set_fwd_grad_enabled(False) (forward): a constant here
             primals = [a.primal if isinstance(a, JVPTracer) and a._trace is self else a for a in args]
             return process_on_parent(self, prim, primals, params)
         if self.fast is not None and not _NANS.on:
@@ -174,7 +226,7 @@ class JVPTrace(Trace):
         """An ATen op's cached lowering (frontend/lowered_ops.py) on an eager level: one
         generated jvp rule for the whole op, cached on the op by which operands carry
         tangents; NotImplemented where it does not apply (dispatch runs the lowering)."""
-        if self.reverse and not grad_enabled_for(self):
+        if (not grad_enabled_for(self)) if self.reverse else (self.user and not _fwd_enabled()):
             return NotImplemented
         linearize = self.fast == "linearize"
         eager = self.eager

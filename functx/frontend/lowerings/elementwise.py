@@ -221,7 +221,7 @@ def _remainder(x, y):
 
 @register(aten.fmod.Tensor, aten.fmod.Scalar)
 def _fmod(x, y):
-    return elementwise(P.rem, x, y)
+    return elementwise(P.rem, x, _int_wrapped(x, y))
 
 
 @register(aten.pow.Tensor_Tensor, aten.pow.Tensor_Scalar, aten.pow.Scalar)
@@ -261,8 +261,25 @@ def _xlogy(x, y):
     return elementwise(P.xlogy, x, y, kind=KIND.INT_TO_FLOAT)
 
 
+def _int_wrapped(x, y):
+    """y, a Python int beside an integer tensor x, as torch's binary kernels take it: cast to
+    x's dtype, wrapping outside its range (x_u8 < 300 compares with 44). functx's generated
+    code raised there ('value cannot be converted to type uint8_t') and its C++ compared in int."""
+    if type(y) is int and not isinstance(x, SCALARS):
+        dtype = _t(x).dtype
+        if dtype in _INT_RANGE:
+            lo, hi = _INT_RANGE[dtype]
+            if not lo <= y <= hi:
+                return (y - lo) % (hi - lo + 1) + lo
+    return y
+
+
+_INT_RANGE = {d: (torch.iinfo(d).min, torch.iinfo(d).max)
+              for d in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)}
+
 for _op, _fn in {aten.eq: P.eq, aten.ne: P.ne, aten.lt: P.lt, aten.le: P.le, aten.gt: P.gt, aten.ge: P.ge}.items():
-    register(_op.Tensor, _op.Scalar)((lambda fn: lambda x, y: elementwise(fn, x, y, kind=KIND.ALWAYS_BOOL))(_fn))
+    register(_op.Tensor, _op.Scalar)(
+        (lambda fn: lambda x, y: elementwise(fn, x, _int_wrapped(x, y), kind=KIND.ALWAYS_BOOL))(_fn))
 
 
 @register(aten.logical_and.default)
@@ -282,7 +299,7 @@ def _logical_xor(x, y):
 
 for _op, _fn in {aten.bitwise_and: P.bitwise_and, aten.bitwise_or: P.bitwise_or,
                  aten.bitwise_xor: P.bitwise_xor}.items():
-    register(_op.Tensor, _op.Scalar)((lambda fn: lambda x, y: elementwise(fn, x, y))(_fn))
+    register(_op.Tensor, _op.Scalar)((lambda fn: lambda x, y: elementwise(fn, x, _int_wrapped(x, y)))(_fn))
 
 
 @register(aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther, aten.where.Scalar)

@@ -245,23 +245,50 @@ def _safe_sqrt(v):
     return P.where(positive, P.sqrt(P.where(positive, v, 1.0)), 0.0)
 
 
+def _float_only(x, what="std and var"):
+    """torch's check (functx computed std/var of integer tensors)."""
+    if not _t(x).dtype.is_floating_point:
+        raise RuntimeError(f"{what} only support floating point and complex dtypes")
+
+
 @register(aten.std.correction)
 def _std(x, dim=None, *, correction=None, keepdim=False):
+    _float_only(x)
     t = _t(x)
     axes = _dims(dim, t.ndim) if t.ndim else ()
-    xf, dtype = _upcast(P.convert(x, float_dtype_of(x)))
+    xf, dtype = _upcast(x)
     v = _prims_var(xf, axes, 1 if correction is None else correction)
     return _keep(P.convert(_safe_sqrt(v), dtype), t.shape, axes, keepdim)
+
+
+@register(aten.var.correction)
+def _var(x, dim=None, *, correction=None, keepdim=False):
+    """prims.var's form (torch's decomposition squared values above ~1e19 in float32: inf)."""
+    _float_only(x)
+    t = _t(x)
+    axes = _dims(dim, t.ndim) if t.ndim else ()
+    xf, dtype = _upcast(x)
+    v = _prims_var(xf, axes, 1 if correction is None else correction)
+    return _keep(P.convert(v, dtype), t.shape, axes, keepdim)
+
+
+@register(aten.var_mean.correction)
+def _var_mean(x, dim=None, *, correction=None, keepdim=False):
+    _float_only(x, "var_mean")
+    t = _t(x)
+    axes = _dims(dim, t.ndim) if t.ndim else ()
+    mean = P.div(P.reduce_sum(x, axes), float(math.prod(t.shape[a] for a in axes)))
+    return _var(x, dim, correction=correction, keepdim=keepdim), _keep(mean, t.shape, axes, keepdim)
 
 
 @register(aten.std_mean.correction)
 def _std_mean(x, dim=None, *, correction=None, keepdim=False):
     """(std, mean), std with std's zero derivative on constant data (torch's decomposition
     through var_mean and sqrt gave nan there, for the mean's cotangent too)."""
+    _float_only(x, "std_mean")
     t = _t(x)
     axes = _dims(dim, t.ndim) if t.ndim else ()
-    xf = P.convert(x, float_dtype_of(x))
-    mean = P.div(P.reduce_sum(xf, axes), float(math.prod(t.shape[a] for a in axes)))
+    mean = P.div(P.reduce_sum(x, axes), float(math.prod(t.shape[a] for a in axes)))
     return (_std(x, dim, correction=correction, keepdim=keepdim), _keep(mean, t.shape, axes, keepdim))
 
 
@@ -287,6 +314,17 @@ def _hardsigmoid(x):
 @register(aten.hardswish.default)
 def _hardswish(x):
     return P.mul(x, _hardsigmoid(x))
+
+
+# ---------------------------------------------------------------- nested-tensor fast path
+
+@register_special(aten._nested_tensor_from_mask_left_aligned.default)
+def _mask_left_aligned(src, mask):
+    """TransformerEncoder's mask check (enable_nested_tensor=True), asked before its nested
+    fast path: False, so the module runs its ordinary path on traced tensors (as under
+    torch.func, or where an input requires grad); the fast path would be refused anyway (its
+    arguments have __torch_function__). It returned a bool where a tensor was expected."""
+    return False
 
 
 # ---------------------------------------------------------------- batch norm

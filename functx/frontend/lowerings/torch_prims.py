@@ -40,7 +40,14 @@ def _prims_var(x, dims, correction=1, output_dtype=None):
     mean = P.div(P.reduce_sum(x, axes), torch.sym_float(n))
     kept = tuple(i for i in range(t.ndim) if i not in axes)
     centered = P.sub(x, P.broadcast_in_dim(mean, t.shape, kept))
-    return P.div(P.reduce_sum(P.mul(centered, centered), axes), torch.sym_float(torch.sym_max(n - correction, 0)))
+    d = torch.sym_max(n - correction, 0)
+    if type(d) is int and d > 0:
+        # sum((c / sqrt(d))^2): no term exceeds the result, so squares of values above ~1e19
+        # (float32) do not overflow where the variance itself is finite (torch accumulates in
+        # float64: var of 1e19-sized data was inf here, finite in eager)
+        scaled = P.mul(centered, 1.0 / math.sqrt(d))
+        return P.reduce_sum(P.mul(scaled, scaled), axes)
+    return P.div(P.reduce_sum(P.mul(centered, centered), axes), torch.sym_float(d))
 
 
 @register(prims_ns.div.default)
