@@ -13,6 +13,7 @@ from functx import prims as P
 from functx.core.primitive import REGISTRY
 
 rule_cache = importlib.import_module("functx.transforms.rule_cache")
+batch_rule_cache = importlib.import_module("functx.transforms.batch_rule_cache")
 lowered_ops = importlib.import_module("functx.frontend.lowered_ops")
 function_units = importlib.import_module("functx.frontend.function_units")
 tensor_module = importlib.import_module("functx.frontend.tensor")
@@ -21,7 +22,7 @@ tensor_module = importlib.import_module("functx.frontend.tensor")
 def _clear_caches():
     """Rules are cached per primitive and per ATen op: a test that swaps a rule starts afresh."""
     rule_cache.JVP_RULES.clear()
-    rule_cache.BATCH_RULES.clear()
+    batch_rule_cache.BATCH_RULES.clear()
     lowered_ops.CACHE.clear()
     function_units.CACHE.clear()
 

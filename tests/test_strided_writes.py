@@ -107,3 +107,58 @@ def test_random_view_chains(seed):
         xs, vs = torch.stack([x, 2 * x]), torch.stack([v, -v])
         _close(functx.vmap(f)(xs, vs), torch.func.vmap(f)(xs, vs))
         _close(functx.vmap(f, in_dims=(0, None))(xs, v), torch.func.vmap(f, in_dims=(0, None))(xs, v))
+
+
+def test_eager_rules_write_a_dying_buffer_in_place_and_only_then(monkeypatch):
+    # An eager level's combined rule writes `out[t] = h` over the buffer the previous write made
+    # when nothing else reads it (rule_cache._written_over): each step then costs its block,
+    # not a copy of the buffer. A view of the buffer saved for the backward pass (`s * s`
+    # below) or read later keeps the copy.
+    import importlib
+    indexing = importlib.import_module("functx.prims.indexing")
+    units = importlib.import_module("functx.frontend.function_units")
+    batches = importlib.import_module("functx.frontend.unit_batches")
+    writes = []
+    in_place = indexing._update_slice_impl.in_place
+
+    def counting(x, v, **params):
+        writes.append(x.shape)
+        return in_place(x, v, **params)
+    monkeypatch.setattr(indexing._update_slice_impl, "in_place", counting)
+    units.CACHE.clear()
+    batches.COMBINED.clear()
+    batches.SEEN.clear()
+
+    def f(W, xs):
+        out = xs.new_zeros(xs.shape)
+        out[0] = torch.tanh(xs[0] @ W)
+        s = out[0]
+        y = (s * s).sum()                  # s, a view of the buffer, is a residual
+        h = s
+        for t in range(1, xs.shape[0]):
+            h = torch.tanh(h @ W + xs[t])
+            out[t] = h
+        out[0] = out[1] * 2                # s now reads the new values, as in torch
+        return y + (s * out).sum() + out.pow(2).sum()
+
+    def out_of_place(W, xs):
+        # torch's autograd refuses f (a saved view written in place): the out-of-place program
+        # is the oracle (sharp_bits §14)
+        rows = [torch.tanh(xs[0] @ W)]
+        y = (rows[0] * rows[0]).sum()
+        h = rows[0]
+        for t in range(1, xs.shape[0]):
+            h = torch.tanh(h @ W + xs[t])
+            rows.append(h)
+        rows[0] = rows[1] * 2
+        out = torch.stack(rows)
+        return y + (out[0] * out).sum() + out.pow(2).sum()
+    W, xs = _inputs()
+    _close(f(W, xs), out_of_place(W, xs))
+    for _ in range(3):
+        _close(functx.grad(f, argnums=(0, 1))(W, xs), torch.func.grad(out_of_place, argnums=(0, 1))(W, xs))
+        t = torch.randn_like(W)
+        eps = 1e-6
+        fd = (f(W + eps * t, xs) - f(W - eps * t, xs)) / (2 * eps)
+        torch.testing.assert_close(functx.jvp(lambda w: f(w, xs), (W,), (t,))[1], fd, rtol=1e-6, atol=1e-6)
+    assert writes, "the combined rules never wrote in place"

@@ -208,6 +208,14 @@ def _update_slice_impl(x, v, *, start, strides):
     return out
 
 
+def _update_slice_in_place(x, v, *, start, strides):
+    x[_block(start, v.shape, strides)] = v
+    return x
+
+
+_update_slice_impl.in_place = _update_slice_in_place     # over a buffer nothing else reads (rule_cache)
+
+
 def _update_slice_transpose(ct, x, v, *, start, strides):
     ct = instantiate(ct)
     vt = _aval(v)

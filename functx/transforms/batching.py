@@ -9,7 +9,7 @@ from ..core.trace import (AUTOGRAD_ON_KEYS, EVAL_TRACE, AxisData, process_on_par
                           torch_autograd_records, value_repr)
 from ..prims import collective
 from ..prims.util import is_scalar
-from . import rule_cache
+from . import batch_rule_cache, rule_cache
 
 
 class BatchTracer(Tracer):
@@ -97,7 +97,7 @@ class BatchTrace(Trace):
         return self.wrap(out, out_dim, prim.multiple_results)
 
     def _cached_batch(self, prim, vals, dims, params):
-        """The batch rule through its cached, generated form (rule_cache.BatchRule): impls
+        """The batch rule through its cached, generated form (batch_rule_cache.BatchRule): impls
         called directly when the trace below is the eager one, else bound there; or
         NotImplemented where that does not apply (the rule then runs as written)."""
         eager = self.parent is EVAL_TRACE
@@ -110,7 +110,7 @@ class BatchTrace(Trace):
             key.append(k)
             if isinstance(v, (torch.Tensor, Tracer)):
                 V.append(v)
-        rule = rule_cache.cached_rule(_BATCH_RULES, prim, key, params, lambda: rule_cache.build_batch(
+        rule = rule_cache.cached_rule(_BATCH_RULES, prim, key, params, lambda: batch_rule_cache.build_batch(
             prim, params, self.axis,
             [(type_of(v), d) if isinstance(v, (torch.Tensor, Tracer)) else v for v, d in zip(vals, dims)]))
         if rule is NotImplemented or rule is _UNCACHEABLE:
@@ -172,7 +172,7 @@ class BatchTrace(Trace):
             ins = [x if d is None else BatchTracer(bt, x, d) for x, d in zip(xs, ds)]
             pairs = [bt.unpack(o) for o in op.eval_at(bt, ins)]
             return [v for v, _ in pairs], [d for _, d in pairs]
-        return rule_cache.build_batch_of(batch, op.name, True, specs)
+        return batch_rule_cache.build_batch_of(batch, op.name, True, specs)
 
     def wrap(self, out, out_dim, multiple):
         if multiple:
@@ -194,7 +194,7 @@ class BatchTrace(Trace):
 
 
 _NANS = nan_check.STATE
-_BATCH_RULES = rule_cache.BATCH_RULES
+_BATCH_RULES = batch_rule_cache.BATCH_RULES
 _UNCACHEABLE = rule_cache.UNCACHEABLE
 
 

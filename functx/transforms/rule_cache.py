@@ -17,7 +17,8 @@ the same on every call, so it is done once:
   tangents (forward mode).
 - `TransposeRule`: a recorded linear equation's transpose rule, traced on first use and
   generated as one function of (cotangent, residuals), which backward_pass calls.
-- `BatchRule`: a batch rule, traced once per (operand types, batch dims, axis size).
+- `BatchRule` (batch_rule_cache.py): a batch rule, traced once per (operand types, batch
+  dims, axis size), generated with this module's code generator.
 
 Each has an *impl* variant (the trace below is the eager one: values are concrete, impls
 are what EvalTrace would run) and a *bind* variant (its equations bound at the trace below,
@@ -44,7 +45,8 @@ from ..prims.shape import _broadcast_view, reshape_p
 
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
 _EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot_general", "conv", "take",
-                        "scatter_add", "scatter", "take_along_axis", "scatter_add_along", "sort", "log_softmax",
+                        "scatter_add", "scatter", "update_slice", "take_along_axis", "scatter_add_along", "sort",
+                        "log_softmax",
                         "nll_loss", "nll_loss_backward"})
 ALLOWED: dict = {}       # Primitive -> bool
 UNCACHEABLE = "uncacheable"
@@ -273,6 +275,24 @@ def build_jvp_of(jvp, name, multiple, specs, zero_of):
     return JvpRule(fns, multiple)
 
 
+def _written_over(eqns, live):
+    """ids of the equations that may write their result over their first operand: one with an
+    in-place impl (update_slice: `out[t] = h` in a loop) whose first operand the same primitive
+    made in this code (a fresh buffer no argument shares) and that nothing else reads (no other
+    equation, so no view of it exists; not an output or a residual the tangent equations read).
+    Each write then costs its block, not a copy of the whole buffer."""
+    reads, made_by = {}, {}
+    for e in eqns:
+        for a in e.inputs:
+            if isinstance(a, Var):
+                reads[a] = reads.get(a, 0) + 1
+        for o in e.outputs:
+            made_by[o] = e.prim
+    return {id(e) for e in eqns
+            if e.inputs and getattr(e.prim.impl, "in_place", None) is not None and isinstance(e.inputs[0], Var)
+            and made_by.get(e.inputs[0]) is e.prim and reads[e.inputs[0]] == 1 and e.inputs[0] not in live}
+
+
 def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin, out_atoms, tout_atoms,
                    tpls):
     """linearize(pe, P, T) and forward(P, T) of one JvpRule; bind: their primal (and forward
@@ -288,7 +308,9 @@ def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_lin
         known_lines = [gen.unit(name, kept_known, p_vars, g, [*out_atoms, *residuals])]
     else:
         live = {a for a in (*out_atoms, *residuals) if isinstance(a, Var)}
-        known_lines = [gen.call(e) for e in (elide_broadcasts(kept_known, live) if not bind else kept_known)]
+        eqns = elide_broadcasts(kept_known, live)
+        over = _written_over(eqns, live)
+        known_lines = [gen.call(e, in_place=id(e) in over) for e in eqns]
     outs_src = ", ".join(gen.ref(a) for a in out_atoms)
     res_names = [gen.ref(a) for a in residuals]
     # reverse mode: record the linear equations into the partial-eval trace
@@ -364,13 +386,14 @@ class _Codegen:
             return "(" + "".join(n + ", " for n in names) + ")"
         return names[0]
 
-    def call(self, e):
-        """`out = impl(args, **params)` (what EvalTrace runs for e), or `out = bind(...)`."""
+    def call(self, e, in_place=False):
+        """`out = impl(args, **params)` (what EvalTrace runs for e), or `out = bind(...)`;
+        in_place: the impl that writes its result over its first operand."""
         ins = [self.ref(a) for a in e.inputs]
         if self.bind:
             args = "(" + "".join(i + ", " for i in ins) + ")"
             return f"    {self._outs(e)} = B({self.const(e.prim)}, {args}, {self.const(e.params)})"
-        impl = e.prim.impl
+        impl = e.prim.impl.in_place if in_place else e.prim.impl
         scalar_as_tensor = _scalar_as_tensor(e)
         if scalar_as_tensor is not None:
             i, t = scalar_as_tensor
@@ -629,72 +652,3 @@ class UnitTranspose:
 def _plain(eqns) -> bool:
     """Equations a generated function may run: no effects, no inlined bodies, an impl."""
     return all(not e.prim.effectful and e.prim.inline is None and e.prim.impl is not None for e in eqns)
-
-
-# ---------------------------------------------------------------- batch rules
-
-BATCH_RULES: dict = {}     # key (see BatchTrace._cached_batch) -> BatchRule | UNCACHEABLE
-
-
-class BatchRule:
-    """One primitive's batch rule for one static signature (operand types with their batch
-    dims, params, axis size): fns[bind](V) -> outputs (V the operand values), out_dims static."""
-    __slots__ = ("fns", "out_dims", "multiple")
-
-    def __init__(self, fns, out_dims, multiple):
-        self.fns = fns
-        self.out_dims = out_dims
-        self.multiple = multiple
-
-
-def build_batch(prim, params, axis, specs):
-    """specs: per operand, a Python scalar or (TensorType of the value, batch dim or None)."""
-    def batch(vals, dims):
-        out, out_dim = prim.batch(axis, vals, dims, **params)
-        if prim.multiple_results:
-            return list(out), list(out_dim)
-        return [out], out_dim
-    return build_batch_of(batch, prim.name, prim.multiple_results, specs)
-
-
-def build_batch_of(batch, name, multiple, specs):
-    """The BatchRule of batch(vals, dims) -> (outputs, their batch dims) (a primitive's rule,
-    or an ATen op's cached lowering under a BatchTrace), or UNCACHEABLE."""
-    g = GraphTrace(EVAL_TRACE, stage_all=True)
-    g.keeps_fused = True       # fused primitives stay whole (prims/fused.py)
-    vals, dims, in_vars = [], [], []
-    for s in specs:
-        if not isinstance(s, tuple):
-            vals.append(s)
-            dims.append(None)
-            continue
-        v = g.new_arg(s[0])
-        vals.append(v)
-        dims.append(s[1])
-        in_vars.append(v.var)
-    prev, trace_state.trace = trace_state.trace, g
-    try:
-        outs, out_dims = batch(vals, dims)
-        out_atoms = [g.atom(o) for o in outs]
-    except Exception:
-        return UNCACHEABLE
-    finally:
-        trace_state.trace = prev
-    if not _plain(g.eqns):
-        return UNCACHEABLE
-    fns = {}
-    for bind in (False, True):
-        gen = _Codegen(bind=bind)
-        for k, v in enumerate(in_vars):
-            gen.names[v] = f"V[{k}]"
-        for v, c in zip(g.constvars, g.consts):
-            gen.names[v] = gen.const(c)
-        eqns = g.eqns if bind else elide_broadcasts(g.eqns, {a for a in out_atoms if isinstance(a, Var)})
-        lines = [gen.call(e) for e in eqns]
-        outs_src = ", ".join(gen.ref(a) for a in out_atoms)
-        ret = f"[{outs_src}]" if multiple else outs_src
-        src = "\n".join(["def batch(V):"] + lines + [f"    return {ret}"])
-        ns = dict(_GLOBALS, **gen.ns, B=bind_at_current)
-        exec(compile(src, f"<functx batch rule {name} ({'bind' if bind else 'impl'})>", "exec"), ns)
-        fns[bind] = ns["batch"]
-    return BatchRule(fns, out_dims, multiple)
