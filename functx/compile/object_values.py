@@ -80,25 +80,24 @@ def _data_descriptor(v) -> bool:
 
 
 def _lookup(obj, name):
-    """Where `obj.name` comes from, without evaluating it: (dict, value, dicts that must keep
-    not holding it), or None (a property or another data descriptor, a __getattr__'s answer,
+    """Where `obj.name` comes from, without evaluating it: (key, dict, value, [(key, dict)]
+    that must keep not holding it; a key is the id of the instance dict or of the class), or None (a property or another data descriptor, a __getattr__'s answer,
     absent)."""
-    if isinstance(obj, type):
-        chain, own = [], None
-    else:
+    own = None
+    if not isinstance(obj, type):
         own = instance_dict(obj)
-        chain = [own]
         obj = type(obj)
         for k in obj.__mro__[:-1]:                  # a property wins over the instance's dict
             if name in k.__dict__:
                 if _data_descriptor(k.__dict__[name]):
                     return None
                 break
+    chain = [(id(own), own)] if own is not None else []
     for k in obj.__mro__[:-1]:
-        chain.append(type.__getattribute__(k, "__dict__"))
-    for i, d in enumerate(chain):
+        chain.append((id(k), type.__getattribute__(k, "__dict__")))    # a new mappingproxy each time
+    for i, (key, d) in enumerate(chain):
         if name in d:
-            return d, d[name], chain[:i]
+            return key, d, d[name], chain[:i]
     return None
 
 
@@ -131,7 +130,7 @@ class ObjectSnapshot:
 
 
 def reads(starts, names, is_plain, is_container, contents):
-    """{id(dict): {name: (dict, value, what, kind)}} for the attributes a trace may have read
+    """{key: {name: (dict, value, what, kind)}} (key: the id of an instance dict or class) for the attributes a trace may have read
     from the objects reached from `starts` [(object, path, depth)] through attributes in
     `names`; kind is "plain", "same" (tensors, objects: identity), "contents" or "absent"."""
     out, seen, queue = {}, set(), list(starts)
@@ -152,7 +151,7 @@ def reads(starts, names, is_plain, is_container, contents):
             found = _lookup(obj, name)
             if found is None:
                 continue
-            d, v, shadowing = found
+            key, d, v, shadowing = found
             owner = f"class {obj.__name__}" if isinstance(obj, type) else f"{type(obj).__name__} object"
             what = f"{name!r} of a {owner} ({path}.{name})"
             if is_plain(v):
@@ -167,9 +166,9 @@ def reads(starts, names, is_plain, is_container, contents):
                     queue.append((v, f"{path}.{name}", depth + 1))
             else:
                 continue                           # methods, functions, other objects: not values
-            out.setdefault(id(d), {})[name] = (d, v, what, kind)
-            for s in shadowing:                    # a class attribute: the instance must not shadow it
-                out.setdefault(id(s), {})[name] = (s, None, what, "absent")
+            out.setdefault(key, {})[name] = (d, v, what, kind)
+            for k, s in shadowing:                 # a class attribute: the instance must not shadow it
+                out.setdefault(k, {})[name] = (s, None, what, "absent")
     return out
 
 
@@ -186,10 +185,10 @@ def snapshot(found, contents) -> ObjectSnapshot:
     """An ObjectSnapshot of reads()' answer."""
     groups = {"plain": {}, "same": {}}
     kept_contents, absent = [], []
-    for entries in found.values():
+    for key, entries in found.items():
         for name, (d, v, what, kind) in entries.items():
             if kind in groups:
-                groups[kind].setdefault(id(d), (d, []))[1].append((name, what))
+                groups[kind].setdefault(key, (d, []))[1].append((name, what))
             elif kind == "contents":
                 kept_contents.append((d, name, contents(v), what))
             else:
