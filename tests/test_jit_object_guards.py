@@ -226,6 +226,10 @@ def test_attributes_f_does_not_name_do_not_retrace(x):
         def forward(self, x):
             return x * self.scale
 
+        @functx.jit
+        def jitted_forward(self, x):
+            return x * self.scale
+
     trainer = Trainer()
     jf, jm = functx.jit(lambda x: x * state.scale), functx.jit(trainer.forward)
     with warnings.catch_warnings():
@@ -236,7 +240,8 @@ def test_attributes_f_does_not_name_do_not_retrace(x):
             trainer.step += 1
             _close(jf(x), x * 2.0)
             _close(jm(x), x * 2.0)
-    assert jf.trace_count == 1 and jm.trace_count == 1
+            _close(trainer.jitted_forward(x), x * 2.0)   # a jitted method's self: all attributes were guarded
+    assert jf.trace_count == 1 and jm.trace_count == 1 and Trainer.jitted_forward.trace_count == 1
 
 
 def test_values_the_trace_itself_changes_are_not_guarded(x):

@@ -133,8 +133,8 @@ def reads(starts, names, is_plain, is_container, contents):
     """{key: {name: (dict, value, what, kind)}} (key: the id of an instance dict or class) for the attributes a trace may have read
     from the objects reached from `starts` [(object, path, depth)] through attributes in
     `names`; kind is "plain", "same" (tensors, objects: identity), "contents" or "absent"."""
-    out, seen, queue = {}, set(), list(starts)
-    while queue and len(seen) < _MAX_OBJECTS:
+    out, seen, walked, queue = {}, set(), 0, list(starts)
+    while queue and walked < _MAX_OBJECTS:
         obj, path, depth = queue.pop(0)
         if id(obj) in seen:
             continue
@@ -147,6 +147,7 @@ def reads(starts, names, is_plain, is_container, contents):
                     out.setdefault(id(d), {})[name] = (d, v, what, "same")
                     queue.append((v, f"{path}.{name}", depth + 1))
             continue
+        walked += 1
         for name in _candidates(obj, names):
             found = _lookup(obj, name)
             if found is None:
