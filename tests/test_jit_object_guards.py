@@ -284,6 +284,32 @@ def test_properties_are_not_evaluated_by_the_guard(x):
     assert jitted.trace_count == 1
 
 
+class _Aliased:
+    """transformers' PretrainedConfig style: __getattribute__ maps aliases to stored names."""
+    aliases = {"hidden": "hidden_size"}
+
+    def __init__(self):
+        self.hidden_size = 2.0
+        self.reads = 0
+
+    def __getattribute__(self, name):
+        if name != "__dict__":
+            object.__getattribute__(self, "__dict__")["reads"] += 1
+        return object.__getattribute__(self, type(self).aliases.get(name, name))
+
+
+def test_an_object_with_its_own_getattribute_is_guarded_by_its_dict(x):
+    cfg = _Aliased()
+    jitted = functx.jit(lambda x: x * cfg.hidden_size)
+    _close(jitted(x), x * 2.0)
+    reads = cfg.__dict__["reads"]
+    jitted(x)
+    assert cfg.__dict__["reads"] == reads             # the guard ran none of its code
+    cfg.hidden_size = 3.0
+    with pytest.warns(UserWarning, match="hidden_size"):
+        _close(jitted(x), x * 3.0)
+
+
 def test_tensors_reached_through_objects(x):
     cfg = types.SimpleNamespace(mask=torch.ones(4), log_scale=torch.zeros(4))
     plain = functx.jit(lambda x: x * cfg.mask)

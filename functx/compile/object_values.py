@@ -9,8 +9,8 @@ whose names the code of f (and of the functions walked with it) names are guarde
 `state.step` counter f never reads does not retrace. Chains of at most _DEPTH attributes.
 The guard reads each object's `__dict__` (a class's for class attributes) directly, never
 the attribute: a property, a `__slots__` member or another data descriptor is skipped (not
-guarded, not evaluated), and so is an object whose class defines `__getattribute__` in
-Python. Values: numbers, flags, strings and short tuples of them by equality; tensors and
+guarded, not evaluated), and so is what a `__getattr__` or `__getattribute__` computes
+(only what `__dict__` holds under the names f names is guarded). Values: numbers, flags, strings and short tuples of them by equality; tensors and
 objects by identity (rebinding retraces; an in-place update of the same tensor is
 ClosureGuard's); short dicts and lists of those by contents.
 """
@@ -69,8 +69,6 @@ def walkable(v) -> bool:
     kind = type(v)
     if isinstance(v, _NOT_OBJECTS) or not (_user_type(kind) or kind is types.SimpleNamespace):
         return False
-    if any(isinstance(k.__dict__.get("__getattribute__"), types.FunctionType) for k in kind.__mro__):
-        return False      # reads computed in Python: what __dict__ holds may not be what f sees
     return instance_dict(v) is not None
 
 
