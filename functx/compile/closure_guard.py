@@ -27,6 +27,8 @@ import types
 
 import torch
 
+from . import object_values as objects
+
 RUN_PLAIN = "run f as plain torch"
 
 
@@ -262,13 +264,19 @@ def _plain_value(v) -> bool:
     return kind in _SCALARS or (kind is tuple and len(v) <= 16 and all(type(e) in _SCALARS for e in v))
 
 
-def _plain_container(v) -> bool:
-    """A short dict or list of such values or tensors (a config dict, a list of weights in
-    the closure): mutable, so it is compared by its contents (tensors by identity)."""
+def _plain_container(v, depth=0) -> bool:
+    """A short dict or list of such values, tensors or such containers, nested at most 3
+    deep (a config dict, `hparams["opt"]["lr"]`, a list of weights in the closure): mutable,
+    so it is compared by its contents (tensors by identity)."""
     kind = type(v)
     if kind is dict:
-        return len(v) <= 32 and all(_plain_value(e) or type(e) in _TENSORS for e in v.values())
-    return kind is list and len(v) <= 32 and all(_plain_value(e) or type(e) in _TENSORS for e in v)
+        items = v.values()
+    elif kind is list:
+        items = v
+    else:
+        return False
+    return len(v) <= 32 and depth < 3 and all(_plain_value(e) or type(e) in _TENSORS or
+                                              _plain_container(e, depth + 1) for e in items)
 
 
 class _Same:
@@ -289,14 +297,14 @@ class _Same:
         return f"a tensor of shape {tuple(self.value.shape)}"
 
 
-def _contents(v):
+def _contents(v, depth=0):
     """A cell's or global's value as the snapshot keeps it: containers by their contents,
     tensors by identity."""
     kind = type(v)
-    if kind is dict:
-        return ("dict", tuple((k, _Same(e) if type(e) in _TENSORS else e) for k, e in v.items()))
-    if kind is list:
-        return ("list", tuple(_Same(e) if type(e) in _TENSORS else e for e in v))
+    if kind is dict and depth < 4:
+        return ("dict", tuple((k, _contents(e, depth + 1)) for k, e in v.items()))
+    if kind is list and depth < 4:
+        return ("list", tuple(_contents(e, depth + 1) for e in v))
     if kind in _TENSORS:
         return _Same(v)
     return v
@@ -308,6 +316,13 @@ _TENSORS = (torch.Tensor, torch.nn.Parameter)
 def _cell_contents(cell):
     try:
         return _contents(cell.cell_contents)
+    except ValueError:          # an empty cell
+        return _MISSING
+
+
+def _cell_object(cell):
+    try:
+        return cell.cell_contents
     except ValueError:          # an empty cell
         return _MISSING
 
@@ -342,23 +357,36 @@ class PythonValues:
     """The Python values a trace may have read and baked into the graph: numbers, flags and
     strings in f's closure cells (also of functions there: jit(grad(loss)) reads loss's) and
     in the globals its code names, and the attributes of the modules jit reaches or is
-    passed, and of a jitted method's static `self` (Dropout's `p`, a `self.scale`; a plain
-    tensor attribute by identity).
+    passed (Dropout's `p`, a `self.scale`; a plain tensor attribute by identity).
+    Through objects (object_values.py): the attributes of a config object (SimpleNamespace,
+    argparse.Namespace, a dataclass, a plain class's instance, a class) in the closure or
+    the globals, held by a reached module, or a bound or jitted method's plain-object
+    `self`, and of the objects those hold, chains of at most 3 attributes (`cfg.scale`,
+    `self.cfg.model.temperature`, `Config.scale`), whose names the code walked names (an
+    attribute f never names is not guarded), read from `__dict__`s (properties and other
+    descriptors are neither evaluated nor guarded); short dicts and lists by contents.
     Snapshotted after each trace (what the trace left there: a counter it bumped is not a
     change), compared before each call: a changed value retraces, as torch.compile's guards
-    do, instead of running with the old one. Values reached only through other objects (a
-    config object's attribute) are not seen: pass them as arguments."""
-    __slots__ = ("cells", "globals", "modules", "snapshot")
+    do, instead of running with the old one. Not seen: what f computes by calling methods
+    (`cfg.get_lr()`), `getattr` with a computed name, objects inside containers, deeper
+    chains: pass those as arguments."""
+    __slots__ = ("cells", "globals", "modules", "snapshot", "object_cells", "object_globals", "roots", "names",
+                 "quick")
 
-    def __init__(self, cells, globals_, modules):
+    def __init__(self, cells, globals_, modules, object_cells=(), object_globals=(), roots=(), names=frozenset()):
         self.cells = cells          # [(name, cell)]
         self.globals = globals_     # [(name, dict)]
-        self.modules = modules      # nn.Modules (their submodules walked at each snapshot), objects
-        self.snapshot = None
+        self.modules = modules      # nn.Modules (their submodules walked at each snapshot)
+        self.object_cells = list(object_cells)      # [(name, cell)] holding objects (identity)
+        self.object_globals = list(object_globals)  # [(name, dict)] naming objects (identity)
+        self.roots = list(roots)    # [(object, path)]: objects whose named attributes are guarded
+        self.names = names          # the names the code walked names
+        self.snapshot = self.quick = None
 
     @staticmethod
     def of(f, modules=()):
-        cells, globals_, seen = [], [], set()
+        cells, globals_, seen, names = [], [], set(), set()
+        object_cells, object_globals, roots = [], [], []
 
         def walk(fn, depth):
             fn = getattr(fn, "__func__", fn)
@@ -368,10 +396,16 @@ class PythonValues:
                 if wrapped is not None and depth < 3 and id(fn) not in seen:
                     seen.add(id(fn))
                     walk(wrapped, depth + 1)
+                elif callable(fn) and objects.walkable(fn) and id(fn) not in seen:
+                    seen.add(id(fn))        # a callable object of the user's: its __call__
+                    roots.append((fn, "self"))
+                    for m in objects.methods(fn, ("__call__",)):
+                        walk(m, depth + 1)
                 return
             if id(fn) in seen:
                 return
             seen.add(id(fn))
+            objects.code_names(code, names)
             for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
                 try:
                     v = cell.cell_contents
@@ -379,6 +413,9 @@ class PythonValues:
                     continue
                 if _plain_value(v) or _plain_container(v) or type(v) in _TENSORS:
                     cells.append((name, cell))
+                elif objects.walkable(v):
+                    object_cells.append((name, cell))
+                    roots.append((v, name))
                 elif depth < 3 and callable(v) and not isinstance(v, torch.nn.Module):
                     walk(v, depth + 1)
             glob = getattr(fn, "__globals__", {})
@@ -386,14 +423,46 @@ class PythonValues:
                 v = glob.get(name, _MISSING)
                 if _plain_value(v) or _plain_container(v) or type(v) in _TENSORS:
                     globals_.append((name, glob))
+                elif objects.walkable(v) and isinstance(glob, dict):
+                    object_globals.append((name, glob))
+                    roots.append((v, name))
                 elif depth < 3 and callable(v) and _users(v):
                     walk(v, depth + 1)      # a helper f calls by name: its own values
 
+        owner = getattr(f, "__self__", None)
+        if owner is not None and not isinstance(owner, torch.nn.Module) and objects.walkable(owner):
+            roots.append((owner, "self"))   # a bound method of a plain object
         walk(getattr(f, "__func__", f), 0)
-        for m in modules:               # the globals a reached module's own forward names
+        module_list = []
+        for m in modules:
             if isinstance(m, torch.nn.Module):
-                walk(getattr(type(m).forward, "__func__", type(m).forward), 2)
-        return PythonValues(cells, globals_, modules) if cells or globals_ or modules else None
+                module_list.append(m)
+            elif objects.walkable(m):       # a jitted method's plain-object self
+                roots.append((m, "self"))
+        forwards = set()
+        for m in module_list:               # the globals a reached module's own forward names, and
+            for sub in _submodules(m)[0]:   # its user-defined submodules' (a child reading self.cfg)
+                kind = type(sub)
+                if (sub is m or _users(kind.forward)) and kind not in forwards:
+                    forwards.add(kind)
+                    walk(getattr(kind.forward, "__func__", kind.forward), 2)
+        for _ in range(3):                  # methods called through self or a config object
+            before = len(seen)
+            for obj, _path in list(roots):
+                for fn in objects.methods(obj, sorted(names)):
+                    walk(fn, 2)
+            if len(seen) == before:
+                break
+        if not (cells or globals_ or module_list or roots):
+            return None
+        return PythonValues(cells, globals_, module_list, object_cells, object_globals, roots, frozenset(names))
+
+    def _object_reads(self):
+        starts = [(obj, path, 0) for obj, path in self.roots]
+        starts += [(sub, type(sub).__name__, 0) for m in self.modules for sub in _submodules(m)[0]]
+        if not starts:
+            return {}
+        return objects.reads(starts, self.names, _plain_value, _plain_container, _contents)
 
     def capture(self):
         """The values now (before a trace): what the trace then changes is f's own state."""
@@ -401,10 +470,14 @@ class PythonValues:
         globals_ = tuple(_contents(g.get(n, _MISSING)) for n, g in self.globals)
         attrs = {}
         for m in self.modules:
-            for sub in _submodules(m)[0] if isinstance(m, torch.nn.Module) else (m,):
+            for sub in _submodules(m)[0]:
                 attrs[id(sub.__dict__)] = {n: _contents(v) for n, v in sub.__dict__.items()
                                            if _plain_value(v) or type(v) in _TENSORS}
-        return cells, globals_, attrs
+        roots = (tuple(_cell_object(c) for _, c in self.object_cells),
+                 tuple(g.get(n, _MISSING) for n, g in self.object_globals))
+        reads = {k: {n: _contents(e[1]) for n, e in named.items() if e[3] != "absent"}
+                 for k, named in self._object_reads().items()}
+        return cells, globals_, attrs, roots, reads
 
     def _module_values(self, before=None):
         """[(module's __dict__, getter of its plain attributes, their values, ...)],
@@ -415,7 +488,7 @@ class PythonValues:
             hooks.append((_module_api._global_forward_hooks, "global forward hooks"))
             hooks.append((_module_api._global_forward_pre_hooks, "global forward pre-hooks"))
         for m in self.modules:
-            for sub in _submodules(m)[0] if isinstance(m, torch.nn.Module) else (m,):
+            for sub in _submodules(m)[0]:
                 d = sub.__dict__
                 if isinstance(sub, torch.nn.Module):      # a hook registered or removed: f changed
                     hooks.append((sub._forward_hooks, f"forward hooks of a {type(sub).__name__}"))
@@ -437,18 +510,71 @@ class PythonValues:
         a value the trace itself changed (a counter f bumps, `self.last_shape = x.shape`) is
         f's own state, not an input of the graph: it is not guarded (else every call with
         another shape would trace again)."""
+        reads = self._object_reads()
         if before is not None:
-            cells, globals_, attrs = before
+            cells, globals_, attrs, (object_cells, object_globals), kept = before
             self.cells = [(n, c) for (n, c), b in zip(self.cells, cells) if _same(b, _cell_contents(c))]
             self.globals = [(n, g) for (n, g), b in zip(self.globals, globals_)
                             if _same(b, _contents(g.get(n, _MISSING)))]
+            self.object_cells = [(n, c) for (n, c), b in zip(self.object_cells, object_cells)
+                                 if _cell_object(c) is b]
+            self.object_globals = [(n, g) for (n, g), b in zip(self.object_globals, object_globals)
+                                   if g.get(n, _MISSING) is b]
+            reads = {k: {n: e for n, e in named.items()
+                         if e[3] == "absent" or _unchanged(kept.get(k, {}), n, e[1])}
+                     for k, named in reads.items()}
         self.snapshot = (tuple(_cell_contents(c) for _, c in self.cells),
                          tuple(_contents(g.get(n, _MISSING)) for n, g in self.globals),
                          self._module_values(before[2] if before is not None else None)
-                         if self.modules else None)
+                         if self.modules else None,
+                         (tuple(_cell_object(c) for _, c in self.object_cells),
+                          tuple(g.get(n, _MISSING) for n, g in self.object_globals),
+                          objects.snapshot(reads, _contents)) if reads or self.object_cells or self.object_globals
+                         else None)
+        self.quick = self._quick()
+
+    def _quick(self):
+        """The snapshot's checks as one generated function (object_values.quick_check): an
+        unchanged float or config object costs an identity test, not a loop's iteration."""
+        cells, globals_, modules, reached = self.snapshot
+        terms, values = [], {"_M": _MISSING, "_cc": _cell_contents, "_ct": _contents}
+
+        def name(v):
+            k = f"_v{len(values)}"
+            values[k] = v
+            return k
+
+        for (_, c), old in zip(self.cells, cells):
+            cn, on = name(c), name(old)
+            terms.append(f"({cn}.cell_contents is {on} or _cc({cn}) == {on})")
+        for (n, g), old in zip(self.globals, globals_):
+            gn, on = name(g), name(old)
+            terms.append(f"({gn}.get({n!r}, _M) is {on} or _ct({gn}.get({n!r}, _M)) == {on})")
+        if reached is not None:
+            object_cells, object_globals, snap = reached
+            terms += [f"{name(c)}.cell_contents is {name(old)}" for (_, c), old in zip(self.object_cells, object_cells)]
+            terms += [f"{name(g)}.get({n!r}, _M) is {name(old)}"
+                      for (n, g), old in zip(self.object_globals, object_globals)]
+            objects.check_terms(snap, terms, values)
+        if modules is not None:
+            plain, tensors, (hook_dicts, hook_counts, hooked) = modules
+            terms += [f"len({name(h)}) == {k}" for h, k in zip(hook_dicts, hook_counts)]
+            terms += [f"tuple({name(h)}) == {name(keys)}" for h, keys, _ in hooked]
+            objects.check_terms(objects.ObjectSnapshot(plain, [(d, None, t, [n], None) for d, n, t, _ in tensors],
+                                                       (), ()), terms, values)
+        return objects.quick_check(terms, values) or (lambda: True)
 
     def why(self):
-        cells, globals_, modules = self.snapshot
+        """None while the values the trace read are unchanged, else why it must be traced again."""
+        try:
+            if self.quick():
+                return None
+        except Exception:       # a name deleted, an empty cell: the slow path says what changed
+            pass
+        return self._why()
+
+    def _why(self):
+        cells, globals_, modules, reached = self.snapshot
         for (name, cell), old in zip(self.cells, cells):
             try:
                 if cell.cell_contents is old:       # a number or string not rebound: the hot path
@@ -465,6 +591,17 @@ class PythonValues:
             new = _contents(new)
             if new is not old and new != old:
                 return _changed("global", name, old, new)
+        if reached is not None:
+            object_cells, object_globals, snap = reached
+            for (name, cell), old in zip(self.object_cells, object_cells):
+                if _cell_object(cell) is not old:
+                    return f"the closed-over object {name!r} was rebound since the trace"
+            for (name, glob), old in zip(self.object_globals, object_globals):
+                if glob.get(name, _MISSING) is not old:
+                    return f"the global object {name!r} was rebound since the trace"
+            why = objects.why(snap, _contents, _MISSING)
+            if why is not None:
+                return why
         if modules is None:
             return None
         plain, tensors, (hook_dicts, hook_counts, hooked) = modules
