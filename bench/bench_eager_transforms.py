@@ -81,6 +81,7 @@ def module_rows(T):
     layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
     x, y, seq = torch.randn(16, 32), torch.randint(0, 10, (16,)), torch.randn(2, 5, 32)
     W, xs = torch.randn(32, 32) * 0.1, torch.randn(20, 8, 32)
+    long_xs = torch.randn(200, 8, 32)
 
     def mlp_loss(p):
         return F.cross_entropy(torch.func.functional_call(mlp_m, p, (x,)), y)
@@ -98,6 +99,7 @@ def module_rows(T):
         "grad nn.Sequential MLP": (T.grad(mlp_loss), (dict(mlp_m.named_parameters()),)),
         "grad TransformerEncoderLayer": (T.grad(layer_loss), (dict(layer.named_parameters()),)),
         "grad RNN writing out[t]": (T.grad(rnn_loss), (W, xs)),
+        "grad RNN writing out[t], 200 steps": (T.grad(rnn_loss), (W, long_xs)),
     }
 
 

@@ -43,6 +43,8 @@ NULLARY = {
 BACKEND_INTERNAL = {
     "cpu_row_products": "compile/cpu/row_products.py: the CPU fused tier's products of a few rows "
                         "with a shared matrix, created from dot_generals inside CppFused",
+    "update_slice_in_place": "compile/write_in_place.py: the pipeline's last pass writes a block into a "
+                             "buffer nothing else reads (tests/test_strided_writes.py)",
 }
 
 # Collectives: BatchTrace resolves them (prims/collective.collective_batch and

@@ -162,3 +162,34 @@ def test_eager_rules_write_a_dying_buffer_in_place_and_only_then(monkeypatch):
         fd = (f(W + eps * t, xs) - f(W - eps * t, xs)) / (2 * eps)
         torch.testing.assert_close(functx.jvp(lambda w: f(w, xs), (W,), (t,))[1], fd, rtol=1e-6, atol=1e-6)
     assert writes, "the combined rules never wrote in place"
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
+def test_jit_writes_a_dying_buffer_in_place_and_only_then(backend):
+    # compile/write_in_place.py: a chain of out[t] = h writes becomes update_slice_in_place
+    # (no copy of the buffer per step); a buffer read between writes (a running sum, a view
+    # kept) or returned keeps its copies. Values as eager PyTorch's.
+    def chain(W, xs):
+        h, out = xs.new_zeros(xs.shape[1:]), xs.new_zeros(xs.shape)
+        for t in range(xs.shape[0]):
+            h = torch.tanh(h @ W + xs[t])
+            out[t] = h
+        return out
+
+    def read_between(W, xs):
+        out, total = xs.new_zeros(xs.shape), 0.0
+        first = out[0]                       # a view of the buffer: it sees later writes
+        for t in range(xs.shape[0]):
+            out[t] = torch.tanh(xs[t] @ W) + t
+            total = total + out.sum() + first.sum()
+        return out, total
+    W, xs = _inputs()
+    graph = str(functx.make_graph(chain)(W, xs))
+    assert graph.count("update_slice") == xs.shape[0]        # the pipeline runs at compile time
+    compiled = functx.explain(functx.jit(chain, backend=backend))(W, xs)
+    assert "update_slice_in_place" in str(compiled)
+    for f in (chain, read_between, functx.grad(lambda W, xs: chain(W, xs).pow(2).sum())):
+        jf = functx.jit(f, backend=backend)
+        for _ in range(2):
+            torch.testing.assert_close(jf(W, xs), f(W, xs), rtol=1e-12, atol=1e-12)
+    assert "update_slice_in_place" not in str(functx.explain(functx.jit(read_between, backend=backend))(W, xs))

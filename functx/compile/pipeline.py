@@ -10,19 +10,21 @@ from .attention_pattern import fuse_attention
 from .factor_dots import factor_broadcast_dots
 from .fold_identity import fold_identity_dots
 from .passes import cse, dce, fold_constants, fold_dot_transposes, fold_transposes, fold_views, simplify
+from .write_in_place import write_blocks_in_place
 
 # cse matters most: transform rules recompute values (tanh(x) for the primal and again for
 # its derivative). fold_identity_dots turns the contractions of identity bases (jacfwd,
 # laplacian, divergence and their transposes) into selections; factor_broadcast_dots then
 # multiplies the weight they leave with the next weight before the per-point scale (a
 # forward-mode Jacobian's largest elementwise pass). The last dce drops what the rewrites
-# before it orphaned.
+# before it orphaned. write_blocks_in_place comes last: it needs each buffer's readers final.
 PIPELINE = [("dce", dce), ("fold_views", fold_views), ("fold_constants", fold_constants),
             ("simplify", simplify), ("fold_identity_dots", fold_identity_dots),
             ("factor_broadcast_dots", factor_broadcast_dots), ("fuse_attention", fuse_attention),
             ("cse", cse), ("dce", dce),
             ("fold_transposes", fold_transposes),
-            ("fold_dot_transposes", fold_dot_transposes)]
+            ("fold_dot_transposes", fold_dot_transposes),
+            ("write_blocks_in_place", write_blocks_in_place)]
 
 
 def optimize_bodies(graph: Graph) -> Graph:

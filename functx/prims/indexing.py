@@ -259,6 +259,14 @@ def update_slice(x, v, start, strides):
     return bind(update_slice_p, (x, v), {"start": tuple(start), "strides": tuple(strides)})
 
 
+# Backend-internal (compile/write_in_place.py): the block written into x itself, x a buffer
+# nothing else reads. No trace meets it, so it has no rules.
+update_slice_in_place_p = Primitive(
+    "update_slice_in_place", kind=EXTERN,
+    abstract_eval=_update_slice_type,
+    impl=_update_slice_in_place)
+
+
 # ---------------------------------------------------------------- take_along_axis / scatter_add_along
 
 def _along_type(x, idx, *, axis):
