@@ -415,3 +415,25 @@ def test_temperature_annealed_on_a_plain_object_holding_a_model(x):
                 distiller.step += 1
                 _close(jitted(x), distiller.soft_targets(x))
     assert jitted.trace_count == 3
+
+
+def test_a_users_config_module_is_guarded(tmp_path, monkeypatch, x):
+    # `import config; config.LR`: a Python module of the user's own (not installed, not
+    # standard) is an object like the others; math.pi and torch's own modules are not walked
+    import importlib
+    import math
+    (tmp_path / "guarded_settings_module.py").write_text("LR = 0.5\nSTEP = 0\nclass Model:\n    temp = 2.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings = importlib.import_module("guarded_settings_module")
+    f = functx.jit(lambda x: x * settings.LR + settings.Model.temp + math.pi)
+    torch.testing.assert_close(f(x), x * 0.5 + 2.0 + math.pi)
+    settings.STEP += 1                      # not named by f: no retrace
+    f(x)
+    assert f.trace_count == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        settings.LR = 3.0
+        torch.testing.assert_close(f(x), x * 3.0 + 2.0 + math.pi)
+        settings.Model.temp = -1.0
+        torch.testing.assert_close(f(x), x * 3.0 - 1.0 + math.pi)
+    assert f.trace_count == 3

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import sysconfig
 import types
 
 import torch
@@ -57,13 +58,26 @@ def instance_dict(v):
 
 _NOT_OBJECTS = (torch.nn.Module, torch.Tensor, types.FunctionType, types.MethodType, types.BuiltinFunctionType,
                 types.ModuleType, functools.partial, types.CodeType)
+# Python modules installed or standard: not the user's configuration
+_LIBRARY_DIRS = tuple(sorted({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}))
+
+
+def _user_module(m) -> bool:
+    """A Python module of the user's own (a `config.py` beside the script: `config.LR`), not
+    one installed or standard. Read from its __dict__ (a module __getattr__ is not run)."""
+    d = m.__dict__
+    path, name = d.get("__file__"), d.get("__name__")
+    return isinstance(path, str) and isinstance(name, str) and not path.startswith(_LIBRARY_DIRS) \
+        and not name.startswith(_OWN)
 
 
 def walkable(v) -> bool:
     """An object whose attributes a trace may read by name: an instance of a user's class
     with a __dict__ (types.SimpleNamespace, argparse.Namespace, a dataclass, a plain class),
-    or a user's class; not a module (ModuleGuard's), tensor, function, Python module, or an
-    object of torch's or functx's own."""
+    a user's class, or a user's Python module; not an nn.Module (ModuleGuard's), tensor,
+    function, installed or standard module, or an object of torch's or functx's own."""
+    if isinstance(v, types.ModuleType):
+        return _user_module(v)
     if isinstance(v, type):
         return _user_type(v) and not issubclass(v, torch.nn.Module)
     kind = type(v)
