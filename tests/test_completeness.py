@@ -45,6 +45,7 @@ BACKEND_INTERNAL = {
                         "with a shared matrix, created from dot_generals inside CppFused",
     "update_slice_in_place": "compile/write_in_place.py: the pipeline's last pass writes a block into a "
                              "buffer nothing else reads (tests/test_strided_writes.py)",
+    "split_block_in_place": "compile/write_in_place.py: split_block over a buffer nothing else reads",
 }
 
 # Collectives: BatchTrace resolves them (prims/collective.collective_batch and
@@ -61,7 +62,7 @@ LINEAR = {
     "neg", "add", "sub", "mul", "div", "where", "convert_element_type",
     "broadcast_in_dim", "reshape", "transpose", "slice", "pad", "concatenate", "rev",
     "reduce_sum", "cumsum", "dot_general",
-    "take", "scatter_add", "scatter", "update_slice", "take_along_axis", "scatter_add_along",
+    "take", "scatter_add", "scatter", "update_slice", "split_block", "take_along_axis", "scatter_add_along",
     "nll_loss", "nll_loss_backward",     # prims/fused.py: linear in their first operand
     "tanh_backward", "sigmoid_backward",
     "psum", "all_gather", "opaque",

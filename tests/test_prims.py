@@ -685,25 +685,47 @@ add(Entry("scatter_add", _scatter_gen(False), _scatter_ref(True), dtypes=FLOATS 
 add(Entry("scatter", _scatter_gen(True), _scatter_ref(False), dtypes=ALL, linear=((0, 2),)))
 
 
-def _update_slice_gen(draw, dtype, smooth):
+def _block_params(draw):
+    """A shape, and a strided block of it: start, strides and the block's shape."""
     xs = shapes(draw, 1, 3)
     start, strides, vs = [], [], []
     for n in xs:
         st_ = draw(st.integers(1, 3))
         s0 = draw(st.integers(0, n - 1))
-        k = draw(st.integers(0, 1 + (n - 1 - s0) // st_))
-        start.append(s0), strides.append(st_), vs.append(k)
-    params = {"start": tuple(start), "strides": tuple(strides)}
-    return Case(params, lambda g, dt: [rand(g, xs, dt), rand(g, tuple(vs), dt)])
+        start.append(s0), strides.append(st_), vs.append(draw(st.integers(0, 1 + (n - 1 - s0) // st_)))
+    return xs, tuple(start), tuple(strides), tuple(vs)
+
+
+def _update_slice_gen(draw, dtype, smooth):
+    xs, start, strides, vs = _block_params(draw)
+    return Case({"start": start, "strides": strides}, lambda g, dt: [rand(g, xs, dt), rand(g, vs, dt)])
+
+
+def _block(start, shape, strides):
+    return tuple(slice(s, s + n * st_, st_) for s, n, st_ in zip(start, shape, strides))
 
 
 def _update_slice_ref(x, v, start, strides):
     out = x.clone()
-    out[tuple(slice(s, s + n * st_, st_) for s, n, st_ in zip(start, v.shape, strides))] = v
+    out[_block(start, v.shape, strides)] = v
     return out
 
 
 add(Entry("update_slice", _update_slice_gen, _update_slice_ref, dtypes=ALL, linear=((0, 1),)))
+
+
+def _split_block_gen(draw, dtype, smooth):
+    xs, start, strides, vs = _block_params(draw)
+    return Case({"start": start, "strides": strides, "shape": vs}, lambda g, dt: [rand(g, xs, dt)])
+
+
+def _split_block_ref(x, start, strides, shape):
+    rest = x.clone()
+    rest[_block(start, shape, strides)] = 0
+    return rest, x[_block(start, shape, strides)].clone()
+
+
+add(Entry("split_block", _split_block_gen, _split_block_ref, dtypes=ALL, linear=((0,),)))
 
 
 def _along_gen(scatter):

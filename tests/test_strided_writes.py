@@ -193,3 +193,6 @@ def test_jit_writes_a_dying_buffer_in_place_and_only_then(backend):
         for _ in range(2):
             torch.testing.assert_close(jf(W, xs), f(W, xs), rtol=1e-12, atol=1e-12)
     assert "update_slice_in_place" not in str(functx.explain(functx.jit(read_between, backend=backend))(W, xs))
+    # the backward loop: split_block (cotangent with the block zeroed, and the block) in place
+    loss = functx.grad(lambda W, xs: chain(W, xs).pow(2).sum(), argnums=(0, 1))
+    assert "split_block_in_place" in str(functx.explain(functx.jit(loss, backend=backend))(W, xs))

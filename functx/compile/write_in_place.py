@@ -6,13 +6,18 @@ buffer with one block replaced: a T-step loop copies the buffer T times (O(T^2) 
 eager in-place loop). An update_slice whose buffer another update_slice made in this graph
 (a fresh tensor: no argument, constant or other value shares its memory) and which is that
 buffer's only reader (so no view of it exists, nothing reads it later) and not an output
-becomes update_slice_in_place, which writes the block into the buffer and returns it.
+becomes update_slice_in_place, which writes the block into the buffer and returns it; its
+backward, a chain of split_block (the cotangent with a block zeroed, and the block), so too.
 Backends run it as any extern; their liveness already takes an extern's outputs to alias
 its inputs."""
 from __future__ import annotations
 
 from ..core import Eqn, Graph, Var
-from ..prims.indexing import update_slice_in_place_p, update_slice_p
+from ..prims.indexing import split_block_in_place_p, split_block_p, update_slice_in_place_p, update_slice_p
+
+# each primitive whose first output is a fresh buffer -> its variant that writes over its first operand
+IN_PLACE = {update_slice_p: update_slice_in_place_p, split_block_p: split_block_in_place_p}
+_FRESH = set(IN_PLACE) | set(IN_PLACE.values())
 
 
 def write_blocks_in_place(graph: Graph) -> Graph:
@@ -22,13 +27,13 @@ def write_blocks_in_place(graph: Graph) -> Graph:
             if isinstance(a, Var):
                 reads[a] = reads.get(a, 0) + 1
     outs = {a for a in graph.outvars if isinstance(a, Var)}
-    made = set()            # buffers an update_slice made
+    made = set()            # buffers (first outputs) those primitives made
     eqns, changed = [], False
     for e in graph.eqns:
-        if e.prim is update_slice_p or e.prim is update_slice_in_place_p:
+        if e.prim in _FRESH:
             x = e.inputs[0]
-            if e.prim is update_slice_p and x in made and reads[x] == 1 and x not in outs:
-                e = Eqn(update_slice_in_place_p, e.inputs, e.outputs, e.params, e.source)
+            if e.prim in IN_PLACE and x in made and reads[x] == 1 and x not in outs:
+                e = Eqn(IN_PLACE[e.prim], e.inputs, e.outputs, e.params, e.source)
                 changed = True
             made.add(e.outputs[0])
         eqns.append(e)

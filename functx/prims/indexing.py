@@ -216,14 +216,17 @@ def _update_slice_in_place(x, v, *, start, strides):
 _update_slice_impl.in_place = _update_slice_in_place     # over a buffer nothing else reads (rule_cache)
 
 
+def _limit(start, shape, strides):
+    return tuple(s + (n - 1) * st + 1 if n else s for s, n, st in zip(start, shape, strides))
+
+
 def _update_slice_transpose(ct, x, v, *, start, strides):
     ct = instantiate(ct)
     vt = _aval(v)
+    if is_undefined(x) and is_undefined(v):     # both from one split (its block a copy: the
+        return split_block(ct, start, strides, vt.shape)    # rest may then be zeroed in place)
     ct_x = update_slice(ct, zeros_like_type(vt), start, strides) if is_undefined(x) else None
-    ct_v = None
-    if is_undefined(v):
-        ct_v = sh.slice_(ct, start, tuple(s + (n - 1) * st + 1 if n else s for s, n, st in
-                                          zip(start, vt.shape, strides)), strides)
+    ct_v = sh.slice_(ct, start, _limit(start, vt.shape, strides), strides) if is_undefined(v) else None
     return [ct_x, ct_v]
 
 
@@ -265,6 +268,79 @@ update_slice_in_place_p = Primitive(
     "update_slice_in_place", kind=EXTERN,
     abstract_eval=_update_slice_type,
     impl=_update_slice_in_place)
+
+
+# ---------------------------------------------------------------- split_block (update_slice's transpose)
+
+def _split_block_type(x, *, start, strides, shape):
+    _update_slice_type(x, x.with_shape(shape), start=start, strides=strides)
+    return [x, x.with_shape(shape)]
+
+
+def _split_block_impl(x, *, start, strides, shape):
+    index = _block(start, shape, strides)
+    rest = x.clone()
+    rest[index] = 0
+    return [rest, x[index].clone()]
+
+
+def _split_block_in_place(x, *, start, strides, shape):
+    index = _block(start, shape, strides)
+    block = x[index].clone()
+    x[index] = 0
+    return [x, block]
+
+
+_split_block_impl.in_place = _split_block_in_place      # over a buffer nothing else reads
+
+
+def _split_block_jvp(primals, tangents, *, start, strides, shape):
+    outs = split_block(primals[0], start, strides, shape)
+    if isinstance(tangents[0], Zero):
+        return outs, [Zero(type_of(o)) for o in outs]
+    return outs, split_block(tangents[0], start, strides, shape)
+
+
+def _split_block_transpose(cts, x, *, start, strides, shape):
+    ct_rest, ct_block = cts
+    if isinstance(ct_rest, Zero) and isinstance(ct_block, Zero):
+        return [None]
+    return [update_slice(instantiate(ct_rest), instantiate(ct_block), start, strides)]
+
+
+def _split_block_batch(axis_data, args, dims, *, start, strides, shape):
+    x = bdim_to_front(args[0], dims[0], axis_data.size)
+    return split_block(x, (0,) + start, (1,) + strides, (axis_data.size,) + shape), [0, 0]
+
+
+def _split_block_taylor(primals, series, *, start, strides, shape):
+    outs = split_block(primals[0], start, strides, shape)
+    coeffs = [None if c is None else split_block(c, start, strides, shape) for c in series[0]]
+    return outs, [[None if c is None else c[k] for c in coeffs] for k in range(2)]
+
+
+# x -> (x with its block zeroed, a copy of the block): the cotangents update_slice sends to
+# its buffer and its updates. Linear; its transpose is update_slice. A backward loop over
+# `out[t] = h` is a chain of them, which a rule or jit runs in place (no copy of the
+# cotangent buffer per step).
+split_block_p = Primitive(
+    "split_block", kind=EXTERN, multiple_results=True,
+    abstract_eval=_split_block_type,
+    impl=_split_block_impl,
+    jvp=_split_block_jvp,
+    transpose=_split_block_transpose,
+    batch=_split_block_batch)
+split_block_p.taylor = _split_block_taylor
+
+
+def split_block(x, start, strides, shape):
+    return bind(split_block_p, (x,), {"start": tuple(start), "strides": tuple(strides), "shape": tuple(shape)})
+
+
+split_block_in_place_p = Primitive(     # backend-internal, as update_slice_in_place
+    "split_block_in_place", kind=EXTERN, multiple_results=True,
+    abstract_eval=_split_block_type,
+    impl=_split_block_in_place)
 
 
 # ---------------------------------------------------------------- take_along_axis / scatter_add_along

@@ -45,7 +45,7 @@ from ..prims.shape import _broadcast_view, reshape_p
 
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
 _EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot_general", "conv", "take",
-                        "scatter_add", "scatter", "update_slice", "take_along_axis", "scatter_add_along", "sort",
+                        "scatter_add", "scatter", "update_slice", "split_block", "take_along_axis", "scatter_add_along", "sort",
                         "log_softmax",
                         "nll_loss", "nll_loss_backward"})
 ALLOWED: dict = {}       # Primitive -> bool
@@ -277,20 +277,21 @@ def build_jvp_of(jvp, name, multiple, specs, zero_of):
 
 def _written_over(eqns, live):
     """ids of the equations that may write their result over their first operand: one with an
-    in-place impl (update_slice: `out[t] = h` in a loop) whose first operand the same primitive
-    made in this code (a fresh buffer no argument shares) and that nothing else reads (no other
-    equation, so no view of it exists; not an output or a residual the tangent equations read).
-    Each write then costs its block, not a copy of the whole buffer."""
-    reads, made_by = {}, {}
+    in-place impl (update_slice: `out[t] = h` in a loop; split_block: its backward) whose first
+    operand such a primitive made in this code (its first output: a fresh buffer no argument
+    shares) and that nothing else reads (no other equation, so no view of it exists; not an
+    output or a residual the tangent equations read). Each write then costs its block, not a
+    copy of the whole buffer."""
+    reads, fresh = {}, set()
     for e in eqns:
         for a in e.inputs:
             if isinstance(a, Var):
                 reads[a] = reads.get(a, 0) + 1
-        for o in e.outputs:
-            made_by[o] = e.prim
+        if e.outputs and getattr(e.prim.impl, "in_place", None) is not None:
+            fresh.add(e.outputs[0])
     return {id(e) for e in eqns
-            if e.inputs and getattr(e.prim.impl, "in_place", None) is not None and isinstance(e.inputs[0], Var)
-            and made_by.get(e.inputs[0]) is e.prim and reads[e.inputs[0]] == 1 and e.inputs[0] not in live}
+            if e.inputs and getattr(e.prim.impl, "in_place", None) is not None and e.inputs[0] in fresh
+            and reads[e.inputs[0]] == 1 and e.inputs[0] not in live}
 
 
 def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin, out_atoms, tout_atoms,
@@ -563,7 +564,10 @@ def _transpose_functions(label, arg, ct_names, res_vars, g, cts):
         elif bind:
             lines = [gen.call(eq) for eq in g.eqns]
         else:
-            lines = [gen.call(eq) for eq in elide_broadcasts(g.eqns, {c for c in cts if isinstance(c, Var)})]
+            live = {c for c in cts if isinstance(c, Var)}
+            eqns = elide_broadcasts(g.eqns, live)
+            over = _written_over(eqns, live)
+            lines = [gen.call(eq, in_place=id(eq) in over) for eq in eqns]
         outs = ", ".join("None" if c is None else gen.ref(c) for c in cts)
         src = "\n".join([f"def transpose({arg}, R):"] + lines + [f"    return ({outs},)"])
         ns = dict(_GLOBALS, **gen.ns, B=bind_at_current)
