@@ -251,25 +251,25 @@ def _float_only(x, what="std and var"):
         raise RuntimeError(f"{what} only support floating point and complex dtypes")
 
 
-@register(aten.std.correction)
-def _std(x, dim=None, *, correction=None, keepdim=False):
+def _variance(x, dim, correction, keepdim, finish):
+    """finish(variance) over dims, as aten's var/std: prims.var's form (torch's decomposition
+    squared values above ~1e19 in float32: inf), computed in the upcast dtype."""
     _float_only(x)
     t = _t(x)
     axes = _dims(dim, t.ndim) if t.ndim else ()
     xf, dtype = _upcast(x)
     v = _prims_var(xf, axes, 1 if correction is None else correction)
-    return _keep(P.convert(_safe_sqrt(v), dtype), t.shape, axes, keepdim)
+    return _keep(P.convert(finish(v), dtype), t.shape, axes, keepdim)
+
+
+@register(aten.std.correction)
+def _std(x, dim=None, *, correction=None, keepdim=False):
+    return _variance(x, dim, correction, keepdim, _safe_sqrt)
 
 
 @register(aten.var.correction)
 def _var(x, dim=None, *, correction=None, keepdim=False):
-    """prims.var's form (torch's decomposition squared values above ~1e19 in float32: inf)."""
-    _float_only(x)
-    t = _t(x)
-    axes = _dims(dim, t.ndim) if t.ndim else ()
-    xf, dtype = _upcast(x)
-    v = _prims_var(xf, axes, 1 if correction is None else correction)
-    return _keep(P.convert(v, dtype), t.shape, axes, keepdim)
+    return _variance(x, dim, correction, keepdim, lambda v: v)
 
 
 @register(aten.var_mean.correction)
