@@ -6,6 +6,8 @@ negative ones). Gathers are linear in the operand; scatters are linear in (opera
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..core import EXTERN, Primitive, Zero, bind
@@ -190,6 +192,7 @@ def scatter(x, idx, v, axis):
 
 # ---------------------------------------------------------------- update_slice (a write into a strided block)
 
+@functools.lru_cache(maxsize=4096)
 def _block(start, shape, strides):
     """The basic index of the block: dim k holds start[k], start[k] + strides[k], ... (shape[k] of them)."""
     return tuple(slice(s, s + n * st, st) for s, n, st in zip(start, shape, strides))
