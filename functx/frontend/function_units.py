@@ -10,10 +10,13 @@ device and kind; every other argument's value; the default dtype and grad mode),
 once through the usual front end on fresh abstract wrappers, and hands the resulting graph
 to the trace as one `LoweredOp` (`process_lowered`: one cached, generated rule).
 
-A signature is cached only where that is exactly what the front end would do: every tensor
-operand is laid out contiguously (results then are too), the results are fresh tensors or
-views of operands (no operand returned as is), no operand is written but the first, and the
-graph has no effects (random numbers), structural or opaque primitives. A view result gets
+A signature is cached only where that is exactly what the front end would do: a tensor
+operand that torch lays out non-contiguously (a transposed view, a strided result) keys the
+unit by its strides and is traced on a wrapper that reports them (results then get the
+traced layouts), the results are fresh tensors or views of operands (no operand returned as
+is), no operand is written but the first, the trace reads no layout (as_strided,
+storage_offset), and the graph has no effects (random numbers), structural or opaque
+primitives. A view result gets
 the wrapper the ATen path's make_view gives it (root, chain, version, torch's layout: "view
 units" below); a write into the first operand, where that is a root made inside the function
 (out[t] = h, buf.add_(x)), gives it its new value ("write units" below). Anything else
