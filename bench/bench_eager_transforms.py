@@ -73,8 +73,8 @@ def small_mlp_rows(T):
 
 def module_rows(T):
     """Model code as researchers write it: nn.Modules through functional_call with
-    dict(model.named_parameters()) (parameters that require grad), and an RNN filling its
-    outputs in place."""
+    dict(model.named_parameters()) (parameters that require grad: an MLP, a transformer layer,
+    a small conv denoiser), and an RNN filling its outputs in place (20 and 200 steps)."""
     torch.manual_seed(0)
     mlp_m = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64),
                                 torch.nn.Tanh(), torch.nn.Linear(64, 10))
@@ -82,12 +82,19 @@ def module_rows(T):
     x, y, seq = torch.randn(16, 32), torch.randint(0, 10, (16,)), torch.randn(2, 5, 32)
     W, xs = torch.randn(32, 32) * 0.1, torch.randn(20, 8, 32)
     long_xs = torch.randn(200, 8, 32)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.GroupNorm(4, 16), torch.nn.SiLU(),
+                               torch.nn.Conv2d(16, 16, 3, stride=2, padding=1), torch.nn.GroupNorm(4, 16),
+                               torch.nn.SiLU(), torch.nn.ConvTranspose2d(16, 3, 4, stride=2, padding=1))
+    img, noise = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
 
     def mlp_loss(p):
         return F.cross_entropy(torch.func.functional_call(mlp_m, p, (x,)), y)
 
     def layer_loss(p):
         return torch.func.functional_call(layer, p, (seq,)).pow(2).mean()
+
+    def denoise_loss(p):
+        return (torch.func.functional_call(conv, p, (img + noise,)) - noise).pow(2).mean()
 
     def rnn_loss(W, xs):
         h, out = xs.new_zeros(xs.shape[1:]), xs.new_zeros(xs.shape)
@@ -98,6 +105,7 @@ def module_rows(T):
     return {
         "grad nn.Sequential MLP": (T.grad(mlp_loss), (dict(mlp_m.named_parameters()),)),
         "grad TransformerEncoderLayer": (T.grad(layer_loss), (dict(layer.named_parameters()),)),
+        "grad conv net (GroupNorm, SiLU)": (T.grad(denoise_loss), (dict(conv.named_parameters()),)),
         "grad RNN writing out[t]": (T.grad(rnn_loss), (W, xs)),
         "grad RNN writing out[t], 200 steps": (T.grad(rnn_loss), (W, long_xs)),
     }

@@ -479,3 +479,18 @@ def test_property_reads_are_cached_once(monkeypatch):
         if i == 0:
             n = len(built)
     assert len(built) == n
+
+
+def test_a_decomposition_reading_its_operands_layout_is_still_a_unit():
+    # torch's native_group_norm decomposition calls as_strided on the wrapper's own reported
+    # layout (relative to itself, which the unit's operand reports): group_norm stays one unit
+    # (a rule that refused every layout read ran it op by op: a conv net's grad 0.5x of torch.func)
+    x = torch.randn(2, 8, 5, 5)
+    w, b = torch.randn(8), torch.randn(8)
+
+    def f(x, w, b):
+        return F.silu(F.group_norm(x, 4, w, b)).pow(2).sum()
+    function_units.CACHE.clear()
+    for _ in range(2):
+        _close(functx.grad(f, argnums=(0, 1, 2))(x, w, b), torch.func.grad(f, argnums=(0, 1, 2))(x, w, b))
+    assert [u for u in _entries("group_norm") if u is not function_units.UNCACHEABLE]

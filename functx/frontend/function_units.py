@@ -36,7 +36,7 @@ from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, trace_state, type_of
 from . import tensor as _tensor
 from .functionalize import value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
-from .tensor import TracerTensor, fresh_wrapper, is_contiguous_layout, record_layout_reads, root_of, unit_key
+from .tensor import TracerTensor, fresh_wrapper, is_contiguous_layout, record_user_layout_reads, root_of, unit_key
 from .unit_batches import BELOW_DISPATCH as _BELOW_DISPATCH, LazyTracer
 
 CACHE: dict = {}
@@ -347,7 +347,7 @@ def _trace_unit(func, types, args, kwargs, leaves):
     direct = _DIRECT.get(func)
     prev, trace_state.trace = trace_state.trace, g
     try:
-        with record_layout_reads() as layouts:
+        with record_user_layout_reads() as layouts:
             out = NotImplemented if direct is None else direct(*a_args, **a_kwargs)
             if out is NotImplemented:
                 out = _disabled_torch_function(func, types, a_args, a_kwargs)
@@ -355,7 +355,7 @@ def _trace_unit(func, types, args, kwargs, leaves):
         return UNCACHEABLE
     finally:
         trace_state.trace = prev
-    if layouts.read:        # as_strided, storage_offset(): the operands' whole layouts, not in the key
+    if layouts.read:        # the user's as_strided, storage_offset(): whole layouts, not in the key
         return UNCACHEABLE
     written = [i for i, (w, t) in enumerate(zip(wrappers, tracers)) if w._version_ or w._value is not t]
     if written:

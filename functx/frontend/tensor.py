@@ -160,7 +160,8 @@ class TracerTensor(torch.Tensor):
     # in eager transforms and raises ConcretizationError under jit.
     def storage_offset(self):
         # A Python number baked into a jit trace: jit then keys its cache on offsets.
-        note_layout_read()
+        from .lowerings.registry import DECOMPOSING
+        note_layout_read(DECOMPOSING[0] > 0)
         return super().storage_offset()
 
     def tolist(self):
@@ -392,7 +393,17 @@ class record_layout_reads(ReadRecorder):
     that jit keys that function's cache on its arguments' strides and offsets."""
 
 
-note_layout_read = record_layout_reads.note
+class record_user_layout_reads(ReadRecorder):
+    """While a function unit traces (function_units._trace_unit): notes a layout read outside
+    torch's own decompositions (the user's as_strided with an offset read from a tensor), which
+    a unit keyed by strides alone cannot serve. A decomposition's as_strided (native_group_norm's)
+    means the wrapper's reported layout, relative to itself, which the unit's operand reports."""
+
+
+def note_layout_read(in_decomposition=False):
+    record_layout_reads.note()
+    if not in_decomposition:
+        record_user_layout_reads.note()
 
 
 def wrap_tree(tree):

@@ -224,7 +224,7 @@ def _as_strided(x, size, stride, storage_offset=None):
     if not isinstance(x, TracerTensor):
         return torch.as_strided(x, size, stride, storage_offset)
     root = root_of(x)
-    note_layout_read()          # the result depends on the arguments' layouts: jit keys on them
+    note_layout_read(_in_decomposition())     # the result depends on the arguments' layouts: jit keys on them
     if root._layout == "unknown" and not _in_decomposition():
         raise FunctxError(
             f"functx: aten.as_strided of a tensor whose memory layout functx does not know:\n"
