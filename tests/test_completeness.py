@@ -65,6 +65,7 @@ LINEAR = {
     "take", "scatter_add", "scatter", "update_slice", "split_block", "take_along_axis", "scatter_add_along",
     "nll_loss", "nll_loss_backward",     # prims/fused.py: linear in their first operand
     "tanh_backward", "sigmoid_backward",
+    "normalize_tangent",    # prims/fused_norm.py: linear in its first operand (its own transpose)
     "psum", "all_gather", "opaque",
     # prims/spmd.py: identities per rank with functx.spmd's replicated-value transposes
     "replicated_in", "replicated_out", "pvary", "invariant_ct",
@@ -94,6 +95,7 @@ NONLINEAR = {
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
     "log_softmax",      # prims/fused.py
+    "normalize_rows",   # prims/fused_norm.py
     "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)
     "while_tape_check",    # transforms/control_flow/while_reverse.py (integer step count)
     # while_reverse.py: tape[step] = carry on primal values; its jvp is a scatter (which transposes)

@@ -152,3 +152,45 @@ def test_activation_derivatives_at_every_order(act):
     _, graph, _ = ad.linearize_flat(lambda ws: [unwrap(f(wrap(ws[0])))], [w], reverse=True)
     assert REGISTRY[f"{act}_backward"] in {e.prim for e in graph.eqns}, str(graph)
     assert not FUSED & {e.prim for e in functx.make_graph(functx.grad(f))(w).eqns}
+
+
+# ---------------------------------------------------------------- layer_norm / group_norm (prims/fused_norm.py)
+
+def _norm_losses():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 8, 2, 3, generator=g, dtype=torch.float64)
+    w, b = torch.randn(8, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
+    wl, bl = torch.randn(2, 3, generator=g, dtype=torch.float64), torch.randn(2, 3, generator=g, dtype=torch.float64)
+    scale = torch.linspace(-1, 2, 3, dtype=torch.float64)
+
+    def group(x, w):
+        return (F.group_norm(x, 4, w, b).sin() * scale).sum()
+
+    def layer(x, w):
+        return (F.layer_norm(x, (2, 3), w, bl).tanh() * scale).sum()
+    return {"group_norm": (group, x, w), "layer_norm": (layer, x, wl)}
+
+
+@pytest.mark.parametrize("which", ["group_norm", "layer_norm"])
+def test_norms_run_torch_kernels_on_eager_levels_and_match(which, monkeypatch):
+    # eager levels bind normalize_rows (native_layer_norm) and normalize_tangent
+    # (native_layer_norm_backward, its own transpose); checked at every order against
+    # torch.func, forward mode against float64 finite differences, and jit (the decomposition)
+    fused_norm = importlib.import_module("functx.prims.fused_norm")
+    f, x, w = _norm_losses()[which]
+    ran = []
+    for p in (fused_norm.normalize_rows_p, fused_norm.normalize_tangent_p):
+        monkeypatch.setattr(p, "impl", (lambda impl, name: lambda *a, **k: ran.append(name) or impl(*a, **k))(p.impl, p.name))
+    function_units.CACHE.clear()
+    _close(functx.grad(f, argnums=(0, 1))(x, w), torch.func.grad(f, argnums=(0, 1))(x, w))
+    assert {"normalize_rows", "normalize_tangent"} <= set(ran)
+    _close(functx.hessian(f)(x, w), torch.func.hessian(f)(x, w))
+    _close(functx.jacfwd(functx.jacrev(f))(x, w), torch.func.hessian(f)(x, w))
+    _close(functx.vmap(functx.grad(f), in_dims=(0, None))(x[:, None], w),
+           torch.func.vmap(torch.func.grad(f), in_dims=(0, None))(x[:, None], w))
+    t, eps = torch.randn_like(x), 1e-6
+    fd = (f(x + eps * t, w) - f(x - eps * t, w)) / (2 * eps)
+    torch.testing.assert_close(functx.jvp(lambda x: f(x, w), (x,), (t,))[1], fd, rtol=1e-6, atol=1e-6)
+    graph = functx.make_graph(functx.grad(f))(x, w)
+    assert "normalize" not in str(graph)
+    _close(functx.jit(functx.grad(f))(x, w), torch.func.grad(f)(x, w))

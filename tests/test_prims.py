@@ -858,6 +858,42 @@ add(Entry("sigmoid_backward", _activation_backward_gen(torch.sigmoid), lambda t,
           dtypes=(F32, F64), linear=((0,),)))
 
 
+def _rows_gen(draw, dtype, smooth):
+    n, m = draw(st.integers(1, 4)), draw(st.integers(2, 5))
+    eps = draw(st.sampled_from([1e-5, 0.1]))
+    return Case({"eps": eps}, lambda g, dt: [rand(g, (n, m), dt)])
+
+
+def _rows_ref(x, eps):
+    """Independent of prims/fused_norm.py: the definition, in float64."""
+    xd = x.double()
+    mean = xd.mean(1)
+    rstd = 1 / torch.sqrt(((xd - mean[:, None]) ** 2).mean(1) + eps)
+    return tuple(v.to(x.dtype) for v in ((xd - mean[:, None]) * rstd[:, None], mean, rstd))
+
+
+def _tangent_gen(draw, dtype, smooth):
+    n, m = draw(st.integers(1, 4)), draw(st.integers(2, 5))
+
+    def make(g, dt):
+        x = rand(g, (n, m), dt)
+        _, mean, rstd = _rows_ref(x, 0.1)
+        return [rand(g, (n, m), dt), x, mean, rstd]
+    return Case({}, make)
+
+
+def _tangent_ref(t, x, mean, rstd):
+    """J t for J = d xhat / dx, written out (independent of the kernel)."""
+    td, xhat, r = t.double(), ((x - mean[:, None]) * rstd[:, None]).double(), rstd.double()[:, None]
+    return (r * (td - td.mean(1, keepdim=True) - xhat * (td * xhat).mean(1, keepdim=True))).to(t.dtype)
+
+
+# The fused row normalization (layer_norm, group_norm on eager levels): the derivative checks
+# run normalize_tangent (jvp), its transpose (vjp) and their second-order rules.
+add(Entry("normalize_rows", _rows_gen, _rows_ref, dtypes=(F32, F64)))
+add(Entry("normalize_tangent", _tangent_gen, _tangent_ref, dtypes=(F32, F64), linear=((0,),)))
+
+
 # ---------------------------------------------------------------- random
 
 def _random_gen(draw, dtype, smooth):

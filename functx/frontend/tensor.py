@@ -18,6 +18,7 @@ from ..core.errors import FunctxError, user_frame_summary
 from ..core.trace import GraphTracer, ReadRecorder, Tracer, concrete, note_autograd_read, type_of
 from ..core.trace import record_autograd_reads as _autograd_reads
 from .composites import COMPOSITES
+from .lowerings.registry import DECOMPOSING
 from .rewrites import REWRITTEN, grad_mode_watchers, rewrite
 
 
@@ -160,7 +161,6 @@ class TracerTensor(torch.Tensor):
     # in eager transforms and raises ConcretizationError under jit.
     def storage_offset(self):
         # A Python number baked into a jit trace: jit then keys its cache on offsets.
-        from .lowerings.registry import DECOMPOSING
         note_layout_read(DECOMPOSING[0] > 0)
         return super().storage_offset()
 

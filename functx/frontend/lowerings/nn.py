@@ -23,6 +23,8 @@ from .registry import register, register_special
 from .torch_prims import _prims_var
 from .attention import _fits, bias_and_scale
 from ...kernels.attention import attention
+from ...prims.fused import fused_here
+from ...prims.fused_norm import normalize_rows
 from ...prims.opaque import OpaqueFunction, sample_reparam
 from ..tensor import wrap
 
@@ -625,6 +627,11 @@ def _native_layer_norm(x, normalized_shape, weight, bias, eps):
     axes = tuple(range(t.ndim - n, t.ndim))
     kept = tuple(range(t.ndim - n))
     compute = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+    if fused_here() and t.dtype == compute:     # eager levels: torch's kernels (prims/fused_norm.py)
+        rows = math.prod(t.shape[:t.ndim - n])
+        xhat, mean, rstd = normalize_rows(P.reshape(x, (rows, math.prod(normalized_shape))), eps)
+        return _affine(P.reshape(xhat, t.shape), weight, bias, tuple(range(t.ndim - n, t.ndim)), t.dtype), \
+            P.reshape(mean, tuple(t.shape[:t.ndim - n]) + (1,) * n), P.reshape(rstd, tuple(t.shape[:t.ndim - n]) + (1,) * n)
     xc = P.convert(x, compute)
     count = torch.sym_float(math.prod(t.shape[a] for a in axes))
     mean = P.div(P.reduce_sum(xc, axes), count)
@@ -641,3 +648,31 @@ def _native_layer_norm(x, normalized_shape, weight, bias, eps):
     stat_dtype = t.dtype if t.device.type == "cpu" else compute
     return (P.convert(out, t.dtype), P.convert(P.reshape(mean, stat_shape), stat_dtype),
             P.convert(P.reshape(rstd, stat_shape), stat_dtype))
+
+
+def _affine(xhat, weight, bias, dims, dtype):
+    """xhat * weight + bias, weight and bias broadcast along dims (absent: skipped)."""
+    shape = _t(xhat).shape
+    if weight is not None:
+        xhat = P.mul(xhat, P.broadcast_in_dim(P.convert(weight, dtype), shape, dims))
+    if bias is not None:
+        xhat = P.add(xhat, P.broadcast_in_dim(P.convert(bias, dtype), shape, dims))
+    return xhat
+
+
+# ---------------------------------------------------------------- group norm
+# On eager levels, torch's kernels as for layer norm (each (example, group) a row); elsewhere
+# torch's decomposition, as before.
+
+@register_special(aten.native_group_norm.default)
+def _native_group_norm(x, weight, bias, N, C, HxW, group, eps):
+    t = x.dtype if isinstance(x, torch.Tensor) else None
+    if not (isinstance(x, TracerTensor) and t in (torch.float32, torch.float64) and fused_here()
+            and type(N) is int and type(C) is int and type(HxW) is int and type(group) is int
+            and group > 0 and C % group == 0 and N * C * HxW == x.numel() and N * HxW and C):
+        return NotImplemented       # torch's decomposition (and its checks and errors)
+    v = unwrap(x)
+    xhat, mean, rstd = normalize_rows(P.reshape(v, (N * group, (C // group) * HxW)), eps)
+    out = _affine(P.reshape(xhat, (N, C, HxW)), unwrap(weight) if weight is not None else None,
+                  unwrap(bias) if bias is not None else None, (1,), t)
+    return wrap(P.reshape(out, tuple(x.shape))), wrap(P.reshape(mean, (N, group))), wrap(P.reshape(rstd, (N, group)))
