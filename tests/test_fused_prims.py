@@ -194,3 +194,25 @@ def test_norms_run_torch_kernels_on_eager_levels_and_match(which, monkeypatch):
     graph = functx.make_graph(functx.grad(f))(x, w)
     assert "normalize" not in str(graph)
     _close(functx.jit(functx.grad(f))(x, w), torch.func.grad(f)(x, w))
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64), (torch.float64, torch.float32),
+                                    (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
+def test_norm_parameter_dtypes_follow_torch_s_cpu_rule(dtypes):
+    # torch's CPU kernels take parameters of the input's dtype (or float32 for a bfloat16 input)
+    # and raise otherwise; the decompositions computed anyway
+    xd, wd = dtypes
+    x, w = torch.randn(2, 8, 3, dtype=xd), torch.randn(8, dtype=wd)
+
+    def losses(x):
+        return F.group_norm(x, 4, w).float().sum() + F.layer_norm(x, (3,), None, w[:3]).float().sum()
+    try:
+        want = losses(x)
+    except RuntimeError as e:
+        for how in (functx.grad(losses), functx.jit(losses), functx.jit(functx.grad(losses))):
+            with pytest.raises(RuntimeError, match="mixed dtype"):
+                how(x)
+        assert "mixed dtype" in str(e)
+        return
+    torch.testing.assert_close(functx.jit(losses)(x), want, rtol=2e-2, atol=2e-2)
+    functx.grad(losses)(x)

@@ -616,9 +616,23 @@ def _flash_attention_for_cpu(query, key, value, dropout_p=0.0, is_causal=False, 
 # call of any model with a LayerNorm. Half inputs compute in float32; on the CPU mean and
 # rstd come back in the input's dtype, as torch's do.
 
+def _check_param_dtypes(t, params):
+    """torch's CPU norm kernels' dtype rule: parameters of the input's dtype, or float32 for a
+    bfloat16/float16 input; otherwise they raise (the decompositions would compute)."""
+    if torch.device(t.device).type != "cpu":
+        return
+    for p in params:
+        d = None if p is None else p.dtype if isinstance(p, torch.Tensor) else _t(p).dtype
+        if d is None or d == t.dtype or (t.dtype in (torch.bfloat16, torch.float16) and d == torch.float32):
+            continue
+        raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype." if t.dtype == torch.float64
+                           else "mixed dtype (CPU): expect parameter to have scalar type of Float")
+
+
 @register(aten.native_layer_norm.default)
 def _native_layer_norm(x, normalized_shape, weight, bias, eps):
     t = _t(x)
+    _check_param_dtypes(t, (weight, bias))
     n = len(normalized_shape)
     if tuple(t.shape[t.ndim - n:]) != tuple(normalized_shape) or n == 0:
         raise RuntimeError(f"Given normalized_shape={list(normalized_shape)}, expected input with shape "
@@ -666,10 +680,14 @@ def _affine(xhat, weight, bias, dims, dtype):
 
 @register_special(aten.native_group_norm.default)
 def _native_group_norm(x, weight, bias, N, C, HxW, group, eps):
+    if isinstance(x, torch.Tensor):
+        _check_param_dtypes(x, (weight, bias))
     t = x.dtype if isinstance(x, torch.Tensor) else None
     if not (isinstance(x, TracerTensor) and t in (torch.float32, torch.float64) and fused_here()
             and type(N) is int and type(C) is int and type(HxW) is int and type(group) is int
-            and group > 0 and C % group == 0 and N * C * HxW == x.numel() and N * HxW and C):
+            and group > 0 and C % group == 0 and N * C * HxW == x.numel() and N * HxW and C
+            and all(p is None or (isinstance(p, torch.Tensor) and tuple(p.shape) == (C,) and p.dtype == t)
+                    for p in (weight, bias))):
         return NotImplemented       # torch's decomposition (and its checks and errors)
     v = unwrap(x)
     xhat, mean, rstd = normalize_rows(P.reshape(v, (N * group, (C // group) * HxW)), eps)
