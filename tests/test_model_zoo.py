@@ -38,3 +38,29 @@ def test_jitted_eval_batchnorm_sees_running_stats_an_eager_training_step_updated
     m.eval()
     with torch.no_grad():
         torch.testing.assert_close(jf(x), m(x), **tol)
+
+
+# ---------------------------------------------------------------- a no_grad write inside a torch function
+
+@pytest.mark.parametrize("first", ["vjp", "jvp"])
+def test_cosine_similarity_jvp_and_vjp_do_not_share_a_unit(first):
+    """ATen's cosine_similarity clamps its norms in place under no_grad: reverse mode keeps
+    the unclamped norm's derivative (torch.func.vjp), forward mode sees the clamp
+    (torch.func.jvp; finite differences agree). The eager-transform unit cache keyed the
+    function without telling reverse from forward levels, so whichever ran first decided
+    the other's answer (jvp after grad was off by 10%, vjp after jvp by 15%)."""
+    import torch.nn.functional as F
+    x = _randn(3, 4)
+    y = _randn(1, 4, seed=3) * 1e-4       # norm below eps: the clamp is active
+    f = lambda y: F.cosine_similarity(x, y, dim=-1, eps=1e-3)  # noqa: E731
+    t, ct = _randn(1, 4, seed=5), _randn(3, seed=6)
+    want_jvp = torch.func.jvp(f, (y,), (t,))[1]
+    eps = 1e-7
+    torch.testing.assert_close(want_jvp, (f(y + eps * t) - f(y - eps * t)) / (2 * eps), rtol=1e-6, atol=1e-6)
+    want_vjp = torch.func.vjp(f, y)[1](ct)[0]
+    runs = {"jvp": lambda m: m.func.jvp(f, (y,), (t,))[1], "vjp": lambda m: m.func.vjp(f, y)[1](ct)[0]}
+    wants = {"jvp": want_jvp, "vjp": want_vjp}
+    for kind in (first, "vjp" if first == "jvp" else "jvp", first):
+        torch.testing.assert_close(runs[kind](functx), wants[kind], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(functx.jit(lambda y, t: functx.func.jvp(f, (y,), (t,))[1])(y, t), want_jvp)
+    torch.testing.assert_close(functx.jit(lambda y, ct: functx.func.vjp(f, y)[1](ct)[0])(y, ct), want_vjp)
