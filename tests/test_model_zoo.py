@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import functx
+from functx.core.errors import PlainWriteError
 
 D = torch.float64
 
@@ -64,3 +65,26 @@ def test_cosine_similarity_jvp_and_vjp_do_not_share_a_unit(first):
         torch.testing.assert_close(runs[kind](functx), wants[kind], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(functx.jit(lambda y, t: functx.func.jvp(f, (y,), (t,))[1])(y, t), want_jvp)
     torch.testing.assert_close(functx.jit(lambda y, ct: functx.func.vjp(f, y)[1](ct)[0])(y, ct), want_vjp)
+
+
+# ---------------------------------------------------------------- embedding max_norm under jit
+
+@pytest.mark.parametrize("kind", ["Embedding", "EmbeddingBag"])
+def test_embedding_max_norm_closed_over_under_jit_names_the_op_and_the_workaround_matches_eager(kind):
+    """The module renormalizes its closed-over weight in place (embedding_renorm_, from
+    traced indices): the error said 'an in-place operation' without naming it and advised
+    building the tensor from a traced input. Passing the parameters (the advice now) works:
+    the same values and the same renormalized weight as eager."""
+    from torch.func import functional_call
+    torch.manual_seed(0)
+    m = getattr(nn, kind)(6, 3, max_norm=1.0).double()
+    idx = torch.tensor([[0, 2, 5], [1, 0, 0]])
+    with pytest.raises(PlainWriteError, match=r"embedding_renorm_.*\n(.*\n)*.*functional_call"):
+        functx.jit(lambda i: m(i))(idx)
+    p_eager = {k: v.detach().clone() for k, v in m.named_parameters()}
+    p_jit = {k: v.detach().clone() for k, v in m.named_parameters()}
+    want = functional_call(m, p_eager, (idx,))
+    got = functx.jit(lambda p, i: functional_call(m, p, (i,)))(p_jit, idx)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(p_jit["weight"], p_eager["weight"])
+    assert not torch.equal(p_eager["weight"], m.weight)      # the renorm did happen
