@@ -88,3 +88,42 @@ def test_embedding_max_norm_closed_over_under_jit_names_the_op_and_the_workaroun
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(p_jit["weight"], p_eager["weight"])
     assert not torch.equal(p_eager["weight"], m.weight)      # the renorm did happen
+
+
+# ---------------------------------------------------------------- embedding_bag offsets
+
+_BAG_OFFSETS = {
+    "first offset not 0 (torch raises)": ([1, 2, 7], True, "offsets\\[0\\] has to be 0"),
+    "last offset past the input (torch raises)": ([0, 2, 8], True, "can not be greater than input's length"),
+    "include_last_offset, last offset short of len(input)": ([0, 2, 2, 5], True, "offsets\\[-1\\] == len\\(input\\)"),
+    "decreasing offsets": ([0, 3, 2], False, "non-decreasing"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_BAG_OFFSETS))
+def test_embedding_bag_offsets_outside_torchs_contract_raise(name):
+    """functx's embedding_bag lowering took any offsets: where torch raises it returned
+    numbers, and where torch's CPU kernel silently returns sums of no bag (include_last_offset
+    with offsets[-1] != len(input), decreasing offsets) it returned other numbers (jit, grad
+    and vmap disagreed with eager by up to 1.5)."""
+    import torch.nn.functional as F
+    offsets, last, match = _BAG_OFFSETS[name]
+    w = _randn(6, 3)
+    idx = torch.tensor([0, 1, 1, 2, 5, 1, 3])
+    f = lambda w: F.embedding_bag(idx, w, torch.tensor(offsets), mode="sum", include_last_offset=last)  # noqa: E731
+    runs = ((functx.jit(f), w), (functx.vmap(f), torch.stack([w, 2 * w])), (functx.grad(lambda w: f(w).sum()), w))
+    for run, arg in runs:
+        with pytest.raises(RuntimeError, match=match):
+            run(arg)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_bag_include_last_offset_matches_eager(mode):
+    import torch.nn.functional as F
+    w = _randn(6, 3)
+    idx = torch.tensor([0, 1, 1, 2, 5, 1, 3])
+    f = lambda w: F.embedding_bag(idx, w, torch.tensor([0, 2, 2, 7]), mode=mode, include_last_offset=True,  # noqa: E731
+                                  padding_idx=1)
+    torch.testing.assert_close(functx.jit(f)(w), f(w))
+    L = lambda w: (f(w) ** 2).sum()  # noqa: E731
+    torch.testing.assert_close(functx.grad(L)(w), torch.func.grad(L)(w))

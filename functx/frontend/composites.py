@@ -86,6 +86,7 @@ def embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sp
     offsets = _concrete_sizes(offsets, "embedding_bag", "the bag offsets")
     n = indices.shape[0]
     bounds = offsets.tolist() if include_last_offset else offsets.tolist() + [n]
+    _check_bag_offsets(bounds, n, include_last_offset)
     starts, ends = torch.tensor(bounds[:-1], dtype=torch.int64), torch.tensor(bounds[1:], dtype=torch.int64)
     width = max([0] + (ends - starts).tolist())
     slot = torch.arange(width)
@@ -111,6 +112,30 @@ def embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sp
     if mode == 0 and (padding_idx is None or padding_idx < 0):
         offset2bag = offset2bag[:0]
     return out, offset2bag, bag_size, max_indices
+
+
+def _check_bag_offsets(bounds, n, include_last_offset):
+    """torch's checks (offsets[0] == 0, offsets[-1] <= len(input)), and the offsets its CPU
+    kernel does not check but answers with values of no bag (or crashes on): decreasing
+    offsets, or with include_last_offset a last offset other than len(input) (torch's
+    documented contract) or no bag at all."""
+    if include_last_offset and len(bounds) < 2:
+        raise RuntimeError("functx: embedding_bag with include_last_offset=True needs at least 2 offsets "
+                           f"(the starts of the bags and len(input)), got {len(bounds)}")
+    if len(bounds) > 1 and bounds[0] != 0:
+        raise RuntimeError("offsets[0] has to be 0, i.e., the first sequence in the mini-batch has to start "
+                           f"from position 0. However, got {bounds[0]}")
+    if bounds[-1] > n:
+        raise RuntimeError(f"offsets[-1] can not be greater than input's length {n} but got offsets[-1] of "
+                           f"{bounds[-1]}")
+    if any(a > b for a, b in zip(bounds, bounds[1:])):
+        offsets = bounds if include_last_offset else bounds[:-1]
+        raise RuntimeError(f"functx: embedding_bag's offsets must be non-decreasing, got {offsets} (torch's "
+                           "CPU kernel does not check them and returns sums of no bag)")
+    if include_last_offset and bounds[-1] != n:
+        raise RuntimeError(f"functx: embedding_bag with include_last_offset=True needs offsets[-1] == len(input) "
+                           f"({n}), got {bounds[-1]} (torch's CPU kernel does not check it and returns sums "
+                           "of no bag)")
 
 
 # F.pdist: ATen's kernel has no forward-mode formula and its backward no derivative, so the
