@@ -127,3 +127,45 @@ def test_embedding_bag_include_last_offset_matches_eager(mode):
     torch.testing.assert_close(functx.jit(f)(w), f(w))
     L = lambda w: (f(w) ** 2).sum()  # noqa: E731
     torch.testing.assert_close(functx.grad(L)(w), torch.func.grad(L)(w))
+
+
+# ---------------------------------------------------------------- index_select with a 0-d index
+
+def test_index_select_of_a_0d_index_keeps_the_dim_and_a_2d_index_raises():
+    """torch keeps the selected dim (length 1) for a 0-d index; functx's lowering dropped it
+    (x.index_select(0, torch.tensor(2)) was [4], not [1, 4]) under jit, jvp and vmap, so
+    nn.AdaptiveLogSoftmaxWithLoss, whose row indices come from nonzero().squeeze(), failed
+    under jit with an IndexError deep in log_softmax (and other code broadcast the wrong
+    shape). A 2-d index, which torch refuses, was taken."""
+    x = _randn(5, 4)
+    i = torch.tensor(2)
+    f = lambda x: (x.index_select(0, i), x.index_select(1, i), x[0].index_select(0, i))  # noqa: E731
+    want = f(x)
+    for got in (functx.jit(f)(x), functx.jvp(f, (x,), (x,))[1]):
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            torch.testing.assert_close(g, w)
+    got = functx.vmap(f)(torch.stack([x, 2 * x]))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, torch.stack([w, 2 * w]))
+    with pytest.raises(IndexError, match="Index is supposed to be a vector"):
+        x.index_select(0, torch.tensor([[1]]))
+    with pytest.raises(IndexError, match="Index is supposed to be a vector"):
+        functx.jit(lambda x: x.index_select(0, torch.tensor([[1]])))(x)
+
+
+def test_adaptive_log_softmax_under_jit_and_grad():
+    torch.manual_seed(0)
+    m = nn.AdaptiveLogSoftmaxWithLoss(4, 10, [3, 6], div_value=2.0).double()
+    params = {k: v.detach().clone() for k, v in m.named_parameters()}
+    x = _randn(5, 4)
+    t = torch.tensor([0, 4, 9, 2, 7])     # one row in the last cluster: a 0-d row index
+
+    def f(p, x):
+        out = torch.func.functional_call(m, p, (x, t))
+        return out.output, out.loss
+
+    want = f(params, x)
+    torch.testing.assert_close(functx.jit(f)(params, x), want)
+    L = lambda p, x: f(p, x)[1] + f(p, x)[0].square().sum()  # noqa: E731
+    torch.testing.assert_close(functx.jit(functx.grad(L))(params, x), torch.func.grad(L)(params, x))

@@ -23,10 +23,14 @@ def _wrap_index(idx, size):
 
 @register(aten.index_select.default)
 def _index_select(x, dim, index):
-    t = _t(x)
+    t, it = _t(x), _t(index)
     d = wrap_dim(dim, t.ndim)
+    if it.ndim > 1:
+        raise IndexError("index_select(): Index is supposed to be a vector")
     if t.ndim == 0:
         return x
+    if it.ndim == 0:    # a 0-d index selects a length-1 dim, as torch's (take would drop it)
+        index = P.reshape(index, (1,))
     return P.take(x, index, d)
 
 
