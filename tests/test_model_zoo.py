@@ -169,3 +169,31 @@ def test_adaptive_log_softmax_under_jit_and_grad():
     torch.testing.assert_close(functx.jit(f)(params, x), want)
     L = lambda p, x: f(p, x)[1] + f(p, x)[0].square().sum()  # noqa: E731
     torch.testing.assert_close(functx.jit(functx.grad(L))(params, x), torch.func.grad(L)(params, x))
+
+
+_ZERO_D_INDEX = {
+    "gather": lambda x: x[0].gather(0, torch.tensor(2)) * x,
+    "scatter_add": lambda x: x[0].scatter_add(0, torch.tensor(2), x[1, 0] ** 2),
+    "index_add": lambda x: x.index_add(1, torch.tensor(2), x[:, :1] ** 2 * 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ZERO_D_INDEX))
+def test_gather_scatter_add_index_add_with_a_0d_index(name):
+    """torch reads a 0-d index (or input) as a 1-element vector; gather raised under jit
+    ('take_along_axis: index rank 0 != operand rank 1') and vmap, scatter_add under vmap and
+    jacrev, index_add under jit and vmap (torch._decomp's decomposition indexed with the 0-d
+    index: "shape '[1]' is invalid for input of size 5"), each from deep in the rules.
+    Oracle: eager values, float64 finite differences (torch.func's jacrev raises on some)."""
+    f = _ZERO_D_INDEX[name]
+    x = _randn(5, 4)
+    torch.testing.assert_close(functx.jit(f)(x), f(x))
+    torch.testing.assert_close(functx.vmap(f)(torch.stack([x, 2 * x])), torch.stack([f(x), f(2 * x)]))
+    eps, cols = 1e-6, []
+    for k in range(x.numel()):
+        e = torch.zeros(x.numel(), dtype=D)
+        e[k] = eps
+        cols.append((f(x + e.view_as(x)) - f(x - e.view_as(x))) / (2 * eps))
+    fd = torch.stack(cols, -1).reshape(*f(x).shape, *x.shape)
+    torch.testing.assert_close(functx.jacrev(f)(x), fd, atol=1e-7, rtol=1e-7)
+    torch.testing.assert_close(functx.jit(functx.jacfwd(f))(x), fd, atol=1e-7, rtol=1e-7)

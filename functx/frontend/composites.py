@@ -138,6 +138,18 @@ def _check_bag_offsets(bounds, n, include_last_offset):
                            "of no bag)")
 
 
+# index_add with a 0-d index (one position, as torch's kernel reads it): torch._decomp's
+# decomposition indexes with it as given, which drops the dim the source keeps (size 1), so
+# the write did not fit (an error deep in index_put).
+@register_special(aten.index_add.default)
+def index_add(x, dim, index, source, alpha=1):
+    if index.dim() == 0:
+        index = index.reshape(1)
+        if source.dim() == 0 and x.dim() == 1:
+            source = source.reshape(1)
+    return decomposition_table[aten.index_add.default](x, dim, index, source, alpha=alpha)
+
+
 # F.pdist: ATen's kernel has no forward-mode formula and its backward no derivative, so the
 # opaque fallback could give neither jvp nor second derivatives. The same distances from
 # indexing and vector_norm, whose rules all exist (and give 0, as torch's does, at a zero

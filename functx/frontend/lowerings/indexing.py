@@ -61,14 +61,30 @@ def _gather(x, dim, index, sparse_grad=False):
     t = _t(x)
     if _t(index).numel == 0:    # torch skips its dtype and rank checks for an empty index
         return P.full(tuple(_t(index).shape), 0, t.dtype, t.device)
-    if t.ndim == 0 and _t(index).ndim == 1:     # torch reads a 0-d input as one element
-        return P.take_along_axis(P.reshape(x, (1,)), index, 0)
+    if _vector_like(x, index):      # torch reads a 0-d input or index as one element
+        wrap_dim(dim, 1)
+        return P.reshape(P.take_along_axis(_as_vector(x), _as_vector(index), 0), _t(index).shape)
     return P.take_along_axis(x, index, wrap_dim(dim, t.ndim))
+
+
+def _vector_like(*operands) -> bool:
+    """Whether gather/scatter operands mix 0-d and 1-d tensors, which torch reads alike (its
+    ensure_nonempty_dim): a 0-d one is a 1-element vector there. (The primitives and their
+    batching rules take equal ranks.)"""
+    ranks = [_t(v).ndim for v in operands]
+    return 0 in ranks and max(ranks) <= 1
+
+
+def _as_vector(v):
+    return P.reshape(v, (_t(v).numel,)) if _t(v).ndim == 0 else v
 
 
 @register(aten.scatter_add.default)
 def _scatter_add(x, dim, index, src):
     t = _t(x)
+    if _vector_like(x, index, src) and _t(index).numel:
+        wrap_dim(dim, 1)
+        return P.reshape(_scatter_add(_as_vector(x), 0, _as_vector(index), _as_vector(src)), t.shape)
     it = _t(index)
     if _t(src).shape != it.shape:
         src = P.slice_(src, (0,) * it.ndim, it.shape)
