@@ -197,3 +197,16 @@ def test_gather_scatter_add_index_add_with_a_0d_index(name):
     fd = torch.stack(cols, -1).reshape(*f(x).shape, *x.shape)
     torch.testing.assert_close(functx.jacrev(f)(x), fd, atol=1e-7, rtol=1e-7)
     torch.testing.assert_close(functx.jit(functx.jacfwd(f))(x), fd, atol=1e-7, rtol=1e-7)
+
+
+def test_batchnorm_momentum_none_training_under_jit_names_the_buffer():
+    """BatchNorm(momentum=None) trains with the cumulative average, 1 / float(num_batches_tracked):
+    Python reads a buffer that jit passes as a traced argument. The ConcretizationError named
+    only the user's line; it now names the buffer (and, in general, the tensor arguments the
+    value comes from)."""
+    from functx.core.errors import ConcretizationError
+    m = nn.BatchNorm1d(3, momentum=None).double()
+    with pytest.raises(ConcretizationError, match="buffer 'num_batches_tracked' of a module"):
+        functx.jit(lambda x: m(x))(_randn(4, 3))
+    with pytest.raises(ConcretizationError, match="computed from argument 'y'"):
+        functx.jit(lambda x, y: x * 2 if y.sum() > 0 else x)(_randn(2), _randn(3))
