@@ -210,3 +210,43 @@ def test_batchnorm_momentum_none_training_under_jit_names_the_buffer():
         functx.jit(lambda x: m(x))(_randn(4, 3))
     with pytest.raises(ConcretizationError, match="computed from argument 'y'"):
         functx.jit(lambda x, y: x * 2 if y.sum() > 0 else x)(_randn(2), _randn(3))
+
+
+# ---------------------------------------------------------------- torch.library custom ops
+
+@torch.library.custom_op("functx_zoo::square", mutates_args=())
+def _square(x: torch.Tensor) -> torch.Tensor:
+    return x * x
+
+
+@_square.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+_square.register_autograd(lambda ctx, g: 2 * ctx.saved_tensors[0] * g,
+                          setup_context=lambda ctx, inputs, output: ctx.save_for_backward(inputs[0]))
+
+
+def test_custom_op_derivatives_raise_naming_the_op_instead_of_zero_tangents():
+    """A torch.library custom op runs through the opaque fallback, whose rules are torch.func's:
+    torch.func.jvp gives its tangent as zeros, silently (jvp/jacfwd/jit(jvp) returned 0 where
+    the derivative is 2x), and torch.func.grad raises a message about setup_context, which the
+    user did give (register_autograd). Any derivative now raises naming the op; values and
+    vmap still work. F.linear_cross_entropy's chunked path (options=...) is such an op."""
+    import torch.nn.functional as F
+    x, t = _randn(3), _randn(3, seed=1)
+    assert torch.equal(torch.func.jvp(_square, (x,), (t,))[1], torch.zeros(3, dtype=D))    # torch's silent zeros
+    for run in (lambda: functx.jvp(_square, (x,), (t,)), lambda: functx.jacfwd(_square)(x),
+                lambda: functx.jit(lambda x, t: functx.jvp(_square, (x,), (t,))[1])(x, t),
+                lambda: functx.grad(lambda x: _square(x).sum())(x), lambda: functx.hessian(lambda x: _square(x).sum())(x)):
+        with pytest.raises(functx.FunctxError, match="functx_zoo.square.default is a torch.library custom op"):
+            run()
+    torch.testing.assert_close(functx.vmap(_square)(x[:, None]), (x * x)[:, None])
+    torch.testing.assert_close(functx.jit(_square)(x), x * x)
+    opts = getattr(torch.nn.modules, "linear_cross_entropy_options", None)
+    if opts is not None and hasattr(F, "linear_cross_entropy"):
+        w, inp, tgt = _randn(5, 4), _randn(6, 4, seed=2), torch.tensor([0, 1, 2, 3, 4, 0])
+        f = lambda w: F.linear_cross_entropy(inp, w, tgt, options=opts.LinearCrossEntropyOptions(batch_chunk_size=2))  # noqa: E731
+        with pytest.raises(functx.FunctxError, match="custom op"):
+            functx.jvp(f, (w,), (w,))
