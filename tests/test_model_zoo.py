@@ -250,3 +250,25 @@ def test_custom_op_derivatives_raise_naming_the_op_instead_of_zero_tangents():
         f = lambda w: F.linear_cross_entropy(inp, w, tgt, options=opts.LinearCrossEntropyOptions(batch_chunk_size=2))  # noqa: E731
         with pytest.raises(functx.FunctxError, match="custom op"):
             functx.jvp(f, (w,), (w,))
+
+
+# ---------------------------------------------------------------- already right: guards
+
+def _fd_jacobian(f, x, eps=1e-6):
+    cols = []
+    for k in range(x.numel()):
+        e = torch.zeros(x.numel(), dtype=x.dtype)
+        e[k] = eps
+        cols.append((f(x + e.view_as(x)) - f(x - e.view_as(x))) / (2 * eps))
+    return torch.stack(cols, -1).reshape(*f(x).shape, *x.shape)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, float("inf")])
+def test_cdist_jacobian_matches_finite_differences(p):
+    """torch.func.jacrev of torch.cdist is wrong here (off by up to 2 against float64
+    finite differences, which decide); functx's jacrev and jacfwd agree with them."""
+    x, y = _randn(3, 4), _randn(5, 4, seed=1)
+    f = lambda x: torch.cdist(x, y, p=p)  # noqa: E731
+    fd = _fd_jacobian(f, x)
+    torch.testing.assert_close(functx.jacrev(f)(x), fd, atol=1e-7, rtol=1e-7)
+    torch.testing.assert_close(functx.jit(functx.jacfwd(f))(x), fd, atol=1e-7, rtol=1e-7)
