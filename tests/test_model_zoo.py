@@ -272,3 +272,43 @@ def test_cdist_jacobian_matches_finite_differences(p):
     fd = _fd_jacobian(f, x)
     torch.testing.assert_close(functx.jacrev(f)(x), fd, atol=1e-7, rtol=1e-7)
     torch.testing.assert_close(functx.jit(functx.jacfwd(f))(x), fd, atol=1e-7, rtol=1e-7)
+
+
+# ---------------------------------------------------------------- indices out of range
+
+@pytest.mark.parametrize("bad", [-1, 9])
+def test_scatter_index_out_of_range_raises_as_torch(bad):
+    """torch.scatter raises for an index outside [0, size); functx's lowering scattered into
+    the flat tensor, so the write landed on another row (-1: the previous row's last element)
+    under jit, vmap, grad and jvp, silently."""
+    x = _randn(4, 5)
+    i = torch.tensor([[0], [bad], [1], [2]])
+    f = lambda x, i: x.scatter(1, i, 1.0)  # noqa: E731
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        f(x, i)
+    for run in (lambda: functx.jit(f)(x, i), lambda: functx.vmap(f, in_axes=(None, 0))(x, i[None]),
+                lambda: functx.vmap(f, in_axes=(0, None))(x[None], i),
+                lambda: functx.grad(lambda x: f(x, i).square().sum())(x), lambda: functx.jvp(lambda x: f(x, i), (x,), (x,))):
+        with pytest.raises(IndexError, match="out of bounds"):
+            run()
+    ok = torch.tensor([[0], [4], [1], [2]])
+    torch.testing.assert_close(functx.jit(f)(x, ok), f(x, ok))
+
+
+@pytest.mark.parametrize("classes", [[0, 4, 1], [0, -1, 1]])
+def test_one_hot_class_out_of_range_raises_under_jit_and_vmap(classes):
+    """ATen's one_hot reaches functx decomposed (eq with arange) without its checks: a class
+    out of range (or negative) gave an all-zero row under jit and vmap where eager raises."""
+    import torch.nn.functional as F
+    i = torch.tensor(classes)
+    with pytest.raises(RuntimeError, match="Class values must be"):
+        F.one_hot(i, 3)
+    with pytest.raises(IndexError, match="out of range"):
+        functx.jit(lambda i: F.one_hot(i, 3))(i)
+    with pytest.raises(IndexError, match="out of range"):
+        functx.vmap(lambda i: F.one_hot(i, 3))(i[None])
+    with pytest.raises(RuntimeError, match="Class values must be"):
+        functx.vmap(lambda x: F.one_hot(i, 3) * x)(torch.ones(2, dtype=torch.int64))
+    good = torch.tensor([[0, 2], [1, 1]])
+    assert torch.equal(functx.jit(lambda i: F.one_hot(i, 3))(good), F.one_hot(good, 3))
+    assert torch.equal(functx.vmap(lambda i: F.one_hot(i, 3))(good), F.one_hot(good, 3))

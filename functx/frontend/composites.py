@@ -310,7 +310,13 @@ def register_hook(self, hook):
     raise FunctxError("functx: Tensor.register_hook needs functx.transforms (import functx)")
 
 
+def one_hot(tensor, num_classes=-1):
+    """F.one_hot: frontend/lowerings/indexing.py replaces this entry (it needs the wrappers)."""
+    return NotImplemented
+
+
 COMPOSITES = {
+    torch.nn.functional.one_hot: one_hot,
     torch.Tensor.__getitem__: getitem,
     torch.Tensor.__setitem__: setitem,
     torch.full_like: full_like,

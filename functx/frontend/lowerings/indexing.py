@@ -11,6 +11,9 @@ from ...core.trace import concrete
 from ... import prims as P
 from ..promote import SCALARS, broadcast_shapes
 from .common import _as_bool, _opaque, _t, _zeros, aten, wrap_dim
+from ..functionalize import unwrap
+from ..tensor import TracerTensor
+from ..composites import COMPOSITES
 from .registry import register
 
 
@@ -230,12 +233,17 @@ def _scatter_positions(x, dim, index):
     strides, acc = [0] * t.ndim, 1
     for k in range(t.ndim - 1, -1, -1):
         strides[k], acc = acc, acc * t.shape[k]
-    pos = P.mul(P.convert(index, torch.int64), strides[dim])
+    index = P.convert(index, torch.int64)
+    pos = P.mul(index, strides[dim])
     for k in range(t.ndim):
         if k != dim and strides[k] and it.shape[k] > 1:
             pos = P.add(pos, P.iota(it.shape, k, torch.int64, t.device) if strides[k] == 1 else
                         P.mul(P.iota(it.shape, k, torch.int64, t.device), strides[k]))
-    return pos
+    # An index outside [0, size) (torch.scatter raises for it, negative ones included) would
+    # land on another element of the flat tensor, silently: it gets a position no batching
+    # offset makes valid, so the flat write raises as torch's does.
+    ok = P.bitwise_and(P.ge(index, 0), P.lt(index, t.shape[dim]))
+    return P.where(ok, pos, -(2 ** 62))
 
 
 def _src_for(src, index, dtype):
@@ -292,3 +300,27 @@ def _masked_select(x, mask):
             "masked_select outside the jitted/vmapped function.") from e
     idx = torch.nonzero(m.reshape(-1)).reshape(-1)
     return P.take(P.reshape(P.broadcast_to(x, shape), (math.prod(shape),)), idx, 0)
+
+
+# F.one_hot: ATen's one_hot reaches functx already decomposed (unsqueeze, eq with arange),
+# without the kernel's checks, so a class out of range gave an all-zero row (a negative one
+# too) where eager raises. Caught as a torch function (frontend/composites.py): with concrete
+# classes (eager transforms) the checks run as torch's; traced ones (jit, vmap) pick rows of
+# an identity with take, whose index_select raises at run time.
+def _one_hot(tensor, num_classes=-1):
+    try:
+        classes = concrete(unwrap(tensor))
+    except FunctxError:
+        classes = None
+    if classes is not None and classes.numel() and classes.dtype == torch.int64:
+        if classes.min() < 0:
+            raise RuntimeError("Class values must be non-negative.")
+        if num_classes != -1 and classes.max() >= num_classes:
+            raise RuntimeError("Class values must be smaller than num_classes.")
+    if classes is not None or num_classes == -1 or not tensor.numel() or tensor.dtype != torch.int64:
+        return NotImplemented       # torch's own (its checks of num_classes and the dtype)
+    eye = torch.eye(num_classes, dtype=torch.int64, device=tensor.device)
+    return TracerTensor(P.take(eye, unwrap(tensor), 0))
+
+
+COMPOSITES[torch.nn.functional.one_hot] = _one_hot
