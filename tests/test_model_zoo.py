@@ -312,3 +312,43 @@ def test_one_hot_class_out_of_range_raises_under_jit_and_vmap(classes):
     good = torch.tensor([[0, 2], [1, 1]])
     assert torch.equal(functx.jit(lambda i: F.one_hot(i, 3))(good), F.one_hot(good, 3))
     assert torch.equal(functx.vmap(lambda i: F.one_hot(i, 3))(good), F.one_hot(good, 3))
+
+
+def _setitem2(x, i, j):
+    y = x.clone()
+    y[i, j] = 7.0
+    return y
+
+
+_ERR = (IndexError, RuntimeError)
+_OUT_OF_RANGE = {
+    "x[i, j], j past the end": (lambda x: x[torch.tensor([0, 1]), torch.tensor([2, 7])], _ERR),
+    "x[i, j], j before the start": (lambda x: x[torch.tensor([0, 1]), torch.tensor([2, -6])], _ERR),
+    "x[i, j] = v": (lambda x: _setitem2(x, torch.tensor([0, 1]), torch.tensor([2, 5])), _ERR),
+    "index_put accumulate": (lambda x: x.index_put((torch.tensor([0, 1]), torch.tensor([2, 5])),
+                                                   torch.tensor(1.0, dtype=D), accumulate=True), _ERR),
+    "index_copy negative": (lambda x: x.index_copy(1, torch.tensor([0, -1]), x[:, :2]), _ERR),
+    "index_add negative": (lambda x: x.index_add(1, torch.tensor([0, -1]), x[:, :2]), _ERR),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_OUT_OF_RANGE))
+def test_advanced_indexing_out_of_range_raises_as_torch(name):
+    """Advanced indexing with several index tensors linearizes them into one flat index, so
+    an index out of range in a later dim (x[i, j] with j = 7 of 5) still made a valid flat
+    position: the read or write hit another element, silently, under jit, grad and vmap.
+    index_copy / index_add (torch._decomp's index_put) read a negative index from the end,
+    where torch raises. index_fill, which torch lets read from the end, still does."""
+    f, err = _OUT_OF_RANGE[name]
+    x = _randn(4, 5)
+    with pytest.raises((IndexError, RuntimeError)):
+        f(x)
+    for run in (lambda: functx.jit(f)(x), lambda: functx.grad(lambda x: f(x).square().sum())(x),
+                lambda: functx.vmap(f)(x[None])):
+        with pytest.raises(err):     # the kernel's error (index_select/index_copy: IndexError;
+            run()                    # gather under vmap: RuntimeError)
+    g = lambda x: x.index_fill(1, torch.tensor([0, -1]), 2.0)  # noqa: E731
+    torch.testing.assert_close(functx.jit(g)(x), g(x))
+    h = lambda x: x[torch.tensor([0, -1]), torch.tensor([-5, 4])]  # noqa: E731
+    torch.testing.assert_close(functx.jit(h)(x), h(x))
+    torch.testing.assert_close(functx.vmap(h)(x[None]), h(x)[None])

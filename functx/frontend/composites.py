@@ -138,16 +138,38 @@ def _check_bag_offsets(bounds, n, include_last_offset):
                            "of no bag)")
 
 
-# index_add with a 0-d index (one position, as torch's kernel reads it): torch._decomp's
-# decomposition indexes with it as given, which drops the dim the source keeps (size 1), so
-# the write did not fit (an error deep in index_put).
+# index_add / index_copy through torch._decomp's decompositions (index_put): a 0-d index (one
+# position, as torch's kernel reads it) is indexed with as given there, which drops the dim
+# the source keeps (size 1), so the write did not fit (an error deep in index_put); and
+# index_put reads a negative index from the end, where these kernels raise (index_fill's
+# reads it from the end too): such an index becomes one index_put's take/scatter refuse.
 @register_special(aten.index_add.default)
 def index_add(x, dim, index, source, alpha=1):
+    index, source = _index_and_source(x, index, source)
+    return decomposition_table[aten.index_add.default](x, dim, index, source, alpha=alpha)
+
+
+@register_special(aten.index_copy.default)
+def index_copy(x, dim, index, source):
+    index, source = _index_and_source(x, index, source)
+    return decomposition_table[aten.index_copy.default](x, dim, index, source)
+
+
+@register_special(aten.index_fill.int_Scalar, aten.index_fill.int_Tensor)
+def index_fill(x, dim, index, value):
+    """torch._refs' index_fill is an index_copy; torch's index_fill reads a negative index
+    from the end (index_copy refuses it)."""
+    size = x.shape[dim] if x.dim() else 1
+    index = torch.where(index < 0, index + size, index)
+    return decomposition_table[aten.index_fill.int_Scalar](x, dim, index, value)
+
+
+def _index_and_source(x, index, source):
     if index.dim() == 0:
         index = index.reshape(1)
         if source.dim() == 0 and x.dim() == 1:
             source = source.reshape(1)
-    return decomposition_table[aten.index_add.default](x, dim, index, source, alpha=alpha)
+    return torch.where(index < 0, -(2 ** 62), index), source
 
 
 # F.pdist: ATen's kernel has no forward-mode formula and its backward no derivative, so the

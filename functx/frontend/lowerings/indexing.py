@@ -116,11 +116,21 @@ def _linear_index(x, indices):
     sizes = [t.shape[d] for d in dims]
     rest = tuple(t.shape[i] for i in range(t.ndim) if i not in dims)
     y = P.reshape(y, (math.prod(sizes),) + rest)
-    lin = None
+    lin = ok = None
     for d, size in zip(dims, sizes):
         ix = P.broadcast_to(P.convert(_wrap_index(full[d], size), torch.int64), idx_shape)
         lin = ix if lin is None else P.add(P.mul(lin, size), ix)
+        if len(dims) > 1:   # one index out of range could still make a valid flat position
+            valid = P.bitwise_and(P.ge(ix, 0), P.lt(ix, size))
+            ok = valid if ok is None else P.bitwise_and(ok, valid)
+    if ok is not None:      # torch raises there: a position no batching offset makes valid
+        lin = P.where(ok, lin, _INVALID)
     return y, lin, dims, adjacent, rest, idx_shape
+
+
+# A flat position for an index out of range: negative even after vmap's batching rules add
+# an example's offset, so take/scatter (index_select, index_copy) raise as torch does.
+_INVALID = -(2 ** 62)
 
 
 @register(aten.index.Tensor)
@@ -243,7 +253,7 @@ def _scatter_positions(x, dim, index):
     # land on another element of the flat tensor, silently: it gets a position no batching
     # offset makes valid, so the flat write raises as torch's does.
     ok = P.bitwise_and(P.ge(index, 0), P.lt(index, t.shape[dim]))
-    return P.where(ok, pos, -(2 ** 62))
+    return P.where(ok, pos, _INVALID)
 
 
 def _src_for(src, index, dtype):
