@@ -333,12 +333,18 @@ class JitFunction:
                     self._last_key = self._last_entry = None
         return entry
 
+    def _leaf_name(self, path):
+        if len(path) == 4 and path[:2] == (1, _BUFFERS):     # what _buffers_as_arguments passes
+            return (f"the buffer {path[3]!r} of a module f reaches (jit passes the buffers of a module "
+                    "that trains as arguments, so their updates are written back)")
+        return self._namer(path)
+
     def _trace(self, args, kwargs, nums, paths, shapes, leaves):
         with record_layout_reads() as layouts, generator_arguments(leaves) as generators, \
                 record_autograd_reads() as autograd:
             graph = trace_graph(self._fn, args, kwargs, nums, "functx.jit", mutations=True,
                                 static_argnames=self.static_argnames, dynamic_scalars=True,
-                                arg_names=lambda k: self._namer(paths[k]), shapes=shapes)
+                                arg_names=lambda k: self._leaf_name(paths[k]), shapes=shapes)
         layouts.autograd = autograd.read
         return graph, layouts, generators
 

@@ -86,6 +86,7 @@ def embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sp
     offsets = _concrete_sizes(offsets, "embedding_bag", "the bag offsets")
     n = indices.shape[0]
     bounds = offsets.tolist() if include_last_offset else offsets.tolist() + [n]
+    _check_bag_offsets(bounds, n, include_last_offset)
     starts, ends = torch.tensor(bounds[:-1], dtype=torch.int64), torch.tensor(bounds[1:], dtype=torch.int64)
     width = max([0] + (ends - starts).tolist())
     slot = torch.arange(width)
@@ -111,6 +112,64 @@ def embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sp
     if mode == 0 and (padding_idx is None or padding_idx < 0):
         offset2bag = offset2bag[:0]
     return out, offset2bag, bag_size, max_indices
+
+
+def _check_bag_offsets(bounds, n, include_last_offset):
+    """torch's checks (offsets[0] == 0, offsets[-1] <= len(input)), and the offsets its CPU
+    kernel does not check but answers with values of no bag (or crashes on): decreasing
+    offsets, or with include_last_offset a last offset other than len(input) (torch's
+    documented contract) or no bag at all."""
+    if include_last_offset and len(bounds) < 2:
+        raise RuntimeError("functx: embedding_bag with include_last_offset=True needs at least 2 offsets "
+                           f"(the starts of the bags and len(input)), got {len(bounds)}")
+    if len(bounds) > 1 and bounds[0] != 0:
+        raise RuntimeError("offsets[0] has to be 0, i.e., the first sequence in the mini-batch has to start "
+                           f"from position 0. However, got {bounds[0]}")
+    if bounds[-1] > n:
+        raise RuntimeError(f"offsets[-1] can not be greater than input's length {n} but got offsets[-1] of "
+                           f"{bounds[-1]}")
+    if any(a > b for a, b in zip(bounds, bounds[1:])):
+        offsets = bounds if include_last_offset else bounds[:-1]
+        raise RuntimeError(f"functx: embedding_bag's offsets must be non-decreasing, got {offsets} (torch's "
+                           "CPU kernel does not check them and returns sums of no bag)")
+    if include_last_offset and bounds[-1] != n:
+        raise RuntimeError(f"functx: embedding_bag with include_last_offset=True needs offsets[-1] == len(input) "
+                           f"({n}), got {bounds[-1]} (torch's CPU kernel does not check it and returns sums "
+                           "of no bag)")
+
+
+# index_add / index_copy through torch._decomp's decompositions (index_put): a 0-d index (one
+# position, as torch's kernel reads it) is indexed with as given there, which drops the dim
+# the source keeps (size 1), so the write did not fit (an error deep in index_put); and
+# index_put reads a negative index from the end, where these kernels raise (index_fill's
+# reads it from the end too): such an index becomes one index_put's take/scatter refuse.
+@register_special(aten.index_add.default)
+def index_add(x, dim, index, source, alpha=1):
+    index, source = _index_and_source(x, index, source)
+    return decomposition_table[aten.index_add.default](x, dim, index, source, alpha=alpha)
+
+
+@register_special(aten.index_copy.default)
+def index_copy(x, dim, index, source):
+    index, source = _index_and_source(x, index, source)
+    return decomposition_table[aten.index_copy.default](x, dim, index, source)
+
+
+@register_special(aten.index_fill.int_Scalar, aten.index_fill.int_Tensor)
+def index_fill(x, dim, index, value):
+    """torch._refs' index_fill is an index_copy; torch's index_fill reads a negative index
+    from the end (index_copy refuses it)."""
+    size = x.shape[dim] if x.dim() else 1
+    index = torch.where(index < 0, index + size, index)
+    return decomposition_table[aten.index_fill.int_Scalar](x, dim, index, value)
+
+
+def _index_and_source(x, index, source):
+    if index.dim() == 0:
+        index = index.reshape(1)
+        if source.dim() == 0 and x.dim() == 1:
+            source = source.reshape(1)
+    return torch.where(index < 0, -(2 ** 62), index), source
 
 
 # F.pdist: ATen's kernel has no forward-mode formula and its backward no derivative, so the
@@ -273,7 +332,13 @@ def register_hook(self, hook):
     raise FunctxError("functx: Tensor.register_hook needs functx.transforms (import functx)")
 
 
+def one_hot(tensor, num_classes=-1):
+    """F.one_hot: frontend/lowerings/indexing.py replaces this entry (it needs the wrappers)."""
+    return NotImplemented
+
+
 COMPOSITES = {
+    torch.nn.functional.one_hot: one_hot,
     torch.Tensor.__getitem__: getitem,
     torch.Tensor.__setitem__: setitem,
     torch.full_like: full_like,

@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_flatten
 from torch._decomp import decomposition_table
 from torch.utils._pytree import tree_map
 
-from ..core.errors import FunctxError, user_frame_summary
+from ..core.errors import FunctxError, PlainWriteError, user_frame_summary
 from ..core import Zero, nan_check
 from ..core.trace import Tracer, concrete, trace_state, type_of
 from .. import prims as P
@@ -509,6 +509,16 @@ def _inplace(func, args, kwargs):
         result = _random_fill(func, args, kwargs)       # traced parameters: torch's decomposition
     else:
         result = dispatch(functional, args, kwargs)
+    if not isinstance(target, TracerTensor):
+        # a traced result written into a plain tensor: one the function closes over (a module's
+        # weight: nn.Embedding(max_norm=) renormalizes it with embedding_renorm_) or made itself
+        raise PlainWriteError(
+            f"functx: {func} writes a traced value in place into a plain tensor ({tuple(target.shape)}, "
+            f"{target.dtype}), one the transformed function closes over (a module's parameter or "
+            f"buffer) or created itself (torch.zeros(...)), here:\n{user_frame_summary()}\nfunctx cannot "
+            "track writes into that tensor. Pass it as an argument (a module's parameters: "
+            "functional_call(model, params, x)), create it from a traced input (x.new_zeros(...)), or "
+            "build the result out of place (torch.stack, torch.cat, torch.where).")
     write(target, unwrap(result))
     return target
 

@@ -5,6 +5,7 @@ that functx.explain can report it.
 from __future__ import annotations
 
 import torch
+import torch._library.custom_ops as _custom_ops
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..core.errors import ConcretizationError, FunctxError, user_frame_summary
@@ -60,9 +61,23 @@ def opaque_fallback(func, args, kwargs):
         out = func(*a, **k)
         return (out,) if single else tuple(out)
 
-    outs = opaque(OpaqueFunction(fn, name, reverse_jvp=func in FORWARD_AD_WRONG), values, out_types)
+    outs = opaque(OpaqueFunction(fn, name, reverse_jvp=func in FORWARD_AD_WRONG,
+                                 no_derivative=_custom_op_without_derivative(func)), values, out_types)
     outs = [TracerTensor(o) if not isinstance(o, TracerTensor) else o for o in outs]
     return outs[0] if single else tuple(outs)
+
+
+def _custom_op_without_derivative(func):
+    """Why a torch.library custom op (torch.library.custom_op) has no derivative here, or
+    None for other ops: torch.func, which the opaque rules use, gives its forward-mode tangent
+    as zeros, silently, and raises in reverse mode (its register_autograd formula included)."""
+    if func.namespace in ("aten", "prims") or _custom_ops.OPDEFS.get(func._schema.name) is None:
+        return None
+    return (f"functx: {func} is a torch.library custom op, which functx runs opaquely through "
+            "torch.func; torch.func does not differentiate such ops (its jvp gives zero tangents, "
+            "silently; its grad raises, also with a register_autograd formula), so functx raises for "
+            "any derivative of it. Write the function with torch ops, or as a torch.autograd.Function "
+            "with setup_context (and jvp for forward mode), which functx's transforms honour")
 
 
 def _run_check(func, args, kwargs):

@@ -70,19 +70,28 @@ def _check_static(s, name, what):
 
 class _naming_scalars:
     """A ConcretizationError on a value computed from dynamic Python numbers names them and
-    says how to make them static."""
+    says how to make them static; one computed from tensor arguments alone names those (a
+    module buffer jit passes as an argument: BatchNorm(momentum=None) reads
+    float(num_batches_tracked) in training mode)."""
 
-    def __init__(self, scalar_vars, arg_names):
-        self.scalar_vars, self.arg_names = scalar_vars, arg_names
+    def __init__(self, scalar_vars, arg_names, tensor_vars=None):
+        self.scalar_vars, self.arg_names, self.tensor_vars = scalar_vars, arg_names, tensor_vars or {}
 
     def __enter__(self):
         return self
 
     def __exit__(self, typ, exc, tb):
-        if not isinstance(exc, ConcretizationError) or not self.scalar_vars:
+        if not isinstance(exc, ConcretizationError):
             return False
-        culprits = [k for v, k in self.scalar_vars.items() if v in getattr(exc, "depends_on", ())]
+        depends = getattr(exc, "depends_on", ())
+        culprits = [k for v, k in self.scalar_vars.items() if v in depends]
         if not culprits:
+            tensors = sorted(k for v, k in self.tensor_vars.items() if v in depends)
+            if not tensors or self.arg_names is None:
+                return False
+            # the same exception, its traceback ending at the user's line
+            exc.args = (f"{exc}\n\nThe value Python needed is computed from "
+                        f"{', '.join(map(self.arg_names, tensors))}, traced (abstract) under jit.",)
             return False
         names = ", ".join(self.arg_names(k) if self.arg_names else f"leaf {k}" for k in culprits)
         raise ConcretizationError(
@@ -193,7 +202,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
     leaves, treedef = tree_flatten((dynamic, kwargs))
     trace = GraphTrace(current_trace(), stage_all=True)
     tracers, vals, in_wrappers = [], [], []
-    scalar_vars = {}
+    scalar_vars, tensor_vars = {}, {}
     device = scalar_device(leaves) if dynamic_scalars else None
     symbolic_leaves = set()
     for k, leaf in enumerate(leaves):
@@ -206,6 +215,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
                         raise NotImplementedError("a non-contiguous argument (its strides would pin its sizes)")
                     symbolic_leaves.add(k)    # contiguous wrapper; as_strided notes a layout read
             t = trace.new_arg(typ)
+            tensor_vars[t.var] = k
         elif dynamic_scalars and is_dynamic_scalar(leaf):
             t = trace.new_arg(TensorType((), _SCALAR_DTYPE[type(leaf)], device, weak=True))
             scalar_vars[t.var] = k
@@ -223,7 +233,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
     # intercept_random: torch.randn(shape) etc. are staged as random primitives, not baked in
     refuse_inside_torch_func(what)
     with record_fallbacks() as fallbacks, record_rewrites() as rewrites, set_current_trace(trace), \
-            intercept_random(), _naming_scalars(scalar_vars, arg_names), _result_layouts(shapes is None), \
+            intercept_random(), _naming_scalars(scalar_vars, arg_names, tensor_vars), _result_layouts(shapes is None), \
             _pin_sizes(bool(symbolic_leaves)), _numbers_as_tensors(scalar_vars):
         mode = active_mode()
         first_read = len(mode.closure_reads) if mode is not None else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..core import EXTERN, Primitive, TensorType, Zero, bind
+from ..core.errors import FunctxError, user_frame_summary
 from ..core.trace import TOP_LEVEL_KEYS, type_of
 from . import elementwise as ew
 from .creation import zeros_like_type
@@ -22,15 +23,18 @@ class OpaqueFunction:
     forward-mode formula for fn is wrong (frontend/fallback.py lists the ops), so its jvp is
     J t from reverse mode; the functions built from it (its jvp, vjp, transpose, vmap) keep
     the flag, since differentiating them forward would reach that formula again."""
-    __slots__ = ("fn", "name", "vjp_of", "reverse_jvp")
+    __slots__ = ("fn", "name", "vjp_of", "reverse_jvp", "no_derivative")
 
-    def __init__(self, fn, name, vjp_of=None, reverse_jvp=False):
+    def __init__(self, fn, name, vjp_of=None, reverse_jvp=False, no_derivative=None):
         self.fn = fn
         self.name = name
         # for jvp(f): (f, n_primals, tangent positions, float outputs), so that its transpose
         # is torch.func.vjp of f itself (no forward-mode AD needed for reverse mode)
         self.vjp_of = vjp_of
         self.reverse_jvp = reverse_jvp
+        # why torch.func cannot differentiate fn (a torch.library custom op: its forward-mode
+        # tangent comes back as zeros, silently), raised when a derivative is asked for
+        self.no_derivative = no_derivative
 
     def __call__(self, *args):
         return self.fn(*args)
@@ -61,6 +65,8 @@ def _opaque_jvp(primals, tangents, *, fn, out_types, linear_argnums):
     float_outs = [i for i, t in enumerate(out_types) if t.dtype.is_floating_point or t.dtype.is_complex]
     if not nz or not float_outs:
         return outs, [Zero(t) for t in out_types]
+    if fn.no_derivative is not None:
+        raise FunctxError(f"{fn.no_derivative}, here:\n{user_frame_summary()}")
     n = len(primals)
 
     def jvp_fn(*args):

@@ -11,6 +11,9 @@ from ...core.trace import concrete
 from ... import prims as P
 from ..promote import SCALARS, broadcast_shapes
 from .common import _as_bool, _opaque, _t, _zeros, aten, wrap_dim
+from ..functionalize import unwrap
+from ..tensor import TracerTensor
+from ..composites import COMPOSITES
 from .registry import register
 
 
@@ -23,10 +26,14 @@ def _wrap_index(idx, size):
 
 @register(aten.index_select.default)
 def _index_select(x, dim, index):
-    t = _t(x)
+    t, it = _t(x), _t(index)
     d = wrap_dim(dim, t.ndim)
+    if it.ndim > 1:
+        raise IndexError("index_select(): Index is supposed to be a vector")
     if t.ndim == 0:
         return x
+    if it.ndim == 0:    # a 0-d index selects a length-1 dim, as torch's (take would drop it)
+        index = P.reshape(index, (1,))
     return P.take(x, index, d)
 
 
@@ -57,14 +64,30 @@ def _gather(x, dim, index, sparse_grad=False):
     t = _t(x)
     if _t(index).numel == 0:    # torch skips its dtype and rank checks for an empty index
         return P.full(tuple(_t(index).shape), 0, t.dtype, t.device)
-    if t.ndim == 0 and _t(index).ndim == 1:     # torch reads a 0-d input as one element
-        return P.take_along_axis(P.reshape(x, (1,)), index, 0)
+    if _vector_like(x, index):      # torch reads a 0-d input or index as one element
+        wrap_dim(dim, 1)
+        return P.reshape(P.take_along_axis(_as_vector(x), _as_vector(index), 0), _t(index).shape)
     return P.take_along_axis(x, index, wrap_dim(dim, t.ndim))
+
+
+def _vector_like(*operands) -> bool:
+    """Whether gather/scatter operands mix 0-d and 1-d tensors, which torch reads alike (its
+    ensure_nonempty_dim): a 0-d one is a 1-element vector there. (The primitives and their
+    batching rules take equal ranks.)"""
+    ranks = [_t(v).ndim for v in operands]
+    return 0 in ranks and max(ranks) <= 1
+
+
+def _as_vector(v):
+    return P.reshape(v, (_t(v).numel,)) if _t(v).ndim == 0 else v
 
 
 @register(aten.scatter_add.default)
 def _scatter_add(x, dim, index, src):
     t = _t(x)
+    if _vector_like(x, index, src) and _t(index).numel:
+        wrap_dim(dim, 1)
+        return P.reshape(_scatter_add(_as_vector(x), 0, _as_vector(index), _as_vector(src)), t.shape)
     it = _t(index)
     if _t(src).shape != it.shape:
         src = P.slice_(src, (0,) * it.ndim, it.shape)
@@ -93,11 +116,21 @@ def _linear_index(x, indices):
     sizes = [t.shape[d] for d in dims]
     rest = tuple(t.shape[i] for i in range(t.ndim) if i not in dims)
     y = P.reshape(y, (math.prod(sizes),) + rest)
-    lin = None
+    lin = ok = None
     for d, size in zip(dims, sizes):
         ix = P.broadcast_to(P.convert(_wrap_index(full[d], size), torch.int64), idx_shape)
         lin = ix if lin is None else P.add(P.mul(lin, size), ix)
+        if len(dims) > 1:   # one index out of range could still make a valid flat position
+            valid = P.bitwise_and(P.ge(ix, 0), P.lt(ix, size))
+            ok = valid if ok is None else P.bitwise_and(ok, valid)
+    if ok is not None:      # torch raises there: a position no batching offset makes valid
+        lin = P.where(ok, lin, _INVALID)
     return y, lin, dims, adjacent, rest, idx_shape
+
+
+# A flat position for an index out of range: negative even after vmap's batching rules add
+# an example's offset, so take/scatter (index_select, index_copy) raise as torch does.
+_INVALID = -(2 ** 62)
 
 
 @register(aten.index.Tensor)
@@ -210,12 +243,17 @@ def _scatter_positions(x, dim, index):
     strides, acc = [0] * t.ndim, 1
     for k in range(t.ndim - 1, -1, -1):
         strides[k], acc = acc, acc * t.shape[k]
-    pos = P.mul(P.convert(index, torch.int64), strides[dim])
+    index = P.convert(index, torch.int64)
+    pos = P.mul(index, strides[dim])
     for k in range(t.ndim):
         if k != dim and strides[k] and it.shape[k] > 1:
             pos = P.add(pos, P.iota(it.shape, k, torch.int64, t.device) if strides[k] == 1 else
                         P.mul(P.iota(it.shape, k, torch.int64, t.device), strides[k]))
-    return pos
+    # An index outside [0, size) (torch.scatter raises for it, negative ones included) would
+    # land on another element of the flat tensor, silently: it gets a position no batching
+    # offset makes valid, so the flat write raises as torch's does.
+    ok = P.bitwise_and(P.ge(index, 0), P.lt(index, t.shape[dim]))
+    return P.where(ok, pos, _INVALID)
 
 
 def _src_for(src, index, dtype):
@@ -272,3 +310,27 @@ def _masked_select(x, mask):
             "masked_select outside the jitted/vmapped function.") from e
     idx = torch.nonzero(m.reshape(-1)).reshape(-1)
     return P.take(P.reshape(P.broadcast_to(x, shape), (math.prod(shape),)), idx, 0)
+
+
+# F.one_hot: ATen's one_hot reaches functx already decomposed (unsqueeze, eq with arange),
+# without the kernel's checks, so a class out of range gave an all-zero row (a negative one
+# too) where eager raises. Caught as a torch function (frontend/composites.py): with concrete
+# classes (eager transforms) the checks run as torch's; traced ones (jit, vmap) pick rows of
+# an identity with take, whose index_select raises at run time.
+def _one_hot(tensor, num_classes=-1):
+    try:
+        classes = concrete(unwrap(tensor))
+    except FunctxError:
+        classes = None
+    if classes is not None and classes.numel() and classes.dtype == torch.int64:
+        if classes.min() < 0:
+            raise RuntimeError("Class values must be non-negative.")
+        if num_classes != -1 and classes.max() >= num_classes:
+            raise RuntimeError("Class values must be smaller than num_classes.")
+    if classes is not None or num_classes == -1 or not tensor.numel() or tensor.dtype != torch.int64:
+        return NotImplemented       # torch's own (its checks of num_classes and the dtype)
+    eye = torch.eye(num_classes, dtype=torch.int64, device=tensor.device)
+    return TracerTensor(P.take(eye, unwrap(tensor), 0))
+
+
+COMPOSITES[torch.nn.functional.one_hot] = _one_hot

@@ -11,7 +11,7 @@ from torch._decomp.decompositions import native_batch_norm_helper
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND as KIND
 
 from ...core.errors import FunctxError
-from ...core.trace import Tracer, concrete, is_ancestor, tracer_chain
+from ...core.trace import Tracer, concrete, is_ancestor, staging, tracer_chain
 from ... import prims as P
 from ...prims.util import static_broadcast_shapes
 from ..functionalize import unwrap, write
@@ -334,6 +334,9 @@ def _mask_left_aligned(src, mask):
 # a functionalized write when the buffer is traced, and concretely (as torch.func does)
 # when it is a plain module buffer and the value is concrete (eager transforms).
 
+_PLAIN_BUFFER = (torch.Tensor, torch.nn.Parameter)
+
+
 def _update_buffer(buf, new, op):
     value = P.stop_gradient(unwrap(new))
     batching = _vmap_batching(buf, value)
@@ -374,6 +377,13 @@ def _vmap_batching(buf, value):
 
 @register_special(aten.native_batch_norm.default)
 def _native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    if not training and staging():
+        # Eval mode under jit: the statistics are read by the graph on every call, not
+        # computed from at trace time. The eager kernel updates them in training mode without
+        # bumping their version (native_batch_norm's schema does not mark them written), so a
+        # trace-time copy guarded by the version went stale after an eager training step.
+        running_mean, running_var = (TracerTensor(t) if type(t) in _PLAIN_BUFFER else t
+                                     for t in (running_mean, running_var))
     out, save_mean, save_rstd, new_mean, new_var = native_batch_norm_helper(
         input, weight, bias, running_mean, running_var, training, momentum, eps, functional=True)
     if training:
