@@ -16,6 +16,7 @@ import them in turn.
     indexing      index/index_put, gather/scatter, scatter_reduce, sort/topk, masked_select
     nn            ops whose derivatives follow torch's formulas at ties and edges
                   (relu, hardtanh, softmax, norms, cdist, hypot, std, sinc), batch norm
+    norms         layer_norm, group_norm (torch's kernels on eager levels: prims/fused_norm.py)
     activations   softplus, elu/selu/celu, log_ndtr: overflow-safe branches (torch's where()
                   decompositions have NaN derivatives for large inputs)
     rnn           oneDNN's LSTM layer (nn.LSTM on the CPU), as steps of the LSTM cell
