@@ -254,3 +254,19 @@ def test_a_disk_cache_hit_imports_no_sympy():
     child = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr
     assert child.stdout.split() == ["fused", "False"], child.stdout
+
+
+def test_a_graph_too_large_to_plan_stays_on_the_eager_tier(monkeypatch):
+    # The fusion planner's cost grows faster than the graph: a 200-step Python loop's gradient
+    # (3,200 equations) planned for ~47 s in a thread holding the GIL. Past MAX_FUSED_EQUATIONS
+    # the eager tier serves every call, and explain says why.
+    from functx.compile.cpu import compiled as cpu_compiled
+    monkeypatch.setattr(cpu_compiled, "MAX_FUSED_EQUATIONS", 5)
+    x = torch.randn(64, 64)
+    f = functx.jit(F)
+    for _ in range(3):
+        torch.testing.assert_close(f(x), F(x))
+        wait_for_fused()
+    c = entry_of(f, x)
+    assert c.fused_state == "too large" and c.tier == "eager" and c.call is c.eager.call
+    assert "MAX_FUSED_EQUATIONS" in str(functx.explain(f)(x))
