@@ -64,6 +64,7 @@ def _flatten_tensors(tree, what):
 class _OutStore:
     tree = None
     aux = None
+    written = ()        # the inputs f wrote in place (input_writes.record)
 
 
 def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None, sources=None):
@@ -348,8 +349,8 @@ def value_and_grad(f, argnums=0, has_aux=False):
         d_flat, d_tree = _flatten_tensors(diff_args, "functx.grad: differentiated arguments")
         _require_float(d_flat, "functx.grad")
         store = _OutStore()
-        out, pullback, _ = vjp_flat(_flat_fun(g, d_tree, store, "functx.grad", has_aux,
-                                              sources=_leaves(diff_args)), d_flat,
+        sources = _leaves(diff_args)
+        out, pullback, _ = vjp_flat(_flat_fun(g, d_tree, store, "functx.grad", has_aux, sources=sources), d_flat,
                                    user_level=True)
         if len(out) != 1 or type_of(out[0]).shape != ():
             shapes = [tuple(type_of(o).shape) for o in out]
@@ -359,7 +360,8 @@ def value_and_grad(f, argnums=0, has_aux=False):
         if not t.dtype.is_floating_point:
             raise TypeError(f"functx.grad: f must return a floating-point scalar; got {t.dtype}")
         cts = [_instantiate(c) for c in pullback([P.full((), 1.0, t.dtype, t.device)])]
-        input_writes.write_back(input_writes.primal_values(store), _leaves(diff_args), keep=(out, cts))
+        if store.written:
+            input_writes.write_back(input_writes.primal_values(store), sources, keep=(out, cts))
         grads = tree_unflatten(d_tree, [wrap(c) for c in cts])
         grads = grads[0] if isinstance(argnums, int) else tuple(grads)
         value = wrap(out[0])

@@ -15,9 +15,10 @@ from .jvp import JVPTracer
 
 def record(store, wrapped_inputs):
     """Inside f's level: the inputs f wrote in place, as (index, value, level)."""
-    level = current_trace()
-    store.written = [(i, unwrap(w), level) for i, w in enumerate(wrapped_inputs)
-                     if isinstance(w, TracerTensor) and w._version_]
+    written = [i for i, w in enumerate(wrapped_inputs) if type(w) is TracerTensor and w._version_]
+    if written:
+        level = current_trace()
+        store.written = [(i, unwrap(wrapped_inputs[i]), level) for i in written]
 
 
 def primal_values(store):
