@@ -37,7 +37,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import functx  # noqa: E402
 from _timing import pin_to_one_core  # noqa: E402
-from _models import init_mlp, mlp  # noqa: E402
+from _models import init_mlp, mlp, rnn_loss  # noqa: E402
 import bench_transforms as BT  # noqa: E402
 
 
@@ -96,12 +96,6 @@ def module_rows(T):
     def denoise_loss(p):
         return (torch.func.functional_call(conv, p, (img + noise,)) - noise).pow(2).mean()
 
-    def rnn_loss(W, xs):
-        h, out = xs.new_zeros(xs.shape[1:]), xs.new_zeros(xs.shape)
-        for t in range(xs.shape[0]):
-            h = torch.tanh(h @ W + xs[t])
-            out[t] = h
-        return out.pow(2).mean()
     return {
         "grad nn.Sequential MLP": (T.grad(mlp_loss), (dict(mlp_m.named_parameters()),)),
         "grad TransformerEncoderLayer": (T.grad(layer_loss), (dict(layer.named_parameters()),)),
