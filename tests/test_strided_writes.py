@@ -119,12 +119,12 @@ def test_eager_rules_write_a_dying_buffer_in_place_and_only_then(monkeypatch):
     units = importlib.import_module("functx.frontend.function_units")
     batches = importlib.import_module("functx.frontend.unit_batches")
     writes = []
-    in_place = indexing._update_slice_impl.in_place
+    in_place = indexing.update_slice_in_place_p.impl
 
     def counting(x, v, **params):
         writes.append(x.shape)
         return in_place(x, v, **params)
-    monkeypatch.setattr(indexing._update_slice_impl, "in_place", counting)
+    monkeypatch.setattr(indexing.update_slice_in_place_p, "impl", counting)
     units.CACHE.clear()
     batches.COMBINED.clear()
     batches.SEEN.clear()

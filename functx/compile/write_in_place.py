@@ -13,28 +13,12 @@ its inputs."""
 from __future__ import annotations
 
 from ..core import Eqn, Graph, Var
-from ..prims.indexing import split_block_in_place_p, split_block_p, update_slice_in_place_p, update_slice_p
-
-# each primitive whose first output is a fresh buffer -> its variant that writes over its first operand
-IN_PLACE = {update_slice_p: update_slice_in_place_p, split_block_p: split_block_in_place_p}
-_FRESH = set(IN_PLACE) | set(IN_PLACE.values())
+from ..prims.indexing import IN_PLACE, written_over
 
 
 def write_blocks_in_place(graph: Graph) -> Graph:
-    reads: dict = {}
-    for e in graph.eqns:
-        for a in e.inputs:
-            if isinstance(a, Var):
-                reads[a] = reads.get(a, 0) + 1
-    outs = {a for a in graph.outvars if isinstance(a, Var)}
-    made = set()            # buffers (first outputs) those primitives made
-    eqns, changed = [], False
-    for e in graph.eqns:
-        if e.prim in _FRESH:
-            x = e.inputs[0]
-            if e.prim in IN_PLACE and x in made and reads[x] == 1 and x not in outs:
-                e = Eqn(IN_PLACE[e.prim], e.inputs, e.outputs, e.params, e.source)
-                changed = True
-            made.add(e.outputs[0])
-        eqns.append(e)
-    return graph.replace(eqns=eqns) if changed else graph
+    over = written_over(graph.eqns, {a for a in graph.outvars if isinstance(a, Var)})
+    if not over:
+        return graph
+    return graph.replace(eqns=[Eqn(IN_PLACE[e.prim], e.inputs, e.outputs, e.params, e.source) if id(e) in over else e
+                               for e in graph.eqns])

@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from ..core import EXTERN, Primitive, Zero, bind
+from ..core import EXTERN, Primitive, Var, Zero, bind
 from ..core.trace import type_of
 from . import elementwise as ew
 from . import shape as sh
@@ -216,8 +216,6 @@ def _update_slice_in_place(x, v, *, start, strides):
     return x
 
 
-_update_slice_impl.in_place = _update_slice_in_place     # over a buffer nothing else reads (rule_cache)
-
 
 def _limit(start, shape, strides):
     return tuple(s + (n - 1) * st + 1 if n else s for s, n, st in zip(start, shape, strides))
@@ -294,8 +292,6 @@ def _split_block_in_place(x, *, start, strides, shape):
     return [x, block]
 
 
-_split_block_impl.in_place = _split_block_in_place      # over a buffer nothing else reads
-
 
 def _split_block_jvp(primals, tangents, *, start, strides, shape):
     outs = split_block(primals[0], start, strides, shape)
@@ -344,6 +340,31 @@ split_block_in_place_p = Primitive(     # backend-internal, as update_slice_in_p
     "split_block_in_place", kind=EXTERN, multiple_results=True,
     abstract_eval=_split_block_type,
     impl=_split_block_in_place)
+
+
+# ---------------------------------------------------------------- writing over a dying buffer
+
+# each primitive whose first output is a fresh buffer -> its variant that writes over its first operand
+IN_PLACE = {update_slice_p: update_slice_in_place_p, split_block_p: split_block_in_place_p}
+_MAKES_BUFFERS = frozenset(IN_PLACE) | frozenset(IN_PLACE.values())
+
+
+def written_over(eqns, live) -> set:
+    """ids of the equations of eqns (in program order) that may run their IN_PLACE variant:
+    their first operand is a buffer such an equation made (a fresh tensor no argument shares),
+    nothing else reads it (no other equation, so no view of it exists) and it is not in `live`
+    (returned, or read by code outside eqns). A loop's `out[t] = h` then costs its block, not a
+    copy of the buffer each step. Generated eager rules (transforms/rule_cache.py) and jit's
+    last pass (compile/write_in_place.py) both decide with this."""
+    reads, made = {}, set()
+    for e in eqns:
+        for a in e.inputs:
+            if isinstance(a, Var):
+                reads[a] = reads.get(a, 0) + 1
+        if e.prim in _MAKES_BUFFERS:
+            made.add(e.outputs[0])
+    return {id(e) for e in eqns if e.prim in IN_PLACE and e.inputs[0] in made
+            and reads[e.inputs[0]] == 1 and e.inputs[0] not in live}
 
 
 # ---------------------------------------------------------------- take_along_axis / scatter_add_along

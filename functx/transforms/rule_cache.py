@@ -41,6 +41,7 @@ from ..core import POINTWISE, REDUCTION, VIEW, Literal, Var, Zero
 from ..core.ir import Eqn, Graph
 from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, Tracer, UndefinedPrimal, tensor_type, trace_state
 from ..frontend.lowered_ops import FloatSignatures, LoweredOp, run_lowered
+from ..prims.indexing import IN_PLACE, written_over
 from ..prims.shape import _broadcast_view, reshape_p
 
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
@@ -275,25 +276,6 @@ def build_jvp_of(jvp, name, multiple, specs, zero_of):
     return JvpRule(fns, multiple)
 
 
-def _written_over(eqns, live):
-    """ids of the equations that may write their result over their first operand: one with an
-    in-place impl (update_slice: `out[t] = h` in a loop; split_block: its backward) whose first
-    operand such a primitive made in this code (its first output: a fresh buffer no argument
-    shares) and that nothing else reads (no other equation, so no view of it exists; not an
-    output or a residual the tangent equations read). Each write then costs its block, not a
-    copy of the whole buffer."""
-    reads, fresh = {}, set()
-    for e in eqns:
-        for a in e.inputs:
-            if isinstance(a, Var):
-                reads[a] = reads.get(a, 0) + 1
-        if e.outputs and getattr(e.prim.impl, "in_place", None) is not None:
-            fresh.add(e.outputs[0])
-    return {id(e) for e in eqns
-            if e.inputs and getattr(e.prim.impl, "in_place", None) is not None and e.inputs[0] in fresh
-            and reads[e.inputs[0]] == 1 and e.inputs[0] not in live}
-
-
 def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_linear, residuals, lin, out_atoms, tout_atoms,
                    tpls):
     """linearize(pe, P, T) and forward(P, T) of one JvpRule; bind: their primal (and forward
@@ -310,7 +292,7 @@ def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_lin
     else:
         live = {a for a in (*out_atoms, *residuals) if isinstance(a, Var)}
         eqns = elide_broadcasts(kept_known, live)
-        over = _written_over(eqns, live)
+        over = written_over(eqns, live)
         known_lines = [gen.call(e, in_place=id(e) in over) for e in eqns]
     outs_src = ", ".join(gen.ref(a) for a in out_atoms)
     res_names = [gen.ref(a) for a in residuals]
@@ -389,12 +371,12 @@ class _Codegen:
 
     def call(self, e, in_place=False):
         """`out = impl(args, **params)` (what EvalTrace runs for e), or `out = bind(...)`;
-        in_place: the impl that writes its result over its first operand."""
+        in_place: its IN_PLACE variant's impl, which writes over its first operand (written_over)."""
         ins = [self.ref(a) for a in e.inputs]
         if self.bind:
             args = "(" + "".join(i + ", " for i in ins) + ")"
             return f"    {self._outs(e)} = B({self.const(e.prim)}, {args}, {self.const(e.params)})"
-        impl = e.prim.impl.in_place if in_place else e.prim.impl
+        impl = IN_PLACE[e.prim].impl if in_place else e.prim.impl
         scalar_as_tensor = _scalar_as_tensor(e)
         if scalar_as_tensor is not None:
             i, t = scalar_as_tensor
@@ -566,7 +548,7 @@ def _transpose_functions(label, arg, ct_names, res_vars, g, cts):
         else:
             live = {c for c in cts if isinstance(c, Var)}
             eqns = elide_broadcasts(g.eqns, live)
-            over = _written_over(eqns, live)
+            over = written_over(eqns, live)
             lines = [gen.call(eq, in_place=id(eq) in over) for eq in eqns]
         outs = ", ".join("None" if c is None else gen.ref(c) for c in cts)
         src = "\n".join([f"def transpose({arg}, R):"] + lines + [f"    return ({outs},)"])
