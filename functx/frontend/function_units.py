@@ -34,7 +34,7 @@ from ..core import nan_check
 from .. import prims as P
 from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, reverse_mode_active, trace_state, type_of
 from . import tensor as _tensor
-from .functionalize import value_of
+from .functionalize import recorded_value_of, value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
 from .tensor import TracerTensor, fresh_wrapper, is_contiguous_layout, record_user_layout_reads, root_of, unit_key
 from .unit_batches import BELOW_DISPATCH as _BELOW_DISPATCH, LazyTracer
@@ -278,9 +278,7 @@ def _key(x, leaves):
         root = root_of(x)
         if root._layout == "unknown":
             raise _Uncacheable
-        # a view as made keeps a batched value (a LazyTracer) for the batch to read; else its
-        # current value (a stale view recomputes)
-        v = x._value if root is x or x._seen == root._version_ else value_of(x)
+        v = recorded_value_of(x)        # a batched value stays lazy, for the batch to read
         leaves.append(v)
         if isinstance(v, Tracer):
             a = v.aval

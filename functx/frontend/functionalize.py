@@ -40,6 +40,13 @@ def value_of(w: TracerTensor):
     return v
 
 
+def recorded_value_of(w):
+    """w's value as recorded: a batched unit's result stays a LazyTracer (its batch runs when
+    the value is read); a stale view recomputes (value_of)."""
+    root = root_of(w)
+    return w._value if root is w or w._seen == root._version_ else value_of(w)
+
+
 def unwrap(x):
     if isinstance(x, TracerTensor):
         return value_of(x)
@@ -186,8 +193,7 @@ def contiguous(view):
     root = root_of(view)
     if root._layout != "unknown" and meta_of(view).is_contiguous():
         return view
-    # a view as made keeps its batched value (a LazyTracer): the copy reads it when read
-    return TracerTensor(view._value if view._root is None or view._seen == root._version_ else value_of(view))
+    return TracerTensor(recorded_value_of(view))     # the copy reads a batched value when read
 
 
 # Whether results take torch's layouts (dispatch.torch_layout). Off in jit's symbolic traces

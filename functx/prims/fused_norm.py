@@ -20,11 +20,10 @@ from ..core.trace import type_of
 from ..core.types import TensorType
 from . import elementwise as ew
 from . import shape as sh
-from .fused import fused_here
+from .fused import _FUSED_DTYPES, fused_here
 from .reduce import reduce_sum
 from .shape import bdim_to_front
 
-_FUSED_DTYPES = (torch.float32, torch.float64)
 _layer_norm = torch.ops.aten.native_layer_norm.default
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward.default
 

@@ -45,25 +45,20 @@ def _native_layer_norm(x, normalized_shape, weight, bias, eps):
                            f"{list(t.shape)}")
     axes = tuple(range(t.ndim - n, t.ndim))
     kept = tuple(range(t.ndim - n))
+    stat_shape = tuple(t.shape[:t.ndim - n]) + (1,) * n
     compute = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
     if fused_here() and t.dtype == compute:     # eager levels: torch's kernels (prims/fused_norm.py)
         rows = math.prod(t.shape[:t.ndim - n])
         xhat, mean, rstd = normalize_rows(P.reshape(x, (rows, math.prod(normalized_shape))), eps)
-        return _affine(P.reshape(xhat, t.shape), weight, bias, tuple(range(t.ndim - n, t.ndim)), t.dtype), \
-            P.reshape(mean, tuple(t.shape[:t.ndim - n]) + (1,) * n), P.reshape(rstd, tuple(t.shape[:t.ndim - n]) + (1,) * n)
+        return (_affine(P.reshape(xhat, t.shape), weight, bias, axes, t.dtype),
+                P.reshape(mean, stat_shape), P.reshape(rstd, stat_shape))
     xc = P.convert(x, compute)
     count = torch.sym_float(math.prod(t.shape[a] for a in axes))
     mean = P.div(P.reduce_sum(xc, axes), count)
     centered = P.sub(xc, P.broadcast_in_dim(mean, t.shape, kept))
     var = P.div(P.reduce_sum(P.mul(centered, centered), axes), count)
     rstd = P.rsqrt(P.add(var, float(eps)))
-    out = P.mul(centered, P.broadcast_in_dim(rstd, t.shape, kept))
-    trailing = tuple(range(t.ndim - n, t.ndim))
-    if weight is not None:
-        out = P.mul(out, P.broadcast_in_dim(P.convert(weight, compute), t.shape, trailing))
-    if bias is not None:
-        out = P.add(out, P.broadcast_in_dim(P.convert(bias, compute), t.shape, trailing))
-    stat_shape = tuple(t.shape[:t.ndim - n]) + (1,) * n
+    out = _affine(P.mul(centered, P.broadcast_in_dim(rstd, t.shape, kept)), weight, bias, axes, compute)
     stat_dtype = t.dtype if t.device.type == "cpu" else compute
     return (P.convert(out, t.dtype), P.convert(P.reshape(mean, stat_shape), stat_dtype),
             P.convert(P.reshape(rstd, stat_shape), stat_dtype))
