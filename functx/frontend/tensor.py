@@ -328,6 +328,20 @@ def wrap_input(value, source, bdim=None):
     strides (as torch.func's wrappers do) and as_strided reads its storage through them."""
     if not isinstance(value, Tracer):
         return value
+    if type(source) is torch.Tensor and (bdim is None or bdim == 0) and source.is_contiguous() \
+            and not source.storage_offset():
+        # the commonest argument (a plain contiguous tensor, batched along dim 0): what the
+        # general path below makes of it, without building its layout twice
+        strides = source.stride()
+        if bdim == 0:
+            strides = strides[1:]
+        t = value.aval
+        if _default_strides(t.shape) == strides and not t.dtype.is_complex:
+            w = _make_wrapper(TracerTensor, t.shape, dtype=t.dtype, device=t.device)
+            w._value = value
+            w._unit_key = unit_key(t)
+            w._layout = (strides, 0)
+            return w
     # no source: a traced value of unknown origin (as_strided of it raises)
     layout = storage_layout(source, bdim) if source is not None else "unknown"
     if isinstance(layout, tuple):

@@ -115,7 +115,7 @@ class LazyTracer(Tracer):
 
 class UnitBatch:
     """The units recorded at one eager level and not run yet."""
-    __slots__ = ("level", "values", "parts", "externals", "external_ids", "grad", "dtype", "depth")
+    __slots__ = ("level", "values", "parts", "externals", "external_ids", "grad", "dtype", "depth", "reads_ints")
 
     def __init__(self, level):
         self.level = level
@@ -125,9 +125,26 @@ class UnitBatch:
         self.external_ids = {}
         self.grad = self.dtype = None
         self.depth = len(_reverse.stack)      # the reverse levels active when it records
+        self.reads_ints = False                # a recorded unit reads an integer tensor
 
     def record(self, op, leaves, types, grad, dtype):
         """LazyTracers for op's results on leaves (lax values), to be computed when the batch runs."""
+        self._add(op, leaves, grad, dtype)
+        values = self.values
+        n = len(values)
+        outs = [LazyTracer(self, n + k, t) for k, t in enumerate(types)]
+        values.extend(outs)
+        return outs
+
+    def record_one(self, op, leaves, aval, grad, dtype):
+        """record() for a unit with one result (most torch functions), without the lists."""
+        self._add(op, leaves, grad, dtype)
+        values = self.values
+        lt = LazyTracer(self, len(values), aval)
+        values.append(lt)
+        return lt
+
+    def _add(self, op, leaves, grad, dtype):
         if grad is not self.grad or dtype is not self.dtype or len(self.parts) >= MAX_UNITS:
             if self.parts:
                 self.run()
@@ -145,15 +162,8 @@ class UnitBatch:
                 self.externals.append(v)
             refs.append(-1 - i)
         self.parts.append((op, tuple(refs)))
-        values = self.values
-        n = len(values)
-        if len(types) == 1:
-            outs = [LazyTracer(self, n, types[0])]
-            values.append(outs[0])
-        else:
-            outs = [LazyTracer(self, n + k, t) for k, t in enumerate(types)]
-            values.extend(outs)
-        return outs
+        if op.reads_ints:
+            self.reads_ints = True
 
     def run(self):
         """Compute the recorded units at the level, as they would have run when called."""
@@ -162,11 +172,15 @@ class UnitBatch:
             return
         # kept: what something references, and what units that read integer tensors make (they
         # may raise on values: an unused x[idx] with idx out of range raises, as eagerly)
-        counts = _reference_counts(values)
-        live = [i for op, start, stop in _result_ranges(parts) for i in range(start, stop)
-                if op.reads_ints or counts[i] > _UNREFERENCED]
+        if self.reads_ints:
+            counts = _reference_counts(values)
+            live = [i for op, start, stop in _result_ranges(parts) for i in range(start, stop)
+                    if op.reads_ints or counts[i] > _UNREFERENCED]
+        else:
+            live = _referenced(values)
         externals = self.externals
         self.parts, self.values, self.externals, self.external_ids = [], [], [], {}
+        self.reads_ints = False
         ran = _Ran(self.level, parts, externals, self.grad, self.dtype, self.depth)
         for lt in values:       # a result not kept (or not computed: a unit raised) is computed
             lt.batch = ran      # from what ran, should it be read after all
@@ -249,8 +263,13 @@ def _reference_counts(values):
     return [_getrefcount(values[i]) for i in range(len(values))]
 
 
-# What _reference_counts gives an object only the list references (the interpreter's own
-# references differ between Python versions)
+def _referenced(values):
+    """The indices of the values something besides the list references."""
+    return [i for i in range(len(values)) if _getrefcount(values[i]) > _UNREFERENCED]
+
+
+# What _reference_counts (and _referenced) count for an object only the list references (the
+# interpreter's own references differ between Python versions)
 _UNREFERENCED = _reference_counts([object()])[0]
 
 

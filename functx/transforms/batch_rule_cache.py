@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from ..core import Var
 from ..core.trace import EVAL_TRACE, GraphTrace, trace_state
-from .rule_cache import _GLOBALS, UNCACHEABLE, _Codegen, _plain, bind_at_current, elide_broadcasts
+from .impl_rewrites import impl_eqns
+from .rule_cache import _GLOBALS, UNCACHEABLE, _Codegen, _plain, bind_at_current
 
 BATCH_RULES: dict = {}     # key (see BatchTrace._cached_batch) -> BatchRule | UNCACHEABLE
 
@@ -64,7 +65,7 @@ def build_batch_of(batch, name, multiple, specs):
             gen.names[v] = f"V[{k}]"
         for v, c in zip(g.constvars, g.consts):
             gen.names[v] = gen.const(c)
-        eqns = g.eqns if bind else elide_broadcasts(g.eqns, {a for a in out_atoms if isinstance(a, Var)})
+        eqns = g.eqns if bind else impl_eqns(g.eqns, {a for a in out_atoms if isinstance(a, Var)})
         lines = [gen.call(e) for e in eqns]
         outs_src = ", ".join(gen.ref(a) for a in out_atoms)
         ret = f"[{outs_src}]" if multiple else outs_src

@@ -42,7 +42,7 @@ from ..core.ir import Eqn, Graph
 from ..core.trace import EVAL_TRACE, GraphTrace, GraphTracer, Tracer, UndefinedPrimal, tensor_type, trace_state
 from ..frontend.lowered_ops import FloatSignatures, LoweredOp, run_lowered
 from ..prims.indexing import IN_PLACE, written_over
-from ..prims.shape import _broadcast_view, reshape_p
+from .impl_rewrites import impl_eqns
 
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
 _EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot_general", "conv", "take",
@@ -119,69 +119,6 @@ def operand_key(v, eager, tag):
         av = v.aval
         return (av.shape, av.dtype, av.device, tag)
     return scalar_key(v)
-
-
-# Pointwise primitives whose impl is one broadcasting torch function: in generated impl code
-# an operand that is a numpy-style broadcast of a smaller value may be passed un-expanded
-# when another operand already has the result's shape (the same values, two kernels fewer).
-_BROADCASTING_IMPLS = frozenset({"add", "sub", "mul", "div", "where", "tanh_backward", "sigmoid_backward"})
-
-
-def elide_broadcasts(eqns, live):
-    """eqns for generated *impl* code (never bound: the rewritten equations are ill-typed as
-    IR): a broadcast_in_dim read only by pointwise equations of _BROADCASTING_IMPLS, each of
-    which has another operand of its full output shape, is replaced there by its operand
-    (reshaped to the broadcast's rank where the new dims are not leading), and dropped when
-    nothing else (nor `live`, what the function returns) reads it."""
-    bcast = {}
-    for e in eqns:
-        if e.prim.name == "broadcast_in_dim" and isinstance(e.inputs[0], Var):
-            bcast[e.outputs[0]] = e
-    if not bcast:
-        return eqns
-    out, repl = [], {}
-    for e in eqns:
-        if e.prim.name in _BROADCASTING_IMPLS and any(isinstance(a, Var) and a in bcast for a in e.inputs):
-            full = e.outputs[0].type.shape
-            if any(isinstance(a, Var) and a not in bcast and a.type.shape == full for a in e.inputs):
-                ins = []
-                for a in e.inputs:
-                    if isinstance(a, Var) and a in bcast:
-                        if a not in repl:
-                            repl[a] = _unexpanded(bcast[a])
-                        ins.append(repl[a][0])
-                    else:
-                        ins.append(a)
-                e = Eqn(e.prim, ins, e.outputs, e.params)
-        out.append(e)
-    used = set(live)
-    for e in out:
-        used.update(a for a in e.inputs if isinstance(a, Var))
-    final = []
-    for e in out:
-        if e.outputs[0] in bcast:
-            r = repl.get(e.outputs[0])
-            if r is not None and r[1] is not None and r[0] in used:
-                final.append(r[1])          # the reshape the un-expanded operand needs
-            if e.outputs[0] not in used:
-                continue
-        final.append(e)
-    return final
-
-
-def _unexpanded(e):
-    """(Var standing for broadcast e's operand at numpy-broadcastable rank, its reshape Eqn or
-    None)."""
-    x = e.inputs[0]
-    shape = tuple(x.type.shape)
-    view = _broadcast_view(shape, e.params["shape"], e.params["broadcast_dimensions"])
-    k = 0
-    while k < len(view) - len(shape) and view[k] == 1:
-        k += 1
-    if view[k:] == shape:         # only leading dims are new: numpy broadcasting adds them
-        return x, None
-    v = Var(x.type.with_shape(view))
-    return v, Eqn(reshape_p, [x], [v], {"shape": view})
 
 
 class JvpRule:
@@ -291,7 +228,7 @@ def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_lin
         known_lines = [gen.unit(name, kept_known, p_vars, g, [*out_atoms, *residuals])]
     else:
         live = {a for a in (*out_atoms, *residuals) if isinstance(a, Var)}
-        eqns = elide_broadcasts(kept_known, live)
+        eqns = impl_eqns(kept_known, live)
         over = written_over(eqns, live)
         known_lines = [gen.call(e, in_place=id(e) in over) for e in eqns]
     outs_src = ", ".join(gen.ref(a) for a in out_atoms)
@@ -320,7 +257,7 @@ def _jvp_functions(name, multiple, bind, p_vars, t_vars, g, kept_known, kept_lin
     fwd = _Codegen(gen)
     for k, v in enumerate(t_vars):
         fwd.names[v] = f"T[{k}]"
-    fwd_eqns = kept_linear if bind else elide_broadcasts(kept_linear, {a for a in tout_atoms if isinstance(a, Var)})
+    fwd_eqns = kept_linear if bind else impl_eqns(kept_linear, {a for a in tout_atoms if isinstance(a, Var)})
     fwd_lines = [fwd.call(e) for e in fwd_eqns]
     fwd_touts = ", ".join("None" if a is None else fwd.ref(a) for a in tout_atoms)
     wrap = (lambda s: f"[{s}]") if multiple else (lambda s: s)
@@ -547,7 +484,7 @@ def _transpose_functions(label, arg, ct_names, res_vars, g, cts):
             lines = [gen.call(eq) for eq in g.eqns]
         else:
             live = {c for c in cts if isinstance(c, Var)}
-            eqns = elide_broadcasts(g.eqns, live)
+            eqns = impl_eqns(g.eqns, live)
             over = written_over(eqns, live)
             lines = [gen.call(eq, in_place=id(eq) in over) for eq in eqns]
         outs = ", ".join("None" if c is None else gen.ref(c) for c in cts)

@@ -1,5 +1,6 @@
-"""vmap's argument checks: in_axes/out_axes specs, readable argument names, and the one
-batch size every mapped argument must share (errors name the argument)."""
+"""The transforms' argument and output checks: vmap's in_axes/out_axes specs, readable
+argument names, the one batch size every mapped argument must share (errors name the
+argument), and that a function's outputs are tensors."""
 from __future__ import annotations
 
 import inspect
@@ -8,6 +9,21 @@ import torch
 
 from ..core.trace import Tracer, type_of
 from ..tree_util import tree_flatten
+
+LEAF = tree_flatten(0)[1]      # the structure of a bare leaf (a function returning one tensor)
+TENSOR_LEAF = (torch.Tensor, Tracer)
+
+
+def check_tensor_leaves(leaves, what, treedef, hint=None, skip=None):
+    """skip: per leaf, None where any leaf is accepted (vmap's out_axes)."""
+    for i, leaf in enumerate(leaves):
+        if not isinstance(leaf, TENSOR_LEAF) and (skip is None or skip[i] is not None):
+            where = f" at {treedef.paths()[i]}"
+            if hint is None:
+                hint = "; Python floats are accepted, ints and bools are not (pass 3.0, not 3)" \
+                    if isinstance(leaf, (int, bool)) else ""
+            raise TypeError(f"{what}: expected tensors, but leaf {i}{where} is a "
+                            f"{type(leaf).__name__} ({leaf!r:.60}){hint}")
 
 
 def check_axes_spec(spec, name):

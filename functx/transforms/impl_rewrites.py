@@ -1,0 +1,136 @@
+"""Rewrites of a generated rule's equations for its *impl* code (transforms/rule_cache.py,
+batch_rule_cache.py): the same values in fewer torch kernels. The rewritten equations are
+ill-typed as IR (an un-expanded operand, an `addmm` that is no primitive), so bound code
+(a rule's bind variant) and every other reader of the IR keep the originals."""
+from __future__ import annotations
+
+from ..core import Var
+from ..core.ir import Eqn
+from ..prims.linalg import matmul_layout
+from ..prims.shape import _broadcast_view, render_steps, reshape_p
+
+# Pointwise primitives whose impl is one broadcasting torch function: in generated impl code
+# an operand that is a numpy-style broadcast of a smaller value may be passed un-expanded
+# when another operand already has the result's shape (the same values, two kernels fewer).
+_BROADCASTING_IMPLS = frozenset({"add", "sub", "mul", "div", "where", "tanh_backward", "sigmoid_backward"})
+
+
+def impl_eqns(eqns, live):
+    """eqns as generated impl code runs them; live: the Vars read outside them (returned)."""
+    return fuse_bias_matmuls(elide_broadcasts(eqns, live), live)
+
+
+def elide_broadcasts(eqns, live):
+    """A broadcast_in_dim read only by pointwise equations of _BROADCASTING_IMPLS, each of
+    which has another operand of its full output shape, is replaced there by its operand
+    (reshaped to the broadcast's rank where the new dims are not leading), and dropped when
+    nothing else (nor `live`) reads it."""
+    bcast = {}
+    for e in eqns:
+        if e.prim.name == "broadcast_in_dim" and isinstance(e.inputs[0], Var):
+            bcast[e.outputs[0]] = e
+    if not bcast:
+        return eqns
+    out, repl = [], {}
+    for e in eqns:
+        if e.prim.name in _BROADCASTING_IMPLS and any(isinstance(a, Var) and a in bcast for a in e.inputs):
+            full = e.outputs[0].type.shape
+            if any(isinstance(a, Var) and a not in bcast and a.type.shape == full for a in e.inputs):
+                ins = []
+                for a in e.inputs:
+                    if isinstance(a, Var) and a in bcast:
+                        if a not in repl:
+                            repl[a] = _unexpanded(bcast[a])
+                        ins.append(repl[a][0])
+                    else:
+                        ins.append(a)
+                e = Eqn(e.prim, ins, e.outputs, e.params)
+        out.append(e)
+    used = set(live)
+    for e in out:
+        used.update(a for a in e.inputs if isinstance(a, Var))
+    final = []
+    for e in out:
+        if e.outputs[0] in bcast:
+            r = repl.get(e.outputs[0])
+            if r is not None and r[1] is not None and r[0] in used:
+                final.append(r[1])          # the reshape the un-expanded operand needs
+            if e.outputs[0] not in used:
+                continue
+        final.append(e)
+    return final
+
+
+def _unexpanded(e):
+    """(Var standing for broadcast e's operand at numpy-broadcastable rank, its reshape Eqn or
+    None)."""
+    x = e.inputs[0]
+    shape = tuple(x.type.shape)
+    view = _broadcast_view(shape, e.params["shape"], e.params["broadcast_dimensions"])
+    k = 0
+    while k < len(view) - len(shape) and view[k] == 1:
+        k += 1
+    if view[k:] == shape:         # only leading dims are new: numpy broadcasting adds them
+        return x, None
+    v = Var(x.type.with_shape(view))
+    return v, Eqn(reshape_p, [x], [v], {"shape": view})
+
+
+# ---------------------------------------------------------------- x @ W + b as one addmm
+
+class _BiasMatmul:
+    """`add(dot_general(x, w), b)` of 2-D float operands as `torch.addmm(b, x, w)`: BLAS adds
+    the bias as it writes the product (nn.Linear's kernel; jit's eager backend does the same),
+    one kernel and one (M, N) buffer fewer. Operands (b, x, w); params: the dot's."""
+    name = "addmm"
+    impl = None
+    multiple_results = False
+
+    @staticmethod
+    def emit(eqn, srcs):
+        _, x, w = eqn.inputs
+        lhs, rhs, out_shape = matmul_layout(tuple(x.type.shape), tuple(w.type.shape), eqn.params["dimension_numbers"])
+        assert out_shape is None
+        return f"torch.addmm({srcs[0]}, {render_steps(srcs[1], lhs)}, {render_steps(srcs[2], rhs)})"
+
+
+BIAS_MATMUL = _BiasMatmul()
+
+
+def _plain_matmul(e) -> bool:
+    if e.prim.name != "dot_general":
+        return False
+    (lc, rc), (lb, rb) = e.params["dimension_numbers"]
+    x, w = e.inputs
+    return (not lb and len(lc) == 1 and len(rc) == 1 and isinstance(x, Var) and isinstance(w, Var)
+            and x.type.ndim == 2 and w.type.ndim == 2 and x.type.dtype.is_floating_point
+            and x.type.dtype == w.type.dtype)
+
+
+def fuse_bias_matmuls(eqns, live):
+    """Each add of a 2-D matmul's result (read by nothing else) and a bias of its dtype that
+    broadcasts to it, as one BIAS_MATMUL equation in the add's place."""
+    made, reads = {}, {}
+    for e in eqns:
+        for a in e.inputs:
+            if isinstance(a, Var):
+                reads[a] = reads.get(a, 0) + 1
+        if _plain_matmul(e):
+            made[e.outputs[0]] = e
+    if not made:
+        return eqns
+    fused, out = set(), []
+    for e in eqns:
+        if e.prim.name == "add" and len(e.inputs) == 2 and all(isinstance(a, Var) for a in e.inputs):
+            t = e.outputs[0].type
+            for pos in (0, 1):
+                d, b = e.inputs[pos], e.inputs[1 - pos]
+                dot = made.get(d)
+                if (dot is not None and reads[d] == 1 and d not in live and b is not d and t.ndim == 2
+                        and b.type.dtype == t.dtype == d.type.dtype and b.type.ndim <= 2
+                        and all(n in (1, m) for n, m in zip(reversed(b.type.shape), reversed(t.shape)))):
+                    fused.add(id(dot))
+                    e = Eqn(BIAS_MATMUL, [b, *dot.inputs], e.outputs, dot.params)
+                    break
+        out.append(e)
+    return [e for e in out if id(e) not in fused] if fused else eqns
