@@ -73,3 +73,29 @@ def test_foreach_write_of_a_traced_value_into_closed_over_tensors_names_the_op()
 
     with pytest.raises(functx.FunctxError, match="_foreach_add_"):
         functx.jit(f)(torch.ones(3, dtype=D))
+
+
+# ---------------------------------------------------------------- logsigmoid's second derivative
+
+_LOGITS_LOSSES = {
+    "logsigmoid": lambda x: torch.nn.functional.logsigmoid(x).sum(),
+    "bce_with_logits pos_weight": lambda x: torch.nn.functional.binary_cross_entropy_with_logits(
+        x, torch.tensor([0.3, 0.1, 0.9, 1.0, 0.0], dtype=D), pos_weight=torch.arange(1.0, 6.0, dtype=D)),
+    "Bernoulli(logits=).log_prob": lambda x: torch.distributions.Bernoulli(logits=x).log_prob(
+        torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0], dtype=D)).sum(),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("name", sorted(_LOGITS_LOSSES))
+def test_logsigmoid_hessian_at_zero_logits(name, jit):
+    """torch's decomposition min(x, 0) - log1p(exp(-|x|)) has cancelling kinks at 0: the
+    Hessian there was 0 instead of -sigmoid'(0) = -1/4 (a Newton / Laplace step on a logistic
+    model whose logits start at 0 divided by it)."""
+    f = _LOGITS_LOSSES[name]
+    x = torch.tensor([0.0, -0.0, 2.0, -1.5, 0.5], dtype=D)
+    want = torch.func.hessian(f)(x)
+    fd = torch.stack([_fd_grad(lambda x: torch.func.grad(f)(x)[i], x) for i in range(5)])
+    torch.testing.assert_close(want, fd, atol=1e-6, rtol=1e-6)
+    h = functx.hessian(f)
+    torch.testing.assert_close((functx.jit(h) if jit else h)(x), want)
