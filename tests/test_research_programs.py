@@ -99,3 +99,24 @@ def test_logsigmoid_hessian_at_zero_logits(name, jit):
     torch.testing.assert_close(want, fd, atol=1e-6, rtol=1e-6)
     h = functx.hessian(f)
     torch.testing.assert_close((functx.jit(h) if jit else h)(x), want)
+
+
+# ---------------------------------------------------------------- one row's norm under vmap(jvp)
+
+@pytest.mark.parametrize("norm", ["layer_norm", "group_norm"])
+def test_jacfwd_of_a_norm_over_one_row(norm):
+    """Per-example forward-mode Jacobians of a LayerNorm / GroupNorm(1) model (one row of
+    statistics): the batch rule broadcast the row's mean and rstd with stride 0, which ATen's
+    layer_norm backward kernel reads as dense arrays, so examples past the first got garbage."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, dtype=D)
+    if norm == "layer_norm":
+        f = lambda x: torch.nn.functional.layer_norm(x, (3, 4)).tanh()  # noqa: E731
+    else:
+        f = lambda x: torch.nn.functional.group_norm(x[None], 1).tanh()  # noqa: E731
+    want = torch.func.jacrev(f)(x)
+    torch.testing.assert_close(functx.jacfwd(f)(x), want)
+    torch.testing.assert_close(functx.hessian(lambda x: f(x).sum())(x), torch.func.hessian(lambda x: f(x).sum())(x))
+    # ... and per example, the NTK-style vmap(jacfwd) of a model with a LayerNorm
+    xs = torch.randn(2, 3, 4, dtype=D)
+    torch.testing.assert_close(functx.vmap(functx.jacfwd(f))(xs), torch.stack([torch.func.jacrev(f)(x) for x in xs]))
