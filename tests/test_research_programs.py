@@ -120,3 +120,28 @@ def test_jacfwd_of_a_norm_over_one_row(norm):
     # ... and per example, the NTK-style vmap(jacfwd) of a model with a LayerNorm
     xs = torch.randn(2, 3, 4, dtype=D)
     torch.testing.assert_close(functx.vmap(functx.jacfwd(f))(xs), torch.stack([torch.func.jacrev(f)(x) for x in xs]))
+
+
+# ---------------------------------------------------------------- second derivatives through |x - y|
+
+_ROBUST = {
+    "huber_loss": lambda x, y: torch.nn.functional.huber_loss(x, y, reduction="sum", delta=1.0),
+    "smooth_l1_loss": lambda x, y: torch.nn.functional.smooth_l1_loss(x, y, reduction="sum", beta=0.5),
+    "cdist ** 2": lambda x, y: (torch.cdist(x.view(1, -1), y.view(1, -1)) ** 2).sum(),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("name", sorted(_ROBUST))
+def test_hessian_where_prediction_equals_target(name, jit):
+    """A Gauss-Newton / Laplace step on a robust regression loss: the decompositions squared
+    |x - y|, and abs's derivative 0 at 0 made the Hessian 0 where x == y (huber: 1,
+    smooth_l1: 1 / beta, cdist ** 2: 2; torch.func agrees for the losses, FD for all)."""
+    y = torch.tensor([0.5, 1.3, 0.2, 1.0, -1.0], dtype=D)
+    x = torch.tensor([0.3, 1.3, -0.1, 1.0, 0.2], dtype=D)      # equal at 1 and 3
+    f = lambda x: _ROBUST[name](x, y)  # noqa: E731
+    want = torch.stack([_fd_grad(lambda x: torch.func.grad(f)(x)[i], x) for i in range(5)])
+    h = functx.hessian(f)
+    torch.testing.assert_close((functx.jit(h) if jit else h)(x), want, atol=1e-6, rtol=1e-6)
+    if name != "cdist ** 2":     # torch has no second derivative of cdist
+        torch.testing.assert_close(torch.func.hessian(f)(x), want, atol=1e-6, rtol=1e-6)
