@@ -145,3 +145,33 @@ def test_hessian_where_prediction_equals_target(name, jit):
     torch.testing.assert_close((functx.jit(h) if jit else h)(x), want, atol=1e-6, rtol=1e-6)
     if name != "cdist ** 2":     # torch has no second derivative of cdist
         torch.testing.assert_close(torch.func.hessian(f)(x), want, atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- torch.linalg's error checks
+
+_NOT_PD = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=D)
+_LINALG_CHECKED = {
+    "cholesky": (torch.linalg.cholesky, _NOT_PD),
+    "inv": (torch.linalg.inv, torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=D)),
+    "solve": (lambda A: torch.linalg.solve(A, torch.ones(2, dtype=D)), torch.zeros(2, 2, dtype=D)),
+}
+
+
+@pytest.mark.parametrize("how", ["jit", "jit(grad)", "vmap", "jit(vmap)"])
+@pytest.mark.parametrize("name", sorted(_LINALG_CHECKED))
+def test_linalg_errors_raise_under_jit_and_vmap(name, how):
+    """A GP's Cholesky of a kernel matrix that lost positive-definiteness: eager torch (and
+    torch.func.vmap) raise; under jit and vmap functx skipped the check (its values were
+    abstract or batched) and returned the factorization's garbage."""
+    f, A = _LINALG_CHECKED[name]
+    with pytest.raises(torch.linalg.LinAlgError):
+        f(A)
+    g = {"jit": lambda: functx.jit(f)(A),
+         "jit(grad)": lambda: functx.jit(functx.grad(lambda A: f(A).sum()))(A),
+         "vmap": lambda: functx.vmap(f)(torch.stack([torch.eye(2, dtype=D), A])),
+         "jit(vmap)": lambda: functx.jit(functx.vmap(f))(torch.stack([torch.eye(2, dtype=D), A]))}[how]
+    with pytest.raises(torch.linalg.LinAlgError):
+        g()
+    # and valid inputs still run through the same trace
+    if how.startswith("jit") and "vmap" not in how:
+        torch.testing.assert_close(functx.jit(f)(torch.eye(2, dtype=D) * 4), f(torch.eye(2, dtype=D) * 4))
