@@ -175,3 +175,22 @@ def test_linalg_errors_raise_under_jit_and_vmap(name, how):
     # and valid inputs still run through the same trace
     if how.startswith("jit") and "vmap" not in how:
         torch.testing.assert_close(functx.jit(f)(torch.eye(2, dtype=D) * 4), f(torch.eye(2, dtype=D) * 4))
+
+
+@pytest.mark.parametrize("how", ["grad", "jit", "jit(grad)", "vmap"])
+@pytest.mark.parametrize("bad", ["input", "target"])
+def test_binary_cross_entropy_outside_0_1_raises_as_torch(bad, how):
+    """A sigmoid output pushed past 1 by a stranger's label smoothing: eager torch raises, functx
+    returned a loss (NaN) and finite gradients."""
+    x = torch.tensor([0.2, 0.7, 0.9], dtype=D)
+    y = torch.tensor([0.0, 1.0, 1.0], dtype=D)
+    if bad == "input":
+        f = lambda x: torch.nn.functional.binary_cross_entropy(x * 1.2, y)  # noqa: E731
+    else:
+        f = lambda x: torch.nn.functional.binary_cross_entropy(x, y * 1.1)  # noqa: E731
+    with pytest.raises(RuntimeError, match=f"all elements of {bad} should be between 0 and 1"):
+        f(x)
+    g = {"grad": functx.grad(f), "jit": functx.jit(f), "jit(grad)": functx.jit(functx.grad(f)),
+         "vmap": lambda x: functx.vmap(f)(x[None])}[how]
+    with pytest.raises(RuntimeError, match=f"all elements of {bad} should be between 0 and 1"):
+        g(x)

@@ -477,6 +477,10 @@ _BCE_EPS = float(torch.tensor(1e-12, dtype=torch.float32))     # torch's EPSILON
 def _binary_cross_entropy(input, target, weight=None, reduction=1):
     compute = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
     x, t = input.to(compute), target.to(compute)
+    for name, v in (("input", x), ("target", t)):   # torch's kernel's checks (NaN fails them too);
+        # under jit and vmap they run with the graph (fallback._run_check)
+        if isinstance(v, torch.Tensor) and v.numel():
+            torch._assert_async(((v >= 0) & (v <= 1)).all(), f"all elements of {name} should be between 0 and 1")
     sx = x.detach()
     exact = sx * (1 - sx) >= _BCE_EPS
     xa = torch.where(exact, x, 0.5)           # the unselected branch sees a harmless input
