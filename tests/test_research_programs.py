@@ -194,3 +194,22 @@ def test_binary_cross_entropy_outside_0_1_raises_as_torch(bad, how):
          "vmap": lambda x: functx.vmap(f)(x[None])}[how]
     with pytest.raises(RuntimeError, match=f"all elements of {bad} should be between 0 and 1"):
         g(x)
+
+
+# ---------------------------------------------------------------- heteroscedastic regression under jit
+
+@pytest.mark.parametrize("how", ["jit", "jit(grad)", "vmap"])
+def test_gaussian_nll_loss_under_jit_and_vmap(how):
+    """F.gaussian_nll_loss tests `torch.any(var < 0)` in Python: under jit that raised
+    ConcretizationError for every call. Values and gradients as eager torch; a negative
+    variance still raises (when the program runs)."""
+    torch.manual_seed(0)
+    m, t = torch.randn(4, 3, dtype=D), torch.randn(4, 3, dtype=D)
+    v = torch.rand(4, 3, dtype=D) + 0.1
+    f = lambda m, v: torch.nn.functional.gaussian_nll_loss(m, t, v, full=True)  # noqa: E731
+    g = {"jit": functx.jit(f), "jit(grad)": functx.jit(functx.grad(f, argnums=(0, 1))),
+         "vmap": lambda m, v: functx.vmap(f)(m[None], v[None])[0]}[how]
+    want = torch.func.grad(f, argnums=(0, 1))(m, v) if how == "jit(grad)" else f(m, v)
+    torch.testing.assert_close(g(m, v), want)
+    with pytest.raises(ValueError):
+        g(m, -v)
