@@ -9,6 +9,8 @@ functx cannot track the write. torch._decomp's versions compute the same cells o
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch._decomp import decomposition_table
 
@@ -337,7 +339,34 @@ def one_hot(tensor, num_classes=-1):
     return NotImplemented
 
 
+def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"):
+    """F.gaussian_nll_loss, whose `if torch.any(var < 0): raise` needs var's values (under jit
+    it raised ConcretizationError): the same checks and arithmetic, the negativity check as an
+    all-true test (checked when the program runs under jit, over every example under vmap).
+    Other argument types take torch's own function."""
+    if not all(isinstance(t, torch.Tensor) for t in (input, target, var)):
+        return NotImplemented
+    if not bool(torch._is_all_true(torch.logical_not(torch.any(var < 0)))):
+        raise ValueError("var has negative entry/entries")
+    if var.size() != input.size():
+        if input.size()[:-1] == var.size():
+            var = torch.unsqueeze(var, -1)
+        elif not (input.ndim == var.ndim
+                  and sum(y for x, y in zip(input.size(), var.size()) if x != y) == 1):
+            raise ValueError("var is of incorrect size")
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(reduction + " is not valid")
+    var = var.clone()
+    with torch.no_grad():
+        var.clamp_(min=eps)
+    loss = 0.5 * (torch.log(var) + (input - target) ** 2 / var)
+    if full:
+        loss += 0.5 * math.log(2 * math.pi)
+    return loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
+
+
 COMPOSITES = {
+    torch.nn.functional.gaussian_nll_loss: gaussian_nll_loss,
     torch.nn.functional.one_hot: one_hot,
     torch.Tensor.__getitem__: getitem,
     torch.Tensor.__setitem__: setitem,

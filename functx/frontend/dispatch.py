@@ -501,6 +501,8 @@ def _inplace(func, args, kwargs):
         raise FunctxError(f"functx: in-place op {func} has no functional variant to functionalize")
     if torch.Tag.inplace_view in func.tags:
         return _inplace_view(func, functional, args, kwargs)
+    if isinstance(target, (list, tuple)):
+        return _inplace_foreach(func, functional, args, kwargs)
     if func not in _WRITES_ONE_VALUE:
         check_no_internal_overlap(target, func if func in _WRITES_SOME else None)
     if LOWERINGS.get(functional) is None and torch.Tag.nondeterministic_seeded in func.tags and (
@@ -509,6 +511,11 @@ def _inplace(func, args, kwargs):
         result = _random_fill(func, args, kwargs)       # traced parameters: torch's decomposition
     else:
         result = dispatch(functional, args, kwargs)
+    _write_traced(func, target, result)
+    return target
+
+
+def _write_traced(func, target, result):
     if not isinstance(target, TracerTensor):
         # a traced result written into a plain tensor: one the function closes over (a module's
         # weight: nn.Embedding(max_norm=) renormalizes it with embedding_renorm_) or made itself
@@ -520,7 +527,23 @@ def _inplace(func, args, kwargs):
             "functional_call(model, params, x)), create it from a traced input (x.new_zeros(...)), or "
             "build the result out of place (torch.stack, torch.cat, torch.where).")
     write(target, unwrap(result))
-    return target
+
+
+def _inplace_foreach(func, functional, args, kwargs):
+    """torch._foreach_add_(xs, ys) (torch.optim's foreach paths, EMA updates): the functional
+    foreach op, then each result written into its tensor as a one-tensor in-place op is
+    (the target is a list, which the one-tensor path read as a tensor)."""
+    targets = args[0]
+    for target in targets:
+        if isinstance(target, TracerTensor):
+            check_no_internal_overlap(target, None)
+    results = dispatch(functional, args, kwargs)
+    for target, result in zip(targets, results):
+        if isinstance(target, TracerTensor) or isinstance(result, TracerTensor):
+            _write_traced(func, target, result)
+        else:
+            target.copy_(result)                # a plain tensor and a plain result
+    return None
 
 
 def _random_fill(func, args, kwargs):

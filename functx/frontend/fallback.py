@@ -11,6 +11,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from ..core.errors import ConcretizationError, FunctxError, user_frame_summary
 from ..core.trace import concrete
 from ..core.types import TensorType
+from ..prims.debug import debug_callback
 from ..prims.opaque import OpaqueFunction, opaque
 from .functionalize import unwrap
 from .tensor import TracerTensor
@@ -82,10 +83,22 @@ def _custom_op_without_derivative(func):
 
 def _run_check(func, args, kwargs):
     """An op with no outputs (_linalg_check_errors, _assert_async, ...) only checks its
-    inputs: run it on concrete values when there are some (eager), skip it when abstract."""
+    inputs: run it on concrete values when there are some (eager). On abstract or batched
+    values (jit, vmap) it runs when the program does, per example under vmap, as a debug
+    callback, which no pass removes (skipping it returned torch.linalg.cholesky's garbage
+    for a matrix that is not positive-definite, where eager torch raises)."""
     try:
         a, k = tree_map(lambda x: concrete(unwrap(x)) if isinstance(x, torch.Tensor) else x, (args, kwargs))
     except FunctxError:
+        flat, spec = tree_flatten((args, kwargs))
+        positions = [i for i, x in enumerate(flat) if isinstance(x, torch.Tensor)]
+
+        def check(*tensors):
+            for i, t in zip(positions, tensors):
+                flat[i] = t
+            a, k = tree_unflatten(flat, spec)
+            func(*a, **k)
+        debug_callback(check, *[unwrap(flat[i]) for i in positions])
         return None
     return func(*a, **k)
 

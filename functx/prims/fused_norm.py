@@ -122,8 +122,11 @@ def normalize_tangent(t, x, mean, rstd):
 
 def _normalize_tangent_impl(t, x, mean, rstd):
     n, m = x.shape
-    return _layer_norm_backward(t, x, (m,), mean.reshape(n, 1), rstd.reshape(n, 1), None, None,
-                                [True, False, False])[0]
+    # ATen's CPU kernel reads mean and rstd as dense arrays, whatever their strides: the batch
+    # rule's broadcast of one row's stats (vmap(jvp(layer_norm)) of a single example, stride 0)
+    # was read past its one element
+    return _layer_norm_backward(t, x, (m,), mean.reshape(n, 1).contiguous(), rstd.reshape(n, 1).contiguous(),
+                                None, None, [True, False, False])[0]
 
 
 def _normalize_tangent_jvp(primals, tangents):

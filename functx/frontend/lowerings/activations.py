@@ -11,7 +11,7 @@ import torch
 
 from ... import prims as P
 from ..promote import float_dtype_of
-from .common import aten
+from .common import _t, aten
 from .registry import register
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -70,3 +70,23 @@ def _log_ndtr(x):
     below = P.sub(P.log(P.mul(P.erfcx(P.neg(t_low)), 0.5)), P.mul(t_low, t_low))
     above = P.log1p(P.mul(P.erfc(t_high), -0.5))
     return P.convert(P.where(low, below, above), dtype)
+
+
+@register(aten.log_sigmoid_forward.default)
+def _log_sigmoid(x):
+    """F.logsigmoid (and BCE-with-logits, Bernoulli(logits=)): torch's decomposition
+    min(x, 0) - log1p(exp(-|x|)) has two kinks at 0 that cancel in the value and first
+    derivative but not in the second (hessian 0 at x = 0, where it is -1/4). Each sign gets its
+    own smooth form, which is the same arithmetic as torch's kernel: -log1p(exp(-x)) for
+    x >= 0, x - log1p(exp(x)) below, each branch fed a harmless input. The buffer is torch's
+    (exp(-|x|) on the CPU, empty on CUDA), which only its backward kernel reads."""
+    t = _t(x)
+    x, dtype = _compute(x)
+    positive = P.ge(x, 0.0)
+    above = P.neg(P.log1p(P.exp(P.neg(P.where(positive, x, 0.0)))))
+    below_x = P.where(positive, 0.0, x)
+    below = P.sub(below_x, P.log1p(P.exp(below_x)))
+    out = P.convert(P.where(positive, above, below), dtype)
+    if t.device.type != "cpu":
+        return out, P.full((0,), 0.0, t.dtype, t.device)
+    return out, P.convert(P.exp(P.neg(P.abs_(x))), dtype)

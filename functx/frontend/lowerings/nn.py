@@ -201,7 +201,8 @@ def _cdist(x1, x2, p, compute_mode=None):
                            tuple(range(nb)) + (nb, nb + 2))
     b = P.broadcast_in_dim(P.broadcast_to(P.convert(x2, dtype), batch + (n2, m)), full,
                            tuple(range(nb)) + (nb + 1, nb + 2))
-    diff = P.abs_(P.sub(a, b))
+    signed = P.sub(a, b)
+    diff = P.abs_(signed)
     last = (len(full) - 1,)
     if p == 0:      # the count of differing coordinates; nan where one is nan (as torch)
         nonzero = P.convert(P.ne(diff, 0.0), dtype)
@@ -210,8 +211,9 @@ def _cdist(x1, x2, p, compute_mode=None):
         return P.reduce_max(diff, last)
     if p == 1:
         return P.reduce_sum(diff, last)
-    if p == 2:
-        return _safe_root(P.reduce_sum(P.mul(diff, diff), last), 2)
+    if p == 2:      # the difference squared, not |difference| squared: abs's derivative is 0
+        # at 0, which zeroed the Hessian of cdist ** 2 along coordinates where the points agree
+        return _safe_root(P.reduce_sum(P.mul(signed, signed), last), 2)
     return _safe_root(P.reduce_sum(P.pow_(diff, float(p)), last), p)
 
 
@@ -475,6 +477,10 @@ _BCE_EPS = float(torch.tensor(1e-12, dtype=torch.float32))     # torch's EPSILON
 def _binary_cross_entropy(input, target, weight=None, reduction=1):
     compute = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
     x, t = input.to(compute), target.to(compute)
+    for name, v in (("input", x), ("target", t)):   # torch's kernel's checks (NaN fails them too);
+        # under jit and vmap they run with the graph (fallback._run_check)
+        if isinstance(v, torch.Tensor) and v.numel():
+            torch._assert_async(((v >= 0) & (v <= 1)).all(), f"all elements of {name} should be between 0 and 1")
     sx = x.detach()
     exact = sx * (1 - sx) >= _BCE_EPS
     xa = torch.where(exact, x, 0.5)           # the unselected branch sees a harmless input
@@ -489,6 +495,47 @@ def _binary_cross_entropy(input, target, weight=None, reduction=1):
     elif reduction == 2:
         loss = loss.sum()
     return loss.to(input.dtype)
+
+
+# ---------------------------------------------------------------- huber / smooth_l1
+# torch's decompositions square |x - y| (0.5 * z * z): through abs, whose derivative at 0 is
+# 0, the Hessian at x == y was 0 where torch's formulas (and the function) give 1 / beta.
+# The difference itself squared is the same value with every derivative right; the branch
+# chosen at |x - y| == delta is the decomposition's (torch's kernel's value).
+
+def _half_to_float(x):
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _reduce_loss(loss, reduction, dtype):
+    if reduction == 1:
+        loss = loss.mean()
+    elif reduction == 2:
+        loss = loss.sum()
+    return loss.to(dtype)
+
+
+@register_special(aten.huber_loss.default)
+def _huber_loss(input, target, reduction=1, delta=1.0):
+    if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)) or not delta > 0:
+        return NotImplemented       # torch's decomposition and its checks
+    compute = _half_to_float(input)
+    d = input.to(compute) - target.to(compute)
+    z = d.abs()
+    loss = torch.where(z < delta, 0.5 * d * d, delta * (z - 0.5 * delta))
+    return _reduce_loss(loss, reduction, input.dtype)
+
+
+@register_special(aten.smooth_l1_loss.default)
+def _smooth_l1_loss(input, target, reduction=1, beta=1.0):
+    if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)) or not beta >= 0:
+        return NotImplemented
+    compute = _half_to_float(input)
+    d = input.to(compute) - target.to(compute)
+    z = d.abs()
+    # beta == 0 is the L1 loss (torch's kernel); the quadratic branch would divide by 0
+    loss = z if beta == 0 else torch.where(z < beta, 0.5 * d ** 2 / beta, z - 0.5 * beta)
+    return _reduce_loss(loss, reduction, input.dtype)
 
 
 # ---------------------------------------------------------------- Gamma draws
