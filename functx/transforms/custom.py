@@ -47,7 +47,7 @@ from ..prims.creation import instantiate
 from ..prims.shape import bdim_to_front, moveaxis
 from .batching import BatchTrace, BatchTracer
 from .jvp import JVPTrace, JVPTracer
-from ..tree_util import tree_flatten, tree_leaves_with_none, tree_unflatten
+from ..tree_util import tree_flatten, tree_leaves_with_none, tree_structure, tree_unflatten
 
 __all__ = ["custom_jvp", "custom_vjp", "custom_jvp_call_p", "custom_vjp_call_p", "custom_lin_p"]
 
@@ -288,17 +288,15 @@ class _Args:
     operands and static leaves."""
 
     def __init__(self, fun, args, kwargs, nondiff_argnums, what):
-        if kwargs:
-            try:
-                args = inspect.signature(fun).bind(*args, **kwargs).args
-            except (TypeError, ValueError) as e:
-                raise TypeError(f"{what}: {e}") from None
+        args = _positional(fun, args, kwargs, what)
         self.n = len(args)
         self.nondiff = {i % self.n: args[i] for i in nondiff_argnums} if args else {}
         for i, a in self.nondiff.items():
             if any(isinstance(l, TracerTensor) for l in tree_flatten(a)[0]):
                 raise TypeError(f"{what}: argument {i} is in nondiff_argnums but holds a traced tensor; "
-                                "pass tensors as ordinary (differentiable) arguments")
+                                "pass tensors as ordinary (differentiable) arguments (under functx.jit "
+                                "a Python int or float argument is traced too: mark it static with "
+                                "static_argnums / static_argnames)")
         self.diff_pos = [i for i in range(self.n) if i not in self.nondiff]
         leaves, self.tree = tree_flatten(tuple(args[i] for i in self.diff_pos))
         self.tensor_pos = [k for k, l in enumerate(leaves) if _is_tensor(l)]
@@ -321,6 +319,56 @@ class _Args:
 
     def nondiff_values(self):
         return [self.nondiff[i] for i in sorted(self.nondiff)]
+
+
+def _positional(fun, args, kwargs, what):
+    """All of fun's arguments as positional ones, defaults included (JAX's resolve_kwargs):
+    the rules see every argument fun does. An argument that can't be positional
+    (keyword-only, **kwargs) raises: fun would get it but the rules could not."""
+    try:
+        sig = inspect.signature(fun)
+    except (TypeError, ValueError):      # no signature (a builtin): positional only
+        if kwargs:
+            raise TypeError(f"{what}: keyword arguments {sorted(kwargs)} can't be resolved to "
+                            "positions (fun has no signature); pass them positionally") from None
+        return tuple(args)
+    if isinstance(fun, functools.partial) and not kwargs:
+        return tuple(args)
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{what}: {e}") from None
+    bound.apply_defaults()
+    passed = [k for k in bound.kwargs if k in kwargs]
+    if passed:
+        raise TypeError(f"{what}: keyword arguments {passed} could not be resolved to positions "
+                        "(keyword-only or **kwargs); custom_jvp / custom_vjp rules take positional "
+                        "arguments: make them positional parameters")
+    return tuple(bound.args)
+
+
+def _cotangent_leaves(g, arg, what, i):
+    """The leaves of bwd's cotangent g for the argument pytree arg, one per leaf of arg: None
+    (a zero) may stand for any subtree, as in JAX."""
+    if g is None:
+        return [None] * len(tree_flatten(arg)[0])
+    spec = tree_structure(g, none_is_leaf=True)
+    try:
+        subtrees = spec.flatten_up_to(arg)
+    except ValueError:
+        raise TypeError(f"{what}: bwd's cotangent {i} has structure {tree_flatten(g)[1]}, the argument "
+                        f"has {tree_flatten(arg)[1]}") from None
+    out = []
+    for leaf, sub in zip(tree_leaves_with_none(g), subtrees):
+        n = len(tree_flatten(sub)[0])
+        if leaf is None:
+            out += [None] * n
+        elif n == 1 and tree_flatten(sub)[1].num_nodes == 1:
+            out.append(leaf)
+        else:
+            raise TypeError(f"{what}: bwd's cotangent {i} has a leaf where the argument has the subtree "
+                            f"{tree_flatten(sub)[1]}")
+    return out
 
 
 class _Out:
@@ -372,7 +420,9 @@ def _zero_like_static(x):
 class custom_jvp:
     """A function with a custom forward-mode derivative rule (JAX's jax.custom_jvp).
     The rule `jvp(primals, tangents) -> (primal_out, tangent_out)` (nondiff args first)
-    is used by every transform; reverse mode transposes its (linear) tangent computation."""
+    is used by every transform; reverse mode transposes its (linear) tangent computation.
+    primals hold every positional parameter, defaults included (as in JAX); a keyword-only
+    argument passed by keyword raises."""
 
     def __init__(self, fun, nondiff_argnums=()):
         functools.update_wrapper(self, fun)
@@ -449,7 +499,8 @@ def _tree_zeros(tree):
 class custom_vjp:
     """A function with a custom reverse-mode rule (JAX's jax.custom_vjp):
     `fwd(*args) -> (out, residuals)` and `bwd(residuals, out_cotangent) -> tuple with one
-    cotangent per argument (None for zero)`, nondiff args first in bwd. Forward mode raises."""
+    cotangent per argument (None for zero, also for a subtree of a pytree argument)`, nondiff
+    args first in bwd; defaults count as arguments (as in custom_jvp). Forward mode raises."""
 
     def __init__(self, fun, nondiff_argnums=()):
         functools.update_wrapper(self, fun)
@@ -475,7 +526,7 @@ class custom_vjp:
         res_store = {}
         fun, fwd_fn, bwd_fn = self.fun, self.fwd, self.bwd
         n_diff = len(a.diff_pos)
-        arg_trees = [tree_flatten(x)[1] for x in a.diff_args(a.operands)]
+        arg_examples = a.diff_args(a.operands)       # for their structure
 
         def flat_fun(*ops):
             return _flat_out(fun(*a.full_args(a.diff_args(ops))), store, what)
@@ -507,16 +558,8 @@ class custom_vjp:
                                 f"argument ({n_diff}), got {type(got).__name__}"
                                 f"{' of length ' + str(len(got)) if isinstance(got, (tuple, list)) else ''}")
             flat = []
-            for i, (g, tree) in enumerate(zip(got, arg_trees)):
-                n = tree.num_leaves
-                if g is None:
-                    flat += [None] * n
-                    continue
-                g_leaves, g_tree = tree_flatten(g)
-                if g_tree != tree:
-                    raise TypeError(f"{what}: bwd's cotangent {i} has structure {g_tree}, the argument "
-                                    f"has {tree}")
-                flat += g_leaves
+            for i, (g, arg) in enumerate(zip(got, arg_examples)):
+                flat += _cotangent_leaves(g, arg, what, i)
             out = []
             for k, t in zip(a.tensor_pos, a.operands):
                 g = flat[k]
