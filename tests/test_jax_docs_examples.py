@@ -103,3 +103,26 @@ def test_custom_jvp_nondiff_python_number_under_jit_names_static_argnums():
     with pytest.raises(TypeError, match="argument 1 is in nondiff_argnums.*static_argnums"):
         functx.jit(functx.grad(power))(x, 3)
     _close(functx.jit(functx.grad(power), static_argnums=1)(x, 3), torch.tensor(12.0, dtype=F64))
+
+
+# ---------------------------------------------------------------- linear_transpose
+
+@pytest.mark.parametrize("mode", MODES)
+def test_linear_transpose_of_a_nonlinear_function_raises(mode):
+    # Was silently wrong: linear_transpose transposes the derivative at zero, so for x ** 2 it
+    # returned zeros and for sin the identity. JAX raises (no transpose rule for those ops).
+    x = torch.randn(3, dtype=F64)
+    for f, op in [(lambda x: x ** 2, "input itself"), (torch.sin, "cos"), (torch.relu, ""),
+                  (lambda x: functx.scan(lambda c, v: (c + v * v, c), x[0], x)[1], "")]:
+        with pytest.raises(TypeError, match=f"linear_transpose: f is not linear.*{op}"):
+            _maybe_jit(lambda ct: functx.linear_transpose(f, x)(ct), mode)(x)
+    # linear (and affine, as in JAX) functions transpose as before; from the JAX docs:
+    t = functx.linear_transpose(lambda x, y: 0.5 * x - 0.5 * y, torch.tensor(1.0, dtype=F64),
+                                torch.tensor(1.0, dtype=F64))
+    _close(_maybe_jit(t, mode)(torch.tensor(1.0, dtype=F64)),
+           (torch.tensor(0.5, dtype=F64), torch.tensor(-0.5, dtype=F64)))
+    M = torch.randn(4, 3, dtype=F64)
+    c = torch.randn(4, dtype=F64)
+    for f in [lambda v: M @ v + 1.0, lambda v: functx.scan(lambda s, r: (s + r, s * 2), v[0], M @ v)[1]]:
+        want = functx.vjp(f, x)[1](c)
+        _close(_maybe_jit(functx.linear_transpose(f, x), mode)(c), want)

@@ -15,7 +15,7 @@ from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
 from ..frontend.unit_batches import batching_units
 from .. import prims as P
-from .ad import differentiable, linear_forward, linearize_flat, vjp_flat, backward_pass
+from .ad import differentiable, linear_forward, linearize_flat, check_linear, vjp_flat, backward_pass
 from .batching import AxisData, BatchTrace, BatchTracer
 from .jvp import ForwardADOn, JVPTrace, JVPTracer
 from .vmap_args import batch_size as _batch_size, check_axes_spec as _check_axes_spec
@@ -315,11 +315,13 @@ def vjp(f, *primals, has_aux=False):
 
 
 def linear_transpose(f, *primals):
-    """The transpose of a linear f, evaluated at example primals for shapes (JAX's linear_transpose)."""
+    """The transpose of a linear f, evaluated at example primals for shapes (JAX's linear_transpose).
+    A nonlinear f raises (its derivative depends on its inputs' values), as in JAX."""
     p_flat, p_tree = _flatten_tensors(primals, "functx.linear_transpose: primals")
     store = _OutStore()
-    # f is linear, so its linearization at zero is f itself.
+    # f is linear, so its linearization at zero is f itself (checked: JAX raises otherwise).
     zeros = [_zeros_for(type_of(p)) for p in p_flat]
+    check_linear(lambda: _flat_fun(f, p_tree, _OutStore(), "functx.linear_transpose"), [type_of(z) for z in zeros])
     out, graph, nonzero = linearize_flat(_flat_fun(f, p_tree, store, "functx.linear_transpose"), zeros)
 
     def transpose_fn(cotangents):
