@@ -126,3 +126,27 @@ def test_linear_transpose_of_a_nonlinear_function_raises(mode):
     for f in [lambda v: M @ v + 1.0, lambda v: functx.scan(lambda s, r: (s + r, s * 2), v[0], M @ v)[1]]:
         want = functx.vjp(f, x)[1](c)
         _close(_maybe_jit(functx.linear_transpose(f, x), mode)(c), want)
+
+
+# ---------------------------------------------------------------- lax control flow
+
+@pytest.mark.parametrize("mode", MODES)
+def test_loops_take_python_numbers_as_carries(mode):
+    # The lax docs' `lax.while_loop(cond_fun, body_fun, 0)` / `lax.fori_loop(0, 10, body, 0)`
+    # raised "init_val leaf 0 is a int; the carry must be tensors". JAX takes them as weak
+    # values whose dtype follows the body (_promote_weak_typed_inputs).
+    run = lambda f, *a: _maybe_jit(f, mode)(*a)
+    assert torch.equal(run(lambda: functx.while_loop(lambda x: x < 10, lambda x: x + 1, 0)), torch.tensor(10))
+    assert torch.equal(run(lambda: functx.fori_loop(0, 10, lambda i, x: x + i, 0)), torch.tensor(45))
+    _close(run(lambda: functx.fori_loop(0, 3, lambda i, v: v + 0.5, 0)), torch.tensor(1.5))   # default dtype
+    xs = torch.tensor([0.5, 0.7], dtype=F64)
+    _close(run(lambda xs: functx.scan(lambda c, x: (c + x, c), 0, xs), xs),
+           (torch.tensor(1.2, dtype=F64), torch.tensor([0.0, 0.5], dtype=F64)))
+    # traced predicate (the while_loop primitive), and under vmap
+    n = torch.tensor([4, 2])
+    body = lambda v: (v[0] + 1, v[1] + 0.5)
+    got = run(functx.vmap(lambda n: functx.while_loop(lambda v: v[0] < n, body, (0, 0))), n)
+    assert torch.equal(got[0], n) and torch.equal(got[1], n / 2)
+    g = run(functx.grad(lambda x: functx.scan(lambda c, _: (c + x * x, None), 0.0, None, length=3)[0]),
+            torch.tensor(2.0, dtype=F64))
+    _close(g, torch.tensor(12.0, dtype=F64))
