@@ -150,3 +150,22 @@ def test_loops_take_python_numbers_as_carries(mode):
     g = run(functx.grad(lambda x: functx.scan(lambda c, _: (c + x * x, None), 0.0, None, length=3)[0]),
             torch.tensor(2.0, dtype=F64))
     _close(g, torch.tensor(12.0, dtype=F64))
+
+
+# ---------------------------------------------------------------- vmap and named axes
+
+@pytest.mark.parametrize("mode", MODES)
+def test_collective_over_a_chunked_vmap_axis_raises(mode):
+    # Was silently wrong: vmap(f, axis_name='i', chunk_size=2) ran f per chunk, so psum summed
+    # only the chunk (x / psum(x) gave 1/3, 2/3, ... instead of x / 21).
+    x = torch.arange(1.0, 7.0, dtype=F64)
+    normalize = lambda v: v / functx.psum(v, "i")
+    _close(_maybe_jit(functx.vmap(normalize, axis_name="i"), mode)(x), x / x.sum())
+    for coll in (normalize, lambda v: functx.all_gather(v, "i"), lambda v: v * functx.axis_index("i")):
+        with pytest.raises(functx.FunctxError, match="axis_name='i' runs in chunks.*drop chunk_size"):
+            _maybe_jit(functx.vmap(coll, axis_name="i", chunk_size=2), mode)(x)
+    # chunks without collectives, and collectives of an outer unchunked axis, still work
+    _close(_maybe_jit(functx.vmap(lambda v: v * 2, axis_name="i", chunk_size=4), mode)(x), x * 2)
+    inner = functx.vmap(lambda v: v / functx.psum(v, "rows"), chunk_size=2)
+    m = x.reshape(2, 3)
+    _close(_maybe_jit(functx.vmap(inner, in_axes=1, out_axes=1, axis_name="rows"), mode)(m), m / m.sum(1, keepdim=True))

@@ -28,6 +28,9 @@ class AxisData:
     name: object = None
     randomness: str = "error"
     group: object = field(default=None, repr=False)
+    # vmap's chunk_size: this axis is one chunk of a batch of chunk_of examples, so a
+    # collective over it would see only the chunk (collective_batch raises)
+    chunk_of: int | None = None
 
     def __repr__(self):
         if self.group is not None:
