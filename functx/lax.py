@@ -12,7 +12,8 @@ from .frontend import unwrap, wrap
 from . import prims as P
 from .prims.collective import axis_size
 from .prims.spmd import pvary as _pvary
-from .tree_util import tree_map
+from .tree_util import tree_flatten, tree_map, tree_unflatten
+from .transforms.api import vmap
 from .transforms.control_flow import cond, fori_loop, scan, switch, while_loop
 
 __all__ = ["psum", "pmean", "pmax", "pvary", "all_gather", "axis_index", "axis_size", "stop_gradient",
@@ -91,12 +92,26 @@ def stop_gradient(x):
     return _apply(P.stop_gradient, x, "stop_gradient")
 
 
-def map(f, xs):  # noqa: A001  (JAX's name: lax.map)
+def map(f, xs, *, batch_size=None):  # noqa: A001  (JAX's name: lax.map)
     """f applied to each slice of xs along its leading dim, one at a time, as a loop (JAX's
     lax.map: a scan without a carry, so memory holds one slice's temporaries; vmap batches
-    instead). xs may be a pytree of tensors with the same leading size.
+    instead). xs may be a pytree of tensors with the same leading size. batch_size: a loop
+    over batches of that many slices, each vmapped (the remainder vmapped after), as JAX's.
 
     Example:
       >>> functx.lax.map(lambda x: x @ x.T, torch.randn(8, 3, 3))   # shape (8, 3, 3)
     """
-    return scan(lambda carry, x: (carry, f(x)), None, xs)[1]
+    if batch_size is None:
+        return scan(lambda carry, x: (carry, f(x)), None, xs)[1]
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise TypeError(f"functx.lax.map: batch_size must be a positive int, got {batch_size!r}")
+    leaves, tree = tree_flatten(xs)
+    n = type_of(unwrap(leaves[0])).shape[0] if leaves else 0
+    k, rest = divmod(n, batch_size)
+    parts = []
+    if k:
+        main = tree_unflatten(tree, [x[:k * batch_size].reshape((k, batch_size) + tuple(x.shape[1:])) for x in leaves])
+        parts.append(tree_map(lambda y: y.reshape((k * batch_size,) + tuple(y.shape[2:])), map(vmap(f), main)))
+    if rest:
+        parts.append(vmap(f)(tree_unflatten(tree, [x[k * batch_size:] for x in leaves])))
+    return parts[0] if len(parts) == 1 else tree_map(lambda a, b: torch.cat([a, b]), *parts)

@@ -169,3 +169,24 @@ def test_collective_over_a_chunked_vmap_axis_raises(mode):
     inner = functx.vmap(lambda v: v / functx.psum(v, "rows"), chunk_size=2)
     m = x.reshape(2, 3)
     _close(_maybe_jit(functx.vmap(inner, in_axes=1, out_axes=1, axis_name="rows"), mode)(m), m / m.sum(1, keepdim=True))
+
+
+def test_fori_loop_with_traced_bounds_under_grad_names_its_bounds():
+    # Was: the while_loop's "needs max_steps=N" (an argument fori_loop does not take).
+    f = functx.grad(lambda x, n: functx.fori_loop(0, n, lambda i, v: v * x, x))
+    x = torch.tensor(2.0, dtype=F64)
+    with pytest.raises(functx.FunctxError, match="fori_loop: reverse-mode.*static_argnums"):
+        functx.jit(f)(x, torch.tensor(3))
+    _close(functx.jit(f, static_argnums=1)(x, 3), torch.tensor(32.0, dtype=F64))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_lax_map_batch_size(mode):
+    # JAX's lax.map(f, xs, batch_size=b): was "unexpected keyword argument 'batch_size'".
+    xs = torch.arange(7.0, dtype=F64)
+    f = lambda x: {"a": x ** 2, "b": (x * 2).expand(2)}
+    for b in (1, 3, 7, 10):
+        got = _maybe_jit(lambda xs: functx.lax.map(f, xs, batch_size=b), mode)(xs)
+        _close(got, {"a": xs ** 2, "b": (xs * 2)[:, None].expand(7, 2)})
+        g = _maybe_jit(functx.grad(lambda xs: functx.lax.map(lambda x: x ** 3, xs, batch_size=b).sum()), mode)(xs)
+        _close(g, 3 * xs ** 2)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ...core import revolve
+from ...core import FunctxError, revolve
 from ...core.trace import Tracer, type_of
 from ...frontend import TracerTensor, unwrap, wrap
 from ...tree_util import tree_flatten, tree_unflatten
@@ -219,6 +219,16 @@ def fori_loop(lower, upper, body_fun, init_val):
     def as_tensor(b):
         return b if isinstance(b, torch.Tensor) else torch.tensor(b, dtype=torch.int64, device=device)
     lo_t, hi_t = as_tensor(lower), as_tensor(upper)
-    _, _, val = while_loop(lambda s: s[0] < s[1], lambda s: (s[0] + 1, s[1], body_fun(s[0], s[2])),
-                           (lo_t, hi_t, init_val))
+    try:
+        _, _, val = while_loop(lambda s: s[0] < s[1], lambda s: (s[0] + 1, s[1], body_fun(s[0], s[2])),
+                               (lo_t, hi_t, init_val))
+    except FunctxError as e:
+        if "needs max_steps" not in str(e):
+            raise
+        # (fori_loop has no max_steps: say what to change at its call)
+        raise FunctxError(
+            "functx.fori_loop: reverse-mode differentiation (grad, vjp, jacrev) needs a trip count known "
+            "at trace time (JAX raises here too); its bounds are traced (a tensor argument of jit, or "
+            "batched under vmap). Pass Python ints, or mark the bound static (functx.jit's "
+            "static_argnums), so the loop is a scan.") from None
     return val
