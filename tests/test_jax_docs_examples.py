@@ -190,3 +190,23 @@ def test_lax_map_batch_size(mode):
         _close(got, {"a": xs ** 2, "b": (xs * 2)[:, None].expand(7, 2)})
         g = _maybe_jit(functx.grad(lambda xs: functx.lax.map(lambda x: x ** 3, xs, batch_size=b).sum()), mode)(xs)
         _close(g, 3 * xs ** 2)
+
+
+def test_hessian_of_the_docs_custom_vjp_example():
+    # The docs' f_fwd calls f itself, so forward-over-reverse (hessian) meets the custom_vjp
+    # in forward mode and raises, as in JAX (jax-ml/jax#16049); the message said "hessian
+    # works". It names jacrev(jacrev(f)), and fwd computing the output itself.
+    @functx.custom_vjp
+    def f(x, y):
+        return torch.sin(x) * y
+
+    def f_bwd(res, g):
+        cos_x, sin_x, y = res
+        return (cos_x * g * y, sin_x * g)
+    f.defvjp(lambda x, y: (f(x, y), (torch.cos(x), torch.sin(x), y)), f_bwd)
+    x, y = torch.tensor(0.7, dtype=F64), torch.tensor(1.3, dtype=F64)
+    with pytest.raises(functx.FunctxError, match=r"jacrev\(jacrev\(f\)\).*without calling the custom_vjp"):
+        functx.hessian(f)(x, y)
+    _close(functx.jacrev(functx.jacrev(f))(x, y), -torch.sin(x) * y)
+    f.defvjp(lambda x, y: (torch.sin(x) * y, (torch.cos(x), torch.sin(x), y)), f_bwd)
+    _close(functx.hessian(f, (0, 1))(x, y), ((-torch.sin(x) * y, torch.cos(x)), (torch.cos(x), torch.zeros((), dtype=F64))))

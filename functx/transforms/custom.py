@@ -215,8 +215,9 @@ def _forward_mode_error(name):
     return FunctxError(
         f"functx: custom_vjp function '{name}' can't be differentiated in forward mode (jvp, "
         "jacfwd, linearize's jvp function): it defines only a reverse-mode rule (defvjp). "
-        "Use grad / vjp / jacrev (forward-over-reverse, e.g. hessian, works), or define it "
-        "with functx.custom_jvp.")
+        "Use grad / vjp / jacrev (jacrev(jacrev(f)) for a Hessian; forward-over-reverse such as "
+        "hessian works only if fwd computes the output without calling the custom_vjp function "
+        "itself, as in JAX), or define it with functx.custom_jvp.")
 
 
 def _custom_lin_type(*types, bwd, jvp, num_res, name, out_types, float_outs, all_out_types, in_types):
