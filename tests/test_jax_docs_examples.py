@@ -210,3 +210,20 @@ def test_hessian_of_the_docs_custom_vjp_example():
     _close(functx.jacrev(functx.jacrev(f))(x, y), -torch.sin(x) * y)
     f.defvjp(lambda x, y: (torch.sin(x) * y, (torch.cos(x), torch.sin(x), y)), f_bwd)
     _close(functx.hessian(f, (0, 1))(x, y), ((-torch.sin(x) * y, torch.cos(x)), (torch.cos(x), torch.zeros((), dtype=F64))))
+
+
+# ---------------------------------------------------------------- the Autodiff Cookbook
+
+@pytest.mark.parametrize("mode", MODES)
+def test_python_float_leaves_of_a_differentiated_pytree(mode):
+    # A Python float argument is differentiated as a 0-d tensor, and was under jit inside a
+    # pytree too; eagerly a float in a pytree raised "expected tensors" (JAX differentiates it).
+    w = torch.randn(3)
+    params = {"w": w, "scale": 3.0}
+    loss = lambda p: (p["w"] * p["scale"]).sum()
+    g = _maybe_jit(functx.grad(loss), mode)(params)
+    _close(g, {"scale": w.sum(), "w": torch.full((3,), 3.0)})
+    _close(_maybe_jit(functx.jacrev(lambda p: p["w"] * p["scale"]), mode)(params),
+           {"scale": w, "w": torch.eye(3) * 3.0})
+    _close(_maybe_jit(functx.hessian(lambda p: p["scale"] ** 3), mode)({"scale": 2.0})["scale"]["scale"],
+           torch.tensor(12.0))

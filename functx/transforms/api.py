@@ -160,7 +160,7 @@ def _argnums_tuple(argnums, nargs, what):
 def _with_argnums(f, args, kwargs, argnums, what):
     """(g, differentiated args): g takes just the args at argnums, the others held fixed."""
     nums = _argnums_tuple(argnums, len(args), what)
-    args = tuple(_float_primal(a) if i in nums else a for i, a in enumerate(args))
+    args = tuple(_float_primals(a) if i in nums else a for i, a in enumerate(args))
 
     def g(*diff):
         full = list(args)
@@ -378,7 +378,7 @@ def grad(f, argnums=0, has_aux=False):
     Args:
       f: returns a 0-dim floating-point tensor (with has_aux: a pair (scalar, aux)).
       argnums: int or tuple of ints, the positional argument(s) to differentiate (each may
-        be a pytree of tensors, or a Python float). Keyword arguments are passed through,
+        be a pytree of tensors and Python floats). Keyword arguments are passed through,
         not differentiated.
       has_aux: f returns (scalar, aux); aux is returned alongside, not differentiated.
 
