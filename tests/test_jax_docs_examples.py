@@ -227,3 +227,14 @@ def test_python_float_leaves_of_a_differentiated_pytree(mode):
            {"scale": w, "w": torch.eye(3) * 3.0})
     _close(_maybe_jit(functx.hessian(lambda p: p["scale"] ** 3), mode)({"scale": 2.0})["scale"]["scale"],
            torch.tensor(12.0))
+
+
+def test_scan_length_from_a_jit_argument_names_it():
+    # Was "length must be a non-negative int, got TracedTensor(...)"; now the
+    # ConcretizationError that names argument 'n' and static_argnums.
+    f = lambda x, n: functx.scan(lambda c, _: (c * 2, None), x, None, length=n)[0]
+    x = torch.tensor(1.0, dtype=F64)
+    with pytest.raises(functx.ConcretizationError, match="argument 'n'.*static_argnums"):
+        functx.jit(f)(x, 3)
+    _close(functx.jit(f, static_argnums=1)(x, 3), torch.tensor(8.0, dtype=F64))
+    _close(f(x, torch.tensor(3)), torch.tensor(8.0, dtype=F64))      # a concrete tensor length

@@ -52,6 +52,8 @@ def _check_options(reverse, unroll, remat, checkpoints):
 
 
 def _length(x_leaves, x_tree, length):
+    if isinstance(length, torch.Tensor) and length.numel() == 1 and not length.dtype.is_floating_point:
+        length = int(length)    # traced (a jit argument): ConcretizationError names it, says static_argnums
     if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 0):
         raise TypeError(f"functx.scan: length must be a non-negative int, got {length!r}")
     for i, leaf in enumerate(x_leaves):
