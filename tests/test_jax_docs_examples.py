@@ -238,3 +238,192 @@ def test_scan_length_from_a_jit_argument_names_it():
         functx.jit(f)(x, 3)
     _close(functx.jit(f, static_argnums=1)(x, 3), torch.tensor(8.0, dtype=F64))
     _close(f(x, torch.tensor(3)), torch.tensor(8.0, dtype=F64))      # a concrete tensor length
+
+
+# ---------------------------------------------------------------- the examples, as ported
+
+def _sigmoid(x):
+    return 0.5 * (torch.tanh(x / 2) + 1)
+
+
+_INPUTS = torch.tensor([[0.52, 1.12, 0.77], [0.88, -1.08, 0.15], [0.52, 0.06, -1.30], [0.74, -2.49, 1.39]],
+                       dtype=F64)
+_TARGETS = torch.tensor([True, True, False, True])
+
+
+def _logreg_loss(W, b):
+    preds = _sigmoid(_INPUTS @ W + b)
+    label_probs = preds * _TARGETS + (1 - preds) * (1 - _TARGETS.to(F64))
+    return -torch.sum(torch.log(label_probs))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cookbook_gradients_jacobians_hessians(mode):
+    g = torch.Generator().manual_seed(0)
+    W, b = torch.randn(3, generator=g, dtype=F64), torch.randn((), generator=g, dtype=F64)
+    tw, tb = torch.func.grad(_logreg_loss, argnums=(0, 1))(W, b)
+    _close(_maybe_jit(functx.grad(_logreg_loss, (0, 1)), mode)(W, b), (tw, tb))
+    dict_loss = lambda p: _logreg_loss(p["W"], p["b"])
+    _close(_maybe_jit(functx.grad(dict_loss), mode)({"W": W, "b": b}), {"W": tw, "b": tb})
+    predict = lambda p, x: _sigmoid(x @ p["W"] + p["b"])
+    want = torch.func.jacrev(predict)({"W": W, "b": b}, _INPUTS)
+    for jac in (functx.jacfwd, functx.jacrev):
+        _close(_maybe_jit(jac(predict), mode)({"W": W, "b": b}, _INPUTS), want)
+    _close(_maybe_jit(functx.hessian(_logreg_loss, (0, 1)), mode)(W, b),
+           torch.func.hessian(_logreg_loss, (0, 1))(W, b))
+    tanh = lambda x: torch.tanh(x)
+    x = torch.tensor(2.0, dtype=F64)
+    t = torch.tanh(x)
+    _close(_maybe_jit(functx.grad(functx.grad(functx.grad(tanh))), mode)(x),
+           -2 * (1 - t ** 2) ** 2 + 4 * t ** 2 * (1 - t ** 2))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cookbook_hessian_vector_products_and_stop_gradient(mode):
+    f = lambda X: torch.sum(torch.tanh(X) ** 2 * X.prod())
+    g = torch.Generator().manual_seed(1)
+    X, V = torch.randn(4, generator=g, dtype=F64), torch.randn(4, generator=g, dtype=F64)
+    want = torch.func.hessian(f)(X) @ V
+    hvps = {
+        "grad of grad": lambda X, V: functx.grad(lambda x: torch.vdot(functx.grad(f)(x), V))(X),
+        "fwd over rev": lambda X, V: functx.jvp(functx.grad(f), (X,), (V,))[1],
+        "rev over fwd": lambda X, V: functx.grad(lambda x: functx.jvp(f, (x,), (V,))[1])(X),
+        "rev over rev": lambda X, V: functx.vjp(functx.grad(f), X)[1](V)[0],
+        "linearize": lambda X, V: functx.linearize(functx.grad(f), X)[1](V),
+    }
+    for name, hvp in hvps.items():
+        _close(_maybe_jit(hvp, mode)(X, V), want)
+    # TD(0) update with stop_gradient: the docs' values
+    value_fn = lambda theta, s: torch.dot(theta, s)
+
+    def td_loss(theta, s_tm1, r_t, s_t):
+        target = r_t + value_fn(theta, s_t)
+        return -0.5 * ((functx.stop_gradient(target) - value_fn(theta, s_tm1)) ** 2)
+    args = [torch.tensor(v, dtype=F64) for v in ([0.1, -0.1, 0.0], [1.0, 2.0, -1.0], 1.0, [2.0, 1.0, 0.0])]
+    _close(_maybe_jit(functx.grad(td_loss), mode)(*args), torch.tensor([1.2, 2.4, -1.2], dtype=F64))
+    batched = _maybe_jit(functx.vmap(functx.grad(td_loss), in_axes=(None, 0, 0, 0)), mode)
+    _close(batched(args[0], *[a.expand(3, *a.shape) for a in args[1:]]),
+           torch.tensor([[1.2, 2.4, -1.2]] * 3, dtype=F64))
+    straight_through = lambda x: x - functx.stop_gradient(x) + functx.stop_gradient(torch.round(x))
+    _close(_maybe_jit(functx.grad(straight_through), mode)(torch.tensor(3.2, dtype=F64)),
+           torch.tensor(1.0, dtype=F64))
+
+
+@functx.custom_jvp
+def _log1pexp(x):
+    return torch.log(1.0 + torch.exp(x))
+
+
+@_log1pexp.defjvp
+def _log1pexp_jvp(primals, tangents):
+    (x,), (x_dot,) = primals, tangents
+    return _log1pexp(x), (1 - 1 / (1 + torch.exp(x))) * x_dot
+
+
+@partial(functx.custom_vjp, nondiff_argnums=(0,))
+def _fixed_point(f, a, x_guess):
+    def cond_fun(carry):
+        x_prev, x = carry
+        return torch.abs(x_prev - x) > 1e-12
+
+    def body_fun(carry):
+        _, x = carry
+        return x, f(a, x)
+    return functx.while_loop(cond_fun, body_fun, (x_guess, f(a, x_guess)))[1]
+
+
+def _fixed_point_fwd(f, a, x_init):
+    x_star = _fixed_point(f, a, x_init)
+    return x_star, (a, x_star)
+
+
+def _rev_iter(f, packed, u):
+    a, x_star, x_star_bar = packed
+    _, vjp_x = functx.vjp(lambda x: f(a, x), x_star)
+    return x_star_bar + vjp_x(u)[0]
+
+
+def _fixed_point_rev(f, res, x_star_bar):
+    a, x_star = res
+    _, vjp_a = functx.vjp(lambda a: f(a, x_star), a)
+    a_bar, = vjp_a(_fixed_point(partial(_rev_iter, f), (a, x_star, x_star_bar), x_star_bar))
+    return a_bar, torch.zeros_like(x_star)
+
+
+_fixed_point.defvjp(_fixed_point_fwd, _fixed_point_rev)
+
+
+def _newton_sqrt(a):
+    return _fixed_point(lambda a, x: 0.5 * (x + a / x), a, a)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_custom_derivative_rules_docs(mode):
+    x = torch.tensor([0.0, 1.0, 100.0], dtype=F64)
+    _close(_maybe_jit(functx.vmap(functx.grad(_log1pexp)), mode)(x), torch.sigmoid(x))
+    s = torch.sigmoid(torch.tensor(1.0, dtype=F64))
+    _close(_maybe_jit(functx.grad(functx.grad(_log1pexp)), mode)(torch.tensor(1.0, dtype=F64)), s * (1 - s))
+    assert torch.isnan(functx.grad(lambda x: torch.log(1.0 + torch.exp(x)))(torch.tensor(100.0))), \
+        "the naive version is nan in float32, as in the docs"
+
+    @functx.custom_jvp
+    def f(x, y):
+        return torch.sin(x) * y
+    f.defjvps(lambda x_dot, out, x, y: torch.cos(x) * x_dot * y, lambda y_dot, out, x, y: torch.sin(x) * y_dot)
+    a, b = torch.tensor(2.0, dtype=F64), torch.tensor(3.0, dtype=F64)
+    _close(_maybe_jit(functx.grad(f, (0, 1)), mode)(a, b), (torch.cos(a) * b, torch.sin(a)))
+
+    @functx.custom_vjp
+    def clip_gradient(lo, hi, x):
+        return x
+    clip_gradient.defvjp(lambda lo, hi, x: (x, (lo, hi)), lambda res, g: (None, None, torch.clip(g, *res)))
+    xs = torch.linspace(0.0, 10.0, 5, dtype=F64)
+    got = _maybe_jit(functx.vmap(functx.grad(lambda x: clip_gradient(-0.75, 0.75, torch.sin(x)))), mode)(xs)
+    _close(got, 0.75 * torch.cos(xs))        # the cotangent (1) is clipped, then the chain rule
+
+    two = torch.tensor(2.0, dtype=F64)
+    _close(_maybe_jit(_newton_sqrt, mode)(two), torch.sqrt(two))
+    _close(_maybe_jit(functx.grad(_newton_sqrt), mode)(two), 0.5 / torch.sqrt(two))
+    _close(_maybe_jit(functx.grad(functx.grad(_newton_sqrt)), mode)(two), -0.25 * two ** -1.5)
+    v = torch.tensor([2.0, 3.0, 4.0], dtype=F64)
+    _close(_maybe_jit(functx.vmap(functx.grad(_newton_sqrt)), mode)(v), 0.5 / torch.sqrt(v))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_vmap_docs_axes_and_named_axes(mode):
+    foo = lambda dct, x: dct["a"] + dct["b"] + x
+    dct = {"a": 0.0, "b": torch.arange(5.0, dtype=F64)}
+    _close(_maybe_jit(functx.vmap(foo, in_axes=({"a": None, "b": 0}, None)), mode)(dct, 1.0),
+           torch.arange(1.0, 6.0, dtype=F64))
+    xs = torch.arange(3.0, dtype=F64)
+    got = _maybe_jit(functx.vmap(lambda x, y: (x + y, y * 2.0), in_axes=(0, None), out_axes=(0, None)), mode)(xs, 2.0)
+    _close(got[0], xs + 2.0)
+    assert float(got[1]) == 4.0     # eagerly the Python float itself (out_axes None), as torch.func
+    m = torch.arange(6.0, dtype=F64).reshape(2, 3)
+    for names, want in [("i", m * m.sum(0)), ("j", m * m.sum(1, keepdim=True)), (("i", "j"), m * m.sum())]:
+        f = lambda x, names=names: x * functx.psum(x, names)
+        _close(_maybe_jit(functx.vmap(functx.vmap(f, axis_name="j"), axis_name="i"), mode)(m), want)
+    g = _maybe_jit(functx.vmap(lambda v: functx.all_gather(v, "i") * functx.axis_index("i"), axis_name="i"), mode)(xs)
+    _close(g, xs.expand(3, 3) * torch.arange(3.0, dtype=F64)[:, None])
+    mat, batched = torch.randn(2, 3, dtype=F64), torch.randn(4, 3, dtype=F64)
+    _close(_maybe_jit(functx.vmap(torch.mv, in_axes=(None, 1), out_axes=-1), mode)(mat, batched.T), mat @ batched.T)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_lax_control_flow_docs(mode):
+    a = torch.arange(1.0, 6.0, dtype=F64)
+    cumsum = lambda res, el: (res + el, res + el)
+    _close(_maybe_jit(lambda a: functx.scan(cumsum, torch.tensor(0.0, dtype=F64), a, reverse=True), mode)(a),
+           (a.sum(), a.flip(0).cumsum(0).flip(0)))
+    fib = lambda c, _: ((c[1], c[0] + c[1]), c[0])
+    got = _maybe_jit(lambda: functx.scan(fib, (torch.tensor(0), torch.tensor(1)), None, length=8), mode)()
+    _close(got, ((torch.tensor(21), torch.tensor(34)), torch.tensor([0, 1, 1, 2, 3, 5, 8, 13])))
+    powf = lambda x: functx.fori_loop(0, 5, lambda i, c: c * x, torch.tensor(1.0, dtype=F64))
+    x = torch.tensor(1.5, dtype=F64)
+    _close(_maybe_jit(functx.grad(functx.grad(powf)), mode)(x), 20 * x ** 3)
+    branches = [lambda x: x + 1, lambda x: x * 2, lambda x: x ** 2]
+    idx, three = torch.tensor([0, 1, 2, 5, -1]), torch.full((5,), 3.0, dtype=F64)
+    _close(_maybe_jit(functx.vmap(lambda i, x: functx.switch(i, branches, x)), mode)(idx, three),
+           torch.tensor([4.0, 6.0, 9.0, 9.0, 4.0], dtype=F64))
+    safe_sqrt = functx.vmap(functx.grad(lambda x: functx.cond(x > 0, torch.sqrt, lambda x: x, x)))
+    _close(_maybe_jit(safe_sqrt, mode)(torch.tensor([4.0, -1.0], dtype=F64)), torch.tensor([0.25, 1.0], dtype=F64))
