@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 
 import torch
 
@@ -288,8 +289,8 @@ class _Args:
     """One call's arguments: nondiff args, and the pytree of the others split into tensor
     operands and static leaves."""
 
-    def __init__(self, fun, args, kwargs, nondiff_argnums, what):
-        args = _positional(fun, args, kwargs, what)
+    def __init__(self, owner, args, kwargs, nondiff_argnums, what):
+        args = _positional(owner, args, kwargs, what)
         self.n = len(args)
         self.nondiff = {i % self.n: args[i] for i in nondiff_argnums} if args else {}
         for i, a in self.nondiff.items():
@@ -322,18 +323,31 @@ class _Args:
         return [self.nondiff[i] for i in sorted(self.nondiff)]
 
 
-def _positional(fun, args, kwargs, what):
-    """All of fun's arguments as positional ones, defaults included (JAX's resolve_kwargs):
-    the rules see every argument fun does. An argument that can't be positional
-    (keyword-only, **kwargs) raises: fun would get it but the rules could not."""
+def _signature(fun):
+    """fun's signature, to resolve arguments to positions; None where it has none (a builtin)
+    or is opaque (functools.partial, as in JAX)."""
+    if isinstance(fun, functools.partial):
+        return None
     try:
-        sig = inspect.signature(fun)
-    except (TypeError, ValueError):      # no signature (a builtin): positional only
+        return inspect.signature(fun)
+    except (TypeError, ValueError):
+        return None
+
+
+def _positional(owner, args, kwargs, what):
+    """All of owner.fun's arguments as positional ones, defaults included (JAX's
+    resolve_kwargs): the rules see every argument fun does. An argument that can't be
+    positional (keyword-only, **kwargs) raises: fun would get it but the rules could not."""
+    fun = owner.fun
+    if not kwargs and isinstance(fun, types.FunctionType) and not fun.__defaults__:
+        return tuple(args)          # nothing to resolve (and inspect.signature costs ~50 us)
+    if "_sig" not in owner.__dict__:
+        owner._sig = _signature(fun)
+    sig = owner._sig
+    if sig is None:
         if kwargs:
             raise TypeError(f"{what}: keyword arguments {sorted(kwargs)} can't be resolved to "
-                            "positions (fun has no signature); pass them positionally") from None
-        return tuple(args)
-    if isinstance(fun, functools.partial) and not kwargs:
+                            "positions (fun has no signature); pass them positionally")
         return tuple(args)
     try:
         bound = sig.bind(*args, **kwargs)
@@ -458,7 +472,7 @@ class custom_jvp:
         what = f"functx.custom_jvp function '{name}'"
         if self.jvp is None:
             raise AttributeError(f"No JVP defined for {what}: use @{name}.defjvp")
-        a = _Args(self.fun, args, kwargs, self.nondiff_argnums, what)
+        a = _Args(self, args, kwargs, self.nondiff_argnums, what)
         store = _Out()
         fun, rule = self.fun, self.jvp
 
@@ -522,7 +536,7 @@ class custom_vjp:
         what = f"functx.custom_vjp function '{name}'"
         if self.fwd is None:
             raise AttributeError(f"No VJP defined for {what}: use {name}.defvjp(fwd, bwd)")
-        a = _Args(self.fun, args, kwargs, self.nondiff_argnums, what)
+        a = _Args(self, args, kwargs, self.nondiff_argnums, what)
         store = _Out()
         res_store = {}
         fun, fwd_fn, bwd_fn = self.fun, self.fwd, self.bwd
