@@ -427,3 +427,14 @@ def test_lax_control_flow_docs(mode):
            torch.tensor([4.0, 6.0, 9.0, 9.0, 4.0], dtype=F64))
     safe_sqrt = functx.vmap(functx.grad(lambda x: functx.cond(x > 0, torch.sqrt, lambda x: x, x)))
     _close(_maybe_jit(safe_sqrt, mode)(torch.tensor([4.0, -1.0], dtype=F64)), torch.tensor([0.25, 1.0], dtype=F64))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cond_and_switch_take_python_number_operands(mode):
+    # `lax.cond(x > 0, f, g, 3.0)`: under jit it raised "operand leaf 0 is a float" (eagerly
+    # the branch got the float); JAX passes a weak 0-d array, functx now a 0-d tensor both ways.
+    x = torch.tensor(2.0)
+    got = _maybe_jit(lambda x: functx.cond(x > 0, lambda v: v * x, lambda v: -v, 3.0), mode)(x)
+    _close(got, torch.tensor(6.0))
+    got = _maybe_jit(lambda x: functx.switch((x > 0).long(), [lambda v: v * 2, lambda v: -v], 3), mode)(x)
+    assert torch.equal(got, torch.tensor(-3))
