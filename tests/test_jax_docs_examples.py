@@ -438,3 +438,17 @@ def test_cond_and_switch_take_python_number_operands(mode):
     _close(got, torch.tensor(6.0))
     got = _maybe_jit(lambda x: functx.switch((x > 0).long(), [lambda v: v * 2, lambda v: -v], 3), mode)(x)
     assert torch.equal(got, torch.tensor(-3))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_python_number_outputs_of_branches_and_scan_bodies(mode):
+    # cond(p, lambda: 1., lambda: 2.) and a scan body returning a Python number as y: under jit
+    # "output leaf 0 is a float; return tensors" (eagerly cond returned the float); JAX
+    # returns arrays.
+    got = _maybe_jit(functx.vmap(lambda p: functx.cond(p, lambda: 1.0, lambda: 2.0)), mode)(torch.tensor([False, True]))
+    _close(got, torch.tensor([2.0, 1.0]))
+    _close(_maybe_jit(lambda p: functx.cond(p, lambda: 1.0, lambda: 2.0), mode)(torch.tensor(True)), torch.tensor(1.0))
+    xs = torch.arange(3.0, dtype=F64)
+    c, (ys, twos) = _maybe_jit(lambda xs: functx.scan(lambda c, x: (c + x, (c, 2)), xs[0], xs), mode)(xs)
+    _close((c, ys), (torch.tensor(3.0, dtype=F64), torch.tensor([0.0, 0.0, 1.0], dtype=F64)))
+    assert torch.equal(twos, torch.tensor([2, 2, 2]))

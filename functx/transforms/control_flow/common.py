@@ -86,6 +86,7 @@ def trace_user(fn, args_tree, types, what):
 
     def flat(*xs):
         out = fn(*tree_unflatten(args_tree, [wrap(x) for x in xs]))
+        out = weak_carry(out, list(xs))[0]        # a Python number output: a 0-d tensor, as in JAX
         leaves, tree = tree_flatten(out)
         for i, l in enumerate(leaves):
             if not isinstance(l, (torch.Tensor, Tracer)):

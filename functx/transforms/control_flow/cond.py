@@ -140,7 +140,7 @@ def switch(index, branches, *operands):
     idx = index_value(index, what)
     if not isinstance(idx, Tracer):          # concrete: plain Python control flow
         i = min(max(int(idx), 0), len(branches) - 1)
-        return branches[i](*operands)
+        return weak_carry(branches[i](*operands), operands)[0]
     leaves, in_tree = tree_flatten(operands)
     for i, l in enumerate(leaves):
         if not isinstance(l, (torch.Tensor, Tracer)):
@@ -166,7 +166,8 @@ def cond(pred, true_fun, false_fun, *operands):
     Python numbers among the operands are passed as 0-d tensors (JAX's weak values)."""
     idx = index_value(pred, "functx.cond")
     if not isinstance(idx, Tracer):
-        return (true_fun if bool(idx) else false_fun)(*weak_carry(operands)[0])
+        ops = weak_carry(operands)[0]
+        return weak_carry((true_fun if bool(idx) else false_fun)(*ops), ops)[0]
     return switch(P.convert(idx, torch.int64) if type_of(idx).dtype == torch.bool else idx,
                   [false_fun, true_fun], *operands)
 
