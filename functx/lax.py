@@ -16,7 +16,7 @@ from .tree_util import tree_flatten, tree_map, tree_unflatten
 from .transforms.api import vmap
 from .transforms.control_flow import cond, fori_loop, scan, switch, while_loop
 
-__all__ = ["psum", "pmean", "pmax", "pvary", "all_gather", "axis_index", "axis_size", "stop_gradient",
+__all__ = ["psum", "pmean", "pmax", "pmin", "pvary", "all_gather", "axis_index", "axis_size", "stop_gradient",
            "cond", "switch", "while_loop", "fori_loop", "scan", "map"]
 
 
@@ -73,9 +73,26 @@ def pvary(x, axis_name):
     return _apply(lambda v: _pvary(v, axis_name), x, "pvary")
 
 
-def all_gather(x, axis_name):
-    """Stack x from every element of the named vmap axis along a new leading dim."""
-    return _apply(lambda v: P.all_gather(v, axis_name), x, "all_gather")
+def pmin(x, axis_name):
+    """Min of x over the named axis (or tuple of axes)."""
+    return _apply(_over(lambda v, name: P.neg(P.pmax(P.neg(v), name)), axis_name), x, "pmin")
+
+
+def all_gather(x, axis_name, *, axis=0, tiled=False):
+    """Stack x from every element of the named vmap axis along a new dim `axis` (leading by
+    default); tiled=True concatenates along x's dim `axis` instead (JAX's lax.all_gather)."""
+    def gather(v):
+        g, nd = P.all_gather(v, axis_name), type_of(v).ndim
+        if not tiled:
+            if not -nd - 1 <= axis <= nd:
+                raise ValueError(f"functx.all_gather: axis={axis} is out of range for x of {nd} dims")
+            return P.moveaxis(g, 0, axis % (nd + 1))
+        if not -nd <= axis < nd:
+            raise ValueError(f"functx.all_gather: tiled=True needs axis within x's {nd} dims, got axis={axis}")
+        a, shape = axis % nd, list(type_of(v).shape)
+        shape[a] *= type_of(g).shape[0]
+        return P.reshape(P.moveaxis(g, 0, a), tuple(shape))
+    return _apply(gather, x, "all_gather")
 
 
 def axis_index(axis_name, device=None):

@@ -452,3 +452,17 @@ def test_python_number_outputs_of_branches_and_scan_bodies(mode):
     c, (ys, twos) = _maybe_jit(lambda xs: functx.scan(lambda c, x: (c + x, (c, 2)), xs[0], xs), mode)(xs)
     _close((c, ys), (torch.tensor(3.0, dtype=F64), torch.tensor([0.0, 0.0, 1.0], dtype=F64)))
     assert torch.equal(twos, torch.tensor([2, 2, 2]))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_all_gather_axis_and_tiled_and_pmin(mode):
+    # JAX's lax.all_gather(x, name, axis=..., tiled=...) and lax.pmin: were a TypeError
+    # (unexpected keyword) and a missing name.
+    x = torch.arange(6.0, dtype=F64).reshape(3, 2)
+    run = lambda f: _maybe_jit(functx.vmap(f, axis_name="i"), mode)(x)
+    _close(run(lambda v: functx.all_gather(v, "i", axis=1)), x.T.expand(3, 2, 3))
+    _close(run(lambda v: functx.all_gather(v, "i", axis=-1)), x.T.expand(3, 2, 3))
+    _close(run(lambda v: functx.all_gather(v, "i", tiled=True)), x.reshape(6).expand(3, 6))
+    _close(run(lambda v: functx.pmin(v, "i")), x.min(0).values.expand(3, 2))
+    with pytest.raises(ValueError, match="tiled=True needs axis"):
+        functx.vmap(lambda v: functx.all_gather(v, "i", axis=2, tiled=True), axis_name="i")(x)
