@@ -466,3 +466,27 @@ def test_all_gather_axis_and_tiled_and_pmin(mode):
     _close(run(lambda v: functx.pmin(v, "i")), x.min(0).values.expand(3, 2))
     with pytest.raises(ValueError, match="tiled=True needs axis"):
         functx.vmap(lambda v: functx.all_gather(v, "i", axis=2, tiled=True), axis_name="i")(x)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradient_checkpointing_docs(mode):
+    # The jax.checkpoint docs' policies and arguments: dots_with_no_batch_dims_saveable,
+    # save_from_both_policies, prevent_cse, static_argnums and keyword arguments were missing.
+    g = lambda W, x: torch.sin(W @ x)
+    f = lambda W1, W2, W3, x: g(W3, g(W2, g(W1, x)))
+    gen = torch.Generator().manual_seed(0)
+    Ws = [torch.randn(3, 3, generator=gen, dtype=F64) for _ in range(3)]
+    x = torch.randn(3, generator=gen, dtype=F64)
+    want = torch.func.grad(lambda *a: f(*a).sum(), argnums=(0, 1, 2))(*Ws, x)
+    cp = functx.checkpoint_policies
+    for policy in (None, cp.dots_with_no_batch_dims_saveable, cp.checkpoint_dots_with_no_batch_dims,
+                   cp.save_from_both_policies(cp.dots_saveable, cp.save_only_these_names("a"))):
+        f2 = functx.checkpoint(f, policy=policy, prevent_cse=False)
+        _close(_maybe_jit(functx.grad(lambda *a: f2(*a).sum(), argnums=(0, 1, 2)), mode)(*Ws, x), want)
+
+    def scaled(x, n, *, scale):
+        return torch.sin(x * scale) * n
+    h = functx.checkpoint(scaled, static_argnums=(1,))
+    _close(_maybe_jit(functx.grad(lambda x: h(x, 2, scale=3.0).sum()), mode)(x), 6 * torch.cos(3 * x))
+    with pytest.raises(TypeError, match="argument 1 is in static_argnums but holds a tensor"):
+        h(x, x, scale=1.0)
