@@ -93,16 +93,29 @@ def test_custom_vjp_bwd_none_for_part_of_a_pytree_argument(mode):
         functx.grad(lambda d, z: bad(d, z).sum())(d, z)
 
 
-def test_custom_jvp_nondiff_python_number_under_jit_names_static_argnums():
+@pytest.mark.parametrize("mode", MODES)
+def test_custom_jvp_nondiff_argument_traced_by_jit_or_vmap(mode):
+    # `jit(grad(power))(x, 3)`: jit traces the Python int, and custom_jvp raised "argument 1
+    # is in nondiff_argnums but holds a traced tensor". JAX's custom_jvp takes traced nondiff
+    # arguments (under stop_gradient); custom_vjp refuses them, as JAX's does.
     @partial(functx.custom_jvp, nondiff_argnums=(1,))
     def power(x, n):
         return x ** n
-    power.defjvp(lambda n, p, t: (p[0] ** n, n * p[0] ** (n - 1) * t[0]))
+    power.defjvp(lambda n, p, t: (p[0] ** n, 10 * n * p[0] ** (n - 1) * t[0]))   # x10: the rule ran
     x = torch.tensor(2.0, dtype=F64)
-    _close(functx.grad(power)(x, 3), torch.tensor(12.0, dtype=F64))
+    _close(_maybe_jit(functx.grad(power), mode)(x, 3), torch.tensor(120.0, dtype=F64))
+    xs, ns = torch.tensor([2.0, 3.0], dtype=F64), torch.tensor([3.0, 2.0], dtype=F64)
+    _close(_maybe_jit(functx.vmap(functx.grad(power)), mode)(xs, ns), torch.tensor([120.0, 60.0], dtype=F64))
+    g = _maybe_jit(functx.grad(power, (0, 1)), mode)(x, torch.tensor(3.0, dtype=F64))
+    _close(g, (torch.tensor(120.0, dtype=F64), torch.tensor(0.0, dtype=F64)))     # n: stop_gradient
+
+    @partial(functx.custom_vjp, nondiff_argnums=(1,))
+    def vpower(x, n):
+        return x ** n
+    vpower.defvjp(lambda x, n: (x ** n, x), lambda n, x, g: (n * x ** (n - 1) * g,))
     with pytest.raises(TypeError, match="argument 1 is in nondiff_argnums.*static_argnums"):
-        functx.jit(functx.grad(power))(x, 3)
-    _close(functx.jit(functx.grad(power), static_argnums=1)(x, 3), torch.tensor(12.0, dtype=F64))
+        functx.jit(functx.grad(vpower))(x, 3)
+    _close(functx.jit(functx.grad(vpower), static_argnums=1)(x, 3), torch.tensor(12.0, dtype=F64))
 
 
 # ---------------------------------------------------------------- linear_transpose
@@ -490,3 +503,50 @@ def test_gradient_checkpointing_docs(mode):
     _close(_maybe_jit(functx.grad(lambda x: h(x, 2, scale=3.0).sum()), mode)(x), 6 * torch.cos(3 * x))
     with pytest.raises(TypeError, match="argument 1 is in static_argnums but holds a tensor"):
         h(x, x, scale=1.0)
+
+
+# ---------------------------------------------------------------- custom rules inside staged bodies
+
+@functx.custom_jvp
+def _cube10(x):
+    return x ** 3
+
+
+_cube10.defjvp(lambda p, t: (p[0] ** 3, 30 * p[0] ** 2 * t[0]))      # 10x the true derivative
+
+
+@functx.custom_vjp
+def _sq10(x):
+    return x ** 2
+
+
+_sq10.defvjp(lambda x: (x ** 2, x), lambda x, g: (20 * x * g,))       # 10x the true derivative
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_custom_rules_inside_loop_bodies_checkpoint_and_jit_hessian(mode):
+    # Was silently wrong: scan / fori_loop / checkpoint bodies, cond branches under jit and
+    # jit(hessian(f)) staged f into a graph with the custom function's body inlined, and the
+    # derivative of that graph differentiated x ** 3 instead of the rule (grad gave 12, not
+    # 120). A graph staged under a differentiating trace now keeps the custom calls.
+    x = torch.tensor(2.0, dtype=F64)
+    for custom, want in [(_cube10, 120.0), (_sq10, 40.0)]:
+        wrapped = {
+            "scan": lambda x: functx.scan(lambda c, _: (custom(c), None), x, None, length=1)[0],
+            "fori_loop": lambda x: functx.fori_loop(0, 1, lambda i, v: custom(v), x),
+            "cond": lambda x: functx.cond(x > 0, custom, lambda v: v, x),
+            "checkpoint": functx.checkpoint(lambda x: custom(x)),
+            "remat binomial": lambda x: functx.scan(lambda c, _: (custom(c), None), x, None, length=2,
+                                                    remat="binomial")[0] ** 0.5,
+        }
+        unrolled = functx.grad(lambda x: custom(custom(x)) ** 0.5)(x)       # (no staging: the rule)
+        for name, f in wrapped.items():
+            w = unrolled if name == "remat binomial" else torch.tensor(want, dtype=F64)
+            _close(_maybe_jit(functx.grad(f), mode)(x), w)
+    h = _maybe_jit(functx.hessian(lambda v: _cube10(v).sum()), mode)(torch.tensor([1.0, 2.0], dtype=F64))
+    _close(h, torch.diag(torch.tensor([60.0, 120.0], dtype=F64)))
+    xs = torch.tensor([1.0, 2.0], dtype=F64)
+    lj = lambda c: functx.scan(lambda c, _: (_cube10(c) * 0.5, None), c, None, length=2)[0].sum()
+    lu = lambda c: (_cube10(_cube10(c) * 0.5) * 0.5).sum()
+    _close(_maybe_jit(functx.jacfwd(lj), mode)(xs), functx.jacfwd(lu)(xs))
+    _close(_maybe_jit(functx.hessian(lj), mode)(xs), functx.hessian(lu)(xs))

@@ -19,15 +19,17 @@ for every trace (JAX's custom_derivatives.py, at the transforms layer because th
 rules run the callables under a BatchTrace):
   custom_jvp_call(*args; fun, jvp)   impl: fun.  jvp: the user's rule, at the parent trace
       (so higher orders differentiate the rule itself).  batch: custom_jvp_call of the
-      vmapped fun and jvp.  Staged by jit: fun's body (Primitive.inline).
+      vmapped fun and jvp.  Staged by jit: fun's body (Primitive.inline), except in a graph
+      an enclosing transform will differentiate (GraphTrace.inlines: a loop body under grad).
   custom_vjp_call(*args; fun, fwd, bwd)   impl: fun.  jvp: fwd, plus
       custom_lin(*residuals, *tangents; bwd), a linear primitive with no forward evaluation
       whose transpose is bwd; so grad/vjp (linearize + transpose) use bwd, and forward mode
       (jvp, jacfwd) raises a clear error, as in JAX, unless the call carries a forward-mode
       rule `lin_jvp(residuals, tangents)` (a torch.autograd.Function's jvp staticmethod:
       torch uses backward in reverse mode and jvp in forward mode); custom_lin then
-      evaluates it, as ordinary code under further transforms.  batch: custom_vjp_call of
-      the vmapped fun, fwd, bwd (and lin_jvp).
+      evaluates it, as ordinary code under further transforms. With constant residuals
+      custom_lin is its own derivative (the transposes of loop bodies linearize it so).
+      batch: custom_vjp_call of the vmapped fun, fwd, bwd (and lin_jvp).
 Positional arguments are pytrees; tensor leaves are operands, other leaves (Python numbers,
 strings) are static: their tangent is 0 and their cotangent is ignored.
 """
@@ -233,7 +235,14 @@ def _custom_lin_impl(*args, name, jvp, num_res, **params):
 
 def _custom_lin_jvp(primals, tangents, *, name, jvp, num_res, **params):
     if jvp is None:
-        raise _forward_mode_error(name)
+        if not all(isinstance(t, Zero) for t in tangents[:num_res]):
+            raise _forward_mode_error(name)
+        # Constant residuals: custom_lin is linear in the rest, its own derivative. The
+        # transposes of scan / checkpoint / cond / while bodies linearize it so (at staged
+        # zeros: its primal value is dead code there, never run forward).
+        full = dict(params, name=name, jvp=jvp, num_res=num_res)
+        outs = custom_lin_p.bind(*primals, **full)
+        return outs, custom_lin_p.bind(*primals[:num_res], *[instantiate(t) for t in tangents[num_res:]], **full)
     return _run_jvp(lambda *xs: jvp(list(xs[:num_res]), list(xs[num_res:])), primals, tangents)
 
 
@@ -287,23 +296,31 @@ custom_lin_p = Primitive(
 
 class _Args:
     """One call's arguments: nondiff args, and the pytree of the others split into tensor
-    operands and static leaves."""
+    operands and static leaves. traced_nondiff: a nondiff argument holding traced tensors
+    (custom_jvp, as JAX's) passes them as extra operands after the others, under
+    stop_gradient (their tangents are ignored), and the rules see them rebuilt."""
 
-    def __init__(self, owner, args, kwargs, nondiff_argnums, what):
+    def __init__(self, owner, args, kwargs, nondiff_argnums, what, traced_nondiff=False):
         args = _positional(owner, args, kwargs, what)
         self.n = len(args)
         self.nondiff = {i % self.n: args[i] for i in nondiff_argnums} if args else {}
-        for i, a in self.nondiff.items():
-            if any(isinstance(l, TracerTensor) for l in tree_flatten(a)[0]):
-                raise TypeError(f"{what}: argument {i} is in nondiff_argnums but holds a traced tensor; "
-                                "pass tensors as ordinary (differentiable) arguments (under functx.jit "
-                                "a Python int or float argument is traced too: mark it static with "
-                                "static_argnums / static_argnames)")
+        self.traced = {}            # nondiff position -> (leaves, tree, tensor leaf indices)
+        for i, a in sorted(self.nondiff.items()):
+            nd_leaves, nd_tree = tree_flatten(a)
+            if any(isinstance(l, TracerTensor) for l in nd_leaves):
+                if not traced_nondiff:
+                    raise TypeError(f"{what}: argument {i} is in nondiff_argnums but holds a traced tensor; "
+                                    "pass tensors as ordinary (differentiable) arguments (under functx.jit "
+                                    "a Python int or float argument is traced too: mark it static with "
+                                    "static_argnums / static_argnames)")
+                self.traced[i] = (nd_leaves, nd_tree, [k for k, l in enumerate(nd_leaves) if _is_tensor(l)])
         self.diff_pos = [i for i in range(self.n) if i not in self.nondiff]
         leaves, self.tree = tree_flatten(tuple(args[i] for i in self.diff_pos))
         self.tensor_pos = [k for k, l in enumerate(leaves) if _is_tensor(l)]
         self.static = list(leaves)
         self.operands = [unwrap(leaves[k]) for k in self.tensor_pos]
+        for nd_leaves, _, ks in self.traced.values():
+            self.operands += [P.stop_gradient(unwrap(nd_leaves[k])) for k in ks]
 
     def diff_args(self, operands, static_fill=None):
         """The differentiable arguments rebuilt around new operand values (as TracerTensors);
@@ -313,14 +330,29 @@ class _Args:
             leaves[k] = wrap(v)
         return tuple(tree_unflatten(self.tree, leaves))
 
-    def full_args(self, diff_args):
+    def full_args(self, diff_args, operands=None):
+        nondiff = dict(zip(sorted(self.nondiff), self.nondiff_values(operands)))
         out, it = [], iter(diff_args)
         for i in range(self.n):
-            out.append(self.nondiff[i] if i in self.nondiff else next(it))
+            out.append(nondiff[i] if i in nondiff else next(it))
         return out
 
-    def nondiff_values(self):
-        return [self.nondiff[i] for i in sorted(self.nondiff)]
+    def nondiff_values(self, operands=None):
+        """The nondiff arguments; traced ones rebuilt around `operands` (all of them)."""
+        if not self.traced or operands is None:
+            return [self.nondiff[i] for i in sorted(self.nondiff)]
+        it = iter(operands[len(self.tensor_pos):])
+        out = []
+        for i in sorted(self.nondiff):
+            if i not in self.traced:
+                out.append(self.nondiff[i])
+                continue
+            nd_leaves, nd_tree, ks = self.traced[i]
+            nd_leaves = list(nd_leaves)
+            for k in ks:
+                nd_leaves[k] = wrap(next(it))
+            out.append(tree_unflatten(nd_tree, nd_leaves))
+        return out
 
 
 def _signature(fun):
@@ -472,17 +504,17 @@ class custom_jvp:
         what = f"functx.custom_jvp function '{name}'"
         if self.jvp is None:
             raise AttributeError(f"No JVP defined for {what}: use @{name}.defjvp")
-        a = _Args(self, args, kwargs, self.nondiff_argnums, what)
+        a = _Args(self, args, kwargs, self.nondiff_argnums, what, traced_nondiff=True)
         store = _Out()
         fun, rule = self.fun, self.jvp
 
         def flat_fun(*ops):
-            return _flat_out(fun(*a.full_args(a.diff_args(ops))), store, what)
+            return _flat_out(fun(*a.full_args(a.diff_args(ops), ops)), store, what)
 
         def flat_jvp(primals, tangents):
             p = a.diff_args(primals)
             t = a.diff_args(tangents, _zero_like_static)
-            res = rule(*a.nondiff_values(), p, t)
+            res = rule(*a.nondiff_values(primals), p, t)
             if not (isinstance(res, (tuple, list)) and len(res) == 2):
                 raise TypeError(f"{what}: the jvp rule must return a pair (primal_out, tangent_out)")
             outs = _flat_out(res[0], store, f"{what}: primal output of the jvp rule")
