@@ -550,3 +550,13 @@ def test_custom_rules_inside_loop_bodies_checkpoint_and_jit_hessian(mode):
     lu = lambda c: (_cube10(_cube10(c) * 0.5) * 0.5).sum()
     _close(_maybe_jit(functx.jacfwd(lj), mode)(xs), functx.jacfwd(lu)(xs))
     _close(_maybe_jit(functx.hessian(lj), mode)(xs), functx.hessian(lu)(xs))
+
+
+def test_custom_vjp_in_a_loop_inside_a_remat_raises_not_silently_wrong():
+    # The one combination the fix above leaves: the remat's backward pass takes the inner
+    # loop's forward-mode derivative, which a custom_vjp lacks. It raises (it was silently
+    # the derivative of fun's body before).
+    x = torch.tensor(1.1, dtype=F64)
+    inner = lambda c: functx.scan(lambda c, _: (_sq10(c) * 0.5, None), c, None, length=2)[0]
+    with pytest.raises(functx.FunctxError, match="forward mode"):
+        functx.grad(functx.checkpoint(inner))(x)
