@@ -153,8 +153,9 @@ def test_loops_take_python_numbers_as_carries(mode):
     assert torch.equal(run(lambda: functx.fori_loop(0, 10, lambda i, x: x + i, 0)), torch.tensor(45))
     _close(run(lambda: functx.fori_loop(0, 3, lambda i, v: v + 0.5, 0)), torch.tensor(1.5))   # default dtype
     xs = torch.tensor([0.5, 0.7], dtype=F64)
-    _close(run(lambda xs: functx.scan(lambda c, x: (c + x, c), 0, xs), xs),
-           (torch.tensor(1.2, dtype=F64), torch.tensor([0.0, 0.5], dtype=F64)))
+    for remat in (False, "sqrt"):
+        _close(run(lambda xs: functx.scan(lambda c, x: (c + x, c), 0, xs, remat=remat), xs),
+               (torch.tensor(1.2, dtype=F64), torch.tensor([0.0, 0.5], dtype=F64)))
     # traced predicate (the while_loop primitive), and under vmap
     n = torch.tensor([4, 2])
     body = lambda v: (v[0] + 1, v[1] + 0.5)

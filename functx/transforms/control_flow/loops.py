@@ -102,7 +102,7 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, remat=False, ch
     x_leaves, x_tree = _tensor_leaves(xs, "xs")
     length = _length(x_leaves, x_tree, length)
     init, weak = weak_carry(init, xs)
-    if remat == "sqrt":
+    if remat == "sqrt" and not any(weak):        # (Python-number carries: their dtype first)
         return _sqrt_scan(f, init, xs, length, reverse)
     c_leaves, c_tree = _tensor_leaves(init, "init")
     carry = [unwrap(c) for c in c_leaves]
@@ -137,6 +137,8 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, remat=False, ch
     g, consts = closed_graph(body, c_types + x_types)
     if (promoted := promote_weak(init, weak, store["out_dtypes"])) is not None:
         return scan(f, promoted, xs, length, reverse, unroll, remat, checkpoints)
+    if remat == "sqrt":
+        return _sqrt_scan(f, init, xs, length, reverse)
     if remat == "binomial":
         remat = ("binomial", checkpoints if checkpoints is not None else _two_sweep_slots(length))
     else:
