@@ -561,3 +561,17 @@ def test_custom_vjp_in_a_loop_inside_a_remat_raises_not_silently_wrong():
     inner = lambda c: functx.scan(lambda c, _: (_sq10(c) * 0.5, None), c, None, length=2)[0]
     with pytest.raises(functx.FunctxError, match="forward mode"):
         functx.grad(functx.checkpoint(inner))(x)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_custom_vjp_in_cond_branches_under_vmap_of_grad(mode):
+    # With custom calls kept in the branches, the transposed branches held a dead custom_lin
+    # (the primal at zeros), which a batched predicate then ran: DCE'd now, as scan's.
+    g = lambda x, p: functx.cond(p, lambda v: _sq10(v), lambda v: _sq10(v) * 2, x)
+    x = torch.tensor([1.2, 1.2], dtype=F64)
+    _close(_maybe_jit(functx.vmap(functx.grad(g)), mode)(x, torch.tensor([True, False])),
+           torch.tensor([24.0, 48.0], dtype=F64))
+    w = lambda x: functx.while_loop(lambda s: s[1] < 2, lambda s: (_sq10(s[0]) * 0.5, s[1] + 1),
+                                    (x, torch.tensor(0)), max_steps=3)[0]
+    want = functx.vmap(functx.grad(lambda x: _sq10(_sq10(x) * 0.5) * 0.5))(x)
+    _close(_maybe_jit(functx.vmap(functx.grad(w)), mode)(x), want)

@@ -25,7 +25,7 @@ from ...prims.creation import instantiate
 from ...prims.shape import bdim_to_front
 from ..ad import jvp_flat, vjp_flat
 from ...tree_util import tree_flatten, tree_unflatten
-from .common import closed_graph, graph_fn, index_value, is_float, join_graphs, run_batched, trace_user, \
+from .common import closed_graph, dce_graph, graph_fn, index_value, is_float, join_graphs, run_batched, trace_user, \
     weak_carry
 
 __all__ = ["cond", "switch", "cond_p"]
@@ -91,7 +91,8 @@ def _cond_transpose(cts, index, *args, branches):
             zeros = [P.full(t.shape, 0, t.dtype, t.device) for t in lin_types]
             _, pullback, _ = vjp_flat(linear, zeros)
             return [instantiate(x) for x in pullback(c)]
-        return closed_graph(fn, res_types + out_types)
+        g2, cs = closed_graph(fn, res_types + out_types)
+        return dce_graph(g2), cs          # (the dead primal work on the zeros, as scan's transpose)
     tb, consts = join_graphs([transposed(g) for g in branches])
     lin_cts = iter(cond_p.bind(index, *consts, *res, *cts, branches=tb))
     return [None] + [next(lin_cts) if l else None for l in lin]
