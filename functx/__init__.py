@@ -11,7 +11,7 @@ from .transforms import (grad, value_and_grad, vjp, jvp, linearize, linear_trans
 from .tree_util import register_pytree_node, tree_flatten, tree_unflatten, tree_map
 from .compile import jit, make_graph, explain, to_python_source
 from .frontend import TracerTensor
-from .lax import psum, pmean, pmax, all_gather, axis_index, stop_gradient
+from .lax import psum, pmean, pmax, pmin, all_gather, axis_index, stop_gradient
 from . import lax, tree_util  # noqa: F401
 from .transforms.custom import custom_jvp, custom_vjp
 from .transforms.control_flow import cond, switch, while_loop, scan
@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "grad", "value_and_grad", "vjp", "jvp", "linearize", "linear_transpose", "jacfwd", "jacrev",
-    "hessian", "vmap", "jit", "make_graph", "explain", "psum", "pmean", "pmax", "all_gather",
+    "hessian", "vmap", "jit", "make_graph", "explain", "psum", "pmean", "pmax", "pmin", "all_gather",
     "axis_index", "stop_gradient", "functional_call", "register_pytree_node", "tree_flatten",
     "tree_unflatten", "tree_map", "to_python_source", "Graph", "TensorType", "FunctxError",
     "ConcretizationError", "TracerTensor", "custom_jvp", "custom_vjp", "cond", "switch", "while_loop", "scan",

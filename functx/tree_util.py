@@ -39,9 +39,10 @@ def tree_map(fn, tree, *rest):
     return optree.tree_map(fn, tree, *rest, namespace=NAMESPACE)
 
 
-def tree_structure(tree):
-    """The treedef of a pytree (tree_flatten without the leaves)."""
-    return optree.tree_structure(tree, namespace=NAMESPACE)
+def tree_structure(tree, none_is_leaf=False):
+    """The treedef of a pytree (tree_flatten without the leaves); none_is_leaf: None is a
+    leaf (a zero standing for a subtree), not an empty subtree."""
+    return optree.tree_structure(tree, none_is_leaf=none_is_leaf, namespace=NAMESPACE)
 
 
 def register_pytree_node(cls, flatten_fn, unflatten_fn):

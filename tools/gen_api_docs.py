@@ -24,7 +24,7 @@ import functx.func  # noqa: E402,F401
 SECTIONS = [
     ("Differentiation", ["grad", "value_and_grad", "vjp", "jvp", "linearize", "linear_transpose",
                          "jacfwd", "jacrev", "hessian", "stop_gradient", "custom_jvp", "custom_vjp"]),
-    ("Vectorization and named axes", ["vmap", "psum", "pmean", "pmax", "all_gather", "axis_index"]),
+    ("Vectorization and named axes", ["vmap", "psum", "pmean", "pmax", "pmin", "all_gather", "axis_index"]),
     ("Compilation", ["jit", "make_graph", "explain", "to_python_source"]),
     ("Control flow", ["cond", "switch", "while_loop", "scan"]),
     ("Taylor mode", ["jet", "laplacian", "divergence", "taylor_operator"]),

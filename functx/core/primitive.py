@@ -68,7 +68,8 @@ class Primitive:
     taylor: Callable | None = None
     # Structural primitives holding Python callables (custom_jvp_call, custom_vjp_call):
     # fn(*args, **params) run at a GraphTrace in place of recording an equation, so jit
-    # compiles their bodies; only transforms above the graph trace need their rules.
+    # compiles their bodies; not where an enclosing trace will differentiate the graph (a
+    # scan body or checkpoint traced under grad: GraphTrace.inlines), which needs the rules.
     inline: Callable | None = None
     # Fused primitives of eager transforms (prims/fused.py): fn(*args, **params) binding the
     # primitives it stands for, which a GraphTrace records instead unless it keeps fused

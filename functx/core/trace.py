@@ -28,6 +28,9 @@ class AxisData:
     name: object = None
     randomness: str = "error"
     group: object = field(default=None, repr=False)
+    # vmap's chunk_size: this axis is one chunk of a batch of chunk_of examples, so a
+    # collective over it would see only the chunk (collective_batch raises)
+    chunk_of: int | None = None
 
     def __repr__(self):
         if self.group is not None:
@@ -53,6 +56,9 @@ class Trace:
     pending = None
     # A reverse-mode level (grad, vjp, jacrev's JVPTrace): its values report requires_grad
     reverse: bool = False
+    # Differentiates what it processes (JVPTrace): a graph staged below it will be
+    # differentiated, so custom_jvp / custom_vjp calls in it stay equations (GraphTrace.inlines)
+    uses_custom_rules: bool = False
 
     def process_primitive(self, prim, args, params):
         raise NotImplementedError
@@ -482,6 +488,15 @@ class GraphTracer(Tracer):
 _SCALARS = (bool, int, float, complex, torch.SymInt, torch.SymFloat, torch.SymBool)
 
 
+INLINED = [0]       # Primitive.inline bodies recorded so far (hessian's one trace checks for them)
+
+
+def _ancestors(trace):
+    while trace is not None:
+        yield trace
+        trace = trace.parent
+
+
 class GraphTrace(Trace):
     """Records primitives into a Graph.
 
@@ -499,6 +514,10 @@ class GraphTrace(Trace):
         self.parent = parent
         self.stage_all = stage_all
         self.is_level = stage_all
+        # Primitive.inline bodies are recorded only where no enclosing trace differentiates the
+        # graph (jit compiles it, an eager loop evaluates it): a scan body or checkpoint traced
+        # under grad keeps its custom_jvp calls as equations, so their rules are used.
+        self.inlines = not stage_all or not any(t.uses_custom_rules for t in _ancestors(parent))
         self.eqns: list[Eqn] = []
         self.constvars: list[Var] = []
         self.consts: list = []
@@ -538,7 +557,8 @@ class GraphTrace(Trace):
                 return process_on_parent(self, prim, args, params)
         if record_autograd_reads.active and not torch.is_grad_enabled():
             note_autograd_read()         # jit: an op under no_grad (the graph does not replay it)
-        if prim.inline is not None:      # structural primitive: record its body (see Primitive.inline)
+        if prim.inline is not None and self.inlines:    # structural: record its body (Primitive.inline)
+            INLINED[0] += 1
             return prim.inline(*args, **params)
         if prim.composite is not None and not self.keeps_fused:     # what it stands for
             return prim.composite(*args, **params)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core import Primitive, TensorType, UnboundAxisError, bind
+from ..core import FunctxError, Primitive, TensorType, UnboundAxisError, bind
 from ..core.trace import AxisData, find_axis, type_of
 from . import distributed
 from .define import deflinear
@@ -119,6 +119,11 @@ def axis_index(axis_name, device=None):
 def collective_batch(prim, axis, args, dims, params):
     """The rule at the vmap that owns params['axis_name']: reduce over its batch dim."""
     size = axis.size
+    if axis.chunk_of is not None:
+        raise FunctxError(
+            f"functx.{prim.name}: the vmap with axis_name={axis.name!r} runs in chunks (chunk_size) of "
+            f"its {axis.chunk_of} examples, and a collective over a chunk would see only that chunk's "
+            f"{size}: drop chunk_size from that vmap, or compute the collective outside it")
     if prim is axis_index_p:
         return iota((size,), 0, torch.int64, params["device"]), 0
     (x,), (d,) = args, dims

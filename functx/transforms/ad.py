@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-from ..core import GraphTrace, Literal, MissingRuleError, UndefinedPrimal, Var, Zero, current_trace, \
+from ..core import ConcretizationError, GraphTrace, Literal, MissingRuleError, UndefinedPrimal, Var, Zero, current_trace, \
     set_current_trace
 from ..core import nan_check
 from ..core.trace import EVAL_TRACE, eval_graph, process_axes, refuse_inside_torch_func, reverse_level, type_of
@@ -64,6 +64,65 @@ def linearize_flat(fun, primals, reverse=False, has_tangent=None, types=None, us
     nonzero = [not isinstance(t, Zero) for _, t in pairs]
     graph = pe.to_graph(tangent_in, [t for _, t in pairs if not isinstance(t, Zero)])
     return primal_out, graph, nonzero
+
+
+def check_linear(make_fun, types):
+    """Raise unless fun = make_fun() is linear (linear_transpose transposes its derivative
+    at zero, which is fun only if fun is linear; JAX raises there too, finding no transpose
+    rule). A residual that depends on the inputs flags fun; a rule that saves an input it
+    uses linearly (an opaque op's) is told apart by transposing at a second point."""
+    op = _nonlinear_op(make_fun(), types)
+    if op is not None and not _same_transpose(make_fun, types):
+        raise TypeError(f"functx.linear_transpose: f is not linear: its derivative depends on its inputs' "
+                        f"values (through {op}); use functx.vjp for a nonlinear f")
+
+
+def _nonlinear_op(fun, types):
+    """The name of an op through which fun's derivative depends on its inputs' values, or
+    None: fun is linearized at staged inputs, and the linear graph's residuals must not
+    depend on them."""
+    outer = GraphTrace(current_trace(), stage_all=True)
+    ins = [outer.new_arg(t) for t in types]
+    try:
+        with set_current_trace(outer):
+            _, graph, _ = linearize_flat(fun, ins)
+    except ConcretizationError:
+        return None             # Python reads the inputs' values: nothing to check symbolically
+    staged = outer.to_graph(ins, list(graph.consts))
+    dep, first = set(staged.invars), {}
+    for eqn in staged.eqns:
+        srcs = [v for v in eqn.inputs if isinstance(v, Var) and v in dep]
+        if srcs:
+            dep.update(eqn.outputs)
+            for o in eqn.outputs:
+                first[o] = next((first[v] for v in srcs if v in first), eqn.prim.name)
+    return next((first.get(v, "its input itself") for v in staged.outvars if isinstance(v, Var) and v in dep), None)
+
+
+@without_random_mode     # its own draws, also under jit
+def _same_transpose(make_fun, types):
+    """Whether fun's transposed derivative at zero and at a random point agree on a random
+    cotangent (a local generator: the user's random state is untouched)."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(t):
+        if not differentiable_type(t):
+            return torch.zeros(t.shape, dtype=t.dtype, device=t.device)
+        return torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device)
+    points = [[torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in types], [rand(t) for t in types]]
+    results, cts = [], None
+    try:
+        with set_current_trace(EVAL_TRACE):     # concrete values, also under jit
+            for pt in points:
+                out, graph, nonzero = linearize_flat(make_fun(), pt)
+                if cts is None:
+                    cts = [rand(type_of(o)) for o, nz in zip(out, nonzero) if nz]
+                results.append([P.full(t.shape, 0, t.dtype, t.device) if isinstance(c, Zero) or c is None
+                                else c for c, t in zip(backward_pass(graph, graph.consts, cts), types)])
+    except Exception:       # fun closes over traced values: keep the symbolic verdict
+        return False
+    return all(torch.allclose(a, b, rtol=1e-4, atol=1e-6 * (1 + float(b.abs().max())) if b.numel() else 0)
+               for a, b in zip(*results))
 
 
 @without_random_mode     # functx's own torch ops: skip the random-op interception (~12 us each)

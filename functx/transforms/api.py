@@ -15,14 +15,13 @@ from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
 from ..frontend.unit_batches import batching_units
 from .. import prims as P
-from .ad import differentiable, linear_forward, linearize_flat, vjp_flat, backward_pass
+from .ad import differentiable, linear_forward, linearize_flat, check_linear, vjp_flat, backward_pass
 from .jvp import ForwardADOn, JVPTrace, JVPTracer
 from .vmap_args import LEAF as _LEAF, check_tensor_leaves as _check_tensor_leaves
 from .vmap_api import vmap  # noqa: F401 (the package's vmap; jacfwd/jacrev map with it)
 from ..tree_util import tree_flatten, tree_map, tree_unflatten
 from .basis import assemble, identity_blocks, mark_identity_basis, row_by_row  # noqa: F401 (mark_identity_basis: re-exported)
 from . import input_writes
-
 
 
 # ---------------------------------------------------------------- argument handling
@@ -147,7 +146,7 @@ def _argnums_tuple(argnums, nargs, what):
 def _with_argnums(f, args, kwargs, argnums, what):
     """(g, differentiated args): g takes just the args at argnums, the others held fixed."""
     nums = _argnums_tuple(argnums, len(args), what)
-    args = tuple(_float_primal(a) if i in nums else a for i, a in enumerate(args))
+    args = tuple(_float_primals(a) if i in nums else a for i, a in enumerate(args))
 
     def g(*diff):
         full = list(args)
@@ -302,11 +301,12 @@ def vjp(f, *primals, has_aux=False):
 
 
 def linear_transpose(f, *primals):
-    """The transpose of a linear f, evaluated at example primals for shapes (JAX's linear_transpose)."""
+    """The transpose of a linear f (JAX's linear_transpose; a nonlinear f raises), primals give shapes."""
     p_flat, p_tree = _flatten_tensors(primals, "functx.linear_transpose: primals")
     store = _OutStore()
-    # f is linear, so its linearization at zero is f itself.
+    # f is linear, so its linearization at zero is f itself (checked: JAX raises otherwise).
     zeros = [_zeros_for(type_of(p)) for p in p_flat]
+    check_linear(lambda: _flat_fun(f, p_tree, _OutStore(), "functx.linear_transpose"), [type_of(z) for z in zeros])
     out, graph, nonzero = linearize_flat(_flat_fun(f, p_tree, store, "functx.linear_transpose"), zeros)
 
     def transpose_fn(cotangents):
@@ -364,7 +364,7 @@ def grad(f, argnums=0, has_aux=False):
     Args:
       f: returns a 0-dim floating-point tensor (with has_aux: a pair (scalar, aux)).
       argnums: int or tuple of ints, the positional argument(s) to differentiate (each may
-        be a pytree of tensors, or a Python float). Keyword arguments are passed through,
+        be a pytree of tensors and Python floats). Keyword arguments are passed through,
         not differentiated.
       has_aux: f returns (scalar, aux); aux is returned alongside, not differentiated.
 

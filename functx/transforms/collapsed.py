@@ -22,7 +22,7 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
 from ..core import POINTWISE, FunctxError, Trace, current_trace, has_effects, set_current_trace
-from ..core.trace import (AxisData, PrimalTracer, _stages, enclosing_traces, eval_graph, process_on_parent,
+from ..core.trace import (INLINED, AxisData, PrimalTracer, _stages, enclosing_traces, eval_graph, process_on_parent,
                           refuse_inside_torch_func,
                           staging, type_of)
 from .. import prims as P
@@ -381,6 +381,7 @@ def _trace_once(f, args, kwargs, argnums):
     the enclosing transforms become its constants), or None when f is not a scalar function
     of it, cannot be staged, or runs ops with grad mode off (the nested Hessian then runs f as written, and raises what f
     raises)."""
+    inlined = INLINED[0]
     try:
         g, (x,) = _with_argnums(f, args, kwargs, argnums, "functx.hessian")
         with torch.enable_grad(), watch_grad_mode() as no_grad_ops:
@@ -388,6 +389,8 @@ def _trace_once(f, args, kwargs, argnums):
     except Exception:     # noqa: BLE001
         return None
     if no_grad_ops:       # f turns grad mode off: the graph would forget it (reverse mode reads it)
+        return None
+    if INLINED[0] != inlined:     # a custom_jvp/vjp body was recorded: replaying it would lose the rule
         return None
     if len(graph.outvars) != 1 or graph.meta.out_tree.num_leaves != 1 or graph.outvars[0].type.shape != () \
             or graph.meta.mutated_inputs:

@@ -19,15 +19,17 @@ for every trace (JAX's custom_derivatives.py, at the transforms layer because th
 rules run the callables under a BatchTrace):
   custom_jvp_call(*args; fun, jvp)   impl: fun.  jvp: the user's rule, at the parent trace
       (so higher orders differentiate the rule itself).  batch: custom_jvp_call of the
-      vmapped fun and jvp.  Staged by jit: fun's body (Primitive.inline).
+      vmapped fun and jvp.  Staged by jit: fun's body (Primitive.inline), except in a graph
+      an enclosing transform will differentiate (GraphTrace.inlines: a loop body under grad).
   custom_vjp_call(*args; fun, fwd, bwd)   impl: fun.  jvp: fwd, plus
       custom_lin(*residuals, *tangents; bwd), a linear primitive with no forward evaluation
       whose transpose is bwd; so grad/vjp (linearize + transpose) use bwd, and forward mode
       (jvp, jacfwd) raises a clear error, as in JAX, unless the call carries a forward-mode
       rule `lin_jvp(residuals, tangents)` (a torch.autograd.Function's jvp staticmethod:
       torch uses backward in reverse mode and jvp in forward mode); custom_lin then
-      evaluates it, as ordinary code under further transforms.  batch: custom_vjp_call of
-      the vmapped fun, fwd, bwd (and lin_jvp).
+      evaluates it, as ordinary code under further transforms. With constant residuals
+      custom_lin is its own derivative (the transposes of loop bodies linearize it so).
+      batch: custom_vjp_call of the vmapped fun, fwd, bwd (and lin_jvp).
 Positional arguments are pytrees; tensor leaves are operands, other leaves (Python numbers,
 strings) are static: their tangent is 0 and their cotangent is ignored.
 """
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 
 import torch
 
@@ -47,7 +50,7 @@ from ..prims.creation import instantiate
 from ..prims.shape import bdim_to_front, moveaxis
 from .batching import BatchTrace, BatchTracer
 from .jvp import JVPTrace, JVPTracer
-from ..tree_util import tree_flatten, tree_leaves_with_none, tree_unflatten
+from ..tree_util import tree_flatten, tree_leaves_with_none, tree_structure, tree_unflatten
 
 __all__ = ["custom_jvp", "custom_vjp", "custom_jvp_call_p", "custom_vjp_call_p", "custom_lin_p"]
 
@@ -215,8 +218,9 @@ def _forward_mode_error(name):
     return FunctxError(
         f"functx: custom_vjp function '{name}' can't be differentiated in forward mode (jvp, "
         "jacfwd, linearize's jvp function): it defines only a reverse-mode rule (defvjp). "
-        "Use grad / vjp / jacrev (forward-over-reverse, e.g. hessian, works), or define it "
-        "with functx.custom_jvp.")
+        "Use grad / vjp / jacrev (jacrev(jacrev(f)) for a Hessian; forward-over-reverse such as "
+        "hessian works only if fwd computes the output without calling the custom_vjp function "
+        "itself, as in JAX), or define it with functx.custom_jvp.")
 
 
 def _custom_lin_type(*types, bwd, jvp, num_res, name, out_types, float_outs, all_out_types, in_types):
@@ -231,7 +235,14 @@ def _custom_lin_impl(*args, name, jvp, num_res, **params):
 
 def _custom_lin_jvp(primals, tangents, *, name, jvp, num_res, **params):
     if jvp is None:
-        raise _forward_mode_error(name)
+        if not all(isinstance(t, Zero) for t in tangents[:num_res]):
+            raise _forward_mode_error(name)
+        # Constant residuals: custom_lin is linear in the rest, its own derivative. The
+        # transposes of scan / checkpoint / cond / while bodies linearize it so (at staged
+        # zeros: its primal value is dead code there, never run forward).
+        full = dict(params, name=name, jvp=jvp, num_res=num_res)
+        outs = custom_lin_p.bind(*primals, **full)
+        return outs, custom_lin_p.bind(*primals[:num_res], *[instantiate(t) for t in tangents[num_res:]], **full)
     return _run_jvp(lambda *xs: jvp(list(xs[:num_res]), list(xs[num_res:])), primals, tangents)
 
 
@@ -285,25 +296,31 @@ custom_lin_p = Primitive(
 
 class _Args:
     """One call's arguments: nondiff args, and the pytree of the others split into tensor
-    operands and static leaves."""
+    operands and static leaves. traced_nondiff: a nondiff argument holding traced tensors
+    (custom_jvp, as JAX's) passes them as extra operands after the others, under
+    stop_gradient (their tangents are ignored), and the rules see them rebuilt."""
 
-    def __init__(self, fun, args, kwargs, nondiff_argnums, what):
-        if kwargs:
-            try:
-                args = inspect.signature(fun).bind(*args, **kwargs).args
-            except (TypeError, ValueError) as e:
-                raise TypeError(f"{what}: {e}") from None
+    def __init__(self, owner, args, kwargs, nondiff_argnums, what, traced_nondiff=False):
+        args = _positional(owner, args, kwargs, what)
         self.n = len(args)
         self.nondiff = {i % self.n: args[i] for i in nondiff_argnums} if args else {}
-        for i, a in self.nondiff.items():
-            if any(isinstance(l, TracerTensor) for l in tree_flatten(a)[0]):
-                raise TypeError(f"{what}: argument {i} is in nondiff_argnums but holds a traced tensor; "
-                                "pass tensors as ordinary (differentiable) arguments")
+        self.traced = {}            # nondiff position -> (leaves, tree, tensor leaf indices)
+        for i, a in sorted(self.nondiff.items()):
+            nd_leaves, nd_tree = tree_flatten(a)
+            if any(isinstance(l, TracerTensor) for l in nd_leaves):
+                if not traced_nondiff:
+                    raise TypeError(f"{what}: argument {i} is in nondiff_argnums but holds a traced tensor; "
+                                    "pass tensors as ordinary (differentiable) arguments (under functx.jit "
+                                    "a Python int or float argument is traced too: mark it static with "
+                                    "static_argnums / static_argnames)")
+                self.traced[i] = (nd_leaves, nd_tree, [k for k, l in enumerate(nd_leaves) if _is_tensor(l)])
         self.diff_pos = [i for i in range(self.n) if i not in self.nondiff]
         leaves, self.tree = tree_flatten(tuple(args[i] for i in self.diff_pos))
         self.tensor_pos = [k for k, l in enumerate(leaves) if _is_tensor(l)]
         self.static = list(leaves)
         self.operands = [unwrap(leaves[k]) for k in self.tensor_pos]
+        for nd_leaves, _, ks in self.traced.values():
+            self.operands += [P.stop_gradient(unwrap(nd_leaves[k])) for k in ks]
 
     def diff_args(self, operands, static_fill=None):
         """The differentiable arguments rebuilt around new operand values (as TracerTensors);
@@ -313,14 +330,92 @@ class _Args:
             leaves[k] = wrap(v)
         return tuple(tree_unflatten(self.tree, leaves))
 
-    def full_args(self, diff_args):
+    def full_args(self, diff_args, operands=None):
+        nondiff = dict(zip(sorted(self.nondiff), self.nondiff_values(operands)))
         out, it = [], iter(diff_args)
         for i in range(self.n):
-            out.append(self.nondiff[i] if i in self.nondiff else next(it))
+            out.append(nondiff[i] if i in nondiff else next(it))
         return out
 
-    def nondiff_values(self):
-        return [self.nondiff[i] for i in sorted(self.nondiff)]
+    def nondiff_values(self, operands=None):
+        """The nondiff arguments; traced ones rebuilt around `operands` (all of them)."""
+        if not self.traced or operands is None:
+            return [self.nondiff[i] for i in sorted(self.nondiff)]
+        it = iter(operands[len(self.tensor_pos):])
+        out = []
+        for i in sorted(self.nondiff):
+            if i not in self.traced:
+                out.append(self.nondiff[i])
+                continue
+            nd_leaves, nd_tree, ks = self.traced[i]
+            nd_leaves = list(nd_leaves)
+            for k in ks:
+                nd_leaves[k] = wrap(next(it))
+            out.append(tree_unflatten(nd_tree, nd_leaves))
+        return out
+
+
+def _signature(fun):
+    """fun's signature, to resolve arguments to positions; None where it has none (a builtin)
+    or is opaque (functools.partial, as in JAX)."""
+    if isinstance(fun, functools.partial):
+        return None
+    try:
+        return inspect.signature(fun)
+    except (TypeError, ValueError):
+        return None
+
+
+def _positional(owner, args, kwargs, what):
+    """All of owner.fun's arguments as positional ones, defaults included (JAX's
+    resolve_kwargs): the rules see every argument fun does. An argument that can't be
+    positional (keyword-only, **kwargs) raises: fun would get it but the rules could not."""
+    fun = owner.fun
+    if not kwargs and isinstance(fun, types.FunctionType) and not fun.__defaults__:
+        return tuple(args)          # nothing to resolve (and inspect.signature costs ~50 us)
+    if "_sig" not in owner.__dict__:
+        owner._sig = _signature(fun)
+    sig = owner._sig
+    if sig is None:
+        if kwargs:
+            raise TypeError(f"{what}: keyword arguments {sorted(kwargs)} can't be resolved to "
+                            "positions (fun has no signature); pass them positionally")
+        return tuple(args)
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{what}: {e}") from None
+    bound.apply_defaults()
+    passed = [k for k in bound.kwargs if k in kwargs]
+    if passed:
+        raise TypeError(f"{what}: keyword arguments {passed} could not be resolved to positions "
+                        "(keyword-only or **kwargs); custom_jvp / custom_vjp rules take positional "
+                        "arguments: make them positional parameters")
+    return tuple(bound.args)
+
+
+def _cotangent_leaves(g, arg, what, i):
+    """The leaves of bwd's cotangent g for the argument pytree arg, one per leaf of arg: None
+    (a zero) may stand for any subtree, as in JAX."""
+    if g is None:
+        return [None] * len(tree_flatten(arg)[0])
+    spec = tree_structure(g, none_is_leaf=True)
+    try:
+        subtrees = spec.flatten_up_to(arg)
+    except ValueError:
+        raise TypeError(f"{what}: bwd's cotangent {i} has structure {tree_flatten(g)[1]}, the argument "
+                        f"has {tree_flatten(arg)[1]}") from None
+    out = []
+    for leaf, sub in zip(tree_leaves_with_none(g), subtrees):
+        n = len(tree_flatten(sub)[0])
+        if leaf is None:
+            out += [None] * n
+        elif n == 1 and tree_flatten(sub)[1].num_nodes == 1:
+            out.append(leaf)
+        else:
+            raise TypeError(f"{what}: bwd's cotangent {i} has a leaf where the argument has the subtree "
+                            f"{tree_flatten(sub)[1]}")
+    return out
 
 
 class _Out:
@@ -372,7 +467,9 @@ def _zero_like_static(x):
 class custom_jvp:
     """A function with a custom forward-mode derivative rule (JAX's jax.custom_jvp).
     The rule `jvp(primals, tangents) -> (primal_out, tangent_out)` (nondiff args first)
-    is used by every transform; reverse mode transposes its (linear) tangent computation."""
+    is used by every transform; reverse mode transposes its (linear) tangent computation.
+    primals hold every positional parameter, defaults included (as in JAX); a keyword-only
+    argument passed by keyword raises."""
 
     def __init__(self, fun, nondiff_argnums=()):
         functools.update_wrapper(self, fun)
@@ -407,17 +504,17 @@ class custom_jvp:
         what = f"functx.custom_jvp function '{name}'"
         if self.jvp is None:
             raise AttributeError(f"No JVP defined for {what}: use @{name}.defjvp")
-        a = _Args(self.fun, args, kwargs, self.nondiff_argnums, what)
+        a = _Args(self, args, kwargs, self.nondiff_argnums, what, traced_nondiff=True)
         store = _Out()
         fun, rule = self.fun, self.jvp
 
         def flat_fun(*ops):
-            return _flat_out(fun(*a.full_args(a.diff_args(ops))), store, what)
+            return _flat_out(fun(*a.full_args(a.diff_args(ops), ops)), store, what)
 
         def flat_jvp(primals, tangents):
             p = a.diff_args(primals)
             t = a.diff_args(tangents, _zero_like_static)
-            res = rule(*a.nondiff_values(), p, t)
+            res = rule(*a.nondiff_values(primals), p, t)
             if not (isinstance(res, (tuple, list)) and len(res) == 2):
                 raise TypeError(f"{what}: the jvp rule must return a pair (primal_out, tangent_out)")
             outs = _flat_out(res[0], store, f"{what}: primal output of the jvp rule")
@@ -449,7 +546,8 @@ def _tree_zeros(tree):
 class custom_vjp:
     """A function with a custom reverse-mode rule (JAX's jax.custom_vjp):
     `fwd(*args) -> (out, residuals)` and `bwd(residuals, out_cotangent) -> tuple with one
-    cotangent per argument (None for zero)`, nondiff args first in bwd. Forward mode raises."""
+    cotangent per argument (None for zero, also for a subtree of a pytree argument)`, nondiff
+    args first in bwd; defaults count as arguments (as in custom_jvp). Forward mode raises."""
 
     def __init__(self, fun, nondiff_argnums=()):
         functools.update_wrapper(self, fun)
@@ -470,12 +568,12 @@ class custom_vjp:
         what = f"functx.custom_vjp function '{name}'"
         if self.fwd is None:
             raise AttributeError(f"No VJP defined for {what}: use {name}.defvjp(fwd, bwd)")
-        a = _Args(self.fun, args, kwargs, self.nondiff_argnums, what)
+        a = _Args(self, args, kwargs, self.nondiff_argnums, what)
         store = _Out()
         res_store = {}
         fun, fwd_fn, bwd_fn = self.fun, self.fwd, self.bwd
         n_diff = len(a.diff_pos)
-        arg_trees = [tree_flatten(x)[1] for x in a.diff_args(a.operands)]
+        arg_examples = a.diff_args(a.operands)       # for their structure
 
         def flat_fun(*ops):
             return _flat_out(fun(*a.full_args(a.diff_args(ops))), store, what)
@@ -507,16 +605,8 @@ class custom_vjp:
                                 f"argument ({n_diff}), got {type(got).__name__}"
                                 f"{' of length ' + str(len(got)) if isinstance(got, (tuple, list)) else ''}")
             flat = []
-            for i, (g, tree) in enumerate(zip(got, arg_trees)):
-                n = tree.num_leaves
-                if g is None:
-                    flat += [None] * n
-                    continue
-                g_leaves, g_tree = tree_flatten(g)
-                if g_tree != tree:
-                    raise TypeError(f"{what}: bwd's cotangent {i} has structure {g_tree}, the argument "
-                                    f"has {tree}")
-                flat += g_leaves
+            for i, (g, arg) in enumerate(zip(got, arg_examples)):
+                flat += _cotangent_leaves(g, arg, what, i)
             out = []
             for k, t in zip(a.tensor_pos, a.operands):
                 g = flat[k]

@@ -110,6 +110,7 @@ class ForwardADOn:
 class JVPTrace(Trace):
     is_level = True
     batches_units = True
+    uses_custom_rules = True      # graphs staged below it keep custom_jvp/vjp calls (GraphTrace.inlines)
     user = False        # a user's forward level (jvp, jacfwd, linearize): honours the forward-AD switch
 
     def __init__(self, parent, reverse: bool = False):

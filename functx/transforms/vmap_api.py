@@ -49,7 +49,8 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
       axis_name: a name for the axis, for the collectives psum, pmean, pmax, all_gather and
         axis_index inside f.
       axis_size: the batch size, needed only when no argument is batched.
-      chunk_size: process the batch in chunks of this many examples (bounds memory).
+      chunk_size: process the batch in chunks of this many examples (bounds memory; a
+        collective over axis_name then raises: it would see one chunk).
       randomness: random ops inside f: 'error' (default), 'different' (independent per
         example) or 'same' (one draw shared by the batch).
 
@@ -99,8 +100,8 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
             return _chunked(f, leaves, axes, treedef, size)
         return _vmap_call(f, leaves, axes, treedef, size)
 
-    def _vmap_call(fn, leaves, axes, treedef, size):
-        trace = BatchTrace(current_trace(), AxisData(size, axis_name, randomness))
+    def _vmap_call(fn, leaves, axes, treedef, size, chunk_of=None):
+        trace = BatchTrace(current_trace(), AxisData(size, axis_name, randomness, chunk_of=chunk_of))
         vals = []
         for leaf, ax in zip(leaves, axes):
             if ax is None:
@@ -167,7 +168,7 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
                     before = _rng_state()
                 else:
                     _set_rng_state(before)
-            outs.append(_vmap_call(fn, part, axes, treedef, stop - start))
+            outs.append(_vmap_call(fn, part, axes, treedef, stop - start, size))
             if same_sample and start == 0:
                 after = _rng_state()
         if same_sample:

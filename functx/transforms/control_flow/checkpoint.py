@@ -39,18 +39,24 @@ class _Policy:
     """Which intermediate values of a checkpointed function reverse mode may store: a
     predicate on the equation that computes them."""
     kind: str
-    names: tuple = ()
+    names: tuple = ()           # "names": the names saved; "both": the policies combined
 
     def saves(self, eqn) -> bool:
         if self.kind == "everything":
             return True
         if self.kind == "dots":
             return eqn.prim.name == "dot_general"
+        if self.kind == "dots_no_batch":
+            return eqn.prim.name == "dot_general" and not eqn.params["dimension_numbers"][1][0]
         if self.kind == "names":
             return eqn.prim is name_p and eqn.params["name"] in self.names
+        if self.kind == "both":
+            return any(p.saves(eqn) for p in self.names)
         return False
 
     def __repr__(self):
+        if self.kind == "both":
+            return f"save_from_both_policies{self.names}"
         return f"save_only_these_names{self.names}" if self.kind == "names" else f"{self.kind}_saveable"
 
 
@@ -60,6 +66,16 @@ class checkpoint_policies:
     everything_saveable = _Policy("everything")
     dots_saveable = _Policy("dots")
     checkpoint_dots = dots_saveable
+    dots_with_no_batch_dims_saveable = _Policy("dots_no_batch")      # matmuls without batch dims
+    checkpoint_dots_with_no_batch_dims = dots_with_no_batch_dims_saveable
+
+    @staticmethod
+    def save_from_both_policies(policy_1, policy_2):
+        """Saves what either policy saves."""
+        for p in (policy_1, policy_2):
+            if not isinstance(p, _Policy):
+                raise TypeError(f"functx.checkpoint_policies.save_from_both_policies: expected policies, got {p!r}")
+        return _Policy("both", (policy_1, policy_2))
 
     @staticmethod
     def save_only_these_names(*names):
@@ -209,7 +225,7 @@ checkpoint_p = Primitive(
     batch=_ckpt_batch)
 
 
-def checkpoint(f, policy=None):
+def checkpoint(f, policy=None, *, prevent_cse=True, static_argnums=()):
     """f, rematerialized: reverse mode stores only f's inputs (and what `policy` saves) and
     recomputes f's other intermediate values in the backward pass (JAX's jax.checkpoint).
 
@@ -219,10 +235,16 @@ def checkpoint(f, policy=None):
     Args:
       f: a function of pytrees of tensors.
       policy: what may be stored: None or checkpoint_policies.nothing_saveable (nothing),
-        checkpoint_policies.dots_saveable (matmul outputs),
-        checkpoint_policies.save_only_these_names('a', ...) (values tagged with
-        functx.checkpoint_name), checkpoint_policies.everything_saveable.
+        checkpoint_policies.dots_saveable (matmul outputs; dots_with_no_batch_dims_saveable:
+        those without batch dims), checkpoint_policies.save_only_these_names('a', ...)
+        (values tagged with functx.checkpoint_name), checkpoint_policies.everything_saveable,
+        checkpoint_policies.save_from_both_policies(p1, p2).
+      prevent_cse: accepted for JAX compatibility: the recomputation is always its own
+        sub-graph, never merged with the forward pass.
+      static_argnums: positional arguments that are fixed values, not tensors (as every
+        non-tensor argument is); a tensor there raises, as in JAX.
     """
+    static = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
     if policy is None:
         policy = checkpoint_policies.nothing_saveable
     if not isinstance(policy, _Policy):
@@ -230,8 +252,12 @@ def checkpoint(f, policy=None):
                         f"checkpoint_policies.dots_saveable), got {policy!r}")
 
     @functools.wraps(f)
-    def rematerialized(*args):
-        leaves, tree = tree_flatten(args)
+    def rematerialized(*args, **kwargs):
+        for i in static:
+            if any(isinstance(x, (torch.Tensor, Tracer)) for x in tree_flatten(args[i])[0]):
+                raise TypeError(f"functx.checkpoint: argument {i} is in static_argnums but holds a tensor "
+                                "(under functx.jit a Python number argument is one: make it static there)")
+        leaves, tree = tree_flatten((args, kwargs))
         is_t = [isinstance(x, (torch.Tensor, Tracer)) for x in leaves]
         vals = [unwrap(x) for x, t in zip(leaves, is_t) if t]
         store = {}
@@ -239,7 +265,8 @@ def checkpoint(f, policy=None):
         def flat(*xs):
             it = iter(xs)
             full = [wrap(next(it)) if t else x for x, t in zip(leaves, is_t)]
-            out_leaves, store["tree"] = tree_flatten(f(*tree_unflatten(tree, full)))
+            a, kw = tree_unflatten(tree, full)
+            out_leaves, store["tree"] = tree_flatten(f(*a, **kw))
             for i, o in enumerate(out_leaves):
                 if not isinstance(o, (torch.Tensor, Tracer)):
                     raise TypeError(f"functx.checkpoint: output leaf {i} of f is a {type(o).__name__}; "

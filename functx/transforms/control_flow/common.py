@@ -86,6 +86,7 @@ def trace_user(fn, args_tree, types, what):
 
     def flat(*xs):
         out = fn(*tree_unflatten(args_tree, [wrap(x) for x in xs]))
+        out = weak_carry(out, list(xs))[0]        # a Python number output: a 0-d tensor, as in JAX
         leaves, tree = tree_flatten(out)
         for i, l in enumerate(leaves):
             if not isinstance(l, (torch.Tensor, Tracer)):
@@ -116,3 +117,32 @@ def index_value(pred, what):
     if t.shape == (1,):
         v = P.reshape(v, ())
     return v
+
+
+# ---------------------------------------------------------------- Python numbers in a carry
+
+def weak_carry(init, *others):
+    """init with its Python int / float leaves made 0-d tensors (int64, the default float
+    dtype; on the device of the first tensor in init or others), and which leaves they were:
+    JAX's loops take them as weak-typed values (`lax.while_loop(c, b, 0)`)."""
+    leaves, tree = tree_flatten(init)
+    weak = [isinstance(l, (int, float)) and not isinstance(l, bool) for l in leaves]
+    if not any(weak):
+        return init, weak
+    tensors = [l for l in tree_flatten((init, others))[0] if isinstance(l, (torch.Tensor, Tracer))]
+    device = type_of(unwrap(tensors[0])).device if tensors else None
+    leaves = [torch.tensor(l, device=device) if w else l for l, w in zip(leaves, weak)]
+    return tree_unflatten(tree, leaves), weak
+
+
+def promote_weak(init, weak, out_dtypes):
+    """init with each leaf that was a Python number cast to the dtype the loop body gave it
+    (JAX's _promote_weak_typed_inputs: `0` as the carry of a body adding 0.5 is a float), or
+    None when no such leaf changed dtype."""
+    leaves, tree = tree_flatten(init)
+    changed = False
+    for i, (leaf, w, d) in enumerate(zip(leaves, weak, out_dtypes)):
+        if w and d is not None and d != type_of(unwrap(leaf)).dtype:
+            leaves[i] = leaf.to(d)
+            changed = True
+    return tree_unflatten(tree, leaves) if changed else None

@@ -25,7 +25,8 @@ from ...prims.creation import instantiate
 from ...prims.shape import bdim_to_front
 from ..ad import jvp_flat, vjp_flat
 from ...tree_util import tree_flatten, tree_unflatten
-from .common import closed_graph, graph_fn, index_value, is_float, join_graphs, run_batched, trace_user
+from .common import closed_graph, dce_graph, graph_fn, index_value, is_float, join_graphs, run_batched, trace_user, \
+    weak_carry
 
 __all__ = ["cond", "switch", "cond_p"]
 
@@ -90,7 +91,8 @@ def _cond_transpose(cts, index, *args, branches):
             zeros = [P.full(t.shape, 0, t.dtype, t.device) for t in lin_types]
             _, pullback, _ = vjp_flat(linear, zeros)
             return [instantiate(x) for x in pullback(c)]
-        return closed_graph(fn, res_types + out_types)
+        g2, cs = closed_graph(fn, res_types + out_types)
+        return dce_graph(g2), cs          # (the dead primal work on the zeros, as scan's transpose)
     tb, consts = join_graphs([transposed(g) for g in branches])
     lin_cts = iter(cond_p.bind(index, *consts, *res, *cts, branches=tb))
     return [None] + [next(lin_cts) if l else None for l in lin]
@@ -135,10 +137,11 @@ def switch(index, branches, *operands):
     branches = list(branches)
     if not branches:
         raise ValueError(f"{what}: needs at least one branch")
+    operands = weak_carry(operands)[0]       # Python numbers: 0-d tensors, as JAX's weak values
     idx = index_value(index, what)
     if not isinstance(idx, Tracer):          # concrete: plain Python control flow
         i = min(max(int(idx), 0), len(branches) - 1)
-        return branches[i](*operands)
+        return weak_carry(branches[i](*operands), operands)[0]
     leaves, in_tree = tree_flatten(operands)
     for i, l in enumerate(leaves):
         if not isinstance(l, (torch.Tensor, Tracer)):
@@ -160,10 +163,12 @@ def switch(index, branches, *operands):
 
 def cond(pred, true_fun, false_fun, *operands):
     """true_fun(*operands) if pred else false_fun(*operands), traceable under jit and vmap
-    (JAX's lax.cond). Under vmap with a batched pred both branches run and results are selected."""
+    (JAX's lax.cond). Under vmap with a batched pred both branches run and results are selected.
+    Python numbers among the operands are passed as 0-d tensors (JAX's weak values)."""
     idx = index_value(pred, "functx.cond")
     if not isinstance(idx, Tracer):
-        return (true_fun if bool(idx) else false_fun)(*operands)
+        ops = weak_carry(operands)[0]
+        return weak_carry((true_fun if bool(idx) else false_fun)(*ops), ops)[0]
     return switch(P.convert(idx, torch.int64) if type_of(idx).dtype == torch.bool else idx,
                   [false_fun, true_fun], *operands)
 

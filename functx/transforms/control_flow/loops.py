@@ -6,11 +6,11 @@ import math
 
 import torch
 
-from ...core import revolve
+from ...core import FunctxError, revolve
 from ...core.trace import Tracer, type_of
 from ...frontend import TracerTensor, unwrap, wrap
 from ...tree_util import tree_flatten, tree_unflatten
-from .common import closed_graph
+from .common import closed_graph, promote_weak, weak_carry
 from .scan import scan_p
 from .while_loop import while_loop
 
@@ -52,6 +52,8 @@ def _check_options(reverse, unroll, remat, checkpoints):
 
 
 def _length(x_leaves, x_tree, length):
+    if isinstance(length, torch.Tensor) and length.numel() == 1 and not length.dtype.is_floating_point:
+        length = int(length)    # traced (a jit argument): ConcretizationError names it, says static_argnums
     if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 0):
         raise TypeError(f"functx.scan: length must be a non-negative int, got {length!r}")
     for i, leaf in enumerate(x_leaves):
@@ -79,7 +81,8 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, remat=False, ch
 
     Args:
       f: (carry, x) -> (carry, y); the carry keeps its structure, shapes and dtypes.
-      init: the initial carry.
+      init: the initial carry. Python int / float leaves become 0-d tensors whose dtype
+        follows the body's (JAX's weak types: `0` with a body adding 0.5 is a float).
       xs: a pytree of tensors scanned along axis 0, or None (then pass length; x is None).
       length: the number of steps (checked against the leading size of xs).
       reverse: run from the last x to the first (ys stay in xs order).
@@ -98,7 +101,8 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, remat=False, ch
     unroll = _check_options(reverse, unroll, remat, checkpoints)
     x_leaves, x_tree = _tensor_leaves(xs, "xs")
     length = _length(x_leaves, x_tree, length)
-    if remat == "sqrt":
+    init, weak = weak_carry(init, xs)
+    if remat == "sqrt" and not any(weak):        # (Python-number carries: their dtype first)
         return _sqrt_scan(f, init, xs, length, reverse)
     c_leaves, c_tree = _tensor_leaves(init, "init")
     carry = [unwrap(c) for c in c_leaves]
@@ -118,15 +122,23 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, remat=False, ch
         nc_leaves, nc_tree = tree_flatten(new_c)
         if nc_tree != c_tree:
             raise TypeError(f"functx.scan: f's carry output has structure {nc_tree}, but init has {c_tree}")
+        store["out_dtypes"] = [type_of(unwrap(v)).dtype if isinstance(v, (torch.Tensor, Tracer)) else None
+                               for v in nc_leaves]
         for i, (leaf, t) in enumerate(zip(nc_leaves, c_types)):
             lt = type_of(unwrap(leaf)) if isinstance(leaf, (torch.Tensor, Tracer)) else None
+            if lt is not None and weak[i] and lt.shape == t.shape:
+                continue            # a Python number's dtype follows the body's (retraced below)
             if lt is None or lt.shape != t.shape or lt.dtype != t.dtype:
                 got = lt if lt is not None else type(leaf).__name__
                 raise TypeError(f"functx.scan: f's carry output {_leaf_name(c_tree, i, 'carry')} is {got}, "
                                 f"but init's is {t}; the carry must keep its shape and dtype")
-        y_leaves, store["y_tree"] = _tensor_leaves(y, "f's y output")
+        y_leaves, store["y_tree"] = _tensor_leaves(weak_carry(y, nc_leaves)[0], "f's y output")
         return [unwrap(v) for v in nc_leaves] + [unwrap(v) for v in y_leaves]
     g, consts = closed_graph(body, c_types + x_types)
+    if (promoted := promote_weak(init, weak, store["out_dtypes"])) is not None:
+        return scan(f, promoted, xs, length, reverse, unroll, remat, checkpoints)
+    if remat == "sqrt":
+        return _sqrt_scan(f, init, xs, length, reverse)
     if remat == "binomial":
         remat = ("binomial", checkpoints if checkpoints is not None else _two_sweep_slots(length))
     else:
@@ -197,7 +209,8 @@ def fori_loop(lower, upper, body_fun, init_val):
 
     With bounds known at trace time (Python ints, untraced tensors) it is a scan over
     i = lower..upper-1, so every transform applies, reverse mode included; with traced
-    bounds it is a while_loop (forward-mode differentiable only). i is an int64 scalar tensor.
+    bounds it is a while_loop (forward-mode differentiable only). i is an int64 scalar tensor;
+    Python numbers in init_val are taken as in scan.
     """
     lo, hi = _static_bound(lower), _static_bound(upper)
     leaves = [x for x in tree_flatten(init_val)[0] if isinstance(x, (torch.Tensor, Tracer))]
@@ -210,6 +223,16 @@ def fori_loop(lower, upper, body_fun, init_val):
     def as_tensor(b):
         return b if isinstance(b, torch.Tensor) else torch.tensor(b, dtype=torch.int64, device=device)
     lo_t, hi_t = as_tensor(lower), as_tensor(upper)
-    _, _, val = while_loop(lambda s: s[0] < s[1], lambda s: (s[0] + 1, s[1], body_fun(s[0], s[2])),
-                           (lo_t, hi_t, init_val))
+    try:
+        _, _, val = while_loop(lambda s: s[0] < s[1], lambda s: (s[0] + 1, s[1], body_fun(s[0], s[2])),
+                               (lo_t, hi_t, init_val))
+    except FunctxError as e:
+        if "needs max_steps" not in str(e):
+            raise
+        # (fori_loop has no max_steps: say what to change at its call)
+        raise FunctxError(
+            "functx.fori_loop: reverse-mode differentiation (grad, vjp, jacrev) needs a trip count known "
+            "at trace time (JAX raises here too); its bounds are traced (a tensor argument of jit, or "
+            "batched under vmap). Pass Python ints, or mark the bound static (functx.jit's "
+            "static_argnums), so the loop is a scan.") from None
     return val

@@ -25,7 +25,8 @@ from ...prims.shape import bdim_to_front
 from ..ad import jvp_flat
 from ...tree_util import tree_flatten, tree_unflatten
 from .while_reverse import linearize_while
-from .common import closed_graph, graph_fn, index_value, is_float, run_batched, trace_user
+from .common import closed_graph, graph_fn, index_value, is_float, promote_weak, run_batched, trace_user, \
+    weak_carry
 
 __all__ = ["while_loop", "while_loop_p"]
 
@@ -129,10 +130,12 @@ def while_loop(cond_fun, body_fun, init_val, max_steps=None):
     sees ordinary code). With a traced one (jit, batched under vmap) it is a primitive:
     forward mode works as is; reverse mode (grad, vjp) needs max_steps, the size of the tape
     of carries the forward loop records (a loop running longer raises); the backward pass
-    runs the steps taken (under vmap, max_steps masked steps: lanes stop at different steps)."""
+    runs the steps taken (under vmap, max_steps masked steps: lanes stop at different steps).
+    Python numbers in init_val are taken as in scan (0-d tensors, dtype following the body)."""
     what = "functx.while_loop"
     if max_steps is not None and (not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1):
         raise TypeError(f"{what}: max_steps must be a positive int or None, got {max_steps!r}")
+    init_val, weak = weak_carry(init_val)
     leaves, tree = tree_flatten(init_val)
     args_tree = tree_flatten((init_val,))[1]         # _trace_user splats the argument tuple
     for i, l in enumerate(leaves):
@@ -167,6 +170,8 @@ def while_loop(cond_fun, body_fun, init_val, max_steps=None):
         cg, cconsts = closed_graph(lambda *xs: [P.reshape(eval_graph(cg, [], list(xs))[0], ())],
                               [type_of(c) for c in cconsts] + types)
     bg, bconsts, btree = trace_user(body_fun, args_tree, types, f"{what}: body_fun")
+    if btree == tree and (promoted := promote_weak(init_val, weak, [t.dtype for t in bg.out_types])) is not None:
+        return while_loop(cond_fun, body_fun, promoted, max_steps)
     if btree != tree or [str(t) for t in bg.out_types] != [str(t) for t in types]:
         raise TypeError(f"{what}: body_fun must return the carry's structure, shapes and dtypes: "
                         f"carry {tree} {types}, body_fun returned {btree} {bg.out_types}")
