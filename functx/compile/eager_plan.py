@@ -12,6 +12,7 @@ broadcasting elementwise op whose result shape comes out right without it), and 
 from __future__ import annotations
 
 from ..core import Graph, Var
+from ..prims.linalg import is_2d_matmul
 from ..prims.util import static_broadcast_shapes
 
 
@@ -36,15 +37,6 @@ class Plan:
         self.implicit: dict = {}
         self.addmm: dict = {}
         self.skip: set = set()
-
-
-def _is_2d_dot(eqn) -> bool:
-    if eqn.prim.name != "dot_general":
-        return False
-    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-    a, b = eqn.inputs
-    return (not lb and len(lc) == 1 and len(rc) == 1 and isinstance(a, Var) and isinstance(b, Var)
-            and a.type.ndim == 2 and b.type.ndim == 2 and a.type.dtype.is_floating_point)
 
 
 def plan(graph: Graph) -> Plan:
@@ -95,7 +87,7 @@ def plan(graph: Graph) -> Plan:
         for pos in (0, 1):
             d = eqn.inputs[pos]
             j = producer.get(d)
-            if (j is not None and _is_2d_dot(graph.eqns[j]) and d not in outs
+            if (j is not None and is_2d_matmul(graph.eqns[j]) and d not in outs
                     and len(uses.get(d, ())) == 1 and eqn.inputs[1 - pos] is not d):
                 p.addmm[k] = (j, 1 - pos)
                 p.skip.add(j)

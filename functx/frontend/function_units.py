@@ -37,7 +37,7 @@ from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, reverse_mode_active, tr
 from . import tensor as _tensor
 from .functionalize import recorded_value_of, value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
-from .tensor import _make_wrapper, TracerTensor, fresh_wrapper, is_contiguous_layout, record_user_layout_reads, root_of, unit_key
+from .tensor import TracerTensor, fresh_wrapper, is_contiguous_layout, record_user_layout_reads, root_of, unit_key
 from .unit_batches import BELOW_DISPATCH as _BELOW_DISPATCH, LazyTracer
 
 CACHE: dict = {}
@@ -118,19 +118,18 @@ def run_unit(func, types, args, kwargs):
         if op is not UNCACHEABLE and (op.views is not None or op.outputs in _WRITES):
             VIEW_BUILDS[fid] = VIEW_BUILDS.get(fid, 0) + 1
         types = None if op is UNCACHEABLE else [a.type for a in op.out_atoms]
-        keys = types and [unit_key(t) for t in types]
-        one = None      # a single fresh result: recorded and wrapped on the short path below
+        make_one = None     # a single fresh result's wrapper maker: the short path below
         if types and op.outputs == "one" and op.views is None:
             t = types[0]
-            one = (t, keys[0], functools.partial(_make_wrapper, TracerTensor, t.shape, dtype=t.dtype, device=t.device))
-        entry = CACHE[key] = (func, op, types, keys, one)
-    one = entry[4]
-    if one is not None:
+            make_one = functools.partial(_make_wrapper, TracerTensor, t.shape, dtype=t.dtype, device=t.device)
+        entry = CACHE[key] = (func, op, types, types and [unit_key(t) for t in types], make_one)
+    make_one = entry[4]
+    if make_one is not None:
         batch = trace.pending
         if batch is not None:       # the common case: one fresh result, recorded into the batch
-            r = one[2]()
-            r._value = batch.record_one(entry[1], leaves, one[0], key[2], key[1])
-            r._unit_key = one[1]
+            r = make_one()
+            r._value = batch.record_one(entry[1], leaves, entry[2][0], key[2], key[1])
+            r._unit_key = entry[3][0]
             return r
     op = entry[1]
     if op is UNCACHEABLE:

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..core import EXTERN, Primitive, bind
+from ..core import EXTERN, Primitive, Var, bind
 from ..core.trace import type_of
 from . import shape as sh
 from .define import defbilinear, is_undefined
@@ -87,6 +87,17 @@ def _dot_impl(x, y, *, dimension_numbers):
     lhs, rhs, out_shape = matmul_layout(tuple(x.shape), tuple(y.shape), dimension_numbers)
     out = torch.matmul(apply_steps(x, lhs), apply_steps(y, rhs))
     return out if out_shape is None else out.reshape(out_shape)
+
+
+def is_2d_matmul(eqn) -> bool:
+    """Whether eqn is a dot_general of two 2-D float Vars with one contraction and no batch
+    dims: a plain matmul, which BLAS can add a bias to as it writes (addmm)."""
+    if eqn.prim.name != "dot_general":
+        return False
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    a, b = eqn.inputs
+    return (not lb and len(lc) == 1 and len(rc) == 1 and isinstance(a, Var) and isinstance(b, Var)
+            and a.type.ndim == 2 and b.type.ndim == 2 and a.type.dtype.is_floating_point)
 
 
 def matmul_sources(eqn, srcs):

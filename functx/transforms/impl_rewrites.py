@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..core import Var
 from ..core.ir import Eqn
-from ..prims.linalg import matmul_layout
+from ..prims.linalg import is_2d_matmul, matmul_layout
 from ..prims.shape import _broadcast_view, render_steps, reshape_p
 
 # Pointwise primitives whose impl is one broadcasting torch function: in generated impl code
@@ -97,16 +97,6 @@ class _BiasMatmul:
 BIAS_MATMUL = _BiasMatmul()
 
 
-def _plain_matmul(e) -> bool:
-    if e.prim.name != "dot_general":
-        return False
-    (lc, rc), (lb, rb) = e.params["dimension_numbers"]
-    x, w = e.inputs
-    return (not lb and len(lc) == 1 and len(rc) == 1 and isinstance(x, Var) and isinstance(w, Var)
-            and x.type.ndim == 2 and w.type.ndim == 2 and x.type.dtype.is_floating_point
-            and x.type.dtype == w.type.dtype)
-
-
 def fuse_bias_matmuls(eqns, live):
     """Each add of a 2-D matmul's result (read by nothing else) and a bias of its dtype that
     broadcasts to it, as one BIAS_MATMUL equation in the add's place."""
@@ -115,7 +105,7 @@ def fuse_bias_matmuls(eqns, live):
         for a in e.inputs:
             if isinstance(a, Var):
                 reads[a] = reads.get(a, 0) + 1
-        if _plain_matmul(e):
+        if is_2d_matmul(e) and e.inputs[0].type.dtype == e.inputs[1].type.dtype:
             made[e.outputs[0]] = e
     if not made:
         return eqns
