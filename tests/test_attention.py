@@ -260,3 +260,72 @@ def test_closed_over_parameters_that_require_grad():
     want, lin.weight.grad = lin.weight.grad, None
     functx.vmap(f)(x).pow(2).sum().backward()
     torch.testing.assert_close(lin.weight.grad, want)
+
+
+# ---------------------------------------------------------------- torch's CPU flash kernels
+
+@pytest.mark.parametrize("lead,lq,lk", [((2, 3), 5, 7), ((2, 3), 7, 5), ((4,), 6, 6), ((2, 2, 2), 3, 4), ((1, 1), 1, 1)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_flash_kernels_match_the_reference(lead, lq, lk, causal, dtype):
+    # attention_cpu runs torch's flash-attention CPU kernels in the primitives' impls where they
+    # fit: the same out, lse (top-left causal alignment, folded leading dims) and gradients
+    from functx.kernels import attention_cpu as C
+    q, k, v = _qkv(lead, lq, lk, 4, 4, dtype=dtype)
+    assert C.fits(q, k, v, None)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    out, lse = C.forward(q, k, v, None, causal, 0.7)
+    want_out, want_lse = M.forward(q, k, v, None, causal, 0.7)
+    _close(out, want_out, tol, "out")
+    _close(lse, want_lse, tol, "lse")
+    dout = torch.randn_like(out)
+    got = C.backward(q, k, v, None, out, lse, dout, None, causal, 0.7)
+    want = M.backward(q, k, v, None, want_out, want_lse, dout, None, causal, 0.7)
+    for name, a, b in zip(("dq", "dk", "dv"), got[:3], want[:3]):
+        _close(a, b, 10 * tol, name)
+
+
+def test_cpu_flash_kernels_decline_what_they_do_not_compute():
+    from functx.kernels import attention_cpu as C
+    q, k, v = _qkv((2, 3), 5, 7, 4, 4)
+    assert not C.fits(q, k, v, torch.zeros(2, 3, 5, 7, dtype=q.dtype))     # an additive bias
+    assert not C.fits(*_qkv((2, 3), 5, 7, 4, 6), None)                     # head sizes differ
+    assert not C.fits(*_qkv((2, 3), 5, 7, 4, 4, dtype=torch.bfloat16), None)
+    assert not C.fits(*_qkv((2, 3), 5, 0, 4, 4), None)                     # no keys
+
+
+@pytest.mark.parametrize("mask", [None, "add"])
+def test_grad_through_the_cpu_kernels_matches_finite_differences(mask):
+    # the flash path (no mask) and the reference (a float mask) against float64 finite
+    # differences of the explicit composition
+    q, k, v = _qkv((2, 2), 4, 5, 3, 3)
+    bias = _bias(mask, (2, 2), 4, 5, torch.float64)
+
+    def f(q, k, v):
+        return (SDPA(q, k, v, attn_mask=bias, is_causal=mask is None) ** 2).sum()
+
+    got = functx.grad(f, argnums=(0, 1, 2))(q, k, v)
+    gen = torch.Generator().manual_seed(3)
+    d = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in (q, k, v)]
+    eps = 1e-6
+    fd = (f(*[t + eps * u for t, u in zip((q, k, v), d)]) - f(*[t - eps * u for t, u in zip((q, k, v), d)])) / (2 * eps)
+    assert abs(sum((g * u).sum() for g, u in zip(got, d)).item() - fd.item()) < 1e-6 * max(1.0, abs(fd.item()))
+    for i, g in enumerate(got):
+        _close(g, torch.func.grad(f, argnums=i)(q, k, v), 1e-10, f"grad {i}")
+
+
+def test_cpu_flash_kernels_on_operands_whose_last_dim_is_not_dense():
+    # the kernels read the last dim as dense: a transposed key (softmax(x @ w) @ w, matched as
+    # attention under jit) gave wrong values until such operands were copied
+    from functx.kernels import attention_cpu as C
+    g = torch.Generator().manual_seed(0)
+    x, w, do = (torch.randn(2, 16, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    t = lambda a: a.transpose(-2, -1)  # noqa: E731
+    for q, k, v in ((x, t(w), w), (t(x), t(w), t(w)), (x, w, t(w))):
+        out, lse = C.forward(q, k, v, None, False, 0.3)
+        want_out, want_lse = M.forward(q, k, v, None, False, 0.3)
+        _close(out, want_out, 1e-12, "out")
+        _close(lse, want_lse, 1e-12, "lse")
+        for name, a, b in zip("qkv", C.backward(q, k, v, None, out, lse, t(do), None, False, 0.3)[:3],
+                              M.backward(q, k, v, None, want_out, want_lse, t(do), None, False, 0.3)[:3]):
+            _close(a, b, 1e-11, "d" + name)

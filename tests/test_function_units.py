@@ -497,3 +497,69 @@ def test_a_decomposition_reading_its_operands_layout_is_still_a_unit():
             for mine, theirs in zip(functx.grad(f, argnums=(0, 1, 2))(x, w, b), torch.func.grad(f, argnums=(0, 1, 2))(x, w, b)):
                 torch.testing.assert_close(mine.float(), theirs.float(), rtol=tol, atol=tol)
         assert [u for u in _entries("group_norm") if u is not function_units.UNCACHEABLE]
+
+
+def test_a_function_returning_none_entries_is_one_unit():
+    # F.multi_head_attention_forward returns (output, None) without attention weights: one unit
+    # (WithNones puts the None back), computing what torch.func computes; with weights too
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    params = dict(mha.named_parameters())
+    x = torch.randn(3, 4, 8)
+
+    def f(p, need_weights):
+        out, w = torch.func.functional_call(mha, p, (x, x, x), dict(need_weights=need_weights))
+        assert (w is None) == (not need_weights)
+        return out.pow(2).mean() + (0 if w is None else w.pow(2).sum())
+
+    function_units.CACHE.clear()
+    for need_weights in (False, True):
+        for _ in range(2):
+            got = functx.grad(f)(params, need_weights)
+            want = torch.func.grad(f)(params, need_weights)
+            for name in params:
+                _close(got[name], want[name])
+    units = _entries("multi_head_attention_forward")
+    assert any(isinstance(u.outputs, function_units.WithNones) for u in units if u is not function_units.UNCACHEABLE)
+
+
+@pytest.mark.parametrize("p,training", [(0.0, True), (0.5, False), (0, True)])
+def test_dropout_that_samples_nothing_returns_its_input(p, training):
+    # as torch's kernel does (F.dropout(x, 0.0) is x), under every transform and jit
+    def f(x):
+        y = F.dropout(x, p, training)
+        assert y is x
+        return (y * y).sum()
+
+    x = torch.randn(4, 3)
+    _close(functx.grad(f)(x), 2 * x)
+    _close(functx.vmap(functx.grad(f))(x), 2 * x)
+    _close(functx.jit(functx.grad(f))(x), 2 * x)
+    _close(functx.jvp(f, (x,), (torch.ones_like(x),))[1], (2 * x).sum())
+
+
+def test_dropout_that_samples_still_draws():
+    x = torch.ones(1000)
+    y = functx.vmap(lambda x: F.dropout(x, 0.5, True), randomness="different")(x[None])[0]
+    assert set(y.unique().tolist()) == {0.0, 2.0}
+    g = functx.grad(lambda x: F.dropout(x, 0.5, True).sum())(x)
+    assert set(g.unique().tolist()) == {0.0, 2.0}
+    with pytest.raises(Exception, match="randomness"):
+        functx.vmap(lambda x: F.dropout(x, 0.5, True))(x[None])
+
+
+def test_wrappers_are_made_with_positional_arguments():
+    # (frontend/tensor._positional_wrappers_work: ~0.7 us per traced op's result). On this
+    # torch the order holds, so wrappers are made without the keyword shim, and they report
+    # the dtype, device and strides they were made with
+    assert tensor_module._make_wrapper is torch.Tensor._make_wrapper_subclass
+    assert function_units._make_wrapper is torch.Tensor._make_wrapper_subclass
+    x = torch.randn(3, 4, dtype=torch.float64)
+    seen = []
+
+    def f(x):
+        y = torch.sin(x).t()
+        seen.append((y.dtype, y.device, y.shape, y.stride()))
+        return y.sum()
+    functx.grad(f)(x)
+    assert seen == [(torch.float64, x.device, torch.Size([4, 3]), (1, 4))]

@@ -334,6 +334,16 @@ def register_hook(self, hook):
     raise FunctxError("functx: Tensor.register_hook needs functx.transforms (import functx)")
 
 
+def dropout(input, p=0.5, training=True, inplace=False):
+    """F.dropout that samples nothing (p == 0, or not training) returns its input itself, as
+    torch's kernel does (nn.Dropout(0.0) in a TransformerEncoderLayer). Under a transform torch's
+    own path reached that kernel through the ATen front end, whose aliasing bookkeeping ran the
+    level's pending units there (~90 us a call); otherwise torch's function serves."""
+    if type(p) in (int, float) and p == 0 or type(training) is bool and not training:
+        return input
+    return NotImplemented
+
+
 def one_hot(tensor, num_classes=-1):
     """F.one_hot: frontend/lowerings/indexing.py replaces this entry (it needs the wrappers)."""
     return NotImplemented
@@ -366,6 +376,7 @@ def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"
 
 
 COMPOSITES = {
+    torch.nn.functional.dropout: dropout,
     torch.nn.functional.gaussian_nll_loss: gaussian_nll_loss,
     torch.nn.functional.one_hot: one_hot,
     torch.Tensor.__getitem__: getitem,

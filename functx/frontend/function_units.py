@@ -14,7 +14,8 @@ A signature is cached only where that is exactly what the front end would do: a 
 operand that torch lays out non-contiguously (a transposed view, a strided result) keys the
 unit by its strides and is traced on a wrapper that reports them (results then get the
 traced layouts), the results are fresh tensors or views of operands (no operand returned as
-is), no operand is written but the first, the trace reads no layout (as_strided,
+is; None entries in a tuple of results are kept as such: `WithNones`), no operand is
+written but the first, the trace reads no layout (as_strided,
 storage_offset), and the graph has no effects (random numbers), structural or opaque
 primitives. A view result gets
 the wrapper the ATen path's make_view gives it (root, chain, version, torch's layout: "view
@@ -37,7 +38,8 @@ from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, reverse_mode_active, tr
 from . import tensor as _tensor
 from .functionalize import recorded_value_of, value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
-from .tensor import TracerTensor, fresh_wrapper, is_contiguous_layout, record_user_layout_reads, root_of, unit_key
+from .tensor import (_STRIDED, TracerTensor, _make_wrapper, fresh_wrapper, is_contiguous_layout,
+                     record_user_layout_reads, root_of, unit_key)
 from .unit_batches import BELOW_DISPATCH as _BELOW_DISPATCH, LazyTracer
 
 CACHE: dict = {}
@@ -121,7 +123,8 @@ def run_unit(func, types, args, kwargs):
         make_one = None     # a single fresh result's wrapper maker: the short path below
         if types and op.outputs == "one" and op.views is None:
             t = types[0]
-            make_one = functools.partial(_make_wrapper, TracerTensor, t.shape, dtype=t.dtype, device=t.device)
+            make_one = functools.partial(_make_wrapper, TracerTensor, t.shape, None, None, None, t.dtype, _STRIDED,
+                                         t.device)
         entry = CACHE[key] = (func, op, types, types and [unit_key(t) for t in types], make_one)
     make_one = entry[4]
     if make_one is not None:
@@ -204,7 +207,7 @@ class StridedResult:
 
 
 def _strided_result(value, t, strides):
-    w = _make_wrapper(TracerTensor, t.shape, strides, 0, dtype=t.dtype, device=t.device)
+    w = _make_wrapper(TracerTensor, t.shape, strides, 0, None, t.dtype, _STRIDED, t.device)
     w._value = value
     w._strided = True
     return w
@@ -238,7 +241,7 @@ def _view_result(value, t, base_spec_offset):
     """TracerTensor(value, strides, offset) as make_view's wrapper (its type t known)."""
     base, spec, offset = base_spec_offset
     root = root_of(base)
-    w = _make_wrapper(TracerTensor, t.shape, spec.strides, offset, dtype=t.dtype, device=t.device)
+    w = _make_wrapper(TracerTensor, t.shape, spec.strides, offset, None, t.dtype, _STRIDED, t.device)
     w._value = value
     if spec.strided:
         w._strided = True
@@ -247,7 +250,6 @@ def _view_result(value, t, base_spec_offset):
     return w
 
 
-_make_wrapper = torch.Tensor._make_wrapper_subclass
 
 
 _STRIDE, _OFFSET, _TYPES = torch.Tensor.stride, torch.Tensor.storage_offset, (TracerTensor,)
@@ -385,8 +387,13 @@ def _trace_unit(func, types, args, kwargs, leaves):
         outputs, outs = "one", [out]
     elif type(out) in (tuple, list) or type(out).__module__ == "torch.return_types":
         outputs, outs = type(out), list(out)
-        if not outs or not all(type(o) is TracerTensor for o in outs):
-            return None if not any(isinstance(o, torch.Tensor) for o in outs) else UNCACHEABLE
+        if not any(isinstance(o, torch.Tensor) for o in outs):
+            return None
+        if any(o is None for o in outs) and type(out) in (tuple, list):    # MHA's (output, None)
+            outputs = WithNones(type(out), tuple(o is None for o in outs))
+            outs = [o for o in outs if o is not None]
+        if not all(type(o) is TracerTensor for o in outs):
+            return UNCACHEABLE
     elif isinstance(out, torch.Tensor):
         return UNCACHEABLE
     else:
@@ -426,6 +433,19 @@ def _trace_unit(func, types, args, kwargs, leaves):
     if op is not UNCACHEABLE and any(v is not None for v in views):
         op.views = views
     return op
+
+
+class WithNones:
+    """A unit's result structure with None entries (F.multi_head_attention_forward's (output,
+    None) without attention weights): its tensor results put back in place."""
+    __slots__ = ("type", "nones")
+
+    def __init__(self, type_, nones):
+        self.type, self.nones = type_, nones
+
+    def __call__(self, results):
+        it = iter(results)
+        return self.type([None if n else next(it) for n in self.nones])
 
 
 # ---------------------------------------------------------------- write units
@@ -509,10 +529,10 @@ _DIRECT = {torch.matmul: _vector_matmul, torch.Tensor.matmul: _vector_matmul,
 
 # ---------------------------------------------------------------- Python bodies
 # torch.nn.functional's Python functions check for __torch_function__ before anything else.
-# One that no unit serves (F.multi_head_attention_forward: a None result, a transposed one)
-# ran as torch's default pass-through runs it, its body with subclass __torch_function__
-# off, so every op inside took the ATen path one by one: a TransformerEncoderLayer's grad ran
-# at 0.22x of torch.func's speed. Under an eager transform level its body runs instead as the
+# One that no unit serves (F.multi_head_attention_forward where a unit declines it, F.dropout
+# that samples) ran as torch's default pass-through runs it, its body with subclass
+# __torch_function__ off, so every op inside took the ATen path one by one: a
+# TransformerEncoderLayer's grad ran at 0.22x of torch.func's speed. Under an eager transform level its body runs instead as the
 # user's own code would, each torch call a unit: a copy of the function whose torch-function
 # checks answer False (the check that brought the call here has been answered).
 _BODIES: dict = {}

@@ -85,10 +85,9 @@ class TracerTensor(torch.Tensor):
         if strides is not None and not storage_offset and _default_strides(shape) == strides:
             strides = None      # what the wrapper gets without them (passing them costs ~2.5 us)
         if strides is None:
-            r = _make_wrapper(cls, shape, dtype=dtype, device=device)
+            r = _make_wrapper(cls, shape, None, None, None, dtype, _STRIDED, device)
         else:
-            r = _make_wrapper(cls, shape, dtype=dtype, device=device, strides=strides,
-                              storage_offset=storage_offset)
+            r = _make_wrapper(cls, shape, strides, storage_offset, None, dtype, _STRIDED, device)
         r._value = value        # the other fields keep the class defaults below until set
         if strides is not None and not (contiguous if contiguous is not None else is_contiguous_layout(shape, strides)):
             # torch would lay this tensor out non-contiguously: ops on it then take their
@@ -180,7 +179,7 @@ def fresh_wrapper(value, t, key=None):
     """TracerTensor(value) for a fresh, contiguous result whose type t is known (a cached
     unit's output: frontend/function_units.py), without asking the value for it. key: its
     unit_key(t), if the caller has it."""
-    r = _make_wrapper(TracerTensor, t.shape, dtype=t.dtype, device=t.device)
+    r = _make_wrapper(TracerTensor, t.shape, None, None, None, t.dtype, _STRIDED, t.device)
     r._value = value
     r._unit_key = unit_key(t) if key is None else key
     return r
@@ -205,6 +204,9 @@ def unit_key(t):
 
 
 _make_wrapper = torch.Tensor._make_wrapper_subclass
+_STRIDED = torch.strided
+
+
 _set_own_requires_grad = torch._C.TensorBase.requires_grad.__set__
 
 
@@ -337,7 +339,7 @@ def wrap_input(value, source, bdim=None):
             strides = strides[1:]
         t = value.aval
         if _default_strides(t.shape) == strides and not t.dtype.is_complex:
-            w = _make_wrapper(TracerTensor, t.shape, dtype=t.dtype, device=t.device)
+            w = _make_wrapper(TracerTensor, t.shape, None, None, None, t.dtype, _STRIDED, t.device)
             w._value = value
             w._unit_key = unit_key(t)
             w._layout = (strides, 0)
@@ -422,3 +424,24 @@ def note_layout_read(in_decomposition=False):
 
 def wrap_tree(tree):
     return tree_map(wrap, tree)
+
+
+def _positional_wrappers_work() -> bool:
+    """Wrappers are made with _make_wrapper_subclass's arguments by position (cls, size,
+    strides, storage_offset, memory_format, dtype, layout, device): parsing keywords cost a
+    quarter of each wrapper (~0.7 us, one per traced op's result). Checked once; a torch whose
+    order differs gets a keyword shim. (Run once the module is complete: the check reads the
+    wrapper through __torch_function__.)"""
+    try:
+        w = _make_wrapper(TracerTensor, (2, 3), (1, 2), 0, None, torch.float64, _STRIDED,
+                          torch.device("cpu"))
+        return w.dtype == torch.float64 and w.stride() == (1, 2) and w.device.type == "cpu"
+    except Exception:
+        return False
+
+
+if not _positional_wrappers_work():
+    def _make_wrapper(cls, size, strides=None, storage_offset=None, memory_format=None, dtype=None,
+                      layout=_STRIDED, device=None):
+        return torch.Tensor._make_wrapper_subclass(cls, size, strides=strides, storage_offset=storage_offset,
+                                                   dtype=dtype, layout=layout, device=device)

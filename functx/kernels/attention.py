@@ -20,8 +20,9 @@ op: exact, but the math path, not a kernel. Batching folds the vmapped axis into
 dims every primitive accepts (unbatched operands are broadcast; a bias gets a size-1 dim).
 Taylor mode has no rule here: jet nests the jvp rule (transforms/jet.py).
 
-impl: the Triton kernels (attention_triton.py) for CUDA tensors, the PyTorch reference on
-the CPU; `INTERPRET_ON_CPU` (tests) sends CPU tensors to the kernels under TRITON_INTERPRET=1.
+impl: the Triton kernels (attention_triton.py) for CUDA tensors; on the CPU torch's
+flash-attention CPU kernels where they fit (attention_cpu.py), else the PyTorch reference;
+`INTERPRET_ON_CPU` (tests) sends CPU tensors to the kernels under TRITON_INTERPRET=1.
 Both jit backends call impl (an extern: the Triton backend's host wrapper launches it between
 its fused kernels).
 """
@@ -36,6 +37,7 @@ from ..core.trace import GraphTracer, type_of
 from .. import prims as P
 from ..prims.opaque import OpaqueFunction, _opaque_jvp
 from ..prims.define import is_undefined
+from . import attention_cpu
 from . import attention_math as ref
 
 INTERPRET_ON_CPU = False      # tests: run the Triton kernels on CPU tensors (TRITON_INTERPRET=1)
@@ -121,8 +123,8 @@ def _bwd_type(*args, causal, scale, has_bias, has_ct_lse, need_dbias):
 
 def _fwd_impl(*args, causal, scale, has_bias):
     q, k, v, bias, _ = _split(args, has_bias)
-    kern = _kernels_for(q)
-    return list((kern or ref).forward(q, k, v, bias, causal, scale))
+    kern = _kernels_for(q) or (attention_cpu if attention_cpu.fits(q, k, v, bias) else ref)
+    return list(kern.forward(q, k, v, bias, causal, scale))
 
 
 def _jvp_impl(*args, causal, scale, has_bias, has_tangent):
@@ -144,8 +146,9 @@ def _bwd_impl(*args, causal, scale, has_bias, has_ct_lse, need_dbias):
     q, k, v, bias, rest = _split(args, has_bias)
     out, lse, ct_out = rest[:3]
     ct_lse = rest[3] if has_ct_lse else None
-    kern = _kernels_for(q)
-    dq, dk, dv, ds = (kern or ref).backward(q, k, v, bias, out, lse, ct_out, ct_lse, causal, scale,
+    kern = _kernels_for(q) or (attention_cpu if ct_lse is None and not need_dbias
+                               and attention_cpu.fits(q, k, v, bias) else ref)
+    dq, dk, dv, ds = kern.backward(q, k, v, bias, out, lse, ct_out, ct_lse, causal, scale,
                                             need_dbias=need_dbias)
     return [dq, dk, dv] + ([ds] if need_dbias else [])
 
