@@ -104,10 +104,11 @@ def _run_check(func, args, kwargs):
 
 
 def _lstsq_values(args, kwargs, device):
-    # residuals are returned only by the gelsd/gelss/gels drivers (and then only when A is
-    # tall and of full rank); gelsy, the CPU default, returns them empty whatever the values
+    # Only gelsd and gelss make a shape depend on values: their residuals are returned when A
+    # is tall and of full rank (the rank is computed). gels (CUDA's default and only driver)
+    # returns them whenever A is tall, gelsy (CPU's default) never: shapes from shapes alone.
     driver = kwargs.get("driver", args[3] if len(args) > 3 else None)
-    return () if device.type == "cpu" and driver in (None, "gelsy") else None
+    return () if driver in (None, "gels", "gelsy") else None
 
 
 # Dynamic-shape ops whose output shapes depend on the values of only some arguments (or, in
