@@ -170,8 +170,10 @@ def _types_from_values(func, flat, positions, spec, device):
     try:
         values = list(flat)
         for i in positions:
+            # placeholders on the operands' device: an op's shapes may depend on it (lstsq's
+            # default driver: gelsy on the CPU, no residuals; gels on CUDA, residuals)
             values[i] = concrete(unwrap(flat[i])) if determining is None or id(flat[i]) in determining \
-                else torch.zeros(flat[i].shape, dtype=flat[i].dtype)
+                else torch.zeros(flat[i].shape, dtype=flat[i].dtype, device=flat[i].device)
     except FunctxError as e:
         raise ConcretizationError(
             f"functx: {func}'s output shape depends on the values of its input, which are not known "
