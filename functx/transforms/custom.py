@@ -48,6 +48,7 @@ from ..frontend.random_mode import intercept_random
 from .. import prims as P
 from ..prims.creation import instantiate
 from ..prims.shape import bdim_to_front, moveaxis
+from .custom_autograd import autograd_records, note_inlined, torch_custom_jvp, torch_custom_vjp
 from .custom_batch import register as _register_closure_batching, run_batched
 from .jvp import JVPTrace, JVPTracer
 from ..tree_util import tree_flatten, tree_leaves_with_none, tree_structure, tree_unflatten
@@ -93,6 +94,13 @@ def _custom_jvp_type(*in_types, fun, jvp, name):
 
 
 def _custom_jvp_impl(*args, fun, jvp, name):
+    if autograd_records(args):       # torch's autograd differentiates it: by the rule
+        return torch_custom_jvp(lambda *xs: custom_jvp_call_p.bind(*xs, fun=fun, jvp=jvp, name=name), fun, args)
+    return fun(*args)
+
+
+def _custom_jvp_inline(*args, fun, jvp, name):
+    note_inlined()
     return fun(*args)
 
 
@@ -128,7 +136,7 @@ custom_jvp_call_p = Primitive(
     impl=_custom_jvp_impl,
     jvp=_custom_jvp_rule,
     batch=_custom_jvp_batch,
-    inline=_custom_jvp_impl)
+    inline=_custom_jvp_inline)
 
 
 # ---------------------------------------------------------------- custom_vjp_call and custom_lin
@@ -140,6 +148,13 @@ def _custom_vjp_type(*in_types, fun, fwd, bwd, name, lin_jvp=None):
 
 
 def _custom_vjp_impl(*args, fun, fwd, bwd, name, lin_jvp=None):
+    if autograd_records(args):       # torch's autograd differentiates it: by bwd
+        return torch_custom_vjp(fwd, bwd, args)
+    return fun(*args)
+
+
+def _custom_vjp_inline(*args, fun, fwd, bwd, name, lin_jvp=None):
+    note_inlined()
     return fun(*args)
 
 
@@ -263,7 +278,7 @@ custom_vjp_call_p = Primitive(
     impl=_custom_vjp_impl,
     jvp=_custom_vjp_rule,
     batch=_custom_vjp_batch,
-    inline=_custom_vjp_impl)
+    inline=_custom_vjp_inline)
 
 # custom_vjp's linear part: its transpose is the user's bwd; it has no forward evaluation.
 custom_lin_p = Primitive(

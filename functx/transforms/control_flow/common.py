@@ -7,7 +7,8 @@ import torch
 
 from ...core import set_current_trace, current_trace
 from ...core.ir import Graph, Var, has_effects, live_eqns
-from ...core.trace import GraphTrace, Tracer, eval_graph, type_of
+from ...core.trace import EVAL_TRACE, INLINED, KEEP_CUSTOM_CALLS, GraphTrace, Tracer, eval_graph, \
+    torch_autograd_records, type_of
 from ...frontend import TracerTensor, unwrap, wrap
 from ...frontend.random_mode import intercept_random
 from ... import prims as P
@@ -32,9 +33,26 @@ def is_float(t):
 
 # ---------------------------------------------------------------- tracing sub-graphs
 
-def closed_graph(fn, in_types):
+def closed_graph(fn, in_types, values=()):
     """Trace fn (flat lax values -> flat lax values) at in_types -> (graph, consts): the graph's
-    invars are its constvars (closure conversion) followed by the inputs; it has no consts."""
+    invars are its constvars (closure conversion) followed by the inputs; it has no consts.
+    values: the operands' values, where the caller has them (the user's loop or branch called
+    eagerly): when torch's autograd will differentiate the graph's eager evaluation (a value
+    or a closed-over one requires grad), custom_jvp / custom_vjp calls it inlined are traced
+    again as equations, so their rules are used (transforms/custom_autograd.py)."""
+    inlined = INLINED[0]
+    closed, consts = _closed_graph(fn, in_types)
+    if INLINED[0] != inlined and current_trace() is EVAL_TRACE and torch_autograd_records() and \
+            any(isinstance(v, torch.Tensor) and v.requires_grad for v in (*values, *consts)):
+        KEEP_CUSTOM_CALLS[0], keep = True, KEEP_CUSTOM_CALLS[0]
+        try:
+            closed, consts = _closed_graph(fn, in_types)
+        finally:
+            KEEP_CUSTOM_CALLS[0] = keep
+    return closed, consts
+
+
+def _closed_graph(fn, in_types):
     trace = GraphTrace(current_trace(), stage_all=True)
     tracers = [trace.new_arg(t) for t in in_types]
     with set_current_trace(trace), intercept_random():
@@ -103,8 +121,9 @@ def graph_fn(g):
     return lambda *xs: eval_graph(g, [], list(xs))
 
 
-def trace_user(fn, args_tree, types, what):
-    """A user function over a pytree of tensors -> (closed graph, consts, out tree)."""
+def trace_user(fn, args_tree, types, what, values=()):
+    """A user function over a pytree of tensors -> (closed graph, consts, out tree); values:
+    as closed_graph's."""
     store = {}
 
     def flat(*xs):
@@ -116,7 +135,7 @@ def trace_user(fn, args_tree, types, what):
                 raise TypeError(f"{what}: output leaf {i} is a {type(l).__name__}; return tensors")
         store["tree"] = tree
         return [unwrap(l) for l in leaves]
-    g, consts = closed_graph(flat, types)
+    g, consts = closed_graph(flat, types, values)
     return g, consts, store["tree"]
 
 
