@@ -566,7 +566,7 @@ def test_rebinding_a_global_tensor_read_through_nested_code_or_custom_rules_retr
     try:
         _close(jitted(x), torch.cos(x) * SCALE)
         SCALE = torch.tensor(-3.0)
-        with pytest.warns(UserWarning, match="rebound"):
+        with pytest.warns(UserWarning, match="'SCALE' (was rebound|changed)"):
             _close(jitted(x), torch.cos(x) * SCALE)
     finally:
         SCALE = torch.tensor(2.0)
