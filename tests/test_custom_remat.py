@@ -45,7 +45,7 @@ class TorchF(torch.autograd.Function):
 class PyLax:
     """lax's loops as Python, for the oracle."""
     @staticmethod
-    def scan(body, c, xs, remat=False):
+    def scan(body, c, xs, remat=False, checkpoints=None):
         ys = []
         for x in xs:
             c, y = body(c, x)
@@ -83,6 +83,11 @@ def programs(F, lx, ckpt, policy_ckpt):
             lambda c: lx.scan(lambda c, x: (step(c, x), None), c, xs)[0])(c) * 2)(c0).sum(),
         "scan(cond(checkpoint))": lambda c0, xs: lx.scan(lambda c, x: (lx.cond(
             True, lambda c: ckpt(lambda c: step(c, x))(c), lambda c: c, c), None), c0, xs)[0].sum(),
+        "scan(remat='sqrt')": lambda c0, xs: lx.scan(lambda c, x: (step(c, x), None), c0, xs, remat="sqrt")[0].sum(),
+        "scan(remat=True)(scan)": lambda c0, xs: lx.scan(lambda c, x: (lx.scan(
+            lambda c, x: (step(c, x), None), c, xs[:2])[0], None), c0, xs, remat=True)[0].sum(),
+        "scan(remat='binomial')(scan)": lambda c0, xs: lx.scan(lambda c, x: (lx.scan(
+            lambda c, x: (step(c, x), None), c, xs[:2])[0], None), c0, xs, remat="binomial", checkpoints=1)[0].sum(),
         "checkpoint dots_saveable(scan)": lambda c0, xs: policy_ckpt(
             lambda c: lx.scan(lambda c, x: (step(c, x), None), c, xs)[0])(c0).sum(),
     }
