@@ -30,6 +30,9 @@ rules run the callables under a BatchTrace):
       evaluates it, as ordinary code under further transforms. With constant residuals
       custom_lin is its own derivative (the transposes of loop bodies linearize it so).
       batch: custom_vjp_call of the vmapped fun, fwd, bwd (and lin_jvp).
+The batch rules run the callables under a fresh BatchTrace for the axis, which also batches
+values they close over (custom_batch.py); eager calls torch's autograd records run as
+torch.autograd.Functions with the rules (custom_autograd.py).
 Positional arguments are pytrees; tensor leaves are operands, other leaves (Python numbers,
 strings) are static: their tangent is 0 and their cotangent is ignored.
 """
@@ -47,7 +50,7 @@ from ..frontend import TracerTensor, unwrap, wrap
 from ..frontend.random_mode import intercept_random
 from .. import prims as P
 from ..prims.creation import instantiate
-from ..prims.shape import bdim_to_front, moveaxis
+from ..prims.shape import moveaxis
 from .custom_autograd import autograd_records, note_inlined, torch_custom_jvp, torch_custom_vjp
 from .custom_batch import register as _register_closure_batching, run_batched
 from .jvp import JVPTrace, JVPTracer
@@ -64,7 +67,7 @@ def _float(t):
     return t.dtype.is_floating_point or t.dtype.is_complex
 
 
-# ---------------------------------------------------------------- running a flat callable under vmap
+# ---------------------------------------------------------------- running a flat callable under jvp
 
 def _run_jvp(fn, primals, tangents):
     """(fn(*primals), its forward derivative along tangents) under a fresh JVPTrace: fn's
