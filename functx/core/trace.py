@@ -300,7 +300,8 @@ class record_autograd_reads(ReadRecorder):
     """While functx.jit traces f: notes whether f did something plain torch does differently
     for a call that torch autograd records (read requires_grad, which the trace answers False;
     detached a value or ran ops with grad disabled, which the compiled graph does not replay
-    for autograd; registered a tensor hook), so that jit runs such calls as plain torch."""
+    for autograd; registered a tensor hook; called a custom_jvp / custom_vjp function, whose
+    body the graph holds, without its rule), so that jit runs such calls as plain torch."""
 
 
 note_autograd_read = record_autograd_reads.note
