@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import functx
-from functx import grad, jit, jvp, vmap
+from functx import grad, jit, jvp, lax, vmap
 from functx.core import FunctxError
 
 F64 = torch.float64
@@ -146,3 +146,26 @@ def test_a_differentiated_closed_over_value_is_still_a_clear_error():
     loss = lambda xs, ss: vmap(lambda x, s: per_example(x, s, make_vjp))(xs, ss).sum()
     with pytest.raises(FunctxError, match="closes over it"):
         grad(loss, argnums=1)(XS, SS)
+
+
+LOOPS = {
+    "scan": lambda f, x: lax.scan(lambda c, _: (f(c), None), x, None, length=2)[0],
+    "fori_loop": lambda f, x: lax.fori_loop(0, 2, lambda i, c: f(c), x),
+    "scan(remat=True)": lambda f, x: lax.scan(lambda c, _: (f(c), None), x, None, length=2, remat=True)[0],
+    "checkpoint": lambda f, x: functx.checkpoint(lambda v: f(v))(x),
+    "cond": lambda f, x: lax.cond(x.sum() > -100, lambda v: f(v), lambda v: v, x),
+}
+
+
+@MAKERS
+@pytest.mark.parametrize("loop", list(LOOPS))
+def test_a_loop_whose_body_calls_a_closing_custom_function_is_batched(make, loop):
+    """grad(vmap) where only the closed-over `scale` is batched: the loop (no batched operand)
+    went to the trace below with the custom call in its body closing over the batched value
+    (leaked tracer). A structural equation whose sub-graphs hold such a call is batched now."""
+    body = lambda x, s: LOOPS[loop](make(s), x)  # noqa: E731
+    want = sum(grad(lambda x: body(x, s).sum())(X1) for s in SS)
+    for f in (grad(lambda x: vmap(lambda s: body(x, s))(SS).sum()),
+              jit(grad(lambda x: vmap(lambda s: body(x, s))(SS).sum()))):
+        torch.testing.assert_close(f(X1), want)
+    torch.testing.assert_close(vmap(lambda s: body(X1, s))(SS), torch.stack([body(X1, s) for s in SS]))

@@ -28,10 +28,11 @@ import types
 import torch
 
 from ..core import current_trace, set_current_trace
+from ..core.ir import sub_graphs
 from ..core.trace import Tracer
 from ..frontend import TracerTensor, unwrap
 from ..prims.shape import bdim_to_front
-from .batching import CLOSURE_BATCHED, BatchTrace, BatchTracer
+from .batching import CLOSURE_BATCHED, SUB_GRAPHS, BatchTrace, BatchTracer
 
 __all__ = ["run_batched", "closes_over", "register"]
 
@@ -119,3 +120,19 @@ def register(prim, callable_params):
     def closes(params, axis):
         return closes_over([params.get(k) for k in callable_params], axis)
     CLOSURE_BATCHED[prim] = closes
+
+
+def _sub_graphs_close_over(params, axis) -> bool:
+    """Whether a custom call in the sub-graphs (a loop body, a branch: their closure conversion
+    does not see into its callables) closes over a value batched along axis."""
+    for g in sub_graphs(params):
+        for e in g.eqns:
+            rule = CLOSURE_BATCHED.get(e.prim)
+            if rule is not None and rule is not _sub_graphs_close_over and rule(e.params, axis):
+                return True
+            if sub_graphs(e.params) and _sub_graphs_close_over(e.params, axis):
+                return True
+    return False
+
+
+CLOSURE_BATCHED[SUB_GRAPHS] = _sub_graphs_close_over
