@@ -94,3 +94,27 @@ def test_log_ndtr_and_erfc_in_the_tails():
     torch.testing.assert_close(functx.jit(torch.special.erfcx)(big * 10), torch.special.erfcx(big * 10))
     torch.testing.assert_close(functx.grad(lambda x: torch.erfc(x).sum())(big), torch.func.grad(lambda x: torch.erfc(x).sum())(big),
                                rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_entr_is_a_primitive_with_torchs_derivative(dtype):
+    """torch.special.entr (-x log x; 0 at 0, -inf below 0) is prims' entr: its derivative is
+    torch's -(1 + log x), +inf at 0 and nan below 0, in every mode (the where-decomposition
+    gave nan at 0 and 0 below). Oracle: torch.autograd; the second derivative: torch.func."""
+    x = torch.tensor([0.0, -0.0, -1.0, -1e-3, 1e-30, 1e-3, 0.5, 1.0, 2.0, 30.0, float("nan"), float("inf")], dtype=dtype)
+    xr = x.clone().requires_grad_()
+    torch.special.entr(xr).sum().backward()
+    want = xr.grad
+    loss = lambda x: torch.special.entr(x).sum()
+    got = {"grad": functx.grad(loss)(x), "jit(grad)": functx.jit(functx.grad(loss))(x),
+           "vmap(grad)": functx.vmap(functx.grad(loss))(x[:, None])[:, 0],
+           "jvp": functx.jvp(torch.special.entr, (x,), (torch.ones_like(x),))[1],
+           "jit(jvp)": functx.jit(lambda x: functx.jvp(torch.special.entr, (x,), (torch.ones_like(x),))[1])(x)}
+    for mode, g in got.items():
+        torch.testing.assert_close(g, want, equal_nan=True, msg=mode)
+    for f in (torch.special.entr, functx.jit(torch.special.entr), functx.vmap(torch.special.entr)):
+        torch.testing.assert_close(f(x), torch.special.entr(x), equal_nan=True)
+    pos = x[5:10]
+    torch.testing.assert_close(functx.hessian(loss)(pos), torch.func.hessian(loss)(pos))
+    ex = functx.explain(torch.special.entr)(pos)
+    assert not ex.fallbacks and "entr" in str(ex)

@@ -88,7 +88,7 @@ LINEAR = {
 # its author to decide.
 NONLINEAR = {
     "exp", "exp2", "log", "log1p", "expm1", "sin", "cos", "tan", "tanh", "asin", "acos", "atan",
-    "sinh", "cosh", "asinh", "acosh", "atanh", "sqrt", "rsqrt", "abs", "logistic", "erf", "erfc", "erfcx", "erfinv",
+    "sinh", "cosh", "asinh", "acosh", "atanh", "sqrt", "rsqrt", "abs", "logistic", "erf", "erfc", "erfcx", "entr", "erfinv",
     "lgamma", "digamma", "sign", "floor", "ceil", "round", "trunc", "logical_not", "bitwise_not",
     "polygamma", "pow", "max", "min", "atan2", "rem", "xlogy", "idiv", "bitwise_and", "bitwise_or",
     "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient", "sample_reparam",

@@ -314,6 +314,35 @@ def test_lstsq_under_vmap_and_jit():
         functx.vmap(lambda a, b: torch.linalg.lstsq(a, b, driver="gelsd").solution)(A, B)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("driver", [None, "gels", "gelsy"])
+def test_lstsq_drivers_with_static_shapes_under_jit_grad_vmap(driver, dtype):
+    """gels (CUDA's default) returns residuals whenever A is tall, whatever its rank: its
+    shapes follow from the shapes alone, like gelsy's, so it traces under jit and vmap (it
+    raised a ConcretizationError). Oracle: eager torch, torch.autograd and a Python loop."""
+    torch.manual_seed(0)
+    kw = {} if driver is None else {"driver": driver}
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+    for m in (6, 3):                    # tall (gels returns residuals) and wide
+        A, B = torch.randn(3, m, 4, dtype=dtype), torch.randn(3, m, 2, dtype=dtype)
+
+        def solve(a, b):
+            r = torch.linalg.lstsq(a, b, **kw)
+            return r.solution, r.residuals
+        loop = [torch.stack(r) for r in zip(*[solve(a, b) for a, b in zip(A, B)])]
+        for f, wants in ((functx.jit(solve), solve(A, B)), (functx.vmap(solve), loop),
+                         (functx.jit(functx.vmap(solve)), loop)):
+            for got, want in zip(f(A, B), wants):
+                torch.testing.assert_close(got, want, **tol)
+        loss = lambda a, b: solve(a, b)[0].square().sum()  # noqa: E731
+        a = A[0].clone().requires_grad_()
+        loss(a, B[0]).backward()
+        for g in (functx.grad(loss), functx.jit(functx.grad(loss))):
+            torch.testing.assert_close(g(A[0], B[0]), a.grad, **tol)
+        want = torch.stack([torch.func.grad(loss)(x, y) for x, y in zip(A, B)])
+        torch.testing.assert_close(functx.jit(functx.vmap(functx.grad(loss)))(A, B), want, **tol)
+
+
 @pytest.mark.parametrize("p", [2.0, 1.0, 3.0, float("inf")])
 def test_pdist_forward_and_second_order(p):
     """ATen's pdist has no forward-mode formula and its backward no derivative: jvp and

@@ -126,7 +126,8 @@ def test_float64_and_math_functions():
            lambda v: torch.fmod(v * 7, 0.3), torch.sign, torch.floor, torch.ceil, torch.exp2,
            lambda v: v ** 3, lambda v: v ** 0.5, torch.acos, torch.cosh, torch.sigmoid,
            lambda v: torch.xlogy(v, v + 0.5), torch.erfc, torch.sin, torch.cos, torch.tan, torch.sinh,
-           torch.asin, torch.atanh, lambda v: torch.acosh(v + 1), torch.exp, torch.log, torch.sqrt]
+           torch.asin, torch.atanh, lambda v: torch.acosh(v + 1), torch.exp, torch.log, torch.sqrt,
+           torch.special.entr]
     for dtype in (torch.float32, torch.float64):
         check(lambda x: [f(x) for f in fns], x.to(dtype), kernels=1)
     check(lambda x, w: F.layer_norm(x, (10,), w), X.double(), torch.randn(10, dtype=torch.float64), kernels=1)
@@ -205,6 +206,8 @@ def test_nan_inf_and_signed_zero_like_torch():
     check(lambda a: (torch.sin(a), torch.tanh(a), torch.expm1(a), torch.sqrt(a), torch.log(a), torch.exp(a),
                      torch.sigmoid(a), a.floor(), a.round()), a)
     check(lambda a: torch.sqrt(a) * 1.0, torch.tensor([-0.0, 0.0]), exact=True)
+    for dtype in (torch.float32, torch.float64):      # entr: 0 at +-0, -inf below, nan kept
+        check(lambda a: torch.special.entr(a) * 1.0, a[:7].to(dtype), exact=True)
     rows = torch.randn(3, 40)
     rows[1, 7] = nan
     rows[2, 3] = inf

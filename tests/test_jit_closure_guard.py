@@ -530,6 +530,48 @@ def test_rebinding_a_closed_over_or_global_tensor_retraces(x):
     WEIGHT = torch.ones(3)
 
 
+SCALE = torch.tensor(2.0)
+
+
+@functx.custom_vjp
+def _sin_vjp(x):
+    return torch.sin(x)
+
+
+_sin_vjp.defvjp(lambda x: (torch.sin(x), x), lambda x, g: (g * torch.cos(x) * SCALE,))
+
+
+@functx.custom_jvp
+def _sin_jvp(x):
+    return torch.sin(x)
+
+
+@_sin_jvp.defjvp
+def _sin_jvp_rule(primals, tangents):
+    return torch.sin(primals[0]), torch.cos(primals[0]) * tangents[0] * SCALE
+
+
+@pytest.mark.parametrize("where", ["inner lambda", "custom_vjp bwd", "custom_jvp rule"])
+def test_rebinding_a_global_tensor_read_through_nested_code_or_custom_rules_retraces(where, x):
+    """Globals read by a lambda defined in f, or by a custom rule f's code reaches through
+    grad (jit(grad(f)) bakes the rule in): rebinding them retraced f only when f's own code
+    named them, and the graph returned the old values silently."""
+    global SCALE
+    if where == "inner lambda":
+        f = lambda x: functx.grad(lambda x: (torch.sin(x) * SCALE).sum())(x)  # noqa: E731
+    else:
+        fn = _sin_vjp if where == "custom_vjp bwd" else _sin_jvp
+        f = functx.grad(lambda x: fn(x).sum())
+    jitted = functx.jit(f)
+    try:
+        _close(jitted(x), torch.cos(x) * SCALE)
+        SCALE = torch.tensor(-3.0)
+        with pytest.warns(UserWarning, match="'SCALE' (was rebound|changed)"):
+            _close(jitted(x), torch.cos(x) * SCALE)
+    finally:
+        SCALE = torch.tensor(2.0)
+
+
 class _RemembersShape(nn.Module):
     def __init__(self):
         super().__init__()

@@ -218,6 +218,7 @@ UNARY = {
     "erf": (torch.erf, ("u", -2.0, 2.0), FLOATS, False),
     "erfc": (torch.erfc, ("u", -2.0, 4.0), FLOATS, False),
     "erfcx": (torch.special.erfcx, ("u", -1.5, 6.0), (F32, F64), False),    # no CPU half kernel in torch
+    "entr": (torch.special.entr, ("u", 0.1, 3.0), (F32, F64), False),
     "erfinv": (torch.erfinv, ("u", -0.9, 0.9), FLOATS, False),
     "lgamma": (torch.lgamma, ("u", 0.5, 4.0), FLOATS, False),
     "digamma": (torch.digamma, ("u", 0.5, 4.0), FLOATS, False),

@@ -61,10 +61,6 @@ ORACLE_NOTES = {
         "finite differences there and torch.func.jvp does not (torch treats `weight` as "
         "non-differentiable). With respect to the input alone both agree.",
     ("nn.functional.nll_loss", "jit_jvp"): "as its jvp: torch.func treats the class `weight` as non-differentiable.",
-    ("special.entr", "jit_jvp"):
-        "convention: entr is the constant -inf for x < 0 and 0 at x = 0's left; functx's derivative there is 0 "
-        "(the where-selected constant branch, as JAX), torch's formula -(1 + log x) gives nan / -inf. Equal for x > 0.",
-    ("special.entr", "hvp"): "as its jit_jvp (x <= 0: functx 0, torch nan/-inf; float64 differences are nan there too).",
     ("cholesky", "hvp"):
         "convention: torch (and functx) differentiate cholesky on symmetric matrices; the sweep's random, "
         "non-symmetric tangent moves off that set, so differences of torch's vjp disagree with every formula. "
@@ -110,7 +106,6 @@ ORACLE_NOTES = {
     ("nn.functional.prelu", "extreme_vjp"): "as elu (the weight's derivative sums x over inf/nan inputs).",
     ("xlogy", "extreme_vjp"): "convention at x = 0, y = 0: d/dx = log y = -inf in functx; torch returns xlogy(x != 0, y) = 0.",
     ("special.xlog1py", "extreme_vjp"): "as xlogy, at x = 0, y = -1.",
-    ("special.entr", "extreme_vjp"): "as its jit_jvp (x <= 0).",
     ("sinc", "extreme_vjp"): "|x| ~ 1e-15: sinc'(x) = -pi^2 x / 3 ~ 1e-14 (functx's series); torch's closed form cancels to 0 (float64 too).",
     ("nn.functional.binary_cross_entropy", "extreme_vjp"): "probabilities ~1e-15: torch's backward clamps (1-x)*x at 1e-12; functx differentiates the clamped-log forward exactly.",
     ("linalg.vector_norm", "extreme_vjp"): "a norm over one element at x = inf: functx's derivative is sign(x) = 1 (the norm is |x|); torch's x |x|^(p-2) / norm^(p-1) is inf/inf = nan.",

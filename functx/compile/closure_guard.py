@@ -23,6 +23,7 @@ attribute check.
 from __future__ import annotations
 
 import operator
+import os
 import types
 
 import torch
@@ -353,10 +354,31 @@ def _users(fn) -> bool:
         not module.startswith(("torch", "functx"))
 
 
+def _level(fn) -> int:
+    """How much a function in a closure counts toward the walk's depth: functx's own wrappers
+    (grad's, vmap's: jit(grad(loss)) reaches loss through two of them) nothing."""
+    code = getattr(fn, "__code__", None)        # (functools.wraps gives them the user's __module__)
+    return 0 if code is not None and code.co_filename.startswith(_TRANSFORMS_DIR) else 1
+
+
+_TRANSFORMS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "transforms")
+
+
+def _global_names(code, depth=0):
+    """The names code and the functions and lambdas defined in it (its nested code objects,
+    which share its globals) read as globals or attributes."""
+    out = list(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType) and depth < 3:
+            out += [n for n in _global_names(c, depth + 1) if n not in out]
+    return out
+
+
 class PythonValues:
     """The Python values a trace may have read and baked into the graph: numbers, flags and
-    strings in f's closure cells (also of functions there: jit(grad(loss)) reads loss's) and
-    in the globals its code names, and the attributes of the modules jit reaches or is
+    strings in f's closure cells (also of functions there: jit(grad(loss)) reads loss's, and
+    of the rules of custom_vjp / custom_jvp functions reached) and in the globals its code
+    and the lambdas and inner functions defined in it name, and the attributes of the modules jit reaches or is
     passed (Dropout's `p`, a `self.scale`; a plain tensor attribute by identity).
     Through objects (object_values.py): the attributes of a config object (SimpleNamespace,
     argparse.Namespace, a dataclass, a plain class's instance, a class) in the closure or
@@ -396,6 +418,11 @@ class PythonValues:
                 if wrapped is not None and depth < 3 and id(fn) not in seen:
                     seen.add(id(fn))
                     walk(wrapped, depth + 1)
+                    # a wrapper holding more of the user's functions: custom_vjp's fwd and bwd,
+                    # custom_jvp's rule, which the trace ran too (jit(grad(f)) bakes them in)
+                    for v in list(getattr(fn, "__dict__", {}).values()):
+                        if v is not wrapped and callable(v) and _users(v):
+                            walk(v, depth + 1)
                 elif callable(fn) and objects.walkable(fn) and id(fn) not in seen:
                     seen.add(id(fn))        # a callable object of the user's: its __call__
                     roots.append((fn, "self"))
@@ -417,9 +444,9 @@ class PythonValues:
                     object_cells.append((name, cell))
                     roots.append((v, name))
                 elif depth < 3 and callable(v) and not isinstance(v, torch.nn.Module):
-                    walk(v, depth + 1)
+                    walk(v, depth + _level(v))
             glob = getattr(fn, "__globals__", {})
-            for name in code.co_names:
+            for name in _global_names(code):
                 v = glob.get(name, _MISSING)
                 if _plain_value(v) or _plain_container(v) or type(v) in _TENSORS:
                     globals_.append((name, glob))

@@ -49,12 +49,14 @@ class _Entry:
         self.module_guard = None       # set by JitFunction._entry: f reaches modules or Python values
         if self.guard is not None:
             self.notes.append(self.guard.note())
-        # f read requires_grad, detached, ran ops under no_grad or registered a tensor hook
+        # f read requires_grad, detached, ran ops under no_grad, registered a tensor hook or
+        # called a custom_jvp / custom_vjp function whose body the graph holds
         # (core/trace.record_autograd_reads): calls torch autograd records run f as plain torch
         self.plain_for_autograd = plain_for_autograd
         if plain_for_autograd:
-            self.notes.append("reads requires_grad, detaches, runs ops under no_grad or registers tensor hooks: "
-                              "calls that torch autograd records (an argument requires grad) run f as plain torch")
+            self.notes.append("reads requires_grad, detaches, runs ops under no_grad, registers tensor hooks or "
+                              "calls custom_jvp / custom_vjp functions: calls that torch autograd records (an "
+                              "argument requires grad) run f as plain torch")
         # The hot path: the backend's plain callable (the generated function itself on the
         # eager backend; on the Triton backend replayed from a CUDA graph where safe) and
         # the cheapest way to rebuild the output structure.

@@ -300,7 +300,8 @@ class record_autograd_reads(ReadRecorder):
     """While functx.jit traces f: notes whether f did something plain torch does differently
     for a call that torch autograd records (read requires_grad, which the trace answers False;
     detached a value or ran ops with grad disabled, which the compiled graph does not replay
-    for autograd; registered a tensor hook), so that jit runs such calls as plain torch."""
+    for autograd; registered a tensor hook; called a custom_jvp / custom_vjp function, whose
+    body the graph holds, without its rule), so that jit runs such calls as plain torch."""
 
 
 note_autograd_read = record_autograd_reads.note
@@ -489,6 +490,10 @@ _SCALARS = (bool, int, float, complex, torch.SymInt, torch.SymFloat, torch.SymBo
 
 
 INLINED = [0]       # Primitive.inline bodies recorded so far (hessian's one trace checks for them)
+# Set while an eager control-flow body is traced for torch's autograd (control_flow/common.py
+# closed_graph): graphs keep custom_jvp / custom_vjp calls as equations, whose eager
+# evaluation runs them as torch.autograd.Functions with their rules (transforms/custom_autograd.py)
+KEEP_CUSTOM_CALLS = [False]
 
 
 def _ancestors(trace):
@@ -517,7 +522,7 @@ class GraphTrace(Trace):
         # Primitive.inline bodies are recorded only where no enclosing trace differentiates the
         # graph (jit compiles it, an eager loop evaluates it): a scan body or checkpoint traced
         # under grad keeps its custom_jvp calls as equations, so their rules are used.
-        self.inlines = not stage_all or not any(t.uses_custom_rules for t in _ancestors(parent))
+        self.inlines = not stage_all or not (KEEP_CUSTOM_CALLS[0] or any(t.uses_custom_rules for t in _ancestors(parent)))
         self.eqns: list[Eqn] = []
         self.constvars: list[Var] = []
         self.consts: list = []

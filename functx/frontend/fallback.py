@@ -104,10 +104,11 @@ def _run_check(func, args, kwargs):
 
 
 def _lstsq_values(args, kwargs, device):
-    # residuals are returned only by the gelsd/gelss/gels drivers (and then only when A is
-    # tall and of full rank); gelsy, the CPU default, returns them empty whatever the values
+    # Only gelsd and gelss make a shape depend on values: their residuals are returned when A
+    # is tall and of full rank (the rank is computed). gels (CUDA's default and only driver)
+    # returns them whenever A is tall, gelsy (CPU's default) never: shapes from shapes alone.
     driver = kwargs.get("driver", args[3] if len(args) > 3 else None)
-    return () if device.type == "cpu" and driver in (None, "gelsy") else None
+    return () if driver in (None, "gels", "gelsy") else None
 
 
 # Dynamic-shape ops whose output shapes depend on the values of only some arguments (or, in
@@ -169,8 +170,10 @@ def _types_from_values(func, flat, positions, spec, device):
     try:
         values = list(flat)
         for i in positions:
+            # placeholders on the operands' device: an op's shapes may depend on it (lstsq's
+            # default driver: gelsy on the CPU, no residuals; gels on CUDA, residuals)
             values[i] = concrete(unwrap(flat[i])) if determining is None or id(flat[i]) in determining \
-                else torch.zeros(flat[i].shape, dtype=flat[i].dtype)
+                else torch.zeros(flat[i].shape, dtype=flat[i].dtype, device=flat[i].device)
     except FunctxError as e:
         raise ConcretizationError(
             f"functx: {func}'s output shape depends on the values of its input, which are not known "

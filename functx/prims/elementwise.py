@@ -215,6 +215,17 @@ erfc_p = defunary("erfc", torch.erfc, "torch.erfc", float_only("libdevice.erfc({
                   lambda x, y: mul(exp(neg(mul(x, x))), -2.0 / math.sqrt(math.pi)), cpp=libm("erfc"))
 erfcx_p = defunary("erfcx", torch.special.erfcx, "torch.special.erfcx", float_only("libdevice.erfcx({0})"),
                    lambda x, y: sub(mul(mul(x, y), 2.0), 2.0 / math.sqrt(math.pi)))
+# entr(x) = -x log x (0 at 0, -inf below 0, nan stays nan) as a primitive: its derivative is
+# torch's -(log x + 1), +inf at 0 and nan below (the where-decomposition differentiated to
+# nan at 0 and to 0 below).
+entr_p = defunary("entr", torch.special.entr, "torch.special.entr",
+                  float_only('tl.where({0} != {0}, {0}, tl.where({0} > 0, -{0} * tl.log({0}), '
+                             'tl.where({0} == 0, 0.0, float("-inf"))))'),
+                  lambda x, y: neg(add(log(x), 1.0)),
+                  cpp=cpp_float("(({0}) != ({0}) ? ({0}) : ({0}) > 0.0f ? -({0}) * logf({0}) : "
+                                "({0}) == 0.0f ? 0.0f : -INFINITY)",
+                                "(({0}) != ({0}) ? ({0}) : ({0}) > 0.0 ? -({0}) * log({0}) : "
+                                "({0}) == 0.0 ? 0.0 : -(double)INFINITY)"))
 erfinv_p = defunary("erfinv", torch.erfinv, "torch.erfinv", float_only("libdevice.erfinv({0})"),
                     lambda x, y: mul(exp(mul(y, y)), math.sqrt(math.pi) / 2.0))
 lgamma_p = defunary("lgamma", torch.lgamma, "torch.lgamma", float_only("libdevice.lgamma({0})"),
@@ -244,7 +255,7 @@ neg, exp, exp2, log, log1p, expm1 = map(_unary, (neg_p, exp_p, exp2_p, log_p, lo
 sin, cos, tan, tanh, asin, acos, atan = map(_unary, (sin_p, cos_p, tan_p, tanh_p, asin_p, acos_p, atan_p))
 sinh, cosh, asinh, acosh, atanh = map(_unary, (sinh_p, cosh_p, asinh_p, acosh_p, atanh_p))
 sqrt, rsqrt, abs_, logistic, erf, erfinv = map(_unary, (sqrt_p, rsqrt_p, abs_p, logistic_p, erf_p, erfinv_p))
-erfc, erfcx = map(_unary, (erfc_p, erfcx_p))
+erfc, erfcx, entr = map(_unary, (erfc_p, erfcx_p, entr_p))
 lgamma, digamma, sign, floor, ceil, round_, trunc = map(
     _unary, (lgamma_p, digamma_p, sign_p, floor_p, ceil_p, round_p, trunc_p))
 logical_not, bitwise_not = _unary(logical_not_p), _unary(bitwise_not_p)
@@ -292,6 +303,7 @@ for _p, _h in [
         (abs_p, lambda xs, ys: s_apply(sign_p, xs)),
         (erf_p, lambda xs, ys: s_scale(s_apply(exp_p, s_scale(_s_square(xs), -1.0)), 2.0 / math.sqrt(math.pi))),
         (erfc_p, lambda xs, ys: s_scale(s_apply(exp_p, s_scale(_s_square(xs), -1.0)), -2.0 / math.sqrt(math.pi))),
+        (entr_p, lambda xs, ys: s_scale(s_shift(s_apply(log_p, xs), 1.0), -1.0)),
         (lgamma_p, lambda xs, ys: s_apply(digamma_p, xs)),
         (digamma_p, lambda xs, ys: s_apply(polygamma_p, xs, n=1)),
         (polygamma_p, lambda xs, ys, *, n: s_apply(polygamma_p, xs, n=n + 1))]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core import FunctxError, MissingRuleError, Trace, Tracer, nan_check, set_current_trace
+from ..core import STRUCTURAL, FunctxError, MissingRuleError, Trace, Tracer, nan_check, set_current_trace
 from ..core.errors import library_hint, user_frame_summary
 from ..core.trace import (AUTOGRAD_ON_KEYS, EVAL_TRACE, AxisData, process_on_parent, tensor_type, trace_state, transform_level, type_of,
                           torch_autograd_records, value_repr)
@@ -58,14 +58,16 @@ class BatchTrace(Trace):
         return f"BatchTrace(size={self.axis.size}, name={self.axis.name!r})"
 
     def unpack(self, x):
-        if isinstance(x, BatchTracer) and x._trace is self:
+        if isinstance(x, BatchTracer) and (x._trace is self or x._trace.axis is self.axis):
             return x.val, x.bdim
         return x, None
 
     def process_primitive(self, prim, args, params):
         vals, dims, batched = [], [], False
         for a in args:
-            if isinstance(a, BatchTracer) and a._trace is self:
+            # a tracer of another trace over this same axis: a value a custom rule closed over,
+            # run under a fresh trace for the axis (custom_batch.py); it is batched here too
+            if isinstance(a, BatchTracer) and (a._trace is self or a._trace.axis is self.axis):
                 vals.append(a.val)
                 dims.append(a.bdim)
                 batched = True
@@ -81,7 +83,9 @@ class BatchTrace(Trace):
         if not batched:
             if prim.effectful and prim.batch is None:
                 return self._random(prim, params)       # random numbers: vmap's randomness decides
-            return process_on_parent(self, prim, vals, params)
+            closes = CLOSURE_BATCHED.get(prim, CLOSURE_BATCHED.get(SUB_GRAPHS) if prim.kind is STRUCTURAL else None)
+            if closes is None or not closes(params, self.axis):
+                return process_on_parent(self, prim, vals, params)
         if prim.batch is None:
             raise MissingRuleError(f"functx: primitive '{prim.name}' has no batching rule, so it can't be "
                                    "vmapped")
@@ -193,6 +197,12 @@ class BatchTrace(Trace):
             return BatchTracer(self, prim.bind(**dict(params, shape=shape)), 0)
 
 
+# Primitives holding user callables (custom_jvp_call, custom_vjp_call) -> closes(params, axis):
+# whether those callables close over values batched along axis. Such a call is batched by its
+# rule even when none of its operands is (custom_batch.py registers them); under SUB_GRAPHS,
+# the check for other structural primitives: whether such a call in their sub-graphs does.
+CLOSURE_BATCHED: dict = {}
+SUB_GRAPHS = "sub-graphs"
 _NANS = nan_check.STATE
 _BATCH_RULES = batch_rule_cache.BATCH_RULES
 _UNCACHEABLE = rule_cache.UNCACHEABLE

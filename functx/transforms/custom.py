@@ -30,6 +30,9 @@ rules run the callables under a BatchTrace):
       evaluates it, as ordinary code under further transforms. With constant residuals
       custom_lin is its own derivative (the transposes of loop bodies linearize it so).
       batch: custom_vjp_call of the vmapped fun, fwd, bwd (and lin_jvp).
+The batch rules run the callables under a fresh BatchTrace for the axis, which also batches
+values they close over (custom_batch.py); eager calls torch's autograd records run as
+torch.autograd.Functions with the rules (custom_autograd.py).
 Positional arguments are pytrees; tensor leaves are operands, other leaves (Python numbers,
 strings) are static: their tangent is 0 and their cotangent is ignored.
 """
@@ -47,8 +50,9 @@ from ..frontend import TracerTensor, unwrap, wrap
 from ..frontend.random_mode import intercept_random
 from .. import prims as P
 from ..prims.creation import instantiate
-from ..prims.shape import bdim_to_front, moveaxis
-from .batching import BatchTrace, BatchTracer
+from ..prims.shape import moveaxis
+from .custom_autograd import autograd_records, note_inlined, torch_custom_jvp, torch_custom_vjp
+from .custom_batch import register as _register_closure_batching, run_batched
 from .jvp import JVPTrace, JVPTracer
 from ..tree_util import tree_flatten, tree_leaves_with_none, tree_structure, tree_unflatten
 
@@ -63,24 +67,7 @@ def _float(t):
     return t.dtype.is_floating_point or t.dtype.is_complex
 
 
-# ---------------------------------------------------------------- running a flat callable under vmap
-
-def _run_batched(fn, axis, dims, vals):
-    """fn(*vals) under a fresh BatchTrace for `axis` with the given batch dims; every output
-    comes back batched along dim 0 (None outputs stay None)."""
-    trace = BatchTrace(current_trace(), axis)
-    ins = [v if d is None else BatchTracer(trace, v, d) for v, d in zip(vals, dims)]
-    with set_current_trace(trace):
-        outs = fn(*ins)
-    res = []
-    for o in outs:
-        if o is None:
-            res.append(None)
-            continue
-        v, d = trace.unpack(o)
-        res.append(bdim_to_front(v, d, axis.size))
-    return res
-
+# ---------------------------------------------------------------- running a flat callable under jvp
 
 def _run_jvp(fn, primals, tangents):
     """(fn(*primals), its forward derivative along tangents) under a fresh JVPTrace: fn's
@@ -110,6 +97,13 @@ def _custom_jvp_type(*in_types, fun, jvp, name):
 
 
 def _custom_jvp_impl(*args, fun, jvp, name):
+    if autograd_records(args):       # torch's autograd differentiates it: by the rule
+        return torch_custom_jvp(lambda *xs: custom_jvp_call_p.bind(*xs, fun=fun, jvp=jvp, name=name), fun, args)
+    return fun(*args)
+
+
+def _custom_jvp_inline(*args, fun, jvp, name):
+    note_inlined()
     return fun(*args)
 
 
@@ -123,7 +117,7 @@ def _custom_jvp_batch(axis, args, dims, *, fun, jvp, name):
     dims = list(dims)
 
     def bfun(*xs):
-        return _run_batched(fun, axis, dims, xs)
+        return run_batched(fun, axis, dims, xs)
 
     def bjvp(primals, tangents):
         n = len(primals)
@@ -131,7 +125,7 @@ def _custom_jvp_batch(axis, args, dims, *, fun, jvp, name):
         def both(*xs):
             outs, t_outs = jvp(list(xs[:n]), list(xs[n:]))
             return list(outs) + list(t_outs)
-        res = _run_batched(both, axis, dims + dims, list(primals) + list(tangents))
+        res = run_batched(both, axis, dims + dims, list(primals) + list(tangents))
         k = len(res) // 2
         return res[:k], res[k:]
 
@@ -145,7 +139,7 @@ custom_jvp_call_p = Primitive(
     impl=_custom_jvp_impl,
     jvp=_custom_jvp_rule,
     batch=_custom_jvp_batch,
-    inline=_custom_jvp_impl)
+    inline=_custom_jvp_inline)
 
 
 # ---------------------------------------------------------------- custom_vjp_call and custom_lin
@@ -157,6 +151,13 @@ def _custom_vjp_type(*in_types, fun, fwd, bwd, name, lin_jvp=None):
 
 
 def _custom_vjp_impl(*args, fun, fwd, bwd, name, lin_jvp=None):
+    if autograd_records(args):       # torch's autograd differentiates it: by bwd
+        return torch_custom_vjp(fwd, bwd, args)
+    return fun(*args)
+
+
+def _custom_vjp_inline(*args, fun, fwd, bwd, name, lin_jvp=None):
+    note_inlined()
     return fun(*args)
 
 
@@ -180,19 +181,19 @@ def _custom_vjp_batch(axis, args, dims, *, fun, fwd, bwd, name, lin_jvp=None):
     n_res = []
 
     def bfun(*xs):
-        return _run_batched(fun, axis, dims, xs)
+        return run_batched(fun, axis, dims, xs)
 
     def bfwd(*xs):
         def flat(*ys):
             outs, res = fwd(*ys)
             n_res[:] = [len(outs)]
             return list(outs) + list(res)
-        r = _run_batched(flat, axis, dims, xs)
+        r = run_batched(flat, axis, dims, xs)
         k = n_res[0]
         return r[:k], r[k:]
 
     def bbwd(res, cts):
-        per_example = _run_batched(lambda *ys: bwd(list(ys[:len(res)]), list(ys[len(res):])),
+        per_example = run_batched(lambda *ys: bwd(list(ys[:len(res)]), list(ys[len(res):])),
                                    axis, [0] * (len(res) + len(cts)), list(res) + list(cts))
         out = []
         for ct, d in zip(per_example, dims):
@@ -207,7 +208,7 @@ def _custom_vjp_batch(axis, args, dims, *, fun, fwd, bwd, name, lin_jvp=None):
     blin = None
     if lin_jvp is not None:
         def blin(res, tangents):     # residuals batched at 0; tangents laid out as the arguments
-            return _run_batched(lambda *ys: lin_jvp(list(ys[:len(res)]), list(ys[len(res):])),
+            return run_batched(lambda *ys: lin_jvp(list(ys[:len(res)]), list(ys[len(res):])),
                                 axis, [0] * len(res) + dims, list(res) + list(tangents))
 
     outs = custom_vjp_call_p.bind(*args, fun=bfun, fwd=bfwd, bwd=bbwd, name=name, lin_jvp=blin)
@@ -249,7 +250,7 @@ def _custom_lin_jvp(primals, tangents, *, name, jvp, num_res, **params):
 def _custom_lin_batch(axis, args, dims, *, name, jvp, num_res, **params):
     if jvp is None:
         raise _forward_mode_error(name)
-    outs = _run_batched(lambda *xs: jvp(list(xs[:num_res]), list(xs[num_res:])), axis, list(dims), list(args))
+    outs = run_batched(lambda *xs: jvp(list(xs[:num_res]), list(xs[num_res:])), axis, list(dims), list(args))
     return outs, [0] * len(outs)
 
 
@@ -280,7 +281,7 @@ custom_vjp_call_p = Primitive(
     impl=_custom_vjp_impl,
     jvp=_custom_vjp_rule,
     batch=_custom_vjp_batch,
-    inline=_custom_vjp_impl)
+    inline=_custom_vjp_inline)
 
 # custom_vjp's linear part: its transpose is the user's bwd; it has no forward evaluation.
 custom_lin_p = Primitive(
@@ -290,6 +291,10 @@ custom_lin_p = Primitive(
     jvp=_custom_lin_jvp,
     batch=_custom_lin_batch,
     transpose=_custom_lin_transpose)
+
+# batched by their rules also when only values their callables close over are batched
+_register_closure_batching(custom_jvp_call_p, ("fun", "jvp"))
+_register_closure_batching(custom_vjp_call_p, ("fun", "fwd", "bwd", "lin_jvp"))
 
 
 # ---------------------------------------------------------------- the user-facing decorators

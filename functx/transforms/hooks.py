@@ -37,7 +37,7 @@ from ..frontend import TracerTensor, composites, unwrap, wrap
 from ..frontend.functionalize import value_of
 from ..frontend.unit_batches import run_pending
 from ..prims.shape import moveaxis
-from .custom import _run_batched
+from .custom_batch import run_batched as _run_batched
 from .jvp import JVPTracer
 
 

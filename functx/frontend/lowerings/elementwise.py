@@ -55,6 +55,11 @@ def _erfcx(x):
     return P.erfcx(P.convert(x, float_dtype_of(x)))
 
 
+@register(aten.special_entr.default)
+def _entr(x):
+    return P.entr(P.convert(x, float_dtype_of(x)))
+
+
 @register(aten.neg.default)
 def _neg(x):
     return mark_weak(P.neg(x)) if is_weak(x) else P.neg(x)    # -n of a dynamic Python number

@@ -272,7 +272,7 @@ def checkpoint(f, policy=None, *, prevent_cse=True, static_argnums=()):
                     raise TypeError(f"functx.checkpoint: output leaf {i} of f is a {type(o).__name__}; "
                                     "return tensors")
             return [unwrap(o) for o in out_leaves]
-        g, consts = closed_graph(flat, [type_of(v) for v in vals])
+        g, consts = closed_graph(flat, [type_of(v) for v in vals], vals)
         outs = checkpoint_p.bind(*consts, *vals, body=g, policy=policy)
         return tree_unflatten(store["tree"], [wrap(o) for o in outs])
     return rematerialized

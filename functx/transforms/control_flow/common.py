@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 
 from ...core import set_current_trace, current_trace
-from ...core.ir import Graph, Var, live_eqns
-from ...core.trace import GraphTrace, Tracer, eval_graph, type_of
+from ...core.ir import Graph, Var, has_effects, live_eqns
+from ...core.trace import EVAL_TRACE, INLINED, KEEP_CUSTOM_CALLS, GraphTrace, Tracer, eval_graph, \
+    torch_autograd_records, type_of
 from ...frontend import TracerTensor, unwrap, wrap
 from ...frontend.random_mode import intercept_random
 from ... import prims as P
@@ -32,9 +33,26 @@ def is_float(t):
 
 # ---------------------------------------------------------------- tracing sub-graphs
 
-def closed_graph(fn, in_types):
+def closed_graph(fn, in_types, values=()):
     """Trace fn (flat lax values -> flat lax values) at in_types -> (graph, consts): the graph's
-    invars are its constvars (closure conversion) followed by the inputs; it has no consts."""
+    invars are its constvars (closure conversion) followed by the inputs; it has no consts.
+    values: the operands' values, where the caller has them (the user's loop or branch called
+    eagerly): when torch's autograd will differentiate the graph's eager evaluation (a value
+    or a closed-over one requires grad), custom_jvp / custom_vjp calls it inlined are traced
+    again as equations, so their rules are used (transforms/custom_autograd.py)."""
+    inlined = INLINED[0]
+    closed, consts = _closed_graph(fn, in_types)
+    if INLINED[0] != inlined and current_trace() is EVAL_TRACE and torch_autograd_records() and \
+            any(isinstance(v, torch.Tensor) and v.requires_grad for v in (*values, *consts)):
+        KEEP_CUSTOM_CALLS[0], keep = True, KEEP_CUSTOM_CALLS[0]
+        try:
+            closed, consts = _closed_graph(fn, in_types)
+        finally:
+            KEEP_CUSTOM_CALLS[0] = keep
+    return closed, consts
+
+
+def _closed_graph(fn, in_types):
     trace = GraphTrace(current_trace(), stage_all=True)
     tracers = [trace.new_arg(t) for t in in_types]
     with set_current_trace(trace), intercept_random():
@@ -44,10 +62,33 @@ def closed_graph(fn, in_types):
     return closed, list(g.consts)
 
 
-def dce_graph(graph):
+def dce_graph(graph, keep_unused_draws=True):
     """Drop equations whose outputs are unused (effects are kept): a transposed body traced as
-    the vjp at zero also holds the dead primal work on those zeros."""
-    return graph.replace(eqns=live_eqns(graph)[0])
+    the vjp at zero also holds the dead primal work on those zeros. A structural equation with
+    a DCE rule (PRUNE: scan) also loses its unused outputs and what only they need, inside its
+    body (a loop's dead carries): a forward-mode scan linearized at zero there carries the
+    primal of its tangent, custom_lin's value, which can't be evaluated (custom.py)."""
+    if not any(e.prim in PRUNE for e in graph.eqns):
+        return graph.replace(eqns=live_eqns(graph, keep_unused_draws)[0])
+    live = {a for a in graph.outvars if isinstance(a, Var)}
+    kept = []
+    for eqn in reversed(graph.eqns):
+        used = [v in live for v in eqn.outputs]
+        if eqn.prim in PRUNE and not all(used):
+            eqn = PRUNE[eqn.prim](eqn, used)
+            if eqn is None:
+                continue
+        effect = has_effects(eqn) and (keep_unused_draws or not (eqn.prim.effectful and eqn.outputs))
+        if any(v in live for v in eqn.outputs) or effect:
+            kept.append(eqn)
+            live.update(a for a in eqn.inputs if isinstance(a, Var))
+    kept.reverse()
+    return graph.replace(eqns=kept)
+
+
+# structural primitive -> rule(eqn, used output mask) -> the equation computing only what is
+# used (None: nothing is), for dce_graph
+PRUNE: dict = {}
 
 
 def join_graphs(closed_list):
@@ -80,8 +121,9 @@ def graph_fn(g):
     return lambda *xs: eval_graph(g, [], list(xs))
 
 
-def trace_user(fn, args_tree, types, what):
-    """A user function over a pytree of tensors -> (closed graph, consts, out tree)."""
+def trace_user(fn, args_tree, types, what, values=()):
+    """A user function over a pytree of tensors -> (closed graph, consts, out tree); values:
+    as closed_graph's."""
     store = {}
 
     def flat(*xs):
@@ -93,7 +135,7 @@ def trace_user(fn, args_tree, types, what):
                 raise TypeError(f"{what}: output leaf {i} is a {type(l).__name__}; return tensors")
         store["tree"] = tree
         return [unwrap(l) for l in leaves]
-    g, consts = closed_graph(flat, types)
+    g, consts = closed_graph(flat, types, values)
     return g, consts, store["tree"]
 
 

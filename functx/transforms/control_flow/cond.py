@@ -149,7 +149,7 @@ def switch(index, branches, *operands):
                             "and close over other values")
     ops = [unwrap(l) for l in leaves]
     types = [type_of(o) for o in ops]
-    traced = [trace_user(b, in_tree, types, f"{what}: branch {i}") for i, b in enumerate(branches)]
+    traced = [trace_user(b, in_tree, types, f"{what}: branch {i}", ops) for i, b in enumerate(branches)]
     trees = [t for _, _, t in traced]
     for i, (g, _, tree) in enumerate(traced[1:], 1):
         if tree != trees[0] or [str(t) for t in g.out_types] != [str(t) for t in traced[0][0].out_types]:

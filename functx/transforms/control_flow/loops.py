@@ -134,7 +134,7 @@ def scan(f, init, xs=None, length=None, reverse=False, unroll=1, remat=False, ch
                                 f"but init's is {t}; the carry must keep its shape and dtype")
         y_leaves, store["y_tree"] = _tensor_leaves(weak_carry(y, nc_leaves)[0], "f's y output")
         return [unwrap(v) for v in nc_leaves] + [unwrap(v) for v in y_leaves]
-    g, consts = closed_graph(body, c_types + x_types)
+    g, consts = closed_graph(body, c_types + x_types, carry + xvals)
     if (promoted := promote_weak(init, weak, store["out_dtypes"])) is not None:
         return scan(f, promoted, xs, length, reverse, unroll, remat, checkpoints)
     if remat == "sqrt":

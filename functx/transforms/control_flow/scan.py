@@ -25,13 +25,13 @@ from __future__ import annotations
 import torch
 
 from ...core import STRUCTURAL, FunctxError, Primitive, Zero
-from ...core.ir import Graph, drop_effects, live_eqns, random_draws
+from ...core.ir import Eqn, Graph, Var, drop_effects, has_effects, live_eqns, random_draws
 from ...core.trace import GraphTracer, UndefinedPrimal, eval_graph, type_of
 from ... import prims as P
 from ...prims.creation import instantiate, zeros_like_type
 from ...prims.shape import bdim_to_front, moveaxis
 from ..ad import jvp_flat, linearize_flat, vjp_flat
-from .common import closed_graph, dce_graph, is_float, run_batched, slice_type, stacked_type
+from .common import PRUNE, closed_graph, dce_graph, is_float, run_batched, slice_type, stacked_type
 from .scan_revolve import scan_tangent_p
 
 __all__ = ["scan_p", "run_scan"]
@@ -373,3 +373,35 @@ scan_p = Primitive(
     jvp=_scan_jvp,
     transpose=_scan_transpose,
     batch=_scan_batch)
+
+
+def _scan_prune(eqn, used):
+    """The scan computing only the used outputs (dce_graph): a carry stays while its output is
+    used or the kept body reads it (a fixpoint); unread consts and xs go too."""
+    p = eqn.params
+    body, nk, nc = p["body"], p["num_consts"], p["num_carry"]
+    carry_in = body.invars[nk:nk + nc]
+    live_c, used_y = list(used[:nc]), list(used[nc:])
+    while True:
+        g = dce_graph(Graph(body.invars, [], [], body.eqns, [o for o, m in zip(body.outvars, live_c + used_y) if m]))
+        reads = {a for e in g.eqns for a in e.inputs if isinstance(a, Var)} | {a for a in g.outvars if isinstance(a, Var)}
+        new = [m or v in reads for m, v in zip(live_c, carry_in)]
+        if new == live_c:
+            break
+        live_c = new
+    if not any(live_c) and not any(used_y) and not any(has_effects(e) for e in g.eqns):
+        return None
+    tc = p.get("trip_count")
+    keep_in = [v in reads or (i == tc) for i, v in enumerate(body.invars[:nk])] + live_c \
+        + [v in reads for v in body.invars[nk + nc:]]
+    if all(keep_in) and all(used):
+        return eqn
+    invars = [v for v, k in zip(body.invars, keep_in) if k]
+    params = dict(p, body=g.replace(invars=invars), num_consts=sum(keep_in[:nk]), num_carry=sum(live_c))
+    if tc is not None:
+        params["trip_count"] = sum(keep_in[:tc])
+    outputs = [o for o, m in zip(eqn.outputs, live_c + used_y) if m]
+    return Eqn(eqn.prim, [a for a, k in zip(eqn.inputs, keep_in) if k], outputs, params, eqn.source)
+
+
+PRUNE[scan_p] = _scan_prune

@@ -169,7 +169,7 @@ def while_loop(cond_fun, body_fun, init_val, max_steps=None):
     if cg.out_types[0].shape == (1,):
         cg, cconsts = closed_graph(lambda *xs: [P.reshape(eval_graph(cg, [], list(xs))[0], ())],
                               [type_of(c) for c in cconsts] + types)
-    bg, bconsts, btree = trace_user(body_fun, args_tree, types, f"{what}: body_fun")
+    bg, bconsts, btree = trace_user(body_fun, args_tree, types, f"{what}: body_fun", carry)
     if btree == tree and (promoted := promote_weak(init_val, weak, [t.dtype for t in bg.out_types])) is not None:
         return while_loop(cond_fun, body_fun, promoted, max_steps)
     if btree != tree or [str(t) for t in bg.out_types] != [str(t) for t in types]:
