@@ -5,10 +5,11 @@ attention_math's forward and backward do (the same lse, top-left causal alignmen
 blocked kernel each, against ~10 and ~12 separate torch calls for the reference (a
 TransformerEncoderLayer's grad spent a sixth of its time there). They take (B, H, L, D)
 operands with one head size for q, k and v, no additive bias on this path, and float32 or
-float64 (half precision stays on the reference, which rounds once from float32); other
-leading dims are folded into B, and operands whose last dim is not dense are copied. The
-backward has no lse cotangent and no dS output, so those cases (and everything else) stay
-on attention_math.
+float64 (half precision stays on the reference, which rounds once from float32), and
+operands whose last dim is not dense are copied. Other ranks stay on the reference as torch's
+SDPA keeps them on its math path: at extreme scales (saturated float32 softmax, inf inputs)
+the two round differently, and functx then agrees with eager torch. The backward has no lse
+cotangent and no dS output, so those cases stay on attention_math too.
 """
 from __future__ import annotations
 
@@ -21,27 +22,23 @@ _BACKWARD = getattr(_aten, "_scaled_dot_product_flash_attention_for_cpu_backward
 
 def fits(q, k, v, bias) -> bool:
     return (_BACKWARD is not None and bias is None and q.device.type == "cpu"
-            and q.dtype in (torch.float32, torch.float64) and q.ndim >= 2
+            and q.dtype in (torch.float32, torch.float64) and q.ndim == 4
             and v.shape[-1] == q.shape[-1] and q.numel() > 0 and k.numel() > 0)
 
 
-def _as_4d(x):
+def _dense(x):
     # the kernels read the last dim as dense (torch's SDPA picks them only where its stride is
     # 1): a transposed key (softmax(x @ w) @ w matched as attention under jit) gave wrong values
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    return x if x.ndim == 4 else x.reshape((-1, 1) + tuple(x.shape[-2:]))
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def forward(q, k, v, bias, causal, scale):
     """(out, lse), as attention_math.forward."""
-    out, lse = _FORWARD(_as_4d(q), _as_4d(k), _as_4d(v), 0.0, causal, scale=scale)
-    return out.reshape(q.shape[:-1] + v.shape[-1:]), lse.reshape(q.shape[:-1])
+    return list(_FORWARD(_dense(q), _dense(k), _dense(v), 0.0, causal, scale=scale))
 
 
 def backward(q, k, v, bias, out, lse, dout, dlse, causal, scale, need_dbias=False):
     """(dq, dk, dv, None), as attention_math.backward without dlse and dS."""
-    lse4 = lse if lse.ndim == 3 else lse.reshape((-1, 1, lse.shape[-1]))
-    dq, dk, dv = _BACKWARD(_as_4d(dout), _as_4d(q), _as_4d(k), _as_4d(v), _as_4d(out), lse4, 0.0, causal,
+    dq, dk, dv = _BACKWARD(_dense(dout), _dense(q), _dense(k), _dense(v), _dense(out), lse, 0.0, causal,
                            scale=scale)
-    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), None
+    return dq, dk, dv, None
