@@ -16,9 +16,57 @@ class ConcretizationError(FunctxError):
     """A traced (abstract) value was used where Python needs a concrete one."""
 
 
-class PlainWriteError(FunctxError):
+class PlainWriteError(FunctxError, RuntimeError):
     """A traced function wrote in place into a plain tensor it does not own (a closed-over
-    buffer or global, or a plain tensor it made), which functx cannot track."""
+    buffer or global, a plain tensor it made, or vmap's argument with in_axes None), which
+    functx cannot track. A RuntimeError too: torch.func raises RuntimeError for writing a
+    batched value into an unbatched tensor."""
+
+
+# The plain tensors each running eager vmap got with in_axes None, innermost last: a write of
+# a batched value into one of them names the argument. Entries: (tensors, describe) where
+# describe(k) names tensors[k].
+UNBATCHED_ARGS: list = []
+
+
+def unbatched_argument(t) -> str | None:
+    """'argument 1 (in_axes None)' when t (or a view of it) is a plain tensor a running vmap
+    got with in_axes None, else None."""
+    if not UNBATCHED_ARGS or not isinstance(t, torch.Tensor):
+        return None
+    ptr = _storage_ptr(t)
+    for tensors, describe in reversed(UNBATCHED_ARGS):
+        for k, a in enumerate(tensors):
+            if a is t or (ptr and _storage_ptr(a) == ptr):
+                return describe(k)
+    return None
+
+
+def _storage_ptr(t) -> int:
+    try:
+        return t.untyped_storage().data_ptr() if t.layout == torch.strided else 0
+    except (RuntimeError, NotImplementedError):
+        return 0
+
+
+def unbatched_write_message(func, t) -> str | None:
+    """The message for a write of a batched value into vmap's in_axes-None argument t, or None
+    when t is not one."""
+    name = unbatched_argument(t)
+    if name is None:
+        return None
+    return (f"functx.vmap: {func} writes a batched value in place into {name}, here:\n"
+            f"{user_frame_summary()}\nThat tensor holds one value for the whole batch, so it cannot "
+            "hold a different value per example (torch.func raises a RuntimeError here too). Give "
+            "it a batch axis (in_axes 0; for a tensor shared by the batch, pass x.expand(n, *x.shape)"
+            ".clone()), or compute the result out of place (y = x + v instead of x.add_(v)).")
+
+
+class OuterWriteError(FunctxError, RuntimeError):
+    """Inside an inner transform, an in-place op wrote a value that depends on that transform's
+    inputs into a tensor of an enclosing transform (or from outside every transform): the
+    tensor lives at the outer level, where the inner transform's values do not exist.
+    torch.func raises a RuntimeError here too."""
 
 
 class UnboundAxisError(FunctxError):

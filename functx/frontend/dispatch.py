@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_flatten
 from torch._decomp import decomposition_table
 from torch.utils._pytree import tree_map
 
-from ..core.errors import FunctxError, PlainWriteError, user_frame_summary
+from ..core.errors import FunctxError, PlainWriteError, unbatched_write_message, user_frame_summary
 from ..core import Zero, nan_check
 from ..core.trace import Tracer, concrete, trace_state, type_of
 from .. import prims as P
@@ -519,7 +519,7 @@ def _write_traced(func, target, result):
     if not isinstance(target, TracerTensor):
         # a traced result written into a plain tensor: one the function closes over (a module's
         # weight: nn.Embedding(max_norm=) renormalizes it with embedding_renorm_) or made itself
-        raise PlainWriteError(
+        raise PlainWriteError(unbatched_write_message(func, target) or
             f"functx: {func} writes a traced value in place into a plain tensor ({tuple(target.shape)}, "
             f"{target.dtype}), one the transformed function closes over (a module's parameter or "
             f"buffer) or created itself (torch.zeros(...)), here:\n{user_frame_summary()}\nfunctx cannot "

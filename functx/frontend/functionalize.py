@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_map
 
-from ..core.errors import FunctxError, PlainWriteError, user_frame_summary
-from ..core.trace import reverse_mode_active, type_of
+from ..core.errors import FunctxError, OuterWriteError, PlainWriteError, unbatched_write_message
+from ..core.errors import user_frame_summary
+from ..core.trace import Tracer, current_trace, is_ancestor, reverse_mode_active, type_of
 from .. import prims as P
 from .lowerings.registry import LOWERINGS
 from .tensor import TracerTensor, root_of
@@ -335,7 +336,7 @@ def _strided_block(shape, chain):
 def assign(w, new_value) -> None:
     """Functionalized write of a whole value into wrapper `w` (same shape and dtype)."""
     if not isinstance(w, TracerTensor):
-        raise PlainWriteError(
+        raise PlainWriteError(unbatched_write_message("an in-place operation", w) or
             f"An in-place operation writes a traced value into a plain tensor ({type_of(w)}), one "
             "created inside the transformed function (for example with torch.zeros(...)) or "
             f"captured from outside it:\n{user_frame_summary()}\nfunctx cannot track writes into that "
@@ -345,6 +346,8 @@ def assign(w, new_value) -> None:
     if (root if root is not None else w)._read_only:
         raise FunctxError(f"functx: {(root if root is not None else w)._read_only}, here:\n{user_frame_summary()}")
     if root is None:
+        if isinstance(new_value, Tracer) and new_value._trace is not getattr(w._value, "_trace", None):
+            _check_level(w._value, new_value)
         w._value = new_value
         w._unit_key = None
         w._version_ += 1
@@ -352,6 +355,33 @@ def assign(w, new_value) -> None:
     assign(root, scatter_into_view(value_of(root), root, w._chain, new_value))
     w._value = new_value
     w._seen = root._version_
+
+
+_KIND = {"BatchTrace": "functx.vmap", "JVPTrace": "a differentiating transform (grad, vjp, jvp, jacrev, "
+         "jacfwd)", "GraphTrace": "functx.jit"}
+
+
+def _check_level(old, new) -> None:
+    """A write inside an inner transform of a value that depends on its inputs, into a tensor
+    of an enclosing level (old's trace is a strict ancestor of new's): refused, naming it. The
+    value would otherwise leak out of the inner transform (a wrong or stale result later)."""
+    outer = getattr(old, "_trace", None)
+    if not isinstance(old, Tracer) or type(old) is LazyTracer or not is_ancestor(outer, new._trace) \
+            or not is_ancestor(new._trace, current_trace()):
+        return
+    if type(outer).__name__ == "GraphTrace":
+        # under jit, constants made inside the inner transform (x.new_zeros(...)) are values of
+        # the jit level too, and writing into those is fine: not told apart, not refused here
+        return
+    inner = _KIND.get(type(new._trace).__name__, repr(new._trace))
+    raise OuterWriteError(
+        f"functx: an in-place operation inside {inner} writes a value that depends on that "
+        f"transform's inputs into a tensor from outside it (an argument or value of an enclosing "
+        f"transform, {_KIND.get(type(outer).__name__, repr(outer))}), here:\n{user_frame_summary()}\n"
+        "That tensor exists at the outer level, where the inner transform's per-example (or "
+        "differentiated) values do not; torch.func raises a RuntimeError here too. Return the "
+        "value from the inner transform and write it outside (x.add_(vmap(f)(ys).sum(0))), or "
+        "compute out of place.")
 
 
 # View ops after which a tensor's elements can share memory (a zero stride)

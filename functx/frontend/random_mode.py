@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import (TorchDispatchMode, _get_current_dispat
                                           _pop_mode_temporarily)
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ..core.errors import FunctxError, PlainWriteError
+from ..core.errors import FunctxError, PlainWriteError, unbatched_write_message
 from ..core.errors import user_frame_summary
 from ..core.trace import (EVAL_TRACE, GraphTrace, Tracer, enclosing_traces, set_current_trace,
                           staged_or_batched, staging)
@@ -365,7 +365,7 @@ class RandomMode(TorchDispatchMode):
         written = () if func in _METADATA_ONLY else _written(func, args, kwargs)
         for t in [t for t in written if isinstance(t, torch.Tensor)]:
             if _storage(t) not in self.created:
-                raise PlainWriteError(
+                raise PlainWriteError(unbatched_write_message(func, t) or
                     f"functx.jit: {func} writes in place into a tensor the function closes over "
                     f"(shape {tuple(t.shape)}), here:\n{user_frame_summary()}\nUnder jit the function runs "
                     "once, at trace time, so this update would not happen on later calls. Pass the "

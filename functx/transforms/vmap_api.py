@@ -7,6 +7,7 @@ import functools
 import torch
 
 from ..core import current_trace, set_current_trace
+from ..core.errors import UNBATCHED_ARGS
 from ..core.trace import refuse_inside_torch_func, staged_or_batched, type_of
 from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
@@ -14,6 +15,7 @@ from ..frontend.unit_batches import batching_units
 from .. import prims as P
 from .batching import AxisData, BatchTrace, BatchTracer
 from .vmap_args import LEAF as _LEAF, TENSOR_LEAF as _TENSOR_LEAF, batch_size as _batch_size
+from .vmap_args import describe_unbatched as _describe_unbatched
 from .vmap_args import check_axes_spec as _check_axes_spec, check_tensor_leaves as _check_tensor_leaves
 from ..tree_util import broadcast_prefix, tree_flatten, tree_unflatten
 
@@ -103,15 +105,29 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
     def _vmap_call(fn, leaves, axes, treedef, size, chunk_of=None):
         trace = BatchTrace(current_trace(), AxisData(size, axis_name, randomness, chunk_of=chunk_of))
         vals = []
-        for leaf, ax in zip(leaves, axes):
+        unbatched = None        # plain tensors with in_axes None: a batched write into one names it
+        for i, leaf, ax in zip(range(len(leaves)), leaves, axes):
             if ax is None:
                 vals.append(leaf)
+                if type(leaf) is torch.Tensor or type(leaf) is torch.nn.Parameter:
+                    unbatched = unbatched or ([], [])
+                    unbatched[0].append(leaf)
+                    unbatched[1].append(i)
             else:
                 v = unwrap(leaf)
                 ax = ax % type_of(v).ndim
                 vals.append(wrap_input(BatchTracer(trace, v, ax), leaf, ax))
-        args, kwargs = tree_unflatten(treedef, vals)
         refuse_inside_torch_func("functx.vmap")
+        if unbatched is not None:
+            UNBATCHED_ARGS.append((unbatched[0], _describe_unbatched(unbatched[1], treedef, fn)))
+        try:
+            return _run(fn, trace, leaves, vals, axes, treedef, size)
+        finally:
+            if unbatched is not None:
+                UNBATCHED_ARGS.pop()
+
+    def _run(fn, trace, leaves, vals, axes, treedef, size):
+        args, kwargs = tree_unflatten(treedef, vals)
         with set_current_trace(trace), intercept_random(), batching_units():    # (as in _flat_fun)
             out = fn(*args, **kwargs)
             out_leaves, out_tree = ([out], _LEAF) if type(out) is TracerTensor else tree_flatten(out)
