@@ -69,6 +69,20 @@ class OuterWriteError(FunctxError, RuntimeError):
     torch.func raises a RuntimeError here too."""
 
 
+class ArgnumsError(FunctxError, ValueError, TypeError, RuntimeError):
+    """A bad argnums (not an int or a non-empty tuple of distinct ints naming positional
+    arguments). torch.func raises RuntimeError here, JAX ValueError or TypeError: this is each."""
+
+
+class ChunkSizeError(FunctxError, ValueError, TypeError):
+    """chunk_size is not None or a positive int (torch.func raises ValueError)."""
+
+
+def check_chunk_size(chunk_size, who) -> None:
+    if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):
+        raise ChunkSizeError(f"{who}: chunk_size must be None or a positive int, got {chunk_size!r}")
+
+
 class UnboundAxisError(FunctxError):
     pass
 

@@ -10,6 +10,7 @@ import functools
 import torch
 
 from ..core import Zero, current_trace, set_current_trace
+from ..core.errors import ArgnumsError, check_chunk_size
 from ..core.trace import refuse_inside_torch_func, type_of
 from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
@@ -132,14 +133,27 @@ def _strip_aux(aux, trace=None):
 
 
 def _argnums_tuple(argnums, nargs, what):
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    if type(argnums) is int:
+        nums = (argnums,)
+    elif isinstance(argnums, (tuple, list)) and not isinstance(argnums, bool):
+        nums = tuple(argnums)       # (a list too, as JAX; torch.func takes tuples only)
+        if not nums:
+            raise ArgnumsError(f"{what}: argnums must be non-empty, got {argnums!r}")
+    else:
+        hint = " (has_aux is grad's third argument: grad(f, 0, True))" if isinstance(argnums, bool) else ""
+        raise ArgnumsError(f"{what}: argnums must be an int or a tuple of ints, got {argnums!r}{hint}")
     for a in nums:
-        if not isinstance(a, int) or not -nargs <= a < nargs:
-            raise ValueError(f"{what}: argnums={argnums!r} is out of range for {nargs} positional arguments")
+        if type(a) is not int:
+            raise ArgnumsError(f"{what}: argnums must be an int or a tuple of ints, got {argnums!r} "
+                               f"(an element is a {type(a).__name__})")
+        if not -nargs <= a < nargs:
+            raise ArgnumsError(f"{what}: argnums={argnums!r} is out of range for {nargs} positional "
+                               "argument" + ("" if nargs == 1 else "s") + " (argnums counts positional "
+                               "arguments only; keyword arguments are not differentiated)")
     nums = tuple(a % nargs for a in nums)
     if len(set(nums)) != len(nums):
-        raise ValueError(f"{what}: argnums={argnums!r} names an argument more than once (JAX and "
-                         "torch.func reject this too: each argument gets one gradient)")
+        raise ArgnumsError(f"{what}: argnums={argnums!r} names an argument more than once (JAX and "
+                           "torch.func reject this too: each argument gets one gradient)")
     return nums
 
 
@@ -408,6 +422,7 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
     Example:
       >>> functx.jacfwd(torch.sin)(x)          # diag(cos(x))
     """
+    check_chunk_size(chunk_size, "functx.jacfwd")
     @functools.wraps(f)
     def jac_f(*args, **kwargs):
         g, diff = _with_argnums(f, args, kwargs, argnums, "functx.jacfwd")
@@ -447,6 +462,7 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
     Example:
       >>> functx.jacrev(lambda W: W @ x)(W)     # shape (m, m, n) for W of shape (m, n)
     """
+    check_chunk_size(chunk_size, "functx.jacrev")
     # vjp_fn over the basis rows (built once: vmap's wrapper and its in_axes are per object)
     pull = vmap(lambda vjp_fn, o_tree, rows: vjp_fn(tree_unflatten(o_tree, list(rows))),
                 in_axes=(None, None, 0), chunk_size=chunk_size)
@@ -505,4 +521,10 @@ def hessian(f, argnums=0, has_aux=False):
     Example:
       >>> laplacian = functx.vmap(lambda p: torch.trace(functx.hessian(u)(p)))
     """
-    return jacfwd(jacrev(f, argnums, has_aux=has_aux), argnums, has_aux=has_aux)
+    h = jacfwd(jacrev(f, argnums, has_aux=has_aux), argnums, has_aux=has_aux)
+
+    @functools.wraps(f)
+    def hessian_f(*args, **kwargs):
+        _argnums_tuple(argnums, len(args), "functx.hessian")    # (errors name hessian)
+        return h(*args, **kwargs)
+    return hessian_f

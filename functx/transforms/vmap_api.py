@@ -7,7 +7,7 @@ import functools
 import torch
 
 from ..core import current_trace, set_current_trace
-from ..core.errors import UNBATCHED_ARGS
+from ..core.errors import UNBATCHED_ARGS, check_chunk_size
 from ..core.trace import refuse_inside_torch_func, staged_or_batched, type_of
 from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
@@ -73,8 +73,7 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
         out_axes = out_dims
     if randomness not in _RANDOMNESS:
         raise ValueError(f"functx.vmap: randomness must be one of {_RANDOMNESS}, got {randomness!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"functx.vmap: chunk_size must be a positive int, got {chunk_size!r}")
+    check_chunk_size(chunk_size, "functx.vmap")
     if isinstance(in_axes, list):
         in_axes = tuple(in_axes)
     _check_axes_spec(in_axes, "in_axes")
