@@ -126,3 +126,85 @@ def test_chunk_size_valid(chunk_size):
     g = lambda x, w: (x.sum(), w * 2)  # noqa: E731
     same(ff.vmap(g, in_dims=(0, None), out_dims=(0, None), chunk_size=chunk_size)(xs, W),
          (xs.sum(1), W * 2))
+
+
+# ---------------------------------------------------------------- has_aux, vjp, jvp: structure errors
+
+T = _r(3, seed=2)
+AUX = lambda t: {"a": t.cos(), "b": [t.tan()]}  # noqa: E731
+
+HAS_AUX = {
+    "grad": lambda L: L.grad(lambda t: (t.sin().sum(), AUX(t)), has_aux=True)(X),
+    "grad_and_value": lambda L: L.grad_and_value(lambda t: (t.sin().sum(), AUX(t)), has_aux=True)(X),
+    "vjp": lambda L: (lambda r: (r[0], r[1](T), r[2]))(L.vjp(lambda t: (t.sin(), AUX(t)), X, has_aux=True)),
+    "jvp": lambda L: L.jvp(lambda t: (t.sin(), AUX(t)), (X,), (T,), has_aux=True),
+    "jacrev": lambda L: L.jacrev(lambda t: (t.sin(), AUX(t)), has_aux=True)(X),
+    "jacfwd": lambda L: L.jacfwd(lambda t: (t.sin(), AUX(t)), has_aux=True)(X),
+}
+
+
+@pytest.mark.parametrize("name", list(HAS_AUX))
+def test_has_aux_pytree(name):
+    same(HAS_AUX[name](ff), HAS_AUX[name](tf))
+
+
+STRUCTURE_ERRORS = {
+    "grad aux 3-tuple": lambda L: L.grad(lambda t: (t.sum(), t + 2, t + 3), has_aux=True)(X),
+    "vjp aux 3-tuple": lambda L: L.vjp(lambda t: (t, t + 2, t + 3), X, has_aux=True),
+    "grad non-scalar": lambda L: L.grad(lambda a: a)(X),
+    "grad integer input": lambda L: L.grad(lambda a: a.sum())(torch.arange(3)),
+    "grad no positional args": lambda L: L.grad(lambda: X.sum())(),
+    "vjp output None": lambda L: L.vjp(lambda _: None, X)[1](T),
+    "vjp output ()": lambda L: L.vjp(lambda _: (), X)[1](T),
+    "vjp output int": lambda L: L.vjp(lambda _: 1, X)[1](T),
+    "vjp output str": lambda L: L.vjp(lambda _: "abc", X)[1](T),
+    "vjp cotangent structure": lambda L: L.vjp(lambda x: (x, (x, x)), X)[1](((T, (T, T)),)),
+    "vjp cotangent shape": lambda L: L.vjp(torch.sin, X)[1](_r(4)),
+    "jvp primals not a tuple": lambda L: L.jvp(torch.sin, X, (T,)),
+    "jvp tangents not a tuple": lambda L: L.jvp(torch.sin, (X,), T),
+    "jvp lengths differ": lambda L: L.jvp(torch.sin, (X,), (T, T)),
+    "jvp tangent shape": lambda L: L.jvp(torch.sin, (X,), (_r(4),)),
+    "jvp float output": lambda L: L.jvp(lambda a: 1.0, (X,), (T,)),
+}
+
+
+@pytest.mark.parametrize("case", list(STRUCTURE_ERRORS))
+def test_structure_errors_are_runtime_errors_as_in_torch_func(case):
+    fn = STRUCTURE_ERRORS[case]
+    with pytest.raises(RuntimeError):
+        fn(tf)
+    with pytest.raises(RuntimeError):
+        fn(ff)
+    with pytest.raises((TypeError, ValueError)):        # functx's JAX-style API: JAX's types
+        fn(functx)
+
+
+def test_lenient_where_jax_is():
+    # Deliberate differences (JAX's behaviour, where torch.func raises): has_aux takes a list
+    # pair, aux may hold Python values, jvp takes Python float primals and no primals at all
+    g, aux = ff.grad(lambda t: [t.sum(), 1], has_aux=True)(X)
+    same((g, aux), (torch.ones_like(X), 1))
+    out, tan = ff.jvp(lambda a: a * 2.0, (1.5,), (1.0,))
+    assert float(out) == 3.0 and float(tan) == 2.0
+    same(ff.jvp(lambda: X, (), ()), (X, torch.zeros_like(X)))
+
+
+VJP_TREES = {
+    "pytree input": lambda L: L.vjp(lambda x: x[0] * x[1][0], (X, (X, X)))[1](T),
+    "pytree output": lambda L: L.vjp(lambda x: (x, (x, x)), X)[1]((T, (T, 2 * T))),
+    "list output": lambda L: L.vjp(lambda x: [x, x.sum()], X)[1]([T, T.sum()]),
+    "dict output": lambda L: L.vjp(lambda x: {"x": x, "s": x.sum()}, X)[1]({"x": T, "s": T.sum()}),
+    "unrelated": lambda L: L.vjp(lambda w, a: (Y, Y, a), X, X)[1]((T, T, T)),
+    "unrelated grad": lambda L: L.grad(lambda a: Y.sum())(X),
+    "unrelated hessian": lambda L: L.jacrev(L.jacrev(lambda a: torch.ones(4, 3, dtype=D) @ a))(X),
+    "zero grad of an unused dict entry": lambda L: L.grad(lambda d: (d["a"] ** 2).sum())({"a": X, "b": Y}),
+    "kwargs held fixed": lambda L: L.grad(lambda a, b: (a * b).sum())(X, b=Y),
+    "jvp pytree": lambda L: L.jvp(lambda a: (a[0] * a[1]["b"], a[0].sum()), ((X, {"b": Y}),), ((T, {"b": T}),)),
+    "linearize": lambda L: L.linearize(torch.sin, X)[1](T),
+    "hessian of a dict": lambda L: L.hessian(lambda a: (a["p"].sin() * a["q"]).sum())({"p": X, "q": Y}),
+}
+
+
+@pytest.mark.parametrize("case", list(VJP_TREES))
+def test_pytrees_and_unrelated(case):
+    same(VJP_TREES[case](ff), VJP_TREES[case](tf))

@@ -69,9 +69,17 @@ class OuterWriteError(FunctxError, RuntimeError):
     torch.func raises a RuntimeError here too."""
 
 
-class ArgnumsError(FunctxError, ValueError, TypeError, RuntimeError):
+class UsageError(FunctxError, TypeError, ValueError, RuntimeError):
+    """A transform was called with arguments, or f returned outputs, of the wrong structure
+    (grad's f not returning a scalar, has_aux's f not a pair, jvp's tangents not matching its
+    primals, vjp's cotangents not matching the output, a non-tensor output). JAX raises
+    TypeError or ValueError here, torch.func RuntimeError: this is each, so code written for
+    either catches it."""
+
+
+class ArgnumsError(UsageError):
     """A bad argnums (not an int or a non-empty tuple of distinct ints naming positional
-    arguments). torch.func raises RuntimeError here, JAX ValueError or TypeError: this is each."""
+    arguments)."""
 
 
 class ChunkSizeError(FunctxError, ValueError, TypeError):

@@ -10,7 +10,7 @@ import functools
 import torch
 
 from ..core import Zero, current_trace, set_current_trace
-from ..core.errors import ArgnumsError, check_chunk_size
+from ..core.errors import ArgnumsError, UsageError, check_chunk_size
 from ..core.trace import refuse_inside_torch_func, type_of
 from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
@@ -66,7 +66,7 @@ def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None, sources=None):
             out = f(*args)
             if has_aux:
                 if not (isinstance(out, (tuple, list)) and len(out) == 2):
-                    raise TypeError(f"{what}: with has_aux=True, f must return a pair (output, aux); got "
+                    raise UsageError(f"{what}: with has_aux=True, f must return a pair (output, aux); got "
                                     f"{type(out).__name__}")
                 out, aux = out
                 store.aux = aux
@@ -124,7 +124,7 @@ def _strip_aux(aux, trace=None):
     leaves, tree = tree_flatten(aux)
     for path, leaf in zip(tree.paths(), leaves):
         if holds_traced_fields(leaf):
-            raise TypeError(
+            raise UsageError(
                 f"has_aux: the aux leaf at {path or '()'} is a {type(leaf).__name__} holding traced tensors "
                 "in its fields, which functx cannot take out of the transform (it is not a pytree). "
                 f"Register the type (functx.tree_util.register_dataclass / register_pytree_node) or return "
@@ -199,21 +199,21 @@ def jvp(f, primals, tangents, has_aux=False, *, _writes=None):
       >>> y, dy = functx.jvp(torch.sin, (x,), (torch.ones_like(x),))   # dy == cos(x)
     """
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
-        raise TypeError("functx.jvp: primals and tangents must be tuples (or lists) of arguments, "
+        raise UsageError("functx.jvp: primals and tangents must be tuples (or lists) of arguments, "
                         f"got {type(primals).__name__} and {type(tangents).__name__}")
     primals = _float_primals(tuple(primals))
     p_flat, p_tree = _flatten_tensors(primals, "functx.jvp: primals")
     t_flat, t_tree = _flatten_tensors(_float_primals(tuple(tangents)), "functx.jvp: tangents")
     if p_tree != t_tree:
-        raise ValueError(f"functx.jvp: tangents must have the same structure as primals: {p_tree} vs {t_tree}")
+        raise UsageError(f"functx.jvp: tangents must have the same structure as primals: {p_tree} vs {t_tree}")
     tangents_in = []
     for i, (p, t) in enumerate(zip(p_flat, t_flat)):
         pt, tt = type_of(p), type_of(t)
         if pt.shape != tt.shape:
-            raise ValueError(f"functx.jvp: tangent {i} has shape {tuple(tt.shape)}, its primal has "
+            raise UsageError(f"functx.jvp: tangent {i} has shape {tuple(tt.shape)}, its primal has "
                              f"{tuple(pt.shape)}")
         if differentiable(p) and tt.dtype != pt.dtype:
-            raise ValueError(f"functx.jvp: tangent {i} has dtype {tt.dtype}, its primal has {pt.dtype}")
+            raise UsageError(f"functx.jvp: tangent {i} has dtype {tt.dtype}, its primal has {pt.dtype}")
         tangents_in.append(t if differentiable(p) else Zero(pt))
     store = _OutStore()
     jt = JVPTrace(current_trace())
@@ -298,11 +298,11 @@ def vjp(f, *primals, has_aux=False):
     def vjp_fn(cotangents):
         ct_flat, ct_tree = _flatten_tensors(_float_primals(cotangents), "functx.vjp: cotangents")
         if ct_tree != out_tree:
-            raise ValueError(f"functx.vjp: cotangents must have the structure of f's output {out_tree}, "
+            raise UsageError(f"functx.vjp: cotangents must have the structure of f's output {out_tree}, "
                              f"got {ct_tree}")
         for i, (c, t) in enumerate(zip(ct_flat, out_types)):
             if type_of(c).shape != t.shape:
-                raise ValueError(f"functx.vjp: cotangent {i} has shape {tuple(type_of(c).shape)}, the "
+                raise UsageError(f"functx.vjp: cotangent {i} has shape {tuple(type_of(c).shape)}, the "
                                  f"output has {tuple(t.shape)}")
         in_cts = pullback([P.convert(c, t.dtype) for c, t in zip(ct_flat, out_types)])
         in_cts = [wrap(_instantiate(c)) for c in in_cts]
@@ -355,11 +355,11 @@ def value_and_grad(f, argnums=0, has_aux=False):
                                    user_level=True)
         if len(out) != 1 or type_of(out[0]).shape != ():
             shapes = [tuple(type_of(o).shape) for o in out]
-            raise TypeError(f"functx.grad: f must return a scalar (0-dim) tensor; got outputs with shapes "
+            raise UsageError(f"functx.grad: f must return a scalar (0-dim) tensor; got outputs with shapes "
                             f"{shapes}. Use functx.vjp or functx.jacrev for non-scalar outputs.")
         t = type_of(out[0])
         if not t.dtype.is_floating_point:
-            raise TypeError(f"functx.grad: f must return a floating-point scalar; got {t.dtype}")
+            raise UsageError(f"functx.grad: f must return a floating-point scalar; got {t.dtype}")
         cts = [_instantiate(c) for c in pullback([P.full((), 1.0, t.dtype, t.device)])]
         if store.written:
             input_writes.write_back(input_writes.primal_values(store), sources, keep=(out, cts))
@@ -507,7 +507,7 @@ def _require_float(leaves, who):
     give an integer input a zero derivative, as JAX's float0 does)."""
     for i, x in enumerate(leaves):
         if not differentiable(x):
-            raise TypeError(f"{who}: differentiated argument leaf {i} has dtype {type_of(x).dtype}; "
+            raise UsageError(f"{who}: differentiated argument leaf {i} has dtype {type_of(x).dtype}; "
                             f"{who.split('.')[-1]} needs floating-point inputs (use argnums to skip "
                             "integer arguments)")
 

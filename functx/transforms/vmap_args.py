@@ -7,6 +7,7 @@ import inspect
 
 import torch
 
+from ..core.errors import UsageError
 from ..core.trace import Tracer, type_of
 from ..tree_util import tree_flatten
 
@@ -22,7 +23,7 @@ def check_tensor_leaves(leaves, what, treedef, hint=None, skip=None):
             if hint is None:
                 hint = "; Python floats are accepted, ints and bools are not (pass 3.0, not 3)" \
                     if isinstance(leaf, (int, bool)) else ""
-            raise TypeError(f"{what}: expected tensors, but leaf {i}{where} is a "
+            raise UsageError(f"{what}: expected tensors, but leaf {i}{where} is a "
                             f"{type(leaf).__name__} ({leaf!r:.60}){hint}")
 
 
