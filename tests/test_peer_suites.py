@@ -208,3 +208,115 @@ VJP_TREES = {
 @pytest.mark.parametrize("case", list(VJP_TREES))
 def test_pytrees_and_unrelated(case):
     same(VJP_TREES[case](ff), VJP_TREES[case](tf))
+
+
+# ---------------------------------------------------------------- vmap: in_dims / out_dims
+
+XS, YS, Z = _r(4, 3), _r(3, 4, seed=3), _r(3, seed=4)
+
+
+def loop(f, in_dims, out_dim, *args):
+    """The oracle for vmap: f per example in a Python loop, stacked along out_dim."""
+    n = next(a.shape[d] for a, d in zip(args, in_dims) if d is not None)
+    outs = [f(*[a if d is None else a.select(d, i) for a, d in zip(args, in_dims)]) for i in range(n)]
+    return torch.stack(outs, out_dim)
+
+
+VMAP_AXES = {
+    "negative in_dims": (lambda L: L.vmap(torch.mul, in_dims=(0, -1))(XS, YS),
+                         lambda: loop(torch.mul, (0, -1), 0, XS, YS)),
+    "in_dims None": (lambda L: L.vmap(torch.mul, in_dims=(0, None))(XS, Z),
+                     lambda: loop(torch.mul, (0, None), 0, XS, Z)),
+    "nested pytree in_dims": (
+        lambda L: L.vmap(lambda d: d["a"] * d["b"][0], in_dims=({"a": 0, "b": [1]},))({"a": XS, "b": [YS]}),
+        lambda: loop(torch.mul, (0, 1), 0, XS, YS)),
+    "nested pytree in_dims with None": (
+        lambda L: L.vmap(lambda d: d["a"] * d["b"], in_dims=({"a": 0, "b": None},))({"a": XS, "b": Z}),
+        lambda: loop(torch.mul, (0, None), 0, XS, Z)),
+    "negative out_dims": (lambda L: L.vmap(lambda x: x.outer(x), out_dims=-1)(XS),
+                          lambda: loop(lambda x: x.outer(x), (0,), -1, XS)),
+    "tuple out_dims": (lambda L: L.vmap(lambda x: (x, x.sum()), out_dims=(1, 0))(XS),
+                       lambda: (XS.T, XS.sum(1))),
+    "out_dims None for an unbatched output": (
+        lambda L: L.vmap(lambda x: (x * 2, Z), out_dims=(0, None))(XS), lambda: (XS * 2, Z)),
+    "out_dims (d,) for one tensor": (lambda L: L.vmap(lambda x: x * 2, out_dims=(1,))(XS), lambda: (XS * 2).T),
+    "nested out_dims": (
+        lambda L: L.vmap(lambda x: {"a": x, "b": (x, x.sum())}, out_dims={"a": 1, "b": (0, 0)})(XS),
+        lambda: {"a": XS.T, "b": (XS, XS.sum(1))}),
+    "unbatched output": (lambda L: L.vmap(lambda x: Z)(XS), lambda: Z.expand(4, 3)),
+    "kwargs unbatched (torch.func)": (lambda L: L.vmap(lambda x, scale: x * scale)(XS, scale=Z),
+                                      lambda: XS * Z),
+    "nested vmap": (lambda L: L.vmap(L.vmap(torch.mul, in_dims=(0, None)), in_dims=(None, 0))(XS, YS.T),
+                    lambda: YS.T[:, None, :] * XS[None, :, :]),
+    "nested vmap, out_dims": (
+        lambda L: L.vmap(L.vmap(torch.outer, out_dims=1), in_dims=(0, None), out_dims=-1)(XS[:, None].expand(4, 2, 3), Z[None].expand(2, 3)),
+        lambda: torch.stack([torch.stack([torch.outer(XS[i], Z) for _ in range(2)], 1) for i in range(4)], -1)),
+    "chunked tuple out_dims": (lambda L: L.vmap(lambda x: (x.sum(), x * 2), chunk_size=3, out_dims=(0, 1))(XS),
+                               lambda: (XS.sum(1), (XS * 2).T)),
+}
+
+
+@pytest.mark.parametrize("case", list(VMAP_AXES))
+def test_vmap_axes_against_a_loop(case):
+    run, oracle = VMAP_AXES[case]
+    want = oracle()
+    same(run(ff), want)
+    if "nested out_dims" not in case:
+        same(run(tf), want)           # (the oracle is torch.func's answer too)
+
+
+def test_vmap_unbatched_output_with_out_dims():
+    # Deliberate difference: an output that does not depend on the batch is broadcast to
+    # out_dims as JAX does (torch.func raises for out_dims != 0 there)
+    same(ff.vmap(lambda x: Z, out_dims=1)(XS), Z[:, None].expand(3, 4))
+
+
+VMAP_ERRORS = {   # case: (call, the exception type torch.func raises)
+    "in_dims out of range": (lambda L: L.vmap(lambda x: x, in_dims=2)(XS), ValueError),
+    "in_dims -3": (lambda L: L.vmap(lambda x: x, in_dims=-3)(XS), ValueError),
+    "in_dims wrong length": (lambda L: L.vmap(torch.mul, in_dims=(0,))(XS, XS), ValueError),
+    "in_dims a float": (lambda L: L.vmap(torch.mul, in_dims=(0.0, 0))(XS, XS), ValueError),
+    "in_dims maps a float": (lambda L: L.vmap(lambda x, n: x * n, in_dims=(0, 0))(XS, 2.0), ValueError),
+    "in_dims pytree mismatch": (lambda L: L.vmap(lambda d: d["a"], in_dims=({"b": 0},))({"a": XS}), ValueError),
+    "batch sizes differ": (lambda L: L.vmap(torch.mul)(XS, _r(5, 3)), ValueError),
+    "nothing mapped": (lambda L: L.vmap(torch.mul, in_dims=(None, None))(Z, Z), ValueError),
+    "0-d input mapped": (lambda L: L.vmap(torch.sin)(torch.tensor(1.0)), ValueError),
+    "no inputs": (lambda L: L.vmap(lambda: Z)(), ValueError),
+    "float output": (lambda L: L.vmap(lambda x: 1.0)(XS), ValueError),
+    "out_dims a string": (lambda L: L.vmap(lambda x: x, out_dims="a")(XS), ValueError),
+    "out_dims out of range": (lambda L: L.vmap(lambda x: x, out_dims=2)(XS), IndexError),
+    "out_dims None for a batched output": (lambda L: L.vmap(lambda x: x * 2, out_dims=None)(XS), ValueError),
+    "randomness='error'": (lambda L: L.vmap(torch.randn_like)(XS), RuntimeError),
+    "randomness='error', dropout": (lambda L: L.vmap(lambda x: torch.nn.functional.dropout(x, 0.5))(XS), RuntimeError),
+    "randomness='error', bernoulli_": (lambda L: L.vmap(lambda x: x.clone().bernoulli_(0.5))(XS), RuntimeError),
+    "randomness='error', randint": (lambda L: L.vmap(lambda x: torch.randint(0, 5, (3,)) + x)(XS), RuntimeError),
+    "bad randomness": (lambda L: L.vmap(torch.sin, randomness="sometimes")(XS), RuntimeError),
+}
+
+
+@pytest.mark.parametrize("case", list(VMAP_ERRORS))
+def test_vmap_errors_raise_torch_funcs_type(case):
+    call, exc = VMAP_ERRORS[case]
+    with pytest.raises(exc):
+        call(tf)
+    with pytest.raises(exc):
+        call(ff)
+
+
+@pytest.mark.parametrize("op", ["randn_like", "rand_like", "normal_", "bernoulli_"])
+def test_vmap_randomness_same_and_different(op):
+    def f(x):
+        if op.endswith("_"):
+            return getattr(x.clone(), op)(*((0.5,) if op == "bernoulli_" else ()))
+        return getattr(torch, op)(x)
+    xs = torch.zeros(4, 3)
+    diff = ff.vmap(f, randomness="different")(xs)
+    assert not all(torch.equal(diff[0], diff[i]) for i in range(1, 4))
+    same_ = ff.vmap(f, randomness="same")(xs)
+    assert all(torch.equal(same_[0], same_[i]) for i in range(1, 4))
+    # the same sample with chunk_size as without
+    torch.manual_seed(0)
+    a = ff.vmap(f, randomness="same")(xs)
+    torch.manual_seed(0)
+    b = ff.vmap(f, randomness="same", chunk_size=3)(xs)
+    same(a, b)

@@ -77,6 +77,11 @@ class UsageError(FunctxError, TypeError, ValueError, RuntimeError):
     either catches it."""
 
 
+class AxisError(FunctxError, ValueError, IndexError):
+    """vmap's in_axes / out_axes names a dim a tensor does not have (torch.func raises
+    ValueError for in_dims, IndexError for out_dims)."""
+
+
 class ArgnumsError(UsageError):
     """A bad argnums (not an int or a non-empty tuple of distinct ints naming positional
     arguments)."""
@@ -89,6 +94,10 @@ class ChunkSizeError(FunctxError, ValueError, TypeError):
 def check_chunk_size(chunk_size, who) -> None:
     if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):
         raise ChunkSizeError(f"{who}: chunk_size must be None or a positive int, got {chunk_size!r}")
+
+
+class RandomnessError(FunctxError, RuntimeError):
+    """A random op under vmap with randomness='error' (torch.func raises RuntimeError)."""
 
 
 class UnboundAxisError(FunctxError):

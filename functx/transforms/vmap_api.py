@@ -7,7 +7,7 @@ import functools
 import torch
 
 from ..core import current_trace, set_current_trace
-from ..core.errors import UNBATCHED_ARGS, check_chunk_size
+from ..core.errors import UNBATCHED_ARGS, AxisError, UsageError, check_chunk_size
 from ..core.trace import refuse_inside_torch_func, staged_or_batched, type_of
 from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
@@ -72,7 +72,7 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
             raise TypeError("functx.vmap: pass out_axes or its alias out_dims, not both")
         out_axes = out_dims
     if randomness not in _RANDOMNESS:
-        raise ValueError(f"functx.vmap: randomness must be one of {_RANDOMNESS}, got {randomness!r}")
+        raise UsageError(f"functx.vmap: randomness must be one of {_RANDOMNESS}, got {randomness!r}")
     check_chunk_size(chunk_size, "functx.vmap")
     if isinstance(in_axes, list):
         in_axes = tuple(in_axes)
@@ -166,7 +166,7 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
             val = P.bdim_to_front(val, bdim, size)
             nd = type_of(val).ndim
             if not -nd <= oax < nd:
-                raise ValueError(f"functx.vmap: out_axes={oax} is out of range for output leaf {len(results)} "
+                raise AxisError(f"functx.vmap: out_axes={oax} is out of range for output leaf {len(results)} "
                                  f"of f, which has shape {tuple(type_of(val).shape[1:])} per example "
                                  f"({nd} dims with the batch dim)")
             results.append(wrap(P.moveaxis(val, 0, oax % nd)))

@@ -7,7 +7,7 @@ import inspect
 
 import torch
 
-from ..core.errors import UsageError
+from ..core.errors import AxisError, UsageError
 from ..core.trace import Tracer, type_of
 from ..tree_util import tree_flatten
 
@@ -31,7 +31,7 @@ def check_axes_spec(spec, name):
     leaves, _ = tree_flatten(spec) if not isinstance(spec, (int, type(None))) else ([spec], None)
     for leaf in leaves:
         if not (leaf is None or (isinstance(leaf, int) and not isinstance(leaf, bool))):
-            raise TypeError(f"functx.vmap: {name} must be an int, None, or a pytree of those; got {spec!r}")
+            raise UsageError(f"functx.vmap: {name} must be an int, None, or a pytree of those; got {spec!r}")
 
 
 def leaf_names(treedef, fn=None) -> list:
@@ -90,11 +90,11 @@ def batch_size(leaves, axes, axis_size, treedef, fn=None):
         if ax is None:
             continue
         if not isinstance(leaf, (torch.Tensor, Tracer)):
-            raise TypeError(f"functx.vmap: in_axes maps {names[i]}, which is a {type(leaf).__name__}, "
+            raise UsageError(f"functx.vmap: in_axes maps {names[i]}, which is a {type(leaf).__name__}, "
                             "not a tensor; give it in_axes None")
         nd = leaf.dim() if isinstance(leaf, torch.Tensor) else type_of(leaf).ndim
         if not -nd <= ax < nd or nd == 0:
-            raise ValueError(f"functx.vmap: in_axes={ax} is out of range for {names[i]} of shape "
+            raise AxisError(f"functx.vmap: in_axes={ax} is out of range for {names[i]} of shape "
                              f"{tuple(leaf.shape)}")
         sizes.append((i, leaf.shape[ax], ax))
     if not sizes:
