@@ -570,6 +570,13 @@ def _inplace_view(func, functional, args, kwargs):
     values. The wrapper's own sizes/strides are updated by running the op on it with
     dispatch off (as torch's FunctionalTensor does); its value becomes the view's."""
     target = args[0]
+    if target._root is None and target._argument and _changes_layout(func, functional, args, kwargs):
+        raise FunctxError(
+            f"functx: {func} changes the shape or strides of an argument of the transformed function in "
+            f"place, here:\n{user_frame_summary()}\nEager PyTorch (and torch.func.vmap) would change the "
+            "caller's tensor too; functx's transforms pass back written values, not new shapes, so the "
+            "caller would silently keep the old one. Use the out-of-place op (x = x.unsqueeze(0)), or "
+            "clone the argument first (x = x.clone()).")
     if target._root is None and target._viewed:
         _move_storage(target)
     view = dispatch(functional, args, kwargs)
@@ -584,6 +591,14 @@ def _inplace_view(func, functional, args, kwargs):
         target._value, target._chain, target._seen = view._value, view._chain, view._seen
         target._meta = view._meta
     return target
+
+
+def _changes_layout(func, functional, args, kwargs) -> bool:
+    """Whether in-place view op func would give its target another shape or strides (t_ of a
+    1-D tensor does not)."""
+    target = args[0]
+    view = dispatch(functional, args, kwargs)
+    return tuple(view.shape) != tuple(target.shape) or view.stride() != target.stride()
 
 
 def _move_storage(root):

@@ -113,6 +113,7 @@ class TracerTensor(torch.Tensor):
     _viewed = False     # True once a view of this root was made (dispatch._inplace_view reads it)
     _hooks = None       # (hooked value, its Hooks) once register_hook ran (transforms/hooks.py)
     _marked = False     # requires_grad_() / requires_grad = flag set on this wrapper (also torch's flag)
+    _argument = False   # a transform's or jit's argument (wrap_input): in-place view ops refuse it
 
     # torch.func's answer (docs/transforms.md, "requires_grad and tensor hooks"): True for a
     # value the innermost transform level differentiates in reverse mode (grad, vjp, jacrev),
@@ -341,6 +342,7 @@ def wrap_input(value, source, bdim=None):
             w._value = value
             w._unit_key = unit_key(t)
             w._layout = (strides, 0)
+            w._argument = True
             return w
     # no source: a traced value of unknown origin (as_strided of it raises)
     layout = storage_layout(source, bdim) if source is not None else "unknown"
@@ -354,6 +356,7 @@ def wrap_input(value, source, bdim=None):
         w = TracerTensor(value)
         w._strided = layout == "unknown"
     w._layout = layout
+    w._argument = True
     return w
 
 
