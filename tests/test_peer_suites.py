@@ -466,3 +466,128 @@ def test_write_into_an_outer_tensor_of_a_value_of_the_outer_level_is_fine():
     # nested vmap: an unbatched write inside the inner level, as torch.func
     run = lambda L: (lambda X: (L.vmap(lambda x: L.vmap(lambda y: x.add_(1.0) * y)(XS))(X), X))(YS.T.clone())  # noqa: E731
     same(run(ff), run(tf))
+
+
+# ---------------------------------------------------------------- nested transforms
+
+S = torch.randn([], dtype=D, generator=torch.Generator().manual_seed(5))
+W = _r(3, 2, seed=6)
+LIN, LIN2 = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+
+COMPOSITIONS = {
+    "grad of vjp": lambda L: (lambda r: L.grad(lambda v: r[1](v)[0])(S))(L.vjp(torch.sin, S)),
+    "vjp of grad": lambda L: L.vjp(L.grad(torch.sin), S)[1](S),
+    "grad of vjp of grad": lambda L: (lambda r: L.grad(lambda v: r[1](v)[0])(S))(L.vjp(L.grad(lambda a: -torch.cos(a)), S)),
+    "grad grad grad": lambda L: L.grad(L.grad(L.grad(torch.sin)))(S),
+    "jvp of grad": lambda L: L.jvp(L.grad(lambda a: (a.sin() * a).sum()), (X,), (T,)),
+    "grad of jvp": lambda L: L.grad(lambda a: L.jvp(torch.sin, (a,), (T,))[1].sum())(X),
+    "jvp of jvp": lambda L: L.jvp(lambda a: L.jvp(torch.sin, (a,), (T,))[1], (X,), (Y,)),
+    "vmap of grad, params None": lambda L: L.vmap(L.grad(lambda w, xi: (xi @ w).tanh().sum()), in_dims=(None, 0))(W, XS),
+    "vmap of grad argnums 1": lambda L: L.vmap(L.grad(lambda w, xi: (xi @ w).tanh().sum(), argnums=1), in_dims=(None, 0))(W, XS),
+    "grad of vmap": lambda L: L.grad(lambda w: L.vmap(lambda xi: (xi @ w).tanh().sum())(XS).sum())(W),
+    "jacrev of vmap": lambda L: L.jacrev(lambda w: L.vmap(lambda xi: (xi @ w).tanh())(XS))(W),
+    "jacfwd of vmap": lambda L: L.jacfwd(lambda w: L.vmap(lambda xi: (xi @ w).tanh())(XS))(W),
+    "vmap of jacrev": lambda L: L.vmap(L.jacrev(lambda xi, w: (xi @ w).tanh()), in_dims=(0, None))(XS, W),
+    "vmap of jacfwd": lambda L: L.vmap(L.jacfwd(lambda xi, w: (xi @ w).tanh()), in_dims=(0, None))(XS, W),
+    "vmap of hessian": lambda L: L.vmap(L.hessian(lambda xi: (xi.sin() * xi).sum()))(XS),
+    "vmap of vjp": lambda L: L.vmap(lambda xi, ti: L.vjp(torch.sin, xi)[1](ti)[0])(XS, XS),
+    "vmap of jvp": lambda L: L.vmap(lambda xi, ti: L.jvp(torch.sin, (xi,), (ti,)))(XS, XS),
+    "jvp of vmap": lambda L: L.jvp(L.vmap(torch.sin), (XS,), (XS,)),
+    "vjp of vmap": lambda L: L.vjp(L.vmap(torch.sin), XS)[1](XS),
+    "vmap vmap grad": lambda L: L.vmap(L.vmap(L.grad(lambda a, b: (a * b).sum())), in_dims=(0, None))(
+        XS[:, None].expand(4, 2, 3), XS[:2]),
+    "jacrev of jacfwd, argnums": lambda L: L.jacrev(L.jacfwd(lambda a, b: a * b.sin(), argnums=1), argnums=0)(X, Y),
+    "hessian argnums tuple": lambda L: L.hessian(lambda a, b: (a * b.sin()).sum(), argnums=(0, 1))(X, Y),
+    "jacrev has_aux argnums": lambda L: L.jacrev(lambda a, b: (a * b, a.sum()), argnums=(0, 1), has_aux=True)(X, Y),
+    "jacfwd has_aux argnums": lambda L: L.jacfwd(lambda a, b: (a * b, a.sum()), argnums=(0, 1), has_aux=True)(X, Y),
+    "grad has_aux out-of-order argnums": lambda L: L.grad(lambda a, b: ((a * b).sum(), {"p": a}), argnums=(1, 0), has_aux=True)(X, Y),
+    "vmap of grad has_aux": lambda L: L.vmap(L.grad(lambda a: ((a * a).sum(), a.cos()), has_aux=True))(XS),
+    "vmap of grad_and_value": lambda L: L.vmap(L.grad_and_value(lambda a: (a * a).sum()))(XS),
+    "vmap of chunked jacrev": lambda L: L.vmap(L.jacrev(torch.sin, chunk_size=2))(XS),
+    "jacrev pytree output": lambda L: L.jacrev(lambda a: {"s": a.sin(), "c": (a.cos(), a.sum())})(X),
+    "jacfwd pytree input": lambda L: L.jacfwd(lambda d: d["a"] * d["b"][0])({"a": X, "b": [Y]}),
+    "jacrev 0-d": lambda L: L.jacrev(torch.sin)(S),
+    "vmap of grad, out_dims 1": lambda L: L.vmap(L.grad(lambda a: (a ** 3).sum()), out_dims=1)(XS),
+    "vmap of grad, in_dims 1": lambda L: L.vmap(L.grad(lambda a: (a ** 3).sum()), in_dims=1)(XS),
+    "linearize of vmap": lambda L: L.linearize(L.vmap(torch.sin), XS)[1](XS),
+    "functional_call under vmap of grad": lambda L: L.vmap(L.grad(lambda p, xi: L.functional_call(LIN, p, (xi,)).sum()),
+                                                           in_dims=(None, 0))(dict(LIN.named_parameters()), XS.float()),
+    "stack_module_state ensemble": lambda L: L.vmap(lambda p, b: L.functional_call(LIN, (p, b), (X.float(),)))(
+        *L.stack_module_state([LIN, LIN2])),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPOSITIONS))
+def test_compositions_match_torch_func(case):
+    same(COMPOSITIONS[case](ff), COMPOSITIONS[case](tf), atol=1e-5)
+
+
+UNBATCHABLE = {   # torch.func raises RuntimeError for each; so must functx (not a wrong number)
+    ".item()": lambda L: L.vmap(lambda a: a.sum().item())(XS),
+    "if on a value": lambda L: L.vmap(lambda a: a if a.sum() > 0 else -a)(XS),
+    ".tolist()": lambda L: L.vmap(lambda a: torch.tensor(a.tolist()))(XS),
+    "nonzero": lambda L: L.vmap(lambda a: a.nonzero())(XS),
+    "boolean mask": lambda L: L.vmap(lambda a: a[a > 0])(XS),
+    "unique": lambda L: L.vmap(lambda a: a.unique())(XS),
+    "data_ptr under vmap": lambda L: L.vmap(lambda a: a * float(a.data_ptr() != 0))(XS),
+    "data_ptr under grad": lambda L: L.grad(lambda a: a.sum() * float(a.data_ptr() != 0))(X),
+    "batch_norm's unbatched running stats": lambda L: L.vmap(lambda a: torch.nn.functional.batch_norm(
+        a[None], torch.zeros(3, dtype=D), torch.ones(3, dtype=D), training=True))(XS[:, :, None].expand(4, 3, 2).contiguous()),
+}
+
+
+@pytest.mark.parametrize("case", list(UNBATCHABLE))
+def test_what_vmap_cannot_do_raises_a_runtime_error(case):
+    with pytest.raises(RuntimeError):
+        UNBATCHABLE[case](tf)
+    with pytest.raises(RuntimeError):
+        UNBATCHABLE[case](ff)
+
+
+def test_inside_vmap_functx_is_more_lenient_where_the_result_is_exact():
+    # Deliberate differences: writing a batched value into a tensor f made with torch.zeros,
+    # and out= into a fresh tensor, work (torch.func raises), checked against a loop
+    f = lambda a: (lambda o: (o.__setitem__(0, a[1]), o)[1])(torch.zeros(3, dtype=D))  # noqa: E731
+    same(ff.vmap(f)(XS), torch.stack([f(a) for a in XS]))
+    g = lambda a: torch.add(a, 1, out=torch.empty_like(a))  # noqa: E731
+    same(ff.vmap(g)(XS), XS + 1)
+
+
+OPS = {
+    "softmax": lambda a: torch.nn.functional.softmax(a, -1), "logsumexp": lambda a: a.logsumexp(-1),
+    "cumprod": lambda a: a.cumprod(0), "sort": lambda a: a.sort().values, "topk": lambda a: a.topk(2).values,
+    "where": lambda a: torch.where(a > 0, a, a * a), "index": lambda a: a[torch.tensor([2, 0, 0])],
+    "det": lambda a: torch.linalg.det(a.outer(a) + M3), "cholesky": lambda a: torch.linalg.cholesky(a.outer(a) + torch.eye(3, dtype=D)),
+    "eigvalsh": lambda a: torch.linalg.eigvalsh(a.outer(a) + M3 + M3.T), "prod": lambda a: a.prod(),
+    "scatter_add": lambda a: torch.zeros(3, dtype=D).scatter_add(0, torch.tensor([0, 0, 2]), a),
+    "index_put accumulate": lambda a: a.index_put((torch.tensor([0, 0]),), a[:2], accumulate=True),
+    "median": lambda a: a.median(), "logcumsumexp": lambda a: a.logcumsumexp(0),
+    "reflect pad": lambda a: torch.nn.functional.pad(a[None], (1, 2), mode="reflect")[0],
+    "interpolate": lambda a: torch.nn.functional.interpolate(a[None, None], scale_factor=2, mode="linear")[0, 0],
+    "layer_norm": lambda a: torch.nn.functional.layer_norm(a, (3,)), "polygamma": lambda a: torch.polygamma(1, a.abs() + 1),
+    "renorm": lambda a: a[None].renorm(2, 0, 0.5)[0], "unfold": lambda a: a.unfold(0, 2, 1).sum(-1),
+    "matrix_exp": lambda a: torch.linalg.matrix_exp(a.outer(Y) * 0.1), "pinv": lambda a: torch.linalg.pinv(a.outer(Y) + M3),
+    "solve_triangular": lambda a: torch.linalg.solve_triangular(M3.triu() + 3 * torch.eye(3, dtype=D), a[:, None], upper=True)[:, 0],
+    "kl_div": lambda a: torch.nn.functional.kl_div(torch.nn.functional.log_softmax(a, 0), torch.nn.functional.softmax(Y, 0), reduction="sum"),
+}
+M3 = _r(3, 3, seed=7)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_ops_under_every_transform_match_torch_func(name):
+    op = OPS[name]
+    for run in (lambda L: L.jacrev(op)(X), lambda L: L.jacfwd(op)(X), lambda L: L.vmap(op)(XS),
+                lambda L: L.vmap(L.jacrev(op))(XS), lambda L: L.hessian(lambda a: op(a).sum())(X),
+                lambda L: L.jvp(lambda a: L.vjp(op, a)[1](op(X))[0], (X,), (T,))):
+        same(run(ff), run(tf), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cdist", "pdist", "huber_loss"])
+def test_forward_mode_where_torch_func_has_none(name):
+    # torch.func has no forward-mode rule for these (NotImplementedError): jacfwd and hessian
+    # are checked against torch.func's jacrev and float64 differences of its grad
+    op = {"cdist": lambda a: torch.cdist(a[None, None], Y[None, None])[0, 0],
+          "pdist": lambda a: torch.nn.functional.pdist(torch.stack([a, Y, T])),
+          "huber_loss": lambda a: torch.nn.functional.huber_loss(a, Y)}[name]
+    same(ff.jacfwd(op)(X), tf.jacrev(op)(X))
+    same(ff.hessian(lambda a: op(a).sum())(X), fd_jac(lambda z: tf.grad(lambda a: op(a).sum())(z), X), atol=1e-5)

@@ -12,8 +12,9 @@ class FunctxError(Exception):
     """Base class for functx errors."""
 
 
-class ConcretizationError(FunctxError):
-    """A traced (abstract) value was used where Python needs a concrete one."""
+class ConcretizationError(FunctxError, RuntimeError):
+    """A traced (abstract) value was used where Python needs a concrete one (a RuntimeError, as
+    torch.func raises for .item() or data-dependent control flow under vmap)."""
 
 
 class PlainWriteError(FunctxError, RuntimeError):
@@ -94,6 +95,10 @@ class ChunkSizeError(FunctxError, ValueError, TypeError):
 def check_chunk_size(chunk_size, who) -> None:
     if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):
         raise ChunkSizeError(f"{who}: chunk_size must be None or a positive int, got {chunk_size!r}")
+
+
+class BatchingError(FunctxError, RuntimeError):
+    """vmap cannot batch what f does (torch.func raises RuntimeError there too)."""
 
 
 class RandomnessError(FunctxError, RuntimeError):

@@ -14,7 +14,7 @@ import torch
 import torch.autograd.functional as _autograd_functional
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ..core.errors import FunctxError, user_frame_summary
+from ..core.errors import ConcretizationError, FunctxError, user_frame_summary
 from ..core.trace import GraphTracer, ReadRecorder, Tracer, concrete, note_autograd_read, type_of
 from ..core.trace import record_autograd_reads as _autograd_reads
 from .composites import COMPOSITES
@@ -164,6 +164,14 @@ class TracerTensor(torch.Tensor):
         # A Python number baked into a jit trace: jit then keys its cache on offsets.
         note_layout_read(DECOMPOSING[0] > 0)
         return super().storage_offset()
+
+    def data_ptr(self):
+        # a traced tensor has no memory of its own (torch.func's wrappers raise here too); the
+        # wrapper's placeholder storage would answer 0, silently
+        raise ConcretizationError(
+            f"functx: data_ptr() of a tensor inside a functx transform, here:\n{user_frame_summary()}\n"
+            "A traced tensor has no memory of its own (torch.func raises here too). Compare "
+            "tensors by identity (a is b), or read data_ptr() outside the transform.")
 
     def tolist(self):
         return _concrete(self).tolist()
