@@ -265,6 +265,21 @@ def test_vmap_axes_against_a_loop(case):
         same(run(tf), want)           # (the oracle is torch.func's answer too)
 
 
+def test_vmap_outputs_that_are_not_tensors_and_ordered_dicts():
+    from collections import OrderedDict
+
+    def f(a):
+        a.add_(1)
+        return None, "hello world"
+    run = lambda L: (lambda x: (L.vmap(f, out_dims=(None, None))(x), x))(XS.clone())  # noqa: E731
+    same(run(ff), run(tf))
+    same(run(ff)[1], XS + 1)
+    g = lambda t: OrderedDict([("sin", t.sin()), ("cos", t.cos())])  # noqa: E731
+    out = ff.vmap(g)(XS)
+    assert isinstance(out, OrderedDict) and list(out) == ["sin", "cos"]
+    same(out, g(XS))
+
+
 def test_vmap_unbatched_output_with_out_dims():
     # Deliberate difference: an output that does not depend on the batch is broadcast to
     # out_dims as JAX does (torch.func raises for out_dims != 0 there)
@@ -291,6 +306,13 @@ VMAP_ERRORS = {   # case: (call, the exception type torch.func raises)
     "randomness='error', bernoulli_": (lambda L: L.vmap(lambda x: x.clone().bernoulli_(0.5))(XS), RuntimeError),
     "randomness='error', randint": (lambda L: L.vmap(lambda x: torch.randint(0, 5, (3,)) + x)(XS), RuntimeError),
     "bad randomness": (lambda L: L.vmap(torch.sin, randomness="sometimes")(XS), RuntimeError),
+    "too many out_dims": (lambda L: L.vmap(lambda x: (x, x, x), out_dims=(0, 0, 0, 0))(XS), ValueError),
+    "too few out_dims": (lambda L: L.vmap(lambda x: (x, x, x), out_dims=(0, 0))(XS), ValueError),
+    "out_dims holding a string": (lambda L: L.vmap(lambda x: x, out_dims=("lol",))(XS), ValueError),
+    "out_dims -4": (lambda L: L.vmap(lambda x: x, out_dims=-4)(_r(2, 3, 5)), IndexError),
+    "in_dims deeper than the argument": (lambda L: L.vmap(lambda x: x, in_dims=((0, 0),))(XS), ValueError),
+    "nested batch sizes differ": (lambda L: L.vmap(lambda z: z[0] + z[1], in_dims=((0, 0),))((_r(2), _r(3))), ValueError),
+    "torch.equal": (lambda L: L.vmap(torch.equal)(XS, XS), RuntimeError),
 }
 
 

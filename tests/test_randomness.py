@@ -280,8 +280,11 @@ def test_random_fills_without_a_lowering_draw_eagers_numbers():
         torch.manual_seed(3)
         return F.gumbel_softmax(x, tau=0.5) + torch.empty_like(x).exponential_(2.0) + torch.empty_like(x).cauchy_()
     want = f(logits)
-    assert torch.equal(functx.jvp(f, (logits,), (torch.ones_like(logits),))[0], want)
-    assert torch.equal(functx.vmap(f, randomness="same")(logits[None])[0], want)
+    # the same samples; the softmax may round its last bit differently from ATen's kernel
+    # (other draws would differ by far more than 1e-12)
+    exact = dict(rtol=0, atol=1e-12)
+    torch.testing.assert_close(functx.jvp(f, (logits,), (torch.ones_like(logits),))[0], want, **exact)
+    torch.testing.assert_close(functx.vmap(f, randomness="same")(logits[None])[0], want, **exact)
     torch.manual_seed(3)
     g = lambda x: F.gumbel_softmax(x, tau=0.5)  # noqa: E731
     a = g(logits)
