@@ -553,6 +553,10 @@ UNBATCHABLE = {   # torch.func raises RuntimeError for each; so must functx (not
     "unique": lambda L: L.vmap(lambda a: a.unique())(XS),
     "data_ptr under vmap": lambda L: L.vmap(lambda a: a * float(a.data_ptr() != 0))(XS),
     "data_ptr under grad": lambda L: L.grad(lambda a: a.sum() * float(a.data_ptr() != 0))(X),
+    "backward() inside grad": lambda L: L.grad(lambda a: (a.sum().backward(), a.sum())[1])(X),
+    "autograd.functional inside vmap": lambda L: L.vmap(lambda a: torch.autograd.functional.jacobian(torch.sin, a))(XS),
+    "autograd.functional inside grad": lambda L: L.grad(lambda a: torch.autograd.functional.jacobian(torch.sin, a).sum())(X),
+    "autograd.grad inside vmap": lambda L: L.vmap(lambda a: torch.autograd.grad((a ** 2).sum(), a)[0])(XS),
     "batch_norm's unbatched running stats": lambda L: L.vmap(lambda a: torch.nn.functional.batch_norm(
         a[None], torch.zeros(3, dtype=D), torch.ones(3, dtype=D), training=True))(XS[:, :, None].expand(4, 3, 2).contiguous()),
 }

@@ -101,6 +101,11 @@ class BatchingError(FunctxError, RuntimeError):
     """vmap cannot batch what f does (torch.func raises RuntimeError there too)."""
 
 
+class TorchAutogradError(FunctxError, RuntimeError):
+    """torch.autograd (backward, autograd.grad, autograd.functional) on a traced value: torch.func
+    raises RuntimeError there too (save autograd.grad under its grad levels)."""
+
+
 class RandomnessError(FunctxError, RuntimeError):
     """A random op under vmap with randomness='error' (torch.func raises RuntimeError)."""
 

@@ -14,7 +14,7 @@ import torch
 import torch.autograd.functional as _autograd_functional
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ..core.errors import ConcretizationError, FunctxError, user_frame_summary
+from ..core.errors import ConcretizationError, FunctxError, TorchAutogradError, user_frame_summary
 from ..core.trace import GraphTracer, ReadRecorder, Tracer, concrete, note_autograd_read, type_of
 from ..core.trace import record_autograd_reads as _autograd_reads
 from .composites import COMPOSITES
@@ -263,7 +263,7 @@ def _refuse_torch_autograd(func, name=None):
     # C++ flag stays False), so torch would fail with "does not require grad", or silently give
     # None with allow_unused.
     name = name or _TORCH_AUTOGRAD[func]
-    raise FunctxError(
+    raise TorchAutogradError(
         f"functx: {name} on a value traced by a functx transform, here:\n{user_frame_summary()}\n"
         "Traced values have no PyTorch autograd graph, even where requires_grad is True (torch.func "
         "refuses backward() too; its grad levels do run torch.autograd.grad, functx's cannot: it "
