@@ -460,6 +460,12 @@ OUTER_WRITES = {   # an inner transform writes a value depending on its inputs i
     "jvp > vmap": lambda L: L.jvp(lambda x: L.vmap(lambda y: x.add_(y))(XS), (Z.clone(),), (Z,)),
     "grad > jvp": lambda L: L.grad(lambda x: L.jvp(lambda y: x.mul_(y), (Z,), (Z,))[1].sum())(Y.clone()),
     "grad > grad": lambda L: L.grad(lambda x: L.grad(lambda y: x.mul_(y).sum())(Z).sum())(Y.clone()),
+    "grad > vmap, a buffer grad's f made": lambda L: L.grad(
+        lambda x: (lambda buf: (L.vmap(lambda y: buf.add_(y))(XS), (buf * x).sum())[1])(torch.zeros(3, dtype=D)))(Z),
+    "grad > vmap, zeros_like": lambda L: L.grad(
+        lambda x: (lambda buf: (L.vmap(lambda y: buf.add_(y))(XS), (buf * x).sum())[1])(torch.zeros_like(x)))(Z),
+    "vmap > vmap, zeros_like": lambda L: L.vmap(
+        lambda x: (lambda buf: (L.vmap(lambda y: buf.add_(y))(XS), buf)[1])(torch.zeros_like(x)))(YS.T),
 }
 
 

@@ -37,7 +37,10 @@ def value_of(w: TracerTensor):
         w._seen = root._version_
     v = w._value
     if type(v) is LazyTracer:       # a batched unit's result: its batch runs now (unit_batches.py)
-        v = w._value = v.resolve()
+        lazy, v = v, v.resolve()
+        w._value = v
+        if not isinstance(v, Tracer):       # a constant: the level it was made at (_check_level)
+            w._made_in = lazy._trace
     return v
 
 
@@ -346,8 +349,8 @@ def assign(w, new_value) -> None:
     if (root if root is not None else w)._read_only:
         raise FunctxError(f"functx: {(root if root is not None else w)._read_only}, here:\n{user_frame_summary()}")
     if root is None:
-        if isinstance(new_value, Tracer) and new_value._trace is not getattr(w._value, "_trace", None):
-            _check_level(w._value, new_value)
+        if isinstance(new_value, Tracer) and new_value._trace is not getattr(w._value, "_trace", w._made_in):
+            _check_level(w._value, new_value, w._made_in)
         w._value = new_value
         w._unit_key = None
         w._version_ += 1
@@ -361,12 +364,12 @@ _KIND = {"BatchTrace": "functx.vmap", "JVPTrace": "a differentiating transform (
          "jacfwd)", "GraphTrace": "functx.jit"}
 
 
-def _check_level(old, new) -> None:
+def _check_level(old, new, made_in=None) -> None:
     """A write inside an inner transform of a value that depends on its inputs, into a tensor
     of an enclosing level (old's trace is a strict ancestor of new's): refused, naming it. The
     value would otherwise leak out of the inner transform (a wrong or stale result later)."""
-    outer = getattr(old, "_trace", None)
-    if not isinstance(old, Tracer) or type(old) is LazyTracer or not is_ancestor(outer, new._trace) \
+    outer = old._trace if isinstance(old, Tracer) else made_in     # (a plain value: where it was made)
+    if outer is None or not is_ancestor(outer, new._trace) \
             or not is_ancestor(new._trace, current_trace()):
         return
     if type(outer).__name__ == "GraphTrace":

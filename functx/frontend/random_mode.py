@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..core.errors import FunctxError, PlainWriteError, unbatched_write_message
 from ..core.errors import user_frame_summary
-from ..core.trace import (EVAL_TRACE, GraphTrace, Tracer, enclosing_traces, set_current_trace,
+from ..core.trace import (EVAL_TRACE, GraphTrace, Tracer, current_trace, enclosing_traces, set_current_trace,
                           staged_or_batched, staging)
 from .. import prims as P
 from . import dispatch as _dispatch_module
@@ -433,7 +433,9 @@ class RandomMode(TorchDispatchMode):
             # torch.zeros(shape) / torch.empty(shape) made to be filled in place (torch.distributions'
             # rsample: torch.empty(shape).normal_()): a wrapper (see _FILL_FACTORIES)
             out = func(*args, **kwargs)
-            return TracerTensor(out.zero_() if func in _EMPTY_FACTORIES else out)
+            w = TracerTensor(out.zero_() if func in _EMPTY_FACTORIES else out)
+            w._made_in = current_trace()    # writes from inner transforms are checked against it
+            return w
         if not _is_seeded(func) or not _samples(func, args, kwargs):
             if staging():
                 if _has_symbolic_size(args, kwargs):

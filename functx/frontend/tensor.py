@@ -114,6 +114,7 @@ class TracerTensor(torch.Tensor):
     _hooks = None       # (hooked value, its Hooks) once register_hook ran (transforms/hooks.py)
     _marked = False     # requires_grad_() / requires_grad = flag set on this wrapper (also torch's flag)
     _argument = False   # a transform's or jit's argument (wrap_input): in-place view ops refuse it
+    _made_in = None     # the trace a fill factory (torch.zeros(...)) made this wrapper under
 
     # torch.func's answer (docs/transforms.md, "requires_grad and tensor hooks"): True for a
     # value the innermost transform level differentiates in reverse mode (grad, vjp, jacrev),
