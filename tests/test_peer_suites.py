@@ -623,3 +623,51 @@ def test_forward_mode_where_torch_func_has_none(name):
           "huber_loss": lambda a: torch.nn.functional.huber_loss(a, Y)}[name]
     same(ff.jacfwd(op)(X), tf.jacrev(op)(X))
     same(ff.hessian(lambda a: op(a).sum())(X), fd_jac(lambda z: tf.grad(lambda a: op(a).sum())(z), X), atol=1e-5)
+
+
+# ---------------------------------------------------------------- jacrev / jacfwd (TestJac)
+
+X23, Y23 = _r(2, 3, seed=11), _r(2, 3, seed=12)
+
+
+def _composite(a):
+    o = a.sum()
+    return [(o, {"a": a, "out": [a, o]})]
+
+
+JAC = {
+    "not flat": lambda J: J(torch.sin)(X23),
+    "take": lambda J: J(lambda a: torch.take(a, torch.ones(3, dtype=torch.long)))(X),
+    "different numel": lambda J: J(lambda a: a[0, 1:].unsqueeze(-1))(_r(2, 4)),
+    "two outputs, two argnums": lambda J: J(lambda a, b: (2 * a + 3 * b, 4 * a + 5 * b), argnums=(0, 1))(X, Y),
+    "two outputs, argnums 0": lambda J: J(lambda a, b: (2 * a + 3 * b, 4 * a + 5 * b), argnums=0)(X, Y),
+    "two outputs, argnums (0,)": lambda J: J(lambda a, b: (2 * a + 3 * b, 4 * a + 5 * b), argnums=(0,))(X, Y),
+    "dict output": lambda J: J(lambda a, b: {"left": 2 * a + 3 * b, "right": 4 * a + 5 * b}, argnums=(0, 1))(X, Y),
+    "pytree inputs": lambda J: J(lambda a, b, c: a[0] + a[1] * 2 + b * 3 + c * 4, argnums=(0, 1, 2))((S, S), S, S),
+    "pytree input, default argnums": lambda J: J(lambda a, b, c: a[0] + a[1] * 2 + b * 3 + c * 4)((S, S), S, S),
+    "0-d": lambda J: J(lambda a: a)(S),
+    "1 element": lambda J: J(lambda a: a)(_r(1)),
+    "list output": lambda J: J(lambda a: [a, a.sum()])(X23),
+    "composite output": lambda J: J(_composite)(X23),
+    "pytrees in and out": lambda J: J(lambda a, b, c: (a[0] + a[1] * 2, {"foo": b * 3 + c * 4}), argnums=(0, 1))((S, S), S, S),
+    "dict in, dict out": lambda J: J(lambda d: {"c": d["a"].sin(), "d": d["b"].cos()})({"a": X, "b": X}),
+    "unrelated input": lambda J: J(lambda a, b: a, argnums=(0, 1))(X23, Y23),
+    "unrelated output": lambda J: J(lambda a: Y23)(X23),
+}
+
+
+@pytest.mark.parametrize("api", ["jacrev", "jacfwd"])
+@pytest.mark.parametrize("case", list(JAC))
+def test_jacobians_match_torch_func(case, api):
+    same(JAC[case](getattr(ff, api)), JAC[case](getattr(tf, api)))
+
+
+@pytest.mark.parametrize("api", ["jacrev", "jacfwd"])
+def test_jacobian_of_no_outputs(api):
+    # Deliberate difference: f returning no tensors (None, ()) has that as its Jacobian (as
+    # JAX; torch.func raises); jacrev raised an unrelated vmap error ("pass axis_size")
+    for out in (None, ()):
+        assert getattr(ff, api)(lambda a, b: out)(X, Y) == out
+    for bad in (1, True, 12.2, "abc"):
+        with pytest.raises(RuntimeError, match="expected tensors"):
+            getattr(ff, api)(lambda _: bad)(X23)

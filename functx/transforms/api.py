@@ -477,6 +477,8 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
         o_types = [type_of(unwrap(o)) for o in o_flat]
         n_out = sum(t.numel for t in o_types)
         basis = identity_blocks(o_types, lambda t: t.dtype, n_out)
+        if not o_flat:      # f returned no tensors (None, ()): so is its Jacobian, as jacfwd's
+            return (out, res[2]) if has_aux else out
         if chunk_size == 1 and n_out:
             cts = row_by_row(lambda *row: vjp_fn(tree_unflatten(o_tree, list(row))), basis, n_out)
         else:
