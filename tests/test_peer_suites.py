@@ -671,3 +671,43 @@ def test_jacobian_of_no_outputs(api):
     for bad in (1, True, 12.2, "abc"):
         with pytest.raises(RuntimeError, match="expected tensors"):
             getattr(ff, api)(lambda _: bad)(X23)
+
+
+# ---------------------------------------------------------------- in-place ops reading their target
+
+def _aliased(op):
+    def f(x):
+        y = x.clone()
+        out = op(y)
+        return y if out is None else out
+    return f
+
+
+OVERLAPS = {     # eager torch raises for the first four; for the last its result depends on the
+    # kernel's order (b.add_(a[1]) reads a[1] = b[0] after writing it): functx refuses all
+    "y[1:] += y[:-1]": lambda y: y[1:].add_(y[:-1]),
+    "copy_": lambda y: y[1:].copy_(y[:-1]),
+    "setitem": lambda y: y.__setitem__(slice(1, None), y[:-1]),
+    "out=": lambda y: torch.add(y[:-1], 1, out=y[1:]),
+    "strided": lambda y: (lambda m: (m[:, 1].add_(m[0][1]), m)[1])(y.reshape(1, 5).expand(4, 5).clone()),
+}
+
+
+@pytest.mark.parametrize("case", list(OVERLAPS))
+@pytest.mark.parametrize("transform", ["jvp", "vmap", "jit"])
+def test_inplace_op_reading_memory_it_writes_raises(case, transform):
+    f = _aliased(OVERLAPS[case])
+    x = torch.arange(5.0, dtype=D)
+    run = {"jvp": lambda: functx.jvp(f, (x,), (x,)), "vmap": lambda: functx.vmap(f)(x[None]),
+           "jit": lambda: functx.jit(f)(x)}[transform]
+    with pytest.raises(RuntimeError, match="refer to a single memory location"):
+        run()
+
+
+def test_inplace_op_reading_all_or_none_of_its_target_runs():
+    for op in (lambda y: y.add_(y), lambda y: y.add_(y.view(5)), lambda y: y[:2].add_(y[3:]),
+               lambda y: y[1:].mul_(y[0])):
+        f = _aliased(op)
+        x = torch.arange(5.0, dtype=D)
+        same(functx.jvp(f, (x,), (x,))[0], f(x))
+        same(ff.vmap(f)(x[None]), tf.vmap(f)(x[None]))

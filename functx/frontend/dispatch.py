@@ -25,8 +25,8 @@ from .. import prims as P
 from .generators import drawing_from
 from .fallback import opaque_fallback
 from .kernel_check import check_kernel_accepts, is_pointwise
-from .functionalize import (RESULT_LAYOUTS, check_no_internal_overlap, make_view, meta_of, unwrap, unwrap_tree,
-                            value_of, write)
+from .functionalize import (RESULT_LAYOUTS, check_no_internal_overlap, check_no_partial_overlap, make_view,
+                            meta_of, unwrap, unwrap_tree, value_of, write)
 from .lowered_ops import run_cached
 from .lowerings.registry import DECOMPOSING as _decomposing, LOWERINGS, PLANS, SPECIAL, register_special
 from .promote import mark_weak
@@ -474,6 +474,8 @@ def _out_argument(func, schema, args, kwargs):
                           f"to run instead:\n{user_frame_summary()}\nCall the functional form "
                           "(y = torch.add(a, b) rather than torch.add(a, b, out=y)).")
     targets = [kwargs[n] for n in names]
+    for target in targets:
+        check_no_partial_overlap(target, args)
     result = dispatch(functional, args, {k: v for k, v in kwargs.items() if k not in names})
     results = result if isinstance(result, (tuple, list)) else (result,)
     for target, value in zip(targets, results):
@@ -505,6 +507,8 @@ def _inplace(func, args, kwargs):
         return _inplace_foreach(func, functional, args, kwargs)
     if func not in _WRITES_ONE_VALUE:
         check_no_internal_overlap(target, func if func in _WRITES_SOME else None)
+    if len(args) > 1 or kwargs:
+        check_no_partial_overlap(target, tree_flatten((args[1:], kwargs))[0])
     if LOWERINGS.get(functional) is None and torch.Tag.nondeterministic_seeded in func.tags and (
             kwargs.get("generator") is not None
             or not any(isinstance(a, TracerTensor) for a in (*args[1:], *kwargs.values()))):
@@ -617,6 +621,7 @@ def _move_storage(root):
 @register_special(aten.copy_.default)
 def _copy_(target, src, non_blocking=False):
     check_no_internal_overlap(target)
+    check_no_partial_overlap(target, (src,))
     write(target, unwrap(src))
     return target
 

@@ -387,6 +387,30 @@ def _check_level(old, new, made_in=None) -> None:
         "compute out of place.")
 
 
+def check_no_partial_overlap(target, operands) -> None:
+    """torch refuses an in-place op reading a tensor that shares some, not all, of the written
+    tensor's memory (x[1:] += x[:-1]); where its overlap check gives up (strided views,
+    b.add_(a[1]) with a[1] inside b) its result depends on the kernel's order. functx reads the
+    operands before writing, which is neither: both raise, with torch's message."""
+    if not isinstance(target, TracerTensor):
+        return
+    root = root_of(target)
+    others = [o for o in operands if isinstance(o, TracerTensor) and o is not target and root_of(o) is root]
+    if not others or not all(type(n) is int for n in root.shape):
+        return
+    ids = torch.arange(root.numel(), device="cpu").reshape(tuple(root.shape))
+    mine = ids if target._root is None else _replay(ids, target._chain)
+    for o in others:
+        theirs = ids if o._root is None else _replay(ids, o._chain)
+        if theirs.shape == mine.shape and torch.equal(theirs, mine):
+            continue
+        if torch.isin(theirs.reshape(-1), mine.reshape(-1)).any():
+            raise RuntimeError(
+                "unsupported operation: some elements of the input tensor and the written-to tensor "
+                "refer to a single memory location. Please clone() the tensor before performing the "
+                f"operation.\n{user_frame_summary()}")
+
+
 # View ops after which a tensor's elements can share memory (a zero stride)
 _MAY_OVERLAP = frozenset({aten.expand.default, aten.as_strided.default})
 
