@@ -403,6 +403,20 @@ INPLACE_OK = {f.__name__[3:]: f for f in (_k_batched_plus_unbatched, _k_dim1, _k
                                          _k_addcmul, _k_captured_const, _k_setitem, _k_chunked, _k_t_of_1d)}
 
 
+def test_vmap_of_an_inplace_method_returns_the_callers_tensor():
+    from torch import Tensor
+    x0 = torch.rand(2, 5, dtype=D)
+    x = x0.clone()
+    assert ff.vmap(Tensor.acos_)(x) is x and torch.equal(x, x0.acos())       # as torch.func
+    x = x0.clone()
+    r = ff.vmap(Tensor.acos_, out_dims=(1,))(x)
+    assert r._base is x and torch.equal(r, x0.t().acos())
+    x = x0.clone()
+    y = _r(5, 2)
+    ff.vmap(Tensor.atan2_, in_dims=(0, 1))(x, y)
+    same(x, torch.atan2(x0, y.t()))
+
+
 @pytest.mark.parametrize("case", list(INPLACE_OK))
 def test_vmap_inplace_writes_reach_the_caller_as_in_torch_func(case):
     same(INPLACE_OK[case](ff), INPLACE_OK[case](tf))

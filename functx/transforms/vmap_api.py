@@ -143,15 +143,24 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
                         for l in out_leaves]                               # view recomputes here
             written = [(leaf, unwrap(w), ax) for leaf, w, ax in zip(leaves, vals, axes)
                        if ax is not None and w._version_]
+            # an output that is a written argument itself (vmap(Tensor.add_)): the caller's tensor
+            # comes back, as torch.func returns it (a view of it for another out_axes)
+            returned = {id(w): (leaf, ax) for leaf, w, ax in zip(leaves, vals, axes)
+                        if ax is not None and w._version_} if written else None
         # In-place writes into batched inputs reach the caller's tensors, as in torch.func.
         for leaf, v, ax in written:
             val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)
             full = P.bdim_to_front(val, bdim, size)
             leaf.copy_(wrap(P.moveaxis(full, 0, ax % type_of(full).ndim)))
         results = []
-        for v, oax in zip(out_vals, oaxes):
+        for k, (v, oax) in enumerate(zip(out_vals, oaxes)):
             if not isinstance(v, _TENSOR_LEAF):
                 results.append(v)
+                continue
+            if returned and id(out_leaves[k]) in returned and oax is not None:
+                leaf, ax = returned[id(out_leaves[k])]
+                nd = leaf.dim()
+                results.append(leaf if oax % nd == ax % nd else leaf.movedim(ax % nd, oax % nd))
                 continue
             val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)
             if oax is None:
