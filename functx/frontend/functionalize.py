@@ -360,8 +360,7 @@ def assign(w, new_value) -> None:
     w._seen = root._version_
 
 
-_KIND = {"BatchTrace": "functx.vmap", "JVPTrace": "a differentiating transform (grad, vjp, jvp, jacrev, "
-         "jacfwd)", "GraphTrace": "functx.jit"}
+_KIND = {"BatchTrace": "functx.vmap", "JVPTrace": "grad/vjp/jvp/jacrev/jacfwd", "GraphTrace": "functx.jit"}
 
 
 def _check_level(old, new, made_in=None) -> None:
@@ -379,8 +378,9 @@ def _check_level(old, new, made_in=None) -> None:
     inner = _KIND.get(type(new._trace).__name__, repr(new._trace))
     raise OuterWriteError(
         f"functx: an in-place operation inside {inner} writes a value that depends on that "
-        f"transform's inputs into a tensor from outside it (an argument or value of an enclosing "
-        f"transform, {_KIND.get(type(outer).__name__, repr(outer))}), here:\n{user_frame_summary()}\n"
+        f"transform's inputs into a tensor of an enclosing level ({_KIND.get(type(outer).__name__, repr(outer))}: "
+        "its argument, a value it computed, or one computed inside from those alone, such as "
+        f"a.clone() of an unbatched a), here:\n{user_frame_summary()}\n"
         "That tensor exists at the outer level, where the inner transform's per-example (or "
         "differentiated) values do not; torch.func raises a RuntimeError here too. Return the "
         "value from the inner transform and write it outside (x.add_(vmap(f)(ys).sum(0))), or "
