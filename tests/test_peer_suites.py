@@ -491,6 +491,22 @@ def test_write_into_an_outer_transforms_tensor_raises_at_the_write(case):
         OUTER_WRITES[case](ff)
 
 
+def test_write_into_jits_argument_from_an_inner_level_raises_at_the_write():
+    # (functx only: it raised a leaked-tracer error later, or at the end of jit)
+    z = torch.zeros(3, dtype=D)
+    with pytest.raises(RuntimeError, match="writes a value that depends on that transform's inputs"):
+        functx.jit(functx.vmap(lambda a, b: a.add_(b), in_axes=(None, 0)))(z.clone(), XS)
+
+    def loop(x):
+        return functx.fori_loop(0, 3, lambda i, c: (x.add_(c), c + 1.0)[1], torch.ones(3, dtype=D))
+    with pytest.raises(RuntimeError, match="traced body"):
+        functx.jit(loop)(z.clone())
+    # an unbatched write there runs once, written back by jit
+    c = z.clone()
+    out = functx.jit(functx.vmap(lambda a, b: (a.add_(1.0), b * 2)[1], in_axes=(None, 0)))(c, XS)
+    same((out, c), (XS * 2, z + 1))
+
+
 def test_write_into_an_outer_tensor_of_a_value_of_the_outer_level_is_fine():
     # Deliberate difference: torch.func refuses any write into a captured tensor inside grad;
     # functx runs it when the value does not depend on the inner transform's inputs (the

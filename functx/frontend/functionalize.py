@@ -350,7 +350,7 @@ def assign(w, new_value) -> None:
         raise FunctxError(f"functx: {(root if root is not None else w)._read_only}, here:\n{user_frame_summary()}")
     if root is None:
         if isinstance(new_value, Tracer) and new_value._trace is not getattr(w._value, "_trace", w._made_in):
-            _check_level(w._value, new_value, w._made_in)
+            _check_level(w._value, new_value, w._made_in, w._argument)
         w._value = new_value
         w._unit_key = None
         w._version_ += 1
@@ -360,10 +360,11 @@ def assign(w, new_value) -> None:
     w._seen = root._version_
 
 
-_KIND = {"BatchTrace": "functx.vmap", "JVPTrace": "grad/vjp/jvp/jacrev/jacfwd", "GraphTrace": "functx.jit"}
+_KIND = {"BatchTrace": "functx.vmap", "JVPTrace": "grad/vjp/jvp/jacrev/jacfwd",
+         "GraphTrace": "functx.jit or a traced body (scan, fori_loop, while_loop, cond, checkpoint)"}
 
 
-def _check_level(old, new, made_in=None) -> None:
+def _check_level(old, new, made_in=None, argument=False) -> None:
     """A write inside an inner transform of a value that depends on its inputs, into a tensor
     of an enclosing level (old's trace is a strict ancestor of new's): refused, naming it. The
     value would otherwise leak out of the inner transform (a wrong or stale result later)."""
@@ -371,9 +372,10 @@ def _check_level(old, new, made_in=None) -> None:
     if outer is None or not is_ancestor(outer, new._trace) \
             or not is_ancestor(new._trace, current_trace()):
         return
-    if type(outer).__name__ == "GraphTrace":
+    if type(outer).__name__ == "GraphTrace" and not argument:
         # under jit, constants made inside the inner transform (x.new_zeros(...)) are values of
-        # the jit level too, and writing into those is fine: not told apart, not refused here
+        # the jit level too, and writing into those is fine: not told apart from the jit
+        # function's other values, so only its arguments are checked
         return
     inner = _KIND.get(type(new._trace).__name__, repr(new._trace))
     raise OuterWriteError(
