@@ -491,6 +491,13 @@ def test_write_into_an_outer_transforms_tensor_raises_at_the_write(case):
         OUTER_WRITES[case](ff)
 
 
+def test_write_into_an_outer_level_names_the_in_axes_none_argument():
+    inner = lambda x: ff.vmap(lambda y, z: z.add_(y), in_dims=(0, None))(XS, x)  # noqa: E731
+    for run in (lambda: ff.vmap(inner)(YS.T.clone()), lambda: ff.grad(lambda x: inner(x).sum())(Z.clone())):
+        with pytest.raises(RuntimeError, match=r"into argument 1 \('z', in_axes None\)"):
+            run()
+
+
 def test_write_into_jits_argument_from_an_inner_level_raises_at_the_write():
     # (functx only: it raised a leaked-tracer error later, or at the end of jit)
     z = torch.zeros(3, dtype=D)

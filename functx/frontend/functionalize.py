@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_map
 
-from ..core.errors import FunctxError, OuterWriteError, PlainWriteError, unbatched_write_message
+from ..core.errors import FunctxError, OuterWriteError, PlainWriteError, unbatched_argument, unbatched_write_message
 from ..core.errors import user_frame_summary
 from ..core.trace import Tracer, current_trace, is_ancestor, reverse_mode_active, type_of
 from .. import prims as P
@@ -350,7 +350,7 @@ def assign(w, new_value) -> None:
         raise FunctxError(f"functx: {(root if root is not None else w)._read_only}, here:\n{user_frame_summary()}")
     if root is None:
         if isinstance(new_value, Tracer) and new_value._trace is not getattr(w._value, "_trace", w._made_in):
-            _check_level(w._value, new_value, w._made_in, w._argument)
+            _check_level(w._value, new_value, w._made_in, w._argument, w)
         w._value = new_value
         w._unit_key = None
         w._version_ += 1
@@ -364,7 +364,7 @@ _KIND = {"BatchTrace": "functx.vmap", "JVPTrace": "grad/vjp/jvp/jacrev/jacfwd",
          "GraphTrace": "functx.jit or a traced body (scan, fori_loop, while_loop, cond, checkpoint)"}
 
 
-def _check_level(old, new, made_in=None, argument=False) -> None:
+def _check_level(old, new, made_in=None, argument=False, w=None) -> None:
     """A write inside an inner transform of a value that depends on its inputs, into a tensor
     of an enclosing level (old's trace is a strict ancestor of new's): refused, naming it. The
     value would otherwise leak out of the inner transform (a wrong or stale result later)."""
@@ -378,9 +378,10 @@ def _check_level(old, new, made_in=None, argument=False) -> None:
         # function's other values, so only its arguments are checked
         return
     inner = _KIND.get(type(new._trace).__name__, repr(new._trace))
+    name = unbatched_argument(w)        # vmap's argument with in_axes None, when it is one
     raise OuterWriteError(
         f"functx: an in-place operation inside {inner} writes a value that depends on that "
-        f"transform's inputs into a tensor of an enclosing level ({_KIND.get(type(outer).__name__, repr(outer))}: "
+        f"transform's inputs into {name + ', ' if name else ''}a tensor of an enclosing level ({_KIND.get(type(outer).__name__, repr(outer))}: "
         "its argument, a value it computed, or one computed inside from those alone, such as "
         f"a.clone() of an unbatched a), here:\n{user_frame_summary()}\n"
         "That tensor exists at the outer level, where the inner transform's per-example (or "

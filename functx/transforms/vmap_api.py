@@ -108,7 +108,7 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
         for i, leaf, ax in zip(range(len(leaves)), leaves, axes):
             if ax is None:
                 vals.append(leaf)
-                if type(leaf) is torch.Tensor or type(leaf) is torch.nn.Parameter:
+                if type(leaf) is torch.Tensor or type(leaf) is torch.nn.Parameter or type(leaf) is TracerTensor:
                     unbatched = unbatched or ([], [])
                     unbatched[0].append(leaf)
                     unbatched[1].append(i)
