@@ -507,8 +507,8 @@ def _inplace(func, args, kwargs):
         return _inplace_foreach(func, functional, args, kwargs)
     if func not in _WRITES_ONE_VALUE:
         check_no_internal_overlap(target, func if func in _WRITES_SOME else None)
-    if len(args) > 1 or kwargs:
-        check_no_partial_overlap(target, tree_flatten((args[1:], kwargs))[0])
+    if len(args) > 1 or kwargs:     # (tensor operands are positional or keyword, not nested)
+        check_no_partial_overlap(target, (*args[1:], *kwargs.values()))
     if LOWERINGS.get(functional) is None and torch.Tag.nondeterministic_seeded in func.tags and (
             kwargs.get("generator") is not None
             or not any(isinstance(a, TracerTensor) for a in (*args[1:], *kwargs.values()))):
