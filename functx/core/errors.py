@@ -2,6 +2,7 @@
 import linecache
 import os
 import sys
+import threading
 import traceback
 import types
 
@@ -24,19 +25,25 @@ class PlainWriteError(FunctxError, RuntimeError):
     batched value into an unbatched tensor."""
 
 
-# The plain tensors each running eager vmap got with in_axes None, innermost last: a write of
-# a batched value into one of them names the argument. Entries: (tensors, describe) where
-# describe(k) names tensors[k].
-UNBATCHED_ARGS: list = []
+class _Unbatched(threading.local):
+    """The tensors each running eager vmap (in this thread) got with in_axes None, innermost
+    last: a write of a batched value into one of them names the argument. Entries of `stack`:
+    (tensors, describe) where describe(k) names tensors[k]."""
+    def __init__(self):
+        self.stack = []
+
+
+UNBATCHED_ARGS = _Unbatched()
 
 
 def unbatched_argument(t) -> str | None:
-    """'argument 1 (in_axes None)' when t (or a view of it) is a plain tensor a running vmap
-    got with in_axes None, else None."""
-    if not UNBATCHED_ARGS or not isinstance(t, torch.Tensor):
+    """'argument 1 (in_axes None)' when t (or, for a plain tensor, a view of it) is a tensor a
+    running vmap got with in_axes None, else None."""
+    stack = UNBATCHED_ARGS.stack
+    if not stack or not isinstance(t, torch.Tensor):
         return None
     ptr = _storage_ptr(t)
-    for tensors, describe in reversed(UNBATCHED_ARGS):
+    for tensors, describe in reversed(stack):
         for k, a in enumerate(tensors):
             if a is t or (ptr and _storage_ptr(a) == ptr):
                 return describe(k)

@@ -118,12 +118,12 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
                 vals.append(wrap_input(BatchTracer(trace, v, ax), leaf, ax))
         refuse_inside_torch_func("functx.vmap")
         if unbatched is not None:
-            UNBATCHED_ARGS.append((unbatched[0], _describe_unbatched(unbatched[1], treedef, fn)))
+            UNBATCHED_ARGS.stack.append((unbatched[0], _describe_unbatched(unbatched[1], treedef, fn)))
         try:
             return _run(fn, trace, leaves, vals, axes, treedef, size)
         finally:
             if unbatched is not None:
-                UNBATCHED_ARGS.pop()
+                UNBATCHED_ARGS.stack.pop()
 
     def _run(fn, trace, leaves, vals, axes, treedef, size):
         args, kwargs = tree_unflatten(treedef, vals)
