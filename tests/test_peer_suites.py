@@ -436,6 +436,8 @@ INPLACE_ERRORS = {   # case: (call, what functx's message names)
         lambda L: L.vmap(lambda a, b: a.copy_(b), in_dims=(None, 0))(Z.clone(), XS), r"in_axes None"),
     "batched into a captured tensor": (
         lambda L: (lambda x: L.vmap(lambda b: x.add_(b))(XS))(Z.clone()), r"plain tensor"),
+    "grad: copy_ into a captured tensor (test_inplace_on_captures)": (
+        lambda L: (lambda c: L.grad(lambda x: (c.copy_(x), (x * c).sum())[1])(X))(Z.clone()), r"plain tensor"),
 }
 
 
