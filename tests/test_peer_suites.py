@@ -517,7 +517,8 @@ def test_write_into_jits_argument_from_an_inner_level_raises_at_the_write():
 
 
 def test_write_into_an_outer_tensor_of_a_value_of_the_outer_level_is_fine():
-    # Deliberate difference: torch.func refuses any write into a captured tensor inside grad;
+    # Deliberate difference: torch.func raises here (an in-place op on grad's input, a leaf
+    # that requires grad; under an inner grad it refuses any write into a captured tensor);
     # functx runs it when the value does not depend on the inner transform's inputs (the
     # write happens once, at the outer level), checked here against float64 differences
     def f(x):
