@@ -16,7 +16,7 @@ import torch
 from torch.func import functional_call, rearrange, replace_all_batch_norm_modules_, stack_module_state
 
 from .frontend.staging import trace_graph
-from .core.errors import user_facing
+from .core.errors import UsageError, user_facing
 from .core.trace import concrete, eval_graph, tracer_chain
 from .frontend import unwrap, wrap
 from .transforms import api
@@ -107,7 +107,7 @@ def functionalize(func, *, remove="mutations"):
     transform; inputs func wrote into receive their new values, as eagerly. Both `remove`
     modes give the same program: functx graphs have neither mutations nor aliasing views."""
     if remove not in _REMOVE:
-        raise ValueError(f"functx.func.functionalize: remove must be one of {_REMOVE}, got {remove!r}")
+        raise UsageError(f"functx.func.functionalize: remove must be one of {_REMOVE}, got {remove!r}")
 
     @functools.wraps(func)
     def functionalized(*args, **kwargs):

@@ -2,6 +2,7 @@
 import linecache
 import os
 import sys
+import threading
 import traceback
 import types
 
@@ -12,13 +13,108 @@ class FunctxError(Exception):
     """Base class for functx errors."""
 
 
-class ConcretizationError(FunctxError):
-    """A traced (abstract) value was used where Python needs a concrete one."""
+class ConcretizationError(FunctxError, RuntimeError):
+    """A traced (abstract) value was used where Python needs a concrete one (a RuntimeError, as
+    torch.func raises for .item() or data-dependent control flow under vmap)."""
 
 
-class PlainWriteError(FunctxError):
+class PlainWriteError(FunctxError, RuntimeError):
     """A traced function wrote in place into a plain tensor it does not own (a closed-over
-    buffer or global, or a plain tensor it made), which functx cannot track."""
+    buffer or global, a plain tensor it made, or vmap's argument with in_axes None), which
+    functx cannot track. A RuntimeError too: torch.func raises RuntimeError for writing a
+    batched value into an unbatched tensor."""
+
+
+class _Unbatched(threading.local):
+    """The tensors each running eager vmap (in this thread) got with in_axes None, innermost
+    last: a write of a batched value into one of them names the argument. Entries of `stack`:
+    (tensors, describe) where describe(k) names tensors[k]."""
+    def __init__(self):
+        self.stack = []
+
+
+UNBATCHED_ARGS = _Unbatched()
+
+
+def unbatched_argument(t) -> str | None:
+    """'argument 1 (in_axes None)' when t (or, for a plain tensor, a view of it) is a tensor a
+    running vmap got with in_axes None, else None."""
+    stack = UNBATCHED_ARGS.stack
+    if not stack or not isinstance(t, torch.Tensor):
+        return None
+    ptr = _storage_ptr(t)
+    for tensors, describe in reversed(stack):
+        for k, a in enumerate(tensors):
+            if a is t or (ptr and _storage_ptr(a) == ptr):
+                return describe(k)
+    return None
+
+
+def _storage_ptr(t) -> int:
+    try:
+        return t.untyped_storage().data_ptr() if t.layout == torch.strided else 0
+    except (RuntimeError, NotImplementedError):
+        return 0
+
+
+def unbatched_write_message(func, t) -> str | None:
+    """The message for a write of a batched value into vmap's in_axes-None argument t, or None
+    when t is not one."""
+    name = unbatched_argument(t)
+    if name is None:
+        return None
+    return (f"functx.vmap: {func} writes a batched value in place into {name}, here:\n"
+            f"{user_frame_summary()}\nThat tensor holds one value for the whole batch, so it cannot "
+            "hold a different value per example (torch.func raises a RuntimeError here too). Give "
+            "it a batch axis (in_axes 0; for a tensor shared by the batch, pass x.expand(n, *x.shape)"
+            ".clone()), or compute the result out of place (y = x + v instead of x.add_(v)).")
+
+
+class OuterWriteError(FunctxError, RuntimeError):
+    """Inside an inner transform, an in-place op wrote a value that depends on that transform's
+    inputs into a tensor of an enclosing transform (or from outside every transform): the
+    tensor lives at the outer level, where the inner transform's values do not exist.
+    torch.func raises a RuntimeError here too."""
+
+
+class UsageError(FunctxError, TypeError, ValueError, RuntimeError):
+    """A transform was called with arguments, or f returned outputs, of the wrong structure
+    (grad's f not returning a scalar, has_aux's f not a pair, jvp's tangents not matching its
+    primals, vjp's cotangents not matching the output, a non-tensor output). JAX raises
+    TypeError or ValueError here, torch.func RuntimeError: this is each, so code written for
+    either catches it."""
+
+
+class AxisError(FunctxError, ValueError, IndexError):
+    """vmap's in_axes / out_axes names a dim a tensor does not have (torch.func raises
+    ValueError for in_dims, IndexError for out_dims)."""
+
+
+class ArgnumsError(UsageError):
+    """A bad argnums (not an int or a non-empty tuple of distinct ints naming positional
+    arguments)."""
+
+
+class ChunkSizeError(FunctxError, ValueError, TypeError):
+    """chunk_size is not None or a positive int (torch.func raises ValueError)."""
+
+
+def check_chunk_size(chunk_size, who) -> None:
+    if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):
+        raise ChunkSizeError(f"{who}: chunk_size must be None or a positive int, got {chunk_size!r}")
+
+
+class BatchingError(FunctxError, RuntimeError):
+    """vmap cannot batch what f does (torch.func raises RuntimeError there too)."""
+
+
+class TorchAutogradError(FunctxError, RuntimeError):
+    """torch.autograd (backward, autograd.grad, autograd.functional) on a traced value: torch.func
+    raises RuntimeError there too (save autograd.grad under its grad levels)."""
+
+
+class RandomnessError(FunctxError, RuntimeError):
+    """A random op under vmap with randomness='error' (torch.func raises RuntimeError)."""
 
 
 class UnboundAxisError(FunctxError):

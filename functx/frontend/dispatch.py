@@ -18,15 +18,15 @@ from torch.utils._pytree import tree_flatten
 from torch._decomp import decomposition_table
 from torch.utils._pytree import tree_map
 
-from ..core.errors import FunctxError, PlainWriteError, user_frame_summary
+from ..core.errors import FunctxError, PlainWriteError, unbatched_write_message, user_frame_summary
 from ..core import Zero, nan_check
 from ..core.trace import Tracer, concrete, trace_state, type_of
 from .. import prims as P
 from .generators import drawing_from
 from .fallback import opaque_fallback
 from .kernel_check import check_kernel_accepts, is_pointwise
-from .functionalize import (RESULT_LAYOUTS, check_no_internal_overlap, make_view, meta_of, unwrap, unwrap_tree,
-                            value_of, write)
+from .functionalize import (RESULT_LAYOUTS, check_no_internal_overlap, check_no_partial_overlap, make_view,
+                            meta_of, unwrap, unwrap_tree, value_of, write)
 from .lowered_ops import run_cached
 from .lowerings.registry import DECOMPOSING as _decomposing, LOWERINGS, PLANS, SPECIAL, register_special
 from .promote import mark_weak
@@ -474,6 +474,8 @@ def _out_argument(func, schema, args, kwargs):
                           f"to run instead:\n{user_frame_summary()}\nCall the functional form "
                           "(y = torch.add(a, b) rather than torch.add(a, b, out=y)).")
     targets = [kwargs[n] for n in names]
+    for target in targets:
+        check_no_partial_overlap(target, args)
     result = dispatch(functional, args, {k: v for k, v in kwargs.items() if k not in names})
     results = result if isinstance(result, (tuple, list)) else (result,)
     for target, value in zip(targets, results):
@@ -505,6 +507,8 @@ def _inplace(func, args, kwargs):
         return _inplace_foreach(func, functional, args, kwargs)
     if func not in _WRITES_ONE_VALUE:
         check_no_internal_overlap(target, func if func in _WRITES_SOME else None)
+    if len(args) > 1 or kwargs:     # (tensor operands are positional or keyword, not nested)
+        check_no_partial_overlap(target, (*args[1:], *kwargs.values()))
     if LOWERINGS.get(functional) is None and torch.Tag.nondeterministic_seeded in func.tags and (
             kwargs.get("generator") is not None
             or not any(isinstance(a, TracerTensor) for a in (*args[1:], *kwargs.values()))):
@@ -519,7 +523,7 @@ def _write_traced(func, target, result):
     if not isinstance(target, TracerTensor):
         # a traced result written into a plain tensor: one the function closes over (a module's
         # weight: nn.Embedding(max_norm=) renormalizes it with embedding_renorm_) or made itself
-        raise PlainWriteError(
+        raise PlainWriteError(unbatched_write_message(func, target) or
             f"functx: {func} writes a traced value in place into a plain tensor ({tuple(target.shape)}, "
             f"{target.dtype}), one the transformed function closes over (a module's parameter or "
             f"buffer) or created itself (torch.zeros(...)), here:\n{user_frame_summary()}\nfunctx cannot "
@@ -570,6 +574,13 @@ def _inplace_view(func, functional, args, kwargs):
     values. The wrapper's own sizes/strides are updated by running the op on it with
     dispatch off (as torch's FunctionalTensor does); its value becomes the view's."""
     target = args[0]
+    if target._root is None and target._argument and _changes_layout(func, functional, args, kwargs):
+        raise FunctxError(
+            f"functx: {func} changes the shape or strides of an argument of the transformed function in "
+            f"place, here:\n{user_frame_summary()}\nEager PyTorch (and torch.func.vmap) would change the "
+            "caller's tensor too; functx's transforms pass back written values, not new shapes, so the "
+            "caller would silently keep the old one. Use the out-of-place op (x = x.unsqueeze(0)), or "
+            "clone the argument first (x = x.clone()).")
     if target._root is None and target._viewed:
         _move_storage(target)
     view = dispatch(functional, args, kwargs)
@@ -584,6 +595,14 @@ def _inplace_view(func, functional, args, kwargs):
         target._value, target._chain, target._seen = view._value, view._chain, view._seen
         target._meta = view._meta
     return target
+
+
+def _changes_layout(func, functional, args, kwargs) -> bool:
+    """Whether in-place view op func would give its target another shape or strides (t_ of a
+    1-D tensor does not)."""
+    target = args[0]
+    view = dispatch(functional, args, kwargs)
+    return tuple(view.shape) != tuple(target.shape) or view.stride() != target.stride()
 
 
 def _move_storage(root):
@@ -602,6 +621,7 @@ def _move_storage(root):
 @register_special(aten.copy_.default)
 def _copy_(target, src, non_blocking=False):
     check_no_internal_overlap(target)
+    check_no_partial_overlap(target, (src,))
     write(target, unwrap(src))
     return target
 

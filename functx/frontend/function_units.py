@@ -138,8 +138,8 @@ def run_unit(func, types, args, kwargs):
     if op is UNCACHEABLE:
         return NotImplemented
     writes = op.outputs in _WRITES
-    if writes and not _writable(args[0]):
-        return NotImplemented
+    if writes and (not _writable(args[0]) or _reads_target(args)):
+        return NotImplemented       # (an operand that is a view of the target: the ATen path checks overlap)
     views = op.views
     if views is not None:        # results that alias an operand: their bases' layouts first
         bases = _view_bases(views, args, kwargs)
@@ -456,6 +456,12 @@ class WithNones:
 # write does (a new value, the version bumped, so the root's views recompute when read).
 # Writes with grad mode off take the usual path (they keep the root's derivative).
 _WRITES = ("write", "write, returns it")
+
+
+def _reads_target(args) -> bool:
+    """An operand after the first is a view of the written root args[0] (y.add_(y.t()))."""
+    target = args[0]
+    return any(type(a) is TracerTensor and a._root is not None and root_of(a) is target for a in args[1:])
 
 
 def _writable(w) -> bool:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_map
 
-from ..core.errors import FunctxError, PlainWriteError, user_frame_summary
-from ..core.trace import reverse_mode_active, type_of
+from ..core.errors import FunctxError, OuterWriteError, PlainWriteError, unbatched_argument, unbatched_write_message
+from ..core.errors import user_frame_summary
+from ..core.trace import Tracer, current_trace, is_ancestor, reverse_mode_active, type_of
 from .. import prims as P
 from .lowerings.registry import LOWERINGS
 from .tensor import TracerTensor, root_of
@@ -36,7 +37,10 @@ def value_of(w: TracerTensor):
         w._seen = root._version_
     v = w._value
     if type(v) is LazyTracer:       # a batched unit's result: its batch runs now (unit_batches.py)
-        v = w._value = v.resolve()
+        lazy, v = v, v.resolve()
+        w._value = v
+        if not isinstance(v, Tracer):       # a constant: the level it was made at (_check_level)
+            w._made_in = lazy._trace
     return v
 
 
@@ -335,7 +339,7 @@ def _strided_block(shape, chain):
 def assign(w, new_value) -> None:
     """Functionalized write of a whole value into wrapper `w` (same shape and dtype)."""
     if not isinstance(w, TracerTensor):
-        raise PlainWriteError(
+        raise PlainWriteError(unbatched_write_message("an in-place operation", w) or
             f"An in-place operation writes a traced value into a plain tensor ({type_of(w)}), one "
             "created inside the transformed function (for example with torch.zeros(...)) or "
             f"captured from outside it:\n{user_frame_summary()}\nfunctx cannot track writes into that "
@@ -345,6 +349,8 @@ def assign(w, new_value) -> None:
     if (root if root is not None else w)._read_only:
         raise FunctxError(f"functx: {(root if root is not None else w)._read_only}, here:\n{user_frame_summary()}")
     if root is None:
+        if isinstance(new_value, Tracer) and new_value._trace is not getattr(w._value, "_trace", w._made_in):
+            _check_level(w._value, new_value, w._made_in, w._argument, w)
         w._value = new_value
         w._unit_key = None
         w._version_ += 1
@@ -352,6 +358,60 @@ def assign(w, new_value) -> None:
     assign(root, scatter_into_view(value_of(root), root, w._chain, new_value))
     w._value = new_value
     w._seen = root._version_
+
+
+_KIND = {"BatchTrace": "functx.vmap", "JVPTrace": "grad/vjp/jvp/jacrev/jacfwd",
+         "GraphTrace": "functx.jit or a traced body (scan, fori_loop, while_loop, cond, checkpoint)"}
+
+
+def _check_level(old, new, made_in=None, argument=False, w=None) -> None:
+    """A write inside an inner transform of a value that depends on its inputs, into a tensor
+    of an enclosing level (old's trace is a strict ancestor of new's): refused, naming it. The
+    value would otherwise leak out of the inner transform (a wrong or stale result later)."""
+    outer = old._trace if isinstance(old, Tracer) else made_in     # (a plain value: where it was made)
+    if outer is None or not is_ancestor(outer, new._trace) \
+            or not is_ancestor(new._trace, current_trace()):
+        return
+    if type(outer).__name__ == "GraphTrace" and not argument:
+        # under jit, constants made inside the inner transform (x.new_zeros(...)) are values of
+        # the jit level too, and writing into those is fine: not told apart from the jit
+        # function's other values, so only its arguments are checked
+        return
+    inner = _KIND.get(type(new._trace).__name__, repr(new._trace))
+    name = unbatched_argument(w)        # vmap's argument with in_axes None, when it is one
+    raise OuterWriteError(
+        f"functx: an in-place operation inside {inner} writes a value that depends on that "
+        f"transform's inputs into {name + ', ' if name else ''}a tensor of an enclosing level ({_KIND.get(type(outer).__name__, repr(outer))}: "
+        "its argument, a value it computed, or one computed inside from those alone, such as "
+        f"a.clone() of an unbatched a), here:\n{user_frame_summary()}\n"
+        "That tensor exists at the outer level, where the inner transform's per-example (or "
+        "differentiated) values do not; torch.func raises a RuntimeError here too. Return the "
+        "value from the inner transform and write it outside (x.add_(vmap(f)(ys).sum(0))), or "
+        "compute out of place.")
+
+
+def check_no_partial_overlap(target, operands) -> None:
+    """torch refuses an in-place op reading a tensor that shares some, not all, of the written
+    tensor's memory (x[1:] += x[:-1]); where its overlap check gives up (strided views,
+    b.add_(a[1]) with a[1] inside b) its result depends on the kernel's order. functx reads the
+    operands before writing, which is neither: both raise, with torch's message."""
+    if not isinstance(target, TracerTensor):
+        return
+    root = root_of(target)
+    others = [o for o in operands if isinstance(o, TracerTensor) and o is not target and root_of(o) is root]
+    if not others or not all(type(n) is int for n in root.shape):
+        return
+    ids = torch.arange(root.numel(), device="cpu").reshape(tuple(root.shape))
+    mine = ids if target._root is None else _replay(ids, target._chain)
+    for o in others:
+        theirs = ids if o._root is None else _replay(ids, o._chain)
+        if theirs.shape == mine.shape and torch.equal(theirs, mine):
+            continue
+        if torch.isin(theirs.reshape(-1), mine.reshape(-1)).any():
+            raise RuntimeError(
+                "unsupported operation: some elements of the input tensor and the written-to tensor "
+                "refer to a single memory location. Please clone() the tensor before performing the "
+                f"operation.\n{user_frame_summary()}")
 
 
 # View ops after which a tensor's elements can share memory (a zero stride)

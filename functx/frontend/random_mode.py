@@ -24,9 +24,9 @@ from torch.utils._python_dispatch import (TorchDispatchMode, _get_current_dispat
                                           _pop_mode_temporarily)
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ..core.errors import FunctxError, PlainWriteError
+from ..core.errors import FunctxError, PlainWriteError, unbatched_write_message
 from ..core.errors import user_frame_summary
-from ..core.trace import (EVAL_TRACE, GraphTrace, Tracer, enclosing_traces, set_current_trace,
+from ..core.trace import (EVAL_TRACE, GraphTrace, Tracer, current_trace, enclosing_traces, set_current_trace,
                           staged_or_batched, staging)
 from .. import prims as P
 from . import dispatch as _dispatch_module
@@ -365,7 +365,7 @@ class RandomMode(TorchDispatchMode):
         written = () if func in _METADATA_ONLY else _written(func, args, kwargs)
         for t in [t for t in written if isinstance(t, torch.Tensor)]:
             if _storage(t) not in self.created:
-                raise PlainWriteError(
+                raise PlainWriteError(unbatched_write_message(func, t) or
                     f"functx.jit: {func} writes in place into a tensor the function closes over "
                     f"(shape {tuple(t.shape)}), here:\n{user_frame_summary()}\nUnder jit the function runs "
                     "once, at trace time, so this update would not happen on later calls. Pass the "
@@ -433,7 +433,9 @@ class RandomMode(TorchDispatchMode):
             # torch.zeros(shape) / torch.empty(shape) made to be filled in place (torch.distributions'
             # rsample: torch.empty(shape).normal_()): a wrapper (see _FILL_FACTORIES)
             out = func(*args, **kwargs)
-            return TracerTensor(out.zero_() if func in _EMPTY_FACTORIES else out)
+            w = TracerTensor(out.zero_() if func in _EMPTY_FACTORIES else out)
+            w._made_in = current_trace()    # writes from inner transforms are checked against it
+            return w
         if not _is_seeded(func) or not _samples(func, args, kwargs):
             if staging():
                 if _has_symbolic_size(args, kwargs):

@@ -14,7 +14,7 @@ import torch
 import torch.autograd.functional as _autograd_functional
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ..core.errors import FunctxError, user_frame_summary
+from ..core.errors import ConcretizationError, FunctxError, TorchAutogradError, user_frame_summary
 from ..core.trace import GraphTracer, ReadRecorder, Tracer, concrete, note_autograd_read, type_of
 from ..core.trace import record_autograd_reads as _autograd_reads
 from .composites import COMPOSITES
@@ -112,6 +112,8 @@ class TracerTensor(torch.Tensor):
     _viewed = False     # True once a view of this root was made (dispatch._inplace_view reads it)
     _hooks = None       # (hooked value, its Hooks) once register_hook ran (transforms/hooks.py)
     _marked = False     # requires_grad_() / requires_grad = flag set on this wrapper (also torch's flag)
+    _argument = False   # a transform's or jit's argument (wrap_input): in-place view ops refuse it
+    _made_in = None     # the trace a fill factory (torch.zeros(...)) made this wrapper under
 
     # torch.func's answer (docs/transforms.md, "requires_grad and tensor hooks"): True for a
     # value the innermost transform level differentiates in reverse mode (grad, vjp, jacrev),
@@ -162,6 +164,14 @@ class TracerTensor(torch.Tensor):
         # A Python number baked into a jit trace: jit then keys its cache on offsets.
         note_layout_read(DECOMPOSING[0] > 0)
         return super().storage_offset()
+
+    def data_ptr(self):
+        # a traced tensor has no memory of its own (torch.func's wrappers raise here too); the
+        # wrapper's placeholder storage would answer 0, silently
+        raise ConcretizationError(
+            f"functx: data_ptr() of a tensor inside a functx transform, here:\n{user_frame_summary()}\n"
+            "A traced tensor has no memory of its own (torch.func raises here too). Compare "
+            "tensors by identity (a is b), or read data_ptr() outside the transform.")
 
     def tolist(self):
         return _concrete(self).tolist()
@@ -256,7 +266,7 @@ def _refuse_torch_autograd(func, name=None):
     # C++ flag stays False), so torch would fail with "does not require grad", or silently give
     # None with allow_unused.
     name = name or _TORCH_AUTOGRAD[func]
-    raise FunctxError(
+    raise TorchAutogradError(
         f"functx: {name} on a value traced by a functx transform, here:\n{user_frame_summary()}\n"
         "Traced values have no PyTorch autograd graph, even where requires_grad is True (torch.func "
         "refuses backward() too; its grad levels do run torch.autograd.grad, functx's cannot: it "
@@ -343,6 +353,7 @@ def wrap_input(value, source, bdim=None):
             w._value = value
             w._unit_key = unit_key(t)
             w._layout = (strides, 0)
+            w._argument = True
             return w
     # no source: a traced value of unknown origin (as_strided of it raises)
     layout = storage_layout(source, bdim) if source is not None else "unknown"
@@ -356,6 +367,7 @@ def wrap_input(value, source, bdim=None):
         w = TracerTensor(value)
         w._strided = layout == "unknown"
     w._layout = layout
+    w._argument = True
     return w
 
 

@@ -10,6 +10,7 @@ import functools
 import torch
 
 from ..core import Zero, current_trace, set_current_trace
+from ..core.errors import ArgnumsError, UsageError, check_chunk_size
 from ..core.trace import refuse_inside_torch_func, type_of
 from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
@@ -65,7 +66,7 @@ def _flat_fun(f, in_tree, store, what, has_aux=False, trace=None, sources=None):
             out = f(*args)
             if has_aux:
                 if not (isinstance(out, (tuple, list)) and len(out) == 2):
-                    raise TypeError(f"{what}: with has_aux=True, f must return a pair (output, aux); got "
+                    raise UsageError(f"{what}: with has_aux=True, f must return a pair (output, aux); got "
                                     f"{type(out).__name__}")
                 out, aux = out
                 store.aux = aux
@@ -123,7 +124,7 @@ def _strip_aux(aux, trace=None):
     leaves, tree = tree_flatten(aux)
     for path, leaf in zip(tree.paths(), leaves):
         if holds_traced_fields(leaf):
-            raise TypeError(
+            raise UsageError(
                 f"has_aux: the aux leaf at {path or '()'} is a {type(leaf).__name__} holding traced tensors "
                 "in its fields, which functx cannot take out of the transform (it is not a pytree). "
                 f"Register the type (functx.tree_util.register_dataclass / register_pytree_node) or return "
@@ -132,14 +133,27 @@ def _strip_aux(aux, trace=None):
 
 
 def _argnums_tuple(argnums, nargs, what):
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    if type(argnums) is int:
+        nums = (argnums,)
+    elif isinstance(argnums, (tuple, list)) and not isinstance(argnums, bool):
+        nums = tuple(argnums)       # (a list too, as JAX; torch.func takes tuples only)
+        if not nums:
+            raise ArgnumsError(f"{what}: argnums must be non-empty, got {argnums!r}")
+    else:
+        hint = " (has_aux is grad's third argument: grad(f, 0, True))" if isinstance(argnums, bool) else ""
+        raise ArgnumsError(f"{what}: argnums must be an int or a tuple of ints, got {argnums!r}{hint}")
     for a in nums:
-        if not isinstance(a, int) or not -nargs <= a < nargs:
-            raise ValueError(f"{what}: argnums={argnums!r} is out of range for {nargs} positional arguments")
+        if type(a) is not int:
+            raise ArgnumsError(f"{what}: argnums must be an int or a tuple of ints, got {argnums!r} "
+                               f"(an element is a {type(a).__name__})")
+        if not -nargs <= a < nargs:
+            raise ArgnumsError(f"{what}: argnums={argnums!r} is out of range for {nargs} positional "
+                               "argument" + ("" if nargs == 1 else "s") + " (argnums counts positional "
+                               "arguments only; keyword arguments are not differentiated)")
     nums = tuple(a % nargs for a in nums)
     if len(set(nums)) != len(nums):
-        raise ValueError(f"{what}: argnums={argnums!r} names an argument more than once (JAX and "
-                         "torch.func reject this too: each argument gets one gradient)")
+        raise ArgnumsError(f"{what}: argnums={argnums!r} names an argument more than once (JAX and "
+                           "torch.func reject this too: each argument gets one gradient)")
     return nums
 
 
@@ -185,21 +199,21 @@ def jvp(f, primals, tangents, has_aux=False, *, _writes=None):
       >>> y, dy = functx.jvp(torch.sin, (x,), (torch.ones_like(x),))   # dy == cos(x)
     """
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
-        raise TypeError("functx.jvp: primals and tangents must be tuples (or lists) of arguments, "
+        raise UsageError("functx.jvp: primals and tangents must be tuples (or lists) of arguments, "
                         f"got {type(primals).__name__} and {type(tangents).__name__}")
     primals = _float_primals(tuple(primals))
     p_flat, p_tree = _flatten_tensors(primals, "functx.jvp: primals")
     t_flat, t_tree = _flatten_tensors(_float_primals(tuple(tangents)), "functx.jvp: tangents")
     if p_tree != t_tree:
-        raise ValueError(f"functx.jvp: tangents must have the same structure as primals: {p_tree} vs {t_tree}")
+        raise UsageError(f"functx.jvp: tangents must have the same structure as primals: {p_tree} vs {t_tree}")
     tangents_in = []
     for i, (p, t) in enumerate(zip(p_flat, t_flat)):
         pt, tt = type_of(p), type_of(t)
         if pt.shape != tt.shape:
-            raise ValueError(f"functx.jvp: tangent {i} has shape {tuple(tt.shape)}, its primal has "
+            raise UsageError(f"functx.jvp: tangent {i} has shape {tuple(tt.shape)}, its primal has "
                              f"{tuple(pt.shape)}")
         if differentiable(p) and tt.dtype != pt.dtype:
-            raise ValueError(f"functx.jvp: tangent {i} has dtype {tt.dtype}, its primal has {pt.dtype}")
+            raise UsageError(f"functx.jvp: tangent {i} has dtype {tt.dtype}, its primal has {pt.dtype}")
         tangents_in.append(t if differentiable(p) else Zero(pt))
     store = _OutStore()
     jt = JVPTrace(current_trace())
@@ -284,11 +298,11 @@ def vjp(f, *primals, has_aux=False):
     def vjp_fn(cotangents):
         ct_flat, ct_tree = _flatten_tensors(_float_primals(cotangents), "functx.vjp: cotangents")
         if ct_tree != out_tree:
-            raise ValueError(f"functx.vjp: cotangents must have the structure of f's output {out_tree}, "
+            raise UsageError(f"functx.vjp: cotangents must have the structure of f's output {out_tree}, "
                              f"got {ct_tree}")
         for i, (c, t) in enumerate(zip(ct_flat, out_types)):
             if type_of(c).shape != t.shape:
-                raise ValueError(f"functx.vjp: cotangent {i} has shape {tuple(type_of(c).shape)}, the "
+                raise UsageError(f"functx.vjp: cotangent {i} has shape {tuple(type_of(c).shape)}, the "
                                  f"output has {tuple(t.shape)}")
         in_cts = pullback([P.convert(c, t.dtype) for c, t in zip(ct_flat, out_types)])
         in_cts = [wrap(_instantiate(c)) for c in in_cts]
@@ -341,11 +355,11 @@ def value_and_grad(f, argnums=0, has_aux=False):
                                    user_level=True)
         if len(out) != 1 or type_of(out[0]).shape != ():
             shapes = [tuple(type_of(o).shape) for o in out]
-            raise TypeError(f"functx.grad: f must return a scalar (0-dim) tensor; got outputs with shapes "
+            raise UsageError(f"functx.grad: f must return a scalar (0-dim) tensor; got outputs with shapes "
                             f"{shapes}. Use functx.vjp or functx.jacrev for non-scalar outputs.")
         t = type_of(out[0])
         if not t.dtype.is_floating_point:
-            raise TypeError(f"functx.grad: f must return a floating-point scalar; got {t.dtype}")
+            raise UsageError(f"functx.grad: f must return a floating-point scalar; got {t.dtype}")
         cts = [_instantiate(c) for c in pullback([P.full((), 1.0, t.dtype, t.device)])]
         if store.written:
             input_writes.write_back(input_writes.primal_values(store), sources, keep=(out, cts))
@@ -408,6 +422,7 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
     Example:
       >>> functx.jacfwd(torch.sin)(x)          # diag(cos(x))
     """
+    check_chunk_size(chunk_size, "functx.jacfwd")
     @functools.wraps(f)
     def jac_f(*args, **kwargs):
         g, diff = _with_argnums(f, args, kwargs, argnums, "functx.jacfwd")
@@ -447,6 +462,7 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
     Example:
       >>> functx.jacrev(lambda W: W @ x)(W)     # shape (m, m, n) for W of shape (m, n)
     """
+    check_chunk_size(chunk_size, "functx.jacrev")
     # vjp_fn over the basis rows (built once: vmap's wrapper and its in_axes are per object)
     pull = vmap(lambda vjp_fn, o_tree, rows: vjp_fn(tree_unflatten(o_tree, list(rows))),
                 in_axes=(None, None, 0), chunk_size=chunk_size)
@@ -461,6 +477,8 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
         o_types = [type_of(unwrap(o)) for o in o_flat]
         n_out = sum(t.numel for t in o_types)
         basis = identity_blocks(o_types, lambda t: t.dtype, n_out)
+        if not o_flat:      # f returned no tensors (None, ()): so is its Jacobian, as jacfwd's
+            return (out, res[2]) if has_aux else out
         if chunk_size == 1 and n_out:
             cts = row_by_row(lambda *row: vjp_fn(tree_unflatten(o_tree, list(row))), basis, n_out)
         else:
@@ -491,7 +509,7 @@ def _require_float(leaves, who):
     give an integer input a zero derivative, as JAX's float0 does)."""
     for i, x in enumerate(leaves):
         if not differentiable(x):
-            raise TypeError(f"{who}: differentiated argument leaf {i} has dtype {type_of(x).dtype}; "
+            raise UsageError(f"{who}: differentiated argument leaf {i} has dtype {type_of(x).dtype}; "
                             f"{who.split('.')[-1]} needs floating-point inputs (use argnums to skip "
                             "integer arguments)")
 
@@ -505,4 +523,10 @@ def hessian(f, argnums=0, has_aux=False):
     Example:
       >>> laplacian = functx.vmap(lambda p: torch.trace(functx.hessian(u)(p)))
     """
-    return jacfwd(jacrev(f, argnums, has_aux=has_aux), argnums, has_aux=has_aux)
+    h = jacfwd(jacrev(f, argnums, has_aux=has_aux), argnums, has_aux=has_aux)
+
+    @functools.wraps(f)
+    def hessian_f(*args, **kwargs):
+        _argnums_tuple(argnums, len(args), "functx.hessian")    # (errors name hessian)
+        return h(*args, **kwargs)
+    return hessian_f

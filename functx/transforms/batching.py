@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..core import STRUCTURAL, FunctxError, MissingRuleError, Trace, Tracer, nan_check, set_current_trace
-from ..core.errors import library_hint, user_frame_summary
+from ..core.errors import BatchingError, RandomnessError, library_hint, user_frame_summary
 from ..core.trace import (AUTOGRAD_ON_KEYS, EVAL_TRACE, AxisData, process_on_parent, tensor_type, trace_state, transform_level, type_of,
                           torch_autograd_records, value_repr)
 from ..prims import collective
@@ -34,7 +34,7 @@ class BatchTracer(Tracer):
         return self._aval
 
     def concrete(self):
-        raise FunctxError(
+        raise BatchingError(
             "functx.vmap: Python needs a single value here (bool(), int(), .item(), or if/while on a "
             f"tensor), but under vmap the tensor holds one value per batch element:\n{user_frame_summary()}\n"
             "Use torch.where to select per element, or move the control flow outside vmap." + library_hint())
@@ -186,7 +186,7 @@ class BatchTrace(Trace):
     def _random(self, prim, params):
         mode = self.axis.randomness
         if mode == "error":
-            raise FunctxError(
+            raise RandomnessError(
                 "functx.vmap: a random operation ran under vmap with randomness='error' (the default):\n"
                 f"{user_frame_summary()}\nPass randomness='different' for independent samples per batch "
                 "element, or randomness='same' to share one sample across the batch.")

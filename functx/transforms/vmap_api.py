@@ -7,6 +7,7 @@ import functools
 import torch
 
 from ..core import current_trace, set_current_trace
+from ..core.errors import UNBATCHED_ARGS, AxisError, UsageError, check_chunk_size
 from ..core.trace import refuse_inside_torch_func, staged_or_batched, type_of
 from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
@@ -14,6 +15,7 @@ from ..frontend.unit_batches import batching_units
 from .. import prims as P
 from .batching import AxisData, BatchTrace, BatchTracer
 from .vmap_args import LEAF as _LEAF, TENSOR_LEAF as _TENSOR_LEAF, batch_size as _batch_size
+from .vmap_args import describe_unbatched as _describe_unbatched
 from .vmap_args import check_axes_spec as _check_axes_spec, check_tensor_leaves as _check_tensor_leaves
 from ..tree_util import broadcast_prefix, tree_flatten, tree_unflatten
 
@@ -70,9 +72,8 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
             raise TypeError("functx.vmap: pass out_axes or its alias out_dims, not both")
         out_axes = out_dims
     if randomness not in _RANDOMNESS:
-        raise ValueError(f"functx.vmap: randomness must be one of {_RANDOMNESS}, got {randomness!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"functx.vmap: chunk_size must be a positive int, got {chunk_size!r}")
+        raise UsageError(f"functx.vmap: randomness must be one of {_RANDOMNESS}, got {randomness!r}")
+    check_chunk_size(chunk_size, "functx.vmap")
     if isinstance(in_axes, list):
         in_axes = tuple(in_axes)
     _check_axes_spec(in_axes, "in_axes")
@@ -103,15 +104,29 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
     def _vmap_call(fn, leaves, axes, treedef, size, chunk_of=None):
         trace = BatchTrace(current_trace(), AxisData(size, axis_name, randomness, chunk_of=chunk_of))
         vals = []
-        for leaf, ax in zip(leaves, axes):
+        unbatched = None        # plain tensors with in_axes None: a batched write into one names it
+        for i, leaf, ax in zip(range(len(leaves)), leaves, axes):
             if ax is None:
                 vals.append(leaf)
+                if type(leaf) is torch.Tensor or type(leaf) is torch.nn.Parameter or type(leaf) is TracerTensor:
+                    unbatched = unbatched or ([], [])
+                    unbatched[0].append(leaf)
+                    unbatched[1].append(i)
             else:
                 v = unwrap(leaf)
                 ax = ax % type_of(v).ndim
                 vals.append(wrap_input(BatchTracer(trace, v, ax), leaf, ax))
-        args, kwargs = tree_unflatten(treedef, vals)
         refuse_inside_torch_func("functx.vmap")
+        if unbatched is not None:
+            UNBATCHED_ARGS.stack.append((unbatched[0], _describe_unbatched(unbatched[1], treedef, fn)))
+        try:
+            return _run(fn, trace, leaves, vals, axes, treedef, size)
+        finally:
+            if unbatched is not None:
+                UNBATCHED_ARGS.stack.pop()
+
+    def _run(fn, trace, leaves, vals, axes, treedef, size):
+        args, kwargs = tree_unflatten(treedef, vals)
         with set_current_trace(trace), intercept_random(), batching_units():    # (as in _flat_fun)
             out = fn(*args, **kwargs)
             out_leaves, out_tree = ([out], _LEAF) if type(out) is TracerTensor else tree_flatten(out)
@@ -128,15 +143,24 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
                         for l in out_leaves]                               # view recomputes here
             written = [(leaf, unwrap(w), ax) for leaf, w, ax in zip(leaves, vals, axes)
                        if ax is not None and w._version_]
+            # an output that is a written argument itself (vmap(Tensor.add_)): the caller's tensor
+            # comes back, as torch.func returns it (a view of it for another out_axes)
+            returned = {id(w): (leaf, ax) for leaf, w, ax in zip(leaves, vals, axes)
+                        if ax is not None and w._version_} if written else None
         # In-place writes into batched inputs reach the caller's tensors, as in torch.func.
         for leaf, v, ax in written:
             val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)
             full = P.bdim_to_front(val, bdim, size)
             leaf.copy_(wrap(P.moveaxis(full, 0, ax % type_of(full).ndim)))
         results = []
-        for v, oax in zip(out_vals, oaxes):
+        for k, (v, oax) in enumerate(zip(out_vals, oaxes)):
             if not isinstance(v, _TENSOR_LEAF):
                 results.append(v)
+                continue
+            if returned and id(out_leaves[k]) in returned and oax is not None:
+                leaf, ax = returned[id(out_leaves[k])]
+                nd = leaf.dim()
+                results.append(leaf if oax % nd == ax % nd else leaf.movedim(ax % nd, oax % nd))
                 continue
             val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)
             if oax is None:
@@ -151,7 +175,7 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
             val = P.bdim_to_front(val, bdim, size)
             nd = type_of(val).ndim
             if not -nd <= oax < nd:
-                raise ValueError(f"functx.vmap: out_axes={oax} is out of range for output leaf {len(results)} "
+                raise AxisError(f"functx.vmap: out_axes={oax} is out of range for output leaf {len(results)} "
                                  f"of f, which has shape {tuple(type_of(val).shape[1:])} per example "
                                  f"({nd} dims with the batch dim)")
             results.append(wrap(P.moveaxis(val, 0, oax % nd)))

@@ -7,6 +7,7 @@ import inspect
 
 import torch
 
+from ..core.errors import AxisError, UsageError
 from ..core.trace import Tracer, type_of
 from ..tree_util import tree_flatten
 
@@ -22,7 +23,7 @@ def check_tensor_leaves(leaves, what, treedef, hint=None, skip=None):
             if hint is None:
                 hint = "; Python floats are accepted, ints and bools are not (pass 3.0, not 3)" \
                     if isinstance(leaf, (int, bool)) else ""
-            raise TypeError(f"{what}: expected tensors, but leaf {i}{where} is a "
+            raise UsageError(f"{what}: expected tensors, but leaf {i}{where} is a "
                             f"{type(leaf).__name__} ({leaf!r:.60}){hint}")
 
 
@@ -30,7 +31,7 @@ def check_axes_spec(spec, name):
     leaves, _ = tree_flatten(spec) if not isinstance(spec, (int, type(None))) else ([spec], None)
     for leaf in leaves:
         if not (leaf is None or (isinstance(leaf, int) and not isinstance(leaf, bool))):
-            raise TypeError(f"functx.vmap: {name} must be an int, None, or a pytree of those; got {spec!r}")
+            raise UsageError(f"functx.vmap: {name} must be an int, None, or a pytree of those; got {spec!r}")
 
 
 def leaf_names(treedef, fn=None) -> list:
@@ -54,6 +55,22 @@ def leaf_names(treedef, fn=None) -> list:
     return names
 
 
+def describe_unbatched(indices, treedef, fn):
+    """describe(k): "argument 1 ('w', in_axes None)" for the k-th of the leaves at `indices`
+    of an (args, kwargs) tree (worked out only when an error message needs it)."""
+    def describe(k):
+        path = treedef.paths()[indices[k]]
+        if len(path) < 2:
+            return f"argument {path!r} (in_axes None)"
+        sub = "".join(f"[{p!r}]" for p in path[2:])
+        if path[0] != 0:
+            return f"keyword argument {path[1]!r}{sub} (in_axes None)"
+        label = leaf_names(treedef, fn)[indices[k]].split(" (")[0]
+        label = f"{label.split(' ', 1)[1]}, " if "'" in label else ""
+        return f"argument {path[1]}{sub} ({label}in_axes None)"
+    return describe
+
+
 class _LazyNames:
     __slots__ = ("treedef", "fn", "names")
 
@@ -73,11 +90,11 @@ def batch_size(leaves, axes, axis_size, treedef, fn=None):
         if ax is None:
             continue
         if not isinstance(leaf, (torch.Tensor, Tracer)):
-            raise TypeError(f"functx.vmap: in_axes maps {names[i]}, which is a {type(leaf).__name__}, "
+            raise UsageError(f"functx.vmap: in_axes maps {names[i]}, which is a {type(leaf).__name__}, "
                             "not a tensor; give it in_axes None")
         nd = leaf.dim() if isinstance(leaf, torch.Tensor) else type_of(leaf).ndim
         if not -nd <= ax < nd or nd == 0:
-            raise ValueError(f"functx.vmap: in_axes={ax} is out of range for {names[i]} of shape "
+            raise AxisError(f"functx.vmap: in_axes={ax} is out of range for {names[i]} of shape "
                              f"{tuple(leaf.shape)}")
         sizes.append((i, leaf.shape[ax], ax))
     if not sizes:

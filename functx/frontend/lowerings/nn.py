@@ -10,7 +10,7 @@ import torch
 from torch._decomp.decompositions import native_batch_norm_helper
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND as KIND
 
-from ...core.errors import FunctxError
+from ...core.errors import BatchingError, FunctxError
 from ...core.trace import Tracer, concrete, is_ancestor, staging, tracer_chain
 from ... import prims as P
 from ...prims.util import static_broadcast_shapes
@@ -341,7 +341,7 @@ def _update_buffer(buf, new, op):
     value = P.stop_gradient(unwrap(new))
     batching = _vmap_batching(buf, value)
     if batching is not None:
-        raise FunctxError(
+        raise BatchingError(
             f"functx: {op} in training mode under vmap computes per-example running statistics, but "
             f"the running_mean/running_var buffers it would update are not batched by that vmap "
             f"({batching!r}); torch.func raises here too. Use the module in eval mode, construct it "
