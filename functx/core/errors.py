@@ -26,9 +26,11 @@ class PlainWriteError(FunctxError, RuntimeError):
 
 
 class _Unbatched(threading.local):
-    """The tensors each running eager vmap (in this thread) got with in_axes None, innermost
-    last: a write of a batched value into one of them names the argument. Entries of `stack`:
-    (tensors, describe) where describe(k) names tensors[k]."""
+    """The arguments of each running eager vmap (in this thread), innermost last: a write of a
+    batched value into one it got with in_axes None names that argument. Entries of `stack`:
+    (leaves, axes, describe, treedef, fn) where describe(k, treedef, fn) names leaves[k]
+    (worked out only when a message needs it: vmap pushes its flat arguments as they are, one
+    tuple a call)."""
     def __init__(self):
         self.stack = []
 
@@ -43,10 +45,10 @@ def unbatched_argument(t) -> str | None:
     if not stack or not isinstance(t, torch.Tensor):
         return None
     ptr = _storage_ptr(t)
-    for tensors, describe in reversed(stack):
-        for k, a in enumerate(tensors):
-            if a is t or (ptr and _storage_ptr(a) == ptr):
-                return describe(k)
+    for leaves, axes, describe, treedef, fn in reversed(stack):
+        for k, (a, ax) in enumerate(zip(leaves, axes)):
+            if ax is None and isinstance(a, torch.Tensor) and (a is t or (ptr and _storage_ptr(a) == ptr)):
+                return describe(k, treedef, fn)
     return None
 
 

@@ -522,7 +522,8 @@ class GraphTrace(Trace):
         # Primitive.inline bodies are recorded only where no enclosing trace differentiates the
         # graph (jit compiles it, an eager loop evaluates it): a scan body or checkpoint traced
         # under grad keeps its custom_jvp calls as equations, so their rules are used.
-        self.inlines = not stage_all or not (KEEP_CUSTOM_CALLS[0] or any(t.uses_custom_rules for t in _ancestors(parent)))
+        self.inlines = not stage_all or not (KEEP_CUSTOM_CALLS[0]
+                                             or any(t.uses_custom_rules for t in _ancestors(parent)))
         self.eqns: list[Eqn] = []
         self.constvars: list[Var] = []
         self.consts: list = []

@@ -538,9 +538,10 @@ _DIRECT = {torch.matmul: _vector_matmul, torch.Tensor.matmul: _vector_matmul,
 # One that no unit serves (F.multi_head_attention_forward where a unit declines it, F.dropout
 # that samples) ran as torch's default pass-through runs it, its body with subclass
 # __torch_function__ off, so every op inside took the ATen path one by one: a
-# TransformerEncoderLayer's grad ran at 0.22x of torch.func's speed. Under an eager transform level its body runs instead as the
-# user's own code would, each torch call a unit: a copy of the function whose torch-function
-# checks answer False (the check that brought the call here has been answered).
+# TransformerEncoderLayer's grad ran at 0.22x of torch.func's speed. Under an eager transform
+# level its body runs instead as the user's own code would, each torch call a unit: a copy of
+# the function whose torch-function checks answer False (the check that brought the call here
+# has been answered).
 _BODIES: dict = {}
 _CHECKS = {name: (lambda *args: False) for name in
            ("has_torch_function", "has_torch_function_unary", "has_torch_function_variadic")}

@@ -381,7 +381,8 @@ def _check_level(old, new, made_in=None, argument=False, w=None) -> None:
     name = unbatched_argument(w)        # vmap's argument with in_axes None, when it is one
     raise OuterWriteError(
         f"functx: an in-place operation inside {inner} writes a value that depends on that "
-        f"transform's inputs into {name + ', ' if name else ''}a tensor of an enclosing level ({_KIND.get(type(outer).__name__, repr(outer))}: "
+        f"transform's inputs into {name + ', ' if name else ''}a tensor of an enclosing level "
+        f"({_KIND.get(type(outer).__name__, repr(outer))}: "
         "its argument, a value it computed, or one computed inside from those alone, such as "
         f"a.clone() of an unbatched a), here:\n{user_frame_summary()}\n"
         "That tensor exists at the outer level, where the inner transform's per-example (or "

@@ -104,26 +104,21 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
     def _vmap_call(fn, leaves, axes, treedef, size, chunk_of=None):
         trace = BatchTrace(current_trace(), AxisData(size, axis_name, randomness, chunk_of=chunk_of))
         vals = []
-        unbatched = None        # plain tensors with in_axes None: a batched write into one names it
-        for i, leaf, ax in zip(range(len(leaves)), leaves, axes):
+        for leaf, ax in zip(leaves, axes):
             if ax is None:
                 vals.append(leaf)
-                if type(leaf) is torch.Tensor or type(leaf) is torch.nn.Parameter or type(leaf) is TracerTensor:
-                    unbatched = unbatched or ([], [])
-                    unbatched[0].append(leaf)
-                    unbatched[1].append(i)
             else:
                 v = unwrap(leaf)
                 ax = ax % type_of(v).ndim
                 vals.append(wrap_input(BatchTracer(trace, v, ax), leaf, ax))
         refuse_inside_torch_func("functx.vmap")
-        if unbatched is not None:
-            UNBATCHED_ARGS.stack.append((unbatched[0], _describe_unbatched(unbatched[1], treedef, fn)))
+        # a batched write into an argument with in_axes None names it (core.errors.unbatched_argument)
+        stack = UNBATCHED_ARGS.stack
+        stack.append((leaves, axes, _describe_unbatched, treedef, fn))
         try:
             return _run(fn, trace, leaves, vals, axes, treedef, size)
         finally:
-            if unbatched is not None:
-                UNBATCHED_ARGS.stack.pop()
+            stack.pop()
 
     def _run(fn, trace, leaves, vals, axes, treedef, size):
         args, kwargs = tree_unflatten(treedef, vals)

@@ -55,20 +55,17 @@ def leaf_names(treedef, fn=None) -> list:
     return names
 
 
-def describe_unbatched(indices, treedef, fn):
-    """describe(k): "argument 1 ('w', in_axes None)" for the k-th of the leaves at `indices`
-    of an (args, kwargs) tree (worked out only when an error message needs it)."""
-    def describe(k):
-        path = treedef.paths()[indices[k]]
-        if len(path) < 2:
-            return f"argument {path!r} (in_axes None)"
-        sub = "".join(f"[{p!r}]" for p in path[2:])
-        if path[0] != 0:
-            return f"keyword argument {path[1]!r}{sub} (in_axes None)"
-        label = leaf_names(treedef, fn)[indices[k]].split(" (")[0]
-        label = f"{label.split(' ', 1)[1]}, " if "'" in label else ""
-        return f"argument {path[1]}{sub} ({label}in_axes None)"
-    return describe
+def describe_unbatched(k, treedef, fn):
+    """"argument 1 ('w', in_axes None)" for leaf k of an (args, kwargs) tree."""
+    path = treedef.paths()[k]
+    if len(path) < 2:
+        return f"argument {path!r} (in_axes None)"
+    sub = "".join(f"[{p!r}]" for p in path[2:])
+    if path[0] != 0:
+        return f"keyword argument {path[1]!r}{sub} (in_axes None)"
+    label = leaf_names(treedef, fn)[k].split(" (")[0]
+    label = f"{label.split(' ', 1)[1]}, " if "'" in label else ""
+    return f"argument {path[1]}{sub} ({label}in_axes None)"
 
 
 class _LazyNames:
