@@ -77,3 +77,11 @@ def test_eager_transforms_bench_rows_match_torch_func():
     tf = bench_eager_transforms.small_mlp_rows(torch.func)
     for name in fx:
         bench_transforms.assert_matches(fx[name][0](*fx[name][1]), tf[name][0](*tf[name][1]), name)
+
+
+def test_count_instructions_names_real_rows():
+    # (the counts need valgrind; the rows they count are bench_eager_transforms' own)
+    import count_instructions
+    rows = count_instructions._rows("functx")
+    assert set(count_instructions.DEFAULT_ROWS) <= set(rows)
+    assert set(rows) == set(count_instructions._rows("torch.func"))
