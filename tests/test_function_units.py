@@ -563,3 +563,61 @@ def test_wrappers_are_made_with_positional_arguments():
         return y.sum()
     functx.grad(f)(x)
     assert seen == [(torch.float64, x.device, torch.Size([4, 3]), (1, 4))]
+
+
+_MHA_CONFIGS = [  # (module kwargs, call options): F.multi_head_attention_forward as one unit, each path
+    (dict(batch_first=True), dict(self=True)),
+    (dict(batch_first=False), dict(kpm=True)),
+    (dict(batch_first=True, bias=False, add_bias_kv=True), dict(attn=True)),
+    (dict(batch_first=False, add_zero_attn=True, kdim=6, vdim=6), dict(weights=True)),
+    (dict(batch_first=True, kdim=6, vdim=6), dict(weights=True, avg=False, kpm=True)),
+    (dict(batch_first=True), dict(self=True, causal=True)),
+    (dict(batch_first=False, add_bias_kv=True, add_zero_attn=True), dict(self=True, weights=True)),
+]
+
+
+@pytest.mark.parametrize("transform", ["grad", "vmap", "jvp"])
+@pytest.mark.parametrize("cfg,opts", _MHA_CONFIGS)
+def test_multi_head_attention_units_match_oracles(cfg, opts, transform):
+    # grad and vmap against torch.func; jvp against float64 central differences (torch.func has
+    # no forward mode for the flash kernel its SDPA takes on the CPU)
+    torch.manual_seed(0)
+    kw = dict(cfg)
+    bf = kw.pop("batch_first")
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=bf, **kw).double()
+    P = dict(mha.named_parameters())
+    L, S, B, kdim = 4, 5, 3, kw.get("kdim") or 8
+    shape = lambda n, d: (B, n, d) if bf else (n, B, d)  # noqa: E731
+    q, k, v = (torch.randn(shape(L, 8), dtype=torch.float64), torch.randn(shape(S, kdim), dtype=torch.float64),
+               torch.randn(shape(S, kdim), dtype=torch.float64))
+    if opts.get("self"):
+        k = v = q
+        S = L
+    call = dict(need_weights=opts.get("weights", False), average_attn_weights=opts.get("avg", True))
+    if opts.get("kpm"):
+        call["key_padding_mask"] = torch.arange(S).expand(B, S) == S - 1
+    if opts.get("attn"):
+        call["attn_mask"] = torch.randn(L, S, dtype=torch.float64)
+    if opts.get("causal"):
+        call["attn_mask"] = torch.nn.Transformer.generate_square_subsequent_mask(L, dtype=torch.float64)
+        call["is_causal"] = True
+
+    def f(p, q):
+        out, w = torch.func.functional_call(mha, p, (q, k if k is not q else q, v if v is not q else q), call)
+        return out.pow(2).sum() + (0 if w is None else w.pow(2).sum())
+
+    if transform == "grad":
+        got, want = functx.grad(f)(P, q), torch.func.grad(f)(P, q)
+        for name in P:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-9)
+    elif transform == "vmap":
+        qs = torch.stack([q, 2 * q])
+        torch.testing.assert_close(functx.vmap(f, in_dims=(None, 0))(P, qs), torch.func.vmap(f, in_dims=(None, 0))(P, qs),
+                                   rtol=1e-9, atol=1e-9)
+    else:
+        t = {n: torch.randn_like(p) for n, p in P.items()}
+        got = functx.jvp(lambda p: f(p, q), (P,), (t,))[1]
+        eps = 1e-6
+        with torch.no_grad():
+            fd = (f({n: P[n] + eps * t[n] for n in P}, q) - f({n: P[n] - eps * t[n] for n in P}, q)) / (2 * eps)
+        assert abs(got.item() - fd.item()) <= 1e-6 * max(1.0, abs(fd.item()))
