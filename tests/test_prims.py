@@ -839,6 +839,7 @@ def _nll_backward_ref(ct, target, shape, reduction, ignore_index):
 
 
 add(Entry("log_softmax", _log_softmax_gen, lambda x, axis: torch.log_softmax(x, axis), dtypes=(F32, F64)))
+add(Entry("softmax", _log_softmax_gen, lambda x, axis: torch.softmax(x, axis), dtypes=(F32, F64)))
 add(Entry("nll_loss", _nll_gen, lambda x, t, reduction, ignore_index: torch.ops.aten.nll_loss_forward(
     x, t, None, reduction, ignore_index)[0], dtypes=(F32, F64), linear=((0,),)))
 add(Entry("nll_loss_backward", lambda draw, dtype, smooth: _nll_gen(draw, dtype, smooth, backward=True),

@@ -1,5 +1,5 @@
 """Fused primitives of eager transforms: log_softmax and nll_loss (F.cross_entropy's two halves),
-and the tanh / sigmoid derivatives (torch's tanh_backward / sigmoid_backward kernels).
+softmax, and the tanh / sigmoid derivatives (torch's tanh_backward / sigmoid_backward kernels).
 
 Without jit every primitive is one torch kernel call, and a decomposed log_softmax + nll_loss
 is ~22 of them where torch runs two (each ~2-5 us on small tensors: most of an eager
@@ -91,6 +91,56 @@ log_softmax_p = Primitive(
     batch=_log_softmax_batch,
     composite=log_softmax_decomposed,
     emit=lambda eqn, srcs: f"torch.log_softmax({srcs[0]}, {eqn.params['axis']})")
+
+
+# ---------------------------------------------------------------- softmax
+
+def softmax_decomposed(x, axis):
+    """exp(x - m) / sum(exp(x - m)) along axis, m = max(stop_gradient(x))."""
+    t = type_of(x)
+    kept = tuple(i for i in range(t.ndim) if i != axis)
+    m = reduce_max(ew.stop_gradient(x), (axis,))
+    e = ew.exp(ew.sub(x, sh.broadcast_in_dim(m, t.shape, kept)))
+    return ew.div(e, sh.broadcast_in_dim(reduce_sum(e, (axis,)), t.shape, kept))
+
+
+def softmax(x, axis):
+    """softmax of a float tensor along axis (non-empty, ndim >= 1): torch's kernel under eager
+    transforms (one call for five, and the bits eager torch computes: the decomposition's
+    division rounds 1 ulp from the kernel's on some rows)."""
+    t = type_of(x)
+    if t.dtype in _FUSED_DTYPES and fused_here():
+        return bind(softmax_p, (x,), {"axis": axis})
+    return softmax_decomposed(x, axis)
+
+
+def _softmax_jvp(primals, tangents, *, axis):
+    (x,), (t,) = primals, tangents
+    y = softmax_p.bind(x, axis=axis)
+    if isinstance(t, Zero):
+        return y, Zero(type_of(y))
+    shape = type_of(y).shape
+    kept = tuple(i for i in range(len(shape)) if i != axis)
+    # d softmax = y * (t - sum(t * y)) along axis
+    s = reduce_sum(ew.mul(t, y), (axis,))
+    return y, ew.mul(y, ew.sub(t, sh.broadcast_in_dim(s, shape, kept)))
+
+
+def _softmax_batch(axis_data, args, dims, *, axis):
+    (x,), (d,) = args, dims
+    if d is None:
+        return softmax_p.bind(x, axis=axis), None
+    return softmax_p.bind(x, axis=axis + 1 if d <= axis else axis), d
+
+
+softmax_p = Primitive(
+    "softmax", kind=EXTERN,
+    abstract_eval=lambda t, *, axis: TensorType(t.shape, t.dtype, t.device),
+    impl=lambda x, *, axis: torch.softmax(x, axis),
+    jvp=_softmax_jvp,
+    batch=_softmax_batch,
+    composite=softmax_decomposed,
+    emit=lambda eqn, srcs: f"torch.softmax({srcs[0]}, {eqn.params['axis']})")
 
 
 # ---------------------------------------------------------------- nll_loss (no class weights)

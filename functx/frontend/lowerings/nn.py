@@ -78,21 +78,9 @@ def _safe_softmax(x, dim, dtype=None):
 
 
 # ---------------------------------------------------------------- softmax / log_softmax
-# Native (PyTorch's decompositions reach elementwise_dtypes, which imports sympy). The max
-# is a constant shift (softmax is shift-invariant), so it is stop_gradient'ed as in JAX:
-# derivatives don't pay for the max's tie-averaging rule.
-
-def _shifted_rows(x, dim, half_to_float):
-    if half_to_float:
-        x = P.convert(x, torch.float32)
-    t = _t(x)
-    d = wrap_dim(dim, t.ndim)
-    kept = tuple(i for i in range(t.ndim) if i != d)
-    if t.shape[d] == 0:     # empty rows: nothing to shift (a max of nothing does not exist)
-        return x, d, kept, t
-    m = P.reduce_max(P.stop_gradient(x), (d,))      # stop first: the max's own jvp is never built
-    return P.sub(x, P.broadcast_in_dim(m, t.shape, kept)), d, kept, t
-
+# Native (PyTorch's decompositions reach elementwise_dtypes, which imports sympy): the fused
+# primitives of prims/fused.py (torch's kernels under eager transforms, the decompositions,
+# whose max is a stop_gradient'ed shift as in JAX, everywhere else).
 
 # A 0-d input is a row of one: exp(x - x) is 1 only where x is finite (nan for inf/nan, as
 # in torch), so it runs the general path rather than returning a constant.
@@ -101,9 +89,14 @@ def _shifted_rows(x, dim, half_to_float):
 def _softmax(x, dim, half_to_float=False):
     if _t(x).ndim == 0:
         return P.reshape(_softmax(P.reshape(x, (1,)), 0, half_to_float), ())
-    z, d, kept, t = _shifted_rows(x, dim, half_to_float)
-    e = P.exp(z)
-    return P.div(e, P.broadcast_in_dim(P.reduce_sum(e, (d,)), t.shape, kept))
+    if half_to_float:
+        x = P.convert(x, torch.float32)
+    t = _t(x)
+    d = wrap_dim(dim, t.ndim)
+    if t.shape[d] == 0:     # empty rows: nothing to shift (a max of nothing does not exist)
+        e = P.exp(x)
+        return P.div(e, P.broadcast_in_dim(P.reduce_sum(e, (d,)), t.shape, tuple(i for i in range(t.ndim) if i != d)))
+    return P.softmax(x, d)       # torch's kernel under eager transforms (prims/fused.py)
 
 
 @register(aten._log_softmax.default)
