@@ -254,3 +254,121 @@ def test_closing_over_body_values_under_functx_transforms_unchanged(kind, name):
         torch.testing.assert_close(functx.jit(progs[name])(x), oracle(x, z, dep))
     with pytest.raises(functx.FunctxError, match="closes over"):
         functx.grad(lambda v: progs[name](v).sum())(x)
+
+
+@KINDS
+def test_eager_call_closing_over_a_parameter(kind):
+    # no loop: a parameter p (requires grad) closed over; x's gradient by the rule, p's through
+    # f for custom_jvp (torch's answer for a Function of (x, w) with the true w-derivative),
+    # an error naming the function for custom_vjp
+    p = torch.linspace(0.5, 1.5, 4, dtype=F64).requires_grad_()
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64).requires_grad_()
+    f = make_closing(kind, p * 2)
+    out = f(x)
+    torch.testing.assert_close(out, torch.sin(x.detach()) * 2 * p.detach())
+    if kind == "custom_vjp":
+        with pytest.raises(functx.FunctxError, match="'f' closes over a tensor that requires grad"):
+            out.sum().backward()
+        return
+    out.sum().backward()
+    x0, p0 = x.detach().clone().requires_grad_(), p.detach().clone().requires_grad_()
+    _Oracle.apply(x0, p0 * 2, K).sum().backward()
+    torch.testing.assert_close(x.grad, x0.grad)
+    torch.testing.assert_close(p.grad, p0.grad)
+    # only p requires grad: the same for p
+    p.grad = None
+    make_closing(kind, p * 2)(x.detach()).sum().backward()
+    torch.testing.assert_close(p.grad, p0.grad)
+
+
+def test_custom_vjp_in_a_body_with_a_data_dependent_bwd():
+    # bwd can't be traced (Python control flow on values): it runs as written in the backward
+    # pass, reading the closed-over value from its residuals
+    def body(c, zz):
+        w = 2 * zz
+
+        @functx.custom_vjp
+        def f(x):
+            return torch.sin(x) * w
+        f.defvjp(lambda x: (torch.sin(x) * w, (torch.cos(x), w)),
+                 lambda res, g: (g * res[0] * res[1] * K if float(g.abs().sum()) >= 0 else None,))
+        return f(c), None
+    z = torch.linspace(0.5, 1.5, 4, dtype=F64)
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64).requires_grad_()
+    out = lax.scan(body, x, torch.stack([z, z + 0.5]))[0]
+    torch.testing.assert_close(out, oracle(x.detach(), z, False))
+    (g,) = torch.autograd.grad(out.sum(), x)
+    x0 = x.detach().clone().requires_grad_()
+    (want,) = torch.autograd.grad(oracle(x0, z, False).sum(), x0)
+    torch.testing.assert_close(g, want)
+
+
+@KINDS
+def test_closing_over_an_outer_loop_body_value_in_a_nested_loop(kind):
+    z = torch.linspace(0.5, 1.5, 4, dtype=F64)
+
+    def outer(c, zz):
+        w = 2 * zz
+        return lax.scan(lambda c2, _: (make_closing(kind, w)(c2), None), c, None, length=1)[0], None
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64).requires_grad_()
+    out = lax.scan(outer, x, torch.stack([z, z + 0.5]))[0]
+    torch.testing.assert_close(out, oracle(x.detach(), z, False))
+    (g,) = torch.autograd.grad(out.sum(), x)
+    x0 = x.detach().clone().requires_grad_()
+    (want,) = torch.autograd.grad(oracle(x0, z, False).sum(), x0)
+    torch.testing.assert_close(g, want)
+
+
+def test_custom_vjp_in_a_body_whose_bwd_alone_closes_over_body_values():
+    # JAX's clip_gradient with bounds the body computes: only bwd reads them
+    def body(c, zz):
+        lo, hi = -zz, zz
+
+        @functx.custom_vjp
+        def clip_gradient(x):
+            return x
+        clip_gradient.defvjp(lambda x: (x, None), lambda _, g: (g.clamp(lo, hi),))
+        return torch.sin(clip_gradient(c)) * 3, None
+    z = torch.tensor([0.1, 0.5, 1.0, 4.0], dtype=F64)
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64).requires_grad_()
+    (g,) = torch.autograd.grad(lax.scan(body, x, torch.stack([z, 2 * z]))[0].sum(), x)
+
+    class Clip(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, lo, hi):
+            ctx.lo, ctx.hi = lo, hi
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g.clamp(ctx.lo, ctx.hi), None, None
+    c = x.detach().clone().requires_grad_()
+    out = c
+    for zz in (z, 2 * z):
+        out = torch.sin(Clip.apply(out, -zz, zz)) * 3
+    (want,) = torch.autograd.grad(out.sum(), c)
+    torch.testing.assert_close(g, want)
+
+
+def test_custom_jvp_rule_with_data_dependent_python_closing_over_a_body_value():
+    # a rule that can't be traced can't have the body's value passed in: the forward runs,
+    # the backward raises the closure error (not a wrong gradient)
+    def body(c, zz):
+        w = 2 * zz
+
+        @functx.custom_jvp
+        def f(x):
+            return torch.sin(x) * w
+
+        @f.defjvp
+        def rule(primals, tangents):
+            (x,), (t,) = primals, tangents
+            scale = K if float(x.abs().sum()) >= 0 else 1.0
+            return torch.sin(x) * w, torch.cos(x) * w * t * scale
+        return f(c), None
+    z = torch.linspace(0.5, 1.5, 4, dtype=F64)
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64).requires_grad_()
+    out = lax.scan(body, x, torch.stack([z, z + 0.5]))[0]
+    torch.testing.assert_close(out, oracle(x.detach(), z, False))
+    with pytest.raises(functx.FunctxError, match="closes over"):
+        out.sum().backward()

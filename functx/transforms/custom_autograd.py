@@ -215,9 +215,19 @@ def _jvp_along(fn, primals, tangents):
     return [p for p, _ in pairs], [instantiate(t) for _, t in pairs]
 
 
+def _try_traced(fn, in_types):
+    """_Traced, or None where fn can't be traced (Python control flow on values): it then runs
+    as written, and a body value it closes over raises the closure error there."""
+    try:
+        return _Traced(fn, in_types)
+    except Exception:
+        return None
+
+
 def close_jvp_call(args, params):
     """custom_jvp_call's Primitive.close_over: the values fun and the jvp rule close over
-    become operands; the rule's primal output is differentiated with respect to them."""
+    become operands; fun is differentiated with respect to them (the rule gives the
+    derivative for the arguments)."""
     n, fun, jvp = len(args), params["fun"], params["jvp"]
     in_types = [type_of(a) for a in args]
     t_fun = _Traced(fun, in_types)
@@ -225,11 +235,12 @@ def close_jvp_call(args, params):
     def both(*xs):
         outs, t_outs = jvp(list(xs[:n]), list(xs[n:]))
         return list(outs) + list(t_outs)
-    t_jvp = _Traced(both, in_types + in_types)
-    closed, index = _closure_of([t_fun, t_jvp])
+    t_jvp = _try_traced(both, in_types + in_types)
+    closed, index = _closure_of([t for t in (t_fun, t_jvp) if t is not None])
     if not closed:
         return args, params
-    run_fun, run_jvp, k = t_fun.runner(index), t_jvp.runner(index), len(t_fun.out_types)
+    run_fun, k = t_fun.runner(index), len(t_fun.out_types)
+    run_jvp = t_jvp.runner(index) if t_jvp is not None else lambda _, xs: both(*xs)
 
     def fun2(*ops):
         return run_fun(ops[n:], ops[:n])
@@ -255,17 +266,18 @@ def close_vjp_call(args, params):
         outs, res = fwd(*xs)
         n_out[:] = [len(outs)]
         return list(outs) + list(res)
-    t_fwd = _Traced(fwd_flat, in_types)
-    k = n_out[0]
-    n_res = len(t_fwd.out_types) - k
-    try:        # bwd at the residuals' and cotangents' types (one with data-dependent Python runs as is)
-        t_bwd = _Traced(lambda *xs: bwd(list(xs[:n_res]), list(xs[n_res:])), t_fwd.out_types[k:] + t_fwd.out_types[:k])
-    except Exception:
-        t_bwd = None
+    t_fwd = _try_traced(fwd_flat, in_types)
+    t_bwd = None
+    if t_fwd is not None:        # bwd at the residuals' and cotangents' types
+        k = n_out[0]
+        n_res = len(t_fwd.out_types) - k
+        t_bwd = _try_traced(lambda *xs: bwd(list(xs[:n_res]), list(xs[n_res:])),
+                            t_fwd.out_types[k:] + t_fwd.out_types[:k])
     closed, index = _closure_of([t for t in (t_fun, t_fwd, t_bwd) if t is not None])
     if not closed:
         return args, params
-    run_fun, run_fwd = t_fun.runner(index), t_fwd.runner(index)
+    run_fun = t_fun.runner(index)
+    run_fwd = t_fwd.runner(index) if t_fwd is not None else None
     run_bwd = t_bwd.runner(index) if t_bwd is not None else None
     m = len(closed)
 
@@ -273,12 +285,15 @@ def close_vjp_call(args, params):
         return run_fun(ops[n:], ops[:n])
 
     def fwd2(*ops):
+        if run_fwd is None:
+            outs, res = fwd(*ops[:n])
+            return list(outs), list(res) + list(ops[n:])
         r = run_fwd(ops[n:], ops[:n])
         return r[:k], r[k:] + list(ops[n:])
 
     def bwd2(res, cts):
-        grads = run_bwd(res[n_res:], list(res[:n_res]) + list(cts)) if run_bwd is not None \
-            else bwd(list(res[:n_res]), list(cts))
+        own, closed_vals = list(res[:len(res) - m]), res[len(res) - m:]
+        grads = run_bwd(closed_vals, own + list(cts)) if run_bwd is not None else bwd(own, list(cts))
         return list(grads) + [None] * m
     return list(args) + closed, dict(params, fun=fun2, fwd=fwd2, bwd=bwd2, lin_jvp=None,
                                      closed=params.get("closed", 0) + m)
