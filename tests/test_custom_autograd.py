@@ -102,3 +102,273 @@ def test_a_second_derivative_through_torch_autograd_raises():
     (g,) = torch.autograd.grad(sin_vjp(x).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad|twice"):
         g.sum().backward()
+
+
+# ---------------------------------------------------------------- custom functions made inside a body
+# A custom function defined inside an eager loop / cond / checkpoint body, closing over a value w
+# the body computes: w = 2 * z from a constant z (no grad: the rule is used with w held constant),
+# or w = 2 * c from the carry (requires grad: custom_jvp differentiates its rule's primal output
+# with respect to w, custom_vjp's backward raises: its bwd has no cotangent for w).
+
+def make_closing(kind, w, k=K):
+    if kind == "custom_vjp":
+        @functx.custom_vjp
+        def f(x):
+            return torch.sin(x) * w
+        f.defvjp(lambda x: (torch.sin(x) * w, (torch.cos(x),)), lambda res, g: (g * res[0] * w * k,))
+        return f
+
+    @functx.custom_jvp
+    def f(x):
+        return torch.sin(x) * w
+
+    @f.defjvp
+    def rule(primals, tangents):
+        return torch.sin(primals[0]) * w, torch.cos(primals[0]) * w * tangents[0] * k
+    return f
+
+
+def closing_programs(kind, dep, k=K):
+    """Two steps c -> f(c) with f closing over w = 2 * c (dep) or w = 2 * z, z a value the body
+    computes or gets that does not require grad (a scanned slice, from the loop index, an
+    operand): z at the second step is z + 0.5."""
+    z = torch.linspace(0.5, 1.5, 4, dtype=F64)
+
+    def step(c, zz):
+        w = 2 * (c if dep else zz)
+        return make_closing(kind, w, k)(c)
+    return {
+        "scan": lambda x: lax.scan(lambda c, zz: (step(c, zz), None), x, torch.stack([z, z + 0.5]))[0],
+        "fori_loop": lambda x: lax.fori_loop(0, 2, lambda i, c: step(c, z + 0.5 * i), x),
+        "while_loop": lambda x: lax.while_loop(lambda s: s[1] < 2, lambda s: (step(s[0], z + 0.5 * s[1]), s[1] + 1),
+                                               (x, torch.tensor(0)), max_steps=3)[0],
+        "cond": lambda x: lax.cond(x.sum() > -100, lambda v, zz: step(step(v, zz), zz + 0.5),
+                                   lambda v, zz: v, x, z),
+        "checkpoint": lambda x: functx.checkpoint(lambda v, zz: step(step(v, zz), zz + 0.5))(x, z),
+    }, z
+
+
+class _Oracle(torch.autograd.Function):
+    """The same rule as a torch.autograd.Function of (x, w): the rule's derivative for x, the
+    true one (of sin(x) * w) for w."""
+    @staticmethod
+    def forward(ctx, x, w, k):
+        ctx.save_for_backward(x, w)
+        ctx.k = k
+        return torch.sin(x) * w
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return g * torch.cos(x) * w * ctx.k, g * torch.sin(x), None
+
+
+def oracle(x, z, dep, k=K):
+    c = x
+    for zz in (z, z + 0.5):
+        c = _Oracle.apply(c, 2 * (c if dep else zz), k)
+    return c
+
+
+CLOSING = pytest.mark.parametrize("name", list(closing_programs("custom_vjp", False)[0]))
+KINDS = pytest.mark.parametrize("kind", ["custom_vjp", "custom_jvp"])
+
+
+@KINDS
+@CLOSING
+@pytest.mark.parametrize("dep", [False, True], ids=["constant", "requires_grad"])
+def test_closing_over_body_values_forward(kind, name, dep):
+    progs, z = closing_programs(kind, dep)
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64)
+    want = oracle(x, z, dep)
+    torch.testing.assert_close(progs[name](x.clone().requires_grad_()), want)
+    torch.testing.assert_close(progs[name](x), want)
+    with torch.no_grad():
+        torch.testing.assert_close(progs[name](x.clone().requires_grad_()), want)
+
+
+@KINDS
+@CLOSING
+def test_closing_over_constant_body_values_uses_the_rule(kind, name):
+    progs, z = closing_programs(kind, False)
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64).requires_grad_()
+    (g,) = torch.autograd.grad(progs[name](x).sum(), x)
+    x0 = x.detach().clone().requires_grad_()
+    (want,) = torch.autograd.grad(oracle(x0, z, False).sum(), x0)
+    torch.testing.assert_close(g, want)
+
+
+@CLOSING
+def test_custom_jvp_closing_over_values_that_require_grad(name):
+    progs, z = closing_programs("custom_jvp", True)
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64).requires_grad_()
+    x.grad = None
+    progs[name](x).sum().backward()
+    x0 = x.detach().clone().requires_grad_()
+    oracle(x0, z, True).sum().backward()
+    torch.testing.assert_close(x.grad, x0.grad)
+    # with the true rule (k = 1): float64 finite differences of the function itself
+    progs1, _ = closing_programs("custom_jvp", True, k=1.0)
+    (g,) = torch.autograd.grad(progs1[name](x).sum(), x)
+    eps, fd = 1e-6, torch.zeros(4, dtype=F64)
+    for i in range(4):
+        e = torch.zeros(4, dtype=F64)
+        e[i] = eps
+        fd[i] = (progs1[name](x.detach() + e).sum() - progs1[name](x.detach() - e).sum()) / (2 * eps)
+    torch.testing.assert_close(g, fd, rtol=1e-6, atol=1e-8)
+
+
+@CLOSING
+def test_custom_vjp_closing_over_values_that_require_grad_raises_at_backward(name):
+    progs, z = closing_programs("custom_vjp", True)
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64).requires_grad_()
+    out = progs[name](x)                    # the forward runs
+    torch.testing.assert_close(out, oracle(x.detach(), z, True))
+    with pytest.raises(functx.FunctxError, match="'f' closes over a tensor that requires grad"):
+        out.sum().backward()
+
+
+@KINDS
+@CLOSING
+def test_closing_over_body_values_under_functx_transforms_unchanged(kind, name):
+    # functx.grad refuses a rule closing over a value traced in the loop body (as before; JAX
+    # refuses closed-over tracers under differentiation too) and uses it where the body runs as
+    # Python (while_loop and cond with concrete predicates); vmap and jit of the forward work,
+    # and jit's outputs carry the rule for torch's autograd
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64)
+    progs, z = closing_programs(kind, False)
+    x0 = x.clone().requires_grad_()
+    (want,) = torch.autograd.grad(oracle(x0, z, False).sum(), x0)
+    if name in ("while_loop", "cond"):
+        torch.testing.assert_close(functx.grad(lambda v: progs[name](v).sum())(x), want)
+    else:
+        with pytest.raises(functx.FunctxError, match="closes over"):
+            functx.grad(lambda v: progs[name](v).sum())(x)
+    xr = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(functx.jit(progs[name])(xr).sum(), xr)
+    torch.testing.assert_close(g, want)
+    for dep in (False, True):
+        progs, z = closing_programs(kind, dep)
+        xs = torch.stack([x, x + 0.1])
+        torch.testing.assert_close(functx.vmap(progs[name])(xs), torch.stack([oracle(v, z, dep) for v in xs]))
+        torch.testing.assert_close(functx.jit(progs[name])(x), oracle(x, z, dep))
+    with pytest.raises(functx.FunctxError, match="closes over"):
+        functx.grad(lambda v: progs[name](v).sum())(x)
+
+
+@KINDS
+def test_eager_call_closing_over_a_parameter(kind):
+    # no loop: a parameter p (requires grad) closed over; x's gradient by the rule, p's through
+    # f for custom_jvp (torch's answer for a Function of (x, w) with the true w-derivative),
+    # an error naming the function for custom_vjp
+    p = torch.linspace(0.5, 1.5, 4, dtype=F64).requires_grad_()
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64).requires_grad_()
+    f = make_closing(kind, p * 2)
+    out = f(x)
+    torch.testing.assert_close(out, torch.sin(x.detach()) * 2 * p.detach())
+    if kind == "custom_vjp":
+        with pytest.raises(functx.FunctxError, match="'f' closes over a tensor that requires grad"):
+            out.sum().backward()
+        return
+    out.sum().backward()
+    x0, p0 = x.detach().clone().requires_grad_(), p.detach().clone().requires_grad_()
+    _Oracle.apply(x0, p0 * 2, K).sum().backward()
+    torch.testing.assert_close(x.grad, x0.grad)
+    torch.testing.assert_close(p.grad, p0.grad)
+    # only p requires grad: the same for p
+    p.grad = None
+    make_closing(kind, p * 2)(x.detach()).sum().backward()
+    torch.testing.assert_close(p.grad, p0.grad)
+
+
+def test_custom_vjp_in_a_body_with_a_data_dependent_bwd():
+    # bwd can't be traced (Python control flow on values): it runs as written in the backward
+    # pass, reading the closed-over value from its residuals
+    def body(c, zz):
+        w = 2 * zz
+
+        @functx.custom_vjp
+        def f(x):
+            return torch.sin(x) * w
+        f.defvjp(lambda x: (torch.sin(x) * w, (torch.cos(x), w)),
+                 lambda res, g: (g * res[0] * res[1] * K if float(g.abs().sum()) >= 0 else None,))
+        return f(c), None
+    z = torch.linspace(0.5, 1.5, 4, dtype=F64)
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64).requires_grad_()
+    out = lax.scan(body, x, torch.stack([z, z + 0.5]))[0]
+    torch.testing.assert_close(out, oracle(x.detach(), z, False))
+    (g,) = torch.autograd.grad(out.sum(), x)
+    x0 = x.detach().clone().requires_grad_()
+    (want,) = torch.autograd.grad(oracle(x0, z, False).sum(), x0)
+    torch.testing.assert_close(g, want)
+
+
+@KINDS
+def test_closing_over_an_outer_loop_body_value_in_a_nested_loop(kind):
+    z = torch.linspace(0.5, 1.5, 4, dtype=F64)
+
+    def outer(c, zz):
+        w = 2 * zz
+        return lax.scan(lambda c2, _: (make_closing(kind, w)(c2), None), c, None, length=1)[0], None
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64).requires_grad_()
+    out = lax.scan(outer, x, torch.stack([z, z + 0.5]))[0]
+    torch.testing.assert_close(out, oracle(x.detach(), z, False))
+    (g,) = torch.autograd.grad(out.sum(), x)
+    x0 = x.detach().clone().requires_grad_()
+    (want,) = torch.autograd.grad(oracle(x0, z, False).sum(), x0)
+    torch.testing.assert_close(g, want)
+
+
+def test_custom_vjp_in_a_body_whose_bwd_alone_closes_over_body_values():
+    # JAX's clip_gradient with bounds the body computes: only bwd reads them
+    def body(c, zz):
+        lo, hi = -zz, zz
+
+        @functx.custom_vjp
+        def clip_gradient(x):
+            return x
+        clip_gradient.defvjp(lambda x: (x, None), lambda _, g: (g.clamp(lo, hi),))
+        return torch.sin(clip_gradient(c)) * 3, None
+    z = torch.tensor([0.1, 0.5, 1.0, 4.0], dtype=F64)
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64).requires_grad_()
+    (g,) = torch.autograd.grad(lax.scan(body, x, torch.stack([z, 2 * z]))[0].sum(), x)
+
+    class Clip(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, lo, hi):
+            ctx.lo, ctx.hi = lo, hi
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g.clamp(ctx.lo, ctx.hi), None, None
+    c = x.detach().clone().requires_grad_()
+    out = c
+    for zz in (z, 2 * z):
+        out = torch.sin(Clip.apply(out, -zz, zz)) * 3
+    (want,) = torch.autograd.grad(out.sum(), c)
+    torch.testing.assert_close(g, want)
+
+
+def test_custom_jvp_rule_with_data_dependent_python_closing_over_a_body_value():
+    # a rule that can't be traced can't have the body's value passed in: the forward runs,
+    # the backward raises the closure error (not a wrong gradient)
+    def body(c, zz):
+        w = 2 * zz
+
+        @functx.custom_jvp
+        def f(x):
+            return torch.sin(x) * w
+
+        @f.defjvp
+        def rule(primals, tangents):
+            (x,), (t,) = primals, tangents
+            scale = K if float(x.abs().sum()) >= 0 else 1.0
+            return torch.sin(x) * w, torch.cos(x) * w * t * scale
+        return f(c), None
+    z = torch.linspace(0.5, 1.5, 4, dtype=F64)
+    x = torch.linspace(-1.0, 1.2, 4, dtype=F64).requires_grad_()
+    out = lax.scan(body, x, torch.stack([z, z + 0.5]))[0]
+    torch.testing.assert_close(out, oracle(x.detach(), z, False))
+    with pytest.raises(functx.FunctxError, match="closes over"):
+        out.sum().backward()

@@ -71,6 +71,10 @@ class Primitive:
     # compiles their bodies; not where an enclosing trace will differentiate the graph (a
     # scan body or checkpoint traced under grad: GraphTrace.inlines), which needs the rules.
     inline: Callable | None = None
+    # The same primitives in a graph traced for torch's autograd (an eager loop body keeping
+    # custom calls, core.trace.KEEP_CUSTOM_CALLS): fn(args, params) -> (args, params) with the
+    # tracers its callables close over made extra operands (transforms/custom_autograd.py)
+    close_over: Callable | None = None
     # Fused primitives of eager transforms (prims/fused.py): fn(*args, **params) binding the
     # primitives it stands for, which a GraphTrace records instead unless it keeps fused
     # primitives (an eager unit's or rule's trace), so jit and the backends never see it.

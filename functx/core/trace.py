@@ -514,6 +514,7 @@ class GraphTrace(Trace):
     # linearize's partial-eval trace: the tangents Tensor.register_hook replaced, as
     # (old tangent Var, index of its tensor_hook equation, user line) (transforms/hooks.py)
     hooked = None
+    closes_over = False
 
     def __init__(self, parent: Trace, stage_all: bool = True):
         self.parent = parent
@@ -522,8 +523,15 @@ class GraphTrace(Trace):
         # Primitive.inline bodies are recorded only where no enclosing trace differentiates the
         # graph (jit compiles it, an eager loop evaluates it): a scan body or checkpoint traced
         # under grad keeps its custom_jvp calls as equations, so their rules are used.
-        self.inlines = not stage_all or not (KEEP_CUSTOM_CALLS[0]
-                                             or any(t.uses_custom_rules for t in _ancestors(parent)))
+        # A graph evaluated eagerly for torch's autograd (KEEP_CUSTOM_CALLS, no differentiating
+        # trace above) makes the values custom calls close over their operands (Primitive.close_over).
+        if not stage_all:
+            self.inlines, self.closes_over = True, False
+        elif KEEP_CUSTOM_CALLS[0]:
+            self.inlines = False
+            self.closes_over = not any(t.uses_custom_rules for t in _ancestors(parent))
+        else:
+            self.inlines, self.closes_over = not any(t.uses_custom_rules for t in _ancestors(parent)), False
         self.eqns: list[Eqn] = []
         self.constvars: list[Var] = []
         self.consts: list = []
@@ -566,6 +574,8 @@ class GraphTrace(Trace):
         if prim.inline is not None and self.inlines:    # structural: record its body (Primitive.inline)
             INLINED[0] += 1
             return prim.inline(*args, **params)
+        if prim.close_over is not None and self.closes_over:
+            args, params = prim.close_over(args, params)
         if prim.composite is not None and not self.keeps_fused:     # what it stands for
             return prim.composite(*args, **params)
         atoms, in_types = [], []

@@ -51,7 +51,8 @@ from ..frontend.random_mode import intercept_random
 from .. import prims as P
 from ..prims.creation import instantiate
 from ..prims.shape import moveaxis
-from .custom_autograd import autograd_records, note_inlined, torch_custom_jvp, torch_custom_vjp
+from .custom_autograd import autograd_records, close_jvp_call, close_vjp_call, closure_grad_error, closure_records, \
+    note_inlined, torch_custom_jvp, torch_custom_vjp
 from .custom_batch import register as _register_closure_batching, run_batched
 from .jvp import JVPTrace, JVPTracer
 from ..tree_util import tree_flatten, tree_leaves_with_none, tree_structure, tree_unflatten
@@ -139,29 +140,35 @@ custom_jvp_call_p = Primitive(
     impl=_custom_jvp_impl,
     jvp=_custom_jvp_rule,
     batch=_custom_jvp_batch,
-    inline=_custom_jvp_inline)
+    inline=_custom_jvp_inline,
+    close_over=close_jvp_call)
 
 
 # ---------------------------------------------------------------- custom_vjp_call and custom_lin
 
 
 
-def _custom_vjp_type(*in_types, fun, fwd, bwd, name, lin_jvp=None):
+def _custom_vjp_type(*in_types, fun, fwd, bwd, name, lin_jvp=None, closed=0):
     return _traced_out_types(fun, in_types)
 
 
-def _custom_vjp_impl(*args, fun, fwd, bwd, name, lin_jvp=None):
+def _custom_vjp_impl(*args, fun, fwd, bwd, name, lin_jvp=None, closed=0):
     if autograd_records(args):       # torch's autograd differentiates it: by bwd
-        return torch_custom_vjp(fwd, bwd, args)
-    return fun(*args)
+        return torch_custom_vjp(fwd, bwd, args, closed, name)
+    outs = fun(*args)
+    if closure_records(outs):        # fun closes over tensors that require grad: bwd can't say how
+        return torch_custom_vjp(fwd, bwd, args, closed, name)
+    return outs
 
 
-def _custom_vjp_inline(*args, fun, fwd, bwd, name, lin_jvp=None):
+def _custom_vjp_inline(*args, fun, fwd, bwd, name, lin_jvp=None, closed=0):
     note_inlined()
     return fun(*args)
 
 
-def _custom_vjp_rule(primals, tangents, *, fun, fwd, bwd, name, lin_jvp=None):
+def _custom_vjp_rule(primals, tangents, *, fun, fwd, bwd, name, lin_jvp=None, closed=0):
+    if closed and not all(isinstance(t, Zero) for t in tangents[len(tangents) - closed:]):
+        raise closure_grad_error(name)      # closed-over values (close_vjp_call) bwd has no cotangent for
     outs, res = fwd(*primals)
     out_types = [type_of(o) for o in outs]
     float_outs = tuple(i for i, t in enumerate(out_types) if _float(t))
@@ -176,7 +183,7 @@ def _custom_vjp_rule(primals, tangents, *, fun, fwd, bwd, name, lin_jvp=None):
     return outs, t_outs
 
 
-def _custom_vjp_batch(axis, args, dims, *, fun, fwd, bwd, name, lin_jvp=None):
+def _custom_vjp_batch(axis, args, dims, *, fun, fwd, bwd, name, lin_jvp=None, closed=0):
     dims = list(dims)
     n_res = []
 
@@ -211,7 +218,7 @@ def _custom_vjp_batch(axis, args, dims, *, fun, fwd, bwd, name, lin_jvp=None):
             return run_batched(lambda *ys: lin_jvp(list(ys[:len(res)]), list(ys[len(res):])),
                                 axis, [0] * len(res) + dims, list(res) + list(tangents))
 
-    outs = custom_vjp_call_p.bind(*args, fun=bfun, fwd=bfwd, bwd=bbwd, name=name, lin_jvp=blin)
+    outs = custom_vjp_call_p.bind(*args, fun=bfun, fwd=bfwd, bwd=bbwd, name=name, lin_jvp=blin, closed=closed)
     return outs, [0] * len(outs)
 
 
@@ -281,7 +288,8 @@ custom_vjp_call_p = Primitive(
     impl=_custom_vjp_impl,
     jvp=_custom_vjp_rule,
     batch=_custom_vjp_batch,
-    inline=_custom_vjp_inline)
+    inline=_custom_vjp_inline,
+    close_over=close_vjp_call)
 
 # custom_vjp's linear part: its transpose is the user's bwd; it has no forward evaluation.
 custom_lin_p = Primitive(
