@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core import STRUCTURAL, FunctxError, MissingRuleError, Trace, Tracer, nan_check, set_current_trace
+from ..core import STRUCTURAL, MissingRuleError, Trace, Tracer, nan_check, set_current_trace
 from ..core.errors import BatchingError, RandomnessError, library_hint, user_frame_summary
 from ..core.trace import (AUTOGRAD_ON_KEYS, EVAL_TRACE, AxisData, process_on_parent, tensor_type, trace_state, transform_level, type_of,
                           torch_autograd_records, value_repr)

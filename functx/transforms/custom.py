@@ -52,9 +52,8 @@ from .. import prims as P
 from ..prims.creation import instantiate
 from ..prims.shape import moveaxis
 from .custom_autograd import autograd_records, close_jvp_call, close_vjp_call, closure_grad_error, closure_records, \
-    note_inlined, torch_custom_jvp, torch_custom_vjp
+    jvp_of_code, note_inlined, torch_custom_jvp, torch_custom_vjp
 from .custom_batch import register as _register_closure_batching, run_batched
-from .jvp import JVPTrace, JVPTracer
 from ..tree_util import tree_flatten, tree_leaves_with_none, tree_structure, tree_unflatten
 
 __all__ = ["custom_jvp", "custom_vjp", "custom_jvp_call_p", "custom_vjp_call_p", "custom_lin_p"]
@@ -66,19 +65,6 @@ def _is_tensor(x):
 
 def _float(t):
     return t.dtype.is_floating_point or t.dtype.is_complex
-
-
-# ---------------------------------------------------------------- running a flat callable under jvp
-
-def _run_jvp(fn, primals, tangents):
-    """(fn(*primals), its forward derivative along tangents) under a fresh JVPTrace: fn's
-    code differentiated as ordinary code."""
-    trace = JVPTrace(current_trace())
-    ins = [JVPTracer(trace, p, instantiate(t)) for p, t in zip(primals, tangents)]
-    with set_current_trace(trace):
-        outs = fn(*ins)
-    pairs = [trace.pair(o) for o in outs]
-    return [p for p, _ in pairs], [instantiate(t) for _, t in pairs]
 
 
 # ---------------------------------------------------------------- custom_jvp_call
@@ -251,7 +237,7 @@ def _custom_lin_jvp(primals, tangents, *, name, jvp, num_res, **params):
         full = dict(params, name=name, jvp=jvp, num_res=num_res)
         outs = custom_lin_p.bind(*primals, **full)
         return outs, custom_lin_p.bind(*primals[:num_res], *[instantiate(t) for t in tangents[num_res:]], **full)
-    return _run_jvp(lambda *xs: jvp(list(xs[:num_res]), list(xs[num_res:])), primals, tangents)
+    return jvp_of_code(lambda *xs: jvp(list(xs[:num_res]), list(xs[num_res:])), primals, tangents)
 
 
 def _custom_lin_batch(axis, args, dims, *, name, jvp, num_res, **params):

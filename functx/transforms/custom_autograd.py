@@ -37,8 +37,7 @@ from .ad import vjp_flat
 from .jvp import JVPTrace, JVPTracer
 
 __all__ = ["autograd_records", "note_inlined", "torch_custom_vjp", "torch_custom_jvp", "close_jvp_call",
-           "close_vjp_call", "closure_grad_error",
-           "closure_records"]
+           "close_vjp_call", "closure_grad_error", "closure_records", "jvp_of_code"]
 
 
 def autograd_records(args) -> bool:
@@ -205,7 +204,7 @@ def _closure_of(traced):
     return closed, index
 
 
-def _jvp_along(fn, primals, tangents):
+def jvp_of_code(fn, primals, tangents):
     """fn(*primals) and its forward derivative along tangents, fn differentiated as ordinary code."""
     trace = JVPTrace(current_trace())
     ins = [JVPTracer(trace, p, instantiate(t)) for p, t in zip(primals, tangents)]
@@ -249,7 +248,7 @@ def close_jvp_call(args, params):
         closed_vals = primals[n:]
         res = run_jvp(closed_vals, list(primals[:n]) + list(tangents[:n]))
         outs, t_outs = res[:k], res[k:]
-        _, d = _jvp_along(lambda *cs: run_fun(cs, primals[:n]), closed_vals, tangents[n:])
+        _, d = jvp_of_code(lambda *cs: run_fun(cs, primals[:n]), closed_vals, tangents[n:])
         return outs, [P.add(t, dt) if _float(type_of(o)) else t for o, t, dt in zip(outs, t_outs, d)]
     return list(args) + closed, dict(params, fun=fun2, jvp=jvp2)
 
