@@ -180,7 +180,7 @@ def _instantiate(x):
 
 # ---------------------------------------------------------------- jvp / linearize / vjp
 
-def jvp(f, primals, tangents, has_aux=False, *, _writes=None):
+def jvp(f, primals, tangents, has_aux=False):
     """Forward-mode derivative: (f(*primals), J_f(primals) @ tangents).
 
     Args:
@@ -193,11 +193,16 @@ def jvp(f, primals, tangents, has_aux=False, *, _writes=None):
       (primals_out, tangents_out), or (primals_out, tangents_out, aux) with has_aux.
 
     In-place writes of f into its inputs reach the caller's tensors (their primal values),
-    as in torch.func. (_writes: a list that collects them instead, for jacfwd.)
+    as in torch.func.
 
     Example:
       >>> y, dy = functx.jvp(torch.sin, (x,), (torch.ones_like(x),))   # dy == cos(x)
     """
+    return _jvp(f, primals, tangents, has_aux)
+
+
+def _jvp(f, primals, tangents, has_aux, collect=None):
+    """jvp; `collect`: a list that collects f's writes into its inputs instead (jacfwd)."""
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise UsageError("functx.jvp: primals and tangents must be tuples (or lists) of arguments, "
                         f"got {type(primals).__name__} and {type(tangents).__name__}")
@@ -225,8 +230,8 @@ def jvp(f, primals, tangents, has_aux=False, *, _writes=None):
     pairs = [jt.pair(o) for o in outs]
     vals_p, vals_t = [p for p, _ in pairs], [_instantiate(t) for _, t in pairs]
     writes = input_writes.primal_values(store)
-    if _writes is not None:
-        _writes[:] = writes
+    if collect is not None:
+        collect[:] = writes
     else:
         input_writes.write_back(writes, _leaves(primals), keep=(vals_p, vals_t))
     out_p = tree_unflatten(store.tree, [wrap(p) for p in vals_p])
@@ -435,7 +440,7 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
 
         def push(*basis_leaves):
             tangents = tree_unflatten(d_tree, list(basis_leaves))
-            res = jvp(g, tuple(tangents_primals), tuple(tangents), has_aux=has_aux, _writes=writes)
+            res = _jvp(g, tuple(tangents_primals), tuple(tangents), has_aux, collect=writes)
             return (res[1], res[2]) if has_aux else res[1]
 
         tangents_primals = diff         # the caller's tensors: jvp gives f their layouts
