@@ -34,7 +34,7 @@ import torch
 
 from ..core import nan_check
 from .. import prims as P
-from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, reverse_mode_active, trace_state, type_of
+from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, _reverse, trace_state, type_of
 from . import tensor as _tensor
 from .functionalize import recorded_value_of, value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
@@ -96,12 +96,12 @@ def run_unit(func, types, args, kwargs):
                 keys.append((ta, a.shape, a.dtype, a.device))
                 continue
             keys.append(_key(a, leaves))
-        # reverse_mode_active(): a write under no_grad inside the function (ATen's
+        # _reverse.stack (reverse_mode_active()): a write under no_grad inside the function (ATen's
         # cosine_similarity clamps its norms so) keeps the root's derivative while a reverse
         # level runs and changes the tangent otherwise (functionalize._writes_values_only), so
         # a unit traced under grad gave jvp the wrong tangent, and one traced under jvp gave
         # grad the wrong gradient
-        key = (fid, torch.get_default_dtype(), torch.is_grad_enabled(), reverse_mode_active(), tuple(keys),
+        key = (fid, torch.get_default_dtype(), torch.is_grad_enabled(), bool(_reverse.stack), tuple(keys),
                _key(tuple(kwargs.items()), leaves) if kwargs else None)
         entry = CACHE.get(key)
     except (_Uncacheable, TypeError):

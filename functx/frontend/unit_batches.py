@@ -150,15 +150,16 @@ class UnitBatch:
                 self.run()
             self.grad, self.dtype = grad, dtype
         refs = []
+        ids = self.external_ids
         for v in leaves:
             if type(v) is LazyTracer:
                 if v.batch is self and v.real is None:
                     refs.append(v.index)
                     continue
                 v = v.resolve()         # another level's, or a batch that ran
-            i = self.external_ids.get(id(v))
+            i = ids.get(id(v))
             if i is None:
-                i = self.external_ids[id(v)] = len(self.externals)
+                i = ids[id(v)] = len(self.externals)
                 self.externals.append(v)
             refs.append(-1 - i)
         self.parts.append((op, tuple(refs)))
