@@ -912,3 +912,13 @@ def test_logcumsumexp_over_an_empty_tensor_differentiates():
     f = lambda x: torch.logcumsumexp(x, 0).sum() + 1
     assert functx.jit(functx.grad(f))(x).shape == (0, 1)
     assert functx.jvp(f, (x,), (x,))[1].item() == 0.0
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (round 12 note): det is differentiated through its LU "
+                   "factors, which have no derivative at a singular matrix; torch gives the adjugate (SVD)")
+def test_grad_of_det_at_a_singular_matrix_is_the_adjugate():
+    A = torch.zeros(2, 2, dtype=torch.float64)
+    torch.testing.assert_close(functx.grad(torch.linalg.det)(A), torch.func.grad(torch.linalg.det)(A))   # 0
+    B = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)      # rank 1: adj(B)^T = [[4, -2], [-2, 1]]
+    torch.testing.assert_close(functx.grad(torch.linalg.det)(B), torch.tensor([[4.0, -2.0], [-2.0, 1.0]],
+                                                                              dtype=torch.float64))
