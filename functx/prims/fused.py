@@ -76,11 +76,15 @@ def _log_softmax_jvp(primals, tangents, *, axis):
     return y, ew.sub(t, sh.broadcast_in_dim(s, shape, kept))
 
 
-def _log_softmax_batch(axis_data, args, dims, *, axis):
-    (x,), (d,) = args, dims
-    if d is None:
-        return log_softmax_p.bind(x, axis=axis), None
-    return log_softmax_p.bind(x, axis=axis + 1 if d <= axis else axis), d
+def _rowwise_batch(prim):
+    """The batch rule of a primitive of one operand along `axis` (log_softmax, softmax): the
+    mapped dim stays where it is and the axis moves past it."""
+    def batch(axis_data, args, dims, *, axis):
+        (x,), (d,) = args, dims
+        if d is None:
+            return prim().bind(x, axis=axis), None
+        return prim().bind(x, axis=axis + 1 if d <= axis else axis), d
+    return batch
 
 
 log_softmax_p = Primitive(
@@ -88,7 +92,7 @@ log_softmax_p = Primitive(
     abstract_eval=lambda t, *, axis: TensorType(t.shape, t.dtype, t.device),
     impl=lambda x, *, axis: torch.log_softmax(x, axis),
     jvp=_log_softmax_jvp,
-    batch=_log_softmax_batch,
+    batch=_rowwise_batch(lambda: log_softmax_p),
     composite=log_softmax_decomposed,
     emit=lambda eqn, srcs: f"torch.log_softmax({srcs[0]}, {eqn.params['axis']})")
 
@@ -126,19 +130,12 @@ def _softmax_jvp(primals, tangents, *, axis):
     return y, ew.mul(y, ew.sub(t, sh.broadcast_in_dim(s, shape, kept)))
 
 
-def _softmax_batch(axis_data, args, dims, *, axis):
-    (x,), (d,) = args, dims
-    if d is None:
-        return softmax_p.bind(x, axis=axis), None
-    return softmax_p.bind(x, axis=axis + 1 if d <= axis else axis), d
-
-
 softmax_p = Primitive(
     "softmax", kind=EXTERN,
     abstract_eval=lambda t, *, axis: TensorType(t.shape, t.dtype, t.device),
     impl=lambda x, *, axis: torch.softmax(x, axis),
     jvp=_softmax_jvp,
-    batch=_softmax_batch,
+    batch=_rowwise_batch(lambda: softmax_p),
     composite=softmax_decomposed,
     emit=lambda eqn, srcs: f"torch.softmax({srcs[0]}, {eqn.params['axis']})")
 
