@@ -250,8 +250,6 @@ def _view_result(value, t, base_spec_offset):
     return w
 
 
-
-
 _STRIDE, _OFFSET, _TYPES = torch.Tensor.stride, torch.Tensor.storage_offset, (TracerTensor,)
 
 

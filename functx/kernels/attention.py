@@ -148,8 +148,7 @@ def _bwd_impl(*args, causal, scale, has_bias, has_ct_lse, need_dbias):
     ct_lse = rest[3] if has_ct_lse else None
     kern = _kernels_for(q) or (attention_cpu if ct_lse is None and not need_dbias
                                and attention_cpu.fits(q, k, v, bias) else ref)
-    dq, dk, dv, ds = kern.backward(q, k, v, bias, out, lse, ct_out, ct_lse, causal, scale,
-                                            need_dbias=need_dbias)
+    dq, dk, dv, ds = kern.backward(q, k, v, bias, out, lse, ct_out, ct_lse, causal, scale, need_dbias=need_dbias)
     return [dq, dk, dv] + ([ds] if need_dbias else [])
 
 

@@ -45,23 +45,39 @@ def fused_here() -> bool:
 
 # ---------------------------------------------------------------- log_softmax
 
-def log_softmax_decomposed(x, axis):
-    """x - log(sum(exp(x - m))) - m along axis, m = max(stop_gradient(x)): the max is a constant
-    shift, so derivatives never build its tie-averaging rule (as in JAX)."""
-    t = type_of(x)
-    kept = tuple(i for i in range(t.ndim) if i != axis)
+def _rows(x, axis):
+    """(x's shape, the dims other than axis): a row-wise result broadcasts back through them."""
+    shape = type_of(x).shape
+    return shape, tuple(i for i in range(len(shape)) if i != axis)
+
+
+def _shifted(x, axis):
+    """x - m along axis, m = max(stop_gradient(x)): the max is a constant shift (softmax is
+    shift-invariant), so derivatives never build its tie-averaging rule (as in JAX)."""
+    shape, kept = _rows(x, axis)
     m = reduce_max(ew.stop_gradient(x), (axis,))
-    z = ew.sub(x, sh.broadcast_in_dim(m, t.shape, kept))
+    return ew.sub(x, sh.broadcast_in_dim(m, shape, kept))
+
+
+def _fused_or_decomposed(prim, decomposed, x, axis):
+    """prim itself where the current trace binds fused primitives (float32/64), else what it
+    stands for."""
+    if type_of(x).dtype in _FUSED_DTYPES and fused_here():
+        return bind(prim, (x,), {"axis": axis})
+    return decomposed(x, axis)
+
+
+def log_softmax_decomposed(x, axis):
+    """z - log(sum(exp(z))) along axis, z = x - max(x) (_shifted)."""
+    shape, kept = _rows(x, axis)
+    z = _shifted(x, axis)
     lse = ew.log(reduce_sum(ew.exp(z), (axis,)))
-    return ew.sub(z, sh.broadcast_in_dim(lse, t.shape, kept))
+    return ew.sub(z, sh.broadcast_in_dim(lse, shape, kept))
 
 
 def log_softmax(x, axis):
     """log_softmax of a float tensor along axis (non-empty, ndim >= 1)."""
-    t = type_of(x)
-    if t.dtype in _FUSED_DTYPES and fused_here():
-        return bind(log_softmax_p, (x,), {"axis": axis})
-    return log_softmax_decomposed(x, axis)
+    return _fused_or_decomposed(log_softmax_p, log_softmax_decomposed, x, axis)
 
 
 def _log_softmax_jvp(primals, tangents, *, axis):
@@ -69,8 +85,7 @@ def _log_softmax_jvp(primals, tangents, *, axis):
     y = log_softmax_p.bind(x, axis=axis)
     if isinstance(t, Zero):
         return y, Zero(type_of(y))
-    shape = type_of(y).shape
-    kept = tuple(i for i in range(len(shape)) if i != axis)
+    shape, kept = _rows(y, axis)
     # d log_softmax = t - sum(t * softmax) along axis
     s = reduce_sum(ew.mul(t, ew.exp(y)), (axis,))
     return y, ew.sub(t, sh.broadcast_in_dim(s, shape, kept))
@@ -100,22 +115,17 @@ log_softmax_p = Primitive(
 # ---------------------------------------------------------------- softmax
 
 def softmax_decomposed(x, axis):
-    """exp(x - m) / sum(exp(x - m)) along axis, m = max(stop_gradient(x))."""
-    t = type_of(x)
-    kept = tuple(i for i in range(t.ndim) if i != axis)
-    m = reduce_max(ew.stop_gradient(x), (axis,))
-    e = ew.exp(ew.sub(x, sh.broadcast_in_dim(m, t.shape, kept)))
-    return ew.div(e, sh.broadcast_in_dim(reduce_sum(e, (axis,)), t.shape, kept))
+    """exp(z) / sum(exp(z)) along axis, z = x - max(x) (_shifted)."""
+    shape, kept = _rows(x, axis)
+    e = ew.exp(_shifted(x, axis))
+    return ew.div(e, sh.broadcast_in_dim(reduce_sum(e, (axis,)), shape, kept))
 
 
 def softmax(x, axis):
     """softmax of a float tensor along axis (non-empty, ndim >= 1): torch's kernel under eager
     transforms (one call for five, and the bits eager torch computes: the decomposition's
     division rounds 1 ulp from the kernel's on some rows)."""
-    t = type_of(x)
-    if t.dtype in _FUSED_DTYPES and fused_here():
-        return bind(softmax_p, (x,), {"axis": axis})
-    return softmax_decomposed(x, axis)
+    return _fused_or_decomposed(softmax_p, softmax_decomposed, x, axis)
 
 
 def _softmax_jvp(primals, tangents, *, axis):
@@ -123,8 +133,7 @@ def _softmax_jvp(primals, tangents, *, axis):
     y = softmax_p.bind(x, axis=axis)
     if isinstance(t, Zero):
         return y, Zero(type_of(y))
-    shape = type_of(y).shape
-    kept = tuple(i for i in range(len(shape)) if i != axis)
+    shape, kept = _rows(y, axis)
     # d softmax = y * (t - sum(t * y)) along axis
     s = reduce_sum(ew.mul(t, y), (axis,))
     return y, ew.mul(y, ew.sub(t, sh.broadcast_in_dim(s, shape, kept)))

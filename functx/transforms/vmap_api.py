@@ -136,12 +136,11 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
                                  "; out_axes (out_dims) None for it returns it as it is", skip=oaxes)
             out_vals = [unwrap(l) if isinstance(l, _TENSOR_LEAF) else l   # inside the trace: a stale
                         for l in out_leaves]                               # view recomputes here
-            written = [(leaf, unwrap(w), ax) for leaf, w, ax in zip(leaves, vals, axes)
-                       if ax is not None and w._version_]
+            written_args = [(leaf, w, ax) for leaf, w, ax in zip(leaves, vals, axes) if ax is not None and w._version_]
+            written = [(leaf, unwrap(w), ax) for leaf, w, ax in written_args]
             # an output that is a written argument itself (vmap(Tensor.add_)): the caller's tensor
             # comes back, as torch.func returns it (a view of it for another out_axes)
-            returned = {id(w): (leaf, ax) for leaf, w, ax in zip(leaves, vals, axes)
-                        if ax is not None and w._version_} if written else None
+            returned = {id(w): (leaf, ax) for leaf, w, ax in written_args}
         # In-place writes into batched inputs reach the caller's tensors, as in torch.func.
         for leaf, v, ax in written:
             val, bdim = (v.val, v.bdim) if isinstance(v, BatchTracer) and v._trace is trace else (v, None)

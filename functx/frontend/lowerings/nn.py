@@ -94,8 +94,9 @@ def _softmax(x, dim, half_to_float=False):
     t = _t(x)
     d = wrap_dim(dim, t.ndim)
     if t.shape[d] == 0:     # empty rows: nothing to shift (a max of nothing does not exist)
+        kept = tuple(i for i in range(t.ndim) if i != d)
         e = P.exp(x)
-        return P.div(e, P.broadcast_in_dim(P.reduce_sum(e, (d,)), t.shape, tuple(i for i in range(t.ndim) if i != d)))
+        return P.div(e, P.broadcast_in_dim(P.reduce_sum(e, (d,)), t.shape, kept))
     return P.softmax(x, d)       # torch's kernel under eager transforms (prims/fused.py)
 
 
