@@ -182,14 +182,22 @@ def random_draws(graph: "Graph") -> list:
     return out
 
 
-def live_eqns(graph: "Graph", keep_unused_draws=True) -> tuple[list, set]:
+def live_eqns(graph: "Graph", keep_unused_draws=True, prune=None) -> tuple[list, set]:
     """Dead-code elimination's core: the equations an output or an effect needs, in order, and
     the atoms they (and the outputs) read. keep_unused_draws=False also drops random draws
     nothing reads (for graphs that recompute a primal, where a draw would only advance the
-    generator)."""
+    generator). prune: primitive -> rule(eqn, used output mask) giving the equation that
+    computes only the used outputs (None: nothing), for structural equations whose sub-graphs
+    can shrink too (control_flow.common.PRUNE: a scan's dead carries)."""
     live = {a for a in graph.outvars if isinstance(a, Var)}
     kept = []
     for eqn in reversed(graph.eqns):
+        if prune and eqn.prim in prune:
+            used = [v in live for v in eqn.outputs]
+            if not all(used):
+                eqn = prune[eqn.prim](eqn, used)
+                if eqn is None:
+                    continue
         effect = has_effects(eqn) and (keep_unused_draws or not (eqn.prim.effectful and eqn.outputs))
         if any(v in live for v in eqn.outputs) or effect:
             kept.append(eqn)

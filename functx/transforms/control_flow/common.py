@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ...core import set_current_trace, current_trace
-from ...core.ir import Graph, Var, has_effects, live_eqns
+from ...core.ir import Graph, Var, live_eqns
 from ...core.trace import EVAL_TRACE, INLINED, KEEP_CUSTOM_CALLS, GraphTrace, Tracer, eval_graph, \
     torch_autograd_records, type_of
 from ...frontend import TracerTensor, unwrap, wrap
@@ -68,22 +68,7 @@ def dce_graph(graph, keep_unused_draws=True):
     a DCE rule (PRUNE: scan) also loses its unused outputs and what only they need, inside its
     body (a loop's dead carries): a forward-mode scan linearized at zero there carries the
     primal of its tangent, custom_lin's value, which can't be evaluated (custom.py)."""
-    if not any(e.prim in PRUNE for e in graph.eqns):
-        return graph.replace(eqns=live_eqns(graph, keep_unused_draws)[0])
-    live = {a for a in graph.outvars if isinstance(a, Var)}
-    kept = []
-    for eqn in reversed(graph.eqns):
-        used = [v in live for v in eqn.outputs]
-        if eqn.prim in PRUNE and not all(used):
-            eqn = PRUNE[eqn.prim](eqn, used)
-            if eqn is None:
-                continue
-        effect = has_effects(eqn) and (keep_unused_draws or not (eqn.prim.effectful and eqn.outputs))
-        if any(v in live for v in eqn.outputs) or effect:
-            kept.append(eqn)
-            live.update(a for a in eqn.inputs if isinstance(a, Var))
-    kept.reverse()
-    return graph.replace(eqns=kept)
+    return graph.replace(eqns=live_eqns(graph, keep_unused_draws, PRUNE)[0])
 
 
 # structural primitive -> rule(eqn, used output mask) -> the equation computing only what is
