@@ -621,3 +621,98 @@ def test_multi_head_attention_units_match_oracles(cfg, opts, transform):
         with torch.no_grad():
             fd = (f({n: P[n] + eps * t[n] for n in P}, q) - f({n: P[n] - eps * t[n] for n in P}, q)) / (2 * eps)
         assert abs(got.item() - fd.item()) <= 1e-6 * max(1.0, abs(fd.item()))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_self_attention_projects_q_k_v_with_one_packed_product(batch_first):
+    """F.multi_head_attention_forward projects q, k and v with one (3E, E) product when `query
+    is key is value` (the body branches on identity). Its unit was traced on one fresh wrapper
+    per operand, so self-attention always took the separate-projections path: three products
+    forward, and backward three more plus pads summed into the packed gradient. Now a Python
+    function's unit keys on which arguments are the same tensor and traces them as one; a
+    later call with distinct q, k, v of the same shapes gets its own unit (not the packed one,
+    which would read q for k and v)."""
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=batch_first).double()
+    P = dict(mha.named_parameters())
+    x, k, v = (torch.randn(3, 4, 8, dtype=torch.float64) for _ in range(3))
+
+    def f(p, q, k, v):
+        return torch.func.functional_call(mha, p, (q, k, v), dict(need_weights=False))[0].pow(2).sum()
+    function_units.CACHE.clear()
+    for args in ((x, x, x), (x, k, v), (x, k, k)):
+        got, want = functx.grad(f)(P, *args), torch.func.grad(f)(P, *args)
+        for name in P:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-10)
+    units = _entries("multi_head_attention_forward")
+    assert len(units) == 3 and all(u is not function_units.UNCACHEABLE for u in units)
+    products = sorted(sum(e.prim.name == "dot_general" for e in u.graph_eqns) for u in units)
+    # self-attention: one in-projection; key is value: q's and a packed (k, v) one; distinct: three
+    assert products[1] - products[0] == 1 and products[2] - products[1] == 1, products
+
+
+@pytest.mark.parametrize("how", ["linear", "matmul", "@", "Tensor.matmul"])
+def test_a_transposed_batch_first_input_folds_into_one_matrix_product_under_grad(how):
+    """torch's matmul of an (L, N, E) operand whose leading dims are not one dim in memory (a
+    batch-first input transposed) with a matrix folds them into one (L*N, E) product when an
+    operand requires grad, and broadcasts the matrix over a bmm otherwise. Wrappers never
+    report requires_grad to C++, so under grad functx took the bmm path: the weight's
+    gradient was a batch of products and a sum over them. Under a reverse level these now fold
+    as torch does under autograd (one product each way); values as torch.func's."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, 6, dtype=torch.float64, generator=g)
+    W, b = torch.randn(4, 6, dtype=torch.float64, generator=g), torch.randn(4, dtype=torch.float64, generator=g)
+    apply = {"linear": lambda h, W: F.linear(h, W, b), "matmul": lambda h, W: torch.matmul(h, W.t()) + b,
+             "@": lambda h, W: h @ W.t() + b, "Tensor.matmul": lambda h, W: h.matmul(W.t()) + b}[how]
+
+    def f(W, x):
+        return apply(x.transpose(0, 1), W).tanh().sum()
+    function_units.CACHE.clear()
+    for _ in range(2):
+        torch.testing.assert_close(functx.grad(f)(W, x), torch.func.grad(f)(W, x), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(functx.grad(f, argnums=1)(W, x), torch.func.grad(f, argnums=1)(W, x))
+    torch.testing.assert_close(functx.vmap(functx.grad(f), in_dims=(None, 0))(W, torch.stack([x, -x])),
+                               torch.func.vmap(torch.func.grad(f), in_dims=(None, 0))(W, torch.stack([x, -x])))
+    torch.testing.assert_close(functx.jit(functx.grad(f))(W, x), torch.func.grad(f)(W, x))
+    name = "linear" if how == "linear" else "matmul"
+    dots = [e for u in _entries(name) if u is not function_units.UNCACHEABLE for e in u.graph_eqns
+            if e.prim.name == "dot_general"]
+    assert dots and not any(e.params["dimension_numbers"][1][0] for e in dots)     # no batch dims
+    # where torch raises, functx raises (the fold takes only what torch accepts)
+    with pytest.raises(RuntimeError):
+        functx.grad(lambda W: F.linear(x.transpose(0, 1), W.float()).sum())(W)
+    with pytest.raises(RuntimeError):
+        functx.grad(lambda W: (x.transpose(0, 1) @ W).sum())(W)
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM", "RNN"])
+@pytest.mark.parametrize("batch_first,bidirectional,layers", [(True, False, 1), (False, True, 2)])
+def test_a_whole_rnn_is_one_unit(kind, batch_first, bidirectional, layers):
+    """nn.GRU / LSTM / RNN run torch._decomp's out-of-place loop (composites.py); under an eager
+    level that loop was op by op, each step's ~12 torch calls a unit (grad of a 10-step GRU at
+    0.6x of torch.func's C++ loop). The whole call is now one unit (composites.UNITS_FIRST),
+    traced through the composite; a batch-first output (a transposed view of the stacked
+    steps, which nothing else holds) is a result laid out as torch lays it out."""
+    torch.manual_seed(0)
+    m = getattr(torch.nn, kind)(5, 6, num_layers=layers, batch_first=batch_first, bidirectional=bidirectional).double()
+    P = dict(m.named_parameters())
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    strides = []
+
+    def f(p, x):
+        out, _ = torch.func.functional_call(m, p, (x,))
+        strides.append(out.stride())
+        return out.tanh().pow(2).sum()
+    function_units.CACHE.clear()
+    for _ in range(2):
+        got, want = functx.grad(f)(P, x), torch.func.grad(f)(P, x)
+        for name in P:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12)
+    # (torch.func.vmap raises here: ATen's C++ loop writes batched steps into its unbatched
+    # zero state; the oracle is a Python loop)
+    xs = torch.stack([x, -x])
+    torch.testing.assert_close(functx.vmap(functx.grad(f, argnums=1), in_dims=(None, 0))(P, xs),
+                               torch.stack([torch.func.grad(f, argnums=1)(P, xi) for xi in xs]))
+    assert strides[0] == strides[1] == strides[2]        # functx's wrapper reports torch's layout
+    units = _entries(kind.lower() if kind != "RNN" else "rnn_tanh")
+    assert units and all(u is not function_units.UNCACHEABLE for u in units)

@@ -15,7 +15,7 @@ import torch
 from torch._decomp import decomposition_table
 
 from ..core.errors import ConcretizationError, FunctxError, user_frame_summary
-from ..core.trace import Tracer
+from ..core.trace import Tracer, reverse_mode_active
 from .lowerings.attention import scaled_dot_product_attention
 from .lowerings.registry import register_special
 
@@ -375,6 +375,40 @@ def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"
     return loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
 
 
+# ---------------------------------------------------------------- matmul folding under reverse mode
+# torch's matmul of an (..., m, k) operand with a (k, n) matrix folds the leading dims into
+# one (M, k) @ (k, n) product when they are laid out as one dim, or when either operand
+# requires grad (its should_fold: a copy on the forward pass, one matrix product on the
+# backward). Otherwise it broadcasts the matrix over the batch and runs bmm. Wrappers never
+# report requires_grad to C++, so under a reverse level a batch-first transformer's
+# transposed (L, N, E) query took the bmm path, and its weight gradient became a batch of
+# products summed over the batch. These fold as torch does under autograd.
+
+def _folds_for_autograd(x, y) -> bool:
+    """x @ y where torch folds for autograd's sake only (a reverse level runs, x is 3-D or more
+    and y a matrix, x's leading dims are not one dim in memory, same float dtype)."""
+    if not (torch.is_grad_enabled() and reverse_mode_active()) or x.dim() < 3 or y.dim() != 2:
+        return False
+    if x.dtype != y.dtype or not x.dtype.is_floating_point or x.shape[-1] != y.shape[0] or x.numel() == 0:
+        return False
+    shape, strides = x.shape, x.stride()
+    return any(strides[i] != strides[i + 1] * shape[i + 1] for i in range(x.dim() - 2))
+
+
+def matmul(x, y, *rest, **kwargs):
+    if rest or kwargs or not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) \
+            or not _folds_for_autograd(x, y):
+        return NotImplemented
+    return torch.mm(x.reshape(-1, x.shape[-1]), y).view(*x.shape[:-1], y.shape[1])
+
+
+def linear(input, weight, bias=None):
+    if not _folds_for_autograd(input, weight.mT) or (bias is not None and bias.dtype != input.dtype):
+        return NotImplemented
+    out = matmul(input, weight.t())
+    return out if bias is None else out + bias
+
+
 COMPOSITES = {
     torch.nn.functional.dropout: dropout,
     torch.nn.functional.gaussian_nll_loss: gaussian_nll_loss,
@@ -396,4 +430,15 @@ COMPOSITES = {
     _VF.rnn_relu: _by_overload(aten.rnn_relu),
     # onto the fused attention primitive (functx/kernels/attention.py)
     torch.nn.functional.scaled_dot_product_attention: scaled_dot_product_attention,
+    # fold as torch does under autograd (above); tried as units first (UNITS_FIRST)
+    torch.nn.functional.linear: linear,
+    torch.matmul: matmul,
+    torch.Tensor.matmul: matmul,
+    torch.Tensor.__matmul__: matmul,
 }
+# composites whose whole call is a unit under an eager level (function_units traces the unit
+# through the composite: a GRU's whole unrolled loop is one unit, its derivative rules
+# generated once per signature): the composite itself runs only where no unit serves
+UNITS_FIRST = frozenset({torch.nn.functional.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
+                         _VF.lstm, _VF.gru, _VF.rnn_tanh, _VF.rnn_relu,
+                         _VF.lstm_cell, _VF.gru_cell, _VF.rnn_tanh_cell, _VF.rnn_relu_cell})

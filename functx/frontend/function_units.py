@@ -35,7 +35,7 @@ import torch
 from ..core import nan_check
 from .. import prims as P
 from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, _reverse, trace_state, type_of
-from . import tensor as _tensor
+from . import composites, tensor as _tensor
 from .functionalize import recorded_value_of, value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
 from .tensor import (_STRIDED, TracerTensor, _make_wrapper, fresh_wrapper, is_contiguous_layout,
@@ -64,6 +64,8 @@ _autocast_on = torch._C._is_any_autocast_enabled
 _fwd_enabled = torch._C._is_fwd_grad_enabled
 _ExcludeKeys = torch._C._ExcludeDispatchKeyGuard
 _METHOD_WRAPPER = type(torch.Tensor.T.__get__)
+_PY_FUNCTION = types.FunctionType
+_F = "torch.nn.functional"      # Python functions whose units key on operand identity
 
 
 class _Uncacheable(Exception):
@@ -103,6 +105,8 @@ def run_unit(func, types, args, kwargs):
         # grad the wrong gradient
         key = (fid, torch.get_default_dtype(), torch.is_grad_enabled(), bool(_reverse.stack), tuple(keys),
                _key(tuple(kwargs.items()), leaves) if kwargs else None)
+        if type(func) is _PY_FUNCTION and func.__module__ == _F:     # `query is key` in its body
+            key += (_identity_pattern(args, kwargs),)
         entry = CACHE.get(key)
     except (_Uncacheable, TypeError):
         return NotImplemented
@@ -330,6 +334,33 @@ def _key(x, leaves):
     raise _Uncacheable
 
 
+def _identity_pattern(args, kwargs):
+    """None, or per tensor passed as an argument (positional, then keyword), the position of
+    the first that is the same object: a torch.nn.functional body may branch on identity
+    (F.multi_head_attention_forward projects q, k and v with one packed matmul when
+    `query is key is value`), so such units key on it."""
+    ws = [a for a in args if isinstance(a, torch.Tensor)]
+    if kwargs:
+        ws += [v for v in kwargs.values() if isinstance(v, torch.Tensor)]
+    if len(ws) < 2:
+        return None
+    ids = [id(w) for w in ws]
+    return None if len(set(ids)) == len(ids) else tuple([ids.index(i) for i in ids])
+
+
+def _shared_operands(args, kwargs, n):
+    """Per tensor operand (in _operands' order), the first operand that is the same tensor
+    passed as an argument (_identity_pattern's), else itself."""
+    same, first, pos = list(range(n)), {}, 0
+    for a in (*args, *(kwargs or {}).values()):
+        if isinstance(a, torch.Tensor):
+            same[pos] = first.setdefault(id(a), pos)
+        found = []
+        _operands(a, found)
+        pos += len(found)
+    return same
+
+
 def _rebuild(x, it):
     t = type(x)
     if t is TracerTensor or t is torch.Tensor or t is torch.nn.Parameter:
@@ -362,10 +393,20 @@ def _trace_unit(func, types, args, kwargs, leaves):
     if kwargs:
         _operands(tuple(kwargs.values()), operands)
     wrappers = [_abstract_operand(t, x, o) for t, x, o in zip(tracers, leaves, operands)]
+    same = (_shared_operands(args, kwargs, len(wrappers)) if type(func) is _PY_FUNCTION and func.__module__ == _F
+            else range(len(wrappers)))
+    wrappers = [wrappers[i] for i in same]      # one operand passed twice: one wrapper (in the key)
     it = iter(wrappers)
     a_args = _rebuild(args, it)
     a_kwargs = dict(_rebuild(tuple(kwargs.items()), it)) if kwargs else {}
     direct = _DIRECT.get(func)
+    if direct is None and type(func) is _PY_FUNCTION:
+        # F.multi_head_attention_forward: its body as user code (the calls inside reach
+        # __torch_function__, so composites such as the folding F.linear apply)
+        direct = _BODIES.get(func)
+        if direct is None:
+            direct = _BODIES[func] = _body_of(func)
+        direct = direct or None
     prev, trace_state.trace = trace_state.trace, g
     try:
         with record_user_layout_reads() as layouts:
@@ -378,7 +419,8 @@ def _trace_unit(func, types, args, kwargs, leaves):
         trace_state.trace = prev
     if layouts.read:        # the user's as_strided, storage_offset(): whole layouts, not in the key
         return UNCACHEABLE
-    written = [i for i, (w, t) in enumerate(zip(wrappers, tracers)) if w._version_ or w._value is not t]
+    written = [i for i, (w, t) in enumerate(zip(wrappers, tracers))
+               if same[i] == i and (w._version_ or w._value is not t)]
     if written:
         return _write_unit(func, g, tracers, wrappers, written, args, out)
     if type(out) is TracerTensor:
@@ -415,11 +457,12 @@ def _trace_unit(func, types, args, kwargs, leaves):
                 views.append(None)
             continue
         i = ins.get(id(o._root))
-        if i is None:       # a view of a value the function made (torch.stack's of its cat): nothing
-            strides, offset = _layout_of(o)         # else holds that value, so laid out as a fresh
-            if o._strided or offset or not is_contiguous_layout(tuple(o.shape), strides):   # one, it is one
+        if i is None:       # a view of a value the function made (torch.stack's of its cat, a
+            strides, offset = _layout_of(o)     # batch-first RNN's transposed output): nothing else
+            if offset:                          # holds that value, so laid out as a fresh one, it is one
                 return UNCACHEABLE
-            views.append(None)
+            contiguous = not o._strided and is_contiguous_layout(tuple(o.shape), strides)
+            views.append(None if contiguous else StridedResult(strides))
             continue
         if type(operands[i]) is not TracerTensor or not _static_chain(o._chain):
             return UNCACHEABLE
@@ -526,9 +569,14 @@ def _vector_matmul(x, y, *rest, **kwargs):
     return TracerTensor(P.dot_general(value_of(x), value_of(y), dims))
 
 
+def _matmul(x, y, *rest, **kwargs):
+    out = _vector_matmul(x, y, *rest, **kwargs)
+    return composites.matmul(x, y, *rest, **kwargs) if out is NotImplemented else out
+
+
 # torch functions whose unit is traced from a direct lowering (NotImplemented: the usual path)
-_DIRECT = {torch.matmul: _vector_matmul, torch.Tensor.matmul: _vector_matmul,
-           torch.Tensor.__matmul__: _vector_matmul}
+_DIRECT = {**{f: composites.COMPOSITES[f] for f in composites.UNITS_FIRST},
+           torch.matmul: _matmul, torch.Tensor.matmul: _matmul, torch.Tensor.__matmul__: _matmul}
 
 
 # ---------------------------------------------------------------- Python bodies

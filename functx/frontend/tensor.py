@@ -17,7 +17,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from ..core.errors import ConcretizationError, FunctxError, TorchAutogradError, user_frame_summary
 from ..core.trace import GraphTracer, ReadRecorder, Tracer, concrete, note_autograd_read, type_of
 from ..core.trace import record_autograd_reads as _autograd_reads
-from .composites import COMPOSITES
+from .composites import COMPOSITES, UNITS_FIRST
 from .lowerings.registry import DECOMPOSING
 from .rewrites import REWRITTEN, grad_mode_watchers, rewrite
 
@@ -64,6 +64,8 @@ class TracerTensor(torch.Tensor):
         out = run_function_unit(func, types, args, kwargs)
         if out is not NotImplemented:
             return out
+        if func in UNITS_FIRST:     # F.linear where no unit serves: its composite
+            return _special_function(func, types, args, kwargs)
         if type(func) is _FunctionType:     # F.multi_head_attention_forward: its body, as user code
             out = run_python_body(func, args, kwargs or {})
             if out is not NotImplemented:
@@ -308,7 +310,7 @@ _guard_autograd_functional()
 
 
 # The torch functions TracerTensor.__torch_function__ does more for than pass them through.
-_SPECIAL_FUNCTIONS = frozenset(COMPOSITES) | REWRITTEN | {_CONTIGUOUS, _VIEW} | frozenset(_TORCH_AUTOGRAD)
+_SPECIAL_FUNCTIONS = (frozenset(COMPOSITES) - UNITS_FIRST) | REWRITTEN | {_CONTIGUOUS, _VIEW} | frozenset(_TORCH_AUTOGRAD)
 
 
 def _concrete(w):
