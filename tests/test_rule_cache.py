@@ -309,3 +309,45 @@ def test_scalar_operands_as_0d_tensors_give_torch_s_bits():
             torch.testing.assert_close(tangent, want)
             torch.testing.assert_close(functx.grad(lambda x: f(x).sum())(x), torch.func.grad(lambda x: f(x).sum())(x))
     assert rule_cache._scalar_as_tensor is not None
+
+
+def test_generated_impl_code_sums_adjacent_zero_pads_as_one_cat():
+    """impl_rewrites.concat_summed_pads: slicing a value into adjacent pieces (chunk, split, a
+    packed q/k/v projection) transposes to one zero pad per piece, summed; generated impl code
+    runs them as one torch.cat (and one pad where the pieces leave zeros). Values as
+    torch.func's under grad, vmap(grad) and hessian; on IR, pads read elsewhere, with a
+    nonzero padding value or not side by side are kept."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 9, generator=g, dtype=torch.float64)
+
+    def f(x):
+        a, b, c = x.chunk(3, dim=1)
+        d, e = x[:, 1:4], x[:, 4:6]                  # leaves zeros around: cat, then one pad
+        return (a.sin() * b + c.exp()).sum() + (d * d).sum() + e.tanh().sum()
+    cases = {"grad": (functx.grad(f), torch.func.grad(f), x),
+             "vmap(grad)": (functx.vmap(functx.grad(f)), torch.func.vmap(torch.func.grad(f)), torch.stack([x, x.cos()])),
+             "hessian": (functx.hessian(f), torch.func.hessian(f), x[:2])}
+    for name, (fx, tf, arg) in cases.items():
+        for _ in range(2):           # the second call runs the generated code
+            got = fx(arg)
+        torch.testing.assert_close(got, tf(arg), rtol=1e-12, atol=1e-12, msg=name)
+    # on IR
+    from functx.core import Var
+    from functx.core.ir import Eqn
+    from functx.core.types import TensorType
+    cpu = torch.device("cpu")
+    t = lambda *s: TensorType(s, torch.float64, cpu)      # noqa: E731
+    a, b, c = Var(t(4, 3)), Var(t(4, 3)), Var(t(4, 2))
+    pa, pb, pc, s1, s2 = Var(t(4, 9)), Var(t(4, 9)), Var(t(4, 9)), Var(t(4, 9)), Var(t(4, 9))
+    pad = lambda x, out, lo, hi, value=0: Eqn(REGISTRY["pad"], [x], [out], {"config": ((0, 0, 0), (lo, hi, 0)),  # noqa: E731
+                                                                             "value": value})
+    add = lambda x, y, out: Eqn(REGISTRY["add"], [x, y], [out], {})     # noqa: E731
+    eqns = [pad(a, pa, 0, 6), pad(b, pb, 3, 3), add(pb, pa, s1), pad(c, pc, 6, 1), add(s1, pc, s2)]
+    out = impl_rewrites.concat_summed_pads(eqns, {s2})
+    assert [e.prim.name for e in out] == ["concatenate", "pad"]
+    assert out[0].inputs == [a, b, c] and out[1].params["config"] == ((0, 0, 0), (0, 1, 0)) and out[1].outputs == [s2]
+    assert [e.prim.name for e in impl_rewrites.concat_summed_pads(eqns[:3], {s1})] == ["concatenate", "pad"]
+    assert impl_rewrites.concat_summed_pads(eqns[:3], {s1, pa}) == eqns[:3]                  # pa read elsewhere
+    assert impl_rewrites.concat_summed_pads([pad(a, pa, 0, 6, 1.0)] + eqns[1:3], {s1})[0].prim.name == "pad"
+    apart = [pad(a, pa, 0, 6), pad(c, pc, 6, 1), add(pa, pc, s1)]                            # a gap at 3:6
+    assert impl_rewrites.concat_summed_pads(apart, {s1}) == apart

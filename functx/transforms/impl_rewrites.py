@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..core import Var
 from ..core.ir import Eqn
 from ..prims.linalg import is_2d_matmul, matmul_layout
-from ..prims.shape import _broadcast_view, render_steps, reshape_p
+from ..prims.shape import _broadcast_view, concatenate_p, pad_p, render_steps, reshape_p
 
 # Pointwise primitives whose impl is one broadcasting torch function: in generated impl code
 # an operand that is a numpy-style broadcast of a smaller value may be passed un-expanded
@@ -17,7 +17,7 @@ _BROADCASTING_IMPLS = frozenset({"add", "sub", "mul", "div", "where", "tanh_back
 
 def impl_eqns(eqns, live):
     """eqns as generated impl code runs them; live: the Vars read outside them (returned)."""
-    return fuse_bias_matmuls(elide_broadcasts(eqns, live), live)
+    return fuse_bias_matmuls(elide_broadcasts(concat_summed_pads(eqns, live), live), live)
 
 
 def elide_broadcasts(eqns, live):
@@ -124,3 +124,67 @@ def fuse_bias_matmuls(eqns, live):
                     break
         out.append(e)
     return [e for e in out if id(e) not in fused] if fused else eqns
+
+
+# ---------------------------------------------------------------- adjacent zero pads summed: one cat
+
+def concat_summed_pads(eqns, live):
+    """add(pad(a), pad(b)) of zero pads that put a and b side by side along one dim, each pad
+    read only there, as one pad of torch.cat([a, b]) (no pad when the pieces fill the
+    result): the transpose of slicing a value into adjacent pieces (split, chunk, a packed
+    q/k/v projection), whose cotangent was one zero-filled tensor per piece, summed."""
+    reads = {}
+    for e in eqns:
+        for a in e.inputs:
+            if isinstance(a, Var):
+                reads[a] = reads.get(a, 0) + 1
+    pads, dropped, out = {}, set(), []
+    for e in eqns:
+        name = e.prim.name
+        if name == "pad" and isinstance(e.inputs[0], Var) and _zero_placement(e.params):
+            pads[e.outputs[0]] = (e.params["config"], [e.inputs[0]], [e])
+        elif name == "add" and len(e.inputs) == 2 and all(
+                isinstance(a, Var) and a in pads and reads[a] == 1 and a not in live for a in e.inputs):
+            merged = _side_by_side(pads[e.inputs[0]], pads[e.inputs[1]], e.outputs[0].type.shape)
+            if merged is not None:
+                config, pieces, axis = merged
+                for a in e.inputs:
+                    dropped.update(id(d) for d in pads[a][2])
+                out_var = e.outputs[0]
+                whole = all(c == (0, 0, 0) for c in config)
+                cat_var = out_var if whole else Var(out_var.type.with_shape(
+                    [n - lo - hi for n, (lo, hi, _) in zip(out_var.type.shape, config)]))
+                made = [Eqn(concatenate_p, pieces, [cat_var], {"axis": axis})]
+                if not whole:
+                    made.append(Eqn(pad_p, [cat_var], [out_var], {"config": config, "value": 0}))
+                    pads[out_var] = (config, pieces, made)
+                out.extend(made)
+                continue
+        out.append(e)
+    return [e for e in out if id(e) not in dropped] if dropped else eqns
+
+
+def _zero_placement(params) -> bool:
+    """A pad that places its operand in zeros (no interior padding, no cropping)."""
+    return params["value"] == 0 and all(lo >= 0 and hi >= 0 and not i for lo, hi, i in params["config"])
+
+
+def _side_by_side(x, y, shape):
+    """(config, pieces, axis) of one zero pad holding pads x and y's pieces, where x and y
+    differ only in where they place their pieces along one axis and those places are
+    adjacent; else None."""
+    (cx, px, _), (cy, py, _) = x, y
+    differ = [d for d, (a, b) in enumerate(zip(cx, cy)) if a != b]
+    if len(differ) != 1:
+        return None
+    d = differ[0]
+    nx, ny = shape[d] - cx[d][0] - cx[d][1], shape[d] - cy[d][0] - cy[d][1]
+    if cx[d][0] + nx == cy[d][0]:
+        first, second, lo = px, py, cx[d][0]
+    elif cy[d][0] + ny == cx[d][0]:
+        first, second, lo = py, px, cy[d][0]
+    else:
+        return None
+    config = list(cx)
+    config[d] = (lo, shape[d] - lo - nx - ny, 0)
+    return tuple(config), first + second, d
