@@ -64,7 +64,7 @@ LINEAR = {
     "reduce_sum", "cumsum", "dot_general",
     "take", "scatter_add", "scatter", "update_slice", "split_block", "take_along_axis", "scatter_add_along",
     "nll_loss", "nll_loss_backward",     # prims/fused.py: linear in their first operand
-    "tanh_backward", "sigmoid_backward",
+    "tanh_backward", "sigmoid_backward", "threshold_backward",
     "normalize_tangent",    # prims/fused_norm.py: linear in its first operand (its own transpose)
     "psum", "all_gather", "opaque",
     # prims/spmd.py: identities per rank with functx.spmd's replicated-value transposes
@@ -80,7 +80,7 @@ LINEAR = {
     # functx/kernels/attention.py: linear in its tangent operands; transpose = attention_bwd
     "attention_tangent",
     # prims/conv.py (when present): convolution is bilinear in (input, weight).
-    "conv", "convolution", "conv_general_dilated",
+    "conv", "convolution", "conv_general_dilated", "conv_weight_grad",
 }
 
 # Primitives known to be non-linear in every input (so they need no transpose rule).
@@ -94,7 +94,7 @@ NONLINEAR = {
     "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient", "sample_reparam",
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
-    "log_softmax", "softmax",      # prims/fused.py
+    "log_softmax", "softmax", "relu",      # prims/fused.py
     "normalize_rows",   # prims/fused_norm.py
     "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)
     "while_tape_check",    # transforms/control_flow/while_reverse.py (integer step count)

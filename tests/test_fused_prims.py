@@ -14,7 +14,7 @@ from functx.transforms import ad
 
 function_units = importlib.import_module("functx.frontend.function_units")
 FUSED = {REGISTRY["log_softmax"], REGISTRY["softmax"], REGISTRY["nll_loss"], REGISTRY["nll_loss_backward"], REGISTRY["tanh_backward"],
-         REGISTRY["sigmoid_backward"]}
+         REGISTRY["sigmoid_backward"], REGISTRY["relu"], REGISTRY["threshold_backward"]}
 
 
 def _close(a, b):
@@ -85,7 +85,7 @@ def test_staged_graphs_keep_the_decomposition(wrap):
 
     def f(w):
         return F.cross_entropy(x @ w, y) + F.log_softmax(x @ w, 0).mean() + torch.tanh(x @ w).sum() \
-            + torch.sigmoid(x @ w).mean()
+            + torch.sigmoid(x @ w).mean() + F.relu(x @ w).pow(2).sum()
     fn = {"jit": f, "make_graph": f, "jit(grad)": functx.grad(f),
           "jit(vmap)": functx.vmap(f)}[wrap]
     arg = w if wrap != "jit(vmap)" else torch.stack([w, -w])
@@ -114,13 +114,14 @@ def test_all_ignored_targets_give_nan_as_torch():
     assert torch.isnan(functx.vjp(f, w)[0])
 
 
-ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid}
+ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
+DERIVATIVE_KERNEL = {"tanh": "tanh_backward", "sigmoid": "sigmoid_backward", "relu": "threshold_backward"}
 
 
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
 def test_activation_derivatives_at_every_order(act):
-    """tanh / sigmoid differentiate through tanh_backward / sigmoid_backward (torch's derivative
-    kernels) on eager levels: first to third order, forward and reverse, batched, against
+    """tanh / sigmoid / relu differentiate through tanh_backward / sigmoid_backward /
+    threshold_backward (torch's derivative kernels) on eager levels: first to third order, forward and reverse, batched, against
     torch.func, and against float64 central differences for the third order."""
     a = ACTIVATIONS[act]
     g = torch.Generator().manual_seed(3)
@@ -150,8 +151,32 @@ def test_activation_derivatives_at_every_order(act):
     # grad's linear graph holds the fused primitive (y its residual), a staged one the decomposition
     wrap, unwrap = functx.frontend.wrap, functx.frontend.unwrap
     _, graph, _ = ad.linearize_flat(lambda ws: [unwrap(f(wrap(ws[0])))], [w], reverse=True)
-    assert REGISTRY[f"{act}_backward"] in {e.prim for e in graph.eqns}, str(graph)
+    assert REGISTRY[DERIVATIVE_KERNEL[act]] in {e.prim for e in graph.eqns}, str(graph)
     assert not FUSED & {e.prim for e in functx.make_graph(functx.grad(f))(w).eqns}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_is_torch_s_kernel_with_torch_s_derivative_at_zero_and_nan(dtype):
+    """relu runs torch.relu on eager levels (it was two comparisons and two selects each way)
+    and its derivative threshold_backward: 0 at 0 and -0.0 (relu(-0.0) is -0.0), 1 at NaN and
+    inf, an infinite cotangent where x <= 0 gives 0 (a select, not a product): as torch.func,
+    forward and reverse, batched and jitted."""
+    x = torch.tensor([-1.0, 0.0, -0.0, 2.0, float("nan"), float("inf"), -float("inf")], dtype=dtype)
+    ct = torch.tensor([1.0, float("inf"), 3.0, 4.0, 5.0, float("inf"), -float("inf")], dtype=dtype)
+    out, pull = functx.vjp(torch.relu, x)
+    torch.testing.assert_close(out, torch.relu(x), rtol=0, atol=0, equal_nan=True)       # NaN propagates
+    assert torch.equal(out.signbit(), torch.relu(x).signbit())
+    torch.testing.assert_close(pull(ct)[0], torch.func.vjp(torch.relu, x)[1](ct)[0], equal_nan=True)
+    torch.testing.assert_close(functx.jvp(torch.relu, (x,), (ct,)), torch.func.jvp(torch.relu, (x,), (ct,)),
+                               equal_nan=True)
+    f = lambda x: F.relu(x).sum()           # noqa: E731
+    torch.testing.assert_close(functx.vmap(functx.grad(f))(x[None]), torch.func.vmap(torch.func.grad(f))(x[None]),
+                               equal_nan=True)
+    torch.testing.assert_close(functx.jit(functx.grad(f))(x), torch.func.grad(f)(x), equal_nan=True)
+    function_units.CACHE.clear()
+    functx.grad(f)(x)
+    prims = {e.prim for _, op, *_ in function_units.CACHE.values() if op != "uncacheable" for e in op.graph_eqns}
+    assert REGISTRY["relu"] in prims
 
 
 # ---------------------------------------------------------------- layer_norm / group_norm (prims/fused_norm.py)

@@ -858,6 +858,12 @@ add(Entry("tanh_backward", _activation_backward_gen(torch.tanh), lambda t, y: t 
           dtypes=(F32, F64), linear=((0,),)))
 add(Entry("sigmoid_backward", _activation_backward_gen(torch.sigmoid), lambda t, y: t * y * (1 - y),
           dtypes=(F32, F64), linear=((0,),)))
+# relu's derivative reads its output: y drawn from randn has no zeros, so the mask's zero
+# derivative matches finite differences
+add(Entry("threshold_backward", _activation_backward_gen(lambda v: v), lambda t, y: torch.where(y <= 0, 0, t),
+          dtypes=(F32, F64), linear=((0,),)))
+add(Entry("relu", lambda draw, dtype, smooth: (lambda shape: Case({}, lambda g, dt: [rand(g, shape, dt)]))(shapes(draw)),
+          torch.relu, dtypes=(F32, F64)))
 
 
 def _rows_gen(draw, dtype, smooth):
@@ -1051,6 +1057,31 @@ def _conv_ref(x, w, stride, padding, dilation, transposed, output_padding, group
 
 if "conv" in REGISTRY:
     add(Entry("conv", _conv_gen, _conv_ref, dtypes=(F32, F64), linear=((0,), (1,))))
+
+
+def _conv_weight_grad_gen(draw, dtype, smooth):
+    """(ct, x): a conv's input and a cotangent of its output's shape; params add w's shape."""
+    case = _conv_gen(draw, dtype, smooth)
+    # (no output_padding: torch's own double backward of a transposed conv with it raises, so
+    # the reference has no second order there; the conv entry's rules cover it, eagerly
+    # through this primitive)
+    case.params["output_padding"] = (0,) * len(case.params["stride"])
+    probe_x, probe_w = case.make(torch.Generator().manual_seed(0), F64)
+    out_shape = tuple(_conv_ref(probe_x, probe_w, **case.params).shape)
+    params = dict(case.params, shape=tuple(probe_w.shape))
+    return Case(params, lambda g, dt: [rand(g, out_shape, dt), rand(g, tuple(probe_x.shape), dt)])
+
+
+def _conv_weight_grad_ref(ct, x, shape, **params):
+    """Independent of prims/conv.py: torch autograd's weight gradient of the conv."""
+    w = torch.zeros(shape, dtype=x.dtype, requires_grad=True)
+    with torch.enable_grad():
+        return torch.autograd.grad(_conv_ref(x, w, **params), w, ct, create_graph=True)[0]
+
+
+if "conv_weight_grad" in REGISTRY:
+    add(Entry("conv_weight_grad", _conv_weight_grad_gen, _conv_weight_grad_ref, dtypes=(F32, F64),
+              linear=((0,), (1,))))
 
 
 # ---------------------------------------------------------------- structural primitives (transforms/)

@@ -8,7 +8,9 @@ native (PyTorch's convolution_backward math):
   * input cotangent: a transposed conv of the cotangent (or a plain conv, for a transposed
     conv), with output_padding recovering the rows the forward stride skipped;
   * weight cotangent: a conv of the input with the cotangent, batch folded into channels
-    (stride and dilation swap roles), one group per conv group, cropped to the kernel;
+    (stride and dilation swap roles), one group per conv group, cropped to the kernel
+    (under eager transforms one primitive, conv_weight_grad: torch's convolution_backward
+    kernel, which the unfolded conv took ~2x as long as on a small conv net's shapes);
   * batching: a vmapped input folds into N, a vmapped weight into the output channels
     (and groups), both at once into groups (torch.func's conv batch rule).
 """
@@ -20,6 +22,7 @@ from ..core import EXTERN, Primitive, Zero, bind
 from ..core.trace import type_of
 from . import shape as sh
 from .define import defbilinear, is_undefined
+from .fused import fused_here
 from .shape import moveaxis
 
 
@@ -119,9 +122,7 @@ def _conv_transpose_rule(ct, x, w, *, stride, padding, dilation, transposed, out
             return [conv(ct, w, stride, padding, dilation, True, op, groups), None]
         gx = conv(ct, w, stride, padding, dilation, True, None, groups)
         return [_pad_spatial_to(gx, xt.shape[2:]), None]
-    if transposed:
-        return [None, _plain_weight_grad(ct, x, kernel, stride, padding, dilation, groups)]
-    return [None, _plain_weight_grad(x, ct, kernel, stride, padding, dilation, groups)]
+    return [None, weight_grad(ct, x, wt.shape, stride, padding, dilation, transposed, output_padding, groups)]
 
 
 def _pad_spatial_to(y, sizes):
@@ -184,3 +185,64 @@ conv_p = defbilinear(Primitive(
     emit=_conv_emit),
     lambda ct, x, w, **params: _conv_transpose_rule(ct, x, w, **params)[0],
     lambda ct, x, w, **params: _conv_transpose_rule(ct, x, w, **params)[1])
+
+
+# ---------------------------------------------------------------- the weight cotangent as torch's kernel
+
+def weight_grad(ct, x, shape, stride, padding, dilation, transposed, output_padding, groups):
+    """d/dw of conv(x, w) (w of `shape`) against cotangent ct: conv_weight_grad where the
+    current trace binds fused primitives (prims/fused.py), else as a conv (_plain_weight_grad)."""
+    params = dict(shape=tuple(shape), stride=stride, padding=padding, dilation=dilation, transposed=transposed,
+                  output_padding=output_padding, groups=groups)
+    if type_of(x).dtype in (torch.float32, torch.float64) and fused_here():
+        return bind(conv_weight_grad_p, (ct, x), params)
+    return _weight_grad_decomposed(ct, x, **params)
+
+
+def _weight_grad_decomposed(ct, x, *, shape, stride, padding, dilation, transposed, output_padding, groups):
+    if transposed:
+        return _plain_weight_grad(ct, x, shape[2:], stride, padding, dilation, groups)
+    return _plain_weight_grad(x, ct, shape[2:], stride, padding, dilation, groups)
+
+
+def _weight_grad_impl(ct, x, *, shape, stride, padding, dilation, transposed, output_padding, groups):
+    w = torch.empty(shape, dtype=x.dtype, device=x.device)      # read for its shape only
+    return torch.ops.aten.convolution_backward.default(ct, x, w, None, stride, padding, dilation, transposed,
+                                                       output_padding, groups, [False, True, False])[1]
+
+
+def _weight_grad_transpose_ct(g, ct, x, *, shape, stride, padding, dilation, transposed, output_padding, groups):
+    """<g, weight_grad(ct, x)> is <conv(x, g), ct>: the forward conv with g as its weight."""
+    return conv(x, g, stride, padding, dilation, transposed, output_padding, groups)
+
+
+def _weight_grad_transpose_x(g, ct, x, *, shape, stride, padding, dilation, transposed, output_padding, groups):
+    """... and <x, the input cotangent of conv(., g) at ct>."""
+    return _conv_transpose_rule(ct, x, g, stride=stride, padding=padding, dilation=dilation,
+                                transposed=transposed, output_padding=output_padding, groups=groups)[0]
+
+
+def _weight_grad_batch(axis, args, dims, *, shape, stride, padding, dilation, transposed, output_padding, groups):
+    """Per example, the examples as groups: x (B, N, C, S) -> (N, B*C, S), ct likewise, groups
+    B*g; the (B*O, C/g, K) result (transposed: (B*C, O/g, K)) splits back per example."""
+    (ct, x), (dc, dx) = args, dims
+    b = axis.size
+    ct, x = sh.bdim_to_front(ct, dc, b), sh.bdim_to_front(x, dx, b)
+    folded = []
+    for v in (ct, x):
+        t = type_of(v)
+        v = sh.transpose(v, (1, 0) + tuple(range(2, t.ndim)))
+        folded.append(sh.reshape(v, (t.shape[1], b * t.shape[2]) + t.shape[3:]))
+    out = conv_weight_grad_p.bind(*folded, shape=(b * shape[0],) + tuple(shape[1:]), stride=stride, padding=padding,
+                                  dilation=dilation, transposed=transposed, output_padding=output_padding,
+                                  groups=b * groups)
+    return sh.reshape(out, (b,) + tuple(shape)), 0
+
+
+conv_weight_grad_p = defbilinear(Primitive(
+    "conv_weight_grad", kind=EXTERN,
+    abstract_eval=lambda ct, x, *, shape, **_: x.with_shape(tuple(shape)),
+    impl=_weight_grad_impl,
+    batch=_weight_grad_batch,
+    composite=_weight_grad_decomposed),
+    _weight_grad_transpose_ct, _weight_grad_transpose_x)

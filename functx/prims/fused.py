@@ -1,5 +1,6 @@
 """Fused primitives of eager transforms: log_softmax and nll_loss (F.cross_entropy's two halves),
-softmax, and the tanh / sigmoid derivatives (torch's tanh_backward / sigmoid_backward kernels).
+softmax, relu, and the tanh / sigmoid / relu derivatives (torch's tanh_backward /
+sigmoid_backward / threshold_backward kernels).
 
 Without jit every primitive is one torch kernel call, and a decomposed log_softmax + nll_loss
 is ~22 of them where torch runs two (each ~2-5 us on small tensors: most of an eager
@@ -325,11 +326,12 @@ nll_loss_backward_p = Primitive(
 # kernels (tanh_backward, sigmoid_backward): nothing extra in the forward pass, one kernel in
 # the backward (the tangent's transpose is itself). Bound where log_softmax is (fused_here).
 
-def _activation_backward(name, kernel, factor, factor_jvp):
+def _activation_backward(name, kernel, factor, factor_jvp, decomposed=None, emit_args=""):
     """The primitive t * factor(y), linear in t; factor(y) and its tangent factor_jvp(y, dy)
-    in primitives."""
-    def decomposed(t, y):
-        return ew.mul(t, factor(y))
+    in primitives (None: a mask, whose tangent is zero; `decomposed` then says how it applies)."""
+    if decomposed is None:
+        def decomposed(t, y):
+            return ew.mul(t, factor(y))
 
     def jvp(primals, tangents):
         (t, y), (dt, dy) = primals, tangents
@@ -337,7 +339,7 @@ def _activation_backward(name, kernel, factor, factor_jvp):
         terms = []
         if not isinstance(dt, Zero):
             terms.append(p.bind(dt, y))
-        if not isinstance(dy, Zero):
+        if not isinstance(dy, Zero) and factor_jvp is not None:
             terms.append(ew.mul(t, factor_jvp(y, dy)))
         if not terms:
             return out, Zero(type_of(out))
@@ -350,7 +352,8 @@ def _activation_backward(name, kernel, factor, factor_jvp):
         if not fused_here():
             # a staged graph (jit of vmap(jacfwd)): the factor on y as it is, then the product's
             # own batch rule, so the factor is not computed over the broadcast batch
-            return ew.mul_p.batch(axis_data, [t, factor(y)], [dt, dy])
+            return (ew.mul_p.batch(axis_data, [t, factor(y)], [dt, dy]) if factor is not None else
+                    (decomposed(bdim_to_front(t, dt, axis_data.size), bdim_to_front(y, dy, axis_data.size)), 0))
         size = axis_data.size       # (eager: an unbatched y is broadcast by the kernel itself)
         return p.bind(bdim_to_front(t, dt, size), bdim_to_front(y, dy, size)), 0
 
@@ -362,7 +365,7 @@ def _activation_backward(name, kernel, factor, factor_jvp):
         transpose=lambda ct, t, y: [p.bind(ct, y), None],
         batch=batch,
         composite=decomposed,
-        emit=lambda eqn, srcs: f"torch.ops.aten.{name}.default({srcs[0]}, {srcs[1]})")
+        emit=lambda eqn, srcs: f"torch.ops.aten.{name}.default({srcs[0]}, {srcs[1]}{emit_args})")
 
     def apply(t, y):
         tt, ty = type_of(t), type_of(y)
@@ -380,3 +383,42 @@ sigmoid_backward_p, sigmoid_backward = _activation_backward(
     lambda y: ew.mul(y, ew.sub(1.0, y)), lambda y, dy: ew.mul(ew.sub(1.0, ew.mul(y, 2.0)), dy))
 defjvp(ew.tanh_p, lambda t, y, x: tanh_backward(t, y))
 defjvp(ew.logistic_p, lambda t, y, x: sigmoid_backward(t, y))
+
+
+# ---------------------------------------------------------------- relu
+# torch's relu is one kernel, and its derivative threshold_backward(t, y, 0) another (t where
+# y > 0 or y is NaN, else 0, read from the output). As primitives relu is two comparisons and
+# two selects forward (x itself at 0, NaN propagated), and its tangent two selects with
+# materialized zeros each way. Bound where log_softmax is (fused_here).
+
+def relu_decomposed(x):
+    """torch's relu (clamp_min(x, 0)): x itself at x == 0 (relu(-0.0) is -0.0) with derivative
+    0 there (not max's tie split); NaN propagates with derivative 1 (threshold_backward's)."""
+    zero = 0.0 if type_of(x).dtype.is_floating_point else 0
+    return ew.where(ew.lt(x, zero), zero, ew.where(ew.eq(x, zero), ew.stop_gradient(x), x))
+
+
+def relu(x):
+    if type_of(x).dtype in _FUSED_DTYPES and fused_here():
+        return bind(relu_p, (x,), {})
+    return relu_decomposed(x)
+
+
+def _relu_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    y = relu_p.bind(x)
+    return y, Zero(type_of(y)) if isinstance(t, Zero) else threshold_backward(t, y)
+
+
+relu_p = Primitive(
+    "relu", kind=EXTERN,
+    abstract_eval=lambda t: TensorType(t.shape, t.dtype, t.device),
+    impl=torch.relu,
+    jvp=_relu_jvp,
+    batch=lambda axis_data, args, dims: (relu_p.bind(args[0]), dims[0]),
+    composite=relu_decomposed,
+    emit=lambda eqn, srcs: f"torch.relu({srcs[0]})")
+
+threshold_backward_p, threshold_backward = _activation_backward(
+    "threshold_backward", lambda t, y: torch.ops.aten.threshold_backward.default(t, y, 0), None, None,
+    decomposed=lambda t, y: ew.where(ew.le(y, 0.0), 0.0, t), emit_args=", 0")

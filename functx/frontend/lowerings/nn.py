@@ -33,10 +33,7 @@ prims_ns = torch.ops.prims
 
 @register(aten.relu.default)
 def _relu(x):
-    # torch's relu (clamp_min(x, 0)): x itself at x == 0 (relu(-0.0) is -0.0) with derivative
-    # 0 there (not max's tie split); NaN propagates with derivative 1 (threshold_backward's).
-    zero = 0.0 if _t(x).dtype.is_floating_point else 0
-    return P.where(P.lt(x, zero), zero, P.where(P.eq(x, zero), P.stop_gradient(x), x))
+    return P.relu(x)        # torch's kernel under eager transforms (prims/fused.py)
 
 
 # ---------------------------------------------------------------- hardtanh (relu6)
