@@ -914,8 +914,6 @@ def test_logcumsumexp_over_an_empty_tensor_differentiates():
     assert functx.jvp(f, (x,), (x,))[1].item() == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (round 12 note): det is differentiated through its LU "
-                   "factors, which have no derivative at a singular matrix; torch gives the adjugate (SVD)")
 def test_grad_of_det_at_a_singular_matrix_is_the_adjugate():
     A = torch.zeros(2, 2, dtype=torch.float64)
     torch.testing.assert_close(functx.grad(torch.linalg.det)(A), torch.func.grad(torch.linalg.det)(A))   # 0
