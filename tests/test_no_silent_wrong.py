@@ -1029,6 +1029,19 @@ def test_det_gradient_of_a_batch_with_singular_and_nonsingular_matrices(dtype):
                                    rtol=0, atol=1e-7)
 
 
+def test_det_gradient_at_singular_matrices_with_large_entries():
+    # the singular branch scales A by r = max |A_ij| and multiplies by r^n; float32 matrices
+    # take it in float64, so |A|^n past float32's range still gives the adjugate
+    a = torch.tensor([[1e20, 2e20], [2e20, 4e20]])
+    torch.testing.assert_close(functx.grad(torch.linalg.det)(a), torch.func.grad(torch.linalg.det)(a))
+    torch.testing.assert_close(functx.grad(torch.linalg.det)(a), torch.tensor([[4e20, -2e20], [-2e20, 1e20]]))
+    # past float64's range (r^n = 1e400) functx's derivative is not finite (torch.func's SVD
+    # formula gives the adjugate, 4e200); the value is still torch's
+    b = a.double() * 1e180
+    torch.testing.assert_close(functx.jit(torch.linalg.det)(b), torch.linalg.det(b))
+    assert not functx.grad(torch.linalg.det)(b).isfinite().any()
+
+
 def test_slogdet_and_logdet_derivatives_at_a_singular_matrix_are_not_finite_as_torch():
     # log|det| has no derivative at a singular matrix (A^{-T} does not exist): torch.func raises
     # (linalg.solve: singular), torch.autograd returns infs and nans; functx's values match

@@ -265,17 +265,26 @@ def _linalg_det(A):
     if isinstance(known, torch.Tensor) and not bool(known.any()):
         return det, LU, pivots
     square = singular[..., None, None]
-    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    det_nonsingular = _lu_det(torch.where(square, torch.eye(n, dtype=A.dtype, device=A.device), A))[0]
+    # the singular branch in float64 for float32 matrices: r^n overflows float32 soon
+    work = torch.float64 if A.dtype == torch.float32 else A.dtype
+    scale = scale.to(work)
     scale = torch.where((scale == 0) | ~torch.isfinite(scale), 1, scale)
     c, v = _shift_nodes(n)
-    B = (torch.where(square, A, 0) / scale[..., None, None]).unsqueeze(-3)
-    c = torch.tensor(c, dtype=A.dtype, device=A.device)[:, None, None] * eye
-    # one factorization for both branches: the nonsingular one's matrix, then the shifted ones
-    dets = _lu_det(torch.cat((torch.where(square, eye, A).unsqueeze(-3), B + c, B - c), -3))[0]
-    det_nonsingular, m = dets[..., 0], len(v)
-    q = ((dets[..., 1:m + 1] + dets[..., m + 1:]) * torch.tensor(v, dtype=A.dtype, device=A.device)).sum(-1)
-    derivative_only = (q - _frozen(q)) * torch.clamp(scale ** n, max=torch.finfo(A.dtype).max)
-    return torch.where(singular, _frozen(det) + derivative_only, det_nonsingular), LU, pivots
+    B = (torch.where(square, A, 0).to(work) / scale[..., None, None]).unsqueeze(-3)
+    c = torch.tensor(c, dtype=work, device=A.device)[:, None, None] * torch.eye(n, dtype=work, device=A.device)
+    dets = _lu_det(torch.cat((B + c, B - c), -3))[0]
+    q = ((dets[..., :len(v)] + dets[..., len(v):]) * torch.tensor(v, dtype=work, device=A.device)).sum(-1)
+    power = scale ** n
+    fits = torch.isfinite(power)        # else the chain rule's r^n overflows: a non-finite derivative
+    derivative_only = (q - _frozen(q)) * torch.where(fits, power, 0) + _nonfinite_derivative(~fits, q)
+    return torch.where(singular, _frozen(det) + derivative_only.to(A.dtype), det_nonsingular), LU, pivots
+
+
+def _nonfinite_derivative(where, x):
+    """0, with a non-finite derivative (x's through sqrt at 0) where `where` holds; elsewhere
+    sqrt sees 1 (the double where)."""
+    return torch.where(where, torch.where(where, x - _frozen(x), 1).sqrt(), 0)
 
 
 @register_special(aten._linalg_slogdet.default)
