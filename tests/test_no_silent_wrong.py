@@ -1006,7 +1006,7 @@ def test_det_derivatives_at_singular_matrices(name, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_det_gradient_of_a_batch_with_singular_and_nonsingular_matrices(dtype):
     # one batch, some matrices singular: each gets its own formula (the double where), under
-    # grad, vmap(grad), jit(grad) (one graph for every value) and jit(vmap(grad))
+    # grad, vmap(grad), jit(grad) (one graph for every value), jit(vmap(grad)) and vmap(grad(jit))
     g = torch.Generator().manual_seed(0)
     a64 = torch.stack([_SINGULAR["rank2_3"].double(), torch.randn(3, 3, dtype=torch.float64, generator=g),
                        _SINGULAR["rank1_3"].double(), torch.zeros(3, 3, dtype=torch.float64),
@@ -1017,7 +1017,8 @@ def test_det_gradient_of_a_batch_with_singular_and_nonsingular_matrices(dtype):
     total = lambda m: torch.linalg.det(m).sum()     # noqa: E731
     per_matrix = functx.grad(torch.linalg.det)
     jitted = functx.jit(functx.grad(total))
-    for got in (functx.grad(total)(a), functx.vmap(per_matrix)(a), jitted(a), functx.jit(functx.vmap(per_matrix))(a)):
+    for got in (functx.grad(total)(a), functx.vmap(per_matrix)(a), jitted(a), functx.jit(functx.vmap(per_matrix))(a),
+                functx.vmap(functx.grad(functx.jit(torch.linalg.det)))(a)):
         torch.testing.assert_close(got.double(), want, **tol)
     torch.testing.assert_close(torch.stack([torch.func.grad(torch.linalg.det)(m) for m in a]).double(), want, **tol)
     nonsingular = a[[1, 4]]
