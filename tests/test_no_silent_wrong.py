@@ -955,6 +955,12 @@ _SINGULAR = {
     "rank2_3": torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]),             # adj != 0
     "rank2_3_scaled": 1000 * torch.tensor([[2.0, 0.0, 1.0], [1.0, 3.0, 0.0], [3.0, 3.0, 1.0]]),
     "rank3_4": torch.tensor([[1.0, 2.0, 0.0, 1.0], [0.0, 1.0, 1.0, 2.0], [1.0, 3.0, 1.0, 3.0], [2.0, 0.0, 1.0, 1.0]]),
+    # past 4 x 4 the singular branch interpolates det(A / r + tI) instead of expanding cofactors
+    "zero_5": torch.zeros(5, 5),
+    "rank4_5": torch.tensor([[2.0, -1.0, 0.0, 1.0, 3.0], [1.0, 1.0, 2.0, 0.0, -1.0], [3.0, 0.0, 2.0, 1.0, 2.0],
+                             [0.0, 2.0, -1.0, 1.0, 1.0], [1.0, 0.0, 1.0, -2.0, 0.5]]),
+    "rank4_6": torch.tensor([[1.0, 0, 2, 1], [0, 1, 1, 0], [2, 1, 0, 1], [1, 1, 1, 1], [0, 2, 1, -1], [1, 0, 0, 2]])
+    @ torch.tensor([[1.0, 2, 0, 1, 0, 1], [0, 1, 1, 0, 2, 1], [1, 0, 1, 1, 1, 0], [2, 1, 0, 0, 1, 1]]),   # adj = 0
 }
 
 
@@ -1003,14 +1009,16 @@ def test_det_derivatives_at_singular_matrices(name, dtype):
             torch.testing.assert_close(theirs, want2, **tol2)
 
 
+@pytest.mark.parametrize("size", [3, 5])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_det_gradient_of_a_batch_with_singular_and_nonsingular_matrices(dtype):
+def test_det_gradient_of_a_batch_with_singular_and_nonsingular_matrices(dtype, size):
     # one batch, some matrices singular: each gets its own formula (the double where), under
     # grad, vmap(grad), jit(grad) (one graph for every value), jit(vmap(grad)) and vmap(grad(jit))
     g = torch.Generator().manual_seed(0)
-    a64 = torch.stack([_SINGULAR["rank2_3"].double(), torch.randn(3, 3, dtype=torch.float64, generator=g),
-                       _SINGULAR["rank1_3"].double(), torch.zeros(3, 3, dtype=torch.float64),
-                       torch.randn(3, 3, dtype=torch.float64, generator=g)])
+    first, second = ("rank2_3", "rank1_3") if size == 3 else ("rank4_5", "zero_5")
+    a64 = torch.stack([_SINGULAR[first].double(), torch.randn(size, size, dtype=torch.float64, generator=g),
+                       _SINGULAR[second].double(), torch.zeros(size, size, dtype=torch.float64),
+                       torch.randn(size, size, dtype=torch.float64, generator=g)])
     a = a64.to(dtype)
     want = _cofactors(a64)
     tol = dict(rtol=0, atol=1e-12 if dtype == torch.float64 else 2e-5)

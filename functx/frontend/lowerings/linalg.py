@@ -250,7 +250,8 @@ def _linalg_det(A):
     # with this one). Each branch sees a harmless input where the other one is selected (the
     # double where), and the value is det's own (torch's) in both. When the values are known
     # (eager transforms) and no matrix is singular, the plain LU path is all there is; under
-    # jit both branches are computed (n // 2 + 1 pairs of shifted matrices more).
+    # jit both branches are computed (n // 2 + 1 pairs of shifted matrices more; up to 4 x 4
+    # the cofactor expansion of det(A / r) instead: elementwise products).
     _square(A, "det")
     det, LU, pivots = _lu_det(A)
     if A.numel() == 0:
@@ -270,15 +271,36 @@ def _linalg_det(A):
     work = torch.float64 if A.dtype == torch.float32 else A.dtype
     scale = scale.to(work)
     scale = torch.where((scale == 0) | ~torch.isfinite(scale), 1, scale)
-    c, v = _shift_nodes(n)
-    B = (torch.where(square, A, 0).to(work) / scale[..., None, None]).unsqueeze(-3)
-    c = torch.tensor(c, dtype=work, device=A.device)[:, None, None] * torch.eye(n, dtype=work, device=A.device)
-    dets = _lu_det(torch.cat((B + c, B - c), -3))[0]
-    q = ((dets[..., :len(v)] + dets[..., len(v):]) * torch.tensor(v, dtype=work, device=A.device)).sum(-1)
+    B = torch.where(square, A, 0).to(work) / scale[..., None, None]
+    if n <= _EXPANDED_UP_TO:
+        q = _expanded_det(B)
+    else:
+        c, v = _shift_nodes(n)
+        c = torch.tensor(c, dtype=work, device=A.device)[:, None, None] * torch.eye(n, dtype=work, device=A.device)
+        dets = _lu_det(torch.cat((B.unsqueeze(-3) + c, B.unsqueeze(-3) - c), -3))[0]
+        q = ((dets[..., :len(v)] + dets[..., len(v):]) * torch.tensor(v, dtype=work, device=A.device)).sum(-1)
     power = scale ** n
     fits = torch.isfinite(power)        # else the chain rule's r^n overflows: a non-finite derivative
     derivative_only = (q - _frozen(q)) * torch.where(fits, power, 0) + _nonfinite_derivative(~fits, q)
     return torch.where(singular, _frozen(det) + derivative_only.to(A.dtype), det_nonsingular), LU, pivots
+
+
+# up to this size the singular branch is the cofactor expansion itself (a polynomial of
+# elementwise products, which jit fuses) instead of shifted factorizations
+_EXPANDED_UP_TO = 4
+
+
+def _expanded_det(B):
+    """det(B) by cofactor expansion along the first row."""
+    n = B.shape[-1]
+    if n == 1:
+        return B[..., 0, 0]
+    rest = B[..., 1:, :]
+    terms = [B[..., 0, j] * _expanded_det(torch.cat((rest[..., :j], rest[..., j + 1:]), -1)) for j in range(n)]
+    out = terms[0]
+    for j in range(1, n):
+        out = out - terms[j] if j % 2 else out + terms[j]
+    return out
 
 
 def _nonfinite_derivative(where, x):
