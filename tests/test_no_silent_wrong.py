@@ -1051,6 +1051,22 @@ def test_det_gradient_at_singular_matrices_with_large_entries():
     assert not functx.grad(torch.linalg.det)(b).isfinite().any()
 
 
+@pytest.mark.parametrize("size", [2, 5])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_det_of_matrices_with_non_finite_entries_keeps_torchs_values(bad, size):
+    # an inf entry made the (zero or identity) matrix look singular against max |A_ij| = inf: the
+    # singular branch turned det's value into nan (torch: inf) and its gradient into a finite
+    # one (torch.func: nan). Such matrices take the LU path, as before
+    for base in (torch.eye(size, dtype=torch.float64), torch.zeros(size, size, dtype=torch.float64)):
+        a = base.clone()
+        a[0, 0] = bad
+        want = torch.linalg.det(a)
+        for got in (functx.jit(torch.linalg.det)(a), functx.vmap(torch.linalg.det)(a[None])[0]):
+            torch.testing.assert_close(got, want, equal_nan=True)
+        for grad in (functx.grad(torch.linalg.det), functx.jit(functx.grad(torch.linalg.det))):
+            assert not grad(a).isfinite().any()
+
+
 def test_slogdet_and_logdet_derivatives_at_a_singular_matrix_are_not_finite_as_torch():
     # log|det| has no derivative at a singular matrix (A^{-T} does not exist): torch.func raises
     # (linalg.solve: singular), torch.autograd returns infs and nans; functx's values match

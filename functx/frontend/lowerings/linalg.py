@@ -261,7 +261,8 @@ def _linalg_det(A):
     # singular to working precision: a pivot at rounding level against A's largest entry
     scale = frozen.abs().amax((-2, -1))
     pivot = torch.diagonal(_frozen(LU), dim1=-2, dim2=-1).abs().amin(-1)
-    singular = pivot <= 100 * n * torch.finfo(A.dtype).eps * scale
+    finite = torch.isfinite(scale)      # inf and nan entries: the LU path's values, as torch's
+    singular = (pivot <= 100 * n * torch.finfo(A.dtype).eps * scale) & finite
     *_, known = tracer_chain(unwrap(singular))         # every example's, if the values are known
     if isinstance(known, torch.Tensor) and not bool(known.any()):
         return det, LU, pivots
@@ -270,7 +271,7 @@ def _linalg_det(A):
     # the singular branch in float64 for float32 matrices: r^n overflows float32 soon
     work = torch.float64 if A.dtype == torch.float32 else A.dtype
     scale = scale.to(work)
-    scale = torch.where((scale == 0) | ~torch.isfinite(scale), 1, scale)
+    scale = torch.where((scale == 0) | ~finite, 1, scale)
     B = torch.where(square, A, 0).to(work) / scale[..., None, None]
     if n <= _EXPANDED_UP_TO:
         q = _expanded_det(B)
