@@ -914,11 +914,172 @@ def test_logcumsumexp_over_an_empty_tensor_differentiates():
     assert functx.jvp(f, (x,), (x,))[1].item() == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (round 12 note): det is differentiated through its LU "
-                   "factors, which have no derivative at a singular matrix; torch gives the adjugate (SVD)")
 def test_grad_of_det_at_a_singular_matrix_is_the_adjugate():
     A = torch.zeros(2, 2, dtype=torch.float64)
     torch.testing.assert_close(functx.grad(torch.linalg.det)(A), torch.func.grad(torch.linalg.det)(A))   # 0
     B = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)      # rank 1: adj(B)^T = [[4, -2], [-2, 1]]
     torch.testing.assert_close(functx.grad(torch.linalg.det)(B), torch.tensor([[4.0, -2.0], [-2.0, 1.0]],
                                                                               dtype=torch.float64))
+
+
+def _cofactors(a):
+    """det's gradient from values only: the cofactor matrix, each entry a minor's determinant."""
+    n = a.shape[-1]
+    out = torch.empty_like(a)
+    for i in range(n):
+        for j in range(n):
+            keep_i, keep_j = [k for k in range(n) if k != i], [k for k in range(n) if k != j]
+            minor = a[..., keep_i, :][..., :, keep_j]
+            out[..., i, j] = (-1) ** (i + j) * (torch.linalg.det(minor) if n > 1 else torch.ones_like(a[..., 0, 0]))
+    return out
+
+
+def _central(f, a, h):
+    """d f / d a by float64 central differences, shape a.shape + f(a).shape (det and its
+    cofactors are polynomials: the differences are exact up to rounding)."""
+    rows = []
+    for k in range(a.numel()):
+        e = torch.zeros(a.numel(), dtype=a.dtype)
+        e[k] = h
+        e = e.reshape(a.shape)
+        rows.append((f(a + e) - f(a - e)) / (2 * h))
+    return torch.stack(rows).reshape(a.shape + rows[0].shape)
+
+
+_SINGULAR = {
+    "zero_2": torch.zeros(2, 2),
+    "zero_3": torch.zeros(3, 3),
+    "zero_1": torch.zeros(1, 1),
+    "rank1_2": torch.tensor([[1.0, 2.0], [2.0, 4.0]]),
+    "rank1_3": torch.outer(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, -1.0, 2.0])),   # adj = 0
+    "rank2_3": torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]),             # adj != 0
+    "rank2_3_scaled": 1000 * torch.tensor([[2.0, 0.0, 1.0], [1.0, 3.0, 0.0], [3.0, 3.0, 1.0]]),
+    "rank3_4": torch.tensor([[1.0, 2.0, 0.0, 1.0], [0.0, 1.0, 1.0, 2.0], [1.0, 3.0, 1.0, 3.0], [2.0, 0.0, 1.0, 1.0]]),
+    # past 4 x 4 the singular branch interpolates det(A / r + tI) instead of expanding cofactors
+    "zero_5": torch.zeros(5, 5),
+    "rank4_5": torch.tensor([[2.0, -1.0, 0.0, 1.0, 3.0], [1.0, 1.0, 2.0, 0.0, -1.0], [3.0, 0.0, 2.0, 1.0, 2.0],
+                             [0.0, 2.0, -1.0, 1.0, 1.0], [1.0, 0.0, 1.0, -2.0, 0.5]]),
+    "rank4_6": torch.tensor([[1.0, 0, 2, 1], [0, 1, 1, 0], [2, 1, 0, 1], [1, 1, 1, 1], [0, 2, 1, -1], [1, 0, 0, 2]])
+    @ torch.tensor([[1.0, 2, 0, 1, 0, 1], [0, 1, 1, 0, 2, 1], [1, 0, 1, 1, 1, 0], [2, 1, 0, 0, 1, 1]]),   # adj = 0
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", list(_SINGULAR))
+def test_det_derivatives_at_singular_matrices(name, dtype):
+    # grad: the adjugate transpose, as torch.func (torch's SVD formula) and finite differences;
+    # rank n-2 (rank1_3) has adjugate 0, rank n-1 a nonzero one
+    a64 = _SINGULAR[name].double()
+    a = a64.to(dtype)
+    det = torch.linalg.det
+    scale = a64.abs().max().clamp(min=1) ** (a.shape[-1] - 1)
+    tol = dict(rtol=0, atol=(1e-12 if dtype == torch.float64 else 1e-5) * scale)
+    want = _cofactors(a64)
+    torch.testing.assert_close(_central(det, a64, 1e-3 * a64.abs().max().clamp(min=1)), want, **tol)
+    torch.testing.assert_close(functx.grad(det)(a).double(), want, **tol)
+    torch.testing.assert_close(torch.func.grad(det)(a).double(), want, **tol)
+    if name == "rank1_3":
+        assert want.abs().max() < 1e-12
+    if name == "rank2_3":
+        assert want.abs().max() > 1
+    torch.testing.assert_close(functx.grad(torch.det)(a).double(), want, **tol)           # the aliases
+    torch.testing.assert_close(functx.grad(lambda m: m.det())(a).double(), want, **tol)
+    torch.testing.assert_close(functx.jit(functx.grad(det))(a).double(), want, **tol)
+    torch.testing.assert_close(functx.jit(det)(a), det(a))                # the value is torch's
+    torch.testing.assert_close(functx.vmap(det)(a[None])[0], det(a))
+    # jvp: <cofactors, v>. torch.func.jvp gives 0 at these matrices (its forward formula is
+    # tr(A^{-1} V) det(A) through perturbed LU factors): finite differences decide, for functx
+    v = torch.linspace(-1, 1, a.numel(), dtype=torch.float64).reshape(a.shape)
+    torch.testing.assert_close(functx.jvp(det, (a,), (v.to(dtype),))[1].double(), (want * v).sum(), **tol)
+    if dtype == torch.float64:
+        # second order, from the cofactors' finite differences: hessian (reverse over reverse)
+        # and jvp of jvp (forward over forward). torch.func.hessian agrees where it is finite
+        # and is nan at the zero matrices (the SVD's derivative at repeated singular values)
+        h = 1e-3 * a64.abs().max().clamp(min=1)
+        want2 = _central(_cofactors, a64, h)
+        tol2 = dict(rtol=0, atol=1e-8 * scale)
+        torch.testing.assert_close(functx.hessian(det)(a), want2, **tol2)
+        torch.testing.assert_close(functx.jacfwd(functx.jacrev(det))(a), want2, **tol2)
+        fwd_fwd = functx.jvp(lambda b: functx.jvp(det, (b,), (v,))[1], (a,), (v,))[1]
+        torch.testing.assert_close(fwd_fwd, torch.einsum("ij,ijkl,kl->", v, want2, v), **tol2)
+        theirs = torch.func.hessian(det)(a)
+        if name.startswith("zero") and a.shape[-1] > 1:
+            assert theirs.isnan().all()
+        else:
+            torch.testing.assert_close(theirs, want2, **tol2)
+
+
+@pytest.mark.parametrize("size", [3, 5])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_det_gradient_of_a_batch_with_singular_and_nonsingular_matrices(dtype, size):
+    # one batch, some matrices singular: each gets its own formula (the double where), under
+    # grad, vmap(grad), jit(grad) (one graph for every value), jit(vmap(grad)) and vmap(grad(jit))
+    g = torch.Generator().manual_seed(0)
+    first, second = ("rank2_3", "rank1_3") if size == 3 else ("rank4_5", "zero_5")
+    a64 = torch.stack([_SINGULAR[first].double(), torch.randn(size, size, dtype=torch.float64, generator=g),
+                       _SINGULAR[second].double(), torch.zeros(size, size, dtype=torch.float64),
+                       torch.randn(size, size, dtype=torch.float64, generator=g)])
+    a = a64.to(dtype)
+    want = _cofactors(a64)
+    tol = dict(rtol=0, atol=1e-12 if dtype == torch.float64 else 2e-5)
+    total = lambda m: torch.linalg.det(m).sum()     # noqa: E731
+    per_matrix = functx.grad(torch.linalg.det)
+    jitted = functx.jit(functx.grad(total))
+    for got in (functx.grad(total)(a), functx.vmap(per_matrix)(a), jitted(a), functx.jit(functx.vmap(per_matrix))(a),
+                functx.vmap(functx.grad(functx.jit(torch.linalg.det)))(a)):
+        torch.testing.assert_close(got.double(), want, **tol)
+    torch.testing.assert_close(torch.stack([torch.func.grad(torch.linalg.det)(m) for m in a]).double(), want, **tol)
+    nonsingular = a[[1, 4]]
+    torch.testing.assert_close(jitted(nonsingular).double(), want[[1, 4]], **tol)
+    assert len(jitted._cache.entries) <= 2
+    if dtype == torch.float64:
+        hess = functx.vmap(functx.hessian(torch.linalg.det))(a)
+        torch.testing.assert_close(hess, torch.stack([_central(_cofactors, m, 1e-3) for m in a64]),
+                                   rtol=0, atol=1e-7)
+
+
+def test_det_gradient_at_singular_matrices_with_large_entries():
+    # the singular branch scales A by r = max |A_ij| and multiplies by r^n; float32 matrices
+    # take it in float64, so |A|^n past float32's range still gives the adjugate
+    a = torch.tensor([[1e20, 2e20], [2e20, 4e20]])
+    torch.testing.assert_close(functx.grad(torch.linalg.det)(a), torch.func.grad(torch.linalg.det)(a))
+    torch.testing.assert_close(functx.grad(torch.linalg.det)(a), torch.tensor([[4e20, -2e20], [-2e20, 1e20]]))
+    # past float64's range (r^n = 1e400) functx's derivative is not finite (torch.func's SVD
+    # formula gives the adjugate, 4e200); the value is still torch's
+    b = a.double() * 1e180
+    torch.testing.assert_close(functx.jit(torch.linalg.det)(b), torch.linalg.det(b))
+    assert not functx.grad(torch.linalg.det)(b).isfinite().any()
+
+
+@pytest.mark.parametrize("size", [2, 5])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_det_of_matrices_with_non_finite_entries_keeps_torchs_values(bad, size):
+    # an inf entry made the (zero or identity) matrix look singular against max |A_ij| = inf: the
+    # singular branch turned det's value into nan (torch: inf) and its gradient into a finite
+    # one (torch.func: nan). Such matrices take the LU path, as before
+    for base in (torch.eye(size, dtype=torch.float64), torch.zeros(size, size, dtype=torch.float64)):
+        a = base.clone()
+        a[0, 0] = bad
+        want = torch.linalg.det(a)
+        for got in (functx.jit(torch.linalg.det)(a), functx.vmap(torch.linalg.det)(a[None])[0]):
+            torch.testing.assert_close(got, want, equal_nan=True)
+        for grad in (functx.grad(torch.linalg.det), functx.jit(functx.grad(torch.linalg.det))):
+            assert not grad(a).isfinite().any()
+
+
+def test_slogdet_and_logdet_derivatives_at_a_singular_matrix_are_not_finite_as_torch():
+    # log|det| has no derivative at a singular matrix (A^{-T} does not exist): torch.func raises
+    # (linalg.solve: singular), torch.autograd returns infs and nans; functx's values match
+    # torch's (-inf) and its gradient is nan: no finite, silently wrong number
+    a = _SINGULAR["rank1_2"].double()
+    for f in (lambda m: torch.linalg.slogdet(m).logabsdet, torch.logdet, lambda m: torch.linalg.slogdet(m)[1]):
+        torch.testing.assert_close(functx.jit(f)(a), f(a))
+        assert f(a).item() == float("-inf")
+        with pytest.raises(Exception, match="singular"):
+            torch.func.grad(f)(a)
+        leaf = a.clone().requires_grad_()
+        assert not torch.autograd.grad(f(leaf), leaf)[0].isfinite().any()
+        assert not functx.grad(f)(a).isfinite().any()
+    # the sign's gradient is 0 everywhere, as torch.func's
+    sign = lambda m: torch.linalg.slogdet(m).sign       # noqa: E731
+    torch.testing.assert_close(functx.grad(sign)(a), torch.func.grad(sign)(a))

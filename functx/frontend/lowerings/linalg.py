@@ -8,7 +8,10 @@ import torch
 from torch._meta_registrations import pooling_output_shape
 
 from ... import prims as P
+from ...core.trace import tracer_chain
 from ..promote import elementwise, result_type
+from ..functionalize import unwrap
+from ..tensor import wrap
 from .common import _t, aten
 from .registry import register, register_special
 
@@ -211,12 +214,100 @@ def _permutation_sign(pivots, dtype):
     return 1 - 2 * (swaps % 2).to(dtype)
 
 
+def _lu_det(A):
+    """(det, LU, pivots) through the LU factors of A^T, as torch's kernel computes det
+    (det(A^T) = det(A))."""
+    LU, pivots, _ = torch.linalg.lu_factor_ex(A.mT)
+    return _permutation_sign(pivots, A.dtype) * torch.diagonal(LU, dim1=-2, dim2=-1).prod(-1), LU, pivots
+
+
+def _frozen(x):
+    """x's value without its derivative."""
+    return wrap(P.stop_gradient(unwrap(x)))
+
+
+def _shift_nodes(n):
+    """Nodes c_k > 0 and weights v_k with p(0) = sum_k v_k (p(c_k) + p(-c_k)) for every
+    polynomial p of degree <= n: p(c) + p(-c) is a polynomial in c^2 of degree n // 2, taken at
+    0 through its values at the squares of the positive Chebyshev points of [-1, 1] (Lagrange
+    weights; their absolute sum, the error's amplification, stays small). Pairing c and -c
+    cancels the odd powers exactly."""
+    m = n // 2 + 1
+    c = [math.cos((2 * k + 1) * math.pi / (4 * m)) for k in range(m)]
+    v = [0.5 * math.prod(-c[j] ** 2 / (c[k] ** 2 - c[j] ** 2) for j in range(m) if j != k) for k in range(m)]
+    return c, v
+
+
 @register_special(aten._linalg_det.default)
 def _linalg_det(A):
+    # det's derivative through the LU factors (det A^{-T}) has no value at a singular matrix
+    # (the factors' derivatives divide by U's zero pivot: nan), where torch gives the adjugate
+    # (an SVD formula). Here a singular matrix takes its derivatives, of every order, from
+    # det(A) = r^n sum_k v_k (det(A / r + c_k I) + det(A / r - c_k I)) (det(B + tI) is a
+    # polynomial of degree n in t; r = max |A_ij|), whose shifted matrices are nonsingular,
+    # through the same LU factors: exact to every order like the rest (torch.func's hessian of
+    # det at the zero matrix is nan, through the SVD's derivative; finite differences agree
+    # with this one). Each branch sees a harmless input where the other one is selected (the
+    # double where), and the value is det's own (torch's) in both. When the values are known
+    # (eager transforms) and no matrix is singular, the plain LU path is all there is; under
+    # jit both branches are computed (n // 2 + 1 pairs of shifted matrices more; up to 4 x 4
+    # the cofactor expansion of det(A / r) instead: elementwise products).
     _square(A, "det")
-    LU, pivots, _ = torch.linalg.lu_factor_ex(A.mT)      # as torch's kernel: det(A^T) = det(A)
-    det = _permutation_sign(pivots, A.dtype) * torch.diagonal(LU, dim1=-2, dim2=-1).prod(-1)
-    return det, LU, pivots
+    det, LU, pivots = _lu_det(A)
+    if A.numel() == 0:
+        return det, LU, pivots
+    n = int(A.shape[-1])
+    frozen = _frozen(A)
+    # singular to working precision: a pivot at rounding level against A's largest entry
+    scale = frozen.abs().amax((-2, -1))
+    pivot = torch.diagonal(_frozen(LU), dim1=-2, dim2=-1).abs().amin(-1)
+    finite = torch.isfinite(scale)      # inf and nan entries: the LU path's values, as torch's
+    singular = (pivot <= 100 * n * torch.finfo(A.dtype).eps * scale) & finite
+    *_, known = tracer_chain(unwrap(singular))         # every example's, if the values are known
+    if isinstance(known, torch.Tensor) and not bool(known.any()):
+        return det, LU, pivots
+    square = singular[..., None, None]
+    det_nonsingular = _lu_det(torch.where(square, torch.eye(n, dtype=A.dtype, device=A.device), A))[0]
+    # the singular branch in float64 for float32 matrices: r^n overflows float32 soon
+    work = torch.float64 if A.dtype == torch.float32 else A.dtype
+    scale = scale.to(work)
+    scale = torch.where((scale == 0) | ~finite, 1, scale)
+    B = torch.where(square, A, 0).to(work) / scale[..., None, None]
+    if n <= _EXPANDED_UP_TO:
+        q = _expanded_det(B)
+    else:
+        c, v = _shift_nodes(n)
+        c = torch.tensor(c, dtype=work, device=A.device)[:, None, None] * torch.eye(n, dtype=work, device=A.device)
+        dets = _lu_det(torch.cat((B.unsqueeze(-3) + c, B.unsqueeze(-3) - c), -3))[0]
+        q = ((dets[..., :len(v)] + dets[..., len(v):]) * torch.tensor(v, dtype=work, device=A.device)).sum(-1)
+    power = scale ** n
+    fits = torch.isfinite(power)        # else the chain rule's r^n overflows: a non-finite derivative
+    derivative_only = (q - _frozen(q)) * torch.where(fits, power, 0) + _nonfinite_derivative(~fits, q)
+    return torch.where(singular, _frozen(det) + derivative_only.to(A.dtype), det_nonsingular), LU, pivots
+
+
+# up to this size the singular branch is the cofactor expansion itself (a polynomial of
+# elementwise products, which jit fuses) instead of shifted factorizations
+_EXPANDED_UP_TO = 4
+
+
+def _expanded_det(B):
+    """det(B) by cofactor expansion along the first row."""
+    n = B.shape[-1]
+    if n == 1:
+        return B[..., 0, 0]
+    rest = B[..., 1:, :]
+    terms = [B[..., 0, j] * _expanded_det(torch.cat((rest[..., :j], rest[..., j + 1:]), -1)) for j in range(n)]
+    out = terms[0]
+    for j in range(1, n):
+        out = out - terms[j] if j % 2 else out + terms[j]
+    return out
+
+
+def _nonfinite_derivative(where, x):
+    """0, with a non-finite derivative (x's through sqrt at 0) where `where` holds; elsewhere
+    sqrt sees 1 (the double where)."""
+    return torch.where(where, torch.where(where, x - _frozen(x), 1).sqrt(), 0)
 
 
 @register_special(aten._linalg_slogdet.default)
