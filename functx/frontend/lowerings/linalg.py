@@ -266,6 +266,11 @@ def _linalg_det(A):
     *_, known = tracer_chain(unwrap(singular))         # every example's, if the values are known
     if isinstance(known, torch.Tensor) and not bool(known.any()):
         return det, LU, pivots
+    if not isinstance(known, torch.Tensor) and n > _EXPANDED_UP_TO:
+        # staged (jit) above 4 x 4: the shifted factorizations cost 5x (8 x 8) to 25x (100 x 100)
+        # a call in every graph, singular matrix or not, so a staged det there keeps the LU
+        # derivative (nan at an exactly singular matrix, as before; eager levels are exact)
+        return det, LU, pivots
     square = singular[..., None, None]
     det_nonsingular = _lu_det(torch.where(square, torch.eye(n, dtype=A.dtype, device=A.device), A))[0]
     # the singular branch in float64 for float32 matrices: r^n overflows float32 soon
