@@ -95,6 +95,7 @@ NONLINEAR = {
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
     "log_softmax", "softmax", "relu",      # prims/fused.py
+    "max_pool",     # prims/pool.py
     "normalize_rows",   # prims/fused_norm.py
     "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)
     "while_tape_check",    # transforms/control_flow/while_reverse.py (integer step count)

@@ -14,7 +14,8 @@ from functx.transforms import ad
 
 function_units = importlib.import_module("functx.frontend.function_units")
 FUSED = {REGISTRY["log_softmax"], REGISTRY["softmax"], REGISTRY["nll_loss"], REGISTRY["nll_loss_backward"], REGISTRY["tanh_backward"],
-         REGISTRY["sigmoid_backward"], REGISTRY["relu"], REGISTRY["threshold_backward"]}
+         REGISTRY["sigmoid_backward"], REGISTRY["relu"], REGISTRY["threshold_backward"], REGISTRY["max_pool"],
+         REGISTRY["conv_weight_grad"]}
 
 
 def _close(a, b):
@@ -261,3 +262,67 @@ def test_softmax_under_eager_transforms_is_torch_s_kernel(dtype):
     _close(functx.hessian(h)(x[0]), torch.func.hessian(h)(x[0]))
     _close(functx.vmap(functx.grad(h))(x), torch.func.vmap(torch.func.grad(h))(x))
     _close(functx.jit(functx.grad(h))(x[0]), torch.func.grad(h)(x[0]))
+
+
+# ---------------------------------------------------------------- max pooling (prims/pool.py)
+
+_POOLS = [((2, 3, 9, 9), dict(kernel_size=3, stride=2, padding=1)), ((2, 3, 8, 8), dict(kernel_size=2)),
+          ((2, 3, 9, 9), dict(kernel_size=3, stride=2, ceil_mode=True)),
+          ((1, 2, 9, 9), dict(kernel_size=2, dilation=2, padding=1)),
+          ((1, 2, 5, 6, 7), dict(kernel_size=2, stride=(1, 2, 2))), ((1, 2, 6, 6, 6), dict(kernel_size=3, padding=1))]
+
+
+def _pool_input(shape, ties):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    return x.round(decimals=0) if ties else x          # ties: torch sends the cotangent to the first maximum
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("shape,kw", _POOLS)
+def test_max_pool_under_eager_transforms_is_torch_s_kernel(shape, kw, ties):
+    """max_pool2d/3d under eager grad/vmap/jvp run torch's kernel (the decomposition was ~12
+    kernels each way, 0.4x of torch.func on a conv net's pooling); the cotangent goes to each
+    window's first maximum, as torch's backward kernel sends it."""
+    x = _pool_input(shape, ties)
+    pool = F.max_pool2d if len(shape) == 4 else F.max_pool3d
+    f = lambda x: pool(x, **kw).pow(3).sum()    # noqa: E731
+    cases = {"grad": lambda T: T.grad(f)(x), "vmap(grad)": lambda T: T.vmap(T.grad(f))(torch.stack([x, -x])),
+             "jvp": lambda T: T.jvp(lambda x: pool(x, **kw), (x,), (x.cos(),)),
+             "indices": lambda T: T.vmap(lambda x: pool(x, return_indices=True, **kw)[1])(x[None])}
+    for name, case in cases.items():
+        for _ in range(2):
+            torch.testing.assert_close(case(functx), case(torch.func), rtol=1e-12, atol=1e-12, msg=name)
+    function_units.CACHE.clear()
+    functx.grad(f)(x)
+    prims = {e.prim for _, op, *_ in function_units.CACHE.values() if op != "uncacheable" for e in op.graph_eqns}
+    assert REGISTRY["max_pool"] in prims
+    # torch's argument checks: padding past half the kernel raises as in torch
+    with pytest.raises(RuntimeError, match="pad should be"):
+        functx.grad(lambda x: pool(x, kernel_size=2, padding=2).sum())(x)
+
+
+@pytest.mark.parametrize("shape,kw", _POOLS)
+def test_max_pool_decomposition_matches_torch_s_values_indices_and_derivative(shape, kw):
+    """The decomposition staged graphs hold (the primitive bound at a GraphTrace that does not
+    keep fused primitives): torch's values and indices, ties to the first maximum, NaN
+    propagated, and the same derivatives."""
+    x = _pool_input(shape, ties=True)
+    x.view(-1)[5] = float("nan")
+    nsp = len(shape) - 2
+    n = lambda v: tuple([v] * nsp if isinstance(v, int) else v)      # noqa: E731
+    params = dict(kernel=n(kw["kernel_size"]), stride=n(kw.get("stride", kw["kernel_size"])),
+                  padding=n(kw.get("padding", 0)), dilation=n(kw.get("dilation", 1)), ceil_mode=kw.get("ceil_mode", False))
+    prim = REGISTRY["max_pool"]
+    wrap, unwrap = functx.frontend.wrap, functx.frontend.unwrap
+    staged = lambda x: [wrap(o) for o in prim.bind(unwrap(x), **params)]        # noqa: E731
+    graph = functx.make_graph(staged)(x)
+    assert prim not in {e.prim for e in graph.eqns}
+    pool = F.max_pool2d if nsp == 2 else F.max_pool3d
+    values, indices = functx.jit(staged)(x)
+    want_values, want_indices = pool(x, return_indices=True, **kw)
+    torch.testing.assert_close(values, want_values, equal_nan=True)
+    assert torch.equal(indices, want_indices)
+    x = _pool_input(shape, ties=True)
+    f = lambda x: staged(x)[0].pow(2).sum()         # noqa: E731
+    torch.testing.assert_close(functx.jit(functx.grad(f))(x), torch.func.grad(lambda x: pool(x, **kw).pow(2).sum())(x))

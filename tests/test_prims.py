@@ -806,6 +806,27 @@ def _sort_ref(x, axis, descending, stable):
 add(Entry("sort", _sort_gen, _sort_ref, dtypes=FLOATS + INTS, ref_f64=False))
 
 
+def _max_pool_gen(draw, dtype, smooth):
+    nsp = draw(st.integers(2, 3))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(nsp))
+    stride = tuple(draw(st.integers(1, 2)) for _ in range(nsp))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(nsp))
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    spatial = tuple(draw(st.integers(0, 3)) + d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) + spatial
+    params = {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation,
+              "ceil_mode": draw(st.booleans())}
+    return Case(params, lambda g, dt: [rand(g, shape, dt)])
+
+
+def _max_pool_ref(x, kernel, stride, padding, dilation, ceil_mode):
+    pool = torch.nn.functional.max_pool2d if len(kernel) == 2 else torch.nn.functional.max_pool3d
+    return tuple(pool(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True))
+
+
+add(Entry("max_pool", _max_pool_gen, _max_pool_ref, dtypes=(F32, F64)))
+
+
 # ---------------------------------------------------------------- fused (prims/fused.py)
 
 def _log_softmax_gen(draw, dtype, smooth):
