@@ -12,7 +12,8 @@ noise hits them alike; the time is the median, and the minimum, of per-round CPU
       jacrev (one example's logits w.r.t. its input), hvp = jvp(grad)
   tiny: grad of sin(x).sum() on a 3-vector, the fixed cost of one transformed call
   nn.Modules through functional_call with named_parameters() (they require grad): an MLP, a
-      TransformerEncoderLayer; an RNN loop writing out[t] = h
+      TransformerEncoderLayer, a conv denoiser, nn.GRU, a conv classifier block (BatchNorm,
+      ReLU, MaxPool); an RNN loop writing out[t] = h
   the six workloads of bench_transforms.py, un-jitted (their builders are reused)
 and the Python function calls per call of grad (cProfile), the count issue 13 quotes, and
 what one more op costs inside vmap / vjp (the per-op floor the small-MLP rows pay).
@@ -74,7 +75,8 @@ def small_mlp_rows(T):
 def module_rows(T):
     """Model code as researchers write it: nn.Modules through functional_call with
     dict(model.named_parameters()) (parameters that require grad: an MLP, a transformer layer,
-    a small conv denoiser), and an RNN filling its outputs in place (20 and 200 steps)."""
+    a small conv denoiser, nn.GRU, a conv classifier block), and an RNN filling its outputs in
+    place (20 and 200 steps)."""
     torch.manual_seed(0)
     mlp_m = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64),
                                 torch.nn.Tanh(), torch.nn.Linear(64, 10))
@@ -86,6 +88,11 @@ def module_rows(T):
                                torch.nn.Conv2d(16, 16, 3, stride=2, padding=1), torch.nn.GroupNorm(4, 16),
                                torch.nn.SiLU(), torch.nn.ConvTranspose2d(16, 3, 4, stride=2, padding=1))
     img, noise = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    gru, seq_in = torch.nn.GRU(16, 32, batch_first=True), torch.randn(8, 10, 16)
+    # a classifier's conv block (batch statistics: no running buffers, which torch.func cannot write)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8, track_running_stats=False),
+                              torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 10))
+    images, labels = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
 
     def mlp_loss(p):
         return F.cross_entropy(torch.func.functional_call(mlp_m, p, (x,)), y)
@@ -96,10 +103,18 @@ def module_rows(T):
     def denoise_loss(p):
         return (torch.func.functional_call(conv, p, (img + noise,)) - noise).pow(2).mean()
 
+    def gru_loss(p):
+        return torch.func.functional_call(gru, p, (seq_in,))[0].pow(2).mean()
+
+    def cnn_loss(p):
+        return F.cross_entropy(torch.func.functional_call(cnn, p, (images,)), labels)
+
     return {
         "grad nn.Sequential MLP": (T.grad(mlp_loss), (dict(mlp_m.named_parameters()),)),
         "grad TransformerEncoderLayer": (T.grad(layer_loss), (dict(layer.named_parameters()),)),
         "grad conv net (GroupNorm, SiLU)": (T.grad(denoise_loss), (dict(conv.named_parameters()),)),
+        "grad nn.GRU (10 steps)": (T.grad(gru_loss), (dict(gru.named_parameters()),)),
+        "grad CNN (BatchNorm, ReLU, MaxPool)": (T.grad(cnn_loss), (dict(cnn.named_parameters()),)),
         "grad RNN writing out[t]": (T.grad(rnn_loss), (W, xs)),
         "grad RNN writing out[t], 200 steps": (T.grad(rnn_loss), (W, long_xs)),
     }

@@ -326,3 +326,35 @@ def test_max_pool_decomposition_matches_torch_s_values_indices_and_derivative(sh
     x = _pool_input(shape, ties=True)
     f = lambda x: staged(x)[0].pow(2).sum()         # noqa: E731
     torch.testing.assert_close(functx.jit(functx.grad(f))(x), torch.func.grad(lambda x: pool(x, **kw).pow(2).sum())(x))
+
+
+@pytest.mark.parametrize("track", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_training_batch_norm_runs_channel_rows_through_torch_s_norm_kernels(track, dtype):
+    """Training-mode batch norm on eager levels: each channel one row of torch's layer-norm
+    kernels (prims/fused_norm.py) instead of the decomposition; gradients, Hessians and
+    vmap(grad) as torch.func's, the running statistics (passed as inputs) updated as torch's."""
+    torch.manual_seed(0)
+    m = torch.nn.BatchNorm2d(4, track_running_stats=track).to(dtype)
+    x = torch.randn(5, 4, 3, 3, dtype=dtype)
+    P = dict(m.named_parameters())
+    B = {k: v.clone() for k, v in m.named_buffers()}
+    f = lambda p, b, x: torch.func.functional_call(m, {**p, **b}, (x,)).sin().sum()      # noqa: E731
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    mine, theirs = {k: v.clone() for k, v in B.items()}, {k: v.clone() for k, v in B.items()}
+    got, want = functx.grad(f)(P, mine, x), torch.func.grad(f)(P, theirs, x)
+    for k in P:
+        torch.testing.assert_close(got[k], want[k], **tol)
+    for k in B:
+        torch.testing.assert_close(mine[k], theirs[k], **tol)
+    hess = lambda T: T.hessian(lambda w: f({**P, "weight": w}, {k: v.clone() for k, v in B.items()}, x))(P["weight"])  # noqa: E731
+    torch.testing.assert_close(hess(functx), hess(torch.func), **tol)
+    if not track:
+        xs = torch.stack([x, x.cos()])
+        torch.testing.assert_close(functx.vmap(functx.grad(f, argnums=2), in_dims=(None, None, 0))(P, B, xs),
+                                   torch.func.vmap(torch.func.grad(f, argnums=2), in_dims=(None, None, 0))(P, B, xs), **tol)
+    if not track:       # (a buffer update is a write: the ATen path, not a unit)
+        function_units.CACHE.clear()
+        functx.grad(f)(P, B, x)
+        prims = {e.prim for _, op, *_ in function_units.CACHE.values() if op != "uncacheable" for e in op.graph_eqns}
+        assert REGISTRY["normalize_rows"] in prims

@@ -20,6 +20,8 @@ from ..tensor import TracerTensor
 from .common import _dims, _keep, _t, _zeros, aten, wrap_dim
 from .elementwise import _clamp
 from .registry import register, register_special
+from ...prims.fused import fused_here
+from ...prims.fused_norm import normalize_rows
 from .torch_prims import _prims_var
 from .attention import _fits, bias_and_scale
 from ...kernels.attention import attention
@@ -375,13 +377,49 @@ def _native_batch_norm(input, weight, bias, running_mean, running_var, training,
         # trace-time copy guarded by the version went stale after an eager training step.
         running_mean, running_var = (TracerTensor(t) if type(t) in _PLAIN_BUFFER else t
                                      for t in (running_mean, running_var))
-    out, save_mean, save_rstd, new_mean, new_var = native_batch_norm_helper(
+    rows = _batch_norm_rows(input, weight, bias, running_mean, running_var, training, momentum, eps)
+    out, save_mean, save_rstd, new_mean, new_var = rows if rows is not None else native_batch_norm_helper(
         input, weight, bias, running_mean, running_var, training, momentum, eps, functional=True)
     if training:
         for buf, new in ((running_mean, new_mean), (running_var, new_var)):
             if buf is not None:
                 _update_buffer(buf, new, "batch_norm")
     return out, save_mean, save_rstd
+
+
+def _batch_norm_rows(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    """Training-mode batch norm on eager levels as rows of torch's layer-norm kernels
+    (prims/fused_norm.py): each channel's values, (C, N * spatial), one row (a transposed copy
+    each way, against the decomposition's ~10 kernels forward and ~15 backward). None where
+    torch's decomposition serves (staged graphs, other dtypes, mismatched parameters)."""
+    t = input.dtype if isinstance(input, TracerTensor) else None
+    if not (training and t in (torch.float32, torch.float64) and fused_here() and input.dim() >= 2
+            and input.numel()):
+        return None
+    c = input.shape[1]
+    if not all(p is None or (isinstance(p, torch.Tensor) and tuple(p.shape) == (c,) and p.dtype == t)
+               for p in (weight, bias, running_mean, running_var)):
+        return None
+    x = unwrap(input)
+    shape = tuple(input.shape)
+    n = math.prod(shape) // c
+    order = (1, 0) + tuple(range(2, len(shape)))            # channels first, then back
+    by_channel = P.reshape(P.transpose(x, order), (c, n))
+    xhat, mean, rstd = normalize_rows(by_channel, eps)
+    out = P.transpose(P.reshape(xhat, tuple(shape[i] for i in order)), order)
+    if weight is not None:
+        out = P.mul(out, P.broadcast_in_dim(unwrap(weight), shape, (1,)))
+    if bias is not None:
+        out = P.add(out, P.broadcast_in_dim(unwrap(bias), shape, (1,)))
+    new_mean = new_var = None
+    if running_mean is not None:
+        new_mean = wrap(P.add(P.mul(mean, float(momentum)), P.mul(unwrap(running_mean), 1.0 - momentum)))
+    if running_var is not None:         # the unbiased batch variance, two-pass as the decomposition's
+        frozen = P.stop_gradient(by_channel)
+        centered = P.sub(frozen, P.broadcast_in_dim(P.stop_gradient(mean), (c, n), (0,)))
+        var = P.div(P.reduce_sum(P.mul(centered, centered), (1,)), float(max(n - 1, 0)) or math.nan)
+        new_var = wrap(P.add(P.mul(var, float(momentum)), P.mul(unwrap(running_var), 1.0 - momentum)))
+    return wrap(out), wrap(mean), wrap(rstd), new_mean, new_var
 
 
 @register_special(aten._native_batch_norm_legit.default)
