@@ -82,3 +82,24 @@ def test_triangular_solve_broadcasts_its_copy_of_A_and_checks_dtypes():
         torch.testing.assert_close(tuple(got), tuple(want))
         with pytest.raises(RuntimeError, match="same dtype"):
             functx.jit(torch.triangular_solve)(b.float(), A)
+
+
+# ---------------------------------------------------------------- losses
+
+def _ctc(x):
+    return torch.nn.functional.ctc_loss(torch.log_softmax(x.reshape(6, 1, 5), -1), torch.tensor([[1, 2, 2]]),
+                                        torch.tensor([6]), torch.tensor([3]), reduction="sum")
+
+
+def test_ctc_loss_forward_mode_raises_naming_the_op():
+    """A speech model's CTC loss under jvp / hessian: torch has no forward-mode formula for
+    ctc_loss and no derivative of its backward, so the opaque op's J t (the vjp of its
+    pullback) died deep inside torch.autograd with "derivative for
+    aten::_ctc_loss_backward is not implemented"; now functx names the op and what works.
+    grad still matches torch.autograd."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, dtype=D)
+    torch.testing.assert_close(functx.grad(_ctc)(x), _autograd_grad(_ctc)(x))
+    for transform in (lambda: functx.jvp(_ctc, (x,), (x,)), lambda: functx.hessian(_ctc)(x)):
+        with pytest.raises(NotImplementedError, match=r"_ctc_loss.* has no forward-mode derivative"):
+            transform()

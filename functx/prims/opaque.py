@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..core import EXTERN, Primitive, TensorType, Zero, bind
-from ..core.errors import FunctxError, user_frame_summary
+from ..core.errors import FunctxError, MissingRuleError, user_frame_summary
 from ..core.trace import TOP_LEVEL_KEYS, type_of
 from . import elementwise as ew
 from .creation import zeros_like_type
@@ -78,7 +78,7 @@ def _opaque_jvp(primals, tangents, *, fn, out_types, linear_argnums):
                 full[i] = x
             out = fn(*full)
             return tuple(out[i] for i in float_outs)
-        _, t_out = _torch_jvp(restricted, tuple(prim[i] for i in nz), tuple(tans), fn.reverse_jvp)
+        _, t_out = _torch_jvp(restricted, tuple(prim[i] for i in nz), tuple(tans), fn.reverse_jvp, fn.name)
         return tuple(t_out)
 
     jfn = OpaqueFunction(jvp_fn, f"jvp({fn.name})", vjp_of=(fn, n, tuple(nz), tuple(float_outs)),
@@ -92,9 +92,11 @@ def _opaque_jvp(primals, tangents, *, fn, out_types, linear_argnums):
     return outs, result
 
 
-def _torch_jvp(f, primals, tangents, reverse=False):
+def _torch_jvp(f, primals, tangents, reverse=False, name="an opaque op"):
     """torch.func.jvp; for an op without a (right) forward-AD formula, J t as the vjp of its
-    pullback (linear in the cotangent), which needs only reverse mode (twice)."""
+    pullback (linear in the cotangent), which needs only reverse mode (twice). An op whose
+    backward has no derivative either (ctc_loss) raises naming it, not torch's error from
+    deep inside the double vjp."""
     if not reverse:
         try:
             return torch.func.jvp(f, primals, tangents)
@@ -102,8 +104,16 @@ def _torch_jvp(f, primals, tangents, reverse=False):
             pass
     out, pullback = torch.func.vjp(f, *primals)
     ct0 = tuple(torch.zeros_like(o) for o in out)
-    _, pb2 = torch.func.vjp(pullback, ct0)
-    (t_out,) = pb2(tuple(tangents))
+    try:
+        _, pb2 = torch.func.vjp(pullback, ct0)
+        (t_out,) = pb2(tuple(tangents))
+    except (RuntimeError, NotImplementedError) as e:
+        if "not implemented" not in str(e):
+            raise
+        raise MissingRuleError(
+            f"functx: {name} has no forward-mode derivative: torch has no forward-mode formula for it, and "
+            f"J t from reverse mode needs the derivative of its backward, which torch lacks too ({e}). "
+            "jvp, jacfwd, hessian and other second derivatives of it are out of reach; grad, vjp and jacrev work") from None
     return out, t_out
 
 
