@@ -103,3 +103,28 @@ def test_ctc_loss_forward_mode_raises_naming_the_op():
     for transform in (lambda: functx.jvp(_ctc, (x,), (x,)), lambda: functx.hessian(_ctc)(x)):
         with pytest.raises(NotImplementedError, match=r"_ctc_loss.* has no forward-mode derivative"):
             transform()
+
+
+# ---------------------------------------------------------------- indexing and scatter idioms
+
+_SEGMENTS = torch.tensor([[0, 1, 2, 0], [2, 2, 1, 0], [1, 0, 0, 2], [0, 0, 0, 0], [1, 1, 1, 1]])
+
+
+def _segment_prod(x):
+    return torch.ones(3, 4, dtype=x.dtype).scatter_reduce(0, _SEGMENTS, x, reduce="prod").sin().sum()
+
+
+def test_vmap_of_grad_of_scatter_reduce_prod():
+    """Per-example gradients of a segment product (scatter_reduce(reduce="prod")): the op is
+    opaque and torch's backward formula for "prod" reads a value with .item(), so torch.func's
+    vmap of it raised ("vmap: It looks like you're calling .item()", as torch.func.vmap(grad)
+    does). The opaque batch rule now loops over the examples where torch cannot batch.
+    Oracle: a Python loop of torch.func.grad; the Hessian checked by finite differences
+    (torch.func's Hessian of it is wrong)."""
+    torch.manual_seed(0)
+    xs = torch.randn(3, 5, 4, dtype=D)
+    want = torch.stack([torch.func.grad(_segment_prod)(x) for x in xs])
+    torch.testing.assert_close(functx.vmap(functx.grad(_segment_prod))(xs), want)
+    torch.testing.assert_close(functx.jit(functx.vmap(functx.grad(_segment_prod)))(xs), want)
+    h = functx.vmap(functx.hessian(_segment_prod))(xs[:1])[0]
+    torch.testing.assert_close(h, _fd_hessian(_segment_prod, xs[0]))

@@ -186,10 +186,25 @@ def _opaque_batch(axis, args, dims, *, fn, out_types, linear_argnums):
     # vmap's randomness reaches torch.func's vmap: a sampler without a lowering (torch.poisson,
     # torch.multinomial, torch.randint_like) draws per example or once, as the user asked
     randomness = axis.randomness if axis.randomness in ("error", "same", "different") else "error"
-    bfn = OpaqueFunction(lambda *xs: tuple(torch.func.vmap(fn, in_dims=in_dims, out_dims=0, randomness=randomness)(*xs)),
-                         f"vmap({fn.name})", reverse_jvp=fn.reverse_jvp)
+    bfn = OpaqueFunction(lambda *xs: _vmapped(fn, in_dims, randomness, xs), f"vmap({fn.name})",
+                         reverse_jvp=fn.reverse_jvp)
     b_types = [TensorType((axis.size,) + t.shape, t.dtype, t.device) for t in out_types]
     return opaque(bfn, args, b_types, linear_argnums), [0] * len(out_types)
+
+
+def _vmapped(fn, in_dims, randomness, xs):
+    """torch.func.vmap of fn; where torch's batching of it fails (a backward formula that
+    reads a value with .item(): scatter_reduce's "prod", so vmap(grad) of it raised from deep
+    inside torch), a loop over the examples, stacked. Not for randomness='same', which a loop
+    cannot honour, nor for vmap's own randomness errors."""
+    try:
+        return tuple(torch.func.vmap(fn, in_dims=in_dims, out_dims=0, randomness=randomness)(*xs))
+    except RuntimeError as e:
+        size = next(x.shape[d] for x, d in zip(xs, in_dims) if d is not None)
+        if not str(e).startswith("vmap:") or "random" in str(e) or randomness == "same" or size == 0:
+            raise
+    rows = [fn(*(x if d is None else x.select(d, b) for x, d in zip(xs, in_dims))) for b in range(size)]
+    return tuple(torch.stack(outs) for outs in zip(*rows))
 
 
 opaque_p = Primitive(
