@@ -128,3 +128,52 @@ def test_vmap_of_grad_of_scatter_reduce_prod():
     torch.testing.assert_close(functx.jit(functx.vmap(functx.grad(_segment_prod)))(xs), want)
     h = functx.vmap(functx.hessian(_segment_prod))(xs[:1])[0]
     torch.testing.assert_close(h, _fd_hessian(_segment_prod, xs[0]))
+
+
+# ---------------------------------------------------------------- grad mode inside transforms
+
+def _no_grad_rescaled_weights(x):
+    """Importance weights computed and normalized in place under no_grad (a constant for
+    reverse mode), then used."""
+    with torch.no_grad():
+        w = x.exp()
+        w.mul_(2)
+    return (x * w).sum()
+
+
+def _no_grad_write_into_a_tracked_value(x):
+    """A value that requires grad, corrected in place under no_grad (its gradient stays
+    y's, its values change)."""
+    y = x * x
+    with torch.no_grad():
+        y.add_(x.sin())
+    return (y ** 2).sum()
+
+
+def _eager_forward_over_reverse(f, x):
+    """torch's own Hessian: forward-mode AD (torch.autograd.forward_ad) over autograd.grad."""
+    import torch.autograd.forward_ad as fwAD
+    rows = []
+    for e in torch.eye(x.numel(), dtype=x.dtype):
+        with fwAD.dual_level():
+            xp = x.clone().requires_grad_()
+            (g,) = torch.autograd.grad(f(fwAD.make_dual(xp, e)), xp, create_graph=True)
+            rows.append(fwAD.unpack_dual(g).tangent)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("f", [_no_grad_rescaled_weights, _no_grad_write_into_a_tracked_value])
+def test_hessian_of_an_in_place_write_under_no_grad(f):
+    """An in-place write under no_grad changes the values and keeps the derivative reverse
+    mode had; forward mode ignores grad mode and sees the write. functx made the change a
+    stop_gradient for every level, so hessian (jacfwd over jacrev) and jvp(grad) lost the
+    forward level's part of it (off by 2x for the rescaled weights); grad and jacfwd alone
+    were right. Oracles: torch's eager forward-mode over autograd.grad, and torch.func."""
+    x = torch.tensor([0.3, -0.5, 1.2], dtype=D)
+    want = _eager_forward_over_reverse(f, x)
+    torch.testing.assert_close(torch.func.hessian(f)(x), want)
+    torch.testing.assert_close(functx.hessian(f)(x), want)
+    torch.testing.assert_close(functx.jit(functx.hessian(f))(x), want)
+    one = torch.ones_like(x)
+    torch.testing.assert_close(functx.jvp(functx.grad(f), (x,), (one,))[1], want.sum(0))
+    torch.testing.assert_close(functx.grad(f)(x), torch.func.grad(f)(x))
