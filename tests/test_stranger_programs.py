@@ -177,3 +177,68 @@ def test_hessian_of_an_in_place_write_under_no_grad(f):
     one = torch.ones_like(x)
     torch.testing.assert_close(functx.jvp(functx.grad(f), (x,), (one,))[1], want.sum(0))
     torch.testing.assert_close(functx.grad(f)(x), torch.func.grad(f)(x))
+
+
+# ---------------------------------------------------------------- what eager PyTorch rejects
+
+_X = torch.randn(3, 4, dtype=D)
+_REJECTED = {
+    # name: (f, the exception eager PyTorch raises)
+    "x[float index]": (lambda x: x[torch.tensor([0.0, 1.0])], IndexError),
+    "x[int16 index]": (lambda x: x[torch.tensor([0, 1], dtype=torch.int16)], IndexError),
+    "x[float index] = v": (lambda x: x.clone().index_put_((torch.tensor([0.0]),), torch.tensor(1.0, dtype=D)),
+                           IndexError),
+    "scatter of a float32 src": (lambda x: x.scatter(0, torch.tensor([[0]]), x[:1, :1].float()), RuntimeError),
+    "scatter_add of a float32 src": (lambda x: x.scatter_add(0, torch.tensor([[0]]), x[:1, :1].float()),
+                                     RuntimeError),
+    "scatter_reduce of a float32 src": (
+        lambda x: x.scatter_reduce(0, torch.tensor([[0]]), x[:1, :1].float(), "sum"), RuntimeError),
+    "scatter with a float index": (lambda x: x.scatter(0, torch.tensor([[0.0]]), x), RuntimeError),
+    "gather with a float index": (lambda x: x.gather(1, torch.tensor([[0.0]])), RuntimeError),
+    "take with a float index": (lambda x: torch.take(x, torch.tensor([0.0])), RuntimeError),
+    "index_add with a float index": (lambda x: x.index_add(0, torch.tensor([0.0]), x[:1]), RuntimeError),
+    "index_copy with a float index": (lambda x: x.index_copy(0, torch.tensor([0.0]), x[:1]), RuntimeError),
+    "index_fill with a float index": (lambda x: x.index_fill(0, torch.tensor([0.0]), 1.0), IndexError),
+    "conv1d with a float32 weight": (lambda x: torch.nn.functional.conv1d(x[None], x[None, :, :2].float()),
+                                     RuntimeError),
+    "softmax of a Long tensor": (lambda x: torch.softmax(x.long(), 0), NotImplementedError),
+    "log_softmax of a Long tensor": (lambda x: torch.log_softmax(x.long(), 0), NotImplementedError),
+    "cross_entropy of Long logits": (
+        lambda x: torch.nn.functional.cross_entropy(x.long(), torch.tensor([0, 1, 2])), NotImplementedError),
+    "mean of a Long tensor": (lambda x: x.long().mean(), RuntimeError),
+    "mean over a dim of a Long tensor": (lambda x: x.long().mean(0), RuntimeError),
+    "norm of a Long tensor": (lambda x: x.long().norm(), RuntimeError),
+    "layer_norm of a Long tensor": (lambda x: torch.nn.functional.layer_norm(x.long(), (4,)), NotImplementedError),
+    "cdist of Long tensors": (lambda x: torch.cdist(x.long(), x.long()), RuntimeError),
+    "topk with k past the size (vmap)": (lambda x: x.topk(10), RuntimeError),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_REJECTED))
+def test_programs_eager_torch_rejects_on_dtypes_are_rejected(case):
+    """Index, scatter, softmax, mean, norm and convolution calls with dtypes eager PyTorch
+    rejects ran under functx.jit, vmap and vjp (the lowerings convert an index to int64 or
+    compute in a dtype of their own): x[float_index] returned rows, softmax of a Long tensor
+    returned float32, a float32 src was scattered into a float64 tensor. Oracle: eager
+    PyTorch's exception type."""
+    f, kind = _REJECTED[case]
+    with pytest.raises(kind):
+        f(_X)
+    for transform in (functx.jit(f), lambda x: functx.vmap(f)(x[None]), lambda x: functx.vjp(f, x)[0]):
+        with pytest.raises(kind):
+            transform(_X)
+
+
+def test_what_eager_accepts_of_those_still_runs():
+    """The other side of the same rules: int32 indices, an empty index of any integer dtype
+    for gather, softmax / mean of a Long tensor with a dtype argument."""
+    x = _X
+    cases = [lambda x: x[torch.tensor([0, 2], dtype=torch.int32)].sum(),
+             lambda x: x.gather(1, torch.tensor([[1]], dtype=torch.int32)).sum(),
+             lambda x: x.scatter_add(0, torch.tensor([[0]], dtype=torch.int32), x[:1, :1]).sum(),
+             lambda x: torch.gather(x, 0, torch.zeros(0, 4, dtype=torch.uint8)).sum(),
+             lambda x: (torch.softmax(x.long(), 0, dtype=D) * x).sum(),
+             lambda x: x.long().mean(dtype=D) * x.sum()]
+    for f in cases:
+        torch.testing.assert_close(functx.jit(f)(x), f(x))
+        torch.testing.assert_close(functx.grad(f)(x), torch.func.grad(f)(x))
