@@ -113,7 +113,8 @@ def _torch_jvp(f, primals, tangents, reverse=False, name="an opaque op"):
         raise MissingRuleError(
             f"functx: {name} has no forward-mode derivative: torch has no forward-mode formula for it, and "
             f"J t from reverse mode needs the derivative of its backward, which torch lacks too ({e}). "
-            "jvp, jacfwd, hessian and other second derivatives of it are out of reach; grad, vjp and jacrev work") from None
+            "jvp, jacfwd, hessian and other second derivatives of it are out of reach; grad, vjp and jacrev "
+            "use torch's reverse mode alone") from None
     return out, t_out
 
 
