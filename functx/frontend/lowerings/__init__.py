@@ -20,5 +20,6 @@ import them in turn.
     activations   softplus, elu/selu/celu, log_ndtr: overflow-safe branches (torch's where()
                   decompositions have NaN derivatives for large inputs)
     rnn           oneDNN's LSTM layer (nn.LSTM on the CPU), as steps of the LSTM cell
+    special       torch.special's Bessel functions, with the derivatives torch lacks
     torch_prims   the torch.ops.prims ops that torch._refs decompositions emit
 """
