@@ -272,3 +272,20 @@ def test_bessel_function_derivatives(kind):
     if kind in ("bessel_j1", "modified_bessel_i1", "spherical_bessel_j0"):      # the x = 0 limits
         z = torch.tensor([0.0, 1.0], dtype=D)
         torch.testing.assert_close(functx.grad(lambda v: fn(v).sum())(z), _fd_grad(lambda v: fn(v).sum(), z))
+
+
+@pytest.mark.parametrize("f", [lambda x: torch.special.airy_ai(x).sum(),
+                               lambda x: torch.special.chebyshev_polynomial_t(x, 3).sum(),
+                               lambda x: torch.special.hermite_polynomial_h(x, torch.tensor([2.0, 3.0], dtype=D)).sum(),
+                               lambda x: torch.special.legendre_polynomial_p(x, 2).sum()],
+                         ids=["airy_ai", "chebyshev_t", "hermite_h", "legendre_p"])
+def test_special_functions_torch_does_not_differentiate_raise(f):
+    """airy_ai and the orthogonal polynomials: torch treats their results as constants, so
+    functx's grad / jacfwd were zero, silently (the derivative wrt x is not). functx now
+    raises naming the op for any derivative; values and vmap still run."""
+    x = torch.tensor([0.3, 0.7], dtype=D)
+    torch.testing.assert_close(functx.jit(f)(x), f(x))
+    torch.testing.assert_close(functx.vmap(lambda r: f(r[None]))(x), torch.stack([f(r[None]) for r in x]))
+    for transform in (functx.grad, functx.jacfwd):
+        with pytest.raises(functx.FunctxError, match="has no derivative in PyTorch"):
+            transform(f)(x)
