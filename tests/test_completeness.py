@@ -92,7 +92,7 @@ NONLINEAR = {
     "lgamma", "digamma", "sign", "floor", "ceil", "round", "trunc", "logical_not", "bitwise_not",
     "polygamma", "bessel", "pow", "max", "min", "atan2", "rem", "xlogy", "idiv", "bitwise_and", "bitwise_or",
     "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient", "sample_reparam",
-    "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "pmax",
+    "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "topk", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
     "log_softmax", "softmax",      # prims/fused.py
     "normalize_rows",   # prims/fused_norm.py

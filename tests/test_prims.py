@@ -853,6 +853,28 @@ def _sort_ref(x, axis, descending, stable):
 add(Entry("sort", _sort_gen, _sort_ref, dtypes=FLOATS + INTS, ref_f64=False))
 
 
+def _topk_gen(draw, dtype, smooth):
+    shape = shapes(draw, 1, 3)
+    axis = draw(st.integers(0, len(shape) - 1))
+    params = {"k": draw(st.integers(0, shape[axis])), "axis": axis, "largest": draw(st.booleans()),
+              "sorted_": draw(st.booleans())}
+    tie = not smooth and draw(st.booleans())
+
+    def make(g, dt):
+        if tie:
+            return [tie_values(g, shape, dt)]
+        n = math.prod(shape)
+        vals = torch.randperm(n, generator=g).to(F64) - n / 2
+        if dt.is_floating_point:
+            vals = vals * 0.25 + torch.rand(n, generator=g, dtype=F64) * 0.1
+        return [vals.reshape(shape).to(dt)]
+    return Case(params, make)
+
+
+add(Entry("topk", _topk_gen, lambda x, k, axis, largest, sorted_: tuple(torch.topk(x, k, axis, largest, sorted_)),
+          dtypes=FLOATS + INTS, ref_f64=False))
+
+
 # ---------------------------------------------------------------- fused (prims/fused.py)
 
 def _log_softmax_gen(draw, dtype, smooth):

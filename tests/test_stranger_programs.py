@@ -130,6 +130,30 @@ def test_vmap_of_grad_of_scatter_reduce_prod():
     torch.testing.assert_close(h, _fd_hessian(_segment_prod, xs[0]))
 
 
+
+def test_topk_returns_torchs_order_of_ties_and_of_unsorted_results():
+    """A mixture-of-experts router (top-k of gate scores, then per-slot weights) and a
+    sampler's unsorted top-k: functx's topk was a stable sort and a slice, so with tied scores
+    it chose other indices than torch (smallest 3 of [1, 3, 1, 3, 2, 1]: [0, 2, 5] where
+    torch gives [5, 0, 2]) and with sorted=False it returned sorted values where torch's are
+    in another order: different numbers downstream, silently. Now topk is its own primitive
+    that runs torch.topk. Oracle: eager torch (values, indices) and torch.func.grad."""
+    x = torch.tensor([1.0, 3.0, 1.0, 3.0, 2.0, 1.0], dtype=D)
+    torch.manual_seed(0)
+    y = torch.randn(3, 200, dtype=D)
+    slots = torch.arange(1.0, 6.0, dtype=D)
+    for v, kw in ((x, dict(k=3, largest=False)), (x, dict(k=4, largest=False, sorted=False)),
+                  (y, dict(k=5, sorted=False)), (y, dict(k=2, dim=0, largest=False, sorted=False))):
+        want = v.topk(**kw)
+        for transform in (functx.jit, lambda f: lambda v: tuple(r[0] for r in functx.vmap(f)(v[None]))):
+            got = transform(lambda v: tuple(v.topk(**kw)))(v)
+            torch.testing.assert_close(got[0], want.values)
+            torch.testing.assert_close(got[1], want.indices)
+    router = lambda v: (v.topk(3, largest=False).values * slots[:3]).sum()  # noqa: E731
+    torch.testing.assert_close(functx.grad(router)(x), torch.func.grad(router)(x))
+    sampler = lambda v: (v.topk(5, sorted=False).values * slots).sum()  # noqa: E731
+    torch.testing.assert_close(functx.vmap(functx.grad(sampler))(y), torch.func.vmap(torch.func.grad(sampler))(y))
+
 # ---------------------------------------------------------------- grad mode inside transforms
 
 def _no_grad_rescaled_weights(x):

@@ -192,7 +192,10 @@ def _floating(message, kind=RuntimeError, unless=None):
 
 def _check_topk(func, args, kwargs):
     x, k, dim = args[0], _arg(args, kwargs, 1, "k"), _arg(args, kwargs, 2, "dim")
-    size = x.shape[dim if dim is not None else -1] if x.dim() else 1
+    dim = -1 if dim is None else dim
+    if x.dim() and not -x.dim() <= dim < x.dim():
+        return          # the lowering raises torch's "Dimension out of range"
+    size = x.shape[dim] if x.dim() else 1
     if type(k) is int and type(size) is int and not 0 <= k <= size:
         _fail(RuntimeError, "selected index k out of range")
 

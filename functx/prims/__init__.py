@@ -22,7 +22,7 @@ from .elementwise import (  # noqa: F401
 from .reduce import reduce_sum, reduce_max, reduce_min, reduce_prod, argmax, argmin, cumsum  # noqa: F401
 from .linalg import dot_general, matmul  # noqa: F401
 from .conv import conv, conv_p  # noqa: F401  (P.conv is the function)
-from .indexing import take, scatter_add, scatter, update_slice, take_along_axis, scatter_add_along, sort  # noqa: F401
+from .indexing import take, scatter_add, scatter, update_slice, take_along_axis, scatter_add_along, sort, topk  # noqa: F401
 from .fused import log_softmax, nll_loss, nll_total_weight, softmax  # noqa: F401
 from .collective import psum, pmax, all_gather, axis_index  # noqa: F401
 from .random import random, random_p  # noqa: F401  (P.random is the function, like P.add)
