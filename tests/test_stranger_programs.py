@@ -154,6 +154,24 @@ def test_topk_returns_torchs_order_of_ties_and_of_unsorted_results():
     sampler = lambda v: (v.topk(5, sorted=False).values * slots).sum()  # noqa: E731
     torch.testing.assert_close(functx.vmap(functx.grad(sampler))(y), torch.func.vmap(torch.func.grad(sampler))(y))
 
+
+_TEMPLATE = torch.arange(12.0, dtype=D).reshape(3, 4)
+
+
+@pytest.mark.xfail(strict=True, raises=functx.FunctxError, reason=(
+    "a clone of a closed-over constant is a plain tensor to functx, so writing a traced value "
+    "into it raises PlainWriteError (with the advice to build it from a traced input or out of "
+    "place); making clone() a 'made tensor' like torch.zeros broke functx's own clones of plain "
+    "values (a crash in tests/test_inplace_aliasing.py), so it was left as the clear error"))
+def test_writing_into_a_clone_of_a_closed_over_constant():
+    """out = template.clone(); out[idx] = v: torch.func.grad allows it."""
+    def f(s):
+        out = _TEMPLATE.clone()
+        out[torch.tensor([1, 2])] = s[:2]
+        return (out * out).sum()
+    s = torch.randn(5, 4, dtype=D)
+    torch.testing.assert_close(functx.grad(f)(s), torch.func.grad(f)(s))
+
 # ---------------------------------------------------------------- grad mode inside transforms
 
 def _no_grad_rescaled_weights(x):
