@@ -90,9 +90,9 @@ NONLINEAR = {
     "exp", "exp2", "log", "log1p", "expm1", "sin", "cos", "tan", "tanh", "asin", "acos", "atan",
     "sinh", "cosh", "asinh", "acosh", "atanh", "sqrt", "rsqrt", "abs", "logistic", "erf", "erfc", "erfcx", "entr", "erfinv",
     "lgamma", "digamma", "sign", "floor", "ceil", "round", "trunc", "logical_not", "bitwise_not",
-    "polygamma", "pow", "max", "min", "atan2", "rem", "xlogy", "idiv", "bitwise_and", "bitwise_or",
+    "polygamma", "bessel", "pow", "max", "min", "atan2", "rem", "xlogy", "idiv", "bitwise_and", "bitwise_or",
     "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient", "sample_reparam",
-    "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "pmax",
+    "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "topk", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
     "log_softmax", "softmax", "relu",      # prims/fused.py
     "max_pool",     # prims/pool.py
@@ -113,6 +113,7 @@ NONLINEAR = {
 POINTWISE_WITHOUT_TRITON = {
     "digamma": "no libdevice digamma",
     "polygamma": "no libdevice polygamma",
+    "bessel": "torch.special's Bessel functions: no libdevice spelling of the scaled and spherical ones",
     "idiv": "Triton's integer division truncates; torch's floor mode differs",
     "iota": "kernels read it as an index (Lowering._compute), no expression needed",
 }

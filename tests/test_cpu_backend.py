@@ -33,6 +33,7 @@ POINTWISE_WITHOUT_CPP = {
     "erfcx": "the C library has no erfcx (exp(x*x) * erfc(x) overflows where erfcx is finite)",
     "digamma": "the C library has no digamma",
     "polygamma": "the C library has no polygamma",
+    "bessel": "torch.special's scaled and spherical Bessel functions are not in the C library",
     "idiv": "integer division by zero raises in torch; a kernel cannot",
 }
 

@@ -238,6 +238,53 @@ add(Entry("polygamma", unary_gen(("u", 0.5, 4.0), lambda draw: {"n": draw(st.int
           lambda x, n: torch.special.polygamma(n, x), dtypes=(F32, F64)))
 
 
+class _Bessel(torch.autograd.Function):
+    """torch.special's Bessel function with the textbook derivative torch lacks (it treats
+    the result as a constant), in both modes and to every order: the test's reference."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, kind):
+        return getattr(torch.special, kind)(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
+        ctx.kind = inputs[1]
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * _bessel_derivative(x, ctx.kind), None
+
+    @staticmethod
+    def jvp(ctx, t, _):
+        (x,) = ctx.saved_tensors
+        return t * _bessel_derivative(x, ctx.kind)
+
+
+def _bessel_derivative(x, kind):
+    b = lambda k: _Bessel.apply(x, k)  # noqa: E731
+    return {"bessel_j0": lambda: -b("bessel_j1"), "bessel_j1": lambda: b("bessel_j0") - b("bessel_j1") / x,
+            "bessel_y0": lambda: -b("bessel_y1"), "bessel_y1": lambda: b("bessel_y0") - b("bessel_y1") / x,
+            "modified_bessel_i0": lambda: b("modified_bessel_i1"),
+            "modified_bessel_i1": lambda: b("modified_bessel_i0") - b("modified_bessel_i1") / x,
+            "modified_bessel_k0": lambda: -b("modified_bessel_k1"),
+            "modified_bessel_k1": lambda: -b("modified_bessel_k0") - b("modified_bessel_k1") / x,
+            "scaled_modified_bessel_k0": lambda: b("scaled_modified_bessel_k0") - b("scaled_modified_bessel_k1"),
+            "scaled_modified_bessel_k1": lambda: (b("scaled_modified_bessel_k1") - b("scaled_modified_bessel_k0")
+                                                  - b("scaled_modified_bessel_k1") / x),
+            "spherical_bessel_j0": lambda: (torch.cos(x) - b("spherical_bessel_j0")) / x}[kind]()
+
+
+add(Entry("bessel", unary_gen(("u", 0.5, 4.0), lambda draw: {"kind": draw(st.sampled_from((
+    "bessel_j0", "bessel_j1", "bessel_y0", "bessel_y1", "modified_bessel_i0", "modified_bessel_i1", "modified_bessel_k0",
+    "modified_bessel_k1", "scaled_modified_bessel_k0", "scaled_modified_bessel_k1", "spherical_bessel_j0")))}),
+          lambda x, kind: _Bessel.apply(x, kind), dtypes=(F32, F64),
+          order2=False))     # torch.func loses a Function's jvp at second order: tests/test_stranger_programs.py
+
+
 def _pow_ref(x, y):
     return torch.pow(x, y)
 
@@ -825,6 +872,28 @@ def _max_pool_ref(x, kernel, stride, padding, dilation, ceil_mode):
 
 
 add(Entry("max_pool", _max_pool_gen, _max_pool_ref, dtypes=(F32, F64)))
+
+
+def _topk_gen(draw, dtype, smooth):
+    shape = shapes(draw, 1, 3)
+    axis = draw(st.integers(0, len(shape) - 1))
+    params = {"k": draw(st.integers(0, shape[axis])), "axis": axis, "largest": draw(st.booleans()),
+              "sorted_": draw(st.booleans())}
+    tie = not smooth and draw(st.booleans())
+
+    def make(g, dt):
+        if tie:
+            return [tie_values(g, shape, dt)]
+        n = math.prod(shape)
+        vals = torch.randperm(n, generator=g).to(F64) - n / 2
+        if dt.is_floating_point:
+            vals = vals * 0.25 + torch.rand(n, generator=g, dtype=F64) * 0.1
+        return [vals.reshape(shape).to(dt)]
+    return Case(params, make)
+
+
+add(Entry("topk", _topk_gen, lambda x, k, axis, largest, sorted_: tuple(torch.topk(x, k, axis, largest, sorted_)),
+          dtypes=FLOATS + INTS, ref_f64=False))
 
 
 # ---------------------------------------------------------------- fused (prims/fused.py)

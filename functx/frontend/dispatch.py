@@ -1,7 +1,8 @@
 """ATen op -> primitives: the order in which an op is handled.
 
-1. special ops that need the wrappers themselves (copy_, item, ...); then, for pointwise
-   ops, the dtype rules of torch's kernels (kernel_check.py);
+1. the dtype rules of torch's kernels (kernel_check.py: pointwise ops, and the index,
+   scatter, softmax, mean, convolution ops whose rules functx's lowerings skip); special ops
+   that need the wrappers themselves (copy_, item, ...);
 2. our lowering table (frontend/lowerings/); view ops there also record aliasing
    (frontend/functionalize.py);
 3. in-place ops: the functional variant, then a functionalized write;
@@ -24,7 +25,7 @@ from ..core.trace import Tracer, concrete, trace_state, type_of
 from .. import prims as P
 from .generators import drawing_from
 from .fallback import opaque_fallback
-from .kernel_check import check_kernel_accepts, is_pointwise
+from .kernel_check import SHAPE_CHECKS, check_kernel_accepts, is_pointwise
 from .functionalize import (RESULT_LAYOUTS, check_no_internal_overlap, check_no_partial_overlap, make_view,
                             meta_of, unwrap, unwrap_tree, value_of, write)
 from .lowered_ops import run_cached
@@ -52,10 +53,12 @@ def wrap_result(x):
 
 def _plan(func):
     """What dispatch does with func, decided once per op (OpOverload hashes in Python, and
-    this runs for every traced ATen op): (func, special, pointwise, lowering, is_view)."""
+    this runs for every traced ATen op): (func, special, pointwise, lowering, is_view, check)."""
     special = SPECIAL.get(func)
     lowering = LOWERINGS.get(func)
-    plan = (func, special, is_pointwise(func), lowering, lowering is not None and func.is_view)
+    pointwise = is_pointwise(func)
+    check = check_kernel_accepts if pointwise else SHAPE_CHECKS.get(func)     # torch's dtype rules
+    plan = (func, special, pointwise, lowering, lowering is not None and func.is_view, check)
     PLANS[id(func)] = plan
     return plan
 
@@ -64,15 +67,15 @@ def dispatch(func, args, kwargs):
     plan = PLANS.get(id(func))
     if plan is None or plan[0] is not func:
         plan = _plan(func)
-    _, special, pointwise, lowering, is_view = plan
+    _, special, pointwise, lowering, is_view, check = plan
+    if check is not None:
+        check(func, args, kwargs)
     if special is not None:
         if torch.is_grad_enabled():
             args, kwargs = _lift_parameters(args, kwargs)
         out = _reading_plain(special, args, kwargs)
         if out is not NotImplemented:           # NotImplemented: the general path serves
             return out
-    if pointwise:
-        check_kernel_accepts(func, args, kwargs)
     if is_view:
         return make_view(func, lowering, args, kwargs)
     if lowering is not None:

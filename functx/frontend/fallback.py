@@ -68,10 +68,24 @@ def opaque_fallback(func, args, kwargs):
     return outs[0] if single else tuple(outs)
 
 
+# ATen ops torch does not differentiate although they are differentiable (their results do
+# not require grad: torch.func gives zero derivatives, autograd drops the term). The Bessel
+# functions have derivatives here (lowerings/special.py); these raise instead of a zero.
+NOT_DIFFERENTIATED = frozenset({"aten::special_airy_ai"} | {
+    f"aten::special_{p}_polynomial_{k}" for p, ks in (
+        ("chebyshev", "tuvw"), ("shifted_chebyshev", "tuvw"), ("hermite", ("h", "he")), ("laguerre", "l"),
+        ("legendre", "p")) for k in ks})
+
+
 def _custom_op_without_derivative(func):
     """Why a torch.library custom op (torch.library.custom_op) has no derivative here, or
     None for other ops: torch.func, which the opaque rules use, gives its forward-mode tangent
     as zeros, silently, and raises in reverse mode (its register_autograd formula included)."""
+    if func._schema.name in NOT_DIFFERENTIATED:
+        return (f"functx: {func} has no derivative in PyTorch (torch treats its result as a constant: "
+                "torch.func gives a zero derivative and torch.autograd drops the term, silently), so functx "
+                "raises for any derivative of it rather than return zero. Write the function with "
+                "differentiable torch ops (a recurrence) or as a torch.autograd.Function with its derivative")
     if func.namespace in ("aten", "prims") or _custom_ops.OPDEFS.get(func._schema.name) is None:
         return None
     return (f"functx: {func} is a torch.library custom op, which functx runs opaquely through "

@@ -16,7 +16,7 @@ from torch.utils._pytree import tree_map
 
 from ..core.errors import FunctxError, OuterWriteError, PlainWriteError, unbatched_argument, unbatched_write_message
 from ..core.errors import user_frame_summary
-from ..core.trace import Tracer, current_trace, is_ancestor, reverse_mode_active, type_of
+from ..core.trace import GraphTrace, Tracer, current_trace, is_ancestor, reverse_mode_active, type_of
 from .. import prims as P
 from .lowerings.registry import LOWERINGS
 from .tensor import TracerTensor, root_of
@@ -461,17 +461,28 @@ def write(target, value):
     # A write under no_grad, or through a detached alias, changes the values but keeps the
     # derivative the written tensor (its root, for a view) had, as torch's autograd does:
     # ATen's cosine_similarity clamps its norms under no_grad, F.embedding(max_norm=)
-    # renormalizes weight.detach() in place. The new root is old + stop_gradient(new - old).
+    # renormalizes weight.detach() in place. The new root is old + (new - old), the change a
+    # constant: through a detached alias for every level (stop_gradient); under no_grad for
+    # the reverse levels only, as the subtraction computed in that mode is when the levels
+    # process it, since forward levels ignore grad mode (torch's forward AD updates the
+    # tangent of a write under no_grad: hessian = jacfwd(jacrev) of one lost the forward
+    # level's part of the change). A graph traced for the levels to differentiate later (a
+    # function unit, a loop body) does not record grad mode: stop_gradient there.
     root = root_of(target)
     old = value_of(root)
     assign(target, value)
+    change = P.sub(root._value, old)
+    if _through_detach(target) or isinstance(current_trace(), GraphTrace):
+        change = P.stop_gradient(change)
     with torch.enable_grad():
-        root._value = P.add(old, P.stop_gradient(P.sub(root._value, old)))
+        root._value = P.add(old, change)
         root._unit_key = None
 
 
-def _writes_values_only(target) -> bool:
-    if not torch.is_grad_enabled() and reverse_mode_active():
-        return True
+def _through_detach(target) -> bool:
     return any(func is aten.detach.default for func, *_ in (target._chain or ()))
+
+
+def _writes_values_only(target) -> bool:
+    return (not torch.is_grad_enabled() and reverse_mode_active()) or _through_detach(target)
 

@@ -119,3 +119,129 @@ def is_pointwise(func) -> bool:
     if answer is None:
         answer = _POINTWISE[func] = torch.Tag.pointwise in func.tags or func in _UNTAGGED_POINTWISE
     return answer
+
+
+# ---------------------------------------------------------------- non-pointwise ops
+# Dtype rules of non-pointwise ops that functx's lowerings and torch's decompositions skip
+# (they convert an index to int64, or compute in a dtype of their own), so x[float_index],
+# scatter of a float32 src into a float64 tensor, softmax or mean of a Long tensor ran under
+# the transforms where eager PyTorch raises. Written out as torch's kernels state them (its
+# meta functions hold most of them, but running one imports sympy: seconds of a first jit).
+
+aten = torch.ops.aten
+_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16",
+          torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+          torch.bool: "Bool"}
+_LONG, _INTS = (torch.int64,), (torch.int64, torch.int32)
+
+
+def _name(dtype):
+    return _NAMES.get(dtype, str(dtype))
+
+
+def _arg(args, kwargs, pos, name):
+    return args[pos] if len(args) > pos else kwargs.get(name)
+
+
+def _fail(kind, message):
+    raise kind(f"{message}\n(eager PyTorch rejects this)\n{user_frame_summary()}")
+
+
+def _index_rule(allowed, kind, message, pos=2, name="index", unless_empty=False):
+    """op's index argument (self, dim, index, ...) must have one of `allowed` dtypes (gather
+    and scatter skip the rule for an empty index)."""
+    def check(func, args, kwargs):
+        index = _arg(args, kwargs, pos, name)
+        if isinstance(index, torch.Tensor) and index.dtype not in allowed and not (
+                unless_empty and any(type(n) is int and n == 0 for n in index.shape)):
+            _fail(kind, message.format(_name(index.dtype)))
+    return check
+
+
+def _check_scatter(func, args, kwargs):
+    _index_rule(_INTS, RuntimeError, "scatter(): Expected dtype int32/int64 for index", unless_empty=True)(
+        func, args, kwargs)
+    src = _arg(args, kwargs, 3, "src")
+    if isinstance(src, torch.Tensor) and src.dtype != args[0].dtype:
+        _fail(RuntimeError, "scatter(): Expected self.dtype to be equal to src.dtype")
+
+
+def _check_index(func, args, kwargs):
+    for ix in _arg(args, kwargs, 1, "indices"):
+        if ix is not None and ix.dtype not in (torch.int64, torch.int32, torch.uint8, torch.bool):
+            _fail(IndexError, "tensors used as indices must be long, int, byte or bool tensors")
+
+
+def _check_index_put(func, args, kwargs):
+    _check_index(func, args, kwargs)
+    x, values = args[0], _arg(args, kwargs, 2, "values")
+    if values.dtype != x.dtype:
+        _fail(RuntimeError, f"Index put requires the source and destination dtypes match, got {_name(x.dtype)} for "
+                            f"the destination and {_name(values.dtype)} for the source.")
+
+
+def _floating(message, kind=RuntimeError, unless=None):
+    """op's input must be floating (or complex), unless its `unless` keyword gives a dtype."""
+    def check(func, args, kwargs):
+        x = args[0]
+        if not (x.dtype.is_floating_point or x.dtype.is_complex) and (unless is None or kwargs.get(unless) is None):
+            name = "log_softmax" if "log_softmax" in func.__name__ else "softmax"
+            _fail(kind, message.format(dtype=_name(x.dtype), softmax=name))
+    return check
+
+
+def _check_topk(func, args, kwargs):
+    x, k, dim = args[0], _arg(args, kwargs, 1, "k"), _arg(args, kwargs, 2, "dim")
+    dim = -1 if dim is None else dim
+    if x.dim() and not -x.dim() <= dim < x.dim():
+        return          # the lowering raises torch's "Dimension out of range"
+    size = x.shape[dim] if x.dim() else 1
+    if type(k) is int and type(size) is int and not 0 <= k <= size:
+        _fail(RuntimeError, "selected index k out of range")
+
+
+def _check_convolution(func, args, kwargs):
+    x, w, b = args[0], args[1], _arg(args, kwargs, 2, "bias")
+    if w.dtype != x.dtype:
+        _fail(RuntimeError, f"expected scalar type {_name(x.dtype)} but found {_name(w.dtype)}")
+    if isinstance(b, torch.Tensor) and b.dtype != x.dtype:
+        _fail(RuntimeError, f"Input type ({str(x.dtype)[6:]}) and bias type ({str(b.dtype)[6:]}) should be the same")
+
+
+def _all(ops, check):
+    return {op: check for op in ops}
+
+
+SHAPE_CHECKS = {
+    aten.index.Tensor: _check_index, aten.index_put.default: _check_index_put, aten.index_put_.default: _check_index_put,
+    aten.gather.default: _index_rule(_INTS, RuntimeError, "gather(): Expected dtype int32/int64 for index",
+                                     unless_empty=True),
+    aten.take.default: _index_rule(_LONG, RuntimeError, "take(): Expected a long tensor for index, but got {}", 1),
+    aten.take_along_dim.default: _index_rule(_LONG, RuntimeError, "torch.take_along_dim(): dtype of indices should "
+                                             "be Long but got {}", 1, "indices"),
+    aten.put.default: _index_rule(_LONG, RuntimeError, "put_(): Expected a long tensor for index, but got {}", 1),
+    aten.put_.default: _index_rule(_LONG, RuntimeError, "put_(): Expected a long tensor for index, but got {}", 1),
+    **_all((aten.scatter.src, aten.scatter.value, aten.scatter_.src, aten.scatter_.value, aten.scatter.reduce,
+            aten.scatter.value_reduce, aten.scatter_add.default, aten.scatter_add_.default, aten.scatter_reduce.two,
+            aten.scatter_reduce_.two), _check_scatter),
+    **_all((aten.index_add.default, aten.index_add_.default),
+           _index_rule(_INTS, RuntimeError, "index_add_(): Expected dtype int32/int64 for index but got: {}")),
+    **_all((aten.index_copy.default, aten.index_copy_.default),
+           _index_rule(_LONG, RuntimeError, "index_copy_(): Expected a long tensor for index, but got {}")),
+    **_all((aten.index_fill.int_Scalar, aten.index_fill.int_Tensor, aten.index_fill_.int_Scalar,
+            aten.index_fill_.int_Tensor), _index_rule(_LONG, IndexError, "index_fill_(): Expected dtype int64 for index.")),
+    **_all((aten.mean.default, aten.mean.dim), _floating(
+        "mean(): could not infer output dtype. Input dtype must be either a floating point or complex dtype. "
+        "Got: {dtype}", unless="dtype")),
+    aten.linalg_vector_norm.default: _floating(
+        "linalg.vector_norm: Expected a floating point or complex tensor as input. Got {dtype}", unless="dtype"),
+    aten._cdist_forward.default: _floating("cdist only supports floating-point dtypes, X1 got: {dtype}"),
+    **_all((aten._softmax.default, aten._log_softmax.default),
+           _floating('"{softmax}_kernel_impl" not implemented for \'{dtype}\'', NotImplementedError)),
+    **_all((aten.layer_norm.default, aten.native_layer_norm.default),
+           _floating('"LayerNormKernelImpl" not implemented for \'{dtype}\'', NotImplementedError)),
+    **_all((aten.group_norm.default, aten.native_group_norm.default),
+           _floating('"GroupNormKernelImpl" not implemented for \'{dtype}\'', NotImplementedError)),
+    aten.topk.default: _check_topk,
+    aten.convolution.default: _check_convolution,
+}

@@ -17,13 +17,13 @@ from .shape import (broadcast_in_dim, broadcast_to, reshape, transpose, slice_, 
                     concatenate, rev, moveaxis, bdim_to_front)
 from .elementwise import (  # noqa: F401
     neg, exp, exp2, log, log1p, expm1, sin, cos, tan, tanh, asin, acos, atan, sinh, cosh, asinh, acosh,
-    atanh, sqrt, rsqrt, abs_, logistic, erf, erfc, erfcx, entr, erfinv, lgamma, digamma, polygamma, sign, floor, ceil, round_,
-    trunc, logical_not, bitwise_not, reciprocal, add, sub, mul, div, pow_, max_, min_, atan2, rem, xlogy, idiv,
+    atanh, sqrt, rsqrt, abs_, logistic, erf, erfc, erfcx, entr, erfinv, lgamma, digamma, polygamma, bessel, sign, floor,
+    ceil, round_, trunc, logical_not, bitwise_not, reciprocal, add, sub, mul, div, pow_, max_, min_, atan2, rem, xlogy, idiv,
     bitwise_and, bitwise_or, bitwise_xor, eq, ne, lt, le, gt, ge, where, convert, stop_gradient)
 from .reduce import reduce_sum, reduce_max, reduce_min, reduce_prod, argmax, argmin, cumsum  # noqa: F401
 from .linalg import dot_general, matmul  # noqa: F401
 from .conv import conv, conv_p  # noqa: F401  (P.conv is the function)
-from .indexing import take, scatter_add, scatter, update_slice, take_along_axis, scatter_add_along, sort  # noqa: F401
+from .indexing import take, scatter_add, scatter, update_slice, take_along_axis, scatter_add_along, sort, topk  # noqa: F401
 from .fused import fused_here, log_softmax, nll_loss, nll_total_weight, relu, softmax  # noqa: F401
 from .pool import max_pool  # noqa: F401
 from .collective import psum, pmax, all_gather, axis_index  # noqa: F401

@@ -251,6 +251,44 @@ polygamma_p = defvectorized(Primitive(
     emit=lambda eqn, srcs: f"torch.special.polygamma({eqn.params['n']}, {srcs[0]})"))
 defjvp(polygamma_p, lambda t, y, x, *, n: mul(t, polygamma(x, n + 1)))
 
+# torch.special's Bessel functions, the function's name a parameter. torch has no derivative
+# for them (their results do not require grad: torch.func gives zero, autograd drops the
+# term); these are the textbook recurrences, written with the same primitive to every order.
+bessel_p = defvectorized(Primitive(
+    "bessel", kind=POINTWISE,
+    abstract_eval=lambda t, *, kind: t,
+    impl=lambda x, *, kind: getattr(torch.special, kind)(x),
+    emit=lambda eqn, srcs: f"torch.special.{eqn.params['kind']}({srcs[0]})"))
+
+
+def _minus_over_x(x, a, b, at_zero):
+    """a - b / x, and its limit at_zero where x = 0."""
+    zero = eq(x, 0.0)
+    safe = where(zero, full(type_of(x).shape, 1.0, type_of(x).dtype, type_of(x).device), x)
+    return where(zero, full(type_of(x).shape, at_zero, type_of(x).dtype, type_of(x).device), sub(a, div(b, safe)))
+
+
+_BESSEL_DERIVATIVES = {
+    "bessel_j0": lambda x, y: neg(bessel(x, "bessel_j1")),
+    "bessel_j1": lambda x, y: _minus_over_x(x, bessel(x, "bessel_j0"), y, 0.5),
+    "bessel_y0": lambda x, y: neg(bessel(x, "bessel_y1")),
+    "bessel_y1": lambda x, y: sub(bessel(x, "bessel_y0"), div(y, x)),
+    "modified_bessel_i0": lambda x, y: bessel(x, "modified_bessel_i1"),
+    "modified_bessel_i1": lambda x, y: _minus_over_x(x, bessel(x, "modified_bessel_i0"), y, 0.5),
+    "modified_bessel_k0": lambda x, y: neg(bessel(x, "modified_bessel_k1")),
+    "modified_bessel_k1": lambda x, y: neg(add(bessel(x, "modified_bessel_k0"), div(y, x))),
+    "scaled_modified_bessel_k0": lambda x, y: sub(y, bessel(x, "scaled_modified_bessel_k1")),
+    "scaled_modified_bessel_k1": lambda x, y: sub(sub(y, bessel(x, "scaled_modified_bessel_k0")), div(y, x)),
+    # (sin x / x)' = (cos x - sin x / x) / x
+    "spherical_bessel_j0": lambda x, y: _minus_over_x(x, full(type_of(x).shape, 0.0, type_of(x).dtype,
+                                                              type_of(x).device), sub(y, cos(x)), 0.0),
+}
+defjvp(bessel_p, lambda t, y, x, *, kind: mul(t, _BESSEL_DERIVATIVES[kind](x, y)))
+
+
+def bessel(x, kind):
+    return bind(bessel_p, (x,), {"kind": kind})
+
 neg, exp, exp2, log, log1p, expm1 = map(_unary, (neg_p, exp_p, exp2_p, log_p, log1p_p, expm1_p))
 sin, cos, tan, tanh, asin, acos, atan = map(_unary, (sin_p, cos_p, tan_p, tanh_p, asin_p, acos_p, atan_p))
 sinh, cosh, asinh, acosh, atanh = map(_unary, (sinh_p, cosh_p, asinh_p, acosh_p, atanh_p))

@@ -1,7 +1,7 @@
 """Indexing primitives: take / scatter_add / scatter along one axis with an n-d index
 (index_select / index_add / index_copy generalised), update_slice (a strided block
 replaced), take_along_axis / scatter_add_along
-(torch.gather / torch.scatter_add), and sort. Indices are in range (the front end wraps
+(torch.gather / torch.scatter_add), sort and topk. Indices are in range (the front end wraps
 negative ones). Gathers are linear in the operand; scatters are linear in (operand, updates).
 """
 from __future__ import annotations
@@ -455,3 +455,43 @@ sort_p = Primitive(
 def sort(x, axis=-1, descending=False, stable=False):
     axis = axis % max(type_of(x).ndim, 1)
     return bind(sort_p, (x,), {"axis": axis, "descending": descending, "stable": stable})
+
+
+# ---------------------------------------------------------------- topk
+# torch.topk itself, not a sort and a slice: its order among equal values, and with
+# sorted=False the order of the k it returns, are torch's own, and programs read them by
+# position (a stable sort put tied values, and unsorted results, elsewhere).
+
+def _topk_impl(x, *, k, axis, largest, sorted_):
+    r = torch.topk(x, k, dim=axis, largest=largest, sorted=sorted_)
+    return [r.values, r.indices]
+
+
+def _topk_type(t, *, k, axis, largest, sorted_):
+    shape = list(t.shape)
+    shape[axis] = k
+    values = t.with_shape(tuple(shape))
+    return [values, values.with_dtype(torch.int64)]
+
+
+def _topk_jvp(primals, tangents, *, k, axis, largest, sorted_):
+    values, indices = topk(primals[0], k, axis, largest, sorted_)
+    return [values, indices], [take_along_axis(tangents[0], indices, axis), Zero(type_of(indices))]
+
+
+def _topk_batch(axis_data, args, dims, *, k, axis, largest, sorted_):
+    (x,), (d,) = args, dims
+    return topk(x, k, axis + (axis >= d), largest, sorted_), [d, d]
+
+
+topk_p = Primitive(
+    "topk", kind=EXTERN, multiple_results=True,
+    abstract_eval=_topk_type,
+    impl=_topk_impl,
+    jvp=_topk_jvp,
+    batch=_topk_batch)
+
+
+def topk(x, k, axis=-1, largest=True, sorted_=True):
+    axis = axis % max(type_of(x).ndim, 1)
+    return bind(topk_p, (x,), {"k": k, "axis": axis, "largest": largest, "sorted_": sorted_})

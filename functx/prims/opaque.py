@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..core import EXTERN, Primitive, TensorType, Zero, bind
-from ..core.errors import FunctxError, user_frame_summary
+from ..core.errors import FunctxError, MissingRuleError, user_frame_summary
 from ..core.trace import TOP_LEVEL_KEYS, type_of
 from . import elementwise as ew
 from .creation import zeros_like_type
@@ -78,7 +78,7 @@ def _opaque_jvp(primals, tangents, *, fn, out_types, linear_argnums):
                 full[i] = x
             out = fn(*full)
             return tuple(out[i] for i in float_outs)
-        _, t_out = _torch_jvp(restricted, tuple(prim[i] for i in nz), tuple(tans), fn.reverse_jvp)
+        _, t_out = _torch_jvp(restricted, tuple(prim[i] for i in nz), tuple(tans), fn.reverse_jvp, fn.name)
         return tuple(t_out)
 
     jfn = OpaqueFunction(jvp_fn, f"jvp({fn.name})", vjp_of=(fn, n, tuple(nz), tuple(float_outs)),
@@ -92,9 +92,11 @@ def _opaque_jvp(primals, tangents, *, fn, out_types, linear_argnums):
     return outs, result
 
 
-def _torch_jvp(f, primals, tangents, reverse=False):
+def _torch_jvp(f, primals, tangents, reverse=False, name="an opaque op"):
     """torch.func.jvp; for an op without a (right) forward-AD formula, J t as the vjp of its
-    pullback (linear in the cotangent), which needs only reverse mode (twice)."""
+    pullback (linear in the cotangent), which needs only reverse mode (twice). An op whose
+    backward has no derivative either (ctc_loss) raises naming it, not torch's error from
+    deep inside the double vjp."""
     if not reverse:
         try:
             return torch.func.jvp(f, primals, tangents)
@@ -102,8 +104,17 @@ def _torch_jvp(f, primals, tangents, reverse=False):
             pass
     out, pullback = torch.func.vjp(f, *primals)
     ct0 = tuple(torch.zeros_like(o) for o in out)
-    _, pb2 = torch.func.vjp(pullback, ct0)
-    (t_out,) = pb2(tuple(tangents))
+    try:
+        _, pb2 = torch.func.vjp(pullback, ct0)
+        (t_out,) = pb2(tuple(tangents))
+    except (RuntimeError, NotImplementedError) as e:
+        if "not implemented" not in str(e):
+            raise
+        raise MissingRuleError(
+            f"functx: {name} has no forward-mode derivative: torch has no forward-mode formula for it, and "
+            f"J t from reverse mode needs the derivative of its backward, which torch lacks too ({e}). "
+            "jvp, jacfwd, hessian and other second derivatives of it are out of reach; grad, vjp and jacrev "
+            "use torch's reverse mode alone") from None
     return out, t_out
 
 
@@ -176,10 +187,25 @@ def _opaque_batch(axis, args, dims, *, fn, out_types, linear_argnums):
     # vmap's randomness reaches torch.func's vmap: a sampler without a lowering (torch.poisson,
     # torch.multinomial, torch.randint_like) draws per example or once, as the user asked
     randomness = axis.randomness if axis.randomness in ("error", "same", "different") else "error"
-    bfn = OpaqueFunction(lambda *xs: tuple(torch.func.vmap(fn, in_dims=in_dims, out_dims=0, randomness=randomness)(*xs)),
-                         f"vmap({fn.name})", reverse_jvp=fn.reverse_jvp)
+    bfn = OpaqueFunction(lambda *xs: _vmapped(fn, in_dims, randomness, xs), f"vmap({fn.name})",
+                         reverse_jvp=fn.reverse_jvp)
     b_types = [TensorType((axis.size,) + t.shape, t.dtype, t.device) for t in out_types]
     return opaque(bfn, args, b_types, linear_argnums), [0] * len(out_types)
+
+
+def _vmapped(fn, in_dims, randomness, xs):
+    """torch.func.vmap of fn; where torch's batching of it fails (a backward formula that
+    reads a value with .item(): scatter_reduce's "prod", so vmap(grad) of it raised from deep
+    inside torch), a loop over the examples, stacked. Not for randomness='same', which a loop
+    cannot honour, nor for vmap's own randomness errors."""
+    try:
+        return tuple(torch.func.vmap(fn, in_dims=in_dims, out_dims=0, randomness=randomness)(*xs))
+    except RuntimeError as e:
+        size = next(x.shape[d] for x, d in zip(xs, in_dims) if d is not None)
+        if not str(e).startswith("vmap:") or "random" in str(e) or randomness == "same" or size == 0:
+            raise
+    rows = [fn(*(x if d is None else x.select(d, b) for x, d in zip(xs, in_dims))) for b in range(size)]
+    return tuple(torch.stack(outs) for outs in zip(*rows))
 
 
 opaque_p = Primitive(

@@ -17,8 +17,11 @@ import them in turn.
     nn            ops whose derivatives follow torch's formulas at ties and edges
                   (relu, hardtanh, softmax, norms, cdist, hypot, std, sinc), batch norm
     norms         layer_norm, group_norm (torch's kernels on eager levels: prims/fused_norm.py)
+    pooling       max pooling with indices (torch's kernel on eager levels: prims/pool.py),
+                  global adaptive max pooling
     activations   softplus, elu/selu/celu, log_ndtr: overflow-safe branches (torch's where()
                   decompositions have NaN derivatives for large inputs)
     rnn           oneDNN's LSTM layer (nn.LSTM on the CPU), as steps of the LSTM cell
+    special       torch.special's Bessel functions, with the derivatives torch lacks
     torch_prims   the torch.ops.prims ops that torch._refs decompositions emit
 """

@@ -230,9 +230,7 @@ def _topk(x, k, dim=-1, largest=True, sorted=True):
     t = _t(x)
     if t.ndim == 0:     # torch: (x, 0) for k = 0 or 1 (as sort of a 0-d tensor)
         return x, P.full((), 0, torch.int64, t.device)
-    d = wrap_dim(dim, t.ndim)
-    values, indices = P.sort(x, d, largest, True)
-    return P.slice_in_dim(values, 0, k, 1, d), P.slice_in_dim(indices, 0, k, 1, d)
+    return P.topk(x, k, wrap_dim(dim, t.ndim), largest, sorted)     # torch's order of ties and of sorted=False
 
 
 # ---------------------------------------------------------------- scatter (gather-style index), scatter_reduce

@@ -1,5 +1,6 @@
 """Matrix products, convolution, average pooling (a convolution with a ones kernel), and det,
-slogdet, solve and cholesky_inverse through the LU / Cholesky factors."""
+slogdet, solve and cholesky_inverse through the LU / Cholesky factors, triangular_solve as
+linalg.solve_triangular."""
 from __future__ import annotations
 
 import math
@@ -338,3 +339,21 @@ def _linalg_solve_ex(A, B, *, left=True, check_errors=False):
 def _cholesky_inverse(L, upper=False):
     eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand(L.shape)
     return torch.cholesky_solve(eye, L, upper)
+
+
+@register_special(aten.triangular_solve.default)
+def _triangular_solve(b, A, upper=True, transpose=False, unitriangular=False):
+    """The deprecated torch.triangular_solve as linalg.solve_triangular (A^T X = b when
+    transpose): torch's forward-mode formula for triangular_solve is wrong with transpose=True
+    or unitriangular=True (the tangent reads dA's other triangle and diagonal) and its second
+    order raises ("a forward gradient that has a different size"), so the opaque op's jvp and
+    hessian were wrong or crashed."""
+    for name, t in (("b", b), ("A", A)):
+        torch._check(t.dim() >= 2, lambda: f"torch.triangular_solve: Expected {name} to have at least 2 "
+                     f"dimensions, but it has {t.dim()} dimensions instead")
+    torch._check(b.dtype == A.dtype, lambda: "Expected b and A to have the same dtype, but found b of type "
+                 f"{b.dtype} and A of type {A.dtype} instead.")
+    X = torch.linalg.solve_triangular(A.mT if transpose else A, b, upper=upper != transpose,
+                                      unitriangular=unitriangular)
+    batch = torch.broadcast_shapes(b.shape[:-2], A.shape[:-2])
+    return X, A.expand(*batch, *A.shape[-2:]).clone()      # torch's copy of A, broadcast
