@@ -64,7 +64,7 @@ LINEAR = {
     "reduce_sum", "cumsum", "dot_general",
     "take", "scatter_add", "scatter", "update_slice", "split_block", "take_along_axis", "scatter_add_along",
     "nll_loss", "nll_loss_backward",     # prims/fused.py: linear in their first operand
-    "tanh_backward", "sigmoid_backward", "threshold_backward",
+    "tanh_backward", "sigmoid_backward", "threshold_backward", "gelu_backward", "tanh_gelu_backward",
     "normalize_tangent",    # prims/fused_norm.py: linear in its first operand (its own transpose)
     "psum", "all_gather", "opaque",
     # prims/spmd.py: identities per rank with functx.spmd's replicated-value transposes
@@ -94,7 +94,7 @@ NONLINEAR = {
     "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient", "sample_reparam",
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "topk", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
-    "log_softmax", "softmax", "relu",      # prims/fused.py
+    "log_softmax", "softmax", "relu", "gelu",      # prims/fused.py
     "max_pool",     # prims/pool.py
     "normalize_rows",   # prims/fused_norm.py
     "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)

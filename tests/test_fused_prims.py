@@ -15,7 +15,7 @@ from functx.transforms import ad
 function_units = importlib.import_module("functx.frontend.function_units")
 FUSED = {REGISTRY["log_softmax"], REGISTRY["softmax"], REGISTRY["nll_loss"], REGISTRY["nll_loss_backward"], REGISTRY["tanh_backward"],
          REGISTRY["sigmoid_backward"], REGISTRY["relu"], REGISTRY["threshold_backward"], REGISTRY["max_pool"],
-         REGISTRY["conv_weight_grad"]}
+         REGISTRY["conv_weight_grad"], REGISTRY["gelu"], REGISTRY["gelu_backward"], REGISTRY["tanh_gelu_backward"]}
 
 
 def _close(a, b):
@@ -86,7 +86,8 @@ def test_staged_graphs_keep_the_decomposition(wrap):
 
     def f(w):
         return F.cross_entropy(x @ w, y) + F.log_softmax(x @ w, 0).mean() + torch.tanh(x @ w).sum() \
-            + torch.sigmoid(x @ w).mean() + F.relu(x @ w).pow(2).sum()
+            + torch.sigmoid(x @ w).mean() + F.relu(x @ w).pow(2).sum() + F.gelu(x @ w).sum() \
+            + F.gelu(x @ w, approximate="tanh").sum()
     fn = {"jit": f, "make_graph": f, "jit(grad)": functx.grad(f),
           "jit(vmap)": functx.vmap(f)}[wrap]
     arg = w if wrap != "jit(vmap)" else torch.stack([w, -w])
@@ -115,14 +116,16 @@ def test_all_ignored_targets_give_nan_as_torch():
     assert torch.isnan(functx.vjp(f, w)[0])
 
 
-ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
-DERIVATIVE_KERNEL = {"tanh": "tanh_backward", "sigmoid": "sigmoid_backward", "relu": "threshold_backward"}
+ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu, "gelu": F.gelu,
+               "gelu_tanh": lambda z: F.gelu(z, approximate="tanh")}
+DERIVATIVE_KERNEL = {"tanh": "tanh_backward", "sigmoid": "sigmoid_backward", "relu": "threshold_backward",
+                     "gelu": "gelu_backward", "gelu_tanh": "tanh_gelu_backward"}
 
 
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
 def test_activation_derivatives_at_every_order(act):
-    """tanh / sigmoid / relu differentiate through tanh_backward / sigmoid_backward /
-    threshold_backward (torch's derivative kernels) on eager levels: first to third order, forward and reverse, batched, against
+    """tanh / sigmoid / relu / gelu differentiate through tanh_backward / sigmoid_backward /
+    threshold_backward / gelu_backward (torch's derivative kernels) on eager levels: first to third order, forward and reverse, batched, against
     torch.func, and against float64 central differences for the third order."""
     a = ACTIVATIONS[act]
     g = torch.Generator().manual_seed(3)

@@ -952,6 +952,13 @@ add(Entry("sigmoid_backward", _activation_backward_gen(torch.sigmoid), lambda t,
 # derivative matches finite differences
 add(Entry("threshold_backward", _activation_backward_gen(lambda v: v), lambda t, y: torch.where(y <= 0, 0, t),
           dtypes=(F32, F64), linear=((0,),)))
+add(Entry("gelu_backward", _activation_backward_gen(lambda v: v), lambda t, x: torch.ops.aten.gelu_backward(t, x),
+          dtypes=(F32, F64), linear=((0,),)))
+add(Entry("tanh_gelu_backward", _activation_backward_gen(lambda v: v),
+          lambda t, x: torch.ops.aten.gelu_backward(t, x, approximate="tanh"), dtypes=(F32, F64), linear=((0,),)))
+add(Entry("gelu", lambda draw, dtype, smooth: (lambda shape, a: Case({"approximate": a}, lambda g, dt: [rand(g, shape, dt)]))(
+    shapes(draw), draw(st.sampled_from(["none", "tanh"]))),
+          lambda x, approximate: torch.nn.functional.gelu(x, approximate=approximate), dtypes=(F32, F64)))
 add(Entry("relu", lambda draw, dtype, smooth: (lambda shape: Case({}, lambda g, dt: [rand(g, shape, dt)]))(shapes(draw)),
           torch.relu, dtypes=(F32, F64)))
 

@@ -4,7 +4,7 @@ Modules by family, in dependency order (each imports only those before it; shape
 broadcast_in_dim transpose is the one deferred import, of reduce_sum):
   util, creation (full, iota), series (Taylor series arithmetic and rules), define (definer
   helpers), shape (views, pad, concatenate), elementwise, reduce, linalg (dot_general),
-  indexing, fused (log_softmax, softmax, nll_loss, relu, the tanh/sigmoid/relu derivatives:
+  indexing, fused (log_softmax, softmax, nll_loss, relu, gelu, their and tanh/sigmoid's derivatives:
   torch's kernels under eager transforms), conv (and its weight cotangent as torch's kernel),
   pool (max pooling with indices), random,
   collective (+ distributed, its torch.distributed calls), spmd (replicated-value corrections
@@ -24,7 +24,7 @@ from .reduce import reduce_sum, reduce_max, reduce_min, reduce_prod, argmax, arg
 from .linalg import dot_general, matmul  # noqa: F401
 from .conv import conv, conv_p  # noqa: F401  (P.conv is the function)
 from .indexing import take, scatter_add, scatter, update_slice, take_along_axis, scatter_add_along, sort, topk  # noqa: F401
-from .fused import fused_here, log_softmax, nll_loss, nll_total_weight, relu, softmax  # noqa: F401
+from .fused import fused_here, gelu, log_softmax, nll_loss, nll_total_weight, relu, softmax  # noqa: F401
 from .pool import max_pool  # noqa: F401
 from .collective import psum, pmax, all_gather, axis_index  # noqa: F401
 from .random import random, random_p  # noqa: F401  (P.random is the function, like P.add)

@@ -1,6 +1,6 @@
 """Fused primitives of eager transforms: log_softmax and nll_loss (F.cross_entropy's two halves),
-softmax, relu, and the tanh / sigmoid / relu derivatives (torch's tanh_backward /
-sigmoid_backward / threshold_backward kernels).
+softmax, relu, gelu, and the tanh / sigmoid / relu / gelu derivatives (torch's tanh_backward /
+sigmoid_backward / threshold_backward / gelu_backward kernels).
 
 Without jit every primitive is one torch kernel call, and a decomposed log_softmax + nll_loss
 is ~22 of them where torch runs two (each ~2-5 us on small tensors: most of an eager
@@ -16,6 +16,8 @@ GraphTrace that does not keep fused primitives records the decomposition instead
 (`Primitive.composite`), so a rule bound at a jit trace never stages one either.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -326,7 +328,7 @@ nll_loss_backward_p = Primitive(
 # kernels (tanh_backward, sigmoid_backward): nothing extra in the forward pass, one kernel in
 # the backward (the tangent's transpose is itself). Bound where log_softmax is (fused_here).
 
-def _activation_backward(name, kernel, factor, factor_jvp, decomposed=None, emit_args=""):
+def _activation_backward(name, kernel, factor, factor_jvp, decomposed=None, emit_args="", aten_name=None):
     """The primitive t * factor(y), linear in t; factor(y) and its tangent factor_jvp(y, dy)
     in primitives (None: a mask, whose tangent is zero; `decomposed` then says how it applies)."""
     if decomposed is None:
@@ -365,7 +367,7 @@ def _activation_backward(name, kernel, factor, factor_jvp, decomposed=None, emit
         transpose=lambda ct, t, y: [p.bind(ct, y), None],
         batch=batch,
         composite=decomposed,
-        emit=lambda eqn, srcs: f"torch.ops.aten.{name}.default({srcs[0]}, {srcs[1]}{emit_args})")
+        emit=lambda eqn, srcs: f"torch.ops.aten.{aten_name or name}.default({srcs[0]}, {srcs[1]}{emit_args})")
 
     def apply(t, y):
         tt, ty = type_of(t), type_of(y)
@@ -422,3 +424,90 @@ relu_p = Primitive(
 threshold_backward_p, threshold_backward = _activation_backward(
     "threshold_backward", lambda t, y: torch.ops.aten.threshold_backward.default(t, y, 0), None, None,
     decomposed=lambda t, y: ew.where(ew.le(y, 0.0), 0.0, t), emit_args=", 0")
+
+
+# ---------------------------------------------------------------- gelu
+# torch's gelu is one kernel and its derivative gelu_backward(t, x) another; as primitives
+# (torch._refs' formula) it is ~6 kernels forward and its tangent ~10 through erf / tanh. The
+# derivative's own tangent (second order) is gelu''(x) in primitives.
+_ALPHA = 1 / math.sqrt(2)                         # torch._refs' kAlpha
+_BETA = math.sqrt(2) * (2 / math.sqrt(math.pi)) * 0.5    # kBeta = sqrt(2 / pi)
+_KAPPA = 0.044715
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+def _tanh_inner(x):
+    """kBeta * (x + kKappa * x^3): the tanh approximation's argument."""
+    return ew.mul(ew.add(x, ew.mul(ew.mul(ew.mul(x, x), x), _KAPPA)), _BETA)
+
+
+def gelu_decomposed(x, approximate="none"):
+    """torch._refs.nn.functional.gelu's formula."""
+    if approximate == "tanh":
+        return ew.mul(ew.mul(x, 0.5), ew.add(ew.tanh(_tanh_inner(x)), 1.0))
+    return ew.mul(ew.mul(x, 0.5), ew.add(ew.erf(ew.mul(x, _ALPHA)), 1.0))
+
+
+def _normal_pdf(x):
+    return ew.mul(ew.exp(ew.mul(ew.mul(x, x), -0.5)), _INV_SQRT_2PI)
+
+
+def _gelu_slope(x):
+    """gelu'(x) = Phi(x) + x phi(x)."""
+    return ew.add(ew.mul(ew.add(ew.erf(ew.mul(x, _ALPHA)), 1.0), 0.5), ew.mul(x, _normal_pdf(x)))
+
+
+def _gelu_curvature(x, dx):
+    """gelu''(x) dx = phi(x) (2 - x^2) dx."""
+    return ew.mul(ew.mul(_normal_pdf(x), ew.sub(2.0, ew.mul(x, x))), dx)
+
+
+def _tanh_gelu_parts(x):
+    """(T, 1 - T^2, u') of the tanh approximation: T = tanh(u), u' = kBeta (1 + 3 kKappa x^2)."""
+    t = ew.tanh(_tanh_inner(x))
+    return t, ew.sub(1.0, ew.mul(t, t)), ew.mul(ew.add(ew.mul(ew.mul(x, x), 3 * _KAPPA), 1.0), _BETA)
+
+
+def _tanh_gelu_slope(x):
+    """0.5 (1 + T) + 0.5 x (1 - T^2) u'."""
+    t, s, du = _tanh_gelu_parts(x)
+    return ew.mul(ew.add(ew.add(t, 1.0), ew.mul(ew.mul(x, s), du)), 0.5)
+
+
+def _tanh_gelu_curvature(x, dx):
+    """(1 - T^2) (u' + 0.5 x (u'' - 2 T u'^2)) dx, u'' = 6 kBeta kKappa x."""
+    t, s, du = _tanh_gelu_parts(x)
+    d2u = ew.mul(x, 6 * _BETA * _KAPPA)
+    inner = ew.sub(d2u, ew.mul(ew.mul(t, ew.mul(du, du)), 2.0))
+    return ew.mul(ew.mul(s, ew.add(du, ew.mul(ew.mul(x, inner), 0.5))), dx)
+
+
+gelu_backward_p, _gelu_backward = _activation_backward(
+    "gelu_backward", lambda t, x: torch.ops.aten.gelu_backward.default(t, x), _gelu_slope, _gelu_curvature)
+tanh_gelu_backward_p, _tanh_gelu_backward = _activation_backward(
+    "tanh_gelu_backward", lambda t, x: torch.ops.aten.gelu_backward.default(t, x, approximate="tanh"),
+    _tanh_gelu_slope, _tanh_gelu_curvature, emit_args=", approximate='tanh'", aten_name="gelu_backward")
+
+
+def gelu(x, approximate="none"):
+    if type_of(x).dtype in _FUSED_DTYPES and fused_here():
+        return bind(gelu_p, (x,), {"approximate": approximate})
+    return gelu_decomposed(x, approximate)
+
+
+def _gelu_jvp(primals, tangents, *, approximate):
+    (x,), (t,) = primals, tangents
+    y = gelu_p.bind(x, approximate=approximate)
+    if isinstance(t, Zero):
+        return y, Zero(type_of(y))
+    return y, (_tanh_gelu_backward if approximate == "tanh" else _gelu_backward)(t, x)
+
+
+gelu_p = Primitive(
+    "gelu", kind=EXTERN,
+    abstract_eval=lambda t, *, approximate: TensorType(t.shape, t.dtype, t.device),
+    impl=lambda x, *, approximate: torch.nn.functional.gelu(x, approximate=approximate),
+    jvp=_gelu_jvp,
+    batch=lambda axis_data, args, dims, *, approximate: (gelu_p.bind(args[0], approximate=approximate), dims[0]),
+    composite=gelu_decomposed,
+    emit=lambda eqn, srcs: f"torch.nn.functional.gelu({srcs[0]}, approximate={eqn.params['approximate']!r})")

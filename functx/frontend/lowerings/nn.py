@@ -38,6 +38,18 @@ def _relu(x):
     return P.relu(x)        # torch's kernel under eager transforms (prims/fused.py)
 
 
+@register(aten.gelu.default)
+def _gelu(x, approximate="none"):
+    if approximate not in ("none", "tanh"):
+        raise RuntimeError(f"approximate argument must be either none or tanh.")
+    dtype = _t(x).dtype
+    if not dtype.is_floating_point:
+        raise NotImplementedError(f"\"GeluKernelImpl\" not implemented for '{str(dtype)[6:].title()}'")
+    if dtype in (torch.float16, torch.bfloat16):        # computed in float32, as torch's
+        return P.convert(P.gelu(P.convert(x, torch.float32), approximate), dtype)
+    return P.gelu(x, approximate)      # torch's kernel under eager transforms (prims/fused.py)
+
+
 # ---------------------------------------------------------------- hardtanh (relu6)
 # Native, not torch's decomposition (which is clamp): torch's hardtanh has derivative 0 at
 # both boundaries (and at NaN), clamp has 1. NaN values pass through, as in torch.
