@@ -47,7 +47,7 @@ from .impl_rewrites import impl_eqns
 # Extern primitives whose jvp/transpose rules are plain lax code over static facts.
 _EXTERN_OK = frozenset({"pad", "concatenate", "argmax", "argmin", "cumsum", "dot_general", "conv", "take",
                         "scatter_add", "scatter", "update_slice", "split_block", "take_along_axis", "scatter_add_along", "sort", "topk",
-                        "log_softmax", "softmax",
+                        "log_softmax", "softmax", "relu", "gelu", "max_pool",
                         "nll_loss", "nll_loss_backward"})
 ALLOWED: dict = {}       # Primitive -> bool
 UNCACHEABLE = "uncacheable"
