@@ -351,3 +351,22 @@ def test_generated_impl_code_sums_adjacent_zero_pads_as_one_cat():
     assert impl_rewrites.concat_summed_pads([pad(a, pa, 0, 6, 1.0)] + eqns[1:3], {s1})[0].prim.name == "pad"
     apart = [pad(a, pa, 0, 6), pad(c, pc, 6, 1), add(pa, pc, s1)]                            # a gap at 3:6
     assert impl_rewrites.concat_summed_pads(apart, {s1}) == apart
+
+
+def test_a_square_s_tangent_is_one_product_doubled():
+    """mul(x, x) (x * x, x ** 2: every MSE): its tangent was t*x + x*t, two products and a sum
+    forward and three kernels in the transpose; it is 2 (t*x), the same value (products
+    commute, doubling is exact). Inside units and one op at a time; values as torch.func's."""
+    x = torch.randn(4, 3, dtype=torch.float64)
+    for f in (lambda x: (x * x).sum(), lambda x: (x ** 2).sum(), lambda x: (x.pow(2) * x.sin()).sum()):
+        for _ in range(2):
+            torch.testing.assert_close(functx.grad(f)(x), torch.func.grad(f)(x), rtol=0, atol=0)
+            torch.testing.assert_close(functx.hessian(f)(x), torch.func.hessian(f)(x), rtol=1e-15, atol=0)
+            torch.testing.assert_close(functx.jvp(f, (x,), (x.cos(),)), torch.func.jvp(f, (x,), (x.cos(),)), rtol=0, atol=0)
+    ad = importlib.import_module("functx.transforms.ad")
+    wrap, unwrap = functx.frontend.wrap, functx.frontend.unwrap
+    def square(xs):
+        w = wrap(xs[0])
+        return [unwrap((w * w).sum())]
+    _, graph, _ = ad.linearize_flat(square, [x], reverse=True)
+    assert "add" not in [e.prim.name for e in graph.eqns], str(graph)

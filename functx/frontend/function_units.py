@@ -105,8 +105,9 @@ def run_unit(func, types, args, kwargs):
         # grad the wrong gradient
         key = (fid, torch.get_default_dtype(), torch.is_grad_enabled(), bool(_reverse.stack), tuple(keys),
                _key(tuple(kwargs.items()), leaves) if kwargs else None)
-        if type(func) is _PY_FUNCTION and func.__module__ == _F:     # `query is key` in its body
-            key += (_identity_pattern(args, kwargs),)
+        shared = _sharing(func, args, kwargs)
+        if shared is not None:
+            key += (shared,)
         entry = CACHE.get(key)
     except (_Uncacheable, TypeError):
         return NotImplemented
@@ -334,6 +335,18 @@ def _key(x, leaves):
     raise _Uncacheable
 
 
+def _sharing(func, args, kwargs):
+    """What a unit's key says about operands that are the same tensor (None: nothing; they are
+    then traced as separate operands): a torch.nn.functional body may branch on identity, and
+    x * x (torch.mul(x, x)) traced on one operand differentiates as a square (prims' mul:
+    2 t x, one product fewer than t x + x t)."""
+    if type(func) is _PY_FUNCTION and func.__module__ == _F:
+        return _identity_pattern(args, kwargs)
+    if len(args) == 2 and args[0] is args[1] and isinstance(args[0], torch.Tensor):
+        return "x, x"
+    return None
+
+
 def _identity_pattern(args, kwargs):
     """None, or per tensor passed as an argument (positional, then keyword), the position of
     the first that is the same object: a torch.nn.functional body may branch on identity
@@ -393,7 +406,7 @@ def _trace_unit(func, types, args, kwargs, leaves):
     if kwargs:
         _operands(tuple(kwargs.values()), operands)
     wrappers = [_abstract_operand(t, x, o) for t, x, o in zip(tracers, leaves, operands)]
-    same = (_shared_operands(args, kwargs, len(wrappers)) if type(func) is _PY_FUNCTION and func.__module__ == _F
+    same = (_shared_operands(args, kwargs, len(wrappers)) if _sharing(func, args, kwargs) is not None
             else range(len(wrappers)))
     wrappers = [wrappers[i] for i in same]      # one operand passed twice: one wrapper (in the key)
     it = iter(wrappers)

@@ -362,6 +362,19 @@ taylor_linear(sub_p)
 
 mul_p = defpointwise("mul", torch.mul, "torch.mul", nargs=2, triton="({0} * {1})", commutative=True, cpp="({0} * {1})")
 defbilinear(mul_p, lambda ct, x, y: mul(ct, y), lambda ct, x, y: mul(x, ct))
+_bilinear_mul_jvp = mul_p.jvp
+
+
+def _mul_jvp(primals, tangents):
+    # x * x (x ** 2, an MSE's square): t*x + x*t is 2 (t*x), the same value (products commute,
+    # doubling is exact), one product fewer, and its transpose one kernel fewer
+    (x, y), (tx, ty) = primals, tangents
+    if x is y and tx is ty and not isinstance(tx, Zero):
+        return mul_p.bind(x, x), mul(mul(tx, x), 2.0)
+    return _bilinear_mul_jvp(primals, tangents)
+
+
+mul_p.jvp = _mul_jvp
 
 
 def _div_transpose(ct, x, y):

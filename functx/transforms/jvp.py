@@ -181,6 +181,8 @@ class JVPTrace(Trace):
         ok = _ALLOWED.get(prim)
         if not (ok or (ok is None and rule_cache.allowed(prim))):
             return NotImplemented
+        if len(args) == 2 and args[0] is args[1]:
+            return NotImplemented       # x * x: the primitive's own jvp sees one operand (mul's 2 t x)
         linearize = self.fast == "linearize"
         eager = self.eager
         key = [prim, torch.get_default_dtype()]      # lax helpers read it (scalar operands)
