@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import functx
+from fd_oracles import central_differences
 
 X = torch.tensor([1.0, 2.0])
 
@@ -934,18 +935,6 @@ def _cofactors(a):
     return out
 
 
-def _central(f, a, h):
-    """d f / d a by float64 central differences, shape a.shape + f(a).shape (det and its
-    cofactors are polynomials: the differences are exact up to rounding)."""
-    rows = []
-    for k in range(a.numel()):
-        e = torch.zeros(a.numel(), dtype=a.dtype)
-        e[k] = h
-        e = e.reshape(a.shape)
-        rows.append((f(a + e) - f(a - e)) / (2 * h))
-    return torch.stack(rows).reshape(a.shape + rows[0].shape)
-
-
 _SINGULAR = {
     "zero_2": torch.zeros(2, 2),
     "zero_3": torch.zeros(3, 3),
@@ -975,7 +964,7 @@ def test_det_derivatives_at_singular_matrices(name, dtype):
     scale = a64.abs().max().clamp(min=1) ** (a.shape[-1] - 1)
     tol = dict(rtol=0, atol=(1e-12 if dtype == torch.float64 else 1e-5) * scale)
     want = _cofactors(a64)
-    torch.testing.assert_close(_central(det, a64, 1e-3 * a64.abs().max().clamp(min=1)), want, **tol)
+    torch.testing.assert_close(central_differences(det, a64, 1e-3 * a64.abs().max().clamp(min=1)), want, **tol)
     torch.testing.assert_close(functx.grad(det)(a).double(), want, **tol)
     torch.testing.assert_close(torch.func.grad(det)(a).double(), want, **tol)
     if name == "rank1_3":
@@ -997,7 +986,7 @@ def test_det_derivatives_at_singular_matrices(name, dtype):
         # and jvp of jvp (forward over forward). torch.func.hessian agrees where it is finite
         # and is nan at the zero matrices (the SVD's derivative at repeated singular values)
         h = 1e-3 * a64.abs().max().clamp(min=1)
-        want2 = _central(_cofactors, a64, h)
+        want2 = central_differences(_cofactors, a64, h)
         tol2 = dict(rtol=0, atol=1e-8 * scale)
         torch.testing.assert_close(functx.hessian(det)(a), want2, **tol2)
         torch.testing.assert_close(functx.jacfwd(functx.jacrev(det))(a), want2, **tol2)
@@ -1038,7 +1027,7 @@ def test_det_gradient_of_a_batch_with_singular_and_nonsingular_matrices(dtype, s
     assert len(jitted._cache.entries) <= 2
     if dtype == torch.float64:
         hess = functx.vmap(functx.hessian(torch.linalg.det))(a)
-        torch.testing.assert_close(hess, torch.stack([_central(_cofactors, m, 1e-3) for m in a64]),
+        torch.testing.assert_close(hess, torch.stack([central_differences(_cofactors, m, 1e-3) for m in a64]),
                                    rtol=0, atol=1e-7)
 
 

@@ -822,6 +822,12 @@ def _sort_gen(draw, dtype, smooth):
     # ties only where the order of equal keys is defined (stable sort)
     tie = stable and not smooth and draw(st.booleans())
 
+    return Case({"axis": axis, "descending": descending, "stable": stable}, _ordered_values(shape, tie))
+
+
+def _ordered_values(shape, tie):
+    """make(g, dt) for sort/topk: ties (tie_values), or distinct values a step apart (so
+    finite differences never reorder them)."""
     def make(g, dt):
         if tie:
             return [tie_values(g, shape, dt)]
@@ -830,7 +836,7 @@ def _sort_gen(draw, dtype, smooth):
         if dt.is_floating_point:
             vals = vals * 0.25 + torch.rand(n, generator=g, dtype=F64) * 0.1
         return [vals.reshape(shape).to(dt)]
-    return Case({"axis": axis, "descending": descending, "stable": stable}, make)
+    return make
 
 
 def _sort_ref(x, axis, descending, stable):
@@ -880,16 +886,7 @@ def _topk_gen(draw, dtype, smooth):
     params = {"k": draw(st.integers(0, shape[axis])), "axis": axis, "largest": draw(st.booleans()),
               "sorted_": draw(st.booleans())}
     tie = not smooth and draw(st.booleans())
-
-    def make(g, dt):
-        if tie:
-            return [tie_values(g, shape, dt)]
-        n = math.prod(shape)
-        vals = torch.randperm(n, generator=g).to(F64) - n / 2
-        if dt.is_floating_point:
-            vals = vals * 0.25 + torch.rand(n, generator=g, dtype=F64) * 0.1
-        return [vals.reshape(shape).to(dt)]
-    return Case(params, make)
+    return Case(params, _ordered_values(shape, tie))
 
 
 add(Entry("topk", _topk_gen, lambda x, k, axis, largest, sorted_: tuple(torch.topk(x, k, axis, largest, sorted_)),

@@ -6,19 +6,9 @@ import pytest
 import torch
 
 import functx
+from fd_oracles import central_differences
 
 D = torch.float64
-
-
-def _fd_grad(f, x, eps=1e-6):
-    """Central finite differences of the scalar f at x, float64."""
-    g = torch.zeros_like(x)
-    for i in range(x.numel()):
-        e = torch.zeros_like(x).view(-1)
-        e[i] = eps
-        e = e.view_as(x)
-        g.view(-1)[i] = (f(x + e) - f(x - e)) / (2 * eps)
-    return g
 
 
 # ---------------------------------------------------------------- foreach in-place ops
@@ -42,8 +32,8 @@ def test_foreach_in_place_ops_differentiate(jit):
     a, b = torch.randn(3, dtype=D), torch.randn(2, 2, dtype=D)
     g = functx.grad(_foreach_update, argnums=(0, 1))
     got = (functx.jit(g) if jit else g)(a, b)
-    torch.testing.assert_close(got[0], _fd_grad(lambda a: _foreach_update(a, b), a))
-    torch.testing.assert_close(got[1], _fd_grad(lambda b: _foreach_update(a, b), b))
+    torch.testing.assert_close(got[0], central_differences(lambda a: _foreach_update(a, b), a))
+    torch.testing.assert_close(got[1], central_differences(lambda b: _foreach_update(a, b), b))
 
 
 def test_foreach_in_place_step_under_jit_writes_its_arguments_back():
@@ -95,7 +85,7 @@ def test_logsigmoid_hessian_at_zero_logits(name, jit):
     f = _LOGITS_LOSSES[name]
     x = torch.tensor([0.0, -0.0, 2.0, -1.5, 0.5], dtype=D)
     want = torch.func.hessian(f)(x)
-    fd = torch.stack([_fd_grad(lambda x: torch.func.grad(f)(x)[i], x) for i in range(5)])
+    fd = torch.stack([central_differences(lambda x: torch.func.grad(f)(x)[i], x) for i in range(5)])
     torch.testing.assert_close(want, fd, atol=1e-6, rtol=1e-6)
     h = functx.hessian(f)
     torch.testing.assert_close((functx.jit(h) if jit else h)(x), want)
@@ -140,7 +130,7 @@ def test_hessian_where_prediction_equals_target(name, jit):
     y = torch.tensor([0.5, 1.3, 0.2, 1.0, -1.0], dtype=D)
     x = torch.tensor([0.3, 1.3, -0.1, 1.0, 0.2], dtype=D)      # equal at 1 and 3
     f = lambda x: _ROBUST[name](x, y)  # noqa: E731
-    want = torch.stack([_fd_grad(lambda x: torch.func.grad(f)(x)[i], x) for i in range(5)])
+    want = torch.stack([central_differences(lambda x: torch.func.grad(f)(x)[i], x) for i in range(5)])
     h = functx.hessian(f)
     torch.testing.assert_close((functx.jit(h) if jit else h)(x), want, atol=1e-6, rtol=1e-6)
     if name != "cdist ** 2":     # torch has no second derivative of cdist

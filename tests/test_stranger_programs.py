@@ -12,19 +12,9 @@ import pytest
 import torch
 
 import functx
+from fd_oracles import central_differences
 
 D = torch.float64
-
-
-def _fd_grad(f, x, eps=1e-6):
-    """Central finite differences of the scalar f at x, float64."""
-    g = torch.zeros_like(x)
-    for i in range(x.numel()):
-        e = torch.zeros_like(x).reshape(-1)
-        e[i] = eps
-        e = e.view_as(x)
-        g.reshape(-1)[i] = (f(x + e) - f(x - e)) / (2 * eps)
-    return g
 
 
 def _autograd_grad(f):
@@ -37,7 +27,7 @@ def _autograd_grad(f):
 def _fd_hessian(f, x):
     """Finite differences of torch.autograd's gradient."""
     g = _autograd_grad(f)
-    return torch.stack([_fd_grad(lambda y: g(y).reshape(-1)[i], x) for i in range(x.numel())]).reshape(
+    return torch.stack([central_differences(lambda y: g(y).reshape(-1)[i], x) for i in range(x.numel())]).reshape(
         x.shape + x.shape)
 
 
@@ -64,7 +54,7 @@ def test_triangular_solve_forward_mode_and_hessian(upper, transpose, unitriangul
 
     t = torch.tensor([1.1, 0.9, 1.2, 0.8], dtype=D)
     g = _autograd_grad(f)(t)
-    torch.testing.assert_close(g, _fd_grad(f, t))
+    torch.testing.assert_close(g, central_differences(f, t))
     torch.testing.assert_close(functx.jacfwd(f)(t), g)
     torch.testing.assert_close(functx.hessian(f)(t), _fd_hessian(f, t))
 
@@ -128,7 +118,6 @@ def test_vmap_of_grad_of_scatter_reduce_prod():
     torch.testing.assert_close(functx.jit(functx.vmap(functx.grad(_segment_prod)))(xs), want)
     h = functx.vmap(functx.hessian(_segment_prod))(xs[:1])[0]
     torch.testing.assert_close(h, _fd_hessian(_segment_prod, xs[0]))
-
 
 
 def test_topk_returns_torchs_order_of_ties_and_of_unsorted_results():
@@ -303,17 +292,17 @@ def test_bessel_function_derivatives(kind):
     fn = getattr(torch.special, kind)
     f = lambda x: (fn(x) * torch.cos(x)).sum()  # noqa: E731
     x = torch.tensor([0.3, 0.7, 1.9, 2.6], dtype=D)
-    g = _fd_grad(f, x)
+    g = central_differences(f, x)
     torch.testing.assert_close(functx.grad(f)(x), g)
     torch.testing.assert_close(functx.jit(functx.grad(f))(x), g)
     torch.testing.assert_close(functx.jacfwd(f)(x), g)
-    h = torch.stack([_fd_grad(lambda y: functx.grad(f)(y)[i], x) for i in range(4)])
+    h = torch.stack([central_differences(lambda y: functx.grad(f)(y)[i], x) for i in range(4)])
     torch.testing.assert_close(functx.hessian(f)(x), h)
     xs = torch.stack([x, 1.3 * x])
-    torch.testing.assert_close(functx.vmap(functx.grad(f))(xs), torch.stack([_fd_grad(f, v) for v in xs]))
+    torch.testing.assert_close(functx.vmap(functx.grad(f))(xs), torch.stack([central_differences(f, v) for v in xs]))
     if kind in ("bessel_j1", "modified_bessel_i1", "spherical_bessel_j0"):      # the x = 0 limits
         z = torch.tensor([0.0, 1.0], dtype=D)
-        torch.testing.assert_close(functx.grad(lambda v: fn(v).sum())(z), _fd_grad(lambda v: fn(v).sum(), z))
+        torch.testing.assert_close(functx.grad(lambda v: fn(v).sum())(z), central_differences(lambda v: fn(v).sum(), z))
 
 
 @pytest.mark.parametrize("f", [lambda x: torch.special.airy_ai(x).sum(),
@@ -409,8 +398,8 @@ def test_hmc_leapfrog_with_grad_in_a_python_loop():
         q, p = leapfrog(q0, p0, mu)
         return -logp(q, mu) + 0.5 * p @ p
     mu = torch.tensor([0.1, 0.2], dtype=D)
-    torch.testing.assert_close(functx.grad(H)(mu), _fd_grad(H, mu))
-    torch.testing.assert_close(functx.hessian(H)(mu), torch.stack([_fd_grad(lambda m: functx.grad(H)(m)[i], mu)
+    torch.testing.assert_close(functx.grad(H)(mu), central_differences(H, mu))
+    torch.testing.assert_close(functx.hessian(H)(mu), torch.stack([central_differences(lambda m: functx.grad(H)(m)[i], mu)
                                                                    for i in range(2)]))
     qs, ps = torch.randn(3, 2, dtype=D), torch.randn(3, 2, dtype=D)
     chain = lambda q, p: torch.cat(leapfrog(q, p, mu))  # noqa: E731
