@@ -60,6 +60,7 @@ NON_DIFFERENTIABLE_WITHOUT_JVP: dict = {}
 # mode (vjp = linearize + transpose) can pass through the linear programs that jvp rules emit.
 LINEAR = {
     "neg", "add", "sub", "mul", "div", "where", "convert_element_type",
+    "xlogy",    # linear in its first operand (its jvp there is xlogy(t, y))
     "broadcast_in_dim", "reshape", "transpose", "slice", "pad", "concatenate", "rev",
     "reduce_sum", "cumsum", "dot_general",
     "take", "scatter_add", "scatter", "update_slice", "split_block", "take_along_axis", "scatter_add_along",
@@ -90,7 +91,7 @@ NONLINEAR = {
     "exp", "exp2", "log", "log1p", "expm1", "sin", "cos", "tan", "tanh", "asin", "acos", "atan",
     "sinh", "cosh", "asinh", "acosh", "atanh", "sqrt", "rsqrt", "abs", "logistic", "erf", "erfc", "erfcx", "entr", "erfinv",
     "lgamma", "digamma", "sign", "floor", "ceil", "round", "trunc", "logical_not", "bitwise_not",
-    "polygamma", "bessel", "pow", "max", "min", "atan2", "rem", "xlogy", "idiv", "bitwise_and", "bitwise_or",
+    "polygamma", "bessel", "pow", "max", "min", "atan2", "rem", "idiv", "bitwise_and", "bitwise_or",
     "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge", "stop_gradient", "sample_reparam",
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "topk", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py

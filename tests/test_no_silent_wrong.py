@@ -1076,3 +1076,18 @@ def test_slogdet_and_logdet_derivatives_at_a_singular_matrix_are_not_finite_as_t
     # the sign's gradient is 0 everywhere, as torch.func's
     sign = lambda m: torch.linalg.slogdet(m).sign       # noqa: E731
     torch.testing.assert_close(functx.grad(sign)(a), torch.func.grad(sign)(a))
+
+
+def test_nan_to_num_of_xlogy_where_it_was_nan_has_zero_derivative():
+    """nan_to_num(xlogy(x, x)) is 0 near a negative x (x log x is nan there): its derivative
+    is 0, and a program's other outputs keep theirs. xlogy's jvp in x was t * log(y), so the
+    zero cotangent nan_to_num sends back met log(-0.43) = nan and the whole gradient was nan
+    (found by the nightly fuzzer); it is xlogy(t, y), 0 where t is 0, as torch's formula.
+    torch.func and float64 central differences agree."""
+    x = torch.tensor([-0.42720461466349374, 0.7], dtype=torch.float64)
+    f = lambda x: (torch.nan_to_num(torch.xlogy(x, x)) + torch.exp(x)).sum()     # noqa: E731
+    want = central_differences(f, x)
+    torch.testing.assert_close(torch.func.grad(f)(x), want)
+    for got in (functx.grad(f)(x), functx.jit(functx.grad(f))(x), functx.vmap(functx.grad(f))(x[None])[0],
+                functx.jacfwd(f)(x)):
+        torch.testing.assert_close(got, want)

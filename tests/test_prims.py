@@ -315,7 +315,7 @@ BINARY = {
               FLOATS, False, ()),
     "rem": (torch.fmod, binary_gen(dom_x=("u", -5.0, 5.0), dom_y=("nz", 0.7, 2.0)), FLOATS + INTS, False, ()),
     "xlogy": (lambda x, y: torch.xlogy(torch.as_tensor(x), y) if not isinstance(y, torch.Tensor) else
-              torch.xlogy(x, y), binary_gen(dom_x=("u", -2.0, 2.0), dom_y=("u", 0.3, 2.0)), FLOATS, False, ()),
+              torch.xlogy(x, y), binary_gen(dom_x=("u", -2.0, 2.0), dom_y=("u", 0.3, 2.0)), FLOATS, False, ((0,),)),
     "bitwise_and": (torch.bitwise_and, binary_gen(scalars=False), INTS + (BOOL,), True, ()),
     "bitwise_or": (torch.bitwise_or, binary_gen(scalars=False), INTS + (BOOL,), True, ()),
     "bitwise_xor": (torch.bitwise_xor, binary_gen(scalars=False), INTS + (BOOL,), True, ()),

@@ -505,14 +505,21 @@ defjvp(rem_p, lambda t, out, x, y: t, lambda t, out, x, y: mul(t, neg(trunc(div(
 # and x / y, also at x == 0 (a where-guarded composite would give 0 for the first).
 xlogy_p = defpointwise("xlogy", torch.xlogy, "torch.xlogy", nargs=2,
                        triton=float_only("tl.where(({0} == 0) & ({1} == {1}), 0.0, {0} * tl.log({1}))"), cpp=cpp_float("fx_xlogy({0}, {1})", "fx_xlogy({0}, {1})"))
-defjvp(xlogy_p, lambda t, out, x, y: mul(t, _log_of(y)), lambda t, out, x, y: mul(t, div(x, y)))
+# x's part is xlogy(t, y), not t * log(y): 0 where t is 0, as torch's formula, so a zero
+# cotangent (nan_to_num's where x*log(x) was nan) does not pick up the nan log of a
+# negative y (finite differences agree: the function is constant there). xlogy is linear in
+# x alone: its transpose there is itself.
+defjvp(xlogy_p, lambda t, out, x, y: xlogy(t, y), lambda t, out, x, y: mul(t, div(x, y)))
 
 
-def _log_of(y):
-    """log of a tensor or of a Python number (torch's values at 0 and below)."""
-    if not is_scalar(y):
-        return log(y)
-    return math.log(y) if y > 0 else -math.inf if y == 0 else math.nan
+def _xlogy_transpose(ct, x, y):
+    if not is_undefined(x) or is_undefined(y):
+        raise ValueError("xlogy is linear in its first operand only")
+    return [xlogy(ct, y), None]
+
+
+xlogy_p.transpose = _xlogy_transpose
+
 
 # Integer division rounding toward zero / -inf (torch's rounding_mode), no derivative.
 idiv_p = defjvp_zero(defvectorized(Primitive(
