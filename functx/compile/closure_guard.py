@@ -387,6 +387,9 @@ class PythonValues:
     `self.cfg.model.temperature`, `Config.scale`), whose names the code walked names (an
     attribute f never names is not guarded), read from `__dict__`s (properties and other
     descriptors are neither evaluated nor guarded); short dicts and lists by contents.
+    The functions f calls by a global or closed-over name (`act = F.relu`, a partial, a
+    nonlocal helper) by identity: rebinding one retraces; a callable object's __call__
+    is walked like a method f names (a schedule's `self.lr`).
     Snapshotted after each trace (what the trace left there: a counter it bumped is not a
     change), compared before each call: a changed value retraces, as torch.compile's guards
     do, instead of running with the old one. Not seen: what f computes by calling methods
@@ -443,8 +446,11 @@ class PythonValues:
                 elif objects.walkable(v):
                     object_cells.append((name, cell))
                     roots.append((v, name))
-                elif depth < 3 and callable(v) and not isinstance(v, torch.nn.Module):
-                    walk(v, depth + _level(v))
+                    _walk_call(v, depth)
+                elif callable(v) and not isinstance(v, torch.nn.Module):
+                    object_cells.append((name, cell))   # a function f calls: rebinding it retraces
+                    if depth < 3:
+                        walk(v, depth + _level(v))
             glob = getattr(fn, "__globals__", {})
             for name in _global_names(code):
                 v = glob.get(name, _MISSING)
@@ -453,8 +459,16 @@ class PythonValues:
                 elif objects.walkable(v) and isinstance(glob, dict):
                     object_globals.append((name, glob))
                     roots.append((v, name))
-                elif depth < 3 and callable(v) and _users(v):
-                    walk(v, depth + 1)      # a helper f calls by name: its own values
+                    _walk_call(v, depth)
+                elif callable(v) and not isinstance(v, torch.nn.Module) and isinstance(glob, dict):
+                    object_globals.append((name, glob))     # rebinding it (`act = F.gelu`) retraces
+                    if depth < 3 and _users(v):
+                        walk(v, depth + 1)  # a helper f calls by name: its own values
+
+        def _walk_call(v, depth):
+            if callable(v) and not isinstance(v, type) and depth < 3:
+                for m in objects.methods(v, ("__call__",)):   # a schedule object f calls: its reads
+                    walk(m, depth + 1)
 
         owner = getattr(f, "__self__", None)
         if owner is not None and not isinstance(owner, torch.nn.Module) and objects.walkable(owner):
@@ -480,7 +494,7 @@ class PythonValues:
                     walk(fn, 2)
             if len(seen) == before:
                 break
-        if not (cells or globals_ or module_list or roots):
+        if not (cells or globals_ or module_list or roots or object_cells or object_globals):
             return None
         return PythonValues(cells, globals_, module_list, object_cells, object_globals, roots, frozenset(names))
 

@@ -1,0 +1,107 @@
+"""Programs strangers write every day, under functx.jit (training steps, diffusion-model
+blocks, schedules and configs that change between calls) and functx.vmap (nested in_dims /
+out_dims, randomness modes, in-place writes, index ops with batched indices, model
+ensembles, vmap of jacobians). Each test pins either a divergence that was found and fixed
+(the docstring says what was wrong and which oracle decides) or a representative program
+that already worked. Oracles: eager execution of the same code for jit; torch.func.vmap
+and a Python loop for vmap; torch.func in float64 for derivatives."""
+import copy
+import functools
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import functx
+
+D = torch.float64
+
+
+def _close(a, b, tol=1e-5):
+    la, lb = torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, y.shape, x.dtype, y.dtype)
+        torch.testing.assert_close(x, y, atol=tol, rtol=tol)
+
+
+def _quiet(f, *args):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return f(*args)
+
+
+# ---------------------------------------------------------------- jit: functions f calls
+
+act = F.relu
+
+
+def _uses_global_act(x):
+    return act(x) * 2
+
+
+def test_rebinding_a_global_activation_function_retraces():
+    """`act = F.relu` at module level, f calls act(x); rebinding `act = torch.tanh` between
+    calls kept running the graph traced with relu (the guard saw numbers, flags, tensors
+    and config objects, not functions): silently stale numbers. Oracle: eager f. Now a
+    function in f's globals or closure is guarded by identity, as torch.compile does."""
+    global act
+    x = torch.randn(5)
+    j = functx.jit(_uses_global_act)
+    try:
+        _close(j(x), _uses_global_act(x))
+        act = torch.tanh
+        _close(_quiet(j, x), _uses_global_act(x))
+        assert j.trace_count == 2
+        _close(j(x), _uses_global_act(x))
+        assert j.trace_count == 2
+    finally:
+        act = F.relu
+
+
+def test_rebinding_a_closed_over_function_or_partial_retraces():
+    """A closure cell holding a function (nonlocal `fn`, reassigned by a setter) or a global
+    functools.partial rebound with another argument ran the old graph. Oracle: eager f."""
+    fn = torch.sin
+
+    def f(x):
+        return fn(x) + 1
+
+    x = torch.randn(4)
+    j = functx.jit(f)
+    _close(j(x), f(x))
+    fn = torch.cos
+    _close(_quiet(j, x), f(x))
+    fn = functools.partial(torch.mul, other=3.0)
+    _close(_quiet(j, x), f(x))
+    assert j.trace_count == 3
+
+
+class _Schedule:
+    def __init__(self, lr):
+        self.lr = lr
+
+    def __call__(self, step):
+        return self.lr * math.cos(step * 0.1)
+
+
+def test_a_callable_schedule_objects_attributes_are_guarded():
+    """A learning-rate schedule object f calls (`sched(step)`, reading self.lr in
+    __call__); changing sched.lr between calls kept the old rate: the guard walked the
+    methods f names (`sched.get()`), not the __call__ that calling the object runs.
+    Oracle: eager f."""
+    sched = _Schedule(0.1)
+
+    def step(w, x):
+        g = functx.grad(lambda w: ((x @ w) ** 2).sum())(w)
+        return w - sched(3) * g
+
+    w, x = torch.randn(3), torch.randn(5, 3)
+    j = functx.jit(step)
+    _close(j(w, x), step(w, x))
+    sched.lr = 0.7
+    _close(_quiet(j, w, x), step(w, x))
+    assert j.trace_count == 2
