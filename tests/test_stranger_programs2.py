@@ -105,3 +105,29 @@ def test_a_callable_schedule_objects_attributes_are_guarded():
     sched.lr = 0.7
     _close(_quiet(j, w, x), step(w, x))
     assert j.trace_count == 2
+
+
+# ---------------------------------------------------------------- jit: randomness
+
+
+def test_restoring_the_rng_state_inside_jit_raises_instead_of_replaying_nothing():
+    """`st = torch.get_rng_state(); a = torch.rand(3); torch.set_rng_state(st); b =
+    torch.rand(3)` draws b == a in eager PyTorch (the replay that checkpointing and
+    fork_rng do); under functx.jit set_rng_state ran once, at trace time, and the graph
+    drew two different samples: x + a - b was silently nonzero. Oracle: eager f (returns x
+    exactly). Now set_rng_state marks the trace as manual_seed does, and a draw after it
+    raises naming the line; jit(vmap(chunk_size, randomness='same')), which restores the
+    state itself, still runs."""
+    def f(x):
+        st = torch.get_rng_state()
+        a = torch.rand(3)
+        torch.set_rng_state(st)
+        b = torch.rand(3)
+        return x + a - b
+
+    x = torch.zeros(3)
+    assert torch.equal(f(x), x)
+    with pytest.raises(functx.FunctxError, match="set_rng_state"):
+        functx.jit(f)(x)
+    same = functx.jit(functx.vmap(lambda a: a + torch.rand(3), chunk_size=2, randomness="same"))(torch.zeros(5, 3))
+    assert torch.equal(same, same[:1].expand(5, 3))
