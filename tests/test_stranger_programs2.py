@@ -131,3 +131,24 @@ def test_restoring_the_rng_state_inside_jit_raises_instead_of_replaying_nothing(
         functx.jit(f)(x)
     same = functx.jit(functx.vmap(lambda a: a + torch.rand(3), chunk_size=2, randomness="same"))(torch.zeros(5, 3))
     assert torch.equal(same, same[:1].expand(5, 3))
+
+
+# ---------------------------------------------------------------- jit: argument pytrees
+
+
+def test_a_dict_argument_with_another_key_order_retraces():
+    """f(d) = torch.cat(list(d.values())), called with {'b': .., 'a': ..} and then with
+    {'a': .., 'b': ..}: optree's treedefs of the two are equal (it flattens dicts in sorted
+    key order), so the second call ran the graph traced with the first order and
+    concatenated in the wrong order: silently wrong numbers (a state dict or a batch dict
+    built in another order). Oracle: eager f. The jit key now holds each dict's key order."""
+    jf = functx.jit(lambda d: torch.cat(list(d.values())))
+    a, b = torch.randn(2), torch.randn(3)
+    assert torch.equal(jf({"b": b, "a": a}), torch.cat([b, a]))
+    assert torch.equal(jf({"a": a, "b": b}), torch.cat([a, b]))
+    assert torch.equal(jf({"x": {"b": b, "a": a}}["x"]), torch.cat([b, a]))
+    assert jf.trace_count == 2
+    nested = functx.jit(lambda t: torch.stack([v.sum() for v in t[1]["p"].values()]) + t[0])
+    x = torch.randn(2)
+    _close(nested((x, {"p": {"u": a, "v": b}})), torch.stack([a.sum(), b.sum()]) + x)
+    _close(nested((x, {"p": {"v": b, "u": a}})), torch.stack([b.sum(), a.sum()]) + x)

@@ -24,7 +24,7 @@ from .backend import resolve_backend
 from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
 from .eager import EagerCompiled
 from .pipeline import compile_graph
-from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, torch_state, value_key  # noqa: F401
+from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, dict_orders, make_key, torch_state, value_key  # noqa: F401,E501
 from .dynamic_dims import DynamicDims
 from ..frontend.staging import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, scalar_device, split_static,
                       split_static_kwargs, trace_graph)
@@ -262,6 +262,9 @@ class JitFunction:
                 key += (flags,)
             if self._reads_layouts:       # a trace read storage offsets (as_strided, storage_offset())
                 key += (tuple(_layout_key(t) for t in inputs),)
+            orders = dict_orders(treedef, (dynamic, [kwargs[k] for k in sorted(kwargs)]))
+            if orders is not None:
+                key += (("dict key order", orders),)
             hash(key)
         except TypeError:
             raise TypeError("functx.jit: non-tensor arguments must be hashable (they are part of the "
