@@ -152,3 +152,20 @@ def test_a_dict_argument_with_another_key_order_retraces():
     x = torch.randn(2)
     _close(nested((x, {"p": {"u": a, "v": b}})), torch.stack([a.sum(), b.sum()]) + x)
     _close(nested((x, {"p": {"v": b, "u": a}})), torch.stack([b.sum(), a.sum()]) + x)
+
+
+# ---------------------------------------------------------------- vmap: in-place writes
+
+
+def test_in_place_op_whose_output_would_broadcast_names_the_real_shapes():
+    """vmap(lambda a, b: a.add_(b), in_dims=(0, None)) with a per-example (3,) and b (2, 3):
+    eager PyTorch and torch.func raise (the output would broadcast to (2, 3)); functx
+    raised "output with shape [1] doesn't match the broadcast shape [1, 1] (eager PyTorch
+    rejects aten.add_.Tensor for these dtypes)": the size-1 probe's shapes and a wrong
+    reason. Oracle: eager a.add_(b) per example. Now the message is torch's at the real
+    shapes."""
+    for run in (lambda: functx.vmap(lambda a, b: a.add_(b), in_axes=(0, None))(torch.randn(4, 3), torch.randn(2, 3)),
+                lambda: functx.jit(lambda a, b: a.add_(b))(torch.randn(3), torch.randn(2, 3))):
+        with pytest.raises(RuntimeError, match=r"broadcast shape \(2, 3\)") as info:
+            run()
+        assert "dtypes" not in str(info.value)
