@@ -169,3 +169,44 @@ def test_in_place_op_whose_output_would_broadcast_names_the_real_shapes():
         with pytest.raises(RuntimeError, match=r"broadcast shape \(2, 3\)") as info:
             run()
         assert "dtypes" not in str(info.value)
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 5)
+        self.act = F.relu           # as nn.TransformerEncoderLayer keeps its activation
+        self.norm = nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.act(self.lin(x)))
+
+
+def test_swapping_a_modules_activation_function_or_submodule_retraces():
+    """A jitted module whose activation is a function attribute (`self.act = F.relu`) or
+    a parameterless submodule (`self.norm = nn.Identity()`): setting `m.act = torch.tanh`
+    or `m.norm = nn.Tanh()` after a call kept running the old graph (the module guard
+    compared parameter and buffer identities and plain numbers, not functions or
+    submodules); so did a config object's function attribute (`cfg.act`) and a global
+    dict of functions. Silently stale numbers; oracle: eager forward."""
+    x = torch.randn(3, 5)
+    m = _Block()
+    jm = functx.jit(m)
+    _close(jm(x), m(x))
+    m.act = torch.tanh
+    _close(_quiet(jm, x), m(x))
+    m.norm = nn.Tanh()
+    _close(_quiet(jm, x), m(x))
+    assert jm.trace_count == 3
+    _close(jm(x), m(x))
+    assert jm.trace_count == 3
+
+    import types
+    cfg = types.SimpleNamespace(act=F.relu)
+    table = {"act": F.relu}
+    f = functx.jit(lambda x: cfg.act(x) + table["act"](-x))
+    _close(f(x), F.relu(x) + F.relu(-x))
+    cfg.act = torch.tanh
+    _close(_quiet(f, x), torch.tanh(x) + F.relu(-x))
+    table["act"] = torch.sigmoid
+    _close(_quiet(f, x), torch.tanh(x) + torch.sigmoid(-x))

@@ -234,7 +234,8 @@ class ModuleGuard:
         self.values = values
 
     def _tensors(self):
-        return tuple(tuple(map(id, m.parameters())) + tuple(map(id, m.buffers()))
+        # (the submodules themselves, held: `model.act = nn.Tanh()` swaps one without tensors)
+        return tuple((tuple(map(id, m.parameters())) + tuple(map(id, m.buffers())), tuple(m.modules()))
                      for m in self.modules if isinstance(m, torch.nn.Module))
 
     def why(self):
@@ -276,8 +277,14 @@ def _plain_container(v, depth=0) -> bool:
         items = v
     else:
         return False
-    return len(v) <= 32 and depth < 3 and all(_plain_value(e) or type(e) in _TENSORS or
+    return len(v) <= 32 and depth < 3 and all(_plain_value(e) or type(e) in _TENSORS or _function(e) or
                                               _plain_container(e, depth + 1) for e in items)
+
+
+def _function(v) -> bool:
+    """A function a trace may call (`self.act = F.relu`, `ACTS = {"act": F.gelu}`, a
+    partial): kept by identity (functions compare by identity), so rebinding it retraces."""
+    return callable(v) and not isinstance(v, (type, torch.nn.Module, torch.Tensor))
 
 
 class _Same:
@@ -513,7 +520,7 @@ class PythonValues:
         for m in self.modules:
             for sub in _submodules(m)[0]:
                 attrs[id(sub.__dict__)] = {n: _contents(v) for n, v in sub.__dict__.items()
-                                           if _plain_value(v) or type(v) in _TENSORS}
+                                           if _plain_value(v) or type(v) in _TENSORS or _function(v)}
         roots = (tuple(_cell_object(c) for _, c in self.object_cells),
                  tuple(g.get(n, _MISSING) for n, g in self.object_globals))
         reads = {k: {n: _contents(e[1]) for n, e in named.items() if e[3] != "absent"}
@@ -541,7 +548,7 @@ class PythonValues:
                 if names:
                     getter = operator.itemgetter(*names)
                     plain.append((d, getter, getter(d), names, kind))
-                tensors += [(d, n, v, kind) for n, v in d.items() if type(v) is torch.Tensor
+                tensors += [(d, n, v, kind) for n, v in d.items() if (type(v) is torch.Tensor or _function(v))
                             and (kept is None or _unchanged(kept, n, v))]
         dicts = [h for h, _ in hooks]
         return plain, tensors, (dicts, tuple(map(len, dicts)), [(h, tuple(h), what) for h, what in hooks if h])
@@ -662,5 +669,5 @@ class PythonValues:
                 return f"attribute {name!r} of a {kind} changed since the trace"
         for d, name, t, kind in tensors:
             if d.get(name) is not t:
-                return f"the tensor attribute {name!r} of a {kind} was rebound since the trace"
+                return f"the tensor or function attribute {name!r} of a {kind} was rebound since the trace"
         return None

@@ -177,8 +177,10 @@ def reads(starts, names, is_plain, is_container, contents):
                 kind = "same"
                 if depth + 1 < _DEPTH:
                     queue.append((v, f"{path}.{name}", depth + 1))
+            elif callable(v) and not isinstance(v, (type, torch.nn.Module)):
+                kind = "same"                      # a function it holds (`cfg.act = F.relu`): identity
             else:
-                continue                           # methods, functions, other objects: not values
+                continue                           # other objects: not values
             out.setdefault(key, {})[name] = (d, v, what, kind)
             for k, s in shadowing:                 # a class attribute: the instance must not shadow it
                 out.setdefault(k, {})[name] = (s, None, what, "absent")
