@@ -210,3 +210,33 @@ def test_swapping_a_modules_activation_function_or_submodule_retraces():
     _close(_quiet(f, x), torch.tanh(x) + F.relu(-x))
     table["act"] = torch.sigmoid
     _close(_quiet(f, x), torch.tanh(x) + torch.sigmoid(-x))
+
+
+def test_modules_held_in_a_list_or_dict_are_guarded_and_keyed_on_train_eval():
+    """`layers = [nn.Linear(4, 4), nn.Dropout(0.5)]` at module level (or in a closure),
+    f loops over it: appending or replacing a layer kept running the old graph, and
+    layers[1].eval() after a training-mode call kept dropping: the jit key's train/eval
+    flags and the module guard covered modules f names directly, not those in a list or
+    dict. Oracle: eager f (in eval mode dropout is the identity)."""
+    layers = [nn.Linear(4, 4), nn.Dropout(0.5)]
+
+    def f(x):
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    j = functx.jit(f)
+    x = torch.randn(200, 4)
+    assert (j(x) == 0).any()
+    layers[1].eval()
+    _close(j(x), f(x))
+    layers.append(nn.Linear(4, 2))
+    _close(_quiet(j, x), f(x))
+    layers[0] = nn.Linear(4, 4)
+    _close(_quiet(j, x), f(x))
+
+    heads = {"a": nn.Linear(4, 3)}
+    g = functx.jit(lambda x: heads["a"](x))
+    _close(g(x), heads["a"](x))
+    heads["a"] = nn.Linear(4, 3)
+    _close(_quiet(g, x), heads["a"](x))

@@ -108,7 +108,8 @@ for _hook in ("register_module_parameter_registration_hook", "register_module_bu
 
 class ReachedModules:
     """The nn.Modules a jitted function reaches directly: f itself, a bound method's
-    `self`, its closure cells, the globals its code names. jit keys on their train/eval
+    `self`, its closure cells, the globals its code names (and the modules of a list or
+    dict there: `layers = [...]`, read as they are at each call). jit keys on their train/eval
     flags (a graph traced in training mode, with dropout and batch statistics, must not
     serve eval calls), passes their buffers as arguments while they may be written
     (buffer_arguments), and guards their identity and tensors (ModuleGuard)."""
@@ -132,16 +133,27 @@ class ReachedModules:
                 try:
                     if isinstance(cell.cell_contents, torch.nn.Module):
                         getters.append(lambda cell=cell: cell.cell_contents)
+                    elif _modules_in(cell.cell_contents):     # a list or dict of layers
+                        getters.append(lambda cell=cell: _modules_in(cell.cell_contents))
                 except ValueError:      # an empty cell
                     pass
             glob = f.__globals__
             for name in code.co_names:
                 if isinstance(glob.get(name), torch.nn.Module):
                     getters.append(lambda name=name: glob.get(name))
+                elif _modules_in(glob.get(name)):
+                    getters.append(lambda name=name: _modules_in(glob.get(name)))
         return ReachedModules(getters) if getters else None
 
     def modules(self):
-        return [g() for g in self.getters]
+        out = []
+        for g in self.getters:
+            m = g()
+            if type(m) is list:         # the modules of a list or dict, as they are now
+                out += m
+            else:
+                out.append(m)
+        return out
 
     def flags(self):
         """The training flags of the modules reached (a part of the jit key)."""
@@ -162,6 +174,16 @@ class ReachedModules:
     def swapped_buffers(self, buffers):
         """A context in which the reached modules hold the given buffers (by index, name)."""
         return _SwappedBuffers(self.modules(), buffers)
+
+
+def _modules_in(v):
+    """The modules a short list, tuple or dict holds (`layers = [nn.Linear(..), ...]`), [] if none."""
+    kind = type(v)
+    if kind is dict:
+        v = v.values()
+    elif kind is not list and kind is not tuple:
+        return []
+    return [m for m in v if isinstance(m, torch.nn.Module)] if len(v) <= 64 else []
 
 
 class _SwappedBuffers:
@@ -224,11 +246,12 @@ class ModuleGuard:
     after some module registered something (a counter the registration hooks above bump);
     the hot path compares one int and the modules' identity. `values` (PythonValues):
     the Python numbers and flags the trace may have read, compared on every call."""
-    __slots__ = ("reached", "modules", "seen", "tensors", "values")
+    __slots__ = ("reached", "modules", "n_reached", "seen", "tensors", "values")
 
     def __init__(self, reached, values=None, passed=()):
         self.reached = reached
         self.modules = (reached.modules() if reached is not None else []) + list(passed)
+        self.n_reached = len(self.modules) - len(passed)
         self.seen = _REGISTRATIONS[0]
         self.tensors = self._tensors()
         self.values = values
@@ -241,9 +264,9 @@ class ModuleGuard:
     def why(self):
         """None while the entry may run, else why it must be traced again."""
         if self.reached is not None:
-            for g, m in zip(self.reached.getters, self.modules):
-                if g() is not m:
-                    return "the module was given a new parameter, buffer or submodule since the trace"
+            now = self.reached.modules()
+            if len(now) != self.n_reached or any(a is not b for a, b in zip(now, self.modules)):
+                return "the module was given a new parameter, buffer or submodule since the trace"
         if self.seen != _REGISTRATIONS[0]:
             self.seen = _REGISTRATIONS[0]
             if self._tensors() != self.tensors:
@@ -278,6 +301,7 @@ def _plain_container(v, depth=0) -> bool:
     else:
         return False
     return len(v) <= 32 and depth < 3 and all(_plain_value(e) or type(e) in _TENSORS or _function(e) or
+                                              isinstance(e, torch.nn.Module) or    # (by identity)
                                               _plain_container(e, depth + 1) for e in items)
 
 
