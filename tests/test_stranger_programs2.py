@@ -240,3 +240,165 @@ def test_modules_held_in_a_list_or_dict_are_guarded_and_keyed_on_train_eval():
     _close(g(x), heads["a"](x))
     heads["a"] = nn.Linear(4, 3)
     _close(_quiet(g, x), heads["a"](x))
+
+
+# ---------------------------------------------------------------- programs that already worked
+
+
+def _timestep_embedding(t, dim):
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    a = t[:, None].float() * freqs[None]
+    return torch.cat([a.sin(), a.cos()], dim=-1)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c, tdim):
+        super().__init__()
+        self.n1, self.c1 = nn.GroupNorm(2, c), nn.Conv2d(c, c, 3, padding=1)
+        self.t, self.n2 = nn.Linear(tdim, c), nn.GroupNorm(2, c)
+        self.drop, self.c2 = nn.Dropout(0.1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x, te):
+        h = self.c1(F.silu(self.n1(x))) + self.t(F.silu(te))[:, :, None, None]
+        return x + self.c2(self.drop(F.silu(self.n2(h))))
+
+
+class _TinyUNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.r1 = nn.Conv2d(3, 4, 3, padding=1), _ResBlock(4, 8)
+        self.down, self.r2 = nn.Conv2d(4, 4, 3, stride=2, padding=1), _ResBlock(4, 8)
+        self.out = nn.Conv2d(4, 3, 3, padding=1)
+
+    def forward(self, x, t):
+        te = _timestep_embedding(t, 8)
+        h1 = self.r1(self.inp(x), te)
+        h = self.r2(self.down(h1), te)
+        q = h.flatten(2).transpose(1, 2)[:, None]
+        h = h + F.scaled_dot_product_attention(q, q, q)[:, 0].transpose(1, 2).reshape(h.shape)
+        h = F.interpolate(h, scale_factor=2, mode="nearest") + h1
+        return self.out(F.silu(F.interpolate(h, size=x.shape[-2:], mode="bilinear")))
+
+
+def test_diffusion_unet_training_step_under_jit_matches_eager():
+    """A DDPM-style UNet (GroupNorm, SiLU, conv, sinusoidal timestep embedding, attention,
+    nearest and bilinear upsampling), one jitted step: value_and_grad of the noise-
+    prediction loss through functional_call and an SGD update. Oracle: the same step
+    eagerly with torch.func; and the module jitted in eval mode against its forward."""
+    torch.manual_seed(0)
+    m = _TinyUNet().eval()
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    x, t, noise = torch.randn(2, 3, 8, 8), torch.tensor([3, 700]), torch.randn(2, 3, 8, 8)
+
+    def loss(p, x, t, noise):
+        return F.mse_loss(torch.func.functional_call(m, p, (x + noise, t)), noise)
+
+    def step(value_and_grad, p, x, t, noise, lr):
+        value, g = value_and_grad(loss)(p, x, t, noise)
+        return value, {k: p[k] - lr * g[k] for k in p}
+
+    expect = step(lambda f: (lambda *a: torch.func.grad_and_value(f)(*a)[::-1]), params, x, t, noise, 0.1)
+    got = functx.jit(lambda *a: step(functx.value_and_grad, *a))(params, x, t, noise, 0.1)
+    _close(got, expect, tol=1e-4)
+    _close(functx.jit(m)(x, t), m(x, t), tol=1e-5)
+
+
+def test_adam_step_with_foreach_ops_under_jit_matches_eager():
+    """Adam written with torch._foreach_* ops over a model's parameters, the learning rate
+    a Python float that changes every call (traced, one graph). Oracle: eager steps."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.SiLU(), nn.Linear(8, 1))
+    names = [n for n, _ in model.named_parameters()]
+
+    def step(ps, ms, vs, x, y, t, lr):
+        loss = lambda ps: F.mse_loss(torch.func.functional_call(model, dict(zip(names, ps)), (x,)), y)
+        value, gs = functx.value_and_grad(loss)(ps)
+        ms = torch._foreach_add(torch._foreach_mul(ms, 0.9), torch._foreach_mul(gs, 0.1))
+        vs = torch._foreach_add(torch._foreach_mul(vs, 0.999), torch._foreach_mul(torch._foreach_mul(gs, gs), 0.001))
+        upd = [m / (1 - 0.9 ** t) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8) for m, v in zip(ms, vs)]
+        return value, list(torch._foreach_sub(ps, torch._foreach_mul(upd, lr))), list(ms), list(vs)
+
+    ps = [p.detach().clone() for p in model.parameters()]
+    state_e = state_j = (ps, [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps])
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    jitted = functx.jit(step)
+    for t in range(1, 4):
+        value_e, *state_e = step(*state_e, x, y, t, 0.01 * t)
+        value_j, *state_j = jitted(*state_j, x, y, t, 0.01 * t)
+        _close(value_j, value_e)
+        _close(state_j, state_e)
+    assert jitted.trace_count == 1
+
+
+def test_ensemble_of_batchnorm_models_in_training_mode_under_vmap_matches_a_loop():
+    """stack_module_state over two Linear+BatchNorm1d models in training mode, vmapped with
+    functional_call: outputs and the running statistics written into the stacked buffers.
+    Oracle: a Python loop over the models (torch.func agrees on the outputs)."""
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)) for _ in range(2)]
+    params, buffers = torch.func.stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    f = lambda p, b, x: torch.func.functional_call(base, (p, b), (x,))
+    x = torch.randn(5, 3)
+    loop_buffers = {k: v.clone() for k, v in buffers.items()}
+    expect = torch.stack([f({k: v[i] for k, v in params.items()}, {k: v[i] for k, v in loop_buffers.items()}, x)
+                          for i in range(2)])
+    _close(functx.func.vmap(f, in_dims=(0, 0, None))(params, buffers, x), expect)
+    _close(buffers, loop_buffers)
+
+
+def test_per_sample_gradients_jit_of_vmap_of_grad_and_vmap_of_jit():
+    """Per-sample gradients of a conv classifier (GroupNorm, SiLU) with functional_call:
+    jit(vmap(grad)) and vmap(jit(grad)). Oracle: torch.func.vmap(torch.func.grad)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.SiLU(), nn.Flatten(), nn.Linear(64, 3))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    loss = lambda p, x, y: F.cross_entropy(torch.func.functional_call(model, p, (x[None],)), y[None])
+    x, y = torch.randn(5, 1, 6, 6), torch.randint(0, 3, (5,))
+    expect = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    _close(functx.jit(functx.func.vmap(functx.func.grad(loss), in_dims=(None, 0, 0)))(params, x, y), expect, 1e-4)
+    _close(functx.func.vmap(functx.jit(functx.func.grad(loss)), in_dims=(None, 0, 0))(params, x, y), expect, 1e-4)
+
+
+def test_vmap_in_and_out_dims_as_nested_pytrees_negative_and_none_against_torch_func():
+    """in_dims as a nested dict/list prefix with a negative dim, out_dims per output with
+    None for an unbatched one and -1, chunk_size, and size-0 / size-1 batches.
+    Oracle: torch.func.vmap."""
+    x, w = torch.randn(3, 4, 5), torch.randn(5)
+
+    def f(d, w):
+        return {"s": d["a"].sum(-1) * w.sum(), "t": [d["b"][0].T, w * 2]}
+
+    args = ({"a": x, "b": [x.transpose(0, 2)]}, w)
+    kw = dict(in_dims=({"a": 1, "b": [-2]}, None), out_dims={"s": -1, "t": [0, None]})
+    _close(functx.func.vmap(f, **kw)(*args), torch.func.vmap(f, **kw)(*args))
+    _close(functx.func.vmap(f, chunk_size=2, **kw)(*args), torch.func.vmap(f, **kw)(*args))
+    g = lambda a: a.new_zeros(a.shape) + a.sum(0) * a.shape[0] + len(a) + torch.arange(a.shape[-1])
+    for size in (0, 1):
+        e = torch.randn(size, 3, 2)
+        _close(functx.func.vmap(g)(e), torch.func.vmap(g)(e))
+
+
+def test_foreach_ops_under_vmap_an_optimizer_step_over_an_ensemble():
+    """An EMA / SGD update with torch._foreach_* ops vmapped over stacked ensemble
+    parameters: functx raised torch's "Batching rule not implemented for
+    aten::_foreach_mul.Scalar" from deep inside its opaque fallback (torch.func.vmap has no
+    batching rule for foreach ops and raises the same). Oracle: the update per model in a
+    Python loop. Now an op torch cannot batch runs as a loop over the examples."""
+    ws, gs = torch.randn(3, 4, 2), torch.randn(3, 4, 2)
+
+    def sgd(w, g):
+        return torch._foreach_add(torch._foreach_mul([w, w * 2], 0.9), [g, g], alpha=-0.1)
+
+    def ema(avg, new):
+        avg = [a.clone() for a in avg]
+        torch._foreach_lerp_(avg, new, 0.1)
+        return avg
+
+    expect = [torch.stack(o) for o in zip(*[sgd(w, g) for w, g in zip(ws, gs)])]
+    _close(functx.func.vmap(sgd)(ws, gs), expect)
+    _close(functx.jit(functx.func.vmap(sgd))(ws, gs), expect)
+    _close(functx.func.vmap(lambda a, n: ema([a], [n])[0])(ws, gs), ws + 0.1 * (gs - ws))
+    grad = functx.grad(lambda w: functx.vmap(lambda w: torch._foreach_mul([w], 3.0)[0])(w).sum())(ws)
+    _close(grad, torch.full_like(ws, 3.0))
