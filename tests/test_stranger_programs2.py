@@ -402,3 +402,18 @@ def test_foreach_ops_under_vmap_an_optimizer_step_over_an_ensemble():
     _close(functx.func.vmap(lambda a, n: ema([a], [n])[0])(ws, gs), ws + 0.1 * (gs - ws))
     grad = functx.grad(lambda w: functx.vmap(lambda w: torch._foreach_mul([w], 3.0)[0])(w).sum())(ws)
     _close(grad, torch.full_like(ws, 3.0))
+
+
+def test_a_module_reached_through_a_bound_method_or_partial_is_keyed_on_train_eval():
+    """`fwd = model.forward` closed over (or `functools.partial(model)`, jitted or closed
+    over): model.eval() after a training-mode call kept dropping, because the jit key's
+    train/eval flags covered only modules f names directly. Oracle: eager eval forward
+    (dropout is the identity: no zeros)."""
+    m = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    x = torch.ones(300, 4)
+    fwd, part = m.forward, functools.partial(m)
+    for jitted in (functx.jit(lambda x: fwd(x)), functx.jit(part), functx.jit(lambda x: part(x))):
+        m.train()
+        assert (jitted(x) == 0).any()
+        m.eval()
+        _close(jitted(x), m(x))

@@ -122,27 +122,25 @@ class ReachedModules:
     def of(f):
         """A ReachedModules for the modules f reaches, or None when it reaches none."""
         getters = []
-        if isinstance(f, torch.nn.Module):
-            getters.append(lambda: f)
-        owner = getattr(f, "__self__", None)
-        if isinstance(owner, torch.nn.Module):
-            getters.append(lambda: owner)
+        if objects.module_of(f) is not None:  # a module, its bound method, a partial
+            getters.append(lambda: objects.module_of(f))
         code = getattr(f, "__code__", None)
         if code is not None:
             for cell in f.__closure__ or ():
                 try:
-                    if isinstance(cell.cell_contents, torch.nn.Module):
-                        getters.append(lambda cell=cell: cell.cell_contents)
-                    elif _modules_in(cell.cell_contents):     # a list or dict of layers
-                        getters.append(lambda cell=cell: _modules_in(cell.cell_contents))
+                    v = cell.cell_contents
                 except ValueError:      # an empty cell
-                    pass
+                    continue
+                if objects.module_of(v) is not None:
+                    getters.append(lambda cell=cell: objects.module_of(cell.cell_contents))
+                elif objects.modules_in(v):  # a list or dict of layers
+                    getters.append(lambda cell=cell: objects.modules_in(cell.cell_contents))
             glob = f.__globals__
             for name in code.co_names:
-                if isinstance(glob.get(name), torch.nn.Module):
-                    getters.append(lambda name=name: glob.get(name))
-                elif _modules_in(glob.get(name)):
-                    getters.append(lambda name=name: _modules_in(glob.get(name)))
+                if objects.module_of(glob.get(name)) is not None:
+                    getters.append(lambda name=name: objects.module_of(glob.get(name)))
+                elif objects.modules_in(glob.get(name)):
+                    getters.append(lambda name=name: objects.modules_in(glob.get(name)))
         return ReachedModules(getters) if getters else None
 
     def modules(self):
@@ -174,16 +172,6 @@ class ReachedModules:
     def swapped_buffers(self, buffers):
         """A context in which the reached modules hold the given buffers (by index, name)."""
         return _SwappedBuffers(self.modules(), buffers)
-
-
-def _modules_in(v):
-    """The modules a short list, tuple or dict holds (`layers = [nn.Linear(..), ...]`), [] if none."""
-    kind = type(v)
-    if kind is dict:
-        v = v.values()
-    elif kind is not list and kind is not tuple:
-        return []
-    return [m for m in v if isinstance(m, torch.nn.Module)] if len(v) <= 64 else []
 
 
 class _SwappedBuffers:

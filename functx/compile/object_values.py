@@ -294,3 +294,20 @@ def check_terms(snap: ObjectSnapshot, terms, values):
         terms.append(f"_ct({name(d)}.get({n!r}, _M)) == {name(old)}")
     for d, n, _ in snap.absent:
         terms.append(f"{n!r} not in {name(d)}")
+
+
+def module_of(v):
+    """The module v is, or whose bound method (`fwd = model.forward`) or partial it is."""
+    v = v.func if isinstance(v, functools.partial) else v
+    v = v if isinstance(v, torch.nn.Module) else getattr(v, "__self__", None)
+    return v if isinstance(v, torch.nn.Module) else None
+
+
+def modules_in(v):
+    """The modules a short list, tuple or dict holds (`layers = [nn.Linear(..), ...]`), [] if none."""
+    kind = type(v)
+    if kind is dict:
+        v = v.values()
+    elif kind is not list and kind is not tuple:
+        return []
+    return [m for m in v if isinstance(m, torch.nn.Module)] if len(v) <= 64 else []
