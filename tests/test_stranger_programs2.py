@@ -417,3 +417,36 @@ def test_a_module_reached_through_a_bound_method_or_partial_is_keyed_on_train_ev
         assert (jitted(x) == 0).any()
         m.eval()
         _close(jitted(x), m(x))
+
+
+_helper_model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+
+
+def _predict(x):
+    return _helper_model(x)
+
+
+class _Trainer:
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x):
+        return self.model(x)
+
+
+def test_a_module_called_through_a_helper_or_an_object_is_guarded_on_train_eval():
+    """jit(step) where step calls a global helper `predict(x)` that runs a global model,
+    or a trainer object's `self.model(x)`: model.eval() after a training-mode call kept
+    dropping (the key's train/eval flags covered modules f names directly, and the
+    object walk skips modules). Oracle: eager eval forward (no zeros). Now the modules
+    the trace called are recorded and their flags compared on every call."""
+    x = torch.ones(300, 4)
+    trainer = _Trainer(_helper_model)
+    for f in (lambda x: _predict(x) * 2, lambda x: trainer(x), lambda x: trainer.model(x)):
+        jitted = functx.jit(f)
+        _helper_model.train()
+        assert (jitted(x) == 0).any()
+        _helper_model.eval()
+        _close(_quiet(jitted, x), f(x))
+        _helper_model.train()
+        assert (_quiet(jitted, x) == 0).any()

@@ -234,12 +234,17 @@ class ModuleGuard:
     after some module registered something (a counter the registration hooks above bump);
     the hot path compares one int and the modules' identity. `values` (PythonValues):
     the Python numbers and flags the trace may have read, compared on every call."""
-    __slots__ = ("reached", "modules", "n_reached", "seen", "tensors", "values")
+    __slots__ = ("reached", "modules", "n_reached", "seen", "tensors", "values", "called", "called_flags")
 
-    def __init__(self, reached, values=None, passed=()):
+    def __init__(self, reached, values=None, passed=(), called=()):
         self.reached = reached
         self.modules = (reached.modules() if reached is not None else []) + list(passed)
         self.n_reached = len(self.modules) - len(passed)
+        # modules the trace called that no flag in the key covers (through a helper function,
+        # an object's attribute): their train/eval flags, compared on every call
+        keyed = {id(s) for m in self.modules if isinstance(m, torch.nn.Module) for s in _submodules(m)[0]}
+        self.called = [m for m in called if id(m) not in keyed]
+        self.called_flags = [m.training for m in self.called]
         self.seen = _REGISTRATIONS[0]
         self.tensors = self._tensors()
         self.values = values
@@ -259,6 +264,8 @@ class ModuleGuard:
             self.seen = _REGISTRATIONS[0]
             if self._tensors() != self.tensors:
                 return "the module was given a new parameter, buffer or submodule since the trace"
+        if self.called and [m.training for m in self.called] != self.called_flags:
+            return "a module f calls was switched between train and eval mode since the trace"
         return self.values.why() if self.values is not None else None
 
     def holds(self):

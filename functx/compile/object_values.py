@@ -16,6 +16,7 @@ ClosureGuard's); short dicts and lists of those by contents.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 import sysconfig
@@ -311,3 +312,18 @@ def modules_in(v):
     elif kind is not list and kind is not tuple:
         return []
     return [m for m in v if isinstance(m, torch.nn.Module)] if len(v) <= 64 else []
+
+
+@contextlib.contextmanager
+def called_modules():
+    """{id: module} of the modules whose forward runs in the block (a trace)."""
+    seen = {}
+
+    def record(module, _args):
+        seen[id(module)] = module
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        yield seen
+    finally:
+        handle.remove()
