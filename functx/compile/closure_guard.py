@@ -108,7 +108,8 @@ for _hook in ("register_module_parameter_registration_hook", "register_module_bu
 
 class ReachedModules:
     """The nn.Modules a jitted function reaches directly: f itself, a bound method's
-    `self`, its closure cells, the globals its code names. jit keys on their train/eval
+    `self`, its closure cells, the globals its code names (and the modules of a list or
+    dict there: `layers = [...]`, read as they are at each call). jit keys on their train/eval
     flags (a graph traced in training mode, with dropout and batch statistics, must not
     serve eval calls), passes their buffers as arguments while they may be written
     (buffer_arguments), and guards their identity and tensors (ModuleGuard)."""
@@ -121,27 +122,36 @@ class ReachedModules:
     def of(f):
         """A ReachedModules for the modules f reaches, or None when it reaches none."""
         getters = []
-        if isinstance(f, torch.nn.Module):
-            getters.append(lambda: f)
-        owner = getattr(f, "__self__", None)
-        if isinstance(owner, torch.nn.Module):
-            getters.append(lambda: owner)
+        if objects.module_of(f) is not None:  # a module, its bound method, a partial
+            getters.append(lambda: objects.module_of(f))
         code = getattr(f, "__code__", None)
         if code is not None:
             for cell in f.__closure__ or ():
                 try:
-                    if isinstance(cell.cell_contents, torch.nn.Module):
-                        getters.append(lambda cell=cell: cell.cell_contents)
+                    v = cell.cell_contents
                 except ValueError:      # an empty cell
-                    pass
+                    continue
+                if objects.module_of(v) is not None:
+                    getters.append(lambda cell=cell: objects.module_of(cell.cell_contents))
+                elif objects.modules_in(v):  # a list or dict of layers
+                    getters.append(lambda cell=cell: objects.modules_in(cell.cell_contents))
             glob = f.__globals__
             for name in code.co_names:
-                if isinstance(glob.get(name), torch.nn.Module):
-                    getters.append(lambda name=name: glob.get(name))
+                if objects.module_of(glob.get(name)) is not None:
+                    getters.append(lambda name=name: objects.module_of(glob.get(name)))
+                elif objects.modules_in(glob.get(name)):
+                    getters.append(lambda name=name: objects.modules_in(glob.get(name)))
         return ReachedModules(getters) if getters else None
 
     def modules(self):
-        return [g() for g in self.getters]
+        out = []
+        for g in self.getters:
+            m = g()
+            if type(m) is list:         # the modules of a list or dict, as they are now
+                out += m
+            else:
+                out.append(m)
+        return out
 
     def flags(self):
         """The training flags of the modules reached (a part of the jit key)."""
@@ -224,29 +234,38 @@ class ModuleGuard:
     after some module registered something (a counter the registration hooks above bump);
     the hot path compares one int and the modules' identity. `values` (PythonValues):
     the Python numbers and flags the trace may have read, compared on every call."""
-    __slots__ = ("reached", "modules", "seen", "tensors", "values")
+    __slots__ = ("reached", "modules", "n_reached", "seen", "tensors", "values", "called", "called_flags")
 
-    def __init__(self, reached, values=None, passed=()):
+    def __init__(self, reached, values=None, passed=(), called=()):
         self.reached = reached
         self.modules = (reached.modules() if reached is not None else []) + list(passed)
+        self.n_reached = len(self.modules) - len(passed)
+        # modules the trace called that no flag in the key covers (through a helper function,
+        # an object's attribute): their train/eval flags, compared on every call
+        keyed = {id(s) for m in self.modules if isinstance(m, torch.nn.Module) for s in _submodules(m)[0]}
+        self.called = [m for m in called if id(m) not in keyed]
+        self.called_flags = [m.training for m in self.called]
         self.seen = _REGISTRATIONS[0]
         self.tensors = self._tensors()
         self.values = values
 
     def _tensors(self):
-        return tuple(tuple(map(id, m.parameters())) + tuple(map(id, m.buffers()))
+        # (the submodules themselves, held: `model.act = nn.Tanh()` swaps one without tensors)
+        return tuple((tuple(map(id, m.parameters())) + tuple(map(id, m.buffers())), tuple(m.modules()))
                      for m in self.modules if isinstance(m, torch.nn.Module))
 
     def why(self):
         """None while the entry may run, else why it must be traced again."""
         if self.reached is not None:
-            for g, m in zip(self.reached.getters, self.modules):
-                if g() is not m:
-                    return "the module was given a new parameter, buffer or submodule since the trace"
+            now = self.reached.modules()
+            if len(now) != self.n_reached or any(a is not b for a, b in zip(now, self.modules)):
+                return "the module was given a new parameter, buffer or submodule since the trace"
         if self.seen != _REGISTRATIONS[0]:
             self.seen = _REGISTRATIONS[0]
             if self._tensors() != self.tensors:
                 return "the module was given a new parameter, buffer or submodule since the trace"
+        if self.called and [m.training for m in self.called] != self.called_flags:
+            return "a module f calls was switched between train and eval mode since the trace"
         return self.values.why() if self.values is not None else None
 
     def holds(self):
@@ -276,8 +295,15 @@ def _plain_container(v, depth=0) -> bool:
         items = v
     else:
         return False
-    return len(v) <= 32 and depth < 3 and all(_plain_value(e) or type(e) in _TENSORS or
+    return len(v) <= 32 and depth < 3 and all(_plain_value(e) or type(e) in _TENSORS or _function(e) or
+                                              isinstance(e, torch.nn.Module) or    # (by identity)
                                               _plain_container(e, depth + 1) for e in items)
+
+
+def _function(v) -> bool:
+    """A function a trace may call (`self.act = F.relu`, `ACTS = {"act": F.gelu}`, a
+    partial): kept by identity (functions compare by identity), so rebinding it retraces."""
+    return callable(v) and not isinstance(v, (type, torch.nn.Module, torch.Tensor))
 
 
 class _Same:
@@ -387,6 +413,9 @@ class PythonValues:
     `self.cfg.model.temperature`, `Config.scale`), whose names the code walked names (an
     attribute f never names is not guarded), read from `__dict__`s (properties and other
     descriptors are neither evaluated nor guarded); short dicts and lists by contents.
+    The functions f calls by a global or closed-over name (`act = F.relu`, a partial, a
+    nonlocal helper) by identity: rebinding one retraces; a callable object's __call__
+    is walked like a method f names (a schedule's `self.lr`).
     Snapshotted after each trace (what the trace left there: a counter it bumped is not a
     change), compared before each call: a changed value retraces, as torch.compile's guards
     do, instead of running with the old one. Not seen: what f computes by calling methods
@@ -443,8 +472,11 @@ class PythonValues:
                 elif objects.walkable(v):
                     object_cells.append((name, cell))
                     roots.append((v, name))
-                elif depth < 3 and callable(v) and not isinstance(v, torch.nn.Module):
-                    walk(v, depth + _level(v))
+                    _walk_call(v, depth)
+                elif callable(v) and not isinstance(v, torch.nn.Module):
+                    object_cells.append((name, cell))   # a function f calls: rebinding it retraces
+                    if depth < 3:
+                        walk(v, depth + _level(v))
             glob = getattr(fn, "__globals__", {})
             for name in _global_names(code):
                 v = glob.get(name, _MISSING)
@@ -453,8 +485,16 @@ class PythonValues:
                 elif objects.walkable(v) and isinstance(glob, dict):
                     object_globals.append((name, glob))
                     roots.append((v, name))
-                elif depth < 3 and callable(v) and _users(v):
-                    walk(v, depth + 1)      # a helper f calls by name: its own values
+                    _walk_call(v, depth)
+                elif callable(v) and not isinstance(v, torch.nn.Module) and isinstance(glob, dict):
+                    object_globals.append((name, glob))     # rebinding it (`act = F.gelu`) retraces
+                    if depth < 3 and _users(v):
+                        walk(v, depth + 1)  # a helper f calls by name: its own values
+
+        def _walk_call(v, depth):
+            if callable(v) and not isinstance(v, type) and depth < 3:
+                for m in objects.methods(v, ("__call__",)):   # a schedule object f calls: its reads
+                    walk(m, depth + 1)
 
         owner = getattr(f, "__self__", None)
         if owner is not None and not isinstance(owner, torch.nn.Module) and objects.walkable(owner):
@@ -480,7 +520,7 @@ class PythonValues:
                     walk(fn, 2)
             if len(seen) == before:
                 break
-        if not (cells or globals_ or module_list or roots):
+        if not (cells or globals_ or module_list or roots or object_cells or object_globals):
             return None
         return PythonValues(cells, globals_, module_list, object_cells, object_globals, roots, frozenset(names))
 
@@ -499,7 +539,7 @@ class PythonValues:
         for m in self.modules:
             for sub in _submodules(m)[0]:
                 attrs[id(sub.__dict__)] = {n: _contents(v) for n, v in sub.__dict__.items()
-                                           if _plain_value(v) or type(v) in _TENSORS}
+                                           if _plain_value(v) or type(v) in _TENSORS or _function(v)}
         roots = (tuple(_cell_object(c) for _, c in self.object_cells),
                  tuple(g.get(n, _MISSING) for n, g in self.object_globals))
         reads = {k: {n: _contents(e[1]) for n, e in named.items() if e[3] != "absent"}
@@ -527,7 +567,7 @@ class PythonValues:
                 if names:
                     getter = operator.itemgetter(*names)
                     plain.append((d, getter, getter(d), names, kind))
-                tensors += [(d, n, v, kind) for n, v in d.items() if type(v) is torch.Tensor
+                tensors += [(d, n, v, kind) for n, v in d.items() if (type(v) is torch.Tensor or _function(v))
                             and (kept is None or _unchanged(kept, n, v))]
         dicts = [h for h, _ in hooks]
         return plain, tensors, (dicts, tuple(map(len, dicts)), [(h, tuple(h), what) for h, what in hooks if h])
@@ -648,5 +688,5 @@ class PythonValues:
                 return f"attribute {name!r} of a {kind} changed since the trace"
         for d, name, t, kind in tensors:
             if d.get(name) is not t:
-                return f"the tensor attribute {name!r} of a {kind} was rebound since the trace"
+                return f"the tensor or function attribute {name!r} of a {kind} was rebound since the trace"
         return None

@@ -22,9 +22,10 @@ from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
 from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
+from .object_values import called_modules
 from .eager import EagerCompiled
 from .pipeline import compile_graph
-from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, make_key, torch_state, value_key  # noqa: F401
+from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, dict_orders, make_key, torch_state, value_key  # noqa: F401,E501
 from .dynamic_dims import DynamicDims
 from ..frontend.staging import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, scalar_device, split_static,
                       split_static_kwargs, trace_graph)
@@ -262,6 +263,9 @@ class JitFunction:
                 key += (flags,)
             if self._reads_layouts:       # a trace read storage offsets (as_strided, storage_offset())
                 key += (tuple(_layout_key(t) for t in inputs),)
+            orders = dict_orders(treedef, (dynamic, [kwargs[k] for k in sorted(kwargs)]))
+            if orders is not None:
+                key += (("dict key order", orders),)
             hash(key)
         except TypeError:
             raise TypeError("functx.jit: non-tensor arguments must be hashable (they are part of the "
@@ -320,8 +324,8 @@ class JitFunction:
             # identity) are guarded like reached modules; values the trace changed are not
             if values is not None:
                 values.take(before)
-            if self._modes is not None or values is not None:
-                entry.module_guard = ModuleGuard(self._modes, values, passed)
+            if self._modes is not None or values is not None or layouts.called:
+                entry.module_guard = ModuleGuard(self._modes, values, passed, layouts.called)
             if symbolic is not None:
                 entry.key = self._dims.add(entry, key)     # the key with its dims symbolic
             evicted = self._cache.add(entry.key, entry, reason_key=key, reason=reason)
@@ -343,11 +347,11 @@ class JitFunction:
 
     def _trace(self, args, kwargs, nums, paths, shapes, leaves):
         with record_layout_reads() as layouts, generator_arguments(leaves) as generators, \
-                record_autograd_reads() as autograd:
+                record_autograd_reads() as autograd, called_modules() as called:
             graph = trace_graph(self._fn, args, kwargs, nums, "functx.jit", mutations=True,
                                 static_argnames=self.static_argnames, dynamic_scalars=True,
                                 arg_names=lambda k: self._leaf_name(paths[k]), shapes=shapes)
-        layouts.autograd = autograd.read
+        layouts.autograd, layouts.called = autograd.read, list(called.values())
         return graph, layouts, generators
 
     def lower(self, *args, **kwargs):

@@ -181,6 +181,9 @@ class SignatureCache:
                 changes.append(("modules", "train/eval mode changed (module.train() / .eval())"))
             if a != b and isinstance(a, tuple) and a[:1] == ("torch state",):
                 changes.append(("torch", _describe_state(a, b)))
+            if a != b and isinstance(a, tuple) and a[:1] == ("dict key order",):
+                changes.append(("arguments", f"the key order of a dict argument {a[1]} -> {b[1]} (f sees "
+                                             "a dict's insertion order)"))
         return Retrace(changes or [("arguments", "unknown")], dims)
 
     def add(self, key, entry, reason_key=None, reason=None):
@@ -264,6 +267,39 @@ def _describe_state(a, b):
     if a[1] != b[1]:
         return f"default dtype {a[1]} -> {b[1]} (torch.set_default_dtype)"
     return f"autocast {a[2] or 'off'} -> {b[2] or 'off'}"
+
+
+_HOLDS_DICT: dict = {}
+
+
+def dict_orders(treedef, tree):
+    """The key order of each dict among f's arguments, or None when they hold none: optree
+    flattens a dict in sorted key order, and {'b': .., 'a': ..} and {'a': .., 'b': ..} have
+    equal treedefs, but f sees the insertion order (`torch.cat(list(d.values()))`), so a
+    graph traced with one order must not serve a call with the other."""
+    holds = _HOLDS_DICT.get(treedef)
+    if holds is None:
+        if len(_HOLDS_DICT) > 4096:
+            _HOLDS_DICT.clear()
+        holds = _HOLDS_DICT[treedef] = repr(treedef).count("{") > 1   # (the kwargs dict is one)
+    if not holds:
+        return None
+    out = []
+    _dict_orders(tree, out, 0)
+    return tuple(out)
+
+
+def _dict_orders(v, out, depth):
+    if depth > 32:
+        return
+    if isinstance(v, dict):
+        if len(v) > 1 and not isinstance(v, collections.OrderedDict):   # (an OrderedDict's order is in its treedef)
+            out.append(tuple(v))
+        for e in v.values():
+            _dict_orders(e, out, depth + 1)
+    elif isinstance(v, (tuple, list)):
+        for e in v:
+            _dict_orders(e, out, depth + 1)
 
 
 def make_key(treedef, leaves, static):

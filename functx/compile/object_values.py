@@ -16,6 +16,7 @@ ClosureGuard's); short dicts and lists of those by contents.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 import sysconfig
@@ -177,8 +178,10 @@ def reads(starts, names, is_plain, is_container, contents):
                 kind = "same"
                 if depth + 1 < _DEPTH:
                     queue.append((v, f"{path}.{name}", depth + 1))
+            elif callable(v) and not isinstance(v, (type, torch.nn.Module)):
+                kind = "same"                      # a function it holds (`cfg.act = F.relu`): identity
             else:
-                continue                           # methods, functions, other objects: not values
+                continue                           # other objects: not values
             out.setdefault(key, {})[name] = (d, v, what, kind)
             for k, s in shadowing:                 # a class attribute: the instance must not shadow it
                 out.setdefault(k, {})[name] = (s, None, what, "absent")
@@ -292,3 +295,35 @@ def check_terms(snap: ObjectSnapshot, terms, values):
         terms.append(f"_ct({name(d)}.get({n!r}, _M)) == {name(old)}")
     for d, n, _ in snap.absent:
         terms.append(f"{n!r} not in {name(d)}")
+
+
+def module_of(v):
+    """The module v is, or whose bound method (`fwd = model.forward`) or partial it is."""
+    v = v.func if isinstance(v, functools.partial) else v
+    v = v if isinstance(v, torch.nn.Module) else getattr(v, "__self__", None)
+    return v if isinstance(v, torch.nn.Module) else None
+
+
+def modules_in(v):
+    """The modules a short list, tuple or dict holds (`layers = [nn.Linear(..), ...]`), [] if none."""
+    kind = type(v)
+    if kind is dict:
+        v = v.values()
+    elif kind is not list and kind is not tuple:
+        return []
+    return [m for m in v if isinstance(m, torch.nn.Module)] if len(v) <= 64 else []
+
+
+@contextlib.contextmanager
+def called_modules():
+    """{id: module} of the modules whose forward runs in the block (a trace)."""
+    seen = {}
+
+    def record(module, _args):
+        seen[id(module)] = module
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        yield seen
+    finally:
+        handle.remove()

@@ -68,18 +68,20 @@ def drawing_from(draw, generator, name):
 # (not an ATen op), so functx wraps it, as it wraps autograd.Function.apply: while a graph is
 # staged it marks the trace, and a draw from the global generator after it raises
 # (prims/random.py); a seed nothing draws after (OpInfo's wrapper_set_seed around a
-# deterministic op) changes nothing.
-_torch_manual_seed = torch.manual_seed
+# deterministic op) changes nothing. torch.set_rng_state (a state saved with get_rng_state and
+# restored to draw the same numbers again; fork_rng's exit) the same: the draws after it would
+# replay the trace-time state once, not the state of each call.
+def _marking_the_trace(torch_fn):
+    def wrapper(*args, **kwargs):
+        trace = staging_trace()
+        if trace is not None:
+            trace.seeded_at = trace.seeded_at or user_frame_summary()
+        return torch_fn(*args, **kwargs)
+
+    wrapper.__doc__, wrapper.__name__, wrapper.__wrapped__ = torch_fn.__doc__, torch_fn.__name__, torch_fn
+    return wrapper
 
 
-def _manual_seed(seed):
-    trace = staging_trace()
-    if trace is not None:
-        trace.seeded_at = trace.seeded_at or user_frame_summary()
-    return _torch_manual_seed(seed)
-
-
-_manual_seed.__doc__ = _torch_manual_seed.__doc__
-_manual_seed.__wrapped__ = _torch_manual_seed
-torch.manual_seed = _manual_seed
-torch.random.manual_seed = _manual_seed
+_manual_seed = _marking_the_trace(torch.manual_seed)
+torch.manual_seed = torch.random.manual_seed = _manual_seed
+torch.set_rng_state = torch.random.set_rng_state = _marking_the_trace(torch.set_rng_state)

@@ -78,12 +78,32 @@ def check_kernel_accepts(func, args, kwargs):
     verdict = found[1]
     if verdict is not None and not _runs_on_empty(func, args, kwargs):
         kind, message = verdict
-        message = f"{message}\n(eager PyTorch rejects {func} for these dtypes)\n{user_frame_summary()}"
+        real = _message_at_real_shapes(func, args, kwargs) if "shape" in message else None
+        message = (f"{real}\n(eager PyTorch rejects {func} for these shapes)" if real else
+                   f"{message}\n(eager PyTorch rejects {func} for these dtypes)") + f"\n{user_frame_summary()}"
         try:
             error = kind(message)
         except Exception:          # an exception type with another constructor
             error = RuntimeError(message)
         raise error
+
+
+def _message_at_real_shapes(func, args, kwargs):
+    """torch's message for the operands' own shapes (meta tensors), where the probe's size-1
+    tensors raised a shape error (an in-place op whose output would broadcast to more
+    dims): `output with shape [3] doesn't match the broadcast shape [2, 3]`, not the probe's
+    [1] and [1, 1] under a claim about dtypes."""
+    def meta(x):
+        if isinstance(x, torch.Tensor):
+            return torch.empty(tuple(int(n) for n in x.shape), dtype=x.dtype, device="meta")
+        return x
+    try:
+        with torch.no_grad():
+            func(*tree_map(meta, args), **tree_map(meta, kwargs))
+    except Exception as e:     # noqa: BLE001  the message is all that is wanted
+        first = str(e).splitlines()[0] if str(e) else ""
+        return first if "shape" in first else None
+    return None
 
 
 def _runs_on_empty(func, args, kwargs) -> bool:

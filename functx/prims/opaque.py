@@ -196,13 +196,15 @@ def _opaque_batch(axis, args, dims, *, fn, out_types, linear_argnums):
 def _vmapped(fn, in_dims, randomness, xs):
     """torch.func.vmap of fn; where torch's batching of it fails (a backward formula that
     reads a value with .item(): scatter_reduce's "prod", so vmap(grad) of it raised from deep
-    inside torch), a loop over the examples, stacked. Not for randomness='same', which a loop
+    inside torch; an op torch has no batching rule for, torch._foreach_mul in an optimizer
+    step vmapped over an ensemble), a loop over the examples, stacked. Not for randomness='same', which a loop
     cannot honour, nor for vmap's own randomness errors."""
     try:
         return tuple(torch.func.vmap(fn, in_dims=in_dims, out_dims=0, randomness=randomness)(*xs))
     except RuntimeError as e:
         size = next(x.shape[d] for x, d in zip(xs, in_dims) if d is not None)
-        if not str(e).startswith("vmap:") or "random" in str(e) or randomness == "same" or size == 0:
+        if not str(e).startswith(("vmap:", "Batching rule not implemented")) or "random" in str(e) or \
+                randomness == "same" or size == 0:
             raise
     rows = [fn(*(x if d is None else x.select(d, b) for x, d in zip(xs, in_dims))) for b in range(size)]
     return tuple(torch.stack(outs) for outs in zip(*rows))

@@ -79,10 +79,11 @@ def random(shape, dtype, device, dist="normal", args=()):
     seeded = seeded_while_staging()
     if seeded is not None:
         raise FunctxError(
-            f"functx.jit: a random draw after torch.manual_seed inside the jitted function, which "
-            f"seeded here:\n{seeded}\njit runs the function once, at trace time, so the seed would be "
-            "set once, not on every call as eager PyTorch does, and later calls would draw different "
-            "numbers. Seed outside the jitted function, or pass a generator as an argument: "
+            f"functx.jit: a random draw after torch.manual_seed (or torch.set_rng_state) inside the "
+            f"jitted function, which seeded here:\n{seeded}\njit runs the function once, at trace time, "
+            "so the seed would be set once, not on every call as eager PyTorch does, and later calls "
+            "would draw different numbers. Seed outside the jitted function, or pass a generator as "
+            "an argument: "
             "functx.jit(f)(x, torch.Generator().manual_seed(seed)).")
     return bind(random_p, (), {"shape": tuple(shape), "dtype": dtype, "device": torch.device(device),
                                "dist": dist, "args": tuple(args)})

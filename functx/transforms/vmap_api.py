@@ -211,6 +211,6 @@ def _rng_state():
 
 def _set_rng_state(state):
     cpu, cuda = state
-    torch.set_rng_state(cpu)
+    torch.default_generator.set_state(cpu)      # (not torch.set_rng_state: jit marks a user's call)
     if cuda is not None:
         torch.cuda.set_rng_state_all(cuda)
