@@ -132,18 +132,19 @@ def test_gelu_mlp_gradient_and_layer_norm_stay_right():
 
 
 def test_products_of_nd_rows_run_as_one_mm_into_their_buffer(monkeypatch):
-    """A product of an N-D lhs (contracted over its last dim) with a 2-D weight runs as
-    torch.mm of its rows, written into a 2-D view of its pooled buffer, or of a fresh
-    (huge-page) output bound first; batched products keep torch.matmul."""
+    """A product of an N-D lhs (contracted over its last dim) with a 2-D weight runs as one
+    2-D product of its rows (kernels/cpu_gemm.mm_into: torch.mm, or oneDNN where that is
+    faster), written into a 2-D view of its pooled buffer, or of a fresh (huge-page) output
+    bound first; batched products keep torch.matmul."""
     from functx.compile.cpu import huge_pages
     x, w, b = torch.randn(64, 16), torch.randn(16, 32), torch.randn(64, 32, 5)
     per_point = functx.vmap(lambda x, w: torch.tanh(torch.tanh(x)[None, :] @ w) * 2.0, in_axes=(0, None))
     c = check(per_point, x, w, atol=1e-5, rtol=1e-5)       # a (64, 1, 16) lhs
-    assert "torch.mm(" in c.fused.source and "_rows)" in c.fused.source, c.fused.source
+    assert "_mm_into(" in c.fused.source and "_rows)" in c.fused.source, c.fused.source
     monkeypatch.setattr(huge_pages, "MIN_BYTES", 256)
     c = check(functx.vmap(lambda x, w: torch.tanh(x)[None, :] @ w, in_axes=(0, None)), x, w, atol=1e-5, rtol=1e-5)
     if huge_pages._madvise() is not None:
-        assert re.search(r"(t\d+) = _fresh\(.*\n\s*torch\.mm\(.*out=\1\.view", c.fused.source), c.fused.source
+        assert re.search(r"(t\d+) = _fresh\(.*\n\s*_mm_into\(.*, \1\.view", c.fused.source), c.fused.source
     batched = functx.vmap(lambda x, b: torch.tanh(torch.tanh(x)[None, :] @ b) * 2.0)   # a batch dim
     c = check(batched, torch.randn(64, 32), b, atol=1e-5, rtol=1e-5)
-    assert "torch.mm(" not in c.fused.source, c.fused.source
+    assert "_mm_into(" not in c.fused.source, c.fused.source

@@ -21,6 +21,7 @@ from ..compiled import Compiled
 from ..loops import loop_report
 from ..nan_checks import CompiledNaNChecks
 from ..symbolic import SYMBOL_FUNCTIONS, check_printable, graph_symbols, symbol_bindings
+from ...kernels.cpu_gemm import mm_into
 from ...prims.linalg import matmul_layout, matmul_sources
 from .buffer_pool import SlotPool, assign_slots
 from .inplace import inplace_outputs
@@ -39,6 +40,8 @@ def _matmul_into(e, srcs, out_buffer) -> str:
     shape): where the result is reshaped after (factor_dots' products), the matmul writes into
     a view of the buffer in its own shape, so a large product reuses its buffer too."""
     lhs, rhs, out_shape = matmul_sources(e, srcs)
+    if out_shape is None and e.inputs[0].type.ndim == 2 and e.inputs[1].type.ndim == 2:
+        return f"_mm_into({lhs}, {rhs}, {out_buffer})"      # oneDNN where it is faster (kernels/cpu_gemm.py)
     if out_shape is None:
         return f"torch.matmul({lhs}, {rhs}, out={out_buffer})"
     # matmul_layout reshapes to (batch, lhs free, rhs free) flattened: the result before the
@@ -47,6 +50,8 @@ def _matmul_into(e, srcs, out_buffer) -> str:
     nb, nm = len(lb), e.inputs[0].type.ndim - len(lc) - len(lb)
     shape = tuple(e.outputs[0].type.shape)
     flat = (*shape[:nb], math.prod(shape[nb:nb + nm]), math.prod(shape[nb + nm:]))
+    if not nb:      # two matrices (matmul_layout's reshapes): oneDNN where it is faster
+        return f"_mm_into({lhs}, {rhs}, {out_buffer}.view({flat!r})).view({out_shape!r})"
     return f"torch.matmul({lhs}, {rhs}, out={out_buffer}.view({flat!r})).view({out_shape!r})"
 
 
@@ -64,7 +69,7 @@ def _rows_layout(e):
 
 
 def _rows_matmul_into(e, lhs_rows, rhs_src, out_buffer, out, glob) -> list:
-    """Lines computing e (see _rows_layout) as torch.mm(lhs rows, rhs, out=a 2-D view of
+    """Lines computing e (see _rows_layout) as _mm_into(lhs rows, rhs, a 2-D view of
     out_buffer) and binding its output `out`: torch.matmul folds an N-D lhs the same way, for
     ~5 us more per call. lhs_rows: the source of the lhs as (m, k) rows. A pooled buffer's
     2-D view is made once (a global); another buffer (an expression) is bound first."""
@@ -73,8 +78,8 @@ def _rows_matmul_into(e, lhs_rows, rhs_src, out_buffer, out, glob) -> list:
     if out_buffer in glob:
         flat = f"{out_buffer}_rows"
         glob.setdefault(flat, glob[out_buffer].view(m, n))
-        return [f"torch.mm({lhs_rows}, {rhs}, out={flat})", f"{out} = {out_buffer}"]
-    return [f"{out} = {out_buffer}", f"torch.mm({lhs_rows}, {rhs}, out={out}.view(({m}, {n})))"]
+        return [f"_mm_into({lhs_rows}, {rhs}, {flat})", f"{out} = {out_buffer}"]
+    return [f"{out} = {out_buffer}", f"_mm_into({lhs_rows}, {rhs}, {out}.view(({m}, {n})))"]
 
 
 def _guarded(pooled, fresh, pool):
@@ -278,7 +283,8 @@ class FusedCompiled(Compiled):
         pooled buffer it is written into (empty: every buffer is allocated per call)."""
         g, names, sched = self.graph, self.names, self.schedule
         if glob is None:
-            glob = {"torch": torch, "math": math, **self._launchers, **getattr(self, "_pool_views", {})}
+            glob = {"torch": torch, "math": math, "_mm_into": mm_into, **self._launchers,
+                    **getattr(self, "_pool_views", {})}
         args = [names[v] for v in list(g.invars) + list(g.constvars)]
         lines = [f"def {name}({', '.join(args)}):"]
         if self.symbolic:
