@@ -678,6 +678,10 @@ def test_a_transposed_batch_first_input_folds_into_one_matrix_product_under_grad
     dots = [e for u in _entries(name) if u is not function_units.UNCACHEABLE for e in u.graph_eqns
             if e.prim.name == "dot_general"]
     assert dots and not any(e.params["dimension_numbers"][1][0] for e in dots)     # no batch dims
+    # a 1-D weight (F.linear's vector form) is no matrix: torch's own path, as torch.func
+    v = torch.randn(6, dtype=torch.float64, generator=g)
+    h = lambda v: F.linear(x.transpose(0, 1), v).sin().sum()      # noqa: E731
+    torch.testing.assert_close(functx.grad(h)(v), torch.func.grad(h)(v))
     # where torch raises, functx raises (the fold takes only what torch accepts)
     with pytest.raises(RuntimeError):
         functx.grad(lambda W: F.linear(x.transpose(0, 1), W.float()).sum())(W)

@@ -384,28 +384,34 @@ def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"
 # transposed (L, N, E) query took the bmm path, and its weight gradient became a batch of
 # products summed over the batch. These fold as torch does under autograd.
 
-def _folds_for_autograd(x, y) -> bool:
-    """x @ y where torch folds for autograd's sake only (a reverse level runs, x is 3-D or more
-    and y a matrix, x's leading dims are not one dim in memory, same float dtype)."""
-    if not (torch.is_grad_enabled() and reverse_mode_active()) or x.dim() < 3 or y.dim() != 2:
+def _folds_for_autograd(x, k, dtype) -> bool:
+    """x @ (a (k, n) matrix of dtype) where torch folds for autograd's sake only (a reverse
+    level runs, x is 3-D or more, x's leading dims are not one dim in memory, one float dtype)."""
+    if not (torch.is_grad_enabled() and reverse_mode_active()) or x.dim() < 3:
         return False
-    if x.dtype != y.dtype or not x.dtype.is_floating_point or x.shape[-1] != y.shape[0] or x.numel() == 0:
+    if x.dtype != dtype or not x.dtype.is_floating_point or x.shape[-1] != k or x.numel() == 0:
         return False
     shape, strides = x.shape, x.stride()
     return any(strides[i] != strides[i + 1] * shape[i + 1] for i in range(x.dim() - 2))
 
 
+def _folded(x, m):
+    """x @ m as one (M, k) @ (k, n) product of x's rows."""
+    return torch.mm(x.reshape(-1, x.shape[-1]), m).view(*x.shape[:-1], m.shape[1])
+
+
 def matmul(x, y, *rest, **kwargs):
     if rest or kwargs or not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) \
-            or not _folds_for_autograd(x, y):
+            or y.dim() != 2 or not _folds_for_autograd(x, y.shape[0], y.dtype):
         return NotImplemented
-    return torch.mm(x.reshape(-1, x.shape[-1]), y).view(*x.shape[:-1], y.shape[1])
+    return _folded(x, y)
 
 
 def linear(input, weight, bias=None):
-    if not _folds_for_autograd(input, weight.mT) or (bias is not None and bias.dtype != input.dtype):
+    if weight.dim() != 2 or not _folds_for_autograd(input, weight.shape[1], weight.dtype) \
+            or (bias is not None and bias.dtype != input.dtype):
         return NotImplemented
-    out = matmul(input, weight.t())
+    out = _folded(input, weight.t())
     return out if bias is None else out + bias
 
 
