@@ -417,10 +417,7 @@ def _trace_unit(func, types, args, kwargs, leaves):
     if direct is None and type(func) is _PY_FUNCTION:
         # F.multi_head_attention_forward: its body as user code (the calls inside reach
         # __torch_function__, so composites such as the folding F.linear apply)
-        direct = _BODIES.get(func)
-        if direct is None:
-            direct = _BODIES[func] = _body_of(func)
-        direct = direct or None
+        direct = python_body(func)
     prev, trace_state.trace = trace_state.trace, g
     try:
         with record_user_layout_reads() as layouts:
@@ -610,12 +607,17 @@ _CHECKS = {name: (lambda *args: False) for name in
 def run_python_body(func, args, kwargs):
     if not trace_state.trace.lowered_ops or _NANS.on:
         return NotImplemented
+    body = python_body(func)
+    return NotImplemented if body is None else body(*args, **kwargs)
+
+
+def python_body(func):
+    """func's body with its torch-function checks answering False, cached; None where it has
+    none (not a torch.nn.functional function that checks)."""
     body = _BODIES.get(func)
     if body is None:
         body = _BODIES[func] = _body_of(func)
-    if body is False:
-        return NotImplemented
-    return body(*args, **kwargs)
+    return body or None
 
 
 def _body_of(func):

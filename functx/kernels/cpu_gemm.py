@@ -11,8 +11,8 @@ the machine: `onednn_faster()` times one 256 x 256 x 256 product both ways.
 faster and the product is one it wins: float32 on the CPU, 2-D, at least 64 rows and a
 million multiply-adds (its fixed cost is ~9 us: 1.8 us against 11 us for 8 x 64 x 64), `a`
 row-major, or column-major (a weight gradient's x.mT: 1.3-2x up to 4096 rows, ~3x slower
-at 16384). The result is copied into
-`out` (the jit backends write products into pooled buffers; oneDNN's op has no out=).
+at 16384). The result is copied into `out` (the jit backends write products into pooled
+buffers; oneDNN's op has no out=).
 oneDNN sums in another order than MKL: results differ in the last bits, as any other BLAS.
 FUNCTX_ONEDNN_GEMM=0 / 1 forces the choice.
 """

@@ -22,7 +22,7 @@ from ..core import EXTERN, Primitive, Zero, bind
 from ..core.trace import type_of
 from . import shape as sh
 from .define import defbilinear, is_undefined
-from .fused import fused_here
+from .fused import fused_or_decomposed
 from .shape import moveaxis
 
 
@@ -192,11 +192,9 @@ conv_p = defbilinear(Primitive(
 def weight_grad(ct, x, shape, stride, padding, dilation, transposed, output_padding, groups):
     """d/dw of conv(x, w) (w of `shape`) against cotangent ct: conv_weight_grad where the
     current trace binds fused primitives (prims/fused.py), else as a conv (_plain_weight_grad)."""
-    params = dict(shape=tuple(shape), stride=stride, padding=padding, dilation=dilation, transposed=transposed,
-                  output_padding=output_padding, groups=groups)
-    if type_of(x).dtype in (torch.float32, torch.float64) and fused_here():
-        return bind(conv_weight_grad_p, (ct, x), params)
-    return _weight_grad_decomposed(ct, x, **params)
+    return fused_or_decomposed(conv_weight_grad_p, _weight_grad_decomposed, ct, x, shape=tuple(shape), stride=stride,
+                               padding=padding, dilation=dilation, transposed=transposed,
+                               output_padding=output_padding, groups=groups)
 
 
 def _weight_grad_decomposed(ct, x, *, shape, stride, padding, dilation, transposed, output_padding, groups):

@@ -62,12 +62,12 @@ def _shifted(x, axis):
     return ew.sub(x, sh.broadcast_in_dim(m, shape, kept))
 
 
-def _fused_or_decomposed(prim, decomposed, x, axis):
-    """prim itself where the current trace binds fused primitives (float32/64), else what it
-    stands for."""
-    if type_of(x).dtype in _FUSED_DTYPES and fused_here():
-        return bind(prim, (x,), {"axis": axis})
-    return decomposed(x, axis)
+def fused_or_decomposed(prim, decomposed, *operands, **params):
+    """prim itself where the current trace binds fused primitives (float32/64 operands), else
+    what it stands for: decomposed(*operands, **params)."""
+    if type_of(operands[0]).dtype in _FUSED_DTYPES and fused_here():
+        return bind(prim, operands, params)
+    return decomposed(*operands, **params)
 
 
 def log_softmax_decomposed(x, axis):
@@ -80,7 +80,7 @@ def log_softmax_decomposed(x, axis):
 
 def log_softmax(x, axis):
     """log_softmax of a float tensor along axis (non-empty, ndim >= 1)."""
-    return _fused_or_decomposed(log_softmax_p, log_softmax_decomposed, x, axis)
+    return fused_or_decomposed(log_softmax_p, log_softmax_decomposed, x, axis=axis)
 
 
 def _log_softmax_jvp(primals, tangents, *, axis):
@@ -128,7 +128,7 @@ def softmax(x, axis):
     """softmax of a float tensor along axis (non-empty, ndim >= 1): torch's kernel under eager
     transforms (one call for five, and the bits eager torch computes: the decomposition's
     division rounds 1 ulp from the kernel's on some rows)."""
-    return _fused_or_decomposed(softmax_p, softmax_decomposed, x, axis)
+    return fused_or_decomposed(softmax_p, softmax_decomposed, x, axis=axis)
 
 
 def _softmax_jvp(primals, tangents, *, axis):
@@ -401,9 +401,7 @@ def relu_decomposed(x):
 
 
 def relu(x):
-    if type_of(x).dtype in _FUSED_DTYPES and fused_here():
-        return bind(relu_p, (x,), {})
-    return relu_decomposed(x)
+    return fused_or_decomposed(relu_p, relu_decomposed, x)
 
 
 def _relu_jvp(primals, tangents):
@@ -490,9 +488,7 @@ tanh_gelu_backward_p, _tanh_gelu_backward = _activation_backward(
 
 
 def gelu(x, approximate="none"):
-    if type_of(x).dtype in _FUSED_DTYPES and fused_here():
-        return bind(gelu_p, (x,), {"approximate": approximate})
-    return gelu_decomposed(x, approximate)
+    return fused_or_decomposed(gelu_p, gelu_decomposed, x, approximate=approximate)
 
 
 def _gelu_jvp(primals, tangents, *, approximate):

@@ -19,11 +19,11 @@ import math
 import torch
 from torch._meta_registrations import pooling_output_shape
 
-from ..core import EXTERN, Primitive, Zero, bind
+from ..core import EXTERN, Primitive, Zero
 from ..core.trace import type_of
 from . import elementwise as ew
 from . import shape as sh
-from .fused import fused_here
+from .fused import fused_or_decomposed
 from .indexing import take_along_axis
 from .reduce import argmax
 
@@ -113,8 +113,5 @@ max_pool_p = Primitive(
 def max_pool(x, kernel, stride, padding, dilation, ceil_mode):
     """(values, indices) of torch's max pooling of a float (N, C, *spatial) x (2 or 3 spatial
     dims): the primitive where the trace binds fused primitives, else its decomposition."""
-    params = dict(kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
-                  ceil_mode=bool(ceil_mode))
-    if fused_here():
-        return bind(max_pool_p, (x,), params)
-    return _pool_decomposed(x, **params)
+    return fused_or_decomposed(max_pool_p, _pool_decomposed, x, kernel=tuple(kernel), stride=tuple(stride),
+                               padding=tuple(padding), dilation=tuple(dilation), ceil_mode=bool(ceil_mode))

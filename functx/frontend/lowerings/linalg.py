@@ -251,8 +251,8 @@ def _linalg_det(A):
     # with this one). Each branch sees a harmless input where the other one is selected (the
     # double where), and the value is det's own (torch's) in both. When the values are known
     # (eager transforms) and no matrix is singular, the plain LU path is all there is; under
-    # jit both branches are computed (n // 2 + 1 pairs of shifted matrices more; up to 4 x 4
-    # the cofactor expansion of det(A / r) instead: elementwise products).
+    # jit both branches are computed up to 4 x 4 (the cofactor expansion of det(A / r):
+    # elementwise products), and past it only the LU path (below).
     _square(A, "det")
     det, LU, pivots = _lu_det(A)
     if A.numel() == 0:

@@ -41,7 +41,7 @@ def _relu(x):
 @register(aten.gelu.default)
 def _gelu(x, approximate="none"):
     if approximate not in ("none", "tanh"):
-        raise RuntimeError(f"approximate argument must be either none or tanh.")
+        raise RuntimeError("approximate argument must be either none or tanh.")
     dtype = _t(x).dtype
     if not dtype.is_floating_point:
         raise NotImplementedError(f"\"GeluKernelImpl\" not implemented for '{str(dtype)[6:].title()}'")
