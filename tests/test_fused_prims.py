@@ -331,6 +331,35 @@ def test_max_pool_decomposition_matches_torch_s_values_indices_and_derivative(sh
     torch.testing.assert_close(functx.jit(functx.grad(f))(x), torch.func.grad(lambda x: pool(x, **kw).pow(2).sum())(x))
 
 
+def _aten_ops(f, *args):
+    """The names of the ATen ops f(*args) runs (the profiler's: functx's own dispatch mode
+    runs kernels below a user's mode)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        f(*args)
+    return {e.key.removeprefix("aten::") for e in prof.key_averages()}
+
+
+def test_eager_grad_runs_torch_s_backward_kernels_for_batch_norm_and_softmaxes():
+    """A classifier's eager grad runs the kernels torch's autograd runs: native_batch_norm and
+    its backward (no transposed copies), _log_softmax_backward_data for cross_entropy and
+    _softmax_backward_data for an attention's softmax (one kernel each where the tangents'
+    primitives transposed were four); the gradients are torch.func's."""
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(3, track_running_stats=False)
+    x, y = torch.randn(4, 3, 5, 5), torch.randint(0, 3, (4,))
+
+    def loss(p, x):
+        h = torch.func.functional_call(bn, p, (x,)).mean((2, 3))                # (4, 3)
+        attn = torch.softmax(h[:, :, None] * h[:, None, :], -1) @ h[:, :, None]  # (4, 3, 1)
+        return F.cross_entropy(h + attn[..., 0], y)
+    P = dict(bn.named_parameters())
+    function_units.CACHE.clear()
+    ops = _aten_ops(functx.grad(loss, argnums=(0, 1)), P, x)
+    assert {"native_batch_norm", "native_batch_norm_backward", "_log_softmax_backward_data",
+            "_softmax_backward_data"} <= ops, sorted(ops)
+    _close(functx.grad(loss, argnums=(0, 1))(P, x), torch.func.grad(loss, argnums=(0, 1))(P, x))
+
+
 @pytest.mark.parametrize("track", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_training_batch_norm_runs_channel_rows_through_torch_s_norm_kernels(track, dtype):

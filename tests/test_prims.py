@@ -927,6 +927,43 @@ def _nll_backward_ref(ct, target, shape, reduction, ignore_index):
 
 add(Entry("log_softmax", _log_softmax_gen, lambda x, axis: torch.log_softmax(x, axis), dtypes=(F32, F64)))
 add(Entry("softmax", _log_softmax_gen, lambda x, axis: torch.softmax(x, axis), dtypes=(F32, F64)))
+
+
+def _rowwise_linear_gen(out):
+    """(t, y) with y = softmax or log_softmax of a random x along a random axis."""
+    def gen(draw, dtype, smooth):
+        shape = shapes(draw, 1, 3)
+        axis = draw(st.integers(0, len(shape) - 1))
+        return Case({"axis": axis}, lambda g, dt: [rand(g, shape, dt), out(rand(g, shape, dt), axis)])
+    return gen
+
+
+def _log_softmax_tangent_ref(t, y, axis):
+    """J t for J = I - 1 s^T along axis, s = exp(y), in float64 (independent of the kernels)."""
+    td, s = t.double(), y.double().exp()
+    return (td - (td * s).sum(axis, keepdim=True)).to(t.dtype)
+
+
+def _log_softmax_cotangent_ref(c, y, axis):
+    """J^T c = c - s sum(c)."""
+    cd, s = c.double(), y.double().exp()
+    return (cd - s * cd.sum(axis, keepdim=True)).to(c.dtype)
+
+
+def _softmax_tangent_ref(t, y, axis):
+    """J t for J = diag(y) - y y^T."""
+    td, yd = t.double(), y.double()
+    return (yd * (td - (td * yd).sum(axis, keepdim=True))).to(t.dtype)
+
+
+# The tangents and cotangents of log_softmax and softmax: linear in t (transposes of each other;
+# softmax's is its own), their derivatives in y checked as any primitive's.
+add(Entry("log_softmax_tangent", _rowwise_linear_gen(torch.log_softmax), _log_softmax_tangent_ref,
+          dtypes=(F32, F64), linear=((0,),)))
+add(Entry("log_softmax_cotangent", _rowwise_linear_gen(torch.log_softmax), _log_softmax_cotangent_ref,
+          dtypes=(F32, F64), linear=((0,),)))
+add(Entry("softmax_tangent", _rowwise_linear_gen(torch.softmax), _softmax_tangent_ref,
+          dtypes=(F32, F64), linear=((0,),)))
 add(Entry("nll_loss", _nll_gen, lambda x, t, reduction, ignore_index: torch.ops.aten.nll_loss_forward(
     x, t, None, reduction, ignore_index)[0], dtypes=(F32, F64), linear=((0,),)))
 add(Entry("nll_loss_backward", lambda draw, dtype, smooth: _nll_gen(draw, dtype, smooth, backward=True),
@@ -960,34 +997,55 @@ add(Entry("relu", lambda draw, dtype, smooth: (lambda shape: Case({}, lambda g, 
           torch.relu, dtypes=(F32, F64)))
 
 
+def _norm_shape(draw, channels):
+    """(N, M) rows, or (N, C, *spatial) channels (0-2 spatial dims)."""
+    if not channels:
+        return (draw(st.integers(1, 4)), draw(st.integers(2, 5)))
+    return (draw(st.integers(1, 3)), draw(st.integers(1, 3))) + tuple(
+        draw(st.lists(st.integers(1, 3), max_size=2)))
+
+
+def _stats_over(x, channels):
+    """(the dims each statistic reduces, the statistic's broadcast shape)."""
+    d = 1 if channels else 0
+    return tuple(i for i in range(x.dim()) if i != d), [x.shape[d] if i == d else 1 for i in range(x.dim())]
+
+
 def _rows_gen(draw, dtype, smooth):
-    n, m = draw(st.integers(1, 4)), draw(st.integers(2, 5))
+    channels = draw(st.booleans())
+    shape = _norm_shape(draw, channels)
+    if channels and math.prod(shape) // shape[1] < 2:
+        shape = (2,) + shape[1:]                      # more than one value per channel
     eps = draw(st.sampled_from([1e-5, 0.1]))
-    return Case({"eps": eps}, lambda g, dt: [rand(g, (n, m), dt)])
+    return Case({"eps": eps, "channels": channels}, lambda g, dt: [rand(g, shape, dt)])
 
 
-def _rows_ref(x, eps):
+def _rows_ref(x, eps, channels=False):
     """Independent of prims/fused_norm.py: the definition, in float64."""
+    dims, view = _stats_over(x, channels)
     xd = x.double()
-    mean = xd.mean(1)
-    rstd = 1 / torch.sqrt(((xd - mean[:, None]) ** 2).mean(1) + eps)
-    return tuple(v.to(x.dtype) for v in ((xd - mean[:, None]) * rstd[:, None], mean, rstd))
+    mean = xd.mean(dims)
+    rstd = 1 / torch.sqrt(((xd - mean.view(view)) ** 2).mean(dims) + eps)
+    return tuple(v.to(x.dtype) for v in ((xd - mean.view(view)) * rstd.view(view), mean, rstd))
 
 
 def _tangent_gen(draw, dtype, smooth):
-    n, m = draw(st.integers(1, 4)), draw(st.integers(2, 5))
+    channels = draw(st.booleans())
+    shape = _norm_shape(draw, channels)
 
     def make(g, dt):
-        x = rand(g, (n, m), dt)
-        _, mean, rstd = _rows_ref(x, 0.1)
-        return [rand(g, (n, m), dt), x, mean, rstd]
-    return Case({}, make)
+        x = rand(g, shape, dt)
+        _, mean, rstd = _rows_ref(x, 0.1, channels)
+        return [rand(g, shape, dt), x, mean, rstd]
+    return Case({"channels": channels}, make)
 
 
-def _tangent_ref(t, x, mean, rstd):
+def _tangent_ref(t, x, mean, rstd, channels=False):
     """J t for J = d xhat / dx, written out (independent of the kernel)."""
-    td, xhat, r = t.double(), ((x - mean[:, None]) * rstd[:, None]).double(), rstd.double()[:, None]
-    return (r * (td - td.mean(1, keepdim=True) - xhat * (td * xhat).mean(1, keepdim=True))).to(t.dtype)
+    dims, view = _stats_over(x, channels)
+    td, r = t.double(), rstd.double().view(view)
+    xhat = (x.double() - mean.double().view(view)) * r
+    return (r * (td - td.mean(dims, keepdim=True) - xhat * (td * xhat).mean(dims, keepdim=True))).to(t.dtype)
 
 
 # The fused row normalization (layer_norm, group_norm on eager levels): the derivative checks

@@ -5,8 +5,9 @@ sigmoid_backward / threshold_backward / gelu_backward kernels).
 Without jit every primitive is one torch kernel call, and a decomposed log_softmax + nll_loss
 is ~22 of them where torch runs two (each ~2-5 us on small tensors: most of an eager
 cross_entropy's cost under grad). These primitives run torch's fused kernels, with rules of
-their own: log_softmax's tangent is in primitives (t - sum(t * softmax)); nll_loss is linear
-in its input (its tangent is itself), transposed as its decomposition transposes.
+their own: log_softmax's and softmax's tangents are linear primitives whose transposes run
+torch's backward kernels (_log_softmax_backward_data, _softmax_backward_data); nll_loss is
+linear in its input (its tangent is itself), transposed by nll_loss_backward.
 
 Only eager levels see them. `log_softmax` / `nll_loss` bind the primitive where the current
 trace runs ATen ops as cached lowerings (an eager grad/jvp/vmap level, `Trace.lowered_ops`) or
@@ -88,10 +89,7 @@ def _log_softmax_jvp(primals, tangents, *, axis):
     y = log_softmax_p.bind(x, axis=axis)
     if isinstance(t, Zero):
         return y, Zero(type_of(y))
-    shape, kept = _rows(y, axis)
-    # d log_softmax = t - sum(t * softmax) along axis
-    s = reduce_sum(ew.mul(t, ew.exp(y)), (axis,))
-    return y, ew.sub(t, sh.broadcast_in_dim(s, shape, kept))
+    return y, log_softmax_tangent_p.bind(t, y, axis=axis)
 
 
 def _rowwise_batch(prim):
@@ -136,10 +134,7 @@ def _softmax_jvp(primals, tangents, *, axis):
     y = softmax_p.bind(x, axis=axis)
     if isinstance(t, Zero):
         return y, Zero(type_of(y))
-    shape, kept = _rows(y, axis)
-    # d softmax = y * (t - sum(t * y)) along axis
-    s = reduce_sum(ew.mul(t, y), (axis,))
-    return y, ew.mul(y, ew.sub(t, sh.broadcast_in_dim(s, shape, kept)))
+    return y, softmax_tangent_p.bind(t, y, axis=axis)
 
 
 softmax_p = Primitive(
@@ -150,6 +145,100 @@ softmax_p = Primitive(
     batch=_rowwise_batch(lambda: softmax_p),
     composite=softmax_decomposed,
     emit=lambda eqn, srcs: f"torch.softmax({srcs[0]}, {eqn.params['axis']})")
+
+
+# ---------------------------------------------------------------- their tangents and cotangents
+# Linear in their first operand, y being the output. log_softmax's Jacobian along the axis is
+# J = I - 1 s^T (s = exp(y)): J t = t - sum(t s), and J^T c = c - s sum(c), torch's
+# _log_softmax_backward_data. softmax's, J = diag(y) - y y^T, is symmetric: J t = y (t -
+# sum(t y)), torch's _softmax_backward_data, its own transpose. As primitives a reverse pass
+# runs torch's one backward kernel where the tangent's primitives transposed were four
+# (and an exp of y kept from the forward pass).
+
+def _along(v, y, axis):
+    """A row statistic of y's rows broadcast back over them."""
+    shape, kept = _rows(y, axis)
+    return sh.broadcast_in_dim(v, shape, kept)
+
+
+def log_softmax_tangent_decomposed(t, y, *, axis):
+    return ew.sub(t, _along(reduce_sum(ew.mul(t, ew.exp(y)), (axis,)), y, axis))
+
+
+def log_softmax_cotangent_decomposed(c, y, *, axis):
+    return ew.sub(c, ew.mul(ew.exp(y), _along(reduce_sum(c, (axis,)), y, axis)))
+
+
+def softmax_tangent_decomposed(t, y, *, axis):
+    return ew.mul(y, ew.sub(t, _along(reduce_sum(ew.mul(t, y), (axis,)), y, axis)))
+
+
+def _log_softmax_tangent_rule(primals, tangents, *, axis):
+    """d/dy of t - sum(t exp(y)) is -sum(t exp(y) dy)."""
+    (t, y), (dt, dy) = primals, tangents
+    out = log_softmax_tangent_p.bind(t, y, axis=axis)
+    terms = [] if isinstance(dt, Zero) else [log_softmax_tangent_p.bind(dt, y, axis=axis)]
+    if not isinstance(dy, Zero):
+        terms.append(ew.neg(_along(reduce_sum(ew.mul(ew.mul(t, ew.exp(y)), dy), (axis,)), y, axis)))
+    return out, _total(terms, out)
+
+
+def _log_softmax_cotangent_rule(primals, tangents, *, axis):
+    """d/dy of c - exp(y) sum(c) is -exp(y) dy sum(c)."""
+    (c, y), (dc, dy) = primals, tangents
+    out = log_softmax_cotangent_p.bind(c, y, axis=axis)
+    terms = [] if isinstance(dc, Zero) else [log_softmax_cotangent_p.bind(dc, y, axis=axis)]
+    if not isinstance(dy, Zero):
+        terms.append(ew.neg(ew.mul(ew.mul(ew.exp(y), dy), _along(reduce_sum(c, (axis,)), y, axis))))
+    return out, _total(terms, out)
+
+
+def _softmax_tangent_rule(primals, tangents, *, axis):
+    """d/dy of y (t - sum(t y)) is dy (t - sum(t y)) - y sum(t dy)."""
+    (t, y), (dt, dy) = primals, tangents
+    out = softmax_tangent_p.bind(t, y, axis=axis)
+    terms = [] if isinstance(dt, Zero) else [softmax_tangent_p.bind(dt, y, axis=axis)]
+    if not isinstance(dy, Zero):
+        inner = ew.sub(t, _along(reduce_sum(ew.mul(t, y), (axis,)), y, axis))
+        terms.append(ew.sub(ew.mul(dy, inner), ew.mul(y, _along(reduce_sum(ew.mul(t, dy), (axis,)), y, axis))))
+    return out, _total(terms, out)
+
+
+def _total(terms, out):
+    if not terms:
+        return Zero(type_of(out))
+    total = terms[0]
+    for term in terms[1:]:
+        total = ew.add(total, term)
+    return total
+
+
+def _rowwise_linear(name, impl, rule, transpose_to, decomposed):
+    """A (linear operand, y) primitive along `axis`; its batch rule moves both batch dims first."""
+    prim = Primitive(
+        name, kind=EXTERN,
+        abstract_eval=lambda t, y, *, axis: TensorType(t.shape, t.dtype, t.device),
+        impl=impl, jvp=rule,
+        transpose=lambda ct, t, y, *, axis: [None if isinstance(ct, Zero) else transpose_to().bind(ct, y, axis=axis),
+                                              None],
+        composite=decomposed)
+
+    def batch(axis_data, args, dims, *, axis):
+        a, y = (bdim_to_front(v, d, axis_data.size) for v, d in zip(args, dims))
+        return prim.bind(a, y, axis=axis + 1), 0
+    prim.batch = batch
+    return prim
+
+
+log_softmax_tangent_p = _rowwise_linear(
+    "log_softmax_tangent", lambda t, y, *, axis: t - (t * y.exp()).sum(axis, keepdim=True),
+    _log_softmax_tangent_rule, lambda: log_softmax_cotangent_p, log_softmax_tangent_decomposed)
+log_softmax_cotangent_p = _rowwise_linear(
+    "log_softmax_cotangent", lambda c, y, *, axis: torch.ops.aten._log_softmax_backward_data(c, y, axis, y.dtype),
+    _log_softmax_cotangent_rule, lambda: log_softmax_tangent_p, log_softmax_cotangent_decomposed)
+softmax_tangent_p = _rowwise_linear(
+    "softmax_tangent", lambda t, y, *, axis: torch.ops.aten._softmax_backward_data(t, y, axis, y.dtype),
+    _softmax_tangent_rule, lambda: softmax_tangent_p, softmax_tangent_decomposed)
 
 
 # ---------------------------------------------------------------- nll_loss (no class weights)

@@ -1,17 +1,25 @@
-"""Fused row normalization of eager transforms (layer_norm, group_norm): torch's
-native_layer_norm kernel for the forward and native_layer_norm_backward for the tangent and
-its transpose, where the decomposition is ~10 kernels forward and ~15 backward.
+"""Fused normalization of eager transforms (layer_norm, group_norm, training batch_norm):
+torch's native_layer_norm / native_batch_norm kernels for the forward and their backward
+kernels for the tangent and its transpose, where the decomposition is ~10 kernels forward and
+~15 backward.
 
 `normalize_rows(x, eps)` normalizes each row of a 2-D float tensor: (xhat, mean, rstd), xhat =
 (x - mean) * rstd, rstd = 1 / sqrt(var + eps), the biased variance; layer_norm is its rows over
-the normalized dims, group_norm over each (example, group). Its tangent is `normalize_tangent`
-(t, x, mean, rstd) = J t with J = d xhat / dx = rstd (I - 11^T / M - xhat xhat^T / M): linear in
-t, and J is symmetric, so the primitive is its own transpose; both run the kernel torch's
-autograd runs for layer_norm's backward. As the other fused primitives (prims/fused.py), they
-are bound only where `fused_here()` (eager levels, their units and rules); staged graphs get
-the decomposition.
+the normalized dims, group_norm over each (example, group). `normalize_channels(x, eps)` is the
+same with each channel of an (N, C, *spatial) tensor as one row (the statistics over every dim
+but 1): training-mode batch norm, in place, where a transposed copy each way made the channels
+rows (2-3.5x slower than torch's batch-norm kernels). One primitive serves both, its static
+`channels` saying which dim holds the statistics.
+
+Its tangent is `normalize_tangent` (t, x, mean, rstd) = J t with J = d xhat / dx = rstd (I -
+11^T / M - xhat xhat^T / M): linear in t, and J is symmetric, so the primitive is its own
+transpose; both run the kernel torch's autograd runs for the norm's backward. As the other
+fused primitives (prims/fused.py), they are bound only where `fused_here()` (eager levels,
+their units and rules); staged graphs get the decomposition.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -26,78 +34,110 @@ from .shape import bdim_to_front
 
 _layer_norm = torch.ops.aten.native_layer_norm.default
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward.default
+_batch_norm = torch.ops.aten.native_batch_norm.default
+_batch_norm_backward = torch.ops.aten.native_batch_norm_backward.default
 
 
-def _rows(v, shape):
-    """A per-row (N,) value broadcast over (N, M)."""
-    return sh.broadcast_in_dim(v, shape, (0,))
+def _stat_dim(channels):
+    return 1 if channels else 0
 
 
-def _row_mean(v):
-    t = type_of(v)
-    return ew.div(reduce_sum(v, (1,)), torch.sym_float(t.shape[1]))
+def _rows(v, shape, channels=False):
+    """A per-row (or per-channel) statistic broadcast over the data's shape."""
+    return sh.broadcast_in_dim(v, shape, (_stat_dim(channels),))
 
 
-def normalize_rows_decomposed(x, eps):
+def _row_mean(v, channels=False):
+    """Each row's (each channel's) mean."""
+    shape = type_of(v).shape
+    dims = tuple(i for i in range(len(shape)) if i != _stat_dim(channels))
+    return ew.div(reduce_sum(v, dims), torch.sym_float(math.prod(shape[i] for i in dims)))
+
+
+def _fusable(t):
+    return t.dtype in _FUSED_DTYPES and fused_here() and all(t.shape)
+
+
+def normalize_rows_decomposed(x, eps, channels=False):
     shape = type_of(x).shape
-    mean = _row_mean(x)
-    xc = ew.sub(x, _rows(mean, shape))
-    rstd = ew.rsqrt(ew.add(_row_mean(ew.mul(xc, xc)), float(eps)))
-    return [ew.mul(xc, _rows(rstd, shape)), mean, rstd]
+    mean = _row_mean(x, channels)
+    xc = ew.sub(x, _rows(mean, shape, channels))
+    rstd = ew.rsqrt(ew.add(_row_mean(ew.mul(xc, xc), channels), float(eps)))
+    return [ew.mul(xc, _rows(rstd, shape, channels)), mean, rstd]
 
 
 def normalize_rows(x, eps):
     """[xhat, mean, rstd] of the rows of a 2-D float tensor (module docstring)."""
-    t = type_of(x)
-    if t.dtype in _FUSED_DTYPES and fused_here() and t.shape[0] and t.shape[1]:
-        return bind(normalize_rows_p, (x,), {"eps": float(eps)})
+    if _fusable(type_of(x)):
+        return bind(normalize_rows_p, (x,), {"eps": float(eps), "channels": False})
     return normalize_rows_decomposed(x, eps)
 
 
-def _normalize_rows_impl(x, *, eps):
+def normalize_channels(x, eps):
+    """[xhat, mean, rstd] of each channel of a float (N, C, *spatial) tensor, the statistics
+    (C,) over every dim but 1: training-mode batch norm without its affine (module docstring)."""
+    if _fusable(type_of(x)):
+        return bind(normalize_rows_p, (x,), {"eps": float(eps), "channels": True})
+    return normalize_rows_decomposed(x, eps, channels=True)
+
+
+def _normalize_rows_impl(x, *, eps, channels):
+    if channels:
+        return list(_batch_norm(x, None, None, None, None, True, 0.0, eps))
     n, m = x.shape
     out, mean, rstd = _layer_norm(x, (m,), None, None, eps)
     return [out, mean.reshape(n), rstd.reshape(n)]
 
 
-def _stats_type(t):
-    return TensorType((t.shape[0],), t.dtype, t.device)
+def _stats_type(t, channels):
+    return TensorType((t.shape[_stat_dim(channels)],), t.dtype, t.device)
 
 
-def _normalize_rows_jvp(primals, tangents, *, eps):
+def _normalize_rows_jvp(primals, tangents, *, eps, channels):
     (x,), (t,) = primals, tangents
-    xhat, mean, rstd = outs = normalize_rows_p.bind(x, eps=eps)
+    xhat, mean, rstd = outs = normalize_rows_p.bind(x, eps=eps, channels=channels)
     if isinstance(t, Zero):
         return outs, [Zero(type_of(o)) for o in outs]
     # d mean = mean(t); d rstd = -rstd^3 mean(xc t) = -rstd^2 mean(xhat t)
-    d_rstd = ew.neg(ew.mul(ew.mul(rstd, rstd), _row_mean(ew.mul(xhat, t))))
-    return outs, [normalize_tangent(t, x, mean, rstd), _row_mean(t), d_rstd]
+    d_rstd = ew.neg(ew.mul(ew.mul(rstd, rstd), _row_mean(ew.mul(xhat, t), channels)))
+    return outs, [normalize_tangent(t, x, mean, rstd, channels), _row_mean(t, channels), d_rstd]
 
 
-def _flatten_batch(args, dims, size):
-    """Operands with the batch dim folded into their rows: (B*N, M) and (B*N,)."""
+def _flatten_batch(args, dims, size, channels):
+    """Operands with the batch dim folded into their rows: data (B*N, M), statistics (B*N,);
+    for channels, into the channels: data (N, B*C, *spatial), statistics (B*C,) (a copy where
+    the batch dim is not next to the channels)."""
     out = []
     for a, d in zip(args, dims):
         a = bdim_to_front(a, d, size)
-        shape = type_of(a).shape
-        out.append(sh.reshape(a, (shape[0] * shape[1],) + tuple(shape[2:])))
+        if channels and type_of(a).ndim > 2:            # data, not statistics
+            a = sh.moveaxis(a, 0, 1)
+            shape = type_of(a).shape
+            out.append(sh.reshape(a, (shape[0], shape[1] * shape[2]) + tuple(shape[3:])))
+        else:
+            shape = type_of(a).shape
+            out.append(sh.reshape(a, (shape[0] * shape[1],) + tuple(shape[2:])))
     return out
 
 
-def _unflatten(o, size):
+def _unflatten(o, size, channels):
+    """The inverse of _flatten_batch for one result, and its batch dim."""
     shape = type_of(o).shape
-    return sh.reshape(o, (size, shape[0] // size) + tuple(shape[1:]))
+    if channels and len(shape) > 1:
+        return sh.reshape(o, (shape[0], size, shape[1] // size) + tuple(shape[2:])), 1
+    return sh.reshape(o, (size, shape[0] // size) + tuple(shape[1:])), 0
 
 
-def _normalize_rows_batch(axis_data, args, dims, *, eps):
+def _normalize_rows_batch(axis_data, args, dims, *, eps, channels):
     size = axis_data.size
-    outs = normalize_rows_p.bind(*_flatten_batch(args, dims, size), eps=eps)
-    return [_unflatten(o, size) for o in outs], [0, 0, 0]
+    outs = normalize_rows_p.bind(*_flatten_batch(args, dims, size, channels), eps=eps, channels=channels)
+    results = [_unflatten(o, size, channels) for o in outs]
+    return [r for r, _ in results], [d for _, d in results]
 
 
 normalize_rows_p = Primitive(
     "normalize_rows", kind=EXTERN, multiple_results=True,
-    abstract_eval=lambda t, *, eps: [t, _stats_type(t), _stats_type(t)],
+    abstract_eval=lambda t, *, eps, channels: [t, _stats_type(t, channels), _stats_type(t, channels)],
     impl=_normalize_rows_impl,
     jvp=_normalize_rows_jvp,
     batch=_normalize_rows_batch,
@@ -106,21 +146,27 @@ normalize_rows_p = Primitive(
 
 # ---------------------------------------------------------------- its tangent (and transpose)
 
-def normalize_tangent_decomposed(t, x, mean, rstd):
+def normalize_tangent_decomposed(t, x, mean, rstd, channels=False):
     shape = type_of(x).shape
-    xhat = ew.mul(ew.sub(x, _rows(mean, shape)), _rows(rstd, shape))
-    inner = ew.sub(ew.sub(t, _rows(_row_mean(t), shape)), ew.mul(xhat, _rows(_row_mean(ew.mul(t, xhat)), shape)))
-    return ew.mul(_rows(rstd, shape), inner)
+
+    def rows(v):
+        return _rows(v, shape, channels)
+    xhat = ew.mul(ew.sub(x, rows(mean)), rows(rstd))
+    inner = ew.sub(ew.sub(t, rows(_row_mean(t, channels))), ew.mul(xhat, rows(_row_mean(ew.mul(t, xhat), channels))))
+    return ew.mul(rows(rstd), inner)
 
 
-def normalize_tangent(t, x, mean, rstd):
+def normalize_tangent(t, x, mean, rstd, channels=False):
     tt = type_of(t)
-    if tt.dtype in _FUSED_DTYPES and fused_here() and tt == type_of(x) and tt.shape[0] and tt.shape[1]:
-        return bind(normalize_tangent_p, (t, x, mean, rstd), {})
-    return normalize_tangent_decomposed(t, x, mean, rstd)
+    if _fusable(tt) and tt == type_of(x):
+        return bind(normalize_tangent_p, (t, x, mean, rstd), {"channels": channels})
+    return normalize_tangent_decomposed(t, x, mean, rstd, channels)
 
 
-def _normalize_tangent_impl(t, x, mean, rstd):
+def _normalize_tangent_impl(t, x, mean, rstd, *, channels):
+    if channels:        # train=True reads the saved statistics; eps is unused
+        return _batch_norm_backward(t, x, None, None, None, mean.contiguous(), rstd.contiguous(), True, 0.0,
+                                    [True, False, False])[0]
     n, m = x.shape
     # ATen's CPU kernel reads mean and rstd as dense arrays, whatever their strides: the batch
     # rule's broadcast of one row's stats (vmap(jvp(layer_norm)) of a single example, stride 0)
@@ -129,32 +175,37 @@ def _normalize_tangent_impl(t, x, mean, rstd):
                                 None, None, [True, False, False])[0]
 
 
-def _normalize_tangent_jvp(primals, tangents):
+def _normalize_tangent_jvp(primals, tangents, *, channels):
     (t, x, mean, rstd), (dt, dx, dmean, drstd) = primals, tangents
-    out = normalize_tangent_p.bind(t, x, mean, rstd)
-    terms = [] if isinstance(dt, Zero) else [normalize_tangent_p.bind(dt, x, mean, rstd)]
+    out = normalize_tangent_p.bind(t, x, mean, rstd, channels=channels)
+    terms = [] if isinstance(dt, Zero) else [normalize_tangent_p.bind(dt, x, mean, rstd, channels=channels)]
     if not all(isinstance(d, Zero) for d in (dx, dmean, drstd)):
         # J t = rstd (t - mean(t) - xhat mean(t xhat)), differentiated in x, mean, rstd
         shape = type_of(x).shape
-        xc = ew.sub(x, _rows(mean, shape))
-        xhat = ew.mul(xc, _rows(rstd, shape))
-        m1, m2 = _row_mean(t), _row_mean(ew.mul(t, xhat))
+
+        def rows(v):
+            return _rows(v, shape, channels)
+
+        def mean_of(v):
+            return _row_mean(v, channels)
+        xc = ew.sub(x, rows(mean))
+        xhat = ew.mul(xc, rows(rstd))
+        m1, m2 = mean_of(t), mean_of(ew.mul(t, xhat))
         d_xhat = None
         if not (isinstance(dx, Zero) and isinstance(dmean, Zero)):
-            d_xc = dx if isinstance(dmean, Zero) else (ew.neg(_rows(dmean, shape)) if isinstance(dx, Zero)
-                                                       else ew.sub(dx, _rows(dmean, shape)))
-            d_xhat = ew.mul(d_xc, _rows(rstd, shape))
+            d_xc = dx if isinstance(dmean, Zero) else (ew.neg(rows(dmean)) if isinstance(dx, Zero)
+                                                       else ew.sub(dx, rows(dmean)))
+            d_xhat = ew.mul(d_xc, rows(rstd))
         if not isinstance(drstd, Zero):
-            part = ew.mul(xc, _rows(drstd, shape))
+            part = ew.mul(xc, rows(drstd))
             d_xhat = part if d_xhat is None else ew.add(d_xhat, part)
-        inner = ew.sub(ew.sub(t, _rows(m1, shape)), ew.mul(xhat, _rows(m2, shape)))
-        d_inner = None
+        inner = ew.sub(ew.sub(t, rows(m1)), ew.mul(xhat, rows(m2)))
         if d_xhat is not None:
-            d_m2 = _row_mean(ew.mul(t, d_xhat))
-            d_inner = ew.neg(ew.add(ew.mul(d_xhat, _rows(m2, shape)), ew.mul(xhat, _rows(d_m2, shape))))
-            terms.append(ew.mul(_rows(rstd, shape), d_inner))
+            d_m2 = mean_of(ew.mul(t, d_xhat))
+            d_inner = ew.neg(ew.add(ew.mul(d_xhat, rows(m2)), ew.mul(xhat, rows(d_m2))))
+            terms.append(ew.mul(rows(rstd), d_inner))
         if not isinstance(drstd, Zero):
-            terms.append(ew.mul(_rows(drstd, shape), inner))
+            terms.append(ew.mul(rows(drstd), inner))
     if not terms:
         return out, Zero(type_of(out))
     total = terms[0]
@@ -163,17 +214,22 @@ def _normalize_tangent_jvp(primals, tangents):
     return out, total
 
 
-def _normalize_tangent_batch(axis_data, args, dims):
+def _normalize_tangent_batch(axis_data, args, dims, *, channels):
     size = axis_data.size
-    return _unflatten(normalize_tangent_p.bind(*_flatten_batch(args, dims, size)), size), 0
+    return _unflatten(normalize_tangent_p.bind(*_flatten_batch(args, dims, size, channels), channels=channels),
+                      size, channels)
+
+
+def _normalize_tangent_transpose(ct, t, x, mean, rstd, *, channels):
+    return [None if isinstance(ct, Zero) else normalize_tangent_p.bind(ct, x, mean, rstd, channels=channels),
+            None, None, None]
 
 
 normalize_tangent_p = Primitive(
     "normalize_tangent", kind=EXTERN,
-    abstract_eval=lambda t, x, mean, rstd: TensorType(t.shape, t.dtype, t.device),
+    abstract_eval=lambda t, x, mean, rstd, *, channels: TensorType(t.shape, t.dtype, t.device),
     impl=_normalize_tangent_impl,
     jvp=_normalize_tangent_jvp,
-    transpose=lambda ct, t, x, mean, rstd: [None if isinstance(ct, Zero) else normalize_tangent_p.bind(ct, x, mean, rstd),
-                                            None, None, None],
+    transpose=_normalize_tangent_transpose,
     batch=_normalize_tangent_batch,
     composite=normalize_tangent_decomposed)

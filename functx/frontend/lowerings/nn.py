@@ -21,7 +21,7 @@ from .common import _dims, _keep, _t, _zeros, aten, wrap_dim
 from .elementwise import _clamp
 from .registry import register, register_special
 from ...prims.fused import fused_here
-from ...prims.fused_norm import normalize_rows
+from ...prims.fused_norm import normalize_channels
 from .torch_prims import _prims_var
 from .attention import _fits, bias_and_scale
 from ...kernels.attention import attention
@@ -400,10 +400,10 @@ def _native_batch_norm(input, weight, bias, running_mean, running_var, training,
 
 
 def _batch_norm_rows(input, weight, bias, running_mean, running_var, training, momentum, eps):
-    """Training-mode batch norm on eager levels as rows of torch's layer-norm kernels
-    (prims/fused_norm.py): each channel's values, (C, N * spatial), one row (a transposed copy
-    each way, against the decomposition's ~10 kernels forward and ~15 backward). None where
-    torch's decomposition serves (staged graphs, other dtypes, mismatched parameters)."""
+    """Training-mode batch norm on eager levels as torch's batch-norm kernels
+    (prims/fused_norm.normalize_channels: each channel's values one row, against the
+    decomposition's ~10 kernels forward and ~15 backward). None where torch's decomposition
+    serves (staged graphs, other dtypes, mismatched parameters)."""
     t = input.dtype if isinstance(input, TracerTensor) else None
     if not (training and t in (torch.float32, torch.float64) and fused_here() and input.dim() >= 2
             and input.numel()):
@@ -415,10 +415,7 @@ def _batch_norm_rows(input, weight, bias, running_mean, running_var, training, m
     x = unwrap(input)
     shape = tuple(input.shape)
     n = math.prod(shape) // c
-    order = (1, 0) + tuple(range(2, len(shape)))            # channels first, then back
-    by_channel = P.reshape(P.transpose(x, order), (c, n))
-    xhat, mean, rstd = normalize_rows(by_channel, eps)
-    out = P.transpose(P.reshape(xhat, tuple(shape[i] for i in order)), order)
+    out, mean, rstd = normalize_channels(x, eps)
     if weight is not None:
         out = P.mul(out, P.broadcast_in_dim(unwrap(weight), shape, (1,)))
     if bias is not None:
@@ -427,9 +424,9 @@ def _batch_norm_rows(input, weight, bias, running_mean, running_var, training, m
     if running_mean is not None:
         new_mean = wrap(P.add(P.mul(mean, float(momentum)), P.mul(unwrap(running_mean), 1.0 - momentum)))
     if running_var is not None:         # the unbiased batch variance, two-pass as the decomposition's
-        frozen = P.stop_gradient(by_channel)
-        centered = P.sub(frozen, P.broadcast_in_dim(P.stop_gradient(mean), (c, n), (0,)))
-        var = P.div(P.reduce_sum(P.mul(centered, centered), (1,)), float(max(n - 1, 0)) or math.nan)
+        centered = P.sub(P.stop_gradient(x), P.broadcast_in_dim(P.stop_gradient(mean), shape, (1,)))
+        others = tuple(i for i in range(len(shape)) if i != 1)
+        var = P.div(P.reduce_sum(P.mul(centered, centered), others), float(max(n - 1, 0)) or math.nan)
         new_var = wrap(P.add(P.mul(var, float(momentum)), P.mul(unwrap(running_var), 1.0 - momentum)))
     return wrap(out), wrap(mean), wrap(rstd), new_mean, new_var
 
