@@ -274,6 +274,54 @@ def test_generated_impl_code_runs_a_bias_matmul_as_one_addmm():
     assert [e.prim.name for e in impl_rewrites.fuse_bias_matmuls(mixed, set())] == ["dot_general", "add"]
 
 
+def test_generated_impl_code_runs_a_conv_and_its_bias_as_one_convolution():
+    """impl_rewrites.fuse_bias_convs: `conv(x, w) + b` with b a per-channel bias (nn.Conv's
+    bias, reshaped or broadcast along dim 1) runs as torch.convolution(x, w, b) in generated
+    impl code, under every transform, with torch.func's values; a conv result also read
+    elsewhere, or a bias along another dim, keeps its add."""
+    g = torch.Generator().manual_seed(7)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1).double()
+    tconv = torch.nn.ConvTranspose1d(4, 2, 3, stride=2).double()
+    x = torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64)
+    row = torch.randn(5, generator=g, dtype=torch.float64)
+
+    def f(p, x):
+        h = torch.func.functional_call(conv, {k[2:]: v for k, v in p.items() if k.startswith("c.")}, (x,))
+        y = torch.func.functional_call(tconv, {k[2:]: v for k, v in p.items() if k.startswith("t.")},
+                                       (h.tanh().mean(3),))
+        raw = F.conv2d(x, p["c.weight"]) + row[:3]              # a bias along the last dim: kept
+        return y.pow(2).sum() + raw.sin().sum()
+    p = {**{"c." + k: v for k, v in conv.named_parameters()}, **{"t." + k: v for k, v in tconv.named_parameters()}}
+    cases = {
+        "grad": (functx.grad(f, argnums=(0, 1)), torch.func.grad(f, argnums=(0, 1)), (p, x)),
+        "jvp": (lambda p, x: functx.jvp(lambda x: f(p, x), (x,), (x.cos(),)),
+                lambda p, x: torch.func.jvp(lambda x: f(p, x), (x,), (x.cos(),)), (p, x)),
+        "vmap": (functx.vmap(f, in_dims=(None, 0)), torch.func.vmap(f, in_dims=(None, 0)), (p, x[:, None])),
+    }
+    for name, (fx, tf, args) in cases.items():
+        for _ in range(2):           # the second call runs the generated code
+            got = fx(*args)
+        for a, b_ in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(tf(*args))):
+            torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12, msg=name)
+    # on IR
+    from functx.core import Var
+    from functx.core.ir import Eqn
+    from functx.core.types import TensorType
+    cpu = torch.device("cpu")
+    tx, tw, tb, to, tv = (TensorType(s, torch.float32, cpu)
+                          for s in ((2, 3, 5, 5), (4, 3, 3, 3), (4,), (2, 4, 3, 3), (1, 4, 1, 1)))
+    xv, wv, bv, d, v, o = Var(tx), Var(tw), Var(tb), Var(to), Var(tv), Var(to)
+    params = {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "transposed": False,
+              "output_padding": (0, 0), "groups": 1}
+    eqns = [Eqn(REGISTRY["conv"], [xv, wv], [d], params), Eqn(REGISTRY["reshape"], [bv], [v], {"shape": (1, 4, 1, 1)}),
+            Eqn(REGISTRY["add"], [d, v], [o], {})]
+    out = impl_rewrites.fuse_bias_convs(eqns, {o})
+    assert [e.prim.name for e in out] == ["conv_bias"] and out[0].inputs == [xv, wv, bv]
+    assert out[0].prim.emit(out[0], ["x", "w", "b"]).startswith("torch.convolution(x, w, b, ")
+    assert [e.prim.name for e in impl_rewrites.fuse_bias_convs(eqns, {o, d})] == ["conv", "reshape", "add"]
+    assert [e.prim.name for e in impl_rewrites.fuse_bias_convs(eqns, {o, v})] == ["reshape", "conv_bias"]
+
+
 def test_a_float_that_changes_every_call_stops_building_units():
     """Units and rules are keyed by a Python float's value: a learning rate or a sampler's
     sigma that changes on every call would build (and keep) one per call. Past a budget per

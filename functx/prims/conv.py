@@ -61,9 +61,12 @@ def _conv_impl(x, w, *, stride, padding, dilation, transposed, output_padding, g
     return torch.convolution(x, w, None, stride, padding, dilation, transposed, output_padding, groups)
 
 
-def _conv_emit(eqn, srcs):
+def conv_emit(eqn, srcs):
+    """torch.convolution of the operands (x, w), or (x, w, bias) for impl code's conv with its
+    bias added as the kernel writes (transforms/impl_rewrites.BIAS_CONV)."""
     p = eqn.params
-    return (f"torch.convolution({srcs[0]}, {srcs[1]}, None, {list(p['stride'])}, {list(p['padding'])}, "
+    bias = srcs[2] if len(srcs) > 2 else None
+    return (f"torch.convolution({srcs[0]}, {srcs[1]}, {bias}, {list(p['stride'])}, {list(p['padding'])}, "
             f"{list(p['dilation'])}, {p['transposed']}, {list(p['output_padding'])}, {p['groups']})")
 
 
@@ -182,7 +185,7 @@ conv_p = defbilinear(Primitive(
     abstract_eval=_conv_type,
     impl=_conv_impl,
     batch=_conv_batch,
-    emit=_conv_emit),
+    emit=conv_emit),
     lambda ct, x, w, **params: _conv_transpose_rule(ct, x, w, **params)[0],
     lambda ct, x, w, **params: _conv_transpose_rule(ct, x, w, **params)[1])
 

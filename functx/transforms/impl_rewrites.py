@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..core import Var
 from ..core.ir import Eqn
+from ..prims.conv import conv_emit, conv_p
 from ..prims.linalg import is_2d_matmul, matmul_layout
 from ..prims.shape import _broadcast_view, concatenate_p, pad_p, render_steps, reshape_p
 
@@ -17,7 +18,7 @@ _BROADCASTING_IMPLS = frozenset({"add", "sub", "mul", "div", "where", "tanh_back
 
 def impl_eqns(eqns, live):
     """eqns as generated impl code runs them; live: the Vars read outside them (returned)."""
-    return fuse_bias_matmuls(elide_broadcasts(concat_summed_pads(eqns, live), live), live)
+    return fuse_bias_convs(fuse_bias_matmuls(elide_broadcasts(concat_summed_pads(eqns, live), live), live), live)
 
 
 def elide_broadcasts(eqns, live):
@@ -124,6 +125,70 @@ def fuse_bias_matmuls(eqns, live):
                     break
         out.append(e)
     return [e for e in out if id(e) not in fused] if fused else eqns
+
+
+# ---------------------------------------------------------------- conv(x, w) + b as one convolution
+
+class _BiasConv:
+    """`add(conv(x, w), b)` with b a per-output-channel bias (C,) reshaped or broadcast along
+    dim 1, as `torch.convolution(x, w, b)`: the bias added as the kernel writes (nn.Conv's
+    call), one kernel and one buffer fewer. Operands (x, w, b); params: the conv's."""
+    name = "conv_bias"
+    impl = None
+    multiple_results = False
+    emit = staticmethod(conv_emit)
+
+
+BIAS_CONV = _BiasConv()
+
+
+def _channel_biases(eqns):
+    """{Var: (its (C,) source, the Eqn)} for each reshape of a vector to (1, C, 1, ...) and
+    each broadcast_in_dim of one along dim 1."""
+    found = {}
+    for e in eqns:
+        x = e.inputs[0] if e.inputs else None
+        if not (isinstance(x, Var) and x.type.ndim == 1):
+            continue
+        shape = tuple(e.outputs[0].type.shape)
+        if e.prim.name == "reshape" and len(shape) > 2 and shape[1] == x.type.shape[0] \
+                and all(n == 1 for i, n in enumerate(shape) if i != 1):
+            found[e.outputs[0]] = (x, e)
+        elif e.prim.name == "broadcast_in_dim" and tuple(e.params["broadcast_dimensions"]) == (1,):
+            found[e.outputs[0]] = (x, e)
+    return found
+
+
+def fuse_bias_convs(eqns, live):
+    """Each add of a conv's result (read by nothing else) and its per-channel bias of the same
+    dtype, as one BIAS_CONV equation in the add's place (the bias's reshape dropped when
+    nothing else reads it)."""
+    made, reads = {}, {}
+    for e in eqns:
+        for a in e.inputs:
+            if isinstance(a, Var):
+                reads[a] = reads.get(a, 0) + 1
+        if e.prim is conv_p and e.inputs[0].type.dtype == e.inputs[1].type.dtype:
+            made[e.outputs[0]] = e
+    if not made:
+        return eqns
+    biases = _channel_biases(eqns)
+    dropped, out = set(), []
+    for e in eqns:
+        if e.prim.name == "add" and len(e.inputs) == 2 and all(isinstance(a, Var) for a in e.inputs):
+            for pos in (0, 1):
+                d, b = e.inputs[pos], e.inputs[1 - pos]
+                conv, bias = made.get(d), biases.get(b)
+                if (conv is not None and bias is not None and reads[d] == 1 and d not in live
+                        and e.outputs[0].type.shape == d.type.shape and bias[0].type.shape == (d.type.shape[1],)
+                        and bias[0].type.dtype == d.type.dtype):
+                    dropped.add(id(conv))
+                    if reads[b] == 1 and b not in live:
+                        dropped.add(id(bias[1]))
+                    e = Eqn(BIAS_CONV, [*conv.inputs, bias[0]], e.outputs, conv.params)
+                    break
+        out.append(e)
+    return [e for e in out if id(e) not in dropped] if dropped else eqns
 
 
 # ---------------------------------------------------------------- adjacent zero pads summed: one cat
