@@ -66,6 +66,7 @@ LINEAR = {
     "take", "scatter_add", "scatter", "update_slice", "split_block", "take_along_axis", "scatter_add_along",
     "nll_loss", "nll_loss_backward",     # prims/fused.py: linear in their first operand
     "log_softmax_tangent", "log_softmax_cotangent", "softmax_tangent",     # prims/fused.py: linear in t
+    "upsample", "upsample_backward",     # prims/resample.py: each the other's transpose
     "tanh_backward", "sigmoid_backward", "threshold_backward", "gelu_backward", "tanh_gelu_backward",
     "normalize_tangent",    # prims/fused_norm.py: linear in its first operand (its own transpose)
     "psum", "all_gather", "opaque",

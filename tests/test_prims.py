@@ -880,6 +880,42 @@ def _max_pool_ref(x, kernel, stride, padding, dilation, ceil_mode):
 add(Entry("max_pool", _max_pool_gen, _max_pool_ref, dtypes=(F32, F64)))
 
 
+_UPSAMPLE_OPS = [("upsample_nearest1d", 1, 0), ("upsample_nearest2d", 2, 0), ("upsample_nearest3d", 3, 0),
+                 ("_upsample_nearest_exact1d", 1, 0), ("_upsample_nearest_exact2d", 2, 0),
+                 ("upsample_linear1d", 1, 1), ("upsample_bilinear2d", 2, 1), ("upsample_bicubic2d", 2, 1),
+                 ("upsample_trilinear3d", 3, 1)]
+
+
+def _upsample_gen(backward):
+    """F.interpolate's kernels: sizes up and down, align_corners, given scales (or None)."""
+    def gen(draw, dtype, smooth):
+        op, nsp, flags = draw(st.sampled_from(_UPSAMPLE_OPS))
+        in_size = tuple(draw(st.integers(1, 4)) for _ in range(nsp))
+        out_size = tuple(draw(st.integers(1, 5)) for _ in range(nsp))
+        rest = tuple(draw(st.booleans()) for _ in range(flags)) + tuple(
+            draw(st.sampled_from([None, 0.5, 1.5, 2.0])) for _ in range(nsp))
+        lead = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+        params = {"op": op, "output_size": out_size, "rest": rest}
+        if backward:
+            return Case(dict(params, input_size=in_size), lambda g, dt: [rand(g, lead + out_size, dt)])
+        return Case(params, lambda g, dt: [rand(g, lead + in_size, dt)])
+    return gen
+
+
+def _upsample_ref(x, op, output_size, rest):
+    return getattr(torch.ops.aten, op).default(x, list(output_size), *rest)
+
+
+def _upsample_backward_ref(ct, op, input_size, output_size, rest):
+    return getattr(torch.ops.aten, op + "_backward").default(ct, list(output_size), list(ct.shape[:2]) + list(input_size),
+                                                             *rest)
+
+
+# F.interpolate's kernels on eager levels (prims/resample.py): linear, each the other's transpose
+add(Entry("upsample", _upsample_gen(False), _upsample_ref, dtypes=(F32, F64), linear=((0,),)))
+add(Entry("upsample_backward", _upsample_gen(True), _upsample_backward_ref, dtypes=(F32, F64), linear=((0,),)))
+
+
 def _topk_gen(draw, dtype, smooth):
     shape = shapes(draw, 1, 3)
     axis = draw(st.integers(0, len(shape) - 1))

@@ -3,7 +3,7 @@ from .tensor import TracerTensor, wrap, wrap_input, wrap_tree  # noqa: F401
 from .functionalize import unwrap, unwrap_tree  # noqa: F401
 from . import dispatch  # noqa: F401
 from . import function_units  # noqa: F401  (installs TracerTensor's whole-function units)
-from .lowerings import (activations, creation, elementwise, indexing, linalg, nn, norms, pooling, reductions,  # noqa: F401  (fill the tables)
-                        rnn, special, torch_prims, views)
+from .lowerings import (activations, creation, elementwise, indexing, linalg, nn, norms, pooling,  # noqa: F401
+                        reductions, resample, rnn, special, torch_prims, views)        # (fill the tables)
 from .fallback import record_fallbacks  # noqa: F401
 from .rewrites import mark_hessian, record_rewrites  # noqa: F401

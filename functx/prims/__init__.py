@@ -6,11 +6,11 @@ broadcast_in_dim transpose is the one deferred import, of reduce_sum):
   helpers), shape (views, pad, concatenate), elementwise, reduce, linalg (dot_general),
   indexing, fused (log_softmax, softmax, nll_loss, relu, gelu, their and tanh/sigmoid's derivatives:
   torch's kernels under eager transforms), conv (and its weight cotangent as torch's kernel),
-  pool (max pooling with indices), random,
+  pool (max pooling with indices), resample (F.interpolate's kernels), random,
   collective (+ distributed, its torch.distributed calls), spmd (replicated-value corrections
   for functx.spmd), opaque, debug (debug_callback).
 """
-from . import util, creation, define, shape, elementwise, reduce, linalg, indexing, fused, conv, pool  # noqa: F401
+from . import util, creation, define, shape, elementwise, reduce, linalg, indexing, fused, conv, pool, resample  # noqa: F401
 from . import random as random_module, collective, spmd as spmd_module, opaque as opaque_module  # noqa: F401
 from .creation import full, iota, zeros_like, zeros_like_type, instantiate  # noqa: F401
 from .shape import (broadcast_in_dim, broadcast_to, reshape, transpose, slice_, slice_in_dim, pad,  # noqa: F401
@@ -26,6 +26,7 @@ from .conv import conv, conv_p  # noqa: F401  (P.conv is the function)
 from .indexing import take, scatter_add, scatter, update_slice, take_along_axis, scatter_add_along, sort, topk  # noqa: F401
 from .fused import fused_here, gelu, log_softmax, nll_loss, nll_total_weight, relu, softmax  # noqa: F401
 from .pool import max_pool  # noqa: F401
+from .resample import upsample  # noqa: F401
 from .collective import psum, pmax, all_gather, axis_index  # noqa: F401
 from .random import random, random_p  # noqa: F401  (P.random is the function, like P.add)
 from .opaque import OpaqueFunction, opaque  # noqa: F401

@@ -23,7 +23,7 @@ import math
 import torch
 
 from ..core import EXTERN, Primitive, Zero, bind
-from .define import defjvp
+from .define import defjvp, sum_terms
 from ..core.trace import trace_state, type_of
 from ..core.types import TensorType
 from . import elementwise as ew
@@ -180,7 +180,7 @@ def _log_softmax_tangent_rule(primals, tangents, *, axis):
     terms = [] if isinstance(dt, Zero) else [log_softmax_tangent_p.bind(dt, y, axis=axis)]
     if not isinstance(dy, Zero):
         terms.append(ew.neg(_along(reduce_sum(ew.mul(ew.mul(t, ew.exp(y)), dy), (axis,)), y, axis)))
-    return out, _total(terms, out)
+    return out, sum_terms(terms, out)
 
 
 def _log_softmax_cotangent_rule(primals, tangents, *, axis):
@@ -190,7 +190,7 @@ def _log_softmax_cotangent_rule(primals, tangents, *, axis):
     terms = [] if isinstance(dc, Zero) else [log_softmax_cotangent_p.bind(dc, y, axis=axis)]
     if not isinstance(dy, Zero):
         terms.append(ew.neg(ew.mul(ew.mul(ew.exp(y), dy), _along(reduce_sum(c, (axis,)), y, axis))))
-    return out, _total(terms, out)
+    return out, sum_terms(terms, out)
 
 
 def _softmax_tangent_rule(primals, tangents, *, axis):
@@ -201,16 +201,7 @@ def _softmax_tangent_rule(primals, tangents, *, axis):
     if not isinstance(dy, Zero):
         inner = ew.sub(t, _along(reduce_sum(ew.mul(t, y), (axis,)), y, axis))
         terms.append(ew.sub(ew.mul(dy, inner), ew.mul(y, _along(reduce_sum(ew.mul(t, dy), (axis,)), y, axis))))
-    return out, _total(terms, out)
-
-
-def _total(terms, out):
-    if not terms:
-        return Zero(type_of(out))
-    total = terms[0]
-    for term in terms[1:]:
-        total = ew.add(total, term)
-    return total
+    return out, sum_terms(terms, out)
 
 
 def _rowwise_linear(name, impl, rule, transpose_to, decomposed):

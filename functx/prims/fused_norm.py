@@ -28,6 +28,7 @@ from ..core.trace import type_of
 from ..core.types import TensorType
 from . import elementwise as ew
 from . import shape as sh
+from .define import sum_terms
 from .fused import _FUSED_DTYPES, fused_here
 from .reduce import reduce_sum
 from .shape import bdim_to_front
@@ -206,12 +207,7 @@ def _normalize_tangent_jvp(primals, tangents, *, channels):
             terms.append(ew.mul(rows(rstd), d_inner))
         if not isinstance(drstd, Zero):
             terms.append(ew.mul(rows(drstd), inner))
-    if not terms:
-        return out, Zero(type_of(out))
-    total = terms[0]
-    for term in terms[1:]:
-        total = ew.add(total, term)
-    return out, total
+    return out, sum_terms(terms, out)
 
 
 def _normalize_tangent_batch(axis_data, args, dims, *, channels):

@@ -19,6 +19,7 @@ import them in turn.
     norms         layer_norm, group_norm (torch's kernels on eager levels: prims/fused_norm.py)
     pooling       max pooling with indices (torch's kernel on eager levels: prims/pool.py),
                   global adaptive max pooling
+    resample      F.interpolate's upsample kernels (torch's kernels on eager levels: prims/resample.py)
     activations   softplus, elu/selu/celu, log_ndtr: overflow-safe branches (torch's where()
                   decompositions have NaN derivatives for large inputs)
     rnn           oneDNN's LSTM layer (nn.LSTM on the CPU), as steps of the LSTM cell

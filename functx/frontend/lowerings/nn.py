@@ -634,38 +634,6 @@ def _multilabel_margin_loss_forward(input, target, reduction):
     return loss, is_target.to(input.dtype).reshape(orig_target_shape)
 
 
-# ---------------------------------------------------------------- upsampling with a scale factor
-# F.interpolate(x, scale_factor=s) passes s on, and source coordinates use 1/s. Eager torch's
-# kernels ignore s along a dim whose output size equals its input size (a copy) for the
-# linear modes, and for 2-D nearest also where the output is twice the input (index >> 1);
-# torch._decomp's decompositions always use s (F.interpolate(x, scale_factor=1.1,
-# mode="linear") moved every sample). Such dims go to the decomposition without their scale,
-# which is then exactly eager's. (Measured on torch's CPU kernels: 1-D/3-D nearest, bicubic
-# and nearest-exact use s everywhere, as the decompositions do; align_corners=True ignores s.)
-
-def _scale_ignored_where(op, n_flags, ignored):
-    def special(input, output_size, *rest, **kwargs):
-        names = [a.name for a in op._schema.arguments][2:]
-        given = dict(zip(names, rest), **kwargs)
-        if n_flags and given.get(names[0]):          # align_corners=True: scales are not used
-            return NotImplemented
-        scale_names = names[n_flags:]
-        sizes = zip(output_size, input.shape[input.dim() - len(scale_names):])
-        dropped = {n: None for n, (o, i) in zip(scale_names, sizes) if given.get(n) is not None and ignored(o, i)}
-        if not dropped:
-            return NotImplemented                   # torch's decomposition, as given (dispatch.py)
-        given.update(dropped)
-        return op(input, output_size, **given)
-    register_special(op)(special)
-
-
-_same_size = lambda o, i: o == i                    # noqa: E731
-_same_or_double = lambda o, i: o == i or o == 2 * i  # noqa: E731
-for _op in (aten.upsample_linear1d.default, aten.upsample_bilinear2d.default, aten.upsample_trilinear3d.default):
-    _scale_ignored_where(_op, 1, _same_size)
-_scale_ignored_where(aten.upsample_nearest2d.default, 0, _same_or_double)
-
-
 # ---------------------------------------------------------------- ATen's CPU flash attention
 # nn.MultiheadAttention (and TransformerEncoderLayer) run F.multi_head_attention_forward with
 # torch functions disabled, so its SDPA reaches dispatch as ATen's CPU flash op, whose
