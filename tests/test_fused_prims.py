@@ -2,6 +2,7 @@
 kernels under eager grad/jvp/vmap, compute what torch.func computes there, and never reach a
 staged graph (jit, make_graph), which keeps the decomposition."""
 import importlib
+import math
 
 import pytest
 import torch
@@ -450,3 +451,64 @@ def test_interpolate_decomposition_is_the_kernel():
                 torch.testing.assert_close(resample._backward_decomposed(ct, input_size=in_s, **params),
                                            resample.upsample_backward_p.impl(ct, input_size=in_s, **params),
                                            rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- activations with parameters (prims/fused_activations.py)
+
+_ACTIVATIONS = {
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.2),
+    "relu6": F.relu6,
+    "hardtanh": lambda x: F.hardtanh(x, -2.0, 0.5),
+    "hardswish": F.hardswish,
+    "hardsigmoid": F.hardsigmoid,
+    "elu": F.elu,
+    "selu": F.selu,
+    "celu": lambda x: F.celu(x, 0.5),
+    "softplus": F.softplus,
+    "softplus(beta=2, threshold=3)": lambda x: F.softplus(x, 2.0, 3.0),
+}
+# the kinks and thresholds of all of them, NaN and infinities, and ordinary points
+_POINTS = [-math.inf, -30.0, -3.0, -2.0, -1.5, -1.0, -0.0, 0.0, 0.5, 1.0, 1.5, 3.0, 6.0, 20.0, 25.0, math.inf, math.nan]
+
+
+@pytest.mark.parametrize("name", list(_ACTIVATIONS))
+def test_activations_run_torch_s_kernels_on_eager_levels_and_match(name):
+    """leaky_relu, hardtanh (relu6), hardswish, hardsigmoid, elu (selu, celu) and softplus run
+    torch's kernel and its backward kernel on eager levels (they were decomposed into
+    comparisons and selects: 0.17-0.4x of torch.func's speed); values, gradients, second
+    derivatives, vmap and jit (the decomposition) are torch.func's at every kink, threshold
+    and infinity, in float64, and so are the values at NaN (torch's derivatives at NaN depend
+    on whether its kernel's loop was vectorized: elu_backward gives NaN in a long tensor, the
+    positive side's slope in a short one). torch's hardsigmoid_backward multiplies by 1/6
+    rounded to float32, so there exact 1/6 decides (the definition; torch.func is 3e-8 off)."""
+    f = _ACTIVATIONS[name]
+    x = torch.tensor(_POINTS + list(torch.linspace(-4, 4, 9).tolist()), dtype=torch.float64)
+    torch.testing.assert_close(functx.vjp(f, x)[0], f(x), rtol=1e-12, atol=1e-12, equal_nan=True)
+    x = x[~x.isnan()]
+    loss = lambda x: (f(x) * torch.linspace(0.5, 1.5, x.numel(), dtype=x.dtype)).sum()  # noqa: E731
+    tol = dict(rtol=1e-12, atol=1e-12)
+    want = torch.func.grad(loss)(x)
+    if name == "hardsigmoid":
+        want = torch.linspace(0.5, 1.5, x.numel(), dtype=x.dtype) * ((x > -3) & (x < 3)).to(x.dtype) / 6
+    torch.testing.assert_close(functx.grad(loss)(x), want, **tol)
+    torch.testing.assert_close(functx.jit(functx.grad(loss))(x), want, **tol)
+    torch.testing.assert_close(functx.vmap(functx.grad(loss))(x[None]), want[None], **tol)
+    v = torch.ones_like(x)
+    torch.testing.assert_close(functx.jvp(f, (x,), (v,))[1], functx.grad(loss)(x) / torch.linspace(
+        0.5, 1.5, x.numel(), dtype=x.dtype), **tol)
+    if name != "hardsigmoid":       # (torch.func has no forward-over-reverse for it; its f'' is 0)
+        second = lambda T: T.jvp(T.grad(loss), (x,), (v,))[1]       # noqa: E731
+        torch.testing.assert_close(second(functx), second(torch.func), **tol)
+    else:
+        torch.testing.assert_close(functx.jvp(functx.grad(loss), (x,), (v,))[1], torch.zeros_like(x), **tol)
+    ops = _aten_ops(functx.grad(loss), x)
+    assert any(o.endswith("_backward") and o != "threshold_backward" for o in ops), sorted(ops)
+    assert "where" not in ops, sorted(ops)
+
+
+@pytest.mark.parametrize("op", [F.leaky_relu, F.hardswish, F.hardsigmoid, F.elu, F.softplus])
+def test_activations_of_integer_tensors_raise_as_torch(op):
+    """torch has no integer kernels for these; functx raised nothing (or computed)."""
+    x = torch.arange(4)
+    with pytest.raises(NotImplementedError, match="not implemented for 'Long'"):
+        functx.grad(lambda y: (op(x) * y).sum())(torch.ones(4))

@@ -20,6 +20,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
@@ -1031,6 +1032,46 @@ add(Entry("gelu", lambda draw, dtype, smooth: (lambda shape, a: Case({"approxima
           lambda x, approximate: torch.nn.functional.gelu(x, approximate=approximate), dtypes=(F32, F64)))
 add(Entry("relu", lambda draw, dtype, smooth: (lambda shape: Case({}, lambda g, dt: [rand(g, shape, dt)]))(shapes(draw)),
           torch.relu, dtypes=(F32, F64)))
+
+
+# prims/fused_activations.py: (params drawn, f in torch, f'(x) written out in float64). Inputs
+# are randn * 3, so hardswish's and hardsigmoid's kinks at +-3 are inside the range drawn.
+_ACTIVATIONS = {
+    "leaky_relu": (lambda draw: {"negative_slope": draw(st.sampled_from([0.01, 0.2, -0.5]))},
+                   lambda x, negative_slope: F.leaky_relu(x, negative_slope),
+                   lambda x, negative_slope: torch.where(x > 0, x.new_ones(()), negative_slope)),
+    "hardtanh": (lambda draw: dict(zip(("min_val", "max_val"), draw(st.sampled_from([(-1.0, 1.0), (0.0, 6.0), (-2.0, 0.5)])))),
+                 lambda x, min_val, max_val: F.hardtanh(x, min_val, max_val),
+                 lambda x, min_val, max_val: ((x > min_val) & (x < max_val)).to(x.dtype)),
+    "hardswish": (lambda draw: {}, F.hardswish,
+                  lambda x: torch.where(x <= -3, x.new_zeros(()), torch.where(x < 3, x / 3 + 0.5, x.new_ones(())))),
+    # (torch.func has no forward-over-reverse for F.hardsigmoid: its clamp form, the same values)
+    "hardsigmoid": (lambda draw: {}, lambda x: (x + 3).clamp(0, 6) / 6, lambda x: ((x > -3) & (x < 3)).to(x.dtype) / 6),
+    "elu": (lambda draw: dict(zip(("alpha", "scale", "input_scale"), draw(st.sampled_from(
+                [(1.0, 1.0, 1.0), (1.6732632423543772, 1.0507009873554805, 1.0), (0.5, 1.0, 2.0)])))),
+            lambda x, alpha, scale, input_scale: torch.ops.aten.elu(x, alpha, scale, input_scale),
+            lambda x, alpha, scale, input_scale: torch.where(x <= 0, alpha * scale * input_scale
+                                                             * torch.exp(x * input_scale), x.new_tensor(scale))),
+    "softplus": (lambda draw: dict(zip(("beta", "threshold"), draw(st.sampled_from([(1.0, 20.0), (2.0, 3.0), (0.5, 1.0)])))),
+                 lambda x, beta, threshold: F.softplus(x, beta, threshold),
+                 lambda x, beta, threshold: torch.where(x * beta > threshold, x.new_ones(()), torch.sigmoid(x * beta))),
+}
+
+
+def _activation_gen(name, backward):
+    def gen(draw, dtype, smooth):
+        shape, params = shapes(draw), _ACTIVATIONS[name][0](draw)
+        if backward:
+            return Case(params, lambda g, dt: [rand(g, shape, dt), (rand(g, shape, F64) * 3).to(dt)])
+        return Case(params, lambda g, dt: [(rand(g, shape, F64) * 3).to(dt)])
+    return gen
+
+
+for _name, (_, _f, _slope) in _ACTIVATIONS.items():
+    add(Entry(_name, _activation_gen(_name, False), _f, dtypes=(F32, F64)))
+    add(Entry(_name + "_backward", _activation_gen(_name, True),
+              (lambda slope: lambda t, x, **p: (t.double() * slope(x.double(), **p)).to(t.dtype))(_slope),
+              dtypes=(F32, F64), linear=((0,),)))
 
 
 def _norm_shape(draw, channels):

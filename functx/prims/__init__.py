@@ -5,12 +5,14 @@ broadcast_in_dim transpose is the one deferred import, of reduce_sum):
   util, creation (full, iota), series (Taylor series arithmetic and rules), define (definer
   helpers), shape (views, pad, concatenate), elementwise, reduce, linalg (dot_general),
   indexing, fused (log_softmax, softmax, nll_loss, relu, gelu, their and tanh/sigmoid's derivatives:
-  torch's kernels under eager transforms), conv (and its weight cotangent as torch's kernel),
+  torch's kernels under eager transforms), fused_activations (leaky_relu, hardtanh, hardswish,
+  hardsigmoid, elu, softplus as torch's kernels), conv (and its weight cotangent as torch's kernel),
   pool (max pooling with indices), resample (F.interpolate's kernels), random,
   collective (+ distributed, its torch.distributed calls), spmd (replicated-value corrections
   for functx.spmd), opaque, debug (debug_callback).
 """
-from . import util, creation, define, shape, elementwise, reduce, linalg, indexing, fused, conv, pool, resample  # noqa: F401
+from . import (util, creation, define, shape, elementwise, reduce, linalg, indexing, fused, fused_activations,  # noqa: F401
+               conv, pool, resample)
 from . import random as random_module, collective, spmd as spmd_module, opaque as opaque_module  # noqa: F401
 from .creation import full, iota, zeros_like, zeros_like_type, instantiate  # noqa: F401
 from .shape import (broadcast_in_dim, broadcast_to, reshape, transpose, slice_, slice_in_dim, pad,  # noqa: F401

@@ -1,5 +1,7 @@
-"""Activations whose torch decompositions select with where() between a safe value and a
-branch that overflows (softplus's log1p(exp(x)), the elu family's expm1(x) for large x). torch's own
+"""Activations with parameters as torch's kernels on eager levels (prims/fused_activations.py:
+softplus, the elu family, leaky_relu, hardswish, hardsigmoid); elsewhere, and for log_ndtr and
+log_sigmoid, decompositions whose torch counterparts select with where() between a safe value
+and a branch that overflows (softplus's log1p(exp(x)), the elu family's expm1(x) for large x). torch's own
 backward formulas never differentiate the unselected branch; differentiating the
 decomposition does, and 0 * inf gives NaN gradients (JAX's "double where" trap). Here the
 unselected branch sees a harmless input instead, so values and derivatives of every order
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ... import prims as P
+from ...prims.fused_activations import elu, hardsigmoid, hardswish, leaky_relu, softplus
 from ..promote import float_dtype_of
 from .common import _t, aten
 from .registry import register
@@ -25,28 +28,48 @@ def _compute(x):
     return P.convert(x, torch.float32 if dtype in _HALF else dtype), dtype
 
 
+def _float_input(op, x, *args):
+    """torch's own error for a non-float input (its kernels have none), raised by the op on an
+    empty tensor of x's dtype; x in the dtype torch computes in, and the result's dtype."""
+    if not _t(x).dtype.is_floating_point:
+        op(torch.empty(0, dtype=_t(x).dtype), *args)
+    return _compute(x)
+
+
 @register(aten.softplus.default)
 def _softplus(x, beta=1, threshold=20):
-    """x where beta * x > threshold (torch's linear region), else log1p(exp(beta x)) / beta."""
-    x, dtype = _compute(x)
-    z = P.mul(x, beta)
-    linear = P.gt(z, threshold)
-    safe = P.where(linear, 0.0, z)
-    out = P.where(linear, x, P.div(P.log1p(P.exp(safe)), beta))
-    return P.convert(out, dtype)
+    """torch's kernels on eager levels, else x where beta * x > threshold (torch's linear
+    region), log1p(exp(beta x)) / beta elsewhere (prims/fused_activations.py)."""
+    x, dtype = _float_input(aten.softplus.default, x, beta, threshold)
+    return P.convert(softplus(x, beta=beta, threshold=threshold), dtype)
 
 
 @register(aten.elu.default)
 def _elu(x, alpha=1, scale=1, input_scale=1):
-    """scale * x for x > 0, scale * alpha * expm1(input_scale * x) for x < 0. At 0 torch's
-    first derivative takes the negative branch (scale * alpha * input_scale) and its second
-    the positive one (0): a line of that slope through 0 gives both."""
-    x, dtype = _compute(x)
-    positive, negative = P.gt(x, 0.0), P.lt(x, 0.0)
-    safe = P.where(negative, x, 0.0)
-    slope = alpha * scale * input_scale
-    below = P.where(negative, P.mul(P.expm1(P.mul(safe, input_scale)), alpha * scale), P.mul(x, slope))
-    return P.convert(P.where(positive, P.mul(x, scale), below), dtype)
+    """scale * x for x > 0, scale * alpha * expm1(input_scale * x) for x < 0; at 0 torch's
+    first derivative takes the negative branch and its second the positive one (0)."""
+    x, dtype = _float_input(aten.elu.default, x, alpha, scale, input_scale)
+    return P.convert(elu(x, alpha=alpha, scale=scale, input_scale=input_scale), dtype)
+
+
+@register(aten.leaky_relu.default)
+def _leaky_relu(x, negative_slope=0.01):
+    x, dtype = _float_input(aten.leaky_relu.default, x, negative_slope)
+    return P.convert(leaky_relu(x, negative_slope=negative_slope), dtype)
+
+
+@register(aten.hardswish.default)
+def _hardswish(x):
+    """torch's hardswish_backward's derivative: -0.5 at -3 and 1.5 at 3 (its closed interval)."""
+    x, dtype = _float_input(aten.hardswish.default, x)
+    return P.convert(hardswish(x), dtype)
+
+
+@register(aten.hardsigmoid.default)
+def _hardsigmoid(x):
+    """Derivative 1/6 strictly inside (-3, 3), 0 at the ends (torch's)."""
+    x, dtype = _float_input(aten.hardsigmoid.default, x)
+    return P.convert(hardsigmoid(x), dtype)
 
 
 @register(aten.selu.default)

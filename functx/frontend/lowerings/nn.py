@@ -1,6 +1,5 @@
 """Neural-network ops lowered natively so that their derivatives match torch's formulas
-where the composite would differ (ties, boundaries, zeros): relu, hardtanh and the hard
-activations, softmax, norms and distances, std, sinc; and batch norm, whose running
+where the composite would differ (ties, boundaries, zeros): relu, hardtanh, softmax, norms and distances, std, sinc; and batch norm, whose running
 statistics are written back into the buffers."""
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ from .common import _dims, _keep, _t, _zeros, aten, wrap_dim
 from .elementwise import _clamp
 from .registry import register, register_special
 from ...prims.fused import fused_here
+from ...prims.fused_activations import hardtanh
 from ...prims.fused_norm import normalize_channels
 from .torch_prims import _prims_var
 from .attention import _fits, bias_and_scale
@@ -56,15 +56,11 @@ def _gelu(x, approximate="none"):
 
 @register(aten.hardtanh.default)
 def _hardtanh(x, min_val=-1.0, max_val=1.0):
-    t = _t(x)
-    if not t.dtype.is_floating_point:
+    """torch's kernels on eager levels (prims/fused_activations.py), else the clamp with
+    derivative 0 at both ends and at NaN (torch's hardtanh_backward masks with lo < x < hi)."""
+    if not _t(x).dtype.is_floating_point:
         return _clamp(x, min_val, max_val)
-    lo, hi = float(min_val), float(max_val)
-    clamped = P.where(P.le(x, lo), P.full(t.shape, lo, t.dtype, t.device),
-                      P.where(P.ge(x, hi), P.full(t.shape, hi, t.dtype, t.device), x))
-    # torch's hardtanh_backward masks with lo < x < hi: 0 at the boundaries and at NaN.
-    interior = P.bitwise_and(P.gt(x, lo), P.lt(x, hi))
-    return P.where(interior, x, P.stop_gradient(clamped))
+    return hardtanh(x, min_val=min_val, max_val=max_val)
 
 
 # ---------------------------------------------------------------- _safe_softmax (SDPA with masks)
@@ -244,7 +240,7 @@ def _hypot(a, b):
 
 # ---------------------------------------------------------------- finite derivatives at the edges
 # torch's derivative formulas return 0 at points where the composite formula gives 0/0:
-# std of constant data, sinc at 0, hardsigmoid/hardswish at +-3 (strict boundaries).
+# std of constant data, sinc at 0.
 
 def _safe_sqrt(v):
     """sqrt with derivative 0 (not inf*0 = nan) where v == 0; a NaN v stays NaN."""
@@ -311,16 +307,6 @@ def _sinc(x):
     series = P.add(1.0, P.mul(u, P.add(-1.0 / 6, P.mul(u, P.add(1.0 / 120, P.mul(u, -1.0 / 5040))))))
     safe = P.where(small, 1.0, px)
     return P.where(small, series, P.div(P.sin(safe), safe))
-
-
-@register(aten.hardsigmoid.default)
-def _hardsigmoid(x):
-    return P.div(_hardtanh(P.add(x, 3.0), 0.0, 6.0), 6.0)
-
-
-@register(aten.hardswish.default)
-def _hardswish(x):
-    return P.mul(x, _hardsigmoid(x))
 
 
 # ---------------------------------------------------------------- nested-tensor fast path
