@@ -11,11 +11,22 @@ import bench_jit_overhead  # noqa: E402
 import bench_taylor  # noqa: E402
 import bench_loops  # noqa: E402
 import bench_transforms  # noqa: E402
+import bench_eager_models  # noqa: E402
 
 
 @pytest.mark.parametrize("name", list(bench_transforms.WORKLOADS))
 def test_transform_workload_matches_torch_func(name):
     assert bench_transforms.check(name, small=True)
+
+
+@pytest.mark.parametrize("section", list(bench_eager_models.SECTIONS))
+def test_eager_model_rows_match_torch_func(section):
+    """bench_eager_models' rows (model blocks, activations, losses): functx.grad is torch.func.grad."""
+    import functx
+    for name, (loss, args) in bench_eager_models.SECTIONS[section]().items():
+        got, want = functx.grad(loss)(*args), torch.func.grad(loss)(*args)
+        for u, v in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+            torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_jit_overhead_mlp_matches_eager():
