@@ -18,6 +18,7 @@ from ..core.errors import ConcretizationError, FunctxError, TorchAutogradError, 
 from ..core.trace import GraphTracer, ReadRecorder, Tracer, concrete, note_autograd_read, type_of
 from ..core.trace import record_autograd_reads as _autograd_reads
 from .composites import COMPOSITES, UNITS_FIRST
+from .kernel_check import kernel_error
 from .lowerings.registry import DECOMPOSING
 from .rewrites import REWRITTEN, grad_mode_watchers, rewrite
 
@@ -56,21 +57,30 @@ class TracerTensor(torch.Tensor):
         # here: contiguous() of a transposed or sliced view copies (it was an alias), and
         # .view() of one raises as in torch. One set lookup for every other torch function
         # (and, while functx.hessian stages f, a watcher that must see every function run
-        # with grad mode off).
-        if func in _SPECIAL_FUNCTIONS or grad_mode_watchers:
-            return _special_function(func, types, args, kwargs)
-        # Under an eager transform, the whole function as one cached unit where that is exactly
-        # what the ATen ops below would do (frontend/function_units.py).
-        out = run_function_unit(func, types, args, kwargs)
-        if out is not NotImplemented:
-            return out
-        if func in UNITS_FIRST:     # F.linear where no unit serves: its composite
-            return _special_function(func, types, args, kwargs)
-        if type(func) is _FunctionType:     # F.multi_head_attention_forward: its body, as user code
-            out = run_python_body(func, args, kwargs or {})
+        # with grad mode off). A call that fails raises what eager PyTorch raises for operands
+        # of these shapes where torch rejects them itself (kernel_check.kernel_error).
+        try:
+            if func in _SPECIAL_FUNCTIONS or grad_mode_watchers:
+                return _special_function(func, types, args, kwargs)
+            # Under an eager transform, the whole function as one cached unit where that is exactly
+            # what the ATen ops below would do (frontend/function_units.py).
+            out = run_function_unit(func, types, args, kwargs)
             if out is not NotImplemented:
                 return out
-        return _disabled_torch_function(func, types, args, kwargs or {})
+            if func in UNITS_FIRST:     # F.linear where no unit serves: its composite
+                return _special_function(func, types, args, kwargs)
+            if type(func) is _FunctionType:     # F.multi_head_attention_forward: its body, as user code
+                out = run_python_body(func, args, kwargs or {})
+                if out is not NotImplemented:
+                    return out
+            return _disabled_torch_function(func, types, args, kwargs or {})
+        except (RuntimeError, TypeError, ValueError, IndexError) as e:
+            if isinstance(e, FunctxError):
+                raise
+            better = kernel_error(func, args, kwargs or {}, e)     # torch's own error, if it has one
+            if better is None:
+                raise
+            raise better from e
 
     @staticmethod
     def __new__(cls, value, strides=None, storage_offset=0, contiguous=None):
