@@ -1,0 +1,111 @@
+"""Research code nobody on the team wrote (diffusion models, PINNs, score matching,
+consistency models, normalizing flows, meta-learning, neural ODEs), with a researcher's
+habits, under functx's transforms eagerly and under functx.jit. Each test pins either a
+divergence that was found and fixed (the docstring says what was wrong and which oracle
+decides) or a representative program that already worked. Oracles run in float64:
+torch.func / torch.autograd on the same code, central finite differences where those
+disagree with torch.func, eager torch for errors, and a Python loop for vmap."""
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import functx
+
+D = torch.float64
+
+
+def _close(a, b, tol=1e-7):
+    la, lb = torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, y.shape, x.dtype, y.dtype)
+        torch.testing.assert_close(x, y, atol=tol, rtol=tol)
+
+
+def _torch_error(fn):
+    try:
+        fn()
+    except RuntimeError as e:
+        return str(e)
+    raise AssertionError("eager torch accepted it")
+
+
+# ---------------------------------------------------------------- errors: torch's own message
+
+_G = torch.rand(2, 4, 4, 2, dtype=D) * 2 - 1
+
+
+@pytest.mark.parametrize("name,f,x", [
+    ("grid_sample batch", lambda x: F.grid_sample(x, _G, align_corners=False), torch.randn(1, 3, 5, 6, dtype=D)),
+    ("pixel_unshuffle", lambda x: F.pixel_unshuffle(x, 2), torch.randn(1, 3, 5, 6, dtype=D)),
+    ("pixel_shuffle", lambda x: F.pixel_shuffle(x, 2), torch.randn(1, 3, 5, 6, dtype=D)),
+    ("view", lambda x: x.view(7, -1), torch.randn(1, 3, 5, 6, dtype=D)),
+])
+@pytest.mark.parametrize("how", ["grad", "jit", "vmap"])
+def test_shape_errors_are_torchs_own(name, f, x, how):
+    """A spatial transformer whose sampling grid has another batch size, a super-resolution
+    head whose channels are not divisible by r^2: torch's kernels check the shapes, but
+    functx ran torch._decomp's decompositions (grid_sampler_2d, pixel_shuffle), which reshape
+    first, so the user got "shape '[1, 1, 4, 4, 2]' is invalid for input of size 64" from
+    deep inside the decomposition (under jit "reshape: can't reshape f64[1,3,5,6] to
+    [1, 0, 2, 2, 5, 6]", and x.view(7, -1) named the size functx inferred, [7, 12]). Now a
+    torch function that fails inside functx runs once more on plain tensors of the same
+    shapes (zeros, then ones: a rule about shapes, not values), and torch's error is raised.
+    Oracle: eager torch's message, per example under vmap (as torch.func.vmap says it)."""
+    want = _torch_error(lambda: f(x))
+    run = {"grad": lambda: functx.grad(lambda x: f(x).sum())(x),
+           "jit": lambda: functx.jit(f)(x),
+           "vmap": lambda: functx.vmap(lambda x: f(x[None])[0])(x.expand(2, *x.shape[1:]))}[how]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError) as info:
+            run()
+    assert str(info.value) == want
+
+
+def test_a_shape_error_under_vmap_names_per_example_dims():
+    """torch.cat of per-example tensors under vmap: functx's message counted the hidden batch
+    dim ("... except in dimension 1", as torch.func.vmap's does); the user's code has no
+    dimension 1 there. Oracle: eager torch's message for one example."""
+    x = torch.randn(2, 3, 5)
+    f = lambda x: torch.cat([x, x[:1, :2]], 0)  # noqa: E731
+    want = _torch_error(lambda: f(x[0]))
+    with pytest.raises(RuntimeError) as info:
+        functx.vmap(f)(x)
+    assert str(info.value) == want
+
+
+# ---------------------------------------------------------------- jvp / linearize tangents
+
+def _embed(x, t):
+    """A consistency model's time conditioning with an integer timestep."""
+    half = 4
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=x.dtype) / half)
+    a = t[:, None].to(x.dtype) * freqs[None]
+    return x * torch.cat([a.sin(), a.cos()], -1)
+
+
+def test_a_nonzero_tangent_for_an_integer_primal_raises():
+    """jvp(f, (x, t), (dx, dt)) with t a torch.long timestep: functx took the integer primal
+    as non-differentiable and dropped its tangent, so dt = ones (or a float tangent) gave a
+    tangent output as if dt were zero: silently other numbers. torch.func raises for
+    integer primals; JAX asks for float0 tangents. Now an integer primal's tangent must be
+    an integer tensor of zeros (checked where its values are known); a floating or nonzero
+    one raises naming the primal. linearize's f_jvp also took a float64 tangent for a
+    float32 primal (and returned float64) where jvp and torch.func.linearize raise."""
+    x, t = torch.randn(3, 8, dtype=D), torch.tensor([1, 10, 100])
+    want = torch.func.jvp(lambda x: _embed(x, t), (x,), (x,))
+    _close(functx.jvp(_embed, (x, t), (x, torch.zeros_like(t))), want)
+    _close(functx.jit(lambda x, t, dt: functx.jvp(_embed, (x, t), (x, dt)))(x, t, torch.zeros_like(t)), want)
+    for dt in (torch.ones_like(t), torch.ones(3, dtype=D)):
+        with pytest.raises(ValueError, match=r"functx.jvp: primal 1 has dtype torch.int64.*zeros_like"):
+            functx.jvp(_embed, (x, t), (x, dt))
+    _, f_jvp = functx.linearize(_embed, x, t)
+    _close(f_jvp(x, torch.zeros_like(t)), want[1])
+    with pytest.raises(ValueError, match=r"functx.linearize: primal 1 has dtype torch.int64"):
+        f_jvp(x, torch.ones(3))
+    with pytest.raises(ValueError, match=r"functx.linearize: tangent 0 has dtype torch.float32, its primal"):
+        f_jvp(x.float(), torch.zeros_like(t))
