@@ -275,8 +275,10 @@ SHAPE_CHECKS = {
 # torch._decomp's grid_sampler_2d or pixel_unshuffle reshaping operands of the wrong sizes)
 # raised from deep inside: "shape '[1, 1, 4, 4, 2]' is invalid for input of size 64". On that
 # path only, the function runs once more on plain tensors of the operands' shapes, dtypes and
-# devices; where torch raises there, for zeros and for ones alike (a rule about shapes, not
-# values), that is the error the user gets, as eager PyTorch would raise it.
+# devices (traced operands filled, closed-over constants such as indices as they are); where
+# torch raises there, for zeros and for ones alike (a rule about shapes, not values), that is
+# the error the user gets, as eager PyTorch would raise it.
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 def kernel_error(func, args, kwargs, error):
     """The exception eager PyTorch raises for func on operands of these shapes and dtypes,
@@ -297,6 +299,8 @@ def kernel_error(func, args, kwargs, error):
         def plain(x):
             if isinstance(x, torch.Tensor):
                 shape, dtype, device = next(it)
+                if type(x) in _PLAIN:   # a closed-over constant (an index): its values, copied
+                    return x.detach().clone()
                 return torch.full(shape, fill, dtype=dtype, device=device)
             return x
         try:
