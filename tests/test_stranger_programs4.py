@@ -109,3 +109,72 @@ def test_a_nonzero_tangent_for_an_integer_primal_raises():
         f_jvp(x, torch.ones(3))
     with pytest.raises(ValueError, match=r"functx.linearize: tangent 0 has dtype torch.float32, its primal"):
         f_jvp(x.float(), torch.zeros_like(t))
+
+
+# ---------------------------------------------------------------- kinks and where torch.func is wrong
+
+def test_huber_hessian_where_the_residual_equals_delta():
+    """A robust-regression Newton step with integer-valued residuals and delta=1: at
+    |x - y| == delta functx's huber took the linear branch (Hessian 0) where torch's backward
+    and double-backward formulas clamp the residual to [-delta, delta] (the quadratic branch,
+    1 / n). Oracle: torch.func.hessian (smooth_l1's double backward takes the linear branch
+    at |x - y| == beta; functx keeps that). Values stay bit-equal to torch's kernel."""
+    x = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0, -0.3], dtype=D)
+    for f in (lambda x: F.huber_loss(x, torch.zeros_like(x), delta=1.0),
+              lambda x: F.huber_loss(x, torch.zeros_like(x), delta=0.3, reduction="sum"),
+              lambda x: F.smooth_l1_loss(x, torch.zeros_like(x), beta=1.0)):
+        want = torch.func.hessian(f)(x)
+        _close(functx.hessian(f)(x), want)
+        _close(functx.jit(functx.hessian(f))(x), want)
+        assert torch.equal(functx.jit(f)(x), f(x))
+
+
+def test_second_derivatives_where_torch_func_is_wrong():
+    """Worked already: functx's Hessians match finite differences of torch.autograd's gradient
+    where torch.func.hessian is wrong: sinc at 0 (torch.func: 0, the truth -pi^2/3), det of a
+    singular matrix (torch.func: NaN), and cholesky_inverse (a GP's precision matrix; off by
+    up to 1.0, checked along a symmetric direction since cholesky reads one triangle)."""
+    from fd_oracles import central_differences
+    x = torch.tensor([-1.0, 0.0, 0.5], dtype=D)
+    sinc = lambda x: torch.sinc(x).sum()  # noqa: E731
+    h = functx.hessian(sinc)(x)
+    _close(h, central_differences(torch.func.grad(sinc), x), tol=1e-4)     # sinc' cancels near 0
+    assert abs(h[1, 1].item() + math.pi ** 2 / 3) < 1e-9 and torch.func.hessian(sinc)(x)[1, 1] == 0
+    ones = torch.ones(3, 3, dtype=D)
+    _close(functx.hessian(torch.linalg.det)(ones), central_differences(torch.func.grad(torch.linalg.det), ones),
+           tol=1e-6)
+    assert torch.func.hessian(torch.linalg.det)(ones).isnan().all()
+    torch.manual_seed(0)
+    A = torch.randn(4, 4, dtype=D) + 3 * torch.eye(4, dtype=D)
+    S, V = A @ A.T + torch.eye(4, dtype=D), torch.randn(4, 4, dtype=D)
+    V = V + V.T
+    f = lambda S: torch.cholesky_inverse(torch.linalg.cholesky(S)).trace()  # noqa: E731
+    g = torch.func.grad(f)
+    want = (g(S + 1e-5 * V) - g(S - 1e-5 * V)) / 2e-5
+    for hess in (functx.hessian(f), functx.jit(functx.hessian(f))):
+        _close((hess(S) * V).sum((-1, -2)), want, tol=1e-6)
+    assert ((torch.func.hessian(f)(S) * V).sum((-1, -2)) - want).abs().max() > 0.1
+
+
+def _self_aliased_update(x):
+    y = torch.ones_like(x)
+    y.addcmul_(x, x, value=0.5)
+    y.addcdiv_(x, y)            # y is also the divisor: y + x / y
+    z = x.clone()
+    z.mul_(z)                   # z * z
+    return y.sum() + z.sum()
+
+
+def test_in_place_ops_that_read_their_own_target_under_jvp():
+    """Worked already: y.addcdiv_(x, y) and z.mul_(z) (an optimizer-style update that reads
+    the tensor it writes): functx's jvp matches finite differences where torch.func.jvp is
+    wrong (it reads the tangent after the write: off by 0.9 and more), and its grad and
+    Hessian run where torch.autograd raises "modified by an inplace operation"."""
+    from fd_oracles import central_differences
+    torch.manual_seed(0)
+    x, v = torch.randn(4, 5, dtype=D), torch.randn(4, 5, dtype=D)
+    fd = central_differences(_self_aliased_update, x)
+    _close(functx.jvp(_self_aliased_update, (x,), (v,))[1], (fd * v).sum(), tol=1e-6)
+    _close(functx.jit(lambda x, v: functx.jvp(_self_aliased_update, (x,), (v,)))(x, v)[1], (fd * v).sum(), tol=1e-6)
+    _close(functx.grad(_self_aliased_update)(x), fd, tol=1e-6)
+    assert abs(torch.func.jvp(_self_aliased_update, (x,), (v,))[1] - (fd * v).sum()) > 0.5
