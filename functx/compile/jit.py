@@ -23,6 +23,7 @@ from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
 from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
 from .object_values import called_modules
+from .write_back import unread_inputs, writes_without_derivative
 from .eager import EagerCompiled
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, dict_orders, make_key, torch_state, value_key  # noqa: F401,E501
@@ -38,7 +39,7 @@ class _Entry:
                  "module_guard", "plain_for_autograd")
 
     def __init__(self, compiled, key, symbolic=None, notes=(), cuda_graphs=None, generators=(), untracked=(),
-                 plain_for_autograd=False):
+                 plain_for_autograd=False, unread=frozenset()):
         self.compiled = compiled
         self.key = key
         self.symbolic = symbolic      # a SymbolicShapes when one trace serves many sizes
@@ -67,7 +68,8 @@ class _Entry:
         else:
             self.unflatten = functools.partial(tree_unflatten, meta.out_tree)
         if meta.mutated_inputs:
-            self.call = _writing_back(self.call, meta.mutated_inputs, untracked, _constant_storages(compiled.graph))
+            self.call = _writing_back(self.call, meta.mutated_inputs, untracked, _constant_storages(compiled.graph),
+                                      unread)
 
 
 def _records_autograd(args, kwargs):
@@ -93,15 +95,16 @@ def _constant_storages(graph) -> frozenset:
                      if type(t) in (torch.Tensor, torch.nn.Parameter) and t.numel())
 
 
-def _writing_back(call, mutated, untracked=(), constants=frozenset()):
+def _writing_back(call, mutated, untracked=(), constants=frozenset(), unread=frozenset()):
     """f wrote into some of its inputs: the graph returns their new values last; copy them
     into the caller's tensors, as running f eagerly would have. Writes to the leaves in
-    `untracked` (the reached modules' buffers) are not recorded by autograd, as torch's own
-    running-statistics updates are not."""
+    `untracked` (the reached modules' buffers, and inputs whose new value has no derivative:
+    writes_without_derivative) are not recorded by autograd, as torch's own
+    running-statistics updates are not. `unread`: inputs the graph never reads."""
     n = len(mutated)
 
     def call_and_write_back(*tensors):
-        _refuse_aliased_writes(tensors, mutated, constants)
+        _refuse_aliased_writes(tensors, mutated, constants, unread)
         if torch.is_grad_enabled():
             # autograd may save an input the call reads (torch.mv saves its vector); the write
             # below would then break backward ("modified by an inplace operation"): give the
@@ -122,11 +125,13 @@ def _writing_back(call, mutated, untracked=(), constants=frozenset()):
     return call_and_write_back
 
 
-def _refuse_aliased_writes(tensors, mutated, constants=frozenset()):
+def _refuse_aliased_writes(tensors, mutated, constants=frozenset(), unread=frozenset()):
     """The graph treats its inputs as separate tensors: a write into one that shares memory
     with another (the same tensor passed twice, a view of another argument) or with a tensor
     f closes over (passing `w` to a function that also reads `w`) would not be seen through
-    the other, unlike eager PyTorch."""
+    the other, unlike eager PyTorch. Another input the graph never reads cannot see a stale
+    value: a reached module's buffer that functional_call(model, (params, buffers)) replaced
+    by the same tensor passed as an argument."""
     storages = [t.untyped_storage().data_ptr() if t.numel() else None for t in tensors]
     for k in mutated:
         if storages[k] in constants:
@@ -136,7 +141,7 @@ def _refuse_aliased_writes(tensors, mutated, constants=frozenset()):
                 "buffer). The compiled function reads that tensor as it was before the call, so it "
                 "would not see the write, unlike eager PyTorch. Pass a separate tensor (e.g. w.clone()).")
         for j, s in enumerate(storages):
-            if j != k and s is not None and s == storages[k]:
+            if j != k and s is not None and s == storages[k] and (j not in unread or j in mutated):
                 raise FunctxError(
                     f"functx.jit: tensor argument {k} is written in place and shares memory with tensor "
                     f"argument {j} (the same tensor passed twice, or a view of another argument). The "
@@ -319,7 +324,8 @@ class JitFunction:
             if symbolic is None:
                 compiled, _ = compile_graph(graph, self.backend, leaves)
             entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs, generators,
-                           _buffer_inputs(key, leaves), plain_for_autograd=layouts.autograd)
+                           _buffer_inputs(key, leaves) | writes_without_derivative(graph),
+                           plain_for_autograd=layouts.autograd, unread=unread_inputs(graph))
             # modules the call passes (a static self, a module as an argument, part of the key by
             # identity) are guarded like reached modules; values the trace changed are not
             if values is not None:
