@@ -262,3 +262,31 @@ def test_jit_training_loop_with_functional_call_buffers_and_backward():
         assert all(v.grad_fn is None for v in b.values())
         return losses, {k: v.grad for k, v in p.items()}, b
     _close(run(True), run(False))
+
+
+# ---------------------------------------------------------------- jit under torch autograd
+
+def test_jit_under_torch_autograd_keeps_the_derivatives_torch_cuts():
+    """loss = jit(f)(...); loss.backward(): the pipeline's simplify drops stop_gradient (a
+    marker for functx's transforms), but a call torch autograd records differentiates the
+    compiled torch code, where that marker cut a derivative: nn.Embedding(scale_grad_by_freq=
+    True) got the unscaled gradient (off by the token counts, silently), and det of a
+    singular matrix lost its singular branch's derivative. Graphs that hold such a
+    stop_gradient (one not read only by a max, as softmax's shift is) now run, for calls
+    autograd records, a variant compiled with it (.detach()). Oracle: eager torch for the
+    embedding; finite differences for det (torch's own eager det backward returns zeros at
+    this singular matrix; torch.func agrees with the differences)."""
+    from fd_oracles import central_differences
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(5, 3, scale_grad_by_freq=True).double()
+    tok = torch.tensor([[0, 1, 2], [3, 0, 0]])
+    loss = lambda tok: emb(tok).pow(2).sum()  # noqa: E731
+    grads = []
+    for f in (loss, functx.jit(loss)):
+        emb.weight.grad = None
+        f(tok).backward()
+        grads.append(emb.weight.grad.clone())
+    _close(grads[1], grads[0])
+    A = torch.tensor([[1.0, 2, 3], [2, 4, 6], [0, 1, 1]], dtype=D, requires_grad=True)
+    functx.jit(torch.linalg.det)(A).backward()
+    _close(A.grad, central_differences(torch.linalg.det, A.detach()), tol=1e-6)

@@ -23,7 +23,7 @@ from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
 from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
 from .object_values import called_modules
-from .write_back import unread_inputs, writes_without_derivative
+from .write_back import cuts_derivatives, unread_inputs, with_autograd_variant, writes_without_derivative
 from .eager import EagerCompiled
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, dict_orders, make_key, torch_state, value_key  # noqa: F401,E501
@@ -39,7 +39,7 @@ class _Entry:
                  "module_guard", "plain_for_autograd")
 
     def __init__(self, compiled, key, symbolic=None, notes=(), cuda_graphs=None, generators=(), untracked=(),
-                 plain_for_autograd=False, unread=frozenset()):
+                 plain_for_autograd=False, unread=frozenset(), autograd_variant=None):
         self.compiled = compiled
         self.key = key
         self.symbolic = symbolic      # a SymbolicShapes when one trace serves many sizes
@@ -67,6 +67,8 @@ class _Entry:
             self.unflatten = _first
         else:
             self.unflatten = functools.partial(tree_unflatten, meta.out_tree)
+        if autograd_variant is not None:      # the graph cuts derivatives (write_back.py)
+            self.call = with_autograd_variant(self.call, autograd_variant, compiled.graph.consts)
         if meta.mutated_inputs:
             self.call = _writing_back(self.call, meta.mutated_inputs, untracked, _constant_storages(compiled.graph),
                                       unread)
@@ -123,6 +125,12 @@ def _writing_back(call, mutated, untracked=(), constants=frozenset(), unread=fro
                 tensors[k].copy_(value)
         return outs[:-n]
     return call_and_write_back
+
+
+def _autograd_call(graph, leaves):
+    """The graph compiled for calls torch autograd records: the eager backend's torch code
+    with the stop_gradients kept (.detach()), so that autograd cuts what torch cuts."""
+    return compile_graph(graph, "eager", leaves, keep_stop_gradient=True)[0].call
 
 
 def _refuse_aliased_writes(tensors, mutated, constants=frozenset(), unread=frozenset()):
@@ -325,7 +333,9 @@ class JitFunction:
                 compiled, _ = compile_graph(graph, self.backend, leaves)
             entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs, generators,
                            _buffer_inputs(key, leaves) | writes_without_derivative(graph),
-                           plain_for_autograd=layouts.autograd, unread=unread_inputs(graph))
+                           plain_for_autograd=layouts.autograd, unread=unread_inputs(graph),
+                           autograd_variant=(functools.partial(_autograd_call, graph, leaves)
+                                             if cuts_derivatives(graph) else None))
             # modules the call passes (a static self, a module as an argument, part of the key by
             # identity) are guarded like reached modules; values the trace changed are not
             if values is not None:
