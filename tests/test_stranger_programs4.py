@@ -290,3 +290,33 @@ def test_jit_under_torch_autograd_keeps_the_derivatives_torch_cuts():
     A = torch.tensor([[1.0, 2, 3], [2, 4, 6], [0, 1, 1]], dtype=D, requires_grad=True)
     functx.jit(torch.linalg.det)(A).backward()
     _close(A.grad, central_differences(torch.linalg.det, A.detach()), tol=1e-6)
+
+
+def test_jit_train_step_that_takes_the_model_as_an_argument():
+    """@functx.jit def train_step(model, x, y) with a BatchNorm model in training mode: jit
+    raised PlainWriteError ("writes in place into a tensor the function closes over") for the
+    running statistics, though the model was an argument and the same model closed over, as
+    a bound method or jitted itself worked (their buffers are passed as arguments). A module
+    passed as an argument whose forward writes its buffers now has them passed too (from
+    the first such write on). Oracle: the same loop in eager torch, switching train / eval
+    between calls (losses, parameter gradients, buffers, no autograd history on them)."""
+    def mk():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.ReLU(),
+                                   torch.nn.Flatten(), torch.nn.Linear(27, 2)).double()
+    x, y = torch.randn(4, 1, 5, 5, dtype=D, generator=torch.Generator().manual_seed(3)), torch.tensor([0, 1, 1, 0])
+
+    def train_step(model, x, y):
+        return F.cross_entropy(model(x), y)
+
+    def run(f):
+        m, out = mk(), []
+        for i in range(3):
+            m.train(i != 1)
+            m.zero_grad()
+            loss = f(m, x, y)
+            loss.backward()
+            out.append((loss.detach(), [p.grad for p in m.parameters()]))
+        assert all(b.grad_fn is None for b in m.buffers())
+        return out, dict(m.named_buffers())
+    _close(run(functx.jit(train_step)), run(train_step))

@@ -22,6 +22,7 @@ from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
 from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
+from .closure_guard import swapped_buffers
 from .object_values import called_modules
 from .write_back import cuts_derivatives, unread_inputs, with_autograd_variant, writes_without_derivative
 from .eager import EagerCompiled
@@ -227,8 +228,10 @@ class JitFunction:
         # traced wrapper takes), so in-place updates (BatchNorm's running statistics, a KV
         # cache) are written back each call; ModuleGuard checks their identity and tensors.
         self._modes = ReachedModules.of(f)
-        self._fn = _buffers_as_arguments(f, self._modes) if self._modes is not None else f
+        self._fn = _argument_buffers_as_arguments(_buffers_as_arguments(f, self._modes) if self._modes is not None
+                                                  else f)
         self._writes_buffers = False    # a reached module's forward writes buffers in eval mode too
+        self._arg_buffers = False       # a module passed as an argument writes its buffers
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
         functools.update_wrapper(self, f, updated=())
@@ -356,6 +359,8 @@ class JitFunction:
         return entry
 
     def _leaf_name(self, path):
+        if len(path) == 4 and path[:2] == (1, _ARG_BUFFERS):
+            return f"the buffer {path[3]!r} of the module passed as argument {path[2]}"
         if len(path) == 4 and path[:2] == (1, _BUFFERS):     # what _buffers_as_arguments passes
             return (f"the buffer {path[3]!r} of a module f reaches (jit passes the buffers of a module "
                     "that trains as arguments, so their updates are written back)")
@@ -393,6 +398,10 @@ class JitFunction:
             refuse_inside_torch_func("functx.jit")
         if self._modes is not None:
             kwargs = self.with_buffers(kwargs)
+        if self._arg_buffers:
+            buffers = _argument_buffers(args)
+            if buffers:
+                kwargs = {**kwargs, _ARG_BUFFERS: buffers}
         try:
             if not kwargs and not self.static_argnums and not self._named_nums and not _NANS.on \
                     and not self._reads_layouts:
@@ -446,12 +455,18 @@ class JitFunction:
                         return entry.unflatten(entry.call(*inputs))
             return self._call(args, kwargs, False)
         except PlainWriteError:
-            # a reached module's eval-mode forward writes a buffer (a KV cache): from now on the
-            # buffers are arguments (with_buffers), and this call traces again
-            if self._modes is None or self._writes_buffers or not self._modes.buffer_arguments(True):
+            # a module passed as an argument writes its buffers (BatchNorm's running statistics
+            # in jit(train_step)(model, x)), or a reached module's eval-mode forward writes a
+            # buffer (a KV cache): from now on those buffers are arguments, and this call
+            # traces again
+            if not self._arg_buffers and _argument_buffers(args):
+                self._arg_buffers = True
+            elif self._modes is None or self._writes_buffers or not self._modes.buffer_arguments(True):
                 raise
-            self._writes_buffers = True
+            else:
+                self._writes_buffers = True
             kwargs.pop(_BUFFERS, None)
+            kwargs.pop(_ARG_BUFFERS, None)
             return self(*args, **kwargs)
 
     def _call(self, args, kwargs, method):
@@ -534,6 +549,26 @@ class JitFunction:
 
 
 _BUFFERS = "_functx_module_buffers"
+_ARG_BUFFERS = "_functx_argument_module_buffers"
+
+
+def _argument_buffers(args) -> dict:
+    """{position: buffers by name} of the nn.Modules among the positional arguments."""
+    return {i: b for i, a in enumerate(args) if isinstance(a, torch.nn.Module)
+            for b in (dict(a.named_buffers()),) if b}
+
+
+def _argument_buffers_as_arguments(f):
+    """The traced function: f with the modules passed as arguments holding the buffers given
+    by keyword (tracers), so their in-place updates are writes to arguments."""
+    @functools.wraps(f)
+    def run(*args, **kwargs):
+        buffers = kwargs.pop(_ARG_BUFFERS, None)
+        if buffers is None:
+            return f(*args, **kwargs)
+        with swapped_buffers(list(args), buffers):
+            return f(*args, **kwargs)
+    return run
 
 
 def _buffer_inputs(key, leaves) -> frozenset:
@@ -541,7 +576,7 @@ def _buffer_inputs(key, leaves) -> frozenset:
     collects them), of the reached modules' buffers passed by keyword."""
     paths = key[0].paths()
     inputs = [p for p, leaf in zip(paths, leaves) if isinstance(leaf, torch.Tensor) or is_dynamic_scalar(leaf)]
-    return frozenset(k for k, p in enumerate(inputs) if _BUFFERS in p)
+    return frozenset(k for k, p in enumerate(inputs) if _BUFFERS in p or _ARG_BUFFERS in p)
 
 
 def _buffers_as_arguments(f, reached):
