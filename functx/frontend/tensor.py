@@ -235,6 +235,8 @@ _set_own_requires_grad = torch._C.TensorBase.requires_grad.__set__
 def _special_function(func, types, args, kwargs):
     if func in _TORCH_AUTOGRAD:
         _refuse_torch_autograd(func)
+    if func == _DATA_SET:
+        return _set_data(*args)
     composite = COMPOSITES.get(func)
     if composite is not None:
         out = composite(*args, **(kwargs or {}))
@@ -319,8 +321,27 @@ def _guard_autograd_functional():
 _guard_autograd_functional()
 
 
+# `y.data = v`: torch replaces y's values and keeps its autograd identity (torch.func
+# raises); passed through, it set the wrapper's own storage and functx kept the old values,
+# so the function went on with them silently. As a write through a detached alias it is
+# torch's meaning: the values change, the derivative y had stays.
+_DATA_SET = torch.Tensor.data.__set__
+
+
+def _set_data(target, value):
+    if not isinstance(value, torch.Tensor) or value.shape != target.shape or value.dtype != target.dtype \
+            or target._chain:
+        raise FunctxError(
+            "functx: `tensor.data = value` inside a transformed function is supported for a value "
+            f"of the tensor's own shape and dtype ({tuple(target.shape)}, {target.dtype}), not a view, "
+            f"here:\n{user_frame_summary()}\nWrite `with torch.no_grad(): tensor.copy_(value)` "
+            "(or build a new tensor) instead.")
+    target.detach().copy_(value)
+
+
 # The torch functions TracerTensor.__torch_function__ does more for than pass them through.
-_SPECIAL_FUNCTIONS = (frozenset(COMPOSITES) - UNITS_FIRST) | REWRITTEN | {_CONTIGUOUS, _VIEW} | frozenset(_TORCH_AUTOGRAD)
+_SPECIAL_FUNCTIONS = (frozenset(COMPOSITES) - UNITS_FIRST) | REWRITTEN | {_CONTIGUOUS, _VIEW, _DATA_SET} | \
+    frozenset(_TORCH_AUTOGRAD)
 
 
 def _concrete(w):
