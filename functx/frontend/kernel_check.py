@@ -324,7 +324,9 @@ _NO_PROBE = frozenset({"rand", "randn", "randint", "rand_like", "randn_like", "r
                        "bernoulli", "bernoulli_", "multinomial", "normal", "normal_", "uniform_",
                        "exponential_", "geometric_", "cauchy_", "log_normal_", "random_", "dropout",
                        "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
-                       "rrelu", "gumbel_softmax", "item", "tolist", "numpy", "backward", "register_hook"})
+                       "rrelu", "rrelu_", "gumbel_softmax", "poisson", "binomial", "_standard_gamma",
+                       "_sample_dirichlet", "native_dropout", "item", "tolist", "numpy", "backward",
+                       "register_hook"})       # draws (a probe would advance the generator) and effects
 
 
 def _tensors(tree):
