@@ -365,3 +365,18 @@ def test_assigning_tensor_data_inside_transforms():
         return y.sum()
     with pytest.raises(functx.FunctxError, match=r"tensor.data = value.*shape and dtype"):
         functx.grad(reshaped)(x)
+
+
+def test_jit_python_float_argument_a_torch_function_needs_as_a_number():
+    """jit(up)(x, 2.0) with up = F.interpolate(x, scale_factor=s): jit traces a Python float
+    argument as a 0-d value, which torch's argument parser rejects deep inside F.interpolate
+    ("upsample_bilinear2d() received an invalid combination of arguments ... list of
+    [TracerTensor, TracerTensor]"), where F.interpolate(x, size=(n, n)) or F.pad(x, (p, p))
+    raised a ConcretizationError naming the argument and the fix. Now a TypeError from a torch
+    function with such a number among its operands raises that error too. Oracle: eager torch
+    runs it; with static_argnums jit matches."""
+    x = torch.randn(1, 2, 4, 4, dtype=D)
+    up = lambda x, s: F.interpolate(x, scale_factor=s, mode="bilinear")  # noqa: E731
+    with pytest.raises(functx.ConcretizationError, match=r"comes from argument 's'.*static_argnums"):
+        functx.jit(up)(x, 2.0)
+    _close(functx.jit(up, static_argnums=1)(x, 2.0), up(x, 2.0))

@@ -77,6 +77,8 @@ class TracerTensor(torch.Tensor):
         except (RuntimeError, TypeError, ValueError, IndexError) as e:
             if isinstance(e, FunctxError):
                 raise
+            if isinstance(e, TypeError):
+                _needs_numbers(args, kwargs, e)
             better = kernel_error(func, args, kwargs or {}, e)     # torch's own error, if it has one
             if better is None:
                 raise
@@ -346,6 +348,20 @@ _SPECIAL_FUNCTIONS = (frozenset(COMPOSITES) - UNITS_FIRST) | REWRITTEN | {_CONTI
 
 def _concrete(w):
     return concrete(_functionalize().value_of(w))
+
+
+def _needs_numbers(args, kwargs, error):
+    """A torch function rejected its arguments' types (TypeError), and one of them is a Python
+    number jit traces as a 0-d tensor (F.interpolate(x, scale_factor=s) with s a float
+    argument: "upsample_bilinear2d() received an invalid combination of arguments"): the
+    function needs that number's value, which a trace does not know. Raise that (naming the
+    argument, with the fix: static_argnums) instead of the parser's message."""
+    for a in tree_flatten((args, kwargs or {}))[0]:
+        if type(a) is TracerTensor and not a._chain and type_of(a._value).weak:
+            try:
+                _concrete(a)
+            except ConcretizationError as c:
+                raise c from error
 
 
 def _functionalize():
