@@ -272,7 +272,7 @@ def test_jit_under_torch_autograd_keeps_the_derivatives_torch_cuts():
     compiled torch code, where that marker cut a derivative: nn.Embedding(scale_grad_by_freq=
     True) got the unscaled gradient (off by the token counts, silently), and det of a
     singular matrix lost its singular branch's derivative, torch.normal(mu, 1.0) gave mu a
-    derivative of 1 (torch's is 0), relu at exactly 0 a derivative of 1. Graphs that hold such a
+    derivative of 1 (torch's is 0). Graphs that hold such a
     stop_gradient (one not read only by a max, as softmax's shift is) now run, for calls
     autograd records, a variant compiled with it (.detach()). Oracle: eager torch for the
     embedding; finite differences for det (torch's own eager det backward returns zeros at
@@ -291,7 +291,7 @@ def test_jit_under_torch_autograd_keeps_the_derivatives_torch_cuts():
     A = torch.tensor([[1.0, 2, 3], [2, 4, 6], [0, 1, 1]], dtype=D, requires_grad=True)
     functx.jit(torch.linalg.det)(A).backward()
     _close(A.grad, central_differences(torch.linalg.det, A.detach()), tol=1e-6)
-    # relu at exactly 0: torch's derivative is 0 (threshold_backward); jit's code gave 1
+    # relu at exactly 0 (a graph that holds such a stop_gradient): torch's derivative, 0
     z = torch.tensor([-1.0, 0.0, 0.0, 2.0], dtype=D, requires_grad=True)
     functx.jit(lambda z: F.relu(z).sum())(z).backward()
     _close(z.grad, torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=D))
