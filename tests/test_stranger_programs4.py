@@ -384,3 +384,65 @@ def test_jit_python_float_argument_a_torch_function_needs_as_a_number():
     with pytest.raises(functx.ConcretizationError, match=r"comes from argument 's'.*static_argnums"):
         functx.jit(up)(x, 2.0)
     _close(functx.jit(up, static_argnums=1)(x, 2.0), up(x, 2.0))
+
+
+# ---------------------------------------------------------------- representative programs that worked
+
+def test_consistency_model_jvp_loss_through_a_groupnorm_block():
+    """Worked already: an sCM-style loss (jvp of c_skip(t) x + c_out(t) F(x, t) along
+    (dx, dt), the target detached) through a conv / GroupNorm / SiLU block with a sinusoidal
+    time embedding, by grad, jit(grad) and per-example vmap(jvp). Oracle: torch.func."""
+    torch.manual_seed(0)
+    conv, gn, emb = torch.nn.Conv2d(4, 4, 3, padding=1).double(), torch.nn.GroupNorm(2, 4).double(), \
+        torch.nn.Linear(8, 4).double()
+    params = {"w": conv.weight, "b": conv.bias, "g": gn.weight, "e": emb.weight}
+    x, t = torch.randn(3, 4, 5, 5, dtype=D), torch.tensor([0.1, 0.5, 2.0], dtype=D)
+    dx, dt = torch.randn_like(x), torch.ones_like(t)
+
+    def net(p, x, t):
+        freqs = torch.exp(-math.log(10000) * torch.arange(4, dtype=t.dtype) / 4)
+        a = t[:, None] * freqs[None]
+        temb = torch.cat([a.sin(), a.cos()], -1)
+        h = F.silu(F.group_norm(F.conv2d(x, p["w"], p["b"], padding=1), 2, p["g"]))
+        h = x + h + F.linear(temb, p["e"])[:, :, None, None]
+        c_skip = 0.25 / ((t - 0.002) ** 2 + 0.25)
+        c_out = (t - 0.002) * 0.5 / (t ** 2 + 0.25).sqrt()
+        return c_skip[:, None, None, None] * x + c_out[:, None, None, None] * h
+
+    def loss(tf):
+        def f(p):
+            out, d_out = tf.jvp(lambda x, t: net(p, x, t), (x, t), (dx, dt))
+            return ((out - (out - 0.1 * d_out).detach()) ** 2).mean()
+        return f
+    want = torch.func.grad(loss(torch.func))(params)
+    _close(functx.grad(loss(functx))(params), want)
+    _close(functx.jit(functx.grad(loss(functx)))(params), want)
+    per = lambda tf: tf.vmap(lambda x, t, dx, dt: tf.jvp(  # noqa: E731
+        lambda x, t: net(params, x[None], t[None])[0], (x, t), (dx, dt))[1])
+    _close(functx.jit(per(functx))(x, t, dx, dt), per(torch.func)(x, t, dx, dt))
+
+
+@pytest.mark.parametrize("randomness", ["different", "same"])
+def test_hutchinson_divergence_with_randn_like_inside_vmap(randomness):
+    """Worked already: a Hutchinson estimate of div f (v . J v with v = randn_like(x) drawn
+    inside vmap, via jvp and via vjp), eagerly and under jit, draws torch.func's numbers for
+    each randomness mode. Oracle: torch.func with the same seed."""
+    torch.manual_seed(0)
+    W = torch.randn(4, 4, dtype=D)
+    f = lambda x: torch.tanh(W @ x)  # noqa: E731
+    xs = torch.randn(6, 4, dtype=D)
+
+    def est(tf):
+        def h(x):
+            v = torch.randn_like(x)
+            jv = tf.jvp(f, (x,), (v,))[1]
+            vj = tf.vjp(f, x)[1](v)[0]
+            return (v * jv).sum() + (vj * v).sum()
+        return tf.vmap(h, randomness=randomness)
+
+    def seeded(fn):
+        torch.manual_seed(1)
+        return fn(xs)
+    want = seeded(est(torch.func))
+    _close(seeded(est(functx)), want)
+    _close(seeded(functx.jit(est(functx))), want)
