@@ -174,6 +174,11 @@ class ReachedModules:
         return _SwappedBuffers(self.modules(), buffers)
 
 
+def swapped_buffers(modules, buffers):
+    """A context in which modules[i] holds the given buffers (buffers: {i: {name: tensor}})."""
+    return _SwappedBuffers(modules, buffers)
+
+
 class _SwappedBuffers:
     """Puts given tensors in place of module buffers for the duration of a trace (what
     torch.func.functional_call does, for buffers only), and restores them."""

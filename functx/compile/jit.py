@@ -22,7 +22,9 @@ from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
 from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
+from .closure_guard import swapped_buffers
 from .object_values import called_modules
+from .write_back import cuts_derivatives, unread_inputs, with_autograd_variant, writes_without_derivative
 from .eager import EagerCompiled
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, dict_orders, make_key, torch_state, value_key  # noqa: F401,E501
@@ -38,7 +40,7 @@ class _Entry:
                  "module_guard", "plain_for_autograd")
 
     def __init__(self, compiled, key, symbolic=None, notes=(), cuda_graphs=None, generators=(), untracked=(),
-                 plain_for_autograd=False):
+                 plain_for_autograd=False, unread=frozenset(), autograd_variant=None):
         self.compiled = compiled
         self.key = key
         self.symbolic = symbolic      # a SymbolicShapes when one trace serves many sizes
@@ -66,8 +68,11 @@ class _Entry:
             self.unflatten = _first
         else:
             self.unflatten = functools.partial(tree_unflatten, meta.out_tree)
+        if autograd_variant is not None:      # the graph cuts derivatives (write_back.py)
+            self.call = with_autograd_variant(self.call, autograd_variant, compiled.graph.consts)
         if meta.mutated_inputs:
-            self.call = _writing_back(self.call, meta.mutated_inputs, untracked, _constant_storages(compiled.graph))
+            self.call = _writing_back(self.call, meta.mutated_inputs, untracked, _constant_storages(compiled.graph),
+                                      unread)
 
 
 def _records_autograd(args, kwargs):
@@ -93,15 +98,16 @@ def _constant_storages(graph) -> frozenset:
                      if type(t) in (torch.Tensor, torch.nn.Parameter) and t.numel())
 
 
-def _writing_back(call, mutated, untracked=(), constants=frozenset()):
+def _writing_back(call, mutated, untracked=(), constants=frozenset(), unread=frozenset()):
     """f wrote into some of its inputs: the graph returns their new values last; copy them
     into the caller's tensors, as running f eagerly would have. Writes to the leaves in
-    `untracked` (the reached modules' buffers) are not recorded by autograd, as torch's own
-    running-statistics updates are not."""
+    `untracked` (the reached modules' buffers, and inputs whose new value has no derivative:
+    writes_without_derivative) are not recorded by autograd, as torch's own
+    running-statistics updates are not. `unread`: inputs the graph never reads."""
     n = len(mutated)
 
     def call_and_write_back(*tensors):
-        _refuse_aliased_writes(tensors, mutated, constants)
+        _refuse_aliased_writes(tensors, mutated, constants, unread)
         if torch.is_grad_enabled():
             # autograd may save an input the call reads (torch.mv saves its vector); the write
             # below would then break backward ("modified by an inplace operation"): give the
@@ -122,11 +128,19 @@ def _writing_back(call, mutated, untracked=(), constants=frozenset()):
     return call_and_write_back
 
 
-def _refuse_aliased_writes(tensors, mutated, constants=frozenset()):
+def _autograd_call(graph, leaves):
+    """The graph compiled for calls torch autograd records: the eager backend's torch code
+    with the stop_gradients kept (.detach()), so that autograd cuts what torch cuts."""
+    return compile_graph(graph, "eager", leaves, keep_stop_gradient=True)[0].call
+
+
+def _refuse_aliased_writes(tensors, mutated, constants=frozenset(), unread=frozenset()):
     """The graph treats its inputs as separate tensors: a write into one that shares memory
     with another (the same tensor passed twice, a view of another argument) or with a tensor
     f closes over (passing `w` to a function that also reads `w`) would not be seen through
-    the other, unlike eager PyTorch."""
+    the other, unlike eager PyTorch. Another input the graph never reads cannot see a stale
+    value: a reached module's buffer that functional_call(model, (params, buffers)) replaced
+    by the same tensor passed as an argument."""
     storages = [t.untyped_storage().data_ptr() if t.numel() else None for t in tensors]
     for k in mutated:
         if storages[k] in constants:
@@ -136,7 +150,7 @@ def _refuse_aliased_writes(tensors, mutated, constants=frozenset()):
                 "buffer). The compiled function reads that tensor as it was before the call, so it "
                 "would not see the write, unlike eager PyTorch. Pass a separate tensor (e.g. w.clone()).")
         for j, s in enumerate(storages):
-            if j != k and s is not None and s == storages[k]:
+            if j != k and s is not None and s == storages[k] and (j not in unread or j in mutated):
                 raise FunctxError(
                     f"functx.jit: tensor argument {k} is written in place and shares memory with tensor "
                     f"argument {j} (the same tensor passed twice, or a view of another argument). The "
@@ -214,8 +228,10 @@ class JitFunction:
         # traced wrapper takes), so in-place updates (BatchNorm's running statistics, a KV
         # cache) are written back each call; ModuleGuard checks their identity and tensors.
         self._modes = ReachedModules.of(f)
-        self._fn = _buffers_as_arguments(f, self._modes) if self._modes is not None else f
+        self._fn = _argument_buffers_as_arguments(_buffers_as_arguments(f, self._modes) if self._modes is not None
+                                                  else f)
         self._writes_buffers = False    # a reached module's forward writes buffers in eval mode too
+        self._arg_buffers = False       # a module passed as an argument writes its buffers
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
         functools.update_wrapper(self, f, updated=())
@@ -319,7 +335,10 @@ class JitFunction:
             if symbolic is None:
                 compiled, _ = compile_graph(graph, self.backend, leaves)
             entry = _Entry(compiled, key, symbolic, notes, self.cuda_graphs, generators,
-                           _buffer_inputs(key, leaves), plain_for_autograd=layouts.autograd)
+                           _buffer_inputs(key, leaves) | writes_without_derivative(graph),
+                           plain_for_autograd=layouts.autograd, unread=unread_inputs(graph),
+                           autograd_variant=(functools.partial(_autograd_call, graph, leaves)
+                                             if cuts_derivatives(graph) else None))
             # modules the call passes (a static self, a module as an argument, part of the key by
             # identity) are guarded like reached modules; values the trace changed are not
             if values is not None:
@@ -340,6 +359,8 @@ class JitFunction:
         return entry
 
     def _leaf_name(self, path):
+        if len(path) == 4 and path[:2] == (1, _ARG_BUFFERS):
+            return f"the buffer {path[3]!r} of the module passed as argument {path[2]}"
         if len(path) == 4 and path[:2] == (1, _BUFFERS):     # what _buffers_as_arguments passes
             return (f"the buffer {path[3]!r} of a module f reaches (jit passes the buffers of a module "
                     "that trains as arguments, so their updates are written back)")
@@ -377,6 +398,10 @@ class JitFunction:
             refuse_inside_torch_func("functx.jit")
         if self._modes is not None:
             kwargs = self.with_buffers(kwargs)
+        if self._arg_buffers:
+            buffers = _argument_buffers(args)
+            if buffers:
+                kwargs = {**kwargs, _ARG_BUFFERS: buffers}
         try:
             if not kwargs and not self.static_argnums and not self._named_nums and not _NANS.on \
                     and not self._reads_layouts:
@@ -430,12 +455,18 @@ class JitFunction:
                         return entry.unflatten(entry.call(*inputs))
             return self._call(args, kwargs, False)
         except PlainWriteError:
-            # a reached module's eval-mode forward writes a buffer (a KV cache): from now on the
-            # buffers are arguments (with_buffers), and this call traces again
-            if self._modes is None or self._writes_buffers or not self._modes.buffer_arguments(True):
+            # a module passed as an argument writes its buffers (BatchNorm's running statistics
+            # in jit(train_step)(model, x)), or a reached module's eval-mode forward writes a
+            # buffer (a KV cache): from now on those buffers are arguments, and this call
+            # traces again
+            if not self._arg_buffers and _argument_buffers(args):
+                self._arg_buffers = True
+            elif self._modes is None or self._writes_buffers or not self._modes.buffer_arguments(True):
                 raise
-            self._writes_buffers = True
+            else:
+                self._writes_buffers = True
             kwargs.pop(_BUFFERS, None)
+            kwargs.pop(_ARG_BUFFERS, None)
             return self(*args, **kwargs)
 
     def _call(self, args, kwargs, method):
@@ -518,6 +549,26 @@ class JitFunction:
 
 
 _BUFFERS = "_functx_module_buffers"
+_ARG_BUFFERS = "_functx_argument_module_buffers"
+
+
+def _argument_buffers(args) -> dict:
+    """{position: buffers by name} of the nn.Modules among the positional arguments."""
+    return {i: b for i, a in enumerate(args) if isinstance(a, torch.nn.Module)
+            for b in (dict(a.named_buffers()),) if b}
+
+
+def _argument_buffers_as_arguments(f):
+    """The traced function: f with the modules passed as arguments holding the buffers given
+    by keyword (tracers), so their in-place updates are writes to arguments."""
+    @functools.wraps(f)
+    def run(*args, **kwargs):
+        buffers = kwargs.pop(_ARG_BUFFERS, None)
+        if buffers is None:
+            return f(*args, **kwargs)
+        with swapped_buffers(list(args), buffers):
+            return f(*args, **kwargs)
+    return run
 
 
 def _buffer_inputs(key, leaves) -> frozenset:
@@ -525,7 +576,7 @@ def _buffer_inputs(key, leaves) -> frozenset:
     collects them), of the reached modules' buffers passed by keyword."""
     paths = key[0].paths()
     inputs = [p for p, leaf in zip(paths, leaves) if isinstance(leaf, torch.Tensor) or is_dynamic_scalar(leaf)]
-    return frozenset(k for k, p in enumerate(inputs) if _BUFFERS in p)
+    return frozenset(k for k, p in enumerate(inputs) if _BUFFERS in p or _ARG_BUFFERS in p)
 
 
 def _buffers_as_arguments(f, reached):

@@ -199,6 +199,12 @@ def _adds_nothing(value, out, negated=False) -> bool:
     return (math.copysign(1.0, value) > 0) == negated
 
 
+# True while jit compiles the variant of a graph that calls torch autograd records: there the
+# compiled torch code is differentiated, and stop_gradient (emitted as .detach()) is what
+# cuts the derivatives torch cuts (compile/write_back.py).
+KEEP_STOP_GRADIENT = [False]
+
+
 def simplify(graph: Graph) -> Graph:
     """Algebraic identities that are exact in floating point, plus x*0 on integers; a full
     operand of a pointwise op becomes a literal (_literal_operands)."""
@@ -231,7 +237,7 @@ def _simplify_eqn(e, defs):
         if name == "mul" and not out.type.dtype.is_floating_point and not out.type.dtype.is_complex \
                 and (_is(vx, 0) or _is(vy, 0)):
             return _full_eqn(out, 0, e.source)           # only integers: 0 * inf is nan for floats
-    if name in ("replicated_in", "replicated_out", "pvary", "stop_gradient"):
+    if name in ("replicated_in", "replicated_out", "pvary") or (name == "stop_gradient" and not KEEP_STOP_GRADIENT[0]):
         return e.inputs[0]        # markers that only matter to transforms; none runs after compiling
     if name == "where" and e.inputs[1] is e.inputs[2] and _same_type(e.inputs[1], out):
         return e.inputs[1]        # where(c, x, x): relu's derivative at 0 after stop_gradient goes

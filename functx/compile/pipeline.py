@@ -9,7 +9,7 @@ from .compiled import Compiled
 from .attention_pattern import fuse_attention
 from .factor_dots import factor_broadcast_dots
 from .fold_identity import fold_identity_dots
-from .passes import cse, dce, fold_constants, fold_dot_transposes, fold_transposes, fold_views, simplify
+from .passes import KEEP_STOP_GRADIENT, cse, dce, fold_constants, fold_dot_transposes, fold_transposes, fold_views, simplify
 from .write_in_place import write_blocks_in_place
 
 # cse matters most: transform rules recompute values (tanh(x) for the primal and again for
@@ -56,9 +56,14 @@ def optimize(graph: Graph, record: bool = False):
     return graph, steps
 
 
-def compile_graph(graph: Graph, backend, leaves, record: bool = False):
+def compile_graph(graph: Graph, backend, leaves, record: bool = False, keep_stop_gradient: bool = False):
     """Optimize a traced graph and compile it -> (compiled, pass trace). backend: a name or
-    None (chosen from the devices of `leaves`, the call's arguments)."""
-    graph, steps = optimize(graph, record)
+    None (chosen from the devices of `leaves`, the call's arguments). keep_stop_gradient: the
+    variant for calls torch autograd records (simplify keeps stop_gradient)."""
+    KEEP_STOP_GRADIENT[0] = keep_stop_gradient
+    try:
+        graph, steps = optimize(graph, record)
+    finally:
+        KEEP_STOP_GRADIENT[0] = False
     compiled: Compiled = resolve_backend(backend, leaves)(graph)
     return compiled, steps

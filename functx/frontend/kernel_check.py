@@ -85,6 +85,7 @@ def check_kernel_accepts(func, args, kwargs):
             error = kind(message)
         except Exception:          # an exception type with another constructor
             error = RuntimeError(message)
+        error._functx_kernel_error = True       # torch's verdict already: kernel_error keeps it
         raise error
 
 
@@ -164,7 +165,9 @@ def _arg(args, kwargs, pos, name):
 
 
 def _fail(kind, message):
-    raise kind(f"{message}\n(eager PyTorch rejects this)\n{user_frame_summary()}")
+    error = kind(f"{message}\n(eager PyTorch rejects this)\n{user_frame_summary()}")
+    error._functx_kernel_error = True
+    raise error
 
 
 def _index_rule(allowed, kind, message, pos=2, name="index", unless_empty=False):
@@ -265,3 +268,80 @@ SHAPE_CHECKS = {
     aten.topk.default: _check_topk,
     aten.convolution.default: _check_convolution,
 }
+
+
+# ---------------------------------------------------------------- torch's error for a failed call
+# A torch function that failed inside functx (a decomposition without the kernel's checks,
+# torch._decomp's grid_sampler_2d or pixel_unshuffle reshaping operands of the wrong sizes)
+# raised from deep inside: "shape '[1, 1, 4, 4, 2]' is invalid for input of size 64". On that
+# path only, the function runs once more on plain tensors of the operands' shapes, dtypes and
+# devices (traced operands filled, closed-over constants such as indices as they are); where
+# torch raises there, for zeros and for ones alike (a rule about shapes, not values), that is
+# the error the user gets, as eager PyTorch would raise it.
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+def kernel_error(func, args, kwargs, error):
+    """The exception eager PyTorch raises for func on operands of these shapes and dtypes,
+    where it raises one that is not `error`'s; None otherwise."""
+    if getattr(error, "_functx_kernel_error", False) or getattr(func, "__name__", "") in _NO_PROBE:
+        return None
+    try:
+        with torch._C.DisableTorchFunctionSubclass():
+            specs = [(tuple(x.shape), x.dtype, x.device) for x in _tensors((args, kwargs))]
+        if any(type(n) is not int for shape, _, _ in specs for n in shape):
+            return None         # a symbolic size
+    except Exception:           # noqa: BLE001  an operand that cannot say its shape
+        return None
+    found = []
+    for fill in (0, 1):
+        it = iter(specs)
+
+        def plain(x):
+            if isinstance(x, torch.Tensor):
+                shape, dtype, device = next(it)
+                if type(x) in _PLAIN:   # a closed-over constant (an index): its values, copied
+                    return x.detach().clone()
+                return torch.full(shape, fill, dtype=dtype, device=device)
+            return x
+        try:
+            from torch.utils._python_dispatch import _disable_current_modes
+            with _disable_current_modes(), torch._C.DisableTorchFunction(), torch.no_grad():
+                a, k = _map_tensors(plain, (args, kwargs))
+                func(*a, **k)
+        except Exception as e:  # noqa: BLE001  torch's own verdict is the point
+            found.append(e)
+            continue
+        return None             # torch accepts these operands: functx's own error stands
+    if type(found[0]) is not type(found[1]) or str(found[0]) != str(found[1]) or \
+            str(error).startswith(str(found[0]).split("\n")[0]):
+        return None             # a rule about values, or the message functx gave
+    first = found[0]
+    first._functx_kernel_error = True
+    return first
+
+
+_NO_PROBE = frozenset({"rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "randperm",
+                       "bernoulli", "bernoulli_", "multinomial", "normal", "normal_", "uniform_",
+                       "exponential_", "geometric_", "cauchy_", "log_normal_", "random_", "dropout",
+                       "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+                       "rrelu", "rrelu_", "gumbel_softmax", "poisson", "binomial", "_standard_gamma",
+                       "_sample_dirichlet", "native_dropout", "item", "tolist", "numpy", "backward",
+                       "register_hook"})       # draws (a probe would advance the generator) and effects
+
+
+def _tensors(tree):
+    leaves = []
+    _map_tensors(lambda x: leaves.append(x) if isinstance(x, torch.Tensor) else None, tree)
+    return leaves
+
+
+def _map_tensors(fn, tree):
+    """fn on every tensor in nested tuples / lists / dicts (in order), other leaves as they are."""
+    if isinstance(tree, torch.Tensor):
+        out = fn(tree)
+        return tree if out is None else out
+    if type(tree) in (list, tuple):
+        return type(tree)(_map_tensors(fn, v) for v in tree)
+    if type(tree) is dict:
+        return {k: _map_tensors(fn, v) for k, v in tree.items()}
+    return tree

@@ -18,6 +18,7 @@ from ..core.errors import ConcretizationError, FunctxError, TorchAutogradError, 
 from ..core.trace import GraphTracer, ReadRecorder, Tracer, concrete, note_autograd_read, type_of
 from ..core.trace import record_autograd_reads as _autograd_reads
 from .composites import COMPOSITES, UNITS_FIRST
+from .kernel_check import kernel_error
 from .lowerings.registry import DECOMPOSING
 from .rewrites import REWRITTEN, grad_mode_watchers, rewrite
 
@@ -56,21 +57,32 @@ class TracerTensor(torch.Tensor):
         # here: contiguous() of a transposed or sliced view copies (it was an alias), and
         # .view() of one raises as in torch. One set lookup for every other torch function
         # (and, while functx.hessian stages f, a watcher that must see every function run
-        # with grad mode off).
-        if func in _SPECIAL_FUNCTIONS or grad_mode_watchers:
-            return _special_function(func, types, args, kwargs)
-        # Under an eager transform, the whole function as one cached unit where that is exactly
-        # what the ATen ops below would do (frontend/function_units.py).
-        out = run_function_unit(func, types, args, kwargs)
-        if out is not NotImplemented:
-            return out
-        if func in UNITS_FIRST:     # F.linear where no unit serves: its composite
-            return _special_function(func, types, args, kwargs)
-        if type(func) is _FunctionType:     # F.multi_head_attention_forward: its body, as user code
-            out = run_python_body(func, args, kwargs or {})
+        # with grad mode off). A call that fails raises what eager PyTorch raises for operands
+        # of these shapes where torch rejects them itself (kernel_check.kernel_error).
+        try:
+            if func in _SPECIAL_FUNCTIONS or grad_mode_watchers:
+                return _special_function(func, types, args, kwargs)
+            # Under an eager transform, the whole function as one cached unit where that is exactly
+            # what the ATen ops below would do (frontend/function_units.py).
+            out = run_function_unit(func, types, args, kwargs)
             if out is not NotImplemented:
                 return out
-        return _disabled_torch_function(func, types, args, kwargs or {})
+            if func in UNITS_FIRST:     # F.linear where no unit serves: its composite
+                return _special_function(func, types, args, kwargs)
+            if type(func) is _FunctionType:     # F.multi_head_attention_forward: its body, as user code
+                out = run_python_body(func, args, kwargs or {})
+                if out is not NotImplemented:
+                    return out
+            return _disabled_torch_function(func, types, args, kwargs or {})
+        except (RuntimeError, TypeError, ValueError, IndexError) as e:
+            if isinstance(e, FunctxError):
+                raise
+            if isinstance(e, TypeError):
+                _needs_numbers(args, kwargs, e)
+            better = kernel_error(func, args, kwargs or {}, e)     # torch's own error, if it has one
+            if better is None:
+                raise
+            raise better from e
 
     @staticmethod
     def __new__(cls, value, strides=None, storage_offset=0, contiguous=None):
@@ -225,6 +237,8 @@ _set_own_requires_grad = torch._C.TensorBase.requires_grad.__set__
 def _special_function(func, types, args, kwargs):
     if func in _TORCH_AUTOGRAD:
         _refuse_torch_autograd(func)
+    if func == _DATA_SET:
+        return _set_data(*args)
     composite = COMPOSITES.get(func)
     if composite is not None:
         out = composite(*args, **(kwargs or {}))
@@ -309,12 +323,45 @@ def _guard_autograd_functional():
 _guard_autograd_functional()
 
 
+# `y.data = v`: torch replaces y's values and keeps its autograd identity (torch.func
+# raises); passed through, it set the wrapper's own storage and functx kept the old values,
+# so the function went on with them silently. As a write through a detached alias it is
+# torch's meaning: the values change, the derivative y had stays.
+_DATA_SET = torch.Tensor.data.__set__
+
+
+def _set_data(target, value):
+    if not isinstance(value, torch.Tensor) or value.shape != target.shape or value.dtype != target.dtype \
+            or target._chain:
+        raise FunctxError(
+            "functx: `tensor.data = value` inside a transformed function is supported for a value "
+            f"of the tensor's own shape and dtype ({tuple(target.shape)}, {target.dtype}), not a view, "
+            f"here:\n{user_frame_summary()}\nWrite `with torch.no_grad(): tensor.copy_(value)` "
+            "(or build a new tensor) instead.")
+    target.detach().copy_(value)
+
+
 # The torch functions TracerTensor.__torch_function__ does more for than pass them through.
-_SPECIAL_FUNCTIONS = (frozenset(COMPOSITES) - UNITS_FIRST) | REWRITTEN | {_CONTIGUOUS, _VIEW} | frozenset(_TORCH_AUTOGRAD)
+_SPECIAL_FUNCTIONS = (frozenset(COMPOSITES) - UNITS_FIRST) | REWRITTEN | {_CONTIGUOUS, _VIEW, _DATA_SET} | \
+    frozenset(_TORCH_AUTOGRAD)
 
 
 def _concrete(w):
     return concrete(_functionalize().value_of(w))
+
+
+def _needs_numbers(args, kwargs, error):
+    """A torch function rejected its arguments' types (TypeError), and one of them is a Python
+    number jit traces as a 0-d tensor (F.interpolate(x, scale_factor=s) with s a float
+    argument: "upsample_bilinear2d() received an invalid combination of arguments"): the
+    function needs that number's value, which a trace does not know. Raise that (naming the
+    argument, with the fix: static_argnums) instead of the parser's message."""
+    for a in tree_flatten((args, kwargs or {}))[0]:
+        if type(a) is TracerTensor and not a._chain and type_of(a._value).weak:
+            try:
+                _concrete(a)
+            except ConcretizationError as c:
+                raise c from error
 
 
 def _functionalize():

@@ -16,7 +16,7 @@ from ..frontend import TracerTensor, unwrap, wrap, wrap_input
 from ..frontend.random_mode import intercept_random
 from ..frontend.unit_batches import batching_units
 from .. import prims as P
-from .ad import differentiable, linear_forward, linearize_flat, check_linear, vjp_flat, backward_pass
+from .ad import differentiable, differentiable_type, linear_forward, linearize_flat, check_linear, vjp_flat, backward_pass
 from .jvp import ForwardADOn, JVPTrace, JVPTracer
 from .vmap_args import LEAF as _LEAF, check_tensor_leaves as _check_tensor_leaves
 from .vmap_api import vmap  # noqa: F401 (the package's vmap; jacfwd/jacrev map with it)
@@ -47,6 +47,26 @@ def _flatten_tensors(tree, what):
     _check_tensor_leaves(leaves, what, treedef)
     return [unwrap(l) for l in leaves], treedef
 
+
+
+def _check_tangent(who, i, p, t):
+    """Tangent i of jvp / linearize against its primal: the same shape, and the same dtype for
+    a floating primal. An integer or bool primal is not differentiable and its tangent is
+    zero (JAX's float0), so its tangent must be an integer or bool tensor, of zeros where its
+    values are known: a floating tangent, or ones, would otherwise be dropped silently (torch
+    raises for integer primals)."""
+    pt, tt = type_of(p), type_of(t)
+    if pt.shape != tt.shape:
+        raise UsageError(f"{who}: tangent {i} has shape {tuple(tt.shape)}, its primal has {tuple(pt.shape)}")
+    if differentiable_type(pt):
+        if tt.dtype != pt.dtype:
+            raise UsageError(f"{who}: tangent {i} has dtype {tt.dtype}, its primal has {pt.dtype}")
+        return
+    if differentiable_type(tt) or (isinstance(t, torch.Tensor) and bool(t.any())):
+        raise UsageError(f"{who}: primal {i} has dtype {pt.dtype}, which is not differentiable, so its "
+                         f"tangent is zero; pass torch.zeros_like(primal) for it (got a {tt.dtype} tangent"
+                         f"{'' if differentiable_type(tt) else ' with nonzero values'}), or convert the "
+                         f"primal to a floating dtype to differentiate with respect to it")
 
 class _OutStore:
     tree = None
@@ -213,13 +233,8 @@ def _jvp(f, primals, tangents, has_aux, collect=None):
         raise UsageError(f"functx.jvp: tangents must have the same structure as primals: {p_tree} vs {t_tree}")
     tangents_in = []
     for i, (p, t) in enumerate(zip(p_flat, t_flat)):
-        pt, tt = type_of(p), type_of(t)
-        if pt.shape != tt.shape:
-            raise UsageError(f"functx.jvp: tangent {i} has shape {tuple(tt.shape)}, its primal has "
-                             f"{tuple(pt.shape)}")
-        if differentiable(p) and tt.dtype != pt.dtype:
-            raise UsageError(f"functx.jvp: tangent {i} has dtype {tt.dtype}, its primal has {pt.dtype}")
-        tangents_in.append(t if differentiable(p) else Zero(pt))
+        _check_tangent("functx.jvp", i, p, t)
+        tangents_in.append(t if differentiable(p) else Zero(type_of(p)))
     store = _OutStore()
     jt = JVPTrace(current_trace())
     jt.user = True              # honours torch's forward-AD switch (jvp.py)
@@ -265,9 +280,7 @@ def linearize(f, *primals, has_aux=False):
         if t_tree != p_tree:
             raise ValueError(f"functx.linearize: tangents must match the primals' structure {p_tree}")
         for i, (t, p) in enumerate(zip(t_flat, p_flat)):
-            if type_of(t).shape != type_of(p).shape:
-                raise ValueError(f"functx.linearize: tangent {i} has shape {tuple(type_of(t).shape)}, its "
-                                 f"primal has {tuple(type_of(p).shape)}")
+            _check_tangent("functx.linearize", i, p, t)
         lin = linear_forward(graph, [t for t, d in zip(t_flat, diff) if d])
         it = iter(lin)
         res = [next(it) if nz else _zeros_for(t) for nz, t in zip(nonzero, out_types)]

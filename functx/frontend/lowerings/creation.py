@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...core.errors import FunctxError, user_frame_summary
+from ...core.trace import note_autograd_read
 from ...core.types import TensorType
 from ... import prims as P
 from ..generators import drawing_from
@@ -120,10 +121,14 @@ def _standard(t, dist, generator, name):
 
 # torch.normal(mean, std) is not reparameterized: torch's derivative in mean and std is zero
 # (derivatives.yaml), and so is functx's (mean + std * torch.randn_like(mean), or
-# torch.distributions.Normal(mean, std).rsample(), is the differentiable sample).
+# torch.distributions.Normal(mean, std).rsample(), is the differentiable sample). Under jit,
+# a call torch autograd records runs f as plain torch (note_autograd_read): the result then
+# requires grad with a zero derivative, as torch's does (a graph compiled with the stopped
+# mean would give a result without autograd history: backward() raised).
 
 @register(aten.normal.Tensor_float)
 def _normal_tf(mean, std=1.0, generator=None):
+    note_autograd_read()
     t = _t(mean)
     return P.add(P.mul(_standard(t, "normal", generator, "torch.normal"), std), P.stop_gradient(mean))
 
@@ -136,6 +141,7 @@ def _normal_of_tensors(mean, std, generator):
     mean, std = prepare([mean, std], dtype, shape)
     device = next(_t(a).device for a in (mean, std) if not isinstance(a, SCALARS))
     z = _standard(TensorType(shape, dtype, device), "normal", generator, "torch.normal")
+    note_autograd_read()
     mean, std = (a if isinstance(a, SCALARS) else P.stop_gradient(a) for a in (mean, std))
     return P.add(P.mul(z, std), mean)
 

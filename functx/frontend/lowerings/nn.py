@@ -524,8 +524,10 @@ def _binary_cross_entropy(input, target, weight=None, reduction=1):
 # ---------------------------------------------------------------- huber / smooth_l1
 # torch's decompositions square |x - y| (0.5 * z * z): through abs, whose derivative at 0 is
 # 0, the Hessian at x == y was 0 where torch's formulas (and the function) give 1 / beta.
-# The difference itself squared is the same value with every derivative right; the branch
-# chosen at |x - y| == delta is the decomposition's (torch's kernel's value).
+# The difference itself squared is the same value with every derivative right. At
+# |x - y| == delta huber takes the quadratic branch, as torch's backward and double-backward
+# formulas do (the residual clamped to [-delta, delta]; the Hessian there is 1 / n, where the
+# linear branch gave 0); smooth_l1's double backward takes the linear one (|x - y| < beta).
 
 def _half_to_float(x):
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
@@ -546,7 +548,9 @@ def _huber_loss(input, target, reduction=1, delta=1.0):
     compute = _half_to_float(input)
     d = input.to(compute) - target.to(compute)
     z = d.abs()
-    loss = torch.where(z < delta, 0.5 * d * d, delta * (z - 0.5 * delta))
+    # at z == delta the two branches' values are equal in floating point too (0.5 * z * z and
+    # delta * (0.5 * delta) round alike)
+    loss = torch.where(z <= delta, 0.5 * d * d, delta * (z - 0.5 * delta))
     return _reduce_loss(loss, reduction, input.dtype)
 
 
