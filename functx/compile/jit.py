@@ -22,6 +22,7 @@ from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
 from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
+from .module_buffers import SwappedBuffers, buffer_arguments
 from .object_values import called_modules
 from .eager import EagerCompiled
 from .pipeline import compile_graph
@@ -158,6 +159,7 @@ def _layout_key(t):
 
 # Exact types that take the fast path (TracerTensor and other subclasses do not).
 _PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
+_SHALLOW = _PLAIN_TENSORS | {int, float}
 
 
 def _plain_tensors(seq) -> bool:
@@ -210,11 +212,12 @@ class JitFunction:
         self._dims = DynamicDims(dynamic, dynamic_dims, namer)   # symbolic dims (dynamic_dims.py)
         self._warned_closure = False    # warned once that a closure guard retraced
         # The modules f reaches (closure_guard.ReachedModules): their train/eval flags are part
-        # of the key; their buffers are arguments while they may be written (a keyword the
-        # traced wrapper takes), so in-place updates (BatchNorm's running statistics, a KV
-        # cache) are written back each call; ModuleGuard checks their identity and tensors.
+        # of the key; their buffers, and those of the modules passed as arguments, are
+        # arguments while they may be written (a keyword the traced wrapper takes), so in-place
+        # updates (BatchNorm's running statistics, a KV cache) are written back each call;
+        # ModuleGuard checks their identity and tensors.
         self._modes = ReachedModules.of(f)
-        self._fn = _buffers_as_arguments(f, self._modes) if self._modes is not None else f
+        self._fn = _buffers_as_arguments(f, self._modes)
         self._writes_buffers = False    # a reached module's forward writes buffers in eval mode too
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
@@ -341,8 +344,8 @@ class JitFunction:
 
     def _leaf_name(self, path):
         if len(path) == 4 and path[:2] == (1, _BUFFERS):     # what _buffers_as_arguments passes
-            return (f"the buffer {path[3]!r} of a module f reaches (jit passes the buffers of a module "
-                    "that trains as arguments, so their updates are written back)")
+            return (f"the buffer {path[3]!r} of a module f reaches or is passed (jit passes the buffers of a "
+                    "module that trains as arguments, so their updates are written back)")
         return self._namer(path)
 
     def _trace(self, args, kwargs, nums, paths, shapes, leaves):
@@ -361,11 +364,13 @@ class JitFunction:
             raise TypeError("functx.jit: lower() needs concrete tensors, not traced values")
         return self._entry(key, args, kwargs, leaves, nums), inputs
 
-    def with_buffers(self, kwargs):
-        """kwargs plus the reached modules' buffers (the traced wrapper's keyword) while they may
-        be written; in eval mode they are closed over (only read)."""
-        if self._modes is not None:
-            buffers = self._modes.buffer_arguments(self._writes_buffers)
+    def with_buffers(self, args, kwargs, always=None):
+        """kwargs plus the buffers of the modules f reaches or is passed (the traced wrapper's
+        keyword) while they may be written; in eval mode they are closed over (only read)."""
+        passed = _passed_modules(args, kwargs)
+        if self._modes is not None or passed:
+            modules = (self._modes.modules() if self._modes is not None else []) + passed
+            buffers = buffer_arguments(modules, self._writes_buffers if always is None else always)
             if buffers:
                 return {**kwargs, _BUFFERS: buffers}
         return kwargs
@@ -376,7 +381,7 @@ class JitFunction:
         if _functorch_level() is not None:       # inside torch.func: raise, naming the fix
             refuse_inside_torch_func("functx.jit")
         if self._modes is not None:
-            kwargs = self.with_buffers(kwargs)
+            kwargs = self.with_buffers(args, kwargs)
         try:
             if not kwargs and not self.static_argnums and not self._named_nums and not _NANS.on \
                     and not self._reads_layouts:
@@ -428,15 +433,23 @@ class JitFunction:
                             raise
                         entry, inputs = self._symbolic_failed(entry, args, kwargs, (), e)
                         return entry.unflatten(entry.call(*inputs))
+            if self._modes is None:     # (the fast path above takes no module arguments)
+                kwargs = self.with_buffers(args, kwargs)
             return self._call(args, kwargs, False)
         except PlainWriteError:
-            # a reached module's eval-mode forward writes a buffer (a KV cache): from now on the
-            # buffers are arguments (with_buffers), and this call traces again
-            if self._modes is None or self._writes_buffers or not self._modes.buffer_arguments(True):
+            if not self._buffers_written(args, kwargs):
                 raise
-            self._writes_buffers = True
-            kwargs.pop(_BUFFERS, None)
             return self(*args, **kwargs)
+
+    def _buffers_written(self, args, kwargs) -> bool:
+        """After a trace raised PlainWriteError: whether a reached or passed module's eval-mode
+        forward may have written a buffer (a KV cache); if so, from now on the buffers are
+        arguments (with_buffers), and the call traces again."""
+        kwargs.pop(_BUFFERS, None)
+        if self._writes_buffers or _BUFFERS not in self.with_buffers(args, kwargs, True):
+            return False
+        self._writes_buffers = True
+        return True
 
     def _call(self, args, kwargs, method):
         nums = self._static_nums(args, method)
@@ -528,15 +541,28 @@ def _buffer_inputs(key, leaves) -> frozenset:
     return frozenset(k for k, p in enumerate(inputs) if _BUFFERS in p)
 
 
+def _passed_modules(args, kwargs) -> list:
+    """The nn.Modules among the arguments (a model passed to a jitted step, a jitted
+    method's self), in leaf order; plain tensors and numbers are not looked into."""
+    if not kwargs:
+        for a in args:
+            if type(a) not in _SHALLOW:
+                break
+        else:
+            return []
+    return [leaf for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, torch.nn.Module)]
+
+
 def _buffers_as_arguments(f, reached):
-    """The traced function: f with the reached modules holding the buffers given by keyword
-    (tracers), so their in-place updates are writes to arguments; without them, f itself."""
+    """The traced function: f with the reached and passed modules holding the buffers given
+    by keyword (tracers), so their in-place updates are writes to arguments."""
     @functools.wraps(f)
     def run(*args, **kwargs):
         buffers = kwargs.pop(_BUFFERS, None)
         if buffers is None:
             return f(*args, **kwargs)
-        with reached.swapped_buffers(buffers):
+        modules = (reached.modules() if reached is not None else []) + _passed_modules(args, kwargs)
+        with SwappedBuffers(modules, buffers):
             return f(*args, **kwargs)
     return run
 
@@ -557,7 +583,13 @@ class BoundJitMethod:
             raise TypeError(f"functx.jit on a method: self (a {type(self.obj).__name__}) is a static "
                             "argument, part of the cache key, so it must be hashable; define __hash__ "
                             "(identity is fine) or jit a function that takes the state as an argument") from None
-        return self.jitted._call((self.obj,) + args, kwargs, True)
+        full = (self.obj,) + args
+        try:
+            return self.jitted._call(full, self.jitted.with_buffers(full, kwargs), True)
+        except PlainWriteError:
+            if not self.jitted._buffers_written(full, dict(kwargs)):
+                raise
+            return self(*args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.jitted, name)

@@ -1,0 +1,122 @@
+"""Transformer / LLM code as researchers write it by hand (RMSNorm, SwiGLU, rotary
+embeddings, causal and grouped-query attention, KV caches, tied embeddings, label-smoothed
+cross entropy, mixture-of-experts routing, ensembles), under functx's transforms, eager and
+under functx.jit. Each test pins either a divergence that was found and fixed (the
+docstring says what was wrong and which oracle decides) or a representative program that
+already worked. Oracles: torch.func (the same calls), eager execution for jit, a Python
+loop for vmap, and float64 central differences where torch.func has no answer."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import functx
+from fd_oracles import central_differences
+
+D = torch.float64
+
+
+def _close(a, b, tol=1e-6):
+    la, lb = torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, y.shape, x.dtype, y.dtype)
+        torch.testing.assert_close(x, y, atol=tol, rtol=tol)
+
+
+# ---------------------------------------------------------------- jit: KV caches written in place
+
+E, H, MAXT = 8, 2, 10
+
+
+class _CachedAttention(nn.Module):
+    """Meta's Llama reference attention: the cache is a plain tensor attribute (registered=False)
+    or a registered buffer (gpt-fast's KVCache), written in place at start_pos each step."""
+
+    def __init__(self, registered):
+        super().__init__()
+        self.wq, self.wk, self.wv = (nn.Linear(E, E, bias=False) for _ in range(3))
+        if registered:
+            self.register_buffer("cache_k", torch.zeros(2, MAXT, H, E // H), persistent=False)
+            self.register_buffer("cache_v", torch.zeros(2, MAXT, H, E // H), persistent=False)
+        else:
+            self.cache_k = torch.zeros(2, MAXT, H, E // H)
+            self.cache_v = torch.zeros(2, MAXT, H, E // H)
+
+    def forward(self, x, start_pos, mask=None):
+        bsz, seqlen, _ = x.shape
+        xq = self.wq(x).view(bsz, seqlen, H, E // H)
+        xk = self.wk(x).view(bsz, seqlen, H, E // H)
+        xv = self.wv(x).view(bsz, seqlen, H, E // H)
+        self.cache_k = self.cache_k.to(xq)
+        self.cache_v = self.cache_v.to(xq)
+        self.cache_k[:bsz, start_pos: start_pos + seqlen] = xk
+        self.cache_v[:bsz, start_pos: start_pos + seqlen] = xv
+        keys = self.cache_k[:bsz, : start_pos + seqlen].transpose(1, 2)
+        values = self.cache_v[:bsz, : start_pos + seqlen].transpose(1, 2)
+        scores = torch.matmul(xq.transpose(1, 2), keys.transpose(2, 3)) / math.sqrt(E // H)
+        if mask is not None:
+            scores = scores + mask
+        scores = F.softmax(scores.float(), dim=-1).type_as(xq)
+        return torch.matmul(scores, values).transpose(1, 2).contiguous().view(bsz, seqlen, -1)
+
+
+def _causal_mask(seqlen, start_pos):
+    if seqlen == 1:
+        return None
+    mask = torch.triu(torch.full((seqlen, seqlen), float("-inf")), diagonal=1)
+    return torch.hstack([torch.zeros((seqlen, start_pos)), mask])
+
+
+def _decode(model, x, start_pos):
+    return model(x, start_pos, _causal_mask(x.shape[1], start_pos))
+
+
+@pytest.mark.parametrize("registered", [True, False], ids=["buffer", "attribute"])
+@pytest.mark.parametrize("how", ["argument", "closure"])
+def test_kv_cache_written_in_place_under_jit_matches_eager(registered, how):
+    """A decode step that writes its KV cache in place (`self.cache_k[:b, s:s+t] = xk`),
+    jitted as gpt-fast does (`decode_one_token(model, x, input_pos)`: the model passed as an
+    argument) or closing over the model, with the cache a registered buffer or, as in Meta's
+    Llama reference, a plain tensor attribute. functx.jit raised PlainWriteError in three of
+    the four: it passed as arguments (and wrote back) only registered buffers, and only of
+    modules f reaches through its closure or globals, never of modules passed to it. Now the
+    buffers of passed modules are arguments too, and, once a trace wrote into module state,
+    so are plain tensor attributes (compile/module_buffers.py). Oracle: eager, step by step,
+    outputs and caches."""
+    torch.manual_seed(0)
+    eager, jitted = _CachedAttention(registered), _CachedAttention(registered)
+    jitted.load_state_dict(eager.state_dict())
+    if how == "argument":
+        step = functx.jit(_decode, static_argnums=2)
+    else:
+        j = functx.jit(lambda x, pos: _decode(jitted, x, pos), static_argnums=1)
+        step = lambda model, x, pos: j(x, pos)  # noqa: E731
+    pos = 0
+    for n in (4, 1, 1):
+        x = torch.randn(2, n, E)
+        _close(step(jitted, x, pos), _decode(eager, x, pos), 1e-5)
+        _close((jitted.cache_k, jitted.cache_v), (eager.cache_k, eager.cache_v), 1e-5)
+        pos += n
+
+
+def test_batchnorm_passed_as_an_argument_to_jit_updates_its_running_statistics():
+    """`step = functx.jit(lambda model, x: model(x))` with a training BatchNorm model as the
+    argument raised PlainWriteError (its running statistics are buffers of a module passed,
+    not reached); now they are arguments written back each call. Oracle: eager outputs and
+    buffers over three steps, then eval mode."""
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    b = copy.deepcopy(a)
+    step = functx.jit(lambda model, x: model(x))
+    for _ in range(3):
+        x = torch.randn(5, 3)
+        _close(step(b, x), a(x), 1e-5)
+        _close(dict(b.named_buffers()), dict(a.named_buffers()), 1e-6)
+    a.eval(), b.eval()
+    x = torch.randn(5, 3)
+    _close(step(b, x), a(x), 1e-5)
