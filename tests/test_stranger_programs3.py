@@ -120,3 +120,39 @@ def test_batchnorm_passed_as_an_argument_to_jit_updates_its_running_statistics()
     a.eval(), b.eval()
     x = torch.randn(5, 3)
     _close(step(b, x), a(x), 1e-5)
+
+
+# ---------------------------------------------------------------- activation checkpointing
+
+def test_reentrant_checkpoint_of_a_layer_closing_over_traced_parameters_differentiates_them():
+    """`checkpoint(layer, h, use_reentrant=True)` (HF's gradient checkpointing default) in a
+    loss differentiated with respect to the parameters passed through functional_call, the
+    input h a plain tensor: functx gave silently zero parameter gradients (torch's
+    CheckpointFunction.apply saw no traced argument and ran the layer under no_grad, which
+    cut the closed-over parameters off). torch.func raises (an old-style Function) and eager
+    autograd warns and returns no gradients for them (the reentrant variant's known
+    limitation). Now CheckpointFunction inside a transform is functx.checkpoint, whatever its
+    arguments. Oracle: torch.func.grad of the same loss without checkpoint, and float64
+    central differences for one weight."""
+    import torch.utils.checkpoint as cp
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(6, 2, 12, dropout=0.0, batch_first=True, norm_first=True).double().eval()
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    x = torch.randn(2, 4, 6, dtype=D)
+    mask = nn.Transformer.generate_square_subsequent_mask(4, dtype=D)
+
+    def loss(p, x, ckpt=True):
+        def block(h):
+            return functional_call(layer, p, (h,), {"src_mask": mask})
+        if ckpt:
+            return cp.checkpoint(block, cp.checkpoint(block, x, use_reentrant=True), use_reentrant=True).pow(2).sum()
+        return block(block(x)).pow(2).sum()
+
+    want = torch.func.grad(lambda p, x: loss(p, x, False))(params, x)
+    _close(functx.grad(loss)(params, x), want, 1e-9)
+    _close(functx.jit(functx.grad(loss))(params, x), want, 1e-9)
+    per_sample = torch.func.vmap(torch.func.grad(lambda p, x: loss(p, x, False)), in_dims=(None, 0))(params, x[:, None])
+    _close(functx.vmap(functx.grad(loss), in_dims=(None, 0))(params, x[:, None]), per_sample, 1e-9)
+    b = params["linear2.bias"]
+    fd = central_differences(lambda b: loss({**params, "linear2.bias": b}, x, False), b)
+    torch.testing.assert_close(functx.grad(loss)(params, x)["linear2.bias"], fd, atol=1e-6, rtol=1e-6)
