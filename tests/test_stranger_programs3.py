@@ -156,3 +156,24 @@ def test_reentrant_checkpoint_of_a_layer_closing_over_traced_parameters_differen
     b = params["linear2.bias"]
     fd = central_differences(lambda b: loss({**params, "linear2.bias": b}, x, False), b)
     torch.testing.assert_close(functx.grad(loss)(params, x)["linear2.bias"], fd, atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- errors in the user's shapes
+
+def test_kv_cache_concat_of_mismatched_shapes_under_vmap_names_the_users_dimension():
+    """`torch.cat([cache, k], dim=2)` with a wrong head count, under vmap: functx raised
+    torch.cat's message from deep inside the concatenate primitive's impl, naming the
+    batched operands' dimension 3 (torch.func names its physical dimension too); eager torch,
+    on one example, says dimension 2. Now the lowering checks the shapes the user sees and
+    raises eager torch's message (also for a rank mismatch)."""
+    cache, k = torch.randn(3, 1, 2, 5, 4), torch.randn(3, 1, 1, 1, 4)
+
+    def step(cache, k):
+        return torch.cat([cache, k], dim=2)
+    with pytest.raises(RuntimeError) as eager:
+        step(cache[0], k[0])
+    with pytest.raises(RuntimeError, match="except in dimension 2") as batched:
+        functx.vmap(step)(cache, k)
+    assert str(batched.value) == str(eager.value)
+    with pytest.raises(RuntimeError, match="same number of dimensions: got 4 and 3"):
+        functx.vmap(step)(cache, k[:, 0])
