@@ -204,3 +204,39 @@ def test_logsumexp_gradient_over_a_wide_float32_row_is_the_softmax():
         return (torch.logsumexp(x * x.sin(), -1, keepdim=True) ** 2).sum()
     _close(functx.grad(f)(x), torch.func.grad(f)(x), 1e-12)
     _close(functx.hessian(f)(x), torch.func.hessian(f)(x), 1e-10)
+
+
+# ---------------------------------------------------------------- jit: Python state f mutates
+
+class _DynamicCache:
+    """HF-style cache: a list of key tensors per layer, grown with torch.cat."""
+
+    def __init__(self):
+        self.keys = []
+
+    def update(self, k, layer):
+        if len(self.keys) <= layer:
+            self.keys.append(k)
+        else:
+            self.keys[layer] = torch.cat([self.keys[layer], k], 1)
+        return self.keys[layer]
+
+
+def test_a_cache_object_that_jit_would_update_only_at_trace_time_raises():
+    """`decode(x, cache)` with an HF-style cache object whose list the step appends to: under
+    functx.jit the append ran once, at trace time (leaving a traced value in the cache), and
+    every later call ran the compiled graph, which neither grew the cache nor read it:
+    silently wrong attention outputs from the second step on. Oracle: eager decode (which
+    differs from the second step on). Now a trace that leaves a traced value in the state
+    of a plain object passed to f raises, naming the argument and the attribute."""
+    W = torch.randn(4, 4)
+
+    def decode(x, cache):
+        k = cache.update(x @ W, 0)
+        return torch.softmax(x @ k.transpose(-1, -2), -1) @ k
+    with pytest.raises(functx.FunctxError, match=r"argument 1 \(a _DynamicCache\): keys\[0\]"):
+        functx.jit(decode)(torch.randn(1, 1, 4), _DynamicCache())
+    cache = _DynamicCache()      # eager, and jit with the cache's tensors as arguments, agree
+    x = torch.randn(1, 1, 4)
+    step = functx.jit(lambda x, k: torch.softmax(x @ k.transpose(-1, -2), -1) @ k)
+    _close(step(x, cache.update(x @ W, 0)), decode(x, _DynamicCache()))

@@ -22,7 +22,7 @@ from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
 from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
-from .module_buffers import SwappedBuffers, buffer_arguments
+from .module_buffers import SwappedBuffers, buffer_arguments, leaked_into
 from .object_values import called_modules
 from .eager import EagerCompiled
 from .pipeline import compile_graph
@@ -355,6 +355,14 @@ class JitFunction:
                                 static_argnames=self.static_argnames, dynamic_scalars=True,
                                 arg_names=lambda k: self._leaf_name(paths[k]), shapes=shapes)
         layouts.autograd, layouts.called = autograd.read, list(called.values())
+        where = leaked_into(args, {k: v for k, v in kwargs.items() if k != _BUFFERS}, lambda a: tree_flatten(a)[0])
+        if where is not None:
+            raise FunctxError(
+                f"functx.jit: f stored a value it computed in an object passed to it ({where}). Under jit "
+                "f's Python code runs once, when traced: later calls run the compiled graph, which "
+                "neither updates that object nor reads it (a cache appended to would stay as the trace "
+                "left it, silently). Keep such state in tensors f takes and returns (or writes in "
+                "place: jit writes mutated arguments back), or call f without jit.")
         return graph, layouts, generators
 
     def lower(self, *args, **kwargs):

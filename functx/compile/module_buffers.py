@@ -6,11 +6,16 @@ buffer owners trains (BatchNorm's running statistics) or, once a trace raised
 PlainWriteError, always (an eval-mode forward that writes a KV cache). Then the plain tensor
 attributes of those modules count too (Meta's Llama reference keeps its cache as
 `self.cache_k = torch.zeros(...)`, unregistered, and writes `self.cache_k[:b, s:s+t] = xk`).
+
+And `leaked_into`: where a trace left a traced value in the state of a plain object passed to
+f (an HF-style cache object whose lists f appends to), which later calls, running the
+compiled graph, would neither update nor read.
 """
 from __future__ import annotations
 
 import torch
 
+from ..frontend import TracerTensor
 from .closure_guard import _trains_buffers
 
 
@@ -61,3 +66,38 @@ class SwappedBuffers:
         for store, leaf, old in reversed(self.saved):
             store[leaf] = old
         self.saved = []
+
+
+def _walk(v, path, depth, seen):
+    """(path, value) of the TracerTensors in v: a plain object's attributes, a list's, tuple's
+    or dict's entries, at most 3 levels down."""
+    if isinstance(v, TracerTensor):
+        yield path, v
+        return
+    if depth > 3 or id(v) in seen or isinstance(v, (torch.Tensor, torch.nn.Module, type)) or callable(v):
+        return
+    seen.add(id(v))
+    if isinstance(v, (list, tuple)):
+        items = ((f"{path}[{k}]", e) for k, e in enumerate(v[:256]))
+    elif isinstance(v, dict):
+        items = ((f"{path}[{k!r}]", e) for k, e in list(v.items())[:256])
+    elif hasattr(v, "__dict__") and depth:
+        items = ((f"{path}.{k}", e) for k, e in list(vars(v).items())[:256])
+    else:
+        return
+    for p, e in items:
+        yield from _walk(e, p, depth + 1, seen)
+
+
+def leaked_into(args, kwargs, leaves_of):
+    """'argument 1 (a Cache): .k[0]' where a finished trace left a traced value in the state
+    of a plain object (not a module, tensor or container leaf) among f's arguments, or None."""
+    seen: set = set()
+    named = [(f"argument {i}", a) for i, a in enumerate(args)] + [(f"argument {k!r}", a) for k, a in kwargs.items()]
+    for name, arg in named:
+        for leaf in leaves_of(arg):
+            if hasattr(leaf, "__dict__") and not isinstance(leaf, (torch.Tensor, torch.nn.Module, type)) \
+                    and not callable(leaf):
+                for path, _ in _walk(leaf, "", 1, seen):
+                    return f"{name} (a {type(leaf).__name__}): {path.lstrip('.')}"
+    return None
