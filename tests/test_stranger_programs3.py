@@ -227,8 +227,9 @@ def test_a_cache_object_that_jit_would_update_only_at_trace_time_raises():
     functx.jit the append ran once, at trace time (leaving a traced value in the cache), and
     every later call ran the compiled graph, which neither grew the cache nor read it:
     silently wrong attention outputs from the second step on. Oracle: eager decode (which
-    differs from the second step on). Now a trace that leaves a traced value in the state
-    of a plain object passed to f raises, naming the argument and the attribute."""
+    differs from the second step on). The same with the cache in f's closure or held by
+    the module jitted. Now a trace that leaves a traced value in the state of a plain object
+    passed to f or reached by it raises, naming where."""
     W = torch.randn(4, 4)
 
     def decode(x, cache):
@@ -236,6 +237,19 @@ def test_a_cache_object_that_jit_would_update_only_at_trace_time_raises():
         return torch.softmax(x @ k.transpose(-1, -2), -1) @ k
     with pytest.raises(functx.FunctxError, match=r"argument 1 \(a _DynamicCache\): keys\[0\]"):
         functx.jit(decode)(torch.randn(1, 1, 4), _DynamicCache())
+    closed = _DynamicCache()
+    with pytest.raises(functx.FunctxError, match=r"\(closed.keys\[0\]\)"):
+        functx.jit(lambda x: decode(x, closed))(torch.randn(1, 1, 4))
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.cache = nn.Linear(4, 4), _DynamicCache()
+
+        def forward(self, x):
+            return decode(self.proj(x), self.cache)
+    with pytest.raises(functx.FunctxError, match=r"\(Decoder.cache.keys\[0\]\)"):
+        functx.jit(Decoder())(torch.randn(1, 1, 4))
     cache = _DynamicCache()      # eager, and jit with the cache's tensors as arguments, agree
     x = torch.randn(1, 1, 4)
     step = functx.jit(lambda x, k: torch.softmax(x @ k.transpose(-1, -2), -1) @ k)

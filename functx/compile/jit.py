@@ -22,7 +22,7 @@ from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
 from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
-from .module_buffers import SwappedBuffers, buffer_arguments, leaked_into
+from .module_buffers import SwappedBuffers, buffer_arguments, leaked_into, leaked_into_reached
 from .object_values import called_modules
 from .eager import EagerCompiled
 from .pipeline import compile_graph
@@ -348,17 +348,26 @@ class JitFunction:
                     "module that trains as arguments, so their updates are written back)")
         return self._namer(path)
 
+    def _state_tracers(self, args, kwargs):
+        """(where, value) for the traced values in the state of objects f is passed or reaches."""
+        kwargs = {k: v for k, v in kwargs.items() if k != _BUFFERS}
+        yield from leaked_into(args, kwargs, lambda a: tree_flatten(a)[0])
+        yield from leaked_into_reached(
+            self.f, (self._modes.modules() if self._modes is not None else []) + _passed_modules(args, kwargs))
+
     def _trace(self, args, kwargs, nums, paths, shapes, leaves):
+        before = {id(t) for _, t in self._state_tracers(args, kwargs)}
         with record_layout_reads() as layouts, generator_arguments(leaves) as generators, \
                 record_autograd_reads() as autograd, called_modules() as called:
             graph = trace_graph(self._fn, args, kwargs, nums, "functx.jit", mutations=True,
                                 static_argnames=self.static_argnames, dynamic_scalars=True,
                                 arg_names=lambda k: self._leaf_name(paths[k]), shapes=shapes)
         layouts.autograd, layouts.called = autograd.read, list(called.values())
-        where = leaked_into(args, {k: v for k, v in kwargs.items() if k != _BUFFERS}, lambda a: tree_flatten(a)[0])
-        if where is not None:
+        for where, t in self._state_tracers(args, kwargs):
+            if id(t) in before:
+                continue
             raise FunctxError(
-                f"functx.jit: f stored a value it computed in an object passed to it ({where}). Under jit "
+                f"functx.jit: f stored a value it computed in an object passed to it or reached ({where}). Under jit "
                 "f's Python code runs once, when traced: later calls run the compiled graph, which "
                 "neither updates that object nor reads it (a cache appended to would stay as the trace "
                 "left it, silently). Keep such state in tensors f takes and returns (or writes in "

@@ -7,11 +7,13 @@ PlainWriteError, always (an eval-mode forward that writes a KV cache). Then the 
 attributes of those modules count too (Meta's Llama reference keeps its cache as
 `self.cache_k = torch.zeros(...)`, unregistered, and writes `self.cache_k[:b, s:s+t] = xk`).
 
-And `leaked_into`: where a trace left a traced value in the state of a plain object passed to
-f (an HF-style cache object whose lists f appends to), which later calls, running the
-compiled graph, would neither update nor read.
+And `leaked_into` / `leaked_into_reached`: the traced values in the state of a plain object
+passed to f or reached by it (an HF-style cache whose lists f appends to); one that a trace
+left there, later calls, running the compiled graph, would neither update nor read.
 """
 from __future__ import annotations
+
+import types
 
 import torch
 
@@ -68,20 +70,23 @@ class SwappedBuffers:
         self.saved = []
 
 
+_NOT_STATE = (torch.Tensor, torch.nn.Module, type, types.ModuleType)
+
+
 def _walk(v, path, depth, seen):
     """(path, value) of the TracerTensors in v: a plain object's attributes, a list's, tuple's
     or dict's entries, at most 3 levels down."""
     if isinstance(v, TracerTensor):
         yield path, v
         return
-    if depth > 3 or id(v) in seen or isinstance(v, (torch.Tensor, torch.nn.Module, type)) or callable(v):
+    if depth > 3 or id(v) in seen or isinstance(v, _NOT_STATE) or callable(v):
         return
     seen.add(id(v))
     if isinstance(v, (list, tuple)):
         items = ((f"{path}[{k}]", e) for k, e in enumerate(v[:256]))
     elif isinstance(v, dict):
         items = ((f"{path}[{k!r}]", e) for k, e in list(v.items())[:256])
-    elif hasattr(v, "__dict__") and depth:
+    elif hasattr(v, "__dict__"):
         items = ((f"{path}.{k}", e) for k, e in list(vars(v).items())[:256])
     else:
         return
@@ -90,14 +95,42 @@ def _walk(v, path, depth, seen):
 
 
 def leaked_into(args, kwargs, leaves_of):
-    """'argument 1 (a Cache): .k[0]' where a finished trace left a traced value in the state
-    of a plain object (not a module, tensor or container leaf) among f's arguments, or None."""
+    """('argument 1 (a Cache): k[0]', value) for each traced value in the state of a plain
+    object (not a module, tensor or container leaf) among f's arguments."""
     seen: set = set()
     named = [(f"argument {i}", a) for i, a in enumerate(args)] + [(f"argument {k!r}", a) for k, a in kwargs.items()]
     for name, arg in named:
         for leaf in leaves_of(arg):
-            if hasattr(leaf, "__dict__") and not isinstance(leaf, (torch.Tensor, torch.nn.Module, type)) \
-                    and not callable(leaf):
-                for path, _ in _walk(leaf, "", 1, seen):
-                    return f"{name} (a {type(leaf).__name__}): {path.lstrip('.')}"
-    return None
+            if hasattr(leaf, "__dict__") and not isinstance(leaf, _NOT_STATE) and not callable(leaf):
+                for path, value in _walk(leaf, "", 1, seen):
+                    yield f"{name} (a {type(leaf).__name__}): {path.lstrip('.')}", value
+
+
+def leaked_into_reached(f, modules):
+    """The same (path, value) for the objects f reaches: a plain object or a list / dict in its closure or
+    in the globals its code names (`cache = DynamicCache()`), and those held by the modules
+    it reaches or is passed (`self.cache`; a tensor attribute itself, `self.last_attention =
+    attn`, is left alone: it is only read after the call, where it raises as a leaked tracer)."""
+    seen: set = set()
+    for _ in range(3):                      # jit(grad(f)): the functions a wrapper wraps
+        code = getattr(f, "__code__", None)
+        if code is not None:
+            named = []
+            for name, cell in zip(code.co_freevars, f.__closure__ or ()):
+                try:
+                    named.append((name, cell.cell_contents))
+                except ValueError:          # an empty cell
+                    pass
+            glob = getattr(f, "__globals__", {})
+            named += [(n, glob[n]) for n in code.co_names if n in glob]
+            for name, v in named:
+                yield from _walk(v, name, 1, seen)
+        f = getattr(f, "__wrapped__", None)
+        if f is None:
+            break
+    for m in modules:
+        if isinstance(m, torch.nn.Module):
+            for prefix, sub in m.named_modules():
+                for k, v in vars(sub).items():
+                    if not k.startswith("_") and not isinstance(v, torch.Tensor):
+                        yield from _walk(v, f"{type(m).__name__}.{prefix + '.' if prefix else ''}{k}", 1, seen)
