@@ -254,3 +254,50 @@ def test_a_cache_object_that_jit_would_update_only_at_trace_time_raises():
     x = torch.randn(1, 1, 4)
     step = functx.jit(lambda x, k: torch.softmax(x @ k.transpose(-1, -2), -1) @ k)
     _close(step(x, cache.update(x @ W, 0)), decode(x, _DynamicCache()))
+
+
+# gpt-fast's decode step: a KVCache submodule with registered buffers written at tensor positions
+class _KVCache(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("k_cache", torch.zeros(1, 2, 8, 4))
+        self.register_buffer("v_cache", torch.zeros(1, 2, 8, 4))
+
+    def update(self, input_pos, k_val, v_val):
+        k_out, v_out = self.k_cache, self.v_cache
+        k_out[:, :, input_pos] = k_val
+        v_out[:, :, input_pos] = v_val
+        return k_out, v_out
+
+
+class _GFModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wqkv, self.wo = nn.Linear(8, 24, bias=False), nn.Linear(8, 8, bias=False)
+        self.kv_cache = _KVCache()
+        self.register_buffer("causal_mask", torch.tril(torch.ones(8, 8, dtype=torch.bool)))
+
+    def forward(self, x, input_pos):
+        mask = self.causal_mask[None, None, input_pos]
+        bsz, seqlen, _ = x.shape
+        q, k, v = (t.view(bsz, seqlen, 2, 4).transpose(1, 2) for t in self.wqkv(x).split([8, 8, 8], dim=-1))
+        k, v = self.kv_cache.update(input_pos, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0)
+        return self.wo(y.transpose(1, 2).contiguous().view(bsz, seqlen, 8))
+
+
+def test_gpt_fast_decode_one_token_with_the_model_as_an_argument_matches_eager():
+    """gpt-fast's `decode_one_token(model, x, input_pos)` under jit: the model passed as an
+    argument, its KVCache buffers written at tensor positions (`k_out[:, :, input_pos] =
+    k_val`), the causal mask a buffer indexed by input_pos. Raised PlainWriteError (buffers of
+    a module passed, not reached); now one trace serves the prefill and one every decode
+    step. Oracle: eager, outputs and caches."""
+    torch.manual_seed(0)
+    eager = _GFModel().eval()
+    jitted = copy.deepcopy(eager)
+    step = functx.jit(lambda model, x, pos: model(x, pos))
+    for x, pos in [(torch.randn(1, 3, 8), torch.arange(3))] + [(torch.randn(1, 1, 8), torch.tensor([t]))
+                                                            for t in range(3, 6)]:
+        _close(step(jitted, x, pos), eager(x, pos), 1e-5)
+        _close(dict(jitted.named_buffers()), dict(eager.named_buffers()), 1e-6)
+    assert step.trace_count == 2
