@@ -301,3 +301,30 @@ def test_gpt_fast_decode_one_token_with_the_model_as_an_argument_matches_eager()
         _close(step(jitted, x, pos), eager(x, pos), 1e-5)
         _close(dict(jitted.named_buffers()), dict(eager.named_buffers()), 1e-6)
     assert step.trace_count == 2
+
+
+# ---------------------------------------------------------------- fully padded rows
+
+def test_fully_masked_attention_rows_have_finite_forward_mode_derivatives_where_torch_func_gives_nan():
+    """A batch element whose keys are all padding: masked_fill(-inf) -> softmax (a NaN row)
+    -> nan_to_num. functx's jvp and hessian agree with central differences and with reverse
+    mode; torch.func's forward mode (jvp, hessian) gives NaN (torch is wrong here, functx
+    was already right: a pin). The same row through SDPA with a boolean mask, under jit too."""
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 3, 2, dtype=D)
+    t = torch.randn_like(q)
+    padded = torch.tensor([[True, True, True]])
+
+    def manual(q):
+        s = (q @ q.mT).masked_fill(padded[:, None, None, :], float("-inf"))
+        return (s.softmax(-1).nan_to_num() @ q).pow(2).sum() + q.pow(3).sum()
+
+    def sdpa(q):
+        return F.scaled_dot_product_attention(q, q, q, attn_mask=~padded[:, None, None, :]).pow(2).sum() + q.pow(3).sum()
+    for f in (manual, sdpa):
+        fd = (central_differences(f, q) * t).sum()
+        torch.testing.assert_close(functx.jvp(f, (q,), (t,))[1], fd, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(functx.jit(lambda q, t: functx.jvp(f, (q,), (t,))[1])(q, t), fd, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(functx.hessian(f)(q), central_differences(torch.func.grad(f), q),
+                                   atol=1e-5, rtol=1e-5)
+    assert torch.func.jvp(manual, (q,), (t,))[1].isnan()
