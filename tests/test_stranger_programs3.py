@@ -328,3 +328,107 @@ def test_fully_masked_attention_rows_have_finite_forward_mode_derivatives_where_
         torch.testing.assert_close(functx.hessian(f)(q), central_differences(torch.func.grad(f), q),
                                    atol=1e-5, rtol=1e-5)
     assert torch.func.jvp(manual, (q,), (t,))[1].isnan()
+
+
+# ---------------------------------------------------------------- a Llama-style model, end to end
+
+class _RMSNorm(nn.Module):
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def _rope(x, cos, sin):
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class _Block(nn.Module):
+    def __init__(self, d=8, n_heads=2, n_kv=1, sdpa=True):
+        super().__init__()
+        self.h, self.kv, self.hd, self.sdpa = n_heads, n_kv, d // n_heads, sdpa
+        self.wq, self.wk = nn.Linear(d, d, bias=False), nn.Linear(d, n_kv * self.hd, bias=False)
+        self.wv, self.wo = nn.Linear(d, n_kv * self.hd, bias=False), nn.Linear(d, d, bias=False)
+        self.w1, self.w3, self.w2 = nn.Linear(d, 2 * d, bias=False), nn.Linear(d, 2 * d, bias=False), nn.Linear(2 * d, d, bias=False)
+        self.n1, self.n2 = _RMSNorm(d), _RMSNorm(d)
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        h = self.n1(x)
+        q = _rope(self.wq(h).view(B, T, self.h, self.hd), cos[:T, None], sin[:T, None]).transpose(1, 2)
+        k = _rope(self.wk(h).view(B, T, self.kv, self.hd), cos[:T, None], sin[:T, None]).transpose(1, 2)
+        v = self.wv(h).view(B, T, self.kv, self.hd).transpose(1, 2)
+        k, v = k.repeat_interleave(self.h // self.kv, dim=1), v.repeat_interleave(self.h // self.kv, dim=1)
+        if self.sdpa:
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            s = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(self.hd)
+            s = s.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1), float("-inf"))
+            a = F.softmax(s, dim=-1) @ v
+        x = x + self.wo(a.transpose(1, 2).reshape(B, T, -1))
+        return x + self.w2(F.silu(self.w1(self.n2(x))) * self.w3(self.n2(x)))
+
+
+class _TinyLlama(nn.Module):
+    def __init__(self, vocab=11, d=8, sdpa=True):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d, padding_idx=0)
+        self.blocks = nn.ModuleList([_Block(d, sdpa=sdpa) for _ in range(2)])
+        self.norm = _RMSNorm(d)
+        inv = 1.0 / (10000 ** (torch.arange(0, d // 2, 2).double() / (d // 2)))
+        freqs = torch.outer(torch.arange(16).double(), inv)
+        self.register_buffer("cos", freqs.cos(), persistent=False)
+        self.register_buffer("sin", freqs.sin(), persistent=False)
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        for b in self.blocks:
+            h = b(h, self.cos, self.sin)
+        return self.norm(h) @ self.emb.weight.T        # tied output weights
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "manual"])
+def test_tiny_llama_loss_under_grad_per_sample_grad_and_jit_matches_torch_func(sdpa):
+    """RMSNorm, rotary embeddings (x[..., ::2], stack, flatten), grouped-query attention by
+    repeat_interleave, causal SDPA or einsum + masked_fill(-inf) + softmax, SwiGLU, a
+    padding_idx embedding tied to the output, cross entropy with ignore_index=-100 and
+    label smoothing: grad, vmap(grad) per-sample gradients and jit(grad) of the loss with
+    respect to the parameters (functional_call), in float64. Already right: a
+    representative. Oracle: torch.func."""
+    torch.manual_seed(0)
+    model = _TinyLlama(sdpa=sdpa).double().eval()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    idx, tgt = torch.randint(0, 11, (3, 6)), torch.randint(0, 11, (3, 6))
+    tgt[0, :2] = -100
+
+    def loss(p, idx, tgt):
+        logits = functional_call(model, p, (idx,))
+        return F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-100, label_smoothing=0.1)
+
+    def one(p, idx, tgt):
+        return loss(p, idx[None], tgt[None])
+    want = torch.func.grad(loss)(params, idx, tgt)
+    _close(functx.grad(loss)(params, idx, tgt), want, 1e-9)
+    _close(functx.jit(functx.grad(loss))(params, idx, tgt), want, 1e-9)
+    per_sample = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(params, idx, tgt)
+    _close(functx.vmap(functx.grad(one), in_dims=(None, 0, 0))(params, idx, tgt), per_sample, 1e-9)
+
+
+def test_tiny_llama_block_forward_mode_and_hessian_in_its_input():
+    """jvp, jacfwd and hessian of a causal-SDPA block's output in its input, where torch.func
+    has no forward mode for CPU flash attention: central differences decide (and
+    torch.func.jacrev for the Jacobian). Already right: a representative."""
+    torch.manual_seed(0)
+    block = _Block(sdpa=True).double()
+    cos, sin = _TinyLlama().double().cos, _TinyLlama().double().sin
+    x, t = torch.randn(1, 3, 8, dtype=D), torch.randn(1, 3, 8, dtype=D)
+
+    def f(x):
+        return block(x, cos, sin).tanh().pow(2).sum()
+    torch.testing.assert_close(functx.jvp(f, (x,), (t,))[1], (central_differences(f, x) * t).sum(), atol=1e-6, rtol=1e-6)
+    g = functx.jacfwd(lambda x: block(x, cos, sin))(x)
+    _close(g, torch.func.jacrev(lambda x: block(x, cos, sin))(x), 1e-9)
+    torch.testing.assert_close(functx.hessian(f)(x), central_differences(torch.func.grad(f), x), atol=1e-5, rtol=1e-5)
