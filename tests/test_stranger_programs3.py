@@ -122,6 +122,29 @@ def test_batchnorm_passed_as_an_argument_to_jit_updates_its_running_statistics()
     _close(step(b, x), a(x), 1e-5)
 
 
+class _JitForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.bn = nn.Linear(3, 4), nn.BatchNorm1d(4)
+
+    @functx.jit
+    def forward(self, x):
+        return self.bn(self.lin(x)).relu()
+
+
+def test_a_jitted_forward_method_of_a_training_batchnorm_model_updates_its_statistics():
+    """`@functx.jit` on a module's forward method (self static) in training mode raised
+    PlainWriteError at BatchNorm's num_batches_tracked += 1: the buffers of a jitted method's
+    self were not passed as arguments. Oracle: the same module without jit."""
+    torch.manual_seed(0)
+    jitted = _JitForward()
+    eager = copy.deepcopy(jitted)
+    for _ in range(3):
+        x = torch.randn(6, 3)
+        _close(jitted(x), _JitForward.forward.f(eager, x), 1e-5)
+        _close(dict(jitted.named_buffers()), dict(eager.named_buffers()), 1e-6)
+
+
 # ---------------------------------------------------------------- activation checkpointing
 
 def test_reentrant_checkpoint_of_a_layer_closing_over_traced_parameters_differentiates_them():
