@@ -455,3 +455,16 @@ def test_tiny_llama_block_forward_mode_and_hessian_in_its_input():
     g = functx.jacfwd(lambda x: block(x, cos, sin))(x)
     _close(g, torch.func.jacrev(lambda x: block(x, cos, sin))(x), 1e-9)
     torch.testing.assert_close(functx.hessian(f)(x), central_differences(torch.func.grad(f), x), atol=1e-5, rtol=1e-5)
+
+
+def test_cross_entropy_with_a_misshapen_target_raises_torchs_runtime_error():
+    """F.cross_entropy(logits, target) with a 2-D target of another class count (a one-hot or
+    probability target of the wrong width): functx raised AssertionError (the exception type of
+    torch's decomposition) where eager torch and torch.func raise RuntimeError, so an
+    `except RuntimeError` in the caller missed it. Oracle: eager torch's exception."""
+    x, target = torch.randn(5, 3), torch.rand(5, 4)
+    with pytest.raises(RuntimeError, match="multi-target not supported"):
+        F.cross_entropy(x, target)
+    for run in (functx.grad(lambda x: F.cross_entropy(x, target)), functx.jit(lambda x: F.cross_entropy(x, target))):
+        with pytest.raises(RuntimeError, match="multi-target not supported"):
+            run(x)
