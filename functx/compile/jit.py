@@ -352,8 +352,7 @@ class JitFunction:
         """(where, value) for the traced values in the state of objects f is passed or reaches."""
         kwargs = {k: v for k, v in kwargs.items() if k != _BUFFERS}
         yield from leaked_into(args, kwargs, lambda a: tree_flatten(a)[0])
-        yield from leaked_into_reached(
-            self.f, (self._modes.modules() if self._modes is not None else []) + _passed_modules(args, kwargs))
+        yield from leaked_into_reached(self.f, _all_modules(self._modes, args, kwargs))
 
     def _trace(self, args, kwargs, nums, paths, shapes, leaves):
         before = {id(t) for _, t in self._state_tracers(args, kwargs)}
@@ -384,9 +383,8 @@ class JitFunction:
     def with_buffers(self, args, kwargs, always=None):
         """kwargs plus the buffers of the modules f reaches or is passed (the traced wrapper's
         keyword) while they may be written; in eval mode they are closed over (only read)."""
-        passed = _passed_modules(args, kwargs)
-        if self._modes is not None or passed:
-            modules = (self._modes.modules() if self._modes is not None else []) + passed
+        modules = _all_modules(self._modes, args, kwargs)
+        if modules:
             buffers = buffer_arguments(modules, self._writes_buffers if always is None else always)
             if buffers:
                 return {**kwargs, _BUFFERS: buffers}
@@ -570,6 +568,16 @@ def _passed_modules(args, kwargs) -> list:
     return [leaf for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, torch.nn.Module)]
 
 
+def _all_modules(reached, args, kwargs) -> list:
+    """The modules f reaches, then those passed to it that it does not reach, each once (a
+    module twice would pass its buffers twice, as aliasing arguments)."""
+    out = reached.modules() if reached is not None else []
+    for m in _passed_modules(args, kwargs):
+        if not any(m is o for o in out):
+            out.append(m)
+    return out
+
+
 def _buffers_as_arguments(f, reached):
     """The traced function: f with the reached and passed modules holding the buffers given
     by keyword (tracers), so their in-place updates are writes to arguments."""
@@ -578,8 +586,7 @@ def _buffers_as_arguments(f, reached):
         buffers = kwargs.pop(_BUFFERS, None)
         if buffers is None:
             return f(*args, **kwargs)
-        modules = (reached.modules() if reached is not None else []) + _passed_modules(args, kwargs)
-        with SwappedBuffers(modules, buffers):
+        with SwappedBuffers(_all_modules(reached, args, kwargs), buffers):
             return f(*args, **kwargs)
     return run
 
