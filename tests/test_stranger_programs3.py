@@ -468,3 +468,20 @@ def test_cross_entropy_with_a_misshapen_target_raises_torchs_runtime_error():
     for run in (functx.grad(lambda x: F.cross_entropy(x, target)), functx.jit(lambda x: F.cross_entropy(x, target))):
         with pytest.raises(RuntimeError, match="multi-target not supported"):
             run(x)
+
+
+def test_z_loss_tangent_keeps_float32_where_torch_func_returns_float64():
+    """A PaLM-style z-loss `1e-4 * logsumexp(logits).pow(2).mean()` in float32 under jvp:
+    torch.func's tangent comes back float64 (its forward-mode formula for mean of pow times
+    a Python float promotes), functx's is float32 like the primal, with the same value.
+    torch.func is wrong here (a tangent has its primal's dtype): a pin."""
+    torch.manual_seed(0)
+    logits, t = torch.randn(4, 7), torch.randn(4, 7)
+
+    def zloss(x):
+        return 1e-4 * torch.logsumexp(x, -1).pow(2).mean()
+    out, tangent = functx.jvp(zloss, (logits,), (t,))
+    assert out.dtype == tangent.dtype == torch.float32
+    want = torch.func.jvp(zloss, (logits.double(),), (t.double(),))[1]
+    torch.testing.assert_close(tangent.double(), want, atol=1e-9, rtol=1e-5)
+    assert torch.func.jvp(zloss, (logits,), (t,))[1].dtype == torch.float64
