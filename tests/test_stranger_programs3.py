@@ -485,3 +485,29 @@ def test_z_loss_tangent_keeps_float32_where_torch_func_returns_float64():
     want = torch.func.jvp(zloss, (logits.double(),), (t.double(),))[1]
     torch.testing.assert_close(tangent.double(), want, atol=1e-9, rtol=1e-5)
     assert torch.func.jvp(zloss, (logits,), (t,))[1].dtype == torch.float64
+
+
+def test_rebinding_a_module_buffer_to_another_dtype_under_jit_raises_instead_of_losing_the_cache():
+    """Llama's `self.cache_k = self.cache_k.to(xq)` with a float32 cache in a float64 model in
+    training mode (its buffers passed as arguments from the first call): the trace put the
+    converted tensor in the buffer's place and wrote into it; jit then restored the old
+    float32 buffer, so the writes were lost and every later step attended to zeros
+    (silently: outputs off by ~0.5). Eager keeps the converted, written cache. Now a trace
+    that rebinds a buffer jit passes raises, naming it; converting the cache first works."""
+    torch.manual_seed(0)
+    model = _CachedAttention(registered=True).double()
+    model.cache_k, model.cache_v = model.cache_k.float(), model.cache_v.float()
+    x = torch.randn(2, 4, E, dtype=D)
+
+    def step(model, x, pos):
+        mask = _causal_mask(x.shape[1], pos)
+        return model(x, pos, None if mask is None else mask.double())
+    with pytest.raises(functx.FunctxError, match=r"_CachedAttention.cache_k, _CachedAttention.cache_v"):
+        functx.jit(step, static_argnums=2)(model, x, 0)
+    eager = copy.deepcopy(model).double()
+    model.double()
+    jitted = functx.jit(step, static_argnums=2)
+    _close(jitted(model, x, 0), step(eager, x, 0), 1e-6)       # (the model's softmax is float32)
+    x = torch.randn(2, 1, E, dtype=D)
+    _close(jitted(model, x, 4), step(eager, x, 4), 1e-6)
+    _close(dict(model.named_buffers()), dict(eager.named_buffers()), 1e-6)

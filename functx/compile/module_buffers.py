@@ -17,6 +17,7 @@ import types
 
 import torch
 
+from ..core.errors import FunctxError
 from ..frontend import TracerTensor
 from .closure_guard import _trains_buffers
 
@@ -61,13 +62,23 @@ class SwappedBuffers:
                 owner_name, _, leaf = name.rpartition(".")
                 owner = self.modules[i].get_submodule(owner_name) if owner_name else self.modules[i]
                 store = owner._buffers if leaf in owner._buffers else owner.__dict__
-                self.saved.append((store, leaf, store[leaf]))
+                self.saved.append((store, leaf, store[leaf], value, f"{type(self.modules[i]).__name__}.{name}"))
                 store[leaf] = value
 
-    def __exit__(self, *exc):
-        for store, leaf, old in reversed(self.saved):
+    def __exit__(self, kind, *exc):
+        rebound = [name for store, leaf, _, value, name in self.saved if store.get(leaf) is not value]
+        for store, leaf, old, _, _ in reversed(self.saved):
             store[leaf] = old
         self.saved = []
+        if rebound and kind is None:
+            # eager code leaves the new tensor in the module; the compiled graph can write into
+            # the buffer jit passes, not put another tensor in its place
+            raise FunctxError(
+                f"functx.jit: f puts a new tensor in the place of a module buffer ({', '.join(rebound)}: "
+                "`self.cache = self.cache.to(x)` with another dtype or device, `self.cache = torch.cat(...)`). "
+                "Under jit later calls cannot rebind it, so the module would keep its old buffer. Convert "
+                "or allocate the buffer before calling the jitted function (model.to(dtype), a fixed-size "
+                "cache written in place), or call f without jit.")
 
 
 _NOT_STATE = (torch.Tensor, torch.nn.Module, type, types.ModuleType)
