@@ -511,3 +511,21 @@ def test_rebinding_a_module_buffer_to_another_dtype_under_jit_raises_instead_of_
     x = torch.randn(2, 1, E, dtype=D)
     _close(jitted(model, x, 4), step(eager, x, 4), 1e-6)
     _close(dict(model.named_buffers()), dict(eager.named_buffers()), 1e-6)
+
+
+def test_torch_allclose_inside_a_transform_is_a_python_bool_as_in_torch_func():
+    """A sanity check in model code (`if not torch.allclose(attn.sum(-1), ones): warn`) under
+    functx.grad raised "TypeError: 'bool' object is not iterable" from the opaque fallback,
+    which expected tensor outputs (also when comparing with a functx tensor left in a memo
+    dict outside any transform). Now an ATen op that returns a Python value runs on the
+    inputs' values, as torch.equal did; under jit or vmap a clear error says Python needs
+    them. Oracle: torch.func.grad."""
+    x = torch.randn(2, 3)
+
+    def f(x):
+        attn = x.softmax(-1)
+        scale = 2.0 if torch.allclose(attn.sum(-1), torch.ones(2)) else 3.0
+        return (attn * x).sum() * scale
+    _close(functx.grad(f)(x), torch.func.grad(f)(x))
+    with pytest.raises(functx.ConcretizationError):
+        functx.jit(f)(x)
