@@ -93,13 +93,16 @@ def _walk(v, path, depth, seen):
     if depth > 3 or id(v) in seen or isinstance(v, _NOT_STATE) or callable(v):
         return
     seen.add(id(v))
-    if isinstance(v, (list, tuple)):
-        items = ((f"{path}[{k}]", e) for k, e in enumerate(v[:256]))
-    elif isinstance(v, dict):
-        items = ((f"{path}[{k!r}]", e) for k, e in list(v.items())[:256])
-    elif hasattr(v, "__dict__"):
-        items = ((f"{path}.{k}", e) for k, e in list(vars(v).items())[:256])
-    else:
+    try:        # (a proxy object may raise anything when asked for its __dict__)
+        if isinstance(v, (list, tuple)):
+            items = [(f"{path}[{k}]", e) for k, e in enumerate(v[:256])]
+        elif isinstance(v, dict):
+            items = [(f"{path}[{k!r}]", e) for k, e in list(v.items())[:256]]
+        elif hasattr(v, "__dict__"):
+            items = [(f"{path}.{k}", e) for k, e in list(vars(v).items())[:256]]
+        else:
+            return
+    except Exception:
         return
     for p, e in items:
         yield from _walk(e, p, depth + 1, seen)
