@@ -343,11 +343,13 @@ def test_fully_masked_attention_rows_have_finite_forward_mode_derivatives_where_
         return (s.softmax(-1).nan_to_num() @ q).pow(2).sum() + q.pow(3).sum()
 
     def sdpa(q):
-        return F.scaled_dot_product_attention(q, q, q, attn_mask=~padded[:, None, None, :]).pow(2).sum() + q.pow(3).sum()
+        mask = ~padded[:, None, None, :]
+        return F.scaled_dot_product_attention(q, q, q, attn_mask=mask).pow(2).sum() + q.pow(3).sum()
     for f in (manual, sdpa):
         fd = (central_differences(f, q) * t).sum()
         torch.testing.assert_close(functx.jvp(f, (q,), (t,))[1], fd, atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(functx.jit(lambda q, t: functx.jvp(f, (q,), (t,))[1])(q, t), fd, atol=1e-6, rtol=1e-6)
+        jitted = functx.jit(lambda q, t: functx.jvp(f, (q,), (t,))[1])
+        torch.testing.assert_close(jitted(q, t), fd, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(functx.hessian(f)(q), central_differences(torch.func.grad(f), q),
                                    atol=1e-5, rtol=1e-5)
     assert torch.func.jvp(manual, (q,), (t,))[1].isnan()
@@ -375,7 +377,8 @@ class _Block(nn.Module):
         self.h, self.kv, self.hd, self.sdpa = n_heads, n_kv, d // n_heads, sdpa
         self.wq, self.wk = nn.Linear(d, d, bias=False), nn.Linear(d, n_kv * self.hd, bias=False)
         self.wv, self.wo = nn.Linear(d, n_kv * self.hd, bias=False), nn.Linear(d, d, bias=False)
-        self.w1, self.w3, self.w2 = nn.Linear(d, 2 * d, bias=False), nn.Linear(d, 2 * d, bias=False), nn.Linear(2 * d, d, bias=False)
+        self.w1, self.w3 = nn.Linear(d, 2 * d, bias=False), nn.Linear(d, 2 * d, bias=False)
+        self.w2 = nn.Linear(2 * d, d, bias=False)
         self.n1, self.n2 = _RMSNorm(d), _RMSNorm(d)
 
     def forward(self, x, cos, sin):
@@ -451,7 +454,8 @@ def test_tiny_llama_block_forward_mode_and_hessian_in_its_input():
 
     def f(x):
         return block(x, cos, sin).tanh().pow(2).sum()
-    torch.testing.assert_close(functx.jvp(f, (x,), (t,))[1], (central_differences(f, x) * t).sum(), atol=1e-6, rtol=1e-6)
+    fd = (central_differences(f, x) * t).sum()
+    torch.testing.assert_close(functx.jvp(f, (x,), (t,))[1], fd, atol=1e-6, rtol=1e-6)
     g = functx.jacfwd(lambda x: block(x, cos, sin))(x)
     _close(g, torch.func.jacrev(lambda x: block(x, cos, sin))(x), 1e-9)
     torch.testing.assert_close(functx.hessian(f)(x), central_differences(torch.func.grad(f), x), atol=1e-5, rtol=1e-5)

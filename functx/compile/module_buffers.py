@@ -115,16 +115,17 @@ def leaked_into(args, kwargs, leaves_of):
     named = [(f"argument {i}", a) for i, a in enumerate(args)] + [(f"argument {k!r}", a) for k, a in kwargs.items()]
     for name, arg in named:
         for leaf in leaves_of(arg):
-            if hasattr(leaf, "__dict__") and not isinstance(leaf, _NOT_STATE) and not callable(leaf):
+            if not isinstance(leaf, _NOT_STATE) and not callable(leaf):
                 for path, value in _walk(leaf, "", 1, seen):
                     yield f"{name} (a {type(leaf).__name__}): {path.lstrip('.')}", value
 
 
 def leaked_into_reached(f, modules):
-    """The same (path, value) for the objects f reaches: a plain object or a list / dict in its closure or
-    in the globals its code names (`cache = DynamicCache()`), and those held by the modules
-    it reaches or is passed (`self.cache`; a tensor attribute itself, `self.last_attention =
-    attn`, is left alone: it is only read after the call, where it raises as a leaked tracer)."""
+    """The same (path, value) for the objects f reaches: a plain object or a list / dict in
+    its closure or in the globals its code names (`cache = DynamicCache()`), and those held
+    by the modules it reaches or is passed (`self.cache`; a tensor attribute itself,
+    `self.last_attention = attn`, is left alone: it is only read after the call, where it
+    raises as a leaked tracer)."""
     seen: set = set()
     for _ in range(3):                      # jit(grad(f)): the functions a wrapper wraps
         code = getattr(f, "__code__", None)
