@@ -112,7 +112,7 @@ class ReachedModules:
     dict there: `layers = [...]`, read as they are at each call). jit keys on their train/eval
     flags (a graph traced in training mode, with dropout and batch statistics, must not
     serve eval calls), passes their buffers as arguments while they may be written
-    (buffer_arguments), and guards their identity and tensors (ModuleGuard)."""
+    (module_buffers.py), and guards their identity and tensors (ModuleGuard)."""
     __slots__ = ("getters",)
 
     def __init__(self, getters):
@@ -156,48 +156,6 @@ class ReachedModules:
     def flags(self):
         """The training flags of the modules reached (a part of the jit key)."""
         return training_flags(self.modules())
-
-    def buffer_arguments(self, always):
-        """{module index: its buffers by name} for the reached modules whose buffers may be
-        written now (always, or a submodule owning buffers trains: BatchNorm's running
-        statistics); None when there are none (eval: buffers are only read, closed over)."""
-        out = {}
-        for i, m in enumerate(self.modules()):
-            if isinstance(m, torch.nn.Module) and (always or _trains_buffers(m)):
-                buffers = dict(m.named_buffers())
-                if buffers:
-                    out[i] = buffers
-        return out or None
-
-    def swapped_buffers(self, buffers):
-        """A context in which the reached modules hold the given buffers (by index, name)."""
-        return _SwappedBuffers(self.modules(), buffers)
-
-
-def swapped_buffers(modules, buffers):
-    """A context in which modules[i] holds the given buffers (buffers: {i: {name: tensor}})."""
-    return _SwappedBuffers(modules, buffers)
-
-
-class _SwappedBuffers:
-    """Puts given tensors in place of module buffers for the duration of a trace (what
-    torch.func.functional_call does, for buffers only), and restores them."""
-
-    def __init__(self, modules, buffers):
-        self.modules, self.buffers, self.saved = modules, buffers, []
-
-    def __enter__(self):
-        for i, named in self.buffers.items():
-            for name, value in named.items():
-                owner_name, _, leaf = name.rpartition(".")
-                owner = self.modules[i].get_submodule(owner_name) if owner_name else self.modules[i]
-                self.saved.append((owner, leaf, owner._buffers[leaf]))
-                owner._buffers[leaf] = value
-
-    def __exit__(self, *exc):
-        for owner, leaf, old in reversed(self.saved):
-            owner._buffers[leaf] = old
-        self.saved = []
 
 
 _SUBMODULES: dict = {}    # id(module) -> (registrations seen, module, submodules, those owning buffers)

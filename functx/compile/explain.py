@@ -79,7 +79,7 @@ def explain(f, backend=None, static_argnums=()):
     @functools.wraps(jitted.f)
     def explained(*args, **kwargs):
         nums = jitted._static_nums(args, False)
-        kwargs = jitted.with_buffers(kwargs)
+        kwargs = jitted.with_buffers(args, kwargs)
         key, _, leaves = jitted._key(args, kwargs, nums)
         paths = key[0].paths() if key is not None else None
         with user_facing():       # traced as jit traces, so the graphs are the same

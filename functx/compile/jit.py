@@ -22,7 +22,7 @@ from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
 from .closure_guard import RUN_PLAIN, ClosureGuard, ModuleGuard, PythonValues, ReachedModules, module_flags
-from .closure_guard import swapped_buffers
+from .module_buffers import SwappedBuffers, buffer_arguments, leaked_into, leaked_into_reached
 from .object_values import called_modules
 from .write_back import cuts_derivatives, unread_inputs, with_autograd_variant, writes_without_derivative
 from .eager import EagerCompiled
@@ -172,6 +172,7 @@ def _layout_key(t):
 
 # Exact types that take the fast path (TracerTensor and other subclasses do not).
 _PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
+_SHALLOW = _PLAIN_TENSORS | {int, float}
 
 
 def _plain_tensors(seq) -> bool:
@@ -224,14 +225,13 @@ class JitFunction:
         self._dims = DynamicDims(dynamic, dynamic_dims, namer)   # symbolic dims (dynamic_dims.py)
         self._warned_closure = False    # warned once that a closure guard retraced
         # The modules f reaches (closure_guard.ReachedModules): their train/eval flags are part
-        # of the key; their buffers are arguments while they may be written (a keyword the
-        # traced wrapper takes), so in-place updates (BatchNorm's running statistics, a KV
-        # cache) are written back each call; ModuleGuard checks their identity and tensors.
+        # of the key; their buffers, and those of the modules passed as arguments, are
+        # arguments while they may be written (a keyword the traced wrapper takes), so in-place
+        # updates (BatchNorm's running statistics, a KV cache) are written back each call;
+        # ModuleGuard checks their identity and tensors.
         self._modes = ReachedModules.of(f)
-        self._fn = _argument_buffers_as_arguments(_buffers_as_arguments(f, self._modes) if self._modes is not None
-                                                  else f)
+        self._fn = _buffers_as_arguments(f, self._modes)
         self._writes_buffers = False    # a reached module's forward writes buffers in eval mode too
-        self._arg_buffers = False       # a module passed as an argument writes its buffers
         # Name and docstring only: merging f's __dict__ would let a wrapped JitFunction's own
         # state (its f, caches) overwrite ours, e.g. jit(grad(jit(f))) ran f, not grad(f).
         functools.update_wrapper(self, f, updated=())
@@ -359,20 +359,34 @@ class JitFunction:
         return entry
 
     def _leaf_name(self, path):
-        if len(path) == 4 and path[:2] == (1, _ARG_BUFFERS):
-            return f"the buffer {path[3]!r} of the module passed as argument {path[2]}"
         if len(path) == 4 and path[:2] == (1, _BUFFERS):     # what _buffers_as_arguments passes
-            return (f"the buffer {path[3]!r} of a module f reaches (jit passes the buffers of a module "
-                    "that trains as arguments, so their updates are written back)")
+            return (f"the buffer {path[3]!r} of a module f reaches or is passed (jit passes the buffers of a "
+                    "module that trains as arguments, so their updates are written back)")
         return self._namer(path)
 
+    def _state_tracers(self, args, kwargs):
+        """(where, value) for the traced values in the state of objects f is passed or reaches."""
+        kwargs = {k: v for k, v in kwargs.items() if k != _BUFFERS}
+        yield from leaked_into(args, kwargs, lambda a: tree_flatten(a)[0])
+        yield from leaked_into_reached(self.f, _all_modules(self._modes, args, kwargs))
+
     def _trace(self, args, kwargs, nums, paths, shapes, leaves):
+        before = {id(t) for _, t in self._state_tracers(args, kwargs)}
         with record_layout_reads() as layouts, generator_arguments(leaves) as generators, \
                 record_autograd_reads() as autograd, called_modules() as called:
             graph = trace_graph(self._fn, args, kwargs, nums, "functx.jit", mutations=True,
                                 static_argnames=self.static_argnames, dynamic_scalars=True,
                                 arg_names=lambda k: self._leaf_name(paths[k]), shapes=shapes)
         layouts.autograd, layouts.called = autograd.read, list(called.values())
+        for where, t in self._state_tracers(args, kwargs):
+            if id(t) in before:
+                continue
+            raise FunctxError(
+                f"functx.jit: f stored a value it computed in an object passed to it or reached ({where}). Under jit "
+                "f's Python code runs once, when traced: later calls run the compiled graph, which "
+                "neither updates that object nor reads it (a cache appended to would stay as the trace "
+                "left it, silently). Keep such state in tensors f takes and returns (or writes in "
+                "place: jit writes mutated arguments back), or call f without jit.")
         return graph, layouts, generators
 
     def lower(self, *args, **kwargs):
@@ -382,11 +396,12 @@ class JitFunction:
             raise TypeError("functx.jit: lower() needs concrete tensors, not traced values")
         return self._entry(key, args, kwargs, leaves, nums), inputs
 
-    def with_buffers(self, kwargs):
-        """kwargs plus the reached modules' buffers (the traced wrapper's keyword) while they may
-        be written; in eval mode they are closed over (only read)."""
-        if self._modes is not None:
-            buffers = self._modes.buffer_arguments(self._writes_buffers)
+    def with_buffers(self, args, kwargs, always=None):
+        """kwargs plus the buffers of the modules f reaches or is passed (the traced wrapper's
+        keyword) while they may be written; in eval mode they are closed over (only read)."""
+        modules = _all_modules(self._modes, args, kwargs)
+        if modules:
+            buffers = buffer_arguments(modules, self._writes_buffers if always is None else always)
             if buffers:
                 return {**kwargs, _BUFFERS: buffers}
         return kwargs
@@ -397,11 +412,7 @@ class JitFunction:
         if _functorch_level() is not None:       # inside torch.func: raise, naming the fix
             refuse_inside_torch_func("functx.jit")
         if self._modes is not None:
-            kwargs = self.with_buffers(kwargs)
-        if self._arg_buffers:
-            buffers = _argument_buffers(args)
-            if buffers:
-                kwargs = {**kwargs, _ARG_BUFFERS: buffers}
+            kwargs = self.with_buffers(args, kwargs)
         try:
             if not kwargs and not self.static_argnums and not self._named_nums and not _NANS.on \
                     and not self._reads_layouts:
@@ -453,21 +464,23 @@ class JitFunction:
                             raise
                         entry, inputs = self._symbolic_failed(entry, args, kwargs, (), e)
                         return entry.unflatten(entry.call(*inputs))
+            if self._modes is None:     # (the fast path above takes no module arguments)
+                kwargs = self.with_buffers(args, kwargs)
             return self._call(args, kwargs, False)
         except PlainWriteError:
-            # a module passed as an argument writes its buffers (BatchNorm's running statistics
-            # in jit(train_step)(model, x)), or a reached module's eval-mode forward writes a
-            # buffer (a KV cache): from now on those buffers are arguments, and this call
-            # traces again
-            if not self._arg_buffers and _argument_buffers(args):
-                self._arg_buffers = True
-            elif self._modes is None or self._writes_buffers or not self._modes.buffer_arguments(True):
+            if not self._buffers_written(args, kwargs):
                 raise
-            else:
-                self._writes_buffers = True
-            kwargs.pop(_BUFFERS, None)
-            kwargs.pop(_ARG_BUFFERS, None)
             return self(*args, **kwargs)
+
+    def _buffers_written(self, args, kwargs) -> bool:
+        """After a trace raised PlainWriteError: whether a reached or passed module's eval-mode
+        forward may have written a buffer (a KV cache); if so, from now on the buffers are
+        arguments (with_buffers), and the call traces again."""
+        kwargs.pop(_BUFFERS, None)
+        if self._writes_buffers or _BUFFERS not in self.with_buffers(args, kwargs, True):
+            return False
+        self._writes_buffers = True
+        return True
 
     def _call(self, args, kwargs, method):
         nums = self._static_nums(args, method)
@@ -549,26 +562,6 @@ class JitFunction:
 
 
 _BUFFERS = "_functx_module_buffers"
-_ARG_BUFFERS = "_functx_argument_module_buffers"
-
-
-def _argument_buffers(args) -> dict:
-    """{position: buffers by name} of the nn.Modules among the positional arguments."""
-    return {i: b for i, a in enumerate(args) if isinstance(a, torch.nn.Module)
-            for b in (dict(a.named_buffers()),) if b}
-
-
-def _argument_buffers_as_arguments(f):
-    """The traced function: f with the modules passed as arguments holding the buffers given
-    by keyword (tracers), so their in-place updates are writes to arguments."""
-    @functools.wraps(f)
-    def run(*args, **kwargs):
-        buffers = kwargs.pop(_ARG_BUFFERS, None)
-        if buffers is None:
-            return f(*args, **kwargs)
-        with swapped_buffers(list(args), buffers):
-            return f(*args, **kwargs)
-    return run
 
 
 def _buffer_inputs(key, leaves) -> frozenset:
@@ -576,18 +569,40 @@ def _buffer_inputs(key, leaves) -> frozenset:
     collects them), of the reached modules' buffers passed by keyword."""
     paths = key[0].paths()
     inputs = [p for p, leaf in zip(paths, leaves) if isinstance(leaf, torch.Tensor) or is_dynamic_scalar(leaf)]
-    return frozenset(k for k, p in enumerate(inputs) if _BUFFERS in p or _ARG_BUFFERS in p)
+    return frozenset(k for k, p in enumerate(inputs) if _BUFFERS in p)
+
+
+def _passed_modules(args, kwargs) -> list:
+    """The nn.Modules among the arguments (a model passed to a jitted step, a jitted
+    method's self), in leaf order; plain tensors and numbers are not looked into."""
+    if not kwargs:
+        for a in args:
+            if type(a) not in _SHALLOW:
+                break
+        else:
+            return []
+    return [leaf for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, torch.nn.Module)]
+
+
+def _all_modules(reached, args, kwargs) -> list:
+    """The modules f reaches, then those passed to it that it does not reach, each once (a
+    module twice would pass its buffers twice, as aliasing arguments)."""
+    out = reached.modules() if reached is not None else []
+    for m in _passed_modules(args, kwargs):
+        if not any(m is o for o in out):
+            out.append(m)
+    return out
 
 
 def _buffers_as_arguments(f, reached):
-    """The traced function: f with the reached modules holding the buffers given by keyword
-    (tracers), so their in-place updates are writes to arguments; without them, f itself."""
+    """The traced function: f with the reached and passed modules holding the buffers given
+    by keyword (tracers), so their in-place updates are writes to arguments."""
     @functools.wraps(f)
     def run(*args, **kwargs):
         buffers = kwargs.pop(_BUFFERS, None)
         if buffers is None:
             return f(*args, **kwargs)
-        with reached.swapped_buffers(buffers):
+        with SwappedBuffers(_all_modules(reached, args, kwargs), buffers):
             return f(*args, **kwargs)
     return run
 
@@ -608,7 +623,13 @@ class BoundJitMethod:
             raise TypeError(f"functx.jit on a method: self (a {type(self.obj).__name__}) is a static "
                             "argument, part of the cache key, so it must be hashable; define __hash__ "
                             "(identity is fine) or jit a function that takes the state as an argument") from None
-        return self.jitted._call((self.obj,) + args, kwargs, True)
+        full = (self.obj,) + args
+        try:
+            return self.jitted._call(full, self.jitted.with_buffers(full, kwargs), True)
+        except PlainWriteError:
+            if not self.jitted._buffers_written(full, dict(kwargs)):
+                raise
+            return self(*args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.jitted, name)

@@ -25,7 +25,7 @@ import torch
 from torch.autograd.function import _is_setup_context_defined
 from torch.utils.checkpoint import CheckpointFunction
 
-from ..core import current_trace, set_current_trace
+from ..core import EVAL_TRACE, current_trace, set_current_trace
 from ..core.errors import FunctxError
 from ..core.trace import enclosing_traces
 from ..frontend import TracerTensor, unwrap, wrap
@@ -189,6 +189,11 @@ _torch_apply = torch.autograd.Function.__dict__["apply"].__func__
 
 def _apply(cls, *args, **kwargs):
     if any(isinstance(a, TracerTensor) for a in args) or any(isinstance(v, TracerTensor) for v in kwargs.values()):
+        return apply_function(cls, args, kwargs)
+    if cls is CheckpointFunction and current_trace() is not EVAL_TRACE:
+        # checkpoint(layer, x, use_reentrant=True) with a plain x inside a transform, the layer
+        # closing over traced parameters (functional_call): torch's apply would run the layer
+        # under no_grad, cutting their derivatives (zero gradients); functx.checkpoint keeps them
         return apply_function(cls, args, kwargs)
     return _torch_apply(cls, *args, **kwargs)
 

@@ -442,16 +442,17 @@ _NLL_NONE, _NLL_MEAN, _NLL_SUM = 0, 1, 2
 
 @register(aten.nll_loss_forward.default)
 def _nll_loss_forward(x, target, weight, reduction, ignore_index):
+    # (torch's kernel checks raise RuntimeError, not the decomposition's AssertionError)
     t, tt = _t(x), _t(target)
     if not 0 < t.ndim <= 2:
-        raise AssertionError(f"input tensor should be 1D or 2D, got {t.ndim}D")
+        raise RuntimeError(f"input tensor should be 1D or 2D, got {t.ndim}D")
     if tt.ndim > 1:
-        raise AssertionError(f"0D or 1D target tensor expected, multi-target not supported, got {tt.ndim}D")
+        raise RuntimeError(f"0D or 1D target tensor expected, multi-target not supported, got {tt.ndim}D")
     if not (t.ndim == 1 and tt.ndim == 0) and t.shape[0] != tt.shape[0]:
         raise RuntimeError(f"size mismatch (got input: {list(t.shape)}, target: {list(tt.shape)})")
     if weight is not None and not (_t(weight).ndim == 1 and _t(weight).numel == t.shape[-1]):
-        raise AssertionError(f"weight tensor should be defined either for all {t.shape[-1]} classes or no "
-                             f"classes but got weight tensor of shape: {torch.Size(_t(weight).shape)}")
+        raise RuntimeError(f"weight tensor should be defined either for all {t.shape[-1]} classes or no "
+                           f"classes but got weight tensor of shape: {torch.Size(_t(weight).shape)}")
     channel = 1 if t.ndim > 1 else 0
     if weight is not None:
         w = P.broadcast_in_dim(P.convert(weight, result_type(x, weight)), t.shape, (channel,))

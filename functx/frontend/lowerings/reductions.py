@@ -72,6 +72,28 @@ def _mean_all(x, dtype=None):
     return _mean(x, None, False, dtype)
 
 
+@register(aten.logsumexp.default)
+def _logsumexp(x, dim, keepdim=False):
+    """log(sum(exp(x - m))) + m with the shift m = max(x) a constant (stop_gradient), as in
+    torch's backward formula (the softmax) and JAX's logsumexp. torch's decomposition, which
+    ran before, differentiates through its amax: that adds (1 - sum(softmax)) / ties on the
+    argmax, zero in exact arithmetic, but a float32 rounding error of sum(softmax) (~1 ulp of
+    1 over a large row) where the softmax itself is small: 4% off at the argmax of a 1e6-wide
+    row, 0.3% for a 32k vocabulary."""
+    t = _t(x)
+    if not t.dtype.is_floating_point:
+        x = P.convert(x, torch.get_default_dtype())
+        t = _t(x)
+    axes = _dims(dim, t.ndim) if t.ndim else ()
+    if t.numel == 0:
+        return _keep(P.log(P.reduce_sum(P.exp(x), axes)), t.shape, axes, keepdim)
+    m = P.reduce_max(P.stop_gradient(x), axes)
+    m = P.where(P.eq(P.abs_(m), math.inf), P.full(_t(m).shape, 0.0, t.dtype, t.device), m)
+    kept = tuple(i for i in range(t.ndim) if i not in axes)
+    s = P.reduce_sum(P.exp(P.sub(x, P.broadcast_in_dim(m, t.shape, kept))), axes)
+    return _keep(P.add(P.log(s), m), t.shape, axes, keepdim)
+
+
 def _require_nonempty(name, x, dim):
     """torch's check (and exception type): an extremum (or its index) of no elements does not exist."""
     t = _t(x)

@@ -296,7 +296,19 @@ def _cat(tensors, dim=0):
     dtype = result_type(*tensors)       # skipped legacy empties still promote, as in torch
     tensors = [x for x in tensors if not (_t(x).ndim == 1 and _t(x).shape[0] == 0)] or list(tensors[:1])
     nd = _t(tensors[0]).ndim
-    return P.concatenate([P.convert(x, dtype) for x in tensors], wrap_dim(dim, nd))
+    axis = wrap_dim(dim, nd)
+    first = _t(tensors[0]).shape
+    for k, x in enumerate(tensors[1:], 1):
+        # torch's own messages, in the shapes the user sees (under vmap the primitive's
+        # operands carry the batch dimension, so its error would name another dimension)
+        shape = _t(x).shape
+        if len(shape) != nd:
+            raise RuntimeError(f"Tensors must have same number of dimensions: got {nd} and {len(shape)}")
+        for d in range(nd):
+            if d != axis and shape[d] != first[d]:
+                raise RuntimeError(f"Sizes of tensors must match except in dimension {axis}. Expected size "
+                                   f"{first[d]} but got size {shape[d]} for tensor number {k} in the list.")
+    return P.concatenate([P.convert(x, dtype) for x in tensors], axis)
 
 
 @register(aten.flip.default)
