@@ -69,7 +69,7 @@ LINEAR = {
     "upsample", "upsample_backward",     # prims/resample.py: each the other's transpose
     # prims/fused_activations.py: t * f'(x), linear in t (their own transposes)
     "leaky_relu_backward", "hardtanh_backward", "hardswish_backward", "hardsigmoid_backward", "elu_backward",
-    "softplus_backward",
+    "softplus_backward", "log_sigmoid_backward",
     "tanh_backward", "sigmoid_backward", "threshold_backward", "gelu_backward", "tanh_gelu_backward",
     "normalize_tangent",    # prims/fused_norm.py: linear in its first operand (its own transpose)
     "psum", "all_gather", "opaque",
@@ -101,7 +101,7 @@ NONLINEAR = {
     "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin", "sort", "topk", "pmax",
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
     "log_softmax", "softmax", "relu", "gelu",      # prims/fused.py
-    "leaky_relu", "hardtanh", "hardswish", "hardsigmoid", "elu", "softplus",     # prims/fused_activations.py
+    "leaky_relu", "hardtanh", "hardswish", "hardsigmoid", "elu", "softplus", "log_sigmoid",  # prims/fused_activations.py
     "max_pool",     # prims/pool.py
     "normalize_rows",   # prims/fused_norm.py
     "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)

@@ -466,6 +466,7 @@ _ACTIVATIONS = {
     "celu": lambda x: F.celu(x, 0.5),
     "softplus": F.softplus,
     "softplus(beta=2, threshold=3)": lambda x: F.softplus(x, 2.0, 3.0),
+    "logsigmoid": F.logsigmoid,
 }
 # the kinks and thresholds of all of them, NaN and infinities, and ordinary points
 _POINTS = [-math.inf, -30.0, -3.0, -2.0, -1.5, -1.0, -0.0, 0.0, 0.5, 1.0, 1.5, 3.0, 6.0, 20.0, 25.0, math.inf, math.nan]
@@ -473,7 +474,8 @@ _POINTS = [-math.inf, -30.0, -3.0, -2.0, -1.5, -1.0, -0.0, 0.0, 0.5, 1.0, 1.5, 3
 
 @pytest.mark.parametrize("name", list(_ACTIVATIONS))
 def test_activations_run_torch_s_kernels_on_eager_levels_and_match(name):
-    """leaky_relu, hardtanh (relu6), hardswish, hardsigmoid, elu (selu, celu) and softplus run
+    """leaky_relu, hardtanh (relu6), hardswish, hardsigmoid, elu (selu, celu), softplus and
+    logsigmoid run
     torch's kernel and its backward kernel on eager levels (they were decomposed into
     comparisons and selects: 0.17-0.4x of torch.func's speed); values, gradients, second
     derivatives, vmap and jit (the decomposition) are torch.func's at every kink, threshold
@@ -506,7 +508,7 @@ def test_activations_run_torch_s_kernels_on_eager_levels_and_match(name):
     assert "where" not in ops, sorted(ops)
 
 
-@pytest.mark.parametrize("op", [F.leaky_relu, F.hardswish, F.hardsigmoid, F.elu, F.softplus])
+@pytest.mark.parametrize("op", [F.leaky_relu, F.hardswish, F.hardsigmoid, F.elu, F.softplus, F.logsigmoid])
 def test_activations_of_integer_tensors_raise_as_torch(op):
     """torch has no integer kernels for these; functx raised nothing (or computed)."""
     x = torch.arange(4)

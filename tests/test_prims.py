@@ -1067,6 +1067,32 @@ def _activation_gen(name, backward):
     return gen
 
 
+def _log_sigmoid_gen(backward):
+    def gen(draw, dtype, smooth):
+        shape = shapes(draw)
+        if backward:
+            return Case({}, lambda g, dt: [rand(g, shape, dt), (rand(g, shape, F64) * 3).to(dt)])
+        return Case({}, lambda g, dt: [(rand(g, shape, F64) * 3).to(dt)])
+    return gen
+
+
+def _log_sigmoid_call(params, x):
+    return wrap(REGISTRY["log_sigmoid"].bind(unwrap(x))[0])
+
+
+def _log_sigmoid_backward_call(params, t, x):
+    """The tangent t sigmoid(-x) with torch's buffer of x (which has no derivative of its own)."""
+    buffer = REGISTRY["log_sigmoid"].bind(unwrap(x))[1]
+    return wrap(REGISTRY["log_sigmoid_backward"].bind(unwrap(t), unwrap(x), buffer))
+
+
+# F.logsigmoid's value (its second output, the CPU buffer exp(-|x|), only feeds the backward
+# kernel) and its tangent t sigmoid(-x)
+add(Entry("log_sigmoid", _log_sigmoid_gen(False), F.logsigmoid, call=_log_sigmoid_call, dtypes=(F32, F64)))
+add(Entry("log_sigmoid_backward", _log_sigmoid_gen(True), lambda t, x: (t.double() * torch.sigmoid(-x.double())).to(t.dtype),
+          call=_log_sigmoid_backward_call, dtypes=(F32, F64), linear=((0,),), covers=("log_sigmoid",)))
+
+
 for _name, (_, _f, _slope) in _ACTIVATIONS.items():
     add(Entry(_name, _activation_gen(_name, False), _f, dtypes=(F32, F64)))
     add(Entry(_name + "_backward", _activation_gen(_name, True),

@@ -1,6 +1,6 @@
 """Fused activations of eager transforms with parameters: leaky_relu, hardtanh (relu6),
-hardswish, hardsigmoid, elu (selu, celu) and softplus as torch's kernels, each with its
-tangent `<name>_backward(t, x)` as torch's backward kernel.
+hardswish, hardsigmoid, elu (selu, celu), softplus and log_sigmoid as torch's kernels, each
+with its tangent `<name>_backward(t, x)` as torch's backward kernel.
 
 Decomposed, each is a few comparisons and selects forward and ~5-10 kernels for its tangent
 (leaky_relu's grad of a conv feature map ran at 0.2x of torch.func's speed, elu's at 0.17x).
@@ -229,3 +229,90 @@ elu = Activation("elu", ("x", "alpha", "scale", "input_scale"), ("t", "alpha", "
                  _elu, _elu_slope, _elu_curvature)
 softplus = Activation("softplus", ("x", "beta", "threshold"), ("t", "x", "beta", "threshold"),
                       _softplus, _softplus_slope, _softplus_curvature)
+
+
+# ---------------------------------------------------------------- log_sigmoid (out, buffer)
+# torch's log_sigmoid_forward returns the buffer its backward kernel reads (exp(-|x|) on the
+# CPU, empty elsewhere); the buffer has no derivative. The tangent t sigmoid(-x) is
+# log_sigmoid_backward(t, x, buffer), its own transpose; its tangent in x is
+# -t sigmoid(x) sigmoid(-x) dx.
+
+def log_sigmoid_decomposed(x):
+    """-log1p(exp(-x)) for x >= 0, x - log1p(exp(x)) below (each branch fed a harmless
+    input: torch's min(x, 0) - log1p(exp(-|x|)) has kinks at 0 that cancel in the value and
+    first derivative, not the second); the CPU buffer exp(-|x|)."""
+    t = type_of(x)
+    positive = ew.ge(x, 0.0)
+    above = ew.neg(ew.log1p(ew.exp(ew.neg(ew.where(positive, x, 0.0)))))
+    below_x = ew.where(positive, 0.0, x)
+    out = ew.where(positive, above, ew.sub(below_x, ew.log1p(ew.exp(below_x))))
+    if torch.device(t.device).type != "cpu":
+        return [out, full((0,), 0.0, t.dtype, t.device)]
+    return [out, ew.exp(ew.neg(ew.abs_(x)))]
+
+
+def _log_sigmoid_grad_decomposed(t, x, buffer):
+    return ew.mul(t, ew.logistic(ew.neg(x)))
+
+
+def _log_sigmoid_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    out, buffer = log_sigmoid_p.bind(x)
+    tangent = Zero(type_of(out)) if isinstance(t, Zero) else log_sigmoid_backward_p.bind(t, x, buffer)
+    return [out, buffer], [tangent, Zero(type_of(buffer))]
+
+
+def _log_sigmoid_grad_jvp(primals, tangents):
+    (t, x, buffer), (dt, dx, _) = primals, tangents
+    out = log_sigmoid_backward_p.bind(t, x, buffer)
+    terms = [] if isinstance(dt, Zero) else [log_sigmoid_backward_p.bind(dt, x, buffer)]
+    if not isinstance(dx, Zero):
+        terms.append(ew.neg(ew.mul(ew.mul(t, ew.mul(ew.logistic(x), ew.logistic(ew.neg(x)))), dx)))
+    if not terms:
+        return out, Zero(type_of(out))
+    return out, terms[0] if len(terms) == 1 else ew.add(terms[0], terms[1])
+
+
+def _log_sigmoid_grad_batch(axis_data, args, dims):
+    if dims[0] == dims[1] == dims[2]:
+        return log_sigmoid_backward_p.bind(*args), dims[0]
+    return log_sigmoid_backward_p.bind(*(bdim_to_front(a, d, axis_data.size) for a, d in zip(args, dims))), 0
+
+
+def _buffer_type(t):
+    return TensorType(t.shape if torch.device(t.device).type == "cpu" else (0,), t.dtype, t.device)
+
+
+log_sigmoid_p = Primitive(
+    "log_sigmoid", kind=EXTERN, multiple_results=True,
+    abstract_eval=lambda t: [TensorType(t.shape, t.dtype, t.device), _buffer_type(t)],
+    impl=lambda x: list(_aten.log_sigmoid_forward.default(x)),
+    jvp=_log_sigmoid_jvp,
+    composite=log_sigmoid_decomposed)
+log_sigmoid_backward_p = Primitive(
+    "log_sigmoid_backward", kind=EXTERN,
+    abstract_eval=lambda t, x, buffer: TensorType(t.shape, t.dtype, t.device),
+    impl=lambda t, x, buffer: _aten.log_sigmoid_backward.default(t, x, buffer),
+    jvp=_log_sigmoid_grad_jvp,
+    transpose=lambda ct, t, x, buffer: [None if isinstance(ct, Zero) else log_sigmoid_backward_p.bind(ct, x, buffer),
+                                        None, None],
+    batch=_log_sigmoid_grad_batch,
+    composite=_log_sigmoid_grad_decomposed,
+    emit=lambda eqn, srcs: f"torch.ops.aten.log_sigmoid_backward.default({srcs[0]}, {srcs[1]}, {srcs[2]})")
+
+
+def _log_sigmoid_batch(axis_data, args, dims):
+    """Elementwise; the CPU buffer is batched with the output (elsewhere it is empty)."""
+    out, buffer = log_sigmoid_p.bind(args[0])
+    return [out, buffer], [dims[0], dims[0] if type_of(buffer).shape else None]
+
+
+log_sigmoid_p.batch = _log_sigmoid_batch
+
+
+def log_sigmoid(x):
+    """[F.logsigmoid(x), torch's buffer]: the primitive where the trace binds fused primitives
+    (float32/64), else in primitives."""
+    if type_of(x).dtype in _FUSED_DTYPES and fused_here():
+        return bind(log_sigmoid_p, (x,), {})
+    return log_sigmoid_decomposed(x)

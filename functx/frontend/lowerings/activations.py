@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ... import prims as P
-from ...prims.fused_activations import elu, hardsigmoid, hardswish, leaky_relu, softplus
+from ...prims.fused_activations import elu, hardsigmoid, hardswish, leaky_relu, log_sigmoid, softplus
 from ..promote import float_dtype_of
 from .common import _t, aten
 from .registry import register
@@ -97,19 +97,10 @@ def _log_ndtr(x):
 
 @register(aten.log_sigmoid_forward.default)
 def _log_sigmoid(x):
-    """F.logsigmoid (and BCE-with-logits, Bernoulli(logits=)): torch's decomposition
-    min(x, 0) - log1p(exp(-|x|)) has two kinks at 0 that cancel in the value and first
-    derivative but not in the second (hessian 0 at x = 0, where it is -1/4). Each sign gets its
-    own smooth form, which is the same arithmetic as torch's kernel: -log1p(exp(-x)) for
-    x >= 0, x - log1p(exp(x)) below, each branch fed a harmless input. The buffer is torch's
-    (exp(-|x|) on the CPU, empty on CUDA), which only its backward kernel reads."""
-    t = _t(x)
-    x, dtype = _compute(x)
-    positive = P.ge(x, 0.0)
-    above = P.neg(P.log1p(P.exp(P.neg(P.where(positive, x, 0.0)))))
-    below_x = P.where(positive, 0.0, x)
-    below = P.sub(below_x, P.log1p(P.exp(below_x)))
-    out = P.convert(P.where(positive, above, below), dtype)
-    if t.device.type != "cpu":
-        return out, P.full((0,), 0.0, t.dtype, t.device)
-    return out, P.convert(P.exp(P.neg(P.abs_(x))), dtype)
+    """F.logsigmoid (and Bernoulli(logits=)): torch's kernel on eager levels, else its smooth
+    form per sign (prims/fused_activations.log_sigmoid_decomposed: torch's decomposition
+    min(x, 0) - log1p(exp(-|x|)) has Hessian 0 at x = 0, where it is -1/4). The buffer is
+    torch's (exp(-|x|) on the CPU, empty on CUDA), which only its backward kernel reads."""
+    x, dtype = _float_input(aten.log_sigmoid_forward.default, x)
+    out, buffer = log_sigmoid(x)
+    return P.convert(out, dtype), P.convert(buffer, dtype)
