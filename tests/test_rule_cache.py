@@ -229,6 +229,16 @@ def test_generated_impl_code_passes_broadcasts_unexpanded():
     assert [e.prim.name for e in out] == ["broadcast_in_dim", "mul"]
 
 
+def _second_calls_match(cases, rtol=1e-10, atol=1e-12):
+    """cases: name -> (functx function, torch.func function, args); each function's second
+    call (which runs the generated code) gives torch.func's values."""
+    for name, (fx, tf, args) in cases.items():
+        for _ in range(2):
+            got = fx(*args)
+        for a, b_ in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(tf(*args))):
+            torch.testing.assert_close(a, b_, rtol=rtol, atol=atol, msg=name)
+
+
 def test_generated_impl_code_runs_a_bias_matmul_as_one_addmm():
     """impl_rewrites.fuse_bias_matmuls: `x @ W + b` (2-D, one dtype, the product read by the add
     alone) runs as torch.addmm in generated impl code, under every transform, with the same
@@ -251,11 +261,7 @@ def test_generated_impl_code_runs_a_bias_matmul_as_one_addmm():
                  (torch.randn(2, 6, 4, generator=g, dtype=torch.float64), W, b)),
         "hessian": (functx.hessian(f, argnums=2), torch.func.hessian(f, argnums=2), (x, W, b)),
     }
-    for name, (fx, tf, args) in cases.items():
-        for _ in range(2):           # the second call runs the generated code
-            got = fx(*args)
-        for a, b_ in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(tf(*args))):
-            torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12, msg=name)
+    _second_calls_match(cases)
     # on IR
     from functx.core import Var
     from functx.core.ir import Eqn
@@ -298,11 +304,7 @@ def test_generated_impl_code_runs_a_conv_and_its_bias_as_one_convolution():
                 lambda p, x: torch.func.jvp(lambda x: f(p, x), (x,), (x.cos(),)), (p, x)),
         "vmap": (functx.vmap(f, in_dims=(None, 0)), torch.func.vmap(f, in_dims=(None, 0)), (p, x[:, None])),
     }
-    for name, (fx, tf, args) in cases.items():
-        for _ in range(2):           # the second call runs the generated code
-            got = fx(*args)
-        for a, b_ in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(tf(*args))):
-            torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12, msg=name)
+    _second_calls_match(cases)
     # on IR
     from functx.core import Var
     from functx.core.ir import Eqn

@@ -36,6 +36,21 @@ def sum_terms(terms, out):
     return total
 
 
+def linear_first_jvp(prim, others=None):
+    """The jvp rule of a primitive linear in its first operand: prim(dt, *rest) for that
+    operand's tangent, plus others(primals, tangents, **params) for the rest's (others None,
+    or returning None: their tangents contribute nothing)."""
+    def jvp(primals, tangents, **params):
+        out = prim.bind(*primals, **params)
+        terms = [] if isinstance(tangents[0], Zero) else [prim.bind(tangents[0], *primals[1:], **params)]
+        if others is not None and not all(isinstance(d, Zero) for d in tangents[1:]):
+            term = others(primals, tangents, **params)
+            if term is not None:
+                terms.append(term)
+        return out, sum_terms(terms, out)
+    return jvp
+
+
 def is_undefined(x) -> bool:
     return isinstance(x, UndefinedPrimal)
 

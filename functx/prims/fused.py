@@ -23,7 +23,7 @@ import math
 import torch
 
 from ..core import EXTERN, Primitive, Zero, bind
-from .define import defjvp, sum_terms
+from .define import defjvp, linear_first_jvp
 from ..core.trace import trace_state, type_of
 from ..core.types import TensorType
 from . import elementwise as ew
@@ -173,46 +173,33 @@ def softmax_tangent_decomposed(t, y, *, axis):
     return ew.mul(y, ew.sub(t, _along(reduce_sum(ew.mul(t, y), (axis,)), y, axis)))
 
 
-def _log_softmax_tangent_rule(primals, tangents, *, axis):
+def _log_softmax_tangent_in_y(t, y, dy, axis):
     """d/dy of t - sum(t exp(y)) is -sum(t exp(y) dy)."""
-    (t, y), (dt, dy) = primals, tangents
-    out = log_softmax_tangent_p.bind(t, y, axis=axis)
-    terms = [] if isinstance(dt, Zero) else [log_softmax_tangent_p.bind(dt, y, axis=axis)]
-    if not isinstance(dy, Zero):
-        terms.append(ew.neg(_along(reduce_sum(ew.mul(ew.mul(t, ew.exp(y)), dy), (axis,)), y, axis)))
-    return out, sum_terms(terms, out)
+    return ew.neg(_along(reduce_sum(ew.mul(ew.mul(t, ew.exp(y)), dy), (axis,)), y, axis))
 
 
-def _log_softmax_cotangent_rule(primals, tangents, *, axis):
+def _log_softmax_cotangent_in_y(c, y, dy, axis):
     """d/dy of c - exp(y) sum(c) is -exp(y) dy sum(c)."""
-    (c, y), (dc, dy) = primals, tangents
-    out = log_softmax_cotangent_p.bind(c, y, axis=axis)
-    terms = [] if isinstance(dc, Zero) else [log_softmax_cotangent_p.bind(dc, y, axis=axis)]
-    if not isinstance(dy, Zero):
-        terms.append(ew.neg(ew.mul(ew.mul(ew.exp(y), dy), _along(reduce_sum(c, (axis,)), y, axis))))
-    return out, sum_terms(terms, out)
+    return ew.neg(ew.mul(ew.mul(ew.exp(y), dy), _along(reduce_sum(c, (axis,)), y, axis)))
 
 
-def _softmax_tangent_rule(primals, tangents, *, axis):
+def _softmax_tangent_in_y(t, y, dy, axis):
     """d/dy of y (t - sum(t y)) is dy (t - sum(t y)) - y sum(t dy)."""
-    (t, y), (dt, dy) = primals, tangents
-    out = softmax_tangent_p.bind(t, y, axis=axis)
-    terms = [] if isinstance(dt, Zero) else [softmax_tangent_p.bind(dt, y, axis=axis)]
-    if not isinstance(dy, Zero):
-        inner = ew.sub(t, _along(reduce_sum(ew.mul(t, y), (axis,)), y, axis))
-        terms.append(ew.sub(ew.mul(dy, inner), ew.mul(y, _along(reduce_sum(ew.mul(t, dy), (axis,)), y, axis))))
-    return out, sum_terms(terms, out)
+    inner = ew.sub(t, _along(reduce_sum(ew.mul(t, y), (axis,)), y, axis))
+    return ew.sub(ew.mul(dy, inner), ew.mul(y, _along(reduce_sum(ew.mul(t, dy), (axis,)), y, axis)))
 
 
-def _rowwise_linear(name, impl, rule, transpose_to, decomposed):
-    """A (linear operand, y) primitive along `axis`; its batch rule moves both batch dims first."""
+def _rowwise_linear(name, impl, in_y, transpose_to, decomposed):
+    """A (linear operand, y) primitive along `axis`, in_y(t, y, dy, axis) its tangent in y; its
+    batch rule moves both batch dims first."""
     prim = Primitive(
         name, kind=EXTERN,
         abstract_eval=lambda t, y, *, axis: TensorType(t.shape, t.dtype, t.device),
-        impl=impl, jvp=rule,
+        impl=impl,
         transpose=lambda ct, t, y, *, axis: [None if isinstance(ct, Zero) else transpose_to().bind(ct, y, axis=axis),
                                               None],
         composite=decomposed)
+    prim.jvp = linear_first_jvp(prim, lambda primals, tangents, *, axis: in_y(*primals, tangents[1], axis))
 
     def batch(axis_data, args, dims, *, axis):
         a, y = (bdim_to_front(v, d, axis_data.size) for v, d in zip(args, dims))
@@ -223,13 +210,13 @@ def _rowwise_linear(name, impl, rule, transpose_to, decomposed):
 
 log_softmax_tangent_p = _rowwise_linear(
     "log_softmax_tangent", lambda t, y, *, axis: t - (t * y.exp()).sum(axis, keepdim=True),
-    _log_softmax_tangent_rule, lambda: log_softmax_cotangent_p, log_softmax_tangent_decomposed)
+    _log_softmax_tangent_in_y, lambda: log_softmax_cotangent_p, log_softmax_tangent_decomposed)
 log_softmax_cotangent_p = _rowwise_linear(
     "log_softmax_cotangent", lambda c, y, *, axis: torch.ops.aten._log_softmax_backward_data(c, y, axis, y.dtype),
-    _log_softmax_cotangent_rule, lambda: log_softmax_tangent_p, log_softmax_cotangent_decomposed)
+    _log_softmax_cotangent_in_y, lambda: log_softmax_tangent_p, log_softmax_cotangent_decomposed)
 softmax_tangent_p = _rowwise_linear(
     "softmax_tangent", lambda t, y, *, axis: torch.ops.aten._softmax_backward_data(t, y, axis, y.dtype),
-    _softmax_tangent_rule, lambda: softmax_tangent_p, softmax_tangent_decomposed)
+    _softmax_tangent_in_y, lambda: softmax_tangent_p, softmax_tangent_decomposed)
 
 
 # ---------------------------------------------------------------- nll_loss (no class weights)

@@ -22,6 +22,7 @@ from ..core.trace import type_of
 from ..core.types import TensorType
 from . import elementwise as ew
 from .creation import full
+from .define import linear_first_jvp
 from .fused import _FUSED_DTYPES, fused_here
 from .shape import bdim_to_front
 
@@ -177,13 +178,18 @@ class Activation:
             name + "_backward", kind=EXTERN,
             abstract_eval=lambda t, x, **params: TensorType(t.shape, t.dtype, t.device),
             impl=grad_impl,
-            jvp=self._grad_jvp,
             transpose=lambda ct, t, x, **params: [None if isinstance(ct, Zero) else self.grad_p.bind(ct, x, **params),
                                                   None],
             composite=lambda t, x, **params: ew.mul(t, slope(x, **params)),
             emit=None if backward_impl else (
                 lambda eqn, srcs: _emit(name + "_backward", backward, {"t": srcs[0], "x": srcs[1]}, eqn.params)))
         self.grad_p.batch = _elementwise_batch(self.grad_p)
+        if curvature is not None:       # (t f'(x))' in x: t f''(x) dx
+            self.grad_p.jvp = linear_first_jvp(
+                self.grad_p, lambda primals, tangents, **params: ew.mul(primals[0], curvature(primals[1], tangents[1],
+                                                                                              **params)))
+        else:
+            self.grad_p.jvp = linear_first_jvp(self.grad_p)
 
     def __call__(self, x, **params):
         """f(x): the primitive where the trace binds fused primitives (float32/64), else in primitives."""
@@ -196,16 +202,6 @@ class Activation:
         (x,), (t,) = primals, tangents
         y = self.p.bind(x, **params)
         return y, Zero(type_of(y)) if isinstance(t, Zero) else self.grad_p.bind(t, x, **params)
-
-    def _grad_jvp(self, primals, tangents, **params):
-        (t, x), (dt, dx) = primals, tangents
-        out = self.grad_p.bind(t, x, **params)
-        terms = [] if isinstance(dt, Zero) else [self.grad_p.bind(dt, x, **params)]
-        if not isinstance(dx, Zero) and self.curvature is not None:
-            terms.append(ew.mul(t, self.curvature(x, dx, **params)))
-        if not terms:
-            return out, Zero(type_of(out))
-        return out, terms[0] if len(terms) == 1 else ew.add(terms[0], terms[1])
 
 
 leaky_relu = Activation("leaky_relu", ("x", "negative_slope"), ("t", "x", "negative_slope", False),
@@ -262,17 +258,6 @@ def _log_sigmoid_jvp(primals, tangents):
     return [out, buffer], [tangent, Zero(type_of(buffer))]
 
 
-def _log_sigmoid_grad_jvp(primals, tangents):
-    (t, x, buffer), (dt, dx, _) = primals, tangents
-    out = log_sigmoid_backward_p.bind(t, x, buffer)
-    terms = [] if isinstance(dt, Zero) else [log_sigmoid_backward_p.bind(dt, x, buffer)]
-    if not isinstance(dx, Zero):
-        terms.append(ew.neg(ew.mul(ew.mul(t, ew.mul(ew.logistic(x), ew.logistic(ew.neg(x)))), dx)))
-    if not terms:
-        return out, Zero(type_of(out))
-    return out, terms[0] if len(terms) == 1 else ew.add(terms[0], terms[1])
-
-
 def _log_sigmoid_grad_batch(axis_data, args, dims):
     if dims[0] == dims[1] == dims[2]:
         return log_sigmoid_backward_p.bind(*args), dims[0]
@@ -293,7 +278,6 @@ log_sigmoid_backward_p = Primitive(
     "log_sigmoid_backward", kind=EXTERN,
     abstract_eval=lambda t, x, buffer: TensorType(t.shape, t.dtype, t.device),
     impl=lambda t, x, buffer: _aten.log_sigmoid_backward.default(t, x, buffer),
-    jvp=_log_sigmoid_grad_jvp,
     transpose=lambda ct, t, x, buffer: [None if isinstance(ct, Zero) else log_sigmoid_backward_p.bind(ct, x, buffer),
                                         None, None],
     batch=_log_sigmoid_grad_batch,
@@ -308,6 +292,17 @@ def _log_sigmoid_batch(axis_data, args, dims):
 
 
 log_sigmoid_p.batch = _log_sigmoid_batch
+
+
+def _log_sigmoid_grad_in_x(primals, tangents):
+    """(t sigmoid(-x))' in x: -t sigmoid(x) sigmoid(-x) dx (the buffer has no derivative)."""
+    (t, x, _), dx = primals, tangents[1]
+    if isinstance(dx, Zero):
+        return None
+    return ew.neg(ew.mul(ew.mul(t, ew.mul(ew.logistic(x), ew.logistic(ew.neg(x)))), dx))
+
+
+log_sigmoid_backward_p.jvp = linear_first_jvp(log_sigmoid_backward_p, _log_sigmoid_grad_in_x)
 
 
 def log_sigmoid(x):
