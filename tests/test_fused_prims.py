@@ -19,9 +19,11 @@ FUSED = {REGISTRY["log_softmax"], REGISTRY["softmax"], REGISTRY["nll_loss"], REG
          REGISTRY["conv_weight_grad"], REGISTRY["gelu"], REGISTRY["gelu_backward"], REGISTRY["tanh_gelu_backward"]}
 
 
-def _close(a, b):
-    for x, y in zip(torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, equal_nan=True)
+def _close(a, b, rtol=1e-5, atol=1e-6):
+    la, lb = torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol, equal_nan=True)
 
 
 def _data(dtype=torch.float32):
@@ -514,3 +516,45 @@ def test_activations_of_integer_tensors_raise_as_torch(op):
     x = torch.arange(4)
     with pytest.raises(NotImplementedError, match="not implemented for 'Long'"):
         functx.grad(lambda y: (op(x) * y).sum())(torch.ones(4))
+
+
+# ---------------------------------------------------------------- binary_cross_entropy (prims/fused_losses.py)
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_binary_cross_entropy_runs_torch_s_kernels_on_eager_levels_and_matches(reduction):
+    """F.binary_cross_entropy (the classic VAE's loss) runs torch's kernel and its backward
+    kernel on eager levels (the decomposition with its range checks ran ~130 kernels and two
+    host reads: 0.1x of torch.func's speed); values, gradients in input and target (at 0, 1
+    and below torch's 1e-12 floor too), vmap and jit are torch.func's, Hessians inside (0, 1)
+    too (torch's double backward adds 1e-12 to x and 1 - x: 1e-11 relative), in float64;
+    out-of-range inputs raise torch's error."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 5, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    x[0, :4] = torch.tensor([0.0, 1.0, 1e-14, 1 - 1e-14], dtype=torch.float64)
+    t = torch.rand(6, 5, generator=g, dtype=torch.float64).round()
+    t[1] = torch.rand(5, generator=g, dtype=torch.float64)
+
+    def s(x, t):
+        o = F.binary_cross_entropy(x, t, reduction=reduction)
+        return (o * torch.linspace(0.5, 1.5, o.numel(), dtype=o.dtype).reshape(o.shape)).sum()
+    tol = dict(rtol=1e-12, atol=1e-12)
+    want_x, want_t = torch.func.grad(s, argnums=(0, 1))(x, t)
+    # the target's derivative at x = 0 and 1: torch's is -logit(x), +-inf; the loss (its logs
+    # clamped at -100) is linear in t there with slope +-100 (finite differences decide)
+    w = torch.linspace(0.5, 1.5, x.numel(), dtype=x.dtype).reshape(x.shape) if reduction == "none" else \
+        torch.full_like(x, 0.5 / x.numel() if reduction == "mean" else 0.5)      # (linspace of one: 0.5)
+    want_t[0, :2] = torch.tensor([100.0, -100.0], dtype=x.dtype) * w[0, :2]
+    for grad in (functx.grad, lambda f, **k: functx.jit(functx.grad(f, **k))):
+        _close(grad(s, argnums=(0, 1))(x, t), (want_x, want_t), **tol)
+    _close(functx.jvp(lambda x: s(x, t), (x,), (x.cos(),)), torch.func.jvp(lambda x: s(x, t), (x,), (x.cos(),)), **tol)
+    _close(functx.vmap(functx.grad(s))(x, t), torch.func.vmap(torch.func.grad(s))(x, t), **tol)
+    _close(functx.vmap(functx.grad(s), in_dims=(0, None))(x, t[1]),
+           torch.func.vmap(torch.func.grad(s), in_dims=(0, None))(x, t[1]), **tol)
+    _close(functx.hessian(s, argnums=(0, 1))(x[1:], t[1:]), torch.func.hessian(s, argnums=(0, 1))(x[1:], t[1:]),
+           rtol=1e-9, atol=1e-9)
+    ops = _aten_ops(functx.grad(s), x, t)
+    assert {"binary_cross_entropy", "binary_cross_entropy_backward"} <= ops and "where" not in ops, sorted(ops)
+    with pytest.raises(RuntimeError, match="all elements of input should be between 0 and 1"):
+        functx.grad(s)(x + 1, t)
+    with pytest.raises(RuntimeError, match="all elements of target should be between 0 and 1"):
+        functx.grad(s)(x, t + 1)

@@ -1093,6 +1093,26 @@ add(Entry("log_sigmoid_backward", _log_sigmoid_gen(True), lambda t, x: (t.double
           call=_log_sigmoid_backward_call, dtypes=(F32, F64), linear=((0,),), covers=("log_sigmoid",)))
 
 
+def _bce_gen(draw, dtype, smooth):
+    """x in (0.02, 0.98) (the kernel's slope floor max(x (1 - x), 1e-12) not reached), t in [0, 1]."""
+    shape = draw(st.sampled_from([(3,), (2, 3), (1, 4, 2)]))
+    reduction = draw(st.integers(0, 2))
+    return Case({"reduction": reduction}, lambda g, dt: [(torch.rand(shape, generator=g, dtype=F64) * 0.96 + 0.02).to(dt),
+                                                          torch.rand(shape, generator=g, dtype=F64).to(dt)])
+
+
+def _bce_ref(x, t, reduction):
+    xd, td = x.double(), t.double()
+    loss = -(td * torch.log(xd) + (1 - td) * torch.log1p(-xd))
+    return (loss if reduction == 0 else loss.mean() if reduction == 1 else loss.sum()).to(x.dtype)
+
+
+# prims/fused_losses.py: F.binary_cross_entropy's kernel and its slope (x - t) / (x (1 - x))
+add(Entry("binary_cross_entropy", _bce_gen, _bce_ref, dtypes=(F32, F64)))
+add(Entry("bce_slope", lambda draw, dtype, smooth: Case({}, _bce_gen(draw, dtype, smooth).make),
+          lambda x, t: ((x.double() - t.double()) / (x.double() * (1 - x.double()))).to(x.dtype), dtypes=(F32, F64)))
+
+
 for _name, (_, _f, _slope) in _ACTIVATIONS.items():
     add(Entry(_name, _activation_gen(_name, False), _f, dtypes=(F32, F64)))
     add(Entry(_name + "_backward", _activation_gen(_name, True),

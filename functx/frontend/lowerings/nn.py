@@ -21,6 +21,7 @@ from .elementwise import _clamp
 from .registry import register, register_special
 from ...prims.fused import fused_here
 from ...prims.fused_activations import hardtanh
+from ...prims.fused_losses import binary_cross_entropy
 from ...prims.fused_norm import normalize_channels
 from .torch_prims import _prims_var
 from .attention import _fits, bias_and_scale
@@ -500,6 +501,10 @@ _BCE_EPS = float(torch.tensor(1e-12, dtype=torch.float32))     # torch's EPSILON
 
 @register_special(aten.binary_cross_entropy.default)
 def _binary_cross_entropy(input, target, weight=None, reduction=1):
+    if (weight is None and isinstance(target, torch.Tensor) and input.dtype in (torch.float32, torch.float64)
+            and target.dtype == input.dtype and target.shape == input.shape and fused_here()):
+        # eager levels: torch's kernels (prims/fused_losses.py), their range checks included
+        return wrap(binary_cross_entropy(unwrap(input), unwrap(target), reduction))
     compute = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
     x, t = input.to(compute), target.to(compute)
     for name, v in (("input", x), ("target", t)):   # torch's kernel's checks (NaN fails them too);
