@@ -102,7 +102,8 @@ NONLINEAR = {
     "custom_jvp_call", "custom_vjp_call",    # transforms/custom.py
     "log_softmax", "softmax", "relu", "gelu",      # prims/fused.py
     "leaky_relu", "hardtanh", "hardswish", "hardsigmoid", "elu", "softplus", "log_sigmoid",  # prims/fused_activations.py
-    "binary_cross_entropy", "bce_slope",     # prims/fused_losses.py
+    "binary_cross_entropy", "bce_slope", "huber_loss", "huber_loss_slope", "smooth_l1_loss",  # prims/fused_losses.py
+    "smooth_l1_loss_slope",
     "max_pool",     # prims/pool.py
     "normalize_rows",   # prims/fused_norm.py
     "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)

@@ -1113,6 +1113,49 @@ add(Entry("bce_slope", lambda draw, dtype, smooth: Case({}, _bce_gen(draw, dtype
           lambda x, t: ((x.double() - t.double()) / (x.double() * (1 - x.double()))).to(x.dtype), dtypes=(F32, F64)))
 
 
+def _regression_gen(param, values):
+    def gen(draw, dtype, smooth):
+        shape = draw(st.sampled_from([(3,), (2, 3), (1, 4, 2)]))
+        params = {param: draw(st.sampled_from(values))}
+        return Case(params, lambda g, dt: [(rand(g, shape, F64) * 2).to(dt), rand(g, shape, dt)])
+    return gen
+
+
+def _with_reduction(gen):
+    def with_it(draw, dtype, smooth):
+        case = gen(draw, dtype, smooth)
+        return Case(dict(case.params, reduction=draw(st.integers(0, 2))), case.make)
+    return with_it
+
+
+def _reduce_ref(loss, reduction):
+    return loss if reduction == 0 else loss.mean() if reduction == 1 else loss.sum()
+
+
+# prims/fused_losses.py: huber and smooth_l1 as torch's kernels, each with its slope per element
+# (their references in elementary ops: torch.func has no forward-over-reverse for the kernels)
+def _huber_ref(x, y, reduction, delta):
+    d = x - y
+    return _reduce_ref(torch.where(d.abs() <= delta, 0.5 * d * d, delta * (d.abs() - 0.5 * delta)), reduction)
+
+
+def _smooth_l1_ref(x, y, reduction, beta):
+    d = x - y
+    if beta == 0:
+        return _reduce_ref(d.abs(), reduction)
+    return _reduce_ref(torch.where(d.abs() < beta, 0.5 * d * d / beta, d.abs() - 0.5 * beta), reduction)
+
+
+add(Entry("huber_loss", _with_reduction(_regression_gen("delta", [1.0, 0.5, 2.0])), _huber_ref, dtypes=(F32, F64)))
+add(Entry("huber_loss_slope", _regression_gen("delta", [1.0, 0.5, 2.0]),
+          lambda x, y, delta: (x - y).clamp(-delta, delta), dtypes=(F32, F64)))
+add(Entry("smooth_l1_loss", _with_reduction(_regression_gen("beta", [1.0, 0.5, 2.0, 0.0])), _smooth_l1_ref,
+          dtypes=(F32, F64)))
+add(Entry("smooth_l1_loss_slope", _regression_gen("beta", [1.0, 0.5, 2.0, 0.0]),
+          lambda x, y, beta: torch.where((x - y).abs() < beta, (x - y) / max(beta, 1e-300), (x - y).sign()),
+          dtypes=(F32, F64)))
+
+
 for _name, (_, _f, _slope) in _ACTIVATIONS.items():
     add(Entry(_name, _activation_gen(_name, False), _f, dtypes=(F32, F64)))
     add(Entry(_name + "_backward", _activation_gen(_name, True),

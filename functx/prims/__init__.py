@@ -6,8 +6,8 @@ broadcast_in_dim transpose is the one deferred import, of reduce_sum):
   helpers), shape (views, pad, concatenate), elementwise, reduce, linalg (dot_general),
   indexing, fused (log_softmax, softmax, nll_loss, relu, gelu, their and tanh/sigmoid's derivatives:
   torch's kernels under eager transforms), fused_activations (leaky_relu, hardtanh, hardswish,
-  hardsigmoid, elu, softplus, log_sigmoid as torch's kernels), fused_losses (binary_cross_entropy
-  as torch's kernels), conv (and its weight cotangent as torch's kernel),
+  hardsigmoid, elu, softplus, log_sigmoid as torch's kernels), fused_losses (binary_cross_entropy,
+  huber_loss, smooth_l1_loss as torch's kernels), conv (and its weight cotangent as torch's kernel),
   pool (max pooling with indices), resample (F.interpolate's kernels), random,
   collective (+ distributed, its torch.distributed calls), spmd (replicated-value corrections
   for functx.spmd), opaque, debug (debug_callback).

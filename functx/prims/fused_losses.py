@@ -1,4 +1,5 @@
-"""binary_cross_entropy on eager levels: torch's kernel for the value and its backward kernel
+"""binary_cross_entropy, huber_loss and smooth_l1_loss on eager levels (the last two at the
+end of this module). binary_cross_entropy: torch's kernel for the value and its backward kernel
 for the slope, where the decomposition (frontend/lowerings/nn.py: clamped logs, an exact
 region and torch's 1e-12 floor) with its two range checks ran ~130 kernels and two host
 reads under grad (0.1x of torch.func's speed; the classic VAE's `F.binary_cross_entropy(
@@ -153,3 +154,115 @@ bce_slope_p = Primitive(
     jvp=_slope_jvp,
     batch=_slope_batch,
     composite=bce_slope_decomposed)
+
+
+# ---------------------------------------------------------------- huber_loss, smooth_l1_loss
+# torch's kernel for the value and its backward kernel (a ones cotangent) for the slope per
+# element, d loss / dx = -d loss / dy: huber's clamp(d, -delta, delta), smooth_l1's d / beta
+# inside (-beta, beta) and sign(d) outside; the slope's derivative is torch's double
+# backward's: 1 for |d| <= delta (huber), 1 / beta for |d| < beta (smooth_l1).
+
+class _RegressionLoss:
+    def __init__(self, name, param, elementwise, slope, curvature):
+        self.param, self.elementwise, self.slope_of, self.curvature = param, elementwise, slope, curvature
+        fwd, bwd = getattr(_aten, name).default, getattr(_aten, name + "_backward").default
+        self.p = Primitive(
+            name, kind=EXTERN,
+            abstract_eval=lambda x, y, *, reduction, **k: TensorType(tuple(x.shape) if reduction == NLL_NONE else (),
+                                                                     x.dtype, x.device),
+            impl=lambda x, y, *, reduction, **k: fwd(x, y, reduction, k[param]),
+            jvp=self._jvp,
+            composite=lambda x, y, *, reduction, **k: _reduced(elementwise(ew.sub(x, y), k[param]), reduction))
+        self.p.batch = self._batch
+
+        def slope_impl(x, y, **k):
+            ones = torch.ones((), dtype=x.dtype, device=x.device).expand(x.shape)
+            return bwd(ones, x, y, NLL_NONE, k[param])
+        self.slope_p = Primitive(
+            name + "_slope", kind=EXTERN,
+            abstract_eval=lambda x, y, **k: TensorType(x.shape, x.dtype, x.device),
+            impl=slope_impl,
+            jvp=self._slope_jvp,
+            composite=lambda x, y, **k: slope(ew.sub(x, y), k[param]))
+        self.slope_p.batch = self._slope_batch
+
+    def __call__(self, x, y, reduction, value):
+        tx = type_of(x)
+        if tx.dtype in _FUSED_DTYPES and type_of(y) == tx and fused_here() and tx.shape and all(tx.shape):
+            return bind(self.p, (x, y), {"reduction": reduction, self.param: float(value)})
+        return _reduced(self.elementwise(ew.sub(x, y), float(value)), reduction)
+
+    @staticmethod
+    def _difference(dx, dy):
+        """dx - dy, None where both are Zero."""
+        if isinstance(dy, Zero):
+            return None if isinstance(dx, Zero) else dx
+        return ew.neg(dy) if isinstance(dx, Zero) else ew.sub(dx, dy)
+
+    def _jvp(self, primals, tangents, *, reduction, **k):
+        out = self.p.bind(*primals, reduction=reduction, **k)
+        dd = self._difference(*tangents)
+        if dd is None:
+            return out, Zero(type_of(out))
+        return out, _reduced(ew.mul(dd, self.slope_p.bind(*primals, **k)), reduction)
+
+    def _slope_jvp(self, primals, tangents, **k):
+        out = self.slope_p.bind(*primals, **k)
+        dd = self._difference(*tangents)
+        if dd is None:
+            return out, Zero(type_of(out))
+        return out, ew.mul(dd, self.curvature(ew.sub(*primals), k[self.param]))
+
+    def _batch(self, axis_data, args, dims, *, reduction, **k):
+        x, y = _elementwise_pair(args, dims, axis_data.size)
+        per = self.p.bind(x, y, reduction=NLL_NONE, **k)
+        if reduction == NLL_NONE:
+            return per, 0
+        shape = type_of(per).shape
+        total = reduce_sum(per, tuple(range(1, len(shape))))
+        return (ew.div(total, float(math.prod(shape[1:]))) if reduction == NLL_MEAN else total), 0
+
+    def _slope_batch(self, axis_data, args, dims, **k):
+        if dims[0] == dims[1]:
+            return self.slope_p.bind(*args, **k), dims[0]
+        return self.slope_p.bind(*_elementwise_pair(args, dims, axis_data.size), **k), 0
+
+
+def _huber(d, delta):
+    """0.5 d^2 for |d| <= delta (at delta both branches round alike), delta (|d| - delta / 2)
+    beyond."""
+    z = ew.abs_(d)
+    return ew.where(ew.le(z, delta), ew.mul(ew.mul(d, d), 0.5), ew.mul(ew.sub(z, 0.5 * delta), delta))
+
+
+def _huber_slope(d, delta):
+    return ew.where(ew.le(ew.abs_(d), delta), d, ew.mul(ew.sign(d), delta))
+
+
+def _huber_curvature(d, delta):
+    return ew.convert(ew.le(ew.abs_(d), delta), type_of(d).dtype)
+
+
+def _smooth_l1(d, beta):
+    """|d| for beta == 0 (the L1 loss), else 0.5 d^2 / beta inside (-beta, beta), |d| - beta / 2
+    outside."""
+    z = ew.abs_(d)
+    if beta == 0:
+        return z
+    return ew.where(ew.lt(z, beta), ew.div(ew.mul(ew.mul(d, d), 0.5), beta), ew.sub(z, 0.5 * beta))
+
+
+def _smooth_l1_slope(d, beta):
+    if beta == 0:
+        return ew.sign(d)
+    return ew.where(ew.lt(ew.abs_(d), beta), ew.div(d, beta), ew.sign(d))
+
+
+def _smooth_l1_curvature(d, beta):
+    if beta == 0:
+        return ew.mul(d, 0.0)
+    return ew.div(ew.convert(ew.lt(ew.abs_(d), beta), type_of(d).dtype), beta)
+
+
+huber_loss = _RegressionLoss("huber_loss", "delta", _huber, _huber_slope, _huber_curvature)
+smooth_l1_loss = _RegressionLoss("smooth_l1_loss", "beta", _smooth_l1, _smooth_l1_slope, _smooth_l1_curvature)

@@ -21,7 +21,7 @@ from .elementwise import _clamp
 from .registry import register, register_special
 from ...prims.fused import fused_here
 from ...prims.fused_activations import hardtanh
-from ...prims.fused_losses import binary_cross_entropy
+from ...prims.fused_losses import binary_cross_entropy, huber_loss, smooth_l1_loss
 from ...prims.fused_norm import normalize_channels
 from .torch_prims import _prims_var
 from .attention import _fits, bias_and_scale
@@ -535,6 +535,11 @@ def _binary_cross_entropy(input, target, weight=None, reduction=1):
 # formulas do (the residual clamped to [-delta, delta]; the Hessian there is 1 / n, where the
 # linear branch gave 0); smooth_l1's double backward takes the linear one (|x - y| < beta).
 
+def _fused_pair(input, target):
+    return (input.dtype in (torch.float32, torch.float64) and target.dtype == input.dtype
+            and target.shape == input.shape and fused_here())
+
+
 def _half_to_float(x):
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
@@ -551,6 +556,8 @@ def _reduce_loss(loss, reduction, dtype):
 def _huber_loss(input, target, reduction=1, delta=1.0):
     if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)) or not delta > 0:
         return NotImplemented       # torch's decomposition and its checks
+    if _fused_pair(input, target):      # eager levels: torch's kernels (prims/fused_losses.py)
+        return wrap(huber_loss(unwrap(input), unwrap(target), reduction, delta))
     compute = _half_to_float(input)
     d = input.to(compute) - target.to(compute)
     z = d.abs()
@@ -564,6 +571,8 @@ def _huber_loss(input, target, reduction=1, delta=1.0):
 def _smooth_l1_loss(input, target, reduction=1, beta=1.0):
     if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)) or not beta >= 0:
         return NotImplemented
+    if _fused_pair(input, target):      # eager levels: torch's kernels (prims/fused_losses.py)
+        return wrap(smooth_l1_loss(unwrap(input), unwrap(target), reduction, beta))
     compute = _half_to_float(input)
     d = input.to(compute) - target.to(compute)
     z = d.abs()
