@@ -446,3 +446,24 @@ def test_hutchinson_divergence_with_randn_like_inside_vmap(randomness):
     want = seeded(est(torch.func))
     _close(seeded(est(functx)), want)
     _close(seeded(functx.jit(est(functx))), want)
+
+
+def test_cdist_matrix_product_form_has_finite_gradients_at_equal_points():
+    """torch.cdist with more than 25 rows takes its matrix-product form (_euclidean_dist):
+    functx differentiated the decomposition's sqrt, nan for every pair of equal points (a
+    point set against a subset of itself: 256 nans in a (64, 128) gradient). torch's backward
+    masks zero distances; values stay eager's bits. Oracles: torch.func (grad, jit, vmap) and
+    jacrev(jacrev) for the Hessian (torch has no forward AD for _euclidean_dist)."""
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(2, 30, 8, dtype=dtype, generator=torch.Generator().manual_seed(0))
+        f = lambda x: torch.cdist(x, x[..., :3, :]).sum()          # noqa: E731
+        got, want = functx.grad(f)(x), torch.func.grad(f)(x)
+        assert not got.isnan().any()
+        tol = 1e-3 if dtype == torch.float32 else 1e-10              # (the product form cancels)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        assert torch.equal(functx.vjp(lambda x: torch.cdist(x, x[..., :3, :]), x)[0], torch.cdist(x, x[..., :3, :]))
+    x = x[0]
+    torch.testing.assert_close(functx.jit(functx.grad(f))(x), torch.func.grad(f)(x))
+    torch.testing.assert_close(functx.vmap(functx.grad(f))(x[None]), torch.func.grad(f)(x)[None])
+    h = lambda x: torch.cdist(x, x[:3] + 0.1).sum()                  # noqa: E731
+    torch.testing.assert_close(functx.hessian(h)(x), torch.func.jacrev(torch.func.jacrev(h))(x))

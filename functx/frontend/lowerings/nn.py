@@ -219,6 +219,22 @@ def _cdist(x1, x2, p, compute_mode=None):
     return _safe_root(P.reduce_sum(P.pow_(diff, float(p)), last), p)
 
 
+@register(aten._euclidean_dist.default)
+def _euclidean_dist(x1, x2):
+    """torch.cdist's matrix-product form (p = 2 with more than 25 rows): torch's arithmetic,
+    sqrt(max([-2 x1, |x1|^2, 1] @ [x2, 1, |x2|^2]^T, 0)), with the root's derivative 0 where the
+    distance is 0 (torch's _euclidean_dist_backward masks it); the decomposition's sqrt gave
+    nan gradients for every pair of equal points."""
+    t1, t2 = _t(x1), _t(x2)
+    n1, n2 = tuple(t1.shape[:-1]) + (1,), tuple(t2.shape[:-1]) + (1,)
+    last = (t1.ndim - 1,)
+    sq1 = P.reshape(P.reduce_sum(P.mul(x1, x1), last), n1)
+    sq2 = P.reshape(P.reduce_sum(P.mul(x2, x2), last), n2)
+    a = P.concatenate([P.mul(x1, -2.0), sq1, P.full(n1, 1.0, t1.dtype, t1.device)], t1.ndim - 1)
+    b = P.concatenate([x2, P.full(n2, 1.0, t2.dtype, t2.device), sq2], t2.ndim - 1)
+    return _safe_root(P.max_(P.matmul(a, P.moveaxis(b, t2.ndim - 1, t2.ndim - 2)), 0.0), 2)
+
+
 @register(prims_ns.hypot.default, aten.hypot.default)
 def _hypot(a, b):
     dtype = result_type(a, b, kind=KIND.INT_TO_FLOAT)
