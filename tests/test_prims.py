@@ -912,6 +912,42 @@ def _upsample_backward_ref(ct, op, input_size, output_size, rest):
                                                              *rest)
 
 
+def _pool_average_gen(backward):
+    """avg_pool2d/3d (kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    and adaptive average pooling of (N, C, *spatial)."""
+    def gen(draw, dtype, smooth):
+        nsp = draw(st.integers(2, 3))
+        spatial = tuple(draw(st.integers(3, 5)) for _ in range(nsp))
+        if draw(st.booleans()):
+            op = f"_adaptive_avg_pool{nsp}d"
+            args = (tuple(draw(st.integers(1, 4)) for _ in range(nsp)),)
+        else:
+            op = f"avg_pool{nsp}d"
+            kernel = tuple(draw(st.integers(1, 3)) for _ in range(nsp))
+            args = (kernel, tuple(draw(st.integers(1, 2)) for _ in range(nsp)),
+                    tuple(draw(st.integers(0, k // 2)) for k in kernel), draw(st.booleans()), draw(st.booleans()),
+                    draw(st.sampled_from([None, 3])))
+        lead = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+        if backward:
+            out = getattr(torch.ops.aten, op).default(torch.empty(lead + spatial, device="meta"), *args).shape
+            return Case({"op": op, "input_size": spatial, "args": args}, lambda g, dt: [rand(g, tuple(out), dt)])
+        return Case({"op": op, "args": args}, lambda g, dt: [rand(g, lead + spatial, dt)])
+    return gen
+
+
+def _pool_average_backward_ref(ct, op, input_size, args):
+    stand_in = torch.zeros(tuple(ct.shape[:2]) + tuple(input_size), dtype=ct.dtype)
+    bwd = getattr(torch.ops.aten, op + "_backward").default
+    return bwd(ct, stand_in) if op.startswith("_adaptive") else bwd(ct, stand_in, *args)
+
+
+# average pooling's kernels on eager levels (prims/resample.py): linear, each the other's transpose
+add(Entry("pool_average", _pool_average_gen(False), lambda x, op, args: getattr(torch.ops.aten, op).default(x, *args),
+          dtypes=(F32, F64), linear=((0,),)))
+add(Entry("pool_average_backward", _pool_average_gen(True), _pool_average_backward_ref, dtypes=(F32, F64),
+          linear=((0,),)))
+
+
 # F.interpolate's kernels on eager levels (prims/resample.py): linear, each the other's transpose
 add(Entry("upsample", _upsample_gen(False), _upsample_ref, dtypes=(F32, F64), linear=((0,),)))
 add(Entry("upsample_backward", _upsample_gen(True), _upsample_backward_ref, dtypes=(F32, F64), linear=((0,),)))

@@ -27,6 +27,7 @@ import torch
 from ..core import EXTERN, Primitive, UndefinedPrimal, Zero
 from ..core.trace import type_of
 from ..core.types import TensorType
+from . import elementwise as ew
 from . import shape as sh
 from .fused import fused_or_decomposed
 from .linalg import dot_general
@@ -144,3 +145,101 @@ def upsample(x, op, output_size, rest):
     trace binds fused primitives, else its decomposition (module docstring)."""
     return fused_or_decomposed(upsample_p, _upsample_decomposed, x, op=op, output_size=tuple(output_size),
                                rest=tuple(rest))
+
+
+# ---------------------------------------------------------------- average pooling
+# avg_pool2d/3d and adaptive average pooling: linear as upsampling is, torch's kernel and its
+# backward kernel (which reads only the input's size: it gets a one-element stand-in), each
+# the other's transpose. The decomposition is again one product per spatial dim: each mode
+# averages a separable window (the divisor, count_include_pad or not, is a product of per-dim
+# counts), and a divisor_override divides per-dim sums.
+
+def _pool_call(op, x, args):
+    return _kernel(op)(x, *args)
+
+
+def _pool_backward_call(op, ct, input_shape, args):
+    stand_in = ct.new_empty(()).expand(input_shape)
+    return _kernel(op, True)(ct, stand_in, *(() if op.startswith("_adaptive") else args))
+
+
+def _pool_type(t, *, op, args):
+    out = _pool_call(op, torch.empty(tuple(t.shape), dtype=t.dtype, device="meta"), args)
+    return TensorType(tuple(out.shape), t.dtype, t.device)
+
+
+def _pool_args_along(op, args, dim, n):
+    """args for dim `dim` alone (every other spatial dim of size 1 left as it is), and the
+    divisor to apply after (a divisor_override: per-dim sums, then one division)."""
+    if op.startswith("_adaptive"):
+        return ([args[0][i] if i == dim else 1 for i in range(n)],), 1.0
+    kernel, stride, padding, ceil_mode, count_include_pad, override = args
+    along = ([kernel[i] if i == dim else 1 for i in range(n)], [stride[i] if i == dim else 1 for i in range(n)],
+             [padding[i] if i == dim else 0 for i in range(n)], ceil_mode, count_include_pad,
+             1 if override else None)
+    return along, float(override) if override else 1.0
+
+
+@functools.lru_cache(maxsize=256)
+def _pool_matrix(op, in_size, dim, args, dtype, device):
+    n = len(in_size)
+    k = in_size[dim]
+    basis = torch.eye(k, dtype=dtype, device=device).reshape((k, 1) + tuple(k if i == dim else 1 for i in range(n)))
+    along, _ = _pool_args_along(op, args, dim, n)
+    out = _pool_call(op, basis, along)
+    return out.reshape(k, out.shape[2 + dim])
+
+
+def _pool_resampled(x, op, in_size, args, backward):
+    xt = type_of(x)
+    for d in range(len(in_size)):
+        a = _pool_matrix(op, tuple(in_size), d, args, xt.dtype, torch.device(xt.device))
+        x = sh.moveaxis(dot_general(x, a, (((2 + d,), (1 if backward else 0,)), ((), ()))), type_of(x).ndim - 1, 2 + d)
+    _, divisor = _pool_args_along(op, args, 0, len(in_size))
+    return x if divisor == 1.0 else ew.div(x, divisor)
+
+
+def _pool_decomposed(x, *, op, args):
+    return _pool_resampled(x, op, type_of(x).shape[2:], args, False)
+
+
+def _pool_backward_decomposed(ct, *, op, input_size, args):
+    return _pool_resampled(ct, op, input_size, args, True)
+
+
+def _pool_transpose(ct, x, *, op, args):
+    return [None if isinstance(ct, Zero) else
+            pool_average_backward_p.bind(ct, op=op, input_size=tuple(x.aval.shape[2:]), args=args)]
+
+
+def _pool_backward_transpose(g, ct, *, op, input_size, args):
+    return [None if isinstance(g, Zero) else pool_average_p.bind(g, op=op, args=args)]
+
+
+pool_average_p = Primitive(
+    "pool_average", kind=EXTERN,
+    abstract_eval=_pool_type,
+    impl=lambda x, *, op, args: _pool_call(op, x, args),
+    transpose=_pool_transpose,
+    batch=lambda axis_data, vals, dims, **params: _unfold(
+        pool_average_p.bind(_fold(vals[0], dims[0], axis_data.size), **params), axis_data.size),
+    composite=_pool_decomposed)
+pool_average_p.jvp = _linear_jvp(pool_average_p)
+
+pool_average_backward_p = Primitive(
+    "pool_average_backward", kind=EXTERN,
+    abstract_eval=lambda t, *, op, input_size, args: TensorType(tuple(t.shape[:2]) + tuple(input_size), t.dtype,
+                                                                t.device),
+    impl=lambda ct, *, op, input_size, args: _pool_backward_call(op, ct, tuple(ct.shape[:2]) + tuple(input_size),
+                                                                 args),
+    transpose=_pool_backward_transpose,
+    batch=lambda axis_data, vals, dims, **params: _unfold(
+        pool_average_backward_p.bind(_fold(vals[0], dims[0], axis_data.size), **params), axis_data.size),
+    composite=_pool_backward_decomposed)
+pool_average_backward_p.jvp = _linear_jvp(pool_average_backward_p)
+
+
+def pool_average(x, op, args):
+    """torch's average pooling `op` (avg_pool2d/3d, _adaptive_avg_pool2d/3d with their
+    arguments after the input) of a float (N, C, *spatial) x."""
+    return fused_or_decomposed(pool_average_p, _pool_decomposed, x, op=op, args=tuple(args))

@@ -134,6 +134,11 @@ def _avg_pool(nd):
               divisor_override=None):
         ks, st, pa = _pool_params(nd, kernel_size, stride, padding)
         t = _t(x)
+        if nd > 1 and t.ndim == nd + 2 and t.dtype in (torch.float32, torch.float64) and P.fused_here() \
+                and all(type(n) is int and n for n in t.shape):
+            # eager levels: torch's kernel and its backward kernel (prims/resample.py)
+            return P.pool_average(x, f"avg_pool{nd}d", (ks, st, pa, bool(ceil_mode), bool(count_include_pad),
+                                                         divisor_override or None))
         unbatched = t.ndim == nd + 1
         if unbatched:
             x = P.reshape(x, (1,) + t.shape)

@@ -1,6 +1,6 @@
-"""Lowerings of F.interpolate's kernels (upsample_*): torch's kernel and its backward on eager
-levels (prims/resample.py), torch._decomp's decomposition elsewhere, with eager's handling of
-scales it ignores."""
+"""Lowerings of F.interpolate's kernels (upsample_*) and adaptive average pooling: torch's
+kernel and its backward on eager levels (prims/resample.py), torch._decomp's decomposition
+elsewhere, with eager's handling of scales it ignores."""
 from __future__ import annotations
 
 import torch
@@ -64,3 +64,23 @@ def _upsample(op, spatial, n_flags, ignored):
 
 for _op, _spatial, _flags, _ignored in _OPS:
     _upsample(_op, _spatial, _flags, _ignored)
+
+
+# ---------------------------------------------------------------- adaptive average pooling
+# On eager levels torch's kernel and its backward kernel (prims/resample.py; the
+# decomposition's gathers were 0.46x of torch.func's speed); elsewhere torch._decomp's.
+
+def _adaptive_avg_pool(spatial):
+    op = torch.ops.aten._adaptive_avg_pool2d.default if spatial == 2 else torch.ops.aten._adaptive_avg_pool3d.default
+
+    def special(input, output_size):
+        if not (input.dim() == spatial + 2 and input.dtype in (torch.float32, torch.float64) and P.fused_here()
+                and input.numel()):
+            return NotImplemented                   # torch's decomposition (dispatch.py)
+        op(torch.empty(tuple(input.shape), dtype=input.dtype, device="meta"), output_size)   # torch's checks
+        return wrap(P.pool_average(unwrap(input), op.__name__.split(".")[0], (tuple(int(n) for n in output_size),)))
+    register_special(op)(special)
+
+
+_adaptive_avg_pool(2)
+_adaptive_avg_pool(3)
