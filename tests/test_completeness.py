@@ -67,7 +67,7 @@ LINEAR = {
     "nll_loss", "nll_loss_backward",     # prims/fused.py: linear in their first operand
     "log_softmax_tangent", "log_softmax_cotangent", "softmax_tangent",     # prims/fused.py: linear in t
     "upsample", "upsample_backward",     # prims/resample.py: each the other's transpose
-    "pool_average", "pool_average_backward",
+    "spatial_map", "spatial_map_backward",
     # prims/fused_activations.py: t * f'(x), linear in t (their own transposes)
     "leaky_relu_backward", "hardtanh_backward", "hardswish_backward", "hardsigmoid_backward", "elu_backward",
     "softplus_backward", "log_sigmoid_backward",

@@ -912,15 +912,19 @@ def _upsample_backward_ref(ct, op, input_size, output_size, rest):
                                                              *rest)
 
 
-def _pool_average_gen(backward):
-    """avg_pool2d/3d (kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
-    and adaptive average pooling of (N, C, *spatial)."""
+def _spatial_map_gen(backward):
+    """avg_pool2d/3d (kernel, stride, padding, ceil_mode, count_include_pad, divisor_override),
+    adaptive average pooling and reflect / replicate padding of (N, C, *spatial)."""
     def gen(draw, dtype, smooth):
         nsp = draw(st.integers(2, 3))
         spatial = tuple(draw(st.integers(3, 5)) for _ in range(nsp))
-        if draw(st.booleans()):
+        kind = draw(st.sampled_from(["adaptive", "avg", "pad"]))
+        if kind == "adaptive":
             op = f"_adaptive_avg_pool{nsp}d"
             args = (tuple(draw(st.integers(1, 4)) for _ in range(nsp)),)
+        elif kind == "pad":
+            op = f"{draw(st.sampled_from(['reflection_pad', 'replication_pad']))}{nsp}d"
+            args = (tuple(draw(st.integers(0, 2)) for _ in range(2 * nsp)),)
         else:
             op = f"avg_pool{nsp}d"
             kernel = tuple(draw(st.integers(1, 3)) for _ in range(nsp))
@@ -935,16 +939,17 @@ def _pool_average_gen(backward):
     return gen
 
 
-def _pool_average_backward_ref(ct, op, input_size, args):
+def _spatial_map_backward_ref(ct, op, input_size, args):
     stand_in = torch.zeros(tuple(ct.shape[:2]) + tuple(input_size), dtype=ct.dtype)
     bwd = getattr(torch.ops.aten, op + "_backward").default
     return bwd(ct, stand_in) if op.startswith("_adaptive") else bwd(ct, stand_in, *args)
 
 
-# average pooling's kernels on eager levels (prims/resample.py): linear, each the other's transpose
-add(Entry("pool_average", _pool_average_gen(False), lambda x, op, args: getattr(torch.ops.aten, op).default(x, *args),
+# average pooling's and reflect/replicate padding's kernels on eager levels (prims/resample.py):
+# linear, each the other's transpose
+add(Entry("spatial_map", _spatial_map_gen(False), lambda x, op, args: getattr(torch.ops.aten, op).default(x, *args),
           dtypes=(F32, F64), linear=((0,),)))
-add(Entry("pool_average_backward", _pool_average_gen(True), _pool_average_backward_ref, dtypes=(F32, F64),
+add(Entry("spatial_map_backward", _spatial_map_gen(True), _spatial_map_backward_ref, dtypes=(F32, F64),
           linear=((0,),)))
 
 

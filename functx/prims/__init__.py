@@ -8,7 +8,8 @@ broadcast_in_dim transpose is the one deferred import, of reduce_sum):
   torch's kernels under eager transforms), fused_activations (leaky_relu, hardtanh, hardswish,
   hardsigmoid, elu, softplus, log_sigmoid as torch's kernels), fused_losses (binary_cross_entropy,
   huber_loss, smooth_l1_loss as torch's kernels), conv (and its weight cotangent as torch's kernel),
-  pool (max pooling with indices), resample (F.interpolate's and average pooling's kernels), random,
+  pool (max pooling with indices), resample (F.interpolate's, average pooling's and
+  reflect / replicate padding's kernels), random,
   collective (+ distributed, its torch.distributed calls), spmd (replicated-value corrections
   for functx.spmd), opaque, debug (debug_callback).
 """
@@ -29,7 +30,7 @@ from .conv import conv, conv_p  # noqa: F401  (P.conv is the function)
 from .indexing import take, scatter_add, scatter, update_slice, take_along_axis, scatter_add_along, sort, topk  # noqa: F401
 from .fused import fused_here, gelu, log_softmax, nll_loss, nll_total_weight, relu, softmax  # noqa: F401
 from .pool import max_pool  # noqa: F401
-from .resample import pool_average, upsample  # noqa: F401
+from .resample import spatial_map, upsample  # noqa: F401
 from .collective import psum, pmax, all_gather, axis_index  # noqa: F401
 from .random import random, random_p  # noqa: F401  (P.random is the function, like P.add)
 from .opaque import OpaqueFunction, opaque  # noqa: F401

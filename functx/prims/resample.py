@@ -147,12 +147,13 @@ def upsample(x, op, output_size, rest):
                                rest=tuple(rest))
 
 
-# ---------------------------------------------------------------- average pooling
-# avg_pool2d/3d and adaptive average pooling: linear as upsampling is, torch's kernel and its
+# ---------------------------------------------------------------- average pooling, reflect and replicate padding
+# spatial_map: avg_pool2d/3d, adaptive average pooling, reflection_pad and replication_pad
+# (F.pad's reflect and replicate modes): linear as upsampling is, torch's kernel and its
 # backward kernel (which reads only the input's size: it gets a one-element stand-in), each
-# the other's transpose. The decomposition is again one product per spatial dim: each mode
-# averages a separable window (the divisor, count_include_pad or not, is a product of per-dim
-# counts), and a divisor_override divides per-dim sums.
+# the other's transpose. The decomposition is again one product per spatial dim: each maps
+# every dim on its own (an average pool's divisor, count_include_pad or not, is a product of
+# per-dim counts; a divisor_override divides per-dim sums; a pad reflects or clamps each dim).
 
 def _pool_call(op, x, args):
     return _kernel(op)(x, *args)
@@ -161,6 +162,10 @@ def _pool_call(op, x, args):
 def _pool_backward_call(op, ct, input_shape, args):
     stand_in = ct.new_empty(()).expand(input_shape)
     return _kernel(op, True)(ct, stand_in, *(() if op.startswith("_adaptive") else args))
+
+
+def _is_pad(op):
+    return op.startswith(("reflection_pad", "replication_pad"))
 
 
 def _pool_type(t, *, op, args):
@@ -173,6 +178,9 @@ def _pool_args_along(op, args, dim, n):
     divisor to apply after (a divisor_override: per-dim sums, then one division)."""
     if op.startswith("_adaptive"):
         return ([args[0][i] if i == dim else 1 for i in range(n)],), 1.0
+    if _is_pad(op):         # torch's order: the last dim's (left, right) first
+        pad = list(args[0])
+        return ([pad[j] if j // 2 == n - 1 - dim else 0 for j in range(2 * n)],), 1.0
     kernel, stride, padding, ceil_mode, count_include_pad, override = args
     along = ([kernel[i] if i == dim else 1 for i in range(n)], [stride[i] if i == dim else 1 for i in range(n)],
              [padding[i] if i == dim else 0 for i in range(n)], ceil_mode, count_include_pad,
@@ -209,37 +217,37 @@ def _pool_backward_decomposed(ct, *, op, input_size, args):
 
 def _pool_transpose(ct, x, *, op, args):
     return [None if isinstance(ct, Zero) else
-            pool_average_backward_p.bind(ct, op=op, input_size=tuple(x.aval.shape[2:]), args=args)]
+            spatial_map_backward_p.bind(ct, op=op, input_size=tuple(x.aval.shape[2:]), args=args)]
 
 
 def _pool_backward_transpose(g, ct, *, op, input_size, args):
-    return [None if isinstance(g, Zero) else pool_average_p.bind(g, op=op, args=args)]
+    return [None if isinstance(g, Zero) else spatial_map_p.bind(g, op=op, args=args)]
 
 
-pool_average_p = Primitive(
-    "pool_average", kind=EXTERN,
+spatial_map_p = Primitive(
+    "spatial_map", kind=EXTERN,
     abstract_eval=_pool_type,
     impl=lambda x, *, op, args: _pool_call(op, x, args),
     transpose=_pool_transpose,
     batch=lambda axis_data, vals, dims, **params: _unfold(
-        pool_average_p.bind(_fold(vals[0], dims[0], axis_data.size), **params), axis_data.size),
+        spatial_map_p.bind(_fold(vals[0], dims[0], axis_data.size), **params), axis_data.size),
     composite=_pool_decomposed)
-pool_average_p.jvp = _linear_jvp(pool_average_p)
+spatial_map_p.jvp = _linear_jvp(spatial_map_p)
 
-pool_average_backward_p = Primitive(
-    "pool_average_backward", kind=EXTERN,
+spatial_map_backward_p = Primitive(
+    "spatial_map_backward", kind=EXTERN,
     abstract_eval=lambda t, *, op, input_size, args: TensorType(tuple(t.shape[:2]) + tuple(input_size), t.dtype,
                                                                 t.device),
     impl=lambda ct, *, op, input_size, args: _pool_backward_call(op, ct, tuple(ct.shape[:2]) + tuple(input_size),
                                                                  args),
     transpose=_pool_backward_transpose,
     batch=lambda axis_data, vals, dims, **params: _unfold(
-        pool_average_backward_p.bind(_fold(vals[0], dims[0], axis_data.size), **params), axis_data.size),
+        spatial_map_backward_p.bind(_fold(vals[0], dims[0], axis_data.size), **params), axis_data.size),
     composite=_pool_backward_decomposed)
-pool_average_backward_p.jvp = _linear_jvp(pool_average_backward_p)
+spatial_map_backward_p.jvp = _linear_jvp(spatial_map_backward_p)
 
 
-def pool_average(x, op, args):
-    """torch's average pooling `op` (avg_pool2d/3d, _adaptive_avg_pool2d/3d with their
-    arguments after the input) of a float (N, C, *spatial) x."""
-    return fused_or_decomposed(pool_average_p, _pool_decomposed, x, op=op, args=tuple(args))
+def spatial_map(x, op, args):
+    """torch's `op` (avg_pool2d/3d, _adaptive_avg_pool2d/3d, reflection_pad1d-3d,
+    replication_pad1d-3d, with their arguments after the input) of a float (N, C, *spatial) x."""
+    return fused_or_decomposed(spatial_map_p, _pool_decomposed, x, op=op, args=tuple(args))

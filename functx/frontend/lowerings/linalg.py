@@ -137,7 +137,7 @@ def _avg_pool(nd):
         if nd > 1 and t.ndim == nd + 2 and t.dtype in (torch.float32, torch.float64) and P.fused_here() \
                 and all(type(n) is int and n for n in t.shape):
             # eager levels: torch's kernel and its backward kernel (prims/resample.py)
-            return P.pool_average(x, f"avg_pool{nd}d", (ks, st, pa, bool(ceil_mode), bool(count_include_pad),
+            return P.spatial_map(x, f"avg_pool{nd}d", (ks, st, pa, bool(ceil_mode), bool(count_include_pad),
                                                          divisor_override or None))
         unbatched = t.ndim == nd + 1
         if unbatched:
