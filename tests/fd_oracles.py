@@ -1,5 +1,5 @@
-"""Finite-difference oracles the tests share (float64 central differences decide where
-torch.func and functx disagree)."""
+"""Oracles the tests share: float64 central differences (they decide where torch.func and
+functx disagree), and a comparison of two pytrees of tensors."""
 import torch
 
 
@@ -13,3 +13,12 @@ def central_differences(f, x, eps=1e-6):
         e = e.reshape(x.shape)
         rows.append((f(x + e) - f(x - e)) / (2 * eps))
     return torch.stack(rows).reshape(tuple(x.shape) + tuple(rows[0].shape))
+
+
+def assert_trees_close(a, b, tol):
+    """Same leaves, shapes and dtypes, values within tol (absolute and relative)."""
+    la, lb = torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, y.shape, x.dtype, y.dtype)
+        torch.testing.assert_close(x, y, atol=tol, rtol=tol)

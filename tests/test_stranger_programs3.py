@@ -15,17 +15,13 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import functx
-from fd_oracles import central_differences
+from fd_oracles import assert_trees_close, central_differences
 
 D = torch.float64
 
 
 def _close(a, b, tol=1e-6):
-    la, lb = torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, y.shape, x.dtype, y.dtype)
-        torch.testing.assert_close(x, y, atol=tol, rtol=tol)
+    assert_trees_close(a, b, tol)
 
 
 # ---------------------------------------------------------------- jit: KV caches written in place
