@@ -21,7 +21,7 @@ from .elementwise import _clamp
 from .registry import register, register_special
 from ...prims.fused import fused_here
 from ...prims.fused_activations import hardtanh
-from ...prims.fused_losses import binary_cross_entropy, huber_loss, smooth_l1_loss
+from ...prims.fused_losses import bce_decomposed, binary_cross_entropy, huber_loss, smooth_l1_loss
 from ...prims.fused_norm import normalize_channels
 from .torch_prims import _prims_var
 from .attention import _fits, bias_and_scale
@@ -508,12 +508,10 @@ def _nll_loss_forward(x, target, weight, reduction, ignore_index):
 # but differentiates through the clamp: 0 * inf = nan at x = 0 or 1, and 1/x instead of
 # 1e12 below 1e-12. Here, where x (1 - x) >= 1e-12 the exact formula (every order of
 # derivative exact); elsewhere torch's clamped value plus a term that is zero in value and
-# whose derivative in x is torch's w (x - t) / 1e-12. (The target's derivative there is
-# -(clamped log x - clamped log(1 - x)): torch's -logit(x), except that it stays finite, 100,
-# at x exactly 0 or 1, where torch's is inf.)
-
-_BCE_EPS = float(torch.tensor(1e-12, dtype=torch.float32))     # torch's EPSILON, a float
-
+# whose derivative in x is torch's w (x - t) / 1e-12 (prims/fused_losses.bce_decomposed).
+# (The target's derivative there is -(clamped log x - clamped log(1 - x)): torch's
+# -logit(x), except that it stays finite, 100, at x exactly 0 or 1, where torch's is inf.)
+# On eager levels, without weights: torch's kernels (prims/fused_losses.py).
 
 @register_special(aten.binary_cross_entropy.default)
 def _binary_cross_entropy(input, target, weight=None, reduction=1):
@@ -527,13 +525,9 @@ def _binary_cross_entropy(input, target, weight=None, reduction=1):
         # under jit and vmap they run with the graph (fallback._run_check)
         if isinstance(v, torch.Tensor) and v.numel():
             torch._assert_async(((v >= 0) & (v <= 1)).all(), f"all elements of {name} should be between 0 and 1")
-    sx = x.detach()
-    exact = sx * (1 - sx) >= _BCE_EPS
-    xa = torch.where(exact, x, 0.5)           # the unselected branch sees a harmless input
-    inside = (t - 1) * torch.log1p(-xa) - t * torch.log(xa)
-    clamped = (t - 1) * torch.log1p(-sx).clamp_min(-100) - t * torch.log(sx).clamp_min(-100)
-    q = lambda v: (v * v / 2 - v * t) / _BCE_EPS      # noqa: E731  (dq/dx = (x - t) / eps)
-    loss = torch.where(exact, inside, clamped - (q(sx) - q(x)))     # (keeps a -0.0)
+    if not isinstance(t, torch.Tensor):
+        t = torch.full_like(x, float(t))
+    loss = wrap(bce_decomposed(unwrap(x), unwrap(t), reduction=0))     # (prims/fused_losses.py)
     if weight is not None:
         loss = loss * weight
     if reduction == 1:
