@@ -544,51 +544,28 @@ def _binary_cross_entropy(input, target, weight=None, reduction=1):
 # |x - y| == delta huber takes the quadratic branch, as torch's backward and double-backward
 # formulas do (the residual clamped to [-delta, delta]; the Hessian there is 1 / n, where the
 # linear branch gave 0); smooth_l1's double backward takes the linear one (|x - y| < beta).
+# The formulas are prims/fused_losses.py's (with torch's kernels on eager levels).
 
-def _fused_pair(input, target):
-    return (input.dtype in (torch.float32, torch.float64) and target.dtype == input.dtype
-            and target.shape == input.shape and fused_here())
-
-
-def _half_to_float(x):
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-
-
-def _reduce_loss(loss, reduction, dtype):
-    if reduction == 1:
-        loss = loss.mean()
-    elif reduction == 2:
-        loss = loss.sum()
-    return loss.to(dtype)
+def _regression_loss(loss, input, target, reduction, value):
+    """loss (prims/fused_losses.py: torch's kernels on eager levels, else its elementwise
+    formula) of input and target broadcast together, in the dtype torch computes in."""
+    compute = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
+    x, t = torch.broadcast_tensors(input.to(compute), target.to(compute))
+    return wrap(loss(unwrap(x), unwrap(t), reduction, value)).to(input.dtype)
 
 
 @register_special(aten.huber_loss.default)
 def _huber_loss(input, target, reduction=1, delta=1.0):
     if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)) or not delta > 0:
         return NotImplemented       # torch's decomposition and its checks
-    if _fused_pair(input, target):      # eager levels: torch's kernels (prims/fused_losses.py)
-        return wrap(huber_loss(unwrap(input), unwrap(target), reduction, delta))
-    compute = _half_to_float(input)
-    d = input.to(compute) - target.to(compute)
-    z = d.abs()
-    # at z == delta the two branches' values are equal in floating point too (0.5 * z * z and
-    # delta * (0.5 * delta) round alike)
-    loss = torch.where(z <= delta, 0.5 * d * d, delta * (z - 0.5 * delta))
-    return _reduce_loss(loss, reduction, input.dtype)
+    return _regression_loss(huber_loss, input, target, reduction, delta)
 
 
 @register_special(aten.smooth_l1_loss.default)
 def _smooth_l1_loss(input, target, reduction=1, beta=1.0):
     if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)) or not beta >= 0:
         return NotImplemented
-    if _fused_pair(input, target):      # eager levels: torch's kernels (prims/fused_losses.py)
-        return wrap(smooth_l1_loss(unwrap(input), unwrap(target), reduction, beta))
-    compute = _half_to_float(input)
-    d = input.to(compute) - target.to(compute)
-    z = d.abs()
-    # beta == 0 is the L1 loss (torch's kernel); the quadratic branch would divide by 0
-    loss = z if beta == 0 else torch.where(z < beta, 0.5 * d ** 2 / beta, z - 0.5 * beta)
-    return _reduce_loss(loss, reduction, input.dtype)
+    return _regression_loss(smooth_l1_loss, input, target, reduction, beta)
 
 
 # ---------------------------------------------------------------- Gamma draws
