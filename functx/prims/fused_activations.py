@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import torch
 
-from ..core import EXTERN, Primitive, Zero, bind
+from ..core import EXTERN, Primitive, Zero
 from ..core.trace import type_of
 from ..core.types import TensorType
 from . import elementwise as ew
 from .creation import full
 from .define import linear_first_jvp
-from .fused import _FUSED_DTYPES, fused_here
-from .shape import bdim_to_front
+from .fused import fused_or_decomposed
+from .shape import aligned_batch
 
 _aten = torch.ops.aten
 
@@ -147,16 +147,6 @@ def _emit(op_name, layout, srcs, params):
     return f"torch.ops.aten.{op_name}.default({', '.join(args)})"
 
 
-def _elementwise_batch(prim):
-    """Batch rule of an elementwise primitive of one or two operands: their batch dims lined up."""
-    def batch(axis_data, args, dims, **params):
-        if len(args) == 1 or dims[0] == dims[1]:
-            return prim.bind(*args, **params), dims[0]
-        size = axis_data.size
-        return prim.bind(*(bdim_to_front(a, d, size) for a, d in zip(args, dims)), **params), 0
-    return batch
-
-
 class Activation:
     """One activation: `name` (torch's kernel `aten.<name>`, its arguments `forward`) and its
     tangent `<name>_backward` (`aten.<name>_backward`, arguments `backward`), with f, f' and
@@ -173,7 +163,7 @@ class Activation:
             jvp=self._jvp,
             composite=decomposed,
             emit=lambda eqn, srcs: _emit(name, forward, {"x": srcs[0]}, eqn.params))
-        self.p.batch = _elementwise_batch(self.p)
+        self.p.batch = aligned_batch(self.p)
         self.grad_p = Primitive(
             name + "_backward", kind=EXTERN,
             abstract_eval=lambda t, x, **params: TensorType(t.shape, t.dtype, t.device),
@@ -183,7 +173,7 @@ class Activation:
             composite=lambda t, x, **params: ew.mul(t, slope(x, **params)),
             emit=None if backward_impl else (
                 lambda eqn, srcs: _emit(name + "_backward", backward, {"t": srcs[0], "x": srcs[1]}, eqn.params)))
-        self.grad_p.batch = _elementwise_batch(self.grad_p)
+        self.grad_p.batch = aligned_batch(self.grad_p)
         if curvature is not None:       # (t f'(x))' in x: t f''(x) dx
             self.grad_p.jvp = linear_first_jvp(
                 self.grad_p, lambda primals, tangents, **params: ew.mul(primals[0], curvature(primals[1], tangents[1],
@@ -193,10 +183,7 @@ class Activation:
 
     def __call__(self, x, **params):
         """f(x): the primitive where the trace binds fused primitives (float32/64), else in primitives."""
-        params = {k: float(v) for k, v in params.items()}
-        if type_of(x).dtype in _FUSED_DTYPES and fused_here():
-            return bind(self.p, (x,), params)
-        return self.decomposed(x, **params)
+        return fused_or_decomposed(self.p, self.decomposed, x, **{k: float(v) for k, v in params.items()})
 
     def _jvp(self, primals, tangents, **params):
         (x,), (t,) = primals, tangents
@@ -258,12 +245,6 @@ def _log_sigmoid_jvp(primals, tangents):
     return [out, buffer], [tangent, Zero(type_of(buffer))]
 
 
-def _log_sigmoid_grad_batch(axis_data, args, dims):
-    if dims[0] == dims[1] == dims[2]:
-        return log_sigmoid_backward_p.bind(*args), dims[0]
-    return log_sigmoid_backward_p.bind(*(bdim_to_front(a, d, axis_data.size) for a, d in zip(args, dims))), 0
-
-
 def _buffer_type(t):
     return TensorType(t.shape if torch.device(t.device).type == "cpu" else (0,), t.dtype, t.device)
 
@@ -280,7 +261,6 @@ log_sigmoid_backward_p = Primitive(
     impl=lambda t, x, buffer: _aten.log_sigmoid_backward.default(t, x, buffer),
     transpose=lambda ct, t, x, buffer: [None if isinstance(ct, Zero) else log_sigmoid_backward_p.bind(ct, x, buffer),
                                         None, None],
-    batch=_log_sigmoid_grad_batch,
     composite=_log_sigmoid_grad_decomposed,
     emit=lambda eqn, srcs: f"torch.ops.aten.log_sigmoid_backward.default({srcs[0]}, {srcs[1]}, {srcs[2]})")
 
@@ -292,6 +272,7 @@ def _log_sigmoid_batch(axis_data, args, dims):
 
 
 log_sigmoid_p.batch = _log_sigmoid_batch
+log_sigmoid_backward_p.batch = aligned_batch(log_sigmoid_backward_p)
 
 
 def _log_sigmoid_grad_in_x(primals, tangents):
@@ -308,6 +289,4 @@ log_sigmoid_backward_p.jvp = linear_first_jvp(log_sigmoid_backward_p, _log_sigmo
 def log_sigmoid(x):
     """[F.logsigmoid(x), torch's buffer]: the primitive where the trace binds fused primitives
     (float32/64), else in primitives."""
-    if type_of(x).dtype in _FUSED_DTYPES and fused_here():
-        return bind(log_sigmoid_p, (x,), {})
-    return log_sigmoid_decomposed(x)
+    return fused_or_decomposed(log_sigmoid_p, log_sigmoid_decomposed, x)

@@ -55,18 +55,25 @@ def bce_decomposed(x, t, *, reduction):
     return _reduced(loss, reduction)
 
 
-def _reduced(v, reduction):
+def _reduced(v, reduction, first=0):
+    """An elementwise loss reduced over its dims from `first` on (1: each example's, vmap)."""
     if reduction == NLL_NONE:
         return v
     shape = type_of(v).shape
-    total = reduce_sum(v, tuple(range(len(shape))))
-    return ew.div(total, float(math.prod(shape))) if reduction == NLL_MEAN else total
+    total = reduce_sum(v, tuple(range(first, len(shape))))
+    return ew.div(total, float(math.prod(shape[first:]))) if reduction == NLL_MEAN else total
+
+
+def _fusable(x, t):
+    """Operands the kernels take: float32/64 of one type, not empty, on a trace binding fused
+    primitives."""
+    tx = type_of(x)
+    return tx.dtype in _FUSED_DTYPES and type_of(t) == tx and fused_here() and tx.shape and all(tx.shape)
 
 
 def binary_cross_entropy(x, t, reduction):
     """F.binary_cross_entropy without weights of float x and t of one shape and dtype."""
-    tx, tt = type_of(x), type_of(t)
-    if tx.dtype in _FUSED_DTYPES and tt == tx and fused_here() and tx.shape and all(tx.shape):
+    if _fusable(x, t):
         return bind(bce_p, (x, t), {"reduction": reduction})
     return bce_decomposed(x, t, reduction=reduction)
 
@@ -89,19 +96,13 @@ def _bce_jvp(primals, tangents, *, reduction):
     return out, _reduced(terms[0] if len(terms) == 1 else ew.add(terms[0], terms[1]), reduction)
 
 
-def _elementwise_pair(args, dims, size):
-    return [sh.bdim_to_front(a, d, size) for a, d in zip(args, dims)]
-
-
-def _bce_batch(axis_data, args, dims, *, reduction):
-    """Every example's elements at once, unreduced, then each example's reduction."""
-    x, t = _elementwise_pair(args, dims, axis_data.size)
-    per = bce_p.bind(x, t, reduction=NLL_NONE)
-    if reduction == NLL_NONE:
-        return per, 0
-    shape = type_of(per).shape
-    total = reduce_sum(per, tuple(range(1, len(shape))))
-    return (ew.div(total, float(math.prod(shape[1:]))) if reduction == NLL_MEAN else total), 0
+def _per_example_batch(prim):
+    """The batch rule of a loss of two operands of one shape: every example's elements at
+    once, unreduced, then each example's reduction."""
+    def batch(axis_data, args, dims, *, reduction, **params):
+        x, y = (sh.bdim_to_front(a, d, axis_data.size) for a, d in zip(args, dims))
+        return _reduced(prim.bind(x, y, reduction=NLL_NONE, **params), reduction, first=1), 0
+    return batch
 
 
 bce_p = Primitive(
@@ -110,8 +111,8 @@ bce_p = Primitive(
                                                         x.device),
     impl=lambda x, t, *, reduction: _aten.binary_cross_entropy.default(x, t, None, reduction),
     jvp=_bce_jvp,
-    batch=_bce_batch,
     composite=bce_decomposed)
+bce_p.batch = _per_example_batch(bce_p)
 
 
 # ---------------------------------------------------------------- the slope (x - t) / max(x (1 - x), eps)
@@ -120,9 +121,14 @@ def bce_slope_decomposed(x, t):
     return ew.div(ew.sub(x, t), ew.max_(ew.mul(x, ew.sub(1.0, x)), _BCE_EPS))
 
 
+def _unit_cotangent(x):
+    """A cotangent of ones like x (one element, expanded): a backward kernel given it returns
+    the loss's slope per element."""
+    return torch.ones((), dtype=x.dtype, device=x.device).expand(x.shape)
+
+
 def _slope_impl(x, t):
-    ones = torch.ones((), dtype=x.dtype, device=x.device).expand(x.shape)
-    return _aten.binary_cross_entropy_backward.default(ones, x, t, None, NLL_NONE)
+    return _aten.binary_cross_entropy_backward.default(_unit_cotangent(x), x, t, None, NLL_NONE)
 
 
 def _slope_jvp(primals, tangents):
@@ -141,19 +147,13 @@ def _slope_jvp(primals, tangents):
     return out, terms[0] if len(terms) == 1 else ew.add(*terms)
 
 
-def _slope_batch(axis_data, args, dims):
-    if dims[0] == dims[1]:
-        return bce_slope_p.bind(*args), dims[0]
-    return bce_slope_p.bind(*_elementwise_pair(args, dims, axis_data.size)), 0
-
-
 bce_slope_p = Primitive(
     "bce_slope", kind=EXTERN,
     abstract_eval=lambda x, t: TensorType(x.shape, x.dtype, x.device),
     impl=_slope_impl,
     jvp=_slope_jvp,
-    batch=_slope_batch,
     composite=bce_slope_decomposed)
+bce_slope_p.batch = sh.aligned_batch(bce_slope_p)
 
 
 # ---------------------------------------------------------------- huber_loss, smooth_l1_loss
@@ -173,22 +173,20 @@ class _RegressionLoss:
             impl=lambda x, y, *, reduction, **k: fwd(x, y, reduction, k[param]),
             jvp=self._jvp,
             composite=lambda x, y, *, reduction, **k: _reduced(elementwise(ew.sub(x, y), k[param]), reduction))
-        self.p.batch = self._batch
+        self.p.batch = _per_example_batch(self.p)
 
         def slope_impl(x, y, **k):
-            ones = torch.ones((), dtype=x.dtype, device=x.device).expand(x.shape)
-            return bwd(ones, x, y, NLL_NONE, k[param])
+            return bwd(_unit_cotangent(x), x, y, NLL_NONE, k[param])
         self.slope_p = Primitive(
             name + "_slope", kind=EXTERN,
             abstract_eval=lambda x, y, **k: TensorType(x.shape, x.dtype, x.device),
             impl=slope_impl,
             jvp=self._slope_jvp,
             composite=lambda x, y, **k: slope(ew.sub(x, y), k[param]))
-        self.slope_p.batch = self._slope_batch
+        self.slope_p.batch = sh.aligned_batch(self.slope_p)
 
     def __call__(self, x, y, reduction, value):
-        tx = type_of(x)
-        if tx.dtype in _FUSED_DTYPES and type_of(y) == tx and fused_here() and tx.shape and all(tx.shape):
+        if _fusable(x, y):
             return bind(self.p, (x, y), {"reduction": reduction, self.param: float(value)})
         return _reduced(self.elementwise(ew.sub(x, y), float(value)), reduction)
 
@@ -212,20 +210,6 @@ class _RegressionLoss:
         if dd is None:
             return out, Zero(type_of(out))
         return out, ew.mul(dd, self.curvature(ew.sub(*primals), k[self.param]))
-
-    def _batch(self, axis_data, args, dims, *, reduction, **k):
-        x, y = _elementwise_pair(args, dims, axis_data.size)
-        per = self.p.bind(x, y, reduction=NLL_NONE, **k)
-        if reduction == NLL_NONE:
-            return per, 0
-        shape = type_of(per).shape
-        total = reduce_sum(per, tuple(range(1, len(shape))))
-        return (ew.div(total, float(math.prod(shape[1:]))) if reduction == NLL_MEAN else total), 0
-
-    def _slope_batch(self, axis_data, args, dims, **k):
-        if dims[0] == dims[1]:
-            return self.slope_p.bind(*args, **k), dims[0]
-        return self.slope_p.bind(*_elementwise_pair(args, dims, axis_data.size), **k), 0
 
 
 def _huber(d, delta):

@@ -29,6 +29,7 @@ from ..core.trace import type_of
 from ..core.types import TensorType
 from . import elementwise as ew
 from . import shape as sh
+from .define import linear_first_jvp
 from .fused import fused_or_decomposed
 from .linalg import dot_general
 
@@ -42,30 +43,38 @@ def _n_flags(op):
     return 0 if "nearest" in op else 1
 
 
+def _one_hot_basis(in_size, dim, dtype, device):
+    """(k, 1, *spatial) one-hot inputs along spatial dim `dim` (k = in_size[dim]), every other
+    spatial dim of size 1: an op that maps each dim on its own gives, applied to it, that
+    dim's (k, out) matrix."""
+    k = in_size[dim]
+    shape = (k, 1) + tuple(k if i == dim else 1 for i in range(len(in_size)))
+    return torch.eye(k, dtype=dtype, device=device).reshape(shape)
+
+
+def _per_dim_products(x, matrices, backward):
+    """x mapped one spatial dim at a time by its (in, out) matrices (transposed: backward)."""
+    for d, a in enumerate(matrices):
+        x = dot_general(x, a, (((2 + d,), (1 if backward else 0,)), ((), ())))
+        x = sh.moveaxis(x, type_of(x).ndim - 1, 2 + d)
+    return x
+
+
 @functools.lru_cache(maxsize=256)
 def _matrix(op, in_size, out_size, dim, rest, dtype, device):
-    """The (in, out) interpolation matrix of spatial dim `dim`: the op applied to the one-hot
-    basis of that dim, every other spatial dim of size 1 (its scale dropped: 1 to 1 is the
-    identity whatever the mode)."""
-    n = len(in_size)
+    """The (in, out) interpolation matrix of spatial dim `dim` (every other dim's scale
+    dropped: 1 to 1 is the identity whatever the mode)."""
     flags, scales = rest[:_n_flags(op)], rest[_n_flags(op):]
-    k = in_size[dim]
-    basis = torch.eye(k, dtype=dtype, device=device).reshape((k, 1) + tuple(k if i == dim else 1 for i in range(n)))
-    sizes = [out_size[dim] if i == dim else 1 for i in range(n)]
+    sizes = [out_size[dim] if i == dim else 1 for i in range(len(in_size))]
     kept = tuple(s if i == dim else None for i, s in enumerate(scales))
-    return _kernel(op)(basis, sizes, *flags, *kept).reshape(k, out_size[dim])
+    return _kernel(op)(_one_hot_basis(in_size, dim, dtype, device), sizes, *flags, *kept).reshape(
+        in_size[dim], out_size[dim])
 
 
 def _resampled(x, op, in_size, out_size, rest, backward):
-    """x resampled one spatial dim at a time by the interpolation matrices (transposed for the
-    backward)."""
     xt = type_of(x)
-    for d in range(len(in_size)):
-        a = _matrix(op, tuple(in_size), tuple(out_size), d, tuple(rest), xt.dtype, torch.device(xt.device))
-        axis = 2 + d
-        x = dot_general(x, a, (((axis,), (1 if backward else 0,)), ((), ())))
-        x = sh.moveaxis(x, type_of(x).ndim - 1, axis)
-    return x
+    return _per_dim_products(x, [_matrix(op, tuple(in_size), tuple(out_size), d, tuple(rest), xt.dtype,
+                                         torch.device(xt.device)) for d in range(len(in_size))], backward)
 
 
 def _upsample_decomposed(x, *, op, output_size, rest):
@@ -88,20 +97,13 @@ def _unfold(y, size):
     return sh.reshape(y, (size, shape[0] // size) + tuple(shape[1:])), 0
 
 
-def _upsample_batch(axis_data, args, dims, **params):
-    return _unfold(upsample_p.bind(_fold(args[0], dims[0], axis_data.size), **params), axis_data.size)
-
-
-def _backward_batch(axis_data, args, dims, **params):
-    return _unfold(upsample_backward_p.bind(_fold(args[0], dims[0], axis_data.size), **params), axis_data.size)
-
-
-def _linear_jvp(prim):
-    def jvp(primals, tangents, **params):
-        out = prim.bind(primals[0], **params)
-        t = tangents[0]
-        return out, Zero(type_of(out)) if isinstance(t, Zero) else prim.bind(t, **params)
-    return jvp
+def _spatial_linear(prim):
+    """prim, a linear map of (N, C, *spatial), with its jvp (itself on the tangent) and batch
+    rule (the examples folded into N)."""
+    def batch(axis_data, vals, dims, **params):
+        return _unfold(prim.bind(_fold(vals[0], dims[0], axis_data.size), **params), axis_data.size)
+    prim.jvp, prim.batch = linear_first_jvp(prim), batch
+    return prim
 
 
 def _upsample_transpose(ct, x, *, op, output_size, rest):
@@ -118,26 +120,22 @@ def _backward_transpose(g, ct, *, op, input_size, output_size, rest):
     return [upsample_p.bind(g, op=op, output_size=output_size, rest=rest)]
 
 
-upsample_p = Primitive(
+upsample_p = _spatial_linear(Primitive(
     "upsample", kind=EXTERN,
     abstract_eval=lambda t, *, op, output_size, rest: TensorType(tuple(t.shape[:2]) + tuple(output_size), t.dtype,
                                                                  t.device),
     impl=lambda x, *, op, output_size, rest: _kernel(op)(x, list(output_size), *rest),
     transpose=_upsample_transpose,
-    batch=_upsample_batch,
-    composite=_upsample_decomposed)
-upsample_p.jvp = _linear_jvp(upsample_p)
+    composite=_upsample_decomposed))
 
-upsample_backward_p = Primitive(
+upsample_backward_p = _spatial_linear(Primitive(
     "upsample_backward", kind=EXTERN,
     abstract_eval=lambda t, *, op, input_size, output_size, rest: TensorType(
         tuple(t.shape[:2]) + tuple(input_size), t.dtype, t.device),
     impl=lambda ct, *, op, input_size, output_size, rest: _kernel(op, True)(
         ct, list(output_size), list(ct.shape[:2]) + list(input_size), *rest),
     transpose=_backward_transpose,
-    batch=_backward_batch,
-    composite=_backward_decomposed)
-upsample_backward_p.jvp = _linear_jvp(upsample_backward_p)
+    composite=_backward_decomposed))
 
 
 def upsample(x, op, output_size, rest):
@@ -190,19 +188,15 @@ def _pool_args_along(op, args, dim, n):
 
 @functools.lru_cache(maxsize=256)
 def _pool_matrix(op, in_size, dim, args, dtype, device):
-    n = len(in_size)
-    k = in_size[dim]
-    basis = torch.eye(k, dtype=dtype, device=device).reshape((k, 1) + tuple(k if i == dim else 1 for i in range(n)))
-    along, _ = _pool_args_along(op, args, dim, n)
-    out = _pool_call(op, basis, along)
-    return out.reshape(k, out.shape[2 + dim])
+    along, _ = _pool_args_along(op, args, dim, len(in_size))
+    out = _pool_call(op, _one_hot_basis(in_size, dim, dtype, device), along)
+    return out.reshape(in_size[dim], out.shape[2 + dim])
 
 
 def _pool_resampled(x, op, in_size, args, backward):
     xt = type_of(x)
-    for d in range(len(in_size)):
-        a = _pool_matrix(op, tuple(in_size), d, args, xt.dtype, torch.device(xt.device))
-        x = sh.moveaxis(dot_general(x, a, (((2 + d,), (1 if backward else 0,)), ((), ()))), type_of(x).ndim - 1, 2 + d)
+    x = _per_dim_products(x, [_pool_matrix(op, tuple(in_size), d, args, xt.dtype, torch.device(xt.device))
+                              for d in range(len(in_size))], backward)
     _, divisor = _pool_args_along(op, args, 0, len(in_size))
     return x if divisor == 1.0 else ew.div(x, divisor)
 
@@ -224,27 +218,21 @@ def _pool_backward_transpose(g, ct, *, op, input_size, args):
     return [None if isinstance(g, Zero) else spatial_map_p.bind(g, op=op, args=args)]
 
 
-spatial_map_p = Primitive(
+spatial_map_p = _spatial_linear(Primitive(
     "spatial_map", kind=EXTERN,
     abstract_eval=_pool_type,
     impl=lambda x, *, op, args: _pool_call(op, x, args),
     transpose=_pool_transpose,
-    batch=lambda axis_data, vals, dims, **params: _unfold(
-        spatial_map_p.bind(_fold(vals[0], dims[0], axis_data.size), **params), axis_data.size),
-    composite=_pool_decomposed)
-spatial_map_p.jvp = _linear_jvp(spatial_map_p)
+    composite=_pool_decomposed))
 
-spatial_map_backward_p = Primitive(
+spatial_map_backward_p = _spatial_linear(Primitive(
     "spatial_map_backward", kind=EXTERN,
     abstract_eval=lambda t, *, op, input_size, args: TensorType(tuple(t.shape[:2]) + tuple(input_size), t.dtype,
                                                                 t.device),
     impl=lambda ct, *, op, input_size, args: _pool_backward_call(op, ct, tuple(ct.shape[:2]) + tuple(input_size),
                                                                  args),
     transpose=_pool_backward_transpose,
-    batch=lambda axis_data, vals, dims, **params: _unfold(
-        spatial_map_backward_p.bind(_fold(vals[0], dims[0], axis_data.size), **params), axis_data.size),
-    composite=_pool_backward_decomposed)
-spatial_map_backward_p.jvp = _linear_jvp(spatial_map_backward_p)
+    composite=_pool_backward_decomposed))
 
 
 def spatial_map(x, op, args):

@@ -212,6 +212,16 @@ def bdim_to_front(x, d, size: int):
     return moveaxis(x, d, 0)
 
 
+def aligned_batch(prim):
+    """The batch rule of a primitive applied elementwise to operands of one shape: the
+    primitive itself where their batch dims agree, else on all of them moved to the front."""
+    def batch(axis_data, args, dims, **params):
+        if all(d == dims[0] for d in dims):
+            return prim.bind(*args, **params), dims[0]
+        return prim.bind(*(bdim_to_front(a, d, axis_data.size) for a, d in zip(args, dims)), **params), 0
+    return batch
+
+
 # ---------------------------------------------------------------- slice
 
 def _slice_type(t, *, start, limit, strides):
