@@ -1,4 +1,4 @@
-"""Instructions per call of bench_eager_transforms' rows, functx against torch.func, counted by
+"""Instructions per call of bench_eager_transforms' rows (and grad of bench_eager_models' models), functx against torch.func, counted by
 valgrind's callgrind: unlike CPU time on a shared machine, a count does not move with the
 load, so small changes to the per-op path can be compared between runs.
 
@@ -30,10 +30,12 @@ def _rows(system):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import torch
     import functx
+    import bench_eager_models as M
     import bench_eager_transforms as E
     T = functx if system == "functx" else torch.func
     rows = dict(E.small_mlp_rows(T))
     rows.update(E.module_rows(T))
+    rows.update({f"grad {name}": (T.grad(loss), args) for name, (loss, args) in M.model_rows().items()})
     return rows
 
 

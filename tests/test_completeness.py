@@ -73,6 +73,9 @@ LINEAR = {
     "softplus_backward", "log_sigmoid_backward",
     "tanh_backward", "sigmoid_backward", "threshold_backward", "gelu_backward", "tanh_gelu_backward",
     "normalize_tangent",    # prims/fused_norm.py: linear in its first operand (its own transpose)
+    # prims/fused_norm_affine.py: the tangent linear in (dx, dw, db), the cotangent in ct; each
+    # the other's transpose
+    "normalize_affine_tangent", "normalize_affine_cotangent",
     "psum", "all_gather", "opaque",
     # prims/spmd.py: identities per rank with functx.spmd's replicated-value transposes
     "replicated_in", "replicated_out", "pvary", "invariant_ct",
@@ -107,6 +110,7 @@ NONLINEAR = {
     "smooth_l1_loss_slope",
     "max_pool",     # prims/pool.py
     "normalize_rows",   # prims/fused_norm.py
+    "normalize_affine",     # prims/fused_norm_affine.py
     "while_loop",    # transforms/control_flow (linearize records a tape and a scan, never a while)
     "while_tape_check",    # transforms/control_flow/while_reverse.py (integer step count)
     # while_reverse.py: tape[step] = carry on primal values; its jvp is a scatter (which transposes)

@@ -200,22 +200,40 @@ def _norm_losses():
 
     def layer(x, w):
         return (F.layer_norm(x, (2, 3), w, bl).tanh() * scale).sum()
-    return {"group_norm": (group, x, w), "layer_norm": (layer, x, wl)}
+
+    def layer_weight_only(x, w):
+        return (F.layer_norm(x, (2, 3), w).tanh() * scale).sum()
+
+    def batch(x, w):
+        return (F.batch_norm(x, None, None, w, b, training=True).sin() * scale).sum()
+    return {"group_norm": (group, x, w), "layer_norm": (layer, x, wl), "layer_norm(weight only)": (layer_weight_only, x, wl),
+            "batch_norm": (batch, x, w)}
 
 
-@pytest.mark.parametrize("which", ["group_norm", "layer_norm"])
+# which fused primitives each runs: the norm and its affine in one kernel where both weight
+# and bias are given (prims/fused_norm_affine.py), the norm and a separate affine otherwise
+_NORM_PRIMS = {"group_norm": {"normalize_rows", "normalize_tangent"},
+               "layer_norm(weight only)": {"normalize_rows", "normalize_tangent"},
+               "layer_norm": {"normalize_affine", "normalize_affine_cotangent"},
+               "batch_norm": {"normalize_affine", "normalize_affine_cotangent"}}
+
+
+@pytest.mark.parametrize("which", sorted(_NORM_PRIMS))
 def test_norms_run_torch_kernels_on_eager_levels_and_match(which, monkeypatch):
     # eager levels bind normalize_rows (native_layer_norm) and normalize_tangent
-    # (native_layer_norm_backward, its own transpose); checked at every order against
-    # torch.func, forward mode against float64 finite differences, and jit (the decomposition)
+    # (native_layer_norm_backward, its own transpose), or normalize_affine and its cotangent;
+    # checked at every order against torch.func, forward mode against float64 finite
+    # differences, and jit (the decomposition)
     fused_norm = importlib.import_module("functx.prims.fused_norm")
+    fused_affine = importlib.import_module("functx.prims.fused_norm_affine")
     f, x, w = _norm_losses()[which]
     ran = []
-    for p in (fused_norm.normalize_rows_p, fused_norm.normalize_tangent_p):
+    for p in (fused_norm.normalize_rows_p, fused_norm.normalize_tangent_p, fused_affine.normalize_affine_p,
+              fused_affine.normalize_affine_cotangent_p, fused_affine.normalize_affine_tangent_p):
         monkeypatch.setattr(p, "impl", (lambda impl, name: lambda *a, **k: ran.append(name) or impl(*a, **k))(p.impl, p.name))
     function_units.CACHE.clear()
     _close(functx.grad(f, argnums=(0, 1))(x, w), torch.func.grad(f, argnums=(0, 1))(x, w))
-    assert {"normalize_rows", "normalize_tangent"} <= set(ran)
+    assert _NORM_PRIMS[which] <= set(ran), ran
     _close(functx.hessian(f)(x, w), torch.func.hessian(f)(x, w))
     _close(functx.jacfwd(functx.jacrev(f))(x, w), torch.func.hessian(f)(x, w))
     _close(functx.vmap(functx.grad(f), in_dims=(0, None))(x[:, None], w),
@@ -366,8 +384,8 @@ def test_eager_grad_runs_torch_s_backward_kernels_for_batch_norm_and_softmaxes()
 @pytest.mark.parametrize("track", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_training_batch_norm_runs_channel_rows_through_torch_s_norm_kernels(track, dtype):
-    """Training-mode batch norm on eager levels: each channel one row of torch's layer-norm
-    kernels (prims/fused_norm.py) instead of the decomposition; gradients, Hessians and
+    """Training-mode batch norm on eager levels: torch's batch-norm kernels with the affine
+    (prims/fused_norm_affine.py) instead of the decomposition; gradients, Hessians and
     vmap(grad) as torch.func's, the running statistics (passed as inputs) updated as torch's."""
     torch.manual_seed(0)
     m = torch.nn.BatchNorm2d(4, track_running_stats=track).to(dtype)
@@ -392,7 +410,7 @@ def test_training_batch_norm_runs_channel_rows_through_torch_s_norm_kernels(trac
         function_units.CACHE.clear()
         functx.grad(f)(P, B, x)
         prims = {e.prim for _, op, *_ in function_units.CACHE.values() if op != "uncacheable" for e in op.graph_eqns}
-        assert REGISTRY["normalize_rows"] in prims
+        assert REGISTRY["normalize_affine"] in prims        # the affine in the kernel (fused_norm_affine.py)
 
 
 # ---------------------------------------------------------------- F.interpolate (prims/resample.py)

@@ -1261,6 +1261,94 @@ add(Entry("normalize_rows", _rows_gen, _rows_ref, dtypes=(F32, F64)))
 add(Entry("normalize_tangent", _tangent_gen, _tangent_ref, dtypes=(F32, F64), linear=((0,),)))
 
 
+def _affine_view(x):
+    """A (K,) vector's broadcast shape along dim 1 of x."""
+    return [x.shape[1] if i == 1 else 1 for i in range(x.dim())]
+
+
+def _affine_gen(draw, dtype, smooth):
+    channels = draw(st.booleans())
+    shape = _norm_shape(draw, channels)
+    if channels and math.prod(shape) // shape[1] < 2:
+        shape = (2,) + shape[1:]
+    eps = draw(st.sampled_from([1e-5, 0.1]))
+    return Case({"eps": eps, "channels": channels},
+                lambda g, dt: [rand(g, shape, dt), rand(g, (shape[1],), dt), rand(g, (shape[1],), dt)])
+
+
+def _affine_ref(x, w, b, eps, channels=False):
+    """Independent of prims/fused_norm_affine.py: the definition, in float64."""
+    xhat, mean, rstd = _rows_ref(x.double(), eps, channels)
+    v = _affine_view(x)
+    return ((xhat * w.double().view(v) + b.double().view(v)).to(x.dtype), mean.to(x.dtype), rstd.to(x.dtype))
+
+
+def _affine_operands(g, dt, shape, channels):
+    x = rand(g, shape, dt)
+    _, mean, rstd = _rows_ref(x, 0.1, channels)
+    return x, rand(g, (shape[1],), dt), mean, rstd
+
+
+def _affine_tangent_gen(with_dx):
+    def gen(draw, dtype, smooth):
+        channels = draw(st.booleans())
+        shape = _norm_shape(draw, channels)
+
+        def make(g, dt):
+            x, w, mean, rstd = _affine_operands(g, dt, shape, channels)
+            dx = [rand(g, shape, dt)] if with_dx else []
+            return [*dx, rand(g, (shape[1],), dt), rand(g, (shape[1],), dt), x, w, mean, rstd]
+        return Case({"channels": channels, "with_dx": with_dx}, make)
+    return gen
+
+
+def _affine_tangent_ref(*args, channels=False, with_dx=True):
+    """w * J dx + xhat * dw + db (without its first term when there is no dx), written out."""
+    dx, dw, db, x, w, mean, rstd = args if with_dx else (None, *args)
+    dims, view = _stats_over(x, channels)
+    v, r = _affine_view(x), rstd.double().view(view)
+    xhat = (x.double() - mean.double().view(view)) * r
+    out = xhat * dw.double().view(v) + db.double().view(v)
+    if dx is not None:
+        t = dx.double()
+        out = out + w.double().view(v) * r * (t - t.mean(dims, keepdim=True) - xhat * (t * xhat).mean(dims, keepdim=True))
+    return out.to(x.dtype)
+
+
+def _affine_cotangent_gen(draw, dtype, smooth):
+    channels = draw(st.booleans())
+    shape = _norm_shape(draw, channels)
+    mask = draw(st.sampled_from([m for m in itertools.product((False, True), repeat=3) if any(m)]))
+
+    def make(g, dt):
+        x, w, mean, rstd = _affine_operands(g, dt, shape, channels)
+        return [rand(g, shape, dt), x, w, mean, rstd]
+    return Case({"channels": channels, "mask": mask}, make)
+
+
+def _affine_cotangent_ref(ct, x, w, mean, rstd, channels=False, mask=(True, True, True)):
+    """(J (w ct), sum(ct xhat), sum(ct)) over every dim but 1, the ones mask asks for."""
+    dims, view = _stats_over(x, channels)
+    v, r = _affine_view(x), rstd.double().view(view)
+    xhat = (x.double() - mean.double().view(view)) * r
+    u = ct.double() * w.double().view(v)
+    gx = r * (u - u.mean(dims, keepdim=True) - xhat * (u * xhat).mean(dims, keepdim=True))
+    other = tuple(i for i in range(x.dim()) if i != 1)
+    out = (gx, (ct.double() * xhat).sum(other), ct.double().sum(other))
+    return tuple(o.to(ct.dtype) for o, m in zip(out, mask) if m)
+
+
+# Layer norm and training batch norm with their affine (prims/fused_norm_affine.py): the
+# derivative checks run the tangent (jvp), the cotangent (vjp) and their second-order rules.
+add(Entry("normalize_affine", _affine_gen, _affine_ref, dtypes=(F32, F64)))
+add(Entry("normalize_affine_tangent", _affine_tangent_gen(True), _affine_tangent_ref, dtypes=(F32, F64),
+          linear=((0, 1, 2),)))
+add(Entry("normalize_affine_tangent(no dx)", _affine_tangent_gen(False), _affine_tangent_ref,
+          prim="normalize_affine_tangent", dtypes=(F32, F64), linear=((0, 1),)))
+add(Entry("normalize_affine_cotangent", _affine_cotangent_gen, _affine_cotangent_ref, dtypes=(F32, F64),
+          linear=((0,),)))
+
+
 # ---------------------------------------------------------------- random
 
 def _random_gen(draw, dtype, smooth):

@@ -324,6 +324,43 @@ def test_generated_impl_code_runs_a_conv_and_its_bias_as_one_convolution():
     assert [e.prim.name for e in impl_rewrites.fuse_bias_convs(eqns, {o, v})] == ["reshape", "conv_bias"]
 
 
+def test_generated_impl_code_runs_a_convs_two_cotangents_as_one_convolution_backward():
+    """impl_rewrites.fuse_conv_backwards: a conv's input and weight cotangents of one cotangent
+    run as one torch convolution_backward (autograd's kernel) in generated transpose code,
+    for strided (odd sizes: output_padding recovers the rows the stride skipped), grouped,
+    dilated, transposed, 1-d and 3-d convs, with torch.func's values under grad, vmap(grad)
+    and the Hessian-vector product."""
+    from torch.profiler import profile
+    g = torch.Generator().manual_seed(11)
+    D = torch.float64
+    cases = [
+        (F.conv2d, (2, 4, 7, 7), (6, 2, 3, 3), dict(stride=2, padding=1, groups=2)),
+        (F.conv2d, (2, 3, 8, 8), (4, 3, 3, 3), dict(dilation=2)),
+        (F.conv1d, (3, 2, 10), (4, 2, 3), dict(stride=3)),                     # the last row skipped
+        (F.conv3d, (1, 2, 4, 5, 4), (3, 2, 2, 3, 2), dict(padding=1)),
+        (F.conv_transpose2d, (2, 4, 5, 5), (4, 3, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    ]
+    for op, xs, ws, kw in cases:
+        x, w = torch.randn(*xs, generator=g, dtype=D), torch.randn(*ws, generator=g, dtype=D)
+
+        def f(x, w, op=op, kw=kw):
+            return op(x, w, **kw).tanh().pow(2).sum()
+        grads = {
+            "grad": (functx.grad(f, argnums=(0, 1)), torch.func.grad(f, argnums=(0, 1)), (x, w)),
+            "vmap(grad)": (functx.vmap(functx.grad(f, argnums=(0, 1)), in_dims=(0, None)),
+                           torch.func.vmap(torch.func.grad(f, argnums=(0, 1)), in_dims=(0, None)), (x[:, None], w)),
+            "hvp": (lambda x, w: functx.jvp(functx.grad(f, argnums=(0, 1)), (x, w), (x.cos(), w.sin()))[1],
+                    lambda x, w: torch.func.jvp(torch.func.grad(f, argnums=(0, 1)), (x, w), (x.cos(), w.sin()))[1],
+                    (x, w)),
+        }
+        _second_calls_match(grads)
+        with profile() as prof:
+            functx.grad(f, argnums=(0, 1))(x, w)
+        names = [e.name for e in prof.events()]
+        assert names.count("aten::convolution_backward") == 1, (op, names)
+        assert names.count("aten::convolution") == 1, (op, names)       # the forward
+
+
 def test_a_float_that_changes_every_call_stops_building_units():
     """Units and rules are keyed by a Python float's value: a learning rate or a sampler's
     sigma that changes on every call would build (and keep) one per call. Past a budget per

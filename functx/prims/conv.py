@@ -212,6 +212,14 @@ def _weight_grad_impl(ct, x, *, shape, stride, padding, dilation, transposed, ou
                                                        output_padding, groups, [False, True, False])[1]
 
 
+def conv_backward_both(ct, x, w, *, stride, padding, dilation, transposed, output_padding, groups):
+    """(input cotangent, weight cotangent) of conv(x, w) at ct, in one torch kernel (generated
+    impl code's pairing of the two: transforms/impl_rewrites.CONV_BACKWARD)."""
+    gx, gw, _ = torch.ops.aten.convolution_backward.default(ct, x, w, None, stride, padding, dilation, transposed,
+                                                            output_padding, groups, [True, True, False])
+    return gx, gw
+
+
 def _weight_grad_transpose_ct(g, ct, x, *, shape, stride, padding, dilation, transposed, output_padding, groups):
     """<g, weight_grad(ct, x)> is <conv(x, g), ct>: the forward conv with g as its weight."""
     return conv(x, g, stride, padding, dilation, transposed, output_padding, groups)

@@ -180,34 +180,41 @@ def _normalize_tangent_jvp(primals, tangents, *, channels):
     (t, x, mean, rstd), (dt, dx, dmean, drstd) = primals, tangents
     out = normalize_tangent_p.bind(t, x, mean, rstd, channels=channels)
     terms = [] if isinstance(dt, Zero) else [normalize_tangent_p.bind(dt, x, mean, rstd, channels=channels)]
-    if not all(isinstance(d, Zero) for d in (dx, dmean, drstd)):
-        # J t = rstd (t - mean(t) - xhat mean(t xhat)), differentiated in x, mean, rstd
-        shape = type_of(x).shape
-
-        def rows(v):
-            return _rows(v, shape, channels)
-
-        def mean_of(v):
-            return _row_mean(v, channels)
-        xc = ew.sub(x, rows(mean))
-        xhat = ew.mul(xc, rows(rstd))
-        m1, m2 = mean_of(t), mean_of(ew.mul(t, xhat))
-        d_xhat = None
-        if not (isinstance(dx, Zero) and isinstance(dmean, Zero)):
-            d_xc = dx if isinstance(dmean, Zero) else (ew.neg(rows(dmean)) if isinstance(dx, Zero)
-                                                       else ew.sub(dx, rows(dmean)))
-            d_xhat = ew.mul(d_xc, rows(rstd))
-        if not isinstance(drstd, Zero):
-            part = ew.mul(xc, rows(drstd))
-            d_xhat = part if d_xhat is None else ew.add(d_xhat, part)
-        inner = ew.sub(ew.sub(t, rows(m1)), ew.mul(xhat, rows(m2)))
-        if d_xhat is not None:
-            d_m2 = mean_of(ew.mul(t, d_xhat))
-            d_inner = ew.neg(ew.add(ew.mul(d_xhat, rows(m2)), ew.mul(xhat, rows(d_m2))))
-            terms.append(ew.mul(rows(rstd), d_inner))
-        if not isinstance(drstd, Zero):
-            terms.append(ew.mul(rows(drstd), inner))
+    terms.extend(_normalize_tangent_terms(t, x, mean, rstd, dx, dmean, drstd, channels))
     return out, sum_terms(terms, out)
+
+
+def _normalize_tangent_terms(t, x, mean, rstd, dx, dmean, drstd, channels):
+    """The terms of d(J t) for tangents of x, mean and rstd (any a symbolic Zero) at fixed t."""
+    if all(isinstance(d, Zero) for d in (dx, dmean, drstd)):
+        return []
+    # J t = rstd (t - mean(t) - xhat mean(t xhat)), differentiated in x, mean, rstd
+    shape = type_of(x).shape
+
+    def rows(v):
+        return _rows(v, shape, channels)
+
+    def mean_of(v):
+        return _row_mean(v, channels)
+    xc = ew.sub(x, rows(mean))
+    xhat = ew.mul(xc, rows(rstd))
+    m1, m2 = mean_of(t), mean_of(ew.mul(t, xhat))
+    terms, d_xhat = [], None
+    if not (isinstance(dx, Zero) and isinstance(dmean, Zero)):
+        d_xc = dx if isinstance(dmean, Zero) else (ew.neg(rows(dmean)) if isinstance(dx, Zero)
+                                                   else ew.sub(dx, rows(dmean)))
+        d_xhat = ew.mul(d_xc, rows(rstd))
+    if not isinstance(drstd, Zero):
+        part = ew.mul(xc, rows(drstd))
+        d_xhat = part if d_xhat is None else ew.add(d_xhat, part)
+    inner = ew.sub(ew.sub(t, rows(m1)), ew.mul(xhat, rows(m2)))
+    if d_xhat is not None:
+        d_m2 = mean_of(ew.mul(t, d_xhat))
+        d_inner = ew.neg(ew.add(ew.mul(d_xhat, rows(m2)), ew.mul(xhat, rows(d_m2))))
+        terms.append(ew.mul(rows(rstd), d_inner))
+    if not isinstance(drstd, Zero):
+        terms.append(ew.mul(rows(drstd), inner))
+    return terms
 
 
 def _normalize_tangent_batch(axis_data, args, dims, *, channels):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..core import Var
 from ..core.ir import Eqn
-from ..prims.conv import conv_emit, conv_p
+from ..prims.conv import conv_backward_both, conv_emit, conv_p, conv_weight_grad_p
 from ..prims.linalg import is_2d_matmul, matmul_layout
 from ..prims.shape import _broadcast_view, concatenate_p, pad_p, render_steps, reshape_p
 
@@ -18,7 +18,8 @@ _BROADCASTING_IMPLS = frozenset({"add", "sub", "mul", "div", "where", "tanh_back
 
 def impl_eqns(eqns, live):
     """eqns as generated impl code runs them; live: the Vars read outside them (returned)."""
-    return fuse_bias_convs(fuse_bias_matmuls(elide_broadcasts(concat_summed_pads(eqns, live), live), live), live)
+    eqns = elide_broadcasts(concat_summed_pads(eqns, live), live)
+    return fuse_conv_backwards(fuse_bias_convs(fuse_bias_matmuls(eqns, live), live), live)
 
 
 def elide_broadcasts(eqns, live):
@@ -189,6 +190,69 @@ def fuse_bias_convs(eqns, live):
                     break
         out.append(e)
     return [e for e in out if id(e) not in dropped] if dropped else eqns
+
+
+# ---------------------------------------------------------------- a conv's two cotangents: one kernel
+
+class _ConvBackward:
+    """A conv's input and weight cotangents of one cotangent as one
+    `convolution_backward(ct, x, w, ...)` (torch's backward kernel computes both from one pass
+    setup; autograd calls it so). Operands (ct, x, w); outputs (input ct, weight ct); params:
+    the forward conv's."""
+    name = "conv_backward"
+    multiple_results = True
+    emit = None
+    impl = staticmethod(conv_backward_both)
+
+
+CONV_BACKWARD = _ConvBackward()
+
+
+def _conv_cotangent_pair(gx_eqn, gw_eqn):
+    """Whether gx_eqn (a conv of the cotangent with the weight) is the input cotangent of the
+    forward conv whose weight cotangent gw_eqn computes from the same cotangent, landing on
+    the input's shape (convolution_backward's grad_input; a cropped or padded one is not)."""
+    p, q = gx_eqn.params, gw_eqn.params
+    ct, w = gx_eqn.inputs
+    gct, x = gw_eqn.inputs
+    return (ct is gct and isinstance(w, Var) and isinstance(x, Var) and p["transposed"] != q["transposed"]
+            and all(p[k] == q[k] for k in ("stride", "padding", "dilation", "groups"))
+            and tuple(w.type.shape) == tuple(q["shape"]) and gx_eqn.outputs[0].type.shape == x.type.shape
+            and ct.type.dtype == w.type.dtype == x.type.dtype)
+
+
+def fuse_conv_backwards(eqns, live):
+    """Each pair (conv of a cotangent with w, conv_weight_grad of that cotangent and x) that
+    makes one forward conv's input and weight cotangents, as one CONV_BACKWARD equation, at
+    the later one's place when nothing between them reads the earlier one's result."""
+    grads = [i for i, e in enumerate(eqns) if e.prim is conv_weight_grad_p and isinstance(e.inputs[0], Var)]
+    if not grads:
+        return eqns
+    by_ct = {}
+    for i, e in enumerate(eqns):
+        if e.prim is conv_p and isinstance(e.inputs[0], Var):
+            by_ct.setdefault(e.inputs[0], []).append(i)
+    placed, dropped = {}, set()
+    for j in grads:
+        for i in by_ct.get(eqns[j].inputs[0], ()):
+            if i in dropped or not _conv_cotangent_pair(eqns[i], eqns[j]):
+                continue
+            first, last = sorted((i, j))
+            early = eqns[first].outputs[0]
+            if any(early in eqns[k].inputs for k in range(first + 1, last)):
+                continue
+            gx, gw = eqns[i], eqns[j]
+            placed[last] = Eqn(CONV_BACKWARD, [gx.inputs[0], gw.inputs[1], gx.inputs[1]],
+                               [gx.outputs[0], gw.outputs[0]], _forward_conv_params(gw.params))
+            dropped.update((i, j))
+            break
+    if not placed:
+        return eqns
+    return [placed.get(k, e) for k, e in enumerate(eqns) if k in placed or k not in dropped]
+
+
+def _forward_conv_params(q):
+    return {k: q[k] for k in ("stride", "padding", "dilation", "transposed", "output_padding", "groups")}
 
 
 # ---------------------------------------------------------------- adjacent zero pads summed: one cat

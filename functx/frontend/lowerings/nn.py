@@ -23,6 +23,7 @@ from ...prims.fused import fused_here
 from ...prims.fused_activations import hardtanh
 from ...prims.fused_losses import bce_decomposed, binary_cross_entropy, huber_loss, smooth_l1_loss
 from ...prims.fused_norm import normalize_channels
+from ...prims.fused_norm_affine import normalize_affine
 from .torch_prims import _prims_var
 from .attention import _fits, bias_and_scale
 from ...kernels.attention import attention
@@ -418,11 +419,14 @@ def _batch_norm_rows(input, weight, bias, running_mean, running_var, training, m
     x = unwrap(input)
     shape = tuple(input.shape)
     n = math.prod(shape) // c
-    out, mean, rstd = normalize_channels(x, eps)
-    if weight is not None:
-        out = P.mul(out, P.broadcast_in_dim(unwrap(weight), shape, (1,)))
-    if bias is not None:
-        out = P.add(out, P.broadcast_in_dim(unwrap(bias), shape, (1,)))
+    if weight is not None and bias is not None:         # the affine inside the kernels
+        out, mean, rstd = normalize_affine(x, unwrap(weight), unwrap(bias), eps, True)
+    else:
+        out, mean, rstd = normalize_channels(x, eps)
+        if weight is not None:
+            out = P.mul(out, P.broadcast_in_dim(unwrap(weight), shape, (1,)))
+        if bias is not None:
+            out = P.add(out, P.broadcast_in_dim(unwrap(bias), shape, (1,)))
     new_mean = new_var = None
     if running_mean is not None:
         new_mean = wrap(P.add(P.mul(mean, float(momentum)), P.mul(unwrap(running_mean), 1.0 - momentum)))

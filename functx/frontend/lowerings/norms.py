@@ -9,6 +9,7 @@ import torch
 from ... import prims as P
 from ...prims.fused import fused_here
 from ...prims.fused_norm import normalize_rows
+from ...prims.fused_norm_affine import normalize_affine
 from ..functionalize import unwrap
 from ..tensor import TracerTensor, wrap
 from .common import _t, aten
@@ -48,8 +49,12 @@ def _native_layer_norm(x, normalized_shape, weight, bias, eps):
     stat_shape = tuple(t.shape[:t.ndim - n]) + (1,) * n
     compute = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
     if fused_here() and t.dtype == compute:     # eager levels: torch's kernels (prims/fused_norm.py)
-        rows = math.prod(t.shape[:t.ndim - n])
-        xhat, mean, rstd = normalize_rows(P.reshape(x, (rows, math.prod(normalized_shape))), eps)
+        rows, m = math.prod(t.shape[:t.ndim - n]), math.prod(normalized_shape)
+        x2 = P.reshape(x, (rows, m))
+        if weight is not None and bias is not None:     # the affine inside the kernels
+            y, mean, rstd = normalize_affine(x2, P.reshape(weight, (m,)), P.reshape(bias, (m,)), eps, False)
+            return P.reshape(y, t.shape), P.reshape(mean, stat_shape), P.reshape(rstd, stat_shape)
+        xhat, mean, rstd = normalize_rows(x2, eps)
         return (_affine(P.reshape(xhat, t.shape), weight, bias, axes, t.dtype),
                 P.reshape(mean, stat_shape), P.reshape(rstd, stat_shape))
     xc = P.convert(x, compute)
