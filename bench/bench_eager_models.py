@@ -1,7 +1,7 @@
 """Eager functx.grad against torch.func.grad over a spread of model code (issue 13): small
 models of the kinds researchers train (a ResNet block with batch norm, a GPT block with
 hand-written attention, an LSTM language model, a UNet-like block with interpolation, an
-MLP-Mixer block, a depthwise-separable block), every torch.nn.functional activation, and
+MLP-Mixer block, a depthwise-separable block, a feed-forward block with dropout), every torch.nn.functional activation, and
 the common losses. Each row is the grad of a scalar loss, checked against torch.func's
 before timing; speed is torch.func time / functx time, the two measured in interleaved
 rounds in one process (so machine noise hits both alike).
@@ -103,6 +103,16 @@ class _Depthwise(nn.Module):
         return F.hardswish(self.bn(self.pw(self.dw(x)))).mean((2, 3))
 
 
+class _DropoutMLP(nn.Module):
+    """A transformer's feed-forward block while training (dropout after each layer)."""
+    def __init__(self, d=64):
+        super().__init__()
+        self.up, self.down, self.drop = nn.Linear(d, 4 * d), nn.Linear(4 * d, d), nn.Dropout(0.1)
+
+    def forward(self, x):
+        return x + self.drop(self.down(self.drop(F.gelu(self.up(x)))))
+
+
 def model_rows():
     torch.manual_seed(0)
     rows = {
@@ -114,6 +124,7 @@ def model_rows():
         "UNet block (interpolate)": (_UNetBlock(), torch.randn(4, 3, 16, 16), lambda o: o.pow(2).mean()),
         "MLP-Mixer block": (_Mixer(), torch.randn(8, 16, 32), lambda o: o.pow(2).mean()),
         "depthwise block (hardswish)": (_Depthwise(), torch.randn(8, 16, 8, 8), lambda o: o.pow(2).mean()),
+        "feed-forward with dropout": (_DropoutMLP(), torch.randn(8, 16, 64), lambda o: o.pow(2).mean()),
     }
     out = {}
     for name, (m, x, loss_of) in rows.items():
@@ -159,6 +170,12 @@ def loss_rows():
 SECTIONS = {"models": model_rows, "activations": activation_rows, "losses": loss_rows}
 
 
+def _seeded(fn, args):
+    """fn(*args) from one seed: functx and torch.func draw the same dropout masks."""
+    torch.manual_seed(0)
+    return fn(*args)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=sorted(SECTIONS), nargs="*", default=list(SECTIONS))
@@ -170,7 +187,7 @@ def main(argv=None):
         print(f"\n{section}: grad, functx / torch.func (speed = torch.func time / functx time)")
         for name, (loss, args) in SECTIONS[section]().items():
             fns = {"functx": functx.grad(loss), "torch.func": torch.func.grad(loss)}
-            got, want = (fn(*args) for fn in fns.values())
+            got, want = (_seeded(fn, args) for fn in fns.values())
             for u, v in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
                 torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5, msg=name)
             t = interleaved(fns, {k: args for k in fns}, repeat=a.repeat)

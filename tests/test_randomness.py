@@ -2,6 +2,8 @@
 torch.rand, torch.randint, torch.normal(float, float, size), torch.randperm, in-place fills of
 plain tensors) are random primitives while functx traces, so jit draws fresh numbers per call
 and vmap applies `randomness`."""
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -349,6 +351,41 @@ def test_dropout_draws_eagers_numbers_under_every_transform(dtype):
         torch.testing.assert_close(got[k], oracle[k])
     rate = functx.vmap(lambda x: F.dropout(x, 0.3), randomness="different")(torch.ones(3, 20000, dtype=dtype))
     assert ((rate == 0).to(dtype).mean(1) - 0.3).abs().max() < 0.02
+
+
+def test_training_dropout_is_one_draw_at_the_level(monkeypatch):
+    """F.dropout while training (CPU) is the mask drawn as one random primitive at the level
+    and two products (frontend/random_mode._dropout). Run from __torch_function__, where
+    functx's dispatch mode is still active, the draw must not pass through the mode again (a
+    'call' draw wrapping the bernoulli kernel, 50x slower on this path's first version): one
+    bernoulli draw per dropout, eager's mask and random state, torch.func's gradients; an
+    in-place dropout, p of 1 or 0 take torch's function with eager's values."""
+    random_p = importlib.import_module("functx.prims.random").random_p
+    dists = []
+    monkeypatch.setattr(random_p, "impl", (lambda impl: lambda **k: dists.append(k["dist"]) or impl(**k))(random_p.impl))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.25), torch.nn.GELU(), torch.nn.Dropout(0.1),
+                                torch.nn.Linear(16, 1)).double()
+    xb = torch.randn(4, 8, dtype=F64)
+    params = dict(model.named_parameters())
+
+    def loss(p):
+        return torch.func.functional_call(model, p, (xb,)).pow(2).mean()
+    torch.manual_seed(3)
+    got = functx.grad(loss)(params)
+    after = torch.rand(1)
+    assert dists == ["bernoulli", "bernoulli"]
+    torch.manual_seed(3)
+    want = torch.func.grad(loss)(params)
+    assert torch.equal(after, torch.rand(1))
+    for k in params:
+        torch.testing.assert_close(got[k], want[k])
+    x = torch.ones(5, dtype=F64)
+    for f in (lambda x: F.dropout(x * 1, 0.5, inplace=True), lambda x: F.dropout(x, 1.0), lambda x: F.dropout(x, 0.0)):
+        torch.manual_seed(1)
+        eager = f(x.clone())
+        torch.manual_seed(1)
+        assert torch.equal(functx.jvp(f, (x.clone(),), (x,))[0], eager)
 
 
 NORMALS_OF_TENSORS = {

@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from ..core.errors import FunctxError, PlainWriteError, unbatched_write_message
 from ..core.errors import user_frame_summary
 from ..core.trace import (EVAL_TRACE, GraphTrace, Tracer, current_trace, enclosing_traces, set_current_trace,
-                          staged_or_batched, staging)
+                          staged_or_batched, staging, type_of)
 from .. import prims as P
 from . import dispatch as _dispatch_module
 from .dispatch import dispatch, pinned
@@ -35,6 +35,7 @@ from .lowerings.creation import SIZED_FACTORIES
 from .lowerings.registry import LOWERINGS
 from .generators import drawing_from
 from .functionalize import value_of
+from .composites import COMPOSITES
 from .tensor import TracerTensor, wrap
 from .unit_batches import run_pending
 
@@ -534,3 +535,28 @@ class intercept_random:
 
 
 __all__ = ["intercept_random", "without_random_mode", "RandomMode", "ClosureRead", "active_mode", "FACTORIES"]
+
+
+# ---------------------------------------------------------------- F.dropout
+# While training, on the CPU: input * (bernoulli(1 - p) / (1 - p)), ATen's CPU computation (the
+# same draws from the same kernel, so a seed gives eager PyTorch's mask), as three primitives at
+# the level. torch's own function reached them as four ATen ops through the front end, its
+# in-place bernoulli_ and div_ on a fresh tensor each a tracked write. Other devices (a fused
+# kernel with draws of its own), p of 0 or 1, in place: torch's function
+# (composites.dropout returns the input itself where nothing is sampled).
+
+def _dropout(input, p=0.5, training=True, inplace=False):
+    if not (type(p) is float and 0.0 < p < 1.0 and training is True and inplace is False
+            and isinstance(input, TracerTensor) and input.dtype.is_floating_point and input.device.type == "cpu"):
+        return _keep_or_torch(input, p, training, inplace)
+    return TracerTensor(_dropped(value_of(input), 1.0 - p))
+
+
+@without_random_mode        # called from __torch_function__: its kernels need no interception
+def _dropped(x, keep):
+    t = type_of(x)
+    return P.mul(x, P.div(P.random(t.shape, t.dtype, t.device, "bernoulli", (keep,)), keep))
+
+
+_keep_or_torch = COMPOSITES[torch.nn.functional.dropout]
+COMPOSITES[torch.nn.functional.dropout] = _dropout
