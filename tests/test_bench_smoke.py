@@ -21,10 +21,11 @@ def test_transform_workload_matches_torch_func(name):
 
 @pytest.mark.parametrize("section", list(bench_eager_models.SECTIONS))
 def test_eager_model_rows_match_torch_func(section):
-    """bench_eager_models' rows (model blocks, activations, losses): functx.grad is torch.func.grad."""
+    """bench_eager_models' rows (model blocks, activations, losses): functx.grad is torch.func.grad
+    (from one seed: the same dropout masks)."""
     import functx
     for name, (loss, args) in bench_eager_models.SECTIONS[section]().items():
-        got, want = functx.grad(loss)(*args), torch.func.grad(loss)(*args)
+        got, want = (bench_eager_models._seeded(fn, args) for fn in (functx.grad(loss), torch.func.grad(loss)))
         for u, v in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
             torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5, msg=name)
 
