@@ -76,6 +76,7 @@ LINEAR = {
     # prims/fused_norm_affine.py: the tangent linear in (dx, dw, db), the cotangent in ct; each
     # the other's transpose
     "normalize_affine_tangent", "normalize_affine_cotangent",
+    "max_pool_tangent", "max_pool_cotangent",     # prims/pool.py: each the other's transpose
     "psum", "all_gather", "opaque",
     # prims/spmd.py: identities per rank with functx.spmd's replicated-value transposes
     "replicated_in", "replicated_out", "pvary", "invariant_ct",

@@ -304,10 +304,10 @@ def _pool_input(shape, ties):
 
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("shape,kw", _POOLS)
-def test_max_pool_under_eager_transforms_is_torch_s_kernel(shape, kw, ties):
+def test_max_pool_under_eager_transforms_is_torch_s_kernel(shape, kw, ties, monkeypatch):
     """max_pool2d/3d under eager grad/vmap/jvp run torch's kernel (the decomposition was ~12
-    kernels each way, 0.4x of torch.func on a conv net's pooling); the cotangent goes to each
-    window's first maximum, as torch's backward kernel sends it."""
+    kernels each way, 0.4x of torch.func on a conv net's pooling), the cotangent torch's
+    backward kernel (max_pool_cotangent), which sends it to each window's first maximum."""
     x = _pool_input(shape, ties)
     pool = F.max_pool2d if len(shape) == 4 else F.max_pool3d
     f = lambda x: pool(x, **kw).pow(3).sum()    # noqa: E731
@@ -318,9 +318,12 @@ def test_max_pool_under_eager_transforms_is_torch_s_kernel(shape, kw, ties):
         for _ in range(2):
             torch.testing.assert_close(case(functx), case(torch.func), rtol=1e-12, atol=1e-12, msg=name)
     function_units.CACHE.clear()
+    backward = REGISTRY["max_pool_cotangent"]
+    ran = []
+    monkeypatch.setattr(backward, "impl", (lambda impl: lambda *a, **k: ran.append(1) or impl(*a, **k))(backward.impl))
     functx.grad(f)(x)
     prims = {e.prim for _, op, *_ in function_units.CACHE.values() if op != "uncacheable" for e in op.graph_eqns}
-    assert REGISTRY["max_pool"] in prims
+    assert REGISTRY["max_pool"] in prims and ran
     # torch's argument checks: padding past half the kernel raises as in torch
     with pytest.raises(RuntimeError, match="pad should be"):
         functx.grad(lambda x: pool(x, kernel_size=2, padding=2).sum())(x)

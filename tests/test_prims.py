@@ -881,6 +881,46 @@ def _max_pool_ref(x, kernel, stride, padding, dilation, ceil_mode):
 add(Entry("max_pool", _max_pool_gen, _max_pool_ref, dtypes=(F32, F64)))
 
 
+def _pool_operands(draw):
+    """(params, input shape, indices) of a max pooling drawn as _max_pool_gen draws one, its
+    indices torch's for a random input (ties impossible)."""
+    case = _max_pool_gen(draw, F64, True)
+    shape = case.make(torch.Generator().manual_seed(0), F64)[0].shape
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(draw(st.integers(0, 99))), dtype=F64)
+    return case.params, shape, _max_pool_ref(x, **case.params)[1]
+
+
+def _pool_tangent_gen(draw, dtype, smooth):
+    params, shape, indices = _pool_operands(draw)
+    return Case(params, lambda g, dt: [rand(g, shape, dt), indices])
+
+
+def _pool_tangent_ref(t, indices, **_):
+    """The tangent at each window's maximum, written as a gather over the plane."""
+    n, c = indices.shape[:2]
+    return t.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).reshape(indices.shape)
+
+
+def _pool_cotangent_gen(draw, dtype, smooth):
+    params, shape, indices = _pool_operands(draw)
+    return Case({**params, "spatial": tuple(shape[2:])}, lambda g, dt: [rand(g, indices.shape, dt), indices])
+
+
+def _pool_cotangent_ref(ct, indices, *, spatial, **_):
+    """Each window's cotangent summed into the plane at its maximum (index_add, not torch's kernel)."""
+    n, c = indices.shape[:2]
+    out = torch.zeros(n, c, math.prod(spatial), dtype=ct.dtype)
+    for i in range(n):
+        for j in range(c):
+            out[i, j].index_add_(0, indices[i, j].reshape(-1), ct[i, j].reshape(-1))
+    return out.reshape((n, c) + tuple(spatial))
+
+
+# max pooling's tangent and cotangent on eager levels (prims/pool.py), each the other's transpose
+add(Entry("max_pool_tangent", _pool_tangent_gen, _pool_tangent_ref, dtypes=(F32, F64), linear=((0,),)))
+add(Entry("max_pool_cotangent", _pool_cotangent_gen, _pool_cotangent_ref, dtypes=(F32, F64), linear=((0,),)))
+
+
 _UPSAMPLE_OPS = [("upsample_nearest1d", 1, 0), ("upsample_nearest2d", 2, 0), ("upsample_nearest3d", 3, 0),
                  ("_upsample_nearest_exact1d", 1, 0), ("_upsample_nearest_exact2d", 2, 0),
                  ("upsample_linear1d", 1, 1), ("upsample_bilinear2d", 2, 1), ("upsample_bicubic2d", 2, 1),

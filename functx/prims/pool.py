@@ -4,9 +4,12 @@
     x: (N, C, *spatial); indices: each value's flat offset in its (N, C) plane (torch's).
 
 Eager transforms bind it where they bind the fused primitives (prims/fused.py): torch's
-kernel forward, and the values' tangent reads the tangent at the indices (take_along_axis
-over the flattened plane), so the cotangent scatters to the first maximum of each window,
-as torch's max_pool2d_with_indices_backward does. The decomposition (`Primitive.composite`,
+kernel forward, and the values' tangent reads the tangent at the indices
+(`max_pool_tangent`: a gather over the flattened plane), whose transpose
+`max_pool_cotangent` scatters to the first maximum of each window in torch's own
+max_pool2d/3d_with_indices_backward kernel (one kernel where a zero fill, reshapes and a
+scatter ran); each is the other's transpose. Elsewhere the tangent is take_along_axis and its
+transpose scatter_add_along. The decomposition (`Primitive.composite`,
 for graphs that stage it) takes the same maximum out of strided slices of the input padded
 with -inf: argmax (the first maximum, NaN included, as torch's kernel) picks the index, and
 the value is read there, so it has the same derivative.
@@ -23,11 +26,15 @@ from ..core import EXTERN, Primitive, Zero
 from ..core.trace import type_of
 from . import elementwise as ew
 from . import shape as sh
+from .creation import zeros_like_type
+from .define import linear_first_jvp
 from .fused import fused_or_decomposed
-from .indexing import take_along_axis
+from .indexing import scatter_add_along, take_along_axis
 from .reduce import argmax
 
 _KERNELS = {2: torch.ops.aten.max_pool2d_with_indices.default, 3: torch.ops.aten.max_pool3d_with_indices.default}
+_BACKWARD_KERNELS = {2: torch.ops.aten.max_pool2d_with_indices_backward.default,
+                     3: torch.ops.aten.max_pool3d_with_indices_backward.default}
 
 
 def _out_spatial(spatial, kernel, stride, padding, dilation, ceil_mode):
@@ -55,7 +62,8 @@ def take_at(t, indices):
 def _pool_jvp(primals, tangents, **params):
     (x,), (t,) = primals, tangents
     values, indices = max_pool_p.bind(x, **params)
-    tangent = Zero(type_of(values)) if isinstance(t, Zero) else take_at(t, indices)
+    tangent = Zero(type_of(values)) if isinstance(t, Zero) else fused_or_decomposed(
+        max_pool_tangent_p, _tangent_decomposed, t, indices, **params)
     return [values, indices], [tangent, Zero(type_of(indices))]
 
 
@@ -115,3 +123,85 @@ def max_pool(x, kernel, stride, padding, dilation, ceil_mode):
     dims): the primitive where the trace binds fused primitives, else its decomposition."""
     return fused_or_decomposed(max_pool_p, _pool_decomposed, x, kernel=tuple(kernel), stride=tuple(stride),
                                padding=tuple(padding), dilation=tuple(dilation), ceil_mode=bool(ceil_mode))
+
+
+# ---------------------------------------------------------------- the tangent and its transpose
+# Linear in their first operand; params: the pooling's, so the cotangent knows the window
+# geometry torch's backward kernel takes (and the input's spatial size: `spatial`).
+
+def _tangent_decomposed(t, indices, **_):
+    return take_at(t, indices)
+
+
+def _tangent_impl(t, indices, **_):
+    n, c = indices.shape[:2]
+    return t.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).view(indices.shape)
+
+
+def _tangent_transpose(ct, t, indices, **params):
+    if isinstance(ct, Zero):
+        return [None, None]
+    spatial = tuple((t.aval if hasattr(t, "aval") else type_of(t)).shape[2:])
+    return [fused_or_decomposed(max_pool_cotangent_p, _cotangent_decomposed, ct, indices, spatial=spatial, **params),
+            None]
+
+
+def _cotangent_decomposed(ct, indices, *, spatial, **_):
+    """ct scattered (summed) into a zero plane of the input's spatial size at the indices."""
+    ctt = type_of(ct)
+    n, c = ctt.shape[:2]
+    flat = zeros_like_type(ctt.with_shape((n, c, math.prod(spatial))))
+    it = type_of(indices)
+    out = scatter_add_along(flat, sh.reshape(indices, (n, c, math.prod(it.shape[2:]))),
+                            sh.reshape(ct, (n, c, math.prod(ctt.shape[2:]))), 2)
+    return sh.reshape(out, (n, c) + tuple(spatial))
+
+
+def _cotangent_impl(ct, indices, *, spatial, kernel, stride, padding, dilation, ceil_mode):
+    shape = tuple(ct.shape[:2]) + tuple(spatial)
+    like = torch.empty((), dtype=ct.dtype, device=ct.device).expand(shape)      # read for its shape only
+    return _BACKWARD_KERNELS[len(kernel)](ct, like, kernel, stride, padding, dilation, ceil_mode, indices)
+
+
+def _cotangent_transpose(g, ct, indices, *, spatial, **params):
+    if isinstance(g, Zero):
+        return [None, None]
+    return [fused_or_decomposed(max_pool_tangent_p, _tangent_decomposed, g, indices, **params), None]
+
+
+def _folded_batch(prim):
+    """The examples folded into N (the indices broadcast where only the values are batched)."""
+    def batch(axis, args, dims, **params):
+        size = axis.size
+        v, idx = (sh.bdim_to_front(a, d, size) for a, d in zip(args, dims))
+        flat = [sh.reshape(a, (size * type_of(a).shape[1],) + tuple(type_of(a).shape[2:])) for a in (v, idx)]
+        out = prim.bind(*flat, **params)
+        return sh.reshape(out, (size,) + tuple(type_of(v).shape[1:2]) + tuple(type_of(out).shape[1:])), 0
+    return batch
+
+
+def _tangent_type(t, indices, **_):
+    return t.with_shape(indices.shape)
+
+
+def _cotangent_type(ct, indices, *, spatial, **_):
+    return ct.with_shape(tuple(ct.shape[:2]) + tuple(spatial))
+
+
+max_pool_tangent_p = Primitive(
+    "max_pool_tangent", kind=EXTERN,
+    abstract_eval=_tangent_type,
+    impl=_tangent_impl,
+    transpose=_tangent_transpose,
+    composite=_tangent_decomposed)
+max_pool_tangent_p.jvp = linear_first_jvp(max_pool_tangent_p)
+max_pool_tangent_p.batch = _folded_batch(max_pool_tangent_p)
+
+max_pool_cotangent_p = Primitive(
+    "max_pool_cotangent", kind=EXTERN,
+    abstract_eval=_cotangent_type,
+    impl=_cotangent_impl,
+    transpose=_cotangent_transpose,
+    composite=_cotangent_decomposed)
+max_pool_cotangent_p.jvp = linear_first_jvp(max_pool_cotangent_p)
+max_pool_cotangent_p.batch = _folded_batch(max_pool_cotangent_p)
