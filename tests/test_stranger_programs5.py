@@ -81,3 +81,33 @@ def test_a_tangent_that_requires_grad_beside_closed_over_parameters():
         return torch.autograd.grad(jv.pow(2).sum(), (t, lin.weight))
 
     _close(run(ff), run(torch.func))
+
+
+# ---------------------------------------------------------------- formatting a traced number
+
+def test_an_f_string_of_a_traced_loss_formats_its_number():
+    """`print(f"loss {loss:.4f}")` inside a loss function under grad printed
+    "GradTrackingTensor(lvl=1, value=...)": functx's __format__ ignored the format spec and
+    returned the repr. torch's Tensor.__format__ formats a 0-d tensor's number (through
+    detach().item(), so no warning), and torch.func's grad/jvp do the same; under vmap
+    (.item() per example) it raises, as torch.func does, and a format spec on a tensor with
+    dims is torch's TypeError. Oracle: torch.func on the same code, eager torch's errors."""
+    x = torch.randn(3, 4, dtype=D)
+    seen = {}
+
+    def loss(tag):
+        def f(a):
+            s = (a.sin() * a).sum()
+            seen.setdefault(tag, []).append((f"{s:.4f}", f"{s}"))
+            return s
+        return f
+
+    ff.grad(loss("functx"))(x)
+    torch.func.grad(loss("torch"))(x)
+    ff.jvp(loss("functx jvp"), (x,), (x,))
+    assert seen["functx"] == seen["torch"] == seen["functx jvp"]
+    assert seen["functx"][0][0] == f"{(x.sin() * x).sum().item():.4f}"
+    with pytest.raises(RuntimeError):
+        ff.vmap(loss("vmap"))(x)
+    with pytest.raises(TypeError, match="unsupported format string"):
+        ff.grad(lambda a: (f"{a:.3f}", a.sum())[1])(x)

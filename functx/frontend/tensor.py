@@ -170,7 +170,12 @@ class TracerTensor(torch.Tensor):
     __str__ = __repr__
 
     def __format__(self, spec):
-        return repr(self)
+        # torch's Tensor.__format__: a 0-d tensor formats its number (f"{loss:.4f}": .item(),
+        # which raises under vmap and jit as torch.func's and .item() do), others their repr
+        # (a format spec for them is a TypeError)
+        if self.dim() == 0:
+            return self.detach().item().__format__(spec)     # (detach: no warning, as torch)
+        return object.__format__(self, spec)
 
     # torch refuses these for tensor subclasses; they need the concrete value, which exists
     # in eager transforms and raises ConcretizationError under jit.
