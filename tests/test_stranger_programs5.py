@@ -111,3 +111,19 @@ def test_an_f_string_of_a_traced_loss_formats_its_number():
         ff.vmap(loss("vmap"))(x)
     with pytest.raises(TypeError, match="unsupported format string"):
         ff.grad(lambda a: (f"{a:.3f}", a.sum())[1])(x)
+
+
+def test_numpy_of_a_differentiated_value_raises_torchs_error():
+    """`a.numpy()` on a value grad differentiates returned the primal's array, and the
+    derivative through it was silently lost; eager torch and torch.func raise "Can't call
+    numpy() on Tensor that requires grad". detach().numpy() and numpy(force=True) still
+    return the values. Oracle: eager torch's / torch.func's error."""
+    x = torch.randn(3, 4, dtype=D)
+    with pytest.raises(RuntimeError) as want:
+        torch.func.grad(lambda a: torch.tensor(a.numpy()).sum() + a.sum())(x)
+    with pytest.raises(RuntimeError) as got:
+        ff.grad(lambda a: torch.tensor(a.numpy()).sum() + a.sum())(x)
+    assert str(got.value) == str(want.value)
+    seen = []
+    ff.grad(lambda a: (seen.append((a.detach().numpy().sum(), a.numpy(force=True).sum())), a.sum())[1])(x)
+    assert seen[0][0] == seen[0][1] == x.numpy().sum()

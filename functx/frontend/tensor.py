@@ -196,6 +196,8 @@ class TracerTensor(torch.Tensor):
         return _concrete(self).tolist()
 
     def numpy(self, *, force=False):
+        if not force and self.requires_grad:      # torch's check (the derivative would be lost)
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
         return _concrete(self).numpy(force=force)
 
     @classmethod
