@@ -127,3 +127,36 @@ def test_numpy_of_a_differentiated_value_raises_torchs_error():
     seen = []
     ff.grad(lambda a: (seen.append((a.detach().numpy().sum(), a.numpy(force=True).sum())), a.sum())[1])(x)
     assert seen[0][0] == seen[0][1] == x.numpy().sum()
+
+
+# ---------------------------------------------------------------- functx.func.functionalize
+
+def _clamp_by_sign(a):
+    b = a.clone()
+    if b.sum() > 0:              # Python control flow on a value
+        b[0].mul_(2)
+    return b * b.max().item(), b.shape[0], "scaled"
+
+
+def test_functionalize_of_a_function_that_needs_values_runs_it_as_eager():
+    """functx.func.functionalize traced func into a graph on every call, so a func with an
+    `if` on a tensor, .item() or a data-dependent shape raised ConcretizationError ("values
+    are abstract"), and one returning a Python number raised TypeError; torch.func's
+    functionalize runs eagerly and returns f's results. Such a func now runs as it is (the
+    same values and writes into inputs), non-tensor outputs return as they are, and under
+    grad the derivative is the eager program's. Oracle: torch.func.functionalize, and
+    torch.func.grad of it."""
+    x = torch.randn(3, 4, dtype=D)
+    for a in (x, -x):
+        _close(ff.functionalize(_clamp_by_sign)(a), torch.func.functionalize(_clamp_by_sign)(a))
+        _close(ff.grad(lambda a: ff.functionalize(_clamp_by_sign)(a)[0].sum())(a),
+               torch.func.grad(lambda a: torch.func.functionalize(_clamp_by_sign)(a)[0].sum())(a))
+    nz = lambda a: a[torch.nonzero(a > 0)[:, 0]].sum(0)      # noqa: E731
+    _close(ff.functionalize(nz)(x), torch.func.functionalize(nz)(x))
+
+    def write(a):
+        a.mul_(2)
+        return a.sum().item()
+    a1, a2 = x.clone(), x.clone()
+    assert ff.functionalize(write)(a1) == torch.func.functionalize(write)(a2)
+    _close(a1, a2)
