@@ -160,3 +160,52 @@ def test_functionalize_of_a_function_that_needs_values_runs_it_as_eager():
     a1, a2 = x.clone(), x.clone()
     assert ff.functionalize(write)(a1) == torch.func.functionalize(write)(a2)
     _close(a1, a2)
+
+
+# ---------------------------------------------------------------- jit: copies of closed-over tensors
+
+_W0 = torch.randn(3, 3, dtype=D, generator=torch.Generator().manual_seed(3))
+
+
+def _use_then_update_a_copy(a):
+    w = _W0.clone()
+    y = torch.nn.functional.linear(a, w)
+    w.mul_(2)
+    return y + w.sum(0)
+
+
+def _update_through_a_view(a):
+    w = _W0 * 1.0
+    y = a @ w
+    v = w.view(-1)
+    v[::2] = 0.0
+    return y + w[0]
+
+
+def _reset_a_detached_copy(a):
+    w = _W0.detach().clone()
+    y = a * w[2]
+    w.zero_()
+    return y + w[0]
+
+
+@pytest.mark.parametrize("f", [_use_then_update_a_copy, _update_through_a_view, _reset_a_detached_copy],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_jit_keeps_what_a_copy_of_a_closed_over_tensor_held_when_it_was_used(f):
+    """`w = W.clone(); y = x @ w; w.mul_(2)` under functx.jit returned y computed with the
+    *updated* w (forward values silently wrong, also under jit(vmap) and jit(jvp)): the copy is
+    a plain tensor made at trace time, the graph held it as a constant by reference, and the
+    in-place update ran on it at trace time, after the use was recorded. Now the staged
+    graphs keep a copy of the values they read before such a write (a later use is a new
+    constant). Under grad, where a derivative saved it, the write raises as in eager functx
+    and torch's autograd. Oracle: eager torch on the same code, torch.func.vmap / jvp."""
+    x = torch.randn(3, dtype=D)
+    X = torch.randn(4, 3, dtype=D)
+    _close(functx.jit(f)(x), f(x))
+    _close(functx.jit(f)(x * 2), f(x * 2))
+    _close(functx.jit(functx.vmap(f))(X), torch.func.vmap(f)(X))
+    _close(functx.jit(lambda a, t: functx.jvp(f, (a,), (t,)))(x, x.cos()), torch.func.jvp(f, (x,), (x.cos(),)))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.func.grad(lambda a: f(a).sum())(x)
+    with pytest.raises(Exception, match="reverse mode saved"):
+        functx.jit(functx.grad(lambda a: f(a).sum()))(x)

@@ -372,6 +372,14 @@ class RandomMode(TorchDispatchMode):
                     "tensor as an argument (jit writes updated arguments back to it; for a module's "
                     "buffers, functional_call(model, {**params, **buffers}, x)), use the module in "
                     "eval mode, or make the update outside the jitted function.")
+        if written:
+            # a write into a tensor the function made: torch's autograd check where a grad saved
+            # it, and the staged graphs keep what they read of it before (their constants)
+            _refuse_writing_saved(func, args, kwargs)
+            storages = {_storage(t) for t in written if isinstance(t, torch.Tensor)} - {0}
+            for trace in enclosing_traces():
+                if type(trace) is GraphTrace and trace.stage_all:
+                    trace.snapshot_consts(storages)
         grad = torch.is_grad_enabled()
         read = [(t, t._version) for t in tree_flatten((args, kwargs))[0]
                 if isinstance(t, torch.Tensor) and _storage(t) not in self.created]
