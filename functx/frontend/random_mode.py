@@ -239,6 +239,11 @@ _FILL_FACTORIES = _EMPTY_FACTORIES | frozenset({
     aten.full_like.default, aten.new_zeros.default, aten.new_ones.default, aten.new_full.default})
 
 
+# Copies of plain tensors made to be written into (out = template.clone(); out[idx] = v): as
+# made tensors, wrappers of their plain value.
+_COPIES = frozenset({aten.clone.default})
+
+
 def _holds_no_tracer(args, kwargs) -> bool:
     """No argument is traced: every wrapper among them holds a plain value."""
     for a in (*args, *(kwargs.values() if kwargs else ())):
@@ -290,6 +295,13 @@ def _called_by_functx() -> bool:
 
 
 _PASSTHROUGH_MODULE = TracerTensor.__module__
+
+
+def _called_by_user_code() -> bool:
+    """Was the op called from Python source (not functx's generated rules, whose code has
+    no module, nor a C++ composite that decomposes into it)?"""
+    frame = sys._getframe(2)
+    return "__name__" in frame.f_globals and not frame.f_code.co_filename.startswith("<functx")
 
 
 # OpOverload -> ((position, name), ...) of the arguments it writes in place, filled lazily
@@ -436,7 +448,8 @@ class RandomMode(TorchDispatchMode):
             # dispatcher: this keeps the mode's cost per traced op to one Python call.
             return dispatch(func, args, kwargs or {})
         kwargs = kwargs or {}
-        if func in _FILL_FACTORIES and not kwargs.get("requires_grad") and not _has_symbolic_size(args, kwargs) \
+        if (func in _FILL_FACTORIES and not kwargs.get("requires_grad") or func in _COPIES
+                and not args[0].requires_grad and _called_by_user_code()) and not _has_symbolic_size(args, kwargs) \
                 and not _called_by_functx():
             # torch.zeros(shape) / torch.empty(shape) made to be filled in place (torch.distributions'
             # rsample: torch.empty(shape).normal_()): a wrapper (see _FILL_FACTORIES)
