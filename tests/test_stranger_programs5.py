@@ -329,3 +329,32 @@ def test_writing_traced_values_into_a_clone_of_a_closed_over_tensor(f):
     _close(functx.jit(ff.jacrev(f))(x), torch.func.jacrev(f)(x))
     _close(ff.vmap(f)(torch.stack([x, 2 * x])), torch.stack([f(x), f(2 * x)]))
     _close(ff.hessian(lambda a: f(a).sum())(x), torch.func.hessian(lambda a: f(a).sum())(x))
+
+
+_Z0 = torch.randn(3, dtype=D, generator=torch.Generator().manual_seed(5))
+_WZ = torch.randn(3, 3, dtype=D, generator=torch.Generator().manual_seed(6))
+
+
+def _inner_autograd(x):
+    z = _Z0.clone().requires_grad_()
+    with torch.enable_grad():
+        y = torch.tanh(z @ _WZ).pow(2).sum()
+        g, = torch.autograd.grad(y, z, create_graph=True)
+        h, = torch.autograd.grad(g.sum(), z)
+    return (x * g + h).sin()
+
+
+def test_torch_autograd_on_a_clone_made_to_require_grad_inside_a_transform():
+    """`z = z0.clone().requires_grad_(); torch.autograd.grad(u(z), z)` on values that do not
+    depend on the transformed inputs (a physics residual at fixed points) ran as plain torch
+    inside functx's transforms; with clone() a made tensor (above) it raised "torch.autograd.grad
+    on a value traced by a functx transform". A made tensor that holds a plain value passes
+    requires_grad_() to that value, and torch.autograd.grad on such values is plain torch
+    again (torch.func refuses requires_grad_() inside its transforms). Oracle: a Python loop
+    for vmap, eager torch for jit, central finite differences for grad."""
+    x = torch.randn(2, 3, dtype=D)
+    _close(ff.vmap(_inner_autograd)(x), torch.stack([_inner_autograd(r) for r in x]))
+    _close(functx.jit(_inner_autograd)(x[0]), _inner_autograd(x[0]))
+    fd = torch.stack([(_inner_autograd(x[0] + 1e-6 * e).sum() - _inner_autograd(x[0] - 1e-6 * e).sum()) / 2e-6
+                      for e in torch.eye(3, dtype=D)])
+    _close(ff.grad(lambda a: _inner_autograd(a).sum())(x[0]), fd, 1e-6)

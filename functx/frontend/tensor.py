@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.autograd.functional as _autograd_functional
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..core.errors import ConcretizationError, FunctxError, TorchAutogradError, user_frame_summary
 from ..core.trace import GraphTracer, ReadRecorder, Tracer, concrete, note_autograd_read, type_of
@@ -154,6 +154,11 @@ class TracerTensor(torch.Tensor):
                 f"{user_frame_summary()}\nIt would not stop the derivative. Use x.detach() (or "
                 "functx.stop_gradient) for a value without derivative, or argnums to choose what "
                 "grad differentiates.")
+        if self._made_in is not None and type(v) is torch.Tensor and v.is_leaf:
+            # a tensor the function made holds a plain value (x = x0.clone().requires_grad_()):
+            # torch's autograd records its uses, and torch.autograd.grad on such values is
+            # plain torch (_plain_autograd)
+            v.requires_grad_(flag)
         _set_own_requires_grad(self, flag)
         self._marked = bool(flag)
 
@@ -243,7 +248,10 @@ _set_own_requires_grad = torch._C.TensorBase.requires_grad.__set__
 
 def _special_function(func, types, args, kwargs):
     if func in _TORCH_AUTOGRAD:
-        _refuse_torch_autograd(func)
+        plain = _plain_values(args, kwargs) if func is torch.autograd.grad else None
+        if plain is None:
+            _refuse_torch_autograd(func)
+        return func(*plain[0], **plain[1])
     if func == _DATA_SET:
         return _set_data(*args)
     composite = COMPOSITES.get(func)
@@ -282,6 +290,20 @@ def _plain_format(args, kwargs):
 
 _TORCH_AUTOGRAD = {torch.autograd.grad: "torch.autograd.grad", torch.autograd.backward: "torch.autograd.backward",
                    torch.Tensor.backward: "Tensor.backward"}
+
+
+def _plain_values(args, kwargs):
+    """(args, kwargs) with each wrapper replaced by its plain value, or None where one holds a
+    traced value (tensors the function made hold plain values until a traced one is written)."""
+    leaves, spec = tree_flatten((args, kwargs or {}))
+    out = []
+    for leaf in leaves:
+        if type(leaf) is TracerTensor:
+            leaf = _functionalize().value_of(leaf)
+            if not isinstance(leaf, torch.Tensor) or isinstance(leaf, TracerTensor):
+                return None
+        out.append(leaf)
+    return tree_unflatten(out, spec)
 
 
 def _refuse_torch_autograd(func, name=None):
