@@ -358,3 +358,19 @@ def test_torch_autograd_on_a_clone_made_to_require_grad_inside_a_transform():
     fd = torch.stack([(_inner_autograd(x[0] + 1e-6 * e).sum() - _inner_autograd(x[0] - 1e-6 * e).sum()) / 2e-6
                       for e in torch.eye(3, dtype=D)])
     _close(ff.grad(lambda a: _inner_autograd(a).sum())(x[0]), fd, 1e-6)
+
+
+def test_vmap_of_an_unbatched_output_with_out_dims_other_than_zero_where_torch_func_fails():
+    """vmap(lambda a, b: (a, b), in_dims=(0, None), out_dims=1): torch.func expands the
+    unbatched output to the wrong shape and raises ("The expanded size of the tensor (4) must
+    match ...", with out_dims=-1 even garbage sizes); functx stacks it along the asked dim.
+    Oracle: a Python loop, stacked along out_dims."""
+    x = torch.randn(4, 3, dtype=D)
+    w = torch.randn(3, dtype=D)
+    loop = lambda dim: tuple(torch.stack(o, dim) for o in zip(*[(r, w) for r in x]))   # noqa: E731
+    for dim in (1, -1):
+        f = ff.vmap(lambda a, b: (a, b), in_dims=(0, None), out_dims=dim)
+        _close(f(x, w), loop(dim))
+        _close(functx.jit(f)(x, w), loop(dim))
+        with pytest.raises(RuntimeError):
+            torch.func.vmap(lambda a, b: (a, b), in_dims=(0, None), out_dims=dim)(x, w)
