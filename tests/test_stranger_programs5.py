@@ -374,3 +374,20 @@ def test_vmap_of_an_unbatched_output_with_out_dims_other_than_zero_where_torch_f
         _close(functx.jit(f)(x, w), loop(dim))
         with pytest.raises(RuntimeError):
             torch.func.vmap(lambda a, b: (a, b), in_dims=(0, None), out_dims=dim)(x, w)
+
+
+def test_a_state_dict_with_an_integer_buffer_passed_as_parameters_names_the_buffer():
+    """grad(loss)(dict(model.state_dict())) with a BatchNorm: the error said "differentiated
+    argument leaf 3 has dtype torch.int64", and the user had to count leaves to find
+    num_batches_tracked. It names the leaf's path now, under grad, jacrev, jacfwd and hessian.
+    Oracle: eager torch / torch.func raise too ("only Tensors of floating point dtype can
+    require gradients")."""
+    m = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    sd = dict(m.state_dict())
+    x = torch.randn(4, 3)
+    loss = lambda p: torch.func.functional_call(m, p, (x,)).sum()    # noqa: E731
+    with pytest.raises(RuntimeError, match="floating point"):
+        torch.func.grad(loss)(sd)
+    for t in (ff.grad, ff.jacrev, ff.jacfwd, ff.hessian):
+        with pytest.raises(ValueError, match="num_batches_tracked.*torch.int64"):
+            t(loss)(sd)

@@ -366,7 +366,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
         g, diff_args = _with_argnums(f, args, kwargs, argnums, "functx.grad")
 
         d_flat, d_tree = _flatten_tensors(diff_args, "functx.grad: differentiated arguments")
-        _require_float(d_flat, "functx.grad")
+        _require_float(d_flat, "functx.grad", d_tree)
         store = _OutStore()
         sources = _leaves(diff_args)
         out, pullback, _ = vjp_flat(_flat_fun(g, d_tree, store, "functx.grad", has_aux, sources=sources), d_flat,
@@ -445,7 +445,7 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
     def jac_f(*args, **kwargs):
         g, diff = _with_argnums(f, args, kwargs, argnums, "functx.jacfwd")
         d_flat, d_tree = _flatten_tensors(diff, "functx.jacfwd: differentiated arguments")
-        _require_float(d_flat, "functx.jacfwd")
+        _require_float(d_flat, "functx.jacfwd", d_tree)
         types = [type_of(x) for x in d_flat]
         n_total = sum(t.numel for t in types)
 
@@ -488,7 +488,8 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
     @functools.wraps(f)
     def jac_f(*args, **kwargs):
         g, diff = _with_argnums(f, args, kwargs, argnums, "functx.jacrev")
-        _require_float(_flatten_tensors(diff, "functx.jacrev: differentiated arguments")[0], "functx.jacrev")
+        d_flat, d_tree = _flatten_tensors(diff, "functx.jacrev: differentiated arguments")
+        _require_float(d_flat, "functx.jacrev", d_tree)
         res = vjp(g, *diff, has_aux=has_aux)
         out, vjp_fn = res[0], res[1]
         o_flat, o_tree = tree_flatten(out)
@@ -522,12 +523,14 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
     return jac_f
 
 
-def _require_float(leaves, who):
+def _require_float(leaves, who, treedef=None):
     """grad and the Jacobians need floating-point inputs (JAX raises too; vjp and jvp instead
-    give an integer input a zero derivative, as JAX's float0 does)."""
+    give an integer input a zero derivative, as JAX's float0 does). The error names the leaf
+    (a BatchNorm's num_batches_tracked in a state_dict passed as parameters)."""
     for i, x in enumerate(leaves):
         if not differentiable(x):
-            raise UsageError(f"{who}: differentiated argument leaf {i} has dtype {type_of(x).dtype}; "
+            where = f" (at {treedef.paths()[i]} of the differentiated arguments)" if treedef is not None else ""
+            raise UsageError(f"{who}: differentiated argument leaf {i}{where} has dtype {type_of(x).dtype}; "
                             f"{who.split('.')[-1]} needs floating-point inputs (use argnums to skip "
                             "integer arguments)")
 
