@@ -391,3 +391,24 @@ def test_a_state_dict_with_an_integer_buffer_passed_as_parameters_names_the_buff
     for t in (ff.grad, ff.jacrev, ff.jacfwd, ff.hessian):
         with pytest.raises(ValueError, match="num_batches_tracked.*torch.int64"):
             t(loss)(sd)
+
+
+def test_jit_of_a_clone_of_a_closed_over_tensor_sees_its_later_updates():
+    """With clone() a made tensor, jit took the clone's value as a constant without reading the
+    closed-over tensor through the closure guard, so after `P0.mul_(5)` (or `P0.data = ...`)
+    the compiled function kept returning the old values. The clone is a guarded closure read
+    again, as any plain op on a closed-over tensor. Oracle: eager torch after each update."""
+    p0 = torch.ones(3, dtype=D)
+
+    def f(a):
+        P = p0.clone()
+        P[0] = a.sum()
+        return P * a
+
+    j = functx.jit(f)
+    x = torch.arange(1.0, 4.0, dtype=D)
+    _close(j(x), f(x))
+    p0.mul_(5)
+    _close(j(x), f(x))
+    p0.data = torch.full((3,), 7.0, dtype=D)
+    _close(j(x), f(x))

@@ -452,8 +452,9 @@ class RandomMode(TorchDispatchMode):
                 and not args[0].requires_grad and _called_by_user_code()) and not _has_symbolic_size(args, kwargs) \
                 and not _called_by_functx():
             # torch.zeros(shape) / torch.empty(shape) made to be filled in place (torch.distributions'
-            # rsample: torch.empty(shape).normal_()): a wrapper (see _FILL_FACTORIES)
-            out = func(*args, **kwargs)
+            # rsample: torch.empty(shape).normal_()): a wrapper (see _FILL_FACTORIES); a copy
+            # under jit reads the closed-over tensor as any plain op does (a guarded closure read)
+            out = self._staged_plain_op(func, args, kwargs) if func in _COPIES and staging() else func(*args, **kwargs)
             w = TracerTensor(out.zero_() if func in _EMPTY_FACTORIES else out)
             w._made_in = current_trace()    # writes from inner transforms are checked against it
             return w
