@@ -412,3 +412,19 @@ def test_jit_of_a_clone_of_a_closed_over_tensor_sees_its_later_updates():
     _close(j(x), f(x))
     p0.data = torch.full((3,), 7.0, dtype=D)
     _close(j(x), f(x))
+
+
+def test_a_misshapen_tangent_inside_a_pytree_primal_is_named_by_its_path():
+    """jvp(f, (params,), (tangents,)) with one tangent of the wrong shape or dtype said
+    "tangent 0 has shape (3,), its primal has (2,)": leaf 0 of a dict of parameters, which the
+    user had to count. The error names the leaf's path now (jvp and linearize). Oracle:
+    torch.func raises for the shape too (its message names the shapes only)."""
+    p = {"w": torch.randn(3), "b": torch.randn(2)}
+    f = lambda d: d["w"].sum() + d["b"].sum()      # noqa: E731
+    bad = {"w": torch.randn(3), "b": torch.randn(3)}
+    with pytest.raises(RuntimeError):
+        torch.func.jvp(f, (p,), (bad,))
+    with pytest.raises(ValueError, match=r"tangent 0 \(at \(0, 'b'\)\) has shape \(3,\), its primal has \(2,\)"):
+        ff.jvp(f, (p,), (bad,))
+    with pytest.raises(ValueError, match=r"\(at \(0, 'b'\)\) has dtype torch.float64"):
+        ff.linearize(f, p)[1]({"w": torch.randn(3), "b": torch.randn(2, dtype=D)})

@@ -49,24 +49,32 @@ def _flatten_tensors(tree, what):
 
 
 
-def _check_tangent(who, i, p, t):
+def _check_tangent(who, i, p, t, tree=None):
     """Tangent i of jvp / linearize against its primal: the same shape, and the same dtype for
     a floating primal. An integer or bool primal is not differentiable and its tangent is
     zero (JAX's float0), so its tangent must be an integer or bool tensor, of zeros where its
     values are known: a floating tangent, or ones, would otherwise be dropped silently (torch
-    raises for integer primals)."""
+    raises for integer primals). Errors name a leaf inside a pytree primal by its path."""
     pt, tt = type_of(p), type_of(t)
     if pt.shape != tt.shape:
-        raise UsageError(f"{who}: tangent {i} has shape {tuple(tt.shape)}, its primal has {tuple(pt.shape)}")
-    if differentiable_type(pt):
-        if tt.dtype != pt.dtype:
-            raise UsageError(f"{who}: tangent {i} has dtype {tt.dtype}, its primal has {pt.dtype}")
+        error = f"has shape {tuple(tt.shape)}, its primal has {tuple(pt.shape)}"
+    elif differentiable_type(pt):
+        if tt.dtype == pt.dtype:
+            return
+        error = f"has dtype {tt.dtype}, its primal has {pt.dtype}"
+    elif differentiable_type(tt) or (isinstance(t, torch.Tensor) and bool(t.any())):
+        error = None
+    else:
         return
-    if differentiable_type(tt) or (isinstance(t, torch.Tensor) and bool(t.any())):
-        raise UsageError(f"{who}: primal {i} has dtype {pt.dtype}, which is not differentiable, so its "
-                         f"tangent is zero; pass torch.zeros_like(primal) for it (got a {tt.dtype} tangent"
-                         f"{'' if differentiable_type(tt) else ' with nonzero values'}), or convert the "
-                         f"primal to a floating dtype to differentiate with respect to it")
+    path = tree.paths()[i] if tree is not None else (i,)
+    name = f"{i}" if path == (i,) else f"{i} (at {path})"
+    if error is not None:
+        raise UsageError(f"{who}: tangent {name} {error}")
+    raise UsageError(f"{who}: primal {name} has dtype {pt.dtype}, which is not differentiable, so its "
+                     f"tangent is zero; pass torch.zeros_like(primal) for it (got a {tt.dtype} tangent"
+                     f"{'' if differentiable_type(tt) else ' with nonzero values'}), or convert the "
+                     f"primal to a floating dtype to differentiate with respect to it")
+
 
 class _OutStore:
     tree = None
@@ -233,7 +241,7 @@ def _jvp(f, primals, tangents, has_aux, collect=None):
         raise UsageError(f"functx.jvp: tangents must have the same structure as primals: {p_tree} vs {t_tree}")
     tangents_in = []
     for i, (p, t) in enumerate(zip(p_flat, t_flat)):
-        _check_tangent("functx.jvp", i, p, t)
+        _check_tangent("functx.jvp", i, p, t, p_tree)
         tangents_in.append(t if differentiable(p) else Zero(type_of(p)))
     store = _OutStore()
     jt = JVPTrace(current_trace())
@@ -280,7 +288,7 @@ def linearize(f, *primals, has_aux=False):
         if t_tree != p_tree:
             raise ValueError(f"functx.linearize: tangents must match the primals' structure {p_tree}")
         for i, (t, p) in enumerate(zip(t_flat, p_flat)):
-            _check_tangent("functx.linearize", i, p, t)
+            _check_tangent("functx.linearize", i, p, t, p_tree)
         lin = linear_forward(graph, [t for t, d in zip(t_flat, diff) if d])
         it = iter(lin)
         res = [next(it) if nz else _zeros_for(t) for nz, t in zip(nonzero, out_types)]
