@@ -428,3 +428,23 @@ def test_a_misshapen_tangent_inside_a_pytree_primal_is_named_by_its_path():
         ff.jvp(f, (p,), (bad,))
     with pytest.raises(ValueError, match=r"\(at \(0, 'b'\)\) has dtype torch.float64"):
         ff.linearize(f, p)[1]({"w": torch.randn(3), "b": torch.randn(2, dtype=D)})
+
+
+def test_a_clone_that_keeps_a_transposed_layout_reports_it():
+    """`c = W.T.clone()` keeps W.T's strides in torch (preserve_format), so `c.view(-1)`
+    raises; as a made tensor the copy reported contiguous strides and the view went through.
+    A copy with a non-contiguous layout stays a plain tensor. Oracle: eager torch."""
+    w = torch.randn(3, 4, dtype=D)
+    seen = []
+
+    def f(a):
+        c = w.T.clone()
+        seen.append((c.stride(), c.is_contiguous()))
+        with pytest.raises(RuntimeError):
+            c.view(-1)
+        return (a * c.sum()).sum()
+
+    f(torch.randn(3, dtype=D))
+    ff.grad(f)(torch.randn(3, dtype=D))
+    functx.jit(f)(torch.randn(3, dtype=D))
+    assert seen == [((1, 4), False)] * 3

@@ -455,6 +455,8 @@ class RandomMode(TorchDispatchMode):
             # rsample: torch.empty(shape).normal_()): a wrapper (see _FILL_FACTORIES); a copy
             # under jit reads the closed-over tensor as any plain op does (a guarded closure read)
             out = self._staged_plain_op(func, args, kwargs) if func in _COPIES and staging() else func(*args, **kwargs)
+            if func in _COPIES and not out.is_contiguous():
+                return out      # a wrapper reports a contiguous layout: a copy keeping strides stays plain
             w = TracerTensor(out.zero_() if func in _EMPTY_FACTORIES else out)
             w._made_in = current_trace()    # writes from inner transforms are checked against it
             return w
