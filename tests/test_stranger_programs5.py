@@ -448,3 +448,32 @@ def test_a_clone_that_keeps_a_transposed_layout_reports_it():
     ff.grad(f)(torch.randn(3, dtype=D))
     functx.jit(f)(torch.randn(3, dtype=D))
     assert seen == [((1, 4), False)] * 3
+
+
+def _write_then_read_alias(p, q):
+    p.mul_(2)
+    return q * 1
+
+
+@pytest.mark.parametrize("how", ["jvp", "vjp", "linearize", "vmap"])
+def test_a_write_into_an_input_another_input_aliases_raises(how):
+    """f(a, a[0]) writing into a and then reading its second argument: eager torch and
+    torch.func see the write through the view ([0, 2, 4]); functx's eager transforms ran f on
+    separate wrappers and returned the old values ([0, 1, 2]) silently. They raise now, as
+    functx.jit already did ("shares memory with tensor argument"). Oracle: eager torch and
+    torch.func.jvp (values), functx.jit (the error)."""
+    x = torch.arange(9, dtype=D).reshape(3, 3)
+    a = x.clone()
+    assert torch.equal(torch.func.jvp(_write_then_read_alias, (a, a[0]), (torch.ones(3, 3, dtype=D), torch.ones(3, dtype=D)))[0],
+                       torch.tensor([0.0, 2.0, 4.0], dtype=D))
+    a = x.clone()
+    b = a[0]
+    run = {"jvp": lambda: ff.jvp(_write_then_read_alias, (a, b), (torch.ones_like(a), torch.ones_like(b))),
+           "vjp": lambda: ff.vjp(_write_then_read_alias, a, b),
+           "linearize": lambda: ff.linearize(_write_then_read_alias, a, b),
+           "vmap": lambda: ff.vmap(_write_then_read_alias, in_dims=(1, 0))(a, b)}[how]
+    with pytest.raises(functx.FunctxError, match="shares memory with its tensor input 1"):
+        run()
+    c = x.clone()
+    with pytest.raises(functx.FunctxError, match="shares memory"):
+        functx.jit(_write_then_read_alias)(c, c[0])
