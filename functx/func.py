@@ -66,8 +66,16 @@ def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
 
 
 def vjp(func, *primals, has_aux=False):
-    """torch.func.vjp: (output, vjp_fn) (with has_aux, (output, vjp_fn, aux))."""
-    return api.vjp(func, *primals, has_aux=has_aux)
+    """torch.func.vjp: (output, vjp_fn) (with has_aux, (output, vjp_fn, aux)). vjp_fn takes
+    torch.func's retain_graph and create_graph too: functx's pullback can always be called
+    again, and its results are differentiable by enclosing transforms (and by torch's autograd
+    where the cotangents require grad) either way."""
+    res = api.vjp(func, *primals, has_aux=has_aux)
+    pullback = res[1]
+
+    def vjp_fn(cotangents, retain_graph=True, create_graph=None):
+        return pullback(cotangents)
+    return (res[0], vjp_fn) + tuple(res[2:])
 
 
 def jvp(func, primals, tangents, *, strict=False, has_aux=False):

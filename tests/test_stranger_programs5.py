@@ -477,3 +477,17 @@ def test_a_write_into_an_input_another_input_aliases_raises(how):
     c = x.clone()
     with pytest.raises(functx.FunctxError, match="shares memory"):
         functx.jit(_write_then_read_alias)(c, c[0])
+
+
+def test_func_vjp_fn_takes_torch_funcs_retain_graph_and_create_graph():
+    """torch.func's vjp_fn(cotangents, retain_graph=True, create_graph=None): code that passes
+    retain_graph=True to call a pullback twice (implicit differentiation, repeated VJPs) got
+    "unexpected keyword argument 'retain_graph'" from functx.func.vjp. They are accepted (a
+    functx pullback can always be called again). Oracle: torch.func.vjp."""
+    x = torch.randn(3, dtype=D)
+    c = torch.randn(3, dtype=D)
+    _, pb = ff.vjp(lambda a: a.sin() * a, x)
+    _, want = torch.func.vjp(lambda a: a.sin() * a, x)
+    for kw in ({"retain_graph": True}, {"create_graph": True}, {}):
+        _close(pb(c, **kw), want(c, **kw))
+    _close(functx.jit(lambda a: ff.vjp(torch.sin, a)[1](c, retain_graph=True))(x), torch.func.vjp(torch.sin, x)[1](c))
