@@ -157,7 +157,7 @@ class TracerTensor(torch.Tensor):
         if self._made_in is not None and type(v) is torch.Tensor and v.is_leaf:
             # a tensor the function made holds a plain value (x = x0.clone().requires_grad_()):
             # torch's autograd records its uses, and torch.autograd.grad on such values is
-            # plain torch (_plain_autograd)
+            # plain torch (_special_function, _plain_values)
             v.requires_grad_(flag)
         _set_own_requires_grad(self, flag)
         self._marked = bool(flag)
