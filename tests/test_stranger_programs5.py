@@ -491,3 +491,21 @@ def test_func_vjp_fn_takes_torch_funcs_retain_graph_and_create_graph():
     for kw in ({"retain_graph": True}, {"create_graph": True}, {}):
         _close(pb(c, **kw), want(c, **kw))
     _close(functx.jit(lambda a: ff.vjp(torch.sin, a)[1](c, retain_graph=True))(x), torch.func.vjp(torch.sin, x)[1](c))
+
+
+def test_an_inner_grad_writing_into_a_tensor_made_by_an_outer_vmap_names_the_write():
+    """vmap(f) where f makes buf = torch.zeros(3) and an inner grad writes its differentiated
+    value into buf (buf.add_(r)): the write went through a cached write unit that skipped the
+    level check, so buf kept the grad's tracer and the user got "a traced value ... was used
+    after its transform finished" at a later line. It raises OuterWriteError at the write
+    now, as the same write does outside a unit. Oracle: torch.func raises here too (writing a
+    differentiated value into a tensor of an enclosing level)."""
+    x = torch.randn(2, 3)
+
+    def h(a):
+        buf = torch.zeros(3)
+        functx.grad(lambda r: (buf.add_(r), (buf * r).sum())[1])(a)
+        return buf
+
+    with pytest.raises(functx.FunctxError, match="writes a value that depends on that transform's inputs"):
+        ff.vmap(h)(x)
