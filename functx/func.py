@@ -16,7 +16,7 @@ import torch
 from torch.func import functional_call, rearrange, replace_all_batch_norm_modules_, stack_module_state
 
 from .frontend.staging import trace_graph
-from .core.errors import UsageError, user_facing
+from .core.errors import ConcretizationError, UsageError, user_facing
 from .core.trace import concrete, eval_graph, tracer_chain
 from .frontend import unwrap, wrap
 from .transforms import api
@@ -66,8 +66,16 @@ def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
 
 
 def vjp(func, *primals, has_aux=False):
-    """torch.func.vjp: (output, vjp_fn) (with has_aux, (output, vjp_fn, aux))."""
-    return api.vjp(func, *primals, has_aux=has_aux)
+    """torch.func.vjp: (output, vjp_fn) (with has_aux, (output, vjp_fn, aux)). vjp_fn takes
+    torch.func's retain_graph and create_graph too: functx's pullback can always be called
+    again, and its results are differentiable by enclosing transforms (and by torch's autograd
+    where the cotangents require grad) either way."""
+    res = api.vjp(func, *primals, has_aux=has_aux)
+    pullback = res[1]
+
+    def vjp_fn(cotangents, retain_graph=True, create_graph=None):
+        return pullback(cotangents)
+    return (res[0], vjp_fn) + tuple(res[2:])
 
 
 def jvp(func, primals, tangents, *, strict=False, has_aux=False):
@@ -105,14 +113,29 @@ def functionalize(func, *, remove="mutations"):
     Each call traces func into a functx graph (writes become functional updates, views
     become copies) and evaluates that graph at the current trace, so it composes with every
     transform; inputs func wrote into receive their new values, as eagerly. Both `remove`
-    modes give the same program: functx graphs have neither mutations nor aliasing views."""
+    modes give the same program: functx graphs have neither mutations nor aliasing views.
+    A func that needs values (Python control flow on a tensor, .item(), a data-dependent
+    shape) runs as it is instead, with the same results; non-tensor outputs return as they
+    are."""
     if remove not in _REMOVE:
         raise UsageError(f"functx.func.functionalize: remove must be one of {_REMOVE}, got {remove!r}")
 
     @functools.wraps(func)
     def functionalized(*args, **kwargs):
-        with user_facing():
-            graph = trace_graph(func, args, kwargs, what="functx.func.functionalize", mutations=True)
+        returned = []
+
+        def tensor_outputs(*a, **k):     # non-tensor outputs (a count, a name) return as they are
+            out_leaves, out_tree = tree_flatten(func(*a, **k))
+            returned[:] = [out_leaves, out_tree]
+            return [leaf for leaf in out_leaves if isinstance(leaf, torch.Tensor)]
+        try:
+            with user_facing():
+                graph = trace_graph(tensor_outputs, args, kwargs, what="functx.func.functionalize", mutations=True)
+        except ConcretizationError:
+            # func needs values (if on a tensor, .item(), a data-dependent shape), which a
+            # graph does not have: it runs as it is, as torch.func's eager functionalize does
+            # (same values and writes into the inputs; under jit this raises, as there)
+            return func(*args, **kwargs)
         leaves, _ = tree_flatten((args, kwargs))
         tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
         outs = eval_graph(graph, graph.consts, [unwrap(t) for t in tensors])
@@ -120,8 +143,10 @@ def functionalize(func, *, remove="mutations"):
         for k, value in zip(mutated, outs[len(outs) - len(mutated):]):
             with torch.no_grad():
                 tensors[k].copy_(wrap(value))
-        outs = outs[:len(outs) - len(mutated)]
-        return tree_unflatten(graph.meta.out_tree, [wrap(o) for o in outs])
+        outs = iter(outs[:len(outs) - len(mutated)])
+        out_leaves, out_tree = returned
+        return tree_unflatten(out_tree, [wrap(next(outs)) if isinstance(leaf, torch.Tensor) else leaf
+                                         for leaf in out_leaves])
     return functionalized
 
 

@@ -147,13 +147,10 @@ def test_topk_returns_torchs_order_of_ties_and_of_unsorted_results():
 _TEMPLATE = torch.arange(12.0, dtype=D).reshape(3, 4)
 
 
-@pytest.mark.xfail(strict=True, raises=functx.FunctxError, reason=(
-    "a clone of a closed-over constant is a plain tensor to functx, so writing a traced value "
-    "into it raises PlainWriteError (with the advice to build it from a traced input or out of "
-    "place); making clone() a 'made tensor' like torch.zeros broke functx's own clones of plain "
-    "values (a crash in tests/test_inplace_aliasing.py), so it was left as the clear error"))
 def test_writing_into_a_clone_of_a_closed_over_constant():
-    """out = template.clone(); out[idx] = v: torch.func.grad allows it."""
+    """out = template.clone(); out[idx] = v: torch.func.grad allows it. (A user's clone() of a
+    plain tensor is a made tensor, as torch.zeros is; functx's generated rules' clones are not:
+    tests/test_stranger_programs5.py.)"""
     def f(s):
         out = _TEMPLATE.clone()
         out[torch.tensor([1, 2])] = s[:2]

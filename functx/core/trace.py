@@ -562,6 +562,15 @@ class GraphTrace(Trace):
             self.consts.append(x)
         return var
 
+    def snapshot_consts(self, storages):
+        """Plain tensors held as constants whose memory is about to be written in place
+        (jit: `w = W.clone(); y = x @ w; w.mul_(2)` runs the write at trace time): the graph
+        keeps the values it read, a copy; a later use of the tensor is a new constant."""
+        for i, c in enumerate(self.consts):
+            if type(c) in (torch.Tensor, torch.nn.Parameter) and c.untyped_storage().data_ptr() in storages:
+                self._const_index.pop(id(c), None)
+                self.consts[i] = c.clone()
+
     def process_primitive(self, prim, args, params):
         if not self.stage_all:
             for a in args:

@@ -36,7 +36,7 @@ from ..core import nan_check
 from .. import prims as P
 from ..core.trace import EVAL_TRACE, GraphTrace, Tracer, _reverse, trace_state, type_of
 from . import composites, tensor as _tensor
-from .functionalize import recorded_value_of, value_of
+from .functionalize import check_level, recorded_value_of, value_of
 from .lowered_ops import UNCACHEABLE, FloatSignatures, op_of_graph
 from .tensor import (_STRIDED, TracerTensor, _make_wrapper, fresh_wrapper, is_contiguous_layout,
                      record_user_layout_reads, root_of, unit_key)
@@ -170,7 +170,12 @@ def run_unit(func, types, args, kwargs):
                 o._aval = t
     if writes:      # operand 0's new value (a write unit)
         target = args[0]
-        target._value = outs[0]
+        new = outs[0]
+        if isinstance(new, Tracer) and new._trace is not getattr(target._value, "_trace", target._made_in):
+            # a write from an inner transform into a tensor of an enclosing level: refused as
+            # functionalize.assign refuses it (it leaked out of the inner transform otherwise)
+            check_level(target._value, new, target._made_in, target._argument, target)
+        target._value = new
         target._version_ += 1
         target._unit_key = entry[3][0]
         return target if op.outputs == "write, returns it" else None

@@ -39,7 +39,7 @@ def value_of(w: TracerTensor):
     if type(v) is LazyTracer:       # a batched unit's result: its batch runs now (unit_batches.py)
         lazy, v = v, v.resolve()
         w._value = v
-        if not isinstance(v, Tracer):       # a constant: the level it was made at (_check_level)
+        if not isinstance(v, Tracer):       # a constant: the level it was made at (check_level)
             w._made_in = lazy._trace
     return v
 
@@ -350,7 +350,7 @@ def assign(w, new_value) -> None:
         raise FunctxError(f"functx: {(root if root is not None else w)._read_only}, here:\n{user_frame_summary()}")
     if root is None:
         if isinstance(new_value, Tracer) and new_value._trace is not getattr(w._value, "_trace", w._made_in):
-            _check_level(w._value, new_value, w._made_in, w._argument, w)
+            check_level(w._value, new_value, w._made_in, w._argument, w)
         w._value = new_value
         w._unit_key = None
         w._version_ += 1
@@ -364,7 +364,7 @@ _KIND = {"BatchTrace": "functx.vmap", "JVPTrace": "grad/vjp/jvp/jacrev/jacfwd",
          "GraphTrace": "functx.jit or a traced body (scan, fori_loop, while_loop, cond, checkpoint)"}
 
 
-def _check_level(old, new, made_in=None, argument=False, w=None) -> None:
+def check_level(old, new, made_in=None, argument=False, w=None) -> None:
     """A write inside an inner transform of a value that depends on its inputs, into a tensor
     of an enclosing level (old's trace is a strict ancestor of new's): refused, naming it. The
     value would otherwise leak out of the inner transform (a wrong or stale result later)."""

@@ -240,6 +240,11 @@ _FILL_FACTORIES = _EMPTY_FACTORIES | frozenset({
     aten.full_like.default, aten.new_zeros.default, aten.new_ones.default, aten.new_full.default})
 
 
+# Copies of plain tensors made to be written into (out = template.clone(); out[idx] = v): as
+# made tensors, wrappers of their plain value.
+_COPIES = frozenset({aten.clone.default})
+
+
 def _holds_no_tracer(args, kwargs) -> bool:
     """No argument is traced: every wrapper among them holds a plain value."""
     for a in (*args, *(kwargs.values() if kwargs else ())):
@@ -291,6 +296,13 @@ def _called_by_functx() -> bool:
 
 
 _PASSTHROUGH_MODULE = TracerTensor.__module__
+
+
+def _called_by_user_code() -> bool:
+    """Was the op called from Python source (not functx's generated rules, whose code has
+    no module, nor a C++ composite that decomposes into it)?"""
+    frame = sys._getframe(2)
+    return "__name__" in frame.f_globals and not frame.f_code.co_filename.startswith("<functx")
 
 
 # OpOverload -> ((position, name), ...) of the arguments it writes in place, filled lazily
@@ -373,6 +385,14 @@ class RandomMode(TorchDispatchMode):
                     "tensor as an argument (jit writes updated arguments back to it; for a module's "
                     "buffers, functional_call(model, {**params, **buffers}, x)), use the module in "
                     "eval mode, or make the update outside the jitted function.")
+        if written:
+            # a write into a tensor the function made: torch's autograd check where a grad saved
+            # it, and the staged graphs keep what they read of it before (their constants)
+            _refuse_writing_saved(func, args, kwargs)
+            storages = {_storage(t) for t in written if isinstance(t, torch.Tensor)} - {0}
+            for trace in enclosing_traces():
+                if type(trace) is GraphTrace and trace.stage_all:
+                    trace.snapshot_consts(storages)
         grad = torch.is_grad_enabled()
         read = [(t, t._version) for t in tree_flatten((args, kwargs))[0]
                 if isinstance(t, torch.Tensor) and _storage(t) not in self.created]
@@ -429,11 +449,15 @@ class RandomMode(TorchDispatchMode):
             # dispatcher: this keeps the mode's cost per traced op to one Python call.
             return dispatch(func, args, kwargs or {})
         kwargs = kwargs or {}
-        if func in _FILL_FACTORIES and not kwargs.get("requires_grad") and not _has_symbolic_size(args, kwargs) \
+        if (func in _FILL_FACTORIES and not kwargs.get("requires_grad") or func in _COPIES
+                and not args[0].requires_grad and _called_by_user_code()) and not _has_symbolic_size(args, kwargs) \
                 and not _called_by_functx():
             # torch.zeros(shape) / torch.empty(shape) made to be filled in place (torch.distributions'
-            # rsample: torch.empty(shape).normal_()): a wrapper (see _FILL_FACTORIES)
-            out = func(*args, **kwargs)
+            # rsample: torch.empty(shape).normal_()): a wrapper (see _FILL_FACTORIES); a copy
+            # under jit reads the closed-over tensor as any plain op does (a guarded closure read)
+            out = self._staged_plain_op(func, args, kwargs) if func in _COPIES and staging() else func(*args, **kwargs)
+            if func in _COPIES and not out.is_contiguous():
+                return out      # a wrapper reports a contiguous layout: a copy keeping strides stays plain
             w = TracerTensor(out.zero_() if func in _EMPTY_FACTORIES else out)
             w._made_in = current_trace()    # writes from inner transforms are checked against it
             return w

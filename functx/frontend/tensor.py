@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.autograd.functional as _autograd_functional
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..core.errors import ConcretizationError, FunctxError, TorchAutogradError, user_frame_summary
 from ..core.trace import GraphTracer, ReadRecorder, Tracer, concrete, note_autograd_read, type_of
@@ -154,6 +154,11 @@ class TracerTensor(torch.Tensor):
                 f"{user_frame_summary()}\nIt would not stop the derivative. Use x.detach() (or "
                 "functx.stop_gradient) for a value without derivative, or argnums to choose what "
                 "grad differentiates.")
+        if self._made_in is not None and type(v) is torch.Tensor and v.is_leaf:
+            # a tensor the function made holds a plain value (x = x0.clone().requires_grad_()):
+            # torch's autograd records its uses, and torch.autograd.grad on such values is
+            # plain torch (_special_function, _plain_values)
+            v.requires_grad_(flag)
         _set_own_requires_grad(self, flag)
         self._marked = bool(flag)
 
@@ -170,7 +175,12 @@ class TracerTensor(torch.Tensor):
     __str__ = __repr__
 
     def __format__(self, spec):
-        return repr(self)
+        # torch's Tensor.__format__: a 0-d tensor formats its number (f"{loss:.4f}": .item(),
+        # which raises under vmap and jit as torch.func's and .item() do), others their repr
+        # (a format spec for them is a TypeError)
+        if self.dim() == 0:
+            return self.detach().item().__format__(spec)     # (detach: no warning, as torch)
+        return object.__format__(self, spec)
 
     # torch refuses these for tensor subclasses; they need the concrete value, which exists
     # in eager transforms and raises ConcretizationError under jit.
@@ -191,6 +201,8 @@ class TracerTensor(torch.Tensor):
         return _concrete(self).tolist()
 
     def numpy(self, *, force=False):
+        if not force and self.requires_grad:      # torch's check (the derivative would be lost)
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
         return _concrete(self).numpy(force=force)
 
     @classmethod
@@ -236,7 +248,10 @@ _set_own_requires_grad = torch._C.TensorBase.requires_grad.__set__
 
 def _special_function(func, types, args, kwargs):
     if func in _TORCH_AUTOGRAD:
-        _refuse_torch_autograd(func)
+        plain = _plain_values(args, kwargs) if func is torch.autograd.grad else None
+        if plain is None:
+            _refuse_torch_autograd(func)
+        return func(*plain[0], **plain[1])
     if func == _DATA_SET:
         return _set_data(*args)
     composite = COMPOSITES.get(func)
@@ -275,6 +290,20 @@ def _plain_format(args, kwargs):
 
 _TORCH_AUTOGRAD = {torch.autograd.grad: "torch.autograd.grad", torch.autograd.backward: "torch.autograd.backward",
                    torch.Tensor.backward: "Tensor.backward"}
+
+
+def _plain_values(args, kwargs):
+    """(args, kwargs) with each wrapper replaced by its plain value, or None where one holds a
+    traced value (tensors the function made hold plain values until a traced one is written)."""
+    leaves, spec = tree_flatten((args, kwargs or {}))
+    out = []
+    for leaf in leaves:
+        if type(leaf) is TracerTensor:
+            leaf = _functionalize().value_of(leaf)
+            if not isinstance(leaf, torch.Tensor) or isinstance(leaf, TracerTensor):
+                return None
+        out.append(leaf)
+    return tree_unflatten(out, spec)
 
 
 def _refuse_torch_autograd(func, name=None):

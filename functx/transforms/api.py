@@ -49,24 +49,32 @@ def _flatten_tensors(tree, what):
 
 
 
-def _check_tangent(who, i, p, t):
+def _check_tangent(who, i, p, t, tree=None):
     """Tangent i of jvp / linearize against its primal: the same shape, and the same dtype for
     a floating primal. An integer or bool primal is not differentiable and its tangent is
     zero (JAX's float0), so its tangent must be an integer or bool tensor, of zeros where its
     values are known: a floating tangent, or ones, would otherwise be dropped silently (torch
-    raises for integer primals)."""
+    raises for integer primals). Errors name a leaf inside a pytree primal by its path."""
     pt, tt = type_of(p), type_of(t)
     if pt.shape != tt.shape:
-        raise UsageError(f"{who}: tangent {i} has shape {tuple(tt.shape)}, its primal has {tuple(pt.shape)}")
-    if differentiable_type(pt):
-        if tt.dtype != pt.dtype:
-            raise UsageError(f"{who}: tangent {i} has dtype {tt.dtype}, its primal has {pt.dtype}")
+        error = f"has shape {tuple(tt.shape)}, its primal has {tuple(pt.shape)}"
+    elif differentiable_type(pt):
+        if tt.dtype == pt.dtype:
+            return
+        error = f"has dtype {tt.dtype}, its primal has {pt.dtype}"
+    elif differentiable_type(tt) or (isinstance(t, torch.Tensor) and bool(t.any())):
+        error = None
+    else:
         return
-    if differentiable_type(tt) or (isinstance(t, torch.Tensor) and bool(t.any())):
-        raise UsageError(f"{who}: primal {i} has dtype {pt.dtype}, which is not differentiable, so its "
-                         f"tangent is zero; pass torch.zeros_like(primal) for it (got a {tt.dtype} tangent"
-                         f"{'' if differentiable_type(tt) else ' with nonzero values'}), or convert the "
-                         f"primal to a floating dtype to differentiate with respect to it")
+    path = tree.paths()[i] if tree is not None else (i,)
+    name = f"{i}" if path == (i,) else f"{i} (at {path})"
+    if error is not None:
+        raise UsageError(f"{who}: tangent {name} {error}")
+    raise UsageError(f"{who}: primal {name} has dtype {pt.dtype}, which is not differentiable, so its "
+                     f"tangent is zero; pass torch.zeros_like(primal) for it (got a {tt.dtype} tangent"
+                     f"{'' if differentiable_type(tt) else ' with nonzero values'}), or convert the "
+                     f"primal to a floating dtype to differentiate with respect to it")
+
 
 class _OutStore:
     tree = None
@@ -233,7 +241,7 @@ def _jvp(f, primals, tangents, has_aux, collect=None):
         raise UsageError(f"functx.jvp: tangents must have the same structure as primals: {p_tree} vs {t_tree}")
     tangents_in = []
     for i, (p, t) in enumerate(zip(p_flat, t_flat)):
-        _check_tangent("functx.jvp", i, p, t)
+        _check_tangent("functx.jvp", i, p, t, p_tree)
         tangents_in.append(t if differentiable(p) else Zero(type_of(p)))
     store = _OutStore()
     jt = JVPTrace(current_trace())
@@ -280,7 +288,7 @@ def linearize(f, *primals, has_aux=False):
         if t_tree != p_tree:
             raise ValueError(f"functx.linearize: tangents must match the primals' structure {p_tree}")
         for i, (t, p) in enumerate(zip(t_flat, p_flat)):
-            _check_tangent("functx.linearize", i, p, t)
+            _check_tangent("functx.linearize", i, p, t, p_tree)
         lin = linear_forward(graph, [t for t, d in zip(t_flat, diff) if d])
         it = iter(lin)
         res = [next(it) if nz else _zeros_for(t) for nz, t in zip(nonzero, out_types)]
@@ -366,7 +374,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
         g, diff_args = _with_argnums(f, args, kwargs, argnums, "functx.grad")
 
         d_flat, d_tree = _flatten_tensors(diff_args, "functx.grad: differentiated arguments")
-        _require_float(d_flat, "functx.grad")
+        _require_float(d_flat, "functx.grad", d_tree)
         store = _OutStore()
         sources = _leaves(diff_args)
         out, pullback, _ = vjp_flat(_flat_fun(g, d_tree, store, "functx.grad", has_aux, sources=sources), d_flat,
@@ -445,7 +453,7 @@ def jacfwd(f, argnums=0, has_aux=False, *, chunk_size=None, randomness="error"):
     def jac_f(*args, **kwargs):
         g, diff = _with_argnums(f, args, kwargs, argnums, "functx.jacfwd")
         d_flat, d_tree = _flatten_tensors(diff, "functx.jacfwd: differentiated arguments")
-        _require_float(d_flat, "functx.jacfwd")
+        _require_float(d_flat, "functx.jacfwd", d_tree)
         types = [type_of(x) for x in d_flat]
         n_total = sum(t.numel for t in types)
 
@@ -488,7 +496,8 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
     @functools.wraps(f)
     def jac_f(*args, **kwargs):
         g, diff = _with_argnums(f, args, kwargs, argnums, "functx.jacrev")
-        _require_float(_flatten_tensors(diff, "functx.jacrev: differentiated arguments")[0], "functx.jacrev")
+        d_flat, d_tree = _flatten_tensors(diff, "functx.jacrev: differentiated arguments")
+        _require_float(d_flat, "functx.jacrev", d_tree)
         res = vjp(g, *diff, has_aux=has_aux)
         out, vjp_fn = res[0], res[1]
         o_flat, o_tree = tree_flatten(out)
@@ -522,12 +531,14 @@ def jacrev(f, argnums=0, has_aux=False, *, chunk_size=None):
     return jac_f
 
 
-def _require_float(leaves, who):
+def _require_float(leaves, who, treedef=None):
     """grad and the Jacobians need floating-point inputs (JAX raises too; vjp and jvp instead
-    give an integer input a zero derivative, as JAX's float0 does)."""
+    give an integer input a zero derivative, as JAX's float0 does). The error names the leaf
+    (a BatchNorm's num_batches_tracked in a state_dict passed as parameters)."""
     for i, x in enumerate(leaves):
         if not differentiable(x):
-            raise UsageError(f"{who}: differentiated argument leaf {i} has dtype {type_of(x).dtype}; "
+            where = f" (at {treedef.paths()[i]} of the differentiated arguments)" if treedef is not None else ""
+            raise UsageError(f"{who}: differentiated argument leaf {i}{where} has dtype {type_of(x).dtype}; "
                             f"{who.split('.')[-1]} needs floating-point inputs (use argnums to skip "
                             "integer arguments)")
 

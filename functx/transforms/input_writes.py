@@ -47,6 +47,7 @@ def write_back(writes, sources, keep=()):
     its old values (it is cloned first), as the function computed with them."""
     if not writes:
         return
+    refuse_aliased(writes, sources)
     targets = {_storage(sources[i]) for i, _ in writes} - {None}
     if targets:
         for values in keep:
@@ -57,6 +58,22 @@ def write_back(writes, sources, keep=()):
         src = sources[i]
         if isinstance(src, torch.Tensor):
             src.copy_(wrap(v))
+
+
+def refuse_aliased(writes, sources):
+    """f ran on one wrapper per input, each its own tensor: a write into an input that shares
+    memory with another input (the same tensor passed twice, a view of another argument) was
+    not seen through the other, unlike eager PyTorch and torch.func. Raise, as jit does."""
+    storages = [_storage(s) if isinstance(s, torch.Tensor) and s.numel() else None for s in sources]
+    for i, _ in writes:
+        for j, s in enumerate(storages):
+            if j != i and s is not None and s == storages[i]:
+                raise FunctxError(
+                    f"functx: the function wrote in place into its tensor input {i}, which shares memory "
+                    f"with its tensor input {j} (the same tensor passed twice, or a view of another "
+                    "argument). Inside the transform they are separate tensors, so the other did not see "
+                    "the write, unlike eager PyTorch. Pass separate tensors (e.g. b.clone()), or return "
+                    "the new value instead of writing into an aliased argument.")
 
 
 def outside_vmap(writes, who):

@@ -198,8 +198,8 @@ class JVPTrace(Trace):
                         return NotImplemented
                     T.append(t.var)
                 elif isinstance(t, torch.Tensor):
-                    if t.dtype != sig[1]:
-                        return NotImplemented
+                    if t.dtype != sig[1] or t.requires_grad:     # a tangent torch's autograd records:
+                        return NotImplemented                    # the rule as written (EvalTrace records)
                     T.append(t)
                 elif not eager and isinstance(t, Tracer) and t.aval.dtype == sig[1]:
                     T.append(t)
@@ -250,6 +250,7 @@ class JVPTrace(Trace):
                         return NotImplemented
                     T.append(t.var)
                 elif isinstance(t, torch.Tensor) and t.dtype == dtype:
+                    recorded = recorded or t.requires_grad      # a tangent that requires grad
                     T.append(t)
                 elif not eager and isinstance(t, Tracer) and t.aval.dtype == dtype:
                     T.append(t)

@@ -14,6 +14,7 @@ from ..frontend.random_mode import intercept_random
 from ..frontend.unit_batches import batching_units
 from .. import prims as P
 from .batching import AxisData, BatchTrace, BatchTracer
+from .input_writes import refuse_aliased
 from .vmap_args import LEAF as _LEAF, TENSOR_LEAF as _TENSOR_LEAF, batch_size as _batch_size
 from .vmap_args import describe_unbatched as _describe_unbatched
 from .vmap_args import check_axes_spec as _check_axes_spec, check_tensor_leaves as _check_tensor_leaves
@@ -137,6 +138,9 @@ def vmap(f, in_axes=0, out_axes=0, axis_name=None, axis_size=None, *, chunk_size
             out_vals = [unwrap(l) if isinstance(l, _TENSOR_LEAF) else l   # inside the trace: a stale
                         for l in out_leaves]                               # view recomputes here
             written_args = [(leaf, w, ax) for leaf, w, ax in zip(leaves, vals, axes) if ax is not None and w._version_]
+            if written_args:
+                refuse_aliased([(k, None) for k, (w, ax) in enumerate(zip(vals, axes))
+                                if ax is not None and w._version_], leaves)
             written = [(leaf, unwrap(w), ax) for leaf, w, ax in written_args]
             # an output that is a written argument itself (vmap(Tensor.add_)): the caller's tensor
             # comes back, as torch.func returns it (a view of it for another out_axes)
