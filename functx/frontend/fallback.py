@@ -9,7 +9,7 @@ import torch._library.custom_ops as _custom_ops
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..core.errors import ConcretizationError, FunctxError, user_frame_summary
-from ..core.trace import concrete
+from ..core.trace import PrimalTracer, Tracer, concrete
 from ..core.types import TensorType
 from ..prims.debug import debug_callback
 from ..prims.opaque import OpaqueFunction, opaque
@@ -189,22 +189,75 @@ def _types_from_values(func, flat, positions, spec, device):
     so it comes from running the op on them (eager transforms); abstract values (jit, vmap)
     have none, and a shape guessed from placeholder data would be silently wrong."""
     determining = _shape_determining(func, flat, spec, device)
-    try:
-        values = list(flat)
-        for i in positions:
+    values, unknown = list(flat), []
+    for i in positions:
+        if determining is None or id(flat[i]) in determining:
+            try:
+                values[i] = concrete(unwrap(flat[i]))
+            except FunctxError:
+                unknown.append(i)
+        else:
             # placeholders on the operands' device: an op's shapes may depend on it (lstsq's
             # default driver: gelsy on the CPU, no residuals; gels on CUDA, residuals)
-            values[i] = concrete(unwrap(flat[i])) if determining is None or id(flat[i]) in determining \
-                else torch.zeros(flat[i].shape, dtype=flat[i].dtype, device=flat[i].device)
-    except FunctxError as e:
+            values[i] = torch.zeros(flat[i].shape, dtype=flat[i].dtype, device=flat[i].device)
+    if not unknown:
+        a, k = tree_unflatten(values, spec)
+        return _types_of(func, func(*a, **k), device)
+    examples = _examples(unwrap(flat[unknown[0]])) if len(unknown) == 1 else None
+    if not examples:
         raise ConcretizationError(
             f"functx: {func}'s output shape depends on the values of its input, which are not known "
-            f"here (under jit, or per example under vmap):\n{user_frame_summary()}\nKeep shapes static: "
-            "select with torch.where(mask, x, 0) instead of x[mask] or x[torch.where(mask)], use the "
-            "fixed-size form where there is one (torch.nonzero_static(mask, size=n)), or run this "
-            "step outside jit/vmap.") from e
-    a, k = tree_unflatten(values, spec)
-    return _types_of(func, func(*a, **k), device)
+            f"here (under jit, or per example under vmap):\n{user_frame_summary()}\n"
+            + _STATIC_HINTS.get(func, _STATIC_HINT))
+    # One operand holds a value per example under eager vmaps (a batch of graphs' edge indices
+    # counted by bincount): the type is each example's, as a loop over the examples finds it,
+    # where all of them agree (torch.func.vmap's batching of the op answers the same).
+    types = set()
+    for e in examples:
+        values[unknown[0]] = e
+        a, k = tree_unflatten(values, spec)
+        out_types, single = _types_of(func, func(*a, **k), device)
+        types.add(tuple(out_types))
+        if len(types) > 1:
+            shapes = " and ".join(str(list(t[0].shape)) for t in types)
+            raise ConcretizationError(
+                f"functx.vmap: {func}'s output shape depends on its input's values, and differs "
+                f"between examples ({shapes}), so the results can't be stacked (a loop over the "
+                f"examples fails at torch.stack too):\n{user_frame_summary()}\n"
+                + _STATIC_HINTS.get(func, _STATIC_HINT))
+    return out_types, single
+
+
+_STATIC_HINT = ("Keep shapes static: select with torch.where(mask, x, 0) instead of x[mask] or "
+                "x[torch.where(mask)], use the fixed-size form where there is one "
+                "(torch.nonzero_static(mask, size=n)), or run this step outside jit/vmap.")
+_STATIC_HINTS = {torch.ops.aten.bincount.default: (
+    "Count into a tensor of a static length n instead: torch.zeros(n).index_add_(0, index, "
+    "torch.ones(len(index))) (or scatter_add_, with weights in place of the ones), or run this "
+    "step outside jit/vmap.")}
+
+
+def _examples(v):
+    """The concrete values, one per example, beneath a value of eager vmap levels (a batch
+    tracer's whole batch, sliced along its batch dim, below each level's, beneath any JVP
+    primal); None where something beneath is abstract (jit)."""
+    while True:
+        if isinstance(v, torch.Tensor):
+            return [v]
+        if hasattr(v, "resolve"):                 # an eager unit's pending result
+            v = v.resolve()
+        elif isinstance(v, PrimalTracer):
+            v = v.primal
+        elif isinstance(v, Tracer) and hasattr(v, "bdim"):
+            below = _examples(v.val)
+            if below is None or v.bdim is None:
+                return below
+            return [e.select(v.bdim, i) for e in below for i in range(e.shape[v.bdim])]
+        else:
+            try:
+                return [concrete(v)]
+            except FunctxError:
+                return None
 
 
 def _types_of(func, out, device):
