@@ -212,14 +212,15 @@ def _types_from_values(func, flat, positions, spec, device):
     # One operand holds a value per example under eager vmaps (a batch of graphs' edge indices
     # counted by bincount): the type is each example's, as a loop over the examples finds it,
     # where all of them agree (torch.func.vmap's batching of the op answers the same).
-    types = set()
+    first = None
     for e in examples:
         values[unknown[0]] = e
         a, k = tree_unflatten(values, spec)
         out_types, single = _types_of(func, func(*a, **k), device)
-        types.add(tuple(out_types))
-        if len(types) > 1:
-            shapes = " and ".join(str(list(t[0].shape)) for t in types)
+        if first is None:
+            first = out_types
+        elif out_types != first:
+            shapes = f"{list(first[0].shape)} and {list(out_types[0].shape)}"
             raise ConcretizationError(
                 f"functx.vmap: {func}'s output shape depends on its input's values, and differs "
                 f"between examples ({shapes}), so the results can't be stacked (a loop over the "

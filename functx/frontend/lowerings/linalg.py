@@ -30,7 +30,35 @@ def _checked_matmul(a, b, rank, rank_errors, size_ok, size_error):
             raise RuntimeError(message)
     if not size_ok(ta.shape, tb.shape):
         raise RuntimeError(size_error(ta.shape, tb.shape))
-    return P.matmul(a, b)
+    return _sparse_product(a, b) if rank == 2 and (_is_sparse(a) or _is_sparse(b)) else P.matmul(a, b)
+
+
+def _is_sparse(x):
+    return isinstance(x, torch.Tensor) and x.layout != torch.strided
+
+
+def _sparse_product(a, b):
+    """A matrix product (or matrix-vector) with one sparse operand: a graph network's
+    closed-over adjacency (torch.sparse.mm(adj, h), adj @ h, h @ adj, torch.mv(adj, v)).
+    P.matmul took the sparse tensor as a dense constant, and torch has no dense-times-sparse
+    kernels for the transposed and batched products that the derivative rules and vmap run
+    (grad, jacfwd, hessian and vmap raised "expand is unsupported for Sparse tensors"). Here
+    the product is a sum over the nonzeros, gathered, scaled and added into place: O(nnz), and
+    made of primitives, so exact to every order under every transform. Sparse values are
+    concrete only (functx's traced values are dense): both operands sparse stay torch's."""
+    if _is_sparse(a) and _is_sparse(b):
+        return P.matmul(a, b)
+    sparse, dense = (a, b) if _is_sparse(a) else (b, a)
+    coo = sparse.to_sparse_coo().coalesce()
+    rows, cols = coo.indices()
+    vals = coo.values()
+    if _is_sparse(a):           # out[r] += v * b[c]: gather b's rows by column, add by row
+        n, tail = a.shape[0], _t(b).shape[1:]
+        src = elementwise(P.mul, P.take(b, cols, 0), vals.reshape((-1,) + (1,) * len(tail)))
+        return P.scatter_add(P.full((n, *tail), 0, _t(b).dtype, _t(b).device), rows, src, 0)
+    ta = _t(a)                  # out[:, c] += a[:, r] * v
+    src = elementwise(P.mul, P.take(a, rows, ta.ndim - 1), vals)
+    return P.scatter_add(P.full((*ta.shape[:-1], b.shape[1]), 0, ta.dtype, ta.device), cols, src, ta.ndim - 1)
 
 
 @register(aten.mm.default)
@@ -49,7 +77,7 @@ def _bmm(a, b):
                       f"but got: [{y[0]}, {y[1]}]."))
 
 
-@register(aten.addmm.default)
+@register(aten.addmm.default, aten._sparse_addmm.default)
 def _addmm(bias, a, b, beta=1, alpha=1):
     return _scaled_add(_mm(a, b), bias, beta, alpha)
 
@@ -89,6 +117,8 @@ def _mv(a, b):
     if ta.shape[1] != tb.shape[0]:
         raise RuntimeError(f"size mismatch, got input ({ta.shape[0]}), mat ({ta.shape[0]}x{ta.shape[1]}), "
                            f"vec ({tb.shape[0]})")
+    if _is_sparse(a):
+        return _sparse_product(a, b)
     return P.dot_general(a, b, (((1,), (0,)), ((), ())))
 
 
