@@ -134,3 +134,158 @@ def test_gcn_layer_that_builds_its_sparse_adjacency_per_sample_grads():
     want = torch.stack([torch.func.grad(loss)(x) for x in xs])
     _close(functx.vmap(functx.grad(loss))(xs), want)
     _close(functx.jit(functx.vmap(functx.grad(loss)))(xs), want)
+
+
+def test_scatter_reduce_prod_second_order_is_central_differences():
+    """A product aggregation over neighbours (scatter_reduce 'prod', with and without the
+    destination's own value): functx's Jacobian and Hessian differ from torch.func's, whose
+    forward-mode formula for scatter_reduce prod is wrong (jacfwd off by ~40, the Hessian by
+    ~1e5 here). Oracle: central differences of the gradient, which functx matches."""
+    W = torch.randn(_F, _F, dtype=D)
+    base = torch.randn(_N, _F, dtype=D)
+    idx = _DST[:, None].expand(-1, _F)
+    for include_self in (True, False):
+        def agg(x):
+            return base.scatter_reduce(0, idx, (x @ W)[_SRC], reduce="prod", include_self=include_self)
+        f = lambda x: agg(x).sin().sum()  # noqa: E731
+        x = torch.randn(_N, _F, dtype=D)
+        _close(functx.jacfwd(agg)(x), _fd_jac(agg, x), 1e-6)
+        want = _fd_jac(torch.func.grad(f), x)
+        _close(functx.hessian(f)(x), want, 1e-5)
+        _close(functx.jit(functx.hessian(f))(x), want, 1e-5)
+
+
+def test_message_passing_family_matches_torch_func():
+    """GCN / GAT-style layers as researchers write them: in-degree through
+    zeros().index_add_, index_select and gather of node features, scatter_add, scatter_reduce
+    mean / amax / amin with include_self both ways, and a softmax over each node's incoming
+    edges shifted by a scatter amax. Representative: already right. Oracle: torch.func in
+    float64 (grad, jacrev, hessian), a loop for vmap."""
+    W = torch.randn(_F, _F, dtype=D)
+    idx = _DST[:, None].expand(-1, _F)
+
+    def layer(x):
+        deg = torch.zeros(_N, dtype=D).index_add_(0, _DST, torch.ones(9, dtype=D)).clamp(min=1)
+        h = x @ W
+        msg = h.index_select(0, _SRC) * (deg[_SRC] * deg[_DST]).rsqrt()[:, None]
+        out = torch.zeros_like(h).scatter_add(0, idx, msg)
+        out = out + torch.gather(h, 0, idx[:_N])
+        for reduce, inc in (("mean", True), ("amax", False), ("amin", True)):
+            out = out + x.exp().scatter_reduce(0, idx, h[_SRC], reduce=reduce, include_self=inc).sin()
+        score = (h[_SRC] * h[_DST]).sum(-1)
+        shift = torch.full((_N,), -math.inf, dtype=D).scatter_reduce(0, _DST, score, "amax")
+        e = (score - shift[_DST]).exp()
+        a = e / torch.zeros(_N, dtype=D).index_add(0, _DST, e)[_DST]
+        out = out + torch.zeros_like(h).index_add_(0, _DST, a[:, None] * h[_SRC])
+        return out.tanh().pow(2).sum()
+
+    x = torch.randn(_N, _F, dtype=D)
+    g = torch.func.grad(layer)(x)
+    _close(functx.grad(layer)(x), g)
+    _close(functx.jit(functx.grad(layer))(x), g)
+    _close(functx.hessian(layer)(x), torch.func.jacrev(torch.func.jacrev(layer))(x), 1e-6)
+    xs = torch.randn(3, _N, _F, dtype=D)
+    _close(functx.vmap(functx.grad(layer))(xs), torch.stack([torch.func.grad(layer)(v) for v in xs]))
+
+
+# ---------------------------------------------------------------- molecules
+
+def test_forces_and_vibrational_modes_of_a_pairwise_energy():
+    """Energy over all pairs including the zero self-distances (cdist and
+    (x[:, None] - x[None]).norm(-1), torch's convention: zero derivative of the norm at 0),
+    radial basis functions, a cosine cutoff through torch.where; forces = -grad, the Hessian's
+    eigenvalues (vibrational modes) and per-conformer forces under vmap. Representative:
+    already right. Oracle: torch.func in float64; for the Hessian, which torch can't take
+    (cdist has no double backward), central differences of torch.func's gradient."""
+    mu = torch.linspace(0, 3, 6, dtype=D)
+
+    def energy(p):
+        r = p[:, None] - p[None]
+        d = r.norm(dim=-1) + 0.5 * torch.cdist(p, p)
+        rbf = torch.exp(-4 * (d[..., None] - mu) ** 2).sum(-1)
+        fc = torch.where(d < 2.5, 0.5 * (torch.cos(math.pi * d / 2.5) + 1), torch.zeros_like(d))
+        return (rbf * fc).sum()
+
+    p = torch.randn(4, 3, dtype=D)
+    _close(-functx.grad(energy)(p), -torch.func.grad(energy)(p))
+    _close(functx.jit(functx.grad(energy))(p), torch.func.grad(energy)(p))
+    H = _fd_jac(torch.func.grad(energy), p).reshape(12, 12)     # torch has no cdist double backward
+    _close(torch.linalg.eigvalsh(functx.hessian(energy)(p).reshape(12, 12)), torch.linalg.eigvalsh(H), 1e-6)
+    _close(functx.jit(functx.hessian(energy))(p).reshape(12, 12), H, 1e-6)
+    ps = torch.randn(3, 4, 3, dtype=D)
+    _close(functx.vmap(functx.grad(energy))(ps), torch.stack([torch.func.grad(energy)(q) for q in ps]))
+
+
+# ---------------------------------------------------------------- Gaussian processes, distributions
+
+_X = torch.randn(6, 2, dtype=D)
+_Y = torch.randn(6, dtype=D)
+
+
+def _gp_nll(theta):
+    ls, sf, sn = theta.exp()
+    K = sf ** 2 * torch.exp(-0.5 * torch.cdist(_X / ls, _X / ls) ** 2) + (sn ** 2 + 1e-6) * torch.eye(6, dtype=D)
+    L = torch.linalg.cholesky(K)
+    alpha = torch.cholesky_solve(_Y[:, None], L)
+    z = torch.linalg.solve_triangular(L, _Y[:, None], upper=False)
+    return 0.5 * (_Y[:, None] * alpha).sum() + torch.log(torch.diagonal(L)).sum() + 0.1 * (z ** 2).sum() \
+        + 0.01 * torch.logdet(K)
+
+
+def test_gp_marginal_likelihood_hessian_is_central_differences():
+    """A GP's negative log marginal likelihood through cholesky, cholesky_solve,
+    solve_triangular and logdet: the Hessian in the kernel hyperparameters (Laplace
+    approximation). torch.func raises for it (no forward-mode formula for cholesky_solve);
+    functx's matches central differences of the gradient, and its gradient torch.func's."""
+    th = torch.tensor([0.3, -0.2, -1.0], dtype=D)
+    _close(functx.grad(_gp_nll)(th), torch.func.grad(_gp_nll)(th))
+    want = _fd_jac(torch.func.grad(_gp_nll), th)
+    _close(functx.hessian(_gp_nll)(th), want, 1e-6)
+    _close(functx.jit(functx.hessian(_gp_nll))(th), want, 1e-6)
+    ths = torch.randn(3, 3, dtype=D) * 0.3
+    _close(functx.vmap(functx.grad(_gp_nll))(ths), torch.stack([torch.func.grad(_gp_nll)(t) for t in ths]))
+
+
+def test_distributions_log_prob_per_sample_grads():
+    """torch.distributions log_probs in a probabilistic model: Normal, Independent,
+    MultivariateNormal (scale_tril, and covariance_matrix without validation), Categorical,
+    StudentT, and a MixtureSameFamily; per-sample gradients under vmap and jit.
+    Representative: already right. Oracle: torch.func.vmap(torch.func.grad)."""
+    def lp(m, s, y):
+        L = torch.diag_embed(s.exp()) + torch.tril(torch.outer(m, m), -1) * 0.1
+        return dist.Normal(m, s.exp()).log_prob(y).sum() \
+            + dist.Independent(dist.Normal(m, s.exp()), 1).log_prob(y) \
+            + dist.MultivariateNormal(m, scale_tril=L).log_prob(y) \
+            + dist.MultivariateNormal(m, covariance_matrix=L @ L.T, validate_args=False).log_prob(y) \
+            + dist.Categorical(logits=m).log_prob(torch.tensor(1)) \
+            + dist.StudentT(s.exp()[0] + 2, m[0], s.exp()[1]).log_prob(y).sum() \
+            + dist.MixtureSameFamily(dist.Categorical(logits=s), dist.Normal(m, s.exp())).log_prob(y[0])
+
+    m, s, y = (torch.randn(4, 3, dtype=D) for _ in range(3))
+    want = torch.func.vmap(torch.func.grad(lp, argnums=(0, 1)))(m, s, y)
+    _close(functx.vmap(functx.grad(lp, argnums=(0, 1)))(m, s, y), want)
+    _close(functx.jit(functx.vmap(functx.grad(lp, argnums=(0, 1))))(m, s, y), want)
+
+
+# ---------------------------------------------------------------- where torch.func's derivatives are wrong
+
+@pytest.mark.parametrize("name,f", [
+    ("cholesky_inverse", lambda x: torch.cholesky_inverse(
+        torch.linalg.cholesky(torch.outer(x[:3], x[:3]) + torch.eye(3, dtype=D))).sin().sum()),
+    ("triangular_solve", lambda x: torch.triangular_solve(
+        x.reshape(3, 2), torch.tril(torch.outer(x[:3], x[3:]) + 3 * torch.eye(3, dtype=D)), upper=False).solution.sum()),
+    ("sinc at 0", lambda x: torch.sinc(x * torch.tensor([0., 1, 1, 0, 1, 1], dtype=D)).sum()),
+])
+def test_second_derivatives_where_torch_func_is_wrong(name, f):
+    """A precision matrix through cholesky_inverse, the legacy torch.triangular_solve in older
+    GP code, sinc at 0 (a band-limited interpolation kernel): torch.func's Hessian (or
+    Hessian-vector product) is wrong here (torch's forward-mode formulas for cholesky_inverse
+    and triangular_solve, and sinc's second derivative at 0, where torch gives 0 for
+    -pi^2/3). Oracle: central differences of the gradient, which functx matches."""
+    x = torch.randn(6, dtype=D)
+    want = _fd_jac(torch.func.grad(f), x)
+    if name == "sinc at 0":     # the gradient itself is smooth there; difference its formula
+        want = _fd_jac(lambda x: _fd_jac(f, x, 1e-4), x, 1e-4)
+    _close(functx.hessian(f)(x), want, 1e-5)
+    t = torch.randn(6, dtype=D)
+    _close(functx.jvp(functx.grad(f), (x,), (t,))[1], want @ t, 1e-5)
