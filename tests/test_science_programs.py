@@ -289,3 +289,29 @@ def test_second_derivatives_where_torch_func_is_wrong(name, f):
     _close(functx.hessian(f)(x), want, 1e-5)
     t = torch.randn(6, dtype=D)
     _close(functx.jvp(functx.grad(f), (x,), (t,))[1], want @ t, 1e-5)
+
+
+def test_jit_sees_in_place_updates_of_a_closed_over_sparse_adjacency():
+    """A closed-over tensor is the graph's constant itself, so an in-place update shows
+    through (docs/sharp_bits.md, section 2): the sparse product must read the adjacency's own
+    values and indices, not copies made at trace time (a reweighted adjacency,
+    adj._values().mul_(3), or an uncoalesced one coalesced at trace time, would silently keep
+    the old weights). Oracle: torch.func.grad of the dense product after each update."""
+    adj = torch.sparse_coo_tensor(torch.stack([_DST, _SRC]), torch.ones(9, dtype=D), (_N, _N))
+    csr = adj.to_dense().to_sparse_csr()
+
+    def loss(x):
+        return (torch.sparse.mm(adj, x) + csr @ x).pow(2).sum()
+
+    def want(x):        # torch.func has no CSR support: the same loss on dense copies
+        A = adj.to_dense() + csr.to_dense()
+        return torch.func.grad(lambda x: (A @ x).pow(2).sum())(x)
+
+    x = torch.randn(_N, _F, dtype=D)
+    jg = functx.jit(functx.grad(loss))
+    _close(jg(x), want(x))
+    adj._values().mul_(3)
+    csr.values().add_(1)
+    _close(jg(x), want(x))
+    adj.mul_(0.5)
+    _close(jg(x), want(x))
