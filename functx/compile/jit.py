@@ -18,6 +18,7 @@ from ..core.trace import _functorch_level, record_autograd_reads, refuse_inside_
 from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
 from ..frontend.generators import generator_arguments
+from ..frontend.random_mode import storage_address
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
@@ -94,7 +95,7 @@ def _constant_storages(graph) -> frozenset:
     over): fixed while the entry lives (new data retraces, closure_guard)."""
     tensors = [c for c in graph.consts if isinstance(c, torch.Tensor)]
     tensors += [r.tensor for r in graph.meta.closure_reads]
-    return frozenset(t.untyped_storage().data_ptr() for t in tensors
+    return frozenset(storage_address(t) for t in tensors
                      if type(t) in (torch.Tensor, torch.nn.Parameter) and t.numel())
 
 
@@ -141,7 +142,7 @@ def _refuse_aliased_writes(tensors, mutated, constants=frozenset(), unread=froze
     the other, unlike eager PyTorch. Another input the graph never reads cannot see a stale
     value: a reached module's buffer that functional_call(model, (params, buffers)) replaced
     by the same tensor passed as an argument."""
-    storages = [t.untyped_storage().data_ptr() if t.numel() else None for t in tensors]
+    storages = [storage_address(t) if t.numel() else None for t in tensors]
     for k in mutated:
         if storages[k] in constants:
             raise FunctxError(
