@@ -383,3 +383,33 @@ def test_jitted_gcn_module_trains_like_eager_with_a_sparse_adjacency():
         for a, b in zip(eager.parameters(), jitted.parameters()):
             _close(a.detach(), b.detach())
         _close(eager.bn.running_mean, jitted.bn.running_mean)
+
+
+def test_jit_takes_a_sparse_adjacency_argument_as_a_constant():
+    """model(x, adj) with the sparse adjacency as an argument of the jitted function: jit
+    traced it as a dense-typed input, so anything but a product with it raised torch's layout
+    errors from inside the compiled code (adj * 2: "unsupported memory format option
+    Contiguous"; torch.sparse.sum(adj): "Could not run 'aten::_indices' with arguments from
+    the 'CPU' backend"; adj.coalesce(): "expected sparse coordinate tensor layout but got
+    Strided"), and vmap over x inside jit "expand is unsupported for Sparse tensors". Now a
+    sparse argument that nothing differentiates is a constant of the trace, keyed by the
+    tensor object (another adjacency traces again; an in-place update shows through or
+    retraces). Oracle: eager torch, and torch.func.grad."""
+    def f(x, adj):
+        deg = torch.sparse.sum(adj, 1).to_dense()
+        h = torch.sparse.mm(adj * 2, x) / deg[:, None] + adj.coalesce().values().sum() * x
+        return (h.tanh() + adj.t().to_dense() @ x.sin()).pow(2).sum()
+
+    x = torch.randn(_N, _F, dtype=D)
+    jf, jg = functx.jit(f), functx.jit(functx.grad(f))
+    jv = functx.jit(functx.vmap(functx.grad(f), in_dims=(0, None)))
+    for scale in (1.0, 2.0):
+        adj = torch.sparse_coo_tensor(torch.stack([_DST, _SRC]), scale * torch.linspace(0.5, 1.5, 9, dtype=D), (_N, _N))
+        _close(jf(x, adj), f(x, adj))
+        _close(jg(x, adj), torch.func.grad(f)(x, adj))
+        _close(jv(torch.stack([x, -x]), adj), torch.stack([torch.func.grad(f)(v, adj) for v in (x, -x)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adj.mul_(3)
+        _close(jg(x, adj), torch.func.grad(f)(x, adj))
+    assert jf.trace_count == 2

@@ -30,7 +30,7 @@ from .eager import EagerCompiled
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, dict_orders, make_key, torch_state, value_key  # noqa: F401,E501
 from .dynamic_dims import DynamicDims
-from ..frontend.staging import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, scalar_device, split_static,
+from ..frontend.staging import (is_dynamic_scalar, is_sparse_constant, normalize_argnums, scalar_as_tensor, scalar_device, split_static,
                       split_static_kwargs, trace_graph)
 
 
@@ -178,7 +178,7 @@ _SHALLOW = _PLAIN_TENSORS | {int, float}
 
 def _plain_tensors(seq) -> bool:
     for t in seq:
-        if type(t) not in _PLAIN_TENSORS:
+        if type(t) not in _PLAIN_TENSORS or t.layout is not torch.strided:
             return False
     return True
 
@@ -264,7 +264,8 @@ class JitFunction:
             if isinstance(leaf, torch.Tensor):
                 if isinstance(leaf, TracerTensor):
                     return None, None, leaves
-                inputs.append(leaf)
+                if not is_sparse_constant(leaf):
+                    inputs.append(leaf)
             elif is_dynamic_scalar(leaf):
                 device = device or scalar_device(leaves)
                 inputs.append(scalar_as_tensor(leaf, device))
@@ -421,7 +422,7 @@ class JitFunction:
                 scalars = nested = False
                 for a in args:
                     kind = type(a)
-                    if kind in _PLAIN_TENSORS:
+                    if kind in _PLAIN_TENSORS and a.layout is torch.strided:
                         sig.append((a.shape, a.dtype, a.device, a.stride()))
                     elif kind is float or kind is int and is_dynamic_scalar(a):
                         sig.append(kind)
@@ -569,7 +570,8 @@ def _buffer_inputs(key, leaves) -> frozenset:
     """Positions, among the graph's inputs (the tensor and dynamic-number leaves, as _key
     collects them), of the reached modules' buffers passed by keyword."""
     paths = key[0].paths()
-    inputs = [p for p, leaf in zip(paths, leaves) if isinstance(leaf, torch.Tensor) or is_dynamic_scalar(leaf)]
+    inputs = [p for p, leaf in zip(paths, leaves)
+              if (isinstance(leaf, torch.Tensor) and not is_sparse_constant(leaf)) or is_dynamic_scalar(leaf)]
     return frozenset(k for k, p in enumerate(inputs) if _BUFFERS in p)
 
 
