@@ -413,3 +413,24 @@ def test_jit_takes_a_sparse_adjacency_argument_as_a_constant():
         adj.mul_(3)
         _close(jg(x, adj), torch.func.grad(f)(x, adj))
     assert jf.trace_count == 2
+
+
+def test_repeat_interleave_with_output_size_traces_under_jit():
+    """Broadcasting per-graph values to their nodes (or per-node values to their edges) with
+    torch.repeat_interleave(h, counts, dim=0, output_size=n): with the size given the result's
+    shape is static (torch.compile traces it), but functx.jit raised "output shape depends on
+    the values of its input". Now the given size types the result; torch checks it when the
+    graph runs (a wrong size raises torch's error). Without output_size jit still raises, now
+    naming the fix. Oracle: eager torch and torch.func.grad."""
+    h = torch.randn(3, 2, dtype=D)
+
+    def f(h, counts):
+        return (torch.repeat_interleave(h, counts, dim=0, output_size=6).sin() * torch.arange(6.0, dtype=D)[:, None]).sum()
+
+    for counts in (torch.tensor([1, 2, 3]), torch.tensor([3, 0, 3])):
+        _close(functx.jit(f)(h, counts), f(h, counts))
+        _close(functx.jit(functx.grad(f))(h, counts), torch.func.grad(f)(h, counts))
+    with pytest.raises(RuntimeError, match="allocated size does not match required size"):
+        functx.jit(f)(h, torch.tensor([1, 1, 1]))
+    with pytest.raises(functx.ConcretizationError, match="output_size=n"):
+        functx.jit(lambda h, c: torch.repeat_interleave(h, c, dim=0))(h, torch.tensor([1, 2, 3]))

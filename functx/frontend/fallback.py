@@ -143,6 +143,17 @@ _SHAPE_DETERMINING = {torch.ops.aten._ctc_loss.Tensor: lambda *_: ("target_lengt
                       torch.ops.aten.linalg_lstsq.default: _lstsq_values}
 
 
+def _repeat_interleave_sized(args, kwargs, device):
+    size = kwargs.get("output_size", args[1] if len(args) > 1 else None)
+    return None if size is None else [TensorType((size,), args[0].dtype, device)]
+
+
+# Dynamic-shape ops whose caller may give the output's size (torch checks it when the op
+# runs): repeat_interleave(repeats, output_size=n), what torch.repeat_interleave(x, repeats,
+# dim, output_size=n) calls for its indices, so that jit (and torch.compile) can trace it.
+_SIZED = {torch.ops.aten.repeat_interleave.Tensor: _repeat_interleave_sized}
+
+
 def _shape_determining(func, flat, spec, device):
     """ids of the tensors whose values decide func's output shapes (None: all of them)."""
     rule = _SHAPE_DETERMINING.get(func)
@@ -188,6 +199,12 @@ def _types_from_values(func, flat, positions, spec, device):
     """nonzero, unique, masked_select, ...: the output's shape depends on the input's values,
     so it comes from running the op on them (eager transforms); abstract values (jit, vmap)
     have none, and a shape guessed from placeholder data would be silently wrong."""
+    sized = _SIZED.get(func)
+    if sized is not None:
+        args, kwargs = tree_unflatten(flat, spec)
+        types = sized(args, kwargs, device)
+        if types is not None:
+            return types, True
     determining = _shape_determining(func, flat, spec, device)
     values, unknown = list(flat), []
     for i in positions:
@@ -232,7 +249,10 @@ def _types_from_values(func, flat, positions, spec, device):
 _STATIC_HINT = ("Keep shapes static: select with torch.where(mask, x, 0) instead of x[mask] or "
                 "x[torch.where(mask)], use the fixed-size form where there is one "
                 "(torch.nonzero_static(mask, size=n)), or run this step outside jit/vmap.")
-_STATIC_HINTS = {torch.ops.aten.bincount.default: (
+_STATIC_HINTS = {torch.ops.aten.repeat_interleave.Tensor: (
+    "Give the output's size: torch.repeat_interleave(x, repeats, dim=d, output_size=n) (n the "
+    "sum of repeats) traces, or run this step outside jit/vmap."),
+    torch.ops.aten.bincount.default: (
     "Count into a tensor of a static length n instead: torch.zeros(n).index_add_(0, index, "
     "torch.ones(len(index))) (or scatter_add_, with weights in place of the ones), or run this "
     "step outside jit/vmap.")}
