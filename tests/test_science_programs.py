@@ -434,3 +434,26 @@ def test_repeat_interleave_with_output_size_traces_under_jit():
         functx.jit(f)(h, torch.tensor([1, 1, 1]))
     with pytest.raises(functx.ConcretizationError, match="output_size=n"):
         functx.jit(lambda h, c: torch.repeat_interleave(h, c, dim=0))(h, torch.tensor([1, 2, 3]))
+
+
+# ---------------------------------------------------------------- spectral methods (complex: not supported)
+
+@pytest.mark.parametrize("how", ["grad", "jit", "vmap"])
+def test_fourier_layer_raises_naming_the_op_that_made_a_complex_value(how):
+    """A Fourier neural operator's spectral convolution (rfft, a product with complex
+    weights, irfft): functx's values are real, so it must raise rather than return numbers.
+    It raised naming the dtype and the user's line; the error now names the ATen op that made
+    the complex value too. Oracle: the error (torch.func runs it; functx refuses it)."""
+    w = torch.randn(2, 5, dtype=torch.complex128)
+
+    def fno(x):
+        xf = torch.fft.rfft(x, dim=-1)
+        yf = torch.cat([xf[:, :5] * w, torch.zeros(2, 4, dtype=torch.complex128)], -1)
+        return torch.fft.irfft(yf, n=16, dim=-1).pow(2).sum()
+
+    x = torch.randn(2, 16, dtype=D)
+    run = {"grad": lambda: functx.grad(fno)(x), "jit": lambda: functx.jit(fno)(x),
+           "vmap": lambda: functx.vmap(fno)(x[None])}[how]
+    with pytest.raises(functx.FunctxError, match=r"complex tensors yet: a traced value of type c128\[2, ?9\] "
+                                                 r"was created by aten._fft_r2c.default here"):
+        run()
