@@ -457,3 +457,25 @@ def test_fourier_layer_raises_naming_the_op_that_made_a_complex_value(how):
     with pytest.raises(functx.FunctxError, match=r"complex tensors yet: a traced value of type c128\[2, ?9\] "
                                                  r"was created by aten._fft_r2c.default here"):
         run()
+
+
+def test_sparse_adjacency_built_from_traced_weights():
+    """torch.sparse_coo_tensor(edge_index, w) with learned edge weights w: eager grad carries
+    the sparse tensor as an opaque value and is right, but under jit and vmap the value is
+    abstract and functx's abstract values are dense, so the compiled code failed inside torch
+    ("unsupported memory format option Contiguous"). Now that raises at trace time, naming
+    the op and the dense equivalent (index_add_ over the edges). Oracles: torch.func.grad;
+    for the errors, the message."""
+    x = torch.randn(_N, _F, dtype=D)
+    w = torch.rand(9, dtype=D)
+
+    def f(w, x):
+        adj = torch.sparse_coo_tensor(torch.stack([_DST, _SRC]), w, (_N, _N))
+        return torch.sparse.mm(adj, x).sin().sum()
+
+    _close(functx.grad(f)(w, x), torch.func.grad(f)(w, x))
+    _close(functx.grad(f, argnums=1)(w, x), torch.func.grad(f, argnums=1)(w, x))
+    for run in (lambda: functx.jit(f)(w, x), lambda: functx.jit(functx.grad(f))(w, x),
+                lambda: functx.vmap(f, in_dims=(0, None))(w[None], x)):
+        with pytest.raises(functx.FunctxError, match="(?s)makes a sparse tensor from traced values.*index_add_"):
+            run()

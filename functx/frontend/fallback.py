@@ -56,7 +56,11 @@ def opaque_fallback(func, args, kwargs):
     positions = [i for i, a in enumerate(flat) if isinstance(a, torch.Tensor)]
     values = [unwrap(flat[i]) for i in positions]
     statics = [None if i in set(positions) else a for i, a in enumerate(flat)]
-    out_types, single = _output_types(func, flat, positions, spec)
+    try:
+        out_types, single = _output_types(func, flat, positions, spec)
+    except _SparseResult as r:
+        out_types, single = r.types
+        _refuse_abstract_sparse(func, values)
     name = str(func)
     for ops in _recorders:
         if name not in ops:
@@ -287,4 +291,33 @@ def _types_of(func, out, device):
     if not all(isinstance(o, torch.Tensor) for o in outs):
         raise FunctxError(f"functx: {func} has no mapping to primitives, and its outputs are not "
                           "all tensors, so it can't run through the opaque fallback")
-    return [TensorType(tuple(o.shape), o.dtype, device) for o in outs], single
+    types = [TensorType(tuple(o.shape), o.dtype, device) for o in outs], single
+    if any(o.layout != torch.strided for o in outs):
+        raise _SparseResult(types)
+    return types
+
+
+class _SparseResult(Exception):
+    """An op whose result is sparse: the fallback runs it on values, never on abstract ones."""
+
+    def __init__(self, types):
+        self.types = types
+
+
+def _refuse_abstract_sparse(func, values):
+    """A sparse tensor made from traced values (torch.sparse_coo_tensor(edge_index, weights)
+    with learned weights): eager grad and jvp carry it as an opaque value, but under jit and
+    vmap the value is abstract and functx's abstract values are dense, so the compiled code
+    failed inside torch ("unsupported memory format option Contiguous", "expand is
+    unsupported for Sparse tensors")."""
+    try:
+        for v in values:
+            concrete(v)
+    except FunctxError:
+        raise FunctxError(
+            f"functx: {func} makes a sparse tensor from traced values, here:\n{user_frame_summary()}\n"
+            "functx's traced values are dense, so under jit and vmap (jacfwd, hessian) a sparse "
+            "result can't be represented. Build the sparse tensor outside the transformed function "
+            "(a closed-over sparse tensor, or a sparse argument of jit, stays sparse), or aggregate "
+            "over the edges directly: torch.zeros(n, d).index_add_(0, dst, w[:, None] * x[src]) is "
+            "the same product, differentiable to every order.") from None
