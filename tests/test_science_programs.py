@@ -479,3 +479,18 @@ def test_sparse_adjacency_built_from_traced_weights():
                 lambda: functx.vmap(f, in_dims=(0, None))(w[None], x)):
         with pytest.raises(functx.FunctxError, match="(?s)makes a sparse tensor from traced values.*index_add_"):
             run()
+
+
+def test_functionalize_with_a_sparse_argument_first():
+    """functx.func.functionalize evaluates the traced graph on the tensor arguments; a sparse
+    argument is a constant of the trace (as under jit), so it must not be handed to the
+    graph as an input (with the adjacency first, x's input would have received it).
+    Oracle: eager torch and torch.func.grad."""
+    from functx.func import functionalize
+
+    def f(adj, x):
+        return torch.sparse.mm(adj * 2, x).sin()
+
+    x = torch.randn(_N, _F, dtype=D)
+    _close(functionalize(f)(_ADJ, x), f(_ADJ, x))
+    _close(functx.grad(lambda x: functionalize(f)(_ADJ, x).sum())(x), torch.func.grad(lambda x: f(_ADJ, x).sum())(x))
