@@ -15,7 +15,7 @@ import functools
 import torch
 from torch.func import functional_call, rearrange, replace_all_batch_norm_modules_, stack_module_state
 
-from .frontend.staging import trace_graph
+from .frontend.staging import is_sparse_constant, trace_graph
 from .core.errors import ConcretizationError, UsageError, user_facing
 from .core.trace import concrete, eval_graph, tracer_chain
 from .frontend import unwrap, wrap
@@ -137,7 +137,8 @@ def functionalize(func, *, remove="mutations"):
             # (same values and writes into the inputs; under jit this raises, as there)
             return func(*args, **kwargs)
         leaves, _ = tree_flatten((args, kwargs))
-        tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+        # the graph's inputs: tensor leaves but sparse constants (trace_graph keeps those as they are)
+        tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor) and not is_sparse_constant(leaf)]
         outs = eval_graph(graph, graph.consts, [unwrap(t) for t in tensors])
         mutated = graph.meta.mutated_inputs
         for k, value in zip(mutated, outs[len(outs) - len(mutated):]):

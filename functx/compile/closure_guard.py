@@ -28,6 +28,7 @@ import types
 
 import torch
 
+from ..frontend.random_mode import storage_address
 from . import object_values as objects
 
 RUN_PLAIN = "run f as plain torch"
@@ -65,11 +66,11 @@ class ClosureGuard:
         for t, version, storage in self.copies:
             if recording and t.requires_grad:
                 return RUN_PLAIN
-            if t._version != version or t.untyped_storage().data_ptr() != storage:
+            if t._version != version or storage_address(t) != storage:
                 return (f"a closed-over tensor of shape {tuple(t.shape)} was updated in place since the "
                         "trace, and the graph holds a value computed from it then")
         for t, storage in self.views:
-            if t.untyped_storage().data_ptr() != storage:
+            if storage_address(t) != storage:
                 return f"a closed-over tensor of shape {tuple(t.shape)} was given new data (.data = ...)"
         if recording:
             for t in self.unrecorded_views:

@@ -18,6 +18,7 @@ from ..core.trace import _functorch_level, record_autograd_reads, refuse_inside_
 from ..core.trace import _state as _trace_state
 from ..frontend import TracerTensor
 from ..frontend.generators import generator_arguments
+from ..frontend.random_mode import storage_address
 from ..frontend.tensor import record_layout_reads
 from ..tree_util import tree_flatten, tree_unflatten
 from .backend import resolve_backend
@@ -29,7 +30,7 @@ from .eager import EagerCompiled
 from .pipeline import compile_graph
 from .jit_cache import DEFAULT_CACHE_LIMIT, ArgNamer, SignatureCache, dict_orders, make_key, torch_state, value_key  # noqa: F401,E501
 from .dynamic_dims import DynamicDims
-from ..frontend.staging import (is_dynamic_scalar, normalize_argnums, scalar_as_tensor, scalar_device, split_static,
+from ..frontend.staging import (is_dynamic_scalar, is_sparse_constant, normalize_argnums, scalar_as_tensor, scalar_device, split_static,
                       split_static_kwargs, trace_graph)
 
 
@@ -94,7 +95,7 @@ def _constant_storages(graph) -> frozenset:
     over): fixed while the entry lives (new data retraces, closure_guard)."""
     tensors = [c for c in graph.consts if isinstance(c, torch.Tensor)]
     tensors += [r.tensor for r in graph.meta.closure_reads]
-    return frozenset(t.untyped_storage().data_ptr() for t in tensors
+    return frozenset(storage_address(t) for t in tensors
                      if type(t) in (torch.Tensor, torch.nn.Parameter) and t.numel())
 
 
@@ -141,7 +142,7 @@ def _refuse_aliased_writes(tensors, mutated, constants=frozenset(), unread=froze
     the other, unlike eager PyTorch. Another input the graph never reads cannot see a stale
     value: a reached module's buffer that functional_call(model, (params, buffers)) replaced
     by the same tensor passed as an argument."""
-    storages = [t.untyped_storage().data_ptr() if t.numel() else None for t in tensors]
+    storages = [storage_address(t) if t.numel() else None for t in tensors]
     for k in mutated:
         if storages[k] in constants:
             raise FunctxError(
@@ -177,7 +178,7 @@ _SHALLOW = _PLAIN_TENSORS | {int, float}
 
 def _plain_tensors(seq) -> bool:
     for t in seq:
-        if type(t) not in _PLAIN_TENSORS:
+        if type(t) not in _PLAIN_TENSORS or t.layout is not torch.strided:
             return False
     return True
 
@@ -263,7 +264,8 @@ class JitFunction:
             if isinstance(leaf, torch.Tensor):
                 if isinstance(leaf, TracerTensor):
                     return None, None, leaves
-                inputs.append(leaf)
+                if not is_sparse_constant(leaf):
+                    inputs.append(leaf)
             elif is_dynamic_scalar(leaf):
                 device = device or scalar_device(leaves)
                 inputs.append(scalar_as_tensor(leaf, device))
@@ -420,7 +422,7 @@ class JitFunction:
                 scalars = nested = False
                 for a in args:
                     kind = type(a)
-                    if kind in _PLAIN_TENSORS:
+                    if kind in _PLAIN_TENSORS and a.layout is torch.strided:
                         sig.append((a.shape, a.dtype, a.device, a.stride()))
                     elif kind is float or kind is int and is_dynamic_scalar(a):
                         sig.append(kind)
@@ -568,7 +570,8 @@ def _buffer_inputs(key, leaves) -> frozenset:
     """Positions, among the graph's inputs (the tensor and dynamic-number leaves, as _key
     collects them), of the reached modules' buffers passed by keyword."""
     paths = key[0].paths()
-    inputs = [p for p, leaf in zip(paths, leaves) if isinstance(leaf, torch.Tensor) or is_dynamic_scalar(leaf)]
+    inputs = [p for p, leaf in zip(paths, leaves)
+              if (isinstance(leaf, torch.Tensor) and not is_sparse_constant(leaf)) or is_dynamic_scalar(leaf)]
     return frozenset(k for k, p in enumerate(inputs) if _BUFFERS in p)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..frontend.staging import is_dynamic_scalar
+from ..frontend.staging import is_dynamic_scalar, is_sparse_constant
 
 DEFAULT_CACHE_LIMIT = 32
 # A dimension that has retraced this many times gets one warning (before the cache fills).
@@ -32,6 +32,8 @@ def leaf_key(leaf):
     part of it (as torch.compile guards on them): the traced function sees them (x.stride(),
     whether reshape or contiguous() copies, as_strided)."""
     if isinstance(leaf, torch.Tensor):
+        if is_sparse_constant(leaf):        # a constant of the trace: this very tensor
+            return _Identity(leaf)
         return (leaf.shape, leaf.dtype, leaf.device, leaf.stride())
     if is_dynamic_scalar(leaf):
         return type(leaf)
@@ -40,11 +42,32 @@ def leaf_key(leaf):
     return value_key(leaf)
 
 
+class _Identity:
+    """A key part equal only for the same object, which it keeps alive (so its id is never
+    another's while the cache entry lives)."""
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+    def __eq__(self, other):
+        return type(other) is _Identity and other.obj is self.obj
+
+    def __repr__(self):
+        o = self.obj
+        return f"sparse tensor {o.dtype}{list(o.shape)} at {id(o):#x} (a constant of the trace)"
+
+
 def _describe_leaf_key(k):
     if _is_tensor_key(k):
         return f"tensor {k[1]}{list(k[0])} on {k[2]}"
     if isinstance(k, type):
         return f"Python {k.__name__} (dynamic)"
+    if isinstance(k, _Identity):
+        return repr(k)
     kind, value = k
     if kind is float:
         value = struct.unpack("<d", value)[0]

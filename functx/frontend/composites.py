@@ -448,3 +448,43 @@ COMPOSITES = {
 UNITS_FIRST = frozenset({torch.nn.functional.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
                          _VF.lstm, _VF.gru, _VF.rnn_tanh, _VF.rnn_relu,
                          _VF.lstm_cell, _VF.gru_cell, _VF.rnn_tanh_cell, _VF.rnn_relu_cell})
+
+
+# torch.segment_reduce (graph pooling over nodes stored segment by segment): torch has no
+# forward-mode formula for it nor a derivative of its backward, so through the opaque
+# fallback jacfwd, hessian and jvp(grad) raised. With concrete 1-D lengths or offsets it is
+# a scatter_reduce over segment ids, which every transform differentiates; empty segments and
+# `initial` as torch's kernel treats them (sum 0, prod 1, max -inf, min inf, mean NaN; an
+# initial value joins each segment, and the mean divides by the segment's own count).
+_SEGMENT = {"sum": ("sum", 0.0), "prod": ("prod", 1.0), "max": ("amax", -math.inf), "min": ("amin", math.inf),
+            "mean": ("sum", 0.0)}
+
+
+@register_special(aten.segment_reduce.default)
+def segment_reduce(data, reduce, *, lengths=None, indices=None, offsets=None, axis=0, unsafe=False, initial=None):
+    given = lengths if offsets is None else offsets
+    if indices is not None or reduce not in _SEGMENT or type(given) is not torch.Tensor or given.ndim != 1 \
+            or given.dtype not in (torch.int32, torch.int64) or not isinstance(data, torch.Tensor):
+        return NotImplemented   # the general path: torch's own checks and messages, the fallback
+    counts = given if offsets is None else given.diff()
+    ax = axis % data.ndim if data.ndim else 0
+    if data.ndim == 0 or ax != 0 or bool((counts < 0).any()) or int(counts.sum()) != data.shape[ax]:
+        return NotImplemented
+    ids = torch.repeat_interleave(torch.arange(len(counts), device=data.device), counts)
+    shape = [1] * data.ndim
+    shape[ax] = -1
+    index = ids.reshape(shape).expand(data.shape)
+    out_shape = list(data.shape)
+    out_shape[ax] = len(counts)
+    how, fill = _SEGMENT[reduce]
+    base = torch.full(out_shape, fill, dtype=data.dtype, device=data.device)
+    out = base.scatter_reduce(ax, index, data, how, include_self=True)
+    if initial is not None:
+        if reduce in ("max", "min"):    # a tie with initial: the derivative is the data's
+            out = torch.where(out >= initial if reduce == "max" else out <= initial, out, initial)
+        else:
+            out = out * initial if reduce == "prod" else out + initial
+    if reduce == "mean":
+        n = counts.to(data.dtype).reshape([-1 if d == ax else 1 for d in range(data.ndim)])
+        out = out / (n.clamp(min=1) if initial is not None else n)
+    return out

@@ -31,7 +31,7 @@ from .functionalize import (RESULT_LAYOUTS, check_no_internal_overlap, check_no_
 from .lowered_ops import run_cached
 from .lowerings.registry import DECOMPOSING as _decomposing, LOWERINGS, PLANS, SPECIAL, register_special
 from .promote import mark_weak
-from .tensor import TracerTensor, root_of
+from .tensor import ComplexUnsupported, TracerTensor, root_of
 
 aten = torch.ops.aten
 _NANS = nan_check.STATE
@@ -64,40 +64,43 @@ def _plan(func):
 
 
 def dispatch(func, args, kwargs):
-    plan = PLANS.get(id(func))
-    if plan is None or plan[0] is not func:
-        plan = _plan(func)
-    _, special, pointwise, lowering, is_view, check = plan
-    if check is not None:
-        check(func, args, kwargs)
-    if special is not None:
-        if torch.is_grad_enabled():
-            args, kwargs = _lift_parameters(args, kwargs)
-        out = _reading_plain(special, args, kwargs)
-        if out is not NotImplemented:           # NotImplemented: the general path serves
-            return out
-    if is_view:
-        return make_view(func, lowering, args, kwargs)
-    if lowering is not None:
-        out = NotImplemented
-        if trace_state.trace.lowered_ops and not _NANS.on:     # eager grad/jvp: one cached unit
-            out = run_cached(func, lowering, unwrap_tree(args), unwrap_tree(kwargs) if kwargs else {})
-        if out is NotImplemented:
-            if kwargs:
-                out = lowering(*unwrap_tree(args), **unwrap_tree(kwargs))
-            else:
-                out = lowering(*unwrap_tree(args))
-        out = wrap_result(out)
-    else:
-        schema = func._schema
-        if _is_inplace(func, schema):
-            return _inplace(func, args, kwargs)
-        out = _dispatch_functional(func, schema, args, kwargs)
-    if RESULT_LAYOUTS[0] and func not in _CONTIGUOUS_RESULTS and (
-            func in _NON_CONTIGUOUS_RESULTS or kwargs.get("memory_format") not in _PLAIN_FORMATS
-            or _strided_inputs(args, kwargs)):
-        out = torch_layout(func, args, kwargs, out, pointwise)
-    return out
+    try:
+        plan = PLANS.get(id(func))
+        if plan is None or plan[0] is not func:
+            plan = _plan(func)
+        _, special, pointwise, lowering, is_view, check = plan
+        if check is not None:
+            check(func, args, kwargs)
+        if special is not None:
+            if torch.is_grad_enabled():
+                args, kwargs = _lift_parameters(args, kwargs)
+            out = _reading_plain(special, args, kwargs)
+            if out is not NotImplemented:           # NotImplemented: the general path serves
+                return out
+        if is_view:
+            return make_view(func, lowering, args, kwargs)
+        if lowering is not None:
+            out = NotImplemented
+            if trace_state.trace.lowered_ops and not _NANS.on:     # eager grad/jvp: one cached unit
+                out = run_cached(func, lowering, unwrap_tree(args), unwrap_tree(kwargs) if kwargs else {})
+            if out is NotImplemented:
+                if kwargs:
+                    out = lowering(*unwrap_tree(args), **unwrap_tree(kwargs))
+                else:
+                    out = lowering(*unwrap_tree(args))
+            out = wrap_result(out)
+        else:
+            schema = func._schema
+            if _is_inplace(func, schema):
+                return _inplace(func, args, kwargs)
+            out = _dispatch_functional(func, schema, args, kwargs)
+        if RESULT_LAYOUTS[0] and func not in _CONTIGUOUS_RESULTS and (
+                func in _NON_CONTIGUOUS_RESULTS or kwargs.get("memory_format") not in _PLAIN_FORMATS
+                or _strided_inputs(args, kwargs)):
+            out = torch_layout(func, args, kwargs, out, pointwise)
+        return out
+    except ComplexUnsupported as e:     # name the op that made the complex value
+        raise e.made_by(func) from None
 
 
 def _dispatch_functional(func, schema, args, kwargs):

@@ -9,7 +9,7 @@ import torch._library.custom_ops as _custom_ops
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..core.errors import ConcretizationError, FunctxError, user_frame_summary
-from ..core.trace import concrete
+from ..core.trace import PrimalTracer, Tracer, concrete
 from ..core.types import TensorType
 from ..prims.debug import debug_callback
 from ..prims.opaque import OpaqueFunction, opaque
@@ -56,7 +56,11 @@ def opaque_fallback(func, args, kwargs):
     positions = [i for i, a in enumerate(flat) if isinstance(a, torch.Tensor)]
     values = [unwrap(flat[i]) for i in positions]
     statics = [None if i in set(positions) else a for i, a in enumerate(flat)]
-    out_types, single = _output_types(func, flat, positions, spec)
+    try:
+        out_types, single = _output_types(func, flat, positions, spec)
+    except _SparseResult as r:
+        out_types, single = r.types
+        _refuse_abstract_sparse(func, values)
     name = str(func)
     for ops in _recorders:
         if name not in ops:
@@ -143,6 +147,17 @@ _SHAPE_DETERMINING = {torch.ops.aten._ctc_loss.Tensor: lambda *_: ("target_lengt
                       torch.ops.aten.linalg_lstsq.default: _lstsq_values}
 
 
+def _repeat_interleave_sized(args, kwargs, device):
+    size = kwargs.get("output_size", args[1] if len(args) > 1 else None)
+    return None if size is None else [TensorType((size,), args[0].dtype, device)]
+
+
+# Dynamic-shape ops whose caller may give the output's size (torch checks it when the op
+# runs): repeat_interleave(repeats, output_size=n), what torch.repeat_interleave(x, repeats,
+# dim, output_size=n) calls for its indices, so that jit (and torch.compile) can trace it.
+_SIZED = {torch.ops.aten.repeat_interleave.Tensor: _repeat_interleave_sized}
+
+
 def _shape_determining(func, flat, spec, device):
     """ids of the tensors whose values decide func's output shapes (None: all of them)."""
     rule = _SHAPE_DETERMINING.get(func)
@@ -188,23 +203,86 @@ def _types_from_values(func, flat, positions, spec, device):
     """nonzero, unique, masked_select, ...: the output's shape depends on the input's values,
     so it comes from running the op on them (eager transforms); abstract values (jit, vmap)
     have none, and a shape guessed from placeholder data would be silently wrong."""
+    sized = _SIZED.get(func)
+    if sized is not None:
+        args, kwargs = tree_unflatten(flat, spec)
+        types = sized(args, kwargs, device)
+        if types is not None:
+            return types, True
     determining = _shape_determining(func, flat, spec, device)
-    try:
-        values = list(flat)
-        for i in positions:
+    values, unknown = list(flat), []
+    for i in positions:
+        if determining is None or id(flat[i]) in determining:
+            try:
+                values[i] = concrete(unwrap(flat[i]))
+            except FunctxError:
+                unknown.append(i)
+        else:
             # placeholders on the operands' device: an op's shapes may depend on it (lstsq's
             # default driver: gelsy on the CPU, no residuals; gels on CUDA, residuals)
-            values[i] = concrete(unwrap(flat[i])) if determining is None or id(flat[i]) in determining \
-                else torch.zeros(flat[i].shape, dtype=flat[i].dtype, device=flat[i].device)
-    except FunctxError as e:
+            values[i] = torch.zeros(flat[i].shape, dtype=flat[i].dtype, device=flat[i].device)
+    if not unknown:
+        a, k = tree_unflatten(values, spec)
+        return _types_of(func, func(*a, **k), device)
+    examples = _examples(unwrap(flat[unknown[0]])) if len(unknown) == 1 else None
+    if not examples:
         raise ConcretizationError(
             f"functx: {func}'s output shape depends on the values of its input, which are not known "
-            f"here (under jit, or per example under vmap):\n{user_frame_summary()}\nKeep shapes static: "
-            "select with torch.where(mask, x, 0) instead of x[mask] or x[torch.where(mask)], use the "
-            "fixed-size form where there is one (torch.nonzero_static(mask, size=n)), or run this "
-            "step outside jit/vmap.") from e
-    a, k = tree_unflatten(values, spec)
-    return _types_of(func, func(*a, **k), device)
+            f"here (under jit, or per example under vmap):\n{user_frame_summary()}\n"
+            + _STATIC_HINTS.get(func, _STATIC_HINT))
+    # One operand holds a value per example under eager vmaps (a batch of graphs' edge indices
+    # counted by bincount): the type is each example's, as a loop over the examples finds it,
+    # where all of them agree (torch.func.vmap's batching of the op answers the same).
+    first = None
+    for e in examples:
+        values[unknown[0]] = e
+        a, k = tree_unflatten(values, spec)
+        out_types, single = _types_of(func, func(*a, **k), device)
+        if first is None:
+            first = out_types
+        elif out_types != first:
+            shapes = f"{list(first[0].shape)} and {list(out_types[0].shape)}"
+            raise ConcretizationError(
+                f"functx.vmap: {func}'s output shape depends on its input's values, and differs "
+                f"between examples ({shapes}), so the results can't be stacked (a loop over the "
+                f"examples fails at torch.stack too):\n{user_frame_summary()}\n"
+                + _STATIC_HINTS.get(func, _STATIC_HINT))
+    return out_types, single
+
+
+_STATIC_HINT = ("Keep shapes static: select with torch.where(mask, x, 0) instead of x[mask] or "
+                "x[torch.where(mask)], use the fixed-size form where there is one "
+                "(torch.nonzero_static(mask, size=n)), or run this step outside jit/vmap.")
+_STATIC_HINTS = {torch.ops.aten.repeat_interleave.Tensor: (
+    "Give the output's size: torch.repeat_interleave(x, repeats, dim=d, output_size=n) (n the "
+    "sum of repeats) traces, or run this step outside jit/vmap."),
+    torch.ops.aten.bincount.default: (
+    "Count into a tensor of a static length n instead: torch.zeros(n).index_add_(0, index, "
+    "torch.ones(len(index))) (or scatter_add_, with weights in place of the ones), or run this "
+    "step outside jit/vmap.")}
+
+
+def _examples(v):
+    """The concrete values, one per example, beneath a value of eager vmap levels (a batch
+    tracer's whole batch, sliced along its batch dim, below each level's, beneath any JVP
+    primal); None where something beneath is abstract (jit)."""
+    while True:
+        if isinstance(v, torch.Tensor):
+            return [v]
+        if hasattr(v, "resolve"):                 # an eager unit's pending result
+            v = v.resolve()
+        elif isinstance(v, PrimalTracer):
+            v = v.primal
+        elif isinstance(v, Tracer) and hasattr(v, "bdim"):
+            below = _examples(v.val)
+            if below is None or v.bdim is None:
+                return below
+            return [e.select(v.bdim, i) for e in below for i in range(e.shape[v.bdim])]
+        else:
+            try:
+                return [concrete(v)]
+            except FunctxError:
+                return None
 
 
 def _types_of(func, out, device):
@@ -213,4 +291,33 @@ def _types_of(func, out, device):
     if not all(isinstance(o, torch.Tensor) for o in outs):
         raise FunctxError(f"functx: {func} has no mapping to primitives, and its outputs are not "
                           "all tensors, so it can't run through the opaque fallback")
-    return [TensorType(tuple(o.shape), o.dtype, device) for o in outs], single
+    types = [TensorType(tuple(o.shape), o.dtype, device) for o in outs], single
+    if any(o.layout != torch.strided for o in outs):
+        raise _SparseResult(types)
+    return types
+
+
+class _SparseResult(Exception):
+    """An op whose result is sparse: the fallback runs it on values, never on abstract ones."""
+
+    def __init__(self, types):
+        self.types = types
+
+
+def _refuse_abstract_sparse(func, values):
+    """A sparse tensor made from traced values (torch.sparse_coo_tensor(edge_index, weights)
+    with learned weights): eager grad and jvp carry it as an opaque value, but under jit and
+    vmap the value is abstract and functx's abstract values are dense, so the compiled code
+    failed inside torch ("unsupported memory format option Contiguous", "expand is
+    unsupported for Sparse tensors")."""
+    try:
+        for v in values:
+            concrete(v)
+    except FunctxError:
+        raise FunctxError(
+            f"functx: {func} makes a sparse tensor from traced values, here:\n{user_frame_summary()}\n"
+            "functx's traced values are dense, so under jit and vmap (jacfwd, hessian) a sparse "
+            "result can't be represented. Build the sparse tensor outside the transformed function "
+            "(a closed-over sparse tensor, or a sparse argument of jit, stays sparse), or aggregate "
+            "over the edges directly: torch.zeros(n, d).index_add_(0, dst, w[:, None] * x[src]) is "
+            "the same product, differentiable to every order.") from None

@@ -90,10 +90,13 @@ def run_unit(func, types, args, kwargs):
             if ta is TracerTensor:
                 k = a._unit_key
                 if k is not None and a._root is None:
-                    leaves.append(a._value)
+                    v = a._value
+                    if type(v) is torch.Tensor and v.layout is not _STRIDED:
+                        raise _Uncacheable      # a sparse tensor the function made: not a unit's input
+                    leaves.append(v)
                     keys.append(k)
                     continue
-            elif ta is torch.Tensor and not a.requires_grad and a.is_contiguous():
+            elif ta is torch.Tensor and not a.requires_grad and a.layout is _STRIDED and a.is_contiguous():
                 leaves.append(a)
                 keys.append((ta, a.shape, a.dtype, a.device))
                 continue
@@ -302,6 +305,8 @@ def _key(x, leaves):
     if t is TracerTensor:
         k = x._unit_key
         if k is not None and x._root is None:     # a fresh wrapper (a unit's result), as made
+            if type(x._value) is torch.Tensor and x._value.layout is not _STRIDED:
+                raise _Uncacheable
             leaves.append(x._value)
             return k
         root = root_of(x)
@@ -313,7 +318,7 @@ def _key(x, leaves):
             a = v.aval
             k = (a.shape, a.dtype, a.device, a.weak)
         else:
-            if v.requires_grad:
+            if v.requires_grad or v.layout is not _STRIDED:
                 raise _Uncacheable
             k = (v.shape, v.dtype, v.device)
         if root is not x or x._strided:     # a view, a transposed result: traced with its strides
@@ -330,8 +335,8 @@ def _key(x, leaves):
     if t is list or t is tuple or t is torch.Size:
         return (t, tuple([_key(v, leaves) for v in x]))
     if t is torch.Tensor or t is torch.nn.Parameter:
-        if x.requires_grad:
-            raise _Uncacheable
+        if x.requires_grad or x.layout is not _STRIDED:     # a sparse operand: the lowering's
+            raise _Uncacheable                              # (a constant, never a unit's input)
         leaves.append(x)
         if not x.is_contiguous():       # (a batch-first input transposed): traced with its layout
             return (t, x.shape, x.dtype, x.device, x.stride(), x.storage_offset())

@@ -114,8 +114,8 @@ class _Uncacheable(Exception):
 
 def _key(x, leaves):
     if isinstance(x, torch.Tensor):
-        if x.requires_grad:
-            raise _Uncacheable
+        if x.requires_grad or x.layout != torch.strided:    # a sparse operand: the lowering
+            raise _Uncacheable                               # reads it (a constant, not an input)
         leaves.append(x)
         return (x.shape, x.dtype, x.device)
     if isinstance(x, Tracer):

@@ -268,9 +268,9 @@ def _refuse_writing_saved(func, args, kwargs):
         if type(target) is not torch.Tensor and type(target) is not torch.nn.Parameter:
             continue
         if saved is None:
-            saved = {_storage(c) for t in enclosing_traces() if type(t) is GraphTrace and not t.stage_all
+            saved = {storage_address(c) for t in enclosing_traces() if type(t) is GraphTrace and not t.stage_all
                      for c in t.consts if isinstance(c, torch.Tensor) and not isinstance(c, TracerTensor)}
-        if saved and _storage(target) in saved:
+        if saved and storage_address(target) in saved:
             raise FunctxError(
                 f"functx: {func} writes in place into a tensor (shape {tuple(target.shape)}) that reverse "
                 f"mode saved to compute the gradient, here:\n{user_frame_summary()}\nThe gradient would "
@@ -343,7 +343,9 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 _METADATA_ONLY = frozenset({torch.ops.aten.detach_.default})
 
 
-def _storage(t):
+def storage_address(t):
+    if t.layout != torch.strided:       # sparse: no storage of its own, its values hold the data
+        t = t._values() if t.layout == torch.sparse_coo else t.values()
     return t.untyped_storage().data_ptr()
 
 
@@ -377,7 +379,7 @@ class RandomMode(TorchDispatchMode):
         once instead of on every call: refuse it."""
         written = () if func in _METADATA_ONLY else _written(func, args, kwargs)
         for t in [t for t in written if isinstance(t, torch.Tensor)]:
-            if _storage(t) not in self.created:
+            if storage_address(t) not in self.created:
                 raise PlainWriteError(unbatched_write_message(func, t) or
                     f"functx.jit: {func} writes in place into a tensor the function closes over "
                     f"(shape {tuple(t.shape)}), here:\n{user_frame_summary()}\nUnder jit the function runs "
@@ -395,21 +397,21 @@ class RandomMode(TorchDispatchMode):
                     trace.snapshot_consts(storages)
         grad = torch.is_grad_enabled()
         read = [(t, t._version) for t in tree_flatten((args, kwargs))[0]
-                if isinstance(t, torch.Tensor) and _storage(t) not in self.created]
+                if isinstance(t, torch.Tensor) and storage_address(t) not in self.created]
         out = func(*args, **kwargs)
         outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
         # A view is what shares the closed-over tensor's storage: an op whose schema may alias
         # can copy (`to(dtype)` to another dtype, `reshape` of a non-contiguous tensor), and
         # that copy is a new tensor whose values go stale; an op that returns its input
         # (`detach_`, a no-op `to`) is a view of it.
-        shared = {_storage(o) for o in outs}
+        shared = {storage_address(o) for o in outs}
         for t, version in read:
-            self.closure_reads.append(ClosureRead(t, version, _storage(t), _storage(t) in shared,
+            self.closure_reads.append(ClosureRead(t, version, storage_address(t), storage_address(t) in shared,
                                                   grad and t.requires_grad))
-        closed = {_storage(t) for t, _ in read} - {0}      # 0: every empty storage
+        closed = {storage_address(t) for t, _ in read} - {0}      # 0: every empty storage
         for o in outs:
-            if _storage(o) not in closed:
-                self.created.add(_storage(o))
+            if storage_address(o) not in closed:
+                self.created.add(storage_address(o))
         return out
 
     @classmethod
@@ -440,8 +442,8 @@ class RandomMode(TorchDispatchMode):
                 # read, guarded like one at the function's own level (a copy: the result is new).
                 grad = torch.is_grad_enabled()
                 for t in tree_flatten((args, kwargs))[0]:
-                    if type(t) in _PLAIN_TYPES and _storage(t) not in self.created:
-                        self.closure_reads.append(ClosureRead(t, t._version, _storage(t), False,
+                    if type(t) in _PLAIN_TYPES and storage_address(t) not in self.created:
+                        self.closure_reads.append(ClosureRead(t, t._version, storage_address(t), False,
                                                               grad and t.requires_grad))
                 with set_current_trace(EVAL_TRACE):
                     return dispatch(func, args, kwargs or {})

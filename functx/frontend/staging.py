@@ -139,6 +139,17 @@ def is_dynamic_scalar(leaf) -> bool:
     return kind is float or (kind is int and _INT64[0] <= leaf < _INT64[1])
 
 
+def is_sparse_constant(leaf) -> bool:
+    """A sparse tensor argument that nothing differentiates (a GCN's adjacency passed to
+    model(x, adj)): jit traces with it as a constant of the graph, as if closed over, since
+    functx's traced values are dense (traced, its sparse methods, elementwise ops and
+    torch.sparse functions raised torch's layout errors). The cache keys it by identity."""
+    return type(leaf) in _PLAIN and leaf.layout is not torch.strided and not leaf.requires_grad
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def scalar_device(leaves):
     """Where jit puts dynamic Python numbers: with the first tensor argument (CPU if none)."""
     return next((leaf.device for leaf in leaves if isinstance(leaf, torch.Tensor)), _CPU)
@@ -206,7 +217,7 @@ def trace_graph(f, args, kwargs, static_argnums=(), what="functx.make_graph", mu
     device = scalar_device(leaves) if dynamic_scalars else None
     symbolic_leaves = set()
     for k, leaf in enumerate(leaves):
-        if isinstance(leaf, (torch.Tensor, Tracer)):
+        if isinstance(leaf, (torch.Tensor, Tracer)) and not is_sparse_constant(leaf):
             typ = type_of(unwrap(leaf))
             if shapes is not None:
                 typ = typ.with_shape(shapes(k, typ.shape))

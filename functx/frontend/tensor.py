@@ -398,12 +398,29 @@ def _functionalize():
     return functionalize
 
 
+class ComplexUnsupported(FunctxError):
+    """A traced value of a complex dtype; dispatch names the op that made it (made_by)."""
+
+    def __init__(self, t, op=None):
+        self.t, self.op, self.where = t, op, user_frame_summary()
+        by = f" by {op}" if op is not None else ""
+        super().__init__(
+            f"functx does not support complex tensors yet: a traced value of type {t} was created{by} "
+            f"here:\n{self.where}\nfunctx's primitives and derivative rules are real-valued "
+            "(complex results would be silently wrong). Keep real and imaginary parts as separate real "
+            "tensors inside the transformed function (torch.view_as_real on inputs, outside it).")
+
+    def made_by(self, op):
+        if self.op is not None:
+            return self
+        e = ComplexUnsupported.__new__(ComplexUnsupported)
+        e.t, e.op, e.where = self.t, op, self.where
+        FunctxError.__init__(e, str(self).replace(" was created here:", f" was created by {op} here:", 1))
+        return e
+
+
 def _unsupported_dtype(t):
-    raise FunctxError(
-        f"functx does not support complex tensors yet: a traced value of type {t} was created "
-        f"here:\n{user_frame_summary()}\nfunctx's primitives and derivative rules are real-valued "
-        "(complex results would be silently wrong). Keep real and imaginary parts as separate real "
-        "tensors inside the transformed function (torch.view_as_real on inputs, outside it).")
+    raise ComplexUnsupported(t)
 
 
 def wrap(x):

@@ -10,6 +10,7 @@ from torch._meta_registrations import pooling_output_shape
 
 from ... import prims as P
 from ...core.trace import tracer_chain
+from ...core.types import TensorType
 from ..promote import elementwise, result_type
 from ..functionalize import unwrap
 from ..tensor import wrap
@@ -30,7 +31,58 @@ def _checked_matmul(a, b, rank, rank_errors, size_ok, size_error):
             raise RuntimeError(message)
     if not size_ok(ta.shape, tb.shape):
         raise RuntimeError(size_error(ta.shape, tb.shape))
-    return P.matmul(a, b)
+    return _sparse_product(a, b) if rank == 2 and (_is_sparse(a) or _is_sparse(b)) else P.matmul(a, b)
+
+
+def _is_sparse(x):
+    return isinstance(x, torch.Tensor) and x.layout != torch.strided
+
+
+def _coo_entries(m):
+    rows, cols = m._indices()
+    return rows, cols, m._values()
+
+
+def _csr_entries(m):
+    counts = m.crow_indices().diff()
+    return torch.repeat_interleave(torch.arange(len(counts), device=m.device), counts), m.col_indices(), m.values()
+
+
+# A sparse matrix's (rows, cols, values), each nonzero once or (an uncoalesced COO tensor) its
+# duplicates, which the product sums as torch's does. Read by an opaque op from the sparse
+# tensor itself when the graph runs: jit's graph holds the tensor (as it holds a dense
+# constant) and so sees an in-place update of it (adj.mul_(2), adj._values().clamp_(...)),
+# where entries read at trace time would silently keep the old weights.
+_SPARSE_2D = {torch.sparse_coo: P.OpaqueFunction(_coo_entries, "sparse_coo_entries"),
+              torch.sparse_csr: P.OpaqueFunction(_csr_entries, "sparse_csr_entries")}
+
+
+def _sparse_entries(m):
+    nnz = m._nnz()
+    types = [TensorType((nnz,), torch.int64, m.device)] * 2 + [TensorType((nnz,), m.dtype, m.device)]
+    return P.opaque(_SPARSE_2D[m.layout], (m,), types)
+
+
+def _sparse_product(a, b):
+    """A matrix product (or matrix-vector) with one sparse operand: a graph network's
+    closed-over adjacency (torch.sparse.mm(adj, h), adj @ h, h @ adj, torch.mv(adj, v)).
+    P.matmul took the sparse tensor as a dense constant, and torch has no dense-times-sparse
+    kernels for the transposed and batched products that the derivative rules and vmap run
+    (grad, jacfwd, hessian and vmap raised "expand is unsupported for Sparse tensors"). Here
+    the product is a sum over the nonzeros, gathered, scaled and added into place: O(nnz), and
+    made of primitives, so exact to every order under every transform. Sparse values are
+    concrete only (functx's traced values are dense): both operands sparse stay torch's."""
+    sparse = a if _is_sparse(a) else b
+    if (_is_sparse(a) and _is_sparse(b)) or sparse.dense_dim() or sparse.layout not in _SPARSE_2D:
+        return P.matmul(a, b)
+    rows, cols, vals = _sparse_entries(sparse)
+    if _is_sparse(a):           # out[r] += v * b[c]: gather b's rows by column, add by row
+        n, tail = a.shape[0], _t(b).shape[1:]
+        src = elementwise(P.mul, P.take(b, cols, 0), P.reshape(vals, (sparse._nnz(),) + (1,) * len(tail)))
+        return P.scatter_add(P.full((n, *tail), 0, _t(b).dtype, _t(b).device), rows, src, 0)
+    ta = _t(a)                  # out[:, c] += a[:, r] * v
+    src = elementwise(P.mul, P.take(a, rows, ta.ndim - 1), vals)
+    return P.scatter_add(P.full((*ta.shape[:-1], b.shape[1]), 0, ta.dtype, ta.device), cols, src, ta.ndim - 1)
 
 
 @register(aten.mm.default)
@@ -49,7 +101,7 @@ def _bmm(a, b):
                       f"but got: [{y[0]}, {y[1]}]."))
 
 
-@register(aten.addmm.default)
+@register(aten.addmm.default, aten._sparse_addmm.default)
 def _addmm(bias, a, b, beta=1, alpha=1):
     return _scaled_add(_mm(a, b), bias, beta, alpha)
 
@@ -89,6 +141,8 @@ def _mv(a, b):
     if ta.shape[1] != tb.shape[0]:
         raise RuntimeError(f"size mismatch, got input ({ta.shape[0]}), mat ({ta.shape[0]}x{ta.shape[1]}), "
                            f"vec ({tb.shape[0]})")
+    if _is_sparse(a):
+        return _sparse_product(a, b)
     return P.dot_general(a, b, (((1,), (0,)), ((), ())))
 
 
