@@ -15,10 +15,14 @@ def central_differences(f, x, eps=1e-6):
     return torch.stack(rows).reshape(tuple(x.shape) + tuple(rows[0].shape))
 
 
-def assert_trees_close(a, b, tol):
-    """Same leaves, shapes and dtypes, values within tol (absolute and relative)."""
+def assert_trees_close(a, b, tol=1e-7):
+    """Same leaves, shapes and dtypes, values within tol (absolute and relative); leaves that
+    are not tensors equal."""
     la, lb = torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)
     assert len(la) == len(lb)
     for x, y in zip(la, lb):
+        if not isinstance(x, torch.Tensor):
+            assert x == y
+            continue
         assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, y.shape, x.dtype, y.dtype)
         torch.testing.assert_close(x, y, atol=tol, rtol=tol)

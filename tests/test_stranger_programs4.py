@@ -11,21 +11,11 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from fd_oracles import assert_trees_close as _close
 
 import functx
 
 D = torch.float64
-
-
-def _close(a, b, tol=1e-7):
-    la, lb = torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        if not isinstance(x, torch.Tensor):
-            assert x == y
-            continue
-        assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, y.shape, x.dtype, y.dtype)
-        torch.testing.assert_close(x, y, atol=tol, rtol=tol)
 
 
 def _torch_error(fn):

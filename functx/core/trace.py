@@ -567,7 +567,8 @@ class GraphTrace(Trace):
         (jit: `w = W.clone(); y = x @ w; w.mul_(2)` runs the write at trace time): the graph
         keeps the values it read, a copy; a later use of the tensor is a new constant."""
         for i, c in enumerate(self.consts):
-            if type(c) in (torch.Tensor, torch.nn.Parameter) and c.untyped_storage().data_ptr() in storages:
+            if type(c) in (torch.Tensor, torch.nn.Parameter) and c.layout == torch.strided \
+                    and c.untyped_storage().data_ptr() in storages:
                 self._const_index.pop(id(c), None)
                 self.consts[i] = c.clone()
 

@@ -391,7 +391,7 @@ class RandomMode(TorchDispatchMode):
             # a write into a tensor the function made: torch's autograd check where a grad saved
             # it, and the staged graphs keep what they read of it before (their constants)
             _refuse_writing_saved(func, args, kwargs)
-            storages = {_storage(t) for t in written if isinstance(t, torch.Tensor)} - {0}
+            storages = {storage_address(t) for t in written if isinstance(t, torch.Tensor)} - {0}
             for trace in enclosing_traces():
                 if type(trace) is GraphTrace and trace.stage_all:
                     trace.snapshot_consts(storages)
