@@ -246,6 +246,40 @@ def test_norms_run_torch_kernels_on_eager_levels_and_match(which, monkeypatch):
     _close(functx.jit(functx.grad(f))(x, w), torch.func.grad(f)(x, w))
 
 
+@pytest.mark.parametrize("which", ["layer_norm", "layer_norm(no affine)", "batch_norm"])
+def test_forward_over_forward_of_norms_matches_the_formula_and_finite_differences(which):
+    """jvp of jvp through layer_norm / training batch_norm, the inner tangent depending on the
+    point (normalize_affine_tangent's and normalize_tangent's own jvp rules): the same as the
+    norm written out as a formula (under functx and torch.func) and as float64 central
+    differences of the inner directional derivative. torch.func's F.layer_norm / F.batch_norm
+    give other numbers here (torch 2.13: -0.364 and -1.892 where the formula and the
+    differences give -0.183 and -0.604; its fused norms' forward-over-forward formula is
+    wrong when the inner tangent depends on the point); the differences decide."""
+    g = torch.Generator().manual_seed(4)
+    D = torch.float64
+    x = torch.randn(3, 4, generator=g, dtype=D)
+    w, b = torch.randn(4, generator=g, dtype=D), torch.randn(4, generator=g, dtype=D)
+    fused = {"layer_norm": lambda x: F.layer_norm(x, (4,), w, b), "layer_norm(no affine)": lambda x: F.layer_norm(x, (4,)),
+             "batch_norm": lambda x: F.batch_norm(x, None, None, w, b, training=True)}[which]
+    dims = 0 if which == "batch_norm" else -1
+    affine = which != "layer_norm(no affine)"
+
+    def formula(x):
+        xc = x - x.mean(dims, keepdim=True)
+        y = xc / torch.sqrt((xc * xc).mean(dims, keepdim=True) + 1e-5)
+        return y * w + b if affine else y
+
+    def inner(T, norm):
+        return lambda x: T.jvp(lambda y: (norm(y) ** 3).sum(), (x,), (x.cos(),))[1]
+    got = functx.jvp(inner(functx, fused), (x,), (x.sin(),))[1]
+    for want in (functx.jvp(inner(functx, formula), (x,), (x.sin(),))[1],
+                 torch.func.jvp(inner(torch.func, formula), (x,), (x.sin(),))[1]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    eps = 1e-6
+    fd = (inner(torch.func, formula)(x + eps * x.sin()) - inner(torch.func, formula)(x - eps * x.sin())) / (2 * eps)
+    torch.testing.assert_close(got, fd, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64), (torch.float64, torch.float32),
                                     (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
 def test_norm_parameter_dtypes_follow_torch_s_cpu_rule(dtypes):
