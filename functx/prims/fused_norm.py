@@ -99,9 +99,13 @@ def _normalize_rows_jvp(primals, tangents, *, eps, channels):
     xhat, mean, rstd = outs = normalize_rows_p.bind(x, eps=eps, channels=channels)
     if isinstance(t, Zero):
         return outs, [Zero(type_of(o)) for o in outs]
-    # d mean = mean(t); d rstd = -rstd^3 mean(xc t) = -rstd^2 mean(xhat t)
-    d_rstd = ew.neg(ew.mul(ew.mul(rstd, rstd), _row_mean(ew.mul(xhat, t), channels)))
-    return outs, [normalize_tangent(t, x, mean, rstd, channels), _row_mean(t, channels), d_rstd]
+    return outs, [normalize_tangent(t, x, mean, rstd, channels), *stat_tangents(xhat, t, rstd, channels)]
+
+
+def stat_tangents(xhat, t, rstd, channels):
+    """[d mean, d rstd] for a tangent t of the data: d mean = mean(t), d rstd = -rstd^3
+    mean(xc t) = -rstd^2 mean(xhat t)."""
+    return [_row_mean(t, channels), ew.neg(ew.mul(ew.mul(rstd, rstd), _row_mean(ew.mul(xhat, t), channels)))]
 
 
 def _flatten_batch(args, dims, size, channels):
@@ -131,7 +135,12 @@ def _unflatten(o, size, channels):
 
 def _normalize_rows_batch(axis_data, args, dims, *, eps, channels):
     size = axis_data.size
-    outs = normalize_rows_p.bind(*_flatten_batch(args, dims, size, channels), eps=eps, channels=channels)
+    return unflatten_all(normalize_rows_p.bind(*_flatten_batch(args, dims, size, channels), eps=eps,
+                                               channels=channels), size, channels)
+
+
+def unflatten_all(outs, size, channels):
+    """_unflatten for each of a primitive's results: (results, their batch dims)."""
     results = [_unflatten(o, size, channels) for o in outs]
     return [r for r, _ in results], [d for _, d in results]
 
@@ -199,22 +208,28 @@ def _normalize_tangent_terms(t, x, mean, rstd, dx, dmean, drstd, channels):
     xc = ew.sub(x, rows(mean))
     xhat = ew.mul(xc, rows(rstd))
     m1, m2 = mean_of(t), mean_of(ew.mul(t, xhat))
-    terms, d_xhat = [], None
-    if not (isinstance(dx, Zero) and isinstance(dmean, Zero)):
-        d_xc = dx if isinstance(dmean, Zero) else (ew.neg(rows(dmean)) if isinstance(dx, Zero)
-                                                   else ew.sub(dx, rows(dmean)))
-        d_xhat = ew.mul(d_xc, rows(rstd))
-    if not isinstance(drstd, Zero):
-        part = ew.mul(xc, rows(drstd))
-        d_xhat = part if d_xhat is None else ew.add(d_xhat, part)
+    terms = []
+    d_xhat = xhat_tangent(xc, rstd, dx, dmean, drstd, channels)
     inner = ew.sub(ew.sub(t, rows(m1)), ew.mul(xhat, rows(m2)))
-    if d_xhat is not None:
+    if not isinstance(d_xhat, Zero):
         d_m2 = mean_of(ew.mul(t, d_xhat))
         d_inner = ew.neg(ew.add(ew.mul(d_xhat, rows(m2)), ew.mul(xhat, rows(d_m2))))
         terms.append(ew.mul(rows(rstd), d_inner))
     if not isinstance(drstd, Zero):
         terms.append(ew.mul(rows(drstd), inner))
     return terms
+
+
+def xhat_tangent(xc, rstd, dx, dmean, drstd, channels):
+    """d xhat, xhat = xc * rstd with xc = x - mean, for tangents of x, mean and rstd (any a
+    symbolic Zero; a Zero where all are)."""
+    shape = type_of(xc).shape
+    d_xc = dx if isinstance(dmean, Zero) else (ew.neg(_rows(dmean, shape, channels)) if isinstance(dx, Zero)
+                                               else ew.sub(dx, _rows(dmean, shape, channels)))
+    terms = [] if isinstance(d_xc, Zero) else [ew.mul(d_xc, _rows(rstd, shape, channels))]
+    if not isinstance(drstd, Zero):
+        terms.append(ew.mul(xc, _rows(drstd, shape, channels)))
+    return sum_terms(terms, xc)
 
 
 def _normalize_tangent_batch(axis_data, args, dims, *, channels):

@@ -25,14 +25,14 @@ import torch
 
 from ..core import EXTERN, Primitive, Zero, bind
 from ..core.trace import type_of
-from ..core.types import TensorType
 from . import elementwise as ew
 from . import shape as sh
 from .creation import zeros_like_type
 from .define import add_tangents, is_undefined, sum_terms
 from .fused_norm import (_batch_norm, _batch_norm_backward, _flatten_batch, _fusable, _layer_norm,
-                         _layer_norm_backward, _normalize_tangent_terms, _row_mean, _rows, _stats_type, _unflatten,
-                         normalize_channels, normalize_rows, normalize_rows_p, normalize_tangent, normalize_tangent_p)
+                         _layer_norm_backward, _normalize_tangent_terms, _rows, _stats_type, _unflatten,
+                         normalize_channels, normalize_rows, normalize_rows_p, normalize_tangent, normalize_tangent_p,
+                         stat_tangents, unflatten_all, xhat_tangent)
 from .reduce import reduce_sum
 from .shape import bdim_to_front
 
@@ -49,6 +49,11 @@ def _sum_but_1(v):
 def _xhat(x, mean, rstd, channels):
     shape = type_of(x).shape
     return ew.mul(ew.sub(x, _rows(mean, shape, channels)), _rows(rstd, shape, channels))
+
+
+def _per_example(v, shape):
+    """Per-example (B, M) vectors broadcast over (B, R, M) rows."""
+    return sh.broadcast_in_dim(v, shape, (0, 2))
 
 
 def _stacked(a):
@@ -91,10 +96,7 @@ def _normalize_affine_jvp(primals, tangents, *, eps, channels):
     dy = affine_tangent(dx, dw, db, x, w, mean, rstd, channels)
     if isinstance(dx, Zero):
         return outs, [dy, Zero(type_of(mean)), Zero(type_of(rstd))]
-    # d mean = mean(dx); d rstd = -rstd^2 mean(xhat dx), as fused_norm's
-    xhat = _xhat(x, mean, rstd, channels)
-    d_rstd = ew.neg(ew.mul(ew.mul(rstd, rstd), _row_mean(ew.mul(xhat, dx), channels)))
-    return outs, [dy, _row_mean(dx, channels), d_rstd]
+    return outs, [dy, *stat_tangents(_xhat(x, mean, rstd, channels), dx, rstd, channels)]
 
 
 def _normalize_affine_batch(axis_data, args, dims, *, eps, channels):
@@ -105,15 +107,12 @@ def _normalize_affine_batch(axis_data, args, dims, *, eps, channels):
             x, w, b = _flatten_batch(args, dims, size, True)
         else:               # the examples' rows stacked: (B*R, M), the same w and b
             x = _flatten_batch([x], dims[:1], size, False)[0]
-        outs = normalize_affine_p.bind(x, w, b, eps=eps, channels=channels)
-        results = [_unflatten(o, size, channels) for o in outs]
-        return [r for r, _ in results], [d for _, d in results]
+        return unflatten_all(normalize_affine_p.bind(x, w, b, eps=eps, channels=channels), size, channels)
     # rows with per-example w or b: the rows normalized together, each example's affine after
     x, w, b = (bdim_to_front(a, d, size) for a, d in zip(args, dims))
     shape = type_of(x).shape
-    xhat, mean, rstd = (_unflatten(o, size, False)[0] for o in
-                        normalize_rows_p.bind(_stacked(x), eps=eps, channels=False))
-    y = ew.add(ew.mul(xhat, sh.broadcast_in_dim(w, shape, (0, 2))), sh.broadcast_in_dim(b, shape, (0, 2)))
+    xhat, mean, rstd = unflatten_all(normalize_rows_p.bind(_stacked(x), eps=eps, channels=False), size, False)[0]
+    y = ew.add(ew.mul(xhat, _per_example(w, shape)), _per_example(b, shape))
     return [y, mean, rstd], [0, 0, 0]
 
 
@@ -194,21 +193,11 @@ def _affine_tangent_jvp(primals, tangents, *, channels, with_dx):
         if dx is not None:
             terms.extend(ew.mul(_vec(w, shape), t) for t in _normalize_tangent_terms(dx, x, mean, rstd, tx, tmean,
                                                                                      trstd, channels))
-        terms.append(ew.mul(_xhat_tangent(x, mean, rstd, tx, tmean, trstd, channels), _vec(dw, shape)))
+        d_xhat = xhat_tangent(ew.sub(x, _rows(mean, shape, channels)), rstd, tx, tmean, trstd, channels)
+        terms.append(ew.mul(d_xhat, _vec(dw, shape)))
     if dx is not None and not isinstance(tw, Zero):
         terms.append(ew.mul(_vec(tw, shape), normalize_tangent(dx, x, mean, rstd, channels)))
     return out, sum_terms([t for t in terms if not isinstance(t, Zero)], out)
-
-
-def _xhat_tangent(x, mean, rstd, tx, tmean, trstd, channels):
-    """d xhat for tangents of x, mean and rstd (any a symbolic Zero)."""
-    shape = type_of(x).shape
-    d_xc = tx if isinstance(tmean, Zero) else (ew.neg(_rows(tmean, shape, channels)) if isinstance(tx, Zero)
-                                               else ew.sub(tx, _rows(tmean, shape, channels)))
-    terms = [] if isinstance(d_xc, Zero) else [ew.mul(d_xc, _rows(rstd, shape, channels))]
-    if not isinstance(trstd, Zero):
-        terms.append(ew.mul(ew.sub(x, _rows(mean, shape, channels)), _rows(trstd, shape, channels)))
-    return sum_terms(terms, x)
 
 
 def _affine_tangent_transpose(ct, *args, channels, with_dx):
@@ -236,15 +225,12 @@ def _affine_tangent_batch(axis_data, args, dims, *, channels, with_dx):
         return _unflatten(out, size, False)
     # per-example vectors: J dx for all rows at once, each example's vectors after
     shape = type_of(x).shape
-
-    def per_example(v):
-        return sh.broadcast_in_dim(v, shape, (0, 2))
     stacked = [_stacked(a) for a in (x, mean, rstd)]
     xhat = sh.reshape(_xhat(*stacked, False), shape)
-    out = ew.add(ew.mul(xhat, per_example(dw)), per_example(db))
+    out = ew.add(ew.mul(xhat, _per_example(dw, shape)), _per_example(db, shape))
     if dx is not None:
         jdx = sh.reshape(normalize_tangent_p.bind(_stacked(dx), *stacked, channels=False), shape)
-        out = ew.add(out, ew.mul(per_example(w), jdx))
+        out = ew.add(out, ew.mul(_per_example(w, shape), jdx))
     return out, 0
 
 
@@ -305,7 +291,7 @@ def _affine_cotangent_jvp(primals, tangents, *, channels, mask):
                 terms.append(normalize_tangent(ew.mul(ct, _vec(tw, shape)), x, mean, rstd, channels))
             tans[i] = add_tangents(tans[i], sum_terms(terms, outs[i]))
         elif k == 1 and moved:      # sum(ct xhat): through xhat
-            d_xhat = _xhat_tangent(x, mean, rstd, tx, tmean, trstd, channels)
+            d_xhat = xhat_tangent(ew.sub(x, _rows(mean, shape, channels)), rstd, tx, tmean, trstd, channels)
             tans[i] = add_tangents(tans[i], _sum_but_1(ew.mul(ct, d_xhat)))
     return outs, tans
 
@@ -322,9 +308,8 @@ def _affine_cotangent_transpose(cts, ct, x, w, mean, rstd, *, channels, mask):
 def _affine_cotangent_batch(axis_data, args, dims, *, channels, mask):
     size = axis_data.size
     if channels:        # channels side by side; the vector cotangents (B*C,) split per example
-        outs = normalize_affine_cotangent_p.bind(*_flatten_batch(args, dims, size, True), channels=True, mask=mask)
-        results = [_unflatten(o, size, True) for o in outs]
-        return [r for r, _ in results], [d for _, d in results]
+        return unflatten_all(normalize_affine_cotangent_p.bind(*_flatten_batch(args, dims, size, True), channels=True,
+                                                               mask=mask), size, True)
     ct, x, w, mean, rstd = (bdim_to_front(a, d, size) for a, d in zip(args, dims))
     shape = type_of(x).shape
     flat = [_stacked(a) for a in (ct, x, mean, rstd)]
@@ -334,7 +319,7 @@ def _affine_cotangent_batch(axis_data, args, dims, *, channels, mask):
             gx = normalize_affine_cotangent_p.bind(flat[0], flat[1], args[2], flat[2], flat[3], channels=False,
                                                    mask=(True, False, False))[0]
         else:
-            u = ew.mul(flat[0], sh.reshape(sh.broadcast_in_dim(w, shape, (0, 2)), type_of(flat[0]).shape))
+            u = ew.mul(flat[0], sh.reshape(_per_example(w, shape), type_of(flat[0]).shape))
             gx = normalize_tangent_p.bind(u, flat[1], flat[2], flat[3], channels=False)
         out.append(sh.reshape(gx, shape))
     if mask[1]:         # each example's own sums over its rows

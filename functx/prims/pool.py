@@ -169,15 +169,21 @@ def _cotangent_transpose(g, ct, indices, *, spatial, **params):
     return [fused_or_decomposed(max_pool_tangent_p, _tangent_decomposed, g, indices, **params), None]
 
 
-def _folded_batch(prim):
-    """The examples folded into N (the indices broadcast where only the values are batched)."""
+def _linear_in_first(name, abstract_eval, impl, transpose, composite):
+    """A primitive linear in its first operand (the tangent or cotangent; the second is the
+    indices), vmap folding the examples into N (the indices broadcast where only the values
+    are batched)."""
+    prim = Primitive(name, kind=EXTERN, abstract_eval=abstract_eval, impl=impl, transpose=transpose,
+                     composite=composite)
+
     def batch(axis, args, dims, **params):
         size = axis.size
         v, idx = (sh.bdim_to_front(a, d, size) for a, d in zip(args, dims))
         flat = [sh.reshape(a, (size * type_of(a).shape[1],) + tuple(type_of(a).shape[2:])) for a in (v, idx)]
         out = prim.bind(*flat, **params)
         return sh.reshape(out, (size,) + tuple(type_of(v).shape[1:2]) + tuple(type_of(out).shape[1:])), 0
-    return batch
+    prim.jvp, prim.batch = linear_first_jvp(prim), batch
+    return prim
 
 
 def _tangent_type(t, indices, **_):
@@ -188,20 +194,7 @@ def _cotangent_type(ct, indices, *, spatial, **_):
     return ct.with_shape(tuple(ct.shape[:2]) + tuple(spatial))
 
 
-max_pool_tangent_p = Primitive(
-    "max_pool_tangent", kind=EXTERN,
-    abstract_eval=_tangent_type,
-    impl=_tangent_impl,
-    transpose=_tangent_transpose,
-    composite=_tangent_decomposed)
-max_pool_tangent_p.jvp = linear_first_jvp(max_pool_tangent_p)
-max_pool_tangent_p.batch = _folded_batch(max_pool_tangent_p)
-
-max_pool_cotangent_p = Primitive(
-    "max_pool_cotangent", kind=EXTERN,
-    abstract_eval=_cotangent_type,
-    impl=_cotangent_impl,
-    transpose=_cotangent_transpose,
-    composite=_cotangent_decomposed)
-max_pool_cotangent_p.jvp = linear_first_jvp(max_pool_cotangent_p)
-max_pool_cotangent_p.batch = _folded_batch(max_pool_cotangent_p)
+max_pool_tangent_p = _linear_in_first("max_pool_tangent", _tangent_type, _tangent_impl, _tangent_transpose,
+                                      _tangent_decomposed)
+max_pool_cotangent_p = _linear_in_first("max_pool_cotangent", _cotangent_type, _cotangent_impl, _cotangent_transpose,
+                                        _cotangent_decomposed)
